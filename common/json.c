@@ -1,0 +1,144 @@
+/*
+ * json.c - parsing and table-driven validation of JSON input.
+ */
+#include "json.h"
+
+#include <string.h>
+
+int json_body_parse(const char *text, size_t len, struct json_object **out, struct kerr *err)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+	enum json_tokener_error jerr;
+	size_t used;
+
+	if (len == 0)
+		return err_input(err, 400, "", "request body is empty; a JSON object is required");
+	if (len > INT32_MAX)
+		return err_input(err, 413, "", "request body is too large");
+	tok = json_tokener_new();
+	obj = json_tokener_parse_ex(tok, text, (int)len);
+	jerr = json_tokener_get_error(tok);
+	used = json_tokener_get_parse_end(tok);
+	json_tokener_free(tok);
+	if (obj == NULL || jerr != json_tokener_success) {
+		json_object_put(obj);
+		if (jerr == json_tokener_continue)
+			return err_input(err, 400, "", "malformed JSON: the body ends early");
+		return err_input(err, 400, "", "malformed JSON at byte %zu: %s", used,
+				 json_tokener_error_desc(jerr));
+	}
+	/* Trailing garbage after the object is malformed input too. */
+	for (; used < len; used++) {
+		if (!strchr(" \t\r\n", text[used])) {
+			json_object_put(obj);
+			return err_input(err, 400, "", "malformed JSON: unexpected data at byte %zu",
+					 used);
+		}
+	}
+	if (!json_object_is_type(obj, json_type_object)) {
+		json_object_put(obj);
+		return err_input(err, 400, "", "the body must be a JSON object");
+	}
+	*out = obj;
+	return 0;
+}
+
+const char *json_kind_name(enum json_kind kind)
+{
+	switch (kind) {
+	case JK_STRING:
+		return "a string";
+	case JK_INT:
+		return "an integer";
+	case JK_BOOL:
+		return "a boolean";
+	case JK_OBJECT:
+		return "an object";
+	case JK_ARRAY:
+		return "an array";
+	case JK_NUMBER:
+		return "a number";
+	}
+	return "?";
+}
+
+static bool kind_matches(struct json_object *val, enum json_kind kind)
+{
+	switch (kind) {
+	case JK_STRING:
+		return json_object_is_type(val, json_type_string);
+	case JK_INT:
+		return json_object_is_type(val, json_type_int);
+	case JK_BOOL:
+		return json_object_is_type(val, json_type_boolean);
+	case JK_OBJECT:
+		return json_object_is_type(val, json_type_object);
+	case JK_ARRAY:
+		return json_object_is_type(val, json_type_array);
+	case JK_NUMBER:
+		return json_object_is_type(val, json_type_int) ||
+		       json_object_is_type(val, json_type_double);
+	}
+	return false;
+}
+
+int json_fields_check(struct json_object *obj, const struct json_field *fields, struct kerr *err)
+{
+	const struct json_field *f;
+
+	json_object_object_foreach(obj, key, val)
+	{
+		for (f = fields; f->name; f++)
+			if (strcmp(f->name, key) == 0)
+				break;
+		if (f->name == NULL)
+			return err_input(err, 400, key, "unknown field '%s'", key);
+		if (!kind_matches(val, f->kind))
+			return err_input(err, 400, key, "field '%s' must be %s", key,
+					 json_kind_name(f->kind));
+		if (f->check && f->check(val, key, err) < 0)
+			return -1;
+	}
+	for (f = fields; f->name; f++) {
+		if (f->required && !json_object_object_get_ex(obj, f->name, NULL))
+			return err_input(err, 400, f->name, "field '%s' is required", f->name);
+	}
+	return 0;
+}
+
+const char *json_get_str(struct json_object *obj, const char *key, const char *def)
+{
+	struct json_object *v;
+
+	if (obj && json_object_object_get_ex(obj, key, &v) &&
+	    json_object_is_type(v, json_type_string))
+		return json_object_get_string(v);
+	return def;
+}
+
+int64_t json_get_int(struct json_object *obj, const char *key, int64_t def)
+{
+	struct json_object *v;
+
+	if (obj && json_object_object_get_ex(obj, key, &v) &&
+	    json_object_is_type(v, json_type_int))
+		return json_object_get_int64(v);
+	return def;
+}
+
+bool json_get_bool(struct json_object *obj, const char *key, bool def)
+{
+	struct json_object *v;
+
+	if (obj && json_object_object_get_ex(obj, key, &v) &&
+	    json_object_is_type(v, json_type_boolean))
+		return json_object_get_boolean(v);
+	return def;
+}
+
+const char *json_text(struct json_object *obj)
+{
+	return json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+							   JSON_C_TO_STRING_NOSLASHESCAPE);
+}

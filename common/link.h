@@ -1,0 +1,67 @@
+/*
+ * link.h - messages between controller and agents.
+ *
+ * Every message after joining is a JSON envelope {type, host, seq, op?, body}
+ * sealed with the host's link key (seal.h). The join exchange itself is the only
+ * clear-text message: it carries a single-use join token and public keys.
+ *
+ *   controller (NN_REQ, one per agent)  --cmd-->  agent (NN_REP)   acked at once
+ *   agent (NN_PUSH)  --heartbeat/op-progress/op-done-->  controller (NN_PULL)
+ *   agent (NN_REQ)   --join-->  controller (NN_REP, join port)
+ */
+#ifndef KUMO_LINK_H
+#define KUMO_LINK_H
+
+#include <json-c/json.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "seal.h"
+
+#define LINK_PROTO_VERSION 1
+#define LINK_OP_ID_MAX	   40
+#define LINK_MSG_MAX	   (4 * 1024 * 1024)
+#define LINK_REPLAY_WINDOW_US (120LL * 1000000)
+
+enum link_type {
+	LINK_HEARTBEAT,	  /* agent -> controller: facts */
+	LINK_OP_PROGRESS, /* agent -> controller: op, {progress, phase} */
+	LINK_OP_DONE,	  /* agent -> controller: op, {status, result|error} */
+	LINK_CMD_PROBE,	  /* controller -> agent: op; refresh facts */
+	LINK_ACK,	  /* agent -> controller reply: command accepted */
+	LINK_NACK,	  /* agent -> controller reply: command refused, {error} */
+	LINK_TYPE_COUNT,
+};
+
+struct link_msg {
+	enum link_type type;
+	char host[SEAL_HOST_MAX + 1];
+	int64_t seq;
+	char op[LINK_OP_ID_MAX + 1]; /* "" when the message concerns no operation */
+	struct json_object *body;    /* owned; always an object */
+};
+
+const char *link_type_name(enum link_type type);
+int link_type_parse(const char *name, enum link_type *out);
+
+/* Seal m for its host in direction dir. *out is malloc'd. */
+int link_msg_seal(const unsigned char key[SEAL_KEY_LEN], char dir, const struct link_msg *m,
+		  unsigned char **out, size_t *outlen, struct kerr *err);
+
+/*
+ * Open a sealed message with key and check the envelope's shape: known type, inner
+ * host equal to the clear one, integer seq, op a short string, body an object.
+ * Replay is the caller's to check (it owns the per-peer window). On success m owns
+ * its body; release with link_msg_clear().
+ */
+int link_msg_open(const unsigned char key[SEAL_KEY_LEN], char expect_dir, const unsigned char *buf,
+		  size_t len, struct link_msg *m, struct kerr *err);
+
+void link_msg_clear(struct link_msg *m);
+
+/* A random operation id: 32 hex characters. */
+void link_op_id_new(char out[LINK_OP_ID_MAX + 1]);
+/* True for a string that could be an operation id (1-40 of [a-z0-9-]). */
+int link_op_id_valid(const char *s);
+
+#endif

@@ -1,0 +1,26 @@
+/*
+ * token.h - bearer and join tokens: generation and SHA-256 digests.
+ *
+ * A token is "kumo_" followed by 43 base64url characters (256 random bits). Only its
+ * SHA-256 digest is ever stored.
+ */
+#ifndef KUMO_TOKEN_H
+#define KUMO_TOKEN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define TOKEN_PREFIX	 "kumo_"
+#define TOKEN_LEN	 (5 + 43)
+#define TOKEN_DIGEST_LEN 64 /* hex characters */
+
+/* A fresh token into out (TOKEN_LEN + 1 bytes). */
+void token_generate(char out[TOKEN_LEN + 1]);
+/* True when s has the shape of a token (prefix, length, alphabet). */
+bool token_well_formed(const char *s);
+/* SHA-256 of s as lower-case hex into out (TOKEN_DIGEST_LEN + 1 bytes). */
+void token_digest(const char *s, char out[TOKEN_DIGEST_LEN + 1]);
+/* Raw SHA-256 of len bytes. */
+void sha256(const void *data, size_t len, unsigned char out[32]);
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * util.h - allocation, ownership and small helpers shared by both daemons.
+ *
+ * Allocation failure is not recoverable in a daemon that owns cluster state, so
+ * xmalloc() and friends abort with a message instead of returning NULL.
+ */
+#ifndef KUMO_UTIL_H
+#define KUMO_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+void *xmalloc(size_t size);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t size);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static inline void cleanup_freep(void *p)
+{
+	free(*(void **)p);
+}
+
+static inline void cleanup_closep(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+}
+
+#define _cleanup_free_	_attr_cleanup_(cleanup_freep)
+#define _cleanup_close_ _attr_cleanup_(cleanup_closep)
+#define _attr_cleanup_(f) __attribute__((cleanup(f)))
+
+/* Hand ownership out of a cleanup-managed local: returns the pointer and clears it. */
+#define STEAL_POINTER(pp)                                                                          \
+	({                                                                                         \
+		__typeof__(*(pp)) _stolen = *(pp);                                                 \
+		*(pp) = NULL;                                                                      \
+		_stolen;                                                                           \
+	})
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Wall-clock time in milliseconds and microseconds since the epoch. */
+int64_t now_ms(void);
+int64_t now_us(void);
+
+/* Fill buf with len bytes from the kernel's CSPRNG; aborts if that is impossible. */
+void random_bytes(void *buf, size_t len);
+
+/* Lower-case hex of len bytes into out (which holds 2*len+1). */
+void hex_encode(const unsigned char *in, size_t len, char *out);
+/* Decode exactly outlen bytes of hex; returns 0 or -1 on bad input. */
+int hex_decode(const char *in, unsigned char *out, size_t outlen);
+
+/*
+ * Write data to path atomically (temporary file, fsync, rename, fsync of the
+ * directory) with the given mode. Returns 0 or -errno.
+ */
+int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* Read a whole file (at most max bytes) into a NUL-terminated buffer the caller frees. */
+int file_read_all(const char *path, size_t max, char **out, size_t *outlen);
+/* mkdir -p with mode for each created component. Returns 0 or -errno. */
+int mkdir_p(const char *path, unsigned mode);
+
+#endif

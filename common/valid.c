@@ -1,0 +1,76 @@
+/*
+ * valid.c - name and label validation.
+ */
+#include "valid.h"
+
+#include <string.h>
+
+bool name_valid(const char *s)
+{
+	size_t len = s ? strlen(s) : 0;
+
+	if (len == 0 || len > NAME_MAX_LEN || s[len - 1] == '-' || s[0] == '-')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+int name_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (!name_valid(json_object_get_string(val)))
+		return err_input(err, 400, field,
+				 "field '%s' must be 1-63 characters of a-z, 0-9 and '-', not "
+				 "starting or ending with '-'",
+				 field);
+	return 0;
+}
+
+static bool label_key_valid(const char *k)
+{
+	size_t len = strlen(k);
+
+	if (len == 0 || len > 63)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = k[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      strchr("._-/", c)))
+			return false;
+	}
+	return true;
+}
+
+int labels_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_object_object_length(val) > 64)
+		return err_input(err, 400, field, "field '%s' holds more than 64 labels", field);
+	json_object_object_foreach(val, key, v)
+	{
+		const char *s;
+
+		if (!label_key_valid(key))
+			return err_input(err, 400, field,
+					 "label key '%.64s' must be 1-63 characters of "
+					 "A-Z, a-z, 0-9, '.', '_', '-' and '/'",
+					 key);
+		if (!json_object_is_type(v, json_type_string))
+			return err_input(err, 400, field, "label '%s' must have a string value",
+					 key);
+		s = json_object_get_string(v);
+		if (strlen(s) > 255)
+			return err_input(err, 400, field,
+					 "label '%s' has a value longer than 255 characters", key);
+		for (; *s; s++)
+			if ((unsigned char)*s < 0x20 || *s == 0x7f)
+				return err_input(err, 400, field,
+						 "label '%s' has a control character in its value",
+						 key);
+	}
+	return 0;
+}

@@ -1,0 +1,24 @@
+/*
+ * valid.h - checks for names and labels that come from outside.
+ *
+ * Names become parts of paths and device names later, so they are held to the
+ * DNS-label shape: 1-63 characters of [a-z0-9-], starting with a letter or digit,
+ * not ending in '-'.
+ */
+#ifndef KUMO_VALID_H
+#define KUMO_VALID_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+
+#include "err.h"
+
+#define NAME_MAX_LEN 63
+
+bool name_valid(const char *s);
+/* For json_field.check: a string that is a valid name. */
+int name_check(struct json_object *val, const char *field, struct kerr *err);
+/* For json_field.check: an object of label key -> string value. */
+int labels_check(struct json_object *val, const char *field, struct kerr *err);
+
+#endif

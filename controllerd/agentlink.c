@@ -1,0 +1,583 @@
+/*
+ * agentlink.c - the controller's end of the agent link (nanomsg over TCP).
+ *
+ *   join socket   NN_REP  link_address:join_port   clear JSON join requests
+ *   event socket  NN_PULL link_address:event_port  sealed heartbeats and op events
+ *   per host      NN_REQ  -> the agent's NN_REP    sealed commands, acked at once
+ *
+ * Every socket's readiness comes from its NN_RCVFD through a uv_poll, so the loop
+ * never blocks on the link. A message that fails any check is dropped, logged and
+ * counted in kumo_link_rejected_total.
+ */
+#include <nanomsg/nn.h>
+#include <nanomsg/pipeline.h>
+#include <nanomsg/reqrep.h>
+#include <openssl/crypto.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "token.h"
+#include "util.h"
+#include "valid.h"
+
+#define CMD_TIMEOUT_MS 5000
+
+static int join_sock = -1, event_sock = -1;
+static uv_poll_t join_poll, event_poll;
+
+static int sock_rcvfd(int sock)
+{
+	int fd;
+	size_t sz = sizeof(fd);
+
+	if (nn_getsockopt(sock, NN_SOL_SOCKET, NN_RCVFD, &fd, &sz) < 0)
+		return -1;
+	return fd;
+}
+
+static void reject(const char *reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reject(const char *reason, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_warnx("link: rejected message: %s", msg);
+	metrics_link_rejected(reason);
+}
+
+/* ---- joining ---- */
+
+static int pubkey_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	unsigned char k[SEAL_PUB_LEN];
+
+	if (hex_decode(json_object_get_string(v), k, sizeof(k)) < 0)
+		return err_input(err, 400, field, "'%s' must be 64 hex characters", field);
+	return 0;
+}
+
+static int join_addr_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strncmp(s, "tcp://", 6) != 0 || strlen(s) > 64)
+		return err_input(err, 400, field, "'%s' must be tcp://address:port", field);
+	return 0;
+}
+
+static int type_join_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	if (strcmp(json_object_get_string(v), "join") != 0)
+		return err_input(err, 400, field, "'%s' must be \"join\"", field);
+	return 0;
+}
+
+static const struct json_field join_fields[] = {
+	{"type", JK_STRING, true, type_join_check},
+	{"version", JK_INT, true, NULL},
+	{"token", JK_STRING, true, NULL},
+	{"name", JK_STRING, true, name_check},
+	{"pubkey", JK_STRING, true, pubkey_check},
+	{"addr", JK_STRING, true, join_addr_check},
+	{NULL, 0, false, NULL},
+};
+
+static void join_reply(struct json_object *reply)
+{
+	const char *text = json_text(reply);
+
+	if (nn_send(join_sock, text, strlen(text), NN_DONTWAIT) < 0)
+		log_warnx("link: cannot answer a join: %s", nn_strerror(nn_errno()));
+	json_object_put(reply);
+}
+
+static void join_refuse(const char *why)
+{
+	struct json_object *r = json_object_new_object();
+
+	json_object_object_add(r, "ok", json_object_new_boolean(0));
+	json_object_object_add(r, "error", json_object_new_string(why));
+	join_reply(r);
+}
+
+/*
+ * One join request: check it, consume the token and record the host in one
+ * transaction (durable before the answer), derive the link key, answer.
+ */
+static void join_handle(const char *text, size_t len)
+{
+	unsigned char priv[SEAL_KEY_LEN], pub[SEAL_PUB_LEN], peer[SEAL_PUB_LEN], key[SEAL_KEY_LEN];
+	unsigned char salt[32];
+	char pubhex[2 * SEAL_PUB_LEN + 1], info[160];
+	struct json_object *req, *r, *ev;
+	const char *token, *name, *addr;
+	struct kerr err;
+	int64_t id;
+	struct host *h;
+
+	if (json_body_parse(text, len, &req, &err) < 0 ||
+	    json_fields_check(req, join_fields, &err) < 0) {
+		reject("malformed", "join request: %s", err.msg);
+		join_refuse(err.msg);
+		return;
+	}
+	if (json_get_int(req, "version", 0) != LINK_PROTO_VERSION) {
+		reject("malformed", "join request: protocol version %lld",
+		       (long long)json_get_int(req, "version", 0));
+		join_refuse("unsupported link protocol version");
+		json_object_put(req);
+		return;
+	}
+	token = json_get_str(req, "token", "");
+	name = json_get_str(req, "name", "");
+	addr = json_get_str(req, "addr", "");
+	hex_decode(json_get_str(req, "pubkey", ""), peer, sizeof(peer));
+
+	sha256(token, strlen(token), salt);
+	snprintf(info, sizeof(info), "kumo-link-v1 %s %s", ctl.cluster_id, name);
+	if (seal_keypair(priv, pub, &err) < 0 ||
+	    seal_derive(priv, peer, salt, sizeof(salt), info, key, &err) < 0) {
+		reject("malformed", "join from %s: %s", name, err.msg);
+		join_refuse(err.msg);
+		json_object_put(req);
+		return;
+	}
+	if (db_begin(ctl.db) < 0) {
+		join_refuse("controller database is busy; try again");
+		json_object_put(req);
+		return;
+	}
+	if (tokens_join_consume(token, name, &err) < 0) {
+		db_rollback(ctl.db);
+		reject("join-refused", "join from %s: %s", name, err.msg);
+		join_refuse(err.msg);
+		json_object_put(req);
+		return;
+	}
+	h = host_find(name);
+	if (host_join(name, key, addr, &id, &err) < 0 || db_commit(ctl.db, &err) < 0) {
+		db_rollback(ctl.db);
+		log_warnx("link: join from %s failed: %s", name, err.msg);
+		join_refuse("controller could not record the host");
+		json_object_put(req);
+		return;
+	}
+	log_info("host %s: %s at %s", name, h ? "re-joined" : "joined", addr);
+	hex_encode(pub, sizeof(pub), pubhex);
+	r = json_object_new_object();
+	json_object_object_add(r, "ok", json_object_new_boolean(1));
+	json_object_object_add(r, "host_id", json_object_new_int64(id));
+	json_object_object_add(r, "cluster_id", json_object_new_string(ctl.cluster_id));
+	json_object_object_add(r, "pubkey", json_object_new_string(pubhex));
+	snprintf(info, sizeof(info), "tcp://%s:%d", ctl.cfg.link_address, ctl.cfg.event_port);
+	json_object_object_add(r, "events", json_object_new_string(info));
+	json_object_object_add(r, "heartbeat_interval",
+			       json_object_new_int(ctl.cfg.heartbeat_interval));
+	join_reply(r);
+	OPENSSL_cleanse(priv, sizeof(priv));
+	OPENSSL_cleanse(key, sizeof(key));
+	ev = host_to_json(host_find(name));
+	event_emit("host-joined", ev);
+	json_object_put(req);
+}
+
+static void join_poll_cb(uv_poll_t *p, int status, int events)
+{
+	for (;;) {
+		char *buf = NULL;
+		int n = nn_recv(join_sock, &buf, NN_MSG, NN_DONTWAIT);
+
+		if (n < 0)
+			break;
+		if (n > 64 * 1024)
+			reject("malformed", "join request of %d bytes", n), join_refuse("too large");
+		else
+			join_handle(buf, (size_t)n);
+		nn_freemsg(buf);
+	}
+}
+
+/* ---- events from agents ---- */
+
+static int progress_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 0 || n > 100)
+		return err_input(err, 400, field, "'%s' must be 0..100", field);
+	return 0;
+}
+
+static int short_text_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	if (strlen(json_object_get_string(v)) > 1024)
+		return err_input(err, 400, field, "'%s' is too long", field);
+	return 0;
+}
+
+static int done_status_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "succeeded") && strcmp(s, "failed"))
+		return err_input(err, 400, field, "'%s' must be succeeded or failed", field);
+	return 0;
+}
+
+static const struct json_field progress_fields[] = {
+	{"progress", JK_INT, true, progress_check},
+	{"phase", JK_STRING, true, short_text_check},
+	{NULL, 0, false, NULL},
+};
+
+static const struct json_field done_fields[] = {
+	{"status", JK_STRING, true, done_status_check},
+	{"result", JK_OBJECT, false, NULL},
+	{"error", JK_STRING, false, short_text_check},
+	{NULL, 0, false, NULL},
+};
+
+/* Does operation op belong to host h? Agents may only report on their own work. */
+static bool op_owned(struct host *h, const char *op)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM operations WHERE id = ? AND host_id = ?");
+	bool ok;
+
+	sqlite3_bind_text(st, 1, op, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, h->id);
+	ok = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return ok;
+}
+
+static void op_done(struct host *h, struct link_msg *m)
+{
+	struct json_object *result = json_object_object_get(m->body, "result");
+	const char *status = json_get_str(m->body, "status", "failed");
+	struct json_object *op = op_get(m->op);
+	const char *kind = op ? json_object_get_string(json_object_object_get(op, "kind")) : "";
+
+	/* A probe's result is the host's fresh facts. */
+	if (!strcmp(kind, "probe") && !strcmp(status, "succeeded") && result) {
+		struct json_object *facts = json_object_object_get(result, "facts");
+
+		if (facts && json_object_is_type(facts, json_type_object)) {
+			json_object_put(h->facts);
+			h->facts = json_object_get(facts);
+			h->facts_saved = 0; /* written by the next persist pass */
+			hosts_persist(false);
+		}
+	}
+	json_object_put(op);
+	op_update(m->op, status, !strcmp(status, "succeeded") ? 100 : -1,
+		  !strcmp(status, "succeeded") ? "done" : "failed",
+		  result ? json_object_get(result) : NULL, json_get_str(m->body, "error", NULL));
+}
+
+/* One sealed message from an agent: authenticate, check replay, dispatch. */
+static void event_handle(const unsigned char *buf, size_t len)
+{
+	char dir, hostname[SEAL_HOST_MAX + 1];
+	struct link_msg m;
+	struct kerr err;
+	struct host *h;
+
+	if (seal_peek(buf, len, &dir, hostname) < 0)
+		return reject("malformed", "not a sealed message (%zu bytes)", len);
+	if (dir != SEAL_DIR_TO_CONTROLLER)
+		return reject("malformed", "message from %s sealed for the wrong direction",
+			      hostname);
+	h = host_find(hostname);
+	if (h == NULL)
+		return reject("unknown-host", "message from unknown host '%s'", hostname);
+	if (link_msg_open(h->key, SEAL_DIR_TO_CONTROLLER, buf, len, &m, &err) < 0)
+		return reject("tampered", "host %s: %s", hostname, err.msg);
+	if (seal_replay_check(&h->rx, m.seq, now_us(), LINK_REPLAY_WINDOW_US, &err) < 0) {
+		reject("replay", "host %s: %s", hostname, err.msg);
+		link_msg_clear(&m);
+		return;
+	}
+	switch (m.type) {
+	case LINK_HEARTBEAT:
+		host_heartbeat(h, m.body);
+		break;
+	case LINK_OP_PROGRESS:
+		if (!m.op[0] || !op_owned(h, m.op) ||
+		    json_fields_check(m.body, progress_fields, &err) < 0) {
+			reject("malformed", "host %s: bad op-progress for '%s'", h->name, m.op);
+			break;
+		}
+		op_update(m.op, "running", (int)json_get_int(m.body, "progress", 0),
+			  json_get_str(m.body, "phase", ""), NULL, NULL);
+		break;
+	case LINK_OP_DONE:
+		if (!m.op[0] || !op_owned(h, m.op) || json_fields_check(m.body, done_fields, &err) < 0) {
+			reject("malformed", "host %s: bad op-done for '%s'", h->name, m.op);
+			break;
+		}
+		op_done(h, &m);
+		break;
+	default:
+		reject("malformed", "host %s: unexpected %s on the event socket", h->name,
+		       link_type_name(m.type));
+		break;
+	}
+	link_msg_clear(&m);
+}
+
+static void event_poll_cb(uv_poll_t *p, int status, int events)
+{
+	for (;;) {
+		unsigned char *buf = NULL;
+		int n = nn_recv(event_sock, &buf, NN_MSG, NN_DONTWAIT);
+
+		if (n < 0)
+			break;
+		event_handle(buf, (size_t)n);
+		nn_freemsg(buf);
+	}
+}
+
+/* ---- commands to agents ---- */
+
+static void cmd_free(struct cmd *c)
+{
+	if (c) {
+		json_object_put(c->body);
+		free(c);
+	}
+}
+
+/* Seal and send the in-flight command (again, after a timeout: a new seq each time). */
+static void cmd_transmit(struct host *h)
+{
+	struct link_msg m = {.type = h->inflight->type, .body = h->inflight->body};
+	unsigned char *buf;
+	size_t len;
+	struct kerr err;
+
+	snprintf(m.host, sizeof(m.host), "%s", h->name);
+	snprintf(m.op, sizeof(m.op), "%s", h->inflight->op);
+	m.seq = seal_seq_next(&h->tx_seq);
+	h->inflight_deadline = now_ms() + CMD_TIMEOUT_MS;
+	if (link_msg_seal(h->key, SEAL_DIR_TO_AGENT, &m, &buf, &len, &err) < 0) {
+		log_warnx("host %s: cannot seal %s: %s", h->name, link_type_name(m.type), err.msg);
+		return;
+	}
+	if (nn_send(h->req_sock, buf, len, NN_DONTWAIT) < 0)
+		log_debug("host %s: %s not sent yet: %s", h->name, link_type_name(m.type),
+			  nn_strerror(nn_errno()));
+	free(buf);
+}
+
+static void cmd_next(struct host *h)
+{
+	if (h->inflight || h->queue == NULL || h->req_sock < 0)
+		return;
+	h->inflight = h->queue;
+	h->queue = h->queue->next;
+	h->inflight->next = NULL;
+	cmd_transmit(h);
+}
+
+/* A reply to the in-flight command arrived. */
+static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
+{
+	struct link_msg m;
+	struct kerr err;
+	struct cmd *c = h->inflight;
+
+	if (link_msg_open(h->key, SEAL_DIR_TO_CONTROLLER, buf, len, &m, &err) < 0)
+		return reject("tampered", "host %s: reply: %s", h->name, err.msg);
+	if (strcmp(m.host, h->name) != 0) {
+		reject("tampered", "host %s: reply claims to be from %s", h->name, m.host);
+		link_msg_clear(&m);
+		return;
+	}
+	if (seal_replay_check(&h->rx, m.seq, now_us(), LINK_REPLAY_WINDOW_US, &err) < 0) {
+		reject("replay", "host %s: reply: %s", h->name, err.msg);
+		link_msg_clear(&m);
+		return;
+	}
+	if (c == NULL || strcmp(m.op, c->op) != 0) {
+		log_debug("host %s: stale reply for op '%s'", h->name, m.op);
+		link_msg_clear(&m);
+		return;
+	}
+	if (m.type == LINK_ACK) {
+		op_update(c->op, "running", -1, "accepted by agent", NULL, NULL);
+	} else if (m.type == LINK_NACK) {
+		const char *why = json_get_str(m.body, "error", "refused by the agent");
+
+		op_update(c->op, "failed", -1, "refused", NULL, why);
+	} else {
+		reject("malformed", "host %s: unexpected %s as a reply", h->name,
+		       link_type_name(m.type));
+	}
+	h->inflight = NULL;
+	cmd_free(c);
+	link_msg_clear(&m);
+	cmd_next(h);
+}
+
+static void req_poll_cb(uv_poll_t *p, int status, int events)
+{
+	struct host *h = p->data;
+
+	for (;;) {
+		unsigned char *buf = NULL;
+		int n;
+
+		if (h->req_sock < 0)
+			return;
+		n = nn_recv(h->req_sock, &buf, NN_MSG, NN_DONTWAIT);
+		if (n < 0)
+			break;
+		reply_handle(h, buf, (size_t)n);
+		nn_freemsg(buf);
+	}
+}
+
+/* Open h's command socket to its advertised address. */
+void agentlink_host_connect(struct host *h)
+{
+	int fd, resend = 3600 * 1000, linger = 0;
+
+	if (h->req_sock >= 0 || h->address == NULL || h->address[0] == '\0')
+		return;
+	h->req_sock = nn_socket(AF_SP, NN_REQ);
+	if (h->req_sock < 0) {
+		log_warnx("host %s: nn_socket: %s", h->name, nn_strerror(nn_errno()));
+		return;
+	}
+	/* We resend ourselves, re-sealed with a fresh seq; nanomsg's resend would replay. */
+	nn_setsockopt(h->req_sock, NN_REQ, NN_REQ_RESEND_IVL, &resend, sizeof(resend));
+	nn_setsockopt(h->req_sock, NN_SOL_SOCKET, NN_LINGER, &linger, sizeof(linger));
+	if (nn_connect(h->req_sock, h->address) < 0) {
+		log_warnx("host %s: cannot connect to %s: %s", h->name, h->address,
+			  nn_strerror(nn_errno()));
+		nn_close(h->req_sock);
+		h->req_sock = -1;
+		return;
+	}
+	fd = sock_rcvfd(h->req_sock);
+	h->req_poll = xcalloc(1, sizeof(*h->req_poll));
+	uv_poll_init(ctl.loop, h->req_poll, fd);
+	h->req_poll->data = h;
+	uv_poll_start(h->req_poll, UV_READABLE, req_poll_cb);
+	/* Anything in flight on the old socket goes again on the new one. */
+	if (h->inflight)
+		cmd_transmit(h);
+	else
+		cmd_next(h);
+}
+
+static void free_handle_cb(uv_handle_t *handle)
+{
+	free(handle);
+}
+
+/* Close h's command socket; the poll is stopped before nanomsg closes its fd. */
+void agentlink_host_disconnect(struct host *h)
+{
+	if (h->req_poll) {
+		uv_poll_stop(h->req_poll);
+		uv_close((uv_handle_t *)h->req_poll, free_handle_cb);
+		h->req_poll = NULL;
+	}
+	if (h->req_sock >= 0) {
+		nn_close(h->req_sock);
+		h->req_sock = -1;
+	}
+}
+
+/*
+ * Queue a command for h carrying operation op (body: a reference is consumed, may
+ * be NULL). Commands go one at a time, in order; a command not acked in
+ * CMD_TIMEOUT_MS is sent again, so agents dedupe by op id.
+ */
+void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
+			struct json_object *body)
+{
+	struct cmd *c = xcalloc(1, sizeof(*c)), **pp;
+
+	c->type = type;
+	snprintf(c->op, sizeof(c->op), "%s", op);
+	c->body = body ? body : json_object_new_object();
+	for (pp = &h->queue; *pp; pp = &(*pp)->next)
+		;
+	*pp = c;
+	agentlink_host_connect(h);
+	cmd_next(h);
+}
+
+/* Cron: resend commands whose ack is overdue. */
+void agentlink_cron(void)
+{
+	int64_t now = now_ms();
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (h->inflight && h->req_sock >= 0 && now >= h->inflight_deadline &&
+		    h->state == HOST_ONLINE)
+			cmd_transmit(h);
+}
+
+static int bind_poll(int type, int port, uv_poll_t *poll, uv_poll_cb cb, struct kerr *err)
+{
+	char url[96];
+	int sock = nn_socket(AF_SP, type), fd, max = LINK_MSG_MAX;
+
+	if (sock < 0)
+		return err_set(err, 0, "nn_socket: %s", nn_strerror(nn_errno()));
+	nn_setsockopt(sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &max, sizeof(max));
+	snprintf(url, sizeof(url), "tcp://%s:%d", ctl.cfg.link_address, port);
+	if (nn_bind(sock, url) < 0) {
+		err_set(err, 0, "cannot bind the agent link on %s: %s", url, nn_strerror(nn_errno()));
+		nn_close(sock);
+		return -1;
+	}
+	fd = sock_rcvfd(sock);
+	uv_poll_init(ctl.loop, poll, fd);
+	uv_poll_start(poll, UV_READABLE, cb);
+	log_info("link: listening on %s", url);
+	return sock;
+}
+
+/* Bind the join and event sockets and connect to every known host. */
+int agentlink_start(struct kerr *err)
+{
+	join_sock = bind_poll(NN_REP, ctl.cfg.join_port, &join_poll, join_poll_cb, err);
+	if (join_sock < 0)
+		return -1;
+	event_sock = bind_poll(NN_PULL, ctl.cfg.event_port, &event_poll, event_poll_cb, err);
+	if (event_sock < 0)
+		return -1;
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		agentlink_host_connect(h);
+	return 0;
+}
+
+void agentlink_stop(void)
+{
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		agentlink_host_disconnect(h);
+	if (join_sock >= 0) {
+		uv_poll_stop(&join_poll);
+		uv_close((uv_handle_t *)&join_poll, NULL);
+		nn_close(join_sock);
+		join_sock = -1;
+	}
+	if (event_sock >= 0) {
+		uv_poll_stop(&event_poll);
+		uv_close((uv_handle_t *)&event_poll, NULL);
+		nn_close(event_sock);
+		event_sock = -1;
+	}
+}

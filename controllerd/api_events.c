@@ -1,0 +1,192 @@
+/*
+ * api_events.c - GET /api/v1/events: Server-Sent Events from the events table.
+ *
+ * Each stream is a libmicrohttpd callback response. When it has nothing to send the
+ * reader suspends its connection and returns 0 (libmicrohttpd's prescribed way to
+ * wait without busy-looping); event_emit() resumes every waiting stream, and the
+ * cron sends a comment every 15 s so proxies and clients see the stream alive.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+
+#define SSE_KEEPALIVE_MS 15000
+#define SSE_BATCH	 64
+
+struct sse_stream {
+	struct MHD_Connection *conn;
+	int64_t last_id;
+	char *types; /* ",a,b," or NULL for all */
+	char *buf;   /* formatted, not yet sent */
+	size_t len, off;
+	bool suspended;
+	int64_t last_write;
+	struct sse_stream *next;
+};
+
+static struct sse_stream *streams;
+
+static bool type_wanted(const struct sse_stream *s, const char *type)
+{
+	char needle[80];
+
+	if (s->types == NULL)
+		return true;
+	snprintf(needle, sizeof(needle), ",%s,", type);
+	return strstr(s->types, needle) != NULL;
+}
+
+/* Format the next batch of events after last_id into s->buf; false when none. */
+static bool fill(struct sse_stream *s)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, type, data, time FROM events "
+					      "WHERE id > ? ORDER BY id LIMIT ?");
+	size_t cap = 0;
+
+	free(s->buf);
+	s->buf = NULL;
+	s->len = s->off = 0;
+	sqlite3_bind_int64(st, 1, s->last_id);
+	sqlite3_bind_int(st, 2, SSE_BATCH);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *type = (const char *)sqlite3_column_text(st, 1);
+		const char *data = (const char *)sqlite3_column_text(st, 2);
+		_cleanup_free_ char *line = NULL;
+		size_t n;
+
+		s->last_id = sqlite3_column_int64(st, 0);
+		if (!type_wanted(s, type))
+			continue;
+		line = xasprintf("id: %lld\nevent: %s\ndata: {\"id\":%lld,\"type\":\"%s\","
+				 "\"time\":%lld,\"data\":%s}\n\n",
+				 (long long)s->last_id, type, (long long)s->last_id, type,
+				 (long long)sqlite3_column_int64(st, 3), data);
+		n = strlen(line);
+		if (s->len + n > cap) {
+			cap = (s->len + n) * 2;
+			s->buf = xrealloc(s->buf, cap);
+		}
+		memcpy(s->buf + s->len, line, n);
+		s->len += n;
+	}
+	sqlite3_finalize(st);
+	return s->len > 0;
+}
+
+static ssize_t reader_cb(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct sse_stream *s = cls;
+	size_t n;
+
+	if (s->off >= s->len && !fill(s)) {
+		if (now_ms() - s->last_write >= SSE_KEEPALIVE_MS) {
+			s->buf = xstrdup(": keepalive\n\n");
+			s->len = strlen(s->buf);
+			s->off = 0;
+		} else {
+			s->suspended = true;
+			MHD_suspend_connection(s->conn);
+			return 0;
+		}
+	}
+	n = s->len - s->off < max ? s->len - s->off : max;
+	memcpy(out, s->buf + s->off, n);
+	s->off += n;
+	s->last_write = now_ms();
+	return (ssize_t)n;
+}
+
+static void free_cb(void *cls)
+{
+	struct sse_stream *s = cls, **pp;
+
+	for (pp = &streams; *pp; pp = &(*pp)->next)
+		if (*pp == s) {
+			*pp = s->next;
+			break;
+		}
+	free(s->buf);
+	free(s->types);
+	free(s);
+}
+
+enum MHD_Result api_events_stream(struct request *req)
+{
+	const char *types = http_query(req, "type");
+	const char *last = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Last-Event-ID");
+	struct MHD_Response *resp;
+	struct sse_stream *s;
+
+	if (types) {
+		for (const char *p = types; *p; p++)
+			if (!((*p >= 'a' && *p <= 'z') || *p == '-' || *p == ','))
+				return http_reply_error(req, 400, "type",
+							"query parameter 'type' is a comma-separated "
+							"list of event types such as host-online");
+		if (strlen(types) > 512)
+			return http_reply_error(req, 400, "type", "query parameter 'type' is too long");
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->conn = req->conn;
+	s->types = types ? xasprintf(",%s,", types) : NULL;
+	s->last_write = now_ms();
+	if (last) {
+		char *end;
+		long long v = strtoll(last, &end, 10);
+
+		if (*last == '\0' || *end || v < 0) {
+			free(s->types);
+			free(s);
+			return http_reply_error(req, 400, "Last-Event-ID",
+						"header Last-Event-ID must be an event id");
+		}
+		s->last_id = v;
+	} else {
+		/* A new stream starts at now: history is in the Last-Event-ID replay. */
+		s->last_id = db_count(ctl.db, "SELECT coalesce(max(id), 0) FROM events");
+	}
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, reader_cb, s, free_cb);
+	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+	s->next = streams;
+	streams = s;
+	/* An opening comment, so a client sees the stream is established at once. */
+	s->buf = xstrdup(": kumo events\n\n");
+	s->len = strlen(s->buf);
+	return http_reply_response(req, 200, resp);
+}
+
+/* Wake every stream that waits for events. */
+void api_events_notify(void)
+{
+	bool any = false;
+
+	for (struct sse_stream *s = streams; s; s = s->next) {
+		if (s->suspended) {
+			s->suspended = false;
+			MHD_resume_connection(s->conn);
+			any = true;
+		}
+	}
+	if (any)
+		http_kick();
+}
+
+/* Wake idle streams so they send their keepalive comment. */
+void api_events_cron(void)
+{
+	int64_t now = now_ms();
+	bool any = false;
+
+	for (struct sse_stream *s = streams; s; s = s->next) {
+		if (s->suspended && now - s->last_write >= SSE_KEEPALIVE_MS) {
+			s->suspended = false;
+			MHD_resume_connection(s->conn);
+			any = true;
+		}
+	}
+	if (any)
+		http_kick();
+}

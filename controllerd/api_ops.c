@@ -1,0 +1,136 @@
+/*
+ * api_ops.c - /api/v1/operations, with ?wait=S long polls that suspend the
+ * connection until the operation reaches a final status or S seconds pass.
+ */
+#include <string.h>
+
+#include "controllerd.h"
+#include "util.h"
+
+#define WAIT_MAX_S 60
+
+static struct request *waiters;
+
+enum MHD_Result api_ops_list(struct request *req)
+{
+	const char *status = http_query(req, "status");
+	struct json_object *list = json_object_new_array(), *out;
+	struct kerr err;
+	sqlite3_stmt *st;
+	int64_t limit;
+
+	if (http_query_int(req, "limit", 1, 1000, 100, &limit, &err) < 0) {
+		json_object_put(list);
+		return http_reply_kerr(req, &err);
+	}
+	if (status && strcmp(status, "pending") && strcmp(status, "running") &&
+	    !op_status_final(status)) {
+		json_object_put(list);
+		return http_reply_error(req, 400, "status",
+					"status must be pending, running, succeeded, failed or "
+					"cancelled");
+	}
+	st = db_prepare(ctl.db, "SELECT id FROM operations WHERE (?1 IS NULL OR status = ?1) "
+				"ORDER BY created_at DESC, rowid DESC LIMIT ?2");
+	if (status)
+		sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, limit);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o = op_get((const char *)sqlite3_column_text(st, 0));
+
+		if (o)
+			json_object_array_add(list, o);
+	}
+	sqlite3_finalize(st);
+	out = json_object_new_object();
+	json_object_object_add(out, "operations", list);
+	return http_reply_json(req, 200, out);
+}
+
+static enum MHD_Result reply_op(struct request *req)
+{
+	struct json_object *o = op_get(req->wait_op);
+
+	if (o == NULL)
+		return http_reply_error(req, 404, NULL, "no operation %s", req->wait_op);
+	return http_reply_json(req, 200, o);
+}
+
+static void waiter_remove(struct request *req)
+{
+	for (struct request **pp = &waiters; *pp; pp = &(*pp)->wait_next)
+		if (*pp == req) {
+			*pp = req->wait_next;
+			req->wait_next = NULL;
+			return;
+		}
+}
+
+enum MHD_Result api_op_get(struct request *req)
+{
+	struct json_object *o;
+	struct kerr err;
+	int64_t wait;
+	const char *status;
+
+	if (!link_op_id_valid(req->params[0]))
+		return http_reply_error(req, 400, "id", "malformed operation id");
+	if (http_query_int(req, "wait", 0, WAIT_MAX_S, 0, &wait, &err) < 0)
+		return http_reply_kerr(req, &err);
+	snprintf(req->wait_op, sizeof(req->wait_op), "%s", req->params[0]);
+	o = op_get(req->wait_op);
+	if (o == NULL)
+		return http_reply_error(req, 404, NULL, "no operation %s", req->wait_op);
+	status = json_object_get_string(json_object_object_get(o, "status"));
+	if (wait == 0 || op_status_final(status))
+		return http_reply_json(req, 200, o);
+	json_object_put(o);
+	req->wait_deadline = now_ms() + wait * 1000;
+	req->wait_next = waiters;
+	waiters = req;
+	http_suspend(req, reply_op);
+	return MHD_YES;
+}
+
+/* Operation id reached a final status: answer everyone waiting on it. */
+void api_ops_wake(const char *id)
+{
+	struct request **pp = &waiters;
+
+	while (*pp) {
+		struct request *req = *pp;
+
+		if (strcmp(req->wait_op, id) == 0) {
+			*pp = req->wait_next;
+			req->wait_next = NULL;
+			http_resume(req);
+		} else {
+			pp = &req->wait_next;
+		}
+	}
+}
+
+/* Answer long polls whose time is up with the operation as it stands. */
+void api_ops_cron(void)
+{
+	struct request **pp = &waiters;
+	int64_t now = now_ms();
+
+	while (*pp) {
+		struct request *req = *pp;
+
+		if (req->wait_deadline <= now) {
+			*pp = req->wait_next;
+			req->wait_next = NULL;
+			http_resume(req);
+		} else {
+			pp = &req->wait_next;
+		}
+	}
+}
+
+/* A request is finished (or its client went away): it waits no more. */
+void api_ops_forget(struct request *req)
+{
+	waiter_remove(req);
+}

@@ -1,0 +1,261 @@
+/*
+ * config.c - the controller's configuration: one table drives defaults, parsing of
+ * the file and of -s key=value flags, validation and the -n printout.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+
+enum opt_type { OPT_STR, OPT_BOOL, OPT_INT };
+
+struct option_def {
+	const char *name;
+	enum opt_type type;
+	size_t offset;
+	const char *def;
+	int min, max; /* OPT_INT only */
+	const char *help;
+};
+
+#define OFF(f) offsetof(struct config, f)
+
+static const struct option_def options[] = {
+	{"state_dir", OPT_STR, OFF(state_dir), "/var/lib/kumo", 0, 0,
+	 "database, TLS key and certificate, admin token"},
+	{"api_listen", OPT_STR, OFF(api_listen), "127.0.0.1:8443", 0, 0,
+	 "address:port of the HTTP API"},
+	{"tls", OPT_BOOL, OFF(tls), "on", 0, 0, "serve the API over TLS"},
+	{"insecure_http", OPT_BOOL, OFF(insecure_http), "no", 0, 0,
+	 "allow tls = off on a non-loopback address"},
+	{"link_address", OPT_STR, OFF(link_address), "127.0.0.1", 0, 0,
+	 "IPv4 address the agent link binds"},
+	{"join_port", OPT_INT, OFF(join_port), "7700", 1, 65535, "port agents join on"},
+	{"event_port", OPT_INT, OFF(event_port), "7701", 1, 65535,
+	 "port agents push heartbeats and events to"},
+	{"heartbeat_interval", OPT_INT, OFF(heartbeat_interval), "1", 1, 60,
+	 "seconds between agent heartbeats"},
+	{"offline_after", OPT_INT, OFF(offline_after), "5", 2, 1000,
+	 "missed heartbeats before a host is offline"},
+	{"max_body", OPT_INT, OFF(max_body), "1048576", 1024, 1 << 30,
+	 "largest request body in bytes"},
+	{"log_level", OPT_STR, OFF(log_level), "info", 0, 0, "error, warn, info or debug"},
+	{"pidfile", OPT_STR, OFF(pidfile), "", 0, 0, "write the daemon's pid here"},
+};
+
+static bool parse_bool(const char *s, bool *out)
+{
+	if (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true") || !strcmp(s, "1"))
+		*out = true;
+	else if (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false") || !strcmp(s, "0"))
+		*out = false;
+	else
+		return false;
+	return true;
+}
+
+static int option_apply(struct config *cfg, const char *name, const char *value, struct kerr *err)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+		const struct option_def *o = &options[i];
+		void *field = (char *)cfg + o->offset;
+
+		if (strcmp(o->name, name) != 0)
+			continue;
+		switch (o->type) {
+		case OPT_STR:
+			free(*(char **)field);
+			*(char **)field = xstrdup(value);
+			return 0;
+		case OPT_BOOL:
+			if (!parse_bool(value, (bool *)field))
+				return err_set(err, 0, "%s: '%s' is not on/off", name, value);
+			return 0;
+		case OPT_INT: {
+			char *end;
+			long v;
+
+			errno = 0;
+			v = strtol(value, &end, 10);
+			if (errno || end == value || *end || v < o->min || v > o->max)
+				return err_set(err, 0, "%s: '%s' is not an integer in %d..%d", name,
+					       value, o->min, o->max);
+			*(int *)field = (int)v;
+			return 0;
+		}
+		}
+	}
+	return err_set(err, 0, "unknown option '%s'", name);
+}
+
+static void config_defaults(struct config *cfg)
+{
+	if (cfg->state_dir)
+		return;
+	for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+		if (option_apply(cfg, options[i].name, options[i].def, NULL) < 0)
+			fatalx("config: bad default for %s", options[i].name);
+}
+
+static char *trim(char *s)
+{
+	char *end;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	end = s + strlen(s);
+	while (end > s && isspace((unsigned char)end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/*
+ * Load defaults, then the file at path (if not NULL). Lines are "key = value";
+ * '#' starts a comment. Errors name the file and line.
+ */
+int config_load(struct config *cfg, const char *path, struct kerr *err)
+{
+	char line[1024];
+	FILE *f;
+	int lineno = 0;
+
+	config_defaults(cfg);
+	if (path == NULL)
+		return 0;
+	f = fopen(path, "re");
+	if (f == NULL)
+		return err_set(err, errno, "cannot open %s", path);
+	while (fgets(line, sizeof(line), f)) {
+		char *hash, *eq, *s;
+		struct kerr e;
+
+		lineno++;
+		if ((hash = strchr(line, '#')))
+			*hash = '\0';
+		s = trim(line);
+		if (*s == '\0')
+			continue;
+		eq = strchr(s, '=');
+		if (eq == NULL) {
+			fclose(f);
+			return err_set(err, 0, "%s:%d: expected 'key = value'", path, lineno);
+		}
+		*eq = '\0';
+		if (option_apply(cfg, trim(s), trim(eq + 1), &e) < 0) {
+			fclose(f);
+			return err_set(err, 0, "%s:%d: %s", path, lineno, e.msg);
+		}
+	}
+	fclose(f);
+	return 0;
+}
+
+/* Apply one "key=value" from the command line over what the file said. */
+int config_set(struct config *cfg, const char *kv, struct kerr *err)
+{
+	_cleanup_free_ char *copy = xstrdup(kv);
+	char *eq = strchr(copy, '=');
+
+	config_defaults(cfg);
+	if (eq == NULL)
+		return err_set(err, 0, "-s takes key=value, not '%s'", kv);
+	*eq = '\0';
+	return option_apply(cfg, trim(copy), trim(eq + 1), err);
+}
+
+static int split_hostport(const char *hp, char *host, size_t hostlen, int *port)
+{
+	const char *colon = strrchr(hp, ':');
+	char *end;
+	long p;
+
+	if (colon == NULL || (size_t)(colon - hp) >= hostlen)
+		return -1;
+	memcpy(host, hp, (size_t)(colon - hp));
+	host[colon - hp] = '\0';
+	p = strtol(colon + 1, &end, 10);
+	if (*end || p < 1 || p > 65535)
+		return -1;
+	*port = (int)p;
+	return 0;
+}
+
+bool addr_is_loopback(const char *hostport)
+{
+	char host[64];
+	struct in_addr a;
+	int port;
+
+	if (split_hostport(hostport, host, sizeof(host), &port) < 0 || inet_pton(AF_INET, host, &a) != 1)
+		return false;
+	return (ntohl(a.s_addr) >> 24) == 127;
+}
+
+/* Check the combination of options; the daemon refuses to start on any error. */
+int config_check(const struct config *cfg, struct kerr *err)
+{
+	char host[64];
+	struct in_addr a;
+	int port;
+	enum log_level lvl;
+
+	if (cfg->state_dir[0] != '/')
+		return err_set(err, 0, "state_dir must be an absolute path");
+	if (split_hostport(cfg->api_listen, host, sizeof(host), &port) < 0 ||
+	    inet_pton(AF_INET, host, &a) != 1)
+		return err_set(err, 0, "api_listen must be IPv4-address:port, not '%s'",
+			       cfg->api_listen);
+	if (!cfg->tls && !cfg->insecure_http && !addr_is_loopback(cfg->api_listen))
+		return err_set(err, 0,
+			       "tls = off on non-loopback address %s would send tokens in clear; "
+			       "set insecure_http = yes to allow it",
+			       cfg->api_listen);
+	if (inet_pton(AF_INET, cfg->link_address, &a) != 1)
+		return err_set(err, 0, "link_address must be an IPv4 address, not '%s'",
+			       cfg->link_address);
+	if (cfg->join_port == cfg->event_port)
+		return err_set(err, 0, "join_port and event_port must differ");
+	if (log_level_parse(cfg->log_level, &lvl) < 0)
+		return err_set(err, 0, "log_level must be error, warn, info or debug");
+	return 0;
+}
+
+/* Print the effective configuration in the file's own syntax. */
+void config_print(const struct config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+		const struct option_def *o = &options[i];
+		const void *field = (const char *)cfg + o->offset;
+
+		fprintf(out, "# %s\n", o->help);
+		switch (o->type) {
+		case OPT_STR:
+			fprintf(out, "%s = %s\n", o->name, *(char *const *)field);
+			break;
+		case OPT_BOOL:
+			fprintf(out, "%s = %s\n", o->name, *(const bool *)field ? "on" : "off");
+			break;
+		case OPT_INT:
+			fprintf(out, "%s = %d\n", o->name, *(const int *)field);
+			break;
+		}
+	}
+}
+
+void config_free(struct config *cfg)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+		if (options[i].type == OPT_STR) {
+			char **p = (char **)((char *)cfg + options[i].offset);
+
+			free(*p);
+			*p = NULL;
+		}
+}

@@ -1,0 +1,247 @@
+/*
+ * controllerd.h - the map of kumo-controllerd: its shared state and every
+ * cross-file function, grouped by the file that defines it.
+ *
+ * One thread owns all of this; callbacks run on the one libuv loop, so nothing here
+ * is locked.
+ */
+#ifndef KUMO_CONTROLLERD_H
+#define KUMO_CONTROLLERD_H
+
+#include <json-c/json.h>
+#include <microhttpd.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "err.h"
+#include "json.h"
+#include "link.h"
+#include "seal.h"
+
+struct config {
+	char *state_dir;
+	char *api_listen;
+	bool tls;
+	bool insecure_http;
+	char *link_address;
+	int join_port;
+	int event_port;
+	int heartbeat_interval;
+	int offline_after;
+	int max_body;
+	char *log_level;
+	char *pidfile;
+};
+
+enum role { ROLE_NONE = 0, ROLE_VIEWER = 1, ROLE_OPERATOR = 2, ROLE_ADMIN = 3 };
+
+enum host_state { HOST_OFFLINE, HOST_ONLINE };
+
+/* A command queued for an agent; the REQ socket carries one at a time. */
+struct cmd {
+	enum link_type type;
+	char op[LINK_OP_ID_MAX + 1];
+	struct json_object *body;
+	struct cmd *next;
+};
+
+struct host {
+	int64_t id;
+	char name[SEAL_HOST_MAX + 1];
+	unsigned char key[SEAL_KEY_LEN];
+	char *address; /* the agent's command socket, "tcp://a.b.c.d:port" */
+	enum host_state state;
+	bool maintenance;
+	int64_t joined_at;
+	int64_t last_seen; /* ms; 0 when never seen since start */
+	int64_t facts_saved;
+	struct json_object *labels;
+	struct json_object *facts;
+
+	struct seal_replay rx; /* agent -> controller window */
+	int64_t tx_seq;	       /* controller -> agent */
+
+	int req_sock; /* NN_REQ to the agent, -1 when not connected */
+	uv_poll_t *req_poll; /* heap: its close completes after the host may be gone */
+	struct cmd *queue;    /* waiting commands, oldest first */
+	struct cmd *inflight; /* sent, no reply yet */
+	int64_t inflight_deadline;
+
+	struct host *next;
+};
+
+struct controller {
+	struct config cfg;
+	uv_loop_t *loop;
+	sqlite3 *db;
+	char cluster_id[33];
+	struct host *hosts;
+	int64_t started_at;
+	uv_timer_t cron;
+	uv_signal_t sigterm, sigint;
+};
+
+extern struct controller ctl;
+
+/* config.c */
+int config_load(struct config *cfg, const char *path, struct kerr *err);
+int config_set(struct config *cfg, const char *kv, struct kerr *err);
+int config_check(const struct config *cfg, struct kerr *err);
+void config_print(const struct config *cfg, FILE *out);
+void config_free(struct config *cfg);
+bool addr_is_loopback(const char *hostport);
+
+/* db.c */
+#define DB_SCHEMA_VERSION 2
+int db_open(sqlite3 **db, const char *path, struct kerr *err);
+int db_migrate(sqlite3 *db, int target, struct kerr *err);
+int db_version(sqlite3 *db);
+int db_exec(sqlite3 *db, const char *sql, struct kerr *err);
+int db_begin(sqlite3 *db);
+int db_commit(sqlite3 *db, struct kerr *err);
+void db_rollback(sqlite3 *db);
+sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
+const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
+int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
+int64_t db_count(sqlite3 *db, const char *sql);
+void db_close(sqlite3 *db);
+
+/* tokens.c */
+int tokens_bootstrap(const char *state_dir, struct kerr *err);
+enum role tokens_authenticate(const char *authorization, int64_t *token_id);
+const char *role_name(enum role role);
+int role_parse(const char *name, enum role *out);
+/* Consume a join token inside the caller's transaction; err says why on refusal. */
+int tokens_join_consume(const char *token, const char *host, struct kerr *err);
+
+/* hosts.c */
+int hosts_load(struct kerr *err);
+struct host *host_find(const char *name);
+struct json_object *host_to_json(const struct host *h);
+void host_heartbeat(struct host *h, struct json_object *body);
+void hosts_check_liveness(void);
+void hosts_persist(bool all);
+int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const char *address,
+	      int64_t *id, struct kerr *err);
+void host_remove(struct host *h);
+void hosts_free(void);
+const char *host_state_name(enum host_state s);
+
+/* agentlink.c */
+int agentlink_start(struct kerr *err);
+void agentlink_stop(void);
+void agentlink_host_connect(struct host *h);
+void agentlink_host_disconnect(struct host *h);
+void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
+			struct json_object *body);
+void agentlink_cron(void);
+
+/* ops.c */
+struct json_object *op_create(const char *kind, const char *target, struct host *h,
+			      struct kerr *err);
+int op_update(const char *id, const char *status, int progress, const char *phase,
+	      struct json_object *result, const char *error);
+struct json_object *op_get(const char *id);
+bool op_status_final(const char *status);
+void ops_resume(void);
+
+/* events.c */
+void event_emit(const char *type, struct json_object *data);
+void events_prune(void);
+
+/* http.c */
+struct route;
+
+/* One HTTP request from its first byte to its completion. */
+struct request {
+	struct MHD_Connection *conn;
+	const char *method;
+	const char *url;
+	const struct route *route;
+	char *params[2]; /* {name} segments of the path, in order */
+	char *body;
+	size_t body_len;
+	bool body_too_large;
+	enum role role;
+	int64_t token_id;
+	unsigned status; /* what was answered, for metrics */
+	/* Called instead of the route handler when a suspended request is resumed. */
+	enum MHD_Result (*resume)(struct request *req);
+	/* Long poll on an operation (api_ops.c). */
+	char wait_op[LINK_OP_ID_MAX + 1];
+	int64_t wait_deadline;
+	struct request *wait_next;
+};
+
+typedef enum MHD_Result (*route_fn)(struct request *req);
+
+struct route {
+	const char *method;
+	const char *pattern; /* "{}" matches one path segment */
+	enum role role;	     /* least role allowed; ROLE_NONE: no token needed */
+	const char *query;   /* allowed query keys, comma separated */
+	route_fn fn;
+};
+
+int http_start(struct kerr *err);
+void http_stop(void);
+void http_kick(void);
+enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj);
+enum MHD_Result http_reply_error(struct request *req, unsigned status, const char *field,
+				 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+enum MHD_Result http_reply_kerr(struct request *req, const struct kerr *err);
+enum MHD_Result http_reply_empty(struct request *req, unsigned status);
+enum MHD_Result http_reply_text(struct request *req, unsigned status, const char *ctype,
+				char *text);
+enum MHD_Result http_reply_response(struct request *req, unsigned status,
+				    struct MHD_Response *resp);
+int http_body_json(struct request *req, const struct json_field *fields, struct json_object **out,
+		   struct kerr *err);
+const char *http_query(struct request *req, const char *key);
+int http_query_int(struct request *req, const char *key, int64_t min, int64_t max, int64_t def,
+		   int64_t *out, struct kerr *err);
+void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request *req));
+void http_resume(struct request *req);
+
+/* api_root.c */
+enum MHD_Result api_root_get(struct request *req);
+enum MHD_Result api_healthz_get(struct request *req);
+enum MHD_Result api_metrics_get(struct request *req);
+enum MHD_Result api_dashboard_get(struct request *req);
+
+/* api_hosts.c */
+enum MHD_Result api_hosts_list(struct request *req);
+enum MHD_Result api_host_get(struct request *req);
+enum MHD_Result api_host_patch(struct request *req);
+enum MHD_Result api_host_delete(struct request *req);
+enum MHD_Result api_host_probe(struct request *req);
+
+/* api_tokens.c */
+enum MHD_Result api_tokens_create(struct request *req);
+enum MHD_Result api_tokens_list(struct request *req);
+enum MHD_Result api_token_delete(struct request *req);
+
+/* api_ops.c */
+enum MHD_Result api_ops_list(struct request *req);
+enum MHD_Result api_op_get(struct request *req);
+void api_ops_wake(const char *id);
+void api_ops_cron(void);
+void api_ops_forget(struct request *req);
+
+/* api_events.c */
+enum MHD_Result api_events_stream(struct request *req);
+void api_events_notify(void);
+void api_events_cron(void);
+
+/* metrics.c */
+void metrics_api_request(const char *route, unsigned status);
+void metrics_link_rejected(const char *reason);
+char *metrics_render(void);
+void metrics_free(void);
+
+/* tls.c */
+int tls_ensure(const char *state_dir, const char *api_listen, struct kerr *err);
+
+#endif

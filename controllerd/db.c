@@ -1,0 +1,230 @@
+/*
+ * db.c - the SQLite state store: opening with the pragmas durability needs, the
+ * versioned schema and its forward migrations, and small statement helpers.
+ *
+ * No SQL here or anywhere else is built from input: every value is bound.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+
+/*
+ * Migrations in order; migrations[i] takes the schema from version i to i + 1.
+ * Never edit a released entry: add a new one.
+ */
+static const char *const migrations[] = {
+	/* 0 -> 1: the foundation */
+	"CREATE TABLE meta ("
+	"  key TEXT PRIMARY KEY,"
+	"  value TEXT NOT NULL);"
+	"CREATE TABLE hosts ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE,"
+	"  link_key TEXT NOT NULL,"
+	"  address TEXT NOT NULL,"
+	"  state TEXT NOT NULL DEFAULT 'offline' CHECK (state IN ('online', 'offline')),"
+	"  maintenance INTEGER NOT NULL DEFAULT 0,"
+	"  labels TEXT NOT NULL DEFAULT '{}',"
+	"  facts TEXT NOT NULL DEFAULT '{}',"
+	"  joined_at INTEGER NOT NULL,"
+	"  last_seen INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE tokens ("
+	"  id INTEGER PRIMARY KEY,"
+	"  kind TEXT NOT NULL CHECK (kind IN ('api', 'join')),"
+	"  role TEXT CHECK (role IN ('admin', 'operator', 'viewer')),"
+	"  name TEXT NOT NULL DEFAULT '',"
+	"  digest TEXT NOT NULL UNIQUE,"
+	"  created_at INTEGER NOT NULL,"
+	"  expires_at INTEGER,"
+	"  used_at INTEGER,"
+	"  used_by TEXT);"
+	"CREATE TABLE operations ("
+	"  id TEXT PRIMARY KEY,"
+	"  kind TEXT NOT NULL,"
+	"  target TEXT NOT NULL,"
+	"  host_id INTEGER REFERENCES hosts(id) ON DELETE SET NULL,"
+	"  host TEXT,"
+	"  status TEXT NOT NULL CHECK (status IN"
+	"    ('pending', 'running', 'succeeded', 'failed', 'cancelled')),"
+	"  progress INTEGER NOT NULL DEFAULT 0,"
+	"  phase TEXT NOT NULL DEFAULT '',"
+	"  result TEXT,"
+	"  error TEXT,"
+	"  created_at INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL);"
+	"CREATE TABLE events ("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  time INTEGER NOT NULL,"
+	"  type TEXT NOT NULL,"
+	"  data TEXT NOT NULL);",
+	/* 1 -> 2: indexes for the lists the API filters */
+	"CREATE INDEX operations_status ON operations(status, created_at);"
+	"CREATE INDEX events_type ON events(type);",
+};
+
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
+	       "one migration per schema version");
+
+int db_exec(sqlite3 *db, const char *sql, struct kerr *err)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		err_set(err, 0, "database: %s", msg ? msg : sqlite3_errmsg(db));
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+int db_version(sqlite3 *db)
+{
+	sqlite3_stmt *st = db_prepare(db, "PRAGMA user_version");
+	int v = -1;
+
+	if (st && sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/*
+ * Bring the schema forward to target, one migration per transaction so a crash
+ * leaves the database at a whole version. A database newer than this binary is
+ * refused rather than guessed at.
+ */
+int db_migrate(sqlite3 *db, int target, struct kerr *err)
+{
+	int v = db_version(db);
+
+	if (v < 0)
+		return err_set(err, 0, "database: cannot read the schema version");
+	if (v > DB_SCHEMA_VERSION)
+		return err_set(err, 0,
+			       "database schema version %d is newer than this controller's %d",
+			       v, DB_SCHEMA_VERSION);
+	for (; v < target; v++) {
+		char setver[64];
+
+		snprintf(setver, sizeof(setver), "PRAGMA user_version = %d", v + 1);
+		if (db_begin(db) < 0)
+			return err_set(err, 0, "database: %s", sqlite3_errmsg(db));
+		if (db_exec(db, migrations[v], err) < 0 || db_exec(db, setver, err) < 0) {
+			db_rollback(db);
+			return -1;
+		}
+		if (db_commit(db, err) < 0)
+			return -1;
+		log_info("database: migrated schema to version %d", v + 1);
+	}
+	return 0;
+}
+
+/*
+ * Open (creating if needed, mode 0600) the database at path with WAL, foreign keys
+ * and synchronous=FULL: a transaction that returned is on disk.
+ */
+int db_open(sqlite3 **out, const char *path, struct kerr *err)
+{
+	sqlite3 *db = NULL;
+	mode_t old = umask(077); /* the database holds link keys: owner only */
+	int rc;
+
+	rc = sqlite3_open_v2(path, &db,
+			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	umask(old);
+	if (rc != SQLITE_OK) {
+		err_set(err, 0, "cannot open database %s: %s", path,
+			db ? sqlite3_errmsg(db) : "out of memory");
+		sqlite3_close(db);
+		return -1;
+	}
+	sqlite3_busy_timeout(db, 5000);
+	if (db_exec(db, "PRAGMA journal_mode = WAL", err) < 0 ||
+	    db_exec(db, "PRAGMA synchronous = FULL", err) < 0 ||
+	    db_exec(db, "PRAGMA foreign_keys = ON", err) < 0) {
+		sqlite3_close(db);
+		return -1;
+	}
+	*out = db;
+	return 0;
+}
+
+void db_close(sqlite3 *db)
+{
+	sqlite3_close(db);
+}
+
+int db_begin(sqlite3 *db)
+{
+	return db_exec(db, "BEGIN IMMEDIATE", NULL);
+}
+
+int db_commit(sqlite3 *db, struct kerr *err)
+{
+	if (db_exec(db, "COMMIT", err) < 0) {
+		db_rollback(db);
+		return -1;
+	}
+	return 0;
+}
+
+void db_rollback(sqlite3 *db)
+{
+	if (!sqlite3_get_autocommit(db))
+		db_exec(db, "ROLLBACK", NULL);
+}
+
+/* Prepare static SQL; a failure is a programming error and is fatal. */
+sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		fatalx("database: cannot prepare '%s': %s", sql, sqlite3_errmsg(db));
+	return st;
+}
+
+const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len)
+{
+	sqlite3_stmt *st = db_prepare(db, "SELECT value FROM meta WHERE key = ?");
+	const char *ret = NULL;
+
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		snprintf(buf, len, "%s", (const char *)sqlite3_column_text(st, 0));
+		ret = buf;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(db, "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)");
+	int rc;
+
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "database: %s", sqlite3_errmsg(db));
+	return 0;
+}
+
+/* Run a static single-value query such as "SELECT count(*) FROM hosts". */
+int64_t db_count(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st = db_prepare(db, sql);
+	int64_t n = 0;
+
+	if (sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return n;
+}

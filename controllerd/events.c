@@ -1,0 +1,42 @@
+/*
+ * events.c - the event bus: every state change becomes a row in the events table
+ * (so a stream can resume from Last-Event-ID) and wakes the event streams.
+ */
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+
+#define EVENTS_KEEP 10000
+
+/*
+ * Record an event of type with data (a reference is consumed; NULL for none) and
+ * wake every stream. A failure to record is logged; the change it describes has
+ * already happened, so it is not undone.
+ */
+void event_emit(const char *type, struct json_object *data)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "INSERT INTO events (time, type, data) VALUES (?, ?, ?)");
+
+	if (data == NULL)
+		data = json_object_new_object();
+	sqlite3_bind_int64(st, 1, now_ms());
+	sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, json_text(data), -1, SQLITE_TRANSIENT);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("events: cannot record %s: %s", type, sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+	json_object_put(data);
+	log_debug("event %s", type);
+	api_events_notify();
+}
+
+/* Keep the newest EVENTS_KEEP events. */
+void events_prune(void)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "DELETE FROM events WHERE id <= "
+					      "(SELECT max(id) FROM events) - ?");
+
+	sqlite3_bind_int(st, 1, EVENTS_KEEP);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+}

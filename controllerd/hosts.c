@@ -1,0 +1,276 @@
+/*
+ * hosts.c - the host registry: hosts loaded from SQLite at start, joined over the
+ * agent link, kept online by heartbeats and marked offline when they stop.
+ *
+ * last_seen and facts change every heartbeat; they are kept in memory and written
+ * at state changes and every HOSTS_PERSIST_MS, not on every beat.
+ */
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+
+#define HOSTS_PERSIST_MS 30000
+
+static const char *const state_names[] = {"offline", "online"};
+
+const char *host_state_name(enum host_state s)
+{
+	return state_names[s];
+}
+
+struct host *host_find(const char *name)
+{
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (strcmp(h->name, name) == 0)
+			return h;
+	return NULL;
+}
+
+static struct json_object *parse_or_empty(const char *text)
+{
+	struct json_object *o = text ? json_tokener_parse(text) : NULL;
+
+	if (o == NULL || !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		o = json_object_new_object();
+	}
+	return o;
+}
+
+static void host_free(struct host *h)
+{
+	struct cmd *c, *next;
+
+	for (c = h->queue; c; c = next) {
+		next = c->next;
+		json_object_put(c->body);
+		free(c);
+	}
+	if (h->inflight) {
+		json_object_put(h->inflight->body);
+		free(h->inflight);
+	}
+	json_object_put(h->labels);
+	json_object_put(h->facts);
+	free(h->address);
+	free(h);
+}
+
+/* Load every host from the database; each starts with a fresh heartbeat grace. */
+int hosts_load(struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, name, link_key, address, state, "
+					      "maintenance, labels, facts, joined_at FROM hosts");
+
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct host *h = xcalloc(1, sizeof(*h));
+
+		h->id = sqlite3_column_int64(st, 0);
+		snprintf(h->name, sizeof(h->name), "%s", sqlite3_column_text(st, 1));
+		if (hex_decode((const char *)sqlite3_column_text(st, 2), h->key, SEAL_KEY_LEN) < 0) {
+			err_set(err, 0, "host %s: corrupt link key in the database", h->name);
+			sqlite3_finalize(st);
+			free(h);
+			return -1;
+		}
+		h->address = xstrdup((const char *)sqlite3_column_text(st, 3));
+		h->state = strcmp((const char *)sqlite3_column_text(st, 4), "online") == 0
+				   ? HOST_ONLINE
+				   : HOST_OFFLINE;
+		h->maintenance = sqlite3_column_int(st, 5) != 0;
+		h->labels = parse_or_empty((const char *)sqlite3_column_text(st, 6));
+		h->facts = parse_or_empty((const char *)sqlite3_column_text(st, 7));
+		h->joined_at = sqlite3_column_int64(st, 8);
+		/* Grace: an online host has offline_after beats to show it still is. */
+		h->last_seen = now_ms();
+		h->req_sock = -1;
+		h->next = ctl.hosts;
+		ctl.hosts = h;
+	}
+	sqlite3_finalize(st);
+	return 0;
+}
+
+struct json_object *host_to_json(const struct host *h)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "name", json_object_new_string(h->name));
+	json_object_object_add(o, "id", json_object_new_int64(h->id));
+	json_object_object_add(o, "state", json_object_new_string(host_state_name(h->state)));
+	json_object_object_add(o, "address", json_object_new_string(h->address));
+	json_object_object_add(o, "maintenance", json_object_new_boolean(h->maintenance));
+	json_object_object_add(o, "labels", json_object_get(h->labels));
+	json_object_object_add(o, "facts", json_object_get(h->facts));
+	json_object_object_add(o, "joined_at", json_object_new_int64(h->joined_at));
+	json_object_object_add(o, "last_seen", json_object_new_int64(h->last_seen));
+	json_object_object_add(o, "heartbeat_age_ms",
+			       json_object_new_int64(now_ms() - h->last_seen));
+	return o;
+}
+
+static void host_save(struct host *h)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE hosts SET state = ?, address = ?, facts = ?, "
+					      "last_seen = ? WHERE id = ?");
+
+	sqlite3_bind_text(st, 1, host_state_name(h->state), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, h->address, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, json_text(h->facts), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 4, h->last_seen);
+	sqlite3_bind_int64(st, 5, h->id);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("host %s: cannot save: %s", h->name, sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+	h->facts_saved = now_ms();
+}
+
+static void host_state_set(struct host *h, enum host_state s, const char *why)
+{
+	struct json_object *ev;
+
+	if (h->state == s)
+		return;
+	h->state = s;
+	host_save(h);
+	log_info("host %s: %s (%s)", h->name, host_state_name(s), why);
+	ev = host_to_json(h);
+	json_object_object_add(ev, "reason", json_object_new_string(why));
+	event_emit(s == HOST_ONLINE ? "host-online" : "host-offline", ev);
+}
+
+static int addr_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strncmp(s, "tcp://", 6) != 0 || strlen(s) > 64)
+		return err_input(err, 400, field, "'%s' must be tcp://address:port", field);
+	return 0;
+}
+
+static const struct json_field heartbeat_fields[] = {
+	{"addr", JK_STRING, true, addr_check},
+	{"facts", JK_OBJECT, true, NULL},
+	{NULL, 0, false, NULL},
+};
+
+/* A heartbeat arrived from h (already authenticated): refresh facts and liveness. */
+void host_heartbeat(struct host *h, struct json_object *body)
+{
+	struct kerr err;
+	const char *addr;
+
+	if (json_fields_check(body, heartbeat_fields, &err) < 0) {
+		log_warnx("host %s: malformed heartbeat: %s", h->name, err.msg);
+		return;
+	}
+	addr = json_get_str(body, "addr", "");
+	json_object_put(h->facts);
+	h->facts = json_object_get(json_object_object_get(body, "facts"));
+	h->last_seen = now_ms();
+	if (strcmp(addr, h->address) != 0) {
+		log_info("host %s: command address is now %s", h->name, addr);
+		free(h->address);
+		h->address = xstrdup(addr);
+		agentlink_host_disconnect(h);
+		agentlink_host_connect(h);
+		host_save(h);
+	}
+	if (h->state != HOST_ONLINE)
+		host_state_set(h, HOST_ONLINE, "heartbeat received");
+	else if (h->last_seen - h->facts_saved >= HOSTS_PERSIST_MS)
+		host_save(h);
+}
+
+/* Cron: a host that missed offline_after heartbeats is offline. */
+void hosts_check_liveness(void)
+{
+	int64_t limit = (int64_t)ctl.cfg.offline_after * ctl.cfg.heartbeat_interval * 1000;
+	int64_t now = now_ms();
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (h->state == HOST_ONLINE && now - h->last_seen > limit)
+			host_state_set(h, HOST_OFFLINE, "heartbeats missed");
+}
+
+/* Write last_seen and facts of every host (at shutdown) or of those due. */
+void hosts_persist(bool all)
+{
+	int64_t now = now_ms();
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (all || now - h->facts_saved >= HOSTS_PERSIST_MS)
+			host_save(h);
+}
+
+/*
+ * Record a host that joined with key and command address, inside the caller's
+ * transaction. A known name keeps its id (the same host re-keyed, never a
+ * duplicate). Returns 0 and the id, or -1 with err.
+ */
+int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const char *address,
+	      int64_t *id, struct kerr *err)
+{
+	char hexkey[2 * SEAL_KEY_LEN + 1];
+	struct host *h = host_find(name);
+	sqlite3_stmt *st;
+	int rc;
+
+	hex_encode(key, SEAL_KEY_LEN, hexkey);
+	st = db_prepare(ctl.db, "INSERT INTO hosts (name, link_key, address, joined_at) "
+				"VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE SET "
+				"link_key = ?2, address = ?3, joined_at = ?4");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, hexkey, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, address, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, now_ms());
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
+	st = db_prepare(ctl.db, "SELECT id, joined_at FROM hosts WHERE name = ?");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_step(st);
+	*id = sqlite3_column_int64(st, 0);
+	if (h == NULL) {
+		h = xcalloc(1, sizeof(*h));
+		h->req_sock = -1;
+		h->labels = json_object_new_object();
+		h->facts = json_object_new_object();
+		h->address = xstrdup("");
+		h->next = ctl.hosts;
+		ctl.hosts = h;
+	}
+	h->id = *id;
+	h->joined_at = sqlite3_column_int64(st, 1);
+	sqlite3_finalize(st);
+	snprintf(h->name, sizeof(h->name), "%s", name);
+	memcpy(h->key, key, SEAL_KEY_LEN);
+	memset(&h->rx, 0, sizeof(h->rx));
+	free(h->address);
+	h->address = xstrdup(address);
+	h->last_seen = now_ms();
+	agentlink_host_disconnect(h);
+	agentlink_host_connect(h);
+	return 0;
+}
+
+/* Forget h: its key stops working at once. The database row is the caller's. */
+void host_remove(struct host *h)
+{
+	for (struct host **pp = &ctl.hosts; *pp; pp = &(*pp)->next)
+		if (*pp == h) {
+			*pp = h->next;
+			break;
+		}
+	agentlink_host_disconnect(h);
+	host_free(h);
+}
+
+void hosts_free(void)
+{
+	while (ctl.hosts)
+		host_remove(ctl.hosts);
+}

@@ -1,0 +1,486 @@
+/*
+ * http.c - the REST server: libmicrohttpd driven from the libuv loop through its
+ * epoll fd, the route table, authentication, body limits, and the one place that
+ * turns errors into HTTP statuses and JSON bodies.
+ */
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "token.h"
+#include "util.h"
+
+/*
+ * Every route, once. The pattern's "{}" segments become req->params in order.
+ * Adding a route is one row here plus its handler.
+ */
+static const struct route routes[] = {
+	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get},
+	{"GET", "/metrics", ROLE_NONE, "", api_metrics_get},
+	{"GET", "/", ROLE_NONE, "", api_dashboard_get},
+	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get},
+	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list},
+	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get},
+	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch},
+	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete},
+	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe},
+	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create},
+	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list},
+	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete},
+	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list},
+	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get},
+	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream},
+};
+
+static struct MHD_Daemon *daemon_;
+static uv_poll_t http_poll;
+static uv_timer_t http_timer;
+static uv_idle_t http_kicker;
+
+/* Match one pattern; on success fill params (malloc'd copies). */
+static bool route_match(const char *pattern, const char *url, char *params[2])
+{
+	int n = 0;
+
+	while (*pattern && *url) {
+		if (pattern[0] == '{' && pattern[1] == '}') {
+			const char *end = strchr(url, '/');
+			size_t len = end ? (size_t)(end - url) : strlen(url);
+
+			if (len == 0 || n == 2)
+				goto fail;
+			params[n] = xmalloc(len + 1);
+			memcpy(params[n], url, len);
+			params[n][len] = '\0';
+			n++;
+			pattern += 2;
+			url += len;
+			continue;
+		}
+		if (*pattern != *url)
+			goto fail;
+		pattern++;
+		url++;
+	}
+	if (*pattern == '\0' && *url == '\0')
+		return true;
+fail:
+	while (n > 0)
+		free(params[--n]), params[n] = NULL;
+	return false;
+}
+
+/* Find the route for method and url; *allow lists the methods the path has. */
+static const struct route *route_find(const char *method, const char *url, char *params[2],
+				      char *allow, size_t allowlen)
+{
+	const struct route *found = NULL;
+
+	allow[0] = '\0';
+	for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
+		char *p[2] = {NULL, NULL};
+
+		if (!route_match(routes[i].pattern, url, p))
+			continue;
+		if (strlen(allow) + strlen(routes[i].method) + 3 < allowlen) {
+			if (allow[0])
+				strcat(allow, ", ");
+			strcat(allow, routes[i].method);
+		}
+		if (found == NULL && strcmp(routes[i].method, method) == 0) {
+			found = &routes[i];
+			params[0] = p[0];
+			params[1] = p[1];
+		} else {
+			free(p[0]);
+			free(p[1]);
+		}
+	}
+	return found;
+}
+
+static const char *route_label(const struct request *req)
+{
+	return req->route ? req->route->pattern : "unmatched";
+}
+
+enum MHD_Result http_reply_response(struct request *req, unsigned status,
+				    struct MHD_Response *resp)
+{
+	enum MHD_Result ret;
+
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	ret = MHD_queue_response(req->conn, status, resp);
+	MHD_destroy_response(resp);
+	req->status = status;
+	metrics_api_request(route_label(req), status);
+	return ret;
+}
+
+enum MHD_Result http_reply_text(struct request *req, unsigned status, const char *ctype,
+				char *text)
+{
+	struct MHD_Response *resp;
+
+	/* Takes text: libmicrohttpd frees it with the response. */
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(resp, "Content-Type", ctype);
+	return http_reply_response(req, status, resp);
+}
+
+/* Answer with obj as JSON (a reference is consumed). */
+enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
+{
+	char *text = xasprintf("%s\n", json_object_to_json_string_ext(
+						 obj, JSON_C_TO_STRING_PRETTY |
+							      JSON_C_TO_STRING_NOSLASHESCAPE));
+
+	json_object_put(obj);
+	return http_reply_text(req, status, "application/json", text);
+}
+
+static enum MHD_Result reply_error_v(struct request *req, unsigned status, const char *field,
+				     const char *allow, const char *fmt, va_list ap)
+{
+	struct json_object *obj = json_object_new_object();
+	struct MHD_Response *resp;
+	char msg[512], *text;
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	json_object_object_add(obj, "error", json_object_new_string(msg));
+	if (field && field[0])
+		json_object_object_add(obj, "field", json_object_new_string(field));
+	text = xasprintf("%s\n", json_text(obj));
+	json_object_put(obj);
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	if (allow)
+		MHD_add_response_header(resp, "Allow", allow);
+	if (status == 401)
+		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumo\"");
+	return http_reply_response(req, status, resp);
+}
+
+enum MHD_Result http_reply_error(struct request *req, unsigned status, const char *field,
+				 const char *fmt, ...)
+{
+	enum MHD_Result ret;
+	va_list ap;
+
+	va_start(ap, fmt);
+	ret = reply_error_v(req, status, field, NULL, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+static enum MHD_Result reply_error_allow(struct request *req, const char *allow, const char *fmt,
+					 ...)
+{
+	enum MHD_Result ret;
+	va_list ap;
+
+	va_start(ap, fmt);
+	ret = reply_error_v(req, 405, NULL, allow, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+/* The REST layer's one translation of a struct kerr: its status, or 500. */
+enum MHD_Result http_reply_kerr(struct request *req, const struct kerr *err)
+{
+	unsigned status = err->status ? (unsigned)err->status : 500;
+
+	if (status >= 500)
+		log_warnx("api: %s %s: %s", req->method, req->url, err->msg);
+	return http_reply_error(req, status, err->field, "%s", err->msg);
+}
+
+enum MHD_Result http_reply_empty(struct request *req, unsigned status)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+
+	return http_reply_response(req, status, resp);
+}
+
+/* Parse the request body as a JSON object and check it against fields. */
+int http_body_json(struct request *req, const struct json_field *fields, struct json_object **out,
+		   struct kerr *err)
+{
+	struct json_object *obj;
+
+	if (json_body_parse(req->body ? req->body : "", req->body_len, &obj, err) < 0)
+		return -1;
+	if (json_fields_check(obj, fields, err) < 0) {
+		json_object_put(obj);
+		return -1;
+	}
+	*out = obj;
+	return 0;
+}
+
+const char *http_query(struct request *req, const char *key)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+/* An integer query parameter in min..max, def when absent. */
+int http_query_int(struct request *req, const char *key, int64_t min, int64_t max, int64_t def,
+		   int64_t *out, struct kerr *err)
+{
+	const char *s = http_query(req, key);
+	char *end;
+	long long v;
+
+	if (s == NULL) {
+		*out = def;
+		return 0;
+	}
+	v = strtoll(s, &end, 10);
+	if (*s == '\0' || *end || v < min || v > max)
+		return err_input(err, 400, key, "query parameter '%s' must be an integer in %lld..%lld",
+				 key, (long long)min, (long long)max);
+	*out = v;
+	return 0;
+}
+
+struct query_check {
+	const char *allowed;
+	char bad[64];
+};
+
+static enum MHD_Result query_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+				  const char *value)
+{
+	struct query_check *qc = cls;
+	const char *p = qc->allowed;
+	size_t klen = strlen(key);
+
+	while (*p) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (len == klen && strncmp(p, key, len) == 0)
+			return MHD_YES;
+		p += len + (end ? 1 : 0);
+	}
+	snprintf(qc->bad, sizeof(qc->bad), "%s", key);
+	return MHD_NO;
+}
+
+/* Stop processing the request until http_resume(); resume runs on the next call. */
+void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request *req))
+{
+	req->resume = resume;
+	MHD_suspend_connection(req->conn);
+}
+
+void http_resume(struct request *req)
+{
+	MHD_resume_connection(req->conn);
+	http_kick();
+}
+
+static enum MHD_Result dispatch(struct request *req)
+{
+	char allow[128];
+	const char *auth;
+	struct query_check qc = {0};
+
+	req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
+	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
+	if (strncmp(req->url, "/api/", 5) == 0 || (req->route && req->route->role != ROLE_NONE)) {
+		auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+		req->role = tokens_authenticate(auth, &req->token_id);
+		if (req->role == ROLE_NONE)
+			return http_reply_error(req, 401, NULL,
+						auth ? "the bearer token is not valid"
+						     : "a bearer token is required (Authorization: "
+						       "Bearer <token>)");
+	}
+	if (req->route == NULL) {
+		if (allow[0])
+			return reply_error_allow(req, allow, "method %s is not allowed on %s; use %s",
+						 req->method, req->url, allow);
+		return http_reply_error(req, 404, NULL, "no such resource: %s", req->url);
+	}
+	if (req->role < req->route->role)
+		return http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
+					role_name(req->route->role), role_name(req->role));
+	if (req->body_too_large)
+		return http_reply_error(req, 413, NULL, "request body is over the %d-byte limit",
+					ctl.cfg.max_body);
+	qc.allowed = req->route->query;
+	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_iter, &qc);
+	if (qc.bad[0])
+		return http_reply_error(req, 400, qc.bad, "unknown query parameter '%s'", qc.bad);
+	return req->route->fn(req);
+}
+
+static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const char *url,
+				 const char *method, const char *version, const char *upload_data,
+				 size_t *upload_data_size, void **con_cls)
+{
+	struct request *req = *con_cls;
+
+	if (req == NULL) {
+		const char *cl;
+
+		req = xcalloc(1, sizeof(*req));
+		req->conn = conn;
+		req->url = url;
+		req->method = method;
+		*con_cls = req;
+		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+		if (cl && strtoull(cl, NULL, 10) > (unsigned long long)ctl.cfg.max_body)
+			req->body_too_large = true;
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		if (!req->body_too_large) {
+			if (req->body_len + *upload_data_size > (size_t)ctl.cfg.max_body) {
+				req->body_too_large = true;
+				free(req->body);
+				req->body = NULL;
+				req->body_len = 0;
+			} else {
+				req->body = xrealloc(req->body, req->body_len + *upload_data_size + 1);
+				memcpy(req->body + req->body_len, upload_data, *upload_data_size);
+				req->body_len += *upload_data_size;
+				req->body[req->body_len] = '\0';
+			}
+		}
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (req->resume) {
+		enum MHD_Result (*fn)(struct request *) = req->resume;
+
+		req->resume = NULL;
+		return fn(req);
+	}
+	return dispatch(req);
+}
+
+static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct request *req = *con_cls;
+
+	if (req == NULL)
+		return;
+	api_ops_forget(req);
+	free(req->params[0]);
+	free(req->params[1]);
+	free(req->body);
+	free(req);
+	*con_cls = NULL;
+}
+
+static void http_run(void);
+
+static void timer_cb(uv_timer_t *t)
+{
+	http_run();
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events)
+{
+	http_run();
+}
+
+static void kick_cb(uv_idle_t *idle)
+{
+	uv_idle_stop(idle);
+	http_run();
+}
+
+/* Run libmicrohttpd soon, from the loop (never from inside its own callbacks). */
+void http_kick(void)
+{
+	if (daemon_)
+		uv_idle_start(&http_kicker, kick_cb);
+}
+
+static void http_run(void)
+{
+	MHD_UNSIGNED_LONG_LONG timeout;
+
+	MHD_run(daemon_);
+	if (MHD_get_timeout(daemon_, &timeout) == MHD_YES)
+		uv_timer_start(&http_timer, timer_cb, timeout, 0);
+	else
+		uv_timer_stop(&http_timer);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char buf[512];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	buf[strcspn(buf, "\n")] = '\0';
+	log_debug("http: %s", buf);
+}
+
+/*
+ * Start the API server on cfg.api_listen: TLS with the certificate tls_ensure()
+ * made unless configured off. Returns 0 or -1 with err.
+ */
+int http_start(struct kerr *err)
+{
+	_cleanup_free_ char *key = NULL, *cert = NULL;
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	const union MHD_DaemonInfo *info;
+	char host[64];
+	const char *colon = strrchr(ctl.cfg.api_listen, ':');
+	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+
+	snprintf(host, sizeof(host), "%.*s", (int)(colon - ctl.cfg.api_listen), ctl.cfg.api_listen);
+	inet_pton(AF_INET, host, &sin.sin_addr);
+	sin.sin_port = htons((uint16_t)atoi(colon + 1));
+
+	if (ctl.cfg.tls) {
+		_cleanup_free_ char *kp = xasprintf("%s/tls.key", ctl.cfg.state_dir);
+		_cleanup_free_ char *cp = xasprintf("%s/tls.crt", ctl.cfg.state_dir);
+
+		if (file_read_all(kp, 1 << 20, &key, NULL) < 0 ||
+		    file_read_all(cp, 1 << 20, &cert, NULL) < 0)
+			return err_set(err, 0, "cannot read %s or %s", kp, cp);
+		flags |= MHD_USE_TLS;
+	}
+	daemon_ = MHD_start_daemon(
+		flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sin,
+		MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+		(unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		ctl.cfg.tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, key,
+		MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_END);
+	if (daemon_ == NULL)
+		return err_set(err, 0, "cannot start the API server on %s (address in use?)",
+			       ctl.cfg.api_listen);
+	info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_EPOLL_FD);
+	uv_poll_init(ctl.loop, &http_poll, info->epoll_fd);
+	uv_poll_start(&http_poll, UV_READABLE, poll_cb);
+	uv_timer_init(ctl.loop, &http_timer);
+	uv_idle_init(ctl.loop, &http_kicker);
+	http_run();
+	log_info("api: serving %s://%s", ctl.cfg.tls ? "https" : "http", ctl.cfg.api_listen);
+	return 0;
+}
+
+void http_stop(void)
+{
+	if (daemon_ == NULL)
+		return;
+	uv_poll_stop(&http_poll);
+	uv_timer_stop(&http_timer);
+	uv_idle_stop(&http_kicker);
+	uv_close((uv_handle_t *)&http_poll, NULL);
+	uv_close((uv_handle_t *)&http_timer, NULL);
+	uv_close((uv_handle_t *)&http_kicker, NULL);
+	MHD_stop_daemon(daemon_);
+	daemon_ = NULL;
+}

@@ -1,0 +1,176 @@
+/*
+ * main.c - kumo-controllerd: options, start-up in a fixed order, the loop.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+
+struct controller ctl;
+
+#define CRON_MS 250
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: kumo-controllerd [-n] [-c FILE] [-s key=value]...\n"
+			"  -c FILE       configuration file\n"
+			"  -s key=value  set one option over the file\n"
+			"  -n            check the configuration, print it and exit\n");
+	exit(2);
+}
+
+/*
+ * The one periodic timer. Every tick: long polls whose time is up. Every second:
+ * host liveness, overdue agent commands, event-stream keepalives, fact snapshots.
+ * Every minute: pruning old events.
+ */
+static void cron_cb(uv_timer_t *t)
+{
+	static unsigned ticks;
+
+	ticks++;
+	api_ops_cron();
+	if (ticks % (1000 / CRON_MS) == 0) {
+		hosts_check_liveness();
+		agentlink_cron();
+		api_events_cron();
+		hosts_persist(false);
+	}
+	if (ticks % (60000 / CRON_MS) == 0)
+		events_prune();
+}
+
+static void signal_cb(uv_signal_t *s, int signum)
+{
+	log_info("signal %d: shutting down", signum);
+	uv_stop(ctl.loop);
+}
+
+static void cluster_id_ensure(void)
+{
+	unsigned char raw[16];
+	struct kerr err;
+
+	if (db_meta_get(ctl.db, "cluster_id", ctl.cluster_id, sizeof(ctl.cluster_id)))
+		return;
+	random_bytes(raw, sizeof(raw));
+	hex_encode(raw, sizeof(raw), ctl.cluster_id);
+	if (db_meta_set(ctl.db, "cluster_id", ctl.cluster_id, &err) < 0)
+		fatalx("%s", err.msg);
+	log_info("cluster %s created", ctl.cluster_id);
+}
+
+static void pidfile_write(const char *path)
+{
+	char buf[32];
+	int rc;
+
+	if (path == NULL || path[0] == '\0')
+		return;
+	snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	rc = file_write_atomic(path, buf, strlen(buf), 0644);
+	if (rc < 0)
+		fatalx("cannot write pidfile %s: %s", path, strerror(-rc));
+}
+
+int main(int argc, char **argv)
+{
+	const char *conffile = NULL;
+	bool check_only = false;
+	struct kerr err;
+	enum log_level level;
+	_cleanup_free_ char *dbpath = NULL;
+	char **sets = xcalloc((size_t)argc, sizeof(char *));
+	int nsets = 0, c, rc;
+
+	while ((c = getopt(argc, argv, "c:s:nh")) != -1) {
+		switch (c) {
+		case 'c':
+			conffile = optarg;
+			break;
+		case 's':
+			sets[nsets++] = optarg;
+			break;
+		case 'n':
+			check_only = true;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	if (config_load(&ctl.cfg, conffile, &err) < 0)
+		fatalx("%s", err.msg);
+	for (int i = 0; i < nsets; i++)
+		if (config_set(&ctl.cfg, sets[i], &err) < 0)
+			fatalx("%s", err.msg);
+	free(sets);
+	if (config_check(&ctl.cfg, &err) < 0)
+		fatalx("configuration: %s", err.msg);
+	if (check_only) {
+		config_print(&ctl.cfg, stdout);
+		fprintf(stderr, "configuration OK\n");
+		config_free(&ctl.cfg);
+		return 0;
+	}
+	log_level_parse(ctl.cfg.log_level, &level);
+	log_init("kumo-controllerd", level);
+	signal(SIGPIPE, SIG_IGN);
+	ctl.started_at = now_ms();
+
+	/* State first: nothing is served before the database is at the current schema. */
+	rc = mkdir_p(ctl.cfg.state_dir, 0700);
+	if (rc < 0)
+		fatalx("cannot create %s: %s", ctl.cfg.state_dir, strerror(-rc));
+	dbpath = xasprintf("%s/kumo.db", ctl.cfg.state_dir);
+	if (db_open(&ctl.db, dbpath, &err) < 0 || db_migrate(ctl.db, DB_SCHEMA_VERSION, &err) < 0)
+		fatalx("%s", err.msg);
+	cluster_id_ensure();
+	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0)
+		fatalx("%s", err.msg);
+	if (ctl.cfg.tls && tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
+		fatalx("%s", err.msg);
+
+	ctl.loop = uv_default_loop();
+	if (hosts_load(&err) < 0)
+		fatalx("%s", err.msg);
+	if (agentlink_start(&err) < 0 || http_start(&err) < 0)
+		fatalx("%s", err.msg);
+	ops_resume();
+
+	uv_timer_init(ctl.loop, &ctl.cron);
+	uv_timer_start(&ctl.cron, cron_cb, CRON_MS, CRON_MS);
+	uv_signal_init(ctl.loop, &ctl.sigterm);
+	uv_signal_start(&ctl.sigterm, signal_cb, SIGTERM);
+	uv_signal_init(ctl.loop, &ctl.sigint);
+	uv_signal_start(&ctl.sigint, signal_cb, SIGINT);
+	pidfile_write(ctl.cfg.pidfile);
+	log_info("kumo-controllerd %s ready: cluster %s, %s", KUMO_VERSION, ctl.cluster_id,
+		 ctl.cfg.api_listen);
+
+	uv_run(ctl.loop, UV_RUN_DEFAULT);
+
+	/* Orderly stop: facts to disk, sockets closed, handles closed. */
+	hosts_persist(true);
+	http_stop();
+	agentlink_stop();
+	uv_close((uv_handle_t *)&ctl.cron, NULL);
+	uv_close((uv_handle_t *)&ctl.sigterm, NULL);
+	uv_close((uv_handle_t *)&ctl.sigint, NULL);
+	uv_run(ctl.loop, UV_RUN_DEFAULT);
+	hosts_free();
+	metrics_free();
+	db_close(ctl.db);
+	if (ctl.cfg.pidfile[0])
+		unlink(ctl.cfg.pidfile);
+	config_free(&ctl.cfg);
+	uv_loop_close(ctl.loop);
+	return 0;
+}

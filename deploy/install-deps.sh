@@ -1,0 +1,38 @@
+#!/bin/sh
+# Install every package Kumo needs to build, run and test, from Debian's archive.
+# Idempotent: packages already present are left alone, and apt is not asked at all
+# when nothing is missing.
+set -eu
+
+PKGS="
+build-essential cmake pkg-config clang-format
+libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev
+libcmocka-dev
+iproute2 iputils-ping procps psmisc curl jq openssl ca-certificates sqlite3
+
+qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio
+runc skopeo nftables dnsmasq-base
+"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+
+if [ -n "$missing" ]; then
+	echo "install-deps: installing:$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	# shellcheck disable=SC2086
+	apt-get install -y -q --no-install-recommends $missing
+else
+	echo "install-deps: all packages present"
+fi
+
+# The OpenAPI linter runs on Node.js. Debian's nodejs conflicts with a Node.js that the
+# machine may already have, so only install it when no node is on PATH.
+if ! command -v npm >/dev/null 2>&1; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
