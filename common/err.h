@@ -6,10 +6,10 @@
 #define KUMO_ERR_H
 
 struct kerr {
-	int code;	 /* errno-style cause, or 0 */
-	int status;	 /* HTTP status the REST layer should answer, or 0 for 500 */
-	char field[64];	 /* the input field at fault, if any */
-	char msg[256];	 /* one sentence for the user */
+	int code;	/* errno-style cause, or 0 */
+	int status;	/* HTTP status the REST layer should answer, or 0 for 500 */
+	char field[64]; /* the input field at fault, if any */
+	char msg[256];	/* one sentence for the user */
 };
 
 /* Fill err (if not NULL) and return -1 (or -code when code is set). */

@@ -17,6 +17,8 @@ int json_body_parse(const char *text, size_t len, struct json_object **out, stru
 	if (len > INT32_MAX)
 		return err_input(err, 413, "", "request body is too large");
 	tok = json_tokener_new();
+	/* Strict: no trailing commas, no single quotes, nothing JSON does not allow. */
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
 	obj = json_tokener_parse_ex(tok, text, (int)len);
 	jerr = json_tokener_get_error(tok);
 	used = json_tokener_get_parse_end(tok);
@@ -24,16 +26,18 @@ int json_body_parse(const char *text, size_t len, struct json_object **out, stru
 	if (obj == NULL || jerr != json_tokener_success) {
 		json_object_put(obj);
 		if (jerr == json_tokener_continue)
-			return err_input(err, 400, "", "malformed JSON: the body ends early");
+			return err_input(err, 400, "",
+					 "malformed JSON: the body ends early (it must be a JSON "
+					 "object)");
 		return err_input(err, 400, "", "malformed JSON at byte %zu: %s", used,
 				 json_tokener_error_desc(jerr));
 	}
 	/* Trailing garbage after the object is malformed input too. */
 	for (; used < len; used++) {
-		if (!strchr(" \t\r\n", text[used])) {
+		if (text[used] == '\0' || !strchr(" \t\r\n", text[used])) {
 			json_object_put(obj);
-			return err_input(err, 400, "", "malformed JSON: unexpected data at byte %zu",
-					 used);
+			return err_input(err, 400, "",
+					 "malformed JSON: unexpected data at byte %zu", used);
 		}
 	}
 	if (!json_object_is_type(obj, json_type_object)) {
@@ -67,7 +71,7 @@ static bool kind_matches(struct json_object *val, enum json_kind kind)
 {
 	switch (kind) {
 	case JK_STRING:
-		return json_object_is_type(val, json_type_string);
+		return json_object_is_type(val, json_type_string) && json_string_clean(val);
 	case JK_INT:
 		return json_object_is_type(val, json_type_int);
 	case JK_BOOL:
@@ -107,6 +111,12 @@ int json_fields_check(struct json_object *obj, const struct json_field *fields, 
 	return 0;
 }
 
+bool json_string_clean(struct json_object *val)
+{
+	/* json-c strings may hold NUL bytes; C code would see only the part before. */
+	return (size_t)json_object_get_string_len(val) == strlen(json_object_get_string(val));
+}
+
 const char *json_get_str(struct json_object *obj, const char *key, const char *def)
 {
 	struct json_object *v;
@@ -121,8 +131,7 @@ int64_t json_get_int(struct json_object *obj, const char *key, int64_t def)
 {
 	struct json_object *v;
 
-	if (obj && json_object_object_get_ex(obj, key, &v) &&
-	    json_object_is_type(v, json_type_int))
+	if (obj && json_object_object_get_ex(obj, key, &v) && json_object_is_type(v, json_type_int))
 		return json_object_get_int64(v);
 	return def;
 }

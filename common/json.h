@@ -14,7 +14,14 @@
 
 #include "err.h"
 
-enum json_kind { JK_STRING, JK_INT, JK_BOOL, JK_OBJECT, JK_ARRAY, JK_NUMBER };
+enum json_kind {
+	JK_STRING,
+	JK_INT,
+	JK_BOOL,
+	JK_OBJECT,
+	JK_ARRAY,
+	JK_NUMBER
+};
 
 struct json_field {
 	const char *name;
@@ -37,6 +44,9 @@ int json_body_parse(const char *text, size_t len, struct json_object **out, stru
 int json_fields_check(struct json_object *obj, const struct json_field *fields, struct kerr *err);
 
 const char *json_kind_name(enum json_kind kind);
+
+/* False for a string value with an embedded NUL byte. */
+bool json_string_clean(struct json_object *val);
 
 /* Lookups that return a default when the member is absent or of another type. */
 const char *json_get_str(struct json_object *obj, const char *key, const char *def);

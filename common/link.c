@@ -10,9 +10,12 @@
 #include "util.h"
 
 static const char *type_names[LINK_TYPE_COUNT] = {
-	[LINK_HEARTBEAT] = "heartbeat", [LINK_OP_PROGRESS] = "op-progress",
-	[LINK_OP_DONE] = "op-done",	[LINK_CMD_PROBE] = "probe",
-	[LINK_ACK] = "ack",		[LINK_NACK] = "nack",
+	[LINK_HEARTBEAT] = "heartbeat",
+	[LINK_OP_PROGRESS] = "op-progress",
+	[LINK_OP_DONE] = "op-done",
+	[LINK_CMD_PROBE] = "probe",
+	[LINK_ACK] = "ack",
+	[LINK_NACK] = "nack",
 };
 
 const char *link_type_name(enum link_type type)

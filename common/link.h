@@ -18,9 +18,9 @@
 #include "err.h"
 #include "seal.h"
 
-#define LINK_PROTO_VERSION 1
-#define LINK_OP_ID_MAX	   40
-#define LINK_MSG_MAX	   (4 * 1024 * 1024)
+#define LINK_PROTO_VERSION    1
+#define LINK_OP_ID_MAX	      40
+#define LINK_MSG_MAX	      (4 * 1024 * 1024)
 #define LINK_REPLAY_WINDOW_US (120LL * 1000000)
 
 enum link_type {

@@ -100,7 +100,8 @@ int seal_pack(const unsigned char key[SEAL_KEY_LEN], char dir, const char *host,
 	ct = nonce + SEAL_NONCE_LEN;
 
 	ctx = EVP_CIPHER_CTX_new();
-	if (ctx == NULL || EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, nonce) != 1 ||
+	if (ctx == NULL ||
+	    EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, nonce) != 1 ||
 	    EVP_EncryptUpdate(ctx, NULL, &n, buf, (int)(hlen + SEAL_NONCE_LEN)) != 1 ||
 	    EVP_EncryptUpdate(ctx, ct, &n, plain, (int)len) != 1 ||
 	    EVP_EncryptFinal_ex(ctx, ct + n, &n) != 1 ||

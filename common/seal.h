@@ -18,12 +18,12 @@
 
 #include "err.h"
 
-#define SEAL_KEY_LEN	 32
-#define SEAL_PUB_LEN	 32
-#define SEAL_NONCE_LEN	 12
-#define SEAL_TAG_LEN	 16
-#define SEAL_HOST_MAX	 63
-#define SEAL_DIR_TO_AGENT	   'C'
+#define SEAL_KEY_LEN	       32
+#define SEAL_PUB_LEN	       32
+#define SEAL_NONCE_LEN	       12
+#define SEAL_TAG_LEN	       16
+#define SEAL_HOST_MAX	       63
+#define SEAL_DIR_TO_AGENT      'C'
 #define SEAL_DIR_TO_CONTROLLER 'A'
 
 /* A new X25519 key pair. Returns 0 or -1. */

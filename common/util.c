@@ -193,7 +193,7 @@ int file_read_all(const char *path, size_t max, char **out, size_t *outlen)
 		ssize_t n;
 
 		if (len == cap) {
-			if (cap >= max) {
+			if (cap > max) {
 				free(buf);
 				return -EFBIG;
 			}

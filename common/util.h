@@ -30,8 +30,8 @@ static inline void cleanup_closep(int *fd)
 		close(*fd);
 }
 
-#define _cleanup_free_	_attr_cleanup_(cleanup_freep)
-#define _cleanup_close_ _attr_cleanup_(cleanup_closep)
+#define _cleanup_free_	  _attr_cleanup_(cleanup_freep)
+#define _cleanup_close_	  _attr_cleanup_(cleanup_closep)
 #define _attr_cleanup_(f) __attribute__((cleanup(f)))
 
 /* Hand ownership out of a cleanup-managed local: returns the pointer and clears it. */

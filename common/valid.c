@@ -3,6 +3,8 @@
  */
 #include "valid.h"
 
+#include "json.h"
+
 #include <string.h>
 
 bool name_valid(const char *s)
@@ -22,7 +24,7 @@ bool name_valid(const char *s)
 
 int name_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	if (!name_valid(json_object_get_string(val)))
+	if (!json_string_clean(val) || !name_valid(json_object_get_string(val)))
 		return err_input(err, 400, field,
 				 "field '%s' must be 1-63 characters of a-z, 0-9 and '-', not "
 				 "starting or ending with '-'",
@@ -63,6 +65,9 @@ int labels_check(struct json_object *val, const char *field, struct kerr *err)
 			return err_input(err, 400, field, "label '%s' must have a string value",
 					 key);
 		s = json_object_get_string(v);
+		if (!json_string_clean(v))
+			return err_input(err, 400, field, "label '%s' has a NUL byte in its value",
+					 key);
 		if (strlen(s) > 255)
 			return err_input(err, 400, field,
 					 "label '%s' has a value longer than 255 characters", key);

@@ -197,7 +197,8 @@ static void join_poll_cb(uv_poll_t *p, int status, int events)
 		if (n < 0)
 			break;
 		if (n > 64 * 1024)
-			reject("malformed", "join request of %d bytes", n), join_refuse("too large");
+			reject("malformed", "join request of %d bytes", n),
+				join_refuse("too large");
 		else
 			join_handle(buf, (size_t)n);
 		nn_freemsg(buf);
@@ -247,7 +248,8 @@ static const struct json_field done_fields[] = {
 /* Does operation op belong to host h? Agents may only report on their own work. */
 static bool op_owned(struct host *h, const char *op)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM operations WHERE id = ? AND host_id = ?");
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT 1 FROM operations WHERE id = ? AND host_id = ?");
 	bool ok;
 
 	sqlite3_bind_text(st, 1, op, -1, SQLITE_STATIC);
@@ -318,7 +320,8 @@ static void event_handle(const unsigned char *buf, size_t len)
 			  json_get_str(m.body, "phase", ""), NULL, NULL);
 		break;
 	case LINK_OP_DONE:
-		if (!m.op[0] || !op_owned(h, m.op) || json_fields_check(m.body, done_fields, &err) < 0) {
+		if (!m.op[0] || !op_owned(h, m.op) ||
+		    json_fields_check(m.body, done_fields, &err) < 0) {
 			reject("malformed", "host %s: bad op-done for '%s'", h->name, m.op);
 			break;
 		}
@@ -401,7 +404,7 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 		link_msg_clear(&m);
 		return;
 	}
-	if (seal_replay_check(&h->rx, m.seq, now_us(), LINK_REPLAY_WINDOW_US, &err) < 0) {
+	if (seal_replay_check(&h->rx_reply, m.seq, now_us(), LINK_REPLAY_WINDOW_US, &err) < 0) {
 		reject("replay", "host %s: reply: %s", h->name, err.msg);
 		link_msg_clear(&m);
 		return;
@@ -539,7 +542,8 @@ static int bind_poll(int type, int port, uv_poll_t *poll, uv_poll_cb cb, struct 
 	nn_setsockopt(sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &max, sizeof(max));
 	snprintf(url, sizeof(url), "tcp://%s:%d", ctl.cfg.link_address, port);
 	if (nn_bind(sock, url) < 0) {
-		err_set(err, 0, "cannot bind the agent link on %s: %s", url, nn_strerror(nn_errno()));
+		err_set(err, 0, "cannot bind the agent link on %s: %s", url,
+			nn_strerror(nn_errno()));
 		nn_close(sock);
 		return -1;
 	}

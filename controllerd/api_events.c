@@ -121,13 +121,16 @@ enum MHD_Result api_events_stream(struct request *req)
 	struct sse_stream *s;
 
 	if (types) {
-		for (const char *p = types; *p; p++)
-			if (!((*p >= 'a' && *p <= 'z') || *p == '-' || *p == ','))
-				return http_reply_error(req, 400, "type",
-							"query parameter 'type' is a comma-separated "
-							"list of event types such as host-online");
+		_cleanup_free_ char *copy = xstrdup(types);
+		char *save = NULL;
+
 		if (strlen(types) > 512)
-			return http_reply_error(req, 400, "type", "query parameter 'type' is too long");
+			return http_reply_error(req, 400, "type",
+						"query parameter 'type' is too long");
+		for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+			if (!event_type_known(t))
+				return http_reply_error(req, 400, "type",
+							"unknown event type '%.64s'", t);
 	}
 	s = xcalloc(1, sizeof(*s));
 	s->conn = req->conn;

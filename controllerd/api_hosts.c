@@ -118,7 +118,8 @@ enum MHD_Result api_host_delete(struct request *req)
 		return ret;
 	if (force && strcmp(force, "1") && strcmp(force, "0") && strcmp(force, "true") &&
 	    strcmp(force, "false"))
-		return http_reply_error(req, 400, "force", "query parameter 'force' must be 1 or 0");
+		return http_reply_error(req, 400, "force",
+					"query parameter 'force' must be 1 or 0");
 	if (h->state == HOST_ONLINE && !(force && (!strcmp(force, "1") || !strcmp(force, "true"))))
 		return http_reply_error(req, 409, NULL,
 					"host %s is online; stop its agent first or use ?force=1",
@@ -161,7 +162,7 @@ enum MHD_Result api_host_probe(struct request *req)
 	op = op_create("probe", target, h, &err);
 	if (op == NULL)
 		return http_reply_kerr(req, &err);
-	agentlink_cmd_send(h, LINK_CMD_PROBE, json_object_get_string(json_object_object_get(op, "id")),
-			   NULL);
+	agentlink_cmd_send(h, LINK_CMD_PROBE,
+			   json_object_get_string(json_object_object_get(op, "id")), NULL);
 	return http_reply_json(req, 202, op);
 }

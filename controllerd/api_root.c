@@ -26,14 +26,16 @@ enum MHD_Result api_root_get(struct request *req)
 	json_object_object_add(out, "role", json_object_new_string(role_name(req->role)));
 	json_object_object_add(counts, "hosts", json_object_new_int(hosts));
 	json_object_object_add(counts, "hosts_online", json_object_new_int(online));
-	json_object_object_add(counts, "operations",
-			       json_object_new_int64(db_count(ctl.db, "SELECT count(*) FROM operations")));
-	json_object_object_add(counts, "operations_active",
-			       json_object_new_int64(db_count(ctl.db,
-							      "SELECT count(*) FROM operations WHERE "
-							      "status IN ('pending', 'running')")));
-	json_object_object_add(counts, "tokens",
-			       json_object_new_int64(db_count(ctl.db, "SELECT count(*) FROM tokens")));
+	json_object_object_add(
+		counts, "operations",
+		json_object_new_int64(db_count(ctl.db, "SELECT count(*) FROM operations")));
+	json_object_object_add(
+		counts, "operations_active",
+		json_object_new_int64(db_count(ctl.db, "SELECT count(*) FROM operations WHERE "
+						       "status IN ('pending', 'running')")));
+	json_object_object_add(
+		counts, "tokens",
+		json_object_new_int64(db_count(ctl.db, "SELECT count(*) FROM tokens")));
 	json_object_object_add(out, "counts", counts);
 	return http_reply_json(req, 200, out);
 }

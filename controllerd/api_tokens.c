@@ -68,11 +68,11 @@ static struct json_object *token_row_json(sqlite3_stmt *st)
 	json_object_object_add(o, "id", json_object_new_int64(sqlite3_column_int64(st, 0)));
 	json_object_object_add(o, "kind",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 1)));
-	json_object_object_add(o, "role",
-			       sqlite3_column_type(st, 2) == SQLITE_NULL
-				       ? NULL
-				       : json_object_new_string(
-						 (const char *)sqlite3_column_text(st, 2)));
+	json_object_object_add(
+		o, "role",
+		sqlite3_column_type(st, 2) == SQLITE_NULL
+			? NULL
+			: json_object_new_string((const char *)sqlite3_column_text(st, 2)));
 	json_object_object_add(o, "name",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 3)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 4)));
@@ -107,7 +107,8 @@ enum MHD_Result api_tokens_create(struct request *req)
 	role = json_get_str(body, "role", NULL);
 	if (!strcmp(kind, "api") && role == NULL) {
 		json_object_put(body);
-		return http_reply_error(req, 400, "role", "field 'role' is required for an api token");
+		return http_reply_error(req, 400, "role",
+					"field 'role' is required for an api token");
 	}
 	if (!strcmp(kind, "join") && role) {
 		json_object_put(body);
@@ -116,8 +117,9 @@ enum MHD_Result api_tokens_create(struct request *req)
 	ttl = json_get_int(body, "expires_in", !strcmp(kind, "join") ? JOIN_DEFAULT_TTL : 0);
 	token_generate(token);
 	token_digest(token, digest);
-	st = db_prepare(ctl.db, "INSERT INTO tokens (kind, role, name, digest, created_at, expires_at) "
-				"VALUES (?, ?, ?, ?, ?, ?)");
+	st = db_prepare(ctl.db,
+			"INSERT INTO tokens (kind, role, name, digest, created_at, expires_at) "
+			"VALUES (?, ?, ?, ?, ?, ?)");
 	sqlite3_bind_text(st, 1, kind, -1, SQLITE_TRANSIENT);
 	if (role)
 		sqlite3_bind_text(st, 2, role, -1, SQLITE_TRANSIENT);

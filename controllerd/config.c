@@ -14,7 +14,11 @@
 #include "log.h"
 #include "util.h"
 
-enum opt_type { OPT_STR, OPT_BOOL, OPT_INT };
+enum opt_type {
+	OPT_STR,
+	OPT_BOOL,
+	OPT_INT
+};
 
 struct option_def {
 	const char *name;
@@ -137,6 +141,12 @@ int config_load(struct config *cfg, const char *path, struct kerr *err)
 		struct kerr e;
 
 		lineno++;
+		/* A line longer than the buffer would be read as two: refuse it whole. */
+		if (strchr(line, '\n') == NULL && !feof(f)) {
+			fclose(f);
+			return err_set(err, 0, "%s:%d: line is longer than %zu bytes", path, lineno,
+				       sizeof(line) - 2);
+		}
 		if ((hash = strchr(line, '#')))
 			*hash = '\0';
 		s = trim(line);
@@ -193,7 +203,8 @@ bool addr_is_loopback(const char *hostport)
 	struct in_addr a;
 	int port;
 
-	if (split_hostport(hostport, host, sizeof(host), &port) < 0 || inet_pton(AF_INET, host, &a) != 1)
+	if (split_hostport(hostport, host, sizeof(host), &port) < 0 ||
+	    inet_pton(AF_INET, host, &a) != 1)
 		return false;
 	return (ntohl(a.s_addr) >> 24) == 127;
 }

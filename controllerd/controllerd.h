@@ -35,9 +35,17 @@ struct config {
 	char *pidfile;
 };
 
-enum role { ROLE_NONE = 0, ROLE_VIEWER = 1, ROLE_OPERATOR = 2, ROLE_ADMIN = 3 };
+enum role {
+	ROLE_NONE = 0,
+	ROLE_VIEWER = 1,
+	ROLE_OPERATOR = 2,
+	ROLE_ADMIN = 3
+};
 
-enum host_state { HOST_OFFLINE, HOST_ONLINE };
+enum host_state {
+	HOST_OFFLINE,
+	HOST_ONLINE
+};
 
 /* A command queued for an agent; the REQ socket carries one at a time. */
 struct cmd {
@@ -60,11 +68,14 @@ struct host {
 	struct json_object *labels;
 	struct json_object *facts;
 
-	struct seal_replay rx; /* agent -> controller window */
-	int64_t tx_seq;	       /* controller -> agent */
+	/* Agent -> controller replay windows, one per socket: each socket delivers in
+	 * order, but an event pushed after a reply may overtake it. */
+	struct seal_replay rx;	     /* event socket */
+	struct seal_replay rx_reply; /* command replies */
+	int64_t tx_seq;		     /* controller -> agent */
 
-	int req_sock; /* NN_REQ to the agent, -1 when not connected */
-	uv_poll_t *req_poll; /* heap: its close completes after the host may be gone */
+	int req_sock;	      /* NN_REQ to the agent, -1 when not connected */
+	uv_poll_t *req_poll;  /* heap: its close completes after the host may be gone */
 	struct cmd *queue;    /* waiting commands, oldest first */
 	struct cmd *inflight; /* sent, no reply yet */
 	int64_t inflight_deadline;
@@ -150,6 +161,7 @@ void ops_resume(void);
 /* events.c */
 void event_emit(const char *type, struct json_object *data);
 void events_prune(void);
+bool event_type_known(const char *type);
 
 /* http.c */
 struct route;
@@ -236,7 +248,7 @@ void api_events_notify(void);
 void api_events_cron(void);
 
 /* metrics.c */
-void metrics_api_request(const char *route, unsigned status);
+void metrics_api_request(const char *method, const char *route, unsigned status);
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);
 void metrics_free(void);

@@ -103,10 +103,12 @@ int db_migrate(sqlite3 *db, int target, struct kerr *err)
 
 	if (v < 0)
 		return err_set(err, 0, "database: cannot read the schema version");
+	if (target > DB_SCHEMA_VERSION)
+		return err_set(err, 0, "no migration to schema version %d", target);
 	if (v > DB_SCHEMA_VERSION)
 		return err_set(err, 0,
-			       "database schema version %d is newer than this controller's %d",
-			       v, DB_SCHEMA_VERSION);
+			       "database schema version %d is newer than this controller's %d", v,
+			       DB_SCHEMA_VERSION);
 	for (; v < target; v++) {
 		char setver[64];
 
@@ -134,8 +136,8 @@ int db_open(sqlite3 **out, const char *path, struct kerr *err)
 	mode_t old = umask(077); /* the database holds link keys: owner only */
 	int rc;
 
-	rc = sqlite3_open_v2(path, &db,
-			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(
+		path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	umask(old);
 	if (rc != SQLITE_OK) {
 		err_set(err, 0, "cannot open database %s: %s", path,

@@ -2,11 +2,27 @@
  * events.c - the event bus: every state change becomes a row in the events table
  * (so a stream can resume from Last-Event-ID) and wakes the event streams.
  */
+#include <string.h>
+
 #include "controllerd.h"
 #include "log.h"
 #include "util.h"
 
 #define EVENTS_KEEP 10000
+
+/* Every event type the controller emits; streams may filter on these. */
+static const char *const event_types[] = {
+	"host-joined",	     "host-online",	  "host-offline",  "host-updated",  "host-deleted",
+	"operation-created", "operation-updated", "token-created", "token-deleted",
+};
+
+bool event_type_known(const char *type)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(event_types); i++)
+		if (strcmp(event_types[i], type) == 0)
+			return true;
+	return false;
+}
 
 /*
  * Record an event of type with data (a reference is consumed; NULL for none) and
@@ -15,8 +31,11 @@
  */
 void event_emit(const char *type, struct json_object *data)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "INSERT INTO events (time, type, data) VALUES (?, ?, ?)");
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "INSERT INTO events (time, type, data) VALUES (?, ?, ?)");
 
+	if (!event_type_known(type))
+		fatalx("events: type %s is not in event_types[]", type);
 	if (data == NULL)
 		data = json_object_new_object();
 	sqlite3_bind_int64(st, 1, now_ms());

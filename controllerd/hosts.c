@@ -69,7 +69,8 @@ int hosts_load(struct kerr *err)
 
 		h->id = sqlite3_column_int64(st, 0);
 		snprintf(h->name, sizeof(h->name), "%s", sqlite3_column_text(st, 1));
-		if (hex_decode((const char *)sqlite3_column_text(st, 2), h->key, SEAL_KEY_LEN) < 0) {
+		if (hex_decode((const char *)sqlite3_column_text(st, 2), h->key, SEAL_KEY_LEN) <
+		    0) {
 			err_set(err, 0, "host %s: corrupt link key in the database", h->name);
 			sqlite3_finalize(st);
 			free(h);
@@ -249,6 +250,7 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 	snprintf(h->name, sizeof(h->name), "%s", name);
 	memcpy(h->key, key, SEAL_KEY_LEN);
 	memset(&h->rx, 0, sizeof(h->rx));
+	memset(&h->rx_reply, 0, sizeof(h->rx_reply));
 	free(h->address);
 	h->address = xstrdup(address);
 	h->last_seen = now_ms();

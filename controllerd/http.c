@@ -107,8 +107,7 @@ static const char *route_label(const struct request *req)
 	return req->route ? req->route->pattern : "unmatched";
 }
 
-enum MHD_Result http_reply_response(struct request *req, unsigned status,
-				    struct MHD_Response *resp)
+enum MHD_Result http_reply_response(struct request *req, unsigned status, struct MHD_Response *resp)
 {
 	enum MHD_Result ret;
 
@@ -117,12 +116,11 @@ enum MHD_Result http_reply_response(struct request *req, unsigned status,
 	ret = MHD_queue_response(req->conn, status, resp);
 	MHD_destroy_response(resp);
 	req->status = status;
-	metrics_api_request(route_label(req), status);
+	metrics_api_request(req->method, route_label(req), status);
 	return ret;
 }
 
-enum MHD_Result http_reply_text(struct request *req, unsigned status, const char *ctype,
-				char *text)
+enum MHD_Result http_reply_text(struct request *req, unsigned status, const char *ctype, char *text)
 {
 	struct MHD_Response *resp;
 
@@ -135,9 +133,9 @@ enum MHD_Result http_reply_text(struct request *req, unsigned status, const char
 /* Answer with obj as JSON (a reference is consumed). */
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
 {
-	char *text = xasprintf("%s\n", json_object_to_json_string_ext(
-						 obj, JSON_C_TO_STRING_PRETTY |
-							      JSON_C_TO_STRING_NOSLASHESCAPE));
+	char *text = xasprintf(
+		"%s\n", json_object_to_json_string_ext(
+				obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 
 	json_object_put(obj);
 	return http_reply_text(req, status, "application/json", text);
@@ -241,8 +239,9 @@ int http_query_int(struct request *req, const char *key, int64_t min, int64_t ma
 	}
 	v = strtoll(s, &end, 10);
 	if (*s == '\0' || *end || v < min || v > max)
-		return err_input(err, 400, key, "query parameter '%s' must be an integer in %lld..%lld",
-				 key, (long long)min, (long long)max);
+		return err_input(err, 400, key,
+				 "query parameter '%s' must be an integer in %lld..%lld", key,
+				 (long long)min, (long long)max);
 	*out = v;
 	return 0;
 }
@@ -303,7 +302,8 @@ static enum MHD_Result dispatch(struct request *req)
 	}
 	if (req->route == NULL) {
 		if (allow[0])
-			return reply_error_allow(req, allow, "method %s is not allowed on %s; use %s",
+			return reply_error_allow(req, allow,
+						 "method %s is not allowed on %s; use %s",
 						 req->method, req->url, allow);
 		return http_reply_error(req, 404, NULL, "no such resource: %s", req->url);
 	}
@@ -347,7 +347,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 				req->body = NULL;
 				req->body_len = 0;
 			} else {
-				req->body = xrealloc(req->body, req->body_len + *upload_data_size + 1);
+				req->body =
+					xrealloc(req->body, req->body_len + *upload_data_size + 1);
 				memcpy(req->body + req->body_len, upload_data, *upload_data_size);
 				req->body_len += *upload_data_size;
 				req->body[req->body_len] = '\0';
@@ -451,13 +452,13 @@ int http_start(struct kerr *err)
 			return err_set(err, 0, "cannot read %s or %s", kp, cp);
 		flags |= MHD_USE_TLS;
 	}
-	daemon_ = MHD_start_daemon(
-		flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sin,
-		MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-		(unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-		ctl.cfg.tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, key,
-		MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_END);
+	daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR,
+				   &sin, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL,
+				   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+				   MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+				   ctl.cfg.tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, key,
+				   MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_END);
 	if (daemon_ == NULL)
 		return err_set(err, 0, "cannot start the API server on %s (address in use?)",
 			       ctl.cfg.api_listen);

@@ -34,12 +34,20 @@ static void counter_add(struct counter **list, const char *labels)
 	c->n++;
 }
 
-void metrics_api_request(const char *route, unsigned status)
+void metrics_api_request(const char *method, const char *route, unsigned status)
 {
 	char labels[256];
 
-	/* route is a pattern from the route table, never user input. */
-	snprintf(labels, sizeof(labels), "{route=\"%s\",code=\"%u\"}", route, status);
+	/* route is a pattern from the route table and method one MHD accepted; the
+	 * method is still cut to letters so no client text reaches the exposition. */
+	char m[16];
+	size_t i;
+
+	for (i = 0; method[i] && i < sizeof(m) - 1; i++)
+		m[i] = (method[i] >= 'A' && method[i] <= 'Z') ? method[i] : '_';
+	m[i] = '\0';
+	snprintf(labels, sizeof(labels), "{method=\"%s\",route=\"%s\",code=\"%u\"}", m, route,
+		 status);
 	counter_add(&api_requests, labels);
 }
 
@@ -85,9 +93,10 @@ char *metrics_render(void)
 
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		h->state == HOST_ONLINE ? online++ : offline++;
-	bprintf(&b, "# HELP kumo_hosts Hosts known to the controller, by state.\n"
-		    "# TYPE kumo_hosts gauge\n"
-		    "kumo_hosts{state=\"online\"} %d\nkumo_hosts{state=\"offline\"} %d\n",
+	bprintf(&b,
+		"# HELP kumo_hosts Hosts known to the controller, by state.\n"
+		"# TYPE kumo_hosts gauge\n"
+		"kumo_hosts{state=\"online\"} %d\nkumo_hosts{state=\"offline\"} %d\n",
 		online, offline);
 	bprintf(&b, "# HELP kumo_host_heartbeat_age_seconds Time since the host's last heartbeat.\n"
 		    "# TYPE kumo_host_heartbeat_age_seconds gauge\n");
@@ -97,10 +106,12 @@ char *metrics_render(void)
 	bprintf(&b, "# HELP kumo_api_requests_total API requests answered, by route and status.\n"
 		    "# TYPE kumo_api_requests_total counter\n");
 	for (struct counter *c = api_requests; c; c = c->next)
-		bprintf(&b, "kumo_api_requests_total%s %llu\n", c->labels, (unsigned long long)c->n);
+		bprintf(&b, "kumo_api_requests_total%s %llu\n", c->labels,
+			(unsigned long long)c->n);
 	bprintf(&b, "# HELP kumo_operations Operations in the database, by kind and status.\n"
 		    "# TYPE kumo_operations gauge\n");
-	st = db_prepare(ctl.db, "SELECT kind, status, count(*) FROM operations GROUP BY kind, status");
+	st = db_prepare(ctl.db,
+			"SELECT kind, status, count(*) FROM operations GROUP BY kind, status");
 	while (sqlite3_step(st) == SQLITE_ROW)
 		bprintf(&b, "kumo_operations{kind=\"%s\",status=\"%s\"} %lld\n",
 			sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
@@ -109,9 +120,11 @@ char *metrics_render(void)
 	bprintf(&b, "# HELP kumo_link_rejected_total Agent-link messages dropped, by reason.\n"
 		    "# TYPE kumo_link_rejected_total counter\n");
 	for (struct counter *c = link_rejected; c; c = c->next)
-		bprintf(&b, "kumo_link_rejected_total%s %llu\n", c->labels, (unsigned long long)c->n);
-	bprintf(&b, "# HELP kumo_uptime_seconds Seconds since the controller started.\n"
-		    "# TYPE kumo_uptime_seconds gauge\nkumo_uptime_seconds %lld\n",
+		bprintf(&b, "kumo_link_rejected_total%s %llu\n", c->labels,
+			(unsigned long long)c->n);
+	bprintf(&b,
+		"# HELP kumo_uptime_seconds Seconds since the controller started.\n"
+		"# TYPE kumo_uptime_seconds gauge\nkumo_uptime_seconds %lld\n",
 		(long long)((now - ctl.started_at) / 1000));
 	return b.p;
 }

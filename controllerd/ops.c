@@ -10,7 +10,7 @@
 #include "util.h"
 
 #define OP_COLUMNS                                                                                 \
-	"id, kind, target, host, status, progress, phase, result, error, created_at, "            \
+	"id, kind, target, host, status, progress, phase, result, error, created_at, "             \
 	"updated_at"
 
 static struct json_object *op_row_json(sqlite3_stmt *st)
@@ -19,22 +19,22 @@ static struct json_object *op_row_json(sqlite3_stmt *st)
 	static const char *const text_cols[] = {"id", "kind", "target", "host", "status"};
 
 	for (int i = 0; i < 5; i++)
-		json_object_object_add(o, text_cols[i],
-				       sqlite3_column_type(st, i) == SQLITE_NULL
-					       ? NULL
-					       : json_object_new_string(
-							 (const char *)sqlite3_column_text(st, i)));
+		json_object_object_add(
+			o, text_cols[i],
+			sqlite3_column_type(st, i) == SQLITE_NULL
+				? NULL
+				: json_object_new_string((const char *)sqlite3_column_text(st, i)));
 	json_object_object_add(o, "progress", json_object_new_int(sqlite3_column_int(st, 5)));
 	json_object_object_add(o, "phase",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 6)));
 	if (sqlite3_column_type(st, 7) == SQLITE_TEXT)
 		result = json_tokener_parse((const char *)sqlite3_column_text(st, 7));
 	json_object_object_add(o, "result", result);
-	json_object_object_add(o, "error",
-			       sqlite3_column_type(st, 8) == SQLITE_NULL
-				       ? NULL
-				       : json_object_new_string(
-						 (const char *)sqlite3_column_text(st, 8)));
+	json_object_object_add(
+		o, "error",
+		sqlite3_column_type(st, 8) == SQLITE_NULL
+			? NULL
+			: json_object_new_string((const char *)sqlite3_column_text(st, 8)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 9)));
 	json_object_object_add(o, "updated_at",
 			       json_object_new_int64(sqlite3_column_int64(st, 10)));
@@ -175,7 +175,8 @@ void ops_resume(void)
 		struct host *h = hname ? host_find(hname) : NULL;
 
 		if (h && op_dispatch(h, id, kind) == 0) {
-			log_info("operation %s: resumed after restart (%s on %s)", id, kind, h->name);
+			log_info("operation %s: resumed after restart (%s on %s)", id, kind,
+				 h->name);
 			continue;
 		}
 		op_update(id, "failed", -1, "interrupted", NULL,

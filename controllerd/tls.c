@@ -79,7 +79,8 @@ int tls_ensure(const char *state_dir, const char *api_listen, struct kerr *err)
 	X509_gmtime_adj(X509_getm_notAfter(cert), 10L * 365 * 24 * 3600);
 	X509_set_pubkey(cert, pkey);
 	name = X509_get_subject_name(cert);
-	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"Kumo", -1, -1, 0);
+	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"Kumo", -1, -1,
+				   0);
 	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
 				   (const unsigned char *)"kumo-controllerd", -1, -1, 0);
 	X509_set_issuer_name(cert, name);

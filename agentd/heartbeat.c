@@ -1,0 +1,88 @@
+/*
+ * heartbeat.c - the agent's periodic duties, on one timer every heartbeat_s seconds:
+ *
+ *   - collect the host's facts (off the loop, facts.c) and send them to the controller
+ *     as a heartbeat, which is also how the controller knows this host is online.
+ *
+ * A beat whose facts are still being collected when the next one is due is not
+ * doubled up: one more collection follows when it completes.
+ */
+#include "agentd.h"
+
+static void beat_facts_cb(struct agent *a, struct json_object *facts, void *data)
+{
+	a->heartbeat_busy = false;
+	if (a->stopping || facts == NULL)
+		return;
+	heartbeat_send(a, facts);
+	if (a->heartbeat_again) {
+		a->heartbeat_again = false;
+		heartbeat_kick(a);
+	}
+}
+
+/*
+ * Send a heartbeat with freshly collected facts as soon as they are in, whatever the
+ * timer says: used when something the facts show has changed (the KVM probe ran).
+ */
+void heartbeat_kick(struct agent *a)
+{
+	struct kerr err;
+
+	if (a->stopping)
+		return;
+	if (a->heartbeat_busy) {
+		a->heartbeat_again = true;
+		return;
+	}
+	if (facts_collect_start(a, beat_facts_cb, NULL, &err) < 0) {
+		log_warnx("heartbeat: %s", err.msg);
+		return;
+	}
+	a->heartbeat_busy = true;
+}
+
+/*
+ * Send a heartbeat carrying facts (borrowed) and the advertised command address.
+ */
+void heartbeat_send(struct agent *a, struct json_object *facts)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "addr", json_object_new_string(a->addr));
+	json_object_object_add(body, "facts", json_object_get(facts));
+	link_event_send(a, LINK_HEARTBEAT, NULL, body);
+}
+
+static void heartbeat_timer_cb(uv_timer_t *timer)
+{
+	heartbeat_kick(timer->data);
+}
+
+/*
+ * Start the periodic timer; the first beat goes out at once. Returns 0 or -1 with err.
+ */
+int heartbeat_start(struct agent *a, struct kerr *err)
+{
+	uint64_t every = (uint64_t)a->heartbeat_s * 1000;
+	int ret;
+
+	ret = uv_timer_init(a->loop, &a->heartbeat_timer);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot create the heartbeat timer");
+	a->heartbeat_timer.data = a;
+	ret = uv_timer_start(&a->heartbeat_timer, heartbeat_timer_cb, 0, every);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot start the heartbeat timer");
+	log_info("heartbeat: every %d s", a->heartbeat_s);
+	return 0;
+}
+
+/*
+ * Stop beating; the timer handle closes on the loop's next turn.
+ */
+void heartbeat_stop(struct agent *a)
+{
+	if (a->heartbeat_timer.data && !uv_is_closing((uv_handle_t *)&a->heartbeat_timer))
+		uv_close((uv_handle_t *)&a->heartbeat_timer, NULL);
+}

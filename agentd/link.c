@@ -1,0 +1,477 @@
+/*
+ * link.c - the agent's end of the sealed link, driven from the loop.
+ *
+ *   NN_REP at --listen:  commands from the controller, each answered at once with a
+ *                        sealed ack (or nack); the work then runs asynchronously.
+ *   NN_PUSH to events:   heartbeats, op-progress and op-done toward the controller.
+ *
+ * nanomsg sockets are not file descriptors; each offers one (NN_RCVFD, NN_SNDFD)
+ * that is readable while the socket can receive or send, which uv_poll watches.
+ * Every message is drained with NN_DONTWAIT so the loop never waits on the network.
+ */
+#include "agentd.h"
+
+#include <errno.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/pipeline.h>
+#include <nanomsg/reqrep.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "json.h"
+#include "util.h"
+
+#define PUSH_WARN_AFTER_US (3 * 1000000LL) /* connecting takes a moment at start-up */
+
+/*
+ * Replies and events travel on different sockets, but the controller checks both
+ * against one replay window per host: an op-progress sealed just after an ack but
+ * read first would make the ack look replayed. So after each reply, events wait in
+ * the send queue this long (and are sealed, with fresh seqs, when they leave).
+ */
+
+typedef void (*command_start_fn)(struct agent *a, const char *op);
+
+/* Bodies of the commands the controller sends; every field must be declared. */
+static const struct json_field probe_fields[] = {
+	{NULL, 0, false, NULL},
+};
+
+static int msg_seal(struct agent *a, enum link_type type, const char *op, struct json_object *body,
+		    unsigned char **out, size_t *outlen, struct kerr *err)
+{
+	struct link_msg m = {.type = type, .seq = seal_seq_next(&a->seq_last), .body = body};
+
+	snprintf(m.host, sizeof(m.host), "%s", a->link.host);
+	snprintf(m.op, sizeof(m.op), "%s", op ? op : "");
+	return link_msg_seal(a->link.key, SEAL_DIR_TO_CONTROLLER, &m, out, outlen, err);
+}
+
+static void push_state(struct agent *a, bool ok)
+{
+	int64_t now = now_us();
+
+	if (ok) {
+		if (a->push_warned)
+			log_info("link: controller at %s takes messages again", a->link.events);
+		a->push_failing = a->push_warned = false;
+		return;
+	}
+	if (!a->push_failing) {
+		a->push_failing = true;
+		a->push_failing_since = now;
+	}
+	if (!a->push_warned && now - a->push_failing_since >= PUSH_WARN_AFTER_US) {
+		log_warnx("link: controller at %s is not taking messages; heartbeats are dropped "
+			  "and op events held until it does",
+			  a->link.events);
+		a->push_warned = true;
+	}
+}
+
+/* Seal and send one message on the push socket: 0, -EAGAIN (try later) or -1 (dropped). */
+static int push_try(struct agent *a, enum link_type type, const char *op, struct json_object *body)
+{
+	_cleanup_free_ unsigned char *buf = NULL;
+	struct kerr err;
+	size_t len;
+
+	if (msg_seal(a, type, op, body, &buf, &len, &err) < 0) {
+		log_warnx("link: cannot seal %s: %s", link_type_name(type), err.msg);
+		return -1;
+	}
+	if (nn_send(a->push_sock, buf, len, NN_DONTWAIT) >= 0) {
+		push_state(a, true);
+		return 0;
+	}
+	if (nn_errno() == EAGAIN) {
+		push_state(a, false);
+		return -EAGAIN;
+	}
+	log_warnx("link: cannot send %s to %s: %s", link_type_name(type), a->link.events,
+		  nn_strerror(nn_errno()));
+	return -1;
+}
+
+static void sendq_pop(struct agent *a)
+{
+	struct sendq_item *it = a->sendq_head;
+
+	a->sendq_head = it->next;
+	if (a->sendq_head == NULL)
+		a->sendq_tail = NULL;
+	a->sendq_len--;
+	json_object_put(it->body);
+	free(it);
+}
+
+static void push_poll_cb(uv_poll_t *handle, int status, int events);
+
+/* Send what the queue holds, in order, until the controller stops taking it. */
+static void sendq_flush(struct agent *a)
+{
+	while (a->sendq_head) {
+		struct sendq_item *it = a->sendq_head;
+
+		if (push_try(a, it->type, it->op, it->body) == -EAGAIN) {
+			if (!a->push_polling &&
+			    uv_poll_start(&a->push_poll, UV_READABLE, push_poll_cb) == 0)
+				a->push_polling = true;
+			return;
+		}
+		sendq_pop(a);
+	}
+	if (a->push_polling) {
+		uv_poll_stop(&a->push_poll);
+		a->push_polling = false;
+	}
+}
+
+static void push_poll_cb(uv_poll_t *handle, int status, int events)
+{
+	struct agent *a = handle->data;
+
+	if (status < 0)
+		log_warnx("link: event socket poll: %s", uv_strerror(status));
+	sendq_flush(a);
+}
+
+static void sendq_push(struct agent *a, enum link_type type, const char *op,
+		       struct json_object *body)
+{
+	struct sendq_item *it;
+
+	if (a->sendq_len >= AGENT_SENDQ_MAX) {
+		log_warnx("link: %u op events waiting for the controller; dropping the oldest (%s "
+			  "for op %s)",
+			  a->sendq_len, link_type_name(a->sendq_head->type), a->sendq_head->op);
+		sendq_pop(a);
+	}
+	it = xcalloc(1, sizeof(*it));
+	it->type = type;
+	snprintf(it->op, sizeof(it->op), "%s", op ? op : "");
+	it->body = body;
+	if (a->sendq_tail)
+		a->sendq_tail->next = it;
+	else
+		a->sendq_head = it;
+	a->sendq_tail = it;
+	a->sendq_len++;
+	if (!a->push_polling && uv_poll_start(&a->push_poll, UV_READABLE, push_poll_cb) == 0)
+		a->push_polling = true;
+}
+
+/*
+ * Send a message of type (about op, or NULL) to the controller's event socket; body is
+ * consumed. While the controller does not take messages, op events wait in order in
+ * a bounded queue and are sealed (with a fresh seq) when they leave; heartbeats are
+ * dropped instead, as the next one carries newer facts.
+ */
+void link_event_send(struct agent *a, enum link_type type, const char *op, struct json_object *body)
+{
+	if (a->stopping) {
+		json_object_put(body);
+		return;
+	}
+	if (a->sendq_head == NULL && push_try(a, type, op, body) != -EAGAIN) {
+		json_object_put(body);
+		return;
+	}
+	if (type == LINK_HEARTBEAT) {
+		push_state(a, false);
+		log_debug("link: heartbeat dropped; the controller is not taking messages");
+		json_object_put(body);
+		return;
+	}
+	sendq_push(a, type, op, body);
+}
+
+/* Answer the request at hand on the command socket; body is consumed. */
+static void reply_send(struct agent *a, enum link_type type, const char *op,
+		       struct json_object *body)
+{
+	_cleanup_free_ unsigned char *buf = NULL;
+	struct kerr err;
+	size_t len;
+	int ret;
+
+	ret = msg_seal(a, type, op, body, &buf, &len, &err);
+	json_object_put(body);
+	if (ret < 0) {
+		log_warnx("link: cannot seal %s: %s", link_type_name(type), err.msg);
+		return;
+	}
+	if (nn_send(a->rep_sock, buf, len, NN_DONTWAIT) < 0) {
+		log_warnx("link: cannot reply %s: %s", link_type_name(type),
+			  nn_strerror(nn_errno()));
+		return;
+	}
+}
+
+static void nack_send(struct agent *a, const struct link_msg *m, const char *type, const char *fmt,
+		      ...) __attribute__((format(printf, 4, 5)));
+
+/* Refuse the command m (of type, by name) at hand with a reason the controller shows. */
+static void nack_send(struct agent *a, const struct link_msg *m, const char *type, const char *fmt,
+		      ...)
+{
+	struct json_object *body = json_object_new_object();
+	char why[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	log_warnx("link: refused %s command%s%s: %s", type, m->op[0] ? " for op " : "", m->op, why);
+	json_object_object_add(body, "error", json_object_new_string(why));
+	reply_send(a, LINK_NACK, m->op, body);
+}
+
+/*
+ * Ack a command and start it, unless its op was seen already: then ack again and
+ * re-send its result if it has one, but never run it twice.
+ */
+static void command_accept(struct agent *a, const struct link_msg *m,
+			   const struct json_field *fields, command_start_fn start)
+{
+	struct op_entry *e;
+	struct kerr err;
+
+	if (json_fields_check(m->body, fields, &err) < 0) {
+		nack_send(a, m, link_type_name(m->type), "%s", err.msg);
+		return;
+	}
+	if (m->op[0] == '\0') {
+		nack_send(a, m, link_type_name(m->type), "the command carries no operation id");
+		return;
+	}
+	e = opcache_find(&a->ops, m->op);
+	if (e) {
+		log_info("op %s: %s command resent; acked again%s", m->op, link_type_name(m->type),
+			 e->done ? ", result re-sent" : "");
+		reply_send(a, LINK_ACK, m->op, json_object_new_object());
+		if (e->done)
+			link_event_send(a, LINK_OP_DONE, m->op, json_object_get(e->done_body));
+		return;
+	}
+	opcache_add(&a->ops, m->op, m->type);
+	reply_send(a, LINK_ACK, m->op, json_object_new_object());
+	log_info("op %s: %s started", m->op, link_type_name(m->type));
+	start(a, m->op);
+}
+
+/*
+ * One case per message type, without a default, so a type added to link.h does not
+ * compile here until someone decides whether agents take it.
+ */
+static void request_dispatch(struct agent *a, const struct link_msg *m)
+{
+	switch (m->type) {
+	case LINK_CMD_PROBE:
+		command_accept(a, m, probe_fields, probe_cmd_start);
+		return;
+	case LINK_HEARTBEAT:
+	case LINK_OP_PROGRESS:
+	case LINK_OP_DONE:
+	case LINK_ACK:
+	case LINK_NACK:
+	case LINK_TYPE_COUNT:
+		break;
+	}
+	nack_send(a, m, link_type_name(m->type), "'%s' is not a command agents take",
+		  link_type_name(m->type));
+}
+
+static const struct json_field envelope_fields[] = {
+	{"type", JK_STRING, true, NULL}, {"host", JK_STRING, true, NULL},
+	{"seq", JK_INT, true, NULL},	 {"op", JK_STRING, false, NULL},
+	{"body", JK_OBJECT, true, NULL}, {NULL, 0, false, NULL},
+};
+
+/*
+ * link_msg_open() refuses a type it does not know. A newer controller's command is
+ * still authentic, though, and deserves a nack rather than silence (it would be resent
+ * for ever), so open it far enough to answer: m gets type LINK_TYPE_COUNT, the seq
+ * and op, no body; type holds the name. Returns 0, or -1 for anything else.
+ */
+static int unknown_command_open(struct agent *a, const unsigned char *buf, size_t len,
+				struct link_msg *m, char *type, size_t typelen)
+{
+	_cleanup_free_ char *plain = NULL;
+	struct json_object *env = NULL;
+	enum link_type known;
+	size_t plainlen;
+	const char *op;
+	int ret = -1;
+
+	memset(m, 0, sizeof(*m));
+	if (seal_open(a->link.key, buf, len, &plain, &plainlen, NULL) < 0 ||
+	    json_body_parse(plain, plainlen, &env, NULL) < 0)
+		return -1;
+	op = json_get_str(env, "op", "");
+	if (json_fields_check(env, envelope_fields, NULL) < 0 ||
+	    link_type_parse(json_get_str(env, "type", ""), &known) == 0 ||
+	    strcmp(json_get_str(env, "host", ""), a->link.host) != 0 ||
+	    (op[0] && !link_op_id_valid(op)))
+		goto out;
+	m->type = LINK_TYPE_COUNT;
+	snprintf(m->host, sizeof(m->host), "%s", a->link.host);
+	snprintf(m->op, sizeof(m->op), "%s", op);
+	m->seq = json_get_int(env, "seq", 0);
+	snprintf(type, typelen, "%s", json_get_str(env, "type", ""));
+	ret = 0;
+out:
+	json_object_put(env);
+	return ret;
+}
+
+/*
+ * Check a request before anything reads it. A message that fails is logged and left
+ * unanswered: the REP socket drops it when the next request arrives.
+ */
+static void request_handle(struct agent *a, const unsigned char *buf, size_t len)
+{
+	char dir, host[SEAL_HOST_MAX + 1], type[64];
+	struct link_msg m;
+	struct kerr err;
+	bool unknown = false;
+
+	if (seal_peek(buf, len, &dir, host) < 0) {
+		log_warnx("link: rejected message: not a sealed message (%zu bytes)", len);
+		return;
+	}
+	if (dir != SEAL_DIR_TO_AGENT) {
+		log_warnx("link: rejected message: sealed toward the controller, not an agent");
+		return;
+	}
+	if (strcmp(host, a->link.host) != 0) {
+		log_warnx("link: rejected message: addressed to host '%s', this is '%s'", host,
+			  a->link.host);
+		return;
+	}
+	if (link_msg_open(a->link.key, SEAL_DIR_TO_AGENT, buf, len, &m, &err) < 0) {
+		if (unknown_command_open(a, buf, len, &m, type, sizeof(type)) < 0) {
+			log_warnx("link: rejected message: %s", err.msg);
+			return;
+		}
+		unknown = true;
+	}
+	if (seal_replay_check(&a->replay, m.seq, now_us(), LINK_REPLAY_WINDOW_US, &err) < 0) {
+		log_warnx("link: rejected message: %s %s: %s",
+			  unknown ? type : link_type_name(m.type), m.op, err.msg);
+		link_msg_clear(&m);
+		return;
+	}
+	log_debug("link: %s command, op %s, seq %lld", unknown ? type : link_type_name(m.type),
+		  m.op, (long long)m.seq);
+	if (unknown)
+		nack_send(a, &m, type,
+			  "unknown command '%s'; is this agent older than the "
+			  "controller?",
+			  type);
+	else
+		request_dispatch(a, &m);
+	link_msg_clear(&m);
+}
+
+static void rep_poll_cb(uv_poll_t *handle, int status, int events)
+{
+	struct agent *a = handle->data;
+
+	if (status < 0) {
+		log_warnx("link: command socket poll: %s", uv_strerror(status));
+		return;
+	}
+	while (!a->stopping) {
+		void *buf = NULL;
+		int n = nn_recv(a->rep_sock, &buf, NN_MSG, NN_DONTWAIT);
+
+		if (n < 0) {
+			if (nn_errno() != EAGAIN && nn_errno() != EINTR)
+				log_warnx("link: cannot receive a command: %s",
+					  nn_strerror(nn_errno()));
+			return;
+		}
+		request_handle(a, buf, (size_t)n);
+		nn_freemsg(buf);
+	}
+}
+
+static int sock_fd(int sock, int option, int *fd, struct kerr *err)
+{
+	size_t len = sizeof(*fd);
+
+	if (nn_getsockopt(sock, NN_SOL_SOCKET, option, fd, &len) < 0)
+		return err_set(err, nn_errno(), "cannot get the socket's poll descriptor");
+	return 0;
+}
+
+/*
+ * Open the link: connect the push socket to a->link.events, bind the command socket
+ * at the --listen address, and watch it from a->loop. Returns 0 or -1 with err; on
+ * failure the caller still calls link_sockets_release().
+ */
+int link_open(struct agent *a, struct kerr *err)
+{
+	_cleanup_free_ char *url = xasprintf("tcp://%s", a->cfg->listen);
+	int maxsize = LINK_MSG_MAX, rcvfd, sndfd, ret;
+
+	a->push_sock = nn_socket(AF_SP, NN_PUSH);
+	if (a->push_sock < 0)
+		return err_set(err, nn_errno(), "cannot create the event socket");
+	if (nn_connect(a->push_sock, a->link.events) < 0)
+		return err_set(err, nn_errno(), "cannot connect to %s", a->link.events);
+	a->rep_sock = nn_socket(AF_SP, NN_REP);
+	if (a->rep_sock < 0)
+		return err_set(err, nn_errno(), "cannot create the command socket");
+	nn_setsockopt(a->rep_sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsize, sizeof(maxsize));
+	if (nn_bind(a->rep_sock, url) < 0)
+		return err_set(err, nn_errno(), "cannot listen for commands at %s", url);
+	if (sock_fd(a->rep_sock, NN_RCVFD, &rcvfd, err) < 0 ||
+	    sock_fd(a->push_sock, NN_SNDFD, &sndfd, err) < 0)
+		return -1;
+
+	ret = uv_poll_init(a->loop, &a->rep_poll, rcvfd);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot watch the command socket");
+	a->rep_poll.data = a;
+	ret = uv_poll_init(a->loop, &a->push_poll, sndfd);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot watch the event socket");
+	a->push_poll.data = a;
+	ret = uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot watch the command socket");
+	log_info("link: commands at %s (advertised %s), events to %s", url, a->addr,
+		 a->link.events);
+	return 0;
+}
+
+/*
+ * Stop watching the sockets; the handles close on the loop's next turn. Messages not
+ * yet sent are dropped.
+ */
+void link_close(struct agent *a)
+{
+	if (a->rep_poll.data && !uv_is_closing((uv_handle_t *)&a->rep_poll))
+		uv_close((uv_handle_t *)&a->rep_poll, NULL);
+	if (a->push_poll.data && !uv_is_closing((uv_handle_t *)&a->push_poll))
+		uv_close((uv_handle_t *)&a->push_poll, NULL);
+	a->push_polling = false;
+}
+
+/*
+ * Close the nanomsg sockets and free what the link holds. Call after the loop closed
+ * the poll handles (their descriptors belong to the sockets).
+ */
+void link_sockets_release(struct agent *a)
+{
+	while (a->sendq_head)
+		sendq_pop(a);
+	opcache_clear(&a->ops);
+	if (a->rep_sock >= 0)
+		nn_close(a->rep_sock);
+	if (a->push_sock >= 0)
+		nn_close(a->push_sock);
+	a->rep_sock = a->push_sock = -1;
+}

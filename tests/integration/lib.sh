@@ -1,0 +1,87 @@
+# lib.sh - helpers for integration tests. Source it; it finds the test lab and gives:
+#   api METHOD PATH [BODY] [TOKEN]   -> sets STATUS, BODY (and HEADERS)
+#   expect_status N                  -> fails unless STATUS is N
+#   expect "desc" CMD...             -> fails unless CMD succeeds
+#   jqb FILTER                       -> jq -r FILTER over BODY
+#   wait_until SECONDS "desc" CMD... -> polls CMD every 0.2 s
+#   lab ARGS...                      -> the test lab's deploy/lab
+# Every test runs against the shared lab "kt" that the lab_up fixture brought up.
+set -euo pipefail
+
+KUMO_SRC=${KUMO_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+export KUMO_BUILD_DIR=${KUMO_BUILD_DIR:-$KUMO_SRC/build}
+export KUMO_LAB_NO_BUILD=1
+LAB_ARGS=(--name kt --subnet 10.232.0 --api-port 9443 --link-port 9700)
+
+lab() { "$KUMO_SRC/deploy/lab" "${LAB_ARGS[@]}" "$@"; }
+
+eval "$(lab env)"
+KUMO_LINK_ADDRESS=${KUMO_LINK_ADDRESS:-10.232.0.1}
+KUMO_JOIN_PORT=${KUMO_JOIN_PORT:-9700}
+ADMIN=$(cat "$KUMO_TOKEN_FILE")
+TESTNAME=$(basename "$0" .sh)
+STATUS=0
+BODY=""
+HEADERS=""
+
+fail() {
+	echo "FAIL [$TESTNAME]: $*" >&2
+	echo "  last status: $STATUS" >&2
+	echo "  last body: ${BODY:0:2000}" >&2
+	exit 1
+}
+
+pass() { echo "ok [$TESTNAME]: $*"; }
+
+# api METHOD PATH [BODY] [TOKEN]; TOKEN "-" sends no Authorization header.
+api() {
+	local method=$1 path=$2 body=${3:-} token=${4:-$ADMIN}
+	local args=(-sS --cacert "$KUMO_CACERT" -X "$method" -o /tmp/kt-body.$$ -D /tmp/kt-head.$$
+		-w '%{http_code}' --max-time 90)
+	[ "$token" != "-" ] && args+=(-H "Authorization: Bearer $token")
+	[ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
+	STATUS=$(curl "${args[@]}" "$KUMO_URL$path") || STATUS=000
+	BODY=$(cat /tmp/kt-body.$$)
+	HEADERS=$(cat /tmp/kt-head.$$)
+	rm -f /tmp/kt-body.$$ /tmp/kt-head.$$
+}
+
+expect_status() {
+	[ "$STATUS" = "$1" ] || fail "expected HTTP $1, got $STATUS${2:+ ($2)}"
+}
+
+expect() {
+	local desc=$1
+	shift
+	"$@" || fail "$desc"
+}
+
+jqb() { jq -r "$@" <<<"$BODY"; }
+
+wait_until() {
+	local secs=$1 desc=$2
+	shift 2
+	local end=$((SECONDS + secs))
+	while ! "$@"; do
+		[ $SECONDS -ge $end ] && fail "timed out after ${secs}s waiting for: $desc"
+		sleep 0.2
+	done
+}
+
+host_state() {
+	api GET "/api/v1/hosts/$1"
+	jqb .state
+}
+
+all_online() {
+	api GET /api/v1/hosts
+	[ "$(jqb '[.hosts[] | select(.state == "online")] | length')" = "${1:-3}" ]
+}
+
+# Count of something in the controller's metrics, 0 when absent.
+metric() {
+	curl -sS --cacert "$KUMO_CACERT" "$KUMO_URL/metrics" | awk -v k="$1" '$1 == k { print $2; f=1 } END { if (!f) print 0 }'
+}
+
+agent_pid() { cat "$KUMO_LAB_DIR/hosts/$1/agent.pid"; }
+controller_pid() { cat "$KUMO_LAB_DIR/controller/controller.pid"; }

@@ -1,0 +1,337 @@
+/*
+ * test_db.c - opening the state store and migrating its schema (controllerd/db.c).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "controllerd.h"
+#include "util.h"
+
+/* main.c owns the controller's state; db.c does not use it, the library refers to it. */
+struct controller ctl;
+
+/* Each test gets a fresh directory holding its database. */
+struct fixture {
+	char dir[64];
+	char path[96];
+	sqlite3 *db;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = xcalloc(1, sizeof(*f));
+	struct kerr err = {0};
+
+	snprintf(f->dir, sizeof(f->dir), "/tmp/kumo-unit-db.XXXXXX");
+	if (mkdtemp(f->dir) == NULL)
+		return -1;
+	snprintf(f->path, sizeof(f->path), "%s/kumo.db", f->dir);
+	if (db_open(&f->db, f->path, &err) < 0) {
+		print_error("db_open: %s\n", err.msg);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char cmd[128];
+	int ret;
+
+	db_close(f->db);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	ret = system(cmd);
+	free(f);
+	return ret == 0 ? 0 : -1;
+}
+
+/* One text value from static SQL, copied into buf. */
+static const char *query_text(sqlite3 *db, const char *sql, char *buf, size_t len)
+{
+	sqlite3_stmt *st = db_prepare(db, sql);
+
+	buf[0] = '\0';
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+		snprintf(buf, len, "%s", (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return buf;
+}
+
+static int64_t index_exists(sqlite3 *db, const char *name)
+{
+	sqlite3_stmt *st = db_prepare(
+		db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?");
+	int64_t n;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return n;
+}
+
+/* The whole schema as one string, to compare before and after. */
+static char *schema_dump(sqlite3 *db)
+{
+	sqlite3_stmt *st =
+		db_prepare(db, "SELECT group_concat(sql, ';') FROM (SELECT sql FROM sqlite_master "
+			       "WHERE sql IS NOT NULL ORDER BY name)");
+	char *s;
+
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	s = xstrdup((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return s;
+}
+
+static void test_open_pragmas(void **state)
+{
+	struct fixture *f = *state;
+	char buf[32];
+	struct stat st;
+
+	assert_string_equal(query_text(f->db, "PRAGMA journal_mode", buf, sizeof(buf)), "wal");
+	assert_int_equal(db_count(f->db, "PRAGMA foreign_keys"), 1);
+	assert_int_equal(db_count(f->db, "PRAGMA synchronous"), 2); /* FULL */
+	assert_int_equal(db_version(f->db), 0);
+	/* The database holds link keys: owner only. */
+	assert_int_equal(stat(f->path, &st), 0);
+	assert_int_equal(st.st_mode & 077, 0);
+}
+
+static void test_open_unwritable_path_fails(void **state)
+{
+	sqlite3 *db = NULL;
+	struct kerr err = {0};
+
+	assert_true(db_open(&db, "/nonexistent-dir/kumo.db", &err) < 0);
+	assert_null(db);
+	assert_non_null(strstr(err.msg, "/nonexistent-dir/kumo.db"));
+}
+
+static void test_migrate_from_empty(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	static const char *const tables[] = {"meta", "hosts", "tokens", "operations", "events"};
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_version(f->db), DB_SCHEMA_VERSION);
+	assert_int_equal(db_count(f->db, "PRAGMA user_version"), DB_SCHEMA_VERSION);
+	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+		sqlite3_stmt *st = db_prepare(
+			f->db,
+			"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?");
+
+		sqlite3_bind_text(st, 1, tables[i], -1, SQLITE_STATIC);
+		assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+		if (sqlite3_column_int(st, 0) != 1)
+			fail_msg("table %s missing", tables[i]);
+		sqlite3_finalize(st);
+	}
+	assert_int_equal(index_exists(f->db, "operations_status"), 1);
+	assert_int_equal(index_exists(f->db, "events_type"), 1);
+	/* Outside any transaction afterwards. */
+	assert_int_equal(sqlite3_get_autocommit(f->db), 1);
+}
+
+static void test_migrate_is_persistent(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	db_close(f->db);
+	f->db = NULL;
+	assert_int_equal(db_open(&f->db, f->path, &err), 0);
+	assert_int_equal(db_version(f->db), DB_SCHEMA_VERSION);
+}
+
+static void test_migrate_current_is_noop(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	char *before, *after;
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_meta_set(f->db, "cluster_id", "c0ffee", &err), 0);
+	before = schema_dump(f->db);
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_version(f->db), DB_SCHEMA_VERSION);
+	after = schema_dump(f->db);
+	assert_string_equal(before, after);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM meta"), 1);
+	free(before);
+	free(after);
+}
+
+static void test_migrate_1_to_2_keeps_rows(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	char buf[64];
+
+	assert_int_equal(db_migrate(f->db, 1, &err), 0);
+	assert_int_equal(db_version(f->db), 1);
+	assert_int_equal(index_exists(f->db, "operations_status"), 0);
+	assert_int_equal(db_exec(f->db,
+				 "INSERT INTO hosts (name, link_key, address, joined_at) "
+				 "VALUES ('h1', 'aa', 'tcp://10.0.0.1:7710', 1700000000000)",
+				 &err),
+			 0);
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_version(f->db), 2);
+	assert_int_equal(index_exists(f->db, "operations_status"), 1);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM hosts"), 1);
+	assert_string_equal(query_text(f->db,
+				       "SELECT name || ' ' || address || ' ' || state "
+				       "FROM hosts",
+				       buf, sizeof(buf)),
+			    "h1 tcp://10.0.0.1:7710 offline");
+}
+
+static void test_migrate_refuses_newer(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	char sql[64];
+
+	snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", DB_SCHEMA_VERSION + 1);
+	assert_int_equal(db_exec(f->db, sql, &err), 0);
+	assert_true(db_migrate(f->db, DB_SCHEMA_VERSION, &err) < 0);
+	assert_non_null(strstr(err.msg, "newer"));
+	assert_int_equal(db_version(f->db), DB_SCHEMA_VERSION + 1);
+	/* Nothing was created in the database it does not understand. */
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM sqlite_master"), 0);
+}
+
+static void test_migrate_failure_is_atomic(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+
+	assert_int_equal(db_migrate(f->db, 1, &err), 0);
+	/* An index that migration 2 is about to create: its CREATE INDEX fails. */
+	assert_int_equal(db_exec(f->db, "CREATE INDEX operations_status ON operations(kind)", &err),
+			 0);
+
+	err.msg[0] = '\0';
+	assert_true(db_migrate(f->db, DB_SCHEMA_VERSION, &err) < 0);
+	assert_non_null(strstr(err.msg, "operations_status"));
+	assert_int_equal(db_version(f->db), 1);
+	/* Neither statement of the failed migration is left behind. */
+	assert_int_equal(index_exists(f->db, "events_type"), 0);
+	assert_int_equal(sqlite3_get_autocommit(f->db), 1);
+
+	/* And the database still works. */
+	assert_int_equal(db_meta_set(f->db, "k", "v", &err), 0);
+}
+
+static void test_schema_constraints(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_exec(f->db,
+				 "INSERT INTO hosts (id, name, link_key, address, joined_at) "
+				 "VALUES (1, 'h1', 'aa', 'tcp://10.0.0.1:7710', 1)",
+				 &err),
+			 0);
+	/* CHECK constraints. */
+	assert_true(db_exec(f->db,
+			    "INSERT INTO hosts (name, link_key, address, joined_at, state) "
+			    "VALUES ('h2', 'aa', 'x', 1, 'exploded')",
+			    &err) < 0);
+	assert_true(db_exec(f->db,
+			    "INSERT INTO tokens (kind, digest, created_at) VALUES ('root', 'd', 1)",
+			    &err) < 0);
+	/* Unique names. */
+	assert_true(db_exec(f->db,
+			    "INSERT INTO hosts (name, link_key, address, joined_at) "
+			    "VALUES ('h1', 'bb', 'y', 2)",
+			    &err) < 0);
+	/* Foreign keys are enforced: ON DELETE SET NULL runs, unknown hosts are refused. */
+	assert_int_equal(db_exec(f->db,
+				 "INSERT INTO operations (id, kind, target, host_id, host, status, "
+				 "created_at, updated_at) VALUES ('op1', 'probe', 'hosts/h1', 1, "
+				 "'h1', 'running', 1, 1)",
+				 &err),
+			 0);
+	assert_true(
+		db_exec(f->db,
+			"INSERT INTO operations (id, kind, target, host_id, status, created_at, "
+			"updated_at) VALUES ('op2', 'probe', 'hosts/h9', 9, 'pending', 1, 1)",
+			&err) < 0);
+	assert_int_equal(db_exec(f->db, "DELETE FROM hosts WHERE id = 1", &err), 0);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM operations WHERE host_id IS NULL"),
+			 1);
+}
+
+static void test_meta(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	char buf[8];
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_null(db_meta_get(f->db, "cluster_id", buf, sizeof(buf)));
+	assert_int_equal(db_meta_set(f->db, "cluster_id", "abc", &err), 0);
+	assert_string_equal(db_meta_get(f->db, "cluster_id", buf, sizeof(buf)), "abc");
+	assert_int_equal(db_meta_set(f->db, "cluster_id", "def", &err), 0);
+	assert_string_equal(db_meta_get(f->db, "cluster_id", buf, sizeof(buf)), "def");
+	/* A value longer than the buffer is cut, not overflowed. */
+	assert_int_equal(db_meta_set(f->db, "long", "0123456789", &err), 0);
+	assert_string_equal(db_meta_get(f->db, "long", buf, sizeof(buf)), "0123456");
+}
+
+static void test_transactions(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_begin(f->db), 0);
+	assert_int_equal(db_meta_set(f->db, "a", "1", &err), 0);
+	db_rollback(f->db);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM meta"), 0);
+	db_rollback(f->db); /* harmless outside a transaction */
+
+	assert_int_equal(db_begin(f->db), 0);
+	assert_int_equal(db_meta_set(f->db, "a", "1", &err), 0);
+	assert_int_equal(db_commit(f->db, &err), 0);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM meta"), 1);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_open_pragmas),
+		T(test_open_unwritable_path_fails),
+		T(test_migrate_from_empty),
+		T(test_migrate_is_persistent),
+		T(test_migrate_current_is_noop),
+		T(test_migrate_1_to_2_keeps_rows),
+		T(test_migrate_refuses_newer),
+		T(test_migrate_failure_is_atomic),
+		T(test_schema_constraints),
+		T(test_meta),
+		T(test_transactions),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
