@@ -39,11 +39,14 @@ api() {
 	local args=(-sS --cacert "$KUMO_CACERT" -X "$method" -o /tmp/kt-body.$$ -D /tmp/kt-head.$$
 		-w '%{http_code}' --max-time 90)
 	[ "$token" != "-" ] && args+=(-H "Authorization: Bearer $token")
-	[ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
+	if [ -n "$body" ]; then
+		printf '%s' "$body" >/tmp/kt-req.$$
+		args+=(-H 'Content-Type: application/json' --data-binary @/tmp/kt-req.$$)
+	fi
 	STATUS=$(curl "${args[@]}" "$KUMO_URL$path") || STATUS=000
-	BODY=$(cat /tmp/kt-body.$$)
-	HEADERS=$(cat /tmp/kt-head.$$)
-	rm -f /tmp/kt-body.$$ /tmp/kt-head.$$
+	BODY=$(cat /tmp/kt-body.$$ 2>/dev/null || true)
+	HEADERS=$(cat /tmp/kt-head.$$ 2>/dev/null || true)
+	rm -f /tmp/kt-body.$$ /tmp/kt-head.$$ /tmp/kt-req.$$
 }
 
 expect_status() {
@@ -85,3 +88,5 @@ metric() {
 
 agent_pid() { cat "$KUMO_LAB_DIR/hosts/$1/agent.pid"; }
 controller_pid() { cat "$KUMO_LAB_DIR/controller/controller.pid"; }
+
+host_is() { [ "$(host_state "$1")" = "$2" ]; }

@@ -10,9 +10,9 @@ snapshot() {
 before=$(snapshot)
 
 check() { # check STATUS FIELD METHOD PATH BODY
-	local want=$1 field=$2
-	api "$3" "$4" "${5:-}"
-	expect_status "$want" "$3 $4 ${5:0:60}"
+	local want=$1 field=$2 body=${5:-}
+	api "$3" "$4" "$body"
+	expect_status "$want" "$3 $4 ${body:0:60}"
 	[ "$(jqb .error)" != null ] && [ -n "$(jqb .error)" ] || fail "no error message for $3 $4"
 	if [ -n "$field" ]; then
 		[ "$(jqb .field)" = "$field" ] || fail "error for $3 $4 names field '$(jqb .field)', want '$field'"

@@ -38,7 +38,8 @@ api GET /api/v1/tokens
 # Refusals: a used token, an unknown one, an expired one, a malformed one.
 agent="$KUMO_BUILD_DIR/agentd/kumo-agentd"
 tmp=$(mktemp -d)
-trap 'rm -rf $tmp' EXIT
+apid=""
+trap '[ -n "$apid" ] && kill $apid 2>/dev/null; rm -rf $tmp' EXIT
 try_join() { # try_join TOKEN -> prints the agent's output, returns its status
 	rm -rf "$tmp/state"
 	printf '%s\n' "$1" >"$tmp/token"
@@ -71,13 +72,14 @@ printf '%s\n' "$tok" >"$tmp/token"
 	--state-dir "$tmp/state" --join-token-file "$tmp/token" --shared-pool "$tmp" --local-pool "$tmp" \
 	>"$tmp/h9.log" 2>&1 &
 apid=$!
-wait_until 30 "h9 online" test "$(host_state h9)" = online
+wait_until 30 "h9 online" host_is h9 online
 kill "$apid"
 wait "$apid" || true
+apid=""
 mv "$tmp/state" "$tmp/state.h9"
 out=$(try_join "$tok") && fail "a join token worked twice"
 grep -q "already used" <<<"$out" || fail "second use of a join token not refused clearly: $out"
-wait_until 30 "h9 offline" test "$(host_state h9)" = offline
+wait_until 30 "h9 offline" host_is h9 offline
 api DELETE /api/v1/hosts/h9
 expect_status 204
 api GET /api/v1/hosts/h9

@@ -9,13 +9,14 @@ agent=$(api GET /api/v1/hosts/h1 && jqb .address)
 log="$KUMO_LAB_DIR/logs/controller.log"
 
 rejected() { metric "kumo_link_rejected_total{reason=\"$1\"}"; }
+rejected_more() { [ "$(rejected "$1")" -gt "$2" ]; }
 send() { "$tool" "$1" "$link" --agent "$agent" >/dev/null; sleep 0.5; }
 
 for mode in replay:replay tamper:tampered unknown-host:unknown-host stale:replay wrong-dir:malformed; do
 	m=${mode%%:*} reason=${mode#*:}
 	before=$(rejected "$reason")
 	send "$m"
-	wait_until 5 "$m counted as $reason" test "$(rejected "$reason")" -gt "$before"
+	wait_until 5 "$m counted as $reason" rejected_more "$reason" "$before"
 	[ "$(rejected "$reason")" = $((before + 1)) ] || fail "$m: expected one rejection, got $(($(rejected "$reason") - before))"
 done
 grep -q "rejected message: message from unknown host 'nosuchhost'" "$log" || fail "unknown host not logged"

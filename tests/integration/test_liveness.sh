@@ -11,7 +11,7 @@ db="$KUMO_LAB_DIR/controller/kumo.db"
 last_event=$(sqlite3 "$db" "SELECT coalesce(max(id), 0) FROM events")
 
 kill -9 "$(agent_pid h2)"
-wait_until 30 "h2 offline" test "$(host_state h2)" = offline
+wait_until 30 "h2 offline" host_is h2 offline
 api GET /api/v1/hosts
 [ "$(jqb '[.hosts[] | select(.state == "online")] | length')" = 2 ] || fail "other hosts should stay online"
 [ "$(sqlite3 "$db" "SELECT count(*) FROM events WHERE id > $last_event AND type = 'host-offline'
@@ -19,7 +19,7 @@ api GET /api/v1/hosts
 pass "killed agent's host went offline, with a host-offline event"
 
 lab up --hosts 3 >/dev/null
-wait_until 30 "h2 online" test "$(host_state h2)" = online
+wait_until 30 "h2 online" host_is h2 online
 api GET /api/v1/hosts
 [ "$(jqb '.hosts | length')" = 3 ] || fail "restarted agent made a duplicate host"
 api GET /api/v1/hosts/h2

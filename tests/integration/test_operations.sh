@@ -47,12 +47,12 @@ expect_status 200
 n_before=$(sqlite3 "$db" "SELECT count(*) FROM operations")
 pid=$(cat "$KUMO_LAB_DIR/hosts/h3/agent.pid")
 kill -STOP "$pid"
-wait_until 30 "h3 offline" test "$(host_state h3)" = offline
+wait_until 30 "h3 offline" host_is h3 offline
 api POST /api/v1/hosts/h3/actions/probe
 kill -CONT "$pid"
 expect_status 503
 [ "$(sqlite3 "$db" "SELECT count(*) FROM operations")" = "$n_before" ] || fail "a refused probe created an operation"
-wait_until 30 "h3 online again" test "$(host_state h3)" = online
+wait_until 30 "h3 online again" host_is h3 online
 pass "probe of an offline host is 503 and writes nothing"
 
 api POST /api/v1/hosts/nosuch/actions/probe

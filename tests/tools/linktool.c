@@ -87,6 +87,7 @@ int main(int argc, char **argv)
 	struct kerr err;
 	int64_t last = 0;
 	char dir = SEAL_DIR_TO_CONTROLLER;
+	int ret;
 
 	if (argc < 3)
 		return die("usage: kumo-linktool MODE LINK_JSON [--agent tcp://addr:port]");
@@ -110,7 +111,8 @@ int main(int argc, char **argv)
 		m.body = json_object_new_object();
 		if (link_msg_seal(key, SEAL_DIR_TO_AGENT, &m, &buf, &len, &err) < 0)
 			return die(err.msg);
-		return agent_replay(agent, buf, len);
+		ret = agent_replay(agent, buf, len);
+		goto out;
 	}
 
 	facts = json_object_new_object();
@@ -135,5 +137,10 @@ int main(int argc, char **argv)
 		return die(err.msg);
 	if (strcmp(mode, "tamper") == 0)
 		buf[len - SEAL_TAG_LEN - 3] ^= 0x01;
-	return send_bytes(events, NN_PUSH, buf, len, strcmp(mode, "replay") == 0 ? 2 : 1);
+	ret = send_bytes(events, NN_PUSH, buf, len, strcmp(mode, "replay") == 0 ? 2 : 1);
+out:
+	free(buf);
+	json_object_put(m.body);
+	json_object_put(link);
+	return ret;
 }
