@@ -16,6 +16,9 @@ static const char *type_names[LINK_TYPE_COUNT] = {
 	[LINK_CMD_PROBE] = "probe",
 	[LINK_ACK] = "ack",
 	[LINK_NACK] = "nack",
+	[LINK_CMD_INSTANCE] = "instance",
+	[LINK_CMD_QUERY] = "query",
+	[LINK_INSTANCE_STATE] = "instance-state",
 };
 
 const char *link_type_name(enum link_type type)

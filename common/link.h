@@ -24,12 +24,15 @@
 #define LINK_REPLAY_WINDOW_US (120LL * 1000000)
 
 enum link_type {
-	LINK_HEARTBEAT,	  /* agent -> controller: facts */
-	LINK_OP_PROGRESS, /* agent -> controller: op, {progress, phase} */
-	LINK_OP_DONE,	  /* agent -> controller: op, {status, result|error} */
-	LINK_CMD_PROBE,	  /* controller -> agent: op; refresh facts */
-	LINK_ACK,	  /* agent -> controller reply: command accepted */
-	LINK_NACK,	  /* agent -> controller reply: command refused, {error} */
+	LINK_HEARTBEAT,	     /* agent -> controller: facts */
+	LINK_OP_PROGRESS,    /* agent -> controller: op, {progress, phase} */
+	LINK_OP_DONE,	     /* agent -> controller: op, {status, result|error} */
+	LINK_CMD_PROBE,	     /* controller -> agent: op; refresh facts */
+	LINK_ACK,	     /* agent -> controller reply: command accepted (queries: the answer) */
+	LINK_NACK,	     /* agent -> controller reply: command refused, {error} */
+	LINK_CMD_INSTANCE,   /* controller -> agent: op; {action, instance, args} */
+	LINK_CMD_QUERY,	     /* controller -> agent: {what, ...}; the ack body answers */
+	LINK_INSTANCE_STATE, /* agent -> controller: an instance changed, {name, state, ...} */
 	LINK_TYPE_COUNT,
 };
 

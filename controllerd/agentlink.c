@@ -277,6 +277,11 @@ static void op_done(struct host *h, struct link_msg *m)
 			hosts_persist(false);
 		}
 	}
+	if (!strncmp(kind, "instance-", 9)) {
+		instances_op_done(h, op, status, result, json_get_str(m->body, "error", NULL));
+		json_object_put(op);
+		return;
+	}
 	json_object_put(op);
 	op_update(m->op, status, !strcmp(status, "succeeded") ? 100 : -1,
 		  !strcmp(status, "succeeded") ? "done" : "failed",
@@ -318,6 +323,9 @@ static void event_handle(const unsigned char *buf, size_t len)
 		}
 		op_update(m.op, "running", (int)json_get_int(m.body, "progress", 0),
 			  json_get_str(m.body, "phase", ""), NULL, NULL);
+		break;
+	case LINK_INSTANCE_STATE:
+		instances_report(h, m.body, "agent report");
 		break;
 	case LINK_OP_DONE:
 		if (!m.op[0] || !op_owned(h, m.op) ||
@@ -414,12 +422,19 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 		link_msg_clear(&m);
 		return;
 	}
-	if (m.type == LINK_ACK) {
+	if (c->reply_cb && (m.type == LINK_ACK || m.type == LINK_NACK)) {
+		if (m.type == LINK_ACK)
+			c->reply_cb(m.body, NULL, c->cls);
+		else
+			c->reply_cb(NULL, json_get_str(m.body, "error", "refused by the agent"),
+				    c->cls);
+	} else if (m.type == LINK_ACK) {
 		op_update(c->op, "running", -1, "accepted by agent", NULL, NULL);
 	} else if (m.type == LINK_NACK) {
 		const char *why = json_get_str(m.body, "error", "refused by the agent");
 
-		op_update(c->op, "failed", -1, "refused", NULL, why);
+		if (instances_op_nack(c->op, why) < 0)
+			op_update(c->op, "failed", -1, "refused", NULL, why);
 	} else {
 		reject("malformed", "host %s: unexpected %s as a reply", h->name,
 		       link_type_name(m.type));
@@ -521,15 +536,84 @@ void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
 	cmd_next(h);
 }
 
-/* Cron: resend commands whose ack is overdue. */
+/*
+ * Ask h something that needs an answer now (a query): cb gets the ack body, or NULL
+ * and a reason. body (a reference is consumed) is sent as LINK_CMD_QUERY. A query
+ * not answered within CMD_TIMEOUT_MS fails; it is never resent.
+ */
+void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, void *cls)
+{
+	struct cmd *c = xcalloc(1, sizeof(*c)), **pp;
+
+	c->type = LINK_CMD_QUERY;
+	link_op_id_new(c->op);
+	c->body = body;
+	c->reply_cb = cb;
+	c->cls = cls;
+	c->deadline = now_ms() + CMD_TIMEOUT_MS;
+	for (pp = &h->queue; *pp; pp = &(*pp)->next)
+		;
+	*pp = c;
+	agentlink_host_connect(h);
+	cmd_next(h);
+}
+
+/* The caller behind cls is gone: its queries complete without a callback. */
+void agentlink_query_cancel(void *cls)
+{
+	for (struct host *h = ctl.hosts; h; h = h->next) {
+		if (h->inflight && h->inflight->cls == cls)
+			h->inflight->reply_cb = NULL, h->inflight->cls = NULL;
+		for (struct cmd *c = h->queue; c; c = c->next)
+			if (c->cls == cls)
+				c->reply_cb = NULL, c->cls = NULL;
+	}
+}
+
+static void query_fail(struct cmd *c, const char *why)
+{
+	if (c->reply_cb)
+		c->reply_cb(NULL, why, c->cls);
+	cmd_free(c);
+}
+
+/*
+ * Cron: resend commands whose ack is overdue; fail queries that are (in flight or
+ * still waiting behind a slow command), and queries to hosts that went offline.
+ */
 void agentlink_cron(void)
 {
 	int64_t now = now_ms();
 
-	for (struct host *h = ctl.hosts; h; h = h->next)
+	for (struct host *h = ctl.hosts; h; h = h->next) {
+		struct cmd **pp = &h->queue;
+
+		while (*pp) {
+			struct cmd *c = *pp;
+
+			if (c->type == LINK_CMD_QUERY &&
+			    (now >= c->deadline || h->state != HOST_ONLINE)) {
+				*pp = c->next;
+				query_fail(c, "the host's agent did not answer");
+			} else {
+				pp = &c->next;
+			}
+		}
+		if (h->inflight && h->inflight->type == LINK_CMD_QUERY &&
+		    (now >= h->inflight->deadline || h->state != HOST_ONLINE)) {
+			struct cmd *c = h->inflight;
+
+			h->inflight = NULL;
+			query_fail(c, "the host's agent did not answer");
+			/* The REQ socket still waits for that reply: start it afresh. */
+			agentlink_host_disconnect(h);
+			agentlink_host_connect(h);
+			continue;
+		}
 		if (h->inflight && h->req_sock >= 0 && now >= h->inflight_deadline &&
 		    h->state == HOST_ONLINE)
 			cmd_transmit(h);
+	}
 }
 
 static int bind_poll(int type, int port, uv_poll_t *poll, uv_poll_cb cb, struct kerr *err)

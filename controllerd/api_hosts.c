@@ -120,6 +120,10 @@ enum MHD_Result api_host_delete(struct request *req)
 	    strcmp(force, "false"))
 		return http_reply_error(req, 400, "force",
 					"query parameter 'force' must be 1 or 0");
+	if (instances_on_host(h->id) > 0)
+		return http_reply_error(req, 409, NULL,
+					"host %s still has %d instances; move or delete them first",
+					h->name, instances_on_host(h->id));
 	if (h->state == HOST_ONLINE && !(force && (!strcmp(force, "1") || !strcmp(force, "true"))))
 		return http_reply_error(req, 409, NULL,
 					"host %s is online; stop its agent first or use ?force=1",
@@ -159,7 +163,7 @@ enum MHD_Result api_host_probe(struct request *req)
 	if (h->state != HOST_ONLINE)
 		return http_reply_error(req, 503, NULL, "host %s is offline", h->name);
 	target = xasprintf("hosts/%s", h->name);
-	op = op_create("probe", target, h, &err);
+	op = op_create("probe", target, h, NULL, &err);
 	if (op == NULL)
 		return http_reply_kerr(req, &err);
 	agentlink_cmd_send(h, LINK_CMD_PROBE,

@@ -52,6 +52,14 @@ static const struct option_def options[] = {
 	 "largest request body in bytes"},
 	{"log_level", OPT_STR, OFF(log_level), "info", 0, 0, "error, warn, info or debug"},
 	{"pidfile", OPT_STR, OFF(pidfile), "", 0, 0, "write the daemon's pid here"},
+	{"shared_pool", OPT_STR, OFF(shared_pool), "/var/lib/kumo/shared", 0, 0,
+	 "shared storage every host mounts at the same path; images live here"},
+	{"cpu_overcommit", OPT_STR, OFF(cpu_overcommit), "4.0", 0, 0,
+	 "vCPUs the scheduler may place per host CPU"},
+	{"mem_overcommit", OPT_STR, OFF(mem_overcommit), "1.0", 0, 0,
+	 "guest memory the scheduler may place per MiB of host memory"},
+	{"sched_policy", OPT_STR, OFF(sched_policy), "spread", 0, 0,
+	 "spread (least loaded host first) or pack (fullest host that fits)"},
 };
 
 static bool parse_bool(const char *s, bool *out)
@@ -209,8 +217,19 @@ bool addr_is_loopback(const char *hostport)
 	return (ntohl(a.s_addr) >> 24) == 127;
 }
 
+static int parse_ratio(const char *s, double *out)
+{
+	char *end;
+	double v = strtod(s, &end);
+
+	if (end == s || *end || !(v >= 0.1 && v <= 64))
+		return -1;
+	*out = v;
+	return 0;
+}
+
 /* Check the combination of options; the daemon refuses to start on any error. */
-int config_check(const struct config *cfg, struct kerr *err)
+int config_check(struct config *cfg, struct kerr *err)
 {
 	char host[64];
 	struct in_addr a;
@@ -235,6 +254,16 @@ int config_check(const struct config *cfg, struct kerr *err)
 		return err_set(err, 0, "join_port and event_port must differ");
 	if (log_level_parse(cfg->log_level, &lvl) < 0)
 		return err_set(err, 0, "log_level must be error, warn, info or debug");
+	if (cfg->shared_pool[0] != '/')
+		return err_set(err, 0, "shared_pool must be an absolute path");
+	if (parse_ratio(cfg->cpu_overcommit, &cfg->cpu_ratio) < 0)
+		return err_set(err, 0, "cpu_overcommit must be a number in 0.1..64, not '%s'",
+			       cfg->cpu_overcommit);
+	if (parse_ratio(cfg->mem_overcommit, &cfg->mem_ratio) < 0)
+		return err_set(err, 0, "mem_overcommit must be a number in 0.1..64, not '%s'",
+			       cfg->mem_overcommit);
+	if (strcmp(cfg->sched_policy, "spread") && strcmp(cfg->sched_policy, "pack"))
+		return err_set(err, 0, "sched_policy must be spread or pack");
 	return 0;
 }
 

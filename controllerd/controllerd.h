@@ -33,6 +33,11 @@ struct config {
 	int max_body;
 	char *log_level;
 	char *pidfile;
+	char *shared_pool;    /* the shared storage every host mounts; images live here */
+	char *cpu_overcommit; /* ratios as text, parsed by config_check */
+	char *mem_overcommit;
+	char *sched_policy; /* spread or pack */
+	double cpu_ratio, mem_ratio;
 };
 
 enum role {
@@ -48,10 +53,20 @@ enum host_state {
 };
 
 /* A command queued for an agent; the REQ socket carries one at a time. */
+/*
+ * A command queued for an agent; the REQ socket carries one at a time. A query has a
+ * reply callback: it gets the ack body, or NULL with the reason when the agent refused
+ * or did not answer.
+ */
+typedef void (*cmd_reply_fn)(struct json_object *body, const char *error, void *cls);
+
 struct cmd {
 	enum link_type type;
 	char op[LINK_OP_ID_MAX + 1];
 	struct json_object *body;
+	cmd_reply_fn reply_cb;
+	void *cls;
+	int64_t deadline; /* queries only: answered as failed after this */
 	struct cmd *next;
 };
 
@@ -99,13 +114,13 @@ extern struct controller ctl;
 /* config.c */
 int config_load(struct config *cfg, const char *path, struct kerr *err);
 int config_set(struct config *cfg, const char *kv, struct kerr *err);
-int config_check(const struct config *cfg, struct kerr *err);
+int config_check(struct config *cfg, struct kerr *err);
 void config_print(const struct config *cfg, FILE *out);
 void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -148,10 +163,35 @@ void agentlink_host_disconnect(struct host *h);
 void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
 			struct json_object *body);
 void agentlink_cron(void);
+void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, void *cls);
+void agentlink_query_cancel(void *cls);
+
+/* instances.c */
+struct sched_request;
+struct request;
+struct host *instances_place(const struct sched_request *req, struct json_object **placement,
+			     struct kerr *err);
+int instances_op_done(struct host *h, struct json_object *op, const char *status,
+		      struct json_object *result, const char *error);
+int instances_op_nack(const char *op_id, const char *why);
+int instances_op_resend(struct host *h, const char *id, const char *kind,
+			struct json_object *result);
+void instances_report(struct host *h, struct json_object *report, const char *why);
+void instances_reconcile(struct host *h, struct json_object *reports);
+struct json_object *instance_get_json(const char *name, bool with_history);
+int instances_on_host(int64_t host_id);
+bool image_in_use(int64_t image_id);
+
+/* api_images.c */
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size);
+enum MHD_Result api_images_upload_begin(struct request *req);
+void api_images_upload_data(struct request *req, const char *data, size_t len);
+void api_images_upload_end(struct request *req);
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,
-			      struct kerr *err);
+			      struct json_object *result, struct kerr *err);
+bool op_busy(const char *target, char *busy_id, size_t len);
 int op_update(const char *id, const char *status, int progress, const char *phase,
 	      struct json_object *result, const char *error);
 struct json_object *op_get(const char *id);
@@ -185,6 +225,15 @@ struct request {
 	char wait_op[LINK_OP_ID_MAX + 1];
 	int64_t wait_deadline;
 	struct request *wait_next;
+	/* An agent's answer to a query this request waits for (api_instances.c). */
+	struct json_object *answer;
+	char answer_error[256];
+	/* A streamed upload (api_images.c). */
+	bool routed;
+	int upload_fd;
+	char *upload_path;
+	uint64_t upload_len;
+	char upload_error[256];
 };
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
@@ -195,6 +244,7 @@ struct route {
 	enum role role;	     /* least role allowed; ROLE_NONE: no token needed */
 	const char *query;   /* allowed query keys, comma separated */
 	route_fn fn;
+	bool stream; /* the body streams to upload_cb (api_images.c), not into memory */
 };
 
 int http_start(struct kerr *err);
@@ -235,6 +285,25 @@ enum MHD_Result api_tokens_create(struct request *req);
 enum MHD_Result api_tokens_list(struct request *req);
 enum MHD_Result api_token_delete(struct request *req);
 
+/* api_instances.c */
+enum MHD_Result api_instances_create(struct request *req);
+enum MHD_Result api_instances_list(struct request *req);
+enum MHD_Result api_instance_get(struct request *req);
+enum MHD_Result api_instance_patch(struct request *req);
+enum MHD_Result api_instance_delete(struct request *req);
+enum MHD_Result api_instance_action(struct request *req);
+enum MHD_Result api_instance_console(struct request *req);
+enum MHD_Result api_snapshots_create(struct request *req);
+enum MHD_Result api_snapshots_list(struct request *req);
+enum MHD_Result api_snapshot_revert(struct request *req);
+enum MHD_Result api_snapshot_delete(struct request *req);
+void api_instances_forget(struct request *req);
+
+enum MHD_Result api_images_upload(struct request *req);
+enum MHD_Result api_images_list(struct request *req);
+enum MHD_Result api_image_get(struct request *req);
+enum MHD_Result api_image_delete(struct request *req);
+
 /* api_ops.c */
 enum MHD_Result api_ops_list(struct request *req);
 enum MHD_Result api_op_get(struct request *req);
@@ -252,6 +321,10 @@ void metrics_api_request(const char *method, const char *route, unsigned status)
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);
 void metrics_free(void);
+
+/* proc.c */
+typedef void (*proc_done_fn)(int64_t status, const char *out, const char *errout, void *cls);
+int proc_run(char *const argv[], proc_done_fn done, void *cls, struct kerr *err);
 
 /* tls.c */
 int tls_ensure(const char *state_dir, const char *api_listen, struct kerr *err);

@@ -183,6 +183,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		host_state_set(h, HOST_ONLINE, "heartbeat received");
 	else if (h->last_seen - h->facts_saved >= HOSTS_PERSIST_MS)
 		host_save(h);
+	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
 }
 
 /* Cron: a host that missed offline_after heartbeats is offline. */

@@ -18,21 +18,39 @@
  * Adding a route is one row here plus its handler.
  */
 static const struct route routes[] = {
-	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get},
-	{"GET", "/metrics", ROLE_NONE, "", api_metrics_get},
-	{"GET", "/", ROLE_NONE, "", api_dashboard_get},
-	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get},
-	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list},
-	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get},
-	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch},
-	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete},
-	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe},
-	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create},
-	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list},
-	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete},
-	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list},
-	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get},
-	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream},
+	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get, false},
+	{"GET", "/metrics", ROLE_NONE, "", api_metrics_get, false},
+	{"GET", "/", ROLE_NONE, "", api_dashboard_get, false},
+	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, false},
+	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list, false},
+	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get, false},
+	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch, false},
+	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete, false},
+	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe, false},
+	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, false},
+	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list, false},
+	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, false},
+	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list, false},
+	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, false},
+	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, false},
+	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, false},
+	{"GET", "/api/v1/instances", ROLE_VIEWER, "", api_instances_list, false},
+	{"GET", "/api/v1/instances/{}", ROLE_VIEWER, "", api_instance_get, false},
+	{"PATCH", "/api/v1/instances/{}", ROLE_OPERATOR, "", api_instance_patch, false},
+	{"DELETE", "/api/v1/instances/{}", ROLE_OPERATOR, "force,keep_disks", api_instance_delete,
+	 false},
+	{"POST", "/api/v1/instances/{}/actions/{}", ROLE_OPERATOR, "", api_instance_action, false},
+	{"GET", "/api/v1/instances/{}/console", ROLE_VIEWER, "bytes", api_instance_console, false},
+	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, false},
+	{"GET", "/api/v1/instances/{}/snapshots", ROLE_VIEWER, "", api_snapshots_list, false},
+	{"POST", "/api/v1/instances/{}/snapshots/{}/actions/revert", ROLE_OPERATOR, "",
+	 api_snapshot_revert, false},
+	{"DELETE", "/api/v1/instances/{}/snapshots/{}", ROLE_OPERATOR, "", api_snapshot_delete,
+	 false},
+	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format", api_images_upload, true},
+	{"GET", "/api/v1/images", ROLE_VIEWER, "", api_images_list, false},
+	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, false},
+	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, false},
 };
 
 static struct MHD_Daemon *daemon_;
@@ -289,7 +307,11 @@ static enum MHD_Result dispatch(struct request *req)
 	const char *auth;
 	struct query_check qc = {0};
 
-	req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
+	/* Matched at the first call already when the route streams; the Allow list of a
+	 * path without this method is computed here. */
+	if (!req->routed || req->route == NULL)
+		req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
+	req->routed = true;
 	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
 	if (strncmp(req->url, "/api/", 5) == 0 || (req->route && req->route->role != ROLE_NONE)) {
 		auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
@@ -320,6 +342,32 @@ static enum MHD_Result dispatch(struct request *req)
 	return req->route->fn(req);
 }
 
+/*
+ * A streaming route is matched and authorised before its body arrives, so a large
+ * upload is refused before a byte of it is stored. Returns true when this request
+ * streams (and may have been answered already: req->status set).
+ */
+static bool stream_begin(struct request *req)
+{
+	char allow[128];
+	const char *auth;
+
+	req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
+	req->routed = true;
+	if (req->route == NULL || !req->route->stream)
+		return false;
+	auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+	req->role = tokens_authenticate(auth, &req->token_id);
+	if (req->role == ROLE_NONE)
+		http_reply_error(req, 401, NULL, "a valid bearer token is required");
+	else if (req->role < req->route->role)
+		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
+				 role_name(req->route->role), role_name(req->role));
+	else
+		api_images_upload_begin(req);
+	return true;
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const char *url,
 				 const char *method, const char *version, const char *upload_data,
 				 size_t *upload_data_size, void **con_cls)
@@ -333,12 +381,24 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 		req->conn = conn;
 		req->url = url;
 		req->method = method;
+		req->upload_fd = -1;
 		*con_cls = req;
+		if (stream_begin(req))
+			return MHD_YES;
 		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 		if (cl && strtoull(cl, NULL, 10) > (unsigned long long)ctl.cfg.max_body)
 			req->body_too_large = true;
 		return MHD_YES;
 	}
+	if (*upload_data_size && req->route && req->route->stream) {
+		/* After an early answer (401, 400...) the body is read and dropped. */
+		if (req->status == 0)
+			api_images_upload_data(req, upload_data, *upload_data_size);
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (req->status) /* answered early; nothing more to do */
+		return MHD_YES;
 	if (*upload_data_size) {
 		if (!req->body_too_large) {
 			if (req->body_len + *upload_data_size > (size_t)ctl.cfg.max_body) {
@@ -374,6 +434,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (req == NULL)
 		return;
 	api_ops_forget(req);
+	api_instances_forget(req);
+	api_images_upload_end(req);
 	free(req->params[0]);
 	free(req->params[1]);
 	free(req->body);

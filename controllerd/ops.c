@@ -3,6 +3,7 @@
  * (pending -> running -> succeeded | failed | cancelled) with progress and a phase,
  * written to SQLite at every step so a restarted controller resumes it.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "controllerd.h"
@@ -73,7 +74,7 @@ static void op_event(const char *type, const char *id)
  * Durable before it returns. Returns the operation as JSON, or NULL with err.
  */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,
-			      struct kerr *err)
+			      struct json_object *result, struct kerr *err)
 {
 	char id[LINK_OP_ID_MAX + 1];
 	sqlite3_stmt *st;
@@ -81,8 +82,10 @@ struct json_object *op_create(const char *kind, const char *target, struct host 
 	int rc;
 
 	link_op_id_new(id);
-	st = db_prepare(ctl.db, "INSERT INTO operations (id, kind, target, host_id, host, status, "
-				"created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)");
+	st = db_prepare(
+		ctl.db,
+		"INSERT INTO operations (id, kind, target, host_id, host, status, "
+		"created_at, updated_at, result) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, target, -1, SQLITE_STATIC);
@@ -92,8 +95,11 @@ struct json_object *op_create(const char *kind, const char *target, struct host 
 	}
 	sqlite3_bind_int64(st, 6, now);
 	sqlite3_bind_int64(st, 7, now);
+	if (result)
+		sqlite3_bind_text(st, 8, json_text(result), -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
+	json_object_put(result);
 	if (rc != SQLITE_DONE) {
 		err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
 		return NULL;
@@ -148,14 +154,30 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 	return 0;
 }
 
+/* Is an operation on target still pending or running? Its id goes to busy_id. */
+bool op_busy(const char *target, char *busy_id, size_t len)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? AND "
+					      "status IN ('pending', 'running') LIMIT 1");
+	bool busy = false;
+
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		snprintf(busy_id, len, "%s", sqlite3_column_text(st, 0));
+		busy = true;
+	}
+	sqlite3_finalize(st);
+	return busy;
+}
+
 /* Send the command that carries out operation id of kind to h. */
-static int op_dispatch(struct host *h, const char *id, const char *kind)
+static int op_dispatch(struct host *h, const char *id, const char *kind, struct json_object *result)
 {
 	if (!strcmp(kind, "probe")) {
 		agentlink_cmd_send(h, LINK_CMD_PROBE, id, NULL);
 		return 0;
 	}
-	return -1;
+	return instances_op_resend(h, id, kind, result);
 }
 
 /*
@@ -165,7 +187,7 @@ static int op_dispatch(struct host *h, const char *id, const char *kind)
  */
 void ops_resume(void)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, kind, host FROM operations "
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, kind, host, result FROM operations "
 					      "WHERE status IN ('pending', 'running')");
 
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -174,7 +196,14 @@ void ops_resume(void)
 		const char *hname = (const char *)sqlite3_column_text(st, 2);
 		struct host *h = hname ? host_find(hname) : NULL;
 
-		if (h && op_dispatch(h, id, kind) == 0) {
+		struct json_object *result =
+			sqlite3_column_type(st, 3) == SQLITE_TEXT
+				? json_tokener_parse((const char *)sqlite3_column_text(st, 3))
+				: NULL;
+		int sent = h ? op_dispatch(h, id, kind, result) : -1;
+
+		json_object_put(result);
+		if (sent == 0) {
 			log_info("operation %s: resumed after restart (%s on %s)", id, kind,
 				 h->name);
 			continue;

@@ -192,8 +192,11 @@ static void test_migrate_1_to_2_keeps_rows(void **state)
 			 0);
 
 	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
-	assert_int_equal(db_version(f->db), 2);
+	assert_int_equal(db_version(f->db), DB_SCHEMA_VERSION);
 	assert_int_equal(index_exists(f->db, "operations_status"), 1);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM sqlite_master WHERE name = "
+					 "'instances'"),
+			 1);
 	assert_int_equal(db_count(f->db, "SELECT count(*) FROM hosts"), 1);
 	assert_string_equal(query_text(f->db,
 				       "SELECT name || ' ' || address || ' ' || state "

@@ -1,0 +1,523 @@
+/*
+ * api_images.c - /api/v1/images: VM images on the shared pool.
+ *
+ * An upload streams to a temporary file (never held in memory); then an
+ * image-import operation checks it with qemu-img (format as declared, no backing
+ * file, no extent outside the upload), converts anything but qcow2 to qcow2, hashes
+ * the stored file with SHA-256 off the loop, and records it. An image a disk uses
+ * cannot be deleted.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "util.h"
+#include "valid.h"
+
+#define IMAGE_MAX_BYTES	  (64ULL << 30)
+#define IMAGE_MAX_VIRTUAL (16LL << 40)
+#define IMAGE_DIR	  "images"
+
+static const char *const formats[] = {"qcow2", "raw", "vmdk", "vhdx", "vdi", "vpc", NULL};
+
+struct import {
+	char op[LINK_OP_ID_MAX + 1];
+	char name[NAME_MAX_LEN + 1];
+	char format[8];
+	char *upload; /* absolute path of the upload */
+	char *work;   /* absolute path of the converted file, when converting */
+	char *final;  /* absolute path the image ends at */
+	char *rel;    /* final, relative to the shared pool */
+	int64_t virtual_size;
+	int64_t file_size;
+	char sha256[65];
+	uv_work_t hash_work;
+	int hash_err;
+};
+
+static void import_free(struct import *im)
+{
+	if (im->upload)
+		unlink(im->upload);
+	if (im->work)
+		unlink(im->work);
+	free(im->upload);
+	free(im->work);
+	free(im->final);
+	free(im->rel);
+	free(im);
+}
+
+static void import_fail(struct import *im, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void import_fail(struct import *im, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_warnx("image %s: import failed: %s", im->name, msg);
+	op_update(im->op, "failed", -1, "failed", NULL, msg);
+	import_free(im);
+}
+
+/* Look up an image by name: id (0 when absent), path relative to the shared pool. */
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, path, virtual_size FROM images "
+					      "WHERE name = ? AND kind = 'vm'");
+	int64_t id = 0;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		id = sqlite3_column_int64(st, 0);
+		if (path)
+			snprintf(path, pathlen, "%s", sqlite3_column_text(st, 1));
+		if (virtual_size)
+			*virtual_size = sqlite3_column_int64(st, 2);
+	}
+	sqlite3_finalize(st);
+	return id;
+}
+
+static struct json_object *image_row_json(sqlite3_stmt *st)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "name",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+	json_object_object_add(o, "kind",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+	json_object_object_add(o, "format",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 2)));
+	json_object_object_add(o, "source_format",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 3)));
+	json_object_object_add(o, "virtual_size",
+			       json_object_new_int64(sqlite3_column_int64(st, 4)));
+	json_object_object_add(o, "file_size", json_object_new_int64(sqlite3_column_int64(st, 5)));
+	json_object_object_add(o, "sha256",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 6)));
+	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 7)));
+	json_object_object_add(o, "in_use",
+			       json_object_new_boolean(image_in_use(sqlite3_column_int64(st, 8))));
+	return o;
+}
+
+#define IMAGE_COLUMNS                                                                              \
+	"name, kind, format, source_format, virtual_size, file_size, sha256, created_at, id"
+
+/* ---- the import pipeline: info -> [convert -> info] -> hash -> record ---- */
+
+static void hash_work_cb(uv_work_t *w)
+{
+	struct import *im = w->data;
+	unsigned char buf[1 << 16], md[32];
+	unsigned int mdlen = 32;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int fd = open(im->final, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	im->hash_err = 0;
+	if (fd < 0 || ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+		im->hash_err = errno ? errno : EIO;
+		goto out;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		EVP_DigestUpdate(ctx, buf, (size_t)n);
+	if (n < 0)
+		im->hash_err = errno;
+	else
+		EVP_DigestFinal_ex(ctx, md, &mdlen), hex_encode(md, 32, im->sha256);
+out:
+	if (fd >= 0)
+		close(fd);
+	EVP_MD_CTX_free(ctx);
+}
+
+static void hash_done_cb(uv_work_t *w, int status)
+{
+	struct import *im = w->data;
+	struct json_object *img = NULL, *ev;
+	sqlite3_stmt *st;
+	struct stat sb;
+	int rc;
+
+	if (status < 0 || im->hash_err) {
+		import_fail(im, "cannot hash the image: %s",
+			    strerror(im->hash_err ? im->hash_err : EIO));
+		return;
+	}
+	if (stat(im->final, &sb) == 0)
+		im->file_size = sb.st_size;
+	st = db_prepare(
+		ctl.db,
+		"INSERT INTO images (name, kind, format, source_format, virtual_size, "
+		"file_size, sha256, path, created_at) VALUES (?, 'vm', 'qcow2', ?, ?, ?, ?, ?, ?)");
+	sqlite3_bind_text(st, 1, im->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, im->format, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, im->virtual_size);
+	sqlite3_bind_int64(st, 4, im->file_size);
+	sqlite3_bind_text(st, 5, im->sha256, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, im->rel, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, now_ms());
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		unlink(im->final);
+		import_fail(im, "cannot record the image: %s", sqlite3_errmsg(ctl.db));
+		return;
+	}
+	st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS " FROM images WHERE name = ?");
+	sqlite3_bind_text(st, 1, im->name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		img = image_row_json(st);
+	sqlite3_finalize(st);
+	log_info("image %s: imported (%s, %lld bytes virtual)", im->name, im->format,
+		 (long long)im->virtual_size);
+	ev = json_object_get(img);
+	event_emit("image-created", ev);
+	{
+		struct json_object *res = json_object_new_object();
+
+		json_object_object_add(res, "image", img);
+		op_update(im->op, "succeeded", 100, "done", res, NULL);
+	}
+	/* The upload became the image: nothing of it is left to remove. */
+	free(im->upload);
+	im->upload = NULL;
+	free(im->work);
+	im->work = NULL;
+	import_free(im);
+}
+
+static void import_hash(struct import *im)
+{
+	op_update(im->op, "running", 80, "hashing", NULL, NULL);
+	im->hash_work.data = im;
+	uv_queue_work(ctl.loop, &im->hash_work, hash_work_cb, hash_done_cb);
+}
+
+/*
+ * Check qemu-img's JSON about file: the declared format, no backing file, extents
+ * only inside the file itself (a vmdk descriptor may name other files), a sane size.
+ */
+static int info_check(struct import *im, const char *out, const char *file, const char *format,
+		      char *why, size_t len)
+{
+	struct json_object *info = json_tokener_parse(out), *v;
+	int ret = -1;
+
+	if (info == NULL) {
+		snprintf(why, len, "qemu-img could not read it as %s", format);
+		return -1;
+	}
+	if (strcmp(json_get_str(info, "format", ""), format)) {
+		snprintf(why, len, "it is %s, not %s", json_get_str(info, "format", "?"), format);
+	} else if (json_object_object_get_ex(info, "backing-filename", NULL) ||
+		   json_object_object_get_ex(info, "full-backing-filename", NULL)) {
+		snprintf(why, len, "it has a backing file; upload a self-contained image");
+	} else if (json_get_int(info, "virtual-size", 0) <= 0 ||
+		   json_get_int(info, "virtual-size", 0) > IMAGE_MAX_VIRTUAL) {
+		snprintf(why, len, "its virtual size %lld is out of range",
+			 (long long)json_get_int(info, "virtual-size", 0));
+	} else {
+		ret = 0;
+		v = json_object_object_get(
+			json_object_object_get(json_object_object_get(info, "format-specific"),
+					       "data"),
+			"extents");
+		for (size_t i = 0; v && i < json_object_array_length(v); i++) {
+			const char *fn =
+				json_get_str(json_object_array_get_idx(v, i), "filename", file);
+
+			if (strcmp(fn, file)) {
+				snprintf(why, len, "it refers to another file (%.100s)", fn);
+				ret = -1;
+			}
+		}
+		im->virtual_size = json_get_int(info, "virtual-size", 0);
+	}
+	json_object_put(info);
+	return ret;
+}
+
+static void final_info_cb(int64_t status, const char *out, const char *errout, void *cls)
+{
+	struct import *im = cls;
+	char why[256];
+
+	if (status != 0 ||
+	    info_check(im, out, im->work ? im->work : im->upload, "qcow2", why, sizeof(why)) < 0) {
+		import_fail(im, "converted image is not usable: %s", status ? errout : why);
+		return;
+	}
+	if (rename(im->work ? im->work : im->upload, im->final) < 0) {
+		import_fail(im, "cannot store the image: %s", strerror(errno));
+		return;
+	}
+	import_hash(im);
+}
+
+static void run_info(struct import *im, const char *file, const char *format, proc_done_fn cb)
+{
+	char *argv[] = {"qemu-img",   "info", "--output=json", "-f", (char *)format,
+			(char *)file, NULL};
+	struct kerr err;
+
+	if (proc_run(argv, cb, im, &err) < 0)
+		import_fail(im, "%s", err.msg);
+}
+
+static void convert_cb(int64_t status, const char *out, const char *errout, void *cls)
+{
+	struct import *im = cls;
+
+	if (status != 0) {
+		import_fail(im, "conversion to qcow2 failed: %.200s", errout);
+		return;
+	}
+	unlink(im->upload);
+	run_info(im, im->work, "qcow2", final_info_cb);
+}
+
+static void upload_info_cb(int64_t status, const char *out, const char *errout, void *cls)
+{
+	struct import *im = cls;
+	char why[256];
+	struct kerr err;
+
+	if (status != 0) {
+		import_fail(im, "not a valid %s image: %.200s", im->format, errout);
+		return;
+	}
+	if (info_check(im, out, im->upload, im->format, why, sizeof(why)) < 0) {
+		import_fail(im, "refused: %s", why);
+		return;
+	}
+	if (!strcmp(im->format, "qcow2")) {
+		run_info(im, im->upload, "qcow2", final_info_cb);
+		return;
+	}
+	op_update(im->op, "running", 30, "converting to qcow2", NULL, NULL);
+	im->work = xasprintf("%s.qcow2", im->upload);
+	{
+		char *argv[] = {"qemu-img", "convert",	"-f",	  im->format, "-O",
+				"qcow2",    im->upload, im->work, NULL};
+
+		if (proc_run(argv, convert_cb, im, &err) < 0)
+			import_fail(im, "%s", err.msg);
+	}
+}
+
+/* ---- the upload ---- */
+
+static bool image_name_taken(const char *name)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM images WHERE name = ?");
+	bool taken;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	taken = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return taken;
+}
+
+/* First call of an upload: check the query, refuse early, open the temporary file. */
+enum MHD_Result api_images_upload_begin(struct request *req)
+{
+	const char *name = http_query(req, "name"), *format = http_query(req, "format");
+	_cleanup_free_ char *dir = xasprintf("%s/" IMAGE_DIR, ctl.cfg.shared_pool);
+	unsigned char rnd[8];
+	char hex[17];
+	size_t i;
+	int rc;
+
+	if (name == NULL)
+		return http_reply_error(req, 400, "name", "query parameter 'name' is required");
+	if (!name_valid(name))
+		return http_reply_error(req, 400, "name",
+					"image name must be 1-63 characters of a-z, 0-9 and '-'");
+	if (format == NULL)
+		format = "qcow2";
+	for (i = 0; formats[i] && strcmp(formats[i], format); i++)
+		;
+	if (formats[i] == NULL)
+		return http_reply_error(
+			req, 400, "format",
+			"format must be qcow2, raw, vmdk, vhdx, vdi or vpc, not '%.32s'", format);
+	if (image_name_taken(name))
+		return http_reply_error(req, 409, "name", "an image named %s exists already", name);
+	rc = mkdir_p(dir, 0755);
+	if (rc < 0)
+		return http_reply_error(req, 500, NULL, "cannot create %s: %s", dir, strerror(-rc));
+	random_bytes(rnd, sizeof(rnd));
+	hex_encode(rnd, sizeof(rnd), hex);
+	req->upload_path = xasprintf("%s/.upload-%s", dir, hex);
+	req->upload_fd = open(req->upload_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (req->upload_fd < 0) {
+		free(req->upload_path);
+		req->upload_path = NULL;
+		return http_reply_error(req, 500, NULL, "cannot store the upload: %s",
+					strerror(errno));
+	}
+	return MHD_YES;
+}
+
+/* A chunk of the body: to the file. Errors are remembered and answered at the end. */
+void api_images_upload_data(struct request *req, const char *data, size_t len)
+{
+	if (req->upload_fd < 0 || req->upload_error[0])
+		return;
+	if (req->upload_len + len > IMAGE_MAX_BYTES) {
+		snprintf(req->upload_error, sizeof(req->upload_error),
+			 "the upload is over %llu bytes", IMAGE_MAX_BYTES);
+		return;
+	}
+	while (len > 0) {
+		ssize_t n = write(req->upload_fd, data, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			snprintf(req->upload_error, sizeof(req->upload_error),
+				 "cannot store the upload: %s", strerror(errno));
+			return;
+		}
+		data += n;
+		len -= (size_t)n;
+		req->upload_len += (uint64_t)n;
+	}
+}
+
+/* The request is over: an upload nobody took over is removed. */
+void api_images_upload_end(struct request *req)
+{
+	if (req->upload_fd >= 0)
+		close(req->upload_fd);
+	req->upload_fd = -1;
+	if (req->upload_path) {
+		unlink(req->upload_path);
+		free(req->upload_path);
+		req->upload_path = NULL;
+	}
+}
+
+enum MHD_Result api_images_upload(struct request *req)
+{
+	const char *name = http_query(req, "name"), *format = http_query(req, "format");
+	struct json_object *op, *res, *args;
+	struct import *im;
+	struct kerr err;
+	bool big = req->upload_error[0] && strstr(req->upload_error, "over");
+
+	if (req->upload_error[0])
+		return http_reply_error(req, big ? 413 : 500, NULL, "%s", req->upload_error);
+	if (req->upload_len == 0)
+		return http_reply_error(req, 400, NULL,
+					"the upload is empty; send the image as the body");
+	if (fsync(req->upload_fd) < 0)
+		return http_reply_error(req, 500, NULL, "cannot store the upload: %s",
+					strerror(errno));
+	close(req->upload_fd);
+	req->upload_fd = -1;
+	if (format == NULL)
+		format = "qcow2";
+	args = json_object_new_object();
+	json_object_object_add(args, "name", json_object_new_string(name));
+	json_object_object_add(args, "format", json_object_new_string(format));
+	json_object_object_add(args, "bytes", json_object_new_int64((int64_t)req->upload_len));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", args);
+	{
+		_cleanup_free_ char *target = xasprintf("images/%s", name);
+
+		op = op_create("image-import", target, NULL, res, &err);
+	}
+	if (op == NULL)
+		return http_reply_kerr(req, &err);
+	im = xcalloc(1, sizeof(*im));
+	snprintf(im->op, sizeof(im->op), "%s",
+		 json_object_get_string(json_object_object_get(op, "id")));
+	snprintf(im->name, sizeof(im->name), "%s", name);
+	snprintf(im->format, sizeof(im->format), "%s", format);
+	im->upload = STEAL_POINTER(&req->upload_path);
+	im->rel = xasprintf(IMAGE_DIR "/%s.qcow2", name);
+	im->final = xasprintf("%s/%s", ctl.cfg.shared_pool, im->rel);
+	op_update(im->op, "running", 10, "checking", NULL, NULL);
+	run_info(im, im->upload, im->format, upload_info_cb);
+	return http_reply_json(req, 202, op);
+}
+
+/* ---- list, show, delete ---- */
+
+enum MHD_Result api_images_list(struct request *req)
+{
+	struct json_object *list = json_object_new_array(), *out = json_object_new_object();
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS " FROM images ORDER BY name");
+
+	while (sqlite3_step(st) == SQLITE_ROW)
+		json_object_array_add(list, image_row_json(st));
+	sqlite3_finalize(st);
+	json_object_object_add(out, "images", list);
+	return http_reply_json(req, 200, out);
+}
+
+enum MHD_Result api_image_get(struct request *req)
+{
+	struct json_object *o = NULL;
+	sqlite3_stmt *st;
+
+	if (!name_valid(req->params[0]))
+		return http_reply_error(req, 400, "name",
+					"image name must be 1-63 characters of a-z, 0-9 and '-'");
+	st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS " FROM images WHERE name = ?");
+	sqlite3_bind_text(st, 1, req->params[0], -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		o = image_row_json(st);
+	sqlite3_finalize(st);
+	if (o == NULL)
+		return http_reply_error(req, 404, NULL, "no image named %s", req->params[0]);
+	return http_reply_json(req, 200, o);
+}
+
+enum MHD_Result api_image_delete(struct request *req)
+{
+	char path[512];
+	_cleanup_free_ char *abs = NULL;
+	struct json_object *ev;
+	sqlite3_stmt *st;
+	int64_t id;
+
+	if (!name_valid(req->params[0]))
+		return http_reply_error(req, 400, "name",
+					"image name must be 1-63 characters of a-z, 0-9 and '-'");
+	id = image_find(req->params[0], path, sizeof(path), NULL);
+	if (id <= 0)
+		return http_reply_error(req, 404, NULL, "no image named %s", req->params[0]);
+	if (image_in_use(id))
+		return http_reply_error(req, 409, NULL, "image %s is used by instance disks",
+					req->params[0]);
+	st = db_prepare(ctl.db, "DELETE FROM images WHERE id = ?");
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		sqlite3_finalize(st);
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	}
+	sqlite3_finalize(st);
+	/* The row is gone first: a crash now leaves a stray file, never a row without one. */
+	abs = xasprintf("%s/%s", ctl.cfg.shared_pool, path);
+	if (unlink(abs) < 0 && errno != ENOENT)
+		log_warn("image %s: cannot remove %s", req->params[0], abs);
+	ev = json_object_new_object();
+	json_object_object_add(ev, "name", json_object_new_string(req->params[0]));
+	event_emit("image-deleted", ev);
+	return http_reply_empty(req, 204);
+}

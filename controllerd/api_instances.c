@@ -1,0 +1,1361 @@
+/*
+ * api_instances.c - /api/v1/instances: create (validated, placed by the scheduler),
+ * list, show, change, delete, lifecycle actions, serial console and snapshots.
+ * Everything that touches a host is an operation sent to that host's agent.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "scheduler.h"
+#include "util.h"
+#include "valid.h"
+
+#define MAX_DISKS	8
+#define MAX_NICS	8
+#define MAX_VCPUS	256
+#define MAX_MEMORY_MB	(1024 * 1024)
+#define MAX_DISK_MB	(16LL * 1024 * 1024)
+#define MAX_USER_DATA	(64 * 1024)
+#define STOP_TIMEOUT_S	60
+#define CONSOLE_DEFAULT 16384
+#define CONSOLE_MAX	(1024 * 1024)
+
+/* ---- validation of what users send ---- */
+
+static int one_of(struct json_object *v, const char *field, const char *const *allowed,
+		  struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+	char list[128] = "";
+
+	for (size_t i = 0; allowed[i]; i++) {
+		if (!strcmp(s, allowed[i]))
+			return 0;
+		snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+			 allowed[i]);
+	}
+	return err_input(err, 400, field, "'%s' must be one of %s, not '%.32s'", field, list, s);
+}
+
+static const char *const types[] = {"vm", "container", NULL};
+static const char *const buses[] = {"virtio", "scsi", "sata", "ide", NULL};
+static const char *const models[] = {"virtio", "e1000", NULL};
+static const char *const pools[] = {"shared", "local", NULL};
+static const char *const clones[] = {"linked", "full", NULL};
+
+static int type_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return one_of(v, f, types, err);
+}
+
+static int int_range(struct json_object *v, const char *f, int64_t min, int64_t max,
+		     struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < min || n > max)
+		return err_input(err, 400, f, "'%s' must be %lld..%lld", f, (long long)min,
+				 (long long)max);
+	return 0;
+}
+
+static int vcpus_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return int_range(v, f, 1, MAX_VCPUS, err);
+}
+
+static int mb_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return int_range(v, f, 16, MAX_MEMORY_MB, err);
+}
+
+static const struct json_field memory_fields[] = {
+	{"mb", JK_INT, false, mb_check},
+	{"min_mb", JK_INT, false, mb_check},
+	{"max_mb", JK_INT, false, mb_check},
+	{"target_mb", JK_INT, false, mb_check},
+	{NULL, 0, false, NULL},
+};
+
+static int memory_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	bool mb = json_object_object_get_ex(v, "mb", NULL);
+	bool mn = json_object_object_get_ex(v, "min_mb", NULL);
+	bool mx = json_object_object_get_ex(v, "max_mb", NULL);
+
+	if (json_fields_check(v, memory_fields, err) < 0) {
+		char inner[64];
+
+		snprintf(inner, sizeof(inner), "%s", err->field);
+		snprintf(err->field, sizeof(err->field), "%s.%.40s", f, inner);
+		return -1;
+	}
+	if (json_object_object_get_ex(v, "target_mb", NULL))
+		return err_input(err, 400, "memory.target_mb",
+				 "'memory.target_mb' is only for changing a running instance");
+	if (mb && (mn || mx))
+		return err_input(err, 400, f,
+				 "'memory' is either {\"mb\": N} or {\"min_mb\": A, "
+				 "\"max_mb\": B}, not both");
+	if (!mb && !(mn && mx))
+		return err_input(err, 400, f,
+				 "'memory' needs \"mb\", or both \"min_mb\" and "
+				 "\"max_mb\"");
+	if (mn && mx && json_get_int(v, "min_mb", 0) > json_get_int(v, "max_mb", 0))
+		return err_input(err, 400, f, "memory min_mb (%lld) is larger than max_mb (%lld)",
+				 (long long)json_get_int(v, "min_mb", 0),
+				 (long long)json_get_int(v, "max_mb", 0));
+	return 0;
+}
+
+static int bus_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return one_of(v, f, buses, err);
+}
+
+static int pool_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return one_of(v, f, pools, err);
+}
+
+static int clone_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return one_of(v, f, clones, err);
+}
+
+static int model_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return one_of(v, f, models, err);
+}
+
+static int disk_mb_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return int_range(v, f, 1, MAX_DISK_MB, err);
+}
+
+static int mac_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+	unsigned b[6];
+	char tail;
+
+	if (strlen(s) != 17 || sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3],
+				      &b[4], &b[5], &tail) != 6)
+		return err_input(err, 400, f, "'%s' must be a MAC address like 52:54:00:12:34:56",
+				 f);
+	if (b[0] & 1)
+		return err_input(err, 400, f, "'%s' is a multicast MAC address", f);
+	return 0;
+}
+
+static const struct json_field disk_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"size_mb", JK_INT, false, disk_mb_check},
+	{"bus", JK_STRING, false, bus_check},
+	{"pool", JK_STRING, false, pool_check},
+	{"image", JK_STRING, false, name_check},
+	{"clone", JK_STRING, false, clone_check},
+	{NULL, 0, false, NULL},
+};
+
+static const struct json_field nic_fields[] = {
+	{"model", JK_STRING, false, model_check},
+	{"network", JK_STRING, false, name_check},
+	{"mac", JK_STRING, false, mac_check},
+	{NULL, 0, false, NULL},
+};
+
+/* Check each element of an array against fields, naming "array[i].field" on error. */
+static int array_check(struct json_object *v, const char *f, const struct json_field *fields,
+		       size_t max, struct kerr *err)
+{
+	size_t n = json_object_array_length(v);
+
+	if (n > max)
+		return err_input(err, 400, f, "'%s' has %zu entries; at most %zu", f, n, max);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(v, i);
+		char where[64];
+
+		snprintf(where, sizeof(where), "%s[%zu]", f, i);
+		if (!json_object_is_type(e, json_type_object))
+			return err_input(err, 400, where, "'%s' must be an object", where);
+		if (json_fields_check(e, fields, err) < 0) {
+			char inner[64];
+
+			snprintf(inner, sizeof(inner), "%s", err->field);
+			snprintf(err->field, sizeof(err->field), "%s.%s", where, inner);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int disks_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	size_t n = json_object_array_length(v);
+
+	if (array_check(v, f, disk_fields, MAX_DISKS, err) < 0)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < i; j++)
+			if (!strcmp(json_get_str(json_object_array_get_idx(v, i), "name", ""),
+				    json_get_str(json_object_array_get_idx(v, j), "name", "")))
+				return err_input(
+					err, 400, f, "two disks are named '%s'",
+					json_get_str(json_object_array_get_idx(v, i), "name", ""));
+	return 0;
+}
+
+static int nics_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return array_check(v, f, nic_fields, MAX_NICS, err);
+}
+
+static int boot_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	static const char *const devs[] = {"disk", "network", NULL};
+	size_t n = json_object_array_length(v);
+
+	if (n > 2)
+		return err_input(err, 400, f, "'%s' lists at most disk and network", f);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(v, i);
+
+		if (!json_object_is_type(e, json_type_string) || one_of(e, f, devs, err) < 0)
+			return err_input(err, 400, f,
+					 "'%s' entries must be \"disk\" or \"network\"", f);
+	}
+	return 0;
+}
+
+static int user_data_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	if (json_object_get_string_len(v) > MAX_USER_DATA)
+		return err_input(err, 400, f, "'%s' is over %d bytes", f, MAX_USER_DATA);
+	return 0;
+}
+
+static const struct json_field cloud_init_fields[] = {
+	{"user_data", JK_STRING, true, user_data_check},
+	{NULL, 0, false, NULL},
+};
+
+static int cloud_init_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	if (json_fields_check(v, cloud_init_fields, err) < 0) {
+		char inner[64];
+
+		snprintf(inner, sizeof(inner), "%s", err->field);
+		snprintf(err->field, sizeof(err->field), "%s.%s", f, inner);
+		return -1;
+	}
+	return 0;
+}
+
+static const struct json_field create_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"type", JK_STRING, true, type_check},
+	{"vcpus", JK_INT, false, vcpus_check},
+	{"memory", JK_OBJECT, false, memory_check},
+	{"disks", JK_ARRAY, false, disks_check},
+	{"nics", JK_ARRAY, false, nics_check},
+	{"nested", JK_BOOL, false, NULL},
+	{"host", JK_STRING, false, name_check},
+	{"anti_affinity", JK_STRING, false, name_check},
+	{"labels", JK_OBJECT, false, labels_check},
+	{"boot", JK_ARRAY, false, boot_check},
+	{"cloud_init", JK_OBJECT, false, cloud_init_check},
+	{"start", JK_BOOL, false, NULL},
+	{NULL, 0, false, NULL},
+};
+
+/* ---- helpers ---- */
+
+static bool instance_exists(const char *name)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ?");
+	bool found;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	found = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return found;
+}
+
+/* The instance row the path names: spec, state, host. NULL after answering 400/404. */
+struct inst {
+	int64_t id;
+	char name[NAME_MAX_LEN + 1];
+	char state[32];
+	char desired[16];
+	struct json_object *spec;
+	struct host *host;
+	int vcpus;
+	int64_t memory_mb;
+};
+
+static void inst_free(struct inst *i)
+{
+	if (i) {
+		json_object_put(i->spec);
+		free(i);
+	}
+}
+
+static struct inst *inst_load(const char *name)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT i.id, i.name, i.state, i.desired, i.spec, "
+				   "h.name, i.vcpus, i.memory_mb FROM instances i "
+				   "LEFT JOIN hosts h ON h.id = i.host_id WHERE i.name = ?");
+	struct inst *i = NULL;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		i = xcalloc(1, sizeof(*i));
+		i->id = sqlite3_column_int64(st, 0);
+		snprintf(i->name, sizeof(i->name), "%s", sqlite3_column_text(st, 1));
+		snprintf(i->state, sizeof(i->state), "%s", sqlite3_column_text(st, 2));
+		snprintf(i->desired, sizeof(i->desired), "%s", sqlite3_column_text(st, 3));
+		i->spec = json_tokener_parse((const char *)sqlite3_column_text(st, 4));
+		if (sqlite3_column_type(st, 5) == SQLITE_TEXT)
+			i->host = host_find((const char *)sqlite3_column_text(st, 5));
+		i->vcpus = sqlite3_column_int(st, 6);
+		i->memory_mb = sqlite3_column_int64(st, 7);
+	}
+	sqlite3_finalize(st);
+	return i;
+}
+
+static struct inst *path_inst(struct request *req, enum MHD_Result *ret)
+{
+	struct inst *i;
+
+	if (!name_valid(req->params[0])) {
+		*ret = http_reply_error(
+			req, 400, "name",
+			"instance name must be 1-63 characters of a-z, 0-9 and '-'");
+		return NULL;
+	}
+	i = inst_load(req->params[0]);
+	if (i == NULL)
+		*ret = http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]);
+	return i;
+}
+
+static bool state_in(const char *state, const char *const *allowed)
+{
+	for (size_t i = 0; allowed[i]; i++)
+		if (!strcmp(state, allowed[i]))
+			return true;
+	return false;
+}
+
+/* Build the LINK_CMD_INSTANCE body and queue it for h under operation op_id. */
+static void cmd_instance(struct host *h, const char *op_id, const char *action,
+			 struct json_object *spec, struct json_object *args)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "action", json_object_new_string(action));
+	json_object_object_add(body, "instance", json_object_get(spec));
+	json_object_object_add(body, "args",
+			       args ? json_object_get(args) : json_object_new_object());
+	agentlink_cmd_send(h, LINK_CMD_INSTANCE, op_id, body);
+}
+
+/*
+ * Start operation "instance-ACTION" on inst's host: refuses (409) while another
+ * operation holds the instance and (503) when the host is offline. args (consumed)
+ * travel with the command and stay in the operation's result.
+ */
+static enum MHD_Result start_op(struct request *req, struct inst *i, const char *action,
+				struct json_object *args, const char *new_desired)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
+	_cleanup_free_ char *kind = xasprintf("instance-%s", action);
+	struct json_object *op, *res;
+	struct kerr err;
+	char busy[LINK_OP_ID_MAX + 1];
+
+	if (args == NULL)
+		args = json_object_new_object();
+	if (op_busy(target, busy, sizeof(busy))) {
+		json_object_put(args);
+		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
+					i->name, busy);
+	}
+	if (i->host == NULL || i->host->state != HOST_ONLINE) {
+		json_object_put(args);
+		return http_reply_error(req, 503, NULL, "host %s of instance %s is offline",
+					i->host ? i->host->name : "(none)", i->name);
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, "args", json_object_get(args));
+	op = op_create(kind, target, i->host, res, &err);
+	if (op == NULL) {
+		json_object_put(args);
+		return http_reply_kerr(req, &err);
+	}
+	if (new_desired) {
+		sqlite3_stmt *st =
+			db_prepare(ctl.db, "UPDATE instances SET desired = ? WHERE id = ?");
+
+		sqlite3_bind_text(st, 1, new_desired, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, i->id);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
+	}
+	cmd_instance(i->host, json_object_get_string(json_object_object_get(op, "id")), action,
+		     i->spec, args);
+	json_object_put(args);
+	return http_reply_json(req, 202, op);
+}
+
+/* ---- create ---- */
+
+static void mac_generate(char out[18])
+{
+	unsigned char b[3];
+
+	random_bytes(b, sizeof(b));
+	snprintf(out, 18, "52:54:00:%02x:%02x:%02x", b[0], b[1], b[2]);
+}
+
+/*
+ * Turn a validated create body into the normalized spec the agent gets: defaults
+ * filled in, images resolved to paths on the shared pool, disk paths derived from
+ * names only. image_ids receives each disk's image id (or 0).
+ */
+static struct json_object *spec_build(struct json_object *body, int64_t *image_ids,
+				      struct kerr *err)
+{
+	const char *name = json_get_str(body, "name", "");
+	struct json_object *spec = json_object_new_object(), *v;
+	struct json_object *disks = json_object_new_array(), *nics = json_object_new_array();
+	struct json_object *in;
+	size_t n;
+
+	json_object_object_add(spec, "name", json_object_new_string(name));
+	json_object_object_add(spec, "type", json_object_new_string("vm"));
+	json_object_object_add(spec, "vcpus",
+			       json_object_new_int((int)json_get_int(body, "vcpus", 1)));
+	if (json_object_object_get_ex(body, "memory", &v))
+		json_object_object_add(spec, "memory", json_object_get(v));
+	else {
+		v = json_object_new_object();
+		json_object_object_add(v, "mb", json_object_new_int(256));
+		json_object_object_add(spec, "memory", v);
+	}
+	json_object_object_add(spec, "nested",
+			       json_object_new_boolean(json_get_bool(body, "nested", false)));
+
+	in = json_object_object_get(body, "disks");
+	n = in ? json_object_array_length(in) : 0;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *d = json_object_array_get_idx(in, i),
+				   *o = json_object_new_object();
+		const char *dname = json_get_str(d, "name", ""),
+			   *image = json_get_str(d, "image", NULL);
+		const char *pool = json_get_str(d, "pool", "shared");
+		int64_t size = json_get_int(d, "size_mb", 0);
+		_cleanup_free_ char *path = xasprintf("disks/%s/%s.qcow2", name, dname);
+		char where[32];
+
+		snprintf(where, sizeof(where), "disks[%zu]", i);
+		image_ids[i] = 0;
+		json_object_object_add(o, "name", json_object_new_string(dname));
+		json_object_object_add(o, "bus",
+				       json_object_new_string(json_get_str(d, "bus", "virtio")));
+		json_object_object_add(o, "pool", json_object_new_string(pool));
+		json_object_object_add(o, "path", json_object_new_string(path));
+		if (image) {
+			char ipath[512];
+			int64_t vsize = 0, vmb;
+			struct json_object *img = json_object_new_object();
+
+			image_ids[i] = image_find(image, ipath, sizeof(ipath), &vsize);
+			if (image_ids[i] <= 0) {
+				json_object_put(img);
+				json_object_put(o);
+				err_input(err, 404, where, "no image named %s", image);
+				goto fail;
+			}
+			vmb = (vsize + (1 << 20) - 1) >> 20;
+			if (size == 0)
+				size = vmb;
+			if (size < vmb) {
+				json_object_put(img);
+				json_object_put(o);
+				err_input(err, 400, where,
+					  "%s.size_mb (%lld) is smaller than image %s (%lld MiB)",
+					  where, (long long)size, image, (long long)vmb);
+				goto fail;
+			}
+			json_object_object_add(img, "name", json_object_new_string(image));
+			json_object_object_add(img, "path", json_object_new_string(ipath));
+			json_object_object_add(o, "image", img);
+			json_object_object_add(
+				o, "clone",
+				json_object_new_string(json_get_str(d, "clone", "linked")));
+		} else {
+			if (size == 0) {
+				json_object_put(o);
+				err_input(err, 400, where, "%s needs size_mb or an image", where);
+				goto fail;
+			}
+			json_object_object_add(o, "image", NULL);
+			json_object_object_add(o, "clone", NULL);
+		}
+		json_object_object_add(o, "size_mb", json_object_new_int64(size));
+		json_object_array_add(disks, o);
+	}
+	json_object_object_add(spec, "disks", disks);
+	disks = NULL;
+
+	in = json_object_object_get(body, "nics");
+	n = in ? json_object_array_length(in) : 0;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *d = json_object_array_get_idx(in, i),
+				   *o = json_object_new_object();
+		const char *net = json_get_str(d, "network", NULL);
+		char mac[18];
+
+		if (net) {
+			char where[32];
+
+			/* Networks arrive with the network driver; until then a NIC is isolated. */
+			snprintf(where, sizeof(where), "nics[%zu].network", i);
+			json_object_put(o);
+			err_input(err, 404, where, "no network named %s", net);
+			goto fail;
+		}
+		if (json_get_str(d, "mac", NULL))
+			snprintf(mac, sizeof(mac), "%s", json_get_str(d, "mac", ""));
+		else
+			mac_generate(mac);
+		json_object_object_add(o, "model",
+				       json_object_new_string(json_get_str(d, "model", "virtio")));
+		json_object_object_add(o, "mac", json_object_new_string(mac));
+		json_object_object_add(o, "network", NULL);
+		json_object_array_add(nics, o);
+	}
+	json_object_object_add(spec, "nics", nics);
+	nics = NULL;
+	if (json_object_object_get_ex(body, "boot", &v))
+		json_object_object_add(spec, "boot", json_object_get(v));
+	else {
+		v = json_object_new_array();
+		json_object_array_add(v, json_object_new_string("disk"));
+		json_object_array_add(v, json_object_new_string("network"));
+		json_object_object_add(spec, "boot", v);
+	}
+	v = json_object_object_get(body, "cloud_init");
+	json_object_object_add(spec, "cloud_init", v ? json_object_get(v) : NULL);
+	v = json_object_object_get(body, "labels");
+	json_object_object_add(spec, "labels", v ? json_object_get(v) : json_object_new_object());
+	v = json_object_object_get(body, "anti_affinity");
+	json_object_object_add(spec, "anti_affinity", v ? json_object_get(v) : NULL);
+	v = json_object_object_get(body, "host");
+	json_object_object_add(spec, "host", v ? json_object_get(v) : NULL);
+	return spec;
+fail:
+	json_object_put(disks);
+	json_object_put(nics);
+	json_object_put(spec);
+	return NULL;
+}
+
+static bool spec_needs_pool(struct json_object *spec, const char *pool)
+{
+	struct json_object *disks = json_object_object_get(spec, "disks");
+	size_t n = disks ? json_object_array_length(disks) : 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *d = json_object_array_get_idx(disks, i);
+
+		if (!strcmp(json_get_str(d, "pool", ""), pool))
+			return true;
+		/* An image lives on the shared pool whatever pool its clone goes to. */
+		if (!strcmp(pool, "shared") && json_object_object_get(d, "image"))
+			return true;
+	}
+	return false;
+}
+
+static int64_t spec_memory_mb(struct json_object *spec)
+{
+	struct json_object *m = json_object_object_get(spec, "memory");
+
+	return json_get_int(m, "mb", json_get_int(m, "max_mb", 0));
+}
+
+enum MHD_Result api_instances_create(struct request *req)
+{
+	struct json_object *body, *spec, *placement = NULL, *op, *args, *res;
+	int64_t image_ids[MAX_DISKS] = {0};
+	struct sched_request sr = {0};
+	struct kerr err;
+	struct host *h;
+	sqlite3_stmt *st;
+	int64_t iid, now = now_ms();
+	bool start;
+	const char *name;
+	int rc;
+
+	if (http_body_json(req, create_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	name = json_get_str(body, "name", "");
+	if (strcmp(json_get_str(body, "type", ""), "vm") != 0) {
+		json_object_put(body);
+		return http_reply_error(req, 400, "type",
+					"only type \"vm\" is supported by this controller so far");
+	}
+	if (instance_exists(name)) {
+		json_object_put(body);
+		return http_reply_error(req, 409, "name", "an instance named %s exists already",
+					name);
+	}
+	if (json_get_str(body, "host", NULL) && !host_find(json_get_str(body, "host", ""))) {
+		json_object_put(body);
+		return http_reply_error(req, 404, "host", "no host named %s",
+					json_get_str(body, "host", ""));
+	}
+	spec = spec_build(body, image_ids, &err);
+	start = json_get_bool(body, "start", true);
+	json_object_put(body);
+	if (spec == NULL)
+		return http_reply_kerr(req, &err);
+
+	sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
+	sr.memory_mb = spec_memory_mb(spec);
+	sr.nested = json_get_bool(spec, "nested", false);
+	sr.needs_shared_pool = spec_needs_pool(spec, "shared");
+	sr.needs_local_pool = spec_needs_pool(spec, "local");
+	sr.pin_host = json_get_str(spec, "host", NULL);
+	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
+	h = instances_place(&sr, &placement, &err);
+	if (h == NULL) {
+		struct json_object *e = json_object_new_object();
+
+		json_object_put(spec);
+		json_object_object_add(e, "error", json_object_new_string(err.msg));
+		json_object_object_add(e, "placement", placement);
+		return http_reply_json(req, 422, e);
+	}
+	/* The host decides the accelerator: KVM only where a guest really ran. */
+	json_object_object_add(spec, "accel",
+			       json_object_new_string(json_get_bool(h->facts, "kvm_usable", false)
+							      ? "kvm"
+							      : "tcg"));
+
+	if (db_begin(ctl.db) < 0) {
+		json_object_put(spec);
+		json_object_put(placement);
+		return http_reply_error(req, 503, NULL, "the database is busy; try again");
+	}
+	st = db_prepare(ctl.db,
+			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+			"anti_affinity, vcpus, memory_mb, placement, created_at, updated_at) "
+			"VALUES (?, 'vm', ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)");
+	sqlite3_bind_text(st, 1, name = json_get_str(spec, "name", ""), -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, h->id);
+	sqlite3_bind_text(st, 3, json_text(spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 4, start ? "running" : "stopped", -1, SQLITE_STATIC);
+	if (sr.anti_affinity)
+		sqlite3_bind_text(st, 5, sr.anti_affinity, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 6, sr.vcpus);
+	sqlite3_bind_int64(st, 7, sr.memory_mb);
+	sqlite3_bind_text(st, 8, json_text(placement), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 9, now);
+	sqlite3_bind_int64(st, 10, now);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	iid = sqlite3_last_insert_rowid(ctl.db);
+	for (size_t i = 0; rc == SQLITE_DONE &&
+			   i < json_object_array_length(json_object_object_get(spec, "disks"));
+	     i++) {
+		struct json_object *d =
+			json_object_array_get_idx(json_object_object_get(spec, "disks"), i);
+
+		st = db_prepare(ctl.db,
+				"INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");
+		sqlite3_bind_int64(st, 1, iid);
+		sqlite3_bind_text(st, 2, json_get_str(d, "name", ""), -1, SQLITE_STATIC);
+		if (image_ids[i] > 0)
+			sqlite3_bind_int64(st, 3, image_ids[i]);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "start", json_object_new_boolean(start));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", json_object_get(args));
+	json_object_object_add(res, "placement", json_object_get(placement));
+	{
+		_cleanup_free_ char *target = xasprintf("instances/%s", name);
+
+		op = rc == SQLITE_DONE ? op_create("instance-create", target, h, res, &err) : NULL;
+	}
+	if (op == NULL || db_commit(ctl.db, &err) < 0) {
+		db_rollback(ctl.db);
+		json_object_put(op);
+		json_object_put(args);
+		json_object_put(spec);
+		json_object_put(placement);
+		return http_reply_error(req, 500, NULL, "cannot record the instance: %s",
+					sqlite3_errmsg(ctl.db));
+	}
+	{
+		struct json_object *ev = json_object_new_object();
+
+		json_object_object_add(ev, "name", json_object_new_string(name));
+		json_object_object_add(ev, "host", json_object_new_string(h->name));
+		json_object_object_add(ev, "placement", json_object_get(placement));
+		event_emit("instance-created", ev);
+	}
+	log_info("instance %s: placed on %s", name, h->name);
+	cmd_instance(h, json_object_get_string(json_object_object_get(op, "id")), "create", spec,
+		     args);
+	json_object_put(args);
+	json_object_put(spec);
+	json_object_put(placement);
+	return http_reply_json(req, 202, op);
+}
+
+/* ---- read ---- */
+
+enum MHD_Result api_instances_list(struct request *req)
+{
+	struct json_object *list = json_object_new_array(), *out = json_object_new_object();
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT name FROM instances ORDER BY name");
+
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o =
+			instance_get_json((const char *)sqlite3_column_text(st, 0), false);
+
+		if (o)
+			json_object_array_add(list, o);
+	}
+	sqlite3_finalize(st);
+	json_object_object_add(out, "instances", list);
+	return http_reply_json(req, 200, out);
+}
+
+enum MHD_Result api_instance_get(struct request *req)
+{
+	struct json_object *o;
+
+	if (!name_valid(req->params[0]))
+		return http_reply_error(
+			req, 400, "name",
+			"instance name must be 1-63 characters of a-z, 0-9 and '-'");
+	o = instance_get_json(req->params[0], true);
+	if (o == NULL)
+		return http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]);
+	return http_reply_json(req, 200, o);
+}
+
+/* ---- actions ---- */
+
+struct action_def {
+	const char *name;
+	const char *const *from; /* states it may start from */
+	const char *desired;	 /* desired state afterwards, or NULL */
+};
+
+static const char *const from_stopped[] = {"stopped", "crashed", NULL};
+static const char *const from_live[] = {"running", "paused", "starting", NULL};
+static const char *const from_any_live[] = {"running",	"paused",  "starting",
+					    "stopping", "crashed", NULL};
+static const char *const from_running[] = {"running", NULL};
+static const char *const from_paused[] = {"paused", NULL};
+
+static const struct action_def actions[] = {
+	{"start", from_stopped, "running"},
+	{"stop", from_live, "stopped"},
+	{"force-stop", from_any_live, "stopped"},
+	{"reboot", from_running, NULL},
+	{"pause", from_running, NULL},
+	{"resume", from_paused, "running"},
+};
+
+static int timeout_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return int_range(v, f, 1, 3600, err);
+}
+
+static const struct json_field stop_fields[] = {
+	{"timeout_s", JK_INT, false, timeout_check},
+	{NULL, 0, false, NULL},
+};
+
+static const struct json_field no_fields[] = {{NULL, 0, false, NULL}};
+
+enum MHD_Result api_instance_action(struct request *req)
+{
+	const struct action_def *a = NULL;
+	struct json_object *body = NULL, *args;
+	enum MHD_Result ret;
+	struct kerr err;
+	struct inst *i;
+
+	for (size_t k = 0; k < ARRAY_SIZE(actions); k++)
+		if (!strcmp(actions[k].name, req->params[1]))
+			a = &actions[k];
+	if (a == NULL)
+		return http_reply_error(req, 404, NULL,
+					"no action %.32s; actions are start, stop, force-stop, "
+					"reboot, pause, resume",
+					req->params[1]);
+	if (req->body_len > 0 &&
+	    http_body_json(req, !strcmp(a->name, "stop") ? stop_fields : no_fields, &body, &err) <
+		    0)
+		return http_reply_kerr(req, &err);
+	i = path_inst(req, &ret);
+	if (i == NULL) {
+		json_object_put(body);
+		return ret;
+	}
+	if (!state_in(i->state, a->from)) {
+		json_object_put(body);
+		ret = http_reply_error(req, 409, NULL, "instance %s is %s; %s needs it %s%s",
+				       i->name, i->state, a->name, a->from[0],
+				       a->from[1] ? " (or similar)" : "");
+		inst_free(i);
+		return ret;
+	}
+	args = json_object_new_object();
+	if (!strcmp(a->name, "stop"))
+		json_object_object_add(
+			args, "timeout_s",
+			json_object_new_int((int)json_get_int(body, "timeout_s", STOP_TIMEOUT_S)));
+	json_object_put(body);
+	ret = start_op(req, i, a->name, args, a->desired);
+	inst_free(i);
+	return ret;
+}
+
+/* ---- change ---- */
+
+static const struct json_field disk_resize_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"size_mb", JK_INT, true, disk_mb_check},
+	{NULL, 0, false, NULL},
+};
+
+static int disks_resize_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return array_check(v, f, disk_resize_fields, MAX_DISKS, err);
+}
+
+static int patch_memory_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	if (json_object_object_length(v) == 1 && json_object_object_get_ex(v, "target_mb", NULL))
+		return json_fields_check(v, memory_fields, err);
+	return memory_check(v, f, err);
+}
+
+static const struct json_field patch_fields[] = {
+	{"vcpus", JK_INT, false, vcpus_check},
+	{"memory", JK_OBJECT, false, patch_memory_check},
+	{"disks", JK_ARRAY, false, disks_resize_check},
+	{"labels", JK_OBJECT, false, labels_check},
+	{NULL, 0, false, NULL},
+};
+
+static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct json_object *labels)
+{
+	sqlite3_stmt *st;
+
+	json_object_object_add(i->spec, "labels", json_object_get(labels));
+	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
+	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, now_ms());
+	sqlite3_bind_int64(st, 3, i->id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	return http_reply_json(req, 200, instance_get_json(i->name, false));
+}
+
+static enum MHD_Result patch_balloon(struct request *req, struct inst *i, int64_t target)
+{
+	struct json_object *mem = json_object_object_get(i->spec, "memory"), *args;
+	int64_t mn = json_get_int(mem, "min_mb", 0), mx = json_get_int(mem, "max_mb", 0);
+
+	if (mx == 0)
+		return http_reply_error(req, 409, "memory.target_mb",
+					"instance %s has static memory; a balloon target needs "
+					"min_mb..max_mb",
+					i->name);
+	if (target < mn || target > mx)
+		return http_reply_error(req, 400, "memory.target_mb",
+					"memory.target_mb must be within %lld..%lld", (long long)mn,
+					(long long)mx);
+	if (strcmp(i->state, "running"))
+		return http_reply_error(req, 409, NULL,
+					"instance %s is %s; a balloon target needs it running",
+					i->name, i->state);
+	args = json_object_new_object();
+	json_object_object_add(args, "target_mb", json_object_new_int64(target));
+	return start_op(req, i, "balloon", args, NULL);
+}
+
+/* vCPUs, memory and disk growth: only while stopped, and only if the host has room. */
+static enum MHD_Result patch_resources(struct request *req, struct inst *i,
+				       struct json_object *body)
+{
+	struct json_object *spec = json_tokener_parse(json_text(i->spec)), *v, *args;
+	struct sched_request sr = {0};
+	struct sched_params params = {ctl.cfg.cpu_ratio, ctl.cfg.mem_ratio, SCHED_SPREAD};
+	struct json_object *placement = NULL;
+	struct kerr err;
+	char reason[160];
+	int64_t new_mem;
+	int new_vcpus;
+
+	if (strcmp(i->state, "stopped") && strcmp(i->state, "crashed")) {
+		json_object_put(spec);
+		return http_reply_error(
+			req, 409, NULL,
+			"instance %s is %s; vCPUs, memory and disks change while it "
+			"is stopped",
+			i->name, i->state);
+	}
+	if (json_object_object_get_ex(body, "vcpus", &v))
+		json_object_object_add(spec, "vcpus", json_object_get(v));
+	if (json_object_object_get_ex(body, "memory", &v))
+		json_object_object_add(spec, "memory", json_object_get(v));
+	if (json_object_object_get_ex(body, "disks", &v)) {
+		struct json_object *disks = json_object_object_get(spec, "disks");
+
+		for (size_t k = 0; k < json_object_array_length(v); k++) {
+			struct json_object *want = json_object_array_get_idx(v, k), *d = NULL;
+			const char *dn = json_get_str(want, "name", "");
+			int64_t mb = json_get_int(want, "size_mb", 0);
+
+			for (size_t j = 0; disks && j < json_object_array_length(disks); j++)
+				if (!strcmp(json_get_str(json_object_array_get_idx(disks, j),
+							 "name", ""),
+					    dn))
+					d = json_object_array_get_idx(disks, j);
+			if (d == NULL) {
+				json_object_put(spec);
+				return http_reply_error(req, 404, "disks",
+							"instance %s has no disk %s", i->name, dn);
+			}
+			if (mb < json_get_int(d, "size_mb", 0)) {
+				json_object_put(spec);
+				return http_reply_error(
+					req, 400, "disks",
+					"disk %s can only grow: %lld MiB is smaller "
+					"than its %lld MiB",
+					dn, (long long)mb,
+					(long long)json_get_int(d, "size_mb", 0));
+			}
+			json_object_object_add(d, "size_mb", json_object_new_int64(mb));
+		}
+	}
+	new_vcpus = (int)json_get_int(spec, "vcpus", 1);
+	new_mem = spec_memory_mb(spec);
+	/* Room on its own host, not counting what the instance holds already. */
+	if (i->host) {
+		struct sched_host sh = {0};
+		int64_t id = i->host->id;
+
+		sr.vcpus = new_vcpus - i->vcpus;
+		sr.memory_mb = new_mem - i->memory_mb;
+		(void)placement;
+		(void)err;
+		sh.name = i->host->name;
+		sh.online = true;
+		sh.cpus = (int)json_get_int(i->host->facts, "cpus", 0);
+		sh.memory_mb = json_get_int(i->host->facts, "memory_mb", 0);
+		{
+			sqlite3_stmt *st = db_prepare(ctl.db, "SELECT coalesce(sum(vcpus), 0), "
+							      "coalesce(sum(memory_mb), 0) FROM "
+							      "instances WHERE host_id = ?");
+
+			sqlite3_bind_int64(st, 1, id);
+			sqlite3_step(st);
+			sh.vcpus_used = sqlite3_column_int(st, 0);
+			sh.memory_used_mb = sqlite3_column_int64(st, 1);
+			sqlite3_finalize(st);
+		}
+		if (!sched_host_fits(&sr, &params, &sh, reason, sizeof(reason))) {
+			json_object_put(spec);
+			return http_reply_error(req, 422, NULL,
+						"host %s cannot take the change: %s", sh.name,
+						reason);
+		}
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "spec", json_object_get(spec));
+	json_object_put(i->spec);
+	i->spec = spec; /* the agent gets the new spec; the database takes it on success */
+	return start_op(req, i, "update", args, NULL);
+}
+
+enum MHD_Result api_instance_patch(struct request *req)
+{
+	struct json_object *body, *mem, *labels;
+	enum MHD_Result ret;
+	struct kerr err;
+	struct inst *i;
+
+	if (http_body_json(req, patch_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	i = path_inst(req, &ret);
+	if (i == NULL) {
+		json_object_put(body);
+		return ret;
+	}
+	mem = json_object_object_get(body, "memory");
+	labels = json_object_object_get(body, "labels");
+	if (mem && json_object_object_get_ex(mem, "target_mb", NULL)) {
+		if (json_object_object_length(body) != 1)
+			ret = http_reply_error(req, 400, "memory.target_mb",
+					       "a balloon target is changed on its own");
+		else
+			ret = patch_balloon(req, i, json_get_int(mem, "target_mb", 0));
+	} else if (labels && json_object_object_length(body) == 1) {
+		ret = patch_labels(req, i, labels);
+	} else if (labels) {
+		ret = http_reply_error(req, 400, "labels",
+				       "labels are changed on their own, not with resources");
+	} else if (json_object_object_length(body) == 0) {
+		ret = http_reply_json(req, 200, instance_get_json(i->name, false));
+	} else {
+		ret = patch_resources(req, i, body);
+	}
+	json_object_put(body);
+	inst_free(i);
+	return ret;
+}
+
+/* ---- delete ---- */
+
+static bool flag_query(struct request *req, const char *key, bool *out, enum MHD_Result *ret)
+{
+	const char *v = http_query(req, key);
+
+	*out = false;
+	if (v == NULL || !strcmp(v, "0") || !strcmp(v, "false"))
+		return true;
+	if (!strcmp(v, "1") || !strcmp(v, "true")) {
+		*out = true;
+		return true;
+	}
+	*ret = http_reply_error(req, 400, key, "query parameter '%s' must be 1 or 0", key);
+	return false;
+}
+
+enum MHD_Result api_instance_delete(struct request *req)
+{
+	static const char *const deletable[] = {"stopped", "crashed", "error", "missing", NULL};
+	struct json_object *args;
+	enum MHD_Result ret;
+	bool force, keep;
+	struct inst *i;
+	sqlite3_stmt *st;
+
+	if (!flag_query(req, "force", &force, &ret) || !flag_query(req, "keep_disks", &keep, &ret))
+		return ret;
+	i = path_inst(req, &ret);
+	if (i == NULL)
+		return ret;
+	if (!force && !state_in(i->state, deletable)) {
+		ret = http_reply_error(req, 409, NULL,
+				       "instance %s is %s; stop it first or delete with ?force=1",
+				       i->name, i->state);
+		inst_free(i);
+		return ret;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(keep));
+	json_object_object_add(args, "force", json_object_new_boolean(force));
+	ret = start_op(req, i, "delete", args, "stopped");
+	if (req->status == 202) {
+		st = db_prepare(ctl.db, "UPDATE instances SET state = 'deleting' WHERE id = ?");
+		sqlite3_bind_int64(st, 1, i->id);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
+	}
+	inst_free(i);
+	return ret;
+}
+
+/* ---- console ---- */
+
+static void console_reply_cb(struct json_object *body, const char *error, void *cls)
+{
+	struct request *req = cls;
+
+	if (body)
+		req->answer = json_object_get(body);
+	else
+		snprintf(req->answer_error, sizeof(req->answer_error), "%s", error);
+	http_resume(req);
+}
+
+static int b64val(char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* Decode base64 (the agent's) into a new buffer; NULL on bad input. */
+static char *b64_decode(const char *in, size_t *outlen)
+{
+	size_t len = strlen(in), n = 0;
+	char *out = xmalloc(len / 4 * 3 + 4);
+	unsigned acc = 0;
+	int bits = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		int v;
+
+		if (in[i] == '=')
+			break;
+		v = b64val(in[i]);
+		if (v < 0) {
+			free(out);
+			return NULL;
+		}
+		acc = acc << 6 | (unsigned)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[n++] = (char)(acc >> bits & 0xff);
+		}
+	}
+	out[n] = '\0';
+	*outlen = n;
+	return out;
+}
+
+static enum MHD_Result console_answer(struct request *req)
+{
+	struct MHD_Response *resp;
+	size_t len;
+	char *data;
+
+	if (req->answer == NULL)
+		return http_reply_error(req, 502, NULL, "console: %s", req->answer_error);
+	data = b64_decode(json_get_str(req->answer, "data", ""), &len);
+	if (data == NULL)
+		return http_reply_error(req, 502, NULL, "console: the agent sent malformed data");
+	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
+	return http_reply_response(req, 200, resp);
+}
+
+enum MHD_Result api_instance_console(struct request *req)
+{
+	struct json_object *q;
+	enum MHD_Result ret;
+	struct kerr err;
+	int64_t bytes;
+	struct inst *i;
+
+	if (http_query_int(req, "bytes", 1, CONSOLE_MAX, CONSOLE_DEFAULT, &bytes, &err) < 0)
+		return http_reply_kerr(req, &err);
+	i = path_inst(req, &ret);
+	if (i == NULL)
+		return ret;
+	if (i->host == NULL || i->host->state != HOST_ONLINE) {
+		ret = http_reply_error(req, 503, NULL, "host of instance %s is offline", i->name);
+		inst_free(i);
+		return ret;
+	}
+	q = json_object_new_object();
+	json_object_object_add(q, "what", json_object_new_string("console"));
+	json_object_object_add(q, "name", json_object_new_string(i->name));
+	json_object_object_add(q, "bytes", json_object_new_int64(bytes));
+	agentlink_query(i->host, q, console_reply_cb, req);
+	inst_free(i);
+	http_suspend(req, console_answer);
+	return MHD_YES;
+}
+
+void api_instances_forget(struct request *req)
+{
+	agentlink_query_cancel(req);
+	json_object_put(req->answer);
+	req->answer = NULL;
+}
+
+/* ---- snapshots ---- */
+
+static const struct json_field snapshot_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"with_memory", JK_BOOL, false, NULL},
+	{NULL, 0, false, NULL},
+};
+
+static int snapshot_lookup(int64_t iid, const char *name, bool *with_memory, char *state,
+			   size_t len)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT with_memory, state FROM snapshots WHERE "
+					      "instance_id = ? AND name = ?");
+	int found;
+
+	sqlite3_bind_int64(st, 1, iid);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	found = sqlite3_step(st) == SQLITE_ROW;
+	if (found) {
+		*with_memory = sqlite3_column_int(st, 0) != 0;
+		snprintf(state, len, "%s", sqlite3_column_text(st, 1));
+	}
+	sqlite3_finalize(st);
+	return found ? 0 : -1;
+}
+
+enum MHD_Result api_snapshots_create(struct request *req)
+{
+	static const char *const snapshottable[] = {"running", "paused", "stopped", NULL};
+	struct json_object *body, *args;
+	enum MHD_Result ret;
+	struct kerr err;
+	struct inst *i;
+	sqlite3_stmt *st;
+	const char *sname;
+	bool mem, dummy;
+	char state[16];
+
+	if (http_body_json(req, snapshot_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	i = path_inst(req, &ret);
+	if (i == NULL) {
+		json_object_put(body);
+		return ret;
+	}
+	sname = json_get_str(body, "name", "");
+	mem = json_get_bool(body, "with_memory", false);
+	if (snapshot_lookup(i->id, sname, &dummy, state, sizeof(state)) == 0)
+		ret = http_reply_error(req, 409, "name", "instance %s has a snapshot %s already",
+				       i->name, sname);
+	else if (!state_in(i->state, snapshottable))
+		ret = http_reply_error(req, 409, NULL,
+				       "instance %s is %s; snapshots need it running, "
+				       "paused or stopped",
+				       i->name, i->state);
+	else if (mem && strcmp(i->state, "running") && strcmp(i->state, "paused"))
+		ret = http_reply_error(req, 409, "with_memory",
+				       "instance %s is %s; with_memory needs it running", i->name,
+				       i->state);
+	else {
+		args = json_object_new_object();
+		json_object_object_add(args, "snapshot", json_object_new_string(sname));
+		json_object_object_add(args, "with_memory", json_object_new_boolean(mem));
+		ret = start_op(req, i, "snapshot-create", args, NULL);
+		if (req->status == 202) {
+			st = db_prepare(ctl.db,
+					"INSERT INTO snapshots (instance_id, name, with_memory, "
+					"created_at) VALUES (?, ?, ?, ?)");
+			sqlite3_bind_int64(st, 1, i->id);
+			sqlite3_bind_text(st, 2, sname, -1, SQLITE_STATIC);
+			sqlite3_bind_int(st, 3, mem);
+			sqlite3_bind_int64(st, 4, now_ms());
+			sqlite3_step(st);
+			sqlite3_finalize(st);
+		}
+	}
+	json_object_put(body);
+	inst_free(i);
+	return ret;
+}
+
+enum MHD_Result api_snapshots_list(struct request *req)
+{
+	struct json_object *list, *out;
+	enum MHD_Result ret;
+	struct inst *i = path_inst(req, &ret);
+	sqlite3_stmt *st;
+
+	if (i == NULL)
+		return ret;
+	list = json_object_new_array();
+	st = db_prepare(ctl.db, "SELECT name, with_memory, state, created_at FROM snapshots WHERE "
+				"instance_id = ? ORDER BY created_at, id");
+	sqlite3_bind_int64(st, 1, i->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(
+			o, "name",
+			json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+		json_object_object_add(o, "with_memory",
+				       json_object_new_boolean(sqlite3_column_int(st, 1)));
+		json_object_object_add(
+			o, "state",
+			json_object_new_string((const char *)sqlite3_column_text(st, 2)));
+		json_object_object_add(o, "created_at",
+				       json_object_new_int64(sqlite3_column_int64(st, 3)));
+		json_object_array_add(list, o);
+	}
+	sqlite3_finalize(st);
+	out = json_object_new_object();
+	json_object_object_add(out, "snapshots", list);
+	inst_free(i);
+	return http_reply_json(req, 200, out);
+}
+
+static enum MHD_Result snapshot_op(struct request *req, const char *action)
+{
+	static const char *const ok_states[] = {"running", "paused", "stopped", "crashed", NULL};
+	struct json_object *args;
+	enum MHD_Result ret;
+	struct inst *i;
+	bool mem;
+	char state[16];
+
+	if (!name_valid(req->params[1]))
+		return http_reply_error(
+			req, 400, "snapshot",
+			"snapshot name must be 1-63 characters of a-z, 0-9 and '-'");
+	if (req->body_len > 0) {
+		struct json_object *body;
+		struct kerr err;
+
+		if (http_body_json(req, no_fields, &body, &err) < 0)
+			return http_reply_kerr(req, &err);
+		json_object_put(body);
+	}
+	i = path_inst(req, &ret);
+	if (i == NULL)
+		return ret;
+	if (snapshot_lookup(i->id, req->params[1], &mem, state, sizeof(state)) < 0)
+		ret = http_reply_error(req, 404, NULL, "instance %s has no snapshot %s", i->name,
+				       req->params[1]);
+	else if (strcmp(state, "ready"))
+		ret = http_reply_error(req, 409, NULL, "snapshot %s is %s", req->params[1], state);
+	else if (!state_in(i->state, ok_states))
+		ret = http_reply_error(req, 409, NULL, "instance %s is %s", i->name, i->state);
+	else {
+		args = json_object_new_object();
+		json_object_object_add(args, "snapshot", json_object_new_string(req->params[1]));
+		json_object_object_add(args, "with_memory", json_object_new_boolean(mem));
+		ret = start_op(req, i, action, args, NULL);
+	}
+	inst_free(i);
+	return ret;
+}
+
+enum MHD_Result api_snapshot_revert(struct request *req)
+{
+	return snapshot_op(req, "snapshot-revert");
+}
+
+enum MHD_Result api_snapshot_delete(struct request *req)
+{
+	return snapshot_op(req, "snapshot-delete");
+}

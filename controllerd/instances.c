@@ -1,0 +1,597 @@
+/*
+ * instances.c - instances (VMs now, containers later) as the controller keeps them:
+ * placement through the scheduler, the outcome of their operations, and what agents
+ * report of them (command results, state changes, every heartbeat), with drift
+ * between the database and the hosts surfaced as events.
+ */
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "scheduler.h"
+#include "util.h"
+
+#define REPORT_PERSIST_MS 30000
+
+static void instance_spec_save(const char *name, struct json_object *spec);
+
+/* Hosts as the scheduler sees them, with what is placed on each from the database. */
+struct sched_view {
+	struct sched_host *hosts;
+	struct host **src;
+	char **groups; /* flat storage for the groups arrays */
+	size_t n;
+};
+
+static bool facts_pool(struct json_object *facts, const char *name)
+{
+	struct json_object *pools = json_object_object_get(facts, "pools");
+	size_t n = pools && json_object_is_type(pools, json_type_array)
+			   ? json_object_array_length(pools)
+			   : 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(json_get_str(json_object_array_get_idx(pools, i), "name", ""), name))
+			return true;
+	return false;
+}
+
+static void view_build(struct sched_view *v)
+{
+	size_t n = 0, i = 0;
+	sqlite3_stmt *st;
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		n++;
+	v->n = n;
+	v->hosts = xcalloc(n, sizeof(*v->hosts));
+	v->src = xcalloc(n, sizeof(*v->src));
+	v->groups = NULL;
+	for (struct host *h = ctl.hosts; h; h = h->next, i++) {
+		struct sched_host *s = &v->hosts[i];
+
+		v->src[i] = h;
+		s->name = h->name;
+		s->online = h->state == HOST_ONLINE;
+		s->maintenance = h->maintenance;
+		s->cpus = (int)json_get_int(h->facts, "cpus", 0);
+		s->memory_mb = json_get_int(h->facts, "memory_mb", 0);
+		s->kvm_usable = json_get_bool(h->facts, "kvm_usable", false);
+		s->nested = json_get_bool(h->facts, "nested", false);
+		s->shared_pool = facts_pool(h->facts, "shared");
+		s->local_pool = facts_pool(h->facts, "local");
+	}
+	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
+				"group_concat(anti_affinity, char(10)) FROM instances "
+				"WHERE host_id IS NOT NULL GROUP BY host_id");
+	v->groups = xcalloc(n ? n : 1, sizeof(char *));
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t id = sqlite3_column_int64(st, 0);
+
+		for (i = 0; i < n; i++) {
+			struct sched_host *s = &v->hosts[i];
+			const char *g = (const char *)sqlite3_column_text(st, 3);
+			size_t count = 0;
+
+			if (v->src[i]->id != id)
+				continue;
+			s->vcpus_used = sqlite3_column_int(st, 1);
+			s->memory_used_mb = sqlite3_column_int64(st, 2);
+			if (g) {
+				const char **arr;
+				char *p;
+
+				/* One string, split in place: "a\nb" -> {"a", "b"}. */
+				v->groups[i] = xstrdup(g);
+				count = 1;
+				for (p = v->groups[i]; *p; p++)
+					count += *p == '\n';
+				arr = xcalloc(count, sizeof(*arr));
+				count = 0;
+				for (p = v->groups[i];;) {
+					char *nl = strchr(p, '\n');
+
+					arr[count++] = p;
+					if (nl == NULL)
+						break;
+					*nl = '\0';
+					p = nl + 1;
+				}
+				s->groups = arr;
+				s->ngroups = count;
+			}
+		}
+	}
+	sqlite3_finalize(st);
+}
+
+static void view_free(struct sched_view *v)
+{
+	for (size_t i = 0; i < v->n; i++) {
+		free((void *)v->hosts[i].groups);
+		free(v->groups[i]);
+	}
+	free(v->groups);
+	free(v->hosts);
+	free(v->src);
+}
+
+/*
+ * Choose a host for an instance needing req. Returns the host, or NULL with err
+ * (422). *placement (new reference) always says why: the choice, every candidate's
+ * score and every rejected host's reason.
+ */
+struct host *instances_place(const struct sched_request *req, struct json_object **placement,
+			     struct kerr *err)
+{
+	struct sched_params params = {
+		.cpu_ratio = ctl.cfg.cpu_ratio,
+		.mem_ratio = ctl.cfg.mem_ratio,
+		.policy = strcmp(ctl.cfg.sched_policy, "pack") ? SCHED_SPREAD : SCHED_PACK,
+	};
+	struct json_object *p = json_object_new_object(), *cands = json_object_new_array();
+	struct json_object *rejected = json_object_new_array();
+	struct sched_view v;
+	struct sched_verdict *verdicts;
+	struct host *chosen = NULL;
+	int best;
+
+	view_build(&v);
+	verdicts = xcalloc(v.n ? v.n : 1, sizeof(*verdicts));
+	best = sched_place(req, &params, v.hosts, v.n, verdicts);
+	for (size_t i = 0; i < v.n; i++) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "host", json_object_new_string(v.hosts[i].name));
+		if (verdicts[i].fits) {
+			json_object_object_add(
+				o, "score",
+				json_object_new_double((double)(int)(verdicts[i].score * 1000) /
+						       1000));
+			json_object_array_add(cands, o);
+		} else {
+			json_object_object_add(o, "reason",
+					       json_object_new_string(verdicts[i].reason));
+			json_object_array_add(rejected, o);
+		}
+	}
+	if (best >= 0)
+		chosen = v.src[best];
+	json_object_object_add(p, "host", chosen ? json_object_new_string(chosen->name) : NULL);
+	json_object_object_add(p, "policy", json_object_new_string(ctl.cfg.sched_policy));
+	json_object_object_add(p, "candidates", cands);
+	json_object_object_add(p, "rejected", rejected);
+	*placement = p;
+	if (chosen == NULL)
+		err_input(err, 422, "",
+			  v.n ? "no host can run this instance (see placement.rejected)"
+			      : "no host has joined the cluster");
+	free(verdicts);
+	view_free(&v);
+	return chosen;
+}
+
+/* Instances placed on host id (any state); host deletion is refused while any are. */
+int instances_on_host(int64_t host_id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT count(*) FROM instances WHERE host_id = ?");
+	int n;
+
+	sqlite3_bind_int64(st, 1, host_id);
+	sqlite3_step(st);
+	n = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return n;
+}
+
+bool image_in_use(int64_t image_id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT count(*) FROM disks WHERE image_id = ?");
+	bool used;
+
+	sqlite3_bind_int64(st, 1, image_id);
+	sqlite3_step(st);
+	used = sqlite3_column_int(st, 0) > 0;
+	sqlite3_finalize(st);
+	return used;
+}
+
+static void instance_state_set(const char *name, const char *state, struct json_object *report,
+			       const char *why)
+{
+	sqlite3_stmt *st;
+	char *old = NULL;
+	int64_t updated = 0;
+	bool changed;
+
+	st = db_prepare(ctl.db, "SELECT state, updated_at FROM instances WHERE name = ?");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		old = xstrdup((const char *)sqlite3_column_text(st, 0));
+		updated = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	if (old == NULL)
+		return;
+	changed = strcmp(old, state) != 0;
+	/* Reports come every heartbeat; unchanged ones are written only now and then. */
+	if (!changed && now_ms() - updated < REPORT_PERSIST_MS) {
+		free(old);
+		return;
+	}
+	st = db_prepare(ctl.db, "UPDATE instances SET state = ?, report = coalesce(?, report), "
+				"updated_at = ? WHERE name = ?");
+	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+	if (report)
+		sqlite3_bind_text(st, 2, json_text(report), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 3, now_ms());
+	sqlite3_bind_text(st, 4, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("instance %s: cannot save state: %s", name, sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+	if (changed) {
+		struct json_object *ev = json_object_new_object();
+
+		log_info("instance %s: %s -> %s (%s)", name, old, state, why);
+		json_object_object_add(ev, "name", json_object_new_string(name));
+		json_object_object_add(ev, "state", json_object_new_string(state));
+		json_object_object_add(ev, "previous", json_object_new_string(old));
+		json_object_object_add(ev, "reason", json_object_new_string(why));
+		event_emit("instance-updated", ev);
+	}
+	free(old);
+}
+
+static const char *const report_states[] = {"stopped",	"starting", "running", "paused",
+					    "stopping", "crashed",  "error",   NULL};
+
+/* An agent's report of one of its instances (already authenticated). */
+void instances_report(struct host *h, struct json_object *report, const char *why)
+{
+	const char *name = json_get_str(report, "name", ""),
+		   *state = json_get_str(report, "state", "");
+	sqlite3_stmt *st;
+	int64_t host_id = -1;
+	char cur[32] = "";
+	size_t i;
+
+	for (i = 0; report_states[i]; i++)
+		if (!strcmp(report_states[i], state))
+			break;
+	if (report_states[i] == NULL) {
+		log_warnx("host %s: report on instance '%.64s' has unknown state '%.32s'", h->name,
+			  name, state);
+		return;
+	}
+	st = db_prepare(ctl.db, "SELECT host_id, state FROM instances WHERE name = ?");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		host_id = sqlite3_column_int64(st, 0);
+		snprintf(cur, sizeof(cur), "%s", sqlite3_column_text(st, 1));
+	}
+	sqlite3_finalize(st);
+	if (host_id != h->id) {
+		/* Drift: a workload the database does not place on this host. Surface it. */
+		static int64_t last_warn;
+
+		if (now_ms() - last_warn > 60000) {
+			log_warnx(
+				"host %s: runs instance '%.64s' that the controller does not place "
+				"there",
+				h->name, name);
+			last_warn = now_ms();
+		}
+		return;
+	}
+	/* While an operation creates or deletes it, the operation decides its state. */
+	if (!strcmp(cur, "creating") || !strcmp(cur, "deleting"))
+		return;
+	instance_state_set(name, state, report, why);
+}
+
+/* Every heartbeat: the host's list of instances against the database. */
+void instances_reconcile(struct host *h, struct json_object *reports)
+{
+	size_t n = reports && json_object_is_type(reports, json_type_array)
+			   ? json_object_array_length(reports)
+			   : 0;
+	sqlite3_stmt *st;
+
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *r = json_object_array_get_idx(reports, i);
+
+		if (json_object_is_type(r, json_type_object))
+			instances_report(h, r, "heartbeat");
+	}
+	/* Instances the database places here that the host does not know of. */
+	st = db_prepare(ctl.db, "SELECT name FROM instances WHERE host_id = ? AND state NOT IN "
+				"('creating', 'deleting', 'missing', 'error')");
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		bool found = false;
+
+		for (size_t i = 0; i < n && !found; i++)
+			found = !strcmp(
+				json_get_str(json_object_array_get_idx(reports, i), "name", ""),
+				name);
+		if (!found) {
+			_cleanup_free_ char *copy = xstrdup(name);
+
+			instance_state_set(copy, "missing", NULL, "the host does not report it");
+		}
+	}
+	sqlite3_finalize(st);
+}
+
+static void snapshot_row(const char *instance, const char *snap, const char *state)
+{
+	sqlite3_stmt *st;
+
+	if (state)
+		st = db_prepare(ctl.db, "UPDATE snapshots SET state = ?3 WHERE name = ?2 AND "
+					"instance_id = (SELECT id FROM instances WHERE name = ?1)");
+	else
+		st = db_prepare(ctl.db, "DELETE FROM snapshots WHERE name = ?2 AND "
+					"instance_id = (SELECT id FROM instances WHERE name = ?1)");
+	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, snap, -1, SQLITE_STATIC);
+	if (state)
+		sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+}
+
+/*
+ * An instance operation finished on its host (or was refused: h NULL). Applies the
+ * outcome to the instance, then finishes the operation with the agent's result and
+ * the placement that put the instance where it is.
+ */
+int instances_op_done(struct host *h, struct json_object *op, const char *status,
+		      struct json_object *result, const char *error)
+{
+	const char *kind = json_object_get_string(json_object_object_get(op, "kind"));
+	const char *target = json_object_get_string(json_object_object_get(op, "target"));
+	const char *id = json_object_get_string(json_object_object_get(op, "id"));
+	const char *action = kind + strlen("instance-");
+	const char *name = strncmp(target, "instances/", 10) == 0 ? target + 10 : target;
+	struct json_object *args =
+		json_object_object_get(json_object_object_get(op, "result"), "args");
+	struct json_object *report = result ? json_object_object_get(result, "instance") : NULL;
+	struct json_object *final = result ? json_object_get(result) : json_object_new_object();
+	const char *snap = json_get_str(args, "snapshot", NULL);
+	bool ok = !strcmp(status, "succeeded");
+	_cleanup_free_ char *iname = xstrdup(name);
+	struct json_object *ev;
+	sqlite3_stmt *st;
+
+	if (ok && !strcmp(action, "delete")) {
+		st = db_prepare(ctl.db, "DELETE FROM instances WHERE name = ?");
+		sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
+		ev = json_object_new_object();
+		json_object_object_add(ev, "name", json_object_new_string(iname));
+		event_emit("instance-deleted", ev);
+	} else {
+		if (!strcmp(action, "create") || !strcmp(action, "delete")) {
+			/* Leave the creating/deleting hold: the result decides. */
+			const char *st_new = ok ? json_get_str(report, "state", "stopped")
+						: (!strcmp(action, "create") ? "error" : "stopped");
+
+			if (!ok && report)
+				st_new = json_get_str(report, "state", st_new);
+			instance_state_set(iname, st_new, report, ok ? action : "operation failed");
+		} else if (report && h) {
+			instances_report(h, report, action);
+		}
+		if (ok && !strcmp(action, "update") && json_object_object_get(args, "spec"))
+			instance_spec_save(iname, json_object_object_get(args, "spec"));
+		if (snap && !strcmp(action, "snapshot-create"))
+			snapshot_row(iname, snap, ok ? "ready" : NULL);
+		if (snap && !strcmp(action, "snapshot-delete") && ok)
+			snapshot_row(iname, snap, NULL);
+	}
+	st = db_prepare(ctl.db, "SELECT placement FROM instances WHERE name = ?");
+	sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *p =
+			json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+
+		if (p)
+			json_object_object_add(final, "placement", p);
+	}
+	sqlite3_finalize(st);
+	if (args)
+		json_object_object_add(final, "args", json_object_get(args));
+	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed", final,
+		  ok ? NULL : (error ? error : "the agent reported a failure"));
+	return 0;
+}
+
+/* The agent refused an instance command outright: fail it like a failed result. */
+int instances_op_nack(const char *op_id, const char *why)
+{
+	struct json_object *op = op_get(op_id);
+	const char *kind = op ? json_object_get_string(json_object_object_get(op, "kind")) : "";
+	int ret = -1;
+
+	if (op && !strncmp(kind, "instance-", 9)) {
+		instances_op_done(NULL, op, "failed", NULL, why);
+		ret = 0;
+	}
+	json_object_put(op);
+	return ret;
+}
+
+/* The instance as the API shows it; with_history adds its last operations. */
+struct json_object *instance_get_json(const char *name, bool with_history)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.name, i.type, i.state, i.desired, h.name, "
+					      "i.spec, i.report, i.placement, i.created_at, "
+					      "i.updated_at FROM instances i LEFT JOIN hosts h ON "
+					      "h.id = i.host_id WHERE i.name = ?");
+	struct json_object *o = NULL, *spec, *report, *disks, *rdisks;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		sqlite3_finalize(st);
+		return NULL;
+	}
+	o = json_object_new_object();
+	spec = json_tokener_parse((const char *)sqlite3_column_text(st, 5));
+	report = json_tokener_parse((const char *)sqlite3_column_text(st, 6));
+	json_object_object_add(o, "name",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+	json_object_object_add(o, "type",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+	json_object_object_add(o, "state",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 2)));
+	json_object_object_add(o, "desired",
+			       json_object_new_string((const char *)sqlite3_column_text(st, 3)));
+	json_object_object_add(
+		o, "host",
+		sqlite3_column_type(st, 4) == SQLITE_TEXT
+			? json_object_new_string((const char *)sqlite3_column_text(st, 4))
+			: NULL);
+	for (const char *const *k =
+		     (const char *const[]){"vcpus", "memory", "nested", "accel", "nics", "boot",
+					   "labels", "anti_affinity", NULL};
+	     *k; k++) {
+		struct json_object *v = json_object_object_get(spec, *k);
+
+		json_object_object_add(o, *k, v ? json_object_get(v) : NULL);
+	}
+	/* Disks: what was asked for, with sizes as the host last reported them. */
+	disks = json_object_new_array();
+	rdisks = json_object_object_get(report, "disks");
+	for (size_t i = 0; i < json_object_array_length(json_object_object_get(spec, "disks"));
+	     i++) {
+		struct json_object *d =
+			json_object_array_get_idx(json_object_object_get(spec, "disks"), i);
+		struct json_object *out = json_object_new_object(),
+				   *img = json_object_object_get(d, "image");
+		const char *dn = json_get_str(d, "name", "");
+
+		json_object_object_add(out, "name", json_object_new_string(dn));
+		json_object_object_add(out, "bus",
+				       json_object_new_string(json_get_str(d, "bus", "")));
+		json_object_object_add(out, "pool",
+				       json_object_new_string(json_get_str(d, "pool", "")));
+		json_object_object_add(out, "size_mb",
+				       json_object_new_int64(json_get_int(d, "size_mb", 0)));
+		json_object_object_add(out, "image",
+				       img ? json_object_new_string(json_get_str(img, "name", ""))
+					   : NULL);
+		json_object_object_add(out, "clone",
+				       img ? json_object_new_string(json_get_str(d, "clone", ""))
+					   : NULL);
+		for (size_t j = 0; rdisks && j < json_object_array_length(rdisks); j++) {
+			struct json_object *r = json_object_array_get_idx(rdisks, j);
+
+			if (!strcmp(json_get_str(r, "name", ""), dn)) {
+				json_object_object_add(
+					out, "virtual_size",
+					json_object_new_int64(json_get_int(r, "virtual_size", 0)));
+				json_object_object_add(
+					out, "allocated",
+					json_object_new_int64(json_get_int(r, "allocated", 0)));
+			}
+		}
+		json_object_array_add(disks, out);
+	}
+	json_object_object_add(o, "disks", disks);
+	json_object_object_add(
+		o, "uptime_s",
+		json_object_new_int64(!strcmp(json_get_str(report, "state", ""), "running")
+					      ? json_get_int(report, "uptime_s", 0)
+					      : 0));
+	json_object_object_add(o, "pid", json_object_get(json_object_object_get(report, "pid")));
+	json_object_object_add(
+		o, "balloon_actual_mb",
+		json_object_get(json_object_object_get(report, "balloon_actual_mb")));
+	json_object_object_add(o, "error",
+			       json_object_get(json_object_object_get(report, "error")));
+	json_object_object_add(o, "placement",
+			       json_tokener_parse((const char *)sqlite3_column_text(st, 7)));
+	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 8)));
+	json_object_object_add(o, "updated_at", json_object_new_int64(sqlite3_column_int64(st, 9)));
+	sqlite3_finalize(st);
+	json_object_put(spec);
+	json_object_put(report);
+	if (with_history) {
+		_cleanup_free_ char *target = xasprintf("instances/%s", name);
+		struct json_object *ops = json_object_new_array();
+
+		st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? "
+					"ORDER BY created_at DESC, rowid DESC LIMIT 20");
+		sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			struct json_object *op = op_get((const char *)sqlite3_column_text(st, 0));
+
+			if (op) {
+				json_object_object_del(op, "result");
+				json_object_array_add(ops, op);
+			}
+		}
+		sqlite3_finalize(st);
+		json_object_object_add(o, "operations", ops);
+	}
+	return o;
+}
+
+/* An update succeeded: the new spec and its resources become the instance's. */
+static void instance_spec_save(const char *name, struct json_object *spec)
+{
+	struct json_object *m = json_object_object_get(spec, "memory");
+	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, vcpus = ?, "
+					      "memory_mb = ? WHERE name = ?");
+
+	sqlite3_bind_text(st, 1, json_text(spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, json_get_int(spec, "vcpus", 1));
+	sqlite3_bind_int64(st, 3, json_get_int(m, "mb", json_get_int(m, "max_mb", 0)));
+	sqlite3_bind_text(st, 4, name, -1, SQLITE_STATIC);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+}
+
+/*
+ * Controller restart: resend an instance operation that was in flight. The agent
+ * runs an operation id once, so a command it already finished only reports again.
+ */
+int instances_op_resend(struct host *h, const char *id, const char *kind,
+			struct json_object *result)
+{
+	const char *target_name;
+	struct json_object *op = op_get(id), *body, *spec = NULL;
+	struct json_object *args = json_object_object_get(result, "args");
+	sqlite3_stmt *st;
+
+	if (op == NULL || strncmp(kind, "instance-", 9)) {
+		json_object_put(op);
+		return -1;
+	}
+	target_name =
+		json_object_get_string(json_object_object_get(op, "target")) + strlen("instances/");
+	st = db_prepare(ctl.db, "SELECT spec FROM instances WHERE name = ?");
+	sqlite3_bind_text(st, 1, target_name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (spec == NULL) {
+		json_object_put(op);
+		return -1;
+	}
+	body = json_object_new_object();
+	json_object_object_add(body, "action", json_object_new_string(kind + 9));
+	json_object_object_add(body, "instance",
+			       json_object_object_get(args, "spec")
+				       ? json_object_get(json_object_object_get(args, "spec"))
+				       : json_object_get(spec));
+	json_object_object_add(body, "args",
+			       args ? json_object_get(args) : json_object_new_object());
+	agentlink_cmd_send(h, LINK_CMD_INSTANCE, id, body);
+	json_object_put(spec);
+	json_object_put(op);
+	return 0;
+}
