@@ -122,8 +122,10 @@ static void join_handle(const char *text, size_t len)
 	int64_t id;
 	struct host *h;
 
+	req = NULL;
 	if (json_body_parse(text, len, &req, &err) < 0 ||
 	    json_fields_check(req, join_fields, &err) < 0) {
+		json_object_put(req);
 		reject("malformed", "join request: %s", err.msg);
 		join_refuse(err.msg);
 		return;
@@ -575,6 +577,32 @@ static void query_fail(struct cmd *c, const char *why)
 	if (c->reply_cb)
 		c->reply_cb(NULL, why, c->cls);
 	cmd_free(c);
+}
+
+/*
+ * Answer every query queued or in flight to h with why (the host goes away, or the
+ * controller stops), so no request waits for an answer that cannot come.
+ */
+void agentlink_queries_fail(struct host *h, const char *why)
+{
+	struct cmd **pp = &h->queue;
+
+	while (*pp) {
+		struct cmd *c = *pp;
+
+		if (c->type == LINK_CMD_QUERY) {
+			*pp = c->next;
+			query_fail(c, why);
+		} else {
+			pp = &c->next;
+		}
+	}
+	if (h->inflight && h->inflight->type == LINK_CMD_QUERY) {
+		struct cmd *c = h->inflight;
+
+		h->inflight = NULL;
+		query_fail(c, why);
+	}
 }
 
 /*

@@ -23,6 +23,7 @@ struct sse_stream {
 	char *buf;   /* formatted, not yet sent */
 	size_t len, off;
 	bool suspended;
+	bool closing; /* the controller stops: end the stream */
 	int64_t last_write;
 	struct sse_stream *next;
 };
@@ -39,9 +40,23 @@ static bool type_wanted(const struct sse_stream *s, const char *type)
 	return strstr(s->types, needle) != NULL;
 }
 
-/* Format the next batch of events after last_id into s->buf; false when none. */
+static bool fill_batch(struct sse_stream *s, bool *more);
+
+/* Format the next wanted events after last_id into s->buf; false when there are none. */
 static bool fill(struct sse_stream *s)
 {
+	bool more = true;
+
+	/* A filtered stream may skip whole batches before it finds one it wants. */
+	while (more)
+		if (fill_batch(s, &more))
+			return true;
+	return false;
+}
+
+static bool fill_batch(struct sse_stream *s, bool *more)
+{
+	int rows = 0;
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, type, data, time FROM events "
 					      "WHERE id > ? ORDER BY id LIMIT ?");
 	size_t cap = 0;
@@ -58,6 +73,7 @@ static bool fill(struct sse_stream *s)
 		size_t n;
 
 		s->last_id = sqlite3_column_int64(st, 0);
+		rows++;
 		if (!type_wanted(s, type))
 			continue;
 		line = xasprintf("id: %lld\nevent: %s\ndata: {\"id\":%lld,\"type\":\"%s\","
@@ -73,6 +89,7 @@ static bool fill(struct sse_stream *s)
 		s->len += n;
 	}
 	sqlite3_finalize(st);
+	*more = rows == SSE_BATCH;
 	return s->len > 0;
 }
 
@@ -81,6 +98,8 @@ static ssize_t reader_cb(void *cls, uint64_t pos, char *out, size_t max)
 	struct sse_stream *s = cls;
 	size_t n;
 
+	if (s->closing)
+		return MHD_CONTENT_READER_END_OF_STREAM;
 	if (s->off >= s->len && !fill(s)) {
 		if (now_ms() - s->last_write >= SSE_KEEPALIVE_MS) {
 			s->buf = xstrdup(": keepalive\n\n");
@@ -192,4 +211,16 @@ void api_events_cron(void)
 	}
 	if (any)
 		http_kick();
+}
+
+/* Shutdown: every stream ends, so no connection stays suspended. */
+void api_events_shutdown(void)
+{
+	for (struct sse_stream *s = streams; s; s = s->next) {
+		s->closing = true;
+		if (s->suspended) {
+			s->suspended = false;
+			MHD_resume_connection(s->conn);
+		}
+	}
 }

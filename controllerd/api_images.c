@@ -36,12 +36,15 @@ struct import {
 	int64_t virtual_size;
 	int64_t file_size;
 	char sha256[65];
+	bool own_final; /* final is ours to remove if the import fails */
 	uv_work_t hash_work;
 	int hash_err;
 };
 
 static void import_free(struct import *im)
 {
+	if (im->own_final && im->final)
+		unlink(im->final);
 	if (im->upload)
 		unlink(im->upload);
 	if (im->work)
@@ -171,10 +174,10 @@ static void hash_done_cb(uv_work_t *w, int status)
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
-		unlink(im->final);
 		import_fail(im, "cannot record the image: %s", sqlite3_errmsg(ctl.db));
 		return;
 	}
+	im->own_final = false; /* recorded: the file is the image now */
 	st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS " FROM images WHERE name = ?");
 	sqlite3_bind_text(st, 1, im->name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW)
@@ -190,11 +193,7 @@ static void hash_done_cb(uv_work_t *w, int status)
 		json_object_object_add(res, "image", img);
 		op_update(im->op, "succeeded", 100, "done", res, NULL);
 	}
-	/* The upload became the image: nothing of it is left to remove. */
-	free(im->upload);
-	im->upload = NULL;
-	free(im->work);
-	im->work = NULL;
+	/* The image is linked in place; the upload's own names go. */
 	import_free(im);
 }
 
@@ -224,6 +223,12 @@ static int info_check(struct import *im, const char *out, const char *file, cons
 	} else if (json_object_object_get_ex(info, "backing-filename", NULL) ||
 		   json_object_object_get_ex(info, "full-backing-filename", NULL)) {
 		snprintf(why, len, "it has a backing file; upload a self-contained image");
+	} else if (json_object_object_get_ex(
+			   json_object_object_get(json_object_object_get(info, "format-specific"),
+						  "data"),
+			   "data-file", NULL)) {
+		snprintf(why, len,
+			 "it keeps its data in an external file; upload a self-contained image");
 	} else if (json_get_int(info, "virtual-size", 0) <= 0 ||
 		   json_get_int(info, "virtual-size", 0) > IMAGE_MAX_VIRTUAL) {
 		snprintf(why, len, "its virtual size %lld is out of range",
@@ -259,10 +264,16 @@ static void final_info_cb(int64_t status, const char *out, const char *errout, v
 		import_fail(im, "converted image is not usable: %s", status ? errout : why);
 		return;
 	}
-	if (rename(im->work ? im->work : im->upload, im->final) < 0) {
-		import_fail(im, "cannot store the image: %s", strerror(errno));
+	/* link(), not rename(): an image of the same name stored meanwhile is never
+	 * replaced (rename would), the import fails instead. */
+	if (link(im->work ? im->work : im->upload, im->final) < 0) {
+		import_fail(im,
+			    errno == EEXIST ? "an image named %s was stored meanwhile"
+					    : "cannot store the image %s",
+			    im->name);
 		return;
 	}
+	im->own_final = true;
 	import_hash(im);
 }
 
@@ -317,6 +328,45 @@ static void upload_info_cb(int64_t status, const char *out, const char *errout, 
 	}
 }
 
+/*
+ * Read a qcow2 header ourselves before qemu-img sees the file: qemu-img info already
+ * opens a backing file or an external data file, which could be any file on this
+ * host. Refuse both. Formats other than qcow2 are checked through qemu-img's answer.
+ */
+static int qcow2_header_check(const char *path, char *why, size_t len)
+{
+	unsigned char h[104];
+	uint64_t backing = 0, incompat = 0;
+	uint32_t version = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, h, sizeof(h)) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n < 72 || memcmp(h, "QFI\xfb", 4) != 0) {
+		snprintf(why, len, "it is not a qcow2 image");
+		return -1;
+	}
+	for (int i = 0; i < 4; i++)
+		version = version << 8 | h[4 + i];
+	for (int i = 0; i < 8; i++)
+		backing = backing << 8 | h[8 + i];
+	if (version >= 3 && n >= 80)
+		for (int i = 0; i < 8; i++)
+			incompat = incompat << 8 | h[72 + i];
+	if (backing != 0) {
+		snprintf(why, len, "it has a backing file; upload a self-contained image");
+		return -1;
+	}
+	/* Incompatible feature bit 2: the guest data lives in an external file. */
+	if (incompat & 4) {
+		snprintf(why, len,
+			 "it keeps its data in an external file; upload a self-contained image");
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- the upload ---- */
 
 static bool image_name_taken(const char *name)
@@ -355,6 +405,15 @@ enum MHD_Result api_images_upload_begin(struct request *req)
 			"format must be qcow2, raw, vmdk, vhdx, vdi or vpc, not '%.32s'", format);
 	if (image_name_taken(name))
 		return http_reply_error(req, 409, "name", "an image named %s exists already", name);
+	{
+		_cleanup_free_ char *target = xasprintf("images/%s", name);
+		char busy[LINK_OP_ID_MAX + 1];
+
+		if (op_busy(target, busy, sizeof(busy)))
+			return http_reply_error(req, 409, "name",
+						"image %s is being imported (operation %s)", name,
+						busy);
+	}
 	rc = mkdir_p(dir, 0755);
 	if (rc < 0)
 		return http_reply_error(req, 500, NULL, "cannot create %s: %s", dir, strerror(-rc));
@@ -452,6 +511,15 @@ enum MHD_Result api_images_upload(struct request *req)
 	im->rel = xasprintf(IMAGE_DIR "/%s.qcow2", name);
 	im->final = xasprintf("%s/%s", ctl.cfg.shared_pool, im->rel);
 	op_update(im->op, "running", 10, "checking", NULL, NULL);
+	{
+		char why[256];
+
+		if (!strcmp(im->format, "qcow2") &&
+		    qcow2_header_check(im->upload, why, sizeof(why)) < 0) {
+			import_fail(im, "refused: %s", why);
+			return http_reply_json(req, 202, op);
+		}
+	}
 	run_info(im, im->upload, im->format, upload_info_cb);
 	return http_reply_json(req, 202, op);
 }

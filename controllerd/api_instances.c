@@ -698,7 +698,10 @@ enum MHD_Result api_instances_create(struct request *req)
 	{
 		_cleanup_free_ char *target = xasprintf("instances/%s", name);
 
-		op = rc == SQLITE_DONE ? op_create("instance-create", target, h, res, &err) : NULL;
+		if (rc == SQLITE_DONE)
+			op = op_create("instance-create", target, h, res, &err);
+		else
+			op = NULL, json_object_put(res);
 	}
 	if (op == NULL || db_commit(ctl.db, &err) < 0) {
 		db_rollback(ctl.db);
@@ -869,15 +872,24 @@ static const struct json_field patch_fields[] = {
 
 static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct json_object *labels)
 {
+	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
+	char busy[LINK_OP_ID_MAX + 1];
 	sqlite3_stmt *st;
+	int rc;
 
+	/* An update in flight writes the whole spec when it ends; labels wait for it. */
+	if (op_busy(target, busy, sizeof(busy)))
+		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
+					i->name, busy);
 	json_object_object_add(i->spec, "labels", json_object_get(labels));
 	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
 	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, now_ms());
 	sqlite3_bind_int64(st, 3, i->id);
-	sqlite3_step(st);
+	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
 	return http_reply_json(req, 200, instance_get_json(i->name, false));
 }
 
@@ -993,7 +1005,16 @@ static enum MHD_Result patch_resources(struct request *req, struct inst *i,
 		}
 	}
 	args = json_object_new_object();
-	json_object_object_add(args, "spec", json_object_get(spec));
+	for (const char *const *k = (const char *const[]){"vcpus", "memory", "disks", NULL}; *k;
+	     k++)
+		if (json_object_object_get_ex(body, *k, &v))
+			json_object_object_add(args, *k, json_object_get(v));
+	{
+		struct json_object *wrapped = json_object_new_object();
+
+		json_object_object_add(wrapped, "changes", args);
+		args = wrapped;
+	}
 	json_object_put(i->spec);
 	i->spec = spec; /* the agent gets the new spec; the database takes it on success */
 	return start_op(req, i, "update", args, NULL);

@@ -134,3 +134,15 @@ void api_ops_forget(struct request *req)
 {
 	waiter_remove(req);
 }
+
+/* Shutdown: answer every long poll with the operation as it stands. */
+void api_ops_shutdown(void)
+{
+	while (waiters) {
+		struct request *req = waiters;
+
+		waiters = req->wait_next;
+		req->wait_next = NULL;
+		MHD_resume_connection(req->conn);
+	}
+}

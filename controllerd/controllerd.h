@@ -165,6 +165,7 @@ void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
 void agentlink_cron(void);
 void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, void *cls);
 void agentlink_query_cancel(void *cls);
+void agentlink_queries_fail(struct host *h, const char *why);
 
 /* instances.c */
 struct sched_request;
@@ -179,6 +180,7 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 void instances_report(struct host *h, struct json_object *report, const char *why);
 void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
+void instance_spec_apply(struct json_object *spec, struct json_object *changes);
 int instances_on_host(int64_t host_id);
 bool image_in_use(int64_t image_id);
 
@@ -310,11 +312,13 @@ enum MHD_Result api_op_get(struct request *req);
 void api_ops_wake(const char *id);
 void api_ops_cron(void);
 void api_ops_forget(struct request *req);
+void api_ops_shutdown(void);
 
 /* api_events.c */
 enum MHD_Result api_events_stream(struct request *req);
 void api_events_notify(void);
 void api_events_cron(void);
+void api_events_shutdown(void);
 
 /* metrics.c */
 void metrics_api_request(const char *method, const char *route, unsigned status);

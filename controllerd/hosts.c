@@ -191,7 +191,15 @@ void hosts_check_liveness(void)
 {
 	int64_t limit = (int64_t)ctl.cfg.offline_after * ctl.cfg.heartbeat_interval * 1000;
 	int64_t now = now_ms();
+	static int64_t last_check;
 
+	/* After the loop stalled, heartbeats that arrived meanwhile are still unread:
+	 * judge nobody this round, or every host would go offline at once. */
+	if (last_check && now - last_check > 3000) {
+		last_check = now;
+		return;
+	}
+	last_check = now;
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		if (h->state == HOST_ONLINE && now - h->last_seen > limit)
 			host_state_set(h, HOST_OFFLINE, "heartbeats missed");
@@ -260,9 +268,25 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 	return 0;
 }
 
-/* Forget h: its key stops working at once. The database row is the caller's. */
+/*
+ * Forget h: its key stops working at once, its queries are answered, its unfinished
+ * operations fail. The database row is the caller's.
+ */
 void host_remove(struct host *h)
 {
+	sqlite3_stmt *st;
+
+	agentlink_queries_fail(h, "the host was removed");
+	st = db_prepare(ctl.db, "SELECT id FROM operations WHERE host = ? AND "
+				"status IN ('pending', 'running')");
+	sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		_cleanup_free_ char *id = xstrdup((const char *)sqlite3_column_text(st, 0));
+
+		op_update(id, "failed", -1, "host removed", NULL,
+			  "the host was removed from the cluster");
+	}
+	sqlite3_finalize(st);
 	for (struct host **pp = &ctl.hosts; *pp; pp = &(*pp)->next)
 		if (*pp == h) {
 			*pp = h->next;
@@ -272,8 +296,14 @@ void host_remove(struct host *h)
 	host_free(h);
 }
 
+/* Shutdown: free every host; unfinished operations stay for the next start. */
 void hosts_free(void)
 {
-	while (ctl.hosts)
-		host_remove(ctl.hosts);
+	while (ctl.hosts) {
+		struct host *h = ctl.hosts;
+
+		ctl.hosts = h->next;
+		agentlink_host_disconnect(h);
+		host_free(h);
+	}
 }

@@ -534,10 +534,22 @@ int http_start(struct kerr *err)
 	return 0;
 }
 
+/*
+ * Stop serving. libmicrohttpd aborts if a connection is still suspended, so first
+ * every event stream ends, every long poll and console query is answered, and the
+ * daemon runs until they are out.
+ */
 void http_stop(void)
 {
 	if (daemon_ == NULL)
 		return;
+	MHD_quiesce_daemon(daemon_);
+	api_events_shutdown();
+	api_ops_shutdown();
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		agentlink_queries_fail(h, "the controller is stopping");
+	for (int i = 0; i < 5; i++)
+		MHD_run(daemon_);
 	uv_poll_stop(&http_poll);
 	uv_timer_stop(&http_timer);
 	uv_idle_stop(&http_kicker);

@@ -13,7 +13,15 @@
 
 #define REPORT_PERSIST_MS 30000
 
+static void json_putp(struct json_object **o)
+{
+	json_object_put(*o);
+}
+
+#define _cleanup_report_ __attribute__((cleanup(json_putp)))
+
 static void instance_spec_save(const char *name, struct json_object *spec);
+static void instance_report_apply(struct host *h, struct json_object *report, const char *why);
 
 /* Hosts as the scheduler sees them, with what is placed on each from the database. */
 struct sched_view {
@@ -245,8 +253,80 @@ static void instance_state_set(const char *name, const char *state, struct json_
 static const char *const report_states[] = {"stopped",	"starting", "running", "paused",
 					    "stopping", "crashed",  "error",   NULL};
 
+static bool state_known(const char *state)
+{
+	for (size_t i = 0; report_states[i]; i++)
+		if (!strcmp(report_states[i], state))
+			return true;
+	return false;
+}
+
+/*
+ * An agent's report, cut to the fields the controller uses with the types it
+ * expects: what is stored and shown later can never surprise a reader.
+ * Returns a new object, or NULL when the report is unusable.
+ */
+static struct json_object *report_clean(struct json_object *r)
+{
+	static const char *const ints[] = {"pid", "started_at", "uptime_s", "balloon_actual_mb",
+					   NULL};
+	static const char *const strs[] = {"name", "type", "state", "accel", "error", NULL};
+	struct json_object *out, *disks, *v;
+
+	if (r == NULL || !json_object_is_type(r, json_type_object) ||
+	    !state_known(json_get_str(r, "state", "")) || !json_get_str(r, "name", NULL))
+		return NULL;
+	out = json_object_new_object();
+	for (size_t i = 0; strs[i]; i++)
+		if (json_object_object_get_ex(r, strs[i], &v) &&
+		    json_object_is_type(v, json_type_string) &&
+		    json_object_get_string_len(v) < 1024)
+			json_object_object_add(out, strs[i], json_object_get(v));
+	for (size_t i = 0; ints[i]; i++)
+		if (json_object_object_get_ex(r, ints[i], &v) &&
+		    json_object_is_type(v, json_type_int))
+			json_object_object_add(out, ints[i], json_object_get(v));
+	disks = json_object_new_array();
+	if (json_object_object_get_ex(r, "disks", &v) && json_object_is_type(v, json_type_array)) {
+		for (size_t i = 0; i < json_object_array_length(v) && i < 16; i++) {
+			struct json_object *d = json_object_array_get_idx(v, i), *o;
+
+			if (!json_object_is_type(d, json_type_object) ||
+			    !json_get_str(d, "name", NULL))
+				continue;
+			o = json_object_new_object();
+			json_object_object_add(o, "name",
+					       json_object_new_string(json_get_str(d, "name", "")));
+			json_object_object_add(
+				o, "virtual_size",
+				json_object_new_int64(json_get_int(d, "virtual_size", 0)));
+			json_object_object_add(
+				o, "allocated",
+				json_object_new_int64(json_get_int(d, "allocated", 0)));
+			json_object_array_add(disks, o);
+		}
+	}
+	json_object_object_add(out, "disks", disks);
+	return out;
+}
+
 /* An agent's report of one of its instances (already authenticated). */
-void instances_report(struct host *h, struct json_object *report, const char *why)
+void instances_report(struct host *h, struct json_object *raw, const char *why)
+{
+	struct json_object *report = report_clean(raw);
+
+	if (report == NULL) {
+		log_warnx("host %s: unusable report on instance '%.64s'", h->name,
+			  json_object_is_type(raw, json_type_object)
+				  ? json_get_str(raw, "name", "?")
+				  : "?");
+		return;
+	}
+	instance_report_apply(h, report, why);
+	json_object_put(report);
+}
+
+static void instance_report_apply(struct host *h, struct json_object *report, const char *why)
 {
 	const char *name = json_get_str(report, "name", ""),
 		   *state = json_get_str(report, "state", "");
@@ -357,7 +437,8 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 	const char *name = strncmp(target, "instances/", 10) == 0 ? target + 10 : target;
 	struct json_object *args =
 		json_object_object_get(json_object_object_get(op, "result"), "args");
-	struct json_object *report = result ? json_object_object_get(result, "instance") : NULL;
+	_cleanup_report_ struct json_object *report =
+		result ? report_clean(json_object_object_get(result, "instance")) : NULL;
 	struct json_object *final = result ? json_object_get(result) : json_object_new_object();
 	const char *snap = json_get_str(args, "snapshot", NULL);
 	bool ok = !strcmp(status, "succeeded");
@@ -383,10 +464,10 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 				st_new = json_get_str(report, "state", st_new);
 			instance_state_set(iname, st_new, report, ok ? action : "operation failed");
 		} else if (report && h) {
-			instances_report(h, report, action);
+			instance_report_apply(h, report, action);
 		}
-		if (ok && !strcmp(action, "update") && json_object_object_get(args, "spec"))
-			instance_spec_save(iname, json_object_object_get(args, "spec"));
+		if (ok && !strcmp(action, "update") && json_object_object_get(args, "changes"))
+			instance_spec_save(iname, json_object_object_get(args, "changes"));
 		if (snap && !strcmp(action, "snapshot-create"))
 			snapshot_row(iname, snap, ok ? "ready" : NULL);
 		if (snap && !strcmp(action, "snapshot-delete") && ok)
@@ -540,9 +621,55 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 	return o;
 }
 
-/* An update succeeded: the new spec and its resources become the instance's. */
-static void instance_spec_save(const char *name, struct json_object *spec)
+/*
+ * Apply validated resource changes {vcpus?, memory?, disks?: [{name, size_mb}]} to a
+ * spec in place. The changes, not the whole spec, travel in an operation's result,
+ * which viewers can read; the spec holds cloud-init user data they must not.
+ */
+void instance_spec_apply(struct json_object *spec, struct json_object *changes)
 {
+	struct json_object *v, *disks = json_object_object_get(spec, "disks");
+
+	if (json_object_object_get_ex(changes, "vcpus", &v))
+		json_object_object_add(spec, "vcpus", json_object_get(v));
+	if (json_object_object_get_ex(changes, "memory", &v))
+		json_object_object_add(spec, "memory", json_object_get(v));
+	if (!json_object_object_get_ex(changes, "disks", &v) || disks == NULL)
+		return;
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *want = json_object_array_get_idx(v, i);
+
+		for (size_t j = 0; j < json_object_array_length(disks); j++) {
+			struct json_object *d = json_object_array_get_idx(disks, j);
+
+			if (!strcmp(json_get_str(d, "name", ""), json_get_str(want, "name", "")))
+				json_object_object_add(
+					d, "size_mb",
+					json_object_new_int64(json_get_int(want, "size_mb", 0)));
+		}
+	}
+}
+
+static struct json_object *instance_spec_load(const char *name)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT spec FROM instances WHERE name = ?");
+	struct json_object *spec = NULL;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return spec;
+}
+
+/* An update succeeded: the new spec and its resources become the instance's. */
+static void instance_spec_save(const char *name, struct json_object *changes)
+{
+	struct json_object *spec = instance_spec_load(name);
+
+	if (spec == NULL)
+		return;
+	instance_spec_apply(spec, changes);
 	struct json_object *m = json_object_object_get(spec, "memory");
 	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, vcpus = ?, "
 					      "memory_mb = ? WHERE name = ?");
@@ -551,8 +678,11 @@ static void instance_spec_save(const char *name, struct json_object *spec)
 	sqlite3_bind_int64(st, 2, json_get_int(spec, "vcpus", 1));
 	sqlite3_bind_int64(st, 3, json_get_int(m, "mb", json_get_int(m, "max_mb", 0)));
 	sqlite3_bind_text(st, 4, name, -1, SQLITE_STATIC);
-	sqlite3_step(st);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("instance %s: cannot save its new spec: %s", name,
+			  sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);
+	json_object_put(spec);
 }
 
 /*
@@ -582,12 +712,11 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 		json_object_put(op);
 		return -1;
 	}
+	if (json_object_object_get(args, "changes"))
+		instance_spec_apply(spec, json_object_object_get(args, "changes"));
 	body = json_object_new_object();
 	json_object_object_add(body, "action", json_object_new_string(kind + 9));
-	json_object_object_add(body, "instance",
-			       json_object_object_get(args, "spec")
-				       ? json_object_get(json_object_object_get(args, "spec"))
-				       : json_object_get(spec));
+	json_object_object_add(body, "instance", json_object_get(spec));
 	json_object_object_add(body, "args",
 			       args ? json_object_get(args) : json_object_new_object());
 	agentlink_cmd_send(h, LINK_CMD_INSTANCE, id, body);

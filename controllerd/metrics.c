@@ -38,14 +38,15 @@ void metrics_api_request(const char *method, const char *route, unsigned status)
 {
 	char labels[256];
 
-	/* route is a pattern from the route table and method one MHD accepted; the
-	 * method is still cut to letters so no client text reaches the exposition. */
-	char m[16];
-	size_t i;
+	static const char *const methods[] = {"GET",	"POST", "PUT",	  "PATCH",
+					      "DELETE", "HEAD", "OPTIONS"};
+	const char *m = "OTHER";
 
-	for (i = 0; method[i] && i < sizeof(m) - 1; i++)
-		m[i] = (method[i] >= 'A' && method[i] <= 'Z') ? method[i] : '_';
-	m[i] = '\0';
+	/* route is a pattern from the route table; any method outside the known few is
+	 * OTHER, so clients cannot grow the exposition without bound. */
+	for (size_t i = 0; i < ARRAY_SIZE(methods); i++)
+		if (!strcmp(method, methods[i]))
+			m = methods[i];
 	snprintf(labels, sizeof(labels), "{method=\"%s\",route=\"%s\",code=\"%u\"}", m, route,
 		 status);
 	counter_add(&api_requests, labels);

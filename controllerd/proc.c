@@ -105,8 +105,10 @@ int proc_run(char *const argv[], proc_done_fn done, void *cls, struct kerr *err)
 	opts.stdio_count = 3;
 	rc = uv_spawn(ctl.loop, &p->process, &opts);
 	if (rc < 0) {
-		/* The pipes were never used: p goes when both have closed. */
-		p->open_handles = 2;
+		/* uv_spawn registered the process handle even though it failed: it must be
+		 * closed like the unused pipes, and p goes when all three have closed. */
+		p->open_handles = 3;
+		uv_close((uv_handle_t *)&p->process, unused_close_cb);
 		uv_close((uv_handle_t *)&p->out, unused_close_cb);
 		uv_close((uv_handle_t *)&p->err, unused_close_cb);
 		return err_set(err, 0, "cannot run %s: %s", argv[0], uv_strerror(rc));

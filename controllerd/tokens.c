@@ -105,13 +105,17 @@ int tokens_join_consume(const char *token, const char *host, struct kerr *err)
 	if (!token_well_formed(token))
 		return err_set(err, 0, "join token is malformed");
 	token_digest(token, digest);
-	st = db_prepare(ctl.db, "SELECT id, coalesce(expires_at, 0), coalesce(used_at, 0) "
+	char bound[128] = "";
+
+	st = db_prepare(ctl.db, "SELECT id, coalesce(expires_at, 0), coalesce(used_at, 0), name "
 				"FROM tokens WHERE digest = ? AND kind = 'join'");
 	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	id = sqlite3_column_int64(st, 0);
 	expires = sqlite3_column_int64(st, 1);
 	used = sqlite3_column_int64(st, 2);
+	if (rc == SQLITE_ROW)
+		snprintf(bound, sizeof(bound), "%s", sqlite3_column_text(st, 3));
 	sqlite3_finalize(st);
 	if (rc != SQLITE_ROW)
 		return err_set(err, 0, "join token is not known to this cluster");
@@ -119,6 +123,15 @@ int tokens_join_consume(const char *token, const char *host, struct kerr *err)
 		return err_set(err, 0, "join token was already used");
 	if (expires && expires <= now)
 		return err_set(err, 0, "join token has expired");
+	/* A join token named for a host joins only that host; taking over the name of a
+	 * host that joined before needs a token issued for that name. */
+	if (bound[0] && strcmp(bound, host) != 0)
+		return err_set(err, 0, "join token is for host %s, not %s", bound, host);
+	if (!bound[0] && host_find(host))
+		return err_set(err, 0,
+			       "host %s has joined already; re-joining it needs a join token "
+			       "issued for it (\"name\": \"%s\")",
+			       host, host);
 	st = db_prepare(ctl.db, "UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ?");
 	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_text(st, 2, host, -1, SQLITE_STATIC);
