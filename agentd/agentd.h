@@ -5,7 +5,10 @@
  * keeps what that produced in {state_dir}/link.json, then speaks the sealed link
  * (link.c): commands arrive on an NN_REP socket, heartbeats and operation events leave
  * on an NN_PUSH socket. Facts (facts.c) are collected off the loop; the KVM probe
- * (kvmprobe.c) runs as a child with a deadline.
+ * (kvmprobe.c) runs as a child with a deadline. The vm driver runs one QEMU per guest
+ * (vm.c; command line in qemuargs.c, re-adoption in vmadopt.c), speaks QMP to it (qmp.c), makes and
+ * changes its disks with qemu-img (disk.c), and takes the controller's instance commands
+ * (instance.c checks and runs them, vmaction.c holds what each action does).
  */
 #ifndef KUMO_AGENTD_H
 #define KUMO_AGENTD_H
@@ -22,6 +25,7 @@
 #include "link.h"
 #include "log.h"
 #include "seal.h"
+#include "valid.h"
 
 #define AGENT_PROG		   "kumo-agentd"
 #define AGENT_OPCACHE_SIZE	   128	/* finished or running ops remembered for resends */
@@ -32,6 +36,12 @@
 #define AGENT_HEARTBEAT_MAX_S	   3600
 #define AGENT_ADDR_MAX		   256
 #define AGENT_CLUSTER_ID_MAX	   128
+#define AGENT_QEMU_BINARY	   "qemu-system-x86_64"
+#define AGENT_VM_START_TIMEOUT_MS  30000 /* a QEMU without QMP by then is stuck */
+#define AGENT_VM_KILL_AFTER_MS	   5000	 /* from QMP quit to SIGKILL */
+#define AGENT_VM_DISKS_MAX	   16
+#define AGENT_VM_NICS_MAX	   8
+#define AGENT_CONSOLE_MAX	   (2 * 1024 * 1024) /* bytes a console query returns at most */
 
 /* Options as given on the command line, defaults filled in (config.c). */
 struct agent_config {
@@ -85,6 +95,121 @@ struct sendq_item {
 
 struct kvmprobe_run;
 struct kvmprobe_waiter;
+struct qmp;
+struct vm;
+struct vm_proc;
+struct disk_cmd;
+
+/* An argument vector being built (disk.c): NULL-terminated, strings owned. */
+struct argv {
+	char **v;
+	size_t n, cap;
+};
+
+enum vm_state {
+	VM_STOPPED,
+	VM_STARTING,
+	VM_RUNNING,
+	VM_PAUSED,
+	VM_STOPPING,
+	VM_CRASHED,
+	VM_ERROR,
+};
+
+/* One disk of a VM as its spec names it, with where it lives and its last sizes. */
+struct vm_disk {
+	char name[NAME_MAX_LEN + 1];
+	char path[PATH_MAX];		 /* pool-relative, as in the spec */
+	char root[PATH_MAX];		 /* the pool's directory */
+	char abs[PATH_MAX];		 /* root/path */
+	int64_t virtual_size, allocated; /* bytes; -1 until measured */
+};
+
+/* Called when a start settles or a process is gone: error NULL on success. */
+typedef void (*vm_done_cb)(struct vm *vm, const char *error, void *data);
+
+struct vm_waiter {
+	vm_done_cb cb;
+	void *data;
+	struct vm_waiter *next;
+};
+
+/*
+ * A VM this agent knows: its spec and run directory, and, while QEMU runs, the
+ * process and the QMP connection. Registered with vm_register(), gone with vm_remove().
+ */
+struct vm {
+	struct agent *agent;
+	struct vm *next;
+	char name[NAME_MAX_LEN + 1];
+	char dir[PATH_MAX];	  /* {local_pool}/instances/NAME */
+	struct json_object *spec; /* normalised SPEC, as in spec.json */
+	struct vm_disk disks[AGENT_VM_DISKS_MAX];
+	size_t ndisks;
+	unsigned generation; /* bumped when disks change, so stale sizes are dropped */
+	bool created;	     /* spec.json written: the instance exists */
+	void *op;	     /* the command working on it (instance.c), or NULL */
+
+	enum vm_state vm_state;
+	char error[256]; /* why it crashed or failed */
+	pid_t pid;	 /* 0 when no process */
+	int64_t started_at_ms;
+	struct vm_proc *proc;	   /* our child; NULL for an adopted process or none */
+	struct qmp *qmp;	   /* ready or connecting, or NULL */
+	int64_t balloon_actual_mb; /* -1 unknown */
+	bool stop_requested;	   /* this agent asked QEMU to go */
+	bool stop_forced;	   /* ... and had to quit or kill it */
+	char shutdown_reason[40];  /* from QEMU's SHUTDOWN event, "" if none */
+	bool reset_expected;	   /* a reboot command's RESET event is not news */
+	vm_done_cb start_cb;	   /* a start waiting to settle */
+	void *start_data;
+	struct vm_waiter *exit_waiters;
+	uv_timer_t timer;      /* start deadline, stop timeout, kill delay */
+	uv_timer_t poll_timer; /* QMP connection retries, exit checks of adopted QEMUs */
+	int qmp_failures;      /* connection attempts that failed in a row */
+	bool adopt_reported;   /* the start-up state report went out */
+	int open_handles;
+	bool removing;
+};
+
+struct action;
+struct inst_op;
+typedef void (*op_step_fn)(struct inst_op *op);
+typedef void (*op_disk_fn)(struct inst_op *op, size_t i);
+
+/* One instance command at work: instance.c runs it, vmaction.c holds the actions. */
+struct inst_op {
+	struct agent *agent;
+	char op[LINK_OP_ID_MAX + 1];
+	const struct action *action;
+	struct vm *vm;
+	bool owner;		  /* vm->op is this op */
+	bool registered;	  /* create: this op registered vm, and removes it on failure */
+	struct json_object *spec; /* normalised SPEC from the command */
+	struct json_object *args;
+	struct json_object *result; /* fields the action adds to the result */
+	struct json_object *report; /* a report made before the vm went away (delete) */
+
+	struct vm_disk disks[AGENT_VM_DISKS_MAX]; /* the disks the action works on */
+	size_t ndisks;
+	char images[AGENT_VM_DISKS_MAX][PATH_MAX]; /* source image per disk, or "" */
+	bool make[AGENT_VM_DISKS_MAX];		   /* create/update: disk to make */
+	bool made[AGENT_VM_DISKS_MAX];		   /* ... and made: removed on failure */
+	int64_t grow[AGENT_VM_DISKS_MAX];	   /* update: new size, 0 to keep */
+	bool seed;				   /* cloud-init seed to (re)build */
+
+	/* instance_disks_each() */
+	size_t idx;
+	bool (*each_want)(struct inst_op *op, size_t i);
+	op_disk_fn each_fn;
+	op_step_fn each_then;
+
+	/* snapshots */
+	const char *snapshot;
+	bool with_memory;
+	bool has[AGENT_VM_DISKS_MAX]; /* disk i holds the snapshot */
+	bool has_memory;	      /* ... with the VM's memory */
+};
 
 struct agent {
 	uv_loop_t *loop;
@@ -120,6 +245,13 @@ struct agent {
 	bool kvm_usable;
 	struct kvmprobe_run *kvm_current; /* the run new waiters join, or NULL */
 	struct kvmprobe_run *kvm_runs;	  /* every run whose handles are still open */
+
+	/* vm.c */
+	struct vm *vms;
+	char hw_virt[8]; /* "vmx", "svm" or "" (for nested guests) */
+
+	/* disk.c */
+	struct disk_cmd *disk_cmds; /* helper children still running */
 
 	/* main.c */
 	uv_signal_t sigterm, sigint;
@@ -173,7 +305,112 @@ void opcache_finish(struct opcache *c, const char *op, struct json_object *done_
 void opcache_clear(struct opcache *c);
 
 /* probe.c */
-void probe_cmd_start(struct agent *a, const char *op);
+void probe_cmd_start(struct agent *a, const char *op, struct json_object *body);
+
+/* qmp.c */
+struct qmp_ops {
+	void (*ready)(struct qmp *q, void *data);
+	void (*event)(struct qmp *q, const char *name, struct json_object *event_data, void *data);
+	void (*closed)(struct qmp *q, int status, const char *why, void *data);
+};
+typedef void (*qmp_reply_cb)(struct qmp *q, struct json_object *ret, const char *error, void *data);
+struct qmp *qmp_open(uv_loop_t *loop, const char *path, const struct qmp_ops *ops, void *data);
+int qmp_cmd_send(struct qmp *q, const char *cmd, struct json_object *args, unsigned timeout_ms,
+		 qmp_reply_cb cb, void *data, struct kerr *err);
+bool qmp_ready(const struct qmp *q);
+void qmp_close(struct qmp *q);
+
+/* qemuargs.c */
+int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, struct kerr *err);
+
+/* vm.c */
+const char *vm_state_name(enum vm_state state);
+struct vm *vm_find(struct agent *a, const char *name);
+struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *err);
+int vm_spec_set(struct vm *vm, struct json_object *spec, struct kerr *err);
+int vm_disks_resolve(struct agent *a, struct json_object *spec, struct vm_disk *disks,
+		     size_t *ndisks, struct kerr *err);
+void vm_remove(struct vm *vm);
+bool vm_alive(const struct vm *vm);
+int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err);
+void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data);
+void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data);
+void vm_stopped_set(struct vm *vm);
+void vm_state_set(struct vm *vm, enum vm_state state);
+int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned timeout_ms,
+	   qmp_reply_cb cb, void *data, struct kerr *err);
+struct json_object *vm_report(const struct vm *vm);
+struct json_object *vm_reports(struct agent *a);
+int vm_running_count(struct agent *a);
+void vm_state_push(struct vm *vm);
+void vm_measure(struct vm *vm, vm_done_cb cb, void *data);
+void vm_cron(struct agent *a);
+void vm_close_all(struct agent *a);
+bool vm_pid_alive(pid_t pid);
+void vm_qmp_connect(struct vm *vm);
+
+/* vmadopt.c */
+void vm_adopt_all(struct agent *a);
+
+/* disk.c */
+typedef void (*disk_done_cb)(struct agent *a, const char *error, void *data);
+typedef void (*disk_info_cb)(struct agent *a, const char *error, struct json_object *info,
+			     void *data);
+typedef void (*disk_sizes_cb)(struct agent *a, const int64_t *virtual_size,
+			      const int64_t *allocated, void *data);
+void argv_add(struct argv *av, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void argv_free(struct argv *av);
+int disk_path_check(const char *rel, const char *field, struct kerr *err);
+const char *disk_pool_root(const struct agent_config *cfg, const char *pool);
+void disk_prepare(struct agent *a, const char *dir, const struct vm_disk *disks, size_t n,
+		  const char *const *images, disk_done_cb cb, void *data);
+void disk_create(struct agent *a, const struct vm_disk *disk, const char *image, int64_t size,
+		 bool full_clone, disk_done_cb cb, void *data);
+void disk_resize(struct agent *a, const char *abs, int64_t size, disk_done_cb cb, void *data);
+void disk_info(struct agent *a, const char *abs, disk_info_cb cb, void *data);
+void disk_snapshot(struct agent *a, const char *abs, char action, const char *snapshot,
+		   disk_done_cb cb, void *data);
+void disk_seed_build(struct agent *a, const char *dir, const char *name, const char *user_data,
+		     disk_done_cb cb, void *data);
+void disk_file_write(struct agent *a, const char *path, const char *text, disk_done_cb cb,
+		     void *data);
+void disk_remove(struct agent *a, const char *dir, const struct vm_disk *disks, size_t n,
+		 const bool *keep, disk_done_cb cb, void *data);
+void disk_sizes(struct agent *a, const struct vm_disk *disks, size_t n, disk_sizes_cb cb,
+		void *data);
+void disk_cmds_close(struct agent *a);
+
+/* instance.c */
+int instance_cmd_check(struct json_object *body, struct kerr *err);
+void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);
+int instance_spec_check(struct json_object *spec, struct kerr *err);
+struct json_object *instance_spec_normalise(struct json_object *spec);
+int instance_query(struct agent *a, struct json_object *body, struct json_object **answer,
+		   struct kerr *err);
+bool instance_op_gone(struct inst_op *op);
+void instance_op_progress(struct inst_op *op, int progress, const char *phase);
+void instance_op_succeed(struct inst_op *op);
+void instance_op_fail(struct inst_op *op, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void instance_disks_each(struct inst_op *op, bool (*want)(struct inst_op *op, size_t i),
+			 op_disk_fn fn, op_step_fn then);
+void instance_each_next(struct inst_op *op);
+void instance_disk_done_cb(struct agent *a, const char *error, void *data);
+
+/* vmaction.c */
+void vmaction_create(struct inst_op *op);
+void vmaction_update(struct inst_op *op);
+void vmaction_start(struct inst_op *op);
+void vmaction_stop(struct inst_op *op);
+void vmaction_force_stop(struct inst_op *op);
+void vmaction_reboot(struct inst_op *op);
+void vmaction_pause(struct inst_op *op);
+void vmaction_resume(struct inst_op *op);
+void vmaction_delete(struct inst_op *op);
+void vmaction_balloon(struct inst_op *op);
+void vmaction_snapshot_create(struct inst_op *op);
+void vmaction_snapshot_revert(struct inst_op *op);
+void vmaction_snapshot_delete(struct inst_op *op);
 
 /* heartbeat.c */
 int heartbeat_start(struct agent *a, struct kerr *err);

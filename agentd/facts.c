@@ -236,7 +236,7 @@ struct json_object *facts_collect(const struct agent_config *cfg, bool kvm_usabl
 	pool_add(pools, "local", cfg->local_pool);
 	json_object_object_add(facts, "pools", pools);
 
-	json_object_object_add(facts, "instances_running", json_object_new_int(0));
+	/* "instances" and "instances_running" are the loop's to add (heartbeat_send()). */
 	json_object_object_add(facts, "agent_version", json_object_new_string(KUMO_VERSION));
 	json_object_object_add(facts, "uptime_s",
 			       json_object_new_int64((now_us() - started_us) / 1000000));

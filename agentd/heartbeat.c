@@ -2,7 +2,9 @@
  * heartbeat.c - the agent's periodic duties, on one timer every heartbeat_s seconds:
  *
  *   - collect the host's facts (off the loop, facts.c) and send them to the controller
- *     as a heartbeat, which is also how the controller knows this host is online.
+ *     as a heartbeat, which is also how the controller knows this host is online;
+ *     the instances and their states (vm.c) ride along;
+ *   - vm_cron(): refresh the VMs' disk sizes, notice adopted QEMUs that went away.
  *
  * A beat whose facts are still being collected when the next one is due is not
  * doubled up: one more collection follows when it completes.
@@ -43,11 +45,16 @@ void heartbeat_kick(struct agent *a)
 }
 
 /*
- * Send a heartbeat carrying facts (borrowed) and the advertised command address.
+ * Send a heartbeat carrying facts (borrowed; the instances are added to it) and the
+ * advertised command address.
  */
 void heartbeat_send(struct agent *a, struct json_object *facts)
 {
 	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(facts, "instances", vm_reports(a));
+	json_object_object_add(facts, "instances_running",
+			       json_object_new_int(vm_running_count(a)));
 
 	json_object_object_add(body, "addr", json_object_new_string(a->addr));
 	json_object_object_add(body, "facts", json_object_get(facts));
@@ -56,6 +63,7 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 
 static void heartbeat_timer_cb(uv_timer_t *timer)
 {
+	vm_cron(timer->data);
 	heartbeat_kick(timer->data);
 }
 

@@ -30,10 +30,19 @@
  * the send queue this long (and are sealed, with fresh seqs, when they leave).
  */
 
-typedef void (*command_start_fn)(struct agent *a, const char *op);
+typedef void (*command_start_fn)(struct agent *a, const char *op, struct json_object *body);
+/* A deeper check of a command's body than its table, before it is acked. */
+typedef int (*command_check_fn)(struct json_object *body, struct kerr *err);
 
 /* Bodies of the commands the controller sends; every field must be declared. */
 static const struct json_field probe_fields[] = {
+	{NULL, 0, false, NULL},
+};
+/* instance_cmd_check() looks into "instance" and "args" with its own tables. */
+static const struct json_field instance_fields[] = {
+	{"action", JK_STRING, true, NULL},
+	{"instance", JK_OBJECT, true, NULL},
+	{"args", JK_OBJECT, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
@@ -229,15 +238,17 @@ static void nack_send(struct agent *a, const struct link_msg *m, const char *typ
 
 /*
  * Ack a command and start it, unless its op was seen already: then ack again and
- * re-send its result if it has one, but never run it twice.
+ * re-send its result if it has one, but never run it twice. A body that fails fields
+ * or check (NULL: none) is nacked and nothing runs.
  */
 static void command_accept(struct agent *a, const struct link_msg *m,
-			   const struct json_field *fields, command_start_fn start)
+			   const struct json_field *fields, command_check_fn check,
+			   command_start_fn start)
 {
 	struct op_entry *e;
 	struct kerr err;
 
-	if (json_fields_check(m->body, fields, &err) < 0) {
+	if (json_fields_check(m->body, fields, &err) < 0 || (check && check(m->body, &err) < 0)) {
 		nack_send(a, m, link_type_name(m->type), "%s", err.msg);
 		return;
 	}
@@ -257,7 +268,23 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 	opcache_add(&a->ops, m->op, m->type);
 	reply_send(a, LINK_ACK, m->op, json_object_new_object());
 	log_info("op %s: %s started", m->op, link_type_name(m->type));
-	start(a, m->op);
+	start(a, m->op, m->body);
+}
+
+/*
+ * A query is answered in the ack itself and changes nothing, so it bypasses the op
+ * cache: asking twice simply answers twice.
+ */
+static void query_answer(struct agent *a, const struct link_msg *m)
+{
+	struct json_object *answer = NULL;
+	struct kerr err;
+
+	if (instance_query(a, m->body, &answer, &err) < 0) {
+		nack_send(a, m, link_type_name(m->type), "%s", err.msg);
+		return;
+	}
+	reply_send(a, LINK_ACK, m->op, answer);
 }
 
 /*
@@ -268,8 +295,15 @@ static void request_dispatch(struct agent *a, const struct link_msg *m)
 {
 	switch (m->type) {
 	case LINK_CMD_PROBE:
-		command_accept(a, m, probe_fields, probe_cmd_start);
+		command_accept(a, m, probe_fields, NULL, probe_cmd_start);
 		return;
+	case LINK_CMD_INSTANCE:
+		command_accept(a, m, instance_fields, instance_cmd_check, instance_cmd_start);
+		return;
+	case LINK_CMD_QUERY:
+		query_answer(a, m);
+		return;
+	case LINK_INSTANCE_STATE: /* agent -> controller only */
 	case LINK_HEARTBEAT:
 	case LINK_OP_PROGRESS:
 	case LINK_OP_DONE:

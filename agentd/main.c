@@ -3,7 +3,7 @@
  *
  * Start-up: options and config check (-n stops here) -> state directory -> link.json,
  * or a join that blocks until the controller answers -> the loop: link sockets,
- * signals, the KVM probe, the heartbeat timer.
+ * signals, re-adoption of the VMs still running, the KVM probe, the heartbeat timer.
  *
  * Stopping (SIGTERM, SIGINT) closes the agent's own handles and sockets only: guests
  * and containers outlive the agent, which finds them again when it starts.
@@ -11,10 +11,30 @@
 #include "agentd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
+
+/*
+ * Descriptors inherited from whoever started the agent must not reach QEMU, which
+ * outlives the agent (a pipe it held would never see its end of file): mark them
+ * close-on-exec before anything else is opened.
+ */
+static void inherited_fds_cloexec(void)
+{
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+		return;
+	/* Kernels before 5.11: one by one, as far as the usual limit. */
+	for (int fd = 3; fd < 1024; fd++) {
+		int flags = fcntl(fd, F_GETFD);
+
+		if (flags >= 0)
+			fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+	}
+}
 
 static void agent_stop(struct agent *a)
 {
@@ -23,6 +43,8 @@ static void agent_stop(struct agent *a)
 	a->stopping = true;
 	heartbeat_stop(a);
 	kvmprobe_stop(a);
+	vm_close_all(a);
+	disk_cmds_close(a);
 	link_close(a);
 	uv_close((uv_handle_t *)&a->sigterm, NULL);
 	uv_close((uv_handle_t *)&a->sigint, NULL);
@@ -108,6 +130,8 @@ static int loop_setup(struct agent *a, struct kerr *err)
 		ret = uv_signal_start(&a->sigint, signal_cb, SIGINT);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot catch signals");
+	/* After link_open(): every VM found is reported to the controller. */
+	vm_adopt_all(a);
 	if (kvmprobe_request(a, startup_probe_cb, NULL, &probe_err) < 0)
 		log_warnx("kvm: %s; accel tcg", probe_err.msg);
 	return heartbeat_start(a, err);
@@ -125,6 +149,7 @@ int main(int argc, char **argv)
 
 	if (argc == 2 && strcmp(argv[1], "--kvm-probe") == 0)
 		return kvmprobe_child_main();
+	inherited_fds_cloexec();
 
 	ret = config_parse(argc, argv, &cfg, &err);
 	if (ret == 0)

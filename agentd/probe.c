@@ -95,10 +95,10 @@ static void probe_facts_cb(struct agent *a, struct json_object *facts, void *dat
 }
 
 /*
- * Run the probe command for op (already acked and entered in the op cache). Reports
- * progress and the result on the event socket.
+ * Run the probe command for op (already acked and entered in the op cache; its body
+ * is empty). Reports progress and the result on the event socket.
  */
-void probe_cmd_start(struct agent *a, const char *op)
+void probe_cmd_start(struct agent *a, const char *op, struct json_object *body)
 {
 	struct probe_op *p = xcalloc(1, sizeof(*p));
 	struct kerr err;

@@ -14,7 +14,8 @@
 # exits is what is measured). KUMO_BENCH_CLEANUP, if set, runs after each run
 # (untimed) with the same environment, e.g. to delete the VM.
 # A script may also define the shell functions kumo_bench_cmd / kumo_bench_cleanup
-# and source this file with KUMO_BENCH_SOURCED=1 then call vm_boot_main "$@".
+# and source this file with KUMO_BENCH_SOURCED=1 (and KUMO_SRC_DIR=the source tree)
+# then call vm_boot_main "$@".
 #
 # The image is built (cached) with tests/guest/build-image.sh into
 # ${KUMO_BUILD_DIR:-build}/guest unless -i is given. Needs root to build the image.
@@ -22,7 +23,8 @@
 # Absolute times are informative only; never gate on them.
 set -eu
 
-VM_BOOT_SRC=$(cd "$(dirname "$0")/.." && pwd)
+# The source tree; a script that sources this file sets KUMO_SRC_DIR (or passes -i).
+VM_BOOT_SRC=${KUMO_SRC_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 VM_BOOT_TIMEOUT=${KUMO_BENCH_TIMEOUT:-120}
 
 vm_boot_die() {

@@ -1261,6 +1261,12 @@ enum MHD_Result api_snapshots_create(struct request *req)
 	}
 	sname = json_get_str(body, "name", "");
 	mem = json_get_bool(body, "with_memory", false);
+	if (strspn(sname, "0123456789") == strlen(sname)) {
+		/* QEMU's savevm/loadvm would take an all-digit name for a snapshot id. */
+		json_object_put(body);
+		inst_free(i);
+		return http_reply_error(req, 400, "name", "a snapshot name cannot be all digits");
+	}
 	if (snapshot_lookup(i->id, sname, &dummy, state, sizeof(state)) == 0)
 		ret = http_reply_error(req, 409, "name", "instance %s has a snapshot %s already",
 				       i->name, sname);

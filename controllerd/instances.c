@@ -152,10 +152,13 @@ struct host *instances_place(const struct sched_request *req, struct json_object
 
 		json_object_object_add(o, "host", json_object_new_string(v.hosts[i].name));
 		if (verdicts[i].fits) {
-			json_object_object_add(
-				o, "score",
-				json_object_new_double((double)(int)(verdicts[i].score * 1000) /
-						       1000));
+			char score[16];
+
+			/* Three decimals, printed as such (a double would show its binary noise).
+			 */
+			snprintf(score, sizeof(score), "%.3f", verdicts[i].score);
+			json_object_object_add(o, "score",
+					       json_object_new_double_s(verdicts[i].score, score));
 			json_object_array_add(cands, o);
 		} else {
 			json_object_object_add(o, "reason",

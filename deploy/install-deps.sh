@@ -11,6 +11,7 @@ libcmocka-dev
 iproute2 iputils-ping procps psmisc curl jq openssl ca-certificates sqlite3
 
 qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio
+extlinux syslinux-common e2fsprogs fdisk dosfstools mtools
 runc skopeo nftables dnsmasq-base
 "
 

@@ -78,7 +78,8 @@ if command -v ldd >/dev/null 2>&1 && ldd "$BUSYBOX" >/dev/null 2>&1; then
 fi
 
 # The newest kernel in /boot.
-KVER=$(ls /boot/ | sed -n 's/^vmlinuz-//p' | sort -V | tail -n 1)
+KVER=$(for f in /boot/vmlinuz-*; do [ -f "$f" ] && echo "${f#/boot/vmlinuz-}"; done |
+	sort -V | tail -n 1)
 [ -n "$KVER" ] || die "no /boot/vmlinuz-* (package linux-image-amd64)"
 KERNEL=/boot/vmlinuz-$KVER
 MODDIR=/lib/modules/$KVER
@@ -154,8 +155,7 @@ mknod -m 666 "$IRD/dev/null" c 1 3
 # Resolve the module list against modules.dep (dependencies first, each once) and copy
 # the modules; skip built-in ones.
 : >"$WORK/modlist"
-add_module() { # add_module NAME-or-relpath
-	local rel pat deps dep
+add_module() ( # add_module NAME-or-relpath; a subshell, so recursion keeps its variables
 	case "$1" in
 	*.ko*) rel=$1 ;;
 	*)
@@ -172,11 +172,11 @@ add_module() { # add_module NAME-or-relpath
 	grep -qxF "$rel" "$WORK/modlist" && return 0
 	deps=$(grep -E "^$rel:" "$MODDIR/modules.dep" | cut -d: -f2)
 	# modules.dep lists dependencies nearest-first: load them in reverse.
-	for dep in $(echo $deps | tr ' ' '\n' | sed '1!G;h;$!d'); do
+	for dep in $(echo "$deps" | tr ' ' '\n' | sed '1!G;h;$!d'); do
 		add_module "$dep"
 	done
 	grep -qxF "$rel" "$WORK/modlist" || echo "$rel" >>"$WORK/modlist"
-}
+)
 for m in $MODULES; do
 	add_module "$m"
 done
@@ -197,7 +197,7 @@ install -m 0755 "$HERE/acpi-power.sh" "$IRD/etc/acpi/PWRF/00000080"
 install -m 0644 "$HERE/inittab" "$IRD/etc/inittab"
 echo "root:x:0:0:root:/root:/bin/sh" >"$IRD/etc/passwd"
 echo "root:x:0:" >"$IRD/etc/group"
-echo 'PS1="kumo-guest# "' >"$IRD/etc/profile"
+printf '%s\n' 'PS1="\h:\w# "' >"$IRD/etc/profile"
 : >"$IRD/etc/resolv.conf"
 
 (cd "$IRD" && find . -mindepth 1 | LC_ALL=C sort |

@@ -90,3 +90,32 @@ agent_pid() { cat "$KUMO_LAB_DIR/hosts/$1/agent.pid"; }
 controller_pid() { cat "$KUMO_LAB_DIR/controller/controller.pid"; }
 
 host_is() { [ "$(host_state "$1")" = "$2" ]; }
+
+# wait_op ID [SECONDS] -> long-polls an operation until final; sets BODY to it.
+wait_op() {
+	local id=$1 secs=${2:-120} end=$((SECONDS + ${2:-120}))
+	while :; do
+		api GET "/api/v1/operations/$id?wait=30"
+		case "$(jqb .status)" in succeeded | failed | cancelled) return 0 ;; esac
+		[ $SECONDS -ge $end ] && fail "operation $id not finished after ${secs}s"
+	done
+}
+
+# op_ok -> fails unless the last operation in BODY succeeded.
+op_ok() { [ "$(jqb .status)" = succeeded ] || fail "operation $(jqb .kind) failed: $(jqb .error)"; }
+
+# console NAME -> the instance's serial console text.
+console() { curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" "$KUMO_URL/api/v1/instances/$1/console?bytes=65536"; }
+console_has() { console "$1" | grep -q -- "$2"; }
+instance_is() { api GET "/api/v1/instances/$1" && [ "$(jqb .state)" = "$2" ]; }
+
+# vm_create JSON -> creates and waits for the create operation to succeed.
+vm_create() {
+	api POST /api/v1/instances "$1"
+	expect_status 202 "create $1"
+	wait_op "$(jqb .id)" 180
+	op_ok
+}
+
+# The lab registers the test guest image as "kumo-test".
+TEST_IMAGE=kumo-test

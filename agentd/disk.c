@@ -1,0 +1,985 @@
+/*
+ * disk.c - disk work for the vm driver.
+ *
+ * Two kinds of work, neither on the loop:
+ *   - helper programs as children (uv_spawn): qemu-img create, convert, resize, info
+ *     and snapshot, and mkfs.vfat + mcopy for the cloud-init seed. Their stderr's last
+ *     line becomes the error a user reads ("qemu-img: ...: Could not open ...").
+ *   - file work on libuv's thread pool: path checks, directories, spec.json, removal,
+ *     sizes. A pool may be an NFS mount, and a hung server must cost a thread, never
+ *     the loop.
+ * Every entry point reports through its callback on a later turn of the loop, never
+ * from inside the call, so a caller may start a step as the last thing it does.
+ *
+ * Paths: the controller names disks by pool and a relative path; disk_path_check()
+ * holds that path to a plain shape, and disk_prepare() makes sure that what it
+ * resolves to (after symlinks) is still inside the pool before anything is created.
+ */
+#include "agentd.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "json.h"
+#include "util.h"
+
+#define DISK_OUT_MAX   (1024 * 1024) /* stdout kept from a helper (qemu-img info JSON) */
+#define DISK_ERR_TAIL  1024	     /* stderr kept: the end holds the reason */
+#define DISK_ERROR_MAX 256
+#define SEED_MIN_KB    1024
+#define MIB	       (1024LL * 1024)
+
+/* A helper child with its stdout and stderr pipes. */
+struct disk_cmd {
+	struct agent *agent;
+	uv_process_t proc;
+	uv_pipe_t out, err;
+	int open_handles;
+	bool cancelled;	   /* the agent is stopping: done() hears so, whatever the child does */
+	bool spawn_failed; /* cmd_run() reported it; done() is not called */
+	int64_t exit_status;
+	int term_signal;
+	char prog[32];
+	char *outbuf;
+	size_t outlen;
+	char errbuf[DISK_ERR_TAIL + 1];
+	size_t errlen;
+	void (*done)(struct disk_cmd *c, const char *error);
+	void *data;
+	struct disk_cmd *next;
+};
+
+/* A job for the thread pool: work() fills error on failure, cb gets it on the loop. */
+struct fs_job {
+	uv_work_t req;
+	struct agent *agent;
+	void (*work)(struct fs_job *j);
+	disk_done_cb cb;
+	disk_sizes_cb sizes_cb;
+	disk_info_cb info_cb;
+	void *data;
+	char error[DISK_ERROR_MAX];
+	char dir[PATH_MAX];
+	char path[PATH_MAX];
+	char shared_root[PATH_MAX];
+	struct vm_disk disks[AGENT_VM_DISKS_MAX];
+	char images[AGENT_VM_DISKS_MAX][PATH_MAX];
+	int64_t vsize[AGENT_VM_DISKS_MAX], alloc[AGENT_VM_DISKS_MAX];
+	bool keep[AGENT_VM_DISKS_MAX];
+	size_t n;
+	char *text, *text2;
+};
+
+/*
+ * Append one argument, formatted, to av (which starts zeroed); av->v stays
+ * NULL-terminated. Release with argv_free().
+ */
+void argv_add(struct argv *av, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		fatalx("out of memory");
+	va_end(ap);
+	if (av->n + 2 > av->cap) {
+		av->cap = av->cap ? av->cap * 2 : 16;
+		av->v = xrealloc(av->v, av->cap * sizeof(*av->v));
+	}
+	av->v[av->n++] = s;
+	av->v[av->n] = NULL;
+}
+
+/* Release what av holds; it is empty (and reusable) afterwards. */
+void argv_free(struct argv *av)
+{
+	for (size_t i = 0; i < av->n; i++)
+		free(av->v[i]);
+	free(av->v);
+	memset(av, 0, sizeof(*av));
+}
+
+/*
+ * Check a pool-relative path from the controller: 1-1023 characters of A-Z a-z 0-9
+ * '.', '_', '-' and '/', not absolute, no empty, "." or ".." component, no component
+ * starting with '-'. Returns 0, or -1 with err naming field.
+ */
+int disk_path_check(const char *rel, const char *field, struct kerr *err)
+{
+	size_t len = strlen(rel), start = 0;
+
+	if (len == 0 || len >= 1024)
+		return err_input(err, 400, field, "path '%.64s' must be 1-1023 characters", rel);
+	if (rel[0] == '/')
+		return err_input(err, 400, field,
+				 "path '%.64s' must be relative to its pool, not absolute", rel);
+	for (size_t i = 0; i <= len; i++) {
+		char c = rel[i];
+
+		if (c == '/' || c == '\0') {
+			size_t clen = i - start;
+			const char *comp = rel + start;
+
+			if (clen == 0 || (clen == 1 && comp[0] == '.') ||
+			    (clen == 2 && comp[0] == '.' && comp[1] == '.'))
+				return err_input(err, 400, field,
+						 "path '%.64s' has an empty, '.' or '..' component",
+						 rel);
+			if (comp[0] == '-')
+				return err_input(err, 400, field,
+						 "path '%.64s' has a component starting with '-'",
+						 rel);
+			start = i + 1;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			return err_input(err, 400, field,
+					 "path '%.64s' may hold only A-Z, a-z, 0-9, '.', '_', '-' "
+					 "and '/'",
+					 rel);
+	}
+	return 0;
+}
+
+/* The directory of pool "shared" or "local", or NULL for another name. */
+const char *disk_pool_root(const struct agent_config *cfg, const char *pool)
+{
+	if (strcmp(pool, "shared") == 0)
+		return cfg->shared_pool;
+	if (strcmp(pool, "local") == 0)
+		return cfg->local_pool;
+	return NULL;
+}
+
+/* ---- helper children ---------------------------------------------------------------- */
+
+static void cmd_free(struct disk_cmd *c)
+{
+	struct disk_cmd **pp;
+
+	for (pp = &c->agent->disk_cmds; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	free(c->outbuf);
+	free(c);
+}
+
+/* The reason a failed helper gives: the last non-empty line of its stderr. */
+static void cmd_error(struct disk_cmd *c, char *why, size_t len)
+{
+	char *end, *line;
+
+	c->errbuf[c->errlen] = '\0';
+	end = c->errbuf + c->errlen;
+	while (end > c->errbuf && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(c->errbuf, '\n');
+	line = line ? line + 1 : c->errbuf;
+	if (*line)
+		snprintf(why, len, "%s", line);
+	else if (c->term_signal)
+		snprintf(why, len, "%s was killed by signal %d", c->prog, c->term_signal);
+	else
+		snprintf(why, len, "%s exited with status %lld", c->prog,
+			 (long long)c->exit_status);
+}
+
+static void cmd_close_cb(uv_handle_t *handle)
+{
+	struct disk_cmd *c = handle->data;
+	char why[DISK_ERROR_MAX];
+
+	if (--c->open_handles > 0)
+		return;
+	if (c->spawn_failed) {
+		/* cmd_run() said so already. */
+	} else if (c->cancelled) {
+		c->done(c, "the agent is stopping");
+	} else if (c->exit_status == 0 && c->term_signal == 0) {
+		c->done(c, NULL);
+	} else {
+		cmd_error(c, why, sizeof(why));
+		c->done(c, why);
+	}
+	cmd_free(c);
+}
+
+static void cmd_close(struct disk_cmd *c)
+{
+	uv_handle_t *handles[] = {(uv_handle_t *)&c->proc, (uv_handle_t *)&c->out,
+				  (uv_handle_t *)&c->err};
+
+	for (size_t i = 0; i < ARRAY_SIZE(handles); i++)
+		if (!uv_is_closing(handles[i]))
+			uv_close(handles[i], cmd_close_cb);
+}
+
+static void cmd_exit_cb(uv_process_t *proc, int64_t exit_status, int term_signal)
+{
+	struct disk_cmd *c = proc->data;
+
+	c->exit_status = exit_status;
+	c->term_signal = term_signal;
+	uv_close((uv_handle_t *)proc, cmd_close_cb);
+}
+
+static void cmd_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+	buf->base = xmalloc(suggested);
+	buf->len = suggested;
+}
+
+static void cmd_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct disk_cmd *c = stream->data;
+
+	if (nread > 0 && stream == (uv_stream_t *)&c->out) {
+		size_t keep = c->outlen + (size_t)nread > DISK_OUT_MAX ? DISK_OUT_MAX - c->outlen
+								       : (size_t)nread;
+
+		c->outbuf = xrealloc(c->outbuf, c->outlen + keep + 1);
+		memcpy(c->outbuf + c->outlen, buf->base, keep);
+		c->outlen += keep;
+		c->outbuf[c->outlen] = '\0';
+	} else if (nread > 0) {
+		/* Keep the tail: the reason for a failure is printed last. */
+		size_t n = (size_t)nread;
+
+		if (n >= DISK_ERR_TAIL) {
+			memcpy(c->errbuf, buf->base + n - DISK_ERR_TAIL, DISK_ERR_TAIL);
+			c->errlen = DISK_ERR_TAIL;
+		} else {
+			if (c->errlen + n > DISK_ERR_TAIL) {
+				size_t drop = c->errlen + n - DISK_ERR_TAIL;
+
+				memmove(c->errbuf, c->errbuf + drop, c->errlen - drop);
+				c->errlen -= drop;
+			}
+			memcpy(c->errbuf + c->errlen, buf->base, n);
+			c->errlen += n;
+		}
+	} else if (nread < 0) {
+		uv_close((uv_handle_t *)stream, cmd_close_cb);
+	}
+	free(buf->base);
+}
+
+/*
+ * Run argv (argv[0] looked up in PATH) as a child; done(c, error) is called on the
+ * loop once it exited and its output is read, error NULL for exit status 0.
+ * Returns 0, or -1 with err when it could not be started (done is then not called).
+ */
+static int cmd_run(struct agent *a, char **argv, void (*done)(struct disk_cmd *, const char *),
+		   void *data, struct kerr *err)
+{
+	struct disk_cmd *c = xcalloc(1, sizeof(*c));
+	uv_stdio_container_t stdio[3];
+	uv_process_options_t opts = {0};
+	int ret;
+
+	c->agent = a;
+	c->done = done;
+	c->data = data;
+	snprintf(c->prog, sizeof(c->prog), "%s", argv[0]);
+	c->proc.data = c->out.data = c->err.data = c;
+	uv_pipe_init(a->loop, &c->out, 0);
+	uv_pipe_init(a->loop, &c->err, 0);
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[1].data.stream = (uv_stream_t *)&c->out;
+	stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+	stdio[2].data.stream = (uv_stream_t *)&c->err;
+	opts.file = argv[0];
+	opts.args = argv;
+	opts.exit_cb = cmd_exit_cb;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	c->open_handles = 3;
+	c->next = a->disk_cmds;
+	a->disk_cmds = c;
+	log_debug("disk: running %s %s", argv[0], argv[1] ? argv[1] : "");
+	ret = uv_spawn(a->loop, &c->proc, &opts);
+	if (ret < 0) {
+		/* The handles are initialised either way and must be closed. */
+		c->spawn_failed = true;
+		cmd_close(c);
+		return err_set(err, -ret, "cannot run %s", argv[0]);
+	}
+	uv_read_start((uv_stream_t *)&c->out, cmd_alloc_cb, cmd_read_cb);
+	uv_read_start((uv_stream_t *)&c->err, cmd_alloc_cb, cmd_read_cb);
+	return 0;
+}
+
+/*
+ * At agent shutdown: stop watching helpers; whoever waits hears "the agent is
+ * stopping". They are not killed: a qemu-img convert cut short leaves a broken disk,
+ * while one left alone finishes its file.
+ */
+void disk_cmds_close(struct agent *a)
+{
+	for (struct disk_cmd *c = a->disk_cmds; c; c = c->next) {
+		c->cancelled = true;
+		cmd_close(c);
+	}
+}
+
+/* ---- thread-pool jobs ---------------------------------------------------------------- */
+
+static void job_work_cb(uv_work_t *req)
+{
+	struct fs_job *j = req->data;
+
+	if (j->work)
+		j->work(j);
+}
+
+static void job_after_cb(uv_work_t *req, int status)
+{
+	struct fs_job *j = req->data;
+
+	if (status == UV_ECANCELED && !j->error[0])
+		snprintf(j->error, sizeof(j->error), "the agent is stopping");
+	if (j->sizes_cb)
+		j->sizes_cb(j->agent, j->vsize, j->alloc, j->data);
+	else if (j->info_cb)
+		j->info_cb(j->agent, j->error, NULL, j->data);
+	else if (j->cb)
+		j->cb(j->agent, j->error[0] ? j->error : NULL, j->data);
+	free(j->text);
+	free(j->text2);
+	free(j);
+}
+
+static struct fs_job *job_new(struct agent *a, void (*work)(struct fs_job *), disk_done_cb cb,
+			      void *data)
+{
+	struct fs_job *j = xcalloc(1, sizeof(*j));
+
+	j->req.data = j;
+	j->agent = a;
+	j->work = work;
+	j->cb = cb;
+	j->data = data;
+	return j;
+}
+
+static void job_queue(struct fs_job *j)
+{
+	int ret = uv_queue_work(j->agent->loop, &j->req, job_work_cb, job_after_cb);
+
+	/* Only a NULL work callback makes libuv refuse, which cannot happen here. */
+	if (ret < 0)
+		fatalx("cannot queue disk work: %s", uv_strerror(ret));
+}
+
+/* Report error (formatted) to cb on a later turn, through an empty job. */
+static void fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
+{
+	struct fs_job *j = job_new(a, NULL, cb, data);
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(j->error, sizeof(j->error), fmt, ap);
+	va_end(ap);
+	job_queue(j);
+}
+
+/* True when path (resolved) is root (resolved) or inside it. */
+static bool inside(const char *root_real, const char *path_real)
+{
+	size_t len = strlen(root_real);
+
+	if (strcmp(root_real, "/") == 0)
+		return true;
+	return strncmp(root_real, path_real, len) == 0 &&
+	       (path_real[len] == '/' || path_real[len] == '\0');
+}
+
+/* Make the directory of file abs inside root (resolving symlinks on the way). */
+static int parent_make(const char *root, const char *abs, char *why, size_t whylen)
+{
+	_cleanup_free_ char *parent = xstrdup(abs), *root_real = NULL, *parent_real = NULL;
+	char *slash = strrchr(parent, '/');
+	int ret;
+
+	if (slash)
+		*slash = '\0';
+	root_real = realpath(root, NULL);
+	if (root_real == NULL) {
+		snprintf(why, whylen, "pool directory %s: %s", root, strerror(errno));
+		return -1;
+	}
+	ret = mkdir_p(parent, 0750);
+	if (ret < 0) {
+		snprintf(why, whylen, "cannot create %s: %s", parent, strerror(-ret));
+		return -1;
+	}
+	parent_real = realpath(parent, NULL);
+	if (parent_real == NULL || !inside(root_real, parent_real)) {
+		snprintf(why, whylen, "%s leads outside its pool %s", parent, root);
+		return -1;
+	}
+	return 0;
+}
+
+static void prepare_work(struct fs_job *j)
+{
+	_cleanup_free_ char *shared_real = realpath(j->shared_root, NULL);
+	struct stat st;
+	int ret;
+
+	ret = mkdir_p(j->dir, 0700);
+	if (ret < 0) {
+		snprintf(j->error, sizeof(j->error), "cannot create %s: %s", j->dir,
+			 strerror(-ret));
+		return;
+	}
+	for (size_t i = 0; i < j->n; i++) {
+		const struct vm_disk *d = &j->disks[i];
+
+		if (parent_make(d->root, d->abs, j->error, sizeof(j->error)) < 0)
+			return;
+		if (lstat(d->abs, &st) == 0) {
+			snprintf(j->error, sizeof(j->error),
+				 "disk %s: %s exists already; refusing to overwrite it", d->name,
+				 d->path);
+			return;
+		}
+		if (j->images[i][0] == '\0')
+			continue;
+		_cleanup_free_ char *image_real = realpath(j->images[i], NULL);
+
+		if (image_real == NULL || stat(image_real, &st) < 0 || !S_ISREG(st.st_mode)) {
+			snprintf(j->error, sizeof(j->error), "disk %s: image %s is missing",
+				 d->name, j->images[i]);
+			return;
+		}
+		if (shared_real == NULL || !inside(shared_real, image_real)) {
+			snprintf(j->error, sizeof(j->error),
+				 "disk %s: image %s is not inside the shared pool", d->name,
+				 j->images[i]);
+			return;
+		}
+	}
+}
+
+/*
+ * Make the run directory dir (0700) and check, for the n new disks, that each lies
+ * inside its pool (its directory is created), does not exist yet, and that its
+ * image (images[i], absolute, or "") is a file inside the shared pool.
+ */
+void disk_prepare(struct agent *a, const char *dir, const struct vm_disk *disks, size_t n,
+		  const char *const *images, disk_done_cb cb, void *data)
+{
+	struct fs_job *j = job_new(a, prepare_work, cb, data);
+
+	snprintf(j->dir, sizeof(j->dir), "%s", dir);
+	snprintf(j->shared_root, sizeof(j->shared_root), "%s", a->cfg->shared_pool);
+	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
+	memcpy(j->disks, disks, j->n * sizeof(*disks));
+	for (size_t i = 0; i < j->n; i++)
+		snprintf(j->images[i], sizeof(j->images[i]), "%s", images[i] ? images[i] : "");
+	job_queue(j);
+}
+
+static void write_work(struct fs_job *j)
+{
+	int ret = file_write_atomic(j->path, j->text, strlen(j->text), 0600);
+
+	if (ret < 0)
+		snprintf(j->error, sizeof(j->error), "cannot write %s: %s", j->path,
+			 strerror(-ret));
+}
+
+/* Write text to path atomically (0600), off the loop. */
+void disk_file_write(struct agent *a, const char *path, const char *text, disk_done_cb cb,
+		     void *data)
+{
+	struct fs_job *j = job_new(a, write_work, cb, data);
+
+	snprintf(j->path, sizeof(j->path), "%s", path);
+	j->text = xstrdup(text);
+	job_queue(j);
+}
+
+/* rm -rf of a directory Kumo made; no symlink is followed. */
+static int tree_remove(int parent, const char *name)
+{
+	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d;
+	struct dirent *e;
+	int ret = 0;
+
+	if (fd < 0)
+		return unlinkat(parent, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+	d = fdopendir(fd);
+	if (d == NULL) {
+		close(fd);
+		return -errno;
+	}
+	while ((e = readdir(d))) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		if (tree_remove(dirfd(d), e->d_name) < 0 && ret == 0)
+			ret = -errno;
+	}
+	closedir(d);
+	if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT && ret == 0)
+		ret = -errno;
+	return ret;
+}
+
+static void remove_work(struct fs_job *j)
+{
+	int ret;
+
+	for (size_t i = 0; i < j->n; i++) {
+		const struct vm_disk *d = &j->disks[i];
+		_cleanup_free_ char *parent = xstrdup(d->abs);
+		char *slash;
+
+		if (!j->keep[i] && unlink(d->abs) < 0 && errno != ENOENT) {
+			snprintf(j->error, sizeof(j->error), "cannot remove disk %s: %s", d->path,
+				 strerror(errno));
+			return;
+		}
+		/* Directories the disk leaves empty go too, up to the pool's root. */
+		while ((slash = strrchr(parent, '/')) && slash > parent) {
+			*slash = '\0';
+			if (strlen(parent) <= strlen(d->root) || rmdir(parent) < 0)
+				break;
+		}
+	}
+	if (j->dir[0]) {
+		ret = tree_remove(AT_FDCWD, j->dir);
+		if (ret < 0)
+			snprintf(j->error, sizeof(j->error), "cannot remove %s: %s", j->dir,
+				 strerror(-ret));
+	}
+}
+
+/*
+ * Remove the n disk files, except those keep[i] (keep NULL: none) names, and the
+ * directories inside their pool that are left empty; then the directory dir with
+ * everything in it (dir NULL: none). Missing files are fine.
+ */
+void disk_remove(struct agent *a, const char *dir, const struct vm_disk *disks, size_t n,
+		 const bool *keep, disk_done_cb cb, void *data)
+{
+	struct fs_job *j = job_new(a, remove_work, cb, data);
+
+	snprintf(j->dir, sizeof(j->dir), "%s", dir ? dir : "");
+	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
+	memcpy(j->disks, disks, j->n * sizeof(*disks));
+	for (size_t i = 0; keep && i < j->n; i++)
+		j->keep[i] = keep[i];
+	job_queue(j);
+}
+
+/* Virtual size from a qcow2 header (big-endian at byte 24), else the file's size. */
+static void size_work(struct fs_job *j)
+{
+	for (size_t i = 0; i < j->n; i++) {
+		_cleanup_close_ int fd = open(j->disks[i].abs, O_RDONLY | O_CLOEXEC);
+		unsigned char h[32];
+		struct stat st;
+
+		j->vsize[i] = j->alloc[i] = -1;
+		if (fd < 0 || fstat(fd, &st) < 0)
+			continue;
+		j->alloc[i] = (int64_t)st.st_blocks * 512;
+		j->vsize[i] = st.st_size;
+		if (pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) && h[0] == 'Q' &&
+		    h[1] == 'F' && h[2] == 'I' && h[3] == 0xfb) {
+			uint64_t v = 0;
+
+			for (int b = 24; b < 32; b++)
+				v = v << 8 | h[b];
+			j->vsize[i] = (int64_t)v;
+		}
+	}
+}
+
+/*
+ * Measure the n disks off the loop: cb gets arrays of virtual sizes and allocated
+ * bytes (-1 where a disk could not be read), borrowed for the call.
+ */
+void disk_sizes(struct agent *a, const struct vm_disk *disks, size_t n, disk_sizes_cb cb,
+		void *data)
+{
+	struct fs_job *j = job_new(a, size_work, NULL, data);
+
+	j->sizes_cb = cb;
+	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
+	memcpy(j->disks, disks, j->n * sizeof(*disks));
+	job_queue(j);
+}
+
+/* ---- qemu-img ------------------------------------------------------------------------- */
+
+struct img_step {
+	struct agent *agent;
+	disk_done_cb cb;
+	disk_info_cb info_cb;
+	void *data;
+	struct vm_disk disk;
+	char image[PATH_MAX];
+	int64_t size;
+	bool full_clone;
+	int64_t image_size;
+};
+
+static void img_run(struct img_step *s, struct argv *av,
+		    void (*done)(struct disk_cmd *, const char *));
+
+static void step_finish(struct img_step *s, const char *error)
+{
+	if (s->cb)
+		s->cb(s->agent, error, s->data);
+	free(s);
+}
+
+static void simple_done(struct disk_cmd *c, const char *error)
+{
+	step_finish(c->data, error);
+}
+
+/* Start argv for step s; if it cannot even start, the step fails on a later turn. */
+static void img_run(struct img_step *s, struct argv *av,
+		    void (*done)(struct disk_cmd *, const char *))
+{
+	struct kerr err;
+
+	if (cmd_run(s->agent, av->v, done, s, &err) < 0) {
+		fail_later(s->agent, s->cb, s->data, "%s", err.msg);
+		free(s);
+	}
+	argv_free(av);
+}
+
+static void info_done(struct disk_cmd *c, const char *error)
+{
+	struct img_step *s = c->data;
+	struct json_object *info = NULL;
+
+	if (error == NULL &&
+	    json_body_parse(c->outbuf ? c->outbuf : "", c->outlen, &info, NULL) < 0)
+		error = "qemu-img info printed something that is not JSON";
+	s->info_cb(s->agent, error, info, s->data);
+	json_object_put(info);
+	free(s);
+}
+
+/*
+ * qemu-img info --output=json of abs: cb gets the parsed object (borrowed), or an
+ * error. -U reads an image a running QEMU holds, for sizes and snapshot lists.
+ */
+void disk_info(struct agent *a, const char *abs, disk_info_cb cb, void *data)
+{
+	struct img_step *s = xcalloc(1, sizeof(*s));
+	struct argv av = {0};
+	struct kerr err;
+
+	s->agent = a;
+	s->info_cb = cb;
+	s->data = data;
+	argv_add(&av, "qemu-img");
+	argv_add(&av, "info");
+	argv_add(&av, "--output=json");
+	argv_add(&av, "-U");
+	argv_add(&av, "%s", abs);
+	if (cmd_run(a, av.v, info_done, s, &err) < 0) {
+		struct fs_job *j = job_new(a, NULL, NULL, data);
+
+		/* Deliver the failure on a later turn like every other answer. */
+		j->info_cb = cb;
+		snprintf(j->error, sizeof(j->error), "%s", err.msg);
+		job_queue(j);
+		free(s);
+	}
+	argv_free(&av);
+}
+
+static void resize_after_convert(struct disk_cmd *c, const char *error)
+{
+	struct img_step *s = c->data;
+	struct argv av = {0};
+
+	if (error || s->size <= s->image_size) {
+		step_finish(s, error);
+		return;
+	}
+	argv_add(&av, "qemu-img");
+	argv_add(&av, "resize");
+	argv_add(&av, "-f");
+	argv_add(&av, "qcow2");
+	argv_add(&av, "%s", s->disk.abs);
+	argv_add(&av, "%lld", (long long)s->size);
+	img_run(s, &av, simple_done);
+}
+
+static void image_info_cb(struct agent *a, const char *error, struct json_object *info, void *data)
+{
+	struct img_step *s = data;
+	const char *format;
+	struct argv av = {0};
+
+	if (error) {
+		fail_later(a, s->cb, s->data, "image: %s", error);
+		free(s);
+		return;
+	}
+	format = json_get_str(info, "format", "");
+	s->image_size = json_get_int(info, "virtual-size", 0);
+	if (!format[0] || strchr(format, ',')) {
+		fail_later(a, s->cb, s->data, "qemu-img does not know the format of %s", s->image);
+		free(s);
+		return;
+	}
+	argv_add(&av, "qemu-img");
+	if (s->full_clone) {
+		argv_add(&av, "convert");
+		argv_add(&av, "-f");
+		argv_add(&av, "%s", format);
+		argv_add(&av, "-O");
+		argv_add(&av, "qcow2");
+		argv_add(&av, "%s", s->image);
+		argv_add(&av, "%s", s->disk.abs);
+		img_run(s, &av, resize_after_convert);
+		return;
+	}
+	/* Linked clone: a thin qcow2 over the image, never smaller than the image. */
+	argv_add(&av, "create");
+	argv_add(&av, "-q");
+	argv_add(&av, "-f");
+	argv_add(&av, "qcow2");
+	argv_add(&av, "-F");
+	argv_add(&av, "%s", format);
+	argv_add(&av, "-b");
+	argv_add(&av, "%s", s->image);
+	argv_add(&av, "%s", s->disk.abs);
+	if (s->size > s->image_size)
+		argv_add(&av, "%lld", (long long)s->size);
+	img_run(s, &av, simple_done);
+}
+
+/*
+ * Make disk->abs as a thin qcow2 of size bytes: blank, or from image (absolute path,
+ * or NULL) as a linked clone (backing file) or a full copy. A disk from an image is
+ * at least as large as the image. disk_prepare() has checked the paths.
+ */
+void disk_create(struct agent *a, const struct vm_disk *disk, const char *image, int64_t size,
+		 bool full_clone, disk_done_cb cb, void *data)
+{
+	struct img_step *s = xcalloc(1, sizeof(*s));
+	struct argv av = {0};
+
+	s->agent = a;
+	s->cb = cb;
+	s->data = data;
+	s->disk = *disk;
+	s->size = size;
+	s->full_clone = full_clone;
+	if (image && image[0]) {
+		snprintf(s->image, sizeof(s->image), "%s", image);
+		disk_info(a, s->image, image_info_cb, s);
+		return;
+	}
+	argv_add(&av, "qemu-img");
+	argv_add(&av, "create");
+	argv_add(&av, "-q");
+	argv_add(&av, "-f");
+	argv_add(&av, "qcow2");
+	argv_add(&av, "%s", disk->abs);
+	argv_add(&av, "%lld", (long long)size);
+	img_run(s, &av, simple_done);
+}
+
+/* Grow the qcow2 at abs to size bytes; qemu-img itself refuses to shrink. */
+void disk_resize(struct agent *a, const char *abs, int64_t size, disk_done_cb cb, void *data)
+{
+	struct img_step *s = xcalloc(1, sizeof(*s));
+	struct argv av = {0};
+
+	s->agent = a;
+	s->cb = cb;
+	s->data = data;
+	argv_add(&av, "qemu-img");
+	argv_add(&av, "resize");
+	argv_add(&av, "-q");
+	argv_add(&av, "-f");
+	argv_add(&av, "qcow2");
+	argv_add(&av, "%s", abs);
+	argv_add(&av, "%lld", (long long)size);
+	img_run(s, &av, simple_done);
+}
+
+/*
+ * qemu-img snapshot on a disk no QEMU holds: action 'c' create, 'a' apply (revert),
+ * 'd' delete the internal snapshot named snapshot.
+ */
+void disk_snapshot(struct agent *a, const char *abs, char action, const char *snapshot,
+		   disk_done_cb cb, void *data)
+{
+	struct img_step *s = xcalloc(1, sizeof(*s));
+	struct argv av = {0};
+
+	s->agent = a;
+	s->cb = cb;
+	s->data = data;
+	argv_add(&av, "qemu-img");
+	argv_add(&av, "snapshot");
+	argv_add(&av, "-q");
+	argv_add(&av, "-%c", action);
+	argv_add(&av, "%s", snapshot);
+	argv_add(&av, "%s", abs);
+	img_run(s, &av, simple_done);
+}
+
+/* ---- cloud-init seed ------------------------------------------------------------------ */
+
+/*
+ * The NoCloud seed: a small FAT file system labelled CIDATA holding user-data and
+ * meta-data, built without root or loop devices by mkfs.vfat -C and mcopy (packages
+ * dosfstools and mtools). Steps: write the two files (thread pool) -> mkfs.vfat ->
+ * mcopy -> remove the two files (they may hold secrets; the seed is what stays).
+ */
+struct seed_step {
+	struct agent *agent;
+	disk_done_cb cb;
+	void *data;
+	char dir[PATH_MAX];
+	char error[DISK_ERROR_MAX];
+	size_t user_data_len;
+};
+
+static void seed_finish(struct agent *a, const char *error, void *data)
+{
+	struct seed_step *s = data;
+
+	s->cb(a, s->error[0] ? s->error : error, s->data);
+	free(s);
+}
+
+static void seed_files_remove_work(struct fs_job *j)
+{
+	_cleanup_free_ char *ud = xasprintf("%s/user-data", j->dir);
+	_cleanup_free_ char *md = xasprintf("%s/meta-data", j->dir);
+
+	unlink(ud);
+	unlink(md);
+}
+
+static void seed_cleanup(struct seed_step *s, const char *error)
+{
+	struct fs_job *j = job_new(s->agent, seed_files_remove_work, seed_finish, s);
+
+	if (error)
+		snprintf(s->error, sizeof(s->error), "cloud-init seed: %s", error);
+	snprintf(j->dir, sizeof(j->dir), "%s", s->dir);
+	job_queue(j);
+}
+
+static void seed_copy_done(struct disk_cmd *c, const char *error)
+{
+	seed_cleanup(c->data, error);
+}
+
+static void seed_mkfs_done(struct disk_cmd *c, const char *error)
+{
+	struct seed_step *s = c->data;
+	struct argv av = {0};
+	struct kerr err;
+
+	if (error) {
+		seed_cleanup(s, error);
+		return;
+	}
+	argv_add(&av, "mcopy");
+	argv_add(&av, "-o");
+	argv_add(&av, "-i");
+	argv_add(&av, "%s/seed.img", s->dir);
+	argv_add(&av, "%s/user-data", s->dir);
+	argv_add(&av, "%s/meta-data", s->dir);
+	argv_add(&av, "::");
+	if (cmd_run(s->agent, av.v, seed_copy_done, s, &err) < 0)
+		seed_cleanup(s, err.msg);
+	argv_free(&av);
+}
+
+static void seed_files_work(struct fs_job *j)
+{
+	_cleanup_free_ char *ud = xasprintf("%s/user-data", j->dir);
+	_cleanup_free_ char *md = xasprintf("%s/meta-data", j->dir);
+	_cleanup_free_ char *img = xasprintf("%s/seed.img", j->dir);
+	int ret;
+
+	/* mkfs.vfat -C refuses to overwrite; an old seed goes first. */
+	if (unlink(img) < 0 && errno != ENOENT) {
+		snprintf(j->error, sizeof(j->error), "cannot replace %s: %s", img, strerror(errno));
+		return;
+	}
+	ret = file_write_atomic(ud, j->text, strlen(j->text), 0600);
+	if (ret == 0)
+		ret = file_write_atomic(md, j->text2, strlen(j->text2), 0600);
+	if (ret < 0)
+		snprintf(j->error, sizeof(j->error), "cannot write the cloud-init files in %s: %s",
+			 j->dir, strerror(-ret));
+}
+
+static void seed_files_cb(struct agent *a, const char *error, void *data)
+{
+	struct seed_step *s = data;
+	struct argv av = {0};
+	struct kerr err;
+	/* Room for the files and FAT's overhead; mkfs.vfat counts 1 KiB blocks. */
+	long long kb = SEED_MIN_KB + (long long)(s->user_data_len / 1024) * 2;
+
+	if (error) {
+		seed_cleanup(s, error);
+		return;
+	}
+	argv_add(&av, "mkfs.vfat");
+	argv_add(&av, "-C");
+	argv_add(&av, "-n");
+	argv_add(&av, "CIDATA");
+	argv_add(&av, "%s/seed.img", s->dir);
+	argv_add(&av, "%lld", kb);
+	if (cmd_run(a, av.v, seed_mkfs_done, s, &err) < 0)
+		seed_cleanup(s, err.msg);
+	argv_free(&av);
+}
+
+/*
+ * Build dir/seed.img for the instance name with user_data; meta-data gives the
+ * instance id and host name (both the instance's name).
+ */
+void disk_seed_build(struct agent *a, const char *dir, const char *name, const char *user_data,
+		     disk_done_cb cb, void *data)
+{
+	struct seed_step *s = xcalloc(1, sizeof(*s));
+	struct fs_job *j;
+
+	s->agent = a;
+	s->cb = cb;
+	s->data = data;
+	s->user_data_len = strlen(user_data);
+	snprintf(s->dir, sizeof(s->dir), "%s", dir);
+	j = job_new(a, seed_files_work, seed_files_cb, s);
+	snprintf(j->dir, sizeof(j->dir), "%s", dir);
+	j->text = xstrdup(user_data);
+	j->text2 = xasprintf("instance-id: %s\nlocal-hostname: %s\n", name, name);
+	job_queue(j);
+}

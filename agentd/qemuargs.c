@@ -1,0 +1,225 @@
+/*
+ * qemuargs.c - the qemu-system-x86_64 command line for a VM, from its spec.
+ *
+ *   -machine q35, accel tcg (-cpu max) or kvm (-cpu host, +vmx/+svm when nested)
+ *   -nodefaults -no-user-config -display none, -sandbox with every option denied
+ *   QMP for the agent (qmp.sock) and a second QMP monitor (monitor.sock), serial
+ *   console to console.log, -pidfile qemu.pid, a virtio balloon always
+ *   disks as -blockdev JSON (qcow2 over a file) plus a device per bus; the
+ *   cloud-init seed as a read-only raw virtio disk; NICs on isolated user networking
+ *   bootindex from the spec's boot order
+ *
+ * Nothing here touches the system: the result depends only on the vm and its spec,
+ * which instance.c has checked (names [a-z0-9-], MACs, paths of a plain shape).
+ */
+#include "agentd.h"
+
+#include <string.h>
+
+#include "json.h"
+#include "util.h"
+
+/* QEMU's own ',' escape for option values: a path with a comma doubles it. */
+static char *opt_escape(const char *s)
+{
+	size_t len = strlen(s), n = 0;
+	char *out = xmalloc(2 * len + 1);
+
+	for (size_t i = 0; i < len; i++) {
+		out[n++] = s[i];
+		if (s[i] == ',')
+			out[n++] = ',';
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* Boot indexes from the spec's boot order: each disk, then each NIC, as listed. */
+static void boot_order(struct json_object *spec, int *disk_boot, size_t ndisks, int *nic_boot,
+		       size_t nnics)
+{
+	struct json_object *boot;
+	int next = 1;
+
+	if (!json_object_object_get_ex(spec, "boot", &boot)) {
+		if (ndisks)
+			disk_boot[0] = 1;
+		return;
+	}
+	for (size_t i = 0; i < json_object_array_length(boot); i++) {
+		const char *what = json_object_get_string(json_object_array_get_idx(boot, i));
+
+		if (strcmp(what, "disk") == 0)
+			for (size_t d = 0; d < ndisks; d++)
+				disk_boot[d] = next++;
+		else if (strcmp(what, "network") == 0)
+			for (size_t n = 0; n < nnics; n++)
+				nic_boot[n] = next++;
+	}
+}
+
+static void blockdev_add(struct argv *av, const char *driver, const char *node, const char *path,
+			 bool read_only)
+{
+	struct json_object *bd = json_object_new_object(), *file = json_object_new_object();
+
+	/* JSON, not key=value: a file name needs no escaping there. */
+	json_object_object_add(file, "driver", json_object_new_string("file"));
+	json_object_object_add(file, "filename", json_object_new_string(path));
+	json_object_object_add(bd, "driver", json_object_new_string(driver));
+	json_object_object_add(bd, "node-name", json_object_new_string(node));
+	if (read_only) {
+		json_object_object_add(file, "read-only", json_object_new_boolean(true));
+		json_object_object_add(bd, "read-only", json_object_new_boolean(true));
+	} else {
+		json_object_object_add(bd, "discard", json_object_new_string("unmap"));
+		json_object_object_add(file, "discard", json_object_new_string("unmap"));
+	}
+	json_object_object_add(bd, "file", file);
+	argv_add(av, "-blockdev");
+	argv_add(av, "%s", json_text(bd));
+	json_object_put(bd);
+}
+
+static void bootindex(char *out, size_t len, int index)
+{
+	if (index)
+		snprintf(out, len, ",bootindex=%d", index);
+	else
+		out[0] = '\0';
+}
+
+static int disks_add(const struct vm *vm, struct argv *av, const int *disk_boot, struct kerr *err)
+{
+	struct json_object *arr;
+	bool scsi = false;
+	int ahci_port = 0;
+
+	json_object_object_get_ex(vm->spec, "disks", &arr);
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		const char *bus = json_get_str(json_object_array_get_idx(arr, i), "bus", "virtio");
+		char node[16], boot[24];
+
+		snprintf(node, sizeof(node), "d%zu", i);
+		bootindex(boot, sizeof(boot), disk_boot[i]);
+		blockdev_add(av, "qcow2", node, vm->disks[i].abs, false);
+		if (strcmp(bus, "scsi") == 0 && !scsi) {
+			/* One virtio-scsi HBA carries every scsi disk. */
+			argv_add(av, "-device");
+			argv_add(av, "virtio-scsi-pci,id=scsi0");
+			scsi = true;
+		}
+		argv_add(av, "-device");
+		if (strcmp(bus, "virtio") == 0) {
+			argv_add(av, "virtio-blk-pci,drive=%s,id=disk%zu,serial=%.20s%s", node, i,
+				 vm->disks[i].name, boot);
+		} else if (strcmp(bus, "scsi") == 0) {
+			argv_add(av, "scsi-hd,bus=scsi0.0,drive=%s,id=disk%zu,serial=%.20s%s", node,
+				 i, vm->disks[i].name, boot);
+		} else {
+			/*
+			 * sata and ide both sit on q35's built-in ICH9 AHCI controller (buses
+			 * ide.0-ide.5, one disk each): q35 has no PIIX IDE, and guests see
+			 * an AHCI disk wherever they would look for an IDE one.
+			 */
+			if (ahci_port >= 6)
+				return err_set(err, 0,
+					       "vm %s: more than 6 sata/ide disks; q35's AHCI "
+					       "controller has 6 ports",
+					       vm->name);
+			argv_add(av, "ide-hd,bus=ide.%d,drive=%s,id=disk%zu,serial=%.20s%s",
+				 ahci_port++, node, i, vm->disks[i].name, boot);
+		}
+	}
+	return 0;
+}
+
+/*
+ * Append the QEMU command line for vm to av (argv[0] first): its spec, its run
+ * directory's sockets and files, and loadvm, a snapshot to resume from (or NULL).
+ * Returns 0, or -1 with err when the spec cannot be expressed (too many AHCI disks).
+ */
+int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, struct kerr *err)
+{
+	struct json_object *spec = vm->spec, *mem, *nics = NULL, *ci;
+	_cleanup_free_ char *dir = opt_escape(vm->dir);
+	const char *accel = json_get_str(spec, "accel", "tcg");
+	int disk_boot[AGENT_VM_DISKS_MAX] = {0}, nic_boot[AGENT_VM_NICS_MAX] = {0};
+	size_t nnics = 0;
+
+	json_object_object_get_ex(spec, "memory", &mem);
+	if (json_object_object_get_ex(spec, "nics", &nics))
+		nnics = json_object_array_length(nics);
+	boot_order(spec, disk_boot, vm->ndisks, nic_boot, nnics);
+
+	argv_add(av, AGENT_QEMU_BINARY);
+	argv_add(av, "-name");
+	argv_add(av, "%s", vm->name);
+	argv_add(av, "-machine");
+	argv_add(av, "q35,accel=%s", accel);
+	argv_add(av, "-cpu");
+	if (strcmp(accel, "kvm") != 0)
+		argv_add(av, "max");
+	else if (json_get_bool(spec, "nested", false))
+		argv_add(av, "host,+%s", strcmp(vm->agent->hw_virt, "svm") == 0 ? "svm" : "vmx");
+	else
+		argv_add(av, "host");
+	argv_add(av, "-smp");
+	argv_add(av, "%lld", (long long)json_get_int(spec, "vcpus", 1));
+	argv_add(av, "-m");
+	/* Dynamic memory starts at its maximum; the balloon takes it down later. */
+	argv_add(av, "%lld", (long long)json_get_int(mem, "mb", json_get_int(mem, "max_mb", 256)));
+	argv_add(av, "-nodefaults");
+	argv_add(av, "-no-user-config");
+	argv_add(av, "-display");
+	argv_add(av, "none");
+	/* QEMU may not exec, raise privileges, change resource limits or use old syscalls. */
+	argv_add(av, "-sandbox");
+	argv_add(av, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+	argv_add(av, "-msg");
+	argv_add(av, "timestamp=on");
+	argv_add(av, "-pidfile");
+	argv_add(av, "%s/qemu.pid", vm->dir);
+	argv_add(av, "-chardev");
+	argv_add(av, "socket,id=qmp,path=%s/qmp.sock,server=on,wait=off", dir);
+	argv_add(av, "-mon");
+	argv_add(av, "chardev=qmp,mode=control");
+	argv_add(av, "-chardev");
+	argv_add(av, "socket,id=monitor,path=%s/monitor.sock,server=on,wait=off", dir);
+	argv_add(av, "-mon");
+	argv_add(av, "chardev=monitor,mode=control");
+	argv_add(av, "-chardev");
+	argv_add(av, "file,id=console,path=%s/console.log,append=on", dir);
+	argv_add(av, "-serial");
+	argv_add(av, "chardev:console");
+	argv_add(av, "-device");
+	argv_add(av, "virtio-balloon-pci,id=balloon0");
+	if (disks_add(vm, av, disk_boot, err) < 0)
+		return -1;
+	if (json_object_object_get_ex(spec, "cloud_init", &ci)) {
+		_cleanup_free_ char *seed = xasprintf("%s/seed.img", vm->dir);
+
+		blockdev_add(av, "raw", "seed", seed, true);
+		argv_add(av, "-device");
+		argv_add(av, "virtio-blk-pci,drive=seed,id=seed0,serial=cidata");
+	}
+	for (size_t i = 0; i < nnics; i++) {
+		struct json_object *nic = json_object_array_get_idx(nics, i);
+		const char *model = json_get_str(nic, "model", "virtio");
+		char boot[24];
+
+		bootindex(boot, sizeof(boot), nic_boot[i]);
+		/* Isolated user networking: the guest reaches nothing outside QEMU. */
+		argv_add(av, "-netdev");
+		argv_add(av, "user,id=net%zu,restrict=on", i);
+		argv_add(av, "-device");
+		argv_add(av, "%s,netdev=net%zu,mac=%s,id=nic%zu%s",
+			 strcmp(model, "e1000") == 0 ? "e1000" : "virtio-net-pci", i,
+			 json_get_str(nic, "mac", ""), i, boot);
+	}
+	if (loadvm) {
+		argv_add(av, "-loadvm");
+		argv_add(av, "%s", loadvm);
+	}
+	return 0;
+}

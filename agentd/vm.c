@@ -1,0 +1,934 @@
+/*
+ * vm.c - the VMs this agent runs: one qemu-system-x86_64 per guest and its state
+ * (found again after an agent restart by vmadopt.c).
+ *
+ * Each VM has a run directory {local_pool}/instances/NAME/ holding
+ *   spec.json    the normalised SPEC the controller sent (the instance exists once
+ *                this is written)
+ *   qemu.pid     written by QEMU (-pidfile) and removed by it on a clean exit, so a
+ *                pid file whose process is gone means the VM crashed or was killed
+ *   qmp.sock     the agent's QMP connection (QEMU serves one client at a time)
+ *   monitor.sock a second QMP monitor, never used by the agent: for operators and
+ *                tests that want to look at a guest without disturbing the agent
+ *   console.log  the guest's serial port (appended; rotated once past 4 MiB at start)
+ *   qemu.log     QEMU's own stdout and stderr: why a start failed
+ *   seed.img     the cloud-init seed, when the spec has user data
+ *
+ * QEMU is spawned detached (its own session), so it outlives the agent: stopping or
+ * restarting the agent never stops a guest. State comes from QMP: query-status once
+ * connected, then events (STOP, RESUME, SHUTDOWN, RESET). A change that no command
+ * caused is pushed to the controller as an instance-state message; changes during a
+ * command travel in its op-done instead.
+ *
+ * Exit detection: for a QEMU this agent started, libuv reports the exit with its
+ * status. For one adopted at start-up (vmadopt.c; not our child), QMP's end of file
+ * is the hint and kill(pid, 0) plus /proc/PID/stat (not a zombie) the proof.
+ */
+#include "agentd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include "json.h"
+#include "util.h"
+
+#define CONSOLE_ROTATE_BYTES (4 * 1024 * 1024)
+#define QMP_RETRY_START_MS   50	  /* QEMU creates its socket within milliseconds */
+#define QMP_RETRY_MS	     1000 /* an adopted QEMU whose QMP is busy or gone */
+#define EXIT_POLL_MS	     100  /* after QMP's EOF, until the adopted process is gone */
+#define ADOPT_REPORT_AFTER   3	  /* QMP failures before the start-up report goes anyway */
+#define MIB		     (1024LL * 1024)
+
+struct vm_proc {
+	uv_process_t handle;
+	struct vm *vm; /* NULL once the vm is removed */
+};
+
+struct measure {
+	struct agent *agent;
+	char name[NAME_MAX_LEN + 1];
+	unsigned generation;
+	vm_done_cb cb;
+	void *data;
+};
+
+static const char *state_names[] = {
+	[VM_STOPPED] = "stopped", [VM_STARTING] = "starting", [VM_RUNNING] = "running",
+	[VM_PAUSED] = "paused",	  [VM_STOPPING] = "stopping", [VM_CRASHED] = "crashed",
+	[VM_ERROR] = "error",
+};
+
+static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal);
+
+/* The state as reports name it: "stopped", "running", ... */
+const char *vm_state_name(enum vm_state state)
+{
+	return state_names[state];
+}
+
+/* The VM named name, created or being created, or NULL. */
+struct vm *vm_find(struct agent *a, const char *name)
+{
+	for (struct vm *vm = a->vms; vm; vm = vm->next)
+		if (strcmp(vm->name, name) == 0)
+			return vm;
+	return NULL;
+}
+
+/* A process exists (starting, running, paused or stopping). */
+bool vm_alive(const struct vm *vm)
+{
+	return vm->pid != 0;
+}
+
+/* pid is there and not a zombie waiting for a parent that is not us. */
+bool vm_pid_alive(pid_t pid)
+{
+	_cleanup_free_ char *path = xasprintf("/proc/%d/stat", (int)pid);
+	_cleanup_free_ char *text = NULL;
+	const char *paren;
+
+	if (kill(pid, 0) < 0 && errno == ESRCH)
+		return false;
+	if (file_read_all(path, 4096, &text, NULL) < 0)
+		return false;
+	paren = strrchr(text, ')');
+	return paren == NULL || paren[1] == '\0' || paren[2] != 'Z';
+}
+
+/*
+ * Resolve the disks of spec (already checked) into disks[] with their pool roots and
+ * absolute paths; *ndisks is their count. Returns 0 or -1 with err.
+ */
+int vm_disks_resolve(struct agent *a, struct json_object *spec, struct vm_disk *disks,
+		     size_t *ndisks, struct kerr *err)
+{
+	struct json_object *arr;
+	size_t n;
+
+	*ndisks = 0;
+	if (!json_object_object_get_ex(spec, "disks", &arr))
+		return 0;
+	n = json_object_array_length(arr);
+	if (n > AGENT_VM_DISKS_MAX)
+		return err_set(err, 0, "more than %d disks", AGENT_VM_DISKS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *d = json_object_array_get_idx(arr, i);
+		struct vm_disk *vd = &disks[i];
+		const char *root = disk_pool_root(a->cfg, json_get_str(d, "pool", ""));
+		int len;
+
+		memset(vd, 0, sizeof(*vd));
+		if (root == NULL)
+			return err_set(err, 0, "disk %s: unknown pool",
+				       json_get_str(d, "name", ""));
+		snprintf(vd->name, sizeof(vd->name), "%s", json_get_str(d, "name", ""));
+		snprintf(vd->path, sizeof(vd->path), "%s", json_get_str(d, "path", ""));
+		snprintf(vd->root, sizeof(vd->root), "%s", root);
+		len = snprintf(vd->abs, sizeof(vd->abs), "%s/%s", root, vd->path);
+		if (len < 0 || (size_t)len >= sizeof(vd->abs))
+			return err_set(err, 0, "disk %s: path too long", vd->name);
+		vd->virtual_size = vd->allocated = -1;
+	}
+	*ndisks = n;
+	return 0;
+}
+
+/*
+ * Replace vm's spec (a checked, normalised SPEC; the vm takes a reference) and the
+ * disks derived from it. Returns 0 or -1 with err (nothing changed then).
+ */
+int vm_spec_set(struct vm *vm, struct json_object *spec, struct kerr *err)
+{
+	struct vm_disk disks[AGENT_VM_DISKS_MAX];
+	size_t n;
+
+	if (vm_disks_resolve(vm->agent, spec, disks, &n, err) < 0)
+		return -1;
+	/* Sizes already measured stay for disks that are still there. */
+	for (size_t i = 0; i < n; i++) {
+		for (size_t j = 0; j < vm->ndisks; j++) {
+			if (strcmp(disks[i].abs, vm->disks[j].abs) == 0) {
+				disks[i].virtual_size = vm->disks[j].virtual_size;
+				disks[i].allocated = vm->disks[j].allocated;
+			}
+		}
+	}
+	memcpy(vm->disks, disks, n * sizeof(*disks));
+	vm->ndisks = n;
+	vm->generation++;
+	json_object_put(vm->spec);
+	vm->spec = json_object_get(spec);
+	return 0;
+}
+
+/*
+ * Register a VM for spec (checked and normalised; the vm takes a reference): stopped,
+ * not yet created. Returns it, or NULL with err when its run directory cannot hold
+ * unix sockets (too long a path).
+ */
+struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *err)
+{
+	struct sockaddr_un sun;
+	struct vm *vm = xcalloc(1, sizeof(*vm));
+	int len;
+
+	vm->agent = a;
+	snprintf(vm->name, sizeof(vm->name), "%s", json_get_str(spec, "name", ""));
+	len = snprintf(vm->dir, sizeof(vm->dir), "%s/instances/%s", a->cfg->local_pool, vm->name);
+	if (len < 0 || (size_t)len + sizeof("/monitor.sock") > sizeof(sun.sun_path)) {
+		free(vm);
+		err_set(err, 0,
+			"the run directory %s/instances/%s is too long for QEMU's sockets; use a "
+			"shorter --local-pool",
+			a->cfg->local_pool, json_get_str(spec, "name", ""));
+		return NULL;
+	}
+	if (vm_spec_set(vm, spec, err) < 0) {
+		free(vm);
+		return NULL;
+	}
+	vm->vm_state = VM_STOPPED;
+	vm->balloon_actual_mb = -1;
+	uv_timer_init(a->loop, &vm->timer);
+	uv_timer_init(a->loop, &vm->poll_timer);
+	vm->timer.data = vm->poll_timer.data = vm;
+	vm->open_handles = 2;
+	vm->next = a->vms;
+	a->vms = vm;
+	return vm;
+}
+
+static void vm_unref(struct vm *vm)
+{
+	if (--vm->open_handles > 0 || !vm->removing)
+		return;
+	json_object_put(vm->spec);
+	free(vm);
+}
+
+static void vm_handle_close_cb(uv_handle_t *handle)
+{
+	vm_unref(handle->data);
+}
+
+static void proc_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+/* Tell whoever waits for a start or an exit that it will not come (error). */
+static void waiters_fail(struct vm *vm, const char *error)
+{
+	struct vm_waiter *w, *next;
+	vm_done_cb cb = vm->start_cb;
+
+	vm->start_cb = NULL;
+	if (cb)
+		cb(vm, error, vm->start_data);
+	for (w = vm->exit_waiters, vm->exit_waiters = NULL; w; w = next) {
+		next = w->next;
+		w->cb(vm, error, w->data);
+		free(w);
+	}
+}
+
+/*
+ * Forget vm: its handles close and it is freed once they did. A running QEMU is left
+ * running (the agent stopping uses this for every VM); a delete stops it first.
+ * Whoever waited for it is told it is gone.
+ */
+void vm_remove(struct vm *vm)
+{
+	struct agent *a = vm->agent;
+	struct vm **pp;
+
+	for (pp = &a->vms; *pp; pp = &(*pp)->next) {
+		if (*pp == vm) {
+			*pp = vm->next;
+			break;
+		}
+	}
+	vm->removing = true;
+	waiters_fail(vm, a->stopping ? "the agent is stopping" : "the instance was removed");
+	if (vm->proc) {
+		/* Closing the handle stops watching the child; it does not kill it. */
+		vm->proc->vm = NULL;
+		uv_close((uv_handle_t *)&vm->proc->handle, proc_close_cb);
+		vm->proc = NULL;
+	}
+	if (vm->qmp) {
+		qmp_close(vm->qmp);
+		vm->qmp = NULL;
+	}
+	uv_close((uv_handle_t *)&vm->timer, vm_handle_close_cb);
+	uv_close((uv_handle_t *)&vm->poll_timer, vm_handle_close_cb);
+}
+
+/*
+ * At agent shutdown: stop watching every VM and free them. Guests keep running and
+ * are adopted by the next agent.
+ */
+void vm_close_all(struct agent *a)
+{
+	while (a->vms)
+		vm_remove(a->vms);
+}
+
+/* ---- reports -------------------------------------------------------------------------- */
+
+static struct json_object *int_or_null(int64_t v)
+{
+	return v < 0 ? NULL : json_object_new_int64(v);
+}
+
+/*
+ * The REPORT of vm the controller keeps: name, type, state, pid, started_at (ms),
+ * uptime_s, accel, balloon_actual_mb, disks with sizes, and error when it crashed or
+ * failed. Returns a new object.
+ */
+struct json_object *vm_report(const struct vm *vm)
+{
+	struct json_object *r = json_object_new_object(), *disks = json_object_new_array();
+	bool alive = vm_alive(vm);
+
+	json_object_object_add(r, "name", json_object_new_string(vm->name));
+	json_object_object_add(r, "type", json_object_new_string("vm"));
+	json_object_object_add(r, "state", json_object_new_string(vm_state_name(vm->vm_state)));
+	json_object_object_add(r, "pid", alive ? json_object_new_int(vm->pid) : NULL);
+	json_object_object_add(r, "started_at",
+			       alive ? json_object_new_int64(vm->started_at_ms) : NULL);
+	json_object_object_add(r, "uptime_s",
+			       json_object_new_int64(alive && vm->started_at_ms > 0
+							     ? (now_ms() - vm->started_at_ms) / 1000
+							     : 0));
+	json_object_object_add(r, "accel",
+			       json_object_new_string(json_get_str(vm->spec, "accel", "tcg")));
+	json_object_object_add(r, "balloon_actual_mb",
+			       alive ? int_or_null(vm->balloon_actual_mb) : NULL);
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		struct json_object *d = json_object_new_object();
+
+		json_object_object_add(d, "name", json_object_new_string(vm->disks[i].name));
+		json_object_object_add(d, "path", json_object_new_string(vm->disks[i].path));
+		json_object_object_add(d, "virtual_size", int_or_null(vm->disks[i].virtual_size));
+		json_object_object_add(d, "allocated", int_or_null(vm->disks[i].allocated));
+		json_object_array_add(disks, d);
+	}
+	json_object_object_add(r, "disks", disks);
+	if (vm->vm_state == VM_CRASHED || vm->vm_state == VM_ERROR)
+		json_object_object_add(r, "error", json_object_new_string(vm->error));
+	return r;
+}
+
+/* Reports of every created VM, for the heartbeat's facts. */
+struct json_object *vm_reports(struct agent *a)
+{
+	struct json_object *arr = json_object_new_array();
+
+	for (struct vm *vm = a->vms; vm; vm = vm->next)
+		if (vm->created)
+			json_object_array_add(arr, vm_report(vm));
+	return arr;
+}
+
+/* VMs with a QEMU process, whatever it is doing: what uses this host's CPUs and memory. */
+int vm_running_count(struct agent *a)
+{
+	int n = 0;
+
+	for (struct vm *vm = a->vms; vm; vm = vm->next)
+		n += vm->created && vm_alive(vm);
+	return n;
+}
+
+/* Send vm's report to the controller as an instance-state message. */
+void vm_state_push(struct vm *vm)
+{
+	if (!vm->created || vm->agent->stopping)
+		return;
+	log_info("vm %s: %s", vm->name, vm_state_name(vm->vm_state));
+	link_event_send(vm->agent, LINK_INSTANCE_STATE, NULL, vm_report(vm));
+}
+
+/*
+ * Set vm's state. A change no command is working on is pushed to the controller at
+ * once; during a command its op-done carries the state.
+ */
+void vm_state_set(struct vm *vm, enum vm_state state)
+{
+	if (vm->vm_state == state)
+		return;
+	vm->vm_state = state;
+	if (state != VM_CRASHED && state != VM_ERROR)
+		vm->error[0] = '\0';
+	if (vm->op == NULL)
+		vm_state_push(vm);
+	else
+		log_debug("vm %s: %s", vm->name, vm_state_name(state));
+}
+
+/* A stopped VM forgets that it crashed: a stop or start after a crash clears it. */
+void vm_stopped_set(struct vm *vm)
+{
+	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
+
+	/* A crash leaves QEMU's pid file behind; it is what marks the crash. */
+	unlink(pidfile);
+	vm_state_set(vm, VM_STOPPED);
+}
+
+static void measured_cb(struct agent *a, const int64_t *vsize, const int64_t *alloc, void *data)
+{
+	struct measure *m = data;
+	struct vm *vm = a->stopping ? NULL : vm_find(a, m->name);
+
+	if (vm && vm->generation == m->generation) {
+		for (size_t i = 0; i < vm->ndisks; i++) {
+			vm->disks[i].virtual_size = vsize[i];
+			vm->disks[i].allocated = alloc[i];
+		}
+	}
+	if (m->cb)
+		m->cb(vm, NULL, m->data);
+	free(m);
+}
+
+/*
+ * Refresh the disk sizes of vm off the loop, then call cb (may be NULL) with vm, or
+ * with NULL if the vm went away meanwhile.
+ */
+void vm_measure(struct vm *vm, vm_done_cb cb, void *data)
+{
+	struct measure *m = xcalloc(1, sizeof(*m));
+
+	m->agent = vm->agent;
+	snprintf(m->name, sizeof(m->name), "%s", vm->name);
+	m->generation = vm->generation;
+	m->cb = cb;
+	m->data = data;
+	disk_sizes(vm->agent, vm->disks, vm->ndisks, measured_cb, m);
+}
+
+/* ---- QMP ------------------------------------------------------------------------------ */
+
+/* Send a QMP command to vm's QEMU; see qmp_cmd_send(). */
+int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned timeout_ms,
+	   qmp_reply_cb cb, void *data, struct kerr *err)
+{
+	if (!qmp_ready(vm->qmp)) {
+		json_object_put(args);
+		return err_set(err, 0, "vm %s: QEMU's QMP connection is not ready", vm->name);
+	}
+	return qmp_cmd_send(vm->qmp, cmd, args, timeout_ms, cb, data, err);
+}
+
+static enum vm_state status_state(const char *status)
+{
+	if (strcmp(status, "running") == 0)
+		return VM_RUNNING;
+	if (strcmp(status, "shutdown") == 0)
+		return VM_STOPPING;
+	/* paused, prelaunch, suspended, io-error, internal-error, ...: vCPUs not running. */
+	return VM_PAUSED;
+}
+
+static void balloon_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct vm *vm = data;
+
+	if (vm->removing || ret == NULL)
+		return;
+	vm->balloon_actual_mb = json_get_int(ret, "actual", -MIB) / MIB;
+}
+
+static void status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct vm *vm = data;
+	vm_done_cb cb;
+
+	if (vm->removing || !vm_alive(vm))
+		return;
+	if (ret == NULL) {
+		log_warnx("vm %s: query-status: %s", vm->name, error);
+		return;
+	}
+	if (vm->start_cb) {
+		/* The start settled: the op-done reports the state, nothing is pushed. */
+		uv_timer_stop(&vm->timer);
+		vm->vm_state = status_state(json_get_str(ret, "status", ""));
+		log_info("vm %s: QEMU pid %d is %s", vm->name, (int)vm->pid,
+			 vm_state_name(vm->vm_state));
+		cb = vm->start_cb;
+		vm->start_cb = NULL;
+		cb(vm, NULL, vm->start_data);
+		return;
+	}
+	if (!vm->adopt_reported) {
+		/* Found at start-up: one report, whatever the state. */
+		vm->adopt_reported = true;
+		vm->vm_state = status_state(json_get_str(ret, "status", ""));
+		log_info("vm %s: adopted QEMU pid %d", vm->name, (int)vm->pid);
+		if (vm->op == NULL)
+			vm_state_push(vm);
+		return;
+	}
+	if (vm->vm_state != VM_STOPPING)
+		vm_state_set(vm, status_state(json_get_str(ret, "status", "")));
+}
+
+static void qmp_ready_cb(struct qmp *q, void *data)
+{
+	struct vm *vm = data;
+
+	vm->qmp_failures = 0;
+	/* QEMU answers in order: the balloon is known by the time the status settles. */
+	vm_qmp(vm, "query-balloon", NULL, 10000, balloon_cb, vm, NULL);
+	vm_qmp(vm, "query-status", NULL, 10000, status_cb, vm, NULL);
+}
+
+static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *event_data,
+			 void *data)
+{
+	struct vm *vm = data;
+
+	if (strcmp(name, "STOP") == 0) {
+		if (vm->vm_state == VM_RUNNING)
+			vm_state_set(vm, VM_PAUSED);
+	} else if (strcmp(name, "RESUME") == 0) {
+		if (vm->vm_state == VM_PAUSED)
+			vm_state_set(vm, VM_RUNNING);
+	} else if (strcmp(name, "SHUTDOWN") == 0) {
+		snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",
+			 json_get_str(event_data, "reason", "unknown"));
+		log_info("vm %s: QEMU shutting down (%s)", vm->name, vm->shutdown_reason);
+		vm_state_set(vm, VM_STOPPING);
+	} else if (strcmp(name, "RESET") == 0) {
+		log_info("vm %s: reset (%s)", vm->name,
+			 json_get_bool(event_data, "guest", false) ? "by the guest"
+								   : "by the host");
+		/* The state stays; the controller still hears of a reboot it did not ask for. */
+		if (vm->op == NULL && !vm->reset_expected)
+			vm_state_push(vm);
+		vm->reset_expected = false;
+	} else if (strcmp(name, "BALLOON_CHANGE") == 0) {
+		vm->balloon_actual_mb = json_get_int(event_data, "actual", -MIB) / MIB;
+	} else if (strcmp(name, "GUEST_PANICKED") == 0) {
+		log_warnx("vm %s: the guest panicked", vm->name);
+		snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "guest-panic");
+	} else {
+		log_debug("vm %s: QMP event %s", vm->name, name);
+	}
+}
+
+static void poll_cb(uv_timer_t *timer);
+
+static void qmp_closed_cb(struct qmp *q, int status, const char *why, void *data)
+{
+	struct vm *vm = data;
+
+	if (vm->qmp == q)
+		vm->qmp = NULL;
+	if (vm->removing || status == UV_ECANCELED || !vm_alive(vm)) {
+		vm_unref(vm);
+		return;
+	}
+	vm_unref(vm);
+	vm->qmp_failures++;
+	if (vm->qmp_failures == 1 || vm->qmp_failures % 60 == 0)
+		log_debug("vm %s: QMP: %s", vm->name, why);
+	if (!vm->adopt_reported && vm->qmp_failures == ADOPT_REPORT_AFTER) {
+		/* QMP is busy or broken; say what is known rather than nothing. */
+		log_warnx("vm %s: QEMU pid %d runs but its QMP does not answer (%s)", vm->name,
+			  (int)vm->pid, why);
+		vm->adopt_reported = true;
+		vm_state_push(vm);
+	}
+	/*
+	 * Our child's exit comes from libuv; an adopted QEMU's is found by polling right
+	 * after QMP went away. Either way QMP is reconnected while the process lives.
+	 */
+	uv_timer_start(&vm->poll_timer, poll_cb,
+		       vm->start_cb	       ? QMP_RETRY_START_MS
+		       : vm->qmp_failures <= 1 ? EXIT_POLL_MS
+					       : QMP_RETRY_MS,
+		       0);
+}
+
+static const struct qmp_ops vm_qmp_ops = {
+	.ready = qmp_ready_cb,
+	.event = qmp_event_cb,
+	.closed = qmp_closed_cb,
+};
+
+/* Connect vm's QMP socket (retried by vm.c while the process lives). */
+void vm_qmp_connect(struct vm *vm)
+{
+	_cleanup_free_ char *path = xasprintf("%s/qmp.sock", vm->dir);
+
+	if (vm->qmp || vm->removing)
+		return;
+	vm->open_handles++;
+	vm->qmp = qmp_open(vm->agent->loop, path, &vm_qmp_ops, vm);
+}
+
+static void poll_cb(uv_timer_t *timer)
+{
+	struct vm *vm = timer->data;
+
+	if (!vm_alive(vm))
+		return;
+	if (vm->proc == NULL && !vm_pid_alive(vm->pid)) {
+		vm_exited(vm, false, 0, 0);
+		return;
+	}
+	vm_qmp_connect(vm);
+}
+
+/* ---- process ------------------------------------------------------------------------- */
+
+/* The last line QEMU wrote to qemu.log since the start marker: its reason to exit. */
+static void log_reason(const struct vm *vm, char *out, size_t outlen)
+{
+	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->dir);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char buf[2048], *line, *end, *p;
+	struct stat st;
+	off_t from;
+	ssize_t n;
+
+	out[0] = '\0';
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return;
+	from = st.st_size > (off_t)sizeof(buf) - 1 ? st.st_size - (off_t)sizeof(buf) + 1 : 0;
+	n = pread(fd, buf, sizeof(buf) - 1, from);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	end = buf + n;
+	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(buf, '\n');
+	line = line ? line + 1 : buf;
+	if (strncmp(line, "-- ", 3) == 0)
+		return;
+	/* "<timestamp> qemu-system-x86_64: -blockdev {...}: Could not open ...": the end. */
+	if ((p = strstr(line, AGENT_QEMU_BINARY ": ")))
+		line = p + strlen(AGENT_QEMU_BINARY ": ");
+	if (strncmp(line, "-blockdev {", 11) == 0 && (p = strstr(line, "}: ")))
+		line = p + 3;
+	snprintf(out, outlen, "%s", line);
+}
+
+static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal)
+{
+	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
+	enum vm_state was = vm->vm_state, state = VM_STOPPED;
+	struct vm_waiter *w, *next;
+	pid_t pid = vm->pid;
+	char reason[200], why[256] = "";
+	struct stat st;
+	vm_done_cb cb;
+
+	if (pid == 0)
+		return;
+	vm->pid = 0;
+	vm->balloon_actual_mb = -1;
+	uv_timer_stop(&vm->timer);
+	uv_timer_stop(&vm->poll_timer);
+	if (vm->qmp) {
+		qmp_close(vm->qmp);
+		vm->qmp = NULL;
+	}
+	log_reason(vm, reason, sizeof(reason));
+	if (vm->start_cb || was == VM_STARTING) {
+		state = VM_ERROR;
+		if (vm->error[0])
+			snprintf(why, sizeof(why), "%s", vm->error);
+		else if (term_signal)
+			snprintf(why, sizeof(why), "QEMU was killed by signal %d while starting",
+				 term_signal);
+		else
+			snprintf(why, sizeof(why), "QEMU exited while starting: %s",
+				 reason[0] ? reason : "no reason in qemu.log");
+	} else if (vm->stop_requested) {
+		state = VM_STOPPED;
+	} else if (strcmp(vm->shutdown_reason, "host-signal") == 0) {
+		state = VM_CRASHED;
+		snprintf(why, sizeof(why), "QEMU was stopped by a signal from outside Kumo");
+	} else if (strcmp(vm->shutdown_reason, "guest-panic") == 0) {
+		state = VM_CRASHED;
+		snprintf(why, sizeof(why), "the guest panicked");
+	} else if (vm->shutdown_reason[0]) {
+		state = VM_STOPPED; /* the guest powered off, or a monitor client quit */
+	} else if (known && term_signal) {
+		state = VM_CRASHED;
+		snprintf(why, sizeof(why), "QEMU (pid %d) was killed by signal %d (%s)", (int)pid,
+			 term_signal, strsignal(term_signal));
+	} else if (known && status != 0) {
+		state = VM_CRASHED;
+		snprintf(why, sizeof(why), "QEMU exited with status %lld: %s", (long long)status,
+			 reason[0] ? reason : "no reason in qemu.log");
+	} else if (!known && stat(pidfile, &st) == 0) {
+		/* QEMU removes its pid file on every clean exit. */
+		state = VM_CRASHED;
+		snprintf(why, sizeof(why), "QEMU (pid %d) ended without a clean shutdown",
+			 (int)pid);
+	}
+	if (state == VM_STOPPED)
+		unlink(pidfile);
+	if (why[0])
+		log_warnx("vm %s: %s", vm->name, why);
+	else
+		log_info("vm %s: QEMU pid %d is gone", vm->name, (int)pid);
+	vm->vm_state = state;
+	snprintf(vm->error, sizeof(vm->error), "%s", why);
+	if (vm->op == NULL)
+		vm_state_push(vm);
+
+	cb = vm->start_cb;
+	vm->start_cb = NULL;
+	if (cb)
+		cb(vm, why, vm->start_data);
+	for (w = vm->exit_waiters, vm->exit_waiters = NULL; w; w = next) {
+		next = w->next;
+		w->cb(vm, NULL, w->data);
+		free(w);
+	}
+}
+
+static void proc_exit_cb(uv_process_t *handle, int64_t exit_status, int term_signal)
+{
+	struct vm_proc *proc = handle->data;
+	struct vm *vm = proc->vm;
+
+	uv_close((uv_handle_t *)handle, proc_close_cb);
+	if (vm == NULL)
+		return;
+	vm->proc = NULL;
+	vm_exited(vm, true, exit_status, term_signal);
+}
+
+static void start_deadline_cb(uv_timer_t *timer)
+{
+	struct vm *vm = timer->data;
+	vm_done_cb cb = vm->start_cb;
+	char why[128];
+
+	if (cb == NULL)
+		return;
+	snprintf(why, sizeof(why), "QEMU did not answer on QMP within %d s; killed",
+		 AGENT_VM_START_TIMEOUT_MS / 1000);
+	log_warnx("vm %s: %s", vm->name, why);
+	vm->start_cb = NULL;
+	vm->stop_requested = true;
+	kill(vm->pid, SIGKILL);
+	snprintf(vm->error, sizeof(vm->error), "%s", why);
+	cb(vm, why, vm->start_data);
+}
+
+/* Open qemu.log for QEMU's output, with a marker line before this start's output. */
+static int qemu_log_open(struct vm *vm, struct kerr *err)
+{
+	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->dir);
+	_cleanup_free_ char *line = NULL;
+	char when[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	int fd;
+
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(err, errno, "vm %s: cannot open %s", vm->name, path);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
+	line = xasprintf("-- %s: kumo-agentd starts QEMU at %s\n", vm->name, when);
+	if (write(fd, line, strlen(line)) < 0)
+		log_warn("vm %s: cannot write %s", vm->name, path);
+	return fd;
+}
+
+/*
+ * Start QEMU for vm (stopped, crashed or failed), resuming snapshot loadvm if not
+ * NULL. cb(vm, error, data) follows once QMP answered query-status (error NULL; the
+ * state is then running or paused) or the start failed. The small files in the run
+ * directory (local pool) are touched on the loop: a few metadata operations on a
+ * local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb is then
+ * not called).
+ */
+int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+{
+	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
+	_cleanup_free_ char *console_old = xasprintf("%s/console.log.1", vm->dir);
+	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
+	uv_stdio_container_t stdio[3];
+	uv_process_options_t opts = {0};
+	struct argv av = {0};
+	struct vm_proc *proc;
+	struct stat st;
+	int fd, ret;
+
+	if (vm_alive(vm))
+		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
+	if (qemu_args_build(vm, loadvm, &av, err) < 0) {
+		argv_free(&av);
+		return -1;
+	}
+	fd = qemu_log_open(vm, err);
+	if (fd < 0) {
+		argv_free(&av);
+		return -1;
+	}
+	if (stat(console, &st) == 0 && st.st_size > CONSOLE_ROTATE_BYTES)
+		rename(console, console_old);
+	unlink(pidfile);
+
+	proc = xcalloc(1, sizeof(*proc));
+	proc->vm = vm;
+	proc->handle.data = proc;
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
+	stdio[1].data.fd = stdio[2].data.fd = fd;
+	opts.file = AGENT_QEMU_BINARY;
+	opts.args = av.v;
+	opts.exit_cb = proc_exit_cb;
+	opts.cwd = vm->dir;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	/*
+	 * Detached: its own session, so the guest outlives the agent and a signal to the
+	 * agent's process group never reaches it. QEMU runs as the agent's user, root in
+	 * the lab: it opens /dev/kvm (kvm accel) and disk files in pools owned by root.
+	 */
+	opts.flags = UV_PROCESS_DETACHED;
+	ret = uv_spawn(vm->agent->loop, &proc->handle, &opts);
+	close(fd);
+	argv_free(&av);
+	if (ret < 0) {
+		uv_close((uv_handle_t *)&proc->handle, proc_close_cb);
+		return err_set(err, -ret, "vm %s: cannot run %s", vm->name, AGENT_QEMU_BINARY);
+	}
+	vm->proc = proc;
+	vm->pid = proc->handle.pid;
+	vm->started_at_ms = now_ms();
+	vm->stop_requested = vm->stop_forced = false;
+	vm->shutdown_reason[0] = '\0';
+	vm->error[0] = '\0';
+	vm->qmp_failures = 0;
+	vm->adopt_reported = true;
+	vm->start_cb = cb;
+	vm->start_data = data;
+	log_info("vm %s: QEMU started, pid %d%s%s", vm->name, (int)vm->pid,
+		 loadvm ? ", resuming snapshot " : "", loadvm ? loadvm : "");
+	vm_state_set(vm, VM_STARTING);
+	uv_timer_start(&vm->timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
+	uv_timer_start(&vm->poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
+	return 0;
+}
+
+static void waiter_add(struct vm *vm, vm_done_cb cb, void *data)
+{
+	struct vm_waiter *w = xcalloc(1, sizeof(*w));
+
+	w->cb = cb;
+	w->data = data;
+	w->next = vm->exit_waiters;
+	vm->exit_waiters = w;
+}
+
+static void kill_cb(uv_timer_t *timer)
+{
+	struct vm *vm = timer->data;
+
+	if (!vm_alive(vm))
+		return;
+	log_warnx("vm %s: QEMU pid %d still there %d ms after quit; SIGKILL", vm->name,
+		  (int)vm->pid, AGENT_VM_KILL_AFTER_MS);
+	kill(vm->pid, SIGKILL);
+	if (vm->proc == NULL)
+		uv_timer_start(&vm->poll_timer, poll_cb, EXIT_POLL_MS, 0);
+}
+
+/* QMP quit, then SIGKILL if QEMU lingers; at once SIGKILL without QMP. */
+static void quit_or_kill(struct vm *vm)
+{
+	vm->stop_forced = true;
+	if (vm_qmp(vm, "quit", NULL, 0, NULL, NULL, NULL) == 0) {
+		uv_timer_start(&vm->timer, kill_cb, AGENT_VM_KILL_AFTER_MS, 0);
+		return;
+	}
+	log_info("vm %s: no QMP; SIGKILL to QEMU pid %d", vm->name, (int)vm->pid);
+	kill(vm->pid, SIGKILL);
+	if (vm->proc == NULL)
+		uv_timer_start(&vm->poll_timer, poll_cb, EXIT_POLL_MS, 0);
+}
+
+static void stop_timeout_cb(uv_timer_t *timer)
+{
+	struct vm *vm = timer->data;
+
+	if (!vm_alive(vm))
+		return;
+	log_info("vm %s: the guest did not power off in time; forcing", vm->name);
+	quit_or_kill(vm);
+}
+
+/*
+ * Stop vm's QEMU (which runs): an ACPI power button press (system_powerdown; a paused
+ * guest is resumed first, as it could not react), then after timeout_s seconds QMP
+ * quit, then SIGKILL. cb(vm, NULL, data) once the process is gone; vm->stop_forced
+ * says whether the guest had to be forced.
+ */
+void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data)
+{
+	bool paused = vm->vm_state == VM_PAUSED;
+
+	waiter_add(vm, cb, data);
+	vm->stop_requested = true;
+	vm_state_set(vm, VM_STOPPING);
+	if (timeout_s == 0 || !qmp_ready(vm->qmp)) {
+		quit_or_kill(vm);
+		return;
+	}
+	if (paused)
+		vm_qmp(vm, "cont", NULL, 0, NULL, NULL, NULL);
+	vm_qmp(vm, "system_powerdown", NULL, 0, NULL, NULL, NULL);
+	uv_timer_start(&vm->timer, stop_timeout_cb, (uint64_t)timeout_s * 1000, 0);
+}
+
+/*
+ * Stop vm's QEMU (which runs) at once: QMP quit, SIGKILL if it lingers. Joins a
+ * graceful stop in progress. cb(vm, NULL, data) once the process is gone.
+ */
+void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data)
+{
+	waiter_add(vm, cb, data);
+	vm->stop_requested = true;
+	vm_state_set(vm, VM_STOPPING);
+	uv_timer_stop(&vm->timer);
+	quit_or_kill(vm);
+}
+
+/* ---- cron ------------------------------------------------------------------------------ */
+
+/*
+ * The vm driver's share of the agent's periodic duties (heartbeat timer): refresh disk
+ * sizes for the next reports, and notice an adopted QEMU that went away without QMP
+ * saying so.
+ */
+void vm_cron(struct agent *a)
+{
+	for (struct vm *vm = a->vms, *next; vm; vm = next) {
+		next = vm->next;
+		if (!vm->created)
+			continue;
+		if (vm->op == NULL)
+			vm_measure(vm, NULL, NULL);
+		if (vm_alive(vm) && vm->proc == NULL && !vm_pid_alive(vm->pid))
+			vm_exited(vm, false, 0, 0);
+	}
+}

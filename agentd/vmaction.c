@@ -1,0 +1,966 @@
+/*
+ * vmaction.c - what each instance action does to a VM, as chains of steps.
+ *
+ * instance.c has checked the command and made the op: op->vm is the VM (NULL only
+ * for create and delete of an unknown instance), op->disks the disks the action works
+ * on, op->spec and op->args what the command says. Each step starts the next as the
+ * last thing it does and ends in instance_op_succeed() or instance_op_fail(). A step
+ * resumed by a callback first asks instance_op_gone(): the agent may be stopping.
+ *
+ *   create    check paths, make disks (blank, linked clone, full copy), cloud-init
+ *             seed, spec.json, then start if asked
+ *   update    the same for new disks, qemu-img resize for grown ones (stopped only)
+ *   start, stop, force-stop, reboot, pause, resume, balloon    QEMU and QMP
+ *   delete    force-stop if asked, then remove the run directory and the disks
+ *   snapshot-create/-revert/-delete
+ *             running: HMP savevm/loadvm/delvm with memory, a QMP transaction of
+ *             internal disk snapshots without; stopped: qemu-img snapshot
+ */
+#include "agentd.h"
+
+#include <string.h>
+
+#include "json.h"
+#include "util.h"
+
+#define MIB		  (1024LL * 1024)
+#define QMP_TIMEOUT_MS	  30000
+#define SAVEVM_TIMEOUT_MS (30 * 60 * 1000) /* RAM and disks written while QEMU waits */
+#define STOP_TIMEOUT_S	  60
+
+/* ---- create and update ------------------------------------------------------------------ */
+
+static void created_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "created, but could not start: %s", error);
+		return;
+	}
+	instance_op_succeed(op);
+}
+
+static void create_start(struct inst_op *op)
+{
+	struct kerr err;
+
+	if (!json_get_bool(op->args, "start", false) || vm_alive(op->vm)) {
+		instance_op_succeed(op);
+		return;
+	}
+	instance_op_progress(op, 90, "starting qemu");
+	if (vm_start(op->vm, NULL, created_cb, op, &err) < 0)
+		instance_op_fail(op, "created, but could not start: %s", err.msg);
+}
+
+static void spec_written_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	if (op->registered) {
+		op->vm->created = true;
+		op->registered = false; /* it exists now; a failure to start keeps it */
+		memset(op->made, 0, sizeof(op->made));
+		memset(op->make, 0, sizeof(op->make));
+		log_info("vm %s: created", op->vm->name);
+		create_start(op);
+		return;
+	}
+	/* update */
+	if (vm_spec_set(op->vm, op->spec, &err) < 0) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	memset(op->made, 0, sizeof(op->made));
+	memset(op->make, 0, sizeof(op->make));
+	instance_op_succeed(op);
+}
+
+static void spec_write(struct inst_op *op)
+{
+	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->dir);
+
+	instance_op_progress(op, 85, "saving the instance");
+	disk_file_write(op->agent, path, json_text(op->spec), spec_written_cb, op);
+}
+
+static void seeded_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	spec_write(op);
+}
+
+static void seed_then_spec(struct inst_op *op)
+{
+	struct json_object *ci;
+
+	if (!op->seed || !json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
+		spec_write(op);
+		return;
+	}
+	instance_op_progress(op, 75, "writing the cloud-init seed");
+	disk_seed_build(op->agent, op->vm->dir, op->vm->name, json_get_str(ci, "user_data", ""),
+			seeded_cb, op);
+}
+
+static bool want_grow(struct inst_op *op, size_t i)
+{
+	return op->grow[i] > 0;
+}
+
+static void grow_one(struct inst_op *op, size_t i)
+{
+	instance_op_progress(op, 60, "growing disks");
+	disk_resize(op->agent, op->disks[i].abs, op->grow[i], instance_disk_done_cb, op);
+}
+
+static void grow_then_seed(struct inst_op *op)
+{
+	instance_disks_each(op, want_grow, grow_one, seed_then_spec);
+}
+
+static bool want_make(struct inst_op *op, size_t i)
+{
+	return op->make[i];
+}
+
+static void made_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	/* Remembered before anything else: a half-made file is removed on failure too. */
+	if (!a->stopping)
+		op->made[op->idx - 1] = true;
+	instance_disk_done_cb(a, error, data);
+}
+
+static void make_one(struct inst_op *op, size_t i)
+{
+	struct json_object *arr, *d;
+	char phase[96];
+
+	json_object_object_get_ex(op->spec, "disks", &arr);
+	d = json_object_array_get_idx(arr, i);
+	snprintf(phase, sizeof(phase), "creating disk %s", op->disks[i].name);
+	instance_op_progress(op, 10 + (int)(50 * i / (op->ndisks ? op->ndisks : 1)), phase);
+	disk_create(op->agent, &op->disks[i], op->images[i][0] ? op->images[i] : NULL,
+		    json_get_int(d, "size_mb", 0) * MIB,
+		    strcmp(json_get_str(d, "clone", "linked"), "full") == 0, made_cb, op);
+}
+
+static void make_disks(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	instance_disks_each(op, want_make, make_one, grow_then_seed);
+}
+
+static void prepared_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	_cleanup_free_ char *path = NULL;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	if (!op->registered) {
+		make_disks(a, NULL, op);
+		return;
+	}
+	/*
+	 * The paths are checked: none of the disks exists. Should the agent die before
+	 * spec.json is written, creating.json tells the next one what to remove.
+	 */
+	path = xasprintf("%s/creating.json", op->vm->dir);
+	disk_file_write(a, path, json_text(op->spec), make_disks, op);
+}
+
+/* Check paths and make the run directory, then make, grow and seed as planned. */
+static void disks_prepare(struct inst_op *op)
+{
+	struct vm_disk fresh[AGENT_VM_DISKS_MAX];
+	const char *images[AGENT_VM_DISKS_MAX];
+	struct json_object *arr;
+	size_t n = 0;
+
+	json_object_object_get_ex(op->spec, "disks", &arr);
+	for (size_t i = 0; i < op->ndisks; i++) {
+		struct json_object *image;
+
+		if (!op->make[i])
+			continue;
+		if (json_object_object_get_ex(json_object_array_get_idx(arr, i), "image", &image))
+			snprintf(op->images[i], sizeof(op->images[i]), "%s/%s",
+				 op->agent->cfg->shared_pool, json_get_str(image, "path", ""));
+		fresh[n] = op->disks[i];
+		images[n++] = op->images[i];
+	}
+	instance_op_progress(op, 5, "checking disk paths");
+	disk_prepare(op->agent, op->vm->dir, fresh, n, images, prepared_cb, op);
+}
+
+/*
+ * create: make the disks, seed and spec.json of a new instance; start it if args.start.
+ * The same spec again (a resend after an agent restart) only starts it if asked.
+ */
+void vmaction_create(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+	struct kerr err;
+
+	if (vm) {
+		/* The same spec again: a resend after an agent restart, not a new instance. */
+		if (vm->created && json_object_equal(vm->spec, op->spec)) {
+			create_start(op);
+			return;
+		}
+		instance_op_fail(op, "instance %s exists already on this host", vm->name);
+		return;
+	}
+	vm = vm_register(op->agent, op->spec, &err);
+	if (vm == NULL) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->vm = vm;
+	op->owner = op->registered = true;
+	vm->op = op;
+	for (size_t i = 0; i < op->ndisks; i++)
+		op->make[i] = true;
+	op->seed = json_object_object_get_ex(op->spec, "cloud_init", NULL);
+	disks_prepare(op);
+}
+
+static struct json_object *spec_disk(struct json_object *spec, const char *name)
+{
+	struct json_object *arr;
+
+	if (!json_object_object_get_ex(spec, "disks", &arr))
+		return NULL;
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *d = json_object_array_get_idx(arr, i);
+
+		if (strcmp(json_get_str(d, "name", ""), name) == 0)
+			return d;
+	}
+	return NULL;
+}
+
+/*
+ * update: a stopped instance takes the new spec: new disks made, grown disks resized
+ * (never shrunk, never removed), the seed rebuilt if cloud_init changed.
+ */
+void vmaction_update(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+	struct json_object *old_ci = NULL, *new_ci = NULL, *arr;
+	struct kerr err;
+
+	if (json_object_equal(vm->spec, op->spec)) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (vm_alive(vm)) {
+		instance_op_fail(
+			op,
+			"instance %s is %s; vcpus, memory and disks change only while it is "
+			"stopped",
+			vm->name, vm_state_name(vm->vm_state));
+		return;
+	}
+	if (vm_disks_resolve(op->agent, op->spec, op->disks, &op->ndisks, &err) < 0) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	json_object_object_get_ex(op->spec, "disks", &arr);
+	for (size_t i = 0; i < op->ndisks; i++) {
+		struct json_object *nd = json_object_array_get_idx(arr, i);
+		struct json_object *od = spec_disk(vm->spec, op->disks[i].name);
+		int64_t old_mb, new_mb = json_get_int(nd, "size_mb", 0);
+
+		if (od == NULL) {
+			op->make[i] = true;
+			continue;
+		}
+		if (strcmp(json_get_str(od, "pool", ""), json_get_str(nd, "pool", "")) != 0 ||
+		    strcmp(json_get_str(od, "path", ""), json_get_str(nd, "path", "")) != 0) {
+			instance_op_fail(op, "disk %s: its pool and path cannot change",
+					 op->disks[i].name);
+			return;
+		}
+		old_mb = json_get_int(od, "size_mb", 0);
+		if (new_mb < old_mb) {
+			instance_op_fail(
+				op, "disk %s: disks grow but never shrink (%lld MiB to %lld MiB)",
+				op->disks[i].name, (long long)old_mb, (long long)new_mb);
+			return;
+		}
+		if (new_mb > old_mb)
+			op->grow[i] = new_mb * MIB;
+	}
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		if (spec_disk(op->spec, vm->disks[i].name) == NULL) {
+			instance_op_fail(op, "disk %s cannot be removed by an update",
+					 vm->disks[i].name);
+			return;
+		}
+	}
+	json_object_object_get_ex(vm->spec, "cloud_init", &old_ci);
+	json_object_object_get_ex(op->spec, "cloud_init", &new_ci);
+	op->seed = new_ci && !json_object_equal(old_ci, new_ci);
+	disks_prepare(op);
+}
+
+/* ---- power ------------------------------------------------------------------------------ */
+
+static void started_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	instance_op_succeed(op);
+}
+
+/*
+ * start: run QEMU; running or paused already is success.
+ */
+void vmaction_start(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+	struct kerr err;
+
+	if (vm->vm_state == VM_RUNNING || vm->vm_state == VM_PAUSED) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (vm_alive(vm)) {
+		instance_op_fail(op, "instance %s is %s", vm->name, vm_state_name(vm->vm_state));
+		return;
+	}
+	instance_op_progress(op, 10, "starting qemu");
+	if (vm_start(vm, NULL, started_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+static void stopped_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	if (op->result == NULL)
+		op->result = json_object_new_object();
+	json_object_object_add(op->result, "forced", json_object_new_boolean(vm->stop_forced));
+	instance_op_succeed(op);
+}
+
+/*
+ * stop: ACPI power button, forced after args.timeout_s (default 60); not running is
+ * success. The result says "forced".
+ */
+void vmaction_stop(struct inst_op *op)
+{
+	int64_t timeout = json_get_int(op->args, "timeout_s", STOP_TIMEOUT_S);
+
+	if (!vm_alive(op->vm)) {
+		vm_stopped_set(op->vm);
+		instance_op_succeed(op);
+		return;
+	}
+	instance_op_progress(op, 10, "powering off");
+	vm_shutdown(op->vm, (unsigned)timeout, stopped_cb, op);
+}
+
+/*
+ * force-stop: QMP quit, SIGKILL if QEMU lingers; may cut a running stop short.
+ */
+void vmaction_force_stop(struct inst_op *op)
+{
+	if (!vm_alive(op->vm)) {
+		vm_stopped_set(op->vm);
+		instance_op_succeed(op);
+		return;
+	}
+	instance_op_progress(op, 10, "stopping qemu");
+	vm_force_stop(op->vm, stopped_cb, op);
+}
+
+static bool running_or_fail(struct inst_op *op)
+{
+	if (op->vm->vm_state == VM_RUNNING || op->vm->vm_state == VM_PAUSED)
+		return true;
+	instance_op_fail(op, "instance %s is %s, not running", op->vm->name,
+			 vm_state_name(op->vm->vm_state));
+	return false;
+}
+
+static void qmp_done_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	instance_op_succeed(op);
+}
+
+static void simple_qmp(struct inst_op *op, const char *cmd, struct json_object *args,
+		       qmp_reply_cb cb)
+{
+	struct kerr err;
+
+	instance_op_progress(op, 10, cmd);
+	if (vm_qmp(op->vm, cmd, args, QMP_TIMEOUT_MS, cb ? cb : qmp_done_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+static void reset_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (!op->agent->stopping && error)
+		op->vm->reset_expected = false;
+	qmp_done_cb(q, ret, error, data);
+}
+
+/*
+ * reboot: QMP system_reset of a running or paused guest.
+ */
+void vmaction_reboot(struct inst_op *op)
+{
+	if (!running_or_fail(op))
+		return;
+	/* QEMU answers first and resets on its next turn: the event follows the op-done. */
+	op->vm->reset_expected = true;
+	simple_qmp(op, "system_reset", NULL, reset_cb);
+}
+
+static void paused_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (!op->agent->stopping && !error)
+		vm_state_set(op->vm, VM_PAUSED);
+	qmp_done_cb(q, ret, error, data);
+}
+
+static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (!op->agent->stopping && !error)
+		vm_state_set(op->vm, VM_RUNNING);
+	qmp_done_cb(q, ret, error, data);
+}
+
+/*
+ * pause: QMP stop; paused already is success.
+ */
+void vmaction_pause(struct inst_op *op)
+{
+	if (op->vm->vm_state == VM_PAUSED) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (running_or_fail(op))
+		simple_qmp(op, "stop", NULL, paused_cb);
+}
+
+/*
+ * resume: QMP cont; running already is success.
+ */
+void vmaction_resume(struct inst_op *op)
+{
+	if (op->vm->vm_state == VM_RUNNING) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (running_or_fail(op))
+		simple_qmp(op, "cont", NULL, resumed_cb);
+}
+
+static void balloon_actual_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (!op->agent->stopping && ret)
+		op->vm->balloon_actual_mb = json_get_int(ret, "actual", -MIB) / MIB;
+	qmp_done_cb(q, ret, NULL, data);
+}
+
+static void balloon_set_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	if (vm_qmp(op->vm, "query-balloon", NULL, QMP_TIMEOUT_MS, balloon_actual_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+/*
+ * balloon: set the balloon of a running VM with dynamic memory to args.target_mb
+ * (within min_mb..max_mb). The result has "target_mb".
+ */
+void vmaction_balloon(struct inst_op *op)
+{
+	struct json_object *mem, *args = json_object_new_object();
+	int64_t target = json_get_int(op->args, "target_mb", 0), min, max;
+
+	json_object_object_get_ex(op->vm->spec, "memory", &mem);
+	min = json_get_int(mem, "min_mb", 0);
+	max = json_get_int(mem, "max_mb", 0);
+	if (max == 0) {
+		json_object_put(args);
+		instance_op_fail(
+			op, "instance %s has static memory; the balloon needs min_mb and max_mb",
+			op->vm->name);
+		return;
+	}
+	if (target < min || target > max) {
+		json_object_put(args);
+		instance_op_fail(op, "target_mb %lld is outside the instance's %lld..%lld MiB",
+				 (long long)target, (long long)min, (long long)max);
+		return;
+	}
+	if (!running_or_fail(op)) {
+		json_object_put(args);
+		return;
+	}
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "target_mb", json_object_new_int64(target));
+	json_object_object_add(args, "value", json_object_new_int64(target * MIB));
+	simple_qmp(op, "balloon", args, balloon_set_cb);
+}
+
+/* ---- delete ----------------------------------------------------------------------------- */
+
+static void removed_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct vm *vm = op->vm;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	vm->vm_state = VM_STOPPED;
+	op->report = vm_report(vm);
+	vm->op = NULL;
+	op->owner = false;
+	vm_remove(vm);
+	op->vm = NULL;
+	log_info("vm %s: deleted", json_get_str(op->spec, "name", ""));
+	instance_op_succeed(op);
+}
+
+static void delete_files(struct inst_op *op)
+{
+	bool keep = json_get_bool(op->args, "keep_disks", false);
+
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "deleted", json_object_new_boolean(true));
+	json_object_object_add(op->result, "disks_kept", json_object_new_boolean(keep));
+	instance_op_progress(op, 50,
+			     keep ? "removing the instance, keeping its disks"
+				  : "removing the instance and its disks");
+	disk_remove(op->agent, op->vm->dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
+		    removed_cb, op);
+}
+
+static void delete_stopped_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	delete_files(op);
+}
+
+/*
+ * delete: remove the run directory and, unless args.keep_disks, the disks; a running
+ * VM only with args.force (force-stopped first). Unknown here is success, "deleted": false.
+ */
+void vmaction_delete(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+	struct json_object *r;
+
+	if (vm == NULL || !vm->created) {
+		/* Deleted before (a resend), or never here: nothing to do, and say so. */
+		op->vm = NULL;
+		r = json_object_new_object();
+		json_object_object_add(r, "name",
+				       json_object_new_string(json_get_str(op->spec, "name", "")));
+		json_object_object_add(r, "type", json_object_new_string("vm"));
+		json_object_object_add(r, "state", json_object_new_string("stopped"));
+		json_object_object_add(r, "pid", NULL);
+		json_object_object_add(r, "started_at", NULL);
+		json_object_object_add(r, "uptime_s", json_object_new_int(0));
+		json_object_object_add(
+			r, "accel", json_object_new_string(json_get_str(op->spec, "accel", "tcg")));
+		json_object_object_add(r, "balloon_actual_mb", NULL);
+		json_object_object_add(r, "disks", json_object_new_array());
+		op->report = r;
+		op->result = json_object_new_object();
+		json_object_object_add(op->result, "deleted", json_object_new_boolean(false));
+		instance_op_succeed(op);
+		return;
+	}
+	if (!vm_alive(vm)) {
+		delete_files(op);
+		return;
+	}
+	if (!json_get_bool(op->args, "force", false)) {
+		instance_op_fail(op, "instance %s is %s; stop it first, or delete with force",
+				 vm->name, vm_state_name(vm->vm_state));
+		return;
+	}
+	instance_op_progress(op, 10, "stopping qemu");
+	vm_force_stop(vm, delete_stopped_cb, op);
+}
+
+/* ---- snapshots -------------------------------------------------------------------------- */
+
+static void snapshot_result(struct inst_op *op)
+{
+	struct json_object *s = json_object_new_object();
+
+	json_object_object_add(s, "name", json_object_new_string(op->snapshot));
+	json_object_object_add(s, "with_memory", json_object_new_boolean(op->with_memory));
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "snapshot", s);
+}
+
+/* Is the snapshot on disk i? From qemu-img info; -U reads a disk QEMU holds. */
+static void scan_info_cb(struct agent *a, const char *error, struct json_object *info, void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *snaps;
+	size_t i = op->idx - 1;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "disk %s: %s", op->disks[i].name, error);
+		return;
+	}
+	if (json_object_object_get_ex(info, "snapshots", &snaps)) {
+		for (size_t k = 0; k < json_object_array_length(snaps); k++) {
+			struct json_object *s = json_object_array_get_idx(snaps, k);
+
+			if (strcmp(json_get_str(s, "name", ""), op->snapshot) != 0)
+				continue;
+			op->has[i] = true;
+			if (json_get_int(s, "vm-state-size", 0) > 0)
+				op->has_memory = true;
+		}
+	}
+	instance_each_next(op);
+}
+
+static void scan_one(struct inst_op *op, size_t i)
+{
+	disk_info(op->agent, op->disks[i].abs, scan_info_cb, op);
+}
+
+static bool want_has(struct inst_op *op, size_t i)
+{
+	return op->has[i];
+}
+
+static void hmp_done_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	char out[256];
+	size_t len;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	/* HMP says nothing on success; anything it prints is the reason it failed. */
+	snprintf(out, sizeof(out), "%s",
+		 json_object_get_string(ret) ? json_object_get_string(ret) : "");
+	len = strlen(out);
+	while (len && (out[len - 1] == '\n' || out[len - 1] == '\r'))
+		out[--len] = '\0';
+	if (len) {
+		instance_op_fail(op, "QEMU: %s", out);
+		return;
+	}
+	instance_op_succeed(op);
+}
+
+/* An HMP command line through QMP's human-monitor-command. */
+static void hmp(struct inst_op *op, const char *verb, qmp_reply_cb cb)
+{
+	struct json_object *args = json_object_new_object();
+	_cleanup_free_ char *line = xasprintf("%s %s", verb, op->snapshot);
+	struct kerr err;
+
+	json_object_object_add(args, "command-line", json_object_new_string(line));
+	instance_op_progress(op, 30, line);
+	if (vm_qmp(op->vm, "human-monitor-command", args, SAVEVM_TIMEOUT_MS, cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+static void snapshot_each(struct inst_op *op, size_t i, char action)
+{
+	disk_snapshot(op->agent, op->disks[i].abs, action, op->snapshot, instance_disk_done_cb, op);
+}
+
+static void take_one(struct inst_op *op, size_t i)
+{
+	snapshot_each(op, i, 'c');
+}
+
+static void apply_one(struct inst_op *op, size_t i)
+{
+	snapshot_each(op, i, 'a');
+}
+
+static void delete_one(struct inst_op *op, size_t i)
+{
+	snapshot_each(op, i, 'd');
+}
+
+static void snapshot_take(struct inst_op *op)
+{
+	struct json_object *list, *args;
+	struct kerr err;
+
+	for (size_t i = 0; i < op->ndisks; i++) {
+		if (op->has[i]) {
+			instance_op_fail(op, "snapshot %s exists already", op->snapshot);
+			return;
+		}
+	}
+	if (!vm_alive(op->vm)) {
+		instance_op_progress(op, 30, "qemu-img snapshot -c");
+		instance_disks_each(op, NULL, take_one, instance_op_succeed);
+		return;
+	}
+	if (op->with_memory) {
+		hmp(op, "savevm", hmp_done_cb);
+		return;
+	}
+	/* One transaction: every disk's snapshot is of the same instant. */
+	list = json_object_new_array();
+	for (size_t i = 0; i < op->ndisks; i++) {
+		struct json_object *a = json_object_new_object(), *d = json_object_new_object();
+		char node[16];
+
+		snprintf(node, sizeof(node), "d%zu", i);
+		json_object_object_add(d, "device", json_object_new_string(node));
+		json_object_object_add(d, "name", json_object_new_string(op->snapshot));
+		json_object_object_add(a, "type",
+				       json_object_new_string("blockdev-snapshot-internal-sync"));
+		json_object_object_add(a, "data", d);
+		json_object_array_add(list, a);
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "actions", list);
+	instance_op_progress(op, 30, "snapshotting disks");
+	if (vm_qmp(op->vm, "transaction", args, SAVEVM_TIMEOUT_MS, qmp_done_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+/* Look for the snapshot on every disk, then go on with next. */
+static void snapshot_begin(struct inst_op *op, op_step_fn next)
+{
+	op->snapshot = json_get_str(op->args, "snapshot", "");
+	op->with_memory = json_get_bool(op->args, "with_memory", false);
+	snapshot_result(op);
+	if (op->ndisks == 0) {
+		instance_op_fail(op, "instance %s has no disks to hold a snapshot", op->vm->name);
+		return;
+	}
+	instance_op_progress(op, 10, "listing snapshots");
+	instance_disks_each(op, NULL, scan_one, next);
+}
+
+/*
+ * snapshot-create: args.snapshot on every disk, with the VM's memory if
+ * args.with_memory (running only).
+ */
+void vmaction_snapshot_create(struct inst_op *op)
+{
+	if (json_get_bool(op->args, "with_memory", false) && !vm_alive(op->vm)) {
+		instance_op_fail(
+			op,
+			"instance %s is %s, so it has no memory to save; take the snapshot "
+			"without memory",
+			op->vm->name, vm_state_name(op->vm->vm_state));
+		return;
+	}
+	snapshot_begin(op, snapshot_take);
+}
+
+static void revert_restart(struct inst_op *op)
+{
+	struct kerr err;
+
+	instance_op_progress(op, 80, "starting qemu");
+	if (vm_start(op->vm, NULL, started_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+static void revert_stopped_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	instance_op_progress(op, 50, "qemu-img snapshot -a");
+	instance_disks_each(op, NULL, apply_one, revert_restart);
+}
+
+static void loadvm_status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (!op->agent->stopping && ret)
+		vm_state_set(op->vm, strcmp(json_get_str(ret, "status", ""), "running") == 0
+					     ? VM_RUNNING
+					     : VM_PAUSED);
+	qmp_done_cb(q, ret, NULL, data);
+}
+
+static void loadvm_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	const char *out = ret ? json_object_get_string(ret) : NULL;
+	struct kerr err;
+
+	if (error || (out && out[0] && strspn(out, "\r\n") != strlen(out))) {
+		hmp_done_cb(q, ret, error, data);
+		return;
+	}
+	if (instance_op_gone(op))
+		return;
+	if (vm_qmp(op->vm, "query-status", NULL, QMP_TIMEOUT_MS, loadvm_status_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+static void snapshot_revert(struct inst_op *op)
+{
+	struct kerr err;
+
+	for (size_t i = 0; i < op->ndisks; i++) {
+		if (!op->has[i]) {
+			instance_op_fail(op, "snapshot %s is not on disk %s", op->snapshot,
+					 op->disks[i].name);
+			return;
+		}
+	}
+	if (op->with_memory && !op->has_memory) {
+		instance_op_fail(op, "snapshot %s holds no memory state; revert without memory",
+				 op->snapshot);
+		return;
+	}
+	if (vm_alive(op->vm) && op->with_memory) {
+		hmp(op, "loadvm", loadvm_cb);
+	} else if (vm_alive(op->vm)) {
+		instance_op_progress(op, 20, "stopping qemu");
+		vm_force_stop(op->vm, revert_stopped_cb, op);
+	} else if (op->with_memory) {
+		instance_op_progress(op, 50, "starting qemu from the snapshot");
+		if (vm_start(op->vm, op->snapshot, started_cb, op, &err) < 0)
+			instance_op_fail(op, "%s", err.msg);
+	} else {
+		instance_op_progress(op, 50, "qemu-img snapshot -a");
+		instance_disks_each(op, NULL, apply_one, instance_op_succeed);
+	}
+}
+
+/*
+ * snapshot-revert: back to args.snapshot; with_memory resumes the saved running state
+ * (loadvm, or a start with -loadvm), without it the disks go back and a running VM
+ * restarts on them.
+ */
+void vmaction_snapshot_revert(struct inst_op *op)
+{
+	snapshot_begin(op, snapshot_revert);
+}
+
+static void snapshot_drop(struct inst_op *op)
+{
+	bool any = false;
+
+	for (size_t i = 0; i < op->ndisks; i++)
+		any |= op->has[i];
+	if (!any) {
+		instance_op_fail(op, "there is no snapshot %s", op->snapshot);
+		return;
+	}
+	if (vm_alive(op->vm)) {
+		hmp(op, "delvm", hmp_done_cb);
+		return;
+	}
+	instance_op_progress(op, 50, "qemu-img snapshot -d");
+	instance_disks_each(op, want_has, delete_one, instance_op_succeed);
+}
+
+/*
+ * snapshot-delete: drop args.snapshot from every disk holding it.
+ */
+void vmaction_snapshot_delete(struct inst_op *op)
+{
+	snapshot_begin(op, snapshot_drop);
+}

@@ -1,0 +1,45 @@
+#!/bin/bash
+# The scheduler: anti-affinity spreads a group over hosts, pinning pins, a VM too big
+# for any host is 422 with every host's reason, and nothing is created by a refusal.
+. "$(dirname "$0")/lib.sh"
+
+cleanup() { for n in aa1 aa2 aa3 aa4 pin1; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done; }
+trap cleanup EXIT
+count() { api GET /api/v1/instances; jqb '.instances | length'; }
+before=$(count)
+
+small='"type":"vm","vcpus":1,"memory":{"mb":64},"start":false,"disks":[{"name":"d","size_mb":16}]'
+vm_create '{"name":"aa1",'"$small"',"anti_affinity":"web"}'
+h1=$(jqb .result.placement.host)
+vm_create '{"name":"aa2",'"$small"',"anti_affinity":"web"}'
+h2=$(jqb .result.placement.host)
+vm_create '{"name":"aa3",'"$small"',"anti_affinity":"web"}'
+h3=$(jqb .result.placement.host)
+[ "$h1" != "$h2" ] && [ "$h1" != "$h3" ] && [ "$h2" != "$h3" ] || fail "anti-affinity group placed on $h1 $h2 $h3"
+api POST /api/v1/instances '{"name":"aa4",'"$small"',"anti_affinity":"web"}'
+expect_status 422
+[ "$(jqb '[.placement.rejected[] | select(.reason | test("anti-affinity group web"))] | length')" = 3 ] ||
+	fail "422 does not give the anti-affinity reason for all 3 hosts"
+pass "three VMs of one anti-affinity group on three hosts ($h1 $h2 $h3); a fourth is 422"
+
+api POST /api/v1/instances '{"name":"big1","type":"vm","vcpus":200,"memory":{"mb":64}}'
+expect_status 422
+[ "$(jqb '.placement.rejected | length')" = 3 ] || fail "not every host rejected with a reason"
+jqb '.placement.rejected[].reason' | grep -q "not enough CPU" || fail "no CPU reason"
+api POST /api/v1/instances '{"name":"big2","type":"vm","vcpus":1,"memory":{"mb":1048576}}'
+expect_status 422
+jqb '.placement.rejected[].reason' | grep -q "not enough memory" || fail "no memory reason"
+pass "VMs too big for any host get 422 with each host's reason"
+
+vm_create '{"name":"pin1",'"$small"',"host":"h2"}'
+[ "$(jqb .result.placement.host)" = h2 ] || fail "pinned VM not on h2"
+[ "$(jqb '[.result.placement.rejected[] | select(.reason | test("pinned"))] | length')" = 2 ] || fail "other hosts not rejected as pinned"
+api PATCH /api/v1/hosts/h3 '{"maintenance":true}'
+api POST /api/v1/instances '{"name":"maint1",'"$small"',"host":"h3"}'
+api PATCH /api/v1/hosts/h3 '{"maintenance":false}' >/dev/null
+expect_status 422
+api GET /api/v1/instances/maint1
+expect_status 404
+pass "pinning places on the pinned host; a host in maintenance takes nothing"
+
+[ "$(count)" = $((before + 4)) ] || fail "refused creates left instances behind"
