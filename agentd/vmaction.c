@@ -882,6 +882,22 @@ static void loadvm_status_cb(struct qmp *q, struct json_object *ret, const char 
 	qmp_done_cb(q, ret, NULL, data);
 }
 
+static void loadvm_cont_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "the snapshot was loaded but the guest did not resume: %s",
+				 error);
+		return;
+	}
+	if (vm_qmp(op->vm, "query-status", NULL, QMP_TIMEOUT_MS, loadvm_status_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
 static void loadvm_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
@@ -894,7 +910,9 @@ static void loadvm_cb(struct qmp *q, struct json_object *ret, const char *error,
 	}
 	if (instance_op_gone(op))
 		return;
-	if (vm_qmp(op->vm, "query-status", NULL, QMP_TIMEOUT_MS, loadvm_status_cb, op, &err) < 0)
+	/* A memory snapshot is taken of a running guest: reverting to it brings the guest
+	 * back running, even if it was paused before the revert. */
+	if (vm_qmp(op->vm, "cont", NULL, QMP_TIMEOUT_MS, loadvm_cont_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 

@@ -358,13 +358,7 @@ static bool state_in(const char *state, const char *const *allowed)
 static void cmd_instance(struct host *h, const char *op_id, const char *action,
 			 struct json_object *spec, struct json_object *args)
 {
-	struct json_object *body = json_object_new_object();
-
-	json_object_object_add(body, "action", json_object_new_string(action));
-	json_object_object_add(body, "instance", json_object_get(spec));
-	json_object_object_add(body, "args",
-			       args ? json_object_get(args) : json_object_new_object());
-	agentlink_cmd_send(h, LINK_CMD_INSTANCE, op_id, body);
+	instances_cmd_send(h, op_id, action, spec, args);
 }
 
 /*
@@ -615,14 +609,18 @@ enum MHD_Result api_instances_create(struct request *req)
 					"only type \"vm\" is supported by this controller so far");
 	}
 	if (instance_exists(name)) {
+		enum MHD_Result ret = http_reply_error(req, 409, "name",
+						       "an instance named %s exists already", name);
+
 		json_object_put(body);
-		return http_reply_error(req, 409, "name", "an instance named %s exists already",
-					name);
+		return ret;
 	}
 	if (json_get_str(body, "host", NULL) && !host_find(json_get_str(body, "host", ""))) {
+		enum MHD_Result ret = http_reply_error(req, 404, "host", "no host named %s",
+						       json_get_str(body, "host", ""));
+
 		json_object_put(body);
-		return http_reply_error(req, 404, "host", "no host named %s",
-					json_get_str(body, "host", ""));
+		return ret;
 	}
 	spec = spec_build(body, image_ids, &err);
 	start = json_get_bool(body, "start", true);

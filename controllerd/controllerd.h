@@ -181,6 +181,8 @@ void instances_report(struct host *h, struct json_object *report, const char *wh
 void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
 void instance_spec_apply(struct json_object *spec, struct json_object *changes);
+void instances_cmd_send(struct host *h, const char *op_id, const char *action,
+			struct json_object *spec, struct json_object *args);
 int instances_on_host(int64_t host_id);
 bool image_in_use(int64_t image_id);
 

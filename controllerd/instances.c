@@ -689,6 +689,34 @@ static void instance_spec_save(const char *name, struct json_object *changes)
 }
 
 /*
+ * Send instance operation op_id (ACTION on spec) to h. The operation's args are
+ * what users see; the agent gets only what it takes for the action: an update's
+ * changes are already in spec, a snapshot delete needs only the name.
+ */
+void instances_cmd_send(struct host *h, const char *op_id, const char *action,
+			struct json_object *spec, struct json_object *args)
+{
+	struct json_object *body = json_object_new_object(), *a = json_object_new_object(), *v;
+
+	if (!strcmp(action, "update")) {
+		/* nothing: the new spec says it all */
+	} else if (!strncmp(action, "snapshot-", 9)) {
+		if (json_object_object_get_ex(args, "snapshot", &v))
+			json_object_object_add(a, "snapshot", json_object_get(v));
+		if (strcmp(action, "snapshot-delete") &&
+		    json_object_object_get_ex(args, "with_memory", &v))
+			json_object_object_add(a, "with_memory", json_object_get(v));
+	} else if (args) {
+		json_object_put(a);
+		a = json_object_get(args);
+	}
+	json_object_object_add(body, "action", json_object_new_string(action));
+	json_object_object_add(body, "instance", json_object_get(spec));
+	json_object_object_add(body, "args", a);
+	agentlink_cmd_send(h, LINK_CMD_INSTANCE, op_id, body);
+}
+
+/*
  * Controller restart: resend an instance operation that was in flight. The agent
  * runs an operation id once, so a command it already finished only reports again.
  */
@@ -696,7 +724,7 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 			struct json_object *result)
 {
 	const char *target_name;
-	struct json_object *op = op_get(id), *body, *spec = NULL;
+	struct json_object *op = op_get(id), *spec = NULL;
 	struct json_object *args = json_object_object_get(result, "args");
 	sqlite3_stmt *st;
 
@@ -717,12 +745,7 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 	}
 	if (json_object_object_get(args, "changes"))
 		instance_spec_apply(spec, json_object_object_get(args, "changes"));
-	body = json_object_new_object();
-	json_object_object_add(body, "action", json_object_new_string(kind + 9));
-	json_object_object_add(body, "instance", json_object_get(spec));
-	json_object_object_add(body, "args",
-			       args ? json_object_get(args) : json_object_new_object());
-	agentlink_cmd_send(h, LINK_CMD_INSTANCE, id, body);
+	instances_cmd_send(h, id, kind + 9, spec, args);
 	json_object_put(spec);
 	json_object_put(op);
 	return 0;

@@ -36,7 +36,10 @@ vm_create '{"name":"pin1",'"$small"',"host":"h2"}'
 [ "$(jqb '[.result.placement.rejected[] | select(.reason | test("pinned"))] | length')" = 2 ] || fail "other hosts not rejected as pinned"
 api PATCH /api/v1/hosts/h3 '{"maintenance":true}'
 api POST /api/v1/instances '{"name":"maint1",'"$small"',"host":"h3"}'
-api PATCH /api/v1/hosts/h3 '{"maintenance":false}' >/dev/null
+st=$STATUS
+jqb '.placement.rejected[] | select(.host == "h3") | .reason' | grep -q maintenance || { api PATCH /api/v1/hosts/h3 '{"maintenance":false}'; fail "h3 not rejected for maintenance"; }
+api PATCH /api/v1/hosts/h3 '{"maintenance":false}'
+STATUS=$st
 expect_status 422
 api GET /api/v1/instances/maint1
 expect_status 404
