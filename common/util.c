@@ -238,3 +238,57 @@ int mkdir_p(const char *path, unsigned mode)
 		return -errno;
 	return 0;
 }
+
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+char *base64_encode(const void *data, size_t len)
+{
+	const unsigned char *in = data;
+	char *out = xmalloc((len + 2) / 3 * 4 + 1), *p = out;
+
+	for (size_t i = 0; i < len; i += 3) {
+		unsigned v = (unsigned)in[i] << 16 | (i + 1 < len ? (unsigned)in[i + 1] << 8 : 0) |
+			     (i + 2 < len ? in[i + 2] : 0);
+
+		*p++ = b64chars[v >> 18 & 63];
+		*p++ = b64chars[v >> 12 & 63];
+		*p++ = i + 1 < len ? b64chars[v >> 6 & 63] : '=';
+		*p++ = i + 2 < len ? b64chars[v & 63] : '=';
+	}
+	*p = '\0';
+	return out;
+}
+
+char *base64_decode(const char *in, size_t *outlen)
+{
+	size_t len = strlen(in), n = 0;
+	char *out = xmalloc(len / 4 * 3 + 4);
+	unsigned acc = 0;
+	int bits = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		const char *c;
+
+		if (in[i] == '=') {
+			/* Padding ends the data; only more padding may follow. */
+			if (strspn(in + i, "=") != len - i)
+				goto bad;
+			break;
+		}
+		c = strchr(b64chars, in[i]);
+		if (c == NULL || in[i] == '\0')
+			goto bad;
+		acc = acc << 6 | (unsigned)(c - b64chars);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[n++] = (char)(acc >> bits & 0xff);
+		}
+	}
+	out[n] = '\0';
+	*outlen = n;
+	return out;
+bad:
+	free(out);
+	return NULL;
+}

@@ -56,6 +56,11 @@ void hex_encode(const unsigned char *in, size_t len, char *out);
 /* Decode exactly outlen bytes of hex; returns 0 or -1 on bad input. */
 int hex_decode(const char *in, unsigned char *out, size_t outlen);
 
+/* Base64 (RFC 4648, with padding): encode into a new string; decode into a new
+ * NUL-terminated buffer with its length, or NULL for malformed input. */
+char *base64_encode(const void *data, size_t len);
+char *base64_decode(const char *in, size_t *outlen);
+
 /*
  * Write data to path atomically (temporary file, fsync, rename, fsync of the
  * directory) with the given mode. Returns 0 or -errno.

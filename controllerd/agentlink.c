@@ -545,6 +545,13 @@ void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
  */
 void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, void *cls)
 {
+	agentlink_query_timeout(h, body, CMD_TIMEOUT_MS, cb, cls);
+}
+
+/* The same, for a query that takes its time on the host (exec): timeout_ms. */
+void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t timeout_ms,
+			     cmd_reply_fn cb, void *cls)
+{
 	struct cmd *c = xcalloc(1, sizeof(*c)), **pp;
 
 	c->type = LINK_CMD_QUERY;
@@ -552,7 +559,7 @@ void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, 
 	c->body = body;
 	c->reply_cb = cb;
 	c->cls = cls;
-	c->deadline = now_ms() + CMD_TIMEOUT_MS;
+	c->deadline = now_ms() + timeout_ms;
 	for (pp = &h->queue; *pp; pp = &(*pp)->next)
 		;
 	*pp = c;

@@ -381,7 +381,7 @@ static bool image_name_taken(const char *name)
 }
 
 /* First call of an upload: check the query, refuse early, open the temporary file. */
-enum MHD_Result api_images_upload_begin(struct request *req)
+static enum MHD_Result upload_begin(struct request *req)
 {
 	const char *name = http_query(req, "name"), *format = http_query(req, "format");
 	_cleanup_free_ char *dir = xasprintf("%s/" IMAGE_DIR, ctl.cfg.shared_pool);
@@ -431,7 +431,7 @@ enum MHD_Result api_images_upload_begin(struct request *req)
 }
 
 /* A chunk of the body: to the file. Errors are remembered and answered at the end. */
-void api_images_upload_data(struct request *req, const char *data, size_t len)
+static void upload_data(struct request *req, const char *data, size_t len)
 {
 	if (req->upload_fd < 0 || req->upload_error[0])
 		return;
@@ -457,7 +457,7 @@ void api_images_upload_data(struct request *req, const char *data, size_t len)
 }
 
 /* The request is over: an upload nobody took over is removed. */
-void api_images_upload_end(struct request *req)
+static void upload_end(struct request *req)
 {
 	if (req->upload_fd >= 0)
 		close(req->upload_fd);
@@ -468,6 +468,8 @@ void api_images_upload_end(struct request *req)
 		req->upload_path = NULL;
 	}
 }
+
+const struct stream_ops api_images_stream = {upload_begin, upload_data, upload_end};
 
 enum MHD_Result api_images_upload(struct request *req)
 {

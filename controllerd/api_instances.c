@@ -600,14 +600,24 @@ enum MHD_Result api_instances_create(struct request *req)
 	const char *name;
 	int rc;
 
-	if (http_body_json(req, create_fields, &body, &err) < 0)
+	bool vm;
+	const char *type;
+
+	if (json_body_parse(req->body ? req->body : "", req->body_len, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
-	name = json_get_str(body, "name", "");
-	if (strcmp(json_get_str(body, "type", ""), "vm") != 0) {
+	/* The type decides which fields exist; check it first, then the rest. */
+	type = json_get_str(body, "type", NULL);
+	if (type == NULL || (strcmp(type, "vm") && strcmp(type, "container"))) {
 		json_object_put(body);
 		return http_reply_error(req, 400, "type",
-					"only type \"vm\" is supported by this controller so far");
+					"field 'type' is required: \"vm\" or \"container\"");
 	}
+	vm = !strcmp(type, "vm");
+	if (json_fields_check(body, vm ? create_fields : container_create_fields, &err) < 0) {
+		json_object_put(body);
+		return http_reply_kerr(req, &err);
+	}
+	name = json_get_str(body, "name", "");
 	if (instance_exists(name)) {
 		enum MHD_Result ret = http_reply_error(req, 409, "name",
 						       "an instance named %s exists already", name);
@@ -622,17 +632,21 @@ enum MHD_Result api_instances_create(struct request *req)
 		json_object_put(body);
 		return ret;
 	}
-	spec = spec_build(body, image_ids, &err);
+	spec = vm ? spec_build(body, image_ids, &err) : container_spec_build(body, &err);
 	start = json_get_bool(body, "start", true);
 	json_object_put(body);
 	if (spec == NULL)
 		return http_reply_kerr(req, &err);
 
-	sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
-	sr.memory_mb = spec_memory_mb(spec);
-	sr.nested = json_get_bool(spec, "nested", false);
-	sr.needs_shared_pool = spec_needs_pool(spec, "shared");
-	sr.needs_local_pool = spec_needs_pool(spec, "local");
+	if (vm) {
+		sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
+		sr.memory_mb = spec_memory_mb(spec);
+		sr.nested = json_get_bool(spec, "nested", false);
+		sr.needs_shared_pool = spec_needs_pool(spec, "shared");
+		sr.needs_local_pool = spec_needs_pool(spec, "local");
+	} else {
+		container_sched_request(spec, &sr);
+	}
 	sr.pin_host = json_get_str(spec, "host", NULL);
 	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
 	h = instances_place(&sr, &placement, &err);
@@ -645,10 +659,11 @@ enum MHD_Result api_instances_create(struct request *req)
 		return http_reply_json(req, 422, e);
 	}
 	/* The host decides the accelerator: KVM only where a guest really ran. */
-	json_object_object_add(spec, "accel",
-			       json_object_new_string(json_get_bool(h->facts, "kvm_usable", false)
-							      ? "kvm"
-							      : "tcg"));
+	if (vm)
+		json_object_object_add(
+			spec, "accel",
+			json_object_new_string(
+				json_get_bool(h->facts, "kvm_usable", false) ? "kvm" : "tcg"));
 
 	if (db_begin(ctl.db) < 0) {
 		json_object_put(spec);
@@ -658,7 +673,7 @@ enum MHD_Result api_instances_create(struct request *req)
 	st = db_prepare(ctl.db,
 			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
 			"anti_affinity, vcpus, memory_mb, placement, created_at, updated_at) "
-			"VALUES (?, 'vm', ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?)");
+			"VALUES (?1, ?11, ?2, ?3, 'creating', ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
 	sqlite3_bind_text(st, 1, name = json_get_str(spec, "name", ""), -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, h->id);
 	sqlite3_bind_text(st, 3, json_text(spec), -1, SQLITE_TRANSIENT);
@@ -670,10 +685,11 @@ enum MHD_Result api_instances_create(struct request *req)
 	sqlite3_bind_text(st, 8, json_text(placement), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 9, now);
 	sqlite3_bind_int64(st, 10, now);
+	sqlite3_bind_text(st, 11, vm ? "vm" : "container", -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	iid = sqlite3_last_insert_rowid(ctl.db);
-	for (size_t i = 0; rc == SQLITE_DONE &&
+	for (size_t i = 0; vm && rc == SQLITE_DONE &&
 			   i < json_object_array_length(json_object_object_get(spec, "disks"));
 	     i++) {
 		struct json_object *d =
@@ -766,6 +782,7 @@ struct action_def {
 	const char *name;
 	const char *const *from; /* states it may start from */
 	const char *desired;	 /* desired state afterwards, or NULL */
+	const char *only;	 /* the one instance type it is for, or NULL for both */
 };
 
 static const char *const from_stopped[] = {"stopped", "crashed", NULL};
@@ -774,14 +791,13 @@ static const char *const from_any_live[] = {"running",	"paused",  "starting",
 					    "stopping", "crashed", NULL};
 static const char *const from_running[] = {"running", NULL};
 static const char *const from_paused[] = {"paused", NULL};
+static const char *const from_commit[] = {"running", "paused", "stopped", "crashed", NULL};
 
 static const struct action_def actions[] = {
-	{"start", from_stopped, "running"},
-	{"stop", from_live, "stopped"},
-	{"force-stop", from_any_live, "stopped"},
-	{"reboot", from_running, NULL},
-	{"pause", from_running, NULL},
-	{"resume", from_paused, "running"},
+	{"start", from_stopped, "running", NULL},	{"stop", from_live, "stopped", NULL},
+	{"force-stop", from_any_live, "stopped", NULL}, {"reboot", from_running, NULL, "vm"},
+	{"restart", from_live, "running", "container"}, {"pause", from_running, NULL, NULL},
+	{"resume", from_paused, "running", NULL},	{"commit", from_commit, NULL, "container"},
 };
 
 static int timeout_check(struct json_object *v, const char *f, struct kerr *err)
@@ -796,6 +812,28 @@ static const struct json_field stop_fields[] = {
 
 static const struct json_field no_fields[] = {{NULL, 0, false, NULL}};
 
+/* repo:tag for a committed image: lower-case repo path segments, a tag. */
+static int commit_image_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v), *colon = strrchr(s, ':');
+	size_t rlen = colon ? (size_t)(colon - s) : 0;
+
+	if (!json_string_clean(v) || colon == NULL || rlen == 0 || rlen > 128 ||
+	    strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789._-/") != rlen || s[0] == '/' ||
+	    s[rlen - 1] == '/' || strstr(s, "//") || strstr(s, "..") || strlen(colon + 1) == 0 ||
+	    strlen(colon + 1) > 128 ||
+	    strspn(colon + 1,
+		   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") !=
+		    strlen(colon + 1))
+		return err_input(err, 400, f, "'%s' must be repo:tag, like mytools:v2", f);
+	return 0;
+}
+
+static const struct json_field commit_fields[] = {
+	{"image", JK_STRING, true, commit_image_check},
+	{NULL, 0, false, NULL},
+};
+
 enum MHD_Result api_instance_action(struct request *req)
 {
 	const struct action_def *a = NULL;
@@ -808,17 +846,30 @@ enum MHD_Result api_instance_action(struct request *req)
 		if (!strcmp(actions[k].name, req->params[1]))
 			a = &actions[k];
 	if (a == NULL)
-		return http_reply_error(req, 404, NULL,
-					"no action %.32s; actions are start, stop, force-stop, "
-					"reboot, pause, resume",
-					req->params[1]);
-	if (req->body_len > 0 &&
-	    http_body_json(req, !strcmp(a->name, "stop") ? stop_fields : no_fields, &body, &err) <
-		    0)
+		return http_reply_error(
+			req, 404, NULL,
+			"no action %.32s; actions are start, stop, force-stop, "
+			"reboot (VMs), restart and commit (containers), pause, resume",
+			req->params[1]);
+	if (!strcmp(a->name, "commit")) {
+		if (http_body_json(req, commit_fields, &body, &err) < 0)
+			return http_reply_kerr(req, &err);
+	} else if (req->body_len > 0 &&
+		   http_body_json(req, !strcmp(a->name, "stop") ? stop_fields : no_fields, &body,
+				  &err) < 0) {
 		return http_reply_kerr(req, &err);
+	}
 	i = path_inst(req, &ret);
 	if (i == NULL) {
 		json_object_put(body);
+		return ret;
+	}
+	if (a->only && strcmp(a->only, json_get_str(i->spec, "type", "vm"))) {
+		json_object_put(body);
+		ret = http_reply_error(req, 400, NULL, "%s is for %s instances; %s is a %s",
+				       a->name, a->only, i->name,
+				       json_get_str(i->spec, "type", "vm"));
+		inst_free(i);
 		return ret;
 	}
 	if (!state_in(i->state, a->from)) {
@@ -834,6 +885,9 @@ enum MHD_Result api_instance_action(struct request *req)
 		json_object_object_add(
 			args, "timeout_s",
 			json_object_new_int((int)json_get_int(body, "timeout_s", STOP_TIMEOUT_S)));
+	if (!strcmp(a->name, "commit"))
+		json_object_object_add(args, "image",
+				       json_object_new_string(json_get_str(body, "image", "")));
 	json_object_put(body);
 	ret = start_op(req, i, a->name, args, a->desired);
 	inst_free(i);
@@ -1120,47 +1174,6 @@ static void console_reply_cb(struct json_object *body, const char *error, void *
 	http_resume(req);
 }
 
-static int b64val(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
-
-/* Decode base64 (the agent's) into a new buffer; NULL on bad input. */
-static char *b64_decode(const char *in, size_t *outlen)
-{
-	size_t len = strlen(in), n = 0;
-	char *out = xmalloc(len / 4 * 3 + 4);
-	unsigned acc = 0;
-	int bits = 0;
-
-	for (size_t i = 0; i < len; i++) {
-		int v;
-
-		if (in[i] == '=')
-			break;
-		v = b64val(in[i]);
-		if (v < 0) {
-			free(out);
-			return NULL;
-		}
-		acc = acc << 6 | (unsigned)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[n++] = (char)(acc >> bits & 0xff);
-		}
-	}
-	out[n] = '\0';
-	*outlen = n;
-	return out;
-}
-
 static enum MHD_Result console_answer(struct request *req)
 {
 	struct MHD_Response *resp;
@@ -1169,7 +1182,7 @@ static enum MHD_Result console_answer(struct request *req)
 
 	if (req->answer == NULL)
 		return http_reply_error(req, 502, NULL, "console: %s", req->answer_error);
-	data = b64_decode(json_get_str(req->answer, "data", ""), &len);
+	data = base64_decode(json_get_str(req->answer, "data", ""), &len);
 	if (data == NULL)
 		return http_reply_error(req, 502, NULL, "console: the agent sent malformed data");
 	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);

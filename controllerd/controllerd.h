@@ -120,7 +120,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 4
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -145,6 +145,7 @@ int tokens_join_consume(const char *token, const char *host, struct kerr *err);
 /* hosts.c */
 int hosts_load(struct kerr *err);
 struct host *host_find(const char *name);
+struct host *host_find_instance(const char *instance);
 struct json_object *host_to_json(const struct host *h);
 void host_heartbeat(struct host *h, struct json_object *body);
 void hosts_check_liveness(void);
@@ -164,6 +165,8 @@ void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
 			struct json_object *body);
 void agentlink_cron(void);
 void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, void *cls);
+void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t timeout_ms,
+			     cmd_reply_fn cb, void *cls);
 void agentlink_query_cancel(void *cls);
 void agentlink_queries_fail(struct host *h, const char *why);
 
@@ -186,11 +189,18 @@ void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 int instances_on_host(int64_t host_id);
 bool image_in_use(int64_t image_id);
 
+/* api_containers.c */
+extern const struct json_field container_create_fields[];
+struct json_object *container_spec_build(struct json_object *body, struct kerr *err);
+void container_sched_request(struct json_object *spec, struct sched_request *sr);
+int oci_ref_resolve(const char *ref, char *digest, size_t dlen, char *canon, size_t clen,
+		    struct kerr *err);
+enum MHD_Result api_instance_logs(struct request *req);
+enum MHD_Result api_instance_exec(struct request *req);
+
 /* api_images.c */
 int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size);
-enum MHD_Result api_images_upload_begin(struct request *req);
-void api_images_upload_data(struct request *req, const char *data, size_t len);
-void api_images_upload_end(struct request *req);
+extern const struct stream_ops api_images_stream;
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,
@@ -242,13 +252,25 @@ struct request {
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
 
+/*
+ * A route whose body streams instead of collecting in memory. begin runs when the
+ * headers are in (authorised already) and may answer at once; data gets each chunk
+ * (errors are kept in the request and answered by the route's handler); end runs
+ * when the request is over, however it ended, to release what begin took.
+ */
+struct stream_ops {
+	enum MHD_Result (*begin)(struct request *req);
+	void (*data)(struct request *req, const char *data, size_t len);
+	void (*end)(struct request *req);
+};
+
 struct route {
 	const char *method;
 	const char *pattern; /* "{}" matches one path segment */
 	enum role role;	     /* least role allowed; ROLE_NONE: no token needed */
 	const char *query;   /* allowed query keys, comma separated */
 	route_fn fn;
-	bool stream; /* the body streams to upload_cb (api_images.c), not into memory */
+	const struct stream_ops *stream; /* NULL: the body is collected in memory */
 };
 
 int http_start(struct kerr *err);

@@ -106,6 +106,22 @@ static const char *const migrations[] = {
 	"  state TEXT NOT NULL DEFAULT 'creating',"
 	"  created_at INTEGER NOT NULL,"
 	"  UNIQUE (instance_id, name));",
+	/* 3 -> 4: the OCI registry's tags and manifests (blobs live on the shared pool) */
+	"CREATE TABLE oci_manifests ("
+	"  repo TEXT NOT NULL,"
+	"  digest TEXT NOT NULL,"
+	"  media_type TEXT NOT NULL,"
+	"  size INTEGER NOT NULL,"
+	"  created_at INTEGER NOT NULL,"
+	"  PRIMARY KEY (repo, digest));"
+	"CREATE TABLE oci_tags ("
+	"  repo TEXT NOT NULL,"
+	"  tag TEXT NOT NULL,"
+	"  digest TEXT NOT NULL,"
+	"  media_type TEXT NOT NULL,"
+	"  size INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL,"
+	"  PRIMARY KEY (repo, tag));",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -28,6 +28,20 @@ struct host *host_find(const char *name)
 	return NULL;
 }
 
+/* The host an instance is placed on, or NULL. */
+struct host *host_find_instance(const char *instance)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT h.name FROM instances i JOIN hosts h ON "
+					      "h.id = i.host_id WHERE i.name = ?");
+	struct host *h = NULL;
+
+	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		h = host_find((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return h;
+}
+
 static struct json_object *parse_or_empty(const char *text)
 {
 	struct json_object *o = text ? json_tokener_parse(text) : NULL;

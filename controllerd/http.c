@@ -18,39 +18,42 @@
  * Adding a route is one row here plus its handler.
  */
 static const struct route routes[] = {
-	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get, false},
-	{"GET", "/metrics", ROLE_NONE, "", api_metrics_get, false},
-	{"GET", "/", ROLE_NONE, "", api_dashboard_get, false},
-	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, false},
-	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list, false},
-	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get, false},
-	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch, false},
-	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete, false},
-	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe, false},
-	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, false},
-	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list, false},
-	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, false},
-	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list, false},
-	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, false},
-	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, false},
-	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, false},
-	{"GET", "/api/v1/instances", ROLE_VIEWER, "", api_instances_list, false},
-	{"GET", "/api/v1/instances/{}", ROLE_VIEWER, "", api_instance_get, false},
-	{"PATCH", "/api/v1/instances/{}", ROLE_OPERATOR, "", api_instance_patch, false},
+	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get, NULL},
+	{"GET", "/metrics", ROLE_NONE, "", api_metrics_get, NULL},
+	{"GET", "/", ROLE_NONE, "", api_dashboard_get, NULL},
+	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, NULL},
+	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list, NULL},
+	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get, NULL},
+	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch, NULL},
+	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete, NULL},
+	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe, NULL},
+	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, NULL},
+	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list, NULL},
+	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, NULL},
+	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list, NULL},
+	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
+	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
+	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, NULL},
+	{"GET", "/api/v1/instances", ROLE_VIEWER, "", api_instances_list, NULL},
+	{"GET", "/api/v1/instances/{}", ROLE_VIEWER, "", api_instance_get, NULL},
+	{"PATCH", "/api/v1/instances/{}", ROLE_OPERATOR, "", api_instance_patch, NULL},
 	{"DELETE", "/api/v1/instances/{}", ROLE_OPERATOR, "force,keep_disks", api_instance_delete,
-	 false},
-	{"POST", "/api/v1/instances/{}/actions/{}", ROLE_OPERATOR, "", api_instance_action, false},
-	{"GET", "/api/v1/instances/{}/console", ROLE_VIEWER, "bytes", api_instance_console, false},
-	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, false},
-	{"GET", "/api/v1/instances/{}/snapshots", ROLE_VIEWER, "", api_snapshots_list, false},
+	 NULL},
+	{"POST", "/api/v1/instances/{}/actions/{}", ROLE_OPERATOR, "", api_instance_action, NULL},
+	{"GET", "/api/v1/instances/{}/console", ROLE_OPERATOR, "bytes", api_instance_console, NULL},
+	{"GET", "/api/v1/instances/{}/logs", ROLE_OPERATOR, "tail,follow", api_instance_logs, NULL},
+	{"POST", "/api/v1/instances/{}/exec", ROLE_OPERATOR, "", api_instance_exec, NULL},
+	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, NULL},
+	{"GET", "/api/v1/instances/{}/snapshots", ROLE_VIEWER, "", api_snapshots_list, NULL},
 	{"POST", "/api/v1/instances/{}/snapshots/{}/actions/revert", ROLE_OPERATOR, "",
-	 api_snapshot_revert, false},
+	 api_snapshot_revert, NULL},
 	{"DELETE", "/api/v1/instances/{}/snapshots/{}", ROLE_OPERATOR, "", api_snapshot_delete,
-	 false},
-	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format", api_images_upload, true},
-	{"GET", "/api/v1/images", ROLE_VIEWER, "", api_images_list, false},
-	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, false},
-	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, false},
+	 NULL},
+	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format", api_images_upload,
+	 &api_images_stream},
+	{"GET", "/api/v1/images", ROLE_VIEWER, "", api_images_list, NULL},
+	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, NULL},
+	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, NULL},
 };
 
 static struct MHD_Daemon *daemon_;
@@ -364,7 +367,7 @@ static bool stream_begin(struct request *req)
 		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 				 role_name(req->route->role), role_name(req->role));
 	else
-		api_images_upload_begin(req);
+		req->route->stream->begin(req);
 	return true;
 }
 
@@ -393,7 +396,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 	if (*upload_data_size && req->route && req->route->stream) {
 		/* After an early answer (401, 400...) the body is read and dropped. */
 		if (req->status == 0)
-			api_images_upload_data(req, upload_data, *upload_data_size);
+			req->route->stream->data(req, upload_data, *upload_data_size);
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
@@ -435,7 +438,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	api_ops_forget(req);
 	api_instances_forget(req);
-	api_images_upload_end(req);
+	if (req->route && req->route->stream)
+		req->route->stream->end(req);
 	free(req->params[0]);
 	free(req->params[1]);
 	free(req->body);

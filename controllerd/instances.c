@@ -271,9 +271,11 @@ static bool state_known(const char *state)
  */
 static struct json_object *report_clean(struct json_object *r)
 {
-	static const char *const ints[] = {"pid", "started_at", "uptime_s", "balloon_actual_mb",
-					   NULL};
-	static const char *const strs[] = {"name", "type", "state", "accel", "error", NULL};
+	static const char *const ints[] = {
+		"pid",	     "started_at", "uptime_s", "balloon_actual_mb",
+		"exit_code", "restarts",   "rw_size",  NULL};
+	static const char *const strs[] = {"name",  "type",	    "state", "accel",
+					   "error", "image_digest", NULL};
 	struct json_object *out, *disks, *v;
 
 	if (r == NULL || !json_object_is_type(r, json_type_object) ||
@@ -289,6 +291,8 @@ static struct json_object *report_clean(struct json_object *r)
 		if (json_object_object_get_ex(r, ints[i], &v) &&
 		    json_object_is_type(v, json_type_int))
 			json_object_object_add(out, ints[i], json_object_get(v));
+	if (json_object_object_get_ex(r, "oom", &v) && json_object_is_type(v, json_type_boolean))
+		json_object_object_add(out, "oom", json_object_get(v));
 	disks = json_object_new_array();
 	if (json_object_object_get_ex(r, "disks", &v) && json_object_is_type(v, json_type_array)) {
 		for (size_t i = 0; i < json_object_array_length(v) && i < 16; i++) {
@@ -538,10 +542,14 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 		sqlite3_column_type(st, 4) == SQLITE_TEXT
 			? json_object_new_string((const char *)sqlite3_column_text(st, 4))
 			: NULL);
-	for (const char *const *k =
-		     (const char *const[]){"vcpus", "memory", "nested", "accel", "nics", "boot",
-					   "labels", "anti_affinity", NULL};
-	     *k; k++) {
+	static const char *const vm_keys[] = {"vcpus", "memory", "nested",	  "accel", "nics",
+					      "boot",  "labels", "anti_affinity", NULL};
+	static const char *const ct_keys[] = {"image",	       "command", "env",  "workdir",
+					      "limits",	       "restart", "nics", "labels",
+					      "anti_affinity", NULL};
+	bool container = !strcmp((const char *)sqlite3_column_text(st, 1), "container");
+
+	for (const char *const *k = container ? ct_keys : vm_keys; *k; k++) {
 		struct json_object *v = json_object_object_get(spec, *k);
 
 		json_object_object_add(o, *k, v ? json_object_get(v) : NULL);
@@ -596,6 +604,13 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 		json_object_get(json_object_object_get(report, "balloon_actual_mb")));
 	json_object_object_add(o, "error",
 			       json_object_get(json_object_object_get(report, "error")));
+	if (container)
+		for (const char *const *k =
+			     (const char *const[]){"exit_code", "restarts", "image_digest",
+						   "rw_size", "oom", NULL};
+		     *k; k++)
+			json_object_object_add(o, *k,
+					       json_object_get(json_object_object_get(report, *k)));
 	json_object_object_add(o, "placement",
 			       json_tokener_parse((const char *)sqlite3_column_text(st, 7)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 8)));
