@@ -7,6 +7,7 @@
  * the stored file with SHA-256 off the loop, and records it. An image a disk uses
  * cannot be deleted.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -524,6 +525,26 @@ enum MHD_Result api_images_upload(struct request *req)
 	}
 	run_info(im, im->upload, im->format, upload_info_cb);
 	return http_reply_json(req, 202, op);
+}
+
+/* Start-up: uploads and conversions an earlier run left half done are removed. */
+void images_sweep_uploads(void)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/" IMAGE_DIR, ctl.cfg.shared_pool);
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, ".upload-", 8) == 0) {
+			_cleanup_free_ char *p = xasprintf("%s/%s", dir, e->d_name);
+
+			log_info("images: removing the interrupted upload %s", p);
+			unlink(p);
+		}
+	}
+	closedir(d);
 }
 
 /* ---- list, show, delete ---- */

@@ -1126,6 +1126,49 @@ static bool flag_query(struct request *req, const char *key, bool *out, enum MHD
 	return false;
 }
 
+/*
+ * ?force=1 on an instance whose host is offline or gone: the controller forgets it
+ * (its operations are cancelled), so a dead host cannot pin it forever. What the host
+ * still holds shows up as drift if the host comes back.
+ */
+static enum MHD_Result forget_instance(struct request *req, struct inst *i)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
+	struct json_object *ev;
+	sqlite3_stmt *st;
+	int rc;
+
+	if (db_begin(ctl.db) < 0)
+		return http_reply_error(req, 503, NULL, "the database is busy; try again");
+	st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? AND status IN "
+				"('pending', 'running')");
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		_cleanup_free_ char *id = xstrdup((const char *)sqlite3_column_text(st, 0));
+
+		op_update(id, "cancelled", -1, "cancelled", NULL,
+			  "the instance was deleted while its host was offline");
+	}
+	sqlite3_finalize(st);
+	st = db_prepare(ctl.db, "DELETE FROM instances WHERE id = ?");
+	sqlite3_bind_int64(st, 1, i->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		db_rollback(ctl.db);
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	}
+	if (db_commit(ctl.db, NULL) < 0)
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	log_warnx("instance %s: forgotten while host %s is offline", i->name,
+		  i->host ? i->host->name : "(gone)");
+	ev = json_object_new_object();
+	json_object_object_add(ev, "name", json_object_new_string(i->name));
+	json_object_object_add(ev, "forgotten", json_object_new_boolean(1));
+	event_emit("instance-deleted", ev);
+	return http_reply_empty(req, 204);
+}
+
 enum MHD_Result api_instance_delete(struct request *req)
 {
 	static const char *const deletable[] = {"stopped", "crashed", "error", "missing", NULL};
@@ -1144,6 +1187,11 @@ enum MHD_Result api_instance_delete(struct request *req)
 		ret = http_reply_error(req, 409, NULL,
 				       "instance %s is %s; stop it first or delete with ?force=1",
 				       i->name, i->state);
+		inst_free(i);
+		return ret;
+	}
+	if (force && (i->host == NULL || i->host->state != HOST_ONLINE)) {
+		ret = forget_instance(req, i);
 		inst_free(i);
 		return ret;
 	}

@@ -201,6 +201,7 @@ enum MHD_Result api_instance_exec(struct request *req);
 /* api_images.c */
 int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size);
 extern const struct stream_ops api_images_stream;
+void images_sweep_uploads(void);
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,

@@ -144,6 +144,7 @@ int main(int argc, char **argv)
 	if (agentlink_start(&err) < 0 || http_start(&err) < 0)
 		fatalx("%s", err.msg);
 	ops_resume();
+	images_sweep_uploads();
 
 	uv_timer_init(ctl.loop, &ctl.cron);
 	uv_timer_start(&ctl.cron, cron_cb, CRON_MS, CRON_MS);

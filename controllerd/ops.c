@@ -209,8 +209,11 @@ void ops_resume(void)
 			continue;
 		}
 		op_update(id, "failed", -1, "interrupted", NULL,
-			  h ? "the controller restarted and cannot resume this kind of operation"
-			    : "the controller restarted and the operation's host is gone");
+			  h || hname == NULL
+				  ? "the controller restarted during this operation and cannot "
+				    "resume "
+				    "it"
+				  : "the controller restarted and the operation's host is gone");
 	}
 	sqlite3_finalize(st);
 }

@@ -3,7 +3,7 @@
 # for any host is 422 with every host's reason, and nothing is created by a refusal.
 . "$(dirname "$0")/lib.sh"
 
-cleanup() { for n in aa1 aa2 aa3 aa4 pin1; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done; }
+cleanup() { for n in aa1 aa2 aa3 aa4 pin1 off1; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done; }
 trap cleanup EXIT
 count() { api GET /api/v1/instances; jqb '.instances | length'; }
 before=$(count)
@@ -46,3 +46,22 @@ expect_status 404
 pass "pinning places on the pinned host; a host in maintenance takes nothing"
 
 [ "$(count)" = $((before + 4)) ] || fail "refused creates left instances behind"
+
+# A host that stays offline cannot pin an instance: ?force=1 forgets it.
+vm_create '{"name":"off1",'"$small"',"host":"h3"}'
+pid=$(agent_pid h3)
+kill -STOP "$pid"
+wait_until 30 "h3 offline" host_is h3 offline
+api DELETE /api/v1/instances/off1
+st=$STATUS
+api DELETE "/api/v1/instances/off1?force=1"
+st2=$STATUS
+kill -CONT "$pid"
+STATUS=$st
+expect_status 503
+STATUS=$st2
+expect_status 204
+api GET /api/v1/instances/off1
+expect_status 404
+wait_until 30 "h3 online again" host_is h3 online
+pass "an instance on an offline host: delete is 503, with force it is forgotten"
