@@ -110,6 +110,23 @@ static struct json_object *image_row_json(sqlite3_stmt *st)
 	json_object_object_add(o, "sha256",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 6)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 7)));
+	if (!strcmp((const char *)sqlite3_column_text(st, 1), "oci")) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		const char *colon = strrchr(name, ':');
+		char *digest = xasprintf("sha256:%s", sqlite3_column_text(st, 6)),
+		     who[NAME_MAX + 1];
+
+		json_object_object_add(
+			o, "repo",
+			json_object_new_string_len(name, (int)(colon ? colon - name : 0)));
+		json_object_object_add(o, "tag", json_object_new_string(colon ? colon + 1 : ""));
+		json_object_object_add(o, "digest", json_object_new_string(digest));
+		json_object_object_add(
+			o, "in_use",
+			json_object_new_boolean(oci_image_used(name, NULL, who, sizeof(who))));
+		free(digest);
+		return o;
+	}
 	json_object_object_add(o, "in_use",
 			       json_object_new_boolean(image_in_use(sqlite3_column_int64(st, 8))));
 	return o;
@@ -381,6 +398,14 @@ static bool image_name_taken(const char *name)
 	return taken;
 }
 
+static bool format_is_oci(const char *format)
+{
+	return format && (!strcmp(format, "oci-archive") || !strcmp(format, "docker-archive"));
+}
+
+static enum MHD_Result oci_upload_begin(struct request *req, const char *name);
+static enum MHD_Result oci_import_start(struct request *req, const char *name, const char *format);
+
 /* First call of an upload: check the query, refuse early, open the temporary file. */
 static enum MHD_Result upload_begin(struct request *req)
 {
@@ -393,6 +418,8 @@ static enum MHD_Result upload_begin(struct request *req)
 
 	if (name == NULL)
 		return http_reply_error(req, 400, "name", "query parameter 'name' is required");
+	if (format_is_oci(format))
+		return oci_upload_begin(req, name);
 	if (!name_valid(name))
 		return http_reply_error(req, 400, "name",
 					"image name must be 1-63 characters of a-z, 0-9 and '-'");
@@ -403,7 +430,9 @@ static enum MHD_Result upload_begin(struct request *req)
 	if (formats[i] == NULL)
 		return http_reply_error(
 			req, 400, "format",
-			"format must be qcow2, raw, vmdk, vhdx, vdi or vpc, not '%.32s'", format);
+			"format must be qcow2, raw, vmdk, vhdx, vdi, vpc, oci-archive or "
+			"docker-archive, not '%.32s'",
+			format);
 	if (image_name_taken(name))
 		return http_reply_error(req, 409, "name", "an image named %s exists already", name);
 	{
@@ -472,6 +501,207 @@ static void upload_end(struct request *req)
 
 const struct stream_ops api_images_stream = {upload_begin, upload_data, upload_end};
 
+/* ---- container image import: archive -> skopeo -> OCI layout -> store ---- */
+
+struct oci_import {
+	char op[LINK_OP_ID_MAX + 1];
+	char name[OCI_REPO_MAX + OCI_TAG_MAX + 2];
+	char repo[OCI_REPO_MAX + 1];
+	char tag[OCI_TAG_MAX + 1];
+	char *archive; /* the upload */
+	char *layout;  /* the OCI layout skopeo writes, next to it on the shared pool */
+	char *scratch; /* skopeo's temporary files */
+};
+
+static void oci_import_free(struct oci_import *im)
+{
+	unlink(im->archive);
+	oci_tree_remove(im->layout);
+	oci_tree_remove(im->scratch);
+	free(im->archive);
+	free(im->layout);
+	free(im->scratch);
+	free(im);
+}
+
+static void oci_import_fail(struct oci_import *im, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void oci_import_fail(struct oci_import *im, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_warnx("image %s: import failed: %s", im->name, msg);
+	op_update(im->op, "failed", -1, "failed", NULL, msg);
+	oci_import_free(im);
+}
+
+/* The last line of a program's error output, for a message: skopeo's msg="..." part. */
+static void last_line(const char *text, char *out, size_t len)
+{
+	size_t n = strlen(text);
+	const char *msg;
+
+	while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+		n--;
+	for (size_t i = n; i > 0; i--)
+		if (text[i - 1] == '\n') {
+			text += i;
+			n -= i;
+			break;
+		}
+	msg = memmem(text, n, "msg=\"", 5);
+	if (msg) {
+		n -= (size_t)(msg + 5 - text);
+		text = msg + 5;
+		if (n > 0 && text[n - 1] == '"')
+			n--;
+	}
+	snprintf(out, len, "%.*s", (int)n, text);
+}
+
+/* Every blob is in the store and checked: the layout's one manifest becomes the tag. */
+static void oci_ingest_cb(const struct oci_result *res, void *cls)
+{
+	struct oci_import *im = cls;
+	_cleanup_free_ char *index_path = xasprintf("%s/index.json", im->layout), *text = NULL;
+	struct json_object *index, *list, *img = NULL, *result;
+	char digest[OCI_DIGEST_LEN + 1];
+	struct kerr err;
+	sqlite3_stmt *st;
+
+	if (res->status < 0) {
+		oci_import_fail(im, "refused: %s", res->error);
+		return;
+	}
+	if (file_read_all(index_path, 1 << 20, &text, NULL) < 0 ||
+	    (index = json_tokener_parse(text)) == NULL) {
+		oci_import_fail(im, "skopeo wrote no readable index.json");
+		return;
+	}
+	list = json_object_object_get(index, "manifests");
+	if (!json_object_is_type(list, json_type_array) || json_object_array_length(list) != 1) {
+		json_object_put(index);
+		oci_import_fail(im, "the archive must hold exactly one image");
+		return;
+	}
+	snprintf(digest, sizeof(digest), "%s",
+		 json_get_str(json_object_array_get_idx(list, 0), "digest", ""));
+	json_object_put(index);
+	if (oci_image_record_stored(im->repo, im->tag, digest, &err) < 0) {
+		oci_import_fail(im, "refused: %s", err.msg);
+		return;
+	}
+	st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS " FROM images WHERE name = ?");
+	sqlite3_bind_text(st, 1, im->name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		img = image_row_json(st);
+	sqlite3_finalize(st);
+	log_info("image %s: imported (%s)", im->name, digest);
+	result = json_object_new_object();
+	json_object_object_add(result, "image", img);
+	op_update(im->op, "succeeded", 100, "done", result, NULL);
+	oci_import_free(im);
+}
+
+static void oci_skopeo_cb(int64_t status, const char *out, const char *errout, void *cls)
+{
+	struct oci_import *im = cls;
+	char why[300];
+
+	if (status != 0) {
+		last_line(errout, why, sizeof(why));
+		oci_import_fail(im, "skopeo could not read the archive: %s", why);
+		return;
+	}
+	unlink(im->archive);
+	op_update(im->op, "running", 60, "verifying blobs", NULL, NULL);
+	oci_layout_ingest(im->layout, oci_ingest_cb, im);
+}
+
+/* First call of a container image upload: REPO:TAG free, the file in oci/uploads. */
+static enum MHD_Result oci_upload_begin(struct request *req, const char *name)
+{
+	char repo[OCI_REPO_MAX + 1], tag[OCI_TAG_MAX + 1], busy[LINK_OP_ID_MAX + 1], hex[17];
+	_cleanup_free_ char *target = xasprintf("images/%s", name), *file = NULL;
+	unsigned char rnd[8];
+	struct kerr err;
+
+	if (oci_name_split(name, repo, tag, "name", &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (image_name_taken(name))
+		return http_reply_error(req, 409, "name", "an image named %s exists already", name);
+	if (op_busy(target, busy, sizeof(busy)))
+		return http_reply_error(req, 409, "name",
+					"image %s is being imported (operation %s)", name, busy);
+	if (oci_store_init(&err) < 0)
+		return http_reply_kerr(req, &err);
+	random_bytes(rnd, sizeof(rnd));
+	hex_encode(rnd, sizeof(rnd), hex);
+	file = xasprintf(".import-%s", hex);
+	req->upload_path = oci_upload_path(file);
+	req->upload_fd = open(req->upload_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (req->upload_fd < 0) {
+		free(req->upload_path);
+		req->upload_path = NULL;
+		return http_reply_error(req, 500, NULL, "cannot store the upload: %s",
+					strerror(errno));
+	}
+	return MHD_YES;
+}
+
+/* The archive is in: an image-import operation runs skopeo, then the ingest. */
+static enum MHD_Result oci_import_start(struct request *req, const char *name, const char *format)
+{
+	struct json_object *op, *res, *args;
+	struct oci_import *im;
+	_cleanup_free_ char *src = NULL, *dst = NULL;
+	struct kerr err;
+
+	args = json_object_new_object();
+	json_object_object_add(args, "name", json_object_new_string(name));
+	json_object_object_add(args, "format", json_object_new_string(format));
+	json_object_object_add(args, "bytes", json_object_new_int64((int64_t)req->upload_len));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", args);
+	{
+		_cleanup_free_ char *target = xasprintf("images/%s", name);
+
+		op = op_create("image-import", target, NULL, res, &err);
+	}
+	if (op == NULL)
+		return http_reply_kerr(req, &err);
+	im = xcalloc(1, sizeof(*im));
+	snprintf(im->op, sizeof(im->op), "%s",
+		 json_object_get_string(json_object_object_get(op, "id")));
+	snprintf(im->name, sizeof(im->name), "%s", name);
+	oci_name_split(name, im->repo, im->tag, "name", &err);
+	im->archive = STEAL_POINTER(&req->upload_path);
+	im->layout = xasprintf("%s.oci", im->archive);
+	im->scratch = xasprintf("%s.tmp", im->archive);
+	op_update(im->op, "running", 10, "unpacking with skopeo", NULL, NULL);
+	if (mkdir(im->scratch, 0700) < 0) {
+		oci_import_fail(im, "cannot create %s: %s", im->scratch, strerror(errno));
+		return http_reply_json(req, 202, op);
+	}
+	/* skopeo checks the archive's digests as it copies; the ingest checks them again. */
+	src = xasprintf("%s:%s", format, im->archive);
+	dst = xasprintf("oci:%s:%s", im->layout, im->tag);
+	{
+		char *argv[] = {"skopeo", "--insecure-policy", "--tmpdir", im->scratch,
+				"copy",	  "--quiet",	       src,	   dst,
+				NULL};
+
+		if (proc_run(argv, oci_skopeo_cb, im, &err) < 0)
+			oci_import_fail(im, "%s", err.msg);
+	}
+	return http_reply_json(req, 202, op);
+}
+
 enum MHD_Result api_images_upload(struct request *req)
 {
 	const char *name = http_query(req, "name"), *format = http_query(req, "format");
@@ -490,6 +720,8 @@ enum MHD_Result api_images_upload(struct request *req)
 					strerror(errno));
 	close(req->upload_fd);
 	req->upload_fd = -1;
+	if (format_is_oci(format))
+		return oci_import_start(req, name, format);
 	if (format == NULL)
 		format = "qcow2";
 	args = json_object_new_object();
@@ -561,14 +793,24 @@ enum MHD_Result api_images_list(struct request *req)
 	return http_reply_json(req, 200, out);
 }
 
+/* A VM image name, or a container image's REPO:TAG (a repository without '/' here). */
+static bool image_name_ok(const char *name)
+{
+	char repo[OCI_REPO_MAX + 1], tag[OCI_TAG_MAX + 1];
+	struct kerr err;
+
+	return name_valid(name) || oci_name_split(name, repo, tag, "name", &err) == 0;
+}
+
 enum MHD_Result api_image_get(struct request *req)
 {
 	struct json_object *o = NULL;
 	sqlite3_stmt *st;
 
-	if (!name_valid(req->params[0]))
+	if (!image_name_ok(req->params[0]))
 		return http_reply_error(req, 400, "name",
-					"image name must be 1-63 characters of a-z, 0-9 and '-'");
+					"image name must be 1-63 characters of a-z, 0-9 and '-', "
+					"or REPO:TAG for a container image");
 	st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS " FROM images WHERE name = ?");
 	sqlite3_bind_text(st, 1, req->params[0], -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW)
@@ -577,6 +819,28 @@ enum MHD_Result api_image_get(struct request *req)
 	if (o == NULL)
 		return http_reply_error(req, 404, NULL, "no image named %s", req->params[0]);
 	return http_reply_json(req, 200, o);
+}
+
+/* A container image: its tag goes (the manifest stays reachable by digest). */
+static enum MHD_Result oci_image_delete(struct request *req)
+{
+	char repo[OCI_REPO_MAX + 1], tag[OCI_TAG_MAX + 1], who[NAME_MAX + 1];
+	struct kerr err;
+	int rc;
+
+	if (oci_name_split(req->params[0], repo, tag, "name", &err) < 0)
+		return http_reply_error(req, 400, "name",
+					"image name must be 1-63 characters of a-z, 0-9 and '-', "
+					"or REPO:TAG for a container image");
+	if (oci_image_used(req->params[0], NULL, who, sizeof(who)))
+		return http_reply_error(req, 409, NULL, "image %s is used by instance %s",
+					req->params[0], who);
+	rc = oci_tag_remove(repo, tag, &err);
+	if (rc == -ENOENT)
+		return http_reply_error(req, 404, NULL, "no image named %s", req->params[0]);
+	if (rc < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_empty(req, 204);
 }
 
 enum MHD_Result api_image_delete(struct request *req)
@@ -588,8 +852,7 @@ enum MHD_Result api_image_delete(struct request *req)
 	int64_t id;
 
 	if (!name_valid(req->params[0]))
-		return http_reply_error(req, 400, "name",
-					"image name must be 1-63 characters of a-z, 0-9 and '-'");
+		return oci_image_delete(req);
 	id = image_find(req->params[0], path, sizeof(path), NULL);
 	if (id <= 0)
 		return http_reply_error(req, 404, NULL, "no image named %s", req->params[0]);

@@ -249,6 +249,8 @@ struct request {
 	char *upload_path;
 	uint64_t upload_len;
 	char upload_error[256];
+	/* A /v2/ request's parsed path and upload state (registry.c). */
+	struct registry_call *registry;
 };
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
@@ -267,7 +269,7 @@ struct stream_ops {
 
 struct route {
 	const char *method;
-	const char *pattern; /* "{}" matches one path segment */
+	const char *pattern; /* "{}" matches one path segment, a last "*" the rest */
 	enum role role;	     /* least role allowed; ROLE_NONE: no token needed */
 	const char *query;   /* allowed query keys, comma separated */
 	route_fn fn;
@@ -357,5 +359,73 @@ int proc_run(char *const argv[], proc_done_fn done, void *cls, struct kerr *err)
 
 /* tls.c */
 int tls_ensure(const char *state_dir, const char *api_listen, struct kerr *err);
+
+/* oci_store.c */
+#define OCI_DIGEST_LEN	       (7 + 64) /* "sha256:" and the hex */
+#define OCI_REPO_MAX	       128
+#define OCI_TAG_MAX	       128
+#define OCI_MEDIA_TYPE_MAX     127
+#define OCI_MANIFEST_MAX       (4 << 20)
+#define OCI_MT_MANIFEST	       "application/vnd.oci.image.manifest.v1+json"
+#define OCI_MT_INDEX	       "application/vnd.oci.image.index.v1+json"
+#define OCI_MT_DOCKER_MANIFEST "application/vnd.docker.distribution.manifest.v2+json"
+#define OCI_MT_DOCKER_LIST     "application/vnd.docker.distribution.manifest.list.v2+json"
+
+/* What an asynchronous store call found; status 0 or -errno, error says why. */
+struct oci_result {
+	int status;
+	char error[256];
+	char digest[OCI_DIGEST_LEN + 1];
+	int64_t size;
+	int fd; /* oci_blob_open: the verified blob, the callback's to close; else -1 */
+};
+typedef void (*oci_done_fn)(const struct oci_result *res, void *cls);
+
+/* What oci_manifest_check learnt of a manifest. */
+struct oci_manifest_info {
+	char media_type[OCI_MEDIA_TYPE_MAX + 1];
+	char config[OCI_DIGEST_LEN + 1]; /* image manifests */
+	int64_t content_size;		 /* config and layers, or the index's children */
+};
+
+bool oci_digest_valid(const char *digest);
+bool oci_repo_valid(const char *repo);
+bool oci_tag_valid(const char *tag);
+int oci_name_split(const char *name, char *repo, char *tag, const char *field, struct kerr *err);
+char *oci_blob_path(const char *digest);
+char *oci_upload_path(const char *name);
+int oci_store_init(struct kerr *err);
+void oci_digest_of(const void *data, size_t len, char *out);
+void oci_blob_put_file(const char *path, const char *expect, oci_done_fn done, void *cls);
+void oci_blob_open(const char *digest, oci_done_fn done, void *cls);
+void oci_blob_delete(const char *digest, oci_done_fn done, void *cls);
+void oci_layout_ingest(const char *dir, oci_done_fn done, void *cls);
+bool oci_blob_stat(const char *digest, int64_t *size);
+int oci_blob_put_mem(const void *data, size_t len, char *digest, struct kerr *err);
+int oci_manifest_load(const char *digest, char **data, size_t *len, struct kerr *err);
+int oci_manifest_check(const char *data, size_t len, const char *content_type,
+		       struct oci_manifest_info *info, struct kerr *err);
+int oci_manifest_lookup(const char *repo, const char *ref, char *digest, char *media_type,
+			int64_t *size);
+int oci_image_record(const char *repo, const char *tag, const char *digest, int64_t size,
+		     const struct oci_manifest_info *info, struct kerr *err);
+int oci_image_record_stored(const char *repo, const char *tag, const char *digest,
+			    struct kerr *err);
+int oci_tag_remove(const char *repo, const char *tag, struct kerr *err);
+int oci_manifest_remove(const char *repo, const char *digest, struct kerr *err);
+bool oci_image_used(const char *name, const char *digest, char *who, size_t len);
+struct json_object *oci_tags_list(const char *repo, const char *last, int64_t n);
+struct json_object *oci_repos_list(const char *last, int64_t n);
+bool oci_repo_exists(const char *repo);
+void oci_tree_remove(const char *path);
+void oci_uploads_prune(void);
+
+/* registry.c */
+extern const struct stream_ops registry_stream;
+enum MHD_Result registry_serve(struct request *req);
+bool registry_url(const char *url);
+char *registry_error_text(unsigned status, const char *code, const char *message,
+			  struct json_object *detail);
+void registry_shutdown(void);
 
 #endif

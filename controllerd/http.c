@@ -14,7 +14,9 @@
 #include "util.h"
 
 /*
- * Every route, once. The pattern's "{}" segments become req->params in order.
+ * Every route, once. The pattern's "{}" segments become req->params in order; a
+ * last segment "*" matches any non-empty rest of the path, which becomes the last
+ * param (the registry's repository names hold slashes).
  * Adding a route is one row here plus its handler.
  */
 static const struct route routes[] = {
@@ -54,6 +56,15 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/images", ROLE_VIEWER, "", api_images_list, NULL},
 	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, NULL},
 	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, NULL},
+	/* The OCI registry (registry.c) parses the rest of its paths itself. */
+	{"GET", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
+	{"HEAD", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
+	{"GET", "/v2/*", ROLE_VIEWER, "n,last", registry_serve, &registry_stream},
+	{"HEAD", "/v2/*", ROLE_VIEWER, "", registry_serve, &registry_stream},
+	{"PUT", "/v2/*", ROLE_OPERATOR, "digest", registry_serve, &registry_stream},
+	{"POST", "/v2/*", ROLE_OPERATOR, "digest,mount,from", registry_serve, &registry_stream},
+	{"PATCH", "/v2/*", ROLE_OPERATOR, "", registry_serve, &registry_stream},
+	{"DELETE", "/v2/*", ROLE_OPERATOR, "", registry_serve, &registry_stream},
 };
 
 static struct MHD_Daemon *daemon_;
@@ -67,6 +78,12 @@ static bool route_match(const char *pattern, const char *url, char *params[2])
 	int n = 0;
 
 	while (*pattern && *url) {
+		if (pattern[0] == '*' && pattern[1] == '\0') {
+			if (n == 2)
+				goto fail;
+			params[n] = xstrdup(url);
+			return true;
+		}
 		if (pattern[0] == '{' && pattern[1] == '}') {
 			const char *end = strchr(url, '/');
 			size_t len = end ? (size_t)(end - url) : strlen(url);
@@ -134,6 +151,8 @@ enum MHD_Result http_reply_response(struct request *req, unsigned status, struct
 
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	if (registry_url(req->url))
+		MHD_add_response_header(resp, "Docker-Distribution-API-Version", "registry/2.0");
 	ret = MHD_queue_response(req->conn, status, resp);
 	MHD_destroy_response(resp);
 	req->status = status;
@@ -173,7 +192,11 @@ static enum MHD_Result reply_error_v(struct request *req, unsigned status, const
 	json_object_object_add(obj, "error", json_object_new_string(msg));
 	if (field && field[0])
 		json_object_object_add(obj, "field", json_object_new_string(field));
-	text = xasprintf("%s\n", json_text(obj));
+	/* Registry clients read the distribution spec's error shape. */
+	if (registry_url(req->url))
+		text = registry_error_text(status, NULL, msg, NULL);
+	else
+		text = xasprintf("%s\n", json_text(obj));
 	json_object_put(obj);
 	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", "application/json");
@@ -550,6 +573,7 @@ void http_stop(void)
 	MHD_quiesce_daemon(daemon_);
 	api_events_shutdown();
 	api_ops_shutdown();
+	registry_shutdown();
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		agentlink_queries_fail(h, "the controller is stopping");
 	for (int i = 0; i < 5; i++)

@@ -21,6 +21,15 @@ static void json_putp(struct json_object **o)
 #define _cleanup_report_ __attribute__((cleanup(json_putp)))
 
 static void instance_spec_save(const char *name, struct json_object *spec);
+
+/* A commit's registry error, kept for the operation (the kerr is a local). */
+static const char *commit_error(const char *msg)
+{
+	static char buf[256];
+
+	snprintf(buf, sizeof(buf), "the committed image was refused: %s", msg);
+	return buf;
+}
 static void instance_report_apply(struct host *h, struct json_object *report, const char *why);
 
 /* Hosts as the scheduler sees them, with what is placed on each from the database. */
@@ -472,6 +481,20 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 			instance_state_set(iname, st_new, report, ok ? action : "operation failed");
 		} else if (report && h) {
 			instance_report_apply(h, report, action);
+		}
+		if (ok && !strcmp(action, "commit")) {
+			/* The agent wrote the new blobs; the registry takes the tag once it has
+			 * checked the manifest and every blob it names. */
+			struct json_object *img = json_object_object_get(result, "image");
+			struct kerr cerr;
+
+			if (oci_image_record_stored(json_get_str(img, "repo", ""),
+						    json_get_str(img, "tag", ""),
+						    json_get_str(img, "manifest", ""), &cerr) < 0) {
+				ok = false;
+				error = cerr.msg[0] ? commit_error(cerr.msg)
+						    : "the committed image is not valid";
+			}
 		}
 		if (ok && !strcmp(action, "update") && json_object_object_get(args, "changes"))
 			instance_spec_save(iname, json_object_object_get(args, "changes"));

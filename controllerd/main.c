@@ -28,7 +28,7 @@ static void usage(void)
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots.
- * Every minute: pruning old events.
+ * Every minute: pruning old events. Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -44,6 +44,8 @@ static void cron_cb(uv_timer_t *t)
 	}
 	if (ticks % (60000 / CRON_MS) == 0)
 		events_prune();
+	if (ticks % (3600000 / CRON_MS) == 0)
+		oci_uploads_prune();
 }
 
 static void signal_cb(uv_signal_t *s, int signum)
