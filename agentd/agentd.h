@@ -8,7 +8,12 @@
  * (kvmprobe.c) runs as a child with a deadline. The vm driver runs one QEMU per guest
  * (vm.c; command line in qemuargs.c, re-adoption in vmadopt.c), speaks QMP to it (qmp.c), makes and
  * changes its disks with qemu-img (disk.c), and takes the controller's instance commands
- * (instance.c checks and runs them, vmaction.c holds what each action does).
+ * (instance.c checks and runs them, vmaction.c holds what each action does). The oci
+ * driver runs each container under runc, kept by a shim process that outlives the
+ * agent (shim.c, `kumo-agentd --shim DIR`); oci.c knows the containers and reads their
+ * state from the shim's files, ociaction.c holds the container actions and exec,
+ * layers.c reads (and, for commit, writes) OCI images in the shared store, bundle.c
+ * writes the runtime config.
  */
 #ifndef KUMO_AGENTD_H
 #define KUMO_AGENTD_H
@@ -42,6 +47,13 @@
 #define AGENT_VM_DISKS_MAX	   16
 #define AGENT_VM_NICS_MAX	   8
 #define AGENT_CONSOLE_MAX	   (2 * 1024 * 1024) /* bytes a console query returns at most */
+#define AGENT_OCI_RUNTIME	   "runc" /* crun refuses this cluster's hybrid cgroup layout */
+#define AGENT_OCI_LAYERS_MAX	   64	  /* one overlay mount takes about that many */
+#define AGENT_CTR_START_TIMEOUT_MS 30000
+#define AGENT_CTR_STOP_TIMEOUT_S   10
+#define AGENT_EXEC_TIMEOUT_MAX_S   60
+#define AGENT_EXEC_OUTPUT_MAX	   (1024 * 1024) /* bytes of exec output kept at most */
+#define AGENT_LOGS_DEFAULT	   (64 * 1024)
 
 /* Options as given on the command line, defaults filled in (config.c). */
 struct agent_config {
@@ -172,6 +184,114 @@ struct vm {
 	bool removing;
 };
 
+struct ctr;
+struct ctr_shim;
+struct oci_cmd;
+
+/* Called when a container's start settles or it is gone: error NULL on success. */
+typedef void (*ctr_done_cb)(struct ctr *ctr, const char *error, void *data);
+
+struct ctr_waiter {
+	ctr_done_cb cb;
+	void *data;
+	struct ctr_waiter *next;
+};
+
+/*
+ * A container this agent knows: its spec and bundle directory, and what its shim's
+ * files said last (oci_refresh()). Registered with oci_register(), gone with
+ * oci_remove(). States are the VMs' (enum vm_state): stopped, starting (also
+ * between restarts), running, paused, stopping, crashed, error.
+ */
+struct ctr {
+	struct agent *agent;
+	struct ctr *next;
+	char name[NAME_MAX_LEN + 1];
+	char dir[PATH_MAX];	  /* {local_pool}/containers/NAME */
+	struct json_object *spec; /* normalised SPEC, as in spec.json */
+	bool created;		  /* spec.json written: the instance exists */
+	void *op;		  /* the command working on it (instance.c), or NULL */
+
+	enum vm_state ctr_state;
+	char error[256];	/* why it crashed or failed */
+	pid_t shim_pid;		/* 0 when no shim */
+	struct ctr_shim *shim;	/* our child; NULL for an adopted shim or none */
+	pid_t pid;		/* the container's init while it runs, else 0 */
+	int64_t started_at_ms;	/* of the current run */
+	bool orphan;		/* the init runs but no shim watches it */
+	bool orphan_lost;	/* ... and it ended: its exit is unknown */
+	int exit_code;		/* last run's, -1 if none */
+	int exit_signal;	/* last run's, 0 none, -1 unknown */
+	bool oom;		/* the last run was killed for memory */
+	int64_t finished_at_ms; /* last run's end, -1 if none */
+	int restarts;		/* by the restart policy, since the last start */
+	int64_t rw_size;	/* bytes in the writable layer, -1 until measured */
+	bool measuring;
+	unsigned measure_tick;
+	bool stop_requested; /* this agent is stopping it */
+	bool stop_forced;    /* ... and sent SIGKILL */
+	int kill_attempts;
+	ctr_done_cb start_cb; /* a start waiting to settle */
+	void *start_data;
+	int64_t start_ms;
+	struct ctr_waiter *exit_waiters;
+	uv_timer_t timer;      /* start deadline, stop escalation */
+	uv_timer_t poll_timer; /* quick refreshes while a start or stop settles */
+	char pushed[64];       /* what the controller heard last (a signature) */
+	int open_handles;
+	bool removing;
+};
+
+/* An image as its manifest in the shared store describes it (layers.c). */
+struct oci_layer {
+	char digest[80];
+	char media_type[128];
+	int64_t size;
+	char diff_id[80]; /* "" when the config lists none */
+};
+
+struct oci_image {
+	char manifest_digest[80]; /* of the image manifest (an index resolved) */
+	char manifest_media_type[128];
+	int64_t manifest_size;
+	struct json_object *manifest;
+	char config_digest[80];
+	int64_t config_size;
+	struct json_object *config;
+	struct oci_layer *layers; /* bottom first */
+	size_t nlayers;
+};
+
+/* What a commit stored. */
+struct oci_commit {
+	char manifest[80], config[80], layer[80], diff_id[80];
+	int64_t manifest_size, config_size, layer_size;
+	int64_t size; /* manifest + config + every layer */
+};
+
+/* Work for the thread pool (oci.c): work() fills err, done() runs on the loop. */
+struct oci_job {
+	uv_work_t req;
+	struct agent *agent;
+	int (*work)(struct oci_job *j);
+	void (*done)(struct oci_job *j);
+	struct kerr err;
+	int ret;
+};
+
+/* How a runc subcommand ended (oci_runc()). */
+struct oci_cmd_result {
+	int64_t status;
+	int term_signal;
+	bool timed_out;
+	bool cancelled; /* the agent is stopping */
+	const char *out;
+	size_t outlen;
+	bool truncated;
+	char error[256]; /* runc's reason, when it failed */
+};
+typedef void (*oci_cmd_cb)(struct agent *a, const struct oci_cmd_result *r, void *data);
+
 struct action;
 struct inst_op;
 typedef void (*op_step_fn)(struct inst_op *op);
@@ -183,7 +303,9 @@ struct inst_op {
 	char op[LINK_OP_ID_MAX + 1];
 	const struct action *action;
 	struct vm *vm;
-	bool owner;		  /* vm->op is this op */
+	struct ctr *ctr;	  /* for a container's command, instead of vm */
+	bool restart;		  /* container restart: start again once stopped */
+	bool owner;		  /* vm->op (ctr->op) is this op */
 	bool registered;	  /* create: this op registered vm, and removes it on failure */
 	struct json_object *spec; /* normalised SPEC from the command */
 	struct json_object *args;
@@ -253,6 +375,15 @@ struct agent {
 	/* disk.c */
 	struct disk_cmd *disk_cmds; /* helper children still running */
 
+	/* oci.c */
+	struct ctr *ctrs;
+	struct oci_cmd *oci_cmds; /* runc children still running */
+	char exe[PATH_MAX];	  /* this program, run again as the shim */
+
+	/* link.c: an exec query answers when its command ends */
+	bool reply_deferred;
+	char reply_op[LINK_OP_ID_MAX + 1];
+
 	/* main.c */
 	uv_signal_t sigterm, sigint;
 };
@@ -297,6 +428,8 @@ void link_close(struct agent *a);
 void link_sockets_release(struct agent *a);
 void link_event_send(struct agent *a, enum link_type type, const char *op,
 		     struct json_object *body);
+void link_query_reply(struct agent *a, const char *op, struct json_object *answer,
+		      const char *error);
 
 /* opcache.c */
 struct op_entry *opcache_find(struct opcache *c, const char *op);
@@ -385,8 +518,8 @@ int instance_cmd_check(struct json_object *body, struct kerr *err);
 void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);
 int instance_spec_check(struct json_object *spec, struct kerr *err);
 struct json_object *instance_spec_normalise(struct json_object *spec);
-int instance_query(struct agent *a, struct json_object *body, struct json_object **answer,
-		   struct kerr *err);
+int instance_query(struct agent *a, const char *op, struct json_object *body,
+		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);
 void instance_op_progress(struct inst_op *op, int progress, const char *phase);
 void instance_op_succeed(struct inst_op *op);
@@ -411,6 +544,72 @@ void vmaction_balloon(struct inst_op *op);
 void vmaction_snapshot_create(struct inst_op *op);
 void vmaction_snapshot_revert(struct inst_op *op);
 void vmaction_snapshot_delete(struct inst_op *op);
+
+/* oci.c */
+struct ctr *oci_find(struct agent *a, const char *name);
+struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr *err);
+void oci_remove(struct ctr *ctr);
+void oci_close_all(struct agent *a);
+bool oci_alive(const struct ctr *ctr);
+void oci_runc_root(const struct agent *a, char *out, size_t len);
+struct json_object *oci_report(const struct ctr *ctr);
+void oci_reports_add(struct agent *a, struct json_object *arr);
+int oci_running_count(struct agent *a);
+void oci_state_push(struct ctr *ctr);
+void oci_state_heard(struct ctr *ctr);
+void oci_state_set(struct ctr *ctr, enum vm_state state);
+void oci_refresh(struct ctr *ctr);
+void oci_mark_stopped(struct ctr *ctr);
+int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err);
+void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data);
+int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size_t out_max,
+	     bool merge, const char *pid_file, oci_cmd_cb cb, void *data, struct kerr *err);
+void oci_cmds_close(struct agent *a);
+void oci_job_queue(struct agent *a, struct oci_job *j);
+void oci_dir_remove(struct agent *a, const char *dir, disk_done_cb cb, void *data);
+void oci_measure(struct ctr *ctr, ctr_done_cb cb, void *data);
+void oci_cron(struct agent *a);
+int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
+		  struct json_object **answer, struct kerr *err);
+void oci_adopt_all(struct agent *a);
+
+/* ociaction.c */
+void ociaction_create(struct inst_op *op);
+void ociaction_start(struct inst_op *op);
+void ociaction_stop(struct inst_op *op);
+void ociaction_force_stop(struct inst_op *op);
+void ociaction_restart(struct inst_op *op);
+void ociaction_pause(struct inst_op *op);
+void ociaction_resume(struct inst_op *op);
+void ociaction_delete(struct inst_op *op);
+void ociaction_commit(struct inst_op *op);
+int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, struct kerr *err);
+
+/* layers.c (thread pool only: no agent state) */
+bool layers_digest_valid(const char *s);
+int layers_blob_read(const char *shared, const char *digest, size_t max, char **out, size_t *outlen,
+		     struct kerr *err);
+int layers_blob_write(const char *shared, const void *data, size_t len, char *digest,
+		      struct kerr *err);
+int layers_image_load(const char *shared, const char *digest, struct oci_image *img,
+		      struct kerr *err);
+void layers_image_free(struct oci_image *img);
+int layers_tar_unpack(const char *path, const char *dest, const char *digest, char *blob_digest,
+		      char *diff_id, struct kerr *err);
+int layers_unpack(const char *shared, const char *local, const struct oci_layer *l,
+		  struct kerr *err);
+int layers_tar_write(const char *upper, const char *path, char *digest, char *diff_id,
+		     int64_t *size, struct kerr *err);
+int layers_commit(const char *shared, const char *upper, const struct oci_image *img,
+		  const char *comment, struct oci_commit *out, struct kerr *err);
+int layers_tree_remove(const char *path);
+
+/* bundle.c */
+struct json_object *bundle_config_build(const char *name, struct json_object *spec,
+					struct json_object *image_config, struct kerr *err);
+
+/* shim.c */
+int shim_main(const char *dir);
 
 /* heartbeat.c */
 int heartbeat_start(struct agent *a, struct kerr *err);

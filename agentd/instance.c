@@ -19,7 +19,12 @@
  * When the agent stops, an operation in flight is dropped at its next step: the
  * controller resends it to the next agent, whose result decides.
  *
- * LINK_CMD_QUERY {what: "console", name, bytes} is answered in the ack itself.
+ * Containers (instance.type "container") take the same path with their own tables:
+ * their actions live in ociaction.c and work on a struct ctr (oci.c) instead of a vm.
+ *
+ * LINK_CMD_QUERY is answered in the ack itself: {what: "console", name, bytes} for a
+ * VM's serial console, {what: "logs", ...} for a container's output, and
+ * {what: "exec", ...}, which runs a command in a container and answers when it ends.
  */
 #include "agentd.h"
 
@@ -60,7 +65,7 @@ static int one_of(struct json_object *val, const char *field, const char *const 
 
 static int type_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	static const char *const types[] = {"vm", NULL};
+	static const char *const types[] = {"vm", "container", NULL};
 
 	return one_of(val, field, types, err);
 }
@@ -319,6 +324,156 @@ static const struct json_field spec_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
+/* ---- container SPEC ---- */
+
+#define CTR_ARGS_MAX	256
+#define CTR_ARG_LEN_MAX 4096
+#define CTR_ENV_MAX	256
+
+static int digest_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (!layers_digest_valid(json_object_get_string(val)))
+		return err_input(err, 400, field, "field '%s' must be a digest sha256:<64 hex>",
+				 field);
+	return 0;
+}
+
+static int strings_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	size_t n = json_object_array_length(val);
+
+	if (n < 1 || n > CTR_ARGS_MAX)
+		return err_input(err, 400, field, "'%s' needs 1 to %d strings", field,
+				 CTR_ARGS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *el = json_object_array_get_idx(val, i);
+
+		if (!json_object_is_type(el, json_type_string) || !json_string_clean(el) ||
+		    json_object_get_string_len(el) > CTR_ARG_LEN_MAX)
+			return err_input(err, 400, field,
+					 "'%s[%zu]' must be a string of at most %d bytes", field, i,
+					 CTR_ARG_LEN_MAX);
+	}
+	return 0;
+}
+
+static int env_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_object_object_length(val) > CTR_ENV_MAX)
+		return err_input(err, 400, field, "'%s' has more than %d variables", field,
+				 CTR_ENV_MAX);
+	json_object_object_foreach(val, key, v)
+	{
+		size_t klen = strlen(key);
+
+		if (klen == 0 || klen > 255 || (key[0] >= '0' && key[0] <= '9') ||
+		    strspn(key,
+			   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+			    klen)
+			return err_input(err, 400, field,
+					 "environment variable name '%.64s' is not valid", key);
+		if (!json_object_is_type(v, json_type_string) || !json_string_clean(v) ||
+		    json_object_get_string_len(v) > CTR_ARG_LEN_MAX)
+			return err_input(err, 400, field,
+					 "environment variable %s must be a string", key);
+	}
+	return 0;
+}
+
+static int workdir_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (s[0] != '/' || strlen(s) > 1024 || !json_string_clean(val))
+		return err_input(err, 400, field, "'%s' must be an absolute path", field);
+	return 0;
+}
+
+static int cpus_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	double d = json_object_get_double(val);
+
+	if (!(d >= 0.01 && d <= 1024))
+		return err_input(err, 400, field, "'%s' must be 0.01..1024", field);
+	return 0;
+}
+
+static int limit_mb_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 4, 16LL * 1024 * 1024, err);
+}
+
+static int pids_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 1, 4194304, err);
+}
+
+static int restart_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	static const char *const policies[] = {"no", "on-failure", "always", NULL};
+
+	return one_of(val, field, policies, err);
+}
+
+static int ctr_nics_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_object_array_length(val) > 0)
+		return err_input(err, 400, field,
+				 "virtual networks are not available on this agent yet; a "
+				 "container has its own loopback only");
+	return 0;
+}
+
+static const struct json_field ctr_image_fields[] = {
+	{"manifest", JK_STRING, true, digest_check},
+	{"name", JK_STRING, false, NULL}, /* the controller's, for people */
+	{NULL, 0, false, NULL},
+};
+
+static int ctr_image_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_fields_check(val, ctr_image_fields, err) < 0)
+		return agent_err_prefix(err, "image: ");
+	return 0;
+}
+
+static const struct json_field ctr_limits_fields[] = {
+	{"cpus", JK_NUMBER, false, cpus_check},
+	{"memory_mb", JK_INT, false, limit_mb_check},
+	{"pids", JK_INT, false, pids_check},
+	{NULL, 0, false, NULL},
+};
+
+static int ctr_limits_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_fields_check(val, ctr_limits_fields, err) < 0)
+		return agent_err_prefix(err, "limits: ");
+	return 0;
+}
+
+static const struct json_field ctr_spec_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"type", JK_STRING, true, type_check},
+	{"image", JK_OBJECT, true, ctr_image_check},
+	{"command", JK_ARRAY, false, strings_check},
+	{"env", JK_OBJECT, false, env_check},
+	{"workdir", JK_STRING, false, workdir_check},
+	{"limits", JK_OBJECT, false, ctr_limits_check},
+	{"restart", JK_STRING, false, restart_check},
+	{"nics", JK_ARRAY, false, ctr_nics_check},
+	/* The controller's own: placement and grouping. Checked, kept, not used here. */
+	{"labels", JK_OBJECT, false, labels_check},
+	{"anti_affinity", JK_STRING, false, name_check},
+	{"host", JK_STRING, false, name_check},
+	{NULL, 0, false, NULL},
+};
+
+/* A SPEC's type: "container", or "vm" (also when absent). */
+static bool spec_is_container(struct json_object *spec)
+{
+	return strcmp(json_get_str(spec, "type", "vm"), "container") == 0;
+}
+
 /* Drop members whose value is null, in obj and the objects and arrays inside it. */
 static void nulls_strip(struct json_object *obj)
 {
@@ -358,14 +513,15 @@ struct json_object *instance_spec_normalise(struct json_object *spec)
 }
 
 /*
- * Check a SPEC (as sent, nulls allowed where absent is) against the tables: every
- * field known and of its kind, names and paths of a safe shape, counts within
- * limits. Returns 0 or -1 with err naming the field.
+ * Check a SPEC (as sent, nulls allowed where absent is) against the tables of its
+ * type (VM or container): every field known and of its kind, names and paths of a
+ * safe shape, counts within limits. Returns 0 or -1 with err naming the field.
  */
 int instance_spec_check(struct json_object *spec, struct kerr *err)
 {
 	struct json_object *norm = instance_spec_normalise(spec);
-	int ret = json_fields_check(norm, spec_fields, err);
+	int ret = json_fields_check(norm, spec_is_container(norm) ? ctr_spec_fields : spec_fields,
+				    err);
 
 	json_object_put(norm);
 	return ret < 0 ? agent_err_prefix(err, "instance: ") : 0;
@@ -434,7 +590,17 @@ static const struct json_field snapshot_delete_args[] = {
 	{NULL, 0, false, NULL},
 };
 
-static const struct action actions[] = {
+static const struct json_field ctr_delete_args[] = {
+	{"force", JK_BOOL, false, NULL},
+	{"keep_disks", JK_BOOL, false, NULL}, /* the controller's; containers have no disks */
+	{NULL, 0, false, NULL},
+};
+static const struct json_field commit_args[] = {
+	{"image", JK_STRING, true, NULL}, /* repo:tag, checked by ociaction_commit() */
+	{NULL, 0, false, NULL},
+};
+
+static const struct action vm_actions[] = {
 	{"create", create_args, vmaction_create, false, true},
 	{"start", no_args, vmaction_start, true, false},
 	{"stop", stop_args, vmaction_stop, true, false},
@@ -448,21 +614,37 @@ static const struct action actions[] = {
 	{"snapshot-create", snapshot_args, vmaction_snapshot_create, true, false},
 	{"snapshot-revert", snapshot_args, vmaction_snapshot_revert, true, false},
 	{"snapshot-delete", snapshot_delete_args, vmaction_snapshot_delete, true, false},
+	{NULL, NULL, NULL, false, false},
 };
 
-static const struct action *action_find(const char *name)
+static const struct action ctr_actions[] = {
+	{"create", create_args, ociaction_create, false, true},
+	{"start", no_args, ociaction_start, true, false},
+	{"stop", stop_args, ociaction_stop, true, false},
+	{"force-stop", no_args, ociaction_force_stop, true, false},
+	{"restart", stop_args, ociaction_restart, true, false},
+	{"pause", no_args, ociaction_pause, true, false},
+	{"resume", no_args, ociaction_resume, true, false},
+	{"delete", ctr_delete_args, ociaction_delete, false, false},
+	{"commit", commit_args, ociaction_commit, true, false},
+	{NULL, NULL, NULL, false, false},
+};
+
+/* The action name of the table for instances of this type, or NULL. */
+static const struct action *action_find(bool container, const char *name)
 {
-	for (size_t i = 0; i < ARRAY_SIZE(actions); i++)
-		if (strcmp(actions[i].name, name) == 0)
-			return &actions[i];
+	for (const struct action *a = container ? ctr_actions : vm_actions; a->name; a++)
+		if (strcmp(a->name, name) == 0)
+			return a;
 	return NULL;
 }
 
 static int action_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	if (action_find(json_object_get_string(val)) == NULL)
-		return err_input(err, 400, field, "unknown action '%.32s'",
-				 json_object_get_string(val));
+	const char *name = json_object_get_string(val);
+
+	if (action_find(false, name) == NULL && action_find(true, name) == NULL)
+		return err_input(err, 400, field, "unknown action '%.32s'", name);
 	return 0;
 }
 
@@ -480,8 +662,12 @@ static int body_check(struct json_object *body, struct kerr *err)
 
 	if (json_fields_check(body, body_fields, err) < 0)
 		return -1;
-	action = action_find(json_get_str(body, "action", ""));
 	json_object_object_get_ex(body, "instance", &spec);
+	action = action_find(spec_is_container(spec), json_get_str(body, "action", ""));
+	if (action == NULL)
+		return err_input(err, 400, "action", "action '%.32s' is not for %s instances",
+				 json_get_str(body, "action", ""),
+				 spec_is_container(spec) ? "container" : "vm");
 	if (action->full_spec && instance_spec_check(spec, err) < 0)
 		return -1;
 	if (!json_object_object_get_ex(spec, "name", &name) ||
@@ -545,6 +731,8 @@ static void op_done(struct inst_op *op, struct json_object *body)
 {
 	if (op->owner && op->vm && op->vm->op == op)
 		op->vm->op = NULL;
+	if (op->owner && op->ctr && op->ctr->op == op)
+		op->ctr->op = NULL;
 	opcache_finish(&op->agent->ops, op->op, body);
 	link_event_send(op->agent, LINK_OP_DONE, op->op, body);
 	op_free(op);
@@ -575,9 +763,24 @@ static void measured_cb(struct vm *vm, const char *error, void *data)
 	succeed_with(op, vm ? vm_report(vm) : json_object_get(op->report));
 }
 
-/* The action worked: report the instance with fresh disk sizes. */
+static void ctr_measured_cb(struct ctr *ctr, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (ctr)
+		oci_state_heard(ctr); /* the op-done carries this report */
+	succeed_with(op, ctr ? oci_report(ctr) : json_object_get(op->report));
+}
+
+/* The action worked: report the instance with fresh disk (or writable layer) sizes. */
 void instance_op_succeed(struct inst_op *op)
 {
+	if (op->ctr && !op->report) {
+		oci_measure(op->ctr, ctr_measured_cb, op);
+		return;
+	}
 	if (op->report || op->vm == NULL) {
 		succeed_with(op, json_object_get(op->report));
 		return;
@@ -596,9 +799,15 @@ static void fail_send(struct inst_op *op, const char *why)
 	json_object_object_add(body, "error", json_object_new_string(why));
 	if (op->owner && vm && vm->op == op)
 		vm->op = NULL;
+	if (op->owner && op->ctr && op->ctr->op == op)
+		op->ctr->op = NULL;
 	/* The failure may have left the VM in another state; the controller hears it. */
 	if (vm && vm->created && !vm->removing)
 		vm_state_push(vm);
+	if (op->ctr && op->ctr->created && !op->ctr->removing) {
+		op->ctr->pushed[0] = '\0'; /* the refresh pushes its state, once */
+		oci_refresh(op->ctr);
+	}
 	op->owner = false;
 	op_done(op, body);
 }
@@ -624,6 +833,11 @@ static void rolled_back_cb(struct agent *a, const char *error, void *data)
 		vm_remove(op->vm);
 		op->vm = NULL;
 	}
+	if (op->registered && op->ctr) {
+		op->ctr->op = NULL;
+		oci_remove(op->ctr);
+		op->ctr = NULL;
+	}
 	fail_send(op, rb->why);
 	free(rb);
 }
@@ -646,6 +860,16 @@ void instance_op_fail(struct inst_op *op, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(rb->why, sizeof(rb->why), fmt, ap);
 	va_end(ap);
+	if (op->ctr) {
+		/* A container this op was creating goes, with what the op made of it. */
+		if (op->registered) {
+			oci_dir_remove(op->agent, op->ctr->dir, rolled_back_cb, rb);
+			return;
+		}
+		fail_send(op, rb->why);
+		free(rb);
+		return;
+	}
 	for (size_t i = 0; i < op->ndisks; i++) {
 		if (!op->make[i])
 			continue;
@@ -706,6 +930,35 @@ void instance_disk_done_cb(struct agent *a, const char *error, void *data)
 	instance_each_next(op);
 }
 
+/* A container command: op->ctr found (or not, for create and delete), then run. */
+static void ctr_cmd_start(struct inst_op *op, const char *name)
+{
+	struct inst_op *busy;
+
+	op->ctr = oci_find(op->agent, name);
+	if (op->action->needs_vm && (op->ctr == NULL || !op->ctr->created)) {
+		op->ctr = NULL;
+		instance_op_fail(op, "there is no instance %s on this host", name);
+		return;
+	}
+	busy = op->ctr ? op->ctr->op : NULL;
+	if (busy &&
+	    !(op->action->run == ociaction_force_stop &&
+	      (busy->action->run == ociaction_stop || busy->action->run == ociaction_restart))) {
+		op->ctr = NULL;
+		instance_op_fail(op,
+				 "instance %s is busy with %s (op %s); try again when it is done",
+				 name, busy->action->name, busy->op);
+		return;
+	}
+	if (op->ctr && busy == NULL) {
+		op->ctr->op = op;
+		op->owner = true;
+	}
+	op->restart = op->action->run == ociaction_restart;
+	op->action->run(op);
+}
+
 /*
  * Take an instance command (acked, in the op cache, body checked by
  * instance_cmd_check()) and run it; op-progress and op-done follow on the event
@@ -718,22 +971,32 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 	struct inst_op *busy;
 	struct kerr err;
 	const char *name;
+	bool container;
 
 	op->agent = a;
 	snprintf(op->op, sizeof(op->op), "%s", opid);
-	op->action = action_find(json_get_str(norm, "action", ""));
 	json_object_object_get_ex(norm, "instance", &spec);
 	op->spec = json_object_get(spec);
+	container = spec_is_container(op->spec);
+	op->action = action_find(container, json_get_str(norm, "action", ""));
 	if (json_object_object_get_ex(norm, "args", &args))
 		op->args = json_object_get(args);
 	else
 		op->args = json_object_new_object();
 	json_object_put(norm);
 	name = json_get_str(op->spec, "name", "");
+	if (container) {
+		ctr_cmd_start(op, name);
+		return;
+	}
 	op->vm = vm_find(a, name);
 	if (op->action->needs_vm && (op->vm == NULL || !op->vm->created)) {
 		op->vm = NULL;
 		instance_op_fail(op, "there is no instance %s on this host", name);
+		return;
+	}
+	if (op->vm == NULL && op->action->run == vmaction_create && oci_find(a, name)) {
+		instance_op_fail(op, "instance %s exists already on this host (a container)", name);
 		return;
 	}
 	busy = op->vm ? op->vm->op : NULL;
@@ -761,29 +1024,53 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", NULL};
+static const char *const query_whats[] = {"console", "logs", "exec", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
 	return one_of(val, field, query_whats, err);
 }
 
-static const struct json_field query_fields[] = {
+static int exec_timeout_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 1, AGENT_EXEC_TIMEOUT_MAX_S, err);
+}
+
+static int nonneg_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 0, INT64_MAX, err);
+}
+
+static const struct json_field console_fields[] = {
 	{"what", JK_STRING, true, what_check},
 	{"name", JK_STRING, true, name_check},
 	{"bytes", JK_INT, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
+static const struct json_field logs_fields[] = {
+	{"what", JK_STRING, true, what_check}, {"name", JK_STRING, true, name_check},
+	{"tail", JK_INT, false, nonneg_check}, {"offset", JK_INT, false, nonneg_check},
+	{"max", JK_INT, false, nonneg_check},  {NULL, 0, false, NULL},
+};
+
+static const struct json_field exec_fields[] = {
+	{"what", JK_STRING, true, what_check},
+	{"name", JK_STRING, true, name_check},
+	{"command", JK_ARRAY, true, strings_check},
+	{"timeout_s", JK_INT, false, exec_timeout_check},
+	{"max_output", JK_INT, false, nonneg_check},
+	{NULL, 0, false, NULL},
+};
+
 /*
- * Answer a query: {"what": "console", "name": N, "bytes": B} -> {"data": base64 of the
- * last B bytes of the serial console, "size": the log's total size}. Returns 0 with a
- * new object in *answer, or -1 with err. The REP socket must answer before it takes the
- * next request, so the file is read here, on the loop: at most AGENT_CONSOLE_MAX
- * bytes of a file in the local pool.
+ * {"what": "console", "name": N, "bytes": B} -> {"data": base64 of the last B bytes
+ * of a VM's serial console, "size": the log's total size}. The REP socket must answer
+ * before it takes the next request, so the file is read here, on the loop: at most
+ * AGENT_CONSOLE_MAX bytes of a file in the local pool.
  */
-int instance_query(struct agent *a, struct json_object *body, struct json_object **answer,
-		   struct kerr *err)
+static int console_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			 struct kerr *err)
 {
 	_cleanup_free_ char *path = NULL, *data = NULL;
 	_cleanup_free_ unsigned char *raw = NULL;
@@ -793,11 +1080,11 @@ int instance_query(struct agent *a, struct json_object *body, struct json_object
 	struct stat st;
 	ssize_t n = 0;
 
-	if (json_fields_check(body, query_fields, err) < 0)
+	if (json_fields_check(body, console_fields, err) < 0)
 		return -1;
 	vm = vm_find(a, json_get_str(body, "name", ""));
 	if (vm == NULL || !vm->created)
-		return err_set(err, 0, "there is no instance %s on this host",
+		return err_set(err, 0, "there is no VM %s on this host",
 			       json_get_str(body, "name", ""));
 	if (bytes < 1 || bytes > AGENT_CONSOLE_MAX)
 		bytes = bytes < 1 ? 1 : AGENT_CONSOLE_MAX;
@@ -821,4 +1108,52 @@ int instance_query(struct agent *a, struct json_object *body, struct json_object
 	json_object_object_add(*answer, "data", json_object_new_string(data));
 	json_object_object_add(*answer, "size", json_object_new_int64(st.st_size));
 	return 0;
+}
+
+/*
+ * {"what": "logs", "name": N, "tail": lines|null, "offset": bytes|null, "max": bytes}
+ * -> {"data": base64, "offset": where to go on, "size": the log's size}: a
+ * container's stdout and stderr (oci_logs_read()).
+ */
+static int logs_query(struct agent *a, struct json_object *body, struct json_object **answer,
+		      struct kerr *err)
+{
+	int64_t max = json_get_int(body, "max", AGENT_LOGS_DEFAULT);
+	struct ctr *ctr;
+
+	if (json_fields_check(body, logs_fields, err) < 0)
+		return -1;
+	ctr = oci_find(a, json_get_str(body, "name", ""));
+	if (ctr == NULL || !ctr->created)
+		return err_set(err, 0, "there is no container %s on this host",
+			       json_get_str(body, "name", ""));
+	if (max < 1 || max > AGENT_CONSOLE_MAX)
+		max = max < 1 ? 1 : AGENT_CONSOLE_MAX;
+	return oci_logs_read(ctr, json_get_int(body, "tail", 0), json_get_int(body, "offset", -1),
+			     max, answer, err);
+}
+
+/*
+ * Answer a query (body; op is its id) in *answer (a new object): returns 0. An exec
+ * answers when its command ends: returns 1, and link_query_reply() sends the answer
+ * later. Returns -1 with err for a query that cannot be answered (the link nacks it).
+ * Null members count as absent.
+ */
+int instance_query(struct agent *a, const char *op, struct json_object *body,
+		   struct json_object **answer, struct kerr *err)
+{
+	struct json_object *norm = instance_spec_normalise(body);
+	const char *what = json_get_str(norm, "what", "");
+	int ret;
+
+	if (strcmp(what, "logs") == 0)
+		ret = logs_query(a, norm, answer, err);
+	else if (strcmp(what, "exec") == 0)
+		ret = json_fields_check(norm, exec_fields, err) < 0
+			      ? -1
+			      : ociaction_exec(a, op, norm, err);
+	else
+		ret = console_query(a, norm, answer, err);
+	json_object_put(norm);
+	return ret;
 }

@@ -3,7 +3,9 @@
  *
  * Start-up: options and config check (-n stops here) -> state directory -> link.json,
  * or a join that blocks until the controller answers -> the loop: link sockets,
- * signals, re-adoption of the VMs still running, the KVM probe, the heartbeat timer.
+ * signals, re-adoption of the VMs and containers still running, the KVM probe, the
+ * heartbeat timer. `kumo-agentd --shim DIR` is another program in the same binary: the
+ * process that keeps one container running (shim.c).
  *
  * Stopping (SIGTERM, SIGINT) closes the agent's own handles and sockets only: guests
  * and containers outlive the agent, which finds them again when it starts.
@@ -44,7 +46,9 @@ static void agent_stop(struct agent *a)
 	heartbeat_stop(a);
 	kvmprobe_stop(a);
 	vm_close_all(a);
+	oci_close_all(a);
 	disk_cmds_close(a);
+	oci_cmds_close(a);
 	link_close(a);
 	uv_close((uv_handle_t *)&a->sigterm, NULL);
 	uv_close((uv_handle_t *)&a->sigint, NULL);
@@ -130,8 +134,9 @@ static int loop_setup(struct agent *a, struct kerr *err)
 		ret = uv_signal_start(&a->sigint, signal_cb, SIGINT);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot catch signals");
-	/* After link_open(): every VM found is reported to the controller. */
+	/* After link_open(): every VM and container found is reported to the controller. */
 	vm_adopt_all(a);
+	oci_adopt_all(a);
 	if (kvmprobe_request(a, startup_probe_cb, NULL, &probe_err) < 0)
 		log_warnx("kvm: %s; accel tcg", probe_err.msg);
 	return heartbeat_start(a, err);
@@ -143,12 +148,15 @@ int main(int argc, char **argv)
 	static struct agent agent;
 	struct agent *a = &agent;
 	char toward[AGENT_ADDR_MAX];
+	size_t exelen = sizeof(a->exe);
 	uv_loop_t loop;
 	struct kerr err;
 	int ret;
 
 	if (argc == 2 && strcmp(argv[1], "--kvm-probe") == 0)
 		return kvmprobe_child_main();
+	if (argc == 3 && strcmp(argv[1], "--shim") == 0)
+		return shim_main(argv[2]);
 	inherited_fds_cloexec();
 
 	ret = config_parse(argc, argv, &cfg, &err);
@@ -164,6 +172,9 @@ int main(int argc, char **argv)
 
 	a->cfg = &cfg;
 	a->push_sock = a->rep_sock = -1;
+	/* Shims are this program run again: its path now, before anything can move it. */
+	if (uv_exepath(a->exe, &exelen) < 0)
+		snprintf(a->exe, sizeof(a->exe), "/proc/self/exe");
 	a->started_us = now_us();
 	if (cfg.linked && join_link_load(cfg.link_path, &a->link, &err) < 0) {
 		fprintf(stderr, "%s: %s\n", AGENT_PROG, err.msg);

@@ -1101,6 +1101,11 @@ enum MHD_Result api_instance_patch(struct request *req)
 				       "labels are changed on their own, not with resources");
 	} else if (json_object_object_length(body) == 0) {
 		ret = http_reply_json(req, 200, instance_get_json(i->name, false));
+	} else if (strcmp(json_get_str(i->spec, "type", "vm"), "vm")) {
+		ret = http_reply_error(req, 400, NULL,
+				       "%s is a container: only its labels change; its limits are "
+				       "set when it is created",
+				       i->name);
 	} else {
 		ret = patch_resources(req, i, body);
 	}

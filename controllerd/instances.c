@@ -542,7 +542,7 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 					      "i.spec, i.report, i.placement, i.created_at, "
 					      "i.updated_at FROM instances i LEFT JOIN hosts h ON "
 					      "h.id = i.host_id WHERE i.name = ?");
-	struct json_object *o = NULL, *spec, *report, *disks, *rdisks;
+	struct json_object *o = NULL, *spec, *report, *disks, *rdisks, *sdisks;
 
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) != SQLITE_ROW) {
@@ -577,13 +577,12 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 
 		json_object_object_add(o, *k, v ? json_object_get(v) : NULL);
 	}
-	/* Disks: what was asked for, with sizes as the host last reported them. */
+	/* Disks (VMs): what was asked for, with sizes as the host last reported them. */
 	disks = json_object_new_array();
 	rdisks = json_object_object_get(report, "disks");
-	for (size_t i = 0; i < json_object_array_length(json_object_object_get(spec, "disks"));
-	     i++) {
-		struct json_object *d =
-			json_object_array_get_idx(json_object_object_get(spec, "disks"), i);
+	sdisks = json_object_object_get(spec, "disks");
+	for (size_t i = 0; sdisks && i < json_object_array_length(sdisks); i++) {
+		struct json_object *d = json_object_array_get_idx(sdisks, i);
 		struct json_object *out = json_object_new_object(),
 				   *img = json_object_object_get(d, "image");
 		const char *dn = json_get_str(d, "name", "");
@@ -615,7 +614,10 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 		}
 		json_object_array_add(disks, out);
 	}
-	json_object_object_add(o, "disks", disks);
+	if (container)
+		json_object_put(disks);
+	else
+		json_object_object_add(o, "disks", disks);
 	json_object_object_add(
 		o, "uptime_s",
 		json_object_new_int64(!strcmp(json_get_str(report, "state", ""), "running")

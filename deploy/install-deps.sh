@@ -7,7 +7,7 @@ set -eu
 PKGS="
 build-essential cmake pkg-config clang-format
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev
-libcmocka-dev
+libcmocka-dev zlib1g-dev
 iproute2 iputils-ping procps psmisc curl jq openssl ca-certificates sqlite3
 
 qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio

@@ -1,0 +1,1529 @@
+/*
+ * oci.c - the containers this agent runs: each one a runc container kept by a shim
+ * (shim.c) that outlives the agent, and found again by the next agent.
+ *
+ * Each container has a directory {local_pool}/containers/NAME/, the OCI bundle:
+ *   spec.json      the normalised SPEC (the instance exists once this is written)
+ *   config.json    the runtime config (bundle.c), regenerated at every start
+ *   shim.json      what the shim needs: runtime, root, layers, restart policy
+ *   upper/, work/  the overlay's writable layer and work directory
+ *   rootfs/        the overlay, mounted by the shim while it runs
+ *   console.log    the container's stdout and stderr
+ *   shim.log       the shim's own messages
+ * and the files the shim keeps (shim.c): shim.pid, container.pid, exit.json,
+ * restarts, and the agent's stop marker.
+ *
+ * State is read from those files, never kept only in memory, so a restarted agent
+ * knows what its predecessor knew: oci_refresh() looks at the shim (alive?), the
+ * container's init (container.pid, checked against /proc/PID/cgroup so a reused pid
+ * does not count), the freezer (paused?), exit.json and restarts. It runs every
+ * heartbeat, and every 50-100 ms while a start or stop settles. A change no command
+ * is working on is pushed to the controller as an instance-state message.
+ *
+ * Helpers for ociaction.c: runc subcommands as children (oci_runc(), with output
+ * bounded and a deadline), file work on libuv's thread pool (oci_job_queue()).
+ */
+#include "agentd.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include "json.h"
+#include "util.h"
+
+#define START_POLL_MS 50
+#define STOP_POLL_MS  100
+#define KILL_RETRY_MS 2000
+#define KILL_GIVE_UP  15 /* KILL retries before the stop is reported as failed */
+#define CMD_ERR_TAIL  1024
+#define MEASURE_EVERY 10 /* heartbeats between measurements of the writable layer */
+#define SPEC_FILE_MAX (4 * 1024 * 1024)
+#define CMD_DRAIN_MS  200 /* output read after a helper's exit, at most */
+
+struct ctr_shim {
+	uv_process_t handle;
+	struct ctr *ctr; /* NULL once the ctr is removed */
+};
+
+/* A runc subcommand at work. */
+struct oci_cmd {
+	struct agent *agent;
+	uv_process_t proc;
+	uv_pipe_t out, err;
+	uv_timer_t timer;
+	int open_handles;
+	bool merged; /* stderr into out: exec's output, in order */
+	bool cancelled, timed_out, spawned, exited;
+	int64_t status;
+	int term_signal;
+	char *outbuf;
+	size_t outlen, outmax;
+	bool truncated;
+	char errbuf[CMD_ERR_TAIL + 1];
+	size_t errlen;
+	char pid_file[PATH_MAX];
+	oci_cmd_cb cb;
+	void *data;
+	struct oci_cmd *next;
+};
+
+/* ---- registry ------------------------------------------------------------------------- */
+
+/* The container named name, created or being created, or NULL. */
+struct ctr *oci_find(struct agent *a, const char *name)
+{
+	for (struct ctr *c = a->ctrs; c; c = c->next)
+		if (strcmp(c->name, name) == 0)
+			return c;
+	return NULL;
+}
+
+/* A shim or the container's init is there (starting, running, paused, stopping). */
+bool oci_alive(const struct ctr *ctr)
+{
+	return ctr->shim_pid != 0 || ctr->pid != 0;
+}
+
+/* The runtime's state directory, {local_pool}/runc. */
+void oci_runc_root(const struct agent *a, char *out, size_t len)
+{
+	snprintf(out, len, "%s/runc", a->cfg->local_pool);
+}
+
+/*
+ * Register a container for spec (checked and normalised; the ctr takes a reference):
+ * stopped, not yet created. Returns it, or NULL with err when its paths are too long.
+ */
+struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr *err)
+{
+	struct ctr *ctr = xcalloc(1, sizeof(*ctr));
+	int len;
+
+	ctr->agent = a;
+	snprintf(ctr->name, sizeof(ctr->name), "%s", json_get_str(spec, "name", ""));
+	len = snprintf(ctr->dir, sizeof(ctr->dir), "%s/containers/%s", a->cfg->local_pool,
+		       ctr->name);
+	if (len < 0 || (size_t)len + 64 > sizeof(ctr->dir)) {
+		free(ctr);
+		err_set(err, 0, "the container directory %s/containers/%s is too long",
+			a->cfg->local_pool, json_get_str(spec, "name", ""));
+		return NULL;
+	}
+	ctr->spec = json_object_get(spec);
+	ctr->ctr_state = VM_STOPPED;
+	ctr->exit_code = ctr->exit_signal = -1;
+	ctr->rw_size = -1;
+	uv_timer_init(a->loop, &ctr->timer);
+	uv_timer_init(a->loop, &ctr->poll_timer);
+	ctr->timer.data = ctr->poll_timer.data = ctr;
+	ctr->open_handles = 2;
+	ctr->next = a->ctrs;
+	a->ctrs = ctr;
+	return ctr;
+}
+
+static void ctr_unref(struct ctr *ctr)
+{
+	if (--ctr->open_handles > 0 || !ctr->removing)
+		return;
+	json_object_put(ctr->spec);
+	free(ctr);
+}
+
+static void ctr_handle_close_cb(uv_handle_t *handle)
+{
+	ctr_unref(handle->data);
+}
+
+static void shim_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+static void waiters_call(struct ctr *ctr, const char *error)
+{
+	struct ctr_waiter *w, *next;
+	ctr_done_cb cb = ctr->start_cb;
+
+	ctr->start_cb = NULL;
+	if (cb)
+		cb(ctr, error, ctr->start_data);
+	for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
+		next = w->next;
+		w->cb(ctr, error, w->data);
+		free(w);
+	}
+}
+
+/*
+ * Forget ctr: its handles close and it is freed once they did. A running container
+ * and its shim are left alone (the agent stopping uses this for every container).
+ * Whoever waited for it is told it is gone.
+ */
+void oci_remove(struct ctr *ctr)
+{
+	struct agent *a = ctr->agent;
+
+	for (struct ctr **pp = &a->ctrs; *pp; pp = &(*pp)->next) {
+		if (*pp == ctr) {
+			*pp = ctr->next;
+			break;
+		}
+	}
+	ctr->removing = true;
+	waiters_call(ctr, a->stopping ? "the agent is stopping" : "the instance was removed");
+	if (ctr->shim) {
+		/* Closing the handle stops watching the shim; it does not kill it. */
+		ctr->shim->ctr = NULL;
+		uv_close((uv_handle_t *)&ctr->shim->handle, shim_close_cb);
+		ctr->shim = NULL;
+	}
+	uv_close((uv_handle_t *)&ctr->timer, ctr_handle_close_cb);
+	uv_close((uv_handle_t *)&ctr->poll_timer, ctr_handle_close_cb);
+}
+
+/* At agent shutdown: stop watching every container; they keep running. */
+void oci_close_all(struct agent *a)
+{
+	while (a->ctrs)
+		oci_remove(a->ctrs);
+}
+
+/* ---- reading the shim's files --------------------------------------------------------- */
+
+static char *ctr_path(const struct ctr *ctr, const char *file)
+{
+	return xasprintf("%s/%s", ctr->dir, file);
+}
+
+static bool ctr_file_exists(const struct ctr *ctr, const char *file)
+{
+	_cleanup_free_ char *p = ctr_path(ctr, file);
+
+	return access(p, F_OK) == 0;
+}
+
+/* A pid from a pid file, 0 if none; its mtime (ms) into *mtime if not NULL. */
+static pid_t pid_file_read(const char *path, int64_t *mtime)
+{
+	_cleanup_free_ char *text = NULL;
+	struct stat st;
+	long pid;
+
+	if (file_read_all(path, 64, &text, NULL) < 0)
+		return 0;
+	pid = strtol(text, NULL, 10);
+	if (mtime && stat(path, &st) == 0)
+		*mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+	return pid > 0 && pid < (1 << 30) ? (pid_t)pid : 0;
+}
+
+/* Is pid in container name's cgroup? Guards against a pid reused since. */
+static bool pid_in_cgroup(pid_t pid, const char *name)
+{
+	_cleanup_free_ char *path = xasprintf("/proc/%d/cgroup", (int)pid);
+	_cleanup_free_ char *text = NULL, *want = xasprintf("/kumo/%s\n", name);
+
+	if (file_read_all(path, 65536, &text, NULL) < 0)
+		return false;
+	return strstr(text, want) != NULL;
+}
+
+/* Is pid a shim for dir ("--shim" DIR on its command line)? */
+static bool pid_is_shim(pid_t pid, const char *dir)
+{
+	_cleanup_free_ char *path = xasprintf("/proc/%d/cmdline", (int)pid);
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+
+	if (!vm_pid_alive(pid) || file_read_all(path, 65536, &text, &len) < 0)
+		return false;
+	for (size_t off = 0; off < len; off += strlen(text + off) + 1) {
+		if (strcmp(text + off, "--shim") == 0 && off + 7 < len)
+			return strcmp(text + off + 7, dir) == 0;
+	}
+	return false;
+}
+
+/* The container's cgroup is frozen (runc pause): cgroup v1 freezer or v2 freeze. */
+static bool ctr_frozen(const struct ctr *ctr)
+{
+	_cleanup_free_ char *v1 =
+		xasprintf("/sys/fs/cgroup/freezer/kumo/%s/freezer.state", ctr->name);
+	_cleanup_free_ char *v2 = xasprintf("/sys/fs/cgroup/kumo/%s/cgroup.freeze", ctr->name);
+	_cleanup_free_ char *text = NULL;
+
+	if (file_read_all(v1, 64, &text, NULL) == 0)
+		return strncmp(text, "THAWED", 6) != 0;
+	if (file_read_all(v2, 64, &text, NULL) == 0)
+		return text[0] == '1';
+	return false;
+}
+
+struct exit_info {
+	bool known, started, oom;
+	int code, signal;
+	int64_t started_at, finished_at;
+	char error[256];
+};
+
+static void exit_read(const struct ctr *ctr, struct exit_info *e)
+{
+	_cleanup_free_ char *path = ctr_path(ctr, "exit.json"), *text = NULL;
+	struct json_object *obj = NULL;
+	size_t len;
+
+	memset(e, 0, sizeof(*e));
+	if (file_read_all(path, 65536, &text, &len) < 0 ||
+	    json_body_parse(text, len, &obj, NULL) < 0)
+		return;
+	e->known = true;
+	e->code = (int)json_get_int(obj, "exit_code", -1);
+	e->signal = (int)json_get_int(obj, "signal", 0);
+	e->oom = json_get_bool(obj, "oom", false);
+	e->started = json_get_bool(obj, "started", true);
+	e->started_at = json_get_int(obj, "started_at", 0);
+	e->finished_at = json_get_int(obj, "finished_at", 0);
+	snprintf(e->error, sizeof(e->error), "%s", json_get_str(obj, "error", ""));
+	json_object_put(obj);
+}
+
+static int restarts_read(const struct ctr *ctr)
+{
+	_cleanup_free_ char *path = ctr_path(ctr, "restarts"), *text = NULL;
+
+	if (file_read_all(path, 64, &text, NULL) < 0)
+		return 0;
+	return atoi(text);
+}
+
+/* The last line of shim.log: why a shim ended early. */
+static void shim_log_reason(const struct ctr *ctr, char *out, size_t outlen)
+{
+	_cleanup_free_ char *path = ctr_path(ctr, "shim.log");
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char buf[1024], *end, *line, *p;
+	struct stat st;
+	ssize_t n;
+
+	out[0] = '\0';
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return;
+	n = pread(fd, buf, sizeof(buf) - 1,
+		  st.st_size > (off_t)sizeof(buf) - 1 ? st.st_size - (off_t)sizeof(buf) + 1 : 0);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	end = buf + n;
+	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(buf, '\n');
+	line = line ? line + 1 : buf;
+	/* "12:00:00.000 kumo-shim warning: shim c1: why" -> "why" */
+	if ((p = strstr(line, ": shim ")) && (p = strstr(p + 7, ": ")))
+		line = p + 2;
+	snprintf(out, outlen, "%s", line);
+}
+
+/* ---- reports ---------------------------------------------------------------------------- */
+
+static struct json_object *int_or_null(int64_t v)
+{
+	return v < 0 ? NULL : json_object_new_int64(v);
+}
+
+/*
+ * The REPORT of a container: name, type, state, pid, started_at (ms), uptime_s,
+ * exit_code, signal, oom and finished_at of the last exit, restarts, image and
+ * image_digest, rw_size (bytes in the writable layer, null until measured), and
+ * error when it crashed or failed. Returns a new object.
+ */
+struct json_object *oci_report(const struct ctr *ctr)
+{
+	struct json_object *r = json_object_new_object(), *image = NULL;
+	bool running = ctr->pid != 0;
+
+	json_object_object_get_ex(ctr->spec, "image", &image);
+	json_object_object_add(r, "name", json_object_new_string(ctr->name));
+	json_object_object_add(r, "type", json_object_new_string("container"));
+	json_object_object_add(r, "state", json_object_new_string(vm_state_name(ctr->ctr_state)));
+	json_object_object_add(r, "pid", running ? json_object_new_int(ctr->pid) : NULL);
+	json_object_object_add(r, "started_at",
+			       running ? json_object_new_int64(ctr->started_at_ms) : NULL);
+	json_object_object_add(
+		r, "uptime_s",
+		json_object_new_int64(running && ctr->started_at_ms > 0
+					      ? (now_ms() - ctr->started_at_ms) / 1000
+					      : 0));
+	json_object_object_add(r, "exit_code", int_or_null(ctr->exit_code));
+	json_object_object_add(r, "signal",
+			       ctr->exit_signal > 0 ? json_object_new_int(ctr->exit_signal) : NULL);
+	json_object_object_add(r, "oom", json_object_new_boolean(ctr->oom));
+	json_object_object_add(r, "finished_at", int_or_null(ctr->finished_at_ms));
+	json_object_object_add(r, "restarts", json_object_new_int(ctr->restarts));
+	json_object_object_add(r, "restart",
+			       json_object_new_string(json_get_str(ctr->spec, "restart", "no")));
+	json_object_object_add(r, "image", json_object_new_string(json_get_str(image, "name", "")));
+	json_object_object_add(r, "image_digest",
+			       json_object_new_string(json_get_str(image, "manifest", "")));
+	json_object_object_add(r, "rw_size", int_or_null(ctr->rw_size));
+	if (ctr->ctr_state == VM_CRASHED || ctr->ctr_state == VM_ERROR)
+		json_object_object_add(r, "error", json_object_new_string(ctr->error));
+	else if (ctr->orphan)
+		json_object_object_add(r, "warning", json_object_new_string(ctr->error));
+	return r;
+}
+
+/* Add the reports of every created container to arr (the heartbeat's instances). */
+void oci_reports_add(struct agent *a, struct json_object *arr)
+{
+	for (struct ctr *c = a->ctrs; c; c = c->next)
+		if (c->created)
+			json_object_array_add(arr, oci_report(c));
+}
+
+/* Containers with a process (shim or init): what uses this host's resources. */
+int oci_running_count(struct agent *a)
+{
+	int n = 0;
+
+	for (struct ctr *c = a->ctrs; c; c = c->next)
+		n += c->created && c->pid != 0;
+	return n;
+}
+
+/* What the controller has heard: a change in any of these is news. */
+static void signature(const struct ctr *ctr, char *out, size_t len)
+{
+	snprintf(out, len, "%d/%d/%d/%d/%d/%d/%d", ctr->ctr_state, (int)ctr->pid, ctr->restarts,
+		 ctr->exit_code, ctr->exit_signal, ctr->oom, ctr->orphan);
+}
+
+/* The controller heard ctr's current state (an op-done carried its report). */
+void oci_state_heard(struct ctr *ctr)
+{
+	signature(ctr, ctr->pushed, sizeof(ctr->pushed));
+}
+
+/* Send ctr's report to the controller as an instance-state message. */
+void oci_state_push(struct ctr *ctr)
+{
+	if (!ctr->created || ctr->removing || ctr->agent->stopping)
+		return;
+	signature(ctr, ctr->pushed, sizeof(ctr->pushed));
+	log_info("container %s: %s%s%s", ctr->name, vm_state_name(ctr->ctr_state),
+		 ctr->error[0] ? ": " : "", ctr->error);
+	link_event_send(ctr->agent, LINK_INSTANCE_STATE, NULL, oci_report(ctr));
+}
+
+/*
+ * Set ctr's state; pushed to the controller at once unless a command is working on it
+ * (its op-done carries the state).
+ */
+void oci_state_set(struct ctr *ctr, enum vm_state state)
+{
+	char sig[sizeof(ctr->pushed)];
+
+	ctr->ctr_state = state;
+	if (state != VM_CRASHED && state != VM_ERROR && !ctr->orphan)
+		ctr->error[0] = '\0';
+	signature(ctr, sig, sizeof(sig));
+	if (ctr->op == NULL && strcmp(sig, ctr->pushed) != 0)
+		oci_state_push(ctr);
+}
+
+/* ---- state from the files ------------------------------------------------------------ */
+
+static void start_settle(struct ctr *ctr, const char *error)
+{
+	ctr_done_cb cb = ctr->start_cb;
+
+	ctr->start_cb = NULL;
+	uv_timer_stop(&ctr->timer);
+	if (ctr->exit_waiters == NULL)
+		uv_timer_stop(&ctr->poll_timer);
+	if (cb)
+		cb(ctr, error, ctr->start_data);
+}
+
+static void exit_settle(struct ctr *ctr)
+{
+	struct ctr_waiter *w, *next;
+
+	uv_timer_stop(&ctr->timer);
+	uv_timer_stop(&ctr->poll_timer);
+	ctr->stop_requested = false;
+	for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
+		next = w->next;
+		w->cb(ctr, NULL, w->data);
+		free(w);
+	}
+}
+
+static void exit_describe(struct ctr *ctr, const struct exit_info *e)
+{
+	if (e->oom)
+		snprintf(ctr->error, sizeof(ctr->error),
+			 "the container was killed: out of memory (limit %lld MiB)",
+			 (long long)json_get_int(json_object_object_get(ctr->spec, "limits"),
+						 "memory_mb", 0));
+	else if (e->signal)
+		snprintf(ctr->error, sizeof(ctr->error),
+			 "the container was killed by signal %d (%s)", e->signal,
+			 strsignal(e->signal));
+	else
+		snprintf(ctr->error, sizeof(ctr->error), "the container exited with code %d",
+			 e->code);
+}
+
+/*
+ * Read what the shim's files say and set ctr's state, pid, exit and restarts from it;
+ * settle a start or stop waiting for it, and push a change no command is working on.
+ */
+void oci_refresh(struct ctr *ctr)
+{
+	_cleanup_free_ char *cpid_path = ctr_path(ctr, "container.pid");
+	_cleanup_free_ char *shim_path = ctr_path(ctr, "shim.pid");
+	enum vm_state state;
+	struct exit_info e;
+	int64_t mtime = 0;
+	bool stop_marker;
+	pid_t cpid;
+	char why[200];
+
+	if (!ctr->created || ctr->removing)
+		return;
+	if (ctr->shim == NULL && ctr->shim_pid && !pid_is_shim(ctr->shim_pid, ctr->dir))
+		ctr->shim_pid = 0;
+	if (ctr->shim_pid == 0) {
+		/* A shim started by another agent (or before this one's restart). */
+		pid_t p = pid_file_read(shim_path, NULL);
+
+		if (p && pid_is_shim(p, ctr->dir))
+			ctr->shim_pid = p;
+	}
+	cpid = pid_file_read(cpid_path, &mtime);
+	if (cpid && !(vm_pid_alive(cpid) && pid_in_cgroup(cpid, ctr->name)))
+		cpid = 0;
+	if (ctr->orphan && cpid == 0 && ctr->pid)
+		ctr->orphan_lost = true;
+	ctr->pid = cpid;
+	if (cpid)
+		ctr->started_at_ms = mtime;
+	ctr->orphan = cpid && ctr->shim_pid == 0;
+	ctr->restarts = restarts_read(ctr);
+	exit_read(ctr, &e);
+	ctr->exit_code = e.known ? e.code : -1;
+	ctr->exit_signal = e.known ? e.signal : -1;
+	ctr->oom = e.known && e.oom;
+	ctr->finished_at_ms = e.known ? e.finished_at : -1;
+	stop_marker = ctr_file_exists(ctr, "stop");
+
+	if (cpid) {
+		state = ctr->stop_requested ? VM_STOPPING
+			: ctr_frozen(ctr)   ? VM_PAUSED
+					    : VM_RUNNING;
+		if (ctr->orphan)
+			snprintf(ctr->error, sizeof(ctr->error),
+				 "the container runs but its shim is gone: its exit and restart "
+				 "policy are not looked after");
+	} else if (ctr->shim_pid) {
+		state = stop_marker ? VM_STOPPING : VM_STARTING;
+	} else if (stop_marker) {
+		state = VM_STOPPED;
+	} else if (ctr->orphan_lost) {
+		state = VM_CRASHED;
+		snprintf(ctr->error, sizeof(ctr->error),
+			 "the container ended while its shim was gone; its exit code is unknown");
+	} else if (e.known && !e.started) {
+		state = VM_ERROR;
+		snprintf(ctr->error, sizeof(ctr->error), "the container did not start: %s",
+			 e.error[0] ? e.error : "no reason given");
+	} else if (e.known && (e.code != 0 || e.signal || e.oom)) {
+		state = VM_CRASHED;
+		exit_describe(ctr, &e);
+	} else if (!e.known && access(shim_path, F_OK) == 0) {
+		state = VM_CRASHED;
+		shim_log_reason(ctr, why, sizeof(why));
+		snprintf(ctr->error, sizeof(ctr->error),
+			 "the container's shim ended unexpectedly%s%s", why[0] ? ": " : "", why);
+	} else {
+		state = VM_STOPPED;
+	}
+	oci_state_set(ctr, state);
+
+	if (ctr->start_cb) {
+		if (e.known && !e.started) {
+			start_settle(ctr, ctr->error);
+		} else if (cpid || (e.known && e.finished_at >= ctr->start_ms) ||
+			   ctr->restarts > 0) {
+			start_settle(ctr, NULL);
+		} else if (ctr->shim_pid == 0) {
+			shim_log_reason(ctr, why, sizeof(why));
+			snprintf(ctr->error, sizeof(ctr->error),
+				 "the shim ended before the "
+				 "container started%s%s",
+				 why[0] ? ": " : "", why);
+			ctr->ctr_state = VM_ERROR;
+			start_settle(ctr, ctr->error);
+		}
+	}
+	if (!oci_alive(ctr) && ctr->exit_waiters)
+		exit_settle(ctr);
+}
+
+static void poll_cb(uv_timer_t *timer)
+{
+	oci_refresh(timer->data);
+}
+
+/* ---- start ------------------------------------------------------------------------------ */
+
+static void shim_exit_cb(uv_process_t *handle, int64_t status, int term_signal)
+{
+	struct ctr_shim *shim = handle->data;
+	struct ctr *ctr = shim->ctr;
+
+	uv_close((uv_handle_t *)handle, shim_close_cb);
+	if (ctr == NULL)
+		return;
+	ctr->shim = NULL;
+	ctr->shim_pid = 0;
+	if (status != 0 || term_signal)
+		log_warnx("container %s: shim exited with status %lld, signal %d", ctr->name,
+			  (long long)status, term_signal);
+	oci_refresh(ctr);
+}
+
+static void start_deadline_cb(uv_timer_t *timer)
+{
+	struct ctr *ctr = timer->data;
+	char why[160];
+
+	if (ctr->start_cb == NULL)
+		return;
+	snprintf(why, sizeof(why), "the container did not start within %d s",
+		 AGENT_CTR_START_TIMEOUT_MS / 1000);
+	log_warnx("container %s: %s; stopping its shim", ctr->name, why);
+	/* The shim passes SIGTERM on to runc, and does not restart after it. */
+	if (ctr->shim_pid)
+		kill(ctr->shim_pid, SIGTERM);
+	start_settle(ctr, why);
+}
+
+/* Put ctr's file name in place with text (small, local: on the loop). */
+static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, struct kerr *err)
+{
+	_cleanup_free_ char *path = ctr_path(ctr, file);
+	int ret = file_write_atomic(path, text, strlen(text), 0600);
+
+	if (ret < 0)
+		return err_set(err, -ret, "container %s: cannot write %s", ctr->name, path);
+	return 0;
+}
+
+static void ctr_file_drop(struct ctr *ctr, const char *file)
+{
+	_cleanup_free_ char *path = ctr_path(ctr, file);
+
+	unlink(path);
+}
+
+/*
+ * Start ctr's shim (ctr stopped, crashed or failed; its bundle prepared by
+ * ociaction.c). cb(ctr, error, data) follows once the container runs (or ran: it may
+ * have exited at once), or failed to start. The small files in its directory (local
+ * pool) are touched on the loop. Returns 0, or -1 with err when the shim could not
+ * be spawned (cb is then not called).
+ */
+int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
+{
+	struct agent *a = ctr->agent;
+	_cleanup_free_ char *log_path = ctr_path(ctr, "shim.log");
+	char *args[] = {a->exe, "--shim", ctr->dir, NULL};
+	uv_stdio_container_t stdio[3];
+	uv_process_options_t opts = {0};
+	struct ctr_shim *shim;
+	int fd, ret;
+
+	if (oci_alive(ctr))
+		return err_set(err, 0, "container %s runs already (pid %d)", ctr->name,
+			       (int)(ctr->pid ? ctr->pid : ctr->shim_pid));
+	/* A fresh start: no stop marker, no last exit, no restarts yet. */
+	ctr_file_drop(ctr, "stop");
+	ctr_file_drop(ctr, "exit.json");
+	ctr_file_drop(ctr, "container.pid");
+	if (ctr_file_put(ctr, "restarts", "0\n", err) < 0)
+		return -1;
+	fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(err, errno, "container %s: cannot open %s", ctr->name, log_path);
+	shim = xcalloc(1, sizeof(*shim));
+	shim->ctr = ctr;
+	shim->handle.data = shim;
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
+	stdio[1].data.fd = stdio[2].data.fd = fd;
+	opts.file = a->exe;
+	opts.args = args;
+	opts.exit_cb = shim_exit_cb;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	/*
+	 * Detached: its own session, so the container outlives the agent and a signal to
+	 * the agent's process group never reaches it. The shim runs as root, like the
+	 * agent: it mounts the overlay (CAP_SYS_ADMIN) and runs runc.
+	 */
+	opts.flags = UV_PROCESS_DETACHED;
+	ret = uv_spawn(a->loop, &shim->handle, &opts);
+	close(fd);
+	if (ret < 0) {
+		uv_close((uv_handle_t *)&shim->handle, shim_close_cb);
+		return err_set(err, -ret, "container %s: cannot run the shim %s", ctr->name,
+			       a->exe);
+	}
+	ctr->shim = shim;
+	ctr->shim_pid = shim->handle.pid;
+	ctr->pid = 0;
+	ctr->orphan = ctr->orphan_lost = false;
+	ctr->stop_requested = ctr->stop_forced = false;
+	ctr->error[0] = '\0';
+	ctr->start_cb = cb;
+	ctr->start_data = data;
+	ctr->start_ms = now_ms();
+	log_info("container %s: shim started, pid %d", ctr->name, (int)ctr->shim_pid);
+	oci_state_set(ctr, VM_STARTING);
+	uv_timer_start(&ctr->timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
+	uv_timer_start(&ctr->poll_timer, poll_cb, START_POLL_MS, START_POLL_MS);
+	return 0;
+}
+
+/* ---- stop ------------------------------------------------------------------------------- */
+
+static void kill_done_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	char *name = data;
+	struct ctr *ctr = a->stopping ? NULL : oci_find(a, name);
+
+	/* "container not running" and the like are expected while it goes. */
+	if (ctr && r->status != 0 && !r->cancelled)
+		log_debug("container %s: runc kill: %s", name, r->error);
+	free(name);
+}
+
+static void runc_signal(struct ctr *ctr, const char *signal)
+{
+	struct kerr err;
+
+	if (oci_runc(ctr->agent, (const char *const[]){"kill", ctr->name, signal, NULL}, 10000, 0,
+		     false, NULL, kill_done_cb, xstrdup(ctr->name), &err) < 0)
+		log_warnx("container %s: %s", ctr->name, err.msg);
+	/* Without a shim, runc run may be gone too: the init gets the signal directly. */
+	if (ctr->orphan && ctr->pid)
+		kill(ctr->pid, strcmp(signal, "KILL") == 0 ? SIGKILL : SIGTERM);
+}
+
+static void stop_escalate_cb(uv_timer_t *timer)
+{
+	struct ctr *ctr = timer->data;
+
+	oci_refresh(ctr);
+	if (!oci_alive(ctr) || ctr->exit_waiters == NULL)
+		return;
+	if (++ctr->kill_attempts > KILL_GIVE_UP) {
+		char why[160];
+		struct ctr_waiter *w, *next;
+
+		snprintf(why, sizeof(why),
+			 "the container did not stop: its shim (pid %d) is still there after "
+			 "SIGKILL",
+			 (int)ctr->shim_pid);
+		log_warnx("container %s: %s", ctr->name, why);
+		uv_timer_stop(&ctr->poll_timer);
+		ctr->stop_requested = false;
+		for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
+			next = w->next;
+			w->cb(ctr, why, w->data);
+			free(w);
+		}
+		return;
+	}
+	if (ctr->kill_attempts == 1)
+		log_info("container %s: still running after SIGTERM; SIGKILL", ctr->name);
+	ctr->stop_forced = true;
+	runc_signal(ctr, "KILL");
+	/* A shim that lingers with nothing left to run is stuck: it goes too. */
+	if (ctr->pid == 0 && ctr->shim_pid && ctr->kill_attempts >= 3)
+		kill(ctr->shim_pid, SIGKILL);
+	uv_timer_start(&ctr->timer, stop_escalate_cb, KILL_RETRY_MS, 0);
+}
+
+static void resumed_then_signal_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	char *name = data;
+	struct ctr *ctr = a->stopping ? NULL : oci_find(a, name);
+
+	free(name);
+	if (ctr == NULL || r->cancelled)
+		return;
+	runc_signal(ctr, ctr->stop_forced ? "KILL" : "TERM");
+}
+
+/*
+ * Stop ctr (alive): the stop marker tells the shim not to restart it, SIGTERM goes to
+ * the container's init (resumed first if paused), SIGKILL after timeout_s seconds (at
+ * once for 0), again every 2 s while it lingers. cb(ctr, NULL, data) once the shim
+ * and the container are gone (an error if they would not go); ctr->stop_forced says
+ * whether SIGKILL was needed. A second stop joins the first, a forced one hurries it.
+ */
+void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
+{
+	struct ctr_waiter *w = xcalloc(1, sizeof(*w));
+	bool paused = ctr->ctr_state == VM_PAUSED;
+	struct kerr err;
+
+	w->cb = cb;
+	w->data = data;
+	w->next = ctr->exit_waiters;
+	ctr->exit_waiters = w;
+	if (ctr->start_cb)
+		start_settle(ctr, "the container is being stopped");
+	if (ctr->stop_requested) {
+		if (timeout_s == 0) {
+			ctr->stop_forced = true;
+			uv_timer_start(&ctr->timer, stop_escalate_cb, 0, 0);
+		}
+		return;
+	}
+	ctr->stop_requested = true;
+	ctr->stop_forced = timeout_s == 0;
+	ctr->kill_attempts = 0;
+	if (ctr_file_put(ctr, "stop", "stop\n", &err) < 0)
+		log_warnx("%s", err.msg);
+	oci_state_set(ctr, VM_STOPPING);
+	if (paused &&
+	    oci_runc(ctr->agent, (const char *const[]){"resume", ctr->name, NULL}, 10000, 0, false,
+		     NULL, resumed_then_signal_cb, xstrdup(ctr->name), &err) == 0) {
+		/* A frozen init cannot act on SIGTERM: it is resumed first. */
+	} else {
+		runc_signal(ctr, ctr->stop_forced ? "KILL" : "TERM");
+	}
+	uv_timer_start(&ctr->timer, stop_escalate_cb,
+		       ctr->stop_forced ? KILL_RETRY_MS : (uint64_t)timeout_s * 1000, 0);
+	uv_timer_start(&ctr->poll_timer, poll_cb, STOP_POLL_MS, STOP_POLL_MS);
+}
+
+/*
+ * A container that is not running (crashed, failed) is stopped from now on: the stop
+ * marker says so to every later refresh.
+ */
+void oci_mark_stopped(struct ctr *ctr)
+{
+	struct kerr err;
+
+	if (ctr_file_put(ctr, "stop", "stop\n", &err) < 0)
+		log_warnx("%s", err.msg);
+	oci_refresh(ctr);
+}
+
+/* ---- runc subcommands ---------------------------------------------------------------- */
+
+static void cmd_timer_cb(uv_timer_t *timer);
+
+static void cmd_free(struct oci_cmd *c)
+{
+	for (struct oci_cmd **pp = &c->agent->oci_cmds; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	free(c->outbuf);
+	free(c);
+}
+
+static void cmd_close_cb(uv_handle_t *handle)
+{
+	struct oci_cmd *c = handle->data;
+	struct oci_cmd_result r = {0};
+	char *end, *line;
+
+	if (--c->open_handles > 0)
+		return;
+	if (c->spawned) {
+		r.status = c->status;
+		r.term_signal = c->term_signal;
+		r.timed_out = c->timed_out;
+		r.cancelled = c->cancelled;
+		r.out = c->outbuf ? c->outbuf : "";
+		r.outlen = c->outlen;
+		r.truncated = c->truncated;
+		/* The reason: runc's last stderr line, its msg="..." if it has one. */
+		c->errbuf[c->errlen] = '\0';
+		end = c->errbuf + c->errlen;
+		while (end > c->errbuf && (end[-1] == '\n' || end[-1] == ' '))
+			*--end = '\0';
+		line = strrchr(c->errbuf, '\n');
+		line = line ? line + 1 : c->errbuf;
+		if ((end = strstr(line, "msg=\""))) {
+			/* logfmt: msg="...", with \" and \\ inside */
+			char *w = line = end + 5;
+
+			if ((end = strrchr(line, '"')))
+				*end = '\0';
+			for (char *rd = line; *rd; rd++) {
+				if (*rd == '\\' && (rd[1] == '"' || rd[1] == '\\'))
+					rd++;
+				*w++ = *rd;
+			}
+			*w = '\0';
+		}
+		if (c->cancelled)
+			snprintf(r.error, sizeof(r.error), "the agent is stopping");
+		else if (c->timed_out)
+			snprintf(r.error, sizeof(r.error), "runc did not finish in time");
+		else if (*line)
+			snprintf(r.error, sizeof(r.error), "%s", line);
+		else if (c->term_signal)
+			snprintf(r.error, sizeof(r.error), "runc was killed by signal %d",
+				 c->term_signal);
+		else if (c->status)
+			snprintf(r.error, sizeof(r.error), "runc exited with status %lld",
+				 (long long)c->status);
+		if (c->pid_file[0])
+			unlink(c->pid_file);
+		c->cb(c->agent, &r, c->data);
+	}
+	cmd_free(c);
+}
+
+static void cmd_close(struct oci_cmd *c)
+{
+	uv_handle_t *handles[] = {(uv_handle_t *)&c->proc, (uv_handle_t *)&c->out,
+				  (uv_handle_t *)&c->err, (uv_handle_t *)&c->timer};
+
+	for (size_t i = 0; i < ARRAY_SIZE(handles); i++)
+		if (!uv_is_closing(handles[i]))
+			uv_close(handles[i], cmd_close_cb);
+}
+
+static void cmd_exit_cb(uv_process_t *proc, int64_t status, int term_signal)
+{
+	struct oci_cmd *c = proc->data;
+
+	c->status = status;
+	c->term_signal = term_signal;
+	c->exited = true;
+	uv_close((uv_handle_t *)proc, cmd_close_cb);
+	/*
+	 * The pipes close at their end of file, so output written last is not lost. A
+	 * process exec started in the background may hold them open for ever, though:
+	 * after a short grace they are closed anyway.
+	 */
+	uv_timer_start(&c->timer, cmd_timer_cb, CMD_DRAIN_MS, 0);
+}
+
+static void cmd_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+	buf->base = xmalloc(suggested);
+	buf->len = suggested;
+}
+
+static void cmd_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct oci_cmd *c = stream->data;
+
+	if (nread > 0 && stream == (uv_stream_t *)&c->out) {
+		size_t keep = c->outlen + (size_t)nread > c->outmax ? c->outmax - c->outlen
+								    : (size_t)nread;
+
+		if (keep < (size_t)nread)
+			c->truncated = true;
+		if (keep) {
+			c->outbuf = xrealloc(c->outbuf, c->outlen + keep + 1);
+			memcpy(c->outbuf + c->outlen, buf->base, keep);
+			c->outlen += keep;
+			c->outbuf[c->outlen] = '\0';
+		}
+	} else if (nread > 0) {
+		/* Keep the tail of stderr: the reason is at the end. */
+		for (ssize_t i = 0; i < nread; i++) {
+			if (c->errlen == CMD_ERR_TAIL) {
+				memmove(c->errbuf, c->errbuf + CMD_ERR_TAIL / 2, CMD_ERR_TAIL / 2);
+				c->errlen = CMD_ERR_TAIL / 2;
+			}
+			c->errbuf[c->errlen++] = buf->base[i];
+		}
+	}
+	free(buf->base);
+	if (nread < 0 && !uv_is_closing((uv_handle_t *)stream))
+		uv_close((uv_handle_t *)stream, cmd_close_cb);
+}
+
+/* SIGKILL root and every descendant of it, found in /proc. */
+static void descendants_kill(pid_t root)
+{
+	struct {
+		pid_t pid, ppid;
+	} *procs = NULL;
+	size_t n = 0, cap = 0;
+	pid_t *todo;
+	size_t ntodo = 0;
+	struct dirent *e;
+	DIR *d = opendir("/proc");
+
+	while (d && (e = readdir(d))) {
+		_cleanup_free_ char *path = NULL, *text = NULL;
+		const char *paren;
+		pid_t pid = (pid_t)atoi(e->d_name);
+
+		if (pid <= 0)
+			continue;
+		path = xasprintf("/proc/%d/stat", (int)pid);
+		if (file_read_all(path, 4096, &text, NULL) < 0 ||
+		    (paren = strrchr(text, ')')) == NULL || strlen(paren) < 5)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 256;
+			procs = xrealloc(procs, cap * sizeof(*procs));
+		}
+		procs[n].pid = pid;
+		procs[n++].ppid = (pid_t)atoi(paren + 4); /* ") S PPID" */
+	}
+	if (d)
+		closedir(d);
+	todo = xcalloc(n + 1, sizeof(*todo));
+	todo[ntodo++] = root;
+	kill(root, SIGSTOP); /* no new children while the tree is walked */
+	for (size_t i = 0; i < ntodo; i++) {
+		for (size_t k = 0; k < n; k++) {
+			if (procs[k].ppid != todo[i])
+				continue;
+			kill(procs[k].pid, SIGKILL);
+			if (ntodo <= n)
+				todo[ntodo++] = procs[k].pid;
+		}
+	}
+	kill(root, SIGKILL);
+	free(todo);
+	free(procs);
+}
+
+static void cmd_timer_cb(uv_timer_t *timer)
+{
+	struct oci_cmd *c = timer->data;
+	pid_t pid;
+
+	if (c->exited) {
+		/* The drain grace is over. */
+		cmd_close(c);
+		return;
+	}
+	c->timed_out = true;
+	/*
+	 * An exec's command is not runc's to take along: it goes by its pid file, with
+	 * the processes it started that are still its descendants. (Ones it left in the
+	 * background belong to the container's init by now, and stay, as under docker.)
+	 */
+	if (c->pid_file[0] && (pid = pid_file_read(c->pid_file, NULL)) > 0)
+		descendants_kill(pid);
+	uv_process_kill(&c->proc, SIGKILL);
+}
+
+/*
+ * Run `runc --root {local}/runc ARGS...` (args NULL-terminated). stdout is kept up to
+ * out_max bytes (more sets truncated), with stderr in it when merge is set (exec),
+ * otherwise stderr's tail gives the error. After timeout_ms (0: none) runc is
+ * killed, and the process in pid_file too if given (exec --pid-file). cb gets the
+ * result on a later turn of the loop. Returns 0, or -1 with err (cb is not called).
+ */
+int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size_t out_max,
+	     bool merge, const char *pid_file, oci_cmd_cb cb, void *data, struct kerr *err)
+{
+	struct oci_cmd *c = xcalloc(1, sizeof(*c));
+	uv_process_options_t opts = {0};
+	uv_stdio_container_t stdio[3];
+	char root[PATH_MAX];
+	struct argv av = {0};
+	int fds[2] = {-1, -1}, ret;
+
+	oci_runc_root(a, root, sizeof(root));
+	argv_add(&av, "%s", AGENT_OCI_RUNTIME);
+	argv_add(&av, "--root");
+	argv_add(&av, "%s", root);
+	for (size_t i = 0; args[i]; i++)
+		argv_add(&av, "%s", args[i]);
+	c->agent = a;
+	c->cb = cb;
+	c->data = data;
+	c->outmax = out_max;
+	snprintf(c->pid_file, sizeof(c->pid_file), "%s", pid_file ? pid_file : "");
+	uv_pipe_init(a->loop, &c->out, 0);
+	uv_pipe_init(a->loop, &c->err, 0);
+	uv_timer_init(a->loop, &c->timer);
+	c->proc.data = c->out.data = c->err.data = c->timer.data = c;
+	c->open_handles = 4;
+	c->next = a->oci_cmds;
+	a->oci_cmds = c;
+	stdio[0].flags = UV_IGNORE;
+	if (merge && pipe2(fds, O_CLOEXEC) == 0) {
+		/* One pipe for stdout and stderr, so the output keeps its order. */
+		stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
+		stdio[1].data.fd = stdio[2].data.fd = fds[1];
+	} else {
+		stdio[1].flags = stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+		stdio[1].data.stream = (uv_stream_t *)&c->out;
+		stdio[2].data.stream = (uv_stream_t *)&c->err;
+	}
+	opts.file = AGENT_OCI_RUNTIME;
+	opts.args = av.v;
+	opts.exit_cb = cmd_exit_cb;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	ret = uv_spawn(a->loop, &c->proc, &opts);
+	argv_free(&av);
+	if (fds[1] >= 0)
+		close(fds[1]);
+	if (ret < 0) {
+		if (fds[0] >= 0)
+			close(fds[0]);
+		cmd_close(c); /* spawned is false: cb is not called */
+		return err_set(err, -ret, "cannot run %s", AGENT_OCI_RUNTIME);
+	}
+	c->spawned = true;
+	if (fds[0] >= 0) {
+		uv_pipe_open(&c->out, fds[0]);
+		uv_close((uv_handle_t *)&c->err, cmd_close_cb);
+	} else {
+		uv_read_start((uv_stream_t *)&c->err, cmd_alloc_cb, cmd_read_cb);
+	}
+	uv_read_start((uv_stream_t *)&c->out, cmd_alloc_cb, cmd_read_cb);
+	if (timeout_ms)
+		uv_timer_start(&c->timer, cmd_timer_cb, timeout_ms, 0);
+	return 0;
+}
+
+/* At agent shutdown: stop watching runc children; their callbacks hear "cancelled". */
+void oci_cmds_close(struct agent *a)
+{
+	for (struct oci_cmd *c = a->oci_cmds; c; c = c->next) {
+		c->cancelled = true;
+		cmd_close(c);
+	}
+}
+
+/* ---- the thread pool -------------------------------------------------------------------- */
+
+static void job_work_cb(uv_work_t *req)
+{
+	struct oci_job *j = req->data;
+
+	j->ret = j->work(j);
+}
+
+static void job_after_cb(uv_work_t *req, int status)
+{
+	struct oci_job *j = req->data;
+
+	if (status == UV_ECANCELED) {
+		j->ret = err_set(&j->err, ECANCELED, "the agent is stopping");
+	}
+	j->done(j);
+}
+
+/*
+ * Run j->work(j) on libuv's thread pool (it must touch nothing but j), then
+ * j->done(j) on the loop, which owns j from then on.
+ */
+void oci_job_queue(struct agent *a, struct oci_job *j)
+{
+	j->agent = a;
+	j->req.data = j;
+	if (uv_queue_work(a->loop, &j->req, job_work_cb, job_after_cb) < 0) {
+		j->ret = err_set(&j->err, 0, "cannot queue work");
+		j->done(j);
+	}
+}
+
+/* ---- the writable layer's size ------------------------------------------------------- */
+
+struct measure_job {
+	struct oci_job job;
+	char upper[PATH_MAX];
+	char name[NAME_MAX_LEN + 1];
+	int64_t size;
+	ctr_done_cb cb;
+	void *data;
+};
+
+struct inode_key {
+	dev_t dev;
+	ino_t ino;
+};
+
+static int64_t tree_size(int fd0, struct inode_key **seen, size_t *nseen, size_t *cap)
+{
+	DIR *d = fdopendir(fd0);
+	struct dirent *e;
+	int64_t total = 0;
+
+	if (d == NULL) {
+		close(fd0);
+		return 0;
+	}
+	while ((e = readdir(d))) {
+		struct stat st;
+		bool dup = false;
+
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+		    fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (S_ISDIR(st.st_mode)) {
+			int fd = openat(dirfd(d), e->d_name,
+					O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+			if (fd >= 0)
+				total += tree_size(fd, seen, nseen, cap);
+			continue;
+		}
+		if (st.st_nlink > 1) {
+			for (size_t i = 0; i < *nseen && !dup; i++)
+				dup = (*seen)[i].dev == st.st_dev && (*seen)[i].ino == st.st_ino;
+			if (dup)
+				continue;
+			if (*nseen == *cap) {
+				*cap = *cap ? *cap * 2 : 64;
+				*seen = xrealloc(*seen, *cap * sizeof(**seen));
+			}
+			(*seen)[(*nseen)++] = (struct inode_key){st.st_dev, st.st_ino};
+		}
+		total += st.st_size;
+	}
+	closedir(d);
+	return total;
+}
+
+static int measure_work(struct oci_job *job)
+{
+	struct measure_job *m = (struct measure_job *)job;
+	struct inode_key *seen = NULL;
+	size_t nseen = 0, cap = 0;
+	int fd = open(m->upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	m->size = -1;
+	if (fd < 0)
+		return 0;
+	m->size = tree_size(fd, &seen, &nseen, &cap);
+	free(seen);
+	return 0;
+}
+
+static void measure_done(struct oci_job *job)
+{
+	struct measure_job *m = (struct measure_job *)job;
+	struct ctr *ctr = job->agent->stopping ? NULL : oci_find(job->agent, m->name);
+
+	if (ctr) {
+		ctr->measuring = false;
+		if (m->size >= 0)
+			ctr->rw_size = m->size;
+	}
+	if (m->cb)
+		m->cb(ctr, NULL, m->data);
+	free(m);
+}
+
+/*
+ * Measure ctr's writable layer (bytes of its files, hard links once) off the loop,
+ * then cb(ctr, NULL, data) (cb may be NULL), with ctr NULL if it went away meanwhile.
+ */
+void oci_measure(struct ctr *ctr, ctr_done_cb cb, void *data)
+{
+	struct measure_job *m = xcalloc(1, sizeof(*m));
+
+	snprintf(m->upper, sizeof(m->upper), "%s/upper", ctr->dir);
+	snprintf(m->name, sizeof(m->name), "%s", ctr->name);
+	m->cb = cb;
+	m->data = data;
+	m->job.work = measure_work;
+	m->job.done = measure_done;
+	ctr->measuring = true;
+	oci_job_queue(ctr->agent, &m->job);
+}
+
+/* ---- cron -------------------------------------------------------------------------------- */
+
+/*
+ * The oci driver's share of the agent's periodic duties (heartbeat timer): read every
+ * container's state from its shim's files (exits, restarts, shims that went away) and,
+ * every few beats, measure the writable layers for the next reports.
+ */
+void oci_cron(struct agent *a)
+{
+	for (struct ctr *c = a->ctrs, *next; c; c = next) {
+		next = c->next;
+		if (!c->created)
+			continue;
+		oci_refresh(c);
+		if (c->op == NULL && !c->measuring && c->measure_tick++ % MEASURE_EVERY == 0)
+			oci_measure(c, NULL, NULL);
+	}
+}
+
+/* ---- logs --------------------------------------------------------------------------------- */
+
+/* Where the last lines lines of the file begin (at most max bytes back from end). */
+static off_t tail_start(int fd, off_t end, int64_t lines, int64_t max)
+{
+	char buf[8192];
+	off_t pos = end, floor = end > max ? end - max : 0;
+	int64_t seen = 0;
+	bool first = true;
+
+	while (pos > floor) {
+		off_t from = pos - (off_t)sizeof(buf) > floor ? pos - (off_t)sizeof(buf) : floor;
+		ssize_t n = pread(fd, buf, (size_t)(pos - from), from);
+
+		if (n <= 0)
+			break;
+		for (ssize_t i = n - 1; i >= 0; i--) {
+			if (buf[i] != '\n')
+				continue;
+			/* A final newline ends the last line rather than starting one. */
+			if (first && from + i == end - 1) {
+				first = false;
+				continue;
+			}
+			first = false;
+			if (++seen == lines)
+				return from + i + 1;
+		}
+		first = false;
+		pos = from;
+	}
+	return floor;
+}
+
+/*
+ * Read ctr's console log for a logs query: from offset (past the end: from 0, the log
+ * was rotated), or the last tail lines, or from the start; at most max bytes.
+ * answer gets {"data": base64, "offset": where the next read goes on, "size": the
+ * log's size}. The file is local and the read bounded: done on the loop, as the REP
+ * socket answers before it takes the next request. Returns 0 or -1 with err.
+ */
+int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
+		  struct json_object **answer, struct kerr *err)
+{
+	_cleanup_free_ char *path = ctr_path(ctr, "console.log");
+	_cleanup_free_ unsigned char *raw = NULL;
+	_cleanup_free_ char *data = NULL;
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st = {0};
+	off_t from = 0;
+	ssize_t n = 0;
+
+	if (fd < 0 && errno != ENOENT)
+		return err_set(err, errno, "container %s: cannot read %s", ctr->name, path);
+	if (fd >= 0 && fstat(fd, &st) < 0)
+		return err_set(err, errno, "container %s: cannot read %s", ctr->name, path);
+	if (offset >= 0)
+		from = offset <= st.st_size ? offset : 0;
+	else if (tail > 0 && fd >= 0)
+		from = tail_start(fd, st.st_size, tail, max);
+	if (fd >= 0 && st.st_size > from) {
+		size_t want = (size_t)(st.st_size - from < max ? st.st_size - from : max);
+
+		raw = xmalloc(want);
+		n = pread(fd, raw, want, from);
+		if (n < 0)
+			return err_set(err, errno, "container %s: cannot read %s", ctr->name, path);
+	}
+	data = xmalloc(4 * ((size_t)n + 2) / 3 + 1);
+	EVP_EncodeBlock((unsigned char *)data, raw ? raw : (unsigned char *)"", (int)n);
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "data", json_object_new_string(data));
+	json_object_object_add(*answer, "offset", json_object_new_int64((int64_t)from + n));
+	json_object_object_add(*answer, "size", json_object_new_int64(st.st_size));
+	return 0;
+}
+
+/* ---- re-adoption ------------------------------------------------------------------------- */
+
+struct remove_job {
+	struct oci_job job;
+	char path[PATH_MAX];
+	disk_done_cb cb;
+	void *data;
+};
+
+static int remove_work(struct oci_job *job)
+{
+	struct remove_job *r = (struct remove_job *)job;
+	int ret = layers_tree_remove(r->path);
+
+	if (ret < 0)
+		return err_set(&job->err, -ret, "cannot remove %s", r->path);
+	return 0;
+}
+
+static void remove_done(struct oci_job *job)
+{
+	struct remove_job *r = (struct remove_job *)job;
+
+	r->cb(job->agent, job->ret < 0 ? job->err.msg : NULL, r->data);
+	free(r);
+}
+
+/*
+ * Remove the directory dir (a container's or an unpack's, made by this agent) off the
+ * loop: no symlink is followed and no mount point crossed. cb(a, error, data) after.
+ */
+void oci_dir_remove(struct agent *a, const char *dir, disk_done_cb cb, void *data)
+{
+	struct remove_job *r = xcalloc(1, sizeof(*r));
+
+	snprintf(r->path, sizeof(r->path), "%s", dir);
+	r->cb = cb;
+	r->data = data;
+	r->job.work = remove_work;
+	r->job.done = remove_done;
+	oci_job_queue(a, &r->job);
+}
+
+static void leftover_removed_cb(struct agent *a, const char *error, void *data)
+{
+	char *what = data;
+
+	if (error)
+		log_warnx("oci: %s: %s", what, error);
+	else
+		log_info("oci: removed %s", what);
+	free(what);
+}
+
+static void leftover_remove(struct agent *a, const char *path, const char *what)
+{
+	oci_dir_remove(a, path, leftover_removed_cb, xstrdup(what));
+}
+
+static void state_answer_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	char *name = data;
+	struct ctr *ctr = a->stopping ? NULL : oci_find(a, name);
+	struct json_object *st = NULL;
+	const char *status;
+
+	free(name);
+	if (ctr == NULL || r->cancelled)
+		return;
+	if (r->status != 0 || json_body_parse(r->out, r->outlen, &st, NULL) < 0) {
+		/* No runtime state: nothing runs, which the files said already. */
+		return;
+	}
+	status = json_get_str(st, "status", "");
+	log_info("container %s: runc says %s (pid %lld)%s", ctr->name, status,
+		 (long long)json_get_int(st, "pid", 0),
+		 ctr->shim_pid ? "" : ", and no shim is watching it");
+	if (strcmp(status, "stopped") == 0 && ctr->shim_pid == 0) {
+		/* runc's leftover record of a run whose runc process was killed. */
+		struct kerr err;
+
+		oci_runc(a, (const char *const[]){"delete", "--force", ctr->name, NULL}, 10000, 0,
+			 false, NULL, kill_done_cb, xstrdup(ctr->name), &err);
+	}
+	json_object_put(st);
+	oci_refresh(ctr);
+}
+
+static void adopt_one(struct agent *a, const char *name)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/containers/%s", a->cfg->local_pool, name);
+	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", dir);
+	_cleanup_free_ char *text = NULL, *what = NULL;
+	struct json_object *raw = NULL, *spec;
+	struct kerr err;
+	struct ctr *ctr;
+	size_t len;
+	int ret;
+
+	ret = file_read_all(spec_path, SPEC_FILE_MAX, &text, &len);
+	if (ret == -ENOENT) {
+		/* A create the last agent did not finish: nothing in it is anyone's. */
+		what = xasprintf("container %s: an unfinished create (%s)", name, dir);
+		leftover_remove(a, dir, what);
+		return;
+	}
+	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 ||
+	    instance_spec_check(raw, &err) < 0) {
+		log_warnx("container %s: %s: %s; ignored", name, spec_path,
+			  ret < 0 ? strerror(-ret) : err.msg);
+		json_object_put(raw);
+		return;
+	}
+	spec = instance_spec_normalise(raw);
+	json_object_put(raw);
+	if (strcmp(json_get_str(spec, "name", ""), name) != 0 ||
+	    strcmp(json_get_str(spec, "type", ""), "container") != 0) {
+		log_warnx("container %s: %s is not this container's; ignored", name, spec_path);
+		json_object_put(spec);
+		return;
+	}
+	ctr = oci_register(a, spec, &err);
+	json_object_put(spec);
+	if (ctr == NULL) {
+		log_warnx("container %s: %s; ignored", name, err.msg);
+		return;
+	}
+	ctr->created = true;
+	/* One report whatever the state: pushed[] is empty, so the refresh sends it. */
+	oci_refresh(ctr);
+	log_info("container %s: found, %s%s%s", name, vm_state_name(ctr->ctr_state),
+		 ctr->shim_pid ? ", shim adopted" : "", ctr->pid ? ", container running" : "");
+	/* runc's own view, to confirm a running container or clear a stale record. */
+	if (oci_runc(a, (const char *const[]){"state", name, NULL}, 10000, 65536, false, NULL,
+		     state_answer_cb, xstrdup(name), &err) < 0)
+		log_warnx("container %s: %s", name, err.msg);
+}
+
+/*
+ * At start-up: find every container in {local_pool}/containers/, adopt the shims and
+ * containers still running and report each one's state to the controller; remove
+ * what unfinished creates and unpacks left. This is start-up work before any command
+ * is taken, so the directories are read right here.
+ */
+void oci_adopt_all(struct agent *a)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/containers", a->cfg->local_pool);
+	_cleanup_free_ char *layers = xasprintf("%s/oci/layers", a->cfg->local_pool);
+	struct dirent *e;
+	DIR *d;
+
+	d = opendir(layers);
+	while (d && (e = readdir(d))) {
+		if (strncmp(e->d_name, ".tmp-", 5) == 0) {
+			_cleanup_free_ char *p = xasprintf("%s/%s", layers, e->d_name);
+			_cleanup_free_ char *what = xasprintf("an unfinished layer unpack (%s)", p);
+
+			leftover_remove(a, p, what);
+		}
+	}
+	if (d)
+		closedir(d);
+	d = opendir(dir);
+	if (d == NULL) {
+		if (errno != ENOENT)
+			log_warn("oci: cannot read %s", dir);
+		return;
+	}
+	while ((e = readdir(d)))
+		if (name_valid(e->d_name) && oci_find(a, e->d_name) == NULL &&
+		    vm_find(a, e->d_name) == NULL)
+			adopt_one(a, e->d_name);
+	closedir(d);
+}

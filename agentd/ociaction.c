@@ -1,0 +1,876 @@
+/*
+ * ociaction.c - what each instance action does to a container, as chains of steps,
+ * and the exec query.
+ *
+ * instance.c has checked the command and made the op: op->ctr is the container (NULL
+ * only for create and delete of an unknown one), op->spec and op->args what the
+ * command says. Each step starts the next as the last thing it does and ends in
+ * instance_op_succeed() or instance_op_fail(); a step resumed by a callback first asks
+ * instance_op_gone(): the agent may be stopping.
+ *
+ *   create    prepare (below), spec.json (the container exists), then start if asked
+ *   start     prepare again (layers may have been removed, the bundle is rewritten),
+ *             then the shim (oci.c)
+ *   stop, force-stop, restart    through the shim: SIGTERM, SIGKILL (oci.c)
+ *   pause, resume                runc pause / resume
+ *   delete    force-stop if asked, runc delete, unmount, the directory goes
+ *   commit    the writable layer (paused meanwhile if running) becomes a new image in
+ *             the shared store (layers.c)
+ *
+ * Prepare, on the thread pool: the image's manifest and config read from the shared
+ * store and verified, each layer not yet on this host verified and unpacked (one job
+ * per layer, so progress can be told), then the bundle: directories, config.json
+ * (bundle.c), shim.json.
+ */
+#include "agentd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "json.h"
+#include "util.h"
+
+#define OVERLAYFS_MAGIC 0x794c7630
+#define RUNC_TIMEOUT_MS 30000
+#define EXEC_TIMEOUT_S	10
+#define EXEC_OUTPUT	(256 * 1024)
+#define STOP_TIMEOUT_S	AGENT_CTR_STOP_TIMEOUT_S
+
+static const char *const cgroup_controllers[] = {
+	"cpu",	   "cpuacct", "cpuset",	  "memory",	"devices", "freezer", "blkio", "pids",
+	"systemd", "net_cls", "net_prio", "perf_event", "hugetlb", "rdma",    "misc",  NULL,
+};
+
+/* ---- prepare: image, layers, bundle ---------------------------------------------------- */
+
+struct prep {
+	struct oci_job job;
+	struct inst_op *op;
+	op_step_fn then;
+	bool create;		  /* also write spec.json: the container then exists */
+	struct json_object *spec; /* the worker's own copy */
+	char name[NAME_MAX_LEN + 1];
+	char dir[PATH_MAX], shared[PATH_MAX], local[PATH_MAX], root[PATH_MAX];
+	struct oci_image img;
+	size_t layer; /* the layer at work */
+};
+
+static void prep_free(struct prep *p)
+{
+	layers_image_free(&p->img);
+	json_object_put(p->spec);
+	free(p);
+}
+
+static int image_work(struct oci_job *job)
+{
+	struct prep *p = (struct prep *)job;
+
+	return layers_image_load(
+		p->shared, json_get_str(json_object_object_get(p->spec, "image"), "manifest", ""),
+		&p->img, &job->err);
+}
+
+static int layer_work(struct oci_job *job)
+{
+	struct prep *p = (struct prep *)job;
+
+	return layers_unpack(p->shared, p->local, &p->img.layers[p->layer], &job->err);
+}
+
+static int dir_make(const char *path, unsigned mode, struct kerr *err)
+{
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		return err_set(err, errno, "cannot create %s", path);
+	/* Exact modes whatever the umask (systemd gives the agent 0077). */
+	chmod(path, mode);
+	return 0;
+}
+
+static int bundle_work(struct oci_job *job)
+{
+	struct prep *p = (struct prep *)job;
+	struct json_object *cfg, *shim, *lower;
+	_cleanup_free_ char *upper = xasprintf("%s/upper", p->dir);
+	_cleanup_free_ char *work = xasprintf("%s/work", p->dir);
+	_cleanup_free_ char *rootfs = xasprintf("%s/rootfs", p->dir);
+	_cleanup_free_ char *cfg_path = xasprintf("%s/config.json", p->dir);
+	_cleanup_free_ char *shim_path = xasprintf("%s/shim.json", p->dir);
+	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", p->dir);
+	const char *text;
+	int ret;
+
+	/* The upper directory is the container's "/": 0755 like any root directory. */
+	if (dir_make(upper, 0755, &job->err) < 0 || dir_make(work, 0700, &job->err) < 0 ||
+	    dir_make(rootfs, 0755, &job->err) < 0)
+		return -1;
+	cfg = bundle_config_build(p->name, p->spec, p->img.config, &job->err);
+	if (cfg == NULL)
+		return -1;
+	text = json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PRETTY |
+							   JSON_C_TO_STRING_NOSLASHESCAPE);
+	ret = file_write_atomic(cfg_path, text, strlen(text), 0600);
+	json_object_put(cfg);
+	if (ret < 0)
+		return err_set(&job->err, -ret, "cannot write %s", cfg_path);
+
+	shim = json_object_new_object();
+	json_object_object_add(shim, "name", json_object_new_string(p->name));
+	json_object_object_add(shim, "runtime", json_object_new_string(AGENT_OCI_RUNTIME));
+	json_object_object_add(shim, "root", json_object_new_string(p->root));
+	json_object_object_add(shim, "restart",
+			       json_object_new_string(json_get_str(p->spec, "restart", "no")));
+	lower = json_object_new_array();
+	/* overlayfs takes the top layer first. */
+	for (size_t i = p->img.nlayers; i > 0; i--) {
+		_cleanup_free_ char *l =
+			xasprintf("%s/oci/layers/%s", p->local, p->img.layers[i - 1].digest + 7);
+
+		json_object_array_add(lower, json_object_new_string(l));
+	}
+	if (p->img.nlayers == 0) {
+		/* An image without layers: overlayfs still wants one lower directory. */
+		_cleanup_free_ char *empty = xasprintf("%s/empty", p->dir);
+
+		if (dir_make(empty, 0755, &job->err) < 0) {
+			json_object_put(shim);
+			json_object_put(lower);
+			return -1;
+		}
+		json_object_array_add(lower, json_object_new_string(empty));
+	}
+	json_object_object_add(shim, "lower", lower);
+	text = json_text(shim);
+	ret = file_write_atomic(shim_path, text, strlen(text), 0600);
+	json_object_put(shim);
+	if (ret < 0)
+		return err_set(&job->err, -ret, "cannot write %s", shim_path);
+	if (p->create) {
+		text = json_text(p->spec);
+		ret = file_write_atomic(spec_path, text, strlen(text), 0600);
+		if (ret < 0)
+			return err_set(&job->err, -ret, "cannot write %s", spec_path);
+	}
+	return 0;
+}
+
+static void prep_step(struct prep *p);
+
+static void prep_done(struct oci_job *job)
+{
+	struct prep *p = (struct prep *)job;
+	struct inst_op *op = p->op;
+
+	if (instance_op_gone(op)) {
+		prep_free(p);
+		return;
+	}
+	if (job->ret < 0) {
+		instance_op_fail(op, "%s", job->err.msg);
+		prep_free(p);
+		return;
+	}
+	if (job->work == image_work) {
+		p->layer = 0;
+	} else if (job->work == layer_work) {
+		p->layer++;
+	} else {
+		op_step_fn then = p->then;
+
+		prep_free(p);
+		then(op);
+		return;
+	}
+	prep_step(p);
+}
+
+/* The next step: the next layer this host lacks, else the bundle. */
+static void prep_step(struct prep *p)
+{
+	char phase[96];
+	struct stat st;
+
+	while (p->layer < p->img.nlayers) {
+		_cleanup_free_ char *dir =
+			xasprintf("%s/oci/layers/%s", p->local, p->img.layers[p->layer].digest + 7);
+
+		if (stat(dir, &st) < 0)
+			break;
+		p->layer++;
+	}
+	memset(&p->job.err, 0, sizeof(p->job.err));
+	if (p->layer < p->img.nlayers) {
+		snprintf(phase, sizeof(phase), "unpacking layer %zu of %zu (%.19s)", p->layer + 1,
+			 p->img.nlayers, p->img.layers[p->layer].digest);
+		instance_op_progress(p->op, 10 + (int)(60 * p->layer / p->img.nlayers), phase);
+		p->job.work = layer_work;
+	} else {
+		instance_op_progress(p->op, 75, "writing the bundle");
+		p->job.work = bundle_work;
+	}
+	p->job.done = prep_done;
+	oci_job_queue(p->op->agent, &p->job);
+}
+
+/* Prepare op->ctr's image and bundle off the loop, then then(op). */
+static void prepare(struct inst_op *op, bool create, op_step_fn then)
+{
+	struct prep *p = xcalloc(1, sizeof(*p));
+	struct agent *a = op->agent;
+
+	p->op = op;
+	p->then = then;
+	p->create = create;
+	if (json_object_deep_copy(op->ctr->spec, &p->spec, NULL) < 0)
+		fatalx("out of memory");
+	snprintf(p->name, sizeof(p->name), "%s", op->ctr->name);
+	snprintf(p->dir, sizeof(p->dir), "%s", op->ctr->dir);
+	snprintf(p->shared, sizeof(p->shared), "%s", a->cfg->shared_pool);
+	snprintf(p->local, sizeof(p->local), "%s", a->cfg->local_pool);
+	oci_runc_root(a, p->root, sizeof(p->root));
+	instance_op_progress(op, 5, "reading the image");
+	p->job.work = image_work;
+	p->job.done = prep_done;
+	oci_job_queue(a, &p->job);
+}
+
+/* ---- start -------------------------------------------------------------------------------- */
+
+static void started_cb(struct ctr *ctr, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	instance_op_succeed(op);
+}
+
+static void shim_start(struct inst_op *op)
+{
+	struct kerr err;
+
+	if (mkdir_p(op->agent->cfg->local_pool, 0700) == 0) {
+		char root[PATH_MAX];
+
+		oci_runc_root(op->agent, root, sizeof(root));
+		mkdir_p(root, 0700);
+	}
+	instance_op_progress(op, 85, "starting the container");
+	if (oci_start(op->ctr, started_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+/*
+ * start: prepare and run the container; running or paused already is success.
+ */
+void ociaction_start(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+
+	oci_refresh(ctr);
+	if (ctr->ctr_state == VM_RUNNING || ctr->ctr_state == VM_PAUSED) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (oci_alive(ctr)) {
+		instance_op_fail(op, "container %s is %s", ctr->name,
+				 vm_state_name(ctr->ctr_state));
+		return;
+	}
+	prepare(op, false, shim_start);
+}
+
+/* ---- create ------------------------------------------------------------------------------- */
+
+static void created(struct inst_op *op)
+{
+	op->ctr->created = true;
+	op->registered = false; /* it exists now; a failure to start keeps it */
+	log_info("container %s: created", op->ctr->name);
+	oci_refresh(op->ctr);
+	if (!json_get_bool(op->args, "start", false)) {
+		instance_op_succeed(op);
+		return;
+	}
+	shim_start(op);
+}
+
+/*
+ * create: unpack the image, write the bundle and spec.json; start if args.start. The
+ * same spec again (a resend after an agent restart) only starts it if asked.
+ */
+void ociaction_create(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+	const char *name = json_get_str(op->spec, "name", "");
+	struct kerr err;
+	int ret;
+
+	if (ctr) {
+		if (ctr->created && json_object_equal(ctr->spec, op->spec)) {
+			if (json_get_bool(op->args, "start", false) && !oci_alive(ctr))
+				prepare(op, false, shim_start);
+			else
+				instance_op_succeed(op);
+			return;
+		}
+		instance_op_fail(op, "instance %s exists already on this host", name);
+		return;
+	}
+	if (vm_find(op->agent, name)) {
+		instance_op_fail(op, "instance %s exists already on this host (a VM)", name);
+		return;
+	}
+	ctr = oci_register(op->agent, op->spec, &err);
+	if (ctr == NULL) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->ctr = ctr;
+	op->owner = op->registered = true;
+	ctr->op = op;
+	ret = mkdir_p(ctr->dir, 0700);
+	if (ret < 0) {
+		instance_op_fail(op, "cannot create %s: %s", ctr->dir, strerror(-ret));
+		return;
+	}
+	/* runc and the shim reach the bundle's rootfs through it. */
+	chmod(ctr->dir, 0711);
+	prepare(op, true, created);
+}
+
+/* ---- stop, restart ------------------------------------------------------------------------ */
+
+static void stopped_cb(struct ctr *ctr, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	if (op->result == NULL)
+		op->result = json_object_new_object();
+	json_object_object_add(op->result, "forced", json_object_new_boolean(ctr->stop_forced));
+	if (op->restart) {
+		prepare(op, false, shim_start);
+		return;
+	}
+	instance_op_succeed(op);
+}
+
+static void stop_with(struct inst_op *op, unsigned timeout_s)
+{
+	struct ctr *ctr = op->ctr;
+
+	oci_refresh(ctr);
+	if (!oci_alive(ctr)) {
+		/* Not running: a crashed or failed container is now simply stopped. */
+		oci_mark_stopped(ctr);
+		stopped_cb(ctr, NULL, op);
+		return;
+	}
+	instance_op_progress(op, 10,
+			     timeout_s ? "stopping the container (SIGTERM)"
+				       : "stopping the container (SIGKILL)");
+	oci_stop(ctr, timeout_s, stopped_cb, op);
+}
+
+/*
+ * stop: SIGTERM, SIGKILL after args.timeout_s (default 10); not running is success.
+ * The result says "forced".
+ */
+void ociaction_stop(struct inst_op *op)
+{
+	stop_with(op, (unsigned)json_get_int(op->args, "timeout_s", STOP_TIMEOUT_S));
+}
+
+/* force-stop: SIGKILL at once; may cut a running stop short. */
+void ociaction_force_stop(struct inst_op *op)
+{
+	stop_with(op, 0);
+}
+
+/* restart: stop (args.timeout_s), then start. */
+void ociaction_restart(struct inst_op *op)
+{
+	stop_with(op, (unsigned)json_get_int(op->args, "timeout_s", STOP_TIMEOUT_S));
+}
+
+/* ---- pause, resume ------------------------------------------------------------------------ */
+
+static void runc_done_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (r->status != 0 || r->term_signal || r->timed_out) {
+		instance_op_fail(op, "runc: %s", r->error);
+		return;
+	}
+	oci_refresh(op->ctr);
+	instance_op_succeed(op);
+}
+
+static void simple_runc(struct inst_op *op, const char *verb)
+{
+	struct kerr err;
+
+	instance_op_progress(op, 10, verb);
+	if (oci_runc(op->agent, (const char *const[]){verb, op->ctr->name, NULL}, RUNC_TIMEOUT_MS,
+		     0, false, NULL, runc_done_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+/* pause: freeze the container (runc pause); paused already is success. */
+void ociaction_pause(struct inst_op *op)
+{
+	oci_refresh(op->ctr);
+	if (op->ctr->ctr_state == VM_PAUSED) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (op->ctr->ctr_state != VM_RUNNING) {
+		instance_op_fail(op, "container %s is %s, not running", op->ctr->name,
+				 vm_state_name(op->ctr->ctr_state));
+		return;
+	}
+	simple_runc(op, "pause");
+}
+
+/* resume: thaw the container (runc resume); running already is success. */
+void ociaction_resume(struct inst_op *op)
+{
+	oci_refresh(op->ctr);
+	if (op->ctr->ctr_state == VM_RUNNING) {
+		instance_op_succeed(op);
+		return;
+	}
+	if (op->ctr->ctr_state != VM_PAUSED) {
+		instance_op_fail(op, "container %s is %s, not paused", op->ctr->name,
+				 vm_state_name(op->ctr->ctr_state));
+		return;
+	}
+	simple_runc(op, "resume");
+}
+
+/* ---- delete ------------------------------------------------------------------------------- */
+
+struct delete_job {
+	struct oci_job job;
+	struct inst_op *op;
+	char dir[PATH_MAX];
+	char name[NAME_MAX_LEN + 1];
+};
+
+static int delete_work(struct oci_job *job)
+{
+	struct delete_job *d = (struct delete_job *)job;
+	_cleanup_free_ char *rootfs = xasprintf("%s/rootfs", d->dir);
+	struct statfs sf;
+	int ret;
+
+	/* A shim that died left its overlay mounted (umount needs CAP_SYS_ADMIN). */
+	if (statfs(rootfs, &sf) == 0 && (unsigned long)sf.f_type == OVERLAYFS_MAGIC &&
+	    umount2(rootfs, MNT_DETACH) < 0)
+		return err_set(&job->err, errno, "cannot unmount %s", rootfs);
+	/* Empty cgroups runc left behind (a run that was killed). */
+	for (size_t i = 0; cgroup_controllers[i]; i++) {
+		_cleanup_free_ char *cg =
+			xasprintf("/sys/fs/cgroup/%s/kumo/%s", cgroup_controllers[i], d->name);
+
+		rmdir(cg);
+	}
+	{
+		_cleanup_free_ char *cg = xasprintf("/sys/fs/cgroup/unified/kumo/%s", d->name);
+		_cleanup_free_ char *cg2 = xasprintf("/sys/fs/cgroup/kumo/%s", d->name);
+
+		rmdir(cg);
+		rmdir(cg2);
+	}
+	ret = layers_tree_remove(d->dir);
+	if (ret < 0)
+		return err_set(&job->err, -ret, "cannot remove %s", d->dir);
+	return 0;
+}
+
+static void delete_done(struct oci_job *job)
+{
+	struct delete_job *d = (struct delete_job *)job;
+	struct inst_op *op = d->op;
+	struct kerr err = job->err;
+	int ret = job->ret;
+	struct ctr *ctr;
+
+	free(d);
+	if (instance_op_gone(op))
+		return;
+	if (ret < 0) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	ctr = op->ctr;
+	ctr->ctr_state = VM_STOPPED;
+	ctr->pid = 0;
+	op->report = oci_report(ctr);
+	ctr->op = NULL;
+	op->owner = false;
+	oci_remove(ctr);
+	op->ctr = NULL;
+	log_info("container %s: deleted", json_get_str(op->spec, "name", ""));
+	instance_op_succeed(op);
+}
+
+static void runc_deleted_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct inst_op *op = data;
+	struct delete_job *d;
+
+	if (instance_op_gone(op))
+		return;
+	/* "container does not exist" is the usual answer: runc run cleaned up. */
+	d = xcalloc(1, sizeof(*d));
+	d->op = op;
+	snprintf(d->dir, sizeof(d->dir), "%s", op->ctr->dir);
+	snprintf(d->name, sizeof(d->name), "%s", op->ctr->name);
+	d->job.work = delete_work;
+	d->job.done = delete_done;
+	instance_op_progress(op, 60, "removing the container");
+	oci_job_queue(a, &d->job);
+}
+
+static void delete_files(struct inst_op *op)
+{
+	struct kerr err;
+
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "deleted", json_object_new_boolean(true));
+	instance_op_progress(op, 50, "runc delete");
+	if (oci_runc(op->agent, (const char *const[]){"delete", "--force", op->ctr->name, NULL},
+		     RUNC_TIMEOUT_MS, 0, false, NULL, runc_deleted_cb, op, &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
+}
+
+static void delete_stopped_cb(struct ctr *ctr, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	delete_files(op);
+}
+
+/*
+ * delete: remove the container and its writable layer; a running one only with
+ * args.force (killed first). Unknown here is success with "deleted": false. The
+ * image's layers stay: other containers share them.
+ */
+void ociaction_delete(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+	struct json_object *r;
+
+	if (ctr == NULL || !ctr->created) {
+		op->ctr = NULL;
+		r = json_object_new_object();
+		json_object_object_add(r, "name",
+				       json_object_new_string(json_get_str(op->spec, "name", "")));
+		json_object_object_add(r, "type", json_object_new_string("container"));
+		json_object_object_add(r, "state", json_object_new_string("stopped"));
+		json_object_object_add(r, "pid", NULL);
+		json_object_object_add(r, "exit_code", NULL);
+		json_object_object_add(r, "restarts", json_object_new_int(0));
+		json_object_object_add(r, "rw_size", NULL);
+		op->report = r;
+		op->result = json_object_new_object();
+		json_object_object_add(op->result, "deleted", json_object_new_boolean(false));
+		instance_op_succeed(op);
+		return;
+	}
+	oci_refresh(ctr);
+	if (!oci_alive(ctr)) {
+		delete_files(op);
+		return;
+	}
+	if (!json_get_bool(op->args, "force", false)) {
+		instance_op_fail(op, "container %s is %s; stop it first, or delete with force",
+				 ctr->name, vm_state_name(ctr->ctr_state));
+		return;
+	}
+	instance_op_progress(op, 10, "stopping the container (SIGKILL)");
+	oci_stop(ctr, 0, delete_stopped_cb, op);
+}
+
+/* ---- commit ------------------------------------------------------------------------------- */
+
+struct commit_job {
+	struct oci_job job;
+	struct inst_op *op;
+	char shared[PATH_MAX], upper[PATH_MAX];
+	char manifest[80];
+	char comment[160];
+	char repo[200], tag[160];
+	struct oci_commit out;
+	bool resume; /* this op paused the container */
+};
+
+static int commit_work(struct oci_job *job)
+{
+	struct commit_job *c = (struct commit_job *)job;
+	struct oci_image img;
+	int ret;
+
+	ret = layers_image_load(c->shared, c->manifest, &img, &job->err);
+	if (ret == 0)
+		ret = layers_commit(c->shared, c->upper, &img, c->comment, &c->out, &job->err);
+	layers_image_free(&img);
+	return ret;
+}
+
+static void commit_finish(struct commit_job *c, const char *why)
+{
+	struct inst_op *op = c->op;
+	struct json_object *image;
+
+	if (why) {
+		instance_op_fail(op, "%s", why);
+		free(c);
+		return;
+	}
+	image = json_object_new_object();
+	json_object_object_add(image, "repo", json_object_new_string(c->repo));
+	json_object_object_add(image, "tag", json_object_new_string(c->tag));
+	json_object_object_add(image, "manifest", json_object_new_string(c->out.manifest));
+	json_object_object_add(image, "config", json_object_new_string(c->out.config));
+	json_object_object_add(image, "layer", json_object_new_string(c->out.layer));
+	json_object_object_add(image, "diff_id", json_object_new_string(c->out.diff_id));
+	json_object_object_add(image, "size", json_object_new_int64(c->out.size));
+	json_object_object_add(image, "manifest_size", json_object_new_int64(c->out.manifest_size));
+	json_object_object_add(image, "layer_size", json_object_new_int64(c->out.layer_size));
+	json_object_object_add(
+		image, "media_type",
+		json_object_new_string("application/vnd.oci.image.manifest.v1+json"));
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "image", image);
+	log_info("container %s: committed as %s:%s (%s)", op->ctr->name, c->repo, c->tag,
+		 c->out.manifest);
+	free(c);
+	instance_op_succeed(op);
+}
+
+static void commit_resumed_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct commit_job *c = data;
+
+	if (instance_op_gone(c->op)) {
+		free(c);
+		return;
+	}
+	if (r->status != 0)
+		log_warnx("container %s: resuming after the commit: %s", c->op->ctr->name,
+			  r->error);
+	oci_refresh(c->op->ctr);
+	commit_finish(c, c->job.ret < 0 ? c->job.err.msg : NULL);
+}
+
+static void commit_done(struct oci_job *job)
+{
+	struct commit_job *c = (struct commit_job *)job;
+	struct kerr err;
+
+	if (instance_op_gone(c->op)) {
+		free(c);
+		return;
+	}
+	if (c->resume &&
+	    oci_runc(job->agent, (const char *const[]){"resume", c->op->ctr->name, NULL},
+		     RUNC_TIMEOUT_MS, 0, false, NULL, commit_resumed_cb, c, &err) == 0)
+		return;
+	commit_finish(c, job->ret < 0 ? job->err.msg : NULL);
+}
+
+static void commit_paused_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct commit_job *c = data;
+
+	if (instance_op_gone(c->op)) {
+		free(c);
+		return;
+	}
+	if (r->status != 0 || r->timed_out) {
+		commit_finish(c, r->error);
+		return;
+	}
+	c->resume = true;
+	instance_op_progress(c->op, 20, "packing the writable layer");
+	oci_job_queue(a, &c->job);
+}
+
+/* "repo:tag" as the registry names them; false for anything else. */
+static bool image_ref_split(const char *ref, char *repo, size_t rlen, char *tag, size_t tlen)
+{
+	const char *colon = strrchr(ref, ':');
+	size_t n = colon ? (size_t)(colon - ref) : 0;
+
+	if (colon == NULL || n == 0 || n >= rlen || strlen(colon + 1) == 0 ||
+	    strlen(colon + 1) >= tlen ||
+	    strspn(ref, "abcdefghijklmnopqrstuvwxyz0123456789._-/") != n ||
+	    strspn(colon + 1,
+		   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") !=
+		    strlen(colon + 1))
+		return false;
+	snprintf(repo, rlen, "%.*s", (int)n, ref);
+	snprintf(tag, tlen, "%s", colon + 1);
+	return true;
+}
+
+/*
+ * commit: the container's writable layer becomes the top layer of a new image
+ * args.image ("repo:tag"), stored in the shared store; a running container is paused
+ * while its layer is read. The result has "image": {repo, tag, manifest, config,
+ * layer, diff_id, size (manifest + config + layers), manifest_size, layer_size,
+ * media_type}; the controller records the tag.
+ */
+void ociaction_commit(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+	struct commit_job *c = xcalloc(1, sizeof(*c));
+	const char *ref = json_get_str(op->args, "image", "");
+	struct kerr err;
+
+	if (!image_ref_split(ref, c->repo, sizeof(c->repo), c->tag, sizeof(c->tag))) {
+		free(c);
+		instance_op_fail(op, "image '%.64s' must be repo:tag, like mytools:v2", ref);
+		return;
+	}
+	c->op = op;
+	snprintf(c->shared, sizeof(c->shared), "%s", op->agent->cfg->shared_pool);
+	snprintf(c->upper, sizeof(c->upper), "%s/upper", ctr->dir);
+	snprintf(c->manifest, sizeof(c->manifest), "%s",
+		 json_get_str(json_object_object_get(ctr->spec, "image"), "manifest", ""));
+	snprintf(c->comment, sizeof(c->comment), "committed from container %s", ctr->name);
+	c->job.work = commit_work;
+	c->job.done = commit_done;
+	oci_refresh(ctr);
+	if (ctr->ctr_state == VM_RUNNING) {
+		/* A consistent layer: nothing writes while it is read. */
+		instance_op_progress(op, 10, "pausing the container");
+		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->name, NULL},
+			     RUNC_TIMEOUT_MS, 0, false, NULL, commit_paused_cb, c, &err) < 0) {
+			free(c);
+			instance_op_fail(op, "%s", err.msg);
+		}
+		return;
+	}
+	if (oci_alive(ctr) && ctr->ctr_state != VM_PAUSED) {
+		free(c);
+		instance_op_fail(op, "container %s is %s; commit it running, paused or stopped",
+				 ctr->name, vm_state_name(ctr->ctr_state));
+		return;
+	}
+	instance_op_progress(op, 20, "packing the writable layer");
+	oci_job_queue(op->agent, &c->job);
+}
+
+/* ---- exec (a query) ---------------------------------------------------------------------- */
+
+struct exec_req {
+	char op[LINK_OP_ID_MAX + 1];
+	char name[NAME_MAX_LEN + 1];
+};
+
+static void exec_done_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct exec_req *x = data;
+	struct json_object *answer;
+	_cleanup_free_ char *b64 = NULL;
+	int64_t code;
+
+	if (r->cancelled) {
+		free(x);
+		return;
+	}
+	code = r->term_signal ? 128 + r->term_signal : r->status;
+	b64 = xmalloc(4 * (r->outlen + 2) / 3 + 1);
+	EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)r->out, (int)r->outlen);
+	answer = json_object_new_object();
+	json_object_object_add(answer, "exit_code", json_object_new_int64(code));
+	json_object_object_add(answer, "output", json_object_new_string(b64));
+	json_object_object_add(answer, "truncated", json_object_new_boolean(r->truncated));
+	json_object_object_add(answer, "timed_out", json_object_new_boolean(r->timed_out));
+	log_info("container %s: exec finished, exit code %lld%s", x->name, (long long)code,
+		 r->timed_out ? " (timed out)" : "");
+	link_query_reply(a, x->op, answer, NULL);
+	free(x);
+}
+
+/*
+ * The exec query: run command in container name with `runc exec` (the container's
+ * user, environment and capabilities), output (stdout and stderr together) kept up to
+ * max_output bytes, killed after timeout_s. Answered later through link_query_reply()
+ * with {exit_code, output (base64), truncated, timed_out}: returns 1 then, or -1 with
+ * err when it cannot run at all.
+ */
+int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, struct kerr *err)
+{
+	struct ctr *ctr = oci_find(a, json_get_str(q, "name", ""));
+	struct json_object *cmd;
+	int64_t timeout = json_get_int(q, "timeout_s", EXEC_TIMEOUT_S);
+	int64_t max = json_get_int(q, "max_output", EXEC_OUTPUT);
+	_cleanup_free_ char *pid_file = NULL;
+	const char **args;
+	struct exec_req *x;
+	size_t n;
+	int ret;
+
+	if (ctr == NULL || !ctr->created)
+		return err_set(err, 0, "there is no instance %s on this host",
+			       json_get_str(q, "name", ""));
+	oci_refresh(ctr);
+	if (ctr->ctr_state != VM_RUNNING)
+		return err_set(err, 0, "container %s is %s; exec needs it running", ctr->name,
+			       vm_state_name(ctr->ctr_state));
+	if (max < 0 || max > AGENT_EXEC_OUTPUT_MAX)
+		max = AGENT_EXEC_OUTPUT_MAX;
+	json_object_object_get_ex(q, "command", &cmd);
+	n = json_object_array_length(cmd);
+	x = xcalloc(1, sizeof(*x));
+	snprintf(x->op, sizeof(x->op), "%s", qop);
+	snprintf(x->name, sizeof(x->name), "%s", ctr->name);
+	pid_file = xasprintf("%s/exec-%s.pid", ctr->dir, qop);
+	args = xcalloc(n + 6, sizeof(*args));
+	args[0] = "exec";
+	args[1] = "--pid-file";
+	args[2] = pid_file;
+	args[3] = ctr->name;
+	for (size_t i = 0; i < n; i++)
+		args[4 + i] = json_object_get_string(json_object_array_get_idx(cmd, i));
+	args[4 + n] = NULL;
+	log_info("container %s: exec %s%s (timeout %lld s)", ctr->name, args[4],
+		 n > 1 ? " ..." : "", (long long)timeout);
+	ret = oci_runc(a, args, (unsigned)timeout * 1000, (size_t)max, true, pid_file, exec_done_cb,
+		       x, err);
+	free(args);
+	if (ret < 0) {
+		free(x);
+		return -1;
+	}
+	return 1;
+}

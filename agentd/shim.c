@@ -1,0 +1,599 @@
+/*
+ * shim.c - `kumo-agentd --shim DIR`: the process that keeps one container running.
+ *
+ * The agent spawns it detached (its own session) for each start; it outlives the agent,
+ * so an agent restart or crash never touches a container. It runs
+ *
+ *   runc --root ROOT run --bundle DIR --pid-file DIR/container.pid NAME
+ *
+ * in the foreground, with the container's stdout and stderr (and runc's messages)
+ * appended to DIR/console.log, and waits. What it leaves in DIR is all the agent
+ * reads to know the container's state, now or after a restart of its own:
+ *
+ *   shim.json      written by the agent: name, runtime, root, lower layers (top
+ *                  first), restart policy
+ *   shim.pid       this process, while it runs
+ *   container.pid  the container's init (runc writes it; removed when the run ends)
+ *   exit.json      the last run's end: {exit_code, signal, oom, started, started_at,
+ *                  finished_at, error}
+ *   restarts       how often the restart policy restarted the container
+ *   stop           written by the agent: do not restart, end when the run ends
+ *
+ * The rootfs (DIR/rootfs) is an overlay of the image's layers and DIR/upper, mounted
+ * here before the first run and unmounted when the shim ends: a container whose shim
+ * is gone has nothing mounted. Mounting needs CAP_SYS_ADMIN: the shim runs as root,
+ * like the agent that spawns it.
+ *
+ * Restart policy: "on-failure" restarts after a non-zero exit, "always" after any,
+ * "no" never; a stop marker or a SIGTERM to the shim ends it. Back-off between
+ * restarts doubles from 1 s to 30 s and starts again at 1 s after a run of 10 s or
+ * more. A run that never started (runc failed: bad bundle, missing command) is not
+ * retried: it will fail the same way again.
+ *
+ * Out-of-memory kills: the memory cgroup's OOM notification (cgroup v1
+ * cgroup.event_control, cgroup v2 an inotify watch on memory.events) is watched
+ * during a run, so exit.json can say "oom": true next to exit code 137.
+ */
+#include "agentd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "json.h"
+#include "util.h"
+
+#define OVERLAYFS_MAGIC	  0x794c7630
+#define CONSOLE_ROTATE	  (16 * 1024 * 1024)
+#define BACKOFF_MAX_S	  30
+#define BACKOFF_RESET_MS  10000 /* a run this long starts the back-off again at 1 s */
+#define SLEEP_SLICE_MS	  100
+#define OOM_SETUP_POLL_MS 20
+
+static volatile sig_atomic_t terminate;
+
+struct shim {
+	char dir[PATH_MAX];
+	char name[NAME_MAX_LEN + 1];
+	char runtime[64];
+	char root[PATH_MAX];
+	char restart[16];
+	char *lower; /* "A:B:C", top first */
+	char rootfs[PATH_MAX];
+	int console;
+	/* this run's OOM watch */
+	int oom_fd, oom_ctl, oom_events; /* eventfd (v1) or inotify (v2); -1 if none */
+	bool oom_v2;
+	bool oom;
+	char cgroup_mem[PATH_MAX];
+};
+
+static void signal_cb(int sig)
+{
+	terminate = 1;
+}
+
+static char *path_in(const struct shim *s, const char *file)
+{
+	return xasprintf("%s/%s", s->dir, file);
+}
+
+static bool file_exists(const struct shim *s, const char *file)
+{
+	_cleanup_free_ char *p = path_in(s, file);
+
+	return access(p, F_OK) == 0;
+}
+
+static int config_load(struct shim *s, struct kerr *err)
+{
+	_cleanup_free_ char *path = path_in(s, "shim.json"), *text = NULL;
+	struct json_object *cfg = NULL, *lower;
+	size_t len, used = 0;
+	int ret;
+
+	ret = file_read_all(path, 1024 * 1024, &text, &len);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot read %s", path);
+	if (json_body_parse(text, len, &cfg, err) < 0)
+		return -1;
+	snprintf(s->name, sizeof(s->name), "%s", json_get_str(cfg, "name", ""));
+	snprintf(s->runtime, sizeof(s->runtime), "%s",
+		 json_get_str(cfg, "runtime", AGENT_OCI_RUNTIME));
+	snprintf(s->root, sizeof(s->root), "%s", json_get_str(cfg, "root", ""));
+	snprintf(s->restart, sizeof(s->restart), "%s", json_get_str(cfg, "restart", "no"));
+	if (!name_valid(s->name) || s->root[0] != '/' || strpbrk(s->dir, ":,") ||
+	    !json_object_object_get_ex(cfg, "lower", &lower) ||
+	    !json_object_is_type(lower, json_type_array) || json_object_array_length(lower) == 0) {
+		json_object_put(cfg);
+		return err_set(err, 0,
+			       "%s lacks name, root or lower, or the directory has ':' or ','",
+			       path);
+	}
+	s->lower = xcalloc(1, PATH_MAX * 2);
+	for (size_t i = 0; i < json_object_array_length(lower); i++) {
+		const char *l = json_object_get_string(json_object_array_get_idx(lower, i));
+
+		/* ':' and ',' separate overlay options; such a path cannot be said. */
+		if (l == NULL || l[0] != '/' || strpbrk(l, ":,") ||
+		    used + strlen(l) + 2 > PATH_MAX * 2) {
+			json_object_put(cfg);
+			return err_set(err, 0, "%s: bad or too many lower layers", path);
+		}
+		used += (size_t)sprintf(s->lower + used, "%s%s", i ? ":" : "", l);
+	}
+	json_object_put(cfg);
+	snprintf(s->rootfs, sizeof(s->rootfs), "%s/rootfs", s->dir);
+	return 0;
+}
+
+/* Mount the overlay on DIR/rootfs, first unmounting one a dead shim left. */
+static int rootfs_mount(struct shim *s, struct kerr *err)
+{
+	_cleanup_free_ char *opts = NULL, *plain = NULL;
+	struct statfs sf;
+
+	if (statfs(s->rootfs, &sf) == 0 && (unsigned long)sf.f_type == OVERLAYFS_MAGIC)
+		umount2(s->rootfs, MNT_DETACH);
+	/*
+	 * No redirects and no metadata-only copy-ups: the upper directory must hold whole
+	 * files and plain whiteouts, as commit packs it into a layer.
+	 */
+	plain = xasprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", s->lower, s->dir,
+			  s->dir);
+	opts = xasprintf("%s,redirect_dir=off,metacopy=off", plain);
+	if (strlen(opts) >= 4096)
+		return err_set(err, 0, "too many layers for one overlay mount");
+	if (mount("overlay", s->rootfs, "overlay", 0, opts) == 0)
+		return 0;
+	/* Kernels without those options (before 4.19) have neither feature anyway. */
+	if (errno == EINVAL && mount("overlay", s->rootfs, "overlay", 0, plain) == 0)
+		return 0;
+	return err_set(err, errno, "cannot mount the overlay on %s", s->rootfs);
+}
+
+static void rootfs_umount(struct shim *s)
+{
+	struct statfs sf;
+
+	if (statfs(s->rootfs, &sf) == 0 && (unsigned long)sf.f_type == OVERLAYFS_MAGIC &&
+	    umount2(s->rootfs, MNT_DETACH) < 0)
+		log_warn("shim %s: cannot unmount %s", s->name, s->rootfs);
+}
+
+/* Run the runtime with args to completion (runc delete); its output to our log. */
+static int runtime_run(struct shim *s, const char *const *args)
+{
+	char *argv[16];
+	size_t n = 0;
+	pid_t pid;
+	int status;
+
+	argv[n++] = s->runtime;
+	argv[n++] = "--root";
+	argv[n++] = s->root;
+	for (size_t i = 0; args[i] && n < ARRAY_SIZE(argv) - 1; i++)
+		argv[n++] = (char *)args[i];
+	argv[n] = NULL;
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
+		dup2(null, 0);
+		dup2(2, 1);
+		execvp(argv[0], argv);
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Leftover runtime state of a container by this name (a shim killed mid-run). */
+static void stale_delete(struct shim *s)
+{
+	_cleanup_free_ char *state = xasprintf("%s/%s", s->root, s->name);
+
+	if (access(state, F_OK) == 0)
+		runtime_run(s, (const char *const[]){"delete", "--force", s->name, NULL});
+}
+
+static void oom_close(struct shim *s)
+{
+	if (s->oom_fd >= 0)
+		close(s->oom_fd);
+	if (s->oom_ctl >= 0)
+		close(s->oom_ctl);
+	s->oom_fd = s->oom_ctl = -1;
+}
+
+/* oom_kill from memory.oom_control (v1) or memory.events (v2), -1 if unreadable. */
+static long oom_kills(struct shim *s)
+{
+	_cleanup_free_ char *path = xasprintf("%s/%s", s->cgroup_mem,
+					      s->oom_v2 ? "memory.events" : "memory.oom_control");
+	_cleanup_free_ char *text = NULL;
+	const char *p;
+
+	if (file_read_all(path, 65536, &text, NULL) < 0)
+		return -1;
+	p = strstr(text, "oom_kill ");
+	return p ? strtol(p + 9, NULL, 10) : 0;
+}
+
+/*
+ * Watch this run's memory cgroup for OOM kills, once runc made it. Returns true when
+ * the watch is set up (or cannot be: no memory cgroup to watch).
+ */
+static bool oom_setup(struct shim *s)
+{
+	_cleanup_free_ char *ctl = NULL, *ctlfile = NULL, *line = NULL;
+	int efd, cfd;
+
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0) {
+		s->oom_v2 = true;
+		snprintf(s->cgroup_mem, sizeof(s->cgroup_mem), "/sys/fs/cgroup/kumo/%s", s->name);
+	} else {
+		snprintf(s->cgroup_mem, sizeof(s->cgroup_mem), "/sys/fs/cgroup/memory/kumo/%s",
+			 s->name);
+	}
+	if (access(s->cgroup_mem, F_OK) < 0)
+		return false; /* not made yet */
+	if (s->oom_v2) {
+		_cleanup_free_ char *events = xasprintf("%s/memory.events", s->cgroup_mem);
+
+		s->oom_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (s->oom_fd >= 0 && inotify_add_watch(s->oom_fd, events, IN_MODIFY) < 0)
+			oom_close(s);
+		return true;
+	}
+	/* cgroup v1: an eventfd that the kernel signals on each OOM in the group. */
+	ctlfile = xasprintf("%s/memory.oom_control", s->cgroup_mem);
+	ctl = xasprintf("%s/cgroup.event_control", s->cgroup_mem);
+	s->oom_ctl = open(ctlfile, O_RDONLY | O_CLOEXEC);
+	efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	cfd = open(ctl, O_WRONLY | O_CLOEXEC);
+	s->oom_fd = efd;
+	if (s->oom_ctl < 0 || efd < 0 || cfd < 0) {
+		if (cfd >= 0)
+			close(cfd);
+		oom_close(s);
+		return true;
+	}
+	line = xasprintf("%d %d", efd, s->oom_ctl);
+	if (write(cfd, line, strlen(line)) < 0)
+		oom_close(s);
+	close(cfd);
+	return true;
+}
+
+/* The OOM fd is readable: an OOM kill, or (v1) the cgroup going away. */
+static void oom_event(struct shim *s)
+{
+	char buf[4096];
+	uint64_t count = 0;
+	long kills;
+
+	if (s->oom_v2) {
+		while (read(s->oom_fd, buf, sizeof(buf)) > 0)
+			;
+	} else if (read(s->oom_fd, &count, sizeof(count)) != sizeof(count)) {
+		return;
+	}
+	kills = oom_kills(s);
+	/* Gone already: v1 signals the removal too, so two or more events held an OOM. */
+	if (kills > 0 || (kills < 0 && !s->oom_v2 && count >= 2)) {
+		if (!s->oom)
+			log_info("shim %s: the container hit its memory limit (OOM kill)", s->name);
+		s->oom = true;
+	}
+}
+
+/* runc's reason from the end of console.log: its msg="..." if it has one. */
+static void runc_error(struct shim *s, off_t from, char *out, size_t outlen)
+{
+	char buf[2048], *line, *end, *msg;
+	struct stat st;
+	off_t at;
+	ssize_t n;
+
+	out[0] = '\0';
+	if (fstat(s->console, &st) < 0)
+		return;
+	at = st.st_size - (off_t)sizeof(buf) + 1;
+	if (at < from)
+		at = from;
+	n = pread(s->console, buf, sizeof(buf) - 1, at);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	end = buf + n;
+	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(buf, '\n');
+	line = line ? line + 1 : buf;
+	msg = strstr(line, "msg=\"");
+	if (msg) {
+		/* logfmt: msg="...", with \" and \\ inside */
+		char *w = line = msg + 5;
+
+		end = strrchr(line, '"');
+		if (end)
+			*end = '\0';
+		for (char *r = line; *r; r++) {
+			if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
+				r++;
+			*w++ = *r;
+		}
+		*w = '\0';
+	}
+	snprintf(out, outlen, "%s", line);
+}
+
+static void exit_write(struct shim *s, int code, int sig, bool started, int64_t started_at,
+		       const char *error)
+{
+	_cleanup_free_ char *path = path_in(s, "exit.json");
+	struct json_object *e = json_object_new_object();
+	const char *text;
+
+	json_object_object_add(e, "exit_code", json_object_new_int(code));
+	json_object_object_add(e, "signal", sig ? json_object_new_int(sig) : NULL);
+	json_object_object_add(e, "oom", json_object_new_boolean(s->oom));
+	json_object_object_add(e, "started", json_object_new_boolean(started));
+	json_object_object_add(e, "started_at",
+			       started_at ? json_object_new_int64(started_at) : NULL);
+	json_object_object_add(e, "finished_at", json_object_new_int64(now_ms()));
+	if (error && error[0])
+		json_object_object_add(e, "error", json_object_new_string(error));
+	text = json_text(e);
+	if (file_write_atomic(path, text, strlen(text), 0600) < 0)
+		log_warn("shim %s: cannot write %s", s->name, path);
+	json_object_put(e);
+}
+
+static int restarts_read(struct shim *s)
+{
+	_cleanup_free_ char *path = path_in(s, "restarts"), *text = NULL;
+
+	if (file_read_all(path, 64, &text, NULL) < 0)
+		return 0;
+	return atoi(text);
+}
+
+static void restarts_write(struct shim *s, int n)
+{
+	_cleanup_free_ char *path = path_in(s, "restarts");
+	char text[32];
+
+	snprintf(text, sizeof(text), "%d\n", n);
+	file_write_atomic(path, text, strlen(text), 0600);
+}
+
+static pid_t runc_spawn(struct shim *s)
+{
+	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
+	char *argv[] = {s->runtime, "--root",	  s->root, "run",   "--bundle",
+			s->dir,	    "--pid-file", pidfile, s->name, NULL};
+	sigset_t none;
+	pid_t pid = fork();
+
+	if (pid != 0)
+		return pid;
+	/* The child: default signals, stdin from /dev/null, output to console.log. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGPIPE, SIG_DFL);
+	int null = open("/dev/null", O_RDONLY);
+
+	dup2(null, 0);
+	dup2(s->console, 1);
+	dup2(s->console, 2);
+	execvp(argv[0], argv);
+	dprintf(2, "kumo shim: cannot run %s: %s\n", argv[0], strerror(errno));
+	_exit(127);
+}
+
+/*
+ * One run of the container: runc run until it returns. *code and *sig describe the
+ * container's end (runc reports a container killed by signal S as 128 + S).
+ */
+static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t *started_at,
+		     char *error, size_t errlen)
+{
+	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
+	struct stat st;
+	off_t log_from = fstat(s->console, &st) == 0 ? st.st_size : 0;
+	int status = 0, pidfd;
+	bool signalled = false, watching = false;
+	pid_t pid;
+
+	*started = false;
+	*started_at = 0;
+	error[0] = '\0';
+	s->oom = false;
+	s->oom_fd = s->oom_ctl = -1;
+	unlink(pidfile);
+	stale_delete(s);
+	pid = runc_spawn(s);
+	if (pid < 0) {
+		*code = 127;
+		*sig = 0;
+		snprintf(error, errlen, "cannot fork: %s", strerror(errno));
+		return;
+	}
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	for (;;) {
+		struct pollfd fds[2] = {{.fd = pidfd, .events = POLLIN},
+					{.fd = s->oom_fd, .events = POLLIN}};
+		pid_t w;
+
+		if (terminate && !signalled) {
+			/* runc passes the signal on to the container's init. */
+			kill(pid, SIGTERM);
+			signalled = true;
+		}
+		w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		if (!watching) {
+			watching = oom_setup(s);
+			fds[1].fd = s->oom_fd;
+		}
+		if (*started_at == 0 && stat(pidfile, &st) == 0)
+			*started_at =
+				(int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+		poll(fds, pidfd >= 0 ? 2 : 0,
+		     !watching || pidfd < 0 || *started_at == 0 ? OOM_SETUP_POLL_MS : -1);
+		if (s->oom_fd >= 0 && fds[1].revents & POLLIN)
+			oom_event(s);
+	}
+	if (s->oom_fd >= 0)
+		oom_event(s); /* a notification that came with the end */
+	oom_close(s);
+	if (pidfd >= 0)
+		close(pidfd);
+	*started = stat(pidfile, &st) == 0;
+	if (*started && *started_at == 0)
+		*started_at = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+	unlink(pidfile);
+	if (WIFSIGNALED(status)) {
+		*sig = WTERMSIG(status);
+		*code = 128 + *sig;
+	} else {
+		*code = WEXITSTATUS(status);
+		*sig = *code > 128 && *code <= 128 + 64 ? *code - 128 : 0;
+	}
+	if (!*started)
+		runc_error(s, log_from, error, errlen);
+}
+
+/* Sleep ms, or less if a stop marker or a signal says to end. */
+static void backoff_sleep(struct shim *s, int64_t ms)
+{
+	for (int64_t slept = 0; slept < ms && !terminate && !file_exists(s, "stop");
+	     slept += SLEEP_SLICE_MS) {
+		struct timespec ts = {0, SLEEP_SLICE_MS * 1000000L};
+
+		nanosleep(&ts, NULL);
+	}
+}
+
+static bool restart_wanted(const struct shim *s, int code)
+{
+	if (strcmp(s->restart, "always") == 0)
+		return true;
+	return strcmp(s->restart, "on-failure") == 0 && code != 0;
+}
+
+static void console_open(struct shim *s)
+{
+	_cleanup_free_ char *path = path_in(s, "console.log");
+	_cleanup_free_ char *old = path_in(s, "console.log.1");
+	struct stat st;
+
+	if (stat(path, &st) == 0 && st.st_size > CONSOLE_ROTATE)
+		rename(path, old);
+	s->console = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+}
+
+/*
+ * Main of `kumo-agentd --shim DIR`. Returns the process's exit status: 0 once the
+ * container ended for good, 1 when it could not be set up (the reason is in
+ * DIR/exit.json and on stderr, which the agent points at DIR/shim.log).
+ */
+int shim_main(const char *dir)
+{
+	static struct shim shim;
+	struct shim *s = &shim;
+	_cleanup_free_ char *pidpath = NULL;
+	struct sigaction sa = {.sa_handler = signal_cb};
+	char pidtext[32], error[512];
+	int backoff = 1, restarts, code = 0, sig = 0;
+	bool started;
+	int64_t started_at, began;
+	struct kerr err;
+
+	/* Nothing of the agent's (sockets, pipes) may stay open in a long-lived process. */
+	if (close_range(3, ~0U, 0) < 0)
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+	log_init("kumo-shim", LOG_LEVEL_INFO);
+	if (chdir("/") < 0 || dir[0] != '/') {
+		log_warnx("shim: %s must be an absolute directory", dir);
+		return 1;
+	}
+	snprintf(s->dir, sizeof(s->dir), "%s", dir);
+	s->console = s->oom_fd = s->oom_ctl = -1;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (config_load(s, &err) < 0) {
+		log_warnx("shim: %s", err.msg);
+		exit_write(s, 1, 0, false, 0, err.msg);
+		return 1;
+	}
+	pidpath = path_in(s, "shim.pid");
+	snprintf(pidtext, sizeof(pidtext), "%d\n", (int)getpid());
+	if (file_write_atomic(pidpath, pidtext, strlen(pidtext), 0600) < 0)
+		log_warn("shim %s: cannot write %s", s->name, pidpath);
+	console_open(s);
+	if (s->console < 0) {
+		snprintf(error, sizeof(error), "cannot open %s/console.log: %s", s->dir,
+			 strerror(errno));
+		log_warnx("shim %s: %s", s->name, error);
+		exit_write(s, 1, 0, false, 0, error);
+		unlink(pidpath);
+		return 1;
+	}
+	if (rootfs_mount(s, &err) < 0) {
+		log_warnx("shim %s: %s", s->name, err.msg);
+		exit_write(s, 1, 0, false, 0, err.msg);
+		unlink(pidpath);
+		return 1;
+	}
+	log_info("shim %s: pid %d, restart policy %s", s->name, (int)getpid(), s->restart);
+	restarts = restarts_read(s);
+	while (!terminate && !file_exists(s, "stop")) {
+		began = now_ms();
+		run_once(s, &code, &sig, &started, &started_at, error, sizeof(error));
+		exit_write(s, code, sig, started, started_at, error);
+		log_info("shim %s: the container %s (exit code %d%s%s)", s->name,
+			 started ? "ended" : "did not start", code, s->oom ? ", out of memory" : "",
+			 error[0] ? error : "");
+		if (!started || terminate || file_exists(s, "stop") || !restart_wanted(s, code))
+			break;
+		if (now_ms() - began >= BACKOFF_RESET_MS)
+			backoff = 1;
+		restarts_write(s, ++restarts);
+		log_info("shim %s: restart %d in %d s", s->name, restarts, backoff);
+		backoff_sleep(s, (int64_t)backoff * 1000);
+		backoff = backoff * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : backoff * 2;
+	}
+	stale_delete(s);
+	rootfs_umount(s);
+	close(s->console);
+	free(s->lower);
+	unlink(pidpath);
+	log_info("shim %s: done", s->name);
+	return 0;
+}
