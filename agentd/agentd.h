@@ -66,6 +66,7 @@ struct agent_config {
 	char *shared_pool;
 	char *local_pool;
 	char *log_level_name;
+	char *accel;	 /* auto, kvm or tcg */
 	int heartbeat;	 /* seconds; 0: what the controller said at join */
 	bool check_only; /* -n */
 	enum log_level log_level;
@@ -623,6 +624,7 @@ int facts_collect_start(struct agent *a, facts_done_cb cb, void *data, struct ke
 struct json_object *facts_collect(const struct agent_config *cfg, bool kvm_usable,
 				  int64_t started_us);
 void facts_kvm_set(struct json_object *facts, bool kvm_usable);
+void facts_accel_config(const char *mode);
 void facts_pools_warn(const struct agent_config *cfg);
 
 /* kvmprobe.c */

@@ -58,6 +58,8 @@ static const struct config_opt options[] = {
 	 "heartbeat interval in seconds (default: as the controller says)", false},
 	{"log-level", OPT_STRING, AT(log_level_name), "info", "LEVEL", "error, warn, info or debug",
 	 false},
+	{"accel", OPT_STRING, AT(accel), "auto", "MODE",
+	 "VM acceleration: auto (KVM only where a probe guest really ran), kvm or tcg", false},
 };
 
 #define OPT_KEY_BASE 256 /* getopt_long values of table rows: OPT_KEY_BASE + index */
@@ -255,6 +257,8 @@ int config_check(struct agent_config *cfg, struct kerr *err)
 	int port;
 
 	defaults_fill(cfg);
+	if (strcmp(cfg->accel, "auto") && strcmp(cfg->accel, "kvm") && strcmp(cfg->accel, "tcg"))
+		return err_set(err, 0, "--accel must be auto, kvm or tcg, not '%s'", cfg->accel);
 	if (log_level_parse(cfg->log_level_name, &cfg->log_level) < 0)
 		return err_input(err, 400, "log-level",
 				 "--log-level must be error, warn, info or debug, not '%s'",

@@ -180,10 +180,21 @@ static void pool_add(struct json_object *pools, const char *name, const char *pa
  * Set the KVM facts in facts: kvm_usable, and accel ("kvm" only when a guest really
  * ran, else "tcg").
  */
+static const char *accel_mode = "auto";
+
+/* The operator's --accel: auto follows the probe; kvm or tcg overrides it. */
+void facts_accel_config(const char *mode)
+{
+	accel_mode = mode;
+}
+
 void facts_kvm_set(struct json_object *facts, bool kvm_usable)
 {
+	const char *accel = !strcmp(accel_mode, "auto") ? (kvm_usable ? "kvm" : "tcg") : accel_mode;
+
 	json_object_object_add(facts, "kvm_usable", json_object_new_boolean(kvm_usable));
-	json_object_object_add(facts, "accel", json_object_new_string(kvm_usable ? "kvm" : "tcg"));
+	json_object_object_add(facts, "accel", json_object_new_string(accel));
+	json_object_object_add(facts, "accel_mode", json_object_new_string(accel_mode));
 }
 
 /*

@@ -169,6 +169,7 @@ int main(int argc, char **argv)
 		return ret < 0 ? 1 : 0;
 	}
 	log_init(AGENT_PROG, cfg.log_level);
+	facts_accel_config(cfg.accel);
 
 	a->cfg = &cfg;
 	a->push_sock = a->rep_sock = -1;

@@ -663,7 +663,8 @@ enum MHD_Result api_instances_create(struct request *req)
 		json_object_object_add(
 			spec, "accel",
 			json_object_new_string(
-				json_get_bool(h->facts, "kvm_usable", false) ? "kvm" : "tcg"));
+				!strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm") ? "kvm"
+										       : "tcg"));
 
 	if (db_begin(ctl.db) < 0) {
 		json_object_put(spec);

@@ -73,7 +73,8 @@ static void view_build(struct sched_view *v)
 		s->maintenance = h->maintenance;
 		s->cpus = (int)json_get_int(h->facts, "cpus", 0);
 		s->memory_mb = json_get_int(h->facts, "memory_mb", 0);
-		s->kvm_usable = json_get_bool(h->facts, "kvm_usable", false);
+		/* What the agent runs guests with (--accel may override its probe). */
+		s->kvm_usable = !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm");
 		s->nested = json_get_bool(h->facts, "nested", false);
 		s->shared_pool = facts_pool(h->facts, "shared");
 		s->local_pool = facts_pool(h->facts, "local");

@@ -68,11 +68,14 @@ api POST /api/v1/tokens '{"kind":"join"}'
 tok=$(jqb .token)
 rm -rf "$tmp/state"
 printf '%s\n' "$tok" >"$tmp/token"
-"$agent" --controller "$KUMO_LINK_ADDRESS:$KUMO_JOIN_PORT" --name h9 --listen 127.0.0.1:17798 \
+"$agent" --controller "$KUMO_LINK_ADDRESS:$KUMO_JOIN_PORT" --name h9 --listen 127.0.0.1:17798 --accel kvm \
 	--state-dir "$tmp/state" --join-token-file "$tmp/token" --shared-pool "$tmp" --local-pool "$tmp" \
 	>"$tmp/h9.log" 2>&1 &
 apid=$!
 wait_until 30 "h9 online" host_is h9 online
+# --accel overrides the probe: h9's guests are to run with KVM whatever it found.
+api GET /api/v1/hosts/h9
+[ "$(jqb .facts.accel)" = kvm ] && [ "$(jqb .facts.accel_mode)" = kvm ] || fail "--accel kvm not reported: $(jqb .facts.accel)"
 kill "$apid"
 wait "$apid" || true
 apid=""

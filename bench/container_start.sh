@@ -1,0 +1,78 @@
+#!/bin/bash
+# Time from POST /api/v1/instances to a container's first output, against `runc run`
+# of the same image's bundle in the same run. Prints the ratio kumo/runc; the goal is
+# under 1.20. Needs a running lab (deploy/lab up) with busybox:latest in its registry.
+#
+#   bench/container_start.sh [-n N] [--lab NAME]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$here/..
+runs=5
+lab_name=kumo
+while [ $# -gt 0 ]; do
+	case $1 in
+	-n) runs=$2; shift 2 ;;
+	--lab) lab_name=$2; shift 2 ;;
+	*) echo "usage: $0 [-n N] [--lab NAME]" >&2; exit 2 ;;
+	esac
+done
+eval "$("$src/deploy/lab" --name "$lab_name" env)"
+build=${KUMO_BUILD_DIR:-$src/build}
+"$src/tests/guest/build-oci.sh" "$build/guest" >/dev/null
+layout=$build/guest/busybox-oci
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+kapi() { curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $(cat "$KUMO_TOKEN_FILE")" "$@"; }
+
+# The baseline bundle: the image's layer unpacked, runc's default spec, our command.
+manifest=$(jq -r '.manifests[0].digest' "$layout/index.json" | cut -d: -f2)
+layer=$(jq -r '.layers[0].digest' "$layout/blobs/sha256/$manifest" | cut -d: -f2)
+mkdir -p "$tmp/bundle/rootfs"
+tar -xzf "$layout/blobs/sha256/$layer" -C "$tmp/bundle/rootfs"
+(cd "$tmp/bundle" && runc spec)
+jq '.process.args = ["echo", "KUMO-CT-READY"] | .process.terminal = false' \
+	"$tmp/bundle/config.json" >"$tmp/config.json" && mv "$tmp/config.json" "$tmp/bundle/config.json"
+
+runc_once() {
+	local id=bench-runc-$1 t0 out
+	jq ".linux.cgroupsPath = \"/kumo-bench/$id\"" "$tmp/bundle/config.json" >"$tmp/c.json"
+	mv "$tmp/c.json" "$tmp/bundle/config.json"
+	t0=$(now_ms)
+	out=$(runc run --bundle "$tmp/bundle" "$id")
+	[ "$out" = KUMO-CT-READY ] || { echo "runc printed: $out" >&2; exit 1; }
+	echo $(($(now_ms) - t0))
+}
+
+kumo_once() {
+	local name=bench-ct-$1 t0 op
+	t0=$(now_ms)
+	kapi -o /dev/null -X POST "$KUMO_URL/api/v1/instances" \
+		-d '{"name":"'"$name"'","type":"container","image":"busybox:latest","command":["echo","KUMO-CT-READY"]}'
+	until kapi "$KUMO_URL/api/v1/instances/$name/logs" 2>/dev/null | grep -q KUMO-CT-READY; do
+		sleep 0.02
+	done
+	echo $(($(now_ms) - t0))
+	op=$(kapi -X DELETE "$KUMO_URL/api/v1/instances/$name?force=1" | jq -r .id)
+	kapi "$KUMO_URL/api/v1/operations/$op?wait=60" >/dev/null
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+: >"$tmp/runc.ms"
+: >"$tmp/kumo.ms"
+for i in $(seq 1 "$runs"); do
+	r=$(runc_once "$i")
+	k=$(kumo_once "$i")
+	echo "run $i: runc $r ms, kumo $k ms"
+	echo "$r" >>"$tmp/runc.ms"
+	echo "$k" >>"$tmp/kumo.ms"
+done
+rmdir /sys/fs/cgroup/*/kumo-bench /sys/fs/cgroup/kumo-bench 2>/dev/null || true
+r=$(median <"$tmp/runc.ms")
+k=$(median <"$tmp/kumo.ms")
+ratio=$(awk -v k="$k" -v r="$r" 'BEGIN { printf "%.3f", k / r }')
+echo "runc median: $r ms, kumo median: $k ms"
+echo "ratio kumo/runc: $ratio (goal < 1.20)"
+echo "RESULT runc_ms=$r kumo_ms=$k ratio=$ratio"
