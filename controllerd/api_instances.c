@@ -718,6 +718,15 @@ enum MHD_Result api_instances_create(struct request *req)
 		else
 			op = NULL, json_object_put(res);
 	}
+	if (op) {
+		/* The event goes in the same transaction: one commit, one fsync. */
+		struct json_object *ev = json_object_new_object();
+
+		json_object_object_add(ev, "name", json_object_new_string(name));
+		json_object_object_add(ev, "host", json_object_new_string(h->name));
+		json_object_object_add(ev, "placement", json_object_get(placement));
+		event_emit("instance-created", ev);
+	}
 	if (op == NULL || db_commit(ctl.db, &err) < 0) {
 		db_rollback(ctl.db);
 		json_object_put(op);
@@ -726,14 +735,6 @@ enum MHD_Result api_instances_create(struct request *req)
 		json_object_put(placement);
 		return http_reply_error(req, 500, NULL, "cannot record the instance: %s",
 					sqlite3_errmsg(ctl.db));
-	}
-	{
-		struct json_object *ev = json_object_new_object();
-
-		json_object_object_add(ev, "name", json_object_new_string(name));
-		json_object_object_add(ev, "host", json_object_new_string(h->name));
-		json_object_object_add(ev, "placement", json_object_get(placement));
-		event_emit("instance-created", ev);
 	}
 	log_info("instance %s: placed on %s", name, h->name);
 	cmd_instance(h, json_object_get_string(json_object_object_get(op, "id")), "create", spec,

@@ -117,9 +117,20 @@ struct json_object *op_create(const char *kind, const char *target, struct host 
 int op_update(const char *id, const char *status, int progress, const char *phase,
 	      struct json_object *result, const char *error)
 {
+	bool final = status && op_status_final(status);
+	/* Inside a caller's transaction the caller commits; else the update and its
+	 * event are one transaction. Progress on the way is made durable against a
+	 * crash of this process but not a power cut (WAL, synchronous=NORMAL): losing it
+	 * loses nothing anyone was told. A final status is on disk before anyone hears. */
+	bool own = sqlite3_get_autocommit(ctl.db);
 	sqlite3_stmt *st;
 	int rc, changed;
 
+	if (own) {
+		if (!final)
+			db_exec(ctl.db, "PRAGMA synchronous = NORMAL", NULL);
+		db_begin(ctl.db);
+	}
 	st = db_prepare(ctl.db,
 			"UPDATE operations SET status = coalesce(?, status), "
 			"progress = CASE WHEN ? >= 0 THEN ? ELSE progress END, "
@@ -142,14 +153,25 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 	sqlite3_finalize(st);
 	changed = sqlite3_changes(ctl.db);
 	json_object_put(result);
-	if (rc != SQLITE_DONE) {
-		log_warnx("operation %s: cannot update: %s", id, sqlite3_errmsg(ctl.db));
+	if (rc != SQLITE_DONE || changed == 0) {
+		if (rc != SQLITE_DONE)
+			log_warnx("operation %s: cannot update: %s", id, sqlite3_errmsg(ctl.db));
+		if (own) {
+			db_rollback(ctl.db);
+			db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+		}
 		return -1;
 	}
-	if (changed == 0)
-		return -1;
 	op_event("operation-updated", id);
-	if (status && op_status_final(status))
+	if (own) {
+		struct kerr err;
+
+		if (db_commit(ctl.db, &err) < 0)
+			log_warnx("operation %s: %s", id, err.msg);
+		if (!final)
+			db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+	}
+	if (final)
 		api_ops_wake(id);
 	return 0;
 }
