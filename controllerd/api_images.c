@@ -153,7 +153,7 @@ static void hash_work_cb(uv_work_t *w)
 	}
 	while ((n = read(fd, buf, sizeof(buf))) > 0)
 		EVP_DigestUpdate(ctx, buf, (size_t)n);
-	if (n < 0)
+	if (n < 0 || fsync(fd) < 0)
 		im->hash_err = errno;
 	else
 		EVP_DigestFinal_ex(ctx, md, &mdlen), hex_encode(md, 32, im->sha256);
@@ -470,20 +470,7 @@ static void upload_data(struct request *req, const char *data, size_t len)
 			 "the upload is over %llu bytes", IMAGE_MAX_BYTES);
 		return;
 	}
-	while (len > 0) {
-		ssize_t n = write(req->upload_fd, data, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			snprintf(req->upload_error, sizeof(req->upload_error),
-				 "cannot store the upload: %s", strerror(errno));
-			return;
-		}
-		data += n;
-		len -= (size_t)n;
-		req->upload_len += (uint64_t)n;
-	}
+	http_upload_write(req, data, len);
 }
 
 /* The request is over: an upload nobody took over is removed. */

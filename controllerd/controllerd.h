@@ -294,6 +294,7 @@ const char *http_query(struct request *req, const char *key);
 int http_query_int(struct request *req, const char *key, int64_t min, int64_t max, int64_t def,
 		   int64_t *out, struct kerr *err);
 void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request *req));
+void http_upload_write(struct request *req, const char *data, size_t len);
 void http_resume(struct request *req);
 
 /* api_root.c */

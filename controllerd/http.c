@@ -314,6 +314,68 @@ static enum MHD_Result query_iter(void *cls, enum MHD_ValueKind kind, const char
 	return MHD_NO;
 }
 
+/* One chunk of an upload on its way to disk. */
+struct upload_write {
+	uv_fs_t fs;
+	struct request *req;
+	size_t len, done;
+	char data[];
+};
+
+static bool http_stopping;
+
+static void upload_write_cb(uv_fs_t *fs)
+{
+	struct upload_write *w = fs->data;
+	struct request *req = w->req;
+	ssize_t n = fs->result;
+
+	uv_fs_req_cleanup(fs);
+	if (n < 0) {
+		snprintf(req->upload_error, sizeof(req->upload_error),
+			 "cannot store the upload: %s", uv_strerror((int)n));
+	} else {
+		w->done += (size_t)n;
+		req->upload_len += (uint64_t)n;
+		if (w->done < w->len && n > 0) {
+			uv_buf_t buf = uv_buf_init(w->data + w->done, (unsigned)(w->len - w->done));
+
+			uv_fs_write(ctl.loop, &w->fs, req->upload_fd, &buf, 1, -1, upload_write_cb);
+			return;
+		}
+	}
+	free(w);
+	/* The daemon may be gone at shutdown; the connection with it. */
+	if (!http_stopping) {
+		MHD_resume_connection(req->conn);
+		http_kick();
+	}
+}
+
+/*
+ * Append len bytes of a streamed body to req->upload_fd off the loop (a shared pool
+ * may be NFS): the chunk is copied, the connection suspended until it is written.
+ * A failure is kept in req->upload_error for the route's handler to answer.
+ */
+void http_upload_write(struct request *req, const char *data, size_t len)
+{
+	struct upload_write *w = xmalloc(sizeof(*w) + len);
+	uv_buf_t buf;
+
+	memcpy(w->data, data, len);
+	w->req = req;
+	w->len = len;
+	w->done = 0;
+	w->fs.data = w;
+	buf = uv_buf_init(w->data, (unsigned)len);
+	MHD_suspend_connection(req->conn);
+	if (uv_fs_write(ctl.loop, &w->fs, req->upload_fd, &buf, 1, -1, upload_write_cb) < 0) {
+		snprintf(req->upload_error, sizeof(req->upload_error), "cannot store the upload");
+		free(w);
+		MHD_resume_connection(req->conn);
+	}
+}
+
 /* Stop processing the request until http_resume(); resume runs on the next call. */
 void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request *req))
 {
@@ -571,6 +633,7 @@ void http_stop(void)
 	if (daemon_ == NULL)
 		return;
 	MHD_quiesce_daemon(daemon_);
+	http_stopping = true;
 	api_events_shutdown();
 	api_ops_shutdown();
 	registry_shutdown();

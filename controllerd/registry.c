@@ -881,20 +881,7 @@ static void call_data(struct request *req, const char *data, size_t len)
 			 "the blob is over %llu bytes", BLOB_MAX);
 		return;
 	}
-	while (len > 0) {
-		ssize_t n = write(req->upload_fd, data, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			snprintf(req->upload_error, sizeof(req->upload_error),
-				 "cannot store the upload: %s", strerror(errno));
-			return;
-		}
-		data += n;
-		len -= (size_t)n;
-		req->upload_len += (uint64_t)n;
-	}
+	http_upload_write(req, data, len);
 }
 
 /* The request is over, however it ended. */
