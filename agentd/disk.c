@@ -699,6 +699,9 @@ void disk_info(struct agent *a, const char *abs, disk_info_cb cb, void *data)
 	argv_add(&av, "info");
 	argv_add(&av, "--output=json");
 	argv_add(&av, "-U");
+	/* Disks and images are always qcow2: never let qemu-img guess from the bytes. */
+	argv_add(&av, "-f");
+	argv_add(&av, "qcow2");
 	argv_add(&av, "%s", abs);
 	if (cmd_run(a, av.v, info_done, s, &err) < 0) {
 		struct fs_job *j = job_new(a, NULL, NULL, data);

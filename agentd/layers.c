@@ -49,12 +49,17 @@
 #include "token.h"
 #include "util.h"
 
-#define BLOCK		512
-#define IO_CHUNK	(128 * 1024)
-#define META_MAX	(4 * 1024 * 1024) /* manifests and configs */
-#define PAX_MAX		(1024 * 1024)	  /* one pax header's records */
-#define XATTRS_MAX	16
-#define XATTR_VALUE_MAX 4096
+#define BLOCK	 512
+#define IO_CHUNK (128 * 1024)
+#define META_MAX (4 * 1024 * 1024) /* manifests and configs */
+#define PAX_MAX	 (1024 * 1024)	   /* one pax header's records */
+/* What one layer may hold: any entry's size, all entries' sizes, their number. A
+ * small gzip stream can expand a thousandfold; these stop a layer filling a host. */
+#define LAYER_ENTRY_MAX	  (64LL << 30)
+#define LAYER_TOTAL_MAX	  (64LL << 30)
+#define LAYER_ENTRIES_MAX 1000000
+#define XATTRS_MAX	  16
+#define XATTR_VALUE_MAX	  4096
 
 #define MT_OCI_MANIFEST	  "application/vnd.oci.image.manifest.v1+json"
 #define MT_OCI_INDEX	  "application/vnd.oci.image.index.v1+json"
@@ -306,7 +311,8 @@ struct stream {
 	EVP_MD_CTX *blob_hash; /* over the file's bytes */
 	EVP_MD_CTX *tar_hash;  /* over the tar (the diff_id) */
 	unsigned char pending[BLOCK * 2];
-	const char *digest; /* for messages */
+	const char *digest;	/* for messages */
+	int64_t entries, total; /* what the layer held so far, against the limits */
 };
 
 static int stream_fill(struct stream *s, struct kerr *err)
@@ -568,7 +574,13 @@ static void pax_apply(struct pending *p, const char *key, const char *val, size_
 		snprintf(p->link, sizeof(p->link), "%.*s", (int)vlen, val);
 		p->has_link = true;
 	} else if (strcmp(key, "size") == 0) {
-		p->size = strtoll(val, NULL, 10);
+		char *end;
+		long long v;
+
+		errno = 0;
+		v = strtoll(val, &end, 10);
+		/* A size out of range marks the header broken (checked by the caller). */
+		p->size = (errno || end == val || v < 0 || v > LAYER_ENTRY_MAX) ? -1 : v;
 		p->has_size = true;
 	} else if (strcmp(key, "uid") == 0) {
 		p->uid = strtoll(val, NULL, 10);
@@ -597,12 +609,16 @@ static int pax_parse(struct pending *p, const char *buf, size_t len, const char 
 	size_t off = 0;
 
 	while (off < len) {
-		char *end, key[256];
-		const char *rec = buf + off, *eq, *val;
-		long reclen = strtol(rec, &end, 10);
+		char key[256];
+		const char *rec = buf + off, *end = rec, *eq, *val;
+		size_t reclen = 0;
 
-		if (reclen <= 0 || (size_t)reclen > len - off || *end != ' ' ||
-		    rec[reclen - 1] != '\n')
+		/* The length by hand: digits only, within the buffer (strtol would skip
+		 * leading white space and let the record start outside itself). */
+		while (end < buf + len && *end >= '0' && *end <= '9' && reclen <= len)
+			reclen = reclen * 10 + (size_t)(*end++ - '0');
+		if (end == rec || reclen == 0 || reclen > len - off || end >= rec + reclen - 1 ||
+		    *end != ' ' || rec[reclen - 1] != '\n')
 			return err_set(err, 0, "layer %.19s: a pax header is malformed", digest);
 		eq = memchr(end + 1, '=', (size_t)(rec + reclen - (end + 1)));
 		if (eq == NULL || (size_t)(eq - (end + 1)) >= sizeof(key))
@@ -650,9 +666,18 @@ static int tar_next(struct stream *s, struct entry *e, struct kerr *err)
 			err_set(err, 0, "layer %.19s: a tar header has a bad checksum", s->digest);
 			goto out;
 		}
-		size = p.has_size ? p.size : tar_number(h + 124, 12);
-		if (size < 0) {
+		/* A pax size applies to the real entry after it, not to another extension. */
+		size = p.has_size && h[156] != 'x' && h[156] != 'g' && h[156] != 'L' &&
+				       h[156] != 'K'
+			       ? p.size
+			       : tar_number(h + 124, 12);
+		if (size < 0 || size > LAYER_ENTRY_MAX) {
 			err_set(err, 0, "layer %.19s: a tar header has a bad size", s->digest);
+			goto out;
+		}
+		if (++s->entries > LAYER_ENTRIES_MAX || (s->total += size) > LAYER_TOTAL_MAX) {
+			err_set(err, 0, "layer %.19s: more than %d entries or %lld bytes; refused",
+				s->digest, LAYER_ENTRIES_MAX, LAYER_TOTAL_MAX);
 			goto out;
 		}
 		switch (h[156]) {
@@ -1156,8 +1181,10 @@ int layers_unpack(const char *shared, const char *local, const struct oci_layer 
 	if (stat(final, &st) == 0)
 		return 0;
 	ret = mkdir_p(dir, 0700);
-	if (ret < 0)
-		return err_set(err, -ret, "cannot create %s", dir);
+	/* Layers may hold device nodes and setuid files: only root may reach them, even
+	 * if the directory was made looser before. */
+	if (ret < 0 || chmod(dir, 0700) < 0)
+		return err_set(err, ret < 0 ? -ret : errno, "cannot create %s", dir);
 	blob_path(shared, l->digest, blob, sizeof(blob));
 	/* First pass: the tar reader sees only bytes whose digest is right. */
 	if (file_hash(blob, got, &size, err) < 0)

@@ -573,8 +573,9 @@ static int descriptor_check(struct json_object *d, const char *field, bool must_
 	digest = json_get_str(d, "digest", NULL);
 	if (!oci_digest_valid(digest))
 		goto bad;
+	/* A size above what the registry stores is a lie, and would overflow the sum. */
 	if (!json_object_object_get_ex(d, "size", &v) || !json_object_is_type(v, json_type_int) ||
-	    (size = json_object_get_int64(v)) < 0)
+	    (size = json_object_get_int64(v)) < 0 || size > (64LL << 30))
 		goto bad;
 	if (!json_object_is_type(json_object_object_get(d, "mediaType"), json_type_string))
 		goto bad;

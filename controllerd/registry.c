@@ -811,7 +811,14 @@ static enum MHD_Result upload_chunk_begin(struct request *req, struct registry_c
 	}
 	call->start = sb.st_size;
 	if (range) {
-		const char *r = range + (!strncmp(range, "bytes", 5) ? 6 : 0);
+		const char *r = range;
+
+		/* "bytes=A-B", "bytes A-B" or a bare "A-B"; never past the string's end. */
+		if (!strncmp(r, "bytes", 5)) {
+			r += 5;
+			if (*r == ' ' || *r == '=')
+				r++;
+		}
 
 		if (sscanf(r, "%llu-%llu%n", &first, &last, &used) != 2 || r[used] ||
 		    last < first || (int64_t)first != call->start) {

@@ -157,6 +157,28 @@ static void test_dotdot_refused(void **state)
 	assert_true(outside_empty(f));
 }
 
+/* Malformed pax records and absurd sizes are refused, never read past. */
+static void test_hostile_headers_refused(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const recs[] = {
+		"\n\n\n\n\n\n\n\n\n\n2 abc", /* strtol would skip the newlines */
+		"99999999999999999999 path=x\n",  "7 =x\n", "0 path=x\n", "5 pathx",
+		"30 size=99999999999999999999\n",
+	};
+
+	for (size_t i = 0; i < sizeof(recs) / sizeof(recs[0]); i++) {
+		struct tarbuf t = {0};
+		struct kerr err;
+
+		tb_entry(&t, "PaxHeaders/x", 'x', NULL, recs[i], strlen(recs[i]));
+		tb_file(&t, "after", "x\n");
+		tb_end(&t);
+		assert_int_equal(unpack(f, &t, &err), -1);
+	}
+	assert_true(outside_empty(f));
+}
+
 static void test_dotdot_inside_refused(void **state)
 {
 	struct fixture *f = *state;
@@ -380,6 +402,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_dotdot_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hostile_headers_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dotdot_inside_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absolute_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_walk_refused, setup, teardown),
