@@ -152,7 +152,8 @@ static int nics_none_check(struct json_object *v, const char *f, struct kerr *er
 {
 	if (json_object_array_length(v) > 0)
 		return err_input(err, 404, "nics[0].network",
-				 "no networks exist yet: a container has its own loopback only");
+				 "hosts cannot attach containers to networks yet: a container "
+				 "has its own loopback only");
 	return 0;
 }
 

@@ -274,6 +274,17 @@ static const struct json_field create_fields[] = {
 
 /* ---- helpers ---- */
 
+bool network_exists(const char *name)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM networks WHERE name = ?");
+	bool found;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	found = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return found;
+}
+
 static bool instance_exists(const char *name)
 {
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ?");
@@ -521,10 +532,17 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 		if (net) {
 			char where[32];
 
-			/* Networks arrive with the network driver; until then a NIC is isolated. */
+			/* Network records exist, but no agent realises them yet: until the
+			 * network driver lands, a NIC is isolated and cannot name one. */
 			snprintf(where, sizeof(where), "nics[%zu].network", i);
 			json_object_put(o);
-			err_input(err, 404, where, "no network named %s", net);
+			if (network_exists(net))
+				err_input(err, 422, where,
+					  "network %s exists, but hosts cannot attach instances to "
+					  "networks yet; leave out 'network' for an isolated NIC",
+					  net);
+			else
+				err_input(err, 404, where, "no network named %s", net);
 			goto fail;
 		}
 		if (json_get_str(d, "mac", NULL))

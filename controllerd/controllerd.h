@@ -120,7 +120,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 4
+#define DB_SCHEMA_VERSION 5
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -188,6 +188,9 @@ void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 			struct json_object *spec, struct json_object *args);
 int instances_on_host(int64_t host_id);
 bool image_in_use(int64_t image_id);
+
+/* api_instances.c (helpers) */
+bool network_exists(const char *name);
 
 /* api_containers.c */
 extern const struct json_field container_create_fields[];
@@ -314,6 +317,14 @@ enum MHD_Result api_host_probe(struct request *req);
 enum MHD_Result api_tokens_create(struct request *req);
 enum MHD_Result api_tokens_list(struct request *req);
 enum MHD_Result api_token_delete(struct request *req);
+
+/* api_networks.c */
+enum MHD_Result api_networks_create(struct request *req);
+enum MHD_Result api_networks_list(struct request *req);
+enum MHD_Result api_network_get(struct request *req);
+enum MHD_Result api_network_patch(struct request *req);
+enum MHD_Result api_network_delete(struct request *req);
+enum MHD_Result api_network_addresses(struct request *req);
 
 /* api_instances.c */
 enum MHD_Result api_instances_create(struct request *req);

@@ -122,6 +122,28 @@ static const char *const migrations[] = {
 	"  size INTEGER NOT NULL,"
 	"  updated_at INTEGER NOT NULL,"
 	"  PRIMARY KEY (repo, tag));",
+	/* 4 -> 5: networks (JSON lists and maps as text) and the addresses allocated in them */
+	"CREATE TABLE networks ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE,"
+	"  mode TEXT NOT NULL CHECK (mode IN ('bridge', 'nat', 'host-only')),"
+	"  cidr TEXT NOT NULL,"
+	"  gateway TEXT NOT NULL,"
+	"  dhcp INTEGER NOT NULL DEFAULT 1,"
+	"  dns TEXT NOT NULL DEFAULT '[]',"
+	"  vlans TEXT NOT NULL DEFAULT '[]',"
+	"  vni_base INTEGER NOT NULL UNIQUE,"
+	"  mtu INTEGER NOT NULL,"
+	"  uplinks TEXT NOT NULL DEFAULT '{}',"
+	"  created_at INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL);"
+	"CREATE TABLE addresses ("
+	"  network_id INTEGER NOT NULL REFERENCES networks(id) ON DELETE CASCADE,"
+	"  address TEXT NOT NULL,"
+	"  kind TEXT NOT NULL CHECK (kind IN ('static', 'dynamic')),"
+	"  owner TEXT NOT NULL,"
+	"  created_at INTEGER NOT NULL,"
+	"  PRIMARY KEY (network_id, address));",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

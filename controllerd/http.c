@@ -56,6 +56,12 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/images", ROLE_VIEWER, "", api_images_list, NULL},
 	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, NULL},
 	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, NULL},
+	{"POST", "/api/v1/networks", ROLE_OPERATOR, "", api_networks_create, NULL},
+	{"GET", "/api/v1/networks", ROLE_VIEWER, "", api_networks_list, NULL},
+	{"GET", "/api/v1/networks/{}", ROLE_VIEWER, "", api_network_get, NULL},
+	{"PATCH", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_patch, NULL},
+	{"DELETE", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_delete, NULL},
+	{"GET", "/api/v1/networks/{}/addresses", ROLE_VIEWER, "", api_network_addresses, NULL},
 	/* The OCI registry (registry.c) parses the rest of its paths itself. */
 	{"GET", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
 	{"HEAD", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
