@@ -3,6 +3,7 @@
  */
 #include "json.h"
 
+#include <stdio.h>
 #include <string.h>
 
 int json_body_parse(const char *text, size_t len, struct json_object **out, struct kerr *err)
@@ -115,6 +116,18 @@ bool json_string_clean(struct json_object *val)
 {
 	/* json-c strings may hold NUL bytes; C code would see only the part before. */
 	return (size_t)json_object_get_string_len(val) == strlen(json_object_get_string(val));
+}
+
+int json_fields_check_in(struct json_object *obj, const struct json_field *fields,
+			 const char *prefix, struct kerr *err)
+{
+	char inner[sizeof(err->field)];
+
+	if (json_fields_check(obj, fields, err) == 0)
+		return 0;
+	snprintf(inner, sizeof(inner), "%s", err->field);
+	snprintf(err->field, sizeof(err->field), "%s.%s", prefix, inner);
+	return -1;
 }
 
 const char *json_get_str(struct json_object *obj, const char *key, const char *def)

@@ -43,6 +43,13 @@ int json_body_parse(const char *text, size_t len, struct json_object **out, stru
  */
 int json_fields_check(struct json_object *obj, const struct json_field *fields, struct kerr *err);
 
+/*
+ * The same for an object nested in a field: an error names "prefix.member", so the
+ * user sees where in the body the problem is.
+ */
+int json_fields_check_in(struct json_object *obj, const struct json_field *fields,
+			 const char *prefix, struct kerr *err);
+
 const char *json_kind_name(enum json_kind kind);
 
 /* False for a string value with an embedded NUL byte. */

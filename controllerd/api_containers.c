@@ -114,13 +114,8 @@ static const struct json_field limits_fields[] = {
 
 static int limits_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	if (json_fields_check(v, limits_fields, err) < 0) {
-		char inner[64];
-
-		snprintf(inner, sizeof(inner), "%s", err->field);
-		snprintf(err->field, sizeof(err->field), "%s.%s", f, inner);
+	if (json_fields_check_in(v, limits_fields, f, err) < 0)
 		return -1;
-	}
 	return 0;
 }
 

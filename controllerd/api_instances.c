@@ -85,13 +85,8 @@ static int memory_check(struct json_object *v, const char *f, struct kerr *err)
 	bool mn = json_object_object_get_ex(v, "min_mb", NULL);
 	bool mx = json_object_object_get_ex(v, "max_mb", NULL);
 
-	if (json_fields_check(v, memory_fields, err) < 0) {
-		char inner[64];
-
-		snprintf(inner, sizeof(inner), "%s", err->field);
-		snprintf(err->field, sizeof(err->field), "%s.%.40s", f, inner);
+	if (json_fields_check_in(v, memory_fields, f, err) < 0)
 		return -1;
-	}
 	if (json_object_object_get_ex(v, "target_mb", NULL))
 		return err_input(err, 400, "memory.target_mb",
 				 "'memory.target_mb' is only for changing a running instance");
@@ -182,13 +177,8 @@ static int array_check(struct json_object *v, const char *f, const struct json_f
 		snprintf(where, sizeof(where), "%s[%zu]", f, i);
 		if (!json_object_is_type(e, json_type_object))
 			return err_input(err, 400, where, "'%s' must be an object", where);
-		if (json_fields_check(e, fields, err) < 0) {
-			char inner[64];
-
-			snprintf(inner, sizeof(inner), "%s", err->field);
-			snprintf(err->field, sizeof(err->field), "%s.%s", where, inner);
+		if (json_fields_check_in(e, fields, where, err) < 0)
 			return -1;
-		}
 	}
 	return 0;
 }
@@ -245,13 +235,8 @@ static const struct json_field cloud_init_fields[] = {
 
 static int cloud_init_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	if (json_fields_check(v, cloud_init_fields, err) < 0) {
-		char inner[64];
-
-		snprintf(inner, sizeof(inner), "%s", err->field);
-		snprintf(err->field, sizeof(err->field), "%s.%s", f, inner);
+	if (json_fields_check_in(v, cloud_init_fields, f, err) < 0)
 		return -1;
-	}
 	return 0;
 }
 
