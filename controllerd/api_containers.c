@@ -268,17 +268,6 @@ void container_sched_request(struct json_object *spec, struct sched_request *sr)
 
 /* ---- logs ---- */
 
-static void query_answer_cb(struct json_object *body, const char *error, void *cls)
-{
-	struct request *req = cls;
-
-	if (body)
-		req->answer = json_object_get(body);
-	else
-		snprintf(req->answer_error, sizeof(req->answer_error), "%s", error);
-	http_resume(req);
-}
-
 /* Look up a container instance named by the path; NULL after answering. */
 static struct host *container_host(struct request *req, const char *name, enum MHD_Result *ret)
 {
@@ -322,18 +311,7 @@ static struct host *container_host(struct request *req, const char *name, enum M
 
 static enum MHD_Result logs_answer(struct request *req)
 {
-	struct MHD_Response *resp;
-	size_t len;
-	char *data;
-
-	if (req->answer == NULL)
-		return http_reply_error(req, 502, NULL, "logs: %s", req->answer_error);
-	data = base64_decode(json_get_str(req->answer, "data", ""), &len);
-	if (data == NULL)
-		return http_reply_error(req, 502, NULL, "logs: the agent sent malformed data");
-	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
-	MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
-	return http_reply_response(req, 200, resp);
+	return api_query_text_reply(req, "logs");
 }
 
 /* A follow stream: the agent is asked for what came after offset, every 500 ms. */
@@ -488,7 +466,7 @@ enum MHD_Result api_instance_logs(struct request *req)
 		MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
 		return http_reply_response(req, 200, resp);
 	}
-	agentlink_query(h, q, query_answer_cb, req);
+	agentlink_query(h, q, api_query_answer_cb, req);
 	http_suspend(req, logs_answer);
 	return MHD_YES;
 }
@@ -559,7 +537,7 @@ enum MHD_Result api_instance_exec(struct request *req)
 	json_object_object_add(q, "timeout_s", json_object_new_int64(timeout));
 	json_object_object_add(q, "max_output", json_object_new_int(EXEC_OUTPUT));
 	json_object_put(body);
-	agentlink_query_timeout(h, q, (timeout + 5) * 1000, query_answer_cb, req);
+	agentlink_query_timeout(h, q, (timeout + 5) * 1000, api_query_answer_cb, req);
 	http_suspend(req, exec_answer);
 	return MHD_YES;
 }

@@ -1221,7 +1221,8 @@ enum MHD_Result api_instance_delete(struct request *req)
 
 /* ---- console ---- */
 
-static void console_reply_cb(struct json_object *body, const char *error, void *cls)
+/* A query's answer (or why there is none) into the waiting request, which resumes. */
+void api_query_answer_cb(struct json_object *body, const char *error, void *cls)
 {
 	struct request *req = cls;
 
@@ -1232,20 +1233,27 @@ static void console_reply_cb(struct json_object *body, const char *error, void *
 	http_resume(req);
 }
 
-static enum MHD_Result console_answer(struct request *req)
+/* Answer with the text an agent sent base64-encoded in the answer's "data" (what:
+ * "console", "logs"), or 502 saying why there is none. */
+enum MHD_Result api_query_text_reply(struct request *req, const char *what)
 {
 	struct MHD_Response *resp;
 	size_t len;
 	char *data;
 
 	if (req->answer == NULL)
-		return http_reply_error(req, 502, NULL, "console: %s", req->answer_error);
+		return http_reply_error(req, 502, NULL, "%s: %s", what, req->answer_error);
 	data = base64_decode(json_get_str(req->answer, "data", ""), &len);
 	if (data == NULL)
-		return http_reply_error(req, 502, NULL, "console: the agent sent malformed data");
+		return http_reply_error(req, 502, NULL, "%s: the agent sent malformed data", what);
 	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
 	return http_reply_response(req, 200, resp);
+}
+
+static enum MHD_Result console_answer(struct request *req)
+{
+	return api_query_text_reply(req, "console");
 }
 
 enum MHD_Result api_instance_console(struct request *req)
@@ -1270,7 +1278,7 @@ enum MHD_Result api_instance_console(struct request *req)
 	json_object_object_add(q, "what", json_object_new_string("console"));
 	json_object_object_add(q, "name", json_object_new_string(i->name));
 	json_object_object_add(q, "bytes", json_object_new_int64(bytes));
-	agentlink_query(i->host, q, console_reply_cb, req);
+	agentlink_query(i->host, q, api_query_answer_cb, req);
 	inst_free(i);
 	http_suspend(req, console_answer);
 	return MHD_YES;

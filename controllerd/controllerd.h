@@ -339,6 +339,8 @@ enum MHD_Result api_snapshots_list(struct request *req);
 enum MHD_Result api_snapshot_revert(struct request *req);
 enum MHD_Result api_snapshot_delete(struct request *req);
 void api_instances_forget(struct request *req);
+void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
+enum MHD_Result api_query_text_reply(struct request *req, const char *what);
 
 enum MHD_Result api_images_upload(struct request *req);
 enum MHD_Result api_images_list(struct request *req);
