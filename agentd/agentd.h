@@ -108,6 +108,7 @@ struct sendq_item {
 
 struct kvmprobe_run;
 struct kvmprobe_waiter;
+struct net;
 struct qmp;
 struct vm;
 struct vm_proc;
@@ -385,6 +386,9 @@ struct agent {
 	bool reply_deferred;
 	char reply_op[LINK_OP_ID_MAX + 1];
 
+	/* net.c */
+	struct net *net; /* the network driver's state, NULL before net_start() */
+
 	/* main.c */
 	uv_signal_t sigterm, sigint;
 };
@@ -608,6 +612,17 @@ int layers_tree_remove(const char *path);
 /* bundle.c */
 struct json_object *bundle_config_build(const char *name, struct json_object *spec,
 					struct json_object *image_config, struct kerr *err);
+void bundle_netns_set(struct json_object *cfg, char *path);
+void bundle_resolv_set(struct json_object *cfg, char *file);
+
+/* netport.c */
+int netport_vm_prepare(struct json_object *nics, struct kerr *err);
+void netport_vm_remove(struct json_object *nics);
+bool netport_ctr_networked(struct json_object *nics);
+int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *err);
+char *netport_ctr_netns(const char *dir, struct json_object *nics);
+void netport_ctr_remove(const char *dir);
+char *netport_ctr_resolv(const char *dir, struct json_object *nics, struct kerr *err);
 
 /* shim.c */
 int shim_main(const char *dir);
@@ -632,5 +647,13 @@ typedef void (*kvmprobe_cb)(struct agent *a, bool usable, void *data);
 int kvmprobe_child_main(void);
 int kvmprobe_request(struct agent *a, kvmprobe_cb cb, void *data, struct kerr *err);
 void kvmprobe_stop(struct agent *a);
+
+/* net.c */
+int net_start(struct agent *a, struct kerr *err);
+void net_stop(struct agent *a);
+int net_desired_set(struct agent *a, struct json_object *doc, struct kerr *err);
+void net_status_add(struct agent *a, struct json_object *facts);
+int net_port_attach(struct agent *a, const char *ifname, const char *bridge, int mtu,
+		    struct kerr *err);
 
 #endif

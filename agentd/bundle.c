@@ -12,11 +12,11 @@
  *   mounts    /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (ro),
  *             /sys/fs/cgroup (ro), as in runc's `runc spec`
  *   linux     new pid, ipc, uts, mount and network namespaces (runc brings the new
- *             netns's loopback up); cgroupsPath "/kumo/NAME", absolute, which runc
- *             needs on this host's hybrid cgroup layout; memory limit (and the same
- *             swap limit where the kernel accounts swap, so no swapping past it), CPU
- *             quota over a 100 ms period, pids limit; no device but runc's defaults;
- *             runc's masked and read-only /proc and /sys paths
+ *             netns's loopback up; a container on networks joins the namespace its
+ *             NICs were wired in instead, bundle_netns_set()); cgroupsPath "/kumo/NAME", absolute,
+ * which runc needs on this host's hybrid cgroup layout; memory limit (and the same swap limit where
+ * the kernel accounts swap, so no swapping past it), CPU quota over a 100 ms period, pids limit; no
+ * device but runc's defaults; runc's masked and read-only /proc and /sys paths
  */
 #include "agentd.h"
 
@@ -398,4 +398,43 @@ struct json_object *bundle_config_build(const char *name, struct json_object *sp
 	json_object_object_add(ann, "org.kumo.instance", json_object_new_string(name));
 	json_object_object_add(cfg, "annotations", ann);
 	return cfg;
+}
+
+/*
+ * Join the network namespace at path (consumed; NULL: keep a new one): a container on
+ * networks lives in the namespace netport_ctr_prepare() wired.
+ */
+void bundle_netns_set(struct json_object *cfg, char *path)
+{
+	struct json_object *ns =
+		json_object_object_get(json_object_object_get(cfg, "linux"), "namespaces");
+
+	for (size_t i = 0; path && ns && i < json_object_array_length(ns); i++) {
+		struct json_object *n = json_object_array_get_idx(ns, i);
+
+		if (strcmp(json_get_str(n, "type", ""), "network") == 0)
+			json_object_object_add(n, "path", json_object_new_string(path));
+	}
+	free(path);
+}
+
+/* Bind file (consumed; NULL: nothing) read-only on /etc/resolv.conf. */
+void bundle_resolv_set(struct json_object *cfg, char *file)
+{
+	struct json_object *list = json_object_object_get(cfg, "mounts"), *m, *opts;
+
+	if (file == NULL || list == NULL) {
+		free(file);
+		return;
+	}
+	m = json_object_new_object();
+	opts = json_object_new_array();
+	json_object_array_add(opts, json_object_new_string("rbind"));
+	json_object_array_add(opts, json_object_new_string("ro"));
+	json_object_object_add(m, "destination", json_object_new_string("/etc/resolv.conf"));
+	json_object_object_add(m, "type", json_object_new_string("bind"));
+	json_object_object_add(m, "source", json_object_new_string(file));
+	json_object_object_add(m, "options", opts);
+	json_object_array_add(list, m);
+	free(file);
 }

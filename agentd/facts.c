@@ -9,6 +9,8 @@
  */
 #include "agentd.h"
 
+#include <net/if.h>
+
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -136,6 +138,29 @@ static bool modules_list_has(const char *text, const char *module)
  * A kernel feature is there if its module is loaded (or built in with parameters), or
  * the running kernel could load it: it is listed in modules.builtin or modules.dep.
  */
+/*
+ * The host's own interfaces, for bridge uplinks: every one but lo and those the net
+ * driver made (kb*, kx*, kp*). if_nameindex() asks netlink, so it sees this network
+ * namespace (/sys/class/net shows the namespace sysfs was mounted in).
+ */
+static struct json_object *interfaces_list(void)
+{
+	struct json_object *list = json_object_new_array();
+	struct if_nameindex *ifs = if_nameindex();
+
+	for (struct if_nameindex *i = ifs; i && i->if_index; i++) {
+		const char *n = i->if_name;
+
+		if (strcmp(n, "lo") == 0 ||
+		    (n[0] == 'k' && (n[1] == 'b' || n[1] == 'x' || n[1] == 'p')))
+			continue;
+		json_object_array_add(list, json_object_new_string(n));
+	}
+	if (ifs)
+		if_freenameindex(ifs);
+	return list;
+}
+
 static bool kernel_feature(const char *module, const char *release)
 {
 	static const char *lists[] = {"modules.builtin", "modules.dep"};
@@ -240,6 +265,7 @@ struct json_object *facts_collect(const struct agent_config *cfg, bool kvm_usabl
 			       json_object_new_boolean(kernel_feature("8021q", uts.release)));
 	json_object_object_add(net, "bridge",
 			       json_object_new_boolean(kernel_feature("bridge", uts.release)));
+	json_object_object_add(net, "interfaces", interfaces_list());
 	json_object_object_add(facts, "net", net);
 
 	pools = json_object_new_array();

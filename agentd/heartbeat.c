@@ -59,6 +59,8 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 	json_object_object_add(facts, "instances_running",
 			       json_object_new_int(vm_running_count(a) + oci_running_count(a)));
 
+	net_status_add(a, facts);
+
 	json_object_object_add(body, "addr", json_object_new_string(a->addr));
 	json_object_object_add(body, "facts", json_object_get(facts));
 	link_event_send(a, LINK_HEARTBEAT, NULL, body);

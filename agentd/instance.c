@@ -28,6 +28,7 @@
  */
 #include "agentd.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -155,9 +156,82 @@ static int mac_check(struct json_object *val, const char *field, struct kerr *er
 
 static int network_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	return err_input(err, 400, field,
-			 "virtual networks are not available on this agent yet; use network "
-			 "null (isolated user networking)");
+	return name_check(val, field, err);
+}
+
+/* "<prefix><digits>-<digits>", at most 15 characters: a port or bridge name the
+ * controller derived; never anything the host already had. */
+static int kumo_ifname_check(struct json_object *val, const char *field, const char *prefix,
+			     struct kerr *err)
+{
+	const char *s = json_object_get_string(val), *p;
+	size_t len = strlen(s), a, b;
+
+	if (len > 15 || strncmp(s, prefix, 2) != 0)
+		goto bad;
+	p = s + 2;
+	a = strspn(p, "0123456789");
+	if (a == 0 || p[a] != '-')
+		goto bad;
+	b = strspn(p + a + 1, "0123456789");
+	if (b == 0 || p[a + 1 + b] != '\0')
+		goto bad;
+	return 0;
+bad:
+	return err_input(err, 400, field, "field '%s' must look like %s<n>-<n>", field, prefix);
+}
+
+static int port_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return kumo_ifname_check(val, field, "kp", err);
+}
+
+static int bridge_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return kumo_ifname_check(val, field, "kb", err);
+}
+
+static int ipv4_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	struct in_addr a;
+
+	if (inet_pton(AF_INET, json_object_get_string(val), &a) != 1)
+		return err_input(err, 400, field, "field '%s' must be an IPv4 address", field);
+	return 0;
+}
+
+static int ipv4s_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	for (size_t i = 0; i < json_object_array_length(val); i++) {
+		struct json_object *e = json_object_array_get_idx(val, i);
+
+		if (!json_object_is_type(e, json_type_string) || ipv4_check(e, field, err) < 0)
+			return err_input(err, 400, field,
+					 "field '%s' must be a list of IPv4 addresses", field);
+	}
+	return 0;
+}
+
+static int prefix_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 8, 30, err);
+}
+
+static int mtu_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 576, 9000, err);
+}
+
+static int vlan_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 0, 4094, err);
+}
+
+static int netmode_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	static const char *const modes[] = {"nat", "host-only", "bridge", NULL};
+
+	return one_of(val, field, modes, err);
 }
 
 static int user_data_check(struct json_object *val, const char *field, struct kerr *err)
@@ -211,10 +285,21 @@ static const struct json_field disk_fields[] = {
 	{"clone", JK_STRING, false, clone_check}, {NULL, 0, false, NULL},
 };
 
+/* A NIC on a network, as the controller completed it (nics_allocate()). */
+#define NETWORK_NIC_FIELDS                                                                         \
+	{"mac", JK_STRING, true, mac_check}, {"network", JK_STRING, false, network_check},         \
+		{"vlan", JK_INT, false, vlan_check}, {"address", JK_STRING, false, ipv4_check},    \
+		{"fixed", JK_BOOL, false, NULL}, {"prefix", JK_INT, false, prefix_check},          \
+		{"mode", JK_STRING, false, netmode_check},                                         \
+		{"router", JK_STRING, false, ipv4_check}, {"mtu", JK_INT, false, mtu_check},       \
+		{"dns", JK_ARRAY, false, ipv4s_check}, {"bridge", JK_STRING, false, bridge_check}, \
+	{                                                                                          \
+		"ifname", JK_STRING, false, port_check                                             \
+	}
+
 static const struct json_field nic_fields[] = {
 	{"model", JK_STRING, true, model_check},
-	{"mac", JK_STRING, true, mac_check},
-	{"network", JK_STRING, false, network_check},
+	NETWORK_NIC_FIELDS,
 	{NULL, 0, false, NULL},
 };
 
@@ -222,6 +307,27 @@ static const struct json_field cloud_init_fields[] = {
 	{"user_data", JK_STRING, true, user_data_check},
 	{NULL, 0, false, NULL},
 };
+
+/* A NIC that names a network carries all the agent needs to wire it. */
+static int nics_network_complete(struct json_object *nics, struct kerr *err)
+{
+	static const char *const needed[] = {"ifname", "bridge", "address", "prefix",
+					     "mtu",    "mode",	 NULL};
+
+	for (size_t i = 0; i < json_object_array_length(nics); i++) {
+		struct json_object *nic = json_object_array_get_idx(nics, i);
+
+		if (json_get_str(nic, "network", NULL) == NULL)
+			continue;
+		for (const char *const *k = needed; *k; k++)
+			if (!json_object_object_get_ex(nic, *k, NULL) ||
+			    json_object_is_type(json_object_object_get(nic, *k), json_type_null))
+				return err_input(err, 400, "nics",
+						 "nics[%zu] is on network %s but has no '%s'", i,
+						 json_get_str(nic, "network", ""), *k);
+	}
+	return 0;
+}
 
 /* Each element of an array is an object checked against fields, named in errors. */
 static int array_check(struct json_object *arr, const char *what, const struct json_field *fields,
@@ -277,7 +383,9 @@ static int disks_check(struct json_object *val, const char *field, struct kerr *
 
 static int nics_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	return array_check(val, "nics", nic_fields, AGENT_VM_NICS_MAX, err);
+	if (array_check(val, "nics", nic_fields, AGENT_VM_NICS_MAX, err) < 0)
+		return -1;
+	return nics_network_complete(val, err);
 }
 
 static int boot_check(struct json_object *val, const char *field, struct kerr *err)
@@ -415,13 +523,20 @@ static int restart_check(struct json_object *val, const char *field, struct kerr
 	return one_of(val, field, policies, err);
 }
 
+static const struct json_field ctr_nic_fields[] = {
+	NETWORK_NIC_FIELDS,
+	{NULL, 0, false, NULL},
+};
+
 static int ctr_nics_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	if (json_object_array_length(val) > 0)
-		return err_input(err, 400, field,
-				 "virtual networks are not available on this agent yet; a "
-				 "container has its own loopback only");
-	return 0;
+	if (array_check(val, field, ctr_nic_fields, AGENT_VM_NICS_MAX, err) < 0)
+		return -1;
+	for (size_t i = 0; i < json_object_array_length(val); i++)
+		if (json_get_str(json_object_array_get_idx(val, i), "network", NULL) == NULL)
+			return err_input(err, 400, field,
+					 "nics[%zu] has no network: a container NIC is on one", i);
+	return nics_network_complete(val, err);
 }
 
 static const struct json_field ctr_image_fields[] = {
@@ -1024,7 +1139,7 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs", "exec", NULL};
+static const char *const query_whats[] = {"console", "logs", "exec", "net", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -1142,10 +1257,28 @@ static int logs_query(struct agent *a, struct json_object *body, struct json_obj
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err)
 {
-	struct json_object *norm = instance_spec_normalise(body);
-	const char *what = json_get_str(norm, "what", "");
+	struct json_object *norm;
+	const char *what = json_get_str(body, "what", "");
 	int ret;
 
+	/* The networks this host must realise: a desired state, taken whole (its nulls
+	 * mean something), answered at once; the apply runs off the loop (net.c). */
+	if (strcmp(what, "net") == 0) {
+		struct json_object *doc = json_object_object_get(body, "doc");
+
+		if (json_object_object_length(body) != 2 ||
+		    !json_object_is_type(doc, json_type_object))
+			return err_input(err, 400, "doc",
+					 "a net query is {\"what\": \"net\", \"doc\": {...}}");
+		if (net_desired_set(a, doc, err) < 0)
+			return -1;
+		*answer = json_object_new_object();
+		json_object_object_add(*answer, "hash",
+				       json_object_get(json_object_object_get(doc, "hash")));
+		return 0;
+	}
+	norm = instance_spec_normalise(body);
+	what = json_get_str(norm, "what", "");
 	if (strcmp(what, "logs") == 0)
 		ret = logs_query(a, norm, answer, err);
 	else if (strcmp(what, "exec") == 0)

@@ -44,6 +44,7 @@ static void agent_stop(struct agent *a)
 		return;
 	a->stopping = true;
 	heartbeat_stop(a);
+	net_stop(a);
 	kvmprobe_stop(a);
 	vm_close_all(a);
 	oci_close_all(a);
@@ -137,6 +138,9 @@ static int loop_setup(struct agent *a, struct kerr *err)
 	/* After link_open(): every VM and container found is reported to the controller. */
 	vm_adopt_all(a);
 	oci_adopt_all(a);
+	/* The networks as last asked for: what is missing is made again, stale removed. */
+	if (net_start(a, err) < 0)
+		return -1;
 	if (kvmprobe_request(a, startup_probe_cb, NULL, &probe_err) < 0)
 		log_warnx("kvm: %s; accel tcg", probe_err.msg);
 	return heartbeat_start(a, err);

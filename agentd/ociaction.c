@@ -110,9 +110,15 @@ static int bundle_work(struct oci_job *job)
 	if (dir_make(upper, 0755, &job->err) < 0 || dir_make(work, 0700, &job->err) < 0 ||
 	    dir_make(rootfs, 0755, &job->err) < 0)
 		return -1;
+	/* The NICs first: the bundle names the namespace they live in. */
+	if (netport_ctr_prepare(p->dir, json_object_object_get(p->spec, "nics"), &job->err) < 0)
+		return agent_err_prefix(&job->err, "network: ");
 	cfg = bundle_config_build(p->name, p->spec, p->img.config, &job->err);
 	if (cfg == NULL)
 		return -1;
+	bundle_netns_set(cfg, netport_ctr_netns(p->dir, json_object_object_get(p->spec, "nics")));
+	bundle_resolv_set(cfg, netport_ctr_resolv(p->dir, json_object_object_get(p->spec, "nics"),
+						  &job->err));
 	text = json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PRETTY |
 							   JSON_C_TO_STRING_NOSLASHESCAPE);
 	ret = file_write_atomic(cfg_path, text, strlen(text), 0600);
@@ -501,6 +507,7 @@ static int delete_work(struct oci_job *job)
 		rmdir(cg);
 		rmdir(cg2);
 	}
+	netport_ctr_remove(d->dir);
 	ret = layers_tree_remove(d->dir);
 	if (ret < 0)
 		return err_set(&job->err, -ret, "cannot remove %s", d->dir);

@@ -209,9 +209,14 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 		char boot[24];
 
 		bootindex(boot, sizeof(boot), nic_boot[i]);
-		/* Isolated user networking: the guest reaches nothing outside QEMU. */
 		argv_add(av, "-netdev");
-		argv_add(av, "user,id=net%zu,restrict=on", i);
+		if (json_get_str(nic, "network", NULL))
+			/* The tap netport_vm_prepare() made and plugged into its segment. */
+			argv_add(av, "tap,id=net%zu,ifname=%s,script=no,downscript=no", i,
+				 json_get_str(nic, "ifname", ""));
+		else
+			/* Isolated user networking: the guest reaches nothing outside QEMU. */
+			argv_add(av, "user,id=net%zu,restrict=on", i);
 		argv_add(av, "-device");
 		argv_add(av, "%s,netdev=net%zu,mac=%s,id=nic%zu%s",
 			 strcmp(model, "e1000") == 0 ? "e1000" : "virtio-net-pci", i,

@@ -774,6 +774,8 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 
 	if (vm_alive(vm))
 		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
+	if (netport_vm_prepare(json_object_object_get(vm->spec, "nics"), err) < 0)
+		return agent_err_prefix(err, "network: ");
 	if (qemu_args_build(vm, loadvm, &av, err) < 0) {
 		argv_free(&av);
 		return -1;

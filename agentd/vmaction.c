@@ -609,6 +609,7 @@ static void delete_files(struct inst_op *op)
 	instance_op_progress(op, 50,
 			     keep ? "removing the instance, keeping its disks"
 				  : "removing the instance and its disks");
+	netport_vm_remove(json_object_object_get(op->vm->spec, "nics"));
 	disk_remove(op->agent, op->vm->dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
 		    removed_cb, op);
 }

@@ -143,15 +143,6 @@ static int image_ref_check(struct json_object *v, const char *f, struct kerr *er
 	return 0;
 }
 
-static int nics_none_check(struct json_object *v, const char *f, struct kerr *err)
-{
-	if (json_object_array_length(v) > 0)
-		return err_input(err, 404, "nics[0].network",
-				 "hosts cannot attach containers to networks yet: a container "
-				 "has its own loopback only");
-	return 0;
-}
-
 const struct json_field container_create_fields[] = {
 	{"name", JK_STRING, true, name_check},
 	{"type", JK_STRING, true, NULL},
@@ -161,7 +152,7 @@ const struct json_field container_create_fields[] = {
 	{"workdir", JK_STRING, false, workdir_check},
 	{"limits", JK_OBJECT, false, limits_check},
 	{"restart", JK_STRING, false, restart_check},
-	{"nics", JK_ARRAY, false, nics_none_check},
+	{"nics", JK_ARRAY, false, nics_container_check},
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"labels", JK_OBJECT, false, labels_check},
@@ -244,7 +235,12 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 	json_object_object_add(spec, "limits", limits);
 	json_object_object_add(spec, "restart",
 			       json_object_new_string(json_get_str(body, "restart", "no")));
-	json_object_object_add(spec, "nics", json_object_new_array());
+	v = nics_build(json_object_object_get(body, "nics"), false, err);
+	if (v == NULL) {
+		json_object_put(spec);
+		return NULL;
+	}
+	json_object_object_add(spec, "nics", v);
 	v = json_object_object_get(body, "labels");
 	json_object_object_add(spec, "labels", v ? json_object_get(v) : json_object_new_object());
 	v = json_object_object_get(body, "anti_affinity");

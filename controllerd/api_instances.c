@@ -41,7 +41,6 @@ static int one_of(struct json_object *v, const char *field, const char *const *a
 
 static const char *const types[] = {"vm", "container", NULL};
 static const char *const buses[] = {"virtio", "scsi", "sata", "ide", NULL};
-static const char *const models[] = {"virtio", "e1000", NULL};
 static const char *const pools[] = {"shared", "local", NULL};
 static const char *const clones[] = {"linked", "full", NULL};
 
@@ -120,29 +119,9 @@ static int clone_check(struct json_object *v, const char *f, struct kerr *err)
 	return one_of(v, f, clones, err);
 }
 
-static int model_check(struct json_object *v, const char *f, struct kerr *err)
-{
-	return one_of(v, f, models, err);
-}
-
 static int disk_mb_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	return int_range(v, f, 1, MAX_DISK_MB, err);
-}
-
-static int mac_check(struct json_object *v, const char *f, struct kerr *err)
-{
-	const char *s = json_object_get_string(v);
-	unsigned b[6];
-	char tail;
-
-	if (strlen(s) != 17 || sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3],
-				      &b[4], &b[5], &tail) != 6)
-		return err_input(err, 400, f, "'%s' must be a MAC address like 52:54:00:12:34:56",
-				 f);
-	if (b[0] & 1)
-		return err_input(err, 400, f, "'%s' is a multicast MAC address", f);
-	return 0;
 }
 
 static const struct json_field disk_fields[] = {
@@ -152,13 +131,6 @@ static const struct json_field disk_fields[] = {
 	{"pool", JK_STRING, false, pool_check},
 	{"image", JK_STRING, false, name_check},
 	{"clone", JK_STRING, false, clone_check},
-	{NULL, 0, false, NULL},
-};
-
-static const struct json_field nic_fields[] = {
-	{"model", JK_STRING, false, model_check},
-	{"network", JK_STRING, false, name_check},
-	{"mac", JK_STRING, false, mac_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -197,11 +169,6 @@ static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 					err, 400, f, "two disks are named '%s'",
 					json_get_str(json_object_array_get_idx(v, i), "name", ""));
 	return 0;
-}
-
-static int nics_check(struct json_object *v, const char *f, struct kerr *err)
-{
-	return array_check(v, f, nic_fields, MAX_NICS, err);
 }
 
 static int boot_check(struct json_object *v, const char *f, struct kerr *err)
@@ -246,7 +213,7 @@ static const struct json_field create_fields[] = {
 	{"vcpus", JK_INT, false, vcpus_check},
 	{"memory", JK_OBJECT, false, memory_check},
 	{"disks", JK_ARRAY, false, disks_check},
-	{"nics", JK_ARRAY, false, nics_check},
+	{"nics", JK_ARRAY, false, nics_vm_check},
 	{"nested", JK_BOOL, false, NULL},
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
@@ -258,17 +225,6 @@ static const struct json_field create_fields[] = {
 };
 
 /* ---- helpers ---- */
-
-bool network_exists(const char *name)
-{
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM networks WHERE name = ?");
-	bool found;
-
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	found = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
-	return found;
-}
 
 static bool instance_exists(const char *name)
 {
@@ -407,14 +363,6 @@ static enum MHD_Result start_op(struct request *req, struct inst *i, const char 
 
 /* ---- create ---- */
 
-static void mac_generate(char out[18])
-{
-	unsigned char b[3];
-
-	random_bytes(b, sizeof(b));
-	snprintf(out, 18, "52:54:00:%02x:%02x:%02x", b[0], b[1], b[2]);
-}
-
 /*
  * Turn a validated create body into the normalized spec the agent gets: defaults
  * filled in, images resolved to paths on the shared pool, disk paths derived from
@@ -506,40 +454,10 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 	json_object_object_add(spec, "disks", disks);
 	disks = NULL;
 
-	in = json_object_object_get(body, "nics");
-	n = in ? json_object_array_length(in) : 0;
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *d = json_object_array_get_idx(in, i),
-				   *o = json_object_new_object();
-		const char *net = json_get_str(d, "network", NULL);
-		char mac[18];
-
-		if (net) {
-			char where[32];
-
-			/* Network records exist, but no agent realises them yet: until the
-			 * network driver lands, a NIC is isolated and cannot name one. */
-			snprintf(where, sizeof(where), "nics[%zu].network", i);
-			json_object_put(o);
-			if (network_exists(net))
-				err_input(err, 422, where,
-					  "network %s exists, but hosts cannot attach instances to "
-					  "networks yet; leave out 'network' for an isolated NIC",
-					  net);
-			else
-				err_input(err, 404, where, "no network named %s", net);
-			goto fail;
-		}
-		if (json_get_str(d, "mac", NULL))
-			snprintf(mac, sizeof(mac), "%s", json_get_str(d, "mac", ""));
-		else
-			mac_generate(mac);
-		json_object_object_add(o, "model",
-				       json_object_new_string(json_get_str(d, "model", "virtio")));
-		json_object_object_add(o, "mac", json_object_new_string(mac));
-		json_object_object_add(o, "network", NULL);
-		json_object_array_add(nics, o);
-	}
+	json_object_put(nics);
+	nics = nics_build(json_object_object_get(body, "nics"), true, err);
+	if (nics == NULL)
+		goto fail;
 	json_object_object_add(spec, "nics", nics);
 	nics = NULL;
 	if (json_object_object_get_ex(body, "boot", &v))
@@ -592,7 +510,7 @@ static int64_t spec_memory_mb(struct json_object *spec)
 
 enum MHD_Result api_instances_create(struct request *req)
 {
-	struct json_object *body, *spec, *placement = NULL, *op, *args, *res;
+	struct json_object *body, *spec, *placement = NULL, *op, *args, *res, *netkeep;
 	int64_t image_ids[MAX_DISKS] = {0};
 	struct sched_request sr = {0};
 	struct kerr err;
@@ -652,7 +570,10 @@ enum MHD_Result api_instances_create(struct request *req)
 	}
 	sr.pin_host = json_get_str(spec, "host", NULL);
 	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
+	netkeep = nics_sched_request(spec, &sr);
 	h = instances_place(&sr, &placement, &err);
+	nics_sched_free(&sr);
+	json_object_put(netkeep);
 	if (h == NULL) {
 		struct json_object *e = json_object_new_object();
 
@@ -708,6 +629,20 @@ enum MHD_Result api_instances_create(struct request *req)
 		rc = sqlite3_step(st);
 		sqlite3_finalize(st);
 	}
+	/* Addresses in the same transaction: the spec the agent gets carries them. */
+	if (rc == SQLITE_DONE) {
+		if (nics_allocate(iid, name, spec, &err) < 0) {
+			db_rollback(ctl.db);
+			json_object_put(spec);
+			json_object_put(placement);
+			return http_reply_kerr(req, &err);
+		}
+		st = db_prepare(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
+		sqlite3_bind_text(st, 1, json_text(spec), -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(st, 2, iid);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+	}
 	args = json_object_new_object();
 	json_object_object_add(args, "start", json_object_new_boolean(start));
 	res = json_object_new_object();
@@ -740,6 +675,8 @@ enum MHD_Result api_instances_create(struct request *req)
 					sqlite3_errmsg(ctl.db));
 	}
 	log_info("instance %s: placed on %s", name, h->name);
+	/* The host learns the networks first: the same queue carries both, in order. */
+	netsync_all();
 	cmd_instance(h, json_object_get_string(json_object_object_get(op, "id")), "create", spec,
 		     args);
 	json_object_put(args);
@@ -1176,6 +1113,7 @@ static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 	json_object_object_add(ev, "name", json_object_new_string(i->name));
 	json_object_object_add(ev, "forgotten", json_object_new_boolean(1));
 	event_emit("instance-deleted", ev);
+	netsync_all();
 	return http_reply_empty(req, 204);
 }
 

@@ -178,15 +178,38 @@ static const struct json_field patch_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
-/* Every host named in uplinks must have joined; 404 naming the first that has not. */
-static int uplinks_hosts_check(struct json_object *uplinks, struct kerr *err)
+/*
+ * Every host named in uplinks must have joined (404 naming the first that has not) and
+ * have the interface (422); VLANs tagged onto uplinks need 802.1Q on each host (422).
+ */
+static int uplinks_hosts_check(struct json_object *uplinks, struct json_object *vlans,
+			       struct kerr *err)
 {
 	json_object_object_foreach(uplinks, host, iface)
 	{
-		(void)iface;
-		if (host_find(host) == NULL)
+		struct host *h = host_find(host);
+		struct json_object *net, *ifs;
+		const char *want = json_object_get_string(iface);
+		bool found = false;
+
+		if (h == NULL)
 			return err_input(err, 404, "uplinks",
 					 "uplinks names host %s, which has not joined", host);
+		net = json_object_object_get(h->facts, "net");
+		ifs = json_object_object_get(net, "interfaces");
+		for (size_t i = 0; ifs && i < json_object_array_length(ifs) && !found; i++)
+			found = !strcmp(json_object_get_string(json_object_array_get_idx(ifs, i)),
+					want);
+		if (!found)
+			return err_input(err, 422, "uplinks",
+					 "host %s has no interface %s (it has %s)", host, want,
+					 ifs ? json_text(ifs) : "not reported its interfaces yet");
+		if (vlans && json_object_array_length(vlans) > 0 &&
+		    !json_get_bool(net, "vlan_8021q", false))
+			return err_input(err, 422, "vlans",
+					 "VLANs on a bridge network are tagged onto its uplinks "
+					 "with 802.1Q, and host %s has no 802.1Q support",
+					 host);
 	}
 	return 0;
 }
@@ -358,7 +381,7 @@ static int network_insert(struct json_object *body, struct kerr *err)
 	if (uplinks && strcmp(mode, "bridge") != 0)
 		return err_input(err, 400, "uplinks",
 				 "uplinks are for bridge mode only; a %s network has none", mode);
-	if (uplinks && uplinks_hosts_check(uplinks, err) < 0)
+	if (uplinks && uplinks_hosts_check(uplinks, vlans, err) < 0)
 		return -1;
 	if (db_count(ctl.db, "SELECT count(*) FROM networks") > 0) {
 		st = db_prepare(ctl.db, "SELECT 1 FROM networks WHERE name = ?");
@@ -484,7 +507,8 @@ enum MHD_Result api_network_patch(struct request *req)
 					"uplinks are for bridge mode only; network %s is %s",
 					req->params[0], mode);
 	}
-	if (uplinks && uplinks_hosts_check(uplinks, &err) < 0) {
+	if (uplinks &&
+	    uplinks_hosts_check(uplinks, json_object_object_get(cur, "vlans"), &err) < 0) {
 		json_object_put(body);
 		return http_reply_kerr(req, &err);
 	}
@@ -512,6 +536,7 @@ enum MHD_Result api_network_patch(struct request *req)
 	if (out == NULL)
 		return http_reply_error(req, 500, NULL, "network vanished after update");
 	event_emit("network-updated", json_object_get(out));
+	netsync_all();
 	return http_reply_json(req, 200, out);
 }
 
@@ -545,6 +570,7 @@ enum MHD_Result api_network_delete(struct request *req)
 	ev = json_object_new_object();
 	json_object_object_add(ev, "name", json_object_new_string(req->params[0]));
 	event_emit("network-deleted", ev);
+	netsync_all();
 	return http_reply_empty(req, 204);
 }
 
@@ -605,8 +631,9 @@ enum MHD_Result api_network_addresses(struct request *req)
 	rows[used++] = (struct addr_row){net.broadcast,
 					 addr_json(net.broadcast, "reserved", "broadcast", 0)};
 	rows[used++] = (struct addr_row){gw, addr_json(gw, "reserved", "gateway", 0)};
-	st = db_prepare(ctl.db, "SELECT address, kind, owner, created_at FROM addresses "
-				"WHERE network_id = ?");
+	st = db_prepare(ctl.db, "SELECT a.address, a.kind, a.owner, a.created_at, i.name, a.nic, "
+				"a.vlan, a.mac FROM addresses a LEFT JOIN instances i "
+				"ON a.instance_id = i.id WHERE a.network_id = ?");
 	sqlite3_bind_int64(st, 1, id);
 	while (used < (size_t)n + 3 && sqlite3_step(st) == SQLITE_ROW) {
 		uint32_t a;
@@ -617,6 +644,24 @@ enum MHD_Result api_network_addresses(struct request *req)
 			(struct addr_row){a, addr_json(a, (const char *)sqlite3_column_text(st, 1),
 						       (const char *)sqlite3_column_text(st, 2),
 						       sqlite3_column_int64(st, 3))};
+		/* The NIC holding it: instance, its index, the VLAN segment and the MAC. */
+		json_object_object_add(
+			rows[used].json, "instance",
+			sqlite3_column_type(st, 4) == SQLITE_NULL
+				? NULL
+				: json_object_new_string((const char *)sqlite3_column_text(st, 4)));
+		json_object_object_add(
+			rows[used].json, "nic",
+			sqlite3_column_type(st, 5) == SQLITE_NULL
+				? NULL
+				: json_object_new_int64(sqlite3_column_int64(st, 5)));
+		json_object_object_add(rows[used].json, "vlan",
+				       json_object_new_int64(sqlite3_column_int64(st, 6)));
+		json_object_object_add(
+			rows[used].json, "mac",
+			sqlite3_column_type(st, 7) == SQLITE_NULL
+				? NULL
+				: json_object_new_string((const char *)sqlite3_column_text(st, 7)));
 		used++;
 	}
 	sqlite3_finalize(st);

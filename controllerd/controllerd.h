@@ -120,7 +120,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 5
+#define DB_SCHEMA_VERSION 6
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -189,8 +189,20 @@ void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 int instances_on_host(int64_t host_id);
 bool image_in_use(int64_t image_id);
 
-/* api_instances.c (helpers) */
-bool network_exists(const char *name);
+/* nics.c */
+struct sched_request;
+int nics_vm_check(struct json_object *v, const char *f, struct kerr *err);
+int nics_container_check(struct json_object *v, const char *f, struct kerr *err);
+struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err);
+struct json_object *nics_sched_request(struct json_object *spec, struct sched_request *sr);
+void nics_sched_free(struct sched_request *sr);
+int nics_allocate(int64_t iid, const char *instance, struct json_object *spec, struct kerr *err);
+
+/* netsync.c */
+void netsync_all(void);
+void netsync_heartbeat(struct host *h);
+struct json_object *netsync_status_json(struct host *h);
+void netsync_free(void);
 
 /* api_containers.c */
 extern const struct json_field container_create_fields[];

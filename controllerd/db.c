@@ -144,6 +144,13 @@ static const char *const migrations[] = {
 	"  owner TEXT NOT NULL,"
 	"  created_at INTEGER NOT NULL,"
 	"  PRIMARY KEY (network_id, address));",
+	/* 5 -> 6: an address belongs to one NIC of an instance, and goes with it */
+	"ALTER TABLE addresses ADD COLUMN instance_id INTEGER "
+	"  REFERENCES instances(id) ON DELETE CASCADE;"
+	"ALTER TABLE addresses ADD COLUMN nic INTEGER;"
+	"ALTER TABLE addresses ADD COLUMN vlan INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE addresses ADD COLUMN mac TEXT;"
+	"CREATE INDEX addresses_instance ON addresses(instance_id);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

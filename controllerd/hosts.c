@@ -119,6 +119,7 @@ struct json_object *host_to_json(const struct host *h)
 	json_object_object_add(o, "maintenance", json_object_new_boolean(h->maintenance));
 	json_object_object_add(o, "labels", json_object_get(h->labels));
 	json_object_object_add(o, "facts", json_object_get(h->facts));
+	json_object_object_add(o, "network", netsync_status_json((struct host *)h));
 	json_object_object_add(o, "joined_at", json_object_new_int64(h->joined_at));
 	json_object_object_add(o, "last_seen", json_object_new_int64(h->last_seen));
 	json_object_object_add(o, "heartbeat_age_ms",
@@ -198,6 +199,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	else if (h->last_seen - h->facts_saved >= HOSTS_PERSIST_MS)
 		host_save(h);
 	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
+	netsync_heartbeat(h);
 }
 
 /* Cron: a host that missed offline_after heartbeats is offline. */

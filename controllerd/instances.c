@@ -78,6 +78,9 @@ static void view_build(struct sched_view *v)
 		s->nested = json_get_bool(h->facts, "nested", false);
 		s->shared_pool = facts_pool(h->facts, "shared");
 		s->local_pool = facts_pool(h->facts, "local");
+		s->vxlan = json_get_bool(json_object_object_get(h->facts, "net"), "vxlan", false);
+		s->vlan_8021q =
+			json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
 	}
 	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
 				"group_concat(anti_affinity, char(10)) FROM instances "
@@ -471,6 +474,8 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		ev = json_object_new_object();
 		json_object_object_add(ev, "name", json_object_new_string(iname));
 		event_emit("instance-deleted", ev);
+		/* Its addresses went with it: the hosts drop what it used. */
+		netsync_all();
 	} else {
 		if (!strcmp(action, "create") || !strcmp(action, "delete")) {
 			/* Leave the creating/deleting hold: the result decides. */

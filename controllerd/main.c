@@ -168,6 +168,7 @@ int main(int argc, char **argv)
 	uv_close((uv_handle_t *)&ctl.sigterm, NULL);
 	uv_close((uv_handle_t *)&ctl.sigint, NULL);
 	uv_run(ctl.loop, UV_RUN_DEFAULT);
+	netsync_free();
 	hosts_free();
 	metrics_free();
 	db_close(ctl.db);

@@ -45,6 +45,31 @@ bool sched_host_fits(const struct sched_request *req, const struct sched_params 
 		snprintf(reason, len, "host has no local storage pool");
 		return false;
 	}
+	for (size_t i = 0; i < req->nnets; i++) {
+		const struct sched_net *net = &req->nets[i];
+		bool uplink = false;
+
+		if (net->overlay && !h->vxlan) {
+			snprintf(reason, len, "network %s is a VXLAN overlay; host has no VXLAN",
+				 net->network);
+			return false;
+		}
+		if (net->overlay)
+			continue;
+		for (size_t j = 0; j < net->nuplinks && !uplink; j++)
+			uplink = strcmp(net->uplink_hosts[j], h->name) == 0;
+		if (!uplink) {
+			snprintf(reason, len, "bridge network %s has no uplink on this host",
+				 net->network);
+			return false;
+		}
+		if (net->vlan && !h->vlan_8021q) {
+			snprintf(reason, len,
+				 "network %s tags VLAN %d onto its uplink; host has no 802.1Q",
+				 net->network, net->vlan);
+			return false;
+		}
+	}
 	if (req->anti_affinity) {
 		for (size_t i = 0; i < h->ngroups; i++) {
 			if (strcmp(h->groups[i], req->anti_affinity) == 0) {

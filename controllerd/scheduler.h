@@ -26,10 +26,21 @@ struct sched_host {
 	bool nested;
 	bool shared_pool;
 	bool local_pool;
+	bool vxlan;	 /* can carry overlay networks */
+	bool vlan_8021q; /* can tag VLANs onto an uplink */
 	int vcpus_used;
 	int64_t memory_used_mb;
 	const char *const *groups; /* anti-affinity groups with an instance here */
 	size_t ngroups;
+};
+
+/* A network one of the instance's NICs attaches to, and what it asks of a host. */
+struct sched_net {
+	const char *network;
+	int vlan;			 /* 0: untagged */
+	bool overlay;			 /* VXLAN (nat, host-only); else bridged onto an uplink */
+	const char *const *uplink_hosts; /* bridge mode: the hosts that have an uplink */
+	size_t nuplinks;
 };
 
 struct sched_request {
@@ -40,6 +51,8 @@ struct sched_request {
 	bool needs_local_pool;
 	const char *pin_host;	   /* NULL: any host */
 	const char *anti_affinity; /* NULL: no group */
+	const struct sched_net *nets;
+	size_t nnets;
 };
 
 struct sched_params {

@@ -30,6 +30,8 @@ static struct sched_host base_host(const char *name)
 		.nested = true,
 		.shared_pool = true,
 		.local_pool = true,
+		.vxlan = true,
+		.vlan_8021q = true,
 		.vcpus_used = 0,
 		.memory_used_mb = 0,
 		.groups = NULL,
@@ -225,6 +227,40 @@ static void test_filter_local_pool(void **state)
 	/* A shared pool is no substitute. */
 	h.shared_pool = true;
 	expect_reject(&r, &p, &h, "host has no local storage pool");
+}
+
+static void test_filter_networks(void **state)
+{
+	static const char *const uplinked[] = {"h2", "h1"};
+	struct sched_host h = base_host("h1");
+	struct sched_request r = base_req();
+	struct sched_params p = params(1.0, 1.0, SCHED_SPREAD);
+	struct sched_net nets[2] = {
+		{.network = "lan", .vlan = 100, .overlay = true},
+		{.network = "phys",
+		 .vlan = 0,
+		 .overlay = false,
+		 .uplink_hosts = uplinked,
+		 .nuplinks = 2},
+	};
+
+	r.nets = nets;
+	r.nnets = 2;
+	expect_fit(&r, &p, &h);
+	/* An overlay needs VXLAN; a VLAN inside an overlay needs no 802.1Q. */
+	h.vlan_8021q = false;
+	expect_fit(&r, &p, &h);
+	h.vxlan = false;
+	expect_reject(&r, &p, &h, "network lan is a VXLAN overlay; host has no VXLAN");
+	h.vxlan = true;
+	/* Bridge mode: only hosts with an uplink, and a VLAN on it needs 802.1Q. */
+	nets[1].nuplinks = 1;
+	expect_reject(&r, &p, &h, "bridge network phys has no uplink on this host");
+	nets[1].nuplinks = 2;
+	nets[1].vlan = 7;
+	expect_reject(&r, &p, &h, "network phys tags VLAN 7 onto its uplink; host has no 802.1Q");
+	h.vlan_8021q = true;
+	expect_fit(&r, &p, &h);
 }
 
 static void test_filter_anti_affinity(void **state)
@@ -955,6 +991,7 @@ int main(void)
 		cmocka_unit_test(test_filter_nested),
 		cmocka_unit_test(test_filter_shared_pool),
 		cmocka_unit_test(test_filter_local_pool),
+		cmocka_unit_test(test_filter_networks),
 		cmocka_unit_test(test_filter_anti_affinity),
 		cmocka_unit_test(test_filter_cpu_capacity),
 		cmocka_unit_test(test_filter_memory_capacity),

@@ -1,0 +1,308 @@
+/*
+ * netsync.c - what each host must realise of the networks, and keeping the hosts at it.
+ *
+ * The controller derives, for every host, one desired-state document from the
+ * database: the segments (network, VLAN) its instances' NICs are on, each with the
+ * bridge, VXLAN and VNI, the anycast gateway MAC, the local ports (taps and veths with
+ * their MACs and addresses, for DHCP and host routes) and the peers - the underlay
+ * addresses of every other host with a NIC on the segment (head-end replication).
+ * The document's SHA-256 is its version.
+ *
+ * Agents report the version they hold (facts.network.wanted) in every heartbeat; when
+ * it differs from the current one the document is sent again (a link query "net",
+ * idempotent), at once after a change here and at most every NETSYNC_RETRY_MS while a
+ * host lags. So a host that joins, comes back, restarted its agent or missed a message
+ * converges without any bookkeeping of who was told what.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "token.h"
+#include "util.h"
+
+#define NETSYNC_RETRY_MS 5000
+
+/* The last document sent to each host (by id), and when: to hold back repeats. */
+struct sent {
+	int64_t host_id;
+	char hash[65];
+	int64_t at;
+	struct sent *next;
+};
+
+static struct sent *sent_list;
+
+static struct sent *sent_get(int64_t host_id)
+{
+	struct sent *s;
+
+	for (s = sent_list; s; s = s->next)
+		if (s->host_id == host_id)
+			return s;
+	s = xcalloc(1, sizeof(*s));
+	s->host_id = host_id;
+	s->next = sent_list;
+	sent_list = s;
+	return s;
+}
+
+/* The IPv4 address part of "tcp://A.B.C.D:PORT" into out; false when there is none. */
+static bool underlay_of(const struct host *h, char *out, size_t len)
+{
+	const char *a = h->address ? h->address : "";
+	const char *colon;
+
+	if (strncmp(a, "tcp://", 6) != 0)
+		return false;
+	a += 6;
+	colon = strrchr(a, ':');
+	if (colon == NULL || (size_t)(colon - a) >= len || colon == a)
+		return false;
+	snprintf(out, len, "%.*s", (int)(colon - a), a);
+	return true;
+}
+
+static struct host *host_by_id(int64_t id)
+{
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (h->id == id)
+			return h;
+	return NULL;
+}
+
+/* The peers of segment (nid, vlan) for host h: other hosts with a NIC on it. */
+static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t vlan)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT DISTINCT i.host_id FROM addresses a "
+					      "JOIN instances i ON a.instance_id = i.id "
+					      "WHERE a.network_id = ? AND a.vlan = ? AND "
+					      "i.host_id IS NOT NULL AND i.host_id != ? "
+					      "ORDER BY i.host_id");
+	struct json_object *peers = json_object_new_array();
+
+	sqlite3_bind_int64(st, 1, nid);
+	sqlite3_bind_int64(st, 2, vlan);
+	sqlite3_bind_int64(st, 3, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct host *p = host_by_id(sqlite3_column_int64(st, 0));
+		char addr[64];
+
+		if (p && underlay_of(p, addr, sizeof(addr)))
+			json_object_array_add(peers, json_object_new_string(addr));
+	}
+	sqlite3_finalize(st);
+	return peers;
+}
+
+static struct json_object *column_json(sqlite3_stmt *st, int col)
+{
+	const char *text = (const char *)sqlite3_column_text(st, col);
+
+	return json_tokener_parse(text ? text : "null");
+}
+
+/* Everything host h must realise, with its "hash". A new reference. */
+static struct json_object *doc_build(struct host *h)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "SELECT n.id, n.name, n.mode, n.cidr, n.gateway, n.mtu, n.dhcp, n.dns, "
+			"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name "
+			"FROM addresses a JOIN instances i ON a.instance_id = i.id "
+			"JOIN networks n ON a.network_id = n.id WHERE i.host_id = ? "
+			"ORDER BY n.id, a.vlan, i.id, a.nic");
+	struct json_object *doc = json_object_new_object(), *nets = json_object_new_array();
+	struct json_object *net = NULL, *segs = NULL, *seg = NULL, *ports = NULL;
+	int64_t cur_nid = -1, cur_vlan = -1;
+	unsigned char digest[32];
+	char under[64] = "", hex[65];
+
+	underlay_of(h, under, sizeof(under));
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t nid = sqlite3_column_int64(st, 0), vlan = sqlite3_column_int64(st, 10);
+		const char *mode = (const char *)sqlite3_column_text(st, 2);
+		bool bridged = strcmp(mode, "bridge") == 0;
+		char name[24], mac[18];
+
+		if (nid != cur_nid) {
+			const char *cidr = (const char *)sqlite3_column_text(st, 3);
+			const char *slash = strchr(cidr, '/');
+			struct json_object *uplinks = column_json(st, 8);
+
+			net = json_object_new_object();
+			json_object_array_add(nets, net);
+			json_object_object_add(net, "id", json_object_new_int64(nid));
+			json_object_object_add(
+				net, "name",
+				json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+			json_object_object_add(net, "mode", json_object_new_string(mode));
+			json_object_object_add(net, "cidr", json_object_new_string(cidr));
+			json_object_object_add(net, "prefix",
+					       json_object_new_int(slash ? atoi(slash + 1) : 32));
+			json_object_object_add(
+				net, "gateway",
+				json_object_new_string((const char *)sqlite3_column_text(st, 4)));
+			json_object_object_add(net, "mtu",
+					       json_object_new_int(sqlite3_column_int(st, 5)));
+			json_object_object_add(net, "dhcp",
+					       json_object_new_boolean(sqlite3_column_int(st, 6)));
+			json_object_object_add(net, "dns", column_json(st, 7));
+			json_object_object_add(
+				net, "uplink",
+				bridged ? json_object_get(json_object_object_get(uplinks, h->name))
+					: NULL);
+			json_object_put(uplinks);
+			segs = json_object_new_array();
+			json_object_object_add(net, "segments", segs);
+			cur_nid = nid;
+			cur_vlan = -1;
+		}
+		if (vlan != cur_vlan) {
+			seg = json_object_new_object();
+			json_object_array_add(segs, seg);
+			json_object_object_add(seg, "vlan", json_object_new_int64(vlan));
+			json_object_object_add(
+				seg, "vni",
+				json_object_new_int64(sqlite3_column_int64(st, 9) + vlan));
+			snprintf(name, sizeof(name), "kb%lld-%lld", (long long)nid,
+				 (long long)vlan);
+			json_object_object_add(seg, "bridge", json_object_new_string(name));
+			snprintf(name, sizeof(name), "kx%lld-%lld", (long long)nid,
+				 (long long)vlan);
+			json_object_object_add(seg, "vxlan",
+					       bridged ? NULL : json_object_new_string(name));
+			/* The same on every host: one anycast gateway per segment. */
+			snprintf(mac, sizeof(mac), "02:6b:%02x:%02x:%02x:%02x",
+				 (unsigned)(nid >> 8) & 0xff, (unsigned)nid & 0xff,
+				 (unsigned)(vlan >> 8) & 0xff, (unsigned)vlan & 0xff);
+			json_object_object_add(seg, "gateway_mac", json_object_new_string(mac));
+			json_object_object_add(seg, "peers",
+					       bridged ? json_object_new_array()
+						       : peers_json(h, nid, vlan));
+			ports = json_object_new_array();
+			json_object_object_add(seg, "ports", ports);
+			cur_vlan = vlan;
+		}
+		struct json_object *port = json_object_new_object();
+
+		snprintf(name, sizeof(name), "kp%lld-%lld", (long long)sqlite3_column_int64(st, 14),
+			 (long long)sqlite3_column_int64(st, 13));
+		json_object_object_add(port, "ifname", json_object_new_string(name));
+		json_object_object_add(
+			port, "mac",
+			json_object_new_string((const char *)sqlite3_column_text(st, 12)));
+		json_object_object_add(
+			port, "address",
+			json_object_new_string((const char *)sqlite3_column_text(st, 11)));
+		json_object_object_add(
+			port, "instance",
+			json_object_new_string((const char *)sqlite3_column_text(st, 15)));
+		json_object_array_add(ports, port);
+	}
+	sqlite3_finalize(st);
+	json_object_object_add(doc, "underlay", json_object_new_string(under));
+	json_object_object_add(doc, "networks", nets);
+	sha256(json_text(doc), strlen(json_text(doc)), digest);
+	hex_encode(digest, sizeof(digest), hex);
+	json_object_object_add(doc, "hash", json_object_new_string(hex));
+	return doc;
+}
+
+struct netsync_call {
+	int64_t host_id;
+	char hash[65];
+};
+
+static void netsync_reply_cb(struct json_object *body, const char *error, void *cls)
+{
+	struct netsync_call *c = cls;
+	struct host *h = host_by_id(c->host_id);
+
+	(void)body;
+	if (error && h) {
+		log_warnx("host %s: network state %.12s not taken: %s", h->name, c->hash, error);
+		/* Let the next heartbeat try again. */
+		sent_get(c->host_id)->hash[0] = '\0';
+	}
+	free(c);
+}
+
+/* Send h its document when it does not hold it; force: even if sent a moment ago. */
+static void netsync_host(struct host *h, const char *holds, bool force)
+{
+	struct json_object *doc, *q;
+	struct netsync_call *c;
+	struct sent *s;
+	const char *hash;
+	int64_t now = now_ms();
+
+	if (h->state != HOST_ONLINE)
+		return;
+	doc = doc_build(h);
+	hash = json_get_str(doc, "hash", "");
+	s = sent_get(h->id);
+	if ((holds && strcmp(holds, hash) == 0) ||
+	    (!force && strcmp(s->hash, hash) == 0 && now - s->at < NETSYNC_RETRY_MS)) {
+		json_object_put(doc);
+		return;
+	}
+	snprintf(s->hash, sizeof(s->hash), "%s", hash);
+	s->at = now;
+	c = xcalloc(1, sizeof(*c));
+	c->host_id = h->id;
+	snprintf(c->hash, sizeof(c->hash), "%s", hash);
+	log_debug("host %s: sending network state %.12s", h->name, hash);
+	q = json_object_new_object();
+	json_object_object_add(q, "what", json_object_new_string("net"));
+	json_object_object_add(q, "doc", doc);
+	agentlink_query(h, q, netsync_reply_cb, c);
+}
+
+/* Something that decides the documents changed: tell every online host that lags. */
+void netsync_all(void)
+{
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		netsync_host(h, NULL, false);
+}
+
+/* A heartbeat came in: resend when the host holds another version than ours. */
+void netsync_heartbeat(struct host *h)
+{
+	struct json_object *net = json_object_object_get(h->facts, "network");
+	const char *wanted = json_get_str(net, "wanted", NULL);
+
+	netsync_host(h, wanted ? wanted : "", false);
+}
+
+/* For GET /hosts/{name}: the version the host should hold, and what it reports. */
+struct json_object *netsync_status_json(struct host *h)
+{
+	struct json_object *o = json_object_new_object(), *doc = doc_build(h);
+	struct json_object *net = json_object_object_get(h->facts, "network");
+	const char *hash = json_get_str(doc, "hash", "");
+	const char *applied = json_get_str(net, "applied", NULL);
+
+	json_object_object_add(o, "wanted", json_object_new_string(hash));
+	json_object_object_add(o, "applied", applied ? json_object_new_string(applied) : NULL);
+	json_object_object_add(o, "error",
+			       json_get_str(net, "error", NULL)
+				       ? json_object_new_string(json_get_str(net, "error", ""))
+				       : NULL);
+	json_object_object_add(o, "in_sync",
+			       json_object_new_boolean(applied && strcmp(applied, hash) == 0));
+	json_object_put(doc);
+	return o;
+}
+
+void netsync_free(void)
+{
+	while (sent_list) {
+		struct sent *s = sent_list;
+
+		sent_list = s->next;
+		free(s);
+	}
+}
