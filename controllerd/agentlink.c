@@ -645,8 +645,11 @@ void agentlink_cron(void)
 			agentlink_host_connect(h);
 			continue;
 		}
-		if (h->inflight && h->req_sock >= 0 && now >= h->inflight_deadline &&
-		    h->state == HOST_ONLINE)
+		/* Commands only: a query is never resent (it fails at its own deadline), and
+		 * a second send on the REQ socket would drop the request the agent is
+		 * still answering (a long exec). */
+		if (h->inflight && h->inflight->type != LINK_CMD_QUERY && h->req_sock >= 0 &&
+		    now >= h->inflight_deadline && h->state == HOST_ONLINE)
 			cmd_transmit(h);
 	}
 }

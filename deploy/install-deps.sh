@@ -4,6 +4,10 @@
 # when nothing is missing.
 set -eu
 
+# Networks (agent, lab, tests): iproute2 (ip, bridge), nftables, dnsmasq-base (DHCP per
+# segment), iputils-ping. busybox-static is the busybox of the test guest and container
+# images (it provides "busybox" and conflicts with Debian's dynamic busybox package, so
+# that one is not listed).
 PKGS="
 build-essential cmake pkg-config clang-format
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev

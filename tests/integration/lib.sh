@@ -119,3 +119,108 @@ vm_create() {
 
 # The lab registers the test guest image as "kumo-test".
 TEST_IMAGE=kumo-test
+
+# ---- networks (test_net_*.sh) ----------------------------------------------------------
+# The lab's outside namespace stands for the internet (KUMO_LAB_OUTSIDE_ADDR on its lo,
+# KUMO_LAB_UNDERLAY_OUTSIDE on the underlay) and holds the switch lan0
+# (KUMO_LAB_LAN_ADDR) that every host's uplink KUMO_LAB_UPLINK is plugged into.
+#   host_ns HOST / host_underlay HOST  -> hI's namespace / underlay address
+#   lab_host_names                     -> h1..hN, from the lab's namespaces
+#   in_host HOST CMD... / in_outside CMD... -> CMD in that network namespace
+#   kumo_links HOST [NID]              -> kb*/kx* links on HOST (of network NID), sorted
+#   all_kumo_links                     -> "HOST LINK" for every host: compare snapshots
+#   kumo_tables HOST [NID]             -> "FAMILY kumo_nNID" nft tables on HOST
+#   fdb_dsts HOST LINK                 -> dst addresses of the VXLAN LINK's 00:00:.. entries
+#   dnsmasq_pids HOST [TEXT]           -> dnsmasq processes in HOST (command line has TEXT)
+#   net_id NAME                        -> a network's row id (bridge kb<ID>-<VLAN>)
+#   net_delete NAME                    -> quiet DELETE (for traps)
+#   nic_field NAME I FILTER            -> jq FILTER over the instance's NIC I
+#   host_net_in_sync HOST              -> the controller shows HOST's networks applied
+#   net_ct_json NAME HOST NICS-JSON    -> a busybox "sleep 3600" container pinned to HOST
+#   ct_ping NAME ADDR                  -> 0 when one ping from the container is answered
+#   ct_no_ping NAME ADDR               -> fails the test unless no ping is answered (3 s)
+#   ct_netns_exec NAME CMD...          -> CMD (as root, from outside) in the container's netns
+#   console_text_has NAME TEXT         -> the console holds TEXT (no pipe: see ct_logs_have)
+#   link_master HOST IF                -> the bridge IF is enslaved to on HOST, or nothing
+host_ns() { printf '%s%s' "$KUMO_NS_PREFIX" "${1#h}"; }
+host_underlay() { printf '%s.%s' "$KUMO_LAB_SUBNET" $((10 + ${1#h})); }
+lab_host_names() {
+	ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${KUMO_NS_PREFIX}[0-9]+\$" |
+		sed "s/^$KUMO_NS_PREFIX/h/" | sort -V || true
+}
+in_host() {
+	local ns
+	ns=$(host_ns "$1")
+	shift
+	ip netns exec "$ns" "$@"
+}
+in_outside() { ip netns exec "${KUMO_LAB_OUTSIDE_NS:?the lab has no outside namespace: run lab up}" "$@"; }
+kumo_links() {
+	ip -n "$(host_ns "$1")" -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
+		grep -E "^k[bx]${2:-[0-9]+}-[0-9]+\$" | sort || true
+}
+all_kumo_links() {
+	local h
+	for h in $(lab_host_names); do kumo_links "$h" | sed "s/^/$h /"; done
+}
+kumo_tables() {
+	in_host "$1" nft list tables 2>/dev/null | awk -v want="kumo_n${2:-}" \
+		'$1 == "table" && (want == "kumo_n" ? index($3, want) == 1 : $3 == want) { print $2, $3 }' || true
+}
+fdb_dsts() {
+	in_host "$1" bridge fdb show dev "$2" 2>/dev/null |
+		awk '$1 == "00:00:00:00:00:00" { for (i = 2; i < NF; i++) if ($i == "dst") print $(i + 1) }' | sort -u || true
+}
+dnsmasq_pids() {
+	local pid cmd
+	for pid in $(ip netns pids "$(host_ns "$1")" 2>/dev/null); do
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ] || continue
+		cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+		[ -z "${2:-}" ] || [[ $cmd == *"$2"* ]] || continue
+		echo "$pid"
+	done
+}
+net_id() {
+	local id
+	api GET "/api/v1/networks/$1"
+	id=$(jqb '.id // empty' 2>/dev/null || true)
+	[ -n "$id" ] || id=$(sqlite3 -cmd '.timeout 5000' "$KUMO_LAB_DIR/controller/kumo.db" \
+		"SELECT id FROM networks WHERE name = '$1'")
+	printf '%s' "$id"
+}
+net_delete() { api DELETE "/api/v1/networks/$1" >/dev/null 2>&1 || true; }
+nic_field() {
+	api GET "/api/v1/instances/$1"
+	jqb "(.spec.nics // .nics)[$2] | $3"
+}
+host_net_in_sync() {
+	api GET "/api/v1/hosts/$1"
+	[ "$(jqb '.network.in_sync // false')" = true ]
+}
+net_ct_json() {
+	jq -cn --arg n "$1" --arg h "$2" --argjson nics "$3" \
+		'{name: $n, type: "container", image: "busybox:latest", command: ["sleep", "3600"], host: $h, nics: $nics}'
+}
+ct_ping() {
+	api POST "/api/v1/instances/$1/exec" "{\"command\":[\"ping\",\"-c\",\"1\",\"-W\",\"2\",\"$2\"],\"timeout_s\":15}"
+	[ "$STATUS" = 200 ] && [ "$(jqb .exit_code)" = 0 ]
+}
+ct_no_ping() {
+	api POST "/api/v1/instances/$1/exec" "{\"command\":[\"ping\",\"-c\",\"3\",\"-W\",\"1\",\"$2\"],\"timeout_s\":15}"
+	expect_status 200 "exec ping $2 in $1"
+	[ "$(jqb .exit_code)" != 0 ] || fail "$1 reaches $2 (it must not): $(jqb .output)"
+}
+ct_netns_exec() {
+	local name=$1 host pid
+	shift
+	api GET "/api/v1/instances/$name"
+	host=$(jqb .host)
+	pid=$(runc --root "$KUMO_LAB_DIR/hosts/$host/local/runc" state "$name" 2>/dev/null | jq -r '.pid // empty')
+	if [ -z "$pid" ] || [ "$pid" = 0 ]; then fail "no runc pid for $name on $host"; fi
+	nsenter --net="/proc/$pid/ns/net" "$@"
+}
+console_text_has() {
+	local t
+	t=$(console "$1") && grep -q -- "$2" <<<"$t"
+}
+link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep -oE ' master [^ ]+' | cut -d' ' -f3 || true; }

@@ -162,6 +162,12 @@ grep -qx 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' <<<
 	fail "exec does not get the image's PATH: $(jqb .output)"
 ct_exec ct-run '["sleep","30"]' 1
 [ "$(jqb .timed_out)" = true ] || fail "exec of sleep 30 with timeout_s 1 is not timed_out"
+# A command that outlasts the link's resend interval (5 s) answers once, at its end:
+# a resent query used to drop the pending request and abort the controller.
+ct_exec ct-run '["/bin/sh","-c","sleep 7; echo slow-done"]' 20
+[ "$(jqb .exit_code)" = 0 ] && jqb .output | grep -q slow-done ||
+	fail "a 7 s exec did not answer its output: $BODY"
+kill -0 "$(controller_pid)" || fail "the controller died during a long exec"
 ct_exec ct-run '["/bin/sh","-c","yes | head -c 400000"]'
 [ "$(jqb .truncated)" = true ] || fail "400000 bytes of output are not truncated"
 [ "$(jqb '.output | length')" -le $((256 * 1024)) ] || fail "truncated output is $(jqb '.output | length') bytes"
