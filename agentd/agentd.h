@@ -622,7 +622,7 @@ bool netport_ctr_networked(struct json_object *nics);
 int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *err);
 char *netport_ctr_netns(const char *dir, struct json_object *nics);
 void netport_ctr_remove(const char *dir);
-char *netport_ctr_resolv(const char *dir, struct json_object *nics, struct kerr *err);
+int netport_ctr_resolv(const char *dir, struct json_object *nics, char **path, struct kerr *err);
 
 /* shim.c */
 int shim_main(const char *dir);

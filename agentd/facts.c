@@ -9,7 +9,9 @@
  */
 #include "agentd.h"
 
+#include <ifaddrs.h>
 #include <net/if.h>
+#include <sys/socket.h>
 
 #include <errno.h>
 #include <string.h>
@@ -161,6 +163,30 @@ static struct json_object *interfaces_list(void)
 	return list;
 }
 
+/* The interfaces holding an IPv4 address: the host's own networks, never an uplink. */
+static struct json_object *interfaces_addressed(void)
+{
+	struct json_object *list = json_object_new_array();
+	struct ifaddrs *ifa = NULL;
+
+	if (getifaddrs(&ifa) < 0)
+		return list;
+	for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+		bool seen = false;
+
+		if (i->ifa_addr == NULL || i->ifa_addr->sa_family != AF_INET ||
+		    strcmp(i->ifa_name, "lo") == 0)
+			continue;
+		for (size_t j = 0; j < json_object_array_length(list) && !seen; j++)
+			seen = !strcmp(json_object_get_string(json_object_array_get_idx(list, j)),
+				       i->ifa_name);
+		if (!seen)
+			json_object_array_add(list, json_object_new_string(i->ifa_name));
+	}
+	freeifaddrs(ifa);
+	return list;
+}
+
 static bool kernel_feature(const char *module, const char *release)
 {
 	static const char *lists[] = {"modules.builtin", "modules.dep"};
@@ -266,6 +292,7 @@ struct json_object *facts_collect(const struct agent_config *cfg, bool kvm_usabl
 	json_object_object_add(net, "bridge",
 			       json_object_new_boolean(kernel_feature("bridge", uts.release)));
 	json_object_object_add(net, "interfaces", interfaces_list());
+	json_object_object_add(net, "addressed", interfaces_addressed());
 	json_object_object_add(facts, "net", net);
 
 	pools = json_object_new_array();

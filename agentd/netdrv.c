@@ -367,6 +367,7 @@ struct apply {
 	struct json_object *fdb;    /* bridge -j fdb show, NULL if unread */
 	struct json_object *routes; /* our routes, read once the links are done */
 	struct json_object *tables; /* nft -j list tables: the "nftables" array, or NULL */
+	struct json_object *fresh;  /* bridges this apply made: their dnsmasq binds anew */
 };
 
 /* A step failed: the first failure is kept for the caller, later ones are logged. */
@@ -617,14 +618,34 @@ static int bridge_sync(struct apply *ap, const struct netdoc_net *n, const struc
 		l = NULL;
 	}
 	if (l == NULL) {
+		struct kerr e;
+
+		ap->changes++;
 		if (routed)
-			ret = CHANGE(ap, "ip", "link", "add", "name", s->bridge, "address",
-				     s->gateway_mac, "mtu", mtu, "up", "type", "bridge");
+			ret = netdrv_run((const char *const[]){"ip", "link", "add", "name",
+							       s->bridge, "address", s->gateway_mac,
+							       "mtu", mtu, "up", "type", "bridge",
+							       NULL},
+					 NULL, NULL, &e);
 		else
-			ret = CHANGE(ap, "ip", "link", "add", "name", s->bridge, "mtu", mtu, "up",
-				     "type", "bridge");
-		if (ret < 0)
+			ret = netdrv_run((const char *const[]){"ip", "link", "add", "name",
+							       s->bridge, "mtu", mtu, "up", "type",
+							       "bridge", NULL},
+					 NULL, NULL, &e);
+		if (!ap->fresh)
+			ap->fresh = json_object_new_array();
+		json_object_array_add(ap->fresh, json_object_new_string(s->bridge));
+		/* A port attach (netdrv_port_attach()) may have made it bare since the state
+		 * was read: then it only needs setting up. */
+		if (ret < 0 && if_nametoindex(s->bridge) == 0) {
+			failed(ap, &e);
 			return -1;
+		}
+		if (ret < 0)
+			CHANGE(ap, "ip", "link", "set", "dev", s->bridge, "mtu", mtu, "up");
+		if (ret < 0 && routed)
+			CHANGE(ap, "ip", "link", "set", "dev", s->bridge, "address",
+			       s->gateway_mac);
 	} else if (routed && (strcasecmp(json_get_str(l, "address", ""), s->gateway_mac) != 0 ||
 			      !link_placed(l, NULL, n->mtu))) {
 		CHANGE(ap, "ip", "link", "set", "dev", s->bridge, "address", s->gateway_mac, "mtu",
@@ -1199,6 +1220,10 @@ static void dnsmasq_sync(struct apply *ap, const struct netdoc_net *n, const str
 	conf_new = file_update(ap, conf_path, &conf);
 	if (hosts_new < 0 || conf_new < 0)
 		return;
+	for (size_t i = 0; pid > 0 && i < netdoc_len(ap->fresh); i++)
+		if (strcmp(json_object_get_string(json_object_array_get_idx(ap->fresh, i)),
+			   s->bridge) == 0)
+			conf_new = 1; /* its socket was bound to the bridge that went */
 	if (pid > 0 && conf_new == 0) {
 		if (hosts_new == 1)
 			log_debug("net: dnsmasq %d of %s: SIGHUP, its hosts changed", (int)pid,
@@ -1283,6 +1308,7 @@ int netdrv_apply(struct json_object *doc, const char *dir, struct kerr *err)
 		ip_forward_sync(&ap);
 	}
 	state_free(&ap);
+	json_object_put(ap.fresh);
 	if (ap.ret < 0) {
 		if (err)
 			*err = ap.first;

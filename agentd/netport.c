@@ -58,9 +58,14 @@ int netport_vm_prepare(struct json_object *nics, struct kerr *err)
 
 		if (json_get_str(nic, "network", NULL) == NULL || ifname == NULL)
 			continue;
-		if (!link_exists(ifname) && run((const char *const[]){"ip", "tuntap", "add", "dev",
-								      ifname, "mode", "tap", NULL},
-						err) < 0)
+		/* QEMU is not running (vm_start()): a tap of this name is this VM's from
+		 * an earlier run or a leftover of a forgotten instance; start afresh. */
+		if (link_exists(ifname) &&
+		    run((const char *const[]){"ip", "link", "del", "dev", ifname, NULL}, err) < 0)
+			return -1;
+		if (run((const char *const[]){"ip", "tuntap", "add", "dev", ifname, "mode", "tap",
+					      NULL},
+			err) < 0)
 			return -1;
 		if (nic_attach(nic, err) < 0)
 			return -1;
@@ -86,7 +91,8 @@ bool netport_ctr_networked(struct json_object *nics)
 	return nics && json_object_array_length(nics) > 0;
 }
 
-/* {dir}/netns: a network namespace of its own, bound there; made once. */
+/* {dir}/netns: a network namespace of its own, bound there; made once. Returns 1 when
+ * made now, 0 when it was there, -1 with err. */
 static int netns_make(const char *path, struct kerr *err)
 {
 	_cleanup_free_ char *arg = xasprintf("--net=%s", path);
@@ -107,7 +113,9 @@ static int netns_make(const char *path, struct kerr *err)
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return err_set(err, errno, "cannot create %s", path);
-	return run((const char *const[]){"unshare", arg, "true", NULL}, err);
+	if (run((const char *const[]){"unshare", arg, "true", NULL}, err) < 0)
+		return -1;
+	return 1;
 }
 
 /*
@@ -120,10 +128,12 @@ int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *
 	_cleanup_free_ char *nsarg = xasprintf("--net=%s", path);
 	char agent_pid[16];
 	bool routed = false;
+	int made;
 
 	if (!netport_ctr_networked(nics))
 		return 0;
-	if (netns_make(path, err) < 0)
+	made = netns_make(path, err);
+	if (made < 0)
 		return -1;
 	snprintf(agent_pid, sizeof(agent_pid), "%d", (int)getpid());
 	if (run((const char *const[]){"nsenter", nsarg, "ip", "link", "set", "lo", "up", NULL},
@@ -139,6 +149,11 @@ int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *
 		snprintf(mtu, sizeof(mtu), "%lld", (long long)json_get_int(nic, "mtu", 1500));
 		snprintf(cidr, sizeof(cidr), "%s/%lld", json_get_str(nic, "address", ""),
 			 (long long)json_get_int(nic, "prefix", 24));
+		/* A new namespace has no veth yet: a port of this name outside belongs to
+		 * an instance that went without its namespace (a forgotten one). */
+		if (made && link_exists(ifname) &&
+		    run((const char *const[]){"ip", "link", "del", "dev", ifname, NULL}, err) < 0)
+			return -1;
 		/* Made inside, its peer sent out to this agent's namespace. */
 		if (!link_exists(ifname) &&
 		    run((const char *const[]){"nsenter", nsarg, "ip", "link", "add", inner, "type",
@@ -186,15 +201,16 @@ void netport_ctr_remove(const char *dir)
 
 /*
  * {dir}/resolv.conf from the DNS servers of the container's NICs, for the bundle to
- * bind on /etc/resolv.conf: its path, or NULL when no NIC names a server (the image's
- * own file stays).
+ * bind on /etc/resolv.conf: *path gets its path, or NULL when no NIC names a server
+ * (the image's own file stays). Returns 0, or -1 with err.
  */
-char *netport_ctr_resolv(const char *dir, struct json_object *nics, struct kerr *err)
+int netport_ctr_resolv(const char *dir, struct json_object *nics, char **path, struct kerr *err)
 {
-	char *path, text[1024];
+	char text[1024];
 	size_t len = 0;
 	int ret;
 
+	*path = NULL;
 	text[0] = '\0';
 	for (size_t i = 0; nics && i < json_object_array_length(nics); i++) {
 		struct json_object *dns =
@@ -207,13 +223,14 @@ char *netport_ctr_resolv(const char *dir, struct json_object *nics, struct kerr 
 					json_object_get_string(json_object_array_get_idx(dns, j)));
 	}
 	if (len == 0)
-		return NULL;
-	path = xasprintf("%s/resolv.conf", dir);
-	ret = file_write_atomic(path, text, len, 0644);
+		return 0;
+	*path = xasprintf("%s/resolv.conf", dir);
+	ret = file_write_atomic(*path, text, len, 0644);
 	if (ret < 0) {
-		err_set(err, -ret, "cannot write %s", path);
-		free(path);
-		return NULL;
+		err_set(err, -ret, "cannot write %s", *path);
+		free(*path);
+		*path = NULL;
+		return -1;
 	}
-	return path;
+	return 0;
 }

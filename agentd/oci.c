@@ -1365,7 +1365,11 @@ struct remove_job {
 static int remove_work(struct oci_job *job)
 {
 	struct remove_job *r = (struct remove_job *)job;
-	int ret = layers_tree_remove(r->path);
+	int ret;
+
+	/* A create that failed may have wired the NICs: their namespace goes first. */
+	netport_ctr_remove(r->path);
+	ret = layers_tree_remove(r->path);
 
 	if (ret < 0)
 		return err_set(&job->err, -ret, "cannot remove %s", r->path);

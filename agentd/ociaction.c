@@ -104,6 +104,7 @@ static int bundle_work(struct oci_job *job)
 	_cleanup_free_ char *shim_path = xasprintf("%s/shim.json", p->dir);
 	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", p->dir);
 	const char *text;
+	char *resolv;
 	int ret;
 
 	/* The upper directory is the container's "/": 0755 like any root directory. */
@@ -117,8 +118,12 @@ static int bundle_work(struct oci_job *job)
 	if (cfg == NULL)
 		return -1;
 	bundle_netns_set(cfg, netport_ctr_netns(p->dir, json_object_object_get(p->spec, "nics")));
-	bundle_resolv_set(cfg, netport_ctr_resolv(p->dir, json_object_object_get(p->spec, "nics"),
-						  &job->err));
+	if (netport_ctr_resolv(p->dir, json_object_object_get(p->spec, "nics"), &resolv,
+			       &job->err) < 0) {
+		json_object_put(cfg);
+		return -1;
+	}
+	bundle_resolv_set(cfg, resolv);
 	text = json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PRETTY |
 							   JSON_C_TO_STRING_NOSLASHESCAPE);
 	ret = file_write_atomic(cfg_path, text, strlen(text), 0600);

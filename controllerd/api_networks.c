@@ -27,6 +27,7 @@
 /* A 1500-byte underlay less VXLAN's 50 bytes of outer headers. */
 #define NETWORK_MTU_DEFAULT 1450
 #define NETWORK_IFNAME_MAX  15 /* IFNAMSIZ less the NUL */
+#define NETWORK_ID_MAX	    65535
 
 /* A JSON reference dropped when the local goes out of scope. */
 static inline void json_putp(struct json_object **obj)
@@ -178,38 +179,84 @@ static const struct json_field patch_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
+static bool json_list_has(struct json_object *list, const char *s)
+{
+	for (size_t i = 0; list && i < json_object_array_length(list); i++)
+		if (!strcmp(json_object_get_string(json_object_array_get_idx(list, i)), s))
+			return true;
+	return false;
+}
+
+/* The bridge network other than self_id that has iface as its uplink on host, or NULL. */
+static char *uplink_holder(const char *host, const char *iface, int64_t self_id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT name, uplinks FROM networks WHERE "
+					      "mode = 'bridge' AND id != ? ORDER BY name");
+	char *holder = NULL;
+
+	sqlite3_bind_int64(st, 1, self_id);
+	while (holder == NULL && sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *u =
+			json_tokener_parse((const char *)sqlite3_column_text(st, 1));
+
+		if (!strcmp(json_get_str(u, host, ""), iface))
+			holder = xstrdup((const char *)sqlite3_column_text(st, 0));
+		json_object_put(u);
+	}
+	sqlite3_finalize(st);
+	return holder;
+}
+
 /*
  * Every host named in uplinks must have joined (404 naming the first that has not) and
- * have the interface (422); VLANs tagged onto uplinks need 802.1Q on each host (422).
+ * have the interface, free: no address of the host's own on it (bridging it would cut
+ * the host off) and no other bridge network on it (409). VLANs are tagged onto the
+ * uplinks with 802.1Q: each host needs it, and IFACE.VLAN must fit a name (422).
+ * self_id is the network being changed (0 on create).
  */
 static int uplinks_hosts_check(struct json_object *uplinks, struct json_object *vlans,
-			       struct kerr *err)
+			       int64_t self_id, struct kerr *err)
 {
+	size_t nvlans = vlans ? json_object_array_length(vlans) : 0;
+
 	json_object_object_foreach(uplinks, host, iface)
 	{
 		struct host *h = host_find(host);
 		struct json_object *net, *ifs;
 		const char *want = json_object_get_string(iface);
-		bool found = false;
+		_cleanup_free_ char *holder = NULL;
 
 		if (h == NULL)
 			return err_input(err, 404, "uplinks",
 					 "uplinks names host %s, which has not joined", host);
 		net = json_object_object_get(h->facts, "net");
 		ifs = json_object_object_get(net, "interfaces");
-		for (size_t i = 0; ifs && i < json_object_array_length(ifs) && !found; i++)
-			found = !strcmp(json_object_get_string(json_object_array_get_idx(ifs, i)),
-					want);
-		if (!found)
+		if (!json_list_has(ifs, want))
 			return err_input(err, 422, "uplinks",
 					 "host %s has no interface %s (it has %s)", host, want,
 					 ifs ? json_text(ifs) : "not reported its interfaces yet");
-		if (vlans && json_object_array_length(vlans) > 0 &&
-		    !json_get_bool(net, "vlan_8021q", false))
+		if (json_list_has(json_object_object_get(net, "addressed"), want))
+			return err_input(err, 422, "uplinks",
+					 "interface %s of host %s carries an IPv4 address of the "
+					 "host's own; bridging it would cut the host off - give a "
+					 "dedicated interface",
+					 want, host);
+		holder = uplink_holder(host, want, self_id);
+		if (holder)
+			return err_input(
+				err, 409, "uplinks",
+				"interface %s of host %s is the uplink of network %s already", want,
+				host, holder);
+		if (nvlans > 0 && !json_get_bool(net, "vlan_8021q", false))
 			return err_input(err, 422, "vlans",
 					 "VLANs on a bridge network are tagged onto its uplinks "
 					 "with 802.1Q, and host %s has no 802.1Q support",
 					 host);
+		if (nvlans > 0 && strlen(want) + 5 > NETWORK_IFNAME_MAX)
+			return err_input(err, 422, "uplinks",
+					 "%s.<vlan> would be longer than %d characters: VLANs need "
+					 "an uplink name of at most %d",
+					 want, NETWORK_IFNAME_MAX, NETWORK_IFNAME_MAX - 5);
 	}
 	return 0;
 }
@@ -381,7 +428,7 @@ static int network_insert(struct json_object *body, struct kerr *err)
 	if (uplinks && strcmp(mode, "bridge") != 0)
 		return err_input(err, 400, "uplinks",
 				 "uplinks are for bridge mode only; a %s network has none", mode);
-	if (uplinks && uplinks_hosts_check(uplinks, vlans, err) < 0)
+	if (uplinks && uplinks_hosts_check(uplinks, vlans, 0, err) < 0)
 		return -1;
 	if (db_count(ctl.db, "SELECT count(*) FROM networks") > 0) {
 		st = db_prepare(ctl.db, "SELECT 1 FROM networks WHERE name = ?");
@@ -394,6 +441,12 @@ static int network_insert(struct json_object *body, struct kerr *err)
 	}
 	if (overlap_check(&net, err) < 0 || vni_reserve(&vni, err) < 0)
 		return -1;
+	/* Hosts name bridges and gateway MACs by the id, in 16 bits. */
+	if (db_count(ctl.db, "SELECT coalesce(max(id), 0) FROM networks") >= NETWORK_ID_MAX)
+		return err_input(err, 507, NULL,
+				 "network ids run up to %d and the newest network has the last; "
+				 "delete it to make room",
+				 NETWORK_ID_MAX);
 
 	st = db_prepare(ctl.db,
 			"INSERT INTO networks (name, mode, cidr, gateway, dhcp, dns, vlans, "
@@ -468,6 +521,30 @@ enum MHD_Result api_network_get(struct request *req)
 	return http_reply_json(req, 200, o);
 }
 
+/* A host with NICs on bridge network id keeps its uplink: 409 naming it otherwise. */
+static int uplinks_kept_check(const char *name, int64_t id, struct json_object *uplinks,
+			      struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT DISTINCT i.host_id FROM addresses a "
+					      "JOIN instances i ON a.instance_id = i.id "
+					      "WHERE a.network_id = ? AND i.host_id IS NOT NULL");
+	int ret = 0;
+
+	sqlite3_bind_int64(st, 1, id);
+	while (ret == 0 && sqlite3_step(st) == SQLITE_ROW) {
+		int64_t hid = sqlite3_column_int64(st, 0);
+
+		for (struct host *h = ctl.hosts; h; h = h->next)
+			if (h->id == hid && !json_object_object_get_ex(uplinks, h->name, NULL))
+				ret = err_input(err, 409, "uplinks",
+						"host %s has instances on network %s: its uplink "
+						"stays while they do",
+						h->name, name);
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
 /* Fields a live network keeps: the agents built bridges, VXLANs and routes from them. */
 static const char *const fixed_fields[] = {"name", "mode", "cidr", "gateway", "vlans", "vni_base"};
 
@@ -508,7 +585,8 @@ enum MHD_Result api_network_patch(struct request *req)
 					req->params[0], mode);
 	}
 	if (uplinks &&
-	    uplinks_hosts_check(uplinks, json_object_object_get(cur, "vlans"), &err) < 0) {
+	    (uplinks_hosts_check(uplinks, json_object_object_get(cur, "vlans"), id, &err) < 0 ||
+	     uplinks_kept_check(req->params[0], id, uplinks, &err) < 0)) {
 		json_object_put(body);
 		return http_reply_kerr(req, &err);
 	}

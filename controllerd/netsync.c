@@ -14,6 +14,7 @@
  * host lags. So a host that joins, comes back, restarted its agent or missed a message
  * converges without any bookkeeping of who was told what.
  */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ struct sent {
 	int64_t host_id;
 	char hash[65];
 	int64_t at;
+	char refused[256]; /* why the host refused that document, or "" */
 	struct sent *next;
 };
 
@@ -82,15 +84,27 @@ static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t
 					      "i.host_id IS NOT NULL AND i.host_id != ? "
 					      "ORDER BY i.host_id");
 	struct json_object *peers = json_object_new_array();
+	char self[64] = "";
 
 	sqlite3_bind_int64(st, 1, nid);
 	sqlite3_bind_int64(st, 2, vlan);
 	sqlite3_bind_int64(st, 3, h->id);
+	underlay_of(h, self, sizeof(self));
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		struct host *p = host_by_id(sqlite3_column_int64(st, 0));
+		struct in_addr a;
 		char addr[64];
+		bool dup = false;
 
-		if (p && underlay_of(p, addr, sizeof(addr)))
+		/* Only real, distinct VTEPs: two agents behind one address (a test setup)
+		 * would otherwise list this host as its own peer. */
+		if (p == NULL || !underlay_of(p, addr, sizeof(addr)) ||
+		    inet_pton(AF_INET, addr, &a) != 1 || strcmp(addr, self) == 0)
+			continue;
+		for (size_t i = 0; i < json_object_array_length(peers) && !dup; i++)
+			dup = !strcmp(json_object_get_string(json_object_array_get_idx(peers, i)),
+				      addr);
+		if (!dup)
 			json_object_array_add(peers, json_object_new_string(addr));
 	}
 	sqlite3_finalize(st);
@@ -222,10 +236,16 @@ static void netsync_reply_cb(struct json_object *body, const char *error, void *
 	struct host *h = host_by_id(c->host_id);
 
 	(void)body;
-	if (error && h) {
-		log_warnx("host %s: network state %.12s not taken: %s", h->name, c->hash, error);
-		/* Let the next heartbeat try again. */
-		sent_get(c->host_id)->hash[0] = '\0';
+	if (h) {
+		struct sent *s = sent_get(c->host_id);
+
+		/* A refused document is sent again after NETSYNC_RETRY_MS, as a lost one;
+		 * the reason shows in GET /hosts/{name} meanwhile. */
+		if (error && strcmp(s->refused, error) != 0)
+			log_warnx("host %s: network state %.12s not taken: %s", h->name, c->hash,
+				  error);
+		if (strcmp(s->hash, c->hash) == 0)
+			snprintf(s->refused, sizeof(s->refused), "%s", error ? error : "");
 	}
 	free(c);
 }
@@ -284,13 +304,15 @@ struct json_object *netsync_status_json(struct host *h)
 	struct json_object *net = json_object_object_get(h->facts, "network");
 	const char *hash = json_get_str(doc, "hash", "");
 	const char *applied = json_get_str(net, "applied", NULL);
+	const char *error = json_get_str(net, "error", NULL);
+	struct sent *s = sent_get(h->id);
 
+	/* The host's own apply error, or why it refused the document outright. */
+	if (s->refused[0] && strcmp(s->hash, hash) == 0)
+		error = s->refused;
 	json_object_object_add(o, "wanted", json_object_new_string(hash));
 	json_object_object_add(o, "applied", applied ? json_object_new_string(applied) : NULL);
-	json_object_object_add(o, "error",
-			       json_get_str(net, "error", NULL)
-				       ? json_object_new_string(json_get_str(net, "error", ""))
-				       : NULL);
+	json_object_object_add(o, "error", error ? json_object_new_string(error) : NULL);
 	json_object_object_add(o, "in_sync",
 			       json_object_new_boolean(applied && strcmp(applied, hash) == 0));
 	json_object_put(doc);

@@ -46,6 +46,11 @@ static int mac_check(struct json_object *v, const char *f, struct kerr *err)
 	if (b[0] & 1)
 		return err_input(err, 400, f, "'%s' is a multicast address; a NIC needs unicast",
 				 f);
+	if ((b[0] | b[1] | b[2] | b[3] | b[4] | b[5]) == 0)
+		return err_input(err, 400, f, "'%s' is all zeros, which no NIC can have", f);
+	/* 02:6b:... is the anycast gateway of each segment (netsync.c). */
+	if (b[0] == 0x02 && b[1] == 0x6b)
+		return err_input(err, 400, f, "'%s': 02:6b:... is Kumo's gateway prefix", f);
 	return 0;
 }
 
@@ -207,6 +212,32 @@ static int fixed_address_check(const struct netrec *r, const char *netname, cons
 	return 0;
 }
 
+static bool mac_taken(int64_t network_id, const char *mac)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT 1 FROM addresses WHERE network_id = ? AND mac = ?");
+	bool taken;
+
+	sqlite3_bind_int64(st, 1, network_id);
+	sqlite3_bind_text(st, 2, mac, -1, SQLITE_TRANSIENT);
+	taken = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return taken;
+}
+
+/* Is mac the MAC of one of the NICs built so far (out) on network net? */
+static bool mac_listed(struct json_object *out, const char *net, const char *mac)
+{
+	for (size_t j = 0; j + 1 < json_object_array_length(out); j++) {
+		struct json_object *p = json_object_array_get_idx(out, j);
+
+		if (!strcmp(json_get_str(p, "network", ""), net) &&
+		    !strcmp(json_get_str(p, "mac", ""), mac))
+			return true;
+	}
+	return false;
+}
+
 static void mac_generate(char out[18])
 {
 	unsigned char b[3];
@@ -293,6 +324,20 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 				netrec_free(&r);
 				goto fail;
 			}
+		}
+		/* One MAC per NIC of a network: DHCP and the bridges' FDBs key on it. */
+		snprintf(where, sizeof(where), "nics[%zu].mac", i);
+		if (json_get_str(d, "mac", NULL) &&
+		    (mac_taken(r.id, mac) || mac_listed(out, net, mac))) {
+			err_input(err, 409, where, "MAC %s is in use in network %s", mac, net);
+			netrec_free(&r);
+			goto fail;
+		}
+		for (int tries = 0; !json_get_str(d, "mac", NULL) && tries < 16 &&
+				    (mac_taken(r.id, mac) || mac_listed(out, net, mac));
+		     tries++) {
+			mac_generate(mac);
+			json_object_object_add(o, "mac", json_object_new_string(mac));
 		}
 		json_object_object_add(o, "network", json_object_new_string(net));
 		json_object_object_add(o, "vlan", json_object_new_int64(vlan));

@@ -108,7 +108,8 @@ check 400 cidr POST /api/v1/networks '{"name":"it-host","mode":"nat"}'
 check 409 name POST /api/v1/networks '{"name":"it-nat","mode":"nat","cidr":"10.90.0.0/24"}'
 check 400 uplinks POST /api/v1/networks '{"name":"it-host","mode":"nat","cidr":"10.90.0.0/24","uplinks":{"h1":"eth0"}}'
 check 400 uplinks POST /api/v1/networks '{"name":"it-bridge","mode":"bridge","cidr":"10.90.0.0/24","uplinks":{"h1":"a-very-long-interface"}}'
-check 404 uplinks POST /api/v1/networks '{"name":"it-bridge","mode":"bridge","cidr":"10.90.0.0/24","uplinks":{"h1":"eth0","nosuchhost":"eth0"}}' "nosuchhost"
+check 404 uplinks POST /api/v1/networks '{"name":"it-bridge","mode":"bridge","cidr":"10.90.0.0/24","uplinks":{"h1":"up0","nosuchhost":"up0"}}' "nosuchhost"
+check 422 uplinks POST /api/v1/networks '{"name":"it-bridge","mode":"bridge","cidr":"10.90.0.0/24","uplinks":{"h1":"eth0"}}' "IPv4 address"
 api POST /api/v1/networks '{"name":"it-host","mode":"nat","cidr":"10.90.0.0/24"}' -
 expect_status 401 "create without a token"
 [ "$n0" = "$(nets)" ] || fail "a refused create added a network ($n0 -> $(nets))"
