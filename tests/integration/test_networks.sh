@@ -8,6 +8,7 @@ DB="$KUMO_LAB_DIR/controller/kumo.db"
 nets() { sqlite3 "$DB" 'SELECT count(*) FROM networks'; }
 snapshot() { sqlite3 "$DB" 'SELECT group_concat(name || mode || cidr || gateway || dhcp || dns || vlans || vni_base || mtu || uplinks) FROM networks; SELECT count(*) FROM addresses'; }
 cleanup() {
+	api DELETE "/api/v1/instances/net-mac1?force=1" || true
 	for n in it-nat it-slash30 it-slash8 it-bridge it-host; do
 		api DELETE "/api/v1/networks/$n" || true
 	done
@@ -127,7 +128,29 @@ expect_status 200
 [ "$(jqb -c .uplinks)" = '{"h1":"up0","h2":"up0"}' ] || fail "uplinks not changed live"
 check 404 uplinks PATCH /api/v1/networks/it-bridge '{"uplinks":{"ghost":"eth0"}}' "ghost"
 check 422 uplinks PATCH /api/v1/networks/it-bridge '{"uplinks":{"h3":"nope0"}}' "nope0"
-pass "a bridge network takes per-host uplinks the hosts have, changeable live"
+check 409 uplinks POST /api/v1/networks '{"name":"it-host","mode":"bridge","cidr":"10.92.0.0/24","uplinks":{"h2":"up0"}}' "it-bridge"
+pass "a bridge network takes per-host uplinks the hosts have, changeable live, its own alone"
+
+# --- MACs: one per NIC of a network ---------------------------------------------------
+mac_ct() { # mac_ct NAME MAC: a stopped container with one NIC on it-nat
+	api POST /api/v1/instances "{\"name\":\"$1\",\"type\":\"container\",\"image\":\"busybox:latest\",\"command\":[\"sleep\",\"60\"],\"start\":false,\"nics\":[{\"network\":\"it-nat\",\"mac\":\"$2\"}]}"
+}
+mac_ct net-mac1 52:54:00:AA:BB:01
+expect_status 202 "a container with a NIC on it-nat"
+wait_op "$(jqb .id)"
+mac_ct net-mac2 52:54:00:aa:bb:01
+expect_status 409 "a second NIC with the same MAC"
+[ "$(jqb .field)" = "nics[0].mac" ] || fail "the MAC clash names '$(jqb .field)', not nics[0].mac"
+mac_ct net-mac2 00:00:00:00:00:00
+expect_status 400 "an all-zero MAC"
+mac_ct net-mac2 02:6b:00:01:00:00
+expect_status 400 "a MAC of the anycast gateways' prefix"
+api GET /api/v1/instances/net-mac2
+expect_status 404
+api DELETE "/api/v1/instances/net-mac1?force=1"
+expect_status 202 "delete net-mac1"
+wait_op "$(jqb .id)"
+pass "a MAC is unique in its network (409, case-blind); all-zero and 02:6b:... are refused"
 
 # A bridge network only runs instances on hosts with an uplink: h3 has none.
 api POST /api/v1/instances '{"name":"net-vm","type":"vm","start":false,"memory":{"mb":64},"host":"h3","nics":[{"network":"it-bridge"}]}'
