@@ -130,6 +130,26 @@ int json_fields_check_in(struct json_object *obj, const struct json_field *field
 	return -1;
 }
 
+int json_array_check(struct json_object *arr, const char *f, const struct json_field *fields,
+		     size_t max, struct kerr *err)
+{
+	size_t n = json_object_array_length(arr);
+
+	if (n > max)
+		return err_input(err, 400, f, "'%s' has %zu entries; at most %zu", f, n, max);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(arr, i);
+		char where[64];
+
+		snprintf(where, sizeof(where), "%s[%zu]", f, i);
+		if (!json_object_is_type(e, json_type_object))
+			return err_input(err, 400, where, "'%s' must be an object", where);
+		if (json_fields_check_in(e, fields, where, err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 const char *json_get_str(struct json_object *obj, const char *key, const char *def)
 {
 	struct json_object *v;

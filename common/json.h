@@ -50,6 +50,13 @@ int json_fields_check(struct json_object *obj, const struct json_field *fields, 
 int json_fields_check_in(struct json_object *obj, const struct json_field *fields,
 			 const char *prefix, struct kerr *err);
 
+/*
+ * Check an array field f of at most max objects, each against fields; an error names
+ * "f[i]" or "f[i].member". Returns 0 or -1 with err (status 400).
+ */
+int json_array_check(struct json_object *arr, const char *f, const struct json_field *fields,
+		     size_t max, struct kerr *err);
+
 const char *json_kind_name(enum json_kind kind);
 
 /* False for a string value with an embedded NUL byte. */

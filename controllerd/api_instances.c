@@ -134,32 +134,11 @@ static const struct json_field disk_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
-/* Check each element of an array against fields, naming "array[i].field" on error. */
-static int array_check(struct json_object *v, const char *f, const struct json_field *fields,
-		       size_t max, struct kerr *err)
-{
-	size_t n = json_object_array_length(v);
-
-	if (n > max)
-		return err_input(err, 400, f, "'%s' has %zu entries; at most %zu", f, n, max);
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *e = json_object_array_get_idx(v, i);
-		char where[64];
-
-		snprintf(where, sizeof(where), "%s[%zu]", f, i);
-		if (!json_object_is_type(e, json_type_object))
-			return err_input(err, 400, where, "'%s' must be an object", where);
-		if (json_fields_check_in(e, fields, where, err) < 0)
-			return -1;
-	}
-	return 0;
-}
-
 static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	size_t n = json_object_array_length(v);
 
-	if (array_check(v, f, disk_fields, MAX_DISKS, err) < 0)
+	if (json_array_check(v, f, disk_fields, MAX_DISKS, err) < 0)
 		return -1;
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < i; j++)
@@ -846,7 +825,7 @@ static const struct json_field disk_resize_fields[] = {
 
 static int disks_resize_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return array_check(v, f, disk_resize_fields, MAX_DISKS, err);
+	return json_array_check(v, f, disk_resize_fields, MAX_DISKS, err);
 }
 
 static int patch_memory_check(struct json_object *v, const char *f, struct kerr *err)

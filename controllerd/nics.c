@@ -87,34 +87,14 @@ static const struct json_field ctr_nic_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
-static int nics_check(struct json_object *v, const char *f, const struct json_field *fields,
-		      struct kerr *err)
-{
-	size_t n = json_object_array_length(v);
-
-	if (n > MAX_NICS)
-		return err_input(err, 400, f, "'%s' has %zu entries; at most %d", f, n, MAX_NICS);
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *e = json_object_array_get_idx(v, i);
-		char where[32];
-
-		snprintf(where, sizeof(where), "%s[%zu]", f, i);
-		if (!json_object_is_type(e, json_type_object))
-			return err_input(err, 400, where, "'%s' must be an object", where);
-		if (json_fields_check_in(e, fields, where, err) < 0)
-			return -1;
-	}
-	return 0;
-}
-
 int nics_vm_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return nics_check(v, f, vm_nic_fields, err);
+	return json_array_check(v, f, vm_nic_fields, MAX_NICS, err);
 }
 
 int nics_container_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return nics_check(v, f, ctr_nic_fields, err);
+	return json_array_check(v, f, ctr_nic_fields, MAX_NICS, err);
 }
 
 /* A network's record as the NIC code needs it. */
@@ -169,17 +149,19 @@ static bool vlan_listed(struct json_object *vlans, int64_t vlan)
 	return false;
 }
 
-static bool address_taken(int64_t network_id, const char *addr)
+/* Does an address row of network_id have column (address or mac) equal to value? */
+static bool address_row_has(int64_t network_id, const char *column, const char *value)
 {
-	sqlite3_stmt *st =
-		db_prepare(ctl.db, "SELECT 1 FROM addresses WHERE network_id = ? AND address = ?");
-	bool taken;
+	_cleanup_free_ char *sql =
+		xasprintf("SELECT 1 FROM addresses WHERE network_id = ? AND %s = ?", column);
+	sqlite3_stmt *st = db_prepare(ctl.db, sql);
+	bool found;
 
 	sqlite3_bind_int64(st, 1, network_id);
-	sqlite3_bind_text(st, 2, addr, -1, SQLITE_TRANSIENT);
-	taken = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
+	found = sqlite3_step(st) == SQLITE_ROW;
 	sqlite3_finalize(st);
-	return taken;
+	return found;
 }
 
 /*
@@ -206,7 +188,7 @@ static int fixed_address_check(const struct netrec *r, const char *netname, cons
 	if (a == r->gateway)
 		return err_input(err, 422, where, "%s %s is network %s's gateway (%s)", where, addr,
 				 netname, ipam_addr_format(r->gateway, gw));
-	if (address_taken(r->id, addr))
+	if (address_row_has(r->id, "address", addr))
 		return err_input(err, 409, where, "%s %s is in use in network %s", where, addr,
 				 netname);
 	return 0;
@@ -214,15 +196,7 @@ static int fixed_address_check(const struct netrec *r, const char *netname, cons
 
 static bool mac_taken(int64_t network_id, const char *mac)
 {
-	sqlite3_stmt *st =
-		db_prepare(ctl.db, "SELECT 1 FROM addresses WHERE network_id = ? AND mac = ?");
-	bool taken;
-
-	sqlite3_bind_int64(st, 1, network_id);
-	sqlite3_bind_text(st, 2, mac, -1, SQLITE_TRANSIENT);
-	taken = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
-	return taken;
+	return address_row_has(network_id, "mac", mac);
 }
 
 /* Is mac the MAC of one of the NICs built so far (out) on network net? */
