@@ -145,6 +145,12 @@ grep -qE '^NoNewPrivs:[[:space:]]+1$' <<<"$(jqb .output)" || fail "no_new_privs 
 capeff=$(jqb .output | awk '/^CapEff/ { print $2 }')
 [ -n "$capeff" ] && [ $(((0x$capeff >> 21) & 1)) = 0 ] || fail "the container has CAP_SYS_ADMIN (CapEff $capeff)"
 pass "limits are in the cgroup /kumo/ct-run; own netns with lo up (ping works); no new privileges; no CAP_SYS_ADMIN"
+# seccomp: a user namespace (which needs no capability) and a keyring are refused.
+ct_exec ct-run '["/bin/sh","-c","grep ^Seccomp: /proc/self/status; unshare -U true 2>&1; echo unshare=$?"]'
+grep -qE '^Seccomp:[[:space:]]+2$' <<<"$(jqb .output)" || fail "no seccomp filter on the container: $(jqb .output)"
+grep -q 'unshare=0' <<<"$(jqb .output)" && fail "the container made a user namespace: $(jqb .output)"
+grep -qi 'not permitted' <<<"$(jqb .output)" || fail "unshare -U was not refused with EPERM: $(jqb .output)"
+pass "a seccomp filter refuses what no application needs (unshare -U: EPERM)"
 
 # ---- exec ----------------------------------------------------------------------------
 ct_exec ct-run '["/bin/sh","-c","echo out-$((6*7)); head -n 1 /etc/passwd; exit 3"]'
