@@ -59,7 +59,9 @@
 #define LAYER_TOTAL_MAX	  (64LL << 30)
 #define LAYER_ENTRIES_MAX 1000000
 #define XATTRS_MAX	  16
-#define XATTR_VALUE_MAX	  4096
+/* Directory levels a committed layer may have (real images stay far below). */
+#define LAYERS_DEPTH_MAX 256
+#define XATTR_VALUE_MAX	 4096
 
 #define MT_OCI_MANIFEST	  "application/vnd.oci.image.manifest.v1+json"
 #define MT_OCI_INDEX	  "application/vnd.oci.image.index.v1+json"
@@ -1242,6 +1244,7 @@ struct tar_out {
 		char *path;
 	} * seen;
 	size_t nseen, capseen;
+	int depth; /* directories open above the entry being written */
 };
 
 static void out_flush(struct tar_out *t, int flush)
@@ -1512,6 +1515,15 @@ static int one_put(struct tar_out *t, int dirfd, const char *base, const char *p
 			ret = err_set(t->err, errno, "cannot open %s", path);
 			goto out;
 		}
+		/* What a container wrote is the user's: a tree nested deep enough would
+		 * overflow this thread's stack, one frame per level. */
+		if (t->depth >= LAYERS_DEPTH_MAX) {
+			ret = err_input(t->err, 422, "upper",
+					"directories nest more than %d deep, which a layer cannot "
+					"hold (at %.64s...)",
+					LAYERS_DEPTH_MAX, path);
+			goto out;
+		}
 		if (fgetxattr(fd, "trusted.overlay.opaque", opaque, 1) == 1 && opaque[0] == 'y') {
 			_cleanup_free_ char *opq = xasprintf("%s.wh..wh..opq", dirpath);
 			struct stat empty = st;
@@ -1519,7 +1531,9 @@ static int one_put(struct tar_out *t, int dirfd, const char *base, const char *p
 			empty.st_mode = S_IFREG | 0644;
 			entry_put(t, opq, '0', &empty, 0, NULL, NULL, 0);
 		}
+		t->depth++;
 		ret = dir_put(t, fd, dirpath);
+		t->depth--;
 		goto out;
 	}
 	if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
@@ -1640,7 +1654,11 @@ int layers_tar_write(const char *upper, const char *path, char *digest, char *di
 		free(t.seen[i].path);
 	free(t.seen);
 	free(t.out);
-	return ret < 0 || t.failed ? -1 : 0;
+	if (ret < 0 || t.failed) {
+		unlink(path); /* no half-written layer is left behind */
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- writing blobs ------------------------------------------------------------------ */

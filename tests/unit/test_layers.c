@@ -388,6 +388,50 @@ static void test_write_read_round_trip(void **state)
 	}
 }
 
+/* Make depth nested directories "d" below dir (with mkdirat, as paths grow long). */
+static void nest(const char *dir, int depth)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	for (int i = 0; i < depth; i++) {
+		int next;
+
+		assert_int_equal(mkdirat(fd, "d", 0755), 0);
+		next = openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		assert_true(next >= 0);
+		close(fd);
+		fd = next;
+	}
+	close(fd);
+}
+
+/* A container's tree nested past LAYERS_DEPTH_MAX is refused, not walked to a crash. */
+static void test_write_too_deep_refused(void **state)
+{
+	struct fixture *f = *state;
+	char upper[160], layer[160], digest[80], diff[80];
+	int64_t size;
+	struct kerr err;
+
+	snprintf(upper, sizeof(upper), "%s/ok", f->root);
+	snprintf(layer, sizeof(layer), "%s/ok.tgz", f->root);
+	assert_int_equal(mkdir(upper, 0755), 0);
+	nest(upper, 200);
+	assert_int_equal(layers_tar_write(upper, layer, digest, diff, &size, &err), 0);
+
+	snprintf(upper, sizeof(upper), "%s/deep", f->root);
+	snprintf(layer, sizeof(layer), "%s/deep.tgz", f->root);
+	assert_int_equal(mkdir(upper, 0755), 0);
+	nest(upper, 3000);
+	assert_int_equal(layers_tar_write(upper, layer, digest, diff, &size, &err), -1);
+	assert_non_null(strstr(err.msg, "directories nest more than 256 deep"));
+	assert_int_equal(access(layer, F_OK), -1);
+	/* And deleting the container removes such a tree all the same. */
+	assert_int_equal(layers_tree_remove(upper), 0);
+	assert_int_equal(access(upper, F_OK), -1);
+}
+
 static void test_digest_valid(void **state)
 {
 	assert_true(layers_digest_valid(DIGEST));
@@ -412,6 +456,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_good_layer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_whiteouts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_read_round_trip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_too_deep_refused, setup, teardown),
 		cmocka_unit_test(test_digest_valid),
 	};
 
