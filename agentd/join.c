@@ -1,11 +1,14 @@
 /*
  * join.c - joining the cluster once, and link.json, the state that joining produced.
  *
- * The join is the one clear-text exchange of the link: the agent presents its
- * single-use join token and an X25519 public key over NN_REQ; the controller answers
- * with its own public key and where to send events. Both sides then derive the link
- * key with HKDF, salted with the token's SHA-256, so only the holder of the token and
- * the private key can seal messages for this host.
+ * The join is the one clear-text exchange of the link: the agent presents an X25519
+ * public key and a proof that it holds its single-use join token (HMAC keyed by the
+ * token's SHA-256 over its name, key and address; the token itself is never sent)
+ * over NN_REQ; the controller answers with its own public key, where to send events
+ * and the same kind of proof over its answer. Both sides then derive the link key
+ * with HKDF, salted with the token's SHA-256, so only the holders of the token and the
+ * private keys can seal messages for this host, and someone in between who swapped
+ * either key learns nothing.
  *
  * The exchange blocks: it runs at start-up, before the loop exists.
  */
@@ -13,6 +16,7 @@
 
 #include <errno.h>
 #include <nanomsg/nn.h>
+#include <openssl/crypto.h>
 #include <nanomsg/reqrep.h>
 #include <string.h>
 
@@ -94,6 +98,7 @@ static const struct json_field join_accepted_fields[] = {
 	{"pubkey", JK_STRING, true, hex_key_check},
 	{"events", JK_STRING, true, tcp_addr_check},
 	{"heartbeat_interval", JK_INT, true, interval_check},
+	{"confirm", JK_STRING, true, NULL},
 	{NULL, 0, false, NULL},
 };
 
@@ -190,13 +195,18 @@ static char *join_request_text(const struct agent_config *cfg, const char *addr,
 			       const unsigned char pub[SEAL_PUB_LEN])
 {
 	struct json_object *req = json_object_new_object();
-	char pubhex[2 * SEAL_PUB_LEN + 1];
+	char pubhex[2 * SEAL_PUB_LEN + 1], proof[TOKEN_DIGEST_LEN + 1];
+	unsigned char key[32];
 	char *text;
 
 	hex_encode(pub, SEAL_PUB_LEN, pubhex);
+	/* The token stays here: the request carries a proof of it, bound to this key. */
+	sha256(cfg->join_token, strlen(cfg->join_token), key);
+	join_proof(key, cfg->name, pubhex, addr, proof);
+	OPENSSL_cleanse(key, sizeof(key));
 	json_object_object_add(req, "type", json_object_new_string("join"));
 	json_object_object_add(req, "version", json_object_new_int(LINK_PROTO_VERSION));
-	json_object_object_add(req, "token", json_object_new_string(cfg->join_token));
+	json_object_object_add(req, "proof", json_object_new_string(proof));
 	json_object_object_add(req, "name", json_object_new_string(cfg->name));
 	json_object_object_add(req, "pubkey", json_object_new_string(pubhex));
 	json_object_object_add(req, "addr", json_object_new_string(addr));
@@ -236,9 +246,10 @@ static int join_exchange(int sock, const char *url, const char *text, char **rep
 }
 
 static int join_reply_read(const struct agent_config *cfg, const char *reply, size_t len,
-			   const unsigned char priv[SEAL_KEY_LEN], struct agent_link *link,
-			   struct kerr *err)
+			   const unsigned char priv[SEAL_KEY_LEN], const char *pubhex,
+			   struct agent_link *link, struct kerr *err)
 {
+	char confirm[TOKEN_DIGEST_LEN + 1];
 	struct json_object *obj = NULL, *ok;
 	unsigned char peer[SEAL_PUB_LEN], salt[32];
 	char joinhost[AGENT_ADDR_MAX];
@@ -277,6 +288,15 @@ static int join_reply_read(const struct agent_config *cfg, const char *reply, si
 
 	hex_decode(json_get_str(obj, "pubkey", ""), peer, sizeof(peer));
 	sha256(cfg->join_token, strlen(cfg->join_token), salt);
+	/* Only the controller holding the token's digest can have made this answer. */
+	join_confirm(salt, link->cluster_id, (long long)link->host_id,
+		     json_get_str(obj, "pubkey", ""), pubhex, confirm);
+	if (!join_proof_equal(confirm, json_get_str(obj, "confirm", ""))) {
+		err_set(err, 0,
+			"join: the answer does not prove knowledge of the join token (not our "
+			"controller, or someone in between); refusing it");
+		goto out;
+	}
 	info = xasprintf("kumo-link-v1 %s %s", link->cluster_id, link->host);
 	if (seal_derive(priv, peer, salt, sizeof(salt), info, link->key, err) < 0) {
 		agent_err_prefix(err, "join: ");
@@ -319,8 +339,12 @@ int join_run(const struct agent_config *cfg, const char *addr, struct agent_link
 	text = join_request_text(cfg, addr, pub);
 	ret = join_exchange(sock, url, text, &reply, &replylen, err);
 	explicit_bzero(text, strlen(text));
-	if (ret == 0)
-		ret = join_reply_read(cfg, reply, replylen, priv, link, err);
+	if (ret == 0) {
+		char pubhex[2 * SEAL_PUB_LEN + 1];
+
+		hex_encode(pub, SEAL_PUB_LEN, pubhex);
+		ret = join_reply_read(cfg, reply, replylen, priv, pubhex, link, err);
+	}
 out:
 	explicit_bzero(priv, sizeof(priv));
 	nn_close(sock);

@@ -18,7 +18,7 @@
 #include "err.h"
 #include "seal.h"
 
-#define LINK_PROTO_VERSION    1
+#define LINK_PROTO_VERSION    2 /* 2: the join proves the token, never sends it */
 #define LINK_OP_ID_MAX	      40
 #define LINK_MSG_MAX	      (4 * 1024 * 1024)
 #define LINK_REPLAY_WINDOW_US (120LL * 1000000)

@@ -3,7 +3,10 @@
  */
 #include "token.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -57,4 +60,38 @@ void token_digest(const char *s, char out[TOKEN_DIGEST_LEN + 1])
 
 	sha256(s, strlen(s), md);
 	hex_encode(md, 32, out);
+}
+
+static void hmac_hex(const unsigned char key[32], const char *msg, char out[TOKEN_DIGEST_LEN + 1])
+{
+	unsigned char mac[32];
+	unsigned int len = sizeof(mac);
+
+	HMAC(EVP_sha256(), key, 32, (const unsigned char *)msg, strlen(msg), mac, &len);
+	hex_encode(mac, sizeof(mac), out);
+}
+
+void join_proof(const unsigned char key[32], const char *name, const char *pubhex, const char *addr,
+		char out[TOKEN_DIGEST_LEN + 1])
+{
+	char *msg = xasprintf("kumo-join-v2 request|%s|%s|%s", name, pubhex, addr);
+
+	hmac_hex(key, msg, out);
+	free(msg);
+}
+
+void join_confirm(const unsigned char key[32], const char *cluster_id, long long host_id,
+		  const char *ctl_pubhex, const char *agent_pubhex, char out[TOKEN_DIGEST_LEN + 1])
+{
+	char *msg = xasprintf("kumo-join-v2 answer|%s|%lld|%s|%s", cluster_id, host_id, ctl_pubhex,
+			      agent_pubhex);
+
+	hmac_hex(key, msg, out);
+	free(msg);
+}
+
+bool join_proof_equal(const char *a, const char *b)
+{
+	return strlen(a) == TOKEN_DIGEST_LEN && strlen(b) == TOKEN_DIGEST_LEN &&
+	       CRYPTO_memcmp(a, b, TOKEN_DIGEST_LEN) == 0;
 }

@@ -79,10 +79,20 @@ static int type_join_check(struct json_object *v, const char *field, struct kerr
 	return 0;
 }
 
+static int proof_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strlen(s) != TOKEN_DIGEST_LEN || strspn(s, "0123456789abcdef") != TOKEN_DIGEST_LEN)
+		return err_input(err, 400, field, "'%s' must be %d lower-case hex characters",
+				 field, TOKEN_DIGEST_LEN);
+	return 0;
+}
+
 static const struct json_field join_fields[] = {
 	{"type", JK_STRING, true, type_join_check},
 	{"version", JK_INT, true, NULL},
-	{"token", JK_STRING, true, NULL},
+	{"proof", JK_STRING, true, proof_check},
 	{"name", JK_STRING, true, name_check},
 	{"pubkey", JK_STRING, true, pubkey_check},
 	{"addr", JK_STRING, true, join_addr_check},
@@ -117,7 +127,8 @@ static void join_handle(const char *text, size_t len)
 	unsigned char salt[32];
 	char pubhex[2 * SEAL_PUB_LEN + 1], info[160];
 	struct json_object *req, *r, *ev;
-	const char *token, *name, *addr;
+	const char *proof, *name, *addr, *agent_pubhex;
+	char confirm[TOKEN_DIGEST_LEN + 1];
 	struct kerr err;
 	int64_t id;
 	struct host *h;
@@ -137,28 +148,31 @@ static void join_handle(const char *text, size_t len)
 		json_object_put(req);
 		return;
 	}
-	token = json_get_str(req, "token", "");
+	proof = json_get_str(req, "proof", "");
 	name = json_get_str(req, "name", "");
 	addr = json_get_str(req, "addr", "");
-	hex_decode(json_get_str(req, "pubkey", ""), peer, sizeof(peer));
+	agent_pubhex = json_get_str(req, "pubkey", "");
+	hex_decode(agent_pubhex, peer, sizeof(peer));
 
-	sha256(token, strlen(token), salt);
-	snprintf(info, sizeof(info), "kumo-link-v1 %s %s", ctl.cluster_id, name);
-	if (seal_keypair(priv, pub, &err) < 0 ||
-	    seal_derive(priv, peer, salt, sizeof(salt), info, key, &err) < 0) {
-		reject("malformed", "join from %s: %s", name, err.msg);
-		join_refuse(err.msg);
-		json_object_put(req);
-		return;
-	}
 	if (db_begin(ctl.db) < 0) {
 		join_refuse("controller database is busy; try again");
 		json_object_put(req);
 		return;
 	}
-	if (tokens_join_consume(token, name, &err) < 0) {
+	/* The token's digest is the proof's key and the link key's salt: only an agent
+	 * that holds the token can use what this answer brings. */
+	if (tokens_join_prove(proof, name, agent_pubhex, addr, salt, &err) < 0) {
 		db_rollback(ctl.db);
 		reject("join-refused", "join from %s: %s", name, err.msg);
+		join_refuse(err.msg);
+		json_object_put(req);
+		return;
+	}
+	snprintf(info, sizeof(info), "kumo-link-v1 %s %s", ctl.cluster_id, name);
+	if (seal_keypair(priv, pub, &err) < 0 ||
+	    seal_derive(priv, peer, salt, sizeof(salt), info, key, &err) < 0) {
+		db_rollback(ctl.db);
+		reject("malformed", "join from %s: %s", name, err.msg);
 		join_refuse(err.msg);
 		json_object_put(req);
 		return;
@@ -178,6 +192,8 @@ static void join_handle(const char *text, size_t len)
 	json_object_object_add(r, "host_id", json_object_new_int64(id));
 	json_object_object_add(r, "cluster_id", json_object_new_string(ctl.cluster_id));
 	json_object_object_add(r, "pubkey", json_object_new_string(pubhex));
+	join_confirm(salt, ctl.cluster_id, (long long)id, pubhex, agent_pubhex, confirm);
+	json_object_object_add(r, "confirm", json_object_new_string(confirm));
 	snprintf(info, sizeof(info), "tcp://%s:%d", ctl.cfg.link_address, ctl.cfg.event_port);
 	json_object_object_add(r, "events", json_object_new_string(info));
 	json_object_object_add(r, "heartbeat_interval",
@@ -185,6 +201,7 @@ static void join_handle(const char *text, size_t len)
 	join_reply(r);
 	OPENSSL_cleanse(priv, sizeof(priv));
 	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(salt, sizeof(salt));
 	ev = host_to_json(host_find(name));
 	event_emit("host-joined", ev);
 	json_object_put(req);

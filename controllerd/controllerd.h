@@ -139,8 +139,9 @@ int tokens_bootstrap(const char *state_dir, struct kerr *err);
 enum role tokens_authenticate(const char *authorization, int64_t *token_id);
 const char *role_name(enum role role);
 int role_parse(const char *name, enum role *out);
-/* Consume a join token inside the caller's transaction; err says why on refusal. */
-int tokens_join_consume(const char *token, const char *host, struct kerr *err);
+/* Find and consume the join token a join proof was made with (caller's transaction). */
+int tokens_join_prove(const char *proof, const char *host, const char *pubhex, const char *addr,
+		      unsigned char key[32], struct kerr *err);
 
 /* hosts.c */
 int hosts_load(struct kerr *err);

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/crypto.h>
+
 #include "controllerd.h"
 #include "log.h"
 #include "token.h"
@@ -92,33 +94,44 @@ enum role tokens_authenticate(const char *authorization, int64_t *token_id)
 }
 
 /*
- * Mark a join token used by host, inside the caller's transaction. Refuses (with the
- * reason in err) a malformed, unknown, expired or already used token.
+ * Find the join token whose proof (join_proof()) over what the agent asks for - host,
+ * pubhex, addr - is proof, and mark it used by host, inside the caller's transaction.
+ * The token itself never travels: each join token's stored digest is tried as the
+ * key. key gets the token's raw SHA-256 (the link key's salt, and the key of the
+ * answer's proof). Refuses (the reason in err) an unknown, expired or used token.
  */
-int tokens_join_consume(const char *token, const char *host, struct kerr *err)
+int tokens_join_prove(const char *proof, const char *host, const char *pubhex, const char *addr,
+		      unsigned char key[32], struct kerr *err)
 {
-	char digest[TOKEN_DIGEST_LEN + 1];
-	sqlite3_stmt *st;
-	int64_t now = now_ms(), id, expires, used;
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, digest, coalesce(expires_at, 0), "
+					      "coalesce(used_at, 0), name FROM tokens "
+					      "WHERE kind = 'join'");
+	int64_t now = now_ms(), id = 0, expires = 0, used = 0;
+	char bound[128] = "", want[TOKEN_DIGEST_LEN + 1];
+	bool found = false;
 	int rc;
 
-	if (!token_well_formed(token))
-		return err_set(err, 0, "join token is malformed");
-	token_digest(token, digest);
-	char bound[128] = "";
+	while (!found && sqlite3_step(st) == SQLITE_ROW) {
+		const char *digest = (const char *)sqlite3_column_text(st, 1);
 
-	st = db_prepare(ctl.db, "SELECT id, coalesce(expires_at, 0), coalesce(used_at, 0), name "
-				"FROM tokens WHERE digest = ? AND kind = 'join'");
-	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	id = sqlite3_column_int64(st, 0);
-	expires = sqlite3_column_int64(st, 1);
-	used = sqlite3_column_int64(st, 2);
-	if (rc == SQLITE_ROW)
-		snprintf(bound, sizeof(bound), "%s", sqlite3_column_text(st, 3));
+		if (digest == NULL || hex_decode(digest, key, 32) < 0)
+			continue;
+		join_proof(key, host, pubhex, addr, want);
+		if (!join_proof_equal(want, proof))
+			continue;
+		found = true;
+		id = sqlite3_column_int64(st, 0);
+		expires = sqlite3_column_int64(st, 2);
+		used = sqlite3_column_int64(st, 3);
+		snprintf(bound, sizeof(bound), "%s",
+			 sqlite3_column_text(st, 4) ? (const char *)sqlite3_column_text(st, 4)
+						    : "");
+	}
 	sqlite3_finalize(st);
-	if (rc != SQLITE_ROW)
+	if (!found) {
+		OPENSSL_cleanse(key, 32);
 		return err_set(err, 0, "join token is not known to this cluster");
+	}
 	if (used)
 		return err_set(err, 0, "join token was already used");
 	if (expires && expires <= now)

@@ -145,6 +145,46 @@ static void test_digest_distinguishes(void **state)
 	assert_string_equal(a, "616495715635dd7ea7fcc46aa6d81956a3db302a0970dd019209d86629bcfc21");
 }
 
+/* The join proofs: HMAC-SHA256 keyed by the token's SHA-256, pinned by known values
+ * (Python's hmac), and bound to every field they cover. */
+static void test_join_proofs(void **state)
+{
+	const char *tok = "kumo_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+	char a[65] = "", b[65] = "", ab[65], cd[65];
+	unsigned char key[32], other[32];
+
+	(void)state;
+	for (int i = 0; i < 32; i++) {
+		memcpy(ab + 2 * i, "ab", 2);
+		memcpy(cd + 2 * i, "cd", 2);
+	}
+	ab[64] = '\0';
+	cd[64] = '\0';
+	sha256(tok, strlen(tok), key);
+	join_proof(key, "h1", ab, "tcp://10.0.0.1:7710", a);
+	assert_string_equal(a, "c71023b4847cb50cf6b342ecf3e15f0e8d2ad2fc9bbfa18ba64ecafb9ad7596c");
+	join_confirm(key, "c0ffee", 7, cd, ab, b);
+	assert_string_equal(b, "d5e63f41023cb3d7c412180bf3a1aa36a7cb3fbf9e80d26e8ebe72b8ab952953");
+	assert_true(join_proof_equal(a, a));
+	assert_false(join_proof_equal(a, b));
+	assert_false(join_proof_equal(a, "c71023b4"));
+	/* Another name, key, address or token: another proof. */
+	join_proof(key, "h2", ab, "tcp://10.0.0.1:7710", b);
+	assert_false(join_proof_equal(a, b));
+	join_proof(key, "h1", cd, "tcp://10.0.0.1:7710", b);
+	assert_false(join_proof_equal(a, b));
+	join_proof(key, "h1", ab, "tcp://10.0.0.2:7710", b);
+	assert_false(join_proof_equal(a, b));
+	memcpy(other, key, sizeof(other));
+	other[31] ^= 1;
+	join_proof(other, "h1", ab, "tcp://10.0.0.1:7710", b);
+	assert_false(join_proof_equal(a, b));
+	/* An answer for another host id or controller key does not confirm. */
+	join_confirm(key, "c0ffee", 8, cd, ab, a);
+	join_confirm(key, "c0ffee", 7, ab, ab, b);
+	assert_false(join_proof_equal(a, b));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -153,6 +193,7 @@ int main(void)
 		cmocka_unit_test(test_well_formed_rejects),
 		cmocka_unit_test(test_digest_known_vectors),
 		cmocka_unit_test(test_digest_distinguishes),
+		cmocka_unit_test(test_join_proofs),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
