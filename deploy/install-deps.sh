@@ -7,7 +7,7 @@ set -eu
 # Networks (agent, lab, tests): iproute2 (ip, bridge), nftables, dnsmasq-base (DHCP per
 # segment), iputils-ping. busybox-static is the busybox of the test guest and container
 # images (it provides "busybox" and conflicts with Debian's dynamic busybox package, so
-# that one is not listed).
+# that one is not listed). strace: a test watches every byte an agent sends when it joins.
 PKGS="
 build-essential cmake pkg-config clang-format
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev
@@ -17,6 +17,7 @@ iproute2 iputils-ping procps psmisc curl jq openssl ca-certificates sqlite3
 qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio
 extlinux syslinux-common e2fsprogs fdisk dosfstools mtools
 runc skopeo nftables dnsmasq-base
+strace
 "
 
 missing=""

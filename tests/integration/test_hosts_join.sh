@@ -63,6 +63,23 @@ api GET /api/v1/hosts/intruder
 expect_status 404
 pass "used, unknown and expired join tokens are refused clearly; no host created"
 
+# The token never crosses the network: every byte the agent sends while it joins
+# (nanomsg writes with sendmsg) holds the proof, never the token.
+api POST /api/v1/tokens '{"kind":"join"}'
+tok=$(jqb .token)
+sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "UPDATE tokens SET used_at = 1, used_by = 'someone' WHERE id = $(jqb .id)"
+rm -rf "$tmp/state"
+printf '%s\n' "$tok" >"$tmp/token"
+strace -f -qq -s 65536 -e trace=sendmsg,sendto,write -o "$tmp/trace" \
+	timeout 20 "$agent" --controller "$KUMO_LINK_ADDRESS:$KUMO_JOIN_PORT" --name intruder \
+	--listen 127.0.0.1:17799 --state-dir "$tmp/state" --join-token-file "$tmp/token" \
+	--shared-pool "$tmp" --local-pool "$tmp" >"$tmp/out" 2>&1 && fail "agent joined with a used token"
+grep -q "already used" "$tmp/out" || fail "the traced join was not refused for its token: $(cat "$tmp/out")"
+grep -q '\\"proof\\":' "$tmp/trace" || grep -q '"proof":' "$tmp/trace" ||
+	fail "the trace shows no join request (nothing to judge): $(head -c 2000 "$tmp/trace")"
+grep -qF "${tok#kumo_}" "$tmp/trace" && fail "the join token went out on the wire"
+pass "the join request carries a proof of the token, never the token"
+
 # A good token joins once; the same token a second time is refused.
 api POST /api/v1/tokens '{"kind":"join"}'
 tok=$(jqb .token)
