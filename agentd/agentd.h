@@ -67,6 +67,7 @@ struct agent_config {
 	char *local_pool;
 	char *log_level_name;
 	char *accel;	 /* auto, kvm or tcg */
+	char *qemu_user; /* QEMU's user after start-up; "root": none */
 	int heartbeat;	 /* seconds; 0: what the controller said at join */
 	bool check_only; /* -n */
 	enum log_level log_level;

@@ -10,6 +10,7 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -60,6 +61,8 @@ static const struct config_opt options[] = {
 	 false},
 	{"accel", OPT_STRING, AT(accel), "auto", "MODE",
 	 "VM acceleration: auto (KVM only where a probe guest really ran), kvm or tcg", false},
+	{"qemu-user", OPT_STRING, AT(qemu_user), "kumo-qemu", "USER",
+	 "the user QEMU drops to once it opened its files (root: no drop)", false},
 };
 
 #define OPT_KEY_BASE 256 /* getopt_long values of table rows: OPT_KEY_BASE + index */
@@ -276,6 +279,12 @@ int config_check(struct agent_config *cfg, struct kerr *err)
 	if (cfg->controller &&
 	    config_hostport_split(cfg->controller, host, sizeof(host), &port, err) < 0)
 		return agent_err_prefix(err, "--controller: ");
+	/* Fail closed: a guest escaping into QEMU should find an unprivileged user. */
+	if (strcmp(cfg->qemu_user, "root") != 0 && getpwnam(cfg->qemu_user) == NULL)
+		return err_input(err, 400, "qemu-user",
+				 "--qemu-user: there is no user '%s' (deploy/install-deps.sh makes "
+				 "kumo-qemu; --qemu-user root runs QEMU as root)",
+				 cfg->qemu_user);
 	if (cfg->state_dir[0] == '\0' || cfg->shared_pool[0] == '\0' || cfg->local_pool[0] == '\0')
 		return err_input(err, 400, "state-dir", "directories must not be empty");
 	if (cfg->join_token && cfg->join_token_file)

@@ -173,9 +173,23 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "-no-user-config");
 	argv_add(av, "-display");
 	argv_add(av, "none");
-	/* QEMU may not exec, raise privileges, change resource limits or use old syscalls. */
+	/*
+	 * QEMU may not exec, change resource limits or use old syscalls. It opens its
+	 * files, devices and sockets as root, then becomes the unprivileged qemu user
+	 * (-runas): that setuid is why privilege elevation stays allowed then - QEMU
+	 * installs its seccomp filter first, and once it dropped root it has no
+	 * capability to raise again (and spawn=deny keeps it from setuid programs).
+	 */
 	argv_add(av, "-sandbox");
-	argv_add(av, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+	if (strcmp(vm->agent->cfg->qemu_user, "root") != 0) {
+		argv_add(av, "on,obsolete=deny,elevateprivileges=allow,spawn=deny,"
+			     "resourcecontrol=deny");
+		argv_add(av, "-runas");
+		argv_add(av, "%s", vm->agent->cfg->qemu_user);
+	} else {
+		argv_add(av, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+			     "resourcecontrol=deny");
+	}
 	argv_add(av, "-msg");
 	argv_add(av, "timestamp=on");
 	argv_add(av, "-pidfile");

@@ -42,3 +42,10 @@ fi
 if ! command -v npm >/dev/null 2>&1; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
 fi
+
+# QEMU drops to this user once it opened a guest's files (kumo-agentd --qemu-user).
+if ! getent passwd kumo-qemu >/dev/null 2>&1; then
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+		--user-group kumo-qemu
+	echo "install-deps: made the system user kumo-qemu"
+fi

@@ -27,6 +27,14 @@ api GET /api/v1/instances/lc1
 [ "$(jqb '.operations | length')" -ge 1 ] || fail "no operation history"
 pid=$(jqb .pid)
 pass "VM placed on $host, booted under TCG, printed its marker and its user data"
+# Least privilege: QEMU runs as the unprivileged kumo-qemu once it opened its files.
+quid=$(awk '/^Uid:/ { print $2, $3, $4, $5 }' "/proc/$pid/status")
+[ "$quid" = "$(id -u kumo-qemu) $(id -u kumo-qemu) $(id -u kumo-qemu) $(id -u kumo-qemu)" ] ||
+	fail "QEMU (pid $pid) runs with uids $quid, not kumo-qemu's $(id -u kumo-qemu)"
+grep -qE '^CapEff:[[:space:]]+0+$' "/proc/$pid/status" || fail "QEMU kept capabilities: $(grep CapEff "/proc/$pid/status")"
+api GET "/api/v1/hosts/$host"
+[ "$(jqb .facts.qemu_user)" = kumo-qemu ] || fail "host $host reports qemu_user $(jqb .facts.qemu_user)"
+pass "QEMU runs as kumo-qemu with no capabilities"
 
 # Stop: ACPI power button, the guest powers itself off.
 api POST /api/v1/instances/lc1/actions/stop '{"timeout_s":60}'
