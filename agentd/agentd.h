@@ -383,10 +383,6 @@ struct agent {
 	struct oci_cmd *oci_cmds; /* runc children still running */
 	char exe[PATH_MAX];	  /* this program, run again as the shim */
 
-	/* link.c: an exec query answers when its command ends */
-	bool reply_deferred;
-	char reply_op[LINK_OP_ID_MAX + 1];
-
 	/* net.c */
 	struct net *net; /* the network driver's state, NULL before net_start() */
 

@@ -3,8 +3,10 @@
  *
  *   NN_REP at --listen:  commands from the controller, each answered at once with a
  *                        sealed ack (or nack); the work then runs asynchronously.
- *                        (An exec query is answered when its command ended.)
- *   NN_PUSH to events:   heartbeats, op-progress and op-done toward the controller.
+ *                        (An exec query is acked as deferred; its answer follows
+ *                        as a query-done event when the command ended.)
+ *   NN_PUSH to events:   heartbeats, op-progress, op-done and query-done toward the
+ *                        controller.
  *
  * nanomsg sockets are not file descriptors; each offers one (NN_RCVFD, NN_SNDFD)
  * that is readable while the socket can receive or send, which uv_poll watches.
@@ -272,14 +274,11 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 	start(a, m->op, m->body);
 }
 
-static void rep_poll_cb(uv_poll_t *handle, int status, int events);
-
 /*
  * A query is answered in the ack itself and changes nothing, so it bypasses the op
  * cache: asking twice simply answers twice. An exec answers when its command ends:
- * the REP socket must not take another request before it replied, so the command
- * socket is not read meanwhile (the controller sends one request at a time to a host
- * anyway, and waits the exec's timeout plus a margin for this one).
+ * its ack says {"deferred": true} at once, and the answer follows as a query-done
+ * event, so a long exec holds up no other command to this host.
  */
 static void query_answer(struct agent *a, const struct link_msg *m)
 {
@@ -292,39 +291,35 @@ static void query_answer(struct agent *a, const struct link_msg *m)
 		return;
 	}
 	if (ret > 0) {
-		a->reply_deferred = true;
-		snprintf(a->reply_op, sizeof(a->reply_op), "%s", m->op);
-		uv_poll_stop(&a->rep_poll);
-		return;
+		/* Answered later, on the event socket (link_query_reply()): the command
+		 * socket goes on serving meanwhile. */
+		answer = json_object_new_object();
+		json_object_object_add(answer, "deferred", json_object_new_boolean(true));
 	}
 	reply_send(a, LINK_ACK, m->op, answer);
 }
 
 /*
- * Answer the query op that instance_query() deferred: an ack with answer (consumed),
- * or a nack with error when answer is NULL. Then the command socket is read again.
+ * Answer the query op that instance_query() deferred (acked {"deferred": true}): a
+ * query-done event with answer (consumed), or with error when answer is NULL.
  */
 void link_query_reply(struct agent *a, const char *op, struct json_object *answer,
 		      const char *error)
 {
-	struct json_object *body;
+	struct json_object *body = json_object_new_object();
 
-	if (a->stopping || !a->reply_deferred || strcmp(op, a->reply_op) != 0) {
-		json_object_put(answer);
-		return;
-	}
-	a->reply_deferred = false;
 	if (answer) {
-		reply_send(a, LINK_ACK, op, answer);
+		json_object_object_add(body, "answer", answer);
 	} else {
-		body = json_object_new_object();
 		json_object_object_add(body, "error",
 				       json_object_new_string(error ? error : "query failed"));
 		log_warnx("link: query %s failed: %s", op, error ? error : "");
-		reply_send(a, LINK_NACK, op, body);
 	}
-	uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
-	/* Requests that queued meanwhile are read on the poll's next turn. */
+	if (a->stopping) {
+		json_object_put(body);
+		return;
+	}
+	link_event_send(a, LINK_QUERY_DONE, op, body);
 }
 
 /*
@@ -344,6 +339,7 @@ static void request_dispatch(struct agent *a, const struct link_msg *m)
 		query_answer(a, m);
 		return;
 	case LINK_INSTANCE_STATE: /* agent -> controller only */
+	case LINK_QUERY_DONE:
 	case LINK_HEARTBEAT:
 	case LINK_OP_PROGRESS:
 	case LINK_OP_DONE:
@@ -456,7 +452,7 @@ static void rep_poll_cb(uv_poll_t *handle, int status, int events)
 		log_warnx("link: command socket poll: %s", uv_strerror(status));
 		return;
 	}
-	while (!a->stopping && !a->reply_deferred) {
+	while (!a->stopping) {
 		void *buf = NULL;
 		int n = nn_recv(a->rep_sock, &buf, NN_MSG, NN_DONTWAIT);
 

@@ -33,6 +33,8 @@ enum link_type {
 	LINK_CMD_INSTANCE,   /* controller -> agent: op; {action, instance, args} */
 	LINK_CMD_QUERY,	     /* controller -> agent: {what, ...}; the ack body answers */
 	LINK_INSTANCE_STATE, /* agent -> controller: an instance changed, {name, state, ...} */
+	LINK_QUERY_DONE,     /* agent -> controller: op (the query's), {answer} or {error}: a
+			      * query acked {"deferred": true} (exec) ends here */
 	LINK_TYPE_COUNT,
 };
 

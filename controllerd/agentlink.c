@@ -307,6 +307,36 @@ static void op_done(struct host *h, struct link_msg *m)
 		  result ? json_object_get(result) : NULL, json_get_str(m->body, "error", NULL));
 }
 
+static void cmd_free(struct cmd *c);
+
+/* The answer to a deferred query: {answer: {...}} or {error: "..."}. */
+static void query_done(struct host *h, const struct link_msg *m)
+{
+	struct json_object *answer = json_object_object_get(m->body, "answer");
+	const char *error = json_get_str(m->body, "error", NULL);
+	struct cmd **pp, *c = NULL;
+
+	if ((answer == NULL) == (error == NULL) ||
+	    (answer && !json_object_is_type(answer, json_type_object))) {
+		reject("malformed", "host %s: bad query-done for '%s'", h->name, m->op);
+		return;
+	}
+	for (pp = &h->deferred; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->op, m->op) == 0) {
+			c = *pp;
+			*pp = c->next;
+			break;
+		}
+	if (c == NULL) {
+		/* Given up on already (its deadline passed), or never ours to wait for. */
+		log_debug("host %s: query-done for '%s', which nobody waits for", h->name, m->op);
+		return;
+	}
+	if (c->reply_cb)
+		c->reply_cb(answer, error, c->cls);
+	cmd_free(c);
+}
+
 /* One sealed message from an agent: authenticate, check replay, dispatch. */
 static void event_handle(const unsigned char *buf, size_t len)
 {
@@ -345,6 +375,9 @@ static void event_handle(const unsigned char *buf, size_t len)
 		break;
 	case LINK_INSTANCE_STATE:
 		instances_report(h, m.body, "agent report");
+		break;
+	case LINK_QUERY_DONE:
+		query_done(h, &m);
 		break;
 	case LINK_OP_DONE:
 		if (!m.op[0] || !op_owned(h, m.op) ||
@@ -439,6 +472,16 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	if (c == NULL || strcmp(m.op, c->op) != 0) {
 		log_debug("host %s: stale reply for op '%s'", h->name, m.op);
 		link_msg_clear(&m);
+		return;
+	}
+	if (c->type == LINK_CMD_QUERY && m.type == LINK_ACK &&
+	    json_get_bool(m.body, "deferred", false)) {
+		/* Its answer comes as a query-done event; the socket serves the next. */
+		c->next = h->deferred;
+		h->deferred = c;
+		h->inflight = NULL;
+		link_msg_clear(&m);
+		cmd_next(h);
 		return;
 	}
 	if (c->reply_cb && (m.type == LINK_ACK || m.type == LINK_NACK)) {
@@ -593,6 +636,9 @@ void agentlink_query_cancel(void *cls)
 		for (struct cmd *c = h->queue; c; c = c->next)
 			if (c->cls == cls)
 				c->reply_cb = NULL, c->cls = NULL;
+		for (struct cmd *c = h->deferred; c; c = c->next)
+			if (c->cls == cls)
+				c->reply_cb = NULL, c->cls = NULL;
 	}
 }
 
@@ -627,6 +673,12 @@ void agentlink_queries_fail(struct host *h, const char *why)
 		h->inflight = NULL;
 		query_fail(c, why);
 	}
+	while (h->deferred) {
+		struct cmd *c = h->deferred;
+
+		h->deferred = c->next;
+		query_fail(c, why);
+	}
 }
 
 /*
@@ -645,6 +697,16 @@ void agentlink_cron(void)
 
 			if (c->type == LINK_CMD_QUERY &&
 			    (now >= c->deadline || h->state != HOST_ONLINE)) {
+				*pp = c->next;
+				query_fail(c, "the host's agent did not answer");
+			} else {
+				pp = &c->next;
+			}
+		}
+		for (pp = &h->deferred; *pp;) {
+			struct cmd *c = *pp;
+
+			if (now >= c->deadline || h->state != HOST_ONLINE) {
 				*pp = c->next;
 				query_fail(c, "the host's agent did not answer");
 			} else {

@@ -93,6 +93,7 @@ struct host {
 	uv_poll_t *req_poll;  /* heap: its close completes after the host may be gone */
 	struct cmd *queue;    /* waiting commands, oldest first */
 	struct cmd *inflight; /* sent, no reply yet */
+	struct cmd *deferred; /* queries acked as deferred, their answer still to come */
 	int64_t inflight_deadline;
 
 	struct host *next;

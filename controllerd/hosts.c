@@ -66,6 +66,11 @@ static void host_free(struct host *h)
 		json_object_put(h->inflight->body);
 		free(h->inflight);
 	}
+	for (c = h->deferred; c; c = next) {
+		next = c->next;
+		json_object_put(c->body);
+		free(c);
+	}
 	json_object_put(h->labels);
 	json_object_put(h->facts);
 	free(h->address);

@@ -174,6 +174,18 @@ ct_exec ct-run '["/bin/sh","-c","sleep 7; echo slow-done"]' 20
 [ "$(jqb .exit_code)" = 0 ] && jqb .output | grep -q slow-done ||
 	fail "a 7 s exec did not answer its output: $BODY"
 kill -0 "$(controller_pid)" || fail "the controller died during a long exec"
+# A long exec holds up nothing else on its host: another exec answers while it runs.
+curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" -o "$tmp/long.json" \
+	"$KUMO_URL/api/v1/instances/ct-run/exec" \
+	-d '{"command":["/bin/sh","-c","while [ ! -e /tmp/long-go ]; do sleep 0.2; done; echo long-done"],"timeout_s":60}' &
+long=$!
+ct_exec ct-run '["echo","meanwhile"]'
+[ "$(jqb .output)" = meanwhile ] || fail "the second exec did not answer: $BODY"
+kill -0 $long 2>/dev/null || fail "the long exec ended before the second one answered: $(cat "$tmp/long.json")"
+ct_exec ct-run '["touch","/tmp/long-go"]'
+wait $long || fail "the long exec's request failed"
+grep -q long-done <<<"$(jq -r .output "$tmp/long.json")" || fail "the long exec did not answer its output: $(cat "$tmp/long.json")"
+pass "a long exec and other commands to its host run side by side"
 ct_exec ct-run '["/bin/sh","-c","yes | head -c 400000"]'
 [ "$(jqb .truncated)" = true ] || fail "400000 bytes of output are not truncated"
 [ "$(jqb '.output | length')" -le $((256 * 1024)) ] || fail "truncated output is $(jqb '.output | length') bytes"
