@@ -53,7 +53,9 @@
 #define AGENT_CTR_STOP_TIMEOUT_S   10
 #define AGENT_EXEC_TIMEOUT_MAX_S   60
 #define AGENT_EXEC_OUTPUT_MAX	   (1024 * 1024) /* bytes of exec output kept at most */
-#define AGENT_LOGS_DEFAULT	   (64 * 1024)
+/* Execs running at once on a host: each holds a runc and up to its output in memory. */
+#define AGENT_EXECS_MAX	   32
+#define AGENT_LOGS_DEFAULT (64 * 1024)
 
 /* Options as given on the command line, defaults filled in (config.c). */
 struct agent_config {
@@ -381,6 +383,7 @@ struct agent {
 	/* oci.c */
 	struct ctr *ctrs;
 	struct oci_cmd *oci_cmds; /* runc children still running */
+	int execs;		  /* of them, execs (AGENT_EXECS_MAX at most) */
 	char exe[PATH_MAX];	  /* this program, run again as the shim */
 
 	/* net.c */

@@ -289,8 +289,9 @@ static int join_reply_read(const struct agent_config *cfg, const char *reply, si
 	hex_decode(json_get_str(obj, "pubkey", ""), peer, sizeof(peer));
 	sha256(cfg->join_token, strlen(cfg->join_token), salt);
 	/* Only the controller holding the token's digest can have made this answer. */
-	join_confirm(salt, link->cluster_id, (long long)link->host_id,
-		     json_get_str(obj, "pubkey", ""), pubhex, confirm);
+	join_confirm(salt, cfg->name, link->cluster_id, (long long)link->host_id,
+		     json_get_str(obj, "pubkey", ""), pubhex, json_get_str(obj, "events", ""),
+		     (long long)json_get_int(obj, "heartbeat_interval", 0), confirm);
 	if (!join_proof_equal(confirm, json_get_str(obj, "confirm", ""))) {
 		err_set(err, 0,
 			"join: the answer does not prove knowledge of the join token (not our "
@@ -304,6 +305,7 @@ static int join_reply_read(const struct agent_config *cfg, const char *reply, si
 	}
 	ret = 0;
 out:
+	OPENSSL_cleanse(salt, sizeof(salt));
 	json_object_put(obj);
 	return ret;
 }

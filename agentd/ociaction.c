@@ -815,6 +815,7 @@ static void exec_done_cb(struct agent *a, const struct oci_cmd_result *r, void *
 	_cleanup_free_ char *b64 = NULL;
 	int64_t code;
 
+	a->execs--;
 	if (r->cancelled) {
 		free(x);
 		return;
@@ -861,6 +862,9 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 			       vm_state_name(ctr->ctr_state));
 	if (max < 0 || max > AGENT_EXEC_OUTPUT_MAX)
 		max = AGENT_EXEC_OUTPUT_MAX;
+	if (a->execs >= AGENT_EXECS_MAX)
+		return err_set(err, 0, "%d execs run on this host already; try again when one ends",
+			       AGENT_EXECS_MAX);
 	json_object_object_get_ex(q, "command", &cmd);
 	n = json_object_array_length(cmd);
 	x = xcalloc(1, sizeof(*x));
@@ -884,5 +888,6 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 		free(x);
 		return -1;
 	}
+	a->execs++;
 	return 1;
 }

@@ -169,6 +169,8 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "-m");
 	/* Dynamic memory starts at its maximum; the balloon takes it down later. */
 	argv_add(av, "%lld", (long long)json_get_int(mem, "mb", json_get_int(mem, "max_mb", 256)));
+	/* A guest's power-off pauses QEMU for the agent to see and quit (vm.c). */
+	argv_add(av, "-no-shutdown");
 	argv_add(av, "-nodefaults");
 	argv_add(av, "-no-user-config");
 	argv_add(av, "-display");

@@ -447,6 +447,20 @@ static void balloon_cb(struct qmp *q, struct json_object *ret, const char *error
 	vm->balloon_actual_mb = json_get_int(ret, "actual", -MIB) / MIB;
 }
 
+/*
+ * QEMU runs with -no-shutdown: a guest that powers off (or panics) leaves QEMU paused
+ * in "shutdown" rather than gone, so an agent that was away finds out how it ended
+ * (QEMU, no longer root, cannot remove its pid file, which marked a clean exit).
+ * Here, or when found so at adoption, the agent ends it with quit.
+ */
+static void shutdown_finish(struct vm *vm, const char *reason)
+{
+	if (strcmp(reason, "host-qmp-quit") == 0 || strcmp(reason, "host-signal") == 0)
+		return; /* QEMU exits by itself */
+	if (vm_qmp(vm, "quit", NULL, 0, NULL, NULL, NULL) < 0)
+		log_warnx("vm %s: cannot ask QEMU to quit after the guest's shutdown", vm->name);
+}
+
 static void status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct vm *vm = data;
@@ -470,10 +484,19 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		return;
 	}
 	if (!vm->adopt_reported) {
+		const char *status = json_get_str(ret, "status", "");
+
 		/* Found at start-up: one report, whatever the state. */
 		vm->adopt_reported = true;
-		vm->vm_state = status_state(json_get_str(ret, "status", ""));
-		log_info("vm %s: adopted QEMU pid %d", vm->name, (int)vm->pid);
+		vm->vm_state = status_state(status);
+		log_info("vm %s: adopted QEMU pid %d (%s)", vm->name, (int)vm->pid, status);
+		/* The guest powered off (or panicked) while the agent was away. */
+		if (strcmp(status, "shutdown") == 0 || strcmp(status, "guest-panicked") == 0) {
+			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",
+				 status[0] == 's' ? "guest-shutdown" : "guest-panic");
+			vm->vm_state = VM_STOPPING;
+			shutdown_finish(vm, vm->shutdown_reason);
+		}
 		if (vm->op == NULL)
 			vm_state_push(vm);
 		return;
@@ -504,10 +527,14 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 		if (vm->vm_state == VM_PAUSED)
 			vm_state_set(vm, VM_RUNNING);
 	} else if (strcmp(name, "SHUTDOWN") == 0) {
-		snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",
-			 json_get_str(event_data, "reason", "unknown"));
-		log_info("vm %s: QEMU shutting down (%s)", vm->name, vm->shutdown_reason);
+		const char *reason = json_get_str(event_data, "reason", "unknown");
+
+		/* Our own quit after a guest's power-off keeps the first reason. */
+		if (!vm->shutdown_reason[0] || strcmp(reason, "host-qmp-quit") != 0)
+			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s", reason);
+		log_info("vm %s: QEMU shutting down (%s)", vm->name, reason);
 		vm_state_set(vm, VM_STOPPING);
+		shutdown_finish(vm, reason);
 	} else if (strcmp(name, "RESET") == 0) {
 		log_info("vm %s: reset (%s)", vm->name,
 			 json_get_bool(event_data, "guest", false) ? "by the guest"

@@ -80,11 +80,13 @@ void join_proof(const unsigned char key[32], const char *name, const char *pubhe
 	free(msg);
 }
 
-void join_confirm(const unsigned char key[32], const char *cluster_id, long long host_id,
-		  const char *ctl_pubhex, const char *agent_pubhex, char out[TOKEN_DIGEST_LEN + 1])
+void join_confirm(const unsigned char key[32], const char *name, const char *cluster_id,
+		  long long host_id, const char *ctl_pubhex, const char *agent_pubhex,
+		  const char *events, long long heartbeat_interval, char out[TOKEN_DIGEST_LEN + 1])
 {
-	char *msg = xasprintf("kumo-join-v2 answer|%s|%lld|%s|%s", cluster_id, host_id, ctl_pubhex,
-			      agent_pubhex);
+	/* Everything the agent keeps from the answer: none of it can be swapped. */
+	char *msg = xasprintf("kumo-join-v2 answer|%s|%s|%lld|%s|%s|%s|%lld", name, cluster_id,
+			      host_id, ctl_pubhex, agent_pubhex, events, heartbeat_interval);
 
 	hmac_hex(key, msg, out);
 	free(msg);

@@ -32,8 +32,9 @@ void sha256(const void *data, size_t len, unsigned char out[32]);
  */
 void join_proof(const unsigned char key[32], const char *name, const char *pubhex, const char *addr,
 		char out[TOKEN_DIGEST_LEN + 1]);
-void join_confirm(const unsigned char key[32], const char *cluster_id, long long host_id,
-		  const char *ctl_pubhex, const char *agent_pubhex, char out[TOKEN_DIGEST_LEN + 1]);
+void join_confirm(const unsigned char key[32], const char *name, const char *cluster_id,
+		  long long host_id, const char *ctl_pubhex, const char *agent_pubhex,
+		  const char *events, long long heartbeat_interval, char out[TOKEN_DIGEST_LEN + 1]);
 /* Constant-time comparison of two proofs of TOKEN_DIGEST_LEN characters. */
 bool join_proof_equal(const char *a, const char *b);
 

@@ -163,6 +163,7 @@ static void join_handle(const char *text, size_t len)
 	 * that holds the token can use what this answer brings. */
 	if (tokens_join_prove(proof, name, agent_pubhex, addr, salt, &err) < 0) {
 		db_rollback(ctl.db);
+		OPENSSL_cleanse(salt, sizeof(salt));
 		reject("join-refused", "join from %s: %s", name, err.msg);
 		join_refuse(err.msg);
 		json_object_put(req);
@@ -192,12 +193,13 @@ static void join_handle(const char *text, size_t len)
 	json_object_object_add(r, "host_id", json_object_new_int64(id));
 	json_object_object_add(r, "cluster_id", json_object_new_string(ctl.cluster_id));
 	json_object_object_add(r, "pubkey", json_object_new_string(pubhex));
-	join_confirm(salt, ctl.cluster_id, (long long)id, pubhex, agent_pubhex, confirm);
-	json_object_object_add(r, "confirm", json_object_new_string(confirm));
 	snprintf(info, sizeof(info), "tcp://%s:%d", ctl.cfg.link_address, ctl.cfg.event_port);
 	json_object_object_add(r, "events", json_object_new_string(info));
 	json_object_object_add(r, "heartbeat_interval",
 			       json_object_new_int(ctl.cfg.heartbeat_interval));
+	join_confirm(salt, name, ctl.cluster_id, (long long)id, pubhex, agent_pubhex, info,
+		     ctl.cfg.heartbeat_interval, confirm);
+	json_object_object_add(r, "confirm", json_object_new_string(confirm));
 	join_reply(r);
 	OPENSSL_cleanse(priv, sizeof(priv));
 	OPENSSL_cleanse(key, sizeof(key));
@@ -309,7 +311,21 @@ static void op_done(struct host *h, struct link_msg *m)
 
 static void cmd_free(struct cmd *c);
 
-/* The answer to a deferred query: {answer: {...}} or {error: "..."}. */
+/* Answer c with a query-done body ({answer: {...}} or {error: "..."}) and free it. */
+static void query_finish(struct cmd *c, struct json_object *done)
+{
+	struct json_object *answer = json_object_object_get(done, "answer");
+
+	if (c->reply_cb)
+		c->reply_cb(answer, answer ? NULL : json_get_str(done, "error", "query failed"),
+			    c->cls);
+	cmd_free(c);
+}
+
+/*
+ * The answer to a deferred query. The ack came on the command socket and this on the
+ * event socket, so it may come first: then it waits on the query in flight.
+ */
 static void query_done(struct host *h, const struct link_msg *m)
 {
 	struct json_object *answer = json_object_object_get(m->body, "answer");
@@ -319,6 +335,11 @@ static void query_done(struct host *h, const struct link_msg *m)
 	if ((answer == NULL) == (error == NULL) ||
 	    (answer && !json_object_is_type(answer, json_type_object))) {
 		reject("malformed", "host %s: bad query-done for '%s'", h->name, m->op);
+		return;
+	}
+	if (h->inflight && h->inflight->type == LINK_CMD_QUERY && !h->inflight->early &&
+	    strcmp(h->inflight->op, m->op) == 0) {
+		h->inflight->early = json_object_get(m->body);
 		return;
 	}
 	for (pp = &h->deferred; *pp; pp = &(*pp)->next)
@@ -332,9 +353,7 @@ static void query_done(struct host *h, const struct link_msg *m)
 		log_debug("host %s: query-done for '%s', which nobody waits for", h->name, m->op);
 		return;
 	}
-	if (c->reply_cb)
-		c->reply_cb(answer, error, c->cls);
-	cmd_free(c);
+	query_finish(c, m->body);
 }
 
 /* One sealed message from an agent: authenticate, check replay, dispatch. */
@@ -414,6 +433,7 @@ static void cmd_free(struct cmd *c)
 {
 	if (c) {
 		json_object_put(c->body);
+		json_object_put(c->early);
 		free(c);
 	}
 }
@@ -476,10 +496,15 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	}
 	if (c->type == LINK_CMD_QUERY && m.type == LINK_ACK &&
 	    json_get_bool(m.body, "deferred", false)) {
-		/* Its answer comes as a query-done event; the socket serves the next. */
-		c->next = h->deferred;
-		h->deferred = c;
+		/* Its answer comes as a query-done event (or came already); the socket
+		 * serves the next command meanwhile. */
 		h->inflight = NULL;
+		if (c->early) {
+			query_finish(c, c->early);
+		} else {
+			c->next = h->deferred;
+			h->deferred = c;
+		}
 		link_msg_clear(&m);
 		cmd_next(h);
 		return;
@@ -713,8 +738,11 @@ void agentlink_cron(void)
 				pp = &c->next;
 			}
 		}
+		/* A query's ack comes at once (an exec's says deferred): waiting the whole
+		 * deadline for a lost one would hold the host's commands that long. */
 		if (h->inflight && h->inflight->type == LINK_CMD_QUERY &&
-		    (now >= h->inflight->deadline || h->state != HOST_ONLINE)) {
+		    (now >= h->inflight->deadline || now >= h->inflight_deadline ||
+		     h->state != HOST_ONLINE)) {
 			struct cmd *c = h->inflight;
 
 			h->inflight = NULL;

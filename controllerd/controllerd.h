@@ -66,7 +66,8 @@ struct cmd {
 	struct json_object *body;
 	cmd_reply_fn reply_cb;
 	void *cls;
-	int64_t deadline; /* queries only: answered as failed after this */
+	int64_t deadline;	   /* queries only: answered as failed after this */
+	struct json_object *early; /* a deferred query's query-done, come before its ack */
 	struct cmd *next;
 };
 

@@ -64,6 +64,7 @@ static void host_free(struct host *h)
 	}
 	if (h->inflight) {
 		json_object_put(h->inflight->body);
+		json_object_put(h->inflight->early);
 		free(h->inflight);
 	}
 	for (c = h->deferred; c; c = next) {

@@ -93,6 +93,9 @@ enum role tokens_authenticate(const char *authorization, int64_t *token_id)
 	return role;
 }
 
+/* A join token used or expired this long ago is unknown to a join (not tried). */
+#define JOIN_RECENT_MS (24LL * 3600 * 1000)
+
 /*
  * Find the join token whose proof (join_proof()) over what the agent asks for - host,
  * pubhex, addr - is proof, and mark it used by host, inside the caller's transaction.
@@ -103,14 +106,19 @@ enum role tokens_authenticate(const char *authorization, int64_t *token_id)
 int tokens_join_prove(const char *proof, const char *host, const char *pubhex, const char *addr,
 		      unsigned char key[32], struct kerr *err)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, digest, coalesce(expires_at, 0), "
-					      "coalesce(used_at, 0), name FROM tokens "
-					      "WHERE kind = 'join'");
+	/* Only tokens still live, or used or expired lately (so a retry hears why): the
+	 * join port is open to anyone, and each try costs an HMAC per token. */
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT id, digest, coalesce(expires_at, 0), "
+				   "coalesce(used_at, 0), name FROM tokens "
+				   "WHERE kind = 'join' AND (used_at IS NULL OR used_at > ?1) "
+				   "AND (expires_at IS NULL OR expires_at > ?1)");
 	int64_t now = now_ms(), id = 0, expires = 0, used = 0;
 	char bound[128] = "", want[TOKEN_DIGEST_LEN + 1];
 	bool found = false;
 	int rc;
 
+	sqlite3_bind_int64(st, 1, now - JOIN_RECENT_MS);
 	while (!found && sqlite3_step(st) == SQLITE_ROW) {
 		const char *digest = (const char *)sqlite3_column_text(st, 1);
 
@@ -128,23 +136,27 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 						    : "");
 	}
 	sqlite3_finalize(st);
-	if (!found) {
-		OPENSSL_cleanse(key, 32);
-		return err_set(err, 0, "join token is not known to this cluster");
-	}
-	if (used)
-		return err_set(err, 0, "join token was already used");
-	if (expires && expires <= now)
-		return err_set(err, 0, "join token has expired");
+	if (!found)
+		rc = err_set(err, 0, "join token is not known to this cluster");
+	else if (used)
+		rc = err_set(err, 0, "join token was already used");
+	else if (expires && expires <= now)
+		rc = err_set(err, 0, "join token has expired");
 	/* A join token named for a host joins only that host; taking over the name of a
 	 * host that joined before needs a token issued for that name. */
-	if (bound[0] && strcmp(bound, host) != 0)
-		return err_set(err, 0, "join token is for host %s, not %s", bound, host);
-	if (!bound[0] && host_find(host))
-		return err_set(err, 0,
-			       "host %s has joined already; re-joining it needs a join token "
-			       "issued for it (\"name\": \"%s\")",
-			       host, host);
+	else if (bound[0] && strcmp(bound, host) != 0)
+		rc = err_set(err, 0, "join token is for host %s, not %s", bound, host);
+	else if (!bound[0] && host_find(host))
+		rc = err_set(err, 0,
+			     "host %s has joined already; re-joining it needs a join token "
+			     "issued for it (\"name\": \"%s\")",
+			     host, host);
+	else
+		rc = 0;
+	if (rc < 0) {
+		OPENSSL_cleanse(key, 32);
+		return rc;
+	}
 	st = db_prepare(ctl.db, "UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ?");
 	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_text(st, 2, host, -1, SQLITE_STATIC);

@@ -49,7 +49,7 @@ try_join() { # try_join TOKEN -> prints the agent's output, returns its status
 }
 api POST /api/v1/tokens '{"kind":"join"}'
 tok=$(jqb .token)
-sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "UPDATE tokens SET used_at = 1, used_by = 'someone' WHERE id = $(jqb .id)"
+sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "UPDATE tokens SET used_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000, used_by = 'someone' WHERE id = $(jqb .id)"
 out=$(try_join "$tok") && fail "agent joined with a used token"
 grep -q "join refused: join token was already used" <<<"$out" || fail "no clear refusal for a used token: $out"
 out=$(try_join "kumo_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA") && fail "agent joined with an unknown token"
@@ -67,7 +67,7 @@ pass "used, unknown and expired join tokens are refused clearly; no host created
 # (nanomsg writes with sendmsg) holds the proof, never the token.
 api POST /api/v1/tokens '{"kind":"join"}'
 tok=$(jqb .token)
-sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "UPDATE tokens SET used_at = 1, used_by = 'someone' WHERE id = $(jqb .id)"
+sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "UPDATE tokens SET used_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000, used_by = 'someone' WHERE id = $(jqb .id)"
 rm -rf "$tmp/state"
 printf '%s\n' "$tok" >"$tmp/token"
 strace -f -qq -s 65536 -e trace=sendmsg,sendto,write -o "$tmp/trace" \

@@ -5,7 +5,10 @@
 . "$(dirname "$0")/lib.sh"
 
 name=lc1
-cleanup() { api DELETE "/api/v1/instances/$name?force=1" >/dev/null 2>&1 || true; }
+cleanup() {
+	api DELETE "/api/v1/instances/$name?force=1" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/instances/lc2?force=1" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 vm_create '{"name":"lc1","type":"vm","vcpus":1,"memory":{"mb":256},
@@ -78,7 +81,29 @@ api GET /api/v1/instances/lc1
 [ "$(jqb .pid)" = "$pid" ] || fail "after the agent restart the VM has pid $(jqb .pid), not $pid"
 pass "VM kept running through an agent kill -9 and was re-adopted (same pid)"
 
-# A VM killed outside Kumo shows as such.
+# A guest that powers itself off while its agent is away: QEMU (-no-shutdown) stays,
+# paused, for the agent to come back and see a clean shutdown, not a crash. The guest
+# powers off 25 s (guest time) after its user data ran, which is before it is ready.
+vm_create '{"name":"lc2","type":"vm","vcpus":1,"memory":{"mb":256},"host":"'"$host"'",
+	"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio"}],
+	"cloud_init":{"user_data":"#!/bin/sh\n(sleep 25; echo KUMO-SELF-$((0))OFF >/dev/console; sync; poweroff -f) </dev/null >/dev/null 2>&1 &\n"}}'
+wait_until 150 "lc2 console shows the boot marker" console_has lc2 KUMO-GUEST-READY
+api GET /api/v1/instances/lc2
+pid2=$(jqb .pid)
+console lc2 | grep -q KUMO-SELF-0OFF && fail "lc2 powered off before its agent could be stopped"
+kill -9 "$(agent_pid "$host")"
+log2="$KUMO_LAB_DIR/hosts/$host/local/instances/lc2/console.log"
+wait_until 120 "lc2 powered itself off (agent away)" grep -q KUMO-SELF-0OFF "$log2"
+sleep 2
+kill -0 "$pid2" || fail "QEMU of lc2 exited on the guest's power-off; it should wait for the agent"
+lab up --hosts 3 >/dev/null
+wait_until 30 "$host online" host_is "$host" online
+wait_until 30 "lc2 stopped after re-adoption" instance_is lc2 stopped
+[ "$(jqb .error)" = null ] || [ -z "$(jqb '.error // empty')" ] || fail "lc2 shows an error: $(jqb .error)"
+wait_until 10 "QEMU of lc2 gone" eval "! kill -0 $pid2 2>/dev/null"
+api DELETE "/api/v1/instances/lc2?force=1"
+wait_op "$(jqb .id)"
+pass "a guest that powered off while its agent was away shows as stopped, not crashed"
 kill -9 "$pid"
 wait_until 30 "lc1 crashed" instance_is lc1 crashed
 pass "a VM killed outside Kumo shows as crashed"

@@ -163,8 +163,8 @@ static void test_join_proofs(void **state)
 	sha256(tok, strlen(tok), key);
 	join_proof(key, "h1", ab, "tcp://10.0.0.1:7710", a);
 	assert_string_equal(a, "c71023b4847cb50cf6b342ecf3e15f0e8d2ad2fc9bbfa18ba64ecafb9ad7596c");
-	join_confirm(key, "c0ffee", 7, cd, ab, b);
-	assert_string_equal(b, "d5e63f41023cb3d7c412180bf3a1aa36a7cb3fbf9e80d26e8ebe72b8ab952953");
+	join_confirm(key, "h1", "c0ffee", 7, cd, ab, "tcp://10.0.0.1:7701", 1, b);
+	assert_string_equal(b, "0c097a640d0bed4d00fcbdc965ecf757e3c665aeee206ac34040a081be3ef345");
 	assert_true(join_proof_equal(a, a));
 	assert_false(join_proof_equal(a, b));
 	assert_false(join_proof_equal(a, "c71023b4"));
@@ -179,9 +179,15 @@ static void test_join_proofs(void **state)
 	other[31] ^= 1;
 	join_proof(other, "h1", ab, "tcp://10.0.0.1:7710", b);
 	assert_false(join_proof_equal(a, b));
-	/* An answer for another host id or controller key does not confirm. */
-	join_confirm(key, "c0ffee", 8, cd, ab, a);
-	join_confirm(key, "c0ffee", 7, ab, ab, b);
+	/* Another host id, controller key, events address or interval: another answer. */
+	join_confirm(key, "h1", "c0ffee", 7, cd, ab, "tcp://10.0.0.1:7701", 1, a);
+	join_confirm(key, "h1", "c0ffee", 8, cd, ab, "tcp://10.0.0.1:7701", 1, b);
+	assert_false(join_proof_equal(a, b));
+	join_confirm(key, "h1", "c0ffee", 7, ab, ab, "tcp://10.0.0.1:7701", 1, b);
+	assert_false(join_proof_equal(a, b));
+	join_confirm(key, "h1", "c0ffee", 7, cd, ab, "tcp://10.6.6.6:7701", 1, b);
+	assert_false(join_proof_equal(a, b));
+	join_confirm(key, "h1", "c0ffee", 7, cd, ab, "tcp://10.0.0.1:7701", 3600, b);
 	assert_false(join_proof_equal(a, b));
 }
 
