@@ -698,6 +698,12 @@ void agentlink_queries_fail(struct host *h, const char *why)
 		h->inflight = NULL;
 		query_fail(c, why);
 	}
+	agentlink_deferred_fail(h, why);
+}
+
+/* Answer every query h acked as deferred with why: its answer cannot come any more. */
+void agentlink_deferred_fail(struct host *h, const char *why)
+{
 	while (h->deferred) {
 		struct cmd *c = h->deferred;
 

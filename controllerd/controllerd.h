@@ -172,6 +172,7 @@ void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t t
 			     cmd_reply_fn cb, void *cls);
 void agentlink_query_cancel(void *cls);
 void agentlink_queries_fail(struct host *h, const char *why);
+void agentlink_deferred_fail(struct host *h, const char *why);
 
 /* instances.c */
 struct sched_request;

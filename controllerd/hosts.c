@@ -189,6 +189,10 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		return;
 	}
 	addr = json_get_str(body, "addr", "");
+	/* An agent that restarted lost the commands it was still running for us. */
+	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
+	    json_get_int(h->facts, "uptime_s", 0))
+		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
 	json_object_put(h->facts);
 	h->facts = json_object_get(json_object_object_get(body, "facts"));
 	h->last_seen = now_ms();

@@ -349,18 +349,29 @@ api GET /api/v1/instances/ct-run
 pid=$(jqb .pid)
 cpid=$(runc_pid "$host" ct-run)
 apid=$(agent_pid "$host")
+# An exec running when the agent dies is answered as lost once the agent is back,
+# not left to its 60 s deadline.
+curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" -o "$tmp/lost.json" \
+	"$KUMO_URL/api/v1/instances/ct-run/exec" \
+	-d '{"command":["/bin/sh","-c","while [ ! -e /tmp/lost-go ]; do sleep 0.2; done"],"timeout_s":60}' &
+lost=$!
+sleep 1
 kill -9 "$apid"
 wait_until 10 "the agent of $host gone" proc_gone "$apid"
 kill -0 "$cpid" 2>/dev/null || fail "the container died with its agent"
+kill -0 $lost 2>/dev/null || fail "the exec answered before its agent died: $(cat "$tmp/lost.json")"
 lab up --hosts 3 >/dev/null
 wait_until 30 "$host online" host_is "$host" online
+wait $lost || true
+grep -q "restarted" "$tmp/lost.json" || fail "an exec lost with its agent was not answered as such: $(cat "$tmp/lost.json")"
 wait_until 30 "ct-run running after re-adoption" instance_is ct-run running
 [ "$(ct_field ct-run .pid)" = "$pid" ] || fail "after the agent restart ct-run has pid $(ct_field ct-run .pid), not $pid"
 [ "$(runc_pid "$host" ct-run)" = "$cpid" ] || fail "the container process changed across the agent restart"
 ct_exec ct-run '["cat","/bin/kt-written"]'
 [ "$(jqb .exit_code)" = 0 ] || fail "exec in the re-adopted container failed"
 ct_logs_have ct-run after-trigger || fail "logs of the re-adopted container are gone"
-pass "ct-run kept running through an agent kill -9 (same pid) and was re-adopted: exec and logs work"
+ct_exec ct-run '["touch","/tmp/lost-go"]'
+pass "ct-run kept running through an agent kill -9 (same pid) and was re-adopted: exec and logs work; the exec it was running is answered as lost"
 
 # restart: a new process, the log goes on.
 api POST /api/v1/instances/ct-run/actions/restart
