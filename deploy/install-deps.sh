@@ -30,9 +30,9 @@ done
 if [ -n "$missing" ]; then
 	echo "install-deps: installing:$missing"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -q
+	apt-get -o DPkg::Lock::Timeout=900 update -q
 	# shellcheck disable=SC2086
-	apt-get install -y -q --no-install-recommends $missing
+	apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends $missing
 else
 	echo "install-deps: all packages present"
 fi

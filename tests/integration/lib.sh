@@ -11,13 +11,19 @@ set -euo pipefail
 KUMO_SRC=${KUMO_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 export KUMO_BUILD_DIR=${KUMO_BUILD_DIR:-$KUMO_SRC/build}
 export KUMO_LAB_NO_BUILD=1
-LAB_ARGS=(--name kt --subnet 10.232.0 --api-port 9443 --link-port 9700)
+# One lab per checkout by default; KUMO_TEST_LAB_* let two checkouts test side by side.
+KUMO_TEST_LAB_NAME=${KUMO_TEST_LAB_NAME:-kt}
+KUMO_TEST_LAB_SUBNET=${KUMO_TEST_LAB_SUBNET:-10.232.0}
+KUMO_TEST_LAB_API_PORT=${KUMO_TEST_LAB_API_PORT:-9443}
+KUMO_TEST_LAB_LINK_PORT=${KUMO_TEST_LAB_LINK_PORT:-9700}
+LAB_ARGS=(--name "$KUMO_TEST_LAB_NAME" --subnet "$KUMO_TEST_LAB_SUBNET"
+	--api-port "$KUMO_TEST_LAB_API_PORT" --link-port "$KUMO_TEST_LAB_LINK_PORT")
 
 lab() { "$KUMO_SRC/deploy/lab" "${LAB_ARGS[@]}" "$@"; }
 
 eval "$(lab env)"
-KUMO_LINK_ADDRESS=${KUMO_LINK_ADDRESS:-10.232.0.1}
-KUMO_JOIN_PORT=${KUMO_JOIN_PORT:-9700}
+KUMO_LINK_ADDRESS=${KUMO_LINK_ADDRESS:-$KUMO_TEST_LAB_SUBNET.1}
+KUMO_JOIN_PORT=${KUMO_JOIN_PORT:-$KUMO_TEST_LAB_LINK_PORT}
 ADMIN=$(cat "$KUMO_TOKEN_FILE")
 TESTNAME=$(basename "$0" .sh)
 STATUS=0

@@ -20,7 +20,7 @@ for h in h1 h2 h3; do
 	[ "$(f net.vxlan)" = true ] || fail "$h: vxlan should be reported available"
 	[ "$(f net.vlan_8021q)" = false ] || fail "$h: 802.1Q should be reported missing here"
 	[ "$(f 'pools | map(.name) | sort | join(",")')" = "local,shared" ] || fail "$h: pools missing"
-	[ "$(jqb .address)" = "tcp://10.232.0.$((10 + ${h#h})):7710" ] || fail "$h: wrong address $(jqb .address)"
+	[ "$(jqb .address)" = "tcp://$KUMO_TEST_LAB_SUBNET.$((10 + ${h#h})):7710" ] || fail "$h: wrong address $(jqb .address)"
 	[ "$(jqb .heartbeat_age_ms)" -lt 5000 ] || fail "$h: heartbeat is old"
 done
 pass "3 hosts online with cpus, memory, load, kernel, KVM, network and pool facts"
