@@ -557,6 +557,7 @@ void oci_remove(struct ctr *ctr);
 void oci_close_all(struct agent *a);
 bool oci_alive(const struct ctr *ctr);
 void oci_runc_root(const struct agent *a, char *out, size_t len);
+void oci_cgroup_path(const struct agent *a, const char *name, char *out, size_t len);
 struct json_object *oci_report(const struct ctr *ctr);
 void oci_reports_add(struct agent *a, struct json_object *arr);
 int oci_running_count(struct agent *a);
@@ -610,8 +611,9 @@ int layers_commit(const char *shared, const char *upper, const struct oci_image 
 int layers_tree_remove(const char *path);
 
 /* bundle.c */
-struct json_object *bundle_config_build(const char *name, struct json_object *spec,
-					struct json_object *image_config, struct kerr *err);
+struct json_object *bundle_config_build(const char *name, const char *cgroup,
+					struct json_object *spec, struct json_object *image_config,
+					struct kerr *err);
 void bundle_netns_set(struct json_object *cfg, char *path);
 void bundle_resolv_set(struct json_object *cfg, char *file);
 

@@ -13,10 +13,11 @@
  *             /sys/fs/cgroup (ro), as in runc's `runc spec`
  *   linux     new pid, ipc, uts, mount and network namespaces (runc brings the new
  *             netns's loopback up; a container on networks joins the namespace its
- *             NICs were wired in instead, bundle_netns_set()); cgroupsPath "/kumo/NAME", absolute,
- * which runc needs on this host's hybrid cgroup layout; memory limit (and the same swap limit where
- * the kernel accounts swap, so no swapping past it), CPU quota over a 100 ms period, pids limit; no
- * device but runc's defaults; runc's masked and read-only /proc and /sys paths
+ *             NICs were wired in instead, bundle_netns_set()); cgroupsPath CGROUP
+ * (oci_cgroup_path()), absolute, which runc needs on this host's hybrid cgroup layout; memory limit
+ * (and the same swap limit where the kernel accounts swap, so no swapping past it), CPU quota over
+ * a 100 ms period, pids limit; no device but runc's defaults; runc's masked and read-only /proc and
+ * /sys paths
  */
 #include "agentd.h"
 
@@ -404,10 +405,9 @@ static struct json_object *seccomp_build(void)
 	return sc;
 }
 
-static struct json_object *linux_build(const char *name, struct json_object *spec)
+static struct json_object *linux_build(const char *cgroup, struct json_object *spec)
 {
 	struct json_object *lx = json_object_new_object(), *ns = json_object_new_array();
-	_cleanup_free_ char *cgroup = xasprintf("/kumo/%s", name);
 
 	for (size_t i = 0; namespaces[i]; i++) {
 		struct json_object *n = json_object_new_object();
@@ -486,12 +486,13 @@ static struct json_object *process_build(const char *name, struct json_object *s
 }
 
 /*
- * The config.json of container name: spec is its normalised SPEC, image_config the
- * image's config blob (its "config" member is read). Returns a new object, or NULL
+ * The config.json of container name in cgroup (cgroupsPath): spec is its normalised SPEC,
+ * image_config the image's config blob (its "config" member is read). Returns a new object, or NULL
  * with err (a user or working directory this driver cannot use, no command).
  */
-struct json_object *bundle_config_build(const char *name, struct json_object *spec,
-					struct json_object *image_config, struct kerr *err)
+struct json_object *bundle_config_build(const char *name, const char *cgroup,
+					struct json_object *spec, struct json_object *image_config,
+					struct kerr *err)
 {
 	struct json_object *image = NULL, *cfg, *root, *process, *ann;
 
@@ -510,7 +511,7 @@ struct json_object *bundle_config_build(const char *name, struct json_object *sp
 	json_object_object_add(cfg, "root", root);
 	json_object_object_add(cfg, "hostname", json_object_new_string(name));
 	json_object_object_add(cfg, "mounts", mounts_build());
-	json_object_object_add(cfg, "linux", linux_build(name, spec));
+	json_object_object_add(cfg, "linux", linux_build(cgroup, spec));
 	ann = json_object_new_object();
 	json_object_object_add(ann, "org.kumo.instance", json_object_new_string(name));
 	json_object_object_add(cfg, "annotations", ann);

@@ -97,6 +97,16 @@ void oci_runc_root(const struct agent *a, char *out, size_t len)
 }
 
 /*
+ * The cgroup (runc's absolute cgroupsPath) of container name: /kumo/HOST-CLUSTER/NAME.
+ * Names are unique in a cluster, not on a machine: two clusters (two labs on one
+ * machine) or two hosts of one lab may run containers of the same name side by side.
+ */
+void oci_cgroup_path(const struct agent *a, const char *name, char *out, size_t len)
+{
+	snprintf(out, len, "/kumo/%s-%.8s/%s", a->link.host, a->link.cluster_id, name);
+}
+
+/*
  * Register a container for spec (checked and normalised; the ctr takes a reference):
  * stopped, not yet created. Returns it, or NULL with err when its paths are too long.
  */
@@ -224,15 +234,21 @@ static pid_t pid_file_read(const char *path, int64_t *mtime)
 	return pid > 0 && pid < (1 << 30) ? (pid_t)pid : 0;
 }
 
-/* Is pid in container name's cgroup? Guards against a pid reused since. */
-static bool pid_in_cgroup(pid_t pid, const char *name)
+/*
+ * Is pid in the container's cgroup? Guards against a pid reused since. Containers
+ * started before cgroups were per host lived in /kumo/NAME: those are found too.
+ */
+static bool pid_in_cgroup(pid_t pid, const struct ctr *ctr)
 {
 	_cleanup_free_ char *path = xasprintf("/proc/%d/cgroup", (int)pid);
-	_cleanup_free_ char *text = NULL, *want = xasprintf("/kumo/%s\n", name);
+	_cleanup_free_ char *text = NULL, *legacy = xasprintf(":/kumo/%s\n", ctr->name);
+	char cgroup[PATH_MAX], want[PATH_MAX + 2];
 
 	if (file_read_all(path, 65536, &text, NULL) < 0)
 		return false;
-	return strstr(text, want) != NULL;
+	oci_cgroup_path(ctr->agent, ctr->name, cgroup, sizeof(cgroup));
+	snprintf(want, sizeof(want), ":%s\n", cgroup);
+	return strstr(text, want) != NULL || strstr(text, legacy) != NULL;
 }
 
 /* Is pid a shim for dir ("--shim" DIR on its command line)? */
@@ -254,10 +270,12 @@ static bool pid_is_shim(pid_t pid, const char *dir)
 /* The container's cgroup is frozen (runc pause): cgroup v1 freezer or v2 freeze. */
 static bool ctr_frozen(const struct ctr *ctr)
 {
-	_cleanup_free_ char *v1 =
-		xasprintf("/sys/fs/cgroup/freezer/kumo/%s/freezer.state", ctr->name);
-	_cleanup_free_ char *v2 = xasprintf("/sys/fs/cgroup/kumo/%s/cgroup.freeze", ctr->name);
-	_cleanup_free_ char *text = NULL;
+	_cleanup_free_ char *v1 = NULL, *v2 = NULL, *text = NULL;
+	char cgroup[PATH_MAX];
+
+	oci_cgroup_path(ctr->agent, ctr->name, cgroup, sizeof(cgroup));
+	v1 = xasprintf("/sys/fs/cgroup/freezer%s/freezer.state", cgroup);
+	v2 = xasprintf("/sys/fs/cgroup%s/cgroup.freeze", cgroup);
 
 	if (file_read_all(v1, 64, &text, NULL) == 0)
 		return strncmp(text, "THAWED", 6) != 0;
@@ -509,7 +527,7 @@ void oci_refresh(struct ctr *ctr)
 			ctr->shim_pid = p;
 	}
 	cpid = pid_file_read(cpid_path, &mtime);
-	if (cpid && !(vm_pid_alive(cpid) && pid_in_cgroup(cpid, ctr->name)))
+	if (cpid && !(vm_pid_alive(cpid) && pid_in_cgroup(cpid, ctr)))
 		cpid = 0;
 	if (ctr->orphan && cpid == 0 && ctr->pid)
 		ctr->orphan_lost = true;

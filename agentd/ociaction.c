@@ -57,6 +57,7 @@ struct prep {
 	struct json_object *spec; /* the worker's own copy */
 	char name[NAME_MAX_LEN + 1];
 	char dir[PATH_MAX], shared[PATH_MAX], local[PATH_MAX], root[PATH_MAX];
+	char cgroup[PATH_MAX]; /* cgroupsPath, oci_cgroup_path() */
 	struct oci_image img;
 	size_t layer; /* the layer at work */
 };
@@ -114,7 +115,7 @@ static int bundle_work(struct oci_job *job)
 	/* The NICs first: the bundle names the namespace they live in. */
 	if (netport_ctr_prepare(p->dir, json_object_object_get(p->spec, "nics"), &job->err) < 0)
 		return agent_err_prefix(&job->err, "network: ");
-	cfg = bundle_config_build(p->name, p->spec, p->img.config, &job->err);
+	cfg = bundle_config_build(p->name, p->cgroup, p->spec, p->img.config, &job->err);
 	if (cfg == NULL)
 		return -1;
 	bundle_netns_set(cfg, netport_ctr_netns(p->dir, json_object_object_get(p->spec, "nics")));
@@ -135,6 +136,7 @@ static int bundle_work(struct oci_job *job)
 	json_object_object_add(shim, "name", json_object_new_string(p->name));
 	json_object_object_add(shim, "runtime", json_object_new_string(AGENT_OCI_RUNTIME));
 	json_object_object_add(shim, "root", json_object_new_string(p->root));
+	json_object_object_add(shim, "cgroup", json_object_new_string(p->cgroup));
 	json_object_object_add(shim, "restart",
 			       json_object_new_string(json_get_str(p->spec, "restart", "no")));
 	lower = json_object_new_array();
@@ -245,6 +247,7 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	snprintf(p->shared, sizeof(p->shared), "%s", a->cfg->shared_pool);
 	snprintf(p->local, sizeof(p->local), "%s", a->cfg->local_pool);
 	oci_runc_root(a, p->root, sizeof(p->root));
+	oci_cgroup_path(a, p->name, p->cgroup, sizeof(p->cgroup));
 	instance_op_progress(op, 5, "reading the image");
 	p->job.work = image_work;
 	p->job.done = prep_done;
@@ -485,6 +488,7 @@ struct delete_job {
 	struct inst_op *op;
 	char dir[PATH_MAX];
 	char name[NAME_MAX_LEN + 1];
+	char cgroup[PATH_MAX]; /* oci_cgroup_path() */
 };
 
 static int delete_work(struct oci_job *job)
@@ -501,13 +505,13 @@ static int delete_work(struct oci_job *job)
 	/* Empty cgroups runc left behind (a run that was killed). */
 	for (size_t i = 0; cgroup_controllers[i]; i++) {
 		_cleanup_free_ char *cg =
-			xasprintf("/sys/fs/cgroup/%s/kumo/%s", cgroup_controllers[i], d->name);
+			xasprintf("/sys/fs/cgroup/%s%s", cgroup_controllers[i], d->cgroup);
 
 		rmdir(cg);
 	}
 	{
-		_cleanup_free_ char *cg = xasprintf("/sys/fs/cgroup/unified/kumo/%s", d->name);
-		_cleanup_free_ char *cg2 = xasprintf("/sys/fs/cgroup/kumo/%s", d->name);
+		_cleanup_free_ char *cg = xasprintf("/sys/fs/cgroup/unified%s", d->cgroup);
+		_cleanup_free_ char *cg2 = xasprintf("/sys/fs/cgroup%s", d->cgroup);
 
 		rmdir(cg);
 		rmdir(cg2);
@@ -558,6 +562,7 @@ static void runc_deleted_cb(struct agent *a, const struct oci_cmd_result *r, voi
 	d->op = op;
 	snprintf(d->dir, sizeof(d->dir), "%s", op->ctr->dir);
 	snprintf(d->name, sizeof(d->name), "%s", op->ctr->name);
+	oci_cgroup_path(op->agent, d->name, d->cgroup, sizeof(d->cgroup));
 	d->job.work = delete_work;
 	d->job.done = delete_done;
 	instance_op_progress(op, 60, "removing the container");

@@ -77,6 +77,7 @@ struct shim {
 	int oom_fd, oom_ctl, oom_events; /* eventfd (v1) or inotify (v2); -1 if none */
 	bool oom_v2;
 	bool oom;
+	char cgroup[PATH_MAX]; /* cgroupsPath of the container, from shim.json */
 	char cgroup_mem[PATH_MAX];
 };
 
@@ -114,7 +115,13 @@ static int config_load(struct shim *s, struct kerr *err)
 		 json_get_str(cfg, "runtime", AGENT_OCI_RUNTIME));
 	snprintf(s->root, sizeof(s->root), "%s", json_get_str(cfg, "root", ""));
 	snprintf(s->restart, sizeof(s->restart), "%s", json_get_str(cfg, "restart", "no"));
+	/* Bundles written before shim.json named it lived under /kumo/NAME. */
+	if (json_object_object_get_ex(cfg, "cgroup", NULL))
+		snprintf(s->cgroup, sizeof(s->cgroup), "%s", json_get_str(cfg, "cgroup", ""));
+	else
+		snprintf(s->cgroup, sizeof(s->cgroup), "/kumo/%s", s->name);
 	if (!name_valid(s->name) || s->root[0] != '/' || strpbrk(s->dir, ":,") ||
+	    s->cgroup[0] != '/' || strstr(s->cgroup, "..") ||
 	    !json_object_object_get_ex(cfg, "lower", &lower) ||
 	    !json_object_is_type(lower, json_type_array) || json_object_array_length(lower) == 0) {
 		json_object_put(cfg);
@@ -246,10 +253,10 @@ static bool oom_setup(struct shim *s)
 
 	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0) {
 		s->oom_v2 = true;
-		snprintf(s->cgroup_mem, sizeof(s->cgroup_mem), "/sys/fs/cgroup/kumo/%s", s->name);
+		snprintf(s->cgroup_mem, sizeof(s->cgroup_mem), "/sys/fs/cgroup%s", s->cgroup);
 	} else {
-		snprintf(s->cgroup_mem, sizeof(s->cgroup_mem), "/sys/fs/cgroup/memory/kumo/%s",
-			 s->name);
+		snprintf(s->cgroup_mem, sizeof(s->cgroup_mem), "/sys/fs/cgroup/memory%s",
+			 s->cgroup);
 	}
 	if (access(s->cgroup_mem, F_OK) < 0)
 		return false; /* not made yet */

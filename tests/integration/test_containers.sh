@@ -36,13 +36,17 @@ cjson() {
 # runc_state HOST NAME -> the container's status as runc on HOST sees it, or nothing.
 runc_state() { runc --root "$KUMO_LAB_DIR/hosts/$1/local/runc" state "$2" 2>/dev/null | jq -r .status || true; }
 runc_pid() { runc --root "$KUMO_LAB_DIR/hosts/$1/local/runc" state "$2" 2>/dev/null | jq -r .pid || true; }
-# cg_value NAME V1-CONTROLLER V1-FILE V2-FILE -> a file of the container's cgroup /kumo/NAME
+# cg_value NAME V1-CONTROLLER V1-FILE V2-FILE -> a file of the container's cgroup, as
+# its bundle names it (/kumo/HOST-CLUSTER/NAME)
 cg_value() {
-	local f
-	for f in "/sys/fs/cgroup/$2/kumo/$1/$3" "/sys/fs/cgroup/kumo/$1/$4" "/sys/fs/cgroup/unified/kumo/$1/$4"; do
+	local f cg host
+	api GET "/api/v1/instances/$1"
+	host=$(jqb .host)
+	cg=$(jq -r .linux.cgroupsPath "$KUMO_LAB_DIR/hosts/$host/local/containers/$1/config.json" 2>/dev/null)
+	for f in "/sys/fs/cgroup/$2$cg/$3" "/sys/fs/cgroup$cg/$4" "/sys/fs/cgroup/unified$cg/$4"; do
 		[ -r "$f" ] && cat "$f" && return 0
 	done
-	echo "no cgroup file for $1 ($2/$3 or $4)"
+	echo "no cgroup file for $1 in '$cg' ($2/$3 or $4)"
 }
 exited() { api GET "/api/v1/instances/$1" && case "$(jqb .state)" in stopped | crashed) true ;; *) false ;; esac }
 is_true() { [ "$(ct_field "$1" "$2")" = true ]; }
@@ -144,7 +148,7 @@ ct_exec ct-run '["/bin/sh","-c","grep -E \"^(NoNewPrivs|CapEff)\" /proc/1/status
 grep -qE '^NoNewPrivs:[[:space:]]+1$' <<<"$(jqb .output)" || fail "no_new_privs is not set: $(jqb .output)"
 capeff=$(jqb .output | awk '/^CapEff/ { print $2 }')
 [ -n "$capeff" ] && [ $(((0x$capeff >> 21) & 1)) = 0 ] || fail "the container has CAP_SYS_ADMIN (CapEff $capeff)"
-pass "limits are in the cgroup /kumo/ct-run; own netns with lo up (ping works); no new privileges; no CAP_SYS_ADMIN"
+pass "limits are in the cgroup of ct-run; own netns with lo up (ping works); no new privileges; no CAP_SYS_ADMIN"
 # seccomp: a user namespace (which needs no capability) and a keyring are refused.
 ct_exec ct-run '["/bin/sh","-c","grep ^Seccomp: /proc/self/status; unshare -U true 2>&1; echo unshare=$?"]'
 grep -qE '^Seccomp:[[:space:]]+2$' <<<"$(jqb .output)" || fail "no seccomp filter on the container: $(jqb .output)"
