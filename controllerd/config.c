@@ -289,6 +289,17 @@ void config_print(const struct config *cfg, FILE *out)
 	}
 }
 
+/* The options for --help: name, default, what it does. */
+void config_usage(FILE *out)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+		const struct option_def *o = &options[i];
+
+		fprintf(out, "  %-20s %s (default: %s)\n", o->name, o->help,
+			o->def[0] ? o->def : "none");
+	}
+}
+
 void config_free(struct config *cfg)
 {
 	for (size_t i = 0; i < ARRAY_SIZE(options); i++)

@@ -118,6 +118,7 @@ int config_load(struct config *cfg, const char *path, struct kerr *err);
 int config_set(struct config *cfg, const char *kv, struct kerr *err);
 int config_check(struct config *cfg, struct kerr *err);
 void config_print(const struct config *cfg, FILE *out);
+void config_usage(FILE *out);
 void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 

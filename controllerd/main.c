@@ -16,13 +16,18 @@ struct controller ctl;
 
 #define CRON_MS 250
 
-static void usage(void)
+/* Usage on out; exits with status (0 for --help, 2 for a mistake). */
+static void usage(FILE *out, int status)
 {
-	fprintf(stderr, "usage: kumo-controllerd [-n] [-c FILE] [-s key=value]...\n"
-			"  -c FILE       configuration file\n"
-			"  -s key=value  set one option over the file\n"
-			"  -n            check the configuration, print it and exit\n");
-	exit(2);
+	fprintf(out, "usage: kumo-controllerd [-n] [-c FILE] [-s key=value]...\n"
+		     "  -c, --config FILE  configuration file (key = value lines)\n"
+		     "  -s, --set K=V      set one option over the file\n"
+		     "  -n, --check        check the configuration, print it and exit\n"
+		     "  -h, --help         this help\n"
+		     "  -V, --version      print the version\n"
+		     "\noptions (file keys and -s keys):\n");
+	config_usage(out);
+	exit(status);
 }
 
 /*
@@ -91,7 +96,13 @@ int main(int argc, char **argv)
 	char **sets = xcalloc((size_t)argc, sizeof(char *));
 	int nsets = 0, c, rc;
 
-	while ((c = getopt(argc, argv, "c:s:nh")) != -1) {
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 's'},
+		{"check", no_argument, NULL, 'n'},	  {"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},	  {NULL, 0, NULL, 0},
+	};
+
+	while ((c = getopt_long(argc, argv, "c:s:nhV", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
 			conffile = optarg;
@@ -102,12 +113,23 @@ int main(int argc, char **argv)
 		case 'n':
 			check_only = true;
 			break;
+		case 'h':
+			free(sets);
+			usage(stdout, 0);
+			break;
+		case 'V':
+			printf("kumo-controllerd %s\n", KUMO_VERSION);
+			free(sets);
+			return 0;
 		default:
-			usage();
+			free(sets);
+			usage(stderr, 2);
 		}
 	}
-	if (optind != argc)
-		usage();
+	if (optind != argc) {
+		free(sets);
+		usage(stderr, 2);
+	}
 	if (config_load(&ctl.cfg, conffile, &err) < 0)
 		fatalx("%s", err.msg);
 	for (int i = 0; i < nsets; i++)

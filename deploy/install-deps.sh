@@ -1,24 +1,54 @@
 #!/bin/sh
-# Install every package Kumo needs to build, run and test, from Debian's archive.
+# Install the Debian packages Kumo needs to run, build or test (default: all of them).
 # Idempotent: packages already present are left alone, and apt is not asked at all
 # when nothing is missing.
 set -eu
 
-# Networks (agent, lab, tests): iproute2 (ip, bridge), nftables, dnsmasq-base (DHCP per
-# segment), iputils-ping. busybox-static is the busybox of the test guest and container
-# images (it provides "busybox" and conflicts with Debian's dynamic busybox package, so
-# that one is not listed). strace: a test watches every byte an agent sends when it joins.
-PKGS="
-build-essential cmake pkg-config clang-format
-libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev
-libcmocka-dev zlib1g-dev
-iproute2 iputils-ping procps psmisc curl jq openssl ca-certificates sqlite3
+usage() {
+	echo "usage: deploy/install-deps.sh [runtime|build|test|all]..." >&2
+	echo "  runtime  what the daemons run (a controller or an agent host)" >&2
+	echo "  build    compilers and -dev libraries" >&2
+	echo "  test     the test suite, the lab's guest images and the linters (default: all three)" >&2
+	exit 2
+}
 
-qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio
-extlinux syslinux-common e2fsprogs fdisk dosfstools mtools
-runc skopeo nftables dnsmasq-base
-strace
+# runtime: the libraries the daemons link; qemu-utils (qemu-img: the controller checks
+# and converts uploaded images, the agent makes disks); on agent hosts QEMU, runc, and
+# for networks iproute2 (ip, bridge), nftables and dnsmasq-base (DHCP per segment);
+# dosfstools and mtools make the cloud-init seed disk.
+RUNTIME="
+libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g
+qemu-system-x86 qemu-utils runc iproute2 nftables dnsmasq-base dosfstools mtools
+procps ca-certificates
 "
+BUILD="
+build-essential cmake pkg-config
+libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev zlib1g-dev
+"
+# test: cmocka and clang-format; the lab and the integration tests (curl, jq, sqlite3,
+# openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins);
+# the test guest and container images (busybox-static is their busybox: it conflicts with
+# Debian's dynamic busybox, which is not listed; the Debian kernel, cpio, extlinux, an
+# MBR, e2fsprogs and fdisk), skopeo to push them.
+TEST="
+libcmocka-dev clang-format
+iputils-ping psmisc curl jq openssl sqlite3 strace
+busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk
+skopeo
+"
+
+PKGS=""
+node=0
+[ $# -gt 0 ] || set -- all
+for set in "$@"; do
+	case $set in
+	runtime) PKGS="$PKGS $RUNTIME" ;;
+	build) PKGS="$PKGS $BUILD" ;;
+	test) PKGS="$PKGS $TEST" node=1 ;;
+	all) PKGS="$PKGS $RUNTIME $BUILD $TEST" node=1 ;;
+	*) usage ;;
+	esac
+done
 
 missing=""
 for p in $PKGS; do
@@ -39,8 +69,8 @@ fi
 
 # The OpenAPI linter runs on Node.js. Debian's nodejs conflicts with a Node.js that the
 # machine may already have, so only install it when no node is on PATH.
-if ! command -v npm >/dev/null 2>&1; then
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+if [ "$node" = 1 ] && ! command -v npm >/dev/null 2>&1; then
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends nodejs npm
 fi
 
 # QEMU drops to this user once it opened a guest's files (kumo-agentd --qemu-user).
