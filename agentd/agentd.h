@@ -608,7 +608,6 @@ int layers_tar_write(const char *upper, const char *path, char *digest, char *di
 		     int64_t *size, struct kerr *err);
 int layers_commit(const char *shared, const char *upper, const struct oci_image *img,
 		  const char *comment, struct oci_commit *out, struct kerr *err);
-int layers_tree_remove(const char *path);
 
 /* bundle.c */
 struct json_object *bundle_config_build(const char *name, const char *cgroup,

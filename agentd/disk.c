@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 
 #include "json.h"
+#include "tree.h"
 #include "util.h"
 
 #define DISK_OUT_MAX   (1024 * 1024) /* stdout kept from a helper (qemu-img info JSON) */
@@ -514,33 +515,6 @@ void disk_file_write(struct agent *a, const char *path, const char *text, disk_d
 	job_queue(j);
 }
 
-/* rm -rf of a directory Kumo made; no symlink is followed. */
-static int tree_remove(int parent, const char *name)
-{
-	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	DIR *d;
-	struct dirent *e;
-	int ret = 0;
-
-	if (fd < 0)
-		return unlinkat(parent, name, 0) < 0 && errno != ENOENT ? -errno : 0;
-	d = fdopendir(fd);
-	if (d == NULL) {
-		close(fd);
-		return -errno;
-	}
-	while ((e = readdir(d))) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		if (tree_remove(dirfd(d), e->d_name) < 0 && ret == 0)
-			ret = -errno;
-	}
-	closedir(d);
-	if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT && ret == 0)
-		ret = -errno;
-	return ret;
-}
-
 static void remove_work(struct fs_job *j)
 {
 	int ret;
@@ -563,7 +537,7 @@ static void remove_work(struct fs_job *j)
 		}
 	}
 	if (j->dir[0]) {
-		ret = tree_remove(AT_FDCWD, j->dir);
+		ret = tree_remove(j->dir);
 		if (ret < 0)
 			snprintf(j->error, sizeof(j->error), "cannot remove %s: %s", j->dir,
 				 strerror(-ret));

@@ -46,6 +46,7 @@
 #include "json.h"
 #include "layers_int.h"
 #include "token.h"
+#include "tree.h"
 #include "util.h"
 
 #define META_MAX (4 * 1024 * 1024) /* manifests and configs */
@@ -816,57 +817,6 @@ static int parent_open(int root, const char *rel, bool create, const char **base
 	return fd;
 }
 
-/* rm -rf below dirfd, never following a symlink nor leaving the file system. */
-static int tree_remove_at(int parent, const char *name, dev_t dev)
-{
-	struct stat st;
-	struct dirent *d;
-	DIR *dir;
-	int fd, ret = 0;
-
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (!S_ISDIR(st.st_mode))
-		return unlinkat(parent, name, 0) < 0 && errno != ENOENT ? -errno : 0;
-	if (st.st_dev != dev)
-		return -EXDEV; /* a mount point: never removed through */
-	fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	dir = fdopendir(fd);
-	if (dir == NULL) {
-		close(fd);
-		return -errno;
-	}
-	while ((d = readdir(dir))) {
-		int r;
-
-		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
-			continue;
-		r = tree_remove_at(dirfd(dir), d->d_name, dev);
-		if (r < 0 && ret == 0)
-			ret = r;
-	}
-	closedir(dir);
-	if (ret == 0 && unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
-		ret = -errno;
-	return ret;
-}
-
-/*
- * rm -rf path (a directory Kumo made) without following symlinks or crossing into
- * another file system (a still-mounted rootfs is refused with -EXDEV). Missing is
- * fine. Returns 0 or -errno.
- */
-int layers_tree_remove(const char *path)
-{
-	struct stat st;
-
-	if (lstat(path, &st) < 0)
-		return errno == ENOENT ? 0 : -errno;
-	return tree_remove_at(AT_FDCWD, path, st.st_dev);
-}
-
 /* ---- extraction --------------------------------------------------------------------- */
 
 /* Which xattrs an image may set: file capabilities and the user namespace. */
@@ -919,7 +869,7 @@ static int clear_for(int parent, const char *base, bool want_dir)
 	if (S_ISDIR(st.st_mode)) {
 		if (want_dir)
 			return 0;
-		return tree_remove_at(parent, base, st.st_dev);
+		return tree_remove_at(parent, base);
 	}
 	return unlinkat(parent, base, 0) < 0 && errno != ENOENT ? -errno : 0;
 }
@@ -1193,7 +1143,7 @@ int layers_unpack(const char *shared, const char *local, const struct oci_layer 
 	}
 	if (rename(tmp, final) < 0) {
 		if (errno == EEXIST || errno == ENOTEMPTY) {
-			layers_tree_remove(tmp); /* another unpack won */
+			tree_remove(tmp); /* another unpack won */
 			return 0;
 		}
 		err_set(err, errno, "cannot rename %s", tmp);
@@ -1201,6 +1151,6 @@ int layers_unpack(const char *shared, const char *local, const struct oci_layer 
 	}
 	return 0;
 fail:
-	layers_tree_remove(tmp);
+	tree_remove(tmp);
 	return -1;
 }

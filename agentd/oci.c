@@ -35,6 +35,7 @@
 #include <sys/stat.h>
 
 #include "json.h"
+#include "tree.h"
 #include "util.h"
 
 #define START_POLL_MS 50
@@ -1387,7 +1388,7 @@ static int remove_work(struct oci_job *job)
 
 	/* A create that failed may have wired the NICs: their namespace goes first. */
 	netport_ctr_remove(r->path);
-	ret = layers_tree_remove(r->path);
+	ret = tree_remove(r->path);
 
 	if (ret < 0)
 		return err_set(&job->err, -ret, "cannot remove %s", r->path);

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "tree.h"
 #include "util.h"
 
 #define OVERLAYFS_MAGIC 0x794c7630
@@ -517,7 +518,7 @@ static int delete_work(struct oci_job *job)
 		rmdir(cg2);
 	}
 	netport_ctr_remove(d->dir);
-	ret = layers_tree_remove(d->dir);
+	ret = tree_remove(d->dir);
 	if (ret < 0)
 		return err_set(&job->err, -ret, "cannot remove %s", d->dir);
 	return 0;

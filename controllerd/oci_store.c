@@ -18,7 +18,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,6 +28,7 @@
 #include "controllerd.h"
 #include "log.h"
 #include "token.h"
+#include "tree.h"
 #include "util.h"
 
 #define BLOB_DIR   "oci/blobs/sha256"
@@ -1001,17 +1001,13 @@ bool oci_repo_exists(const char *repo)
 	return found;
 }
 
-static int tree_remove_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	if (remove(path) < 0 && errno != ENOENT)
-		log_warn("oci: cannot remove %s", path);
-	return 0;
-}
-
-/* rm -rf path, without following symbolic links (an import's work directory). */
+/* rm -rf path (an import's work directory): never follows a symlink nor crosses a mount. */
 void oci_tree_remove(const char *path)
 {
-	nftw(path, tree_remove_cb, 16, FTW_DEPTH | FTW_PHYS);
+	int ret = tree_remove(path);
+
+	if (ret < 0)
+		log_warnx("oci: cannot remove %s: %s", path, strerror(-ret));
 }
 
 /*

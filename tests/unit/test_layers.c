@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "agentd.h"
+#include "tree.h"
 #include "util.h"
 
 #define DIGEST "sha256:0000000000000000000000000000000000000000000000000000000000000000"
@@ -117,7 +118,7 @@ static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
-	layers_tree_remove(f->root);
+	tree_remove(f->root);
 	free(f);
 	return 0;
 }
@@ -428,7 +429,7 @@ static void test_write_too_deep_refused(void **state)
 	assert_non_null(strstr(err.msg, "directories nest more than 256 deep"));
 	assert_int_equal(access(layer, F_OK), -1);
 	/* And deleting the container removes such a tree all the same. */
-	assert_int_equal(layers_tree_remove(upper), 0);
+	assert_int_equal(tree_remove(upper), 0);
 	assert_int_equal(access(upper, F_OK), -1);
 }
 
