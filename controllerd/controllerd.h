@@ -24,7 +24,12 @@ struct config {
 	char *state_dir;
 	char *api_listen;
 	bool tls;
+	char *tls_cert; /* the operator's PEM certificate (chain) and key; "" = self-signed */
+	char *tls_key;
 	bool insecure_http;
+	bool metrics_public;	   /* GET /metrics without a token */
+	int audit_keep;		   /* audit rows kept, oldest pruned first */
+	int max_streams_per_token; /* open event streams, log follows and long polls */
 	char *link_address;
 	int join_port;
 	int event_port;
@@ -138,6 +143,14 @@ void db_close(sqlite3 *db);
 
 /* tokens.c */
 int tokens_bootstrap(const char *state_dir, struct kerr *err);
+/* Who a request acts as, from its bearer token. */
+struct token_auth {
+	int64_t id;
+	enum role role;
+	int64_t expires_at; /* ms; 0: never */
+	char name[65];
+};
+enum role tokens_check(const char *authorization, struct token_auth *out, const char **why);
 enum role tokens_authenticate(const char *authorization, int64_t *token_id);
 const char *role_name(enum role role);
 int role_parse(const char *name, enum role *out);
@@ -252,7 +265,8 @@ struct request {
 	bool body_too_large;
 	enum role role;
 	int64_t token_id;
-	unsigned status; /* what was answered, for metrics */
+	struct token_auth token; /* the acting token (id 0: none), for the audit log */
+	unsigned status;	 /* what was answered, for metrics */
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
 	/* Long poll on an operation (api_ops.c). */
@@ -294,6 +308,10 @@ struct route {
 	route_fn fn;
 	const struct stream_ops *stream; /* NULL: the body is collected in memory */
 };
+
+/* The Content-Security-Policy of every answer but the dashboard: it loads nothing. */
+#define HTTP_CSP_NONE                                                                              \
+	"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 int http_start(struct kerr *err);
 void http_stop(void);
@@ -389,6 +407,7 @@ int proc_run(char *const argv[], proc_done_fn done, void *cls, struct kerr *err)
 
 /* tls.c */
 int tls_ensure(const char *state_dir, const char *api_listen, struct kerr *err);
+int tls_pair_check(const char *cert_path, const char *key_path, struct kerr *err);
 
 /* oci_store.c */
 #define OCI_DIGEST_LEN	       (7 + 64) /* "sha256:" and the hex */

@@ -137,7 +137,9 @@ int main(int argc, char **argv)
 	cluster_id_ensure();
 	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0)
 		fatalx("%s", err.msg);
-	if (ctl.cfg.tls && tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
+	/* The self-signed certificate only when the operator gave none. */
+	if (ctl.cfg.tls && !ctl.cfg.tls_cert[0] &&
+	    tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
 		fatalx("%s", err.msg);
 
 	ctl.loop = uv_default_loop();

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -64,32 +65,82 @@ int tokens_bootstrap(const char *state_dir, struct kerr *err)
 	return 0;
 }
 
+/* used_at is written at most this often per token: not a disk write per request. */
+#define USED_AT_RESOLUTION_MS 60000
+
 /*
- * Check an Authorization header value. Returns the token's role, or ROLE_NONE for a
- * missing, malformed, unknown or expired token.
+ * Check an Authorization header value. Returns the token's role and fills *out, or
+ * ROLE_NONE for a missing, malformed, unknown or expired token with *why saying
+ * which (static text, valid until the next call).
  */
-enum role tokens_authenticate(const char *authorization, int64_t *token_id)
+enum role tokens_check(const char *authorization, struct token_auth *out, const char **why)
 {
+	static char expired[96];
 	char digest[TOKEN_DIGEST_LEN + 1];
 	enum role role = ROLE_NONE;
+	int64_t now = now_ms(), used = 0;
 	sqlite3_stmt *st;
 
-	if (authorization == NULL || strncmp(authorization, "Bearer ", 7) != 0)
+	memset(out, 0, sizeof(*out));
+	*why = "a bearer token is required (Authorization: Bearer <token>)";
+	if (authorization == NULL)
+		return ROLE_NONE;
+	*why = "the bearer token is not valid";
+	if (strncmp(authorization, "Bearer ", 7) != 0)
 		return ROLE_NONE;
 	authorization += 7;
 	if (!token_well_formed(authorization))
 		return ROLE_NONE;
 	token_digest(authorization, digest);
-	st = db_prepare(ctl.db, "SELECT id, role FROM tokens WHERE digest = ? AND kind = 'api' "
-				"AND (expires_at IS NULL OR expires_at > ?)");
+	st = db_prepare(ctl.db,
+			"SELECT id, role, name, coalesce(expires_at, 0), "
+			"coalesce(used_at, 0) FROM tokens WHERE digest = ? AND kind = 'api'");
 	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now_ms());
 	if (sqlite3_step(st) == SQLITE_ROW) {
-		*token_id = sqlite3_column_int64(st, 0);
+		out->id = sqlite3_column_int64(st, 0);
 		if (role_parse((const char *)sqlite3_column_text(st, 1), &role) < 0)
 			role = ROLE_NONE;
+		snprintf(out->name, sizeof(out->name), "%s",
+			 (const char *)sqlite3_column_text(st, 2));
+		out->expires_at = sqlite3_column_int64(st, 3);
+		used = sqlite3_column_int64(st, 4);
 	}
 	sqlite3_finalize(st);
+	if (role != ROLE_NONE && out->expires_at && out->expires_at <= now) {
+		time_t t = (time_t)(out->expires_at / 1000);
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(expired, sizeof(expired), "the bearer token expired at %Y-%m-%dT%H:%M:%SZ",
+			 &tm);
+		*why = expired;
+		role = ROLE_NONE;
+	}
+	if (role == ROLE_NONE) {
+		out->id = 0;
+		return ROLE_NONE;
+	}
+	out->role = role;
+	if (now - used >= USED_AT_RESOLUTION_MS) {
+		st = db_prepare(ctl.db, "UPDATE tokens SET used_at = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, now);
+		sqlite3_bind_int64(st, 2, out->id);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			log_warnx("tokens: cannot record the use of token %lld: %s",
+				  (long long)out->id, sqlite3_errmsg(ctl.db));
+		sqlite3_finalize(st);
+	}
+	return role;
+}
+
+/* tokens_check() for callers that need only the role and the token's id. */
+enum role tokens_authenticate(const char *authorization, int64_t *token_id)
+{
+	struct token_auth ta;
+	const char *why;
+	enum role role = tokens_check(authorization, &ta, &why);
+
+	*token_id = ta.id;
 	return role;
 }
 
