@@ -127,7 +127,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 6
+#define DB_SCHEMA_VERSION 7
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -150,7 +150,25 @@ struct token_auth {
 	int64_t expires_at; /* ms; 0: never */
 	char name[65];
 };
+/*
+ * A stream or long poll held open under a token: counted against the token's
+ * max_streams_per_token, and ended through revoke_cb(cls) when the token is deleted,
+ * rotated or expires (within a second).
+ */
+struct token_watch {
+	int64_t token_id;
+	int64_t expires_at; /* ms; 0: never */
+	void (*revoke_cb)(void *cls);
+	void *cls;
+	bool active;
+	struct token_watch *next;
+};
 enum role tokens_check(const char *authorization, struct token_auth *out, const char **why);
+int tokens_watch_add(struct token_watch *w, const struct token_auth *tok,
+		     void (*revoke_cb)(void *cls), void *cls, struct kerr *err);
+void tokens_watch_remove(struct token_watch *w);
+void tokens_revoke(int64_t token_id);
+void tokens_cron(void);
 enum role tokens_authenticate(const char *authorization, int64_t *token_id);
 const char *role_name(enum role role);
 int role_parse(const char *name, enum role *out);
@@ -245,6 +263,13 @@ struct json_object *op_get(const char *id);
 bool op_status_final(const char *status);
 void ops_resume(void);
 
+/* audit.c */
+void audit_record(const struct request *req);
+void audit_prune(void);
+
+/* api_audit.c */
+enum MHD_Result api_audit_list(struct request *req);
+
 /* events.c */
 void event_emit(const char *type, struct json_object *data);
 void events_prune(void);
@@ -266,6 +291,8 @@ struct request {
 	enum role role;
 	int64_t token_id;
 	struct token_auth token; /* the acting token (id 0: none), for the audit log */
+	struct token_watch watch; /* a long poll (api_ops.c), ended when the token goes */
+	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
 	unsigned status;	 /* what was answered, for metrics */
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
@@ -351,6 +378,7 @@ enum MHD_Result api_host_probe(struct request *req);
 enum MHD_Result api_tokens_create(struct request *req);
 enum MHD_Result api_tokens_list(struct request *req);
 enum MHD_Result api_token_delete(struct request *req);
+enum MHD_Result api_token_rotate(struct request *req);
 
 /* api_networks.c */
 enum MHD_Result api_networks_create(struct request *req);

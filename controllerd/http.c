@@ -32,6 +32,8 @@ static const struct route routes[] = {
 	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, NULL},
 	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list, NULL},
 	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, NULL},
+	{"POST", "/api/v1/tokens/{}/actions/rotate", ROLE_ADMIN, "", api_token_rotate, NULL},
+	{"GET", "/api/v1/audit", ROLE_ADMIN, "limit,after,token", api_audit_list, NULL},
 	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list, NULL},
 	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
 	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
@@ -211,6 +213,9 @@ enum MHD_Result http_reply_text(struct request *req, unsigned status, const char
 /* Answer with obj as JSON (a reference is consumed). */
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
 {
+	/* A 202 answers with the operation it started: the audit log names it. */
+	if (status == 202 && json_object_object_get_ex(obj, "kind", NULL))
+		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(obj, "id", ""));
 	char *text = xasprintf(
 		"%s\n", json_object_to_json_string_ext(
 				obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -567,6 +572,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	api_ops_forget(req);
 	api_instances_forget(req);
+	tokens_watch_remove(&req->watch);
+	audit_record(req);
 	if (req->route && req->route->stream)
 		req->route->stream->end(req);
 	free(req->params[0]);

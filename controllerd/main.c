@@ -27,8 +27,9 @@ static void usage(void)
 
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
- * host liveness, overdue agent commands, event-stream keepalives, fact snapshots.
- * Every minute: pruning old events. Every hour: abandoned registry uploads.
+ * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
+ * streams of expired tokens. Every minute: pruning old events and audit rows. Every
+ * hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -41,9 +42,12 @@ static void cron_cb(uv_timer_t *t)
 		agentlink_cron();
 		api_events_cron();
 		hosts_persist(false);
+		tokens_cron();
 	}
-	if (ticks % (60000 / CRON_MS) == 0)
+	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
+		audit_prune();
+	}
 	if (ticks % (3600000 / CRON_MS) == 0)
 		oci_uploads_prune();
 }

@@ -1,6 +1,8 @@
 /*
- * tokens.c - API and join tokens: the first admin token, bearer authentication and
- * the single use of join tokens. Only SHA-256 digests are stored.
+ * tokens.c - API and join tokens: the first admin token, bearer authentication, the
+ * single use of join tokens, and the streams and long polls each token holds open
+ * (limited per token, ended when the token is revoked or expires). Only SHA-256
+ * digests are stored.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -217,4 +219,80 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
 	return 0;
+}
+
+static struct token_watch *watches;
+
+/*
+ * Count w as one more stream or long poll of tok's token and remember to call
+ * revoke_cb(cls) when the token goes. Refuses (429 in err) beyond the token's
+ * max_streams_per_token. The caller calls tokens_watch_remove() when it ends.
+ */
+int tokens_watch_add(struct token_watch *w, const struct token_auth *tok,
+		     void (*revoke_cb)(void *cls), void *cls, struct kerr *err)
+{
+	int n = 0;
+
+	for (struct token_watch *o = watches; o; o = o->next)
+		n += o->token_id == tok->id;
+	if (n >= ctl.cfg.max_streams_per_token)
+		return err_input(err, 429, NULL,
+				 "this token holds %d event streams, log follows and long polls "
+				 "open already (max_streams_per_token); close one first",
+				 n);
+	w->token_id = tok->id;
+	w->expires_at = tok->expires_at;
+	w->revoke_cb = revoke_cb;
+	w->cls = cls;
+	w->active = true;
+	w->next = watches;
+	watches = w;
+	return 0;
+}
+
+/* w ends; harmless when it was never added or was revoked already. */
+void tokens_watch_remove(struct token_watch *w)
+{
+	if (!w->active)
+		return;
+	for (struct token_watch **pp = &watches; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	w->active = false;
+	w->next = NULL;
+}
+
+/* End the watches that match (token_id, or expired before now when token_id is 0). */
+static void watches_end(int64_t token_id, int64_t now)
+{
+	struct token_watch **pp = &watches;
+
+	while (*pp) {
+		struct token_watch *w = *pp;
+
+		if (token_id ? w->token_id == token_id : (w->expires_at && w->expires_at <= now)) {
+			*pp = w->next;
+			w->active = false;
+			w->next = NULL;
+			w->revoke_cb(w->cls); /* may free w */
+			pp = &watches;	      /* the callback may have changed the list */
+		} else {
+			pp = &w->next;
+		}
+	}
+}
+
+/* The token token_id is deleted or its secret rotated: end its streams and long polls. */
+void tokens_revoke(int64_t token_id)
+{
+	if (token_id > 0)
+		watches_end(token_id, 0);
+}
+
+/* Every second: the streams and long polls of tokens that have expired end. */
+void tokens_cron(void)
+{
+	watches_end(0, now_ms());
 }
