@@ -466,7 +466,7 @@ enum MHD_Result api_instance_logs(struct request *req)
 		struct log_follow *f = xcalloc(1, sizeof(*f));
 		struct MHD_Response *resp;
 
-		if (tokens_watch_add(&f->watch, &req->token, follow_revoke_cb, f, &err) < 0) {
+		if (tokens_watch_add(&f->watch, req, follow_revoke_cb, f, &err) < 0) {
 			free(f);
 			json_object_put(q);
 			return http_reply_kerr(req, &err);

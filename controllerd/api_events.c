@@ -171,7 +171,7 @@ enum MHD_Result api_events_stream(struct request *req)
 							"unknown event type '%.64s'", t);
 	}
 	s = xcalloc(1, sizeof(*s));
-	if (tokens_watch_add(&s->watch, &req->token, revoke_cb, s, &err) < 0) {
+	if (tokens_watch_add(&s->watch, req, revoke_cb, s, &err) < 0) {
 		free(s);
 		return http_reply_kerr(req, &err);
 	}

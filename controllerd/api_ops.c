@@ -101,7 +101,7 @@ enum MHD_Result api_op_get(struct request *req)
 	if (wait == 0 || op_status_final(status))
 		return http_reply_json(req, 200, o);
 	json_object_put(o);
-	if (tokens_watch_add(&req->watch, &req->token, revoke_cb, req, &err) < 0)
+	if (tokens_watch_add(&req->watch, req, revoke_cb, req, &err) < 0)
 		return http_reply_kerr(req, &err);
 	req->wait_deadline = now_ms() + wait * 1000;
 	req->wait_next = waiters;

@@ -141,9 +141,9 @@ enum MHD_Result api_tokens_create(struct request *req)
 		return http_reply_error(req, 400, "expires_at",
 					"give one of ttl_s, expires_in and expires_at");
 	}
-	ttl = json_get_int(body, "ttl_s",
-			   json_get_int(body, "expires_in",
-					!strcmp(kind, "join") ? JOIN_DEFAULT_TTL : 0));
+	ttl = json_get_int(
+		body, "ttl_s",
+		json_get_int(body, "expires_in", !strcmp(kind, "join") ? JOIN_DEFAULT_TTL : 0));
 	expires = ttl ? now + ttl * 1000 : json_get_int(body, "expires_at", 0);
 	token_generate(token);
 	token_digest(token, digest);

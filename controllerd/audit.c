@@ -33,15 +33,15 @@ void audit_record(const struct request *req)
 
 	if (req->token.id == 0 || !method_audited(req->method))
 		return;
-	st = db_prepare(ctl.db, "INSERT INTO audit (time, token_id, token_name, role, method, "
-				"route, target, status, operation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+	st = db_prepare(ctl.db,
+			"INSERT INTO audit (time, token_id, token_name, role, method, "
+			"route, target, status, operation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
 	sqlite3_bind_int64(st, 1, now_ms());
 	sqlite3_bind_int64(st, 2, req->token.id);
 	sqlite3_bind_text(st, 3, req->token.name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, role_name(req->token.role), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 5, req->method, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, req->route ? req->route->pattern : "unmatched", -1,
-			  SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, req->route ? req->route->pattern : "unmatched", -1, SQLITE_STATIC);
 	/* The path only: libmicrohttpd keeps the query apart. */
 	sqlite3_bind_text(st, 7, req->url, -1, SQLITE_STATIC);
 	sqlite3_bind_int(st, 8, (int)req->status);

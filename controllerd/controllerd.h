@@ -150,12 +150,15 @@ struct token_auth {
 	int64_t expires_at; /* ms; 0: never */
 	char name[65];
 };
+struct request;
+
 /*
  * A stream or long poll held open under a token: counted against the token's
  * max_streams_per_token, and ended through revoke_cb(cls) when the token is deleted,
- * rotated or expires (within a second).
+ * rotated or expires, or its client has hung up (within a second).
  */
 struct token_watch {
+	struct MHD_Connection *conn;
 	int64_t token_id;
 	int64_t expires_at; /* ms; 0: never */
 	void (*revoke_cb)(void *cls);
@@ -164,8 +167,8 @@ struct token_watch {
 	struct token_watch *next;
 };
 enum role tokens_check(const char *authorization, struct token_auth *out, const char **why);
-int tokens_watch_add(struct token_watch *w, const struct token_auth *tok,
-		     void (*revoke_cb)(void *cls), void *cls, struct kerr *err);
+int tokens_watch_add(struct token_watch *w, const struct request *req, void (*revoke_cb)(void *cls),
+		     void *cls, struct kerr *err);
 void tokens_watch_remove(struct token_watch *w);
 void tokens_revoke(int64_t token_id);
 void tokens_cron(void);
@@ -290,10 +293,10 @@ struct request {
 	bool body_too_large;
 	enum role role;
 	int64_t token_id;
-	struct token_auth token; /* the acting token (id 0: none), for the audit log */
-	struct token_watch watch; /* a long poll (api_ops.c), ended when the token goes */
+	struct token_auth token;	   /* the acting token (id 0: none), for the audit log */
+	struct token_watch watch;	   /* a long poll (api_ops.c), ended when the token goes */
 	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
-	unsigned status;	 /* what was answered, for metrics */
+	unsigned status;		   /* what was answered, for metrics */
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
 	/* Long poll on an operation (api_ops.c). */

@@ -5,6 +5,7 @@
  * digests are stored.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -224,24 +225,60 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 static struct token_watch *watches;
 
 /*
- * Count w as one more stream or long poll of tok's token and remember to call
- * revoke_cb(cls) when the token goes. Refuses (429 in err) beyond the token's
- * max_streams_per_token. The caller calls tokens_watch_remove() when it ends.
+ * End the watches whose client has hung up (of token_id only, unless 0): a suspended
+ * connection is not polled by libmicrohttpd, so a client that left would hold its
+ * slot until the next keepalive. poll() with no timeout only looks.
  */
-int tokens_watch_add(struct token_watch *w, const struct token_auth *tok,
-		     void (*revoke_cb)(void *cls), void *cls, struct kerr *err)
+static void watches_reap(int64_t token_id)
+{
+	struct pollfd fds[256];
+	struct token_watch *ws[256];
+	nfds_t n = 0;
+
+	for (struct token_watch *w = watches; w && n < ARRAY_SIZE(fds); w = w->next) {
+		const union MHD_ConnectionInfo *info;
+
+		if (token_id && w->token_id != token_id)
+			continue;
+		info = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (info == NULL)
+			continue;
+		fds[n].fd = info->connect_fd;
+		fds[n].events = POLLRDHUP;
+		fds[n].revents = 0;
+		ws[n++] = w;
+	}
+	if (n == 0 || poll(fds, n, 0) <= 0)
+		return;
+	for (nfds_t i = 0; i < n; i++)
+		if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+			tokens_watch_remove(ws[i]);
+			ws[i]->revoke_cb(ws[i]->cls);
+		}
+}
+
+/*
+ * Count w as one more stream or long poll of req's token and remember to call
+ * revoke_cb(cls) when the token goes or the client leaves. Refuses (429 in err)
+ * beyond the token's max_streams_per_token. The caller calls tokens_watch_remove()
+ * when it ends.
+ */
+int tokens_watch_add(struct token_watch *w, const struct request *req, void (*revoke_cb)(void *cls),
+		     void *cls, struct kerr *err)
 {
 	int n = 0;
 
+	watches_reap(req->token.id);
 	for (struct token_watch *o = watches; o; o = o->next)
-		n += o->token_id == tok->id;
+		n += o->token_id == req->token.id;
 	if (n >= ctl.cfg.max_streams_per_token)
 		return err_input(err, 429, NULL,
 				 "this token holds %d event streams, log follows and long polls "
 				 "open already (max_streams_per_token); close one first",
 				 n);
-	w->token_id = tok->id;
-	w->expires_at = tok->expires_at;
+	w->conn = req->conn;
+	w->token_id = req->token.id;
+	w->expires_at = req->token.expires_at;
 	w->revoke_cb = revoke_cb;
 	w->cls = cls;
 	w->active = true;
@@ -250,7 +287,7 @@ int tokens_watch_add(struct token_watch *w, const struct token_auth *tok,
 	return 0;
 }
 
-/* w ends; harmless when it was never added or was revoked already. */
+/* w ends; harmless when it was never added or was ended already. */
 void tokens_watch_remove(struct token_watch *w)
 {
 	if (!w->active)
@@ -291,8 +328,9 @@ void tokens_revoke(int64_t token_id)
 		watches_end(token_id, 0);
 }
 
-/* Every second: the streams and long polls of tokens that have expired end. */
+/* Every second: the streams and long polls of expired tokens and of clients that left end. */
 void tokens_cron(void)
 {
 	watches_end(0, now_ms());
+	watches_reap(0);
 }
