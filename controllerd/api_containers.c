@@ -320,6 +320,7 @@ struct log_follow {
 	size_t len, off;
 	bool suspended, asking, ended;
 	uv_timer_t *timer;
+	struct token_watch watch; /* ends the stream when its token goes */
 };
 
 static void follow_ask(struct log_follow *f);
@@ -404,9 +405,25 @@ static void timer_free_cb(uv_handle_t *h)
 	free(h);
 }
 
+/* The stream's token was revoked or expired: it ends once what it holds is sent. */
+static void follow_revoke_cb(void *cls)
+{
+	struct log_follow *f = cls;
+
+	f->ended = true;
+	if (f->suspended) {
+		f->suspended = false;
+		uv_timer_stop(f->timer);
+		MHD_resume_connection(f->conn);
+		http_kick();
+	}
+}
+
 static void follow_free(void *cls)
 {
 	struct log_follow *f = cls;
+
+	tokens_watch_remove(&f->watch);
 
 	agentlink_query_cancel(f);
 	uv_timer_stop(f->timer);
@@ -449,6 +466,11 @@ enum MHD_Result api_instance_logs(struct request *req)
 		struct log_follow *f = xcalloc(1, sizeof(*f));
 		struct MHD_Response *resp;
 
+		if (tokens_watch_add(&f->watch, req, follow_revoke_cb, f, &err) < 0) {
+			free(f);
+			json_object_put(q);
+			return http_reply_kerr(req, &err);
+		}
 		f->conn = req->conn;
 		snprintf(f->name, sizeof(f->name), "%s", req->params[0]);
 		f->timer = xcalloc(1, sizeof(*f->timer));

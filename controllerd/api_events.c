@@ -4,7 +4,9 @@
  * Each stream is a libmicrohttpd callback response. When it has nothing to send the
  * reader suspends its connection and returns 0 (libmicrohttpd's prescribed way to
  * wait without busy-looping); event_emit() resumes every waiting stream, and the
- * cron sends a comment every 15 s so proxies and clients see the stream alive.
+ * cron sends a comment every 15 s so proxies and clients see the stream alive. A
+ * stream counts against its token's max_streams_per_token and ends when the token is
+ * deleted, rotated or expires.
  */
 #include <stdio.h>
 #include <string.h>
@@ -23,8 +25,9 @@ struct sse_stream {
 	char *buf;   /* formatted, not yet sent */
 	size_t len, off;
 	bool suspended;
-	bool closing; /* the controller stops: end the stream */
+	bool closing; /* the controller stops or the token went: end the stream */
 	int64_t last_write;
+	struct token_watch watch;
 	struct sse_stream *next;
 };
 
@@ -118,9 +121,24 @@ static ssize_t reader_cb(void *cls, uint64_t pos, char *out, size_t max)
 	return (ssize_t)n;
 }
 
+/* The stream's token was revoked or expired: it ends now. */
+static void revoke_cb(void *cls)
+{
+	struct sse_stream *s = cls;
+
+	s->closing = true;
+	if (s->suspended) {
+		s->suspended = false;
+		MHD_resume_connection(s->conn);
+		http_kick();
+	}
+}
+
 static void free_cb(void *cls)
 {
 	struct sse_stream *s = cls, **pp;
+
+	tokens_watch_remove(&s->watch);
 
 	for (pp = &streams; *pp; pp = &(*pp)->next)
 		if (*pp == s) {
@@ -138,6 +156,7 @@ enum MHD_Result api_events_stream(struct request *req)
 	const char *last = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Last-Event-ID");
 	struct MHD_Response *resp;
 	struct sse_stream *s;
+	struct kerr err;
 
 	if (types) {
 		_cleanup_free_ char *copy = xstrdup(types);
@@ -152,6 +171,10 @@ enum MHD_Result api_events_stream(struct request *req)
 							"unknown event type '%.64s'", t);
 	}
 	s = xcalloc(1, sizeof(*s));
+	if (tokens_watch_add(&s->watch, req, revoke_cb, s, &err) < 0) {
+		free(s);
+		return http_reply_kerr(req, &err);
+	}
 	s->conn = req->conn;
 	s->types = types ? xasprintf(",%s,", types) : NULL;
 	s->last_write = now_ms();
@@ -160,6 +183,7 @@ enum MHD_Result api_events_stream(struct request *req)
 		long long v = strtoll(last, &end, 10);
 
 		if (*last == '\0' || *end || v < 0) {
+			tokens_watch_remove(&s->watch);
 			free(s->types);
 			free(s);
 			return http_reply_error(req, 400, "Last-Event-ID",

@@ -666,14 +666,43 @@ enum MHD_Result api_instances_create(struct request *req)
 
 /* ---- read ---- */
 
+/*
+ * What a viewer may not read of an instance: a container's environment values and
+ * its command line carry passwords. Environment names stay (values become "***"),
+ * the command becomes null, and "redacted" lists what was hidden. Events and
+ * operations never carry either, for anyone.
+ */
+static struct json_object *instance_redact(struct json_object *o, const struct request *req)
+{
+	struct json_object *env = json_object_object_get(o, "env"), *hidden;
+
+	if (o == NULL || req->role >= ROLE_OPERATOR)
+		return o;
+	hidden = json_object_new_array();
+	if (json_object_is_type(env, json_type_object)) {
+		json_object_object_foreach(env, key, value)
+		{
+			(void)value;
+			json_object_object_add(env, key, json_object_new_string("***"));
+		}
+		json_object_array_add(hidden, json_object_new_string("env"));
+	}
+	if (json_object_object_get(o, "command")) {
+		json_object_object_add(o, "command", NULL);
+		json_object_array_add(hidden, json_object_new_string("command"));
+	}
+	json_object_object_add(o, "redacted", hidden);
+	return o;
+}
+
 enum MHD_Result api_instances_list(struct request *req)
 {
 	struct json_object *list = json_object_new_array(), *out = json_object_new_object();
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT name FROM instances ORDER BY name");
 
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		struct json_object *o =
-			instance_get_json((const char *)sqlite3_column_text(st, 0), false);
+		struct json_object *o = instance_redact(
+			instance_get_json((const char *)sqlite3_column_text(st, 0), false), req);
 
 		if (o)
 			json_object_array_add(list, o);
@@ -691,7 +720,7 @@ enum MHD_Result api_instance_get(struct request *req)
 		return http_reply_error(
 			req, 400, "name",
 			"instance name must be 1-63 characters of a-z, 0-9 and '-'");
-	o = instance_get_json(req->params[0], true);
+	o = instance_redact(instance_get_json(req->params[0], true), req);
 	if (o == NULL)
 		return http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]);
 	return http_reply_json(req, 200, o);

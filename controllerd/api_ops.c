@@ -1,6 +1,8 @@
 /*
  * api_ops.c - /api/v1/operations, with ?wait=S long polls that suspend the
- * connection until the operation reaches a final status or S seconds pass.
+ * connection until the operation reaches a final status or S seconds pass. A long
+ * poll counts against its token's max_streams_per_token and is answered 401 at once
+ * when the token is deleted, rotated or expires.
  */
 #include <string.h>
 
@@ -66,6 +68,20 @@ static void waiter_remove(struct request *req)
 		}
 }
 
+static enum MHD_Result reply_revoked(struct request *req)
+{
+	return http_reply_error(req, 401, NULL, "the bearer token was revoked or has expired");
+}
+
+static void revoke_cb(void *cls)
+{
+	struct request *req = cls;
+
+	waiter_remove(req);
+	req->resume = reply_revoked;
+	http_resume(req);
+}
+
 enum MHD_Result api_op_get(struct request *req)
 {
 	struct json_object *o;
@@ -85,6 +101,8 @@ enum MHD_Result api_op_get(struct request *req)
 	if (wait == 0 || op_status_final(status))
 		return http_reply_json(req, 200, o);
 	json_object_put(o);
+	if (tokens_watch_add(&req->watch, req, revoke_cb, req, &err) < 0)
+		return http_reply_kerr(req, &err);
 	req->wait_deadline = now_ms() + wait * 1000;
 	req->wait_next = waiters;
 	waiters = req;

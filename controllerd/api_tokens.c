@@ -1,10 +1,13 @@
 /*
- * api_tokens.c - /api/v1/tokens: API tokens with roles, and single-use expiring
- * join tokens for agents. A token's secret is shown once, in the 201 answer.
+ * api_tokens.c - /api/v1/tokens: API tokens with roles and an optional expiry, and
+ * single-use expiring join tokens for agents. A token's secret is shown once, in the
+ * 201 answer (or the rotate answer); deleting or rotating a token ends its streams.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "controllerd.h"
+#include "log.h"
 #include "token.h"
 #include "util.h"
 
@@ -53,11 +56,26 @@ static int ttl_check(struct json_object *v, const char *field, struct kerr *err)
 	return 0;
 }
 
+static int expires_at_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	int64_t at = json_object_get_int64(v), now = now_ms();
+
+	if (at <= now || at > now + TOKEN_TTL_MAX * 1000)
+		return err_input(err, 400, field,
+				 "field '%s' must be a time in the future (ms since the epoch), "
+				 "at most 10 years ahead",
+				 field);
+	return 0;
+}
+
+/* ttl_s and expires_in (its older name) are seconds from now; expires_at is a time. */
 static const struct json_field token_fields[] = {
 	{"kind", JK_STRING, true, kind_check},
 	{"role", JK_STRING, false, role_check},
 	{"name", JK_STRING, false, token_name_check},
+	{"ttl_s", JK_INT, false, ttl_check},
 	{"expires_in", JK_INT, false, ttl_check},
+	{"expires_at", JK_INT, false, expires_at_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -76,8 +94,9 @@ static struct json_object *token_row_json(sqlite3_stmt *st)
 	json_object_object_add(o, "name",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 3)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 4)));
-	for (int i = 5; i <= 7; i++) {
-		static const char *const names[] = {"expires_at", "used_at", "used_by"};
+	for (int i = 5; i <= 8; i++) {
+		static const char *const names[] = {"expires_at", "used_at", "used_by",
+						    "rotated_at"};
 		struct json_object *v = NULL;
 
 		if (sqlite3_column_type(st, i) == SQLITE_INTEGER)
@@ -89,7 +108,7 @@ static struct json_object *token_row_json(sqlite3_stmt *st)
 	return o;
 }
 
-#define TOKEN_COLUMNS "id, kind, role, name, created_at, expires_at, used_at, used_by"
+#define TOKEN_COLUMNS "id, kind, role, name, created_at, expires_at, used_at, used_by, rotated_at"
 
 enum MHD_Result api_tokens_create(struct request *req)
 {
@@ -98,7 +117,7 @@ enum MHD_Result api_tokens_create(struct request *req)
 	const char *kind, *role;
 	struct kerr err;
 	sqlite3_stmt *st;
-	int64_t now = now_ms(), ttl, id;
+	int64_t now = now_ms(), ttl, expires, id;
 	int rc;
 
 	if (http_body_json(req, token_fields, &body, &err) < 0)
@@ -114,7 +133,18 @@ enum MHD_Result api_tokens_create(struct request *req)
 		json_object_put(body);
 		return http_reply_error(req, 400, "role", "a join token has no role");
 	}
-	ttl = json_get_int(body, "expires_in", !strcmp(kind, "join") ? JOIN_DEFAULT_TTL : 0);
+	if (!!json_object_object_get_ex(body, "ttl_s", NULL) +
+		    !!json_object_object_get_ex(body, "expires_in", NULL) +
+		    !!json_object_object_get_ex(body, "expires_at", NULL) >
+	    1) {
+		json_object_put(body);
+		return http_reply_error(req, 400, "expires_at",
+					"give one of ttl_s, expires_in and expires_at");
+	}
+	ttl = json_get_int(
+		body, "ttl_s",
+		json_get_int(body, "expires_in", !strcmp(kind, "join") ? JOIN_DEFAULT_TTL : 0));
+	expires = ttl ? now + ttl * 1000 : json_get_int(body, "expires_at", 0);
 	token_generate(token);
 	token_digest(token, digest);
 	st = db_prepare(ctl.db,
@@ -126,8 +156,8 @@ enum MHD_Result api_tokens_create(struct request *req)
 	sqlite3_bind_text(st, 3, json_get_str(body, "name", ""), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(st, 4, digest, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 5, now);
-	if (ttl)
-		sqlite3_bind_int64(st, 6, now + ttl * 1000);
+	if (expires)
+		sqlite3_bind_int64(st, 6, expires);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	json_object_put(body);
@@ -185,5 +215,88 @@ enum MHD_Result api_token_delete(struct request *req)
 	ev = json_object_new_object();
 	json_object_object_add(ev, "id", json_object_new_int64(id));
 	event_emit("token-deleted", ev);
+	tokens_revoke(id);
 	return http_reply_empty(req, 204);
+}
+
+/*
+ * The bootstrap token's file holds the secret digest had: put the new secret there
+ * (0600) so the operator's copy keeps working; a file removed by the operator (as
+ * advised once the token is copied) stays removed.
+ */
+static void admin_file_rotate(const char *old_digest, const char *token)
+{
+	_cleanup_free_ char *path = xasprintf("%s/admin.token", ctl.cfg.state_dir);
+	_cleanup_free_ char *text = NULL, *line = xasprintf("%s\n", token);
+	char digest[TOKEN_DIGEST_LEN + 1];
+	int rc;
+
+	if (file_read_all(path, 4096, &text, NULL) < 0)
+		return;
+	text[strcspn(text, "\r\n")] = '\0';
+	token_digest(text, digest);
+	if (strcmp(digest, old_digest) != 0)
+		return;
+	/* A 50-byte file, like the database's own writes on this loop. */
+	rc = file_write_atomic(path, line, strlen(line), 0600);
+	if (rc < 0)
+		log_warnx("tokens: cannot write the rotated admin token to %s: %s", path,
+			  strerror(-rc));
+	else
+		log_info("tokens: %s now holds the rotated admin token", path);
+}
+
+/*
+ * POST /api/v1/tokens/{id}/actions/rotate: a new secret for an API token, which keeps
+ * its id, role, name and expiry; the old secret stops working at once and the token's
+ * streams end. The new secret is in this answer only.
+ */
+enum MHD_Result api_token_rotate(struct request *req)
+{
+	char token[TOKEN_LEN + 1], digest[TOKEN_DIGEST_LEN + 1], old[TOKEN_DIGEST_LEN + 1] = "";
+	struct json_object *out = NULL, *ev;
+	sqlite3_stmt *st;
+	char *end;
+	long long id = strtoll(req->params[0], &end, 10);
+	bool api = false;
+	int rc;
+
+	if (*end || id <= 0)
+		return http_reply_error(req, 400, "id", "token id must be a positive integer");
+	st = db_prepare(ctl.db, "SELECT kind, digest FROM tokens WHERE id = ?");
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		api = !strcmp((const char *)sqlite3_column_text(st, 0), "api");
+		snprintf(old, sizeof(old), "%s", (const char *)sqlite3_column_text(st, 1));
+	}
+	sqlite3_finalize(st);
+	if (old[0] == '\0')
+		return http_reply_error(req, 404, NULL, "no token with id %lld", id);
+	if (!api)
+		return http_reply_error(req, 409, "id",
+					"token %lld is a join token; make a new one instead", id);
+	token_generate(token);
+	token_digest(token, digest);
+	st = db_prepare(ctl.db, "UPDATE tokens SET digest = ?, rotated_at = ? WHERE id = ?");
+	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now_ms());
+	sqlite3_bind_int64(st, 3, id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	tokens_revoke(id);
+	admin_file_rotate(old, token);
+	st = db_prepare(ctl.db, "SELECT " TOKEN_COLUMNS " FROM tokens WHERE id = ?");
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		out = token_row_json(st);
+	sqlite3_finalize(st);
+	if (out == NULL)
+		return http_reply_error(req, 500, NULL, "token vanished after rotation");
+	ev = json_object_new_object();
+	json_object_object_add(ev, "id", json_object_new_int64(id));
+	event_emit("token-rotated", ev);
+	json_object_object_add(out, "token", json_object_new_string(token));
+	return http_reply_json(req, 200, out);
 }

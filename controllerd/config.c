@@ -37,8 +37,18 @@ static const struct option_def options[] = {
 	{"api_listen", OPT_STR, OFF(api_listen), "127.0.0.1:8443", 0, 0,
 	 "address:port of the HTTP API"},
 	{"tls", OPT_BOOL, OFF(tls), "on", 0, 0, "serve the API over TLS"},
+	{"tls_cert", OPT_STR, OFF(tls_cert), "", 0, 0,
+	 "PEM certificate (leaf first, then its chain) to serve; empty: a self-signed one "
+	 "in state_dir"},
+	{"tls_key", OPT_STR, OFF(tls_key), "", 0, 0, "PEM private key of tls_cert"},
 	{"insecure_http", OPT_BOOL, OFF(insecure_http), "no", 0, 0,
 	 "allow tls = off on a non-loopback address"},
+	{"metrics_public", OPT_BOOL, OFF(metrics_public), "no", 0, 0,
+	 "serve GET /metrics without a token (a scraper on a trusted network)"},
+	{"audit_keep", OPT_INT, OFF(audit_keep), "100000", 100, 100000000,
+	 "audit log rows kept; the oldest are pruned every minute"},
+	{"max_streams_per_token", OPT_INT, OFF(max_streams_per_token), "16", 1, 10000,
+	 "event streams, log follows and operation long polls one token may hold open"},
 	{"link_address", OPT_STR, OFF(link_address), "127.0.0.1", 0, 0,
 	 "IPv4 address the agent link binds"},
 	{"join_port", OPT_INT, OFF(join_port), "7700", 1, 65535, "port agents join on"},
@@ -247,6 +257,10 @@ int config_check(struct config *cfg, struct kerr *err)
 			       "tls = off on non-loopback address %s would send tokens in clear; "
 			       "set insecure_http = yes to allow it",
 			       cfg->api_listen);
+	if (!cfg->tls_cert[0] != !cfg->tls_key[0])
+		return err_set(err, 0, "tls_cert and tls_key go together: set both or neither");
+	if (cfg->tls && cfg->tls_cert[0] && tls_pair_check(cfg->tls_cert, cfg->tls_key, err) < 0)
+		return -1;
 	if (inet_pton(AF_INET, cfg->link_address, &a) != 1)
 		return err_set(err, 0, "link_address must be an IPv4 address, not '%s'",
 			       cfg->link_address);

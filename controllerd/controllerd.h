@@ -24,7 +24,12 @@ struct config {
 	char *state_dir;
 	char *api_listen;
 	bool tls;
+	char *tls_cert; /* the operator's PEM certificate (chain) and key; "" = self-signed */
+	char *tls_key;
 	bool insecure_http;
+	bool metrics_public;	   /* GET /metrics without a token */
+	int audit_keep;		   /* audit rows kept, oldest pruned first */
+	int max_streams_per_token; /* open event streams, log follows and long polls */
 	char *link_address;
 	int join_port;
 	int event_port;
@@ -123,7 +128,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 6
+#define DB_SCHEMA_VERSION 7
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -139,6 +144,35 @@ void db_close(sqlite3 *db);
 
 /* tokens.c */
 int tokens_bootstrap(const char *state_dir, struct kerr *err);
+/* Who a request acts as, from its bearer token. */
+struct token_auth {
+	int64_t id;
+	enum role role;
+	int64_t expires_at; /* ms; 0: never */
+	char name[65];
+};
+struct request;
+
+/*
+ * A stream or long poll held open under a token: counted against the token's
+ * max_streams_per_token, and ended through revoke_cb(cls) when the token is deleted,
+ * rotated or expires, or its client has hung up (within a second).
+ */
+struct token_watch {
+	struct MHD_Connection *conn;
+	int64_t token_id;
+	int64_t expires_at; /* ms; 0: never */
+	void (*revoke_cb)(void *cls);
+	void *cls;
+	bool active;
+	struct token_watch *next;
+};
+enum role tokens_check(const char *authorization, struct token_auth *out, const char **why);
+int tokens_watch_add(struct token_watch *w, const struct request *req, void (*revoke_cb)(void *cls),
+		     void *cls, struct kerr *err);
+void tokens_watch_remove(struct token_watch *w);
+void tokens_revoke(int64_t token_id);
+void tokens_cron(void);
 enum role tokens_authenticate(const char *authorization, int64_t *token_id);
 const char *role_name(enum role role);
 int role_parse(const char *name, enum role *out);
@@ -233,6 +267,13 @@ struct json_object *op_get(const char *id);
 bool op_status_final(const char *status);
 void ops_resume(void);
 
+/* audit.c */
+void audit_record(const struct request *req);
+void audit_prune(void);
+
+/* api_audit.c */
+enum MHD_Result api_audit_list(struct request *req);
+
 /* events.c */
 void event_emit(const char *type, struct json_object *data);
 void events_prune(void);
@@ -253,7 +294,10 @@ struct request {
 	bool body_too_large;
 	enum role role;
 	int64_t token_id;
-	unsigned status; /* what was answered, for metrics */
+	struct token_auth token;	   /* the acting token (id 0: none), for the audit log */
+	struct token_watch watch;	   /* a long poll (api_ops.c), ended when the token goes */
+	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
+	unsigned status;		   /* what was answered, for metrics */
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
 	/* Long poll on an operation (api_ops.c). */
@@ -296,6 +340,10 @@ struct route {
 	const struct stream_ops *stream; /* NULL: the body is collected in memory */
 };
 
+/* The Content-Security-Policy of every answer but the dashboard: it loads nothing. */
+#define HTTP_CSP_NONE                                                                              \
+	"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
 int http_start(struct kerr *err);
 void http_stop(void);
 void http_kick(void);
@@ -334,6 +382,7 @@ enum MHD_Result api_host_probe(struct request *req);
 enum MHD_Result api_tokens_create(struct request *req);
 enum MHD_Result api_tokens_list(struct request *req);
 enum MHD_Result api_token_delete(struct request *req);
+enum MHD_Result api_token_rotate(struct request *req);
 
 /* api_networks.c */
 enum MHD_Result api_networks_create(struct request *req);
@@ -390,6 +439,7 @@ int proc_run(char *const argv[], proc_done_fn done, void *cls, struct kerr *err)
 
 /* tls.c */
 int tls_ensure(const char *state_dir, const char *api_listen, struct kerr *err);
+int tls_pair_check(const char *cert_path, const char *key_path, struct kerr *err);
 
 /* oci_store.c */
 #define OCI_DIGEST_LEN	       (7 + 64) /* "sha256:" and the hex */

@@ -151,6 +151,37 @@ static const char *const migrations[] = {
 	"ALTER TABLE addresses ADD COLUMN vlan INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE addresses ADD COLUMN mac TEXT;"
 	"CREATE INDEX addresses_instance ON addresses(instance_id);",
+	/* 6 -> 7 (self-contained): token ids are never reused, so the audit log is never
+	 * ambiguous (the table is rebuilt with AUTOINCREMENT; nothing references it); a
+	 * rotated token keeps its id; the audit log of mutating requests. */
+	"CREATE TABLE tokens_v7 ("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  kind TEXT NOT NULL CHECK (kind IN ('api', 'join')),"
+	"  role TEXT CHECK (role IN ('admin', 'operator', 'viewer')),"
+	"  name TEXT NOT NULL DEFAULT '',"
+	"  digest TEXT NOT NULL UNIQUE,"
+	"  created_at INTEGER NOT NULL,"
+	"  expires_at INTEGER,"
+	"  used_at INTEGER,"
+	"  used_by TEXT,"
+	"  rotated_at INTEGER);"
+	"INSERT INTO tokens_v7 (id, kind, role, name, digest, created_at, expires_at, used_at,"
+	"  used_by) SELECT id, kind, role, name, digest, created_at, expires_at, used_at, used_by"
+	"  FROM tokens;"
+	"DROP TABLE tokens;"
+	"ALTER TABLE tokens_v7 RENAME TO tokens;"
+	"CREATE TABLE audit ("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  time INTEGER NOT NULL,"
+	"  token_id INTEGER,"
+	"  token_name TEXT NOT NULL DEFAULT '',"
+	"  role TEXT NOT NULL,"
+	"  method TEXT NOT NULL,"
+	"  route TEXT NOT NULL,"
+	"  target TEXT NOT NULL,"
+	"  status INTEGER NOT NULL,"
+	"  operation TEXT);"
+	"CREATE INDEX audit_token ON audit(token_id, id);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -16,7 +16,7 @@ static const char *const event_types[] = {
 	"host-deleted",	   "operation-created", "operation-updated", "token-created",
 	"token-deleted",   "instance-created",	"instance-updated",  "instance-deleted",
 	"image-created",   "image-deleted",	"network-created",   "network-updated",
-	"network-deleted",
+	"network-deleted", "token-rotated",
 };
 
 bool event_type_known(const char *type)

@@ -21,7 +21,7 @@
  */
 static const struct route routes[] = {
 	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get, NULL},
-	{"GET", "/metrics", ROLE_NONE, "", api_metrics_get, NULL},
+	{"GET", "/metrics", ROLE_VIEWER, "", api_metrics_get, NULL},
 	{"GET", "/", ROLE_NONE, "", api_dashboard_get, NULL},
 	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, NULL},
 	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list, NULL},
@@ -32,6 +32,8 @@ static const struct route routes[] = {
 	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, NULL},
 	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list, NULL},
 	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, NULL},
+	{"POST", "/api/v1/tokens/{}/actions/rotate", ROLE_ADMIN, "", api_token_rotate, NULL},
+	{"GET", "/api/v1/audit", ROLE_ADMIN, "limit,after,token", api_audit_list, NULL},
 	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list, NULL},
 	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
 	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
@@ -72,6 +74,31 @@ static const struct route routes[] = {
 	{"PATCH", "/v2/*", ROLE_OPERATOR, "", registry_serve, &registry_stream},
 	{"DELETE", "/v2/*", ROLE_OPERATOR, "", registry_serve, &registry_stream},
 };
+
+/*
+ * GnuTLS priorities: TLS 1.2 and 1.3 only, forward-secret ECDHE key exchange (for an
+ * ECDSA or an RSA certificate) and AEAD ciphers only - no CBC, no SHA-1 MACs.
+ */
+#define TLS_PRIORITIES                                                                             \
+	"SECURE256:+SECURE128:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:"       \
+	"+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:"          \
+	"%SERVER_PRECEDENCE"
+
+/* Routes a configuration switch opens to anyone; their row's role applies otherwise. */
+static const struct {
+	const char *pattern;
+	const bool *open;
+} public_routes[] = {
+	{"/metrics", &ctl.cfg.metrics_public},
+};
+
+static bool route_public(const struct route *r)
+{
+	for (size_t i = 0; r && i < ARRAY_SIZE(public_routes); i++)
+		if (!strcmp(r->pattern, public_routes[i].pattern))
+			return *public_routes[i].open;
+	return false;
+}
 
 static struct MHD_Daemon *daemon_;
 static uv_poll_t http_poll;
@@ -157,6 +184,13 @@ enum MHD_Result http_reply_response(struct request *req, unsigned status, struct
 
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+	MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+	/* JSON and text load nothing; the dashboard sets its own policy naming its code. */
+	if (MHD_get_response_header(resp, "Content-Security-Policy") == NULL)
+		MHD_add_response_header(resp, "Content-Security-Policy", HTTP_CSP_NONE);
+	if (ctl.cfg.tls)
+		MHD_add_response_header(resp, "Strict-Transport-Security", "max-age=31536000");
 	if (registry_url(req->url))
 		MHD_add_response_header(resp, "Docker-Distribution-API-Version", "registry/2.0");
 	ret = MHD_queue_response(req->conn, status, resp);
@@ -179,6 +213,9 @@ enum MHD_Result http_reply_text(struct request *req, unsigned status, const char
 /* Answer with obj as JSON (a reference is consumed). */
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
 {
+	/* A 202 answers with the operation it started: the audit log names it. */
+	if (status == 202 && json_object_object_get_ex(obj, "kind", NULL))
+		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(obj, "id", ""));
 	char *text = xasprintf(
 		"%s\n", json_object_to_json_string_ext(
 				obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -395,10 +432,21 @@ void http_resume(struct request *req)
 	http_kick();
 }
 
+/* Who the request acts as (req->role, req->token); ROLE_NONE with why for a 401. */
+static enum role request_authenticate(struct request *req, const char **why)
+{
+	const char *auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+
+	req->role = tokens_check(auth, &req->token, why);
+	req->token_id = req->token.id;
+	return req->role;
+}
+
 static enum MHD_Result dispatch(struct request *req)
 {
 	char allow[128];
-	const char *auth;
+	const char *why;
+	bool open;
 	struct query_check qc = {0};
 
 	/* Matched at the first call already when the route streams; the Allow list of a
@@ -406,15 +454,12 @@ static enum MHD_Result dispatch(struct request *req)
 	if (!req->routed || req->route == NULL)
 		req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
 	req->routed = true;
+	open = route_public(req->route);
 	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
-	if (strncmp(req->url, "/api/", 5) == 0 || (req->route && req->route->role != ROLE_NONE)) {
-		auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-		req->role = tokens_authenticate(auth, &req->token_id);
-		if (req->role == ROLE_NONE)
-			return http_reply_error(req, 401, NULL,
-						auth ? "the bearer token is not valid"
-						     : "a bearer token is required (Authorization: "
-						       "Bearer <token>)");
+	if (strncmp(req->url, "/api/", 5) == 0 ||
+	    (req->route && req->route->role != ROLE_NONE && !open)) {
+		if (request_authenticate(req, &why) == ROLE_NONE)
+			return http_reply_error(req, 401, NULL, "%s", why);
 	}
 	if (req->route == NULL) {
 		if (allow[0])
@@ -423,7 +468,7 @@ static enum MHD_Result dispatch(struct request *req)
 						 req->method, req->url, allow);
 		return http_reply_error(req, 404, NULL, "no such resource: %s", req->url);
 	}
-	if (req->role < req->route->role)
+	if (req->role < req->route->role && !open)
 		return http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 					role_name(req->route->role), role_name(req->role));
 	if (req->body_too_large)
@@ -444,16 +489,14 @@ static enum MHD_Result dispatch(struct request *req)
 static bool stream_begin(struct request *req)
 {
 	char allow[128];
-	const char *auth;
+	const char *why;
 
 	req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
 	req->routed = true;
 	if (req->route == NULL || !req->route->stream)
 		return false;
-	auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-	req->role = tokens_authenticate(auth, &req->token_id);
-	if (req->role == ROLE_NONE)
-		http_reply_error(req, 401, NULL, "a valid bearer token is required");
+	if (request_authenticate(req, &why) == ROLE_NONE)
+		http_reply_error(req, 401, NULL, "%s", why);
 	else if (req->role < req->route->role)
 		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 				 role_name(req->route->role), role_name(req->role));
@@ -529,6 +572,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	api_ops_forget(req);
 	api_instances_forget(req);
+	tokens_watch_remove(&req->watch);
+	audit_record(req);
 	if (req->route && req->route->stream)
 		req->route->stream->end(req);
 	free(req->params[0]);
@@ -584,8 +629,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /*
- * Start the API server on cfg.api_listen: TLS with the certificate tls_ensure()
- * made unless configured off. Returns 0 or -1 with err.
+ * Start the API server on cfg.api_listen: TLS (TLS_PRIORITIES) with the operator's
+ * certificate or the one tls_ensure() made, unless configured off. Returns 0 or -1 with err.
  */
 int http_start(struct kerr *err)
 {
@@ -601,8 +646,14 @@ int http_start(struct kerr *err)
 	sin.sin_port = htons((uint16_t)atoi(colon + 1));
 
 	if (ctl.cfg.tls) {
-		_cleanup_free_ char *kp = xasprintf("%s/tls.key", ctl.cfg.state_dir);
-		_cleanup_free_ char *cp = xasprintf("%s/tls.crt", ctl.cfg.state_dir);
+		/* The operator's pair (checked to match by config_check), else the
+		 * self-signed one tls_ensure() made. */
+		_cleanup_free_ char *kp = ctl.cfg.tls_key[0]
+						  ? xstrdup(ctl.cfg.tls_key)
+						  : xasprintf("%s/tls.key", ctl.cfg.state_dir);
+		_cleanup_free_ char *cp = ctl.cfg.tls_cert[0]
+						  ? xstrdup(ctl.cfg.tls_cert)
+						  : xasprintf("%s/tls.crt", ctl.cfg.state_dir);
 
 		if (file_read_all(kp, 1 << 20, &key, NULL) < 0 ||
 		    file_read_all(cp, 1 << 20, &cert, NULL) < 0)
@@ -615,7 +666,8 @@ int http_start(struct kerr *err)
 				   MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
 				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				   ctl.cfg.tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, key,
-				   MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_END);
+				   MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_PRIORITIES,
+				   TLS_PRIORITIES, MHD_OPTION_END);
 	if (daemon_ == NULL)
 		return err_set(err, 0, "cannot start the API server on %s (address in use?)",
 			       ctl.cfg.api_listen);

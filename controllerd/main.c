@@ -32,8 +32,9 @@ static void usage(FILE *out, int status)
 
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
- * host liveness, overdue agent commands, event-stream keepalives, fact snapshots.
- * Every minute: pruning old events. Every hour: abandoned registry uploads.
+ * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
+ * streams of expired tokens. Every minute: pruning old events and audit rows. Every
+ * hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -46,9 +47,12 @@ static void cron_cb(uv_timer_t *t)
 		agentlink_cron();
 		api_events_cron();
 		hosts_persist(false);
+		tokens_cron();
 	}
-	if (ticks % (60000 / CRON_MS) == 0)
+	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
+		audit_prune();
+	}
 	if (ticks % (3600000 / CRON_MS) == 0)
 		oci_uploads_prune();
 }
@@ -159,7 +163,9 @@ int main(int argc, char **argv)
 	cluster_id_ensure();
 	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0)
 		fatalx("%s", err.msg);
-	if (ctl.cfg.tls && tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
+	/* The self-signed certificate only when the operator gave none. */
+	if (ctl.cfg.tls && !ctl.cfg.tls_cert[0] &&
+	    tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
 		fatalx("%s", err.msg);
 
 	ctl.loop = uv_default_loop();

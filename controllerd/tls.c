@@ -1,14 +1,19 @@
 /*
- * tls.c - the API's key and self-signed certificate, made at first start.
+ * tls.c - the API's key and certificate: the operator's own (tls_cert, tls_key), checked
+ * to belong together before anything is served, or else a self-signed one made at first
+ * start.
  *
- * An ECDSA P-256 key (0600) and a certificate valid for ten years whose subject
- * alternative names cover localhost, 127.0.0.1 and the API's listen address, so
- * `curl --cacert state_dir/tls.crt` verifies it.
+ * The self-signed one is an ECDSA P-256 key (0600) and a certificate valid for ten years whose
+ * subject alternative names cover localhost, 127.0.0.1 and the API's listen address, so `curl
+ * --cacert state_dir/tls.crt` verifies it.
  */
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -118,5 +123,65 @@ out:
 	BIO_free(cb);
 	X509_free(cert);
 	EVP_PKEY_free(pkey);
+	return ret;
+}
+
+/* The newest OpenSSL error as text, for a start-up message. */
+static const char *ssl_reason(void)
+{
+	static char buf[256];
+	unsigned long e = ERR_peek_last_error();
+
+	if (e == 0)
+		return "not PEM";
+	ERR_error_string_n(e, buf, sizeof(buf));
+	ERR_clear_error();
+	return buf;
+}
+
+/*
+ * Check that cert_path holds a PEM certificate and key_path the PEM private key of
+ * that certificate, so a mismatched pair is refused at start (and by -n) with a
+ * clear message rather than failing every handshake. Returns 0 or -1 with err.
+ */
+int tls_pair_check(const char *cert_path, const char *key_path, struct kerr *err)
+{
+	X509 *cert = NULL;
+	EVP_PKEY *key = NULL;
+	FILE *f;
+	int ret = -1;
+
+	if ((f = fopen(cert_path, "re")) == NULL)
+		return err_set(err, errno, "tls_cert: cannot open %s", cert_path);
+	cert = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (cert == NULL) {
+		err_set(err, 0, "tls_cert: %s holds no PEM certificate (%s)", cert_path,
+			ssl_reason());
+		goto out;
+	}
+	if ((f = fopen(key_path, "re")) == NULL) {
+		err_set(err, errno, "tls_key: cannot open %s", key_path);
+		goto out;
+	}
+	key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	if (key == NULL) {
+		err_set(err, 0, "tls_key: %s holds no unencrypted PEM private key (%s)", key_path,
+			ssl_reason());
+		goto out;
+	}
+	if (X509_check_private_key(cert, key) != 1) {
+		ERR_clear_error();
+		err_set(err, 0, "tls_key %s is not the private key of tls_cert %s", key_path,
+			cert_path);
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
+		log_warnx("tls: the certificate %s has expired", cert_path);
+	ret = 0;
+out:
+	X509_free(cert);
+	EVP_PKEY_free(key);
 	return ret;
 }

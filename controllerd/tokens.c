@@ -1,11 +1,15 @@
 /*
- * tokens.c - API and join tokens: the first admin token, bearer authentication and
- * the single use of join tokens. Only SHA-256 digests are stored.
+ * tokens.c - API and join tokens: the first admin token, bearer authentication, the
+ * single use of join tokens, and the streams and long polls each token holds open
+ * (limited per token, ended when the token is revoked or expires). Only SHA-256
+ * digests are stored.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -64,32 +68,82 @@ int tokens_bootstrap(const char *state_dir, struct kerr *err)
 	return 0;
 }
 
+/* used_at is written at most this often per token: not a disk write per request. */
+#define USED_AT_RESOLUTION_MS 60000
+
 /*
- * Check an Authorization header value. Returns the token's role, or ROLE_NONE for a
- * missing, malformed, unknown or expired token.
+ * Check an Authorization header value. Returns the token's role and fills *out, or
+ * ROLE_NONE for a missing, malformed, unknown or expired token with *why saying
+ * which (static text, valid until the next call).
  */
-enum role tokens_authenticate(const char *authorization, int64_t *token_id)
+enum role tokens_check(const char *authorization, struct token_auth *out, const char **why)
 {
+	static char expired[96];
 	char digest[TOKEN_DIGEST_LEN + 1];
 	enum role role = ROLE_NONE;
+	int64_t now = now_ms(), used = 0;
 	sqlite3_stmt *st;
 
-	if (authorization == NULL || strncmp(authorization, "Bearer ", 7) != 0)
+	memset(out, 0, sizeof(*out));
+	*why = "a bearer token is required (Authorization: Bearer <token>)";
+	if (authorization == NULL)
+		return ROLE_NONE;
+	*why = "the bearer token is not valid";
+	if (strncmp(authorization, "Bearer ", 7) != 0)
 		return ROLE_NONE;
 	authorization += 7;
 	if (!token_well_formed(authorization))
 		return ROLE_NONE;
 	token_digest(authorization, digest);
-	st = db_prepare(ctl.db, "SELECT id, role FROM tokens WHERE digest = ? AND kind = 'api' "
-				"AND (expires_at IS NULL OR expires_at > ?)");
+	st = db_prepare(ctl.db,
+			"SELECT id, role, name, coalesce(expires_at, 0), "
+			"coalesce(used_at, 0) FROM tokens WHERE digest = ? AND kind = 'api'");
 	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now_ms());
 	if (sqlite3_step(st) == SQLITE_ROW) {
-		*token_id = sqlite3_column_int64(st, 0);
+		out->id = sqlite3_column_int64(st, 0);
 		if (role_parse((const char *)sqlite3_column_text(st, 1), &role) < 0)
 			role = ROLE_NONE;
+		snprintf(out->name, sizeof(out->name), "%s",
+			 (const char *)sqlite3_column_text(st, 2));
+		out->expires_at = sqlite3_column_int64(st, 3);
+		used = sqlite3_column_int64(st, 4);
 	}
 	sqlite3_finalize(st);
+	if (role != ROLE_NONE && out->expires_at && out->expires_at <= now) {
+		time_t t = (time_t)(out->expires_at / 1000);
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(expired, sizeof(expired), "the bearer token expired at %Y-%m-%dT%H:%M:%SZ",
+			 &tm);
+		*why = expired;
+		role = ROLE_NONE;
+	}
+	if (role == ROLE_NONE) {
+		out->id = 0;
+		return ROLE_NONE;
+	}
+	out->role = role;
+	if (now - used >= USED_AT_RESOLUTION_MS) {
+		st = db_prepare(ctl.db, "UPDATE tokens SET used_at = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, now);
+		sqlite3_bind_int64(st, 2, out->id);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			log_warnx("tokens: cannot record the use of token %lld: %s",
+				  (long long)out->id, sqlite3_errmsg(ctl.db));
+		sqlite3_finalize(st);
+	}
+	return role;
+}
+
+/* tokens_check() for callers that need only the role and the token's id. */
+enum role tokens_authenticate(const char *authorization, int64_t *token_id)
+{
+	struct token_auth ta;
+	const char *why;
+	enum role role = tokens_check(authorization, &ta, &why);
+
+	*token_id = ta.id;
 	return role;
 }
 
@@ -166,4 +220,117 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
 	return 0;
+}
+
+static struct token_watch *watches;
+
+/*
+ * End the watches whose client has hung up (of token_id only, unless 0): a suspended
+ * connection is not polled by libmicrohttpd, so a client that left would hold its
+ * slot until the next keepalive. poll() with no timeout only looks.
+ */
+static void watches_reap(int64_t token_id)
+{
+	struct pollfd fds[256];
+	struct token_watch *ws[256];
+	nfds_t n = 0;
+
+	for (struct token_watch *w = watches; w && n < ARRAY_SIZE(fds); w = w->next) {
+		const union MHD_ConnectionInfo *info;
+
+		if (token_id && w->token_id != token_id)
+			continue;
+		info = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (info == NULL)
+			continue;
+		fds[n].fd = info->connect_fd;
+		fds[n].events = POLLRDHUP;
+		fds[n].revents = 0;
+		ws[n++] = w;
+	}
+	if (n == 0 || poll(fds, n, 0) <= 0)
+		return;
+	for (nfds_t i = 0; i < n; i++)
+		if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+			tokens_watch_remove(ws[i]);
+			ws[i]->revoke_cb(ws[i]->cls);
+		}
+}
+
+/*
+ * Count w as one more stream or long poll of req's token and remember to call
+ * revoke_cb(cls) when the token goes or the client leaves. Refuses (429 in err)
+ * beyond the token's max_streams_per_token. The caller calls tokens_watch_remove()
+ * when it ends.
+ */
+int tokens_watch_add(struct token_watch *w, const struct request *req, void (*revoke_cb)(void *cls),
+		     void *cls, struct kerr *err)
+{
+	int n = 0;
+
+	watches_reap(req->token.id);
+	for (struct token_watch *o = watches; o; o = o->next)
+		n += o->token_id == req->token.id;
+	if (n >= ctl.cfg.max_streams_per_token)
+		return err_input(err, 429, NULL,
+				 "this token holds %d event streams, log follows and long polls "
+				 "open already (max_streams_per_token); close one first",
+				 n);
+	w->conn = req->conn;
+	w->token_id = req->token.id;
+	w->expires_at = req->token.expires_at;
+	w->revoke_cb = revoke_cb;
+	w->cls = cls;
+	w->active = true;
+	w->next = watches;
+	watches = w;
+	return 0;
+}
+
+/* w ends; harmless when it was never added or was ended already. */
+void tokens_watch_remove(struct token_watch *w)
+{
+	if (!w->active)
+		return;
+	for (struct token_watch **pp = &watches; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	w->active = false;
+	w->next = NULL;
+}
+
+/* End the watches that match (token_id, or expired before now when token_id is 0). */
+static void watches_end(int64_t token_id, int64_t now)
+{
+	struct token_watch **pp = &watches;
+
+	while (*pp) {
+		struct token_watch *w = *pp;
+
+		if (token_id ? w->token_id == token_id : (w->expires_at && w->expires_at <= now)) {
+			*pp = w->next;
+			w->active = false;
+			w->next = NULL;
+			w->revoke_cb(w->cls); /* may free w */
+			pp = &watches;	      /* the callback may have changed the list */
+		} else {
+			pp = &w->next;
+		}
+	}
+}
+
+/* The token token_id is deleted or its secret rotated: end its streams and long polls. */
+void tokens_revoke(int64_t token_id)
+{
+	if (token_id > 0)
+		watches_end(token_id, 0);
+}
+
+/* Every second: the streams and long polls of expired tokens and of clients that left end. */
+void tokens_cron(void)
+{
+	watches_end(0, now_ms());
+	watches_reap(0);
 }

@@ -89,7 +89,7 @@ all_online() {
 
 # Count of something in the controller's metrics, 0 when absent.
 metric() {
-	curl -sS --cacert "$KUMO_CACERT" "$KUMO_URL/metrics" | awk -v k="$1" '$1 == k { print $2; f=1 } END { if (!f) print 0 }'
+	curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" "$KUMO_URL/metrics" | awk -v k="$1" '$1 == k { print $2; f=1 } END { if (!f) print 0 }'
 }
 
 agent_pid() { cat "$KUMO_LAB_DIR/hosts/$1/agent.pid"; }

@@ -17,11 +17,11 @@ api GET /api/v1/nosuch "" -
 expect_status 401
 pass "requests without a valid token get 401"
 
-# Health and metrics are open.
+# Health is open; metrics need a token (metrics_public = no by default).
 api GET /healthz "" -
 expect_status 200
 api GET /metrics "" -
-expect_status 200
+expect_status 401
 
 api POST /api/v1/tokens '{"kind":"api","role":"viewer","name":"auth-viewer"}'
 expect_status 201
@@ -37,6 +37,9 @@ ntokens=$(jqb '.tokens | length')
 # Viewer reads but cannot write.
 api GET /api/v1/hosts "" "$VIEWER"
 expect_status 200
+api GET /metrics "" "$VIEWER"
+expect_status 200
+expect "a viewer reads the metrics" grep -q '^kumo_hosts' <<<"$BODY"
 api PATCH /api/v1/hosts/h1 '{"maintenance":true}' "$VIEWER"
 expect_status 403
 expect "403 names the role needed" grep -q "operator" <<<"$BODY"

@@ -237,6 +237,38 @@ static void test_check_refuses_bad_combinations(void **state)
 	}
 }
 
+/* An operator's certificate and key must belong together; a mismatch is refused at once. */
+static void test_tls_pair_check(void **state)
+{
+	_cleanup_free_ char *a = xasprintf("%s/a", tmpdir), *b = xasprintf("%s/b", tmpdir);
+	_cleanup_free_ char *acrt = xasprintf("%s/tls.crt", a), *akey = xasprintf("%s/tls.key", a);
+	_cleanup_free_ char *bkey = xasprintf("%s/tls.key", b);
+	_cleanup_free_ char *set_cert = xasprintf("tls_cert=%s", acrt);
+	_cleanup_free_ char *set_key = xasprintf("tls_key=%s", bkey);
+	struct config cfg;
+	struct kerr err = {0};
+
+	assert_int_equal(mkdir_p(a, 0700), 0);
+	assert_int_equal(mkdir_p(b, 0700), 0);
+	assert_int_equal(tls_ensure(a, "127.0.0.1:8443", &err), 0);
+	assert_int_equal(tls_ensure(b, "127.0.0.1:8443", &err), 0);
+	assert_int_equal(tls_pair_check(acrt, akey, &err), 0);
+	assert_true(tls_pair_check(acrt, bkey, &err) < 0);
+	assert_non_null(strstr(err.msg, "is not the private key of"));
+	assert_true(tls_pair_check(akey, akey, &err) < 0);
+	assert_non_null(strstr(err.msg, "no PEM certificate"));
+
+	/* config_check refuses the mismatched pair, and a cert without its key. */
+	assert_int_equal(load(&cfg, "", &err), 0);
+	assert_int_equal(config_set(&cfg, set_cert, &err), 0);
+	assert_true(config_check(&cfg, &err) < 0);
+	assert_non_null(strstr(err.msg, "go together"));
+	assert_int_equal(config_set(&cfg, set_key, &err), 0);
+	assert_true(config_check(&cfg, &err) < 0);
+	assert_non_null(strstr(err.msg, "is not the private key"));
+	config_free(&cfg);
+}
+
 static void test_set_overrides(void **state)
 {
 	struct config cfg;
@@ -348,6 +380,7 @@ int main(void)
 		cmocka_unit_test(test_tls_off_needs_loopback_or_insecure),
 		cmocka_unit_test(test_check_refuses_bad_combinations),
 		cmocka_unit_test(test_set_overrides),
+		cmocka_unit_test(test_tls_pair_check),
 		cmocka_unit_test(test_loopback),
 		cmocka_unit_test(test_print_round_trips),
 		cmocka_unit_test(test_long_comment_line_is_one_line),

@@ -283,6 +283,31 @@ static void test_schema_constraints(void **state)
 			 1);
 }
 
+/* A deleted token's id is never given again: the audit log names tokens by id. */
+static void test_token_ids_not_reused(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+
+	/* A token made at schema 6 (before the AUTOINCREMENT step; renumber with it) keeps
+	 * its id across the migration. */
+	assert_int_equal(db_migrate(f->db, 6, &err), 0);
+	assert_int_equal(db_exec(f->db,
+				 "INSERT INTO tokens (id, kind, role, digest, created_at) "
+				 "VALUES (5, 'api', 'admin', 'd5', 1)",
+				 &err),
+			 0);
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(db_count(f->db, "SELECT id FROM tokens WHERE digest = 'd5'"), 5);
+	assert_int_equal(db_exec(f->db, "DELETE FROM tokens WHERE id = 5", &err), 0);
+	assert_int_equal(db_exec(f->db,
+				 "INSERT INTO tokens (kind, role, digest, created_at) "
+				 "VALUES ('api', 'viewer', 'd6', 2)",
+				 &err),
+			 0);
+	assert_int_equal(db_count(f->db, "SELECT id FROM tokens WHERE digest = 'd6'"), 6);
+}
+
 static void test_meta(void **state)
 {
 	struct fixture *f = *state;
@@ -332,6 +357,7 @@ int main(void)
 		T(test_migrate_refuses_newer),
 		T(test_migrate_failure_is_atomic),
 		T(test_schema_constraints),
+		T(test_token_ids_not_reused),
 		T(test_meta),
 		T(test_transactions),
 	};
