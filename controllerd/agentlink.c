@@ -379,6 +379,7 @@ static void event_handle(const unsigned char *buf, size_t len)
 		link_msg_clear(&m);
 		return;
 	}
+	metrics_link_message(link_type_name(m.type));
 	switch (m.type) {
 	case LINK_HEARTBEAT:
 		host_heartbeat(h, m.body);

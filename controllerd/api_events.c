@@ -220,6 +220,16 @@ void api_events_notify(void)
 		http_kick();
 }
 
+/* Open event streams, for metrics. */
+unsigned api_events_streams(void)
+{
+	unsigned n = 0;
+
+	for (struct sse_stream *s = streams; s; s = s->next)
+		n++;
+	return n;
+}
+
 /* Wake idle streams so they send their keepalive comment. */
 void api_events_cron(void)
 {

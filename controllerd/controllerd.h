@@ -36,6 +36,10 @@ struct config {
 	int heartbeat_interval;
 	int offline_after;
 	int max_body;
+	int api_max_connections;	/* open API connections at most */
+	int api_max_connections_per_ip; /* ... from one client address */
+	int api_header_timeout;		/* s from accept (or the last answer) to whole headers */
+	int api_body_timeout;		/* s from the headers to the whole body */
 	char *log_level;
 	char *pidfile;
 	char *shared_pool;    /* the shared storage every host mounts; images live here */
@@ -279,6 +283,16 @@ void event_emit(const char *type, struct json_object *data);
 void events_prune(void);
 bool event_type_known(const char *type);
 
+/* http_conns.c */
+void http_conns_notify_cb(void *cls, struct MHD_Connection *mhd, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code);
+void http_conns_headers_done(struct MHD_Connection *mhd);
+void http_conns_busy(struct MHD_Connection *mhd);
+void http_conns_request_done(struct MHD_Connection *mhd);
+unsigned http_conns_cron(void);
+void http_conns_stats(unsigned *open, uint64_t *accepted, uint64_t *timed_out);
+int http_conns_rlimit(struct kerr *err);
+
 /* http.c */
 struct route;
 
@@ -298,6 +312,7 @@ struct request {
 	struct token_watch watch;	   /* a long poll (api_ops.c), ended when the token goes */
 	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
 	unsigned status;		   /* what was answered, for metrics */
+	int64_t started_us;		   /* headers complete, for the latency histogram */
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
 	/* Long poll on an operation (api_ops.c). */
@@ -425,10 +440,14 @@ void api_ops_shutdown(void);
 enum MHD_Result api_events_stream(struct request *req);
 void api_events_notify(void);
 void api_events_cron(void);
+unsigned api_events_streams(void);
 void api_events_shutdown(void);
 
 /* metrics.c */
-void metrics_api_request(const char *method, const char *route, unsigned status);
+void metrics_api_request(const char *method, const char *route, unsigned status, double seconds);
+void metrics_link_message(const char *type);
+void metrics_db_commit(double seconds);
+void metrics_loop_lag(double seconds);
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);
 void metrics_free(void);

@@ -286,10 +286,13 @@ int db_begin(sqlite3 *db)
 
 int db_commit(sqlite3 *db, struct kerr *err)
 {
+	int64_t start = now_us();
+
 	if (db_exec(db, "COMMIT", err) < 0) {
 		db_rollback(db);
 		return -1;
 	}
+	metrics_db_commit((double)(now_us() - start) / 1e6);
 	return 0;
 }
 

@@ -196,7 +196,8 @@ enum MHD_Result http_reply_response(struct request *req, unsigned status, struct
 	ret = MHD_queue_response(req->conn, status, resp);
 	MHD_destroy_response(resp);
 	req->status = status;
-	metrics_api_request(req->method, route_label(req), status);
+	metrics_api_request(req->method, route_label(req), status,
+			    (double)(now_us() - req->started_us) / 1e6);
 	return ret;
 }
 
@@ -495,13 +496,16 @@ static bool stream_begin(struct request *req)
 	req->routed = true;
 	if (req->route == NULL || !req->route->stream)
 		return false;
-	if (request_authenticate(req, &why) == ROLE_NONE)
+	if (request_authenticate(req, &why) == ROLE_NONE) {
 		http_reply_error(req, 401, NULL, "%s", why);
-	else if (req->role < req->route->role)
+	} else if (req->role < req->route->role) {
 		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 				 role_name(req->route->role), role_name(req->role));
-	else
+	} else {
+		/* An upload its token allows may take as long as its bytes take. */
+		http_conns_busy(req->conn);
 		req->route->stream->begin(req);
+	}
 	return true;
 }
 
@@ -516,6 +520,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 
 		req = xcalloc(1, sizeof(*req));
 		req->conn = conn;
+		req->started_us = now_us();
+		http_conns_headers_done(conn);
 		req->url = url;
 		req->method = method;
 		req->upload_fd = -1;
@@ -560,6 +566,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 		req->resume = NULL;
 		return fn(req);
 	}
+	http_conns_busy(conn); /* the request is whole */
 	return dispatch(req);
 }
 
@@ -568,6 +575,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
 	struct request *req = *con_cls;
 
+	http_conns_request_done(conn);
 	if (req == NULL)
 		return;
 	api_ops_forget(req);
@@ -660,14 +668,20 @@ int http_start(struct kerr *err)
 			return err_set(err, 0, "cannot read %s or %s", kp, cp);
 		flags |= MHD_USE_TLS;
 	}
-	daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR,
-				   &sin, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL,
-				   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-				   MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-				   ctl.cfg.tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, key,
-				   MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_PRIORITIES,
-				   TLS_PRIORITIES, MHD_OPTION_END);
+	if (http_conns_rlimit(err) < 0)
+		return -1;
+	/* The idle timeout only ends silent connections; http_conns.c gives each request
+	 * deadlines that a trickle of bytes does not move. */
+	daemon_ = MHD_start_daemon(
+		flags, 0, NULL, NULL, access_cb, NULL, MHD_OPTION_SOCK_ADDR, &sin,
+		MHD_OPTION_NOTIFY_COMPLETED, completed_cb, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+		http_conns_notify_cb, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned)ctl.cfg.api_max_connections,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ctl.cfg.api_max_connections_per_ip,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		ctl.cfg.tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, key,
+		MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
+		MHD_OPTION_END);
 	if (daemon_ == NULL)
 		return err_set(err, 0, "cannot start the API server on %s (address in use?)",
 			       ctl.cfg.api_listen);

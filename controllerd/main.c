@@ -33,13 +33,19 @@ static void usage(FILE *out, int status)
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
- * streams of expired tokens. Every minute: pruning old events and audit rows. Every
- * hour: abandoned registry uploads.
+ * streams of expired tokens, API connections past their deadlines. Every tick also
+ * measures how late it ran (the loop's lag, for metrics). Every minute: pruning old events and
+ * audit rows. Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
 	static unsigned ticks;
+	static int64_t last_us;
+	int64_t now = now_us();
 
+	if (last_us)
+		metrics_loop_lag((double)(now - last_us - CRON_MS * 1000) / 1e6);
+	last_us = now;
 	ticks++;
 	api_ops_cron();
 	if (ticks % (1000 / CRON_MS) == 0) {
@@ -48,6 +54,7 @@ static void cron_cb(uv_timer_t *t)
 		api_events_cron();
 		hosts_persist(false);
 		tokens_cron();
+		http_conns_cron();
 	}
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();

@@ -1,11 +1,15 @@
 /*
  * metrics.c - GET /metrics in the Prometheus text format: hosts by state, heartbeat
- * age per host, API requests by route and status, operations by kind and status,
- * and agent-link messages rejected by reason.
+ * age per host, API requests by route and status and their latency, connections,
+ * event streams, operations by kind and status, agent-link messages by type and those
+ * rejected by reason, database commit time, loop lag, and the process's descriptors
+ * and memory.
  */
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "controllerd.h"
 #include "util.h"
@@ -16,7 +20,44 @@ struct counter {
 	struct counter *next;
 };
 
-static struct counter *api_requests, *link_rejected;
+static struct counter *api_requests, *link_rejected, *link_messages;
+
+/* Latency buckets (seconds), shared by every histogram here. */
+static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+				 0.1,	0.25,	0.5,   1,    2.5,   5};
+#define NBUCKETS ARRAY_SIZE(buckets)
+
+struct histogram {
+	char *labels; /* inside the braces, without them: method="GET",route="..." */
+	uint64_t counts[NBUCKETS + 1];
+	uint64_t n;
+	double sum;
+	struct histogram *next;
+};
+
+static struct histogram *api_latency, *db_commits;
+static double loop_lag_max; /* s, the largest since the last scrape */
+
+static void histogram_observe(struct histogram **list, const char *labels, double v)
+{
+	struct histogram *h;
+	size_t i;
+
+	for (h = *list; h; h = h->next)
+		if (strcmp(h->labels, labels) == 0)
+			break;
+	if (h == NULL) {
+		h = xcalloc(1, sizeof(*h));
+		h->labels = xstrdup(labels);
+		h->next = *list;
+		*list = h;
+	}
+	for (i = 0; i < NBUCKETS && v > buckets[i]; i++)
+		;
+	h->counts[i]++;
+	h->n++;
+	h->sum += v;
+}
 
 static void counter_add(struct counter **list, const char *labels)
 {
@@ -34,9 +75,9 @@ static void counter_add(struct counter **list, const char *labels)
 	c->n++;
 }
 
-void metrics_api_request(const char *method, const char *route, unsigned status)
+void metrics_api_request(const char *method, const char *route, unsigned status, double seconds)
 {
-	char labels[256];
+	char labels[256], hlabels[256];
 
 	static const char *const methods[] = {"GET",	"POST", "PUT",	  "PATCH",
 					      "DELETE", "HEAD", "OPTIONS"};
@@ -50,6 +91,29 @@ void metrics_api_request(const char *method, const char *route, unsigned status)
 	snprintf(labels, sizeof(labels), "{method=\"%s\",route=\"%s\",code=\"%u\"}", m, route,
 		 status);
 	counter_add(&api_requests, labels);
+	snprintf(hlabels, sizeof(hlabels), "method=\"%s\",route=\"%s\"", m, route);
+	histogram_observe(&api_latency, hlabels, seconds);
+}
+
+/* A message from an agent, by type (a name from the link's own table). */
+void metrics_link_message(const char *type)
+{
+	char labels[128];
+
+	snprintf(labels, sizeof(labels), "{type=\"%s\"}", type);
+	counter_add(&link_messages, labels);
+}
+
+void metrics_db_commit(double seconds)
+{
+	histogram_observe(&db_commits, "", seconds);
+}
+
+/* How late the cron timer ran: the loop was busy that long with something else. */
+void metrics_loop_lag(double seconds)
+{
+	if (seconds > loop_lag_max)
+		loop_lag_max = seconds;
 }
 
 void metrics_link_rejected(const char *reason)
@@ -84,6 +148,56 @@ static void bprintf(struct buf *b, const char *fmt, ...)
 	b->len += (size_t)n;
 }
 
+static void histogram_render(struct buf *b, const char *name, struct histogram *list)
+{
+	for (struct histogram *h = list; h; h = h->next) {
+		uint64_t cum = 0;
+		const char *sep = h->labels[0] ? "," : "";
+
+		for (size_t i = 0; i < NBUCKETS; i++) {
+			cum += h->counts[i];
+			bprintf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, h->labels, sep,
+				buckets[i], (unsigned long long)cum);
+		}
+		bprintf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, h->labels, sep,
+			(unsigned long long)h->n);
+		if (h->labels[0]) {
+			bprintf(b, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, h->labels, h->sum,
+				name, h->labels, (unsigned long long)h->n);
+		} else {
+			bprintf(b, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name,
+				(unsigned long long)h->n);
+		}
+	}
+}
+
+/* Open descriptors (entries of /proc/self/fd, less the one reading it) and RSS. */
+static void process_render(struct buf *b)
+{
+	long pages = 0, rss = 0;
+	int fds = -1;
+	DIR *d = opendir("/proc/self/fd");
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if (d) {
+		while (readdir(d))
+			fds++;
+		closedir(d);
+		fds -= 2; /* "." and ".." */
+	}
+	if (f) {
+		if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+			rss = 0;
+		fclose(f);
+	}
+	bprintf(b,
+		"# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\n"
+		"process_open_fds %d\n"
+		"# HELP process_resident_memory_bytes Resident memory.\n"
+		"# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %ld\n",
+		fds, rss * sysconf(_SC_PAGESIZE));
+}
+
 /* The whole exposition as a malloc'd string. */
 char *metrics_render(void)
 {
@@ -109,6 +223,30 @@ char *metrics_render(void)
 	for (struct counter *c = api_requests; c; c = c->next)
 		bprintf(&b, "kumo_api_requests_total%s %llu\n", c->labels,
 			(unsigned long long)c->n);
+	bprintf(&b, "# HELP kumo_api_request_duration_seconds Time from a request's headers to "
+		    "its answer being queued, by route.\n"
+		    "# TYPE kumo_api_request_duration_seconds histogram\n");
+	histogram_render(&b, "kumo_api_request_duration_seconds", api_latency);
+	{
+		unsigned open;
+		uint64_t accepted, timed_out;
+
+		http_conns_stats(&open, &accepted, &timed_out);
+		bprintf(&b,
+			"# HELP kumo_api_connections Open API connections.\n"
+			"# TYPE kumo_api_connections gauge\nkumo_api_connections %u\n"
+			"# HELP kumo_api_connections_accepted_total API connections accepted.\n"
+			"# TYPE kumo_api_connections_accepted_total counter\n"
+			"kumo_api_connections_accepted_total %llu\n"
+			"# HELP kumo_api_connections_timed_out_total API connections closed for "
+			"not sending a request in time.\n"
+			"# TYPE kumo_api_connections_timed_out_total counter\n"
+			"kumo_api_connections_timed_out_total %llu\n"
+			"# HELP kumo_event_streams Open event streams (SSE clients).\n"
+			"# TYPE kumo_event_streams gauge\nkumo_event_streams %u\n",
+			open, (unsigned long long)accepted, (unsigned long long)timed_out,
+			api_events_streams());
+	}
 	bprintf(&b, "# HELP kumo_operations Operations in the database, by kind and status.\n"
 		    "# TYPE kumo_operations gauge\n");
 	st = db_prepare(ctl.db,
@@ -123,6 +261,21 @@ char *metrics_render(void)
 	for (struct counter *c = link_rejected; c; c = c->next)
 		bprintf(&b, "kumo_link_rejected_total%s %llu\n", c->labels,
 			(unsigned long long)c->n);
+	bprintf(&b, "# HELP kumo_link_messages_total Messages from agents, by type.\n"
+		    "# TYPE kumo_link_messages_total counter\n");
+	for (struct counter *c = link_messages; c; c = c->next)
+		bprintf(&b, "kumo_link_messages_total%s %llu\n", c->labels,
+			(unsigned long long)c->n);
+	bprintf(&b, "# HELP kumo_db_commit_duration_seconds Time of each database commit.\n"
+		    "# TYPE kumo_db_commit_duration_seconds histogram\n");
+	histogram_render(&b, "kumo_db_commit_duration_seconds", db_commits);
+	bprintf(&b,
+		"# HELP kumo_loop_lag_seconds The longest delay of the controller's timer "
+		"since the last scrape: how long the loop was held by other work.\n"
+		"# TYPE kumo_loop_lag_seconds gauge\nkumo_loop_lag_seconds %.6f\n",
+		loop_lag_max);
+	loop_lag_max = 0;
+	process_render(&b);
 	bprintf(&b,
 		"# HELP kumo_uptime_seconds Seconds since the controller started.\n"
 		"# TYPE kumo_uptime_seconds gauge\nkumo_uptime_seconds %lld\n",
@@ -141,9 +294,24 @@ static void list_free(struct counter *c)
 	}
 }
 
+static void histograms_free(struct histogram *h)
+{
+	while (h) {
+		struct histogram *next = h->next;
+
+		free(h->labels);
+		free(h);
+		h = next;
+	}
+}
+
 void metrics_free(void)
 {
 	list_free(api_requests);
 	list_free(link_rejected);
-	api_requests = link_rejected = NULL;
+	list_free(link_messages);
+	histograms_free(api_latency);
+	histograms_free(db_commits);
+	api_requests = link_rejected = link_messages = NULL;
+	api_latency = db_commits = NULL;
 }

@@ -29,12 +29,14 @@ libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-
 # openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins);
 # the test guest and container images (busybox-static is their busybox: it conflicts with
 # Debian's dynamic busybox, which is not listed; the Debian kernel, cpio, extlinux, an
-# MBR, e2fsprogs and fdisk), skopeo to push them.
+# MBR, e2fsprogs and fdisk), skopeo to push them; prometheus for promtool, which checks
+# the controller's /metrics (its server is not started here).
 TEST="
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
 busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk
 skopeo
+prometheus
 "
 
 PKGS=""

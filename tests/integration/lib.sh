@@ -45,6 +45,7 @@ api() {
 	local args=(-sS --cacert "$KUMO_CACERT" -X "$method" -o /tmp/kt-body.$$ -D /tmp/kt-head.$$
 		-w '%{http_code}' --max-time 90)
 	[ "$token" != "-" ] && args+=(-H "Authorization: Bearer $token")
+	[ -n "${API_SOURCE:-}" ] && args+=(--interface "$API_SOURCE") # a client address of the test's choice
 	if [ -n "$body" ]; then
 		printf '%s' "$body" >/tmp/kt-req.$$
 		args+=(-H 'Content-Type: application/json' --data-binary @/tmp/kt-req.$$)
