@@ -32,7 +32,7 @@ int name_check(struct json_object *val, const char *field, struct kerr *err)
 	return 0;
 }
 
-static bool label_key_valid(const char *k)
+bool label_key_valid(const char *k)
 {
 	size_t len = strlen(k);
 

@@ -18,6 +18,8 @@
 bool name_valid(const char *s);
 /* For json_field.check: a string that is a valid name. */
 int name_check(struct json_object *val, const char *field, struct kerr *err);
+/* A label key: 1-63 characters of A-Z, a-z, 0-9, '.', '_', '-' and '/'. */
+bool label_key_valid(const char *s);
 /* For json_field.check: an object of label key -> string value. */
 int labels_check(struct json_object *val, const char *field, struct kerr *err);
 

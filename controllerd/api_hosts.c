@@ -24,30 +24,65 @@ static struct host *path_host(struct request *req, enum MHD_Result *ret)
 	return h;
 }
 
+static int host_cmp(const void *a, const void *b)
+{
+	return strcmp((*(struct host *const *)a)->name, (*(struct host *const *)b)->name);
+}
+
+/* Does h carry the label "k=v" (a ?label= filter, checked by the caller)? */
+static bool host_has_label(const struct host *h, const char *kv)
+{
+	const char *eq = strchr(kv, '=');
+	char key[64];
+	struct json_object *v;
+
+	snprintf(key, sizeof(key), "%.*s", (int)(eq - kv), kv);
+	return json_object_object_get_ex(h->labels, key, &v) &&
+	       strcmp(json_object_get_string(v), eq + 1) == 0;
+}
+
+/*
+ * GET /api/v1/hosts: by name, paged (page.c), filtered by ?state= and ?label=k=v. The
+ * hosts live in memory; only the page's items are rendered.
+ */
 enum MHD_Result api_hosts_list(struct request *req)
 {
-	struct json_object *list = json_object_new_array(), *out = json_object_new_object();
-	size_t n = 0;
+	const char *state = http_query(req, "state"), *label = http_query(req, "label");
+	struct json_object *list, *out;
+	struct host **v;
+	struct page page;
+	struct kerr err;
+	size_t n = 0, i = 0;
 
+	if (page_begin(req, &page, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (state && strcmp(state, "online") && strcmp(state, "offline"))
+		return http_reply_error(req, 400, "state", "state must be online or offline");
+	if (label && page_label_check(label, &err) < 0)
+		return http_reply_kerr(req, &err);
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		n++;
-	/* Sorted by name, so the listing is stable. */
-	struct host **v = xcalloc(n, sizeof(*v));
-	size_t i = 0;
-
+	v = xcalloc(n ? n : 1, sizeof(*v));
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		v[i++] = h;
-	for (size_t a = 1; a < n; a++)
-		for (size_t b = a; b > 0 && strcmp(v[b - 1]->name, v[b]->name) > 0; b--) {
-			struct host *t = v[b];
+	qsort(v, n, sizeof(*v), host_cmp);
+	list = json_object_new_array();
+	for (i = 0; i < n; i++) {
+		struct json_object *o;
 
-			v[b] = v[b - 1];
-			v[b - 1] = t;
+		if (strcmp(v[i]->name, page.after) <= 0 ||
+		    (state && strcmp(host_state_name(v[i]->state), state)) ||
+		    (label && !host_has_label(v[i], label)))
+			continue;
+		o = host_to_json(v[i]);
+		if (!page_add(&page, list, o, v[i]->name)) {
+			json_object_put(o);
+			break;
 		}
-	for (i = 0; i < n; i++)
-		json_object_array_add(list, host_to_json(v[i]));
+	}
 	free(v);
-	json_object_object_add(out, "hosts", list);
+	out = json_object_new_object();
+	page_end(&page, out, "hosts", list);
 	return http_reply_json(req, 200, out);
 }
 

@@ -695,20 +695,76 @@ static struct json_object *instance_redact(struct json_object *o, const struct r
 	return o;
 }
 
+/*
+ * GET /api/v1/instances: by name, paged (page.c), filtered by ?host=, ?state=, ?type=,
+ * ?label=k=v and ?network= (a NIC on it). The filters and the range are one indexed
+ * query; only the page's instances are rendered.
+ */
 enum MHD_Result api_instances_list(struct request *req)
 {
-	struct json_object *list = json_object_new_array(), *out = json_object_new_object();
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT name FROM instances ORDER BY name");
+	const char *host = http_query(req, "host"), *state = http_query(req, "state");
+	const char *type = http_query(req, "type"), *label = http_query(req, "label");
+	const char *network = http_query(req, "network");
+	_cleanup_free_ char *label_key = NULL;
+	struct json_object *list, *out;
+	struct page page;
+	struct kerr err;
+	sqlite3_stmt *st;
 
+	if (page_begin(req, &page, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (type && strcmp(type, "vm") && strcmp(type, "container"))
+		return http_reply_error(req, 400, "type", "type must be vm or container");
+	if ((host && !name_valid(host)) || (network && !name_valid(network)))
+		return http_reply_error(req, 400, host && !name_valid(host) ? "host" : "network",
+					"%s must be a name: 1-63 characters of a-z, 0-9 and '-'",
+					host && !name_valid(host) ? "host" : "network");
+	if (state &&
+	    (strlen(state) > 32 || strspn(state, "abcdefghijklmnopqrstuvwxyz-") != strlen(state)))
+		return http_reply_error(req, 400, "state", "state must be an instance state");
+	if (label) {
+		if (page_label_check(label, &err) < 0)
+			return http_reply_kerr(req, &err);
+		/* The key is quoted in the JSON path: label keys may hold '.' and '/'. */
+		label_key =
+			xasprintf("$.labels.\"%.*s\"", (int)(strchr(label, '=') - label), label);
+	}
+	st = db_prepare(
+		ctl.db,
+		"SELECT i.name FROM instances i LEFT JOIN hosts h ON h.id = i.host_id "
+		"WHERE i.name > ?1 AND (?2 IS NULL OR h.name = ?2) AND (?3 IS NULL OR i.state = "
+		"?3) "
+		"AND (?4 IS NULL OR i.type = ?4) AND (?5 IS NULL OR json_extract(i.spec, ?5) = ?6) "
+		"AND (?7 IS NULL OR EXISTS (SELECT 1 FROM addresses a JOIN networks n ON "
+		"n.id = a.network_id WHERE a.instance_id = i.id AND n.name = ?7)) "
+		"ORDER BY i.name LIMIT ?8");
+	sqlite3_bind_text(st, 1, page.after, -1, SQLITE_STATIC);
+	if (host)
+		sqlite3_bind_text(st, 2, host, -1, SQLITE_STATIC);
+	if (state)
+		sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+	if (type)
+		sqlite3_bind_text(st, 4, type, -1, SQLITE_STATIC);
+	if (label) {
+		sqlite3_bind_text(st, 5, label_key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 6, strchr(label, '=') + 1, -1, SQLITE_STATIC);
+	}
+	if (network)
+		sqlite3_bind_text(st, 7, network, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, page.limit + 1); /* one more: is there a next page? */
+	list = json_object_new_array();
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		struct json_object *o = instance_redact(
-			instance_get_json((const char *)sqlite3_column_text(st, 0), false), req);
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		struct json_object *o = instance_redact(instance_get_json(name, false), req);
 
-		if (o)
-			json_object_array_add(list, o);
+		if (o && !page_add(&page, list, o, name)) {
+			json_object_put(o);
+			break;
+		}
 	}
 	sqlite3_finalize(st);
-	json_object_object_add(out, "instances", list);
+	out = json_object_new_object();
+	page_end(&page, out, "instances", list);
 	return http_reply_json(req, 200, out);
 }
 

@@ -16,36 +16,49 @@ static struct request *waiters;
 enum MHD_Result api_ops_list(struct request *req)
 {
 	const char *status = http_query(req, "status");
-	struct json_object *list = json_object_new_array(), *out;
+	struct json_object *list, *out;
+	struct page page;
 	struct kerr err;
 	sqlite3_stmt *st;
-	int64_t limit;
+	long long created = INT64_MAX, rowid = INT64_MAX;
 
-	if (http_query_int(req, "limit", 1, 1000, 100, &limit, &err) < 0) {
-		json_object_put(list);
+	if (page_begin(req, &page, &err) < 0)
 		return http_reply_kerr(req, &err);
-	}
+	/* Newest first: the cursor is "created_at:rowid" of the last one shown. */
+	if (page.after[0] && sscanf(page.after, "%lld:%lld", &created, &rowid) != 2)
+		return http_reply_error(req, 400, "after",
+					"query parameter 'after' must be the 'next' cursor of a "
+					"previous page");
 	if (status && strcmp(status, "pending") && strcmp(status, "running") &&
-	    !op_status_final(status)) {
-		json_object_put(list);
+	    !op_status_final(status))
 		return http_reply_error(req, 400, "status",
 					"status must be pending, running, succeeded, failed or "
 					"cancelled");
-	}
-	st = db_prepare(ctl.db, "SELECT id FROM operations WHERE (?1 IS NULL OR status = ?1) "
-				"ORDER BY created_at DESC, rowid DESC LIMIT ?2");
+	st = db_prepare(
+		ctl.db,
+		"SELECT id, created_at, rowid FROM operations WHERE (?1 IS NULL OR status = "
+		"?1) AND (created_at, rowid) < (?2, ?3) ORDER BY created_at DESC, rowid DESC "
+		"LIMIT ?4");
 	if (status)
 		sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, limit);
+	sqlite3_bind_int64(st, 2, created);
+	sqlite3_bind_int64(st, 3, rowid);
+	sqlite3_bind_int64(st, 4, page.limit + 1);
+	list = json_object_new_array();
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		struct json_object *o = op_get((const char *)sqlite3_column_text(st, 0));
+		char key[48];
 
-		if (o)
-			json_object_array_add(list, o);
+		snprintf(key, sizeof(key), "%lld:%lld", (long long)sqlite3_column_int64(st, 1),
+			 (long long)sqlite3_column_int64(st, 2));
+		if (o && !page_add(&page, list, o, key)) {
+			json_object_put(o);
+			break;
+		}
 	}
 	sqlite3_finalize(st);
 	out = json_object_new_object();
-	json_object_object_add(out, "operations", list);
+	page_end(&page, out, "operations", list);
 	return http_reply_json(req, 200, out);
 }
 

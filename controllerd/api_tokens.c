@@ -178,15 +178,41 @@ enum MHD_Result api_tokens_create(struct request *req)
 	return http_reply_json(req, 201, out);
 }
 
+/* GET /api/v1/tokens: by id, paged (page.c). */
 enum MHD_Result api_tokens_list(struct request *req)
 {
-	struct json_object *list = json_object_new_array(), *out = json_object_new_object();
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT " TOKEN_COLUMNS " FROM tokens ORDER BY id");
+	struct json_object *list, *out;
+	struct page page;
+	struct kerr err;
+	sqlite3_stmt *st;
+	char *end;
+	long long after;
 
-	while (sqlite3_step(st) == SQLITE_ROW)
-		json_object_array_add(list, token_row_json(st));
+	if (page_begin(req, &page, &err) < 0)
+		return http_reply_kerr(req, &err);
+	after = strtoll(page.after, &end, 10);
+	if (*end)
+		return http_reply_error(req, 400, "after",
+					"query parameter 'after' must be the 'next' cursor of a "
+					"previous page");
+	st = db_prepare(ctl.db, "SELECT " TOKEN_COLUMNS " FROM tokens WHERE id > ?1 ORDER BY id "
+				"LIMIT ?2");
+	sqlite3_bind_int64(st, 1, after);
+	sqlite3_bind_int64(st, 2, page.limit + 1);
+	list = json_object_new_array();
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o = token_row_json(st);
+		char key[24];
+
+		snprintf(key, sizeof(key), "%lld", (long long)sqlite3_column_int64(st, 0));
+		if (!page_add(&page, list, o, key)) {
+			json_object_put(o);
+			break;
+		}
+	}
 	sqlite3_finalize(st);
-	json_object_object_add(out, "tokens", list);
+	out = json_object_new_object();
+	page_end(&page, out, "tokens", list);
 	return http_reply_json(req, 200, out);
 }
 

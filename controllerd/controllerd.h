@@ -283,6 +283,25 @@ void event_emit(const char *type, struct json_object *data);
 void events_prune(void);
 bool event_type_known(const char *type);
 
+/* page.c */
+#define PAGE_DEFAULT 100
+#define PAGE_MAX     1000
+
+/* One page of a list being built (page.c says how lists page). */
+struct page {
+	int64_t limit;
+	char after[256];    /* the decoded cursor: items sort strictly after it; "" = first */
+	const char *fields; /* ?fields=, or NULL for whole items */
+	int64_t count;
+	bool more;	/* an item was left out: there is a next page */
+	char last[256]; /* sort key of the last item on the page */
+};
+
+int page_begin(struct request *req, struct page *p, struct kerr *err);
+bool page_add(struct page *p, struct json_object *list, struct json_object *item, const char *key);
+void page_end(struct page *p, struct json_object *out, const char *name, struct json_object *list);
+int page_label_check(const char *kv, struct kerr *err);
+
 /* http_conns.c */
 void http_conns_notify_cb(void *cls, struct MHD_Connection *mhd, void **socket_context,
 			  enum MHD_ConnectionNotificationCode code);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "controllerd.h"
 #include "log.h"
 #include "token.h"
@@ -24,21 +26,23 @@ static const struct route routes[] = {
 	{"GET", "/metrics", ROLE_VIEWER, "", api_metrics_get, NULL},
 	{"GET", "/", ROLE_NONE, "", api_dashboard_get, NULL},
 	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, NULL},
-	{"GET", "/api/v1/hosts", ROLE_VIEWER, "", api_hosts_list, NULL},
+	{"GET", "/api/v1/hosts", ROLE_VIEWER, "limit,after,fields,state,label", api_hosts_list,
+	 NULL},
 	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get, NULL},
 	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch, NULL},
 	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete, NULL},
 	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe, NULL},
 	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, NULL},
-	{"GET", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_list, NULL},
+	{"GET", "/api/v1/tokens", ROLE_ADMIN, "limit,after,fields", api_tokens_list, NULL},
 	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, NULL},
 	{"POST", "/api/v1/tokens/{}/actions/rotate", ROLE_ADMIN, "", api_token_rotate, NULL},
 	{"GET", "/api/v1/audit", ROLE_ADMIN, "limit,after,token", api_audit_list, NULL},
-	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit", api_ops_list, NULL},
+	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit,after,fields", api_ops_list, NULL},
 	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
 	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
 	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, NULL},
-	{"GET", "/api/v1/instances", ROLE_VIEWER, "", api_instances_list, NULL},
+	{"GET", "/api/v1/instances", ROLE_VIEWER,
+	 "limit,after,fields,host,state,type,label,network", api_instances_list, NULL},
 	{"GET", "/api/v1/instances/{}", ROLE_VIEWER, "", api_instance_get, NULL},
 	{"PATCH", "/api/v1/instances/{}", ROLE_OPERATOR, "", api_instance_patch, NULL},
 	{"DELETE", "/api/v1/instances/{}", ROLE_OPERATOR, "force,keep_disks", api_instance_delete,
@@ -55,11 +59,11 @@ static const struct route routes[] = {
 	 NULL},
 	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format", api_images_upload,
 	 &api_images_stream},
-	{"GET", "/api/v1/images", ROLE_VIEWER, "", api_images_list, NULL},
+	{"GET", "/api/v1/images", ROLE_VIEWER, "limit,after,fields", api_images_list, NULL},
 	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, NULL},
 	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, NULL},
 	{"POST", "/api/v1/networks", ROLE_OPERATOR, "", api_networks_create, NULL},
-	{"GET", "/api/v1/networks", ROLE_VIEWER, "", api_networks_list, NULL},
+	{"GET", "/api/v1/networks", ROLE_VIEWER, "limit,after,fields", api_networks_list, NULL},
 	{"GET", "/api/v1/networks/{}", ROLE_VIEWER, "", api_network_get, NULL},
 	{"PATCH", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_patch, NULL},
 	{"DELETE", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_delete, NULL},
@@ -211,6 +215,38 @@ enum MHD_Result http_reply_text(struct request *req, unsigned status, const char
 	return http_reply_response(req, status, resp);
 }
 
+/* "\"<32 hex>\"": the first 128 bits of the body's SHA-256, quoted as RFC 9110 wants. */
+static void etag_of(const char *text, char *out, size_t len)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char hex[33];
+
+	EVP_Digest(text, strlen(text), md, &mdlen, EVP_sha256(), NULL);
+	hex_encode(md, 16, hex);
+	snprintf(out, len, "\"%s\"", hex);
+}
+
+/* Does an If-None-Match header (a list of tags, or "*") name etag? */
+static bool etag_matches(const char *header, const char *etag)
+{
+	size_t n = strlen(etag);
+
+	if (header == NULL)
+		return false;
+	for (const char *p = header; *p;) {
+		p += strspn(p, " \t,");
+		if (*p == '*')
+			return true;
+		if (strncmp(p, "W/", 2) == 0)
+			p += 2;
+		if (strncmp(p, etag, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+			return true;
+		p += strcspn(p, ",");
+	}
+	return false;
+}
+
 /* Answer with obj as JSON (a reference is consumed). */
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
 {
@@ -220,9 +256,27 @@ enum MHD_Result http_reply_json(struct request *req, unsigned status, struct jso
 	char *text = xasprintf(
 		"%s\n", json_object_to_json_string_ext(
 				obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	struct MHD_Response *resp;
+	char etag[2 + 32 + 1];
 
 	json_object_put(obj);
-	return http_reply_text(req, status, "application/json", text);
+	if (status != 200 || strcmp(req->method, "GET") != 0)
+		return http_reply_text(req, status, "application/json", text);
+	/* A GET's answer carries a strong validator: a client that has it already gets a
+	 * 304 without the body (a dashboard polling a large list, a script waiting for a
+	 * change). */
+	etag_of(text, etag, sizeof(etag));
+	if (etag_matches(MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "If-None-Match"),
+			 etag)) {
+		free(text);
+		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		MHD_add_response_header(resp, "ETag", etag);
+		return http_reply_response(req, 304, resp);
+	}
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "ETag", etag);
+	return http_reply_response(req, 200, resp);
 }
 
 static enum MHD_Result reply_error_v(struct request *req, unsigned status, const char *field,
