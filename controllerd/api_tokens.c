@@ -60,6 +60,7 @@ static const struct json_field token_fields[] = {
 	{"expires_in", JK_INT, false, ttl_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const token_create_fields = token_fields;
 
 static struct json_object *token_row_json(sqlite3_stmt *st)
 {

@@ -8,6 +8,8 @@ set -eu
 # segment), iputils-ping. busybox-static is the busybox of the test guest and container
 # images (it provides "busybox" and conflicts with Debian's dynamic busybox package, so
 # that one is not listed). strace: a test watches every byte an agent sends when it joins.
+# Fuzzing (tests/fuzz/run): clang and its libFuzzer runtime (libclang-rt-14-dev), kept
+# in their own last line; nothing else needs them.
 PKGS="
 build-essential cmake pkg-config clang-format
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev
@@ -18,6 +20,8 @@ qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio
 extlinux syslinux-common e2fsprogs fdisk dosfstools mtools
 runc skopeo nftables dnsmasq-base
 strace
+
+clang libclang-rt-14-dev
 "
 
 missing=""
