@@ -259,6 +259,12 @@ int image_info_check(const char *out, const char *file, const char *format, int6
 			json_object_object_get(json_object_object_get(info, "format-specific"),
 					       "data"),
 			"extents");
+		/* json-c asserts (aborts the controller) on the length of a non-array. */
+		if (v && !json_object_is_type(v, json_type_array)) {
+			snprintf(why, len, "qemu-img lists its extents in a form Kumo cannot read");
+			ret = -1;
+			v = NULL;
+		}
 		for (size_t i = 0; v && i < json_object_array_length(v); i++) {
 			const char *fn =
 				json_get_str(json_object_array_get_idx(v, i), "filename", file);
