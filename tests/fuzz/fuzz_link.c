@@ -3,9 +3,15 @@
  * anyone on the network can send), and link_msg_open on messages sealed with the
  * right key around fuzzed plaintext (what a host holding its key can send).
  *
- * Input: one byte choosing the mode (even: raw, odd: sealed plaintext), then the
- * bytes. A message that opens must seal and open again to the same envelope.
+ * Input: one byte choosing the mode, then the bytes:
+ *   0  raw bytes, as anyone can send them; they must never open;
+ *   1  plaintext, sealed by seal_pack() as host h1;
+ *   2  a header host (a length byte, then that many bytes) and plaintext, sealed here
+ *      by the wire format of seal.h: what seal_peek() accepts must then open, to the
+ *      same plaintext.
+ * A message that opens must seal and open again to the same envelope.
  */
+#include <openssl/evp.h>
 #include <string.h>
 
 #include "fuzz.h"
@@ -61,6 +67,61 @@ static void open_one(const unsigned char *buf, size_t len, char dir)
 	link_msg_clear(&m);
 }
 
+/*
+ * Seal len bytes of plain for a header host of hostlen raw bytes, by seal.h's wire
+ * format (fixed nonce): "KM1" dir hostlen host nonce ciphertext tag. *out is malloc'd.
+ */
+static size_t wire_seal(const uint8_t *host, size_t hostlen, const uint8_t *plain, size_t len,
+			unsigned char **out)
+{
+	size_t hlen = 5 + hostlen, total = hlen + SEAL_NONCE_LEN + len + SEAL_TAG_LEN;
+	unsigned char *buf = xmalloc(total), *nonce = buf + hlen, *ct = nonce + SEAL_NONCE_LEN;
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	int n;
+
+	memcpy(buf, "KM1", 3);
+	buf[3] = SEAL_DIR_TO_CONTROLLER;
+	buf[4] = (unsigned char)hostlen;
+	memcpy(buf + 5, host, hostlen);
+	memset(nonce, 0x5a, SEAL_NONCE_LEN);
+	if (ctx == NULL ||
+	    EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, nonce) != 1 ||
+	    EVP_EncryptUpdate(ctx, NULL, &n, buf, (int)(hlen + SEAL_NONCE_LEN)) != 1 ||
+	    EVP_EncryptUpdate(ctx, ct, &n, plain, (int)len) != 1 ||
+	    EVP_EncryptFinal_ex(ctx, ct + n, &n) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, SEAL_TAG_LEN, ct + len) != 1)
+		abort();
+	EVP_CIPHER_CTX_free(ctx);
+	*out = buf;
+	return total;
+}
+
+/* Mode 2: the receiving end must read the header as the wire format defines it. */
+static void wire_check(const uint8_t *data, size_t size)
+{
+	_cleanup_free_ unsigned char *sealed = NULL;
+	_cleanup_free_ char *plain = NULL;
+	char dir, host[SEAL_HOST_MAX + 1];
+	size_t hostlen, len, plainlen;
+	struct kerr err;
+
+	if (size < 1 || (hostlen = data[0] % (SEAL_HOST_MAX + 2)) > size - 1)
+		return;
+	len = wire_seal(data + 1, hostlen, data + 1 + hostlen, size - 1 - hostlen, &sealed);
+	if (seal_peek(sealed, len, &dir, host) < 0)
+		return;
+	if (seal_open(key, sealed, len, &plain, &plainlen, &err) < 0) {
+		fprintf(stderr, "seal_peek accepted a header that seal_open then misread: %s\n",
+			err.msg);
+		abort();
+	}
+	if (plainlen != size - 1 - hostlen || memcmp(plain, data + 1 + hostlen, plainlen)) {
+		fprintf(stderr, "seal_open returned other plaintext than was sealed\n");
+		abort();
+	}
+	open_one(sealed, len, SEAL_DIR_TO_CONTROLLER);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	_cleanup_free_ unsigned char *sealed = NULL;
@@ -71,7 +132,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1)
 		return 0;
-	if ((data[0] & 1) == 0) {
+	if (data[0] % 3 == 2) {
+		wire_check(data + 1, size - 1);
+		return 0;
+	}
+	if (data[0] % 3 == 0) {
 		/* Raw: the header parse and the authentication (which must fail). */
 		if (seal_peek(data + 1, size - 1, &dir, host) == 0 &&
 		    seal_open(key, data + 1, size - 1, &plain, &plainlen, &err) == 0) {
