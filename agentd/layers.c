@@ -283,9 +283,19 @@ int layers_image_parse(const char *digest, layers_meta_fn meta_read, void *cls,
 		snprintf(ol->media_type, sizeof(ol->media_type), "%s",
 			 json_get_str(l, "mediaType", MT_OCI_LAYER_GZIP));
 		ol->size = json_get_int(l, "size", -1);
-		if (diff_ids)
-			snprintf(ol->diff_id, sizeof(ol->diff_id), "%s",
-				 json_object_get_string(json_object_array_get_idx(diff_ids, i)));
+		if (diff_ids) {
+			struct json_object *d = json_object_array_get_idx(diff_ids, i);
+
+			/* Unpacking compares the tar's SHA-256 with it: anything else (null
+			 * included, which printed as "(null)") would only fail there. */
+			if (!json_object_is_type(d, json_type_string) ||
+			    !layers_digest_valid(json_object_get_string(d)))
+				return err_set(err, 0,
+					       "image %.19s: the config's diff_ids[%zu] is not a "
+					       "sha256 digest",
+					       img->manifest_digest, i);
+			snprintf(ol->diff_id, sizeof(ol->diff_id), "%s", json_object_get_string(d));
+		}
 		if (!layers_digest_valid(ol->digest))
 			return err_set(err, 0, "image %.19s: layer %zu has no sha256 digest",
 				       img->manifest_digest, i);

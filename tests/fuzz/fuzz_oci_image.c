@@ -61,11 +61,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&err, 0, sizeof(err));
 	ret = layers_image_parse(digest, docs_read, &d, &img, &err);
 	FUZZ_REFUSAL_EXPLAINED(ret, err);
+	/* What unpacking relies on: at most so many layers, each named by a digest and
+	 * checked against its config's diff_id, when there is one, which is a digest too. */
 	for (size_t i = 0; ret == 0 && i < img.nlayers; i++) {
-		if (img.nlayers > AGENT_OCI_LAYERS_MAX ||
-		    !layers_digest_valid(img.layers[i].digest)) {
-			fprintf(stderr, "an image passed with layer %zu of %zu '%s'\n", i,
-				img.nlayers, img.layers[i].digest);
+		const struct oci_layer *l = &img.layers[i];
+
+		if (img.nlayers > AGENT_OCI_LAYERS_MAX || !layers_digest_valid(l->digest) ||
+		    (l->diff_id[0] && !layers_digest_valid(l->diff_id))) {
+			fprintf(stderr,
+				"an image passed with layer %zu of %zu '%s' (diff_id '%s')\n", i,
+				img.nlayers, l->digest, l->diff_id);
 			abort();
 		}
 	}
