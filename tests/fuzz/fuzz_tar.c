@@ -3,7 +3,9 @@
  * unpacked into an empty directory as layers_unpack does, then removed.
  *
  * Input: the layer file's bytes. Beside the directory lies a sentinel file; an input
- * that changes it or adds anything beside the directory escaped the layer.
+ * that changes it or adds anything beside the directory escaped the layer. A layer
+ * that unpacks has the file's SHA-256 as its blob digest, and when it is a plain tar
+ * as its diff_id too: every byte the image's digests vouch for was read.
  *
  * As root the fuzzer works in its own mount namespace on a small tmpfs, so a gzip
  * bomb fills that and not the disk; device nodes, owners and xattrs are made as the
@@ -21,6 +23,7 @@
 
 #include "agentd.h"
 #include "fuzz.h"
+#include "token.h"
 #include "util.h"
 
 #define SENTINEL "kumo-fuzz-sentinel"
@@ -88,6 +91,22 @@ static void escape_check(const uint8_t *data, size_t size)
 	}
 }
 
+static void digests_check(const uint8_t *data, size_t size, const char *blob_digest,
+			  const char *diff_id)
+{
+	unsigned char md[32];
+	char want[72] = "sha256:";
+
+	sha256(data, size, md);
+	hex_encode(md, sizeof(md), want + 7);
+	if (strcmp(blob_digest, want) ||
+	    (!(size >= 2 && data[0] == 0x1f && data[1] == 0x8b) && strcmp(diff_id, want))) {
+		fprintf(stderr, "fuzz_tar: the layer hashed to %s / %s, its bytes to %s\n",
+			blob_digest, diff_id, want);
+		abort();
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char blob_digest[72], diff_id[72];
@@ -103,6 +122,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ret = layers_tar_unpack(layer_path, dest, "sha256:fuzz", blob_digest, diff_id, &err);
 	FUZZ_REFUSAL_EXPLAINED(ret, err);
 	escape_check(data, size);
+	if (ret == 0)
+		digests_check(data, size, blob_digest, diff_id);
 	if (layers_tree_remove(dest) < 0) {
 		perror("fuzz_tar: cannot remove the unpacked layer");
 		abort();
