@@ -597,6 +597,11 @@ int layers_blob_read(const char *shared, const char *digest, size_t max, char **
 		     struct kerr *err);
 int layers_blob_write(const char *shared, const void *data, size_t len, char *digest,
 		      struct kerr *err);
+/* Where layers_image_parse() gets a manifest or config: read, digest-checked, parsed. */
+typedef int (*layers_meta_fn)(void *cls, const char *digest, const char *what,
+			      struct json_object **out, int64_t *size, struct kerr *err);
+int layers_image_parse(const char *digest, layers_meta_fn meta_read, void *cls,
+		       struct oci_image *img, struct kerr *err);
 int layers_image_load(const char *shared, const char *digest, struct oci_image *img,
 		      struct kerr *err);
 void layers_image_free(struct oci_image *img);

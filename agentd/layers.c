@@ -189,13 +189,14 @@ static const char *index_pick(struct json_object *index)
 	return NULL;
 }
 
-static int meta_read(const char *shared, const char *digest, const char *what,
-		     struct json_object **out, int64_t *size, struct kerr *err)
+/* The layers_meta_fn of the shared store; cls is its path. */
+static int meta_read_store(void *cls, const char *digest, const char *what,
+			   struct json_object **out, int64_t *size, struct kerr *err)
 {
 	_cleanup_free_ char *text = NULL;
 	size_t len;
 
-	if (layers_blob_read(shared, digest, META_MAX, &text, &len, err) < 0)
+	if (layers_blob_read(cls, digest, META_MAX, &text, &len, err) < 0)
 		return agent_err_prefix(err, what);
 	if (json_body_parse(text, len, out, err) < 0)
 		return agent_err_prefix(err, what);
@@ -213,12 +214,22 @@ static int meta_read(const char *shared, const char *digest, const char *what,
 int layers_image_load(const char *shared, const char *digest, struct oci_image *img,
 		      struct kerr *err)
 {
+	return layers_image_parse(digest, meta_read_store, (void *)shared, img, err);
+}
+
+/*
+ * What layers_image_load() does, with manifests and configs read through meta_read
+ * (cls is its own): the parsing alone, which tests/fuzz feeds from memory.
+ */
+int layers_image_parse(const char *digest, layers_meta_fn meta_read, void *cls,
+		       struct oci_image *img, struct kerr *err)
+{
 	struct json_object *config, *layers, *rootfs, *diff_ids = NULL;
 	const char *mt, *picked;
 	size_t n;
 
 	memset(img, 0, sizeof(*img));
-	if (meta_read(shared, digest, "manifest: ", &img->manifest, &img->manifest_size, err) < 0)
+	if (meta_read(cls, digest, "manifest: ", &img->manifest, &img->manifest_size, err) < 0)
 		return -1;
 	snprintf(img->manifest_digest, sizeof(img->manifest_digest), "%s", digest);
 	mt = json_get_str(img->manifest, "mediaType", "");
@@ -231,7 +242,7 @@ int layers_image_load(const char *shared, const char *digest, struct oci_image *
 		snprintf(img->manifest_digest, sizeof(img->manifest_digest), "%s", picked);
 		json_object_put(img->manifest);
 		img->manifest = NULL;
-		if (meta_read(shared, img->manifest_digest, "manifest: ", &img->manifest,
+		if (meta_read(cls, img->manifest_digest, "manifest: ", &img->manifest,
 			      &img->manifest_size, err) < 0)
 			return -1;
 		mt = json_get_str(img->manifest, "mediaType", "");
@@ -246,8 +257,8 @@ int layers_image_load(const char *shared, const char *digest, struct oci_image *
 			       img->manifest_digest);
 	snprintf(img->config_digest, sizeof(img->config_digest), "%s",
 		 json_get_str(config, "digest", ""));
-	if (meta_read(shared, img->config_digest, "config: ", &img->config, &img->config_size,
-		      err) < 0)
+	if (meta_read(cls, img->config_digest, "config: ", &img->config, &img->config_size, err) <
+	    0)
 		return -1;
 	n = json_object_array_length(layers);
 	if (n > AGENT_OCI_LAYERS_MAX)
@@ -273,9 +284,19 @@ int layers_image_load(const char *shared, const char *digest, struct oci_image *
 		snprintf(ol->media_type, sizeof(ol->media_type), "%s",
 			 json_get_str(l, "mediaType", MT_OCI_LAYER_GZIP));
 		ol->size = json_get_int(l, "size", -1);
-		if (diff_ids)
-			snprintf(ol->diff_id, sizeof(ol->diff_id), "%s",
-				 json_object_get_string(json_object_array_get_idx(diff_ids, i)));
+		if (diff_ids) {
+			struct json_object *d = json_object_array_get_idx(diff_ids, i);
+
+			/* Unpacking compares the tar's SHA-256 with it: anything else (null
+			 * included, which printed as "(null)") would only fail there. */
+			if (!json_object_is_type(d, json_type_string) ||
+			    !layers_digest_valid(json_object_get_string(d)))
+				return err_set(err, 0,
+					       "image %.19s: the config's diff_ids[%zu] is not a "
+					       "sha256 digest",
+					       img->manifest_digest, i);
+			snprintf(ol->diff_id, sizeof(ol->diff_id), "%s", json_object_get_string(d));
+		}
 		if (!layers_digest_valid(ol->digest))
 			return err_set(err, 0, "image %.19s: layer %zu has no sha256 digest",
 				       img->manifest_digest, i);

@@ -218,7 +218,7 @@ static const struct json_field doc_fields[] = {
 	{"hash", JK_STRING, true, NULL},
 	{"underlay", JK_STRING, false, NULL},
 	{"networks", JK_ARRAY, true, NULL},
-	{NULL},
+	{NULL, 0, false, NULL},
 };
 
 static const struct json_field network_fields[] = {
@@ -227,7 +227,7 @@ static const struct json_field network_fields[] = {
 	{"prefix", JK_INT, true, NULL},	    {"gateway", JK_STRING, false, NULL},
 	{"mtu", JK_INT, true, NULL},	    {"dhcp", JK_BOOL, true, NULL},
 	{"dns", JK_ARRAY, false, NULL},	    {"uplink", JK_STRING, false, NULL},
-	{"segments", JK_ARRAY, true, NULL}, {NULL},
+	{"segments", JK_ARRAY, true, NULL}, {NULL, 0, false, NULL},
 };
 
 static const struct json_field segment_fields[] = {
@@ -238,7 +238,7 @@ static const struct json_field segment_fields[] = {
 	{"gateway_mac", JK_STRING, false, NULL},
 	{"peers", JK_ARRAY, false, NULL},
 	{"ports", JK_ARRAY, true, NULL},
-	{NULL},
+	{NULL, 0, false, NULL},
 };
 
 static const struct json_field port_fields[] = {
@@ -246,7 +246,7 @@ static const struct json_field port_fields[] = {
 	{"mac", JK_STRING, true, NULL},
 	{"address", JK_STRING, false, NULL},
 	{"instance", JK_STRING, true, NULL},
-	{NULL},
+	{NULL, 0, false, NULL},
 };
 
 /* An input error about at.member (member may be ""): the message starts with the field. */

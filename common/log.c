@@ -32,6 +32,9 @@ int log_level_parse(const char *s, enum log_level *out)
 	return -1;
 }
 
+/* The format attribute lets clang check callers (it warns about vfprintf without it). */
+static void vlog(enum log_level level, const char *tag, int errnum, const char *fmt, va_list ap)
+	__attribute__((format(printf, 4, 0)));
 static void vlog(enum log_level level, const char *tag, int errnum, const char *fmt, va_list ap)
 {
 	char when[32];

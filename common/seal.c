@@ -128,6 +128,10 @@ int seal_peek(const unsigned char *buf, size_t len, char *dir, char *host)
 		return -1;
 	if (buf[3] != SEAL_DIR_TO_AGENT && buf[3] != SEAL_DIR_TO_CONTROLLER)
 		return -1;
+	/* A NUL would end the name early, and seal_open would then find the nonce and
+	 * ciphertext inside the header: the name must be the hostlen bytes, all of them. */
+	if (memchr(buf + 5, '\0', hostlen))
+		return -1;
 	*dir = (char)buf[3];
 	memcpy(host, buf + 5, hostlen);
 	host[hostlen] = '\0';

@@ -98,6 +98,7 @@ static const struct json_field join_fields[] = {
 	{"addr", JK_STRING, true, join_addr_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const agentlink_join_fields = join_fields;
 
 static void join_reply(struct json_object *reply)
 {
@@ -265,6 +266,8 @@ static const struct json_field done_fields[] = {
 	{"error", JK_STRING, false, short_text_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const agentlink_progress_fields = progress_fields;
+const struct json_field *const agentlink_done_fields = done_fields;
 
 /* Does operation op belong to host h? Agents may only report on their own work. */
 static bool op_owned(struct host *h, const char *op)

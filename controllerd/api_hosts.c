@@ -101,6 +101,7 @@ static const struct json_field patch_fields[] = {
 	{"labels", JK_OBJECT, false, labels_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const host_patch_fields = patch_fields;
 
 enum MHD_Result api_host_patch(struct request *req)
 {

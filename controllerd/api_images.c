@@ -224,10 +224,12 @@ static void import_hash(struct import *im)
 
 /*
  * Check qemu-img's JSON about file: the declared format, no backing file, extents
- * only inside the file itself (a vmdk descriptor may name other files), a sane size.
+ * only inside the file itself (a vmdk descriptor may name other files), a sane size,
+ * which goes to *virtual_size once format and backing are right. Returns 0, or -1
+ * with why (len bytes) saying what is wrong.
  */
-static int info_check(struct import *im, const char *out, const char *file, const char *format,
-		      char *why, size_t len)
+int image_info_check(const char *out, const char *file, const char *format, int64_t *virtual_size,
+		     char *why, size_t len)
 {
 	struct json_object *info = json_tokener_parse(out), *v;
 	int ret = -1;
@@ -257,6 +259,12 @@ static int info_check(struct import *im, const char *out, const char *file, cons
 			json_object_object_get(json_object_object_get(info, "format-specific"),
 					       "data"),
 			"extents");
+		/* json-c asserts (aborts the controller) on the length of a non-array. */
+		if (v && !json_object_is_type(v, json_type_array)) {
+			snprintf(why, len, "qemu-img lists its extents in a form Kumo cannot read");
+			ret = -1;
+			v = NULL;
+		}
 		for (size_t i = 0; v && i < json_object_array_length(v); i++) {
 			const char *fn =
 				json_get_str(json_object_array_get_idx(v, i), "filename", file);
@@ -266,7 +274,7 @@ static int info_check(struct import *im, const char *out, const char *file, cons
 				ret = -1;
 			}
 		}
-		im->virtual_size = json_get_int(info, "virtual-size", 0);
+		*virtual_size = json_get_int(info, "virtual-size", 0);
 	}
 	json_object_put(info);
 	return ret;
@@ -277,8 +285,8 @@ static void final_info_cb(int64_t status, const char *out, const char *errout, v
 	struct import *im = cls;
 	char why[256];
 
-	if (status != 0 ||
-	    info_check(im, out, im->work ? im->work : im->upload, "qcow2", why, sizeof(why)) < 0) {
+	if (status != 0 || image_info_check(out, im->work ? im->work : im->upload, "qcow2",
+					    &im->virtual_size, why, sizeof(why)) < 0) {
 		import_fail(im, "converted image is not usable: %s", status ? errout : why);
 		return;
 	}
@@ -327,7 +335,8 @@ static void upload_info_cb(int64_t status, const char *out, const char *errout, 
 		import_fail(im, "not a valid %s image: %.200s", im->format, errout);
 		return;
 	}
-	if (info_check(im, out, im->upload, im->format, why, sizeof(why)) < 0) {
+	if (image_info_check(out, im->upload, im->format, &im->virtual_size, why, sizeof(why)) <
+	    0) {
 		import_fail(im, "refused: %s", why);
 		return;
 	}
@@ -347,20 +356,15 @@ static void upload_info_cb(int64_t status, const char *out, const char *errout, 
 }
 
 /*
- * Read a qcow2 header ourselves before qemu-img sees the file: qemu-img info already
- * opens a backing file or an external data file, which could be any file on this
- * host. Refuse both. Formats other than qcow2 are checked through qemu-img's answer.
+ * Check the first n bytes of a qcow2 image (its header; 104 are enough): refuse a
+ * backing file and an external data file, which qemu-img info would already open and
+ * which could be any file on this host. Returns 0, or -1 with why (len bytes).
  */
-static int qcow2_header_check(const char *path, char *why, size_t len)
+int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len)
 {
-	unsigned char h[104];
 	uint64_t backing = 0, incompat = 0;
 	uint32_t version = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, h, sizeof(h)) : -1;
 
-	if (fd >= 0)
-		close(fd);
 	if (n < 72 || memcmp(h, "QFI\xfb", 4) != 0) {
 		snprintf(why, len, "it is not a qcow2 image");
 		return -1;
@@ -383,6 +387,21 @@ static int qcow2_header_check(const char *path, char *why, size_t len)
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * Read a qcow2 header ourselves before qemu-img sees the file. Formats other than
+ * qcow2 are checked through qemu-img's answer.
+ */
+static int qcow2_header_check(const char *path, char *why, size_t len)
+{
+	unsigned char h[104];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, h, sizeof(h)) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	return image_qcow2_header_check(h, n < 0 ? 0 : (size_t)n, why, len);
 }
 
 /* ---- the upload ---- */

@@ -202,6 +202,7 @@ static const struct json_field create_fields[] = {
 	{"start", JK_BOOL, false, NULL},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const instance_vm_fields = create_fields;
 
 /* ---- helpers ---- */
 
@@ -927,6 +928,7 @@ static const struct json_field patch_fields[] = {
 	{"labels", JK_OBJECT, false, labels_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const instance_patch_fields = patch_fields;
 
 static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct json_object *labels)
 {

@@ -169,6 +169,7 @@ static const struct json_field create_fields[] = {
 	{"uplinks", JK_OBJECT, false, uplinks_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const network_create_fields = create_fields;
 
 /* What a running network lets change; the rest of create_fields is fixed. */
 static const struct json_field patch_fields[] = {
@@ -178,6 +179,7 @@ static const struct json_field patch_fields[] = {
 	{"uplinks", JK_OBJECT, false, uplinks_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const network_patch_fields = patch_fields;
 
 static bool json_list_has(struct json_object *list, const char *s)
 {
@@ -401,12 +403,36 @@ static struct json_object *path_network(struct request *req, int64_t *id, enum M
 	return o;
 }
 
+/*
+ * The checks of a create body (already checked against create_fields) that need no
+ * database: the CIDR, the gateway inside it (or the default one), uplinks in bridge
+ * mode only. Fills net and gw (IPAM_ADDR_STRLEN bytes). Returns 0 or -1 with err.
+ */
+int network_body_check(struct json_object *body, struct ipam_net *net, char *gw, struct kerr *err)
+{
+	const char *mode = json_get_str(body, "mode", "");
+	const char *gw_text = json_get_str(body, "gateway", NULL);
+
+	if (ipam_cidr_parse(json_get_str(body, "cidr", ""), net, err) < 0)
+		return -1;
+	if (gw_text) {
+		if (ipam_gateway_check(net, gw_text, err) < 0)
+			return -1;
+		snprintf(gw, IPAM_ADDR_STRLEN, "%s", gw_text);
+	} else {
+		ipam_addr_format(ipam_gateway_default(net), gw);
+	}
+	if (json_object_object_get(body, "uplinks") && strcmp(mode, "bridge") != 0)
+		return err_input(err, 400, "uplinks",
+				 "uplinks are for bridge mode only; a %s network has none", mode);
+	return 0;
+}
+
 /* Validate body (already checked against create_fields) and insert it; err on refusal. */
 static int network_insert(struct json_object *body, struct kerr *err)
 {
 	const char *name = json_get_str(body, "name", "");
 	const char *mode = json_get_str(body, "mode", "");
-	const char *gw_text = json_get_str(body, "gateway", NULL);
 	struct json_object *uplinks = json_object_object_get(body, "uplinks");
 	struct json_object *dns = json_object_object_get(body, "dns");
 	struct json_object *vlans = json_object_object_get(body, "vlans");
@@ -416,18 +442,8 @@ static int network_insert(struct json_object *body, struct kerr *err)
 	sqlite3_stmt *st;
 	int rc;
 
-	if (ipam_cidr_parse(json_get_str(body, "cidr", ""), &net, err) < 0)
+	if (network_body_check(body, &net, gw, err) < 0)
 		return -1;
-	if (gw_text) {
-		if (ipam_gateway_check(&net, gw_text, err) < 0)
-			return -1;
-		snprintf(gw, sizeof(gw), "%s", gw_text);
-	} else {
-		ipam_addr_format(ipam_gateway_default(&net), gw);
-	}
-	if (uplinks && strcmp(mode, "bridge") != 0)
-		return err_input(err, 400, "uplinks",
-				 "uplinks are for bridge mode only; a %s network has none", mode);
 	if (uplinks && uplinks_hosts_check(uplinks, vlans, 0, err) < 0)
 		return -1;
 	if (db_count(ctl.db, "SELECT count(*) FROM networks") > 0) {

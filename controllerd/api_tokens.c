@@ -78,6 +78,7 @@ static const struct json_field token_fields[] = {
 	{"expires_at", JK_INT, false, expires_at_check},
 	{NULL, 0, false, NULL},
 };
+const struct json_field *const token_create_fields = token_fields;
 
 static struct json_object *token_row_json(sqlite3_stmt *st)
 {

@@ -212,6 +212,10 @@ void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t t
 void agentlink_query_cancel(void *cls);
 void agentlink_queries_fail(struct host *h, const char *why);
 void agentlink_deferred_fail(struct host *h, const char *why);
+/* The tables join requests and op-progress/op-done bodies are checked against. */
+extern const struct json_field *const agentlink_join_fields;
+extern const struct json_field *const agentlink_progress_fields;
+extern const struct json_field *const agentlink_done_fields;
 
 /* instances.c */
 struct sched_request;
@@ -257,6 +261,9 @@ enum MHD_Result api_instance_logs(struct request *req);
 enum MHD_Result api_instance_exec(struct request *req);
 
 /* api_images.c */
+int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len);
+int image_info_check(const char *out, const char *file, const char *format, int64_t *virtual_size,
+		     char *why, size_t len);
 int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size);
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
@@ -406,6 +413,7 @@ enum MHD_Result api_metrics_get(struct request *req);
 enum MHD_Result api_dashboard_get(struct request *req);
 
 /* api_hosts.c */
+extern const struct json_field *const host_patch_fields;
 enum MHD_Result api_hosts_list(struct request *req);
 enum MHD_Result api_host_get(struct request *req);
 enum MHD_Result api_host_patch(struct request *req);
@@ -413,12 +421,17 @@ enum MHD_Result api_host_delete(struct request *req);
 enum MHD_Result api_host_probe(struct request *req);
 
 /* api_tokens.c */
+extern const struct json_field *const token_create_fields;
 enum MHD_Result api_tokens_create(struct request *req);
 enum MHD_Result api_tokens_list(struct request *req);
 enum MHD_Result api_token_delete(struct request *req);
 enum MHD_Result api_token_rotate(struct request *req);
 
 /* api_networks.c */
+struct ipam_net;
+extern const struct json_field *const network_create_fields;
+extern const struct json_field *const network_patch_fields;
+int network_body_check(struct json_object *body, struct ipam_net *net, char *gw, struct kerr *err);
 enum MHD_Result api_networks_create(struct request *req);
 enum MHD_Result api_networks_list(struct request *req);
 enum MHD_Result api_network_get(struct request *req);
@@ -426,7 +439,9 @@ enum MHD_Result api_network_patch(struct request *req);
 enum MHD_Result api_network_delete(struct request *req);
 enum MHD_Result api_network_addresses(struct request *req);
 
-/* api_instances.c */
+/* api_instances.c: the request tables (create: VM bodies; containers' is above) */
+extern const struct json_field *const instance_vm_fields;
+extern const struct json_field *const instance_patch_fields;
 enum MHD_Result api_instances_create(struct request *req);
 enum MHD_Result api_instances_list(struct request *req);
 enum MHD_Result api_instance_get(struct request *req);

@@ -281,6 +281,9 @@ enum MHD_Result http_reply_json(struct request *req, unsigned status, struct jso
 
 static enum MHD_Result reply_error_v(struct request *req, unsigned status, const char *field,
 				     const char *allow, const char *fmt, va_list ap)
+	__attribute__((format(printf, 5, 0)));
+static enum MHD_Result reply_error_v(struct request *req, unsigned status, const char *field,
+				     const char *allow, const char *fmt, va_list ap)
 {
 	struct json_object *obj = json_object_new_object();
 	struct MHD_Response *resp;
@@ -317,6 +320,8 @@ enum MHD_Result http_reply_error(struct request *req, unsigned status, const cha
 	return ret;
 }
 
+static enum MHD_Result reply_error_allow(struct request *req, const char *allow, const char *fmt,
+					 ...) __attribute__((format(printf, 3, 4)));
 static enum MHD_Result reply_error_allow(struct request *req, const char *allow, const char *fmt,
 					 ...)
 {
@@ -681,6 +686,7 @@ static void http_run(void)
 		uv_timer_stop(&http_timer);
 }
 
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char buf[512];

@@ -30,13 +30,15 @@ libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-
 # the test guest and container images (busybox-static is their busybox: it conflicts with
 # Debian's dynamic busybox, which is not listed; the Debian kernel, cpio, extlinux, an
 # MBR, e2fsprogs and fdisk), skopeo to push them; prometheus for promtool, which checks
-# the controller's /metrics (its server is not started here).
+# the controller's /metrics (its server is not started here); clang and its libFuzzer
+# runtime for tests/fuzz/run.
 TEST="
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
 busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk
 skopeo
 prometheus
+clang libclang-rt-14-dev
 "
 
 PKGS=""

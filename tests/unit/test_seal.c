@@ -334,6 +334,10 @@ static void test_peek_rejects_malformed_headers(void **state)
 	copy[4] = 200; /* host running past the end of the buffer */
 	assert_int_equal(seal_peek(copy, buflen, &dir, host), -1);
 
+	memcpy(copy, buf, buflen);
+	copy[6] = '\0'; /* "h\0": the name would be "h" and the header one byte longer */
+	assert_int_equal(seal_peek(copy, buflen, &dir, host), -1);
+
 	/* Too short to hold nonce and tag. */
 	assert_int_equal(seal_peek(buf, 5 + 2 + SEAL_NONCE_LEN + SEAL_TAG_LEN - 1, &dir, host), -1);
 	assert_int_equal(seal_peek(buf, 4, &dir, host), -1);
