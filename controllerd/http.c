@@ -446,7 +446,7 @@ static enum MHD_Result dispatch(struct request *req)
 {
 	char allow[128];
 	const char *why;
-	bool open;
+	bool public_route;
 	struct query_check qc = {0};
 
 	/* Matched at the first call already when the route streams; the Allow list of a
@@ -454,10 +454,10 @@ static enum MHD_Result dispatch(struct request *req)
 	if (!req->routed || req->route == NULL)
 		req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
 	req->routed = true;
-	open = route_public(req->route);
+	public_route = route_public(req->route);
 	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
 	if (strncmp(req->url, "/api/", 5) == 0 ||
-	    (req->route && req->route->role != ROLE_NONE && !open)) {
+	    (req->route && req->route->role != ROLE_NONE && !public_route)) {
 		if (request_authenticate(req, &why) == ROLE_NONE)
 			return http_reply_error(req, 401, NULL, "%s", why);
 	}
@@ -468,7 +468,7 @@ static enum MHD_Result dispatch(struct request *req)
 						 req->method, req->url, allow);
 		return http_reply_error(req, 404, NULL, "no such resource: %s", req->url);
 	}
-	if (req->role < req->route->role && !open)
+	if (req->role < req->route->role && !public_route)
 		return http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 					role_name(req->route->role), role_name(req->role));
 	if (req->body_too_large)
