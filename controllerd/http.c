@@ -213,12 +213,13 @@ enum MHD_Result http_reply_text(struct request *req, unsigned status, const char
 /* Answer with obj as JSON (a reference is consumed). */
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
 {
-	/* A 202 answers with the operation it started: the audit log names it. */
-	if (status == 202 && json_object_object_get_ex(obj, "kind", NULL))
-		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(obj, "id", ""));
 	char *text = xasprintf(
 		"%s\n", json_object_to_json_string_ext(
 				obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+
+	/* A 202 answers with the operation it started: the audit log names it. */
+	if (status == 202 && json_object_object_get_ex(obj, "kind", NULL))
+		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(obj, "id", ""));
 
 	json_object_put(obj);
 	return http_reply_text(req, status, "application/json", text);
