@@ -71,14 +71,17 @@ static enum MHD_Result reply_op(struct request *req)
 	return http_reply_json(req, 200, o);
 }
 
-static void waiter_remove(struct request *req)
+/* req waits no more; false when it was not waiting. */
+static bool waiter_remove(struct request *req)
 {
+	tokens_watch_remove(&req->watch);
 	for (struct request **pp = &waiters; *pp; pp = &(*pp)->wait_next)
 		if (*pp == req) {
 			*pp = req->wait_next;
 			req->wait_next = NULL;
-			return;
+			return true;
 		}
+	return false;
 }
 
 static enum MHD_Result reply_revoked(struct request *req)
@@ -90,7 +93,9 @@ static void revoke_cb(void *cls)
 {
 	struct request *req = cls;
 
-	waiter_remove(req);
+	/* Only a poll still suspended; one already woken answers as it is. */
+	if (!waiter_remove(req))
+		return;
 	req->resume = reply_revoked;
 	http_resume(req);
 }
@@ -134,6 +139,7 @@ void api_ops_wake(const char *id)
 		if (strcmp(req->wait_op, id) == 0) {
 			*pp = req->wait_next;
 			req->wait_next = NULL;
+			tokens_watch_remove(&req->watch);
 			http_resume(req);
 		} else {
 			pp = &req->wait_next;
@@ -153,6 +159,7 @@ void api_ops_cron(void)
 		if (req->wait_deadline <= now) {
 			*pp = req->wait_next;
 			req->wait_next = NULL;
+			tokens_watch_remove(&req->watch);
 			http_resume(req);
 		} else {
 			pp = &req->wait_next;
@@ -174,6 +181,7 @@ void api_ops_shutdown(void)
 
 		waiters = req->wait_next;
 		req->wait_next = NULL;
+		tokens_watch_remove(&req->watch);
 		MHD_resume_connection(req->conn);
 	}
 }

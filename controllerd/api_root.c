@@ -60,14 +60,15 @@ enum MHD_Result api_metrics_get(struct request *req)
  */
 static void csp_hashes(const char *html, const char *tag, char *csp, size_t len)
 {
-	_cleanup_free_ char *open = xasprintf("<%s>", tag), *close = xasprintf("</%s>", tag);
+	_cleanup_free_ char *start_tag = xasprintf("<%s>", tag);
+	_cleanup_free_ char *end_tag = xasprintf("</%s>", tag);
 	const char *p = html, *end;
 
-	while ((p = strstr(p, open)) && (end = strstr(p, close))) {
+	while ((p = strstr(p, start_tag)) && (end = strstr(p, end_tag))) {
 		unsigned char md[32], b64[48];
 		unsigned int mdlen = 0;
 
-		p += strlen(open);
+		p += strlen(start_tag);
 		EVP_Digest(p, (size_t)(end - p), md, &mdlen, EVP_sha256(), NULL);
 		EVP_EncodeBlock(b64, md, (int)mdlen);
 		snprintf(csp + strlen(csp), len - strlen(csp), " 'sha256-%s'", b64);

@@ -250,14 +250,15 @@ static bool etag_matches(const char *header, const char *etag)
 /* Answer with obj as JSON (a reference is consumed). */
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj)
 {
-	/* A 202 answers with the operation it started: the audit log names it. */
-	if (status == 202 && json_object_object_get_ex(obj, "kind", NULL))
-		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(obj, "id", ""));
 	char *text = xasprintf(
 		"%s\n", json_object_to_json_string_ext(
 				obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 	struct MHD_Response *resp;
 	char etag[2 + 32 + 1];
+
+	/* A 202 answers with the operation it started: the audit log names it. */
+	if (status == 202 && json_object_object_get_ex(obj, "kind", NULL))
+		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(obj, "id", ""));
 
 	json_object_put(obj);
 	if (status != 200 || strcmp(req->method, "GET") != 0)
@@ -506,7 +507,7 @@ static enum MHD_Result dispatch(struct request *req)
 {
 	char allow[128];
 	const char *why;
-	bool open;
+	bool public_route;
 	struct query_check qc = {0};
 
 	/* Matched at the first call already when the route streams; the Allow list of a
@@ -514,10 +515,10 @@ static enum MHD_Result dispatch(struct request *req)
 	if (!req->routed || req->route == NULL)
 		req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
 	req->routed = true;
-	open = route_public(req->route);
+	public_route = route_public(req->route);
 	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
 	if (strncmp(req->url, "/api/", 5) == 0 ||
-	    (req->route && req->route->role != ROLE_NONE && !open)) {
+	    (req->route && req->route->role != ROLE_NONE && !public_route)) {
 		if (request_authenticate(req, &why) == ROLE_NONE)
 			return http_reply_error(req, 401, NULL, "%s", why);
 	}
@@ -528,7 +529,7 @@ static enum MHD_Result dispatch(struct request *req)
 						 req->method, req->url, allow);
 		return http_reply_error(req, 404, NULL, "no such resource: %s", req->url);
 	}
-	if (req->role < req->route->role && !open)
+	if (req->role < req->route->role && !public_route)
 		return http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 					role_name(req->route->role), role_name(req->role));
 	if (req->body_too_large)

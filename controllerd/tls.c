@@ -148,6 +148,7 @@ int tls_pair_check(const char *cert_path, const char *key_path, struct kerr *err
 {
 	X509 *cert = NULL;
 	EVP_PKEY *key = NULL;
+	struct stat st;
 	FILE *f;
 	int ret = -1;
 
@@ -179,6 +180,9 @@ int tls_pair_check(const char *cert_path, const char *key_path, struct kerr *err
 	}
 	if (X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
 		log_warnx("tls: the certificate %s has expired", cert_path);
+	if (stat(key_path, &st) == 0 && (st.st_mode & 0077))
+		log_warnx("tls: the key %s is readable by others than its owner (mode %03o)",
+			  key_path, (unsigned)(st.st_mode & 0777));
 	ret = 0;
 out:
 	X509_free(cert);

@@ -231,11 +231,11 @@ static struct token_watch *watches;
  */
 static void watches_reap(int64_t token_id)
 {
-	struct pollfd fds[256];
-	struct token_watch *ws[256];
-	nfds_t n = 0;
+	_cleanup_free_ struct pollfd *fds = NULL;
+	_cleanup_free_ struct token_watch **ws = NULL;
+	size_t n = 0, cap = 0;
 
-	for (struct token_watch *w = watches; w && n < ARRAY_SIZE(fds); w = w->next) {
+	for (struct token_watch *w = watches; w; w = w->next) {
 		const union MHD_ConnectionInfo *info;
 
 		if (token_id && w->token_id != token_id)
@@ -243,14 +243,18 @@ static void watches_reap(int64_t token_id)
 		info = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
 		if (info == NULL)
 			continue;
-		fds[n].fd = info->connect_fd;
-		fds[n].events = POLLRDHUP;
-		fds[n].revents = 0;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 32;
+			fds = xrealloc(fds, cap * sizeof(*fds));
+			ws = xrealloc(ws, cap * sizeof(*ws));
+		}
+		fds[n] = (struct pollfd){.fd = info->connect_fd, .events = POLLRDHUP};
 		ws[n++] = w;
 	}
-	if (n == 0 || poll(fds, n, 0) <= 0)
+	if (n == 0 || poll(fds, (nfds_t)n, 0) <= 0)
 		return;
-	for (nfds_t i = 0; i < n; i++)
+	/* The callbacks only mark and wake what they end; nothing in ws is freed here. */
+	for (size_t i = 0; i < n; i++)
 		if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
 			tokens_watch_remove(ws[i]);
 			ws[i]->revoke_cb(ws[i]->cls);

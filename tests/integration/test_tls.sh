@@ -90,7 +90,7 @@ p=$((KUMO_TEST_LAB_API_PORT + 37))
 while ! port_free "$p" || ! port_free $((p + 1)) || ! port_free $((p + 2)); do p=$((p + 3)); done
 "$ctl" -s state_dir="$tmp/s" -s api_listen="127.0.0.1:$p" -s link_address=127.0.0.1 \
 	-s join_port=$((p + 1)) -s event_port=$((p + 2)) -s shared_pool="$tmp/pool" \
-	-s tls_cert="$tmp/op.crt" -s tls_key="$tmp/op.key" >"$tmp/ctl.log" 2>&1 &
+	-s tls_cert="$tmp/op.crt" -s tls_key="$tmp/op.key" -s metrics_public=yes >"$tmp/ctl.log" 2>&1 &
 ctl_pid=$!
 second_up() { curl -sS --cacert "$tmp/op.crt" --max-time 2 -o /dev/null "https://127.0.0.1:$p/healthz" 2>/dev/null; }
 wait_until 30 "second controller answers /healthz" second_up
@@ -100,3 +100,11 @@ subject=$(echo | timeout 10 openssl s_client -connect "127.0.0.1:$p" 2>/dev/null
 out=$(echo | timeout 10 openssl s_client -connect "127.0.0.1:$p" -tls1_2 -cipher "AES128-SHA:@SECLEVEL=0" 2>&1 || true)
 negotiated "$out" && fail "the operator-certificate controller accepted CBC"
 pass "the operator's certificate is served (no self-signed one made); a mismatched key is refused"
+
+# metrics_public = yes opens /metrics (only it) to anyone; the lab's controller keeps
+# the default and needs a token.
+code() { curl -sS --cacert "$1" -o /dev/null -w '%{http_code}' "$2" 2>/dev/null || true; }
+[ "$(code "$tmp/op.crt" "https://127.0.0.1:$p/metrics")" = 200 ] || fail "metrics_public = yes: /metrics needs a token"
+[ "$(code "$tmp/op.crt" "https://127.0.0.1:$p/api/v1")" = 401 ] || fail "metrics_public = yes opened /api/v1"
+[ "$(code "$KUMO_CACERT" "$KUMO_URL/metrics")" = 401 ] || fail "/metrics answers without a token by default"
+pass "/metrics needs a token unless metrics_public = yes"
