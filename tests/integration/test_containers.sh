@@ -50,7 +50,6 @@ cg_value() {
 }
 exited() { api GET "/api/v1/instances/$1" && case "$(jqb .state)" in stopped | crashed) true ;; *) false ;; esac }
 is_true() { [ "$(ct_field "$1" "$2")" = true ]; }
-proc_gone() { [ ! -e "/proc/$1" ] || grep -q '^State:.*[ZX]' "/proc/$1/status" 2>/dev/null; }
 online_hosts() {
 	api GET /api/v1/hosts
 	jqb '.hosts[] | select(.state == "online") | .name'
@@ -354,28 +353,39 @@ pid=$(jqb .pid)
 cpid=$(runc_pid "$host" ct-run)
 apid=$(agent_pid "$host")
 # An exec running when the agent dies is answered as lost once the agent is back,
-# not left to its 60 s deadline.
+# not left to its 60 s deadline, and the agent's next run kills it: its answer has
+# nowhere to go. The agent is killed only once the exec runs in the container (its
+# marker file) - an exec still on its way must not run on the next agent instead.
+lostgo=/tmp/lost-go-$$
+lostpat="-c touch /tmp/lost-started; while \\[ ! -e $lostgo" # the exec, not the curl asking for it
 curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" -o "$tmp/lost.json" \
 	"$KUMO_URL/api/v1/instances/ct-run/exec" \
-	-d '{"command":["/bin/sh","-c","while [ ! -e /tmp/lost-go ]; do sleep 0.2; done"],"timeout_s":60}' &
+	-d '{"command":["/bin/sh","-c","touch /tmp/lost-started; while [ ! -e '"$lostgo"' ]; do sleep 0.2; done"],"timeout_s":60}' &
 lost=$!
-sleep 1
+exec_running() {
+	api POST /api/v1/instances/ct-run/exec '{"command":["test","-e","/tmp/lost-started"]}'
+	[ "$STATUS" = 200 ] && [ "$(jqb .exit_code)" = 0 ]
+}
+wait_until 60 "the exec runs in ct-run" exec_running
+killed_at=$(date +%s%3N)
 kill -9 "$apid"
 wait_until 10 "the agent of $host gone" proc_gone "$apid"
 kill -0 "$cpid" 2>/dev/null || fail "the container died with its agent"
 kill -0 $lost 2>/dev/null || fail "the exec answered before its agent died: $(cat "$tmp/lost.json")"
+pgrep -f -- "$lostpat" >/dev/null || fail "the exec died with its agent"
 lab up --hosts 3 >/dev/null
-wait_until 30 "$host online" host_is "$host" online
+wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
 wait $lost || true
-grep -q "restarted" "$tmp/lost.json" || fail "an exec lost with its agent was not answered as such: $(cat "$tmp/lost.json")"
+grep -Eq "restarted|went offline" "$tmp/lost.json" || fail "an exec lost with its agent was not answered as such: $(cat "$tmp/lost.json")"
+orphan_gone() { ! pgrep -f -- "$lostpat" >/dev/null; }
+wait_until 30 "the orphaned exec killed by the agent's next run" orphan_gone
 wait_until 30 "ct-run running after re-adoption" instance_is ct-run running
 [ "$(ct_field ct-run .pid)" = "$pid" ] || fail "after the agent restart ct-run has pid $(ct_field ct-run .pid), not $pid"
 [ "$(runc_pid "$host" ct-run)" = "$cpid" ] || fail "the container process changed across the agent restart"
 ct_exec ct-run '["cat","/bin/kt-written"]'
 [ "$(jqb .exit_code)" = 0 ] || fail "exec in the re-adopted container failed"
 ct_logs_have ct-run after-trigger || fail "logs of the re-adopted container are gone"
-ct_exec ct-run '["touch","/tmp/lost-go"]'
-pass "ct-run kept running through an agent kill -9 (same pid) and was re-adopted: exec and logs work; the exec it was running is answered as lost"
+pass "ct-run kept running through an agent kill -9 (same pid) and was re-adopted: exec and logs work; the exec it was running is answered as lost and killed"
 
 # restart: a new process, the log goes on.
 api POST /api/v1/instances/ct-run/actions/restart
