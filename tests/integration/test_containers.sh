@@ -13,7 +13,7 @@ REPO=kt-ct/busybox
 IMG=$REPO:latest
 NEW=$REPO:committed
 EVIL=kt-ct/traversal:latest
-CTS="ct-run ct-cmt ct-child ct-mem ct-fail ct-no ct-always ct-stop ct-evil ct-x"
+CTS="ct-run ct-cmt ct-child ct-mem ct-fail ct-no ct-always ct-stop ct-grace ct-grace3 ct-grace-bad ct-evil ct-x"
 tmp=$(mktemp -d)
 FOLLOW_PID=""
 cleanup() {
@@ -347,6 +347,31 @@ ct_logs_have ct-stop got-term || fail "ct-stop never saw SIGTERM"
 [ "$(ct_field ct-stop .exit_code)" = 0 ] || fail "ct-stop exited $(ct_field ct-stop .exit_code) after its TERM handler, not 0"
 pass "stop sends SIGTERM first: the handler ran and the container exited 0"
 
+# ---- the stop grace: 10 s for a container, or the instance's stop_timeout_s ----------------
+# The README's container: sh as PID 1 ignores SIGTERM, so only the grace ends it.
+ct_create "$(cjson ct-grace $IMG '["sh","-c","echo hello; sleep 3600"]')"
+wait_until 30 "ct-grace says hello" ct_logs_have ct-grace hello
+[ "$(ct_field ct-grace .stop_timeout_s)" = 10 ] || fail "a container shows stop_timeout_s $(ct_field ct-grace .stop_timeout_s), not 10"
+api POST /api/v1/instances/ct-grace/actions/stop
+expect_status 202
+wait_op "$(jqb .id)"
+op_ok
+[ "$(jqb .result.grace_s)" = 10 ] || fail "a container's stop without timeout_s had a grace of $(jqb .result.grace_s) s, not 10"
+[ "$(jqb .result.forced)" = true ] || fail "sh as PID 1 ignores SIGTERM, but the stop was not forced: $(jqb -c .result)"
+ct_create "$(cjson ct-grace3 $IMG '["sh","-c","echo hello; sleep 3600"]' '{"stop_timeout_s":3}')"
+[ "$(ct_field ct-grace3 .stop_timeout_s)" = 3 ] || fail "ct-grace3 shows stop_timeout_s $(ct_field ct-grace3 .stop_timeout_s), not 3"
+api POST /api/v1/instances/ct-grace3/actions/stop
+expect_status 202
+wait_op "$(jqb .id)"
+op_ok
+[ "$(jqb .result.grace_s)" = 3 ] || fail "a stop of a container with stop_timeout_s 3 had a grace of $(jqb .result.grace_s) s"
+for bad in 0 3601 '"10"'; do
+	api POST /api/v1/instances "$(cjson ct-grace-bad $IMG '["true"]' "{\"stop_timeout_s\":$bad}")"
+	expect_status 400 "stop_timeout_s $bad"
+	[ "$(jqb .field)" = stop_timeout_s ] || fail "the 400 for stop_timeout_s $bad names field $(jqb .field)"
+done
+pass "a stop without timeout_s gives a container 10 s (the README's container is killed after it), or its stop_timeout_s; bad stop_timeout_s 400"
+
 # ---- the agent dies, the container does not; re-adopted ----------------------------------
 api GET /api/v1/instances/ct-run
 pid=$(jqb .pid)
@@ -405,8 +430,9 @@ wait_op "$(jqb .id)"
 op_ok
 wait_until 30 "ct-run stopped" instance_is ct-run stopped
 [ "$(ct_field ct-run .exit_code)" = 137 ] || fail "a container that ignores SIGTERM exited $(ct_field ct-run .exit_code), not 137 (SIGKILL)"
+[ "$(ct_field ct-run .signal)" = 9 ] || fail "a container killed by SIGKILL shows signal $(ct_field ct-run .signal), not 9"
 [ -z "$(runc_state "$host" ct-run)" ] || [ "$(runc_state "$host" ct-run)" = stopped ] || fail "runc still runs ct-run"
-pass "restart runs it anew (log appended, writable layer kept); stop ends one ignoring SIGTERM with SIGKILL (137)"
+pass "restart runs it anew (log appended, writable layer kept); stop ends one ignoring SIGTERM with SIGKILL (exit code 137, signal 9)"
 
 # ---- more bad input: duplicate names, a layer with a "../" entry ------------------------
 api POST /api/v1/instances "$(cjson ct-cmt $IMG '["true"]')"
@@ -440,6 +466,16 @@ for h in $(online_hosts); do
 	[ -z "$found" ] || fail "a refused layer left files behind: $found"
 done
 pass "duplicate names are 409; a layer with ../evil is refused naming the entry, nothing extracted"
+
+# ---- runc ran every container in a cgroup of its own --------------------------------------
+api GET /api/v1/instances
+for n in $(jqb '.instances[] | select(.type == "container") | .name'); do
+	logs=$(ct_logs "$n" "tail=1000") || continue
+	if grep -Eq "cgroup is not empty|non-empty cgroup" <<<"$logs"; then
+		fail "runc started $n in a non-empty cgroup: $(grep -E 'cgroup' <<<"$logs" | head -n 3)"
+	fi
+done
+pass "no container's log has runc's non-empty cgroup warning"
 
 # ---- delete ---------------------------------------------------------------------------------
 chost=$(ct_field ct-cmt .host)

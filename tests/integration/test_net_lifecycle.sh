@@ -130,8 +130,8 @@ repaired() {
 wait_until 90 "h1 rebuilt kb$NID-10 with its ports and removed kb999-0" repaired
 no_table() { [ -z "$(kumo_tables "$1" "$2")" ]; }
 wait_until 30 "h1 removed the stale table kumo_n999" no_table h1 999
-wait_until 30 "$C2 (h2) pings $C1 (h1) again" ct_ping $C2 $C1_ADDR
-wait_until 30 "$C1 reaches its gateway again" ct_ping $C1 $GW
+wait_until 60 "$C2 (h2) pings $C1 (h1) again" ct_ping $C2 $C1_ADDR
+wait_until 60 "$C1 reaches its gateway again" ct_ping $C1 $GW
 wait_until 60 "h1 shows its networks applied" host_net_in_sync h1
 pass "after kill -9 of h1's agent, a deleted kb$NID-10 and a stale kb999-0/kumo_n999: the agent rebuilt the segment (port $port back in it), removed the stale ones, traffic flows"
 
