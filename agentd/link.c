@@ -260,6 +260,23 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 		return;
 	}
 	e = opcache_find(&a->ops, m->op);
+	if (e && e->earlier && !e->done) {
+		/* At most once: the previous run took it and may have done part of it. */
+		struct json_object *body = json_object_new_object();
+
+		log_warnx("op %s: %s command taken by the agent's previous run; not run again",
+			  m->op, link_type_name(m->type));
+		json_object_object_add(body, "status", json_object_new_string("failed"));
+		json_object_object_add(
+			body, "error",
+			json_object_new_string("the host's agent restarted while it had this "
+					       "operation; it is not run twice: check the "
+					       "instance and try again"));
+		opcache_finish(&a->ops, m->op, body);
+		reply_send(a, LINK_ACK, m->op, json_object_new_object());
+		link_event_send(a, LINK_OP_DONE, m->op, body);
+		return;
+	}
 	if (e) {
 		log_info("op %s: %s command resent; acked again%s", m->op, link_type_name(m->type),
 			 e->done ? ", result re-sent" : "");
