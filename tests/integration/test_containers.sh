@@ -405,6 +405,30 @@ grep -Eq "restarted|went offline" "$tmp/lost.json" || fail "an exec lost with it
 orphan_gone() { ! pgrep -f -- "$lostpat" >/dev/null; }
 wait_until 30 "the orphaned exec killed by the agent's next run" orphan_gone
 wait_until 30 "ct-run running after re-adoption" instance_is ct-run running
+# An exec that reached the agent's socket but not the agent, which then died, must not
+# run on the next agent (nanomsg hands a pending request on when the agent is back):
+# at most once. The agent is stopped until the exec waits in its socket.
+apid=$(agent_pid "$host")
+api GET "/api/v1/hosts/$host"
+aport=$(jqb .address)
+aport=${aport##*:}
+kill -STOP "$apid"
+curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" -o "$tmp/late.json" \
+	"$KUMO_URL/api/v1/instances/ct-run/exec" -d '{"command":["touch","/tmp/late-ran"]}' &
+late=$!
+queued() { [ "$(in_host "$host" ss -Htn state established "( sport = :$aport )" | awk '{s += $1} END {print s + 0}')" -gt 0 ]; }
+wait_until 30 "the exec in the stopped agent's socket" queued
+killed_at=$(date +%s%3N)
+kill -9 "$apid"
+wait_until 10 "the agent of $host gone" proc_gone "$apid"
+lab up --hosts 3 >/dev/null
+wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+wait $late || true
+jq -e .error "$tmp/late.json" >/dev/null || fail "an exec sent to an agent that died was answered as run: $(cat "$tmp/late.json")"
+wait_until 30 "ct-run running after the second restart" instance_is ct-run running
+ct_exec ct-run '["ls","/tmp"]'
+if grep -qx late-ran <<<"$(jqb .output)"; then fail "an exec sent before its agent died ran on the next agent"; fi
+pass "an exec that never reached its agent is answered with an error and not run by the next one: $(jq -r .error "$tmp/late.json")"
 [ "$(ct_field ct-run .pid)" = "$pid" ] || fail "after the agent restart ct-run has pid $(ct_field ct-run .pid), not $pid"
 [ "$(runc_pid "$host" ct-run)" = "$cpid" ] || fail "the container process changed across the agent restart"
 ct_exec ct-run '["cat","/bin/kt-written"]'
