@@ -50,7 +50,6 @@
 #define AGENT_OCI_RUNTIME	   "runc" /* crun refuses this cluster's hybrid cgroup layout */
 #define AGENT_OCI_LAYERS_MAX	   64	  /* one overlay mount takes about that many */
 #define AGENT_CTR_START_TIMEOUT_MS 30000
-#define AGENT_CTR_STOP_TIMEOUT_S   10
 #define AGENT_EXEC_TIMEOUT_MAX_S   60
 #define AGENT_EXEC_OUTPUT_MAX	   (1024 * 1024) /* bytes of exec output kept at most */
 /* Execs running at once on a host: each holds a runc and up to its output in memory. */
@@ -93,12 +92,14 @@ struct op_entry {
 	char op[LINK_OP_ID_MAX + 1]; /* "" for a free slot */
 	enum link_type type;
 	bool done;
+	bool earlier;		       /* taken by a previous run of the agent (the file) */
 	struct json_object *done_body; /* op-done body once finished */
 };
 
 struct opcache {
 	struct op_entry slots[AGENT_OPCACHE_SIZE];
-	unsigned next; /* slot the next op takes, evicting the oldest */
+	unsigned next;	     /* slot the next op takes, evicting the oldest */
+	char path[PATH_MAX]; /* the op ids, kept across runs; "" when not kept */
 };
 
 /* An op event waiting for the push socket to accept it; sealed when it leaves. */
@@ -174,6 +175,8 @@ struct vm {
 	struct vm_proc *proc;	   /* our child; NULL for an adopted process or none */
 	struct qmp *qmp;	   /* ready or connecting, or NULL */
 	int64_t balloon_actual_mb; /* -1 unknown */
+	int64_t balloon_target_mb; /* last target set in this QEMU's life, -1 none (file
+				    * balloon_target, so an agent restart keeps it) */
 	bool stop_requested;	   /* this agent asked QEMU to go */
 	bool stop_forced;	   /* ... and had to quit or kill it */
 	char shutdown_reason[40];  /* from QEMU's SHUTDOWN event, "" if none */
@@ -439,6 +442,7 @@ void link_query_reply(struct agent *a, const char *op, struct json_object *answe
 /* opcache.c */
 struct op_entry *opcache_find(struct opcache *c, const char *op);
 struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type type);
+void opcache_load(struct opcache *c, const char *path);
 void opcache_finish(struct opcache *c, const char *op, struct json_object *done_body);
 void opcache_clear(struct opcache *c);
 
@@ -478,6 +482,8 @@ void vm_state_set(struct vm *vm, enum vm_state state);
 int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned timeout_ms,
 	   qmp_reply_cb cb, void *data, struct kerr *err);
 struct json_object *vm_report(const struct vm *vm);
+void vm_balloon_target_set(struct vm *vm, int64_t target_mb);
+void vm_balloon_target_load(struct vm *vm);
 struct json_object *vm_reports(struct agent *a);
 int vm_running_count(struct agent *a);
 void vm_state_push(struct vm *vm);

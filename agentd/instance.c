@@ -39,9 +39,8 @@
 #include "json.h"
 #include "util.h"
 
-#define STOP_TIMEOUT_MAX 3600
-#define USER_DATA_MAX	 (1024 * 1024)
-#define CONSOLE_DEFAULT	 (64 * 1024)
+#define USER_DATA_MAX	(1024 * 1024)
+#define CONSOLE_DEFAULT (64 * 1024)
 
 struct action {
 	const char *name;
@@ -425,7 +424,9 @@ static const struct json_field spec_fields[] = {
 	{"nics", JK_ARRAY, false, nics_check},
 	{"boot", JK_ARRAY, false, boot_check},
 	{"cloud_init", JK_OBJECT, false, cloud_init_check},
-	/* The controller's own: placement and grouping. Checked, kept, not used here. */
+	/* The controller's own: placement, grouping and the stop grace (each stop's
+	 * timeout_s carries it). Checked, kept, not used here. */
+	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"labels", JK_OBJECT, false, labels_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"host", JK_STRING, false, name_check},
@@ -576,7 +577,9 @@ static const struct json_field ctr_spec_fields[] = {
 	{"limits", JK_OBJECT, false, ctr_limits_check},
 	{"restart", JK_STRING, false, restart_check},
 	{"nics", JK_ARRAY, false, ctr_nics_check},
-	/* The controller's own: placement and grouping. Checked, kept, not used here. */
+	/* The controller's own: placement, grouping and the stop grace (each stop's
+	 * timeout_s carries it). Checked, kept, not used here. */
+	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"labels", JK_OBJECT, false, labels_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"host", JK_STRING, false, name_check},
@@ -662,7 +665,7 @@ static int snapshot_check(struct json_object *val, const char *field, struct ker
 
 static int timeout_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	return range_check(val, field, 0, STOP_TIMEOUT_MAX, err);
+	return range_check(val, field, 0, STOP_GRACE_MAX_S, err);
 }
 
 static int target_check(struct json_object *val, const char *field, struct kerr *err)

@@ -260,6 +260,23 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 		return;
 	}
 	e = opcache_find(&a->ops, m->op);
+	if (e && e->earlier && !e->done) {
+		/* At most once: the previous run took it and may have done part of it. */
+		struct json_object *body = json_object_new_object();
+
+		log_warnx("op %s: %s command taken by the agent's previous run; not run again",
+			  m->op, link_type_name(m->type));
+		json_object_object_add(body, "status", json_object_new_string("failed"));
+		json_object_object_add(
+			body, "error",
+			json_object_new_string("the host's agent restarted while it had this "
+					       "operation; it is not run twice: check the "
+					       "instance and try again"));
+		opcache_finish(&a->ops, m->op, body);
+		reply_send(a, LINK_ACK, m->op, json_object_new_object());
+		link_event_send(a, LINK_OP_DONE, m->op, body);
+		return;
+	}
 	if (e) {
 		log_info("op %s: %s command resent; acked again%s", m->op, link_type_name(m->type),
 			 e->done ? ", result re-sent" : "");
@@ -284,8 +301,31 @@ static void query_answer(struct agent *a, const struct link_msg *m)
 {
 	struct json_object *answer = NULL;
 	struct kerr err;
-	int ret = instance_query(a, m->op, m->body, &answer, &err);
+	int64_t now = now_us();
+	int ret;
 
+	/*
+	 * At most once: the controller never resends a query, but nanomsg hands a
+	 * request that was on its way to a dead agent on to the next one at the same
+	 * address. A query sealed before this agent started may have reached (and run
+	 * on) the previous one, and one past its expiry was failed by the controller
+	 * already: neither runs. Both compare the controller's clock with ours, as the
+	 * replay window does.
+	 */
+	if (m->seq < a->started_us) {
+		nack_send(a, m, link_type_name(m->type),
+			  "sent %lld ms before this agent started; not run, as the previous "
+			  "run may have taken it",
+			  (long long)((a->started_us - m->seq) / 1000));
+		return;
+	}
+	if (m->expires && now > m->expires) {
+		nack_send(a, m, link_type_name(m->type),
+			  "arrived %lld ms after the controller stopped waiting for it; not run",
+			  (long long)((now - m->expires) / 1000));
+		return;
+	}
+	ret = instance_query(a, m->op, m->body, &answer, &err);
 	if (ret < 0) {
 		nack_send(a, m, link_type_name(m->type), "%s", err.msg);
 		return;
@@ -353,9 +393,10 @@ static void request_dispatch(struct agent *a, const struct link_msg *m)
 }
 
 static const struct json_field envelope_fields[] = {
-	{"type", JK_STRING, true, NULL}, {"host", JK_STRING, true, NULL},
-	{"seq", JK_INT, true, NULL},	 {"op", JK_STRING, false, NULL},
-	{"body", JK_OBJECT, true, NULL}, {NULL, 0, false, NULL},
+	{"type", JK_STRING, true, NULL},  {"host", JK_STRING, true, NULL},
+	{"seq", JK_INT, true, NULL},	  {"op", JK_STRING, false, NULL},
+	{"expires", JK_INT, false, NULL}, {"body", JK_OBJECT, true, NULL},
+	{NULL, 0, false, NULL},
 };
 
 /*

@@ -125,6 +125,10 @@ static int loop_setup(struct agent *a, struct kerr *err)
 	struct kerr probe_err;
 	int ret;
 
+	_cleanup_free_ char *ops_path = xasprintf("%s/ops", a->cfg->state_dir);
+
+	/* Before any command is taken: the ones the previous run took are not run again. */
+	opcache_load(&a->ops, ops_path);
 	if (link_open(a, err) < 0)
 		return -1;
 	uv_signal_init(a->loop, &a->sigterm);

@@ -1128,10 +1128,22 @@ int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size
 	return 0;
 }
 
-/* At agent shutdown: stop watching runc children; their callbacks hear "cancelled". */
+/*
+ * At agent shutdown: stop watching runc children; their callbacks hear "cancelled".
+ * An exec still running is killed (its command by its pid file, and runc): nobody
+ * can hear its answer any more, and the controller has failed its query.
+ */
 void oci_cmds_close(struct agent *a)
 {
+	pid_t pid;
+
 	for (struct oci_cmd *c = a->oci_cmds; c; c = c->next) {
+		if (c->spawned && !c->exited && c->pid_file[0]) {
+			if ((pid = pid_file_read(c->pid_file, NULL)) > 0)
+				descendants_kill(pid);
+			uv_process_kill(&c->proc, SIGKILL);
+			unlink(c->pid_file);
+		}
 		c->cancelled = true;
 		cmd_close(c);
 	}
@@ -1464,6 +1476,39 @@ static void state_answer_cb(struct agent *a, const struct oci_cmd_result *r, voi
 	oci_refresh(ctr);
 }
 
+/*
+ * Kill the execs a previous run of the agent left in ctr (exec-OP.pid files): their
+ * queries died with that run (the controller failed them), so their answers have
+ * nowhere to go, and a command must not go on running unasked. Only a pid still in
+ * the container's cgroup is killed, with its descendants.
+ */
+static void exec_orphans_kill(struct ctr *ctr)
+{
+	DIR *d = opendir(ctr->dir);
+	struct dirent *e;
+
+	while (d && (e = readdir(d))) {
+		size_t len = strlen(e->d_name);
+		_cleanup_free_ char *path = NULL;
+		pid_t pid;
+
+		if (strncmp(e->d_name, "exec-", 5) != 0 || len < 9 ||
+		    strcmp(e->d_name + len - 4, ".pid") != 0)
+			continue;
+		path = ctr_path(ctr, e->d_name);
+		pid = pid_file_read(path, NULL);
+		if (pid > 0 && vm_pid_alive(pid) && pid_in_cgroup(pid, ctr)) {
+			log_info("container %s: killing exec pid %d, left by the agent's previous "
+				 "run (%s)",
+				 ctr->name, (int)pid, e->d_name);
+			descendants_kill(pid);
+		}
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+}
+
 static void adopt_one(struct agent *a, const char *name)
 {
 	_cleanup_free_ char *dir = xasprintf("%s/containers/%s", a->cfg->local_pool, name);
@@ -1504,6 +1549,7 @@ static void adopt_one(struct agent *a, const char *name)
 		return;
 	}
 	ctr->created = true;
+	exec_orphans_kill(ctr);
 	/* One report whatever the state: pushed[] is empty, so the refresh sends it. */
 	oci_refresh(ctr);
 	log_info("container %s: found, %s%s%s", name, vm_state_name(ctr->ctr_state),

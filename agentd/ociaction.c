@@ -41,7 +41,6 @@
 #define RUNC_TIMEOUT_MS 30000
 #define EXEC_TIMEOUT_S	10
 #define EXEC_OUTPUT	(256 * 1024)
-#define STOP_TIMEOUT_S	AGENT_CTR_STOP_TIMEOUT_S
 
 static const char *const cgroup_controllers[] = {
 	"cpu",	   "cpuacct", "cpuset",	  "memory",	"devices", "freezer", "blkio", "pids",
@@ -404,12 +403,26 @@ static void stop_with(struct inst_op *op, unsigned timeout_s)
 }
 
 /*
- * stop: SIGTERM, SIGKILL after args.timeout_s (default 10); not running is success.
- * The result says "forced".
+ * The grace of a stop or restart: args.timeout_s, which the controller always sends
+ * (it decides: call, instance, type), or the type's default. Recorded in the result.
+ */
+static unsigned stop_grace(struct inst_op *op)
+{
+	int64_t grace = json_get_int(op->args, "timeout_s", stop_grace_default("container"));
+
+	if (op->result == NULL)
+		op->result = json_object_new_object();
+	json_object_object_add(op->result, "grace_s", json_object_new_int64(grace));
+	return (unsigned)grace;
+}
+
+/*
+ * stop: SIGTERM, SIGKILL after the grace (stop_grace()); not running is success. The
+ * result says "forced" (SIGKILL was needed) and "grace_s".
  */
 void ociaction_stop(struct inst_op *op)
 {
-	stop_with(op, (unsigned)json_get_int(op->args, "timeout_s", STOP_TIMEOUT_S));
+	stop_with(op, stop_grace(op));
 }
 
 /* force-stop: SIGKILL at once; may cut a running stop short. */
@@ -418,10 +431,10 @@ void ociaction_force_stop(struct inst_op *op)
 	stop_with(op, 0);
 }
 
-/* restart: stop (args.timeout_s), then start. */
+/* restart: stop (with its grace), then start. */
 void ociaction_restart(struct inst_op *op)
 {
-	stop_with(op, (unsigned)json_get_int(op->args, "timeout_s", STOP_TIMEOUT_S));
+	stop_with(op, stop_grace(op));
 }
 
 /* ---- pause, resume ------------------------------------------------------------------------ */

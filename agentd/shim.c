@@ -36,6 +36,7 @@
  */
 #include "agentd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -78,6 +79,7 @@ struct shim {
 	bool oom_v2;
 	bool oom;
 	char cgroup[PATH_MAX]; /* cgroupsPath of the container, from shim.json */
+	bool cgroup_own;       /* ... unique to this host and cluster (not legacy /kumo/NAME) */
 	char cgroup_mem[PATH_MAX];
 };
 
@@ -116,7 +118,8 @@ static int config_load(struct shim *s, struct kerr *err)
 	snprintf(s->root, sizeof(s->root), "%s", json_get_str(cfg, "root", ""));
 	snprintf(s->restart, sizeof(s->restart), "%s", json_get_str(cfg, "restart", "no"));
 	/* Bundles written before shim.json named it lived under /kumo/NAME. */
-	if (json_object_object_get_ex(cfg, "cgroup", NULL))
+	s->cgroup_own = json_object_object_get_ex(cfg, "cgroup", NULL);
+	if (s->cgroup_own)
 		snprintf(s->cgroup, sizeof(s->cgroup), "%s", json_get_str(cfg, "cgroup", ""));
 	else
 		snprintf(s->cgroup, sizeof(s->cgroup), "/kumo/%s", s->name);
@@ -208,6 +211,153 @@ static int runtime_run(struct shim *s, const char *const *args)
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* ---- an empty cgroup for each run ---- */
+
+#define CGROUP_CLEAR_WAIT_MS 5000
+
+/*
+ * Call fn(dir) for the container's cgroup directory in every hierarchy that has one:
+ * /sys/fs/cgroup{cgroup} (v2), or /sys/fs/cgroup/CONTROLLER{cgroup} for each v1
+ * hierarchy (and the hybrid layout's "unified").
+ */
+static void cgroup_dirs_each(const struct shim *s, void (*fn)(const char *dir, void *data),
+			     void *data)
+{
+	DIR *d;
+	struct dirent *e;
+
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0) {
+		_cleanup_free_ char *dir = xasprintf("/sys/fs/cgroup%s", s->cgroup);
+
+		if (access(dir, F_OK) == 0)
+			fn(dir, data);
+		return;
+	}
+	d = opendir("/sys/fs/cgroup");
+	while (d && (e = readdir(d))) {
+		_cleanup_free_ char *dir = NULL;
+		struct stat st;
+
+		if (e->d_name[0] == '.')
+			continue;
+		dir = xasprintf("/sys/fs/cgroup/%s%s", e->d_name, s->cgroup);
+		/* Combined controllers (cpu,cpuacct) show as symlinks to one hierarchy. */
+		if (lstat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+			fn(dir, data);
+	}
+	if (d)
+		closedir(d);
+}
+
+/* Each pid in dir's cgroup.procs and below: fn(pid, data). */
+static void cgroup_pids_each(const char *dir, void (*fn)(pid_t pid, void *data), void *data)
+{
+	_cleanup_free_ char *procs = xasprintf("%s/cgroup.procs", dir), *text = NULL;
+	DIR *d;
+	struct dirent *e;
+
+	if (file_read_all(procs, 1024 * 1024, &text, NULL) == 0)
+		for (char *p = text, *end; *p; p = end) {
+			long pid = strtol(p, &end, 10);
+
+			if (end == p)
+				break;
+			if (pid > 0)
+				fn((pid_t)pid, data);
+		}
+	d = opendir(dir);
+	while (d && (e = readdir(d))) {
+		_cleanup_free_ char *sub = NULL;
+
+		if (e->d_type != DT_DIR || e->d_name[0] == '.')
+			continue;
+		sub = xasprintf("%s/%s", dir, e->d_name);
+		cgroup_pids_each(sub, fn, data);
+	}
+	if (d)
+		closedir(d);
+}
+
+struct leftovers {
+	const struct shim *s;
+	int found;
+	bool kill;
+};
+
+static void leftover_pid(pid_t pid, void *data)
+{
+	struct leftovers *l = data;
+	_cleanup_free_ char *path = xasprintf("/proc/%d/comm", (int)pid), *comm = NULL;
+
+	l->found++;
+	if (!l->kill)
+		return;
+	if (file_read_all(path, 256, &comm, NULL) == 0)
+		comm[strcspn(comm, "\n")] = '\0';
+	log_warnx("shim %s: pid %d (%s) is still in the container's cgroup %s; killing it",
+		  l->s->name, (int)pid, comm ? comm : "?", l->s->cgroup);
+	kill(pid, SIGKILL);
+}
+
+static void leftovers_count(const char *dir, void *data)
+{
+	cgroup_pids_each(dir, leftover_pid, data);
+}
+
+/* rmdir dir and the cgroups below it, deepest first; a busy one stays. */
+static void cgroup_rmdir(const char *dir, void *data)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	while (d && (e = readdir(d))) {
+		_cleanup_free_ char *sub = NULL;
+
+		if (e->d_type != DT_DIR || e->d_name[0] == '.')
+			continue;
+		sub = xasprintf("%s/%s", dir, e->d_name);
+		cgroup_rmdir(sub, data);
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+/*
+ * Before a run: the container's cgroup must hold no process, or runc runs the new init
+ * beside it ("container's cgroup is not empty", deprecated by runc and never what we
+ * want). Anything there is a remnant of an earlier run of this very container (the
+ * path is unique to this host, cluster and name): it is killed, and the cgroups are
+ * removed so runc makes them afresh. A legacy path (/kumo/NAME, shared by every lab
+ * on a machine) may hold another cluster's container: that is only logged. The shim
+ * itself lives wherever the agent that spawned it does, never in a container's cgroup.
+ */
+static void cgroup_clear(struct shim *s)
+{
+	struct leftovers l = {.s = s, .kill = s->cgroup_own};
+	int64_t deadline = now_ms() + CGROUP_CLEAR_WAIT_MS;
+
+	cgroup_dirs_each(s, leftovers_count, &l);
+	if (l.found && !s->cgroup_own) {
+		log_warnx("shim %s: %d process(es) in the shared cgroup %s; not touched", s->name,
+			  l.found, s->cgroup);
+		return;
+	}
+	/* Killed processes leave the cgroup once the kernel has reaped them. */
+	while (l.found && now_ms() < deadline) {
+		struct timespec ts = {0, 50 * 1000000L};
+
+		nanosleep(&ts, NULL);
+		l.found = 0;
+		l.kill = false;
+		cgroup_dirs_each(s, leftovers_count, &l);
+	}
+	if (l.found)
+		log_warnx("shim %s: %d process(es) stay in the cgroup %s", s->name, l.found,
+			  s->cgroup);
+	cgroup_dirs_each(s, cgroup_rmdir, NULL);
 }
 
 /* Leftover runtime state of a container by this name (a shim killed mid-run). */
@@ -439,6 +589,7 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 	s->oom_fd = s->oom_ctl = -1;
 	unlink(pidfile);
 	stale_delete(s);
+	cgroup_clear(s);
 	pid = runc_spawn(s);
 	if (pid < 0) {
 		*code = 127;

@@ -194,7 +194,7 @@ struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *e
 		return NULL;
 	}
 	vm->vm_state = VM_STOPPED;
-	vm->balloon_actual_mb = -1;
+	vm->balloon_actual_mb = vm->balloon_target_mb = -1;
 	uv_timer_init(a->loop, &vm->timer);
 	uv_timer_init(a->loop, &vm->poll_timer);
 	vm->timer.data = vm->poll_timer.data = vm;
@@ -311,6 +311,8 @@ struct json_object *vm_report(const struct vm *vm)
 			       json_object_new_string(json_get_str(vm->spec, "accel", "tcg")));
 	json_object_object_add(r, "balloon_actual_mb",
 			       alive ? int_or_null(vm->balloon_actual_mb) : NULL);
+	json_object_object_add(r, "balloon_target_mb",
+			       alive ? int_or_null(vm->balloon_target_mb) : NULL);
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		struct json_object *d = json_object_new_object();
 
@@ -666,6 +668,7 @@ static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal
 		return;
 	vm->pid = 0;
 	vm->balloon_actual_mb = -1;
+	vm_balloon_target_set(vm, -1); /* the next QEMU starts at max_mb */
 	uv_timer_stop(&vm->timer);
 	uv_timer_stop(&vm->poll_timer);
 	if (vm->qmp) {
@@ -787,6 +790,36 @@ static int qemu_log_open(struct vm *vm, struct kerr *err)
  * local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb is then
  * not called).
  */
+/*
+ * Remember the balloon target set in the running QEMU (target_mb, or -1: none, QEMU
+ * at its start size), in vm and in {dir}/balloon_target for the agent's next run.
+ */
+void vm_balloon_target_set(struct vm *vm, int64_t target_mb)
+{
+	_cleanup_free_ char *path = xasprintf("%s/balloon_target", vm->dir);
+	char text[32];
+	int ret;
+
+	vm->balloon_target_mb = target_mb < 0 ? -1 : target_mb;
+	if (target_mb < 0) {
+		unlink(path);
+		return;
+	}
+	snprintf(text, sizeof(text), "%lld\n", (long long)target_mb);
+	ret = file_write_atomic(path, text, strlen(text), 0600);
+	if (ret < 0)
+		log_warnx("vm %s: cannot write %s: %s", vm->name, path, strerror(-ret));
+}
+
+/* At adoption of a running QEMU: the balloon target a previous run of the agent set. */
+void vm_balloon_target_load(struct vm *vm)
+{
+	_cleanup_free_ char *path = xasprintf("%s/balloon_target", vm->dir), *text = NULL;
+
+	if (file_read_all(path, 64, &text, NULL) == 0 && strtoll(text, NULL, 10) > 0)
+		vm->balloon_target_mb = strtoll(text, NULL, 10);
+}
+
 int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
 {
 	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
@@ -815,6 +848,7 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 	if (stat(console, &st) == 0 && st.st_size > CONSOLE_ROTATE_BYTES)
 		rename(console, console_old);
 	unlink(pidfile);
+	vm_balloon_target_set(vm, -1); /* left by a QEMU that ended while the agent was away */
 
 	proc = xcalloc(1, sizeof(*proc));
 	proc->vm = vm;

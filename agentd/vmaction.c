@@ -18,6 +18,7 @@
  */
 #include "agentd.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -26,7 +27,6 @@
 #define MIB		  (1024LL * 1024)
 #define QMP_TIMEOUT_MS	  30000
 #define SAVEVM_TIMEOUT_MS (30 * 60 * 1000) /* RAM and disks written while QEMU waits */
-#define STOP_TIMEOUT_S	  60
 
 /* ---- create and update ------------------------------------------------------------------ */
 
@@ -390,12 +390,17 @@ static void stopped_cb(struct vm *vm, const char *error, void *data)
 }
 
 /*
- * stop: ACPI power button, forced after args.timeout_s (default 60); not running is
- * success. The result says "forced".
+ * stop: ACPI power button, forced after args.timeout_s (which the controller always
+ * sends; else the VM default); not running is success. The result says "forced" and
+ * "grace_s".
  */
 void vmaction_stop(struct inst_op *op)
 {
-	int64_t timeout = json_get_int(op->args, "timeout_s", STOP_TIMEOUT_S);
+	int64_t timeout = json_get_int(op->args, "timeout_s", stop_grace_default("vm"));
+
+	if (op->result == NULL)
+		op->result = json_object_new_object();
+	json_object_object_add(op->result, "grace_s", json_object_new_int64(timeout));
 
 	if (!vm_alive(op->vm)) {
 		vm_stopped_set(op->vm);
@@ -517,19 +522,110 @@ void vmaction_resume(struct inst_op *op)
 		simple_qmp(op, "cont", NULL, resumed_cb);
 }
 
-static void balloon_actual_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct inst_op *op = data;
+/*
+ * The balloon: QMP "balloon" only asks the guest's driver to give memory back (or take
+ * it); the guest gets there in its own time. So the operation ends once query-balloon
+ * shows the guest within the tolerance (BALLOON_TOL_*) of the target, or after BALLOON_WAIT_MS
+ * (the VM takes no other command meanwhile) with "reached": false and a warning: the
+ * target stays set in QEMU and the guest may still get there, which is why that is
+ * not a failure.
+ */
+#define BALLOON_WAIT_MS	    60000
+#define BALLOON_POLL_MS	    500
+#define BALLOON_TOL_MIN_MB  4
+#define BALLOON_TOL_PERCENT 2
 
-	if (!op->agent->stopping && ret)
-		op->vm->balloon_actual_mb = json_get_int(ret, "actual", -MIB) / MIB;
-	qmp_done_cb(q, ret, NULL, data);
+struct balloon_wait {
+	uv_timer_t timer;
+	struct inst_op *op;
+	int64_t target_mb, tolerance_mb, since_ms;
+};
+
+static void balloon_wait_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+/* The wait is over: the op succeeds (reached or not) or fails with error. */
+static void balloon_finish(struct balloon_wait *w, int64_t actual_mb, const char *error)
+{
+	struct inst_op *op = w->op;
+	bool reached = actual_mb >= 0 && llabs(actual_mb - w->target_mb) <= w->tolerance_mb;
+
+	uv_close((uv_handle_t *)&w->timer, balloon_wait_close_cb);
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	json_object_object_add(op->result, "actual_mb", json_object_new_int64(actual_mb));
+	json_object_object_add(op->result, "tolerance_mb", json_object_new_int64(w->tolerance_mb));
+	json_object_object_add(op->result, "reached", json_object_new_boolean(reached));
+	if (!reached) {
+		char warning[256];
+
+		snprintf(warning, sizeof(warning),
+			 "the guest's balloon is at %lld MiB after %lld s, not within %lld MiB of "
+			 "the %lld MiB target; the target stays set and the guest may still get "
+			 "there",
+			 (long long)actual_mb, (long long)(now_ms() - w->since_ms) / 1000,
+			 (long long)w->tolerance_mb, (long long)w->target_mb);
+		json_object_object_add(op->result, "warning", json_object_new_string(warning));
+		log_warnx("vm %s: %s", op->vm->name, warning);
+	}
+	instance_op_succeed(op);
+}
+
+static void balloon_poll(struct balloon_wait *w);
+
+static void balloon_tick_cb(uv_timer_t *timer)
+{
+	struct balloon_wait *w = timer->data;
+
+	if (instance_op_gone(w->op)) {
+		uv_close((uv_handle_t *)&w->timer, balloon_wait_close_cb);
+		return;
+	}
+	balloon_poll(w);
+}
+
+static void balloon_polled_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct balloon_wait *w = data;
+	struct inst_op *op = w->op;
+	int64_t actual;
+
+	if (instance_op_gone(op)) {
+		uv_close((uv_handle_t *)&w->timer, balloon_wait_close_cb);
+		return;
+	}
+	if (ret == NULL) {
+		balloon_finish(w, -1, error ? error : "query-balloon failed");
+		return;
+	}
+	actual = json_get_int(ret, "actual", -MIB) / MIB;
+	op->vm->balloon_actual_mb = actual;
+	if (llabs(actual - w->target_mb) <= w->tolerance_mb ||
+	    now_ms() - w->since_ms >= BALLOON_WAIT_MS) {
+		balloon_finish(w, actual, NULL);
+		return;
+	}
+	uv_timer_start(&w->timer, balloon_tick_cb, BALLOON_POLL_MS, 0);
+}
+
+static void balloon_poll(struct balloon_wait *w)
+{
+	struct kerr err;
+
+	if (vm_qmp(w->op->vm, "query-balloon", NULL, QMP_TIMEOUT_MS, balloon_polled_cb, w, &err) <
+	    0)
+		balloon_finish(w, -1, err.msg);
 }
 
 static void balloon_set_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
-	struct kerr err;
+	struct balloon_wait *w;
+	char phase[96];
 
 	if (instance_op_gone(op))
 		return;
@@ -537,13 +633,26 @@ static void balloon_set_cb(struct qmp *q, struct json_object *ret, const char *e
 		instance_op_fail(op, "%s", error);
 		return;
 	}
-	if (vm_qmp(op->vm, "query-balloon", NULL, QMP_TIMEOUT_MS, balloon_actual_cb, op, &err) < 0)
-		instance_op_fail(op, "%s", err.msg);
+	w = xcalloc(1, sizeof(*w));
+	w->op = op;
+	w->target_mb = json_get_int(op->args, "target_mb", 0);
+	w->tolerance_mb = w->target_mb * BALLOON_TOL_PERCENT / 100;
+	if (w->tolerance_mb < BALLOON_TOL_MIN_MB)
+		w->tolerance_mb = BALLOON_TOL_MIN_MB;
+	w->since_ms = now_ms();
+	uv_timer_init(op->agent->loop, &w->timer);
+	w->timer.data = w;
+	vm_balloon_target_set(op->vm, w->target_mb);
+	snprintf(phase, sizeof(phase), "waiting for the guest to reach %lld MiB",
+		 (long long)w->target_mb);
+	instance_op_progress(op, 30, phase);
+	balloon_poll(w);
 }
 
 /*
  * balloon: set the balloon of a running VM with dynamic memory to args.target_mb
- * (within min_mb..max_mb). The result has "target_mb".
+ * (within min_mb..max_mb) and wait for the guest to get there (see above). The result
+ * has "target_mb", "actual_mb", "tolerance_mb", "reached" and, when not, "warning".
  */
 void vmaction_balloon(struct inst_op *op)
 {

@@ -157,6 +157,7 @@ static void adopt_one(struct agent *a, const char *name)
 		vm->pid = pid;
 		vm->started_at_ms = pid_started_ms(pid);
 		vm->vm_state = VM_RUNNING;
+		vm_balloon_target_load(vm);
 		vm_qmp_connect(vm);
 		return;
 	}

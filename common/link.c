@@ -50,6 +50,8 @@ int link_msg_seal(const unsigned char key[SEAL_KEY_LEN], char dir, const struct 
 	json_object_object_add(env, "seq", json_object_new_int64(m->seq));
 	if (m->op[0])
 		json_object_object_add(env, "op", json_object_new_string(m->op));
+	if (m->expires)
+		json_object_object_add(env, "expires", json_object_new_int64(m->expires));
 	json_object_object_add(env, "body",
 			       m->body ? json_object_get(m->body) : json_object_new_object());
 	text = json_text(env);
@@ -59,9 +61,10 @@ int link_msg_seal(const unsigned char key[SEAL_KEY_LEN], char dir, const struct 
 }
 
 static const struct json_field envelope_fields[] = {
-	{"type", JK_STRING, true, NULL}, {"host", JK_STRING, true, NULL},
-	{"seq", JK_INT, true, NULL},	 {"op", JK_STRING, false, NULL},
-	{"body", JK_OBJECT, true, NULL}, {NULL, 0, false, NULL},
+	{"type", JK_STRING, true, NULL},  {"host", JK_STRING, true, NULL},
+	{"seq", JK_INT, true, NULL},	  {"op", JK_STRING, false, NULL},
+	{"expires", JK_INT, false, NULL}, {"body", JK_OBJECT, true, NULL},
+	{NULL, 0, false, NULL},
 };
 
 int link_msg_open(const unsigned char key[SEAL_KEY_LEN], char expect_dir, const unsigned char *buf,
@@ -103,6 +106,7 @@ int link_msg_open(const unsigned char key[SEAL_KEY_LEN], char expect_dir, const 
 	snprintf(m->host, sizeof(m->host), "%s", host);
 	snprintf(m->op, sizeof(m->op), "%s", op);
 	m->seq = json_get_int(env, "seq", 0);
+	m->expires = json_get_int(env, "expires", 0);
 	json_object_object_get_ex(env, "body", &body);
 	m->body = json_object_get(body);
 	json_object_put(env);

@@ -43,7 +43,10 @@ struct link_msg {
 	char host[SEAL_HOST_MAX + 1];
 	int64_t seq;
 	char op[LINK_OP_ID_MAX + 1]; /* "" when the message concerns no operation */
-	struct json_object *body;    /* owned; always an object */
+	/* When the sender stops waiting for an answer (µs, wall clock, as seq), or 0:
+	 * a receiver must not act on the message after that. Queries carry it. */
+	int64_t expires;
+	struct json_object *body; /* owned; always an object */
 };
 
 const char *link_type_name(enum link_type type);

@@ -79,3 +79,18 @@ int labels_check(struct json_object *val, const char *field, struct kerr *err)
 	}
 	return 0;
 }
+
+int stop_grace_default(const char *type)
+{
+	return type && strcmp(type, "container") == 0 ? STOP_GRACE_CONTAINER_S : STOP_GRACE_VM_S;
+}
+
+int stop_grace_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	int64_t v = json_object_get_int64(val);
+
+	if (v < 1 || v > STOP_GRACE_MAX_S)
+		return err_input(err, 400, field, "'%s' must be 1..%d seconds", field,
+				 STOP_GRACE_MAX_S);
+	return 0;
+}

@@ -454,6 +454,17 @@ static void cmd_transmit(struct host *h)
 	snprintf(m.op, sizeof(m.op), "%s", h->inflight->op);
 	m.seq = seal_seq_next(&h->tx_seq);
 	h->inflight_deadline = now_ms() + CMD_TIMEOUT_MS;
+	/*
+	 * A query is never resent: past its ack deadline (or its own) the controller
+	 * fails it, so a copy that reaches the agent later (nanomsg hands a request on
+	 * to an agent that came back) must not run. Commands carry no expiry: the
+	 * controller resends them under the same op id until acked, and the agent
+	 * dedupes by op id.
+	 */
+	if (h->inflight->type == LINK_CMD_QUERY)
+		m.expires = 1000 * (h->inflight->deadline < h->inflight_deadline
+					    ? h->inflight->deadline
+					    : h->inflight_deadline);
 	if (link_msg_seal(h->key, SEAL_DIR_TO_AGENT, &m, &buf, &len, &err) < 0) {
 		log_warnx("host %s: cannot seal %s: %s", h->name, link_type_name(m.type), err.msg);
 		return;
@@ -743,7 +754,11 @@ void agentlink_cron(void)
 
 			if (now >= c->deadline || h->state != HOST_ONLINE) {
 				*pp = c->next;
-				query_fail(c, "the host's agent did not answer");
+				query_fail(
+					c,
+					h->state != HOST_ONLINE
+						? "the host went offline before its agent answered"
+						: "the host's agent did not answer");
 			} else {
 				pp = &c->next;
 			}

@@ -152,6 +152,7 @@ const struct json_field container_create_fields[] = {
 	{"workdir", JK_STRING, false, workdir_check},
 	{"limits", JK_OBJECT, false, limits_check},
 	{"restart", JK_STRING, false, restart_check},
+	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"nics", JK_ARRAY, false, nics_container_check},
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
@@ -235,6 +236,8 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 	json_object_object_add(spec, "limits", limits);
 	json_object_object_add(spec, "restart",
 			       json_object_new_string(json_get_str(body, "restart", "no")));
+	v = json_object_object_get(body, "stop_timeout_s");
+	json_object_object_add(spec, "stop_timeout_s", v ? json_object_get(v) : NULL);
 	v = nics_build(json_object_object_get(body, "nics"), false, err);
 	if (v == NULL) {
 		json_object_put(spec);

@@ -18,7 +18,6 @@
 #define MAX_MEMORY_MB	(1024 * 1024)
 #define MAX_DISK_MB	(16LL * 1024 * 1024)
 #define MAX_USER_DATA	(64 * 1024)
-#define STOP_TIMEOUT_S	60
 #define CONSOLE_DEFAULT 16384
 #define CONSOLE_MAX	(1024 * 1024)
 
@@ -199,6 +198,7 @@ static const struct json_field create_fields[] = {
 	{"labels", JK_OBJECT, false, labels_check},
 	{"boot", JK_ARRAY, false, boot_check},
 	{"cloud_init", JK_OBJECT, false, cloud_init_check},
+	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"start", JK_BOOL, false, NULL},
 	{NULL, 0, false, NULL},
 };
@@ -450,6 +450,8 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 	}
 	v = json_object_object_get(body, "cloud_init");
 	json_object_object_add(spec, "cloud_init", v ? json_object_get(v) : NULL);
+	v = json_object_object_get(body, "stop_timeout_s");
+	json_object_object_add(spec, "stop_timeout_s", v ? json_object_get(v) : NULL);
 	v = json_object_object_get(body, "labels");
 	json_object_object_add(spec, "labels", v ? json_object_get(v) : json_object_new_object());
 	v = json_object_object_get(body, "anti_affinity");
@@ -848,6 +850,7 @@ enum MHD_Result api_instance_action(struct request *req)
 	enum MHD_Result ret;
 	struct kerr err;
 	struct inst *i;
+	bool stop_grace;
 
 	for (size_t k = 0; k < ARRAY_SIZE(actions); k++)
 		if (!strcmp(actions[k].name, req->params[1]))
@@ -858,12 +861,13 @@ enum MHD_Result api_instance_action(struct request *req)
 			"no action %.32s; actions are start, stop, force-stop, "
 			"reboot (VMs), restart and commit (containers), pause, resume",
 			req->params[1]);
+	/* The verbs that stop gracefully first take a grace (timeout_s). */
+	stop_grace = !strcmp(a->name, "stop") || !strcmp(a->name, "restart");
 	if (!strcmp(a->name, "commit")) {
 		if (http_body_json(req, commit_fields, &body, &err) < 0)
 			return http_reply_kerr(req, &err);
 	} else if (req->body_len > 0 &&
-		   http_body_json(req, !strcmp(a->name, "stop") ? stop_fields : no_fields, &body,
-				  &err) < 0) {
+		   http_body_json(req, stop_grace ? stop_fields : no_fields, &body, &err) < 0) {
 		return http_reply_kerr(req, &err);
 	}
 	i = path_inst(req, &ret);
@@ -888,10 +892,15 @@ enum MHD_Result api_instance_action(struct request *req)
 		return ret;
 	}
 	args = json_object_new_object();
-	if (!strcmp(a->name, "stop"))
-		json_object_object_add(
-			args, "timeout_s",
-			json_object_new_int((int)json_get_int(body, "timeout_s", STOP_TIMEOUT_S)));
+	/* The one place that decides a stop's grace: the call's, the instance's, or the
+	 * default of its type (valid.h). The agent is always told. */
+	if (stop_grace)
+		json_object_object_add(args, "timeout_s",
+				       json_object_new_int64(json_get_int(
+					       body, "timeout_s",
+					       json_get_int(i->spec, "stop_timeout_s",
+							    stop_grace_default(json_get_str(
+								    i->spec, "type", "vm"))))));
 	if (!strcmp(a->name, "commit"))
 		json_object_object_add(args, "image",
 				       json_object_new_string(json_get_str(body, "image", "")));

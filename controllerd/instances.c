@@ -10,6 +10,7 @@
 #include "log.h"
 #include "scheduler.h"
 #include "util.h"
+#include "valid.h"
 
 #define REPORT_PERSIST_MS 30000
 
@@ -285,8 +286,8 @@ static bool state_known(const char *state)
 static struct json_object *report_clean(struct json_object *r)
 {
 	static const char *const ints[] = {
-		"pid",	     "started_at", "uptime_s", "balloon_actual_mb",
-		"exit_code", "restarts",   "rw_size",  NULL};
+		"pid",	     "started_at", "uptime_s", "balloon_actual_mb", "balloon_target_mb",
+		"exit_code", "signal",	   "restarts", "rw_size",	    NULL};
 	static const char *const strs[] = {"name",  "type",	    "state", "accel",
 					   "error", "image_digest", NULL};
 	struct json_object *out, *disks, *v;
@@ -389,6 +390,26 @@ static void instance_report_apply(struct host *h, struct json_object *report, co
 	instance_state_set(name, state, report, why);
 }
 
+/*
+ * An operation's report is news even when the state is not (a balloon's actual size,
+ * a disk's new size): stored at once, where instance_state_set() would keep an
+ * unchanged state's report for the next persist. Only for an instance h runs.
+ */
+static void instance_report_store(struct host *h, const char *name, struct json_object *report)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE instances SET report = ?, updated_at = ? "
+					      "WHERE name = ? AND host_id = ? AND state NOT IN "
+					      "('creating', 'deleting')");
+
+	sqlite3_bind_text(st, 1, json_text(report), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, now_ms());
+	sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, h->id);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("instance %s: cannot save its report: %s", name, sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+}
+
 /* Every heartbeat: the host's list of instances against the database. */
 void instances_reconcile(struct host *h, struct json_object *reports)
 {
@@ -487,6 +508,7 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 			instance_state_set(iname, st_new, report, ok ? action : "operation failed");
 		} else if (report && h) {
 			instance_report_apply(h, report, action);
+			instance_report_store(h, iname, report);
 		}
 		if (ok && !strcmp(action, "commit")) {
 			/* The agent wrote the new blobs; the registry takes the tag once it has
@@ -583,6 +605,11 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 
 		json_object_object_add(o, *k, v ? json_object_get(v) : NULL);
 	}
+	/* The grace a stop without timeout_s gets: the instance's, or its type's. */
+	json_object_object_add(o, "stop_timeout_s",
+			       json_object_new_int64(json_get_int(
+				       spec, "stop_timeout_s",
+				       stop_grace_default(container ? "container" : "vm"))));
 	/* Disks (VMs): what was asked for, with sizes as the host last reported them. */
 	disks = json_object_new_array();
 	rdisks = json_object_object_get(report, "disks");
@@ -633,12 +660,16 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 	json_object_object_add(
 		o, "balloon_actual_mb",
 		json_object_get(json_object_object_get(report, "balloon_actual_mb")));
+	/* The balloon target last set (PATCH memory.target_mb), as the host reports it. */
+	json_object_object_add(
+		o, "balloon_target_mb",
+		json_object_get(json_object_object_get(report, "balloon_target_mb")));
 	json_object_object_add(o, "error",
 			       json_object_get(json_object_object_get(report, "error")));
 	if (container)
 		for (const char *const *k =
-			     (const char *const[]){"exit_code", "restarts", "image_digest",
-						   "rw_size", "oom", NULL};
+			     (const char *const[]){"exit_code", "signal", "restarts",
+						   "image_digest", "rw_size", "oom", NULL};
 		     *k; k++)
 			json_object_object_add(o, *k,
 					       json_object_get(json_object_object_get(report, *k)));

@@ -97,6 +97,15 @@ agent_pid() { cat "$KUMO_LAB_DIR/hosts/$1/agent.pid"; }
 controller_pid() { cat "$KUMO_LAB_DIR/controller/controller.pid"; }
 
 host_is() { [ "$(host_state "$1")" = "$2" ]; }
+# proc_gone PID -> the process has exited (or is a zombie)
+proc_gone() { [ ! -e "/proc/$1" ] || grep -q '^State:.*[ZX]' "/proc/$1/status" 2>/dev/null; }
+# agent_restarted HOST MS -> HOST is online with an agent started after MS (epoch ms):
+# its heartbeats, not the ones of the agent that was killed. (host_is HOST online holds
+# at once after a kill, until the controller misses enough heartbeats.)
+agent_restarted() {
+	api GET "/api/v1/hosts/$1"
+	[ "$(jqb .state)" = online ] && [ "$(jqb '(.last_seen - (.facts.uptime_s // 0) * 1000) | floor')" -gt "$2" ]
+}
 
 # wait_op ID [SECONDS] -> long-polls an operation until final; sets BODY to it.
 wait_op() {

@@ -25,8 +25,9 @@ snap() {
 before=$(snap)
 cluster=$(api GET /api/v1 && jqb .cluster_id)
 
-kill -9 "$(controller_pid)"
-sleep 0.5
+cpid=$(controller_pid)
+kill -9 "$cpid"
+wait_until 10 "the controller gone" proc_gone "$cpid"
 lab up --hosts 3 >/dev/null
 wait_until 30 "3 hosts online after restart" all_online 3
 after=$(snap)
@@ -48,8 +49,9 @@ api POST /api/v1/hosts/h2/actions/probe
 expect_status 202
 op2=$(jqb .id)
 kill -STOP "$pid"
-kill -9 "$(controller_pid)"
-sleep 0.5
+cpid=$(controller_pid)
+kill -9 "$cpid"
+wait_until 10 "the controller gone" proc_gone "$cpid"
 lab up --hosts 3 >/dev/null
 kill -CONT "$pid"
 api GET "/api/v1/operations/$op2?wait=30"

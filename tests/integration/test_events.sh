@@ -5,16 +5,26 @@
 
 out=/tmp/kt-events.$$
 trap 'rm -f $out $out.2 $out.3' EXIT
-curl -sSN --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" --max-time 8 \
+curl -sSN --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" --max-time 90 \
 	"$KUMO_URL/api/v1/events" >"$out" &
-curl -sSN --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" --max-time 8 \
+all=$!
+curl -sSN --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" --max-time 90 \
 	"$KUMO_URL/api/v1/events?type=host-updated" >"$out.2" &
-sleep 1
+filtered=$!
+trap 'kill $all $filtered 2>/dev/null || true; rm -f $out $out.2 $out.3' EXIT
+# A stream opens with a comment line: both are subscribed once they have it.
+subscribed() { grep -q '^: kumo events' "$out" && grep -q '^: kumo events' "$out.2"; }
+wait_until 30 "both event streams open" subscribed
 api PATCH /api/v1/hosts/h1 '{"labels":{"rack":"r7"}}'
 expect_status 200
 api POST /api/v1/tokens '{"kind":"join","name":"events-test"}'
 expect_status 201
-wait
+# Both changes reach the streams (the filtered one gets the second one's event, if
+# it wrongly does, in the same pass as the first stream).
+arrived() { grep -q "^event: token-created" "$out" && grep -q "^event: host-updated" "$out.2"; }
+wait_until 30 "the events in the streams" arrived
+kill $all $filtered 2>/dev/null || true
+wait || true
 
 grep -q "^event: host-updated" "$out" || fail "no host-updated event in the stream: $(cat $out)"
 grep -q "^event: token-created" "$out" || fail "no token-created event in the stream"

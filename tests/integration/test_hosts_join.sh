@@ -56,7 +56,10 @@ out=$(try_join "kumo_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA") && fail "agen
 grep -q "join refused: join token is not known" <<<"$out" || fail "no clear refusal for an unknown token: $out"
 api POST /api/v1/tokens '{"kind":"join","expires_in":1}'
 tok=$(jqb .token)
-sleep 1.2
+expires_at=$(jqb .expires_at)
+[ "$expires_at" != null ] || fail "a join token with expires_in has no expires_at: $BODY"
+past_expiry() { [ "$(date +%s%3N)" -gt "$expires_at" ]; }
+wait_until 10 "the join token's expiry passed" past_expiry
 out=$(try_join "$tok") && fail "agent joined with an expired token"
 grep -q "join refused: join token has expired" <<<"$out" || fail "no clear refusal for an expired token: $out"
 api GET /api/v1/hosts/intruder

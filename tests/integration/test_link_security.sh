@@ -10,7 +10,7 @@ log="$KUMO_LAB_DIR/logs/controller.log"
 
 rejected() { metric "kumo_link_rejected_total{reason=\"$1\"}"; }
 rejected_more() { [ "$(rejected "$1")" -gt "$2" ]; }
-send() { "$tool" "$1" "$link" --agent "$agent" >/dev/null; sleep 0.5; }
+send() { "$tool" "$1" "$link" --agent "$agent" >/dev/null; }
 
 for mode in replay:replay tamper:tampered unknown-host:unknown-host stale:replay wrong-dir:malformed; do
 	m=${mode%%:*} reason=${mode#*:}
@@ -26,9 +26,13 @@ pass "replayed, stale, tampered, wrong-direction and unknown-host messages are r
 
 # Control: a validly sealed message with the host's key is accepted (no rejection),
 # which shows the checks above are not refusing everything.
+# Nothing to wait for when nothing happens: a tampered message sent after the valid
+# one marks when the controller has read both.
 total_before=$(metric 'kumo_link_rejected_total{reason="tampered"}')
 send valid
-[ "$(metric 'kumo_link_rejected_total{reason="tampered"}')" = "$total_before" ] || fail "a valid message was rejected"
+send tamper
+wait_until 10 "the tampered marker counted" rejected_more tampered "$total_before"
+[ "$(metric 'kumo_link_rejected_total{reason="tampered"}')" = $((total_before + 1)) ] || fail "a valid message was rejected"
 grep -q "host h1: rejected" "$log" && grep "host h1: rejected" "$log" | grep -q linktool && fail "valid message logged as rejected"
 api GET /api/v1/hosts/h1
 [ "$(jqb .state)" = online ] || fail "h1 not online after the valid message"

@@ -71,11 +71,13 @@ pass "pause and resume; pausing a paused VM is 409"
 # The agent dies; the VM does not. A restarted agent re-adopts it.
 api GET /api/v1/instances/lc1
 pid=$(jqb .pid)
-kill -9 "$(agent_pid "$host")"
-sleep 1
+apid=$(agent_pid "$host")
+killed_at=$(date +%s%3N)
+kill -9 "$apid"
+wait_until 10 "the agent of $host gone" proc_gone "$apid"
 kill -0 "$pid" || fail "the VM died with its agent"
 lab up --hosts 3 >/dev/null
-wait_until 30 "$host online" host_is "$host" online
+wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
 wait_until 30 "lc1 running after re-adoption" instance_is lc1 running
 api GET /api/v1/instances/lc1
 [ "$(jqb .pid)" = "$pid" ] || fail "after the agent restart the VM has pid $(jqb .pid), not $pid"
@@ -91,13 +93,16 @@ wait_until 150 "lc2 console shows the boot marker" console_has lc2 KUMO-GUEST-RE
 api GET /api/v1/instances/lc2
 pid2=$(jqb .pid)
 console lc2 | grep -q KUMO-SELF-0OFF && fail "lc2 powered off before its agent could be stopped"
-kill -9 "$(agent_pid "$host")"
+apid=$(agent_pid "$host")
+killed_at=$(date +%s%3N)
+kill -9 "$apid"
 log2="$KUMO_LAB_DIR/hosts/$host/local/instances/lc2/console.log"
 wait_until 120 "lc2 powered itself off (agent away)" grep -q KUMO-SELF-0OFF "$log2"
-sleep 2
+# QEMU (-no-shutdown) must stay for the agent: had it exited, the agent would find
+# its pid file without it and report a crash, which the checks below refuse.
 kill -0 "$pid2" || fail "QEMU of lc2 exited on the guest's power-off; it should wait for the agent"
 lab up --hosts 3 >/dev/null
-wait_until 30 "$host online" host_is "$host" online
+wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
 wait_until 30 "lc2 stopped after re-adoption" instance_is lc2 stopped
 [ "$(jqb .error)" = null ] || [ -z "$(jqb '.error // empty')" ] || fail "lc2 shows an error: $(jqb .error)"
 wait_until 10 "QEMU of lc2 gone" eval "! kill -0 $pid2 2>/dev/null"

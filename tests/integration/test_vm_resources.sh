@@ -14,18 +14,25 @@ api PATCH /api/v1/instances/bal1 '{"memory":{"target_mb":200}}'
 expect_status 202
 wait_op "$(jqb .id)"
 op_ok
-wait_until 60 "balloon shrinks to 200 MiB" balloon_near 200
+# The operation ends when the guest got there (within its tolerance), not before.
+[ "$(jqb .result.reached)" = true ] || fail "the balloon operation ended with the guest not at 200 MiB: $(jqb -c .result)"
+actual=$(jqb .result.actual_mb) tol=$(jqb .result.tolerance_mb)
+[ "$tol" -ge 4 ] && [ $((actual - 200)) -le "$tol" ] && [ $((200 - actual)) -le "$tol" ] ||
+	fail "the balloon operation says reached with the guest at $actual MiB (tolerance $tol MiB)"
+balloon_near 200 || fail "right after the balloon operation the instance shows $(jqb .balloon_actual_mb) MiB, not about 200"
+[ "$(jqb .balloon_target_mb)" = 200 ] || fail "the instance shows balloon_target_mb $(jqb .balloon_target_mb), not 200"
 api PATCH /api/v1/instances/bal1 '{"memory":{"target_mb":512}}'
 expect_status 400
 api PATCH /api/v1/instances/bal1 '{"memory":{"target_mb":100}}'
 expect_status 400
 api PATCH /api/v1/instances/bal1 '{"vcpus":2}'
 expect_status 409
-pass "balloon target set within min..max on a running VM and seen in QMP; out of range 400"
+pass "balloon target set within min..max on a running VM: the operation ends with the guest there, the instance shows the target; out of range 400"
 
-api POST /api/v1/instances/bal1/actions/stop '{"timeout_s":60}'
+api POST /api/v1/instances/bal1/actions/stop
 wait_op "$(jqb .id)"
 op_ok
+[ "$(jqb .result.grace_s)" = 60 ] || fail "a VM's stop without timeout_s had a grace of $(jqb .result.grace_s) s, not 60"
 wait_until 30 "stopped" instance_is bal1 stopped
 api GET /api/v1/instances/bal1
 size0=$(jqb '.disks[0].size_mb')

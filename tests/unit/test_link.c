@@ -87,6 +87,31 @@ static void test_round_trip_with_op_and_body(void **state)
 	free(buf);
 }
 
+/* A query's deadline travels sealed; a message without one opens with 0. */
+static void test_expires_round_trips(void **state)
+{
+	struct link_msg m = {.type = LINK_CMD_QUERY, .seq = 1700000000123456LL}, got;
+	unsigned char *buf = NULL;
+	size_t buflen = 0;
+	struct kerr err = {0};
+
+	strcpy(m.host, "node-1");
+	strcpy(m.op, "0123456789abcdef0123456789abcdef");
+	m.expires = 1700000005123456LL;
+	assert_int_equal(link_msg_seal(key, SEAL_DIR_TO_AGENT, &m, &buf, &buflen, &err), 0);
+	assert_int_equal(link_msg_open(key, SEAL_DIR_TO_AGENT, buf, buflen, &got, &err), 0);
+	assert_int_equal(got.expires, 1700000005123456LL);
+	link_msg_clear(&got);
+	free(buf);
+	buf = NULL;
+	m.expires = 0;
+	assert_int_equal(link_msg_seal(key, SEAL_DIR_TO_AGENT, &m, &buf, &buflen, &err), 0);
+	assert_int_equal(link_msg_open(key, SEAL_DIR_TO_AGENT, buf, buflen, &got, &err), 0);
+	assert_int_equal(got.expires, 0);
+	link_msg_clear(&got);
+	free(buf);
+}
+
 static void test_round_trip_without_op_or_body(void **state)
 {
 	struct link_msg m = {.type = LINK_HEARTBEAT, .seq = 7}, got;
@@ -343,6 +368,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip_with_op_and_body),
 		cmocka_unit_test(test_round_trip_without_op_or_body),
+		cmocka_unit_test(test_expires_round_trips),
 		cmocka_unit_test(test_every_type_round_trips),
 		cmocka_unit_test(test_hand_built_valid_envelope_accepted),
 		cmocka_unit_test(test_host_mismatch_rejected),
