@@ -595,7 +595,9 @@ static int network_check(struct doc_check *c, struct json_object *jn, size_t ni,
 		vlans[vlan] = true;
 	}
 	c->segments += nsegs;
-	qsort(addrs, naddrs, sizeof(*addrs), u32_cmp);
+	/* Without segments addrs is still NULL, which qsort may not be given. */
+	if (naddrs > 0)
+		qsort(addrs, naddrs, sizeof(*addrs), u32_cmp);
 	if ((dup = first_duplicate(addrs, naddrs, sizeof(*addrs), u32_cmp)) < naddrs) {
 		char text[INET_ADDRSTRLEN];
 
