@@ -151,6 +151,10 @@ static const char *const migrations[] = {
 	"ALTER TABLE addresses ADD COLUMN vlan INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE addresses ADD COLUMN mac TEXT;"
 	"CREATE INDEX addresses_instance ON addresses(instance_id);",
+	/* 6 -> 7: a manifest's subject (OCI 1.1), so the referrers API finds what refers
+	 * to a manifest without reading every manifest. Manifests stored before have none. */
+	"ALTER TABLE oci_manifests ADD COLUMN subject TEXT;"
+	"CREATE INDEX oci_manifests_subject ON oci_manifests(repo, subject);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -62,10 +62,13 @@ static const struct route routes[] = {
 	{"PATCH", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_patch, NULL},
 	{"DELETE", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_delete, NULL},
 	{"GET", "/api/v1/networks/{}/addresses", ROLE_VIEWER, "", api_network_addresses, NULL},
-	/* The OCI registry (registry.c) parses the rest of its paths itself. */
+	/* The OCI registry (registry.c) parses the rest of its paths itself; its token
+	 * endpoint (registry_auth.c) checks the credentials it is sent on its own. */
+	{"GET", "/v2/token", ROLE_NONE, "service,scope,account,client_id,offline_token",
+	 registry_token_get, NULL},
 	{"GET", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
 	{"HEAD", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
-	{"GET", "/v2/*", ROLE_VIEWER, "n,last", registry_serve, &registry_stream},
+	{"GET", "/v2/*", ROLE_VIEWER, "n,last,artifactType", registry_serve, &registry_stream},
 	{"HEAD", "/v2/*", ROLE_VIEWER, "", registry_serve, &registry_stream},
 	{"PUT", "/v2/*", ROLE_OPERATOR, "digest", registry_serve, &registry_stream},
 	{"POST", "/v2/*", ROLE_OPERATOR, "digest,mount,from", registry_serve, &registry_stream},
@@ -208,7 +211,10 @@ static enum MHD_Result reply_error_v(struct request *req, unsigned status, const
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	if (allow)
 		MHD_add_response_header(resp, "Allow", allow);
-	if (status == 401)
+	/* A registry client needs to know where to get a token, and for what. */
+	if (status == 401 && registry_url(req->url))
+		registry_auth_challenge(req, resp, false);
+	else if (status == 401)
 		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumo\"");
 	return http_reply_response(req, status, resp);
 }
@@ -395,6 +401,16 @@ void http_resume(struct request *req)
 	http_kick();
 }
 
+/* Who sent the request: the role of its credentials, ROLE_NONE without valid ones. */
+static enum role request_authenticate(struct request *req)
+{
+	const char *auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+
+	if (req->route && req->route->stream && req->route->stream->authenticate)
+		return req->route->stream->authenticate(req, auth);
+	return tokens_authenticate(auth, &req->token_id);
+}
+
 static enum MHD_Result dispatch(struct request *req)
 {
 	char allow[128];
@@ -409,7 +425,7 @@ static enum MHD_Result dispatch(struct request *req)
 	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
 	if (strncmp(req->url, "/api/", 5) == 0 || (req->route && req->route->role != ROLE_NONE)) {
 		auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-		req->role = tokens_authenticate(auth, &req->token_id);
+		req->role = request_authenticate(req);
 		if (req->role == ROLE_NONE)
 			return http_reply_error(req, 401, NULL,
 						auth ? "the bearer token is not valid"
@@ -444,16 +460,18 @@ static enum MHD_Result dispatch(struct request *req)
 static bool stream_begin(struct request *req)
 {
 	char allow[128];
-	const char *auth;
 
 	req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
 	req->routed = true;
 	if (req->route == NULL || !req->route->stream)
 		return false;
-	auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-	req->role = tokens_authenticate(auth, &req->token_id);
+	req->role = request_authenticate(req);
 	if (req->role == ROLE_NONE)
-		http_reply_error(req, 401, NULL, "a valid bearer token is required");
+		http_reply_error(req, 401, NULL,
+				 req->route->stream->authenticate
+					 ? "valid credentials are required: an API token (as a "
+					   "bearer or a Basic password) or a token from /v2/token"
+					 : "a valid bearer token is required");
 	else if (req->role < req->route->role)
 		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
 				 role_name(req->route->role), role_name(req->role));
@@ -534,6 +552,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(req->params[0]);
 	free(req->params[1]);
 	free(req->body);
+	json_object_put(req->registry_access);
 	free(req);
 	*con_cls = NULL;
 }

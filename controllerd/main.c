@@ -28,7 +28,8 @@ static void usage(void)
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots.
- * Every minute: pruning old events. Every hour: abandoned registry uploads.
+ * Every minute: pruning old events, checking one stored registry blob. Every hour:
+ * abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -42,8 +43,10 @@ static void cron_cb(uv_timer_t *t)
 		api_events_cron();
 		hosts_persist(false);
 	}
-	if (ticks % (60000 / CRON_MS) == 0)
+	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
+		oci_blobs_verify_cron();
+	}
 	if (ticks % (3600000 / CRON_MS) == 0)
 		oci_uploads_prune();
 }
@@ -135,7 +138,8 @@ int main(int argc, char **argv)
 	if (db_open(&ctl.db, dbpath, &err) < 0 || db_migrate(ctl.db, DB_SCHEMA_VERSION, &err) < 0)
 		fatalx("%s", err.msg);
 	cluster_id_ensure();
-	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0)
+	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0 ||
+	    registry_auth_init(ctl.cfg.state_dir, &err) < 0)
 		fatalx("%s", err.msg);
 	if (ctl.cfg.tls && tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
 		fatalx("%s", err.msg);
@@ -147,6 +151,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	ops_resume();
 	images_sweep_uploads();
+	if (oci_store_init(&err) < 0)
+		log_warnx("oci: %s", err.msg);
 
 	uv_timer_init(ctl.loop, &ctl.cron);
 	uv_timer_start(&ctl.cron, cron_cb, CRON_MS, CRON_MS);

@@ -65,21 +65,18 @@ int tokens_bootstrap(const char *state_dir, struct kerr *err)
 }
 
 /*
- * Check an Authorization header value. Returns the token's role, or ROLE_NONE for a
- * missing, malformed, unknown or expired token.
+ * Check an API token (the token itself, no "Bearer "). Returns its role, or ROLE_NONE
+ * for a malformed, unknown or expired token; *token_id gets its id.
  */
-enum role tokens_authenticate(const char *authorization, int64_t *token_id)
+enum role tokens_check(const char *token, int64_t *token_id)
 {
 	char digest[TOKEN_DIGEST_LEN + 1];
 	enum role role = ROLE_NONE;
 	sqlite3_stmt *st;
 
-	if (authorization == NULL || strncmp(authorization, "Bearer ", 7) != 0)
+	if (!token_well_formed(token))
 		return ROLE_NONE;
-	authorization += 7;
-	if (!token_well_formed(authorization))
-		return ROLE_NONE;
-	token_digest(authorization, digest);
+	token_digest(token, digest);
 	st = db_prepare(ctl.db, "SELECT id, role FROM tokens WHERE digest = ? AND kind = 'api' "
 				"AND (expires_at IS NULL OR expires_at > ?)");
 	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
@@ -91,6 +88,37 @@ enum role tokens_authenticate(const char *authorization, int64_t *token_id)
 	}
 	sqlite3_finalize(st);
 	return role;
+}
+
+/*
+ * The role of the API token with id token_id, or ROLE_NONE once it was deleted or
+ * expired: what a registry token issued for it may still do.
+ */
+enum role tokens_role_of(int64_t token_id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT role FROM tokens WHERE id = ? AND "
+					      "kind = 'api' AND (expires_at IS NULL OR "
+					      "expires_at > ?)");
+	enum role role = ROLE_NONE;
+
+	sqlite3_bind_int64(st, 1, token_id);
+	sqlite3_bind_int64(st, 2, now_ms());
+	if (sqlite3_step(st) == SQLITE_ROW &&
+	    role_parse((const char *)sqlite3_column_text(st, 0), &role) < 0)
+		role = ROLE_NONE;
+	sqlite3_finalize(st);
+	return role;
+}
+
+/*
+ * Check an Authorization header value ("Bearer <token>"). Returns the token's role,
+ * or ROLE_NONE for a missing, malformed, unknown or expired token.
+ */
+enum role tokens_authenticate(const char *authorization, int64_t *token_id)
+{
+	if (authorization == NULL || strncmp(authorization, "Bearer ", 7) != 0)
+		return ROLE_NONE;
+	return tokens_check(authorization + 7, token_id);
 }
 
 /* A join token used or expired this long ago is unknown to a join (not tried). */

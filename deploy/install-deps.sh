@@ -8,6 +8,8 @@ set -eu
 # segment), iputils-ping. busybox-static is the busybox of the test guest and container
 # images (it provides "busybox" and conflicts with Debian's dynamic busybox package, so
 # that one is not listed). strace: a test watches every byte an agent sends when it joins.
+# podman, buildah (tests only): the registry test logs in, pushes and pulls with the
+# clients users have, beside skopeo.
 PKGS="
 build-essential cmake pkg-config clang-format
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev
@@ -18,6 +20,7 @@ qemu-system-x86 qemu-utils busybox-static linux-image-amd64 cpio
 extlinux syslinux-common e2fsprogs fdisk dosfstools mtools
 runc skopeo nftables dnsmasq-base
 strace
+podman buildah
 "
 
 missing=""
