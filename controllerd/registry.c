@@ -27,6 +27,9 @@
 #define BLOB_MAX (64ULL << 30) /* one blob, however many chunks it came in */
 #define UUID_LEN 36
 #define LIST_MAX 10000 /* ?n= of tag lists and the catalogue */
+/* A blob sent over TLS is read this much at a time: libmicrohttpd's own file responses
+ * read 4 KiB, which under TLS means a record and a system call per 4 KiB. */
+#define BLOB_READ_BLOCK (256 << 10)
 
 enum endpoint {
 	EP_BASE,	 /* /v2/ */
@@ -586,11 +589,24 @@ static enum MHD_Result digest_invalid(struct request *req, const char *digest)
 			   "a digest is sha256: and 64 lower-case hex digits");
 }
 
+static ssize_t blob_read_cb(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	ssize_t n = pread((int)(intptr_t)cls, buf, max, (off_t)pos);
+
+	return n > 0 ? n : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void blob_close_cb(void *cls)
+{
+	close((int)(intptr_t)cls);
+}
+
 /*
- * GET and HEAD: the blob straight from its file, which libmicrohttpd sends without
- * copying it through us (sendfile on plain HTTP). Blobs are hashed when they are
- * stored and by the store's scheduled check (oci_blobs_verify_cron()), not on every
- * read: a pull costs what sending the file costs.
+ * GET and HEAD: the blob straight from its file. On plain HTTP libmicrohttpd sends
+ * it with sendfile; under TLS it is read in large blocks into the response's buffer
+ * and encrypted from there. Blobs are hashed when they are stored and by the store's
+ * scheduled check (oci_blobs_verify_cron()), not on every read: a pull costs what
+ * sending the file costs.
  */
 static enum MHD_Result blob_get(struct request *req, struct registry_call *call)
 {
@@ -611,7 +627,12 @@ static enum MHD_Result blob_get(struct request *req, struct registry_call *call)
 	}
 	/* libmicrohttpd owns the descriptor from here and closes it; a HEAD answer
 	 * carries the length of the body it omits and never reads it. */
-	resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+	if (ctl.cfg.tls)
+		resp = MHD_create_response_from_callback((uint64_t)sb.st_size, BLOB_READ_BLOCK,
+							 blob_read_cb, (void *)(intptr_t)fd,
+							 blob_close_cb);
+	else
+		resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
 	if (resp == NULL) {
 		close(fd);
 		return reply_error(req, 500, "UNKNOWN", NULL, "cannot serve blob %s", call->ref);
