@@ -1,16 +1,19 @@
 /*
- * registry.c - the OCI distribution API under /v2/, so skopeo, podman and docker push
- * to and pull from the cluster: version check, blob uploads (monolithic and chunked),
- * blob and manifest GET/HEAD/PUT/DELETE, tag lists and the catalogue.
+ * registry.c - the OCI distribution API under /v2/, so skopeo, podman, buildah and
+ * docker push to and pull from the cluster: version check, blob uploads (monolithic
+ * and chunked), blob and manifest GET/HEAD/PUT/DELETE, tag lists, the catalogue and
+ * the OCI 1.1 referrers of a manifest.
  *
- * http.c routes every /v2/ path here through prefix rows (ending in a star) and authenticates
- * first: viewer may pull, operator may push. The rest of the path holds a repository
- * name with slashes, so it is parsed here, from its end. Every /v2/ row streams its
- * body: blob data goes to an upload session file, {shared}/oci/uploads/<uuid>, never
- * into memory; a manifest (4 MiB at most) is collected in req->body.
+ * http.c routes every /v2/ path here through prefix rows (ending in a star) and
+ * authenticates first with registry_auth.c (API tokens, Basic credentials, registry
+ * tokens): viewer may pull, operator may push. The rest of the path holds a repository
+ * name with slashes, so it is parsed here, from its end; a registry token must then
+ * also grant that repository (call_granted()). Every /v2/ row streams its body: blob
+ * data goes to an upload session file, {shared}/oci/uploads/<uuid>, never into memory;
+ * a manifest (4 MiB at most) is collected in req->body.
  *
- * Hashing a blob is slow, so a request that stores or serves one is suspended while
- * oci_store.c hashes in the thread pool, and resumed with the result.
+ * Hashing a blob is slow, so a request that stores one is suspended while oci_store.c
+ * hashes it in the thread pool, and resumed with the result. Reads are not hashed.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <unistd.h>
+
 #include "controllerd.h"
 #include "util.h"
 
@@ -250,6 +252,34 @@ static void test_store_modes(void **state)
 	free(path);
 }
 
+/* The scheduled check moves a blob that changed on disk out of the store, and only
+ * that one: each call checks the next blob by name, off the loop. */
+static void test_blobs_verify(void **state)
+{
+	char sound[OCI_DIGEST_LEN + 1], bad[OCI_DIGEST_LEN + 1];
+	char *path, *aside;
+	FILE *f;
+
+	ctl.loop = uv_default_loop();
+	put("sound content", sound);
+	put("content that will rot", bad);
+	path = oci_blob_path(bad);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("rotten", f);
+	fclose(f);
+	for (int i = 0; i < 2; i++) {
+		oci_blobs_verify_cron();
+		uv_run(ctl.loop, UV_RUN_DEFAULT);
+	}
+	assert_true(oci_blob_stat(sound, NULL));
+	assert_false(oci_blob_stat(bad, NULL));
+	aside = xasprintf("%s/oci/uploads/corrupt-%s", pool, bad + 7);
+	assert_int_equal(access(aside, F_OK), 0);
+	free(aside);
+	free(path);
+}
+
 static void test_manifest_load_verifies(void **state)
 {
 	char d[OCI_DIGEST_LEN + 1], missing[OCI_DIGEST_LEN + 1];
@@ -291,6 +321,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_manifest_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest_subject, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_modes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_blobs_verify, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest_load_verifies, setup, teardown),
 	};
 
