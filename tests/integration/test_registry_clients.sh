@@ -58,7 +58,15 @@ jwt_access() {
 	base64 -d <<<"$p" | jq -c .access
 }
 
+# How many registry tokens the controller has issued so far (its metrics).
+tokens_issued() {
+	local m
+	m=$(curl -sS --cacert "$KUMO_CACERT" "$KUMO_URL/metrics")
+	awk '/route="\/v2\/token",code="200"/ { n = $NF } END { print n + 0 }' <<<"$m"
+}
+
 oci_build
+issued_before=$(tokens_issued)
 
 # ---- podman login: the challenge, the token endpoint, a wrong password -----------------
 podman_ login --cert-dir "$OCI_CERTS" --authfile "$tmp/bad.json" -u kumo -p "kumo_wrongwrongwrongwrongwrongwrongwrongwrongwro" \
@@ -84,8 +92,7 @@ podman_ pull --cert-dir "$OCI_CERTS" --authfile "$tmp/auth.json" "$REGISTRY/$REP
 	fail "podman pull failed: $(cat "$tmp/out")"
 [ "$(podman_ image inspect --format '{{.ID}}' "$REGISTRY/$REPO:v1")" = "$img" ] ||
 	fail "the image podman pulled back is not the one it pushed ($img)"
-curl -sS --cacert "$KUMO_CACERT" "$KUMO_URL/metrics" | grep -q 'route="/v2/token",code="200"' ||
-	fail "podman never fetched a token from /v2/token"
+[ "$(tokens_issued)" -gt "$issued_before" ] || fail "podman never fetched a token from /v2/token"
 pass "podman pushes $REPO:v1 and pulls it back (same image id), through /v2/token"
 
 # ---- buildah push, skopeo --creds -----------------------------------------------------
@@ -173,6 +180,12 @@ api DELETE "/api/v1/tokens/$DOOMED_ID"
 DOOMED_ID=""
 reg GET "/v2/$REPO/tags/list" "$dtok"
 expect_status 401 "a registry token after its API token was deleted"
+STATUS=$(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $VIEWER" -o "$tmp/tok" -w '%{http_code}' \
+	"$KUMO_URL/v2/token?service=kumo&scope=repository:$REPO:pull,push")
+BODY=$(cat "$tmp/tok")
+expect_status 200 "/v2/token with an API bearer token"
+[ "$(jwt_access "$(jqb .token)")" = "[{\"type\":\"repository\",\"name\":\"$REPO\",\"actions\":[\"pull\"]}]" ] ||
+	fail "/v2/token with a viewer's bearer token granted $(jwt_access "$(jqb .token)")"
 token_get "x:nope" "repository:$REPO:pull"
 expect_status 401 "/v2/token with a wrong password"
 hdr WWW-Authenticate | grep -q '^Basic ' || fail "/v2/token's 401 is not a Basic challenge: $HEADERS"
