@@ -415,7 +415,6 @@ struct oci_result {
 	char error[256];
 	char digest[OCI_DIGEST_LEN + 1];
 	int64_t size;
-	int fd; /* unused: -1 */
 };
 typedef void (*oci_done_fn)(const struct oci_result *res, void *cls);
 

@@ -446,7 +446,6 @@ static struct job *job_new(enum job_kind kind, char *path, const char *expect, o
 	job->path = path;
 	if (expect)
 		snprintf(job->expect, sizeof(job->expect), "%s", expect);
-	job->res.fd = -1;
 	job->done = done;
 	job->cls = cls;
 	job->work.data = job;

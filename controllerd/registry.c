@@ -340,8 +340,6 @@ static bool call_granted(const struct request *req, const struct registry_call *
 
 static void call_free(struct registry_call *call)
 {
-	if (call->result.fd >= 0)
-		close(call->result.fd);
 	free(call->session);
 	free(call);
 }
@@ -936,7 +934,6 @@ static enum MHD_Result call_begin(struct request *req)
 
 	call->req = req;
 	call->chunk = -1;
-	call->result.fd = -1;
 	call->next = calls;
 	calls = call;
 	req->registry = call;
