@@ -505,7 +505,7 @@ static void upload_end(struct request *req)
 	}
 }
 
-const struct stream_ops api_images_stream = {upload_begin, upload_data, upload_end};
+const struct stream_ops api_images_stream = {upload_begin, upload_data, upload_end, NULL};
 
 /* ---- container image import: archive -> skopeo -> OCI layout -> store ---- */
 

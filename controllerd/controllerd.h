@@ -132,7 +132,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 7
+#define DB_SCHEMA_VERSION 8
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -178,6 +178,8 @@ void tokens_watch_remove(struct token_watch *w);
 void tokens_revoke(int64_t token_id);
 void tokens_cron(void);
 enum role tokens_authenticate(const char *authorization, int64_t *token_id);
+enum role tokens_check_secret(const char *token, struct token_auth *out, const char **why);
+enum role tokens_role_of(int64_t token_id, char *name, size_t len);
 const char *role_name(enum role role);
 int role_parse(const char *name, enum role *out);
 /* Find and consume the join token a join proof was made with (caller's transaction). */
@@ -356,6 +358,9 @@ struct request {
 	char upload_error[256];
 	/* A /v2/ request's parsed path and upload state (registry.c). */
 	struct registry_call *registry;
+	/* What the registry token it came with grants; NULL for an API token
+	 * (registry_auth.c). */
+	struct json_object *registry_access;
 };
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
@@ -365,11 +370,14 @@ typedef enum MHD_Result (*route_fn)(struct request *req);
  * headers are in (authorised already) and may answer at once; data gets each chunk
  * (errors are kept in the request and answered by the route's handler); end runs
  * when the request is over, however it ended, to release what begin took.
+ * authenticate, when set, replaces the API token check for the routes of this
+ * family (the registry also takes Basic credentials and its own tokens).
  */
 struct stream_ops {
 	enum MHD_Result (*begin)(struct request *req);
 	void (*data)(struct request *req, const char *data, size_t len);
 	void (*end)(struct request *req);
+	enum role (*authenticate)(struct request *req, const char *authorization);
 };
 
 struct route {
@@ -511,15 +519,15 @@ struct oci_result {
 	char error[256];
 	char digest[OCI_DIGEST_LEN + 1];
 	int64_t size;
-	int fd; /* oci_blob_open: the verified blob, the callback's to close; else -1 */
 };
 typedef void (*oci_done_fn)(const struct oci_result *res, void *cls);
 
 /* What oci_manifest_check learnt of a manifest. */
 struct oci_manifest_info {
 	char media_type[OCI_MEDIA_TYPE_MAX + 1];
-	char config[OCI_DIGEST_LEN + 1]; /* image manifests */
-	int64_t content_size;		 /* config and layers, or the index's children */
+	char config[OCI_DIGEST_LEN + 1];  /* image manifests */
+	int64_t content_size;		  /* config and layers, or the index's children */
+	char subject[OCI_DIGEST_LEN + 1]; /* the manifest this one refers to, or "" */
 };
 
 bool oci_digest_valid(const char *digest);
@@ -531,7 +539,7 @@ char *oci_upload_path(const char *name);
 int oci_store_init(struct kerr *err);
 void oci_digest_of(const void *data, size_t len, char *out);
 void oci_blob_put_file(const char *path, const char *expect, oci_done_fn done, void *cls);
-void oci_blob_open(const char *digest, oci_done_fn done, void *cls);
+void oci_blobs_verify_cron(void);
 void oci_blob_delete(const char *digest, oci_done_fn done, void *cls);
 void oci_layout_ingest(const char *dir, oci_done_fn done, void *cls);
 bool oci_blob_stat(const char *digest, int64_t *size);
@@ -551,6 +559,8 @@ bool oci_image_used(const char *name, const char *digest, char *who, size_t len)
 struct json_object *oci_tags_list(const char *repo, const char *last, int64_t n);
 struct json_object *oci_repos_list(const char *last, int64_t n);
 bool oci_repo_exists(const char *repo);
+struct json_object *oci_referrers_list(const char *repo, const char *subject,
+				       const char *artifact_type);
 void oci_tree_remove(const char *path);
 void oci_uploads_prune(void);
 
@@ -561,5 +571,14 @@ bool registry_url(const char *url);
 char *registry_error_text(unsigned status, const char *code, const char *message,
 			  struct json_object *detail);
 void registry_shutdown(void);
+void registry_scope(const struct request *req, char *out, size_t len);
+
+/* registry_auth.c */
+int registry_auth_init(const char *state_dir, struct kerr *err);
+enum role registry_auth_authenticate(struct request *req, const char *authorization);
+bool registry_auth_allows(const struct request *req, const char *type, const char *name,
+			  const char *action);
+void registry_auth_challenge(struct request *req, struct MHD_Response *resp, bool insufficient);
+enum MHD_Result registry_token_get(struct request *req);
 
 #endif

@@ -182,6 +182,11 @@ static const char *const migrations[] = {
 	"  status INTEGER NOT NULL,"
 	"  operation TEXT);"
 	"CREATE INDEX audit_token ON audit(token_id, id);",
+	/* 7 -> 8 (self-contained): a manifest's subject (OCI 1.1), so the referrers API finds what
+	 * refers to a manifest without reading every manifest. Manifests stored before have none.
+	 */
+	"ALTER TABLE oci_manifests ADD COLUMN subject TEXT;"
+	"CREATE INDEX oci_manifests_subject ON oci_manifests(repo, subject);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

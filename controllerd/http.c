@@ -68,10 +68,13 @@ static const struct route routes[] = {
 	{"PATCH", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_patch, NULL},
 	{"DELETE", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_delete, NULL},
 	{"GET", "/api/v1/networks/{}/addresses", ROLE_VIEWER, "", api_network_addresses, NULL},
-	/* The OCI registry (registry.c) parses the rest of its paths itself. */
+	/* The OCI registry (registry.c) parses the rest of its paths itself; its token
+	 * endpoint (registry_auth.c) checks the credentials it is sent on its own. */
+	{"GET", "/v2/token", ROLE_NONE, "service,scope,account,client_id,offline_token",
+	 registry_token_get, NULL},
 	{"GET", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
 	{"HEAD", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
-	{"GET", "/v2/*", ROLE_VIEWER, "n,last", registry_serve, &registry_stream},
+	{"GET", "/v2/*", ROLE_VIEWER, "n,last,artifactType", registry_serve, &registry_stream},
 	{"HEAD", "/v2/*", ROLE_VIEWER, "", registry_serve, &registry_stream},
 	{"PUT", "/v2/*", ROLE_OPERATOR, "digest", registry_serve, &registry_stream},
 	{"POST", "/v2/*", ROLE_OPERATOR, "digest,mount,from", registry_serve, &registry_stream},
@@ -304,7 +307,10 @@ static enum MHD_Result reply_error_v(struct request *req, unsigned status, const
 	MHD_add_response_header(resp, "Content-Type", "application/json");
 	if (allow)
 		MHD_add_response_header(resp, "Allow", allow);
-	if (status == 401)
+	/* A registry client needs to know where to get a token, and for what. */
+	if (status == 401 && registry_url(req->url))
+		registry_auth_challenge(req, resp, false);
+	else if (status == 401)
 		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumo\"");
 	return http_reply_response(req, status, resp);
 }
@@ -493,11 +499,29 @@ void http_resume(struct request *req)
 	http_kick();
 }
 
-/* Who the request acts as (req->role, req->token); ROLE_NONE with why for a 401. */
+/*
+ * Who the request acts as (req->role, req->token); ROLE_NONE with why for a 401.
+ * Routes with credentials of their own (the registry: Basic, tokens from /v2/token)
+ * check them through their stream's authenticate.
+ */
 static enum role request_authenticate(struct request *req, const char **why)
 {
 	const char *auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
 
+	if (req->route && req->route->stream && req->route->stream->authenticate) {
+		memset(&req->token, 0, sizeof(req->token));
+		req->token_id = 0;
+		req->role = req->route->stream->authenticate(req, auth);
+		*why = "valid credentials are required: an API token (as a bearer or a Basic "
+		       "password) or a token from /v2/token";
+		if (req->role == ROLE_NONE)
+			return ROLE_NONE;
+		/* The API token behind them, for the audit log. */
+		req->token.id = req->token_id;
+		req->token.role = req->role;
+		tokens_role_of(req->token_id, req->token.name, sizeof(req->token.name));
+		return req->role;
+	}
 	req->role = tokens_check(auth, &req->token, why);
 	req->token_id = req->token.id;
 	return req->role;
@@ -647,6 +671,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(req->params[0]);
 	free(req->params[1]);
 	free(req->body);
+	json_object_put(req->registry_access);
 	free(req);
 	*con_cls = NULL;
 }

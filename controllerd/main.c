@@ -34,8 +34,9 @@ static void usage(FILE *out, int status)
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
  * streams of expired tokens, API connections past their deadlines. Every tick also
- * measures how late it ran (the loop's lag, for metrics). Every minute: pruning old events and
- * audit rows. Every hour: abandoned registry uploads.
+ * measures how late it ran (the loop's lag, for metrics). Every minute: pruning old
+ * events and audit rows, checking one stored registry blob. Every hour: abandoned
+ * registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -59,6 +60,7 @@ static void cron_cb(uv_timer_t *t)
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
 		audit_prune();
+		oci_blobs_verify_cron();
 	}
 	if (ticks % (3600000 / CRON_MS) == 0)
 		oci_uploads_prune();
@@ -168,7 +170,8 @@ int main(int argc, char **argv)
 	if (db_open(&ctl.db, dbpath, &err) < 0 || db_migrate(ctl.db, DB_SCHEMA_VERSION, &err) < 0)
 		fatalx("%s", err.msg);
 	cluster_id_ensure();
-	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0)
+	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0 ||
+	    registry_auth_init(ctl.cfg.state_dir, &err) < 0)
 		fatalx("%s", err.msg);
 	/* The self-signed certificate only when the operator gave none. */
 	if (ctl.cfg.tls && !ctl.cfg.tls_cert[0] &&
@@ -182,6 +185,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	ops_resume();
 	images_sweep_uploads();
+	if (oci_store_init(&err) < 0)
+		log_warnx("oci: %s", err.msg);
 
 	uv_timer_init(ctl.loop, &ctl.cron);
 	uv_timer_start(&ctl.cron, cron_cb, CRON_MS, CRON_MS);

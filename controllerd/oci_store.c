@@ -5,8 +5,10 @@
  *   {shared}/oci/blobs/sha256/<hex>   layers, configs and manifests, by SHA-256
  *   {shared}/oci/uploads/<uuid>       registry upload sessions and imports in progress
  *
- * Every blob is hashed when it is stored and again when it is read, so a blob that
- * changed on disk is never handed out. Hashing a layer takes long, so it runs in
+ * Every blob is hashed when it is stored, and the stored blobs again one a minute in
+ * turn (oci_blobs_verify_cron()), which moves a blob that changed on disk out of the
+ * store; reads are not hashed, so a pull costs what sending the file costs (a client
+ * checks the digest of what it gets anyway). Hashing a layer takes long, so it runs in
  * libuv's thread pool (uv_queue_work) and the result comes back on the loop through
  * an oci_done_fn; the worker touches files only, never the database. Manifests are
  * at most OCI_MANIFEST_MAX bytes and are read and hashed in memory on the loop.
@@ -135,17 +137,25 @@ char *oci_upload_path(const char *name)
 	return xasprintf("%s/" UPLOAD_DIR "/%s", ctl.cfg.shared_pool, name);
 }
 
-/* Create the store's directories. Returns 0 or -1 with err. */
+/*
+ * Create the store's directories, 0700: images may hold secrets, and only the
+ * controller and the agents (root, which reads them anyway) use them. A store made
+ * before, with 0755 directories, is closed the same way (its 0644 blobs become
+ * unreachable to anyone else). Returns 0 or -1 with err.
+ */
 int oci_store_init(struct kerr *err)
 {
-	const char *dirs[] = {BLOB_DIR, UPLOAD_DIR};
+	const char *dirs[] = {"oci", "oci/blobs", BLOB_DIR, UPLOAD_DIR};
+	int rc = mkdir_p(ctl.cfg.shared_pool, 0755);
 
+	if (rc < 0)
+		return err_set(err, -rc, "cannot create %s", ctl.cfg.shared_pool);
 	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
 		_cleanup_free_ char *p = xasprintf("%s/%s", ctl.cfg.shared_pool, dirs[i]);
-		int rc = mkdir_p(p, 0755);
 
-		if (rc < 0)
-			return err_set(err, -rc, "cannot create %s", p);
+		rc = mkdir_p(p, 0700);
+		if (rc < 0 || chmod(p, 0700) < 0)
+			return err_set(err, rc < 0 ? -rc : errno, "cannot create %s", p);
 	}
 	return 0;
 }
@@ -235,14 +245,15 @@ static void blob_store_file(const char *path, const char *expect, struct oci_res
 			    expect);
 		return;
 	}
-	/* Agents read blobs; an upload file was created 0600. */
-	if (fchmod(fd, 0644) < 0 || fsync(fd) < 0) {
+	/* Readable by the controller's user only (agents read blobs as root); an
+	 * imported file may have come with any mode. */
+	if (fchmod(fd, 0600) < 0 || fsync(fd) < 0) {
 		result_fail(res, -errno, "cannot store %s: %s", res->digest, strerror(errno));
 		return;
 	}
 	target = oci_blob_path(res->digest);
 	dir = xasprintf("%s/" BLOB_DIR, ctl.cfg.shared_pool);
-	mkdir_p(dir, 0755);
+	mkdir_p(dir, 0700);
 	/* Same content under the same name: replacing an existing blob is harmless. */
 	if (rename(path, target) < 0) {
 		result_fail(res, -errno, "cannot store %s: %s", res->digest, strerror(errno));
@@ -261,7 +272,7 @@ static void blob_store_file(const char *path, const char *expect, struct oci_res
 
 enum job_kind {
 	JOB_PUT,
-	JOB_OPEN,
+	JOB_VERIFY,
 	JOB_DELETE,
 	JOB_INGEST
 };
@@ -269,8 +280,8 @@ enum job_kind {
 struct job {
 	uv_work_t work;
 	enum job_kind kind;
-	char *path; /* put: the file; open, delete: the blob; ingest: the layout */
-	char expect[OCI_DIGEST_LEN + 1]; /* put, open, delete: the digest wanted */
+	char *path; /* put: the file; verify, delete: the blob; ingest: the layout */
+	char expect[OCI_DIGEST_LEN + 1]; /* put, verify, delete: the digest wanted */
 	char **manifests;		 /* delete: stored manifests that may refer to the blob */
 	size_t n_manifests;
 	struct oci_result res;
@@ -278,35 +289,61 @@ struct job {
 	void *cls;
 };
 
-static void open_work(struct job *job)
+/*
+ * The next stored blob by name after job->expect (starting over at the end) goes to
+ * job->expect, and is hashed; one that does not match its name is moved to the
+ * uploads directory (pruned a day later), so it is neither served nor counted as
+ * stored. The directory is read here, not on the loop: it may be on NFS.
+ */
+static void verify_work(struct job *job)
 {
+	char next[OCI_DIGEST_LEN + 1] = "", first[OCI_DIGEST_LEN + 1] = "";
+	_cleanup_free_ char *aside = NULL, *path = NULL;
 	struct oci_result *res = &job->res;
-	int fd = open(job->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), rc;
+	DIR *d = opendir(job->path);
+	struct dirent *de;
 	struct stat sb;
+	int fd, rc;
 
-	if (fd < 0) {
-		result_fail(res, errno == ENOENT ? -ENOENT : -errno, "cannot open blob %s: %s",
-			    job->expect, strerror(errno));
+	if (d == NULL)
 		return;
+	while ((de = readdir(d)) != NULL) {
+		char digest[OCI_DIGEST_LEN + 1];
+
+		snprintf(digest, sizeof(digest), "sha256:%.64s", de->d_name);
+		if (strlen(de->d_name) != 64 || !oci_digest_valid(digest))
+			continue;
+		if (!first[0] || strcmp(digest, first) < 0)
+			memcpy(first, digest, sizeof(first));
+		if (strcmp(digest, job->expect) > 0 && (!next[0] || strcmp(digest, next) < 0))
+			memcpy(next, digest, sizeof(next));
 	}
+	closedir(d);
+	memcpy(job->expect, next[0] ? next : first, sizeof(job->expect));
+	if (!job->expect[0])
+		return; /* an empty store */
+	path = xasprintf("%s/%s", job->path, job->expect + 7);
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) /* deleted meanwhile */
+		return;
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
 		close(fd);
-		result_fail(res, -EIO, "blob %s is not a regular file", job->expect);
 		return;
 	}
 	rc = hash_fd(fd, res->digest, &res->size);
+	close(fd);
 	if (rc < 0) {
-		close(fd);
 		result_fail(res, rc, "cannot read blob %s: %s", job->expect, strerror(-rc));
 		return;
 	}
-	if (strcmp(res->digest, job->expect) != 0) {
-		close(fd);
-		result_fail(res, -EBADMSG, "blob %s is corrupt: its content hashes to %s",
-			    job->expect, res->digest);
+	if (strcmp(res->digest, job->expect) == 0)
 		return;
-	}
-	res->fd = fd;
+	aside = xasprintf("%s/" UPLOAD_DIR "/corrupt-%s", ctl.cfg.shared_pool, job->expect + 7);
+	if (rename(path, aside) < 0)
+		unlink(path);
+	result_fail(res, -EBADMSG,
+		    "blob %s is corrupt: its content hashes to %s; moved out of the store to %s",
+		    job->expect, res->digest, aside);
 }
 
 static void delete_work(struct job *job)
@@ -372,8 +409,8 @@ static void work_cb(uv_work_t *w)
 	case JOB_PUT:
 		blob_store_file(job->path, job->expect, &job->res);
 		break;
-	case JOB_OPEN:
-		open_work(job);
+	case JOB_VERIFY:
+		verify_work(job);
 		break;
 	case JOB_DELETE:
 		delete_work(job);
@@ -390,7 +427,7 @@ static void after_work_cb(uv_work_t *w, int status)
 
 	if (status < 0 && job->res.status == 0)
 		result_fail(&job->res, status, "the store job was cancelled");
-	if (job->res.status == -EBADMSG && job->kind == JOB_OPEN)
+	if (job->res.status == -EBADMSG && job->kind == JOB_VERIFY)
 		log_warnx("oci: %s", job->res.error);
 	job->done(&job->res, job->cls);
 	for (size_t i = 0; i < job->n_manifests; i++)
@@ -409,7 +446,6 @@ static struct job *job_new(enum job_kind kind, char *path, const char *expect, o
 	job->path = path;
 	if (expect)
 		snprintf(job->expect, sizeof(job->expect), "%s", expect);
-	job->res.fd = -1;
 	job->done = done;
 	job->cls = cls;
 	job->work.data = job;
@@ -436,14 +472,33 @@ void oci_blob_put_file(const char *path, const char *expect, oci_done_fn done, v
 	job_queue(job_new(JOB_PUT, xstrdup(path), expect, done, cls));
 }
 
-/*
- * Open a blob for reading once its content hashed to its digest, off the loop. done
- * gets res->fd (positioned at 0, the callback's to close) and res->size, or status
- * -ENOENT (no such blob), -EBADMSG (corrupt) or another -errno with why.
- */
-void oci_blob_open(const char *digest, oci_done_fn done, void *cls)
+static bool verifying;			  /* a verify job is out */
+static char verified[OCI_DIGEST_LEN + 1]; /* the last blob checked: where the turn goes on */
+
+static void verify_done_cb(const struct oci_result *res, void *cls)
 {
-	job_queue(job_new(JOB_OPEN, oci_blob_path(digest), digest, done, cls));
+	const struct job *job = cls;
+
+	memcpy(verified, job->expect, sizeof(verified));
+	verifying = false;
+}
+
+/*
+ * The store's scheduled check, from the cron once a minute: the next stored blob after
+ * the last one checked is hashed off the loop, and moved out of the store if it no
+ * longer matches its digest. A pass takes a minute per blob; a pull never waits for it.
+ */
+void oci_blobs_verify_cron(void)
+{
+	struct job *job;
+
+	if (verifying)
+		return;
+	job = job_new(JOB_VERIFY, xasprintf("%s/" BLOB_DIR, ctl.cfg.shared_pool), verified,
+		      verify_done_cb, NULL);
+	job->cls = job; /* verify_done_cb reads which blob it was */
+	verifying = true;
+	job_queue(job);
 }
 
 /*
@@ -512,7 +567,7 @@ int oci_blob_put_mem(const void *data, size_t len, char *digest, struct kerr *er
 	if (oci_store_init(err) < 0)
 		return -1;
 	path = oci_blob_path(digest);
-	rc = file_write_atomic(path, data, len, 0644);
+	rc = file_write_atomic(path, data, len, 0600);
 	if (rc < 0)
 		return err_set(err, -rc, "cannot store blob %s", digest);
 	return 0;
@@ -649,6 +704,20 @@ int oci_manifest_check(const char *data, size_t len, const char *content_type,
 		goto out;
 	}
 	snprintf(info->media_type, sizeof(info->media_type), "%s", mt);
+	/* OCI 1.1: a manifest may name the one it refers to (a signature, an SBOM); that
+	 * one need not be stored (yet). */
+	if (json_object_object_get_ex(m, "subject", &v)) {
+		ret = descriptor_check(v, "subject", false, &(int64_t){0}, err);
+		if (ret < 0)
+			goto out;
+		snprintf(info->subject, sizeof(info->subject), "%s", json_get_str(v, "digest", ""));
+	}
+	ret = -EINVAL;
+	if (json_object_object_get_ex(m, "artifactType", &v) &&
+	    !json_object_is_type(v, json_type_string)) {
+		err_input(err, 400, "artifactType", "artifactType must be a media type string");
+		goto out;
+	}
 	if (media_type_is_index(mt)) {
 		if (!json_object_object_get_ex(m, "manifests", &v) ||
 		    !json_object_is_type(v, json_type_array)) {
@@ -772,12 +841,14 @@ int oci_image_record(const char *repo, const char *tag, const char *digest, int6
 	if (db_begin(ctl.db) < 0)
 		return err_set(err, 0, "database: cannot begin: %s", sqlite3_errmsg(ctl.db));
 	st = db_prepare(ctl.db, "INSERT OR IGNORE INTO oci_manifests (repo, digest, media_type, "
-				"size, created_at) VALUES (?, ?, ?, ?, ?)");
+				"size, created_at, subject) VALUES (?, ?, ?, ?, ?, ?)");
 	sqlite3_bind_text(st, 1, repo, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, digest, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, info->media_type, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 4, size);
 	sqlite3_bind_int64(st, 5, now);
+	if (info->subject[0])
+		sqlite3_bind_text(st, 6, info->subject, -1, SQLITE_STATIC);
 	if (step_done(st, err) < 0)
 		goto fail;
 	if (tag == NULL)
@@ -999,6 +1070,59 @@ bool oci_repo_exists(const char *repo)
 	found = sqlite3_step(st) == SQLITE_ROW;
 	sqlite3_finalize(st);
 	return found;
+}
+
+/*
+ * The referrers of subject in repo (OCI 1.1): a descriptor for each manifest stored
+ * with that subject, with its artifactType (its own, or its config's media type) and
+ * annotations, in the order they were pushed; only those of artifact_type when set.
+ * The manifests are read back (small, and few per subject).
+ */
+struct json_object *oci_referrers_list(const char *repo, const char *subject,
+				       const char *artifact_type)
+{
+	struct json_object *list = json_object_new_array();
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT digest, media_type, size FROM oci_manifests "
+					      "WHERE repo = ? AND subject = ? "
+					      "ORDER BY created_at, digest");
+
+	sqlite3_bind_text(st, 1, repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, subject, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *digest = (const char *)sqlite3_column_text(st, 0);
+		struct json_object *m = NULL, *d, *annotations;
+		_cleanup_free_ char *data = NULL;
+		const char *type;
+		struct kerr err;
+		size_t len;
+
+		if (oci_manifest_load(digest, &data, &len, &err) < 0 ||
+		    json_body_parse(data, len, &m, &err) < 0)
+			continue; /* gone or damaged: not served either */
+		type = json_get_str(m, "artifactType", NULL);
+		if (type == NULL)
+			type = json_get_str(json_object_object_get(m, "config"), "mediaType", NULL);
+		if (artifact_type && (type == NULL || strcmp(type, artifact_type) != 0)) {
+			json_object_put(m);
+			continue;
+		}
+		d = json_object_new_object();
+		json_object_object_add(
+			d, "mediaType",
+			json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+		json_object_object_add(d, "digest", json_object_new_string(digest));
+		json_object_object_add(d, "size",
+				       json_object_new_int64(sqlite3_column_int64(st, 2)));
+		if (type)
+			json_object_object_add(d, "artifactType", json_object_new_string(type));
+		if (json_object_object_get_ex(m, "annotations", &annotations) &&
+		    json_object_is_type(annotations, json_type_object))
+			json_object_object_add(d, "annotations", json_object_get(annotations));
+		json_object_array_add(list, d);
+		json_object_put(m);
+	}
+	sqlite3_finalize(st);
+	return list;
 }
 
 /* rm -rf path (an import's work directory): never follows a symlink nor crosses a mount. */

@@ -1,16 +1,19 @@
 /*
- * registry.c - the OCI distribution API under /v2/, so skopeo, podman and docker push
- * to and pull from the cluster: version check, blob uploads (monolithic and chunked),
- * blob and manifest GET/HEAD/PUT/DELETE, tag lists and the catalogue.
+ * registry.c - the OCI distribution API under /v2/, so skopeo, podman, buildah and
+ * docker push to and pull from the cluster: version check, blob uploads (monolithic
+ * and chunked), blob and manifest GET/HEAD/PUT/DELETE, tag lists, the catalogue and
+ * the OCI 1.1 referrers of a manifest.
  *
- * http.c routes every /v2/ path here through prefix rows (ending in a star) and authenticates
- * first: viewer may pull, operator may push. The rest of the path holds a repository
- * name with slashes, so it is parsed here, from its end. Every /v2/ row streams its
- * body: blob data goes to an upload session file, {shared}/oci/uploads/<uuid>, never
- * into memory; a manifest (4 MiB at most) is collected in req->body.
+ * http.c routes every /v2/ path here through prefix rows (ending in a star) and
+ * authenticates first with registry_auth.c (API tokens, Basic credentials, registry
+ * tokens): viewer may pull, operator may push. The rest of the path holds a repository
+ * name with slashes, so it is parsed here, from its end; a registry token must then
+ * also grant that repository (call_granted()). Every /v2/ row streams its body: blob
+ * data goes to an upload session file, {shared}/oci/uploads/<uuid>, never into memory;
+ * a manifest (4 MiB at most) is collected in req->body.
  *
- * Hashing a blob is slow, so a request that stores or serves one is suspended while
- * oci_store.c hashes in the thread pool, and resumed with the result.
+ * Hashing a blob is slow, so a request that stores one is suspended while oci_store.c
+ * hashes it in the thread pool, and resumed with the result. Reads are not hashed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +30,9 @@
 #define BLOB_MAX (64ULL << 30) /* one blob, however many chunks it came in */
 #define UUID_LEN 36
 #define LIST_MAX 10000 /* ?n= of tag lists and the catalogue */
+/* A blob sent over TLS is read this much at a time: libmicrohttpd's own file responses
+ * read 4 KiB, which under TLS means a record and a system call per 4 KiB. */
+#define BLOB_READ_BLOCK (256 << 10)
 
 enum endpoint {
 	EP_BASE,	 /* /v2/ */
@@ -36,6 +42,7 @@ enum endpoint {
 	EP_BLOB,	 /* /v2/<name>/blobs/<digest> */
 	EP_UPLOAD_START, /* /v2/<name>/blobs/uploads/ */
 	EP_UPLOAD,	 /* /v2/<name>/blobs/uploads/<uuid> */
+	EP_REFERRERS,	 /* /v2/<name>/referrers/<digest> */
 };
 
 /* One /v2/ request, from its headers to its end (req->registry). */
@@ -105,7 +112,7 @@ char *registry_error_text(unsigned status, const char *code, const char *message
 	return text;
 }
 
-static struct MHD_Response *error_response(unsigned status, const char *code,
+static struct MHD_Response *error_response(struct request *req, unsigned status, const char *code,
 					   struct json_object *detail, const char *msg)
 {
 	char *text = registry_error_text(status, code, msg, detail);
@@ -113,8 +120,9 @@ static struct MHD_Response *error_response(unsigned status, const char *code,
 
 	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", "application/json");
+	/* Only a token that does not cover the request is refused here. */
 	if (status == 401)
-		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumo\"");
+		registry_auth_challenge(req, resp, true);
 	return resp;
 }
 
@@ -134,7 +142,7 @@ static enum MHD_Result reply_error(struct request *req, unsigned status, const c
 	va_end(ap);
 	if (status >= 500)
 		log_warnx("registry: %s %s: %s", req->method, req->url, msg);
-	return http_reply_response(req, status, error_response(status, code, detail, msg));
+	return http_reply_response(req, status, error_response(req, status, code, detail, msg));
 }
 
 static struct json_object *detail_str(const char *key, const char *value)
@@ -210,11 +218,12 @@ static bool ends_with(const char *s, size_t len, const char *suffix)
 }
 
 /*
- * Parse what follows "/v2/" (NULL for "/v2/" itself) into call. The name is what
+ * Split what follows "/v2/" (NULL for "/v2/" itself) into call. The name is what
  * precedes the endpoint's own segments, read from the end: a repository may itself
- * hold a segment called "blobs". Answers 404 or 400 NAME_INVALID when it cannot.
+ * hold a segment called "blobs". Returns 0, -ENOENT for no such endpoint, or -EINVAL
+ * for a name that is not valid (call->name holds what was given).
  */
-static int path_parse(struct request *req, struct registry_call *call, const char *rest)
+static int path_split(const char *rest, struct registry_call *call)
 {
 	size_t len, name_len, seg_len;
 	const char *last, *seg;
@@ -235,17 +244,19 @@ static int path_parse(struct request *req, struct registry_call *call, const cha
 	}
 	last = strrchr(rest, '/');
 	if (last == NULL)
-		goto unknown;
+		return -ENOENT;
 	/* seg: the segment before the last one. */
 	for (seg = last; seg > rest && seg[-1] != '/'; seg--)
 		;
 	seg_len = (size_t)(last - seg);
 	last++;
 	if (strlen(last) > OCI_TAG_MAX)
-		goto unknown;
+		return -ENOENT;
 	snprintf(call->ref, sizeof(call->ref), "%s", last);
 	if (seg_len == 9 && !strncmp(seg, "manifests", 9)) {
 		call->ep = EP_MANIFEST;
+	} else if (seg_len == 9 && !strncmp(seg, "referrers", 9)) {
+		call->ep = EP_REFERRERS;
 	} else if (seg_len == 5 && !strncmp(seg, "blobs", 5)) {
 		call->ep = strcmp(last, "uploads") ? EP_BLOB : EP_UPLOAD_START;
 	} else if (seg_len == 7 && !strncmp(seg, "uploads", 7) && seg - rest >= 7 &&
@@ -253,36 +264,82 @@ static int path_parse(struct request *req, struct registry_call *call, const cha
 		call->ep = last[0] ? EP_UPLOAD : EP_UPLOAD_START;
 		seg -= 6; /* the name ends before "/blobs/uploads/" */
 	} else {
-		goto unknown;
+		return -ENOENT;
 	}
 	if (seg == rest)
-		goto unknown;
+		return -ENOENT;
 	name_len = (size_t)(seg - 1 - rest);
 name:
-	if (name_len == 0 || name_len > OCI_REPO_MAX)
-		goto invalid;
-	memcpy(call->name, rest, name_len);
-	call->name[name_len] = '\0';
-	if (!oci_repo_valid(call->name))
-		goto invalid;
-	return 0;
-invalid:
 	snprintf(call->name, sizeof(call->name), "%.*s", (int)name_len, rest);
-	reply_error(req, 400, "NAME_INVALID", detail_str("name", call->name),
-		    "a repository name is 1-3 '/'-separated parts of [a-z0-9] joined by '.', "
-		    "'_' or '-', 128 characters at most");
-	return -1;
-unknown:
-	reply_error(req, 404, "NAME_UNKNOWN", NULL, "no such registry endpoint: %s", req->url);
-	return -1;
+	if (name_len == 0 || name_len > OCI_REPO_MAX || !oci_repo_valid(call->name))
+		return -EINVAL;
+	return 0;
+}
+
+/* path_split(), answering 404 or 400 NAME_INVALID when it fails. */
+static int path_parse(struct request *req, struct registry_call *call, const char *rest)
+{
+	int rc = path_split(rest, call);
+
+	if (rc == -EINVAL)
+		reply_error(
+			req, 400, "NAME_INVALID", detail_str("name", call->name),
+			"a repository name is 1-3 '/'-separated parts of [a-z0-9] joined by '.', "
+			"'_' or '-', 128 characters at most");
+	else if (rc < 0)
+		reply_error(req, 404, "NAME_UNKNOWN", NULL, "no such registry endpoint: %s",
+			    req->url);
+	return rc;
+}
+
+static bool method_reads(const struct request *req)
+{
+	return !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
+}
+
+/*
+ * The scope the request needs, as registry tokens name it: "repository:NAME:pull" to
+ * read, "repository:NAME:pull,push" to write (delete included), "registry:catalog:*"
+ * for the catalogue; "" for the base or a path that is no endpoint.
+ */
+void registry_scope(const struct request *req, char *out, size_t len)
+{
+	struct registry_call parsed = {0};
+	const struct registry_call *call = req->registry;
+
+	out[0] = '\0';
+	if (call == NULL) {
+		if (path_split(req->route ? req->params[0] : NULL, &parsed) < 0)
+			return;
+		call = &parsed;
+	}
+	if (call->ep == EP_CATALOG)
+		snprintf(out, len, "registry:catalog:*");
+	else if (call->ep != EP_BASE && call->name[0] && oci_repo_valid(call->name))
+		snprintf(out, len, "repository:%s:%s", call->name,
+			 method_reads(req) ? "pull" : "pull,push");
+}
+
+/* Does the registry token the request came with (if any) cover it? */
+static bool call_granted(const struct request *req, const struct registry_call *call)
+{
+	if (call->ep == EP_BASE)
+		return true;
+	if (call->ep == EP_CATALOG)
+		return registry_auth_allows(req, "registry", "catalog", "*");
+	if (method_reads(req))
+		return registry_auth_allows(req, "repository", call->name, "pull");
+	/* A client may have asked for "delete" (the distribution spec's own action). */
+	if (!strcmp(req->method, "DELETE") &&
+	    registry_auth_allows(req, "repository", call->name, "delete"))
+		return true;
+	return registry_auth_allows(req, "repository", call->name, "push");
 }
 
 /* ---- store jobs: the request waits suspended for the thread pool ---- */
 
 static void call_free(struct registry_call *call)
 {
-	if (call->result.fd >= 0)
-		close(call->result.fd);
 	free(call->session);
 	free(call);
 }
@@ -457,6 +514,10 @@ static enum MHD_Result manifest_put(struct request *req, struct registry_call *c
 		return reply_error(req, 500, "UNKNOWN", NULL, "%s", err.msg);
 	log_info("registry: %s:%s pushed (%s, %s)", call->name, call->ref, digest, info.media_type);
 	resp = empty_response();
+	/* OCI 1.1: the registry says it indexed the subject, so the client need not keep a
+	 * referrers tag itself. */
+	if (info.subject[0])
+		MHD_add_response_header(resp, "OCI-Subject", info.subject);
 	header_printf(resp, "Location", "/v2/%s/manifests/%s", call->name, digest);
 	MHD_add_response_header(resp, "Docker-Content-Digest", digest);
 	return http_reply_response(req, 201, resp);
@@ -486,6 +547,35 @@ static enum MHD_Result manifest_delete(struct request *req, struct registry_call
 	return http_reply_response(req, 202, empty_response());
 }
 
+/*
+ * GET /v2/<name>/referrers/<digest> (OCI 1.1): an image index of the manifests whose
+ * subject is digest; empty (still 200) when there are none. ?artifactType= keeps
+ * those of that type, and OCI-Filters-Applied says so.
+ */
+static enum MHD_Result referrers_get(struct request *req, struct registry_call *call)
+{
+	const char *filter = http_query(req, "artifactType");
+	struct json_object *index;
+	struct MHD_Response *resp;
+	char *text;
+
+	if (!oci_digest_valid(call->ref))
+		return reply_error(req, 400, "DIGEST_INVALID", detail_str("digest", call->ref),
+				   "a digest is sha256: and 64 lower-case hex digits");
+	index = json_object_new_object();
+	json_object_object_add(index, "schemaVersion", json_object_new_int(2));
+	json_object_object_add(index, "mediaType", json_object_new_string(OCI_MT_INDEX));
+	json_object_object_add(index, "manifests",
+			       oci_referrers_list(call->name, call->ref, filter));
+	text = xasprintf("%s\n", json_text(index));
+	json_object_put(index);
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(resp, "Content-Type", OCI_MT_INDEX);
+	if (filter)
+		MHD_add_response_header(resp, "OCI-Filters-Applied", "artifactType");
+	return http_reply_response(req, 200, resp);
+}
+
 /* ---- blobs ---- */
 
 static enum MHD_Result blob_unknown(struct request *req, struct registry_call *call)
@@ -500,39 +590,26 @@ static enum MHD_Result digest_invalid(struct request *req, const char *digest)
 			   "a digest is sha256: and 64 lower-case hex digits");
 }
 
-static enum MHD_Result blob_get_answer(struct request *req)
+static ssize_t blob_read_cb(void *cls, uint64_t pos, char *buf, size_t max)
 {
-	struct registry_call *call = req->registry;
-	struct oci_result *res = &call->result;
-	struct MHD_Response *resp;
+	ssize_t n = pread((int)(intptr_t)cls, buf, max, (off_t)pos);
 
-	if (res->status == -ENOENT)
-		return blob_unknown(req, call);
-	if (res->status < 0)
-		return reply_error(req, 500, "UNKNOWN", NULL, "%s", res->error);
-	/* libmicrohttpd owns the descriptor from here and closes it. */
-	resp = MHD_create_response_from_fd((uint64_t)res->size, res->fd);
-	res->fd = -1;
-	if (resp == NULL)
-		return reply_error(req, 500, "UNKNOWN", NULL, "cannot serve blob %s", call->ref);
-	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-	MHD_add_response_header(resp, "Docker-Content-Digest", call->ref);
-	header_printf(resp, "ETag", "\"%s\"", call->ref);
-	return http_reply_response(req, 200, resp);
+	return n > 0 ? n : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
-/* The content is hashed before a byte of it is served. */
+static void blob_close_cb(void *cls)
+{
+	close((int)(intptr_t)cls);
+}
+
+/*
+ * GET and HEAD: the blob straight from its file. On plain HTTP libmicrohttpd sends
+ * it with sendfile; under TLS it is read in large blocks into the response's buffer
+ * and encrypted from there. Blobs are hashed when they are stored and by the store's
+ * scheduled check (oci_blobs_verify_cron()), not on every read: a pull costs what
+ * sending the file costs.
+ */
 static enum MHD_Result blob_get(struct request *req, struct registry_call *call)
-{
-	if (!oci_digest_valid(call->ref))
-		return digest_invalid(req, call->ref);
-	job_wait(req, blob_get_answer);
-	oci_blob_open(call->ref, job_done_cb, call);
-	return MHD_YES;
-}
-
-/* Existence and size only: clients ask before every upload, so nothing is hashed. */
-static enum MHD_Result blob_head(struct request *req, struct registry_call *call)
 {
 	_cleanup_free_ char *path = NULL;
 	struct MHD_Response *resp;
@@ -549,10 +626,21 @@ static enum MHD_Result blob_head(struct request *req, struct registry_call *call
 		close(fd);
 		return blob_unknown(req, call);
 	}
-	/* A HEAD answer carries the length of the body it omits; MHD never reads fd. */
-	resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+	/* libmicrohttpd owns the descriptor from here and closes it; a HEAD answer
+	 * carries the length of the body it omits and never reads it. */
+	if (ctl.cfg.tls)
+		resp = MHD_create_response_from_callback((uint64_t)sb.st_size, BLOB_READ_BLOCK,
+							 blob_read_cb, (void *)(intptr_t)fd,
+							 blob_close_cb);
+	else
+		resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+	if (resp == NULL) {
+		close(fd);
+		return reply_error(req, 500, "UNKNOWN", NULL, "cannot serve blob %s", call->ref);
+	}
 	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
 	MHD_add_response_header(resp, "Docker-Content-Digest", call->ref);
+	header_printf(resp, "ETag", "\"%s\"", call->ref);
 	return http_reply_response(req, 200, resp);
 }
 
@@ -667,7 +755,7 @@ static enum MHD_Result range_error(struct request *req, struct registry_call *ca
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	resp = error_response(416, "BLOB_UPLOAD_INVALID", NULL, msg);
+	resp = error_response(req, 416, "BLOB_UPLOAD_INVALID", NULL, msg);
 	upload_headers(resp, call, size);
 	return http_reply_response(req, 416, resp);
 }
@@ -846,12 +934,17 @@ static enum MHD_Result call_begin(struct request *req)
 
 	call->req = req;
 	call->chunk = -1;
-	call->result.fd = -1;
 	call->next = calls;
 	calls = call;
 	req->registry = call;
 	if (path_parse(req, call, req->params[0]) < 0)
 		return MHD_YES;
+	if (!call_granted(req, call))
+		return reply_error(req, 401, "DENIED", NULL,
+				   "the registry token does not grant %s on %s; ask /v2/token for "
+				   "that scope",
+				   method_reads(req) ? "pull" : "push",
+				   call->ep == EP_CATALOG ? "the catalogue" : call->name);
 	if (call->ep == EP_UPLOAD_START && !strcmp(req->method, "POST"))
 		return upload_start_begin(req, call);
 	if (call->ep == EP_UPLOAD && (patch || put))
@@ -924,7 +1017,8 @@ static void call_end(struct request *req)
 	call_free(call);
 }
 
-const struct stream_ops registry_stream = {call_begin, call_data, call_end};
+const struct stream_ops registry_stream = {call_begin, call_data, call_end,
+					   registry_auth_authenticate};
 
 /* ---- dispatch ---- */
 
@@ -934,14 +1028,15 @@ static const struct {
 	const char *method;
 	enum MHD_Result (*fn)(struct request *req, struct registry_call *call);
 } handlers[] = {
-	{EP_BASE, "GET", base_get},	    {EP_BASE, "HEAD", base_get},
-	{EP_CATALOG, "GET", catalog_get},   {EP_TAGS, "GET", tags_get},
-	{EP_MANIFEST, "GET", manifest_get}, {EP_MANIFEST, "HEAD", manifest_get},
-	{EP_MANIFEST, "PUT", manifest_put}, {EP_MANIFEST, "DELETE", manifest_delete},
-	{EP_BLOB, "GET", blob_get},	    {EP_BLOB, "HEAD", blob_head},
-	{EP_BLOB, "DELETE", blob_delete},   {EP_UPLOAD_START, "POST", upload_start},
-	{EP_UPLOAD, "GET", upload_status},  {EP_UPLOAD, "PATCH", upload_patch},
-	{EP_UPLOAD, "PUT", upload_finish},  {EP_UPLOAD, "DELETE", upload_cancel},
+	{EP_BASE, "GET", base_get},	      {EP_BASE, "HEAD", base_get},
+	{EP_CATALOG, "GET", catalog_get},     {EP_TAGS, "GET", tags_get},
+	{EP_MANIFEST, "GET", manifest_get},   {EP_MANIFEST, "HEAD", manifest_get},
+	{EP_MANIFEST, "PUT", manifest_put},   {EP_MANIFEST, "DELETE", manifest_delete},
+	{EP_BLOB, "GET", blob_get},	      {EP_BLOB, "HEAD", blob_get},
+	{EP_BLOB, "DELETE", blob_delete},     {EP_UPLOAD_START, "POST", upload_start},
+	{EP_UPLOAD, "GET", upload_status},    {EP_UPLOAD, "PATCH", upload_patch},
+	{EP_UPLOAD, "PUT", upload_finish},    {EP_UPLOAD, "DELETE", upload_cancel},
+	{EP_REFERRERS, "GET", referrers_get},
 };
 
 /* The handler of every /v2/ route row: the body (if any) is in. */
@@ -964,7 +1059,7 @@ enum MHD_Result registry_serve(struct request *req)
 	}
 	snprintf(msg, sizeof(msg), "method %s is not allowed on %s; use %s", req->method, req->url,
 		 allow);
-	resp = error_response(405, "UNSUPPORTED", NULL, msg);
+	resp = error_response(req, 405, "UNSUPPORTED", NULL, msg);
 	MHD_add_response_header(resp, "Allow", allow);
 	return http_reply_response(req, 405, resp);
 }

@@ -72,11 +72,11 @@ int tokens_bootstrap(const char *state_dir, struct kerr *err)
 #define USED_AT_RESOLUTION_MS 60000
 
 /*
- * Check an Authorization header value. Returns the token's role and fills *out, or
- * ROLE_NONE for a missing, malformed, unknown or expired token with *why saying
- * which (static text, valid until the next call).
+ * Check an API token (the secret itself). Returns its role and fills *out, or
+ * ROLE_NONE for a malformed, unknown or expired token with *why saying which (static
+ * text, valid until the next call). Records the use (used_at, at most once a minute).
  */
-enum role tokens_check(const char *authorization, struct token_auth *out, const char **why)
+enum role tokens_check_secret(const char *token, struct token_auth *out, const char **why)
 {
 	static char expired[96];
 	char digest[TOKEN_DIGEST_LEN + 1];
@@ -85,16 +85,10 @@ enum role tokens_check(const char *authorization, struct token_auth *out, const 
 	sqlite3_stmt *st;
 
 	memset(out, 0, sizeof(*out));
-	*why = "a bearer token is required (Authorization: Bearer <token>)";
-	if (authorization == NULL)
-		return ROLE_NONE;
 	*why = "the bearer token is not valid";
-	if (strncmp(authorization, "Bearer ", 7) != 0)
+	if (!token_well_formed(token))
 		return ROLE_NONE;
-	authorization += 7;
-	if (!token_well_formed(authorization))
-		return ROLE_NONE;
-	token_digest(authorization, digest);
+	token_digest(token, digest);
 	st = db_prepare(ctl.db,
 			"SELECT id, role, name, coalesce(expires_at, 0), "
 			"coalesce(used_at, 0) FROM tokens WHERE digest = ? AND kind = 'api'");
@@ -133,6 +127,46 @@ enum role tokens_check(const char *authorization, struct token_auth *out, const 
 				  (long long)out->id, sqlite3_errmsg(ctl.db));
 		sqlite3_finalize(st);
 	}
+	return role;
+}
+
+/*
+ * Check an Authorization header value ("Bearer <token>"): tokens_check_secret(), with
+ * *why also saying when the header is missing or not a bearer.
+ */
+enum role tokens_check(const char *authorization, struct token_auth *out, const char **why)
+{
+	memset(out, 0, sizeof(*out));
+	*why = "a bearer token is required (Authorization: Bearer <token>)";
+	if (authorization == NULL)
+		return ROLE_NONE;
+	*why = "the bearer token is not valid";
+	if (strncmp(authorization, "Bearer ", 7) != 0)
+		return ROLE_NONE;
+	return tokens_check_secret(authorization + 7, out, why);
+}
+
+/*
+ * The role of the API token with id token_id, or ROLE_NONE once it was deleted or
+ * expired: what a registry token issued for it may still do. name (if not NULL) gets
+ * the token's name, for the audit log.
+ */
+enum role tokens_role_of(int64_t token_id, char *name, size_t len)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT role, name FROM tokens WHERE id = ? AND "
+					      "kind = 'api' AND (expires_at IS NULL OR "
+					      "expires_at > ?)");
+	enum role role = ROLE_NONE;
+
+	sqlite3_bind_int64(st, 1, token_id);
+	sqlite3_bind_int64(st, 2, now_ms());
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		if (role_parse((const char *)sqlite3_column_text(st, 0), &role) < 0)
+			role = ROLE_NONE;
+		if (name)
+			snprintf(name, len, "%s", (const char *)sqlite3_column_text(st, 1));
+	}
+	sqlite3_finalize(st);
 	return role;
 }
 

@@ -31,7 +31,8 @@ libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-
 # Debian's dynamic busybox, which is not listed; the Debian kernel, cpio, extlinux, an
 # MBR, e2fsprogs and fdisk), skopeo to push them; prometheus for promtool, which checks
 # the controller's /metrics (its server is not started here); clang and its libFuzzer
-# runtime for tests/fuzz/run.
+# runtime for tests/fuzz/run; podman and buildah: the registry test logs in, pushes and
+# pulls with the clients users have, beside skopeo.
 TEST="
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
@@ -39,6 +40,7 @@ busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk
 skopeo
 prometheus
 clang libclang-rt-14-dev
+podman buildah
 "
 
 PKGS=""

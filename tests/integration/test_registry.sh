@@ -35,11 +35,12 @@ reg GET /v2/
 expect_status 200 "GET /v2/ with a token"
 reg GET /v2/ -
 expect_status 401 "GET /v2/ without a token"
-hdr WWW-Authenticate | grep -q '^Bearer realm="kumo"' || fail "401 without WWW-Authenticate: Bearer realm=\"kumo\": $HEADERS"
+[ "$(hdr WWW-Authenticate)" = "Bearer realm=\"https://$REGISTRY/v2/token\",service=\"kumo\"" ] ||
+	fail "401 without the challenge Bearer realm=\"https://$REGISTRY/v2/token\",service=\"kumo\": $HEADERS"
 [ "$(reg_code)" = UNAUTHORIZED ] || fail "401 body is not a registry error UNAUTHORIZED"
 reg GET /v2/ "kumo_not-a-real-token"
 expect_status 401 "GET /v2/ with a bad token"
-pass "/v2/ answers 200 with a token, 401 (Bearer realm, UNAUTHORIZED) without or with a bad one"
+pass "/v2/ answers 200 with a token, 401 (UNAUTHORIZED, a challenge naming /v2/token) without or with a bad one"
 
 # ---- push with skopeo ----------------------------------------------------------------
 oci_build

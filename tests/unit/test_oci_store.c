@@ -1,7 +1,8 @@
 /*
  * test_oci_store.c - the OCI store's pure parts (controllerd/oci_store.c): name,
  * tag and digest rules, REPO:TAG splitting, manifest checks against the blobs that
- * are stored, and manifests read back only when they hash to their digest.
+ * are stored (and the OCI 1.1 subject they may name), manifests read back only when
+ * they hash to their digest, and a store nobody else can read.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include <unistd.h>
 
 #include "controllerd.h"
 #include "util.h"
@@ -178,6 +182,104 @@ static void test_manifest_check(void **state)
 	free(m);
 }
 
+/* OCI 1.1: a subject is a descriptor like any other, and need not be stored. */
+static void test_manifest_subject(void **state)
+{
+	char config[OCI_DIGEST_LEN + 1], missing[OCI_DIGEST_LEN + 1];
+	struct oci_manifest_info info;
+	struct kerr err = {0};
+	char *m;
+
+	put("{}", config);
+	oci_digest_of("the subject", 11, missing);
+	m = xasprintf("{\"schemaVersion\":2,\"mediaType\":\"" OCI_MT_MANIFEST "\","
+		      "\"artifactType\":\"application/vnd.example.sig\","
+		      "\"config\":{\"mediaType\":\"application/vnd.oci.empty.v1+json\","
+		      "\"digest\":\"%s\",\"size\":2},\"layers\":[],"
+		      "\"subject\":{\"mediaType\":\"" OCI_MT_MANIFEST "\",\"digest\":\"%s\","
+		      "\"size\":500}}",
+		      config, missing);
+	assert_int_equal(oci_manifest_check(m, strlen(m), OCI_MT_MANIFEST, &info, &err), 0);
+	assert_string_equal(info.subject, missing);
+	free(m);
+
+	/* Without one, none. */
+	m = xasprintf("{\"schemaVersion\":2,\"config\":{\"mediaType\":\"a/b\",\"digest\":"
+		      "\"%s\",\"size\":2},\"layers\":[]}",
+		      config);
+	assert_int_equal(oci_manifest_check(m, strlen(m), NULL, &info, &err), 0);
+	assert_string_equal(info.subject, "");
+	free(m);
+
+	/* A malformed subject or artifactType is refused, naming it. */
+	m = xasprintf("{\"schemaVersion\":2,\"config\":{\"mediaType\":\"a/b\",\"digest\":"
+		      "\"%s\",\"size\":2},\"layers\":[],\"subject\":{\"digest\":\"sha256:1\"}}",
+		      config);
+	assert_int_equal(oci_manifest_check(m, strlen(m), NULL, &info, &err), -EINVAL);
+	assert_string_equal(err.field, "subject");
+	free(m);
+	m = xasprintf("{\"schemaVersion\":2,\"artifactType\":7,\"config\":{\"mediaType\":"
+		      "\"a/b\",\"digest\":\"%s\",\"size\":2},\"layers\":[]}",
+		      config);
+	assert_int_equal(oci_manifest_check(m, strlen(m), NULL, &info, &err), -EINVAL);
+	assert_string_equal(err.field, "artifactType");
+	free(m);
+}
+
+/* Blobs are 0600 in 0700 directories, even in a store made earlier with 0755 ones. */
+static void test_store_modes(void **state)
+{
+	const char *dirs[] = {"oci", "oci/blobs", "oci/blobs/sha256", "oci/uploads"};
+	char d[OCI_DIGEST_LEN + 1];
+	struct kerr err = {0};
+	struct stat sb;
+	char *path;
+
+	path = xasprintf("%s/oci/blobs/sha256", pool);
+	assert_int_equal(mkdir_p(path, 0755), 0);
+	free(path);
+	assert_int_equal(oci_store_init(&err), 0);
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		path = xasprintf("%s/%s", pool, dirs[i]);
+		assert_int_equal(stat(path, &sb), 0);
+		assert_int_equal(sb.st_mode & 0777, 0700);
+		free(path);
+	}
+	put("a secret layer", d);
+	path = oci_blob_path(d);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	free(path);
+}
+
+/* The scheduled check moves a blob that changed on disk out of the store, and only
+ * that one: each call checks the next blob by name, off the loop. */
+static void test_blobs_verify(void **state)
+{
+	char sound[OCI_DIGEST_LEN + 1], bad[OCI_DIGEST_LEN + 1];
+	char *path, *aside;
+	FILE *f;
+
+	ctl.loop = uv_default_loop();
+	put("sound content", sound);
+	put("content that will rot", bad);
+	path = oci_blob_path(bad);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("rotten", f);
+	fclose(f);
+	for (int i = 0; i < 2; i++) {
+		oci_blobs_verify_cron();
+		uv_run(ctl.loop, UV_RUN_DEFAULT);
+	}
+	assert_true(oci_blob_stat(sound, NULL));
+	assert_false(oci_blob_stat(bad, NULL));
+	aside = xasprintf("%s/oci/uploads/corrupt-%s", pool, bad + 7);
+	assert_int_equal(access(aside, F_OK), 0);
+	free(aside);
+	free(path);
+}
+
 static void test_manifest_load_verifies(void **state)
 {
 	char d[OCI_DIGEST_LEN + 1], missing[OCI_DIGEST_LEN + 1];
@@ -217,6 +319,9 @@ int main(void)
 		cmocka_unit_test(test_tag_valid),
 		cmocka_unit_test(test_name_split),
 		cmocka_unit_test_setup_teardown(test_manifest_check, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_manifest_subject, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_modes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_blobs_verify, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest_load_verifies, setup, teardown),
 	};
 
