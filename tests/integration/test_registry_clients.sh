@@ -61,7 +61,7 @@ jwt_access() {
 # How many registry tokens the controller has issued so far (its metrics).
 tokens_issued() {
 	local m
-	m=$(curl -sS --cacert "$KUMO_CACERT" "$KUMO_URL/metrics")
+	m=$(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" "$KUMO_URL/metrics")
 	awk '/route="\/v2\/token",code="200"/ { n = $NF } END { print n + 0 }' <<<"$m"
 }
 
