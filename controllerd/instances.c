@@ -83,7 +83,7 @@ static void view_build(struct sched_view *v)
 			json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
 	}
 	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
-				"group_concat(anti_affinity, char(10)) FROM instances "
+				"group_concat(anti_affinity, char(10)), count(*) FROM instances "
 				"WHERE host_id IS NOT NULL GROUP BY host_id");
 	v->groups = xcalloc(n ? n : 1, sizeof(char *));
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -98,6 +98,7 @@ static void view_build(struct sched_view *v)
 				continue;
 			s->vcpus_used = sqlite3_column_int(st, 1);
 			s->memory_used_mb = sqlite3_column_int64(st, 2);
+			s->instances = sqlite3_column_int(st, 4);
 			if (g) {
 				const char **arr;
 				char *p;
@@ -444,8 +445,8 @@ static void snapshot_row(const char *instance, const char *snap, const char *sta
 
 /*
  * An instance operation finished on its host (or was refused: h NULL). Applies the
- * outcome to the instance, then finishes the operation with the agent's result and
- * the placement that put the instance where it is.
+ * outcome to the instance, then finishes the operation with the agent's result (and,
+ * for a create, the placement that put the instance where it is).
  */
 int instances_op_done(struct host *h, struct json_object *op, const char *status,
 		      struct json_object *result, const char *error)
@@ -509,16 +510,19 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		if (snap && !strcmp(action, "snapshot-delete") && ok)
 			snapshot_row(iname, snap, NULL);
 	}
-	st = db_prepare(ctl.db, "SELECT placement FROM instances WHERE name = ?");
-	sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		struct json_object *p =
-			json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	/* Only a create placed the instance: other results carry their own data only. */
+	if (!strcmp(action, "create")) {
+		st = db_prepare(ctl.db, "SELECT placement FROM instances WHERE name = ?");
+		sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			struct json_object *p =
+				json_tokener_parse((const char *)sqlite3_column_text(st, 0));
 
-		if (p)
-			json_object_object_add(final, "placement", p);
+			if (p)
+				json_object_object_add(final, "placement", p);
+		}
+		sqlite3_finalize(st);
 	}
-	sqlite3_finalize(st);
 	if (args)
 		json_object_object_add(final, "args", json_object_get(args));
 	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed", final,
