@@ -27,7 +27,8 @@ static void usage(void)
 
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
- * host liveness, overdue agent commands, event-stream keepalives, fact snapshots.
+ * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
+ * operations whose network wait is over.
  * Every minute: pruning old events. Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
@@ -41,6 +42,7 @@ static void cron_cb(uv_timer_t *t)
 		agentlink_cron();
 		api_events_cron();
 		hosts_persist(false);
+		instances_net_waits_check();
 	}
 	if (ticks % (60000 / CRON_MS) == 0)
 		events_prune();
@@ -168,6 +170,7 @@ int main(int argc, char **argv)
 	uv_close((uv_handle_t *)&ctl.sigterm, NULL);
 	uv_close((uv_handle_t *)&ctl.sigint, NULL);
 	uv_run(ctl.loop, UV_RUN_DEFAULT);
+	instances_net_waits_free();
 	netsync_free();
 	hosts_free();
 	metrics_free();
