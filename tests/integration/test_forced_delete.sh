@@ -1,7 +1,8 @@
 #!/bin/bash
 # Drift between the controller and its hosts, settled:
 #  - a container created on one host answers a ping from another host right after its
-#    create operation succeeded (the operation waits for the network on both);
+#    create operation succeeded (the operation waits for the network on both), even when
+#    a peer host was slow to apply it;
 #  - a container force-deleted while its host's agent is dead becomes a tombstone (state
 #    deleting, name and fixed address kept, the delete operation pending); when the agent
 #    comes back it removes the container (no process, no files) and only then are the
@@ -20,15 +21,23 @@ B=fd-b # h3 .11, pinged from A right after its create
 C=fd-c # h2 .20, force-deleted while h2 is offline
 D=fd-d # h1, wants .20 (or .30)
 U=fd-u # h3 .30, lost and found
-INSTANCES="$A $B $C $D $U"
+E=fd-e # h2 .12, created while h1's agent is stopped
+INSTANCES="$A $B $C $D $U $E"
 DB="$KUMO_LAB_DIR/controller/kumo.db"
 
 remove_all() {
 	for n in $INSTANCES; do ct_delete "$n"; done
 	net_delete $NET
 }
+SLOW=0 # 1 while the controller runs with offline_after=60
 cleanup() {
 	set +e
+	kill -CONT "$(agent_pid h1)" 2>/dev/null
+	if [ "$SLOW" = 1 ]; then
+		pid=$(controller_pid)
+		kill -TERM "$pid" 2>/dev/null
+		wait_until 30 "the controller stopped" bash -c "! kill -0 $pid 2>/dev/null"
+	fi
 	lab up --hosts 3 >/dev/null 2>&1 # agents or controller left stopped by a failure
 	wait_until 60 "3 hosts online" all_online 3
 	remove_all
@@ -66,6 +75,39 @@ ct_create "$(ct_json $B h3 10.71.0.11)"
 # One ping, no retry: the create's success says the network is in place on h1 and h3.
 ct_ping $A 10.71.0.11 || fail "$B (h3) does not answer $A (h1) right after its create succeeded: $(jqb .output)"
 pass "a container on h3 answers a ping from h1 right after its create operation succeeded"
+
+# A peer that cannot apply the network yet holds the create: h1's agent is stopped (the
+# controller restarted to wait 60 s before calling a silent host offline, so h1 stays an
+# online peer meanwhile); the create of a container on h2 waits for h1, and succeeds once
+# h1 has applied the state naming h2 - then one ping goes through at once.
+controller_restart() { # [CONFIG]: a graceful restart, with extra controller config
+	local pid
+	pid=$(controller_pid)
+	kill -TERM "$pid"
+	wait_until 30 "the controller stopped" bash -c "! kill -0 $pid 2>/dev/null"
+	KUMO_LAB_CONTROLLER_SET="${1:-}" lab up --hosts 3 >/dev/null
+	wait_until 60 "3 hosts online after the restart" all_online 3
+}
+op_phase_is() {
+	api GET "/api/v1/operations/$1"
+	[ "$(jqb .phase)" = "$2" ]
+}
+controller_restart offline_after=60
+SLOW=1
+kill -STOP "$(agent_pid h1)"
+api POST /api/v1/instances "$(ct_json $E h2 10.71.0.12)"
+expect_status 202 "create $E"
+e_op=$(jqb .id)
+wait_until 60 "$E's create waiting for the network" op_phase_is "$e_op" "waiting for the network"
+[ "$(jqb .status)" = running ] || fail "$E's create is $(jqb .status) while h1 cannot apply the network"
+host_is h1 online || fail "h1 went offline: the controller's offline_after did not apply"
+kill -CONT "$(agent_pid h1)"
+wait_op "$e_op" 120
+op_ok
+ct_ping $A 10.71.0.12 || fail "$E (h2) does not answer $A (h1) right after its create succeeded: $(jqb .output)"
+controller_restart
+SLOW=0
+pass "a create waits (running, 'waiting for the network') while a peer host has not applied the network, then $E answers at once"
 
 # ---- forced delete while the host is offline: a tombstone ----------------------------------
 ct_create "$(ct_json $C h2 10.71.0.20)"
@@ -111,8 +153,9 @@ pass "h2 back: its agent removed $C (no process, no files), then the record and 
 # ---- unmanaged: lost, shown, adopted ------------------------------------------------------
 ct_create "$(ct_json $U h3 10.71.0.30)"
 upid=$(runc_pid h3 $U)
-kill -9 "$(controller_pid)"
-sleep 0.5
+cpid=$(controller_pid)
+kill -9 "$cpid"
+wait_until 30 "the controller gone" bash -c "! kill -0 $cpid 2>/dev/null"
 sql "PRAGMA foreign_keys = ON; DELETE FROM instances WHERE name = '$U'"
 lab up --hosts 3 >/dev/null
 wait_until 60 "3 hosts online after restart" all_online 3
