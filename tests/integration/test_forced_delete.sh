@@ -22,7 +22,8 @@ C=fd-c # h2 .20, force-deleted while h2 is offline
 D=fd-d # h1, wants .20 (or .30)
 U=fd-u # h3 .30, lost and found
 E=fd-e # h2 .12, created while h1's agent is stopped
-INSTANCES="$A $B $C $D $U $E"
+V=fd-vm # h2 .25, a VM force-deleted while h2 is offline
+INSTANCES="$A $B $C $D $U $E $V"
 DB="$KUMO_LAB_DIR/controller/kumo.db"
 
 remove_all() {
@@ -113,8 +114,18 @@ pass "a create waits (running, 'waiting for the network') while a peer host has 
 ct_create "$(ct_json $C h2 10.71.0.20)"
 cpid=$(runc_pid h2 $C)
 [ -n "$cpid" ] && [ -e "/proc/$cpid" ] || fail "no process for $C on h2"
+vm_create '{"name":"'$V'","type":"vm","host":"h2","vcpus":1,"memory":{"mb":128},
+	"disks":[{"name":"root","image":"'$TEST_IMAGE'"}],
+	"nics":[{"network":"'$NET'","address":"10.71.0.25"}]}'
+api GET "/api/v1/instances/$V"
+vpid=$(jqb .pid)
+[ -n "$vpid" ] && [ "$vpid" != null ] && [ -e "/proc/$vpid" ] || fail "no QEMU process for $V on h2"
+ls "$KUMO_LAB_DIR/shared/disks/$V" 2>/dev/null | grep -q . || fail "$V has no disk on the shared pool"
 kill -9 "$(agent_pid h2)"
 wait_until 60 "h2 offline" host_is h2 offline
+api DELETE "/api/v1/instances/$V?force=1"
+expect_status 202 "forced delete of $V while h2 is offline"
+vm_op=$(jqb .id)
 api DELETE "/api/v1/instances/$C?force=1"
 expect_status 202 "forced delete of $C while h2 is offline"
 del_op=$(jqb .id)
@@ -135,20 +146,32 @@ expect_status 409 "the tombstone's name must stay taken"
 api POST "/api/v1/instances/$C/actions/start"
 expect_status 409 "a tombstone takes no action"
 [ -e "/proc/$cpid" ] || fail "$C's process went while its host's agent was dead"
-pass "forced delete on offline h2: 202, a tombstone (deleting), its name and address kept"
+api GET "/api/v1/instances/$V"
+[ "$(jqb .state)" = deleting ] && [ "$(jqb .tombstone)" = true ] || fail "$V is not a deleting tombstone"
+[ "$(address_owner 10.71.0.25)" = $V ] || fail "10.71.0.25 is not held by the tombstone $V"
+api POST /api/v1/instances "$(ct_json $D h1 10.71.0.25)"
+expect_status 409 "a new container must not get the VM tombstone's address"
+pass "forced delete on offline h2 (a container and a VM): 202, tombstones (deleting), names and addresses kept"
 
 lab up --hosts 3 >/dev/null
 wait_until 60 "h2 online" host_is h2 online
 wait_op "$del_op" 120
 op_ok
 wait_until 30 "$C gone from h2" gone_from_host h2 $C "$cpid"
+wait_op "$vm_op" 120
+op_ok
+vm_gone() { [ ! -e "/proc/$vpid" ] && ! ls "$KUMO_LAB_DIR/shared/disks/$V" 2>/dev/null | grep -q .; }
+wait_until 30 "$V's QEMU and disks gone" vm_gone
+api GET "/api/v1/instances/$V"
+expect_status 404 "the VM's record goes once the host removed it"
+[ -z "$(address_owner 10.71.0.25)" ] || fail "10.71.0.25 is still held after the VM's delete"
 api GET "/api/v1/instances/$C"
 expect_status 404 "the record goes once the host removed it"
 [ -z "$(address_owner 10.71.0.20)" ] || fail "10.71.0.20 is still held after the delete"
 unmanaged_lacks h2 $C || fail "h2 shows $C as unmanaged"
 ct_create "$(ct_json $D h1 10.71.0.20)"
 ct_delete $D
-pass "h2 back: its agent removed $C (no process, no files), then the record and address went"
+pass "h2 back: its agent removed $C and $V (no process, no files or disks), then the records and addresses went"
 
 # ---- unmanaged: lost, shown, adopted ------------------------------------------------------
 ct_create "$(ct_json $U h3 10.71.0.30)"
