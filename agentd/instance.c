@@ -23,7 +23,8 @@
  * their actions live in ociaction.c and work on a struct ctr (oci.c) instead of a vm.
  *
  * LINK_CMD_QUERY is answered in the ack itself: {what: "console", name, bytes} for a
- * VM's serial console, {what: "logs", ...} for a container's output, and
+ * VM's serial console, {what: "logs", ...} for a container's output, {what: "spec",
+ * name} for an instance's spec (the controller adopting it), and
  * {what: "exec", ...}, which runs a command in a container and answers when it ends.
  */
 #include "agentd.h"
@@ -1142,7 +1143,7 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs", "exec", "net", NULL};
+static const char *const query_whats[] = {"console", "logs", "exec", "net", "spec", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -1228,6 +1229,40 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 	return 0;
 }
 
+static const struct json_field spec_query_fields[] = {
+	{"what", JK_STRING, true, what_check},
+	{"name", JK_STRING, true, name_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * {"what": "spec", "name": N} -> {"spec": the instance's normalised SPEC as in its
+ * spec.json}: what the controller records when it adopts an instance it did not
+ * place here (a VM or a container).
+ */
+static int spec_query(struct agent *a, struct json_object *body, struct json_object **answer,
+		      struct kerr *err)
+{
+	const char *name = json_get_str(body, "name", "");
+	struct json_object *spec = NULL;
+	struct ctr *ctr;
+	struct vm *vm;
+
+	if (json_fields_check(body, spec_query_fields, err) < 0)
+		return -1;
+	vm = vm_find(a, name);
+	ctr = oci_find(a, name);
+	if (vm && vm->created)
+		spec = vm->spec;
+	else if (ctr && ctr->created)
+		spec = ctr->spec;
+	else
+		return err_set(err, 0, "there is no instance %s on this host", name);
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "spec", json_object_get(spec));
+	return 0;
+}
+
 /*
  * {"what": "logs", "name": N, "tail": lines|null, "offset": bytes|null, "max": bytes}
  * -> {"data": base64, "offset": where to go on, "size": the log's size}: a
@@ -1284,6 +1319,8 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 	what = json_get_str(norm, "what", "");
 	if (strcmp(what, "logs") == 0)
 		ret = logs_query(a, norm, answer, err);
+	else if (strcmp(what, "spec") == 0)
+		ret = spec_query(a, norm, answer, err);
 	else if (strcmp(what, "exec") == 0)
 		ret = json_fields_check(norm, exec_fields, err) < 0
 			      ? -1

@@ -639,6 +639,36 @@ void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
 }
 
 /*
+ * The same, but ahead of every command still queued for h (one in flight goes on):
+ * what must happen before anything else, like removing an instance deleted while
+ * the host was away.
+ */
+void agentlink_cmd_send_first(struct host *h, enum link_type type, const char *op,
+			      struct json_object *body)
+{
+	struct cmd *c = xcalloc(1, sizeof(*c));
+
+	c->type = type;
+	snprintf(c->op, sizeof(c->op), "%s", op);
+	c->body = body ? body : json_object_new_object();
+	c->next = h->queue;
+	h->queue = c;
+	agentlink_host_connect(h);
+	cmd_next(h);
+}
+
+/* Is a command for operation op queued or in flight to h? */
+bool agentlink_cmd_pending(struct host *h, const char *op)
+{
+	if (h->inflight && !strcmp(h->inflight->op, op))
+		return true;
+	for (struct cmd *c = h->queue; c; c = c->next)
+		if (!strcmp(c->op, op))
+			return true;
+	return false;
+}
+
+/*
  * Ask h something that needs an answer now (a query): cb gets the ack body, or NULL
  * and a reason. body (a reference is consumed) is sent as LINK_CMD_QUERY. A query
  * not answered within CMD_TIMEOUT_MS fails; it is never resent.

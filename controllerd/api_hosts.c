@@ -1,5 +1,6 @@
 /*
- * api_hosts.c - /api/v1/hosts: list, show, label and maintenance, delete, probe.
+ * api_hosts.c - /api/v1/hosts: list, show, label and maintenance, delete, probe, and
+ * adopting or destroying the instances a host runs that the controller does not place.
  */
 #include <string.h>
 
@@ -204,5 +205,174 @@ enum MHD_Result api_host_probe(struct request *req)
 		return http_reply_kerr(req, &err);
 	agentlink_cmd_send(h, LINK_CMD_PROBE,
 			   json_object_get_string(json_object_object_get(op, "id")), NULL);
+	return http_reply_json(req, 202, op);
+}
+
+/* ---- unmanaged instances (drift.c) ---- */
+
+/*
+ * The host and unmanaged instance the path names, for an action that needs the host
+ * online. NULL after answering 400, 404 or 503.
+ */
+static struct host *path_unmanaged(struct request *req, struct json_object **u,
+				   enum MHD_Result *ret)
+{
+	struct host *h = path_host(req, ret);
+
+	if (h == NULL)
+		return NULL;
+	if (req->body_len > 0) {
+		static const struct json_field none[] = {{NULL, 0, false, NULL}};
+		struct json_object *body;
+		struct kerr err;
+
+		if (http_body_json(req, none, &body, &err) < 0) {
+			*ret = http_reply_kerr(req, &err);
+			return NULL;
+		}
+		json_object_put(body);
+	}
+	if (!name_valid(req->params[1])) {
+		*ret = http_reply_error(
+			req, 400, "instance",
+			"instance name must be 1-63 characters of a-z, 0-9 and '-'");
+		return NULL;
+	}
+	*u = drift_unmanaged_get(h, req->params[1]);
+	if (*u == NULL) {
+		*ret = http_reply_error(req, 404, NULL, "host %s runs no unmanaged instance %s",
+					h->name, req->params[1]);
+		return NULL;
+	}
+	if (h->state != HOST_ONLINE) {
+		*ret = http_reply_error(req, 503, NULL, "host %s is offline", h->name);
+		return NULL;
+	}
+	return h;
+}
+
+/* The host of the instance the controller knows by name, or "" when it knows none. */
+static bool instance_known(const char *name, char *host, size_t len)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT coalesce(h.name, '') FROM instances i "
+				   "LEFT JOIN hosts h ON h.id = i.host_id WHERE i.name = ?");
+	bool found;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	found = sqlite3_step(st) == SQLITE_ROW;
+	if (found)
+		snprintf(host, len, "%s", sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return found;
+}
+
+/* The agent's spec of the instance came (or why not): record it. */
+static enum MHD_Result adopt_answer(struct request *req)
+{
+	struct json_object *spec, *u, *ev, *copy;
+	struct host *h = host_find(req->params[0]);
+	char other[SEAL_HOST_MAX + 1];
+	struct kerr err;
+
+	if (req->answer == NULL)
+		return http_reply_error(req, 502, NULL, "adopt: %s", req->answer_error);
+	u = h ? drift_unmanaged_get(h, req->params[1]) : NULL;
+	if (u == NULL)
+		return http_reply_error(req, 409, NULL,
+					"instance %s is no longer unmanaged on host %s",
+					req->params[1], req->params[0]);
+	if (instance_known(req->params[1], other, sizeof(other)))
+		return http_reply_error(req, 409, "name", "an instance named %s exists already",
+					req->params[1]);
+	spec = json_object_object_get(req->answer, "spec");
+	if (!json_object_is_type(spec, json_type_object) ||
+	    strcmp(json_get_str(spec, "name", ""), req->params[1]))
+		return http_reply_error(req, 502, NULL, "adopt: the agent sent no spec of %s",
+					req->params[1]);
+	copy = json_tokener_parse(json_text(spec));
+	if (drift_adopt(h, copy, u, &err) < 0) {
+		json_object_put(copy);
+		return http_reply_kerr(req, &err);
+	}
+	json_object_put(copy);
+	ev = json_object_new_object();
+	json_object_object_add(ev, "name", json_object_new_string(req->params[1]));
+	json_object_object_add(ev, "host", json_object_new_string(h->name));
+	json_object_object_add(ev, "adopted", json_object_new_boolean(1));
+	event_emit("instance-created", ev);
+	return http_reply_json(req, 201, instance_get_json(req->params[1], false));
+}
+
+/*
+ * POST /hosts/{name}/unmanaged/{instance}/actions/adopt: ask the agent for the
+ * instance's spec, then record it as placed there (201 with the instance). 409 when
+ * the name is taken or its addresses clash.
+ */
+enum MHD_Result api_host_unmanaged_adopt(struct request *req)
+{
+	char other[SEAL_HOST_MAX + 1];
+	struct json_object *u, *q;
+	enum MHD_Result ret;
+	struct host *h = path_unmanaged(req, &u, &ret);
+
+	if (h == NULL)
+		return ret;
+	if (instance_known(req->params[1], other, sizeof(other)))
+		return http_reply_error(req, 409, "name",
+					"an instance named %s exists already (on host %s); destroy "
+					"this copy instead",
+					req->params[1], other[0] ? other : "(none)");
+	q = json_object_new_object();
+	json_object_object_add(q, "what", json_object_new_string("spec"));
+	json_object_object_add(q, "name", json_object_new_string(req->params[1]));
+	agentlink_query(h, q, api_query_answer_cb, req);
+	http_suspend(req, adopt_answer);
+	return MHD_YES;
+}
+
+/*
+ * POST /hosts/{name}/unmanaged/{instance}/actions/destroy: the agent stops the
+ * instance and removes it with its files; an "unmanaged-destroy" operation (202).
+ * When the controller manages an instance of that name elsewhere, disks are kept:
+ * disk paths derive from the name, and the shared pool is shared.
+ */
+enum MHD_Result api_host_unmanaged_destroy(struct request *req)
+{
+	struct json_object *u, *op, *args, *res, *body, *spec;
+	char busy[LINK_OP_ID_MAX + 1], other[SEAL_HOST_MAX + 1];
+	_cleanup_free_ char *target = NULL;
+	enum MHD_Result ret;
+	struct kerr err;
+	struct host *h = path_unmanaged(req, &u, &ret);
+	bool keep;
+
+	if (h == NULL)
+		return ret;
+	target = xasprintf("hosts/%s/unmanaged/%s", h->name, req->params[1]);
+	if (op_busy(target, busy, sizeof(busy)))
+		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
+					req->params[1], busy);
+	keep = instance_known(req->params[1], other, sizeof(other));
+	args = json_object_new_object();
+	json_object_object_add(args, "force", json_object_new_boolean(1));
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(keep));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", json_object_get(args));
+	op = op_create("unmanaged-destroy", target, h, res, &err);
+	if (op == NULL) {
+		json_object_put(args);
+		return http_reply_kerr(req, &err);
+	}
+	spec = json_object_new_object();
+	json_object_object_add(spec, "name", json_object_new_string(req->params[1]));
+	json_object_object_add(spec, "type", json_object_new_string(json_get_str(u, "type", "vm")));
+	body = json_object_new_object();
+	json_object_object_add(body, "action", json_object_new_string("delete"));
+	json_object_object_add(body, "instance", spec);
+	json_object_object_add(body, "args", args);
+	log_info("host %s: destroying unmanaged instance %s", h->name, req->params[1]);
+	agentlink_cmd_send(h, LINK_CMD_INSTANCE,
+			   json_object_get_string(json_object_object_get(op, "id")), body);
 	return http_reply_json(req, 202, op);
 }

@@ -1148,10 +1148,85 @@ static bool flag_query(struct request *req, const char *key, bool *out, enum MHD
 	return false;
 }
 
+/* Cancel the operations still pending or running on target (caller's transaction). */
+static void ops_cancel(const char *target, const char *why)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? AND "
+					      "status IN ('pending', 'running')");
+
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		_cleanup_free_ char *id = xstrdup((const char *)sqlite3_column_text(st, 0));
+
+		op_update(id, "cancelled", -1, "cancelled", NULL, why);
+	}
+	sqlite3_finalize(st);
+}
+
 /*
- * ?force=1 on an instance whose host is offline or gone: the controller forgets it
- * (its operations are cancelled), so a dead host cannot pin it forever. What the host
- * still holds shows up as drift if the host comes back.
+ * ?force=1 on an instance whose host is offline: it becomes a tombstone (drift.c). Its
+ * other operations are cancelled; an instance-delete operation waits, pending, for
+ * the host to return, and is the first command its agent gets then. Meanwhile the
+ * instance shows state "deleting" and "tombstone": true, its name and addresses stay
+ * taken. Answers 202 with that operation, as any delete.
+ */
+static enum MHD_Result tombstone_instance(struct request *req, struct inst *i, bool keep)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
+	_cleanup_free_ char *phase = xasprintf("waiting for host %s to return", i->host->name);
+	struct json_object *args, *res, *op, *ev;
+	const char *id;
+	struct kerr err;
+	sqlite3_stmt *st;
+	int rc;
+
+	if (db_begin(ctl.db) < 0)
+		return http_reply_error(req, 503, NULL, "the database is busy; try again");
+	ops_cancel(target, "the instance was deleted while its host was offline");
+	args = json_object_new_object();
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(keep));
+	json_object_object_add(args, "force", json_object_new_boolean(1));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", args);
+	json_object_object_add(res, "tombstone", json_object_new_boolean(1));
+	op = op_create("instance-delete", target, i->host, res, &err);
+	if (op == NULL) {
+		db_rollback(ctl.db);
+		return http_reply_kerr(req, &err);
+	}
+	id = json_get_str(op, "id", "");
+	op_update(id, NULL, -1, phase, NULL, NULL);
+	st = db_prepare(ctl.db, "UPDATE instances SET state = 'deleting', desired = 'stopped', "
+				"updated_at = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, now_ms());
+	sqlite3_bind_int64(st, 2, i->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	ev = json_object_new_object();
+	json_object_object_add(ev, "name", json_object_new_string(i->name));
+	json_object_object_add(ev, "state", json_object_new_string("deleting"));
+	json_object_object_add(ev, "previous", json_object_new_string(i->state));
+	json_object_object_add(ev, "reason",
+			       json_object_new_string("deleted while its host is offline"));
+	json_object_object_add(ev, "tombstone", json_object_new_boolean(1));
+	event_emit("instance-updated", ev);
+	if (rc != SQLITE_DONE || db_commit(ctl.db, &err) < 0) {
+		db_rollback(ctl.db);
+		json_object_put(op);
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	}
+	log_warnx("instance %s: tombstoned; host %s removes it when it returns", i->name,
+		  i->host->name);
+	ev = op_get(id);
+	json_object_put(op);
+	return http_reply_json(req, 202, ev);
+}
+
+/*
+ * ?force=1 on a tombstone (its host is still away, maybe for good) or on an instance
+ * whose host is gone: the controller forgets it at once (its operations are
+ * cancelled), so a dead host cannot pin it forever. What a returning host still holds
+ * shows up in its unmanaged list.
  */
 static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 {
@@ -1162,16 +1237,7 @@ static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 
 	if (db_begin(ctl.db) < 0)
 		return http_reply_error(req, 503, NULL, "the database is busy; try again");
-	st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? AND status IN "
-				"('pending', 'running')");
-	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		_cleanup_free_ char *id = xstrdup((const char *)sqlite3_column_text(st, 0));
-
-		op_update(id, "cancelled", -1, "cancelled", NULL,
-			  "the instance was deleted while its host was offline");
-	}
-	sqlite3_finalize(st);
+	ops_cancel(target, "the instance was forgotten while its host was offline");
 	st = db_prepare(ctl.db, "DELETE FROM instances WHERE id = ?");
 	sqlite3_bind_int64(st, 1, i->id);
 	rc = sqlite3_step(st);
@@ -1214,7 +1280,10 @@ enum MHD_Result api_instance_delete(struct request *req)
 		return ret;
 	}
 	if (force && (i->host == NULL || i->host->state != HOST_ONLINE)) {
-		ret = forget_instance(req, i);
+		if (i->host == NULL || instance_tombstoned(i->name))
+			ret = forget_instance(req, i);
+		else
+			ret = tombstone_instance(req, i, keep);
 		inst_free(i);
 		return ret;
 	}

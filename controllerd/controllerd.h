@@ -92,6 +92,7 @@ struct host {
 	int64_t facts_saved;
 	struct json_object *labels;
 	struct json_object *facts;
+	struct json_object *unmanaged; /* [{name, type, state}] it runs that we do not place */
 
 	/* Agent -> controller replay windows, one per socket: each socket delivers in
 	 * order, but an event pushed after a reply may overtake it. */
@@ -207,6 +208,9 @@ void agentlink_host_connect(struct host *h);
 void agentlink_host_disconnect(struct host *h);
 void agentlink_cmd_send(struct host *h, enum link_type type, const char *op,
 			struct json_object *body);
+void agentlink_cmd_send_first(struct host *h, enum link_type type, const char *op,
+			      struct json_object *body);
+bool agentlink_cmd_pending(struct host *h, const char *op);
 void agentlink_cron(void);
 void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, void *cls);
 void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t timeout_ms,
@@ -232,11 +236,23 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 void instances_report(struct host *h, struct json_object *report, const char *why);
 void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
+bool instance_tombstoned(const char *name);
 void instance_spec_apply(struct json_object *spec, struct json_object *changes);
 void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 			struct json_object *spec, struct json_object *args);
+int instances_op_send_first(struct host *h, const char *op_id, struct json_object *args);
+void instances_net_waits_check(void);
+void instances_net_waits_free(void);
 int instances_on_host(int64_t host_id);
 bool image_in_use(int64_t image_id);
+
+/* drift.c */
+bool drift_tombstone_result(struct json_object *result);
+void drift_tombstones_send(struct host *h);
+void drift_unmanaged_update(struct host *h, struct json_object *reports);
+struct json_object *drift_unmanaged_get(struct host *h, const char *name);
+int drift_adopt(struct host *h, struct json_object *spec, struct json_object *report,
+		struct kerr *err);
 
 /* nics.c */
 struct sched_request;
@@ -251,6 +267,7 @@ int nics_allocate(int64_t iid, const char *instance, struct json_object *spec, s
 void netsync_all(void);
 void netsync_heartbeat(struct host *h);
 struct json_object *netsync_status_json(struct host *h);
+bool netsync_instance_ready(const char *instance, char *why, size_t len);
 void netsync_free(void);
 
 /* api_containers.c */
@@ -427,6 +444,8 @@ enum MHD_Result api_host_get(struct request *req);
 enum MHD_Result api_host_patch(struct request *req);
 enum MHD_Result api_host_delete(struct request *req);
 enum MHD_Result api_host_probe(struct request *req);
+enum MHD_Result api_host_unmanaged_adopt(struct request *req);
+enum MHD_Result api_host_unmanaged_destroy(struct request *req);
 
 /* api_tokens.c */
 extern const struct json_field *const token_create_fields;

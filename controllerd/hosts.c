@@ -74,6 +74,7 @@ static void host_free(struct host *h)
 	}
 	json_object_put(h->labels);
 	json_object_put(h->facts);
+	json_object_put(h->unmanaged);
 	free(h->address);
 	free(h);
 }
@@ -126,6 +127,9 @@ struct json_object *host_to_json(const struct host *h)
 	json_object_object_add(o, "labels", json_object_get(h->labels));
 	json_object_object_add(o, "facts", json_object_get(h->facts));
 	json_object_object_add(o, "network", netsync_status_json((struct host *)h));
+	json_object_object_add(o, "unmanaged",
+			       h->unmanaged ? json_object_get(h->unmanaged)
+					    : json_object_new_array());
 	json_object_object_add(o, "joined_at", json_object_new_int64(h->joined_at));
 	json_object_object_add(o, "last_seen", json_object_new_int64(h->last_seen));
 	json_object_object_add(o, "heartbeat_age_ms",
@@ -204,12 +208,17 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		agentlink_host_connect(h);
 		host_save(h);
 	}
-	if (h->state != HOST_ONLINE)
+	if (h->state != HOST_ONLINE) {
 		host_state_set(h, HOST_ONLINE, "heartbeat received");
-	else if (h->last_seen - h->facts_saved >= HOSTS_PERSIST_MS)
+		/* What was deleted while it was away goes before anything else. */
+		drift_tombstones_send(h);
+	} else if (h->last_seen - h->facts_saved >= HOSTS_PERSIST_MS) {
 		host_save(h);
+	}
 	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
 	netsync_heartbeat(h);
+	/* An operation waiting for the network may be done now (netsync.c's in_sync). */
+	instances_net_waits_check();
 }
 
 /* Cron: a host that missed offline_after heartbeats is offline. */

@@ -13,6 +13,22 @@
 #include "valid.h"
 
 #define REPORT_PERSIST_MS 30000
+#define NET_WAIT_MS	  60000 /* an operation waits this long for its network */
+
+/*
+ * A create or start the agent finished whose instance's network is not in place yet
+ * on every host it concerns: the operation stays running until it is (checked at
+ * every heartbeat and cron tick), so "succeeded" means reachable.
+ */
+struct net_wait {
+	char op[LINK_OP_ID_MAX + 1];
+	char instance[64];
+	struct json_object *result; /* the operation's result once it succeeds */
+	int64_t deadline;
+	struct net_wait *next;
+};
+
+static struct net_wait *net_waits;
 
 static void json_putp(struct json_object **o)
 {
@@ -84,7 +100,7 @@ static void view_build(struct sched_view *v)
 			json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
 	}
 	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
-				"group_concat(anti_affinity, char(10)) FROM instances "
+				"group_concat(anti_affinity, char(10)), count(*) FROM instances "
 				"WHERE host_id IS NOT NULL GROUP BY host_id");
 	v->groups = xcalloc(n ? n : 1, sizeof(char *));
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -99,6 +115,7 @@ static void view_build(struct sched_view *v)
 				continue;
 			s->vcpus_used = sqlite3_column_int(st, 1);
 			s->memory_used_mb = sqlite3_column_int64(st, 2);
+			s->instances = sqlite3_column_int(st, 4);
 			if (g) {
 				const char **arr;
 				char *p;
@@ -371,19 +388,10 @@ static void instance_report_apply(struct host *h, struct json_object *report, co
 		snprintf(cur, sizeof(cur), "%s", sqlite3_column_text(st, 1));
 	}
 	sqlite3_finalize(st);
-	if (host_id != h->id) {
-		/* Drift: a workload the database does not place on this host. Surface it. */
-		static int64_t last_warn;
-
-		if (now_ms() - last_warn > 60000) {
-			log_warnx(
-				"host %s: runs instance '%.64s' that the controller does not place "
-				"there",
-				h->name, name);
-			last_warn = now_ms();
-		}
+	/* Drift: a workload the database does not place on this host. The heartbeat's
+	 * list makes it the host's unmanaged list (drift.c). */
+	if (host_id != h->id)
 		return;
-	}
 	/* While an operation creates or deletes it, the operation decides its state. */
 	if (!strcmp(cur, "creating") || !strcmp(cur, "deleting"))
 		return;
@@ -424,6 +432,7 @@ void instances_reconcile(struct host *h, struct json_object *reports)
 		if (json_object_is_type(r, json_type_object))
 			instances_report(h, r, "heartbeat");
 	}
+	drift_unmanaged_update(h, reports);
 	/* Instances the database places here that the host does not know of. */
 	st = db_prepare(ctl.db, "SELECT name FROM instances WHERE host_id = ? AND state NOT IN "
 				"('creating', 'deleting', 'missing', 'error')");
@@ -463,10 +472,89 @@ static void snapshot_row(const char *instance, const char *snap, const char *sta
 	sqlite3_finalize(st);
 }
 
+static void net_wait_free(struct net_wait *w)
+{
+	json_object_put(w->result);
+	free(w);
+}
+
+/* Finish waiting operation w when its network is ready or its time is up; true if so. */
+static bool net_wait_settle(struct net_wait *w, int64_t now)
+{
+	char why[300] = "";
+
+	if (netsync_instance_ready(w->instance, why, sizeof(why))) {
+		op_update(w->op, "succeeded", 100, "done", json_object_get(w->result), NULL);
+		return true;
+	}
+	if (now < w->deadline)
+		return false;
+	log_warnx("instance %s: network not ready after %d s: %s", w->instance, NET_WAIT_MS / 1000,
+		  why);
+	op_update(w->op, "failed", -1, "failed", json_object_get(w->result), why);
+	return true;
+}
+
+/* Hold operation id (its result consumed) until instance's network is ready. */
+static void net_wait_add(const char *id, const char *instance, struct json_object *result)
+{
+	struct net_wait *w = xcalloc(1, sizeof(*w));
+
+	snprintf(w->op, sizeof(w->op), "%s", id);
+	snprintf(w->instance, sizeof(w->instance), "%s", instance);
+	w->result = result;
+	w->deadline = now_ms() + NET_WAIT_MS;
+	if (net_wait_settle(w, now_ms())) {
+		net_wait_free(w);
+		return;
+	}
+	/* A resent operation reports again: the newer wait replaces the older. */
+	for (struct net_wait **pp = &net_waits; *pp; pp = &(*pp)->next)
+		if (!strcmp((*pp)->op, id)) {
+			struct net_wait *old = *pp;
+
+			*pp = old->next;
+			net_wait_free(old);
+			break;
+		}
+	log_debug("operation %s: waiting for the network of %s", id, instance);
+	op_update(id, "running", 95, "waiting for the network", NULL, NULL);
+	w->next = net_waits;
+	net_waits = w;
+}
+
+/* Heartbeats and cron: finish the operations whose network is ready or overdue. */
+void instances_net_waits_check(void)
+{
+	int64_t now = now_ms();
+
+	for (struct net_wait **pp = &net_waits; *pp;) {
+		struct net_wait *w = *pp;
+
+		if (net_wait_settle(w, now)) {
+			*pp = w->next;
+			net_wait_free(w);
+		} else {
+			pp = &w->next;
+		}
+	}
+}
+
+/* Shutdown: forget the waits; their operations resume (resent) at the next start. */
+void instances_net_waits_free(void)
+{
+	while (net_waits) {
+		struct net_wait *w = net_waits;
+
+		net_waits = w->next;
+		net_wait_free(w);
+	}
+}
+
 /*
  * An instance operation finished on its host (or was refused: h NULL). Applies the
- * outcome to the instance, then finishes the operation with the agent's result and
- * the placement that put the instance where it is.
+ * outcome to the instance, then finishes the operation with the agent's result (and,
+ * for a create, the placement that put the instance where it is).
  */
 int instances_op_done(struct host *h, struct json_object *op, const char *status,
 		      struct json_object *result, const char *error)
@@ -531,18 +619,26 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		if (snap && !strcmp(action, "snapshot-delete") && ok)
 			snapshot_row(iname, snap, NULL);
 	}
-	st = db_prepare(ctl.db, "SELECT placement FROM instances WHERE name = ?");
-	sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		struct json_object *p =
-			json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	/* Only a create placed the instance: other results carry their own data only. */
+	if (!strcmp(action, "create")) {
+		st = db_prepare(ctl.db, "SELECT placement FROM instances WHERE name = ?");
+		sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			struct json_object *p =
+				json_tokener_parse((const char *)sqlite3_column_text(st, 0));
 
-		if (p)
-			json_object_object_add(final, "placement", p);
+			if (p)
+				json_object_object_add(final, "placement", p);
+		}
+		sqlite3_finalize(st);
 	}
-	sqlite3_finalize(st);
 	if (args)
 		json_object_object_add(final, "args", json_object_get(args));
+	if (ok &&
+	    (!strcmp(action, "create") || !strcmp(action, "start") || !strcmp(action, "restart"))) {
+		net_wait_add(id, iname, final);
+		return 0;
+	}
 	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed", final,
 		  ok ? NULL : (error ? error : "the agent reported a failure"));
 	return 0;
@@ -561,6 +657,27 @@ int instances_op_nack(const char *op_id, const char *why)
 	}
 	json_object_put(op);
 	return ret;
+}
+
+/* Is instance name a tombstone: held by a forced delete waiting for its host? */
+bool instance_tombstoned(const char *name)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", name);
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT result FROM operations WHERE target = ? "
+					      "AND kind = 'instance-delete' AND status IN "
+					      "('pending', 'running')");
+	bool found = false;
+
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	while (!found && sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *r =
+			json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+
+		found = drift_tombstone_result(r);
+		json_object_put(r);
+	}
+	sqlite3_finalize(st);
+	return found;
 }
 
 /* The instance as the API shows it; with_history adds its last operations. */
@@ -586,6 +703,11 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 			       json_object_new_string((const char *)sqlite3_column_text(st, 1)));
 	json_object_object_add(o, "state",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 2)));
+	json_object_object_add(
+		o, "tombstone",
+		json_object_new_boolean(
+			!strcmp((const char *)sqlite3_column_text(st, 2), "deleting") &&
+			instance_tombstoned(name)));
 	json_object_object_add(o, "desired",
 			       json_object_new_string((const char *)sqlite3_column_text(st, 3)));
 	json_object_object_add(
@@ -791,6 +913,36 @@ void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 	json_object_object_add(body, "instance", json_object_get(spec));
 	json_object_object_add(body, "args", a);
 	agentlink_cmd_send(h, LINK_CMD_INSTANCE, op_id, body);
+}
+
+/*
+ * Send h the delete of tombstoned instance operation op_id (args as the operation
+ * holds them) ahead of its other commands. Returns 0, or -1 when the instance is
+ * gone from the database.
+ */
+int instances_op_send_first(struct host *h, const char *op_id, struct json_object *args)
+{
+	struct json_object *op = op_get(op_id), *spec = NULL, *body;
+	const char *target = op ? json_get_str(op, "target", "") : "";
+	sqlite3_stmt *st;
+
+	if (strncmp(target, "instances/", 10) == 0) {
+		st = db_prepare(ctl.db, "SELECT spec FROM instances WHERE name = ?");
+		sqlite3_bind_text(st, 1, target + 10, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+		sqlite3_finalize(st);
+	}
+	json_object_put(op);
+	if (spec == NULL)
+		return -1;
+	body = json_object_new_object();
+	json_object_object_add(body, "action", json_object_new_string("delete"));
+	json_object_object_add(body, "instance", spec);
+	json_object_object_add(body, "args",
+			       args ? json_object_get(args) : json_object_new_object());
+	agentlink_cmd_send_first(h, LINK_CMD_INSTANCE, op_id, body);
+	return 0;
 }
 
 /*

@@ -33,10 +33,10 @@ static void usage(FILE *out, int status)
 /*
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
- * streams of expired tokens, API connections past their deadlines. Every tick also
- * measures how late it ran (the loop's lag, for metrics). Every minute: pruning old
- * events and audit rows, checking one stored registry blob. Every hour: abandoned
- * registry uploads.
+ * streams of expired tokens, API connections past their deadlines, operations whose
+ * network wait is over. Every tick also measures how late it ran (the loop's lag, for
+ * metrics). Every minute: pruning old events and audit rows, checking one stored
+ * registry blob. Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -56,6 +56,7 @@ static void cron_cb(uv_timer_t *t)
 		hosts_persist(false);
 		tokens_cron();
 		http_conns_cron();
+		instances_net_waits_check();
 	}
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
@@ -208,6 +209,7 @@ int main(int argc, char **argv)
 	uv_close((uv_handle_t *)&ctl.sigterm, NULL);
 	uv_close((uv_handle_t *)&ctl.sigint, NULL);
 	uv_run(ctl.loop, UV_RUN_DEFAULT);
+	instances_net_waits_free();
 	netsync_free();
 	hosts_free();
 	metrics_free();

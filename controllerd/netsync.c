@@ -297,6 +297,49 @@ void netsync_heartbeat(struct host *h)
 	netsync_host(h, wanted ? wanted : "", false);
 }
 
+/* Has h applied the document it should hold now? */
+static bool host_in_sync(struct host *h)
+{
+	struct json_object *doc = doc_build(h);
+	const char *applied =
+		json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
+	bool ok = applied && strcmp(applied, json_get_str(doc, "hash", "")) == 0;
+
+	json_object_put(doc);
+	return ok;
+}
+
+/*
+ * Is the network of instance ready: its host and every host with a NIC on one of its
+ * segments (the peers whose FDB must name its host) applied the document they should
+ * hold? Offline hosts are not waited for: they learn it when they come back. Returns
+ * true, or false with why naming a host that lags (and its apply error, if any).
+ */
+bool netsync_instance_ready(const char *instance, char *why, size_t len)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "SELECT DISTINCT i.host_id FROM addresses a JOIN instances i ON "
+			"a.instance_id = i.id WHERE i.host_id IS NOT NULL AND EXISTS (SELECT 1 "
+			"FROM addresses b JOIN instances j ON b.instance_id = j.id WHERE "
+			"j.name = ? AND b.network_id = a.network_id AND b.vlan = a.vlan)");
+	bool ready = true;
+
+	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+	while (ready && sqlite3_step(st) == SQLITE_ROW) {
+		struct host *h = host_by_id(sqlite3_column_int64(st, 0));
+		const char *error;
+
+		if (h == NULL || h->state != HOST_ONLINE || host_in_sync(h))
+			continue;
+		ready = false;
+		error = json_get_str(json_object_object_get(h->facts, "network"), "error", NULL);
+		snprintf(why, len, "host %s has not applied the network state yet%s%s", h->name,
+			 error ? ": " : "", error ? error : "");
+	}
+	sqlite3_finalize(st);
+	return ready;
+}
+
 /* For GET /hosts/{name}: the version the host should hold, and what it reports. */
 struct json_object *netsync_status_json(struct host *h)
 {

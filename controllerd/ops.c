@@ -222,8 +222,14 @@ void ops_resume(void)
 			sqlite3_column_type(st, 3) == SQLITE_TEXT
 				? json_tokener_parse((const char *)sqlite3_column_text(st, 3))
 				: NULL;
-		int sent = h ? op_dispatch(h, id, kind, result) : -1;
+		int sent;
 
+		/* A tombstone's delete waits for its host to come back (drift.c). */
+		if (h && h->state != HOST_ONLINE && drift_tombstone_result(result)) {
+			json_object_put(result);
+			continue;
+		}
+		sent = h ? op_dispatch(h, id, kind, result) : -1;
 		json_object_put(result);
 		if (sent == 0) {
 			log_info("operation %s: resumed after restart (%s on %s)", id, kind,

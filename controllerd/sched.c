@@ -109,6 +109,20 @@ static double free_after(const struct sched_request *req, const struct sched_par
 	return (cpu_free + mem_free) / 2;
 }
 
+/* Does host a (score sa) beat host b (score sb)? Score, then instance count, then name. */
+static bool better(const struct sched_params *params, const struct sched_host *a, double sa,
+		   const struct sched_host *b, double sb)
+{
+	if (sa > sb + 1e-9)
+		return true;
+	if (sa < sb - 1e-9)
+		return false;
+	if (a->instances != b->instances)
+		return params->policy == SCHED_SPREAD ? a->instances < b->instances
+						      : a->instances > b->instances;
+	return strcmp(a->name, b->name) < 0;
+}
+
 int sched_place(const struct sched_request *req, const struct sched_params *params,
 		const struct sched_host *hosts, size_t n, struct sched_verdict *verdicts)
 {
@@ -125,9 +139,8 @@ int sched_place(const struct sched_request *req, const struct sched_params *para
 		}
 		f = free_after(req, params, &hosts[i]);
 		v->score = params->policy == SCHED_SPREAD ? f : 1 - f;
-		if (best < 0 || v->score > verdicts[best].score + 1e-9 ||
-		    (v->score > verdicts[best].score - 1e-9 &&
-		     strcmp(hosts[i].name, hosts[best].name) < 0))
+		if (best < 0 ||
+		    better(params, &hosts[i], v->score, &hosts[best], verdicts[best].score))
 			best = (int)i;
 	}
 	return best;

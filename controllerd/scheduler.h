@@ -30,6 +30,7 @@ struct sched_host {
 	bool vlan_8021q; /* can tag VLANs onto an uplink */
 	int vcpus_used;
 	int64_t memory_used_mb;
+	int instances;		   /* placed here, of any size: breaks ties between equal scores */
 	const char *const *groups; /* anti-affinity groups with an instance here */
 	size_t ngroups;
 };
@@ -70,8 +71,10 @@ struct sched_verdict {
 
 /*
  * Judge every host for req and choose one. verdicts has n entries, filled in host
- * order. Returns the chosen host's index, or -1 when none fits. Ties go to the
- * host whose name sorts first, so placement is deterministic.
+ * order. Returns the chosen host's index, or -1 when none fits. Equal scores (say,
+ * containers without limits, which reserve nothing) go to the host with the fewest
+ * instances under spread and the most under pack, then to the host whose name sorts
+ * first, so placement is deterministic and spread really spreads.
  */
 int sched_place(const struct sched_request *req, const struct sched_params *params,
 		const struct sched_host *hosts, size_t n, struct sched_verdict *verdicts);

@@ -795,6 +795,36 @@ static void place_group(struct cluster *c, struct sched_request *r, const struct
 	}
 }
 
+/*
+ * Equal scores (instances that reserve nothing, like containers without limits): spread
+ * goes to the host with the fewest instances, pack to the one with the most; names
+ * decide only among equal counts. h3 listed first and empty wins spread over h1.
+ */
+static void test_ties_by_instance_count(void **state)
+{
+	struct sched_host hosts[3] = {base_host("h3"), base_host("h2"), base_host("h1")};
+	struct sched_params p = params(1.0, 1.0, SCHED_SPREAD);
+	struct sched_request r = base_req();
+	struct sched_verdict v[3];
+
+	r.vcpus = 0;
+	r.memory_mb = 0;
+	hosts[1].instances = 2;
+	hosts[2].instances = 1;
+	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 0);
+	assert_true(v[0].score == v[2].score);
+	p.policy = SCHED_PACK;
+	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 1);
+	/* Equal counts: the name decides again. */
+	hosts[0].instances = 1;
+	p.policy = SCHED_SPREAD;
+	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 2);
+	/* A better score still beats a smaller count. */
+	hosts[2].vcpus_used = 1;
+	hosts[0].instances = 5;
+	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 1);
+}
+
 static void test_anti_affinity_three_hosts(void **state)
 {
 	for (int pol = SCHED_SPREAD; pol <= SCHED_PACK; pol++) {
@@ -1001,6 +1031,7 @@ int main(void)
 		cmocka_unit_test(test_pack_picks_most_loaded_that_fits),
 		cmocka_unit_test(test_random_clusters_match_brute_force),
 		cmocka_unit_test(test_ties_by_name),
+		cmocka_unit_test(test_ties_by_instance_count),
 		cmocka_unit_test(test_anti_affinity_three_hosts),
 		cmocka_unit_test(test_anti_affinity_pack_large),
 		cmocka_unit_test(test_too_big_for_all),
