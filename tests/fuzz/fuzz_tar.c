@@ -24,6 +24,7 @@
 #include "agentd.h"
 #include "fuzz.h"
 #include "token.h"
+#include "tree.h"
 #include "util.h"
 
 #define SENTINEL "kumo-fuzz-sentinel"
@@ -124,7 +125,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	escape_check(data, size);
 	if (ret == 0)
 		digests_check(data, size, blob_digest, diff_id);
-	if (layers_tree_remove(dest) < 0) {
+	if (tree_remove(dest) < 0) {
 		perror("fuzz_tar: cannot remove the unpacked layer");
 		abort();
 	}
