@@ -51,9 +51,11 @@ static const char *const default_caps[] = {
 	NULL,
 };
 
+/* Docker's masked and read-only paths (moby oci/defaults.go), the same list. */
 static const char *const masked_paths[] = {
 	"/proc/acpi",
 	"/proc/asound",
+	"/proc/interrupts",
 	"/proc/kcore",
 	"/proc/keys",
 	"/proc/latency_stats",
@@ -61,6 +63,7 @@ static const char *const masked_paths[] = {
 	"/proc/timer_stats",
 	"/proc/sched_debug",
 	"/sys/firmware",
+	"/sys/devices/virtual/powercap",
 	"/proc/scsi",
 	NULL,
 };
@@ -248,9 +251,19 @@ static bool swap_limit_supported(void)
 	       access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0;
 }
 
-static struct json_object *resources_build(struct json_object *spec)
+/* A limit of the spec, or NULL (absent or null). */
+static struct json_object *limit_get(struct json_object *limits, const char *key)
 {
-	struct json_object *res = json_object_new_object(), *limits, *dev, *devices, *v;
+	return limits ? json_object_object_get(limits, key) : NULL;
+}
+
+static struct json_object *resources_build(struct json_object *spec,
+					   const struct bundle_defaults *defaults)
+{
+	struct json_object *res = json_object_new_object(), *dev, *devices, *v;
+	struct json_object *limits = json_object_object_get(spec, "limits");
+	int64_t memory_mib = defaults ? defaults->memory_mib : 0;
+	int64_t pids = defaults ? defaults->pids : 0;
 
 	/* Deny every device; runc adds its defaults (null, zero, tty, ptmx, ...). */
 	devices = json_object_new_array();
@@ -259,18 +272,22 @@ static struct json_object *resources_build(struct json_object *spec)
 	json_object_object_add(dev, "access", json_object_new_string("rwm"));
 	json_object_array_add(devices, dev);
 	json_object_object_add(res, "devices", devices);
-	if (!json_object_object_get_ex(spec, "limits", &limits))
-		return res;
-	if (json_object_object_get_ex(limits, "memory_mb", &v)) {
+	/* A container that sets no limit gets the agent's: a fork bomb or a leak in one
+	 * container must not take its host down. */
+	if ((v = limit_get(limits, "memory_mb")) != NULL)
+		memory_mib = json_object_get_int64(v);
+	if ((v = limit_get(limits, "pids")) != NULL)
+		pids = json_object_get_int64(v);
+	if (memory_mib > 0) {
 		struct json_object *mem = json_object_new_object();
-		int64_t bytes = json_object_get_int64(v) * 1024 * 1024;
+		int64_t bytes = memory_mib * 1024 * 1024;
 
 		json_object_object_add(mem, "limit", json_object_new_int64(bytes));
 		if (swap_limit_supported())
 			json_object_object_add(mem, "swap", json_object_new_int64(bytes));
 		json_object_object_add(res, "memory", mem);
 	}
-	if (json_object_object_get_ex(limits, "cpus", &v)) {
+	if ((v = limit_get(limits, "cpus")) != NULL) {
 		struct json_object *cpu = json_object_new_object();
 		int64_t quota = (int64_t)(json_object_get_double(v) * CPU_PERIOD_US + 0.5);
 
@@ -279,12 +296,11 @@ static struct json_object *resources_build(struct json_object *spec)
 		json_object_object_add(cpu, "period", json_object_new_int64(CPU_PERIOD_US));
 		json_object_object_add(res, "cpu", cpu);
 	}
-	if (json_object_object_get_ex(limits, "pids", &v)) {
-		struct json_object *pids = json_object_new_object();
+	if (pids > 0) {
+		struct json_object *p = json_object_new_object();
 
-		json_object_object_add(pids, "limit",
-				       json_object_new_int64(json_object_get_int64(v)));
-		json_object_object_add(res, "pids", pids);
+		json_object_object_add(p, "limit", json_object_new_int64(pids));
+		json_object_object_add(res, "pids", p);
 	}
 	return res;
 }
@@ -405,7 +421,8 @@ static struct json_object *seccomp_build(void)
 	return sc;
 }
 
-static struct json_object *linux_build(const char *cgroup, struct json_object *spec)
+static struct json_object *linux_build(const char *cgroup, struct json_object *spec,
+				       const struct bundle_defaults *defaults)
 {
 	struct json_object *lx = json_object_new_object(), *ns = json_object_new_array();
 
@@ -416,7 +433,7 @@ static struct json_object *linux_build(const char *cgroup, struct json_object *s
 		json_object_array_add(ns, n);
 	}
 	json_object_object_add(lx, "cgroupsPath", json_object_new_string(cgroup));
-	json_object_object_add(lx, "resources", resources_build(spec));
+	json_object_object_add(lx, "resources", resources_build(spec, defaults));
 	json_object_object_add(lx, "namespaces", ns);
 	json_object_object_add(lx, "maskedPaths", strings(masked_paths));
 	json_object_object_add(lx, "readonlyPaths", strings(readonly_paths));
@@ -456,6 +473,11 @@ static struct json_object *process_build(const char *name, struct json_object *s
 		err_set(err, 0, "the working directory '%.64s' is not an absolute path", cwd);
 		return NULL;
 	}
+	/* The image's WorkingDir too: the controller checked only the spec's. */
+	if (path_in_kernel_fs(cwd)) {
+		err_set(err, 0, "the working directory '%.64s' is in /proc, /sys or /dev", cwd);
+		return NULL;
+	}
 	args = args_build(spec, image, err);
 	if (args == NULL)
 		return NULL;
@@ -492,7 +514,7 @@ static struct json_object *process_build(const char *name, struct json_object *s
  */
 struct json_object *bundle_config_build(const char *name, const char *cgroup,
 					struct json_object *spec, struct json_object *image_config,
-					struct kerr *err)
+					const struct bundle_defaults *defaults, struct kerr *err)
 {
 	struct json_object *image = NULL, *cfg, *root, *process, *ann;
 
@@ -511,7 +533,7 @@ struct json_object *bundle_config_build(const char *name, const char *cgroup,
 	json_object_object_add(cfg, "root", root);
 	json_object_object_add(cfg, "hostname", json_object_new_string(name));
 	json_object_object_add(cfg, "mounts", mounts_build());
-	json_object_object_add(cfg, "linux", linux_build(cgroup, spec));
+	json_object_object_add(cfg, "linux", linux_build(cgroup, spec, defaults));
 	ann = json_object_new_object();
 	json_object_object_add(ann, "org.kumo.instance", json_object_new_string(name));
 	json_object_object_add(cfg, "annotations", ann);

@@ -1188,12 +1188,9 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 			 struct kerr *err)
 {
 	_cleanup_free_ char *path = NULL, *data = NULL;
-	_cleanup_free_ unsigned char *raw = NULL;
-	_cleanup_close_ int fd = -1;
 	int64_t bytes = json_get_int(body, "bytes", CONSOLE_DEFAULT);
+	struct logfile_span span = {0};
 	struct vm *vm;
-	struct stat st;
-	ssize_t n = 0;
 
 	if (json_fields_check(body, console_fields, err) < 0)
 		return -1;
@@ -1203,25 +1200,15 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 			       json_get_str(body, "name", ""));
 	if (bytes < 1 || bytes > AGENT_CONSOLE_MAX)
 		bytes = bytes < 1 ? 1 : AGENT_CONSOLE_MAX;
+	/* The last bytes, across a trim (vm_cron()); a VM never started has none. */
 	path = xasprintf("%s/console.log", vm->dir);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0 && fstat(fd, &st) == 0) {
-		off_t from = st.st_size > bytes ? st.st_size - bytes : 0;
-
-		raw = xmalloc((size_t)bytes);
-		n = pread(fd, raw, (size_t)bytes, from);
-		if (n < 0)
-			return err_set(err, errno, "vm %s: cannot read %s", vm->name, path);
-	} else if (fd >= 0 || errno != ENOENT) {
-		return err_set(err, errno, "vm %s: cannot read %s", vm->name, path);
-	} else {
-		st.st_size = 0; /* never started: an empty console */
-	}
-	data = xmalloc(4 * ((size_t)n + 2) / 3 + 1);
-	EVP_EncodeBlock((unsigned char *)data, raw ? raw : (unsigned char *)"", (int)n);
+	logfile_read(path, -1, 0, true, bytes, &span);
+	data = xmalloc(4 * (span.len + 2) / 3 + 1);
+	EVP_EncodeBlock((unsigned char *)data, span.data, (int)span.len);
+	free(span.data);
 	*answer = json_object_new_object();
 	json_object_object_add(*answer, "data", json_object_new_string(data));
-	json_object_object_add(*answer, "size", json_object_new_int64(st.st_size));
+	json_object_object_add(*answer, "size", json_object_new_int64(span.end));
 	return 0;
 }
 

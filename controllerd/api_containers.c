@@ -75,6 +75,8 @@ static int workdir_check(struct json_object *v, const char *f, struct kerr *err)
 	if (s[0] != '/' || strlen(s) > 1024 || !json_string_clean(v) || strstr(s, "/../") ||
 	    (strlen(s) >= 3 && !strcmp(s + strlen(s) - 3, "/..")))
 		return err_input(err, 400, f, "'%s' must be an absolute path without '..'", f);
+	if (path_in_kernel_fs(s))
+		return err_input(err, 400, f, "'%s' must not be in /proc, /sys or /dev", f);
 	return 0;
 }
 
