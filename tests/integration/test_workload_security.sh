@@ -1,0 +1,118 @@
+#!/bin/bash
+# What a container cannot do to its host: fill its disk with output (console.log is
+# rotated by size and the API still serves the tail), run without limits (a fork bomb
+# stops at the default pids limit, memory has the default cap), start in /proc (a
+# workdir under /proc, /sys or /dev is refused), read the paths Docker masks.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib_oci.sh"
+
+IMG=kt-ws/busybox:latest
+CTS="ws-log ws-bomb ws-x"
+cleanup() {
+	for n in $CTS; do ct_delete "$n"; done
+	oci_untag $IMG
+	rm -rf "$OCI_CERTS"
+}
+trap cleanup EXIT
+
+cjson() {
+	local extra=${4:-}
+	[ -n "$extra" ] || extra='{}'
+	jq -cn --arg n "$1" --arg i "$2" --argjson c "$3" --argjson x "$extra" \
+		'{name: $n, type: "container", image: $i, command: $c} + $x'
+}
+ct_dir() {
+	api GET "/api/v1/instances/$1"
+	echo "$KUMO_LAB_DIR/hosts/$(jqb .host)/local/containers/$1"
+}
+cg_file() {
+	local cg dir f
+	dir=$(ct_dir "$1")
+	cg=$(jq -r .linux.cgroupsPath "$dir/config.json")
+	for f in "/sys/fs/cgroup/$2$cg/$3" "/sys/fs/cgroup$cg/$4" "/sys/fs/cgroup/unified$cg/$4"; do
+		[ -r "$f" ] && cat "$f" && return 0
+	done
+	echo "none"
+}
+
+oci_build
+oci_push busybox-oci $IMG || fail "skopeo push of $IMG failed: $SKOPEO_OUT"
+
+# ---- workdir: nothing in /proc, /sys or /dev ---------------------------------------------
+for wd in /proc/self/fd/3 /proc //sys/fs /tmp/../dev/shm; do
+	api POST /api/v1/instances "$(cjson ws-x $IMG '["true"]' "{\"workdir\":\"$wd\"}")"
+	expect_status 400 "workdir $wd"
+	[ "$(jqb .field)" = workdir ] || fail "workdir $wd refused naming '$(jqb .field)', not workdir"
+done
+api GET /api/v1/instances/ws-x
+expect_status 404 "a container with a refused workdir exists"
+pass "workdir /proc/self/fd/3, /proc, //sys/fs, /tmp/../dev/shm: 400 naming workdir"
+
+# ---- output without end: the log stays bounded, the tail is served -----------------------
+# 1 GB of output (about 100 rotations of the 10 MiB file), then a last line.
+MB=1000
+ct_create "$(cjson ws-log $IMG \
+	"[\"/bin/sh\",\"-c\",\"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c ${MB}000000; echo; echo last-line-of-ws-log; exec sleep 3600\"]")"
+dir=$(ct_dir ws-log)
+biggest=0
+log_done() {
+	local f s
+	for f in "$dir"/console.log*; do
+		case $f in *.offsets) continue ;; esac
+		s=$(stat -c %s "$f" 2>/dev/null || echo 0)
+		[ "$s" -le $biggest ] || biggest=$s
+	done
+	[ "$(ct_logs ws-log tail=1)" = last-line-of-ws-log ]
+}
+wait_until 600 "ws-log wrote ${MB} MB and its last line" log_done
+total=$(cat "$dir"/console.log "$dir"/console.log.[0-9] 2>/dev/null | wc -c)
+files=$(find "$dir" -maxdepth 1 -name 'console.log*' ! -name '*.offsets' | wc -l)
+[ "$biggest" -le $((10 << 20)) ] || fail "a console log file grew to $biggest bytes (cap 10 MiB)"
+[ "$files" -le 3 ] || fail "$files console log files kept (at most 3): $(ls -l "$dir")"
+[ "$total" -le $((30 << 20)) ] || fail "the console logs hold $total bytes (at most 30 MiB)"
+[ "$total" -ge $((20 << 20)) ] || fail "the console logs hold only $total bytes: not rotated, dropped?"
+tail3=$(ct_logs ws-log tail=3)
+[ "$(sed -n 3p <<<"$tail3")" = last-line-of-ws-log ] &&
+	[ "$(sed -n 1p <<<"$tail3" | cut -c1-10)" = 0123456789 ] ||
+	fail "logs?tail=3 after ${MB} MB: '$tail3'"
+# Without tail: the oldest 1 MiB still kept (a reply over nanomsg's default 1 MiB
+# receive limit, which the controller's link sockets raise).
+[ "$(ct_logs ws-log | wc -c)" -eq $((1 << 20)) ] || fail "logs without tail are not the oldest 1 MiB kept"
+pass "${MB} MB of output: console.log files at most 10 MiB (largest $biggest), $files files, $total bytes in all; logs?tail serves the last lines"
+
+# ---- default limits: a fork bomb stops at 1024 pids --------------------------------------
+ct_create "$(cjson ws-bomb $IMG '["/bin/sh","-c","exec sleep 3600"]')"
+[ "$(cg_file ws-bomb pids pids.max pids.max)" = 1024 ] ||
+	fail "a container without limits has pids.max $(cg_file ws-bomb pids pids.max pids.max), not 1024"
+[ "$(cg_file ws-bomb memory memory.limit_in_bytes memory.max)" = $((512 << 20)) ] ||
+	fail "a container without limits has memory limit $(cg_file ws-bomb memory memory.limit_in_bytes memory.max)"
+api GET /api/v1/instances/ws-bomb
+[ "$(jqb .limits.pids)" = null ] || fail "the container's own limits show $(jqb -c .limits)"
+# Forks until the kernel refuses (each child sleeps, so all of them count at once).
+ct_exec ws-bomb '["/bin/sh","-c","n=0; while [ $n -lt 3000 ]; do sleep 600 & n=$((n+1)); done 2>/dev/null; exit 0"]' 60
+cur=$(cg_file ws-bomb pids pids.current pids.current)
+refused=$(cg_file ws-bomb pids pids.events pids.events | awk '$1 == "max" { print $2 }')
+[ "$cur" -le 1024 ] && [ "$cur" -ge 1000 ] || fail "the fork bomb left $cur processes (limit 1024)"
+[ -n "$refused" ] && [ "$refused" -gt 0 ] || fail "no fork was refused by the pids limit (pids.events: $refused)"
+kill -0 "$(agent_pid "$(ct_field ws-bomb .host)")" || fail "the agent died during the fork bomb"
+pass "a container without limits: pids.max 1024 and memory 512 MiB in its cgroup; a fork bomb stopped at $cur processes ($refused forks refused)"
+ct_delete ws-bomb
+
+# ---- masked and read-only paths ---------------------------------------------------------
+# Docker's list; only those this kernel has can be checked.
+masked=""
+for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/interrupts /proc/kcore /proc/latency_stats; do
+	[ -e "$p" ] && masked="$masked $p"
+done
+[ -n "$masked" ] || fail "none of the masked /proc files exists on this host"
+script="for p in $masked; do echo \$p=\$(cat \$p | wc -c); done; ls /sys/firmware | wc -l
+echo ws > /proc/sys/kernel/hostname && echo proc-sys-writable; true"
+ct_exec ws-log "$(jq -cn --arg s "$script" '["/bin/sh", "-c", $s]')"
+out=$(jqb .output)
+for p in $masked; do
+	grep -qx "$p=0" <<<"$out" || fail "$p is readable in a container: $out"
+done
+grep -qx 0 <<<"$out" || fail "/sys/firmware is not masked: $out"
+grep -q proc-sys-writable <<<"$out" && fail "/proc/sys is writable in a container: $out"
+grep -qi "read-only" <<<"$out" || fail "writing /proc/sys was not refused as read-only: $out"
+pass "masked in a container:$masked /sys/firmware; /proc/sys read-only"
