@@ -6,18 +6,16 @@
  *             Env with SPEC env merged over it (PATH, HOSTNAME and HOME filled in when
  *             missing); cwd: SPEC workdir, else the image's WorkingDir, else "/";
  *             user: the image's User, numeric or root only (the rootfs is not read
- *             for /etc/passwd); Docker's default capabilities, CAP_NET_RAW kept so
- *             ping works; noNewPrivileges; RLIMIT_NOFILE 1024 like runc's example
- *   root      "rootfs" (the overlay the shim mounts), writable: the upper layer
- *   mounts    /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (ro),
- *             /sys/fs/cgroup (ro), as in runc's `runc spec`
- *   linux     new pid, ipc, uts, mount and network namespaces (runc brings the new
- *             netns's loopback up; a container on networks joins the namespace its
- *             NICs were wired in instead, bundle_netns_set()); cgroupsPath CGROUP
- * (oci_cgroup_path()), absolute, which runc needs on this host's hybrid cgroup layout; memory limit
- * (and the same swap limit where the kernel accounts swap, so no swapping past it), CPU quota over
- * a 100 ms period, pids limit; no device but runc's defaults; runc's masked and read-only /proc and
- * /sys paths
+ *             for /etc/passwd); Docker's default capabilities, CAP_NET_RAW unless
+ *             the spec's "capabilities" leaves it out; noNewPrivileges; RLIMIT_NOFILE 1024 like
+ * runc's example root      "rootfs" (the overlay the shim mounts), writable: the upper layer mounts
+ * /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (ro), /sys/fs/cgroup (ro), as in runc's `runc
+ * spec` linux     new pid, ipc, uts, mount and network namespaces (runc brings the new netns's
+ * loopback up; a container on networks joins the namespace its NICs were wired in instead,
+ * bundle_netns_set()); cgroupsPath CGROUP (oci_cgroup_path()), absolute, which runc needs on this
+ * host's hybrid cgroup layout; memory limit (and the same swap limit where the kernel accounts
+ * swap, so no swapping past it), CPU quota over a 100 ms period, pids limit; no device but runc's
+ * defaults; runc's masked and read-only /proc and /sys paths
  */
 #include "agentd.h"
 
@@ -32,24 +30,44 @@
 #define CPU_PERIOD_US 100000
 #define DEFAULT_PATH  "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-/* Docker's default set (moby oci/caps/defaults.go), NET_RAW included for ping. */
-static const char *const default_caps[] = {
-	"CAP_CHOWN",
-	"CAP_DAC_OVERRIDE",
-	"CAP_FSETID",
-	"CAP_FOWNER",
-	"CAP_MKNOD",
-	"CAP_NET_RAW",
-	"CAP_SETGID",
-	"CAP_SETUID",
-	"CAP_SETFCAP",
-	"CAP_SETPCAP",
-	"CAP_NET_BIND_SERVICE",
-	"CAP_SYS_CHROOT",
-	"CAP_KILL",
-	"CAP_AUDIT_WRITE",
-	NULL,
+/*
+ * Docker's default set (moby oci/caps/defaults.go) without CAP_NET_RAW, which a
+ * container holds only when its spec says so ("capabilities": ["NET_RAW"]) or says
+ * nothing: busybox's ping (this cluster's test images, and many small images) opens
+ * raw ICMP sockets only, so dropping it by default would break ping. ICMP datagram
+ * sockets work without it (the ping_group_range sysctl below) for pings that use them.
+ */
+static const char *const base_caps[] = {
+	"CAP_CHOWN",	   "CAP_DAC_OVERRIDE",
+	"CAP_FSETID",	   "CAP_FOWNER",
+	"CAP_MKNOD",	   "CAP_SETGID",
+	"CAP_SETUID",	   "CAP_SETFCAP",
+	"CAP_SETPCAP",	   "CAP_NET_BIND_SERVICE",
+	"CAP_SYS_CHROOT",  "CAP_KILL",
+	"CAP_AUDIT_WRITE", NULL,
 };
+
+/* The capability set of spec: base_caps and what it asks for (the controller checked
+ * its names against its allow-list), or NET_RAW when it asks nothing. */
+static struct json_object *caps_build(struct json_object *spec)
+{
+	struct json_object *arr = json_object_new_array(), *extra;
+
+	for (size_t i = 0; base_caps[i]; i++)
+		json_object_array_add(arr, json_object_new_string(base_caps[i]));
+	extra = json_object_object_get(spec, "capabilities");
+	if (extra == NULL || !json_object_is_type(extra, json_type_array)) {
+		json_object_array_add(arr, json_object_new_string("CAP_NET_RAW"));
+		return arr;
+	}
+	for (size_t i = 0; i < json_object_array_length(extra); i++) {
+		const char *c = json_object_get_string(json_object_array_get_idx(extra, i));
+
+		if (c && strcmp(c, "NET_RAW") == 0)
+			json_object_array_add(arr, json_object_new_string("CAP_NET_RAW"));
+	}
+	return arr;
+}
 
 /* Docker's masked and read-only paths (moby oci/defaults.go), the same list. */
 static const char *const masked_paths[] = {
@@ -424,7 +442,7 @@ static struct json_object *seccomp_build(void)
 static struct json_object *linux_build(const char *cgroup, struct json_object *spec,
 				       const struct bundle_defaults *defaults)
 {
-	struct json_object *lx = json_object_new_object(), *ns = json_object_new_array();
+	struct json_object *lx = json_object_new_object(), *ns = json_object_new_array(), *sysctl;
 
 	for (size_t i = 0; namespaces[i]; i++) {
 		struct json_object *n = json_object_new_object();
@@ -438,6 +456,12 @@ static struct json_object *linux_build(const char *cgroup, struct json_object *s
 	json_object_object_add(lx, "maskedPaths", strings(masked_paths));
 	json_object_object_add(lx, "readonlyPaths", strings(readonly_paths));
 	json_object_object_add(lx, "seccomp", seccomp_build());
+	/* As Docker does: ICMP datagram sockets for every group, so a ping that uses them
+	 * needs no CAP_NET_RAW. The container's own network namespace only. */
+	sysctl = json_object_new_object();
+	json_object_object_add(sysctl, "net.ipv4.ping_group_range",
+			       json_object_new_string("0 2147483647"));
+	json_object_object_add(lx, "sysctl", sysctl);
 	return lx;
 }
 
@@ -494,7 +518,7 @@ static struct json_object *process_build(const char *name, struct json_object *s
 	for (const char *const *set =
 		     (const char *const[]){"bounding", "effective", "permitted", NULL};
 	     *set; set++)
-		json_object_object_add(caps, *set, strings(default_caps));
+		json_object_object_add(caps, *set, caps_build(spec));
 	json_object_object_add(p, "capabilities", caps);
 	rlimits = json_object_new_array();
 	rl = json_object_new_object();

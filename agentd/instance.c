@@ -566,6 +566,22 @@ static int ctr_limits_check(struct json_object *val, const char *field, struct k
 	return 0;
 }
 
+/* The capabilities a container may ask for beyond the base set (bundle.c). */
+static int ctr_caps_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	static const char *const allowed[] = {"NET_RAW", NULL};
+
+	for (size_t i = 0; i < json_object_array_length(val); i++) {
+		struct json_object *e = json_object_array_get_idx(val, i);
+
+		if (!json_object_is_type(e, json_type_string))
+			return err_input(err, 400, field, "field '%s' must hold strings", field);
+		if (one_of(e, field, allowed, err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static const struct json_field ctr_spec_fields[] = {
 	{"name", JK_STRING, true, name_check},
 	{"type", JK_STRING, true, type_check},
@@ -575,6 +591,7 @@ static const struct json_field ctr_spec_fields[] = {
 	{"workdir", JK_STRING, false, workdir_check},
 	{"limits", JK_OBJECT, false, ctr_limits_check},
 	{"restart", JK_STRING, false, restart_check},
+	{"capabilities", JK_ARRAY, false, ctr_caps_check},
 	{"nics", JK_ARRAY, false, ctr_nics_check},
 	/* The controller's own: placement and grouping. Checked, kept, not used here. */
 	{"labels", JK_OBJECT, false, labels_check},

@@ -116,3 +116,21 @@ grep -qx 0 <<<"$out" || fail "/sys/firmware is not masked: $out"
 grep -q proc-sys-writable <<<"$out" && fail "/proc/sys is writable in a container: $out"
 grep -qi "read-only" <<<"$out" || fail "writing /proc/sys was not refused as read-only: $out"
 pass "masked in a container:$masked /sys/firmware; /proc/sys read-only"
+
+# ---- capabilities: NET_RAW only when asked for (or nothing is said) ----------------------
+api POST /api/v1/instances "$(cjson ws-x $IMG '["true"]' '{"capabilities":["SYS_ADMIN"]}')"
+expect_status 400 "capabilities SYS_ADMIN"
+[ "$(jqb .field)" = capabilities ] || fail "SYS_ADMIN refused naming '$(jqb .field)', not capabilities"
+ct_create "$(cjson ws-x $IMG '["/bin/sh","-c","exec sleep 3600"]' '{"capabilities":[]}')"
+[ "$(ct_field ws-x ".capabilities | tojson")" = "[]" ] || fail "capabilities shown as $(jqb -c .capabilities)"
+ct_exec ws-x '["/bin/sh","-c","grep ^CapEff: /proc/self/status; cat /proc/sys/net/ipv4/ping_group_range; ping -c 1 -W 2 127.0.0.1 >/dev/null 2>&1 && echo ping-ok; true"]'
+out=$(jqb .output)
+capeff=$(awk '/^CapEff/ { print $2 }' <<<"$out")
+[ -n "$capeff" ] && [ $(((0x$capeff >> 13) & 1)) = 0 ] || fail "capabilities [] still holds CAP_NET_RAW: $out"
+grep -qE '^0[[:space:]]+2147483647$' <<<"$out" || fail "ping_group_range is not open in the container: $out"
+grep -q ping-ok <<<"$out" && fail "busybox ping (raw sockets) worked without CAP_NET_RAW: $out"
+ct_exec ws-log '["/bin/sh","-c","grep ^CapEff: /proc/self/status; ping -c 1 -W 2 127.0.0.1 >/dev/null 2>&1 && echo ping-ok; true"]'
+capeff=$(jqb .output | awk '/^CapEff/ { print $2 }')
+[ $(((0x$capeff >> 13) & 1)) = 1 ] && jqb .output | grep -q ping-ok ||
+	fail "a container that asks nothing lost CAP_NET_RAW or ping: $(jqb .output)"
+pass "capabilities: SYS_ADMIN refused (400); [] drops CAP_NET_RAW (ping_group_range open); default keeps it, ping works"
