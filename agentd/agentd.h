@@ -384,6 +384,9 @@ struct agent {
 	/* disk.c */
 	struct disk_cmd *disk_cmds; /* helper children still running */
 
+	/* imagecheck.c */
+	struct image_hash *image_hashes; /* SHA-256 of image files, by file identity */
+
 	/* oci.c */
 	struct ctr *ctrs;
 	struct oci_cmd *oci_cmds; /* runc children still running */
@@ -510,6 +513,14 @@ void disk_create(struct agent *a, const struct vm_disk *disk, const char *image,
 		 bool full_clone, disk_done_cb cb, void *data);
 void disk_resize(struct agent *a, const char *abs, int64_t size, disk_done_cb cb, void *data);
 void disk_info(struct agent *a, const char *abs, disk_info_cb cb, void *data);
+void disk_fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* imagecheck.c */
+void imagecheck_image(struct agent *a, const char *abs, const char *sha256, disk_done_cb cb,
+		      void *data);
+void imagecheck_vm(struct vm *vm, disk_done_cb cb, void *data);
+void imagecheck_cache_free(struct agent *a);
 void disk_snapshot(struct agent *a, const char *abs, char action, const char *snapshot,
 		   disk_done_cb cb, void *data);
 void disk_seed_build(struct agent *a, const char *dir, const char *name, const char *user_data,

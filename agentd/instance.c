@@ -265,9 +265,20 @@ static int memory_check(struct json_object *val, const char *field, struct kerr 
 	return 0;
 }
 
+/* An image's SHA-256 as the controller recorded it: 64 lower-case hex digits. */
+static int sha256_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strlen(s) != 64 || strspn(s, "0123456789abcdef") != 64)
+		return err_input(err, 400, field, "field '%s' must be 64 hex digits", field);
+	return 0;
+}
+
 static const struct json_field image_fields[] = {
 	{"path", JK_STRING, true, path_check},
 	{"name", JK_STRING, false, NULL}, /* the controller's, for people */
+	{"sha256", JK_STRING, false, sha256_check},
 	{NULL, 0, false, NULL},
 };
 

@@ -788,15 +788,8 @@ static void console_trim(struct vm *vm, const char *path)
 		log_warn("vm %s: cannot trim %s", vm->name, path);
 }
 
-/*
- * Start QEMU for vm (stopped, crashed or failed), resuming snapshot loadvm if not
- * NULL. cb(vm, error, data) follows once QMP answered query-status (error NULL; the
- * state is then running or paused) or the start failed. The small files in the run
- * directory (local pool) are touched on the loop: a few metadata operations on a
- * local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb is then
- * not called).
- */
-int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+/* Spawn QEMU for vm, its disks checked (vm_start()). */
+static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
 {
 	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
 	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
@@ -862,6 +855,55 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 	vm_state_set(vm, VM_STARTING);
 	uv_timer_start(&vm->timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
 	uv_timer_start(&vm->poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
+	return 0;
+}
+
+/* A start waiting for its disks' check (imagecheck_vm()). */
+struct start_wait {
+	struct vm *vm;
+	char *loadvm;
+	vm_done_cb cb;
+	void *data;
+};
+
+static void start_checked_cb(struct agent *a, const char *error, void *data)
+{
+	struct start_wait *w = data;
+	struct kerr err;
+
+	(void)a;
+	if (error) {
+		w->cb(w->vm, error, w->data);
+	} else if (vm_alive(w->vm)) {
+		w->cb(w->vm, "QEMU runs already", w->data);
+	} else if (vm_spawn(w->vm, w->loadvm, w->cb, w->data, &err) < 0) {
+		w->cb(w->vm, err.msg, w->data);
+	}
+	free(w->loadvm);
+	free(w);
+}
+
+/*
+ * Start QEMU for vm (stopped, crashed or failed), resuming snapshot loadvm if not
+ * NULL, once its disks and images passed imagecheck_vm() (a disk or image changed on
+ * the shared pool behind the controller's back is refused: cb gets why). cb(vm, error, data)
+ * follows once QMP answered query-status (error NULL; the state is then running or paused) or the
+ * start failed. The small files in the run directory (local pool) are touched on the loop: a few
+ * metadata operations on a local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb
+ * is then not called).
+ */
+int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+{
+	struct start_wait *w;
+
+	if (vm_alive(vm))
+		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
+	w = xcalloc(1, sizeof(*w));
+	w->vm = vm;
+	w->loadvm = loadvm ? xstrdup(loadvm) : NULL;
+	w->cb = cb;
+	w->data = data;
+	imagecheck_vm(vm, start_checked_cb, w);
 	return 0;
 }
 

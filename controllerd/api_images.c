@@ -73,10 +73,15 @@ static void import_fail(struct import *im, const char *fmt, ...)
 	import_free(im);
 }
 
-/* Look up an image by name: id (0 when absent), path relative to the shared pool. */
-int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size)
+/*
+ * Look up an image by name: id (0 when absent), path relative to the shared pool, its
+ * virtual size and its SHA-256 as recorded at import (hex, 65 bytes with the NUL; the
+ * agent checks the file against it before a VM uses it). Out pointers may be NULL.
+ */
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
+		   char *sha256)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, path, virtual_size FROM images "
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, path, virtual_size, sha256 FROM images "
 					      "WHERE name = ? AND kind = 'vm'");
 	int64_t id = 0;
 
@@ -87,6 +92,8 @@ int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtua
 			snprintf(path, pathlen, "%s", sqlite3_column_text(st, 1));
 		if (virtual_size)
 			*virtual_size = sqlite3_column_int64(st, 2);
+		if (sha256)
+			snprintf(sha256, 65, "%s", sqlite3_column_text(st, 3));
 	}
 	sqlite3_finalize(st);
 	return id;
@@ -840,7 +847,7 @@ enum MHD_Result api_image_delete(struct request *req)
 
 	if (!name_valid(req->params[0]))
 		return oci_image_delete(req);
-	id = image_find(req->params[0], path, sizeof(path), NULL);
+	id = image_find(req->params[0], path, sizeof(path), NULL, NULL);
 	if (id <= 0)
 		return http_reply_error(req, 404, NULL, "no image named %s", req->params[0]);
 	if (image_in_use(id))

@@ -218,7 +218,8 @@ enum MHD_Result api_instance_logs(struct request *req);
 enum MHD_Result api_instance_exec(struct request *req);
 
 /* api_images.c */
-int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size);
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
+		   char *sha256);
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
 
