@@ -426,6 +426,7 @@ int oci_name_split(const char *name, char *repo, char *tag, const char *field, s
 char *oci_blob_path(const char *digest);
 char *oci_upload_path(const char *name);
 int oci_store_init(struct kerr *err);
+void oci_store_modes_fix(void);
 void oci_digest_of(const void *data, size_t len, char *out);
 void oci_blob_put_file(const char *path, const char *expect, oci_done_fn done, void *cls);
 void oci_blob_open(const char *digest, oci_done_fn done, void *cls);

@@ -147,6 +147,7 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	ops_resume();
 	images_sweep_uploads();
+	oci_store_modes_fix();
 
 	uv_timer_init(ctl.loop, &ctl.cron);
 	uv_timer_start(&ctl.cron, cron_cb, CRON_MS, CRON_MS);

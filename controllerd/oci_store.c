@@ -135,19 +135,59 @@ char *oci_upload_path(const char *name)
 	return xasprintf("%s/" UPLOAD_DIR "/%s", ctl.cfg.shared_pool, name);
 }
 
-/* Create the store's directories. Returns 0 or -1 with err. */
+/*
+ * Create the store's directories, readable by root only (the controller and the
+ * agents): an image's layers may hold secrets, and no other user of a host has a
+ * reason to read them. A store made before keeps its blobs' modes but its
+ * directories are closed here. Returns 0 or -1 with err.
+ */
 int oci_store_init(struct kerr *err)
 {
-	const char *dirs[] = {BLOB_DIR, UPLOAD_DIR};
+	const char *dirs[] = {"oci", "oci/blobs", BLOB_DIR, UPLOAD_DIR};
 
 	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
 		_cleanup_free_ char *p = xasprintf("%s/%s", ctl.cfg.shared_pool, dirs[i]);
-		int rc = mkdir_p(p, 0755);
+		int rc = mkdir_p(p, 0700);
 
-		if (rc < 0)
-			return err_set(err, -rc, "cannot create %s", p);
+		if (rc < 0 || chmod(p, 0700) < 0)
+			return err_set(err, rc < 0 ? -rc : errno, "cannot create %s", p);
 	}
 	return 0;
+}
+
+/*
+ * At start-up: the store's directories made (oci_store_init()) and blobs that an older
+ * version left readable by everyone (0644) closed to root's. Logs what it could not
+ * change; the store still works.
+ */
+void oci_store_modes_fix(void)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/" BLOB_DIR, ctl.cfg.shared_pool);
+	struct kerr err;
+	struct dirent *de;
+	DIR *d;
+	int n = 0;
+
+	if (oci_store_init(&err) < 0) {
+		log_warnx("oci: %s", err.msg);
+		return;
+	}
+	d = opendir(dir);
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		struct stat st;
+
+		if (de->d_name[0] == '.' ||
+		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode) || (st.st_mode & 077) == 0)
+			continue;
+		if (fchmodat(dirfd(d), de->d_name, 0600, 0) == 0)
+			n++;
+	}
+	closedir(d);
+	if (n)
+		log_info("oci: %d blobs made readable by root only", n);
 }
 
 /* "sha256:<hex>" of len bytes into out (OCI_DIGEST_LEN + 1). */
@@ -235,14 +275,14 @@ static void blob_store_file(const char *path, const char *expect, struct oci_res
 			    expect);
 		return;
 	}
-	/* Agents read blobs; an upload file was created 0600. */
-	if (fchmod(fd, 0644) < 0 || fsync(fd) < 0) {
+	/* Agents read blobs as root: 0600, whatever the umask. */
+	if (fchmod(fd, 0600) < 0 || fsync(fd) < 0) {
 		result_fail(res, -errno, "cannot store %s: %s", res->digest, strerror(errno));
 		return;
 	}
 	target = oci_blob_path(res->digest);
 	dir = xasprintf("%s/" BLOB_DIR, ctl.cfg.shared_pool);
-	mkdir_p(dir, 0755);
+	mkdir_p(dir, 0700);
 	/* Same content under the same name: replacing an existing blob is harmless. */
 	if (rename(path, target) < 0) {
 		result_fail(res, -errno, "cannot store %s: %s", res->digest, strerror(errno));
@@ -512,7 +552,7 @@ int oci_blob_put_mem(const void *data, size_t len, char *digest, struct kerr *er
 	if (oci_store_init(err) < 0)
 		return -1;
 	path = oci_blob_path(digest);
-	rc = file_write_atomic(path, data, len, 0644);
+	rc = file_write_atomic(path, data, len, 0600);
 	if (rc < 0)
 		return err_set(err, -rc, "cannot store blob %s", digest);
 	return 0;

@@ -37,6 +37,15 @@ cg_file() {
 
 oci_build
 oci_push busybox-oci $IMG || fail "skopeo push of $IMG failed: $SKOPEO_OUT"
+# Blobs on the shared pool and layers on hosts: root's alone.
+open_to_all=$(find "$KUMO_LAB_DIR/shared/oci" "$KUMO_LAB_DIR"/hosts/*/local/oci -maxdepth 0 -perm /o=rwx)
+for b in $(jq -r '.layers[].digest, .config.digest' "$OCI_DIR/busybox-oci/blobs/sha256/$(oci_layout_digest busybox-oci | cut -d: -f2)"); do
+	f=$KUMO_LAB_DIR/shared/oci/blobs/sha256/${b#sha256:}
+	[ -e "$f" ] || fail "blob $b is not in the shared store"
+	open_to_all="$open_to_all$(find "$f" -perm /o=rwx)"
+done
+[ -z "$open_to_all" ] || fail "readable by every user: $open_to_all"
+pass "blobs and the store's directories, and the hosts' layer directories, are not world-readable"
 
 # ---- workdir: nothing in /proc, /sys or /dev ---------------------------------------------
 for wd in /proc/self/fd/3 /proc //sys/fs /tmp/../dev/shm; do
