@@ -662,6 +662,9 @@ struct json_object *bundle_config_build(const char *name, const char *cgroup,
 void bundle_netns_set(struct json_object *cfg, char *path);
 void bundle_resolv_set(struct json_object *cfg, char *file);
 
+/* seccomp.c */
+struct json_object *seccomp_profile_build(void);
+
 /* netport.c */
 int netport_vm_prepare(struct json_object *nics, struct kerr *err);
 void netport_vm_remove(struct json_object *nics);

@@ -14,8 +14,10 @@
  * loopback up; a container on networks joins the namespace its NICs were wired in instead,
  * bundle_netns_set()); cgroupsPath CGROUP (oci_cgroup_path()), absolute, which runc needs on this
  * host's hybrid cgroup layout; memory limit (and the same swap limit where the kernel accounts
- * swap, so no swapping past it), CPU quota over a 100 ms period, pids limit; no device but runc's
- * defaults; runc's masked and read-only /proc and /sys paths
+ * swap, so no swapping past it), CPU quota over a 100 ms period, pids limit (memory and
+ * pids: the agent's defaults where the spec sets none); no device but runc's defaults;
+ * Docker's masked and read-only /proc and /sys paths; seccomp.c's allow-list; the
+ * ping_group_range sysctl open
  */
 #include "agentd.h"
 
@@ -323,122 +325,6 @@ static struct json_object *resources_build(struct json_object *spec,
 	return res;
 }
 
-/*
- * Syscalls a container gets EPERM for, on top of the capabilities it lacks: kernel
- * modules and kexec, mounts and namespaces (unshare, setns; clone with
- * CLONE_NEWUSER below), keyrings, BPF, perf, io_uring, userfaultfd, clocks, swap,
- * reboot, accounting, quotas, handle-based opens and cross-process memory access -
- * the calls Docker's default profile refuses that an application has no use for.
- */
-static const char *const seccomp_denied[] = {
-	"acct",
-	"add_key",
-	"bpf",
-	"clock_adjtime",
-	"clock_settime",
-	"create_module",
-	"delete_module",
-	"finit_module",
-	"fsconfig",
-	"fsmount",
-	"fsopen",
-	"fspick",
-	"get_kernel_syms",
-	"init_module",
-	"io_uring_enter",
-	"io_uring_register",
-	"io_uring_setup",
-	"ioperm",
-	"iopl",
-	"kcmp",
-	"kexec_file_load",
-	"kexec_load",
-	"keyctl",
-	"lookup_dcookie",
-	"mount",
-	"mount_setattr",
-	"move_mount",
-	"move_pages",
-	"name_to_handle_at",
-	"nfsservctl",
-	"open_by_handle_at",
-	"open_tree",
-	"perf_event_open",
-	"pivot_root",
-	"process_vm_readv",
-	"process_vm_writev",
-	"query_module",
-	"quotactl",
-	"reboot",
-	"request_key",
-	"setns",
-	"settimeofday",
-	"stime",
-	"swapoff",
-	"swapon",
-	"sysfs",
-	"_sysctl",
-	"syslog",
-	"umount",
-	"umount2",
-	"unshare",
-	"uselib",
-	"userfaultfd",
-	"ustat",
-	"vm86",
-	"vm86old",
-	NULL,
-};
-
-#define CLONE_NEWUSER_FLAG 0x10000000
-
-static struct json_object *seccomp_rule(struct json_object *names, const char *action,
-					int errno_ret)
-{
-	struct json_object *r = json_object_new_object();
-
-	json_object_object_add(r, "names", names);
-	json_object_object_add(r, "action", json_object_new_string(action));
-	if (errno_ret)
-		json_object_object_add(r, "errnoRet", json_object_new_int(errno_ret));
-	return r;
-}
-
-/* The OCI seccomp section: allow by default, refuse seccomp_denied with EPERM. */
-static struct json_object *seccomp_build(void)
-{
-	struct json_object *sc = json_object_new_object(), *rules = json_object_new_array();
-	struct json_object *arches = json_object_new_array(), *names, *clone, *args, *arg;
-
-	json_object_object_add(sc, "defaultAction", json_object_new_string("SCMP_ACT_ALLOW"));
-	json_object_array_add(arches, json_object_new_string("SCMP_ARCH_X86_64"));
-	json_object_array_add(arches, json_object_new_string("SCMP_ARCH_X86"));
-	json_object_array_add(arches, json_object_new_string("SCMP_ARCH_X32"));
-	json_object_object_add(sc, "architectures", arches);
-	json_object_array_add(rules,
-			      seccomp_rule(strings(seccomp_denied), "SCMP_ACT_ERRNO", EPERM));
-	/* clone(CLONE_NEWUSER): a user namespace would hand the container capabilities. */
-	names = json_object_new_array();
-	json_object_array_add(names, json_object_new_string("clone"));
-	clone = seccomp_rule(names, "SCMP_ACT_ERRNO", EPERM);
-	args = json_object_new_array();
-	arg = json_object_new_object();
-	json_object_object_add(arg, "index", json_object_new_int(0));
-	json_object_object_add(arg, "value", json_object_new_int64(CLONE_NEWUSER_FLAG));
-	json_object_object_add(arg, "valueTwo", json_object_new_int64(CLONE_NEWUSER_FLAG));
-	json_object_object_add(arg, "op", json_object_new_string("SCMP_CMP_MASKED_EQ"));
-	json_object_array_add(args, arg);
-	json_object_object_add(clone, "args", args);
-	json_object_array_add(rules, clone);
-	/* clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc
-	 * fall back to clone, which the rule above sees. */
-	names = json_object_new_array();
-	json_object_array_add(names, json_object_new_string("clone3"));
-	json_object_array_add(rules, seccomp_rule(names, "SCMP_ACT_ERRNO", ENOSYS));
-	json_object_object_add(sc, "syscalls", rules);
-	return sc;
-}
-
 static struct json_object *linux_build(const char *cgroup, struct json_object *spec,
 				       const struct bundle_defaults *defaults)
 {
@@ -455,7 +341,7 @@ static struct json_object *linux_build(const char *cgroup, struct json_object *s
 	json_object_object_add(lx, "namespaces", ns);
 	json_object_object_add(lx, "maskedPaths", strings(masked_paths));
 	json_object_object_add(lx, "readonlyPaths", strings(readonly_paths));
-	json_object_object_add(lx, "seccomp", seccomp_build());
+	json_object_object_add(lx, "seccomp", seccomp_profile_build());
 	/* As Docker does: ICMP datagram sockets for every group, so a ping that uses them
 	 * needs no CAP_NET_RAW. The container's own network namespace only. */
 	sysctl = json_object_new_object();

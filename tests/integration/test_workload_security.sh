@@ -143,3 +143,16 @@ capeff=$(jqb .output | awk '/^CapEff/ { print $2 }')
 [ $(((0x$capeff >> 13) & 1)) = 1 ] && jqb .output | grep -q ping-ok ||
 	fail "a container that asks nothing lost CAP_NET_RAW or ping: $(jqb .output)"
 pass "capabilities: SYS_ADMIN refused (400); [] drops CAP_NET_RAW (ping_group_range open); default keeps it, ping works"
+
+# ---- seccomp: an allow-list, as Docker's default profile ---------------------------------
+cfg=$(ct_dir ws-x)/config.json
+[ "$(jq -r .linux.seccomp.defaultAction "$cfg")" = SCMP_ACT_ERRNO ] ||
+	fail "the seccomp profile does not refuse by default: $(jq -c '.linux.seccomp | del(.syscalls)' "$cfg")"
+jq -e '.linux.seccomp.syscalls[0].names | index("read") and (index("mount") | not) and (index("unshare") | not)' "$cfg" >/dev/null ||
+	fail "the allow-list is not as expected"
+# Not on the list, and needing no capability: refused (EPERM) all the same.
+ct_exec ws-x '["/bin/sh","-c","grep ^Seccomp: /proc/self/status; unshare -U true 2>&1; echo rc=$?; echo works"]'
+grep -qE '^Seccomp:[[:space:]]+2$' <<<"$(jqb .output)" && grep -q works <<<"$(jqb .output)" ||
+	fail "no seccomp filter, or the shell did not run under it: $(jqb .output)"
+grep -q 'rc=0' <<<"$(jqb .output)" && fail "unshare -U worked under the allow-list: $(jqb .output)"
+pass "seccomp: default ERRNO with Docker's allow-list; a shell runs, unshare -U is refused"
