@@ -395,7 +395,16 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 			struct json_object *img = json_object_new_object();
 
 			image_ids[i] = image_find(image, ipath, sizeof(ipath), &vsize, sha256);
-			if (image_ids[i] <= 0) {
+			if (image_ids[i] < 0) {
+				json_object_put(img);
+				json_object_put(o);
+				err_input(err, 409, where,
+					  "the record of image %s does not match its signature: it "
+					  "was changed outside the controller",
+					  image);
+				goto fail;
+			}
+			if (image_ids[i] == 0) {
 				json_object_put(img);
 				json_object_put(o);
 				err_input(err, 404, where, "no image named %s", image);

@@ -122,7 +122,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 6
+#define DB_SCHEMA_VERSION 7
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -218,6 +218,7 @@ enum MHD_Result api_instance_logs(struct request *req);
 enum MHD_Result api_instance_exec(struct request *req);
 
 /* api_images.c */
+int images_key_load(const char *state_dir, struct kerr *err);
 int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
 		   char *sha256);
 extern const struct stream_ops api_images_stream;

@@ -135,7 +135,8 @@ int main(int argc, char **argv)
 	if (db_open(&ctl.db, dbpath, &err) < 0 || db_migrate(ctl.db, DB_SCHEMA_VERSION, &err) < 0)
 		fatalx("%s", err.msg);
 	cluster_id_ensure();
-	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0)
+	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0 ||
+	    images_key_load(ctl.cfg.state_dir, &err) < 0)
 		fatalx("%s", err.msg);
 	if (ctl.cfg.tls && tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
 		fatalx("%s", err.msg);

@@ -7,13 +7,15 @@
 . "$(dirname "$0")/lib.sh"
 
 tmp=$(mktemp -d)
-VMS="iv1 iv2"
+VMS="iv1 iv2 iv3"
 cleanup() {
-	for v in $VMS; do api DELETE "/api/v1/instances/$v?force=1" >/dev/null 2>&1 || true; done
+	local v id
 	for v in $VMS; do
-		api GET "/api/v1/instances/$v" >/dev/null 2>&1 || true
+		api DELETE "/api/v1/instances/$v?force=1" >/dev/null 2>&1 || continue
+		[ "$STATUS" = 202 ] || continue
+		id=$(jqb .id 2>/dev/null) || continue
+		api GET "/api/v1/operations/$id?wait=30" >/dev/null 2>&1 || true
 	done
-	sleep 1
 	api DELETE /api/v1/images/iv-img >/dev/null 2>&1 || true
 	rm -rf "$tmp"
 }
@@ -100,3 +102,16 @@ wait_op "$(jqb .id)" 120
 op_ok
 wait_until 30 "iv1 running" instance_is iv1 running
 pass "with the image and disk restored iv1 starts"
+
+# The controller's record is signed with a key only it holds: a record changed behind
+# its back (here its database edited) is refused, not sent to a host as the truth.
+key=$KUMO_LAB_DIR/controller/image.key
+[ "$(stat -c '%a %s' "$key")" = "600 32" ] || fail "the image key is not a 32-byte 0600 file: $(stat -c '%a %s' "$key")"
+db=$KUMO_LAB_DIR/controller/kumo.db
+forged=$(sha256sum "$tmp/other.qcow2" | cut -d' ' -f1)
+sqlite3 "$db" "PRAGMA busy_timeout = 5000; UPDATE images SET sha256 = '$forged' WHERE name = 'iv-img';" >/dev/null
+api POST /api/v1/instances '{"name":"iv3","type":"vm","vcpus":1,"memory":{"mb":64},"start":false,"disks":[{"name":"root","image":"iv-img"}]}'
+expect_status 409 "a VM from an image whose record was forged"
+grep -q signature <<<"$(jqb .error)" || fail "the refusal does not name the signature: $BODY"
+sqlite3 "$db" "PRAGMA busy_timeout = 5000; UPDATE images SET sha256 = '$sum' WHERE name = 'iv-img';" >/dev/null
+pass "an image record forged in the database (the SHA-256 of other bytes): 409 naming its signature"
