@@ -67,10 +67,14 @@ struct agent_config {
 	char *shared_pool;
 	char *local_pool;
 	char *log_level_name;
-	char *accel;	 /* auto, kvm or tcg */
-	char *qemu_user; /* QEMU's user after start-up; "root": none */
-	int heartbeat;	 /* seconds; 0: what the controller said at join */
-	bool check_only; /* -n */
+	char *accel;	    /* auto, kvm or tcg */
+	char *qemu_user;    /* QEMU's user after start-up; "root": none */
+	int heartbeat;	    /* seconds; 0: what the controller said at join */
+	int log_size_mib;   /* cap of one file of a container's or VM's console log */
+	int log_files;	    /* files of one console log at most (the current one too) */
+	int ctr_memory_mib; /* memory limit of a container without one; 0: none */
+	int ctr_pids;	    /* pids limit of a container without one; 0: none */
+	bool check_only;    /* -n */
 	enum log_level log_level;
 	char link_path[PATH_MAX]; /* {state_dir}/link.json */
 	bool linked;		  /* link.json exists: no join */
@@ -383,6 +387,9 @@ struct agent {
 	/* disk.c */
 	struct disk_cmd *disk_cmds; /* helper children still running */
 
+	/* imagecheck.c */
+	struct image_hash *image_hashes; /* SHA-256 of image files, by file identity */
+
 	/* oci.c */
 	struct ctr *ctrs;
 	struct oci_cmd *oci_cmds; /* runc children still running */
@@ -512,6 +519,14 @@ void disk_create(struct agent *a, const struct vm_disk *disk, const char *image,
 		 bool full_clone, disk_done_cb cb, void *data);
 void disk_resize(struct agent *a, const char *abs, int64_t size, disk_done_cb cb, void *data);
 void disk_info(struct agent *a, const char *abs, disk_info_cb cb, void *data);
+void disk_fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* imagecheck.c */
+void imagecheck_image(struct agent *a, const char *abs, const char *sha256, disk_done_cb cb,
+		      void *data);
+void imagecheck_vm(struct vm *vm, disk_done_cb cb, void *data);
+void imagecheck_cache_free(struct agent *a);
 void disk_snapshot(struct agent *a, const char *abs, char action, const char *snapshot,
 		   disk_done_cb cb, void *data);
 void disk_seed_build(struct agent *a, const char *dir, const char *name, const char *user_data,
@@ -555,6 +570,31 @@ void vmaction_balloon(struct inst_op *op);
 void vmaction_snapshot_create(struct inst_op *op);
 void vmaction_snapshot_revert(struct inst_op *op);
 void vmaction_snapshot_delete(struct inst_op *op);
+
+/* logfile.c */
+#define LOGFILE_FILES_MAX 10	      /* generations of one log at most */
+#define LOGFILE_MIN_BYTES (64 * 1024) /* the smallest cap per file */
+struct logfile {
+	char path[PATH_MAX];
+	int fd;
+	int64_t offset; /* logical offset where the current file begins */
+	int64_t size;	/* of the current file */
+	int64_t max_bytes;
+	int files;
+};
+struct logfile_span {
+	unsigned char *data; /* len bytes (owned by the caller) */
+	size_t len;
+	int64_t offset; /* logical offset of data[0] */
+	int64_t end;	/* logical end of the log */
+};
+int logfile_open(struct logfile *lf, const char *path, int64_t max_bytes, int files);
+int logfile_write(struct logfile *lf, const void *buf, size_t len);
+int64_t logfile_end(const struct logfile *lf);
+void logfile_close(struct logfile *lf);
+int logfile_trim(const char *path, int64_t max_bytes, int files);
+int logfile_read(const char *path, int64_t offset, int64_t lines, bool tail_bytes, int64_t max,
+		 struct logfile_span *out);
 
 /* oci.c */
 struct ctr *oci_find(struct agent *a, const char *name);
@@ -621,11 +661,19 @@ int layers_commit(const char *shared, const char *upper, const struct oci_image 
 		  const char *comment, struct oci_commit *out, struct kerr *err);
 
 /* bundle.c */
+/* What the agent's configuration gives a container whose spec sets no limits. */
+struct bundle_defaults {
+	int memory_mib; /* 0: no memory limit */
+	int pids;	/* 0: no pids limit */
+};
 struct json_object *bundle_config_build(const char *name, const char *cgroup,
 					struct json_object *spec, struct json_object *image_config,
-					struct kerr *err);
+					const struct bundle_defaults *defaults, struct kerr *err);
 void bundle_netns_set(struct json_object *cfg, char *path);
 void bundle_resolv_set(struct json_object *cfg, char *file);
+
+/* seccomp.c */
+struct json_object *seccomp_profile_build(void);
 
 /* netport.c */
 int netport_vm_prepare(struct json_object *nics, struct kerr *err);

@@ -6,18 +6,18 @@
  *             Env with SPEC env merged over it (PATH, HOSTNAME and HOME filled in when
  *             missing); cwd: SPEC workdir, else the image's WorkingDir, else "/";
  *             user: the image's User, numeric or root only (the rootfs is not read
- *             for /etc/passwd); Docker's default capabilities, CAP_NET_RAW kept so
- *             ping works; noNewPrivileges; RLIMIT_NOFILE 1024 like runc's example
- *   root      "rootfs" (the overlay the shim mounts), writable: the upper layer
- *   mounts    /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (ro),
- *             /sys/fs/cgroup (ro), as in runc's `runc spec`
- *   linux     new pid, ipc, uts, mount and network namespaces (runc brings the new
- *             netns's loopback up; a container on networks joins the namespace its
- *             NICs were wired in instead, bundle_netns_set()); cgroupsPath CGROUP
- * (oci_cgroup_path()), absolute, which runc needs on this host's hybrid cgroup layout; memory limit
- * (and the same swap limit where the kernel accounts swap, so no swapping past it), CPU quota over
- * a 100 ms period, pids limit; no device but runc's defaults; runc's masked and read-only /proc and
- * /sys paths
+ *             for /etc/passwd); Docker's default capabilities, CAP_NET_RAW unless
+ *             the spec's "capabilities" leaves it out; noNewPrivileges; RLIMIT_NOFILE 1024 like
+ * runc's example root      "rootfs" (the overlay the shim mounts), writable: the upper layer mounts
+ * /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (ro), /sys/fs/cgroup (ro), as in runc's `runc
+ * spec` linux     new pid, ipc, uts, mount and network namespaces (runc brings the new netns's
+ * loopback up; a container on networks joins the namespace its NICs were wired in instead,
+ * bundle_netns_set()); cgroupsPath CGROUP (oci_cgroup_path()), absolute, which runc needs on this
+ * host's hybrid cgroup layout; memory limit (and the same swap limit where the kernel accounts
+ * swap, so no swapping past it), CPU quota over a 100 ms period, pids limit (memory and
+ * pids: the agent's defaults where the spec sets none); no device but runc's defaults;
+ * Docker's masked and read-only /proc and /sys paths; seccomp.c's allow-list; the
+ * ping_group_range sysctl open
  */
 #include "agentd.h"
 
@@ -32,28 +32,50 @@
 #define CPU_PERIOD_US 100000
 #define DEFAULT_PATH  "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-/* Docker's default set (moby oci/caps/defaults.go), NET_RAW included for ping. */
-static const char *const default_caps[] = {
-	"CAP_CHOWN",
-	"CAP_DAC_OVERRIDE",
-	"CAP_FSETID",
-	"CAP_FOWNER",
-	"CAP_MKNOD",
-	"CAP_NET_RAW",
-	"CAP_SETGID",
-	"CAP_SETUID",
-	"CAP_SETFCAP",
-	"CAP_SETPCAP",
-	"CAP_NET_BIND_SERVICE",
-	"CAP_SYS_CHROOT",
-	"CAP_KILL",
-	"CAP_AUDIT_WRITE",
-	NULL,
+/*
+ * Docker's default set (moby oci/caps/defaults.go) without CAP_NET_RAW, which a
+ * container holds only when its spec says so ("capabilities": ["NET_RAW"]) or says
+ * nothing: busybox's ping (this cluster's test images, and many small images) opens
+ * raw ICMP sockets only, so dropping it by default would break ping. ICMP datagram
+ * sockets work without it (the ping_group_range sysctl below) for pings that use them.
+ */
+static const char *const base_caps[] = {
+	"CAP_CHOWN",	   "CAP_DAC_OVERRIDE",
+	"CAP_FSETID",	   "CAP_FOWNER",
+	"CAP_MKNOD",	   "CAP_SETGID",
+	"CAP_SETUID",	   "CAP_SETFCAP",
+	"CAP_SETPCAP",	   "CAP_NET_BIND_SERVICE",
+	"CAP_SYS_CHROOT",  "CAP_KILL",
+	"CAP_AUDIT_WRITE", NULL,
 };
 
+/* The capability set of spec: base_caps and what it asks for (the controller checked
+ * its names against its allow-list), or NET_RAW when it asks nothing. */
+static struct json_object *caps_build(struct json_object *spec)
+{
+	struct json_object *arr = json_object_new_array(), *extra;
+
+	for (size_t i = 0; base_caps[i]; i++)
+		json_object_array_add(arr, json_object_new_string(base_caps[i]));
+	extra = json_object_object_get(spec, "capabilities");
+	if (extra == NULL || !json_object_is_type(extra, json_type_array)) {
+		json_object_array_add(arr, json_object_new_string("CAP_NET_RAW"));
+		return arr;
+	}
+	for (size_t i = 0; i < json_object_array_length(extra); i++) {
+		const char *c = json_object_get_string(json_object_array_get_idx(extra, i));
+
+		if (c && strcmp(c, "NET_RAW") == 0)
+			json_object_array_add(arr, json_object_new_string("CAP_NET_RAW"));
+	}
+	return arr;
+}
+
+/* Docker's masked and read-only paths (moby oci/defaults.go), the same list. */
 static const char *const masked_paths[] = {
 	"/proc/acpi",
 	"/proc/asound",
+	"/proc/interrupts",
 	"/proc/kcore",
 	"/proc/keys",
 	"/proc/latency_stats",
@@ -61,6 +83,7 @@ static const char *const masked_paths[] = {
 	"/proc/timer_stats",
 	"/proc/sched_debug",
 	"/sys/firmware",
+	"/sys/devices/virtual/powercap",
 	"/proc/scsi",
 	NULL,
 };
@@ -248,9 +271,19 @@ static bool swap_limit_supported(void)
 	       access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0;
 }
 
-static struct json_object *resources_build(struct json_object *spec)
+/* A limit of the spec, or NULL (absent or null). */
+static struct json_object *limit_get(struct json_object *limits, const char *key)
 {
-	struct json_object *res = json_object_new_object(), *limits, *dev, *devices, *v;
+	return limits ? json_object_object_get(limits, key) : NULL;
+}
+
+static struct json_object *resources_build(struct json_object *spec,
+					   const struct bundle_defaults *defaults)
+{
+	struct json_object *res = json_object_new_object(), *dev, *devices, *v;
+	struct json_object *limits = json_object_object_get(spec, "limits");
+	int64_t memory_mib = defaults ? defaults->memory_mib : 0;
+	int64_t pids = defaults ? defaults->pids : 0;
 
 	/* Deny every device; runc adds its defaults (null, zero, tty, ptmx, ...). */
 	devices = json_object_new_array();
@@ -259,18 +292,22 @@ static struct json_object *resources_build(struct json_object *spec)
 	json_object_object_add(dev, "access", json_object_new_string("rwm"));
 	json_object_array_add(devices, dev);
 	json_object_object_add(res, "devices", devices);
-	if (!json_object_object_get_ex(spec, "limits", &limits))
-		return res;
-	if (json_object_object_get_ex(limits, "memory_mb", &v)) {
+	/* A container that sets no limit gets the agent's: a fork bomb or a leak in one
+	 * container must not take its host down. */
+	if ((v = limit_get(limits, "memory_mb")) != NULL)
+		memory_mib = json_object_get_int64(v);
+	if ((v = limit_get(limits, "pids")) != NULL)
+		pids = json_object_get_int64(v);
+	if (memory_mib > 0) {
 		struct json_object *mem = json_object_new_object();
-		int64_t bytes = json_object_get_int64(v) * 1024 * 1024;
+		int64_t bytes = memory_mib * 1024 * 1024;
 
 		json_object_object_add(mem, "limit", json_object_new_int64(bytes));
 		if (swap_limit_supported())
 			json_object_object_add(mem, "swap", json_object_new_int64(bytes));
 		json_object_object_add(res, "memory", mem);
 	}
-	if (json_object_object_get_ex(limits, "cpus", &v)) {
+	if ((v = limit_get(limits, "cpus")) != NULL) {
 		struct json_object *cpu = json_object_new_object();
 		int64_t quota = (int64_t)(json_object_get_double(v) * CPU_PERIOD_US + 0.5);
 
@@ -279,135 +316,19 @@ static struct json_object *resources_build(struct json_object *spec)
 		json_object_object_add(cpu, "period", json_object_new_int64(CPU_PERIOD_US));
 		json_object_object_add(res, "cpu", cpu);
 	}
-	if (json_object_object_get_ex(limits, "pids", &v)) {
-		struct json_object *pids = json_object_new_object();
+	if (pids > 0) {
+		struct json_object *p = json_object_new_object();
 
-		json_object_object_add(pids, "limit",
-				       json_object_new_int64(json_object_get_int64(v)));
-		json_object_object_add(res, "pids", pids);
+		json_object_object_add(p, "limit", json_object_new_int64(pids));
+		json_object_object_add(res, "pids", p);
 	}
 	return res;
 }
 
-/*
- * Syscalls a container gets EPERM for, on top of the capabilities it lacks: kernel
- * modules and kexec, mounts and namespaces (unshare, setns; clone with
- * CLONE_NEWUSER below), keyrings, BPF, perf, io_uring, userfaultfd, clocks, swap,
- * reboot, accounting, quotas, handle-based opens and cross-process memory access -
- * the calls Docker's default profile refuses that an application has no use for.
- */
-static const char *const seccomp_denied[] = {
-	"acct",
-	"add_key",
-	"bpf",
-	"clock_adjtime",
-	"clock_settime",
-	"create_module",
-	"delete_module",
-	"finit_module",
-	"fsconfig",
-	"fsmount",
-	"fsopen",
-	"fspick",
-	"get_kernel_syms",
-	"init_module",
-	"io_uring_enter",
-	"io_uring_register",
-	"io_uring_setup",
-	"ioperm",
-	"iopl",
-	"kcmp",
-	"kexec_file_load",
-	"kexec_load",
-	"keyctl",
-	"lookup_dcookie",
-	"mount",
-	"mount_setattr",
-	"move_mount",
-	"move_pages",
-	"name_to_handle_at",
-	"nfsservctl",
-	"open_by_handle_at",
-	"open_tree",
-	"perf_event_open",
-	"pivot_root",
-	"process_vm_readv",
-	"process_vm_writev",
-	"query_module",
-	"quotactl",
-	"reboot",
-	"request_key",
-	"setns",
-	"settimeofday",
-	"stime",
-	"swapoff",
-	"swapon",
-	"sysfs",
-	"_sysctl",
-	"syslog",
-	"umount",
-	"umount2",
-	"unshare",
-	"uselib",
-	"userfaultfd",
-	"ustat",
-	"vm86",
-	"vm86old",
-	NULL,
-};
-
-#define CLONE_NEWUSER_FLAG 0x10000000
-
-static struct json_object *seccomp_rule(struct json_object *names, const char *action,
-					int errno_ret)
+static struct json_object *linux_build(const char *cgroup, struct json_object *spec,
+				       const struct bundle_defaults *defaults)
 {
-	struct json_object *r = json_object_new_object();
-
-	json_object_object_add(r, "names", names);
-	json_object_object_add(r, "action", json_object_new_string(action));
-	if (errno_ret)
-		json_object_object_add(r, "errnoRet", json_object_new_int(errno_ret));
-	return r;
-}
-
-/* The OCI seccomp section: allow by default, refuse seccomp_denied with EPERM. */
-static struct json_object *seccomp_build(void)
-{
-	struct json_object *sc = json_object_new_object(), *rules = json_object_new_array();
-	struct json_object *arches = json_object_new_array(), *names, *clone, *args, *arg;
-
-	json_object_object_add(sc, "defaultAction", json_object_new_string("SCMP_ACT_ALLOW"));
-	json_object_array_add(arches, json_object_new_string("SCMP_ARCH_X86_64"));
-	json_object_array_add(arches, json_object_new_string("SCMP_ARCH_X86"));
-	json_object_array_add(arches, json_object_new_string("SCMP_ARCH_X32"));
-	json_object_object_add(sc, "architectures", arches);
-	json_object_array_add(rules,
-			      seccomp_rule(strings(seccomp_denied), "SCMP_ACT_ERRNO", EPERM));
-	/* clone(CLONE_NEWUSER): a user namespace would hand the container capabilities. */
-	names = json_object_new_array();
-	json_object_array_add(names, json_object_new_string("clone"));
-	clone = seccomp_rule(names, "SCMP_ACT_ERRNO", EPERM);
-	args = json_object_new_array();
-	arg = json_object_new_object();
-	json_object_object_add(arg, "index", json_object_new_int(0));
-	json_object_object_add(arg, "value", json_object_new_int64(CLONE_NEWUSER_FLAG));
-	json_object_object_add(arg, "valueTwo", json_object_new_int64(CLONE_NEWUSER_FLAG));
-	json_object_object_add(arg, "op", json_object_new_string("SCMP_CMP_MASKED_EQ"));
-	json_object_array_add(args, arg);
-	json_object_object_add(clone, "args", args);
-	json_object_array_add(rules, clone);
-	/* clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc
-	 * fall back to clone, which the rule above sees. */
-	names = json_object_new_array();
-	json_object_array_add(names, json_object_new_string("clone3"));
-	json_object_array_add(rules, seccomp_rule(names, "SCMP_ACT_ERRNO", ENOSYS));
-	json_object_object_add(sc, "syscalls", rules);
-	return sc;
-}
-
-static struct json_object *linux_build(const char *cgroup, struct json_object *spec)
-{
-	struct json_object *lx = json_object_new_object(), *ns = json_object_new_array();
+	struct json_object *lx = json_object_new_object(), *ns = json_object_new_array(), *sysctl;
 
 	for (size_t i = 0; namespaces[i]; i++) {
 		struct json_object *n = json_object_new_object();
@@ -416,11 +337,17 @@ static struct json_object *linux_build(const char *cgroup, struct json_object *s
 		json_object_array_add(ns, n);
 	}
 	json_object_object_add(lx, "cgroupsPath", json_object_new_string(cgroup));
-	json_object_object_add(lx, "resources", resources_build(spec));
+	json_object_object_add(lx, "resources", resources_build(spec, defaults));
 	json_object_object_add(lx, "namespaces", ns);
 	json_object_object_add(lx, "maskedPaths", strings(masked_paths));
 	json_object_object_add(lx, "readonlyPaths", strings(readonly_paths));
-	json_object_object_add(lx, "seccomp", seccomp_build());
+	json_object_object_add(lx, "seccomp", seccomp_profile_build());
+	/* As Docker does: ICMP datagram sockets for every group, so a ping that uses them
+	 * needs no CAP_NET_RAW. The container's own network namespace only. */
+	sysctl = json_object_new_object();
+	json_object_object_add(sysctl, "net.ipv4.ping_group_range",
+			       json_object_new_string("0 2147483647"));
+	json_object_object_add(lx, "sysctl", sysctl);
 	return lx;
 }
 
@@ -456,6 +383,11 @@ static struct json_object *process_build(const char *name, struct json_object *s
 		err_set(err, 0, "the working directory '%.64s' is not an absolute path", cwd);
 		return NULL;
 	}
+	/* The image's WorkingDir too: the controller checked only the spec's. */
+	if (path_in_kernel_fs(cwd)) {
+		err_set(err, 0, "the working directory '%.64s' is in /proc, /sys or /dev", cwd);
+		return NULL;
+	}
 	args = args_build(spec, image, err);
 	if (args == NULL)
 		return NULL;
@@ -472,7 +404,7 @@ static struct json_object *process_build(const char *name, struct json_object *s
 	for (const char *const *set =
 		     (const char *const[]){"bounding", "effective", "permitted", NULL};
 	     *set; set++)
-		json_object_object_add(caps, *set, strings(default_caps));
+		json_object_object_add(caps, *set, caps_build(spec));
 	json_object_object_add(p, "capabilities", caps);
 	rlimits = json_object_new_array();
 	rl = json_object_new_object();
@@ -492,7 +424,7 @@ static struct json_object *process_build(const char *name, struct json_object *s
  */
 struct json_object *bundle_config_build(const char *name, const char *cgroup,
 					struct json_object *spec, struct json_object *image_config,
-					struct kerr *err)
+					const struct bundle_defaults *defaults, struct kerr *err)
 {
 	struct json_object *image = NULL, *cfg, *root, *process, *ann;
 
@@ -511,7 +443,7 @@ struct json_object *bundle_config_build(const char *name, const char *cgroup,
 	json_object_object_add(cfg, "root", root);
 	json_object_object_add(cfg, "hostname", json_object_new_string(name));
 	json_object_object_add(cfg, "mounts", mounts_build());
-	json_object_object_add(cfg, "linux", linux_build(cgroup, spec));
+	json_object_object_add(cfg, "linux", linux_build(cgroup, spec, defaults));
 	ann = json_object_new_object();
 	json_object_object_add(ann, "org.kumo.instance", json_object_new_string(name));
 	json_object_object_add(cfg, "annotations", ann);

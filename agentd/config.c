@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -32,37 +33,49 @@ struct config_opt {
 	const char *def; /* NULL: no default, or one computed in defaults_fill() */
 	const char *metavar;
 	const char *help;
-	bool secret; /* -n prints whether it is set, never the value */
+	bool secret;  /* -n prints whether it is set, never the value */
+	int min, max; /* OPT_INT only */
 };
 
 #define AT(field) offsetof(struct agent_config, field)
 
 static const struct config_opt options[] = {
 	{"controller", OPT_STRING, AT(controller), NULL, "HOST:PORT",
-	 "the controller's join address (needed until joined)", false},
+	 "the controller's join address (needed until joined)", false, 0, 0},
 	{"join-token", OPT_STRING, AT(join_token), NULL, "TOKEN",
-	 "single-use join token (visible to ps; prefer --join-token-file)", true},
+	 "single-use join token (visible to ps; prefer --join-token-file)", true, 0, 0},
 	{"join-token-file", OPT_STRING, AT(join_token_file), NULL, "FILE",
-	 "read the join token from FILE", false},
+	 "read the join token from FILE", false, 0, 0},
 	{"name", OPT_STRING, AT(name), NULL, "NAME", "host name (default: the short host name)",
-	 false},
+	 false, 0, 0},
 	{"listen", OPT_STRING, AT(listen), "0.0.0.0:7710", "ADDR:PORT",
 	 "command socket address; ADDR is advertised (0.0.0.0: the address toward the controller)",
-	 false},
+	 false, 0, 0},
 	{"state-dir", OPT_STRING, AT(state_dir), "/var/lib/kumo-agent", "DIR",
-	 "link.json and local state", false},
+	 "link.json and local state", false, 0, 0},
 	{"shared-pool", OPT_STRING, AT(shared_pool), "/var/lib/kumo/shared", "DIR",
-	 "storage every host sees", false},
+	 "storage every host sees", false, 0, 0},
 	{"local-pool", OPT_STRING, AT(local_pool), NULL, "DIR",
-	 "this host's storage (default: STATE_DIR/local)", false},
+	 "this host's storage (default: STATE_DIR/local)", false, 0, 0},
 	{"heartbeat", OPT_INT, AT(heartbeat), NULL, "S",
-	 "heartbeat interval in seconds (default: as the controller says)", false},
+	 "heartbeat interval in seconds (default: as the controller says)", false, 1,
+	 AGENT_HEARTBEAT_MAX_S},
+	{"log-size", OPT_INT, AT(log_size_mib), "10", "MIB",
+	 "cap of one file of a container's or VM's console log, in MiB", false, 1, 4096},
+	{"log-files", OPT_INT, AT(log_files), "3", "N",
+	 "files a console log keeps (the current one and N-1 older ones)", false, 2,
+	 LOGFILE_FILES_MAX},
+	{"container-memory", OPT_INT, AT(ctr_memory_mib), "512", "MIB",
+	 "memory limit of a container that sets none (0: none)", false, 0, 1024 * 1024},
+	{"container-pids", OPT_INT, AT(ctr_pids), "1024", "N",
+	 "pids limit of a container that sets none (0: none)", false, 0, 1000000},
 	{"log-level", OPT_STRING, AT(log_level_name), "info", "LEVEL", "error, warn, info or debug",
-	 false},
+	 false, 0, 0},
 	{"accel", OPT_STRING, AT(accel), "auto", "MODE",
-	 "VM acceleration: auto (KVM only where a probe guest really ran), kvm or tcg", false},
+	 "VM acceleration: auto (KVM only where a probe guest really ran), kvm or tcg", false, 0,
+	 0},
 	{"qemu-user", OPT_STRING, AT(qemu_user), "kumo-qemu", "USER",
-	 "the user QEMU drops to once it opened its files (root: no drop)", false},
+	 "the user QEMU drops to once it opened its files (root: no drop)", false, 0, 0},
 };
 
 #define OPT_KEY_BASE 256 /* getopt_long values of table rows: OPT_KEY_BASE + index */
@@ -140,6 +153,10 @@ int config_parse(int argc, char **argv, struct agent_config *cfg, struct kerr *e
 	longopts[n++] = (struct option){"version", no_argument, NULL, 'V'};
 	longopts[n] = (struct option){NULL, 0, NULL, 0};
 
+	/* Integers take their defaults first: 0 may be a value given (no limit). */
+	for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+		if (options[i].kind == OPT_INT && options[i].def)
+			*int_at(cfg, &options[i]) = atoi(options[i].def);
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":nh", longopts, NULL)) != -1) {
 		const struct config_opt *o;
@@ -168,8 +185,7 @@ int config_parse(int argc, char **argv, struct agent_config *cfg, struct kerr *e
 			return err_input(err, 400, "", "unexpected option; see --help");
 		o = &options[c - OPT_KEY_BASE];
 		if (o->kind == OPT_INT) {
-			if (int_parse(optarg, o->name, 1, AGENT_HEARTBEAT_MAX_S, int_at(cfg, o),
-				      err) < 0)
+			if (int_parse(optarg, o->name, o->min, o->max, int_at(cfg, o), err) < 0)
 				return -1;
 			continue;
 		}
@@ -367,7 +383,7 @@ void config_print(const struct agent_config *cfg, FILE *out)
 		if (o->kind == OPT_INT) {
 			int v = *(const int *)((const char *)cfg + o->offset);
 
-			if (v)
+			if (v || o->def)
 				fprintf(out, "%s = %d\n", o->name, v);
 			else
 				fprintf(out, "%s = (as the controller says)\n", o->name);

@@ -382,11 +382,11 @@ static void job_queue(struct fs_job *j)
 		fatalx("cannot queue disk work: %s", uv_strerror(ret));
 }
 
-/* Report error (formatted) to cb on a later turn, through an empty job. */
-static void fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static void fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
+/*
+ * Report error (formatted) to cb on a later turn, through an empty job, as every
+ * answer of this file comes.
+ */
+void disk_fail_later(struct agent *a, disk_done_cb cb, void *data, const char *fmt, ...)
 {
 	struct fs_job *j = job_new(a, NULL, cb, data);
 	va_list ap;
@@ -637,7 +637,7 @@ static void img_run(struct img_step *s, struct argv *av,
 	struct kerr err;
 
 	if (cmd_run(s->agent, av->v, done, s, &err) < 0) {
-		fail_later(s->agent, s->cb, s->data, "%s", err.msg);
+		disk_fail_later(s->agent, s->cb, s->data, "%s", err.msg);
 		free(s);
 	}
 	argv_free(av);
@@ -714,14 +714,15 @@ static void image_info_cb(struct agent *a, const char *error, struct json_object
 	struct argv av = {0};
 
 	if (error) {
-		fail_later(a, s->cb, s->data, "image: %s", error);
+		disk_fail_later(a, s->cb, s->data, "image: %s", error);
 		free(s);
 		return;
 	}
 	format = json_get_str(info, "format", "");
 	s->image_size = json_get_int(info, "virtual-size", 0);
 	if (!format[0] || strchr(format, ',')) {
-		fail_later(a, s->cb, s->data, "qemu-img does not know the format of %s", s->image);
+		disk_fail_later(a, s->cb, s->data, "qemu-img does not know the format of %s",
+				s->image);
 		free(s);
 		return;
 	}

@@ -265,9 +265,20 @@ static int memory_check(struct json_object *val, const char *field, struct kerr 
 	return 0;
 }
 
+/* An image's SHA-256 as the controller recorded it: 64 lower-case hex digits. */
+static int sha256_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strlen(s) != 64 || strspn(s, "0123456789abcdef") != 64)
+		return err_input(err, 400, field, "field '%s' must be 64 hex digits", field);
+	return 0;
+}
+
 static const struct json_field image_fields[] = {
 	{"path", JK_STRING, true, path_check},
 	{"name", JK_STRING, false, NULL}, /* the controller's, for people */
+	{"sha256", JK_STRING, false, sha256_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -568,6 +579,22 @@ static int ctr_limits_check(struct json_object *val, const char *field, struct k
 	return 0;
 }
 
+/* The capabilities a container may ask for beyond the base set (bundle.c). */
+static int ctr_caps_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	static const char *const allowed[] = {"NET_RAW", NULL};
+
+	for (size_t i = 0; i < json_object_array_length(val); i++) {
+		struct json_object *e = json_object_array_get_idx(val, i);
+
+		if (!json_object_is_type(e, json_type_string))
+			return err_input(err, 400, field, "field '%s' must hold strings", field);
+		if (one_of(e, field, allowed, err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static const struct json_field ctr_spec_fields[] = {
 	{"name", JK_STRING, true, name_check},
 	{"type", JK_STRING, true, type_check},
@@ -577,6 +604,7 @@ static const struct json_field ctr_spec_fields[] = {
 	{"workdir", JK_STRING, false, workdir_check},
 	{"limits", JK_OBJECT, false, ctr_limits_check},
 	{"restart", JK_STRING, false, restart_check},
+	{"capabilities", JK_ARRAY, false, ctr_caps_check},
 	{"nics", JK_ARRAY, false, ctr_nics_check},
 	/* The controller's own: placement, grouping and the stop grace (each stop's
 	 * timeout_s carries it). Checked, kept, not used here. */
@@ -1192,12 +1220,9 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 			 struct kerr *err)
 {
 	_cleanup_free_ char *path = NULL, *data = NULL;
-	_cleanup_free_ unsigned char *raw = NULL;
-	_cleanup_close_ int fd = -1;
 	int64_t bytes = json_get_int(body, "bytes", CONSOLE_DEFAULT);
+	struct logfile_span span = {0};
 	struct vm *vm;
-	struct stat st;
-	ssize_t n = 0;
 
 	if (json_fields_check(body, console_fields, err) < 0)
 		return -1;
@@ -1207,25 +1232,15 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 			       json_get_str(body, "name", ""));
 	if (bytes < 1 || bytes > AGENT_CONSOLE_MAX)
 		bytes = bytes < 1 ? 1 : AGENT_CONSOLE_MAX;
+	/* The last bytes, across a trim (vm_cron()); a VM never started has none. */
 	path = xasprintf("%s/console.log", vm->dir);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0 && fstat(fd, &st) == 0) {
-		off_t from = st.st_size > bytes ? st.st_size - bytes : 0;
-
-		raw = xmalloc((size_t)bytes);
-		n = pread(fd, raw, (size_t)bytes, from);
-		if (n < 0)
-			return err_set(err, errno, "vm %s: cannot read %s", vm->name, path);
-	} else if (fd >= 0 || errno != ENOENT) {
-		return err_set(err, errno, "vm %s: cannot read %s", vm->name, path);
-	} else {
-		st.st_size = 0; /* never started: an empty console */
-	}
-	data = xmalloc(4 * ((size_t)n + 2) / 3 + 1);
-	EVP_EncodeBlock((unsigned char *)data, raw ? raw : (unsigned char *)"", (int)n);
+	logfile_read(path, -1, 0, true, bytes, &span);
+	data = xmalloc(4 * (span.len + 2) / 3 + 1);
+	EVP_EncodeBlock((unsigned char *)data, span.data, (int)span.len);
+	free(span.data);
 	*answer = json_object_new_object();
 	json_object_object_add(*answer, "data", json_object_new_string(data));
-	json_object_object_add(*answer, "size", json_object_new_int64(st.st_size));
+	json_object_object_add(*answer, "size", json_object_new_int64(span.end));
 	return 0;
 }
 

@@ -425,11 +425,12 @@ int layers_tar_write(const char *upper, const char *path, char *digest, char *di
 
 	if (root < 0)
 		return err_set(err, errno, "cannot open %s", upper);
-	t.fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	t.fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (t.fd < 0)
 		return err_set(err, errno, "cannot create %s", path);
-	/* Blobs are for every host and the registry to read, whatever our umask. */
-	fchmod(t.fd, 0644);
+	/* Blobs are for the agents and the controller (root) only: an image's files may
+	 * hold secrets, and no other user of a host has a reason to read them. */
+	fchmod(t.fd, 0600);
 	/* 15 + 16: a gzip wrapper; level 6 is gzip's own default. */
 	if (deflateInit2(&t.zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
 		close(t.fd);
@@ -471,7 +472,7 @@ static int tmp_blob_path(const char *shared, char *out, size_t len, struct kerr 
 	unsigned char rnd[8];
 
 	snprintf(dir, sizeof(dir), "%s/oci/blobs/sha256", shared);
-	int ret = mkdir_p(dir, 0755);
+	int ret = mkdir_p(dir, 0700);
 
 	if (ret < 0)
 		return err_set(err, -ret, "cannot create %s", dir);
@@ -526,10 +527,10 @@ int layers_blob_write(const char *shared, const void *data, size_t len, char *di
 	hex_encode(md, 32, digest + 7);
 	if (tmp_blob_path(shared, tmp, sizeof(tmp), err) < 0)
 		return -1;
-	ret = file_write_atomic(tmp, data, len, 0644);
+	ret = file_write_atomic(tmp, data, len, 0600);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot write %s", tmp);
-	chmod(tmp, 0644);
+	chmod(tmp, 0600);
 	return blob_commit(shared, tmp, digest, err);
 }
 

@@ -48,6 +48,7 @@ static void agent_stop(struct agent *a)
 	kvmprobe_stop(a);
 	vm_close_all(a);
 	oci_close_all(a);
+	imagecheck_cache_free(a);
 	disk_cmds_close(a);
 	oci_cmds_close(a);
 	link_close(a);

@@ -1309,78 +1309,32 @@ void oci_cron(struct agent *a)
 
 /* ---- logs --------------------------------------------------------------------------------- */
 
-/* Where the last lines lines of the file begin (at most max bytes back from end). */
-static off_t tail_start(int fd, off_t end, int64_t lines, int64_t max)
-{
-	char buf[8192];
-	off_t pos = end, floor = end > max ? end - max : 0;
-	int64_t seen = 0;
-	bool first = true;
-
-	while (pos > floor) {
-		off_t from = pos - (off_t)sizeof(buf) > floor ? pos - (off_t)sizeof(buf) : floor;
-		ssize_t n = pread(fd, buf, (size_t)(pos - from), from);
-
-		if (n <= 0)
-			break;
-		for (ssize_t i = n - 1; i >= 0; i--) {
-			if (buf[i] != '\n')
-				continue;
-			/* A final newline ends the last line rather than starting one. */
-			if (first && from + i == end - 1) {
-				first = false;
-				continue;
-			}
-			first = false;
-			if (++seen == lines)
-				return from + i + 1;
-		}
-		first = false;
-		pos = from;
-	}
-	return floor;
-}
-
 /*
- * Read ctr's console log for a logs query: from offset (past the end: from 0, the log
- * was rotated), or the last tail lines, or from the start; at most max bytes.
- * answer gets {"data": base64, "offset": where the next read goes on, "size": the
- * log's size}. The file is local and the read bounded: done on the loop, as the REP
- * socket answers before it takes the next request. Returns 0 or -1 with err.
+ * Read ctr's console log for a logs query (logfile_read(): across its rotated files,
+ * by logical offset): from offset (one before the oldest byte kept: from that byte;
+ * past the end, a log made anew: from its current file's start), or the last tail
+ * lines, or from the start; at most max bytes. answer gets {"data": base64,
+ * "offset": where the next read goes on, "size": the log's logical end}. The files are
+ * local and the read bounded: done on the loop, as the REP socket answers before it
+ * takes the next request. Returns 0.
  */
 int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
 		  struct json_object **answer, struct kerr *err)
 {
 	_cleanup_free_ char *path = ctr_path(ctr, "console.log");
-	_cleanup_free_ unsigned char *raw = NULL;
 	_cleanup_free_ char *data = NULL;
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st = {0};
-	off_t from = 0;
-	ssize_t n = 0;
+	struct logfile_span span = {0};
 
-	if (fd < 0 && errno != ENOENT)
-		return err_set(err, errno, "container %s: cannot read %s", ctr->name, path);
-	if (fd >= 0 && fstat(fd, &st) < 0)
-		return err_set(err, errno, "container %s: cannot read %s", ctr->name, path);
-	if (offset >= 0)
-		from = offset <= st.st_size ? offset : 0;
-	else if (tail > 0 && fd >= 0)
-		from = tail_start(fd, st.st_size, tail, max);
-	if (fd >= 0 && st.st_size > from) {
-		size_t want = (size_t)(st.st_size - from < max ? st.st_size - from : max);
-
-		raw = xmalloc(want);
-		n = pread(fd, raw, want, from);
-		if (n < 0)
-			return err_set(err, errno, "container %s: cannot read %s", ctr->name, path);
-	}
-	data = xmalloc(4 * ((size_t)n + 2) / 3 + 1);
-	EVP_EncodeBlock((unsigned char *)data, raw ? raw : (unsigned char *)"", (int)n);
+	(void)err;
+	logfile_read(path, offset, tail, false, max, &span);
+	data = xmalloc(4 * (span.len + 2) / 3 + 1);
+	EVP_EncodeBlock((unsigned char *)data, span.data, (int)span.len);
+	free(span.data);
 	*answer = json_object_new_object();
 	json_object_object_add(*answer, "data", json_object_new_string(data));
-	json_object_object_add(*answer, "offset", json_object_new_int64((int64_t)from + n));
-	json_object_object_add(*answer, "size", json_object_new_int64(st.st_size));
+	json_object_object_add(*answer, "offset",
+			       json_object_new_int64(span.offset + (int64_t)span.len));
+	json_object_object_add(*answer, "size", json_object_new_int64(span.end));
 	return 0;
 }
 

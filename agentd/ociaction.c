@@ -58,6 +58,9 @@ struct prep {
 	char name[NAME_MAX_LEN + 1];
 	char dir[PATH_MAX], shared[PATH_MAX], local[PATH_MAX], root[PATH_MAX];
 	char cgroup[PATH_MAX]; /* cgroupsPath, oci_cgroup_path() */
+	struct bundle_defaults defaults;
+	int64_t log_max_bytes; /* the console log's cap per file, and its files */
+	int log_files;
 	struct oci_image img;
 	size_t layer; /* the layer at work */
 };
@@ -115,7 +118,8 @@ static int bundle_work(struct oci_job *job)
 	/* The NICs first: the bundle names the namespace they live in. */
 	if (netport_ctr_prepare(p->dir, json_object_object_get(p->spec, "nics"), &job->err) < 0)
 		return agent_err_prefix(&job->err, "network: ");
-	cfg = bundle_config_build(p->name, p->cgroup, p->spec, p->img.config, &job->err);
+	cfg = bundle_config_build(p->name, p->cgroup, p->spec, p->img.config, &p->defaults,
+				  &job->err);
 	if (cfg == NULL)
 		return -1;
 	bundle_netns_set(cfg, netport_ctr_netns(p->dir, json_object_object_get(p->spec, "nics")));
@@ -137,6 +141,8 @@ static int bundle_work(struct oci_job *job)
 	json_object_object_add(shim, "runtime", json_object_new_string(AGENT_OCI_RUNTIME));
 	json_object_object_add(shim, "root", json_object_new_string(p->root));
 	json_object_object_add(shim, "cgroup", json_object_new_string(p->cgroup));
+	json_object_object_add(shim, "log_max_bytes", json_object_new_int64(p->log_max_bytes));
+	json_object_object_add(shim, "log_files", json_object_new_int(p->log_files));
 	json_object_object_add(shim, "restart",
 			       json_object_new_string(json_get_str(p->spec, "restart", "no")));
 	lower = json_object_new_array();
@@ -248,6 +254,10 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	snprintf(p->local, sizeof(p->local), "%s", a->cfg->local_pool);
 	oci_runc_root(a, p->root, sizeof(p->root));
 	oci_cgroup_path(a, p->name, p->cgroup, sizeof(p->cgroup));
+	p->defaults.memory_mib = a->cfg->ctr_memory_mib;
+	p->defaults.pids = a->cfg->ctr_pids;
+	p->log_max_bytes = (int64_t)a->cfg->log_size_mib << 20;
+	p->log_files = a->cfg->log_files;
 	instance_op_progress(op, 5, "reading the image");
 	p->job.work = image_work;
 	p->job.done = prep_done;

@@ -7,8 +7,10 @@
  *   runc --root ROOT run --bundle DIR --pid-file DIR/container.pid NAME
  *
  * in the foreground, with the container's stdout and stderr (and runc's messages)
- * appended to DIR/console.log, and waits. What it leaves in DIR is all the agent
- * reads to know the container's state, now or after a restart of its own:
+ * read from a pipe and appended to DIR/console.log, and waits. The log is rotated by
+ * size (logfile.c; shim.json's log_max_bytes x log_files): a container that writes
+ * without end fills at most that, and waits on the pipe while the shim writes. What it leaves in
+ * DIR is all the agent reads to know the container's state, now or after a restart of its own:
  *
  *   shim.json      written by the agent: name, runtime, root, lower layers (top
  *                  first), restart policy
@@ -57,7 +59,9 @@
 #include "util.h"
 
 #define OVERLAYFS_MAGIC	  0x794c7630
-#define CONSOLE_ROTATE	  (16 * 1024 * 1024)
+#define LOG_MAX_BYTES	  (10 * 1024 * 1024) /* shim.json's defaults */
+#define LOG_FILES	  3
+#define PIPE_READ_MAX	  (1024 * 1024) /* read per wake-up, so signals are seen */
 #define BACKOFF_MAX_S	  30
 #define BACKOFF_RESET_MS  10000 /* a run this long starts the back-off again at 1 s */
 #define SLEEP_SLICE_MS	  100
@@ -73,7 +77,10 @@ struct shim {
 	char restart[16];
 	char *lower; /* "A:B:C", top first */
 	char rootfs[PATH_MAX];
-	int console;
+	struct logfile log; /* console.log */
+	int64_t log_max_bytes;
+	int log_files;
+	int out; /* read end of this run's stdout and stderr, -1 once at EOF */
 	/* this run's OOM watch */
 	int oom_fd, oom_ctl, oom_events; /* eventfd (v1) or inotify (v2); -1 if none */
 	bool oom_v2;
@@ -117,6 +124,8 @@ static int config_load(struct shim *s, struct kerr *err)
 		 json_get_str(cfg, "runtime", AGENT_OCI_RUNTIME));
 	snprintf(s->root, sizeof(s->root), "%s", json_get_str(cfg, "root", ""));
 	snprintf(s->restart, sizeof(s->restart), "%s", json_get_str(cfg, "restart", "no"));
+	s->log_max_bytes = json_get_int(cfg, "log_max_bytes", LOG_MAX_BYTES);
+	s->log_files = (int)json_get_int(cfg, "log_files", LOG_FILES);
 	/* Bundles written before shim.json named it lived under /kumo/NAME. */
 	s->cgroup_own = json_object_object_get_ex(cfg, "cgroup", NULL);
 	if (s->cgroup_own)
@@ -460,27 +469,24 @@ static void oom_event(struct shim *s)
 	}
 }
 
-/* runc's reason from the end of console.log: its msg="..." if it has one. */
-static void runc_error(struct shim *s, off_t from, char *out, size_t outlen)
+/* runc's reason from the end of console.log (from logical offset from on): its
+ * msg="..." if it has one. */
+static void runc_error(struct shim *s, int64_t from, char *out, size_t outlen)
 {
-	char buf[2048], *line, *end, *msg;
-	struct stat st;
-	off_t at;
-	ssize_t n;
+	struct logfile_span span = {0};
+	int64_t end = logfile_end(&s->log);
+	char *buf, *line, *msg;
+	char *tail;
 
 	out[0] = '\0';
-	if (fstat(s->console, &st) < 0)
-		return;
-	at = st.st_size - (off_t)sizeof(buf) + 1;
-	if (at < from)
-		at = from;
-	n = pread(s->console, buf, sizeof(buf) - 1, at);
-	if (n <= 0)
-		return;
-	buf[n] = '\0';
-	end = buf + n;
-	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
-		*--end = '\0';
+	if (end - from > 2047)
+		from = end - 2047;
+	logfile_read(s->log.path, from, 0, false, 2047, &span);
+	buf = (char *)span.data;
+	buf[span.len] = '\0';
+	tail = buf + span.len;
+	while (tail > buf && (tail[-1] == '\n' || tail[-1] == ' '))
+		*--tail = '\0';
 	line = strrchr(buf, '\n');
 	line = line ? line + 1 : buf;
 	msg = strstr(line, "msg=\"");
@@ -488,9 +494,9 @@ static void runc_error(struct shim *s, off_t from, char *out, size_t outlen)
 		/* logfmt: msg="...", with \" and \\ inside */
 		char *w = line = msg + 5;
 
-		end = strrchr(line, '"');
-		if (end)
-			*end = '\0';
+		tail = strrchr(line, '"');
+		if (tail)
+			*tail = '\0';
 		for (char *r = line; *r; r++) {
 			if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
 				r++;
@@ -499,6 +505,7 @@ static void runc_error(struct shim *s, off_t from, char *out, size_t outlen)
 		*w = '\0';
 	}
 	snprintf(out, outlen, "%s", line);
+	free(span.data);
 }
 
 static void exit_write(struct shim *s, int code, int sig, bool started, int64_t started_at,
@@ -541,17 +548,30 @@ static void restarts_write(struct shim *s, int n)
 	file_write_atomic(path, text, strlen(text), 0600);
 }
 
+/* Fork runc run with stdout and stderr on a pipe whose read end goes to s->out. */
 static pid_t runc_spawn(struct shim *s)
 {
 	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
 	char *argv[] = {s->runtime, "--root",	  s->root, "run",   "--bundle",
 			s->dir,	    "--pid-file", pidfile, s->name, NULL};
 	sigset_t none;
-	pid_t pid = fork();
+	int fds[2];
+	pid_t pid;
 
-	if (pid != 0)
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -1;
+	pid = fork();
+	if (pid != 0) {
+		close(fds[1]);
+		if (pid < 0) {
+			close(fds[0]);
+			return pid;
+		}
+		s->out = fds[0];
+		fcntl(s->out, F_SETFL, O_NONBLOCK);
 		return pid;
-	/* The child: default signals, stdin from /dev/null, output to console.log. */
+	}
+	/* The child: default signals, stdin from /dev/null, output to the pipe. */
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGTERM, SIG_DFL);
@@ -561,11 +581,38 @@ static pid_t runc_spawn(struct shim *s)
 	int null = open("/dev/null", O_RDONLY);
 
 	dup2(null, 0);
-	dup2(s->console, 1);
-	dup2(s->console, 2);
+	dup2(fds[1], 1);
+	dup2(fds[1], 2);
 	execvp(argv[0], argv);
 	dprintf(2, "kumo shim: cannot run %s: %s\n", argv[0], strerror(errno));
 	_exit(127);
+}
+
+/*
+ * Copy what is in the output pipe to console.log, at most PIPE_READ_MAX bytes.
+ * Returns the bytes copied; at end of file the pipe is closed (s->out -1).
+ */
+static ssize_t output_copy(struct shim *s)
+{
+	static char buf[65536];
+	ssize_t total = 0, n;
+
+	while (total < PIPE_READ_MAX) {
+		n = read(s->out, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0) {
+			close(s->out);
+			s->out = -1;
+			break;
+		}
+		if (n < 0)
+			break; /* EAGAIN: all read */
+		if (logfile_write(&s->log, buf, (size_t)n) < 0)
+			log_warn("shim %s: cannot write %s", s->name, s->log.path);
+		total += n;
+	}
+	return total;
 }
 
 /*
@@ -577,7 +624,7 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 {
 	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
 	struct stat st;
-	off_t log_from = fstat(s->console, &st) == 0 ? st.st_size : 0;
+	int64_t log_from = logfile_end(&s->log);
 	int status = 0, pidfd;
 	bool signalled = false, watching = false;
 	pid_t pid;
@@ -599,8 +646,9 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 	}
 	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	for (;;) {
-		struct pollfd fds[2] = {{.fd = pidfd, .events = POLLIN},
-					{.fd = s->oom_fd, .events = POLLIN}};
+		struct pollfd fds[3] = {{.fd = pidfd, .events = POLLIN},
+					{.fd = s->oom_fd, .events = POLLIN},
+					{.fd = s->out, .events = POLLIN}};
 		pid_t w;
 
 		if (terminate && !signalled) {
@@ -618,11 +666,18 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 		if (*started_at == 0 && stat(pidfile, &st) == 0)
 			*started_at =
 				(int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
-		poll(fds, pidfd >= 0 ? 2 : 0,
-		     !watching || pidfd < 0 || *started_at == 0 ? OOM_SETUP_POLL_MS : -1);
+		poll(fds, 3, !watching || pidfd < 0 || *started_at == 0 ? OOM_SETUP_POLL_MS : -1);
 		if (s->oom_fd >= 0 && fds[1].revents & POLLIN)
 			oom_event(s);
+		if (s->out >= 0 && fds[2].revents & (POLLIN | POLLHUP))
+			output_copy(s);
 	}
+	/* What the container wrote last; a process it left behind cannot hold us up. */
+	for (int i = 0; i < 16 && s->out >= 0 && output_copy(s) > 0; i++)
+		;
+	if (s->out >= 0)
+		close(s->out);
+	s->out = -1;
 	if (s->oom_fd >= 0)
 		oom_event(s); /* a notification that came with the end */
 	oom_close(s);
@@ -661,15 +716,11 @@ static bool restart_wanted(const struct shim *s, int code)
 	return strcmp(s->restart, "on-failure") == 0 && code != 0;
 }
 
-static void console_open(struct shim *s)
+static int console_open(struct shim *s)
 {
 	_cleanup_free_ char *path = path_in(s, "console.log");
-	_cleanup_free_ char *old = path_in(s, "console.log.1");
-	struct stat st;
 
-	if (stat(path, &st) == 0 && st.st_size > CONSOLE_ROTATE)
-		rename(path, old);
-	s->console = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	return logfile_open(&s->log, path, s->log_max_bytes, s->log_files);
 }
 
 /*
@@ -699,7 +750,7 @@ int shim_main(const char *dir)
 		return 1;
 	}
 	snprintf(s->dir, sizeof(s->dir), "%s", dir);
-	s->console = s->oom_fd = s->oom_ctl = -1;
+	s->log.fd = s->out = s->oom_fd = s->oom_ctl = -1;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
@@ -714,8 +765,7 @@ int shim_main(const char *dir)
 	snprintf(pidtext, sizeof(pidtext), "%d\n", (int)getpid());
 	if (file_write_atomic(pidpath, pidtext, strlen(pidtext), 0600) < 0)
 		log_warn("shim %s: cannot write %s", s->name, pidpath);
-	console_open(s);
-	if (s->console < 0) {
+	if (console_open(s) < 0) {
 		snprintf(error, sizeof(error), "cannot open %s/console.log: %s", s->dir,
 			 strerror(errno));
 		log_warnx("shim %s: %s", s->name, error);
@@ -749,7 +799,7 @@ int shim_main(const char *dir)
 	}
 	stale_delete(s);
 	rootfs_umount(s);
-	close(s->console);
+	logfile_close(&s->log);
 	free(s->lower);
 	unlink(pidpath);
 	log_info("shim %s: done", s->name);

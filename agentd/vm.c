@@ -10,7 +10,8 @@
  *   qmp.sock     the agent's QMP connection (QEMU serves one client at a time)
  *   monitor.sock a second QMP monitor, never used by the agent: for operators and
  *                tests that want to look at a guest without disturbing the agent
- *   console.log  the guest's serial port (appended; rotated once past 4 MiB at start)
+ *   console.log  the guest's serial port (QEMU appends; past the agent's --log-size the
+ *                cron trims it into console.log.1 .. (logfile.c), at start too)
  *   qemu.log     QEMU's own stdout and stderr: why a start failed
  *   seed.img     the cloud-init seed, when the spec has user data
  *
@@ -37,12 +38,11 @@
 #include "json.h"
 #include "util.h"
 
-#define CONSOLE_ROTATE_BYTES (4 * 1024 * 1024)
-#define QMP_RETRY_START_MS   50	  /* QEMU creates its socket within milliseconds */
-#define QMP_RETRY_MS	     1000 /* an adopted QEMU whose QMP is busy or gone */
-#define EXIT_POLL_MS	     100  /* after QMP's EOF, until the adopted process is gone */
-#define ADOPT_REPORT_AFTER   3	  /* QMP failures before the start-up report goes anyway */
-#define MIB		     (1024LL * 1024)
+#define QMP_RETRY_START_MS 50	/* QEMU creates its socket within milliseconds */
+#define QMP_RETRY_MS	   1000 /* an adopted QEMU whose QMP is busy or gone */
+#define EXIT_POLL_MS	   100	/* after QMP's EOF, until the adopted process is gone */
+#define ADOPT_REPORT_AFTER 3	/* QMP failures before the start-up report goes anyway */
+#define MIB		   (1024LL * 1024)
 
 struct vm_proc {
 	uv_process_t handle;
@@ -783,14 +783,6 @@ static int qemu_log_open(struct vm *vm, struct kerr *err)
 }
 
 /*
- * Start QEMU for vm (stopped, crashed or failed), resuming snapshot loadvm if not
- * NULL. cb(vm, error, data) follows once QMP answered query-status (error NULL; the
- * state is then running or paused) or the start failed. The small files in the run
- * directory (local pool) are touched on the loop: a few metadata operations on a
- * local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb is then
- * not called).
- */
-/*
  * Remember the balloon target set in the running QEMU (target_mb, or -1: none, QEMU
  * at its start size), in vm and in {dir}/balloon_target for the agent's next run.
  */
@@ -820,16 +812,24 @@ void vm_balloon_target_load(struct vm *vm)
 		vm->balloon_target_mb = strtoll(text, NULL, 10);
 }
 
-int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+/* Keep the serial log within the agent's cap (logfile_trim()). */
+static void console_trim(struct vm *vm, const char *path)
+{
+	const struct agent_config *cfg = vm->agent->cfg;
+
+	if (logfile_trim(path, (int64_t)cfg->log_size_mib << 20, cfg->log_files) < 0)
+		log_warn("vm %s: cannot trim %s", vm->name, path);
+}
+
+/* Spawn QEMU for vm, its disks checked (vm_start()). */
+static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
 {
 	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
-	_cleanup_free_ char *console_old = xasprintf("%s/console.log.1", vm->dir);
 	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
 	uv_stdio_container_t stdio[3];
 	uv_process_options_t opts = {0};
 	struct argv av = {0};
 	struct vm_proc *proc;
-	struct stat st;
 	int fd, ret;
 
 	if (vm_alive(vm))
@@ -845,8 +845,7 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 		argv_free(&av);
 		return -1;
 	}
-	if (stat(console, &st) == 0 && st.st_size > CONSOLE_ROTATE_BYTES)
-		rename(console, console_old);
+	console_trim(vm, console);
 	unlink(pidfile);
 	vm_balloon_target_set(vm, -1); /* left by a QEMU that ended while the agent was away */
 
@@ -890,6 +889,55 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 	vm_state_set(vm, VM_STARTING);
 	uv_timer_start(&vm->timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
 	uv_timer_start(&vm->poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
+	return 0;
+}
+
+/* A start waiting for its disks' check (imagecheck_vm()). */
+struct start_wait {
+	struct vm *vm;
+	char *loadvm;
+	vm_done_cb cb;
+	void *data;
+};
+
+static void start_checked_cb(struct agent *a, const char *error, void *data)
+{
+	struct start_wait *w = data;
+	struct kerr err;
+
+	(void)a;
+	if (error) {
+		w->cb(w->vm, error, w->data);
+	} else if (vm_alive(w->vm)) {
+		w->cb(w->vm, "QEMU runs already", w->data);
+	} else if (vm_spawn(w->vm, w->loadvm, w->cb, w->data, &err) < 0) {
+		w->cb(w->vm, err.msg, w->data);
+	}
+	free(w->loadvm);
+	free(w);
+}
+
+/*
+ * Start QEMU for vm (stopped, crashed or failed), resuming snapshot loadvm if not
+ * NULL, once its disks and images passed imagecheck_vm() (a disk or image changed on
+ * the shared pool behind the controller's back is refused: cb gets why). cb(vm, error, data)
+ * follows once QMP answered query-status (error NULL; the state is then running or paused) or the
+ * start failed. The small files in the run directory (local pool) are touched on the loop: a few
+ * metadata operations on a local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb
+ * is then not called).
+ */
+int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+{
+	struct start_wait *w;
+
+	if (vm_alive(vm))
+		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
+	w = xcalloc(1, sizeof(*w));
+	w->vm = vm;
+	w->loadvm = loadvm ? xstrdup(loadvm) : NULL;
+	w->cb = cb;
+	w->data = data;
+	imagecheck_vm(vm, start_checked_cb, w);
 	return 0;
 }
 
@@ -980,8 +1028,9 @@ void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data)
 
 /*
  * The vm driver's share of the agent's periodic duties (heartbeat timer): refresh disk
- * sizes for the next reports, and notice an adopted QEMU that went away without QMP
- * saying so.
+ * sizes for the next reports, notice an adopted QEMU that went away without QMP
+ * saying so, and trim serial logs past their cap (a guest printing without end fills
+ * at most a heartbeat's worth past it).
  */
 void vm_cron(struct agent *a)
 {
@@ -993,5 +1042,10 @@ void vm_cron(struct agent *a)
 			vm_measure(vm, NULL, NULL);
 		if (vm_alive(vm) && vm->proc == NULL && !vm_pid_alive(vm->pid))
 			vm_exited(vm, false, 0, 0);
+		if (vm_alive(vm)) {
+			_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
+
+			console_trim(vm, console);
+		}
 	}
 }

@@ -201,28 +201,75 @@ static void prepared_cb(struct agent *a, const char *error, void *data)
 	disk_file_write(a, path, json_text(op->spec), make_disks, op);
 }
 
-/* Check paths and make the run directory, then make, grow and seed as planned. */
-static void disks_prepare(struct inst_op *op)
+/* The images of the disks to make, checked one after the other (imagecheck.c). */
+struct images_wait {
+	struct inst_op *op;
+	size_t i;
+};
+
+static void images_check_next(struct images_wait *w);
+
+static void image_checked_cb(struct agent *a, const char *error, void *data)
 {
+	struct images_wait *w = data;
+
+	(void)a;
+	if (instance_op_gone(w->op)) {
+		free(w);
+		return;
+	}
+	if (error) {
+		instance_op_fail(w->op, "image: %s", error);
+		free(w);
+		return;
+	}
+	w->i++;
+	images_check_next(w);
+}
+
+/* Check paths and make the run directory, then make, grow and seed as planned. */
+static void images_check_next(struct images_wait *w)
+{
+	struct inst_op *op = w->op;
 	struct vm_disk fresh[AGENT_VM_DISKS_MAX];
 	const char *images[AGENT_VM_DISKS_MAX];
 	struct json_object *arr;
 	size_t n = 0;
 
 	json_object_object_get_ex(op->spec, "disks", &arr);
-	for (size_t i = 0; i < op->ndisks; i++) {
+	/* An image is read (cloned or copied) only once it is the one the controller
+	 * recorded: qcow2, self-contained, the same SHA-256. */
+	for (; w->i < op->ndisks; w->i++) {
 		struct json_object *image;
 
+		if (!op->make[w->i] ||
+		    !json_object_object_get_ex(json_object_array_get_idx(arr, w->i), "image",
+					       &image))
+			continue;
+		snprintf(op->images[w->i], sizeof(op->images[w->i]), "%s/%s",
+			 op->agent->cfg->shared_pool, json_get_str(image, "path", ""));
+		instance_op_progress(op, 3, "checking images");
+		imagecheck_image(op->agent, op->images[w->i], json_get_str(image, "sha256", ""),
+				 image_checked_cb, w);
+		return;
+	}
+	free(w);
+	for (size_t i = 0; i < op->ndisks; i++) {
 		if (!op->make[i])
 			continue;
-		if (json_object_object_get_ex(json_object_array_get_idx(arr, i), "image", &image))
-			snprintf(op->images[i], sizeof(op->images[i]), "%s/%s",
-				 op->agent->cfg->shared_pool, json_get_str(image, "path", ""));
 		fresh[n] = op->disks[i];
 		images[n++] = op->images[i];
 	}
 	instance_op_progress(op, 5, "checking disk paths");
 	disk_prepare(op->agent, op->vm->dir, fresh, n, images, prepared_cb, op);
+}
+
+static void disks_prepare(struct inst_op *op)
+{
+	struct images_wait *w = xcalloc(1, sizeof(*w));
+
+	w->op = op;
+	images_check_next(w);
 }
 
 /*

@@ -5,6 +5,7 @@
 
 #include "json.h"
 
+#include <stdio.h>
 #include <string.h>
 
 bool name_valid(const char *s)
@@ -93,4 +94,39 @@ int stop_grace_check(struct json_object *val, const char *field, struct kerr *er
 		return err_input(err, 400, field, "'%s' must be 1..%d seconds", field,
 				 STOP_GRACE_MAX_S);
 	return 0;
+}
+
+bool path_in_kernel_fs(const char *path)
+{
+	static const char *const roots[] = {"proc", "sys", "dev"};
+	char first[8] = "";
+	size_t depth = 0;
+
+	/* Walk the components; only the first one left after ".." matters. */
+	for (const char *p = path; *p;) {
+		size_t len;
+
+		while (*p == '/')
+			p++;
+		len = strcspn(p, "/");
+		if (len == 0 || (len == 1 && p[0] == '.')) {
+			p += len;
+			continue;
+		}
+		if (len == 2 && p[0] == '.' && p[1] == '.') {
+			if (depth > 0)
+				depth--;
+		} else {
+			if (depth == 0)
+				snprintf(first, sizeof(first), "%.*s", len < 7 ? (int)len : 7, p);
+			depth++;
+		}
+		p += len;
+	}
+	if (depth == 0)
+		return false;
+	for (size_t i = 0; i < sizeof(roots) / sizeof(roots[0]); i++)
+		if (strcmp(first, roots[i]) == 0)
+			return true;
+	return false;
 }

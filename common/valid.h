@@ -22,6 +22,13 @@ int name_check(struct json_object *val, const char *field, struct kerr *err);
 bool label_key_valid(const char *s);
 /* For json_field.check: an object of label key -> string value. */
 int labels_check(struct json_object *val, const char *field, struct kerr *err);
+/*
+ * A container path that names a kernel file system (/proc, /sys, /dev, or anything
+ * under them once "." , ".." and repeated slashes are resolved): never a working
+ * directory, as /proc/self/fd/N would hand the process a host directory
+ * (CVE-2024-21626). Symbolic links inside the image are the runtime's to refuse.
+ */
+bool path_in_kernel_fs(const char *path);
 
 /*
  * How long a stop waits for an instance to end by itself before it is forced: the

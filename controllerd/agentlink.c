@@ -568,7 +568,7 @@ static void req_poll_cb(uv_poll_t *p, int status, int events)
 /* Open h's command socket to its advertised address. */
 void agentlink_host_connect(struct host *h)
 {
-	int fd, resend = 3600 * 1000, linger = 0;
+	int fd, resend = 3600 * 1000, linger = 0, max = LINK_MSG_MAX;
 
 	if (h->req_sock >= 0 || h->address == NULL || h->address[0] == '\0')
 		return;
@@ -580,6 +580,9 @@ void agentlink_host_connect(struct host *h)
 	/* We resend ourselves, re-sealed with a fresh seq; nanomsg's resend would replay. */
 	nn_setsockopt(h->req_sock, NN_REQ, NN_REQ_RESEND_IVL, &resend, sizeof(resend));
 	nn_setsockopt(h->req_sock, NN_SOL_SOCKET, NN_LINGER, &linger, sizeof(linger));
+	/* nanomsg drops replies over 1 MiB by default: a 1 MiB log or console read, base64
+	 * in its sealed reply, is larger. */
+	nn_setsockopt(h->req_sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &max, sizeof(max));
 	if (nn_connect(h->req_sock, h->address) < 0) {
 		log_warnx("host %s: cannot connect to %s: %s", h->name, h->address,
 			  nn_strerror(nn_errno()));

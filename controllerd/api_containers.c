@@ -75,6 +75,8 @@ static int workdir_check(struct json_object *v, const char *f, struct kerr *err)
 	if (s[0] != '/' || strlen(s) > 1024 || !json_string_clean(v) || strstr(s, "/../") ||
 	    (strlen(s) >= 3 && !strcmp(s + strlen(s) - 3, "/..")))
 		return err_input(err, 400, f, "'%s' must be an absolute path without '..'", f);
+	if (path_in_kernel_fs(s))
+		return err_input(err, 400, f, "'%s' must not be in /proc, /sys or /dev", f);
 	return 0;
 }
 
@@ -119,6 +121,35 @@ static int limits_check(struct json_object *v, const char *f, struct kerr *err)
 	return 0;
 }
 
+/*
+ * Capabilities a container may hold beyond the base set (Docker's defaults without
+ * NET_RAW), without the CAP_ prefix: a short allow-list, nothing that reaches past the
+ * container's own namespaces.
+ */
+static const char *const capabilities_allowed[] = {"NET_RAW", NULL};
+
+static int capabilities_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	size_t n = json_object_array_length(v);
+
+	if (n > ARRAY_SIZE(capabilities_allowed))
+		return err_input(err, 400, f, "'%s' has too many entries", f);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(v, i);
+		const char *c = json_object_get_string(e);
+		bool ok = false;
+
+		for (const char *const *a = capabilities_allowed; *a && c; a++)
+			ok = ok || (json_object_is_type(e, json_type_string) && !strcmp(c, *a));
+		if (!ok)
+			return err_input(err, 400, f,
+					 "'%s[%zu]' must be one of: NET_RAW (a capability a "
+					 "container may ask for)",
+					 f, i);
+	}
+	return 0;
+}
+
 static int restart_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	const char *s = json_object_get_string(v);
@@ -153,6 +184,7 @@ const struct json_field container_create_fields[] = {
 	{"limits", JK_OBJECT, false, limits_check},
 	{"restart", JK_STRING, false, restart_check},
 	{"stop_timeout_s", JK_INT, false, stop_grace_check},
+	{"capabilities", JK_ARRAY, false, capabilities_check},
 	{"nics", JK_ARRAY, false, nics_container_check},
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
@@ -222,8 +254,9 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 	json_object_object_add(img, "name", json_object_new_string(canon));
 	json_object_object_add(img, "manifest", json_object_new_string(digest));
 	json_object_object_add(spec, "image", img);
-	for (const char *const *k = (const char *const[]){"command", "env", "workdir", NULL}; *k;
-	     k++) {
+	for (const char *const *k =
+		     (const char *const[]){"command", "env", "workdir", "capabilities", NULL};
+	     *k; k++) {
 		v = json_object_object_get(body, *k);
 		json_object_object_add(spec, *k, v ? json_object_get(v) : NULL);
 	}

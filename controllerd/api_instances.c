@@ -391,12 +391,21 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 		json_object_object_add(o, "pool", json_object_new_string(pool));
 		json_object_object_add(o, "path", json_object_new_string(path));
 		if (image) {
-			char ipath[512];
+			char ipath[512], sha256[65] = "";
 			int64_t vsize = 0, vmb;
 			struct json_object *img = json_object_new_object();
 
-			image_ids[i] = image_find(image, ipath, sizeof(ipath), &vsize);
-			if (image_ids[i] <= 0) {
+			image_ids[i] = image_find(image, ipath, sizeof(ipath), &vsize, sha256);
+			if (image_ids[i] < 0) {
+				json_object_put(img);
+				json_object_put(o);
+				err_input(err, 409, where,
+					  "the record of image %s does not match its signature: it "
+					  "was changed outside the controller",
+					  image);
+				goto fail;
+			}
+			if (image_ids[i] == 0) {
 				json_object_put(img);
 				json_object_put(o);
 				err_input(err, 404, where, "no image named %s", image);
@@ -415,6 +424,10 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 			}
 			json_object_object_add(img, "name", json_object_new_string(image));
 			json_object_object_add(img, "path", json_object_new_string(ipath));
+			/* The controller's word on the image's bytes, checked where it is used. */
+			if (sha256[0])
+				json_object_object_add(img, "sha256",
+						       json_object_new_string(sha256));
 			json_object_object_add(o, "image", img);
 			json_object_object_add(
 				o, "clone",

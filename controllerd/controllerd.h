@@ -133,7 +133,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 8
+#define DB_SCHEMA_VERSION 9
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -283,7 +283,9 @@ enum MHD_Result api_instance_exec(struct request *req);
 int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len);
 int image_info_check(const char *out, const char *file, const char *format, int64_t *virtual_size,
 		     char *why, size_t len);
-int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size);
+int images_key_load(const char *state_dir, struct kerr *err);
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
+		   char *sha256);
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
 
@@ -556,6 +558,7 @@ int oci_name_split(const char *name, char *repo, char *tag, const char *field, s
 char *oci_blob_path(const char *digest);
 char *oci_upload_path(const char *name);
 int oci_store_init(struct kerr *err);
+void oci_store_modes_fix(void);
 void oci_digest_of(const void *data, size_t len, char *out);
 void oci_blob_put_file(const char *path, const char *expect, oci_done_fn done, void *cls);
 void oci_blobs_verify_cron(void);

@@ -187,6 +187,9 @@ static const char *const migrations[] = {
 	 */
 	"ALTER TABLE oci_manifests ADD COLUMN subject TEXT;"
 	"CREATE INDEX oci_manifests_subject ON oci_manifests(repo, subject);",
+	/* 8 -> 9: a VM image's record signed with the controller's image key (api_images.c);
+	 * records from before are signed at their next use. */
+	"ALTER TABLE images ADD COLUMN sig TEXT NOT NULL DEFAULT '';",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -238,7 +238,7 @@ int drift_adopt(struct host *h, struct json_object *spec, struct json_object *re
 		struct json_object *d = json_object_array_get_idx(disks, i);
 		const char *image = json_get_str(json_object_object_get(d, "image"), "name", NULL);
 		char path[512];
-		int64_t image_id = image ? image_find(image, path, sizeof(path), NULL) : 0;
+		int64_t image_id = image ? image_find(image, path, sizeof(path), NULL, NULL) : 0;
 
 		st = db_prepare(ctl.db,
 				"INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");

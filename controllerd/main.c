@@ -172,7 +172,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	cluster_id_ensure();
 	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0 ||
-	    registry_auth_init(ctl.cfg.state_dir, &err) < 0)
+	    registry_auth_init(ctl.cfg.state_dir, &err) < 0 ||
+	    images_key_load(ctl.cfg.state_dir, &err) < 0)
 		fatalx("%s", err.msg);
 	/* The self-signed certificate only when the operator gave none. */
 	if (ctl.cfg.tls && !ctl.cfg.tls_cert[0] &&
@@ -186,8 +187,7 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	ops_resume();
 	images_sweep_uploads();
-	if (oci_store_init(&err) < 0)
-		log_warnx("oci: %s", err.msg);
+	oci_store_modes_fix(); /* the store's directories, and blobs an older version left 0644 */
 
 	uv_timer_init(ctl.loop, &ctl.cron);
 	uv_timer_start(&ctl.cron, cron_cb, CRON_MS, CRON_MS);

@@ -160,6 +160,41 @@ int oci_store_init(struct kerr *err)
 	return 0;
 }
 
+/*
+ * At start-up: the store's directories made (oci_store_init()) and blobs that an older
+ * version left readable by everyone (0644) closed to root's. Logs what it could not
+ * change; the store still works.
+ */
+void oci_store_modes_fix(void)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/" BLOB_DIR, ctl.cfg.shared_pool);
+	struct kerr err;
+	struct dirent *de;
+	DIR *d;
+	int n = 0;
+
+	if (oci_store_init(&err) < 0) {
+		log_warnx("oci: %s", err.msg);
+		return;
+	}
+	d = opendir(dir);
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		struct stat st;
+
+		if (de->d_name[0] == '.' ||
+		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode) || (st.st_mode & 077) == 0)
+			continue;
+		if (fchmodat(dirfd(d), de->d_name, 0600, 0) == 0)
+			n++;
+	}
+	closedir(d);
+	if (n)
+		log_info("oci: %d blobs made readable by root only", n);
+}
+
 /* "sha256:<hex>" of len bytes into out (OCI_DIGEST_LEN + 1). */
 void oci_digest_of(const void *data, size_t len, char *out)
 {

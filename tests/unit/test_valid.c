@@ -18,6 +18,26 @@ static void fill(char *buf, char c, size_t n)
 	buf[n] = '\0';
 }
 
+/* Working directories: nothing that resolves under /proc, /sys or /dev. */
+static void test_path_in_kernel_fs(void **state)
+{
+	(void)state;
+	assert_true(path_in_kernel_fs("/proc"));
+	assert_true(path_in_kernel_fs("/proc/self/fd/3"));
+	assert_true(path_in_kernel_fs("//proc/self/cwd"));
+	assert_true(path_in_kernel_fs("/./sys/fs"));
+	assert_true(path_in_kernel_fs("/tmp/../dev"));
+	assert_true(path_in_kernel_fs("/../../proc/1/root"));
+	assert_true(path_in_kernel_fs("/dev/"));
+	assert_false(path_in_kernel_fs("/"));
+	assert_false(path_in_kernel_fs("/tmp"));
+	assert_false(path_in_kernel_fs("/procfs"));
+	assert_false(path_in_kernel_fs("/proc-data-longer"));
+	assert_false(path_in_kernel_fs("/srv/proc"));
+	assert_false(path_in_kernel_fs("/proc/.."));
+	assert_false(path_in_kernel_fs("/devices"));
+}
+
 static void test_name_length_boundaries(void **state)
 {
 	char name[80];
@@ -177,6 +197,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_name_length_boundaries),
+		cmocka_unit_test(test_path_in_kernel_fs),
 		cmocka_unit_test(test_name_good),
 		cmocka_unit_test(test_name_bad),
 		cmocka_unit_test(test_name_check_reports_field),
