@@ -314,15 +314,17 @@ bool event_type_known(const char *type);
 /* page.c */
 #define PAGE_DEFAULT 100
 #define PAGE_MAX     1000
+/* Longest sort key + 1: a container image's REPO:TAG is 128 + 1 + 128 bytes. */
+#define PAGE_KEY_MAX 512
 
 /* One page of a list being built (page.c says how lists page). */
 struct page {
 	int64_t limit;
-	char after[256];    /* the decoded cursor: items sort strictly after it; "" = first */
-	const char *fields; /* ?fields=, or NULL for whole items */
+	char after[PAGE_KEY_MAX]; /* the decoded cursor: items sort strictly after it; "" = first */
+	const char *fields;	  /* ?fields=, or NULL for whole items */
 	int64_t count;
-	bool more;	/* an item was left out: there is a next page */
-	char last[256]; /* sort key of the last item on the page */
+	bool more;		 /* an item was left out: there is a next page */
+	char last[PAGE_KEY_MAX]; /* sort key of the last item on the page */
 };
 
 int page_begin(struct request *req, struct page *p, struct kerr *err);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "controllerd.h"
+#include "log.h"
 #include "util.h"
 #include "valid.h"
 
@@ -43,6 +44,9 @@ int page_begin(struct request *req, struct page *p, struct kerr *err)
 	if (fields) {
 		int count = 1;
 
+		if (fields[0] == '\0')
+			return err_input(err, 400, "fields",
+					 "query parameter 'fields' must name at least one field");
 		for (const char *s = fields; *s; s++) {
 			if (*s == ',')
 				count++;
@@ -96,6 +100,10 @@ bool page_add(struct page *p, struct json_object *list, struct json_object *item
 		p->more = true;
 		return false;
 	}
+	/* A key the cursor cannot hold whole would make the next page start before this
+	 * item, for ever: no such key is made (names are bounded), but never loop on one. */
+	if (strlen(key) >= sizeof(p->last))
+		fatalx("page: a sort key of %zu bytes is longer than PAGE_KEY_MAX", strlen(key));
 	json_object_array_add(list, fields_keep(p, item));
 	snprintf(p->last, sizeof(p->last), "%s", key);
 	p->count++;

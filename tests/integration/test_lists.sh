@@ -84,6 +84,8 @@ for path in /api/v1/networks /api/v1/hosts /api/v1/instances /api/v1/images /api
 	[ "$(jqb .field)" = after ] || fail "$path?after=zz names field $(jqb .field)"
 	api GET "$path?fields=Name;x"
 	expect_status 400 "$path?fields=Name;x"
+	api GET "$path?fields="
+	expect_status 400 "$path?fields= (empty)"
 	api GET "$path?limit=1"
 	expect_status 200 "$path?limit=1"
 done
