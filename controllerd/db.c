@@ -151,6 +151,17 @@ static const char *const migrations[] = {
 	"ALTER TABLE addresses ADD COLUMN vlan INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE addresses ADD COLUMN mac TEXT;"
 	"CREATE INDEX addresses_instance ON addresses(instance_id);",
+	/* 6 -> 7: security groups (rules as JSON text); "default" holds every NIC that
+	 * names no group, and always exists */
+	"CREATE TABLE security_groups ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE,"
+	"  description TEXT NOT NULL DEFAULT '',"
+	"  rules TEXT NOT NULL DEFAULT '[]',"
+	"  created_at INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL);"
+	"INSERT INTO security_groups (name, description, created_at, updated_at) "
+	"  VALUES ('default', 'every NIC that names no group', 0, 0);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
