@@ -491,6 +491,9 @@ int link_open(struct agent *a, struct kerr *err)
 		return err_set(err, nn_errno(), "cannot create the event socket");
 	if (nn_connect(a->push_sock, a->link.events) < 0)
 		return err_set(err, nn_errno(), "cannot connect to %s", a->link.events);
+	/* The key outlives this process (link.json): whatever was sealed for it before
+	 * now must stay refused (seal_replay_restore()). */
+	seal_replay_restore(&a->replay, 0, now_us());
 	a->rep_sock = nn_socket(AF_SP, NN_REP);
 	if (a->rep_sock < 0)
 		return err_set(err, nn_errno(), "cannot create the command socket");

@@ -161,7 +161,11 @@ static const char *const migrations[] = {
 	"  created_at INTEGER NOT NULL,"
 	"  updated_at INTEGER NOT NULL);"
 	"INSERT INTO security_groups (name, description, created_at, updated_at) "
-	"  VALUES ('default', 'every NIC that names no group', 0, 0);",
+	"  VALUES ('default', 'every NIC that names no group', 0, 0);"
+	/* and the last seqs accepted from each agent, so a restart keeps its replay
+	 * windows */
+	"ALTER TABLE hosts ADD COLUMN rx_seq INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE hosts ADD COLUMN rx_reply_seq INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
