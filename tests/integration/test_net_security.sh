@@ -10,8 +10,11 @@
 #   security groups: a group's rules allow and deny real TCP and ICMP across hosts,
 #     members of a group reach each other, the default group keeps others out, changes
 #     apply live, and a group in use cannot be deleted.
-# Containers needing raw sockets (CAP_NET_RAW): nsec-a and nsec-o (arping); the others
-# use ping, which busybox does with a raw socket too.
+#   and no DHCP server in an instance: a client on a network without Kumo's DHCP gets no
+#     lease from a container running udhcpd, unless that one's port security is off.
+# Containers needing raw sockets (CAP_NET_RAW): nsec-a and nsec-o (arping), nsec-dc
+# (udhcpc), nsec-dr and nsec-do (udhcpd); the others use ping, which busybox does with a
+# raw socket too.
 # shellcheck disable=SC2016 # jq programs in single quotes
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib_oci.sh"
@@ -39,8 +42,15 @@ CT_HO=nsec-ho1 # h1, host-only
 HO_ADDR=10.72.0.10
 CT_B=nsec-b1 # h1, bridge
 B_ADDR=192.168.200.31
+DH=nsec-dh # host-only, no DHCP of Kumo's
+DH_CIDR=10.73.0.0/24
+CT_DC=nsec-dc # h1, DHCP client
+CT_DR=nsec-dr # h1, a DHCP server, port security on
+DR_ADDR=10.73.0.11
+CT_DO=nsec-do # h1, a DHCP server, port security off
+DO_ADDR=10.73.0.12
 VM=nsec-vm # h2, nat, DHCP
-INSTANCES="$VM $CT_V $CT_A $CT_O $CT_S $CT_D $CT_HO $CT_B"
+INSTANCES="$VM $CT_V $CT_A $CT_O $CT_S $CT_D $CT_HO $CT_B $CT_DC $CT_DR $CT_DO"
 PROBE_PORT=5555
 LISTENERS=()
 OUT_FORWARD=0
@@ -49,7 +59,7 @@ VIEWER_ID=""
 remove_all() {
 	for n in $INSTANCES; do ct_delete "$n"; done
 	api DELETE "/api/v1/security-groups/$SG" >/dev/null 2>&1 || true
-	for n in $NAT $HO $BR; do net_delete "$n"; done
+	for n in $NAT $HO $BR $DH; do net_delete "$n"; done
 }
 cleanup() {
 	local pid
@@ -131,7 +141,7 @@ script=$(
 	until ping -c 1 -W 1 $NAT_GW >/dev/null 2>&1; do
 		n=\$((n + 1)); [ \$n -lt 600 ] || break; sleep 1
 	done
-	for t in $H1:7710 $H2:7710 $H3:7710 $LINK:$KUMO_JOIN_PORT $LINK:$KUMO_EVENT_PORT $NAT_GW:$PROBE_PORT $H2:$PROBE_PORT $OUTSIDE:$PROBE_PORT; do
+	for t in $H1:7710 $H2:7710 $H3:7710 $LINK:$KUMO_JOIN_PORT $LINK:$KUMO_EVENT_PORT $LINK:$KUMO_TEST_LAB_API_PORT $NAT_GW:$PROBE_PORT $H2:$PROBE_PORT $OUTSIDE:$PROBE_PORT; do
 		if timeout 6 nc -w 3 \${t%:*} \${t#*:} </dev/null 2>/dev/null | grep -q listening; then r=OPEN; else r=CLOSED; fi
 		printf '\\nKUMO-%s-%s %s\\n' CP \$r \$t >/dev/console
 	done
@@ -195,14 +205,44 @@ ct_exec $CT_O "[\"sh\",\"-c\",\"arping -U -c 2 -I eth0 -s $V_ADDR $V_ADDR\"]" 20
 in_host h1 ip neigh del $V_ADDR dev "kb$NID-0" || true
 pass "port security: $CT_A's ARP claim of $V_ADDR and a forged MAC are dropped; with port_security false ($CT_O) the claim moves h1's entry"
 
+# ---- port security: no DHCP server in an instance ----------------------------------------
+api POST /api/v1/networks "{\"name\":\"$DH\",\"mode\":\"host-only\",\"cidr\":\"$DH_CIDR\",\"dhcp\":false}"
+expect_status 201 "create $DH"
+dhcp_server_json() { # NAME ADDR PORT-SECURITY
+	jq -cn --arg n "$1" --arg net $DH --arg a "$2" --argjson ps "$3" \
+		'{name: $n, type: "container", image: "busybox:latest", host: "h1",
+		  command: ["sh", "-c", "printf \"start 10.73.0.100\\nend 10.73.0.150\\ninterface eth0\\nlease_file /tmp/leases\\n\" >/tmp/u.conf; touch /tmp/leases; exec udhcpd -f /tmp/u.conf"],
+		  nics: [{network: $net, address: $a, port_security: $ps}]}'
+}
+dhcp_lease() { # the client's udhcpc output: a lease obtained, or none
+	ct_exec $CT_DC '["sh","-c","udhcpc -i eth0 -n -q -f -s /bin/true -t 3 -T 1 2>&1"]' 30
+	jqb .output
+}
+ct_create "$(net_ct_json $CT_DC h1 "[{\"network\":\"$DH\"}]")"
+ct_create "$(dhcp_server_json $CT_DR $DR_ADDR true)"
+wait_until 60 "$CT_DR running" instance_is $CT_DR running
+wait_until 30 "$CT_DR's udhcpd started" ct_logs_have $CT_DR "udhcpd: started"
+out=$(dhcp_lease)
+grep -q "obtained" <<<"$out" && fail "$CT_DC got a lease from $CT_DR's DHCP server: $out"
+ct_logs_have $CT_DR "sending OFFER" || fail "$CT_DR's server never offered (the test would prove nothing): $(ct_logs $CT_DR)"
+ct_delete $CT_DR
+ct_create "$(dhcp_server_json $CT_DO $DO_ADDR false)"
+wait_until 60 "$CT_DO running" instance_is $CT_DO running
+wait_until 30 "$CT_DO's udhcpd started" ct_logs_have $CT_DO "udhcpd: started"
+out=$(dhcp_lease)
+grep -q "obtained from $DO_ADDR" <<<"$out" || fail "with port security off, $CT_DC got no lease from $CT_DO: $out"
+for n in $CT_DC $CT_DO; do ct_delete $n; done
+pass "port security: $CT_DR's DHCP offers never reach $CT_DC; with port_security false ($CT_DO) they do"
+
 # ---- the control plane, from a container on each mode ------------------------------------
 wait_until 30 "$CT_A reaches the outside" ct_ping $CT_A "$OUTSIDE"
 tcp_open $CT_A "$OUTSIDE" $PROBE_PORT
-for t in $H1:7710 $H2:7710 $H3:7710 $LINK:"$KUMO_JOIN_PORT" $LINK:"$KUMO_EVENT_PORT" $NAT_GW:$PROBE_PORT $H1:$PROBE_PORT $H2:$PROBE_PORT; do
+for t in $H1:7710 $H2:7710 $H3:7710 $LINK:"$KUMO_JOIN_PORT" $LINK:"$KUMO_EVENT_PORT" $LINK:"$KUMO_TEST_LAB_API_PORT" \
+	$NAT_GW:$PROBE_PORT $H1:$PROBE_PORT $H2:$PROBE_PORT; do
 	tcp_closed $CT_A "${t%:*}" "${t#*:}"
 done
 ct_ping $CT_A $NAT_GW || fail "$CT_A cannot ping its gateway $NAT_GW"
-pass "nat: $CT_A reaches the outside over TCP and pings its gateway, but no host's agent port, the controller's join/event ports or a host's own listener"
+pass "nat: $CT_A reaches the outside over TCP and pings its gateway, but no host's agent port, the controller's join/event/API ports or a host's own listener"
 
 wait_until 30 "$CT_HO pings its gateway" ct_ping $CT_HO $HO_GW
 for t in $H1:7710 $H2:7710 $HO_GW:$PROBE_PORT $H1:$PROBE_PORT $LINK:"$KUMO_JOIN_PORT"; do
@@ -263,7 +303,7 @@ grep -q "KUMO-CP-OPEN $OUTSIDE:$PROBE_PORT" <<<"$out" || fail "$VM did not reach
 grep -q "KUMO-GWPING-OK" <<<"$out" || fail "$VM cannot ping its gateway"
 opened=$(grep -o 'KUMO-CP-OPEN [0-9.:]*' <<<"$out" | grep -v " $OUTSIDE:" || true)
 [ -z "$opened" ] || fail "$VM reached the control plane: $opened"
-[ "$(grep -c 'KUMO-CP-CLOSED' <<<"$out")" -ge 7 ] || fail "$VM did not report all its probes: $(grep -o 'KUMO-CP-[A-Z]* [0-9.:]*' <<<"$out" | tr '\n' ';')"
+[ "$(grep -c 'KUMO-CP-CLOSED' <<<"$out")" -ge 8 ] || fail "$VM did not report all its probes: $(grep -o 'KUMO-CP-[A-Z]* [0-9.:]*' <<<"$out" | tr '\n' ';')"
 pass "VM $VM (DHCP under port security) pings its gateway and reaches the outside, but no agent, controller or host port"
 
 for n in $CT_S $CT_D; do ct_delete $n; done
