@@ -38,6 +38,37 @@ static int sock_rcvfd(int sock)
 	return fd;
 }
 
+/* A token bucket: at most burst at once, refilled at per_s a second. */
+struct bucket {
+	double tokens;
+	int64_t at; /* ms; 0: never used (full) */
+};
+
+static bool bucket_take(struct bucket *b, double per_s, double burst, int64_t now)
+{
+	if (b->at == 0)
+		b->tokens = burst;
+	else
+		b->tokens += (double)(now - b->at) * per_s / 1000.0;
+	if (b->tokens > burst)
+		b->tokens = burst;
+	b->at = now;
+	if (b->tokens < 1.0)
+		return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
+/*
+ * Rejections are logged at most REJECT_LOG_PER_S a second (bursts of REJECT_LOG_BURST),
+ * so a peer sending garbage cannot fill the log; every one is counted.
+ */
+#define REJECT_LOG_PER_S 10.0
+#define REJECT_LOG_BURST 50.0
+
+static struct bucket reject_log;
+static uint64_t reject_unlogged;
+
 static void reject(const char *reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void reject(const char *reason, const char *fmt, ...)
@@ -45,11 +76,19 @@ static void reject(const char *reason, const char *fmt, ...)
 	char msg[512];
 	va_list ap;
 
+	metrics_link_rejected(reason);
+	if (!bucket_take(&reject_log, REJECT_LOG_PER_S, REJECT_LOG_BURST, now_ms())) {
+		reject_unlogged++;
+		return;
+	}
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	if (reject_unlogged > 0)
+		log_warnx("link: %llu more rejected messages were not logged (too many)",
+			  (unsigned long long)reject_unlogged);
+	reject_unlogged = 0;
 	log_warnx("link: rejected message: %s", msg);
-	metrics_link_rejected(reason);
 }
 
 /* ---- joining ---- */
@@ -69,32 +108,12 @@ static void reject(const char *reason, const char *fmt, ...)
 #define JOIN_NAME_BURST	     3.0
 #define JOIN_NAMES_TRACKED   64
 
-struct bucket {
-	double tokens;
-	int64_t at; /* ms; 0: never used (full) */
-};
-
 static struct bucket join_all;
 static struct {
 	char name[SEAL_HOST_MAX + 1];
 	struct bucket b;
 } join_names[JOIN_NAMES_TRACKED];
 static int64_t join_limited_logged;
-
-static bool bucket_take(struct bucket *b, double per_s, double burst, int64_t now)
-{
-	if (b->at == 0)
-		b->tokens = burst;
-	else
-		b->tokens += (double)(now - b->at) * per_s / 1000.0;
-	if (b->tokens > burst)
-		b->tokens = burst;
-	b->at = now;
-	if (b->tokens < 1.0)
-		return false;
-	b->tokens -= 1.0;
-	return true;
-}
 
 /* The bucket of name: its own, or the least recently used one taken over. */
 static struct bucket *join_name_bucket(const char *name)
