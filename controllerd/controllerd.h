@@ -198,6 +198,8 @@ struct sched_request;
 int nics_vm_check(struct json_object *v, const char *f, struct kerr *err);
 int nics_container_check(struct json_object *v, const char *f, struct kerr *err);
 struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err);
+int nics_patch_check(struct json_object *v, const char *f, struct kerr *err);
+int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct kerr *err);
 struct json_object *nics_sched_request(struct json_object *spec, struct sched_request *sr);
 void nics_sched_free(struct sched_request *sr);
 int nics_allocate(int64_t iid, const char *instance, struct json_object *spec, struct kerr *err);

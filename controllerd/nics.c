@@ -121,6 +121,64 @@ static const struct json_field ctr_nic_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
+/* PATCH nics: one object per NIC of the instance, in order, with what changes. */
+static const struct json_field nic_patch_fields[] = {
+	{"port_security", JK_BOOL, false, NULL},
+	{"security_groups", JK_ARRAY, false, groups_check},
+	{NULL, 0, false, NULL},
+};
+
+int nics_patch_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return json_array_check(v, f, nic_patch_fields, MAX_NICS, err);
+}
+
+/*
+ * Apply a PATCH's nics (checked with nics_patch_check()) to the NICs of spec: as many
+ * as the instance has (400), none on an isolated NIC (400), groups that exist (422).
+ * Changes spec only when it all holds. Returns 0, or -1 with err.
+ */
+int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct kerr *err)
+{
+	struct json_object *nics = json_object_object_get(spec, "nics");
+	size_t n = nics ? json_object_array_length(nics) : 0;
+	char where[40];
+
+	if (json_object_array_length(patch) != n)
+		return err_input(err, 400, "nics",
+				 "'nics' must list one object per NIC of the instance (%zu)", n);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *p = json_object_array_get_idx(patch, i);
+		struct json_object *groups = json_object_object_get(p, "security_groups");
+
+		snprintf(where, sizeof(where), "nics[%zu]", i);
+		if (json_get_str(json_object_array_get_idx(nics, i), "network", NULL) == NULL &&
+		    json_object_object_length(p) > 0)
+			return err_input(err, 400, where,
+					 "%s is isolated: it has no port security or groups",
+					 where);
+		snprintf(where, sizeof(where), "nics[%zu].security_groups", i);
+		for (size_t g = 0; groups && g < json_object_array_length(groups); g++) {
+			const char *name =
+				json_object_get_string(json_object_array_get_idx(groups, g));
+
+			if (!secgroup_exists(name))
+				return err_input(err, 422, where, "%s: no security group named %s",
+						 where, name);
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *p = json_object_array_get_idx(patch, i);
+		struct json_object *nic = json_object_array_get_idx(nics, i);
+
+		json_object_object_foreach(p, key, val)
+		{
+			json_object_object_add(nic, key, json_object_get(val));
+		}
+	}
+	return 0;
+}
+
 int nics_vm_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	return json_array_check(v, f, vm_nic_fields, MAX_NICS, err);

@@ -100,6 +100,7 @@ tcp_probe() {
 # tcp_open NAME ADDR PORT / tcp_closed NAME ADDR PORT: fail the test otherwise
 tcp_open() { [ "$(tcp_probe "$@")" = open ] || fail "$1 cannot reach $2:$3 over TCP (it must)"; }
 tcp_closed() { [ "$(tcp_probe "$@")" = closed ] || fail "$1 reaches $2:$3 over TCP (it must not)"; }
+tcp_is() { [ "$(tcp_probe "$1" "$2" "$3")" = "$4" ]; } # NAME ADDR PORT open|closed
 
 # ---- networks, a group, containers ------------------------------------------------------
 api POST /api/v1/networks "{\"name\":\"$NAT\",\"mode\":\"nat\",\"cidr\":\"$NAT_CIDR\"}"
@@ -272,6 +273,21 @@ ct_no_ping $CT_S $V_ADDR       # into the default group from outside it
 wait_until 30 "$CT_V pings $CT_A (both in default)" ct_ping $CT_V $A_ADDR
 wait_until 30 "$CT_S pings the outside" ct_ping $CT_S "$OUTSIDE"
 pass "groups: $CT_V (default, h1) reaches $CT_S ($SG, h2) on 8080 by rule but not 9090 or ping; $CT_D ($SG, h3) reaches 9090 as a member; default keeps $CT_S out"
+
+# A running instance's NIC changes groups live (PATCH nics).
+api PATCH "/api/v1/instances/$CT_V" '{"nics":[{"security_groups":["nsec-nosuch"]}]}'
+expect_status 422 "PATCH a NIC into a group that does not exist"
+api PATCH "/api/v1/instances/$CT_V" '{"nics":[{},{}]}'
+expect_status 400 "PATCH nics with more NICs than the instance has"
+api PATCH "/api/v1/instances/$CT_V" "{\"nics\":[{\"security_groups\":[\"$SG\"]}]}"
+expect_status 200 "PATCH $CT_V into $SG"
+[ "$(jqb -c '.spec.nics[0].security_groups // .nics[0].security_groups')" = "[\"$SG\"]" ] ||
+	fail "$CT_V's NIC does not show group $SG after the PATCH: $BODY"
+wait_until 30 "$CT_V (now in $SG) reaches $CT_S:9090" tcp_is $CT_V $S_ADDR 9090 open
+api PATCH "/api/v1/instances/$CT_V" '{"nics":[{"security_groups":[]}]}'
+expect_status 200 "PATCH $CT_V back to default"
+wait_until 30 "$CT_V (default again) no longer reaches $CT_S:9090" tcp_is $CT_V $S_ADDR 9090 closed
+pass "a running container's NIC moves into a group and back (PATCH nics), live"
 
 api PUT "/api/v1/security-groups/$SG" "$(jq -cn --arg v "$V_ADDR/32" '{rules: [
 	{direction: "ingress", action: "deny", protocol: "tcp", ports: "8080", cidr: $v},
