@@ -19,6 +19,7 @@
  *   agent-replay  a sealed probe twice; exit 0 only if the first is acked and the
  *                 second gets no answer within 2 s.
  *   agent-save    a sealed probe, acked, its bytes kept in --file; exit 0 if acked.
+ *                 --ahead S seals it S seconds ahead (a controller whose clock is).
  *   agent-resend  the bytes of --file; exit 0 only if no answer comes within 2 s.
  * And against the join socket (--join tcp://addr:port; LINK_JSON is read but unused):
  *   join-flood    40 well-formed join requests with a wrong proof, all claiming the
@@ -145,6 +146,7 @@ int main(int argc, char **argv)
 	size_t len;
 	struct link_msg m = {0};
 	const char *mode, *events, *agent = NULL, *path = NULL, *join = NULL;
+	int64_t ahead_s = 0;
 	struct kerr err;
 	int64_t last = 0;
 	char dir = SEAL_DIR_TO_CONTROLLER;
@@ -160,6 +162,8 @@ int main(int argc, char **argv)
 			path = argv[i + 1];
 		else if (strcmp(argv[i], "--join") == 0)
 			join = argv[i + 1];
+		else if (strcmp(argv[i], "--ahead") == 0)
+			ahead_s = strtoll(argv[i + 1], NULL, 10);
 		else
 			return die("unknown option");
 	}
@@ -196,7 +200,7 @@ int main(int argc, char **argv)
 			return die("agent-replay needs --agent tcp://addr:port");
 		m.type = LINK_CMD_PROBE;
 		link_op_id_new(m.op);
-		m.seq = seal_seq_next(&last);
+		m.seq = seal_seq_next(&last) + ahead_s * 1000000;
 		m.body = json_object_new_object();
 		if (link_msg_seal(key, SEAL_DIR_TO_AGENT, &m, &buf, &len, &err) < 0)
 			return die(err.msg);
