@@ -150,7 +150,7 @@ static size_t port_rules(FILE *f, struct json_object *groups, struct json_object
 	return count;
 }
 
-/* The per-port chains and the forward rules jumping to them. */
+/* The per-port chains. */
 static void groups_chains(FILE *f, const struct netdoc_net *n, struct json_object *groups)
 {
 	for (size_t j = 0; j < netdoc_len(n->segments); j++) {
@@ -185,12 +185,19 @@ static void groups_chains(FILE *f, const struct netdoc_net *n, struct json_objec
 	}
 }
 
+/*
+ * The forward rules jumping to them. Scoped by the port's bridge as well as its
+ * address: every table's forward chain sees every packet, and two bridge networks may
+ * hold the same address.
+ */
 static void groups_jumps(FILE *f, const struct netdoc_net *n, struct json_object *groups)
 {
 	for (size_t j = 0; j < netdoc_len(n->segments); j++) {
 		struct json_object *ports =
 			json_object_object_get(json_object_array_get_idx(n->segments, j), "ports");
+		struct netdoc_seg s;
 
+		netdoc_seg_read(json_object_array_get_idx(n->segments, j), &s);
 		for (size_t k = 0; k < netdoc_len(ports); k++) {
 			struct json_object *port = json_object_array_get_idx(ports, k);
 			const char *ifname = json_get_str(port, "ifname", "");
@@ -202,12 +209,17 @@ static void groups_jumps(FILE *f, const struct netdoc_net *n, struct json_object
 			if (port_rules(NULL, groups, port, false) > 0) {
 				port_chain(chain, sizeof(chain), "eg", ifname);
 				fprintf(f,
-					"\t\tct state new,invalid,untracked ip saddr %s jump %s\n",
-					addr, chain);
+					"\t\tiifname \"%s\" ct state new,invalid,untracked ip "
+					"saddr %s "
+					"jump %s\n",
+					s.bridge, addr, chain);
 			}
 			port_chain(chain, sizeof(chain), "in", ifname);
-			fprintf(f, "\t\tct state new,invalid,untracked ip daddr %s jump %s\n", addr,
-				chain);
+			fprintf(f,
+				"\t\toifname \"%s\" ct state new,invalid,untracked ip daddr %s "
+				"jump "
+				"%s\n",
+				s.bridge, addr, chain);
 		}
 	}
 }

@@ -704,11 +704,11 @@ static void test_tables(void **state)
 			       "80-90 return\n"
 			       "\t\tip saddr @sg1 return\n"
 			       "\t\tdrop\n"));
-	assert_true(
-		has_line(text, "ct state new,invalid,untracked ip saddr 10.60.0.5 jump eg_kp7_0"));
+	assert_true(has_line(text, "iifname \"kb5-0\" ct state new,invalid,untracked ip saddr "
+				   "10.60.0.5 jump eg_kp7_0"));
 	assert_null(strstr(text, "eg_kp8_0"));
-	assert_true(
-		has_line(text, "ct state new,invalid,untracked ip daddr 10.60.0.6 jump in_kp8_0"));
+	assert_true(has_line(text, "oifname \"kb5-0\" ct state new,invalid,untracked ip daddr "
+				   "10.60.0.6 jump in_kp8_0"));
 	free(text);
 	json_object_put(doc);
 }
