@@ -324,6 +324,44 @@ static struct json_object *group_rules(const char *name)
 }
 
 /*
+ * Every group's member addresses, {"name": ["10.0.0.5", ...]}, from one pass over the
+ * NICs (a document is built at every heartbeat). A new reference.
+ */
+static struct json_object *members_by_group(void)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT a.address, a.nic, i.spec FROM addresses a "
+					      "JOIN instances i ON a.instance_id = i.id "
+					      "ORDER BY i.id, a.nic");
+	struct json_object *out = json_object_new_object();
+
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *spec =
+			json_tokener_parse((const char *)sqlite3_column_text(st, 2));
+		struct json_object *nic = json_object_array_get_idx(
+			json_object_object_get(spec, "nics"), (size_t)sqlite3_column_int64(st, 1));
+		struct json_object *names = nic_groups(nic);
+		const char *addr = (const char *)sqlite3_column_text(st, 0);
+
+		for (size_t i = 0; nic && i < json_object_array_length(names); i++) {
+			const char *name =
+				json_object_get_string(json_object_array_get_idx(names, i));
+			struct json_object *addrs = json_object_object_get(out, name);
+
+			if (addrs == NULL) {
+				addrs = json_object_new_array();
+				json_object_object_add(out, name, addrs);
+			}
+			/* The same address on two networks is one element. */
+			if (!names_has(addrs, addr))
+				json_object_array_add(addrs, json_object_new_string(addr));
+		}
+		json_object_put(spec);
+	}
+	sqlite3_finalize(st);
+	return out;
+}
+
+/*
  * The security_groups of a host's network document: each group of names (those its
  * ports name) and each group their rules refer to, with its rules and its members'
  * addresses. A new array.
@@ -332,13 +370,14 @@ struct json_object *secgroup_doc_json(struct json_object *names)
 {
 	struct json_object *out = json_object_new_array();
 	struct json_object *want = json_object_new_array();
+	struct json_object *members = members_by_group();
 
 	for (size_t i = 0; i < json_object_array_length(names); i++)
 		json_object_array_add(want, json_object_get(json_object_array_get_idx(names, i)));
 	/* want grows while it is walked: rules bring in the groups they refer to. */
 	for (size_t i = 0; i < json_object_array_length(want); i++) {
 		const char *name = json_object_get_string(json_object_array_get_idx(want, i));
-		struct json_object *rules = group_rules(name), *g, *members, *addrs;
+		struct json_object *rules = group_rules(name), *g, *addrs;
 
 		if (rules == NULL)
 			rules = json_object_new_array(); /* gone meanwhile: nobody is let in */
@@ -349,23 +388,15 @@ struct json_object *secgroup_doc_json(struct json_object *names)
 			if (ref && !names_has(want, ref))
 				json_object_array_add(want, json_object_new_string(ref));
 		}
-		members = secgroup_members(name);
-		addrs = json_object_new_array();
-		for (size_t m = 0; m < json_object_array_length(members); m++) {
-			const char *a =
-				json_get_str(json_object_array_get_idx(members, m), "address", "");
-
-			/* The same address on two networks is one element. */
-			if (!names_has(addrs, a))
-				json_object_array_add(addrs, json_object_new_string(a));
-		}
-		json_object_put(members);
+		addrs = json_object_object_get(members, name);
 		g = json_object_new_object();
 		json_object_object_add(g, "name", json_object_new_string(name));
-		json_object_object_add(g, "members", addrs);
+		json_object_object_add(g, "members",
+				       addrs ? json_object_get(addrs) : json_object_new_array());
 		json_object_object_add(g, "rules", rules);
 		json_object_array_add(out, g);
 	}
 	json_object_put(want);
+	json_object_put(members);
 	return out;
 }
