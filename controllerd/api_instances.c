@@ -1056,8 +1056,8 @@ enum MHD_Result api_instance_patch(struct request *req)
 		ret = http_reply_json(req, 200, instance_get_json(i->name, false));
 	} else if (strcmp(json_get_str(i->spec, "type", "vm"), "vm")) {
 		ret = http_reply_error(req, 400, NULL,
-				       "%s is a container: only its labels change; its limits are "
-				       "set when it is created",
+				       "%s is a container: only its labels and nics change; its "
+				       "limits are set when it is created",
 				       i->name);
 	} else {
 		ret = patch_resources(req, i, body);
