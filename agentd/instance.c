@@ -303,7 +303,11 @@ static const struct json_field disk_fields[] = {
 		{"fixed", JK_BOOL, false, NULL}, {"prefix", JK_INT, false, prefix_check},          \
 		{"mode", JK_STRING, false, netmode_check},                                         \
 		{"router", JK_STRING, false, ipv4_check}, {"mtu", JK_INT, false, mtu_check},       \
-		{"dns", JK_ARRAY, false, ipv4s_check}, {"bridge", JK_STRING, false, bridge_check}, \
+		{"dns", JK_ARRAY, false, ipv4s_check},                                             \
+		{"bridge", JK_STRING, false,                                                       \
+		 bridge_check}, /* the host's network document realises these (netnft.c) */        \
+		{"port_security", JK_BOOL, false, NULL},                                           \
+		{"security_groups", JK_ARRAY, false, NULL},                                        \
 	{                                                                                          \
 		"ifname", JK_STRING, false, port_check                                             \
 	}

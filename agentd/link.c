@@ -19,6 +19,7 @@
 #include <nanomsg/pipeline.h>
 #include <nanomsg/reqrep.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -436,6 +437,36 @@ out:
 	return ret;
 }
 
+/* {state_dir}/link.seq: the last command seq accepted that was ahead of our clock. */
+static char *replay_path(struct agent *a)
+{
+	return xasprintf("%s/link.seq", a->cfg->state_dir);
+}
+
+/* The seq link.seq holds, or 0 (also for one further ahead than any seq we take). */
+static int64_t replay_saved(struct agent *a)
+{
+	_cleanup_free_ char *path = replay_path(a), *text = NULL;
+	int64_t seq;
+
+	if (file_read_all(path, 64, &text, NULL) < 0)
+		return 0;
+	seq = strtoll(text, NULL, 10);
+	return seq > now_us() + LINK_REPLAY_WINDOW_US ? 0 : seq;
+}
+
+static void replay_save(struct agent *a)
+{
+	_cleanup_free_ char *path = replay_path(a);
+	char text[32];
+	int ret;
+
+	snprintf(text, sizeof(text), "%lld\n", (long long)a->replay.last_seq);
+	ret = file_write_atomic(path, text, strlen(text), 0600);
+	if (ret < 0)
+		log_warnx("link: cannot write %s: %s", path, strerror(-ret));
+}
+
 /*
  * Check a request before anything reads it. A message that fails is logged and left
  * unanswered: the REP socket drops it when the next request arrives.
@@ -473,6 +504,11 @@ static void request_handle(struct agent *a, const unsigned char *buf, size_t len
 		link_msg_clear(&m);
 		return;
 	}
+	/* A restart resumes the window at its start time, which covers every seq up to
+	 * our clock; only one ahead of it (the controller's clock runs ahead) needs
+	 * keeping. Rare, and a small write. */
+	if (m.seq > now_us())
+		replay_save(a);
 	log_debug("link: %s command, op %s, seq %lld", unknown ? type : link_type_name(m.type),
 		  m.op, (long long)m.seq);
 	if (unknown)
@@ -532,6 +568,9 @@ int link_open(struct agent *a, struct kerr *err)
 		return err_set(err, nn_errno(), "cannot create the event socket");
 	if (nn_connect(a->push_sock, a->link.events) < 0)
 		return err_set(err, nn_errno(), "cannot connect to %s", a->link.events);
+	/* The key outlives this process (link.json): whatever was sealed for it before
+	 * now, or before the last seq kept, must stay refused (seal_replay_restore()). */
+	seal_replay_restore(&a->replay, replay_saved(a), now_us());
 	a->rep_sock = nn_socket(AF_SP, NN_REP);
 	if (a->rep_sock < 0)
 		return err_set(err, nn_errno(), "cannot create the command socket");

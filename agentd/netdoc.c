@@ -215,10 +215,26 @@ size_t netdoc_len(struct json_object *arr)
 /* ---- checking the document ------------------------------------------------------- */
 
 static const struct json_field doc_fields[] = {
-	{"hash", JK_STRING, true, NULL},
-	{"underlay", JK_STRING, false, NULL},
-	{"networks", JK_ARRAY, true, NULL},
-	{NULL, 0, false, NULL},
+	{"hash", JK_STRING, true, NULL},	  {"underlay", JK_STRING, false, NULL},
+	{"control_plane", JK_ARRAY, false, NULL}, {"security_groups", JK_ARRAY, false, NULL},
+	{"networks", JK_ARRAY, true, NULL},	  {NULL},
+};
+
+static const struct json_field group_fields[] = {
+	{"name", JK_STRING, true, NULL},
+	{"members", JK_ARRAY, true, NULL},
+	{"rules", JK_ARRAY, true, NULL},
+	{NULL},
+};
+
+static const struct json_field rule_fields[] = {
+	{"direction", JK_STRING, true, NULL},
+	{"action", JK_STRING, true, NULL},
+	{"protocol", JK_STRING, true, NULL},
+	{"ports", JK_STRING, false, NULL},
+	{"cidr", JK_STRING, false, NULL},
+	{"group", JK_STRING, false, NULL},
+	{NULL},
 };
 
 static const struct json_field network_fields[] = {
@@ -246,6 +262,8 @@ static const struct json_field port_fields[] = {
 	{"mac", JK_STRING, true, NULL},
 	{"address", JK_STRING, false, NULL},
 	{"instance", JK_STRING, true, NULL},
+	{"port_security", JK_BOOL, false, NULL},
+	{"security_groups", JK_ARRAY, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
@@ -310,7 +328,8 @@ struct port_ref {
 struct doc_check {
 	bool has_underlay;
 	uint32_t underlay;
-	size_t segments, ports; /* so far, all networks */
+	struct json_object *groups; /* the document's security_groups, or NULL */
+	size_t segments, ports;	    /* so far, all networks */
 	struct port_ref *ifnames;
 };
 
@@ -353,6 +372,174 @@ static int ipv4_field(struct json_object *val, const char *at, const char *membe
 	return 0;
 }
 
+/* The index of group name in the document's security_groups, or -1. */
+int netdoc_group_index(struct json_object *groups, const char *name)
+{
+	for (size_t i = 0; i < netdoc_len(groups); i++)
+		if (strcmp(json_get_str(json_object_array_get_idx(groups, i), "name", ""), name) ==
+		    0)
+			return (int)i;
+	return -1;
+}
+
+/* "80" or "1000-2000", ports 1 to 65535, the first not above the second. */
+bool netdoc_ports_parse(const char *s, int *lo, int *hi)
+{
+	long long a, b;
+	const char *p = digits_skip(s, true, &a);
+
+	if (p == NULL || a < 1 || a > 65535)
+		return false;
+	b = a;
+	if (*p == '-' && ((p = digits_skip(p + 1, true, &b)) == NULL || b < a || b > 65535))
+		return false;
+	if (*p != '\0')
+		return false;
+	*lo = (int)a;
+	*hi = (int)b;
+	return true;
+}
+
+/* An array of at most max IPv4 addresses, none twice. */
+static int addr_list_check(struct json_object *arr, const char *at, const char *member, size_t max,
+			   struct kerr *err)
+{
+	size_t n = netdoc_len(arr), dup;
+	_cleanup_free_ uint32_t *addrs = NULL;
+	char item[48];
+
+	if (n > max)
+		return bad(err, at, member, "lists more than %zu addresses", max);
+	addrs = xcalloc(n + 1, sizeof(*addrs));
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *val = json_object_array_get_idx(arr, i);
+
+		snprintf(item, sizeof(item), "%s[%zu]", member, i);
+		if (!json_object_is_type(val, json_type_string))
+			return bad(err, at, item, "must be a string");
+		if (ipv4_field(val, at, item, &addrs[i], err) < 0)
+			return -1;
+	}
+	qsort(addrs, n, sizeof(*addrs), u32_cmp);
+	if ((dup = first_duplicate(addrs, n, sizeof(*addrs), u32_cmp)) < n) {
+		char text[INET_ADDRSTRLEN];
+
+		netdoc_ipv4_format(addrs[dup], text);
+		return bad(err, at, member, "lists %s twice", text);
+	}
+	return 0;
+}
+
+static const char *const rule_directions[] = {"ingress", "egress", NULL};
+static const char *const rule_actions[] = {"allow", "deny", NULL};
+static const char *const rule_protocols[] = {"tcp", "udp", "icmp", "any", NULL};
+
+static bool word_in(const char *s, const char *const *words)
+{
+	for (; *words; words++)
+		if (strcmp(s, *words) == 0)
+			return true;
+	return false;
+}
+
+static int rule_check(struct json_object *groups, struct json_object *jr, const char *at,
+		      struct kerr *err)
+{
+	const char *proto, *ports, *cidr, *group;
+	uint32_t net;
+	int prefix, lo, hi;
+
+	if (!json_object_is_type(jr, json_type_object))
+		return bad(err, at, "", "must be an object");
+	if (fields_check(jr, rule_fields, at, err) < 0)
+		return -1;
+	if (!word_in(json_get_str(jr, "direction", ""), rule_directions))
+		return bad(err, at, "direction", "must be \"ingress\" or \"egress\"");
+	if (!word_in(json_get_str(jr, "action", ""), rule_actions))
+		return bad(err, at, "action", "must be \"allow\" or \"deny\"");
+	proto = json_get_str(jr, "protocol", "");
+	if (!word_in(proto, rule_protocols))
+		return bad(err, at, "protocol", "must be \"tcp\", \"udp\", \"icmp\" or \"any\"");
+	ports = json_get_str(jr, "ports", NULL);
+	if (ports && strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0)
+		return bad(err, at, "ports", "needs protocol tcp or udp");
+	if (ports && !netdoc_ports_parse(ports, &lo, &hi))
+		return bad(err, at, "ports", "must be a port or a range (\"80\", \"1000-2000\")");
+	cidr = json_get_str(jr, "cidr", NULL);
+	group = json_get_str(jr, "group", NULL);
+	if ((cidr == NULL) == (group == NULL))
+		return bad(err, at, "cidr", "or group: exactly one must be given");
+	if (cidr && (!cidr_parse(cidr, &net, &prefix) || (net & ~prefix_mask(prefix)) != 0))
+		return bad(err, at, "cidr", "must be an IPv4 network (\"10.0.0.0/8\")");
+	if (group && netdoc_group_index(groups, group) < 0)
+		return bad(err, at, "group", "names %.63s, not a group of the document", group);
+	return 0;
+}
+
+static int groups_check(struct doc_check *c, struct json_object *groups, struct kerr *err)
+{
+	size_t n = netdoc_len(groups);
+
+	if (n > NETDRV_GROUPS_MAX)
+		return bad(err, "", "security_groups", "lists more than %d groups",
+			   NETDRV_GROUPS_MAX);
+	c->groups = groups;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *jg = json_object_array_get_idx(groups, i), *rules;
+		char at[32], rat[64];
+
+		snprintf(at, sizeof(at), "security_groups[%zu]", i);
+		if (!json_object_is_type(jg, json_type_object))
+			return bad(err, at, "", "must be an object");
+		if (fields_check(jg, group_fields, at, err) < 0)
+			return -1;
+		if (!name_valid(json_get_str(jg, "name", "")))
+			return bad(err, at, "name", "must be a group name ([a-z0-9-], 1-%d)",
+				   NAME_MAX_LEN);
+		if (netdoc_group_index(groups, json_get_str(jg, "name", "")) != (int)i)
+			return bad(err, at, "name", "is also an earlier group's");
+		if (addr_list_check(json_object_object_get(jg, "members"), at, "members",
+				    NETDRV_GROUP_MEMBERS_MAX, err) < 0)
+			return -1;
+		rules = json_object_object_get(jg, "rules");
+		if (netdoc_len(rules) > NETDRV_GROUP_RULES_MAX)
+			return bad(err, at, "rules", "lists more than %d rules",
+				   NETDRV_GROUP_RULES_MAX);
+		for (size_t r = 0; r < netdoc_len(rules); r++) {
+			snprintf(rat, sizeof(rat), "%s.rules[%zu]", at, r);
+			if (rule_check(groups, json_object_array_get_idx(rules, r), rat, err) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* A port's security_groups: names of the document's groups, each once. */
+static int port_groups_check(struct doc_check *c, struct json_object *names, const char *at,
+			     struct kerr *err)
+{
+	char item[32];
+
+	if (netdoc_len(names) > NETDRV_PORT_GROUPS_MAX)
+		return bad(err, at, "security_groups", "lists more than %d groups",
+			   NETDRV_PORT_GROUPS_MAX);
+	for (size_t i = 0; i < netdoc_len(names); i++) {
+		struct json_object *val = json_object_array_get_idx(names, i);
+		const char *name = json_object_get_string(val);
+
+		snprintf(item, sizeof(item), "security_groups[%zu]", i);
+		if (!json_object_is_type(val, json_type_string))
+			return bad(err, at, item, "must be a string");
+		if (netdoc_group_index(c->groups, name) < 0)
+			return bad(err, at, item, "names %.63s, not a group of the document", name);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(json_object_get_string(json_object_array_get_idx(names, j)),
+				   name) == 0)
+				return bad(err, at, item, "names %.63s twice", name);
+	}
+	return 0;
+}
+
 static int port_check(struct doc_check *c, const struct netdoc_net *n, struct json_object *jp,
 		      const char *at, uint32_t *addr, bool *has_addr, uint64_t *mac,
 		      struct kerr *err)
@@ -376,6 +563,8 @@ static int port_check(struct doc_check *c, const struct netdoc_net *n, struct js
 	if (!name_valid(s))
 		return bad(err, at, "instance", "must be an instance name ([a-z0-9-], 1-%d)",
 			   NAME_MAX_LEN);
+	if (port_groups_check(c, json_object_object_get(jp, "security_groups"), at, err) < 0)
+		return -1;
 	*has_addr = json_object_object_get_ex(jp, "address", &val) && val != NULL;
 	if (!*has_addr) {
 		if (n->mode != NETDOC_BRIDGE)
@@ -640,6 +829,11 @@ int netdrv_doc_check(struct json_object *doc, struct kerr *err)
 			return -1;
 		c.has_underlay = true;
 	}
+	if (addr_list_check(json_object_object_get(doc, "control_plane"), "", "control_plane",
+			    NETDRV_CONTROL_PLANE_MAX, err) < 0)
+		return -1;
+	if (groups_check(&c, json_object_object_get(doc, "security_groups"), err) < 0)
+		return -1;
 	networks = json_object_object_get(doc, "networks");
 	n = netdoc_len(networks);
 	if (n > NETDRV_NETWORKS_MAX)

@@ -56,6 +56,10 @@ void netdoc_ipv4_format(uint32_t addr, char out[NETDOC_ADDR_LEN]);
  * (no leading zeros): one network and VLAN have exactly one name.
  */
 bool netdoc_kumo_name(const char *s, const char *kind, long long *a, long long *b);
+/* "80" or "1000-2000" (1-65535, ascending) into lo and hi; false if s is neither. */
+bool netdoc_ports_parse(const char *s, int *lo, int *hi);
+/* The index of the security group called name in groups (an array), or -1. */
+int netdoc_group_index(struct json_object *groups, const char *name);
 /* An interface name safe to hand to ip: [A-Za-z0-9_.-], not starting with '-'. */
 bool netdoc_ifname_safe(const char *s);
 

@@ -14,7 +14,8 @@
  *      uplink (bridge mode), then the instance ports that exist
  *   4. the /32 routes of the ports (proto 77), stale ones removed
  *   5. nftables: one `nft -f -` transaction replaces every wanted kumo_n<NID> table and
- *      deletes the stale ones
+ *      deletes the stale ones (their rules: netnft.c - isolation, NAT, port security,
+ *      security groups, the control plane)
  *   6. dnsmasq per DHCP segment: restarted when its config changed, SIGHUP when only its
  *      hosts did
  *   7. net.ipv4.ip_forward = 1 while a nat network is wanted
@@ -48,6 +49,7 @@
 #include "json.h"
 #include "log.h"
 #include "netdoc.h"
+#include "netnft.h"
 #include "util.h"
 
 #define STDERR_KEPT 4096
@@ -368,6 +370,7 @@ struct apply {
 	struct json_object *routes; /* our routes, read once the links are done */
 	struct json_object *tables; /* nft -j list tables: the "nftables" array, or NULL */
 	struct json_object *fresh;  /* bridges this apply made: their dnsmasq binds anew */
+	struct netnft_host nft;	    /* groups, control plane, underlay subnet */
 };
 
 /* A step failed: the first failure is kept for the caller, later ones are logged. */
@@ -894,67 +897,7 @@ static void routes_sync(struct apply *ap)
 
 /* ---- applying: nftables ---------------------------------------------------------- */
 
-/* The two tables of a routed network (the "table X" lines make "delete" safe). */
-static void nft_network(struct buf *b, const struct netdoc_net *n)
-{
-	size_t nsegs = netdoc_len(n->segments);
-	bool nat = n->mode == NETDOC_NAT;
-
-	buf_printf(b, "table inet kumo_n%lld\ndelete table inet kumo_n%lld\n", (long long)n->id,
-		   (long long)n->id);
-	buf_printf(b, "table inet kumo_n%lld {\n", (long long)n->id);
-	/* Bridged frames (br_netfilter) come here with iif = oif = the bridge. */
-	buf_printf(b, "\tchain forward {\n"
-		      "\t\ttype filter hook forward priority filter; policy accept;\n");
-	for (size_t j = 0; j < nsegs; j++) {
-		struct netdoc_seg s;
-
-		netdoc_seg_read(json_object_array_get_idx(n->segments, j), &s);
-		buf_printf(b, "\t\tiifname \"%s\" oifname \"%s\" accept\n", s.bridge, s.bridge);
-		if (nat) {
-			/* Out to the world, not into another segment or network. */
-			buf_printf(b, "\t\tiifname \"%s\" oifname != \"kb*\" accept\n", s.bridge);
-			buf_printf(b, "\t\toifname \"%s\" ct state established,related accept\n",
-				   s.bridge);
-		}
-		buf_printf(b, "\t\tiifname \"%s\" drop\n\t\toifname \"%s\" drop\n", s.bridge,
-			   s.bridge);
-	}
-	buf_printf(b, "\t}\n");
-	if (nat)
-		buf_printf(b,
-			   "\tchain postrouting {\n"
-			   "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-			   "\t\tip saddr %s oifname != \"kb*\" masquerade\n"
-			   "\t}\n",
-			   n->cidr);
-	buf_printf(b, "}\n");
-
-	/* Each host's anycast gateway and dnsmasq answer its own instances only. */
-	buf_printf(b, "table bridge kumo_n%lld\ndelete table bridge kumo_n%lld\n", (long long)n->id,
-		   (long long)n->id);
-	buf_printf(b, "table bridge kumo_n%lld {\n", (long long)n->id);
-	buf_printf(b, "\tchain output {\n"
-		      "\t\ttype filter hook output priority filter; policy accept;\n");
-	for (size_t j = 0; j < nsegs; j++) {
-		struct netdoc_seg s;
-
-		netdoc_seg_read(json_object_array_get_idx(n->segments, j), &s);
-		buf_printf(b, "\t\toifname \"%s\" ether saddr %s drop\n", s.vxlan, s.gateway_mac);
-	}
-	buf_printf(b, "\t}\n\tchain forward {\n"
-		      "\t\ttype filter hook forward priority filter; policy accept;\n");
-	for (size_t j = 0; j < nsegs; j++) {
-		struct netdoc_seg s;
-
-		netdoc_seg_read(json_object_array_get_idx(n->segments, j), &s);
-		buf_printf(b, "\t\toifname \"%s\" arp daddr ip %s drop\n", s.vxlan, n->gateway);
-		buf_printf(b, "\t\toifname \"%s\" udp dport 67 drop\n", s.vxlan);
-	}
-	buf_printf(b, "\t}\n}\n");
-}
-
-/* Does the document want table kumo_n<id> (a routed network with segments)? */
+/* Does the document want table kumo_n<id> (a network with segments)? */
 static bool nft_wanted(struct apply *ap, const char *name)
 {
 	char canonical[32];
@@ -971,7 +914,7 @@ static bool nft_wanted(struct apply *ap, const char *name)
 
 		netdoc_net_read(json_object_array_get_idx(ap->networks, i), &v);
 		if (v.id == id)
-			return v.mode != NETDOC_BRIDGE && netdoc_len(v.segments) > 0;
+			return netdoc_len(v.segments) > 0;
 	}
 	return false;
 }
@@ -989,20 +932,49 @@ static bool nft_has(struct apply *ap, const char *family, const char *name)
 	return false;
 }
 
+/* This host's underlay subnet, from the address the underlay interface holds. */
+static void underlay_subnet(struct apply *ap)
+{
+	uint32_t addr;
+
+	if (!netdoc_ipv4_parse(ap->underlay, &addr))
+		return;
+	for (size_t i = 0; i < netdoc_len(ap->links); i++) {
+		struct json_object *addrs = json_object_object_get(
+			json_object_array_get_idx(ap->links, i), "addr_info");
+
+		for (size_t k = 0; k < netdoc_len(addrs); k++) {
+			struct json_object *a = json_object_array_get_idx(addrs, k);
+			int prefix = (int)json_get_int(a, "prefixlen", 0);
+
+			if (strcmp(json_get_str(a, "family", ""), "inet") != 0 ||
+			    strcmp(json_get_str(a, "local", ""), ap->underlay) != 0 || prefix < 1 ||
+			    prefix > 32)
+				continue;
+			ap->nft.underlay_prefix = prefix;
+			ap->nft.underlay_net = addr & (0xffffffffu << (32 - prefix));
+			return;
+		}
+	}
+}
+
 /* One transaction: every wanted table replaced whole, every stale kumo_n* deleted. */
 static void nft_sync(struct apply *ap)
 {
 	_attr_cleanup_(buf_freep) struct buf script = {0};
 	struct kerr e;
 
+	underlay_subnet(ap);
 	for (size_t i = 0; i < netdoc_len(ap->networks); i++) {
 		struct netdoc_net v;
-		char name[32];
+		char name[32], *text;
 
 		netdoc_net_read(json_object_array_get_idx(ap->networks, i), &v);
-		if (v.mode == NETDOC_BRIDGE || netdoc_len(v.segments) == 0)
+		if (netdoc_len(v.segments) == 0)
 			continue;
-		nft_network(&script, &v);
+		text = netnft_network(&v, &ap->nft);
+		buf_append(&script, text, strlen(text));
+		free(text);
 		snprintf(name, sizeof(name), "kumo_n%lld", (long long)v.id);
 		if (ap->tables && (!nft_has(ap, "inet", name) || !nft_has(ap, "bridge", name)))
 			ap->changes++;
@@ -1277,6 +1249,8 @@ int netdrv_apply(struct json_object *doc, const char *dir, struct kerr *err)
 		return err_set(err, 0, "network state directory %s is not an absolute path", dir);
 	ap.networks = json_object_object_get(doc, "networks");
 	ap.underlay = json_get_str(doc, "underlay", "");
+	ap.nft.groups = json_object_object_get(doc, "security_groups");
+	ap.nft.control_plane = json_object_object_get(doc, "control_plane");
 	if (state_read(&ap) == 0) {
 		dnsmasq_prune(&ap);
 		links_prune(&ap);

@@ -16,17 +16,22 @@
 #include "err.h"
 #include "json.h" /* json_get_str() and friends, for the documents' users */
 
-#define NETDRV_NETWORKS_MAX    256  /* networks in one document */
-#define NETDRV_SEGMENTS_MAX    4095 /* segments in one document, all networks */
-#define NETDRV_PORTS_MAX       1024 /* ports of one segment */
-#define NETDRV_DOC_PORTS_MAX   4096 /* ports in one document */
-#define NETDRV_PEERS_MAX       1024 /* peers of one segment */
-#define NETDRV_DNS_MAX	       8
-#define NETDRV_ROUTE_PROTO     77 /* marks the /32 routes this driver owns */
-#define NETDRV_VXLAN_PORT      4789
-#define NETDRV_CMD_TIMEOUT_MS  10000		  /* a command still running then is killed */
-#define NETDRV_CMD_OUTPUT_MAX  (64 * 1024 * 1024) /* bytes of a command's output kept */
-#define NETDRV_DNSMASQ_STOP_MS 3000		  /* from SIGTERM to SIGKILL */
+#define NETDRV_NETWORKS_MAX	 256  /* networks in one document */
+#define NETDRV_SEGMENTS_MAX	 4095 /* segments in one document, all networks */
+#define NETDRV_PORTS_MAX	 1024 /* ports of one segment */
+#define NETDRV_DOC_PORTS_MAX	 4096 /* ports in one document */
+#define NETDRV_PEERS_MAX	 1024 /* peers of one segment */
+#define NETDRV_DNS_MAX		 8
+#define NETDRV_CONTROL_PLANE_MAX 1024 /* addresses instances may never reach */
+#define NETDRV_GROUPS_MAX	 256  /* security groups in one document */
+#define NETDRV_GROUP_RULES_MAX	 64   /* rules of one group */
+#define NETDRV_GROUP_MEMBERS_MAX 4096 /* member addresses of one group */
+#define NETDRV_PORT_GROUPS_MAX	 8    /* groups one port names */
+#define NETDRV_ROUTE_PROTO	 77   /* marks the /32 routes this driver owns */
+#define NETDRV_VXLAN_PORT	 4789
+#define NETDRV_CMD_TIMEOUT_MS	 10000		    /* a command still running then is killed */
+#define NETDRV_CMD_OUTPUT_MAX	 (64 * 1024 * 1024) /* bytes of a command's output kept */
+#define NETDRV_DNSMASQ_STOP_MS	 3000		    /* from SIGTERM to SIGKILL */
 
 /*
  * Check a desired-state document strictly: every field's type and shape, names that

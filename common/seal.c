@@ -192,6 +192,11 @@ int seal_replay_check(struct seal_replay *r, int64_t seq, int64_t now, int64_t w
 	return 0;
 }
 
+void seal_replay_restore(struct seal_replay *r, int64_t saved, int64_t now)
+{
+	r->last_seq = saved > now ? saved : now;
+}
+
 int64_t seal_seq_next(int64_t *last)
 {
 	int64_t now = now_us();

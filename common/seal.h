@@ -68,6 +68,15 @@ struct seal_replay {
 int seal_replay_check(struct seal_replay *r, int64_t seq, int64_t now, int64_t window_us,
 		      struct kerr *err);
 
+/*
+ * A receiver starting with a key it held before (a restart): the window resumes at
+ * the later of saved (the last seq it recorded) and now. Every message sealed before
+ * this moment carries a seq no later than its sender's clock then, so a capture taken
+ * before the restart stays refused, where a window starting at 0 would take it once
+ * more (within window_us). Senders' clocks must agree to well under a second.
+ */
+void seal_replay_restore(struct seal_replay *r, int64_t saved, int64_t now);
+
 /* Next sequence number for a sender: max(now in µs, last + 1). */
 int64_t seal_seq_next(int64_t *last);
 

@@ -38,6 +38,37 @@ static int sock_rcvfd(int sock)
 	return fd;
 }
 
+/* A token bucket: at most burst at once, refilled at per_s a second. */
+struct bucket {
+	double tokens;
+	int64_t at; /* ms; 0: never used (full) */
+};
+
+static bool bucket_take(struct bucket *b, double per_s, double burst, int64_t now)
+{
+	if (b->at == 0)
+		b->tokens = burst;
+	else
+		b->tokens += (double)(now - b->at) * per_s / 1000.0;
+	if (b->tokens > burst)
+		b->tokens = burst;
+	b->at = now;
+	if (b->tokens < 1.0)
+		return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
+/*
+ * Rejections are logged at most REJECT_LOG_PER_S a second (bursts of REJECT_LOG_BURST),
+ * so a peer sending garbage cannot fill the log; every one is counted.
+ */
+#define REJECT_LOG_PER_S 10.0
+#define REJECT_LOG_BURST 50.0
+
+static struct bucket reject_log;
+static uint64_t reject_unlogged;
+
 static void reject(const char *reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void reject(const char *reason, const char *fmt, ...)
@@ -45,14 +76,81 @@ static void reject(const char *reason, const char *fmt, ...)
 	char msg[512];
 	va_list ap;
 
+	metrics_link_rejected(reason);
+	if (!bucket_take(&reject_log, REJECT_LOG_PER_S, REJECT_LOG_BURST, now_ms())) {
+		reject_unlogged++;
+		return;
+	}
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	if (reject_unlogged > 0)
+		log_warnx("link: %llu more rejected messages were not logged (too many)",
+			  (unsigned long long)reject_unlogged);
+	reject_unlogged = 0;
 	log_warnx("link: rejected message: %s", msg);
-	metrics_link_rejected(reason);
 }
 
 /* ---- joining ---- */
+
+/*
+ * Join requests are the one unauthenticated work the link does (JSON, a token lookup,
+ * an HMAC, a transaction), so token buckets bound them: in total, and per host name a
+ * request claims (nanomsg does not tell a socket's peer address, so the name stands
+ * for the source; the total bounds an attacker who varies it). A request over either
+ * limit gets no answer at all (a REP socket may drop a request): a real agent's join
+ * times out and tries again (AGENT_JOIN_RETRY_S), where a refusal would make it give
+ * up. Counted as rejected "rate-limited", logged at most once a second.
+ */
+#define JOIN_RATE_PER_S	     5.0
+#define JOIN_BURST	     20.0
+#define JOIN_NAME_RATE_PER_S 0.5
+#define JOIN_NAME_BURST	     3.0
+#define JOIN_NAMES_TRACKED   64
+
+static struct bucket join_all;
+static struct {
+	char name[SEAL_HOST_MAX + 1];
+	struct bucket b;
+} join_names[JOIN_NAMES_TRACKED];
+static int64_t join_limited_logged;
+
+/* The bucket of name: its own, or the least recently used one taken over. */
+static struct bucket *join_name_bucket(const char *name)
+{
+	size_t oldest = 0;
+
+	for (size_t i = 0; i < JOIN_NAMES_TRACKED; i++) {
+		if (strcmp(join_names[i].name, name) == 0 && join_names[i].b.at != 0)
+			return &join_names[i].b;
+		if (join_names[i].b.at < join_names[oldest].b.at)
+			oldest = i;
+	}
+	snprintf(join_names[oldest].name, sizeof(join_names[oldest].name), "%s", name);
+	join_names[oldest].b = (struct bucket){0};
+	return &join_names[oldest].b;
+}
+
+/* May a join request (claiming name, or NULL before it is read) go on? */
+static bool join_allowed(const char *name)
+{
+	int64_t now = now_ms();
+	bool ok = name ? bucket_take(join_name_bucket(name), JOIN_NAME_RATE_PER_S, JOIN_NAME_BURST,
+				     now)
+		       : bucket_take(&join_all, JOIN_RATE_PER_S, JOIN_BURST, now);
+
+	if (ok)
+		return true;
+	metrics_link_rejected("rate-limited");
+	if (now - join_limited_logged >= 1000) {
+		log_warnx("link: rejected message: join requests over the limit%s%s%s (%g/s in "
+			  "total, %g/s per name); dropped unanswered",
+			  name ? " for name '" : "", name ? name : "", name ? "'" : "",
+			  JOIN_RATE_PER_S, JOIN_NAME_RATE_PER_S);
+		join_limited_logged = now;
+	}
+	return false;
+}
 
 static int pubkey_check(struct json_object *v, const char *field, struct kerr *err)
 {
@@ -151,6 +249,10 @@ static void join_handle(const char *text, size_t len)
 	}
 	proof = json_get_str(req, "proof", "");
 	name = json_get_str(req, "name", "");
+	if (!join_allowed(name)) {
+		json_object_put(req);
+		return;
+	}
 	addr = json_get_str(req, "addr", "");
 	agent_pubhex = json_get_str(req, "pubkey", "");
 	hex_decode(agent_pubhex, peer, sizeof(peer));
@@ -218,7 +320,9 @@ static void join_poll_cb(uv_poll_t *p, int status, int events)
 
 		if (n < 0)
 			break;
-		if (n > 64 * 1024)
+		if (!join_allowed(NULL))
+			; /* dropped unanswered */
+		else if (n > 64 * 1024)
 			reject("malformed", "join request of %d bytes", n),
 				join_refuse("too large");
 		else

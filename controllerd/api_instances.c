@@ -948,6 +948,7 @@ static const struct json_field patch_fields[] = {
 	{"memory", JK_OBJECT, false, patch_memory_check},
 	{"disks", JK_ARRAY, false, disks_resize_check},
 	{"labels", JK_OBJECT, false, labels_check},
+	{"nics", JK_ARRAY, false, nics_patch_check},
 	{NULL, 0, false, NULL},
 };
 const struct json_field *const instance_patch_fields = patch_fields;
@@ -972,6 +973,32 @@ static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct 
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
 		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	return http_reply_json(req, 200, instance_get_json(i->name, false));
+}
+
+/* A NIC's security groups and port security: the spec, then the hosts' documents. */
+static enum MHD_Result patch_nics(struct request *req, struct inst *i, struct json_object *nics)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
+	char busy[LINK_OP_ID_MAX + 1];
+	struct kerr err;
+	sqlite3_stmt *st;
+	int rc;
+
+	if (op_busy(target, busy, sizeof(busy)))
+		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
+					i->name, busy);
+	if (nics_patch_apply(i->spec, nics, &err) < 0)
+		return http_reply_kerr(req, &err);
+	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
+	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, now_ms());
+	sqlite3_bind_int64(st, 3, i->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	netsync_all();
 	return http_reply_json(req, 200, instance_get_json(i->name, false));
 }
 
@@ -1104,7 +1131,7 @@ static enum MHD_Result patch_resources(struct request *req, struct inst *i,
 
 enum MHD_Result api_instance_patch(struct request *req)
 {
-	struct json_object *body, *mem, *labels;
+	struct json_object *body, *mem, *labels, *nics;
 	enum MHD_Result ret;
 	struct kerr err;
 	struct inst *i;
@@ -1118,12 +1145,17 @@ enum MHD_Result api_instance_patch(struct request *req)
 	}
 	mem = json_object_object_get(body, "memory");
 	labels = json_object_object_get(body, "labels");
+	nics = json_object_object_get(body, "nics");
 	if (mem && json_object_object_get_ex(mem, "target_mb", NULL)) {
 		if (json_object_object_length(body) != 1)
 			ret = http_reply_error(req, 400, "memory.target_mb",
 					       "a balloon target is changed on its own");
 		else
 			ret = patch_balloon(req, i, json_get_int(mem, "target_mb", 0));
+	} else if (nics && json_object_object_length(body) == 1) {
+		ret = patch_nics(req, i, nics);
+	} else if (nics) {
+		ret = http_reply_error(req, 400, "nics", "nics are changed on their own");
 	} else if (labels && json_object_object_length(body) == 1) {
 		ret = patch_labels(req, i, labels);
 	} else if (labels) {
@@ -1133,8 +1165,8 @@ enum MHD_Result api_instance_patch(struct request *req)
 		ret = http_reply_json(req, 200, instance_get_json(i->name, false));
 	} else if (strcmp(json_get_str(i->spec, "type", "vm"), "vm")) {
 		ret = http_reply_error(req, 400, NULL,
-				       "%s is a container: only its labels change; its limits are "
-				       "set when it is created",
+				       "%s is a container: only its labels and nics change; its "
+				       "limits are set when it is created",
 				       i->name);
 	} else {
 		ret = patch_resources(req, i, body);

@@ -133,7 +133,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 9
+#define DB_SCHEMA_VERSION 10
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -259,9 +259,23 @@ struct sched_request;
 int nics_vm_check(struct json_object *v, const char *f, struct kerr *err);
 int nics_container_check(struct json_object *v, const char *f, struct kerr *err);
 struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err);
+int nics_patch_check(struct json_object *v, const char *f, struct kerr *err);
+int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct kerr *err);
 struct json_object *nics_sched_request(struct json_object *spec, struct sched_request *sr);
 void nics_sched_free(struct sched_request *sr);
 int nics_allocate(int64_t iid, const char *instance, struct json_object *spec, struct kerr *err);
+
+/* secgroups.c */
+#define SECGROUP_DEFAULT   "default" /* the group of every NIC that names none */
+#define SECGROUP_RULES_MAX 64
+#define SECGROUP_NIC_MAX   8 /* groups one NIC names */
+bool secgroup_exists(const char *name);
+struct json_object *secgroup_rules_build(const char *self, struct json_object *rules,
+					 struct kerr *err);
+struct json_object *secgroup_nic_groups(struct json_object *nic);
+struct json_object *secgroup_members(const char *name);
+bool secgroup_in_use(const char *name, char *by, size_t len);
+struct json_object *secgroup_doc_json(struct json_object *names);
 
 /* netsync.c */
 void netsync_all(void);
@@ -457,6 +471,13 @@ enum MHD_Result api_tokens_create(struct request *req);
 enum MHD_Result api_tokens_list(struct request *req);
 enum MHD_Result api_token_delete(struct request *req);
 enum MHD_Result api_token_rotate(struct request *req);
+
+/* api_security_groups.c */
+enum MHD_Result api_secgroups_create(struct request *req);
+enum MHD_Result api_secgroups_list(struct request *req);
+enum MHD_Result api_secgroup_get(struct request *req);
+enum MHD_Result api_secgroup_put(struct request *req);
+enum MHD_Result api_secgroup_delete(struct request *req);
 
 /* api_networks.c */
 struct ipam_net;

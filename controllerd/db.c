@@ -190,6 +190,21 @@ static const char *const migrations[] = {
 	/* 8 -> 9: a VM image's record signed with the controller's image key (api_images.c);
 	 * records from before are signed at their next use. */
 	"ALTER TABLE images ADD COLUMN sig TEXT NOT NULL DEFAULT '';",
+	/* 9 -> 10 (self-contained): security groups (rules as JSON text); "default" holds every NIC
+	 * that names no group, and always exists */
+	"CREATE TABLE security_groups ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE,"
+	"  description TEXT NOT NULL DEFAULT '',"
+	"  rules TEXT NOT NULL DEFAULT '[]',"
+	"  created_at INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL);"
+	"INSERT INTO security_groups (name, description, created_at, updated_at) "
+	"  VALUES ('default', 'every NIC that names no group', 0, 0);"
+	/* and the last seqs accepted from each agent, so a restart keeps its replay
+	 * windows */
+	"ALTER TABLE hosts ADD COLUMN rx_seq INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE hosts ADD COLUMN rx_reply_seq INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -12,11 +12,27 @@
 
 /* Every event type the controller emits; streams may filter on these. */
 static const char *const event_types[] = {
-	"host-joined",	   "host-online",	"host-offline",	     "host-updated",
-	"host-deleted",	   "operation-created", "operation-updated", "token-created",
-	"token-deleted",   "instance-created",	"instance-updated",  "instance-deleted",
-	"image-created",   "image-deleted",	"network-created",   "network-updated",
-	"network-deleted", "token-rotated",
+	"host-joined",
+	"host-online",
+	"host-offline",
+	"host-updated",
+	"host-deleted",
+	"operation-created",
+	"operation-updated",
+	"token-created",
+	"token-deleted",
+	"instance-created",
+	"instance-updated",
+	"instance-deleted",
+	"image-created",
+	"image-deleted",
+	"network-created",
+	"network-updated",
+	"network-deleted",
+	"token-rotated",
+	"security-group-created",
+	"security-group-updated",
+	"security-group-deleted",
 };
 
 bool event_type_known(const char *type)

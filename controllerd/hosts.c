@@ -83,7 +83,9 @@ static void host_free(struct host *h)
 int hosts_load(struct kerr *err)
 {
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, name, link_key, address, state, "
-					      "maintenance, labels, facts, joined_at FROM hosts");
+					      "maintenance, labels, facts, joined_at, rx_seq, "
+					      "rx_reply_seq FROM hosts");
+	int64_t start = now_us();
 
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		struct host *h = xcalloc(1, sizeof(*h));
@@ -105,6 +107,9 @@ int hosts_load(struct kerr *err)
 		h->labels = parse_or_empty((const char *)sqlite3_column_text(st, 6));
 		h->facts = parse_or_empty((const char *)sqlite3_column_text(st, 7));
 		h->joined_at = sqlite3_column_int64(st, 8);
+		/* Nothing sealed before this start is taken again (seal_replay_restore()). */
+		seal_replay_restore(&h->rx, sqlite3_column_int64(st, 9), start);
+		seal_replay_restore(&h->rx_reply, sqlite3_column_int64(st, 10), start);
 		/* Grace: an online host has offline_after beats to show it still is. */
 		h->last_seen = now_ms();
 		h->req_sock = -1;
@@ -140,13 +145,16 @@ struct json_object *host_to_json(const struct host *h)
 static void host_save(struct host *h)
 {
 	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE hosts SET state = ?, address = ?, facts = ?, "
-					      "last_seen = ? WHERE id = ?");
+					      "last_seen = ?, rx_seq = ?, rx_reply_seq = ? "
+					      "WHERE id = ?");
 
 	sqlite3_bind_text(st, 1, host_state_name(h->state), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, h->address, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, json_text(h->facts), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 4, h->last_seen);
-	sqlite3_bind_int64(st, 5, h->id);
+	sqlite3_bind_int64(st, 5, h->rx.last_seq);
+	sqlite3_bind_int64(st, 6, h->rx_reply.last_seq);
+	sqlite3_bind_int64(st, 7, h->id);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("host %s: cannot save: %s", h->name, sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);

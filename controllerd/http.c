@@ -72,6 +72,11 @@ static const struct route routes[] = {
 	{"PATCH", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_patch, NULL},
 	{"DELETE", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_delete, NULL},
 	{"GET", "/api/v1/networks/{}/addresses", ROLE_VIEWER, "", api_network_addresses, NULL},
+	{"POST", "/api/v1/security-groups", ROLE_OPERATOR, "", api_secgroups_create, NULL},
+	{"GET", "/api/v1/security-groups", ROLE_VIEWER, "", api_secgroups_list, NULL},
+	{"GET", "/api/v1/security-groups/{}", ROLE_VIEWER, "", api_secgroup_get, NULL},
+	{"PUT", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_put, NULL},
+	{"DELETE", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_delete, NULL},
 	/* The OCI registry (registry.c) parses the rest of its paths itself; its token
 	 * endpoint (registry_auth.c) checks the credentials it is sent on its own. */
 	{"GET", "/v2/token", ROLE_NONE, "service,scope,account,client_id,offline_token",

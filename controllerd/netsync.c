@@ -118,17 +118,77 @@ static struct json_object *column_json(sqlite3_stmt *st, int col)
 	return json_tokener_parse(text ? text : "null");
 }
 
+/* Add s to the array of strings arr unless it is there. */
+static void strings_add(struct json_object *arr, const char *s)
+{
+	for (size_t i = 0; i < json_object_array_length(arr); i++)
+		if (strcmp(json_object_get_string(json_object_array_get_idx(arr, i)), s) == 0)
+			return;
+	json_object_array_add(arr, json_object_new_string(s));
+}
+
+/*
+ * What instances must never reach: every host's underlay address and the controller's
+ * link address (join and event ports), and its API address unless that is a wildcard
+ * or loopback (then the hosts' own input rules cover it). A new array.
+ */
+static struct json_object *control_plane_json(void)
+{
+	struct json_object *out = json_object_new_array();
+	char addr[64];
+	struct in_addr a;
+	const char *colon;
+
+	if (inet_pton(AF_INET, ctl.cfg.link_address, &a) == 1 && a.s_addr != INADDR_ANY)
+		strings_add(out, ctl.cfg.link_address);
+	colon = strrchr(ctl.cfg.api_listen, ':');
+	if (colon && (size_t)(colon - ctl.cfg.api_listen) < sizeof(addr)) {
+		snprintf(addr, sizeof(addr), "%.*s", (int)(colon - ctl.cfg.api_listen),
+			 ctl.cfg.api_listen);
+		if (inet_pton(AF_INET, addr, &a) == 1 && a.s_addr != INADDR_ANY &&
+		    (ntohl(a.s_addr) >> 24) != 127)
+			strings_add(out, addr);
+	}
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (underlay_of(h, addr, sizeof(addr)) && inet_pton(AF_INET, addr, &a) == 1)
+			strings_add(out, addr);
+	return out;
+}
+
+/*
+ * A port's protection from its NIC in the instance's spec (text): port_security
+ * (default on) and its security groups ("default" when it names none), whose names
+ * are added to groups.
+ */
+static void port_protection(struct json_object *port, struct json_object *groups,
+			    const char *spec_text, int64_t nic_index)
+{
+	struct json_object *spec = json_tokener_parse(spec_text ? spec_text : "{}");
+	struct json_object *nic =
+		json_object_array_get_idx(json_object_object_get(spec, "nics"), (size_t)nic_index);
+	struct json_object *names = secgroup_nic_groups(nic);
+
+	json_object_object_add(port, "port_security",
+			       json_object_new_boolean(json_get_bool(nic, "port_security", true)));
+	for (size_t i = 0; i < json_object_array_length(names); i++)
+		strings_add(groups, json_object_get_string(json_object_array_get_idx(names, i)));
+	json_object_object_add(port, "security_groups", names);
+	json_object_put(spec);
+}
+
 /* Everything host h must realise, with its "hash". A new reference. */
 static struct json_object *doc_build(struct host *h)
 {
 	sqlite3_stmt *st = db_prepare(
 		ctl.db, "SELECT n.id, n.name, n.mode, n.cidr, n.gateway, n.mtu, n.dhcp, n.dns, "
-			"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name "
+			"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name, "
+			"i.spec "
 			"FROM addresses a JOIN instances i ON a.instance_id = i.id "
 			"JOIN networks n ON a.network_id = n.id WHERE i.host_id = ? "
 			"ORDER BY n.id, a.vlan, i.id, a.nic");
 	struct json_object *doc = json_object_new_object(), *nets = json_object_new_array();
 	struct json_object *net = NULL, *segs = NULL, *seg = NULL, *ports = NULL;
+	struct json_object *groups = json_object_new_array();
 	int64_t cur_nid = -1, cur_vlan = -1;
 	unsigned char digest[32];
 	char under[64] = "", hex[65];
@@ -214,10 +274,15 @@ static struct json_object *doc_build(struct host *h)
 		json_object_object_add(
 			port, "instance",
 			json_object_new_string((const char *)sqlite3_column_text(st, 15)));
+		port_protection(port, groups, (const char *)sqlite3_column_text(st, 16),
+				sqlite3_column_int64(st, 13));
 		json_object_array_add(ports, port);
 	}
 	sqlite3_finalize(st);
 	json_object_object_add(doc, "underlay", json_object_new_string(under));
+	json_object_object_add(doc, "control_plane", control_plane_json());
+	json_object_object_add(doc, "security_groups", secgroup_doc_json(groups));
+	json_object_put(groups);
 	json_object_object_add(doc, "networks", nets);
 	sha256(json_text(doc), strlen(json_text(doc)), digest);
 	hex_encode(digest, sizeof(digest), hex);

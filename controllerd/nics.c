@@ -73,10 +73,42 @@ static int address_check(struct json_object *v, const char *f, struct kerr *err)
 	return 0;
 }
 
+/* Group names, at most SECGROUP_NIC_MAX, each once (that they exist: nics_build()). */
+static int groups_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	size_t n = json_object_array_length(v);
+
+	if (n > SECGROUP_NIC_MAX)
+		return err_input(err, 400, f, "'%s' names at most %d groups", f, SECGROUP_NIC_MAX);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(v, i);
+
+		if (!json_object_is_type(e, json_type_string) ||
+		    !name_valid(json_object_get_string(e)))
+			return err_input(err, 400, f, "'%s' must be a list of group names", f);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(json_object_get_string(json_object_array_get_idx(v, j)),
+				   json_object_get_string(e)) == 0)
+				return err_input(err, 400, f, "'%s' names %s twice", f,
+						 json_object_get_string(e));
+	}
+	return 0;
+}
+
+/*
+ * port_security: false lifts the port's MAC and address checks (a router VM, a VM
+ * that bridges). Operators may set it, as they create the instances: it hands the
+ * instance its network segment's L2, never the hosts or the control plane.
+ */
 static const struct json_field vm_nic_fields[] = {
-	{"model", JK_STRING, false, model_check}, {"network", JK_STRING, false, name_check},
-	{"vlan", JK_INT, false, vlan_check},	  {"address", JK_STRING, false, address_check},
-	{"mac", JK_STRING, false, mac_check},	  {NULL, 0, false, NULL},
+	{"model", JK_STRING, false, model_check},
+	{"network", JK_STRING, false, name_check},
+	{"vlan", JK_INT, false, vlan_check},
+	{"address", JK_STRING, false, address_check},
+	{"mac", JK_STRING, false, mac_check},
+	{"port_security", JK_BOOL, false, NULL},
+	{"security_groups", JK_ARRAY, false, groups_check},
+	{NULL, 0, false, NULL},
 };
 
 static const struct json_field ctr_nic_fields[] = {
@@ -84,8 +116,68 @@ static const struct json_field ctr_nic_fields[] = {
 	{"vlan", JK_INT, false, vlan_check},
 	{"address", JK_STRING, false, address_check},
 	{"mac", JK_STRING, false, mac_check},
+	{"port_security", JK_BOOL, false, NULL},
+	{"security_groups", JK_ARRAY, false, groups_check},
 	{NULL, 0, false, NULL},
 };
+
+/* PATCH nics: one object per NIC of the instance, in order, with what changes. */
+static const struct json_field nic_patch_fields[] = {
+	{"port_security", JK_BOOL, false, NULL},
+	{"security_groups", JK_ARRAY, false, groups_check},
+	{NULL, 0, false, NULL},
+};
+
+int nics_patch_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return json_array_check(v, f, nic_patch_fields, MAX_NICS, err);
+}
+
+/*
+ * Apply a PATCH's nics (checked with nics_patch_check()) to the NICs of spec: as many
+ * as the instance has (400), none on an isolated NIC (400), groups that exist (422).
+ * Changes spec only when it all holds. Returns 0, or -1 with err.
+ */
+int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct kerr *err)
+{
+	struct json_object *nics = json_object_object_get(spec, "nics");
+	size_t n = nics ? json_object_array_length(nics) : 0;
+	char where[40];
+
+	if (json_object_array_length(patch) != n)
+		return err_input(err, 400, "nics",
+				 "'nics' must list one object per NIC of the instance (%zu)", n);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *p = json_object_array_get_idx(patch, i);
+		struct json_object *groups = json_object_object_get(p, "security_groups");
+
+		snprintf(where, sizeof(where), "nics[%zu]", i);
+		if (json_get_str(json_object_array_get_idx(nics, i), "network", NULL) == NULL &&
+		    json_object_object_length(p) > 0)
+			return err_input(err, 400, where,
+					 "%s is isolated: it has no port security or groups",
+					 where);
+		snprintf(where, sizeof(where), "nics[%zu].security_groups", i);
+		for (size_t g = 0; groups && g < json_object_array_length(groups); g++) {
+			const char *name =
+				json_object_get_string(json_object_array_get_idx(groups, g));
+
+			if (!secgroup_exists(name))
+				return err_input(err, 422, where, "%s: no security group named %s",
+						 where, name);
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *p = json_object_array_get_idx(patch, i);
+		struct json_object *nic = json_object_array_get_idx(nics, i);
+
+		json_object_object_foreach(p, key, val)
+		{
+			json_object_object_add(nic, key, json_object_get(val));
+		}
+	}
+	return 0;
+}
 
 int nics_vm_check(struct json_object *v, const char *f, struct kerr *err)
 {
@@ -236,6 +328,7 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 		const char *net = json_get_str(d, "network", NULL);
 		const char *addr = json_get_str(d, "address", NULL);
 		int64_t vlan = json_get_int(d, "vlan", 0);
+		struct json_object *groups;
 		char mac[18], where[48];
 
 		json_object_array_add(out, o);
@@ -256,10 +349,11 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 		json_object_object_add(o, "mac", json_object_new_string(mac));
 		if (net == NULL) {
 			snprintf(where, sizeof(where), "nics[%zu]", i);
-			if (addr || vlan) {
+			if (addr || vlan || json_object_object_get(d, "security_groups") ||
+			    json_object_object_get(d, "port_security")) {
 				err_input(err, 400, where,
-					  "%s has no network: an isolated NIC has no VLAN or "
-					  "address",
+					  "%s has no network: an isolated NIC has no VLAN, "
+					  "address, port security or security groups",
 					  where);
 				goto fail;
 			}
@@ -313,8 +407,28 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 			mac_generate(mac);
 			json_object_object_add(o, "mac", json_object_new_string(mac));
 		}
+		snprintf(where, sizeof(where), "nics[%zu].security_groups", i);
+		groups = json_object_object_get(d, "security_groups");
+		for (size_t g = 0; g < (groups ? json_object_array_length(groups) : 0); g++) {
+			const char *gname =
+				json_object_get_string(json_object_array_get_idx(groups, g));
+
+			if (!secgroup_exists(gname)) {
+				err_input(err, 422, where, "%s: no security group named %s", where,
+					  gname);
+				netrec_free(&r);
+				goto fail;
+			}
+		}
 		json_object_object_add(o, "network", json_object_new_string(net));
 		json_object_object_add(o, "vlan", json_object_new_int64(vlan));
+		json_object_object_add(
+			o, "port_security",
+			json_object_new_boolean(json_get_bool(d, "port_security", true)));
+		json_object_object_add(o, "security_groups",
+				       groups && json_object_array_length(groups)
+					       ? json_object_get(groups)
+					       : json_object_new_array());
 		json_object_object_add(o, "address", addr ? json_object_new_string(addr) : NULL);
 		json_object_object_add(o, "fixed", json_object_new_boolean(addr != NULL));
 		netrec_free(&r);

@@ -42,3 +42,55 @@ pass "a correctly sealed message is accepted"
 "$tool" agent-replay "$link" --agent "$agent" || fail "agent did not refuse a replayed command"
 grep -q "rejected message" "$KUMO_LAB_DIR/logs/h1.log" || fail "agent did not log the replayed command"
 pass "the agent acks a command once and drops its replay"
+
+# A restart does not reopen the replay window: a message captured (and accepted) just
+# before the controller restarts is refused after it, and a command the agent acked
+# before its restart gets no answer after it. (Both still lie inside the 120 s window
+# a seq may be old: only the windows' memory of the last seq refuses them.)
+cap=$(mktemp /tmp/kt-link-cap.XXXXXX)
+cmdcap=$(mktemp /tmp/kt-link-cmd.XXXXXX)
+trap 'rm -f "$cap" "$cmdcap"' EXIT
+"$tool" save "$link" --agent "$agent" --file "$cap" >/dev/null || fail "linktool save failed"
+"$tool" agent-save "$link" --agent "$agent" --file "$cmdcap" || fail "the agent did not ack the probe to be captured"
+log_lines=$(wc -l <"$log")
+kill -9 "$(controller_pid)"
+sleep 0.5
+lab up --hosts 3 >/dev/null
+wait_until 30 "3 hosts online after the controller's restart" all_online 3
+before=$(rejected replay)
+"$tool" resend "$link" --file "$cap" >/dev/null
+wait_until 5 "the capture replayed after the restart counted as replay" rejected_more replay "$before"
+tail -n +"$((log_lines + 1))" "$log" | grep -q "rejected message: host h1: replayed or reordered" ||
+	fail "the replay after the restart is not logged"
+pass "a message captured before the controller restarted is refused after it"
+
+kill -9 "$(agent_pid h1)"
+wait_until 30 "h1 offline" host_is h1 offline
+lab up --hosts 3 >/dev/null
+wait_until 30 "h1 online after its agent's restart" host_is h1 online
+"$tool" agent-resend "$link" --agent "$agent" --file "$cmdcap" || fail "the restarted agent answered a command captured before its restart"
+# A controller whose clock runs ahead seals commands later than the agent's restart
+# time: the agent keeps such a seq (link.seq), so this capture stays refused too. The
+# agent then refuses everything sealed before that seq: the test waits it out.
+"$tool" agent-save "$link" --agent "$agent" --file "$cmdcap" --ahead 30 || fail "the agent did not ack a probe sealed 30 s ahead"
+ahead_until=$(($(date +%s) + 31))
+old=$(agent_pid h1)
+kill -9 "$old"
+lab up --hosts 3 >/dev/null
+agent_back() { [ "$(agent_pid h1)" != "$old" ] && in_host h1 ss -Hltn "sport = :7710" | grep -q 7710; }
+wait_until 30 "h1's agent restarted and listening" agent_back
+[ "$(date +%s)" -lt "$ahead_until" ] || fail "the agent took 30 s to restart: this check needs it back sooner"
+"$tool" agent-resend "$link" --agent "$agent" --file "$cmdcap" || fail "the restarted agent answered a command sealed ahead of its clock and captured before its restart"
+ahead_past() { [ "$(date +%s)" -ge "$ahead_until" ]; }
+wait_until 40 "the probe's seq is past (the controller's commands pass again)" ahead_past
+wait_until 30 "h1 online" host_is h1 online
+pass "a command captured before the agent restarted gets no answer after it, even one sealed ahead of the agent's clock"
+
+# Join requests are rate-limited: a burst of requests claiming one name is cut short
+# (dropped unanswered, counted as rate-limited), and real agents still join after it.
+before=$(rejected rate-limited)
+"$tool" join-flood "$link" --join "tcp://$KUMO_LINK_ADDRESS:$KUMO_JOIN_PORT" >/dev/null
+wait_until 10 "join flood counted as rate-limited" rejected_more rate-limited "$before"
+api GET /api/v1/hosts
+[ "$(jqb '[.hosts[] | select(.state == "online")] | length')" = 3 ] || fail "hosts went offline during the join flood"
+pass "a flood of join requests is rate-limited ($(($(rejected rate-limited) - before)) dropped)"

@@ -4,6 +4,8 @@
  * then each refusal starts from a document that passes, changes one thing, and expects
  * the document refused (status 400) with the field at fault named in err.field and the
  * reason in the message. Were a check removed, its test would see the document pass.
+ * Then the nftables tables a guarded document makes (agentd/netnft.c): port security,
+ * the control plane and security groups, rule by rule.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #include "netdrv.h"
+#include "netnft.h"
 
 #define HASH "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -52,6 +55,34 @@ static const char bridge_doc[] =
 	"   {\"vlan\": 20, \"bridge\": \"kb4-20\","
 	"    \"ports\": [{\"ifname\": \"kp8-0\", \"mac\": \"52:54:00:aa:00:02\","
 	"                 \"address\": \"192.168.10.50\", \"instance\": \"vm2\"}]}"
+	"  ]}"
+	"]}";
+
+/* Network 5, nat, with the protection fields: control plane, groups, port settings. */
+static const char guarded_doc[] =
+	"{\"hash\": \"" HASH "\", \"underlay\": \"10.232.0.11\","
+	" \"control_plane\": [\"10.232.0.1\", \"10.232.0.12\"],"
+	" \"security_groups\": ["
+	"  {\"name\": \"default\", \"members\": [\"10.60.0.6\"], \"rules\": []},"
+	"  {\"name\": \"web\", \"members\": [\"10.60.0.5\"], \"rules\": ["
+	"   {\"direction\": \"ingress\", \"action\": \"deny\", \"protocol\": \"tcp\","
+	"    \"ports\": \"81\", \"cidr\": \"0.0.0.0/0\"},"
+	"   {\"direction\": \"ingress\", \"action\": \"allow\", \"protocol\": \"tcp\","
+	"    \"ports\": \"80-90\", \"group\": \"default\"},"
+	"   {\"direction\": \"egress\", \"action\": \"deny\", \"protocol\": \"icmp\","
+	"    \"cidr\": \"10.0.0.0/8\"}]}],"
+	" \"networks\": ["
+	" {\"id\": 5, \"name\": \"lan\", \"mode\": \"nat\", \"cidr\": \"10.60.0.0/24\","
+	"  \"prefix\": 24, \"gateway\": \"10.60.0.1\", \"mtu\": 1450, \"dhcp\": true,"
+	"  \"segments\": ["
+	"   {\"vlan\": 0, \"vni\": 4096, \"bridge\": \"kb5-0\", \"vxlan\": \"kx5-0\","
+	"    \"gateway_mac\": \"02:6b:00:05:00:00\", \"peers\": [],"
+	"    \"ports\": [{\"ifname\": \"kp7-0\", \"mac\": \"52:54:00:12:34:56\","
+	"                 \"address\": \"10.60.0.5\", \"instance\": \"vm1\","
+	"                 \"security_groups\": [\"web\"]},"
+	"                {\"ifname\": \"kp8-0\", \"mac\": \"52:54:00:12:34:57\","
+	"                 \"address\": \"10.60.0.6\", \"instance\": \"router\","
+	"                 \"port_security\": false, \"security_groups\": [\"default\"]}]}"
 	"  ]}"
 	"]}";
 
@@ -589,6 +620,99 @@ static void test_segment_vlan_duplicate(void **state)
 	assert_refused(doc, "networks[0].segments", "lists VLAN 0 twice");
 }
 
+static struct json_object *group_rule(struct json_object *doc, size_t gi, size_t ri)
+{
+	struct json_object *g =
+		json_object_array_get_idx(json_object_object_get(doc, "security_groups"), gi);
+
+	return json_object_array_get_idx(json_object_object_get(g, "rules"), ri);
+}
+
+static void test_guarded_refusals(void **state)
+{
+	struct json_object *doc;
+
+	json_object_put(valid(guarded_doc));
+	doc = valid(guarded_doc);
+	set_str(group_rule(doc, 1, 0), "protocol", "sctp");
+	assert_refused(doc, "security_groups[1].rules[0].protocol", "must be");
+	doc = valid(guarded_doc);
+	set_str(group_rule(doc, 1, 2), "ports", "22");
+	assert_refused(doc, "security_groups[1].rules[2].ports", "needs protocol tcp or udp");
+	doc = valid(guarded_doc);
+	set_str(group_rule(doc, 1, 0), "ports", "90-80");
+	assert_refused(doc, "security_groups[1].rules[0].ports", "a port or a range");
+	doc = valid(guarded_doc);
+	set_str(group_rule(doc, 1, 1), "group", "nosuch");
+	assert_refused(doc, "security_groups[1].rules[1].group", "not a group of the document");
+	doc = valid(guarded_doc);
+	set_str(group_rule(doc, 1, 2), "cidr", "10.0.0.1/8");
+	assert_refused(doc, "security_groups[1].rules[2].cidr", "IPv4 network");
+	doc = valid(guarded_doc);
+	set_str(group_rule(doc, 1, 2), "group", "default");
+	assert_refused(doc, "security_groups[1].rules[2].cidr", "exactly one");
+	doc = valid(guarded_doc);
+	set_strs(port(doc, 0, 0, 0), "security_groups", 1, (const char *const[]){"nosuch"});
+	assert_refused(doc, "networks[0].segments[0].ports[0].security_groups[0]",
+		       "not a group of the document");
+	doc = valid(guarded_doc);
+	set_strs(doc, "control_plane", 2, (const char *const[]){"10.232.0.1", "10.232.0.1"});
+	assert_refused(doc, "control_plane", "lists 10.232.0.1 twice");
+	doc = valid(guarded_doc);
+	set_strs(doc, "control_plane", 1, (const char *const[]){"10.232.0"});
+	assert_refused(doc, "control_plane[0]", "IPv4 address");
+}
+
+/* Does text hold line (a whole rule line, tabs and all)? */
+static bool has_line(const char *text, const char *line)
+{
+	const char *p = strstr(text, line);
+
+	return p && (p == text || p[-1] == '\n' || p[-1] == '\t') &&
+	       (p[strlen(line)] == '\n' || p[strlen(line)] == '\0');
+}
+
+static void test_tables(void **state)
+{
+	struct json_object *doc = valid(guarded_doc);
+	struct netnft_host h = {.groups = json_object_object_get(doc, "security_groups"),
+				.control_plane = json_object_object_get(doc, "control_plane"),
+				.underlay_net = 0x0ae80000,
+				.underlay_prefix = 24};
+	struct netdoc_net n;
+	char *text;
+
+	netdoc_net_read(network(doc, 0), &n);
+	text = netnft_network(&n, &h);
+	/* Port security on kp7-0, none on kp8-0 (port_security false). */
+	assert_true(has_line(text, "iifname \"kp7-0\" ether saddr != 52:54:00:12:34:56 drop"));
+	assert_true(has_line(text, "iifname \"kp7-0\" ether type arp arp saddr ip != { 10.60.0.5, "
+				   "0.0.0.0 } drop"));
+	assert_true(has_line(text, "iifname \"kp7-0\" ether type ip ip saddr != 10.60.0.5 drop"));
+	assert_true(has_line(text, "iifname \"kp7-0\" ether type ip udp sport 67 drop"));
+	assert_null(strstr(text, "iifname \"kp8-0\""));
+	/* The control plane and the underlay subnet, from the bridge. */
+	assert_true(has_line(text, "iifname \"kb5-0\" ip daddr { 10.232.0.1, 10.232.0.12 } drop"));
+	assert_true(has_line(text, "iifname \"kb5-0\" ip daddr 10.232.0.0/24 drop"));
+	assert_true(has_line(text, "iifname \"kb5-0\" drop"));
+	/* Groups: ordered rules, then members, then drop; egress only where rules are. */
+	assert_non_null(strstr(text,
+			       "\tchain in_kp7_0 {\n"
+			       "\t\tmeta nfproto ipv4 ip saddr 0.0.0.0/0 meta l4proto tcp tcp "
+			       "dport 81 drop\n"
+			       "\t\tmeta nfproto ipv4 ip saddr @sg0 meta l4proto tcp tcp dport "
+			       "80-90 return\n"
+			       "\t\tip saddr @sg1 return\n"
+			       "\t\tdrop\n"));
+	assert_true(has_line(text, "iifname \"kb5-0\" ct state new,invalid,untracked ip saddr "
+				   "10.60.0.5 jump eg_kp7_0"));
+	assert_null(strstr(text, "eg_kp8_0"));
+	assert_true(has_line(text, "oifname \"kb5-0\" ct state new,invalid,untracked ip daddr "
+				   "10.60.0.6 jump in_kp8_0"));
+	free(text);
+	json_object_put(doc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -617,6 +741,8 @@ int main(void)
 		cmocka_unit_test(test_port_ifname_duplicate),
 		cmocka_unit_test(test_address_duplicate),
 		cmocka_unit_test(test_segment_vlan_duplicate),
+		cmocka_unit_test(test_guarded_refusals),
+		cmocka_unit_test(test_tables),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

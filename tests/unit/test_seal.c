@@ -408,6 +408,23 @@ static void test_replay_rejects_far_future(void **state)
 	assert_int_equal(seal_replay_check(&r, NOW_US + WINDOW_US, NOW_US, WINDOW_US, &err), 0);
 }
 
+static void test_replay_restore_keeps_old_captures_out(void **state)
+{
+	struct seal_replay r = {0};
+	struct kerr err = {0};
+
+	/* A message sealed 5 s before a restart is inside the window, but not taken again
+	 * after it: the restored window starts at the restart. */
+	seal_replay_restore(&r, 0, NOW_US);
+	assert_true(seal_replay_check(&r, NOW_US - 5000000, NOW_US + 1, WINDOW_US, &err) < 0);
+	assert_non_null(strstr(err.msg, "replayed"));
+	assert_int_equal(seal_replay_check(&r, NOW_US + 10, NOW_US + 10, WINDOW_US, &err), 0);
+	/* A saved seq later than the clock (a clock stepped back) wins. */
+	seal_replay_restore(&r, NOW_US + 2000, NOW_US);
+	assert_true(seal_replay_check(&r, NOW_US + 1000, NOW_US, WINDOW_US, &err) < 0);
+	assert_int_equal(seal_replay_check(&r, NOW_US + 2001, NOW_US, WINDOW_US, &err), 0);
+}
+
 static void test_seq_next_strictly_increases(void **state)
 {
 	int64_t last = 0, prev, before = now_us();
@@ -449,6 +466,7 @@ int main(void)
 		cmocka_unit_test(test_replay_rejects_equal_and_lower),
 		cmocka_unit_test(test_replay_rejects_too_old),
 		cmocka_unit_test(test_replay_rejects_far_future),
+		cmocka_unit_test(test_replay_restore_keeps_old_captures_out),
 		cmocka_unit_test(test_seq_next_strictly_increases),
 	};
 
