@@ -376,6 +376,7 @@ struct request {
 	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
 	unsigned status;		   /* what was answered, for metrics */
 	int64_t started_us;		   /* headers complete, for the latency histogram */
+	bool authenticated;		   /* its token was checked when the headers came in */
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
 	/* Long poll on an operation (api_ops.c). */

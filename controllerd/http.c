@@ -536,6 +536,14 @@ static enum role request_authenticate(struct request *req, const char **why)
 	return req->role;
 }
 
+/* Does the request need a token? Under /api/v1 always, so an anonymous caller learns no
+ * routes; elsewhere when its route says so. */
+static bool token_needed(const struct request *req)
+{
+	return strncmp(req->url, "/api/", 5) == 0 ||
+	       (req->route && req->route->role != ROLE_NONE && !route_public(req->route));
+}
+
 static enum MHD_Result dispatch(struct request *req)
 {
 	char allow[128];
@@ -549,12 +557,10 @@ static enum MHD_Result dispatch(struct request *req)
 		req->route = route_find(req->method, req->url, req->params, allow, sizeof(allow));
 	req->routed = true;
 	public_route = route_public(req->route);
-	/* Under /api/v1 the token comes first, so an anonymous caller learns no routes. */
-	if (strncmp(req->url, "/api/", 5) == 0 ||
-	    (req->route && req->route->role != ROLE_NONE && !public_route)) {
-		if (request_authenticate(req, &why) == ROLE_NONE)
-			return http_reply_error(req, 401, NULL, "%s", why);
-	}
+	/* Checked when the headers came in already (access_cb), unless resumed since. */
+	if (token_needed(req) && !req->authenticated &&
+	    request_authenticate(req, &why) == ROLE_NONE)
+		return http_reply_error(req, 401, NULL, "%s", why);
 	if (req->route == NULL) {
 		if (allow[0])
 			return reply_error_allow(req, allow,
@@ -621,6 +627,18 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 		*con_cls = req;
 		if (stream_begin(req))
 			return MHD_YES;
+		/* The token before the body: a caller without one is answered now and its
+		 * body is never kept, so anonymous clients cannot hold memory or a
+		 * connection's body time. */
+		if (token_needed(req)) {
+			const char *why;
+
+			if (request_authenticate(req, &why) == ROLE_NONE) {
+				http_reply_error(req, 401, NULL, "%s", why);
+				return MHD_YES;
+			}
+			req->authenticated = true;
+		}
 		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 		if (cl && strtoull(cl, NULL, 10) > (unsigned long long)ctl.cfg.max_body)
 			req->body_too_large = true;
@@ -633,8 +651,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	if (req->status) /* answered early; nothing more to do */
+	if (req->status) { /* answered early: the rest of the body is dropped */
+		*upload_data_size = 0;
 		return MHD_YES;
+	}
 	if (*upload_data_size) {
 		if (!req->body_too_large) {
 			if (req->body_len + *upload_data_size > (size_t)ctl.cfg.max_body) {

@@ -117,3 +117,22 @@ for family in kumo_api_request_duration_seconds_bucket kumo_api_connections kumo
 done
 rm -f /tmp/kt-metrics.$$ /tmp/kt-promtool.$$
 pass "promtool accepts /metrics: latency per route, connections, streams, link messages, commits, loop lag, fds, RSS"
+
+# A caller without a token is answered when its headers are in: it cannot make the
+# controller wait for (and keep) a body it will refuse anyway.
+answer=$(python3 - "$KUMO_TEST_LAB_API_PORT" "$KUMO_CACERT" <<'PY'
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), 10, ("127.0.0.2", 0)),
+                    server_hostname="127.0.0.1")
+s.settimeout(10)
+s.sendall(b"POST /api/v1/tokens HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\n"
+          b"Content-Length: 1000000\r\n\r\n{")
+t0 = time.monotonic()
+data = s.recv(4096)
+print(data.split(b"\r\n")[0].decode(), round(time.monotonic() - t0, 1))
+PY
+) || fail "the anonymous POST got no answer: $answer"
+[[ $answer == *" 401 "* ]] || fail "an anonymous POST with a body still to come was answered '$answer', not 401"
+pass "an anonymous POST is refused (401) before its body: $answer s"
