@@ -53,14 +53,27 @@ void audit_record(const struct request *req)
 	sqlite3_finalize(st);
 }
 
-/* Keep the newest audit_keep rows (ids only grow: AUTOINCREMENT). */
+/*
+ * Keep the newest audit_keep requests that were carried out (2xx, 3xx) and, apart
+ * from them, the newest audit_keep / 10 that were refused or abandoned: any valid
+ * token, a viewer's too, can make refused requests as fast as it likes, and they must
+ * never push what was done out of the log.
+ */
 void audit_prune(void)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "DELETE FROM audit WHERE id <= "
-					      "(SELECT max(id) FROM audit) - ?");
+	static const char *const sql[] = {
+		"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE status BETWEEN 200 "
+		"AND 399 ORDER BY id DESC LIMIT -1 OFFSET ?)",
+		"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE status NOT BETWEEN "
+		"200 AND 399 ORDER BY id DESC LIMIT -1 OFFSET ?)",
+	};
 
-	sqlite3_bind_int(st, 1, ctl.cfg.audit_keep);
-	if (sqlite3_step(st) != SQLITE_DONE)
-		log_warnx("audit: cannot prune: %s", sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	for (size_t i = 0; i < ARRAY_SIZE(sql); i++) {
+		sqlite3_stmt *st = db_prepare(ctl.db, sql[i]);
+
+		sqlite3_bind_int(st, 1, i == 0 ? ctl.cfg.audit_keep : ctl.cfg.audit_keep / 10);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			log_warnx("audit: cannot prune: %s", sqlite3_errmsg(ctl.db));
+		sqlite3_finalize(st);
+	}
 }

@@ -343,6 +343,41 @@ static void test_transactions(void **state)
 	assert_int_equal(db_count(f->db, "SELECT count(*) FROM meta"), 1);
 }
 
+/*
+ * A flood of refused requests (any token can make them) never prunes what was done:
+ * audit_keep carried-out rows are kept apart from audit_keep / 10 refused ones.
+ */
+static void test_audit_prune_keeps_what_was_done(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	char sql[256];
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	ctl.db = f->db;
+	ctl.cfg.audit_keep = 100;
+	for (int i = 0; i < 150; i++) {
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO audit (time, token_id, role, method, route, target, status) "
+			 "VALUES (%d, 1, 'admin', 'POST', '/api/v1/tokens', '/api/v1/tokens', 201)",
+			 i);
+		assert_int_equal(db_exec(f->db, sql, &err), 0);
+	}
+	for (int i = 0; i < 3000; i++) {
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO audit (time, token_id, role, method, route, target, status) "
+			 "VALUES (%d, 2, 'viewer', 'POST', 'unmatched', '/x', %d)",
+			 1000 + i, i % 2 ? 403 : 404);
+		assert_int_equal(db_exec(f->db, sql, &err), 0);
+	}
+	audit_prune();
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM audit WHERE status = 201"), 100);
+	/* The newest 100 of what was done: times 50..149. */
+	assert_int_equal(db_count(f->db, "SELECT min(time) FROM audit WHERE status = 201"), 50);
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM audit WHERE status >= 400"), 10);
+	ctl.db = NULL;
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -360,6 +395,7 @@ int main(void)
 		T(test_token_ids_not_reused),
 		T(test_meta),
 		T(test_transactions),
+		T(test_audit_prune_keeps_what_was_done),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
