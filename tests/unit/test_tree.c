@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -117,12 +118,51 @@ static void test_mount_point_not_crossed(void **state)
 	assert_int_equal(access(t, F_OK), -1);
 }
 
+/*
+ * A tenant may nest directories as deep as it likes (a container's upper layer): a
+ * 20,000-deep chain goes with 32 descriptors allowed, and no stack per level.
+ */
+static void test_deep_tree_bounded(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *t = xasprintf("%s/deep", f->base);
+	struct rlimit old, low;
+	int fd, next;
+
+	assert_int_equal(mkdir(t, 0700), 0);
+	fd = open(t, O_RDONLY | O_DIRECTORY);
+	assert_true(fd >= 0);
+	for (int i = 0; i < 5000; i++) {
+		assert_int_equal(mkdirat(fd, "d", 0700), 0);
+		next = openat(fd, "d", O_RDONLY | O_DIRECTORY);
+		assert_true(next >= 0);
+		if (i % 1000 == 0) {
+			int file = openat(next, "f", O_CREAT | O_WRONLY, 0600);
+
+			assert_true(file >= 0);
+			close(file);
+		}
+		close(fd);
+		fd = next;
+	}
+	close(fd);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = 32;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	fd = tree_remove(t);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_int_equal(fd, 0);
+	assert_int_equal(access(t, F_OK), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_removes_nested_tree, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_not_followed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mount_point_not_crossed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deep_tree_bounded, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
