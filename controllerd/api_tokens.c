@@ -173,7 +173,11 @@ enum MHD_Result api_tokens_create(struct request *req)
 	sqlite3_finalize(st);
 	if (out == NULL)
 		return http_reply_error(req, 500, NULL, "token vanished after insert");
-	ev = json_object_get(out);
+	/* Events reach viewers: the id and kind only; the role, name and expiry (a join
+	 * token's host) are for admins, through GET /api/v1/tokens. */
+	ev = json_object_new_object();
+	json_object_object_add(ev, "id", json_object_new_int64(id));
+	json_object_object_add(ev, "kind", json_object_get(json_object_object_get(out, "kind")));
 	event_emit("token-created", ev);
 	json_object_object_add(out, "token", json_object_new_string(token));
 	return http_reply_json(req, 201, out);

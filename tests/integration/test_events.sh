@@ -28,6 +28,10 @@ wait || true
 
 grep -q "^event: host-updated" "$out" || fail "no host-updated event in the stream: $(cat $out)"
 grep -q "^event: token-created" "$out" || fail "no token-created event in the stream"
+# Events reach viewers: a token's event names its id and kind, never its host or role.
+tok=$(grep "^data: " "$out" | grep token-created | sed 's/^data: //' | head -1)
+jq -e '.data | has("id") and has("kind") and (has("name") | not) and (has("role") | not)' <<<"$tok" >/dev/null ||
+	fail "the token-created event carries more than id and kind: $tok"
 grep "^data: " "$out" | grep host-updated | sed 's/^data: //' | jq -e '.data.labels.rack == "r7"' >/dev/null ||
 	fail "host-updated event does not carry the new labels"
 grep -q "^event: host-updated" "$out.2" || fail "filtered stream missed host-updated"
