@@ -354,13 +354,13 @@ static void cgroup_clear(struct shim *s)
 			  l.found, s->cgroup);
 		return;
 	}
-	/* Killed processes leave the cgroup once the kernel has reaped them. */
+	/* Killed processes leave the cgroup once the kernel has reaped them; one forked
+	 * meanwhile is killed on the next pass (every pass kills what it finds). */
 	while (l.found && now_ms() < deadline) {
 		struct timespec ts = {0, 50 * 1000000L};
 
 		nanosleep(&ts, NULL);
 		l.found = 0;
-		l.kill = false;
 		cgroup_dirs_each(s, leftovers_count, &l);
 	}
 	if (l.found)
