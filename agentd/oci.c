@@ -463,6 +463,7 @@ static void start_settle(struct ctr *ctr, const char *error)
 {
 	ctr_done_cb cb = ctr->start_cb;
 
+	log_trace("container %s: start settled", ctr->name);
 	ctr->start_cb = NULL;
 	uv_timer_stop(&ctr->timer);
 	if (ctr->exit_waiters == NULL)
@@ -717,6 +718,7 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	ctr->start_data = data;
 	ctr->start_ms = now_ms();
 	log_info("container %s: shim started, pid %d", ctr->name, (int)ctr->shim_pid);
+	log_trace("container %s: shim spawned", ctr->name);
 	oci_state_set(ctr, VM_STARTING);
 	uv_timer_start(&ctr->timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
 	uv_timer_start(&ctr->poll_timer, poll_cb, START_POLL_MS, START_POLL_MS);

@@ -180,6 +180,10 @@ static void prep_done(struct oci_job *job)
 	struct prep *p = (struct prep *)job;
 	struct inst_op *op = p->op;
 
+	log_trace("container %s: %s done", p->name,
+		  job->work == image_work   ? "image"
+		  : job->work == layer_work ? "layer"
+					    : "bundle");
 	if (instance_op_gone(op)) {
 		prep_free(p);
 		return;

@@ -590,6 +590,7 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 	unlink(pidfile);
 	stale_delete(s);
 	cgroup_clear(s);
+	log_trace("shim %s: runc run", s->name);
 	pid = runc_spawn(s);
 	if (pid < 0) {
 		*code = 127;
@@ -615,14 +616,17 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 			watching = oom_setup(s);
 			fds[1].fd = s->oom_fd;
 		}
-		if (*started_at == 0 && stat(pidfile, &st) == 0)
+		if (*started_at == 0 && stat(pidfile, &st) == 0) {
 			*started_at =
 				(int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+			log_trace("shim %s: container.pid seen", s->name);
+		}
 		poll(fds, pidfd >= 0 ? 2 : 0,
 		     !watching || pidfd < 0 || *started_at == 0 ? OOM_SETUP_POLL_MS : -1);
 		if (s->oom_fd >= 0 && fds[1].revents & POLLIN)
 			oom_event(s);
 	}
+	log_trace("shim %s: runc run returned", s->name);
 	if (s->oom_fd >= 0)
 		oom_event(s); /* a notification that came with the end */
 	oom_close(s);
@@ -694,6 +698,7 @@ int shim_main(const char *dir)
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);
 	log_init("kumo-shim", LOG_LEVEL_INFO);
+	log_trace("shim %s: main", dir);
 	if (chdir("/") < 0 || dir[0] != '/') {
 		log_warnx("shim: %s must be an absolute directory", dir);
 		return 1;
@@ -730,6 +735,7 @@ int shim_main(const char *dir)
 		return 1;
 	}
 	log_info("shim %s: pid %d, restart policy %s", s->name, (int)getpid(), s->restart);
+	log_trace("shim %s: overlay mounted", s->name);
 	restarts = restarts_read(s);
 	while (!terminate && !file_exists(s, "stop")) {
 		began = now_ms();
