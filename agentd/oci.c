@@ -637,11 +637,16 @@ static void start_deadline_cb(uv_timer_t *timer)
 	start_settle(ctr, why);
 }
 
-/* Put ctr's file name in place with text (small, local: on the loop). */
-static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, struct kerr *err)
+/*
+ * Put ctr's file name in place with text (small, local: on the loop); durable when a
+ * power cut must not lose it (the stop marker), else without fsyncs.
+ */
+static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, bool durable,
+			struct kerr *err)
 {
 	_cleanup_free_ char *path = ctr_path(ctr, file);
-	int ret = file_write_atomic(path, text, strlen(text), 0600);
+	int ret = durable ? file_write_atomic(path, text, strlen(text), 0600)
+			  : file_write_replace(path, text, strlen(text), 0600);
 
 	if (ret < 0)
 		return err_set(err, -ret, "container %s: cannot write %s", ctr->name, path);
@@ -679,7 +684,8 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	ctr_file_drop(ctr, "stop");
 	ctr_file_drop(ctr, "exit.json");
 	ctr_file_drop(ctr, "container.pid");
-	if (ctr_file_put(ctr, "restarts", "0\n", err) < 0)
+	/* A power cut ends the container and its shim: the count starts again anyway. */
+	if (ctr_file_put(ctr, "restarts", "0\n", false, err) < 0)
 		return -1;
 	fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -825,7 +831,7 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
 	ctr->stop_requested = true;
 	ctr->stop_forced = timeout_s == 0;
 	ctr->kill_attempts = 0;
-	if (ctr_file_put(ctr, "stop", "stop\n", &err) < 0)
+	if (ctr_file_put(ctr, "stop", "stop\n", true, &err) < 0)
 		log_warnx("%s", err.msg);
 	oci_state_set(ctr, VM_STOPPING);
 	if (paused &&
@@ -848,7 +854,7 @@ void oci_mark_stopped(struct ctr *ctr)
 {
 	struct kerr err;
 
-	if (ctr_file_put(ctr, "stop", "stop\n", &err) < 0)
+	if (ctr_file_put(ctr, "stop", "stop\n", true, &err) < 0)
 		log_warnx("%s", err.msg);
 	oci_refresh(ctr);
 }

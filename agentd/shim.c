@@ -717,7 +717,8 @@ int shim_main(const char *dir)
 	}
 	pidpath = path_in(s, "shim.pid");
 	snprintf(pidtext, sizeof(pidtext), "%d\n", (int)getpid());
-	if (file_write_atomic(pidpath, pidtext, strlen(pidtext), 0600) < 0)
+	/* A pid means nothing after a reboot (pid_is_shim checks it anyway): no fsync. */
+	if (file_write_replace(pidpath, pidtext, strlen(pidtext), 0600) < 0)
 		log_warn("shim %s: cannot write %s", s->name, pidpath);
 	console_open(s);
 	if (s->console < 0) {
