@@ -132,8 +132,9 @@ struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr 
 	ctr->rw_size = -1;
 	uv_timer_init(a->loop, &ctr->timer);
 	uv_timer_init(a->loop, &ctr->poll_timer);
-	ctr->timer.data = ctr->poll_timer.data = ctr;
-	ctr->open_handles = 2;
+	uv_fs_event_init(a->loop, &ctr->watch);
+	ctr->timer.data = ctr->poll_timer.data = ctr->watch.data = ctr;
+	ctr->open_handles = 3;
 	ctr->next = a->ctrs;
 	a->ctrs = ctr;
 	return ctr;
@@ -197,6 +198,7 @@ void oci_remove(struct ctr *ctr)
 	}
 	uv_close((uv_handle_t *)&ctr->timer, ctr_handle_close_cb);
 	uv_close((uv_handle_t *)&ctr->poll_timer, ctr_handle_close_cb);
+	uv_close((uv_handle_t *)&ctr->watch, ctr_handle_close_cb);
 }
 
 /* At agent shutdown: stop watching every container; they keep running. */
@@ -459,6 +461,51 @@ void oci_state_set(struct ctr *ctr, enum vm_state state)
 
 /* ---- state from the files ------------------------------------------------------------ */
 
+static void poll_cb(uv_timer_t *timer)
+{
+	oci_refresh(timer->data);
+}
+
+/*
+ * The files that tell a start or stop has settled: runc's pid file (renamed into
+ * place), the shim's exit.json and shim.pid (likewise). Anything else in the
+ * directory (console.log at every line the container prints) is not news.
+ */
+static void watch_cb(uv_fs_event_t *handle, const char *filename, int events, int status)
+{
+	static const char *const news[] = {"container.pid", "exit.json", "shim.pid", NULL};
+
+	(void)events;
+	if (status < 0 || filename == NULL)
+		return;
+	for (size_t i = 0; news[i]; i++)
+		if (strcmp(filename, news[i]) == 0) {
+			oci_refresh(handle->data);
+			return;
+		}
+}
+
+/*
+ * Refresh ctr as soon as the shim or runc puts one of its files in place (inotify on
+ * its directory), so a start is told when runc wrote the pid, not at the next tick;
+ * the timer every interval_ms stays for what no file shows (a process gone) and for
+ * when the watch cannot be had (inotify limits).
+ */
+static void settle_watch(struct ctr *ctr, unsigned interval_ms)
+{
+	uv_timer_start(&ctr->poll_timer, poll_cb, interval_ms, interval_ms);
+	if (!ctr->watching)
+		ctr->watching = uv_fs_event_start(&ctr->watch, watch_cb, ctr->dir, 0) == 0;
+}
+
+static void settle_unwatch(struct ctr *ctr)
+{
+	uv_timer_stop(&ctr->poll_timer);
+	if (ctr->watching)
+		uv_fs_event_stop(&ctr->watch);
+	ctr->watching = false;
+}
+
 static void start_settle(struct ctr *ctr, const char *error)
 {
 	ctr_done_cb cb = ctr->start_cb;
@@ -467,7 +514,7 @@ static void start_settle(struct ctr *ctr, const char *error)
 	ctr->start_cb = NULL;
 	uv_timer_stop(&ctr->timer);
 	if (ctr->exit_waiters == NULL)
-		uv_timer_stop(&ctr->poll_timer);
+		settle_unwatch(ctr);
 	if (cb)
 		cb(ctr, error, ctr->start_data);
 }
@@ -477,7 +524,7 @@ static void exit_settle(struct ctr *ctr)
 	struct ctr_waiter *w, *next;
 
 	uv_timer_stop(&ctr->timer);
-	uv_timer_stop(&ctr->poll_timer);
+	settle_unwatch(ctr);
 	ctr->stop_requested = false;
 	for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
 		next = w->next;
@@ -596,11 +643,6 @@ void oci_refresh(struct ctr *ctr)
 	}
 	if (!oci_alive(ctr) && ctr->exit_waiters)
 		exit_settle(ctr);
-}
-
-static void poll_cb(uv_timer_t *timer)
-{
-	oci_refresh(timer->data);
 }
 
 /* ---- start ------------------------------------------------------------------------------ */
@@ -727,7 +769,7 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	log_trace("container %s: shim spawned", ctr->name);
 	oci_state_set(ctr, VM_STARTING);
 	uv_timer_start(&ctr->timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
-	uv_timer_start(&ctr->poll_timer, poll_cb, START_POLL_MS, START_POLL_MS);
+	settle_watch(ctr, START_POLL_MS);
 	return 0;
 }
 
@@ -772,7 +814,7 @@ static void stop_escalate_cb(uv_timer_t *timer)
 			 "SIGKILL",
 			 (int)ctr->shim_pid);
 		log_warnx("container %s: %s", ctr->name, why);
-		uv_timer_stop(&ctr->poll_timer);
+		settle_unwatch(ctr);
 		ctr->stop_requested = false;
 		for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
 			next = w->next;
@@ -843,7 +885,7 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
 	}
 	uv_timer_start(&ctr->timer, stop_escalate_cb,
 		       ctr->stop_forced ? KILL_RETRY_MS : (uint64_t)timeout_s * 1000, 0);
-	uv_timer_start(&ctr->poll_timer, poll_cb, STOP_POLL_MS, STOP_POLL_MS);
+	settle_watch(ctr, STOP_POLL_MS);
 }
 
 /*
