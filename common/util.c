@@ -193,6 +193,27 @@ int file_write_replace(const char *path, const void *data, size_t len, unsigned 
 	return write_replace(path, data, len, mode, false);
 }
 
+int file_sync(const char *path)
+{
+	_cleanup_free_ char *dircopy = xstrdup(path);
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	if (ret < 0)
+		return ret;
+	fd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
 int file_read_all(const char *path, size_t max, char **out, size_t *outlen)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -73,6 +73,11 @@ int file_write_atomic(const char *path, const void *data, size_t len, unsigned m
  * (a runtime config written at every start, a pid file). Returns 0 or -errno.
  */
 int file_write_replace(const char *path, const void *data, size_t len, unsigned mode);
+/*
+ * Make what file_write_replace() put at path durable: fsync the file and its
+ * directory, as file_write_atomic() would have. Returns 0 or -errno.
+ */
+int file_sync(const char *path);
 /* Read a whole file (at most max bytes) into a NUL-terminated buffer the caller frees. */
 int file_read_all(const char *path, size_t max, char **out, size_t *outlen);
 /* mkdir -p with mode for each created component. Returns 0 or -errno. */
