@@ -17,7 +17,8 @@
  * knows what its predecessor knew: oci_refresh() looks at the shim (alive?), the
  * container's init (container.pid, checked against /proc/PID/cgroup so a reused pid
  * does not count), the freezer (paused?), exit.json and restarts. It runs every
- * heartbeat, and every 50-100 ms while a start or stop settles. A change no command
+ * heartbeat, and while a start or stop settles whenever the shim or runc puts one of
+ * those files in place (inotify), with a 50-100 ms tick behind. A change no command
  * is working on is pushed to the controller as an instance-state message.
  *
  * Helpers for ociaction.c: runc subcommands as children (oci_runc(), with output
