@@ -249,7 +249,9 @@ struct ctr {
 	struct ctr_waiter *exit_waiters;
 	uv_timer_t timer;      /* start deadline, stop escalation */
 	uv_timer_t poll_timer; /* quick refreshes while a start or stop settles */
-	char pushed[64];       /* what the controller heard last (a signature) */
+	uv_fs_event_t watch;   /* ... and its directory watched for the shim's files */
+	bool watching;
+	char pushed[64]; /* what the controller heard last (a signature) */
 	int open_handles;
 	bool removing;
 };

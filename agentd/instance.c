@@ -893,6 +893,7 @@ static void succeed_with(struct inst_op *op, struct json_object *report)
 {
 	struct json_object *body = json_object_new_object(), *result = json_object_new_object();
 
+	log_trace("op %s: succeeded", op->op);
 	json_object_object_add(result, "instance", report);
 	if (op->result) {
 		json_object_object_foreach(op->result, key, val)
@@ -1136,6 +1137,7 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 		op->args = json_object_new_object();
 	json_object_put(norm);
 	name = json_get_str(op->spec, "name", "");
+	log_trace("op %s: %s %s started", op->op, op->action ? op->action->name : "?", name);
 	if (container) {
 		ctr_cmd_start(op, name);
 		return;

@@ -369,6 +369,7 @@ void link_query_reply(struct agent *a, const char *op, struct json_object *answe
  */
 static void request_dispatch(struct agent *a, const struct link_msg *m)
 {
+	log_trace("link: %s %s", link_type_name(m->type), m->op);
 	switch (m->type) {
 	case LINK_CMD_PROBE:
 		command_accept(a, m, probe_fields, NULL, probe_cmd_start);

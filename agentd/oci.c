@@ -17,7 +17,8 @@
  * knows what its predecessor knew: oci_refresh() looks at the shim (alive?), the
  * container's init (container.pid, checked against /proc/PID/cgroup so a reused pid
  * does not count), the freezer (paused?), exit.json and restarts. It runs every
- * heartbeat, and every 50-100 ms while a start or stop settles. A change no command
+ * heartbeat, and while a start or stop settles whenever the shim or runc puts one of
+ * those files in place (inotify), with a 50-100 ms tick behind. A change no command
  * is working on is pushed to the controller as an instance-state message.
  *
  * Helpers for ociaction.c: runc subcommands as children (oci_runc(), with output
@@ -132,8 +133,9 @@ struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr 
 	ctr->rw_size = -1;
 	uv_timer_init(a->loop, &ctr->timer);
 	uv_timer_init(a->loop, &ctr->poll_timer);
-	ctr->timer.data = ctr->poll_timer.data = ctr;
-	ctr->open_handles = 2;
+	uv_fs_event_init(a->loop, &ctr->watch);
+	ctr->timer.data = ctr->poll_timer.data = ctr->watch.data = ctr;
+	ctr->open_handles = 3;
 	ctr->next = a->ctrs;
 	a->ctrs = ctr;
 	return ctr;
@@ -197,6 +199,7 @@ void oci_remove(struct ctr *ctr)
 	}
 	uv_close((uv_handle_t *)&ctr->timer, ctr_handle_close_cb);
 	uv_close((uv_handle_t *)&ctr->poll_timer, ctr_handle_close_cb);
+	uv_close((uv_handle_t *)&ctr->watch, ctr_handle_close_cb);
 }
 
 /* At agent shutdown: stop watching every container; they keep running. */
@@ -459,14 +462,60 @@ void oci_state_set(struct ctr *ctr, enum vm_state state)
 
 /* ---- state from the files ------------------------------------------------------------ */
 
+static void poll_cb(uv_timer_t *timer)
+{
+	oci_refresh(timer->data);
+}
+
+/*
+ * The files that tell a start or stop has settled: runc's pid file (renamed into
+ * place), the shim's exit.json and shim.pid (likewise). Anything else in the
+ * directory (console.log at every line the container prints) is not news.
+ */
+static void watch_cb(uv_fs_event_t *handle, const char *filename, int events, int status)
+{
+	static const char *const news[] = {"container.pid", "exit.json", "shim.pid", NULL};
+
+	(void)events;
+	if (status < 0 || filename == NULL)
+		return;
+	for (size_t i = 0; news[i]; i++)
+		if (strcmp(filename, news[i]) == 0) {
+			oci_refresh(handle->data);
+			return;
+		}
+}
+
+/*
+ * Refresh ctr as soon as the shim or runc puts one of its files in place (inotify on
+ * its directory), so a start is told when runc wrote the pid, not at the next tick;
+ * the timer every interval_ms stays for what no file shows (a process gone) and for
+ * when the watch cannot be had (inotify limits).
+ */
+static void settle_watch(struct ctr *ctr, unsigned interval_ms)
+{
+	uv_timer_start(&ctr->poll_timer, poll_cb, interval_ms, interval_ms);
+	if (!ctr->watching)
+		ctr->watching = uv_fs_event_start(&ctr->watch, watch_cb, ctr->dir, 0) == 0;
+}
+
+static void settle_unwatch(struct ctr *ctr)
+{
+	uv_timer_stop(&ctr->poll_timer);
+	if (ctr->watching)
+		uv_fs_event_stop(&ctr->watch);
+	ctr->watching = false;
+}
+
 static void start_settle(struct ctr *ctr, const char *error)
 {
 	ctr_done_cb cb = ctr->start_cb;
 
+	log_trace("container %s: start settled", ctr->name);
 	ctr->start_cb = NULL;
 	uv_timer_stop(&ctr->timer);
 	if (ctr->exit_waiters == NULL)
-		uv_timer_stop(&ctr->poll_timer);
+		settle_unwatch(ctr);
 	if (cb)
 		cb(ctr, error, ctr->start_data);
 }
@@ -476,7 +525,7 @@ static void exit_settle(struct ctr *ctr)
 	struct ctr_waiter *w, *next;
 
 	uv_timer_stop(&ctr->timer);
-	uv_timer_stop(&ctr->poll_timer);
+	settle_unwatch(ctr);
 	ctr->stop_requested = false;
 	for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
 		next = w->next;
@@ -597,11 +646,6 @@ void oci_refresh(struct ctr *ctr)
 		exit_settle(ctr);
 }
 
-static void poll_cb(uv_timer_t *timer)
-{
-	oci_refresh(timer->data);
-}
-
 /* ---- start ------------------------------------------------------------------------------ */
 
 static void shim_exit_cb(uv_process_t *handle, int64_t status, int term_signal)
@@ -636,11 +680,16 @@ static void start_deadline_cb(uv_timer_t *timer)
 	start_settle(ctr, why);
 }
 
-/* Put ctr's file name in place with text (small, local: on the loop). */
-static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, struct kerr *err)
+/*
+ * Put ctr's file name in place with text (small, local: on the loop); durable when a
+ * power cut must not lose it (the stop marker), else without fsyncs.
+ */
+static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, bool durable,
+			struct kerr *err)
 {
 	_cleanup_free_ char *path = ctr_path(ctr, file);
-	int ret = file_write_atomic(path, text, strlen(text), 0600);
+	int ret = durable ? file_write_atomic(path, text, strlen(text), 0600)
+			  : file_write_replace(path, text, strlen(text), 0600);
 
 	if (ret < 0)
 		return err_set(err, -ret, "container %s: cannot write %s", ctr->name, path);
@@ -678,7 +727,8 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	ctr_file_drop(ctr, "stop");
 	ctr_file_drop(ctr, "exit.json");
 	ctr_file_drop(ctr, "container.pid");
-	if (ctr_file_put(ctr, "restarts", "0\n", err) < 0)
+	/* A power cut ends the container and its shim: the count starts again anyway. */
+	if (ctr_file_put(ctr, "restarts", "0\n", false, err) < 0)
 		return -1;
 	fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -717,9 +767,10 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	ctr->start_data = data;
 	ctr->start_ms = now_ms();
 	log_info("container %s: shim started, pid %d", ctr->name, (int)ctr->shim_pid);
+	log_trace("container %s: shim spawned", ctr->name);
 	oci_state_set(ctr, VM_STARTING);
 	uv_timer_start(&ctr->timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
-	uv_timer_start(&ctr->poll_timer, poll_cb, START_POLL_MS, START_POLL_MS);
+	settle_watch(ctr, START_POLL_MS);
 	return 0;
 }
 
@@ -764,7 +815,7 @@ static void stop_escalate_cb(uv_timer_t *timer)
 			 "SIGKILL",
 			 (int)ctr->shim_pid);
 		log_warnx("container %s: %s", ctr->name, why);
-		uv_timer_stop(&ctr->poll_timer);
+		settle_unwatch(ctr);
 		ctr->stop_requested = false;
 		for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
 			next = w->next;
@@ -823,7 +874,7 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
 	ctr->stop_requested = true;
 	ctr->stop_forced = timeout_s == 0;
 	ctr->kill_attempts = 0;
-	if (ctr_file_put(ctr, "stop", "stop\n", &err) < 0)
+	if (ctr_file_put(ctr, "stop", "stop\n", true, &err) < 0)
 		log_warnx("%s", err.msg);
 	oci_state_set(ctr, VM_STOPPING);
 	if (paused &&
@@ -835,7 +886,7 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
 	}
 	uv_timer_start(&ctr->timer, stop_escalate_cb,
 		       ctr->stop_forced ? KILL_RETRY_MS : (uint64_t)timeout_s * 1000, 0);
-	uv_timer_start(&ctr->poll_timer, poll_cb, STOP_POLL_MS, STOP_POLL_MS);
+	settle_watch(ctr, STOP_POLL_MS);
 }
 
 /*
@@ -846,7 +897,7 @@ void oci_mark_stopped(struct ctr *ctr)
 {
 	struct kerr err;
 
-	if (ctr_file_put(ctr, "stop", "stop\n", &err) < 0)
+	if (ctr_file_put(ctr, "stop", "stop\n", true, &err) < 0)
 		log_warnx("%s", err.msg);
 	oci_refresh(ctr);
 }

@@ -131,7 +131,14 @@ static int bundle_work(struct oci_job *job)
 	bundle_resolv_set(cfg, resolv);
 	text = json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PRETTY |
 							   JSON_C_TO_STRING_NOSLASHESCAPE);
-	ret = file_write_atomic(cfg_path, text, strlen(text), 0600);
+	/*
+	 * config.json and shim.json are rebuilt by every start before anything reads them,
+	 * so a power cut that loses them loses nothing: no fsync (two each) on the way to a
+	 * start. spec.json below, the record that the container exists, is made durable
+	 * (spec_sync) before the create's op-done, and its directory sync covers the other
+	 * two names.
+	 */
+	ret = file_write_replace(cfg_path, text, strlen(text), 0600);
 	json_object_put(cfg);
 	if (ret < 0)
 		return err_set(&job->err, -ret, "cannot write %s", cfg_path);
@@ -166,13 +173,13 @@ static int bundle_work(struct oci_job *job)
 	}
 	json_object_object_add(shim, "lower", lower);
 	text = json_text(shim);
-	ret = file_write_atomic(shim_path, text, strlen(text), 0600);
+	ret = file_write_replace(shim_path, text, strlen(text), 0600);
 	json_object_put(shim);
 	if (ret < 0)
 		return err_set(&job->err, -ret, "cannot write %s", shim_path);
 	if (p->create) {
 		text = json_text(p->spec);
-		ret = file_write_atomic(spec_path, text, strlen(text), 0600);
+		ret = file_write_replace(spec_path, text, strlen(text), 0600);
 		if (ret < 0)
 			return err_set(&job->err, -ret, "cannot write %s", spec_path);
 	}
@@ -186,6 +193,10 @@ static void prep_done(struct oci_job *job)
 	struct prep *p = (struct prep *)job;
 	struct inst_op *op = p->op;
 
+	log_trace("container %s: %s done", p->name,
+		  job->work == image_work   ? "image"
+		  : job->work == layer_work ? "layer"
+					    : "bundle");
 	if (instance_op_gone(op)) {
 		prep_free(p);
 		return;
@@ -279,10 +290,8 @@ static void started_cb(struct ctr *ctr, const char *error, void *data)
 	instance_op_succeed(op);
 }
 
-static void shim_start(struct inst_op *op)
+static int shim_spawn(struct inst_op *op, ctr_done_cb cb, void *data, struct kerr *err)
 {
-	struct kerr err;
-
 	if (mkdir_p(op->agent->cfg->local_pool, 0700) == 0) {
 		char root[PATH_MAX];
 
@@ -290,7 +299,14 @@ static void shim_start(struct inst_op *op)
 		mkdir_p(root, 0700);
 	}
 	instance_op_progress(op, 85, "starting the container");
-	if (oci_start(op->ctr, started_cb, op, &err) < 0)
+	return oci_start(op->ctr, cb, data, err);
+}
+
+static void shim_start(struct inst_op *op)
+{
+	struct kerr err;
+
+	if (shim_spawn(op, started_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
@@ -316,17 +332,88 @@ void ociaction_start(struct inst_op *op)
 
 /* ---- create ------------------------------------------------------------------------------- */
 
+/*
+ * spec.json records that the container exists, and the create's op-done tells the
+ * controller so: it must be on disk before that answer, but the container need not
+ * wait for it. Its fsyncs run on the thread pool while the shim starts; whichever of
+ * the two ends last sends the answer.
+ */
+struct spec_sync {
+	struct oci_job job;
+	struct inst_op *op;
+	char path[PATH_MAX];
+	bool synced, settled;
+	char *error; /* why the start failed; NULL when it did not */
+};
+
+static int spec_sync_work(struct oci_job *job)
+{
+	struct spec_sync *s = (struct spec_sync *)job;
+	int ret = file_sync(s->path);
+
+	if (ret < 0)
+		return err_set(&job->err, -ret, "cannot sync %s", s->path);
+	return 0;
+}
+
+static void spec_sync_answer(struct spec_sync *s)
+{
+	struct inst_op *op = s->op;
+
+	if (!instance_op_gone(op)) {
+		if (s->job.ret < 0)
+			instance_op_fail(op, "%s", s->job.err.msg);
+		else if (s->error)
+			instance_op_fail(op, "%s", s->error);
+		else
+			instance_op_succeed(op);
+	}
+	free(s->error);
+	free(s);
+}
+
+static void spec_sync_done(struct oci_job *job)
+{
+	struct spec_sync *s = (struct spec_sync *)job;
+
+	s->synced = true;
+	if (s->settled)
+		spec_sync_answer(s);
+}
+
+static void create_started_cb(struct ctr *ctr, const char *error, void *data)
+{
+	struct spec_sync *s = data;
+
+	s->settled = true;
+	s->error = error ? xstrdup(error) : NULL;
+	if (s->synced)
+		spec_sync_answer(s);
+}
+
 static void created(struct inst_op *op)
 {
+	struct spec_sync *s = xcalloc(1, sizeof(*s));
+	struct kerr err;
+
 	op->ctr->created = true;
 	op->registered = false; /* it exists now; a failure to start keeps it */
 	log_info("container %s: created", op->ctr->name);
 	oci_refresh(op->ctr);
+	s->op = op;
+	snprintf(s->path, sizeof(s->path), "%s/spec.json", op->ctr->dir);
+	s->job.work = spec_sync_work;
+	s->job.done = spec_sync_done;
+	/* Not answered before the job is done, which is never before the loop runs again. */
+	oci_job_queue(op->agent, &s->job);
 	if (!json_get_bool(op->args, "start", false)) {
-		instance_op_succeed(op);
-		return;
+		s->settled = true;
+	} else if (shim_spawn(op, create_started_cb, s, &err) < 0) {
+		s->settled = true;
+		s->error = xstrdup(err.msg);
 	}
-	shim_start(op);
+	if (s->synced && s->settled)
+		spec_sync_answer(s);
 }
 
 /*

@@ -637,6 +637,7 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 	unlink(pidfile);
 	stale_delete(s);
 	cgroup_clear(s);
+	log_trace("shim %s: runc run", s->name);
 	pid = runc_spawn(s);
 	if (pid < 0) {
 		*code = 127;
@@ -663,15 +664,18 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 			watching = oom_setup(s);
 			fds[1].fd = s->oom_fd;
 		}
-		if (*started_at == 0 && stat(pidfile, &st) == 0)
+		if (*started_at == 0 && stat(pidfile, &st) == 0) {
 			*started_at =
 				(int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+			log_trace("shim %s: container.pid seen", s->name);
+		}
 		poll(fds, 3, !watching || pidfd < 0 || *started_at == 0 ? OOM_SETUP_POLL_MS : -1);
 		if (s->oom_fd >= 0 && fds[1].revents & POLLIN)
 			oom_event(s);
 		if (s->out >= 0 && fds[2].revents & (POLLIN | POLLHUP))
 			output_copy(s);
 	}
+	log_trace("shim %s: runc run returned", s->name);
 	/* What the container wrote last; a process it left behind cannot hold us up. */
 	for (int i = 0; i < 16 && s->out >= 0 && output_copy(s) > 0; i++)
 		;
@@ -745,6 +749,7 @@ int shim_main(const char *dir)
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);
 	log_init("kumo-shim", LOG_LEVEL_INFO);
+	log_trace("shim %s: main", dir);
 	if (chdir("/") < 0 || dir[0] != '/') {
 		log_warnx("shim: %s must be an absolute directory", dir);
 		return 1;
@@ -763,7 +768,8 @@ int shim_main(const char *dir)
 	}
 	pidpath = path_in(s, "shim.pid");
 	snprintf(pidtext, sizeof(pidtext), "%d\n", (int)getpid());
-	if (file_write_atomic(pidpath, pidtext, strlen(pidtext), 0600) < 0)
+	/* A pid means nothing after a reboot (pid_is_shim checks it anyway): no fsync. */
+	if (file_write_replace(pidpath, pidtext, strlen(pidtext), 0600) < 0)
 		log_warn("shim %s: cannot write %s", s->name, pidpath);
 	if (console_open(s) < 0) {
 		snprintf(error, sizeof(error), "cannot open %s/console.log: %s", s->dir,
@@ -780,6 +786,7 @@ int shim_main(const char *dir)
 		return 1;
 	}
 	log_info("shim %s: pid %d, restart policy %s", s->name, (int)getpid(), s->restart);
+	log_trace("shim %s: overlay mounted", s->name);
 	restarts = restarts_read(s);
 	while (!terminate && !file_exists(s, "stop")) {
 		began = now_ms();

@@ -1,19 +1,28 @@
 #!/bin/bash
 # Time from POST /api/v1/instances to a container's first output, against `runc run`
-# of the same image's bundle in the same run. Prints the ratio kumo/runc; the goal is
-# under 1.20. Needs a running lab (deploy/lab up) with busybox:latest in its registry.
+# of the same image's bundle in the same run. Prints the ratio kumo/runc (medians); the
+# goal is 1.10 or less. Needs a running lab (deploy/lab up) with busybox:latest in its
+# registry; the lab is --lab NAME, else $KUMO_LAB_NAME (set by deploy/lab env), else kumo.
 #
-#   bench/container_start.sh [-n N] [--lab NAME]
+#   bench/container_start.sh [-n N] [--lab NAME] [--trace]
+#
+# --trace: the lab's daemons must run with KUMO_TRACE=1 in their environment
+# (KUMO_TRACE=1 deploy/lab up); after the runs, bench/create_hops.py prints the median
+# time of each hop of the create path (HTTP, SQLite commit, link, image, bundle, shim,
+# overlay, runc, op-done) from their timing marks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
 runs=5
-lab_name=kumo
+trace=0
+# The lab: --lab, else the one `eval "$(deploy/lab --name NAME env)"` selected.
+lab_name=${KUMO_LAB_NAME:-kumo}
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n) runs=$2; shift 2 ;;
 	--lab) lab_name=$2; shift 2 ;;
-	*) echo "usage: $0 [-n N] [--lab NAME]" >&2; exit 2 ;;
+	--trace) trace=1; shift ;;
+	*) echo "usage: $0 [-n N] [--lab NAME] [--trace]" >&2; exit 2 ;;
 	esac
 done
 eval "$("$src/deploy/lab" --name "$lab_name" env)"
@@ -57,6 +66,7 @@ ctx = ssl.create_default_context(cafile=ca)
 c = http.client.HTTPSConnection(u.hostname, u.port, context=ctx)
 h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 c.connect()
+wall0 = time.time()
 body = json.dumps({"name": name, "type": "container", "image": "busybox:latest",
                    "command": ["echo", "KUMO-CT-READY"]})
 t0 = time.monotonic()
@@ -70,8 +80,12 @@ while True:
     if b"KUMO-CT-READY" in out:
         break
     time.sleep(0.005)
-print(int((time.monotonic() - t0) * 1000))
+print(int((time.monotonic() - t0) * 1000), "%.6f" % wall0)
 PY
+	if [ "$trace" = 1 ]; then
+		# The shim's log goes with the container: keep it for bench/create_hops.py.
+		cat "$KUMO_LAB_DIR"/hosts/*/local/containers/"$name"/shim.log >"$tmp/$name.shim" 2>/dev/null || true
+	fi
 	op=$(kapi -X DELETE "$KUMO_URL/api/v1/instances/$name?force=1" | jq -r .id)
 	kapi "$KUMO_URL/api/v1/operations/$op?wait=60" >/dev/null
 }
@@ -82,7 +96,8 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 : >"$tmp/kumo.ms"
 for i in $(seq 1 "$runs"); do
 	r=$(runc_once "$i")
-	k=$(kumo_once "$i")
+	read -r k wall0 < <(kumo_once "$i")
+	echo "bench-ct-$i $wall0 $k" >>"$tmp/names"
 	echo "run $i: runc $r ms, kumo $k ms"
 	echo "$r" >>"$tmp/runc.ms"
 	echo "$k" >>"$tmp/kumo.ms"
@@ -92,5 +107,10 @@ r=$(median <"$tmp/runc.ms")
 k=$(median <"$tmp/kumo.ms")
 ratio=$(awk -v k="$k" -v r="$r" 'BEGIN { printf "%.3f", k / r }')
 echo "runc median: $r ms, kumo median: $k ms"
-echo "ratio kumo/runc: $ratio (goal < 1.20)"
+echo "runc min/median/max: $(sort -n "$tmp/runc.ms" | head -1)/$r/$(sort -n "$tmp/runc.ms" | tail -1) ms," \
+	"kumo: $(sort -n "$tmp/kumo.ms" | head -1)/$k/$(sort -n "$tmp/kumo.ms" | tail -1) ms"
+echo "ratio kumo/runc: $ratio (goal <= 1.10)"
 echo "RESULT runc_ms=$r kumo_ms=$k ratio=$ratio"
+if [ "$trace" = 1 ]; then
+	"$here/create_hops.py" "$tmp/names" "$KUMO_LAB_DIR"/logs/*.log "$tmp"/*.shim
+fi

@@ -22,6 +22,8 @@ void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warnx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Timing marks (µs) when KUMO_TRACE is set in the environment; nothing otherwise. */
+void log_trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Start-up failures and broken invariants only; never because of input. */
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

@@ -138,7 +138,8 @@ int hex_decode(const char *in, unsigned char *out, size_t outlen)
 	return 0;
 }
 
-int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+static int write_replace(const char *path, const void *data, size_t len, unsigned mode,
+			 bool durable)
 {
 	_cleanup_free_ char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
 	_cleanup_free_ char *dircopy = xstrdup(path);
@@ -163,7 +164,7 @@ int file_write_atomic(const char *path, const void *data, size_t len, unsigned m
 		p += n;
 		len -= (size_t)n;
 	}
-	if (ret == 0 && fsync(fd) < 0)
+	if (ret == 0 && durable && fsync(fd) < 0)
 		ret = -errno;
 	close(fd);
 	if (ret == 0 && rename(tmp, path) < 0)
@@ -172,12 +173,45 @@ int file_write_atomic(const char *path, const void *data, size_t len, unsigned m
 		unlink(tmp);
 		return ret;
 	}
+	if (!durable)
+		return 0;
 	fd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd >= 0) {
 		fsync(fd);
 		close(fd);
 	}
 	return 0;
+}
+
+int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+	return write_replace(path, data, len, mode, true);
+}
+
+int file_write_replace(const char *path, const void *data, size_t len, unsigned mode)
+{
+	return write_replace(path, data, len, mode, false);
+}
+
+int file_sync(const char *path)
+{
+	_cleanup_free_ char *dircopy = xstrdup(path);
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	if (ret < 0)
+		return ret;
+	fd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
 }
 
 int file_read_all(const char *path, size_t max, char **out, size_t *outlen)

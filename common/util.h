@@ -66,6 +66,18 @@ char *base64_decode(const char *in, size_t *outlen);
  * directory) with the given mode. Returns 0 or -errno.
  */
 int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/*
+ * The same without the two fsyncs: readers see the old or the new file whole, and a
+ * crash of the writer leaves one of them, but a power cut may lose the change. Only
+ * for files rebuilt before they are needed again after a reboot, or meaningless then
+ * (a runtime config written at every start, a pid file). Returns 0 or -errno.
+ */
+int file_write_replace(const char *path, const void *data, size_t len, unsigned mode);
+/*
+ * Make what file_write_replace() put at path durable: fsync the file and its
+ * directory, as file_write_atomic() would have. Returns 0 or -errno.
+ */
+int file_sync(const char *path);
 /* Read a whole file (at most max bytes) into a NUL-terminated buffer the caller frees. */
 int file_read_all(const char *path, size_t max, char **out, size_t *outlen);
 /* mkdir -p with mode for each created component. Returns 0 or -errno. */

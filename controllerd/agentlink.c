@@ -394,6 +394,8 @@ static void op_done(struct host *h, struct link_msg *m)
 	struct json_object *op = op_get(m->op);
 	const char *kind = op ? json_object_get_string(json_object_object_get(op, "kind")) : "";
 
+	log_trace("host %s: op-done %s %s %s", h->name, m->op, kind, status);
+
 	/* A probe's result is the host's fresh facts. */
 	if (!strcmp(kind, "probe") && !strcmp(status, "succeeded") && result) {
 		struct json_object *facts = json_object_object_get(result, "facts");

@@ -490,6 +490,7 @@ enum MHD_Result api_instance_logs(struct request *req)
 	    strcmp(follow, "false"))
 		return http_reply_error(req, 400, "follow",
 					"query parameter 'follow' must be 1 or 0");
+	log_trace("logs %s: asked", req->params[0]);
 	h = container_host(req, req->params[0], &ret);
 	if (h == NULL)
 		return ret;

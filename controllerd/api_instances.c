@@ -534,6 +534,7 @@ enum MHD_Result api_instances_create(struct request *req)
 		return http_reply_kerr(req, &err);
 	}
 	name = json_get_str(body, "name", "");
+	log_trace("create %s: request parsed", name);
 	if (instance_exists(name)) {
 		enum MHD_Result ret = http_reply_error(req, 409, "name",
 						       "an instance named %s exists already", name);
@@ -585,6 +586,7 @@ enum MHD_Result api_instances_create(struct request *req)
 				!strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm") ? "kvm"
 										       : "tcg"));
 
+	log_trace("create %s: placed on %s", json_get_str(spec, "name", ""), h->name);
 	if (db_begin(ctl.db) < 0) {
 		json_object_put(spec);
 		json_object_put(placement);
@@ -670,10 +672,12 @@ enum MHD_Result api_instances_create(struct request *req)
 					sqlite3_errmsg(ctl.db));
 	}
 	log_info("instance %s: placed on %s", name, h->name);
+	log_trace("create %s: committed", name);
 	/* The host learns the networks first: the same queue carries both, in order. */
 	netsync_all();
 	cmd_instance(h, json_object_get_string(json_object_object_get(op, "id")), "create", spec,
 		     args);
+	log_trace("create %s: command queued", name);
 	json_object_put(args);
 	json_object_put(spec);
 	json_object_put(placement);

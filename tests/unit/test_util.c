@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -108,6 +109,37 @@ static void test_file_write_read(void **state)
 	assert_int_equal(file_read_all("/nonexistent/kumo", 1024, &text, NULL), -ENOENT);
 }
 
+/*
+ * file_write_replace() (no fsyncs) replaces a file whole, with the exact mode, and
+ * leaves no temporary file behind: config.json and the pid files rely on it.
+ */
+static void test_file_write_replace(void **state)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/replace", tmpdir);
+	_cleanup_free_ char *path = xasprintf("%s/config.json", dir);
+	char *text = NULL;
+	struct stat st;
+	DIR *d;
+	struct dirent *e;
+	int n = 0;
+
+	assert_int_equal(mkdir_p(dir, 0700), 0);
+	assert_int_equal(file_write_replace(path, "{\"old\": true}", 13, 0644), 0);
+	assert_int_equal(file_write_replace(path, "{}", 2, 0600), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	assert_int_equal(file_read_all(path, 1024, &text, NULL), 0);
+	assert_string_equal(text, "{}");
+	free(text);
+	d = opendir(dir);
+	assert_non_null(d);
+	while ((e = readdir(d)) != NULL)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	assert_int_equal(n, 1);
+	assert_int_equal(file_write_replace("/nonexistent/kumo/x", "x", 1, 0600), -ENOENT);
+}
+
 static void test_file_read_limit(void **state)
 {
 	_cleanup_free_ char *path = xasprintf("%s/big", tmpdir);
@@ -167,6 +199,7 @@ int main(void)
 		cmocka_unit_test(test_hex_decode_rejects),
 		cmocka_unit_test(test_hex_round_trip),
 		cmocka_unit_test(test_file_write_read),
+		cmocka_unit_test(test_file_write_replace),
 		cmocka_unit_test(test_file_read_limit),
 		cmocka_unit_test(test_file_read_exactly_max),
 		cmocka_unit_test(test_mkdir_p),
