@@ -217,14 +217,14 @@ size_t netdoc_len(struct json_object *arr)
 static const struct json_field doc_fields[] = {
 	{"hash", JK_STRING, true, NULL},	  {"underlay", JK_STRING, false, NULL},
 	{"control_plane", JK_ARRAY, false, NULL}, {"security_groups", JK_ARRAY, false, NULL},
-	{"networks", JK_ARRAY, true, NULL},	  {NULL},
+	{"networks", JK_ARRAY, true, NULL},	  {NULL, 0, false, NULL},
 };
 
 static const struct json_field group_fields[] = {
 	{"name", JK_STRING, true, NULL},
 	{"members", JK_ARRAY, true, NULL},
 	{"rules", JK_ARRAY, true, NULL},
-	{NULL},
+	{NULL, 0, false, NULL},
 };
 
 static const struct json_field rule_fields[] = {
@@ -234,7 +234,7 @@ static const struct json_field rule_fields[] = {
 	{"ports", JK_STRING, false, NULL},
 	{"cidr", JK_STRING, false, NULL},
 	{"group", JK_STRING, false, NULL},
-	{NULL},
+	{NULL, 0, false, NULL},
 };
 
 static const struct json_field network_fields[] = {
