@@ -5,10 +5,18 @@
  *   event socket  NN_PULL link_address:event_port  sealed heartbeats and op events
  *   per host      NN_REQ  -> the agent's NN_REP    sealed commands, acked at once
  *
+ * The command sockets are a pool. nanomsg allows 512 sockets in a process
+ * (NN_MAX_SOCKETS, fixed when libnanomsg is built), so one NN_REQ per host stops at a
+ * few hundred hosts. A host gets its socket when it has a command to send and keeps
+ * it while it is idle, until a host that needs one finds the pool full: then the
+ * least recently used idle socket is closed for it. A host whose commands find no
+ * socket at all (REQ_SOCKS_MAX hosts busy at once) waits for the next one that idles.
+ *
  * Every socket's readiness comes from its NN_RCVFD through a uv_poll, so the loop
  * never blocks on the link. A message that fails any check is dropped, logged and
  * counted in kumo_link_rejected_total.
  */
+#include <errno.h>
 #include <nanomsg/nn.h>
 #include <nanomsg/pipeline.h>
 #include <nanomsg/reqrep.h>
@@ -24,8 +32,12 @@
 #include "valid.h"
 
 #define CMD_TIMEOUT_MS 5000
+/* Command sockets open at most: below NN_MAX_SOCKETS (512) with room for the join and
+ * event sockets and for the few a process's libraries may open. */
+#define REQ_SOCKS_MAX 448
 
 static int join_sock = -1, event_sock = -1;
+static int req_open; /* command sockets open now */
 static uv_poll_t join_poll, event_poll;
 
 static int sock_rcvfd(int sock)
@@ -438,6 +450,33 @@ static void cmd_free(struct cmd *c)
 	}
 }
 
+static void cmd_transmit(struct host *h);
+
+static void send_poll_cb(uv_poll_t *p, int status, int events)
+{
+	struct host *h = p->data;
+
+	uv_poll_stop(p);
+	if (h->inflight && h->req_sock >= 0)
+		cmd_transmit(h);
+}
+
+/* Watch h's command socket until it can send, then transmit the in-flight command. */
+static void send_wait(struct host *h)
+{
+	int fd;
+	size_t sz = sizeof(fd);
+
+	if (h->req_spoll == NULL) {
+		if (nn_getsockopt(h->req_sock, NN_SOL_SOCKET, NN_SNDFD, &fd, &sz) < 0)
+			return;
+		h->req_spoll = xcalloc(1, sizeof(*h->req_spoll));
+		uv_poll_init(ctl.loop, h->req_spoll, fd);
+		h->req_spoll->data = h;
+	}
+	uv_poll_start(h->req_spoll, UV_READABLE, send_poll_cb);
+}
+
 /* Seal and send the in-flight command (again, after a timeout: a new seq each time). */
 static void cmd_transmit(struct host *h)
 {
@@ -454,20 +493,55 @@ static void cmd_transmit(struct host *h)
 		log_warnx("host %s: cannot seal %s: %s", h->name, link_type_name(m.type), err.msg);
 		return;
 	}
-	if (nn_send(h->req_sock, buf, len, NN_DONTWAIT) < 0)
+	if (nn_send(h->req_sock, buf, len, NN_DONTWAIT) < 0) {
 		log_debug("host %s: %s not sent yet: %s", h->name, link_type_name(m.type),
 			  nn_strerror(nn_errno()));
+		/* A socket just opened has no connection yet: send once it can. */
+		if (nn_errno() == EAGAIN)
+			send_wait(h);
+	}
 	free(buf);
 }
 
 static void cmd_next(struct host *h)
 {
-	if (h->inflight || h->queue == NULL || h->req_sock < 0)
+	if (h->inflight || h->queue == NULL)
 		return;
+	if (h->req_sock < 0) {
+		agentlink_host_connect(h); /* which sends, once it has a socket */
+		return;
+	}
+	h->req_used = now_ms();
 	h->inflight = h->queue;
 	h->queue = h->queue->next;
 	h->inflight->next = NULL;
 	cmd_transmit(h);
+}
+
+/* Close the least recently used idle command socket; false when every one is busy. */
+static bool req_reclaim(void)
+{
+	struct host *victim = NULL;
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (h->req_sock >= 0 && h->inflight == NULL && h->queue == NULL &&
+		    (victim == NULL || h->req_used < victim->req_used))
+			victim = h;
+	if (victim == NULL)
+		return false;
+	agentlink_host_disconnect(victim);
+	return true;
+}
+
+/* h went idle with the pool full: its socket goes to a host waiting for one, if any. */
+static void req_hand_over(struct host *h)
+{
+	for (struct host *w = ctl.hosts; w; w = w->next)
+		if (w->req_sock < 0 && (w->queue || w->inflight)) {
+			agentlink_host_disconnect(h);
+			agentlink_host_connect(w);
+			return;
+		}
 }
 
 /* A reply to the in-flight command arrived. */
@@ -530,6 +604,8 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	cmd_free(c);
 	link_msg_clear(&m);
 	cmd_next(h);
+	if (h->inflight == NULL && req_open >= REQ_SOCKS_MAX)
+		req_hand_over(h);
 }
 
 static void req_poll_cb(uv_poll_t *p, int status, int events)
@@ -550,12 +626,19 @@ static void req_poll_cb(uv_poll_t *p, int status, int events)
 	}
 }
 
-/* Open h's command socket to its advertised address. */
+/*
+ * Open h's command socket to its advertised address when it has a command to send
+ * and the pool has room (or an idle socket to close); else it waits (see the top).
+ */
 void agentlink_host_connect(struct host *h)
 {
 	int fd, resend = 3600 * 1000, linger = 0;
 
 	if (h->req_sock >= 0 || h->address == NULL || h->address[0] == '\0')
+		return;
+	if (h->inflight == NULL && h->queue == NULL)
+		return;
+	if (req_open >= REQ_SOCKS_MAX && !req_reclaim())
 		return;
 	h->req_sock = nn_socket(AF_SP, NN_REQ);
 	if (h->req_sock < 0) {
@@ -572,6 +655,8 @@ void agentlink_host_connect(struct host *h)
 		h->req_sock = -1;
 		return;
 	}
+	req_open++;
+	h->req_used = now_ms();
 	fd = sock_rcvfd(h->req_sock);
 	h->req_poll = xcalloc(1, sizeof(*h->req_poll));
 	uv_poll_init(ctl.loop, h->req_poll, fd);
@@ -589,7 +674,7 @@ static void free_handle_cb(uv_handle_t *handle)
 	free(handle);
 }
 
-/* Close h's command socket; the poll is stopped before nanomsg closes its fd. */
+/* Close h's command socket; the polls are stopped before nanomsg closes their fds. */
 void agentlink_host_disconnect(struct host *h)
 {
 	if (h->req_poll) {
@@ -597,9 +682,15 @@ void agentlink_host_disconnect(struct host *h)
 		uv_close((uv_handle_t *)h->req_poll, free_handle_cb);
 		h->req_poll = NULL;
 	}
+	if (h->req_spoll) {
+		uv_poll_stop(h->req_spoll);
+		uv_close((uv_handle_t *)h->req_spoll, free_handle_cb);
+		h->req_spoll = NULL;
+	}
 	if (h->req_sock >= 0) {
 		nn_close(h->req_sock);
 		h->req_sock = -1;
+		req_open--;
 	}
 }
 
@@ -758,6 +849,9 @@ void agentlink_cron(void)
 			agentlink_host_connect(h);
 			continue;
 		}
+		/* Waiting for a command socket (the pool was full): try again. */
+		if (h->req_sock < 0 && (h->queue || h->inflight))
+			agentlink_host_connect(h);
 		/* Commands only: a query is never resent (it fails at its own deadline), and
 		 * a second send on the REQ socket would drop the request the agent is
 		 * still answering (a long exec). */
@@ -789,7 +883,7 @@ static int bind_poll(int type, int port, uv_poll_t *poll, uv_poll_cb cb, struct 
 	return sock;
 }
 
-/* Bind the join and event sockets and connect to every known host. */
+/* Bind the join and event sockets; hosts connect when they have commands. */
 int agentlink_start(struct kerr *err)
 {
 	join_sock = bind_poll(NN_REP, ctl.cfg.join_port, &join_poll, join_poll_cb, err);
@@ -798,8 +892,6 @@ int agentlink_start(struct kerr *err)
 	event_sock = bind_poll(NN_PULL, ctl.cfg.event_port, &event_poll, event_poll_cb, err);
 	if (event_sock < 0)
 		return -1;
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		agentlink_host_connect(h);
 	return 0;
 }
 

@@ -90,8 +90,10 @@ struct host {
 	struct seal_replay rx_reply; /* command replies */
 	int64_t tx_seq;		     /* controller -> agent */
 
-	int req_sock;	      /* NN_REQ to the agent, -1 when not connected */
+	int req_sock;	      /* NN_REQ to the agent from the pool, -1 when none */
 	uv_poll_t *req_poll;  /* heap: its close completes after the host may be gone */
+	uv_poll_t *req_spoll; /* heap: waits for a new socket to take its first send */
+	int64_t req_used;     /* ms; the pool closes the least recently used idle socket */
 	struct cmd *queue;    /* waiting commands, oldest first */
 	struct cmd *inflight; /* sent, no reply yet */
 	struct cmd *deferred; /* queries acked as deferred, their answer still to come */
