@@ -34,7 +34,8 @@
 #define CMD_TIMEOUT_MS 5000
 /* Command sockets open at most: below NN_MAX_SOCKETS (512) with room for the join and
  * event sockets and for the few a process's libraries may open. */
-#define REQ_SOCKS_MAX 448
+#define REQ_SOCKS_MAX	448
+#define EVENTS_PER_TURN 64
 
 static int join_sock = -1, event_sock = -1;
 static int req_open; /* command sockets open now */
@@ -426,9 +427,15 @@ static void event_handle(const unsigned char *buf, size_t len)
 	link_msg_clear(&m);
 }
 
+/*
+ * Read at most EVENTS_PER_TURN messages, then let the loop serve the API: thousands
+ * of agents keep the event socket readable all the time, and draining it to empty
+ * kept /healthz waiting for a minute at 5,000 hosts. The poll is level-triggered, so
+ * the rest is read on the loop's next turn.
+ */
 static void event_poll_cb(uv_poll_t *p, int status, int events)
 {
-	for (;;) {
+	for (int i = 0; i < EVENTS_PER_TURN; i++) {
 		unsigned char *buf = NULL;
 		int n = nn_recv(event_sock, &buf, NN_MSG, NN_DONTWAIT);
 
@@ -503,6 +510,8 @@ static void cmd_transmit(struct host *h)
 	free(buf);
 }
 
+static void idle_remove(struct host *h);
+
 static void cmd_next(struct host *h)
 {
 	if (h->inflight || h->queue == NULL)
@@ -511,37 +520,103 @@ static void cmd_next(struct host *h)
 		agentlink_host_connect(h); /* which sends, once it has a socket */
 		return;
 	}
-	h->req_used = now_ms();
+	idle_remove(h);
 	h->inflight = h->queue;
 	h->queue = h->queue->next;
 	h->inflight->next = NULL;
 	cmd_transmit(h);
 }
 
+/*
+ * The pool's two queues, intrusive in struct host so every step is O(1) at any
+ * number of hosts: idle hosts that hold a socket, least recently used first, and
+ * hosts with commands waiting for a socket, first come first served.
+ */
+static struct host *idle_head, *idle_tail, *wait_head, *wait_tail;
+
+static void idle_remove(struct host *h)
+{
+	if (!h->req_idle)
+		return;
+	*(h->idle_prev ? &h->idle_prev->idle_next : &idle_head) = h->idle_next;
+	*(h->idle_next ? &h->idle_next->idle_prev : &idle_tail) = h->idle_prev;
+	h->idle_prev = h->idle_next = NULL;
+	h->req_idle = false;
+}
+
+/* h holds a socket and has nothing to send: the last to be reclaimed, for now. */
+static void idle_push(struct host *h)
+{
+	idle_remove(h);
+	h->idle_prev = idle_tail;
+	*(idle_tail ? &idle_tail->idle_next : &idle_head) = h;
+	idle_tail = h;
+	h->req_idle = true;
+}
+
+static void wait_remove(struct host *h)
+{
+	if (!h->req_waiting)
+		return;
+	*(h->wait_prev ? &h->wait_prev->wait_next : &wait_head) = h->wait_next;
+	*(h->wait_next ? &h->wait_next->wait_prev : &wait_tail) = h->wait_prev;
+	h->wait_prev = h->wait_next = NULL;
+	h->req_waiting = false;
+}
+
+static void wait_push(struct host *h)
+{
+	if (h->req_waiting)
+		return;
+	h->wait_prev = wait_tail;
+	*(wait_tail ? &wait_tail->wait_next : &wait_head) = h;
+	wait_tail = h;
+	h->req_waiting = true;
+}
+
+static bool has_work(const struct host *h)
+{
+	return h->inflight || h->queue;
+}
+
 /* Close the least recently used idle command socket; false when every one is busy. */
 static bool req_reclaim(void)
 {
-	struct host *victim = NULL;
+	while (idle_head) {
+		struct host *h = idle_head;
 
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		if (h->req_sock >= 0 && h->inflight == NULL && h->queue == NULL &&
-		    (victim == NULL || h->req_used < victim->req_used))
-			victim = h;
-	if (victim == NULL)
-		return false;
-	agentlink_host_disconnect(victim);
-	return true;
+		idle_remove(h);
+		/* Work queued since it went idle: it keeps its socket. */
+		if (h->req_sock >= 0 && !has_work(h)) {
+			agentlink_host_disconnect(h);
+			return true;
+		}
+	}
+	return false;
 }
 
-/* h went idle with the pool full: its socket goes to a host waiting for one, if any. */
-static void req_hand_over(struct host *h)
+/* Give free sockets to the hosts waiting for one. */
+static void wait_serve(void)
 {
-	for (struct host *w = ctl.hosts; w; w = w->next)
-		if (w->req_sock < 0 && (w->queue || w->inflight)) {
-			agentlink_host_disconnect(h);
-			agentlink_host_connect(w);
-			return;
-		}
+	/* Bounded: a host whose connect fails goes back on the list for the next cron. */
+	for (int i = 0; i < REQ_SOCKS_MAX && wait_head && (req_open < REQ_SOCKS_MAX || idle_head);
+	     i++) {
+		struct host *w = wait_head;
+
+		wait_remove(w);
+		agentlink_host_connect(w);
+	}
+}
+
+/* h has nothing more to send: its socket goes to a waiting host, or stays for later. */
+static void req_went_idle(struct host *h)
+{
+	if (wait_head) {
+		agentlink_host_disconnect(h);
+		wait_serve();
+	} else {
+		idle_push(h);
+	}
 }
 
 /* A reply to the in-flight command arrived. */
@@ -604,8 +679,8 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	cmd_free(c);
 	link_msg_clear(&m);
 	cmd_next(h);
-	if (h->inflight == NULL && req_open >= REQ_SOCKS_MAX)
-		req_hand_over(h);
+	if (h->req_sock >= 0 && !has_work(h))
+		req_went_idle(h);
 }
 
 static void req_poll_cb(uv_poll_t *p, int status, int events)
@@ -636,13 +711,17 @@ void agentlink_host_connect(struct host *h)
 
 	if (h->req_sock >= 0 || h->address == NULL || h->address[0] == '\0')
 		return;
-	if (h->inflight == NULL && h->queue == NULL)
+	if (!has_work(h))
 		return;
-	if (req_open >= REQ_SOCKS_MAX && !req_reclaim())
+	if (req_open >= REQ_SOCKS_MAX && !req_reclaim()) {
+		wait_push(h);
 		return;
+	}
+	wait_remove(h);
 	h->req_sock = nn_socket(AF_SP, NN_REQ);
 	if (h->req_sock < 0) {
 		log_warnx("host %s: nn_socket: %s", h->name, nn_strerror(nn_errno()));
+		wait_push(h); /* tried again by the cron */
 		return;
 	}
 	/* We resend ourselves, re-sealed with a fresh seq; nanomsg's resend would replay. */
@@ -656,7 +735,6 @@ void agentlink_host_connect(struct host *h)
 		return;
 	}
 	req_open++;
-	h->req_used = now_ms();
 	fd = sock_rcvfd(h->req_sock);
 	h->req_poll = xcalloc(1, sizeof(*h->req_poll));
 	uv_poll_init(ctl.loop, h->req_poll, fd);
@@ -674,9 +752,14 @@ static void free_handle_cb(uv_handle_t *handle)
 	free(handle);
 }
 
-/* Close h's command socket; the polls are stopped before nanomsg closes their fds. */
+/*
+ * Close h's command socket (the polls are stopped before nanomsg closes their fds)
+ * and take it off the pool's queues.
+ */
 void agentlink_host_disconnect(struct host *h)
 {
+	idle_remove(h);
+	wait_remove(h);
 	if (h->req_poll) {
 		uv_poll_stop(h->req_poll);
 		uv_close((uv_handle_t *)h->req_poll, free_handle_cb);
@@ -811,6 +894,8 @@ void agentlink_cron(void)
 {
 	int64_t now = now_ms();
 
+	wait_serve(); /* sockets that came free without a reply (a failed query) */
+
 	for (struct host *h = ctl.hosts; h; h = h->next) {
 		struct cmd **pp = &h->queue;
 
@@ -849,9 +934,6 @@ void agentlink_cron(void)
 			agentlink_host_connect(h);
 			continue;
 		}
-		/* Waiting for a command socket (the pool was full): try again. */
-		if (h->req_sock < 0 && (h->queue || h->inflight))
-			agentlink_host_connect(h);
 		/* Commands only: a query is never resent (it fails at its own deadline), and
 		 * a second send on the REQ socket would drop the request the agent is
 		 * still answering (a long exec). */

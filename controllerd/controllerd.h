@@ -93,7 +93,10 @@ struct host {
 	int req_sock;	      /* NN_REQ to the agent from the pool, -1 when none */
 	uv_poll_t *req_poll;  /* heap: its close completes after the host may be gone */
 	uv_poll_t *req_spoll; /* heap: waits for a new socket to take its first send */
-	int64_t req_used;     /* ms; the pool closes the least recently used idle socket */
+	/* The command socket pool's queues (agentlink.c): idle with a socket, or
+	 * waiting for one. */
+	struct host *idle_prev, *idle_next, *wait_prev, *wait_next;
+	bool req_idle, req_waiting;
 	struct cmd *queue;    /* waiting commands, oldest first */
 	struct cmd *inflight; /* sent, no reply yet */
 	struct cmd *deferred; /* queries acked as deferred, their answer still to come */
@@ -151,6 +154,7 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 /* hosts.c */
 int hosts_load(struct kerr *err);
 struct host *host_find(const char *name);
+struct host *host_find_id(int64_t id);
 struct host *host_find_instance(const char *instance);
 struct json_object *host_to_json(const struct host *h);
 void host_heartbeat(struct host *h, struct json_object *body);
@@ -207,6 +211,7 @@ int nics_allocate(int64_t iid, const char *instance, struct json_object *spec, s
 
 /* netsync.c */
 void netsync_all(void);
+void netsync_changed(struct host *h);
 void netsync_heartbeat(struct host *h);
 struct json_object *netsync_status_json(struct host *h);
 void netsync_free(void);

@@ -493,7 +493,7 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		json_object_object_add(ev, "name", json_object_new_string(iname));
 		event_emit("instance-deleted", ev);
 		/* Its addresses went with it: the hosts drop what it used. */
-		netsync_all();
+		netsync_changed(h);
 	} else {
 		if (!strcmp(action, "create") || !strcmp(action, "delete")) {
 			/* Leave the creating/deleting hold: the result decides. */

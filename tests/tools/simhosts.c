@@ -9,7 +9,9 @@
  * (common/join.c), and then seals every message with its own link key (common/link.c):
  *
  *   join      one NN_REQ per join in progress (--join-parallel at a time)
- *   events    one NN_PUSH to the controller's event socket, shared by every host:
+ *   events    NN_PUSH sockets to the controller's event socket, each shared by a
+ *             group of hosts (--push-sockets, host i uses socket i mod K), so the
+ *             controller reads from many connections as it does from real agents:
  *             heartbeats (facts, the instances it "runs", the network version it
  *             holds), op-done and query-done; each sealed for its own host
  *   commands  one raw NN_REP socket bound at one port per host (--listen-base
@@ -122,13 +124,14 @@ static uv_loop_t *loop;
 static uv_timer_t tick;
 static uv_poll_t rep_poll;
 static uv_signal_t sigint, sigterm;
-static int rep_sock = -1, push_sock = -1;
+static int rep_sock = -1, *push_socks, npush = 128;
 static struct join_slot *slots;
 static int join_next, joined, join_failed;
 static int64_t t_start_ms, t_all_joined_ms, beats_sent, beats_dropped, beat_origin_ms;
 static int64_t beat_cursor; /* heartbeats due so far, over all hosts */
 static int interval_ms = 1000;
-static struct delayed *dq_head, *dq_tail;
+static struct delayed *dq_head, *dq_tail; /* --latency-ms */
+static struct delayed *rq_head, *rq_tail; /* op events the controller did not take yet */
 static char listen_ip[64];
 static int listen_port;
 
@@ -152,6 +155,8 @@ static void usage(FILE *f)
 		"  --fail-rate F           share of instance commands that fail, 0-1 (0)\n"
 		"  --cpus N, --memory-mb M the capacity each host reports (64, 262144)\n"
 		"  --join-parallel N       joins in flight at once (32)\n"
+		"  --push-sockets K        connections to the event socket, shared by the\n"
+		"                          hosts (128; nanomsg allows 512 sockets a process)\n"
 		"  --heartbeat S           seconds between a host's heartbeats (the controller's)\n"
 		"  -h, --help\n"
 		"\n"
@@ -175,21 +180,32 @@ static int seal(struct sim_host *h, enum link_type type, const char *op, struct 
 	return 0;
 }
 
-/* An event on the shared push socket; body consumed. A full socket drops it: the
- * send buffer is large, and what an agent holds back is only its op events. */
+static void retry_later(struct sim_host *h, enum link_type type, const char *op,
+			struct json_object *body);
+
+/*
+ * An event on the host's push socket; body consumed. When the controller is not
+ * taking messages a heartbeat is dropped (the next carries newer facts) and an op
+ * event tried again on the next tick, sealed afresh, as an agent does.
+ */
 static void event_send_now(struct sim_host *h, enum link_type type, const char *op,
 			   struct json_object *body)
 {
 	_cleanup_free_ unsigned char *buf = NULL;
+	int sock = push_socks ? push_socks[h->idx % npush] : -1;
 	size_t len;
 
-	if (push_sock >= 0 && seal(h, type, op, body, &buf, &len) == 0 &&
-	    nn_send(push_sock, buf, len, NN_DONTWAIT) < 0) {
-		if (type == LINK_HEARTBEAT)
+	if (sock >= 0 && seal(h, type, op, body, &buf, &len) == 0 &&
+	    nn_send(sock, buf, len, NN_DONTWAIT) < 0) {
+		if (type == LINK_HEARTBEAT) {
 			beats_dropped++;
-		else
+		} else if (nn_errno() == EAGAIN) {
+			retry_later(h, type, op, body);
+			return;
+		} else {
 			log_warnx("%s: %s dropped: %s", h->name, link_type_name(type),
 				  nn_strerror(nn_errno()));
+		}
 	}
 	json_object_put(body);
 }
@@ -247,6 +263,37 @@ static void send_later(struct sim_host *h, void *control, enum link_type type, c
 	else
 		dq_head = d;
 	dq_tail = d;
+}
+
+static void retry_later(struct sim_host *h, enum link_type type, const char *op,
+			struct json_object *body)
+{
+	struct delayed *d = xcalloc(1, sizeof(*d));
+
+	d->h = h;
+	d->type = type;
+	snprintf(d->op, sizeof(d->op), "%s", op ? op : "");
+	d->body = body;
+	if (rq_tail)
+		rq_tail->next = d;
+	else
+		rq_head = d;
+	rq_tail = d;
+}
+
+/* Once per tick: the op events that found the controller busy, in order. */
+static void retry_flush(void)
+{
+	struct delayed *d = rq_head;
+
+	rq_head = rq_tail = NULL;
+	while (d) {
+		struct delayed *next = d->next;
+
+		event_send_now(d->h, d->type, d->op, d->body);
+		free(d);
+		d = next;
+	}
 }
 
 static void delayed_flush(int64_t now)
@@ -608,9 +655,9 @@ static int events_open(const char *events)
 {
 	char url[JOIN_ADDR_MAX + 32], host[64];
 	const char *rest = events + strlen("tcp://"), *colon = strrchr(rest, ':');
-	int sndbuf = 64 * 1024 * 1024;
+	int sndbuf = 4 * 1024 * 1024;
 
-	if (push_sock >= 0)
+	if (push_socks)
 		return 0;
 	/* A wildcard event address is reached where we joined, as the agent does. */
 	snprintf(host, sizeof(host), "%.*s", (int)(colon - rest), rest);
@@ -622,14 +669,19 @@ static int events_open(const char *events)
 	} else {
 		snprintf(url, sizeof(url), "%s", events);
 	}
-	push_sock = nn_socket(AF_SP, NN_PUSH);
-	if (push_sock < 0 ||
-	    nn_setsockopt(push_sock, NN_SOL_SOCKET, NN_SNDBUF, &sndbuf, sizeof(sndbuf)) < 0 ||
-	    nn_connect(push_sock, url) < 0) {
-		log_warnx("cannot open the event socket to %s: %s", url, nn_strerror(nn_errno()));
-		return -1;
+	push_socks = xcalloc((size_t)npush, sizeof(*push_socks));
+	for (int i = 0; i < npush; i++) {
+		push_socks[i] = nn_socket(AF_SP, NN_PUSH);
+		if (push_socks[i] < 0 ||
+		    nn_setsockopt(push_socks[i], NN_SOL_SOCKET, NN_SNDBUF, &sndbuf,
+				  sizeof(sndbuf)) < 0 ||
+		    nn_connect(push_socks[i], url) < 0) {
+			log_warnx("cannot open event socket %d to %s: %s", i, url,
+				  nn_strerror(nn_errno()));
+			return -1;
+		}
 	}
-	log_info("events go to %s", url);
+	log_info("events go to %s over %d connections", url, npush);
 	return 0;
 }
 
@@ -721,6 +773,7 @@ static void tick_cb(uv_timer_t *t)
 	static int64_t last_status;
 	int64_t now = now_ms(), due;
 
+	retry_flush();
 	delayed_flush(now);
 	for (int i = 0; i < opt.join_parallel; i++) {
 		struct join_slot *s = &slots[i];
@@ -854,6 +907,7 @@ int main(int argc, char **argv)
 		{"memory-mb", required_argument, NULL, 'M'},
 		{"join-parallel", required_argument, NULL, 'j'},
 		{"heartbeat", required_argument, NULL, 'b'},
+		{"push-sockets", required_argument, NULL, 'P'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -895,6 +949,9 @@ int main(int argc, char **argv)
 		case 'b':
 			opt.heartbeat_s = atoi(optarg);
 			break;
+		case 'P':
+			npush = atoi(optarg);
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -905,8 +962,9 @@ int main(int argc, char **argv)
 	}
 	if (!opt.controller || !opt.tokens_path || !opt.listen_base || opt.nhosts < 1 ||
 	    opt.nhosts > 100000 || opt.fail_rate < 0 || opt.fail_rate > 1 ||
-	    opt.join_parallel < 1 || opt.join_parallel > 256 || strlen(opt.prefix) > 40 ||
-	    !(colon = strrchr(opt.listen_base, ':')) || !strchr(opt.controller, ':')) {
+	    opt.join_parallel < 1 || opt.join_parallel > 128 || npush < 1 || npush > 256 ||
+	    strlen(opt.prefix) > 40 || !(colon = strrchr(opt.listen_base, ':')) ||
+	    !strchr(opt.controller, ':')) {
 		usage(stderr);
 		return 2;
 	}
@@ -919,6 +977,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	log_init("simhosts", LOG_LEVEL_INFO);
+	if (npush > opt.nhosts)
+		npush = opt.nhosts;
 	if (opt.heartbeat_s > 0)
 		interval_ms = opt.heartbeat_s * 1000;
 	fd_limit_raise();
