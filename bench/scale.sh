@@ -12,7 +12,12 @@
 # /tmp; nothing leaves loopback. Runs under nice. Takes about 10-15 minutes.
 #
 #   bench/scale.sh [--sizes "1000 5000"] [--create-seconds 120] [--clients 16]
-#                  [--port 10280] [--sim-port 20000] [--build DIR] [--keep]
+#                  [--heartbeat S] [--port 10280] [--sim-port 20000] [--build DIR] [--keep]
+#
+# The heartbeat interval (the controller's heartbeat_interval, told to each host at
+# join) is --heartbeat S, or by default one second per 1,000 hosts: about 1,000
+# heartbeats a second, what one controller processes comfortably here (at 5,000
+# hosts beating every second it falls behind and hosts go offline; see README).
 #
 # --port P uses P (API), P+1 (join) and P+2 (events); --sim-port S uses S..S+N-1 for
 # the simulated hosts' command sockets. Creates run against the largest size.
@@ -26,6 +31,7 @@ port=10280
 sim_port=20000
 build=$src/build-bench
 keep=0
+heartbeat=''
 while [ $# -gt 0 ]; do
 	case $1 in
 	--sizes) sizes=$2; shift 2 ;;
@@ -35,13 +41,15 @@ while [ $# -gt 0 ]; do
 	--sim-port) sim_port=$2; shift 2 ;;
 	--build) build=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
+	--heartbeat) heartbeat=$2; shift 2 ;;
 	-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "usage: $0 [--sizes \"1000 5000\"] [--create-seconds S] [--clients N] [--port P] [--sim-port S] [--build DIR] [--keep]" >&2; exit 2 ;;
 	esac
 done
 
 say() { printf 'scale: %s\n' "$*" >&2; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# Time from /proc/uptime: the wall clock of a VM may be stepped while it runs.
+now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 
 # An optimised build (the tests' build has sanitizers): the controller, the simulator
 # and the scheduler harness.
@@ -66,7 +74,7 @@ api_url=http://127.0.0.1:$port
 token=''
 kget() { curl -sS --max-time 30 -H "Authorization: Bearer $token" "$api_url$1"; }
 
-start_controller() { # start_controller DIR
+start_controller() { # start_controller DIR HEARTBEAT_S
 	local dir=$1 i
 	mkdir -p "$dir/shared"
 	cat >"$dir/ctl.conf" <<EOF
@@ -78,6 +86,7 @@ join_port = $((port + 1))
 event_port = $((port + 2))
 log_level = warn
 shared_pool = $dir/shared
+heartbeat_interval = $2
 EOF
 	nice -n 5 "$ctld" -c "$dir/ctl.conf" >"$dir/ctl.log" 2>&1 &
 	ctl_pid=$!
@@ -112,12 +121,13 @@ PY
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
-declare -A joined online_s rss cpu
+declare -A joined join_s online_s rss cpu beat
 largest=''
 for n in $sizes; do
 	dir=$work/$n
-	say "$n hosts: controller in $dir"
-	start_controller "$dir"
+	beat[$n]=${heartbeat:-$(((n + 999) / 1000))}
+	say "$n hosts: controller in $dir, heartbeats every ${beat[$n]} s"
+	start_controller "$dir" "${beat[$n]}"
 	mint "$n" "$dir/tokens"
 	t0=$(now_ms)
 	nice -n 5 "$simhosts" --controller "127.0.0.1:$((port + 1))" --tokens "$dir/tokens" \
@@ -132,6 +142,7 @@ for n in $sizes; do
 		sleep 0.5
 	done
 	joined[$n]=$on
+	join_s[$n]=$(sed -n 's/.*joined in \([0-9.]*\) s.*/\1/p' "$dir/sim.log")
 	online_s[$n]=$(awk -v ms=$(($(now_ms) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
 	say "$n hosts: $on online after ${online_s[$n]} s; measuring idle for 30 s"
 	sleep 10
@@ -209,8 +220,14 @@ echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-44s' "hosts"
 for n in $sizes; do printf '%14s' "$n"; done
 echo
+printf '%-44s' "heartbeat interval (s)"
+for n in $sizes; do printf '%14s' "${beat[$n]}"; done
+echo
 printf '%-44s' "hosts joined and online"
 for n in $sizes; do printf '%14s' "${joined[$n]}"; done
+echo
+printf '%-44s' "time until all joined (s, simhosts)"
+for n in $sizes; do printf '%14s' "${join_s[$n]:-?}"; done
 echo
 printf '%-44s' "time until all online (s)"
 for n in $sizes; do printf '%14s' "${online_s[$n]}"; done

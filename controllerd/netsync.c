@@ -33,6 +33,10 @@
 #include "util.h"
 
 #define NETSYNC_RETRY_MS 5000
+/* A document the host took is not sent again for this long, whatever an older
+ * heartbeat says: at thousands of hosts heartbeats lag, and resending every
+ * NETSYNC_RETRY_MS then fed the lag (each send takes a command socket). */
+#define NETSYNC_TAKEN_MS 30000
 #define NETSYNC_CACHE_MS 30000
 
 /* The last document sent to each host (by id), and when: to hold back repeats. */
@@ -41,6 +45,8 @@ struct sent {
 	char hash[65];
 	int64_t at;
 	char refused[256]; /* why the host refused that document, or "" */
+	char taken[65];	   /* the last document the host answered for without error */
+	int64_t taken_at;
 	/* The last document built for the host: its hash, generation and time. */
 	char built_hash[65];
 	uint64_t built_gen;
@@ -259,6 +265,10 @@ static void netsync_reply_cb(struct json_object *body, const char *error, void *
 				  error);
 		if (strcmp(s->hash, c->hash) == 0)
 			snprintf(s->refused, sizeof(s->refused), "%s", error ? error : "");
+		if (error == NULL) {
+			snprintf(s->taken, sizeof(s->taken), "%s", c->hash);
+			s->taken_at = now_ms();
+		}
 	}
 	free(c);
 }
@@ -281,7 +291,8 @@ static void netsync_host(struct host *h, const char *holds, bool force)
 	s->built_gen = generation;
 	s->built_at = now;
 	if ((holds && strcmp(holds, hash) == 0) ||
-	    (!force && strcmp(s->hash, hash) == 0 && now - s->at < NETSYNC_RETRY_MS)) {
+	    (!force && strcmp(s->hash, hash) == 0 && now - s->at < NETSYNC_RETRY_MS) ||
+	    (!force && strcmp(s->taken, hash) == 0 && now - s->taken_at < NETSYNC_TAKEN_MS)) {
 		json_object_put(doc);
 		return;
 	}
