@@ -305,8 +305,7 @@ static void op_done(struct host *h, struct link_msg *m)
 		struct json_object *facts = json_object_object_get(result, "facts");
 
 		if (facts && json_object_is_type(facts, json_type_object)) {
-			json_object_put(h->facts);
-			h->facts = json_object_get(facts);
+			host_facts_set(h, json_object_get(facts));
 			h->facts_saved = 0; /* written by the next persist pass */
 			hosts_persist(false);
 		}

@@ -82,7 +82,8 @@ struct host {
 	int64_t last_seen; /* ms; 0 when never seen since start */
 	int64_t facts_saved;
 	struct json_object *labels;
-	struct json_object *facts;
+	struct json_object *facts; /* replaced only through host_facts_set() */
+	uint64_t facts_version;	   /* new with every facts */
 
 	/* Agent -> controller replay windows, one per socket: each socket delivers in
 	 * order, but an event pushed after a reply may overtake it. */
@@ -155,6 +156,7 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 int hosts_load(struct kerr *err);
 struct host *host_find(const char *name);
 struct host *host_find_id(int64_t id);
+void host_facts_set(struct host *h, struct json_object *facts);
 struct host *host_find_instance(const char *instance);
 struct json_object *host_to_json(const struct host *h);
 void host_heartbeat(struct host *h, struct json_object *body);

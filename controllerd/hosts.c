@@ -155,6 +155,20 @@ static struct json_object *parse_or_empty(const char *text)
 	return o;
 }
 
+/*
+ * Replace h's facts with facts (a reference is consumed). Every change gets a new
+ * facts_version, never reused, so whoever keeps what it read of them (the
+ * scheduler's view, instances.c) knows when to read them again.
+ */
+void host_facts_set(struct host *h, struct json_object *facts)
+{
+	static uint64_t seq;
+
+	json_object_put(h->facts);
+	h->facts = facts;
+	h->facts_version = ++seq;
+}
+
 static void host_free(struct host *h)
 {
 	struct cmd *c, *next;
@@ -204,7 +218,7 @@ int hosts_load(struct kerr *err)
 				   : HOST_OFFLINE;
 		h->maintenance = sqlite3_column_int(st, 5) != 0;
 		h->labels = parse_or_empty((const char *)sqlite3_column_text(st, 6));
-		h->facts = parse_or_empty((const char *)sqlite3_column_text(st, 7));
+		host_facts_set(h, parse_or_empty((const char *)sqlite3_column_text(st, 7)));
 		h->joined_at = sqlite3_column_int64(st, 8);
 		/* Grace: an online host has offline_after beats to show it still is. */
 		h->last_seen = now_ms();
@@ -296,8 +310,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
 	    json_get_int(h->facts, "uptime_s", 0))
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
-	json_object_put(h->facts);
-	h->facts = json_object_get(json_object_object_get(body, "facts"));
+	host_facts_set(h, json_object_get(json_object_object_get(body, "facts")));
 	h->last_seen = now_ms();
 	if (strcmp(addr, h->address) != 0) {
 		log_info("host %s: command address is now %s", h->name, addr);
@@ -390,7 +403,7 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 		h = xcalloc(1, sizeof(*h));
 		h->req_sock = -1;
 		h->labels = json_object_new_object();
-		h->facts = json_object_new_object();
+		host_facts_set(h, json_object_new_object());
 		h->address = xstrdup("");
 		h->next = ctl.hosts;
 		ctl.hosts = h;

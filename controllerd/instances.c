@@ -53,6 +53,52 @@ static bool facts_pool(struct json_object *facts, const char *name)
 	return false;
 }
 
+/*
+ * What the scheduler reads of a host's facts, kept per host id and read again only
+ * when its facts changed: reading them for every host on every placement was most
+ * of a create's cost at 5,000 hosts.
+ */
+struct sched_facts {
+	uint64_t version; /* the host's facts_version when read; 0: never */
+	int cpus;
+	int64_t memory_mb;
+	bool kvm_usable, nested, shared_pool, local_pool, vxlan, vlan_8021q;
+};
+
+static struct sched_facts *facts_cache;
+static size_t facts_cache_cap;
+
+static const struct sched_facts *sched_facts_get(struct host *h)
+{
+	size_t id = h->id > 0 ? (size_t)h->id : 0;
+	struct sched_facts *f;
+
+	if (id >= facts_cache_cap) {
+		size_t cap = facts_cache_cap ? facts_cache_cap : 64;
+
+		while (cap <= id)
+			cap *= 2;
+		facts_cache = xrealloc(facts_cache, cap * sizeof(*facts_cache));
+		memset(facts_cache + facts_cache_cap, 0,
+		       (cap - facts_cache_cap) * sizeof(*facts_cache));
+		facts_cache_cap = cap;
+	}
+	f = &facts_cache[id];
+	if (f->version == h->facts_version && f->version != 0)
+		return f;
+	f->version = h->facts_version;
+	f->cpus = (int)json_get_int(h->facts, "cpus", 0);
+	f->memory_mb = json_get_int(h->facts, "memory_mb", 0);
+	/* What the agent runs guests with (--accel may override its probe). */
+	f->kvm_usable = !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm");
+	f->nested = json_get_bool(h->facts, "nested", false);
+	f->shared_pool = facts_pool(h->facts, "shared");
+	f->local_pool = facts_pool(h->facts, "local");
+	f->vxlan = json_get_bool(json_object_object_get(h->facts, "net"), "vxlan", false);
+	f->vlan_8021q = json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
+	return f;
+}
+
 static void view_build(struct sched_view *v)
 {
 	size_t n = 0, i = 0, *by_id;
@@ -67,21 +113,20 @@ static void view_build(struct sched_view *v)
 	v->groups = NULL;
 	for (struct host *h = ctl.hosts; h; h = h->next, i++) {
 		struct sched_host *s = &v->hosts[i];
+		const struct sched_facts *f = sched_facts_get(h);
 
 		v->src[i] = h;
 		s->name = h->name;
 		s->online = h->state == HOST_ONLINE;
 		s->maintenance = h->maintenance;
-		s->cpus = (int)json_get_int(h->facts, "cpus", 0);
-		s->memory_mb = json_get_int(h->facts, "memory_mb", 0);
-		/* What the agent runs guests with (--accel may override its probe). */
-		s->kvm_usable = !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm");
-		s->nested = json_get_bool(h->facts, "nested", false);
-		s->shared_pool = facts_pool(h->facts, "shared");
-		s->local_pool = facts_pool(h->facts, "local");
-		s->vxlan = json_get_bool(json_object_object_get(h->facts, "net"), "vxlan", false);
-		s->vlan_8021q =
-			json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
+		s->cpus = f->cpus;
+		s->memory_mb = f->memory_mb;
+		s->kvm_usable = f->kvm_usable;
+		s->nested = f->nested;
+		s->shared_pool = f->shared_pool;
+		s->local_pool = f->local_pool;
+		s->vxlan = f->vxlan;
+		s->vlan_8021q = f->vlan_8021q;
 	}
 	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
 				"group_concat(anti_affinity, char(10)) FROM instances "
