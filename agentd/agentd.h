@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "err.h"
+#include "join.h"
 #include "link.h"
 #include "log.h"
 #include "seal.h"
@@ -38,9 +39,9 @@
 #define AGENT_KVM_PROBE_TIMEOUT_MS 3000 /* a guest that has not run by then never will */
 #define AGENT_JOIN_TIMEOUT_MS	   5000
 #define AGENT_JOIN_RETRY_S	   2
-#define AGENT_HEARTBEAT_MAX_S	   3600
-#define AGENT_ADDR_MAX		   256
-#define AGENT_CLUSTER_ID_MAX	   128
+#define AGENT_HEARTBEAT_MAX_S	   JOIN_HEARTBEAT_MAX_S
+#define AGENT_ADDR_MAX		   JOIN_ADDR_MAX
+#define AGENT_CLUSTER_ID_MAX	   JOIN_CLUSTER_ID_MAX
 #define AGENT_QEMU_BINARY	   "qemu-system-x86_64"
 #define AGENT_VM_START_TIMEOUT_MS  30000 /* a QEMU without QMP by then is stuck */
 #define AGENT_VM_KILL_AFTER_MS	   5000	 /* from QMP quit to SIGKILL */

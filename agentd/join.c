@@ -20,85 +20,19 @@
 #include <nanomsg/reqrep.h>
 #include <string.h>
 
+#include "join.h"
 #include "json.h"
-#include "token.h"
 #include "util.h"
 #include "valid.h"
 
-static int hex_key_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	unsigned char raw[SEAL_KEY_LEN];
-
-	if (hex_decode(json_object_get_string(val), raw, sizeof(raw)) < 0)
-		return err_input(err, 400, field, "field '%s' must be %d hex characters", field,
-				 2 * SEAL_KEY_LEN);
-	return 0;
-}
-
-static int cluster_id_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	const char *s = json_object_get_string(val);
-	size_t len = strlen(s);
-
-	if (len == 0 || len > AGENT_CLUSTER_ID_MAX || strspn(s, "0123456789abcdef") != len)
-		return err_input(err, 400, field,
-				 "field '%s' must be 1-%d lower-case hex characters", field,
-				 AGENT_CLUSTER_ID_MAX);
-	return 0;
-}
-
-static int tcp_addr_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	const char *s = json_object_get_string(val);
-
-	if (strncmp(s, "tcp://", 6) != 0 || strlen(s) >= AGENT_ADDR_MAX || !strchr(s + 6, ':'))
-		return err_input(err, 400, field, "field '%s' must be a tcp://HOST:PORT address",
-				 field);
-	return 0;
-}
-
-static int interval_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	int64_t v = json_object_get_int64(val);
-
-	if (v < 1 || v > AGENT_HEARTBEAT_MAX_S)
-		return err_input(err, 400, field, "field '%s' must be 1-%d seconds", field,
-				 AGENT_HEARTBEAT_MAX_S);
-	return 0;
-}
-
-static int host_id_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	if (json_object_get_int64(val) < 1)
-		return err_input(err, 400, field, "field '%s' must be a positive integer", field);
-	return 0;
-}
-
 static const struct json_field link_file_fields[] = {
 	{"host", JK_STRING, true, name_check},
-	{"host_id", JK_INT, true, host_id_check},
-	{"cluster_id", JK_STRING, true, cluster_id_check},
-	{"key", JK_STRING, true, hex_key_check},
-	{"events", JK_STRING, true, tcp_addr_check},
+	{"host_id", JK_INT, true, join_host_id_check},
+	{"cluster_id", JK_STRING, true, join_cluster_id_check},
+	{"key", JK_STRING, true, join_key_check},
+	{"events", JK_STRING, true, join_tcp_addr_check},
 	{"controller", JK_STRING, false, NULL},
-	{"heartbeat_interval", JK_INT, false, interval_check},
-	{NULL, 0, false, NULL},
-};
-
-static const struct json_field join_refused_fields[] = {
-	{"ok", JK_BOOL, true, NULL},
-	{"error", JK_STRING, true, NULL},
-	{NULL, 0, false, NULL},
-};
-
-static const struct json_field join_accepted_fields[] = {
-	{"ok", JK_BOOL, true, NULL},
-	{"host_id", JK_INT, true, host_id_check},
-	{"cluster_id", JK_STRING, true, cluster_id_check},
-	{"pubkey", JK_STRING, true, hex_key_check},
-	{"events", JK_STRING, true, tcp_addr_check},
-	{"heartbeat_interval", JK_INT, true, interval_check},
-	{"confirm", JK_STRING, true, NULL},
+	{"heartbeat_interval", JK_INT, false, join_interval_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -191,30 +125,6 @@ static void events_addr_fix(struct agent_link *link, const char *events, const c
 	snprintf(link->events, sizeof(link->events), "%s", events);
 }
 
-static char *join_request_text(const struct agent_config *cfg, const char *addr,
-			       const unsigned char pub[SEAL_PUB_LEN])
-{
-	struct json_object *req = json_object_new_object();
-	char pubhex[2 * SEAL_PUB_LEN + 1], proof[TOKEN_DIGEST_LEN + 1];
-	unsigned char key[32];
-	char *text;
-
-	hex_encode(pub, SEAL_PUB_LEN, pubhex);
-	/* The token stays here: the request carries a proof of it, bound to this key. */
-	sha256(cfg->join_token, strlen(cfg->join_token), key);
-	join_proof(key, cfg->name, pubhex, addr, proof);
-	OPENSSL_cleanse(key, sizeof(key));
-	json_object_object_add(req, "type", json_object_new_string("join"));
-	json_object_object_add(req, "version", json_object_new_int(LINK_PROTO_VERSION));
-	json_object_object_add(req, "proof", json_object_new_string(proof));
-	json_object_object_add(req, "name", json_object_new_string(cfg->name));
-	json_object_object_add(req, "pubkey", json_object_new_string(pubhex));
-	json_object_object_add(req, "addr", json_object_new_string(addr));
-	text = xstrdup(json_text(req));
-	json_object_put(req);
-	return text;
-}
-
 /* Send the request and wait for the answer, retrying until the controller answers. */
 static int join_exchange(int sock, const char *url, const char *text, char **reply,
 			 size_t *replylen, struct kerr *err)
@@ -245,69 +155,30 @@ static int join_exchange(int sock, const char *url, const char *text, char **rep
 	}
 }
 
+/* Check the answer (join.h) and make the link of it. */
 static int join_reply_read(const struct agent_config *cfg, const char *reply, size_t len,
-			   const unsigned char priv[SEAL_KEY_LEN], const char *pubhex,
-			   struct agent_link *link, struct kerr *err)
+			   const unsigned char priv[SEAL_KEY_LEN],
+			   const unsigned char pub[SEAL_PUB_LEN], struct agent_link *link,
+			   struct kerr *err)
 {
-	char confirm[TOKEN_DIGEST_LEN + 1];
-	struct json_object *obj = NULL, *ok;
-	unsigned char peer[SEAL_PUB_LEN], salt[32];
+	struct join_answer ans;
 	char joinhost[AGENT_ADDR_MAX];
-	_cleanup_free_ char *info = NULL;
-	int port, ret = -1;
+	int port, ret;
 
-	if (json_body_parse(reply, len, &obj, err) < 0)
-		return agent_err_prefix(err, "join: malformed reply: ");
-	if (!json_object_object_get_ex(obj, "ok", &ok) ||
-	    !json_object_is_type(ok, json_type_boolean)) {
-		err_set(err, 0, "join: malformed reply: field 'ok' must be a boolean");
-		goto out;
-	}
-	if (!json_object_get_boolean(ok)) {
-		if (json_fields_check(obj, join_refused_fields, err) < 0)
-			agent_err_prefix(err, "the controller said no; malformed refusal: ");
-		else
-			err_set(err, 0, "%s", json_get_str(obj, "error", ""));
-		ret = -EACCES;
-		goto out;
-	}
-	if (json_fields_check(obj, join_accepted_fields, err) < 0) {
-		agent_err_prefix(err, "join: malformed reply: ");
-		goto out;
-	}
-
+	ret = join_answer_read(cfg->name, cfg->join_token, reply, len, priv, pub, &ans, err);
+	if (ret < 0)
+		return ret;
 	memset(link, 0, sizeof(*link));
 	snprintf(link->host, sizeof(link->host), "%s", cfg->name);
-	link->host_id = json_get_int(obj, "host_id", 0);
-	snprintf(link->cluster_id, sizeof(link->cluster_id), "%s",
-		 json_get_str(obj, "cluster_id", ""));
+	link->host_id = ans.host_id;
+	snprintf(link->cluster_id, sizeof(link->cluster_id), "%s", ans.cluster_id);
 	snprintf(link->controller, sizeof(link->controller), "%s", cfg->controller);
-	link->heartbeat_interval = (int)json_get_int(obj, "heartbeat_interval", 1);
+	link->heartbeat_interval = ans.heartbeat_interval;
 	config_hostport_split(cfg->controller, joinhost, sizeof(joinhost), &port, NULL);
-	events_addr_fix(link, json_get_str(obj, "events", ""), joinhost);
-
-	hex_decode(json_get_str(obj, "pubkey", ""), peer, sizeof(peer));
-	sha256(cfg->join_token, strlen(cfg->join_token), salt);
-	/* Only the controller holding the token's digest can have made this answer. */
-	join_confirm(salt, cfg->name, link->cluster_id, (long long)link->host_id,
-		     json_get_str(obj, "pubkey", ""), pubhex, json_get_str(obj, "events", ""),
-		     (long long)json_get_int(obj, "heartbeat_interval", 0), confirm);
-	if (!join_proof_equal(confirm, json_get_str(obj, "confirm", ""))) {
-		err_set(err, 0,
-			"join: the answer does not prove knowledge of the join token (not our "
-			"controller, or someone in between); refusing it");
-		goto out;
-	}
-	info = xasprintf("kumo-link-v1 %s %s", link->cluster_id, link->host);
-	if (seal_derive(priv, peer, salt, sizeof(salt), info, link->key, err) < 0) {
-		agent_err_prefix(err, "join: ");
-		goto out;
-	}
-	ret = 0;
-out:
-	OPENSSL_cleanse(salt, sizeof(salt));
-	json_object_put(obj);
-	return ret;
+	events_addr_fix(link, ans.events, joinhost);
+	memcpy(link->key, ans.key, sizeof(link->key));
+	OPENSSL_cleanse(&ans, sizeof(ans));
+	return 0;
 }
 
 /*
@@ -338,15 +209,11 @@ int join_run(const struct agent_config *cfg, const char *addr, struct agent_link
 		goto out;
 	}
 	log_info("join: joining through %s as host %s (commands at %s)", url, cfg->name, addr);
-	text = join_request_text(cfg, addr, pub);
+	text = join_request_build(cfg->name, cfg->join_token, addr, pub);
 	ret = join_exchange(sock, url, text, &reply, &replylen, err);
 	explicit_bzero(text, strlen(text));
-	if (ret == 0) {
-		char pubhex[2 * SEAL_PUB_LEN + 1];
-
-		hex_encode(pub, SEAL_PUB_LEN, pubhex);
-		ret = join_reply_read(cfg, reply, replylen, priv, pubhex, link, err);
-	}
+	if (ret == 0)
+		ret = join_reply_read(cfg, reply, replylen, priv, pub, link, err);
 out:
 	explicit_bzero(priv, sizeof(priv));
 	nn_close(sock);

@@ -5,10 +5,18 @@
  *   event socket  NN_PULL link_address:event_port  sealed heartbeats and op events
  *   per host      NN_REQ  -> the agent's NN_REP    sealed commands, acked at once
  *
+ * The command sockets are a pool. nanomsg allows 512 sockets in a process
+ * (NN_MAX_SOCKETS, fixed when libnanomsg is built), so one NN_REQ per host stops at a
+ * few hundred hosts. A host gets its socket when it has a command to send and keeps
+ * it while it is idle, until a host that needs one finds the pool full: then the
+ * least recently used idle socket is closed for it. A host whose commands find no
+ * socket at all (REQ_SOCKS_MAX hosts busy at once) waits for the next one that idles.
+ *
  * Every socket's readiness comes from its NN_RCVFD through a uv_poll, so the loop
  * never blocks on the link. A message that fails any check is dropped, logged and
  * counted in kumo_link_rejected_total.
  */
+#include <errno.h>
 #include <nanomsg/nn.h>
 #include <nanomsg/pipeline.h>
 #include <nanomsg/reqrep.h>
@@ -24,8 +32,13 @@
 #include "valid.h"
 
 #define CMD_TIMEOUT_MS 5000
+/* Command sockets open at most: below NN_MAX_SOCKETS (512) with room for the join and
+ * event sockets and for the few a process's libraries may open. */
+#define REQ_SOCKS_MAX	448
+#define EVENTS_PER_TURN 64
 
 static int join_sock = -1, event_sock = -1;
+static int req_open; /* command sockets open now */
 static uv_poll_t join_poll, event_poll;
 
 static int sock_rcvfd(int sock)
@@ -401,8 +414,7 @@ static void op_done(struct host *h, struct link_msg *m)
 		struct json_object *facts = json_object_object_get(result, "facts");
 
 		if (facts && json_object_is_type(facts, json_type_object)) {
-			json_object_put(h->facts);
-			h->facts = json_object_get(facts);
+			host_facts_set(h, json_object_get(facts));
 			h->facts_saved = 0; /* written by the next persist pass */
 			hosts_persist(false);
 		}
@@ -524,9 +536,15 @@ static void event_handle(const unsigned char *buf, size_t len)
 	link_msg_clear(&m);
 }
 
+/*
+ * Read at most EVENTS_PER_TURN messages, then let the loop serve the API: thousands
+ * of agents keep the event socket readable all the time, and draining it to empty
+ * kept /healthz waiting for a minute at 5,000 hosts. The poll is level-triggered, so
+ * the rest is read on the loop's next turn.
+ */
 static void event_poll_cb(uv_poll_t *p, int status, int events)
 {
-	for (;;) {
+	for (int i = 0; i < EVENTS_PER_TURN; i++) {
 		unsigned char *buf = NULL;
 		int n = nn_recv(event_sock, &buf, NN_MSG, NN_DONTWAIT);
 
@@ -546,6 +564,33 @@ static void cmd_free(struct cmd *c)
 		json_object_put(c->early);
 		free(c);
 	}
+}
+
+static void cmd_transmit(struct host *h);
+
+static void send_poll_cb(uv_poll_t *p, int status, int events)
+{
+	struct host *h = p->data;
+
+	uv_poll_stop(p);
+	if (h->inflight && h->req_sock >= 0)
+		cmd_transmit(h);
+}
+
+/* Watch h's command socket until it can send, then transmit the in-flight command. */
+static void send_wait(struct host *h)
+{
+	int fd;
+	size_t sz = sizeof(fd);
+
+	if (h->req_spoll == NULL) {
+		if (nn_getsockopt(h->req_sock, NN_SOL_SOCKET, NN_SNDFD, &fd, &sz) < 0)
+			return;
+		h->req_spoll = xcalloc(1, sizeof(*h->req_spoll));
+		uv_poll_init(ctl.loop, h->req_spoll, fd);
+		h->req_spoll->data = h;
+	}
+	uv_poll_start(h->req_spoll, UV_READABLE, send_poll_cb);
 }
 
 /* Seal and send the in-flight command (again, after a timeout: a new seq each time). */
@@ -575,20 +620,123 @@ static void cmd_transmit(struct host *h)
 		log_warnx("host %s: cannot seal %s: %s", h->name, link_type_name(m.type), err.msg);
 		return;
 	}
-	if (nn_send(h->req_sock, buf, len, NN_DONTWAIT) < 0)
+	if (nn_send(h->req_sock, buf, len, NN_DONTWAIT) < 0) {
 		log_debug("host %s: %s not sent yet: %s", h->name, link_type_name(m.type),
 			  nn_strerror(nn_errno()));
+		/* A socket just opened has no connection yet: send once it can. */
+		if (nn_errno() == EAGAIN)
+			send_wait(h);
+	}
 	free(buf);
 }
 
+static void idle_remove(struct host *h);
+
 static void cmd_next(struct host *h)
 {
-	if (h->inflight || h->queue == NULL || h->req_sock < 0)
+	if (h->inflight || h->queue == NULL)
 		return;
+	if (h->req_sock < 0) {
+		agentlink_host_connect(h); /* which sends, once it has a socket */
+		return;
+	}
+	idle_remove(h);
 	h->inflight = h->queue;
 	h->queue = h->queue->next;
 	h->inflight->next = NULL;
 	cmd_transmit(h);
+}
+
+/*
+ * The pool's two queues, intrusive in struct host so every step is O(1) at any
+ * number of hosts: idle hosts that hold a socket, least recently used first, and
+ * hosts with commands waiting for a socket, first come first served.
+ */
+static struct host *idle_head, *idle_tail, *wait_head, *wait_tail;
+
+static void idle_remove(struct host *h)
+{
+	if (!h->req_idle)
+		return;
+	*(h->idle_prev ? &h->idle_prev->idle_next : &idle_head) = h->idle_next;
+	*(h->idle_next ? &h->idle_next->idle_prev : &idle_tail) = h->idle_prev;
+	h->idle_prev = h->idle_next = NULL;
+	h->req_idle = false;
+}
+
+/* h holds a socket and has nothing to send: the last to be reclaimed, for now. */
+static void idle_push(struct host *h)
+{
+	idle_remove(h);
+	h->idle_prev = idle_tail;
+	*(idle_tail ? &idle_tail->idle_next : &idle_head) = h;
+	idle_tail = h;
+	h->req_idle = true;
+}
+
+static void wait_remove(struct host *h)
+{
+	if (!h->req_waiting)
+		return;
+	*(h->wait_prev ? &h->wait_prev->wait_next : &wait_head) = h->wait_next;
+	*(h->wait_next ? &h->wait_next->wait_prev : &wait_tail) = h->wait_prev;
+	h->wait_prev = h->wait_next = NULL;
+	h->req_waiting = false;
+}
+
+static void wait_push(struct host *h)
+{
+	if (h->req_waiting)
+		return;
+	h->wait_prev = wait_tail;
+	*(wait_tail ? &wait_tail->wait_next : &wait_head) = h;
+	wait_tail = h;
+	h->req_waiting = true;
+}
+
+static bool has_work(const struct host *h)
+{
+	return h->inflight || h->queue;
+}
+
+/* Close the least recently used idle command socket; false when every one is busy. */
+static bool req_reclaim(void)
+{
+	while (idle_head) {
+		struct host *h = idle_head;
+
+		idle_remove(h);
+		/* Work queued since it went idle: it keeps its socket. */
+		if (h->req_sock >= 0 && !has_work(h)) {
+			agentlink_host_disconnect(h);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Give free sockets to the hosts waiting for one. */
+static void wait_serve(void)
+{
+	/* Bounded: a host whose connect fails goes back on the list for the next cron. */
+	for (int i = 0; i < REQ_SOCKS_MAX && wait_head && (req_open < REQ_SOCKS_MAX || idle_head);
+	     i++) {
+		struct host *w = wait_head;
+
+		wait_remove(w);
+		agentlink_host_connect(w);
+	}
+}
+
+/* h has nothing more to send: its socket goes to a waiting host, or stays for later. */
+static void req_went_idle(struct host *h)
+{
+	if (wait_head) {
+		agentlink_host_disconnect(h);
+		wait_serve();
+	} else {
+		idle_push(h);
+	}
 }
 
 /* A reply to the in-flight command arrived. */
@@ -651,6 +799,8 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	cmd_free(c);
 	link_msg_clear(&m);
 	cmd_next(h);
+	if (h->req_sock >= 0 && !has_work(h))
+		req_went_idle(h);
 }
 
 static void req_poll_cb(uv_poll_t *p, int status, int events)
@@ -671,16 +821,27 @@ static void req_poll_cb(uv_poll_t *p, int status, int events)
 	}
 }
 
-/* Open h's command socket to its advertised address. */
+/*
+ * Open h's command socket to its advertised address when it has a command to send
+ * and the pool has room (or an idle socket to close); else it waits (see the top).
+ */
 void agentlink_host_connect(struct host *h)
 {
 	int fd, resend = 3600 * 1000, linger = 0, max = LINK_MSG_MAX;
 
 	if (h->req_sock >= 0 || h->address == NULL || h->address[0] == '\0')
 		return;
+	if (!has_work(h))
+		return;
+	if (req_open >= REQ_SOCKS_MAX && !req_reclaim()) {
+		wait_push(h);
+		return;
+	}
+	wait_remove(h);
 	h->req_sock = nn_socket(AF_SP, NN_REQ);
 	if (h->req_sock < 0) {
 		log_warnx("host %s: nn_socket: %s", h->name, nn_strerror(nn_errno()));
+		wait_push(h); /* tried again by the cron */
 		return;
 	}
 	/* We resend ourselves, re-sealed with a fresh seq; nanomsg's resend would replay. */
@@ -696,6 +857,7 @@ void agentlink_host_connect(struct host *h)
 		h->req_sock = -1;
 		return;
 	}
+	req_open++;
 	fd = sock_rcvfd(h->req_sock);
 	h->req_poll = xcalloc(1, sizeof(*h->req_poll));
 	uv_poll_init(ctl.loop, h->req_poll, fd);
@@ -713,17 +875,28 @@ static void free_handle_cb(uv_handle_t *handle)
 	free(handle);
 }
 
-/* Close h's command socket; the poll is stopped before nanomsg closes its fd. */
+/*
+ * Close h's command socket (the polls are stopped before nanomsg closes their fds)
+ * and take it off the pool's queues.
+ */
 void agentlink_host_disconnect(struct host *h)
 {
+	idle_remove(h);
+	wait_remove(h);
 	if (h->req_poll) {
 		uv_poll_stop(h->req_poll);
 		uv_close((uv_handle_t *)h->req_poll, free_handle_cb);
 		h->req_poll = NULL;
 	}
+	if (h->req_spoll) {
+		uv_poll_stop(h->req_spoll);
+		uv_close((uv_handle_t *)h->req_spoll, free_handle_cb);
+		h->req_spoll = NULL;
+	}
 	if (h->req_sock >= 0) {
 		nn_close(h->req_sock);
 		h->req_sock = -1;
+		req_open--;
 	}
 }
 
@@ -874,6 +1047,8 @@ void agentlink_cron(void)
 {
 	int64_t now = now_ms();
 
+	wait_serve(); /* sockets that came free without a reply (a failed query) */
+
 	for (struct host *h = ctl.hosts; h; h = h->next) {
 		struct cmd **pp = &h->queue;
 
@@ -947,7 +1122,7 @@ static int bind_poll(int type, int port, uv_poll_t *poll, uv_poll_cb cb, struct 
 	return sock;
 }
 
-/* Bind the join and event sockets and connect to every known host. */
+/* Bind the join and event sockets; hosts connect when they have commands. */
 int agentlink_start(struct kerr *err)
 {
 	join_sock = bind_poll(NN_REP, ctl.cfg.join_port, &join_poll, join_poll_cb, err);
@@ -956,8 +1131,6 @@ int agentlink_start(struct kerr *err)
 	event_sock = bind_poll(NN_PULL, ctl.cfg.event_port, &event_poll, event_poll_cb, err);
 	if (event_sock < 0)
 		return -1;
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		agentlink_host_connect(h);
 	return 0;
 }
 

@@ -505,7 +505,7 @@ static int64_t spec_memory_mb(struct json_object *spec)
 
 enum MHD_Result api_instances_create(struct request *req)
 {
-	struct json_object *body, *spec, *placement = NULL, *op, *args, *res, *netkeep;
+	struct json_object *body, *spec, *placement = NULL, *op, *args, *res, *netkeep, *nics;
 	int64_t image_ids[MAX_DISKS] = {0};
 	struct sched_request sr = {0};
 	struct kerr err;
@@ -673,8 +673,11 @@ enum MHD_Result api_instances_create(struct request *req)
 	}
 	log_info("instance %s: placed on %s", name, h->name);
 	log_trace("create %s: committed", name);
-	/* The host learns the networks first: the same queue carries both, in order. */
-	netsync_all();
+	/* The host learns the networks first: the same queue carries both, in order.
+	 * Without NICs no host's network document changes. */
+	nics = json_object_object_get(spec, "nics");
+	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
+		netsync_changed(h);
 	cmd_instance(h, json_object_get_string(json_object_object_get(op, "id")), "create", spec,
 		     args);
 	log_trace("create %s: command queued", name);
@@ -1303,7 +1306,7 @@ static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 	json_object_object_add(ev, "name", json_object_new_string(i->name));
 	json_object_object_add(ev, "forgotten", json_object_new_boolean(1));
 	event_emit("instance-deleted", ev);
-	netsync_all();
+	netsync_changed(NULL);
 	return http_reply_empty(req, 204);
 }
 

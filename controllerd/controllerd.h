@@ -91,7 +91,8 @@ struct host {
 	int64_t last_seen; /* ms; 0 when never seen since start */
 	int64_t facts_saved;
 	struct json_object *labels;
-	struct json_object *facts;
+	struct json_object *facts;     /* replaced only through host_facts_set() */
+	uint64_t facts_version;	       /* new with every facts */
 	struct json_object *unmanaged; /* [{name, type, state}] it runs that we do not place */
 
 	/* Agent -> controller replay windows, one per socket: each socket delivers in
@@ -100,8 +101,13 @@ struct host {
 	struct seal_replay rx_reply; /* command replies */
 	int64_t tx_seq;		     /* controller -> agent */
 
-	int req_sock;	      /* NN_REQ to the agent, -1 when not connected */
+	int req_sock;	      /* NN_REQ to the agent from the pool, -1 when none */
 	uv_poll_t *req_poll;  /* heap: its close completes after the host may be gone */
+	uv_poll_t *req_spoll; /* heap: waits for a new socket to take its first send */
+	/* The command socket pool's queues (agentlink.c): idle with a socket, or
+	 * waiting for one. */
+	struct host *idle_prev, *idle_next, *wait_prev, *wait_next;
+	bool req_idle, req_waiting;
 	struct cmd *queue;    /* waiting commands, oldest first */
 	struct cmd *inflight; /* sent, no reply yet */
 	struct cmd *deferred; /* queries acked as deferred, their answer still to come */
@@ -190,6 +196,8 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 /* hosts.c */
 int hosts_load(struct kerr *err);
 struct host *host_find(const char *name);
+struct host *host_find_id(int64_t id);
+void host_facts_set(struct host *h, struct json_object *facts);
 struct host *host_find_instance(const char *instance);
 struct json_object *host_to_json(const struct host *h);
 void host_heartbeat(struct host *h, struct json_object *body);
@@ -279,6 +287,7 @@ struct json_object *secgroup_doc_json(struct json_object *names);
 
 /* netsync.c */
 void netsync_all(void);
+void netsync_changed(struct host *h);
 void netsync_heartbeat(struct host *h);
 struct json_object *netsync_status_json(struct host *h);
 bool netsync_instance_ready(const char *instance, char *why, size_t len);

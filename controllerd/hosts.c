@@ -20,11 +20,113 @@ const char *host_state_name(enum host_state s)
 	return state_names[s];
 }
 
+/*
+ * Hosts by name: every message from an agent looks its host up, so a search through
+ * the list made each heartbeat cost O(hosts). Open addressing over a power-of-two
+ * table at most half full; a removed host leaves a tombstone until the next rebuild.
+ */
+#define TOMBSTONE ((struct host *)1)
+
+static struct host **by_name;
+static size_t by_name_cap, by_name_used; /* slots, and slots not empty (tombstones too) */
+/* Hosts by id (SQLite rowids, dense from 1), for the same reason. */
+static struct host **by_id;
+static size_t by_id_cap;
+
+static void by_id_set(int64_t id, struct host *h)
+{
+	size_t i = (size_t)id;
+
+	if (id < 0)
+		return;
+	if (i >= by_id_cap) {
+		size_t cap = by_id_cap ? by_id_cap : 64;
+
+		while (cap <= i)
+			cap *= 2;
+		by_id = xrealloc(by_id, cap * sizeof(*by_id));
+		memset(by_id + by_id_cap, 0, (cap - by_id_cap) * sizeof(*by_id));
+		by_id_cap = cap;
+	}
+	by_id[i] = h;
+}
+
+/* The host with database id id, or NULL. */
+struct host *host_find_id(int64_t id)
+{
+	return id >= 0 && (size_t)id < by_id_cap ? by_id[id] : NULL;
+}
+
+static size_t name_hash(const char *s)
+{
+	size_t h = 14695981039346656037ULL; /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+static void by_name_insert(struct host *h)
+{
+	size_t i = name_hash(h->name) & (by_name_cap - 1);
+
+	by_id_set(h->id, h);
+	while (by_name[i] && by_name[i] != TOMBSTONE)
+		i = (i + 1) & (by_name_cap - 1);
+	if (by_name[i] == NULL)
+		by_name_used++;
+	by_name[i] = h;
+}
+
+/* Make the table fit the host list again (after growth or many removals). */
+static void by_name_rebuild(void)
+{
+	size_t n = 0;
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		n++;
+	free(by_name);
+	by_name_cap = 64;
+	while (by_name_cap < 4 * n)
+		by_name_cap *= 2;
+	by_name = xcalloc(by_name_cap, sizeof(*by_name));
+	by_name_used = 0;
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		by_name_insert(h);
+}
+
+static void by_name_add(struct host *h)
+{
+	if (2 * (by_name_used + 1) > by_name_cap)
+		by_name_rebuild(); /* h is on the list already */
+	else
+		by_name_insert(h);
+}
+
+static void by_name_del(struct host *h)
+{
+	size_t i;
+
+	by_id_set(h->id, NULL);
+	if (by_name_cap == 0)
+		return;
+	for (i = name_hash(h->name) & (by_name_cap - 1); by_name[i];
+	     i = (i + 1) & (by_name_cap - 1))
+		if (by_name[i] == h) {
+			by_name[i] = TOMBSTONE;
+			return;
+		}
+}
+
 struct host *host_find(const char *name)
 {
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		if (strcmp(h->name, name) == 0)
-			return h;
+	size_t i;
+
+	if (by_name_cap == 0)
+		return NULL;
+	for (i = name_hash(name) & (by_name_cap - 1); by_name[i]; i = (i + 1) & (by_name_cap - 1))
+		if (by_name[i] != TOMBSTONE && strcmp(by_name[i]->name, name) == 0)
+			return by_name[i];
 	return NULL;
 }
 
@@ -51,6 +153,20 @@ static struct json_object *parse_or_empty(const char *text)
 		o = json_object_new_object();
 	}
 	return o;
+}
+
+/*
+ * Replace h's facts with facts (a reference is consumed). Every change gets a new
+ * facts_version, never reused, so whoever keeps what it read of them (the
+ * scheduler's view, instances.c) knows when to read them again.
+ */
+void host_facts_set(struct host *h, struct json_object *facts)
+{
+	static uint64_t seq;
+
+	json_object_put(h->facts);
+	h->facts = facts;
+	h->facts_version = ++seq;
 }
 
 static void host_free(struct host *h)
@@ -105,7 +221,7 @@ int hosts_load(struct kerr *err)
 				   : HOST_OFFLINE;
 		h->maintenance = sqlite3_column_int(st, 5) != 0;
 		h->labels = parse_or_empty((const char *)sqlite3_column_text(st, 6));
-		h->facts = parse_or_empty((const char *)sqlite3_column_text(st, 7));
+		host_facts_set(h, parse_or_empty((const char *)sqlite3_column_text(st, 7)));
 		h->joined_at = sqlite3_column_int64(st, 8);
 		/* Nothing sealed before this start is taken again (seal_replay_restore()). */
 		seal_replay_restore(&h->rx, sqlite3_column_int64(st, 9), start);
@@ -117,6 +233,7 @@ int hosts_load(struct kerr *err)
 		ctl.hosts = h;
 	}
 	sqlite3_finalize(st);
+	by_name_rebuild();
 	return 0;
 }
 
@@ -205,8 +322,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
 	    json_get_int(h->facts, "uptime_s", 0))
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
-	json_object_put(h->facts);
-	h->facts = json_object_get(json_object_object_get(body, "facts"));
+	host_facts_set(h, json_object_get(json_object_object_get(body, "facts")));
 	h->last_seen = now_ms();
 	if (strcmp(addr, h->address) != 0) {
 		log_info("host %s: command address is now %s", h->name, addr);
@@ -215,13 +331,14 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		agentlink_host_disconnect(h);
 		agentlink_host_connect(h);
 		host_save(h);
+		netsync_changed(NULL); /* peers reach it at its new address */
 	}
+	/* Facts due for saving wait for hosts_persist(), which writes them all in one
+	 * transaction: a commit (an fsync) per host every 30 s was 167 a second at 5,000. */
 	if (h->state != HOST_ONLINE) {
 		host_state_set(h, HOST_ONLINE, "heartbeat received");
 		/* What was deleted while it was away goes before anything else. */
 		drift_tombstones_send(h);
-	} else if (h->last_seen - h->facts_saved >= HOSTS_PERSIST_MS) {
-		host_save(h);
 	}
 	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
 	netsync_heartbeat(h);
@@ -248,14 +365,25 @@ void hosts_check_liveness(void)
 			host_state_set(h, HOST_OFFLINE, "heartbeats missed");
 }
 
-/* Write last_seen and facts of every host (at shutdown) or of those due. */
+/*
+ * Write last_seen and facts of every host (at shutdown) or of those due, in one
+ * transaction (unless the caller has one open): one commit for all of them.
+ */
 void hosts_persist(bool all)
 {
 	int64_t now = now_ms();
+	bool own = false;
+	struct kerr err;
 
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		if (all || now - h->facts_saved >= HOSTS_PERSIST_MS)
-			host_save(h);
+	for (struct host *h = ctl.hosts; h; h = h->next) {
+		if (!all && now - h->facts_saved < HOSTS_PERSIST_MS)
+			continue;
+		if (!own && sqlite3_get_autocommit(ctl.db))
+			own = db_begin(ctl.db) == 0;
+		host_save(h);
+	}
+	if (own && db_commit(ctl.db, &err) < 0)
+		log_warnx("hosts: cannot save their facts: %s", err.msg);
 }
 
 /*
@@ -269,6 +397,7 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 	char hexkey[2 * SEAL_KEY_LEN + 1];
 	struct host *h = host_find(name);
 	sqlite3_stmt *st;
+	bool moved;
 	int rc;
 
 	hex_encode(key, SEAL_KEY_LEN, hexkey);
@@ -291,7 +420,7 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 		h = xcalloc(1, sizeof(*h));
 		h->req_sock = -1;
 		h->labels = json_object_new_object();
-		h->facts = json_object_new_object();
+		host_facts_set(h, json_object_new_object());
 		h->address = xstrdup("");
 		h->next = ctl.hosts;
 		ctl.hosts = h;
@@ -299,15 +428,23 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 	h->id = *id;
 	h->joined_at = sqlite3_column_int64(st, 1);
 	sqlite3_finalize(st);
-	snprintf(h->name, sizeof(h->name), "%s", name);
+	if (h->name[0] == '\0') {
+		snprintf(h->name, sizeof(h->name), "%s", name);
+		by_name_add(h);
+	}
 	memcpy(h->key, key, SEAL_KEY_LEN);
 	memset(&h->rx, 0, sizeof(h->rx));
 	memset(&h->rx_reply, 0, sizeof(h->rx_reply));
+	moved = h->address && strcmp(h->address, address) != 0;
 	free(h->address);
 	h->address = xstrdup(address);
 	h->last_seen = now_ms();
 	agentlink_host_disconnect(h);
 	agentlink_host_connect(h);
+	/* A host that joins again at a new address is its instances' peers' VTEP; a new
+	 * host has no instances and changes no document. */
+	if (moved)
+		netsync_changed(NULL);
 	return 0;
 }
 
@@ -335,6 +472,7 @@ void host_remove(struct host *h)
 			*pp = h->next;
 			break;
 		}
+	by_name_del(h);
 	agentlink_host_disconnect(h);
 	host_free(h);
 }
@@ -342,6 +480,12 @@ void host_remove(struct host *h)
 /* Shutdown: free every host; unfinished operations stay for the next start. */
 void hosts_free(void)
 {
+	free(by_name);
+	by_name = NULL;
+	by_name_cap = by_name_used = 0;
+	free(by_id);
+	by_id = NULL;
+	by_id_cap = 0;
 	while (ctl.hosts) {
 		struct host *h = ctl.hosts;
 

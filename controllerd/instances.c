@@ -70,9 +70,56 @@ static bool facts_pool(struct json_object *facts, const char *name)
 	return false;
 }
 
+/*
+ * What the scheduler reads of a host's facts, kept per host id and read again only
+ * when its facts changed: reading them for every host on every placement was most
+ * of a create's cost at 5,000 hosts.
+ */
+struct sched_facts {
+	uint64_t version; /* the host's facts_version when read; 0: never */
+	int cpus;
+	int64_t memory_mb;
+	bool kvm_usable, nested, shared_pool, local_pool, vxlan, vlan_8021q;
+};
+
+static struct sched_facts *facts_cache;
+static size_t facts_cache_cap;
+
+static const struct sched_facts *sched_facts_get(struct host *h)
+{
+	size_t id = h->id > 0 ? (size_t)h->id : 0;
+	struct sched_facts *f;
+
+	if (id >= facts_cache_cap) {
+		size_t cap = facts_cache_cap ? facts_cache_cap : 64;
+
+		while (cap <= id)
+			cap *= 2;
+		facts_cache = xrealloc(facts_cache, cap * sizeof(*facts_cache));
+		memset(facts_cache + facts_cache_cap, 0,
+		       (cap - facts_cache_cap) * sizeof(*facts_cache));
+		facts_cache_cap = cap;
+	}
+	f = &facts_cache[id];
+	if (f->version == h->facts_version && f->version != 0)
+		return f;
+	f->version = h->facts_version;
+	f->cpus = (int)json_get_int(h->facts, "cpus", 0);
+	f->memory_mb = json_get_int(h->facts, "memory_mb", 0);
+	/* What the agent runs guests with (--accel may override its probe). */
+	f->kvm_usable = !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm");
+	f->nested = json_get_bool(h->facts, "nested", false);
+	f->shared_pool = facts_pool(h->facts, "shared");
+	f->local_pool = facts_pool(h->facts, "local");
+	f->vxlan = json_get_bool(json_object_object_get(h->facts, "net"), "vxlan", false);
+	f->vlan_8021q = json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
+	return f;
+}
+
 static void view_build(struct sched_view *v)
 {
-	size_t n = 0, i = 0;
+	size_t n = 0, i = 0, *by_id;
+	int64_t max_id = 0;
 	sqlite3_stmt *st;
 
 	for (struct host *h = ctl.hosts; h; h = h->next)
@@ -83,64 +130,70 @@ static void view_build(struct sched_view *v)
 	v->groups = NULL;
 	for (struct host *h = ctl.hosts; h; h = h->next, i++) {
 		struct sched_host *s = &v->hosts[i];
+		const struct sched_facts *f = sched_facts_get(h);
 
 		v->src[i] = h;
 		s->name = h->name;
 		s->online = h->state == HOST_ONLINE;
 		s->maintenance = h->maintenance;
-		s->cpus = (int)json_get_int(h->facts, "cpus", 0);
-		s->memory_mb = json_get_int(h->facts, "memory_mb", 0);
-		/* What the agent runs guests with (--accel may override its probe). */
-		s->kvm_usable = !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm");
-		s->nested = json_get_bool(h->facts, "nested", false);
-		s->shared_pool = facts_pool(h->facts, "shared");
-		s->local_pool = facts_pool(h->facts, "local");
-		s->vxlan = json_get_bool(json_object_object_get(h->facts, "net"), "vxlan", false);
-		s->vlan_8021q =
-			json_get_bool(json_object_object_get(h->facts, "net"), "vlan_8021q", false);
+		s->cpus = f->cpus;
+		s->memory_mb = f->memory_mb;
+		s->kvm_usable = f->kvm_usable;
+		s->nested = f->nested;
+		s->shared_pool = f->shared_pool;
+		s->local_pool = f->local_pool;
+		s->vxlan = f->vxlan;
+		s->vlan_8021q = f->vlan_8021q;
 	}
 	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
 				"group_concat(anti_affinity, char(10)), count(*) FROM instances "
 				"WHERE host_id IS NOT NULL GROUP BY host_id");
 	v->groups = xcalloc(n ? n : 1, sizeof(char *));
+	/* Host ids are SQLite rowids, dense from 1: an array finds a row's host at once
+	 * (a search per row made this O(hosts x hosts) on every placement). */
+	for (i = 0; i < n; i++)
+		max_id = v->src[i]->id > max_id ? v->src[i]->id : max_id;
+	by_id = xcalloc((size_t)max_id + 1, sizeof(*by_id));
+	for (i = 0; i < n; i++)
+		by_id[v->src[i]->id] = i + 1;
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		int64_t id = sqlite3_column_int64(st, 0);
+		const char *g = (const char *)sqlite3_column_text(st, 3);
+		struct sched_host *s;
+		size_t count = 0;
 
-		for (i = 0; i < n; i++) {
-			struct sched_host *s = &v->hosts[i];
-			const char *g = (const char *)sqlite3_column_text(st, 3);
-			size_t count = 0;
+		if (id < 1 || id > max_id || by_id[id] == 0)
+			continue;
+		i = by_id[id] - 1;
+		s = &v->hosts[i];
+		s->vcpus_used = sqlite3_column_int(st, 1);
+		s->memory_used_mb = sqlite3_column_int64(st, 2);
+		s->instances = sqlite3_column_int(st, 4);
+		if (g) {
+			const char **arr;
+			char *p;
 
-			if (v->src[i]->id != id)
-				continue;
-			s->vcpus_used = sqlite3_column_int(st, 1);
-			s->memory_used_mb = sqlite3_column_int64(st, 2);
-			s->instances = sqlite3_column_int(st, 4);
-			if (g) {
-				const char **arr;
-				char *p;
+			/* One string, split in place: "a\nb" -> {"a", "b"}. */
+			v->groups[i] = xstrdup(g);
+			count = 1;
+			for (p = v->groups[i]; *p; p++)
+				count += *p == '\n';
+			arr = xcalloc(count, sizeof(*arr));
+			count = 0;
+			for (p = v->groups[i];;) {
+				char *nl = strchr(p, '\n');
 
-				/* One string, split in place: "a\nb" -> {"a", "b"}. */
-				v->groups[i] = xstrdup(g);
-				count = 1;
-				for (p = v->groups[i]; *p; p++)
-					count += *p == '\n';
-				arr = xcalloc(count, sizeof(*arr));
-				count = 0;
-				for (p = v->groups[i];;) {
-					char *nl = strchr(p, '\n');
-
-					arr[count++] = p;
-					if (nl == NULL)
-						break;
-					*nl = '\0';
-					p = nl + 1;
-				}
-				s->groups = arr;
-				s->ngroups = count;
+				arr[count++] = p;
+				if (nl == NULL)
+					break;
+				*nl = '\0';
+				p = nl + 1;
 			}
+			s->groups = arr;
+			s->ngroups = count;
 		}
 	}
+	free(by_id);
 	sqlite3_finalize(st);
 }
 
@@ -157,8 +210,9 @@ static void view_free(struct sched_view *v)
 
 /*
  * Choose a host for an instance needing req. Returns the host, or NULL with err
- * (422). *placement (new reference) always says why: the choice, every candidate's
- * score and every rejected host's reason.
+ * (422). *placement (new reference) always says why, in a bounded shape whatever the
+ * cluster's size: the choice, the best few candidates with their scores, the first
+ * few rejected hosts with their reasons, and how many hosts each reason rejected.
  */
 struct host *instances_place(const struct sched_request *req, struct json_object **placement,
 			     struct kerr *err)
@@ -169,46 +223,55 @@ struct host *instances_place(const struct sched_request *req, struct json_object
 		.policy = strcmp(ctl.cfg.sched_policy, "pack") ? SCHED_SPREAD : SCHED_PACK,
 	};
 	struct json_object *p = json_object_new_object(), *cands = json_object_new_array();
-	struct json_object *rejected = json_object_new_array();
+	struct json_object *rejected = json_object_new_array(), *by = json_object_new_object();
+	struct sched_outcome out;
 	struct sched_view v;
-	struct sched_verdict *verdicts;
 	struct host *chosen = NULL;
 	int best;
 
 	view_build(&v);
-	verdicts = xcalloc(v.n ? v.n : 1, sizeof(*verdicts));
-	best = sched_place(req, &params, v.hosts, v.n, verdicts);
-	for (size_t i = 0; i < v.n; i++) {
+	best = sched_place(req, &params, v.hosts, v.n, &out);
+	for (size_t k = 0; k < out.ntop; k++) {
 		struct json_object *o = json_object_new_object();
+		char score[16];
 
-		json_object_object_add(o, "host", json_object_new_string(v.hosts[i].name));
-		if (verdicts[i].fits) {
-			char score[16];
-
-			/* Three decimals, printed as such (a double would show its binary noise).
-			 */
-			snprintf(score, sizeof(score), "%.3f", verdicts[i].score);
-			json_object_object_add(o, "score",
-					       json_object_new_double_s(verdicts[i].score, score));
-			json_object_array_add(cands, o);
-		} else {
-			json_object_object_add(o, "reason",
-					       json_object_new_string(verdicts[i].reason));
-			json_object_array_add(rejected, o);
-		}
+		json_object_object_add(o, "host", json_object_new_string(v.hosts[out.top[k]].name));
+		/* Three decimals, printed as such (a double would show its binary noise). */
+		snprintf(score, sizeof(score), "%.3f", out.top_score[k]);
+		json_object_object_add(o, "score",
+				       json_object_new_double_s(out.top_score[k], score));
+		json_object_array_add(cands, o);
 	}
+	for (size_t k = 0; k < out.nnamed; k++) {
+		struct json_object *o = json_object_new_object();
+		char reason[160];
+
+		sched_host_fits(req, &params, &v.hosts[out.named[k]], reason, sizeof(reason));
+		json_object_object_add(o, "host",
+				       json_object_new_string(v.hosts[out.named[k]].name));
+		json_object_object_add(o, "reason", json_object_new_string(reason));
+		json_object_array_add(rejected, o);
+	}
+	for (int why = 0; why < SCHED_REJECT_COUNT; why++)
+		if (out.rejected_by[why])
+			json_object_object_add(
+				by, sched_reject_name(why),
+				json_object_new_int64((int64_t)out.rejected_by[why]));
 	if (best >= 0)
 		chosen = v.src[best];
 	json_object_object_add(p, "host", chosen ? json_object_new_string(chosen->name) : NULL);
 	json_object_object_add(p, "policy", json_object_new_string(ctl.cfg.sched_policy));
+	json_object_object_add(p, "hosts", json_object_new_int64((int64_t)v.n));
 	json_object_object_add(p, "candidates", cands);
+	json_object_object_add(p, "candidates_total", json_object_new_int64((int64_t)out.nfit));
 	json_object_object_add(p, "rejected", rejected);
+	json_object_object_add(p, "rejected_total", json_object_new_int64((int64_t)out.nrejected));
+	json_object_object_add(p, "rejected_by", by);
 	*placement = p;
 	if (chosen == NULL)
 		err_input(err, 422, "",
 			  v.n ? "no host can run this instance (see placement.rejected)"
 			      : "no host has joined the cluster");
-	free(verdicts);
 	view_free(&v);
 	return chosen;
 }
@@ -584,7 +647,7 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		json_object_object_add(ev, "name", json_object_new_string(iname));
 		event_emit("instance-deleted", ev);
 		/* Its addresses went with it: the hosts drop what it used. */
-		netsync_all();
+		netsync_changed(h);
 	} else {
 		if (!strcmp(action, "create") || !strcmp(action, "delete")) {
 			/* Leave the creating/deleting hold: the result decides. */

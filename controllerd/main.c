@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "controllerd.h"
@@ -65,6 +66,28 @@ static void cron_cb(uv_timer_t *t)
 	}
 	if (ticks % (3600000 / CRON_MS) == 0)
 		oci_uploads_prune();
+}
+
+/*
+ * Every agent keeps one connection to the event socket, and every pooled command
+ * socket (agentlink.c) one more: 5,000 hosts need over 5,000 descriptors, past the
+ * usual soft limit of 1,024. Raise the soft limit to the hard one (the systemd unit
+ * sets 65,536) and say what it is.
+ */
+static void fd_limit_raise(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("cannot raise the open files limit");
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	log_info("open files limit: %llu (each agent holds one event connection)",
+		 (unsigned long long)rl.rlim_cur);
 }
 
 static void signal_cb(uv_signal_t *s, int signum)
@@ -161,6 +184,7 @@ int main(int argc, char **argv)
 	log_level_parse(ctl.cfg.log_level, &level);
 	log_init("kumo-controllerd", level);
 	signal(SIGPIPE, SIG_IGN);
+	fd_limit_raise();
 	ctl.started_at = now_ms();
 
 	/* State first: nothing is served before the database is at the current schema. */

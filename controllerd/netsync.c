@@ -13,6 +13,14 @@
  * idempotent), at once after a change here and at most every NETSYNC_RETRY_MS while a
  * host lags. So a host that joins, comes back, restarted its agent or missed a message
  * converges without any bookkeeping of who was told what.
+ *
+ * Building a document costs a query, JSON and a SHA-256, and at 5,000 hosts a
+ * heartbeat per host per second made that the controller's main work. So the hash of
+ * each host's last document is kept with the generation of the state it was built
+ * from: netsync_changed() (or netsync_all()) starts a new generation whenever
+ * something that decides documents changes, and a heartbeat that reports the kept
+ * hash of the current generation needs no new document. Kept hashes are rebuilt
+ * after NETSYNC_CACHE_MS anyway, so a change that forgot to say so heals.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -25,6 +33,11 @@
 #include "util.h"
 
 #define NETSYNC_RETRY_MS 5000
+/* A document the host took is not sent again for this long, whatever an older
+ * heartbeat says: at thousands of hosts heartbeats lag, and resending every
+ * NETSYNC_RETRY_MS then fed the lag (each send takes a command socket). */
+#define NETSYNC_TAKEN_MS 30000
+#define NETSYNC_CACHE_MS 30000
 
 /* The last document sent to each host (by id), and when: to hold back repeats. */
 struct sent {
@@ -32,23 +45,37 @@ struct sent {
 	char hash[65];
 	int64_t at;
 	char refused[256]; /* why the host refused that document, or "" */
-	struct sent *next;
+	char taken[65];	   /* the last document the host answered for without error */
+	int64_t taken_at;
+	/* The last document built for the host: its hash, generation and time. */
+	char built_hash[65];
+	uint64_t built_gen;
+	int64_t built_at;
 };
 
-static struct sent *sent_list;
+/* Indexed by host id (SQLite rowids, dense from 1): one lookup per heartbeat. */
+static struct sent **sent_by_id;
+static size_t sent_cap;
+static uint64_t generation = 1;
 
 static struct sent *sent_get(int64_t host_id)
 {
-	struct sent *s;
+	size_t id = (size_t)host_id;
 
-	for (s = sent_list; s; s = s->next)
-		if (s->host_id == host_id)
-			return s;
-	s = xcalloc(1, sizeof(*s));
-	s->host_id = host_id;
-	s->next = sent_list;
-	sent_list = s;
-	return s;
+	if (id >= sent_cap) {
+		size_t cap = sent_cap ? sent_cap : 64;
+
+		while (cap <= id)
+			cap *= 2;
+		sent_by_id = xrealloc(sent_by_id, cap * sizeof(*sent_by_id));
+		memset(sent_by_id + sent_cap, 0, (cap - sent_cap) * sizeof(*sent_by_id));
+		sent_cap = cap;
+	}
+	if (sent_by_id[id] == NULL) {
+		sent_by_id[id] = xcalloc(1, sizeof(**sent_by_id));
+		sent_by_id[id]->host_id = host_id;
+	}
+	return sent_by_id[id];
 }
 
 /* The IPv4 address part of "tcp://A.B.C.D:PORT" into out; false when there is none. */
@@ -67,14 +94,6 @@ static bool underlay_of(const struct host *h, char *out, size_t len)
 	return true;
 }
 
-static struct host *host_by_id(int64_t id)
-{
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		if (h->id == id)
-			return h;
-	return NULL;
-}
-
 /* The peers of segment (nid, vlan) for host h: other hosts with a NIC on it. */
 static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t vlan)
 {
@@ -91,7 +110,7 @@ static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t
 	sqlite3_bind_int64(st, 3, h->id);
 	underlay_of(h, self, sizeof(self));
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		struct host *p = host_by_id(sqlite3_column_int64(st, 0));
+		struct host *p = host_find_id(sqlite3_column_int64(st, 0));
 		struct in_addr a;
 		char addr[64];
 		bool dup = false;
@@ -298,7 +317,7 @@ struct netsync_call {
 static void netsync_reply_cb(struct json_object *body, const char *error, void *cls)
 {
 	struct netsync_call *c = cls;
-	struct host *h = host_by_id(c->host_id);
+	struct host *h = host_find_id(c->host_id);
 
 	(void)body;
 	if (h) {
@@ -311,6 +330,10 @@ static void netsync_reply_cb(struct json_object *body, const char *error, void *
 				  error);
 		if (strcmp(s->hash, c->hash) == 0)
 			snprintf(s->refused, sizeof(s->refused), "%s", error ? error : "");
+		if (error == NULL) {
+			snprintf(s->taken, sizeof(s->taken), "%s", c->hash);
+			s->taken_at = now_ms();
+		}
 	}
 	free(c);
 }
@@ -329,8 +352,12 @@ static void netsync_host(struct host *h, const char *holds, bool force)
 	doc = doc_build(h);
 	hash = json_get_str(doc, "hash", "");
 	s = sent_get(h->id);
+	snprintf(s->built_hash, sizeof(s->built_hash), "%s", hash);
+	s->built_gen = generation;
+	s->built_at = now;
 	if ((holds && strcmp(holds, hash) == 0) ||
-	    (!force && strcmp(s->hash, hash) == 0 && now - s->at < NETSYNC_RETRY_MS)) {
+	    (!force && strcmp(s->hash, hash) == 0 && now - s->at < NETSYNC_RETRY_MS) ||
+	    (!force && strcmp(s->taken, hash) == 0 && now - s->taken_at < NETSYNC_TAKEN_MS)) {
 		json_object_put(doc);
 		return;
 	}
@@ -349,7 +376,21 @@ static void netsync_host(struct host *h, const char *holds, bool force)
 /* Something that decides the documents changed: tell every online host that lags. */
 void netsync_all(void)
 {
+	generation++;
 	for (struct host *h = ctl.hosts; h; h = h->next)
+		netsync_host(h, NULL, false);
+}
+
+/*
+ * Something that decides documents changed (an instance with NICs came or went, a
+ * host's address changed): h (if not NULL) is told at once, before any command
+ * queued after this call; every other host gets its new document, if it has one, at
+ * its next heartbeat.
+ */
+void netsync_changed(struct host *h)
+{
+	generation++;
+	if (h)
 		netsync_host(h, NULL, false);
 }
 
@@ -358,7 +399,12 @@ void netsync_heartbeat(struct host *h)
 {
 	struct json_object *net = json_object_object_get(h->facts, "network");
 	const char *wanted = json_get_str(net, "wanted", NULL);
+	struct sent *s = sent_get(h->id);
 
+	/* It holds the document of the current generation: nothing to build. */
+	if (wanted && s->built_gen == generation && now_ms() - s->built_at < NETSYNC_CACHE_MS &&
+	    strcmp(wanted, s->built_hash) == 0)
+		return;
 	netsync_host(h, wanted ? wanted : "", false);
 }
 
@@ -391,7 +437,7 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 
 	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
 	while (ready && sqlite3_step(st) == SQLITE_ROW) {
-		struct host *h = host_by_id(sqlite3_column_int64(st, 0));
+		struct host *h = host_find_id(sqlite3_column_int64(st, 0));
 		const char *error;
 
 		if (h == NULL || h->state != HOST_ONLINE || host_in_sync(h))
@@ -408,12 +454,19 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 /* For GET /hosts/{name}: the version the host should hold, and what it reports. */
 struct json_object *netsync_status_json(struct host *h)
 {
-	struct json_object *o = json_object_new_object(), *doc = doc_build(h);
+	struct json_object *o = json_object_new_object(), *doc = NULL;
 	struct json_object *net = json_object_object_get(h->facts, "network");
-	const char *hash = json_get_str(doc, "hash", "");
 	const char *applied = json_get_str(net, "applied", NULL);
 	const char *error = json_get_str(net, "error", NULL);
 	struct sent *s = sent_get(h->id);
+	const char *hash = s->built_hash;
+
+	/* The kept hash when current: a host list would build every host's document. */
+	if (s->built_gen != generation || now_ms() - s->built_at >= NETSYNC_CACHE_MS ||
+	    !s->built_hash[0]) {
+		doc = doc_build(h);
+		hash = json_get_str(doc, "hash", "");
+	}
 
 	/* The host's own apply error, or why it refused the document outright. */
 	if (s->refused[0] && strcmp(s->hash, hash) == 0)
@@ -429,10 +482,9 @@ struct json_object *netsync_status_json(struct host *h)
 
 void netsync_free(void)
 {
-	while (sent_list) {
-		struct sent *s = sent_list;
-
-		sent_list = s->next;
-		free(s);
-	}
+	for (size_t i = 0; i < sent_cap; i++)
+		free(sent_by_id[i]);
+	free(sent_by_id);
+	sent_by_id = NULL;
+	sent_cap = 0;
 }

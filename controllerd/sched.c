@@ -13,91 +13,158 @@
 #include <stdio.h>
 #include <string.h>
 
-bool sched_host_fits(const struct sched_request *req, const struct sched_params *params,
-		     const struct sched_host *h, char *reason, size_t len)
-{
-	/* Capacity in whole vCPUs and MiB: a fraction of either cannot be placed. */
-	double cpu_cap = floor(h->cpus * params->cpu_ratio);
-	double mem_cap = floor((double)h->memory_mb * params->mem_ratio);
+static const char *const reject_names[SCHED_REJECT_COUNT] = {
+	[SCHED_FITS] = "fits",
+	[SCHED_PINNED_ELSEWHERE] = "pinned elsewhere",
+	[SCHED_OFFLINE] = "offline",
+	[SCHED_MAINTENANCE] = "maintenance",
+	[SCHED_NO_NESTED] = "no nested virtualization",
+	[SCHED_NO_SHARED_POOL] = "no shared pool",
+	[SCHED_NO_LOCAL_POOL] = "no local pool",
+	[SCHED_NO_VXLAN] = "no VXLAN",
+	[SCHED_NO_UPLINK] = "no uplink",
+	[SCHED_NO_8021Q] = "no 802.1Q",
+	[SCHED_ANTI_AFFINITY] = "anti-affinity",
+	[SCHED_NO_CPU] = "not enough CPU",
+	[SCHED_NO_MEMORY] = "not enough memory",
+};
 
-	if (req->pin_host && strcmp(req->pin_host, h->name) != 0) {
-		snprintf(reason, len, "the instance is pinned to host %s", req->pin_host);
-		return false;
-	}
-	if (!h->online) {
-		snprintf(reason, len, "host is offline");
-		return false;
-	}
-	if (h->maintenance) {
-		snprintf(reason, len, "host is in maintenance");
-		return false;
-	}
-	if (req->nested && !(h->kvm_usable && h->nested)) {
-		snprintf(reason, len, "nested virtualization needs KVM with nesting; host has %s",
-			 h->kvm_usable ? "KVM without nesting" : "no usable KVM");
-		return false;
-	}
-	if (req->needs_shared_pool && !h->shared_pool) {
-		snprintf(reason, len, "host has no shared storage pool");
-		return false;
-	}
-	if (req->needs_local_pool && !h->local_pool) {
-		snprintf(reason, len, "host has no local storage pool");
-		return false;
-	}
+const char *sched_reject_name(enum sched_reject why)
+{
+	return (unsigned)why < SCHED_REJECT_COUNT ? reject_names[why] : "?";
+}
+
+/* The first of req's networks h cannot carry, and why; SCHED_FITS when none. */
+static enum sched_reject nets_check(const struct sched_request *req, const struct sched_host *h,
+				    size_t *which)
+{
 	for (size_t i = 0; i < req->nnets; i++) {
 		const struct sched_net *net = &req->nets[i];
 		bool uplink = false;
 
-		if (net->overlay && !h->vxlan) {
-			snprintf(reason, len, "network %s is a VXLAN overlay; host has no VXLAN",
-				 net->network);
-			return false;
-		}
+		*which = i;
+		if (net->overlay && !h->vxlan)
+			return SCHED_NO_VXLAN;
 		if (net->overlay)
 			continue;
 		for (size_t j = 0; j < net->nuplinks && !uplink; j++)
 			uplink = strcmp(net->uplink_hosts[j], h->name) == 0;
-		if (!uplink) {
-			snprintf(reason, len, "bridge network %s has no uplink on this host",
-				 net->network);
-			return false;
-		}
-		if (net->vlan && !h->vlan_8021q) {
-			snprintf(reason, len,
-				 "network %s tags VLAN %d onto its uplink; host has no 802.1Q",
-				 net->network, net->vlan);
-			return false;
-		}
+		if (!uplink)
+			return SCHED_NO_UPLINK;
+		if (net->vlan && !h->vlan_8021q)
+			return SCHED_NO_8021Q;
 	}
-	if (req->anti_affinity) {
-		for (size_t i = 0; i < h->ngroups; i++) {
-			if (strcmp(h->groups[i], req->anti_affinity) == 0) {
-				snprintf(reason, len,
-					 "anti-affinity group %s already has an instance here",
-					 req->anti_affinity);
-				return false;
-			}
-		}
+	return SCHED_FITS;
+}
+
+/* The filters; inlined into the scan of sched_place(), which runs it for every host. */
+static inline enum sched_reject check(const struct sched_request *req,
+				      const struct sched_params *params, const struct sched_host *h)
+{
+	enum sched_reject why;
+	size_t which;
+
+	if (req->pin_host && strcmp(req->pin_host, h->name) != 0)
+		return SCHED_PINNED_ELSEWHERE;
+	if (!h->online)
+		return SCHED_OFFLINE;
+	if (h->maintenance)
+		return SCHED_MAINTENANCE;
+	if (req->nested && !(h->kvm_usable && h->nested))
+		return SCHED_NO_NESTED;
+	if (req->needs_shared_pool && !h->shared_pool)
+		return SCHED_NO_SHARED_POOL;
+	if (req->needs_local_pool && !h->local_pool)
+		return SCHED_NO_LOCAL_POOL;
+	if (req->nnets && (why = nets_check(req, h, &which)) != SCHED_FITS)
+		return why;
+	if (req->anti_affinity)
+		for (size_t i = 0; i < h->ngroups; i++)
+			if (strcmp(h->groups[i], req->anti_affinity) == 0)
+				return SCHED_ANTI_AFFINITY;
+	/* Capacity in whole vCPUs and MiB: a fraction of either cannot be placed. For a
+	 * whole number k, k > floor(x) exactly when k > x, so no floor() per host here. */
+	if (h->vcpus_used + req->vcpus > h->cpus * params->cpu_ratio)
+		return SCHED_NO_CPU;
+	if ((double)(h->memory_used_mb + req->memory_mb) > (double)h->memory_mb * params->mem_ratio)
+		return SCHED_NO_MEMORY;
+	return SCHED_FITS;
+}
+
+enum sched_reject sched_host_check(const struct sched_request *req,
+				   const struct sched_params *params, const struct sched_host *h)
+{
+	return check(req, params, h);
+}
+
+bool sched_host_fits(const struct sched_request *req, const struct sched_params *params,
+		     const struct sched_host *h, char *reason, size_t len)
+{
+	enum sched_reject why = sched_host_check(req, params, h);
+	const struct sched_net *net = NULL;
+	size_t which = 0;
+
+	if (why == SCHED_NO_VXLAN || why == SCHED_NO_UPLINK || why == SCHED_NO_8021Q) {
+		nets_check(req, h, &which);
+		net = &req->nets[which];
 	}
-	if (h->vcpus_used + req->vcpus > cpu_cap) {
+	switch (why) {
+	case SCHED_FITS:
+		reason[0] = '\0';
+		return true;
+	case SCHED_PINNED_ELSEWHERE:
+		snprintf(reason, len, "the instance is pinned to host %s", req->pin_host);
+		break;
+	case SCHED_OFFLINE:
+		snprintf(reason, len, "host is offline");
+		break;
+	case SCHED_MAINTENANCE:
+		snprintf(reason, len, "host is in maintenance");
+		break;
+	case SCHED_NO_NESTED:
+		snprintf(reason, len, "nested virtualization needs KVM with nesting; host has %s",
+			 h->kvm_usable ? "KVM without nesting" : "no usable KVM");
+		break;
+	case SCHED_NO_SHARED_POOL:
+		snprintf(reason, len, "host has no shared storage pool");
+		break;
+	case SCHED_NO_LOCAL_POOL:
+		snprintf(reason, len, "host has no local storage pool");
+		break;
+	case SCHED_NO_VXLAN:
+		snprintf(reason, len, "network %s is a VXLAN overlay; host has no VXLAN",
+			 net->network);
+		break;
+	case SCHED_NO_UPLINK:
+		snprintf(reason, len, "bridge network %s has no uplink on this host", net->network);
+		break;
+	case SCHED_NO_8021Q:
+		snprintf(reason, len, "network %s tags VLAN %d onto its uplink; host has no 802.1Q",
+			 net->network, net->vlan);
+		break;
+	case SCHED_ANTI_AFFINITY:
+		snprintf(reason, len, "anti-affinity group %s already has an instance here",
+			 req->anti_affinity);
+		break;
+	case SCHED_NO_CPU:
 		snprintf(reason, len, "not enough CPU: %d vCPUs wanted, %d of %.0f placed already",
-			 req->vcpus, h->vcpus_used, cpu_cap);
-		return false;
-	}
-	if ((double)(h->memory_used_mb + req->memory_mb) > mem_cap) {
+			 req->vcpus, h->vcpus_used, floor(h->cpus * params->cpu_ratio));
+		break;
+	case SCHED_NO_MEMORY:
 		snprintf(reason, len,
 			 "not enough memory: %lld MiB wanted, %lld of %.0f MiB placed already",
-			 (long long)req->memory_mb, (long long)h->memory_used_mb, mem_cap);
-		return false;
+			 (long long)req->memory_mb, (long long)h->memory_used_mb,
+			 floor((double)h->memory_mb * params->mem_ratio));
+		break;
+	case SCHED_REJECT_COUNT:
+		break;
 	}
-	reason[0] = '\0';
-	return true;
+	return false;
 }
 
 /* The share of capacity left free after placing req, 0..1, CPU and memory alike. */
-static double free_after(const struct sched_request *req, const struct sched_params *params,
-			 const struct sched_host *h)
+static inline double free_after(const struct sched_request *req, const struct sched_params *params,
+				const struct sched_host *h)
 {
 	double cpu_cap = h->cpus * params->cpu_ratio;
 	double mem_cap = (double)h->memory_mb * params->mem_ratio;
@@ -109,9 +176,44 @@ static double free_after(const struct sched_request *req, const struct sched_par
 	return (cpu_free + mem_free) / 2;
 }
 
-/* Does host a (score sa) beat host b (score sb)? Score, then instance count, then name. */
-static bool better(const struct sched_params *params, const struct sched_host *a, double sa,
-		   const struct sched_host *b, double sb)
+/*
+ * Could h's score reach floor? The score is free_after() (or 1 minus it), a sum of
+ * two quotients; the same comparison multiplied out needs no division. Used only to
+ * pass over hosts far below the few best kept: floor carries a margin well above the
+ * rounding that separates the two forms, so no host that could rank is passed over.
+ */
+static inline bool may_reach(const struct sched_request *req, const struct sched_params *params,
+			     const struct sched_host *h, double floor_score)
+{
+	double cpu_cap = h->cpus * params->cpu_ratio;
+	double mem_cap = (double)h->memory_mb * params->mem_ratio;
+	double num, den;
+
+	if (cpu_cap <= 0 || mem_cap <= 0)
+		return true;
+	/* free_after() == num / den */
+	num = (cpu_cap - h->vcpus_used - req->vcpus) * mem_cap +
+	      (mem_cap - (double)(h->memory_used_mb + req->memory_mb)) * cpu_cap;
+	den = 2 * cpu_cap * mem_cap;
+	return params->policy == SCHED_SPREAD ? num >= den * floor_score
+					      : num <= den * (1 - floor_score);
+}
+
+double sched_host_score(const struct sched_request *req, const struct sched_params *params,
+			const struct sched_host *h)
+{
+	double f = free_after(req, params, h);
+
+	return params->policy == SCHED_SPREAD ? f : 1 - f;
+}
+
+/*
+ * Does host a (score sa) rank before host b (score sb)? Score; on equal scores (say,
+ * containers without limits, which reserve nothing) fewer instances under spread and
+ * more under pack; then the name. The one order for the choice and the few kept.
+ */
+static bool ranks_before(const struct sched_params *params, const struct sched_host *a, double sa,
+			 const struct sched_host *b, double sb)
 {
 	if (sa > sb + 1e-9)
 		return true;
@@ -123,25 +225,64 @@ static bool better(const struct sched_params *params, const struct sched_host *a
 	return strcmp(a->name, b->name) < 0;
 }
 
+/* Keep host i among the outcome's best few candidates, best first. */
+static void top_keep(struct sched_outcome *out, const struct sched_params *params,
+		     const struct sched_host *hosts, size_t i, double score)
+{
+	size_t k = out->ntop;
+
+	if (k == SCHED_TOP_MAX) {
+		if (!ranks_before(params, &hosts[i], score, &hosts[out->top[k - 1]],
+				  out->top_score[k - 1]))
+			return;
+		k--;
+	} else {
+		out->ntop++;
+	}
+	for (; k > 0 && ranks_before(params, &hosts[i], score, &hosts[out->top[k - 1]],
+				     out->top_score[k - 1]);
+	     k--) {
+		out->top[k] = out->top[k - 1];
+		out->top_score[k] = out->top_score[k - 1];
+	}
+	out->top[k] = i;
+	out->top_score[k] = score;
+}
+
 int sched_place(const struct sched_request *req, const struct sched_params *params,
-		const struct sched_host *hosts, size_t n, struct sched_verdict *verdicts)
+		const struct sched_host *hosts, size_t n, struct sched_outcome *out)
 {
 	int best = -1;
+	double best_score = 0;
 
+	memset(out, 0, sizeof(*out));
 	for (size_t i = 0; i < n; i++) {
-		struct sched_verdict *v = &verdicts[i];
-		double f;
+		enum sched_reject why = check(req, params, &hosts[i]);
+		double score;
 
-		v->fits = sched_host_fits(req, params, &hosts[i], v->reason, sizeof(v->reason));
-		if (!v->fits) {
-			v->score = 0;
+		if (why != SCHED_FITS) {
+			out->rejected_by[why]++;
+			if (out->nrejected++ < SCHED_NAMED_MAX)
+				out->named[out->nnamed++] = i;
 			continue;
 		}
-		f = free_after(req, params, &hosts[i]);
-		v->score = params->policy == SCHED_SPREAD ? f : 1 - f;
-		if (best < 0 ||
-		    better(params, &hosts[i], v->score, &hosts[best], verdicts[best].score))
+		out->nfit++;
+		/* Once the few best are known, most hosts cannot come near the last of them:
+		 * a cheap test passes over those before the divisions of an exact score. */
+		if (out->ntop == SCHED_TOP_MAX &&
+		    !may_reach(req, params, &hosts[i], out->top_score[SCHED_TOP_MAX - 1] - 1e-8))
+			continue;
+		score = free_after(req, params, &hosts[i]);
+		if (params->policy != SCHED_SPREAD)
+			score = 1 - score;
+		/* Most hosts rank below the last of the few kept: one comparison each. */
+		if (out->ntop < SCHED_TOP_MAX || score > out->top_score[SCHED_TOP_MAX - 1] - 1e-9)
+			top_keep(out, params, hosts, i, score);
+		if (best < 0 || ranks_before(params, &hosts[i], score, &hosts[best], best_score)) {
 			best = (int)i;
+			best_score = score;
+		}
 	}
+	out->best = best;
 	return best;
 }

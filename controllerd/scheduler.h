@@ -1,7 +1,12 @@
 /*
  * scheduler.h - the scheduler: which host an instance runs on. Pure logic over plain
  * structs (no database, no loop), so it is unit-tested on clusters of hundreds of
- * hosts. Filter, then score; every rejected host keeps its reason.
+ * hosts. Filter, then score.
+ *
+ * A placement scans every host once, with no text made on the way: rejections are
+ * counted per reason, and only the first few rejected hosts and the best few
+ * candidates are remembered, so the explanation of a placement on 5,000 hosts stays
+ * a few lines (the reasons' text is made for those few, by sched_host_fits()).
  */
 #ifndef KUMO_SCHEDULER_H
 #define KUMO_SCHEDULER_H
@@ -62,25 +67,63 @@ struct sched_params {
 	enum sched_policy policy;
 };
 
-/* The verdict on one host: it fits with a score, or it does not, and why. */
-struct sched_verdict {
-	bool fits;
-	double score; /* higher is better */
-	char reason[160];
+/* Why a host cannot take the instance: the filters, in the order they are checked. */
+enum sched_reject {
+	SCHED_FITS,
+	SCHED_PINNED_ELSEWHERE,
+	SCHED_OFFLINE,
+	SCHED_MAINTENANCE,
+	SCHED_NO_NESTED,
+	SCHED_NO_SHARED_POOL,
+	SCHED_NO_LOCAL_POOL,
+	SCHED_NO_VXLAN,
+	SCHED_NO_UPLINK,
+	SCHED_NO_8021Q,
+	SCHED_ANTI_AFFINITY,
+	SCHED_NO_CPU,
+	SCHED_NO_MEMORY,
+	SCHED_REJECT_COUNT,
+};
+
+#define SCHED_NAMED_MAX 5 /* rejected hosts an outcome names */
+#define SCHED_TOP_MAX	5 /* candidates an outcome keeps, best first */
+
+/* What a placement found: the choice, counts, and a bounded explanation. */
+struct sched_outcome {
+	int best;				/* index of the chosen host, -1: none fits */
+	size_t nfit, nrejected;			/* of the n hosts */
+	size_t rejected_by[SCHED_REJECT_COUNT]; /* hosts per reason ([SCHED_FITS] is 0) */
+	size_t named[SCHED_NAMED_MAX];		/* the first rejected hosts, in host order */
+	size_t nnamed;
+	size_t top[SCHED_TOP_MAX]; /* the best candidates, best first (top[0] == best) */
+	double top_score[SCHED_TOP_MAX];
+	size_t ntop;
 };
 
 /*
- * Judge every host for req and choose one. verdicts has n entries, filled in host
- * order. Returns the chosen host's index, or -1 when none fits. Equal scores (say,
+ * Judge every host for req and choose one; out says what was found. Returns the
+ * chosen host's index (out->best), or -1 when none fits. Equal scores (say,
  * containers without limits, which reserve nothing) go to the host with the fewest
  * instances under spread and the most under pack, then to the host whose name sorts
  * first, so placement is deterministic and spread really spreads.
  */
 int sched_place(const struct sched_request *req, const struct sched_params *params,
-		const struct sched_host *hosts, size_t n, struct sched_verdict *verdicts);
+		const struct sched_host *hosts, size_t n, struct sched_outcome *out);
 
 /* Only the filters, for one host: true when req fits, else reason says why. */
 bool sched_host_fits(const struct sched_request *req, const struct sched_params *params,
 		     const struct sched_host *host, char *reason, size_t reasonlen);
+
+/* The filters without the text: SCHED_FITS or the first filter the host fails. */
+enum sched_reject sched_host_check(const struct sched_request *req,
+				   const struct sched_params *params,
+				   const struct sched_host *host);
+
+/* The score a host that fits would get (higher is better). */
+double sched_host_score(const struct sched_request *req, const struct sched_params *params,
+			const struct sched_host *host);
+
+/* A short name for a reason, as the explanation counts them ("offline", "cpu"). */
+const char *sched_reject_name(enum sched_reject why);
 
 #endif

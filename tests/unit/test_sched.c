@@ -1,7 +1,8 @@
 /*
  * test_sched.c - the scheduler: each filter and its reason, spread and pack on
  * clusters of hundreds of hosts against a brute-force answer, ties, anti-affinity,
- * pinning (controllerd/sched.c).
+ * pinning, and the bounded explanation a placement gives: counts per reason, the first
+ * few rejected hosts named, the best few candidates (controllerd/sched.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -63,6 +64,73 @@ static struct sched_params params(double cpu_ratio, double mem_ratio, enum sched
 	return p;
 }
 
+/* The verdict on one host, as the tests judge it: sched_place() itself keeps only
+ * counts and a few names; place() fills these from the per-host functions. */
+struct sched_verdict {
+	bool fits;
+	double score; /* higher is better; 0 when it does not fit */
+	char reason[160];
+};
+
+/*
+ * sched_place() with every host's verdict made one by one (sched_host_fits(),
+ * sched_host_score()), after checking that the bounded outcome agrees with them: each
+ * reason's count, the first rejected hosts in order, the best candidates in rank
+ * order with the choice first.
+ */
+static int place(const struct sched_request *req, const struct sched_params *p,
+		 const struct sched_host *hosts, size_t n, struct sched_verdict *verdicts)
+{
+	size_t by[SCHED_REJECT_COUNT] = {0}, nfit = 0, nrej = 0, named = 0;
+	struct sched_outcome out;
+	int best;
+
+	memset(&out, 0xa5, sizeof(out));
+	best = sched_place(req, p, hosts, n, &out);
+	assert_int_equal(best, out.best);
+	for (size_t i = 0; i < n; i++) {
+		struct sched_verdict *v = &verdicts[i];
+		enum sched_reject why = sched_host_check(req, p, &hosts[i]);
+
+		v->fits = sched_host_fits(req, p, &hosts[i], v->reason, sizeof(v->reason));
+		assert_int_equal(v->fits, why == SCHED_FITS);
+		v->score = v->fits ? sched_host_score(req, p, &hosts[i]) : 0;
+		if (v->fits) {
+			nfit++;
+			continue;
+		}
+		by[why]++;
+		if (nrej++ < SCHED_NAMED_MAX) {
+			assert_int_equal(out.named[named], i);
+			named++;
+		}
+	}
+	assert_int_equal(out.nfit, nfit);
+	assert_int_equal(out.nrejected, nrej);
+	assert_int_equal(out.nnamed, named);
+	for (int why = 0; why < SCHED_REJECT_COUNT; why++)
+		assert_int_equal(out.rejected_by[why], by[why]);
+	assert_int_equal(out.ntop, nfit < SCHED_TOP_MAX ? nfit : SCHED_TOP_MAX);
+	if (best >= 0)
+		assert_int_equal(out.top[0], best);
+	for (size_t k = 0; k < out.ntop; k++) {
+		assert_true(verdicts[out.top[k]].fits);
+		assert_true(out.top_score[k] == verdicts[out.top[k]].score);
+		if (k > 0)
+			assert_true(out.top_score[k] <= out.top_score[k - 1] + 1e-9);
+	}
+	/* No host left out of the few kept ranks above the last of them. */
+	for (size_t i = 0; out.ntop == SCHED_TOP_MAX && i < n; i++) {
+		bool kept = false;
+
+		for (size_t k = 0; k < out.ntop; k++)
+			kept |= out.top[k] == i;
+		if (verdicts[i].fits && !kept)
+			assert_true(verdicts[i].score <= out.top_score[SCHED_TOP_MAX - 1] + 1e-9);
+	}
+	return best;
+}
+
 /* Fill verdicts with garbage, so a verdict sched_place leaves alone shows up. */
 static void scribble(struct sched_verdict *v, size_t n)
 {
@@ -86,7 +154,7 @@ static bool judge(const struct sched_request *req, const struct sched_params *p,
 	reason[len - 1] = '\0';
 	fits = sched_host_fits(req, p, h, reason, len);
 	scribble(&v, 1);
-	idx = sched_place(req, p, h, 1, &v);
+	idx = place(req, p, h, 1, &v);
 	assert_int_equal(v.fits, fits);
 	assert_string_equal(v.reason, reason);
 	assert_int_equal(idx, fits ? 0 : -1);
@@ -666,7 +734,7 @@ static void place_mixed(enum sched_policy policy)
 	r.memory_mb = 8192;
 	build_mixed(&c, &r, 4, 2);
 	scribble(c.verdicts, c.n);
-	got = sched_place(&r, &p, c.hosts, c.n, c.verdicts);
+	got = place(&r, &p, c.hosts, c.n, c.verdicts);
 	want = brute_force(&c, &r, 4, 2, policy, &nties, &first_tied);
 	assert_true(want >= 0);
 	/* The cluster is what the test means it to be: a real tie, not in index order. */
@@ -727,7 +795,7 @@ static void test_random_clusters_match_brute_force(void **state)
 			h->maintenance = rnd() % 16 == 0;
 		}
 		scribble(c.verdicts, c.n);
-		got = sched_place(&r, &p, c.hosts, c.n, c.verdicts);
+		got = place(&r, &p, c.hosts, c.n, c.verdicts);
 		want = brute_force(&c, &r, 2, 1, policy, &nties, &first_tied);
 		if (got != want)
 			fail_msg("round %d: chose %d, brute force %d", round, got, want);
@@ -749,17 +817,17 @@ static void test_ties_by_name(void **state)
 		struct sched_params p = params(1.0, 1.0, (enum sched_policy)pol);
 
 		/* Identical hosts: "a" sorts first, wherever it is. */
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 1);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 1);
 		assert_true(v[0].score == v[1].score && v[1].score == v[2].score);
 		/* Without it, "a1" (a prefix sorts before its extensions). */
 		hosts[1].online = false;
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 3);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 3);
 		/* "b" before "c", though "c" comes first in the array. */
 		hosts[3].online = false;
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 2);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 2);
 		/* The one left. */
 		hosts[2].online = false;
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 0);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 0);
 		for (size_t i = 0; i < 4; i++)
 			hosts[i].online = true;
 	}
@@ -768,12 +836,12 @@ static void test_ties_by_name(void **state)
 	{
 		struct sched_params p = params(1.0, 1.0, SCHED_PACK);
 
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 0);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 0);
 		p.policy = SCHED_SPREAD;
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 1);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 1);
 		hosts[1].vcpus_used = 1;
 		hosts[3].vcpus_used = 1;
-		assert_int_equal(sched_place(&r, &p, hosts, 4, v), 2);
+		assert_int_equal(place(&r, &p, hosts, 4, v), 2);
 	}
 }
 
@@ -783,7 +851,7 @@ static void place_group(struct cluster *c, struct sched_request *r, const struct
 {
 	for (int k = 0; k < count; k++) {
 		scribble(c->verdicts, c->n);
-		placed[k] = sched_place(r, p, c->hosts, c->n, c->verdicts);
+		placed[k] = place(r, p, c->hosts, c->n, c->verdicts);
 		if (placed[k] < 0)
 			fail_msg("instance %d of %s not placed", k, r->anti_affinity);
 		check_verdicts(c, r, p, placed[k]);
@@ -805,24 +873,24 @@ static void test_ties_by_instance_count(void **state)
 	struct sched_host hosts[3] = {base_host("h3"), base_host("h2"), base_host("h1")};
 	struct sched_params p = params(1.0, 1.0, SCHED_SPREAD);
 	struct sched_request r = base_req();
-	struct sched_verdict v[3];
+	struct sched_outcome out;
 
 	r.vcpus = 0;
 	r.memory_mb = 0;
 	hosts[1].instances = 2;
 	hosts[2].instances = 1;
-	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 0);
-	assert_true(v[0].score == v[2].score);
+	assert_int_equal(sched_place(&r, &p, hosts, 3, &out), 0);
+	assert_true(sched_host_score(&r, &p, &hosts[0]) == sched_host_score(&r, &p, &hosts[2]));
 	p.policy = SCHED_PACK;
-	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 1);
+	assert_int_equal(sched_place(&r, &p, hosts, 3, &out), 1);
 	/* Equal counts: the name decides again. */
 	hosts[0].instances = 1;
 	p.policy = SCHED_SPREAD;
-	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 2);
+	assert_int_equal(sched_place(&r, &p, hosts, 3, &out), 2);
 	/* A better score still beats a smaller count. */
 	hosts[2].vcpus_used = 1;
 	hosts[0].instances = 5;
-	assert_int_equal(sched_place(&r, &p, hosts, 3, v), 1);
+	assert_int_equal(sched_place(&r, &p, hosts, 3, &out), 1);
 }
 
 static void test_anti_affinity_three_hosts(void **state)
@@ -840,7 +908,7 @@ static void test_anti_affinity_three_hosts(void **state)
 
 		/* A fourth has nowhere to go, and every host says why. */
 		scribble(c.verdicts, c.n);
-		assert_int_equal(sched_place(&r, &p, c.hosts, c.n, c.verdicts), -1);
+		assert_int_equal(place(&r, &p, c.hosts, c.n, c.verdicts), -1);
 		for (size_t i = 0; i < c.n; i++) {
 			assert_false(c.verdicts[i].fits);
 			assert_string_equal(c.verdicts[i].reason,
@@ -850,9 +918,9 @@ static void test_anti_affinity_three_hosts(void **state)
 
 		/* Another group, or none, still goes anywhere. */
 		r.anti_affinity = "web";
-		assert_true(sched_place(&r, &p, c.hosts, c.n, c.verdicts) >= 0);
+		assert_true(place(&r, &p, c.hosts, c.n, c.verdicts) >= 0);
 		r.anti_affinity = NULL;
-		assert_true(sched_place(&r, &p, c.hosts, c.n, c.verdicts) >= 0);
+		assert_true(place(&r, &p, c.hosts, c.n, c.verdicts) >= 0);
 		cluster_free(&c);
 	}
 }
@@ -875,7 +943,7 @@ static void test_anti_affinity_pack_large(void **state)
 
 	/* An instance of another group goes back to the fullest host. */
 	r.anti_affinity = "web";
-	again = sched_place(&r, &p, c.hosts, c.n, c.verdicts);
+	again = place(&r, &p, c.hosts, c.n, c.verdicts);
 	assert_int_equal(again, 20);
 	cluster_free(&c);
 }
@@ -900,7 +968,7 @@ static void test_too_big_for_all(void **state)
 	for (int pol = SCHED_SPREAD; pol <= SCHED_PACK; pol++) {
 		p.policy = (enum sched_policy)pol;
 		scribble(c.verdicts, c.n);
-		assert_int_equal(sched_place(&r, &p, c.hosts, c.n, c.verdicts), -1);
+		assert_int_equal(place(&r, &p, c.hosts, c.n, c.verdicts), -1);
 		for (size_t i = 0; i < c.n; i++) {
 			assert_false(c.verdicts[i].fits);
 			assert_true(c.verdicts[i].score == 0);
@@ -914,7 +982,7 @@ static void test_too_big_for_all(void **state)
 	r.vcpus = 1;
 	r.memory_mb = 800000;
 	scribble(c.verdicts, c.n);
-	assert_int_equal(sched_place(&r, &p, c.hosts, c.n, c.verdicts), -1);
+	assert_int_equal(place(&r, &p, c.hosts, c.n, c.verdicts), -1);
 	for (size_t i = 0; i < c.n; i++) {
 		assert_false(c.verdicts[i].fits);
 		if (strncmp(c.verdicts[i].reason, "not enough memory: 800000 MiB wanted", 36))
@@ -942,7 +1010,7 @@ static void test_too_big_for_all(void **state)
 		assert_int_equal(nbig, 1);
 		r.memory_mb = room;
 		scribble(c.verdicts, c.n);
-		if (sched_place(&r, &p, c.hosts, c.n, c.verdicts) != (int)big)
+		if (place(&r, &p, c.hosts, c.n, c.verdicts) != (int)big)
 			fail_msg("a request for %lld MiB did not go to %s", (long long)room,
 				 c.hosts[big].name);
 		check_verdicts(&c, &r, &p, (int)big);
@@ -967,7 +1035,7 @@ static void test_pinning(void **state)
 		r.pin_host = c.hosts[pin].name;
 		snprintf(want, sizeof(want), "the instance is pinned to host %s", r.pin_host);
 		scribble(c.verdicts, c.n);
-		got = sched_place(&r, &p, c.hosts, c.n, c.verdicts);
+		got = place(&r, &p, c.hosts, c.n, c.verdicts);
 		assert_int_equal(got, pin);
 		for (size_t i = 0; i < c.n; i++) {
 			if (i == (size_t)pin) {
@@ -982,7 +1050,7 @@ static void test_pinning(void **state)
 		/* It does not fit there: no other host will do. */
 		r.vcpus = 5;
 		scribble(c.verdicts, c.n);
-		assert_int_equal(sched_place(&r, &p, c.hosts, c.n, c.verdicts), -1);
+		assert_int_equal(place(&r, &p, c.hosts, c.n, c.verdicts), -1);
 		assert_string_equal(c.verdicts[pin].reason,
 				    "not enough CPU: 5 vCPUs wanted, 60 of 64 placed already");
 		check_verdicts(&c, &r, &p, -1);
@@ -990,15 +1058,44 @@ static void test_pinning(void **state)
 
 		/* Offline, or a host that does not exist. */
 		c.hosts[pin].online = false;
-		assert_int_equal(sched_place(&r, &p, c.hosts, c.n, c.verdicts), -1);
+		assert_int_equal(place(&r, &p, c.hosts, c.n, c.verdicts), -1);
 		assert_string_equal(c.verdicts[pin].reason, "host is offline");
 		c.hosts[pin].online = true;
 		r.pin_host = "no-such-host";
-		assert_int_equal(sched_place(&r, &p, c.hosts, c.n, c.verdicts), -1);
+		assert_int_equal(place(&r, &p, c.hosts, c.n, c.verdicts), -1);
 		for (size_t i = 0; i < c.n; i++)
 			assert_string_equal(c.verdicts[i].reason,
 					    "the instance is pinned to host no-such-host");
 	}
+	cluster_free(&c);
+}
+
+/* 5,000 hosts, most rejected: the outcome names five and counts the rest per reason. */
+static void test_explanation_bounded(void **state)
+{
+	struct cluster c;
+	struct sched_request r = base_req();
+	struct sched_params p = params(1.0, 1.0, SCHED_SPREAD);
+	struct sched_outcome out;
+	int got;
+
+	cluster_init(&c, 5000);
+	for (size_t i = 0; i < c.n; i++) {
+		c.hosts[i].online = i % 3 != 0;
+		c.hosts[i].maintenance = i % 3 == 1;
+		c.hosts[i].vcpus_used = (int)(i % 17);
+	}
+	got = sched_place(&r, &p, c.hosts, c.n, &out);
+	assert_true(got >= 0 && got % 3 == 2);
+	assert_int_equal(out.nrejected, c.n - out.nfit);
+	assert_int_equal(out.rejected_by[SCHED_OFFLINE], 1667);
+	assert_int_equal(out.rejected_by[SCHED_MAINTENANCE], 1667);
+	assert_int_equal(out.nnamed, SCHED_NAMED_MAX);
+	assert_int_equal(out.named[0], 0);
+	assert_int_equal(out.named[1], 1);
+	assert_int_equal(out.named[2], 3);
+	assert_int_equal(out.ntop, SCHED_TOP_MAX);
+	assert_string_equal(sched_reject_name(SCHED_NO_CPU), "not enough CPU");
 	cluster_free(&c);
 }
 
@@ -1008,7 +1105,7 @@ static void test_empty_cluster(void **state)
 	struct sched_params p = params(1.0, 1.0, SCHED_SPREAD);
 	struct sched_verdict v[1];
 
-	assert_int_equal(sched_place(&r, &p, NULL, 0, v), -1);
+	assert_int_equal(place(&r, &p, NULL, 0, v), -1);
 }
 
 int main(void)
@@ -1036,6 +1133,7 @@ int main(void)
 		cmocka_unit_test(test_anti_affinity_pack_large),
 		cmocka_unit_test(test_too_big_for_all),
 		cmocka_unit_test(test_pinning),
+		cmocka_unit_test(test_explanation_bounded),
 		cmocka_unit_test(test_empty_cluster),
 	};
 
