@@ -875,26 +875,14 @@ enum MHD_Result api_images_list(struct request *req)
 	struct json_object *list, *out;
 	struct page page;
 	struct kerr err;
-	sqlite3_stmt *st;
 
 	if (page_begin(req, &page, &err) < 0)
 		return http_reply_kerr(req, &err);
-	st = db_prepare(ctl.db, "SELECT " IMAGE_COLUMNS
-				" FROM images WHERE name > ?1 ORDER BY name LIMIT ?2");
-	sqlite3_bind_text(st, 1, page.after, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, page.limit + 1);
-	list = json_object_new_array();
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		struct json_object *o = image_row_json(st);
-		_cleanup_free_ char *name =
-			xstrdup(json_object_get_string(json_object_object_get(o, "name")));
-
-		if (!page_add(&page, list, o, name)) {
-			json_object_put(o);
-			break;
-		}
-	}
-	sqlite3_finalize(st);
+	list = page_rows_by_name(&page,
+				 db_prepare(ctl.db,
+					    "SELECT " IMAGE_COLUMNS " FROM images WHERE name > ?1 "
+					    "ORDER BY name LIMIT ?2"),
+				 image_row_json);
 	out = json_object_new_object();
 	page_end(&page, out, "images", list);
 	return http_reply_json(req, 200, out);

@@ -354,6 +354,8 @@ int page_begin(struct request *req, struct page *p, struct kerr *err);
 bool page_add(struct page *p, struct json_object *list, struct json_object *item, const char *key);
 void page_end(struct page *p, struct json_object *out, const char *name, struct json_object *list);
 int page_label_check(const char *kv, struct kerr *err);
+struct json_object *page_rows_by_name(struct page *p, sqlite3_stmt *st,
+				      struct json_object *(*row_json)(sqlite3_stmt *st));
 
 /* http_conns.c */
 void http_conns_notify_cb(void *cls, struct MHD_Connection *mhd, void **socket_context,

@@ -143,3 +143,29 @@ int page_label_check(const char *kv, struct kerr *err)
 				 key);
 	return 0;
 }
+
+/*
+ * The usual list by name: run st (its ?1 bound to p->after, ?2 to p->limit + 1 by this
+ * function), make each row an item with row_json, key it by its "name", and return the
+ * page's items. st is finalized.
+ */
+struct json_object *page_rows_by_name(struct page *p, sqlite3_stmt *st,
+				      struct json_object *(*row_json)(sqlite3_stmt *st))
+{
+	struct json_object *list = json_object_new_array();
+
+	sqlite3_bind_text(st, 1, p->after, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, p->limit + 1); /* one more: is there a next page? */
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o = row_json(st);
+		_cleanup_free_ char *name =
+			xstrdup(json_object_get_string(json_object_object_get(o, "name")));
+
+		if (!page_add(p, list, o, name)) {
+			json_object_put(o);
+			break;
+		}
+	}
+	sqlite3_finalize(st);
+	return list;
+}
