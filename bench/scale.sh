@@ -87,6 +87,7 @@ event_port = $((port + 2))
 log_level = warn
 shared_pool = $dir/shared
 heartbeat_interval = $2
+join_rate = 100000
 EOF
 	nice -n 5 "$ctld" -c "$dir/ctl.conf" >"$dir/ctl.log" 2>&1 &
 	ctl_pid=$!

@@ -113,10 +113,10 @@ static void reject(const char *reason, const char *fmt, ...)
  * for the source; the total bounds an attacker who varies it). A request over either
  * limit gets no answer at all (a REP socket may drop a request): a real agent's join
  * times out and tries again (AGENT_JOIN_RETRY_S), where a refusal would make it give
- * up. Counted as rejected "rate-limited", logged at most once a second.
+ * up. Counted as rejected "rate-limited", logged at most once a second. The total is
+ * the config's join_rate (a cluster joining hundreds of hosts at once raises it); the
+ * burst is four seconds of it.
  */
-#define JOIN_RATE_PER_S	     5.0
-#define JOIN_BURST	     20.0
 #define JOIN_NAME_RATE_PER_S 0.5
 #define JOIN_NAME_BURST	     3.0
 #define JOIN_NAMES_TRACKED   64
@@ -150,7 +150,7 @@ static bool join_allowed(const char *name)
 	int64_t now = now_ms();
 	bool ok = name ? bucket_take(join_name_bucket(name), JOIN_NAME_RATE_PER_S, JOIN_NAME_BURST,
 				     now)
-		       : bucket_take(&join_all, JOIN_RATE_PER_S, JOIN_BURST, now);
+		       : bucket_take(&join_all, ctl.cfg.join_rate, ctl.cfg.join_rate * 4.0, now);
 
 	if (ok)
 		return true;
@@ -159,7 +159,7 @@ static bool join_allowed(const char *name)
 		log_warnx("link: rejected message: join requests over the limit%s%s%s (%g/s in "
 			  "total, %g/s per name); dropped unanswered",
 			  name ? " for name '" : "", name ? name : "", name ? "'" : "",
-			  JOIN_RATE_PER_S, JOIN_NAME_RATE_PER_S);
+			  (double)ctl.cfg.join_rate, JOIN_NAME_RATE_PER_S);
 		join_limited_logged = now;
 	}
 	return false;

@@ -52,6 +52,8 @@ static const struct option_def options[] = {
 	{"link_address", OPT_STR, OFF(link_address), "127.0.0.1", 0, 0,
 	 "IPv4 address the agent link binds"},
 	{"join_port", OPT_INT, OFF(join_port), "7700", 1, 65535, "port agents join on"},
+	{"join_rate", OPT_INT, OFF(join_rate), "5", 1, 100000,
+	 "join requests a second, in total, that the link answers (more are dropped)"},
 	{"event_port", OPT_INT, OFF(event_port), "7701", 1, 65535,
 	 "port agents push heartbeats and events to"},
 	{"heartbeat_interval", OPT_INT, OFF(heartbeat_interval), "1", 1, 60,

@@ -32,6 +32,7 @@ struct config {
 	int max_streams_per_token; /* open event streams, log follows and long polls */
 	char *link_address;
 	int join_port;
+	int join_rate; /* join requests a second the link takes, in total */
 	int event_port;
 	int heartbeat_interval;
 	int offline_after;

@@ -32,6 +32,7 @@ link_address = 127.0.0.1
 join_port = $((port + 1))
 event_port = $((port + 2))
 heartbeat_interval = 2
+join_rate = 100000
 log_level = warn
 shared_pool = $dir/shared
 EOF
