@@ -16,7 +16,7 @@ for mode in replay:replay tamper:tampered unknown-host:unknown-host stale:replay
 	m=${mode%%:*} reason=${mode#*:}
 	before=$(rejected "$reason")
 	send "$m"
-	wait_until 5 "$m counted as $reason" rejected_more "$reason" "$before"
+	wait_until 20 "$m counted as $reason" rejected_more "$reason" "$before"
 	[ "$(rejected "$reason")" = $((before + 1)) ] || fail "$m: expected one rejection, got $(($(rejected "$reason") - before))"
 done
 grep -q "rejected message: message from unknown host 'nosuchhost'" "$log" || fail "unknown host not logged"
@@ -59,7 +59,7 @@ lab up --hosts 3 >/dev/null
 wait_until 30 "3 hosts online after the controller's restart" all_online 3
 before=$(rejected replay)
 "$tool" resend "$link" --file "$cap" >/dev/null
-wait_until 5 "the capture replayed after the restart counted as replay" rejected_more replay "$before"
+wait_until 20 "the capture replayed after the restart counted as replay" rejected_more replay "$before"
 tail -n +"$((log_lines + 1))" "$log" | grep -q "rejected message: host h1: replayed or reordered" ||
 	fail "the replay after the restart is not logged"
 pass "a message captured before the controller restarted is refused after it"
