@@ -77,6 +77,16 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/security-groups/{}", ROLE_VIEWER, "", api_secgroup_get, NULL},
 	{"PUT", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_put, NULL},
 	{"DELETE", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_delete, NULL},
+	/* P2V ingest (p2v.c): the source's routes take the session's ingest token. */
+	{"POST", "/api/v1/p2v", ROLE_OPERATOR, "", api_p2v_create, NULL},
+	{"GET", "/api/v1/p2v", ROLE_VIEWER, "", api_p2v_list, NULL},
+	{"GET", "/api/v1/p2v/{}", ROLE_VIEWER, "", api_p2v_get, &api_p2v_ingest},
+	{"DELETE", "/api/v1/p2v/{}", ROLE_OPERATOR, "", api_p2v_delete, NULL},
+	{"POST", "/api/v1/p2v/{}/passes", ROLE_OPERATOR, "resume", api_p2v_pass_start,
+	 &api_p2v_ingest},
+	{"PUT", "/api/v1/p2v/{}/disks/*", ROLE_OPERATOR, "sha256", api_p2v_chunk_put,
+	 &api_p2v_chunks},
+	{"POST", "/api/v1/p2v/{}/actions/{}", ROLE_OPERATOR, "", api_p2v_action, &api_p2v_ingest},
 	/* The OCI registry (registry.c) parses the rest of its paths itself; its token
 	 * endpoint (registry_auth.c) checks the credentials it is sent on its own. */
 	{"GET", "/v2/token", ROLE_NONE, "service,scope,account,client_id,offline_token",
