@@ -26,7 +26,7 @@
 #define IMAGE_MAX_VIRTUAL (16LL << 40)
 #define IMAGE_DIR	  "images"
 
-static const char *const formats[] = {"qcow2", "raw", "vmdk", "vhdx", "vdi", "vpc", NULL};
+static const char *const formats[] = {"qcow2", "raw", "vmdk", "vhdx", "vdi", "vpc", "ova", NULL};
 
 struct import {
 	char op[LINK_OP_ID_MAX + 1];
@@ -565,7 +565,7 @@ static enum MHD_Result upload_begin(struct request *req)
 	if (formats[i] == NULL)
 		return http_reply_error(
 			req, 400, "format",
-			"format must be qcow2, raw, vmdk, vhdx, vdi, vpc, oci-archive or "
+			"format must be qcow2, raw, vmdk, vhdx, vdi, vpc, ova, oci-archive or "
 			"docker-archive, not '%.32s'",
 			format);
 	if (image_name_taken(name))
@@ -844,6 +844,8 @@ enum MHD_Result api_images_upload(struct request *req)
 	req->upload_fd = -1;
 	if (format_is_oci(format))
 		return oci_import_start(req, name, format);
+	if (format && !strcmp(format, "ova")) /* V2V import: ova.c */
+		return ova_import_start(req, name);
 	if (format == NULL)
 		format = "qcow2";
 	args = json_object_new_object();

@@ -543,6 +543,10 @@ enum MHD_Result api_p2v_chunk_put(struct request *req);
 enum MHD_Result api_p2v_action(struct request *req);
 int p2v_session_cancel(const char *id, struct kerr *err);
 
+/* ova.c: V2V import of an OVA upload */
+enum MHD_Result ova_import_start(struct request *req, const char *name);
+enum MHD_Result api_instance_export(struct request *req);
+
 /* api_ops.c */
 enum MHD_Result api_ops_list(struct request *req);
 enum MHD_Result api_op_get(struct request *req);

@@ -55,6 +55,8 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/instances/{}/console", ROLE_OPERATOR, "bytes", api_instance_console, NULL},
 	{"GET", "/api/v1/instances/{}/logs", ROLE_OPERATOR, "tail,follow", api_instance_logs, NULL},
 	{"POST", "/api/v1/instances/{}/exec", ROLE_OPERATOR, "", api_instance_exec, NULL},
+	{"GET", "/api/v1/instances/{}/export", ROLE_OPERATOR, "format", api_instance_export,
+	 NULL}, /* V2V export (ova.c) */
 	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, NULL},
 	{"GET", "/api/v1/instances/{}/snapshots", ROLE_VIEWER, "", api_snapshots_list, NULL},
 	{"POST", "/api/v1/instances/{}/snapshots/{}/actions/revert", ROLE_OPERATOR, "",

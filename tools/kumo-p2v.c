@@ -218,8 +218,12 @@ static int http_once(const char *method, const char *path, const char *ctype, co
 	req = xasprintf("%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
 			"Content-Type: %s\r\nContent-Length: %zu\r\nConnection: keep-alive\r\n\r\n",
 			method, path, host, opt.token, ctype, len);
-	if (io_write(req, strlen(req)) < 0 || (len && io_write(body, len) < 0))
+	/* A refusal (401, 400) may come before the body is read and the connection close
+	 * under it: the answer is still read. */
+	if (io_write(req, strlen(req)) < 0)
 		goto broken;
+	if (len)
+		io_write(body, len);
 	while (end == NULL) {
 		ssize_t n;
 
