@@ -10,11 +10,14 @@
 
 W=$KUMO_LAB_DIR/ova-test
 MAC=52:54:00:0a:0b:0c
+gone() { api GET "/api/v1/instances/$1" && [ "$STATUS" = 404 ]; }
 cleanup() {
-	api DELETE "/api/v1/instances/ovavm?force=1" >/dev/null 2>&1 || true
-	gone() { api GET /api/v1/instances/ovavm && [ "$STATUS" = 404 ]; }
-	wait_until 120 "ovavm deleted" gone || true
+	for vm in ovavm ovavm2; do
+		api DELETE "/api/v1/instances/$vm?force=1" >/dev/null 2>&1 || true
+		wait_until 120 "$vm deleted" gone $vm || true
+	done
 	api DELETE /api/v1/images/ovaimg >/dev/null 2>&1 || true
+	api DELETE /api/v1/images/ovaimg2 >/dev/null 2>&1 || true
 	rm -rf "$W"
 }
 trap cleanup EXIT
@@ -25,6 +28,11 @@ qemu-img convert -O vmdk -o subformat=streamOptimized "$KUMO_BUILD_DIR/guest/kum
 disk_size=$(stat -c %s "$W/disk1.vmdk")
 capacity=$(qemu-img info --output=json "$KUMO_BUILD_DIR/guest/kumo-test.qcow2" | jq '."virtual-size"')
 
+# export NAME FORMAT FILE -> STATUS, the export in FILE
+export_vm() {
+	STATUS=$(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" -o "$3" -w '%{http_code}' \
+		"$KUMO_URL/api/v1/instances/$1/export?format=$2") || STATUS=000
+}
 # ovf HREF SIZE EXTRA-ITEMS -> an OVF 1.0 descriptor on stdout
 ovf() {
 	cat <<EOF
@@ -77,10 +85,10 @@ ova() {
 		tar --format=ustar -cf "$W/$name.ova" "$@"
 	)
 }
-upload() {
+upload() { # OVA [IMAGE-NAME]
 	STATUS=$(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" \
 		-H 'Content-Type: application/octet-stream' --data-binary @"$W/$1.ova" \
-		-o "$W/up.out" -w '%{http_code}' "$KUMO_URL/api/v1/images?name=ovaimg&format=ova") || STATUS=000
+		-o "$W/up.out" -w '%{http_code}' "$KUMO_URL/api/v1/images?name=${2:-ovaimg}&format=ova") || STATUS=000
 	BODY=$(cat "$W/up.out" 2>/dev/null || true)
 }
 nothing_left() {
@@ -153,3 +161,42 @@ api GET /api/v1/instances/ovavm
 [ "$(jqb '[.vcpus, .memory.mb, .disks[0].bus, .nics[0].model, .nics[0].mac] | join(" ")')" = "2 256 sata e1000 $MAC" ] ||
 	fail "the VM's hardware is not the OVF's: $(jqb -c '[.vcpus, .memory, .disks[0].bus, .nics[0].model, .nics[0].mac]')"
 pass "a VM with exactly the OVF's hardware boots from the imported disk"
+
+# ---- export: a stopped VM out as an OVA, and back in ----
+export_vm ovavm ova "$W/out.ova"
+[ "$STATUS" = 409 ] || fail "a running VM was exported: HTTP $STATUS"
+api POST /api/v1/instances/ovavm/actions/stop '{"timeout_s":60}'
+wait_op "$(jqb .id)"
+op_ok
+export_vm ovavm ova "$W/out.ova"
+[ "$STATUS" = 200 ] || fail "export: HTTP $STATUS $(head -c 300 "$W/out.ova")"
+mkdir -p "$W/out" && tar -xf "$W/out.ova" -C "$W/out"
+[ "$(tar -tf "$W/out.ova" | tr '\n' ' ')" = "ovavm.ovf ovavm-disk0.vmdk ovavm.mf " ] ||
+	fail "the OVA holds $(tar -tf "$W/out.ova" | tr '\n' ' '), not ovf, vmdk, mf in order"
+(cd "$W/out" && sed -E 's/^SHA256\((.*)\)= (.*)$/\2  \1/' ovavm.mf | sha256sum -c --quiet) || fail "the exported manifest does not match"
+qemu-img info --output=json "$W/out/ovavm-disk0.vmdk" | jq -e '."format-specific".data["create-type"] == "streamOptimized"' >/dev/null ||
+	fail "the exported disk is not a stream-optimized VMDK"
+grep -q '<rasd:ResourceType>20</rasd:ResourceType>' "$W/out/ovavm.ovf" && grep -q "$MAC" "$W/out/ovavm.ovf" ||
+	fail "the exported OVF lost the SATA controller or the MAC"
+qemu-img compare -f vmdk -F qcow2 "$W/out/ovavm-disk0.vmdk" "$KUMO_LAB_DIR/shared/disks/ovavm/disk0.qcow2" >/dev/null ||
+	fail "the exported disk differs from the VM's"
+export_vm ovavm qcow2 "$W/out.qcow2"
+[ "$STATUS" = 200 ] && qemu-img compare -f qcow2 -F qcow2 "$W/out.qcow2" "$KUMO_LAB_DIR/shared/disks/ovavm/disk0.qcow2" >/dev/null ||
+	fail "the qcow2 export differs from the VM's disk (HTTP $STATUS)"
+pass "export: an OVA (OVF, stream-optimized VMDK, SHA-256 manifest) and a qcow2 equal to the VM's disk"
+
+cp "$W/out.ova" "$W/roundtrip.ova"
+upload roundtrip ovaimg2
+[ "$STATUS" = 202 ] || fail "re-import of the export: HTTP $STATUS"
+wait_op "$(jqb .id)" 180
+op_ok
+create=$(jqb '.result.instance + {"name": "ovavm2"}')
+[ "$(jq -c '{vcpus, memory, bus: .disks[0].bus, model: .nics[0].model, mac: .nics[0].mac}' <<<"$create")" = \
+	'{"vcpus":2,"memory":{"mb":256},"bus":"sata","model":"e1000","mac":"'$MAC'"}' ] ||
+	fail "the round trip changed the hardware: $create"
+api DELETE "/api/v1/instances/ovavm?force=1"
+wait_until 120 "ovavm deleted" gone ovavm
+vm_create "$create"
+wait_until 240 "the round-trip VM boots" console_has ovavm2 KUMO-GUEST-READY
+console ovavm2 | grep -q "KUMO-BOOT count=2" || fail "the round-trip VM is not the disk's second boot: $(console ovavm2 | grep KUMO-BOOT)"
+pass "export then import: the same hardware, and the VM boots the same disk (its second boot)"
