@@ -545,6 +545,7 @@ int p2v_session_cancel(const char *id, struct kerr *err);
 
 /* ova.c: V2V import of an OVA upload */
 enum MHD_Result ova_import_start(struct request *req, const char *name);
+int ova_check(const char *path, const char *dir, struct json_object **out, char *why, size_t len);
 enum MHD_Result api_instance_export(struct request *req);
 
 /* api_ops.c */

@@ -549,6 +549,45 @@ static void check_work_cb(uv_work_t *w)
 		ovf_parse(im);
 }
 
+static struct json_object *instance_body(struct ova_import *im);
+
+/*
+ * The check an upload gets, on the OVA at path, its members copied into dir (made here,
+ * removed before returning): 0 and *out {"instance": create body with disk files as
+ * "file", "notes": [...]} (a new reference), or -1 with why. Blocks: for a worker
+ * thread or a test, never the loop.
+ */
+int ova_check(const char *path, const char *dir, struct json_object **out, char *why, size_t len)
+{
+	struct ova_import *im = xcalloc(1, sizeof(*im));
+	int ret;
+
+	xmlInitParser();
+	im->dir = xstrdup(dir);
+	im->upload = xstrdup(path);
+	im->notes = json_object_new_array();
+	im->work.data = im;
+	check_work_cb(&im->work);
+	ret = im->error[0] ? -1 : 0;
+	if (ret < 0) {
+		snprintf(why, len, "%s", im->error);
+	} else {
+		struct json_object *body = instance_body(im);
+		struct json_object *d = json_object_object_get(body, "disks");
+
+		for (int i = 0; i < im->ndisks; i++)
+			json_object_object_add(json_object_array_get_idx(d, (size_t)i), "file",
+					       json_object_new_string(im->disks[i].file));
+		*out = json_object_new_object();
+		json_object_object_add(*out, "instance", body);
+		json_object_object_add(*out, "notes", json_object_get(im->notes));
+	}
+	free(im->upload); /* the caller's file */
+	im->upload = NULL;
+	ova_free(im);
+	return ret;
+}
+
 /* ---- after the answer: qemu-img per disk, then record ---- */
 
 static void import_fail(struct ova_import *im, const char *fmt, ...)

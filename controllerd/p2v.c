@@ -995,6 +995,9 @@ static enum MHD_Result cut_create(struct request *req)
 	ret = api_instances_create(req);
 	if (req->status == 202) {
 		s->state = P2V_DONE;
+		/* Its files are images now; the empty directory goes with them. */
+		if (rmdir(s->dir) == 0)
+			s->dir[0] = '\0';
 		session_end(s, "succeeded", NULL);
 	} else {
 		snprintf(s->error, sizeof(s->error), "the VM could not be created (HTTP %u)",

@@ -215,10 +215,10 @@ put_chunk 12345 "$W/chunk" "$h"
 api GET "/api/v1/p2v/$SID"
 [ "$(jqb .chunks_stored)" = 0 ] && [ "$(jqb .chunks_rejected)" = 1 ] ||
 	fail "a refused chunk was stored (stored $(jqb .chunks_stored), rejected $(jqb .chunks_rejected))"
+op=$(jqb .operation)
 [ "$(stat -c %b "$KUMO_LAB_DIR/shared/p2v/$SID/root.raw")" = 0 ] || fail "a refused chunk reached the disk file"
 put_chunk 0 "$W/chunk" "$h"
 [ "$STATUS" = 204 ] || fail "a good chunk: HTTP $STATUS $BODY"
-op=$(jqb .operation)
 api DELETE "/api/v1/p2v/$SID"
 expect_status 204
 [ ! -e "$KUMO_LAB_DIR/shared/p2v/$SID" ] || fail "DELETE left the session's files"
@@ -236,7 +236,9 @@ pass "wrong, foreign, used and expired tokens 401; bad hash, offset and size 400
 head -c $((48 * MB)) /dev/urandom >"$W/big.raw"
 truncate -s $((64 * MB)) "$W/big.raw"
 session p2vresume $((64 * MB))
-p2v --disk "$W/big.raw" --json >/dev/null 2>"$W/resume1.log" &
+# Not through p2v(): $! must be kumo-p2v itself, not a subshell around it.
+"$P2V" --url "$KUMO_URL/api/v1/p2v/$SID" --token "$TOKEN" --cacert "$KUMO_CACERT" \
+	--disk "$W/big.raw" --json >/dev/null 2>"$W/resume1.log" &
 client=$!
 stored() { api GET "/api/v1/p2v/$SID" && [ "$(jqb .chunks_stored)" -ge "$1" ]; }
 wait_until 120 "a few chunks stored" stored 4
