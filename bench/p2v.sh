@@ -24,6 +24,7 @@ while [ $# -gt 0 ]; do
 done
 eval "$("$src/deploy/lab" --name "$lab_name" env)"
 build=${KUMO_BUILD_DIR:-$src/build}
+p2v_bin=${KUMO_P2V:-$build/tools/kumo-p2v} # a build without sanitizers measures better
 token=$(cat "$KUMO_TOKEN_FILE")
 w=$KUMO_LAB_DIR/p2v-bench
 k() { curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $token" "$@"; }
@@ -75,7 +76,7 @@ cat >"$w/freeze.sh" <<EOF
 kill -STOP $writer
 EOF
 chmod +x "$w/freeze.sh"
-"$build/tools/kumo-p2v" --url "$KUMO_URL/api/v1/p2v/$sid" --token "$(jq -r .token <<<"$s")" \
+"$p2v_bin" --url "$KUMO_URL/api/v1/p2v/$sid" --token "$(jq -r .token <<<"$s")" \
 	--cacert "$KUMO_CACERT" --disk "$w/disk.raw" --warm --max-passes 3 --small 2 \
 	--freeze-cmd "$w/freeze.sh" --cutover --json >"$w/out.json" 2>/dev/null
 p2v_rate=$(jq '.passes[0].bytes_sent / .passes[0].seconds / 1048576 * 10 | round / 10' "$w/out.json")

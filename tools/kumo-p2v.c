@@ -24,6 +24,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,30 +43,33 @@
 #define REPLY_MAX    (64 << 20)
 #define HEADER_MAX   16384
 #define IO_TIMEOUT_S 120
+#define PARALLEL_MAX 16
 
 struct options {
 	char *url, *token, *cacert;
 	bool insecure, warm, cutover, start, poweroff, resume, json;
 	int max_passes;
-	long small; /* a warm pass that changes at most this many chunks is the last before
-		       the freeze */
+	int parallel; /* chunks in flight */
+	long small;   /* a warm pass that changes at most this many chunks is the last before
+			 the freeze */
 	char *freeze_cmd, *poweroff_cmd;
 	int ndisks;
 	char *disk_name[DISKS_MAX], *disk_path[DISKS_MAX];
 };
 
-static struct options opt = {.max_passes = 8, .small = -1};
+static struct options opt = {.max_passes = 8, .small = -1, .parallel = 4};
 
 /* The controller, as parsed from --url. */
 static char scheme[8], host[256], port[8], base_path[512];
 
 struct conn {
 	int fd;
-	SSL_CTX *ctx;
 	SSL *ssl;
 };
 
-static struct conn conn = {.fd = -1};
+static SSL_CTX *tls_ctx;
+/* One connection per worker thread (pass_worker). */
+static __thread struct conn conn = {.fd = -1};
 
 static double now_s(void)
 {
@@ -156,7 +160,7 @@ static int conn_open(void)
 	}
 	if (strcmp(scheme, "https"))
 		return 0;
-	conn.ssl = SSL_new(conn.ctx);
+	conn.ssl = SSL_new(tls_ctx);
 	SSL_set_fd(conn.ssl, conn.fd);
 	SSL_set_tlsext_host_name(conn.ssl, host);
 	/* The controller's name or address must be in its certificate. */
@@ -386,10 +390,111 @@ static void progress(const struct pass_stats *p, const char *disk, bool last)
 }
 
 /* Hash every chunk of every disk; send those the controller holds differently. */
+/* What the workers of one pass share: the next chunk to look at, the counters. */
+struct pass_work {
+	struct pass_stats *p;
+	pthread_mutex_t lock;
+	int disk;
+	int64_t next; /* chunk index in disk */
+};
+
+/* Take the next chunk of the pass (under the lock); false when there is none. */
+static bool chunk_take(struct pass_work *pw, int *disk, int64_t *c)
+{
+	while (pw->disk < ndisks) {
+		struct disk *d = &disks[pw->disk];
+
+		if (pw->next * chunk_size < d->size) {
+			*disk = pw->disk;
+			*c = pw->next++;
+			return true;
+		}
+		progress(pw->p, d->name, true);
+		pw->disk++;
+		pw->next = 0;
+	}
+	return false;
+}
+
+/* A worker: its own connection (conn is per thread), chunks until none is left. */
+static void *pass_worker(void *arg)
+{
+	struct pass_work *pw = arg;
+	_cleanup_free_ char *buf = xmalloc((size_t)chunk_size);
+	struct reply r = {0};
+	int64_t c;
+	int i;
+
+	for (;;) {
+		struct disk *d;
+		int64_t off;
+		size_t len, got = 0, z;
+		const char *have;
+		unsigned char md[32];
+		char hex[65];
+		bool send = true;
+
+		pthread_mutex_lock(&pw->lock);
+		if (!chunk_take(pw, &i, &c)) {
+			pthread_mutex_unlock(&pw->lock);
+			break;
+		}
+		pthread_mutex_unlock(&pw->lock);
+		d = &disks[i];
+		off = c * chunk_size;
+		len = (size_t)(d->size - off < chunk_size ? d->size - off : chunk_size);
+		have = json_object_get_string(json_object_array_get_idx(d->hashes, (size_t)c));
+		while (got < len) {
+			ssize_t n = pread(d->fd, buf + got, len - got, off + (off_t)got);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				die("%s: read at %lld failed: %s", d->path,
+				    (long long)(off + (off_t)got), n ? strerror(errno) : "EOF");
+			got += (size_t)n;
+		}
+		for (z = 0; z < len && buf[z] == 0; z++)
+			;
+		/* An all-zero chunk the controller holds as zero: never sent. */
+		if (z == len && (have == NULL || have[0] == '\0')) {
+			send = false;
+		} else {
+			sha256(buf, len, md);
+			hex_encode(md, 32, hex);
+			send = !(have && !strcmp(have, hex));
+		}
+		if (send) {
+			_cleanup_free_ char *cpath =
+				xasprintf("%s/disks/%s/chunks/%lld?sha256=%s", base_path, d->name,
+					  (long long)off, hex);
+
+			http_call("PUT", cpath, "application/octet-stream", buf, len, &r);
+			if (r.status != 204)
+				die("chunk %lld of %s: HTTP %d: %s", (long long)off, d->name,
+				    r.status, r.body);
+			free(r.body);
+		}
+		pthread_mutex_lock(&pw->lock);
+		pw->p->chunks_scanned++;
+		pw->p->bytes_scanned += (int64_t)len;
+		if (send) {
+			pw->p->chunks_sent++;
+			pw->p->bytes_sent += (int64_t)len;
+		}
+		progress(pw->p, d->name, false);
+		pthread_mutex_unlock(&pw->lock);
+	}
+	conn_close();
+	return NULL;
+}
+
+/* Hash every chunk of every disk; send those the controller holds differently. */
 static void pass_run(struct pass_stats *p, bool resume)
 {
 	_cleanup_free_ char *path = xasprintf("%s/passes%s", base_path, resume ? "?resume=1" : "");
-	_cleanup_free_ char *buf = NULL;
+	struct pass_work pw = {.p = p};
+	pthread_t workers[PARALLEL_MAX];
 	struct json_object *o;
 	struct reply r = {0};
 	struct kerr err;
@@ -403,68 +508,21 @@ static void pass_run(struct pass_stats *p, bool resume)
 	chunk_size = json_get_int(o, "chunk_size", 0);
 	if (chunk_size <= 0 || chunk_size > (64 << 20))
 		die("the controller's chunk size %lld is unusable", (long long)chunk_size);
-	buf = xmalloc((size_t)chunk_size);
 	disks_bind(json_object_object_get(o, "disks"));
 	memset(p, 0, sizeof(*p));
 	p->pass = (int)json_get_int(o, "pass", 0);
 	p->started = now_s();
 	for (int i = 0; i < ndisks; i++)
 		p->total_bytes += disks[i].size;
-	for (int i = 0; i < ndisks; i++) {
-		struct disk *d = &disks[i];
-
-		for (int64_t off = 0, c = 0; off < d->size; off += chunk_size, c++) {
-			size_t len =
-				(size_t)(d->size - off < chunk_size ? d->size - off : chunk_size);
-			const char *have = json_object_get_string(
-				json_object_array_get_idx(d->hashes, (size_t)c));
-			unsigned char md[32];
-			char hex[65];
-			size_t got = 0, z;
-
-			while (got < len) {
-				ssize_t n = pread(d->fd, buf + got, len - got, off + (off_t)got);
-
-				if (n < 0 && errno == EINTR)
-					continue;
-				if (n <= 0)
-					die("%s: read at %lld failed: %s", d->path,
-					    (long long)(off + (off_t)got),
-					    n ? strerror(errno) : "EOF");
-				got += (size_t)n;
-			}
-			p->chunks_scanned++;
-			p->bytes_scanned += (int64_t)len;
-			for (z = 0; z < len && buf[z] == 0; z++)
-				;
-			/* An all-zero chunk the controller holds as zero: never sent. */
-			if (z == len && (have == NULL || have[0] == '\0')) {
-				progress(p, d->name, false);
-				continue;
-			}
-			sha256(buf, len, md);
-			hex_encode(md, 32, hex);
-			if (have && !strcmp(have, hex)) {
-				progress(p, d->name, false);
-				continue;
-			}
-			{
-				_cleanup_free_ char *cpath =
-					xasprintf("%s/disks/%s/chunks/%lld?sha256=%s", base_path,
-						  d->name, (long long)off, hex);
-
-				http_call("PUT", cpath, "application/octet-stream", buf, len, &r);
-				if (r.status != 204)
-					die("chunk %lld of %s: HTTP %d: %s", (long long)off,
-					    d->name, r.status, r.body);
-				free(r.body);
-			}
-			p->chunks_sent++;
-			p->bytes_sent += (int64_t)len;
-			progress(p, d->name, false);
-		}
-		progress(p, d->name, true);
-	}
+	/* Several chunks in flight: the controller hashes and writes them on its worker
+	 * threads while the next ones are read and hashed here. */
+	pthread_mutex_init(&pw.lock, NULL);
+	for (int i = 0; i < opt.parallel; i++)
+		if (pthread_create(&workers[i], NULL, pass_worker, &pw) != 0)
+			die("cannot start a worker thread");
+	for (int i = 0; i < opt.parallel; i++)
+		pthread_join(workers[i], NULL);
+	pthread_mutex_destroy(&pw.lock);
 	p->ended = now_s();
 	json_object_put(o);
 }
@@ -530,6 +588,7 @@ int main(int argc, char **argv)
 		{"poweroff", no_argument, NULL, 'P'},
 		{"poweroff-cmd", required_argument, NULL, 'p'},
 		{"json", no_argument, NULL, 'j'},
+		{"parallel", required_argument, NULL, 'n'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -592,6 +651,9 @@ int main(int argc, char **argv)
 		case 'j':
 			opt.json = true;
 			break;
+		case 'n':
+			opt.parallel = atoi(optarg);
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -610,17 +672,19 @@ int main(int argc, char **argv)
 		die("--token is not a Kumo token");
 	if (opt.max_passes < 1 || opt.max_passes > 60)
 		die("--max-passes must be 1..60");
+	if (opt.parallel < 1 || opt.parallel > PARALLEL_MAX)
+		die("--parallel must be 1..%d", PARALLEL_MAX);
 	url_parse(opt.url);
 	if (!strcmp(scheme, "https")) {
-		conn.ctx = SSL_CTX_new(TLS_client_method());
-		SSL_CTX_set_min_proto_version(conn.ctx, TLS1_2_VERSION);
+		tls_ctx = SSL_CTX_new(TLS_client_method());
+		SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
 		if (opt.insecure)
-			SSL_CTX_set_verify(conn.ctx, SSL_VERIFY_NONE, NULL);
+			SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
 		else {
-			SSL_CTX_set_verify(conn.ctx, SSL_VERIFY_PEER, NULL);
+			SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
 			if (opt.cacert
-				    ? SSL_CTX_load_verify_locations(conn.ctx, opt.cacert, NULL) != 1
-				    : SSL_CTX_set_default_verify_paths(conn.ctx) != 1)
+				    ? SSL_CTX_load_verify_locations(tls_ctx, opt.cacert, NULL) != 1
+				    : SSL_CTX_set_default_verify_paths(tls_ctx) != 1)
 				die("cannot load the CA certificates %s",
 				    opt.cacert ? opt.cacert : "(system)");
 		}

@@ -251,7 +251,10 @@ p2v --disk "$W/big.raw" --resume --json >"$W/resume2.json" 2>"$W/resume2.log" ||
 again=$(jq '.passes[0].chunks_sent' "$W/resume2.json")
 api GET "/api/v1/p2v/$SID"
 [ "$(jqb .chunks_stored)" = 48 ] || fail "48 data chunks, $(jqb .chunks_stored) stored: some were sent twice"
-[ "$((before + again))" = 48 ] || fail "$before before the kill + $again after != 48"
+# Chunks whose body was whole when the client died may still be stored after the
+# count above; they are not resent either.
+[ "$again" -le $((48 - before)) ] && [ "$again" -gt 0 ] ||
+	fail "$before stored before the kill, yet the resumed run sent $again"
 [ "$(jqb .passes)" = 1 ] || fail "the resumed run started a new pass"
 api DELETE "/api/v1/p2v/$SID"
 pass "killed after $before chunks, the resumed run sent the other $again and nothing twice"
