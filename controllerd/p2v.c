@@ -22,10 +22,10 @@
  * through the instance create path, with the session's hardware.
  *
  * A session is an operation (kind p2v-ingest, target p2v/{id}) with progress, a
- * deadline (deadline_s) and a cancel (p2v_session_cancel, also DELETE). Sessions live in
- * memory: a controller restart forgets them and the source must start a new one; the
- * operation is then left running until cancelled (the generic cancel route is built by
- * the jobs work).
+ * deadline (deadline_s) and a cancel (p2v_session_cancel, also DELETE; the generic
+ * cancel route the jobs work builds can call it). Sessions live in memory: a restarted
+ * controller forgets them (ops_resume fails their operations as interrupted, and what
+ * they received stays under p2v/ on the pool) and the source must start a new one.
  */
 #include <errno.h>
 #include <fcntl.h>
