@@ -26,7 +26,7 @@
 #define IMAGE_MAX_VIRTUAL (16LL << 40)
 #define IMAGE_DIR	  "images"
 
-static const char *const formats[] = {"qcow2", "raw", "vmdk", "vhdx", "vdi", "vpc", NULL};
+static const char *const formats[] = {"qcow2", "raw", "vmdk", "vhdx", "vdi", "vpc", "ova", NULL};
 
 struct import {
 	char op[LINK_OP_ID_MAX + 1];
@@ -297,6 +297,40 @@ static void hash_done_cb(uv_work_t *w, int status)
 	import_free(im);
 }
 
+/*
+ * Record a self-contained qcow2 file already at rel (relative to the shared pool) as VM
+ * image name, signed like an upload's; p2v.c's cutover stores received disks this way.
+ * Returns 0, or -1 with err; the file stays the caller's on failure.
+ */
+int images_record(const char *name, const char *rel, const char *source_format,
+		  int64_t virtual_size, int64_t file_size, const char *sha256, struct kerr *err)
+{
+	sqlite3_stmt *st;
+	char sig[65];
+	int rc;
+
+	st = db_prepare(ctl.db,
+			"INSERT INTO images (name, kind, format, source_format, virtual_size, "
+			"file_size, sha256, path, created_at, sig) "
+			"VALUES (?, 'vm', 'qcow2', ?, ?, ?, ?, ?, ?, ?)");
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, source_format, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, virtual_size);
+	sqlite3_bind_int64(st, 4, file_size);
+	sqlite3_bind_text(st, 5, sha256, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, rel, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, now_ms());
+	image_sig(name, rel, sha256, file_size, sig);
+	sqlite3_bind_text(st, 8, sig, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record the image %s: %s", name,
+			       sqlite3_errmsg(ctl.db));
+	log_info("image %s: recorded (%lld bytes virtual)", name, (long long)virtual_size);
+	return 0;
+}
+
 static void import_hash(struct import *im)
 {
 	op_update(im->op, "running", 80, "hashing", NULL, NULL);
@@ -531,7 +565,7 @@ static enum MHD_Result upload_begin(struct request *req)
 	if (formats[i] == NULL)
 		return http_reply_error(
 			req, 400, "format",
-			"format must be qcow2, raw, vmdk, vhdx, vdi, vpc, oci-archive or "
+			"format must be qcow2, raw, vmdk, vhdx, vdi, vpc, ova, oci-archive or "
 			"docker-archive, not '%.32s'",
 			format);
 	if (image_name_taken(name))
@@ -810,6 +844,8 @@ enum MHD_Result api_images_upload(struct request *req)
 	req->upload_fd = -1;
 	if (format_is_oci(format))
 		return oci_import_start(req, name, format);
+	if (format && !strcmp(format, "ova")) /* V2V import: ova.c */
+		return ova_import_start(req, name);
 	if (format == NULL)
 		format = "qcow2";
 	args = json_object_new_object();

@@ -409,6 +409,8 @@ struct request {
 	/* What the registry token it came with grants; NULL for an API token
 	 * (registry_auth.c). */
 	struct json_object *registry_access;
+	/* A chunk of a p2v ingest on its way in (p2v.c). */
+	struct p2v_chunk *p2v_chunk;
 };
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
@@ -522,10 +524,29 @@ void api_instances_forget(struct request *req);
 void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);
 
+int images_record(const char *name, const char *rel, const char *source_format,
+		  int64_t virtual_size, int64_t file_size, const char *sha256, struct kerr *err);
 enum MHD_Result api_images_upload(struct request *req);
 enum MHD_Result api_images_list(struct request *req);
 enum MHD_Result api_image_get(struct request *req);
 enum MHD_Result api_image_delete(struct request *req);
+
+/* p2v.c: ingest sessions (P2V and V2V) and their cutover */
+extern const struct stream_ops api_p2v_ingest;
+extern const struct stream_ops api_p2v_chunks;
+enum MHD_Result api_p2v_create(struct request *req);
+enum MHD_Result api_p2v_list(struct request *req);
+enum MHD_Result api_p2v_get(struct request *req);
+enum MHD_Result api_p2v_delete(struct request *req);
+enum MHD_Result api_p2v_pass_start(struct request *req);
+enum MHD_Result api_p2v_chunk_put(struct request *req);
+enum MHD_Result api_p2v_action(struct request *req);
+int p2v_session_cancel(const char *id, struct kerr *err);
+
+/* ova.c: V2V import of an OVA upload */
+enum MHD_Result ova_import_start(struct request *req, const char *name);
+int ova_check(const char *path, const char *dir, struct json_object **out, char *why, size_t len);
+enum MHD_Result api_instance_export(struct request *req);
 
 /* api_ops.c */
 enum MHD_Result api_ops_list(struct request *req);

@@ -55,6 +55,8 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/instances/{}/console", ROLE_OPERATOR, "bytes", api_instance_console, NULL},
 	{"GET", "/api/v1/instances/{}/logs", ROLE_OPERATOR, "tail,follow", api_instance_logs, NULL},
 	{"POST", "/api/v1/instances/{}/exec", ROLE_OPERATOR, "", api_instance_exec, NULL},
+	{"GET", "/api/v1/instances/{}/export", ROLE_OPERATOR, "format", api_instance_export,
+	 NULL}, /* V2V export (ova.c) */
 	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, NULL},
 	{"GET", "/api/v1/instances/{}/snapshots", ROLE_VIEWER, "", api_snapshots_list, NULL},
 	{"POST", "/api/v1/instances/{}/snapshots/{}/actions/revert", ROLE_OPERATOR, "",
@@ -77,6 +79,16 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/security-groups/{}", ROLE_VIEWER, "", api_secgroup_get, NULL},
 	{"PUT", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_put, NULL},
 	{"DELETE", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_delete, NULL},
+	/* P2V ingest (p2v.c): the source's routes take the session's ingest token. */
+	{"POST", "/api/v1/p2v", ROLE_OPERATOR, "", api_p2v_create, NULL},
+	{"GET", "/api/v1/p2v", ROLE_VIEWER, "", api_p2v_list, NULL},
+	{"GET", "/api/v1/p2v/{}", ROLE_VIEWER, "", api_p2v_get, &api_p2v_ingest},
+	{"DELETE", "/api/v1/p2v/{}", ROLE_OPERATOR, "", api_p2v_delete, NULL},
+	{"POST", "/api/v1/p2v/{}/passes", ROLE_OPERATOR, "resume", api_p2v_pass_start,
+	 &api_p2v_ingest},
+	{"PUT", "/api/v1/p2v/{}/disks/*", ROLE_OPERATOR, "sha256", api_p2v_chunk_put,
+	 &api_p2v_chunks},
+	{"POST", "/api/v1/p2v/{}/actions/{}", ROLE_OPERATOR, "", api_p2v_action, &api_p2v_ingest},
 	/* The OCI registry (registry.c) parses the rest of its paths itself; its token
 	 * endpoint (registry_auth.c) checks the credentials it is sent on its own. */
 	{"GET", "/v2/token", ROLE_NONE, "service,scope,account,client_id,offline_token",

@@ -1,0 +1,1197 @@
+/*
+ * p2v.c - /api/v1/p2v: ingest sessions that bring a physical (or foreign virtual)
+ * machine's disks into the cluster, and the cutover that makes them a VM.
+ *
+ * A session declares its disks and hardware and gets a one-time ingest token, scoped to
+ * that session and expiring, that kumo-p2v on the source presents. The source sends each
+ * disk in fixed chunks (P2V_CHUNK bytes, the last one shorter) with each chunk's SHA-256:
+ *
+ *   POST /api/v1/p2v/{id}/passes           start a pass (?resume=1: continue the current
+ *                                          one); answers the hash the controller holds
+ *                                          for every chunk ("" = all zero)
+ *   PUT  /api/v1/p2v/{id}/disks/{disk}/chunks/{offset}?sha256=HEX
+ *   POST /api/v1/p2v/{id}/actions/cutover  the VM is created from what was received
+ *
+ * The source sends only chunks whose hash differs from the controller's, so all-zero
+ * chunks of a new disk are never sent (the received file starts sparse, all zero), a
+ * warm pass sends only what changed since, and a source that lost its connection asks
+ * for the hashes again and resends nothing that was stored. Chunks land in a sparse raw
+ * file per disk on the shared pool, hashed and written off the loop (uv_queue_work);
+ * an all-zero chunk punches a hole instead. The cutover converts each file to a sparse
+ * qcow2 image (qemu-img, a child process), records it as an image and creates the VM
+ * through the instance create path, with the session's hardware.
+ *
+ * A session is an operation (kind p2v-ingest, target p2v/{id}) with progress, a
+ * deadline (deadline_s) and a cancel (p2v_session_cancel, also DELETE; the generic
+ * cancel route the jobs work builds can call it). Sessions live in memory: a restarted
+ * controller forgets them (ops_resume fails their operations as interrupted, and what
+ * they received stays under p2v/ on the pool) and the source must start a new one.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "token.h"
+#include "util.h"
+#include "valid.h"
+
+#define P2V_CHUNK	   (1 << 20)
+#define P2V_DISKS_MAX	   8
+#define P2V_NICS_MAX	   8
+#define P2V_DISK_MAX_BYTES (16LL << 40)
+#define P2V_DIR		   "p2v"
+#define P2V_TTL_DEFAULT	   86400
+#define P2V_TTL_MAX	   (7 * 86400)
+#define P2V_PASSES_MAX	   64
+
+enum p2v_state {
+	P2V_RECEIVING,
+	P2V_CUTTING_OVER,
+	P2V_DONE,
+	P2V_FAILED,
+};
+
+static const char *const state_names[] = {
+	[P2V_RECEIVING] = "receiving",
+	[P2V_CUTTING_OVER] = "cutting-over",
+	[P2V_DONE] = "done",
+	[P2V_FAILED] = "failed",
+};
+
+struct p2v_disk {
+	char name[NAME_MAX_LEN + 1];
+	char bus[8];
+	int64_t size;
+	char *path; /* the sparse raw file on the shared pool */
+	int fd;
+	uint32_t nchunks;
+	unsigned char (*hash)[32]; /* what is stored per chunk */
+	uint8_t *has_data;	   /* 0: all zero (a hole), 1: hash holds */
+	char image[NAME_MAX_LEN + 1];
+};
+
+struct p2v_pass {
+	int64_t chunks, bytes, zero_chunks;
+	int64_t started_at, ended_at; /* ms */
+};
+
+struct p2v_session {
+	char id[17];
+	char name[NAME_MAX_LEN + 1]; /* the VM it becomes */
+	char token_digest[TOKEN_DIGEST_LEN + 1];
+	char op[LINK_OP_ID_MAX + 1];
+	enum p2v_state state;
+	char error[256];
+	int64_t created_at, token_expires_at, deadline; /* ms */
+	struct json_object *hardware;
+	char dir[512];
+	int ndisks;
+	struct p2v_disk disks[P2V_DISKS_MAX];
+	int npasses;
+	struct p2v_pass passes[P2V_PASSES_MAX];
+	int64_t bytes_received, chunks_stored, chunks_rejected;
+	int64_t first_chunk_at, last_chunk_at;
+	int busy;	/* chunk writes and cutover steps in flight */
+	bool removing;	/* freed once busy drops to 0 */
+	int cut_disk;	/* the disk the cutover converts */
+	bool cut_start; /* start the VM after the cutover */
+	struct json_object *notes;
+	struct request *cut_req;
+	struct p2v_session *next;
+};
+
+static struct p2v_session *sessions;
+static uv_timer_t p2v_timer;
+static bool p2v_timer_on;
+
+/* ---- sessions ---- */
+
+static struct p2v_session *session_find(const char *id)
+{
+	for (struct p2v_session *s = sessions; s; s = s->next)
+		if (!strcmp(s->id, id))
+			return s;
+	return NULL;
+}
+
+static void session_free(struct p2v_session *s)
+{
+	for (int i = 0; i < s->ndisks; i++) {
+		struct p2v_disk *d = &s->disks[i];
+
+		if (d->fd >= 0)
+			close(d->fd);
+		if (d->path)
+			unlink(d->path);
+		free(d->path);
+		free(d->hash);
+		free(d->has_data);
+	}
+	if (s->dir[0])
+		rmdir(s->dir);
+	json_object_put(s->hardware);
+	json_object_put(s->notes);
+	free(s);
+}
+
+/* Unlink s from the list and free it now, or when its last write has come back. */
+static void session_remove(struct p2v_session *s)
+{
+	for (struct p2v_session **pp = &sessions; *pp; pp = &(*pp)->next)
+		if (*pp == s) {
+			*pp = s->next;
+			break;
+		}
+	s->next = NULL;
+	s->removing = true;
+	if (s->busy == 0)
+		session_free(s);
+}
+
+static void session_unbusy(struct p2v_session *s)
+{
+	if (--s->busy == 0 && s->removing)
+		session_free(s);
+}
+
+static int64_t session_rate(const struct p2v_session *s)
+{
+	int64_t ms = s->last_chunk_at - s->first_chunk_at;
+
+	return ms > 0 ? s->bytes_received * 1000 / ms : 0;
+}
+
+static struct json_object *pass_json(const struct p2v_pass *p, int n)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "pass", json_object_new_int(n));
+	json_object_object_add(o, "chunks_changed", json_object_new_int64(p->chunks));
+	json_object_object_add(o, "bytes", json_object_new_int64(p->bytes));
+	json_object_object_add(o, "zero_chunks", json_object_new_int64(p->zero_chunks));
+	json_object_object_add(o, "started_at", json_object_new_int64(p->started_at));
+	json_object_object_add(o, "ended_at",
+			       p->ended_at ? json_object_new_int64(p->ended_at) : NULL);
+	return o;
+}
+
+/* The session as the API shows it (new reference); never its token. */
+static struct json_object *session_json(const struct p2v_session *s)
+{
+	struct json_object *o = json_object_new_object(), *disks = json_object_new_array();
+	struct json_object *passes = json_object_new_array();
+	char url[64];
+
+	snprintf(url, sizeof(url), "/api/v1/p2v/%s", s->id);
+	json_object_object_add(o, "id", json_object_new_string(s->id));
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "state", json_object_new_string(state_names[s->state]));
+	if (s->error[0])
+		json_object_object_add(o, "error", json_object_new_string(s->error));
+	json_object_object_add(o, "operation", json_object_new_string(s->op));
+	json_object_object_add(o, "url", json_object_new_string(url));
+	json_object_object_add(o, "chunk_size", json_object_new_int(P2V_CHUNK));
+	json_object_object_add(o, "created_at", json_object_new_int64(s->created_at));
+	json_object_object_add(o, "token_expires_at", json_object_new_int64(s->token_expires_at));
+	json_object_object_add(o, "deadline", json_object_new_int64(s->deadline));
+	json_object_object_add(o, "bytes_received", json_object_new_int64(s->bytes_received));
+	json_object_object_add(o, "chunks_stored", json_object_new_int64(s->chunks_stored));
+	json_object_object_add(o, "chunks_rejected", json_object_new_int64(s->chunks_rejected));
+	json_object_object_add(o, "rate_bytes_per_s", json_object_new_int64(session_rate(s)));
+	json_object_object_add(o, "passes", json_object_new_int(s->npasses));
+	json_object_object_add(
+		o, "chunks_changed_last_pass",
+		json_object_new_int64(s->npasses ? s->passes[s->npasses - 1].chunks : 0));
+	for (int i = 0; i < s->npasses; i++)
+		json_object_array_add(passes, pass_json(&s->passes[i], i + 1));
+	json_object_object_add(o, "pass_history", passes);
+	for (int i = 0; i < s->ndisks; i++) {
+		const struct p2v_disk *d = &s->disks[i];
+		struct json_object *dj = json_object_new_object();
+		int64_t held = 0;
+
+		for (uint32_t c = 0; c < d->nchunks; c++)
+			held += d->has_data[c];
+		json_object_object_add(dj, "name", json_object_new_string(d->name));
+		json_object_object_add(dj, "size_bytes", json_object_new_int64(d->size));
+		json_object_object_add(dj, "bus", json_object_new_string(d->bus));
+		json_object_object_add(dj, "chunks", json_object_new_int64(d->nchunks));
+		json_object_object_add(dj, "chunks_with_data", json_object_new_int64(held));
+		if (d->image[0])
+			json_object_object_add(dj, "image", json_object_new_string(d->image));
+		json_object_array_add(disks, dj);
+	}
+	json_object_object_add(o, "disks", disks);
+	json_object_object_add(o, "hardware", json_object_get(s->hardware));
+	if (s->notes)
+		json_object_object_add(o, "notes", json_object_get(s->notes));
+	return o;
+}
+
+/* Record where the operation is: progress by passes, bytes in the phase text. */
+static void session_op_progress(struct p2v_session *s, const char *phase)
+{
+	op_update(s->op, "running", s->npasses > 0 ? 10 : 0, phase, NULL, NULL);
+}
+
+/*
+ * End session s: its operation ends with status ("succeeded", "failed" or "cancelled")
+ * and why, its received files go, and it leaves the list (freed when idle).
+ */
+static void session_end(struct p2v_session *s, const char *status, const char *why)
+{
+	struct json_object *res = json_object_new_object();
+
+	json_object_object_add(res, "session", session_json(s));
+	op_update(s->op, status, !strcmp(status, "succeeded") ? 100 : -1, status, res, why);
+	log_info("p2v %s (%s): %s%s%s", s->id, s->name, status, why ? ": " : "", why ? why : "");
+	/* A cut-over session stays visible (its passes, its images) until deleted or its
+	 * deadline; its token opens nothing any more. */
+	if (s->state == P2V_DONE)
+		return;
+	session_remove(s);
+}
+
+/*
+ * Cancel the ingest session id: its operation becomes cancelled and everything it
+ * received is removed. Returns 0, or -1 with err (404 when there is no such session,
+ * 409 while it is cutting over). The jobs work's generic cancel route can call this.
+ */
+int p2v_session_cancel(const char *id, struct kerr *err)
+{
+	struct p2v_session *s = session_find(id);
+
+	if (s == NULL)
+		return err_input(err, 404, NULL, "no p2v session %s", id);
+	if (s->state == P2V_CUTTING_OVER)
+		return err_input(err, 409, NULL, "p2v session %s is cutting over", id);
+	if (s->state == P2V_RECEIVING)
+		session_end(s, "cancelled", "the session was abandoned");
+	else
+		session_remove(s);
+	return 0;
+}
+
+/* Once a second while sessions exist: deadlines pass, expired done sessions go. */
+static void p2v_timer_cb(uv_timer_t *t)
+{
+	int64_t now = now_ms();
+
+	for (struct p2v_session *s = sessions, *next; s; s = next) {
+		next = s->next;
+		if (s->state == P2V_RECEIVING && now > s->deadline)
+			session_end(s, "failed", "timed out: the session passed its deadline");
+		else if (s->state != P2V_RECEIVING && s->state != P2V_CUTTING_OVER &&
+			 now > s->deadline)
+			session_remove(s);
+	}
+}
+
+static void timer_ensure(void)
+{
+	if (p2v_timer_on)
+		return;
+	uv_timer_init(ctl.loop, &p2v_timer);
+	uv_unref((uv_handle_t *)&p2v_timer); /* never what keeps the loop up */
+	uv_timer_start(&p2v_timer, p2v_timer_cb, 1000, 1000);
+	p2v_timer_on = true;
+}
+
+/* ---- create ---- */
+
+static int disk_size_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 512 || n > P2V_DISK_MAX_BYTES || n % 512)
+		return err_input(err, 400, f,
+				 "'%s' must be a multiple of 512 from 512 bytes to 16 TiB", f);
+	return 0;
+}
+
+static int bus_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	static const char *const buses[] = {"virtio", "scsi", "sata", "ide"};
+	const char *s = json_object_get_string(v);
+
+	for (size_t i = 0; i < ARRAY_SIZE(buses); i++)
+		if (!strcmp(s, buses[i]))
+			return 0;
+	return err_input(err, 400, f, "'%s' must be virtio, scsi, sata or ide", f);
+}
+
+static const struct json_field disk_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"size_bytes", JK_INT, true, disk_size_check},
+	{"bus", JK_STRING, false, bus_check},
+	{NULL, 0, false, NULL},
+};
+
+static int disks_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	size_t n = json_object_array_length(v);
+
+	if (n == 0)
+		return err_input(err, 400, f, "'%s' needs at least one disk", f);
+	if (json_array_check(v, f, disk_fields, P2V_DISKS_MAX, err) < 0)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < i; j++)
+			if (!strcmp(json_get_str(json_object_array_get_idx(v, i), "name", ""),
+				    json_get_str(json_object_array_get_idx(v, j), "name", "")))
+				return err_input(
+					err, 400, f, "two disks are named '%s'",
+					json_get_str(json_object_array_get_idx(v, i), "name", ""));
+	return 0;
+}
+
+static int model_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "virtio") && strcmp(s, "e1000"))
+		return err_input(err, 400, f, "'%s' must be virtio or e1000", f);
+	return 0;
+}
+
+static int mac_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	unsigned b[6];
+	char end;
+
+	if (sscanf(json_object_get_string(v), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2],
+		   &b[3], &b[4], &b[5], &end) != 6 ||
+	    json_object_get_string_len(v) != 17 || (b[0] & 1))
+		return err_input(err, 400, f, "'%s' must be a unicast MAC like 52:54:00:12:34:56",
+				 f);
+	return 0;
+}
+
+static const struct json_field nic_fields[] = {
+	{"mac", JK_STRING, false, mac_check},
+	{"model", JK_STRING, false, model_check},
+	{"network", JK_STRING, false, name_check},
+	{NULL, 0, false, NULL},
+};
+
+static int nics_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return json_array_check(v, f, nic_fields, P2V_NICS_MAX, err);
+}
+
+static int vcpus_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	return n < 1 || n > 256 ? err_input(err, 400, f, "'%s' must be 1..256", f) : 0;
+}
+
+static int memory_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	return n < 16 || n > 1024 * 1024 ? err_input(err, 400, f, "'%s' must be 16..1048576", f)
+					 : 0;
+}
+
+static int firmware_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "bios") && strcmp(s, "efi"))
+		return err_input(err, 400, f, "'%s' must be bios or efi", f);
+	return 0;
+}
+
+static const struct json_field hardware_fields[] = {
+	{"vcpus", JK_INT, false, vcpus_check},
+	{"memory_mb", JK_INT, false, memory_check},
+	{"nics", JK_ARRAY, false, nics_check},
+	{"firmware", JK_STRING, false, firmware_check},
+	{NULL, 0, false, NULL},
+};
+
+static int hardware_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return json_fields_check_in(v, hardware_fields, f, err);
+}
+
+static int ttl_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	return n < 1 || n > P2V_TTL_MAX
+		       ? err_input(err, 400, f, "'%s' must be 1..%d seconds", f, P2V_TTL_MAX)
+		       : 0;
+}
+
+static const struct json_field create_fields[] = {
+	{"name", JK_STRING, true, name_check},		{"disks", JK_ARRAY, true, disks_check},
+	{"hardware", JK_OBJECT, false, hardware_check}, {"token_ttl_s", JK_INT, false, ttl_check},
+	{"deadline_s", JK_INT, false, ttl_check},	{NULL, 0, false, NULL},
+};
+
+/* Make disk i's sparse file (all zero: every chunk's hash is the zero chunk's). */
+static int disk_open(struct p2v_session *s, struct p2v_disk *d, struct kerr *err)
+{
+	d->path = xasprintf("%s/%s.raw", s->dir, d->name);
+	d->fd = open(d->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (d->fd < 0)
+		return err_set(err, errno, "cannot create %s: %s", d->path, strerror(errno));
+	if (ftruncate(d->fd, d->size) < 0)
+		return err_set(err, errno, "cannot size %s: %s", d->path, strerror(errno));
+	d->nchunks = (uint32_t)((d->size + P2V_CHUNK - 1) / P2V_CHUNK);
+	d->hash = xcalloc(d->nchunks, sizeof(*d->hash));
+	d->has_data = xcalloc(d->nchunks, 1);
+	return 0;
+}
+
+enum MHD_Result api_p2v_create(struct request *req)
+{
+	struct json_object *body, *disks, *o, *res;
+	struct p2v_session *s;
+	char token[TOKEN_LEN + 1];
+	unsigned char rnd[8];
+	struct kerr err;
+	int64_t now = now_ms();
+	int rc;
+
+	if (http_body_json(req, create_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	timer_ensure();
+	{
+		struct json_object *inst = instance_get_json(json_get_str(body, "name", ""), false);
+
+		if (inst) {
+			enum MHD_Result ret =
+				http_reply_error(req, 409, "name", "an instance named %s exists",
+						 json_get_str(body, "name", ""));
+
+			json_object_put(inst);
+			json_object_put(body);
+			return ret;
+		}
+	}
+	for (s = sessions; s; s = s->next)
+		if (!strcmp(s->name, json_get_str(body, "name", "")) &&
+		    s->state <= P2V_CUTTING_OVER) {
+			enum MHD_Result ret = http_reply_error(
+				req, 409, "name", "p2v session %s already brings in %s", s->id,
+				s->name);
+
+			json_object_put(body);
+			return ret;
+		}
+	s = xcalloc(1, sizeof(*s));
+	random_bytes(rnd, sizeof(rnd));
+	hex_encode(rnd, sizeof(rnd), s->id);
+	snprintf(s->name, sizeof(s->name), "%s", json_get_str(body, "name", ""));
+	s->created_at = now;
+	s->token_expires_at = now + 1000 * json_get_int(body, "token_ttl_s", P2V_TTL_DEFAULT);
+	s->deadline = now + 1000 * json_get_int(body, "deadline_s", P2V_TTL_DEFAULT);
+	s->hardware = json_object_get(json_object_object_get(body, "hardware"));
+	if (s->hardware == NULL)
+		s->hardware = json_object_new_object();
+	for (int i = 0; i < P2V_DISKS_MAX; i++)
+		s->disks[i].fd = -1;
+	snprintf(s->dir, sizeof(s->dir), "%s/" P2V_DIR "/%s", ctl.cfg.shared_pool, s->id);
+	rc = mkdir_p(s->dir, 0700);
+	if (rc < 0) {
+		err_set(&err, -rc, "cannot create %s: %s", s->dir, strerror(-rc));
+		s->dir[0] = '\0';
+		goto fail;
+	}
+	disks = json_object_object_get(body, "disks");
+	for (size_t i = 0; i < json_object_array_length(disks); i++) {
+		struct p2v_disk *d = &s->disks[i];
+
+		o = json_object_array_get_idx(disks, i);
+		snprintf(d->name, sizeof(d->name), "%s", json_get_str(o, "name", ""));
+		snprintf(d->bus, sizeof(d->bus), "%s", json_get_str(o, "bus", "sata"));
+		d->size = json_get_int(o, "size_bytes", 0);
+		s->ndisks++;
+		if (disk_open(s, d, &err) < 0)
+			goto fail;
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, "name", json_object_new_string(s->name));
+	{
+		_cleanup_free_ char *target = xasprintf("p2v/%s", s->id);
+
+		o = op_create("p2v-ingest", target, NULL, res, &err);
+	}
+	if (o == NULL)
+		goto fail;
+	snprintf(s->op, sizeof(s->op), "%s", json_get_str(o, "id", ""));
+	json_object_put(o);
+	session_op_progress(s, "waiting for the source");
+	token_generate(token);
+	token_digest(token, s->token_digest);
+	s->next = sessions;
+	sessions = s;
+	log_info("p2v %s (%s): session created, %d disks", s->id, s->name, s->ndisks);
+	json_object_put(body);
+	o = session_json(s);
+	/* The token is shown once, here; only its digest is kept. */
+	json_object_object_add(o, "token", json_object_new_string(token));
+	OPENSSL_cleanse(token, sizeof(token));
+	return http_reply_json(req, 201, o);
+fail:
+	json_object_put(body);
+	session_free(s);
+	return http_reply_kerr(req, &err);
+}
+
+enum MHD_Result api_p2v_list(struct request *req)
+{
+	struct json_object *o = json_object_new_object(), *list = json_object_new_array();
+
+	for (struct p2v_session *s = sessions; s; s = s->next)
+		json_object_array_add(list, session_json(s));
+	json_object_object_add(o, "sessions", list);
+	return http_reply_json(req, 200, o);
+}
+
+static struct p2v_session *session_of(struct request *req)
+{
+	return session_find(req->params[0] ? req->params[0] : "");
+}
+
+enum MHD_Result api_p2v_get(struct request *req)
+{
+	struct p2v_session *s = session_of(req);
+
+	if (s == NULL)
+		return http_reply_error(req, 404, NULL, "no p2v session %s", req->params[0]);
+	return http_reply_json(req, 200, session_json(s));
+}
+
+enum MHD_Result api_p2v_delete(struct request *req)
+{
+	struct kerr err;
+
+	if (p2v_session_cancel(req->params[0], &err) < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_empty(req, 204);
+}
+
+/* ---- the ingest token ---- */
+
+/*
+ * The routes the source uses take the session's ingest token as their bearer, or an API
+ * token (an operator may drive a session by hand). The ingest token opens only its own
+ * session's routes (this family), only while the session receives, only until it
+ * expires.
+ */
+static enum role ingest_authenticate(struct request *req, const char *authorization)
+{
+	struct p2v_session *s = session_of(req);
+	struct token_auth ta = {0};
+	const char *why;
+	enum role r;
+	char digest[TOKEN_DIGEST_LEN + 1];
+
+	if (authorization && !strncmp(authorization, "Bearer ", 7) && s &&
+	    token_well_formed(authorization + 7)) {
+		token_digest(authorization + 7, digest);
+		if (CRYPTO_memcmp(digest, s->token_digest, TOKEN_DIGEST_LEN) == 0)
+			return s->state == P2V_RECEIVING && now_ms() < s->token_expires_at
+				       ? ROLE_OPERATOR
+				       : ROLE_NONE;
+	}
+	r = tokens_check(authorization, &ta, &why);
+
+	req->token_id = ta.id;
+	return r;
+}
+
+/* ---- chunks ---- */
+
+/* One chunk on its way: collected from the body, then hashed and written off the loop. */
+struct p2v_chunk {
+	uv_work_t work;
+	struct request *req;
+	struct p2v_session *s;
+	int disk;
+	uint32_t index;
+	size_t want, len;
+	unsigned char expect[32], got[32];
+	bool zero, hash_ok;
+	int error; /* errno of a failed write */
+	unsigned status;
+	char msg[256];
+	char data[];
+};
+
+/* Parse "{disk}/chunks/{offset}" into disk and chunk index, checked against the disk. */
+static int chunk_path_parse(struct p2v_session *s, const char *rest, int *disk, uint32_t *index,
+			    size_t *len, struct kerr *err)
+{
+	const char *slash = strchr(rest, '/');
+	char name[NAME_MAX_LEN + 1], *end;
+	unsigned long long off;
+	int i;
+
+	if (slash == NULL || (size_t)(slash - rest) > NAME_MAX_LEN ||
+	    strncmp(slash, "/chunks/", 8) != 0)
+		return err_input(err, 404, NULL, "the path must be disks/{disk}/chunks/{offset}");
+	snprintf(name, sizeof(name), "%.*s", (int)(slash - rest), rest);
+	for (i = 0; i < s->ndisks && strcmp(s->disks[i].name, name); i++)
+		;
+	if (i == s->ndisks)
+		return err_input(err, 404, NULL, "p2v session %s has no disk '%s'", s->id, name);
+	errno = 0;
+	off = strtoull(slash + 8, &end, 10);
+	if (slash[8] < '0' || slash[8] > '9' || *end || errno)
+		return err_input(err, 400, "offset", "the offset must be a decimal byte offset");
+	if (off % P2V_CHUNK || off >= (unsigned long long)s->disks[i].size)
+		return err_input(err, 400, "offset",
+				 "offset %llu is not a multiple of %d inside the %lld-byte disk",
+				 off, P2V_CHUNK, (long long)s->disks[i].size);
+	*disk = i;
+	*index = (uint32_t)(off / P2V_CHUNK);
+	*len = s->disks[i].size - (long long)off < P2V_CHUNK
+		       ? (size_t)(s->disks[i].size - (long long)off)
+		       : P2V_CHUNK;
+	return 0;
+}
+
+/* Headers in: check everything about the chunk before a byte of its body is kept. */
+static enum MHD_Result chunk_begin(struct request *req)
+{
+	struct p2v_session *s = session_of(req);
+	const char *hex = http_query(req, "sha256");
+	const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
+	struct p2v_chunk *c;
+	unsigned char expect[32];
+	uint32_t index;
+	size_t len;
+	struct kerr err;
+	int disk;
+
+	if (s == NULL)
+		return http_reply_error(req, 404, NULL, "no p2v session %s", req->params[0]);
+	if (s->state != P2V_RECEIVING)
+		return http_reply_error(req, 409, NULL, "p2v session %s is %s, not receiving",
+					s->id, state_names[s->state]);
+	if (chunk_path_parse(s, req->params[1], &disk, &index, &len, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (hex == NULL || strlen(hex) != 64 || hex_decode(hex, expect, sizeof(expect)) < 0)
+		return http_reply_error(req, 400, "sha256",
+					"query parameter 'sha256' must be the chunk's SHA-256 "
+					"in hex");
+	if (cl == NULL || strtoull(cl, NULL, 10) != len)
+		return http_reply_error(
+			req, 400, NULL,
+			"this chunk is %zu bytes; send exactly that (Content-Length)", len);
+	c = xmalloc(sizeof(*c) + len);
+	memset(c, 0, sizeof(*c));
+	c->req = req;
+	c->disk = disk;
+	c->index = index;
+	c->want = len;
+	memcpy(c->expect, expect, 32);
+	req->p2v_chunk = c;
+	return MHD_YES;
+}
+
+static void chunk_data(struct request *req, const char *data, size_t len)
+{
+	struct p2v_chunk *c = req->p2v_chunk;
+
+	if (c == NULL)
+		return;
+	if (c->len + len > c->want) {
+		c->len = c->want + 1; /* over: answered 400 at the end */
+		return;
+	}
+	memcpy(c->data + c->len, data, len);
+	c->len += len;
+}
+
+static void chunk_end(struct request *req)
+{
+	struct p2v_chunk *c = req->p2v_chunk;
+
+	/* A chunk whose write is in flight is freed by its done callback. */
+	if (c && c->s == NULL)
+		free(c);
+	req->p2v_chunk = NULL;
+}
+
+/* Off the loop: hash, then write the chunk or punch its hole. */
+static void chunk_work_cb(uv_work_t *w)
+{
+	struct p2v_chunk *c = w->data;
+	struct p2v_disk *d = &c->s->disks[c->disk];
+	off_t off = (off_t)c->index * P2V_CHUNK;
+	size_t done = 0;
+	size_t i;
+
+	sha256(c->data, c->len, c->got);
+	c->hash_ok = CRYPTO_memcmp(c->got, c->expect, 32) == 0;
+	if (!c->hash_ok)
+		return;
+	for (i = 0; i < c->len && c->data[i] == 0; i++)
+		;
+	c->zero = i == c->len;
+	if (c->zero) {
+		/* Sparse stays sparse: a hole reads as zeros. */
+		if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
+			      (off_t)c->len) < 0)
+			c->zero = false; /* no hole punching here: write the zeros */
+		else
+			return;
+	}
+	while (done < c->len) {
+		ssize_t n = pwrite(d->fd, c->data + done, c->len - done, off + (off_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			c->error = n < 0 ? errno : EIO;
+			return;
+		}
+		done += (size_t)n;
+	}
+}
+
+static enum MHD_Result chunk_reply(struct request *req)
+{
+	struct p2v_chunk *c = req->p2v_chunk;
+	enum MHD_Result ret;
+
+	req->p2v_chunk = NULL;
+	if (c->status == 204)
+		ret = http_reply_empty(req, 204);
+	else
+		ret = http_reply_error(req, c->status, c->status == 400 ? "sha256" : NULL, "%s",
+				       c->msg);
+	free(c);
+	return ret;
+}
+
+static void chunk_done_cb(uv_work_t *w, int status)
+{
+	struct p2v_chunk *c = w->data;
+	struct p2v_session *s = c->s;
+	struct p2v_disk *d = &s->disks[c->disk];
+	struct p2v_pass *p = s->npasses ? &s->passes[s->npasses - 1] : NULL;
+	int64_t now = now_ms();
+
+	if (status < 0 || c->error) {
+		c->status = 500;
+		snprintf(c->msg, sizeof(c->msg), "cannot store the chunk: %s",
+			 strerror(c->error ? c->error : EIO));
+	} else if (!c->hash_ok) {
+		c->status = 400;
+		snprintf(c->msg, sizeof(c->msg),
+			 "the chunk's SHA-256 does not match the one sent; it was not stored");
+		s->chunks_rejected++;
+	} else if (!s->removing) {
+		c->status = 204;
+		memcpy(d->hash[c->index], c->got, 32);
+		d->has_data[c->index] = !c->zero;
+		s->bytes_received += (int64_t)c->len;
+		s->chunks_stored++;
+		if (s->first_chunk_at == 0)
+			s->first_chunk_at = now - 1;
+		s->last_chunk_at = now;
+		if (p) {
+			p->chunks++;
+			p->bytes += (int64_t)c->len;
+			p->zero_chunks += c->zero;
+		}
+	} else {
+		c->status = 410;
+		snprintf(c->msg, sizeof(c->msg), "the p2v session was removed");
+	}
+	c->s = NULL;
+	session_unbusy(s);
+	http_resume(c->req);
+}
+
+/* The whole chunk is in: hash and store it off the loop, answer when done. */
+enum MHD_Result api_p2v_chunk_put(struct request *req)
+{
+	struct p2v_chunk *c = req->p2v_chunk;
+	struct p2v_session *s = session_of(req);
+
+	if (c == NULL || s == NULL || s->state != P2V_RECEIVING)
+		return http_reply_error(req, 409, NULL, "the p2v session is not receiving");
+	if (c->len != c->want)
+		return http_reply_error(req, 400, NULL, "this chunk is %zu bytes, not %zu", c->want,
+					c->len);
+	c->s = s;
+	s->busy++;
+	c->work.data = c;
+	http_suspend(req, chunk_reply);
+	uv_queue_work(ctl.loop, &c->work, chunk_work_cb, chunk_done_cb);
+	return MHD_YES;
+}
+
+/* ---- passes ---- */
+
+/*
+ * Start a pass (or, with ?resume=1, continue the current one after a dropped
+ * connection) and answer every chunk's hash as stored: the source sends the others.
+ */
+enum MHD_Result api_p2v_pass_start(struct request *req)
+{
+	struct p2v_session *s = session_of(req);
+	const char *resume = http_query(req, "resume");
+	struct json_object *o, *disks = json_object_new_array();
+	char hex[65], phase[64];
+	int64_t now = now_ms();
+
+	if (s == NULL || s->state != P2V_RECEIVING) {
+		json_object_put(disks);
+		return http_reply_error(req, s ? 409 : 404, NULL,
+					s ? "the p2v session is not receiving"
+					  : "no such p2v session");
+	}
+	if (!(resume && !strcmp(resume, "1") && s->npasses > 0)) {
+		if (s->npasses == P2V_PASSES_MAX) {
+			json_object_put(disks);
+			return http_reply_error(req, 409, NULL, "a session has at most %d passes",
+						P2V_PASSES_MAX);
+		}
+		if (s->npasses)
+			s->passes[s->npasses - 1].ended_at = now;
+		s->passes[s->npasses++] = (struct p2v_pass){.started_at = now};
+		snprintf(phase, sizeof(phase), "pass %d", s->npasses);
+		session_op_progress(s, phase);
+	}
+	for (int i = 0; i < s->ndisks; i++) {
+		struct p2v_disk *d = &s->disks[i];
+		struct json_object *dj = json_object_new_object(), *hashes;
+
+		hashes = json_object_new_array_ext((int)d->nchunks);
+		for (uint32_t c = 0; c < d->nchunks; c++) {
+			if (d->has_data[c])
+				hex_encode(d->hash[c], 32, hex);
+			else
+				hex[0] = '\0';
+			json_object_array_add(hashes, json_object_new_string(hex));
+		}
+		json_object_object_add(dj, "name", json_object_new_string(d->name));
+		json_object_object_add(dj, "size_bytes", json_object_new_int64(d->size));
+		json_object_object_add(dj, "hashes", hashes);
+		json_object_array_add(disks, dj);
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "pass", json_object_new_int(s->npasses));
+	json_object_object_add(o, "chunk_size", json_object_new_int(P2V_CHUNK));
+	json_object_object_add(o, "disks", disks);
+	return http_reply_json(req, 200, o);
+}
+
+/* ---- cutover ---- */
+
+static const struct json_field cutover_fields[] = {
+	{"start", JK_BOOL, false, NULL},
+	{NULL, 0, false, NULL},
+};
+
+static void cut_next(struct p2v_session *s);
+
+static void cut_fail(struct p2v_session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void cut_fail(struct p2v_session *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(s->error, sizeof(s->error), fmt, ap);
+	va_end(ap);
+	log_warnx("p2v %s: cutover failed: %s", s->id, s->error);
+	s->state = P2V_FAILED;
+	session_unbusy(s);
+	http_resume(s->cut_req);
+}
+
+/* The VM the session becomes: its disks as images, its hardware as the source's. */
+static struct json_object *cut_instance_body(struct p2v_session *s)
+{
+	struct json_object *b = json_object_new_object(), *disks = json_object_new_array();
+	struct json_object *nics = json_object_new_array(), *mem = json_object_new_object();
+	struct json_object *hw = s->hardware, *in_nics = json_object_object_get(hw, "nics");
+
+	json_object_object_add(b, "name", json_object_new_string(s->name));
+	json_object_object_add(b, "type", json_object_new_string("vm"));
+	json_object_object_add(b, "vcpus", json_object_new_int64(json_get_int(hw, "vcpus", 1)));
+	json_object_object_add(mem, "mb",
+			       json_object_new_int64(json_get_int(hw, "memory_mb", 512)));
+	json_object_object_add(b, "memory", mem);
+	for (int i = 0; i < s->ndisks; i++) {
+		struct json_object *d = json_object_new_object();
+
+		json_object_object_add(d, "name", json_object_new_string(s->disks[i].name));
+		json_object_object_add(d, "image", json_object_new_string(s->disks[i].image));
+		json_object_object_add(d, "bus", json_object_new_string(s->disks[i].bus));
+		json_object_object_add(d, "pool", json_object_new_string("shared"));
+		json_object_array_add(disks, d);
+	}
+	json_object_object_add(b, "disks", disks);
+	for (size_t i = 0; in_nics && i < json_object_array_length(in_nics); i++) {
+		struct json_object *n = json_object_array_get_idx(in_nics, i);
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "model",
+				       json_object_new_string(json_get_str(n, "model", "virtio")));
+		if (json_get_str(n, "mac", NULL))
+			json_object_object_add(o, "mac",
+					       json_object_new_string(json_get_str(n, "mac", "")));
+		if (json_get_str(n, "network", NULL))
+			json_object_object_add(
+				o, "network",
+				json_object_new_string(json_get_str(n, "network", "")));
+		json_object_array_add(nics, o);
+	}
+	json_object_object_add(b, "nics", nics);
+	json_object_object_add(b, "start", json_object_new_boolean(s->cut_start));
+	/* Foreign hardware Kumo does not model is kept as a note, never dropped silently. */
+	if (!strcmp(json_get_str(hw, "firmware", "bios"), "efi")) {
+		if (s->notes == NULL)
+			s->notes = json_object_new_array();
+		json_object_array_add(s->notes,
+				      json_object_new_string("firmware efi: Kumo VMs boot with "
+							     "SeaBIOS; the guest needs a BIOS "
+							     "boot loader"));
+	}
+	return b;
+}
+
+/* Every disk is an image: create the VM through the instance create path. */
+static enum MHD_Result cut_create(struct request *req)
+{
+	struct p2v_session *s = NULL;
+	struct json_object *body;
+	enum MHD_Result ret;
+
+	for (struct p2v_session *x = sessions; x; x = x->next)
+		if (x->cut_req == req)
+			s = x;
+	if (s == NULL)
+		return http_reply_error(req, 410, NULL, "the p2v session was removed");
+	s->cut_req = NULL;
+	if (s->state == P2V_FAILED) {
+		session_end(s, "failed", s->error);
+		return http_reply_error(req, 500, NULL, "cutover failed: %s", s->error);
+	}
+	body = cut_instance_body(s);
+	free(req->body);
+	req->body = xstrdup(json_text(body));
+	req->body_len = strlen(req->body);
+	json_object_put(body);
+	ret = api_instances_create(req);
+	if (req->status == 202) {
+		s->state = P2V_DONE;
+		/* Its files are images now; the empty directory goes with them. */
+		if (rmdir(s->dir) == 0)
+			s->dir[0] = '\0';
+		session_end(s, "succeeded", NULL);
+	} else {
+		snprintf(s->error, sizeof(s->error), "the VM could not be created (HTTP %u)",
+			 req->status);
+		session_end(s, "failed", s->error);
+	}
+	return ret;
+}
+
+struct cut_hash {
+	uv_work_t work;
+	struct p2v_session *s;
+	char *path;
+	char sha256[65];
+	int64_t file_size;
+	int error;
+};
+
+static void cut_hash_work_cb(uv_work_t *w)
+{
+	struct cut_hash *h = w->data;
+	unsigned char buf[1 << 16], md[32];
+	unsigned int mdlen = 32;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int fd = open(h->path, O_RDONLY | O_CLOEXEC);
+	struct stat sb;
+	ssize_t n = 0;
+
+	if (fd < 0 || ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+		h->error = errno ? errno : EIO;
+		goto out;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		EVP_DigestUpdate(ctx, buf, (size_t)n);
+	if (n < 0 || fsync(fd) < 0 || fstat(fd, &sb) < 0) {
+		h->error = errno;
+		goto out;
+	}
+	h->file_size = sb.st_size;
+	EVP_DigestFinal_ex(ctx, md, &mdlen);
+	hex_encode(md, 32, h->sha256);
+out:
+	if (fd >= 0)
+		close(fd);
+	EVP_MD_CTX_free(ctx);
+}
+
+static void cut_hash_done_cb(uv_work_t *w, int status)
+{
+	struct cut_hash *h = w->data;
+	struct p2v_session *s = h->s;
+	struct p2v_disk *d = &s->disks[s->cut_disk];
+	_cleanup_free_ char *rel = xasprintf("images/%s.qcow2", d->image);
+	struct kerr err;
+
+	if (status < 0 || h->error) {
+		unlink(h->path);
+		cut_fail(s, "cannot hash %s: %s", h->path, strerror(h->error ? h->error : EIO));
+	} else if (images_record(d->image, rel, "raw", d->size, h->file_size, h->sha256, &err) <
+		   0) {
+		unlink(h->path);
+		cut_fail(s, "%s", err.msg);
+	} else {
+		/* The received file is the image now; the raw one goes. */
+		close(d->fd);
+		d->fd = -1;
+		unlink(d->path);
+		s->cut_disk++;
+		cut_next(s);
+	}
+	free(h->path);
+	free(h);
+}
+
+static void cut_convert_cb(int64_t status, const char *out, const char *errout, void *cls)
+{
+	struct p2v_session *s = cls;
+	struct p2v_disk *d = &s->disks[s->cut_disk];
+	struct cut_hash *h;
+
+	if (status != 0) {
+		cut_fail(s, "qemu-img convert of disk %s failed: %.200s", d->name, errout);
+		return;
+	}
+	h = xcalloc(1, sizeof(*h));
+	h->s = s;
+	h->path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, d->image);
+	h->work.data = h;
+	uv_queue_work(ctl.loop, &h->work, cut_hash_work_cb, cut_hash_done_cb);
+}
+
+/* Convert the next disk to a sparse qcow2 image, or create the VM when all are. */
+static void cut_next(struct p2v_session *s)
+{
+	struct p2v_disk *d;
+	_cleanup_free_ char *out = NULL, *dir = NULL;
+	struct kerr err;
+	char phase[96];
+
+	if (s->cut_disk == s->ndisks) {
+		session_unbusy(s);
+		http_resume(s->cut_req);
+		return;
+	}
+	d = &s->disks[s->cut_disk];
+	{
+		char image[NAME_MAX_LEN + 1];
+
+		snprintf(image, sizeof(image), "p2v-%.40s-%.16s", s->name, d->name);
+		memcpy(d->image, image, sizeof(image));
+	}
+	if (image_find(d->image, NULL, 0, NULL, NULL) != 0) {
+		cut_fail(s, "an image named %s exists already", d->image);
+		return;
+	}
+	dir = xasprintf("%s/images", ctl.cfg.shared_pool);
+	mkdir_p(dir, 0755);
+	out = xasprintf("%s/%s.qcow2", dir, d->image);
+	snprintf(phase, sizeof(phase), "cutover: converting disk %s", d->name);
+	op_update(s->op, "running", 90, phase, NULL, NULL);
+	{
+		/* fsync the raw file first: the data came through the page cache. */
+		fsync(d->fd);
+		char *argv[] = {"qemu-img", "convert", "-f",	"raw", "-O", "qcow2",
+				"-S",	    "4k",      d->path, out,   NULL};
+
+		if (proc_run(argv, cut_convert_cb, s, &err) < 0)
+			cut_fail(s, "%s", err.msg);
+	}
+}
+
+/*
+ * End the session and make the VM: every disk becomes image p2v-{name}-{disk}, then the
+ * instance create path places and creates {name} with them (stopped unless
+ * "start": true). Answers what instance create answers (202 and its operation).
+ */
+enum MHD_Result api_p2v_action(struct request *req)
+{
+	struct p2v_session *s = session_of(req);
+	struct json_object *body = NULL, *inst;
+	struct kerr err;
+
+	if (s == NULL)
+		return http_reply_error(req, 404, NULL, "no p2v session %s", req->params[0]);
+	if (strcmp(req->params[1], "cutover"))
+		return http_reply_error(req, 404, NULL, "p2v sessions have one action: cutover");
+	if (s->state != P2V_RECEIVING)
+		return http_reply_error(req, 409, NULL, "p2v session %s is %s", s->id,
+					state_names[s->state]);
+	if (s->busy)
+		return http_reply_error(req, 409, NULL, "chunks are still being written; retry");
+	if (req->body_len && http_body_json(req, cutover_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	s->cut_start = body ? json_get_bool(body, "start", false) : false;
+	json_object_put(body);
+	inst = instance_get_json(s->name, false);
+	if (inst) {
+		json_object_put(inst);
+		return http_reply_error(req, 409, NULL, "an instance named %s exists", s->name);
+	}
+	if (s->npasses)
+		s->passes[s->npasses - 1].ended_at = now_ms();
+	s->state = P2V_CUTTING_OVER;
+	s->cut_disk = 0;
+	s->cut_req = req;
+	s->busy++;
+	log_info("p2v %s (%s): cutover after %d passes", s->id, s->name, s->npasses);
+	http_suspend(req, cut_create);
+	cut_next(s);
+	return MHD_YES;
+}
+
+/* The family of routes the source's ingest token opens (see ingest_authenticate). */
+static enum MHD_Result no_begin(struct request *req)
+{
+	return MHD_YES;
+}
+
+static void no_data(struct request *req, const char *data, size_t len)
+{
+	/* Bodies of these routes are small JSON: keep them like any other body. */
+	if (req->body_len + len > 4096) {
+		req->body_too_large = true;
+		return;
+	}
+	req->body = xrealloc(req->body, req->body_len + len + 1);
+	memcpy(req->body + req->body_len, data, len);
+	req->body_len += len;
+	req->body[req->body_len] = '\0';
+}
+
+static void no_end(struct request *req)
+{
+}
+
+const struct stream_ops api_p2v_ingest = {no_begin, no_data, no_end, ingest_authenticate};
+const struct stream_ops api_p2v_chunks = {chunk_begin, chunk_data, chunk_end, ingest_authenticate};
