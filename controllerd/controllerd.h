@@ -24,7 +24,8 @@ struct config {
 	char *state_dir;
 	char *api_listen;
 	bool tls;
-	char *tls_cert; /* the operator's PEM certificate (chain) and key; "" = self-signed */
+	bool group_commit; /* db.c's commit queue; off: an fsync per commit */
+	char *tls_cert;	   /* the operator's PEM certificate (chain) and key; "" = self-signed */
 	char *tls_key;
 	bool insecure_http;
 	bool metrics_public;	   /* GET /metrics without a token */

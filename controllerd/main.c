@@ -207,7 +207,7 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 
 	ctl.loop = uv_default_loop();
-	if (db_group_commit_start(ctl.db, dbpath, ctl.loop, &err) < 0)
+	if (ctl.cfg.group_commit && db_group_commit_start(ctl.db, dbpath, ctl.loop, &err) < 0)
 		fatalx("%s", err.msg);
 	if (hosts_load(&err) < 0)
 		fatalx("%s", err.msg);

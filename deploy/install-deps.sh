@@ -32,7 +32,8 @@ libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-
 # MBR, e2fsprogs and fdisk), skopeo to push them; prometheus for promtool, which checks
 # the controller's /metrics (its server is not started here); clang and its libFuzzer
 # runtime for tests/fuzz/run; podman and buildah: the registry test logs in, pushes and
-# pulls with the clients users have, beside skopeo.
+# pulls with the clients users have, beside skopeo; wrk drives bench/api.sh (keep-alive
+# HTTP and TLS load from C: a Python client would be the bottleneck).
 TEST="
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
@@ -41,6 +42,7 @@ skopeo
 prometheus
 clang libclang-rt-14-dev
 podman buildah
+wrk
 "
 
 PKGS=""
