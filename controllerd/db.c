@@ -536,15 +536,18 @@ bool db_durable_wait(struct db_waiter *w, uint64_t seq, void (*cb)(struct db_wai
 {
 	if (!gc.started || seq <= gc.durable)
 		return false;
+	/* Before w is queued: a sync that completes inline (stopping, or nothing to
+	 * sync) must not call cb, whose caller has not suspended anything yet. */
+	sync_start();
+	if (seq <= gc.durable)
+		return false;
 	w->seq = seq;
 	w->cb = cb;
 	w->next = NULL;
 	w->queued = true;
 	*gc.tail = w;
 	gc.tail = &w->next;
-	sync_start();
-	/* Stopping: the sync ran inline and may have answered w already. */
-	return w->queued;
+	return true;
 }
 
 void db_durable_cancel(struct db_waiter *w)
