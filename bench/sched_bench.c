@@ -4,13 +4,21 @@
  * added to the host it chose, as the controller's next placement would see it, and
  * one host in ten is offline or full so that the explanation has rejections to count.
  *
- *   sched_bench HOSTS [SECONDS]   prints "HOSTS hosts: R placements/s ..."
+ *   sched_bench HOSTS [SECONDS] [--no-instances]
+ *                                 prints "HOSTS hosts: R placements/s ..."
+ *
+ * The chosen host's instance count goes up too, as the controller's view counts them
+ * (instances.c); --no-instances leaves every count at 0, as this harness did before:
+ * then hundreds of hosts tie with the best few on score and instances, and only
+ * their names settle it (the slowest case for the scan).
  *
  * R is per second of this process's CPU time (CLOCK_PROCESS_CPUTIME_ID), so a machine
  * shared with other work does not halve it; the wall-clock rate is printed too.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "scheduler.h"
@@ -33,6 +41,7 @@ int main(int argc, char **argv)
 	char(*names)[24] = calloc(n, sizeof(*names));
 	struct sched_outcome out;
 	long placed = 0, failed = 0;
+	bool count_instances = !(argc > 3 && strcmp(argv[3], "--no-instances") == 0);
 
 	if (n < 1 || hosts == NULL || names == NULL)
 		return 2;
@@ -64,9 +73,14 @@ int main(int argc, char **argv)
 			placed++;
 			hosts[best].vcpus_used += req.vcpus;
 			hosts[best].memory_used_mb += req.memory_mb;
+			if (count_instances)
+				hosts[best].instances++;
 			/* Keep the cluster from filling up: capacity comes back. */
-			if (hosts[best].vcpus_used > 200)
+			if (hosts[best].vcpus_used > 200) {
 				hosts[best].vcpus_used = (int)(best % 7);
+				hosts[best].memory_used_mb = (int64_t)(best % 5) * 1024;
+				hosts[best].instances = 0;
+			}
 		}
 		elapsed = now_s(CLOCK_PROCESS_CPUTIME_ID) - t0;
 	} while (elapsed < seconds);

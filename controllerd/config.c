@@ -70,6 +70,9 @@ static const struct option_def options[] = {
 	 "seconds a connection has to send a request's headers, however it trickles them"},
 	{"api_body_timeout", OPT_INT, OFF(api_body_timeout), "60", 1, 3600,
 	 "seconds a request has to send its body (authorised uploads excepted)"},
+	{"group_commit", OPT_BOOL, OFF(group_commit), "on", 0, 0,
+	 "commit concurrent writes with one fsync (answers still wait for their data to be on "
+	 "disk); off: one fsync per commit, on the loop (for benchmarks)"},
 	{"log_level", OPT_STR, OFF(log_level), "info", 0, 0, "error, warn, info or debug"},
 	{"pidfile", OPT_STR, OFF(pidfile), "", 0, 0, "write the daemon's pid here"},
 	{"shared_pool", OPT_STR, OFF(shared_pool), "/var/lib/kumo/shared", 0, 0,

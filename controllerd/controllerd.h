@@ -24,7 +24,8 @@ struct config {
 	char *state_dir;
 	char *api_listen;
 	bool tls;
-	char *tls_cert; /* the operator's PEM certificate (chain) and key; "" = self-signed */
+	bool group_commit; /* db.c's commit queue; off: an fsync per commit */
+	char *tls_cert;	   /* the operator's PEM certificate (chain) and key; "" = self-signed */
 	char *tls_key;
 	bool insecure_http;
 	bool metrics_public;	   /* GET /metrics without a token */
@@ -153,6 +154,35 @@ const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
 int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
 int64_t db_count(sqlite3 *db, const char *sql);
 void db_close(sqlite3 *db);
+
+/* Someone waiting until the commits up to seq are durable (embed it; db.c links it). */
+struct db_waiter {
+	uint64_t seq;
+	void (*cb)(struct db_waiter *w);
+	struct db_waiter *next;
+	bool queued;
+};
+
+/*
+ * Group commit on db, whose file is path: commits stop waiting for their own fsync;
+ * one fsync off loop covers every commit made before it. Call once, after
+ * db_migrate(). Returns 0, or -1 with err.
+ */
+int db_group_commit_start(sqlite3 *db, const char *path, uv_loop_t *loop, struct kerr *err);
+/* Transactions committed so far; take it after a commit to wait for that commit. */
+uint64_t db_commit_seq(void);
+/*
+ * Call cb(w) once every commit up to seq is durable. Returns false when that is so
+ * already (cb is not called), true when w is queued (cb runs later, on the loop). w
+ * must stay valid until cb runs or db_durable_cancel(w).
+ */
+bool db_durable_wait(struct db_waiter *w, uint64_t seq, void (*cb)(struct db_waiter *w));
+void db_durable_cancel(struct db_waiter *w);
+/* From the cron: sync commits no one waits for yet, so none stays in the page cache long. */
+void db_group_commit_cron(void);
+/* At shutdown: sync what is left now, inline, and answer every waiter. */
+void db_group_commit_stop(void);
+void db_group_commit_free(void);
 
 /* tokens.c */
 int tokens_bootstrap(const char *state_dir, struct kerr *err);
@@ -389,6 +419,12 @@ struct request {
 	unsigned status;		   /* what was answered, for metrics */
 	int64_t started_us;		   /* headers complete, for the latency histogram */
 	bool authenticated;		   /* its token was checked when the headers came in */
+	/* Group commit (db.c): commits made before the request began, and an answer held
+	 * until the request's own commits are durable. */
+	uint64_t db_seq;
+	struct db_waiter durable;
+	struct MHD_Response *held;
+	unsigned held_status;
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
 	/* Long poll on an operation (api_ops.c). */
@@ -567,6 +603,7 @@ void api_events_shutdown(void);
 void metrics_api_request(const char *method, const char *route, unsigned status, double seconds);
 void metrics_link_message(const char *type);
 void metrics_db_commit(double seconds);
+void metrics_db_sync(double seconds, double commits);
 void metrics_loop_lag(double seconds);
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);

@@ -206,9 +206,37 @@ static const char *route_label(const struct request *req)
 	return req->route ? req->route->pattern : "unmatched";
 }
 
+/* Queue an answer now: the request's writes, if any, are durable. */
+static enum MHD_Result reply_queue(struct request *req, unsigned status, struct MHD_Response *resp)
+{
+	enum MHD_Result ret = MHD_queue_response(req->conn, status, resp);
+
+	MHD_destroy_response(resp);
+	req->status = status;
+	metrics_api_request(req->method, route_label(req), status,
+			    (double)(now_us() - req->started_us) / 1e6);
+	return ret;
+}
+
+/* The held answer, once the commit queue has made the request's writes durable. */
+static enum MHD_Result reply_held(struct request *req)
+{
+	struct MHD_Response *resp = req->held;
+
+	req->held = NULL;
+	return reply_queue(req, req->held_status, resp);
+}
+
+static void reply_durable_cb(struct db_waiter *w)
+{
+	struct request *req = (struct request *)((char *)w - offsetof(struct request, durable));
+
+	http_resume(req);
+}
+
 enum MHD_Result http_reply_response(struct request *req, unsigned status, struct MHD_Response *resp)
 {
-	enum MHD_Result ret;
+	uint64_t seq = db_commit_seq();
 
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
@@ -221,12 +249,16 @@ enum MHD_Result http_reply_response(struct request *req, unsigned status, struct
 		MHD_add_response_header(resp, "Strict-Transport-Security", "max-age=31536000");
 	if (registry_url(req->url))
 		MHD_add_response_header(resp, "Docker-Distribution-API-Version", "registry/2.0");
-	ret = MHD_queue_response(req->conn, status, resp);
-	MHD_destroy_response(resp);
-	req->status = status;
-	metrics_api_request(req->method, route_label(req), status,
-			    (double)(now_us() - req->started_us) / 1e6);
-	return ret;
+	/* Group commit: something was committed while this request ran (its own writes,
+	 * or its neighbours'), so the answer waits until that is on disk; the commit queue
+	 * resumes the connection then, and reply_held() sends it. */
+	if (seq > req->db_seq && db_durable_wait(&req->durable, seq, reply_durable_cb)) {
+		req->held = resp;
+		req->held_status = status;
+		http_suspend(req, reply_held);
+		return MHD_YES;
+	}
+	return reply_queue(req, status, resp);
 }
 
 enum MHD_Result http_reply_text(struct request *req, unsigned status, const char *ctype, char *text)
@@ -632,6 +664,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 		req = xcalloc(1, sizeof(*req));
 		req->conn = conn;
 		req->started_us = now_us();
+		req->db_seq = db_commit_seq();
 		http_conns_headers_done(conn);
 		req->url = url;
 		req->method = method;
@@ -703,6 +736,9 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	http_conns_request_done(conn);
 	if (req == NULL)
 		return;
+	db_durable_cancel(&req->durable);
+	if (req->held)
+		MHD_destroy_response(req->held);
 	api_ops_forget(req);
 	api_instances_forget(req);
 	tokens_watch_remove(&req->watch);

@@ -32,7 +32,8 @@ static void usage(FILE *out, int status)
 }
 
 /*
- * The one periodic timer. Every tick: long polls whose time is up. Every second:
+ * The one periodic timer. Every tick: long polls whose time is up; a sync of commits
+ * no one has waited for yet (heartbeats, facts: group commit, db.c). Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
  * streams of expired tokens, API connections past their deadlines, operations whose
  * network wait is over. Every tick also measures how late it ran (the loop's lag, for
@@ -50,6 +51,7 @@ static void cron_cb(uv_timer_t *t)
 	last_us = now;
 	ticks++;
 	api_ops_cron();
+	db_group_commit_cron();
 	if (ticks % (1000 / CRON_MS) == 0) {
 		hosts_check_liveness();
 		agentlink_cron();
@@ -205,6 +207,8 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 
 	ctl.loop = uv_default_loop();
+	if (ctl.cfg.group_commit && db_group_commit_start(ctl.db, dbpath, ctl.loop, &err) < 0)
+		fatalx("%s", err.msg);
 	if (hosts_load(&err) < 0)
 		fatalx("%s", err.msg);
 	if (agentlink_start(&err) < 0 || http_start(&err) < 0)
@@ -227,6 +231,7 @@ int main(int argc, char **argv)
 
 	/* Orderly stop: facts to disk, sockets closed, handles closed. */
 	hosts_persist(true);
+	db_group_commit_stop(); /* answers held for durability go out before the API stops */
 	http_stop();
 	agentlink_stop();
 	uv_close((uv_handle_t *)&ctl.cron, NULL);
@@ -238,6 +243,7 @@ int main(int argc, char **argv)
 	hosts_free();
 	metrics_free();
 	db_close(ctl.db);
+	db_group_commit_free();
 	if (ctl.cfg.pidfile[0])
 		unlink(ctl.cfg.pidfile);
 	config_free(&ctl.cfg);

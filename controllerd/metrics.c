@@ -26,19 +26,23 @@ static struct counter *api_requests, *link_rejected, *link_messages;
 static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 				 0.1,	0.25,	0.5,   1,    2.5,   5};
 #define NBUCKETS ARRAY_SIZE(buckets)
+/* Commits per fsync of the commit queue (db.c): as many buckets as the latency ones. */
+static const double batch_buckets[NBUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
 
 struct histogram {
-	char *labels; /* inside the braces, without them: method="GET",route="..." */
+	char *labels;	      /* inside the braces, without them: method="GET",route="..." */
+	const double *bounds; /* buckets, or batch_buckets */
 	uint64_t counts[NBUCKETS + 1];
 	uint64_t n;
 	double sum;
 	struct histogram *next;
 };
 
-static struct histogram *api_latency, *db_commits;
+static struct histogram *api_latency, *db_commits, *db_syncs, *db_batches;
 static double loop_lag_max; /* s, the largest since the last scrape */
 
-static void histogram_observe(struct histogram **list, const char *labels, double v)
+static void histogram_observe_in(struct histogram **list, const double *bounds, const char *labels,
+				 double v)
 {
 	struct histogram *h;
 	size_t i;
@@ -49,14 +53,20 @@ static void histogram_observe(struct histogram **list, const char *labels, doubl
 	if (h == NULL) {
 		h = xcalloc(1, sizeof(*h));
 		h->labels = xstrdup(labels);
+		h->bounds = bounds;
 		h->next = *list;
 		*list = h;
 	}
-	for (i = 0; i < NBUCKETS && v > buckets[i]; i++)
+	for (i = 0; i < NBUCKETS && v > bounds[i]; i++)
 		;
 	h->counts[i]++;
 	h->n++;
 	h->sum += v;
+}
+
+static void histogram_observe(struct histogram **list, const char *labels, double v)
+{
+	histogram_observe_in(list, buckets, labels, v);
 }
 
 static void counter_add(struct counter **list, const char *labels)
@@ -109,6 +119,14 @@ void metrics_db_commit(double seconds)
 	histogram_observe(&db_commits, "", seconds);
 }
 
+/* One fsync of the commit queue (db.c): how long it took and how many commits it made
+ * durable together. */
+void metrics_db_sync(double seconds, double commits)
+{
+	histogram_observe(&db_syncs, "", seconds);
+	histogram_observe_in(&db_batches, batch_buckets, "", commits);
+}
+
 /* How late the cron timer ran: the loop was busy that long with something else. */
 void metrics_loop_lag(double seconds)
 {
@@ -157,7 +175,7 @@ static void histogram_render(struct buf *b, const char *name, struct histogram *
 		for (size_t i = 0; i < NBUCKETS; i++) {
 			cum += h->counts[i];
 			bprintf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, h->labels, sep,
-				buckets[i], (unsigned long long)cum);
+				h->bounds[i], (unsigned long long)cum);
 		}
 		bprintf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, h->labels, sep,
 			(unsigned long long)h->n);
@@ -269,6 +287,13 @@ char *metrics_render(void)
 	bprintf(&b, "# HELP kumo_db_commit_duration_seconds Time of each database commit.\n"
 		    "# TYPE kumo_db_commit_duration_seconds histogram\n");
 	histogram_render(&b, "kumo_db_commit_duration_seconds", db_commits);
+	bprintf(&b, "# HELP kumo_db_sync_duration_seconds Time of each fsync that makes a "
+		    "batch of commits durable (group commit).\n"
+		    "# TYPE kumo_db_sync_duration_seconds histogram\n");
+	histogram_render(&b, "kumo_db_sync_duration_seconds", db_syncs);
+	bprintf(&b, "# HELP kumo_db_sync_batch_commits Commits made durable by each fsync.\n"
+		    "# TYPE kumo_db_sync_batch_commits histogram\n");
+	histogram_render(&b, "kumo_db_sync_batch_commits", db_batches);
 	bprintf(&b,
 		"# HELP kumo_loop_lag_seconds The longest delay of the controller's timer "
 		"since the last scrape: how long the loop was held by other work.\n"
@@ -312,6 +337,8 @@ void metrics_free(void)
 	list_free(link_messages);
 	histograms_free(api_latency);
 	histograms_free(db_commits);
+	histograms_free(db_syncs);
+	histograms_free(db_batches);
 	api_requests = link_rejected = link_messages = NULL;
-	api_latency = db_commits = NULL;
+	api_latency = db_commits = db_syncs = db_batches = NULL;
 }

@@ -207,6 +207,16 @@ double sched_host_score(const struct sched_request *req, const struct sched_para
 	return params->policy == SCHED_SPREAD ? f : 1 - f;
 }
 
+/* Would a rank before b if their scores were equal? ranks_before()'s tie-break. */
+static inline bool tie_wins(const struct sched_params *params, const struct sched_host *a,
+			    const struct sched_host *b)
+{
+	if (a->instances != b->instances)
+		return params->policy == SCHED_SPREAD ? a->instances < b->instances
+						      : a->instances > b->instances;
+	return strcmp(a->name, b->name) < 0;
+}
+
 /*
  * Does host a (score sa) rank before host b (score sb)? Score; on equal scores (say,
  * containers without limits, which reserve nothing) fewer instances under spread and
@@ -219,10 +229,7 @@ static bool ranks_before(const struct sched_params *params, const struct sched_h
 		return true;
 	if (sa < sb - 1e-9)
 		return false;
-	if (a->instances != b->instances)
-		return params->policy == SCHED_SPREAD ? a->instances < b->instances
-						      : a->instances > b->instances;
-	return strcmp(a->name, b->name) < 0;
+	return tie_wins(params, a, b);
 }
 
 /* Keep host i among the outcome's best few candidates, best first. */
@@ -249,40 +256,114 @@ static void top_keep(struct sched_outcome *out, const struct sched_params *param
 	out->top_score[k] = score;
 }
 
-int sched_place(const struct sched_request *req, const struct sched_params *params,
-		const struct sched_host *hosts, size_t n, struct sched_outcome *out)
-{
-	int best = -1;
-	double best_score = 0;
+/* The filters of the simple scan, by bit. */
+static const enum sched_reject simple_reasons[] = {
+	SCHED_OFFLINE,	     SCHED_MAINTENANCE, SCHED_NO_SHARED_POOL,
+	SCHED_NO_LOCAL_POOL, SCHED_NO_CPU,	SCHED_NO_MEMORY,
+};
 
-	memset(out, 0, sizeof(*out));
+/*
+ * The scan of sched_place(), inlined twice: once for any request, once (simple) for
+ * the common one that names no host, group, network or nesting, where the filters
+ * are the host's state, its pools and its capacity. The simple loop keeps the
+ * capacity it computed for the cheap test of may_reach() instead of computing it
+ * again; both give the same verdicts, counts and scores as check() and
+ * free_after().
+ */
+static inline __attribute__((always_inline)) void scan(const struct sched_request *req,
+						       const struct sched_params *params,
+						       const struct sched_host *hosts, size_t n,
+						       struct sched_outcome *out, bool simple)
+{
+	/* Copied out of req and params: the stores into out could alias them, so the
+	 * compiler would read them again for every host. */
+	const double cpu_ratio = params->cpu_ratio, mem_ratio = params->mem_ratio;
+	const bool spread = params->policy == SCHED_SPREAD;
+	const int vcpus = req->vcpus;
+	const int64_t memory_mb = req->memory_mb;
+	const bool shared_pool = req->needs_shared_pool, local_pool = req->needs_local_pool;
+	/* Once SCHED_TOP_MAX candidates are kept (full), the last one's score less a
+	 * margin (floor), and plus ranks_before()'s tie margin less the rounding that
+	 * separates num / den below from free_after() (ceil). */
+	double floor_score = 0, ceil_score = 0;
+	size_t rejected_by[SCHED_REJECT_COUNT] = {0}, nfit = 0, nrejected = 0;
+	bool full = false;
+
 	for (size_t i = 0; i < n; i++) {
-		enum sched_reject why = check(req, params, &hosts[i]);
+		const struct sched_host *h = &hosts[i];
+		enum sched_reject why = SCHED_FITS;
+		double cpu_cap, mem_cap, cpu_want, mem_want, num, den;
 		double score;
 
-		if (why != SCHED_FITS) {
-			out->rejected_by[why]++;
-			if (out->nrejected++ < SCHED_NAMED_MAX)
+		cpu_cap = h->cpus * cpu_ratio;
+		mem_cap = (double)h->memory_mb * mem_ratio;
+		cpu_want = h->vcpus_used + vcpus;
+		mem_want = (double)(h->memory_used_mb + memory_mb);
+		if (simple) {
+			/* check() for a request that names nothing: every filter at once, one
+			 * bit each in check()'s order, so a host costs one branch, and the
+			 * lowest bit set is the reason check() would give. */
+			unsigned bits = (unsigned)!h->online | (unsigned)h->maintenance << 1 |
+					(unsigned)(shared_pool && !h->shared_pool) << 2 |
+					(unsigned)(local_pool && !h->local_pool) << 3 |
+					(unsigned)(cpu_want > cpu_cap) << 4 |
+					(unsigned)(mem_want > mem_cap) << 5;
+
+			if (bits)
+				why = simple_reasons[__builtin_ctz(bits)];
+		} else {
+			why = check(req, params, h);
+		}
+		if (__builtin_expect(why != SCHED_FITS, 0)) {
+			rejected_by[why]++;
+			if (nrejected++ < SCHED_NAMED_MAX)
 				out->named[out->nnamed++] = i;
 			continue;
 		}
-		out->nfit++;
-		/* Once the few best are known, most hosts cannot come near the last of them:
-		 * a cheap test passes over those before the divisions of an exact score. */
-		if (out->ntop == SCHED_TOP_MAX &&
-		    !may_reach(req, params, &hosts[i], out->top_score[SCHED_TOP_MAX - 1] - 1e-8))
-			continue;
-		score = free_after(req, params, &hosts[i]);
-		if (params->policy != SCHED_SPREAD)
+		nfit++;
+		if (full && cpu_cap > 0 && mem_cap > 0) {
+			/* Most hosts cannot come near the last kept: may_reach(), multiplied
+			 * out on the capacity above, passes over those before the divisions
+			 * of an exact score. */
+			num = (cpu_cap - cpu_want) * mem_cap + (mem_cap - mem_want) * cpu_cap;
+			den = 2 * cpu_cap * mem_cap;
+			if (__builtin_expect(spread ? num < den * floor_score
+						    : num > den * (1 - floor_score),
+					     1))
+				continue;
+			/* Near the last kept: on a cluster of like hosts, hundreds tie with it.
+			 * One that would lose the tie gets in only with a score clearly above
+			 * it (ranks_before()), so the tie is settled before the divisions. */
+			if (!tie_wins(params, h, &hosts[out->top[SCHED_TOP_MAX - 1]]) &&
+			    (spread ? num < den * ceil_score : num > den * (1 - ceil_score)))
+				continue;
+		}
+		score = free_after(req, params, h);
+		if (!spread)
 			score = 1 - score;
-		/* Most hosts rank below the last of the few kept: one comparison each. */
-		if (out->ntop < SCHED_TOP_MAX || score > out->top_score[SCHED_TOP_MAX - 1] - 1e-9)
+		/* The best host is the first kept (top_keep() ranks with ranks_before()). */
+		if (!full || score > out->top_score[SCHED_TOP_MAX - 1] - 1e-9) {
 			top_keep(out, params, hosts, i, score);
-		if (best < 0 || ranks_before(params, &hosts[i], score, &hosts[best], best_score)) {
-			best = (int)i;
-			best_score = score;
+			full = out->ntop == SCHED_TOP_MAX;
+			if (full) {
+				floor_score = out->top_score[SCHED_TOP_MAX - 1] - 1e-8;
+				ceil_score = out->top_score[SCHED_TOP_MAX - 1] + 1e-9 - 1e-12;
+			}
 		}
 	}
-	out->best = best;
-	return best;
+	memcpy(out->rejected_by, rejected_by, sizeof(rejected_by));
+	out->nfit = nfit;
+	out->nrejected = nrejected;
+}
+
+int sched_place(const struct sched_request *req, const struct sched_params *params,
+		const struct sched_host *hosts, size_t n, struct sched_outcome *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (req->pin_host == NULL && !req->nested && req->nnets == 0 && req->anti_affinity == NULL)
+		scan(req, params, hosts, n, out, true);
+	else
+		scan(req, params, hosts, n, out, false);
+	out->best = out->ntop ? (int)out->top[0] : -1;
+	return out->best;
 }

@@ -195,18 +195,23 @@ int tokens_join_prove(const char *proof, const char *host, const char *pubhex, c
 		      unsigned char key[32], struct kerr *err)
 {
 	/* Only tokens still live, or used or expired lately (so a retry hears why): the
-	 * join port is open to anyone, and each try costs an HMAC per token. */
+	 * join port is open to anyone, and each try costs an HMAC per token. A token
+	 * issued for this host's name is tried first: with 5,000 named tokens, trying
+	 * them in id order cost 2,500 HMACs a join on average, and the joins of 5,000
+	 * hosts held the loop for minutes. */
 	sqlite3_stmt *st =
 		db_prepare(ctl.db, "SELECT id, digest, coalesce(expires_at, 0), "
 				   "coalesce(used_at, 0), name FROM tokens "
 				   "WHERE kind = 'join' AND (used_at IS NULL OR used_at > ?1) "
-				   "AND (expires_at IS NULL OR expires_at > ?1)");
+				   "AND (expires_at IS NULL OR expires_at > ?1) "
+				   "ORDER BY name = ?2 DESC, id");
 	int64_t now = now_ms(), id = 0, expires = 0, used = 0;
 	char bound[128] = "", want[TOKEN_DIGEST_LEN + 1];
 	bool found = false;
 	int rc;
 
 	sqlite3_bind_int64(st, 1, now - JOIN_RECENT_MS);
+	sqlite3_bind_text(st, 2, host, -1, SQLITE_STATIC);
 	while (!found && sqlite3_step(st) == SQLITE_ROW) {
 		const char *digest = (const char *)sqlite3_column_text(st, 1);
 

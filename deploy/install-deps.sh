@@ -35,7 +35,8 @@ libxml2-dev
 # MBR, e2fsprogs and fdisk), skopeo to push them; prometheus for promtool, which checks
 # the controller's /metrics (its server is not started here); clang and its libFuzzer
 # runtime for tests/fuzz/run; podman and buildah: the registry test logs in, pushes and
-# pulls with the clients users have, beside skopeo.
+# pulls with the clients users have, beside skopeo; wrk drives bench/api.sh (keep-alive
+# HTTP and TLS load from C: a Python client would be the bottleneck).
 TEST="
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
@@ -44,6 +45,7 @@ skopeo
 prometheus
 clang libclang-rt-14-dev
 podman buildah
+wrk
 "
 
 PKGS=""

@@ -378,6 +378,67 @@ static void test_audit_prune_keeps_what_was_done(void **state)
 	ctl.db = NULL;
 }
 
+static int durable_calls;
+
+static void durable_cb(struct db_waiter *w)
+{
+	durable_calls++;
+}
+
+/*
+ * Group commit: commits made together are made durable together by one fsync off
+ * the loop; a waiter is answered only by a sync that started after its commit; an
+ * autocommit statement counts as a commit; and at stop what is left is synced inline.
+ */
+static void test_group_commit(void **state)
+{
+	struct fixture *f = *state;
+	struct db_waiter a = {0}, b = {0}, c = {0};
+	uv_loop_t loop;
+	struct kerr err = {0};
+	uint64_t seq_a, seq_b;
+	char buf[32];
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(db_group_commit_start(f->db, f->path, &loop, &err), 0);
+	/* NORMAL: a commit no longer waits for its own fsync. */
+	assert_string_equal(query_text(f->db, "PRAGMA synchronous", buf, sizeof(buf)), "1");
+	durable_calls = 0;
+
+	assert_int_equal(db_begin(f->db), 0);
+	assert_int_equal(db_meta_set(f->db, "k1", "v1", &err), 0);
+	assert_int_equal(db_commit(f->db, &err), 0);
+	seq_a = db_commit_seq();
+	assert_true(seq_a > 0);
+	assert_true(db_durable_wait(&a, seq_a, durable_cb));
+	/* While that fsync runs, two more commits (one autocommit) and their waiters. */
+	assert_int_equal(db_meta_set(f->db, "k2", "v2", &err), 0);
+	assert_int_equal(db_exec(f->db, "UPDATE meta SET value = 'v3' WHERE key = 'k2'", &err), 0);
+	seq_b = db_commit_seq();
+	assert_int_equal(seq_b, seq_a + 2);
+	assert_true(db_durable_wait(&b, seq_b, durable_cb));
+	assert_true(db_durable_wait(&c, seq_b, durable_cb));
+	assert_int_equal(durable_calls, 0); /* nothing answered before its fsync */
+	/* A cancelled waiter is never called. */
+	db_durable_cancel(&c);
+	while (durable_calls < 2)
+		assert_true(uv_run(&loop, UV_RUN_ONCE) >= 0);
+	assert_int_equal(durable_calls, 2);
+	assert_false(c.queued);
+	/* Durable already: no wait. */
+	assert_false(db_durable_wait(&a, seq_b, durable_cb));
+
+	/* Stopping: a commit after the stop is synced inline, at once. */
+	db_group_commit_stop();
+	assert_int_equal(db_meta_set(f->db, "k4", "v4", &err), 0);
+	assert_false(db_durable_wait(&a, db_commit_seq(), durable_cb));
+	assert_int_equal(durable_calls, 2);
+	db_group_commit_free();
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -396,6 +457,7 @@ int main(void)
 		T(test_meta),
 		T(test_transactions),
 		T(test_audit_prune_keeps_what_was_done),
+		T(test_group_commit),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -804,6 +804,81 @@ static void test_random_clusters_match_brute_force(void **state)
 	cluster_free(&c);
 }
 
+/* The rank order of sched_place(), written out plainly for qsort. */
+static const struct sched_params *rank_params;
+static const struct sched_host *rank_hosts;
+static const double *rank_scores;
+
+static int rank_cmp(const void *a, const void *b)
+{
+	size_t i = *(const size_t *)a, j = *(const size_t *)b;
+	const struct sched_host *x = &rank_hosts[i], *y = &rank_hosts[j];
+
+	if (rank_scores[i] != rank_scores[j])
+		return rank_scores[i] > rank_scores[j] ? -1 : 1;
+	if (x->instances != y->instances)
+		return (rank_params->policy == SCHED_SPREAD) == (x->instances < y->instances) ? -1
+											      : 1;
+	return strcmp(x->name, y->name);
+}
+
+/*
+ * A cluster of like hosts, where most candidates tie with the last of the few kept
+ * (the case sched_place() settles before computing a score): a handful of load shapes,
+ * instance counts 0..3, names out of index order. The few kept are exactly the first
+ * of all candidates sorted by score, instances and name, under both policies and in
+ * many draws.
+ */
+static void test_top_ties_match_sorted(void **state)
+{
+	struct cluster c;
+	struct sched_request r = base_req();
+	size_t *order = calloc(600, sizeof(*order));
+	double *scores = calloc(600, sizeof(*scores));
+
+	assert_non_null(order);
+	assert_non_null(scores);
+	cluster_init(&c, 600);
+	rng_state = UINT64_C(777);
+	for (int round = 0; round < 40; round++) {
+		struct sched_params p = params(4.0, 1.0, round % 2 ? SCHED_PACK : SCHED_SPREAD);
+		struct sched_outcome out;
+		size_t nfit = 0;
+
+		r.vcpus = 1;
+		r.memory_mb = 256;
+		for (size_t i = 0; i < c.n; i++) {
+			struct sched_host *h = &c.hosts[i];
+
+			h->cpus = 64;
+			h->memory_mb = 262144;
+			h->vcpus_used = (int)(rnd() % 3) * 8;
+			h->memory_used_mb = (int64_t)(rnd() % 2) * 4096;
+			h->instances = (int)(rnd() % 4);
+			h->online = rnd() % 10 != 0;
+		}
+		sched_place(&r, &p, c.hosts, c.n, &out);
+		for (size_t i = 0; i < c.n; i++) {
+			if (sched_host_check(&r, &p, &c.hosts[i]) != SCHED_FITS)
+				continue;
+			scores[i] = sched_host_score(&r, &p, &c.hosts[i]);
+			order[nfit++] = i;
+		}
+		rank_params = &p;
+		rank_hosts = c.hosts;
+		rank_scores = scores;
+		qsort(order, nfit, sizeof(*order), rank_cmp);
+		assert_int_equal(out.ntop, SCHED_TOP_MAX);
+		for (size_t k = 0; k < out.ntop; k++)
+			if (out.top[k] != order[k])
+				fail_msg("round %d: candidate %zu is %s, sorted %s", round, k,
+					 c.hosts[out.top[k]].name, c.hosts[order[k]].name);
+	}
+	cluster_free(&c);
+	free(order);
+	free(scores);
+}
+
 static void test_ties_by_name(void **state)
 {
 	static const char *const names[] = {"c", "a", "b", "a1"};
@@ -1127,6 +1202,7 @@ int main(void)
 		cmocka_unit_test(test_spread_picks_least_loaded),
 		cmocka_unit_test(test_pack_picks_most_loaded_that_fits),
 		cmocka_unit_test(test_random_clusters_match_brute_force),
+		cmocka_unit_test(test_top_ties_match_sorted),
 		cmocka_unit_test(test_ties_by_name),
 		cmocka_unit_test(test_ties_by_instance_count),
 		cmocka_unit_test(test_anti_affinity_three_hosts),
