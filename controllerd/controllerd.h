@@ -547,6 +547,7 @@ void metrics_api_request(const char *method, const char *route, unsigned status,
 void metrics_link_message(const char *type);
 void metrics_db_commit(double seconds);
 void metrics_loop_lag(double seconds);
+void metrics_loop_tick(int64_t due_us);
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);
 void metrics_free(void);
