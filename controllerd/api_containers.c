@@ -185,6 +185,7 @@ const struct json_field container_create_fields[] = {
 	{"restart", JK_STRING, false, restart_check},
 	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"capabilities", JK_ARRAY, false, capabilities_check},
+	{"userns", JK_BOOL, false, NULL},
 	{"nics", JK_ARRAY, false, nics_container_check},
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
@@ -254,8 +255,8 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 	json_object_object_add(img, "name", json_object_new_string(canon));
 	json_object_object_add(img, "manifest", json_object_new_string(digest));
 	json_object_object_add(spec, "image", img);
-	for (const char *const *k =
-		     (const char *const[]){"command", "env", "workdir", "capabilities", NULL};
+	for (const char *const *k = (const char *const[]){"command", "env", "workdir",
+							  "capabilities", "userns", NULL};
 	     *k; k++) {
 		v = json_object_object_get(body, *k);
 		json_object_object_add(spec, *k, v ? json_object_get(v) : NULL);
