@@ -271,6 +271,12 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	p->op = op;
 	p->then = then;
 	p->create = create;
+	/* isolation: a new container records whether it has a user namespace (uid.c), so
+	 * one made before they existed keeps running without one (its files are root's). */
+	if (create && !json_object_is_type(json_object_object_get(op->ctr->spec, "userns"),
+					   json_type_boolean))
+		json_object_object_add(op->ctr->spec, "userns",
+				       json_object_new_boolean(a->cfg->ctr_uid_base > 0));
 	if (json_object_deep_copy(op->ctr->spec, &p->spec, NULL) < 0)
 		fatalx("out of memory");
 	snprintf(p->name, sizeof(p->name), "%s", op->ctr->name);

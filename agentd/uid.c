@@ -188,10 +188,12 @@ void uid_vm_release(struct vm *vm)
  */
 
 /* The first host uid of container spec's user namespace, or 0 when it has none
- * (--container-uid-base 0, or the spec's "userns": false). */
+ * (--container-uid-base 0, or the spec's "userns": false). The create records the
+ * choice in the spec; a spec without it is a container made before user namespaces,
+ * whose writable layer is root's: it keeps running without one. */
 unsigned uid_ctr_base(const struct agent_config *cfg, struct json_object *spec)
 {
-	if (cfg->ctr_uid_base <= 0 || !json_get_bool(spec, "userns", true))
+	if (cfg->ctr_uid_base <= 0 || !json_get_bool(spec, "userns", false))
 		return 0;
 	return (unsigned)cfg->ctr_uid_base;
 }

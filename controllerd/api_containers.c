@@ -255,12 +255,16 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 	json_object_object_add(img, "name", json_object_new_string(canon));
 	json_object_object_add(img, "manifest", json_object_new_string(digest));
 	json_object_object_add(spec, "image", img);
-	for (const char *const *k = (const char *const[]){"command", "env", "workdir",
-							  "capabilities", "userns", NULL};
+	for (const char *const *k =
+		     (const char *const[]){"command", "env", "workdir", "capabilities", NULL};
 	     *k; k++) {
 		v = json_object_object_get(body, *k);
 		json_object_object_add(spec, *k, v ? json_object_get(v) : NULL);
 	}
+	/* Recorded either way: a spec without it is a container made before user
+	 * namespaces, which its agent keeps running without one (agentd/uid.c). */
+	json_object_object_add(spec, "userns",
+			       json_object_new_boolean(json_get_bool(body, "userns", true)));
 	limits = json_object_new_object();
 	v = json_object_object_get(body, "limits");
 	json_object_object_add(limits, "cpus", json_object_get(json_object_object_get(v, "cpus")));

@@ -52,6 +52,7 @@ for n in us-a us-b; do
 	f=$(upper_of $n)/etc/kumo-userns
 	[ "$(stat -c %u "$f")" = "$uid" ] || fail "$f (made by root in $n) is uid $(stat -c %u "$f") on the host, not $uid"
 	[ "$(stat -c %u "$(upper_of $n)/root/d/f")" = "$uid" ] || fail "a file root made in $n is not uid $uid on the host"
+	[ "$(ct_field $n .userns)" = true ] || fail "$n does not show userns true"
 	pass "$n: root inside is uid $uid on the host; it writes the image's /etc and /root, and its files are uid $uid outside"
 done
 wait_until 30 "us-b (user namespace, on $NET) to ping its gateway" ct_ping us-b 10.77.0.1
