@@ -68,8 +68,11 @@ struct agent_config {
 	char *shared_pool;
 	char *local_pool;
 	char *log_level_name;
-	char *accel;	    /* auto, kvm or tcg */
-	char *qemu_user;    /* QEMU's user after start-up; "root": none */
+	char *accel;	   /* auto, kvm or tcg */
+	char *qemu_user;   /* QEMU's user after start-up; "root": none */
+	int qemu_uid_base; /* each VM's QEMU a uid from here (uid.c); 0: qemu_user */
+	int qemu_uid_count;
+	int ctr_uid_base;   /* containers' user namespace maps 0.. here (uid.c); 0: none */
 	int heartbeat;	    /* seconds; 0: what the controller said at join */
 	int log_size_mib;   /* cap of one file of a container's or VM's console log */
 	int log_files;	    /* files of one console log at most (the current one too) */
@@ -472,6 +475,21 @@ int qmp_cmd_send(struct qmp *q, const char *cmd, struct json_object *args, unsig
 bool qmp_ready(const struct qmp *q);
 void qmp_close(struct qmp *q);
 
+/* uid.c */
+uid_t uid_vm_read(const char *dir);
+int64_t uid_vm_claim(struct vm *vm, struct kerr *err);
+void uid_vm_release(struct vm *vm);
+unsigned uid_ctr_base(const struct agent_config *cfg, struct json_object *spec);
+int uid_ctr_netns_make(unsigned base, const char *userns_path, const char *netns_path,
+		       struct kerr *err);
+int uid_userns_open(unsigned base, struct kerr *err);
+int uid_idmap_mount(const char *src, const char *dst, int userns_fd, struct kerr *err);
+int uid_ctr_path_open(const char *dir, struct kerr *err);
+
+/* vmcgroup.c */
+int vmcgroup_enter(struct vm *vm, pid_t pid, struct kerr *err);
+void vmcgroup_remove(struct vm *vm);
+
 /* qemuargs.c */
 int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, struct kerr *err);
 
@@ -658,6 +676,7 @@ int layers_tar_unpack(const char *path, const char *dest, const char *digest, ch
 		      char *diff_id, struct kerr *err);
 int layers_unpack(const char *shared, const char *local, const struct oci_layer *l,
 		  struct kerr *err);
+void layers_userns_base_set(unsigned base);
 int layers_tar_write(const char *upper, const char *path, char *digest, char *diff_id,
 		     int64_t *size, struct kerr *err);
 int layers_commit(const char *shared, const char *upper, const struct oci_image *img,
@@ -666,8 +685,9 @@ int layers_commit(const char *shared, const char *upper, const struct oci_image 
 /* bundle.c */
 /* What the agent's configuration gives a container whose spec sets no limits. */
 struct bundle_defaults {
-	int memory_mib; /* 0: no memory limit */
-	int pids;	/* 0: no pids limit */
+	int memory_mib;	      /* 0: no memory limit */
+	int pids;	      /* 0: no pids limit */
+	unsigned userns_base; /* host uid of the container's root (uid.c); 0: no userns */
 };
 struct json_object *bundle_config_build(const char *name, const char *cgroup,
 					struct json_object *spec, struct json_object *image_config,
@@ -682,7 +702,8 @@ struct json_object *seccomp_profile_build(void);
 int netport_vm_prepare(struct json_object *nics, struct kerr *err);
 void netport_vm_remove(struct json_object *nics);
 bool netport_ctr_networked(struct json_object *nics);
-int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *err);
+int netport_ctr_prepare(const char *dir, struct json_object *nics, unsigned userns_base,
+			struct kerr *err);
 char *netport_ctr_netns(const char *dir, struct json_object *nics);
 void netport_ctr_remove(const char *dir);
 int netport_ctr_resolv(const char *dir, struct json_object *nics, char **path, struct kerr *err);

@@ -17,7 +17,9 @@
  * swap, so no swapping past it), CPU quota over a 100 ms period, pids limit (memory and
  * pids: the agent's defaults where the spec sets none); no device but runc's defaults;
  * Docker's masked and read-only /proc and /sys paths; seccomp.c's allow-list; the
- * ping_group_range sysctl open
+ * ping_group_range sysctl open; a user namespace mapping 0..65535 to the host's range
+ * unless the spec says "userns": false (uid.c: joined from the agent's file beside the
+ * network namespace when the container is on networks)
  */
 #include "agentd.h"
 
@@ -336,6 +338,26 @@ static struct json_object *linux_build(const char *cgroup, struct json_object *s
 		json_object_object_add(n, "type", json_object_new_string(namespaces[i]));
 		json_object_array_add(ns, n);
 	}
+	/* Root inside is base outside (uid.c): the user namespace and its one mapping. */
+	if (defaults && defaults->userns_base) {
+		struct json_object *n = json_object_new_object();
+
+		json_object_object_add(n, "type", json_object_new_string("user"));
+		json_object_array_add(ns, n);
+		for (const char *const *key =
+			     (const char *const[]){"uidMappings", "gidMappings", NULL};
+		     *key; key++) {
+			struct json_object *maps = json_object_new_array();
+			struct json_object *m = json_object_new_object();
+
+			json_object_object_add(m, "containerID", json_object_new_int(0));
+			json_object_object_add(m, "hostID",
+					       json_object_new_int64(defaults->userns_base));
+			json_object_object_add(m, "size", json_object_new_int(65536));
+			json_object_array_add(maps, m);
+			json_object_object_add(lx, *key, maps);
+		}
+	}
 	json_object_object_add(lx, "cgroupsPath", json_object_new_string(cgroup));
 	json_object_object_add(lx, "resources", resources_build(spec, defaults));
 	json_object_object_add(lx, "namespaces", ns);
@@ -345,8 +367,11 @@ static struct json_object *linux_build(const char *cgroup, struct json_object *s
 	/* As Docker does: ICMP datagram sockets for every group, so a ping that uses them
 	 * needs no CAP_NET_RAW. The container's own network namespace only. */
 	sysctl = json_object_new_object();
+	/* In a user namespace the range must be of its gids (0..65535). */
 	json_object_object_add(sysctl, "net.ipv4.ping_group_range",
-			       json_object_new_string("0 2147483647"));
+			       json_object_new_string(defaults && defaults->userns_base
+							      ? "0 65535"
+							      : "0 2147483647"));
 	json_object_object_add(lx, "sysctl", sysctl);
 	return lx;
 }
@@ -452,7 +477,8 @@ struct json_object *bundle_config_build(const char *name, const char *cgroup,
 
 /*
  * Join the network namespace at path (consumed; NULL: keep a new one): a container on
- * networks lives in the namespace netport_ctr_prepare() wired.
+ * networks lives in the namespace netport_ctr_prepare() wired. With a user namespace,
+ * also the one that owns it, bound beside it ("userns", uid_ctr_netns_make()).
  */
 void bundle_netns_set(struct json_object *cfg, char *path)
 {
@@ -461,9 +487,17 @@ void bundle_netns_set(struct json_object *cfg, char *path)
 
 	for (size_t i = 0; path && ns && i < json_object_array_length(ns); i++) {
 		struct json_object *n = json_object_array_get_idx(ns, i);
+		const char *type = json_get_str(n, "type", "");
 
-		if (strcmp(json_get_str(n, "type", ""), "network") == 0)
+		if (strcmp(type, "network") == 0) {
 			json_object_object_add(n, "path", json_object_new_string(path));
+		} else if (strcmp(type, "user") == 0) {
+			char *slash = strrchr(path, '/');
+			_cleanup_free_ char *userns =
+				xasprintf("%.*s/userns", (int)(slash ? slash - path : 0), path);
+
+			json_object_object_add(n, "path", json_object_new_string(userns));
+		}
 	}
 	free(path);
 }

@@ -75,7 +75,17 @@ static const struct config_opt options[] = {
 	 "VM acceleration: auto (KVM only where a probe guest really ran), kvm or tcg", false, 0,
 	 0},
 	{"qemu-user", OPT_STRING, AT(qemu_user), "kumo-qemu", "USER",
-	 "the user QEMU drops to once it opened its files (root: no drop)", false, 0, 0},
+	 "the user QEMU drops to once it opened its files (root: no drop), when VMs share one",
+	 false, 0, 0},
+	{"qemu-uid-base", OPT_INT, AT(qemu_uid_base), "1300000", "UID",
+	 "first of the uids each VM's QEMU gets one of (uid.c; 0: all use --qemu-user)", false, 0,
+	 2000000000},
+	{"container-uid-base", OPT_INT, AT(ctr_uid_base), "1400000", "UID",
+	 "host uid of root in containers: each runs in a user namespace over 65536 uids from "
+	 "here (0: none, root in a container is root)",
+	 false, 0, 2000000000},
+	{"qemu-uid-count", OPT_INT, AT(qemu_uid_count), "4096", "N",
+	 "uids from --qemu-uid-base: VMs running at once at most", false, 1, 1000000},
 };
 
 #define OPT_KEY_BASE 256 /* getopt_long values of table rows: OPT_KEY_BASE + index */

@@ -296,6 +296,7 @@ struct json_object *facts_collect(const struct agent_config *cfg, bool kvm_usabl
 	json_object_object_add(facts, "net", net);
 
 	json_object_object_add(facts, "qemu_user", json_object_new_string(cfg->qemu_user));
+	json_object_object_add(facts, "qemu_uid_base", json_object_new_int(cfg->qemu_uid_base));
 	pools = json_object_new_array();
 	pool_add(pools, "shared", cfg->shared_pool);
 	pool_add(pools, "local", cfg->local_pool);

@@ -609,6 +609,7 @@ static const struct json_field ctr_spec_fields[] = {
 	{"limits", JK_OBJECT, false, ctr_limits_check},
 	{"restart", JK_STRING, false, restart_check},
 	{"capabilities", JK_ARRAY, false, ctr_caps_check},
+	{"userns", JK_BOOL, false, NULL}, /* isolation: uid.c, false runs root as root */
 	{"nics", JK_ARRAY, false, ctr_nics_check},
 	/* The controller's own: placement, grouping and the stop grace (each stop's
 	 * timeout_s carries it). Checked, kept, not used here. */

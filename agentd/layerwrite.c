@@ -162,13 +162,35 @@ static void header_put(struct tar_out *t, const char *name, char type, unsigned 
 	out_write(t, h, BLOCK);
 }
 
+/* The host uid of root in containers' user namespaces (uid.c), 0 for none. */
+static unsigned userns_base;
+
+/*
+ * Containers in a user namespace write their upper directory as base+N: commit stores
+ * N, so an image means the same inside and outside one. Set once at start-up.
+ */
+void layers_userns_base_set(unsigned base)
+{
+	userns_base = base;
+}
+
+static unsigned id_unshift(unsigned id)
+{
+	return userns_base && id >= userns_base && id - userns_base < 65536 ? id - userns_base : id;
+}
+
 /* One entry's headers: a pax header first when a field does not fit ustar. */
-static void entry_put(struct tar_out *t, const char *name, char type, const struct stat *st,
+static void entry_put(struct tar_out *t, const char *name, char type, const struct stat *host_st,
 		      int64_t size, const char *link, const struct xattr *xattrs, size_t nx)
 {
 	_cleanup_free_ char *pax = NULL;
 	size_t paxlen = 0;
 	char num[32];
+	struct stat shifted = *host_st;
+	const struct stat *st = &shifted;
+
+	shifted.st_uid = id_unshift(host_st->st_uid);
+	shifted.st_gid = id_unshift(host_st->st_gid);
 
 	if (strlen(name) > 100) {
 		const char *cut = name + strlen(name) - 100;

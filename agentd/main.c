@@ -179,6 +179,7 @@ int main(int argc, char **argv)
 	}
 	log_init(AGENT_PROG, cfg.log_level);
 	facts_accel_config(cfg.accel);
+	layers_userns_base_set(cfg.ctr_uid_base > 0 ? (unsigned)cfg.ctr_uid_base : 0);
 
 	a->cfg = &cfg;
 	a->push_sock = a->rep_sock = -1;

@@ -17,7 +17,7 @@
  *      deletes the stale ones (their rules: netnft.c - isolation, NAT, port security,
  *      security groups, the control plane)
  *   6. dnsmasq per DHCP segment: restarted when its config changed, SIGHUP when only its
- *      hosts did
+ *      hosts did. It runs as DNSMASQ_USER (see dnsmasq_user())
  *   7. net.ipv4.ip_forward = 1 while a nat network is wanted
  * A failing step is logged and the apply goes on, so one broken segment does not keep
  * the others down; the first failure is what the caller hears. The document was
@@ -35,7 +35,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <net/if.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -43,6 +45,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -1069,6 +1072,55 @@ static bool dnsmasq_wanted(struct apply *ap, const char *bridge)
 
 static const char *const dnsmasq_exts[] = {"conf", "hosts", "pid", "leases"};
 
+/*
+ * dnsmasq serves DHCP to tenants, so it is the host process they talk to most: it runs
+ * as DNSMASQ_USER (deploy/install-deps.sh makes it; "nobody" where it is missing), not
+ * root. It opens its lease file, pid file and sockets as root, then drops to the user
+ * keeping only the network capabilities DHCP needs (CAP_NET_ADMIN, CAP_NET_RAW,
+ * CAP_NET_BIND_SERVICE). The one file it reads afterwards is its hosts file (on SIGHUP),
+ * and the agent's state directory is root's alone (0700): so the hosts files live in
+ * DNSMASQ_RUN/<hash of the state directory>/, a directory of root's that only the
+ * user's group may read (0750), each file 0640.
+ */
+#define DNSMASQ_USER "kumo-dnsmasq"
+#define DNSMASQ_RUN  "/run/kumo-dnsmasq"
+
+struct dnsmasq_user {
+	char user[64], group[64];
+	gid_t gid;
+};
+
+static void dnsmasq_user(struct dnsmasq_user *u)
+{
+	struct passwd *pw = getpwnam(DNSMASQ_USER);
+	struct group *gr;
+
+	if (pw == NULL)
+		pw = getpwnam("nobody");
+	snprintf(u->user, sizeof(u->user), "%s", pw ? pw->pw_name : "nobody");
+	u->gid = pw ? pw->pw_gid : 65534;
+	gr = getgrgid(u->gid);
+	snprintf(u->group, sizeof(u->group), "%s", gr ? gr->gr_name : "nogroup");
+}
+
+/* The directory of the hosts files of the dnsmasq processes of state directory dir:
+ * several agents may share a machine (the test lab), each with its own directory. */
+static char *dnsmasq_run_dir(const char *dir)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+
+	for (const char *c = dir; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+	return xasprintf("%s/%016llx", DNSMASQ_RUN, (unsigned long long)h);
+}
+
+static char *dnsmasq_hosts_path(const char *dir, const char *bridge)
+{
+	_cleanup_free_ char *run = dnsmasq_run_dir(dir);
+
+	return xasprintf("%s/%s.hosts", run, bridge);
+}
+
 /* Stop the dnsmasq of every segment that wants none and remove its files. */
 static void dnsmasq_prune(struct apply *ap)
 {
@@ -1111,6 +1163,14 @@ static void dnsmasq_prune(struct apply *ap)
 			if (unlink(path) == 0)
 				ap->changes++;
 		}
+		{
+			_cleanup_free_ char *hosts = dnsmasq_hosts_path(ap->dir, stems[i]);
+			_cleanup_free_ char *run_dir = dnsmasq_run_dir(ap->dir);
+
+			if (unlink(hosts) == 0)
+				ap->changes++;
+			rmdir(run_dir); /* when it was the last one */
+		}
 	}
 	for (size_t i = 0; i < n; i++)
 		free(stems[i]);
@@ -1118,20 +1178,20 @@ static void dnsmasq_prune(struct apply *ap)
 }
 
 static void dnsmasq_conf(struct buf *b, const char *dir, const struct netdoc_net *n,
-			 const struct netdoc_seg *s)
+			 const struct netdoc_seg *s, const struct dnsmasq_user *u)
 {
 	char net[NETDOC_ADDR_LEN], mask[NETDOC_ADDR_LEN];
+	_cleanup_free_ char *hosts = dnsmasq_hosts_path(dir, s->bridge);
 
 	netdoc_ipv4_format(n->net, net);
 	netdoc_ipv4_format(n->mask, mask);
 	buf_printf(b, "# Written by kumo-agentd for network %s (id %lld) VLAN %d; do not edit.\n",
 		   n->name, (long long)n->id, s->vlan);
 	buf_printf(b, "port=0\ninterface=%s\nbind-interfaces\n", s->bridge);
-	/* Stays root: its files are in a 0700 directory, and SIGHUP re-reads the hosts. */
-	buf_printf(b, "user=root\n");
+	buf_printf(b, "user=%s\ngroup=%s\n", u->user, u->group);
 	buf_printf(b, "dhcp-range=%s,static,%s,1h\n", net, mask);
 	buf_printf(b, "dhcp-authoritative\n");
-	buf_printf(b, "dhcp-hostsfile=%s/%s.hosts\n", dir, s->bridge);
+	buf_printf(b, "dhcp-hostsfile=%s\n", hosts);
 	buf_printf(b, "dhcp-leasefile=%s/%s.leases\n", dir, s->bridge);
 	buf_printf(b, "pid-file=%s/%s.pid\n", dir, s->bridge);
 	/* An empty option sends none: dnsmasq would offer itself as router otherwise. */
@@ -1176,19 +1236,44 @@ static int file_update(struct apply *ap, const char *path, const struct buf *wan
 	return 1;
 }
 
+/* DNSMASQ_RUN/<hash>: root's, 0750, group gid (the dnsmasq user's) may read it. */
+static int dnsmasq_run_dir_make(struct apply *ap, const char *run_dir, gid_t gid)
+{
+	int ret = mkdir_p(run_dir, 0750);
+
+	if (ret == 0 && (chmod(DNSMASQ_RUN, 0755) < 0 || chown(run_dir, 0, gid) < 0 ||
+			 chmod(run_dir, 0750) < 0))
+		ret = -errno;
+	if (ret < 0) {
+		failedx(ap, "cannot make %s: %s", run_dir, strerror(-ret));
+		return -1;
+	}
+	return 0;
+}
+
 static void dnsmasq_sync(struct apply *ap, const struct netdoc_net *n, const struct netdoc_seg *s)
 {
 	_attr_cleanup_(buf_freep) struct buf conf = {0}, hosts = {0};
 	_cleanup_free_ char *conf_path = xasprintf("%s/%s.conf", ap->dir, s->bridge);
-	_cleanup_free_ char *hosts_path = xasprintf("%s/%s.hosts", ap->dir, s->bridge);
+	_cleanup_free_ char *hosts_path = dnsmasq_hosts_path(ap->dir, s->bridge);
+	_cleanup_free_ char *run_dir = dnsmasq_run_dir(ap->dir);
 	_cleanup_free_ char *pid_path = xasprintf("%s/%s.pid", ap->dir, s->bridge);
 	_cleanup_free_ char *conf_arg = xasprintf("--conf-file=%s", conf_path);
 	pid_t pid = dnsmasq_pid(ap->dir, s->bridge);
+	struct dnsmasq_user u;
 	int conf_new, hosts_new;
 
-	dnsmasq_conf(&conf, ap->dir, n, s);
+	dnsmasq_user(&u);
+	if (dnsmasq_run_dir_make(ap, run_dir, u.gid) < 0)
+		return;
+	dnsmasq_conf(&conf, ap->dir, n, s, &u);
 	dnsmasq_hosts(&hosts, s);
 	hosts_new = file_update(ap, hosts_path, &hosts);
+	/* Written 0600 root: its user reads it through the group. */
+	if (hosts_new >= 0 && (chown(hosts_path, 0, u.gid) < 0 || chmod(hosts_path, 0640) < 0)) {
+		failedx(ap, "cannot give %s to group %s: %s", hosts_path, u.group, strerror(errno));
+		return;
+	}
 	conf_new = file_update(ap, conf_path, &conf);
 	if (hosts_new < 0 || conf_new < 0)
 		return;

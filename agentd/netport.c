@@ -91,25 +91,37 @@ bool netport_ctr_networked(struct json_object *nics)
 	return nics && json_object_array_length(nics) > 0;
 }
 
-/* {dir}/netns: a network namespace of its own, bound there; made once. Returns 1 when
- * made now, 0 when it was there, -1 with err. */
-static int netns_make(const char *path, struct kerr *err)
+/* {dir}/netns: a network namespace of its own, bound there; made once. With
+ * userns_base, inside a user namespace over it bound on {dir}/userns (uid.c). Returns 1
+ * when made now, 0 when it was there, -1 with err. */
+static int netns_make(const char *path, unsigned userns_base, struct kerr *err)
 {
 	_cleanup_free_ char *arg = xasprintf("--net=%s", path);
+	_cleanup_free_ char *userns =
+		xasprintf("%.*s/userns", (int)(strrchr(path, '/') - path), path);
+	_cleanup_free_ char *userarg = xasprintf("--user=%s", userns);
 	_cleanup_close_ int fd = -1;
 
 	if (access(path, F_OK) == 0) {
-		/* Bound already, or an empty file a failed attempt left. */
+		/* Bound already, or an empty file a failed attempt left. With a user
+		 * namespace wanted, both must be there (a namespace made before has none). */
 		char *out = NULL;
 		struct kerr why;
-		int ret = netdrv_run((const char *const[]){"nsenter", arg, "true", NULL}, NULL,
-				     &out, &why);
+		int ret = netdrv_run(
+			userns_base ? (const char *const[]){"nsenter", userarg, arg, "true", NULL}
+				    : (const char *const[]){"nsenter", arg, "true", NULL},
+			NULL, &out, &why);
 
 		free(out);
 		if (ret == 0)
 			return 0;
+		umount2(path, MNT_DETACH);
+		umount2(userns, MNT_DETACH);
 		unlink(path);
+		unlink(userns);
 	}
+	if (userns_base)
+		return uid_ctr_netns_make(userns_base, userns, path, err) < 0 ? -1 : 1;
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return err_set(err, errno, "cannot create %s", path);
@@ -122,7 +134,8 @@ static int netns_make(const char *path, struct kerr *err)
  * Wire the container's NICs in {dir}/netns, making what is missing: the namespace,
  * each veth, its address and routes. Idempotent: a start after a stop finds it all.
  */
-int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *err)
+int netport_ctr_prepare(const char *dir, struct json_object *nics, unsigned userns_base,
+			struct kerr *err)
 {
 	_cleanup_free_ char *path = xasprintf("%s/netns", dir);
 	_cleanup_free_ char *nsarg = xasprintf("--net=%s", path);
@@ -132,7 +145,7 @@ int netport_ctr_prepare(const char *dir, struct json_object *nics, struct kerr *
 
 	if (!netport_ctr_networked(nics))
 		return 0;
-	made = netns_make(path, err);
+	made = netns_make(path, userns_base, err);
 	if (made < 0)
 		return -1;
 	snprintf(agent_pid, sizeof(agent_pid), "%d", (int)getpid());
@@ -193,10 +206,15 @@ void netport_ctr_remove(const char *dir)
 {
 	_cleanup_free_ char *path = xasprintf("%s/netns", dir);
 
+	_cleanup_free_ char *userns = xasprintf("%s/userns", dir);
+
 	if (umount2(path, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
 		log_warnx("cannot unmount %s: %s", path, strerror(errno));
 	if (unlink(path) < 0 && errno != ENOENT)
 		log_warnx("cannot remove %s: %s", path, strerror(errno));
+	/* The user namespace that owned it (uid.c), if the container had one. */
+	umount2(userns, MNT_DETACH);
+	unlink(userns);
 }
 
 /*

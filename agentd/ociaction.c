@@ -115,8 +115,18 @@ static int bundle_work(struct oci_job *job)
 	if (dir_make(upper, 0755, &job->err) < 0 || dir_make(work, 0700, &job->err) < 0 ||
 	    dir_make(rootfs, 0755, &job->err) < 0)
 		return -1;
+	/* isolation: in a user namespace (uid.c) the container's "/" is its root's, and
+	 * its init (that root) must be able to pass every directory down to the rootfs. */
+	if (p->defaults.userns_base) {
+		if (uid_ctr_path_open(p->dir, &job->err) < 0)
+			return -1;
+		if (chown(upper, p->defaults.userns_base, p->defaults.userns_base) < 0)
+			return err_set(&job->err, errno, "cannot give %s to uid %u", upper,
+				       p->defaults.userns_base);
+	}
 	/* The NICs first: the bundle names the namespace they live in. */
-	if (netport_ctr_prepare(p->dir, json_object_object_get(p->spec, "nics"), &job->err) < 0)
+	if (netport_ctr_prepare(p->dir, json_object_object_get(p->spec, "nics"),
+				p->defaults.userns_base, &job->err) < 0)
 		return agent_err_prefix(&job->err, "network: ");
 	cfg = bundle_config_build(p->name, p->cgroup, p->spec, p->img.config, &p->defaults,
 				  &job->err);
@@ -172,6 +182,10 @@ static int bundle_work(struct oci_job *job)
 		json_object_array_add(lower, json_object_new_string(empty));
 	}
 	json_object_object_add(shim, "lower", lower);
+	/* The shim shows the layers to the user namespace through idmapped mounts. */
+	if (p->defaults.userns_base)
+		json_object_object_add(shim, "idmap_base",
+				       json_object_new_int64(p->defaults.userns_base));
 	text = json_text(shim);
 	ret = file_write_replace(shim_path, text, strlen(text), 0600);
 	json_object_put(shim);
@@ -257,6 +271,12 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	p->op = op;
 	p->then = then;
 	p->create = create;
+	/* isolation: a new container records whether it has a user namespace (uid.c), so
+	 * one made before they existed keeps running without one (its files are root's). */
+	if (create && !json_object_is_type(json_object_object_get(op->ctr->spec, "userns"),
+					   json_type_boolean))
+		json_object_object_add(op->ctr->spec, "userns",
+				       json_object_new_boolean(a->cfg->ctr_uid_base > 0));
 	if (json_object_deep_copy(op->ctr->spec, &p->spec, NULL) < 0)
 		fatalx("out of memory");
 	snprintf(p->name, sizeof(p->name), "%s", op->ctr->name);
@@ -267,6 +287,7 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	oci_cgroup_path(a, p->name, p->cgroup, sizeof(p->cgroup));
 	p->defaults.memory_mib = a->cfg->ctr_memory_mib;
 	p->defaults.pids = a->cfg->ctr_pids;
+	p->defaults.userns_base = uid_ctr_base(a->cfg, p->spec); /* isolation: uid.c */
 	p->log_max_bytes = (int64_t)a->cfg->log_size_mib << 20;
 	p->log_files = a->cfg->log_files;
 	instance_op_progress(op, 5, "reading the image");

@@ -184,10 +184,16 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	 */
 	argv_add(av, "-sandbox");
 	if (strcmp(vm->agent->cfg->qemu_user, "root") != 0) {
+		/* The VM's own uid (uid.c claimed it before the arguments were built). */
+		uid_t uid = uid_vm_read(vm->dir);
+
 		argv_add(av, "on,obsolete=deny,elevateprivileges=allow,spawn=deny,"
 			     "resourcecontrol=deny");
 		argv_add(av, "-runas");
-		argv_add(av, "%s", vm->agent->cfg->qemu_user);
+		if (uid)
+			argv_add(av, "%u:%u", (unsigned)uid, (unsigned)uid);
+		else
+			argv_add(av, "%s", vm->agent->cfg->qemu_user);
 	} else {
 		argv_add(av, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
 			     "resourcecontrol=deny");

@@ -75,7 +75,8 @@ struct shim {
 	char runtime[64];
 	char root[PATH_MAX];
 	char restart[16];
-	char *lower; /* "A:B:C", top first */
+	char *lower;	     /* "A:B:C", top first */
+	unsigned idmap_base; /* the user namespace's base (uid.c): lowers idmapped; 0: none */
 	char rootfs[PATH_MAX];
 	struct logfile log; /* console.log */
 	int64_t log_max_bytes;
@@ -126,6 +127,7 @@ static int config_load(struct shim *s, struct kerr *err)
 	snprintf(s->restart, sizeof(s->restart), "%s", json_get_str(cfg, "restart", "no"));
 	s->log_max_bytes = json_get_int(cfg, "log_max_bytes", LOG_MAX_BYTES);
 	s->log_files = (int)json_get_int(cfg, "log_files", LOG_FILES);
+	s->idmap_base = (unsigned)json_get_int(cfg, "idmap_base", 0);
 	/* Bundles written before shim.json named it lived under /kumo/NAME. */
 	s->cgroup_own = json_object_object_get_ex(cfg, "cgroup", NULL);
 	if (s->cgroup_own)
@@ -158,20 +160,89 @@ static int config_load(struct shim *s, struct kerr *err)
 	return 0;
 }
 
+/*
+ * The lower layers as the container's user namespace sees them (uid.c): each layer
+ * mounted through an idmapped mount on DIR/idmap/N, whose paths replace s->lower. The
+ * overlay keeps its own references to its layers, so these mounts are detached once
+ * it is up (idmap_undo()). Returns 0, or -1 with err.
+ */
+static int idmap_lowers(struct shim *s, char **lower, size_t *n, struct kerr *err)
+{
+	_cleanup_free_ char *dir = path_in(s, "idmap");
+	_cleanup_free_ char *copy = xstrdup(s->lower);
+	_cleanup_close_ int userns = -1;
+	size_t used = 0;
+	char *save = NULL;
+
+	*n = 0;
+	*lower = xcalloc(1, PATH_MAX * 2);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return err_set(err, errno, "cannot create %s", dir);
+	userns = uid_userns_open(s->idmap_base, err);
+	if (userns < 0)
+		return -1;
+	for (char *l = strtok_r(copy, ":", &save); l; l = strtok_r(NULL, ":", &save)) {
+		_cleanup_free_ char *mnt = xasprintf("%s/%zu", dir, *n);
+
+		umount2(mnt, MNT_DETACH); /* a dead shim's */
+		if (mkdir(mnt, 0700) < 0 && errno != EEXIST)
+			return err_set(err, errno, "cannot create %s", mnt);
+		if (uid_idmap_mount(l, mnt, userns, err) < 0)
+			return -1;
+		(*n)++;
+		if (used + strlen(mnt) + 2 > PATH_MAX * 2)
+			return err_set(err, 0, "too many layers for one overlay mount");
+		used += (size_t)sprintf(*lower + used, "%s%s", used ? ":" : "", mnt);
+	}
+	return 0;
+}
+
+/* Detach the n idmapped layer mounts idmap_lowers() made. */
+static void idmap_undo(struct shim *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		_cleanup_free_ char *mnt = xasprintf("%s/idmap/%zu", s->dir, i);
+
+		umount2(mnt, MNT_DETACH);
+		rmdir(mnt);
+	}
+}
+
+static int overlay_mount(struct shim *s, const char *lower, struct kerr *err);
+
 /* Mount the overlay on DIR/rootfs, first unmounting one a dead shim left. */
 static int rootfs_mount(struct shim *s, struct kerr *err)
 {
-	_cleanup_free_ char *opts = NULL, *plain = NULL;
+	_cleanup_free_ char *mapped = NULL;
+	const char *lower = s->lower;
 	struct statfs sf;
+	size_t nmapped = 0;
+	int ret;
 
 	if (statfs(s->rootfs, &sf) == 0 && (unsigned long)sf.f_type == OVERLAYFS_MAGIC)
 		umount2(s->rootfs, MNT_DETACH);
+	if (s->idmap_base) {
+		if (idmap_lowers(s, &mapped, &nmapped, err) < 0) {
+			idmap_undo(s, nmapped);
+			return -1;
+		}
+		lower = mapped;
+	}
+	ret = overlay_mount(s, lower, err);
+	idmap_undo(s, nmapped);
+	return ret;
+}
+
+/* The overlay of lower ("A:B:C", top first) and DIR/upper on DIR/rootfs. */
+static int overlay_mount(struct shim *s, const char *lower, struct kerr *err)
+{
+	_cleanup_free_ char *opts = NULL, *plain = NULL;
+
 	/*
 	 * No redirects and no metadata-only copy-ups: the upper directory must hold whole
 	 * files and plain whiteouts, as commit packs it into a layer.
 	 */
-	plain = xasprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", s->lower, s->dir,
-			  s->dir);
+	plain = xasprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, s->dir, s->dir);
 	opts = xasprintf("%s,redirect_dir=off,metacopy=off", plain);
 	if (strlen(opts) >= 4096)
 		return err_set(err, 0, "too many layers for one overlay mount");

@@ -712,6 +712,9 @@ static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal
 	}
 	if (state == VM_STOPPED)
 		unlink(pidfile);
+	/* isolation: QEMU's uid and cgroup are given back (uid.c, vmcgroup.c). */
+	uid_vm_release(vm);
+	vmcgroup_remove(vm);
 	if (why[0])
 		log_warnx("vm %s: %s", vm->name, why);
 	else
@@ -836,6 +839,9 @@ static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data
 		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
 	if (netport_vm_prepare(json_object_object_get(vm->spec, "nics"), err) < 0)
 		return agent_err_prefix(err, "network: ");
+	/* isolation: QEMU's own uid (uid.c), claimed before its -runas is written. */
+	if (uid_vm_claim(vm, err) < 0)
+		return -1;
 	if (qemu_args_build(vm, loadvm, &av, err) < 0) {
 		argv_free(&av);
 		return -1;
@@ -884,6 +890,11 @@ static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data
 	vm->adopt_reported = true;
 	vm->start_cb = cb;
 	vm->start_data = data;
+	/* isolation: QEMU runs in its own cgroup with the VM's limits, or not at all. */
+	if (vmcgroup_enter(vm, vm->pid, err) < 0) {
+		snprintf(vm->error, sizeof(vm->error), "%s", err->msg);
+		kill(vm->pid, SIGKILL);
+	}
 	log_info("vm %s: QEMU started, pid %d%s%s", vm->name, (int)vm->pid,
 		 loadvm ? ", resuming snapshot " : "", loadvm ? loadvm : "");
 	vm_state_set(vm, VM_STARTING);

@@ -185,6 +185,7 @@ const struct json_field container_create_fields[] = {
 	{"restart", JK_STRING, false, restart_check},
 	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"capabilities", JK_ARRAY, false, capabilities_check},
+	{"userns", JK_BOOL, false, NULL},
 	{"nics", JK_ARRAY, false, nics_container_check},
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
@@ -260,6 +261,10 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 		v = json_object_object_get(body, *k);
 		json_object_object_add(spec, *k, v ? json_object_get(v) : NULL);
 	}
+	/* Recorded either way: a spec without it is a container made before user
+	 * namespaces, which its agent keeps running without one (agentd/uid.c). */
+	json_object_object_add(spec, "userns",
+			       json_object_new_boolean(json_get_bool(body, "userns", true)));
 	limits = json_object_new_object();
 	v = json_object_object_get(body, "limits");
 	json_object_object_add(limits, "cpus", json_object_get(json_object_object_get(v, "cpus")));

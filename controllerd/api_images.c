@@ -832,6 +832,10 @@ enum MHD_Result api_images_upload(struct request *req)
 	struct kerr err;
 	bool big = req->upload_error[0] && strstr(req->upload_error, "over");
 
+	/* A refused upload is removed before the answer, not when the connection's request
+	 * ends: a client that reads the refusal finds nothing left behind. */
+	if (req->upload_error[0] || req->upload_len == 0)
+		upload_end(req);
 	if (req->upload_error[0])
 		return http_reply_error(req, big ? 413 : 500, NULL, "%s", req->upload_error);
 	if (req->upload_len == 0)

@@ -1,7 +1,7 @@
 /*
  * http.c - the REST server: libmicrohttpd driven from the libuv loop through its
- * epoll fd, the route table, authentication, body limits, and the one place that
- * turns errors into HTTP statuses and JSON bodies.
+ * epoll fd (never spinning inside it: see http_run()), the route table, authentication, body
+ * limits, and the one place that turns errors into HTTP statuses and JSON bodies.
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -753,6 +753,28 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	*con_cls = NULL;
 }
 
+/*
+ * How libmicrohttpd is run. It asks to be run again when its epoll fd is readable, after
+ * MHD_get_timeout(), or at once (timeout 0) while a connection has work it did not finish.
+ *
+ * "At once" is never a zero-delay timer: libuv 1.44 runs a timer that its own callback
+ * restarted with delay 0 again in the same timer phase, without polling, for as long as
+ * the delay stays 0. And libmicrohttpd 0.9.75 (epoll and TLS) keeps a connection whose
+ * TLS handshake is incomplete in its ready list (GnuTLS's EAGAIN does not clear it), so
+ * its timeout stays 0 until the handshake ends: one client that sends five bytes of a
+ * ClientHello and waits stalled the whole loop (agent link, timers, cron, the deadlines
+ * of http_conns.c that would have closed it) for up to the 120 s idle timeout, and a
+ * client trickling bytes for ever. So an immediate run goes through an idle handle,
+ * after the loop has polled for I/O; and after HTTP_EAGER_RUNS immediate runs in a
+ * row with no new event from the epoll fd or a resume (nothing can have changed but a
+ * connection libmicrohttpd only believes ready), runs are HTTP_BUSY_MS apart until an
+ * event comes. http_conns.c's header deadline closes the half-shaken connection.
+ */
+#define HTTP_EAGER_RUNS 64
+#define HTTP_BUSY_MS	2
+
+static unsigned http_eager_runs; /* immediate runs since the last event */
+
 static void http_run(void);
 
 static void timer_cb(uv_timer_t *t)
@@ -762,6 +784,7 @@ static void timer_cb(uv_timer_t *t)
 
 static void poll_cb(uv_poll_t *p, int status, int events)
 {
+	http_eager_runs = 0;
 	http_run();
 }
 
@@ -774,8 +797,10 @@ static void kick_cb(uv_idle_t *idle)
 /* Run libmicrohttpd soon, from the loop (never from inside its own callbacks). */
 void http_kick(void)
 {
-	if (daemon_)
+	if (daemon_) {
+		http_eager_runs = 0;
 		uv_idle_start(&http_kicker, kick_cb);
+	}
 }
 
 static void http_run(void)
@@ -783,10 +808,21 @@ static void http_run(void)
 	MHD_UNSIGNED_LONG_LONG timeout;
 
 	MHD_run(daemon_);
-	if (MHD_get_timeout(daemon_, &timeout) == MHD_YES)
-		uv_timer_start(&http_timer, timer_cb, timeout, 0);
-	else
+	if (MHD_get_timeout(daemon_, &timeout) != MHD_YES) {
 		uv_timer_stop(&http_timer);
+		return;
+	}
+	if (timeout == 0 && http_eager_runs < HTTP_EAGER_RUNS) {
+		http_eager_runs++;
+		uv_timer_stop(&http_timer);
+		uv_idle_start(&http_kicker, kick_cb);
+		return;
+	}
+	if (timeout == 0)
+		timeout = HTTP_BUSY_MS;
+	else
+		http_eager_runs = 0;
+	uv_timer_start(&http_timer, timer_cb, timeout, 0);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));

@@ -780,9 +780,9 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 			: NULL);
 	static const char *const vm_keys[] = {"vcpus", "memory", "nested",	  "accel", "nics",
 					      "boot",  "labels", "anti_affinity", NULL};
-	static const char *const ct_keys[] = {"image",	       "command",      "env",  "workdir",
-					      "limits",	       "restart",      "nics", "labels",
-					      "anti_affinity", "capabilities", NULL};
+	static const char *const ct_keys[] = {"image",	       "command",      "env",	 "workdir",
+					      "limits",	       "restart",      "nics",	 "labels",
+					      "anti_affinity", "capabilities", "userns", NULL};
 	bool container = !strcmp((const char *)sqlite3_column_text(st, 1), "container");
 
 	for (const char *const *k = container ? ct_keys : vm_keys; *k; k++) {

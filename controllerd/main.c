@@ -49,6 +49,7 @@ static void cron_cb(uv_timer_t *t)
 	if (last_us)
 		metrics_loop_lag((double)(now - last_us - CRON_MS * 1000) / 1e6);
 	last_us = now;
+	metrics_loop_tick(now + CRON_MS * 1000);
 	ticks++;
 	api_ops_cron();
 	db_group_commit_cron();

@@ -39,7 +39,8 @@ struct histogram {
 };
 
 static struct histogram *api_latency, *db_commits, *db_syncs, *db_batches;
-static double loop_lag_max; /* s, the largest since the last scrape */
+static double loop_lag_max;	 /* s, the largest since the last scrape */
+static int64_t loop_tick_due_us; /* when the cron's next tick is due (now_us() clock) */
 
 static void histogram_observe_in(struct histogram **list, const double *bounds, const char *labels,
 				 double v)
@@ -132,6 +133,13 @@ void metrics_loop_lag(double seconds)
 {
 	if (seconds > loop_lag_max)
 		loop_lag_max = seconds;
+}
+
+/* The cron ran; its next tick is due at due_us. A scrape while the loop is held (and
+ * the cron cannot measure anything) reports how overdue that tick is. */
+void metrics_loop_tick(int64_t due_us)
+{
+	loop_tick_due_us = due_us;
 }
 
 void metrics_link_rejected(const char *reason)
@@ -298,7 +306,9 @@ char *metrics_render(void)
 		"# HELP kumo_loop_lag_seconds The longest delay of the controller's timer "
 		"since the last scrape: how long the loop was held by other work.\n"
 		"# TYPE kumo_loop_lag_seconds gauge\nkumo_loop_lag_seconds %.6f\n",
-		loop_lag_max);
+		loop_tick_due_us && (double)(now_us() - loop_tick_due_us) / 1e6 > loop_lag_max
+			? (double)(now_us() - loop_tick_due_us) / 1e6
+			: loop_lag_max);
 	loop_lag_max = 0;
 	process_render(&b);
 	bprintf(&b,

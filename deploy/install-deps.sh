@@ -90,3 +90,11 @@ if ! getent passwd kumo-qemu >/dev/null 2>&1; then
 		--user-group kumo-qemu
 	echo "install-deps: made the system user kumo-qemu"
 fi
+
+# dnsmasq drops to this user once it opened its sockets, lease and pid files (agentd/
+# netdrv.c): the process tenants' DHCP talks to holds no root.
+if ! getent passwd kumo-dnsmasq >/dev/null 2>&1; then
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+		--user-group kumo-dnsmasq
+	echo "install-deps: made the system user kumo-dnsmasq"
+fi

@@ -322,6 +322,36 @@ opened=$(grep -o 'KUMO-CP-OPEN [0-9.:]*' <<<"$out" | grep -v " $OUTSIDE:" || tru
 [ "$(grep -c 'KUMO-CP-CLOSED' <<<"$out")" -ge 8 ] || fail "$VM did not report all its probes: $(grep -o 'KUMO-CP-[A-Z]* [0-9.:]*' <<<"$out" | tr '\n' ';')"
 pass "VM $VM (DHCP under port security) pings its gateway and reaches the outside, but no agent, controller or host port"
 
+# ---- dnsmasq holds no root -------------------------------------------------------------------
+# The VM's lease came from a dnsmasq running as kumo-dnsmasq; it still records leases (its
+# lease file was opened as root before it dropped), and its hosts file is the group's only.
+vm_mac=$(nic_field $VM 0 .mac)
+found_lease=0 checked=0 owners=""
+for h in $(lab_host_names); do
+	for pid in $(dnsmasq_pids "$h"); do
+		uid=$(awk '/^Uid:/{print $2}' "/proc/$pid/status")
+		[ "$uid" = "$(id -u kumo-dnsmasq)" ] || fail "dnsmasq $pid on $h runs as uid $uid, not kumo-dnsmasq"
+		conf=$(tr '\0' '\n' <"/proc/$pid/cmdline" | sed -n 's/^--conf-file=//p')
+		# dnsmasq writes them as root before it drops (the pid file it then hands to its
+		# user); neither is reachable by path for that user: the state directory is root's.
+		for f in "${conf%.conf}.pid" "${conf%.conf}.leases"; do
+			[ $(($(stat -c '0%a' "$f") & 0022)) = 0 ] || fail "$f is writable by others: $(stat -c %a "$f")"
+			if setpriv --reuid=kumo-dnsmasq --regid=kumo-dnsmasq --clear-groups -- sh -c ": >>'$f'" 2>/dev/null; then
+				fail "the kumo-dnsmasq user can open $f by path"
+			fi
+			owners="$owners $(basename "$f"):$(stat -c %U "$f")"
+		done
+		hosts=$(sed -n 's/^dhcp-hostsfile=//p' "$conf")
+		[ "$(stat -c '%U %G %a' "$hosts")" = "root kumo-dnsmasq 640" ] ||
+			fail "$hosts is $(stat -c '%U %G %a' "$hosts"), not root kumo-dnsmasq 640"
+		grep -qi "$vm_mac" "${conf%.conf}.leases" && found_lease=1
+		checked=$((checked + 1))
+	done
+done
+[ "$checked" -gt 0 ] || fail "no dnsmasq found on any host"
+[ "$found_lease" = 1 ] || fail "no dnsmasq lease file records $VM's MAC $vm_mac"
+pass "$checked dnsmasq processes run as kumo-dnsmasq; their pid and lease files ($owners) are out of its reach, hosts files root:kumo-dnsmasq 0640; $VM's lease is recorded"
+
 for n in $CT_S $CT_D; do ct_delete $n; done
 api DELETE "/api/v1/security-groups/$SG"
 expect_status 204 "delete $SG once unused"

@@ -389,6 +389,44 @@ static void test_write_read_round_trip(void **state)
 	}
 }
 
+/* A commit of a container in a user namespace stores base+N as N, and other ids as
+ * they are (uid.c, layers_userns_base_set()). */
+static void test_write_unshifts_userns_ids(void **state)
+{
+	struct fixture *f = *state;
+	char upper[PATH_MAX], layer[PATH_MAX], back[PATH_MAX], path[PATH_MAX];
+	char digest[72], diff[72], blob[72], diff2[72];
+	int64_t size;
+	struct kerr err;
+	struct stat st;
+
+	if (geteuid() != 0)
+		skip(); /* chown to other uids */
+	snprintf(upper, sizeof(upper), "%s/upper", f->root);
+	snprintf(layer, sizeof(layer), "%s/layer.tgz", f->root);
+	snprintf(back, sizeof(back), "%s/back", f->root);
+	assert_int_equal(mkdir(upper, 0755), 0);
+	assert_int_equal(mkdir(back, 0755), 0);
+	snprintf(path, sizeof(path), "%s/shifted", upper);
+	assert_int_equal(file_write_atomic(path, "x", 1, 0644), 0);
+	assert_int_equal(chown(path, 1400007, 1400009), 0);
+	snprintf(path, sizeof(path), "%s/outside", upper);
+	assert_int_equal(file_write_atomic(path, "y", 1, 0644), 0);
+	assert_int_equal(chown(path, 1500000, 42), 0);
+	layers_userns_base_set(1400000);
+	assert_int_equal(layers_tar_write(upper, layer, digest, diff, &size, &err), 0);
+	layers_userns_base_set(0);
+	assert_int_equal(layers_tar_unpack(layer, back, digest, blob, diff2, &err), 0);
+	snprintf(path, sizeof(path), "%s/shifted", back);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, 7);
+	assert_int_equal(st.st_gid, 9);
+	snprintf(path, sizeof(path), "%s/outside", back);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, 1500000);
+	assert_int_equal(st.st_gid, 42);
+}
+
 /* Make depth nested directories "d" below dir (with mkdirat, as paths grow long). */
 static void nest(const char *dir, int depth)
 {
@@ -458,6 +496,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_whiteouts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_read_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_too_deep_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_unshifts_userns_ids, setup, teardown),
 		cmocka_unit_test(test_digest_valid),
 	};
 
