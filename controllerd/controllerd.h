@@ -467,6 +467,7 @@ enum MHD_Result api_root_get(struct request *req);
 enum MHD_Result api_healthz_get(struct request *req);
 enum MHD_Result api_metrics_get(struct request *req);
 enum MHD_Result api_dashboard_get(struct request *req);
+enum MHD_Result api_dashboard_asset(struct request *req);
 
 /* api_hosts.c */
 extern const struct json_field *const host_patch_fields;

@@ -25,6 +25,7 @@ static const struct route routes[] = {
 	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get, NULL},
 	{"GET", "/metrics", ROLE_VIEWER, "", api_metrics_get, NULL},
 	{"GET", "/", ROLE_NONE, "", api_dashboard_get, NULL},
+	{"GET", "/ui/{}", ROLE_NONE, "", api_dashboard_asset, NULL},
 	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, NULL},
 	{"GET", "/api/v1/hosts", ROLE_VIEWER, "limit,after,fields,state,label", api_hosts_list,
 	 NULL},

@@ -41,6 +41,7 @@ skopeo
 prometheus
 clang libclang-rt-14-dev
 podman buildah
+chromium
 "
 
 PKGS=""
