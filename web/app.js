@@ -275,6 +275,7 @@ const routes = [
 ];
 
 let current = { live: false, key: "" };
+let renderGen = 0; /* a newer render, or the user taking over a view, drops an older one */
 
 /* Draw the page for the hash. A live view is redrawn on changes; a form is not. */
 async function render(fromEvent) {
@@ -288,9 +289,9 @@ async function render(fromEvent) {
     for (const a of document.querySelectorAll("#nav a"))
       a.classList.toggle("active", hash.startsWith(a.getAttribute("href")) && (a.getAttribute("href") !== "#/" || hash === "#/"));
     const keep = fromEvent ? saveInputs() : null;
-    const t0 = performance.now();
+    const t0 = performance.now(), gen = ++renderGen;
     const node = await fn(...m.slice(1).map(decodeURIComponent));
-    if (current.key !== hash) return;
+    if (current.key !== hash || gen !== renderGen) return;
     $("view").replaceChildren(node);
     if (keep) restoreInputs(keep);
     void document.body.offsetHeight; /* include layout in the measured time */
@@ -512,8 +513,16 @@ function consolePanel(i) {
   const load = async () => {
     try {
       if (i.type === "vm") {
-        const r = await fetch(base + "/console?bytes=16384", { headers: { Authorization: "Bearer " + S.token } });
-        pre.textContent = r.ok ? await r.text() : "console: HTTP " + r.status;
+        /* The console is not on the event stream: read its tail every 2 s while shown. */
+        while (pre.isConnected && S.token) {
+          const r = await fetch(base + "/console?bytes=65536", { headers: { Authorization: "Bearer " + S.token } });
+          const text = r.ok ? await r.text() : "console: HTTP " + r.status;
+          if (text !== pre.textContent) {
+            pre.textContent = text;
+            pre.scrollTop = pre.scrollHeight;
+          }
+          await new Promise((res) => setTimeout(res, 2000));
+        }
       } else {
         pre.textContent = "";
         const ctl = new AbortController();
@@ -532,7 +541,7 @@ function consolePanel(i) {
   };
   if (consolePanel.stop) consolePanel.stop();
   return el("div", {}, el("p", { class: "actions" },
-    el("button", { type: "button", id: "console-open", onclick: () => { current.live = false; load(); } },
+    el("button", { type: "button", id: "console-open", onclick: () => { current.live = false; renderGen++; load(); } },
       i.type === "vm" ? "Show console" : "Follow logs")), pre);
 }
 

@@ -173,6 +173,9 @@ try {
   ok("no errors in the browser console");
 } catch (e) {
   console.error(`FAIL [dashboard] at "${step}": ${e.message}`);
+  for (const ctx of browser.contexts())
+    for (const [k, p] of ctx.pages().entries())
+      await p.screenshot({ path: `${ART}/failed-${ctx === browser.contexts()[0] ? "main" : "other"}-${k}.png`, fullPage: true }).catch(() => {});
   process.exitCode = 1;
 } finally {
   await browser.close();
