@@ -334,7 +334,7 @@ function hostRow(h) {
     el("td", {}, (f.accel || "").toUpperCase()),
     el("td", {}, bar(u.vcpus, f.cpus || 0, u.vcpus + " / " + (f.cpus || "?") + " vCPU")),
     el("td", {}, bar(u.mem, f.memory_mb || 0, mib(u.mem) + " / " + mib(f.memory_mb || 0))),
-    el("td", { class: "num" }, f.load !== undefined ? Number(f.load).toFixed(2) : ""),
+    el("td", { class: "num", title: "1, 5 and 15 minute load" }, Array.isArray(f.load) ? f.load.map((x) => Number(x).toFixed(2)).join(" ") : ""),
     el("td", { class: "num" }, u.count),
     el("td", {}, net.in_sync === false ? el("span", { class: "state-pending" }, "syncing") : "in sync"));
 }
@@ -661,7 +661,7 @@ function viewHost(name) {
         api("POST", "/api/v1/hosts/" + encodeURIComponent(name) + "/actions/evacuate", {}))),
       actionButton("Probe", "operator", () => act("probe", () => api("POST", "/api/v1/hosts/" + encodeURIComponent(name) + "/actions/probe", {})))),
     el("div", { class: "card" }, kv({ address: h.address, accel: f.accel || "", cpus: f.cpus ?? "", memory: mib(f.memory_mb || 0),
-      "memory free": mib(f.memory_free_mb || 0), load: f.load ?? "", kernel: f.kernel || "", agent: f.agent_version || "",
+      "memory free": mib(f.memory_free_mb || 0), load: Array.isArray(f.load) ? f.load.join(" ") : "", kernel: f.kernel || "", agent: f.agent_version || "",
       "heartbeat": ((h.heartbeat_age_ms || 0) / 1000).toFixed(1) + " s ago", labels: JSON.stringify(h.labels || {}) })),
     el("h2", {}, "Instances"),
     table(["Name", "Type", "State"], insts.map((i) => el("tr", {}, el("td", {}, el("a", { href: "#/instances/" + encodeURIComponent(i.name) }, i.name)),

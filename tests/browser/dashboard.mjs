@@ -142,7 +142,7 @@ try {
   const spage = await sim.newPage();
   // SIMULATED records served to this page only, to time the drawing of a large cluster.
   const hosts = Array.from({ length: 100 }, (_, i) => ({ name: `sim${i}`, state: "online", maintenance: false,
-    address: `10.0.${i >> 8}.${i & 255}`, facts: { cpus: 32, memory_mb: 131072, accel: "kvm", load: 1.5 }, network: { in_sync: true } }));
+    address: `10.0.${i >> 8}.${i & 255}`, facts: { cpus: 32, memory_mb: 131072, accel: "kvm", load: [1.5, 1.2, 1.1] }, network: { in_sync: true } }));
   const insts = Array.from({ length: 1000 }, (_, i) => ({ name: `simi${i}`, type: i % 2 ? "vm" : "container",
     state: "running", host: `sim${i % 100}`, vcpus: 2, memory: { max_mb: 2048 }, limits: { memory_mb: 256 }, nics: [] }));
   const json = (o) => ({ status: 200, contentType: "application/json", body: JSON.stringify(o) });
