@@ -1290,6 +1290,7 @@ static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 	if (db_begin(ctl.db) < 0)
 		return http_reply_error(req, 503, NULL, "the database is busy; try again");
 	ops_cancel(target, "the instance was forgotten while its host was offline");
+	usage_forget(i->name);
 	st = db_prepare(ctl.db, "DELETE FROM instances WHERE id = ?");
 	sqlite3_bind_int64(st, 1, i->id);
 	rc = sqlite3_step(st);
@@ -1416,6 +1417,20 @@ enum MHD_Result api_instance_console(struct request *req)
 	inst_free(i);
 	http_suspend(req, console_answer);
 	return MHD_YES;
+}
+
+/* GET /api/v1/instances/{name}/metrics: the last hour of its use (usage.c). */
+enum MHD_Result api_instance_metrics(struct request *req)
+{
+	struct json_object *out;
+	enum MHD_Result ret;
+	struct inst *i = path_inst(req, &ret);
+
+	if (i == NULL)
+		return ret;
+	out = usage_json(i->name);
+	inst_free(i);
+	return http_reply_json(req, 200, out);
 }
 
 void api_instances_forget(struct request *req)

@@ -194,7 +194,8 @@ function onEvent(ev) {
   else if (ev.type.startsWith("instance-") && d.name) refetch.insts.add(d.name);
   else if (ev.type === "host-deleted" && d.name) S.hosts.delete(d.name);
   else if (ev.type.startsWith("host-") && d.name) refetch.hosts.add(d.name);
-  if (ev.type.startsWith("operation-") && d.target && d.status !== "running") refetch.insts.add(d.target);
+  if (ev.type.startsWith("operation-") && d.status !== "running" && (d.target || "").startsWith("instances/"))
+    refetch.insts.add(d.target.slice("instances/".length));
   schedule();
 }
 
@@ -352,11 +353,20 @@ function opProgress(o) {
   return el("div", {}, bar(o.progress || 0, 100, (o.progress || 0) + "% · " + bits.join(" · ")));
 }
 
+/* An operation's target is "instances/NAME", "hosts/NAME", "images/NAME"...: its link. */
+function targetLink(t) {
+  if (!t) return "";
+  const [kind, ...rest] = t.split("/");
+  const name = rest.join("/");
+  const page = { instances: "instances", hosts: "hosts", networks: "networks" }[kind];
+  return page && name ? el("a", { href: "#/" + page + "/" + encodeURIComponent(name) }, t) : t;
+}
+
 function opRow(o, withCancel) {
   const active = o.status === "pending" || o.status === "running";
   return el("tr", { "data-op": o.id },
     el("td", {}, o.kind),
-    el("td", {}, o.target ? el("a", { href: "#/instances/" + encodeURIComponent(o.target) }, o.target) : ""),
+    el("td", {}, targetLink(o.target)),
     el("td", {}, o.host || ""),
     el("td", {}, stateSpan(o.status)),
     el("td", {}, active ? opProgress(o) : o.error ? el("span", { class: "error" }, o.error) : o.phase || ""),
@@ -467,7 +477,9 @@ async function viewInstance(name) {
     catch (e) { return el("p", { class: "error" }, "Instance " + name + ": " + e.message); }
   }
   const snaps = i.type === "vm" ? await api("GET", "/api/v1/instances/" + encodeURIComponent(name) + "/snapshots").catch(() => null) : null;
-  const ops = [...S.ops.values()].filter((o) => o.target === name);
+  const usage = await api("GET", "/api/v1/instances/" + encodeURIComponent(name) + "/metrics").catch(() => null);
+  const ops = [...S.ops.values()].filter((o) => o.target === "instances/" + name)
+    .sort((a, b) => (b.created_at || 0) - (a.created_at || 0));
   const pl = i.placement || {};
   const migrateHost = el("select", { "data-keep": "mig-host" }, el("option", { value: "" }, "scheduler's choice"),
     [...S.hosts.values()].filter((h) => h.name !== i.host && h.state === "online" && !h.maintenance).map((h) => el("option", { value: h.name }, h.name)));
@@ -480,10 +492,12 @@ async function viewInstance(name) {
     el("div", { class: "grid" },
       el("div", { class: "card" }, el("h2", {}, "Instance"), kv({
         type: i.type, host: i.host || "—", vcpus: i.vcpus ?? "", memory: JSON.stringify(i.type === "vm" ? i.memory : i.limits) || "",
-        image: i.image || "", created: i.created_at ? new Date(i.created_at).toLocaleString() : "", labels: JSON.stringify(i.labels || {}) })),
+        image: typeof i.image === "object" && i.image ? i.image.ref || i.image.name || JSON.stringify(i.image) : i.image || "", created: i.created_at ? new Date(i.created_at).toLocaleString() : "", labels: JSON.stringify(i.labels || {}) })),
       el("div", { class: "card" }, el("h2", {}, "Placement"),
         pl.host ? el("p", {}, "Placed on ", el("b", {}, pl.host), pl.policy ? " by " + pl.policy : "", pl.score !== undefined ? " (score " + pl.score + ")" : "") : el("p", { class: "muted" }, "No placement recorded."),
         (pl.rejected || []).length ? table(["Host", "Why not"], pl.rejected.map((r) => el("tr", {}, el("td", {}, r.host || r.name || ""), el("td", {}, r.reason || JSON.stringify(r))))) : "")),
+    el("h2", {}, "Last hour"),
+    charts(usage),
     el("h2", {}, "Network interfaces"),
     table(["#", "Network", "Address", "MAC", "Model"], (i.nics || []).map((n, k) => el("tr", {},
       el("td", {}, k), el("td", {}, n.network || "(default)"), el("td", {}, n.address || ""), el("td", {}, n.mac || ""), el("td", {}, n.model || "")))),
@@ -503,6 +517,48 @@ async function viewInstance(name) {
     ops.length ? table(["Kind", "Target", "Host", "Status", "Progress", "Updated", ""], ops.map((o) => opRow(o, true))) : el("p", { class: "muted" }, "None recent."),
     el("h2", {}, i.type === "vm" ? "Serial console" : "Logs"),
     consolePanel(i));
+}
+
+/*
+ * A line chart of the last hour, drawn as SVG by hand: three small charts do not need a
+ * library (and the page stays small and offline).
+ */
+function chart(title, samples, series, fmt) {
+  const W = 360, H = 90, NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("class", "chart");
+  const max = Math.max(1e-9, ...samples.flatMap((x) => series.map((se) => x[se.key] || 0)));
+  const t0 = Date.now() - 3600 * 1000;
+  for (const se of series) {
+    const line = document.createElementNS(NS, "polyline");
+    line.setAttribute("points", samples.map((x) =>
+      `${(((x.t - t0) / 3600000) * W).toFixed(1)},${(H - 4 - ((x[se.key] || 0) / max) * (H - 8)).toFixed(1)}`).join(" "));
+    line.setAttribute("class", "series " + se.cls);
+    svg.append(line);
+    if (samples.length) { /* the newest point, so even one sample shows */
+      const x = samples[samples.length - 1], dot = document.createElementNS(NS, "circle");
+      dot.setAttribute("cx", (((x.t - t0) / 3600000) * W).toFixed(1));
+      dot.setAttribute("cy", (H - 4 - ((x[se.key] || 0) / max) * (H - 8)).toFixed(1));
+      dot.setAttribute("r", "2.5");
+      dot.setAttribute("class", "dot-" + se.cls);
+      svg.append(dot);
+    }
+  }
+  const last = samples.length ? samples[samples.length - 1] : null;
+  return el("div", { class: "card chart-card", "data-chart": title },
+    el("div", {}, el("b", {}, title), " ",
+      el("span", { class: "muted" }, last ? series.map((se) => se.label + " " + fmt(last[se.key] || 0)).join(" · ") + " · max " + fmt(max) : "no samples yet")),
+    svg);
+}
+
+function charts(m) {
+  const s = (m && m.samples) || [];
+  const rate = (b) => bytes(b) + "/s";
+  return el("div", { class: "grid", id: "charts" },
+    chart("CPU", s, [{ key: "cpu_pct", label: "now", cls: "a" }], (v) => v.toFixed(1) + "%"),
+    chart("Memory", s, [{ key: "mem_bytes", label: "now", cls: "a" }], bytes),
+    chart("Network", s, [{ key: "rx_bps", label: "in", cls: "a" }, { key: "tx_bps", label: "out", cls: "b" }], rate));
 }
 
 /* The VM's serial console (its last bytes), or a container's log followed live. */

@@ -64,6 +64,27 @@ try {
   await page.waitForFunction(() => document.querySelector("#console")?.textContent.includes("KUMO-DASH-HELLO"));
   ok("the container's log shows its output");
 
+  step = "charts of the container's use";
+  // One sample per 15 s step, and a quiet container sends no events: reload the view
+  // until every chart has a line (the container has run for a while by now).
+  const hasLine = async () => {
+    await page.reload();
+    await page.waitForSelector("#charts");
+    return page.evaluate(() => [...document.querySelectorAll("#charts polyline")]
+      .every((p) => p.getAttribute("points").trim().length > 0));
+  };
+  const until = Date.now() + 120000;
+  while (!(await hasLine())) {
+    if (Date.now() > until) throw new Error("no chart samples after 2 minutes");
+    await page.waitForTimeout(3000);
+  }
+  const memText = await page.textContent('[data-chart="Memory"]');
+  if (!/now [1-9]/.test(memText)) throw new Error(`the memory chart shows no use: ${memText}`);
+  ok(`the container's charts have samples (${memText.replace(/\s+/g, " ").trim()})`);
+  await shot(page, "charts");
+  await page.waitForSelector("tr:has-text('instance-create') .state-succeeded");
+  ok("its page lists its create operation as succeeded");
+
   step = "a form error is shown next to its field";
   await page.goto(URL_ + "/#/instances/new/container");
   await page.waitForSelector("#create-form");
@@ -84,7 +105,7 @@ try {
 
   step = "operations page";
   await page.click("#nav a[href='#/operations']");
-  await page.waitForSelector(`tr:has(a:has-text('${CT}')) .state-succeeded`);
+  await page.waitForSelector(`tr:has(a[href='#/instances/${CT}']) .state-succeeded`);
   ok("the operations page lists the container's create as succeeded");
   await shot(page, "operations");
 
