@@ -522,6 +522,7 @@ enum MHD_Result api_instance_delete(struct request *req);
 enum MHD_Result api_instance_action(struct request *req);
 enum MHD_Result api_instance_console(struct request *req);
 enum MHD_Result api_instance_metrics(struct request *req);
+enum MHD_Result api_instance_console_input(struct request *req);
 enum MHD_Result api_snapshots_create(struct request *req);
 enum MHD_Result api_snapshots_list(struct request *req);
 enum MHD_Result api_snapshot_revert(struct request *req);

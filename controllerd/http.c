@@ -55,6 +55,8 @@ static const struct route routes[] = {
 	{"POST", "/api/v1/instances/{}/actions/{}", ROLE_OPERATOR, "", api_instance_action, NULL},
 	{"GET", "/api/v1/instances/{}/console", ROLE_OPERATOR, "bytes", api_instance_console, NULL},
 	{"GET", "/api/v1/instances/{}/metrics", ROLE_VIEWER, "", api_instance_metrics, NULL},
+	{"POST", "/api/v1/instances/{}/console", ROLE_OPERATOR, "", api_instance_console_input,
+	 NULL},
 	{"GET", "/api/v1/instances/{}/logs", ROLE_OPERATOR, "tail,follow", api_instance_logs, NULL},
 	{"POST", "/api/v1/instances/{}/exec", ROLE_OPERATOR, "", api_instance_exec, NULL},
 	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, NULL},

@@ -103,7 +103,15 @@ async function api(method, path, body) {
     opt.headers["Content-Type"] = "application/json";
     opt.body = JSON.stringify(body);
   }
-  const r = await fetch(path, opt);
+  let r;
+  try {
+    r = await fetch(path, opt);
+  } catch (e) {
+    /* A network blip (the browser saw an interface change): one retry for reads. */
+    if (method !== "GET") throw e;
+    await new Promise((res) => setTimeout(res, 300));
+    r = await fetch(path, opt);
+  }
   let data = null;
   const text = await r.text();
   if (text) { try { data = JSON.parse(text); } catch (_) { data = { error: text.trim() }; } }
@@ -596,9 +604,22 @@ function consolePanel(i) {
     } catch (_) { /* closed */ }
   };
   if (consolePanel.stop) consolePanel.stop();
+  /* Typing into the VM's serial port: a line is sent with Enter, Ctrl-C on its own. */
+  const send = (text) => api("POST", base + "/console", { data: text })
+    .catch((e) => { if (e.status !== 401) toast("console: " + e.message, true); });
+  const line = el("input", { id: "console-input", size: 60, placeholder: "type a command, Enter sends it",
+    autocomplete: "off", onkeydown: (e) => {
+      if (e.key === "Enter") { e.preventDefault(); send(line.value + "\r"); line.value = ""; }
+    } });
+  const input = i.type === "vm" ? el("p", { class: "actions", id: "console-keys", hidden: true }, line, " ",
+    el("button", { type: "button", onclick: () => send("\u0003") }, "Ctrl-C")) : null;
   return el("div", {}, el("p", { class: "actions" },
-    el("button", { type: "button", id: "console-open", onclick: () => { current.live = false; renderGen++; load(); } },
-      i.type === "vm" ? "Show console" : "Follow logs")), pre);
+    el("button", { type: "button", id: "console-open", onclick: () => {
+      current.live = false;
+      renderGen++;
+      if (input) { input.hidden = false; line.focus(); }
+      load();
+    } }, i.type === "vm" ? "Show console" : "Follow logs")), pre, input);
 }
 
 /* ---- create forms: the API's 4xx error is shown next to the field it names ---- */

@@ -17,6 +17,17 @@ mkdirSync(ART, { recursive: true });
 
 let step = "start";
 const ok = (msg) => console.log(`ok [dashboard]: ${msg}`);
+// Other labs on this machine add and remove interfaces; Chromium then aborts a page load
+// with ERR_NETWORK_CHANGED. That is the machine, not the dashboard: load again.
+async function open(page, url) {
+  for (let i = 0; ; i++) {
+    try {
+      return await (url ? page.goto(url) : page.reload());
+    } catch (e) {
+      if (i >= 4 || !/ERR_NETWORK_CHANGED/.test(e.message)) throw e;
+    }
+  }
+}
 const shot = (page, name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
 
 const browser = await chromium.launch({
@@ -34,7 +45,7 @@ try {
   page.setDefaultTimeout(120000);
 
   step = "sign in";
-  await page.goto(URL_ + "/");
+  await open(page, URL_ + "/");
   await page.fill("#token", ADMIN);
   await page.click("#signin-form button[type=submit]");
   await page.waitForSelector("#who:has-text('admin')");
@@ -68,7 +79,7 @@ try {
   // One sample per 15 s step, and a quiet container sends no events: reload the view
   // until every chart has a line (the container has run for a while by now).
   const hasLine = async () => {
-    await page.reload();
+    await open(page);
     await page.waitForSelector("#charts");
     return page.evaluate(() => [...document.querySelectorAll("#charts polyline")]
       .every((p) => p.getAttribute("points").trim().length > 0));
@@ -86,7 +97,7 @@ try {
   ok("its page lists its create operation as succeeded");
 
   step = "a form error is shown next to its field";
-  await page.goto(URL_ + "/#/instances/new/container");
+  await open(page, URL_ + "/#/instances/new/container");
   await page.waitForSelector("#create-form");
   await page.fill("#f-name", "Bad Name!");
   await page.click("#create-form button[type=submit]");
@@ -96,11 +107,17 @@ try {
   await shot(page, "form-error");
 
   step = "the VM's serial console";
-  await page.goto(URL_ + `/#/instances/${VM}`);
+  await open(page, URL_ + `/#/instances/${VM}`);
   await page.waitForSelector("h1 .state-running");
   await page.click("#console-open");
   await page.waitForFunction(() => document.querySelector("#console")?.textContent.includes("KUMO-GUEST-READY"));
   ok("the VM's serial console shows the guest's boot marker");
+  // Typed into the page, run by the guest's shell on its serial port: only the guest
+  // can turn $((6 * 7)) into 42, so the echo proves the keys reached it.
+  await page.fill("#console-input", "echo KUMO-DASH-$((6 * 7))");
+  await page.press("#console-input", "Enter");
+  await page.waitForFunction(() => document.querySelector("#console")?.textContent.includes("KUMO-DASH-42"));
+  ok("a line typed into the serial console ran in the guest (its echo came back)");
   await shot(page, "vm");
 
   step = "operations page";
@@ -123,11 +140,11 @@ try {
   const vctx = await browser.newContext({ ignoreHTTPSErrors: true });
   const vpage = await vctx.newPage();
   vpage.setDefaultTimeout(60000);
-  await vpage.goto(URL_ + "/");
+  await open(vpage, URL_ + "/");
   await vpage.fill("#token", VIEWER);
   await vpage.click("#signin-form button[type=submit]");
   await vpage.waitForSelector("#who:has-text('viewer')");
-  await vpage.goto(URL_ + `/#/instances/${CT}`);
+  await open(vpage, URL_ + `/#/instances/${CT}`);
   await vpage.waitForSelector("h1 .state-running");
   const stop = vpage.locator("button:has-text('Stop')").first();
   if (!(await stop.isDisabled())) throw new Error("Stop is enabled for a viewer");
@@ -172,7 +189,7 @@ try {
   await spage.route(/\/api\/v1\/instances\?/, (r) => r.fulfill(json({ instances: insts, next: null })));
   await spage.route(/\/api\/v1\/operations\?/, (r) => r.fulfill(json({ operations: [], next: null })));
   await spage.route(/\/api\/v1\/events/, () => { /* left pending: a quiet stream */ });
-  await spage.goto(URL_ + "/");
+  await open(spage, URL_ + "/");
   await spage.fill("#token", "simulated");
   await spage.click("#signin-form button[type=submit]");
   await spage.waitForFunction(() => window.kumoPerf && window.kumoPerf.view === "#/");

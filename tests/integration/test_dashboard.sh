@@ -35,6 +35,17 @@ VIEWER=$(jqb .token)
 vm_create "{\"name\": \"$VM\", \"type\": \"vm\", \"memory\": {\"mb\": 192},
 	\"disks\": [{\"name\": \"root\", \"image\": \"$TEST_IMAGE\"}], \"nics\": [{\"model\": \"virtio\"}]}"
 
+# Typing into a serial console: bad input is refused and names the problem.
+api POST /api/v1/instances/$VM/console '{"data": ""}'
+expect_status 400
+api POST /api/v1/instances/$VM/console '{"data": "x", "extra": 1}'
+expect_status 400
+api POST /api/v1/instances/$VM/console '{"data": "uptime\r"}' "$VIEWER"
+expect_status 403
+api POST /api/v1/instances/no-such-vm/console '{"data": "x"}'
+expect_status 404
+pass "console input: empty data, unknown fields 400; a viewer 403; no such VM 404"
+
 cp "$KUMO_SRC/tests/browser/dashboard.mjs" "$NPM_DIR/"
 KUMO_URL=$KUMO_URL ADMIN=$ADMIN VIEWER=$VIEWER VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
 	NODE_EXTRA_CA_CERTS=$KUMO_CACERT node "$NPM_DIR/dashboard.mjs" ||
