@@ -717,6 +717,13 @@ void heartbeat_stop(struct agent *a);
 void heartbeat_kick(struct agent *a);
 void heartbeat_send(struct agent *a, struct json_object *facts);
 
+/* console.c */
+int console_input_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			struct kerr *err);
+
+/* usage.c */
+void usage_annotate(struct json_object *reports);
+
 /* facts.c */
 typedef void (*facts_done_cb)(struct agent *a, struct json_object *facts, void *data);
 int facts_collect_start(struct agent *a, facts_done_cb cb, void *data, struct kerr *err);

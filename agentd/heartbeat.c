@@ -55,6 +55,7 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 	struct json_object *body = json_object_new_object(), *instances = vm_reports(a);
 
 	oci_reports_add(a, instances);
+	usage_annotate(instances);
 	json_object_object_add(facts, "instances", instances);
 	json_object_object_add(facts, "instances_running",
 			       json_object_new_int(vm_running_count(a) + oci_running_count(a)));

@@ -1178,7 +1178,8 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs", "exec", "net", "spec", NULL};
+static const char *const query_whats[] = {"console", "logs",	      "exec", "net",
+					  "spec",    "console-input", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -1341,6 +1342,8 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 	what = json_get_str(norm, "what", "");
 	if (strcmp(what, "logs") == 0)
 		ret = logs_query(a, norm, answer, err);
+	else if (strcmp(what, "console-input") == 0)
+		ret = console_input_query(a, norm, answer, err); /* console.c */
 	else if (strcmp(what, "spec") == 0)
 		ret = spec_query(a, norm, answer, err);
 	else if (strcmp(what, "exec") == 0)

@@ -211,7 +211,11 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "-mon");
 	argv_add(av, "chardev=monitor,mode=control");
 	argv_add(av, "-chardev");
-	argv_add(av, "file,id=console,path=%s/console.log,append=on", dir);
+	/* A socket to type into (console.c), and the log of everything the guest wrote. */
+	argv_add(av,
+		 "socket,id=console,path=%s/serial.sock,server=on,wait=off,logfile=%s/console.log,"
+		 "logappend=on",
+		 dir, dir);
 	argv_add(av, "-serial");
 	argv_add(av, "chardev:console");
 	argv_add(av, "-device");

@@ -12,14 +12,15 @@
 #include "util.h"
 #include "valid.h"
 
-#define MAX_DISKS	8
-#define MAX_NICS	8
-#define MAX_VCPUS	256
-#define MAX_MEMORY_MB	(1024 * 1024)
-#define MAX_DISK_MB	(16LL * 1024 * 1024)
-#define MAX_USER_DATA	(64 * 1024)
-#define CONSOLE_DEFAULT 16384
-#define CONSOLE_MAX	(1024 * 1024)
+#define MAX_DISKS	  8
+#define MAX_NICS	  8
+#define MAX_VCPUS	  256
+#define MAX_MEMORY_MB	  (1024 * 1024)
+#define MAX_DISK_MB	  (16LL * 1024 * 1024)
+#define MAX_USER_DATA	  (64 * 1024)
+#define CONSOLE_DEFAULT	  16384
+#define CONSOLE_MAX	  (1024 * 1024)
+#define CONSOLE_INPUT_MAX 4096
 
 /* ---- validation of what users send ---- */
 
@@ -1290,6 +1291,7 @@ static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 	if (db_begin(ctl.db) < 0)
 		return http_reply_error(req, 503, NULL, "the database is busy; try again");
 	ops_cancel(target, "the instance was forgotten while its host was offline");
+	usage_forget(i->name);
 	st = db_prepare(ctl.db, "DELETE FROM instances WHERE id = ?");
 	sqlite3_bind_int64(st, 1, i->id);
 	rc = sqlite3_step(st);
@@ -1416,6 +1418,87 @@ enum MHD_Result api_instance_console(struct request *req)
 	inst_free(i);
 	http_suspend(req, console_answer);
 	return MHD_YES;
+}
+
+static enum MHD_Result console_input_answer(struct request *req)
+{
+	if (req->answer == NULL)
+		return http_reply_error(req, 502, NULL, "console: %s", req->answer_error);
+	return http_reply_empty(req, 204);
+}
+
+static int console_data_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	size_t len = (size_t)json_object_get_string_len(val);
+
+	if (len == 0 || len > CONSOLE_INPUT_MAX || strlen(json_object_get_string(val)) != len)
+		return err_input(err, 400, field, "field '%s' must be 1-%d bytes without NUL",
+				 field, CONSOLE_INPUT_MAX);
+	return 0;
+}
+
+static const struct json_field console_input_fields[] = {
+	{"data", JK_STRING, true, console_data_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * POST /api/v1/instances/{name}/console {"data": text}: type text into a running VM's
+ * serial port (asked of its agent at once; not an operation). 204 once QEMU took it.
+ */
+enum MHD_Result api_instance_console_input(struct request *req)
+{
+	struct json_object *body = NULL, *q;
+	enum MHD_Result ret;
+	struct kerr err;
+	struct inst *i;
+
+	if (http_body_json(req, console_input_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	i = path_inst(req, &ret);
+	if (i == NULL) {
+		json_object_put(body);
+		return ret;
+	}
+	if (strcmp(json_get_str(i->spec, "type", ""), "vm") != 0 ||
+	    strcmp(i->state, "running") != 0 || i->host == NULL || i->host->state != HOST_ONLINE) {
+		if (strcmp(json_get_str(i->spec, "type", ""), "vm") != 0)
+			ret = http_reply_error(
+				req, 400, "name",
+				"%s is a container: it has no serial port (use exec)", i->name);
+		else if (strcmp(i->state, "running") != 0)
+			ret = http_reply_error(req, 409, NULL, "VM %s is %s, not running", i->name,
+					       i->state);
+		else
+			ret = http_reply_error(req, 503, NULL, "host of instance %s is offline",
+					       i->name);
+		inst_free(i);
+		json_object_put(body);
+		return ret;
+	}
+	q = json_object_new_object();
+	json_object_object_add(q, "what", json_object_new_string("console-input"));
+	json_object_object_add(q, "name", json_object_new_string(i->name));
+	json_object_object_add(q, "data", json_object_get(json_object_object_get(body, "data")));
+	agentlink_query(i->host, q, api_query_answer_cb, req);
+	inst_free(i);
+	json_object_put(body);
+	http_suspend(req, console_input_answer);
+	return MHD_YES;
+}
+
+/* GET /api/v1/instances/{name}/metrics: the last hour of its use (usage.c). */
+enum MHD_Result api_instance_metrics(struct request *req)
+{
+	struct json_object *out;
+	enum MHD_Result ret;
+	struct inst *i = path_inst(req, &ret);
+
+	if (i == NULL)
+		return ret;
+	out = usage_json(i->name);
+	inst_free(i);
+	return http_reply_json(req, 200, out);
 }
 
 void api_instances_forget(struct request *req)

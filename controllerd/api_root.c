@@ -2,14 +2,11 @@
  * api_root.c - GET /api/v1 (version, cluster, counts), /healthz, /metrics and the
  * dashboard page at /.
  */
-#include <openssl/evp.h>
 #include <string.h>
 
 #include "controllerd.h"
 #include "util.h"
-
-/* web/index.html, embedded at build time (see controllerd/CMakeLists.txt). */
-extern const char kumo_dashboard_html[];
+#include "webassets.h"
 
 enum MHD_Result api_root_get(struct request *req)
 {
@@ -54,49 +51,57 @@ enum MHD_Result api_metrics_get(struct request *req)
 	return http_reply_text(req, 200, "text/plain; version=0.0.4", metrics_render());
 }
 
-/*
- * Append "'sha256-...' " for the body of every <tag>...</tag> in html to csp: the page's
- * own inline code is named by its hash, so nothing injected into it would run.
- */
-static void csp_hashes(const char *html, const char *tag, char *csp, size_t len)
-{
-	_cleanup_free_ char *start_tag = xasprintf("<%s>", tag);
-	_cleanup_free_ char *end_tag = xasprintf("</%s>", tag);
-	const char *p = html, *end;
-
-	while ((p = strstr(p, start_tag)) && (end = strstr(p, end_tag))) {
-		unsigned char md[32], b64[48];
-		unsigned int mdlen = 0;
-
-		p += strlen(start_tag);
-		EVP_Digest(p, (size_t)(end - p), md, &mdlen, EVP_sha256(), NULL);
-		EVP_EncodeBlock(b64, md, (int)mdlen);
-		snprintf(csp + strlen(csp), len - strlen(csp), " 'sha256-%s'", b64);
-		p = end;
-	}
-}
+/* Content types of the dashboard's files, by extension. */
+static const struct {
+	const char *ext;
+	const char *type;
+} web_types[] = {
+	{".html", "text/html; charset=utf-8"},
+	{".js", "text/javascript; charset=utf-8"},
+	{".css", "text/css; charset=utf-8"},
+	{".svg", "image/svg+xml"},
+};
 
 /*
- * The dashboard is one page that talks only to this API: its policy allows its own
- * inline script and style (by hash) and fetches to the same origin, nothing else.
+ * The dashboard talks only to this API and loads only its own files: no inline script
+ * or style, no other origin, no frames.
  */
-enum MHD_Result api_dashboard_get(struct request *req)
+#define WEB_CSP                                                                                    \
+	"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "            \
+	"img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+static enum MHD_Result web_serve(struct request *req, const char *name)
 {
-	static char csp[1024];
+	const struct web_asset *a;
+	const char *type = NULL, *dot = strrchr(name, '.');
 	struct MHD_Response *resp;
 
-	if (csp[0] == '\0') {
-		snprintf(csp, sizeof(csp), "default-src 'none'; script-src");
-		csp_hashes(kumo_dashboard_html, "script", csp, sizeof(csp));
-		snprintf(csp + strlen(csp), sizeof(csp) - strlen(csp), "; style-src");
-		csp_hashes(kumo_dashboard_html, "style", csp, sizeof(csp));
-		snprintf(csp + strlen(csp), sizeof(csp) - strlen(csp),
-			 "; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
-			 "base-uri 'none'; form-action 'none'");
-	}
-	resp = MHD_create_response_from_buffer(strlen(kumo_dashboard_html),
-					       (void *)kumo_dashboard_html, MHD_RESPMEM_PERSISTENT);
-	MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
-	MHD_add_response_header(resp, "Content-Security-Policy", csp);
+	for (a = kumo_web_assets; a->name; a++)
+		if (strcmp(a->name, name) == 0)
+			break;
+	if (a->name == NULL || dot == NULL)
+		return http_reply_error(req, 404, "path", "no such dashboard file");
+	for (size_t i = 0; i < ARRAY_SIZE(web_types); i++)
+		if (strcmp(web_types[i].ext, dot) == 0)
+			type = web_types[i].type;
+	if (type == NULL)
+		return http_reply_error(req, 404, "path", "no such dashboard file");
+	resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(resp, "Content-Type", type);
+	MHD_add_response_header(resp, "Content-Security-Policy", WEB_CSP);
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	MHD_add_response_header(resp, "Cache-Control", "no-cache");
 	return http_reply_response(req, 200, resp);
+}
+
+/* GET / : the dashboard's page. */
+enum MHD_Result api_dashboard_get(struct request *req)
+{
+	return web_serve(req, "index.html");
+}
+
+/* GET /ui/{file} : its script, style and images (names from the compiled-in table only). */
+enum MHD_Result api_dashboard_asset(struct request *req)
+{
+	return web_serve(req, req->params[0]);
 }

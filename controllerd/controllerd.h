@@ -362,6 +362,12 @@ enum MHD_Result api_audit_list(struct request *req);
 
 /* events.c */
 void event_emit(const char *type, struct json_object *data);
+
+/* usage.c */
+void usage_record(const char *name, struct json_object *usage);
+void usage_forget(const char *name);
+void usage_cron(void);
+struct json_object *usage_json(const char *name);
 void events_prune(void);
 bool event_type_known(const char *type);
 
@@ -505,6 +511,7 @@ enum MHD_Result api_root_get(struct request *req);
 enum MHD_Result api_healthz_get(struct request *req);
 enum MHD_Result api_metrics_get(struct request *req);
 enum MHD_Result api_dashboard_get(struct request *req);
+enum MHD_Result api_dashboard_asset(struct request *req);
 
 /* api_hosts.c */
 extern const struct json_field *const host_patch_fields;
@@ -552,6 +559,8 @@ enum MHD_Result api_instance_patch(struct request *req);
 enum MHD_Result api_instance_delete(struct request *req);
 enum MHD_Result api_instance_action(struct request *req);
 enum MHD_Result api_instance_console(struct request *req);
+enum MHD_Result api_instance_metrics(struct request *req);
+enum MHD_Result api_instance_console_input(struct request *req);
 enum MHD_Result api_snapshots_create(struct request *req);
 enum MHD_Result api_snapshots_list(struct request *req);
 enum MHD_Result api_snapshot_revert(struct request *req);

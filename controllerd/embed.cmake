@@ -1,4 +1,17 @@
-# Turn the file IN into a C source OUT defining kumo_dashboard_html[].
-file(READ ${IN} hex HEX)
-string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
-file(WRITE ${OUT} "const char kumo_dashboard_html[] = {${bytes} 0x00};\n")
+# Turn the dashboard's files (FILES, names separated by commas, in DIR) into a C source
+# OUT defining kumo_web_assets[]: name, bytes and length of each, ending with {NULL}.
+string(REPLACE "," ";" files "${FILES}")
+set(body "#include <stddef.h>\n#include \"webassets.h\"\n")
+set(table "const struct web_asset kumo_web_assets[] = {\n")
+set(i 0)
+foreach(f ${files})
+  file(READ ${DIR}/${f} hex HEX)
+  string(LENGTH "${hex}" hexlen)
+  math(EXPR len "${hexlen} / 2")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND body "static const unsigned char asset${i}[] = {${bytes} 0x00};\n")
+  string(APPEND table "\t{\"${f}\", asset${i}, ${len}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND table "\t{NULL, NULL, 0},\n};\n")
+file(WRITE ${OUT} "${body}${table}")

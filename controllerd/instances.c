@@ -47,7 +47,8 @@ static const char *commit_error(const char *msg)
 	snprintf(buf, sizeof(buf), "the committed image was refused: %s", msg);
 	return buf;
 }
-static void instance_report_apply(struct host *h, struct json_object *report, const char *why);
+static void instance_report_apply(struct host *h, struct json_object *report,
+				  struct json_object *usage, const char *why);
 
 /* Hosts as the scheduler sees them, with what is placed on each from the database. */
 struct sched_view {
@@ -414,7 +415,7 @@ static struct json_object *report_clean(struct json_object *r)
 /* An agent's report of one of its instances (already authenticated). */
 void instances_report(struct host *h, struct json_object *raw, const char *why)
 {
-	struct json_object *report = report_clean(raw);
+	struct json_object *report = report_clean(raw), *usage = NULL;
 
 	if (report == NULL) {
 		log_warnx("host %s: unusable report on instance '%.64s'", h->name,
@@ -423,11 +424,13 @@ void instances_report(struct host *h, struct json_object *raw, const char *why)
 				  : "?");
 		return;
 	}
-	instance_report_apply(h, report, why);
+	json_object_object_get_ex(raw, "usage", &usage);
+	instance_report_apply(h, report, usage, why);
 	json_object_put(report);
 }
 
-static void instance_report_apply(struct host *h, struct json_object *report, const char *why)
+static void instance_report_apply(struct host *h, struct json_object *report,
+				  struct json_object *usage, const char *why)
 {
 	const char *name = json_get_str(report, "name", ""),
 		   *state = json_get_str(report, "state", "");
@@ -455,6 +458,7 @@ static void instance_report_apply(struct host *h, struct json_object *report, co
 	 * list makes it the host's unmanaged list (drift.c). */
 	if (host_id != h->id)
 		return;
+	usage_record(name, usage); /* only the host that runs it speaks for its use */
 	/* While an operation creates or deletes it, the operation decides its state. */
 	if (!strcmp(cur, "creating") || !strcmp(cur, "deleting"))
 		return;
@@ -643,6 +647,7 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
 		sqlite3_step(st);
 		sqlite3_finalize(st);
+		usage_forget(iname);
 		ev = json_object_new_object();
 		json_object_object_add(ev, "name", json_object_new_string(iname));
 		event_emit("instance-deleted", ev);
@@ -658,7 +663,7 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 				st_new = json_get_str(report, "state", st_new);
 			instance_state_set(iname, st_new, report, ok ? action : "operation failed");
 		} else if (report && h) {
-			instance_report_apply(h, report, action);
+			instance_report_apply(h, report, NULL, action);
 			instance_report_store(h, iname, report);
 		}
 		if (ok && !strcmp(action, "commit")) {

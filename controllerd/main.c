@@ -66,6 +66,7 @@ static void cron_cb(uv_timer_t *t)
 		events_prune();
 		audit_prune();
 		oci_blobs_verify_cron();
+		usage_cron();
 	}
 	if (ticks % (3600000 / CRON_MS) == 0)
 		oci_uploads_prune();

@@ -46,6 +46,7 @@ prometheus
 clang libclang-rt-14-dev
 podman buildah
 wrk
+chromium
 "
 
 PKGS=""

@@ -1,0 +1,53 @@
+#!/bin/bash
+# test_dashboard.sh - the web dashboard in a real browser (tests/browser/dashboard.mjs:
+# Playwright driving Debian's Chromium, headless): sign-in, live updates over SSE, a
+# container created from the form, its logs, a VM's serial console, a form error next to
+# its field, a viewer's disabled actions, a revoked token returning to sign-in, page
+# weight and the time to draw a large overview. Screenshots land in
+# BUILD/artifacts/dashboard/. playwright-core comes pinned from tests/browser's lockfile.
+. "$(dirname "$0")/lib.sh"
+
+VM=dash-vm1
+cleanup() {
+	api DELETE /api/v1/instances/dash-ct1 >/dev/null 2>&1 || true
+	api DELETE /api/v1/instances/$VM >/dev/null 2>&1 || true
+	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer") | .id'); do
+		api DELETE "/api/v1/tokens/$id" >/dev/null 2>&1 || true
+	done
+}
+trap cleanup EXIT
+cleanup
+
+command -v chromium >/dev/null || fail "chromium is not installed (deploy/install-deps.sh test)"
+NPM_DIR=$KUMO_BUILD_DIR/browser
+mkdir -p "$NPM_DIR"
+if ! cmp -s "$KUMO_SRC/tests/browser/package-lock.json" "$NPM_DIR/package-lock.json" ||
+	[ ! -d "$NPM_DIR/node_modules/playwright-core" ]; then
+	cp "$KUMO_SRC/tests/browser/package.json" "$KUMO_SRC/tests/browser/package-lock.json" "$NPM_DIR/"
+	(cd "$NPM_DIR" && npm ci --no-audit --no-fund --no-update-notifier >/dev/null) ||
+		fail "npm ci of the browser test's lockfile failed"
+fi
+
+api POST /api/v1/tokens '{"kind": "api", "role": "viewer", "name": "dash-viewer"}'
+expect_status 201
+VIEWER=$(jqb .token)
+
+vm_create "{\"name\": \"$VM\", \"type\": \"vm\", \"memory\": {\"mb\": 192},
+	\"disks\": [{\"name\": \"root\", \"image\": \"$TEST_IMAGE\"}], \"nics\": [{\"model\": \"virtio\"}]}"
+
+# Typing into a serial console: bad input is refused and names the problem.
+api POST /api/v1/instances/$VM/console '{"data": ""}'
+expect_status 400
+api POST /api/v1/instances/$VM/console '{"data": "x", "extra": 1}'
+expect_status 400
+api POST /api/v1/instances/$VM/console '{"data": "uptime\r"}' "$VIEWER"
+expect_status 403
+api POST /api/v1/instances/no-such-vm/console '{"data": "x"}'
+expect_status 404
+pass "console input: empty data, unknown fields 400; a viewer 403; no such VM 404"
+
+cp "$KUMO_SRC/tests/browser/dashboard.mjs" "$NPM_DIR/"
+KUMO_URL=$KUMO_URL ADMIN=$ADMIN VIEWER=$VIEWER VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
+	NODE_EXTRA_CA_CERTS=$KUMO_CACERT node "$NPM_DIR/dashboard.mjs" ||
+	fail "the browser test failed (screenshots in $KUMO_BUILD_DIR/artifacts/dashboard)"
+pass "dashboard in Chromium"
