@@ -341,6 +341,11 @@ struct inst_op {
 	op_disk_fn each_fn;
 	op_step_fn each_then;
 
+	/* job.c: deadline and cancel */
+	struct job *job;
+	bool undoing;		    /* cancelled: undoing what it did */
+	struct json_object *undone; /* ... and what that was, for the op-done */
+
 	/* snapshots */
 	const char *snapshot;
 	bool with_memory;
@@ -371,6 +376,7 @@ struct agent {
 	struct sendq_item *sendq_head, *sendq_tail;
 	unsigned sendq_len;
 	struct opcache ops;
+	struct job *jobs; /* job.c: instance commands at work */
 
 	/* heartbeat.c */
 	uv_timer_t heartbeat_timer;
@@ -455,6 +461,15 @@ struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type t
 void opcache_load(struct opcache *c, const char *path);
 void opcache_finish(struct opcache *c, const char *op, struct json_object *done_body);
 void opcache_clear(struct opcache *c);
+
+/* job.c */
+void job_start(struct inst_op *op, int64_t timeout_ms);
+void job_end(struct inst_op *op);
+const char *job_cancel_reason(const struct inst_op *op);
+bool job_cancelled(const struct inst_op *op);
+void job_undo(struct inst_op *op);
+struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_object *body,
+				   struct kerr *err);
 
 /* probe.c */
 void probe_cmd_start(struct agent *a, const char *op, struct json_object *body);
@@ -550,6 +565,7 @@ struct json_object *instance_spec_normalise(struct json_object *spec);
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);
+bool instance_op_starts(const struct inst_op *op);
 void instance_op_progress(struct inst_op *op, int progress, const char *phase);
 void instance_op_succeed(struct inst_op *op);
 void instance_op_fail(struct inst_op *op, const char *fmt, ...)

@@ -299,9 +299,14 @@ static void hash_done_cb(uv_work_t *w, int status)
 
 static void import_hash(struct import *im)
 {
+	int rc;
+
 	op_update(im->op, "running", 80, "hashing", NULL, NULL);
 	im->hash_work.data = im;
-	uv_queue_work(ctl.loop, &im->hash_work, hash_work_cb, hash_done_cb);
+	rc = uv_queue_work(ctl.loop, &im->hash_work, hash_work_cb, hash_done_cb);
+	/* Not queued, hash_done_cb never comes: the operation would stay running. */
+	if (rc < 0)
+		import_fail(im, "cannot queue the hashing: %s", uv_strerror(rc));
 }
 
 /*

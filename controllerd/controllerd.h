@@ -140,7 +140,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 10
+#define DB_SCHEMA_VERSION 11
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -225,6 +225,9 @@ void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, 
 void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t timeout_ms,
 			     cmd_reply_fn cb, void *cls);
 void agentlink_query_cancel(void *cls);
+void agentlink_cmd_send_cb(struct host *h, enum link_type type, const char *op,
+			   struct json_object *body, cmd_reply_fn cb, void *cls);
+bool agentlink_cmd_unqueue(struct host *h, const char *op);
 void agentlink_queries_fail(struct host *h, const char *why);
 void agentlink_deferred_fail(struct host *h, const char *why);
 /* The tables join requests and op-progress/op-done bodies are checked against. */
@@ -239,13 +242,15 @@ struct host *instances_place(const struct sched_request *req, struct json_object
 			     struct kerr *err);
 int instances_op_done(struct host *h, struct json_object *op, const char *status,
 		      struct json_object *result, const char *error);
-int instances_op_nack(const char *op_id, const char *why);
 int instances_op_resend(struct host *h, const char *id, const char *kind,
 			struct json_object *result);
 void instances_report(struct host *h, struct json_object *report, const char *why);
 void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
 bool instance_tombstoned(const char *name);
+int instance_desired_set(int64_t id, const char *desired, struct kerr *err);
+int instances_create_undo(struct host *h, const char *name, char *del_id, size_t len,
+			  struct kerr *err);
 void instance_spec_apply(struct json_object *spec, struct json_object *changes);
 void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 			struct json_object *spec, struct json_object *args);
@@ -301,6 +306,7 @@ void container_sched_request(struct json_object *spec, struct sched_request *sr)
 int oci_ref_resolve(const char *ref, char *digest, size_t dlen, char *canon, size_t clen,
 		    struct kerr *err);
 enum MHD_Result api_instance_logs(struct request *req);
+int create_timeout_check(struct json_object *v, const char *f, struct kerr *err);
 enum MHD_Result api_instance_exec(struct request *req);
 
 /* api_images.c */
@@ -316,12 +322,50 @@ void images_sweep_uploads(void);
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,
 			      struct json_object *result, struct kerr *err);
+struct json_object *op_create_timeout(const char *kind, const char *target, struct host *h,
+				      struct json_object *result, int64_t timeout_s,
+				      struct kerr *err);
+void op_event_emit(const char *id);
+int op_step_set(const char *id, const char *step);
+void ops_final_hook_set(void (*hook)(const char *id));
 bool op_busy(const char *target, char *busy_id, size_t len);
 int op_update(const char *id, const char *status, int progress, const char *phase,
 	      struct json_object *result, const char *error);
 struct json_object *op_get(const char *id);
 bool op_status_final(const char *status);
-void ops_resume(void);
+
+/* jobs.c */
+/* One row per operation kind: how its jobs resume, end, are cancelled, time out. */
+struct op_kind {
+	const char *name;
+	int64_t timeout_s; /* default deadline; 0: none */
+	/* Send the job's work to h again after a controller restart; 0 or -1. */
+	int (*resume)(struct host *h, const char *id, struct json_object *op);
+	/* A host (NULL: the controller itself) reports the job's end. */
+	int (*done)(struct host *h, struct json_object *op, const char *status,
+		    struct json_object *result, const char *error);
+	/* Stop the job at a safe point and undo it (reason "cancelled" or "timed out");
+	 * NULL: this kind cannot be cancelled, and no_cancel says why. */
+	int (*cancel)(struct host *h, struct json_object *op, const char *reason);
+	const char *no_cancel;
+};
+enum op_tick {
+	OP_WAIT,
+	OP_TIME_OUT,
+	OP_GIVE_UP
+};
+const struct op_kind *jobs_kind_find(const char *name);
+int64_t jobs_timeout_default(const char *kind);
+const char *jobs_final_status(const char *cancel, const char *status, const char **error);
+enum op_tick jobs_tick(int64_t now, int64_t deadline, const char *cancel);
+int jobs_cancel_check(const struct op_kind *k, const char *kind, const char *status,
+		      const char *cancel, struct kerr *err);
+int jobs_cancel(const char *id, struct json_object **out, struct kerr *err);
+void jobs_cron(int64_t now);
+int jobs_done(struct host *h, const char *id, const char *status, struct json_object *result,
+	      const char *error);
+int jobs_nack(const char *id, const char *why);
+void jobs_resume(void);
 
 /* audit.c */
 void audit_record(const struct request *req);
@@ -332,6 +376,7 @@ enum MHD_Result api_audit_list(struct request *req);
 
 /* events.c */
 void event_emit(const char *type, struct json_object *data);
+void events_hook_set(void (*hook)(void));
 void events_prune(void);
 bool event_type_known(const char *type);
 
@@ -443,6 +488,7 @@ struct route {
 
 int http_start(struct kerr *err);
 void http_stop(void);
+void http_finished_hook_add(void (*hook)(struct request *req));
 void http_kick(void);
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj);
 enum MHD_Result http_reply_error(struct request *req, unsigned status, const char *field,
@@ -530,6 +576,7 @@ enum MHD_Result api_image_delete(struct request *req);
 /* api_ops.c */
 enum MHD_Result api_ops_list(struct request *req);
 enum MHD_Result api_op_get(struct request *req);
+enum MHD_Result api_op_cancel(struct request *req);
 void api_ops_wake(const char *id);
 void api_ops_cron(void);
 void api_ops_forget(struct request *req);

@@ -43,6 +43,7 @@ static const struct route routes[] = {
 	{"GET", "/api/v1/audit", ROLE_ADMIN, "limit,after,token", api_audit_list, NULL},
 	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit,after,fields", api_ops_list, NULL},
 	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
+	{"POST", "/api/v1/operations/{}/actions/cancel", ROLE_OPERATOR, "", api_op_cancel, NULL},
 	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
 	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, NULL},
 	{"GET", "/api/v1/instances", ROLE_VIEWER,
@@ -683,6 +684,23 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 	return dispatch(req);
 }
 
+/* Who is told a request ended (main.c registers the API layer's handlers). */
+static void (*finished_hooks[4])(struct request *req);
+
+/*
+ * Call hook(req) for every request that ends (answered, or its client went away), so
+ * a handler that parked it somewhere lets go. The HTTP layer calls no handler itself.
+ */
+void http_finished_hook_add(void (*hook)(struct request *req))
+{
+	for (size_t i = 0; i < ARRAY_SIZE(finished_hooks); i++)
+		if (finished_hooks[i] == NULL) {
+			finished_hooks[i] = hook;
+			return;
+		}
+	fatalx("http: more request-finished hooks than %zu", ARRAY_SIZE(finished_hooks));
+}
+
 static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -691,8 +709,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	http_conns_request_done(conn);
 	if (req == NULL)
 		return;
-	api_ops_forget(req);
-	api_instances_forget(req);
+	for (size_t i = 0; i < ARRAY_SIZE(finished_hooks) && finished_hooks[i]; i++)
+		finished_hooks[i](req);
 	tokens_watch_remove(&req->watch);
 	audit_record(req);
 	if (req->route && req->route->stream)

@@ -35,9 +35,9 @@ static void usage(FILE *out, int status)
  * The one periodic timer. Every tick: long polls whose time is up. Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
  * streams of expired tokens, API connections past their deadlines, operations whose
- * network wait is over. Every tick also measures how late it ran (the loop's lag, for
- * metrics). Every minute: pruning old events and audit rows, checking one stored
- * registry blob. Every hour: abandoned registry uploads.
+ * network wait is over, jobs past their deadline (jobs.c). Every tick also measures how late it ran
+ * (the loop's lag, for metrics). Every minute: pruning old events and audit rows, checking one
+ * stored registry blob. Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -58,6 +58,7 @@ static void cron_cb(uv_timer_t *t)
 		tokens_cron();
 		http_conns_cron();
 		instances_net_waits_check();
+		jobs_cron(now / 1000);
 	}
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
@@ -204,12 +205,19 @@ int main(int argc, char **argv)
 	    tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
 		fatalx("%s", err.msg);
 
+	/* News travels up by subscription: the API layer hears of finished operations
+	 * and ended requests without the layers below calling it. */
+	ops_final_hook_set(api_ops_wake);
+	events_hook_set(api_events_notify);
+	http_finished_hook_add(api_ops_forget);
+	http_finished_hook_add(api_instances_forget);
+
 	ctl.loop = uv_default_loop();
 	if (hosts_load(&err) < 0)
 		fatalx("%s", err.msg);
 	if (agentlink_start(&err) < 0 || http_start(&err) < 0)
 		fatalx("%s", err.msg);
-	ops_resume();
+	jobs_resume();
 	images_sweep_uploads();
 	oci_store_modes_fix(); /* the store's directories, and blobs an older version left 0644 */
 
