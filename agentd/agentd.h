@@ -566,6 +566,7 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);
 bool instance_op_starts(const struct inst_op *op);
+bool instance_op_creates(const struct inst_op *op);
 void instance_op_progress(struct inst_op *op, int progress, const char *phase);
 void instance_op_succeed(struct inst_op *op);
 void instance_op_fail(struct inst_op *op, const char *fmt, ...)

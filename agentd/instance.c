@@ -894,6 +894,12 @@ bool instance_op_starts(const struct inst_op *op)
 	       (op->action->run == vmaction_start || op->action->run == vmaction_create);
 }
 
+/* Does op create the instance? A cancel removes what it made, even once it exists. */
+bool instance_op_creates(const struct inst_op *op)
+{
+	return op->action && op->action->run == vmaction_create;
+}
+
 /* Tell the controller how far op got: progress 0-100 and a phase it shows. */
 void instance_op_progress(struct inst_op *op, int progress, const char *phase)
 {

@@ -123,9 +123,48 @@ static bool vm_nics_networked(const struct vm *vm)
 	return false;
 }
 
+static void created_removed_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	(void)a;
+	if (instance_op_gone(op))
+		return;
+	if (error)
+		log_warnx("op %s: removing what the create made: %s", op->op, error);
+	op->vm->op = NULL;
+	op->owner = false;
+	vm_remove(op->vm);
+	op->vm = NULL;
+	instance_op_fail(op, "%s", job_cancel_reason(op));
+}
+
+/*
+ * A create past the point where the VM exists (spec written, so a failure to start
+ * would keep it): the cancel removes it whole, as a delete does.
+ */
+static void created_remove(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+
+	if (vm_nics_networked(vm)) {
+		netport_vm_remove(json_object_object_get(vm->spec, "nics"));
+		undone_add(op, "taps");
+	}
+	if (vm->ndisks)
+		undone_add(op, "disk files");
+	undone_add(op, "run directory");
+	disk_remove(op->agent, vm->dir, vm->disks, vm->ndisks, NULL, created_removed_cb, op);
+}
+
 static void rollback(struct inst_op *op)
 {
 	size_t made = 0;
+
+	if (op->vm && op->vm->created && !op->registered && instance_op_creates(op)) {
+		created_remove(op);
+		return;
+	}
 
 	for (size_t i = 0; i < op->ndisks; i++)
 		made += op->make[i] && op->made[i];
