@@ -140,11 +140,21 @@ enum vm_state {
 };
 
 /* One disk of a VM as its spec names it, with where it lives and its last sizes. */
+/*
+ * Disk paths are sized to what is allowed, not PATH_MAX: a pool-relative path has at
+ * most 1023 characters (disk_path_check()) and a pool directory at most
+ * AGENT_POOL_DIR_MAX (config.c), so a VM's sixteen disks no longer make every
+ * operation and every heartbeat's size job a quarter of a megabyte.
+ */
+#define AGENT_POOL_DIR_MAX  255
+#define AGENT_DISK_PATH_MAX 1024 /* pool-relative, with NUL */
+#define AGENT_DISK_ABS_MAX  (AGENT_POOL_DIR_MAX + 1 + AGENT_DISK_PATH_MAX) /* root/path */
+
 struct vm_disk {
 	char name[NAME_MAX_LEN + 1];
-	char path[PATH_MAX];		 /* pool-relative, as in the spec */
-	char root[PATH_MAX];		 /* the pool's directory */
-	char abs[PATH_MAX];		 /* root/path */
+	char path[AGENT_DISK_PATH_MAX];	 /* pool-relative, as in the spec */
+	const char *root;		 /* the pool's directory (the agent's config) */
+	char abs[AGENT_DISK_ABS_MAX];	 /* root/path */
 	int64_t virtual_size, allocated; /* bytes; -1 until measured */
 };
 
@@ -329,11 +339,11 @@ struct inst_op {
 
 	struct vm_disk disks[AGENT_VM_DISKS_MAX]; /* the disks the action works on */
 	size_t ndisks;
-	char images[AGENT_VM_DISKS_MAX][PATH_MAX]; /* source image per disk, or "" */
-	bool make[AGENT_VM_DISKS_MAX];		   /* create/update: disk to make */
-	bool made[AGENT_VM_DISKS_MAX];		   /* ... and made: removed on failure */
-	int64_t grow[AGENT_VM_DISKS_MAX];	   /* update: new size, 0 to keep */
-	bool seed;				   /* cloud-init seed to (re)build */
+	char *images[AGENT_VM_DISKS_MAX]; /* source image per disk, or NULL (op_free frees) */
+	bool make[AGENT_VM_DISKS_MAX];	  /* create/update: disk to make */
+	bool made[AGENT_VM_DISKS_MAX];	  /* ... and made: removed on failure */
+	int64_t grow[AGENT_VM_DISKS_MAX]; /* update: new size, 0 to keep */
+	bool seed;			  /* cloud-init seed to (re)build */
 
 	/* instance_disks_each() */
 	size_t idx;

@@ -858,6 +858,8 @@ int instance_cmd_check(struct json_object *body, struct kerr *err)
 static void op_free(struct inst_op *op)
 {
 	job_end(op);
+	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++)
+		free(op->images[i]);
 	json_object_put(op->undone);
 	json_object_put(op->spec);
 	json_object_put(op->args);

@@ -262,3 +262,7 @@ struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_
 	}
 	return answer(op, e ? "done" : "unknown");
 }
+
+/* An op is allocated per command and a size job per VM per heartbeat: keep them small
+ * (they were 264 KB with PATH_MAX paths for sixteen disks). */
+_Static_assert(sizeof(struct inst_op) < 48 * 1024, "struct inst_op grew past 48 KB");

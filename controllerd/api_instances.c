@@ -308,9 +308,24 @@ static void cmd_instance(struct host *h, const char *op_id, const char *action,
  * command is queued and the 202 goes out. timeout_s: the job's deadline (0: its
  * kind's default).
  */
+/* A write that goes in an action's transaction (a delete's state, a snapshot's row). */
+typedef int (*op_tx_fn)(struct inst *i, void *arg, struct kerr *err);
+
+static enum MHD_Result start_op_tx(struct request *req, struct inst *i, const char *action,
+				   struct json_object *args, const char *new_desired,
+				   int64_t timeout_s, op_tx_fn tx, void *arg);
+
 static enum MHD_Result start_op(struct request *req, struct inst *i, const char *action,
 				struct json_object *args, const char *new_desired,
 				int64_t timeout_s)
+{
+	return start_op_tx(req, i, action, args, new_desired, timeout_s, NULL, NULL);
+}
+
+/* The same, with tx(i, arg, err) in the operation's transaction, checked. */
+static enum MHD_Result start_op_tx(struct request *req, struct inst *i, const char *action,
+				   struct json_object *args, const char *new_desired,
+				   int64_t timeout_s, op_tx_fn tx, void *arg)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
 	_cleanup_free_ char *kind = xasprintf("instance-%s", action);
@@ -338,7 +353,7 @@ static enum MHD_Result start_op(struct request *req, struct inst *i, const char 
 	json_object_object_add(res, "args", json_object_get(args));
 	op = op_create_timeout(kind, target, i->host, res, timeout_s, &err);
 	if (op == NULL || (new_desired && instance_desired_set(i->id, new_desired, &err) < 0) ||
-	    db_commit(ctl.db, &err) < 0) {
+	    (tx && tx(i, arg, &err) < 0) || db_commit(ctl.db, &err) < 0) {
 		db_rollback(ctl.db);
 		json_object_put(op);
 		json_object_put(args);
@@ -348,6 +363,26 @@ static enum MHD_Result start_op(struct request *req, struct inst *i, const char 
 		     i->spec, args);
 	json_object_put(args);
 	return http_reply_json(req, 202, op);
+}
+
+/* A delete's operation and the instance's "deleting" commit together. */
+static int deleting_set(struct inst *i, void *arg, struct kerr *err)
+{
+	(void)arg;
+	return instance_state_deleting(i->id, err);
+}
+
+struct snapshot_new {
+	const char *name;
+	bool with_memory;
+};
+
+/* A snapshot's row and its operation commit together. */
+static int snapshot_insert(struct inst *i, void *arg, struct kerr *err)
+{
+	const struct snapshot_new *sn = arg;
+
+	return instance_snapshot_insert(i->id, sn->name, sn->with_memory, err);
 }
 
 /* ---- create ---- */
@@ -1349,7 +1384,6 @@ enum MHD_Result api_instance_delete(struct request *req)
 	enum MHD_Result ret;
 	bool force, keep;
 	struct inst *i;
-	sqlite3_stmt *st;
 
 	if (!flag_query(req, "force", &force, &ret) || !flag_query(req, "keep_disks", &keep, &ret))
 		return ret;
@@ -1374,13 +1408,7 @@ enum MHD_Result api_instance_delete(struct request *req)
 	args = json_object_new_object();
 	json_object_object_add(args, "keep_disks", json_object_new_boolean(keep));
 	json_object_object_add(args, "force", json_object_new_boolean(force));
-	ret = start_op(req, i, "delete", args, "stopped", 0);
-	if (req->status == 202) {
-		st = db_prepare(ctl.db, "UPDATE instances SET state = 'deleting' WHERE id = ?");
-		sqlite3_bind_int64(st, 1, i->id);
-		sqlite3_step(st);
-		sqlite3_finalize(st);
-	}
+	ret = start_op_tx(req, i, "delete", args, "stopped", 0, deleting_set, NULL);
 	inst_free(i);
 	return ret;
 }
@@ -1490,7 +1518,6 @@ enum MHD_Result api_snapshots_create(struct request *req)
 	enum MHD_Result ret;
 	struct kerr err;
 	struct inst *i;
-	sqlite3_stmt *st;
 	const char *sname;
 	bool mem, dummy;
 	char state[16];
@@ -1526,18 +1553,9 @@ enum MHD_Result api_snapshots_create(struct request *req)
 		args = json_object_new_object();
 		json_object_object_add(args, "snapshot", json_object_new_string(sname));
 		json_object_object_add(args, "with_memory", json_object_new_boolean(mem));
-		ret = start_op(req, i, "snapshot-create", args, NULL, 0);
-		if (req->status == 202) {
-			st = db_prepare(ctl.db,
-					"INSERT INTO snapshots (instance_id, name, with_memory, "
-					"created_at) VALUES (?, ?, ?, ?)");
-			sqlite3_bind_int64(st, 1, i->id);
-			sqlite3_bind_text(st, 2, sname, -1, SQLITE_STATIC);
-			sqlite3_bind_int(st, 3, mem);
-			sqlite3_bind_int64(st, 4, now_ms());
-			sqlite3_step(st);
-			sqlite3_finalize(st);
-		}
+		struct snapshot_new sn = {sname, mem};
+
+		ret = start_op_tx(req, i, "snapshot-create", args, NULL, 0, snapshot_insert, &sn);
 	}
 	json_object_put(body);
 	inst_free(i);

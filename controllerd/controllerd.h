@@ -249,6 +249,8 @@ void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
 bool instance_tombstoned(const char *name);
 int instance_desired_set(int64_t id, const char *desired, struct kerr *err);
+int instance_state_deleting(int64_t id, struct kerr *err);
+int instance_snapshot_insert(int64_t id, const char *name, bool with_memory, struct kerr *err);
 int instances_create_undo(struct host *h, const char *name, char *del_id, size_t len,
 			  struct kerr *err);
 void instance_spec_apply(struct json_object *spec, struct json_object *changes);

@@ -757,6 +757,43 @@ int instances_create_undo(struct host *h, const char *name, char *del_id, size_t
 	return 0;
 }
 
+/* Instance id is being deleted (in the delete operation's transaction). 0 or -1. */
+int instance_state_deleting(int64_t id, struct kerr *err)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "UPDATE instances SET state = 'deleting' WHERE id = ?");
+	int rc;
+
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record the delete: %s", sqlite3_errmsg(ctl.db));
+	return 0;
+}
+
+/*
+ * Record snapshot name of instance id as being taken (in the snapshot operation's
+ * transaction). Returns 0, or -1 with err.
+ */
+int instance_snapshot_insert(int64_t id, const char *name, bool with_memory, struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "INSERT INTO snapshots (instance_id, name, "
+					      "with_memory, created_at) VALUES (?, ?, ?, ?)");
+	int rc;
+
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, with_memory);
+	sqlite3_bind_int64(st, 4, now_ms());
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record snapshot %s: %s", name,
+			       sqlite3_errmsg(ctl.db));
+	return 0;
+}
+
 /*
  * Set the desired state of instance id (inside the caller's transaction: an action's
  * operation and its desired state commit together). Returns 0, or -1 with err.
