@@ -311,13 +311,17 @@ enum MHD_Result api_instance_logs(struct request *req);
 int create_timeout_check(struct json_object *v, const char *f, struct kerr *err);
 enum MHD_Result api_instance_exec(struct request *req);
 
+/* images.c */
+int images_key_load(const char *state_dir, struct kerr *err);
+void image_sig(const char *name, const char *path, const char *sha256, int64_t size, char out[65]);
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
+		   char *sha256);
+
 /* api_images.c */
 int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len);
 int image_info_check(const char *out, const char *file, const char *format, int64_t *virtual_size,
 		     char *why, size_t len);
-int images_key_load(const char *state_dir, struct kerr *err);
-int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
-		   char *sha256);
+
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
 
@@ -330,6 +334,9 @@ struct json_object *op_create_timeout(const char *kind, const char *target, stru
 void op_event_emit(const char *id);
 int op_step_set(const char *id, const char *step);
 void ops_final_hook_set(void (*hook)(const char *id));
+void ops_rules_set(int64_t (*deadline)(const char *kind),
+		   const char *(*final)(const char *cancel, const char *status,
+					const char **error));
 bool op_busy(const char *target, char *busy_id, size_t len);
 int op_update(const char *id, const char *status, int progress, const char *phase,
 	      struct json_object *result, const char *error);
@@ -489,7 +496,21 @@ struct route {
 	"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 int http_start(struct kerr *err);
-void http_stop(void);
+void http_stop(void (*drain)(void));
+void http_routes_set(const struct route *table, size_t n);
+/* A part of the URL space that answers in a dialect of its own (the registry's /v2/). */
+struct http_dialect {
+	bool (*owns)(const char *url);
+	char *(*error_text)(unsigned status, const char *code, const char *message,
+			    struct json_object *detail);
+	void (*challenge)(struct request *req, struct MHD_Response *resp, bool insufficient);
+	const char *header, *header_value; /* added to each of its answers */
+};
+void http_dialect_set(const struct http_dialect *d);
+
+/* routes.c */
+extern const struct route api_routes[];
+extern const size_t api_routes_count;
 void http_finished_hook_add(void (*hook)(struct request *req));
 void http_kick(void);
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj);
@@ -592,6 +613,8 @@ unsigned api_events_streams(void);
 void api_events_shutdown(void);
 
 /* metrics.c */
+void metrics_api_source_set(void (*fn)(unsigned *open, uint64_t *accepted, uint64_t *timed_out,
+				       unsigned *streams));
 void metrics_api_request(const char *method, const char *route, unsigned status, double seconds);
 void metrics_link_message(const char *type);
 void metrics_db_commit(double seconds);
@@ -678,6 +701,7 @@ bool registry_url(const char *url);
 char *registry_error_text(unsigned status, const char *code, const char *message,
 			  struct json_object *detail);
 void registry_shutdown(void);
+extern const struct http_dialect registry_dialect;
 void registry_scope(const struct request *req, char *out, size_t len);
 
 /* registry_auth.c */

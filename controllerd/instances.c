@@ -757,6 +757,21 @@ int instances_create_undo(struct host *h, const char *name, char *del_id, size_t
 	return 0;
 }
 
+/* MiB the scheduler counts for a container without a limit. */
+#define CONTAINER_DEFAULT_MEMORY 64
+
+/* What the scheduler counts for a container: its limits, or a nominal share. */
+void container_sched_request(struct json_object *spec, struct sched_request *sr)
+{
+	struct json_object *limits = json_object_object_get(spec, "limits");
+	struct json_object *cpus = json_object_object_get(limits, "cpus");
+	double c = cpus ? json_object_get_double(cpus) : 1;
+
+	sr->vcpus = c > (int)c ? (int)c + 1 : (int)c;
+	sr->memory_mb = json_get_int(limits, "memory_mb", CONTAINER_DEFAULT_MEMORY);
+	sr->needs_shared_pool = true; /* its image's layers are read from there */
+}
+
 /* Instance id is being deleted (in the delete operation's transaction). 0 or -1. */
 int instance_state_deleting(int64_t id, struct kerr *err)
 {

@@ -56,7 +56,9 @@ static void cron_cb(uv_timer_t *t)
 		api_events_cron();
 		hosts_persist(false);
 		tokens_cron();
-		http_conns_cron();
+		/* Sockets it shut down are noticed once libmicrohttpd runs. */
+		if (http_conns_cron())
+			http_kick();
 		instances_net_waits_check();
 		jobs_cron(now / 1000);
 	}
@@ -89,6 +91,26 @@ static void fd_limit_raise(void)
 	}
 	log_info("open files limit: %llu (each agent holds one event connection)",
 		 (unsigned long long)rl.rlim_cur);
+}
+
+/* The API's numbers for /metrics: its connections and event streams. */
+static void api_stats(unsigned *open, uint64_t *accepted, uint64_t *timed_out, unsigned *streams)
+{
+	http_conns_stats(open, accepted, timed_out);
+	*streams = api_events_streams();
+}
+
+/*
+ * The API server stops: every event stream ends, every long poll and console query is
+ * answered, so no connection stays suspended (http_stop()).
+ */
+static void api_drain(void)
+{
+	api_events_shutdown();
+	api_ops_shutdown();
+	registry_shutdown();
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		agentlink_queries_fail(h, "the controller is stopping");
 }
 
 static void signal_cb(uv_signal_t *s, int signum)
@@ -208,9 +230,13 @@ int main(int argc, char **argv)
 	/* News travels up by subscription: the API layer hears of finished operations
 	 * and ended requests without the layers below calling it. */
 	ops_final_hook_set(api_ops_wake);
+	ops_rules_set(jobs_timeout_default, jobs_final_status);
+	metrics_api_source_set(api_stats);
 	events_hook_set(api_events_notify);
 	http_finished_hook_add(api_ops_forget);
 	http_finished_hook_add(api_instances_forget);
+	http_routes_set(api_routes, api_routes_count);
+	http_dialect_set(&registry_dialect);
 
 	ctl.loop = uv_default_loop();
 	if (hosts_load(&err) < 0)
@@ -235,7 +261,7 @@ int main(int argc, char **argv)
 
 	/* Orderly stop: facts to disk, sockets closed, handles closed. */
 	hosts_persist(true);
-	http_stop();
+	http_stop(api_drain);
 	agentlink_stop();
 	uv_close((uv_handle_t *)&ctl.cron, NULL);
 	uv_close((uv_handle_t *)&ctl.sigterm, NULL);

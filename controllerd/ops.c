@@ -14,6 +14,24 @@
 	"id, kind, target, host, status, progress, phase, result, error, created_at, "             \
 	"updated_at, deadline, cancel, step"
 
+/* Who hears that an operation reached a final status (main.c sets it: long polls). */
+static void (*final_hook)(const char *id);
+
+/* The job engine's rules (jobs.c), set by main.c: the store calls nothing above it. */
+static int64_t (*deadline_default)(const char *kind);
+static const char *(*final_status)(const char *cancel, const char *status, const char **error);
+
+/*
+ * Set the job rules: a kind's default deadline in seconds, and the final status of a
+ * job that had a cancel (jobs_timeout_default(), jobs_final_status()).
+ */
+void ops_rules_set(int64_t (*deadline)(const char *kind),
+		   const char *(*final)(const char *cancel, const char *status, const char **error))
+{
+	deadline_default = deadline;
+	final_status = final;
+}
+
 static struct json_object *op_row_json(sqlite3_stmt *st)
 {
 	struct json_object *o = json_object_new_object(), *result = NULL;
@@ -111,8 +129,8 @@ struct json_object *op_create_timeout(const char *kind, const char *target, stru
 	int64_t now = now_ms();
 	int rc;
 
-	if (timeout_s <= 0)
-		timeout_s = jobs_timeout_default(kind);
+	if (timeout_s <= 0 && deadline_default)
+		timeout_s = deadline_default(kind);
 	link_op_id_new(id);
 	st = db_prepare(ctl.db, "INSERT INTO operations (id, kind, target, host_id, host, status, "
 				"created_at, updated_at, result, deadline) VALUES (?, ?, ?, ?, ?, "
@@ -140,9 +158,6 @@ struct json_object *op_create_timeout(const char *kind, const char *target, stru
 	op_event("operation-created", id);
 	return op_get(id);
 }
-
-/* Who hears that an operation reached a final status (main.c sets it: long polls). */
-static void (*final_hook)(const char *id);
 
 /* Set the one listener for final statuses (main.c; the API layer's long polls). */
 void ops_final_hook_set(void (*hook)(const char *id))
@@ -184,9 +199,9 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 	struct kerr err;
 	int rc, changed;
 
-	if (final) {
+	if (final && final_status) {
 		cancel_of(id, cancel, sizeof(cancel));
-		status = jobs_final_status(cancel, status, &error);
+		status = final_status(cancel, status, &error);
 	}
 	if (own) {
 		if (!final)

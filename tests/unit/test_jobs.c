@@ -28,6 +28,8 @@ static int setup(void **state)
 	struct kerr err = {0};
 
 	(void)state;
+	/* As main.c wires them: the store takes the engine's rules by hook. */
+	ops_rules_set(jobs_timeout_default, jobs_final_status);
 	snprintf(dir, sizeof(dir), "/tmp/kumo-unit-jobs.XXXXXX");
 	if (mkdtemp(dir) == NULL)
 		return -1;
