@@ -143,11 +143,21 @@ enum vm_state {
 };
 
 /* One disk of a VM as its spec names it, with where it lives and its last sizes. */
+/*
+ * Disk paths are sized to what is allowed, not PATH_MAX: a pool-relative path has at
+ * most 1023 characters (disk_path_check()) and a pool directory at most
+ * AGENT_POOL_DIR_MAX (config.c), so a VM's sixteen disks no longer make every
+ * operation and every heartbeat's size job a quarter of a megabyte.
+ */
+#define AGENT_POOL_DIR_MAX  255
+#define AGENT_DISK_PATH_MAX 1024 /* pool-relative, with NUL */
+#define AGENT_DISK_ABS_MAX  (AGENT_POOL_DIR_MAX + 1 + AGENT_DISK_PATH_MAX) /* root/path */
+
 struct vm_disk {
 	char name[NAME_MAX_LEN + 1];
-	char path[PATH_MAX];		 /* pool-relative, as in the spec */
-	char root[PATH_MAX];		 /* the pool's directory */
-	char abs[PATH_MAX];		 /* root/path */
+	char path[AGENT_DISK_PATH_MAX];	 /* pool-relative, as in the spec */
+	const char *root;		 /* the pool's directory (the agent's config) */
+	char abs[AGENT_DISK_ABS_MAX];	 /* root/path */
 	int64_t virtual_size, allocated; /* bytes; -1 until measured */
 };
 
@@ -332,17 +342,22 @@ struct inst_op {
 
 	struct vm_disk disks[AGENT_VM_DISKS_MAX]; /* the disks the action works on */
 	size_t ndisks;
-	char images[AGENT_VM_DISKS_MAX][PATH_MAX]; /* source image per disk, or "" */
-	bool make[AGENT_VM_DISKS_MAX];		   /* create/update: disk to make */
-	bool made[AGENT_VM_DISKS_MAX];		   /* ... and made: removed on failure */
-	int64_t grow[AGENT_VM_DISKS_MAX];	   /* update: new size, 0 to keep */
-	bool seed;				   /* cloud-init seed to (re)build */
+	char *images[AGENT_VM_DISKS_MAX]; /* source image per disk, or NULL (op_free frees) */
+	bool make[AGENT_VM_DISKS_MAX];	  /* create/update: disk to make */
+	bool made[AGENT_VM_DISKS_MAX];	  /* ... and made: removed on failure */
+	int64_t grow[AGENT_VM_DISKS_MAX]; /* update: new size, 0 to keep */
+	bool seed;			  /* cloud-init seed to (re)build */
 
 	/* instance_disks_each() */
 	size_t idx;
 	bool (*each_want)(struct inst_op *op, size_t i);
 	op_disk_fn each_fn;
 	op_step_fn each_then;
+
+	/* job.c: deadline and cancel */
+	struct job *job;
+	bool undoing;		    /* cancelled: undoing what it did */
+	struct json_object *undone; /* ... and what that was, for the op-done */
 
 	/* snapshots */
 	const char *snapshot;
@@ -374,6 +389,7 @@ struct agent {
 	struct sendq_item *sendq_head, *sendq_tail;
 	unsigned sendq_len;
 	struct opcache ops;
+	struct job *jobs; /* job.c: instance commands at work */
 
 	/* heartbeat.c */
 	uv_timer_t heartbeat_timer;
@@ -458,6 +474,15 @@ struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type t
 void opcache_load(struct opcache *c, const char *path);
 void opcache_finish(struct opcache *c, const char *op, struct json_object *done_body);
 void opcache_clear(struct opcache *c);
+
+/* job.c */
+void job_start(struct inst_op *op, int64_t timeout_ms);
+void job_end(struct inst_op *op);
+const char *job_cancel_reason(const struct inst_op *op);
+bool job_cancelled(const struct inst_op *op);
+void job_undo(struct inst_op *op);
+struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_object *body,
+				   struct kerr *err);
 
 /* probe.c */
 void probe_cmd_start(struct agent *a, const char *op, struct json_object *body);
@@ -568,6 +593,8 @@ struct json_object *instance_spec_normalise(struct json_object *spec);
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);
+bool instance_op_starts(const struct inst_op *op);
+bool instance_op_creates(const struct inst_op *op);
 void instance_op_progress(struct inst_op *op, int progress, const char *phase);
 void instance_op_succeed(struct inst_op *op);
 void instance_op_fail(struct inst_op *op, const char *fmt, ...)

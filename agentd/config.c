@@ -313,6 +313,12 @@ int config_check(struct agent_config *cfg, struct kerr *err)
 				 cfg->qemu_user);
 	if (cfg->state_dir[0] == '\0' || cfg->shared_pool[0] == '\0' || cfg->local_pool[0] == '\0')
 		return err_input(err, 400, "state-dir", "directories must not be empty");
+	/* A disk's absolute path is sized from this bound (struct vm_disk). */
+	if (strlen(cfg->shared_pool) > AGENT_POOL_DIR_MAX ||
+	    strlen(cfg->local_pool) > AGENT_POOL_DIR_MAX)
+		return err_input(err, 400, "shared-pool",
+				 "pool directories must be at most %d characters",
+				 AGENT_POOL_DIR_MAX);
 	if (cfg->join_token && cfg->join_token_file)
 		return err_input(err, 400, "join-token",
 				 "give --join-token or --join-token-file, not both");

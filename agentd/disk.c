@@ -67,8 +67,8 @@ struct fs_job {
 	char dir[PATH_MAX];
 	char path[PATH_MAX];
 	char shared_root[PATH_MAX];
-	struct vm_disk disks[AGENT_VM_DISKS_MAX];
-	char images[AGENT_VM_DISKS_MAX][PATH_MAX];
+	struct vm_disk *disks; /* n of them, or NULL (job_disks_set()) */
+	char **images;	       /* n, each absolute or "", or NULL */
 	int64_t vsize[AGENT_VM_DISKS_MAX], alloc[AGENT_VM_DISKS_MAX];
 	bool keep[AGENT_VM_DISKS_MAX];
 	size_t n;
@@ -357,7 +357,20 @@ static void job_after_cb(uv_work_t *req, int status)
 		j->cb(j->agent, j->error[0] ? j->error : NULL, j->data);
 	free(j->text);
 	free(j->text2);
+	for (size_t i = 0; j->images && i < j->n; i++)
+		free(j->images[i]);
+	free(j->images);
+	free(j->disks);
 	free(j);
+}
+
+/* j works on n disks (at most AGENT_VM_DISKS_MAX): a copy sized to them. */
+static void job_disks_set(struct fs_job *j, const struct vm_disk *disks, size_t n)
+{
+	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
+	j->disks = j->n ? xcalloc(j->n, sizeof(*j->disks)) : NULL;
+	if (j->n)
+		memcpy(j->disks, disks, j->n * sizeof(*disks));
 }
 
 static struct fs_job *job_new(struct agent *a, void (*work)(struct fs_job *), disk_done_cb cb,
@@ -488,10 +501,10 @@ void disk_prepare(struct agent *a, const char *dir, const struct vm_disk *disks,
 
 	snprintf(j->dir, sizeof(j->dir), "%s", dir);
 	snprintf(j->shared_root, sizeof(j->shared_root), "%s", a->cfg->shared_pool);
-	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
-	memcpy(j->disks, disks, j->n * sizeof(*disks));
+	job_disks_set(j, disks, n);
+	j->images = xcalloc(j->n ? j->n : 1, sizeof(*j->images));
 	for (size_t i = 0; i < j->n; i++)
-		snprintf(j->images[i], sizeof(j->images[i]), "%s", images[i] ? images[i] : "");
+		j->images[i] = xstrdup(images[i] ? images[i] : "");
 	job_queue(j);
 }
 
@@ -555,8 +568,7 @@ void disk_remove(struct agent *a, const char *dir, const struct vm_disk *disks, 
 	struct fs_job *j = job_new(a, remove_work, cb, data);
 
 	snprintf(j->dir, sizeof(j->dir), "%s", dir ? dir : "");
-	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
-	memcpy(j->disks, disks, j->n * sizeof(*disks));
+	job_disks_set(j, disks, n);
 	for (size_t i = 0; keep && i < j->n; i++)
 		j->keep[i] = keep[i];
 	job_queue(j);
@@ -596,8 +608,7 @@ void disk_sizes(struct agent *a, const struct vm_disk *disks, size_t n, disk_siz
 	struct fs_job *j = job_new(a, size_work, NULL, data);
 
 	j->sizes_cb = cb;
-	j->n = n < AGENT_VM_DISKS_MAX ? n : AGENT_VM_DISKS_MAX;
-	memcpy(j->disks, disks, j->n * sizeof(*disks));
+	job_disks_set(j, disks, n);
 	job_queue(j);
 }
 

@@ -800,10 +800,16 @@ static int action_check(struct json_object *val, const char *field, struct kerr 
 	return 0;
 }
 
+static int timeout_ms_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	return range_check(val, field, 1, INT64_MAX, err);
+}
+
 static const struct json_field body_fields[] = {
 	{"action", JK_STRING, true, action_check},
 	{"instance", JK_OBJECT, true, NULL},
 	{"args", JK_OBJECT, false, NULL},
+	{"timeout_ms", JK_INT, false, timeout_ms_check}, /* the job's deadline (job.c) */
 	{NULL, 0, false, NULL},
 };
 
@@ -852,6 +858,10 @@ int instance_cmd_check(struct json_object *body, struct kerr *err)
 
 static void op_free(struct inst_op *op)
 {
+	job_end(op);
+	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++)
+		free(op->images[i]);
+	json_object_put(op->undone);
 	json_object_put(op->spec);
 	json_object_put(op->args);
 	json_object_put(op->result);
@@ -859,13 +869,38 @@ static void op_free(struct inst_op *op)
 	free(op);
 }
 
-/* The agent is stopping: drop the op at its next step, touching nothing else. */
+/*
+ * Asked at every safe point between two steps: is op no longer the caller's to go on
+ * with? The agent stopping drops it, touching nothing else; a cancel or a deadline
+ * (job.c) turns it to undoing what it did. Either way the caller just returns.
+ */
 bool instance_op_gone(struct inst_op *op)
 {
-	if (!op->agent->stopping)
-		return false;
-	op_free(op);
-	return true;
+	if (op->agent->stopping) {
+		op_free(op);
+		return true;
+	}
+	if (job_cancelled(op)) {
+		job_undo(op);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Does op start the instance (create, start)? A cancel stops what it started (job.c).
+ * The verb table of the instance base work replaces this with a flag.
+ */
+bool instance_op_starts(const struct inst_op *op)
+{
+	return op->action &&
+	       (op->action->run == vmaction_start || op->action->run == vmaction_create);
+}
+
+/* Does op create the instance? A cancel removes what it made, even once it exists. */
+bool instance_op_creates(const struct inst_op *op)
+{
+	return op->action && op->action->run == vmaction_create;
 }
 
 /* Tell the controller how far op got: progress 0-100 and a phase it shows. */
@@ -950,6 +985,13 @@ static void fail_send(struct inst_op *op, const char *why)
 		  json_get_str(op->spec, "name", ""), why);
 	json_object_object_add(body, "status", json_object_new_string("failed"));
 	json_object_object_add(body, "error", json_object_new_string(why));
+	if (op->undone) {
+		/* A cancel's undo (job.c): the controller shows what went. */
+		struct json_object *result = json_object_new_object();
+
+		json_object_object_add(result, "undone", json_object_get(op->undone));
+		json_object_object_add(body, "result", result);
+	}
 	if (op->owner && vm && vm->op == op)
 		vm->op = NULL;
 	if (op->owner && op->ctr && op->ctr->op == op)
@@ -1136,6 +1178,7 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 		op->args = json_object_get(args);
 	else
 		op->args = json_object_new_object();
+	job_start(op, json_get_int(norm, "timeout_ms", 0));
 	json_object_put(norm);
 	name = json_get_str(op->spec, "name", "");
 	log_trace("op %s: %s %s started", op->op, op->action ? op->action->name : "?", name);

@@ -47,6 +47,7 @@ static const struct json_field instance_fields[] = {
 	{"action", JK_STRING, true, NULL},
 	{"instance", JK_OBJECT, true, NULL},
 	{"args", JK_OBJECT, false, NULL},
+	{"timeout_ms", JK_INT, false, NULL}, /* what is left of the job's deadline */
 	{NULL, 0, false, NULL},
 };
 
@@ -363,6 +364,20 @@ void link_query_reply(struct agent *a, const char *op, struct json_object *answe
 	link_event_send(a, LINK_QUERY_DONE, op, body);
 }
 
+/* A cancel is answered in its ack (job.c says what the job's state is). */
+static void cancel_answer(struct agent *a, const struct link_msg *m)
+{
+	struct json_object *ack;
+	struct kerr err;
+
+	ack = job_cancel_cmd(a, m->op, m->body, &err);
+	if (ack == NULL) {
+		nack_send(a, m, link_type_name(m->type), "%s", err.msg);
+		return;
+	}
+	reply_send(a, LINK_ACK, m->op, ack);
+}
+
 /*
  * One case per message type, without a default, so a type added to link.h does not
  * compile here until someone decides whether agents take it.
@@ -379,6 +394,9 @@ static void request_dispatch(struct agent *a, const struct link_msg *m)
 		return;
 	case LINK_CMD_QUERY:
 		query_answer(a, m);
+		return;
+	case LINK_CMD_CANCEL:
+		cancel_answer(a, m);
 		return;
 	case LINK_INSTANCE_STATE: /* agent -> controller only */
 	case LINK_QUERY_DONE:

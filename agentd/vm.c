@@ -129,7 +129,7 @@ int vm_disks_resolve(struct agent *a, struct json_object *spec, struct vm_disk *
 				       json_get_str(d, "name", ""));
 		snprintf(vd->name, sizeof(vd->name), "%s", json_get_str(d, "name", ""));
 		snprintf(vd->path, sizeof(vd->path), "%s", json_get_str(d, "path", ""));
-		snprintf(vd->root, sizeof(vd->root), "%s", root);
+		vd->root = root;
 		len = snprintf(vd->abs, sizeof(vd->abs), "%s/%s", root, vd->path);
 		if (len < 0 || (size_t)len >= sizeof(vd->abs))
 			return err_set(err, 0, "disk %s: path too long", vd->name);

@@ -160,8 +160,7 @@ static void make_one(struct inst_op *op, size_t i)
 	d = json_object_array_get_idx(arr, i);
 	snprintf(phase, sizeof(phase), "creating disk %s", op->disks[i].name);
 	instance_op_progress(op, 10 + (int)(50 * i / (op->ndisks ? op->ndisks : 1)), phase);
-	disk_create(op->agent, &op->disks[i], op->images[i][0] ? op->images[i] : NULL,
-		    json_get_int(d, "size_mb", 0) * MIB,
+	disk_create(op->agent, &op->disks[i], op->images[i], json_get_int(d, "size_mb", 0) * MIB,
 		    strcmp(json_get_str(d, "clone", "linked"), "full") == 0, made_cb, op);
 }
 
@@ -246,8 +245,9 @@ static void images_check_next(struct images_wait *w)
 		    !json_object_object_get_ex(json_object_array_get_idx(arr, w->i), "image",
 					       &image))
 			continue;
-		snprintf(op->images[w->i], sizeof(op->images[w->i]), "%s/%s",
-			 op->agent->cfg->shared_pool, json_get_str(image, "path", ""));
+		free(op->images[w->i]);
+		op->images[w->i] = xasprintf("%s/%s", op->agent->cfg->shared_pool,
+					     json_get_str(image, "path", ""));
 		instance_op_progress(op, 3, "checking images");
 		imagecheck_image(op->agent, op->images[w->i], json_get_str(image, "sha256", ""),
 				 image_checked_cb, w);

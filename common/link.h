@@ -35,6 +35,8 @@ enum link_type {
 	LINK_INSTANCE_STATE, /* agent -> controller: an instance changed, {name, state, ...} */
 	LINK_QUERY_DONE,     /* agent -> controller: op (the query's), {answer} or {error}: a
 			      * query acked {"deferred": true} (exec) ends here */
+	LINK_CMD_CANCEL,     /* controller -> agent: op (the job's); {reason}; the ack says
+				{op, state: cancelling|done|unknown} */
 	LINK_TYPE_COUNT,
 };
 

@@ -400,34 +400,14 @@ static bool op_owned(struct host *h, const char *op)
 	return ok;
 }
 
+/* A host reports a job's end: the job engine takes it by kind (jobs.c). */
 static void op_done(struct host *h, struct link_msg *m)
 {
-	struct json_object *result = json_object_object_get(m->body, "result");
 	const char *status = json_get_str(m->body, "status", "failed");
-	struct json_object *op = op_get(m->op);
-	const char *kind = op ? json_object_get_string(json_object_object_get(op, "kind")) : "";
 
-	log_trace("host %s: op-done %s %s %s", h->name, m->op, kind, status);
-
-	/* A probe's result is the host's fresh facts. */
-	if (!strcmp(kind, "probe") && !strcmp(status, "succeeded") && result) {
-		struct json_object *facts = json_object_object_get(result, "facts");
-
-		if (facts && json_object_is_type(facts, json_type_object)) {
-			host_facts_set(h, json_object_get(facts));
-			h->facts_saved = 0; /* written by the next persist pass */
-			hosts_persist(false);
-		}
-	}
-	if (!strncmp(kind, "instance-", 9)) {
-		instances_op_done(h, op, status, result, json_get_str(m->body, "error", NULL));
-		json_object_put(op);
-		return;
-	}
-	json_object_put(op);
-	op_update(m->op, status, !strcmp(status, "succeeded") ? 100 : -1,
-		  !strcmp(status, "succeeded") ? "done" : "failed",
-		  result ? json_object_get(result) : NULL, json_get_str(m->body, "error", NULL));
+	log_trace("host %s: op-done %s %s", h->name, m->op, status);
+	jobs_done(h, m->op, status, json_object_object_get(m->body, "result"),
+		  json_get_str(m->body, "error", NULL));
 }
 
 static void cmd_free(struct cmd *c);
@@ -789,8 +769,7 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	} else if (m.type == LINK_NACK) {
 		const char *why = json_get_str(m.body, "error", "refused by the agent");
 
-		if (instances_op_nack(c->op, why) < 0)
-			op_update(c->op, "failed", -1, "refused", NULL, why);
+		jobs_nack(c->op, why);
 	} else {
 		reject("malformed", "host %s: unexpected %s as a reply", h->name,
 		       link_type_name(m.type));
@@ -937,6 +916,51 @@ void agentlink_cmd_send_first(struct host *h, enum link_type type, const char *o
 	h->queue = c;
 	agentlink_host_connect(h);
 	cmd_next(h);
+}
+
+/*
+ * The same with cb(ack body, NULL, cls) or cb(NULL, why, cls) on the agent's answer,
+ * for a command whose ack says something (a cancel: the job's state there).
+ */
+void agentlink_cmd_send_cb(struct host *h, enum link_type type, const char *op,
+			   struct json_object *body, cmd_reply_fn cb, void *cls)
+{
+	struct cmd *c = xcalloc(1, sizeof(*c)), **pp;
+
+	c->type = type;
+	snprintf(c->op, sizeof(c->op), "%s", op);
+	c->body = body ? body : json_object_new_object();
+	c->reply_cb = cb;
+	c->cls = cls;
+	for (pp = &h->queue; *pp; pp = &(*pp)->next)
+		;
+	*pp = c;
+	agentlink_host_connect(h);
+	cmd_next(h);
+}
+
+/*
+ * Take the commands of operation op that wait in h's queue (not one in flight) out
+ * of it, unsent. Returns whether there was one: then the agent never heard of op.
+ */
+bool agentlink_cmd_unqueue(struct host *h, const char *op)
+{
+	bool found = false;
+
+	if (h->inflight && !strcmp(h->inflight->op, op))
+		return false;
+	for (struct cmd **pp = &h->queue; *pp;) {
+		struct cmd *c = *pp;
+
+		if (c->type != LINK_CMD_QUERY && !strcmp(c->op, op)) {
+			*pp = c->next;
+			cmd_free(c);
+			found = true;
+		} else {
+			pp = &c->next;
+		}
+	}
+	return found;
 }
 
 /* Is a command for operation op queued or in flight to h? */

@@ -20,7 +20,6 @@
 #define EXEC_OUTPUT    (256 * 1024)
 #define LOG_DEFAULT    (64 * 1024)
 #define LOG_MAX	       (1024 * 1024)
-#define DEFAULT_MEMORY 64 /* MiB the scheduler counts for a container without a limit */
 
 static int strings_check(struct json_object *v, const char *f, size_t min, struct kerr *err)
 {
@@ -191,6 +190,7 @@ const struct json_field container_create_fields[] = {
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"labels", JK_OBJECT, false, labels_check},
 	{"start", JK_BOOL, false, NULL},
+	{"timeout_s", JK_INT, false, create_timeout_check}, /* the create's deadline */
 	{NULL, 0, false, NULL},
 };
 
@@ -289,18 +289,6 @@ struct json_object *container_spec_build(struct json_object *body, struct kerr *
 	v = json_object_object_get(body, "host");
 	json_object_object_add(spec, "host", v ? json_object_get(v) : NULL);
 	return spec;
-}
-
-/* What the scheduler counts for a container: its limits, or a nominal share. */
-void container_sched_request(struct json_object *spec, struct sched_request *sr)
-{
-	struct json_object *limits = json_object_object_get(spec, "limits");
-	struct json_object *cpus = json_object_object_get(limits, "cpus");
-	double c = cpus ? json_object_get_double(cpus) : 1;
-
-	sr->vcpus = c > (int)c ? (int)c + 1 : (int)c;
-	sr->memory_mb = json_get_int(limits, "memory_mb", DEFAULT_MEMORY);
-	sr->needs_shared_pool = true; /* its image's layers are read from there */
 }
 
 /* ---- logs ---- */

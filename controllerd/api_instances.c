@@ -186,6 +186,12 @@ static int cloud_init_check(struct json_object *v, const char *f, struct kerr *e
 	return 0;
 }
 
+/* A create's deadline (jobs.c): 1 s to a day. */
+int create_timeout_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return int_range(v, f, 1, 86400, err);
+}
+
 static const struct json_field create_fields[] = {
 	{"name", JK_STRING, true, name_check},
 	{"type", JK_STRING, true, type_check},
@@ -201,6 +207,7 @@ static const struct json_field create_fields[] = {
 	{"cloud_init", JK_OBJECT, false, cloud_init_check},
 	{"stop_timeout_s", JK_INT, false, stop_grace_check},
 	{"start", JK_BOOL, false, NULL},
+	{"timeout_s", JK_INT, false, create_timeout_check}, /* the create's deadline */
 	{NULL, 0, false, NULL},
 };
 const struct json_field *const instance_vm_fields = create_fields;
@@ -297,10 +304,29 @@ static void cmd_instance(struct host *h, const char *op_id, const char *action,
 /*
  * Start operation "instance-ACTION" on inst's host: refuses (409) while another
  * operation holds the instance and (503) when the host is offline. args (consumed)
- * travel with the command and stay in the operation's result.
+ * travel with the command and stay in the operation's result. The operation, its
+ * new desired state and its event are one transaction, committed before the
+ * command is queued and the 202 goes out. timeout_s: the job's deadline (0: its
+ * kind's default).
  */
+/* A write that goes in an action's transaction (a delete's state, a snapshot's row). */
+typedef int (*op_tx_fn)(struct inst *i, void *arg, struct kerr *err);
+
+static enum MHD_Result start_op_tx(struct request *req, struct inst *i, const char *action,
+				   struct json_object *args, const char *new_desired,
+				   int64_t timeout_s, op_tx_fn tx, void *arg);
+
 static enum MHD_Result start_op(struct request *req, struct inst *i, const char *action,
-				struct json_object *args, const char *new_desired)
+				struct json_object *args, const char *new_desired,
+				int64_t timeout_s)
+{
+	return start_op_tx(req, i, action, args, new_desired, timeout_s, NULL, NULL);
+}
+
+/* The same, with tx(i, arg, err) in the operation's transaction, checked. */
+static enum MHD_Result start_op_tx(struct request *req, struct inst *i, const char *action,
+				   struct json_object *args, const char *new_desired,
+				   int64_t timeout_s, op_tx_fn tx, void *arg)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
 	_cleanup_free_ char *kind = xasprintf("instance-%s", action);
@@ -320,26 +346,44 @@ static enum MHD_Result start_op(struct request *req, struct inst *i, const char 
 		return http_reply_error(req, 503, NULL, "host %s of instance %s is offline",
 					i->host ? i->host->name : "(none)", i->name);
 	}
+	if (db_begin(ctl.db) < 0) {
+		json_object_put(args);
+		return http_reply_error(req, 503, NULL, "the database is busy; try again");
+	}
 	res = json_object_new_object();
 	json_object_object_add(res, "args", json_object_get(args));
-	op = op_create(kind, target, i->host, res, &err);
-	if (op == NULL) {
+	op = op_create_timeout(kind, target, i->host, res, timeout_s, &err);
+	if (op == NULL || (new_desired && instance_desired_set(i->id, new_desired, &err) < 0) ||
+	    (tx && tx(i, arg, &err) < 0) || db_commit(ctl.db, &err) < 0) {
+		db_rollback(ctl.db);
+		json_object_put(op);
 		json_object_put(args);
 		return http_reply_kerr(req, &err);
-	}
-	if (new_desired) {
-		sqlite3_stmt *st =
-			db_prepare(ctl.db, "UPDATE instances SET desired = ? WHERE id = ?");
-
-		sqlite3_bind_text(st, 1, new_desired, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, i->id);
-		sqlite3_step(st);
-		sqlite3_finalize(st);
 	}
 	cmd_instance(i->host, json_object_get_string(json_object_object_get(op, "id")), action,
 		     i->spec, args);
 	json_object_put(args);
 	return http_reply_json(req, 202, op);
+}
+
+/* A delete's operation and the instance's "deleting" commit together. */
+static int deleting_set(struct inst *i, void *arg, struct kerr *err)
+{
+	(void)arg;
+	return instance_state_deleting(i->id, err);
+}
+
+struct snapshot_new {
+	const char *name;
+	bool with_memory;
+};
+
+/* A snapshot's row and its operation commit together. */
+static int snapshot_insert(struct inst *i, void *arg, struct kerr *err)
+{
+	const struct snapshot_new *sn = arg;
+
+	return instance_snapshot_insert(i->id, sn->name, sn->with_memory, err);
 }
 
 /* ---- create ---- */
@@ -512,7 +556,7 @@ enum MHD_Result api_instances_create(struct request *req)
 	struct kerr err;
 	struct host *h;
 	sqlite3_stmt *st;
-	int64_t iid, now = now_ms();
+	int64_t iid, now = now_ms(), timeout_s;
 	bool start;
 	const char *name;
 	int rc;
@@ -552,9 +596,13 @@ enum MHD_Result api_instances_create(struct request *req)
 	}
 	spec = vm ? spec_build(body, image_ids, &err) : container_spec_build(body, &err);
 	start = json_get_bool(body, "start", true);
+	timeout_s = json_get_int(body, "timeout_s", 0);
+	/* name pointed into body: from here on it is the spec's (the same string). */
+	name = NULL;
 	json_object_put(body);
 	if (spec == NULL)
 		return http_reply_kerr(req, &err);
+	name = json_get_str(spec, "name", "");
 
 	if (vm) {
 		sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
@@ -650,7 +698,7 @@ enum MHD_Result api_instances_create(struct request *req)
 		_cleanup_free_ char *target = xasprintf("instances/%s", name);
 
 		if (rc == SQLITE_DONE)
-			op = op_create("instance-create", target, h, res, &err);
+			op = op_create_timeout("instance-create", target, h, res, timeout_s, &err);
 		else
 			op = NULL, json_object_put(res);
 	}
@@ -842,6 +890,20 @@ static const struct json_field stop_fields[] = {
 
 static const struct json_field no_fields[] = {{NULL, 0, false, NULL}};
 
+static int op_timeout_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return int_range(v, f, 1, 86400, err);
+}
+
+/* The actions without a grace: timeout_s is the operation's deadline (jobs.c). */
+static const struct json_field deadline_fields[] = {
+	{"timeout_s", JK_INT, false, op_timeout_check},
+	{NULL, 0, false, NULL},
+};
+
+/* A stop's deadline: its grace, then time for QMP quit and SIGKILL to finish it. */
+#define STOP_DEADLINE_SLACK_S 120
+
 /* repo:tag for a committed image: lower-case repo path segments, a tag. */
 static int commit_image_check(struct json_object *v, const char *f, struct kerr *err)
 {
@@ -872,6 +934,7 @@ enum MHD_Result api_instance_action(struct request *req)
 	struct kerr err;
 	struct inst *i;
 	bool stop_grace;
+	int64_t timeout_s;
 
 	for (size_t k = 0; k < ARRAY_SIZE(actions); k++)
 		if (!strcmp(actions[k].name, req->params[1]))
@@ -888,7 +951,8 @@ enum MHD_Result api_instance_action(struct request *req)
 		if (http_body_json(req, commit_fields, &body, &err) < 0)
 			return http_reply_kerr(req, &err);
 	} else if (req->body_len > 0 &&
-		   http_body_json(req, stop_grace ? stop_fields : no_fields, &body, &err) < 0) {
+		   http_body_json(req, stop_grace ? stop_fields : deadline_fields, &body, &err) <
+			   0) {
 		return http_reply_kerr(req, &err);
 	}
 	i = path_inst(req, &ret);
@@ -925,8 +989,11 @@ enum MHD_Result api_instance_action(struct request *req)
 	if (!strcmp(a->name, "commit"))
 		json_object_object_add(args, "image",
 				       json_object_new_string(json_get_str(body, "image", "")));
+	/* For a stop timeout_s is the grace (above); the job's deadline follows from it. */
+	timeout_s = stop_grace ? json_get_int(args, "timeout_s", 0) + STOP_DEADLINE_SLACK_S
+			       : json_get_int(body, "timeout_s", 0);
 	json_object_put(body);
-	ret = start_op(req, i, a->name, args, a->desired);
+	ret = start_op(req, i, a->name, args, a->desired, timeout_s);
 	inst_free(i);
 	return ret;
 }
@@ -1030,7 +1097,7 @@ static enum MHD_Result patch_balloon(struct request *req, struct inst *i, int64_
 					i->name, i->state);
 	args = json_object_new_object();
 	json_object_object_add(args, "target_mb", json_object_new_int64(target));
-	return start_op(req, i, "balloon", args, NULL);
+	return start_op(req, i, "balloon", args, NULL, 0);
 }
 
 /* vCPUs, memory and disk growth: only while stopped, and only if the host has room. */
@@ -1134,7 +1201,7 @@ static enum MHD_Result patch_resources(struct request *req, struct inst *i,
 	}
 	json_object_put(i->spec);
 	i->spec = spec; /* the agent gets the new spec; the database takes it on success */
-	return start_op(req, i, "update", args, NULL);
+	return start_op(req, i, "update", args, NULL, 0);
 }
 
 enum MHD_Result api_instance_patch(struct request *req)
@@ -1319,7 +1386,6 @@ enum MHD_Result api_instance_delete(struct request *req)
 	enum MHD_Result ret;
 	bool force, keep;
 	struct inst *i;
-	sqlite3_stmt *st;
 
 	if (!flag_query(req, "force", &force, &ret) || !flag_query(req, "keep_disks", &keep, &ret))
 		return ret;
@@ -1344,13 +1410,7 @@ enum MHD_Result api_instance_delete(struct request *req)
 	args = json_object_new_object();
 	json_object_object_add(args, "keep_disks", json_object_new_boolean(keep));
 	json_object_object_add(args, "force", json_object_new_boolean(force));
-	ret = start_op(req, i, "delete", args, "stopped");
-	if (req->status == 202) {
-		st = db_prepare(ctl.db, "UPDATE instances SET state = 'deleting' WHERE id = ?");
-		sqlite3_bind_int64(st, 1, i->id);
-		sqlite3_step(st);
-		sqlite3_finalize(st);
-	}
+	ret = start_op_tx(req, i, "delete", args, "stopped", 0, deleting_set, NULL);
 	inst_free(i);
 	return ret;
 }
@@ -1541,7 +1601,6 @@ enum MHD_Result api_snapshots_create(struct request *req)
 	enum MHD_Result ret;
 	struct kerr err;
 	struct inst *i;
-	sqlite3_stmt *st;
 	const char *sname;
 	bool mem, dummy;
 	char state[16];
@@ -1577,18 +1636,9 @@ enum MHD_Result api_snapshots_create(struct request *req)
 		args = json_object_new_object();
 		json_object_object_add(args, "snapshot", json_object_new_string(sname));
 		json_object_object_add(args, "with_memory", json_object_new_boolean(mem));
-		ret = start_op(req, i, "snapshot-create", args, NULL);
-		if (req->status == 202) {
-			st = db_prepare(ctl.db,
-					"INSERT INTO snapshots (instance_id, name, with_memory, "
-					"created_at) VALUES (?, ?, ?, ?)");
-			sqlite3_bind_int64(st, 1, i->id);
-			sqlite3_bind_text(st, 2, sname, -1, SQLITE_STATIC);
-			sqlite3_bind_int(st, 3, mem);
-			sqlite3_bind_int64(st, 4, now_ms());
-			sqlite3_step(st);
-			sqlite3_finalize(st);
-		}
+		struct snapshot_new sn = {sname, mem};
+
+		ret = start_op_tx(req, i, "snapshot-create", args, NULL, 0, snapshot_insert, &sn);
 	}
 	json_object_put(body);
 	inst_free(i);
@@ -1665,7 +1715,7 @@ static enum MHD_Result snapshot_op(struct request *req, const char *action)
 		args = json_object_new_object();
 		json_object_object_add(args, "snapshot", json_object_new_string(req->params[1]));
 		json_object_object_add(args, "with_memory", json_object_new_boolean(mem));
-		ret = start_op(req, i, action, args, NULL);
+		ret = start_op(req, i, action, args, NULL, 0);
 	}
 	inst_free(i);
 	return ret;

@@ -128,6 +128,25 @@ enum MHD_Result api_op_get(struct request *req)
 	return MHD_YES;
 }
 
+/*
+ * POST /api/v1/operations/{id}/actions/cancel: stop a pending or running job at a
+ * safe point and undo what it did (jobs.c). 202 with the operation, which ends
+ * "cancelled" with what was undone in its result; 409 with the reason when it has
+ * ended or its kind cannot be cancelled.
+ */
+enum MHD_Result api_op_cancel(struct request *req)
+{
+	struct json_object *o;
+	struct kerr err = {0};
+
+	if (!link_op_id_valid(req->params[0]))
+		return http_reply_error(req, 400, "id", "malformed operation id");
+	if (jobs_cancel(req->params[0], &o, &err) < 0)
+		return http_reply_kerr(req, &err);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", req->params[0]);
+	return http_reply_json(req, 202, o);
+}
+
 /* Operation id reached a final status: answer everyone waiting on it. */
 void api_ops_wake(const char *id)
 {

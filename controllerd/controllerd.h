@@ -141,7 +141,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 10
+#define DB_SCHEMA_VERSION 11
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -255,6 +255,9 @@ void agentlink_query(struct host *h, struct json_object *body, cmd_reply_fn cb, 
 void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t timeout_ms,
 			     cmd_reply_fn cb, void *cls);
 void agentlink_query_cancel(void *cls);
+void agentlink_cmd_send_cb(struct host *h, enum link_type type, const char *op,
+			   struct json_object *body, cmd_reply_fn cb, void *cls);
+bool agentlink_cmd_unqueue(struct host *h, const char *op);
 void agentlink_queries_fail(struct host *h, const char *why);
 void agentlink_deferred_fail(struct host *h, const char *why);
 /* The tables join requests and op-progress/op-done bodies are checked against. */
@@ -269,13 +272,17 @@ struct host *instances_place(const struct sched_request *req, struct json_object
 			     struct kerr *err);
 int instances_op_done(struct host *h, struct json_object *op, const char *status,
 		      struct json_object *result, const char *error);
-int instances_op_nack(const char *op_id, const char *why);
 int instances_op_resend(struct host *h, const char *id, const char *kind,
 			struct json_object *result);
 void instances_report(struct host *h, struct json_object *report, const char *why);
 void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
 bool instance_tombstoned(const char *name);
+int instance_desired_set(int64_t id, const char *desired, struct kerr *err);
+int instance_state_deleting(int64_t id, struct kerr *err);
+int instance_snapshot_insert(int64_t id, const char *name, bool with_memory, struct kerr *err);
+int instances_create_undo(struct host *h, const char *name, char *del_id, size_t len,
+			  struct kerr *err);
 void instance_spec_apply(struct json_object *spec, struct json_object *changes);
 void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 			struct json_object *spec, struct json_object *args);
@@ -331,27 +338,73 @@ void container_sched_request(struct json_object *spec, struct sched_request *sr)
 int oci_ref_resolve(const char *ref, char *digest, size_t dlen, char *canon, size_t clen,
 		    struct kerr *err);
 enum MHD_Result api_instance_logs(struct request *req);
+int create_timeout_check(struct json_object *v, const char *f, struct kerr *err);
 enum MHD_Result api_instance_exec(struct request *req);
+
+/* images.c */
+int images_key_load(const char *state_dir, struct kerr *err);
+void image_sig(const char *name, const char *path, const char *sha256, int64_t size, char out[65]);
+int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
+		   char *sha256);
 
 /* api_images.c */
 int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len);
 int image_info_check(const char *out, const char *file, const char *format, int64_t *virtual_size,
 		     char *why, size_t len);
-int images_key_load(const char *state_dir, struct kerr *err);
-int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtual_size,
-		   char *sha256);
+
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,
 			      struct json_object *result, struct kerr *err);
+struct json_object *op_create_timeout(const char *kind, const char *target, struct host *h,
+				      struct json_object *result, int64_t timeout_s,
+				      struct kerr *err);
+void op_event_emit(const char *id);
+int op_step_set(const char *id, const char *step);
+void ops_final_hook_set(void (*hook)(const char *id));
+void ops_rules_set(int64_t (*deadline)(const char *kind),
+		   const char *(*final)(const char *cancel, const char *status,
+					const char **error));
 bool op_busy(const char *target, char *busy_id, size_t len);
 int op_update(const char *id, const char *status, int progress, const char *phase,
 	      struct json_object *result, const char *error);
 struct json_object *op_get(const char *id);
 bool op_status_final(const char *status);
-void ops_resume(void);
+
+/* jobs.c */
+/* One row per operation kind: how its jobs resume, end, are cancelled, time out. */
+struct op_kind {
+	const char *name;
+	int64_t timeout_s; /* default deadline; 0: none */
+	/* Send the job's work to h again after a controller restart; 0 or -1. */
+	int (*resume)(struct host *h, const char *id, struct json_object *op);
+	/* A host (NULL: the controller itself) reports the job's end. */
+	int (*done)(struct host *h, struct json_object *op, const char *status,
+		    struct json_object *result, const char *error);
+	/* Stop the job at a safe point and undo it (reason "cancelled" or "timed out");
+	 * NULL: this kind cannot be cancelled, and no_cancel says why. */
+	int (*cancel)(struct host *h, struct json_object *op, const char *reason);
+	const char *no_cancel;
+};
+enum op_tick {
+	OP_WAIT,
+	OP_TIME_OUT,
+	OP_GIVE_UP
+};
+const struct op_kind *jobs_kind_find(const char *name);
+int64_t jobs_timeout_default(const char *kind);
+const char *jobs_final_status(const char *cancel, const char *status, const char **error);
+enum op_tick jobs_tick(int64_t now, int64_t deadline, const char *cancel);
+int jobs_cancel_check(const struct op_kind *k, const char *kind, const char *status,
+		      const char *cancel, struct kerr *err);
+int jobs_cancel(const char *id, struct json_object **out, struct kerr *err);
+void jobs_cron(int64_t now);
+int jobs_done(struct host *h, const char *id, const char *status, struct json_object *result,
+	      const char *error);
+int jobs_nack(const char *id, const char *why);
+void jobs_resume(void);
 
 /* audit.c */
 void audit_record(const struct request *req);
@@ -368,6 +421,7 @@ void usage_record(const char *name, struct json_object *usage);
 void usage_forget(const char *name);
 void usage_cron(void);
 struct json_object *usage_json(const char *name);
+void events_hook_set(void (*hook)(void));
 void events_prune(void);
 bool event_type_known(const char *type);
 
@@ -486,7 +540,22 @@ struct route {
 	"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 int http_start(struct kerr *err);
-void http_stop(void);
+void http_stop(void (*drain)(void));
+void http_routes_set(const struct route *table, size_t n);
+/* A part of the URL space that answers in a dialect of its own (the registry's /v2/). */
+struct http_dialect {
+	bool (*owns)(const char *url);
+	char *(*error_text)(unsigned status, const char *code, const char *message,
+			    struct json_object *detail);
+	void (*challenge)(struct request *req, struct MHD_Response *resp, bool insufficient);
+	const char *header, *header_value; /* added to each of its answers */
+};
+void http_dialect_set(const struct http_dialect *d);
+
+/* routes.c */
+extern const struct route api_routes[];
+extern const size_t api_routes_count;
+void http_finished_hook_add(void (*hook)(struct request *req));
 void http_kick(void);
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj);
 enum MHD_Result http_reply_error(struct request *req, unsigned status, const char *field,
@@ -596,6 +665,7 @@ enum MHD_Result api_instance_export(struct request *req);
 /* api_ops.c */
 enum MHD_Result api_ops_list(struct request *req);
 enum MHD_Result api_op_get(struct request *req);
+enum MHD_Result api_op_cancel(struct request *req);
 void api_ops_wake(const char *id);
 void api_ops_cron(void);
 void api_ops_forget(struct request *req);
@@ -609,6 +679,8 @@ unsigned api_events_streams(void);
 void api_events_shutdown(void);
 
 /* metrics.c */
+void metrics_api_source_set(void (*fn)(unsigned *open, uint64_t *accepted, uint64_t *timed_out,
+				       unsigned *streams));
 void metrics_api_request(const char *method, const char *route, unsigned status, double seconds);
 void metrics_link_message(const char *type);
 void metrics_db_commit(double seconds);
@@ -697,6 +769,7 @@ bool registry_url(const char *url);
 char *registry_error_text(unsigned status, const char *code, const char *message,
 			  struct json_object *detail);
 void registry_shutdown(void);
+extern const struct http_dialect registry_dialect;
 void registry_scope(const struct request *req, char *out, size_t len);
 
 /* registry_auth.c */

@@ -226,6 +226,12 @@ static const char *const migrations[] = {
 	 * windows */
 	"ALTER TABLE hosts ADD COLUMN rx_seq INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE hosts ADD COLUMN rx_reply_seq INTEGER NOT NULL DEFAULT 0;",
+	/* 10 -> 11: operations are jobs (jobs.c): a deadline (ms), a cancel asked for
+	 * ("cancelled" or "timed out": why the job is being undone) and the job's step,
+	 * all persisted so a restarted controller goes on cancelling. Self-contained. */
+	"ALTER TABLE operations ADD COLUMN deadline INTEGER;"
+	"ALTER TABLE operations ADD COLUMN cancel TEXT;"
+	"ALTER TABLE operations ADD COLUMN step TEXT NOT NULL DEFAULT 'queued';",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -43,6 +43,15 @@ bool event_type_known(const char *type)
 	return false;
 }
 
+/* Who hears of a new event (main.c sets it: the API's event streams). */
+static void (*notify_hook)(void);
+
+/* Set the one listener told of every new event; the API layer subscribes here. */
+void events_hook_set(void (*hook)(void))
+{
+	notify_hook = hook;
+}
+
 /*
  * Record an event of type with data (a reference is consumed; NULL for none) and
  * wake every stream. A failure to record is logged; the change it describes has
@@ -65,7 +74,8 @@ void event_emit(const char *type, struct json_object *data)
 	sqlite3_finalize(st);
 	json_object_put(data);
 	log_debug("event %s", type);
-	api_events_notify();
+	if (notify_hook)
+		notify_hook();
 }
 
 /* Keep the newest EVENTS_KEEP events. */
@@ -75,6 +85,7 @@ void events_prune(void)
 					      "(SELECT max(id) FROM events) - ?");
 
 	sqlite3_bind_int(st, 1, EVENTS_KEEP);
-	sqlite3_step(st);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("events: cannot prune: %s", sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);
 }

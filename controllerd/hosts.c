@@ -414,7 +414,10 @@ int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const cha
 		return err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
 	st = db_prepare(ctl.db, "SELECT id, joined_at FROM hosts WHERE name = ?");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	sqlite3_step(st);
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		sqlite3_finalize(st);
+		return err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
+	}
 	*id = sqlite3_column_int64(st, 0);
 	if (h == NULL) {
 		h = xcalloc(1, sizeof(*h));

@@ -1,7 +1,10 @@
 /*
  * http.c - the REST server: libmicrohttpd driven from the libuv loop through its
- * epoll fd (never spinning inside it: see http_run()), the route table, authentication, body
- * limits, and the one place that turns errors into HTTP statuses and JSON bodies.
+ * epoll fd (never spinning inside it: see http_run()), routing over the table routes.c
+ * holds, authentication, body limits, and the one place that turns errors into HTTP
+ * statuses and JSON bodies. It is the bottom of the API layer: handlers, the registry's
+ * dialect and whoever waits on a request are given to it by main.c; it calls none of
+ * them by name.
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -15,97 +18,31 @@
 #include "token.h"
 #include "util.h"
 
+/* The route table (routes.c, set by main.c) and the URL space with its own dialect. */
+static const struct route *routes;
+static size_t routes_count;
+static const struct http_dialect *dialect;
+
 /*
- * Every route, once. The pattern's "{}" segments become req->params in order; a
- * last segment "*" matches any non-empty rest of the path, which becomes the last
- * param (the registry's repository names hold slashes).
- * Adding a route is one row here plus its handler.
+ * Serve routes[0..n) (the table stays the caller's). The HTTP layer knows handlers only
+ * through it, so it calls no API code of its own accord.
  */
-static const struct route routes[] = {
-	{"GET", "/healthz", ROLE_NONE, "", api_healthz_get, NULL},
-	{"GET", "/metrics", ROLE_VIEWER, "", api_metrics_get, NULL},
-	{"GET", "/", ROLE_NONE, "", api_dashboard_get, NULL},
-	{"GET", "/ui/{}", ROLE_NONE, "", api_dashboard_asset, NULL},
-	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, NULL},
-	{"GET", "/api/v1/hosts", ROLE_VIEWER, "limit,after,fields,state,label", api_hosts_list,
-	 NULL},
-	{"GET", "/api/v1/hosts/{}", ROLE_VIEWER, "", api_host_get, NULL},
-	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch, NULL},
-	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete, NULL},
-	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe, NULL},
-	{"POST", "/api/v1/hosts/{}/unmanaged/{}/actions/adopt", ROLE_OPERATOR, "",
-	 api_host_unmanaged_adopt, NULL},
-	{"POST", "/api/v1/hosts/{}/unmanaged/{}/actions/destroy", ROLE_OPERATOR, "",
-	 api_host_unmanaged_destroy, NULL},
-	{"POST", "/api/v1/tokens", ROLE_ADMIN, "", api_tokens_create, NULL},
-	{"GET", "/api/v1/tokens", ROLE_ADMIN, "limit,after,fields", api_tokens_list, NULL},
-	{"DELETE", "/api/v1/tokens/{}", ROLE_ADMIN, "", api_token_delete, NULL},
-	{"POST", "/api/v1/tokens/{}/actions/rotate", ROLE_ADMIN, "", api_token_rotate, NULL},
-	{"GET", "/api/v1/audit", ROLE_ADMIN, "limit,after,token", api_audit_list, NULL},
-	{"GET", "/api/v1/operations", ROLE_VIEWER, "status,limit,after,fields", api_ops_list, NULL},
-	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
-	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
-	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, NULL},
-	{"GET", "/api/v1/instances", ROLE_VIEWER,
-	 "limit,after,fields,host,state,type,label,network", api_instances_list, NULL},
-	{"GET", "/api/v1/instances/{}", ROLE_VIEWER, "", api_instance_get, NULL},
-	{"PATCH", "/api/v1/instances/{}", ROLE_OPERATOR, "", api_instance_patch, NULL},
-	{"DELETE", "/api/v1/instances/{}", ROLE_OPERATOR, "force,keep_disks", api_instance_delete,
-	 NULL},
-	{"POST", "/api/v1/instances/{}/actions/{}", ROLE_OPERATOR, "", api_instance_action, NULL},
-	{"GET", "/api/v1/instances/{}/console", ROLE_OPERATOR, "bytes", api_instance_console, NULL},
-	{"GET", "/api/v1/instances/{}/metrics", ROLE_VIEWER, "", api_instance_metrics, NULL},
-	{"POST", "/api/v1/instances/{}/console", ROLE_OPERATOR, "", api_instance_console_input,
-	 NULL},
-	{"GET", "/api/v1/instances/{}/logs", ROLE_OPERATOR, "tail,follow", api_instance_logs, NULL},
-	{"POST", "/api/v1/instances/{}/exec", ROLE_OPERATOR, "", api_instance_exec, NULL},
-	{"GET", "/api/v1/instances/{}/export", ROLE_OPERATOR, "format", api_instance_export,
-	 NULL}, /* V2V export (ova.c) */
-	{"POST", "/api/v1/instances/{}/snapshots", ROLE_OPERATOR, "", api_snapshots_create, NULL},
-	{"GET", "/api/v1/instances/{}/snapshots", ROLE_VIEWER, "", api_snapshots_list, NULL},
-	{"POST", "/api/v1/instances/{}/snapshots/{}/actions/revert", ROLE_OPERATOR, "",
-	 api_snapshot_revert, NULL},
-	{"DELETE", "/api/v1/instances/{}/snapshots/{}", ROLE_OPERATOR, "", api_snapshot_delete,
-	 NULL},
-	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format", api_images_upload,
-	 &api_images_stream},
-	{"GET", "/api/v1/images", ROLE_VIEWER, "limit,after,fields", api_images_list, NULL},
-	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, NULL},
-	{"DELETE", "/api/v1/images/{}", ROLE_OPERATOR, "", api_image_delete, NULL},
-	{"POST", "/api/v1/networks", ROLE_OPERATOR, "", api_networks_create, NULL},
-	{"GET", "/api/v1/networks", ROLE_VIEWER, "limit,after,fields", api_networks_list, NULL},
-	{"GET", "/api/v1/networks/{}", ROLE_VIEWER, "", api_network_get, NULL},
-	{"PATCH", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_patch, NULL},
-	{"DELETE", "/api/v1/networks/{}", ROLE_OPERATOR, "", api_network_delete, NULL},
-	{"GET", "/api/v1/networks/{}/addresses", ROLE_VIEWER, "", api_network_addresses, NULL},
-	{"POST", "/api/v1/security-groups", ROLE_OPERATOR, "", api_secgroups_create, NULL},
-	{"GET", "/api/v1/security-groups", ROLE_VIEWER, "", api_secgroups_list, NULL},
-	{"GET", "/api/v1/security-groups/{}", ROLE_VIEWER, "", api_secgroup_get, NULL},
-	{"PUT", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_put, NULL},
-	{"DELETE", "/api/v1/security-groups/{}", ROLE_OPERATOR, "", api_secgroup_delete, NULL},
-	/* P2V ingest (p2v.c): the source's routes take the session's ingest token. */
-	{"POST", "/api/v1/p2v", ROLE_OPERATOR, "", api_p2v_create, NULL},
-	{"GET", "/api/v1/p2v", ROLE_VIEWER, "", api_p2v_list, NULL},
-	{"GET", "/api/v1/p2v/{}", ROLE_VIEWER, "", api_p2v_get, &api_p2v_ingest},
-	{"DELETE", "/api/v1/p2v/{}", ROLE_OPERATOR, "", api_p2v_delete, NULL},
-	{"POST", "/api/v1/p2v/{}/passes", ROLE_OPERATOR, "resume", api_p2v_pass_start,
-	 &api_p2v_ingest},
-	{"PUT", "/api/v1/p2v/{}/disks/*", ROLE_OPERATOR, "sha256", api_p2v_chunk_put,
-	 &api_p2v_chunks},
-	{"POST", "/api/v1/p2v/{}/actions/{}", ROLE_OPERATOR, "", api_p2v_action, &api_p2v_ingest},
-	/* The OCI registry (registry.c) parses the rest of its paths itself; its token
-	 * endpoint (registry_auth.c) checks the credentials it is sent on its own. */
-	{"GET", "/v2/token", ROLE_NONE, "service,scope,account,client_id,offline_token",
-	 registry_token_get, NULL},
-	{"GET", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
-	{"HEAD", "/v2/", ROLE_VIEWER, "", registry_serve, &registry_stream},
-	{"GET", "/v2/*", ROLE_VIEWER, "n,last,artifactType", registry_serve, &registry_stream},
-	{"HEAD", "/v2/*", ROLE_VIEWER, "", registry_serve, &registry_stream},
-	{"PUT", "/v2/*", ROLE_OPERATOR, "digest", registry_serve, &registry_stream},
-	{"POST", "/v2/*", ROLE_OPERATOR, "digest,mount,from", registry_serve, &registry_stream},
-	{"PATCH", "/v2/*", ROLE_OPERATOR, "", registry_serve, &registry_stream},
-	{"DELETE", "/v2/*", ROLE_OPERATOR, "", registry_serve, &registry_stream},
-};
+void http_routes_set(const struct route *table, size_t n)
+{
+	routes = table;
+	routes_count = n;
+}
+
+/* Let d answer errors and challenges for the URLs it owns (the registry's /v2/). */
+void http_dialect_set(const struct http_dialect *d)
+{
+	dialect = d;
+}
+
+static bool dialect_owns(const char *url)
+{
+	return dialect && dialect->owns(url);
+}
 
 /*
  * GnuTLS priorities: TLS 1.2 and 1.3 only, forward-secret ECDHE key exchange (for an
@@ -183,7 +120,7 @@ static const struct route *route_find(const char *method, const char *url, char 
 	const struct route *found = NULL;
 
 	allow[0] = '\0';
-	for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
+	for (size_t i = 0; i < routes_count; i++) {
 		char *p[2] = {NULL, NULL};
 
 		if (!route_match(routes[i].pattern, url, p))
@@ -251,8 +188,8 @@ enum MHD_Result http_reply_response(struct request *req, unsigned status, struct
 		MHD_add_response_header(resp, "Content-Security-Policy", HTTP_CSP_NONE);
 	if (ctl.cfg.tls)
 		MHD_add_response_header(resp, "Strict-Transport-Security", "max-age=31536000");
-	if (registry_url(req->url))
-		MHD_add_response_header(resp, "Docker-Distribution-API-Version", "registry/2.0");
+	if (dialect_owns(req->url) && dialect->header)
+		MHD_add_response_header(resp, dialect->header, dialect->header_value);
 	/* Group commit: something was committed while this request ran (its own writes,
 	 * or its neighbours'), so the answer waits until that is on disk; the commit queue
 	 * resumes the connection then, and reply_held() sends it. */
@@ -355,8 +292,8 @@ static enum MHD_Result reply_error_v(struct request *req, unsigned status, const
 	if (field && field[0])
 		json_object_object_add(obj, "field", json_object_new_string(field));
 	/* Registry clients read the distribution spec's error shape. */
-	if (registry_url(req->url))
-		text = registry_error_text(status, NULL, msg, NULL);
+	if (dialect_owns(req->url))
+		text = dialect->error_text(status, NULL, msg, NULL);
 	else
 		text = xasprintf("%s\n", json_text(obj));
 	json_object_put(obj);
@@ -365,8 +302,8 @@ static enum MHD_Result reply_error_v(struct request *req, unsigned status, const
 	if (allow)
 		MHD_add_response_header(resp, "Allow", allow);
 	/* A registry client needs to know where to get a token, and for what. */
-	if (status == 401 && registry_url(req->url))
-		registry_auth_challenge(req, resp, false);
+	if (status == 401 && dialect_owns(req->url))
+		dialect->challenge(req, resp, false);
 	else if (status == 401)
 		MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumo\"");
 	return http_reply_response(req, status, resp);
@@ -732,6 +669,23 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 	return dispatch(req);
 }
 
+/* Who is told a request ended (main.c registers the API layer's handlers). */
+static void (*finished_hooks[4])(struct request *req);
+
+/*
+ * Call hook(req) for every request that ends (answered, or its client went away), so
+ * a handler that parked it somewhere lets go. The HTTP layer calls no handler itself.
+ */
+void http_finished_hook_add(void (*hook)(struct request *req))
+{
+	for (size_t i = 0; i < ARRAY_SIZE(finished_hooks); i++)
+		if (finished_hooks[i] == NULL) {
+			finished_hooks[i] = hook;
+			return;
+		}
+	fatalx("http: more request-finished hooks than %zu", ARRAY_SIZE(finished_hooks));
+}
+
 static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -743,8 +697,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	db_durable_cancel(&req->durable);
 	if (req->held)
 		MHD_destroy_response(req->held);
-	api_ops_forget(req);
-	api_instances_forget(req);
+	for (size_t i = 0; i < ARRAY_SIZE(finished_hooks) && finished_hooks[i]; i++)
+		finished_hooks[i](req);
 	tokens_watch_remove(&req->watch);
 	audit_record(req);
 	if (req->route && req->route->stream)
@@ -900,20 +854,17 @@ int http_start(struct kerr *err)
 
 /*
  * Stop serving. libmicrohttpd aborts if a connection is still suspended, so first
- * every event stream ends, every long poll and console query is answered, and the
- * daemon runs until they are out.
+ * drain() (main.c's) ends every event stream and answers every long poll and console
+ * query, and the daemon runs until they are out.
  */
-void http_stop(void)
+void http_stop(void (*drain)(void))
 {
 	if (daemon_ == NULL)
 		return;
 	MHD_quiesce_daemon(daemon_);
 	http_stopping = true;
-	api_events_shutdown();
-	api_ops_shutdown();
-	registry_shutdown();
-	for (struct host *h = ctl.hosts; h; h = h->next)
-		agentlink_queries_fail(h, "the controller is stopping");
+	if (drain)
+		drain();
 	for (int i = 0; i < 5; i++)
 		MHD_run(daemon_);
 	uv_poll_stop(&http_poll);

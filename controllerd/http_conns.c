@@ -148,11 +148,9 @@ unsigned http_conns_cron(void)
 		conns_timed_out++;
 		closed++;
 	}
-	if (closed) {
+	if (closed)
 		log_debug("api: closed %u connection(s) that did not send a request in time",
 			  closed);
-		http_kick();
-	}
 	return closed;
 }
 

@@ -284,8 +284,8 @@ int instances_on_host(int64_t host_id)
 	int n;
 
 	sqlite3_bind_int64(st, 1, host_id);
-	sqlite3_step(st);
-	n = sqlite3_column_int(st, 0);
+	/* Unknown counts as in use: a host is never deleted on a failed read. */
+	n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 1;
 	sqlite3_finalize(st);
 	return n;
 }
@@ -296,8 +296,8 @@ bool image_in_use(int64_t image_id)
 	bool used;
 
 	sqlite3_bind_int64(st, 1, image_id);
-	sqlite3_step(st);
-	used = sqlite3_column_int(st, 0) > 0;
+	/* Unknown counts as used: an image is never deleted on a failed read. */
+	used = sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0) > 0;
 	sqlite3_finalize(st);
 	return used;
 }
@@ -535,7 +535,9 @@ static void snapshot_row(const char *instance, const char *snap, const char *sta
 	sqlite3_bind_text(st, 2, snap, -1, SQLITE_STATIC);
 	if (state)
 		sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
-	sqlite3_step(st);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("instance %s: cannot record snapshot %s: %s", instance, snap,
+			  sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);
 }
 
@@ -638,21 +640,29 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 	struct json_object *final = result ? json_object_get(result) : json_object_new_object();
 	const char *snap = json_get_str(args, "snapshot", NULL);
 	bool ok = !strcmp(status, "succeeded");
+	/* A create cancelled (or timed out) was undone on the host: the name is free. */
+	bool undone =
+		!ok && !strcmp(action, "create") &&
+		(json_get_str(op, "cancel", NULL) || json_object_object_get(result, "undone"));
 	_cleanup_free_ char *iname = xstrdup(name);
 	struct json_object *ev;
 	sqlite3_stmt *st;
+	int rc;
 
-	if (ok && !strcmp(action, "delete")) {
+	if ((ok && !strcmp(action, "delete")) || undone) {
 		st = db_prepare(ctl.db, "DELETE FROM instances WHERE name = ?");
 		sqlite3_bind_text(st, 1, iname, -1, SQLITE_STATIC);
-		sqlite3_step(st);
+		rc = sqlite3_step(st);
 		sqlite3_finalize(st);
 		usage_forget(iname);
+		if (rc != SQLITE_DONE)
+			log_warnx("instance %s: cannot remove its row: %s", iname,
+				  sqlite3_errmsg(ctl.db));
 		ev = json_object_new_object();
 		json_object_object_add(ev, "name", json_object_new_string(iname));
 		event_emit("instance-deleted", ev);
 		/* Its addresses went with it: the hosts drop what it used. */
-		netsync_changed(h);
+		netsync_changed(h ? h : host_find(json_get_str(op, "host", "")));
 	} else {
 		if (!strcmp(action, "create") || !strcmp(action, "delete")) {
 			/* Leave the creating/deleting hold: the result decides. */
@@ -704,6 +714,8 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		json_object_object_add(final, "args", json_object_get(args));
 	if (ok &&
 	    (!strcmp(action, "create") || !strcmp(action, "start") || !strcmp(action, "restart"))) {
+		/* Done on the host; a cancel from now on undoes it whole (jobs.c). */
+		op_step_set(id, "agent-done");
 		net_wait_add(id, iname, final);
 		return 0;
 	}
@@ -712,19 +724,113 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 	return 0;
 }
 
-/* The agent refused an instance command outright: fail it like a failed result. */
-int instances_op_nack(const char *op_id, const char *why)
+/*
+ * A create was cancelled, but its host finished it before a safe point came: undo it
+ * whole by deleting the instance (forced) under a new operation on h, whose id goes
+ * to del_id. Returns 0, or -1 with err.
+ */
+int instances_create_undo(struct host *h, const char *name, char *del_id, size_t len,
+			  struct kerr *err)
 {
-	struct json_object *op = op_get(op_id);
-	const char *kind = op ? json_object_get_string(json_object_object_get(op, "kind")) : "";
-	int ret = -1;
+	_cleanup_free_ char *target = xasprintf("instances/%s", name);
+	struct json_object *spec = NULL, *args, *res, *op;
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT spec FROM instances WHERE name = ?");
 
-	if (op && !strncmp(kind, "instance-", 9)) {
-		instances_op_done(NULL, op, "failed", NULL, why);
-		ret = 0;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (spec == NULL)
+		return err_set(err, 0, "instance %s has no record to delete", name);
+	args = json_object_new_object();
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(false));
+	json_object_object_add(args, "force", json_object_new_boolean(true));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", json_object_get(args));
+	op = op_create("instance-delete", target, h, res, err);
+	if (op == NULL) {
+		json_object_put(args);
+		json_object_put(spec);
+		return -1;
 	}
+	snprintf(del_id, len, "%s", json_get_str(op, "id", ""));
+	instance_state_set(name, "deleting", NULL, "cancelled create");
+	instances_cmd_send(h, del_id, "delete", spec, args);
 	json_object_put(op);
-	return ret;
+	json_object_put(args);
+	json_object_put(spec);
+	return 0;
+}
+
+/* MiB the scheduler counts for a container without a limit. */
+#define CONTAINER_DEFAULT_MEMORY 64
+
+/* What the scheduler counts for a container: its limits, or a nominal share. */
+void container_sched_request(struct json_object *spec, struct sched_request *sr)
+{
+	struct json_object *limits = json_object_object_get(spec, "limits");
+	struct json_object *cpus = json_object_object_get(limits, "cpus");
+	double c = cpus ? json_object_get_double(cpus) : 1;
+
+	sr->vcpus = c > (int)c ? (int)c + 1 : (int)c;
+	sr->memory_mb = json_get_int(limits, "memory_mb", CONTAINER_DEFAULT_MEMORY);
+	sr->needs_shared_pool = true; /* its image's layers are read from there */
+}
+
+/* Instance id is being deleted (in the delete operation's transaction). 0 or -1. */
+int instance_state_deleting(int64_t id, struct kerr *err)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "UPDATE instances SET state = 'deleting' WHERE id = ?");
+	int rc;
+
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record the delete: %s", sqlite3_errmsg(ctl.db));
+	return 0;
+}
+
+/*
+ * Record snapshot name of instance id as being taken (in the snapshot operation's
+ * transaction). Returns 0, or -1 with err.
+ */
+int instance_snapshot_insert(int64_t id, const char *name, bool with_memory, struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "INSERT INTO snapshots (instance_id, name, "
+					      "with_memory, created_at) VALUES (?, ?, ?, ?)");
+	int rc;
+
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, with_memory);
+	sqlite3_bind_int64(st, 4, now_ms());
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record snapshot %s: %s", name,
+			       sqlite3_errmsg(ctl.db));
+	return 0;
+}
+
+/*
+ * Set the desired state of instance id (inside the caller's transaction: an action's
+ * operation and its desired state commit together). Returns 0, or -1 with err.
+ */
+int instance_desired_set(int64_t id, const char *desired, struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE instances SET desired = ? WHERE id = ?");
+	int rc;
+
+	sqlite3_bind_text(st, 1, desired, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record the desired state: %s",
+			       sqlite3_errmsg(ctl.db));
+	return 0;
 }
 
 /* Is instance name a tombstone: held by a forced delete waiting for its host? */
@@ -980,6 +1086,19 @@ void instances_cmd_send(struct host *h, const char *op_id, const char *action,
 	json_object_object_add(body, "action", json_object_new_string(action));
 	json_object_object_add(body, "instance", json_object_get(spec));
 	json_object_object_add(body, "args", a);
+	{
+		/* The agent keeps the job's deadline too (agentd/job.c): what is left of it,
+		 * so the two clocks need not agree. */
+		struct json_object *op = op_get(op_id);
+		int64_t deadline = json_get_int(op, "deadline", 0);
+
+		if (deadline > 0)
+			json_object_object_add(body, "timeout_ms",
+					       json_object_new_int64(deadline > now_ms()
+									     ? deadline - now_ms()
+									     : 1));
+		json_object_put(op);
+	}
 	agentlink_cmd_send(h, LINK_CMD_INSTANCE, op_id, body);
 }
 

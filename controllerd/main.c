@@ -36,9 +36,9 @@ static void usage(FILE *out, int status)
  * no one has waited for yet (heartbeats, facts: group commit, db.c). Every second:
  * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
  * streams of expired tokens, API connections past their deadlines, operations whose
- * network wait is over. Every tick also measures how late it ran (the loop's lag, for
- * metrics). Every minute: pruning old events and audit rows, checking one stored
- * registry blob. Every hour: abandoned registry uploads.
+ * network wait is over, jobs past their deadline (jobs.c). Every tick also measures how late it ran
+ * (the loop's lag, for metrics). Every minute: pruning old events and audit rows, checking one
+ * stored registry blob. Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -59,8 +59,11 @@ static void cron_cb(uv_timer_t *t)
 		api_events_cron();
 		hosts_persist(false);
 		tokens_cron();
-		http_conns_cron();
+		/* Sockets it shut down are noticed once libmicrohttpd runs. */
+		if (http_conns_cron())
+			http_kick();
 		instances_net_waits_check();
+		jobs_cron(now / 1000);
 	}
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
@@ -92,6 +95,26 @@ static void fd_limit_raise(void)
 	}
 	log_info("open files limit: %llu (each agent holds one event connection)",
 		 (unsigned long long)rl.rlim_cur);
+}
+
+/* The API's numbers for /metrics: its connections and event streams. */
+static void api_stats(unsigned *open, uint64_t *accepted, uint64_t *timed_out, unsigned *streams)
+{
+	http_conns_stats(open, accepted, timed_out);
+	*streams = api_events_streams();
+}
+
+/*
+ * The API server stops: every event stream ends, every long poll and console query is
+ * answered, so no connection stays suspended (http_stop()).
+ */
+static void api_drain(void)
+{
+	api_events_shutdown();
+	api_ops_shutdown();
+	registry_shutdown();
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		agentlink_queries_fail(h, "the controller is stopping");
 }
 
 static void signal_cb(uv_signal_t *s, int signum)
@@ -208,6 +231,17 @@ int main(int argc, char **argv)
 	    tls_ensure(ctl.cfg.state_dir, ctl.cfg.api_listen, &err) < 0)
 		fatalx("%s", err.msg);
 
+	/* News travels up by subscription: the API layer hears of finished operations
+	 * and ended requests without the layers below calling it. */
+	ops_final_hook_set(api_ops_wake);
+	ops_rules_set(jobs_timeout_default, jobs_final_status);
+	metrics_api_source_set(api_stats);
+	events_hook_set(api_events_notify);
+	http_finished_hook_add(api_ops_forget);
+	http_finished_hook_add(api_instances_forget);
+	http_routes_set(api_routes, api_routes_count);
+	http_dialect_set(&registry_dialect);
+
 	ctl.loop = uv_default_loop();
 	if (ctl.cfg.group_commit && db_group_commit_start(ctl.db, dbpath, ctl.loop, &err) < 0)
 		fatalx("%s", err.msg);
@@ -215,7 +249,7 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	if (agentlink_start(&err) < 0 || http_start(&err) < 0)
 		fatalx("%s", err.msg);
-	ops_resume();
+	jobs_resume();
 	images_sweep_uploads();
 	oci_store_modes_fix(); /* the store's directories, and blobs an older version left 0644 */
 
@@ -234,7 +268,7 @@ int main(int argc, char **argv)
 	/* Orderly stop: facts to disk, sockets closed, handles closed. */
 	hosts_persist(true);
 	db_group_commit_stop(); /* answers held for durability go out before the API stops */
-	http_stop();
+	http_stop(api_drain);
 	agentlink_stop();
 	uv_close((uv_handle_t *)&ctl.cron, NULL);
 	uv_close((uv_handle_t *)&ctl.sigterm, NULL);

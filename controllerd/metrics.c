@@ -14,6 +14,17 @@
 #include "controllerd.h"
 #include "util.h"
 
+/* The API layer's numbers (main.c sets the source: metrics calls no API code). */
+static void (*api_stats)(unsigned *open, uint64_t *accepted, uint64_t *timed_out,
+			 unsigned *streams);
+
+/* Set where the API connection and event-stream numbers come from. */
+void metrics_api_source_set(void (*fn)(unsigned *open, uint64_t *accepted, uint64_t *timed_out,
+				       unsigned *streams))
+{
+	api_stats = fn;
+}
+
 struct counter {
 	char *labels; /* the {...} part, formatted once */
 	uint64_t n;
@@ -257,7 +268,11 @@ char *metrics_render(void)
 		unsigned open;
 		uint64_t accepted, timed_out;
 
-		http_conns_stats(&open, &accepted, &timed_out);
+		unsigned streams = 0;
+
+		open = 0, accepted = timed_out = 0;
+		if (api_stats)
+			api_stats(&open, &accepted, &timed_out, &streams);
 		bprintf(&b,
 			"# HELP kumo_api_connections Open API connections.\n"
 			"# TYPE kumo_api_connections gauge\nkumo_api_connections %u\n"
@@ -270,8 +285,7 @@ char *metrics_render(void)
 			"kumo_api_connections_timed_out_total %llu\n"
 			"# HELP kumo_event_streams Open event streams (SSE clients).\n"
 			"# TYPE kumo_event_streams gauge\nkumo_event_streams %u\n",
-			open, (unsigned long long)accepted, (unsigned long long)timed_out,
-			api_events_streams());
+			open, (unsigned long long)accepted, (unsigned long long)timed_out, streams);
 	}
 	bprintf(&b, "# HELP kumo_operations Operations in the database, by kind and status.\n"
 		    "# TYPE kumo_operations gauge\n");

@@ -1082,3 +1082,12 @@ void registry_shutdown(void)
 			MHD_resume_connection(c->req->conn);
 		}
 }
+
+/* How /v2/ answers: the distribution spec's errors and token challenge (http.c). */
+const struct http_dialect registry_dialect = {
+	.owns = registry_url,
+	.error_text = registry_error_text,
+	.challenge = registry_auth_challenge,
+	.header = "Docker-Distribution-API-Version",
+	.header_value = "registry/2.0",
+};

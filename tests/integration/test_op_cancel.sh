@@ -1,0 +1,190 @@
+#!/bin/bash
+# Operations are jobs that can be cancelled or time out with nothing left behind:
+# a VM create cancelled while its image is cloned, and while its QEMU boots, ends
+# "cancelled" with what was undone, and leaves no QEMU, no disk or run files, no tap,
+# and its name free for a new create; a create with timeout_s=1 fails as "timed out"
+# and is cleaned the same way; a cancel survives a kill -9 of the controller right
+# after it; a finished operation answers 409, a viewer 403.
+. "$(dirname "$0")/lib.sh"
+
+NET=opc-net
+CIDR=10.67.0.0/24
+NAMES="opc1 opc2 opc3 opc4"
+
+cleanup() {
+	for n in $NAMES; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	local end=$((SECONDS + 120))
+	for n in $NAMES; do
+		while [ $SECONDS -lt $end ] && ! instance_absent "$n"; do sleep 1; done
+	done
+	net_delete $NET
+}
+trap cleanup EXIT
+
+instance_absent() {
+	api GET "/api/v1/instances/$1"
+	[ "$STATUS" = 404 ]
+}
+
+# vm_json NAME [EXTRA-FIELDS]: a VM from the test image with a NIC on $NET (a tap).
+vm_json() {
+	printf '{"name":"%s","type":"vm","vcpus":1,"memory":{"mb":256},
+	"disks":[{"name":"root","image":"%s","bus":"virtio"}],
+	"nics":[{"network":"%s","vlan":10,"model":"virtio"}]%s}' "$1" "$TEST_IMAGE" "$NET" "${2:-}"
+}
+
+# qemu_pids NAME: QEMU processes started for instance NAME (its -name argument).
+qemu_pids() {
+	local p
+	for p in /proc/[0-9]*; do
+		{ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "^[^ ]*qemu-system[^ ]* -name $1 " &&
+			echo "${p#/proc/}"
+	done
+	return 0
+}
+
+op_status_final() { case "$1" in succeeded | failed | cancelled) return 0 ;; esac; return 1; }
+
+# leftovers NAME HOST IFNAME: what of instance NAME is still anywhere; empty when none.
+leftovers() {
+	local name=$1 host=$2 ifname=$3
+	[ -n "$(qemu_pids "$name")" ] && echo "qemu $(qemu_pids "$name")"
+	find "$KUMO_LAB_DIR/hosts" "$KUMO_LAB_DIR/shared" -name "*$name*" 2>/dev/null | sed 's/^/file /'
+	if [ -n "$ifname" ] && [ "$ifname" != null ] &&
+		ip -n "$(host_ns "$host")" link show "$ifname" >/dev/null 2>&1; then
+		echo "tap $ifname on $host"
+	fi
+	api GET "/api/v1/instances/$name"
+	[ "$STATUS" = 404 ] || echo "instance record ($STATUS $(jqb .state))"
+	return 0
+}
+nothing_left() { [ -z "$(leftovers "$@")" ]; }
+# wait_nothing_left NAME HOST IFNAME: waits, and names what is left when it fails.
+wait_nothing_left() {
+	local end=$((SECONDS + 60))
+	while ! nothing_left "$@"; do
+		[ $SECONDS -ge $end ] && fail "left of $1 after 60 s: $(leftovers "$@" | tr '\n' ';')"
+		sleep 0.5
+	done
+}
+
+# Host and tap name of an instance being created (empty while unknown).
+where() {
+	api GET "/api/v1/instances/$1"
+	[ "$STATUS" = 200 ] || return 0
+	echo "$(jqb .host) $(jqb '.nics[0].ifname')"
+}
+
+wait_until 60 "3 hosts online" all_online 3
+for n in $NAMES; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+net_delete $NET
+api POST /api/v1/networks "{\"name\":\"$NET\",\"mode\":\"nat\",\"cidr\":\"$CIDR\",\"vlans\":[10]}"
+expect_status 201 "create $NET"
+
+# ---- refusals: a viewer 403, a finished operation 409, no such operation 404 ------------
+api POST /api/v1/tokens '{"kind":"api","role":"viewer","name":"opc-viewer"}'
+expect_status 201
+viewer=$(jqb .token)
+api POST /api/v1/hosts/h1/actions/probe
+expect_status 202
+probe=$(jqb .id)
+wait_op "$probe"
+op_ok
+api POST "/api/v1/operations/$probe/actions/cancel" "" "$viewer"
+expect_status 403 "a viewer cancels"
+api POST "/api/v1/operations/$probe/actions/cancel"
+expect_status 409 "cancel of a finished operation"
+jqb .error | grep -q "succeeded already" || fail "the 409 does not say why: $(jqb .error)"
+api GET "/api/v1/operations/$probe"
+[ "$(jqb .status)" = succeeded ] || fail "a refused cancel changed the operation: $(jqb .status)"
+api POST /api/v1/operations/op-does-not-exist/actions/cancel
+[ "$STATUS" = 404 ] || [ "$STATUS" = 400 ] || fail "cancel of no operation answered $STATUS"
+pass "cancel: a viewer gets 403, a finished operation 409 with the reason, nothing changed"
+
+# ---- cancel while the image is cloned ------------------------------------------------------
+api POST /api/v1/instances "$(vm_json opc1)"
+expect_status 202 "create opc1"
+op=$(jqb .id)
+read -r host ifname <<<"$(where opc1)"
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 202 "cancel of the create"
+[ "$(jqb .cancel)" = cancelled ] || fail "the cancel is not recorded on the operation: $BODY"
+wait_op "$op"
+[ "$(jqb .status)" = cancelled ] || fail "the create ended $(jqb .status) ($(jqb .error)), not cancelled"
+[ "$(jqb '.result.undone | type')" = array ] || fail "the result does not say what was undone: $(jqb .result)"
+wait_nothing_left opc1 "$host" "$ifname"
+pass "a create cancelled during its first steps ended cancelled (undone: $(jqb -c .result.undone)); nothing left"
+
+# The name is free: the same create again works.
+vm_create "$(vm_json opc1 ',"start":false')"
+api DELETE /api/v1/instances/opc1
+expect_status 202
+wait_op "$(jqb .id)"
+op_ok
+pass "the name of the cancelled create is free for a new one"
+
+# ---- cancel while QEMU boots ---------------------------------------------------------------
+# The window between "starting qemu" and QEMU answering is short; try a few times.
+booted_cancel=""
+for attempt in 1 2 3 4 5 6; do
+	api POST /api/v1/instances "$(vm_json opc2)"
+	expect_status 202 "create opc2"
+	op=$(jqb .id)
+	read -r host ifname <<<"$(where opc2)"
+	# The agent reports "starting qemu" just before it spawns QEMU: cancel then.
+	end=$((SECONDS + 180))
+	until api GET "/api/v1/operations/$op" && [ "$(jqb .phase)" = "starting qemu" ]; do
+		op_status_final "$(jqb .status)" && break
+		[ $SECONDS -ge $end ] && fail "opc2's create never reached starting qemu"
+	done
+	api POST "/api/v1/operations/$op/actions/cancel"
+	wait_op "$op"
+	if [ "$(jqb .status)" = cancelled ] && jqb '.result.undone[]' | grep -q qemu; then
+		booted_cancel=$attempt
+		break
+	fi
+	# The cancel came before QEMU, or after the create: nothing may be left either way.
+	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc2?force=1"
+	wait_until 120 "opc2 gone" instance_absent opc2
+done
+[ -n "$booted_cancel" ] || fail "no cancel reached the create while QEMU started in 6 attempts"
+wait_nothing_left opc2 "$host" "$ifname"
+pass "a create cancelled while QEMU booted stopped it and removed its disks, files and tap (attempt $booted_cancel)"
+
+# ---- a 1 s deadline ------------------------------------------------------------------------
+# A create takes about a second here, so its host's agent is held (SIGSTOP) until the
+# controller has timed the job out: the deadline passes mid-create whatever the load.
+api POST /api/v1/instances "$(vm_json opc3 ',"timeout_s":1')"
+expect_status 202 "create opc3 with timeout_s 1"
+op=$(jqb .id)
+[ "$(jqb .deadline)" != null ] || fail "the operation shows no deadline"
+read -r host ifname <<<"$(where opc3)"
+apid=$(agent_pid "$host")
+kill -STOP "$apid"
+trap 'kill -CONT $apid 2>/dev/null; cleanup' EXIT
+timed_out() { api GET "/api/v1/operations/$op" && [ "$(jqb .cancel)" = "timed out" ]; }
+wait_until 30 "the controller times the create out" timed_out
+kill -CONT "$apid"
+trap cleanup EXIT
+wait_op "$op"
+[ "$(jqb .status)" = failed ] && [ "$(jqb .error)" = "timed out" ] ||
+	fail "a create past its deadline ended $(jqb .status): $(jqb .error)"
+wait_nothing_left opc3 "$host" "$ifname"
+pass "a create with timeout_s=1 failed as timed out and left nothing"
+
+# ---- the controller killed right after a cancel --------------------------------------------
+api POST /api/v1/instances "$(vm_json opc4)"
+expect_status 202 "create opc4"
+op=$(jqb .id)
+read -r host ifname <<<"$(where opc4)"
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 202 "cancel of opc4's create"
+cpid=$(controller_pid)
+kill -9 "$cpid"
+wait_until 10 "the controller gone" proc_gone "$cpid"
+lab up --hosts 3 >/dev/null
+wait_until 60 "3 hosts online after restart" all_online 3
+wait_op "$op"
+[ "$(jqb .status)" = cancelled ] || fail "after kill -9 the create ended $(jqb .status) ($(jqb .error)), not cancelled"
+wait_nothing_left opc4 "$host" "$ifname"
+pass "a cancel survives a kill -9 of the controller: still cancelled, nothing left"
