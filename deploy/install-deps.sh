@@ -15,15 +15,16 @@ usage() {
 # runtime: the libraries the daemons link; qemu-utils (qemu-img: the controller checks
 # and converts uploaded images, the agent makes disks); on agent hosts QEMU, runc, and
 # for networks iproute2 (ip, bridge), nftables and dnsmasq-base (DHCP per segment);
-# dosfstools and mtools make the cloud-init seed disk.
+# dosfstools and mtools make the cloud-init seed disk; libzstd1 compresses backup chunks.
 RUNTIME="
-libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g
+libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g libzstd1
 qemu-system-x86 qemu-utils runc iproute2 nftables dnsmasq-base dosfstools mtools
 procps ca-certificates
 "
 BUILD="
 build-essential cmake pkg-config
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev zlib1g-dev
+libzstd-dev
 "
 # test: cmocka and clang-format; the lab and the integration tests (curl, jq, sqlite3,
 # openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins);
