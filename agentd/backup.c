@@ -36,6 +36,8 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <pwd.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -73,7 +75,14 @@ struct bjob {
 	struct inst_op *op;
 	struct agent *agent;
 	bool restore;
-	bool live; /* the VM runs: read through QEMU (drive-backup) */
+	bool live;		       /* the VM runs: read through QEMU (drive-backup) */
+	char parent[65];	       /* the backup an incremental one builds on, or "" */
+	struct json_object *pmanifest; /* ... its manifest, NULL when it cannot be used */
+	struct json_object *pdisk;     /* ... its entry for the disk at work */
+	bool incr;		       /* the disk at work is read incrementally */
+	bool all_incr;		       /* every disk so far was */
+	char full_reason[200];	       /* why a backup with a parent is full after all */
+	char target[PATH_MAX];	       /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
 	char tmpdir[PATH_MAX];
@@ -108,6 +117,7 @@ static void job_closed_cb(uv_handle_t *handle)
 	struct bjob *job = handle->data;
 
 	json_object_put(job->manifest);
+	json_object_put(job->pmanifest);
 	free(job);
 }
 
@@ -120,6 +130,7 @@ static void job_free(struct bjob *job)
 		return;
 	}
 	json_object_put(job->manifest);
+	json_object_put(job->pmanifest);
 	free(job);
 }
 
@@ -129,6 +140,32 @@ static bool job_gone(struct bjob *job)
 		return false;
 	job_free(job);
 	return true;
+}
+
+static void bitmap_removed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	/* Best effort: a bitmap left behind costs QEMU a little work on writes and is
+	 * never built on (its name is a backup that failed or was superseded). */
+	if (error)
+		log_debug("backup: %s", error);
+}
+
+/* Remove bitmap kumo-ID from every disk of the running VM (no one waits). */
+static void bitmaps_drop(struct bjob *job, const char *id)
+{
+	struct kerr err;
+
+	for (size_t i = 0; i < job->op->ndisks; i++) {
+		struct json_object *args = json_object_new_object();
+		char node[16], name[80];
+
+		snprintf(node, sizeof(node), "d%zu", i);
+		snprintf(name, sizeof(name), "kumo-%s", id);
+		json_object_object_add(args, "node", json_object_new_string(node));
+		json_object_object_add(args, "name", json_object_new_string(name));
+		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
+		       bitmap_removed_cb, NULL, &err);
+	}
 }
 
 static void job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -144,6 +181,8 @@ static void job_fail(struct bjob *job, const char *fmt, ...)
 	 * collector (no manifest names them). */
 	if (job->tmpdir[0])
 		tree_remove(job->tmpdir);
+	if (!job->restore && job->live && job->op->vm)
+		bitmaps_drop(job, job->id); /* the next backup must not build on this one */
 	instance_op_fail(job->op, "%s %s: %s", job->restore ? "restore of" : "backup", job->id,
 			 why);
 	job_free(job);
@@ -278,9 +317,173 @@ static void prepare_work(struct bjob *job)
 	/* QEMU runs as the unprivileged qemu user (agent --qemu-user) and creates the
 	 * drive-backup target itself: the work directory is that user's. Root (the agent)
 	 * reads it all the same. */
-	if (job->live && chown(job->tmpdir, job->qemu_uid, job->qemu_gid) < 0)
+	if (job->live && chown(job->tmpdir, job->qemu_uid, job->qemu_gid) < 0) {
 		snprintf(job->error, sizeof(job->error), "cannot hand %s to the qemu user: %s",
 			 job->tmpdir, strerror(errno));
+		return;
+	}
+	if (job->parent[0] && !job->restore) {
+		if (!job->live)
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "the VM is stopped: its disks are read whole");
+		else if (chunkstore_manifest_read(job->store, job->parent, &job->pmanifest, &err) <
+			 0)
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "the parent backup cannot be read: %s", err.msg);
+	}
+}
+
+/* Run argv (no shell) from a worker thread and wait; *out (if not NULL) gets its
+ * stdout. Returns its exit status, or -1. Thread only: it blocks. */
+static int run_wait(char *const argv[], char **out)
+{
+	int pipefd[2] = {-1, -1}, status = -1;
+	posix_spawn_file_actions_t fa;
+	size_t len = 0, cap = 4096;
+	char *buf = NULL;
+	pid_t pid;
+
+	if (out && pipe2(pipefd, O_CLOEXEC) < 0)
+		return -1;
+	posix_spawn_file_actions_init(&fa);
+	if (out)
+		posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+	if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0)
+		pid = -1;
+	posix_spawn_file_actions_destroy(&fa);
+	if (out) {
+		close(pipefd[1]);
+		buf = xmalloc(cap);
+		for (ssize_t n; pid > 0 && (n = read(pipefd[0], buf + len, cap - len - 1)) != 0;) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				break;
+			len += (size_t)n;
+			if (len + 1 >= cap)
+				buf = xrealloc(buf, cap *= 2);
+		}
+		buf[len] = '\0';
+		close(pipefd[0]);
+		*out = buf;
+	}
+	if (pid < 0)
+		return -1;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * Thread: an incremental read. job->target is a qcow2 holding only the clusters the
+ * dirty bitmap marked; every chunk they touch is the parent's chunk with those bytes
+ * laid over it, every other chunk is the parent's as it is. The whole disk's SHA-256
+ * is computed over all of it (the parent's chunks are read back from the store).
+ */
+static void chunk_incr_work(struct bjob *job)
+{
+	char *map_argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", job->target, NULL};
+	char *conv_argv[] = {"qemu-img", "convert", "-q",	 "-f",	   "qcow2",
+			     "-O",	 "raw",	    job->target, job->raw, NULL};
+	struct json_object *pchunks = json_object_object_get(job->pdisk, "chunks");
+	struct json_object *chunks = json_object_new_array(), *map = NULL;
+	_cleanup_free_ unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	_cleanup_free_ char *mapout = NULL;
+	int64_t size = json_get_int(job->pdisk, "virtual_size", -1);
+	_cleanup_close_ int fd = -1;
+	EVP_MD_CTX *ctx = NULL;
+	unsigned char md[32];
+	char hex[CHUNKSTORE_HEX_LEN + 1];
+	struct kerr err;
+
+	json_object_object_add(job->mdisk, "chunks", chunks);
+	if (run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
+	    !json_object_is_type(map, json_type_array)) {
+		snprintf(job->error, sizeof(job->error), "qemu-img map of %s failed", job->target);
+		goto out;
+	}
+	if (run_wait(conv_argv, NULL) != 0) {
+		snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
+			 job->target);
+		goto out;
+	}
+	fd = open(job->raw, O_RDONLY | O_CLOEXEC);
+	{
+		struct stat sb;
+
+		if (fd < 0 || fstat(fd, &sb) < 0 || sb.st_size != size ||
+		    !json_object_is_type(pchunks, json_type_array) ||
+		    (int64_t)json_object_array_length(pchunks) !=
+			    (size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE) {
+			/* A resized disk: its bitmap cannot be trusted. The caller goes full. */
+			snprintf(job->error, sizeof(job->error), "RESIZED");
+			goto out;
+		}
+	}
+	ctx = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	for (int64_t c = 0, off = 0; off < size; c++, off += CHUNKSTORE_CHUNK_SIZE) {
+		const char *phex = json_object_get_string(json_object_array_get_idx(pchunks, c));
+		int64_t end =
+			off + CHUNKSTORE_CHUNK_SIZE < size ? off + CHUNKSTORE_CHUNK_SIZE : size;
+		bool touched = false;
+		size_t len;
+		uint64_t written;
+
+		if (chunkstore_get(job->store, phex ? phex : "", buf, CHUNKSTORE_CHUNK_SIZE, &len,
+				   &err) < 0 ||
+		    (int64_t)len != end - off) {
+			snprintf(job->error, sizeof(job->error), "the parent backup: %s", err.msg);
+			goto out;
+		}
+		/* Lay the dirty clusters of this chunk over the parent's bytes. */
+		for (size_t e = 0; e < json_object_array_length(map); e++) {
+			struct json_object *x = json_object_array_get_idx(map, e);
+			int64_t xs = json_get_int(x, "start", 0), xl = json_get_int(x, "length", 0);
+			struct json_object *present;
+			int64_t a, b;
+
+			if (json_object_object_get_ex(x, "present", &present)
+				    ? !json_object_get_boolean(present)
+				    : !(json_get_bool(x, "data", false) ||
+					json_get_bool(x, "zero", false)))
+				continue;
+			a = xs > off ? xs : off;
+			b = xs + xl < end ? xs + xl : end;
+			if (a >= b)
+				continue;
+			if (pread(fd, buf + (a - off), (size_t)(b - a), a) != (ssize_t)(b - a)) {
+				snprintf(job->error, sizeof(job->error), "cannot read %s: %s",
+					 job->raw, strerror(errno));
+				goto out;
+			}
+			job->read_bytes += (uint64_t)(b - a);
+			touched = true;
+		}
+		EVP_DigestUpdate(ctx, buf, len);
+		if (!touched) {
+			json_object_array_add(chunks, json_object_new_string(phex));
+		} else {
+			if (chunkstore_put(job->store, buf, len, hex, &written, &err) < 0) {
+				snprintf(job->error, sizeof(job->error), "%s", err.msg);
+				goto out;
+			}
+			json_object_array_add(chunks, json_object_new_string(hex));
+			job->new_bytes += written;
+		}
+		job->chunk_count++;
+	}
+	EVP_DigestFinal_ex(ctx, md, NULL);
+	hex_encode(md, sizeof(md), hex);
+	job->total_bytes += (uint64_t)size;
+	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
+	json_object_object_add(job->mdisk, "sha256", json_object_new_string(hex));
+	json_object_object_add(job->mdisk, "kind", json_object_new_string("incremental"));
+	unlink(job->raw);
+	unlink(job->target);
+out:
+	EVP_MD_CTX_free(ctx);
+	json_object_put(map);
 }
 
 /* Thread: cut the raw file into chunks, store them, hash the whole disk. */
@@ -349,6 +552,14 @@ static void manifest_work(struct bjob *job)
 {
 	struct kerr err;
 
+	json_object_object_add(job->manifest, "kind",
+			       json_object_new_string(job->all_incr ? "incremental" : "full"));
+	json_object_object_add(job->manifest, "parent",
+			       job->all_incr ? json_object_new_string(job->parent) : NULL);
+	json_object_object_add(job->manifest, "full_reason",
+			       job->full_reason[0] ? json_object_new_string(job->full_reason)
+						   : NULL);
+
 	if (chunkstore_sync(job->store, &err) < 0 ||
 	    chunkstore_manifest_write(job->store, job->id, job->manifest, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
@@ -389,6 +600,11 @@ static void manifest_after(struct bjob *job)
 	json_object_object_add(
 		b, "consistency",
 		json_object_get(json_object_object_get(job->manifest, "consistency")));
+	json_object_object_add(b, "parent",
+			       json_object_get(json_object_object_get(job->manifest, "parent")));
+	json_object_object_add(
+		b, "full_reason",
+		json_object_get(json_object_object_get(job->manifest, "full_reason")));
 	json_object_object_add(b, "read_bytes", json_object_new_int64((int64_t)job->read_bytes));
 	json_object_object_add(b, "new_bytes", json_object_new_int64((int64_t)job->new_bytes));
 	json_object_object_add(b, "total_bytes", json_object_new_int64((int64_t)job->total_bytes));
@@ -398,6 +614,8 @@ static void manifest_after(struct bjob *job)
 	if (op->result == NULL)
 		op->result = json_object_new_object();
 	json_object_object_add(op->result, "backup", b);
+	if (job->live && job->parent[0] && op->vm)
+		bitmaps_drop(job, job->parent); /* superseded: the new one is the chain's end */
 	log_info("vm %s: backup %s: %llu bytes read, %llu new in the store, %llu chunks",
 		 json_get_str(op->spec, "name", ""), job->id, (unsigned long long)job->read_bytes,
 		 (unsigned long long)job->new_bytes, (unsigned long long)job->chunk_count);
@@ -405,12 +623,25 @@ static void manifest_after(struct bjob *job)
 	instance_op_succeed(op);
 }
 
+static void disk_read(struct bjob *job);
+
 static void chunk_after(struct bjob *job)
 {
+	if (job->incr && !strcmp(job->error, "RESIZED")) {
+		snprintf(job->full_reason, sizeof(job->full_reason),
+			 "disk %s changed size since the parent backup",
+			 job->op->disks[job->disk].name);
+		job->incr = false;
+		job->pdisk = NULL;
+		json_object_object_del(job->mdisk, "chunks");
+		disk_read(job);
+		return;
+	}
 	if (job->error[0]) {
 		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, job->error);
 		return;
 	}
+	job->all_incr = job->all_incr && job->incr;
 	job->disk++;
 	disk_next(job);
 }
@@ -428,7 +659,7 @@ static void read_done(struct bjob *job, const char *error)
 			     (int)((job->disk * BACKUP_READ_PHASES + 1) * 90 /
 				   (job->op->ndisks * BACKUP_READ_PHASES)),
 			     phase);
-	pool_run(job, chunk_work, chunk_after);
+	pool_run(job, job->incr ? chunk_incr_work : chunk_work, chunk_after);
 }
 
 static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -437,6 +668,7 @@ static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char 
 }
 
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
+static bool incr_fallback(struct bjob *job, const char *why);
 
 static void poll_cb(uv_timer_t *timer)
 {
@@ -500,8 +732,27 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		json_object_object_add(args, "id", json_object_new_string(jid));
 		vm_qmp(job->op->vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, job_dismissed_cb, NULL,
 		       &err);
+		if (jerr && incr_fallback(job, jerr))
+			return;
 		read_done(job, jerr ? why : NULL);
 	}
+}
+
+/* An incremental read QEMU refused (no such bitmap: lost, or left inconsistent by a
+ * crash): the disk is read whole instead, and the backup says why. */
+static bool incr_fallback(struct bjob *job, const char *why)
+{
+	if (!job->incr)
+		return false;
+	snprintf(job->full_reason, sizeof(job->full_reason),
+		 "disk %s: the changed-block bitmap cannot be used (%s)",
+		 job->op->disks[job->disk].name, why);
+	log_warnx("vm %s: backup %s: %s; reading the disk whole", job->op->vm->name, job->id,
+		  job->full_reason);
+	job->incr = false;
+	job->pdisk = NULL;
+	disk_read(job);
+	return true;
 }
 
 static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -510,11 +761,41 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 
 	if (job_gone(job))
 		return;
+	if (error && incr_fallback(job, error))
+		return;
 	if (error) {
 		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
+}
+
+static void bitmap_added(struct bjob *job, const char *error)
+{
+	/* Without the bitmap the next backup is full (and says so): not a failure. */
+	if (error)
+		log_warnx("backup %s: disk %s: no changed-block bitmap: %s", job->id,
+			  job->op->disks[job->disk].name, error);
+	read_done(job, NULL);
+}
+
+/* A stopped VM's disk was read: give it a persistent bitmap named after this backup
+ * (QEMU loads it at the next start and tracks writes from there). */
+static void stopped_read_done(struct bjob *job, const char *error)
+{
+	struct vm_disk *d = &job->op->disks[job->disk];
+	char name[80];
+
+	if (error) {
+		read_done(job, error);
+		return;
+	}
+	snprintf(name, sizeof(name), "kumo-%s", job->id);
+	{
+		char *args[] = {"qemu-img", "bitmap", "--add", "-f", "qcow2", d->abs, name, NULL};
+
+		qemu_img_run(job, args, bitmap_added);
+	}
 }
 
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
@@ -531,28 +812,71 @@ static void disk_read(struct bjob *job)
 		(int)(job->disk * BACKUP_READ_PHASES * 90 / (job->op->ndisks * BACKUP_READ_PHASES)),
 		phase);
 	if (job->live) {
-		struct json_object *args = json_object_new_object();
-		char jid[64], node[16];
+		struct json_object *args = json_object_new_object(), *bm = json_object_new_object();
+		struct json_object *actions = json_object_new_array(), *a, *tx;
+		char jid[64], node[16], name[80], pname[80];
 
 		/* The node names qemuargs.c gives the disks: d0, d1, ... */
 		snprintf(jid, sizeof(jid), "kumo-backup-d%zu", job->disk);
 		snprintf(node, sizeof(node), "d%zu", job->disk);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		job->pdisk = NULL;
+		for (size_t i = 0;
+		     job->pmanifest && !job->full_reason[0] &&
+		     i < json_object_array_length(json_object_object_get(job->pmanifest, "disks"));
+		     i++) {
+			struct json_object *pd = json_object_array_get_idx(
+				json_object_object_get(job->pmanifest, "disks"), i);
+
+			if (!strcmp(json_get_str(pd, "name", ""), d->name))
+				job->pdisk = pd;
+		}
+		job->incr = job->pdisk != NULL;
+		if (job->parent[0] && !job->incr && !job->full_reason[0])
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s is not in the parent backup", d->name);
+		snprintf(job->target, sizeof(job->target), "%s/%s.qcow2", job->tmpdir, d->name);
 		json_object_object_add(args, "job-id", json_object_new_string(jid));
 		json_object_object_add(args, "device", json_object_new_string(node));
-		json_object_object_add(args, "target", json_object_new_string(job->raw));
-		json_object_object_add(args, "format", json_object_new_string("raw"));
-		json_object_object_add(args, "sync", json_object_new_string("full"));
+		json_object_object_add(args, "target",
+				       json_object_new_string(job->incr ? job->target : job->raw));
+		/* Incremental: a qcow2 target, so the clusters the job did not copy stay
+		 * unallocated and qemu-img map tells them from the copied ones. */
+		json_object_object_add(args, "format",
+				       json_object_new_string(job->incr ? "qcow2" : "raw"));
+		json_object_object_add(args, "sync",
+				       json_object_new_string(job->incr ? "incremental" : "full"));
+		if (job->incr) {
+			snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
+			json_object_object_add(args, "bitmap", json_object_new_string(pname));
+		}
 		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
 		json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
-		if (vm_qmp(job->op->vm, "drive-backup", args, BACKUP_JOB_TIMEOUT, drive_backup_cb,
-			   job, &err) < 0)
+		/* One transaction: the new bitmap starts at exactly the backup's point in
+		 * time, so the next incremental backup moves what changed after it. */
+		json_object_object_add(bm, "node", json_object_new_string(node));
+		json_object_object_add(bm, "name", json_object_new_string(name));
+		json_object_object_add(bm, "persistent", json_object_new_boolean(true));
+		a = json_object_new_object();
+		json_object_object_add(a, "type", json_object_new_string("block-dirty-bitmap-add"));
+		json_object_object_add(a, "data", bm);
+		json_object_array_add(actions, a);
+		a = json_object_new_object();
+		json_object_object_add(a, "type", json_object_new_string("drive-backup"));
+		json_object_object_add(a, "data", args);
+		json_object_array_add(actions, a);
+		tx = json_object_new_object();
+		json_object_object_add(tx, "actions", actions);
+		if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job,
+			   &err) < 0)
 			job_fail(job, "disk %s: %s", d->name, err.msg);
 		return;
 	}
+	job->incr = false;
 	{
 		char *args[] = {"qemu-img", "convert", "-q", "-O", "raw", d->abs, job->raw, NULL};
 
-		qemu_img_run(job, args, read_done);
+		qemu_img_run(job, args, stopped_read_done);
 	}
 }
 
@@ -791,6 +1115,8 @@ void backup_vm_run(struct inst_op *op)
 	}
 	job = job_new(op, false);
 	job->live = vm->vm_state == VM_RUNNING || vm->vm_state == VM_PAUSED;
+	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
+	job->all_incr = job->parent[0] != '\0';
 	if (job->live && strcmp(op->agent->cfg->qemu_user, "root") != 0) {
 		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
 
@@ -807,7 +1133,6 @@ void backup_vm_run(struct inst_op *op)
 	json_object_object_add(job->manifest, "instance", json_object_new_string(vm->name));
 	json_object_object_add(job->manifest, "type", json_object_new_string("vm"));
 	json_object_object_add(job->manifest, "spec", json_object_get(vm->spec));
-	json_object_object_add(job->manifest, "kind", json_object_new_string("full"));
 	/* A stopped VM's disks are at rest; a running one's are as after a power cut
 	 * (no guest agent freezes its file systems yet). */
 	json_object_object_add(job->manifest, "consistency",

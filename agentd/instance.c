@@ -745,6 +745,7 @@ static const struct json_field snapshot_delete_args[] = {
 static const struct json_field backup_args[] = {
 	{"backup", JK_STRING, true, backup_id_check},
 	{"store", JK_STRING, true, backup_store_check},
+	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
 	{NULL, 0, false, NULL},
 };
 

@@ -195,25 +195,21 @@ enum MHD_Result api_backup_restore(struct request *req)
 		return http_reply_error(req, 404, NULL, "no backup %.64s", req->params[0]);
 	}
 	name = json_get_str(body, "name", json_get_str(b, "instance", ""));
-	if (strcmp(name, json_get_str(b, "instance", "")) != 0) {
-		/* A new instance from a backup needs the create path (api_instances.c); not
-		 * wired yet: say so rather than half-do it. */
-		ret = binst_load(name, &i)
-			      ? http_reply_error(req, 409, "name",
-						 "an instance named %s exists already", name)
-			      : http_reply_error(req, 501, "name",
-						 "restoring to a new instance is not "
-						 "available yet; restore over %s",
-						 json_get_str(b, "instance", ""));
-	} else if (!binst_load(name, &i)) {
-		ret = http_reply_error(
-			req, 501, "name",
-			"instance %s is gone, and restoring to a new instance is not "
-			"available yet",
-			name);
+	if (!binst_load(name, &i)) {
+		/* A new instance from a backup needs the create path (api_instances.c) to be
+		 * callable without an HTTP request; until then: create it, then restore. */
+		ret = http_reply_error(req, 501, "name",
+				       "no instance named %s; restoring creates none yet: create a "
+				       "stopped VM with disks of the same names (on any host), "
+				       "then restore into it",
+				       name);
+	} else if (strcmp(i.type, json_get_str(b, "instance_type", "vm")) != 0) {
+		ret = http_reply_error(req, 409, "name",
+				       "instance %s is a %s; the backup is of a %s", name, i.type,
+				       json_get_str(b, "instance_type", "vm"));
 	} else if (json_get_str(body, "host", NULL) && i.host &&
 		   strcmp(json_get_str(body, "host", ""), i.host->name) != 0) {
-		ret = http_reply_error(req, 422, "host", "a restore over %s runs on its host %s",
+		ret = http_reply_error(req, 422, "host", "a restore into %s runs on its host %s",
 				       name, i.host->name);
 	} else {
 		op = backup_restore_start(req->params[0], name, i.state, i.spec, i.host, &err);
@@ -242,6 +238,76 @@ enum MHD_Result api_backup_verify(struct request *req)
 		json_object_put(body);
 	}
 	op = backup_verify_start(req->params[0], &err);
+	if (op == NULL)
+		return http_reply_kerr(req, &err);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
+	return http_reply_json(req, 202, op);
+}
+
+enum MHD_Result api_backup_delete(struct request *req)
+{
+	struct kerr err;
+
+	if (backup_delete(req->params[0], &err) < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_empty(req, 204);
+}
+
+static int keep_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 0 || n > 100000)
+		return err_input(err, 400, f, "%s must be 0-100000", f);
+	return 0;
+}
+
+static const struct json_field prune_fields[] = {
+	{"instance", JK_STRING, false, name_check},
+	{"keep_last", JK_INT, false, keep_check},
+	{"keep_hourly", JK_INT, false, keep_check},
+	{"keep_daily", JK_INT, false, keep_check},
+	{"keep_weekly", JK_INT, false, keep_check},
+	{"keep_monthly", JK_INT, false, keep_check},
+	{"keep_yearly", JK_INT, false, keep_check},
+	{"dry_run", JK_BOOL, false, NULL},
+	{NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_backup_store_prune(struct request *req)
+{
+	struct json_object *body, *out;
+	struct prune_policy p;
+	struct kerr err;
+
+	if (http_body_json(req, prune_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	p.keep_last = (int)json_get_int(body, "keep_last", 0);
+	p.keep_hourly = (int)json_get_int(body, "keep_hourly", 0);
+	p.keep_daily = (int)json_get_int(body, "keep_daily", 0);
+	p.keep_weekly = (int)json_get_int(body, "keep_weekly", 0);
+	p.keep_monthly = (int)json_get_int(body, "keep_monthly", 0);
+	p.keep_yearly = (int)json_get_int(body, "keep_yearly", 0);
+	if (!p.keep_last && !p.keep_hourly && !p.keep_daily && !p.keep_weekly && !p.keep_monthly &&
+	    !p.keep_yearly) {
+		json_object_put(body);
+		return http_reply_error(req, 400, NULL,
+					"a policy keeps something: give at least one keep_* > 0");
+	}
+	out = backup_prune(req->params[0], json_get_str(body, "instance", NULL), &p,
+			   json_get_bool(body, "dry_run", false), &err);
+	json_object_put(body);
+	if (out == NULL)
+		return http_reply_kerr(req, &err);
+	return http_reply_json(req, 200, out);
+}
+
+enum MHD_Result api_backup_store_gc(struct request *req)
+{
+	struct json_object *op;
+	struct kerr err;
+
+	op = backup_store_gc(req->params[0], &err);
 	if (op == NULL)
 		return http_reply_kerr(req, &err);
 	snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));

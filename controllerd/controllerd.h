@@ -313,6 +313,13 @@ int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtua
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
 
+/* backup_prune.c */
+struct prune_policy {
+	int keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly;
+};
+void backup_prune_select(const int64_t *times, size_t n, const struct prune_policy *policy,
+			 bool *keep);
+
 /* backups.c */
 int backup_store_path_check(const char *path, struct kerr *err);
 struct json_object *backup_stores_list(void);
@@ -328,6 +335,11 @@ struct json_object *backup_restore_start(const char *id, const char *name, const
 					 struct json_object *spec, struct host *h,
 					 struct kerr *err);
 struct json_object *backup_verify_start(const char *id, struct kerr *err);
+int backup_delete(const char *id, struct kerr *err);
+struct json_object *backup_prune(const char *name, const char *instance,
+				 const struct prune_policy *policy, bool dry_run, struct kerr *err);
+struct json_object *backup_store_gc(const char *name, struct kerr *err);
+int backup_op_cancel(const char *op_id, struct kerr *err);
 void backups_op_done(const char *op_id, bool ok, struct json_object *result, const char *error);
 
 /* ops.c */
@@ -546,6 +558,9 @@ enum MHD_Result api_backup_get(struct request *req);
 enum MHD_Result api_instance_backup(struct request *req);
 enum MHD_Result api_backup_restore(struct request *req);
 enum MHD_Result api_backup_verify(struct request *req);
+enum MHD_Result api_backup_delete(struct request *req);
+enum MHD_Result api_backup_store_prune(struct request *req);
+enum MHD_Result api_backup_store_gc(struct request *req);
 void api_instances_forget(struct request *req);
 void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);

@@ -222,6 +222,7 @@ static const char *const migrations[] = {
 	"  consistency TEXT CHECK (consistency IN ('crash', 'filesystem')),"
 	"  status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'corrupt')),"
 	"  parent TEXT,"
+	"  full_reason TEXT,"
 	"  read_bytes INTEGER NOT NULL DEFAULT 0,"
 	"  new_bytes INTEGER NOT NULL DEFAULT 0,"
 	"  total_bytes INTEGER NOT NULL DEFAULT 0,"

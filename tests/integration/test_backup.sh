@@ -9,22 +9,23 @@
 # cannot be yet.
 bs=bs$$
 
-trap 'api DELETE "/api/v1/instances/bk1?force=1" >/dev/null 2>&1 || true' EXIT
+trap 'api DELETE "/api/v1/instances/bk1?force=1" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/instances/bk2?force=1" >/dev/null 2>&1 || true' EXIT
 
 # The disk's content as the guest sees it: SHA-256 of its raw image (backing included).
-disk_file() {
-	api GET /api/v1/instances/bk1
-	local host pool
+disk_file() { # [NAME]
+	local vm=${1:-bk1} host pool
+	api GET "/api/v1/instances/$vm"
 	host=$(jqb .host) pool=$(jqb '.disks[0].pool')
 	if [ "$pool" = shared ]; then
-		echo "$KUMO_LAB_DIR/shared/disks/bk1/root.qcow2"
+		echo "$KUMO_LAB_DIR/shared/disks/$vm/root.qcow2"
 	else
-		echo "$KUMO_LAB_DIR/hosts/$host/local/disks/bk1/root.qcow2"
+		echo "$KUMO_LAB_DIR/hosts/$host/local/disks/$vm/root.qcow2"
 	fi
 }
-disk_sha() {
+disk_sha() { # [NAME]
 	local f raw
-	f=$(disk_file)
+	f=$(disk_file "${1:-bk1}")
 	raw=$(mktemp /tmp/kt-bk-XXXXXX)
 	qemu-img convert -U -O raw "$f" "$raw"
 	sha256sum "$raw" | cut -d' ' -f1
@@ -76,15 +77,44 @@ instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 [ -f "$KUMO_LAB_DIR/shared/backups/$bs/backups/$b1.json" ] || fail "no manifest for $b1 in the store"
 pass "a running VM backed up without stopping it (crash-consistent, $chunks1 chunks, $new1 bytes stored)"
 
+# 1b. Incremental: the next backup builds on the first through the disk's dirty bitmap
+# and reads only what changed (a reboot: the guest counts boots on its disk). Paused,
+# so the disk holds still for the checksum.
+api POST /api/v1/instances/bk1/actions/reboot
+wait_op "$(jqb .id)"
+op_ok
+wait_until 150 "boot 2 (reboot)" console_has bk1 "KUMO-BOOT count=2"
+api POST /api/v1/instances/bk1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+wait_until 20 "paused" instance_is bk1 paused
+backup bk1 '{"store":"'$bs'"}'
+bi=$(jqb .id)
+[ "$(jqb .kind)" = incremental ] && [ "$(jqb .parent)" = "$b1" ] || fail "the second live backup is $(jqb .kind) with parent $(jqb .parent) ($(jqb .full_reason))"
+readi=$(jqb .read_bytes) newi=$(jqb .new_bytes)
+[ "$readi" -gt 0 ] && [ "$readi" -lt $((total / 4)) ] || fail "the incremental backup read $readi of $total bytes"
+[ "$newi" -lt $((new1 / 2)) ] || fail "the incremental backup stored $newi new bytes; the full one $new1"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the incremental backup's checksum is not the disk's"
+api POST /api/v1/instances/bk1/actions/resume
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full"}'
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.backup.kind)" = full ] || fail "mode full made a $(jqb .result.backup.kind) backup"
+bf=$(jqb .result.backup.id)
+pass "incremental: read $readi of $total bytes, stored $newi; its checksum is the disk's; mode full is full"
+
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
 wait_op "$(jqb .id)"
 op_ok
 wait_until 30 "bk1 stopped" instance_is bk1 stopped
 
 # 2. Stopped: from the disk file; the chunks the first backup stored are not stored again.
-backup bk1 '{"store":"'$bs'","mode":"full"}'
+backup bk1 '{"store":"'$bs'"}'
 b2=$(jqb .id) sha2=$(jqb '.disks[0].sha256') new2=$(jqb .new_bytes)
 [ "$(jqb .consistency)" = filesystem ] || fail "backup of a stopped VM is $(jqb .consistency)"
+[ "$(jqb .kind)" = full ] && grep -q stopped <<<"$(jqb .full_reason)" || fail "a stopped VM's backup is $(jqb .kind), reason '$(jqb .full_reason)'"
 [ "$sha2" = "$(disk_sha)" ] || fail "backup 2's checksum $sha2 is not the disk's"
 [ "$new2" -lt $((new1 / 2)) ] || fail "backup 2 stored $new2 new bytes; backup 1 stored $new1 (no dedup?)"
 pass "a stopped VM backed up: checksum equals the disk's, $new2 new bytes after $new1 (dedup)"
@@ -93,7 +123,7 @@ pass "a stopped VM backed up: checksum equals the disk's, $new2 new bytes after 
 api POST /api/v1/instances/bk1/actions/start
 wait_op "$(jqb .id)"
 op_ok
-wait_until 150 "second boot" console_has bk1 "KUMO-BOOT count=2"
+wait_until 150 "third boot" console_has bk1 "KUMO-BOOT count=3"
 api POST /api/v1/backups/$b2/actions/restore
 expect_status 409 "restore over a running VM"
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
@@ -114,10 +144,55 @@ wait_op "$(jqb .id)"
 op_ok
 wait_until 150 "boot after the restore" more_boots "$n0"
 last=$(console bk1 | grep -o "KUMO-BOOT count=[0-9]*" | tail -1)
-[ "$last" = "KUMO-BOOT count=2" ] || fail "after the restore the guest saw '$last': it did not boot from the backup's disk"
+[ "$last" = "KUMO-BOOT count=3" ] || fail "after the restore the guest saw '$last': it did not boot from the backup's disk"
 pass "restore over the stopped VM: the disk equals the backup's checksum and the guest boots from it"
 
-# 4. Bad input and conflicts.
+# 3b. Into another VM on another host: created stopped with a blank disk of that name.
+api GET /api/v1/instances/bk1
+other=h1
+[ "$(jqb .host)" = h1 ] && other=h2
+vm_create '{"name":"bk2","type":"vm","memory":{"mb":256},"disks":[{"name":"root","size_mb":64}],"host":"'$other'","start":false}'
+api POST /api/v1/backups/$b2/actions/restore '{"name":"bk2"}'
+expect_status 202 "restore into bk2"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(disk_sha bk2)" = "$sha2" ] || fail "bk2's restored disk does not match backup 2's checksum"
+api POST /api/v1/instances/bk2/actions/start
+wait_op "$(jqb .id)"
+op_ok
+wait_until 150 "bk2 boots from the restored disk" console_has bk2 "KUMO-BOOT count=3"
+api DELETE "/api/v1/instances/bk2?force=1"
+api POST /api/v1/backups/$b2/actions/restore '{"name":"nosuch"}'
+expect_status 501 "restore into no instance"
+pass "restore into a new VM on host $other: the disk equals the backup's checksum and it boots"
+
+# 4. Verify: every chunk re-read; one byte of a chunk changed -> the backup is corrupt,
+# named with the chunk and its offset, and no longer restorable.
+api POST /api/v1/backups/$b2/actions/verify
+expect_status 202 "verify"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.ok)" = true ] && [ "$(jqb .result.chunks)" -gt 0 ] || fail "verify of an intact backup: $(jqb .result)"
+store_dir=$KUMO_LAB_DIR/shared/backups/$bs
+victim=$(jq -r '.disks[0].chunks[3]' "$store_dir/backups/$b2.json")
+vfile=$store_dir/chunks/${victim:0:2}/$victim
+size=$(stat -c %s "$vfile")
+cp -p "$vfile" "/tmp/kt-chunk.$$" # other backups may share it: put back after
+printf '\x5a' | dd of="$vfile" bs=1 seek=$((size / 2)) conv=notrunc status=none
+api POST /api/v1/backups/$b2/actions/verify
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.ok)" = false ] || fail "verify missed a changed chunk"
+jqb -e '[.result.bad[] | select(.chunk == "'$victim'")] | length > 0' >/dev/null || fail "verify did not name chunk $victim: $(jqb .result.bad)"
+api GET /api/v1/backups/$b2
+[ "$(jqb .status)" = corrupt ] && [ "$(jqb .restorable)" = false ] || fail "backup $b2 is $(jqb .status) after a failed verify"
+grep -q "$victim" <<<"$(jqb .error)" || fail "the backup's error does not name the chunk: $(jqb .error)"
+api POST /api/v1/backups/$b2/actions/restore
+expect_status 409 "restore of a corrupt backup"
+mv "/tmp/kt-chunk.$$" "$vfile"
+pass "verify: an intact backup passes; a changed byte in a chunk makes it corrupt, named, and not restorable"
+
+# 5. Bad input and conflicts.
 api POST /api/v1/instances/nosuch/backups
 expect_status 404 "backup of an unknown instance"
 api POST /api/v1/instances/bk1/backups '{"store":"nosuch"}'
@@ -130,7 +205,38 @@ api DELETE /api/v1/backup-stores/$bs
 expect_status 409 "delete of a store holding backups"
 api GET "/api/v1/backups?instance=bk1"
 mine=$(jqb -c '[.backups[] | select(.store == "'$bs'") | .id]')
-[ "$mine" = "[\"$b2\",\"$b1\"]" ] || fail "bk1's backups in $bs, newest first: $mine, not [$b2,$b1]"
+[ "$(jq length <<<"$mine")" = 4 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$b2" ] && [ "$(jq -r '.[3]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$b2,..,$b1]"
 api GET "/api/v1/backups?instance=nosuch"
 [ "$(jqb '.backups | length')" = 0 ] || fail "backups of an unknown instance listed"
 pass "unknown instance, store or backup 404; unknown field 400; a store with backups 409; list by instance"
+
+# 6. Retention, delete and garbage collection.
+api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1,"dry_run":true}'
+expect_status 200 "prune (dry run)"
+[ "$(jqb -c .kept)" = "[\"$bf\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" '[$a,$b] | sort')" ] ||
+	fail "prune keep_last 1 would keep $(jqb -c .kept) and remove $(jqb -c .removed)"
+api GET "/api/v1/backups/$b1"
+expect_status 200 "a dry run removes nothing"
+api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1}'
+expect_status 200 "prune"
+api GET "/api/v1/backups/$b1"
+expect_status 404 "a pruned backup"
+wait_until 30 "the pruned manifest removed" test ! -e "$store_dir/backups/$b1.json"
+api DELETE "/api/v1/backups/$b2"
+expect_status 204 "delete of the corrupt backup"
+# An unreferenced chunk, old enough: collected. The kept backup's chunks stay.
+junk=$store_dir/chunks/00/$(printf '0%.0s' {1..64})
+mkdir -p "$(dirname "$junk")" && echo junk >"$junk" && touch -d '2 hours ago' "$junk"
+api POST "/api/v1/backup-stores/$bs/actions/gc"
+expect_status 202 "gc"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.chunks_removed)" -ge 1 ] && [ ! -e "$junk" ] || fail "gc left the unreferenced chunk: $(jqb .result)"
+api POST "/api/v1/backups/$bf/actions/verify"
+wait_op "$(jqb .id)" 300
+[ "$(jqb .result.ok)" = true ] || fail "gc removed a chunk the kept backup names: $(jqb .result.bad)"
+api DELETE "/api/v1/backups/$bf"
+expect_status 204
+api DELETE "/api/v1/backup-stores/$bs"
+expect_status 204 "delete of the emptied store"
+pass "prune keeps exactly keep_last (dry run first), delete, gc removes only unreferenced chunks"
