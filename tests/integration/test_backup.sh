@@ -118,12 +118,22 @@ b2=$(jqb .id) sha2=$(jqb '.disks[0].sha256') new2=$(jqb .new_bytes)
 [ "$sha2" = "$(disk_sha)" ] || fail "backup 2's checksum $sha2 is not the disk's"
 [ "$new2" -lt $((new1 / 2)) ] || fail "backup 2 stored $new2 new bytes; backup 1 stored $new1 (no dedup?)"
 pass "a stopped VM backed up: checksum equals the disk's, $new2 new bytes after $new1 (dedup)"
+qemu-img info --output=json "$(disk_file)" | jq -e '[.["format-specific"].data.bitmaps[]?.name] | index("kumo-'$b2'") != null' >/dev/null ||
+	fail "the stopped backup left no bitmap kumo-$b2 on the disk"
+qemu-img bitmap --remove "$(disk_file)" "kumo-$b2"
 
 # 3. Change the disk (a boot counts on it), then restore backup 2 over it.
 api POST /api/v1/instances/bk1/actions/start
 wait_op "$(jqb .id)"
 op_ok
 wait_until 150 "third boot" console_has bk1 "KUMO-BOOT count=3"
+# The stopped backup gave the disk a bitmap; it was removed behind the agent's back
+# (above): the chain is broken, and the next backup is full and says why.
+backup bk1 '{"store":"'$bs'"}'
+bx=$(jqb .id)
+[ "$(jqb .kind)" = full ] && [ "$(jqb .parent)" = null ] && grep -q bitmap <<<"$(jqb .full_reason)" ||
+	fail "after the bitmap was lost the backup is $(jqb .kind) (parent $(jqb .parent), reason '$(jqb .full_reason)')"
+pass "a lost bitmap: the next backup is full and says why ($(jqb .full_reason))"
 api POST /api/v1/backups/$b2/actions/restore
 expect_status 409 "restore over a running VM"
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
@@ -205,7 +215,7 @@ api DELETE /api/v1/backup-stores/$bs
 expect_status 409 "delete of a store holding backups"
 api GET "/api/v1/backups?instance=bk1"
 mine=$(jqb -c '[.backups[] | select(.store == "'$bs'") | .id]')
-[ "$(jq length <<<"$mine")" = 4 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$b2" ] && [ "$(jq -r '.[3]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$b2,..,$b1]"
+[ "$(jq length <<<"$mine")" = 5 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[4]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
 api GET "/api/v1/backups?instance=nosuch"
 [ "$(jqb '.backups | length')" = 0 ] || fail "backups of an unknown instance listed"
 pass "unknown instance, store or backup 404; unknown field 400; a store with backups 409; list by instance"
@@ -213,7 +223,7 @@ pass "unknown instance, store or backup 404; unknown field 400; a store with bac
 # 6. Retention, delete and garbage collection.
 api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1,"dry_run":true}'
 expect_status 200 "prune (dry run)"
-[ "$(jqb -c .kept)" = "[\"$bf\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" '[$a,$b] | sort')" ] ||
+[ "$(jqb -c .kept)" = "[\"$bx\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" --arg c "$bf" '[$a,$b,$c] | sort')" ] ||
 	fail "prune keep_last 1 would keep $(jqb -c .kept) and remove $(jqb -c .removed)"
 api GET "/api/v1/backups/$b1"
 expect_status 200 "a dry run removes nothing"
@@ -232,10 +242,10 @@ expect_status 202 "gc"
 wait_op "$(jqb .id)" 300
 op_ok
 [ "$(jqb .result.chunks_removed)" -ge 1 ] && [ ! -e "$junk" ] || fail "gc left the unreferenced chunk: $(jqb .result)"
-api POST "/api/v1/backups/$bf/actions/verify"
+api POST "/api/v1/backups/$bx/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "gc removed a chunk the kept backup names: $(jqb .result.bad)"
-api DELETE "/api/v1/backups/$bf"
+api DELETE "/api/v1/backups/$bx"
 expect_status 204
 api DELETE "/api/v1/backup-stores/$bs"
 expect_status 204 "delete of the emptied store"
