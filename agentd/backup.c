@@ -82,6 +82,7 @@ struct bjob {
 	bool incr;		       /* the disk at work is read incrementally */
 	bool all_incr;		       /* every disk so far was */
 	char full_reason[200];	       /* why a backup with a parent is full after all */
+	bool force_full;	       /* asked full: the parent's bitmaps only go */
 	char target[PATH_MAX];	       /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
@@ -322,7 +323,7 @@ static void prepare_work(struct bjob *job)
 			 job->tmpdir, strerror(errno));
 		return;
 	}
-	if (job->parent[0] && !job->restore) {
+	if (job->parent[0] && !job->restore && !job->force_full) {
 		if (!job->live)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "the VM is stopped: its disks are read whole");
@@ -779,6 +780,20 @@ static void bitmap_added(struct bjob *job, const char *error)
 	read_done(job, NULL);
 }
 
+/* The parent's bitmap is gone (or never was: not an error): add this backup's. */
+static void parent_bitmap_removed(struct bjob *job, const char *error)
+{
+	struct vm_disk *d = &job->op->disks[job->disk];
+	char name[80];
+
+	snprintf(name, sizeof(name), "kumo-%s", job->id);
+	{
+		char *args[] = {"qemu-img", "bitmap", "--add", "-f", "qcow2", d->abs, name, NULL};
+
+		qemu_img_run(job, args, bitmap_added);
+	}
+}
+
 /* A stopped VM's disk was read: give it a persistent bitmap named after this backup
  * (QEMU loads it at the next start and tracks writes from there). */
 static void stopped_read_done(struct bjob *job, const char *error)
@@ -790,12 +805,16 @@ static void stopped_read_done(struct bjob *job, const char *error)
 		read_done(job, error);
 		return;
 	}
-	snprintf(name, sizeof(name), "kumo-%s", job->id);
-	{
-		char *args[] = {"qemu-img", "bitmap", "--add", "-f", "qcow2", d->abs, name, NULL};
+	if (job->parent[0]) {
+		/* The parent's bitmap is superseded by this backup's: it goes first. */
+		snprintf(name, sizeof(name), "kumo-%s", job->parent);
+		char *args[] = {"qemu-img", "bitmap", "--remove", "-f",
+				"qcow2",    d->abs,   name,	  NULL};
 
-		qemu_img_run(job, args, bitmap_added);
+		qemu_img_run(job, args, parent_bitmap_removed);
+		return;
 	}
+	parent_bitmap_removed(job, NULL);
 }
 
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
@@ -832,7 +851,7 @@ static void disk_read(struct bjob *job)
 				job->pdisk = pd;
 		}
 		job->incr = job->pdisk != NULL;
-		if (job->parent[0] && !job->incr && !job->full_reason[0])
+		if (job->parent[0] && !job->incr && !job->full_reason[0] && !job->force_full)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "disk %s is not in the parent backup", d->name);
 		snprintf(job->target, sizeof(job->target), "%s/%s.qcow2", job->tmpdir, d->name);
@@ -1116,7 +1135,8 @@ void backup_vm_run(struct inst_op *op)
 	job = job_new(op, false);
 	job->live = vm->vm_state == VM_RUNNING || vm->vm_state == VM_PAUSED;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
-	job->all_incr = job->parent[0] != '\0';
+	job->force_full = json_get_bool(op->args, "full", false);
+	job->all_incr = job->parent[0] != '\0' && !job->force_full;
 	if (job->live && strcmp(op->agent->cfg->qemu_user, "root") != 0) {
 		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
 

@@ -746,6 +746,7 @@ static const struct json_field backup_args[] = {
 	{"backup", JK_STRING, true, backup_id_check},
 	{"store", JK_STRING, true, backup_store_check},
 	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
+	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
 	{NULL, 0, false, NULL},
 };
 

@@ -306,7 +306,7 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	/* The parent: the newest restorable backup of the instance in this store. The
 	 * agent builds on it when its disks' bitmaps still hold (else full, saying why). */
 	parent[0] = '\0';
-	if (mode == NULL || strcmp(mode, "full") != 0) {
+	{ /* mode full names the parent too: its bitmaps are superseded and go */
 		st = db_prepare(ctl.db,
 				"SELECT id FROM backups WHERE instance = ? AND store_id = ? "
 				"AND status = 'succeeded' ORDER BY created_at DESC LIMIT 1");
@@ -340,6 +340,8 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	json_object_object_add(args, "store", json_object_new_string(path));
 	if (parent[0])
 		json_object_object_add(args, "parent", json_object_new_string(parent));
+	if (mode && !strcmp(mode, "full"))
+		json_object_object_add(args, "full", json_object_new_boolean(true));
 	res = json_object_new_object();
 	json_object_object_add(res, "args", json_object_get(args));
 	json_object_object_add(res, "id", json_object_new_string(id));
