@@ -585,6 +585,12 @@ void disk_sizes(struct agent *a, const struct vm_disk *disks, size_t n, disk_siz
 		void *data);
 void disk_cmds_close(struct agent *a);
 
+/* backup.c: the backup and restore actions of the vm driver */
+int backup_id_check(struct json_object *val, const char *field, struct kerr *err);
+int backup_store_check(struct json_object *val, const char *field, struct kerr *err);
+void backup_vm_run(struct inst_op *op);
+void backup_vm_restore(struct inst_op *op);
+
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);
 void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);

@@ -742,6 +742,15 @@ static const struct json_field snapshot_delete_args[] = {
 	{NULL, 0, false, NULL},
 };
 
+/* backup.c: the backup or restore's id and its store, relative to the shared pool */
+static const struct json_field backup_args[] = {
+	{"backup", JK_STRING, true, backup_id_check},
+	{"store", JK_STRING, true, backup_store_check},
+	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
+	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
+	{NULL, 0, false, NULL},
+};
+
 static const struct json_field ctr_delete_args[] = {
 	{"force", JK_BOOL, false, NULL},
 	{"keep_disks", JK_BOOL, false, NULL}, /* the controller's; containers have no disks */
@@ -766,6 +775,9 @@ static const struct action vm_actions[] = {
 	{"snapshot-create", snapshot_args, vmaction_snapshot_create, true, false},
 	{"snapshot-revert", snapshot_args, vmaction_snapshot_revert, true, false},
 	{"snapshot-delete", snapshot_delete_args, vmaction_snapshot_delete, true, false},
+	/* backup.c */
+	{"backup", backup_args, backup_vm_run, true, false},
+	{"restore", backup_args, backup_vm_restore, true, false},
 	{NULL, NULL, NULL, false, false},
 };
 

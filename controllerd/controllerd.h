@@ -141,7 +141,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 11
+#define DB_SCHEMA_VERSION 12
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -354,6 +354,35 @@ int image_info_check(const char *out, const char *file, const char *format, int6
 
 extern const struct stream_ops api_images_stream;
 void images_sweep_uploads(void);
+
+/* backup_prune.c */
+struct prune_policy {
+	int keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly;
+};
+void backup_prune_select(const int64_t *times, size_t n, const struct prune_policy *policy,
+			 bool *keep);
+
+/* backups.c */
+int backup_store_path_check(const char *path, struct kerr *err);
+struct json_object *backup_stores_list(void);
+struct json_object *backup_store_get(const char *name);
+int backup_store_create(const char *name, const char *path, struct kerr *err);
+int backup_store_delete(const char *name, struct kerr *err);
+struct json_object *backups_list(const char *instance);
+struct json_object *backup_get(const char *id);
+struct json_object *backup_start(const char *name, const char *type, struct json_object *spec,
+				 struct host *h, const char *store, const char *mode,
+				 struct kerr *err);
+struct json_object *backup_restore_start(const char *id, const char *name, const char *state,
+					 struct json_object *spec, struct host *h,
+					 struct kerr *err);
+struct json_object *backup_verify_start(const char *id, struct kerr *err);
+int backup_delete(const char *id, struct kerr *err);
+struct json_object *backup_prune(const char *name, const char *instance,
+				 const struct prune_policy *policy, bool dry_run, struct kerr *err);
+struct json_object *backup_store_gc(const char *name, struct kerr *err);
+int backup_op_cancel(const char *op_id, struct kerr *err);
+void backups_op_done(const char *op_id, bool ok, struct json_object *result, const char *error);
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,
@@ -634,6 +663,20 @@ enum MHD_Result api_snapshots_create(struct request *req);
 enum MHD_Result api_snapshots_list(struct request *req);
 enum MHD_Result api_snapshot_revert(struct request *req);
 enum MHD_Result api_snapshot_delete(struct request *req);
+
+/* api_backups.c */
+enum MHD_Result api_backup_stores_list(struct request *req);
+enum MHD_Result api_backup_stores_create(struct request *req);
+enum MHD_Result api_backup_store_get(struct request *req);
+enum MHD_Result api_backup_store_delete(struct request *req);
+enum MHD_Result api_backups_list(struct request *req);
+enum MHD_Result api_backup_get(struct request *req);
+enum MHD_Result api_instance_backup(struct request *req);
+enum MHD_Result api_backup_restore(struct request *req);
+enum MHD_Result api_backup_verify(struct request *req);
+enum MHD_Result api_backup_delete(struct request *req);
+enum MHD_Result api_backup_store_prune(struct request *req);
+enum MHD_Result api_backup_store_gc(struct request *req);
 void api_instances_forget(struct request *req);
 void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);

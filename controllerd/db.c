@@ -232,6 +232,35 @@ static const char *const migrations[] = {
 	"ALTER TABLE operations ADD COLUMN deadline INTEGER;"
 	"ALTER TABLE operations ADD COLUMN cancel TEXT;"
 	"ALTER TABLE operations ADD COLUMN step TEXT NOT NULL DEFAULT 'queued';",
+	/* 11 -> 12 (self-contained; backups.c): backup stores on the shared pool and the
+	 * index of the backups in them (chunk lists stay in the store's manifests) */
+	"CREATE TABLE backup_stores ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE,"
+	"  path TEXT NOT NULL UNIQUE,"
+	"  created_at INTEGER NOT NULL);"
+	"CREATE TABLE backups ("
+	"  id TEXT PRIMARY KEY,"
+	"  store_id INTEGER NOT NULL REFERENCES backup_stores(id),"
+	"  instance TEXT NOT NULL,"
+	"  instance_type TEXT NOT NULL,"
+	"  host TEXT,"
+	"  kind TEXT NOT NULL CHECK (kind IN ('full', 'incremental')),"
+	"  consistency TEXT CHECK (consistency IN ('crash', 'filesystem')),"
+	"  status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'corrupt')),"
+	"  parent TEXT,"
+	"  full_reason TEXT,"
+	"  read_bytes INTEGER NOT NULL DEFAULT 0,"
+	"  new_bytes INTEGER NOT NULL DEFAULT 0,"
+	"  total_bytes INTEGER NOT NULL DEFAULT 0,"
+	"  chunk_count INTEGER NOT NULL DEFAULT 0,"
+	"  disks TEXT NOT NULL DEFAULT '[]',"
+	"  op_id TEXT,"
+	"  error TEXT,"
+	"  created_at INTEGER NOT NULL,"
+	"  finished_at INTEGER);"
+	"CREATE INDEX backups_instance ON backups (instance, created_at);"
+	"CREATE INDEX backups_op ON backups (op_id);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -712,6 +712,9 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 	}
 	if (args)
 		json_object_object_add(final, "args", json_object_get(args));
+	/* backups.c: a backup's row settles with its operation */
+	if (!strcmp(action, "backup"))
+		backups_op_done(id, ok, result, error);
 	if (ok &&
 	    (!strcmp(action, "create") || !strcmp(action, "start") || !strcmp(action, "restart"))) {
 		/* Done on the host; a cancel from now on undoes it whole (jobs.c). */

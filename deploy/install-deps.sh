@@ -16,9 +16,9 @@ usage() {
 # and converts uploaded images, the agent makes disks); on agent hosts QEMU, runc, and
 # for networks iproute2 (ip, bridge), nftables and dnsmasq-base (DHCP per segment);
 # dosfstools and mtools make the cloud-init seed disk; libxml2 parses OVF descriptors
-# (V2V import, controllerd/ova.c).
+# (V2V import, controllerd/ova.c); libzstd1 compresses backup chunks.
 RUNTIME="
-libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g
+libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g libzstd1
 libxml2
 qemu-system-x86 qemu-utils runc iproute2 nftables dnsmasq-base dosfstools mtools
 procps ca-certificates
@@ -26,7 +26,7 @@ procps ca-certificates
 BUILD="
 build-essential cmake pkg-config
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev zlib1g-dev
-libxml2-dev
+libxml2-dev libzstd-dev
 "
 # test: cmocka and clang-format; the lab and the integration tests (curl, jq, sqlite3,
 # openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins);

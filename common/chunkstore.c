@@ -1,0 +1,294 @@
+/*
+ * chunkstore.c - content-addressed, zstd-compressed chunks and backup manifests in a
+ * directory (chunkstore.h says the layout and that all of this runs off the loop).
+ */
+#include "chunkstore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "util.h"
+
+static int mkdir_one(const char *path, struct kerr *err)
+{
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+	return 0;
+}
+
+/*
+ * Make the store's directories. The root's parents are made too: a store is named
+ * by a path under the shared pool that the first backup brings into being.
+ */
+int chunkstore_init(const char *root, struct kerr *err)
+{
+	static const char *const subdirs[] = {"chunks", "backups", "tmp"};
+	char path[PATH_MAX];
+	size_t len = strlen(root);
+
+	if (len == 0 || len >= sizeof(path) - 16)
+		return err_set(err, EINVAL, "store path '%.64s' is empty or too long", root);
+	snprintf(path, sizeof(path), "%s", root);
+	for (size_t i = 1; i < len; i++) {
+		if (path[i] != '/')
+			continue;
+		path[i] = '\0';
+		if (mkdir_one(path, err) < 0)
+			return -1;
+		path[i] = '/';
+	}
+	if (mkdir_one(path, err) < 0)
+		return -1;
+	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i]);
+		if (mkdir_one(path, err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+void chunkstore_chunk_path(const char *root, const char *hex, char *out, size_t len)
+{
+	snprintf(out, len, "%s/chunks/%.2s/%s", root, hex, hex);
+}
+
+static void sha256_hex(const void *data, size_t len, char *hex)
+{
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+
+	EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+	hex_encode(md, sizeof(md), hex);
+}
+
+/* Write all of buf to fd; -errno on failure. */
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int chunkstore_put(const char *root, const void *data, size_t len, char *hex, uint64_t *written,
+		   struct kerr *err)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
+	_cleanup_free_ void *z = NULL;
+	size_t bound = ZSTD_compressBound(len), zlen;
+	struct stat sb;
+	int fd, ret;
+
+	*written = 0;
+	sha256_hex(data, len, hex);
+	chunkstore_chunk_path(root, hex, path, sizeof(path));
+	if (stat(path, &sb) == 0 && sb.st_size > 0)
+		return 0; /* dedup: this content is stored already */
+	snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
+	if (mkdir_one(dir, err) < 0)
+		return -1;
+	z = xmalloc(bound);
+	zlen = ZSTD_compress(z, bound, data, len, CHUNKSTORE_ZSTD_LEVEL);
+	if (ZSTD_isError(zlen))
+		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(zlen));
+	/* A unique temporary name: two writers of one chunk never share a file. */
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%llx", path, (int)getpid(),
+		 (unsigned long long)now_us() ^ (unsigned long long)(uintptr_t)&fd);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return err_set(err, errno, "cannot write chunk %s: %s", tmp, strerror(errno));
+	ret = write_all(fd, z, zlen);
+	if (close(fd) < 0 && ret == 0)
+		ret = -errno;
+	if (ret == 0 && rename(tmp, path) < 0)
+		ret = -errno;
+	if (ret < 0) {
+		unlink(tmp);
+		return err_set(err, -ret, "cannot write chunk %.12s in %s: %s", hex, root,
+			       strerror(-ret));
+	}
+	*written = zlen;
+	return 0;
+}
+
+/* Read a whole small file into a new buffer. Returns 0 or -errno. */
+static int file_read(const char *path, char **out, size_t *outlen)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_free_ char *buf = NULL;
+	size_t len = 0, cap = 0;
+	struct stat sb;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &sb) < 0)
+		return -errno;
+	cap = (size_t)sb.st_size + 1;
+	buf = xmalloc(cap);
+	for (;;) {
+		ssize_t n;
+
+		if (len + 1 >= cap) {
+			cap *= 2;
+			buf = xrealloc(buf, cap);
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	*out = STEAL_POINTER(&buf);
+	*outlen = len;
+	return 0;
+}
+
+int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, size_t *len,
+		   struct kerr *err)
+{
+	char path[PATH_MAX], got[CHUNKSTORE_HEX_LEN + 1];
+	_cleanup_free_ char *z = NULL;
+	size_t zlen, plain;
+	int ret;
+
+	if (strlen(hex) != CHUNKSTORE_HEX_LEN ||
+	    strspn(hex, "0123456789abcdef") != CHUNKSTORE_HEX_LEN)
+		return err_set(err, EINVAL, "'%.70s' is not a chunk name", hex);
+	chunkstore_chunk_path(root, hex, path, sizeof(path));
+	ret = file_read(path, &z, &zlen);
+	if (ret < 0)
+		return err_set(err, -ret, "chunk %s: %s", hex,
+			       ret == -ENOENT ? "missing" : strerror(-ret));
+	plain = ZSTD_decompress(buf, cap, z, zlen);
+	if (ZSTD_isError(plain))
+		return err_set(err, EBADMSG, "chunk %s: corrupt (%s)", hex,
+			       ZSTD_getErrorName(plain));
+	sha256_hex(buf, plain, got);
+	if (strcmp(got, hex) != 0)
+		return err_set(err, EBADMSG, "chunk %s: corrupt (its content hashes to %.12s...)",
+			       hex, got);
+	*len = plain;
+	return 0;
+}
+
+int chunkstore_sync(const char *root, struct kerr *err)
+{
+	_cleanup_close_ int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || syncfs(fd) < 0)
+		return err_set(err, errno, "cannot flush the store %s: %s", root, strerror(errno));
+	return 0;
+}
+
+static int manifest_path(const char *root, const char *id, char *out, size_t len, struct kerr *err)
+{
+	/* The id becomes a file name: hold it to a plain shape. */
+	if (id[0] == '\0' || strlen(id) > 64 ||
+	    strspn(id, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(id))
+		return err_set(err, EINVAL, "'%.64s' is not a backup id", id);
+	snprintf(out, len, "%s/backups/%s.json", root, id);
+	return 0;
+}
+
+int chunkstore_manifest_write(const char *root, const char *id, struct json_object *manifest,
+			      struct kerr *err)
+{
+	char path[PATH_MAX];
+	const char *text;
+	int ret;
+
+	if (manifest_path(root, id, path, sizeof(path), err) < 0)
+		return -1;
+	text = json_object_to_json_string_ext(manifest, JSON_C_TO_STRING_PLAIN);
+	ret = file_write_atomic(path, text, strlen(text), 0644);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot write manifest %s: %s", path, strerror(-ret));
+	return 0;
+}
+
+int chunkstore_manifest_read(const char *root, const char *id, struct json_object **out,
+			     struct kerr *err)
+{
+	char path[PATH_MAX];
+	_cleanup_free_ char *text = NULL;
+	struct json_object *m;
+	size_t len;
+	int ret;
+
+	if (manifest_path(root, id, path, sizeof(path), err) < 0)
+		return -1;
+	ret = file_read(path, &text, &len);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot read manifest %s: %s", path, strerror(-ret));
+	m = json_tokener_parse(text);
+	if (m == NULL || !json_object_is_type(m, json_type_object)) {
+		json_object_put(m);
+		return err_set(err, EBADMSG, "manifest %s is not a JSON object", path);
+	}
+	*out = m;
+	return 0;
+}
+
+int chunkstore_verify(const char *root, struct json_object *manifest, struct json_object **bad,
+		      struct kerr *err)
+{
+	struct json_object *disks = json_object_object_get(manifest, "disks");
+	_cleanup_free_ void *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	int64_t chunk_size = json_object_get_int64(json_object_object_get(manifest, "chunk_size"));
+	int nbad = 0;
+
+	*bad = NULL;
+	if (!json_object_is_type(disks, json_type_array) || chunk_size <= 0 ||
+	    chunk_size > CHUNKSTORE_CHUNK_SIZE)
+		return err_set(err, EBADMSG, "the manifest has no disks or a bad chunk_size");
+	for (size_t d = 0; d < json_object_array_length(disks); d++) {
+		struct json_object *disk = json_object_array_get_idx(disks, d);
+		struct json_object *chunks = json_object_object_get(disk, "chunks");
+		const char *name = json_object_get_string(json_object_object_get(disk, "name"));
+
+		if (!json_object_is_type(chunks, json_type_array))
+			return err_set(err, EBADMSG, "disk %zu of the manifest has no chunks", d);
+		for (size_t c = 0; c < json_object_array_length(chunks); c++) {
+			const char *hex =
+				json_object_get_string(json_object_array_get_idx(chunks, c));
+			struct json_object *b;
+			struct kerr cerr;
+			size_t len;
+
+			if (chunkstore_get(root, hex ? hex : "", buf, CHUNKSTORE_CHUNK_SIZE, &len,
+					   &cerr) == 0)
+				continue;
+			if (*bad == NULL)
+				*bad = json_object_new_array();
+			b = json_object_new_object();
+			json_object_object_add(b, "disk", json_object_new_string(name ? name : ""));
+			json_object_object_add(b, "offset",
+					       json_object_new_int64((int64_t)c * chunk_size));
+			json_object_object_add(b, "chunk", json_object_new_string(hex ? hex : ""));
+			json_object_object_add(b, "error", json_object_new_string(cerr.msg));
+			json_object_array_add(*bad, b);
+			nbad++;
+		}
+	}
+	return nbad;
+}

@@ -1,0 +1,80 @@
+/*
+ * chunkstore.h - the backup store's content-addressed chunks and its manifests.
+ *
+ * A store is a directory (on the shared pool, so every host and the controller see
+ * it):
+ *   ROOT/chunks/AB/ABCDEF...   one chunk, named by the SHA-256 of its plain content,
+ *                              a zstd frame of that content
+ *   ROOT/backups/ID.json       one manifest per finished backup
+ *   ROOT/tmp/                  work files of backups and restores in progress
+ * A chunk is written whole under a temporary name and renamed, so a reader (or a
+ * crash) never sees half of one; chunkstore_sync() makes every chunk written so far
+ * durable with one syncfs(), which a backup calls before its manifest is written, so
+ * a manifest never names a chunk a power cut could lose.
+ *
+ * Every function here does blocking file I/O: call it from a worker thread
+ * (uv_queue_work), never from a libuv loop callback. Nothing here holds state, so
+ * two threads may write the same chunk at once: both renames leave one whole copy.
+ */
+#ifndef KUMO_CHUNKSTORE_H
+#define KUMO_CHUNKSTORE_H
+
+#include <json-c/json.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+/*
+ * Disks are cut into fixed-size chunks. 1 MiB rather than PBS's 4 MiB: an
+ * incremental backup moves whole chunks, so a 1 MiB change costs at most 2 MiB
+ * instead of 8 MiB, and the per-chunk overhead (a file, a rename, a 64-byte name in
+ * the manifest) stays small at 1 GiB = 1,024 chunks.
+ */
+#define CHUNKSTORE_CHUNK_SIZE (1024 * 1024)
+#define CHUNKSTORE_HEX_LEN    64
+#define CHUNKSTORE_ZSTD_LEVEL 3 /* zstd's default: ~300 MB/s a core, most of the gain */
+
+/* Make ROOT/chunks, ROOT/backups and ROOT/tmp if missing. Returns 0 or -1 with err. */
+int chunkstore_init(const char *root, struct kerr *err);
+
+/* ROOT/chunks/AB/HEX into out (PATH_MAX). */
+void chunkstore_chunk_path(const char *root, const char *hex, char *out, size_t len);
+
+/*
+ * Store len bytes of plain data as one chunk: hex gets its SHA-256 (65 bytes with the
+ * NUL); *written gets the compressed bytes this call added to the store, 0 when the
+ * chunk was there already (dedup). Returns 0 or -1 with err (ENOSPC among them: the
+ * temporary file is removed, nothing half-written stays).
+ */
+int chunkstore_put(const char *root, const void *data, size_t len, char *hex, uint64_t *written,
+		   struct kerr *err);
+
+/*
+ * Read chunk hex into buf (cap bytes), decompress it and check its SHA-256: *len gets
+ * the plain length. Returns 0, or -1 with err: a missing chunk has err->code ENOENT,
+ * one whose content does not match its name (or does not decompress) EBADMSG.
+ */
+int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, size_t *len,
+		   struct kerr *err);
+
+/* Flush every chunk written to the store's file system (syncfs). Returns 0 or -1. */
+int chunkstore_sync(const char *root, struct kerr *err);
+
+/* Write manifest (a JSON object) as ROOT/backups/ID.json, atomically and durably. */
+int chunkstore_manifest_write(const char *root, const char *id, struct json_object *manifest,
+			      struct kerr *err);
+
+/* Read ROOT/backups/ID.json: *out is a new reference. Returns 0 or -1 with err. */
+int chunkstore_manifest_read(const char *root, const char *id, struct json_object **out,
+			     struct kerr *err);
+
+/*
+ * Re-read every chunk a manifest names and check it. Returns the number of bad
+ * chunks found (0: all good) and, when there are some, *bad gets a new array of
+ * {"disk", "offset", "chunk", "error"}; -1 with err when the manifest is malformed.
+ */
+int chunkstore_verify(const char *root, struct json_object *manifest, struct json_object **bad,
+		      struct kerr *err);
+
+#endif

@@ -1,0 +1,315 @@
+/*
+ * api_backups.c - the REST side of backups (backups.c holds the rules and the SQL):
+ *
+ *   GET/POST /api/v1/backup-stores, GET/DELETE /api/v1/backup-stores/{name}
+ *   POST /api/v1/instances/{name}/backups            {"store"?, "mode"?} -> operation
+ *   GET  /api/v1/backups[?instance=NAME], GET /api/v1/backups/{id}
+ *   POST /api/v1/backups/{id}/actions/restore        {"name"?} -> operation
+ */
+#include "controllerd.h"
+
+#include <string.h>
+
+#include "json.h"
+#include "util.h"
+#include "valid.h"
+
+/* An optional body: absent or empty is {}. */
+static int body_or_empty(struct request *req, const struct json_field *fields,
+			 struct json_object **out, struct kerr *err)
+{
+	if (req->body_len == 0) {
+		*out = json_object_new_object();
+		return 0;
+	}
+	return http_body_json(req, fields, out, err);
+}
+
+/* ---- stores ---- */
+
+static int store_path_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	return backup_store_path_check(json_object_get_string(v), err);
+}
+
+static const struct json_field store_fields[] = {
+	{"name", JK_STRING, true, name_check},
+	{"path", JK_STRING, false, store_path_check},
+	{NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_backup_stores_list(struct request *req)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "backup_stores", backup_stores_list());
+	return http_reply_json(req, 200, o);
+}
+
+enum MHD_Result api_backup_stores_create(struct request *req)
+{
+	struct json_object *body, *s;
+	struct kerr err;
+	int ret;
+
+	if (http_body_json(req, store_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	ret = backup_store_create(json_get_str(body, "name", ""), json_get_str(body, "path", NULL),
+				  &err);
+	s = ret == 0 ? backup_store_get(json_get_str(body, "name", "")) : NULL;
+	json_object_put(body);
+	if (ret < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_json(req, 201, s);
+}
+
+enum MHD_Result api_backup_store_get(struct request *req)
+{
+	struct json_object *s = backup_store_get(req->params[0]);
+
+	if (s == NULL)
+		return http_reply_error(req, 404, NULL, "no backup store named %.64s",
+					req->params[0]);
+	return http_reply_json(req, 200, s);
+}
+
+enum MHD_Result api_backup_store_delete(struct request *req)
+{
+	struct kerr err;
+
+	if (backup_store_delete(req->params[0], &err) < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_empty(req, 204);
+}
+
+/* ---- backups ---- */
+
+enum MHD_Result api_backups_list(struct request *req)
+{
+	const char *instance = http_query(req, "instance");
+	struct json_object *o;
+
+	if (instance && !name_valid(instance))
+		return http_reply_error(req, 400, "instance",
+					"instance must be 1-63 characters of a-z, 0-9 and '-'");
+	o = json_object_new_object();
+	json_object_object_add(o, "backups", backups_list(instance));
+	return http_reply_json(req, 200, o);
+}
+
+enum MHD_Result api_backup_get(struct request *req)
+{
+	struct json_object *b = backup_get(req->params[0]);
+
+	if (b == NULL)
+		return http_reply_error(req, 404, NULL, "no backup %.64s", req->params[0]);
+	return http_reply_json(req, 200, b);
+}
+
+/* The instance row name names: type, state, spec and host. */
+struct binst {
+	char type[16];
+	char state[32];
+	struct json_object *spec;
+	struct host *host;
+};
+
+static bool binst_load(const char *name, struct binst *i)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.type, i.state, i.spec, h.name "
+					      "FROM instances i LEFT JOIN hosts h "
+					      "ON h.id = i.host_id WHERE i.name = ?");
+	bool found = false;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		found = true;
+		snprintf(i->type, sizeof(i->type), "%s", sqlite3_column_text(st, 0));
+		snprintf(i->state, sizeof(i->state), "%s", sqlite3_column_text(st, 1));
+		i->spec = json_tokener_parse((const char *)sqlite3_column_text(st, 2));
+		i->host = sqlite3_column_type(st, 3) == SQLITE_TEXT
+				  ? host_find((const char *)sqlite3_column_text(st, 3))
+				  : NULL;
+	}
+	sqlite3_finalize(st);
+	return found;
+}
+
+static int mode_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *m = json_object_get_string(v);
+
+	if (strcmp(m, "auto") && strcmp(m, "full") && strcmp(m, "incremental"))
+		return err_input(err, 400, f, "mode must be auto, full or incremental");
+	return 0;
+}
+
+static const struct json_field backup_fields[] = {
+	{"store", JK_STRING, false, name_check},
+	{"mode", JK_STRING, false, mode_check},
+	{NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_instance_backup(struct request *req)
+{
+	struct json_object *body = NULL, *op;
+	struct binst i = {0};
+	struct kerr err;
+	enum MHD_Result ret;
+
+	if (body_or_empty(req, backup_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (!name_valid(req->params[0]) || !binst_load(req->params[0], &i)) {
+		json_object_put(body);
+		return http_reply_error(req, 404, NULL, "no instance named %.64s", req->params[0]);
+	}
+	op = backup_start(req->params[0], i.type, i.spec, i.host, json_get_str(body, "store", NULL),
+			  json_get_str(body, "mode", NULL), &err);
+	ret = op ? http_reply_json(req, 202, op) : http_reply_kerr(req, &err);
+	if (op)
+		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
+	json_object_put(i.spec);
+	json_object_put(body);
+	return ret;
+}
+
+static const struct json_field restore_fields[] = {
+	{"name", JK_STRING, false, name_check},
+	{"host", JK_STRING, false, name_check},
+	{NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_backup_restore(struct request *req)
+{
+	struct json_object *body = NULL, *b, *op = NULL;
+	struct binst i = {0};
+	const char *name;
+	struct kerr err;
+	enum MHD_Result ret;
+
+	if (body_or_empty(req, restore_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	b = backup_get(req->params[0]);
+	if (b == NULL) {
+		json_object_put(body);
+		return http_reply_error(req, 404, NULL, "no backup %.64s", req->params[0]);
+	}
+	name = json_get_str(body, "name", json_get_str(b, "instance", ""));
+	if (!binst_load(name, &i)) {
+		/* A new instance from a backup needs the create path (api_instances.c) to be
+		 * callable without an HTTP request; until then: create it, then restore. */
+		ret = http_reply_error(req, 501, "name",
+				       "no instance named %s; restoring creates none yet: create a "
+				       "stopped VM with disks of the same names (on any host), "
+				       "then restore into it",
+				       name);
+	} else if (strcmp(i.type, json_get_str(b, "instance_type", "vm")) != 0) {
+		ret = http_reply_error(req, 409, "name",
+				       "instance %s is a %s; the backup is of a %s", name, i.type,
+				       json_get_str(b, "instance_type", "vm"));
+	} else if (json_get_str(body, "host", NULL) && i.host &&
+		   strcmp(json_get_str(body, "host", ""), i.host->name) != 0) {
+		ret = http_reply_error(req, 422, "host", "a restore into %s runs on its host %s",
+				       name, i.host->name);
+	} else {
+		op = backup_restore_start(req->params[0], name, i.state, i.spec, i.host, &err);
+		ret = op ? http_reply_json(req, 202, op) : http_reply_kerr(req, &err);
+		if (op)
+			snprintf(req->audit_op, sizeof(req->audit_op), "%s",
+				 json_get_str(op, "id", ""));
+	}
+	json_object_put(i.spec);
+	json_object_put(b);
+	json_object_put(body);
+	return ret;
+}
+
+enum MHD_Result api_backup_verify(struct request *req)
+{
+	struct json_object *op;
+	struct kerr err;
+
+	if (req->body_len > 0) {
+		struct json_object *body;
+		static const struct json_field none[] = {{NULL, 0, false, NULL}};
+
+		if (http_body_json(req, none, &body, &err) < 0)
+			return http_reply_kerr(req, &err);
+		json_object_put(body);
+	}
+	op = backup_verify_start(req->params[0], &err);
+	if (op == NULL)
+		return http_reply_kerr(req, &err);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
+	return http_reply_json(req, 202, op);
+}
+
+enum MHD_Result api_backup_delete(struct request *req)
+{
+	struct kerr err;
+
+	if (backup_delete(req->params[0], &err) < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_empty(req, 204);
+}
+
+static int keep_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 0 || n > 100000)
+		return err_input(err, 400, f, "%s must be 0-100000", f);
+	return 0;
+}
+
+static const struct json_field prune_fields[] = {
+	{"instance", JK_STRING, false, name_check},
+	{"keep_last", JK_INT, false, keep_check},
+	{"keep_hourly", JK_INT, false, keep_check},
+	{"keep_daily", JK_INT, false, keep_check},
+	{"keep_weekly", JK_INT, false, keep_check},
+	{"keep_monthly", JK_INT, false, keep_check},
+	{"keep_yearly", JK_INT, false, keep_check},
+	{"dry_run", JK_BOOL, false, NULL},
+	{NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_backup_store_prune(struct request *req)
+{
+	struct json_object *body, *out;
+	struct prune_policy p;
+	struct kerr err;
+
+	if (http_body_json(req, prune_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	p.keep_last = (int)json_get_int(body, "keep_last", 0);
+	p.keep_hourly = (int)json_get_int(body, "keep_hourly", 0);
+	p.keep_daily = (int)json_get_int(body, "keep_daily", 0);
+	p.keep_weekly = (int)json_get_int(body, "keep_weekly", 0);
+	p.keep_monthly = (int)json_get_int(body, "keep_monthly", 0);
+	p.keep_yearly = (int)json_get_int(body, "keep_yearly", 0);
+	if (!p.keep_last && !p.keep_hourly && !p.keep_daily && !p.keep_weekly && !p.keep_monthly &&
+	    !p.keep_yearly) {
+		json_object_put(body);
+		return http_reply_error(req, 400, NULL,
+					"a policy keeps something: give at least one keep_* > 0");
+	}
+	out = backup_prune(req->params[0], json_get_str(body, "instance", NULL), &p,
+			   json_get_bool(body, "dry_run", false), &err);
+	json_object_put(body);
+	if (out == NULL)
+		return http_reply_kerr(req, &err);
+	return http_reply_json(req, 200, out);
+}
+
+enum MHD_Result api_backup_store_gc(struct request *req)
+{
+	struct json_object *op;
+	struct kerr err;
+
+	op = backup_store_gc(req->params[0], &err);
+	if (op == NULL)
+		return http_reply_kerr(req, &err);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
+	return http_reply_json(req, 202, op);
+}

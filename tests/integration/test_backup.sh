@@ -1,0 +1,254 @@
+#!/bin/bash
+# Backups: a store on the shared pool; a running VM backed up without stopping it; a
+# stopped VM backed up from its disk (the second backup adds only the chunks that
+# changed); the disk changed, then restored over: its content equals the backup's
+# checksum and the guest boots from the restored disk; bad input is refused.
+. "$(dirname "$0")/lib.sh"
+
+# A store of this run's own: stores holding backups cannot be deleted, and backups
+# cannot be yet.
+bs=bs$$
+
+trap 'api DELETE "/api/v1/instances/bk1?force=1" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/instances/bk2?force=1" >/dev/null 2>&1 || true' EXIT
+
+# The disk's content as the guest sees it: SHA-256 of its raw image (backing included).
+disk_file() { # [NAME]
+	local vm=${1:-bk1} host pool
+	api GET "/api/v1/instances/$vm"
+	host=$(jqb .host) pool=$(jqb '.disks[0].pool')
+	if [ "$pool" = shared ]; then
+		echo "$KUMO_LAB_DIR/shared/disks/$vm/root.qcow2"
+	else
+		echo "$KUMO_LAB_DIR/hosts/$host/local/disks/$vm/root.qcow2"
+	fi
+}
+disk_sha() { # [NAME]
+	local f raw
+	f=$(disk_file "${1:-bk1}")
+	raw=$(mktemp /tmp/kt-bk-XXXXXX)
+	qemu-img convert -U -O raw "$f" "$raw"
+	sha256sum "$raw" | cut -d' ' -f1
+	rm -f "$raw"
+}
+backup() { # backup NAME [BODY] -> waits; BODY is the backup's record
+	api POST "/api/v1/instances/$1/backups" "${2:-}"
+	expect_status 202 "backup of $1"
+	wait_op "$(jqb .id)" 300
+	op_ok
+	local id
+	id=$(jqb .result.backup.id)
+	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
+	api GET "/api/v1/backups/$id"
+	expect_status 200
+}
+
+api POST /api/v1/backup-stores '{"name":"'$bs'"}'
+expect_status 201 "store create"
+[ "$(jqb .path)" = "backups/$bs" ] || fail "store path is $(jqb .path), not backups/$bs"
+api POST /api/v1/backup-stores '{"name":"'$bs'"}'
+expect_status 409 "a second store $bs"
+api POST /api/v1/backup-stores '{"name":"x'$bs'","path":"../etc"}'
+expect_status 400 "a store path leaving the shared pool"
+api POST /api/v1/backup-stores '{"name":"y'$bs'"}'
+expect_status 201 "a second store"
+api GET /api/v1/backup-stores
+jqb -e '[.backup_stores[].name] | index("'$bs'") != null' >/dev/null || fail "stores listed: $(jqb '[.backup_stores[].name]')"
+# With two stores, a backup must name one.
+api POST /api/v1/instances/nosuch/backups
+expect_status 404 "backup of an unknown instance"
+api DELETE "/api/v1/backup-stores/y$bs"
+expect_status 204 "delete of an empty store"
+pass "backup stores: create, 409 on a taken name, a path outside the pool refused"
+
+vm_create '{"name":"bk1","type":"vm","memory":{"mb":256},"disks":[{"name":"root","image":"'$TEST_IMAGE'"}]}'
+wait_until 150 "first boot" console_has bk1 "KUMO-BOOT count=1"
+
+# 1. Running: the VM is not stopped, and the backup is crash-consistent.
+backup bk1 '{"store":"'$bs'"}'
+b1=$(jqb .id)
+[ "$(jqb .status)" = succeeded ] && [ "$(jqb .restorable)" = true ] || fail "backup 1 is $(jqb .status)"
+[ "$(jqb .kind)" = full ] && [ "$(jqb .consistency)" = crash ] || fail "backup 1: kind $(jqb .kind), consistency $(jqb .consistency)"
+total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks1=$(jqb .chunk_count)
+[ "$total" -gt 0 ] && [ "$read1" = "$total" ] && [ "$new1" -gt 0 ] && [ "$chunks1" -gt 0 ] ||
+	fail "backup 1 numbers: total $total read $read1 new $new1 chunks $chunks1"
+[ "$(jqb '.disks[0].name')" = root ] && [ "$(jqb '.disks[0].virtual_size')" = "$total" ] || fail "backup 1 disks: $(jqb .disks)"
+instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
+[ -f "$KUMO_LAB_DIR/shared/backups/$bs/backups/$b1.json" ] || fail "no manifest for $b1 in the store"
+pass "a running VM backed up without stopping it (crash-consistent, $chunks1 chunks, $new1 bytes stored)"
+
+# 1b. Incremental: the next backup builds on the first through the disk's dirty bitmap
+# and reads only what changed (a reboot: the guest counts boots on its disk). Paused,
+# so the disk holds still for the checksum.
+api POST /api/v1/instances/bk1/actions/reboot
+wait_op "$(jqb .id)"
+op_ok
+wait_until 150 "boot 2 (reboot)" console_has bk1 "KUMO-BOOT count=2"
+api POST /api/v1/instances/bk1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+wait_until 20 "paused" instance_is bk1 paused
+backup bk1 '{"store":"'$bs'"}'
+bi=$(jqb .id)
+[ "$(jqb .kind)" = incremental ] && [ "$(jqb .parent)" = "$b1" ] || fail "the second live backup is $(jqb .kind) with parent $(jqb .parent) ($(jqb .full_reason))"
+readi=$(jqb .read_bytes) newi=$(jqb .new_bytes)
+[ "$readi" -gt 0 ] && [ "$readi" -lt $((total / 4)) ] || fail "the incremental backup read $readi of $total bytes"
+[ "$newi" -lt $((new1 / 2)) ] || fail "the incremental backup stored $newi new bytes; the full one $new1"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the incremental backup's checksum is not the disk's"
+api POST /api/v1/instances/bk1/actions/resume
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full"}'
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.backup.kind)" = full ] || fail "mode full made a $(jqb .result.backup.kind) backup"
+bf=$(jqb .result.backup.id)
+pass "incremental: read $readi of $total bytes, stored $newi; its checksum is the disk's; mode full is full"
+
+api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
+wait_op "$(jqb .id)"
+op_ok
+wait_until 30 "bk1 stopped" instance_is bk1 stopped
+
+# 2. Stopped: from the disk file; the chunks the first backup stored are not stored again.
+backup bk1 '{"store":"'$bs'"}'
+b2=$(jqb .id) sha2=$(jqb '.disks[0].sha256') new2=$(jqb .new_bytes)
+[ "$(jqb .consistency)" = filesystem ] || fail "backup of a stopped VM is $(jqb .consistency)"
+[ "$(jqb .kind)" = full ] && grep -q stopped <<<"$(jqb .full_reason)" || fail "a stopped VM's backup is $(jqb .kind), reason '$(jqb .full_reason)'"
+[ "$sha2" = "$(disk_sha)" ] || fail "backup 2's checksum $sha2 is not the disk's"
+[ "$new2" -lt $((new1 / 2)) ] || fail "backup 2 stored $new2 new bytes; backup 1 stored $new1 (no dedup?)"
+pass "a stopped VM backed up: checksum equals the disk's, $new2 new bytes after $new1 (dedup)"
+# Exactly one bitmap: this backup's. Each backup's superseded its parent's (the full
+# one's too), so none piles up and slows the guest's writes.
+bitmaps=$(qemu-img info --output=json "$(disk_file)" | jq -c '[.["format-specific"].data.bitmaps[]?.name]')
+[ "$bitmaps" = "[\"kumo-$b2\"]" ] || fail "the disk's bitmaps after the stopped backup: $bitmaps, not [kumo-$b2]"
+qemu-img bitmap --remove "$(disk_file)" "kumo-$b2"
+
+# 3. Change the disk (a boot counts on it), then restore backup 2 over it.
+api POST /api/v1/instances/bk1/actions/start
+wait_op "$(jqb .id)"
+op_ok
+wait_until 150 "third boot" console_has bk1 "KUMO-BOOT count=3"
+# The stopped backup gave the disk a bitmap; it was removed behind the agent's back
+# (above): the chain is broken, and the next backup is full and says why.
+backup bk1 '{"store":"'$bs'"}'
+bx=$(jqb .id)
+[ "$(jqb .kind)" = full ] && [ "$(jqb .parent)" = null ] && grep -q bitmap <<<"$(jqb .full_reason)" ||
+	fail "after the bitmap was lost the backup is $(jqb .kind) (parent $(jqb .parent), reason '$(jqb .full_reason)')"
+pass "a lost bitmap: the next backup is full and says why ($(jqb .full_reason))"
+api POST /api/v1/backups/$b2/actions/restore
+expect_status 409 "restore over a running VM"
+api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
+wait_op "$(jqb .id)"
+op_ok
+wait_until 30 "bk1 stopped" instance_is bk1 stopped
+[ "$(disk_sha)" != "$sha2" ] || fail "the disk did not change after the backup; the restore test would prove nothing"
+api POST /api/v1/backups/$b2/actions/restore '{}'
+expect_status 202 "restore"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(disk_sha)" = "$sha2" ] || fail "the restored disk's checksum is not backup 2's"
+boots() { console bk1 | grep -c "KUMO-BOOT count=" || true; }
+more_boots() { [ "$(boots)" -gt "$1" ]; }
+n0=$(boots)
+api POST /api/v1/instances/bk1/actions/start
+wait_op "$(jqb .id)"
+op_ok
+wait_until 150 "boot after the restore" more_boots "$n0"
+last=$(console bk1 | grep -o "KUMO-BOOT count=[0-9]*" | tail -1)
+[ "$last" = "KUMO-BOOT count=3" ] || fail "after the restore the guest saw '$last': it did not boot from the backup's disk"
+pass "restore over the stopped VM: the disk equals the backup's checksum and the guest boots from it"
+
+# 3b. Into another VM on another host: created stopped with a blank disk of that name.
+api GET /api/v1/instances/bk1
+other=h1
+[ "$(jqb .host)" = h1 ] && other=h2
+vm_create '{"name":"bk2","type":"vm","memory":{"mb":256},"disks":[{"name":"root","size_mb":64}],"host":"'$other'","start":false}'
+api POST /api/v1/backups/$b2/actions/restore '{"name":"bk2"}'
+expect_status 202 "restore into bk2"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(disk_sha bk2)" = "$sha2" ] || fail "bk2's restored disk does not match backup 2's checksum"
+api POST /api/v1/instances/bk2/actions/start
+wait_op "$(jqb .id)"
+op_ok
+wait_until 150 "bk2 boots from the restored disk" console_has bk2 "KUMO-BOOT count=3"
+api DELETE "/api/v1/instances/bk2?force=1"
+api POST /api/v1/backups/$b2/actions/restore '{"name":"nosuch"}'
+expect_status 501 "restore into no instance"
+pass "restore into a new VM on host $other: the disk equals the backup's checksum and it boots"
+
+# 4. Verify: every chunk re-read; one byte of a chunk changed -> the backup is corrupt,
+# named with the chunk and its offset, and no longer restorable.
+api POST /api/v1/backups/$b2/actions/verify
+expect_status 202 "verify"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.ok)" = true ] && [ "$(jqb .result.chunks)" -gt 0 ] || fail "verify of an intact backup: $(jqb .result)"
+store_dir=$KUMO_LAB_DIR/shared/backups/$bs
+victim=$(jq -r '.disks[0].chunks[3]' "$store_dir/backups/$b2.json")
+vfile=$store_dir/chunks/${victim:0:2}/$victim
+size=$(stat -c %s "$vfile")
+cp -p "$vfile" "/tmp/kt-chunk.$$" # other backups may share it: put back after
+printf '\x5a' | dd of="$vfile" bs=1 seek=$((size / 2)) conv=notrunc status=none
+api POST /api/v1/backups/$b2/actions/verify
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.ok)" = false ] || fail "verify missed a changed chunk"
+jqb -e '[.result.bad[] | select(.chunk == "'$victim'")] | length > 0' >/dev/null || fail "verify did not name chunk $victim: $(jqb .result.bad)"
+api GET /api/v1/backups/$b2
+[ "$(jqb .status)" = corrupt ] && [ "$(jqb .restorable)" = false ] || fail "backup $b2 is $(jqb .status) after a failed verify"
+grep -q "$victim" <<<"$(jqb .error)" || fail "the backup's error does not name the chunk: $(jqb .error)"
+api POST /api/v1/backups/$b2/actions/restore
+expect_status 409 "restore of a corrupt backup"
+mv "/tmp/kt-chunk.$$" "$vfile"
+pass "verify: an intact backup passes; a changed byte in a chunk makes it corrupt, named, and not restorable"
+
+# 5. Bad input and conflicts.
+api POST /api/v1/instances/nosuch/backups
+expect_status 404 "backup of an unknown instance"
+api POST /api/v1/instances/bk1/backups '{"store":"nosuch"}'
+expect_status 404 "backup into an unknown store"
+api POST /api/v1/instances/bk1/backups '{"bogus":1}'
+expect_status 400 "an unknown field"
+api POST /api/v1/backups/nosuch/actions/restore
+expect_status 404 "restore of an unknown backup"
+api DELETE /api/v1/backup-stores/$bs
+expect_status 409 "delete of a store holding backups"
+api GET "/api/v1/backups?instance=bk1"
+mine=$(jqb -c '[.backups[] | select(.store == "'$bs'") | .id]')
+[ "$(jq length <<<"$mine")" = 5 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[4]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
+api GET "/api/v1/backups?instance=nosuch"
+[ "$(jqb '.backups | length')" = 0 ] || fail "backups of an unknown instance listed"
+pass "unknown instance, store or backup 404; unknown field 400; a store with backups 409; list by instance"
+
+# 6. Retention, delete and garbage collection.
+api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1,"dry_run":true}'
+expect_status 200 "prune (dry run)"
+[ "$(jqb -c .kept)" = "[\"$bx\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" --arg c "$bf" '[$a,$b,$c] | sort')" ] ||
+	fail "prune keep_last 1 would keep $(jqb -c .kept) and remove $(jqb -c .removed)"
+api GET "/api/v1/backups/$b1"
+expect_status 200 "a dry run removes nothing"
+api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1}'
+expect_status 200 "prune"
+api GET "/api/v1/backups/$b1"
+expect_status 404 "a pruned backup"
+wait_until 30 "the pruned manifest removed" test ! -e "$store_dir/backups/$b1.json"
+api DELETE "/api/v1/backups/$b2"
+expect_status 204 "delete of the corrupt backup"
+# An unreferenced chunk, old enough: collected. The kept backup's chunks stay.
+junk=$store_dir/chunks/00/$(printf '0%.0s' {1..64})
+mkdir -p "$(dirname "$junk")" && echo junk >"$junk" && touch -d '2 hours ago' "$junk"
+api POST "/api/v1/backup-stores/$bs/actions/gc"
+expect_status 202 "gc"
+wait_op "$(jqb .id)" 300
+op_ok
+[ "$(jqb .result.chunks_removed)" -ge 1 ] && [ ! -e "$junk" ] || fail "gc left the unreferenced chunk: $(jqb .result)"
+api POST "/api/v1/backups/$bx/actions/verify"
+wait_op "$(jqb .id)" 300
+[ "$(jqb .result.ok)" = true ] || fail "gc removed a chunk the kept backup names: $(jqb .result.bad)"
+api DELETE "/api/v1/backups/$bx"
+expect_status 204
+api DELETE "/api/v1/backup-stores/$bs"
+expect_status 204 "delete of the emptied store"
+pass "prune keeps exactly keep_last (dry run first), delete, gc removes only unreferenced chunks"
