@@ -765,6 +765,9 @@ static const struct action vm_actions[] = {
 	{"snapshot-create", snapshot_args, vmaction_snapshot_create, true, false},
 	{"snapshot-revert", snapshot_args, vmaction_snapshot_revert, true, false},
 	{"snapshot-delete", snapshot_delete_args, vmaction_snapshot_delete, true, false},
+	/* Live migration (migrate.c): the target's half carries the whole SPEC. */
+	{"migrate-in", migrate_in_args, migrate_in, false, true},
+	{"migrate-out", migrate_out_args, migrate_out, true, false},
 	{NULL, NULL, NULL, false, false},
 };
 
@@ -1177,7 +1180,8 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs", "exec", "net", "spec", NULL};
+static const char *const query_whats[] = {"console", "logs",	       "exec", "net",
+					  "spec",    "migrate-cancel", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -1342,6 +1346,8 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 		ret = logs_query(a, norm, answer, err);
 	else if (strcmp(what, "spec") == 0)
 		ret = spec_query(a, norm, answer, err);
+	else if (strcmp(what, "migrate-cancel") == 0)
+		ret = migrate_cancel_query(a, norm, answer, err);
 	else if (strcmp(what, "exec") == 0)
 		ret = json_fields_check(norm, exec_fields, err) < 0
 			      ? -1

@@ -374,6 +374,7 @@ static int done_status_check(struct json_object *v, const char *field, struct ke
 static const struct json_field progress_fields[] = {
 	{"progress", JK_INT, true, progress_check},
 	{"phase", JK_STRING, true, short_text_check},
+	{"migration", JK_OBJECT, false, NULL}, /* a migrate-out's statistics (migrate.c) */
 	{NULL, 0, false, NULL},
 };
 
@@ -418,6 +419,12 @@ static void op_done(struct host *h, struct link_msg *m)
 			h->facts_saved = 0; /* written by the next persist pass */
 			hosts_persist(false);
 		}
+	}
+	/* A migration's step (migrate.c) moves the migration on. */
+	if (!strncmp(kind, "migrate-", 8)) {
+		migrate_agent_done(h, op, status, result, json_get_str(m->body, "error", NULL));
+		json_object_put(op);
+		return;
 	}
 	if (!strncmp(kind, "instance-", 9)) {
 		instances_op_done(h, op, status, result, json_get_str(m->body, "error", NULL));
@@ -513,6 +520,7 @@ static void event_handle(const unsigned char *buf, size_t len)
 		}
 		op_update(m.op, "running", (int)json_get_int(m.body, "progress", 0),
 			  json_get_str(m.body, "phase", ""), NULL, NULL);
+		migrate_agent_progress(m.op, m.body);
 		break;
 	case LINK_INSTANCE_STATE:
 		instances_report(h, m.body, "agent report");
@@ -789,7 +797,7 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	} else if (m.type == LINK_NACK) {
 		const char *why = json_get_str(m.body, "error", "refused by the agent");
 
-		if (instances_op_nack(c->op, why) < 0)
+		if (migrate_op_nack(c->op, why) < 0 && instances_op_nack(c->op, why) < 0)
 			op_update(c->op, "failed", -1, "refused", NULL, why);
 	} else {
 		reject("malformed", "host %s: unexpected %s as a reply", h->name,

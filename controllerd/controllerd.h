@@ -323,6 +323,14 @@ struct json_object *op_get(const char *id);
 bool op_status_final(const char *status);
 void ops_resume(void);
 
+/* migrate.c */
+enum MHD_Result api_instance_migrate(struct request *req);
+enum MHD_Result api_op_cancel(struct request *req);
+int migrate_cancel(const char *id, struct kerr *err);
+int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
+		       struct json_object *result, const char *error);
+int migrate_op_nack(const char *op_id, const char *why);
+void migrate_agent_progress(const char *op_id, struct json_object *body);
 /* audit.c */
 void audit_record(const struct request *req);
 void audit_prune(void);

@@ -1,0 +1,694 @@
+/*
+ * migrate.c - live migration of a VM to another host: the controller's half.
+ *
+ * POST /api/v1/instances/{name}/actions/migrate checks everything before anything
+ * starts (each refusal changes nothing), picks the target (the scheduler's filters,
+ * without the source host; KVM/TCG parity) and starts a parent operation of kind
+ * "migrate" on target "instances/NAME", so the instance is busy for every other verb.
+ * The parent runs as child operations, one per agent command (agentd/migrate.c), each
+ * an ordinary operation row the agent reports on:
+ *
+ *   prepare-target  migrate-in on the target: QEMU -incoming, listening; -> uri
+ *   precopy         migrate-out on the source: QMP migrate to uri, progress every
+ *                   second (the parent's result.migration and phase follow it)
+ *   switchover      migrate-out succeeded: the target runs the guest. In one
+ *                   transaction the instance's host becomes the target and the parent
+ *                   succeeds; then every host's network document is rebuilt.
+ *                   A guest paused first (TCG, busy) is resumed on the target
+ *                   (migrate-resume) before the parent succeeds.
+ *   cleanup         on failure or cancel: the target's half is removed with a forced
+ *                   delete that keeps the disks (migrate-cleanup); the VM ran on the
+ *                   source all along, and the database never moved it.
+ *
+ * migrate_cancel() stops a migration before switchover. Until the generic cancel of
+ * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
+ * reaches it through api_op_cancel() here, for kind "migrate" only.
+ *
+ * Migrations live in memory: a controller restart fails the parent (ops_resume()
+ * cannot resend kind "migrate"). Faults are issue 13 item 7, not done yet.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "scheduler.h"
+#include "util.h"
+#include "valid.h"
+
+enum migrate_phase {
+	PHASE_PREPARE_TARGET,
+	PHASE_PRECOPY,
+	PHASE_SWITCHOVER,
+	PHASE_CLEANUP,
+};
+
+static const char *const phase_names[] = {
+	[PHASE_PREPARE_TARGET] = "prepare-target",
+	[PHASE_PRECOPY] = "precopy",
+	[PHASE_SWITCHOVER] = "switchover",
+	[PHASE_CLEANUP] = "cleanup",
+};
+
+/* One migration in flight: the parent operation and the child at work. */
+struct migration {
+	char id[LINK_OP_ID_MAX + 1];	/* the parent operation */
+	char child[LINK_OP_ID_MAX + 1]; /* the agent command at work, "" none */
+	char name[NAME_MAX_LEN + 1];
+	int64_t iid;
+	struct host *src, *dst;
+	struct json_object *spec; /* the instance's, as the target gets it */
+	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
+	struct json_object *result;
+	enum migrate_phase phase;
+	bool cancel;	   /* asked to cancel */
+	char failure[256]; /* why it failed, for after the clean-up */
+	int64_t started_ms;
+	struct migration *next;
+};
+
+static struct migration *migrations;
+
+static void migration_free(struct migration *m)
+{
+	struct migration **pp;
+
+	for (pp = &migrations; *pp; pp = &(*pp)->next)
+		if (*pp == m) {
+			*pp = m->next;
+			break;
+		}
+	json_object_put(m->spec);
+	json_object_put(m->args);
+	json_object_put(m->result);
+	free(m);
+}
+
+static struct migration *migration_by_child(const char *child)
+{
+	for (struct migration *m = migrations; m; m = m->next)
+		if (!strcmp(m->child, child))
+			return m;
+	return NULL;
+}
+
+static struct migration *migration_by_id(const char *id)
+{
+	for (struct migration *m = migrations; m; m = m->next)
+		if (!strcmp(m->id, id))
+			return m;
+	return NULL;
+}
+
+/* ---- request ---------------------------------------------------------------------------- */
+
+static int mode_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "live") && strcmp(s, "offline"))
+		return err_input(err, 400, f, "'%s' is live or offline", f);
+	return 0;
+}
+
+static int postcopy_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "auto") && strcmp(s, "never") && strcmp(s, "always"))
+		return err_input(err, 400, f, "'%s' is auto, never or always", f);
+	return 0;
+}
+
+static int downtime_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > 600000)
+		return err_input(err, 400, f, "'%s' must be 1..600000 (milliseconds)", f);
+	return 0;
+}
+
+static int bandwidth_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > 1000000)
+		return err_input(err, 400, f, "'%s' must be 1..1000000 (Mbit/s)", f);
+	return 0;
+}
+
+static const struct json_field migrate_fields[] = {
+	{"host", JK_STRING, false, name_check},
+	{"mode", JK_STRING, false, mode_check},
+	{"downtime_ms", JK_INT, false, downtime_check},
+	{"bandwidth_mbps", JK_INT, false, bandwidth_check},
+	{"postcopy", JK_STRING, false, postcopy_check},
+	{NULL, 0, false, NULL},
+};
+
+/* What the instance row holds that a migration needs. */
+struct mig_inst {
+	int64_t id;
+	char state[32];
+	struct host *host;
+	struct json_object *spec;
+};
+
+static bool inst_load(const char *name, struct mig_inst *i)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.id, i.state, h.name, i.spec FROM instances "
+					      "i LEFT JOIN hosts h ON h.id = i.host_id WHERE "
+					      "i.name = ?");
+	bool found = false;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		found = true;
+		i->id = sqlite3_column_int64(st, 0);
+		snprintf(i->state, sizeof(i->state), "%s", sqlite3_column_text(st, 1));
+		i->host = sqlite3_column_type(st, 2) == SQLITE_TEXT
+				  ? host_find((const char *)sqlite3_column_text(st, 2))
+				  : NULL;
+		i->spec = json_tokener_parse((const char *)sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	return found && i->spec;
+}
+
+/* Every disk of spec on the shared pool: memory is all that moves. */
+static bool disks_shared(struct json_object *spec, char *which, size_t len)
+{
+	struct json_object *disks = json_object_object_get(spec, "disks");
+
+	for (size_t k = 0; disks && k < json_object_array_length(disks); k++) {
+		struct json_object *d = json_object_array_get_idx(disks, k);
+
+		if (strcmp(json_get_str(d, "pool", ""), "shared")) {
+			snprintf(which, len, "%s", json_get_str(d, "name", "?"));
+			return false;
+		}
+	}
+	return true;
+}
+
+static const char *host_accel(const struct host *h)
+{
+	return !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm") ? "kvm" : "tcg";
+}
+
+/*
+ * Choose the target for the VM of spec, now on src: want (a host the caller named,
+ * or NULL: the scheduler's best other host). The placement record (with every
+ * rejected host and why, src and accelerator mismatches included) goes to
+ * *placement. Returns the host, or NULL with err (422: nothing fits).
+ */
+static struct host *target_choose(struct json_object *spec, struct host *src, struct host *want,
+				  struct json_object **placement, struct kerr *err)
+{
+	struct sched_request sr = {0};
+	struct json_object *netkeep, *mem = json_object_object_get(spec, "memory");
+	struct json_object *cands, *rejected, *o;
+	const char *accel = json_get_str(spec, "accel", "tcg");
+	struct host *chosen = NULL, *h;
+	struct kerr perr;
+
+	sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
+	sr.memory_mb = json_get_int(mem, "mb", json_get_int(mem, "max_mb", 256));
+	sr.nested = json_get_bool(spec, "nested", false);
+	sr.needs_shared_pool = true;
+	sr.pin_host = want ? want->name : NULL;
+	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
+	netkeep = nics_sched_request(spec, &sr);
+	instances_place(&sr, placement, &perr);
+	nics_sched_free(&sr);
+	json_object_put(netkeep);
+	cands = json_object_object_get(*placement, "candidates");
+	rejected = json_object_object_get(*placement, "rejected");
+	/* The scheduler's order, less the source and hosts of the other accelerator. */
+	for (size_t k = 0; cands && k < json_object_array_length(cands); k++) {
+		const char *name = json_get_str(json_object_array_get_idx(cands, k), "host", "");
+		const char *why = NULL;
+
+		h = host_find(name);
+		if (h == NULL)
+			continue;
+		if (h == src)
+			why = "the instance runs there";
+		else if (strcmp(host_accel(h), accel))
+			why = !strcmp(accel, "kvm") ? "a KVM guest cannot move live to a TCG host"
+						    : "a TCG guest cannot move live to a KVM host";
+		if (why == NULL) {
+			/* The others are recorded too: the source is always named. */
+			if (chosen == NULL)
+				chosen = h;
+			continue;
+		}
+		o = json_object_new_object();
+		json_object_object_add(o, "host", json_object_new_string(name));
+		json_object_object_add(o, "reason", json_object_new_string(why));
+		json_object_array_add(rejected, o);
+	}
+	json_object_object_add(*placement, "host",
+			       chosen ? json_object_new_string(chosen->name) : NULL);
+	if (chosen)
+		return chosen;
+	/* The named host's own reason is the clearest answer. */
+	for (size_t k = 0; want && rejected && k < json_object_array_length(rejected); k++) {
+		o = json_object_array_get_idx(rejected, k);
+		if (!strcmp(json_get_str(o, "host", ""), want->name)) {
+			err_input(err, 422, "host", "host %s cannot take %s: %s", want->name,
+				  json_get_str(spec, "name", ""), json_get_str(o, "reason", ""));
+			return NULL;
+		}
+	}
+	err_input(err, 422, "host", "no other host can take %s (see placement.rejected)",
+		  json_get_str(spec, "name", ""));
+	return NULL;
+}
+
+/* ---- the steps ----------------------------------------------------------------------- */
+
+static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
+			struct json_object *args);
+static void fail(struct migration *m, const char *why);
+
+static void parent_update(struct migration *m, int progress)
+{
+	op_update(m->id, "running", progress, phase_names[m->phase], json_object_get(m->result),
+		  NULL);
+}
+
+/* The parent's end (final status), then it is forgotten. */
+static void finish(struct migration *m, const char *status, const char *error)
+{
+	json_object_object_add(m->result, "total_ms",
+			       json_object_new_int64(now_ms() - m->started_ms));
+	op_update(m->id, status, !strcmp(status, "succeeded") ? 100 : -1,
+		  !strcmp(status, "succeeded") ? "done" : phase_names[m->phase],
+		  json_object_get(m->result), error);
+	log_info("migration %s of %s %s -> %s: %s%s%s", m->id, m->name, m->src->name, m->dst->name,
+		 status, error ? ": " : "", error ? error : "");
+	migration_free(m);
+}
+
+/* Remove the target's half; the parent fails (or is cancelled) once it is gone. */
+static void cleanup_start(struct migration *m, const char *why)
+{
+	struct json_object *args = json_object_new_object();
+
+	snprintf(m->failure, sizeof(m->failure), "%s", why);
+	m->phase = PHASE_CLEANUP;
+	parent_update(m, -1);
+	json_object_object_add(args, "force", json_object_new_boolean(true));
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
+	child_start(m, m->dst, "migrate-cleanup", "delete", args);
+}
+
+static void fail(struct migration *m, const char *why)
+{
+	if (m->phase == PHASE_CLEANUP) {
+		/* The clean-up itself failed: say both. */
+		char both[512];
+
+		snprintf(both, sizeof(both), "%s; cleaning the target %s failed too: %s",
+			 m->failure, m->dst->name, why);
+		finish(m, m->cancel ? "cancelled" : "failed", both);
+		return;
+	}
+	cleanup_start(m, why);
+}
+
+/* The guest runs on the target: move the instance there in the database, at once. */
+static void switchover(struct migration *m, struct json_object *out_result)
+{
+	sqlite3_stmt *st;
+	struct kerr err;
+	int rc;
+
+	m->phase = PHASE_SWITCHOVER;
+	if (json_object_object_get(m->spec, "host"))
+		json_object_object_add(m->spec, "host", json_object_new_string(m->dst->name));
+	json_object_object_foreach(out_result, key, val)
+	{
+		if (strcmp(key, "instance"))
+			json_object_object_add(m->result, key, json_object_get(val));
+	}
+	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
+	if (db_begin(ctl.db) < 0) {
+		log_warnx("migration %s: the database is busy at switchover", m->id);
+		return;
+	}
+	st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, spec = ?, state = ?, "
+				"updated_at = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, m->dst->id);
+	sqlite3_bind_text(st, 2, json_text(m->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3,
+			  json_object_object_get(out_result, "paused_ms") ? "paused" : "running",
+			  -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, now_ms());
+	sqlite3_bind_int64(st, 5, m->iid);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		log_warnx("migration %s: cannot move %s: %s", m->id, m->name,
+			  sqlite3_errmsg(ctl.db));
+		db_rollback(ctl.db);
+		return;
+	}
+	if (json_object_object_get(out_result, "paused_ms")) {
+		/* Paused first (TCG, busy guest): it runs again on the target. */
+		parent_update(m, 95);
+		if (db_commit(ctl.db, &err) < 0)
+			log_warnx("migration %s: %s", m->id, err.msg);
+		netsync_all();
+		child_start(m, m->dst, "migrate-resume", "resume", NULL);
+		return;
+	}
+	op_update(m->id, "succeeded", 100, "done", json_object_get(m->result), NULL);
+	if (db_commit(ctl.db, &err) < 0)
+		log_warnx("migration %s: %s", m->id, err.msg);
+	netsync_all();
+	log_info("migration %s: %s now runs on %s", m->id, m->name, m->dst->name);
+	migration_free(m);
+}
+
+/*
+ * Start child operation kind (an agent command action with args, consumed) on h for
+ * m. A child whose operation cannot be made fails the migration.
+ */
+static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
+			struct json_object *args)
+{
+	_cleanup_free_ char *target = xasprintf("migrations/%s", m->id);
+	struct json_object *res = json_object_new_object(), *op;
+	struct kerr err;
+
+	json_object_object_add(res, "parent", json_object_new_string(m->id));
+	op = op_create(kind, target, h, res, &err);
+	if (op == NULL) {
+		json_object_put(args);
+		m->child[0] = '\0';
+		finish(m, "failed", err.msg);
+		return;
+	}
+	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
+	json_object_put(op);
+	instances_cmd_send(h, m->child, action, m->spec, args);
+	json_object_put(args);
+}
+
+static void out_start(struct migration *m, const char *uri)
+{
+	struct json_object *args = json_object_new_object(), *v;
+
+	m->phase = PHASE_PRECOPY;
+	parent_update(m, 10);
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	if (json_object_object_get_ex(m->args, "downtime_ms", &v))
+		json_object_object_add(args, "downtime_ms", json_object_get(v));
+	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
+		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
+	child_start(m, m->src, "migrate-out", "migrate-out", args);
+}
+
+/*
+ * A child's op-done (agentlink.c): the migration goes on, or cleans up. op is the
+ * child operation (JSON); result and error as the agent sent them. The child row
+ * itself is finished here too. Returns 0, or -1 when op is no migration's child.
+ */
+int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
+		       struct json_object *result, const char *error)
+{
+	const char *id = json_get_str(op, "id", "");
+	const char *kind = json_get_str(op, "kind", "");
+	struct migration *m = migration_by_child(id);
+	bool ok = !strcmp(status, "succeeded");
+	char why[300];
+
+	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed",
+		  result ? json_object_get(result) : NULL,
+		  ok ? NULL : (error ? error : "the agent reported a failure"));
+	if (m == NULL)
+		return strncmp(kind, "migrate-", 8) ? -1 : 0;
+	m->child[0] = '\0';
+	if (!strcmp(kind, "migrate-in")) {
+		if (!ok) {
+			snprintf(why, sizeof(why), "the target %s could not prepare: %s",
+				 m->dst->name, error ? error : "failed");
+			/* It removed what it made itself. */
+			finish(m, m->cancel ? "cancelled" : "failed",
+			       m->cancel ? "cancelled" : why);
+		} else if (m->cancel) {
+			cleanup_start(m, "cancelled");
+		} else {
+			out_start(m, json_get_str(result, "uri", ""));
+		}
+	} else if (!strcmp(kind, "migrate-out")) {
+		if (ok) {
+			switchover(m, result);
+			return 0;
+		}
+		snprintf(why, sizeof(why), "%s",
+			 m->cancel ? "cancelled"
+			 : error   ? error
+				   : "failed");
+		json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
+		cleanup_start(m, why);
+	} else if (!strcmp(kind, "migrate-resume")) {
+		if (!ok) {
+			snprintf(why, sizeof(why),
+				 "migrated to %s, but the guest did not resume: %s", m->dst->name,
+				 error ? error : "failed");
+			finish(m, "failed", why);
+			return 0;
+		}
+		/* The target's report (its QEMU, running) is the instance's now. */
+		if (h && json_object_object_get(result, "instance"))
+			instances_report(h, json_object_object_get(result, "instance"), "migrated");
+		finish(m, "succeeded", NULL);
+	} else if (!strcmp(kind, "migrate-cleanup")) {
+		if (!ok) {
+			fail(m, error ? error : "failed");
+			return 0;
+		}
+		finish(m, m->cancel ? "cancelled" : "failed", m->failure);
+	}
+	return 0;
+}
+
+/* The agent refused a child outright: as a failed op-done. Returns -1 if not ours. */
+int migrate_op_nack(const char *op_id, const char *why)
+{
+	struct json_object *op = op_get(op_id);
+	int ret = -1;
+
+	if (op && !strncmp(json_get_str(op, "kind", ""), "migrate-", 8))
+		ret = migrate_agent_done(NULL, op, "failed", NULL, why);
+	json_object_put(op);
+	return ret;
+}
+
+/*
+ * A child's op-progress: the migrate-out's "migration" statistics become the parent's
+ * result.migration and its phase (precopy, postcopy, cleanup). Each is one
+ * operation-updated event.
+ */
+void migrate_agent_progress(const char *op_id, struct json_object *body)
+{
+	struct migration *m = migration_by_child(op_id);
+	struct json_object *stats = json_object_object_get(body, "migration");
+	int progress = (int)json_get_int(body, "progress", 0);
+
+	if (m == NULL || m->phase != PHASE_PRECOPY || stats == NULL)
+		return;
+	json_object_object_add(m->result, "migration", json_object_get(stats));
+	op_update(m->id, "running", progress, json_get_str(body, "phase", "precopy"),
+		  json_object_get(m->result), NULL);
+}
+
+/* ---- cancel ------------------------------------------------------------------------ */
+
+static void cancel_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	(void)cls;
+	if (error || !json_get_bool(body, "cancelled", false))
+		log_warnx("migration: the source could not cancel: %s",
+			  error ? error : json_get_str(body, "why", "?"));
+}
+
+/*
+ * Cancel migration id before its switchover: the VM keeps running on the source and
+ * the target's half is removed; the operation ends "cancelled". Returns 0, or -1 with
+ * err (404 no such migration running, 409 too late).
+ */
+int migrate_cancel(const char *id, struct kerr *err)
+{
+	struct migration *m = migration_by_id(id);
+	struct json_object *q;
+
+	if (m == NULL)
+		return err_input(err, 409, NULL, "operation %s is no migration that runs", id);
+	if (m->phase == PHASE_SWITCHOVER)
+		return err_input(err, 409, NULL,
+				 "migration %s is past its switchover; migrate back instead", id);
+	if (m->cancel || m->phase == PHASE_CLEANUP)
+		return 0;
+	m->cancel = true;
+	log_info("migration %s of %s: cancel asked in %s", m->id, m->name, phase_names[m->phase]);
+	if (m->phase == PHASE_PRECOPY) {
+		q = json_object_new_object();
+		json_object_object_add(q, "what", json_object_new_string("migrate-cancel"));
+		json_object_object_add(q, "name", json_object_new_string(m->name));
+		agentlink_query(m->src, q, cancel_answer_cb, NULL);
+	}
+	/* prepare-target: migrate-in's end sees m->cancel. */
+	return 0;
+}
+
+/*
+ * POST /api/v1/operations/{id}/actions/cancel: the smallest local version, for
+ * migrations only (the jobs work makes it generic; this is its "migrate" kind).
+ */
+enum MHD_Result api_op_cancel(struct request *req)
+{
+	struct json_object *op = op_get(req->params[0]);
+	struct kerr err;
+
+	if (op == NULL)
+		return http_reply_error(req, 404, NULL, "no operation %s", req->params[0]);
+	if (op_status_final(json_get_str(op, "status", ""))) {
+		json_object_put(op);
+		return http_reply_error(req, 409, NULL, "operation %s has finished",
+					req->params[0]);
+	}
+	if (strcmp(json_get_str(op, "kind", ""), "migrate")) {
+		json_object_put(op);
+		return http_reply_error(req, 409, NULL, "operations of kind %s cannot be cancelled",
+					json_get_str(op, "kind", ""));
+	}
+	json_object_put(op);
+	if (migrate_cancel(req->params[0], &err) < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_json(req, 202, op_get(req->params[0]));
+}
+
+/* ---- the route ---------------------------------------------------------------------- */
+
+static enum MHD_Result reply_free(struct request *req, struct mig_inst *i, struct json_object *body,
+				  enum MHD_Result ret)
+{
+	json_object_put(i->spec);
+	json_object_put(body);
+	return ret;
+}
+
+/*
+ * POST /api/v1/instances/{name}/actions/migrate {host?, mode?, downtime_ms?,
+ * bandwidth_mbps?, postcopy?} -> 202 with the "migrate" operation. See the top.
+ */
+enum MHD_Result api_instance_migrate(struct request *req)
+{
+	struct json_object *body = NULL, *placement = NULL, *op, *res;
+	_cleanup_free_ char *target = NULL;
+	struct mig_inst i = {0};
+	struct host *want = NULL, *dst;
+	char busy[LINK_OP_ID_MAX + 1], disk[NAME_MAX_LEN + 1], id[LINK_OP_ID_MAX + 1];
+	const char *type, *mode;
+	struct migration *m;
+	struct kerr err;
+
+	if (req->body_len > 0 && http_body_json(req, migrate_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (!name_valid(req->params[0]) || !inst_load(req->params[0], &i))
+		return reply_free(
+			req, &i, body,
+			http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]));
+	if (json_get_str(body, "host", NULL) &&
+	    (want = host_find(json_get_str(body, "host", ""))) == NULL)
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 404, "host", "no host named %s",
+						   json_get_str(body, "host", "")));
+	type = json_get_str(i.spec, "type", "vm");
+	mode = json_get_str(body, "mode", NULL);
+	if (!strcmp(type, "container"))
+		return reply_free(
+			req, &i, body,
+			http_reply_error(req, 422, "mode",
+					 mode && !strcmp(mode, "live")
+						 ? "a container cannot migrate live (CRIU does not "
+						   "work on these hosts); use mode offline"
+						 : "container migration is not implemented yet"));
+	if (mode && !strcmp(mode, "offline"))
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 422, "mode",
+						   "offline migration of VMs is not implemented "
+						   "yet; migrate it while it runs"));
+	if (strcmp(i.state, "running"))
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 409, NULL,
+						   "instance %s is %s; a live migration needs it "
+						   "running",
+						   req->params[0], i.state));
+	if (!disks_shared(i.spec, disk, sizeof(disk)))
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 422, NULL,
+						   "disk %s is not on the shared pool: migration "
+						   "with local disks is not implemented yet",
+						   disk));
+	target = xasprintf("instances/%s", req->params[0]);
+	if (op_busy(target, busy, sizeof(busy)))
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 409, NULL,
+						   "instance %s is busy with operation %s",
+						   req->params[0], busy));
+	if (i.host == NULL || i.host->state != HOST_ONLINE)
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 503, NULL, "the host of %s is offline",
+						   req->params[0]));
+	if (want == i.host)
+		return reply_free(req, &i, body,
+				  http_reply_error(req, 422, "host",
+						   "instance %s runs on %s already", req->params[0],
+						   want->name));
+	dst = target_choose(i.spec, i.host, want, &placement, &err);
+	if (dst == NULL) {
+		struct json_object *e = json_object_new_object();
+
+		json_object_object_add(e, "error", json_object_new_string(err.msg));
+		json_object_object_add(e, "field", json_object_new_string("host"));
+		json_object_object_add(e, "placement", placement);
+		return reply_free(req, &i, body, http_reply_json(req, 422, e));
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, "args",
+			       body ? json_object_get(body) : json_object_new_object());
+	json_object_object_add(res, "source", json_object_new_string(i.host->name));
+	json_object_object_add(res, "target", json_object_new_string(dst->name));
+	json_object_object_add(res, "placement", placement);
+	op = op_create("migrate", target, i.host, json_object_get(res), &err);
+	if (op == NULL) {
+		json_object_put(res);
+		return reply_free(req, &i, body, http_reply_kerr(req, &err));
+	}
+	m = xcalloc(1, sizeof(*m));
+	snprintf(m->id, sizeof(m->id), "%s", json_get_str(op, "id", ""));
+	snprintf(m->name, sizeof(m->name), "%s", req->params[0]);
+	m->iid = i.id;
+	m->src = i.host;
+	m->dst = dst;
+	m->spec = json_object_get(i.spec);
+	m->args = body ? json_object_get(body) : json_object_new_object();
+	m->result = res;
+	m->started_ms = now_ms();
+	m->phase = PHASE_PREPARE_TARGET;
+	m->next = migrations;
+	migrations = m;
+	log_info("migration %s: %s from %s to %s", m->id, m->name, m->src->name, m->dst->name);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", m->id);
+	snprintf(id, sizeof(id), "%s", m->id);
+	parent_update(m, 1);
+	child_start(m, m->dst, "migrate-in", "migrate-in", NULL); /* may end m */
+	json_object_put(op);
+	return reply_free(req, &i, body, http_reply_json(req, 202, op_get(id)));
+}
