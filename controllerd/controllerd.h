@@ -324,6 +324,18 @@ bool op_status_final(const char *status);
 void ops_resume(void);
 
 /* migrate.c */
+/*
+ * The instances whose NICs a host wires, as an SQL table expression (id, name, spec,
+ * host_id): each on its host and, while it migrates, also on its target (migrate.c
+ * keeps temp.migrating), so the target's segments, taps and FDB exist before the
+ * switchover and every peer floods to it.
+ */
+#define MIGRATE_WIRED_INSTANCES                                                                    \
+	"(SELECT id, name, spec, host_id FROM instances UNION ALL SELECT m.instance_id, "          \
+	"x.name, x.spec, m.host_id FROM temp.migrating m JOIN instances x ON x.id = "              \
+	"m.instance_id)"
+int migrate_db_init(sqlite3 *db, struct kerr *err);
+void migrate_net_waits_check(void);
 enum MHD_Result api_instance_migrate(struct request *req);
 enum MHD_Result api_op_cancel(struct request *req);
 int migrate_cancel(const char *id, struct kerr *err);

@@ -36,6 +36,8 @@
 #include "util.h"
 #include "valid.h"
 
+#define MIGRATE_NET_WAIT_MS 30000 /* the target's networks, at most */
+
 enum migrate_phase {
 	PHASE_PREPARE_TARGET,
 	PHASE_PRECOPY,
@@ -61,18 +63,52 @@ struct migration {
 	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
 	struct json_object *result;
 	enum migrate_phase phase;
-	bool cancel;	   /* asked to cancel */
-	char failure[256]; /* why it failed, for after the clean-up */
+	bool cancel;	      /* asked to cancel */
+	bool net_wait;	      /* the target is ready; its networks are not yet */
+	int64_t net_deadline; /* ms: then the copy starts anyway */
+	char uri[96];	      /* where the target listens */
+	char failure[256];    /* why it failed, for after the clean-up */
 	int64_t started_ms;
 	struct migration *next;
 };
 
 static struct migration *migrations;
 
+/*
+ * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
+ * temp.migrating is per connection and never in the schema, as migrations live in
+ * memory. Every host's network document follows.
+ */
+static void wired_set(struct migration *m, bool on)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, on ? "INSERT OR REPLACE INTO temp.migrating "
+					"(instance_id, host_id) VALUES (?, ?)"
+				      : "DELETE FROM temp.migrating WHERE instance_id = ?");
+
+	sqlite3_bind_int64(st, 1, m->iid);
+	if (on)
+		sqlite3_bind_int64(st, 2, m->dst->id);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("migration %s: temp.migrating: %s", m->id, sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+	netsync_all();
+}
+
+/* Start-up: the table wired_set() keeps. Returns 0, or -1 with err. */
+int migrate_db_init(sqlite3 *db, struct kerr *err)
+{
+	return db_exec(db,
+		       "CREATE TEMP TABLE IF NOT EXISTS migrating (instance_id INTEGER PRIMARY "
+		       "KEY, host_id INTEGER NOT NULL)",
+		       err);
+}
+
 static void migration_free(struct migration *m)
 {
 	struct migration **pp;
 
+	wired_set(m, false);
 	for (pp = &migrations; *pp; pp = &(*pp)->next)
 		if (*pp == m) {
 			*pp = m->next;
@@ -442,7 +478,11 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 		} else if (m->cancel) {
 			cleanup_start(m, "cancelled");
 		} else {
-			out_start(m, json_get_str(result, "uri", ""));
+			/* The copy starts once every host wired the target (or after a while). */
+			snprintf(m->uri, sizeof(m->uri), "%s", json_get_str(result, "uri", ""));
+			m->net_wait = true;
+			m->net_deadline = now_ms() + MIGRATE_NET_WAIT_MS;
+			migrate_net_waits_check();
 		}
 	} else if (!strcmp(kind, "migrate-out")) {
 		if (ok) {
@@ -505,6 +545,36 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 	json_object_object_add(m->result, "migration", json_object_get(stats));
 	op_update(m->id, "running", progress, json_get_str(body, "phase", "precopy"),
 		  json_object_get(m->result), NULL);
+}
+
+/*
+ * Cron and heartbeats: a migration whose target is ready starts its copy once the
+ * hosts applied the network documents that wire the target (netsync.c), so the
+ * guest's first packets there already reach its peers.
+ */
+void migrate_net_waits_check(void)
+{
+	char why[256];
+
+	for (struct migration *m = migrations, *next; m; m = next) {
+		next = m->next;
+		if (!m->net_wait)
+			continue;
+		if (m->cancel) {
+			m->net_wait = false;
+			cleanup_start(m, "cancelled");
+			continue;
+		}
+		if (!netsync_instance_ready(m->name, why, sizeof(why))) {
+			if (now_ms() < m->net_deadline)
+				continue;
+			log_warnx(
+				"migration %s: networks not ready after %d s (%s); copying anyway",
+				m->id, MIGRATE_NET_WAIT_MS / 1000, why);
+		}
+		m->net_wait = false;
+		out_start(m, m->uri);
+	}
 }
 
 /* ---- cancel ------------------------------------------------------------------------ */
@@ -688,6 +758,7 @@ enum MHD_Result api_instance_migrate(struct request *req)
 	snprintf(req->audit_op, sizeof(req->audit_op), "%s", m->id);
 	snprintf(id, sizeof(id), "%s", m->id);
 	parent_update(m, 1);
+	wired_set(m, true);
 	child_start(m, m->dst, "migrate-in", "migrate-in", NULL); /* may end m */
 	json_object_put(op);
 	return reply_free(req, &i, body, http_reply_json(req, 202, op_get(id)));

@@ -1,13 +1,23 @@
 #!/bin/bash
 # Live migration of a VM on the shared pool: bad inputs change nothing; an idle guest
-# moves h1 -> h2 without a reboot (its uptime goes on, no new boot line) and its source
-# is left clean; the scheduler picks a target when none is named; a cancel in the middle
-# of the copy leaves the VM running where it was and nothing on the target.
+# moves h1 -> h2 without a reboot (its uptime goes on, no new boot line), its address
+# answers a container on h3 afterwards, and its source is left clean; the scheduler
+# picks a target when none is named; a cancel in the middle of the copy leaves the VM
+# running where it was and nothing on the target.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib_oci.sh"
 
+NET=mgnet
 cleanup() {
 	api DELETE "/api/v1/instances/mg1?force=1" >/dev/null 2>&1 || true
 	api DELETE "/api/v1/instances/mg2?force=1" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/instances/mgct?force=1" >/dev/null 2>&1 || true
+	for _ in $(seq 50); do
+		api GET /api/v1/instances/mg1 >/dev/null 2>&1 || true
+		[ "$STATUS" = 404 ] && break
+		sleep 0.2
+	done
+	net_delete $NET
 	api PATCH /api/v1/hosts/h3 '{"maintenance":false}' >/dev/null 2>&1 || true
 	[ -n "${VIEWER_ID:-}" ] && api DELETE "/api/v1/tokens/$VIEWER_ID" >/dev/null 2>&1 || true
 }
@@ -15,10 +25,16 @@ trap cleanup EXIT
 
 # The guest prints its uptime (whole seconds) every second: a reboot starts it again.
 ticker='#!/bin/sh\n(while :; do echo KUMO-TICK $(cut -d. -f1 /proc/uptime); sleep 1; done) </dev/null >/dev/console 2>&1 &\n'
+api POST /api/v1/networks '{"name":"'$NET'","mode":"nat","cidr":"10.77.0.0/24"}'
+expect_status 201 "create $NET"
+ct_create "$(net_ct_json mgct h3 '[{"network":"'$NET'"}]')"
 vm_create '{"name":"mg1","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1",
 	"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio"}],
+	"nics":[{"network":"'$NET'","model":"virtio"}],
 	"cloud_init":{"user_data":"'"$ticker"'"}}'
+VM_ADDR=$(nic_field mg1 0 .address)
 wait_until 150 "mg1 booted" console_has mg1 KUMO-GUEST-READY
+wait_until 120 "mgct (h3) pings mg1 (h1) at $VM_ADDR" ct_ping mgct "$VM_ADDR"
 wait_until 30 "mg1 ticks" console_has mg1 KUMO-TICK
 vm_create '{"name":"mg2","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1","start":false,
 	"disks":[{"name":"root","size_mb":64,"bus":"virtio"}]}'
@@ -93,7 +109,9 @@ grep -aq "$KUMO_LAB_DIR/hosts/h2/" "/proc/$pid2/cmdline" 2>/dev/null || fail "no
 wait_until 10 "the source QEMU gone" proc_gone "$pid1"
 [ ! -e "$KUMO_LAB_DIR/hosts/h1/local/instances/mg1" ] || fail "mg1's run directory stays on h1"
 [ -e "$KUMO_LAB_DIR/shared/disks/mg1" ] || fail "mg1's disk went with the source"
-pass "an idle VM moved h1 -> h2 live ($strategy): no reboot, its uptime went on, h1 left clean"
+[ "$(nic_field mg1 0 .address)" = "$VM_ADDR" ] || fail "mg1's address changed"
+wait_until 20 "mgct (h3) pings mg1 on h2 at $VM_ADDR" ct_ping mgct "$VM_ADDR"
+pass "an idle VM moved h1 -> h2 live ($strategy): no reboot, its uptime went on, its address answers from h2, h1 left clean"
 
 # ---- no host named: the scheduler picks one, never the source ---------------------------
 api POST /api/v1/instances/mg1/actions/migrate '{}'
