@@ -14,6 +14,10 @@
  *                directory (its disks are on the shared pool: now the target's) and
  *                forget the VM. Succeeds with downtime_ms, total_ms, strategy and the
  *                last statistics.
+ * The stream is TLS: each command carries this migration's certificates (args.tls,
+ * issued by the controller for this migration alone), loaded into QEMU as a
+ * tls-creds-x509 object that verifies the peer (server on the target, client on the
+ * source, which checks the target's underlay address against its certificate).
  * Cancel is a query ({"what": "migrate-cancel", "name": N}): the VM is busy with
  * migrate-out, so a command would be refused. It answers at once; QMP migrate_cancel
  * then ends migrate-out as failed ("cancelled") and the VM runs on here. The target
@@ -33,6 +37,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,16 +90,149 @@ static int positive_check(struct json_object *val, const char *field, struct ker
 	return 0;
 }
 
+static int pem_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strncmp(s, "-----BEGIN ", 11) != 0 || strlen(s) > 16384)
+		return err_input(err, 400, field, "field '%s' must be one PEM block", field);
+	return 0;
+}
+
+static int ip_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	struct in_addr a;
+
+	if (inet_pton(AF_INET, json_object_get_string(val), &a) != 1)
+		return err_input(err, 400, field, "field '%s' must be an IPv4 address", field);
+	return 0;
+}
+
+static const struct json_field tls_fields[] = {
+	{"ca", JK_STRING, true, pem_check},
+	{"cert", JK_STRING, true, pem_check},
+	{"key", JK_STRING, true, pem_check},
+	{"hostname", JK_STRING, false, ip_check},
+	{NULL, 0, false, NULL},
+};
+
+static int tls_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_fields_check(val, tls_fields, err) < 0)
+		return agent_err_prefix(err, "tls: ");
+	return 0;
+}
+
+/* The controller's certificates for this migration: TLS is not optional. */
 const struct json_field migrate_in_args[] = {
+	{"tls", JK_OBJECT, true, tls_check},
 	{NULL, 0, false, NULL},
 };
 
 const struct json_field migrate_out_args[] = {
 	{"uri", JK_STRING, true, uri_check},
+	{"tls", JK_OBJECT, true, tls_check},
 	{"downtime_ms", JK_INT, false, positive_check},
 	{"bandwidth_mbps", JK_INT, false, positive_check},
 	{NULL, 0, false, NULL},
 };
+
+/* ---- TLS ---------------------------------------------------------------------------- */
+
+/* A tls-creds-x509 object being loaded into a QEMU: its files go once QEMU read them. */
+struct creds_load {
+	char dir[64];
+	qmp_reply_cb cb;
+	void *data;
+};
+
+static void creds_files_remove(const char *dir)
+{
+	static const char *const names[] = {"ca-cert.pem",     "server-cert.pem", "server-key.pem",
+					    "client-cert.pem", "client-key.pem",  NULL};
+	char path[128];
+
+	for (size_t k = 0; names[k]; k++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[k]);
+		unlink(path);
+	}
+	rmdir(dir);
+}
+
+static void creds_loaded_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct creds_load *c = data;
+
+	/* QEMU holds the credentials in memory now (or refused them). */
+	creds_files_remove(c->dir);
+	c->cb(q, ret, error, c->data);
+	free(c);
+}
+
+/*
+ * Load this migration's certificates (tls: {ca, cert, key}) into vm's QEMU as
+ * tls-creds-x509 object id for endpoint "server" or "client", peers verified. QEMU
+ * reads the files after it dropped root, so they are written to a fresh directory
+ * under /tmp owned by the QEMU user (chown needs the agent's root), and removed as
+ * soon as QEMU answered. cb as for vm_qmp(). Returns 0, or -1 with err.
+ */
+static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoint, const char *id,
+		      qmp_reply_cb cb, void *data, struct kerr *err)
+{
+	const char *user = vm->agent->cfg->qemu_user;
+	struct creds_load *c = xcalloc(1, sizeof(*c));
+	struct passwd *pw = strcmp(user, "root") ? getpwnam(user) : NULL;
+	struct json_object *args;
+	const char *what[3][2] = {{"ca-cert", "ca"}, {"cert", "cert"}, {"key", "key"}};
+	char path[128];
+	int ret;
+
+	snprintf(c->dir, sizeof(c->dir), "/tmp/kumo-migtls-XXXXXX");
+	if (mkdtemp(c->dir) == NULL) {
+		free(c);
+		return err_set(err, errno, "cannot make a directory for the TLS certificates");
+	}
+	for (int k = 0; k < 3; k++) {
+		if (k == 0)
+			snprintf(path, sizeof(path), "%s/ca-cert.pem", c->dir);
+		else
+			snprintf(path, sizeof(path), "%s/%s-%s.pem", c->dir, endpoint, what[k][0]);
+		ret = file_write_atomic(path, json_get_str(tls, what[k][1], ""),
+					strlen(json_get_str(tls, what[k][1], "")), 0600);
+		if (ret == 0 && pw && chown(path, pw->pw_uid, pw->pw_gid) < 0)
+			ret = -errno;
+		if (ret < 0) {
+			creds_files_remove(c->dir);
+			free(c);
+			return err_set(err, -ret, "cannot write %s", path);
+		}
+	}
+	if (pw && chown(c->dir, pw->pw_uid, pw->pw_gid) < 0) {
+		creds_files_remove(c->dir);
+		free(c);
+		return err_set(err, errno, "cannot give the TLS certificates to %s", user);
+	}
+	c->cb = cb;
+	c->data = data;
+	args = json_object_new_object();
+	json_object_object_add(args, "qom-type", json_object_new_string("tls-creds-x509"));
+	json_object_object_add(args, "id", json_object_new_string(id));
+	json_object_object_add(args, "dir", json_object_new_string(c->dir));
+	json_object_object_add(args, "endpoint", json_object_new_string(endpoint));
+	json_object_object_add(args, "verify-peer", json_object_new_boolean(true));
+	if (vm_qmp(vm, "object-add", args, MIGRATE_QMP_TIMEOUT_MS, creds_loaded_cb, c, err) < 0) {
+		creds_files_remove(c->dir);
+		free(c);
+		return -1;
+	}
+	return 0;
+}
+
+/* The QOM id of op's credentials: new for each migration (a cancelled one's stays). */
+static void creds_id(const struct inst_op *op, char *out, size_t len)
+{
+	snprintf(out, len, "kumo-tls-%.32s", op->op);
+}
 
 /* ---- migrate-in ------------------------------------------------------------------------ */
 
@@ -158,11 +296,55 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 	instance_op_succeed(op);
 }
 
+static void in_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *args;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		char why[300];
+
+		snprintf(why, sizeof(why), "migrate-set-parameters: %s", error);
+		in_fail(op, why);
+		return;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "uri",
+			       json_object_new_string(json_get_str(op->result, "uri", "")));
+	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
+		   &err) < 0)
+		in_fail(op, err.msg);
+}
+
+static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *params;
+	char id[64], why[300];
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		snprintf(why, sizeof(why), "the migration's TLS certificates: %s", error);
+		in_fail(op, why);
+		return;
+	}
+	creds_id(op, id, sizeof(id));
+	params = json_object_new_object();
+	json_object_object_add(params, "tls-creds", json_object_new_string(id));
+	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
+		   op, &err) < 0)
+		in_fail(op, err.msg);
+}
+
 static void in_started_cb(struct vm *vm, const char *error, void *data)
 {
 	struct inst_op *op = data;
-	char host[AGENT_ADDR_MAX], uri[96];
-	struct json_object *args;
+	char host[AGENT_ADDR_MAX], uri[96], id[64];
 	struct kerr err;
 	int port, cport;
 
@@ -182,9 +364,9 @@ static void in_started_cb(struct vm *vm, const char *error, void *data)
 	}
 	snprintf(uri, sizeof(uri), "tcp:%s:%d", host, port);
 	json_object_object_add(op->result, "uri", json_object_new_string(uri));
-	args = json_object_new_object();
-	json_object_object_add(args, "uri", json_object_new_string(uri));
-	if (vm_qmp(vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op, &err) < 0)
+	creds_id(op, id, sizeof(id));
+	if (creds_load(vm, json_object_object_get(op->args, "tls"), "server", id, in_creds_cb, op,
+		       &err) < 0)
 		in_fail(op, err.msg);
 }
 
@@ -624,6 +806,36 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 		out_fail(o, "", err.msg);
 }
 
+static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	struct inst_op *op = o->op;
+	struct json_object *params, *tls = json_object_object_get(op->args, "tls");
+	int64_t mbps = json_get_int(op->args, "bandwidth_mbps", MIGRATE_BANDWIDTH_MBPS);
+	struct kerr err;
+	char id[64];
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "the migration's TLS certificates: ", error);
+		return;
+	}
+	creds_id(op, id, sizeof(id));
+	params = json_object_new_object();
+	json_object_object_add(params, "tls-creds", json_object_new_string(id));
+	/* The target's certificate names its underlay address. */
+	json_object_object_add(params, "tls-hostname",
+			       json_object_new_string(json_get_str(tls, "hostname", "")));
+	json_object_object_add(params, "max-bandwidth", json_object_new_int64(mbps * 1000000 / 8));
+	json_object_object_add(
+		params, "downtime-limit",
+		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
+	if (vm_qmp(o->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, params_cb, o,
+		   &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
 /*
  * migrate-out (source): move the running VM to the QEMU waiting at args.uri (a
  * migrate-in), then forget it here. See the top of this file.
@@ -631,10 +843,9 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 void migrate_out(struct inst_op *op)
 {
 	struct vm *vm = op->vm;
-	struct json_object *params;
 	struct outgoing *o;
 	struct kerr err;
-	int64_t mbps = json_get_int(op->args, "bandwidth_mbps", MIGRATE_BANDWIDTH_MBPS);
+	char id[64];
 
 	if (vm->vm_state != VM_RUNNING) {
 		instance_op_fail(op, "instance %s is %s; a live migration needs it running",
@@ -652,13 +863,9 @@ void migrate_out(struct inst_op *op)
 	o->next = outgoing_list;
 	outgoing_list = o;
 	progress_send(o, "precopy", 5);
-	params = json_object_new_object();
-	json_object_object_add(params, "max-bandwidth", json_object_new_int64(mbps * 1000000 / 8));
-	json_object_object_add(
-		params, "downtime-limit",
-		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
-	if (vm_qmp(vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, params_cb, o,
-		   &err) < 0)
+	creds_id(op, id, sizeof(id));
+	if (creds_load(vm, json_object_object_get(op->args, "tls"), "client", id, out_creds_cb, o,
+		       &err) < 0)
 		out_fail(o, "", err.msg);
 }
 

@@ -27,6 +27,9 @@
  * Migrations live in memory: a controller restart fails the parent (ops_resume()
  * cannot resend kind "migrate"). Faults are issue 13 item 7, not done yet.
  */
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -63,11 +66,12 @@ struct migration {
 	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
 	struct json_object *result;
 	enum migrate_phase phase;
-	bool cancel;	      /* asked to cancel */
-	bool net_wait;	      /* the target is ready; its networks are not yet */
-	int64_t net_deadline; /* ms: then the copy starts anyway */
-	char uri[96];	      /* where the target listens */
-	char failure[256];    /* why it failed, for after the clean-up */
+	bool cancel;			      /* asked to cancel */
+	bool net_wait;			      /* the target is ready; its networks are not yet */
+	int64_t net_deadline;		      /* ms: then the copy starts anyway */
+	char uri[96];			      /* where the target listens */
+	struct json_object *tls_in, *tls_out; /* each end's certificates (PEM) */
+	char failure[256];		      /* why it failed, for after the clean-up */
 	int64_t started_ms;
 	struct migration *next;
 };
@@ -117,6 +121,8 @@ static void migration_free(struct migration *m)
 	json_object_put(m->spec);
 	json_object_put(m->args);
 	json_object_put(m->result);
+	json_object_put(m->tls_in);
+	json_object_put(m->tls_out);
 	free(m);
 }
 
@@ -303,6 +309,146 @@ static struct host *target_choose(struct json_object *spec, struct host *src, st
 	return NULL;
 }
 
+/* ---- certificates --------------------------------------------------------------------- */
+
+#define MIGRATE_CERT_S 3600 /* a migration's certificates expire after this */
+
+static char *pem_text(BIO *b)
+{
+	char *data;
+	long n = BIO_get_mem_data(b, &data);
+	char *out = xmalloc((size_t)n + 1);
+
+	memcpy(out, data, (size_t)n);
+	out[n] = '\0';
+	return out;
+}
+
+static int ext_add(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX v3;
+	X509_EXTENSION *ext;
+
+	X509V3_set_ctx_nodb(&v3);
+	X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+	if (ext == NULL)
+		return -1;
+	X509_add_ext(cert, ext, -1);
+	X509_EXTENSION_free(ext);
+	return 0;
+}
+
+/* A certificate for key with subject cn, signed by (ca, ca_key), or self-signed. */
+static X509 *cert_make(EVP_PKEY *key, const char *cn, X509 *ca, EVP_PKEY *ca_key,
+		       const char *const *exts)
+{
+	X509 *cert = X509_new();
+	X509_NAME *name;
+	unsigned char serial[16];
+	BIGNUM *bn;
+	bool ok = true;
+
+	X509_set_version(cert, 2);
+	random_bytes(serial, sizeof(serial));
+	serial[0] &= 0x7f;
+	bn = BN_bin2bn(serial, sizeof(serial), NULL);
+	BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert));
+	BN_free(bn);
+	/* Clocks of hosts differ a little; the validity is short anyway. */
+	X509_gmtime_adj(X509_getm_notBefore(cert), -300);
+	X509_gmtime_adj(X509_getm_notAfter(cert), MIGRATE_CERT_S);
+	X509_set_pubkey(cert, key);
+	name = X509_get_subject_name(cert);
+	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"Kumo", -1, -1,
+				   0);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+	X509_set_issuer_name(cert, ca ? X509_get_subject_name(ca) : name);
+	for (size_t k = 0; exts[k]; k += 2)
+		ok = ok && ext_add(cert, ca ? ca : cert, OBJ_txt2nid(exts[k]), exts[k + 1]) == 0;
+	if (!ok || X509_sign(cert, ca_key ? ca_key : key, EVP_sha256()) == 0) {
+		X509_free(cert);
+		return NULL;
+	}
+	return cert;
+}
+
+/* {"ca": PEM, "cert": PEM, "key": PEM} for one end. */
+static struct json_object *creds_json(X509 *ca, X509 *cert, EVP_PKEY *key)
+{
+	struct json_object *o = json_object_new_object();
+	BIO *b[3] = {BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem())};
+	static const char *const names[] = {"ca", "cert", "key"};
+
+	PEM_write_bio_X509(b[0], ca);
+	PEM_write_bio_X509(b[1], cert);
+	PEM_write_bio_PrivateKey(b[2], key, NULL, NULL, 0, NULL, NULL);
+	for (int k = 0; k < 3; k++) {
+		_cleanup_free_ char *text = pem_text(b[k]);
+
+		json_object_object_add(o, names[k], json_object_new_string(text));
+		BIO_free(b[k]);
+	}
+	return o;
+}
+
+/*
+ * Issue m's TLS credentials: a CA made for this migration alone (its key never leaves
+ * this function, so nothing else can ever be signed by it), a server certificate for
+ * the target's underlay address and a client certificate for the source, each valid
+ * for an hour. Both ends verify their peer. They travel on the sealed link and are
+ * never stored. Returns 0, or -1 with err.
+ */
+static int creds_issue(struct migration *m, const char *target_ip, struct kerr *err)
+{
+	EVP_PKEY *ca_key = EVP_EC_gen("P-256"), *srv_key = EVP_EC_gen("P-256"),
+		 *cli_key = EVP_EC_gen("P-256");
+	X509 *ca = NULL, *srv = NULL, *cli = NULL;
+	_cleanup_free_ char *ca_cn = xasprintf("kumo migration %.32s", m->id);
+	_cleanup_free_ char *san = xasprintf("IP:%s,DNS:%s", target_ip, target_ip);
+	const char *const ca_exts[] = {"basicConstraints", "critical,CA:TRUE", "keyUsage",
+				       "critical,keyCertSign", NULL};
+	const char *const srv_exts[] = {"basicConstraints",
+					"critical,CA:FALSE",
+					"keyUsage",
+					"critical,digitalSignature,keyEncipherment",
+					"extendedKeyUsage",
+					"serverAuth",
+					"subjectAltName",
+					san,
+					NULL};
+	const char *const cli_exts[] = {"basicConstraints",
+					"critical,CA:FALSE",
+					"keyUsage",
+					"critical,digitalSignature,keyEncipherment",
+					"extendedKeyUsage",
+					"clientAuth",
+					NULL};
+	int ret = -1;
+
+	if (ca_key && srv_key && cli_key)
+		ca = cert_make(ca_key, ca_cn, NULL, NULL, ca_exts);
+	if (ca) {
+		srv = cert_make(srv_key, target_ip, ca, ca_key, srv_exts);
+		cli = cert_make(cli_key, m->src->name, ca, ca_key, cli_exts);
+	}
+	if (srv && cli) {
+		m->tls_in = creds_json(ca, srv, srv_key);
+		m->tls_out = creds_json(ca, cli, cli_key);
+		json_object_object_add(m->tls_out, "hostname", json_object_new_string(target_ip));
+		ret = 0;
+	} else {
+		err_set(err, 0, "cannot issue the migration's TLS certificates");
+	}
+	X509_free(ca);
+	X509_free(srv);
+	X509_free(cli);
+	EVP_PKEY_free(ca_key);
+	EVP_PKEY_free(srv_key);
+	EVP_PKEY_free(cli_key);
+	return ret;
+}
+
 /* ---- the steps ----------------------------------------------------------------------- */
 
 static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
@@ -441,6 +587,7 @@ static void out_start(struct migration *m, const char *uri)
 	m->phase = PHASE_PRECOPY;
 	parent_update(m, 10);
 	json_object_object_add(args, "uri", json_object_new_string(uri));
+	json_object_object_add(args, "tls", json_object_get(m->tls_out));
 	if (json_object_object_get_ex(m->args, "downtime_ms", &v))
 		json_object_object_add(args, "downtime_ms", json_object_get(v));
 	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
@@ -659,7 +806,9 @@ static enum MHD_Result reply_free(struct request *req, struct mig_inst *i, struc
  */
 enum MHD_Result api_instance_migrate(struct request *req)
 {
-	struct json_object *body = NULL, *placement = NULL, *op, *res;
+	struct json_object *body = NULL, *placement = NULL, *op, *res, *args_in;
+	char ip[64];
+	const char *addr, *colon;
 	_cleanup_free_ char *target = NULL;
 	struct mig_inst i = {0};
 	struct host *want = NULL, *dst;
@@ -758,8 +907,19 @@ enum MHD_Result api_instance_migrate(struct request *req)
 	snprintf(req->audit_op, sizeof(req->audit_op), "%s", m->id);
 	snprintf(id, sizeof(id), "%s", m->id);
 	parent_update(m, 1);
+	/* The target listens on its underlay address, the one its agent joined with. */
+	addr = dst->address && !strncmp(dst->address, "tcp://", 6) ? dst->address + 6 : "";
+	colon = strrchr(addr, ':');
+	snprintf(ip, sizeof(ip), "%.*s", colon ? (int)(colon - addr) : 0, addr);
+	if (!ip[0] || creds_issue(m, ip, &err) < 0) {
+		finish(m, "failed", ip[0] ? err.msg : "the target has no underlay address");
+		json_object_put(op);
+		return reply_free(req, &i, body, http_reply_json(req, 202, op_get(id)));
+	}
 	wired_set(m, true);
-	child_start(m, m->dst, "migrate-in", "migrate-in", NULL); /* may end m */
+	args_in = json_object_new_object();
+	json_object_object_add(args_in, "tls", json_object_get(m->tls_in));
+	child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
 	json_object_put(op);
 	return reply_free(req, &i, body, http_reply_json(req, 202, op_get(id)));
 }

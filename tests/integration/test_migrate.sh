@@ -43,6 +43,24 @@ migrate_ops() {
 	api GET "/api/v1/operations?limit=1000"
 	jq -r '[.operations[] | select(.kind | startswith("migrate"))] | length' <<<"$BODY"
 }
+# qmp_monitor HOST NAME COMMAND -> the answer of the VM's spare QMP monitor (vm.c)
+qmp_monitor() {
+	python3 - "$KUMO_LAB_DIR/hosts/$1/local/instances/$2/monitor.sock" "$3" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+for cmd in ("qmp_capabilities", sys.argv[2]):
+    f.write(json.dumps({"execute": cmd}) + "\n")
+    f.flush()
+    while True:
+        msg = json.loads(f.readline())
+        if "return" in msg or "error" in msg:
+            break
+print(json.dumps(msg))
+PY
+}
 host_of() { api GET "/api/v1/instances/$1" && jqb .host; }
 # last_tick NAME -> the guest's last uptime on its console (0 when none yet: a target's
 # console starts empty).
@@ -110,8 +128,12 @@ wait_until 10 "the source QEMU gone" proc_gone "$pid1"
 [ ! -e "$KUMO_LAB_DIR/hosts/h1/local/instances/mg1" ] || fail "mg1's run directory stays on h1"
 [ -e "$KUMO_LAB_DIR/shared/disks/mg1" ] || fail "mg1's disk went with the source"
 [ "$(nic_field mg1 0 .address)" = "$VM_ADDR" ] || fail "mg1's address changed"
+# The stream was TLS: the target took it with the controller's credentials.
+qmp_monitor h2 mg1 query-migrate-parameters | jq -r '.return["tls-creds"]' | grep -q '^kumo-tls-' ||
+	fail "the target's QEMU has no TLS credentials: $(qmp_monitor h2 mg1 query-migrate-parameters)"
+ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
 wait_until 20 "mgct (h3) pings mg1 on h2 at $VM_ADDR" ct_ping mgct "$VM_ADDR"
-pass "an idle VM moved h1 -> h2 live ($strategy): no reboot, its uptime went on, its address answers from h2, h1 left clean"
+pass "an idle VM moved h1 -> h2 live over TLS ($strategy): no reboot, its uptime went on, its address answers from h2, h1 left clean"
 
 # ---- no host named: the scheduler picks one, never the source ---------------------------
 api POST /api/v1/instances/mg1/actions/migrate '{}'
