@@ -627,7 +627,15 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 		json_object_object_add(op->result, "migration", json_object_get(o->stats));
 		log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->name,
 			 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
-		progress_send(o, "cleanup", 95);
+		/* The switchover, at once: the controller moves the instance (and resumes a
+		 * guest paused first) while this host cleans up. */
+		json_object_object_add(o->stats, "downtime_ms", json_object_new_int64(downtime));
+		if (o->paused_at_ms)
+			json_object_object_add(o->stats, "paused_ms",
+					       json_object_new_int64(now_ms() - o->paused_at_ms));
+		json_object_object_add(o->stats, "total_ms",
+				       json_object_new_int64(now_ms() - o->started_ms));
+		progress_send(o, "switchover", 95);
 		op->report = vm_report(o->vm);
 		o->vm->stop_requested = true;
 		vm_force_stop(o->vm, out_stopped_cb, o);

@@ -513,23 +513,30 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		json_object_object_add(m->spec, "host", json_object_new_string(m->dst->name));
 	json_object_object_foreach(out_result, key, val)
 	{
-		if (strcmp(key, "instance"))
+		/* The source's total is the copy's; the operation's counts from the call. */
+		if (!strcmp(key, "total_ms"))
+			json_object_object_add(m->result, "copy_ms", json_object_get(val));
+		else if (strcmp(key, "instance"))
 			json_object_object_add(m->result, key, json_object_get(val));
 	}
+	json_object_object_add(m->result, "total_ms",
+			       json_object_new_int64(now_ms() - m->started_ms));
 	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
 	if (db_begin(ctl.db) < 0) {
 		log_warnx("migration %s: the database is busy at switchover", m->id);
 		return;
 	}
+	/* The source's report (its QEMU's pid) is void now; updated_at 0 makes the
+	 * target's first report count at once: instance_state_set() keeps an unchanged
+	 * state's report only every REPORT_PERSIST_MS. */
 	st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, spec = ?, state = ?, "
-				"updated_at = ? WHERE id = ?");
+				"report = '{}', updated_at = 0 WHERE id = ?");
 	sqlite3_bind_int64(st, 1, m->dst->id);
 	sqlite3_bind_text(st, 2, json_text(m->spec), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(st, 3,
 			  json_object_object_get(out_result, "paused_ms") ? "paused" : "running",
 			  -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, now_ms());
-	sqlite3_bind_int64(st, 5, m->iid);
+	sqlite3_bind_int64(st, 4, m->iid);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
@@ -689,6 +696,23 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 
 	if (m == NULL || m->phase != PHASE_PRECOPY || stats == NULL)
 		return;
+	/* The source's QEMU finished: the guest is the target's from now on, whether or
+	 * not the source's clean-up (and its op-done) ever comes. */
+	if (!strcmp(json_get_str(stats, "status", ""), "completed")) {
+		struct json_object *r = json_object_new_object();
+		static const char *const keys[] = {"strategy", "downtime_ms", "paused_ms",
+						   "total_ms", NULL};
+
+		for (size_t k = 0; keys[k]; k++)
+			if (json_object_object_get(stats, keys[k]))
+				json_object_object_add(
+					r, keys[k],
+					json_object_get(json_object_object_get(stats, keys[k])));
+		json_object_object_add(r, "migration", json_object_get(stats));
+		switchover(m, r);
+		json_object_put(r);
+		return;
+	}
 	json_object_object_add(m->result, "migration", json_object_get(stats));
 	op_update(m->id, "running", progress, json_get_str(body, "phase", "precopy"),
 		  json_object_get(m->result), NULL);

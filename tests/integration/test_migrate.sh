@@ -125,7 +125,8 @@ wait_until 30 "mg1's report from h2" new_pid
 pid2=$(jqb .pid)
 grep -aq "$KUMO_LAB_DIR/hosts/h2/" "/proc/$pid2/cmdline" 2>/dev/null || fail "no QEMU (pid $pid2) for mg1 on h2"
 wait_until 10 "the source QEMU gone" proc_gone "$pid1"
-[ ! -e "$KUMO_LAB_DIR/hosts/h1/local/instances/mg1" ] || fail "mg1's run directory stays on h1"
+# The source cleans up after the switchover (the operation does not wait for it).
+wait_until 10 "mg1's run directory gone from h1" test ! -e "$KUMO_LAB_DIR/hosts/h1/local/instances/mg1"
 [ -e "$KUMO_LAB_DIR/shared/disks/mg1" ] || fail "mg1's disk went with the source"
 [ "$(nic_field mg1 0 .address)" = "$VM_ADDR" ] || fail "mg1's address changed"
 # The stream was TLS: the target took it with the controller's credentials.
