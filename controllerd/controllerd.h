@@ -338,6 +338,7 @@ int migrate_db_init(sqlite3 *db, struct kerr *err);
 void migrate_net_waits_check(void);
 enum MHD_Result api_instance_migrate(struct request *req);
 enum MHD_Result api_op_cancel(struct request *req);
+enum MHD_Result api_host_evacuate(struct request *req);
 int migrate_cancel(const char *id, struct kerr *err);
 int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
 		       struct json_object *result, const char *error);

@@ -32,6 +32,7 @@ static const struct route routes[] = {
 	{"PATCH", "/api/v1/hosts/{}", ROLE_OPERATOR, "", api_host_patch, NULL},
 	{"DELETE", "/api/v1/hosts/{}", ROLE_ADMIN, "force", api_host_delete, NULL},
 	{"POST", "/api/v1/hosts/{}/actions/probe", ROLE_OPERATOR, "", api_host_probe, NULL},
+	{"POST", "/api/v1/hosts/{}/actions/evacuate", ROLE_OPERATOR, "", api_host_evacuate, NULL},
 	{"POST", "/api/v1/hosts/{}/unmanaged/{}/actions/adopt", ROLE_OPERATOR, "",
 	 api_host_unmanaged_adopt, NULL},
 	{"POST", "/api/v1/hosts/{}/unmanaged/{}/actions/destroy", ROLE_OPERATOR, "",

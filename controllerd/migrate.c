@@ -71,12 +71,17 @@ struct migration {
 	int64_t net_deadline;		      /* ms: then the copy starts anyway */
 	char uri[96];			      /* where the target listens */
 	struct json_object *tls_in, *tls_out; /* each end's certificates (PEM) */
+	struct evacuation *evac;	      /* the evacuation it is part of, or NULL */
+	char outcome[16];		      /* how it ended: succeeded, failed, cancelled */
 	char failure[256];		      /* why it failed, for after the clean-up */
 	int64_t started_ms;
 	struct migration *next;
 };
 
 static struct migration *migrations;
+
+struct evacuation;
+static void evac_note(struct migration *m);
 
 /*
  * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
@@ -113,6 +118,8 @@ static void migration_free(struct migration *m)
 	struct migration **pp;
 
 	wired_set(m, false);
+	if (m->evac)
+		evac_note(m);
 	for (pp = &migrations; *pp; pp = &(*pp)->next)
 		if (*pp == m) {
 			*pp = m->next;
@@ -464,6 +471,9 @@ static void parent_update(struct migration *m, int progress)
 /* The parent's end (final status), then it is forgotten. */
 static void finish(struct migration *m, const char *status, const char *error)
 {
+	snprintf(m->outcome, sizeof(m->outcome), "%s", status);
+	if (error && !m->failure[0])
+		snprintf(m->failure, sizeof(m->failure), "%s", error);
 	json_object_object_add(m->result, "total_ms",
 			       json_object_new_int64(now_ms() - m->started_ms));
 	op_update(m->id, status, !strcmp(status, "succeeded") ? 100 : -1,
@@ -559,6 +569,7 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		log_warnx("migration %s: %s", m->id, err.msg);
 	netsync_all();
 	log_info("migration %s: %s now runs on %s", m->id, m->name, m->dst->name);
+	snprintf(m->outcome, sizeof(m->outcome), "succeeded");
 	migration_free(m);
 }
 
@@ -816,12 +827,113 @@ enum MHD_Result api_op_cancel(struct request *req)
 
 /* ---- the route ---------------------------------------------------------------------- */
 
-static enum MHD_Result reply_free(struct request *req, struct mig_inst *i, struct json_object *body,
-				  enum MHD_Result ret)
+/*
+ * Check and start the migration of instance name (body: the call's, may be NULL), for
+ * the route and for evacuations (evac, or NULL). Returns 0 with the operation's id in
+ * id, or -1 with err (its status the HTTP answer; a 422 for want of a host also sets
+ * *placement, a new reference, saying why for each host).
+ */
+static int migrate_begin(const char *name, struct json_object *body, struct evacuation *evac,
+			 char id[LINK_OP_ID_MAX + 1], struct json_object **placement,
+			 struct kerr *err)
 {
-	json_object_put(i->spec);
-	json_object_put(body);
-	return ret;
+	struct json_object *op, *res, *args_in, *where = NULL;
+	_cleanup_free_ char *target = NULL;
+	struct mig_inst i = {0};
+	struct host *want = NULL, *dst;
+	char busy[LINK_OP_ID_MAX + 1], disk[NAME_MAX_LEN + 1], ip[64];
+	const char *type, *mode, *addr, *colon;
+	struct migration *m;
+	int ret = -1;
+
+	*placement = NULL;
+	if (!name_valid(name) || !inst_load(name, &i))
+		return err_input(err, 404, NULL, "no instance named %s", name);
+	type = json_get_str(i.spec, "type", "vm");
+	mode = json_get_str(body, "mode", NULL);
+	target = xasprintf("instances/%s", name);
+	if (json_get_str(body, "host", NULL) &&
+	    (want = host_find(json_get_str(body, "host", ""))) == NULL)
+		err_input(err, 404, "host", "no host named %s", json_get_str(body, "host", ""));
+	else if (!strcmp(type, "container"))
+		err_input(err, 422, "mode", "%s",
+			  mode && !strcmp(mode, "live")
+				  ? "a container cannot migrate live (CRIU does not work on these "
+				    "hosts); use mode offline"
+				  : "container migration is not implemented yet");
+	else if (mode && !strcmp(mode, "offline"))
+		err_input(err, 422, "mode",
+			  "offline migration of VMs is not implemented yet; migrate it while it "
+			  "runs");
+	else if (strcmp(i.state, "running"))
+		err_input(err, 409, NULL, "instance %s is %s; a live migration needs it running",
+			  name, i.state);
+	else if (!disks_shared(i.spec, disk, sizeof(disk)))
+		err_input(err, 422, NULL,
+			  "disk %s is not on the shared pool: migration with local disks is not "
+			  "implemented yet",
+			  disk);
+	else if (op_busy(target, busy, sizeof(busy)))
+		err_input(err, 409, NULL, "instance %s is busy with operation %s", name, busy);
+	else if (i.host == NULL || i.host->state != HOST_ONLINE)
+		err_input(err, 503, NULL, "the host of %s is offline", name);
+	else if (want == i.host)
+		err_input(err, 422, "host", "instance %s runs on %s already", name, want->name);
+	else
+		ret = 0;
+	if (ret < 0) {
+		json_object_put(i.spec);
+		return -1;
+	}
+	dst = target_choose(i.spec, i.host, want, &where, err);
+	if (dst == NULL) {
+		*placement = where;
+		json_object_put(i.spec);
+		return -1;
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, "args",
+			       body ? json_object_get(body) : json_object_new_object());
+	json_object_object_add(res, "source", json_object_new_string(i.host->name));
+	json_object_object_add(res, "target", json_object_new_string(dst->name));
+	json_object_object_add(res, "placement", where);
+	op = op_create("migrate", target, i.host, json_object_get(res), err);
+	if (op == NULL) {
+		json_object_put(res);
+		json_object_put(i.spec);
+		return -1;
+	}
+	m = xcalloc(1, sizeof(*m));
+	snprintf(m->id, sizeof(m->id), "%s", json_get_str(op, "id", ""));
+	json_object_put(op);
+	snprintf(m->name, sizeof(m->name), "%s", name);
+	m->iid = i.id;
+	m->src = i.host;
+	m->dst = dst;
+	m->spec = i.spec;
+	m->args = body ? json_object_get(body) : json_object_new_object();
+	m->result = res;
+	m->evac = evac;
+	m->started_ms = now_ms();
+	m->phase = PHASE_PREPARE_TARGET;
+	m->next = migrations;
+	migrations = m;
+	log_info("migration %s: %s from %s to %s", m->id, m->name, m->src->name, m->dst->name);
+	snprintf(id, LINK_OP_ID_MAX + 1, "%s", m->id);
+	parent_update(m, 1);
+	/* The target listens on its underlay address, the one its agent joined with. */
+	addr = dst->address && !strncmp(dst->address, "tcp://", 6) ? dst->address + 6 : "";
+	colon = strrchr(addr, ':');
+	snprintf(ip, sizeof(ip), "%.*s", colon ? (int)(colon - addr) : 0, addr);
+	if (!ip[0] || creds_issue(m, ip, err) < 0) {
+		finish(m, "failed", ip[0] ? err->msg : "the target has no underlay address");
+		return 0;
+	}
+	wired_set(m, true);
+	args_in = json_object_new_object();
+	json_object_object_add(args_in, "tls", json_object_get(m->tls_in));
+	child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
+	return 0;
 }
 
 /*
@@ -830,120 +942,241 @@ static enum MHD_Result reply_free(struct request *req, struct mig_inst *i, struc
  */
 enum MHD_Result api_instance_migrate(struct request *req)
 {
-	struct json_object *body = NULL, *placement = NULL, *op, *res, *args_in;
-	char ip[64];
-	const char *addr, *colon;
-	_cleanup_free_ char *target = NULL;
-	struct mig_inst i = {0};
-	struct host *want = NULL, *dst;
-	char busy[LINK_OP_ID_MAX + 1], disk[NAME_MAX_LEN + 1], id[LINK_OP_ID_MAX + 1];
-	const char *type, *mode;
-	struct migration *m;
+	struct json_object *body = NULL, *placement = NULL, *e;
+	char id[LINK_OP_ID_MAX + 1];
+	enum MHD_Result ret;
 	struct kerr err;
 
 	if (req->body_len > 0 && http_body_json(req, migrate_fields, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
-	if (!name_valid(req->params[0]) || !inst_load(req->params[0], &i))
-		return reply_free(
-			req, &i, body,
-			http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]));
-	if (json_get_str(body, "host", NULL) &&
-	    (want = host_find(json_get_str(body, "host", ""))) == NULL)
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 404, "host", "no host named %s",
-						   json_get_str(body, "host", "")));
-	type = json_get_str(i.spec, "type", "vm");
-	mode = json_get_str(body, "mode", NULL);
-	if (!strcmp(type, "container"))
-		return reply_free(
-			req, &i, body,
-			http_reply_error(req, 422, "mode",
-					 mode && !strcmp(mode, "live")
-						 ? "a container cannot migrate live (CRIU does not "
-						   "work on these hosts); use mode offline"
-						 : "container migration is not implemented yet"));
-	if (mode && !strcmp(mode, "offline"))
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 422, "mode",
-						   "offline migration of VMs is not implemented "
-						   "yet; migrate it while it runs"));
-	if (strcmp(i.state, "running"))
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 409, NULL,
-						   "instance %s is %s; a live migration needs it "
-						   "running",
-						   req->params[0], i.state));
-	if (!disks_shared(i.spec, disk, sizeof(disk)))
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 422, NULL,
-						   "disk %s is not on the shared pool: migration "
-						   "with local disks is not implemented yet",
-						   disk));
-	target = xasprintf("instances/%s", req->params[0]);
-	if (op_busy(target, busy, sizeof(busy)))
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 409, NULL,
-						   "instance %s is busy with operation %s",
-						   req->params[0], busy));
-	if (i.host == NULL || i.host->state != HOST_ONLINE)
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 503, NULL, "the host of %s is offline",
-						   req->params[0]));
-	if (want == i.host)
-		return reply_free(req, &i, body,
-				  http_reply_error(req, 422, "host",
-						   "instance %s runs on %s already", req->params[0],
-						   want->name));
-	dst = target_choose(i.spec, i.host, want, &placement, &err);
-	if (dst == NULL) {
-		struct json_object *e = json_object_new_object();
-
+	if (migrate_begin(req->params[0], body, NULL, id, &placement, &err) < 0) {
+		json_object_put(body);
+		if (placement == NULL)
+			return http_reply_kerr(req, &err);
+		e = json_object_new_object();
 		json_object_object_add(e, "error", json_object_new_string(err.msg));
 		json_object_object_add(e, "field", json_object_new_string("host"));
 		json_object_object_add(e, "placement", placement);
-		return reply_free(req, &i, body, http_reply_json(req, 422, e));
+		return http_reply_json(req, 422, e);
 	}
-	res = json_object_new_object();
-	json_object_object_add(res, "args",
-			       body ? json_object_get(body) : json_object_new_object());
-	json_object_object_add(res, "source", json_object_new_string(i.host->name));
-	json_object_object_add(res, "target", json_object_new_string(dst->name));
-	json_object_object_add(res, "placement", placement);
-	op = op_create("migrate", target, i.host, json_object_get(res), &err);
+	json_object_put(body);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", id);
+	ret = http_reply_json(req, 202, op_get(id));
+	return ret;
+}
+
+/* ---- evacuate -------------------------------------------------------------------------- */
+
+#define EVACUATE_PARALLEL_DEFAULT 2
+#define EVACUATE_PARALLEL_MAX	  16
+
+/*
+ * A host being emptied: one "evacuate" operation whose result.instances lists each
+ * instance's fate (waiting, migrating, moved, not moved) with where it went, how and
+ * why not; at most parallel migrations run at once.
+ */
+struct evacuation {
+	char id[LINK_OP_ID_MAX + 1];
+	struct host *host;
+	int parallel;
+	int running;
+	bool pumping;		    /* evac_pump() is at work: a migration ending inside it waits */
+	struct json_object *result; /* {"instances": [...]} */
+	struct evacuation *next;
+};
+
+static struct evacuation *evacuations;
+
+static struct json_object *fates(struct evacuation *e)
+{
+	return json_object_object_get(e->result, "instances");
+}
+
+static void fate_set(struct json_object *f, const char *fate, const char *key, const char *val)
+{
+	json_object_object_add(f, "fate", json_object_new_string(fate));
+	if (key)
+		json_object_object_add(f, key, val ? json_object_new_string(val) : NULL);
+}
+
+static void evac_finish(struct evacuation *e)
+{
+	struct evacuation **pp;
+	size_t n = json_object_array_length(fates(e)), left = 0;
+	char why[128];
+
+	for (size_t k = 0; k < n; k++)
+		if (strcmp(json_get_str(json_object_array_get_idx(fates(e), k), "fate", ""),
+			   "moved"))
+			left++;
+	snprintf(why, sizeof(why), "%zu of %zu instances could not move (see result.instances)",
+		 left, n);
+	op_update(e->id, left ? "failed" : "succeeded", left ? -1 : 100, "done",
+		  json_object_get(e->result), left ? why : NULL);
+	log_info("evacuation %s of %s: %zu of %zu moved", e->id, e->host->name, n - left, n);
+	for (pp = &evacuations; *pp; pp = &(*pp)->next)
+		if (*pp == e) {
+			*pp = e->next;
+			break;
+		}
+	json_object_put(e->result);
+	free(e);
+}
+
+/* Start migrations up to the parallel limit; the end when nothing is left. */
+static void evac_pump(struct evacuation *e)
+{
+	size_t n = json_object_array_length(fates(e)), done = 0;
+	struct json_object *placement = NULL;
+	char id[LINK_OP_ID_MAX + 1];
+	struct kerr err;
+
+	if (e->pumping)
+		return;
+	e->pumping = true;
+	for (size_t k = 0; k < n && e->running < e->parallel; k++) {
+		struct json_object *f = json_object_array_get_idx(fates(e), k);
+
+		if (strcmp(json_get_str(f, "fate", ""), "waiting"))
+			continue;
+		e->running++;
+		fate_set(f, "migrating", NULL, NULL);
+		if (migrate_begin(json_get_str(f, "name", ""), NULL, e, id, &placement, &err) < 0) {
+			e->running--;
+			json_object_put(placement);
+			placement = NULL;
+			fate_set(f, "not moved", "why", err.msg);
+			continue;
+		}
+		/* The migration may have ended already (it could not start). */
+		if (!strcmp(json_get_str(f, "fate", ""), "migrating"))
+			json_object_object_add(f, "operation", json_object_new_string(id));
+	}
+	for (size_t k = 0; k < n; k++) {
+		const char *fate = json_get_str(json_object_array_get_idx(fates(e), k), "fate", "");
+
+		done += !strcmp(fate, "moved") || !strcmp(fate, "not moved");
+	}
+	e->pumping = false;
+	if (done == n && e->running == 0) {
+		evac_finish(e);
+		return;
+	}
+	op_update(e->id, "running", n ? (int)(100 * done / n) : 0, "migrating",
+		  json_object_get(e->result), NULL);
+}
+
+/* A migration of evacuation m->evac ended (migration_free()). */
+static void evac_note(struct migration *m)
+{
+	struct evacuation *e = m->evac;
+	size_t n = json_object_array_length(fates(e));
+
+	for (size_t k = 0; k < n; k++) {
+		struct json_object *f = json_object_array_get_idx(fates(e), k);
+
+		if (strcmp(json_get_str(f, "name", ""), m->name) ||
+		    strcmp(json_get_str(f, "fate", ""), "migrating"))
+			continue;
+		if (!strcmp(m->outcome, "succeeded")) {
+			fate_set(f, "moved", "host", m->dst->name);
+			json_object_object_add(f, "how",
+					       json_object_new_string(json_get_str(
+						       m->result, "strategy", "live")));
+		} else {
+			fate_set(f, "not moved", "why",
+				 m->failure[0] ? m->failure : "the migration failed");
+		}
+		json_object_object_add(f, "operation", json_object_new_string(m->id));
+	}
+	e->running--;
+	evac_pump(e);
+}
+
+static int parallel_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > EVACUATE_PARALLEL_MAX)
+		return err_input(err, 400, f, "'%s' must be 1..%d", f, EVACUATE_PARALLEL_MAX);
+	return 0;
+}
+
+static const struct json_field evacuate_fields[] = {
+	{"parallel", JK_INT, false, parallel_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * POST /api/v1/hosts/{name}/actions/evacuate {parallel?} -> 202 with an "evacuate"
+ * operation: the host goes into maintenance (nothing new is placed there) and every
+ * instance on it is migrated live, at most parallel at once, each to where the
+ * scheduler chooses. Instances that cannot move (a container, a stopped VM, local
+ * disks, no host fits) are listed with the reason; the operation fails unless all
+ * moved.
+ */
+enum MHD_Result api_host_evacuate(struct request *req)
+{
+	_cleanup_free_ char *target = NULL;
+	struct json_object *body = NULL, *op, *list;
+	struct host *h = host_find(req->params[0]);
+	struct evacuation *e;
+	char busy[LINK_OP_ID_MAX + 1];
+	sqlite3_stmt *st;
+	struct kerr err;
+
+	if (h == NULL)
+		return http_reply_error(req, 404, NULL, "no host named %s", req->params[0]);
+	if (req->body_len > 0 && http_body_json(req, evacuate_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	target = xasprintf("hosts/%s", h->name);
+	if (op_busy(target, busy, sizeof(busy))) {
+		json_object_put(body);
+		return http_reply_error(req, 409, NULL, "host %s is busy with operation %s",
+					h->name, busy);
+	}
+	st = db_prepare(ctl.db, "UPDATE hosts SET maintenance = 1 WHERE id = ?");
+	sqlite3_bind_int64(st, 1, h->id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	h->maintenance = true;
+	e = xcalloc(1, sizeof(*e));
+	e->host = h;
+	e->parallel = (int)json_get_int(body, "parallel", EVACUATE_PARALLEL_DEFAULT);
+	json_object_put(body);
+	e->result = json_object_new_object();
+	list = json_object_new_array();
+	json_object_object_add(e->result, "instances", list);
+	json_object_object_add(e->result, "parallel", json_object_new_int(e->parallel));
+	st = db_prepare(ctl.db, "SELECT name, type FROM instances WHERE host_id = ? ORDER BY name");
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *f = json_object_new_object();
+
+		json_object_object_add(
+			f, "name",
+			json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+		json_object_object_add(
+			f, "type",
+			json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+		fate_set(f, "waiting", NULL, NULL);
+		json_object_array_add(list, f);
+	}
+	sqlite3_finalize(st);
+	op = op_create("evacuate", target, h, json_object_get(e->result), &err);
 	if (op == NULL) {
-		json_object_put(res);
-		return reply_free(req, &i, body, http_reply_kerr(req, &err));
+		json_object_put(e->result);
+		free(e);
+		return http_reply_kerr(req, &err);
 	}
-	m = xcalloc(1, sizeof(*m));
-	snprintf(m->id, sizeof(m->id), "%s", json_get_str(op, "id", ""));
-	snprintf(m->name, sizeof(m->name), "%s", req->params[0]);
-	m->iid = i.id;
-	m->src = i.host;
-	m->dst = dst;
-	m->spec = json_object_get(i.spec);
-	m->args = body ? json_object_get(body) : json_object_new_object();
-	m->result = res;
-	m->started_ms = now_ms();
-	m->phase = PHASE_PREPARE_TARGET;
-	m->next = migrations;
-	migrations = m;
-	log_info("migration %s: %s from %s to %s", m->id, m->name, m->src->name, m->dst->name);
-	snprintf(req->audit_op, sizeof(req->audit_op), "%s", m->id);
-	snprintf(id, sizeof(id), "%s", m->id);
-	parent_update(m, 1);
-	/* The target listens on its underlay address, the one its agent joined with. */
-	addr = dst->address && !strncmp(dst->address, "tcp://", 6) ? dst->address + 6 : "";
-	colon = strrchr(addr, ':');
-	snprintf(ip, sizeof(ip), "%.*s", colon ? (int)(colon - addr) : 0, addr);
-	if (!ip[0] || creds_issue(m, ip, &err) < 0) {
-		finish(m, "failed", ip[0] ? err.msg : "the target has no underlay address");
-		json_object_put(op);
-		return reply_free(req, &i, body, http_reply_json(req, 202, op_get(id)));
-	}
-	wired_set(m, true);
-	args_in = json_object_new_object();
-	json_object_object_add(args_in, "tls", json_object_get(m->tls_in));
-	child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
+	snprintf(e->id, sizeof(e->id), "%s", json_get_str(op, "id", ""));
 	json_object_put(op);
-	return reply_free(req, &i, body, http_reply_json(req, 202, op_get(id)));
+	e->next = evacuations;
+	evacuations = e;
+	log_info("evacuation %s of %s: %zu instances, %d at once", e->id, h->name,
+		 json_object_array_length(list), e->parallel);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", e->id);
+	snprintf(busy, sizeof(busy), "%s", e->id);
+	evac_pump(e); /* may end e */
+	return http_reply_json(req, 202, op_get(busy));
 }
