@@ -8,19 +8,24 @@
 . "$(dirname "$0")/lib_oci.sh"
 
 NET=mgnet
+# cleanup: the instances (waiting until each is gone: the network is in use until
+# then), the network, h3's maintenance and the viewer token. Also run first, for what
+# an interrupted run left.
 cleanup() {
-	api DELETE "/api/v1/instances/mg1?force=1" >/dev/null 2>&1 || true
-	api DELETE "/api/v1/instances/mg2?force=1" >/dev/null 2>&1 || true
-	api DELETE "/api/v1/instances/mgct?force=1" >/dev/null 2>&1 || true
-	for _ in $(seq 50); do
-		api GET /api/v1/instances/mg1 >/dev/null 2>&1 || true
-		[ "$STATUS" = 404 ] && break
-		sleep 0.2
+	local n
+	for n in mg1 mg2 mgct; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	for n in mg1 mg2 mgct; do
+		for _ in $(seq 100); do
+			api GET "/api/v1/instances/$n" >/dev/null 2>&1 || true
+			[ "$STATUS" = 404 ] && break
+			sleep 0.2
+		done
 	done
 	net_delete $NET
 	api PATCH /api/v1/hosts/h3 '{"maintenance":false}' >/dev/null 2>&1 || true
-	[ -n "${VIEWER_ID:-}" ] && api DELETE "/api/v1/tokens/$VIEWER_ID" >/dev/null 2>&1 || true
+	if [ -n "${VIEWER_ID:-}" ]; then api DELETE "/api/v1/tokens/$VIEWER_ID" >/dev/null 2>&1 || true; fi
 }
+cleanup
 trap cleanup EXIT
 
 # The guest prints its uptime (whole seconds) every second: a reboot starts it again.

@@ -10,6 +10,7 @@ cleanup() {
 	for n in ev1 ev2 evc; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
 	api PATCH /api/v1/hosts/h1 '{"maintenance":false}' >/dev/null 2>&1 || true
 }
+cleanup # leftovers of an interrupted run
 trap cleanup EXIT
 
 for n in ev1 ev2; do

@@ -6,6 +6,7 @@
 . "$(dirname "$0")/lib.sh"
 
 cleanup() { api DELETE "/api/v1/instances/ml1?force=1" >/dev/null 2>&1 || true; }
+cleanup # leftovers of an interrupted run
 trap cleanup EXIT
 
 # Uptime ticks, and a loop that fills a tmpfs file (guest memory) with random data
