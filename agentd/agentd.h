@@ -28,6 +28,7 @@
 
 #include "err.h"
 #include "join.h"
+#include "json.h"
 #include "link.h"
 #include "log.h"
 #include "seal.h"
@@ -206,6 +207,7 @@ struct vm {
 	uv_timer_t poll_timer; /* QMP connection retries, exit checks of adopted QEMUs */
 	int qmp_failures;      /* connection attempts that failed in a row */
 	bool adopt_reported;   /* the start-up state report went out */
+	bool vm_incoming;      /* migrate.c: the next QEMU waits for a migration */
 	int open_handles;
 	bool removing;
 };
@@ -624,6 +626,14 @@ void vmaction_balloon(struct inst_op *op);
 void vmaction_snapshot_create(struct inst_op *op);
 void vmaction_snapshot_revert(struct inst_op *op);
 void vmaction_snapshot_delete(struct inst_op *op);
+
+/* migrate.c */
+extern const struct json_field migrate_in_args[];
+extern const struct json_field migrate_out_args[];
+void migrate_in(struct inst_op *op);
+void migrate_out(struct inst_op *op);
+int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			 struct kerr *err);
 
 /* logfile.c */
 #define LOGFILE_FILES_MAX 10	      /* generations of one log at most */

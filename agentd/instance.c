@@ -778,6 +778,9 @@ static const struct action vm_actions[] = {
 	/* backup.c */
 	{"backup", backup_args, backup_vm_run, true, false},
 	{"restore", backup_args, backup_vm_restore, true, false},
+	/* Live migration (migrate.c): the target's half carries the whole SPEC. */
+	{"migrate-in", migrate_in_args, migrate_in, false, true},
+	{"migrate-out", migrate_out_args, migrate_out, true, false},
 	{NULL, NULL, NULL, false, false},
 };
 
@@ -1233,8 +1236,8 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs",	      "exec", "net",
-					  "spec",    "console-input", NULL};
+static const char *const query_whats[] = {"console", "logs", "exec", "net", "spec",
+					  "console-input", "migrate-cancel", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -1401,6 +1404,8 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 		ret = console_input_query(a, norm, answer, err); /* console.c */
 	else if (strcmp(what, "spec") == 0)
 		ret = spec_query(a, norm, answer, err);
+	else if (strcmp(what, "migrate-cancel") == 0)
+		ret = migrate_cancel_query(a, norm, answer, err);
 	else if (strcmp(what, "exec") == 0)
 		ret = json_fields_check(norm, exec_fields, err) < 0
 			      ? -1

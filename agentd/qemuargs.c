@@ -248,6 +248,11 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 			 strcmp(model, "e1000") == 0 ? "e1000" : "virtio-net-pci", i,
 			 json_get_str(nic, "mac", ""), i, boot);
 	}
+	/* migrate.c: the guest's state comes from its source host (migrate-incoming). */
+	if (vm->vm_incoming) {
+		argv_add(av, "-incoming");
+		argv_add(av, "defer");
+	}
 	if (loadvm) {
 		argv_add(av, "-loadvm");
 		argv_add(av, "%s", loadvm);

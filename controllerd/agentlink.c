@@ -374,6 +374,7 @@ static int done_status_check(struct json_object *v, const char *field, struct ke
 static const struct json_field progress_fields[] = {
 	{"progress", JK_INT, true, progress_check},
 	{"phase", JK_STRING, true, short_text_check},
+	{"migration", JK_OBJECT, false, NULL}, /* a migrate-out's statistics (migrate.c) */
 	{NULL, 0, false, NULL},
 };
 
@@ -493,6 +494,7 @@ static void event_handle(const unsigned char *buf, size_t len)
 		}
 		op_update(m.op, "running", (int)json_get_int(m.body, "progress", 0),
 			  json_get_str(m.body, "phase", ""), NULL, NULL);
+		migrate_agent_progress(m.op, m.body);
 		break;
 	case LINK_INSTANCE_STATE:
 		instances_report(h, m.body, "agent report");

@@ -435,6 +435,26 @@ int jobs_done(struct host *h, const char *id, const char *status, struct json_ob
 int jobs_nack(const char *id, const char *why);
 void jobs_resume(void);
 
+/* migrate.c */
+/*
+ * The instances whose NICs a host wires, as an SQL table expression (id, name, spec,
+ * host_id): each on its host and, while it migrates, also on its target (migrate.c
+ * keeps temp.migrating), so the target's segments, taps and FDB exist before the
+ * switchover and every peer floods to it.
+ */
+#define MIGRATE_WIRED_INSTANCES                                                                    \
+	"(SELECT id, name, spec, host_id FROM instances UNION ALL SELECT m.instance_id, "          \
+	"x.name, x.spec, m.host_id FROM temp.migrating m JOIN instances x ON x.id = "              \
+	"m.instance_id)"
+int migrate_db_init(sqlite3 *db, struct kerr *err);
+void migrate_net_waits_check(void);
+enum MHD_Result api_instance_migrate(struct request *req);
+enum MHD_Result api_host_evacuate(struct request *req);
+int migrate_cancel(const char *id, struct kerr *err);
+int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
+		       struct json_object *result, const char *error);
+int migrate_op_nack(const char *op_id, const char *why);
+void migrate_agent_progress(const char *op_id, struct json_object *body);
 /* audit.c */
 void audit_record(const struct request *req);
 void audit_prune(void);

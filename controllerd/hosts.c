@@ -344,6 +344,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	netsync_heartbeat(h);
 	/* An operation waiting for the network may be done now (netsync.c's in_sync). */
 	instances_net_waits_check();
+	migrate_net_waits_check();
 }
 
 /* Cron: a host that missed offline_after heartbeats is offline. */

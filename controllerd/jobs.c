@@ -183,6 +183,36 @@ static int agent_cancel(struct host *h, struct json_object *op, const char *reas
 	return 0;
 }
 
+/* A migration stops before its switchover (migrate.c); past it, the cancel is refused
+ * there and the migration ends as it will. */
+static int migrate_kind_cancel(struct host *h, struct json_object *op, const char *reason)
+{
+	struct kerr err;
+
+	(void)h;
+	(void)reason;
+	if (migrate_cancel(json_get_str(op, "id", ""), &err) < 0) {
+		log_warnx("operation %s: %s", json_get_str(op, "id", ""), err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* An ingest session is abandoned: its files go, its operation ends cancelled (p2v.c). */
+static int p2v_kind_cancel(struct host *h, struct json_object *op, const char *reason)
+{
+	const char *target = json_get_str(op, "target", "");
+	struct kerr err;
+
+	(void)h;
+	(void)reason;
+	if (strncmp(target, "p2v/", 4) != 0 || p2v_session_cancel(target + 4, &err) < 0) {
+		log_warnx("operation %s: cannot cancel its session", json_get_str(op, "id", ""));
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- the table ---------------------------------------------------------------------- */
 
 #define NO_UNDO "cannot be cancelled: "
@@ -222,6 +252,23 @@ static const struct op_kind kinds[] = {
 	{"instance-commit", 3600, instance_resume, instance_done, NULL,
 	 NO_UNDO "a commit's blobs are written in place"},
 	{"image-import", 0, NULL, NULL, NULL, NO_UNDO "an image import runs to its end"},
+	/* Backups (backups.c): their agent steps report like an instance's. */
+	{"instance-backup", 0, NULL, instance_done, NULL,
+	 NO_UNDO "a backup runs to its end; delete it afterwards"},
+	{"instance-restore", 0, NULL, instance_done, NULL,
+	 NO_UNDO "a restore overwrites the disks in place"},
+	{"backup-verify", 0, NULL, NULL, NULL, NO_UNDO "a verify only reads"},
+	{"store-gc", 0, NULL, NULL, NULL, NO_UNDO "a garbage collection runs to its end"},
+	/* Live migration (migrate.c): the parent is driven by the controller, its steps by
+	 * the two hosts; the steps' ends go to migrate_agent_done(). */
+	{"migrate", 0, NULL, NULL, migrate_kind_cancel, NULL},
+	{"migrate-in", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
+	{"migrate-out", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
+	{"migrate-resume", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
+	{"migrate-cleanup", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
+	{"evacuate", 0, NULL, NULL, NULL, NO_UNDO "cancel its migrations one by one"},
+	/* P2V ingest (p2v.c): its own deadline; a cancel abandons the session. */
+	{"p2v-ingest", 0, NULL, NULL, p2v_kind_cancel, NULL},
 	{"unmanaged-destroy", 600, NULL, NULL, NULL, NO_UNDO "a destroy cannot be undone"},
 };
 

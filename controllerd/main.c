@@ -64,6 +64,7 @@ static void cron_cb(uv_timer_t *t)
 			http_kick();
 		instances_net_waits_check();
 		jobs_cron(now / 1000);
+		migrate_net_waits_check();
 	}
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();
@@ -219,7 +220,8 @@ int main(int argc, char **argv)
 	if (rc < 0)
 		fatalx("cannot create %s: %s", ctl.cfg.state_dir, strerror(-rc));
 	dbpath = xasprintf("%s/kumo.db", ctl.cfg.state_dir);
-	if (db_open(&ctl.db, dbpath, &err) < 0 || db_migrate(ctl.db, DB_SCHEMA_VERSION, &err) < 0)
+	if (db_open(&ctl.db, dbpath, &err) < 0 || db_migrate(ctl.db, DB_SCHEMA_VERSION, &err) < 0 ||
+	    migrate_db_init(ctl.db, &err) < 0)
 		fatalx("%s", err.msg);
 	cluster_id_ensure();
 	if (tokens_bootstrap(ctl.cfg.state_dir, &err) < 0 ||

@@ -97,11 +97,12 @@ static bool underlay_of(const struct host *h, char *out, size_t len)
 /* The peers of segment (nid, vlan) for host h: other hosts with a NIC on it. */
 static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t vlan)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT DISTINCT i.host_id FROM addresses a "
-					      "JOIN instances i ON a.instance_id = i.id "
-					      "WHERE a.network_id = ? AND a.vlan = ? AND "
-					      "i.host_id IS NOT NULL AND i.host_id != ? "
-					      "ORDER BY i.host_id");
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT DISTINCT i.host_id FROM addresses a "
+				   "JOIN " MIGRATE_WIRED_INSTANCES " i ON a.instance_id = i.id "
+				   "WHERE a.network_id = ? AND a.vlan = ? AND "
+				   "i.host_id IS NOT NULL AND i.host_id != ? "
+				   "ORDER BY i.host_id");
 	struct json_object *peers = json_object_new_array();
 	char self[64] = "";
 
@@ -199,12 +200,13 @@ static void port_protection(struct json_object *port, struct json_object *groups
 static struct json_object *doc_build(struct host *h)
 {
 	sqlite3_stmt *st = db_prepare(
-		ctl.db, "SELECT n.id, n.name, n.mode, n.cidr, n.gateway, n.mtu, n.dhcp, n.dns, "
-			"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name, "
-			"i.spec "
-			"FROM addresses a JOIN instances i ON a.instance_id = i.id "
-			"JOIN networks n ON a.network_id = n.id WHERE i.host_id = ? "
-			"ORDER BY n.id, a.vlan, i.id, a.nic");
+		ctl.db,
+		"SELECT n.id, n.name, n.mode, n.cidr, n.gateway, n.mtu, n.dhcp, n.dns, "
+		"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name, "
+		"i.spec "
+		"FROM addresses a JOIN " MIGRATE_WIRED_INSTANCES " i ON a.instance_id = i.id "
+		"JOIN networks n ON a.network_id = n.id WHERE i.host_id = ? "
+		"ORDER BY n.id, a.vlan, i.id, a.nic");
 	struct json_object *doc = json_object_new_object(), *nets = json_object_new_array();
 	struct json_object *net = NULL, *segs = NULL, *seg = NULL, *ports = NULL;
 	struct json_object *groups = json_object_new_array();
@@ -429,10 +431,11 @@ static bool host_in_sync(struct host *h)
 bool netsync_instance_ready(const char *instance, char *why, size_t len)
 {
 	sqlite3_stmt *st = db_prepare(
-		ctl.db, "SELECT DISTINCT i.host_id FROM addresses a JOIN instances i ON "
-			"a.instance_id = i.id WHERE i.host_id IS NOT NULL AND EXISTS (SELECT 1 "
-			"FROM addresses b JOIN instances j ON b.instance_id = j.id WHERE "
-			"j.name = ? AND b.network_id = a.network_id AND b.vlan = a.vlan)");
+		ctl.db,
+		"SELECT DISTINCT i.host_id FROM addresses a JOIN " MIGRATE_WIRED_INSTANCES
+		" i ON a.instance_id = i.id WHERE i.host_id IS NOT NULL AND EXISTS (SELECT 1 "
+		"FROM addresses b JOIN instances j ON b.instance_id = j.id WHERE "
+		"j.name = ? AND b.network_id = a.network_id AND b.vlan = a.vlan)");
 	bool ready = true;
 
 	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);

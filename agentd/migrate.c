@@ -1,0 +1,913 @@
+/*
+ * migrate.c - live migration of a VM between two hosts: the agents' half.
+ *
+ * The controller drives a migration (controllerd/migrate.c) as instance commands, one
+ * per host, each an ordinary operation:
+ *   migrate-in   on the target: register the VM from the SPEC the command carries,
+ *                make its run directory (and cloud-init seed: the devices must match),
+ *                start QEMU with -incoming defer, then listen (QMP migrate-incoming)
+ *                on this host's underlay address, on a port picked for this migration
+ *                only. Succeeds with {"uri": "tcp:A:P"}; QEMU waits there, paused.
+ *   migrate-out  on the source: send the VM's state to args.uri (QMP migrate), report
+ *                every second (op-progress with a "migration" object) and, once QEMU
+ *                says completed, quit the source QEMU, remove its taps and run
+ *                directory (its disks are on the shared pool: now the target's) and
+ *                forget the VM. Succeeds with downtime_ms, total_ms, strategy and the
+ *                last statistics.
+ * The stream is TLS: each command carries this migration's certificates (args.tls,
+ * issued by the controller for this migration alone), loaded into QEMU as a
+ * tls-creds-x509 object that verifies the peer (server on the target, client on the
+ * source, which checks the target's underlay address against its certificate).
+ * Cancel is a query ({"what": "migrate-cancel", "name": N}): the VM is busy with
+ * migrate-out, so a command would be refused. It answers at once; QMP migrate_cancel
+ * then ends migrate-out as failed ("cancelled") and the VM runs on here. The target
+ * is cleaned by the controller with a forced delete that keeps the disks.
+ *
+ * TCG: pre-copy of a guest that dirties memory crashed guest kernels on the target
+ * (issue 13: 7 of 15 runs), pausing first was clean. So for a TCG VM the source first
+ * measures the guest's dirty rate (calc-dirty-rate, one second) and, above
+ * MIGRATE_TCG_IDLE_MBPS, pauses the guest before it migrates ("pause-then-migrate";
+ * the controller resumes it on the target). An idle guest keeps pre-copy and its
+ * short downtime. Post-copy needs userfaultfd in the target QEMU, which runs as the
+ * unprivileged QEMU user; see docs/architecture.md - it is not used yet.
+ */
+#include "agentd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "json.h"
+#include "util.h"
+
+#define MIGRATE_POLL_MS	       250  /* query-migrate while a migration runs */
+#define MIGRATE_REPORT_MS      1000 /* op-progress at most this often */
+#define MIGRATE_TCG_IDLE_MBPS  4    /* dirty rate (MB/s) under which TCG pre-copies */
+#define MIGRATE_BANDWIDTH_MBPS 8000 /* QEMU 7.2's 128 MiB/s default never converges */
+#define MIGRATE_DOWNTIME_MS    100  /* QEMU's default is 300; the goal here is 100 */
+#define MIGRATE_DIRTY_CALC_S   1
+#define MIGRATE_QMP_TIMEOUT_MS 10000
+
+/* One migrate-out at work (a VM leaves this host). */
+struct outgoing {
+	struct inst_op *op;
+	struct vm *vm;
+	uv_timer_t timer;
+	int64_t started_ms;
+	int64_t reported_ms;
+	int64_t paused_at_ms; /* pause-then-migrate: when the guest stopped, else 0 */
+	char strategy[24];    /* "precopy" or "pause-then-migrate" */
+	double dirty_mbps;    /* measured before the start (TCG), -1 unknown */
+	bool cancel;	      /* the controller asked to cancel */
+	bool polling;	      /* a query-migrate is in flight */
+	bool finished;
+	struct json_object *stats; /* the last "migration" object */
+	struct outgoing *next;
+};
+
+static struct outgoing *outgoing_list;
+
+static int uri_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strncmp(s, "tcp:", 4) != 0 || strlen(s) > 64 ||
+	    strspn(s + 4, "0123456789.:") != strlen(s) - 4)
+		return err_input(err, 400, field, "field '%s' must be tcp:ADDR:PORT", field);
+	return 0;
+}
+
+static int positive_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	int64_t v = json_object_get_int64(val);
+
+	if (v < 1 || v > 1000000)
+		return err_input(err, 400, field, "field '%s' must be 1..1000000", field);
+	return 0;
+}
+
+static int pem_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strncmp(s, "-----BEGIN ", 11) != 0 || strlen(s) > 16384)
+		return err_input(err, 400, field, "field '%s' must be one PEM block", field);
+	return 0;
+}
+
+static int ip_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	struct in_addr a;
+
+	if (inet_pton(AF_INET, json_object_get_string(val), &a) != 1)
+		return err_input(err, 400, field, "field '%s' must be an IPv4 address", field);
+	return 0;
+}
+
+static const struct json_field tls_fields[] = {
+	{"ca", JK_STRING, true, pem_check},
+	{"cert", JK_STRING, true, pem_check},
+	{"key", JK_STRING, true, pem_check},
+	{"hostname", JK_STRING, false, ip_check},
+	{NULL, 0, false, NULL},
+};
+
+static int tls_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_fields_check(val, tls_fields, err) < 0)
+		return agent_err_prefix(err, "tls: ");
+	return 0;
+}
+
+/* The controller's certificates for this migration: TLS is not optional. */
+const struct json_field migrate_in_args[] = {
+	{"tls", JK_OBJECT, true, tls_check},
+	{NULL, 0, false, NULL},
+};
+
+const struct json_field migrate_out_args[] = {
+	{"uri", JK_STRING, true, uri_check},
+	{"tls", JK_OBJECT, true, tls_check},
+	{"downtime_ms", JK_INT, false, positive_check},
+	{"bandwidth_mbps", JK_INT, false, positive_check},
+	{NULL, 0, false, NULL},
+};
+
+/* ---- TLS ---------------------------------------------------------------------------- */
+
+/* A tls-creds-x509 object being loaded into a QEMU: its files go once QEMU read them. */
+struct creds_load {
+	char dir[64];
+	qmp_reply_cb cb;
+	void *data;
+};
+
+static void creds_files_remove(const char *dir)
+{
+	static const char *const names[] = {"ca-cert.pem",     "server-cert.pem", "server-key.pem",
+					    "client-cert.pem", "client-key.pem",  NULL};
+	char path[128];
+
+	for (size_t k = 0; names[k]; k++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[k]);
+		unlink(path);
+	}
+	rmdir(dir);
+}
+
+static void creds_loaded_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct creds_load *c = data;
+
+	/* QEMU holds the credentials in memory now (or refused them). */
+	creds_files_remove(c->dir);
+	c->cb(q, ret, error, c->data);
+	free(c);
+}
+
+/*
+ * Load this migration's certificates (tls: {ca, cert, key}) into vm's QEMU as
+ * tls-creds-x509 object id for endpoint "server" or "client", peers verified. QEMU
+ * reads the files after it dropped root, so they are written to a fresh directory
+ * under /tmp owned by the QEMU user (chown needs the agent's root), and removed as
+ * soon as QEMU answered. cb as for vm_qmp(). Returns 0, or -1 with err.
+ */
+static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoint, const char *id,
+		      qmp_reply_cb cb, void *data, struct kerr *err)
+{
+	const char *user = vm->agent->cfg->qemu_user;
+	struct creds_load *c = xcalloc(1, sizeof(*c));
+	struct passwd *pw = strcmp(user, "root") ? getpwnam(user) : NULL;
+	struct json_object *args;
+	const char *what[3][2] = {{"ca-cert", "ca"}, {"cert", "cert"}, {"key", "key"}};
+	char path[128];
+	int ret;
+
+	snprintf(c->dir, sizeof(c->dir), "/tmp/kumo-migtls-XXXXXX");
+	if (mkdtemp(c->dir) == NULL) {
+		free(c);
+		return err_set(err, errno, "cannot make a directory for the TLS certificates");
+	}
+	for (int k = 0; k < 3; k++) {
+		if (k == 0)
+			snprintf(path, sizeof(path), "%s/ca-cert.pem", c->dir);
+		else
+			snprintf(path, sizeof(path), "%s/%s-%s.pem", c->dir, endpoint, what[k][0]);
+		ret = file_write_atomic(path, json_get_str(tls, what[k][1], ""),
+					strlen(json_get_str(tls, what[k][1], "")), 0600);
+		if (ret == 0 && pw && chown(path, pw->pw_uid, pw->pw_gid) < 0)
+			ret = -errno;
+		if (ret < 0) {
+			creds_files_remove(c->dir);
+			free(c);
+			return err_set(err, -ret, "cannot write %s", path);
+		}
+	}
+	if (pw && chown(c->dir, pw->pw_uid, pw->pw_gid) < 0) {
+		creds_files_remove(c->dir);
+		free(c);
+		return err_set(err, errno, "cannot give the TLS certificates to %s", user);
+	}
+	c->cb = cb;
+	c->data = data;
+	args = json_object_new_object();
+	json_object_object_add(args, "qom-type", json_object_new_string("tls-creds-x509"));
+	json_object_object_add(args, "id", json_object_new_string(id));
+	json_object_object_add(args, "dir", json_object_new_string(c->dir));
+	json_object_object_add(args, "endpoint", json_object_new_string(endpoint));
+	json_object_object_add(args, "verify-peer", json_object_new_boolean(true));
+	if (vm_qmp(vm, "object-add", args, MIGRATE_QMP_TIMEOUT_MS, creds_loaded_cb, c, err) < 0) {
+		creds_files_remove(c->dir);
+		free(c);
+		return -1;
+	}
+	return 0;
+}
+
+/* The QOM id of op's credentials: new for each migration (a cancelled one's stays). */
+static void creds_id(const struct inst_op *op, char *out, size_t len)
+{
+	snprintf(out, len, "kumo-tls-%.32s", op->op);
+}
+
+/* ---- migrate-in ------------------------------------------------------------------------ */
+
+/* A free TCP port on addr: bound and closed again, for QEMU to bind at once. */
+static int port_pick(const char *addr, int *port, struct kerr *err)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sa);
+	_cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return err_set(err, errno, "cannot make a socket");
+	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
+		return err_set(err, 0, "this host's address %s is not IPv4", addr);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+		return err_set(err, errno, "cannot find a free port on %s", addr);
+	*port = ntohs(sa.sin_port);
+	return 0;
+}
+
+/* Fail migrate-in: its QEMU goes first, then instance_op_fail() removes the rest. */
+static void in_stopped_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	const char *why = json_get_str(op->result, "why", "migrate-in failed");
+
+	if (instance_op_gone(op))
+		return;
+	instance_op_fail(op, "%s", why);
+}
+
+static void in_fail(struct inst_op *op, const char *why)
+{
+	if (op->vm && vm_alive(op->vm)) {
+		json_object_object_add(op->result, "why", json_object_new_string(why));
+		vm_force_stop(op->vm, in_stopped_cb, op);
+		return;
+	}
+	instance_op_fail(op, "%s", why);
+}
+
+static void incoming_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		char why[300];
+
+		snprintf(why, sizeof(why), "migrate-incoming: %s", error);
+		in_fail(op, why);
+		return;
+	}
+	/* Ready: from here a failure is the controller's to clean up (a delete). */
+	op->registered = false;
+	json_object_object_del(op->result, "why");
+	log_info("vm %s: waiting for its migration on %s", op->vm->name,
+		 json_get_str(op->result, "uri", ""));
+	instance_op_succeed(op);
+}
+
+static void in_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *args;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		char why[300];
+
+		snprintf(why, sizeof(why), "migrate-set-parameters: %s", error);
+		in_fail(op, why);
+		return;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "uri",
+			       json_object_new_string(json_get_str(op->result, "uri", "")));
+	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
+		   &err) < 0)
+		in_fail(op, err.msg);
+}
+
+static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *params;
+	char id[64], why[300];
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		snprintf(why, sizeof(why), "the migration's TLS certificates: %s", error);
+		in_fail(op, why);
+		return;
+	}
+	creds_id(op, id, sizeof(id));
+	params = json_object_new_object();
+	json_object_object_add(params, "tls-creds", json_object_new_string(id));
+	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
+		   op, &err) < 0)
+		in_fail(op, err.msg);
+}
+
+static void in_started_cb(struct vm *vm, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	char host[AGENT_ADDR_MAX], uri[96], id[64];
+	struct kerr err;
+	int port, cport;
+
+	if (instance_op_gone(op))
+		return;
+	vm->vm_incoming = false;
+	if (error) {
+		in_fail(op, error);
+		return;
+	}
+	/* The underlay address the controller reaches this agent at (tcp://A:P). */
+	if (config_hostport_split(op->agent->addr + strlen("tcp://"), host, sizeof(host), &cport,
+				  &err) < 0 ||
+	    port_pick(host, &port, &err) < 0) {
+		in_fail(op, err.msg);
+		return;
+	}
+	snprintf(uri, sizeof(uri), "tcp:%s:%d", host, port);
+	json_object_object_add(op->result, "uri", json_object_new_string(uri));
+	creds_id(op, id, sizeof(id));
+	if (creds_load(vm, json_object_object_get(op->args, "tls"), "server", id, in_creds_cb, op,
+		       &err) < 0)
+		in_fail(op, err.msg);
+}
+
+static void in_spec_written_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	op->vm->created = true;
+	instance_op_progress(op, 50, "prepare-target");
+	/* QEMU's command line gets -incoming defer (qemuargs.c). */
+	op->vm->vm_incoming = true;
+	if (vm_start(op->vm, NULL, in_started_cb, op, &err) < 0) {
+		op->vm->vm_incoming = false;
+		instance_op_fail(op, "%s", err.msg);
+	}
+}
+
+static void in_spec_write(struct inst_op *op)
+{
+	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->dir);
+
+	disk_file_write(op->agent, path, json_text(op->spec), in_spec_written_cb, op);
+}
+
+static void in_seeded_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	in_spec_write(op);
+}
+
+static void in_prepared_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *ci;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	/* The seed disk is a device of the guest: the target needs the same one. */
+	if (json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
+		disk_seed_build(op->agent, op->vm->dir, op->vm->name,
+				json_get_str(ci, "user_data", ""), in_seeded_cb, op);
+		return;
+	}
+	in_spec_write(op);
+}
+
+/*
+ * migrate-in (target): make the VM of op->spec here, its QEMU waiting for the
+ * migration on a port of this host's underlay address. Result {"uri"}.
+ */
+void migrate_in(struct inst_op *op)
+{
+	const char *name = json_get_str(op->spec, "name", "");
+	struct kerr err;
+
+	if (op->vm || oci_find(op->agent, name)) {
+		op->vm = NULL;
+		instance_op_fail(op, "instance %s exists already on this host", name);
+		return;
+	}
+	for (size_t i = 0; i < op->ndisks; i++)
+		if (strcmp(op->disks[i].root, op->agent->cfg->shared_pool) != 0) {
+			instance_op_fail(op, "disk %s is not on the shared pool",
+					 op->disks[i].name);
+			return;
+		}
+	op->vm = vm_register(op->agent, op->spec, &err);
+	if (op->vm == NULL) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->registered = true;
+	op->vm->op = op;
+	op->owner = true;
+	op->result = json_object_new_object();
+	instance_op_progress(op, 10, "prepare-target");
+	disk_prepare(op->agent, op->vm->dir, op->disks, 0, NULL, in_prepared_cb, op);
+}
+
+/* ---- migrate-out ----------------------------------------------------------------------- */
+
+static struct outgoing *outgoing_find(const char *name)
+{
+	for (struct outgoing *o = outgoing_list; o; o = o->next)
+		if (strcmp(o->vm->name, name) == 0)
+			return o;
+	return NULL;
+}
+
+static void outgoing_close_cb(uv_handle_t *handle)
+{
+	struct outgoing *o = handle->data;
+
+	json_object_put(o->stats);
+	free(o);
+}
+
+/* Forget o (the op is answered already or about to be). */
+static void outgoing_free(struct outgoing *o)
+{
+	struct outgoing **pp;
+
+	for (pp = &outgoing_list; *pp; pp = &(*pp)->next)
+		if (*pp == o) {
+			*pp = o->next;
+			break;
+		}
+	uv_timer_stop(&o->timer);
+	uv_close((uv_handle_t *)&o->timer, outgoing_close_cb);
+}
+
+static bool outgoing_gone(struct outgoing *o)
+{
+	if (!o->op->agent->stopping)
+		return false;
+	instance_op_gone(o->op);
+	outgoing_free(o);
+	return true;
+}
+
+/* Fail migrate-out with why = prefix + detail; the VM runs on here. */
+static void out_fail(struct outgoing *o, const char *prefix, const char *detail)
+{
+	struct inst_op *op = o->op;
+
+	/* A guest this migration paused runs on here. */
+	if (o->paused_at_ms && vm_alive(o->vm))
+		vm_qmp(o->vm, "cont", NULL, 0, NULL, NULL, NULL);
+	o->finished = true;
+	outgoing_free(o);
+	instance_op_fail(op, "%s%s", prefix, detail);
+}
+
+static void out_removed_cb(struct agent *a, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	struct inst_op *op = o->op;
+
+	if (outgoing_gone(o))
+		return;
+	if (error)
+		log_warnx("vm %s: migrated, but its run directory stays: %s", o->vm->name, error);
+	o->vm->op = NULL;
+	op->owner = false;
+	vm_remove(o->vm);
+	op->vm = NULL;
+	outgoing_free(o);
+	instance_op_succeed(op);
+}
+
+static void out_stopped_cb(struct vm *vm, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (outgoing_gone(o))
+		return;
+	netport_vm_remove(json_object_object_get(vm->spec, "nics"));
+	disk_remove(o->op->agent, vm->dir, vm->disks, 0, NULL, out_removed_cb, o);
+}
+
+/* The "migration" object of the operation's progress, from query-migrate's answer. */
+static struct json_object *stats_build(struct outgoing *o, struct json_object *ret)
+{
+	struct json_object *ram = json_object_object_get(ret, "ram"), *s = json_object_new_object();
+	struct json_object *disk = json_object_object_get(ret, "disk");
+	int64_t remaining = json_get_int(ram, "remaining", 0);
+	double mbps = json_object_get_double(json_object_object_get(ram, "mbps"));
+	int64_t eta = mbps > 0 ? (int64_t)(remaining * 8 / (mbps * 1000)) : -1;
+
+	json_object_object_add(s, "status",
+			       json_object_new_string(json_get_str(ret, "status", "")));
+	json_object_object_add(s, "strategy", json_object_new_string(o->strategy));
+	json_object_object_add(s, "ram_total",
+			       json_object_new_int64(json_get_int(ram, "total", 0)));
+	json_object_object_add(s, "ram_transferred",
+			       json_object_new_int64(json_get_int(ram, "transferred", 0)));
+	json_object_object_add(s, "ram_remaining", json_object_new_int64(remaining));
+	json_object_object_add(s, "dirty_rate_pps",
+			       json_object_new_int64(json_get_int(ram, "dirty-pages-rate", 0)));
+	json_object_object_add(s, "bandwidth_mbps", json_object_new_double(mbps));
+	json_object_object_add(s, "iterations",
+			       json_object_new_int64(json_get_int(ram, "dirty-sync-count", 0)));
+	json_object_object_add(s, "expected_downtime_ms",
+			       json_object_new_int64(json_get_int(ret, "expected-downtime", 0)));
+	json_object_object_add(s, "disk_remaining",
+			       json_object_new_int64(json_get_int(disk, "remaining", 0)));
+	json_object_object_add(s, "eta_ms", eta >= 0 ? json_object_new_int64(eta) : NULL);
+	if (o->dirty_mbps >= 0)
+		json_object_object_add(s, "dirty_rate_mbps_before",
+				       json_object_new_double(o->dirty_mbps));
+	return s;
+}
+
+static void progress_send(struct outgoing *o, const char *phase, int pct)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "progress", json_object_new_int(pct));
+	json_object_object_add(body, "phase", json_object_new_string(phase));
+	if (o->stats)
+		json_object_object_add(body, "migration", json_object_get(o->stats));
+	link_event_send(o->op->agent, LINK_OP_PROGRESS, o->op->op, body);
+	o->reported_ms = now_ms();
+}
+
+static void poll_again(struct outgoing *o);
+static void dirty_poll_cb(uv_timer_t *timer);
+
+static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	struct inst_op *op = o->op;
+	const char *status;
+	int64_t total;
+	int pct;
+
+	o->polling = false;
+	if (outgoing_gone(o))
+		return;
+	if (ret == NULL) {
+		out_fail(o, "query-migrate: ", error);
+		return;
+	}
+	status = json_get_str(ret, "status", "");
+	json_object_put(o->stats);
+	o->stats = stats_build(o, ret);
+	if (strcmp(status, "completed") == 0) {
+		int64_t downtime = json_get_int(ret, "downtime", -1);
+
+		o->finished = true;
+		op->result = json_object_new_object();
+		json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
+		json_object_object_add(op->result, "downtime_ms", json_object_new_int64(downtime));
+		/* Paused first: the guest stood still since the stop, not only QEMU's part. */
+		if (o->paused_at_ms)
+			json_object_object_add(op->result, "paused_ms",
+					       json_object_new_int64(now_ms() - o->paused_at_ms));
+		json_object_object_add(op->result, "total_ms",
+				       json_object_new_int64(now_ms() - o->started_ms));
+		json_object_object_add(op->result, "migration", json_object_get(o->stats));
+		log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->name,
+			 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
+		/* The switchover, at once: the controller moves the instance (and resumes a
+		 * guest paused first) while this host cleans up. */
+		json_object_object_add(o->stats, "downtime_ms", json_object_new_int64(downtime));
+		if (o->paused_at_ms)
+			json_object_object_add(o->stats, "paused_ms",
+					       json_object_new_int64(now_ms() - o->paused_at_ms));
+		json_object_object_add(o->stats, "total_ms",
+				       json_object_new_int64(now_ms() - o->started_ms));
+		progress_send(o, "switchover", 95);
+		op->report = vm_report(o->vm);
+		o->vm->stop_requested = true;
+		vm_force_stop(o->vm, out_stopped_cb, o);
+		return;
+	}
+	if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0 ||
+	    strcmp(status, "cancelling") == 0) {
+		if (strcmp(status, "cancelling") == 0) {
+			poll_again(o);
+			return;
+		}
+		out_fail(o, "migration ",
+			 o->cancel || strcmp(status, "cancelled") == 0
+				 ? "cancelled"
+				 : json_get_str(ret, "error-desc", "failed"));
+		return;
+	}
+	if (now_ms() - o->reported_ms >= MIGRATE_REPORT_MS) {
+		total = json_get_int(json_object_object_get(ret, "ram"), "total", 0);
+		pct = total > 0
+			      ? (int)(10 + 80 *
+						   json_get_int(json_object_object_get(ret, "ram"),
+								"transferred", 0) /
+						   (total > 0 ? total : 1))
+			      : 10;
+		progress_send(o, strcmp(status, "postcopy-active") == 0 ? "postcopy" : "precopy",
+			      pct > 90 ? 90 : pct);
+	}
+	poll_again(o);
+}
+
+static void poll_cb(uv_timer_t *timer)
+{
+	struct outgoing *o = timer->data;
+	struct kerr err;
+
+	if (outgoing_gone(o))
+		return;
+	o->polling = true;
+	if (vm_qmp(o->vm, "query-migrate", NULL, MIGRATE_QMP_TIMEOUT_MS, query_migrate_cb, o,
+		   &err) < 0) {
+		o->polling = false;
+		out_fail(o, "", err.msg);
+	}
+}
+
+static void poll_again(struct outgoing *o)
+{
+	uv_timer_start(&o->timer, poll_cb, MIGRATE_POLL_MS, 0);
+}
+
+static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "migrate: ", error);
+		return;
+	}
+	progress_send(o, "precopy", 10);
+	poll_again(o);
+}
+
+static void migrate_send(struct outgoing *o)
+{
+	struct json_object *args = json_object_new_object();
+	struct kerr err;
+
+	json_object_object_add(args, "uri",
+			       json_object_new_string(json_get_str(o->op->args, "uri", "")));
+	if (vm_qmp(o->vm, "migrate", args, MIGRATE_QMP_TIMEOUT_MS, migrate_cb, o, &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "stop: ", error);
+		return;
+	}
+	migrate_send(o);
+}
+
+/* Pre-copy, or (TCG, guest busy) pause first: see the top of this file. */
+static void strategy_start(struct outgoing *o)
+{
+	struct kerr err;
+
+	if (o->cancel) {
+		out_fail(o, "migration ", "cancelled");
+		return;
+	}
+	if (strcmp(o->strategy, "pause-then-migrate") != 0) {
+		migrate_send(o);
+		return;
+	}
+	o->paused_at_ms = now_ms();
+	if (vm_qmp(o->vm, "stop", NULL, MIGRATE_QMP_TIMEOUT_MS, stopped_cb, o, &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+static void dirty_rate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (outgoing_gone(o))
+		return;
+	if (ret && strcmp(json_get_str(ret, "status", ""), "measuring") == 0) {
+		uv_timer_start(&o->timer, dirty_poll_cb, 100, 0);
+		return;
+	}
+	/* Unknown is treated as busy: the safe side on TCG. */
+	o->dirty_mbps = ret ? json_get_int(ret, "dirty-rate", -1) : -1;
+	snprintf(o->strategy, sizeof(o->strategy), "%s",
+		 o->dirty_mbps >= 0 && o->dirty_mbps < MIGRATE_TCG_IDLE_MBPS
+			 ? "precopy"
+			 : "pause-then-migrate");
+	log_info("vm %s: dirty rate %.0f MB/s under TCG: %s", o->vm->name, o->dirty_mbps,
+		 o->strategy);
+	strategy_start(o);
+}
+
+static void dirty_poll_cb(uv_timer_t *timer)
+{
+	struct outgoing *o = timer->data;
+	struct kerr err;
+
+	if (outgoing_gone(o))
+		return;
+	if (vm_qmp(o->vm, "query-dirty-rate", NULL, MIGRATE_QMP_TIMEOUT_MS, dirty_rate_cb, o,
+		   &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+static void calc_started_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		log_warnx("vm %s: calc-dirty-rate: %s; pausing to migrate", o->vm->name, error);
+		snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
+		strategy_start(o);
+		return;
+	}
+	uv_timer_start(&o->timer, dirty_poll_cb, MIGRATE_DIRTY_CALC_S * 1000 + 50, 0);
+}
+
+static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	struct json_object *args;
+	struct kerr err;
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "migrate-set-parameters: ", error);
+		return;
+	}
+	if (strcmp(json_get_str(o->vm->spec, "accel", "tcg"), "tcg") != 0) {
+		migrate_send(o);
+		return;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "calc-time", json_object_new_int(MIGRATE_DIRTY_CALC_S));
+	if (vm_qmp(o->vm, "calc-dirty-rate", args, MIGRATE_QMP_TIMEOUT_MS, calc_started_cb, o,
+		   &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	struct inst_op *op = o->op;
+	struct json_object *params, *tls = json_object_object_get(op->args, "tls");
+	int64_t mbps = json_get_int(op->args, "bandwidth_mbps", MIGRATE_BANDWIDTH_MBPS);
+	struct kerr err;
+	char id[64];
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "the migration's TLS certificates: ", error);
+		return;
+	}
+	creds_id(op, id, sizeof(id));
+	params = json_object_new_object();
+	json_object_object_add(params, "tls-creds", json_object_new_string(id));
+	/* The target's certificate names its underlay address. */
+	json_object_object_add(params, "tls-hostname",
+			       json_object_new_string(json_get_str(tls, "hostname", "")));
+	json_object_object_add(params, "max-bandwidth", json_object_new_int64(mbps * 1000000 / 8));
+	json_object_object_add(
+		params, "downtime-limit",
+		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
+	if (vm_qmp(o->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, params_cb, o,
+		   &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+/*
+ * migrate-out (source): move the running VM to the QEMU waiting at args.uri (a
+ * migrate-in), then forget it here. See the top of this file.
+ */
+void migrate_out(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+	struct outgoing *o;
+	struct kerr err;
+	char id[64];
+
+	if (vm->vm_state != VM_RUNNING) {
+		instance_op_fail(op, "instance %s is %s; a live migration needs it running",
+				 vm->name, vm_state_name(vm->vm_state));
+		return;
+	}
+	o = xcalloc(1, sizeof(*o));
+	o->op = op;
+	o->vm = vm;
+	o->dirty_mbps = -1;
+	o->started_ms = now_ms();
+	snprintf(o->strategy, sizeof(o->strategy), "precopy");
+	uv_timer_init(op->agent->loop, &o->timer);
+	o->timer.data = o;
+	o->next = outgoing_list;
+	outgoing_list = o;
+	progress_send(o, "precopy", 5);
+	creds_id(op, id, sizeof(id));
+	if (creds_load(vm, json_object_object_get(op->args, "tls"), "client", id, out_creds_cb, o,
+		       &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+static const struct json_field cancel_fields[] = {
+	{"what", JK_STRING, true, NULL},
+	{"name", JK_STRING, true, name_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * {"what": "migrate-cancel", "name": N} -> {"cancelled": true} when a migrate-out of
+ * N runs here and was asked to stop (its op then fails, "cancelled"), else
+ * {"cancelled": false, "why"}. Answered at once.
+ */
+int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			 struct kerr *err)
+{
+	struct outgoing *o;
+
+	(void)a;
+	if (json_fields_check(body, cancel_fields, err) < 0)
+		return -1;
+	o = outgoing_find(json_get_str(body, "name", ""));
+	*answer = json_object_new_object();
+	if (o == NULL || o->finished) {
+		json_object_object_add(*answer, "cancelled", json_object_new_boolean(false));
+		json_object_object_add(*answer, "why",
+				       json_object_new_string(o ? "the migration has finished"
+								: "no migration of it runs here"));
+		return 0;
+	}
+	o->cancel = true;
+	/* Before QEMU's migrate the steps above see o->cancel; after it, QEMU does. */
+	vm_qmp(o->vm, "migrate_cancel", NULL, 0, NULL, NULL, NULL);
+	json_object_object_add(*answer, "cancelled", json_object_new_boolean(true));
+	return 0;
+}

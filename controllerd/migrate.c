@@ -1,0 +1,1155 @@
+/*
+ * migrate.c - live migration of a VM to another host: the controller's half.
+ *
+ * POST /api/v1/instances/{name}/actions/migrate checks everything before anything
+ * starts (each refusal changes nothing), picks the target (the scheduler's filters,
+ * without the source host; KVM/TCG parity) and starts a parent operation of kind
+ * "migrate" on target "instances/NAME", so the instance is busy for every other verb.
+ * The parent runs as child operations, one per agent command (agentd/migrate.c), each
+ * an ordinary operation row the agent reports on:
+ *
+ *   prepare-target  migrate-in on the target: QEMU -incoming, listening; -> uri
+ *   precopy         migrate-out on the source: QMP migrate to uri, progress every
+ *                   second (the parent's result.migration and phase follow it)
+ *   switchover      migrate-out succeeded: the target runs the guest. In one
+ *                   transaction the instance's host becomes the target and the parent
+ *                   succeeds; then every host's network document is rebuilt.
+ *                   A guest paused first (TCG, busy) is resumed on the target
+ *                   (migrate-resume) before the parent succeeds.
+ *   cleanup         on failure or cancel: the target's half is removed with a forced
+ *                   delete that keeps the disks (migrate-cleanup); the VM ran on the
+ *                   source all along, and the database never moved it.
+ *
+ * migrate_cancel() stops a migration before switchover. Until the generic cancel of
+ * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
+ * reaches it through the job engine's cancel (jobs.c, kind "migrate").
+ *
+ * Migrations live in memory: a controller restart fails the parent (ops_resume()
+ * cannot resend kind "migrate"). Faults are issue 13 item 7, not done yet.
+ */
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "controllerd.h"
+#include "log.h"
+#include "scheduler.h"
+#include "util.h"
+#include "valid.h"
+
+#define MIGRATE_NET_WAIT_MS 30000 /* the target's networks, at most */
+
+enum migrate_phase {
+	PHASE_PREPARE_TARGET,
+	PHASE_PRECOPY,
+	PHASE_SWITCHOVER,
+	PHASE_CLEANUP,
+};
+
+static const char *const phase_names[] = {
+	[PHASE_PREPARE_TARGET] = "prepare-target",
+	[PHASE_PRECOPY] = "precopy",
+	[PHASE_SWITCHOVER] = "switchover",
+	[PHASE_CLEANUP] = "cleanup",
+};
+
+/* One migration in flight: the parent operation and the child at work. */
+struct migration {
+	char id[LINK_OP_ID_MAX + 1];	/* the parent operation */
+	char child[LINK_OP_ID_MAX + 1]; /* the agent command at work, "" none */
+	char name[NAME_MAX_LEN + 1];
+	int64_t iid;
+	struct host *src, *dst;
+	struct json_object *spec; /* the instance's, as the target gets it */
+	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
+	struct json_object *result;
+	enum migrate_phase phase;
+	bool cancel;			      /* asked to cancel */
+	bool net_wait;			      /* the target is ready; its networks are not yet */
+	int64_t net_deadline;		      /* ms: then the copy starts anyway */
+	char uri[96];			      /* where the target listens */
+	struct json_object *tls_in, *tls_out; /* each end's certificates (PEM) */
+	struct evacuation *evac;	      /* the evacuation it is part of, or NULL */
+	char outcome[16];		      /* how it ended: succeeded, failed, cancelled */
+	char failure[256];		      /* why it failed, for after the clean-up */
+	int64_t started_ms;
+	struct migration *next;
+};
+
+static struct migration *migrations;
+
+struct evacuation;
+static void evac_note(struct migration *m);
+
+/*
+ * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
+ * temp.migrating is per connection and never in the schema, as migrations live in
+ * memory. Every host's network document follows.
+ */
+static void wired_set(struct migration *m, bool on)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, on ? "INSERT OR REPLACE INTO temp.migrating "
+					"(instance_id, host_id) VALUES (?, ?)"
+				      : "DELETE FROM temp.migrating WHERE instance_id = ?");
+
+	sqlite3_bind_int64(st, 1, m->iid);
+	if (on)
+		sqlite3_bind_int64(st, 2, m->dst->id);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("migration %s: temp.migrating: %s", m->id, sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+	netsync_all();
+}
+
+/* Start-up: the table wired_set() keeps. Returns 0, or -1 with err. */
+int migrate_db_init(sqlite3 *db, struct kerr *err)
+{
+	return db_exec(db,
+		       "CREATE TEMP TABLE IF NOT EXISTS migrating (instance_id INTEGER PRIMARY "
+		       "KEY, host_id INTEGER NOT NULL)",
+		       err);
+}
+
+static void migration_free(struct migration *m)
+{
+	struct migration **pp;
+
+	wired_set(m, false);
+	if (m->evac)
+		evac_note(m);
+	for (pp = &migrations; *pp; pp = &(*pp)->next)
+		if (*pp == m) {
+			*pp = m->next;
+			break;
+		}
+	json_object_put(m->spec);
+	json_object_put(m->args);
+	json_object_put(m->result);
+	json_object_put(m->tls_in);
+	json_object_put(m->tls_out);
+	free(m);
+}
+
+static struct migration *migration_by_child(const char *child)
+{
+	for (struct migration *m = migrations; m; m = m->next)
+		if (!strcmp(m->child, child))
+			return m;
+	return NULL;
+}
+
+static struct migration *migration_by_id(const char *id)
+{
+	for (struct migration *m = migrations; m; m = m->next)
+		if (!strcmp(m->id, id))
+			return m;
+	return NULL;
+}
+
+/* ---- request ---------------------------------------------------------------------------- */
+
+static int mode_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "live") && strcmp(s, "offline"))
+		return err_input(err, 400, f, "'%s' is live or offline", f);
+	return 0;
+}
+
+static int postcopy_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strcmp(s, "auto") && strcmp(s, "never") && strcmp(s, "always"))
+		return err_input(err, 400, f, "'%s' is auto, never or always", f);
+	return 0;
+}
+
+static int downtime_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > 600000)
+		return err_input(err, 400, f, "'%s' must be 1..600000 (milliseconds)", f);
+	return 0;
+}
+
+static int bandwidth_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > 1000000)
+		return err_input(err, 400, f, "'%s' must be 1..1000000 (Mbit/s)", f);
+	return 0;
+}
+
+static const struct json_field migrate_fields[] = {
+	{"host", JK_STRING, false, name_check},
+	{"mode", JK_STRING, false, mode_check},
+	{"downtime_ms", JK_INT, false, downtime_check},
+	{"bandwidth_mbps", JK_INT, false, bandwidth_check},
+	{"postcopy", JK_STRING, false, postcopy_check},
+	{NULL, 0, false, NULL},
+};
+
+/* What the instance row holds that a migration needs. */
+struct mig_inst {
+	int64_t id;
+	char state[32];
+	struct host *host;
+	struct json_object *spec;
+};
+
+static bool inst_load(const char *name, struct mig_inst *i)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.id, i.state, h.name, i.spec FROM instances "
+					      "i LEFT JOIN hosts h ON h.id = i.host_id WHERE "
+					      "i.name = ?");
+	bool found = false;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		found = true;
+		i->id = sqlite3_column_int64(st, 0);
+		snprintf(i->state, sizeof(i->state), "%s", sqlite3_column_text(st, 1));
+		i->host = sqlite3_column_type(st, 2) == SQLITE_TEXT
+				  ? host_find((const char *)sqlite3_column_text(st, 2))
+				  : NULL;
+		i->spec = json_tokener_parse((const char *)sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	return found && i->spec;
+}
+
+/* Every disk of spec on the shared pool: memory is all that moves. */
+static bool disks_shared(struct json_object *spec, char *which, size_t len)
+{
+	struct json_object *disks = json_object_object_get(spec, "disks");
+
+	for (size_t k = 0; disks && k < json_object_array_length(disks); k++) {
+		struct json_object *d = json_object_array_get_idx(disks, k);
+
+		if (strcmp(json_get_str(d, "pool", ""), "shared")) {
+			snprintf(which, len, "%s", json_get_str(d, "name", "?"));
+			return false;
+		}
+	}
+	return true;
+}
+
+static const char *host_accel(const struct host *h)
+{
+	return !strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm") ? "kvm" : "tcg";
+}
+
+/*
+ * Choose the target for the VM of spec, now on src: want (a host the caller named,
+ * or NULL: the scheduler's best other host). The placement record (with every
+ * rejected host and why, src and accelerator mismatches included) goes to
+ * *placement. Returns the host, or NULL with err (422: nothing fits).
+ */
+static struct host *target_choose(struct json_object *spec, struct host *src, struct host *want,
+				  struct json_object **placement, struct kerr *err)
+{
+	struct sched_request sr = {0};
+	struct json_object *netkeep, *mem = json_object_object_get(spec, "memory");
+	struct json_object *cands, *rejected, *o;
+	const char *accel = json_get_str(spec, "accel", "tcg");
+	struct host *chosen = NULL, *h;
+	struct kerr perr;
+
+	sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
+	sr.memory_mb = json_get_int(mem, "mb", json_get_int(mem, "max_mb", 256));
+	sr.nested = json_get_bool(spec, "nested", false);
+	sr.needs_shared_pool = true;
+	sr.pin_host = want ? want->name : NULL;
+	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
+	netkeep = nics_sched_request(spec, &sr);
+	instances_place(&sr, placement, &perr);
+	nics_sched_free(&sr);
+	json_object_put(netkeep);
+	cands = json_object_object_get(*placement, "candidates");
+	rejected = json_object_object_get(*placement, "rejected");
+	/* The scheduler's order, less the source and hosts of the other accelerator. */
+	for (size_t k = 0; cands && k < json_object_array_length(cands); k++) {
+		const char *name = json_get_str(json_object_array_get_idx(cands, k), "host", "");
+		const char *why = NULL;
+
+		h = host_find(name);
+		if (h == NULL)
+			continue;
+		if (h == src)
+			why = "the instance runs there";
+		else if (strcmp(host_accel(h), accel))
+			why = !strcmp(accel, "kvm") ? "a KVM guest cannot move live to a TCG host"
+						    : "a TCG guest cannot move live to a KVM host";
+		if (why == NULL) {
+			/* The others are recorded too: the source is always named. */
+			if (chosen == NULL)
+				chosen = h;
+			continue;
+		}
+		o = json_object_new_object();
+		json_object_object_add(o, "host", json_object_new_string(name));
+		json_object_object_add(o, "reason", json_object_new_string(why));
+		json_object_array_add(rejected, o);
+	}
+	json_object_object_add(*placement, "host",
+			       chosen ? json_object_new_string(chosen->name) : NULL);
+	if (chosen)
+		return chosen;
+	/* The named host's own reason is the clearest answer. */
+	for (size_t k = 0; want && rejected && k < json_object_array_length(rejected); k++) {
+		o = json_object_array_get_idx(rejected, k);
+		if (!strcmp(json_get_str(o, "host", ""), want->name)) {
+			err_input(err, 422, "host", "host %s cannot take %s: %s", want->name,
+				  json_get_str(spec, "name", ""), json_get_str(o, "reason", ""));
+			return NULL;
+		}
+	}
+	err_input(err, 422, "host", "no other host can take %s (see placement.rejected)",
+		  json_get_str(spec, "name", ""));
+	return NULL;
+}
+
+/* ---- certificates --------------------------------------------------------------------- */
+
+#define MIGRATE_CERT_S 3600 /* a migration's certificates expire after this */
+
+static char *pem_text(BIO *b)
+{
+	char *data;
+	long n = BIO_get_mem_data(b, &data);
+	char *out = xmalloc((size_t)n + 1);
+
+	memcpy(out, data, (size_t)n);
+	out[n] = '\0';
+	return out;
+}
+
+static int ext_add(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX v3;
+	X509_EXTENSION *ext;
+
+	X509V3_set_ctx_nodb(&v3);
+	X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+	if (ext == NULL)
+		return -1;
+	X509_add_ext(cert, ext, -1);
+	X509_EXTENSION_free(ext);
+	return 0;
+}
+
+/* A certificate for key with subject cn, signed by (ca, ca_key), or self-signed. */
+static X509 *cert_make(EVP_PKEY *key, const char *cn, X509 *ca, EVP_PKEY *ca_key,
+		       const char *const *exts)
+{
+	X509 *cert = X509_new();
+	X509_NAME *name;
+	unsigned char serial[16];
+	BIGNUM *bn;
+	bool ok = true;
+
+	X509_set_version(cert, 2);
+	random_bytes(serial, sizeof(serial));
+	serial[0] &= 0x7f;
+	bn = BN_bin2bn(serial, sizeof(serial), NULL);
+	BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert));
+	BN_free(bn);
+	/* Clocks of hosts differ a little; the validity is short anyway. */
+	X509_gmtime_adj(X509_getm_notBefore(cert), -300);
+	X509_gmtime_adj(X509_getm_notAfter(cert), MIGRATE_CERT_S);
+	X509_set_pubkey(cert, key);
+	name = X509_get_subject_name(cert);
+	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"Kumo", -1, -1,
+				   0);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+	X509_set_issuer_name(cert, ca ? X509_get_subject_name(ca) : name);
+	for (size_t k = 0; exts[k]; k += 2)
+		ok = ok && ext_add(cert, ca ? ca : cert, OBJ_txt2nid(exts[k]), exts[k + 1]) == 0;
+	if (!ok || X509_sign(cert, ca_key ? ca_key : key, EVP_sha256()) == 0) {
+		X509_free(cert);
+		return NULL;
+	}
+	return cert;
+}
+
+/* {"ca": PEM, "cert": PEM, "key": PEM} for one end. */
+static struct json_object *creds_json(X509 *ca, X509 *cert, EVP_PKEY *key)
+{
+	struct json_object *o = json_object_new_object();
+	BIO *b[3] = {BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem())};
+	static const char *const names[] = {"ca", "cert", "key"};
+
+	PEM_write_bio_X509(b[0], ca);
+	PEM_write_bio_X509(b[1], cert);
+	PEM_write_bio_PrivateKey(b[2], key, NULL, NULL, 0, NULL, NULL);
+	for (int k = 0; k < 3; k++) {
+		_cleanup_free_ char *text = pem_text(b[k]);
+
+		json_object_object_add(o, names[k], json_object_new_string(text));
+		BIO_free(b[k]);
+	}
+	return o;
+}
+
+/*
+ * Issue m's TLS credentials: a CA made for this migration alone (its key never leaves
+ * this function, so nothing else can ever be signed by it), a server certificate for
+ * the target's underlay address and a client certificate for the source, each valid
+ * for an hour. Both ends verify their peer. They travel on the sealed link and are
+ * never stored. Returns 0, or -1 with err.
+ */
+static int creds_issue(struct migration *m, const char *target_ip, struct kerr *err)
+{
+	EVP_PKEY *ca_key = EVP_EC_gen("P-256"), *srv_key = EVP_EC_gen("P-256"),
+		 *cli_key = EVP_EC_gen("P-256");
+	X509 *ca = NULL, *srv = NULL, *cli = NULL;
+	_cleanup_free_ char *ca_cn = xasprintf("kumo migration %.32s", m->id);
+	_cleanup_free_ char *san = xasprintf("IP:%s,DNS:%s", target_ip, target_ip);
+	const char *const ca_exts[] = {"basicConstraints", "critical,CA:TRUE", "keyUsage",
+				       "critical,keyCertSign", NULL};
+	const char *const srv_exts[] = {"basicConstraints",
+					"critical,CA:FALSE",
+					"keyUsage",
+					"critical,digitalSignature,keyEncipherment",
+					"extendedKeyUsage",
+					"serverAuth",
+					"subjectAltName",
+					san,
+					NULL};
+	const char *const cli_exts[] = {"basicConstraints",
+					"critical,CA:FALSE",
+					"keyUsage",
+					"critical,digitalSignature,keyEncipherment",
+					"extendedKeyUsage",
+					"clientAuth",
+					NULL};
+	int ret = -1;
+
+	if (ca_key && srv_key && cli_key)
+		ca = cert_make(ca_key, ca_cn, NULL, NULL, ca_exts);
+	if (ca) {
+		srv = cert_make(srv_key, target_ip, ca, ca_key, srv_exts);
+		cli = cert_make(cli_key, m->src->name, ca, ca_key, cli_exts);
+	}
+	if (srv && cli) {
+		m->tls_in = creds_json(ca, srv, srv_key);
+		m->tls_out = creds_json(ca, cli, cli_key);
+		json_object_object_add(m->tls_out, "hostname", json_object_new_string(target_ip));
+		ret = 0;
+	} else {
+		err_set(err, 0, "cannot issue the migration's TLS certificates");
+	}
+	X509_free(ca);
+	X509_free(srv);
+	X509_free(cli);
+	EVP_PKEY_free(ca_key);
+	EVP_PKEY_free(srv_key);
+	EVP_PKEY_free(cli_key);
+	return ret;
+}
+
+/* ---- the steps ----------------------------------------------------------------------- */
+
+static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
+			struct json_object *args);
+static void fail(struct migration *m, const char *why);
+
+static void parent_update(struct migration *m, int progress)
+{
+	op_update(m->id, "running", progress, phase_names[m->phase], json_object_get(m->result),
+		  NULL);
+}
+
+/* The parent's end (final status), then it is forgotten. */
+static void finish(struct migration *m, const char *status, const char *error)
+{
+	snprintf(m->outcome, sizeof(m->outcome), "%s", status);
+	if (error && !m->failure[0])
+		snprintf(m->failure, sizeof(m->failure), "%s", error);
+	json_object_object_add(m->result, "total_ms",
+			       json_object_new_int64(now_ms() - m->started_ms));
+	op_update(m->id, status, !strcmp(status, "succeeded") ? 100 : -1,
+		  !strcmp(status, "succeeded") ? "done" : phase_names[m->phase],
+		  json_object_get(m->result), error);
+	log_info("migration %s of %s %s -> %s: %s%s%s", m->id, m->name, m->src->name, m->dst->name,
+		 status, error ? ": " : "", error ? error : "");
+	migration_free(m);
+}
+
+/* Remove the target's half; the parent fails (or is cancelled) once it is gone. */
+static void cleanup_start(struct migration *m, const char *why)
+{
+	struct json_object *args = json_object_new_object();
+
+	snprintf(m->failure, sizeof(m->failure), "%s", why);
+	m->phase = PHASE_CLEANUP;
+	parent_update(m, -1);
+	json_object_object_add(args, "force", json_object_new_boolean(true));
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
+	child_start(m, m->dst, "migrate-cleanup", "delete", args);
+}
+
+static void fail(struct migration *m, const char *why)
+{
+	if (m->phase == PHASE_CLEANUP) {
+		/* The clean-up itself failed: say both. */
+		char both[512];
+
+		snprintf(both, sizeof(both), "%s; cleaning the target %s failed too: %s",
+			 m->failure, m->dst->name, why);
+		finish(m, m->cancel ? "cancelled" : "failed", both);
+		return;
+	}
+	cleanup_start(m, why);
+}
+
+/* The guest runs on the target: move the instance there in the database, at once. */
+static void switchover(struct migration *m, struct json_object *out_result)
+{
+	sqlite3_stmt *st;
+	struct kerr err;
+	int rc;
+
+	m->phase = PHASE_SWITCHOVER;
+	if (json_object_object_get(m->spec, "host"))
+		json_object_object_add(m->spec, "host", json_object_new_string(m->dst->name));
+	json_object_object_foreach(out_result, key, val)
+	{
+		/* The source's total is the copy's; the operation's counts from the call. */
+		if (!strcmp(key, "total_ms"))
+			json_object_object_add(m->result, "copy_ms", json_object_get(val));
+		else if (strcmp(key, "instance"))
+			json_object_object_add(m->result, key, json_object_get(val));
+	}
+	json_object_object_add(m->result, "total_ms",
+			       json_object_new_int64(now_ms() - m->started_ms));
+	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
+	if (db_begin(ctl.db) < 0) {
+		log_warnx("migration %s: the database is busy at switchover", m->id);
+		return;
+	}
+	/* The source's report (its QEMU's pid) is void now; updated_at 0 makes the
+	 * target's first report count at once: instance_state_set() keeps an unchanged
+	 * state's report only every REPORT_PERSIST_MS. */
+	st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, spec = ?, state = ?, "
+				"report = '{}', updated_at = 0 WHERE id = ?");
+	sqlite3_bind_int64(st, 1, m->dst->id);
+	sqlite3_bind_text(st, 2, json_text(m->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3,
+			  json_object_object_get(out_result, "paused_ms") ? "paused" : "running",
+			  -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, m->iid);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		log_warnx("migration %s: cannot move %s: %s", m->id, m->name,
+			  sqlite3_errmsg(ctl.db));
+		db_rollback(ctl.db);
+		return;
+	}
+	if (json_object_object_get(out_result, "paused_ms")) {
+		/* Paused first (TCG, busy guest): it runs again on the target. */
+		parent_update(m, 95);
+		if (db_commit(ctl.db, &err) < 0)
+			log_warnx("migration %s: %s", m->id, err.msg);
+		netsync_all();
+		child_start(m, m->dst, "migrate-resume", "resume", NULL);
+		return;
+	}
+	op_update(m->id, "succeeded", 100, "done", json_object_get(m->result), NULL);
+	if (db_commit(ctl.db, &err) < 0)
+		log_warnx("migration %s: %s", m->id, err.msg);
+	netsync_all();
+	log_info("migration %s: %s now runs on %s", m->id, m->name, m->dst->name);
+	snprintf(m->outcome, sizeof(m->outcome), "succeeded");
+	migration_free(m);
+}
+
+/*
+ * Start child operation kind (an agent command action with args, consumed) on h for
+ * m. A child whose operation cannot be made fails the migration.
+ */
+static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
+			struct json_object *args)
+{
+	_cleanup_free_ char *target = xasprintf("migrations/%s", m->id);
+	struct json_object *res = json_object_new_object(), *op;
+	struct kerr err;
+
+	json_object_object_add(res, "parent", json_object_new_string(m->id));
+	op = op_create(kind, target, h, res, &err);
+	if (op == NULL) {
+		json_object_put(args);
+		m->child[0] = '\0';
+		finish(m, "failed", err.msg);
+		return;
+	}
+	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
+	json_object_put(op);
+	instances_cmd_send(h, m->child, action, m->spec, args);
+	json_object_put(args);
+}
+
+static void out_start(struct migration *m, const char *uri)
+{
+	struct json_object *args = json_object_new_object(), *v;
+
+	m->phase = PHASE_PRECOPY;
+	parent_update(m, 10);
+	json_object_object_add(args, "uri", json_object_new_string(uri));
+	json_object_object_add(args, "tls", json_object_get(m->tls_out));
+	if (json_object_object_get_ex(m->args, "downtime_ms", &v))
+		json_object_object_add(args, "downtime_ms", json_object_get(v));
+	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
+		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
+	child_start(m, m->src, "migrate-out", "migrate-out", args);
+}
+
+/*
+ * A child's op-done (agentlink.c): the migration goes on, or cleans up. op is the
+ * child operation (JSON); result and error as the agent sent them. The child row
+ * itself is finished here too. Returns 0, or -1 when op is no migration's child.
+ */
+int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
+		       struct json_object *result, const char *error)
+{
+	const char *id = json_get_str(op, "id", "");
+	const char *kind = json_get_str(op, "kind", "");
+	struct migration *m = migration_by_child(id);
+	bool ok = !strcmp(status, "succeeded");
+	char why[300];
+
+	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed",
+		  result ? json_object_get(result) : NULL,
+		  ok ? NULL : (error ? error : "the agent reported a failure"));
+	if (m == NULL)
+		return strncmp(kind, "migrate-", 8) ? -1 : 0;
+	m->child[0] = '\0';
+	if (!strcmp(kind, "migrate-in")) {
+		if (!ok) {
+			snprintf(why, sizeof(why), "the target %s could not prepare: %s",
+				 m->dst->name, error ? error : "failed");
+			/* It removed what it made itself. */
+			finish(m, m->cancel ? "cancelled" : "failed",
+			       m->cancel ? "cancelled" : why);
+		} else if (m->cancel) {
+			cleanup_start(m, "cancelled");
+		} else {
+			/* The copy starts once every host wired the target (or after a while). */
+			snprintf(m->uri, sizeof(m->uri), "%s", json_get_str(result, "uri", ""));
+			m->net_wait = true;
+			m->net_deadline = now_ms() + MIGRATE_NET_WAIT_MS;
+			migrate_net_waits_check();
+		}
+	} else if (!strcmp(kind, "migrate-out")) {
+		if (ok) {
+			switchover(m, result);
+			return 0;
+		}
+		snprintf(why, sizeof(why), "%s",
+			 m->cancel ? "cancelled"
+			 : error   ? error
+				   : "failed");
+		json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
+		cleanup_start(m, why);
+	} else if (!strcmp(kind, "migrate-resume")) {
+		if (!ok) {
+			snprintf(why, sizeof(why),
+				 "migrated to %s, but the guest did not resume: %s", m->dst->name,
+				 error ? error : "failed");
+			finish(m, "failed", why);
+			return 0;
+		}
+		/* The target's report (its QEMU, running) is the instance's now. */
+		if (h && json_object_object_get(result, "instance"))
+			instances_report(h, json_object_object_get(result, "instance"), "migrated");
+		finish(m, "succeeded", NULL);
+	} else if (!strcmp(kind, "migrate-cleanup")) {
+		if (!ok) {
+			fail(m, error ? error : "failed");
+			return 0;
+		}
+		finish(m, m->cancel ? "cancelled" : "failed", m->failure);
+	}
+	return 0;
+}
+
+/* The agent refused a child outright: as a failed op-done. Returns -1 if not ours. */
+int migrate_op_nack(const char *op_id, const char *why)
+{
+	struct json_object *op = op_get(op_id);
+	int ret = -1;
+
+	if (op && !strncmp(json_get_str(op, "kind", ""), "migrate-", 8))
+		ret = migrate_agent_done(NULL, op, "failed", NULL, why);
+	json_object_put(op);
+	return ret;
+}
+
+/*
+ * A child's op-progress: the migrate-out's "migration" statistics become the parent's
+ * result.migration and its phase (precopy, postcopy, cleanup). Each is one
+ * operation-updated event.
+ */
+void migrate_agent_progress(const char *op_id, struct json_object *body)
+{
+	struct migration *m = migration_by_child(op_id);
+	struct json_object *stats = json_object_object_get(body, "migration");
+	int progress = (int)json_get_int(body, "progress", 0);
+
+	if (m == NULL || m->phase != PHASE_PRECOPY || stats == NULL)
+		return;
+	/* The source's QEMU finished: the guest is the target's from now on, whether or
+	 * not the source's clean-up (and its op-done) ever comes. */
+	if (!strcmp(json_get_str(stats, "status", ""), "completed")) {
+		struct json_object *r = json_object_new_object();
+		static const char *const keys[] = {"strategy", "downtime_ms", "paused_ms",
+						   "total_ms", NULL};
+
+		for (size_t k = 0; keys[k]; k++)
+			if (json_object_object_get(stats, keys[k]))
+				json_object_object_add(
+					r, keys[k],
+					json_object_get(json_object_object_get(stats, keys[k])));
+		json_object_object_add(r, "migration", json_object_get(stats));
+		switchover(m, r);
+		json_object_put(r);
+		return;
+	}
+	json_object_object_add(m->result, "migration", json_object_get(stats));
+	op_update(m->id, "running", progress, json_get_str(body, "phase", "precopy"),
+		  json_object_get(m->result), NULL);
+}
+
+/*
+ * Cron and heartbeats: a migration whose target is ready starts its copy once the
+ * hosts applied the network documents that wire the target (netsync.c), so the
+ * guest's first packets there already reach its peers.
+ */
+void migrate_net_waits_check(void)
+{
+	char why[256];
+
+	for (struct migration *m = migrations, *next; m; m = next) {
+		next = m->next;
+		if (!m->net_wait)
+			continue;
+		if (m->cancel) {
+			m->net_wait = false;
+			cleanup_start(m, "cancelled");
+			continue;
+		}
+		if (!netsync_instance_ready(m->name, why, sizeof(why))) {
+			if (now_ms() < m->net_deadline)
+				continue;
+			log_warnx(
+				"migration %s: networks not ready after %d s (%s); copying anyway",
+				m->id, MIGRATE_NET_WAIT_MS / 1000, why);
+		}
+		m->net_wait = false;
+		out_start(m, m->uri);
+	}
+}
+
+/* ---- cancel ------------------------------------------------------------------------ */
+
+static void cancel_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	(void)cls;
+	if (error || !json_get_bool(body, "cancelled", false))
+		log_warnx("migration: the source could not cancel: %s",
+			  error ? error : json_get_str(body, "why", "?"));
+}
+
+/*
+ * Cancel migration id before its switchover: the VM keeps running on the source and
+ * the target's half is removed; the operation ends "cancelled". Returns 0, or -1 with
+ * err (404 no such migration running, 409 too late).
+ */
+int migrate_cancel(const char *id, struct kerr *err)
+{
+	struct migration *m = migration_by_id(id);
+	struct json_object *q;
+
+	if (m == NULL)
+		return err_input(err, 409, NULL, "operation %s is no migration that runs", id);
+	if (m->phase == PHASE_SWITCHOVER)
+		return err_input(err, 409, NULL,
+				 "migration %s is past its switchover; migrate back instead", id);
+	if (m->cancel || m->phase == PHASE_CLEANUP)
+		return 0;
+	m->cancel = true;
+	log_info("migration %s of %s: cancel asked in %s", m->id, m->name, phase_names[m->phase]);
+	if (m->phase == PHASE_PRECOPY) {
+		q = json_object_new_object();
+		json_object_object_add(q, "what", json_object_new_string("migrate-cancel"));
+		json_object_object_add(q, "name", json_object_new_string(m->name));
+		agentlink_query(m->src, q, cancel_answer_cb, NULL);
+	}
+	/* prepare-target: migrate-in's end sees m->cancel. */
+	return 0;
+}
+
+/* ---- the route ---------------------------------------------------------------------- */
+
+/*
+ * Check and start the migration of instance name (body: the call's, may be NULL), for
+ * the route and for evacuations (evac, or NULL). Returns 0 with the operation's id in
+ * id, or -1 with err (its status the HTTP answer; a 422 for want of a host also sets
+ * *placement, a new reference, saying why for each host).
+ */
+static int migrate_begin(const char *name, struct json_object *body, struct evacuation *evac,
+			 char id[LINK_OP_ID_MAX + 1], struct json_object **placement,
+			 struct kerr *err)
+{
+	struct json_object *op, *res, *args_in, *where = NULL;
+	_cleanup_free_ char *target = NULL;
+	struct mig_inst i = {0};
+	struct host *want = NULL, *dst;
+	char busy[LINK_OP_ID_MAX + 1], disk[NAME_MAX_LEN + 1], ip[64];
+	const char *type, *mode, *addr, *colon;
+	struct migration *m;
+	int ret = -1;
+
+	*placement = NULL;
+	if (!name_valid(name) || !inst_load(name, &i))
+		return err_input(err, 404, NULL, "no instance named %s", name);
+	type = json_get_str(i.spec, "type", "vm");
+	mode = json_get_str(body, "mode", NULL);
+	target = xasprintf("instances/%s", name);
+	if (json_get_str(body, "host", NULL) &&
+	    (want = host_find(json_get_str(body, "host", ""))) == NULL)
+		err_input(err, 404, "host", "no host named %s", json_get_str(body, "host", ""));
+	else if (!strcmp(type, "container"))
+		err_input(err, 422, "mode", "%s",
+			  mode && !strcmp(mode, "live")
+				  ? "a container cannot migrate live (CRIU does not work on these "
+				    "hosts); use mode offline"
+				  : "container migration is not implemented yet");
+	else if (mode && !strcmp(mode, "offline"))
+		err_input(err, 422, "mode",
+			  "offline migration of VMs is not implemented yet; migrate it while it "
+			  "runs");
+	else if (strcmp(i.state, "running"))
+		err_input(err, 409, NULL, "instance %s is %s; a live migration needs it running",
+			  name, i.state);
+	else if (!disks_shared(i.spec, disk, sizeof(disk)))
+		err_input(err, 422, NULL,
+			  "disk %s is not on the shared pool: migration with local disks is not "
+			  "implemented yet",
+			  disk);
+	else if (op_busy(target, busy, sizeof(busy)))
+		err_input(err, 409, NULL, "instance %s is busy with operation %s", name, busy);
+	else if (i.host == NULL || i.host->state != HOST_ONLINE)
+		err_input(err, 503, NULL, "the host of %s is offline", name);
+	else if (want == i.host)
+		err_input(err, 422, "host", "instance %s runs on %s already", name, want->name);
+	else
+		ret = 0;
+	if (ret < 0) {
+		json_object_put(i.spec);
+		return -1;
+	}
+	dst = target_choose(i.spec, i.host, want, &where, err);
+	if (dst == NULL) {
+		*placement = where;
+		json_object_put(i.spec);
+		return -1;
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, "args",
+			       body ? json_object_get(body) : json_object_new_object());
+	json_object_object_add(res, "source", json_object_new_string(i.host->name));
+	json_object_object_add(res, "target", json_object_new_string(dst->name));
+	json_object_object_add(res, "placement", where);
+	op = op_create("migrate", target, i.host, json_object_get(res), err);
+	if (op == NULL) {
+		json_object_put(res);
+		json_object_put(i.spec);
+		return -1;
+	}
+	m = xcalloc(1, sizeof(*m));
+	snprintf(m->id, sizeof(m->id), "%s", json_get_str(op, "id", ""));
+	json_object_put(op);
+	snprintf(m->name, sizeof(m->name), "%s", name);
+	m->iid = i.id;
+	m->src = i.host;
+	m->dst = dst;
+	m->spec = i.spec;
+	m->args = body ? json_object_get(body) : json_object_new_object();
+	m->result = res;
+	m->evac = evac;
+	m->started_ms = now_ms();
+	m->phase = PHASE_PREPARE_TARGET;
+	m->next = migrations;
+	migrations = m;
+	log_info("migration %s: %s from %s to %s", m->id, m->name, m->src->name, m->dst->name);
+	snprintf(id, LINK_OP_ID_MAX + 1, "%s", m->id);
+	parent_update(m, 1);
+	/* The target listens on its underlay address, the one its agent joined with. */
+	addr = dst->address && !strncmp(dst->address, "tcp://", 6) ? dst->address + 6 : "";
+	colon = strrchr(addr, ':');
+	snprintf(ip, sizeof(ip), "%.*s", colon ? (int)(colon - addr) : 0, addr);
+	if (!ip[0] || creds_issue(m, ip, err) < 0) {
+		finish(m, "failed", ip[0] ? err->msg : "the target has no underlay address");
+		return 0;
+	}
+	wired_set(m, true);
+	args_in = json_object_new_object();
+	json_object_object_add(args_in, "tls", json_object_get(m->tls_in));
+	child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
+	return 0;
+}
+
+/*
+ * POST /api/v1/instances/{name}/actions/migrate {host?, mode?, downtime_ms?,
+ * bandwidth_mbps?, postcopy?} -> 202 with the "migrate" operation. See the top.
+ */
+enum MHD_Result api_instance_migrate(struct request *req)
+{
+	struct json_object *body = NULL, *placement = NULL, *e;
+	char id[LINK_OP_ID_MAX + 1];
+	enum MHD_Result ret;
+	struct kerr err;
+
+	if (req->body_len > 0 && http_body_json(req, migrate_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (migrate_begin(req->params[0], body, NULL, id, &placement, &err) < 0) {
+		json_object_put(body);
+		if (placement == NULL)
+			return http_reply_kerr(req, &err);
+		e = json_object_new_object();
+		json_object_object_add(e, "error", json_object_new_string(err.msg));
+		json_object_object_add(e, "field", json_object_new_string("host"));
+		json_object_object_add(e, "placement", placement);
+		return http_reply_json(req, 422, e);
+	}
+	json_object_put(body);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", id);
+	ret = http_reply_json(req, 202, op_get(id));
+	return ret;
+}
+
+/* ---- evacuate -------------------------------------------------------------------------- */
+
+#define EVACUATE_PARALLEL_DEFAULT 2
+#define EVACUATE_PARALLEL_MAX	  16
+
+/*
+ * A host being emptied: one "evacuate" operation whose result.instances lists each
+ * instance's fate (waiting, migrating, moved, not moved) with where it went, how and
+ * why not; at most parallel migrations run at once.
+ */
+struct evacuation {
+	char id[LINK_OP_ID_MAX + 1];
+	struct host *host;
+	int parallel;
+	int running;
+	bool pumping;		    /* evac_pump() is at work: a migration ending inside it waits */
+	struct json_object *result; /* {"instances": [...]} */
+	struct evacuation *next;
+};
+
+static struct evacuation *evacuations;
+
+static struct json_object *fates(struct evacuation *e)
+{
+	return json_object_object_get(e->result, "instances");
+}
+
+static void fate_set(struct json_object *f, const char *fate, const char *key, const char *val)
+{
+	json_object_object_add(f, "fate", json_object_new_string(fate));
+	if (key)
+		json_object_object_add(f, key, val ? json_object_new_string(val) : NULL);
+}
+
+static void evac_finish(struct evacuation *e)
+{
+	struct evacuation **pp;
+	size_t n = json_object_array_length(fates(e)), left = 0;
+	char why[128];
+
+	for (size_t k = 0; k < n; k++)
+		if (strcmp(json_get_str(json_object_array_get_idx(fates(e), k), "fate", ""),
+			   "moved"))
+			left++;
+	snprintf(why, sizeof(why), "%zu of %zu instances could not move (see result.instances)",
+		 left, n);
+	op_update(e->id, left ? "failed" : "succeeded", left ? -1 : 100, "done",
+		  json_object_get(e->result), left ? why : NULL);
+	log_info("evacuation %s of %s: %zu of %zu moved", e->id, e->host->name, n - left, n);
+	for (pp = &evacuations; *pp; pp = &(*pp)->next)
+		if (*pp == e) {
+			*pp = e->next;
+			break;
+		}
+	json_object_put(e->result);
+	free(e);
+}
+
+/* Start migrations up to the parallel limit; the end when nothing is left. */
+static void evac_pump(struct evacuation *e)
+{
+	size_t n = json_object_array_length(fates(e)), done = 0;
+	struct json_object *placement = NULL;
+	char id[LINK_OP_ID_MAX + 1];
+	struct kerr err;
+
+	if (e->pumping)
+		return;
+	e->pumping = true;
+	for (size_t k = 0; k < n && e->running < e->parallel; k++) {
+		struct json_object *f = json_object_array_get_idx(fates(e), k);
+
+		if (strcmp(json_get_str(f, "fate", ""), "waiting"))
+			continue;
+		e->running++;
+		fate_set(f, "migrating", NULL, NULL);
+		if (migrate_begin(json_get_str(f, "name", ""), NULL, e, id, &placement, &err) < 0) {
+			e->running--;
+			json_object_put(placement);
+			placement = NULL;
+			fate_set(f, "not moved", "why", err.msg);
+			continue;
+		}
+		/* The migration may have ended already (it could not start). */
+		if (!strcmp(json_get_str(f, "fate", ""), "migrating"))
+			json_object_object_add(f, "operation", json_object_new_string(id));
+	}
+	for (size_t k = 0; k < n; k++) {
+		const char *fate = json_get_str(json_object_array_get_idx(fates(e), k), "fate", "");
+
+		done += !strcmp(fate, "moved") || !strcmp(fate, "not moved");
+	}
+	e->pumping = false;
+	if (done == n && e->running == 0) {
+		evac_finish(e);
+		return;
+	}
+	op_update(e->id, "running", n ? (int)(100 * done / n) : 0, "migrating",
+		  json_object_get(e->result), NULL);
+}
+
+/* A migration of evacuation m->evac ended (migration_free()). */
+static void evac_note(struct migration *m)
+{
+	struct evacuation *e = m->evac;
+	size_t n = json_object_array_length(fates(e));
+
+	for (size_t k = 0; k < n; k++) {
+		struct json_object *f = json_object_array_get_idx(fates(e), k);
+
+		if (strcmp(json_get_str(f, "name", ""), m->name) ||
+		    strcmp(json_get_str(f, "fate", ""), "migrating"))
+			continue;
+		if (!strcmp(m->outcome, "succeeded")) {
+			fate_set(f, "moved", "host", m->dst->name);
+			json_object_object_add(f, "how",
+					       json_object_new_string(json_get_str(
+						       m->result, "strategy", "live")));
+		} else {
+			fate_set(f, "not moved", "why",
+				 m->failure[0] ? m->failure : "the migration failed");
+		}
+		json_object_object_add(f, "operation", json_object_new_string(m->id));
+	}
+	e->running--;
+	evac_pump(e);
+}
+
+static int parallel_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > EVACUATE_PARALLEL_MAX)
+		return err_input(err, 400, f, "'%s' must be 1..%d", f, EVACUATE_PARALLEL_MAX);
+	return 0;
+}
+
+static const struct json_field evacuate_fields[] = {
+	{"parallel", JK_INT, false, parallel_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * POST /api/v1/hosts/{name}/actions/evacuate {parallel?} -> 202 with an "evacuate"
+ * operation: the host goes into maintenance (nothing new is placed there) and every
+ * instance on it is migrated live, at most parallel at once, each to where the
+ * scheduler chooses. Instances that cannot move (a container, a stopped VM, local
+ * disks, no host fits) are listed with the reason; the operation fails unless all
+ * moved.
+ */
+enum MHD_Result api_host_evacuate(struct request *req)
+{
+	_cleanup_free_ char *target = NULL;
+	struct json_object *body = NULL, *op, *list;
+	struct host *h = host_find(req->params[0]);
+	struct evacuation *e;
+	char busy[LINK_OP_ID_MAX + 1];
+	sqlite3_stmt *st;
+	struct kerr err;
+
+	if (h == NULL)
+		return http_reply_error(req, 404, NULL, "no host named %s", req->params[0]);
+	if (req->body_len > 0 && http_body_json(req, evacuate_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	target = xasprintf("hosts/%s", h->name);
+	if (op_busy(target, busy, sizeof(busy))) {
+		json_object_put(body);
+		return http_reply_error(req, 409, NULL, "host %s is busy with operation %s",
+					h->name, busy);
+	}
+	st = db_prepare(ctl.db, "UPDATE hosts SET maintenance = 1 WHERE id = ?");
+	sqlite3_bind_int64(st, 1, h->id);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	h->maintenance = true;
+	e = xcalloc(1, sizeof(*e));
+	e->host = h;
+	e->parallel = (int)json_get_int(body, "parallel", EVACUATE_PARALLEL_DEFAULT);
+	json_object_put(body);
+	e->result = json_object_new_object();
+	list = json_object_new_array();
+	json_object_object_add(e->result, "instances", list);
+	json_object_object_add(e->result, "parallel", json_object_new_int(e->parallel));
+	st = db_prepare(ctl.db, "SELECT name, type FROM instances WHERE host_id = ? ORDER BY name");
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *f = json_object_new_object();
+
+		json_object_object_add(
+			f, "name",
+			json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+		json_object_object_add(
+			f, "type",
+			json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+		fate_set(f, "waiting", NULL, NULL);
+		json_object_array_add(list, f);
+	}
+	sqlite3_finalize(st);
+	op = op_create("evacuate", target, h, json_object_get(e->result), &err);
+	if (op == NULL) {
+		json_object_put(e->result);
+		free(e);
+		return http_reply_kerr(req, &err);
+	}
+	snprintf(e->id, sizeof(e->id), "%s", json_get_str(op, "id", ""));
+	json_object_put(op);
+	e->next = evacuations;
+	evacuations = e;
+	log_info("evacuation %s of %s: %zu instances, %d at once", e->id, h->name,
+		 json_object_array_length(list), e->parallel);
+	snprintf(req->audit_op, sizeof(req->audit_op), "%s", e->id);
+	snprintf(busy, sizeof(busy), "%s", e->id);
+	evac_pump(e); /* may end e */
+	return http_reply_json(req, 202, op_get(busy));
+}

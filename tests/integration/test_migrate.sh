@@ -1,0 +1,187 @@
+#!/bin/bash
+# Live migration of a VM on the shared pool: bad inputs change nothing; an idle guest
+# moves h1 -> h2 without a reboot (its uptime goes on, no new boot line), its address
+# answers a container on h3 afterwards, and its source is left clean; the scheduler
+# picks a target when none is named; a cancel in the middle of the copy leaves the VM
+# running where it was and nothing on the target.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib_oci.sh"
+
+NET=mgnet
+# cleanup: the instances (waiting until each is gone: the network is in use until
+# then), the network, h3's maintenance and the viewer token. Also run first, for what
+# an interrupted run left.
+cleanup() {
+	local n
+	for n in mg1 mg2 mgct; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	for n in mg1 mg2 mgct; do
+		for _ in $(seq 100); do
+			api GET "/api/v1/instances/$n" >/dev/null 2>&1 || true
+			[ "$STATUS" = 404 ] && break
+			sleep 0.2
+		done
+	done
+	net_delete $NET
+	api PATCH /api/v1/hosts/h3 '{"maintenance":false}' >/dev/null 2>&1 || true
+	if [ -n "${VIEWER_ID:-}" ]; then api DELETE "/api/v1/tokens/$VIEWER_ID" >/dev/null 2>&1 || true; fi
+}
+cleanup
+trap cleanup EXIT
+
+# The guest prints its uptime (whole seconds) every second: a reboot starts it again.
+ticker='#!/bin/sh\n(while :; do echo KUMO-TICK $(cut -d. -f1 /proc/uptime); sleep 1; done) </dev/null >/dev/console 2>&1 &\n'
+api POST /api/v1/networks '{"name":"'$NET'","mode":"nat","cidr":"10.77.0.0/24"}'
+expect_status 201 "create $NET"
+ct_create "$(net_ct_json mgct h3 '[{"network":"'$NET'"}]')"
+vm_create '{"name":"mg1","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1",
+	"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio"}],
+	"nics":[{"network":"'$NET'","model":"virtio"}],
+	"cloud_init":{"user_data":"'"$ticker"'"}}'
+VM_ADDR=$(nic_field mg1 0 .address)
+wait_until 150 "mg1 booted" console_has mg1 KUMO-GUEST-READY
+wait_until 120 "mgct (h3) pings mg1 (h1) at $VM_ADDR" ct_ping mgct "$VM_ADDR"
+wait_until 30 "mg1 ticks" console_has mg1 KUMO-TICK
+vm_create '{"name":"mg2","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1","start":false,
+	"disks":[{"name":"root","size_mb":64,"bus":"virtio"}]}'
+
+migrate_ops() {
+	api GET "/api/v1/operations?limit=1000"
+	jq -r '[.operations[] | select(.kind | startswith("migrate"))] | length' <<<"$BODY"
+}
+# qmp_monitor HOST NAME COMMAND -> the answer of the VM's spare QMP monitor (vm.c)
+qmp_monitor() {
+	python3 - "$KUMO_LAB_DIR/hosts/$1/local/instances/$2/monitor.sock" "$3" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+for cmd in ("qmp_capabilities", sys.argv[2]):
+    f.write(json.dumps({"execute": cmd}) + "\n")
+    f.flush()
+    while True:
+        msg = json.loads(f.readline())
+        if "return" in msg or "error" in msg:
+            break
+print(json.dumps(msg))
+PY
+}
+host_of() { api GET "/api/v1/instances/$1" && jqb .host; }
+# last_tick NAME -> the guest's last uptime on its console (0 when none yet: a target's
+# console starts empty).
+last_tick() { console "$1" | awk '/KUMO-TICK/ { v = $2 + 0 } END { print v + 0 }'; }
+tick_past() { [ "$(last_tick "$1")" -gt "$2" ]; }
+
+# ---- bad input: each refused before anything starts -------------------------------
+api POST /api/v1/tokens '{"kind":"api","role":"viewer","name":"migrate-viewer"}'
+expect_status 201
+VIEWER=$(jqb .token)
+VIEWER_ID=$(jqb .id)
+api PATCH /api/v1/hosts/h3 '{"maintenance":true}'
+expect_status 200
+before=$(migrate_ops)
+check() { # check STATUS DESC PATH BODY [TOKEN]
+	api POST "$3" "$4" "${5:-$ADMIN}"
+	[ "$STATUS" = "$1" ] || fail "$2: expected $1, got $STATUS"
+	[ "$1" = 403 ] || [ -n "$(jqb '.error // empty')" ] || fail "$2: no error message"
+}
+check 422 "same host" /api/v1/instances/mg1/actions/migrate '{"host":"h1"}'
+check 422 "maintenance host" /api/v1/instances/mg1/actions/migrate '{"host":"h3"}'
+jqb .error | grep -q maintenance || fail "the maintenance refusal does not say so: $(jqb .error)"
+check 404 "unknown host" /api/v1/instances/mg1/actions/migrate '{"host":"h9"}'
+check 404 "unknown instance" /api/v1/instances/nosuch/actions/migrate '{"host":"h2"}'
+check 409 "stopped VM, live" /api/v1/instances/mg2/actions/migrate '{"host":"h2","mode":"live"}'
+check 400 "negative downtime" /api/v1/instances/mg1/actions/migrate '{"host":"h2","downtime_ms":-5}'
+check 400 "unknown field" /api/v1/instances/mg1/actions/migrate '{"host":"h2","speed":1}'
+check 403 "viewer" /api/v1/instances/mg1/actions/migrate '{"host":"h2"}' "$VIEWER"
+[ "$(migrate_ops)" = "$before" ] || fail "a refused migration made an operation"
+api GET /api/v1/instances/mg1
+[ "$(jqb .host)" = h1 ] && [ "$(jqb .state)" = running ] || fail "a refused migration moved mg1"
+[ "$(host_of mg2)" = h1 ] || fail "a refused migration moved mg2"
+api PATCH /api/v1/hosts/h3 '{"maintenance":false}'
+pass "same host, maintenance host (422), unknown host (404), stopped VM (409), negative downtime (400), viewer (403): refused, nothing changed"
+
+# ---- h1 -> h2, live --------------------------------------------------------------------
+api GET /api/v1/instances/mg1
+pid1=$(jqb .pid)
+t0=$(last_tick mg1)
+api POST /api/v1/instances/mg1/actions/migrate '{"host":"h2"}'
+expect_status 202
+[ "$(jqb .kind)" = migrate ] || fail "the operation is of kind $(jqb .kind)"
+op=$(jqb .id)
+wait_op "$op" 120
+op_ok
+[ "$(jqb .result.host)" = h2 ] || fail "the result names host $(jqb .result.host)"
+[ "$(jqb .result.source)" = h1 ] || fail "the result names source $(jqb .result.source)"
+[ "$(jqb '.result.downtime_ms')" -ge 0 ] || fail "no downtime in the result"
+[ "$(jqb '.result.total_ms')" -gt 0 ] || fail "no total time in the result"
+[ "$(jqb '.result.migration.ram_total')" -gt 0 ] || fail "no migration statistics"
+strategy=$(jqb .result.strategy)
+echo "  mg1 h1 -> h2: $strategy, downtime $(jqb .result.downtime_ms) ms, total $(jqb .result.total_ms) ms"
+api GET /api/v1/instances/mg1
+[ "$(jqb .host)" = h2 ] || fail "mg1 is on $(jqb .host) after the migration"
+[ "$(jqb .state)" = running ] || fail "mg1 is $(jqb .state) after the migration"
+# The guest ran on: its clock goes on from where it was, and it never booted again.
+wait_until 30 "mg1 ticks on h2 past its uptime before" tick_past mg1 "$t0"
+console mg1 | grep -aq KUMO-BOOT && fail "mg1 booted again on h2: $(console mg1 | grep -a KUMO-BOOT)"
+# The target's reports (heartbeats) name its QEMU.
+new_pid() { api GET /api/v1/instances/mg1 && [ "$(jqb .pid)" != "$pid1" ] && [ "$(jqb .pid)" != null ]; }
+wait_until 30 "mg1's report from h2" new_pid
+pid2=$(jqb .pid)
+grep -aq "$KUMO_LAB_DIR/hosts/h2/" "/proc/$pid2/cmdline" 2>/dev/null || fail "no QEMU (pid $pid2) for mg1 on h2"
+wait_until 10 "the source QEMU gone" proc_gone "$pid1"
+# The source cleans up after the switchover (the operation does not wait for it).
+wait_until 10 "mg1's run directory gone from h1" test ! -e "$KUMO_LAB_DIR/hosts/h1/local/instances/mg1"
+[ -e "$KUMO_LAB_DIR/shared/disks/mg1" ] || fail "mg1's disk went with the source"
+[ "$(nic_field mg1 0 .address)" = "$VM_ADDR" ] || fail "mg1's address changed"
+# The stream was TLS: the target took it with the controller's credentials.
+qmp_monitor h2 mg1 query-migrate-parameters | jq -r '.return["tls-creds"]' | grep -q '^kumo-tls-' ||
+	fail "the target's QEMU has no TLS credentials: $(qmp_monitor h2 mg1 query-migrate-parameters)"
+ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
+wait_until 20 "mgct (h3) pings mg1 on h2 at $VM_ADDR" ct_ping mgct "$VM_ADDR"
+pass "an idle VM moved h1 -> h2 live over TLS ($strategy): no reboot, its uptime went on, its address answers from h2, h1 left clean"
+
+# ---- no host named: the scheduler picks one, never the source ---------------------------
+api POST /api/v1/instances/mg1/actions/migrate '{}'
+expect_status 202
+op=$(jqb .id)
+[ "$(jqb .result.target)" != h2 ] || fail "the scheduler chose the source"
+jqb '.result.placement.rejected[] | select(.host == "h2") | .reason' | grep -q . ||
+	fail "the source is not among the rejected hosts with a reason"
+wait_op "$op" 120
+op_ok
+dst=$(jqb .result.host)
+[ "$(host_of mg1)" = "$dst" ] || fail "mg1 is on $(jqb .host), not on the chosen $dst"
+pass "without a host the scheduler chose $dst and recorded why not h2"
+
+# ---- cancel in the middle of the copy ----------------------------------------------------
+src=$dst
+to=h1
+[ "$src" = h1 ] && to=h2
+wait_until 30 "mg1 ticks on $src" console_has mg1 KUMO-TICK
+t0=$(last_tick mg1)
+# 1 Mbit/s: the copy takes minutes, long enough to cancel in the middle.
+api POST /api/v1/instances/mg1/actions/migrate '{"host":"'$to'","bandwidth_mbps":1}'
+expect_status 202
+op=$(jqb .id)
+copying() { api GET "/api/v1/operations/$op" && [ "$(jqb '.result.migration.ram_transferred // 0')" -gt 0 ]; }
+wait_until 60 "the copy under way" copying
+[ "$(jqb .phase)" = precopy ] || fail "phase is $(jqb .phase) while copying"
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 202
+wait_op "$op" 60
+[ "$(jqb .status)" = cancelled ] || fail "the cancelled migration ended $(jqb .status): $(jqb .error)"
+api GET /api/v1/instances/mg1
+[ "$(jqb .host)" = "$src" ] && [ "$(jqb .state)" = running ] ||
+	fail "after the cancel mg1 is $(jqb .state) on $(jqb .host), not running on $src"
+wait_until 30 "mg1 ticks on $src" tick_past mg1 "$t0"
+[ ! -e "$KUMO_LAB_DIR/hosts/$to/local/instances/mg1" ] || fail "the cancelled target $to keeps a run directory"
+for p in $(pgrep -f "qemu-system.*-name mg1" || true); do
+	! grep -aq "$KUMO_LAB_DIR/hosts/$to/" "/proc/$p/cmdline" 2>/dev/null ||
+		fail "a QEMU for mg1 runs on $to after the cancel"
+done
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 409
+pass "a cancel mid-copy kept mg1 running on $src and left nothing on $to"
+trap - EXIT
+cleanup

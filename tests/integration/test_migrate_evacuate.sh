@@ -1,0 +1,58 @@
+#!/bin/bash
+# Host drain: evacuating h1 puts it in maintenance and moves its running VMs live
+# elsewhere, two at once, under one operation whose result says where each went and
+# how; a container (cold migration is not built yet) stays, and the operation names it
+# and why.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib_oci.sh"
+
+cleanup() {
+	for n in ev1 ev2 evc; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	api PATCH /api/v1/hosts/h1 '{"maintenance":false}' >/dev/null 2>&1 || true
+}
+cleanup # leftovers of an interrupted run
+trap cleanup EXIT
+
+for n in ev1 ev2; do
+	vm_create '{"name":"'$n'","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1",
+		"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio"}]}'
+done
+ct_create '{"name":"evc","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h1"}'
+for n in ev1 ev2; do wait_until 150 "$n booted" console_has $n KUMO-GUEST-READY; done
+
+api POST /api/v1/hosts/h9/actions/evacuate
+expect_status 404
+api POST /api/v1/hosts/h1/actions/evacuate '{"parallel":0}'
+expect_status 400
+api GET /api/v1/hosts/h1
+[ "$(jqb .maintenance)" = false ] || fail "a refused evacuation put h1 in maintenance"
+
+api POST /api/v1/hosts/h1/actions/evacuate '{"parallel":2}'
+expect_status 202
+[ "$(jqb .kind)" = evacuate ] || fail "the operation is of kind $(jqb .kind)"
+op=$(jqb .id)
+api GET /api/v1/hosts/h1
+[ "$(jqb .maintenance)" = true ] || fail "h1 is not in maintenance while it is evacuated"
+wait_op "$op" 300
+[ "$(jqb .status)" = failed ] || fail "with a container left the evacuation ended $(jqb .status)"
+jqb .error | grep -q "1 of 3" || fail "the error does not count what stayed: $(jqb .error)"
+for n in ev1 ev2; do
+	f=$(jqb --arg n $n '.result.instances[] | select(.name == $n)')
+	[ "$(jq -r .fate <<<"$f")" = moved ] || fail "$n: $f"
+	to=$(jq -r .host <<<"$f")
+	[ "$to" != h1 ] && [ "$to" != null ] || fail "$n moved to '$to'"
+	[ -n "$(jq -r '.how // empty' <<<"$f")" ] || fail "$n: no 'how' in $f"
+	[ -n "$(jq -r '.operation // empty' <<<"$f")" ] || fail "$n: no operation in $f"
+done
+f=$(jqb '.result.instances[] | select(.name == "evc")')
+[ "$(jq -r .fate <<<"$f")" = "not moved" ] || fail "evc: $f"
+jq -r .why <<<"$f" | grep -q container || fail "evc's reason does not say why: $f"
+summary=$(jqb -c '[.result.instances[] | {name, fate, host, how}]')
+for n in ev1 ev2; do
+	api GET /api/v1/instances/$n
+	[ "$(jqb .host)" != h1 ] && [ "$(jqb .state)" = running ] ||
+		fail "$n is $(jqb .state) on $(jqb .host) after the evacuation"
+done
+api GET /api/v1/instances/evc
+[ "$(jqb .host)" = h1 ] && [ "$(jqb .state)" = running ] || fail "evc is $(jqb .state) on $(jqb .host)"
+pass "h1 evacuated into maintenance: $summary"
