@@ -1236,8 +1236,8 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs", "exec", "net", "spec",
-					  "console-input", "migrate-cancel", NULL};
+static const char *const query_whats[] = {"console", "logs",	      "exec",		"net",
+					  "spec",    "console-input", "migrate-cancel", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
