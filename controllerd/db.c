@@ -205,6 +205,14 @@ static const char *const migrations[] = {
 	 * windows */
 	"ALTER TABLE hosts ADD COLUMN rx_seq INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE hosts ADD COLUMN rx_reply_seq INTEGER NOT NULL DEFAULT 0;",
+	/* 10 -> 11 (self-contained, ha.c): where an HA instance was fenced and restarted
+	 * from, so that host never runs it again. An instance's HA settings live in its
+	 * spec ("ha"), like its labels. */
+	"CREATE TABLE ha_fences ("
+	"  instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,"
+	"  host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,"
+	"  fenced_at INTEGER NOT NULL,"
+	"  PRIMARY KEY (instance_id, host_id));",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
