@@ -402,6 +402,9 @@ struct agent {
 	/* net.c */
 	struct net *net; /* the network driver's state, NULL before net_start() */
 
+	/* lease.c */
+	struct lease_state *lease; /* the HA lease renewal, NULL when stopped */
+
 	/* main.c */
 	uv_signal_t sigterm, sigint;
 };
@@ -695,6 +698,11 @@ int heartbeat_start(struct agent *a, struct kerr *err);
 void heartbeat_stop(struct agent *a);
 void heartbeat_kick(struct agent *a);
 void heartbeat_send(struct agent *a, struct json_object *facts);
+
+/* lease.c */
+int lease_start(struct agent *a, struct kerr *err);
+void lease_stop(struct agent *a);
+void lease_startup_fence(struct agent *a);
 
 /* facts.c */
 typedef void (*facts_done_cb)(struct agent *a, struct json_object *facts, void *data);
