@@ -1,15 +1,16 @@
 /*
- * fencer.c - kumo-fencer STATE_DIR: the host's self-fencing, a process of its own so
+ * fencer.c - kumo-fencer STATE_DIR LOCAL_POOL: the host's self-fencing, a process of its own so
  * that it works when kumo-agentd is frozen (SIGSTOP), wedged or dead.
  *
  * Every 100 ms it reads when the agent last renewed its storage lease (fence.h:
  * {state}/ha/alive, CLOCK_MONOTONIC). Once that is FENCE_MS old, it kills the HA
- * workloads the agent listed ({state}/ha/workloads), and keeps killing what the list
- * names for as long as the lease stays unrenewed: the controller restarts them
- * elsewhere only after FENCE_MS + LEASE_MARGIN_MS of a still lease, measured from a
- * later moment than this one. A host that never renewed has nothing to fence.
+ * workloads of this host (fence.h: found from their specs and pid files, nothing the
+ * agent must keep current), and keeps killing them while the lease stays unrenewed:
+ * the controller restarts them elsewhere only after FENCE_MS + LEASE_MARGIN_MS of a
+ * still lease, measured from a later moment than this one. A host that never renewed has nothing to
+ * fence.
  *
- * No libuv, no allocation in the loop, nothing that could block but a local read:
+ * No libuv, nothing that could block but local reads, work only while fencing:
  * the point of this process is to stay simple enough to keep running when the
  * agent does not. It runs as root (it kills QEMU and runc processes of any user).
  * Started next to the agent (deploy/lab, the kumo-fencer systemd unit).
@@ -39,8 +40,9 @@ int main(int argc, char **argv)
 	struct timespec poll = {0, POLL_MS * 1000000L};
 	bool fenced = false;
 
-	if (argc != 2 || argv[1][0] != '/') {
-		fprintf(stderr, "usage: kumo-fencer STATE_DIR (the agent's, absolute)\n");
+	if (argc != 3 || argv[1][0] != '/' || argv[2][0] != '/') {
+		fprintf(stderr,
+			"usage: kumo-fencer STATE_DIR LOCAL_POOL (the agent's, absolute)\n");
 		return 2;
 	}
 	signal(SIGTERM, on_signal);
@@ -56,7 +58,7 @@ int main(int argc, char **argv)
 					"fencer: the lease was last renewed %lld ms ago: fencing\n",
 					(long long)age);
 			fenced = true;
-			fence_workloads_kill(argv[1], "lease not renewed");
+			fence_workloads_kill(argv[1], argv[2], "lease not renewed");
 		} else if (age >= 0 && fenced) {
 			fprintf(stderr, "fencer: the lease is renewed again\n");
 			fenced = false;

@@ -206,12 +206,14 @@ static const char *const migrations[] = {
 	"ALTER TABLE hosts ADD COLUMN rx_seq INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE hosts ADD COLUMN rx_reply_seq INTEGER NOT NULL DEFAULT 0;",
 	/* 10 -> 11 (self-contained, ha.c): where an HA instance was fenced and restarted
-	 * from, so that host never runs it again. An instance's HA settings live in its
-	 * spec ("ha"), like its labels. */
+	 * from, so that host never runs it again; the row goes once that host has
+	 * forgotten it. An instance's HA settings live in its spec ("ha"), like its
+	 * labels. */
 	"CREATE TABLE ha_fences ("
 	"  instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,"
 	"  host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,"
 	"  fenced_at INTEGER NOT NULL,"
+	"  operation TEXT," /* the ha-forget that clears the host's record of it */
 	"  PRIMARY KEY (instance_id, host_id));",
 };
 

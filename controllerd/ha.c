@@ -62,6 +62,7 @@ struct ha_host {
 	int64_t detected_ms; /* wall clock: when it became failed */
 	int64_t fenced_ms;   /* ... and fenced */
 	int64_t retry_mono;  /* next failover attempt */
+	bool forget_pending; /* ha_fences may hold rows for this host */
 };
 
 /* A lease read in flight: the names asked for, the records found. */
@@ -97,6 +98,7 @@ static struct ha_host *ha_host_get(const char *name)
 	memset(&hh[hh_n], 0, sizeof(hh[hh_n]));
 	snprintf(hh[hh_n].name, sizeof(hh[hh_n].name), "%s", name);
 	hh[hh_n].advanced_mono = lease_mono_ms();
+	hh[hh_n].forget_pending = true; /* rows from before a restart */
 	return &hh[hh_n++];
 }
 
@@ -341,7 +343,7 @@ static struct json_object *timeline(const struct ha_host *x, const char *from)
  * another host. Returns 0 when the operation went out, -1 when it could not (no host
  * fits, a database error): tried again later.
  */
-static int failover_one(struct host *h, const struct ha_host *x, int64_t iid, const char *name,
+static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const char *name,
 			struct json_object *spec)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", name);
@@ -375,6 +377,19 @@ static int failover_one(struct host *h, const struct ha_host *x, int64_t iid, co
 		json_object_put(placement);
 		return -1;
 	}
+	/* A host that was fenced with this instance and has not forgotten it yet would
+	 * refuse it ("exists already"): wait for its ha-forget. */
+	st = db_prepare(ctl.db, "SELECT 1 FROM ha_fences WHERE instance_id = ? AND host_id = ?");
+	sqlite3_bind_int64(st, 1, iid);
+	sqlite3_bind_int64(st, 2, to->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_ROW) {
+		log_warnx("ha: instance %s: %s still has its fenced copy; trying again later", name,
+			  to->name);
+		json_object_put(placement);
+		return -1;
+	}
 	if (vm)
 		json_object_object_add(
 			spec, "accel",
@@ -384,11 +399,15 @@ static int failover_one(struct host *h, const struct ha_host *x, int64_t iid, co
 	/* The new host runs the disks that are there: never makes them anew. */
 	json_object_object_add(spec, "adopt_disks", json_object_new_boolean(true));
 
+	/* The agent gets the create's own args; the operation also keeps the timeline. */
 	args = json_object_new_object();
 	json_object_object_add(args, "start", json_object_new_boolean(true));
-	json_object_object_add(args, "failover", timeline(x, h->name));
 	res = json_object_new_object();
-	json_object_object_add(res, "args", json_object_get(args));
+	json_object_object_add(res, "args", json_object_new_object());
+	json_object_object_add(json_object_object_get(res, "args"), "start",
+			       json_object_new_boolean(true));
+	json_object_object_add(json_object_object_get(res, "args"), "failover",
+			       timeline(x, h->name));
 	json_object_object_add(res, "placement", json_object_get(placement));
 
 	if (db_begin(ctl.db) < 0) {
@@ -398,7 +417,7 @@ static int failover_one(struct host *h, const struct ha_host *x, int64_t iid, co
 		return -1;
 	}
 	st = db_prepare(ctl.db, "INSERT OR REPLACE INTO ha_fences (instance_id, host_id, "
-				"fenced_at) VALUES (?, ?, ?)");
+				"fenced_at, operation) VALUES (?, ?, ?, NULL)");
 	sqlite3_bind_int64(st, 1, iid);
 	sqlite3_bind_int64(st, 2, h->id);
 	sqlite3_bind_int64(st, 3, x->fenced_ms);
@@ -445,7 +464,80 @@ static int failover_one(struct host *h, const struct ha_host *x, int64_t iid, co
 	json_object_put(args);
 	json_object_put(placement);
 	ha_list_changed();
+	x->forget_pending = true;
 	return 0;
+}
+
+/*
+ * A fenced host is back: it still has a (dead) record of each instance restarted
+ * elsewhere. Send it an ha-forget per instance (an instance delete that keeps the
+ * disks: they are the ones the instance runs on now), once; a row goes when its
+ * operation has succeeded, and a failed one is sent again. The operation's kind is
+ * not "instance-...", so its result never touches the instance's row.
+ */
+static void forget_fenced(struct host *h, struct ha_host *x)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT f.instance_id, i.name, i.spec, f.operation "
+					      "FROM ha_fences f JOIN instances i ON i.id = "
+					      "f.instance_id WHERE f.host_id = ?");
+	int rows = 0;
+
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t iid = sqlite3_column_int64(st, 0);
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+		const char *opid = (const char *)sqlite3_column_text(st, 3);
+		struct json_object *op = opid ? op_get(opid) : NULL, *spec, *args, *res;
+		const char *status = op ? json_get_str(op, "status", "") : "";
+		_cleanup_free_ char *target = xasprintf("ha-fences/%s/%s", h->name, name);
+		sqlite3_stmt *up;
+		struct kerr err;
+
+		rows++;
+		if (!strcmp(status, "succeeded")) {
+			up = db_prepare(ctl.db, "DELETE FROM ha_fences WHERE instance_id = ? AND "
+						"host_id = ?");
+			sqlite3_bind_int64(up, 1, iid);
+			sqlite3_bind_int64(up, 2, h->id);
+			sqlite3_step(up);
+			sqlite3_finalize(up);
+			log_info("ha: host %s forgot its fenced copy of %s", h->name, name);
+			json_object_put(op);
+			rows--;
+			continue;
+		}
+		if (op && !op_status_final(status)) {
+			json_object_put(op);
+			continue;
+		}
+		json_object_put(op);
+		args = json_object_new_object();
+		json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
+		json_object_object_add(args, "force", json_object_new_boolean(true));
+		res = json_object_new_object();
+		json_object_object_add(res, "args", json_object_get(args));
+		op = op_create("ha-forget", target, h, res, &err);
+		if (op == NULL) {
+			json_object_put(args);
+			continue;
+		}
+		up = db_prepare(ctl.db, "UPDATE ha_fences SET operation = ? WHERE instance_id = ? "
+					"AND host_id = ?");
+		sqlite3_bind_text(up, 1, json_get_str(op, "id", ""), -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(up, 2, iid);
+		sqlite3_bind_int64(up, 3, h->id);
+		sqlite3_step(up);
+		sqlite3_finalize(up);
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 2));
+		log_info("ha: host %s: forgetting its fenced copy of %s (operation %s)", h->name,
+			 name, json_get_str(op, "id", ""));
+		instances_cmd_send(h, json_get_str(op, "id", ""), "delete", spec, args);
+		json_object_put(spec);
+		json_object_put(args);
+		json_object_put(op);
+	}
+	sqlite3_finalize(st);
+	x->forget_pending = rows > 0;
 }
 
 /* Restart every HA instance still placed on fenced host h, highest priority first. */
@@ -536,6 +628,8 @@ static void ha_judge(struct host *h, struct ha_host *x)
 		expiry = x->lease.fence_ms + LEASE_MARGIN_MS;
 	if (h->state == HOST_ONLINE && hb_age < detect) {
 		state_set(h, x, HA_OK, hb_age, lease_age);
+		if (x->forget_pending)
+			forget_fenced(h, x);
 		return;
 	}
 	if (hb_age < detect)
