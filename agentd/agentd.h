@@ -703,6 +703,7 @@ void heartbeat_send(struct agent *a, struct json_object *facts);
 int lease_start(struct agent *a, struct kerr *err);
 void lease_stop(struct agent *a);
 void lease_startup_fence(struct agent *a);
+bool lease_heartbeat_allowed(struct agent *a);
 
 /* facts.c */
 typedef void (*facts_done_cb)(struct agent *a, struct json_object *facts, void *data);

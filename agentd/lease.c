@@ -11,6 +11,9 @@
  *   - copies the controller's HA list ({shared}/ha/instances.json) to
  *     {state}/ha/instances.json, so the fencer knows instances made HA after they
  *     were created here even when the pool is gone.
+ * It does not renew while the live controller says it has not heard this host for
+ * LEASE_UNHEARD_MS ({shared}/ha/view.json): a host cut off from the controller but
+ * not from the pool fences itself, and only then may it be restarted elsewhere.
  * The thread renews only while the loop is alive: the loop's timer stamps
  * loop_tick every second, and a stamp older than LOOP_STALE_MS stops the renewals,
  * so a wedged agent is fenced like a dead one. A renewal that hangs (a dead NFS
@@ -32,6 +35,7 @@
 #include <unistd.h>
 
 #include "fence.h"
+#include "json.h"
 #include "lease.h"
 #include "util.h"
 
@@ -45,11 +49,19 @@ struct lease_state {
 	atomic_bool stop;
 	atomic_int refs;	/* the thread and the timer handle: the last one frees */
 	atomic_llong loop_tick; /* lease_mono_ms() of the loop's last timer run */
+	atomic_llong reachable; /* lease_mono_ms() of the last good renewal, or of the last
+				 * one skipped only because the controller does not hear us
+				 * (the pool itself was not the problem), or the start */
+	bool silent;		/* heartbeats held back: fenced (logged once) */
 	char host[64];
 	char lease_dir[PATH_MAX], lease_path[PATH_MAX], list_path[PATH_MAX];
 	char state_dir[PATH_MAX];
+	char view_path[PATH_MAX];
 	uint64_t generation, counter;
 	bool failing; /* the last renewal failed (logged once) */
+	bool unheard; /* the controller does not hear us: not renewing (logged once) */
+	int64_t view_counter, view_moved; /* the controller's view: its counter, and when
+					   * (lease_mono_ms) it last moved */
 };
 
 /* Write, sync and read back the record. Returns 0 or -1 with why. */
@@ -85,14 +97,54 @@ fail:
 	return -1;
 }
 
+/*
+ * Does the live controller say it has not heard this host for LEASE_UNHEARD_MS? A
+ * view that stopped moving (the controller is down) says nothing: a controller
+ * outage must not fence every host.
+ */
+static bool controller_unheard(struct lease_state *ls, int64_t *unheard)
+{
+	struct json_object *view = json_object_from_file(ls->view_path), *v, *hosts;
+	int64_t now = lease_mono_ms();
+	bool yes = false;
+
+	if (view && json_object_object_get_ex(view, "counter", &v) &&
+	    json_object_get_int64(v) != ls->view_counter) {
+		ls->view_counter = json_object_get_int64(v);
+		ls->view_moved = now;
+	}
+	if (view && now - ls->view_moved < 3000 &&
+	    json_object_object_get_ex(view, "unheard_ms", &hosts) &&
+	    json_object_object_get_ex(hosts, ls->host, &v)) {
+		*unheard = json_object_get_int64(v);
+		yes = *unheard >= LEASE_UNHEARD_MS;
+	}
+	json_object_put(view);
+	return yes;
+}
+
 /* One renewal and the files the fencer reads; on the lease thread. */
 static void lease_once(struct lease_state *ls)
 {
 	struct lease_record rec = {0};
 	char record[LEASE_RECORD_LEN], why[300] = "", alive[32];
 	_cleanup_free_ char *path = NULL, *list = NULL;
+	int64_t unheard = 0;
 	size_t len;
 
+	if (controller_unheard(ls, &unheard)) {
+		if (!ls->unheard)
+			log_warnx("lease: the controller has not heard this host for %lld ms: not "
+				  "renewing, so its HA workloads are fenced here",
+				  (long long)unheard);
+		ls->unheard = true;
+		/* Heartbeats must go on: they are how the controller hears us again. */
+		atomic_store(&ls->reachable, lease_mono_ms());
+		return;
+	}
+	if (ls->unheard)
+		log_info("lease: the controller hears this host again; renewing");
+	ls->unheard = false;
 	snprintf(rec.host, sizeof(rec.host), "%s", ls->host);
 	rec.generation = ls->generation;
 	rec.counter = ++ls->counter;
@@ -107,6 +159,7 @@ static void lease_once(struct lease_state *ls)
 	if (ls->failing)
 		log_info("lease: renewed again");
 	ls->failing = false;
+	atomic_store(&ls->reachable, lease_mono_ms());
 	path = xasprintf("%s/" FENCE_ALIVE, ls->state_dir);
 	snprintf(alive, sizeof(alive), "%lld\n", (long long)lease_mono_ms());
 	if (file_write_replace(path, alive, strlen(alive), 0600) < 0)
@@ -181,9 +234,11 @@ int lease_start(struct agent *a, struct kerr *err)
 	snprintf(ls->lease_dir, sizeof(ls->lease_dir), "%s/" LEASE_DIR, a->cfg->shared_pool);
 	snprintf(ls->lease_path, sizeof(ls->lease_path), "%s/%s", ls->lease_dir, a->link.host);
 	snprintf(ls->list_path, sizeof(ls->list_path), "%s/" LEASE_HA_LIST, a->cfg->shared_pool);
+	snprintf(ls->view_path, sizeof(ls->view_path), "%s/" LEASE_VIEW, a->cfg->shared_pool);
 	snprintf(ls->state_dir, sizeof(ls->state_dir), "%s", a->cfg->state_dir);
 	ls->generation = (uint64_t)now_us();
 	atomic_store(&ls->loop_tick, lease_mono_ms());
+	atomic_store(&ls->reachable, lease_mono_ms());
 	atomic_store(&ls->refs, 1);
 	a->lease = ls;
 	ret = uv_timer_init(a->loop, &ls->timer);
@@ -203,6 +258,34 @@ int lease_start(struct agent *a, struct kerr *err)
 	log_info("lease: renewing %s every %d ms (fence after %d ms)", ls->lease_path,
 		 LEASE_EVERY_MS, FENCE_MS);
 	return 0;
+}
+
+/*
+ * May the agent send heartbeats? Not once the pool has refused its lease for the
+ * fence deadline (storage lost, or the loop too wedged to let it renew): its fencer
+ * has killed its HA workloads, and a host that loses only its storage must look
+ * failed to the controller, or what was fenced here would be restarted nowhere.
+ */
+bool lease_heartbeat_allowed(struct agent *a)
+{
+	struct lease_state *ls = a->lease;
+	int64_t age;
+
+	if (ls == NULL)
+		return true;
+	age = lease_mono_ms() - atomic_load(&ls->reachable);
+	if (age >= FENCE_MS) {
+		if (!ls->silent)
+			log_warnx("lease: not renewed for %lld ms: fenced; holding heartbeats "
+				  "back",
+				  (long long)age);
+		ls->silent = true;
+		return false;
+	}
+	if (ls->silent)
+		log_info("lease: renewed again; heartbeats resume");
+	ls->silent = false;
+	return true;
 }
 
 static void lease_closed_cb(uv_handle_t *h)

@@ -25,6 +25,12 @@
 #define LEASE_DIR	 "ha/leases"
 /* The list of HA instances the controller keeps on the pool for the agents. */
 #define LEASE_HA_LIST "ha/instances.json"
+/* The controller's view for the agents: a counter and how long ago it heard each host. */
+#define LEASE_VIEW "ha/view.json"
+/* An agent that a live controller has not heard for this long stops renewing its
+ * lease (it is cut off from the controller but not from the pool): its fencer fences
+ * it, and the controller may restart its HA workloads once the lease has expired. */
+#define LEASE_UNHEARD_MS 8000
 /* What a controller adds to the fence deadline before it trusts a silent lease:
  * scheduling delays of a loaded host, a slow read of the record. */
 #define LEASE_MARGIN_MS 3000

@@ -75,16 +75,18 @@ struct lease_read {
 	bool *found;
 };
 
-/* A rewrite of the HA list in flight. */
+/* A rewrite of the HA list or of the view in flight. */
 struct list_write {
 	uv_work_t req;
 	char *path;
 	char *text;
+	bool view; /* the view (replaced, not synced: rewritten every second) */
 };
 
 static struct ha_host *hh;
 static size_t hh_n, hh_cap;
-static bool read_busy, list_dirty = true, list_busy;
+static bool read_busy, list_dirty = true, list_busy, view_busy;
+static int64_t view_counter;
 
 static struct ha_host *ha_host_get(const char *name)
 {
@@ -173,7 +175,8 @@ static void list_write_work(uv_work_t *req)
 	if (slash)
 		*slash = '\0';
 	mkdir_p(dir, 0755);
-	ret = file_write_atomic(w->path, w->text, strlen(w->text), 0644);
+	ret = w->view ? file_write_replace(w->path, w->text, strlen(w->text), 0644)
+		      : file_write_atomic(w->path, w->text, strlen(w->text), 0644);
 	if (ret < 0) {
 		errno = -ret;
 		log_warn("ha: cannot write %s", w->path);
@@ -187,9 +190,13 @@ static void list_write_done(uv_work_t *req, int status)
 	struct list_write *w = req->data;
 
 	(void)status;
-	list_busy = false;
-	if (w->text == NULL)
-		list_dirty = true;
+	if (w->view) {
+		view_busy = false;
+	} else {
+		list_busy = false;
+		if (w->text == NULL)
+			list_dirty = true;
+	}
 	free(w->path);
 	free(w->text);
 	free(w);
@@ -232,6 +239,35 @@ static void list_write_start(void)
 	json_object_put(doc);
 	list_dirty = false;
 	list_busy = true;
+	uv_queue_work(ctl.loop, &w->req, list_write_work, list_write_done);
+}
+
+/*
+ * The controller's view for the agents ({shared}/ha/view.json), every second: a
+ * counter that shows the controller lives, and how long ago it heard each host. An
+ * agent the live controller has not heard for LEASE_UNHEARD_MS stops renewing its
+ * lease, so its fencer fences it and the lease expires: a host cut off from the
+ * controller but not from the pool is restarted elsewhere only after that.
+ */
+static void view_write_start(void)
+{
+	struct json_object *doc = json_object_new_object(), *hosts = json_object_new_object();
+	int64_t now = now_ms();
+	struct list_write *w;
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		json_object_object_add(
+			hosts, h->name,
+			json_object_new_int64(h->last_seen ? now - h->last_seen : now));
+	json_object_object_add(doc, "counter", json_object_new_int64(++view_counter));
+	json_object_object_add(doc, "unheard_ms", hosts);
+	w = xcalloc(1, sizeof(*w));
+	w->req.data = w;
+	w->view = true;
+	w->path = xasprintf("%s/" LEASE_VIEW, ctl.cfg.shared_pool);
+	w->text = xstrdup(json_text(doc));
+	json_object_put(doc);
+	view_busy = true;
 	uv_queue_work(ctl.loop, &w->req, list_write_work, list_write_done);
 }
 
@@ -661,13 +697,16 @@ static void ha_judge(struct host *h, struct ha_host *x)
 /* ---- cron, start-up, the host view ---- */
 
 /*
- * Every second (main.c's cron): rewrite the HA list if it changed, read every lease
+ * Every second (main.c's cron): rewrite the HA list if it changed and the view, read
+ * every lease
  * (off the loop; the hosts are judged when the read completes).
  */
 void ha_cron(void)
 {
 	if (list_dirty && !list_busy)
 		list_write_start();
+	if (!view_busy)
+		view_write_start();
 	if (!read_busy)
 		lease_read_start();
 }

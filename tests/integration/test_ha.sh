@@ -1,12 +1,16 @@
 #!/bin/bash
 # High availability: an HA VM (its disk on the shared pool) and an HA container come
-# back on another host when their host is (a) killed whole or (b) its agent frozen;
+# back on another host when their host is (a) killed whole, (b) its agent frozen or
+# (c) cut off from the network while its storage stays (isolated: nothing restarts
+# until it has fenced itself) or (d) its storage lease failing while its network
+# stays (it fences itself and falls silent);
 # a sampler counts, every 100 ms, the QEMU and container processes of each across all
 # hosts and must never see two at once; the host coming back kills nothing that now
 # runs elsewhere and runs nothing twice. Also: the "ha" field (create, PATCH, 422 for
 # a disk off the shared pool), leases that advance, non-HA instances of a failed host
 # shown "unknown", the failover operation's timeline.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib_ha.sh"
 
 VM=ha-vm
 CT=ha-ct
@@ -14,9 +18,13 @@ PLAIN=ha-plain
 SAMPLES=$(mktemp /tmp/kt-ha-samples.XXXXXX)
 SAMPLER=""
 FROZEN=""
+CUT=""
+LEASE_CUT=""
 cleanup() {
+	[ -z "$LEASE_CUT" ] || lab fault "$LEASE_CUT" lease-restore >/dev/null 2>&1 || true
 	[ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
 	[ -z "$FROZEN" ] || lab fault "$FROZEN" thaw >/dev/null 2>&1 || true
+	[ -z "$CUT" ] || lab fault "$CUT" net-restore >/dev/null 2>&1 || true
 	lab up --hosts 3 >/dev/null 2>&1 || true
 	for n in $VM $CT $PLAIN ha-local; do
 		api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true
@@ -68,67 +76,23 @@ api GET /api/v1/hosts/h2
 [ "$(jqb .ha.state)" = ok ] || fail "h2 ha state is $(jqb .ha.state)"
 pass "h2 renews its storage lease; its HA state is ok"
 
-# ---- the sampler: processes per instance across all hosts, every 100 ms ----
-# QEMU: the process whose argv holds "-name NAME". A container: the init pid in runc's
-# state of each host (the pid namespace is the machine's, so any host's is visible).
-qemu_count() {
-	local n=0 f pid
-	for f in $(grep -lsFxz -- "$1" /proc/[0-9]*/cmdline 2>/dev/null); do
-		pid=${f#/proc/}
-		pid=${pid%/cmdline}
-		[[ $(cat "/proc/$pid/comm" 2>/dev/null) == qemu* ]] || continue
-		grep -q '^State:.*[ZX]' "/proc/$pid/status" 2>/dev/null || n=$((n + 1))
-	done
-	echo $n
-}
-ct_count() {
-	local n=0 s pid st
-	for s in "$KUMO_LAB_DIR"/hosts/h*/local/runc/"$1"/state.json; do
-		[ -r "$s" ] || continue
-		st=$(<"$s") || continue
-		[[ $st =~ \"init_process_pid\":([0-9]+) ]] || continue
-		pid=${BASH_REMATCH[1]}
-		[ -e "/proc/$pid" ] || continue
-		grep -q '^State:.*[ZX]' "/proc/$pid/status" 2>/dev/null || n=$((n + 1))
-	done
-	echo $n
-}
-sampler() {
-	while :; do
-		echo "$(date +%s%3N) $(qemu_count $VM) $(ct_count $CT)"
-		sleep 0.1
-	done
-}
+# ---- the sampler: processes per instance across all hosts, every 100 ms (lib_ha.sh) ----
 [ "$(qemu_count $VM)" = 1 ] || fail "the sampler does not see the VM's QEMU"
 [ "$(ct_count $CT)" = 1 ] || fail "the sampler does not see the container"
-sampler >"$SAMPLES" &
+ha_sampler $VM $CT "$SAMPLES" &
 SAMPLER=$!
 
 no_double_run() {
 	local worst
-	worst=$(awk 'BEGIN { m = 0 } { if ($2 > m) m = $2; if ($3 > m) m = $3 } END { print m }' "$SAMPLES")
+	worst=$(ha_worst "$SAMPLES")
 	[ "$worst" -le 1 ] || fail "$1: a workload ran twice: $(awk '$2 > 1 || $3 > 1' "$SAMPLES" | head -n 3)"
 	echo "  ($(wc -l <"$SAMPLES") samples, at most $worst process per workload)"
-}
-
-# running_elsewhere NAME HOST: running, on another host than HOST.
-running_elsewhere() {
-	api GET "/api/v1/instances/$1"
-	[ "$(jqb .state)" = running ] && [ "$(jqb .host)" != "$2" ] && [ "$(jqb .host)" != null ]
-}
-host_of() {
-	api GET "/api/v1/instances/$1"
-	jqb .host
-}
-ha_state_is() {
-	api GET "/api/v1/hosts/$1"
-	[ "$(jqb .ha.state)" = "$2" ]
 }
 
 # failover_check FAULT HOST T0: both back elsewhere; prints the times.
 failover_check() {
 	local fault=$1 from=$2 t0=$3 detect restart op
-	wait_until 60 "$from failed ($fault)" ha_state_is "$from" failed
+	wait_until 60 "$from failed ($fault)" ha_failed "$from"
 	detect=$(($(date +%s%3N) - t0))
 	wait_until 180 "$VM running elsewhere ($fault)" running_elsewhere $VM "$from"
 	wait_until 120 "$CT running elsewhere ($fault)" running_elsewhere $CT "$from"
@@ -178,7 +142,7 @@ from=$(host_of $VM)
 FROZEN=$from
 t0=$(date +%s%3N)
 lab fault "$from" freeze >/dev/null
-wait_until 60 "$from failed (agent frozen)" ha_state_is "$from" failed
+wait_until 60 "$from failed (agent frozen)" ha_failed "$from"
 detect=$(($(date +%s%3N) - t0))
 wait_until 180 "$VM running elsewhere (agent frozen)" running_elsewhere $VM "$from"
 restart=$(($(date +%s%3N) - t0))
@@ -192,3 +156,45 @@ running_elsewhere $VM "$from" || fail "$VM is not running elsewhere after $from 
 no_double_run "agent thawed"
 grep -q "fence" "$KUMO_LAB_DIR/logs/$from-fencer.log" || fail "the fencer of $from did not fence"
 pass "agent frozen: its fencer killed the VM, it runs elsewhere, never twice, also after the thaw"
+
+# ---- (c) the VM's host cut off from controller and peers, its storage alive ----
+from=$(host_of $VM)
+CUT=$from
+t0=$(date +%s%3N)
+lab fault "$from" net-cut >/dev/null
+wait_until 60 "$from isolated (network cut, lease moving)" ha_state_is "$from" isolated
+isolated=$(($(date +%s%3N) - t0))
+[ "$(host_of $VM)" = "$from" ] || fail "$VM was moved while $from was only isolated"
+wait_until 180 "$VM running elsewhere (network cut)" running_elsewhere $VM "$from"
+restart=$(($(date +%s%3N) - t0))
+echo "  network cut: isolated after ${isolated} ms, $VM running elsewhere after ${restart} ms"
+grep -q "controller has not heard this host" "$KUMO_LAB_DIR/logs/$from.log" ||
+	fail "$from did not stop renewing its lease when the controller lost it"
+no_double_run "network cut"
+lab fault "$from" net-restore >/dev/null
+CUT=""
+wait_until 60 "$from online again" ha_state_is "$from" ok
+running_elsewhere $VM "$from" || fail "$VM is not running elsewhere after $from came back"
+[ "$(qemu_count $VM)" = 1 ] || fail "$(qemu_count $VM) QEMUs of $VM after $from came back"
+no_double_run "network restored"
+pass "network cut: isolated first (nothing moved), fenced itself, then restarted elsewhere, never twice"
+
+# ---- (d) the VM's host loses its storage lease, its network alive ----
+from=$(host_of $VM)
+LEASE_CUT=$from
+t0=$(date +%s%3N)
+lab fault "$from" lease-cut >/dev/null
+wait_until 60 "$from failed (lease cut)" ha_failed "$from"
+detect=$(($(date +%s%3N) - t0))
+wait_until 180 "$VM running elsewhere (lease cut)" running_elsewhere $VM "$from"
+restart=$(($(date +%s%3N) - t0))
+echo "  lease cut: failed seen after ${detect} ms, $VM running elsewhere after ${restart} ms"
+grep -q "holding heartbeats back" "$KUMO_LAB_DIR/logs/$from.log" || fail "$from kept sending heartbeats while fenced"
+no_double_run "lease cut"
+lab fault "$from" lease-restore >/dev/null
+LEASE_CUT=""
+wait_until 60 "$from online again" ha_state_is "$from" ok
+running_elsewhere $VM "$from" || fail "$VM is not running elsewhere after $from's lease came back"
+[ "$(qemu_count $VM)" = 1 ] || fail "$(qemu_count $VM) QEMUs of $VM after $from's lease came back"
+no_double_run "lease restored"
+pass "lease cut: the host fenced itself and fell silent; restarted elsewhere, never twice"
