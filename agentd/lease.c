@@ -47,12 +47,13 @@ struct lease_state {
 	uv_timer_t timer; /* stamps loop_tick */
 	pthread_t thread;
 	atomic_bool stop;
-	atomic_int refs;	/* the thread and the timer handle: the last one frees */
-	atomic_llong loop_tick; /* lease_mono_ms() of the loop's last timer run */
-	atomic_llong reachable; /* lease_mono_ms() of the last good renewal, or of the last
-				 * one skipped only because the controller does not hear us
-				 * (the pool itself was not the problem), or the start */
-	bool silent;		/* heartbeats held back: fenced (logged once) */
+	atomic_int refs;	  /* the thread and the timer handle: the last one frees */
+	atomic_llong loop_tick;	  /* lease_mono_ms() of the loop's last timer run */
+	atomic_llong reachable;	  /* lease_mono_ms() of the last good renewal, or of the last
+				   * one skipped only because the controller does not hear us
+				   * (the pool itself was not the problem), or the start */
+	bool silent;		  /* heartbeats held back: fenced (logged once) */
+	atomic_bool ever_renewed; /* a host without a working pool never fences */
 	char host[64];
 	char lease_dir[PATH_MAX], lease_path[PATH_MAX], list_path[PATH_MAX];
 	char state_dir[PATH_MAX];
@@ -160,6 +161,7 @@ static void lease_once(struct lease_state *ls)
 		log_info("lease: renewed again");
 	ls->failing = false;
 	atomic_store(&ls->reachable, lease_mono_ms());
+	atomic_store(&ls->ever_renewed, true);
 	path = xasprintf("%s/" FENCE_ALIVE, ls->state_dir);
 	snprintf(alive, sizeof(alive), "%lld\n", (long long)lease_mono_ms());
 	if (file_write_replace(path, alive, strlen(alive), 0600) < 0)
@@ -271,7 +273,9 @@ bool lease_heartbeat_allowed(struct agent *a)
 	struct lease_state *ls = a->lease;
 	int64_t age;
 
-	if (ls == NULL)
+	/* A host whose pool never took a lease in this run has no lease the controller
+	 * could trust either ("unprotected"): heartbeats are all it has. */
+	if (ls == NULL || !atomic_load(&ls->ever_renewed))
 		return true;
 	age = lease_mono_ms() - atomic_load(&ls->reachable);
 	if (age >= FENCE_MS) {
