@@ -86,6 +86,10 @@ no_double_run() {
 	local worst
 	worst=$(ha_worst "$SAMPLES")
 	[ "$worst" -le 1 ] || fail "$1: a workload ran twice: $(awk '$2 > 1 || $3 > 1' "$SAMPLES" | head -n 3)"
+	# QEMU's image lock must never have been what stopped a second copy: a restart
+	# sent while the first QEMU still held the disk would show here.
+	! grep -qs "another process using the image" "$KUMO_LAB_DIR"/logs/h*.log ||
+		fail "$1: a QEMU found $VM's disk still in use: restarted before the fence"
 	echo "  ($(wc -l <"$SAMPLES") samples, at most $worst process per workload)"
 }
 
