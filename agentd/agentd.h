@@ -423,6 +423,9 @@ struct agent {
 	/* net.c */
 	struct net *net; /* the network driver's state, NULL before net_start() */
 
+	/* lease.c */
+	struct lease_state *lease; /* the HA lease renewal, NULL when stopped */
+
 	/* main.c */
 	uv_signal_t sigterm, sigint;
 };
@@ -766,6 +769,11 @@ int console_input_query(struct agent *a, struct json_object *body, struct json_o
 
 /* usage.c */
 void usage_annotate(struct json_object *reports);
+/* lease.c */
+int lease_start(struct agent *a, struct kerr *err);
+void lease_stop(struct agent *a);
+void lease_startup_fence(struct agent *a);
+bool lease_heartbeat_allowed(struct agent *a);
 
 /* facts.c */
 typedef void (*facts_done_cb)(struct agent *a, struct json_object *facts, void *data);

@@ -52,7 +52,13 @@ void heartbeat_kick(struct agent *a)
  */
 void heartbeat_send(struct agent *a, struct json_object *facts)
 {
-	struct json_object *body = json_object_new_object(), *instances = vm_reports(a);
+	struct json_object *body, *instances;
+
+	/* HA: a host fenced by its lease (lease.c) falls silent, so it is seen failed. */
+	if (!lease_heartbeat_allowed(a))
+		return;
+	body = json_object_new_object();
+	instances = vm_reports(a);
 
 	oci_reports_add(a, instances);
 	usage_annotate(instances);

@@ -446,6 +446,10 @@ static const struct json_field spec_fields[] = {
 	{"labels", JK_OBJECT, false, labels_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"host", JK_STRING, false, name_check},
+	/* HA (lease.c): whether the fencer kills it here; after a failover the disks
+	 * on the shared pool are the fenced host's, run as they are (vmaction.c). */
+	{"ha", JK_OBJECT, false, NULL},
+	{"adopt_disks", JK_BOOL, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
@@ -617,6 +621,10 @@ static const struct json_field ctr_spec_fields[] = {
 	{"labels", JK_OBJECT, false, labels_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"host", JK_STRING, false, name_check},
+	/* HA (lease.c): whether the fencer kills it here; after a failover the disks
+	 * on the shared pool are the fenced host's, run as they are (vmaction.c). */
+	{"ha", JK_OBJECT, false, NULL},
+	{"adopt_disks", JK_BOOL, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
@@ -712,6 +720,8 @@ static const struct json_field no_args[] = {
 };
 static const struct json_field create_args[] = {
 	{"start", JK_BOOL, false, NULL},
+	/* An HA failover's timeline (controllerd/ha.c), resent with the operation's args. */
+	{"failover", JK_OBJECT, false, NULL},
 	{NULL, 0, false, NULL},
 };
 static const struct json_field stop_args[] = {

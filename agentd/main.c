@@ -44,6 +44,7 @@ static void agent_stop(struct agent *a)
 		return;
 	a->stopping = true;
 	heartbeat_stop(a);
+	lease_stop(a);
 	net_stop(a);
 	kvmprobe_stop(a);
 	vm_close_all(a);
@@ -140,6 +141,9 @@ static int loop_setup(struct agent *a, struct kerr *err)
 		ret = uv_signal_start(&a->sigint, signal_cb, SIGINT);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot catch signals");
+	/* HA: an agent away past its fence deadline kills its HA workloads before it
+	 * adopts anything (lease.c); they may run elsewhere now. */
+	lease_startup_fence(a);
 	/* After link_open(): every VM and container found is reported to the controller. */
 	vm_adopt_all(a);
 	oci_adopt_all(a);
@@ -148,6 +152,8 @@ static int loop_setup(struct agent *a, struct kerr *err)
 		return -1;
 	if (kvmprobe_request(a, startup_probe_cb, NULL, &probe_err) < 0)
 		log_warnx("kvm: %s; accel tcg", probe_err.msg);
+	if (lease_start(a, err) < 0)
+		return -1;
 	return heartbeat_start(a, err);
 }
 

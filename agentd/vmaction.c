@@ -300,6 +300,11 @@ void vmaction_create(struct inst_op *op)
 	vm->op = op;
 	for (size_t i = 0; i < op->ndisks; i++)
 		op->make[i] = true;
+	/* HA failover (controllerd/ha.c): the disks on the shared pool are the ones the
+	 * fenced host ran; this host runs them as they are. */
+	if (json_get_bool(op->spec, "adopt_disks", false))
+		for (size_t i = 0; i < op->ndisks; i++)
+			op->make[i] = strcmp(op->disks[i].root, op->agent->cfg->shared_pool) != 0;
 	op->seed = json_object_object_get_ex(op->spec, "cloud_init", NULL);
 	disks_prepare(op);
 }

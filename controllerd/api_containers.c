@@ -189,6 +189,7 @@ const struct json_field container_create_fields[] = {
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"labels", JK_OBJECT, false, labels_check},
+	{"ha", JK_OBJECT, false, ha_field_check},
 	{"start", JK_BOOL, false, NULL},
 	{"timeout_s", JK_INT, false, create_timeout_check}, /* the create's deadline */
 	{NULL, 0, false, NULL},

@@ -203,6 +203,7 @@ static const struct json_field create_fields[] = {
 	{"host", JK_STRING, false, name_check},
 	{"anti_affinity", JK_STRING, false, name_check},
 	{"labels", JK_OBJECT, false, labels_check},
+	{"ha", JK_OBJECT, false, ha_field_check},
 	{"boot", JK_ARRAY, false, boot_check},
 	{"cloud_init", JK_OBJECT, false, cloud_init_check},
 	{"stop_timeout_s", JK_INT, false, stop_grace_check},
@@ -595,6 +596,12 @@ enum MHD_Result api_instances_create(struct request *req)
 		return ret;
 	}
 	spec = vm ? spec_build(body, image_ids, &err) : container_spec_build(body, &err);
+	/* HA (ha.c): only with every disk on the shared pool. */
+	if (spec && json_object_object_get(body, "ha") &&
+	    ha_spec_set(spec, json_object_object_get(body, "ha"), &err) < 0) {
+		json_object_put(spec);
+		spec = NULL;
+	}
 	start = json_get_bool(body, "start", true);
 	timeout_s = json_get_int(body, "timeout_s", 0);
 	/* name pointed into body: from here on it is the spec's (the same string). */
@@ -1024,6 +1031,7 @@ static const struct json_field patch_fields[] = {
 	{"disks", JK_ARRAY, false, disks_resize_check},
 	{"labels", JK_OBJECT, false, labels_check},
 	{"nics", JK_ARRAY, false, nics_patch_check},
+	{"ha", JK_OBJECT, false, ha_field_check},
 	{NULL, 0, false, NULL},
 };
 const struct json_field *const instance_patch_fields = patch_fields;
@@ -1040,6 +1048,32 @@ static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct 
 		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
 					i->name, busy);
 	json_object_object_add(i->spec, "labels", json_object_get(labels));
+	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
+	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, now_ms());
+	sqlite3_bind_int64(st, 3, i->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	return http_reply_json(req, 200, instance_get_json(i->name, false));
+}
+
+/* HA on or off, or its priority (ha.c checks the disks); the agents learn it from
+ * the HA list on the shared pool, so nothing is sent to the host. */
+static enum MHD_Result patch_ha(struct request *req, struct inst *i, struct json_object *ha)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
+	char busy[LINK_OP_ID_MAX + 1];
+	struct kerr err;
+	sqlite3_stmt *st;
+	int rc;
+
+	if (op_busy(target, busy, sizeof(busy)))
+		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
+					i->name, busy);
+	if (ha_spec_set(i->spec, ha, &err) < 0)
+		return http_reply_kerr(req, &err);
 	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
 	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, now_ms());
@@ -1206,7 +1240,7 @@ static enum MHD_Result patch_resources(struct request *req, struct inst *i,
 
 enum MHD_Result api_instance_patch(struct request *req)
 {
-	struct json_object *body, *mem, *labels, *nics;
+	struct json_object *body, *mem, *labels, *nics, *ha;
 	enum MHD_Result ret;
 	struct kerr err;
 	struct inst *i;
@@ -1221,7 +1255,12 @@ enum MHD_Result api_instance_patch(struct request *req)
 	mem = json_object_object_get(body, "memory");
 	labels = json_object_object_get(body, "labels");
 	nics = json_object_object_get(body, "nics");
-	if (mem && json_object_object_get_ex(mem, "target_mb", NULL)) {
+	ha = json_object_object_get(body, "ha");
+	if (ha && json_object_object_length(body) == 1) {
+		ret = patch_ha(req, i, ha);
+	} else if (ha) {
+		ret = http_reply_error(req, 400, "ha", "ha is changed on its own");
+	} else if (mem && json_object_object_get_ex(mem, "target_mb", NULL)) {
 		if (json_object_object_length(body) != 1)
 			ret = http_reply_error(req, 400, "memory.target_mb",
 					       "a balloon target is changed on its own");

@@ -60,6 +60,13 @@ static const struct option_def options[] = {
 	 "seconds between agent heartbeats"},
 	{"offline_after", OPT_INT, OFF(offline_after), "5", 2, 1000,
 	 "missed heartbeats before a host is offline"},
+	{"ha_detect_s", OPT_INT, OFF(ha_detect_s), "5", 2, 3600,
+	 "HA: seconds without a heartbeat before a host may be failed (if its lease is silent)"},
+	{"ha_lease_s", OPT_INT, OFF(ha_lease_s), "3", 2, 3600,
+	 "HA: seconds a host's storage lease must stay still before the host is failed"},
+	{"ha_lease_expire_s", OPT_INT, OFF(ha_lease_expire_s), "10", 5, 3600,
+	 "HA: seconds of a still lease before a failed host's HA instances restart elsewhere "
+	 "(at least the host's fence deadline + 3 s)"},
 	{"max_body", OPT_INT, OFF(max_body), "1048576", 1024, 1 << 30,
 	 "largest request body in bytes"},
 	{"api_max_connections", OPT_INT, OFF(api_max_connections), "1024", 16, 1000000,

@@ -37,6 +37,9 @@ struct config {
 	int event_port;
 	int heartbeat_interval;
 	int offline_after;
+	int ha_detect_s;       /* ha.c: heartbeats missed this long, and ... */
+	int ha_lease_s;	       /* ... the lease silent this long: failed */
+	int ha_lease_expire_s; /* the lease silent this long: fenced, restart elsewhere */
 	int max_body;
 	int api_max_connections;	/* open API connections at most */
 	int api_max_connections_per_ip; /* ... from one client address */
@@ -141,7 +144,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 12
+#define DB_SCHEMA_VERSION 13
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -383,6 +386,13 @@ struct json_object *backup_prune(const char *name, const char *instance,
 struct json_object *backup_store_gc(const char *name, struct kerr *err);
 int backup_op_cancel(const char *op_id, struct kerr *err);
 void backups_op_done(const char *op_id, bool ok, struct json_object *result, const char *error);
+/* ha.c */
+int ha_field_check(struct json_object *v, const char *f, struct kerr *err);
+int ha_spec_set(struct json_object *spec, struct json_object *ha, struct kerr *err);
+void ha_list_changed(void);
+void ha_cron(void);
+void ha_host_json(const struct host *h, struct json_object *o);
+void ha_free(void);
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,

@@ -261,6 +261,16 @@ static const char *const migrations[] = {
 	"  finished_at INTEGER);"
 	"CREATE INDEX backups_instance ON backups (instance, created_at);"
 	"CREATE INDEX backups_op ON backups (op_id);",
+	/* 12 -> 13 (self-contained, ha.c): where an HA instance was fenced and restarted
+	 * from, so that host never runs it again; the row goes once that host has
+	 * forgotten it. An instance's HA settings live in its spec ("ha"), like its
+	 * labels. */
+	"CREATE TABLE ha_fences ("
+	"  instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,"
+	"  host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,"
+	"  fenced_at INTEGER NOT NULL,"
+	"  operation TEXT," /* the ha-forget that clears the host's record of it */
+	"  PRIMARY KEY (instance_id, host_id));",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -256,6 +256,7 @@ struct json_object *host_to_json(const struct host *h)
 	json_object_object_add(o, "last_seen", json_object_new_int64(h->last_seen));
 	json_object_object_add(o, "heartbeat_age_ms",
 			       json_object_new_int64(now_ms() - h->last_seen));
+	ha_host_json(h, o); /* HA: failed, isolated, the storage lease */
 	return o;
 }
 

@@ -893,10 +893,10 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 			? json_object_new_string((const char *)sqlite3_column_text(st, 4))
 			: NULL);
 	static const char *const vm_keys[] = {"vcpus", "memory", "nested",	  "accel", "nics",
-					      "boot",  "labels", "anti_affinity", NULL};
-	static const char *const ct_keys[] = {"image",	       "command",      "env",	 "workdir",
-					      "limits",	       "restart",      "nics",	 "labels",
-					      "anti_affinity", "capabilities", "userns", NULL};
+					      "boot",  "labels", "anti_affinity", "ha",	   NULL};
+	static const char *const ct_keys[] = {
+		"image",  "command",	   "env",	   "workdir", "limits", "restart", "nics",
+		"labels", "anti_affinity", "capabilities", "userns",  "ha",	NULL};
 	bool container = !strcmp((const char *)sqlite3_column_text(st, 1), "container");
 
 	for (const char *const *k = container ? ct_keys : vm_keys; *k; k++) {

@@ -269,6 +269,8 @@ static const struct op_kind kinds[] = {
 	{"evacuate", 0, NULL, NULL, NULL, NO_UNDO "cancel its migrations one by one"},
 	/* P2V ingest (p2v.c): its own deadline; a cancel abandons the session. */
 	{"p2v-ingest", 0, NULL, NULL, p2v_kind_cancel, NULL},
+	/* HA (ha.c): a returning host drops its dead copy of an instance restarted elsewhere. */
+	{"ha-forget", 600, NULL, NULL, NULL, NO_UNDO "a forget only removes a dead copy"},
 	{"unmanaged-destroy", 600, NULL, NULL, NULL, NO_UNDO "a destroy cannot be undone"},
 };
 

@@ -34,11 +34,12 @@ static void usage(FILE *out, int status)
 /*
  * The one periodic timer. Every tick: long polls whose time is up; a sync of commits
  * no one has waited for yet (heartbeats, facts: group commit, db.c). Every second:
- * host liveness, overdue agent commands, event-stream keepalives, fact snapshots,
- * streams of expired tokens, API connections past their deadlines, operations whose
- * network wait is over, jobs past their deadline (jobs.c). Every tick also measures how late it ran
- * (the loop's lag, for metrics). Every minute: pruning old events and audit rows, checking one
- * stored registry blob. Every hour: abandoned registry uploads.
+ * host liveness, HA (the HA list, lease reads, failovers), overdue agent commands,
+ * event-stream keepalives, fact snapshots, streams of expired tokens, API connections
+ * past their deadlines, operations whose network wait is over, jobs past their deadline
+ * (jobs.c). Every tick also measures how late it ran (the loop's lag, for metrics).
+ * Every minute: pruning old events and audit rows, checking one stored registry blob.
+ * Every hour: abandoned registry uploads.
  */
 static void cron_cb(uv_timer_t *t)
 {
@@ -55,6 +56,7 @@ static void cron_cb(uv_timer_t *t)
 	db_group_commit_cron();
 	if (ticks % (1000 / CRON_MS) == 0) {
 		hosts_check_liveness();
+		ha_cron();
 		agentlink_cron();
 		api_events_cron();
 		hosts_persist(false);
@@ -278,6 +280,7 @@ int main(int argc, char **argv)
 	uv_run(ctl.loop, UV_RUN_DEFAULT);
 	instances_net_waits_free();
 	netsync_free();
+	ha_free();
 	hosts_free();
 	metrics_free();
 	db_close(ctl.db);

@@ -1,0 +1,751 @@
+/*
+ * ha.c - high availability: which instances are HA, which hosts have failed, and the
+ * failover that restarts a failed host's HA instances elsewhere.
+ *
+ * Two independent signals judge a host (README "High availability" has the timeline):
+ *   - heartbeats over the agent link (hosts.c keeps h->last_seen);
+ *   - its storage lease on the shared pool (common/lease.h), read here every second
+ *     off the loop; the time a lease's counter last moved is noted on this process's
+ *     monotonic clock.
+ * Per host, every second:
+ *   ok        heartbeats arrive;
+ *   isolated  no heartbeat for ha_detect_s, but the lease still moves: the host lives
+ *             and reaches the pool, so nothing is restarted (its fencer fences it if
+ *             it has lost the controller for good);
+ *   failed    no heartbeat for ha_detect_s and the lease silent for ha_lease_s;
+ *   fenced    failed, and the lease silent for its expiry: at least the host's own
+ *             fence deadline plus LEASE_MARGIN_MS, so its fencer has killed its HA
+ *             workloads. Only now are they restarted elsewhere, in priority order,
+ *             each through the scheduler as an instance-create operation whose
+ *             args.failover holds the timeline; the old placement is recorded in
+ *             ha_fences.
+ *   unprotected  heartbeats stopped and the host never wrote a lease: nothing can
+ *             prove it fenced, so nothing is restarted.
+ * Non-HA instances of a failed host show state "unknown" until it reports again.
+ *
+ * The list of HA instances ({shared}/ha/instances.json) is written here whenever it
+ * may have changed, so agents (and through them their fencers) know what to fence
+ * without a new link message.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "controllerd.h"
+#include "scheduler.h"
+#include "lease.h"
+#include "log.h"
+#include "util.h"
+#include "valid.h"
+
+#define HA_RETRY_MS 10000 /* a failover that found no host is tried again after this */
+
+enum ha_state {
+	HA_OK,
+	HA_ISOLATED,
+	HA_FAILED,
+	HA_FENCED,
+	HA_UNPROTECTED
+};
+
+static const char *const ha_state_names[] = {"ok", "isolated", "failed", "fenced", "unprotected"};
+
+/* What ha.c knows of one host, by name (a host re-joining keeps its name). */
+struct ha_host {
+	char name[64];
+	bool lease_seen;
+	struct lease_record lease;
+	int64_t advanced_mono; /* when the counter last moved (lease_mono_ms) */
+	enum ha_state state;
+	int64_t detected_ms; /* wall clock: when it became failed */
+	int64_t fenced_ms;   /* ... and fenced */
+	int64_t retry_mono;  /* next failover attempt */
+	bool forget_pending; /* ha_fences may hold rows for this host */
+};
+
+/* A lease read in flight: the names asked for, the records found. */
+struct lease_read {
+	uv_work_t req;
+	char pool[4096];
+	size_t n;
+	char (*names)[64];
+	struct lease_record *recs;
+	bool *found;
+};
+
+/* A rewrite of the HA list or of the view in flight. */
+struct list_write {
+	uv_work_t req;
+	char *path;
+	char *text;
+	bool view; /* the view (replaced, not synced: rewritten every second) */
+};
+
+static struct ha_host *hh;
+static size_t hh_n, hh_cap;
+static bool read_busy, list_dirty = true, list_busy, view_busy;
+static int64_t view_counter;
+
+static struct ha_host *ha_host_get(const char *name)
+{
+	for (size_t i = 0; i < hh_n; i++)
+		if (!strcmp(hh[i].name, name))
+			return &hh[i];
+	if (hh_n == hh_cap) {
+		hh_cap = hh_cap ? hh_cap * 2 : 16;
+		hh = xrealloc(hh, hh_cap * sizeof(*hh));
+	}
+	memset(&hh[hh_n], 0, sizeof(hh[hh_n]));
+	snprintf(hh[hh_n].name, sizeof(hh[hh_n].name), "%s", name);
+	hh[hh_n].advanced_mono = lease_mono_ms();
+	hh[hh_n].forget_pending = true; /* rows from before a restart */
+	return &hh[hh_n++];
+}
+
+/* ---- the "ha" field of instances ---- */
+
+static const struct json_field ha_fields[] = {
+	{"enabled", JK_BOOL, true, NULL},
+	{"priority", JK_INT, false, NULL},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * Field check of "ha" in a create or PATCH body: {"enabled": bool, "priority":
+ * 0-100}. Returns 0 or -1 with err (400).
+ */
+int ha_field_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	struct json_object *p;
+
+	if (json_fields_check_in(v, ha_fields, f, err) < 0)
+		return -1;
+	if (json_object_object_get_ex(v, "priority", &p)) {
+		int64_t n = json_object_get_int64(p);
+
+		if (n < 0 || n > 100)
+			return err_input(err, 400, "ha.priority", "'ha.priority' must be 0..100");
+	}
+	return 0;
+}
+
+/*
+ * Set spec's "ha" from a checked body field (NULL: not HA), normalised to
+ * {"enabled", "priority"} (priority 50 unless given). An HA instance must have every
+ * disk on the shared pool, or another host could not run it: 422 naming the first
+ * disk that is not. Containers have no disks; their writable layer is lost in a
+ * failover (they restart from their image). Returns 0 or -1 with err.
+ */
+int ha_spec_set(struct json_object *spec, struct json_object *ha, struct kerr *err)
+{
+	struct json_object *disks = json_object_object_get(spec, "disks"), *o;
+	bool enabled = ha && json_get_bool(ha, "enabled", false);
+	size_t n = disks ? json_object_array_length(disks) : 0;
+
+	for (size_t i = 0; enabled && i < n; i++) {
+		struct json_object *d = json_object_array_get_idx(disks, i);
+
+		if (strcmp(json_get_str(d, "pool", "shared"), "shared"))
+			return err_input(err, 422, "ha",
+					 "disk %s is on pool %s: an HA instance needs every "
+					 "disk on the shared pool",
+					 json_get_str(d, "name", "?"),
+					 json_get_str(d, "pool", "?"));
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "enabled", json_object_new_boolean(enabled));
+	json_object_object_add(o, "priority",
+			       json_object_new_int((int)json_get_int(ha, "priority", 50)));
+	json_object_object_add(spec, "ha", o);
+	ha_list_changed();
+	return 0;
+}
+
+/* ---- the HA list on the pool ---- */
+
+static void list_write_work(uv_work_t *req)
+{
+	struct list_write *w = req->data;
+	_cleanup_free_ char *dir = xstrdup(w->path);
+	char *slash = strrchr(dir, '/');
+	int ret;
+
+	if (slash)
+		*slash = '\0';
+	mkdir_p(dir, 0755);
+	ret = w->view ? file_write_replace(w->path, w->text, strlen(w->text), 0644)
+		      : file_write_atomic(w->path, w->text, strlen(w->text), 0644);
+	if (ret < 0) {
+		errno = -ret;
+		log_warn("ha: cannot write %s", w->path);
+		free(w->text);
+		w->text = NULL; /* tells the callback to try again */
+	}
+}
+
+static void list_write_done(uv_work_t *req, int status)
+{
+	struct list_write *w = req->data;
+
+	(void)status;
+	if (w->view) {
+		view_busy = false;
+	} else {
+		list_busy = false;
+		if (w->text == NULL)
+			list_dirty = true;
+	}
+	free(w->path);
+	free(w->text);
+	free(w);
+}
+
+/* The HA list may have changed (an instance created, patched, moved or deleted):
+ * the next cron rewrites it. */
+void ha_list_changed(void)
+{
+	list_dirty = true;
+}
+
+static void list_write_start(void)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.name, h.name, i.spec FROM instances i "
+					      "LEFT JOIN hosts h ON h.id = i.host_id "
+					      "WHERE json_extract(i.spec, '$.ha.enabled') = 1");
+	struct json_object *doc = json_object_new_object(), *arr = json_object_new_array();
+	struct list_write *w;
+
+	while (st && sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(
+			o, "name",
+			json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+		json_object_object_add(
+			o, "host",
+			sqlite3_column_type(st, 1) == SQLITE_TEXT
+				? json_object_new_string((const char *)sqlite3_column_text(st, 1))
+				: NULL);
+		json_object_array_add(arr, o);
+	}
+	sqlite3_finalize(st);
+	json_object_object_add(doc, "instances", arr);
+	w = xcalloc(1, sizeof(*w));
+	w->req.data = w;
+	w->path = xasprintf("%s/" LEASE_HA_LIST, ctl.cfg.shared_pool);
+	w->text = xstrdup(json_text(doc));
+	json_object_put(doc);
+	list_dirty = false;
+	list_busy = true;
+	uv_queue_work(ctl.loop, &w->req, list_write_work, list_write_done);
+}
+
+/*
+ * The controller's view for the agents ({shared}/ha/view.json), every second: a
+ * counter that shows the controller lives, and how long ago it heard each host. An
+ * agent the live controller has not heard for LEASE_UNHEARD_MS stops renewing its
+ * lease, so its fencer fences it and the lease expires: a host cut off from the
+ * controller but not from the pool is restarted elsewhere only after that.
+ */
+static void view_write_start(void)
+{
+	struct json_object *doc = json_object_new_object(), *hosts = json_object_new_object();
+	int64_t now = now_ms();
+	struct list_write *w;
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		json_object_object_add(
+			hosts, h->name,
+			json_object_new_int64(h->last_seen ? now - h->last_seen : now));
+	json_object_object_add(doc, "counter", json_object_new_int64(++view_counter));
+	json_object_object_add(doc, "unheard_ms", hosts);
+	w = xcalloc(1, sizeof(*w));
+	w->req.data = w;
+	w->view = true;
+	w->path = xasprintf("%s/" LEASE_VIEW, ctl.cfg.shared_pool);
+	w->text = xstrdup(json_text(doc));
+	json_object_put(doc);
+	view_busy = true;
+	uv_queue_work(ctl.loop, &w->req, list_write_work, list_write_done);
+}
+
+/* ---- leases ---- */
+
+static void lease_read_work(uv_work_t *req)
+{
+	struct lease_read *r = req->data;
+
+	for (size_t i = 0; i < r->n; i++) {
+		_cleanup_free_ char *path = xasprintf("%s/" LEASE_DIR "/%s", r->pool, r->names[i]);
+		char buf[LEASE_RECORD_LEN];
+		ssize_t got;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0)
+			continue;
+		got = pread(fd, buf, sizeof(buf), 0);
+		close(fd);
+		if (got > 0 && lease_record_parse(buf, (size_t)got, &r->recs[i]) == 0 &&
+		    !strcmp(r->recs[i].host, r->names[i]))
+			r->found[i] = true;
+	}
+}
+
+static void ha_judge(struct host *h, struct ha_host *x);
+
+static void lease_read_done(uv_work_t *req, int status)
+{
+	struct lease_read *r = req->data;
+	int64_t mono = lease_mono_ms();
+
+	(void)status;
+	read_busy = false;
+	for (size_t i = 0; i < r->n; i++) {
+		struct host *h = host_find(r->names[i]);
+		struct ha_host *x;
+
+		if (h == NULL)
+			continue;
+		x = ha_host_get(h->name);
+		if (r->found[i] && (!x->lease_seen || r->recs[i].counter != x->lease.counter ||
+				    r->recs[i].generation != x->lease.generation)) {
+			x->advanced_mono = mono;
+			x->lease = r->recs[i];
+			x->lease_seen = true;
+		}
+		ha_judge(h, x);
+	}
+	free(r->names);
+	free(r->recs);
+	free(r->found);
+	free(r);
+}
+
+static void lease_read_start(void)
+{
+	struct lease_read *r = xcalloc(1, sizeof(*r));
+	size_t cap = 16;
+
+	r->req.data = r;
+	snprintf(r->pool, sizeof(r->pool), "%s", ctl.cfg.shared_pool);
+	r->names = xcalloc(cap, sizeof(*r->names));
+	for (struct host *h = ctl.hosts; h; h = h->next) {
+		if (r->n == cap) {
+			cap *= 2;
+			r->names = xrealloc(r->names, cap * sizeof(*r->names));
+		}
+		snprintf(r->names[r->n++], sizeof(r->names[0]), "%s", h->name);
+	}
+	r->recs = xcalloc(r->n ? r->n : 1, sizeof(*r->recs));
+	r->found = xcalloc(r->n ? r->n : 1, sizeof(*r->found));
+	read_busy = true;
+	uv_queue_work(ctl.loop, &r->req, lease_read_work, lease_read_done);
+}
+
+/* ---- failover ---- */
+
+/* Fail the operations still open on target: their host is gone and will not answer. */
+static void ops_abandon(const char *target, const char *why)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? AND "
+					      "status IN ('pending', 'running')");
+	char ids[8][LINK_OP_ID_MAX + 1];
+	size_t n = 0;
+
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW && n < ARRAY_SIZE(ids))
+		snprintf(ids[n++], sizeof(ids[0]), "%s", sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	for (size_t i = 0; i < n; i++)
+		op_update(ids[i], "failed", -1, "failed", NULL, why);
+}
+
+static struct json_object *timeline(const struct ha_host *x, const char *from)
+{
+	struct json_object *t = json_object_new_object();
+
+	json_object_object_add(t, "from", json_object_new_string(from));
+	json_object_object_add(t, "detected_at", json_object_new_int64(x->detected_ms));
+	json_object_object_add(t, "fenced_at", json_object_new_int64(x->fenced_ms));
+	json_object_object_add(t, "restart_at", json_object_new_int64(now_ms()));
+	json_object_object_add(t, "lease_fence_ms", json_object_new_int64(x->lease.fence_ms));
+	return t;
+}
+
+/*
+ * Restart HA instance name (id iid, spec owned by the caller) of fenced host h on
+ * another host. Returns 0 when the operation went out, -1 when it could not (no host
+ * fits, a database error): tried again later.
+ */
+static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const char *name,
+			struct json_object *spec)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", name);
+	struct json_object *placement = NULL, *netkeep, *args, *res, *op, *ev, *nics;
+	bool vm = !strcmp(json_get_str(spec, "type", "vm"), "vm");
+	struct sched_request sr = {0};
+	struct host *to;
+	struct kerr err;
+	sqlite3_stmt *st;
+	int rc;
+
+	ops_abandon(target, "its host failed; the instance is being restarted elsewhere (HA)");
+	if (vm) {
+		struct json_object *m = json_object_object_get(spec, "memory");
+
+		sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
+		sr.memory_mb = json_get_int(m, "mb", json_get_int(m, "max_mb", 0));
+		sr.nested = json_get_bool(spec, "nested", false);
+		sr.needs_shared_pool = true;
+	} else {
+		container_sched_request(spec, &sr);
+	}
+	/* A pin to the failed host cannot hold: HA outranks it. */
+	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
+	netkeep = nics_sched_request(spec, &sr);
+	to = instances_place(&sr, &placement, &err);
+	nics_sched_free(&sr);
+	json_object_put(netkeep);
+	if (to == NULL) {
+		log_warnx("ha: instance %s: no host can take it: %s", name, err.msg);
+		json_object_put(placement);
+		return -1;
+	}
+	/* A host that was fenced with this instance and has not forgotten it yet would
+	 * refuse it ("exists already"): wait for its ha-forget. */
+	st = db_prepare(ctl.db, "SELECT 1 FROM ha_fences WHERE instance_id = ? AND host_id = ?");
+	sqlite3_bind_int64(st, 1, iid);
+	sqlite3_bind_int64(st, 2, to->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_ROW) {
+		log_warnx("ha: instance %s: %s still has its fenced copy; trying again later", name,
+			  to->name);
+		json_object_put(placement);
+		return -1;
+	}
+	if (vm)
+		json_object_object_add(
+			spec, "accel",
+			json_object_new_string(
+				!strcmp(json_get_str(to->facts, "accel", "tcg"), "kvm") ? "kvm"
+											: "tcg"));
+	/* The new host runs the disks that are there: never makes them anew. */
+	json_object_object_add(spec, "adopt_disks", json_object_new_boolean(true));
+
+	/* The agent gets the create's own args; the operation also keeps the timeline. */
+	args = json_object_new_object();
+	json_object_object_add(args, "start", json_object_new_boolean(true));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", json_object_new_object());
+	json_object_object_add(json_object_object_get(res, "args"), "start",
+			       json_object_new_boolean(true));
+	json_object_object_add(json_object_object_get(res, "args"), "failover",
+			       timeline(x, h->name));
+	json_object_object_add(res, "placement", json_object_get(placement));
+
+	if (db_begin(ctl.db) < 0) {
+		json_object_put(args);
+		json_object_put(res);
+		json_object_put(placement);
+		return -1;
+	}
+	st = db_prepare(ctl.db, "INSERT OR REPLACE INTO ha_fences (instance_id, host_id, "
+				"fenced_at, operation) VALUES (?, ?, ?, NULL)");
+	sqlite3_bind_int64(st, 1, iid);
+	sqlite3_bind_int64(st, 2, h->id);
+	sqlite3_bind_int64(st, 3, x->fenced_ms);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_DONE) {
+		st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, state = 'creating', "
+					"spec = ?, placement = ?, updated_at = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, to->id);
+		sqlite3_bind_text(st, 2, json_text(spec), -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 3, json_text(placement), -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(st, 4, now_ms());
+		sqlite3_bind_int64(st, 5, iid);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+	}
+	op = rc == SQLITE_DONE ? op_create("instance-create", target, to, res, &err)
+			       : (json_object_put(res), NULL);
+	if (op) {
+		ev = json_object_new_object();
+		json_object_object_add(ev, "name", json_object_new_string(name));
+		json_object_object_add(ev, "from", json_object_new_string(h->name));
+		json_object_object_add(ev, "to", json_object_new_string(to->name));
+		json_object_object_add(ev, "operation",
+				       json_object_get(json_object_object_get(op, "id")));
+		event_emit("instance-failover", ev);
+	}
+	if (op == NULL || db_commit(ctl.db, &err) < 0) {
+		log_warnx("ha: instance %s: cannot record the failover: %s", name,
+			  sqlite3_errmsg(ctl.db));
+		db_rollback(ctl.db);
+		json_object_put(op);
+		json_object_put(args);
+		json_object_put(placement);
+		return -1;
+	}
+	log_info("ha: instance %s: fenced on %s, restarting on %s (operation %s)", name, h->name,
+		 to->name, json_get_str(op, "id", "?"));
+	nics = json_object_object_get(spec, "nics");
+	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
+		netsync_changed(to);
+	instances_cmd_send(to, json_get_str(op, "id", ""), "create", spec, args);
+	json_object_put(op);
+	json_object_put(args);
+	json_object_put(placement);
+	ha_list_changed();
+	x->forget_pending = true;
+	return 0;
+}
+
+/*
+ * A fenced host is back: it still has a (dead) record of each instance restarted
+ * elsewhere. Send it an ha-forget per instance (an instance delete that keeps the
+ * disks: they are the ones the instance runs on now), once; a row goes when its
+ * operation has succeeded, and a failed one is sent again. The operation's kind is
+ * not "instance-...", so its result never touches the instance's row.
+ */
+static void forget_fenced(struct host *h, struct ha_host *x)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT f.instance_id, i.name, i.spec, f.operation "
+					      "FROM ha_fences f JOIN instances i ON i.id = "
+					      "f.instance_id WHERE f.host_id = ?");
+	int rows = 0;
+
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t iid = sqlite3_column_int64(st, 0);
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+		const char *opid = (const char *)sqlite3_column_text(st, 3);
+		struct json_object *op = opid ? op_get(opid) : NULL, *spec, *args, *res;
+		const char *status = op ? json_get_str(op, "status", "") : "";
+		_cleanup_free_ char *target = xasprintf("ha-fences/%s/%s", h->name, name);
+		sqlite3_stmt *up;
+		struct kerr err;
+
+		rows++;
+		if (!strcmp(status, "succeeded")) {
+			up = db_prepare(ctl.db, "DELETE FROM ha_fences WHERE instance_id = ? AND "
+						"host_id = ?");
+			sqlite3_bind_int64(up, 1, iid);
+			sqlite3_bind_int64(up, 2, h->id);
+			sqlite3_step(up);
+			sqlite3_finalize(up);
+			log_info("ha: host %s forgot its fenced copy of %s", h->name, name);
+			json_object_put(op);
+			rows--;
+			continue;
+		}
+		if (op && !op_status_final(status)) {
+			json_object_put(op);
+			continue;
+		}
+		json_object_put(op);
+		args = json_object_new_object();
+		json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
+		json_object_object_add(args, "force", json_object_new_boolean(true));
+		res = json_object_new_object();
+		json_object_object_add(res, "args", json_object_get(args));
+		op = op_create("ha-forget", target, h, res, &err);
+		if (op == NULL) {
+			json_object_put(args);
+			continue;
+		}
+		up = db_prepare(ctl.db, "UPDATE ha_fences SET operation = ? WHERE instance_id = ? "
+					"AND host_id = ?");
+		sqlite3_bind_text(up, 1, json_get_str(op, "id", ""), -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(up, 2, iid);
+		sqlite3_bind_int64(up, 3, h->id);
+		sqlite3_step(up);
+		sqlite3_finalize(up);
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 2));
+		log_info("ha: host %s: forgetting its fenced copy of %s (operation %s)", h->name,
+			 name, json_get_str(op, "id", ""));
+		instances_cmd_send(h, json_get_str(op, "id", ""), "delete", spec, args);
+		json_object_put(spec);
+		json_object_put(args);
+		json_object_put(op);
+	}
+	sqlite3_finalize(st);
+	x->forget_pending = rows > 0;
+}
+
+/* Restart every HA instance still placed on fenced host h, highest priority first. */
+static void failover_host(struct host *h, struct ha_host *x)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db,
+		"SELECT id, name, spec FROM instances WHERE host_id = ? AND "
+		"json_extract(spec, '$.ha.enabled') = 1 AND desired = 'running' AND "
+		"state <> 'deleting' ORDER BY json_extract(spec, '$.ha.priority') DESC, name");
+	struct pending {
+		int64_t id;
+		char *name;
+		struct json_object *spec;
+	} *todo = NULL;
+	size_t n = 0, cap = 0;
+	bool failed = false;
+
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 8;
+			todo = xrealloc(todo, cap * sizeof(*todo));
+		}
+		todo[n].id = sqlite3_column_int64(st, 0);
+		todo[n].name = xstrdup((const char *)sqlite3_column_text(st, 1));
+		todo[n].spec = json_tokener_parse((const char *)sqlite3_column_text(st, 2));
+		n++;
+	}
+	sqlite3_finalize(st);
+	for (size_t i = 0; i < n; i++) {
+		if (todo[i].spec && failover_one(h, x, todo[i].id, todo[i].name, todo[i].spec) < 0)
+			failed = true;
+		json_object_put(todo[i].spec);
+		free(todo[i].name);
+	}
+	free(todo);
+	x->retry_mono = failed ? lease_mono_ms() + HA_RETRY_MS : INT64_MAX;
+}
+
+/* Non-HA instances of a failed host: nobody knows whether they run. */
+static void mark_unknown(struct host *h)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "UPDATE instances SET state = 'unknown', updated_at = ? WHERE host_id = ? "
+			"AND coalesce(json_extract(spec, '$.ha.enabled'), 0) = 0 AND state NOT IN "
+			"('creating', 'deleting', 'unknown')");
+
+	sqlite3_bind_int64(st, 1, now_ms());
+	sqlite3_bind_int64(st, 2, h->id);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("ha: host %s: cannot mark its instances unknown: %s", h->name,
+			  sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+}
+
+static void state_set(struct host *h, struct ha_host *x, enum ha_state s, int64_t hb_age,
+		      int64_t lease_age)
+{
+	struct json_object *ev;
+
+	if (x->state == s)
+		return;
+	log_info("ha: host %s: %s -> %s (no heartbeat for %lld ms, lease still for %lld ms)",
+		 h->name, ha_state_names[x->state], ha_state_names[s], (long long)hb_age,
+		 (long long)lease_age);
+	ev = json_object_new_object();
+	json_object_object_add(ev, "name", json_object_new_string(h->name));
+	json_object_object_add(ev, "state", json_object_new_string(ha_state_names[s]));
+	json_object_object_add(ev, "previous", json_object_new_string(ha_state_names[x->state]));
+	json_object_object_add(ev, "heartbeat_age_ms", json_object_new_int64(hb_age));
+	json_object_object_add(ev, "lease_age_ms", json_object_new_int64(lease_age));
+	event_emit("host-ha-changed", ev);
+	x->state = s;
+}
+
+/* One host's two signals, after a lease read. */
+static void ha_judge(struct host *h, struct ha_host *x)
+{
+	int64_t mono = lease_mono_ms(), now = now_ms();
+	int64_t hb_age = h->last_seen ? now - h->last_seen : now;
+	int64_t lease_age = mono - x->advanced_mono;
+	int64_t detect = (int64_t)ctl.cfg.ha_detect_s * 1000;
+	int64_t period = (int64_t)ctl.cfg.ha_lease_s * 1000;
+	int64_t expiry = (int64_t)ctl.cfg.ha_lease_expire_s * 1000;
+
+	if (x->lease_seen && expiry < x->lease.fence_ms + LEASE_MARGIN_MS)
+		expiry = x->lease.fence_ms + LEASE_MARGIN_MS;
+	if (h->state == HOST_ONLINE && hb_age < detect) {
+		state_set(h, x, HA_OK, hb_age, lease_age);
+		if (x->forget_pending)
+			forget_fenced(h, x);
+		return;
+	}
+	if (hb_age < detect)
+		return; /* offline by hosts.c's count, not yet by ours */
+	if (!x->lease_seen) {
+		state_set(h, x, HA_UNPROTECTED, hb_age, lease_age);
+		return;
+	}
+	if (lease_age < period) {
+		/* A host that was failed and renews again was only slow: it fenced
+		 * itself if it had to; what moved stays moved. */
+		state_set(h, x, HA_ISOLATED, hb_age, lease_age);
+		return;
+	}
+	if (x->state != HA_FAILED && x->state != HA_FENCED) {
+		x->detected_ms = now;
+		state_set(h, x, HA_FAILED, hb_age, lease_age);
+		mark_unknown(h);
+	}
+	if (x->state == HA_FAILED && lease_age >= expiry) {
+		x->fenced_ms = now;
+		state_set(h, x, HA_FENCED, hb_age, lease_age);
+		x->retry_mono = 0;
+	}
+	if (x->state == HA_FENCED && mono >= x->retry_mono)
+		failover_host(h, x);
+}
+
+/* ---- cron, start-up, the host view ---- */
+
+/*
+ * Every second (main.c's cron): rewrite the HA list if it changed and the view, read
+ * every lease
+ * (off the loop; the hosts are judged when the read completes).
+ */
+void ha_cron(void)
+{
+	if (list_dirty && !list_busy)
+		list_write_start();
+	if (!view_busy)
+		view_write_start();
+	if (!read_busy)
+		lease_read_start();
+}
+
+/* Add h's "ha" object to its JSON view: state, lease counter and age. */
+void ha_host_json(const struct host *h, struct json_object *o)
+{
+	struct json_object *v = json_object_new_object(), *l;
+	struct ha_host *x = NULL;
+
+	for (size_t i = 0; i < hh_n && !x; i++)
+		if (!strcmp(hh[i].name, h->name))
+			x = &hh[i];
+	json_object_object_add(v, "state",
+			       json_object_new_string(x ? ha_state_names[x->state] : "ok"));
+	if (x && x->lease_seen) {
+		l = json_object_new_object();
+		json_object_object_add(l, "generation",
+				       json_object_new_int64((int64_t)x->lease.generation));
+		json_object_object_add(l, "counter",
+				       json_object_new_int64((int64_t)x->lease.counter));
+		json_object_object_add(l, "age_ms",
+				       json_object_new_int64(lease_mono_ms() - x->advanced_mono));
+		json_object_object_add(l, "fence_ms", json_object_new_int64(x->lease.fence_ms));
+		json_object_object_add(v, "lease", l);
+	} else {
+		json_object_object_add(v, "lease", NULL);
+	}
+	if (x && x->detected_ms)
+		json_object_object_add(v, "detected_at", json_object_new_int64(x->detected_ms));
+	if (x && x->fenced_ms)
+		json_object_object_add(v, "fenced_at", json_object_new_int64(x->fenced_ms));
+	json_object_object_add(o, "ha", v);
+}
+
+/* Forget what ha.c holds (shutdown). Work in flight frees itself. */
+void ha_free(void)
+{
+	free(hh);
+	hh = NULL;
+	hh_n = hh_cap = 0;
+}

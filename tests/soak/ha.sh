@@ -1,0 +1,68 @@
+#!/bin/bash
+# tests/soak/ha.sh [N] - HA soak, not in CI: N (default 50) random faults in a row on
+# the host of an HA VM (disk on the shared pool) and an HA container, in the test lab
+# (lab up first, with the same KUMO_TEST_LAB_* as the tests). Each round: a fault
+# (kill the host, freeze its agent, cut its network), wait until both run elsewhere,
+# heal the host, wait until it is back. A sampler counts every 100 ms the processes
+# of each workload across all hosts. Prints detect and restart times (min, median,
+# max) and the number of samples that saw a workload twice (must be 0).
+. "$(dirname "$0")/../integration/lib.sh"
+. "$(dirname "$0")/../integration/lib_ha.sh"
+
+ROUNDS=${1:-50}
+VM=soak-vm
+CT=soak-ct
+SAMPLES=$(mktemp /tmp/kumo-ha-soak.XXXXXX)
+TIMES=$(mktemp /tmp/kumo-ha-soak-times.XXXXXX)
+SAMPLER=""
+cleanup() {
+	[ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
+	for i in $(seq 1 "${KUMO_LAB_HOSTS:-3}"); do
+		lab fault "$i" thaw >/dev/null 2>&1 || true
+		lab fault "$i" net-restore >/dev/null 2>&1 || true
+	done
+	lab up --hosts "${KUMO_LAB_HOSTS:-3}" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/instances/$VM?force=1" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/instances/$CT?force=1" >/dev/null 2>&1 || true
+	rm -f "$SAMPLES" "$TIMES"
+}
+trap cleanup EXIT
+
+wait_until 60 "3 hosts online" all_online 3
+vm_create '{"name":"'$VM'","type":"vm","memory":{"mb":128},"anti_affinity":"soak",
+	"disks":[{"name":"root","image":"'$TEST_IMAGE'"}],"ha":{"enabled":true,"priority":90}}'
+api POST /api/v1/instances '{"name":"'$CT'","type":"container","image":"busybox:latest",
+	"command":["sleep","86400"],"host":"'"$(host_of $VM)"'","ha":{"enabled":true}}'
+expect_status 202
+wait_op "$(jqb .id)" 180
+op_ok
+ha_sampler $VM $CT "$SAMPLES" &
+SAMPLER=$!
+
+for round in $(seq 1 "$ROUNDS"); do
+	from=$(host_of $VM)
+	# the VM's host: the container is there in the first round, wherever it went after
+	kind=$(shuf -n1 -e kill freeze net-cut)
+	t0=$(date +%s%3N)
+	lab fault "$from" "$kind" >/dev/null
+	wait_until 120 "$from failed" ha_failed "$from"
+	detect=$(($(date +%s%3N) - t0))
+	wait_until 240 "$VM elsewhere" running_elsewhere $VM "$from"
+	restart=$(($(date +%s%3N) - t0))
+	case $kind in
+	kill) lab up --hosts "${KUMO_LAB_HOSTS:-3}" >/dev/null ;;
+	freeze) lab fault "$from" thaw >/dev/null ;;
+	net-cut) lab fault "$from" net-restore >/dev/null ;;
+	esac
+	wait_until 120 "$from back" ha_state_is "$from" ok
+	echo "$detect $restart" >>"$TIMES"
+	printf 'round %d: %s on %s: failed after %d ms, %s running elsewhere after %d ms, worst %s\n' \
+		"$round" "$kind" "$from" "$detect" $VM "$restart" "$(ha_worst "$SAMPLES")"
+done
+
+stats() { sort -n | awk '{ a[NR] = $1 } END { printf "min %d ms, median %d ms, max %d ms", a[1], a[int((NR + 1) / 2)], a[NR] }'; }
+echo "detect:  $(cut -d' ' -f1 "$TIMES" | stats)"
+echo "restart: $(cut -d' ' -f2 "$TIMES" | stats)"
+doubles=$(awk '$2 > 1 || $3 > 1' "$SAMPLES" | wc -l)
+echo "samples: $(wc -l <"$SAMPLES"), double-runs: $doubles"
+[ "$doubles" = 0 ]
