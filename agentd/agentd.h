@@ -32,6 +32,7 @@
 #include "log.h"
 #include "seal.h"
 #include "valid.h"
+#include "verbs.h"
 
 #define AGENT_PROG		   "kumo-agentd"
 #define AGENT_OPCACHE_SIZE	   128	/* finished or running ops remembered for resends */
@@ -129,16 +130,6 @@ struct argv {
 	size_t n, cap;
 };
 
-enum vm_state {
-	VM_STOPPED,
-	VM_STARTING,
-	VM_RUNNING,
-	VM_PAUSED,
-	VM_STOPPING,
-	VM_CRASHED,
-	VM_ERROR,
-};
-
 /* One disk of a VM as its spec names it, with where it lives and its last sizes. */
 struct vm_disk {
 	char name[NAME_MAX_LEN + 1];
@@ -173,7 +164,7 @@ struct vm {
 	bool created;	     /* spec.json written: the instance exists */
 	void *op;	     /* the command working on it (instance.c), or NULL */
 
-	enum vm_state vm_state;
+	enum inst_state vm_state;
 	char error[256]; /* why it crashed or failed */
 	pid_t pid;	 /* 0 when no process */
 	int64_t started_at_ms;
@@ -213,8 +204,8 @@ struct ctr_waiter {
 /*
  * A container this agent knows: its spec and bundle directory, and what its shim's
  * files said last (oci_refresh()). Registered with oci_register(), gone with
- * oci_remove(). States are the VMs' (enum vm_state): stopped, starting (also
- * between restarts), running, paused, stopping, crashed, error.
+ * oci_remove(). States are every instance's (enum inst_state, common/verbs.h): stopped,
+ * starting (also between restarts), running, paused, stopping, crashed, error.
  */
 struct ctr {
 	struct agent *agent;
@@ -225,7 +216,7 @@ struct ctr {
 	bool created;		  /* spec.json written: the instance exists */
 	void *op;		  /* the command working on it (instance.c), or NULL */
 
-	enum vm_state ctr_state;
+	enum inst_state ctr_state;
 	char error[256];	/* why it crashed or failed */
 	pid_t shim_pid;		/* 0 when no shim */
 	struct ctr_shim *shim;	/* our child; NULL for an adopted shim or none */
@@ -307,16 +298,29 @@ struct oci_cmd_result {
 };
 typedef void (*oci_cmd_cb)(struct agent *a, const struct oci_cmd_result *r, void *data);
 
-struct action;
 struct inst_op;
 typedef void (*op_step_fn)(struct inst_op *op);
 typedef void (*op_disk_fn)(struct inst_op *op, size_t i);
+
+/*
+ * What one workload type does for each verb of the verb table (common/verbs.h): the
+ * shared code (instance.c) checks a command against the table, then calls the slot.
+ * A NULL slot is a verb the type lacks: the shared code answers 422 "<verb> is not
+ * supported for <type>s" (dispatch.c). Stage 2 fills VERB_MIGRATE_OUT, VERB_MIGRATE_IN,
+ * VERB_BACKUP and VERB_RESTORE, and cancel.
+ */
+struct driver {
+	enum inst_type type;
+	op_step_fn verbs[VERBS];
+	op_step_fn cancel; /* stop the command at work at a safe point; NULL: none */
+};
 
 /* One instance command at work: instance.c runs it, vmaction.c holds the actions. */
 struct inst_op {
 	struct agent *agent;
 	char op[LINK_OP_ID_MAX + 1];
-	const struct action *action;
+	enum verb verb;
+	const struct driver *driver; /* of the instance's type */
 	struct vm *vm;
 	struct ctr *ctr;	  /* for a container's command, instead of vm */
 	bool restart;		  /* container restart: start again once stopped */
@@ -476,7 +480,6 @@ void qmp_close(struct qmp *q);
 int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, struct kerr *err);
 
 /* vm.c */
-const char *vm_state_name(enum vm_state state);
 struct vm *vm_find(struct agent *a, const char *name);
 struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *err);
 int vm_spec_set(struct vm *vm, struct json_object *spec, struct kerr *err);
@@ -488,7 +491,7 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data);
 void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data);
 void vm_stopped_set(struct vm *vm);
-void vm_state_set(struct vm *vm, enum vm_state state);
+void vm_state_set(struct vm *vm, enum inst_state state);
 int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned timeout_ms,
 	   qmp_reply_cb cb, void *data, struct kerr *err);
 struct json_object *vm_report(const struct vm *vm);
@@ -559,7 +562,15 @@ void instance_disks_each(struct inst_op *op, bool (*want)(struct inst_op *op, si
 void instance_each_next(struct inst_op *op);
 void instance_disk_done_cb(struct agent *a, const char *error, void *data);
 
+/* dispatch.c (no agent state: the unit tests run it alone) */
+int dispatch_verb_supported(const struct driver *drv, int verb, struct kerr *err);
+int dispatch_busy_check(enum verb verb, enum verb busy, const char *busy_op, const char *name,
+			struct kerr *err);
+int dispatch_state_check(enum verb verb, bool exists, enum inst_state state, const char *name,
+			 struct kerr *err);
+
 /* vmaction.c */
+extern const struct driver vm_driver;
 void vmaction_create(struct inst_op *op);
 void vmaction_update(struct inst_op *op);
 void vmaction_start(struct inst_op *op);
@@ -612,7 +623,7 @@ void oci_reports_add(struct agent *a, struct json_object *arr);
 int oci_running_count(struct agent *a);
 void oci_state_push(struct ctr *ctr);
 void oci_state_heard(struct ctr *ctr);
-void oci_state_set(struct ctr *ctr, enum vm_state state);
+void oci_state_set(struct ctr *ctr, enum inst_state state);
 void oci_refresh(struct ctr *ctr);
 void oci_mark_stopped(struct ctr *ctr);
 int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err);
@@ -629,6 +640,7 @@ int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
 void oci_adopt_all(struct agent *a);
 
 /* ociaction.c */
+extern const struct driver oci_driver;
 void ociaction_create(struct inst_op *op);
 void ociaction_start(struct inst_op *op);
 void ociaction_stop(struct inst_op *op);

@@ -43,14 +43,6 @@
 #define USER_DATA_MAX	(1024 * 1024)
 #define CONSOLE_DEFAULT (64 * 1024)
 
-struct action {
-	const char *name;
-	const struct json_field *args;
-	op_step_fn run;
-	bool needs_vm;	/* the instance must exist here */
-	bool full_spec; /* the SPEC is read beyond its name */
-};
-
 /* ---- validation ----------------------------------------------------------------------- */
 
 static int one_of(struct json_object *val, const char *field, const char *const *allowed,
@@ -678,123 +670,17 @@ int instance_spec_check(struct json_object *spec, struct kerr *err)
 	return ret < 0 ? agent_err_prefix(err, "instance: ") : 0;
 }
 
-/* Snapshot names go to HMP's savevm: a plain word that cannot be taken for an id. */
-static int snapshot_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	const char *s = json_object_get_string(val);
-	size_t len = strlen(s);
-
-	if (len == 0 || len > NAME_MAX_LEN ||
-	    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len ||
-	    s[0] == '-' || s[0] == '.')
-		return err_input(err, 400, field,
-				 "snapshot names are 1-63 characters of A-Z, a-z, 0-9, '.', '_' "
-				 "and '-', starting with a letter or digit");
-	if (strspn(s, "0123456789") == len)
-		return err_input(err, 400, field,
-				 "a snapshot name of digits only would be taken for a snapshot id");
-	return 0;
-}
-
-static int timeout_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	return range_check(val, field, 0, STOP_GRACE_MAX_S, err);
-}
-
-static int target_check(struct json_object *val, const char *field, struct kerr *err)
-{
-	return range_check(val, field, 1, 16LL * 1024 * 1024, err);
-}
-
-static const struct json_field no_args[] = {
-	{NULL, 0, false, NULL},
+/* The driver of each instance type: the verbs it implements (vmaction.c, ociaction.c). */
+static const struct driver *const drivers[INST_TYPES] = {
+	[INST_VM] = &vm_driver,
+	[INST_CONTAINER] = &oci_driver,
 };
-static const struct json_field create_args[] = {
-	{"start", JK_BOOL, false, NULL},
-	{NULL, 0, false, NULL},
-};
-static const struct json_field stop_args[] = {
-	{"timeout_s", JK_INT, false, timeout_check},
-	{NULL, 0, false, NULL},
-};
-static const struct json_field delete_args[] = {
-	{"keep_disks", JK_BOOL, false, NULL},
-	{"force", JK_BOOL, false, NULL},
-	{NULL, 0, false, NULL},
-};
-/* The controller repeats the new SPEC here; "instance" is what counts. */
-static const struct json_field update_args[] = {
-	{"spec", JK_OBJECT, false, NULL},
-	{NULL, 0, false, NULL},
-};
-static const struct json_field balloon_args[] = {
-	{"target_mb", JK_INT, true, target_check},
-	{NULL, 0, false, NULL},
-};
-static const struct json_field snapshot_args[] = {
-	{"snapshot", JK_STRING, true, snapshot_check},
-	{"with_memory", JK_BOOL, false, NULL},
-	{NULL, 0, false, NULL},
-};
-static const struct json_field snapshot_delete_args[] = {
-	{"snapshot", JK_STRING, true, snapshot_check},
-	{NULL, 0, false, NULL},
-};
-
-static const struct json_field ctr_delete_args[] = {
-	{"force", JK_BOOL, false, NULL},
-	{"keep_disks", JK_BOOL, false, NULL}, /* the controller's; containers have no disks */
-	{NULL, 0, false, NULL},
-};
-static const struct json_field commit_args[] = {
-	{"image", JK_STRING, true, NULL}, /* repo:tag, checked by ociaction_commit() */
-	{NULL, 0, false, NULL},
-};
-
-static const struct action vm_actions[] = {
-	{"create", create_args, vmaction_create, false, true},
-	{"start", no_args, vmaction_start, true, false},
-	{"stop", stop_args, vmaction_stop, true, false},
-	{"force-stop", no_args, vmaction_force_stop, true, false},
-	{"reboot", no_args, vmaction_reboot, true, false},
-	{"pause", no_args, vmaction_pause, true, false},
-	{"resume", no_args, vmaction_resume, true, false},
-	{"delete", delete_args, vmaction_delete, false, false},
-	{"update", update_args, vmaction_update, true, true},
-	{"balloon", balloon_args, vmaction_balloon, true, false},
-	{"snapshot-create", snapshot_args, vmaction_snapshot_create, true, false},
-	{"snapshot-revert", snapshot_args, vmaction_snapshot_revert, true, false},
-	{"snapshot-delete", snapshot_delete_args, vmaction_snapshot_delete, true, false},
-	{NULL, NULL, NULL, false, false},
-};
-
-static const struct action ctr_actions[] = {
-	{"create", create_args, ociaction_create, false, true},
-	{"start", no_args, ociaction_start, true, false},
-	{"stop", stop_args, ociaction_stop, true, false},
-	{"force-stop", no_args, ociaction_force_stop, true, false},
-	{"restart", stop_args, ociaction_restart, true, false},
-	{"pause", no_args, ociaction_pause, true, false},
-	{"resume", no_args, ociaction_resume, true, false},
-	{"delete", ctr_delete_args, ociaction_delete, false, false},
-	{"commit", commit_args, ociaction_commit, true, false},
-	{NULL, NULL, NULL, false, false},
-};
-
-/* The action name of the table for instances of this type, or NULL. */
-static const struct action *action_find(bool container, const char *name)
-{
-	for (const struct action *a = container ? ctr_actions : vm_actions; a->name; a++)
-		if (strcmp(a->name, name) == 0)
-			return a;
-	return NULL;
-}
 
 static int action_check(struct json_object *val, const char *field, struct kerr *err)
 {
 	const char *name = json_object_get_string(val);
 
-	if (action_find(false, name) == NULL && action_find(true, name) == NULL)
+	if (verb_find(name) < 0)
 		return err_input(err, 400, field, "unknown action '%.32s'", name);
 	return 0;
 }
@@ -809,17 +695,17 @@ static const struct json_field body_fields[] = {
 static int body_check(struct json_object *body, struct kerr *err)
 {
 	struct json_object *spec, *args = NULL, *name;
-	const struct action *action;
+	enum inst_type type;
+	int verb;
 
 	if (json_fields_check(body, body_fields, err) < 0)
 		return -1;
 	json_object_object_get_ex(body, "instance", &spec);
-	action = action_find(spec_is_container(spec), json_get_str(body, "action", ""));
-	if (action == NULL)
-		return err_input(err, 400, "action", "action '%.32s' is not for %s instances",
-				 json_get_str(body, "action", ""),
-				 spec_is_container(spec) ? "container" : "vm");
-	if (action->full_spec && instance_spec_check(spec, err) < 0)
+	type = inst_type_parse(json_get_str(spec, "type", "vm"));
+	verb = verb_find(json_get_str(body, "action", ""));
+	if (dispatch_verb_supported(drivers[type], verb, err) < 0)
+		return -1;
+	if ((verb_get(verb)->flags & VF_FULL_SPEC) && instance_spec_check(spec, err) < 0)
 		return -1;
 	if (!json_object_object_get_ex(spec, "name", &name) ||
 	    !json_object_is_type(name, json_type_string))
@@ -827,7 +713,7 @@ static int body_check(struct json_object *body, struct kerr *err)
 	if (name_check(name, "name", err) < 0)
 		return agent_err_prefix(err, "instance: ");
 	if (json_object_object_get_ex(body, "args", &args) &&
-	    json_fields_check(args, action->args, err) < 0)
+	    json_fields_check(args, verb_get(verb)->args, err) < 0)
 		return agent_err_prefix(err, "args: ");
 	return 0;
 }
@@ -901,7 +787,7 @@ static void succeed_with(struct inst_op *op, struct json_object *report)
 	}
 	json_object_object_add(body, "status", json_object_new_string("succeeded"));
 	json_object_object_add(body, "result", result);
-	log_info("op %s: %s %s succeeded", op->op, op->action->name,
+	log_info("op %s: %s %s succeeded", op->op, verb_get(op->verb)->name,
 		 json_get_str(op->spec, "name", ""));
 	op_done(op, body);
 }
@@ -945,7 +831,7 @@ static void fail_send(struct inst_op *op, const char *why)
 	struct json_object *body = json_object_new_object();
 	struct vm *vm = op->vm;
 
-	log_warnx("op %s: %s %s failed: %s", op->op, op->action->name,
+	log_warnx("op %s: %s %s failed: %s", op->op, verb_get(op->verb)->name,
 		  json_get_str(op->spec, "name", ""), why);
 	json_object_object_add(body, "status", json_object_new_string("failed"));
 	json_object_object_add(body, "error", json_object_new_string(why));
@@ -1082,33 +968,63 @@ void instance_disk_done_cb(struct agent *a, const char *error, void *data)
 	instance_each_next(op);
 }
 
+/*
+ * Whether op may start on an instance busy with busy (another command): only when the
+ * verb table says op's verb preempts busy's (a force-stop cuts a graceful stop short;
+ * both then finish when the instance is gone). Fails op and returns false otherwise.
+ */
+static bool busy_check(struct inst_op *op, const struct inst_op *busy, const char *name)
+{
+	struct kerr err;
+
+	if (busy == NULL || dispatch_busy_check(op->verb, busy->verb, busy->op, name, &err) == 0)
+		return true;
+	instance_op_fail(op, "%s", err.msg);
+	return false;
+}
+
+/* Whether the instance's state is one op's verb starts from; fails op if not. */
+static bool state_check(struct inst_op *op, enum inst_state state, const char *name)
+{
+	struct kerr err;
+
+	if (dispatch_state_check(op->verb, true, state, name, &err) == 0)
+		return true;
+	instance_op_fail(op, "%s", err.msg);
+	return false;
+}
+
 /* A container command: op->ctr found (or not, for create and delete), then run. */
 static void ctr_cmd_start(struct inst_op *op, const char *name)
 {
 	struct inst_op *busy;
 
 	op->ctr = oci_find(op->agent, name);
-	if (op->action->needs_vm && (op->ctr == NULL || !op->ctr->created)) {
+	if ((verb_get(op->verb)->flags & VF_NEEDS_INSTANCE) &&
+	    (op->ctr == NULL || !op->ctr->created)) {
 		op->ctr = NULL;
 		instance_op_fail(op, "there is no instance %s on this host", name);
 		return;
 	}
 	busy = op->ctr ? op->ctr->op : NULL;
-	if (busy &&
-	    !(op->action->run == ociaction_force_stop &&
-	      (busy->action->run == ociaction_stop || busy->action->run == ociaction_restart))) {
+	if (!busy_check(op, busy, name)) {
 		op->ctr = NULL;
-		instance_op_fail(op,
-				 "instance %s is busy with %s (op %s); try again when it is done",
-				 name, busy->action->name, busy->op);
 		return;
+	}
+	if (op->ctr && busy == NULL) {
+		/* The shim's files say what the container is doing now. */
+		oci_refresh(op->ctr);
+		if (!state_check(op, op->ctr->ctr_state, name)) {
+			op->ctr = NULL;
+			return;
+		}
 	}
 	if (op->ctr && busy == NULL) {
 		op->ctr->op = op;
 		op->owner = true;
 	}
-	op->restart = op->action->run == ociaction_restart;
-	op->action->run(op);
+	op->restart = op->verb == VERB_RESTART;
+	op->driver->verbs[op->verb](op);
 }
 
 /*
@@ -1123,56 +1039,59 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 	struct inst_op *busy;
 	struct kerr err;
 	const char *name;
-	bool container;
+	enum inst_type type;
 
 	op->agent = a;
 	snprintf(op->op, sizeof(op->op), "%s", opid);
 	json_object_object_get_ex(norm, "instance", &spec);
 	op->spec = json_object_get(spec);
-	container = spec_is_container(op->spec);
-	op->action = action_find(container, json_get_str(norm, "action", ""));
+	type = inst_type_parse(json_get_str(op->spec, "type", "vm"));
+	op->driver = drivers[type];
+	/* instance_cmd_check() made sure the verb is known and the driver has it. */
+	op->verb = (enum verb)verb_find(json_get_str(norm, "action", ""));
 	if (json_object_object_get_ex(norm, "args", &args))
 		op->args = json_object_get(args);
 	else
 		op->args = json_object_new_object();
 	json_object_put(norm);
 	name = json_get_str(op->spec, "name", "");
-	log_trace("op %s: %s %s started", op->op, op->action ? op->action->name : "?", name);
-	if (container) {
+	log_trace("op %s: %s %s started", op->op, verb_get(op->verb)->name, name);
+	if (type == INST_CONTAINER) {
 		ctr_cmd_start(op, name);
 		return;
 	}
 	op->vm = vm_find(a, name);
-	if (op->action->needs_vm && (op->vm == NULL || !op->vm->created)) {
+	if ((verb_get(op->verb)->flags & VF_NEEDS_INSTANCE) &&
+	    (op->vm == NULL || !op->vm->created)) {
 		op->vm = NULL;
 		instance_op_fail(op, "there is no instance %s on this host", name);
 		return;
 	}
-	if (op->vm == NULL && op->action->run == vmaction_create && oci_find(a, name)) {
+	if (op->vm == NULL && op->verb == VERB_CREATE && oci_find(a, name)) {
 		instance_op_fail(op, "instance %s exists already on this host (a container)", name);
 		return;
 	}
 	busy = op->vm ? op->vm->op : NULL;
-	if (busy &&
-	    !(op->action->run == vmaction_force_stop && busy->action->run == vmaction_stop)) {
+	if (!busy_check(op, busy, name)) {
 		op->vm = NULL;
-		instance_op_fail(op,
-				 "instance %s is busy with %s (op %s); try again when it is done",
-				 name, busy->action->name, busy->op);
+		return;
+	}
+	if (op->vm && busy == NULL && !state_check(op, op->vm->vm_state, name)) {
+		op->vm = NULL;
 		return;
 	}
 	if (op->vm && busy == NULL) {
 		op->vm->op = op;
 		op->owner = true;
 	}
-	if (op->vm && op->action->run != vmaction_update) {
+	if (op->vm && op->verb != VERB_UPDATE) {
 		memcpy(op->disks, op->vm->disks, op->vm->ndisks * sizeof(*op->disks));
 		op->ndisks = op->vm->ndisks;
 	} else if (vm_disks_resolve(a, op->spec, op->disks, &op->ndisks, &err) < 0) {
 		instance_op_fail(op, "%s", err.msg);
 		return;
 	}
-	op->action->run(op);
+	op->driver->verbs[op->verb](op);
 }
 
 /* ---- queries ---------------------------------------------------------------------------- */

@@ -128,7 +128,7 @@ struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr 
 		return NULL;
 	}
 	ctr->spec = json_object_get(spec);
-	ctr->ctr_state = VM_STOPPED;
+	ctr->ctr_state = INST_STOPPED;
 	ctr->exit_code = ctr->exit_signal = -1;
 	ctr->rw_size = -1;
 	uv_timer_init(a->loop, &ctr->timer);
@@ -374,7 +374,7 @@ struct json_object *oci_report(const struct ctr *ctr)
 	json_object_object_get_ex(ctr->spec, "image", &image);
 	json_object_object_add(r, "name", json_object_new_string(ctr->name));
 	json_object_object_add(r, "type", json_object_new_string("container"));
-	json_object_object_add(r, "state", json_object_new_string(vm_state_name(ctr->ctr_state)));
+	json_object_object_add(r, "state", json_object_new_string(inst_state_name(ctr->ctr_state)));
 	json_object_object_add(r, "pid", running ? json_object_new_int(ctr->pid) : NULL);
 	json_object_object_add(r, "started_at",
 			       running ? json_object_new_int64(ctr->started_at_ms) : NULL);
@@ -395,7 +395,7 @@ struct json_object *oci_report(const struct ctr *ctr)
 	json_object_object_add(r, "image_digest",
 			       json_object_new_string(json_get_str(image, "manifest", "")));
 	json_object_object_add(r, "rw_size", int_or_null(ctr->rw_size));
-	if (ctr->ctr_state == VM_CRASHED || ctr->ctr_state == VM_ERROR)
+	if (ctr->ctr_state == INST_CRASHED || ctr->ctr_state == INST_ERROR)
 		json_object_object_add(r, "error", json_object_new_string(ctr->error));
 	else if (ctr->orphan)
 		json_object_object_add(r, "warning", json_object_new_string(ctr->error));
@@ -439,7 +439,7 @@ void oci_state_push(struct ctr *ctr)
 	if (!ctr->created || ctr->removing || ctr->agent->stopping)
 		return;
 	signature(ctr, ctr->pushed, sizeof(ctr->pushed));
-	log_info("container %s: %s%s%s", ctr->name, vm_state_name(ctr->ctr_state),
+	log_info("container %s: %s%s%s", ctr->name, inst_state_name(ctr->ctr_state),
 		 ctr->error[0] ? ": " : "", ctr->error);
 	link_event_send(ctr->agent, LINK_INSTANCE_STATE, NULL, oci_report(ctr));
 }
@@ -448,12 +448,12 @@ void oci_state_push(struct ctr *ctr)
  * Set ctr's state; pushed to the controller at once unless a command is working on it
  * (its op-done carries the state).
  */
-void oci_state_set(struct ctr *ctr, enum vm_state state)
+void oci_state_set(struct ctr *ctr, enum inst_state state)
 {
 	char sig[sizeof(ctr->pushed)];
 
 	ctr->ctr_state = state;
-	if (state != VM_CRASHED && state != VM_ERROR && !ctr->orphan)
+	if (state != INST_CRASHED && state != INST_ERROR && !ctr->orphan)
 		ctr->error[0] = '\0';
 	signature(ctr, sig, sizeof(sig));
 	if (ctr->op == NULL && strcmp(sig, ctr->pushed) != 0)
@@ -558,7 +558,7 @@ void oci_refresh(struct ctr *ctr)
 {
 	_cleanup_free_ char *cpid_path = ctr_path(ctr, "container.pid");
 	_cleanup_free_ char *shim_path = ctr_path(ctr, "shim.pid");
-	enum vm_state state;
+	enum inst_state state;
 	struct exit_info e;
 	int64_t mtime = 0;
 	bool stop_marker;
@@ -594,35 +594,35 @@ void oci_refresh(struct ctr *ctr)
 	stop_marker = ctr_file_exists(ctr, "stop");
 
 	if (cpid) {
-		state = ctr->stop_requested ? VM_STOPPING
-			: ctr_frozen(ctr)   ? VM_PAUSED
-					    : VM_RUNNING;
+		state = ctr->stop_requested ? INST_STOPPING
+			: ctr_frozen(ctr)   ? INST_PAUSED
+					    : INST_RUNNING;
 		if (ctr->orphan)
 			snprintf(ctr->error, sizeof(ctr->error),
 				 "the container runs but its shim is gone: its exit and restart "
 				 "policy are not looked after");
 	} else if (ctr->shim_pid) {
-		state = stop_marker ? VM_STOPPING : VM_STARTING;
+		state = stop_marker ? INST_STOPPING : INST_STARTING;
 	} else if (stop_marker) {
-		state = VM_STOPPED;
+		state = INST_STOPPED;
 	} else if (ctr->orphan_lost) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(ctr->error, sizeof(ctr->error),
 			 "the container ended while its shim was gone; its exit code is unknown");
 	} else if (e.known && !e.started) {
-		state = VM_ERROR;
+		state = INST_ERROR;
 		snprintf(ctr->error, sizeof(ctr->error), "the container did not start: %s",
 			 e.error[0] ? e.error : "no reason given");
 	} else if (e.known && (e.code != 0 || e.signal || e.oom)) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		exit_describe(ctr, &e);
 	} else if (!e.known && access(shim_path, F_OK) == 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		shim_log_reason(ctr, why, sizeof(why));
 		snprintf(ctr->error, sizeof(ctr->error),
 			 "the container's shim ended unexpectedly%s%s", why[0] ? ": " : "", why);
 	} else {
-		state = VM_STOPPED;
+		state = INST_STOPPED;
 	}
 	oci_state_set(ctr, state);
 
@@ -638,7 +638,7 @@ void oci_refresh(struct ctr *ctr)
 				 "the shim ended before the "
 				 "container started%s%s",
 				 why[0] ? ": " : "", why);
-			ctr->ctr_state = VM_ERROR;
+			ctr->ctr_state = INST_ERROR;
 			start_settle(ctr, ctr->error);
 		}
 	}
@@ -768,7 +768,7 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	ctr->start_ms = now_ms();
 	log_info("container %s: shim started, pid %d", ctr->name, (int)ctr->shim_pid);
 	log_trace("container %s: shim spawned", ctr->name);
-	oci_state_set(ctr, VM_STARTING);
+	oci_state_set(ctr, INST_STARTING);
 	uv_timer_start(&ctr->timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
 	settle_watch(ctr, START_POLL_MS);
 	return 0;
@@ -855,7 +855,7 @@ static void resumed_then_signal_cb(struct agent *a, const struct oci_cmd_result 
 void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
 {
 	struct ctr_waiter *w = xcalloc(1, sizeof(*w));
-	bool paused = ctr->ctr_state == VM_PAUSED;
+	bool paused = ctr->ctr_state == INST_PAUSED;
 	struct kerr err;
 
 	w->cb = cb;
@@ -876,7 +876,7 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
 	ctr->kill_attempts = 0;
 	if (ctr_file_put(ctr, "stop", "stop\n", true, &err) < 0)
 		log_warnx("%s", err.msg);
-	oci_state_set(ctr, VM_STOPPING);
+	oci_state_set(ctr, INST_STOPPING);
 	if (paused &&
 	    oci_runc(ctr->agent, (const char *const[]){"resume", ctr->name, NULL}, 10000, 0, false,
 		     NULL, resumed_then_signal_cb, xstrdup(ctr->name), &err) == 0) {
@@ -1557,7 +1557,7 @@ static void adopt_one(struct agent *a, const char *name)
 	exec_orphans_kill(ctr);
 	/* One report whatever the state: pushed[] is empty, so the refresh sends it. */
 	oci_refresh(ctr);
-	log_info("container %s: found, %s%s%s", name, vm_state_name(ctr->ctr_state),
+	log_info("container %s: found, %s%s%s", name, inst_state_name(ctr->ctr_state),
 		 ctr->shim_pid ? ", shim adopted" : "", ctr->pid ? ", container running" : "");
 	/* runc's own view, to confirm a running container or clear a stale record. */
 	if (oci_runc(a, (const char *const[]){"state", name, NULL}, 10000, 65536, false, NULL,

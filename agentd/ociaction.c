@@ -318,13 +318,13 @@ void ociaction_start(struct inst_op *op)
 	struct ctr *ctr = op->ctr;
 
 	oci_refresh(ctr);
-	if (ctr->ctr_state == VM_RUNNING || ctr->ctr_state == VM_PAUSED) {
+	if (ctr->ctr_state == INST_RUNNING || ctr->ctr_state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
 	if (oci_alive(ctr)) {
 		instance_op_fail(op, "container %s is %s", ctr->name,
-				 vm_state_name(ctr->ctr_state));
+				 inst_state_name(ctr->ctr_state));
 		return;
 	}
 	prepare(op, false, shim_start);
@@ -505,7 +505,8 @@ static void stop_with(struct inst_op *op, unsigned timeout_s)
  */
 static unsigned stop_grace(struct inst_op *op)
 {
-	int64_t grace = json_get_int(op->args, "timeout_s", stop_grace_default("container"));
+	int64_t grace = json_get_int(op->args, "timeout_s",
+				     verb_timeout_default(VERB_STOP, INST_CONTAINER));
 
 	if (op->result == NULL)
 		op->result = json_object_new_object();
@@ -560,33 +561,23 @@ static void simple_runc(struct inst_op *op, const char *verb)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-/* pause: freeze the container (runc pause); paused already is success. */
+/* pause: freeze the container (runc pause); paused already is success. The state was
+ * refreshed and checked against the verb table (instance.c). */
 void ociaction_pause(struct inst_op *op)
 {
-	oci_refresh(op->ctr);
-	if (op->ctr->ctr_state == VM_PAUSED) {
+	if (op->ctr->ctr_state == INST_PAUSED) {
 		instance_op_succeed(op);
-		return;
-	}
-	if (op->ctr->ctr_state != VM_RUNNING) {
-		instance_op_fail(op, "container %s is %s, not running", op->ctr->name,
-				 vm_state_name(op->ctr->ctr_state));
 		return;
 	}
 	simple_runc(op, "pause");
 }
 
-/* resume: thaw the container (runc resume); running already is success. */
+/* resume: thaw the container (runc resume); running already is success. The state was
+ * refreshed and checked against the verb table (instance.c). */
 void ociaction_resume(struct inst_op *op)
 {
-	oci_refresh(op->ctr);
-	if (op->ctr->ctr_state == VM_RUNNING) {
+	if (op->ctr->ctr_state == INST_RUNNING) {
 		instance_op_succeed(op);
-		return;
-	}
-	if (op->ctr->ctr_state != VM_PAUSED) {
-		instance_op_fail(op, "container %s is %s, not paused", op->ctr->name,
-				 vm_state_name(op->ctr->ctr_state));
 		return;
 	}
 	simple_runc(op, "resume");
@@ -650,7 +641,7 @@ static void delete_done(struct oci_job *job)
 		return;
 	}
 	ctr = op->ctr;
-	ctr->ctr_state = VM_STOPPED;
+	ctr->ctr_state = INST_STOPPED;
 	ctr->pid = 0;
 	op->report = oci_report(ctr);
 	ctr->op = NULL;
@@ -739,7 +730,7 @@ void ociaction_delete(struct inst_op *op)
 	}
 	if (!json_get_bool(op->args, "force", false)) {
 		instance_op_fail(op, "container %s is %s; stop it first, or delete with force",
-				 ctr->name, vm_state_name(ctr->ctr_state));
+				 ctr->name, inst_state_name(ctr->ctr_state));
 		return;
 	}
 	instance_op_progress(op, 10, "stopping the container (SIGKILL)");
@@ -897,7 +888,7 @@ void ociaction_commit(struct inst_op *op)
 	c->job.work = commit_work;
 	c->job.done = commit_done;
 	oci_refresh(ctr);
-	if (ctr->ctr_state == VM_RUNNING) {
+	if (ctr->ctr_state == INST_RUNNING) {
 		/* A consistent layer: nothing writes while it is read. */
 		instance_op_progress(op, 10, "pausing the container");
 		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->name, NULL},
@@ -907,10 +898,10 @@ void ociaction_commit(struct inst_op *op)
 		}
 		return;
 	}
-	if (oci_alive(ctr) && ctr->ctr_state != VM_PAUSED) {
+	if (oci_alive(ctr) && ctr->ctr_state != INST_PAUSED) {
 		free(c);
 		instance_op_fail(op, "container %s is %s; commit it running, paused or stopped",
-				 ctr->name, vm_state_name(ctr->ctr_state));
+				 ctr->name, inst_state_name(ctr->ctr_state));
 		return;
 	}
 	instance_op_progress(op, 20, "packing the writable layer");
@@ -973,9 +964,9 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 		return err_set(err, 0, "there is no instance %s on this host",
 			       json_get_str(q, "name", ""));
 	oci_refresh(ctr);
-	if (ctr->ctr_state != VM_RUNNING)
+	if (ctr->ctr_state != INST_RUNNING)
 		return err_set(err, 0, "container %s is %s; exec needs it running", ctr->name,
-			       vm_state_name(ctr->ctr_state));
+			       inst_state_name(ctr->ctr_state));
 	if (max < 0 || max > AGENT_EXEC_OUTPUT_MAX)
 		max = AGENT_EXEC_OUTPUT_MAX;
 	if (a->execs >= AGENT_EXECS_MAX)
@@ -1007,3 +998,26 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 	a->execs++;
 	return 1;
 }
+
+/* The container driver: a verb without a slot here is refused by the shared code. */
+const struct driver oci_driver = {
+	.type = INST_CONTAINER,
+	.verbs =
+		{
+			[VERB_CREATE] = ociaction_create,
+			[VERB_START] = ociaction_start,
+			[VERB_STOP] = ociaction_stop,
+			[VERB_FORCE_STOP] = ociaction_force_stop,
+			[VERB_RESTART] = ociaction_restart,
+			[VERB_PAUSE] = ociaction_pause,
+			[VERB_RESUME] = ociaction_resume,
+			[VERB_DELETE] = ociaction_delete,
+			[VERB_COMMIT] = ociaction_commit,
+			/* Stage 2 fills these. */
+			[VERB_MIGRATE_OUT] = NULL,
+			[VERB_MIGRATE_IN] = NULL,
+			[VERB_BACKUP] = NULL,
+			[VERB_RESTORE] = NULL,
+		},
+	.cancel = NULL,
+};

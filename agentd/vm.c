@@ -57,19 +57,7 @@ struct measure {
 	void *data;
 };
 
-static const char *state_names[] = {
-	[VM_STOPPED] = "stopped", [VM_STARTING] = "starting", [VM_RUNNING] = "running",
-	[VM_PAUSED] = "paused",	  [VM_STOPPING] = "stopping", [VM_CRASHED] = "crashed",
-	[VM_ERROR] = "error",
-};
-
 static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal);
-
-/* The state as reports name it: "stopped", "running", ... */
-const char *vm_state_name(enum vm_state state)
-{
-	return state_names[state];
-}
 
 /* The VM named name, created or being created, or NULL. */
 struct vm *vm_find(struct agent *a, const char *name)
@@ -193,7 +181,7 @@ struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *e
 		free(vm);
 		return NULL;
 	}
-	vm->vm_state = VM_STOPPED;
+	vm->vm_state = INST_STOPPED;
 	vm->balloon_actual_mb = vm->balloon_target_mb = -1;
 	uv_timer_init(a->loop, &vm->timer);
 	uv_timer_init(a->loop, &vm->poll_timer);
@@ -299,7 +287,7 @@ struct json_object *vm_report(const struct vm *vm)
 
 	json_object_object_add(r, "name", json_object_new_string(vm->name));
 	json_object_object_add(r, "type", json_object_new_string("vm"));
-	json_object_object_add(r, "state", json_object_new_string(vm_state_name(vm->vm_state)));
+	json_object_object_add(r, "state", json_object_new_string(inst_state_name(vm->vm_state)));
 	json_object_object_add(r, "pid", alive ? json_object_new_int(vm->pid) : NULL);
 	json_object_object_add(r, "started_at",
 			       alive ? json_object_new_int64(vm->started_at_ms) : NULL);
@@ -323,7 +311,7 @@ struct json_object *vm_report(const struct vm *vm)
 		json_object_array_add(disks, d);
 	}
 	json_object_object_add(r, "disks", disks);
-	if (vm->vm_state == VM_CRASHED || vm->vm_state == VM_ERROR)
+	if (vm->vm_state == INST_CRASHED || vm->vm_state == INST_ERROR)
 		json_object_object_add(r, "error", json_object_new_string(vm->error));
 	return r;
 }
@@ -354,7 +342,7 @@ void vm_state_push(struct vm *vm)
 {
 	if (!vm->created || vm->agent->stopping)
 		return;
-	log_info("vm %s: %s", vm->name, vm_state_name(vm->vm_state));
+	log_info("vm %s: %s", vm->name, inst_state_name(vm->vm_state));
 	link_event_send(vm->agent, LINK_INSTANCE_STATE, NULL, vm_report(vm));
 }
 
@@ -362,17 +350,17 @@ void vm_state_push(struct vm *vm)
  * Set vm's state. A change no command is working on is pushed to the controller at
  * once; during a command its op-done carries the state.
  */
-void vm_state_set(struct vm *vm, enum vm_state state)
+void vm_state_set(struct vm *vm, enum inst_state state)
 {
 	if (vm->vm_state == state)
 		return;
 	vm->vm_state = state;
-	if (state != VM_CRASHED && state != VM_ERROR)
+	if (state != INST_CRASHED && state != INST_ERROR)
 		vm->error[0] = '\0';
 	if (vm->op == NULL)
 		vm_state_push(vm);
 	else
-		log_debug("vm %s: %s", vm->name, vm_state_name(state));
+		log_debug("vm %s: %s", vm->name, inst_state_name(state));
 }
 
 /* A stopped VM forgets that it crashed: a stop or start after a crash clears it. */
@@ -382,7 +370,7 @@ void vm_stopped_set(struct vm *vm)
 
 	/* A crash leaves QEMU's pid file behind; it is what marks the crash. */
 	unlink(pidfile);
-	vm_state_set(vm, VM_STOPPED);
+	vm_state_set(vm, INST_STOPPED);
 }
 
 static void measured_cb(struct agent *a, const int64_t *vsize, const int64_t *alloc, void *data)
@@ -430,14 +418,14 @@ int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned ti
 	return qmp_cmd_send(vm->qmp, cmd, args, timeout_ms, cb, data, err);
 }
 
-static enum vm_state status_state(const char *status)
+static enum inst_state status_state(const char *status)
 {
 	if (strcmp(status, "running") == 0)
-		return VM_RUNNING;
+		return INST_RUNNING;
 	if (strcmp(status, "shutdown") == 0)
-		return VM_STOPPING;
+		return INST_STOPPING;
 	/* paused, prelaunch, suspended, io-error, internal-error, ...: vCPUs not running. */
-	return VM_PAUSED;
+	return INST_PAUSED;
 }
 
 static void balloon_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -479,7 +467,7 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		uv_timer_stop(&vm->timer);
 		vm->vm_state = status_state(json_get_str(ret, "status", ""));
 		log_info("vm %s: QEMU pid %d is %s", vm->name, (int)vm->pid,
-			 vm_state_name(vm->vm_state));
+			 inst_state_name(vm->vm_state));
 		cb = vm->start_cb;
 		vm->start_cb = NULL;
 		cb(vm, NULL, vm->start_data);
@@ -496,14 +484,14 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		if (strcmp(status, "shutdown") == 0 || strcmp(status, "guest-panicked") == 0) {
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",
 				 status[0] == 's' ? "guest-shutdown" : "guest-panic");
-			vm->vm_state = VM_STOPPING;
+			vm->vm_state = INST_STOPPING;
 			shutdown_finish(vm, vm->shutdown_reason);
 		}
 		if (vm->op == NULL)
 			vm_state_push(vm);
 		return;
 	}
-	if (vm->vm_state != VM_STOPPING)
+	if (vm->vm_state != INST_STOPPING)
 		vm_state_set(vm, status_state(json_get_str(ret, "status", "")));
 }
 
@@ -523,11 +511,11 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 	struct vm *vm = data;
 
 	if (strcmp(name, "STOP") == 0) {
-		if (vm->vm_state == VM_RUNNING)
-			vm_state_set(vm, VM_PAUSED);
+		if (vm->vm_state == INST_RUNNING)
+			vm_state_set(vm, INST_PAUSED);
 	} else if (strcmp(name, "RESUME") == 0) {
-		if (vm->vm_state == VM_PAUSED)
-			vm_state_set(vm, VM_RUNNING);
+		if (vm->vm_state == INST_PAUSED)
+			vm_state_set(vm, INST_RUNNING);
 	} else if (strcmp(name, "SHUTDOWN") == 0) {
 		const char *reason = json_get_str(event_data, "reason", "unknown");
 
@@ -535,7 +523,7 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 		if (!vm->shutdown_reason[0] || strcmp(reason, "host-qmp-quit") != 0)
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s", reason);
 		log_info("vm %s: QEMU shutting down (%s)", vm->name, reason);
-		vm_state_set(vm, VM_STOPPING);
+		vm_state_set(vm, INST_STOPPING);
 		shutdown_finish(vm, reason);
 	} else if (strcmp(name, "RESET") == 0) {
 		log_info("vm %s: reset (%s)", vm->name,
@@ -657,7 +645,7 @@ static void log_reason(const struct vm *vm, char *out, size_t outlen)
 static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal)
 {
 	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
-	enum vm_state was = vm->vm_state, state = VM_STOPPED;
+	enum inst_state was = vm->vm_state, state = INST_STOPPED;
 	struct vm_waiter *w, *next;
 	pid_t pid = vm->pid;
 	char reason[200], why[256] = "";
@@ -676,8 +664,8 @@ static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal
 		vm->qmp = NULL;
 	}
 	log_reason(vm, reason, sizeof(reason));
-	if (vm->start_cb || was == VM_STARTING) {
-		state = VM_ERROR;
+	if (vm->start_cb || was == INST_STARTING) {
+		state = INST_ERROR;
 		if (vm->error[0])
 			snprintf(why, sizeof(why), "%s", vm->error);
 		else if (term_signal)
@@ -687,30 +675,30 @@ static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal
 			snprintf(why, sizeof(why), "QEMU exited while starting: %s",
 				 reason[0] ? reason : "no reason in qemu.log");
 	} else if (vm->stop_requested) {
-		state = VM_STOPPED;
+		state = INST_STOPPED;
 	} else if (strcmp(vm->shutdown_reason, "host-signal") == 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU was stopped by a signal from outside Kumo");
 	} else if (strcmp(vm->shutdown_reason, "guest-panic") == 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "the guest panicked");
 	} else if (vm->shutdown_reason[0]) {
-		state = VM_STOPPED; /* the guest powered off, or a monitor client quit */
+		state = INST_STOPPED; /* the guest powered off, or a monitor client quit */
 	} else if (known && term_signal) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU (pid %d) was killed by signal %d (%s)", (int)pid,
 			 term_signal, strsignal(term_signal));
 	} else if (known && status != 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU exited with status %lld: %s", (long long)status,
 			 reason[0] ? reason : "no reason in qemu.log");
 	} else if (!known && stat(pidfile, &st) == 0) {
 		/* QEMU removes its pid file on every clean exit. */
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU (pid %d) ended without a clean shutdown",
 			 (int)pid);
 	}
-	if (state == VM_STOPPED)
+	if (state == INST_STOPPED)
 		unlink(pidfile);
 	if (why[0])
 		log_warnx("vm %s: %s", vm->name, why);
@@ -886,7 +874,7 @@ static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data
 	vm->start_data = data;
 	log_info("vm %s: QEMU started, pid %d%s%s", vm->name, (int)vm->pid,
 		 loadvm ? ", resuming snapshot " : "", loadvm ? loadvm : "");
-	vm_state_set(vm, VM_STARTING);
+	vm_state_set(vm, INST_STARTING);
 	uv_timer_start(&vm->timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
 	uv_timer_start(&vm->poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
 	return 0;
@@ -996,11 +984,11 @@ static void stop_timeout_cb(uv_timer_t *timer)
  */
 void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data)
 {
-	bool paused = vm->vm_state == VM_PAUSED;
+	bool paused = vm->vm_state == INST_PAUSED;
 
 	waiter_add(vm, cb, data);
 	vm->stop_requested = true;
-	vm_state_set(vm, VM_STOPPING);
+	vm_state_set(vm, INST_STOPPING);
 	if (timeout_s == 0 || !qmp_ready(vm->qmp)) {
 		quit_or_kill(vm);
 		return;
@@ -1019,7 +1007,7 @@ void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data)
 {
 	waiter_add(vm, cb, data);
 	vm->stop_requested = true;
-	vm_state_set(vm, VM_STOPPING);
+	vm_state_set(vm, INST_STOPPING);
 	uv_timer_stop(&vm->timer);
 	quit_or_kill(vm);
 }

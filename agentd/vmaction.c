@@ -338,7 +338,7 @@ void vmaction_update(struct inst_op *op)
 			op,
 			"instance %s is %s; vcpus, memory and disks change only while it is "
 			"stopped",
-			vm->name, vm_state_name(vm->vm_state));
+			vm->name, inst_state_name(vm->vm_state));
 		return;
 	}
 	if (vm_disks_resolve(op->agent, op->spec, op->disks, &op->ndisks, &err) < 0) {
@@ -407,12 +407,12 @@ void vmaction_start(struct inst_op *op)
 	struct vm *vm = op->vm;
 	struct kerr err;
 
-	if (vm->vm_state == VM_RUNNING || vm->vm_state == VM_PAUSED) {
+	if (vm->vm_state == INST_RUNNING || vm->vm_state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
 	if (vm_alive(vm)) {
-		instance_op_fail(op, "instance %s is %s", vm->name, vm_state_name(vm->vm_state));
+		instance_op_fail(op, "instance %s is %s", vm->name, inst_state_name(vm->vm_state));
 		return;
 	}
 	instance_op_progress(op, 10, "starting qemu");
@@ -443,7 +443,8 @@ static void stopped_cb(struct vm *vm, const char *error, void *data)
  */
 void vmaction_stop(struct inst_op *op)
 {
-	int64_t timeout = json_get_int(op->args, "timeout_s", stop_grace_default("vm"));
+	int64_t timeout =
+		json_get_int(op->args, "timeout_s", verb_timeout_default(VERB_STOP, INST_VM));
 
 	if (op->result == NULL)
 		op->result = json_object_new_object();
@@ -474,10 +475,10 @@ void vmaction_force_stop(struct inst_op *op)
 
 static bool running_or_fail(struct inst_op *op)
 {
-	if (op->vm->vm_state == VM_RUNNING || op->vm->vm_state == VM_PAUSED)
+	if (op->vm->vm_state == INST_RUNNING || op->vm->vm_state == INST_PAUSED)
 		return true;
 	instance_op_fail(op, "instance %s is %s, not running", op->vm->name,
-			 vm_state_name(op->vm->vm_state));
+			 inst_state_name(op->vm->vm_state));
 	return false;
 }
 
@@ -518,8 +519,7 @@ static void reset_cb(struct qmp *q, struct json_object *ret, const char *error, 
  */
 void vmaction_reboot(struct inst_op *op)
 {
-	if (!running_or_fail(op))
-		return;
+	/* Running or paused: the verb table's from-states, checked before (dispatch.c). */
 	/* QEMU answers first and resets on its next turn: the event follows the op-done. */
 	op->vm->reset_expected = true;
 	simple_qmp(op, "system_reset", NULL, reset_cb);
@@ -530,7 +530,7 @@ static void paused_cb(struct qmp *q, struct json_object *ret, const char *error,
 	struct inst_op *op = data;
 
 	if (!op->agent->stopping && !error)
-		vm_state_set(op->vm, VM_PAUSED);
+		vm_state_set(op->vm, INST_PAUSED);
 	qmp_done_cb(q, ret, error, data);
 }
 
@@ -539,7 +539,7 @@ static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error
 	struct inst_op *op = data;
 
 	if (!op->agent->stopping && !error)
-		vm_state_set(op->vm, VM_RUNNING);
+		vm_state_set(op->vm, INST_RUNNING);
 	qmp_done_cb(q, ret, error, data);
 }
 
@@ -548,12 +548,11 @@ static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error
  */
 void vmaction_pause(struct inst_op *op)
 {
-	if (op->vm->vm_state == VM_PAUSED) {
+	if (op->vm->vm_state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
-	if (running_or_fail(op))
-		simple_qmp(op, "stop", NULL, paused_cb);
+	simple_qmp(op, "stop", NULL, paused_cb);
 }
 
 /*
@@ -561,12 +560,11 @@ void vmaction_pause(struct inst_op *op)
  */
 void vmaction_resume(struct inst_op *op)
 {
-	if (op->vm->vm_state == VM_RUNNING) {
+	if (op->vm->vm_state == INST_RUNNING) {
 		instance_op_succeed(op);
 		return;
 	}
-	if (running_or_fail(op))
-		simple_qmp(op, "cont", NULL, resumed_cb);
+	simple_qmp(op, "cont", NULL, resumed_cb);
 }
 
 /*
@@ -745,7 +743,7 @@ static void removed_cb(struct agent *a, const char *error, void *data)
 		instance_op_fail(op, "%s", error);
 		return;
 	}
-	vm->vm_state = VM_STOPPED;
+	vm->vm_state = INST_STOPPED;
 	op->report = vm_report(vm);
 	vm->op = NULL;
 	op->owner = false;
@@ -819,7 +817,7 @@ void vmaction_delete(struct inst_op *op)
 	}
 	if (!json_get_bool(op->args, "force", false)) {
 		instance_op_fail(op, "instance %s is %s; stop it first, or delete with force",
-				 vm->name, vm_state_name(vm->vm_state));
+				 vm->name, inst_state_name(vm->vm_state));
 		return;
 	}
 	instance_op_progress(op, 10, "stopping qemu");
@@ -999,7 +997,7 @@ void vmaction_snapshot_create(struct inst_op *op)
 			op,
 			"instance %s is %s, so it has no memory to save; take the snapshot "
 			"without memory",
-			op->vm->name, vm_state_name(op->vm->vm_state));
+			op->vm->name, inst_state_name(op->vm->vm_state));
 		return;
 	}
 	snapshot_begin(op, snapshot_take);
@@ -1034,8 +1032,8 @@ static void loadvm_status_cb(struct qmp *q, struct json_object *ret, const char 
 
 	if (!op->agent->stopping && ret)
 		vm_state_set(op->vm, strcmp(json_get_str(ret, "status", ""), "running") == 0
-					     ? VM_RUNNING
-					     : VM_PAUSED);
+					     ? INST_RUNNING
+					     : INST_PAUSED);
 	qmp_done_cb(q, ret, NULL, data);
 }
 
@@ -1139,3 +1137,30 @@ void vmaction_snapshot_delete(struct inst_op *op)
 {
 	snapshot_begin(op, snapshot_drop);
 }
+
+/* The VM driver: a verb without a slot here is refused by the shared code. */
+const struct driver vm_driver = {
+	.type = INST_VM,
+	.verbs =
+		{
+			[VERB_CREATE] = vmaction_create,
+			[VERB_UPDATE] = vmaction_update,
+			[VERB_START] = vmaction_start,
+			[VERB_STOP] = vmaction_stop,
+			[VERB_FORCE_STOP] = vmaction_force_stop,
+			[VERB_REBOOT] = vmaction_reboot,
+			[VERB_PAUSE] = vmaction_pause,
+			[VERB_RESUME] = vmaction_resume,
+			[VERB_DELETE] = vmaction_delete,
+			[VERB_BALLOON] = vmaction_balloon,
+			[VERB_SNAPSHOT_CREATE] = vmaction_snapshot_create,
+			[VERB_SNAPSHOT_REVERT] = vmaction_snapshot_revert,
+			[VERB_SNAPSHOT_DELETE] = vmaction_snapshot_delete,
+			/* Stage 2 fills these. */
+			[VERB_MIGRATE_OUT] = NULL,
+			[VERB_MIGRATE_IN] = NULL,
+			[VERB_BACKUP] = NULL,
+			[VERB_RESTORE] = NULL,
+		},
+	.cancel = NULL,
+};

@@ -156,12 +156,12 @@ static void adopt_one(struct agent *a, const char *name)
 		/* Running is the likely truth until query-status answers. */
 		vm->pid = pid;
 		vm->started_at_ms = pid_started_ms(pid);
-		vm->vm_state = VM_RUNNING;
+		vm->vm_state = INST_RUNNING;
 		vm_balloon_target_load(vm);
 		vm_qmp_connect(vm);
 		return;
 	}
-	vm->vm_state = VM_CRASHED;
+	vm->vm_state = INST_CRASHED;
 	snprintf(vm->error, sizeof(vm->error),
 		 "QEMU (pid %d) ended while the agent was away, without a clean shutdown",
 		 (int)pid);
