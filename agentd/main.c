@@ -46,8 +46,7 @@ static void agent_stop(struct agent *a)
 	heartbeat_stop(a);
 	net_stop(a);
 	kvmprobe_stop(a);
-	vm_close_all(a);
-	oci_close_all(a);
+	inst_close_all(a);
 	imagecheck_cache_free(a);
 	disk_cmds_close(a);
 	oci_cmds_close(a);
@@ -141,8 +140,7 @@ static int loop_setup(struct agent *a, struct kerr *err)
 	if (ret < 0)
 		return err_set(err, -ret, "cannot catch signals");
 	/* After link_open(): every VM and container found is reported to the controller. */
-	vm_adopt_all(a);
-	oci_adopt_all(a);
+	inst_adopt_all(a);
 	/* The networks as last asked for: what is missing is made again, stale removed. */
 	if (net_start(a, err) < 0)
 		return -1;

@@ -30,7 +30,7 @@
 
 /* ---- create and update ------------------------------------------------------------------ */
 
-static void created_cb(struct vm *vm, const char *error, void *data)
+static void created_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
@@ -61,18 +61,14 @@ static void spec_written_cb(struct agent *a, const char *error, void *data)
 	struct inst_op *op = data;
 	struct kerr err;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (op->registered) {
-		op->vm->created = true;
+		op->vm->inst.created = true;
 		op->registered = false; /* it exists now; a failure to start keeps it */
 		memset(op->made, 0, sizeof(op->made));
 		memset(op->make, 0, sizeof(op->make));
-		log_info("vm %s: created", op->vm->name);
+		log_info("vm %s: created", op->vm->inst.name);
 		create_start(op);
 		return;
 	}
@@ -88,7 +84,7 @@ static void spec_written_cb(struct agent *a, const char *error, void *data)
 
 static void spec_write(struct inst_op *op)
 {
-	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->inst.dir);
 
 	instance_op_progress(op, 85, "saving the instance");
 	disk_file_write(op->agent, path, json_text(op->spec), spec_written_cb, op);
@@ -98,12 +94,8 @@ static void seeded_cb(struct agent *a, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	spec_write(op);
 }
 
@@ -116,8 +108,8 @@ static void seed_then_spec(struct inst_op *op)
 		return;
 	}
 	instance_op_progress(op, 75, "writing the cloud-init seed");
-	disk_seed_build(op->agent, op->vm->dir, op->vm->name, json_get_str(ci, "user_data", ""),
-			seeded_cb, op);
+	disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
+			json_get_str(ci, "user_data", ""), seeded_cb, op);
 }
 
 static bool want_grow(struct inst_op *op, size_t i)
@@ -169,12 +161,8 @@ static void make_disks(struct agent *a, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	instance_disks_each(op, want_make, make_one, grow_then_seed);
 }
 
@@ -183,12 +171,8 @@ static void prepared_cb(struct agent *a, const char *error, void *data)
 	struct inst_op *op = data;
 	_cleanup_free_ char *path = NULL;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (!op->registered) {
 		make_disks(a, NULL, op);
 		return;
@@ -197,7 +181,7 @@ static void prepared_cb(struct agent *a, const char *error, void *data)
 	 * The paths are checked: none of the disks exists. Should the agent die before
 	 * spec.json is written, creating.json tells the next one what to remove.
 	 */
-	path = xasprintf("%s/creating.json", op->vm->dir);
+	path = xasprintf("%s/creating.json", op->vm->inst.dir);
 	disk_file_write(a, path, json_text(op->spec), make_disks, op);
 }
 
@@ -261,7 +245,7 @@ static void images_check_next(struct images_wait *w)
 		images[n++] = op->images[i];
 	}
 	instance_op_progress(op, 5, "checking disk paths");
-	disk_prepare(op->agent, op->vm->dir, fresh, n, images, prepared_cb, op);
+	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, prepared_cb, op);
 }
 
 static void disks_prepare(struct inst_op *op)
@@ -283,11 +267,11 @@ void vmaction_create(struct inst_op *op)
 
 	if (vm) {
 		/* The same spec again: a resend after an agent restart, not a new instance. */
-		if (vm->created && json_object_equal(vm->spec, op->spec)) {
+		if (vm->inst.created && json_object_equal(vm->inst.spec, op->spec)) {
 			create_start(op);
 			return;
 		}
-		instance_op_fail(op, "instance %s exists already on this host", vm->name);
+		instance_op_fail(op, "instance %s exists already on this host", vm->inst.name);
 		return;
 	}
 	vm = vm_register(op->agent, op->spec, &err);
@@ -297,7 +281,7 @@ void vmaction_create(struct inst_op *op)
 	}
 	op->vm = vm;
 	op->owner = op->registered = true;
-	vm->op = op;
+	vm->inst.op = op;
 	for (size_t i = 0; i < op->ndisks; i++)
 		op->make[i] = true;
 	op->seed = json_object_object_get_ex(op->spec, "cloud_init", NULL);
@@ -329,7 +313,7 @@ void vmaction_update(struct inst_op *op)
 	struct json_object *old_ci = NULL, *new_ci = NULL, *arr;
 	struct kerr err;
 
-	if (json_object_equal(vm->spec, op->spec)) {
+	if (json_object_equal(vm->inst.spec, op->spec)) {
 		instance_op_succeed(op);
 		return;
 	}
@@ -338,7 +322,7 @@ void vmaction_update(struct inst_op *op)
 			op,
 			"instance %s is %s; vcpus, memory and disks change only while it is "
 			"stopped",
-			vm->name, inst_state_name(vm->vm_state));
+			vm->inst.name, inst_state_name(vm->inst.state));
 		return;
 	}
 	if (vm_disks_resolve(op->agent, op->spec, op->disks, &op->ndisks, &err) < 0) {
@@ -348,7 +332,7 @@ void vmaction_update(struct inst_op *op)
 	json_object_object_get_ex(op->spec, "disks", &arr);
 	for (size_t i = 0; i < op->ndisks; i++) {
 		struct json_object *nd = json_object_array_get_idx(arr, i);
-		struct json_object *od = spec_disk(vm->spec, op->disks[i].name);
+		struct json_object *od = spec_disk(vm->inst.spec, op->disks[i].name);
 		int64_t old_mb, new_mb = json_get_int(nd, "size_mb", 0);
 
 		if (od == NULL) {
@@ -378,26 +362,13 @@ void vmaction_update(struct inst_op *op)
 			return;
 		}
 	}
-	json_object_object_get_ex(vm->spec, "cloud_init", &old_ci);
+	json_object_object_get_ex(vm->inst.spec, "cloud_init", &old_ci);
 	json_object_object_get_ex(op->spec, "cloud_init", &new_ci);
 	op->seed = new_ci && !json_object_equal(old_ci, new_ci);
 	disks_prepare(op);
 }
 
 /* ---- power ------------------------------------------------------------------------------ */
-
-static void started_cb(struct vm *vm, const char *error, void *data)
-{
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	instance_op_succeed(op);
-}
 
 /*
  * start: run QEMU; running or paused already is success.
@@ -407,32 +378,29 @@ void vmaction_start(struct inst_op *op)
 	struct vm *vm = op->vm;
 	struct kerr err;
 
-	if (vm->vm_state == INST_RUNNING || vm->vm_state == INST_PAUSED) {
+	if (vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
 	if (vm_alive(vm)) {
-		instance_op_fail(op, "instance %s is %s", vm->name, inst_state_name(vm->vm_state));
+		instance_op_fail(op, "instance %s is %s", vm->inst.name,
+				 inst_state_name(vm->inst.state));
 		return;
 	}
 	instance_op_progress(op, 10, "starting qemu");
-	if (vm_start(vm, NULL, started_cb, op, &err) < 0)
+	if (vm_start(vm, NULL, instance_done_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-static void stopped_cb(struct vm *vm, const char *error, void *data)
+static void stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (op->result == NULL)
 		op->result = json_object_new_object();
-	json_object_object_add(op->result, "forced", json_object_new_boolean(vm->stop_forced));
+	json_object_object_add(op->result, "forced", json_object_new_boolean(inst->stop_forced));
 	instance_op_succeed(op);
 }
 
@@ -475,10 +443,10 @@ void vmaction_force_stop(struct inst_op *op)
 
 static bool running_or_fail(struct inst_op *op)
 {
-	if (op->vm->vm_state == INST_RUNNING || op->vm->vm_state == INST_PAUSED)
+	if (op->vm->inst.state == INST_RUNNING || op->vm->inst.state == INST_PAUSED)
 		return true;
-	instance_op_fail(op, "instance %s is %s, not running", op->vm->name,
-			 inst_state_name(op->vm->vm_state));
+	instance_op_fail(op, "instance %s is %s, not running", op->vm->inst.name,
+			 inst_state_name(op->vm->inst.state));
 	return false;
 }
 
@@ -486,12 +454,8 @@ static void qmp_done_cb(struct qmp *q, struct json_object *ret, const char *erro
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	instance_op_succeed(op);
 }
 
@@ -548,7 +512,7 @@ static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error
  */
 void vmaction_pause(struct inst_op *op)
 {
-	if (op->vm->vm_state == INST_PAUSED) {
+	if (op->vm->inst.state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
@@ -560,7 +524,7 @@ void vmaction_pause(struct inst_op *op)
  */
 void vmaction_resume(struct inst_op *op)
 {
-	if (op->vm->vm_state == INST_RUNNING) {
+	if (op->vm->inst.state == INST_RUNNING) {
 		instance_op_succeed(op);
 		return;
 	}
@@ -615,7 +579,7 @@ static void balloon_finish(struct balloon_wait *w, int64_t actual_mb, const char
 			 (long long)actual_mb, (long long)(now_ms() - w->since_ms) / 1000,
 			 (long long)w->tolerance_mb, (long long)w->target_mb);
 		json_object_object_add(op->result, "warning", json_object_new_string(warning));
-		log_warnx("vm %s: %s", op->vm->name, warning);
+		log_warnx("vm %s: %s", op->vm->inst.name, warning);
 	}
 	instance_op_succeed(op);
 }
@@ -672,12 +636,8 @@ static void balloon_set_cb(struct qmp *q, struct json_object *ret, const char *e
 	struct balloon_wait *w;
 	char phase[96];
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	w = xcalloc(1, sizeof(*w));
 	w->op = op;
 	w->target_mb = json_get_int(op->args, "target_mb", 0);
@@ -704,14 +664,14 @@ void vmaction_balloon(struct inst_op *op)
 	struct json_object *mem, *args = json_object_new_object();
 	int64_t target = json_get_int(op->args, "target_mb", 0), min, max;
 
-	json_object_object_get_ex(op->vm->spec, "memory", &mem);
+	json_object_object_get_ex(op->vm->inst.spec, "memory", &mem);
 	min = json_get_int(mem, "min_mb", 0);
 	max = json_get_int(mem, "max_mb", 0);
 	if (max == 0) {
 		json_object_put(args);
 		instance_op_fail(
 			op, "instance %s has static memory; the balloon needs min_mb and max_mb",
-			op->vm->name);
+			op->vm->inst.name);
 		return;
 	}
 	if (target < min || target > max) {
@@ -737,15 +697,11 @@ static void removed_cb(struct agent *a, const char *error, void *data)
 	struct inst_op *op = data;
 	struct vm *vm = op->vm;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	vm->vm_state = INST_STOPPED;
+	vm->inst.state = INST_STOPPED;
 	op->report = vm_report(vm);
-	vm->op = NULL;
+	vm->inst.op = NULL;
 	op->owner = false;
 	vm_remove(vm);
 	op->vm = NULL;
@@ -763,65 +719,31 @@ static void delete_files(struct inst_op *op)
 	instance_op_progress(op, 50,
 			     keep ? "removing the instance, keeping its disks"
 				  : "removing the instance and its disks");
-	netport_vm_remove(json_object_object_get(op->vm->spec, "nics"));
-	disk_remove(op->agent, op->vm->dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
+	netport_vm_remove(json_object_object_get(op->vm->inst.spec, "nics"));
+	disk_remove(op->agent, op->vm->inst.dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
 		    removed_cb, op);
 }
 
-static void delete_stopped_cb(struct vm *vm, const char *error, void *data)
+/* The VM part of the report of a VM this host does not have (instance_delete()). */
+static void absent_report(struct json_object *r, struct json_object *spec)
 {
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	delete_files(op);
+	json_object_object_add(r, "started_at", NULL);
+	json_object_object_add(r, "uptime_s", json_object_new_int(0));
+	json_object_object_add(r, "accel",
+			       json_object_new_string(json_get_str(spec, "accel", "tcg")));
+	json_object_object_add(r, "balloon_actual_mb", NULL);
+	json_object_object_add(r, "disks", json_object_new_array());
 }
 
-/*
- * delete: remove the run directory and, unless args.keep_disks, the disks; a running
- * VM only with args.force (force-stopped first). Unknown here is success, "deleted": false.
- */
-void vmaction_delete(struct inst_op *op)
+static void force_stop(struct inst_op *op, inst_done_cb cb)
 {
-	struct vm *vm = op->vm;
-	struct json_object *r;
-
-	if (vm == NULL || !vm->created) {
-		/* Deleted before (a resend), or never here: nothing to do, and say so. */
-		op->vm = NULL;
-		r = json_object_new_object();
-		json_object_object_add(r, "name",
-				       json_object_new_string(json_get_str(op->spec, "name", "")));
-		json_object_object_add(r, "type", json_object_new_string("vm"));
-		json_object_object_add(r, "state", json_object_new_string("stopped"));
-		json_object_object_add(r, "pid", NULL);
-		json_object_object_add(r, "started_at", NULL);
-		json_object_object_add(r, "uptime_s", json_object_new_int(0));
-		json_object_object_add(
-			r, "accel", json_object_new_string(json_get_str(op->spec, "accel", "tcg")));
-		json_object_object_add(r, "balloon_actual_mb", NULL);
-		json_object_object_add(r, "disks", json_object_new_array());
-		op->report = r;
-		op->result = json_object_new_object();
-		json_object_object_add(op->result, "deleted", json_object_new_boolean(false));
-		instance_op_succeed(op);
-		return;
-	}
-	if (!vm_alive(vm)) {
-		delete_files(op);
-		return;
-	}
-	if (!json_get_bool(op->args, "force", false)) {
-		instance_op_fail(op, "instance %s is %s; stop it first, or delete with force",
-				 vm->name, inst_state_name(vm->vm_state));
-		return;
-	}
 	instance_op_progress(op, 10, "stopping qemu");
-	vm_force_stop(vm, delete_stopped_cb, op);
+	vm_force_stop(op->vm, cb, op);
+}
+
+static bool alive(const struct inst *inst)
+{
+	return vm_alive((const struct vm *)inst);
 }
 
 /* ---- snapshots -------------------------------------------------------------------------- */
@@ -879,12 +801,8 @@ static void hmp_done_cb(struct qmp *q, struct json_object *ret, const char *erro
 	char out[256];
 	size_t len;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	/* HMP says nothing on success; anything it prints is the reason it failed. */
 	snprintf(out, sizeof(out), "%s",
 		 json_object_get_string(ret) ? json_object_get_string(ret) : "");
@@ -979,7 +897,8 @@ static void snapshot_begin(struct inst_op *op, op_step_fn next)
 	op->with_memory = json_get_bool(op->args, "with_memory", false);
 	snapshot_result(op);
 	if (op->ndisks == 0) {
-		instance_op_fail(op, "instance %s has no disks to hold a snapshot", op->vm->name);
+		instance_op_fail(op, "instance %s has no disks to hold a snapshot",
+				 op->vm->inst.name);
 		return;
 	}
 	instance_op_progress(op, 10, "listing snapshots");
@@ -997,7 +916,7 @@ void vmaction_snapshot_create(struct inst_op *op)
 			op,
 			"instance %s is %s, so it has no memory to save; take the snapshot "
 			"without memory",
-			op->vm->name, inst_state_name(op->vm->vm_state));
+			op->vm->inst.name, inst_state_name(op->vm->inst.state));
 		return;
 	}
 	snapshot_begin(op, snapshot_take);
@@ -1008,20 +927,16 @@ static void revert_restart(struct inst_op *op)
 	struct kerr err;
 
 	instance_op_progress(op, 80, "starting qemu");
-	if (vm_start(op->vm, NULL, started_cb, op, &err) < 0)
+	if (vm_start(op->vm, NULL, instance_done_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-static void revert_stopped_cb(struct vm *vm, const char *error, void *data)
+static void revert_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	instance_op_progress(op, 50, "qemu-img snapshot -a");
 	instance_disks_each(op, NULL, apply_one, revert_restart);
 }
@@ -1094,7 +1009,7 @@ static void snapshot_revert(struct inst_op *op)
 		vm_force_stop(op->vm, revert_stopped_cb, op);
 	} else if (op->with_memory) {
 		instance_op_progress(op, 50, "starting qemu from the snapshot");
-		if (vm_start(op->vm, op->snapshot, started_cb, op, &err) < 0)
+		if (vm_start(op->vm, op->snapshot, instance_done_cb, op, &err) < 0)
 			instance_op_fail(op, "%s", err.msg);
 	} else {
 		instance_op_progress(op, 50, "qemu-img snapshot -a");
@@ -1138,9 +1053,31 @@ void vmaction_snapshot_delete(struct inst_op *op)
 	snapshot_begin(op, snapshot_drop);
 }
 
+static struct json_object *report(const struct inst *inst)
+{
+	return vm_report((const struct vm *)inst);
+}
+
+static void state_push(struct inst *inst)
+{
+	vm_state_push((struct vm *)inst);
+}
+
 /* The VM driver: a verb without a slot here is refused by the shared code. */
 const struct driver vm_driver = {
 	.type = INST_VM,
+	.report = report,
+	.refresh = NULL, /* QMP events keep the state current */
+	.state_push = state_push,
+	.forget = vm_forget,
+	.alive = alive,
+	.force_stop = force_stop,
+	.delete_files = delete_files,
+	.absent_report = absent_report,
+	.cron = vm_cron,
+	.subdir = "instances",
+	.adopt_prepare = vm_adopt_prepare,
+	.adopt_one = vm_adopt_one,
 	.verbs =
 		{
 			[VERB_CREATE] = vmaction_create,
@@ -1151,7 +1088,7 @@ const struct driver vm_driver = {
 			[VERB_REBOOT] = vmaction_reboot,
 			[VERB_PAUSE] = vmaction_pause,
 			[VERB_RESUME] = vmaction_resume,
-			[VERB_DELETE] = vmaction_delete,
+			[VERB_DELETE] = instance_delete,
 			[VERB_BALLOON] = vmaction_balloon,
 			[VERB_SNAPSHOT_CREATE] = vmaction_snapshot_create,
 			[VERB_SNAPSHOT_REVERT] = vmaction_snapshot_revert,

@@ -9,16 +9,11 @@
 #include "controllerd.h"
 #include "log.h"
 #include "scheduler.h"
+#include "spec.h"
 #include "util.h"
 #include "valid.h"
 #include "verbs.h"
 
-#define MAX_DISKS	8
-#define MAX_NICS	8
-#define MAX_VCPUS	256
-#define MAX_MEMORY_MB	(1024 * 1024)
-#define MAX_DISK_MB	(16LL * 1024 * 1024)
-#define MAX_USER_DATA	(64 * 1024)
 #define CONSOLE_DEFAULT 16384
 #define CONSOLE_MAX	(1024 * 1024)
 
@@ -62,12 +57,12 @@ static int int_range(struct json_object *v, const char *f, int64_t min, int64_t 
 
 static int vcpus_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return int_range(v, f, 1, MAX_VCPUS, err);
+	return int_range(v, f, 1, SPEC_VCPUS_MAX, err);
 }
 
 static int mb_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return int_range(v, f, 16, MAX_MEMORY_MB, err);
+	return int_range(v, f, SPEC_MEMORY_MB_MIN, SPEC_MEMORY_MB_MAX, err);
 }
 
 static const struct json_field memory_fields[] = {
@@ -121,7 +116,7 @@ static int clone_check(struct json_object *v, const char *f, struct kerr *err)
 
 static int disk_mb_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return int_range(v, f, 1, MAX_DISK_MB, err);
+	return int_range(v, f, 1, SPEC_DISK_MB_MAX, err);
 }
 
 static const struct json_field disk_fields[] = {
@@ -138,7 +133,7 @@ static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	size_t n = json_object_array_length(v);
 
-	if (json_array_check(v, f, disk_fields, MAX_DISKS, err) < 0)
+	if (json_array_check(v, f, disk_fields, SPEC_DISKS_MAX, err) < 0)
 		return -1;
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < i; j++)
@@ -169,8 +164,8 @@ static int boot_check(struct json_object *v, const char *f, struct kerr *err)
 
 static int user_data_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	if (json_object_get_string_len(v) > MAX_USER_DATA)
-		return err_input(err, 400, f, "'%s' is over %d bytes", f, MAX_USER_DATA);
+	if (json_object_get_string_len(v) > SPEC_USER_DATA_MAX)
+		return err_input(err, 400, f, "'%s' is over %d bytes", f, SPEC_USER_DATA_MAX);
 	return 0;
 }
 
@@ -499,7 +494,7 @@ static int64_t spec_memory_mb(struct json_object *spec)
 enum MHD_Result api_instances_create(struct request *req)
 {
 	struct json_object *body, *spec, *placement = NULL, *op, *args, *res, *netkeep, *nics;
-	int64_t image_ids[MAX_DISKS] = {0};
+	int64_t image_ids[SPEC_DISKS_MAX] = {0};
 	struct sched_request sr = {0};
 	struct kerr err;
 	struct host *h;
@@ -621,7 +616,9 @@ enum MHD_Result api_instances_create(struct request *req)
 	}
 	/* Addresses in the same transaction: the spec the agent gets carries them. */
 	if (rc == SQLITE_DONE) {
-		if (nics_allocate(iid, name, spec, &err) < 0) {
+		/* The SPEC complete (addresses too), checked by the schema the agents use
+		 * (common/spec.c): one the agent would refuse is never stored or sent. */
+		if (nics_allocate(iid, name, spec, &err) < 0 || spec_check(spec, &err) < 0) {
 			db_rollback(ctl.db);
 			json_object_put(spec);
 			json_object_put(placement);
@@ -909,7 +906,7 @@ static const struct json_field disk_resize_fields[] = {
 
 static int disks_resize_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return json_array_check(v, f, disk_resize_fields, MAX_DISKS, err);
+	return json_array_check(v, f, disk_resize_fields, SPEC_DISKS_MAX, err);
 }
 
 static int patch_memory_check(struct json_object *v, const char *f, struct kerr *err)
