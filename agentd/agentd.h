@@ -564,6 +564,7 @@ void inst_start_settle(struct inst *inst, const char *error);
 void inst_exit_waiter_add(struct inst *inst, inst_done_cb cb, void *data);
 void inst_exit_waiters_call(struct inst *inst, const char *error);
 struct json_object *inst_int_or_null(int64_t v);
+struct json_object *inst_report_base(const struct inst *inst);
 struct json_object *inst_reports(struct agent *a);
 int inst_running_count(struct agent *a);
 void inst_cron(struct agent *a);

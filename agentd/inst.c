@@ -209,6 +209,30 @@ struct json_object *inst_int_or_null(int64_t v)
 	return v < 0 ? NULL : json_object_new_int64(v);
 }
 
+/*
+ * The start of every type's REPORT: name, type, state, and while its process runs
+ * pid, started_at (ms) and uptime_s. Returns a new object the driver adds to.
+ */
+struct json_object *inst_report_base(const struct inst *inst)
+{
+	struct json_object *r = json_object_new_object();
+	bool alive = inst->pid != 0;
+
+	json_object_object_add(r, "name", json_object_new_string(inst->name));
+	json_object_object_add(r, "type",
+			       json_object_new_string(inst_type_name(inst->driver->type)));
+	json_object_object_add(r, "state", json_object_new_string(inst_state_name(inst->state)));
+	json_object_object_add(r, "pid", alive ? json_object_new_int(inst->pid) : NULL);
+	json_object_object_add(r, "started_at",
+			       alive ? json_object_new_int64(inst->started_at_ms) : NULL);
+	json_object_object_add(
+		r, "uptime_s",
+		json_object_new_int64(alive && inst->started_at_ms > 0
+					      ? (now_ms() - inst->started_at_ms) / 1000
+					      : 0));
+	return r;
+}
+
 /* Reports of every created instance, for the heartbeat's facts. Returns a new array. */
 struct json_object *inst_reports(struct agent *a)
 {

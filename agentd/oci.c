@@ -299,22 +299,9 @@ static void shim_log_reason(const struct ctr *ctr, char *out, size_t outlen)
  */
 struct json_object *oci_report(const struct ctr *ctr)
 {
-	struct json_object *r = json_object_new_object(), *image = NULL;
-	bool running = ctr->inst.pid != 0;
+	struct json_object *r = inst_report_base(&ctr->inst), *image = NULL;
 
 	json_object_object_get_ex(ctr->inst.spec, "image", &image);
-	json_object_object_add(r, "name", json_object_new_string(ctr->inst.name));
-	json_object_object_add(r, "type", json_object_new_string("container"));
-	json_object_object_add(r, "state",
-			       json_object_new_string(inst_state_name(ctr->inst.state)));
-	json_object_object_add(r, "pid", running ? json_object_new_int(ctr->inst.pid) : NULL);
-	json_object_object_add(r, "started_at",
-			       running ? json_object_new_int64(ctr->inst.started_at_ms) : NULL);
-	json_object_object_add(
-		r, "uptime_s",
-		json_object_new_int64(running && ctr->inst.started_at_ms > 0
-					      ? (now_ms() - ctr->inst.started_at_ms) / 1000
-					      : 0));
 	json_object_object_add(r, "exit_code", inst_int_or_null(ctr->exit_code));
 	json_object_object_add(r, "signal",
 			       ctr->exit_signal > 0 ? json_object_new_int(ctr->exit_signal) : NULL);

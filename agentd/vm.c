@@ -208,20 +208,9 @@ void vm_remove(struct vm *vm)
  */
 struct json_object *vm_report(const struct vm *vm)
 {
-	struct json_object *r = json_object_new_object(), *disks = json_object_new_array();
+	struct json_object *r = inst_report_base(&vm->inst), *disks = json_object_new_array();
 	bool alive = vm_alive(vm);
 
-	json_object_object_add(r, "name", json_object_new_string(vm->inst.name));
-	json_object_object_add(r, "type", json_object_new_string("vm"));
-	json_object_object_add(r, "state", json_object_new_string(inst_state_name(vm->inst.state)));
-	json_object_object_add(r, "pid", alive ? json_object_new_int(vm->inst.pid) : NULL);
-	json_object_object_add(r, "started_at",
-			       alive ? json_object_new_int64(vm->inst.started_at_ms) : NULL);
-	json_object_object_add(
-		r, "uptime_s",
-		json_object_new_int64(alive && vm->inst.started_at_ms > 0
-					      ? (now_ms() - vm->inst.started_at_ms) / 1000
-					      : 0));
 	json_object_object_add(r, "accel",
 			       json_object_new_string(json_get_str(vm->inst.spec, "accel", "tcg")));
 	json_object_object_add(r, "balloon_actual_mb",
