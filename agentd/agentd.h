@@ -26,13 +26,17 @@
 #include <string.h>
 #include <uv.h>
 
+#include "argv.h"
 #include "err.h"
 #include "join.h"
 #include "json.h"
 #include "link.h"
 #include "log.h"
 #include "seal.h"
+#include "spec.h"
 #include "valid.h"
+#include "work.h"
+#include "verbs.h"
 
 #define AGENT_PROG		   "kumo-agentd"
 #define AGENT_OPCACHE_SIZE	   128	/* finished or running ops remembered for resends */
@@ -44,10 +48,10 @@
 #define AGENT_ADDR_MAX		   JOIN_ADDR_MAX
 #define AGENT_CLUSTER_ID_MAX	   JOIN_CLUSTER_ID_MAX
 #define AGENT_QEMU_BINARY	   "qemu-system-x86_64"
-#define AGENT_VM_START_TIMEOUT_MS  30000 /* a QEMU without QMP by then is stuck */
-#define AGENT_VM_KILL_AFTER_MS	   5000	 /* from QMP quit to SIGKILL */
-#define AGENT_VM_DISKS_MAX	   16
-#define AGENT_VM_NICS_MAX	   8
+#define AGENT_VM_START_TIMEOUT_MS  30000	  /* a QEMU without QMP by then is stuck */
+#define AGENT_VM_KILL_AFTER_MS	   5000		  /* from QMP quit to SIGKILL */
+#define AGENT_VM_DISKS_MAX	   SPEC_DISKS_MAX /* the SPEC schema's limits (common/spec.h) */
+#define AGENT_VM_NICS_MAX	   SPEC_NICS_MAX
 #define AGENT_CONSOLE_MAX	   (2 * 1024 * 1024) /* bytes a console query returns at most */
 #define AGENT_OCI_RUNTIME	   "runc" /* crun refuses this cluster's hybrid cgroup layout */
 #define AGENT_OCI_LAYERS_MAX	   64	  /* one overlay mount takes about that many */
@@ -119,34 +123,68 @@ struct sendq_item {
 	struct sendq_item *next;
 };
 
+struct inst;
+struct inst_op;
+struct driver;
+
+/* Called when a start settles or an instance's process is gone: error NULL on success. */
+typedef void (*inst_done_cb)(struct inst *inst, const char *error, void *data);
+
+/* A child process of an instance ended (libuv's exit status and signal). */
+typedef void (*inst_exit_fn)(struct inst *inst, int64_t status, int term_signal);
+struct inst_child;
+
+struct inst_waiter {
+	inst_done_cb cb;
+	void *data;
+	struct inst_waiter *next;
+};
+
+/*
+ * What every instance this agent knows has, whatever its type: embedded first in
+ * struct vm and struct ctr (libuv's handle fields), so shared code (inst.c,
+ * instance.c) holds a struct inst * and the driver casts it to its own type. The
+ * registry, the reference count of open handles, the waiters for a start or an exit
+ * and the state live here once. Registered with inst_register(), gone with
+ * inst_remove().
+ */
+struct inst {
+	struct agent *agent;
+	const struct driver *driver; /* of its type: the verbs and the rest (agentd.h) */
+	struct inst *next;	     /* agent.insts */
+	char name[NAME_MAX_LEN + 1];
+	char dir[PATH_MAX];	  /* {local_pool}/instances/NAME or .../containers/NAME */
+	struct json_object *spec; /* normalised SPEC, as in spec.json */
+	bool created;		  /* spec.json written: the instance exists */
+	struct inst_op *op;	  /* the command working on it (instance.c), or NULL */
+
+	enum inst_state state;
+	char error[256];	  /* why it crashed or failed */
+	pid_t pid;		  /* the workload's process (QEMU, the container's init), or 0 */
+	struct inst_child *child; /* our child (QEMU, the shim); NULL when adopted or none */
+	int64_t started_at_ms;	  /* of the current run */
+	bool stop_requested;	  /* this agent is stopping it */
+	bool stop_forced;	  /* ... and had to force it */
+	inst_done_cb start_cb;	  /* a start waiting to settle */
+	void *start_data;
+	struct inst_waiter *exit_waiters;
+	uv_timer_t timer;      /* the driver's: start deadline, stop escalation */
+	uv_timer_t poll_timer; /* the driver's: quick refreshes, retries */
+	int open_handles;      /* freed when the last closes after inst_remove() */
+	bool removing;
+};
+
 struct kvmprobe_run;
 struct kvmprobe_waiter;
 struct net;
 struct qmp;
 struct vm;
-struct vm_proc;
 struct disk_cmd;
-
-/* An argument vector being built (disk.c): NULL-terminated, strings owned. */
-struct argv {
-	char **v;
-	size_t n, cap;
-};
-
-enum vm_state {
-	VM_STOPPED,
-	VM_STARTING,
-	VM_RUNNING,
-	VM_PAUSED,
-	VM_STOPPING,
-	VM_CRASHED,
-	VM_ERROR,
-};
 
 /* One disk of a VM as its spec names it, with where it lives and its last sizes. */
 /*
  * Disk paths are sized to what is allowed, not PATH_MAX: a pool-relative path has at
- * most 1023 characters (disk_path_check()) and a pool directory at most
+ * most 1023 characters (spec_path_check()) and a pool directory at most
  * AGENT_POOL_DIR_MAX (config.c), so a VM's sixteen disks no longer make every
  * operation and every heartbeat's size job a quarter of a megabyte.
  */
@@ -162,90 +200,41 @@ struct vm_disk {
 	int64_t virtual_size, allocated; /* bytes; -1 until measured */
 };
 
-/* Called when a start settles or a process is gone: error NULL on success. */
-typedef void (*vm_done_cb)(struct vm *vm, const char *error, void *data);
-
-struct vm_waiter {
-	vm_done_cb cb;
-	void *data;
-	struct vm_waiter *next;
-};
-
 /*
  * A VM this agent knows: its spec and run directory, and, while QEMU runs, the
  * process and the QMP connection. Registered with vm_register(), gone with vm_remove().
  */
 struct vm {
-	struct agent *agent;
-	struct vm *next;
-	char name[NAME_MAX_LEN + 1];
-	char dir[PATH_MAX];	  /* {local_pool}/instances/NAME */
-	struct json_object *spec; /* normalised SPEC, as in spec.json */
+	struct inst inst; /* first: a struct inst * is a struct vm * */
 	struct vm_disk disks[AGENT_VM_DISKS_MAX];
 	size_t ndisks;
 	unsigned generation; /* bumped when disks change, so stale sizes are dropped */
-	bool created;	     /* spec.json written: the instance exists */
-	void *op;	     /* the command working on it (instance.c), or NULL */
 
-	enum vm_state vm_state;
-	char error[256]; /* why it crashed or failed */
-	pid_t pid;	 /* 0 when no process */
-	int64_t started_at_ms;
-	struct vm_proc *proc;	   /* our child; NULL for an adopted process or none */
 	struct qmp *qmp;	   /* ready or connecting, or NULL */
 	int64_t balloon_actual_mb; /* -1 unknown */
 	int64_t balloon_target_mb; /* last target set in this QEMU's life, -1 none (file
 				    * balloon_target, so an agent restart keeps it) */
-	bool stop_requested;	   /* this agent asked QEMU to go */
-	bool stop_forced;	   /* ... and had to quit or kill it */
 	char shutdown_reason[40];  /* from QEMU's SHUTDOWN event, "" if none */
 	bool reset_expected;	   /* a reboot command's RESET event is not news */
-	vm_done_cb start_cb;	   /* a start waiting to settle */
-	void *start_data;
-	struct vm_waiter *exit_waiters;
-	uv_timer_t timer;      /* start deadline, stop timeout, kill delay */
-	uv_timer_t poll_timer; /* QMP connection retries, exit checks of adopted QEMUs */
-	int qmp_failures;      /* connection attempts that failed in a row */
-	bool adopt_reported;   /* the start-up state report went out */
-	bool vm_incoming;      /* migrate.c: the next QEMU waits for a migration */
-	int open_handles;
-	bool removing;
+	/* inst.timer: start deadline, stop timeout, kill delay; inst.poll_timer: QMP
+	 * connection retries, exit checks of adopted QEMUs. */
+	int qmp_failures;    /* connection attempts that failed in a row */
+	bool adopt_reported; /* the start-up state report went out */
+	bool vm_incoming;    /* migrate.c: the next QEMU waits for a migration */
 };
 
 struct ctr;
-struct ctr_shim;
 struct oci_cmd;
-
-/* Called when a container's start settles or it is gone: error NULL on success. */
-typedef void (*ctr_done_cb)(struct ctr *ctr, const char *error, void *data);
-
-struct ctr_waiter {
-	ctr_done_cb cb;
-	void *data;
-	struct ctr_waiter *next;
-};
 
 /*
  * A container this agent knows: its spec and bundle directory, and what its shim's
  * files said last (oci_refresh()). Registered with oci_register(), gone with
- * oci_remove(). States are the VMs' (enum vm_state): stopped, starting (also
- * between restarts), running, paused, stopping, crashed, error.
+ * oci_remove(). States are every instance's (enum inst_state, common/verbs.h): stopped,
+ * starting (also between restarts), running, paused, stopping, crashed, error.
  */
 struct ctr {
-	struct agent *agent;
-	struct ctr *next;
-	char name[NAME_MAX_LEN + 1];
-	char dir[PATH_MAX];	  /* {local_pool}/containers/NAME */
-	struct json_object *spec; /* normalised SPEC, as in spec.json */
-	bool created;		  /* spec.json written: the instance exists */
-	void *op;		  /* the command working on it (instance.c), or NULL */
-
-	enum vm_state ctr_state;
-	char error[256];	/* why it crashed or failed */
+	struct inst inst;	/* first: a struct inst * is a struct ctr * */
 	pid_t shim_pid;		/* 0 when no shim */
-	struct ctr_shim *shim;	/* our child; NULL for an adopted shim or none */
-	pid_t pid;		/* the container's init while it runs, else 0 */
-	int64_t started_at_ms;	/* of the current run */
 	bool orphan;		/* the init runs but no shim watches it */
 	bool orphan_lost;	/* ... and it ended: its exit is unknown */
 	int exit_code;		/* last run's, -1 if none */
@@ -256,20 +245,13 @@ struct ctr {
 	int64_t rw_size;	/* bytes in the writable layer, -1 until measured */
 	bool measuring;
 	unsigned measure_tick;
-	bool stop_requested; /* this agent is stopping it */
-	bool stop_forced;    /* ... and sent SIGKILL */
 	int kill_attempts;
-	ctr_done_cb start_cb; /* a start waiting to settle */
-	void *start_data;
 	int64_t start_ms;
-	struct ctr_waiter *exit_waiters;
-	uv_timer_t timer;      /* start deadline, stop escalation */
-	uv_timer_t poll_timer; /* quick refreshes while a start or stop settles */
-	uv_fs_event_t watch;   /* ... and its directory watched for the shim's files */
+	/* inst.timer: start deadline, stop escalation; inst.poll_timer: quick refreshes
+	 * while a start or stop settles. inst.pid is the container's init while it runs. */
+	uv_fs_event_t watch; /* ... and its directory watched for the shim's files */
 	bool watching;
 	char pushed[64]; /* what the controller heard last (a signature) */
-	int open_handles;
-	bool removing;
 };
 
 /* An image as its manifest in the shared store describes it (layers.c). */
@@ -299,16 +281,6 @@ struct oci_commit {
 	int64_t size; /* manifest + config + every layer */
 };
 
-/* Work for the thread pool (oci.c): work() fills err, done() runs on the loop. */
-struct oci_job {
-	uv_work_t req;
-	struct agent *agent;
-	int (*work)(struct oci_job *j);
-	void (*done)(struct oci_job *j);
-	struct kerr err;
-	int ret;
-};
-
 /* How a runc subcommand ended (oci_runc()). */
 struct oci_cmd_result {
 	int64_t status;
@@ -322,25 +294,67 @@ struct oci_cmd_result {
 };
 typedef void (*oci_cmd_cb)(struct agent *a, const struct oci_cmd_result *r, void *data);
 
-struct action;
 struct inst_op;
 typedef void (*op_step_fn)(struct inst_op *op);
 typedef void (*op_disk_fn)(struct inst_op *op, size_t i);
+
+/*
+ * One workload type: what it does for each verb of the verb table (common/verbs.h)
+ * and the lifecycle hooks the shared code calls (inst.c), like systemd's UnitVTable.
+ * The shared code (instance.c) checks a command against the verb table, then calls
+ * the verb's slot. A NULL slot is a verb the type lacks: the shared code answers 422
+ * "<verb> is not supported for <type>s" (dispatch.c). Stage 2 fills VERB_MIGRATE_OUT,
+ * VERB_MIGRATE_IN, VERB_BACKUP, VERB_RESTORE and cancel. Adding a type is one file of
+ * actions with its table and one row in instance.c's drivers[].
+ */
+struct driver {
+	enum inst_type type;
+	op_step_fn verbs[VERBS];
+	/* A verb's args schema where the driver's own checks replace the verb table's
+	 * (the stage-2 verbs: migrate.c, backup.c); NULL: the table's. */
+	const struct json_field *args[VERBS];
+	op_step_fn cancel; /* stop the command at work at a safe point; NULL: none */
+	/* The REPORT the controller keeps (a new object). */
+	struct json_object *(*report)(const struct inst *inst);
+	/* Read the state afresh before a verb checks it; NULL: always current. */
+	void (*refresh)(struct inst *inst);
+	/* Tell the controller the instance's current state (an instance-state message). */
+	void (*state_push)(struct inst *inst);
+	/* The controller got a report another way (an op-done); NULL: nothing to note. */
+	void (*heard)(struct inst *inst);
+	/* inst_remove(): close the type's own handles; inst's close after. */
+	void (*forget)(struct inst *inst);
+	/* A process of the instance (or its keeper) is there. */
+	bool (*alive)(const struct inst *inst);
+	/* Stop op's instance at once; cb(inst, error, op) once it is gone. */
+	void (*force_stop)(struct inst_op *op, inst_done_cb cb);
+	/* delete's last step: remove what the instance holds, then end op. */
+	op_step_fn delete_files;
+	/* Add the type's fields to the report of an instance this host does not have. */
+	void (*absent_report)(struct json_object *report, struct json_object *spec);
+	/* The type's share of the cron (heartbeat timer), and of start-up. */
+	void (*cron)(struct agent *a);
+	const char *subdir;			/* {local_pool}/SUBDIR/NAME per instance */
+	void (*adopt_prepare)(struct agent *a); /* NULL: nothing before */
+	void (*adopt_one)(struct agent *a, const char *name); /* one SUBDIR/NAME found */
+};
 
 /* One instance command at work: instance.c runs it, vmaction.c holds the actions. */
 struct inst_op {
 	struct agent *agent;
 	char op[LINK_OP_ID_MAX + 1];
-	const struct action *action;
+	enum verb verb;
+	const struct driver *driver; /* of the instance's type */
 	struct vm *vm;
 	struct ctr *ctr;	  /* for a container's command, instead of vm */
 	bool restart;		  /* container restart: start again once stopped */
-	bool owner;		  /* vm->op (ctr->op) is this op */
+	bool owner;		  /* vm->inst.op (ctr->inst.op) is this op */
 	bool registered;	  /* create: this op registered vm, and removes it on failure */
 	struct json_object *spec; /* normalised SPEC from the command */
 	struct json_object *args;
 	struct json_object *result; /* fields the action adds to the result */
 	struct json_object *report; /* a report made before the vm went away (delete) */
+	op_step_fn then;	    /* what instance_then_cb() runs once a step succeeded */
 
 	struct vm_disk disks[AGENT_VM_DISKS_MAX]; /* the disks the action works on */
 	size_t ndisks;
@@ -404,8 +418,10 @@ struct agent {
 	struct kvmprobe_run *kvm_current; /* the run new waiters join, or NULL */
 	struct kvmprobe_run *kvm_runs;	  /* every run whose handles are still open */
 
+	/* inst.c: every instance, whatever its type */
+	struct inst *insts;
+
 	/* vm.c */
-	struct vm *vms;
 	char hw_virt[8]; /* "vmx", "svm" or "" (for nested guests) */
 
 	/* disk.c */
@@ -415,7 +431,6 @@ struct agent {
 	struct image_hash *image_hashes; /* SHA-256 of image files, by file identity */
 
 	/* oci.c */
-	struct ctr *ctrs;
 	struct oci_cmd *oci_cmds; /* runc children still running */
 	int execs;		  /* of them, execs (AGENT_EXECS_MAX at most) */
 	char exe[PATH_MAX];	  /* this program, run again as the shim */
@@ -429,24 +444,6 @@ struct agent {
 	/* main.c */
 	uv_signal_t sigterm, sigint;
 };
-
-/*
- * Add context in front of err's message at a layer boundary, keeping its code, status
- * and field. Returns -1 so it can end a failing path.
- */
-static inline int agent_err_prefix(struct kerr *err, const char *prefix)
-{
-	size_t cap = sizeof(err->msg) - 1, plen;
-
-	if (err == NULL)
-		return -1;
-	plen = strlen(prefix) < cap ? strlen(prefix) : cap;
-	/* Shift the message right (its tail may fall off) and put prefix in front. */
-	memmove(err->msg + plen, err->msg, cap - plen);
-	memcpy(err->msg, prefix, plen);
-	err->msg[cap] = '\0';
-	return -1;
-}
 
 /* config.c */
 int config_parse(int argc, char **argv, struct agent_config *cfg, struct kerr *err);
@@ -524,35 +521,33 @@ void vmcgroup_remove(struct vm *vm);
 int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, struct kerr *err);
 
 /* vm.c */
-const char *vm_state_name(enum vm_state state);
 struct vm *vm_find(struct agent *a, const char *name);
 struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *err);
 int vm_spec_set(struct vm *vm, struct json_object *spec, struct kerr *err);
 int vm_disks_resolve(struct agent *a, struct json_object *spec, struct vm_disk *disks,
 		     size_t *ndisks, struct kerr *err);
 void vm_remove(struct vm *vm);
+void vm_forget(struct inst *inst);
 bool vm_alive(const struct vm *vm);
-int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err);
-void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data);
-void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data);
+int vm_start(struct vm *vm, const char *loadvm, inst_done_cb cb, void *data, struct kerr *err);
+void vm_shutdown(struct vm *vm, unsigned timeout_s, inst_done_cb cb, void *data);
+void vm_force_stop(struct vm *vm, inst_done_cb cb, void *data);
 void vm_stopped_set(struct vm *vm);
-void vm_state_set(struct vm *vm, enum vm_state state);
+void vm_state_set(struct vm *vm, enum inst_state state);
 int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned timeout_ms,
 	   qmp_reply_cb cb, void *data, struct kerr *err);
 struct json_object *vm_report(const struct vm *vm);
 void vm_balloon_target_set(struct vm *vm, int64_t target_mb);
 void vm_balloon_target_load(struct vm *vm);
-struct json_object *vm_reports(struct agent *a);
-int vm_running_count(struct agent *a);
 void vm_state_push(struct vm *vm);
-void vm_measure(struct vm *vm, vm_done_cb cb, void *data);
+void vm_measure(struct vm *vm, inst_done_cb cb, void *data);
 void vm_cron(struct agent *a);
-void vm_close_all(struct agent *a);
 bool vm_pid_alive(pid_t pid);
 void vm_qmp_connect(struct vm *vm);
 
 /* vmadopt.c */
-void vm_adopt_all(struct agent *a);
+void vm_adopt_prepare(struct agent *a);
+void vm_adopt_one(struct agent *a, const char *name);
 
 /* disk.c */
 typedef void (*disk_done_cb)(struct agent *a, const char *error, void *data);
@@ -560,9 +555,6 @@ typedef void (*disk_info_cb)(struct agent *a, const char *error, struct json_obj
 			     void *data);
 typedef void (*disk_sizes_cb)(struct agent *a, const int64_t *virtual_size,
 			      const int64_t *allocated, void *data);
-void argv_add(struct argv *av, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void argv_free(struct argv *av);
-int disk_path_check(const char *rel, const char *field, struct kerr *err);
 const char *disk_pool_root(const struct agent_config *cfg, const char *pool);
 void disk_prepare(struct agent *a, const char *dir, const struct vm_disk *disks, size_t n,
 		  const char *const *images, disk_done_cb cb, void *data);
@@ -593,14 +585,13 @@ void disk_cmds_close(struct agent *a);
 /* backup.c: the backup and restore actions of the vm driver */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err);
 int backup_store_check(struct json_object *val, const char *field, struct kerr *err);
+extern const struct json_field backup_args[];
 void backup_vm_run(struct inst_op *op);
 void backup_vm_restore(struct inst_op *op);
 
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);
 void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);
-int instance_spec_check(struct json_object *spec, struct kerr *err);
-struct json_object *instance_spec_normalise(struct json_object *spec);
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);
@@ -614,8 +605,41 @@ void instance_disks_each(struct inst_op *op, bool (*want)(struct inst_op *op, si
 			 op_disk_fn fn, op_step_fn then);
 void instance_each_next(struct inst_op *op);
 void instance_disk_done_cb(struct agent *a, const char *error, void *data);
+bool instance_step_failed(struct inst_op *op, const char *error);
+void instance_delete(struct inst_op *op);
+void instance_done_cb(struct inst *inst, const char *error, void *data);
+void instance_then_cb(struct inst *inst, const char *error, void *data);
+
+/* inst.c */
+const struct driver *inst_driver(enum inst_type t);
+struct inst *inst_find(struct agent *a, const char *name);
+void inst_register(struct inst *inst, struct agent *a, const struct driver *drv,
+		   struct json_object *spec);
+void inst_remove(struct inst *inst);
+void inst_handle_close_cb(uv_handle_t *handle);
+void inst_unref(struct inst *inst);
+int inst_child_spawn(struct inst *inst, uv_process_options_t *opts, inst_exit_fn exit_fn);
+void inst_close_all(struct agent *a);
+void inst_start_settle(struct inst *inst, const char *error);
+void inst_exit_waiter_add(struct inst *inst, inst_done_cb cb, void *data);
+void inst_exit_waiters_call(struct inst *inst, const char *error);
+struct json_object *inst_int_or_null(int64_t v);
+struct json_object *inst_report_base(const struct inst *inst);
+struct json_object *inst_reports(struct agent *a);
+int inst_running_count(struct agent *a);
+void inst_cron(struct agent *a);
+void inst_adopt_all(struct agent *a);
+
+/* dispatch.c (no agent state: the unit tests run it alone) */
+int dispatch_verb_supported(const struct driver *drv, int verb, struct kerr *err);
+const struct json_field *dispatch_verb_args(const struct driver *drv, enum verb verb);
+int dispatch_busy_check(enum verb verb, enum verb busy, const char *busy_op, const char *name,
+			struct kerr *err);
+int dispatch_state_check(enum verb verb, bool exists, enum inst_state state, const char *name,
+			 struct kerr *err);
 
 /* vmaction.c */
+extern const struct driver vm_driver;
 void vmaction_create(struct inst_op *op);
 void vmaction_update(struct inst_op *op);
 void vmaction_start(struct inst_op *op);
@@ -624,7 +648,6 @@ void vmaction_force_stop(struct inst_op *op);
 void vmaction_reboot(struct inst_op *op);
 void vmaction_pause(struct inst_op *op);
 void vmaction_resume(struct inst_op *op);
-void vmaction_delete(struct inst_op *op);
 void vmaction_balloon(struct inst_op *op);
 void vmaction_snapshot_create(struct inst_op *op);
 void vmaction_snapshot_revert(struct inst_op *op);
@@ -667,32 +690,32 @@ int logfile_read(const char *path, int64_t offset, int64_t lines, bool tail_byte
 struct ctr *oci_find(struct agent *a, const char *name);
 struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr *err);
 void oci_remove(struct ctr *ctr);
-void oci_close_all(struct agent *a);
+void oci_forget(struct inst *inst);
 bool oci_alive(const struct ctr *ctr);
 void oci_runc_root(const struct agent *a, char *out, size_t len);
 void oci_cgroup_path(const struct agent *a, const char *name, char *out, size_t len);
 struct json_object *oci_report(const struct ctr *ctr);
-void oci_reports_add(struct agent *a, struct json_object *arr);
-int oci_running_count(struct agent *a);
 void oci_state_push(struct ctr *ctr);
 void oci_state_heard(struct ctr *ctr);
-void oci_state_set(struct ctr *ctr, enum vm_state state);
+void oci_state_set(struct ctr *ctr, enum inst_state state);
 void oci_refresh(struct ctr *ctr);
 void oci_mark_stopped(struct ctr *ctr);
-int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err);
-void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data);
+int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err);
+void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data);
 int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size_t out_max,
 	     bool merge, const char *pid_file, oci_cmd_cb cb, void *data, struct kerr *err);
 void oci_cmds_close(struct agent *a);
-void oci_job_queue(struct agent *a, struct oci_job *j);
+void oci_job_queue(struct agent *a, struct work *j);
 void oci_dir_remove(struct agent *a, const char *dir, disk_done_cb cb, void *data);
-void oci_measure(struct ctr *ctr, ctr_done_cb cb, void *data);
+void oci_measure(struct ctr *ctr, inst_done_cb cb, void *data);
 void oci_cron(struct agent *a);
 int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
 		  struct json_object **answer, struct kerr *err);
-void oci_adopt_all(struct agent *a);
+void oci_adopt_prepare(struct agent *a);
+void oci_adopt_one(struct agent *a, const char *name);
 
 /* ociaction.c */
+extern const struct driver oci_driver;
 void ociaction_create(struct inst_op *op);
 void ociaction_start(struct inst_op *op);
 void ociaction_stop(struct inst_op *op);
@@ -700,7 +723,6 @@ void ociaction_force_stop(struct inst_op *op);
 void ociaction_restart(struct inst_op *op);
 void ociaction_pause(struct inst_op *op);
 void ociaction_resume(struct inst_op *op);
-void ociaction_delete(struct inst_op *op);
 void ociaction_commit(struct inst_op *op);
 int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, struct kerr *err);
 

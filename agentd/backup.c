@@ -67,8 +67,17 @@ int backup_id_check(struct json_object *val, const char *field, struct kerr *err
 /* A store is a directory relative to the shared pool, held to disk paths' shape. */
 int backup_store_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	return disk_path_check(json_object_get_string(val), field, err);
+	return spec_path_check(json_object_get_string(val), field, err);
 }
+
+/* The backup or restore's id and its store, relative to the shared pool */
+const struct json_field backup_args[] = {
+	{"backup", JK_STRING, true, backup_id_check},
+	{"store", JK_STRING, true, backup_store_check},
+	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
+	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
+	{NULL, 0, false, NULL},
+};
 
 /* One backup or restore in progress: the op it serves and where each step is. */
 struct bjob {
@@ -748,7 +757,7 @@ static bool incr_fallback(struct bjob *job, const char *why)
 	snprintf(job->full_reason, sizeof(job->full_reason),
 		 "disk %s: the changed-block bitmap cannot be used (%s)",
 		 job->op->disks[job->disk].name, why);
-	log_warnx("vm %s: backup %s: %s; reading the disk whole", job->op->vm->name, job->id,
+	log_warnx("vm %s: backup %s: %s; reading the disk whole", job->op->vm->inst.name, job->id,
 		  job->full_reason);
 	job->incr = false;
 	job->pdisk = NULL;
@@ -1121,11 +1130,11 @@ void backup_vm_run(struct inst_op *op)
 	struct vm *vm = op->vm;
 	struct bjob *job;
 
-	if (vm->vm_state == VM_STARTING || vm->vm_state == VM_STOPPING) {
+	if (vm->inst.state == INST_STARTING || vm->inst.state == INST_STOPPING) {
 		instance_op_fail(op,
 				 "instance %s is starting or stopping; back it up once it "
 				 "settled",
-				 vm->name);
+				 vm->inst.name);
 		return;
 	}
 	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
@@ -1133,7 +1142,7 @@ void backup_vm_run(struct inst_op *op)
 		return;
 	}
 	job = job_new(op, false);
-	job->live = vm->vm_state == VM_RUNNING || vm->vm_state == VM_PAUSED;
+	job->live = vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
 	job->force_full = json_get_bool(op->args, "full", false);
 	job->all_incr = job->parent[0] != '\0' && !job->force_full;
@@ -1150,9 +1159,9 @@ void backup_vm_run(struct inst_op *op)
 	job->manifest = json_object_new_object();
 	json_object_object_add(job->manifest, "version", json_object_new_int(BACKUP_MANIFEST_V));
 	json_object_object_add(job->manifest, "id", json_object_new_string(job->id));
-	json_object_object_add(job->manifest, "instance", json_object_new_string(vm->name));
+	json_object_object_add(job->manifest, "instance", json_object_new_string(vm->inst.name));
 	json_object_object_add(job->manifest, "type", json_object_new_string("vm"));
-	json_object_object_add(job->manifest, "spec", json_object_get(vm->spec));
+	json_object_object_add(job->manifest, "spec", json_object_get(vm->inst.spec));
 	/* A stopped VM's disks are at rest; a running one's are as after a power cut
 	 * (no guest agent freezes its file systems yet). */
 	json_object_object_add(job->manifest, "consistency",
@@ -1174,8 +1183,10 @@ void backup_vm_restore(struct inst_op *op)
 {
 	struct vm *vm = op->vm;
 
-	if (vm->vm_state != VM_STOPPED && vm->vm_state != VM_CRASHED && vm->vm_state != VM_ERROR) {
-		instance_op_fail(op, "instance %s must be stopped to be restored over", vm->name);
+	if (vm->inst.state != INST_STOPPED && vm->inst.state != INST_CRASHED &&
+	    vm->inst.state != INST_ERROR) {
+		instance_op_fail(op, "instance %s must be stopped to be restored over",
+				 vm->inst.name);
 		return;
 	}
 	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {

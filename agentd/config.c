@@ -298,13 +298,13 @@ int config_check(struct agent_config *cfg, struct kerr *err)
 			"host name '%s' is not valid (1-63 of a-z, 0-9 and '-'); use --name",
 			cfg->name);
 	if (config_hostport_split(cfg->listen, host, sizeof(host), &port, err) < 0)
-		return agent_err_prefix(err, "--listen: ");
+		return err_prefix(err, "--listen: ");
 	/* nanomsg binds to an address literal, never a name it would have to resolve. */
 	if (inet_pton(AF_INET, host, &in) != 1)
 		return err_input(err, 400, "listen", "--listen: '%s' is not an IPv4 address", host);
 	if (cfg->controller &&
 	    config_hostport_split(cfg->controller, host, sizeof(host), &port, err) < 0)
-		return agent_err_prefix(err, "--controller: ");
+		return err_prefix(err, "--controller: ");
 	/* Fail closed: a guest escaping into QEMU should find an unprivileged user. */
 	if (strcmp(cfg->qemu_user, "root") != 0 && getpwnam(cfg->qemu_user) == NULL)
 		return err_input(err, 400, "qemu-user",

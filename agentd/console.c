@@ -143,18 +143,18 @@ static void connect_cb(uv_connect_t *req, int status)
 
 static struct serial_conn *conn_get(struct agent *a, struct vm *vm, struct kerr *err)
 {
-	_cleanup_free_ char *path = xasprintf("%s/serial.sock", vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/serial.sock", vm->inst.dir);
 	struct serial_conn *c;
 
 	for (c = conns; c; c = c->next)
-		if (strcmp(c->name, vm->name) == 0)
+		if (strcmp(c->name, vm->inst.name) == 0)
 			return c;
 	if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-		err_set(err, 0, "the serial socket path of %s is too long", vm->name);
+		err_set(err, 0, "the serial socket path of %s is too long", vm->inst.name);
 		return NULL;
 	}
 	c = xcalloc(1, sizeof(*c));
-	snprintf(c->name, sizeof(c->name), "%s", vm->name);
+	snprintf(c->name, sizeof(c->name), "%s", vm->inst.name);
 	uv_pipe_init(a->loop, &c->pipe, 0);
 	c->pipe.data = c;
 	c->connect.data = c;
@@ -192,9 +192,9 @@ int console_input_query(struct agent *a, struct json_object *body, struct json_o
 	if (len == 0 || len > CONSOLE_INPUT_MAX || strlen(json_object_get_string(data)) != len)
 		return err_set(err, 0, "field 'data' must be 1-%d bytes without NUL",
 			       CONSOLE_INPUT_MAX);
-	if (vm == NULL || !vm->created)
+	if (vm == NULL || !vm->inst.created)
 		return err_set(err, 0, "there is no VM %s on this host", name);
-	if (vm->pid <= 0)
+	if (vm->inst.pid <= 0)
 		return err_set(err, 0, "VM %s is not running", name);
 	if ((c = conn_get(a, vm, err)) == NULL)
 		return -1;

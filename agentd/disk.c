@@ -11,7 +11,7 @@
  * Every entry point reports through its callback on a later turn of the loop, never
  * from inside the call, so a caller may start a step as the last thing it does.
  *
- * Paths: the controller names disks by pool and a relative path; disk_path_check()
+ * Paths: the controller names disks by pool and a relative path; spec_path_check() (common/spec.c)
  * holds that path to a plain shape, and disk_prepare() makes sure that what it
  * resolves to (after symlinks) is still inside the pool before anything is created.
  */
@@ -56,7 +56,7 @@ struct disk_cmd {
 
 /* A job for the thread pool: work() fills error on failure, cb gets it on the loop. */
 struct fs_job {
-	uv_work_t req;
+	struct work w; /* first: common/work.h's thread-pool job */
 	struct agent *agent;
 	void (*work)(struct fs_job *j);
 	disk_done_cb cb;
@@ -74,79 +74,6 @@ struct fs_job {
 	size_t n;
 	char *text, *text2;
 };
-
-/*
- * Append one argument, formatted, to av (which starts zeroed); av->v stays
- * NULL-terminated. Release with argv_free().
- */
-void argv_add(struct argv *av, const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		fatalx("out of memory");
-	va_end(ap);
-	if (av->n + 2 > av->cap) {
-		av->cap = av->cap ? av->cap * 2 : 16;
-		av->v = xrealloc(av->v, av->cap * sizeof(*av->v));
-	}
-	av->v[av->n++] = s;
-	av->v[av->n] = NULL;
-}
-
-/* Release what av holds; it is empty (and reusable) afterwards. */
-void argv_free(struct argv *av)
-{
-	for (size_t i = 0; i < av->n; i++)
-		free(av->v[i]);
-	free(av->v);
-	memset(av, 0, sizeof(*av));
-}
-
-/*
- * Check a pool-relative path from the controller: 1-1023 characters of A-Z a-z 0-9
- * '.', '_', '-' and '/', not absolute, no empty, "." or ".." component, no component
- * starting with '-'. Returns 0, or -1 with err naming field.
- */
-int disk_path_check(const char *rel, const char *field, struct kerr *err)
-{
-	size_t len = strlen(rel), start = 0;
-
-	if (len == 0 || len >= 1024)
-		return err_input(err, 400, field, "path '%.64s' must be 1-1023 characters", rel);
-	if (rel[0] == '/')
-		return err_input(err, 400, field,
-				 "path '%.64s' must be relative to its pool, not absolute", rel);
-	for (size_t i = 0; i <= len; i++) {
-		char c = rel[i];
-
-		if (c == '/' || c == '\0') {
-			size_t clen = i - start;
-			const char *comp = rel + start;
-
-			if (clen == 0 || (clen == 1 && comp[0] == '.') ||
-			    (clen == 2 && comp[0] == '.' && comp[1] == '.'))
-				return err_input(err, 400, field,
-						 "path '%.64s' has an empty, '.' or '..' component",
-						 rel);
-			if (comp[0] == '-')
-				return err_input(err, 400, field,
-						 "path '%.64s' has a component starting with '-'",
-						 rel);
-			start = i + 1;
-			continue;
-		}
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '.' || c == '_' || c == '-'))
-			return err_input(err, 400, field,
-					 "path '%.64s' may hold only A-Z, a-z, 0-9, '.', '_', '-' "
-					 "and '/'",
-					 rel);
-	}
-	return 0;
-}
 
 /* The directory of pool "shared" or "local", or NULL for another name. */
 const char *disk_pool_root(const struct agent_config *cfg, const char *pool)
@@ -335,19 +262,20 @@ void disk_cmds_close(struct agent *a)
 
 /* ---- thread-pool jobs ---------------------------------------------------------------- */
 
-static void job_work_cb(uv_work_t *req)
+static int job_run(struct work *w)
 {
-	struct fs_job *j = req->data;
+	struct fs_job *j = (struct fs_job *)w;
 
 	if (j->work)
 		j->work(j);
+	return 0;
 }
 
-static void job_after_cb(uv_work_t *req, int status)
+static void job_done(struct work *w)
 {
-	struct fs_job *j = req->data;
+	struct fs_job *j = (struct fs_job *)w;
 
-	if (status == UV_ECANCELED && !j->error[0])
+	if (w->ret < 0 && !j->error[0])
 		snprintf(j->error, sizeof(j->error), "the agent is stopping");
 	if (j->sizes_cb)
 		j->sizes_cb(j->agent, j->vsize, j->alloc, j->data);
@@ -378,7 +306,9 @@ static struct fs_job *job_new(struct agent *a, void (*work)(struct fs_job *), di
 {
 	struct fs_job *j = xcalloc(1, sizeof(*j));
 
-	j->req.data = j;
+	j->w.run = job_run;
+	j->w.done = job_done;
+	j->w.owner = a;
 	j->agent = a;
 	j->work = work;
 	j->cb = cb;
@@ -388,11 +318,7 @@ static struct fs_job *job_new(struct agent *a, void (*work)(struct fs_job *), di
 
 static void job_queue(struct fs_job *j)
 {
-	int ret = uv_queue_work(j->agent->loop, &j->req, job_work_cb, job_after_cb);
-
-	/* Only a NULL work callback makes libuv refuse, which cannot happen here. */
-	if (ret < 0)
-		fatalx("cannot queue disk work: %s", uv_strerror(ret));
+	work_queue(j->agent->loop, &j->w);
 }
 
 /*

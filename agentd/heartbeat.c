@@ -4,9 +4,10 @@
  *   - collect the host's facts (off the loop, facts.c) and send them to the controller
  *     as a heartbeat, which is also how the controller knows this host is online;
  *     the instances and their states (vm.c, oci.c) ride along;
- *   - vm_cron(): refresh the VMs' disk sizes, notice adopted QEMUs that went away;
- *   - oci_cron(): read the containers' states from their shims' files (exits,
- *     restarts), measure their writable layers now and then.
+ *   - inst_cron(), each driver's share: vm_cron() refreshes the VMs' disk sizes and
+ *     notices adopted QEMUs that went away; oci_cron() reads the containers' states
+ *     from their shims' files (exits, restarts) and measures their writable layers
+ *     now and then.
  *
  * A beat whose facts are still being collected when the next one is due is not
  * doubled up: one more collection follows when it completes.
@@ -58,13 +59,11 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 	if (!lease_heartbeat_allowed(a))
 		return;
 	body = json_object_new_object();
-	instances = vm_reports(a);
-
-	oci_reports_add(a, instances);
+	instances = inst_reports(a);
 	usage_annotate(instances);
 	json_object_object_add(facts, "instances", instances);
 	json_object_object_add(facts, "instances_running",
-			       json_object_new_int(vm_running_count(a) + oci_running_count(a)));
+			       json_object_new_int(inst_running_count(a)));
 
 	net_status_add(a, facts);
 
@@ -75,8 +74,7 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 
 static void heartbeat_timer_cb(uv_timer_t *timer)
 {
-	vm_cron(timer->data);
-	oci_cron(timer->data);
+	inst_cron(timer->data);
 	heartbeat_kick(timer->data);
 }
 

@@ -59,7 +59,7 @@ struct image_check {
 };
 
 struct hash_job {
-	struct oci_job job;
+	struct work job;
 	struct image_check *check;
 	struct stat st;
 	char sha256[65];
@@ -198,7 +198,7 @@ static void check_finish(struct image_check *c, const char *error)
 }
 
 /* The hash of the file, with its identity taken from the same descriptor. */
-static int hash_work(struct oci_job *job)
+static int hash_work(struct work *job)
 {
 	struct hash_job *h = (struct hash_job *)job;
 	_cleanup_close_ int fd = open(h->check->abs, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -247,7 +247,7 @@ static void hash_compare(struct image_check *c, const char *sha256)
 	check_finish(c, NULL);
 }
 
-static void hash_done(struct oci_job *job)
+static void hash_done(struct work *job)
 {
 	struct hash_job *h = (struct hash_job *)job;
 	struct image_check *c = h->check;
@@ -255,7 +255,7 @@ static void hash_done(struct oci_job *job)
 	if (job->ret < 0) {
 		check_finish(c, job->err.msg);
 	} else {
-		hash_remember(job->agent, &h->st, h->sha256);
+		hash_remember(((struct agent *)job->owner), &h->st, h->sha256);
 		hash_compare(c, h->sha256);
 	}
 	free(h);
@@ -289,7 +289,7 @@ static void image_info_cb(struct agent *a, const char *error, struct json_object
 	}
 	h = xcalloc(1, sizeof(*h));
 	h->check = c;
-	h->job.work = hash_work;
+	h->job.run = hash_work;
 	h->job.done = hash_done;
 	oci_job_queue(a, &h->job);
 }
@@ -345,7 +345,7 @@ static void vm_disk_info_cb(struct agent *a, const char *error, struct json_obje
 	    info_check(d->abs, info, v->image[0] ? v->image : NULL, why, sizeof(why)) < 0) {
 		if (error)
 			snprintf(why, sizeof(why), "%s", error);
-		log_warnx("vm %s: disk %s refused: %s", v->vm->name, d->name, why);
+		log_warnx("vm %s: disk %s refused: %s", v->vm->inst.name, d->name, why);
 		v->cb(a, why, v->data);
 		free(v);
 		return;
@@ -379,25 +379,25 @@ static void vm_check_next(struct vm_check *v)
 	char why[PATH_MAX + 128];
 
 	if (v->i >= vm->ndisks) {
-		v->cb(vm->agent, NULL, v->data);
+		v->cb(vm->inst.agent, NULL, v->data);
 		free(v);
 		return;
 	}
-	d = spec_disk(vm->spec, vm->disks[v->i].name);
+	d = spec_disk(vm->inst.spec, vm->disks[v->i].name);
 	img = json_object_object_get(d, "image");
 	v->image[0] = v->sha256[0] = '\0';
 	/* A full clone was copied from its image: it stands alone like a blank disk. */
 	if (img && strcmp(json_get_str(d, "clone", "linked"), "linked") == 0) {
-		snprintf(v->image, sizeof(v->image), "%s/%s", vm->agent->cfg->shared_pool,
+		snprintf(v->image, sizeof(v->image), "%s/%s", vm->inst.agent->cfg->shared_pool,
 			 json_get_str(img, "path", ""));
 		snprintf(v->sha256, sizeof(v->sha256), "%s", json_get_str(img, "sha256", ""));
 	}
 	if (regular_check(vm->disks[v->i].abs, why, sizeof(why)) < 0) {
-		disk_fail_later(vm->agent, v->cb, v->data, "%s", why);
+		disk_fail_later(vm->inst.agent, v->cb, v->data, "%s", why);
 		free(v);
 		return;
 	}
-	disk_info(vm->agent, vm->disks[v->i].abs, vm_disk_info_cb, v);
+	disk_info(vm->inst.agent, vm->disks[v->i].abs, vm_disk_info_cb, v);
 }
 
 /*

@@ -17,8 +17,8 @@
  * The deadline comes with the command ("timeout_ms", what is left of it); when it
  * passes the job is cancelled as "timed out" the same way.
  *
- * A container whose process was started by the job is not undone (that needs the
- * driver's cancel slot the instance base work adds): its job runs to its end.
+ * Both drivers' cancel slot (struct driver) is job_undo(). A container whose process
+ * was started by the job is not stopped by it yet: its job runs to its end.
  */
 #include "agentd.h"
 
@@ -115,7 +115,7 @@ static void undone_add(struct inst_op *op, const char *what)
 /* Does vm have a NIC on a network (a tap of its own)? */
 static bool vm_nics_networked(const struct vm *vm)
 {
-	struct json_object *nics = json_object_object_get(vm->spec, "nics");
+	struct json_object *nics = json_object_object_get(vm->inst.spec, "nics");
 
 	for (size_t i = 0; nics && i < json_object_array_length(nics); i++)
 		if (json_get_str(json_object_array_get_idx(nics, i), "ifname", NULL))
@@ -132,7 +132,7 @@ static void created_removed_cb(struct agent *a, const char *error, void *data)
 		return;
 	if (error)
 		log_warnx("op %s: removing what the create made: %s", op->op, error);
-	op->vm->op = NULL;
+	op->vm->inst.op = NULL;
 	op->owner = false;
 	vm_remove(op->vm);
 	op->vm = NULL;
@@ -148,20 +148,20 @@ static void created_remove(struct inst_op *op)
 	struct vm *vm = op->vm;
 
 	if (vm_nics_networked(vm)) {
-		netport_vm_remove(json_object_object_get(vm->spec, "nics"));
+		netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
 		undone_add(op, "taps");
 	}
 	if (vm->ndisks)
 		undone_add(op, "disk files");
 	undone_add(op, "run directory");
-	disk_remove(op->agent, vm->dir, vm->disks, vm->ndisks, NULL, created_removed_cb, op);
+	disk_remove(op->agent, vm->inst.dir, vm->disks, vm->ndisks, NULL, created_removed_cb, op);
 }
 
 static void rollback(struct inst_op *op)
 {
 	size_t made = 0;
 
-	if (op->vm && op->vm->created && !op->registered && instance_op_creates(op)) {
+	if (op->vm && op->vm->inst.created && !op->registered && instance_op_creates(op)) {
 		created_remove(op);
 		return;
 	}
@@ -172,7 +172,7 @@ static void rollback(struct inst_op *op)
 		undone_add(op, "disk files");
 	if (op->registered && op->vm && vm_nics_networked(op->vm)) {
 		/* The taps vm_start() made for a create's QEMU go with it. */
-		netport_vm_remove(json_object_object_get(op->vm->spec, "nics"));
+		netport_vm_remove(json_object_object_get(op->vm->inst.spec, "nics"));
 		undone_add(op, "taps");
 	}
 	if (op->registered)
@@ -183,11 +183,11 @@ static void rollback(struct inst_op *op)
 	instance_op_fail(op, "%s", job_cancel_reason(op));
 }
 
-static void qemu_stopped_cb(struct vm *vm, const char *error, void *data)
+static void qemu_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	(void)vm;
+	(void)inst;
 	if (instance_op_gone(op))
 		return;
 	if (error)

@@ -56,7 +56,7 @@ int join_link_load(const char *path, struct agent_link *link, struct kerr *err)
 		_cleanup_free_ char *prefix = xasprintf("%s is damaged: ", path);
 
 		json_object_put(obj);
-		agent_err_prefix(err, prefix);
+		err_prefix(err, prefix);
 		return -EINVAL;
 	}
 	snprintf(link->host, sizeof(link->host), "%s", json_get_str(obj, "host", ""));

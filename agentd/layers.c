@@ -64,8 +64,7 @@
  */
 bool layers_digest_valid(const char *s)
 {
-	return strncmp(s, "sha256:", 7) == 0 && strlen(s) == 7 + 64 &&
-	       strspn(s + 7, "0123456789abcdef") == 64;
+	return spec_digest_valid(s);
 }
 
 EVP_MD_CTX *layers_hash_new(void)
@@ -197,9 +196,9 @@ static int meta_read_store(void *cls, const char *digest, const char *what,
 	size_t len;
 
 	if (layers_blob_read(cls, digest, META_MAX, &text, &len, err) < 0)
-		return agent_err_prefix(err, what);
+		return err_prefix(err, what);
 	if (json_body_parse(text, len, out, err) < 0)
-		return agent_err_prefix(err, what);
+		return err_prefix(err, what);
 	if (size)
 		*size = (int64_t)len;
 	return 0;

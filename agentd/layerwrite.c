@@ -597,7 +597,7 @@ int layers_commit(const char *shared, const char *upper, const struct oci_image 
 		return -1;
 	if (layers_tar_write(upper, tmp, out->layer, out->diff_id, &out->layer_size, err) < 0) {
 		unlink(tmp);
-		return agent_err_prefix(err, "packing the writable layer: ");
+		return err_prefix(err, "packing the writable layer: ");
 	}
 	if (blob_commit(shared, tmp, out->layer, err) < 0)
 		return -1;

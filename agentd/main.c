@@ -47,8 +47,7 @@ static void agent_stop(struct agent *a)
 	lease_stop(a);
 	net_stop(a);
 	kvmprobe_stop(a);
-	vm_close_all(a);
-	oci_close_all(a);
+	inst_close_all(a);
 	imagecheck_cache_free(a);
 	disk_cmds_close(a);
 	oci_cmds_close(a);
@@ -145,8 +144,7 @@ static int loop_setup(struct agent *a, struct kerr *err)
 	 * adopts anything (lease.c); they may run elsewhere now. */
 	lease_startup_fence(a);
 	/* After link_open(): every VM and container found is reported to the controller. */
-	vm_adopt_all(a);
-	oci_adopt_all(a);
+	inst_adopt_all(a);
 	/* The networks as last asked for: what is missing is made again, stale removed. */
 	if (net_start(a, err) < 0)
 		return -1;

@@ -119,7 +119,7 @@ static const struct json_field tls_fields[] = {
 static int tls_check(struct json_object *val, const char *field, struct kerr *err)
 {
 	if (json_fields_check(val, tls_fields, err) < 0)
-		return agent_err_prefix(err, "tls: ");
+		return err_prefix(err, "tls: ");
 	return 0;
 }
 
@@ -179,7 +179,7 @@ static void creds_loaded_cb(struct qmp *q, struct json_object *ret, const char *
 static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoint, const char *id,
 		      qmp_reply_cb cb, void *data, struct kerr *err)
 {
-	const char *user = vm->agent->cfg->qemu_user;
+	const char *user = vm->inst.agent->cfg->qemu_user;
 	struct creds_load *c = xcalloc(1, sizeof(*c));
 	struct passwd *pw = strcmp(user, "root") ? getpwnam(user) : NULL;
 	struct json_object *args;
@@ -255,7 +255,7 @@ static int port_pick(const char *addr, int *port, struct kerr *err)
 }
 
 /* Fail migrate-in: its QEMU goes first, then instance_op_fail() removes the rest. */
-static void in_stopped_cb(struct vm *vm, const char *error, void *data)
+static void in_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 	const char *why = json_get_str(op->result, "why", "migrate-in failed");
@@ -291,7 +291,7 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 	/* Ready: from here a failure is the controller's to clean up (a delete). */
 	op->registered = false;
 	json_object_object_del(op->result, "why");
-	log_info("vm %s: waiting for its migration on %s", op->vm->name,
+	log_info("vm %s: waiting for its migration on %s", op->vm->inst.name,
 		 json_get_str(op->result, "uri", ""));
 	instance_op_succeed(op);
 }
@@ -341,8 +341,9 @@ static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *erro
 		in_fail(op, err.msg);
 }
 
-static void in_started_cb(struct vm *vm, const char *error, void *data)
+static void in_started_cb(struct inst *inst, const char *error, void *data)
 {
+	struct vm *vm = (struct vm *)inst;
 	struct inst_op *op = data;
 	char host[AGENT_ADDR_MAX], uri[96], id[64];
 	struct kerr err;
@@ -381,7 +382,7 @@ static void in_spec_written_cb(struct agent *a, const char *error, void *data)
 		instance_op_fail(op, "%s", error);
 		return;
 	}
-	op->vm->created = true;
+	op->vm->inst.created = true;
 	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
@@ -393,7 +394,7 @@ static void in_spec_written_cb(struct agent *a, const char *error, void *data)
 
 static void in_spec_write(struct inst_op *op)
 {
-	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->inst.dir);
 
 	disk_file_write(op->agent, path, json_text(op->spec), in_spec_written_cb, op);
 }
@@ -424,7 +425,7 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 	}
 	/* The seed disk is a device of the guest: the target needs the same one. */
 	if (json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
-		disk_seed_build(op->agent, op->vm->dir, op->vm->name,
+		disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
 				json_get_str(ci, "user_data", ""), in_seeded_cb, op);
 		return;
 	}
@@ -457,11 +458,11 @@ void migrate_in(struct inst_op *op)
 		return;
 	}
 	op->registered = true;
-	op->vm->op = op;
+	op->vm->inst.op = op;
 	op->owner = true;
 	op->result = json_object_new_object();
 	instance_op_progress(op, 10, "prepare-target");
-	disk_prepare(op->agent, op->vm->dir, op->disks, 0, NULL, in_prepared_cb, op);
+	disk_prepare(op->agent, op->vm->inst.dir, op->disks, 0, NULL, in_prepared_cb, op);
 }
 
 /* ---- migrate-out ----------------------------------------------------------------------- */
@@ -469,7 +470,7 @@ void migrate_in(struct inst_op *op)
 static struct outgoing *outgoing_find(const char *name)
 {
 	for (struct outgoing *o = outgoing_list; o; o = o->next)
-		if (strcmp(o->vm->name, name) == 0)
+		if (strcmp(o->vm->inst.name, name) == 0)
 			return o;
 	return NULL;
 }
@@ -526,8 +527,9 @@ static void out_removed_cb(struct agent *a, const char *error, void *data)
 	if (outgoing_gone(o))
 		return;
 	if (error)
-		log_warnx("vm %s: migrated, but its run directory stays: %s", o->vm->name, error);
-	o->vm->op = NULL;
+		log_warnx("vm %s: migrated, but its run directory stays: %s", o->vm->inst.name,
+			  error);
+	o->vm->inst.op = NULL;
 	op->owner = false;
 	vm_remove(o->vm);
 	op->vm = NULL;
@@ -535,14 +537,15 @@ static void out_removed_cb(struct agent *a, const char *error, void *data)
 	instance_op_succeed(op);
 }
 
-static void out_stopped_cb(struct vm *vm, const char *error, void *data)
+static void out_stopped_cb(struct inst *inst, const char *error, void *data)
 {
+	struct vm *vm = (struct vm *)inst;
 	struct outgoing *o = data;
 
 	if (outgoing_gone(o))
 		return;
-	netport_vm_remove(json_object_object_get(vm->spec, "nics"));
-	disk_remove(o->op->agent, vm->dir, vm->disks, 0, NULL, out_removed_cb, o);
+	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
+	disk_remove(o->op->agent, vm->inst.dir, vm->disks, 0, NULL, out_removed_cb, o);
 }
 
 /* The "migration" object of the operation's progress, from query-migrate's answer. */
@@ -625,7 +628,7 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 		json_object_object_add(op->result, "total_ms",
 				       json_object_new_int64(now_ms() - o->started_ms));
 		json_object_object_add(op->result, "migration", json_object_get(o->stats));
-		log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->name,
+		log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
 			 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
 		/* The switchover, at once: the controller moves the instance (and resumes a
 		 * guest paused first) while this host cleans up. */
@@ -637,7 +640,7 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 				       json_object_new_int64(now_ms() - o->started_ms));
 		progress_send(o, "switchover", 95);
 		op->report = vm_report(o->vm);
-		o->vm->stop_requested = true;
+		o->vm->inst.stop_requested = true;
 		vm_force_stop(o->vm, out_stopped_cb, o);
 		return;
 	}
@@ -759,7 +762,7 @@ static void dirty_rate_cb(struct qmp *q, struct json_object *ret, const char *er
 		 o->dirty_mbps >= 0 && o->dirty_mbps < MIGRATE_TCG_IDLE_MBPS
 			 ? "precopy"
 			 : "pause-then-migrate");
-	log_info("vm %s: dirty rate %.0f MB/s under TCG: %s", o->vm->name, o->dirty_mbps,
+	log_info("vm %s: dirty rate %.0f MB/s under TCG: %s", o->vm->inst.name, o->dirty_mbps,
 		 o->strategy);
 	strategy_start(o);
 }
@@ -783,7 +786,8 @@ static void calc_started_cb(struct qmp *q, struct json_object *ret, const char *
 	if (outgoing_gone(o))
 		return;
 	if (error) {
-		log_warnx("vm %s: calc-dirty-rate: %s; pausing to migrate", o->vm->name, error);
+		log_warnx("vm %s: calc-dirty-rate: %s; pausing to migrate", o->vm->inst.name,
+			  error);
 		snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
 		strategy_start(o);
 		return;
@@ -803,7 +807,7 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 		out_fail(o, "migrate-set-parameters: ", error);
 		return;
 	}
-	if (strcmp(json_get_str(o->vm->spec, "accel", "tcg"), "tcg") != 0) {
+	if (strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0) {
 		migrate_send(o);
 		return;
 	}
@@ -855,9 +859,9 @@ void migrate_out(struct inst_op *op)
 	struct kerr err;
 	char id[64];
 
-	if (vm->vm_state != VM_RUNNING) {
+	if (vm->inst.state != INST_RUNNING) {
 		instance_op_fail(op, "instance %s is %s; a live migration needs it running",
-				 vm->name, vm_state_name(vm->vm_state));
+				 vm->inst.name, inst_state_name(vm->inst.state));
 		return;
 	}
 	o = xcalloc(1, sizeof(*o));

@@ -48,11 +48,6 @@
 #define SPEC_FILE_MAX (4 * 1024 * 1024)
 #define CMD_DRAIN_MS  200 /* output read after a helper's exit, at most */
 
-struct ctr_shim {
-	uv_process_t handle;
-	struct ctr *ctr; /* NULL once the ctr is removed */
-};
-
 /* A runc subcommand at work. */
 struct oci_cmd {
 	struct agent *agent;
@@ -77,19 +72,18 @@ struct oci_cmd {
 
 /* ---- registry ------------------------------------------------------------------------- */
 
-/* The container named name, created or being created, or NULL. */
+/* The container named name, created or being created, or NULL (also for a VM). */
 struct ctr *oci_find(struct agent *a, const char *name)
 {
-	for (struct ctr *c = a->ctrs; c; c = c->next)
-		if (strcmp(c->name, name) == 0)
-			return c;
-	return NULL;
+	struct inst *inst = inst_find(a, name);
+
+	return inst && inst->driver == &oci_driver ? (struct ctr *)inst : NULL;
 }
 
 /* A shim or the container's init is there (starting, running, paused, stopping). */
 bool oci_alive(const struct ctr *ctr)
 {
-	return ctr->shim_pid != 0 || ctr->pid != 0;
+	return ctr->shim_pid != 0 || ctr->inst.pid != 0;
 }
 
 /* The runtime's state directory, {local_pool}/runc. */
@@ -117,103 +111,45 @@ struct ctr *oci_register(struct agent *a, struct json_object *spec, struct kerr 
 	struct ctr *ctr = xcalloc(1, sizeof(*ctr));
 	int len;
 
-	ctr->agent = a;
-	snprintf(ctr->name, sizeof(ctr->name), "%s", json_get_str(spec, "name", ""));
-	len = snprintf(ctr->dir, sizeof(ctr->dir), "%s/containers/%s", a->cfg->local_pool,
-		       ctr->name);
-	if (len < 0 || (size_t)len + 64 > sizeof(ctr->dir)) {
+	len = snprintf(ctr->inst.dir, sizeof(ctr->inst.dir), "%s/containers/%s", a->cfg->local_pool,
+		       json_get_str(spec, "name", ""));
+	if (len < 0 || (size_t)len + 64 > sizeof(ctr->inst.dir)) {
 		free(ctr);
 		err_set(err, 0, "the container directory %s/containers/%s is too long",
 			a->cfg->local_pool, json_get_str(spec, "name", ""));
 		return NULL;
 	}
-	ctr->spec = json_object_get(spec);
-	ctr->ctr_state = VM_STOPPED;
 	ctr->exit_code = ctr->exit_signal = -1;
 	ctr->rw_size = -1;
-	uv_timer_init(a->loop, &ctr->timer);
-	uv_timer_init(a->loop, &ctr->poll_timer);
+	inst_register(&ctr->inst, a, &oci_driver, spec);
 	uv_fs_event_init(a->loop, &ctr->watch);
-	ctr->timer.data = ctr->poll_timer.data = ctr->watch.data = ctr;
-	ctr->open_handles = 3;
-	ctr->next = a->ctrs;
-	a->ctrs = ctr;
+	ctr->watch.data = ctr;
+	ctr->inst.open_handles++;
 	return ctr;
 }
 
-static void ctr_unref(struct ctr *ctr)
-{
-	if (--ctr->open_handles > 0 || !ctr->removing)
-		return;
-	json_object_put(ctr->spec);
-	free(ctr);
-}
-
-static void ctr_handle_close_cb(uv_handle_t *handle)
-{
-	ctr_unref(handle->data);
-}
-
-static void shim_close_cb(uv_handle_t *handle)
-{
-	free(handle->data);
-}
-
-static void waiters_call(struct ctr *ctr, const char *error)
-{
-	struct ctr_waiter *w, *next;
-	ctr_done_cb cb = ctr->start_cb;
-
-	ctr->start_cb = NULL;
-	if (cb)
-		cb(ctr, error, ctr->start_data);
-	for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
-		next = w->next;
-		w->cb(ctr, error, w->data);
-		free(w);
-	}
-}
-
 /*
- * Forget ctr: its handles close and it is freed once they did. A running container
- * and its shim are left alone (the agent stopping uses this for every container).
- * Whoever waited for it is told it is gone.
+ * The driver's part of inst_remove(): stop watching the directory. A running
+ * container and its shim are left alone.
  */
+void oci_forget(struct inst *inst)
+{
+	struct ctr *ctr = (struct ctr *)inst;
+
+	uv_close((uv_handle_t *)&ctr->watch, inst_handle_close_cb);
+}
+
+/* Forget ctr (inst_remove()): its handles close and it is freed once they did. */
 void oci_remove(struct ctr *ctr)
 {
-	struct agent *a = ctr->agent;
-
-	for (struct ctr **pp = &a->ctrs; *pp; pp = &(*pp)->next) {
-		if (*pp == ctr) {
-			*pp = ctr->next;
-			break;
-		}
-	}
-	ctr->removing = true;
-	waiters_call(ctr, a->stopping ? "the agent is stopping" : "the instance was removed");
-	if (ctr->shim) {
-		/* Closing the handle stops watching the shim; it does not kill it. */
-		ctr->shim->ctr = NULL;
-		uv_close((uv_handle_t *)&ctr->shim->handle, shim_close_cb);
-		ctr->shim = NULL;
-	}
-	uv_close((uv_handle_t *)&ctr->timer, ctr_handle_close_cb);
-	uv_close((uv_handle_t *)&ctr->poll_timer, ctr_handle_close_cb);
-	uv_close((uv_handle_t *)&ctr->watch, ctr_handle_close_cb);
-}
-
-/* At agent shutdown: stop watching every container; they keep running. */
-void oci_close_all(struct agent *a)
-{
-	while (a->ctrs)
-		oci_remove(a->ctrs);
+	inst_remove(&ctr->inst);
 }
 
 /* ---- reading the shim's files --------------------------------------------------------- */
 
 static char *ctr_path(const struct ctr *ctr, const char *file)
 {
-	return xasprintf("%s/%s", ctr->dir, file);
+	return xasprintf("%s/%s", ctr->inst.dir, file);
 }
 
 static bool ctr_file_exists(const struct ctr *ctr, const char *file)
@@ -245,12 +181,12 @@ static pid_t pid_file_read(const char *path, int64_t *mtime)
 static bool pid_in_cgroup(pid_t pid, const struct ctr *ctr)
 {
 	_cleanup_free_ char *path = xasprintf("/proc/%d/cgroup", (int)pid);
-	_cleanup_free_ char *text = NULL, *legacy = xasprintf(":/kumo/%s\n", ctr->name);
+	_cleanup_free_ char *text = NULL, *legacy = xasprintf(":/kumo/%s\n", ctr->inst.name);
 	char cgroup[PATH_MAX], want[PATH_MAX + 2];
 
 	if (file_read_all(path, 65536, &text, NULL) < 0)
 		return false;
-	oci_cgroup_path(ctr->agent, ctr->name, cgroup, sizeof(cgroup));
+	oci_cgroup_path(ctr->inst.agent, ctr->inst.name, cgroup, sizeof(cgroup));
 	snprintf(want, sizeof(want), ":%s\n", cgroup);
 	return strstr(text, want) != NULL || strstr(text, legacy) != NULL;
 }
@@ -277,7 +213,7 @@ static bool ctr_frozen(const struct ctr *ctr)
 	_cleanup_free_ char *v1 = NULL, *v2 = NULL, *text = NULL;
 	char cgroup[PATH_MAX];
 
-	oci_cgroup_path(ctr->agent, ctr->name, cgroup, sizeof(cgroup));
+	oci_cgroup_path(ctr->inst.agent, ctr->inst.name, cgroup, sizeof(cgroup));
 	v1 = xasprintf("/sys/fs/cgroup/freezer%s/freezer.state", cgroup);
 	v2 = xasprintf("/sys/fs/cgroup%s/cgroup.freeze", cgroup);
 
@@ -355,11 +291,6 @@ static void shim_log_reason(const struct ctr *ctr, char *out, size_t outlen)
 
 /* ---- reports ---------------------------------------------------------------------------- */
 
-static struct json_object *int_or_null(int64_t v)
-{
-	return v < 0 ? NULL : json_object_new_int64(v);
-}
-
 /*
  * The REPORT of a container: name, type, state, pid, started_at (ms), uptime_s,
  * exit_code, signal, oom and finished_at of the last exit, restarts, image and
@@ -368,63 +299,34 @@ static struct json_object *int_or_null(int64_t v)
  */
 struct json_object *oci_report(const struct ctr *ctr)
 {
-	struct json_object *r = json_object_new_object(), *image = NULL;
-	bool running = ctr->pid != 0;
+	struct json_object *r = inst_report_base(&ctr->inst), *image = NULL;
 
-	json_object_object_get_ex(ctr->spec, "image", &image);
-	json_object_object_add(r, "name", json_object_new_string(ctr->name));
-	json_object_object_add(r, "type", json_object_new_string("container"));
-	json_object_object_add(r, "state", json_object_new_string(vm_state_name(ctr->ctr_state)));
-	json_object_object_add(r, "pid", running ? json_object_new_int(ctr->pid) : NULL);
-	json_object_object_add(r, "started_at",
-			       running ? json_object_new_int64(ctr->started_at_ms) : NULL);
-	json_object_object_add(
-		r, "uptime_s",
-		json_object_new_int64(running && ctr->started_at_ms > 0
-					      ? (now_ms() - ctr->started_at_ms) / 1000
-					      : 0));
-	json_object_object_add(r, "exit_code", int_or_null(ctr->exit_code));
+	json_object_object_get_ex(ctr->inst.spec, "image", &image);
+	json_object_object_add(r, "exit_code", inst_int_or_null(ctr->exit_code));
 	json_object_object_add(r, "signal",
 			       ctr->exit_signal > 0 ? json_object_new_int(ctr->exit_signal) : NULL);
 	json_object_object_add(r, "oom", json_object_new_boolean(ctr->oom));
-	json_object_object_add(r, "finished_at", int_or_null(ctr->finished_at_ms));
+	json_object_object_add(r, "finished_at", inst_int_or_null(ctr->finished_at_ms));
 	json_object_object_add(r, "restarts", json_object_new_int(ctr->restarts));
-	json_object_object_add(r, "restart",
-			       json_object_new_string(json_get_str(ctr->spec, "restart", "no")));
+	json_object_object_add(
+		r, "restart",
+		json_object_new_string(json_get_str(ctr->inst.spec, "restart", "no")));
 	json_object_object_add(r, "image", json_object_new_string(json_get_str(image, "name", "")));
 	json_object_object_add(r, "image_digest",
 			       json_object_new_string(json_get_str(image, "manifest", "")));
-	json_object_object_add(r, "rw_size", int_or_null(ctr->rw_size));
-	if (ctr->ctr_state == VM_CRASHED || ctr->ctr_state == VM_ERROR)
-		json_object_object_add(r, "error", json_object_new_string(ctr->error));
+	json_object_object_add(r, "rw_size", inst_int_or_null(ctr->rw_size));
+	if (ctr->inst.state == INST_CRASHED || ctr->inst.state == INST_ERROR)
+		json_object_object_add(r, "error", json_object_new_string(ctr->inst.error));
 	else if (ctr->orphan)
-		json_object_object_add(r, "warning", json_object_new_string(ctr->error));
+		json_object_object_add(r, "warning", json_object_new_string(ctr->inst.error));
 	return r;
-}
-
-/* Add the reports of every created container to arr (the heartbeat's instances). */
-void oci_reports_add(struct agent *a, struct json_object *arr)
-{
-	for (struct ctr *c = a->ctrs; c; c = c->next)
-		if (c->created)
-			json_object_array_add(arr, oci_report(c));
-}
-
-/* Containers with a process (shim or init): what uses this host's resources. */
-int oci_running_count(struct agent *a)
-{
-	int n = 0;
-
-	for (struct ctr *c = a->ctrs; c; c = c->next)
-		n += c->created && c->pid != 0;
-	return n;
 }
 
 /* What the controller has heard: a change in any of these is news. */
 static void signature(const struct ctr *ctr, char *out, size_t len)
 {
-	snprintf(out, len, "%d/%d/%d/%d/%d/%d/%d", ctr->ctr_state, (int)ctr->pid, ctr->restarts,
-		 ctr->exit_code, ctr->exit_signal, ctr->oom, ctr->orphan);
+	snprintf(out, len, "%d/%d/%d/%d/%d/%d/%d", ctr->inst.state, (int)ctr->inst.pid,
+		 ctr->restarts, ctr->exit_code, ctr->exit_signal, ctr->oom, ctr->orphan);
 }
 
 /* The controller heard ctr's current state (an op-done carried its report). */
@@ -436,27 +338,27 @@ void oci_state_heard(struct ctr *ctr)
 /* Send ctr's report to the controller as an instance-state message. */
 void oci_state_push(struct ctr *ctr)
 {
-	if (!ctr->created || ctr->removing || ctr->agent->stopping)
+	if (!ctr->inst.created || ctr->inst.removing || ctr->inst.agent->stopping)
 		return;
 	signature(ctr, ctr->pushed, sizeof(ctr->pushed));
-	log_info("container %s: %s%s%s", ctr->name, vm_state_name(ctr->ctr_state),
-		 ctr->error[0] ? ": " : "", ctr->error);
-	link_event_send(ctr->agent, LINK_INSTANCE_STATE, NULL, oci_report(ctr));
+	log_info("container %s: %s%s%s", ctr->inst.name, inst_state_name(ctr->inst.state),
+		 ctr->inst.error[0] ? ": " : "", ctr->inst.error);
+	link_event_send(ctr->inst.agent, LINK_INSTANCE_STATE, NULL, oci_report(ctr));
 }
 
 /*
  * Set ctr's state; pushed to the controller at once unless a command is working on it
  * (its op-done carries the state).
  */
-void oci_state_set(struct ctr *ctr, enum vm_state state)
+void oci_state_set(struct ctr *ctr, enum inst_state state)
 {
 	char sig[sizeof(ctr->pushed)];
 
-	ctr->ctr_state = state;
-	if (state != VM_CRASHED && state != VM_ERROR && !ctr->orphan)
-		ctr->error[0] = '\0';
+	ctr->inst.state = state;
+	if (state != INST_CRASHED && state != INST_ERROR && !ctr->orphan)
+		ctr->inst.error[0] = '\0';
 	signature(ctr, sig, sizeof(sig));
-	if (ctr->op == NULL && strcmp(sig, ctr->pushed) != 0)
+	if (ctr->inst.op == NULL && strcmp(sig, ctr->pushed) != 0)
 		oci_state_push(ctr);
 }
 
@@ -494,14 +396,14 @@ static void watch_cb(uv_fs_event_t *handle, const char *filename, int events, in
  */
 static void settle_watch(struct ctr *ctr, unsigned interval_ms)
 {
-	uv_timer_start(&ctr->poll_timer, poll_cb, interval_ms, interval_ms);
+	uv_timer_start(&ctr->inst.poll_timer, poll_cb, interval_ms, interval_ms);
 	if (!ctr->watching)
-		ctr->watching = uv_fs_event_start(&ctr->watch, watch_cb, ctr->dir, 0) == 0;
+		ctr->watching = uv_fs_event_start(&ctr->watch, watch_cb, ctr->inst.dir, 0) == 0;
 }
 
 static void settle_unwatch(struct ctr *ctr)
 {
-	uv_timer_stop(&ctr->poll_timer);
+	uv_timer_stop(&ctr->inst.poll_timer);
 	if (ctr->watching)
 		uv_fs_event_stop(&ctr->watch);
 	ctr->watching = false;
@@ -509,45 +411,35 @@ static void settle_unwatch(struct ctr *ctr)
 
 static void start_settle(struct ctr *ctr, const char *error)
 {
-	ctr_done_cb cb = ctr->start_cb;
-
-	log_trace("container %s: start settled", ctr->name);
-	ctr->start_cb = NULL;
-	uv_timer_stop(&ctr->timer);
-	if (ctr->exit_waiters == NULL)
+	log_trace("container %s: start settled", ctr->inst.name);
+	uv_timer_stop(&ctr->inst.timer);
+	if (ctr->inst.exit_waiters == NULL)
 		settle_unwatch(ctr);
-	if (cb)
-		cb(ctr, error, ctr->start_data);
+	inst_start_settle(&ctr->inst, error);
 }
 
 static void exit_settle(struct ctr *ctr)
 {
-	struct ctr_waiter *w, *next;
-
-	uv_timer_stop(&ctr->timer);
+	uv_timer_stop(&ctr->inst.timer);
 	settle_unwatch(ctr);
-	ctr->stop_requested = false;
-	for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
-		next = w->next;
-		w->cb(ctr, NULL, w->data);
-		free(w);
-	}
+	ctr->inst.stop_requested = false;
+	inst_exit_waiters_call(&ctr->inst, NULL);
 }
 
 static void exit_describe(struct ctr *ctr, const struct exit_info *e)
 {
 	if (e->oom)
-		snprintf(ctr->error, sizeof(ctr->error),
+		snprintf(ctr->inst.error, sizeof(ctr->inst.error),
 			 "the container was killed: out of memory (limit %lld MiB)",
-			 (long long)json_get_int(json_object_object_get(ctr->spec, "limits"),
+			 (long long)json_get_int(json_object_object_get(ctr->inst.spec, "limits"),
 						 "memory_mb", 0));
 	else if (e->signal)
-		snprintf(ctr->error, sizeof(ctr->error),
+		snprintf(ctr->inst.error, sizeof(ctr->inst.error),
 			 "the container was killed by signal %d (%s)", e->signal,
 			 strsignal(e->signal));
 	else
-		snprintf(ctr->error, sizeof(ctr->error), "the container exited with code %d",
-			 e->code);
+		snprintf(ctr->inst.error, sizeof(ctr->inst.error),
+			 "the container exited with code %d", e->code);
 }
 
 /*
@@ -558,32 +450,32 @@ void oci_refresh(struct ctr *ctr)
 {
 	_cleanup_free_ char *cpid_path = ctr_path(ctr, "container.pid");
 	_cleanup_free_ char *shim_path = ctr_path(ctr, "shim.pid");
-	enum vm_state state;
+	enum inst_state state;
 	struct exit_info e;
 	int64_t mtime = 0;
 	bool stop_marker;
 	pid_t cpid;
 	char why[200];
 
-	if (!ctr->created || ctr->removing)
+	if (!ctr->inst.created || ctr->inst.removing)
 		return;
-	if (ctr->shim == NULL && ctr->shim_pid && !pid_is_shim(ctr->shim_pid, ctr->dir))
+	if (ctr->inst.child == NULL && ctr->shim_pid && !pid_is_shim(ctr->shim_pid, ctr->inst.dir))
 		ctr->shim_pid = 0;
 	if (ctr->shim_pid == 0) {
 		/* A shim started by another agent (or before this one's restart). */
 		pid_t p = pid_file_read(shim_path, NULL);
 
-		if (p && pid_is_shim(p, ctr->dir))
+		if (p && pid_is_shim(p, ctr->inst.dir))
 			ctr->shim_pid = p;
 	}
 	cpid = pid_file_read(cpid_path, &mtime);
 	if (cpid && !(vm_pid_alive(cpid) && pid_in_cgroup(cpid, ctr)))
 		cpid = 0;
-	if (ctr->orphan && cpid == 0 && ctr->pid)
+	if (ctr->orphan && cpid == 0 && ctr->inst.pid)
 		ctr->orphan_lost = true;
-	ctr->pid = cpid;
+	ctr->inst.pid = cpid;
 	if (cpid)
-		ctr->started_at_ms = mtime;
+		ctr->inst.started_at_ms = mtime;
 	ctr->orphan = cpid && ctr->shim_pid == 0;
 	ctr->restarts = restarts_read(ctr);
 	exit_read(ctr, &e);
@@ -594,72 +486,68 @@ void oci_refresh(struct ctr *ctr)
 	stop_marker = ctr_file_exists(ctr, "stop");
 
 	if (cpid) {
-		state = ctr->stop_requested ? VM_STOPPING
-			: ctr_frozen(ctr)   ? VM_PAUSED
-					    : VM_RUNNING;
+		state = ctr->inst.stop_requested ? INST_STOPPING
+			: ctr_frozen(ctr)	 ? INST_PAUSED
+						 : INST_RUNNING;
 		if (ctr->orphan)
-			snprintf(ctr->error, sizeof(ctr->error),
+			snprintf(ctr->inst.error, sizeof(ctr->inst.error),
 				 "the container runs but its shim is gone: its exit and restart "
 				 "policy are not looked after");
 	} else if (ctr->shim_pid) {
-		state = stop_marker ? VM_STOPPING : VM_STARTING;
+		state = stop_marker ? INST_STOPPING : INST_STARTING;
 	} else if (stop_marker) {
-		state = VM_STOPPED;
+		state = INST_STOPPED;
 	} else if (ctr->orphan_lost) {
-		state = VM_CRASHED;
-		snprintf(ctr->error, sizeof(ctr->error),
+		state = INST_CRASHED;
+		snprintf(ctr->inst.error, sizeof(ctr->inst.error),
 			 "the container ended while its shim was gone; its exit code is unknown");
 	} else if (e.known && !e.started) {
-		state = VM_ERROR;
-		snprintf(ctr->error, sizeof(ctr->error), "the container did not start: %s",
+		state = INST_ERROR;
+		snprintf(ctr->inst.error, sizeof(ctr->inst.error),
+			 "the container did not start: %s",
 			 e.error[0] ? e.error : "no reason given");
 	} else if (e.known && (e.code != 0 || e.signal || e.oom)) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		exit_describe(ctr, &e);
 	} else if (!e.known && access(shim_path, F_OK) == 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		shim_log_reason(ctr, why, sizeof(why));
-		snprintf(ctr->error, sizeof(ctr->error),
+		snprintf(ctr->inst.error, sizeof(ctr->inst.error),
 			 "the container's shim ended unexpectedly%s%s", why[0] ? ": " : "", why);
 	} else {
-		state = VM_STOPPED;
+		state = INST_STOPPED;
 	}
 	oci_state_set(ctr, state);
 
-	if (ctr->start_cb) {
+	if (ctr->inst.start_cb) {
 		if (e.known && !e.started) {
-			start_settle(ctr, ctr->error);
+			start_settle(ctr, ctr->inst.error);
 		} else if (cpid || (e.known && e.finished_at >= ctr->start_ms) ||
 			   ctr->restarts > 0) {
 			start_settle(ctr, NULL);
 		} else if (ctr->shim_pid == 0) {
 			shim_log_reason(ctr, why, sizeof(why));
-			snprintf(ctr->error, sizeof(ctr->error),
+			snprintf(ctr->inst.error, sizeof(ctr->inst.error),
 				 "the shim ended before the "
 				 "container started%s%s",
 				 why[0] ? ": " : "", why);
-			ctr->ctr_state = VM_ERROR;
-			start_settle(ctr, ctr->error);
+			ctr->inst.state = INST_ERROR;
+			start_settle(ctr, ctr->inst.error);
 		}
 	}
-	if (!oci_alive(ctr) && ctr->exit_waiters)
+	if (!oci_alive(ctr) && ctr->inst.exit_waiters)
 		exit_settle(ctr);
 }
 
 /* ---- start ------------------------------------------------------------------------------ */
 
-static void shim_exit_cb(uv_process_t *handle, int64_t status, int term_signal)
+static void shim_exit_fn(struct inst *inst, int64_t status, int term_signal)
 {
-	struct ctr_shim *shim = handle->data;
-	struct ctr *ctr = shim->ctr;
+	struct ctr *ctr = (struct ctr *)inst;
 
-	uv_close((uv_handle_t *)handle, shim_close_cb);
-	if (ctr == NULL)
-		return;
-	ctr->shim = NULL;
 	ctr->shim_pid = 0;
 	if (status != 0 || term_signal)
-		log_warnx("container %s: shim exited with status %lld, signal %d", ctr->name,
+		log_warnx("container %s: shim exited with status %lld, signal %d", ctr->inst.name,
 			  (long long)status, term_signal);
 	oci_refresh(ctr);
 }
@@ -669,11 +557,11 @@ static void start_deadline_cb(uv_timer_t *timer)
 	struct ctr *ctr = timer->data;
 	char why[160];
 
-	if (ctr->start_cb == NULL)
+	if (ctr->inst.start_cb == NULL)
 		return;
 	snprintf(why, sizeof(why), "the container did not start within %d s",
 		 AGENT_CTR_START_TIMEOUT_MS / 1000);
-	log_warnx("container %s: %s; stopping its shim", ctr->name, why);
+	log_warnx("container %s: %s; stopping its shim", ctr->inst.name, why);
 	/* The shim passes SIGTERM on to runc, and does not restart after it. */
 	if (ctr->shim_pid)
 		kill(ctr->shim_pid, SIGTERM);
@@ -692,7 +580,7 @@ static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, boo
 			  : file_write_replace(path, text, strlen(text), 0600);
 
 	if (ret < 0)
-		return err_set(err, -ret, "container %s: cannot write %s", ctr->name, path);
+		return err_set(err, -ret, "container %s: cannot write %s", ctr->inst.name, path);
 	return 0;
 }
 
@@ -710,19 +598,18 @@ static void ctr_file_drop(struct ctr *ctr, const char *file)
  * pool) are touched on the loop. Returns 0, or -1 with err when the shim could not
  * be spawned (cb is then not called).
  */
-int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
+int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err)
 {
-	struct agent *a = ctr->agent;
+	struct agent *a = ctr->inst.agent;
 	_cleanup_free_ char *log_path = ctr_path(ctr, "shim.log");
-	char *args[] = {a->exe, "--shim", ctr->dir, NULL};
+	char *args[] = {a->exe, "--shim", ctr->inst.dir, NULL};
 	uv_stdio_container_t stdio[3];
 	uv_process_options_t opts = {0};
-	struct ctr_shim *shim;
 	int fd, ret;
 
 	if (oci_alive(ctr))
-		return err_set(err, 0, "container %s runs already (pid %d)", ctr->name,
-			       (int)(ctr->pid ? ctr->pid : ctr->shim_pid));
+		return err_set(err, 0, "container %s runs already (pid %d)", ctr->inst.name,
+			       (int)(ctr->inst.pid ? ctr->inst.pid : ctr->shim_pid));
 	/* A fresh start: no stop marker, no last exit, no restarts yet. */
 	ctr_file_drop(ctr, "stop");
 	ctr_file_drop(ctr, "exit.json");
@@ -732,16 +619,13 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 		return -1;
 	fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return err_set(err, errno, "container %s: cannot open %s", ctr->name, log_path);
-	shim = xcalloc(1, sizeof(*shim));
-	shim->ctr = ctr;
-	shim->handle.data = shim;
+		return err_set(err, errno, "container %s: cannot open %s", ctr->inst.name,
+			       log_path);
 	stdio[0].flags = UV_IGNORE;
 	stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
 	stdio[1].data.fd = stdio[2].data.fd = fd;
 	opts.file = a->exe;
 	opts.args = args;
-	opts.exit_cb = shim_exit_cb;
 	opts.stdio = stdio;
 	opts.stdio_count = 3;
 	/*
@@ -750,26 +634,23 @@ int oci_start(struct ctr *ctr, ctr_done_cb cb, void *data, struct kerr *err)
 	 * agent: it mounts the overlay (CAP_SYS_ADMIN) and runs runc.
 	 */
 	opts.flags = UV_PROCESS_DETACHED;
-	ret = uv_spawn(a->loop, &shim->handle, &opts);
+	ret = inst_child_spawn(&ctr->inst, &opts, shim_exit_fn);
 	close(fd);
-	if (ret < 0) {
-		uv_close((uv_handle_t *)&shim->handle, shim_close_cb);
-		return err_set(err, -ret, "container %s: cannot run the shim %s", ctr->name,
+	if (ret < 0)
+		return err_set(err, -ret, "container %s: cannot run the shim %s", ctr->inst.name,
 			       a->exe);
-	}
-	ctr->shim = shim;
-	ctr->shim_pid = shim->handle.pid;
-	ctr->pid = 0;
+	ctr->shim_pid = ret;
+	ctr->inst.pid = 0;
 	ctr->orphan = ctr->orphan_lost = false;
-	ctr->stop_requested = ctr->stop_forced = false;
-	ctr->error[0] = '\0';
-	ctr->start_cb = cb;
-	ctr->start_data = data;
+	ctr->inst.stop_requested = ctr->inst.stop_forced = false;
+	ctr->inst.error[0] = '\0';
+	ctr->inst.start_cb = cb;
+	ctr->inst.start_data = data;
 	ctr->start_ms = now_ms();
-	log_info("container %s: shim started, pid %d", ctr->name, (int)ctr->shim_pid);
-	log_trace("container %s: shim spawned", ctr->name);
-	oci_state_set(ctr, VM_STARTING);
-	uv_timer_start(&ctr->timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
+	log_info("container %s: shim started, pid %d", ctr->inst.name, (int)ctr->shim_pid);
+	log_trace("container %s: shim spawned", ctr->inst.name);
+	oci_state_set(ctr, INST_STARTING);
+	uv_timer_start(&ctr->inst.timer, start_deadline_cb, AGENT_CTR_START_TIMEOUT_MS, 0);
 	settle_watch(ctr, START_POLL_MS);
 	return 0;
 }
@@ -791,12 +672,12 @@ static void runc_signal(struct ctr *ctr, const char *signal)
 {
 	struct kerr err;
 
-	if (oci_runc(ctr->agent, (const char *const[]){"kill", ctr->name, signal, NULL}, 10000, 0,
-		     false, NULL, kill_done_cb, xstrdup(ctr->name), &err) < 0)
-		log_warnx("container %s: %s", ctr->name, err.msg);
+	if (oci_runc(ctr->inst.agent, (const char *const[]){"kill", ctr->inst.name, signal, NULL},
+		     10000, 0, false, NULL, kill_done_cb, xstrdup(ctr->inst.name), &err) < 0)
+		log_warnx("container %s: %s", ctr->inst.name, err.msg);
 	/* Without a shim, runc run may be gone too: the init gets the signal directly. */
-	if (ctr->orphan && ctr->pid)
-		kill(ctr->pid, strcmp(signal, "KILL") == 0 ? SIGKILL : SIGTERM);
+	if (ctr->orphan && ctr->inst.pid)
+		kill(ctr->inst.pid, strcmp(signal, "KILL") == 0 ? SIGKILL : SIGTERM);
 }
 
 static void stop_escalate_cb(uv_timer_t *timer)
@@ -804,34 +685,29 @@ static void stop_escalate_cb(uv_timer_t *timer)
 	struct ctr *ctr = timer->data;
 
 	oci_refresh(ctr);
-	if (!oci_alive(ctr) || ctr->exit_waiters == NULL)
+	if (!oci_alive(ctr) || ctr->inst.exit_waiters == NULL)
 		return;
 	if (++ctr->kill_attempts > KILL_GIVE_UP) {
 		char why[160];
-		struct ctr_waiter *w, *next;
 
 		snprintf(why, sizeof(why),
 			 "the container did not stop: its shim (pid %d) is still there after "
 			 "SIGKILL",
 			 (int)ctr->shim_pid);
-		log_warnx("container %s: %s", ctr->name, why);
+		log_warnx("container %s: %s", ctr->inst.name, why);
 		settle_unwatch(ctr);
-		ctr->stop_requested = false;
-		for (w = ctr->exit_waiters, ctr->exit_waiters = NULL; w; w = next) {
-			next = w->next;
-			w->cb(ctr, why, w->data);
-			free(w);
-		}
+		ctr->inst.stop_requested = false;
+		inst_exit_waiters_call(&ctr->inst, why);
 		return;
 	}
 	if (ctr->kill_attempts == 1)
-		log_info("container %s: still running after SIGTERM; SIGKILL", ctr->name);
-	ctr->stop_forced = true;
+		log_info("container %s: still running after SIGTERM; SIGKILL", ctr->inst.name);
+	ctr->inst.stop_forced = true;
 	runc_signal(ctr, "KILL");
 	/* A shim that lingers with nothing left to run is stuck: it goes too. */
-	if (ctr->pid == 0 && ctr->shim_pid && ctr->kill_attempts >= 3)
+	if (ctr->inst.pid == 0 && ctr->shim_pid && ctr->kill_attempts >= 3)
 		kill(ctr->shim_pid, SIGKILL);
-	uv_timer_start(&ctr->timer, stop_escalate_cb, KILL_RETRY_MS, 0);
+	uv_timer_start(&ctr->inst.timer, stop_escalate_cb, KILL_RETRY_MS, 0);
 }
 
 static void resumed_then_signal_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
@@ -842,50 +718,46 @@ static void resumed_then_signal_cb(struct agent *a, const struct oci_cmd_result 
 	free(name);
 	if (ctr == NULL || r->cancelled)
 		return;
-	runc_signal(ctr, ctr->stop_forced ? "KILL" : "TERM");
+	runc_signal(ctr, ctr->inst.stop_forced ? "KILL" : "TERM");
 }
 
 /*
  * Stop ctr (alive): the stop marker tells the shim not to restart it, SIGTERM goes to
  * the container's init (resumed first if paused), SIGKILL after timeout_s seconds (at
  * once for 0), again every 2 s while it lingers. cb(ctr, NULL, data) once the shim
- * and the container are gone (an error if they would not go); ctr->stop_forced says
+ * and the container are gone (an error if they would not go); ctr->inst.stop_forced says
  * whether SIGKILL was needed. A second stop joins the first, a forced one hurries it.
  */
-void oci_stop(struct ctr *ctr, unsigned timeout_s, ctr_done_cb cb, void *data)
+void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data)
 {
-	struct ctr_waiter *w = xcalloc(1, sizeof(*w));
-	bool paused = ctr->ctr_state == VM_PAUSED;
+	bool paused = ctr->inst.state == INST_PAUSED;
 	struct kerr err;
 
-	w->cb = cb;
-	w->data = data;
-	w->next = ctr->exit_waiters;
-	ctr->exit_waiters = w;
-	if (ctr->start_cb)
+	inst_exit_waiter_add(&ctr->inst, cb, data);
+	if (ctr->inst.start_cb)
 		start_settle(ctr, "the container is being stopped");
-	if (ctr->stop_requested) {
+	if (ctr->inst.stop_requested) {
 		if (timeout_s == 0) {
-			ctr->stop_forced = true;
-			uv_timer_start(&ctr->timer, stop_escalate_cb, 0, 0);
+			ctr->inst.stop_forced = true;
+			uv_timer_start(&ctr->inst.timer, stop_escalate_cb, 0, 0);
 		}
 		return;
 	}
-	ctr->stop_requested = true;
-	ctr->stop_forced = timeout_s == 0;
+	ctr->inst.stop_requested = true;
+	ctr->inst.stop_forced = timeout_s == 0;
 	ctr->kill_attempts = 0;
 	if (ctr_file_put(ctr, "stop", "stop\n", true, &err) < 0)
 		log_warnx("%s", err.msg);
-	oci_state_set(ctr, VM_STOPPING);
+	oci_state_set(ctr, INST_STOPPING);
 	if (paused &&
-	    oci_runc(ctr->agent, (const char *const[]){"resume", ctr->name, NULL}, 10000, 0, false,
-		     NULL, resumed_then_signal_cb, xstrdup(ctr->name), &err) == 0) {
+	    oci_runc(ctr->inst.agent, (const char *const[]){"resume", ctr->inst.name, NULL}, 10000,
+		     0, false, NULL, resumed_then_signal_cb, xstrdup(ctr->inst.name), &err) == 0) {
 		/* A frozen init cannot act on SIGTERM: it is resumed first. */
 	} else {
-		runc_signal(ctr, ctr->stop_forced ? "KILL" : "TERM");
+		runc_signal(ctr, ctr->inst.stop_forced ? "KILL" : "TERM");
 	}
-	uv_timer_start(&ctr->timer, stop_escalate_cb,
-		       ctr->stop_forced ? KILL_RETRY_MS : (uint64_t)timeout_s * 1000, 0);
+	uv_timer_start(&ctr->inst.timer, stop_escalate_cb,
+		       ctr->inst.stop_forced ? KILL_RETRY_MS : (uint64_t)timeout_s * 1000, 0);
 	settle_watch(ctr, STOP_POLL_MS);
 }
 
@@ -1202,45 +1074,25 @@ void oci_cmds_close(struct agent *a)
 
 /* ---- the thread pool -------------------------------------------------------------------- */
 
-static void job_work_cb(uv_work_t *req)
-{
-	struct oci_job *j = req->data;
-
-	j->ret = j->work(j);
-}
-
-static void job_after_cb(uv_work_t *req, int status)
-{
-	struct oci_job *j = req->data;
-
-	if (status == UV_ECANCELED) {
-		j->ret = err_set(&j->err, ECANCELED, "the agent is stopping");
-	}
-	j->done(j);
-}
-
 /*
- * Run j->work(j) on libuv's thread pool (it must touch nothing but j), then
- * j->done(j) on the loop, which owns j from then on.
+ * Run j->run(j) on libuv's thread pool (it must touch nothing but j), then
+ * j->done(j) on the loop, which owns j from then on (common/work.h); j->owner is the
+ * agent.
  */
-void oci_job_queue(struct agent *a, struct oci_job *j)
+void oci_job_queue(struct agent *a, struct work *j)
 {
-	j->agent = a;
-	j->req.data = j;
-	if (uv_queue_work(a->loop, &j->req, job_work_cb, job_after_cb) < 0) {
-		j->ret = err_set(&j->err, 0, "cannot queue work");
-		j->done(j);
-	}
+	j->owner = a;
+	work_queue(a->loop, j);
 }
 
 /* ---- the writable layer's size ------------------------------------------------------- */
 
 struct measure_job {
-	struct oci_job job;
+	struct work job;
 	char upper[PATH_MAX];
 	char name[NAME_MAX_LEN + 1];
 	int64_t size;
-	ctr_done_cb cb;
+	inst_done_cb cb;
 	void *data;
 };
 
@@ -1291,7 +1143,7 @@ static int64_t tree_size(int fd0, struct inode_key **seen, size_t *nseen, size_t
 	return total;
 }
 
-static int measure_work(struct oci_job *job)
+static int measure_work(struct work *job)
 {
 	struct measure_job *m = (struct measure_job *)job;
 	struct inode_key *seen = NULL;
@@ -1306,10 +1158,12 @@ static int measure_work(struct oci_job *job)
 	return 0;
 }
 
-static void measure_done(struct oci_job *job)
+static void measure_done(struct work *job)
 {
 	struct measure_job *m = (struct measure_job *)job;
-	struct ctr *ctr = job->agent->stopping ? NULL : oci_find(job->agent, m->name);
+	struct ctr *ctr = ((struct agent *)job->owner)->stopping
+				  ? NULL
+				  : oci_find(((struct agent *)job->owner), m->name);
 
 	if (ctr) {
 		ctr->measuring = false;
@@ -1317,7 +1171,7 @@ static void measure_done(struct oci_job *job)
 			ctr->rw_size = m->size;
 	}
 	if (m->cb)
-		m->cb(ctr, NULL, m->data);
+		m->cb((struct inst *)ctr, NULL, m->data);
 	free(m);
 }
 
@@ -1325,18 +1179,18 @@ static void measure_done(struct oci_job *job)
  * Measure ctr's writable layer (bytes of its files, hard links once) off the loop,
  * then cb(ctr, NULL, data) (cb may be NULL), with ctr NULL if it went away meanwhile.
  */
-void oci_measure(struct ctr *ctr, ctr_done_cb cb, void *data)
+void oci_measure(struct ctr *ctr, inst_done_cb cb, void *data)
 {
 	struct measure_job *m = xcalloc(1, sizeof(*m));
 
-	snprintf(m->upper, sizeof(m->upper), "%s/upper", ctr->dir);
-	snprintf(m->name, sizeof(m->name), "%s", ctr->name);
+	snprintf(m->upper, sizeof(m->upper), "%s/upper", ctr->inst.dir);
+	snprintf(m->name, sizeof(m->name), "%s", ctr->inst.name);
 	m->cb = cb;
 	m->data = data;
-	m->job.work = measure_work;
+	m->job.run = measure_work;
 	m->job.done = measure_done;
 	ctr->measuring = true;
-	oci_job_queue(ctr->agent, &m->job);
+	oci_job_queue(ctr->inst.agent, &m->job);
 }
 
 /* ---- cron -------------------------------------------------------------------------------- */
@@ -1348,12 +1202,14 @@ void oci_measure(struct ctr *ctr, ctr_done_cb cb, void *data)
  */
 void oci_cron(struct agent *a)
 {
-	for (struct ctr *c = a->ctrs, *next; c; c = next) {
-		next = c->next;
-		if (!c->created)
+	for (struct inst *inst = a->insts, *next; inst; inst = next) {
+		struct ctr *c = (struct ctr *)inst;
+
+		next = inst->next;
+		if (inst->driver != &oci_driver || !inst->created)
 			continue;
 		oci_refresh(c);
-		if (c->op == NULL && !c->measuring && c->measure_tick++ % MEASURE_EVERY == 0)
+		if (inst->op == NULL && !c->measuring && c->measure_tick++ % MEASURE_EVERY == 0)
 			oci_measure(c, NULL, NULL);
 	}
 }
@@ -1392,13 +1248,13 @@ int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
 /* ---- re-adoption ------------------------------------------------------------------------- */
 
 struct remove_job {
-	struct oci_job job;
+	struct work job;
 	char path[PATH_MAX];
 	disk_done_cb cb;
 	void *data;
 };
 
-static int remove_work(struct oci_job *job)
+static int remove_work(struct work *job)
 {
 	struct remove_job *r = (struct remove_job *)job;
 	int ret;
@@ -1412,11 +1268,11 @@ static int remove_work(struct oci_job *job)
 	return 0;
 }
 
-static void remove_done(struct oci_job *job)
+static void remove_done(struct work *job)
 {
 	struct remove_job *r = (struct remove_job *)job;
 
-	r->cb(job->agent, job->ret < 0 ? job->err.msg : NULL, r->data);
+	r->cb(((struct agent *)job->owner), job->ret < 0 ? job->err.msg : NULL, r->data);
 	free(r);
 }
 
@@ -1431,7 +1287,7 @@ void oci_dir_remove(struct agent *a, const char *dir, disk_done_cb cb, void *dat
 	snprintf(r->path, sizeof(r->path), "%s", dir);
 	r->cb = cb;
 	r->data = data;
-	r->job.work = remove_work;
+	r->job.run = remove_work;
 	r->job.done = remove_done;
 	oci_job_queue(a, &r->job);
 }
@@ -1467,15 +1323,15 @@ static void state_answer_cb(struct agent *a, const struct oci_cmd_result *r, voi
 		return;
 	}
 	status = json_get_str(st, "status", "");
-	log_info("container %s: runc says %s (pid %lld)%s", ctr->name, status,
+	log_info("container %s: runc says %s (pid %lld)%s", ctr->inst.name, status,
 		 (long long)json_get_int(st, "pid", 0),
 		 ctr->shim_pid ? "" : ", and no shim is watching it");
 	if (strcmp(status, "stopped") == 0 && ctr->shim_pid == 0) {
 		/* runc's leftover record of a run whose runc process was killed. */
 		struct kerr err;
 
-		oci_runc(a, (const char *const[]){"delete", "--force", ctr->name, NULL}, 10000, 0,
-			 false, NULL, kill_done_cb, xstrdup(ctr->name), &err);
+		oci_runc(a, (const char *const[]){"delete", "--force", ctr->inst.name, NULL}, 10000,
+			 0, false, NULL, kill_done_cb, xstrdup(ctr->inst.name), &err);
 	}
 	json_object_put(st);
 	oci_refresh(ctr);
@@ -1489,7 +1345,7 @@ static void state_answer_cb(struct agent *a, const struct oci_cmd_result *r, voi
  */
 static void exec_orphans_kill(struct ctr *ctr)
 {
-	DIR *d = opendir(ctr->dir);
+	DIR *d = opendir(ctr->inst.dir);
 	struct dirent *e;
 
 	while (d && (e = readdir(d))) {
@@ -1505,7 +1361,7 @@ static void exec_orphans_kill(struct ctr *ctr)
 		if (pid > 0 && vm_pid_alive(pid) && pid_in_cgroup(pid, ctr)) {
 			log_info("container %s: killing exec pid %d, left by the agent's previous "
 				 "run (%s)",
-				 ctr->name, (int)pid, e->d_name);
+				 ctr->inst.name, (int)pid, e->d_name);
 			descendants_kill(pid);
 		}
 		unlink(path);
@@ -1514,7 +1370,12 @@ static void exec_orphans_kill(struct ctr *ctr)
 		closedir(d);
 }
 
-static void adopt_one(struct agent *a, const char *name)
+/*
+ * Register the container in {local_pool}/containers/NAME again (inst_adopt_all()):
+ * its spec read, its state from the shim's files, runc asked about it, execs the last
+ * agent left killed.
+ */
+void oci_adopt_one(struct agent *a, const char *name)
 {
 	_cleanup_free_ char *dir = xasprintf("%s/containers/%s", a->cfg->local_pool, name);
 	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", dir);
@@ -1532,14 +1393,13 @@ static void adopt_one(struct agent *a, const char *name)
 		leftover_remove(a, dir, what);
 		return;
 	}
-	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 ||
-	    instance_spec_check(raw, &err) < 0) {
+	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 || spec_check(raw, &err) < 0) {
 		log_warnx("container %s: %s: %s; ignored", name, spec_path,
 			  ret < 0 ? strerror(-ret) : err.msg);
 		json_object_put(raw);
 		return;
 	}
-	spec = instance_spec_normalise(raw);
+	spec = spec_normalise(raw);
 	json_object_put(raw);
 	if (strcmp(json_get_str(spec, "name", ""), name) != 0 ||
 	    strcmp(json_get_str(spec, "type", ""), "container") != 0) {
@@ -1553,12 +1413,12 @@ static void adopt_one(struct agent *a, const char *name)
 		log_warnx("container %s: %s; ignored", name, err.msg);
 		return;
 	}
-	ctr->created = true;
+	ctr->inst.created = true;
 	exec_orphans_kill(ctr);
 	/* One report whatever the state: pushed[] is empty, so the refresh sends it. */
 	oci_refresh(ctr);
-	log_info("container %s: found, %s%s%s", name, vm_state_name(ctr->ctr_state),
-		 ctr->shim_pid ? ", shim adopted" : "", ctr->pid ? ", container running" : "");
+	log_info("container %s: found, %s%s%s", name, inst_state_name(ctr->inst.state),
+		 ctr->shim_pid ? ", shim adopted" : "", ctr->inst.pid ? ", container running" : "");
 	/* runc's own view, to confirm a running container or clear a stale record. */
 	if (oci_runc(a, (const char *const[]){"state", name, NULL}, 10000, 65536, false, NULL,
 		     state_answer_cb, xstrdup(name), &err) < 0)
@@ -1566,14 +1426,12 @@ static void adopt_one(struct agent *a, const char *name)
 }
 
 /*
- * At start-up: find every container in {local_pool}/containers/, adopt the shims and
- * containers still running and report each one's state to the controller; remove
- * what unfinished creates and unpacks left. This is start-up work before any command
- * is taken, so the directories are read right here.
+ * At start-up, before inst_adopt_all() scans {local_pool}/containers/ and calls
+ * oci_adopt_one() for each container there: remove layer unpacks a previous run left
+ * unfinished.
  */
-void oci_adopt_all(struct agent *a)
+void oci_adopt_prepare(struct agent *a)
 {
-	_cleanup_free_ char *dir = xasprintf("%s/containers", a->cfg->local_pool);
 	_cleanup_free_ char *layers = xasprintf("%s/oci/layers", a->cfg->local_pool);
 	struct dirent *e;
 	DIR *d;
@@ -1589,15 +1447,4 @@ void oci_adopt_all(struct agent *a)
 	}
 	if (d)
 		closedir(d);
-	d = opendir(dir);
-	if (d == NULL) {
-		if (errno != ENOENT)
-			log_warn("oci: cannot read %s", dir);
-		return;
-	}
-	while ((e = readdir(d)))
-		if (name_valid(e->d_name) && oci_find(a, e->d_name) == NULL &&
-		    vm_find(a, e->d_name) == NULL)
-			adopt_one(a, e->d_name);
-	closedir(d);
 }

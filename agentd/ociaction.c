@@ -50,7 +50,7 @@ static const char *const cgroup_controllers[] = {
 /* ---- prepare: image, layers, bundle ---------------------------------------------------- */
 
 struct prep {
-	struct oci_job job;
+	struct work job;
 	struct inst_op *op;
 	op_step_fn then;
 	bool create;		  /* also write spec.json: the container then exists */
@@ -72,7 +72,7 @@ static void prep_free(struct prep *p)
 	free(p);
 }
 
-static int image_work(struct oci_job *job)
+static int image_work(struct work *job)
 {
 	struct prep *p = (struct prep *)job;
 
@@ -81,7 +81,7 @@ static int image_work(struct oci_job *job)
 		&p->img, &job->err);
 }
 
-static int layer_work(struct oci_job *job)
+static int layer_work(struct work *job)
 {
 	struct prep *p = (struct prep *)job;
 
@@ -97,7 +97,7 @@ static int dir_make(const char *path, unsigned mode, struct kerr *err)
 	return 0;
 }
 
-static int bundle_work(struct oci_job *job)
+static int bundle_work(struct work *job)
 {
 	struct prep *p = (struct prep *)job;
 	struct json_object *cfg, *shim, *lower;
@@ -127,7 +127,7 @@ static int bundle_work(struct oci_job *job)
 	/* The NICs first: the bundle names the namespace they live in. */
 	if (netport_ctr_prepare(p->dir, json_object_object_get(p->spec, "nics"),
 				p->defaults.userns_base, &job->err) < 0)
-		return agent_err_prefix(&job->err, "network: ");
+		return err_prefix(&job->err, "network: ");
 	cfg = bundle_config_build(p->name, p->cgroup, p->spec, p->img.config, &p->defaults,
 				  &job->err);
 	if (cfg == NULL)
@@ -202,15 +202,15 @@ static int bundle_work(struct oci_job *job)
 
 static void prep_step(struct prep *p);
 
-static void prep_done(struct oci_job *job)
+static void prep_done(struct work *job)
 {
 	struct prep *p = (struct prep *)job;
 	struct inst_op *op = p->op;
 
 	log_trace("container %s: %s done", p->name,
-		  job->work == image_work   ? "image"
-		  : job->work == layer_work ? "layer"
-					    : "bundle");
+		  job->run == image_work   ? "image"
+		  : job->run == layer_work ? "layer"
+					   : "bundle");
 	if (instance_op_gone(op)) {
 		prep_free(p);
 		return;
@@ -220,9 +220,9 @@ static void prep_done(struct oci_job *job)
 		prep_free(p);
 		return;
 	}
-	if (job->work == image_work) {
+	if (job->run == image_work) {
 		p->layer = 0;
-	} else if (job->work == layer_work) {
+	} else if (job->run == layer_work) {
 		p->layer++;
 	} else {
 		op_step_fn then = p->then;
@@ -253,10 +253,10 @@ static void prep_step(struct prep *p)
 		snprintf(phase, sizeof(phase), "unpacking layer %zu of %zu (%.19s)", p->layer + 1,
 			 p->img.nlayers, p->img.layers[p->layer].digest);
 		instance_op_progress(p->op, 10 + (int)(60 * p->layer / p->img.nlayers), phase);
-		p->job.work = layer_work;
+		p->job.run = layer_work;
 	} else {
 		instance_op_progress(p->op, 75, "writing the bundle");
-		p->job.work = bundle_work;
+		p->job.run = bundle_work;
 	}
 	p->job.done = prep_done;
 	oci_job_queue(p->op->agent, &p->job);
@@ -273,14 +273,14 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	p->create = create;
 	/* isolation: a new container records whether it has a user namespace (uid.c), so
 	 * one made before they existed keeps running without one (its files are root's). */
-	if (create && !json_object_is_type(json_object_object_get(op->ctr->spec, "userns"),
+	if (create && !json_object_is_type(json_object_object_get(op->ctr->inst.spec, "userns"),
 					   json_type_boolean))
-		json_object_object_add(op->ctr->spec, "userns",
+		json_object_object_add(op->ctr->inst.spec, "userns",
 				       json_object_new_boolean(a->cfg->ctr_uid_base > 0));
-	if (json_object_deep_copy(op->ctr->spec, &p->spec, NULL) < 0)
+	if (json_object_deep_copy(op->ctr->inst.spec, &p->spec, NULL) < 0)
 		fatalx("out of memory");
-	snprintf(p->name, sizeof(p->name), "%s", op->ctr->name);
-	snprintf(p->dir, sizeof(p->dir), "%s", op->ctr->dir);
+	snprintf(p->name, sizeof(p->name), "%s", op->ctr->inst.name);
+	snprintf(p->dir, sizeof(p->dir), "%s", op->ctr->inst.dir);
 	snprintf(p->shared, sizeof(p->shared), "%s", a->cfg->shared_pool);
 	snprintf(p->local, sizeof(p->local), "%s", a->cfg->local_pool);
 	oci_runc_root(a, p->root, sizeof(p->root));
@@ -291,27 +291,14 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	p->log_max_bytes = (int64_t)a->cfg->log_size_mib << 20;
 	p->log_files = a->cfg->log_files;
 	instance_op_progress(op, 5, "reading the image");
-	p->job.work = image_work;
+	p->job.run = image_work;
 	p->job.done = prep_done;
 	oci_job_queue(a, &p->job);
 }
 
 /* ---- start -------------------------------------------------------------------------------- */
 
-static void started_cb(struct ctr *ctr, const char *error, void *data)
-{
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	instance_op_succeed(op);
-}
-
-static int shim_spawn(struct inst_op *op, ctr_done_cb cb, void *data, struct kerr *err)
+static int shim_spawn(struct inst_op *op, inst_done_cb cb, void *data, struct kerr *err)
 {
 	if (mkdir_p(op->agent->cfg->local_pool, 0700) == 0) {
 		char root[PATH_MAX];
@@ -327,7 +314,7 @@ static void shim_start(struct inst_op *op)
 {
 	struct kerr err;
 
-	if (shim_spawn(op, started_cb, op, &err) < 0)
+	if (shim_spawn(op, instance_done_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
@@ -339,13 +326,13 @@ void ociaction_start(struct inst_op *op)
 	struct ctr *ctr = op->ctr;
 
 	oci_refresh(ctr);
-	if (ctr->ctr_state == VM_RUNNING || ctr->ctr_state == VM_PAUSED) {
+	if (ctr->inst.state == INST_RUNNING || ctr->inst.state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
 	if (oci_alive(ctr)) {
-		instance_op_fail(op, "container %s is %s", ctr->name,
-				 vm_state_name(ctr->ctr_state));
+		instance_op_fail(op, "container %s is %s", ctr->inst.name,
+				 inst_state_name(ctr->inst.state));
 		return;
 	}
 	prepare(op, false, shim_start);
@@ -360,14 +347,14 @@ void ociaction_start(struct inst_op *op)
  * the two ends last sends the answer.
  */
 struct spec_sync {
-	struct oci_job job;
+	struct work job;
 	struct inst_op *op;
 	char path[PATH_MAX];
 	bool synced, settled;
 	char *error; /* why the start failed; NULL when it did not */
 };
 
-static int spec_sync_work(struct oci_job *job)
+static int spec_sync_work(struct work *job)
 {
 	struct spec_sync *s = (struct spec_sync *)job;
 	int ret = file_sync(s->path);
@@ -393,7 +380,7 @@ static void spec_sync_answer(struct spec_sync *s)
 	free(s);
 }
 
-static void spec_sync_done(struct oci_job *job)
+static void spec_sync_done(struct work *job)
 {
 	struct spec_sync *s = (struct spec_sync *)job;
 
@@ -402,7 +389,7 @@ static void spec_sync_done(struct oci_job *job)
 		spec_sync_answer(s);
 }
 
-static void create_started_cb(struct ctr *ctr, const char *error, void *data)
+static void create_started_cb(struct inst *inst, const char *error, void *data)
 {
 	struct spec_sync *s = data;
 
@@ -417,13 +404,13 @@ static void created(struct inst_op *op)
 	struct spec_sync *s = xcalloc(1, sizeof(*s));
 	struct kerr err;
 
-	op->ctr->created = true;
+	op->ctr->inst.created = true;
 	op->registered = false; /* it exists now; a failure to start keeps it */
-	log_info("container %s: created", op->ctr->name);
+	log_info("container %s: created", op->ctr->inst.name);
 	oci_refresh(op->ctr);
 	s->op = op;
-	snprintf(s->path, sizeof(s->path), "%s/spec.json", op->ctr->dir);
-	s->job.work = spec_sync_work;
+	snprintf(s->path, sizeof(s->path), "%s/spec.json", op->ctr->inst.dir);
+	s->job.run = spec_sync_work;
 	s->job.done = spec_sync_done;
 	/* Not answered before the job is done, which is never before the loop runs again. */
 	oci_job_queue(op->agent, &s->job);
@@ -449,7 +436,7 @@ void ociaction_create(struct inst_op *op)
 	int ret;
 
 	if (ctr) {
-		if (ctr->created && json_object_equal(ctr->spec, op->spec)) {
+		if (ctr->inst.created && json_object_equal(ctr->inst.spec, op->spec)) {
 			if (json_get_bool(op->args, "start", false) && !oci_alive(ctr))
 				prepare(op, false, shim_start);
 			else
@@ -470,32 +457,28 @@ void ociaction_create(struct inst_op *op)
 	}
 	op->ctr = ctr;
 	op->owner = op->registered = true;
-	ctr->op = op;
-	ret = mkdir_p(ctr->dir, 0700);
+	ctr->inst.op = op;
+	ret = mkdir_p(ctr->inst.dir, 0700);
 	if (ret < 0) {
-		instance_op_fail(op, "cannot create %s: %s", ctr->dir, strerror(-ret));
+		instance_op_fail(op, "cannot create %s: %s", ctr->inst.dir, strerror(-ret));
 		return;
 	}
 	/* runc and the shim reach the bundle's rootfs through it. */
-	chmod(ctr->dir, 0711);
+	chmod(ctr->inst.dir, 0711);
 	prepare(op, true, created);
 }
 
 /* ---- stop, restart ------------------------------------------------------------------------ */
 
-static void stopped_cb(struct ctr *ctr, const char *error, void *data)
+static void stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (op->result == NULL)
 		op->result = json_object_new_object();
-	json_object_object_add(op->result, "forced", json_object_new_boolean(ctr->stop_forced));
+	json_object_object_add(op->result, "forced", json_object_new_boolean(inst->stop_forced));
 	if (op->restart) {
 		prepare(op, false, shim_start);
 		return;
@@ -511,7 +494,7 @@ static void stop_with(struct inst_op *op, unsigned timeout_s)
 	if (!oci_alive(ctr)) {
 		/* Not running: a crashed or failed container is now simply stopped. */
 		oci_mark_stopped(ctr);
-		stopped_cb(ctr, NULL, op);
+		stopped_cb(&ctr->inst, NULL, op);
 		return;
 	}
 	instance_op_progress(op, 10,
@@ -526,7 +509,8 @@ static void stop_with(struct inst_op *op, unsigned timeout_s)
  */
 static unsigned stop_grace(struct inst_op *op)
 {
-	int64_t grace = json_get_int(op->args, "timeout_s", stop_grace_default("container"));
+	int64_t grace = json_get_int(op->args, "timeout_s",
+				     verb_timeout_default(VERB_STOP, INST_CONTAINER));
 
 	if (op->result == NULL)
 		op->result = json_object_new_object();
@@ -576,38 +560,28 @@ static void simple_runc(struct inst_op *op, const char *verb)
 	struct kerr err;
 
 	instance_op_progress(op, 10, verb);
-	if (oci_runc(op->agent, (const char *const[]){verb, op->ctr->name, NULL}, RUNC_TIMEOUT_MS,
-		     0, false, NULL, runc_done_cb, op, &err) < 0)
+	if (oci_runc(op->agent, (const char *const[]){verb, op->ctr->inst.name, NULL},
+		     RUNC_TIMEOUT_MS, 0, false, NULL, runc_done_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-/* pause: freeze the container (runc pause); paused already is success. */
+/* pause: freeze the container (runc pause); paused already is success. The state was
+ * refreshed and checked against the verb table (instance.c). */
 void ociaction_pause(struct inst_op *op)
 {
-	oci_refresh(op->ctr);
-	if (op->ctr->ctr_state == VM_PAUSED) {
+	if (op->ctr->inst.state == INST_PAUSED) {
 		instance_op_succeed(op);
-		return;
-	}
-	if (op->ctr->ctr_state != VM_RUNNING) {
-		instance_op_fail(op, "container %s is %s, not running", op->ctr->name,
-				 vm_state_name(op->ctr->ctr_state));
 		return;
 	}
 	simple_runc(op, "pause");
 }
 
-/* resume: thaw the container (runc resume); running already is success. */
+/* resume: thaw the container (runc resume); running already is success. The state was
+ * refreshed and checked against the verb table (instance.c). */
 void ociaction_resume(struct inst_op *op)
 {
-	oci_refresh(op->ctr);
-	if (op->ctr->ctr_state == VM_RUNNING) {
+	if (op->ctr->inst.state == INST_RUNNING) {
 		instance_op_succeed(op);
-		return;
-	}
-	if (op->ctr->ctr_state != VM_PAUSED) {
-		instance_op_fail(op, "container %s is %s, not paused", op->ctr->name,
-				 vm_state_name(op->ctr->ctr_state));
 		return;
 	}
 	simple_runc(op, "resume");
@@ -616,14 +590,14 @@ void ociaction_resume(struct inst_op *op)
 /* ---- delete ------------------------------------------------------------------------------- */
 
 struct delete_job {
-	struct oci_job job;
+	struct work job;
 	struct inst_op *op;
 	char dir[PATH_MAX];
 	char name[NAME_MAX_LEN + 1];
 	char cgroup[PATH_MAX]; /* oci_cgroup_path() */
 };
 
-static int delete_work(struct oci_job *job)
+static int delete_work(struct work *job)
 {
 	struct delete_job *d = (struct delete_job *)job;
 	_cleanup_free_ char *rootfs = xasprintf("%s/rootfs", d->dir);
@@ -655,7 +629,7 @@ static int delete_work(struct oci_job *job)
 	return 0;
 }
 
-static void delete_done(struct oci_job *job)
+static void delete_done(struct work *job)
 {
 	struct delete_job *d = (struct delete_job *)job;
 	struct inst_op *op = d->op;
@@ -671,10 +645,10 @@ static void delete_done(struct oci_job *job)
 		return;
 	}
 	ctr = op->ctr;
-	ctr->ctr_state = VM_STOPPED;
-	ctr->pid = 0;
+	ctr->inst.state = INST_STOPPED;
+	ctr->inst.pid = 0;
 	op->report = oci_report(ctr);
-	ctr->op = NULL;
+	ctr->inst.op = NULL;
 	op->owner = false;
 	oci_remove(ctr);
 	op->ctr = NULL;
@@ -692,10 +666,10 @@ static void runc_deleted_cb(struct agent *a, const struct oci_cmd_result *r, voi
 	/* "container does not exist" is the usual answer: runc run cleaned up. */
 	d = xcalloc(1, sizeof(*d));
 	d->op = op;
-	snprintf(d->dir, sizeof(d->dir), "%s", op->ctr->dir);
-	snprintf(d->name, sizeof(d->name), "%s", op->ctr->name);
+	snprintf(d->dir, sizeof(d->dir), "%s", op->ctr->inst.dir);
+	snprintf(d->name, sizeof(d->name), "%s", op->ctr->inst.name);
 	oci_cgroup_path(op->agent, d->name, d->cgroup, sizeof(d->cgroup));
-	d->job.work = delete_work;
+	d->job.run = delete_work;
 	d->job.done = delete_done;
 	instance_op_progress(op, 60, "removing the container");
 	oci_job_queue(a, &d->job);
@@ -708,69 +682,35 @@ static void delete_files(struct inst_op *op)
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "deleted", json_object_new_boolean(true));
 	instance_op_progress(op, 50, "runc delete");
-	if (oci_runc(op->agent, (const char *const[]){"delete", "--force", op->ctr->name, NULL},
+	if (oci_runc(op->agent,
+		     (const char *const[]){"delete", "--force", op->ctr->inst.name, NULL},
 		     RUNC_TIMEOUT_MS, 0, false, NULL, runc_deleted_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-static void delete_stopped_cb(struct ctr *ctr, const char *error, void *data)
+/* The container part of the report of one this host does not have (instance_delete()). */
+static void absent_report(struct json_object *r, struct json_object *spec)
 {
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	delete_files(op);
+	json_object_object_add(r, "exit_code", NULL);
+	json_object_object_add(r, "restarts", json_object_new_int(0));
+	json_object_object_add(r, "rw_size", NULL);
 }
 
-/*
- * delete: remove the container and its writable layer; a running one only with
- * args.force (killed first). Unknown here is success with "deleted": false. The
- * image's layers stay: other containers share them.
- */
-void ociaction_delete(struct inst_op *op)
+static void force_stop(struct inst_op *op, inst_done_cb cb)
 {
-	struct ctr *ctr = op->ctr;
-	struct json_object *r;
-
-	if (ctr == NULL || !ctr->created) {
-		op->ctr = NULL;
-		r = json_object_new_object();
-		json_object_object_add(r, "name",
-				       json_object_new_string(json_get_str(op->spec, "name", "")));
-		json_object_object_add(r, "type", json_object_new_string("container"));
-		json_object_object_add(r, "state", json_object_new_string("stopped"));
-		json_object_object_add(r, "pid", NULL);
-		json_object_object_add(r, "exit_code", NULL);
-		json_object_object_add(r, "restarts", json_object_new_int(0));
-		json_object_object_add(r, "rw_size", NULL);
-		op->report = r;
-		op->result = json_object_new_object();
-		json_object_object_add(op->result, "deleted", json_object_new_boolean(false));
-		instance_op_succeed(op);
-		return;
-	}
-	oci_refresh(ctr);
-	if (!oci_alive(ctr)) {
-		delete_files(op);
-		return;
-	}
-	if (!json_get_bool(op->args, "force", false)) {
-		instance_op_fail(op, "container %s is %s; stop it first, or delete with force",
-				 ctr->name, vm_state_name(ctr->ctr_state));
-		return;
-	}
 	instance_op_progress(op, 10, "stopping the container (SIGKILL)");
-	oci_stop(ctr, 0, delete_stopped_cb, op);
+	oci_stop(op->ctr, 0, cb, op);
+}
+
+static bool alive(const struct inst *inst)
+{
+	return oci_alive((const struct ctr *)inst);
 }
 
 /* ---- commit ------------------------------------------------------------------------------- */
 
 struct commit_job {
-	struct oci_job job;
+	struct work job;
 	struct inst_op *op;
 	char shared[PATH_MAX], upper[PATH_MAX];
 	char manifest[80];
@@ -780,7 +720,7 @@ struct commit_job {
 	bool resume; /* this op paused the container */
 };
 
-static int commit_work(struct oci_job *job)
+static int commit_work(struct work *job)
 {
 	struct commit_job *c = (struct commit_job *)job;
 	struct oci_image img;
@@ -818,7 +758,7 @@ static void commit_finish(struct commit_job *c, const char *why)
 		json_object_new_string("application/vnd.oci.image.manifest.v1+json"));
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "image", image);
-	log_info("container %s: committed as %s:%s (%s)", op->ctr->name, c->repo, c->tag,
+	log_info("container %s: committed as %s:%s (%s)", op->ctr->inst.name, c->repo, c->tag,
 		 c->out.manifest);
 	free(c);
 	instance_op_succeed(op);
@@ -833,13 +773,13 @@ static void commit_resumed_cb(struct agent *a, const struct oci_cmd_result *r, v
 		return;
 	}
 	if (r->status != 0)
-		log_warnx("container %s: resuming after the commit: %s", c->op->ctr->name,
+		log_warnx("container %s: resuming after the commit: %s", c->op->ctr->inst.name,
 			  r->error);
 	oci_refresh(c->op->ctr);
 	commit_finish(c, c->job.ret < 0 ? c->job.err.msg : NULL);
 }
 
-static void commit_done(struct oci_job *job)
+static void commit_done(struct work *job)
 {
 	struct commit_job *c = (struct commit_job *)job;
 	struct kerr err;
@@ -848,9 +788,9 @@ static void commit_done(struct oci_job *job)
 		free(c);
 		return;
 	}
-	if (c->resume &&
-	    oci_runc(job->agent, (const char *const[]){"resume", c->op->ctr->name, NULL},
-		     RUNC_TIMEOUT_MS, 0, false, NULL, commit_resumed_cb, c, &err) == 0)
+	if (c->resume && oci_runc(((struct agent *)job->owner),
+				  (const char *const[]){"resume", c->op->ctr->inst.name, NULL},
+				  RUNC_TIMEOUT_MS, 0, false, NULL, commit_resumed_cb, c, &err) == 0)
 		return;
 	commit_finish(c, job->ret < 0 ? job->err.msg : NULL);
 }
@@ -911,27 +851,27 @@ void ociaction_commit(struct inst_op *op)
 	}
 	c->op = op;
 	snprintf(c->shared, sizeof(c->shared), "%s", op->agent->cfg->shared_pool);
-	snprintf(c->upper, sizeof(c->upper), "%s/upper", ctr->dir);
+	snprintf(c->upper, sizeof(c->upper), "%s/upper", ctr->inst.dir);
 	snprintf(c->manifest, sizeof(c->manifest), "%s",
-		 json_get_str(json_object_object_get(ctr->spec, "image"), "manifest", ""));
-	snprintf(c->comment, sizeof(c->comment), "committed from container %s", ctr->name);
-	c->job.work = commit_work;
+		 json_get_str(json_object_object_get(ctr->inst.spec, "image"), "manifest", ""));
+	snprintf(c->comment, sizeof(c->comment), "committed from container %s", ctr->inst.name);
+	c->job.run = commit_work;
 	c->job.done = commit_done;
 	oci_refresh(ctr);
-	if (ctr->ctr_state == VM_RUNNING) {
+	if (ctr->inst.state == INST_RUNNING) {
 		/* A consistent layer: nothing writes while it is read. */
 		instance_op_progress(op, 10, "pausing the container");
-		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->name, NULL},
+		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->inst.name, NULL},
 			     RUNC_TIMEOUT_MS, 0, false, NULL, commit_paused_cb, c, &err) < 0) {
 			free(c);
 			instance_op_fail(op, "%s", err.msg);
 		}
 		return;
 	}
-	if (oci_alive(ctr) && ctr->ctr_state != VM_PAUSED) {
+	if (oci_alive(ctr) && ctr->inst.state != INST_PAUSED) {
 		free(c);
 		instance_op_fail(op, "container %s is %s; commit it running, paused or stopped",
-				 ctr->name, vm_state_name(ctr->ctr_state));
+				 ctr->inst.name, inst_state_name(ctr->inst.state));
 		return;
 	}
 	instance_op_progress(op, 20, "packing the writable layer");
@@ -990,13 +930,13 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 	size_t n;
 	int ret;
 
-	if (ctr == NULL || !ctr->created)
+	if (ctr == NULL || !ctr->inst.created)
 		return err_set(err, 0, "there is no instance %s on this host",
 			       json_get_str(q, "name", ""));
 	oci_refresh(ctr);
-	if (ctr->ctr_state != VM_RUNNING)
-		return err_set(err, 0, "container %s is %s; exec needs it running", ctr->name,
-			       vm_state_name(ctr->ctr_state));
+	if (ctr->inst.state != INST_RUNNING)
+		return err_set(err, 0, "container %s is %s; exec needs it running", ctr->inst.name,
+			       inst_state_name(ctr->inst.state));
 	if (max < 0 || max > AGENT_EXEC_OUTPUT_MAX)
 		max = AGENT_EXEC_OUTPUT_MAX;
 	if (a->execs >= AGENT_EXECS_MAX)
@@ -1006,17 +946,17 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 	n = json_object_array_length(cmd);
 	x = xcalloc(1, sizeof(*x));
 	snprintf(x->op, sizeof(x->op), "%s", qop);
-	snprintf(x->name, sizeof(x->name), "%s", ctr->name);
-	pid_file = xasprintf("%s/exec-%s.pid", ctr->dir, qop);
+	snprintf(x->name, sizeof(x->name), "%s", ctr->inst.name);
+	pid_file = xasprintf("%s/exec-%s.pid", ctr->inst.dir, qop);
 	args = xcalloc(n + 6, sizeof(*args));
 	args[0] = "exec";
 	args[1] = "--pid-file";
 	args[2] = pid_file;
-	args[3] = ctr->name;
+	args[3] = ctr->inst.name;
 	for (size_t i = 0; i < n; i++)
 		args[4 + i] = json_object_get_string(json_object_array_get_idx(cmd, i));
 	args[4 + n] = NULL;
-	log_info("container %s: exec %s%s (timeout %lld s)", ctr->name, args[4],
+	log_info("container %s: exec %s%s (timeout %lld s)", ctr->inst.name, args[4],
 		 n > 1 ? " ..." : "", (long long)timeout);
 	ret = oci_runc(a, args, (unsigned)timeout * 1000, (size_t)max, true, pid_file, exec_done_cb,
 		       x, err);
@@ -1028,3 +968,60 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 	a->execs++;
 	return 1;
 }
+
+static struct json_object *report(const struct inst *inst)
+{
+	return oci_report((const struct ctr *)inst);
+}
+
+static void refresh(struct inst *inst)
+{
+	oci_refresh((struct ctr *)inst);
+}
+
+/* Read the shim's files and push the state they show, even if unchanged. */
+static void state_push(struct inst *inst)
+{
+	struct ctr *ctr = (struct ctr *)inst;
+
+	ctr->pushed[0] = '\0'; /* the refresh pushes its state, once */
+	oci_refresh(ctr);
+}
+
+static void heard(struct inst *inst)
+{
+	oci_state_heard((struct ctr *)inst);
+}
+
+/* The container driver: a verb without a slot here is refused by the shared code. */
+const struct driver oci_driver = {
+	.type = INST_CONTAINER,
+	.report = report,
+	.refresh = refresh, /* the shim's files say what the container does */
+	.state_push = state_push,
+	.heard = heard,
+	.forget = oci_forget,
+	.alive = alive,
+	.force_stop = force_stop,
+	.delete_files = delete_files,
+	.absent_report = absent_report,
+	.cron = oci_cron,
+	.subdir = "containers",
+	.adopt_prepare = oci_adopt_prepare,
+	.adopt_one = oci_adopt_one,
+	.verbs =
+		{
+			[VERB_CREATE] = ociaction_create,
+			[VERB_START] = ociaction_start,
+			[VERB_STOP] = ociaction_stop,
+			[VERB_FORCE_STOP] = ociaction_force_stop,
+			[VERB_RESTART] = ociaction_restart,
+			[VERB_PAUSE] = ociaction_pause,
+			[VERB_RESUME] = ociaction_resume,
+			[VERB_DELETE] = instance_delete,
+			[VERB_COMMIT] = ociaction_commit,
+			/* Stage 2's migrate-out, migrate-in, backup and restore are VMs' only:
+			 * a container answers 422 (the verb table has no container bit). */
+		},
+	.cancel = job_undo, /* job.c: a cancel or deadline undoes what the op did */
+};

@@ -95,7 +95,7 @@ static int disks_add(const struct vm *vm, struct argv *av, const int *disk_boot,
 	bool scsi = false;
 	int ahci_port = 0;
 
-	json_object_object_get_ex(vm->spec, "disks", &arr);
+	json_object_object_get_ex(vm->inst.spec, "disks", &arr);
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		const char *bus = json_get_str(json_object_array_get_idx(arr, i), "bus", "virtio");
 		char node[16], boot[24];
@@ -126,7 +126,7 @@ static int disks_add(const struct vm *vm, struct argv *av, const int *disk_boot,
 				return err_set(err, 0,
 					       "vm %s: more than 6 sata/ide disks; q35's AHCI "
 					       "controller has 6 ports",
-					       vm->name);
+					       vm->inst.name);
 			argv_add(av, "ide-hd,bus=ide.%d,drive=%s,id=disk%zu,serial=%.20s%s",
 				 ahci_port++, node, i, vm->disks[i].name, boot);
 		}
@@ -141,8 +141,8 @@ static int disks_add(const struct vm *vm, struct argv *av, const int *disk_boot,
  */
 int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, struct kerr *err)
 {
-	struct json_object *spec = vm->spec, *mem, *nics = NULL, *ci;
-	_cleanup_free_ char *dir = opt_escape(vm->dir);
+	struct json_object *spec = vm->inst.spec, *mem, *nics = NULL, *ci;
+	_cleanup_free_ char *dir = opt_escape(vm->inst.dir);
 	const char *accel = json_get_str(spec, "accel", "tcg");
 	int disk_boot[AGENT_VM_DISKS_MAX] = {0}, nic_boot[AGENT_VM_NICS_MAX] = {0};
 	size_t nnics = 0;
@@ -154,14 +154,15 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 
 	argv_add(av, AGENT_QEMU_BINARY);
 	argv_add(av, "-name");
-	argv_add(av, "%s", vm->name);
+	argv_add(av, "%s", vm->inst.name);
 	argv_add(av, "-machine");
 	argv_add(av, "q35,accel=%s", accel);
 	argv_add(av, "-cpu");
 	if (strcmp(accel, "kvm") != 0)
 		argv_add(av, "max");
 	else if (json_get_bool(spec, "nested", false))
-		argv_add(av, "host,+%s", strcmp(vm->agent->hw_virt, "svm") == 0 ? "svm" : "vmx");
+		argv_add(av, "host,+%s",
+			 strcmp(vm->inst.agent->hw_virt, "svm") == 0 ? "svm" : "vmx");
 	else
 		argv_add(av, "host");
 	argv_add(av, "-smp");
@@ -183,9 +184,9 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	 * capability to raise again (and spawn=deny keeps it from setuid programs).
 	 */
 	argv_add(av, "-sandbox");
-	if (strcmp(vm->agent->cfg->qemu_user, "root") != 0) {
+	if (strcmp(vm->inst.agent->cfg->qemu_user, "root") != 0) {
 		/* The VM's own uid (uid.c claimed it before the arguments were built). */
-		uid_t uid = uid_vm_read(vm->dir);
+		uid_t uid = uid_vm_read(vm->inst.dir);
 
 		argv_add(av, "on,obsolete=deny,elevateprivileges=allow,spawn=deny,"
 			     "resourcecontrol=deny");
@@ -193,7 +194,7 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 		if (uid)
 			argv_add(av, "%u:%u", (unsigned)uid, (unsigned)uid);
 		else
-			argv_add(av, "%s", vm->agent->cfg->qemu_user);
+			argv_add(av, "%s", vm->inst.agent->cfg->qemu_user);
 	} else {
 		argv_add(av, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
 			     "resourcecontrol=deny");
@@ -201,7 +202,7 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "-msg");
 	argv_add(av, "timestamp=on");
 	argv_add(av, "-pidfile");
-	argv_add(av, "%s/qemu.pid", vm->dir);
+	argv_add(av, "%s/qemu.pid", vm->inst.dir);
 	argv_add(av, "-chardev");
 	argv_add(av, "socket,id=qmp,path=%s/qmp.sock,server=on,wait=off", dir);
 	argv_add(av, "-mon");
@@ -223,7 +224,7 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	if (disks_add(vm, av, disk_boot, err) < 0)
 		return -1;
 	if (json_object_object_get_ex(spec, "cloud_init", &ci)) {
-		_cleanup_free_ char *seed = xasprintf("%s/seed.img", vm->dir);
+		_cleanup_free_ char *seed = xasprintf("%s/seed.img", vm->inst.dir);
 
 		blockdev_add(av, "raw", "seed", seed, true);
 		argv_add(av, "-device");

@@ -101,14 +101,14 @@ static int claim_take(uid_t uid, const char *dir)
 /* The files of vm that its QEMU uses: disks and serial log, to uid:uid (0 gives back). */
 static void files_own(const struct vm *vm, uid_t uid)
 {
-	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
+	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->inst.dir);
 
 	for (size_t i = 0; i < vm->ndisks; i++)
 		if (chown(vm->disks[i].abs, uid, uid) < 0 || chmod(vm->disks[i].abs, 0600) < 0)
-			log_warn("vm %s: cannot give %s to uid %u", vm->name, vm->disks[i].abs,
+			log_warn("vm %s: cannot give %s to uid %u", vm->inst.name, vm->disks[i].abs,
 				 (unsigned)uid);
 	if (chown(console, uid, uid) < 0 && errno != ENOENT)
-		log_warn("vm %s: cannot give %s to uid %u", vm->name, console, (unsigned)uid);
+		log_warn("vm %s: cannot give %s to uid %u", vm->inst.name, console, (unsigned)uid);
 }
 
 /*
@@ -118,9 +118,9 @@ static void files_own(const struct vm *vm, uid_t uid)
  */
 int64_t uid_vm_claim(struct vm *vm, struct kerr *err)
 {
-	const struct agent_config *cfg = vm->agent->cfg;
-	_cleanup_free_ char *keep = xasprintf("%s/qemu.uid", vm->dir);
-	uid_t uid = uid_vm_read(vm->dir);
+	const struct agent_config *cfg = vm->inst.agent->cfg;
+	_cleanup_free_ char *keep = xasprintf("%s/qemu.uid", vm->inst.dir);
+	uid_t uid = uid_vm_read(vm->inst.dir);
 	char text[32];
 	int ret;
 
@@ -130,12 +130,12 @@ int64_t uid_vm_claim(struct vm *vm, struct kerr *err)
 	if (ret < 0)
 		return err_set(err, -ret, "cannot make %s", UID_RUN);
 	/* Still ours from the last run (a crash, an agent restart): keep it. */
-	if (uid == 0 || !claim_names(uid, vm->dir)) {
+	if (uid == 0 || !claim_names(uid, vm->inst.dir)) {
 		uid = 0;
 		for (int i = 0; i < cfg->qemu_uid_count && uid == 0; i++) {
 			uid_t try = (uid_t)(cfg->qemu_uid_base + i);
 
-			ret = claim_take(try, vm->dir);
+			ret = claim_take(try, vm->inst.dir);
 			if (ret == 0)
 				uid = try;
 			else if (ret != -EEXIST)
@@ -158,19 +158,19 @@ int64_t uid_vm_claim(struct vm *vm, struct kerr *err)
 /* vm's QEMU is gone: its files back to root and its uid free. Safe when it had none. */
 void uid_vm_release(struct vm *vm)
 {
-	_cleanup_free_ char *keep = xasprintf("%s/qemu.uid", vm->dir);
-	uid_t uid = uid_vm_read(vm->dir);
+	_cleanup_free_ char *keep = xasprintf("%s/qemu.uid", vm->inst.dir);
+	uid_t uid = uid_vm_read(vm->inst.dir);
 
 	if (uid == 0)
 		return;
 	files_own(vm, 0);
-	if (claim_names(uid, vm->dir)) {
+	if (claim_names(uid, vm->inst.dir)) {
 		_cleanup_free_ char *path = xasprintf("%s/%u", UID_RUN, (unsigned)uid);
 
 		unlink(path);
 	}
 	unlink(keep);
-	log_debug("vm %s: uid %u given back", vm->name, (unsigned)uid);
+	log_debug("vm %s: uid %u given back", vm->inst.name, (unsigned)uid);
 }
 
 /* ---- containers: a user namespace over the host's subordinate range ------------------ */

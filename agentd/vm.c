@@ -44,46 +44,28 @@
 #define ADOPT_REPORT_AFTER 3	/* QMP failures before the start-up report goes anyway */
 #define MIB		   (1024LL * 1024)
 
-struct vm_proc {
-	uv_process_t handle;
-	struct vm *vm; /* NULL once the vm is removed */
-};
-
 struct measure {
 	struct agent *agent;
 	char name[NAME_MAX_LEN + 1];
 	unsigned generation;
-	vm_done_cb cb;
+	inst_done_cb cb;
 	void *data;
-};
-
-static const char *state_names[] = {
-	[VM_STOPPED] = "stopped", [VM_STARTING] = "starting", [VM_RUNNING] = "running",
-	[VM_PAUSED] = "paused",	  [VM_STOPPING] = "stopping", [VM_CRASHED] = "crashed",
-	[VM_ERROR] = "error",
 };
 
 static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal);
 
-/* The state as reports name it: "stopped", "running", ... */
-const char *vm_state_name(enum vm_state state)
-{
-	return state_names[state];
-}
-
-/* The VM named name, created or being created, or NULL. */
+/* The VM named name, created or being created, or NULL (also for a container). */
 struct vm *vm_find(struct agent *a, const char *name)
 {
-	for (struct vm *vm = a->vms; vm; vm = vm->next)
-		if (strcmp(vm->name, name) == 0)
-			return vm;
-	return NULL;
+	struct inst *inst = inst_find(a, name);
+
+	return inst && inst->driver == &vm_driver ? (struct vm *)inst : NULL;
 }
 
 /* A process exists (starting, running, paused or stopping). */
 bool vm_alive(const struct vm *vm)
 {
-	return vm->pid != 0;
+	return vm->inst.pid != 0;
 }
 
 /* pid is there and not a zombie waiting for a parent that is not us. */
@@ -148,7 +130,7 @@ int vm_spec_set(struct vm *vm, struct json_object *spec, struct kerr *err)
 	struct vm_disk disks[AGENT_VM_DISKS_MAX];
 	size_t n;
 
-	if (vm_disks_resolve(vm->agent, spec, disks, &n, err) < 0)
+	if (vm_disks_resolve(vm->inst.agent, spec, disks, &n, err) < 0)
 		return -1;
 	/* Sizes already measured stay for disks that are still there. */
 	for (size_t i = 0; i < n; i++) {
@@ -162,8 +144,8 @@ int vm_spec_set(struct vm *vm, struct json_object *spec, struct kerr *err)
 	memcpy(vm->disks, disks, n * sizeof(*disks));
 	vm->ndisks = n;
 	vm->generation++;
-	json_object_put(vm->spec);
-	vm->spec = json_object_get(spec);
+	json_object_put(vm->inst.spec);
+	vm->inst.spec = json_object_get(spec);
 	return 0;
 }
 
@@ -178,9 +160,9 @@ struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *e
 	struct vm *vm = xcalloc(1, sizeof(*vm));
 	int len;
 
-	vm->agent = a;
-	snprintf(vm->name, sizeof(vm->name), "%s", json_get_str(spec, "name", ""));
-	len = snprintf(vm->dir, sizeof(vm->dir), "%s/instances/%s", a->cfg->local_pool, vm->name);
+	vm->inst.agent = a;
+	len = snprintf(vm->inst.dir, sizeof(vm->inst.dir), "%s/instances/%s", a->cfg->local_pool,
+		       json_get_str(spec, "name", ""));
 	if (len < 0 || (size_t)len + sizeof("/monitor.sock") > sizeof(sun.sun_path)) {
 		free(vm);
 		err_set(err, 0,
@@ -193,99 +175,31 @@ struct vm *vm_register(struct agent *a, struct json_object *spec, struct kerr *e
 		free(vm);
 		return NULL;
 	}
-	vm->vm_state = VM_STOPPED;
 	vm->balloon_actual_mb = vm->balloon_target_mb = -1;
-	uv_timer_init(a->loop, &vm->timer);
-	uv_timer_init(a->loop, &vm->poll_timer);
-	vm->timer.data = vm->poll_timer.data = vm;
-	vm->open_handles = 2;
-	vm->next = a->vms;
-	a->vms = vm;
+	inst_register(&vm->inst, a, &vm_driver, spec);
 	return vm;
 }
 
-static void vm_unref(struct vm *vm)
-{
-	if (--vm->open_handles > 0 || !vm->removing)
-		return;
-	json_object_put(vm->spec);
-	free(vm);
-}
-
-static void vm_handle_close_cb(uv_handle_t *handle)
-{
-	vm_unref(handle->data);
-}
-
-static void proc_close_cb(uv_handle_t *handle)
-{
-	free(handle->data);
-}
-
-/* Tell whoever waits for a start or an exit that it will not come (error). */
-static void waiters_fail(struct vm *vm, const char *error)
-{
-	struct vm_waiter *w, *next;
-	vm_done_cb cb = vm->start_cb;
-
-	vm->start_cb = NULL;
-	if (cb)
-		cb(vm, error, vm->start_data);
-	for (w = vm->exit_waiters, vm->exit_waiters = NULL; w; w = next) {
-		next = w->next;
-		w->cb(vm, error, w->data);
-		free(w);
-	}
-}
-
 /*
- * Forget vm: its handles close and it is freed once they did. A running QEMU is left
- * running (the agent stopping uses this for every VM); a delete stops it first.
- * Whoever waited for it is told it is gone.
+ * The driver's part of inst_remove(): close QMP. A running QEMU is left running.
  */
-void vm_remove(struct vm *vm)
+void vm_forget(struct inst *inst)
 {
-	struct agent *a = vm->agent;
-	struct vm **pp;
+	struct vm *vm = (struct vm *)inst;
 
-	for (pp = &a->vms; *pp; pp = &(*pp)->next) {
-		if (*pp == vm) {
-			*pp = vm->next;
-			break;
-		}
-	}
-	vm->removing = true;
-	waiters_fail(vm, a->stopping ? "the agent is stopping" : "the instance was removed");
-	if (vm->proc) {
-		/* Closing the handle stops watching the child; it does not kill it. */
-		vm->proc->vm = NULL;
-		uv_close((uv_handle_t *)&vm->proc->handle, proc_close_cb);
-		vm->proc = NULL;
-	}
 	if (vm->qmp) {
 		qmp_close(vm->qmp);
 		vm->qmp = NULL;
 	}
-	uv_close((uv_handle_t *)&vm->timer, vm_handle_close_cb);
-	uv_close((uv_handle_t *)&vm->poll_timer, vm_handle_close_cb);
 }
 
-/*
- * At agent shutdown: stop watching every VM and free them. Guests keep running and
- * are adopted by the next agent.
- */
-void vm_close_all(struct agent *a)
+/* Forget vm (inst_remove()): its handles close and it is freed once they did. */
+void vm_remove(struct vm *vm)
 {
-	while (a->vms)
-		vm_remove(a->vms);
+	inst_remove(&vm->inst);
 }
 
 /* ---- reports -------------------------------------------------------------------------- */
-
-static struct json_object *int_or_null(int64_t v)
-{
-	return v < 0 ? NULL : json_object_new_int64(v);
-}
 
 /*
  * The REPORT of vm the controller keeps: name, type, state, pid, started_at (ms),
@@ -294,95 +208,65 @@ static struct json_object *int_or_null(int64_t v)
  */
 struct json_object *vm_report(const struct vm *vm)
 {
-	struct json_object *r = json_object_new_object(), *disks = json_object_new_array();
+	struct json_object *r = inst_report_base(&vm->inst), *disks = json_object_new_array();
 	bool alive = vm_alive(vm);
 
-	json_object_object_add(r, "name", json_object_new_string(vm->name));
-	json_object_object_add(r, "type", json_object_new_string("vm"));
-	json_object_object_add(r, "state", json_object_new_string(vm_state_name(vm->vm_state)));
-	json_object_object_add(r, "pid", alive ? json_object_new_int(vm->pid) : NULL);
-	json_object_object_add(r, "started_at",
-			       alive ? json_object_new_int64(vm->started_at_ms) : NULL);
-	json_object_object_add(r, "uptime_s",
-			       json_object_new_int64(alive && vm->started_at_ms > 0
-							     ? (now_ms() - vm->started_at_ms) / 1000
-							     : 0));
 	json_object_object_add(r, "accel",
-			       json_object_new_string(json_get_str(vm->spec, "accel", "tcg")));
+			       json_object_new_string(json_get_str(vm->inst.spec, "accel", "tcg")));
 	json_object_object_add(r, "balloon_actual_mb",
-			       alive ? int_or_null(vm->balloon_actual_mb) : NULL);
+			       alive ? inst_int_or_null(vm->balloon_actual_mb) : NULL);
 	json_object_object_add(r, "balloon_target_mb",
-			       alive ? int_or_null(vm->balloon_target_mb) : NULL);
+			       alive ? inst_int_or_null(vm->balloon_target_mb) : NULL);
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		struct json_object *d = json_object_new_object();
 
 		json_object_object_add(d, "name", json_object_new_string(vm->disks[i].name));
 		json_object_object_add(d, "path", json_object_new_string(vm->disks[i].path));
-		json_object_object_add(d, "virtual_size", int_or_null(vm->disks[i].virtual_size));
-		json_object_object_add(d, "allocated", int_or_null(vm->disks[i].allocated));
+		json_object_object_add(d, "virtual_size",
+				       inst_int_or_null(vm->disks[i].virtual_size));
+		json_object_object_add(d, "allocated", inst_int_or_null(vm->disks[i].allocated));
 		json_object_array_add(disks, d);
 	}
 	json_object_object_add(r, "disks", disks);
-	if (vm->vm_state == VM_CRASHED || vm->vm_state == VM_ERROR)
-		json_object_object_add(r, "error", json_object_new_string(vm->error));
+	if (vm->inst.state == INST_CRASHED || vm->inst.state == INST_ERROR)
+		json_object_object_add(r, "error", json_object_new_string(vm->inst.error));
 	return r;
-}
-
-/* Reports of every created VM, for the heartbeat's facts. */
-struct json_object *vm_reports(struct agent *a)
-{
-	struct json_object *arr = json_object_new_array();
-
-	for (struct vm *vm = a->vms; vm; vm = vm->next)
-		if (vm->created)
-			json_object_array_add(arr, vm_report(vm));
-	return arr;
-}
-
-/* VMs with a QEMU process, whatever it is doing: what uses this host's CPUs and memory. */
-int vm_running_count(struct agent *a)
-{
-	int n = 0;
-
-	for (struct vm *vm = a->vms; vm; vm = vm->next)
-		n += vm->created && vm_alive(vm);
-	return n;
 }
 
 /* Send vm's report to the controller as an instance-state message. */
 void vm_state_push(struct vm *vm)
 {
-	if (!vm->created || vm->agent->stopping)
+	if (!vm->inst.created || vm->inst.agent->stopping)
 		return;
-	log_info("vm %s: %s", vm->name, vm_state_name(vm->vm_state));
-	link_event_send(vm->agent, LINK_INSTANCE_STATE, NULL, vm_report(vm));
+	log_info("vm %s: %s", vm->inst.name, inst_state_name(vm->inst.state));
+	link_event_send(vm->inst.agent, LINK_INSTANCE_STATE, NULL, vm_report(vm));
 }
 
 /*
  * Set vm's state. A change no command is working on is pushed to the controller at
  * once; during a command its op-done carries the state.
  */
-void vm_state_set(struct vm *vm, enum vm_state state)
+void vm_state_set(struct vm *vm, enum inst_state state)
 {
-	if (vm->vm_state == state)
+	if (vm->inst.state == state)
 		return;
-	vm->vm_state = state;
-	if (state != VM_CRASHED && state != VM_ERROR)
-		vm->error[0] = '\0';
-	if (vm->op == NULL)
+	vm->inst.state = state;
+	if (state != INST_CRASHED && state != INST_ERROR)
+		vm->inst.error[0] = '\0';
+	if (vm->inst.op == NULL)
 		vm_state_push(vm);
 	else
-		log_debug("vm %s: %s", vm->name, vm_state_name(state));
+		log_debug("vm %s: %s", vm->inst.name, inst_state_name(state));
 }
 
 /* A stopped VM forgets that it crashed: a stop or start after a crash clears it. */
 void vm_stopped_set(struct vm *vm)
 {
-	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
+	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->inst.dir);
 
 	/* A crash leaves QEMU's pid file behind; it is what marks the crash. */
 	unlink(pidfile);
-	vm_state_set(vm, VM_STOPPED);
+	vm_state_set(vm, INST_STOPPED);
 }
 
 static void measured_cb(struct agent *a, const int64_t *vsize, const int64_t *alloc, void *data)
@@ -397,7 +281,7 @@ static void measured_cb(struct agent *a, const int64_t *vsize, const int64_t *al
 		}
 	}
 	if (m->cb)
-		m->cb(vm, NULL, m->data);
+		m->cb((struct inst *)vm, NULL, m->data);
 	free(m);
 }
 
@@ -405,16 +289,16 @@ static void measured_cb(struct agent *a, const int64_t *vsize, const int64_t *al
  * Refresh the disk sizes of vm off the loop, then call cb (may be NULL) with vm, or
  * with NULL if the vm went away meanwhile.
  */
-void vm_measure(struct vm *vm, vm_done_cb cb, void *data)
+void vm_measure(struct vm *vm, inst_done_cb cb, void *data)
 {
 	struct measure *m = xcalloc(1, sizeof(*m));
 
-	m->agent = vm->agent;
-	snprintf(m->name, sizeof(m->name), "%s", vm->name);
+	m->agent = vm->inst.agent;
+	snprintf(m->name, sizeof(m->name), "%s", vm->inst.name);
 	m->generation = vm->generation;
 	m->cb = cb;
 	m->data = data;
-	disk_sizes(vm->agent, vm->disks, vm->ndisks, measured_cb, m);
+	disk_sizes(vm->inst.agent, vm->disks, vm->ndisks, measured_cb, m);
 }
 
 /* ---- QMP ------------------------------------------------------------------------------ */
@@ -425,26 +309,26 @@ int vm_qmp(struct vm *vm, const char *cmd, struct json_object *args, unsigned ti
 {
 	if (!qmp_ready(vm->qmp)) {
 		json_object_put(args);
-		return err_set(err, 0, "vm %s: QEMU's QMP connection is not ready", vm->name);
+		return err_set(err, 0, "vm %s: QEMU's QMP connection is not ready", vm->inst.name);
 	}
 	return qmp_cmd_send(vm->qmp, cmd, args, timeout_ms, cb, data, err);
 }
 
-static enum vm_state status_state(const char *status)
+static enum inst_state status_state(const char *status)
 {
 	if (strcmp(status, "running") == 0)
-		return VM_RUNNING;
+		return INST_RUNNING;
 	if (strcmp(status, "shutdown") == 0)
-		return VM_STOPPING;
+		return INST_STOPPING;
 	/* paused, prelaunch, suspended, io-error, internal-error, ...: vCPUs not running. */
-	return VM_PAUSED;
+	return INST_PAUSED;
 }
 
 static void balloon_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct vm *vm = data;
 
-	if (vm->removing || ret == NULL)
+	if (vm->inst.removing || ret == NULL)
 		return;
 	vm->balloon_actual_mb = json_get_int(ret, "actual", -MIB) / MIB;
 }
@@ -460,29 +344,27 @@ static void shutdown_finish(struct vm *vm, const char *reason)
 	if (strcmp(reason, "host-qmp-quit") == 0 || strcmp(reason, "host-signal") == 0)
 		return; /* QEMU exits by itself */
 	if (vm_qmp(vm, "quit", NULL, 0, NULL, NULL, NULL) < 0)
-		log_warnx("vm %s: cannot ask QEMU to quit after the guest's shutdown", vm->name);
+		log_warnx("vm %s: cannot ask QEMU to quit after the guest's shutdown",
+			  vm->inst.name);
 }
 
 static void status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct vm *vm = data;
-	vm_done_cb cb;
 
-	if (vm->removing || !vm_alive(vm))
+	if (vm->inst.removing || !vm_alive(vm))
 		return;
 	if (ret == NULL) {
-		log_warnx("vm %s: query-status: %s", vm->name, error);
+		log_warnx("vm %s: query-status: %s", vm->inst.name, error);
 		return;
 	}
-	if (vm->start_cb) {
+	if (vm->inst.start_cb) {
 		/* The start settled: the op-done reports the state, nothing is pushed. */
-		uv_timer_stop(&vm->timer);
-		vm->vm_state = status_state(json_get_str(ret, "status", ""));
-		log_info("vm %s: QEMU pid %d is %s", vm->name, (int)vm->pid,
-			 vm_state_name(vm->vm_state));
-		cb = vm->start_cb;
-		vm->start_cb = NULL;
-		cb(vm, NULL, vm->start_data);
+		uv_timer_stop(&vm->inst.timer);
+		vm->inst.state = status_state(json_get_str(ret, "status", ""));
+		log_info("vm %s: QEMU pid %d is %s", vm->inst.name, (int)vm->inst.pid,
+			 inst_state_name(vm->inst.state));
+		inst_start_settle(&vm->inst, NULL);
 		return;
 	}
 	if (!vm->adopt_reported) {
@@ -490,20 +372,21 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 
 		/* Found at start-up: one report, whatever the state. */
 		vm->adopt_reported = true;
-		vm->vm_state = status_state(status);
-		log_info("vm %s: adopted QEMU pid %d (%s)", vm->name, (int)vm->pid, status);
+		vm->inst.state = status_state(status);
+		log_info("vm %s: adopted QEMU pid %d (%s)", vm->inst.name, (int)vm->inst.pid,
+			 status);
 		/* The guest powered off (or panicked) while the agent was away. */
 		if (strcmp(status, "shutdown") == 0 || strcmp(status, "guest-panicked") == 0) {
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",
 				 status[0] == 's' ? "guest-shutdown" : "guest-panic");
-			vm->vm_state = VM_STOPPING;
+			vm->inst.state = INST_STOPPING;
 			shutdown_finish(vm, vm->shutdown_reason);
 		}
-		if (vm->op == NULL)
+		if (vm->inst.op == NULL)
 			vm_state_push(vm);
 		return;
 	}
-	if (vm->vm_state != VM_STOPPING)
+	if (vm->inst.state != INST_STOPPING)
 		vm_state_set(vm, status_state(json_get_str(ret, "status", "")));
 }
 
@@ -523,35 +406,35 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 	struct vm *vm = data;
 
 	if (strcmp(name, "STOP") == 0) {
-		if (vm->vm_state == VM_RUNNING)
-			vm_state_set(vm, VM_PAUSED);
+		if (vm->inst.state == INST_RUNNING)
+			vm_state_set(vm, INST_PAUSED);
 	} else if (strcmp(name, "RESUME") == 0) {
-		if (vm->vm_state == VM_PAUSED)
-			vm_state_set(vm, VM_RUNNING);
+		if (vm->inst.state == INST_PAUSED)
+			vm_state_set(vm, INST_RUNNING);
 	} else if (strcmp(name, "SHUTDOWN") == 0) {
 		const char *reason = json_get_str(event_data, "reason", "unknown");
 
 		/* Our own quit after a guest's power-off keeps the first reason. */
 		if (!vm->shutdown_reason[0] || strcmp(reason, "host-qmp-quit") != 0)
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s", reason);
-		log_info("vm %s: QEMU shutting down (%s)", vm->name, reason);
-		vm_state_set(vm, VM_STOPPING);
+		log_info("vm %s: QEMU shutting down (%s)", vm->inst.name, reason);
+		vm_state_set(vm, INST_STOPPING);
 		shutdown_finish(vm, reason);
 	} else if (strcmp(name, "RESET") == 0) {
-		log_info("vm %s: reset (%s)", vm->name,
+		log_info("vm %s: reset (%s)", vm->inst.name,
 			 json_get_bool(event_data, "guest", false) ? "by the guest"
 								   : "by the host");
 		/* The state stays; the controller still hears of a reboot it did not ask for. */
-		if (vm->op == NULL && !vm->reset_expected)
+		if (vm->inst.op == NULL && !vm->reset_expected)
 			vm_state_push(vm);
 		vm->reset_expected = false;
 	} else if (strcmp(name, "BALLOON_CHANGE") == 0) {
 		vm->balloon_actual_mb = json_get_int(event_data, "actual", -MIB) / MIB;
 	} else if (strcmp(name, "GUEST_PANICKED") == 0) {
-		log_warnx("vm %s: the guest panicked", vm->name);
+		log_warnx("vm %s: the guest panicked", vm->inst.name);
 		snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "guest-panic");
 	} else {
-		log_debug("vm %s: QMP event %s", vm->name, name);
+		log_debug("vm %s: QMP event %s", vm->inst.name, name);
 	}
 }
 
@@ -563,18 +446,18 @@ static void qmp_closed_cb(struct qmp *q, int status, const char *why, void *data
 
 	if (vm->qmp == q)
 		vm->qmp = NULL;
-	if (vm->removing || status == UV_ECANCELED || !vm_alive(vm)) {
-		vm_unref(vm);
+	if (vm->inst.removing || status == UV_ECANCELED || !vm_alive(vm)) {
+		inst_unref(&vm->inst);
 		return;
 	}
-	vm_unref(vm);
+	inst_unref(&vm->inst);
 	vm->qmp_failures++;
 	if (vm->qmp_failures == 1 || vm->qmp_failures % 60 == 0)
-		log_debug("vm %s: QMP: %s", vm->name, why);
+		log_debug("vm %s: QMP: %s", vm->inst.name, why);
 	if (!vm->adopt_reported && vm->qmp_failures == ADOPT_REPORT_AFTER) {
 		/* QMP is busy or broken; say what is known rather than nothing. */
-		log_warnx("vm %s: QEMU pid %d runs but its QMP does not answer (%s)", vm->name,
-			  (int)vm->pid, why);
+		log_warnx("vm %s: QEMU pid %d runs but its QMP does not answer (%s)", vm->inst.name,
+			  (int)vm->inst.pid, why);
 		vm->adopt_reported = true;
 		vm_state_push(vm);
 	}
@@ -582,8 +465,8 @@ static void qmp_closed_cb(struct qmp *q, int status, const char *why, void *data
 	 * Our child's exit comes from libuv; an adopted QEMU's is found by polling right
 	 * after QMP went away. Either way QMP is reconnected while the process lives.
 	 */
-	uv_timer_start(&vm->poll_timer, poll_cb,
-		       vm->start_cb	       ? QMP_RETRY_START_MS
+	uv_timer_start(&vm->inst.poll_timer, poll_cb,
+		       vm->inst.start_cb       ? QMP_RETRY_START_MS
 		       : vm->qmp_failures <= 1 ? EXIT_POLL_MS
 					       : QMP_RETRY_MS,
 		       0);
@@ -598,12 +481,12 @@ static const struct qmp_ops vm_qmp_ops = {
 /* Connect vm's QMP socket (retried by vm.c while the process lives). */
 void vm_qmp_connect(struct vm *vm)
 {
-	_cleanup_free_ char *path = xasprintf("%s/qmp.sock", vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/qmp.sock", vm->inst.dir);
 
-	if (vm->qmp || vm->removing)
+	if (vm->qmp || vm->inst.removing)
 		return;
-	vm->open_handles++;
-	vm->qmp = qmp_open(vm->agent->loop, path, &vm_qmp_ops, vm);
+	vm->inst.open_handles++;
+	vm->qmp = qmp_open(vm->inst.agent->loop, path, &vm_qmp_ops, vm);
 }
 
 static void poll_cb(uv_timer_t *timer)
@@ -612,7 +495,7 @@ static void poll_cb(uv_timer_t *timer)
 
 	if (!vm_alive(vm))
 		return;
-	if (vm->proc == NULL && !vm_pid_alive(vm->pid)) {
+	if (vm->inst.child == NULL && !vm_pid_alive(vm->inst.pid)) {
 		vm_exited(vm, false, 0, 0);
 		return;
 	}
@@ -624,7 +507,7 @@ static void poll_cb(uv_timer_t *timer)
 /* The last line QEMU wrote to qemu.log since the start marker: its reason to exit. */
 static void log_reason(const struct vm *vm, char *out, size_t outlen)
 {
-	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->inst.dir);
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	char buf[2048], *line, *end, *p;
 	struct stat st;
@@ -656,119 +539,101 @@ static void log_reason(const struct vm *vm, char *out, size_t outlen)
 
 static void vm_exited(struct vm *vm, bool known, int64_t status, int term_signal)
 {
-	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
-	enum vm_state was = vm->vm_state, state = VM_STOPPED;
-	struct vm_waiter *w, *next;
-	pid_t pid = vm->pid;
+	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->inst.dir);
+	enum inst_state was = vm->inst.state, state = INST_STOPPED;
+	pid_t pid = vm->inst.pid;
 	char reason[200], why[256] = "";
 	struct stat st;
-	vm_done_cb cb;
 
 	if (pid == 0)
 		return;
-	vm->pid = 0;
+	vm->inst.pid = 0;
 	vm->balloon_actual_mb = -1;
 	vm_balloon_target_set(vm, -1); /* the next QEMU starts at max_mb */
-	uv_timer_stop(&vm->timer);
-	uv_timer_stop(&vm->poll_timer);
+	uv_timer_stop(&vm->inst.timer);
+	uv_timer_stop(&vm->inst.poll_timer);
 	if (vm->qmp) {
 		qmp_close(vm->qmp);
 		vm->qmp = NULL;
 	}
 	log_reason(vm, reason, sizeof(reason));
-	if (vm->start_cb || was == VM_STARTING) {
-		state = VM_ERROR;
-		if (vm->error[0])
-			snprintf(why, sizeof(why), "%s", vm->error);
+	if (vm->inst.start_cb || was == INST_STARTING) {
+		state = INST_ERROR;
+		if (vm->inst.error[0])
+			snprintf(why, sizeof(why), "%s", vm->inst.error);
 		else if (term_signal)
 			snprintf(why, sizeof(why), "QEMU was killed by signal %d while starting",
 				 term_signal);
 		else
 			snprintf(why, sizeof(why), "QEMU exited while starting: %s",
 				 reason[0] ? reason : "no reason in qemu.log");
-	} else if (vm->stop_requested) {
-		state = VM_STOPPED;
+	} else if (vm->inst.stop_requested) {
+		state = INST_STOPPED;
 	} else if (strcmp(vm->shutdown_reason, "host-signal") == 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU was stopped by a signal from outside Kumo");
 	} else if (strcmp(vm->shutdown_reason, "guest-panic") == 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "the guest panicked");
 	} else if (vm->shutdown_reason[0]) {
-		state = VM_STOPPED; /* the guest powered off, or a monitor client quit */
+		state = INST_STOPPED; /* the guest powered off, or a monitor client quit */
 	} else if (known && term_signal) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU (pid %d) was killed by signal %d (%s)", (int)pid,
 			 term_signal, strsignal(term_signal));
 	} else if (known && status != 0) {
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU exited with status %lld: %s", (long long)status,
 			 reason[0] ? reason : "no reason in qemu.log");
 	} else if (!known && stat(pidfile, &st) == 0) {
 		/* QEMU removes its pid file on every clean exit. */
-		state = VM_CRASHED;
+		state = INST_CRASHED;
 		snprintf(why, sizeof(why), "QEMU (pid %d) ended without a clean shutdown",
 			 (int)pid);
 	}
-	if (state == VM_STOPPED)
+	if (state == INST_STOPPED)
 		unlink(pidfile);
 	/* isolation: QEMU's uid and cgroup are given back (uid.c, vmcgroup.c). */
 	uid_vm_release(vm);
 	vmcgroup_remove(vm);
 	if (why[0])
-		log_warnx("vm %s: %s", vm->name, why);
+		log_warnx("vm %s: %s", vm->inst.name, why);
 	else
-		log_info("vm %s: QEMU pid %d is gone", vm->name, (int)pid);
-	vm->vm_state = state;
-	snprintf(vm->error, sizeof(vm->error), "%s", why);
-	if (vm->op == NULL)
+		log_info("vm %s: QEMU pid %d is gone", vm->inst.name, (int)pid);
+	vm->inst.state = state;
+	snprintf(vm->inst.error, sizeof(vm->inst.error), "%s", why);
+	if (vm->inst.op == NULL)
 		vm_state_push(vm);
 
-	cb = vm->start_cb;
-	vm->start_cb = NULL;
-	if (cb)
-		cb(vm, why, vm->start_data);
-	for (w = vm->exit_waiters, vm->exit_waiters = NULL; w; w = next) {
-		next = w->next;
-		w->cb(vm, NULL, w->data);
-		free(w);
-	}
+	inst_start_settle(&vm->inst, why);
+	inst_exit_waiters_call(&vm->inst, NULL);
 }
 
-static void proc_exit_cb(uv_process_t *handle, int64_t exit_status, int term_signal)
+static void qemu_exit_fn(struct inst *inst, int64_t exit_status, int term_signal)
 {
-	struct vm_proc *proc = handle->data;
-	struct vm *vm = proc->vm;
-
-	uv_close((uv_handle_t *)handle, proc_close_cb);
-	if (vm == NULL)
-		return;
-	vm->proc = NULL;
-	vm_exited(vm, true, exit_status, term_signal);
+	vm_exited((struct vm *)inst, true, exit_status, term_signal);
 }
 
 static void start_deadline_cb(uv_timer_t *timer)
 {
 	struct vm *vm = timer->data;
-	vm_done_cb cb = vm->start_cb;
 	char why[128];
 
-	if (cb == NULL)
+	if (vm->inst.start_cb == NULL)
 		return;
 	snprintf(why, sizeof(why), "QEMU did not answer on QMP within %d s; killed",
 		 AGENT_VM_START_TIMEOUT_MS / 1000);
-	log_warnx("vm %s: %s", vm->name, why);
-	vm->start_cb = NULL;
-	vm->stop_requested = true;
-	kill(vm->pid, SIGKILL);
-	snprintf(vm->error, sizeof(vm->error), "%s", why);
-	cb(vm, why, vm->start_data);
+	log_warnx("vm %s: %s", vm->inst.name, why);
+	vm->inst.stop_requested = true;
+	kill(vm->inst.pid, SIGKILL);
+	snprintf(vm->inst.error, sizeof(vm->inst.error), "%s", why);
+	inst_start_settle(&vm->inst, why);
 }
 
 /* Open qemu.log for QEMU's output, with a marker line before this start's output. */
 static int qemu_log_open(struct vm *vm, struct kerr *err)
 {
-	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->inst.dir);
 	_cleanup_free_ char *line = NULL;
 	char when[64];
 	time_t now = time(NULL);
@@ -777,11 +642,11 @@ static int qemu_log_open(struct vm *vm, struct kerr *err)
 
 	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return err_set(err, errno, "vm %s: cannot open %s", vm->name, path);
+		return err_set(err, errno, "vm %s: cannot open %s", vm->inst.name, path);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
-	line = xasprintf("-- %s: kumo-agentd starts QEMU at %s\n", vm->name, when);
+	line = xasprintf("-- %s: kumo-agentd starts QEMU at %s\n", vm->inst.name, when);
 	if (write(fd, line, strlen(line)) < 0)
-		log_warn("vm %s: cannot write %s", vm->name, path);
+		log_warn("vm %s: cannot write %s", vm->inst.name, path);
 	return fd;
 }
 
@@ -791,7 +656,7 @@ static int qemu_log_open(struct vm *vm, struct kerr *err)
  */
 void vm_balloon_target_set(struct vm *vm, int64_t target_mb)
 {
-	_cleanup_free_ char *path = xasprintf("%s/balloon_target", vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/balloon_target", vm->inst.dir);
 	char text[32];
 	int ret;
 
@@ -803,13 +668,13 @@ void vm_balloon_target_set(struct vm *vm, int64_t target_mb)
 	snprintf(text, sizeof(text), "%lld\n", (long long)target_mb);
 	ret = file_write_atomic(path, text, strlen(text), 0600);
 	if (ret < 0)
-		log_warnx("vm %s: cannot write %s: %s", vm->name, path, strerror(-ret));
+		log_warnx("vm %s: cannot write %s: %s", vm->inst.name, path, strerror(-ret));
 }
 
 /* At adoption of a running QEMU: the balloon target a previous run of the agent set. */
 void vm_balloon_target_load(struct vm *vm)
 {
-	_cleanup_free_ char *path = xasprintf("%s/balloon_target", vm->dir), *text = NULL;
+	_cleanup_free_ char *path = xasprintf("%s/balloon_target", vm->inst.dir), *text = NULL;
 
 	if (file_read_all(path, 64, &text, NULL) == 0 && strtoll(text, NULL, 10) > 0)
 		vm->balloon_target_mb = strtoll(text, NULL, 10);
@@ -818,27 +683,28 @@ void vm_balloon_target_load(struct vm *vm)
 /* Keep the serial log within the agent's cap (logfile_trim()). */
 static void console_trim(struct vm *vm, const char *path)
 {
-	const struct agent_config *cfg = vm->agent->cfg;
+	const struct agent_config *cfg = vm->inst.agent->cfg;
 
 	if (logfile_trim(path, (int64_t)cfg->log_size_mib << 20, cfg->log_files) < 0)
-		log_warn("vm %s: cannot trim %s", vm->name, path);
+		log_warn("vm %s: cannot trim %s", vm->inst.name, path);
 }
 
 /* Spawn QEMU for vm, its disks checked (vm_start()). */
-static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+static int vm_spawn(struct vm *vm, const char *loadvm, inst_done_cb cb, void *data,
+		    struct kerr *err)
 {
-	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
-	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->dir);
+	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->inst.dir);
+	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->inst.dir);
 	uv_stdio_container_t stdio[3];
 	uv_process_options_t opts = {0};
 	struct argv av = {0};
-	struct vm_proc *proc;
 	int fd, ret;
 
 	if (vm_alive(vm))
-		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
-	if (netport_vm_prepare(json_object_object_get(vm->spec, "nics"), err) < 0)
-		return agent_err_prefix(err, "network: ");
+		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->inst.name,
+			       (int)vm->inst.pid);
+	if (netport_vm_prepare(json_object_object_get(vm->inst.spec, "nics"), err) < 0)
+		return err_prefix(err, "network: ");
 	/* isolation: QEMU's own uid (uid.c), claimed before its -runas is written. */
 	if (uid_vm_claim(vm, err) < 0)
 		return -1;
@@ -855,16 +721,12 @@ static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data
 	unlink(pidfile);
 	vm_balloon_target_set(vm, -1); /* left by a QEMU that ended while the agent was away */
 
-	proc = xcalloc(1, sizeof(*proc));
-	proc->vm = vm;
-	proc->handle.data = proc;
 	stdio[0].flags = UV_IGNORE;
 	stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
 	stdio[1].data.fd = stdio[2].data.fd = fd;
 	opts.file = AGENT_QEMU_BINARY;
 	opts.args = av.v;
-	opts.exit_cb = proc_exit_cb;
-	opts.cwd = vm->dir;
+	opts.cwd = vm->inst.dir;
 	opts.stdio = stdio;
 	opts.stdio_count = 3;
 	/*
@@ -873,33 +735,30 @@ static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data
 	 * the lab: it opens /dev/kvm (kvm accel) and disk files in pools owned by root.
 	 */
 	opts.flags = UV_PROCESS_DETACHED;
-	ret = uv_spawn(vm->agent->loop, &proc->handle, &opts);
+	ret = inst_child_spawn(&vm->inst, &opts, qemu_exit_fn);
 	close(fd);
 	argv_free(&av);
-	if (ret < 0) {
-		uv_close((uv_handle_t *)&proc->handle, proc_close_cb);
-		return err_set(err, -ret, "vm %s: cannot run %s", vm->name, AGENT_QEMU_BINARY);
-	}
-	vm->proc = proc;
-	vm->pid = proc->handle.pid;
-	vm->started_at_ms = now_ms();
-	vm->stop_requested = vm->stop_forced = false;
+	if (ret < 0)
+		return err_set(err, -ret, "vm %s: cannot run %s", vm->inst.name, AGENT_QEMU_BINARY);
+	vm->inst.pid = ret;
+	vm->inst.started_at_ms = now_ms();
+	vm->inst.stop_requested = vm->inst.stop_forced = false;
 	vm->shutdown_reason[0] = '\0';
-	vm->error[0] = '\0';
+	vm->inst.error[0] = '\0';
 	vm->qmp_failures = 0;
 	vm->adopt_reported = true;
-	vm->start_cb = cb;
-	vm->start_data = data;
+	vm->inst.start_cb = cb;
+	vm->inst.start_data = data;
 	/* isolation: QEMU runs in its own cgroup with the VM's limits, or not at all. */
-	if (vmcgroup_enter(vm, vm->pid, err) < 0) {
-		snprintf(vm->error, sizeof(vm->error), "%s", err->msg);
-		kill(vm->pid, SIGKILL);
+	if (vmcgroup_enter(vm, vm->inst.pid, err) < 0) {
+		snprintf(vm->inst.error, sizeof(vm->inst.error), "%s", err->msg);
+		kill(vm->inst.pid, SIGKILL);
 	}
-	log_info("vm %s: QEMU started, pid %d%s%s", vm->name, (int)vm->pid,
+	log_info("vm %s: QEMU started, pid %d%s%s", vm->inst.name, (int)vm->inst.pid,
 		 loadvm ? ", resuming snapshot " : "", loadvm ? loadvm : "");
-	vm_state_set(vm, VM_STARTING);
-	uv_timer_start(&vm->timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
-	uv_timer_start(&vm->poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
+	vm_state_set(vm, INST_STARTING);
+	uv_timer_start(&vm->inst.timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
+	uv_timer_start(&vm->inst.poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
 	return 0;
 }
 
@@ -907,7 +766,7 @@ static int vm_spawn(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data
 struct start_wait {
 	struct vm *vm;
 	char *loadvm;
-	vm_done_cb cb;
+	inst_done_cb cb;
 	void *data;
 };
 
@@ -918,11 +777,11 @@ static void start_checked_cb(struct agent *a, const char *error, void *data)
 
 	(void)a;
 	if (error) {
-		w->cb(w->vm, error, w->data);
+		w->cb(&w->vm->inst, error, w->data);
 	} else if (vm_alive(w->vm)) {
-		w->cb(w->vm, "QEMU runs already", w->data);
+		w->cb(&w->vm->inst, "QEMU runs already", w->data);
 	} else if (vm_spawn(w->vm, w->loadvm, w->cb, w->data, &err) < 0) {
-		w->cb(w->vm, err.msg, w->data);
+		w->cb(&w->vm->inst, err.msg, w->data);
 	}
 	free(w->loadvm);
 	free(w);
@@ -937,12 +796,13 @@ static void start_checked_cb(struct agent *a, const char *error, void *data)
  * metadata operations on a local disk. Returns 0, or -1 with err when QEMU could not be spawned (cb
  * is then not called).
  */
-int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struct kerr *err)
+int vm_start(struct vm *vm, const char *loadvm, inst_done_cb cb, void *data, struct kerr *err)
 {
 	struct start_wait *w;
 
 	if (vm_alive(vm))
-		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->name, (int)vm->pid);
+		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->inst.name,
+			       (int)vm->inst.pid);
 	w = xcalloc(1, sizeof(*w));
 	w->vm = vm;
 	w->loadvm = loadvm ? xstrdup(loadvm) : NULL;
@@ -952,41 +812,31 @@ int vm_start(struct vm *vm, const char *loadvm, vm_done_cb cb, void *data, struc
 	return 0;
 }
 
-static void waiter_add(struct vm *vm, vm_done_cb cb, void *data)
-{
-	struct vm_waiter *w = xcalloc(1, sizeof(*w));
-
-	w->cb = cb;
-	w->data = data;
-	w->next = vm->exit_waiters;
-	vm->exit_waiters = w;
-}
-
 static void kill_cb(uv_timer_t *timer)
 {
 	struct vm *vm = timer->data;
 
 	if (!vm_alive(vm))
 		return;
-	log_warnx("vm %s: QEMU pid %d still there %d ms after quit; SIGKILL", vm->name,
-		  (int)vm->pid, AGENT_VM_KILL_AFTER_MS);
-	kill(vm->pid, SIGKILL);
-	if (vm->proc == NULL)
-		uv_timer_start(&vm->poll_timer, poll_cb, EXIT_POLL_MS, 0);
+	log_warnx("vm %s: QEMU pid %d still there %d ms after quit; SIGKILL", vm->inst.name,
+		  (int)vm->inst.pid, AGENT_VM_KILL_AFTER_MS);
+	kill(vm->inst.pid, SIGKILL);
+	if (vm->inst.child == NULL)
+		uv_timer_start(&vm->inst.poll_timer, poll_cb, EXIT_POLL_MS, 0);
 }
 
 /* QMP quit, then SIGKILL if QEMU lingers; at once SIGKILL without QMP. */
 static void quit_or_kill(struct vm *vm)
 {
-	vm->stop_forced = true;
+	vm->inst.stop_forced = true;
 	if (vm_qmp(vm, "quit", NULL, 0, NULL, NULL, NULL) == 0) {
-		uv_timer_start(&vm->timer, kill_cb, AGENT_VM_KILL_AFTER_MS, 0);
+		uv_timer_start(&vm->inst.timer, kill_cb, AGENT_VM_KILL_AFTER_MS, 0);
 		return;
 	}
-	log_info("vm %s: no QMP; SIGKILL to QEMU pid %d", vm->name, (int)vm->pid);
-	kill(vm->pid, SIGKILL);
-	if (vm->proc == NULL)
-		uv_timer_start(&vm->poll_timer, poll_cb, EXIT_POLL_MS, 0);
+	log_info("vm %s: no QMP; SIGKILL to QEMU pid %d", vm->inst.name, (int)vm->inst.pid);
+	kill(vm->inst.pid, SIGKILL);
+	if (vm->inst.child == NULL)
+		uv_timer_start(&vm->inst.poll_timer, poll_cb, EXIT_POLL_MS, 0);
 }
 
 static void stop_timeout_cb(uv_timer_t *timer)
@@ -995,23 +845,23 @@ static void stop_timeout_cb(uv_timer_t *timer)
 
 	if (!vm_alive(vm))
 		return;
-	log_info("vm %s: the guest did not power off in time; forcing", vm->name);
+	log_info("vm %s: the guest did not power off in time; forcing", vm->inst.name);
 	quit_or_kill(vm);
 }
 
 /*
  * Stop vm's QEMU (which runs): an ACPI power button press (system_powerdown; a paused
  * guest is resumed first, as it could not react), then after timeout_s seconds QMP
- * quit, then SIGKILL. cb(vm, NULL, data) once the process is gone; vm->stop_forced
+ * quit, then SIGKILL. cb(vm, NULL, data) once the process is gone; vm->inst.stop_forced
  * says whether the guest had to be forced.
  */
-void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data)
+void vm_shutdown(struct vm *vm, unsigned timeout_s, inst_done_cb cb, void *data)
 {
-	bool paused = vm->vm_state == VM_PAUSED;
+	bool paused = vm->inst.state == INST_PAUSED;
 
-	waiter_add(vm, cb, data);
-	vm->stop_requested = true;
-	vm_state_set(vm, VM_STOPPING);
+	inst_exit_waiter_add(&vm->inst, cb, data);
+	vm->inst.stop_requested = true;
+	vm_state_set(vm, INST_STOPPING);
 	if (timeout_s == 0 || !qmp_ready(vm->qmp)) {
 		quit_or_kill(vm);
 		return;
@@ -1019,19 +869,19 @@ void vm_shutdown(struct vm *vm, unsigned timeout_s, vm_done_cb cb, void *data)
 	if (paused)
 		vm_qmp(vm, "cont", NULL, 0, NULL, NULL, NULL);
 	vm_qmp(vm, "system_powerdown", NULL, 0, NULL, NULL, NULL);
-	uv_timer_start(&vm->timer, stop_timeout_cb, (uint64_t)timeout_s * 1000, 0);
+	uv_timer_start(&vm->inst.timer, stop_timeout_cb, (uint64_t)timeout_s * 1000, 0);
 }
 
 /*
  * Stop vm's QEMU (which runs) at once: QMP quit, SIGKILL if it lingers. Joins a
  * graceful stop in progress. cb(vm, NULL, data) once the process is gone.
  */
-void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data)
+void vm_force_stop(struct vm *vm, inst_done_cb cb, void *data)
 {
-	waiter_add(vm, cb, data);
-	vm->stop_requested = true;
-	vm_state_set(vm, VM_STOPPING);
-	uv_timer_stop(&vm->timer);
+	inst_exit_waiter_add(&vm->inst, cb, data);
+	vm->inst.stop_requested = true;
+	vm_state_set(vm, INST_STOPPING);
+	uv_timer_stop(&vm->inst.timer);
 	quit_or_kill(vm);
 }
 
@@ -1045,16 +895,18 @@ void vm_force_stop(struct vm *vm, vm_done_cb cb, void *data)
  */
 void vm_cron(struct agent *a)
 {
-	for (struct vm *vm = a->vms, *next; vm; vm = next) {
-		next = vm->next;
-		if (!vm->created)
+	for (struct inst *inst = a->insts, *next; inst; inst = next) {
+		struct vm *vm = (struct vm *)inst;
+
+		next = inst->next;
+		if (inst->driver != &vm_driver || !inst->created)
 			continue;
-		if (vm->op == NULL)
+		if (vm->inst.op == NULL)
 			vm_measure(vm, NULL, NULL);
-		if (vm_alive(vm) && vm->proc == NULL && !vm_pid_alive(vm->pid))
+		if (vm_alive(vm) && vm->inst.child == NULL && !vm_pid_alive(vm->inst.pid))
 			vm_exited(vm, false, 0, 0);
 		if (vm_alive(vm)) {
-			_cleanup_free_ char *console = xasprintf("%s/console.log", vm->dir);
+			_cleanup_free_ char *console = xasprintf("%s/console.log", vm->inst.dir);
 
 			console_trim(vm, console);
 		}

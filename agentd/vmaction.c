@@ -30,7 +30,7 @@
 
 /* ---- create and update ------------------------------------------------------------------ */
 
-static void created_cb(struct vm *vm, const char *error, void *data)
+static void created_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
@@ -61,18 +61,14 @@ static void spec_written_cb(struct agent *a, const char *error, void *data)
 	struct inst_op *op = data;
 	struct kerr err;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (op->registered) {
-		op->vm->created = true;
+		op->vm->inst.created = true;
 		op->registered = false; /* it exists now; a failure to start keeps it */
 		memset(op->made, 0, sizeof(op->made));
 		memset(op->make, 0, sizeof(op->make));
-		log_info("vm %s: created", op->vm->name);
+		log_info("vm %s: created", op->vm->inst.name);
 		create_start(op);
 		return;
 	}
@@ -88,7 +84,7 @@ static void spec_written_cb(struct agent *a, const char *error, void *data)
 
 static void spec_write(struct inst_op *op)
 {
-	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->dir);
+	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->inst.dir);
 
 	instance_op_progress(op, 85, "saving the instance");
 	disk_file_write(op->agent, path, json_text(op->spec), spec_written_cb, op);
@@ -98,12 +94,8 @@ static void seeded_cb(struct agent *a, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	spec_write(op);
 }
 
@@ -116,8 +108,8 @@ static void seed_then_spec(struct inst_op *op)
 		return;
 	}
 	instance_op_progress(op, 75, "writing the cloud-init seed");
-	disk_seed_build(op->agent, op->vm->dir, op->vm->name, json_get_str(ci, "user_data", ""),
-			seeded_cb, op);
+	disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
+			json_get_str(ci, "user_data", ""), seeded_cb, op);
 }
 
 static bool want_grow(struct inst_op *op, size_t i)
@@ -168,12 +160,8 @@ static void make_disks(struct agent *a, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	instance_disks_each(op, want_make, make_one, grow_then_seed);
 }
 
@@ -182,12 +170,8 @@ static void prepared_cb(struct agent *a, const char *error, void *data)
 	struct inst_op *op = data;
 	_cleanup_free_ char *path = NULL;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (!op->registered) {
 		make_disks(a, NULL, op);
 		return;
@@ -196,7 +180,7 @@ static void prepared_cb(struct agent *a, const char *error, void *data)
 	 * The paths are checked: none of the disks exists. Should the agent die before
 	 * spec.json is written, creating.json tells the next one what to remove.
 	 */
-	path = xasprintf("%s/creating.json", op->vm->dir);
+	path = xasprintf("%s/creating.json", op->vm->inst.dir);
 	disk_file_write(a, path, json_text(op->spec), make_disks, op);
 }
 
@@ -261,7 +245,7 @@ static void images_check_next(struct images_wait *w)
 		images[n++] = op->images[i];
 	}
 	instance_op_progress(op, 5, "checking disk paths");
-	disk_prepare(op->agent, op->vm->dir, fresh, n, images, prepared_cb, op);
+	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, prepared_cb, op);
 }
 
 static void disks_prepare(struct inst_op *op)
@@ -283,11 +267,11 @@ void vmaction_create(struct inst_op *op)
 
 	if (vm) {
 		/* The same spec again: a resend after an agent restart, not a new instance. */
-		if (vm->created && json_object_equal(vm->spec, op->spec)) {
+		if (vm->inst.created && json_object_equal(vm->inst.spec, op->spec)) {
 			create_start(op);
 			return;
 		}
-		instance_op_fail(op, "instance %s exists already on this host", vm->name);
+		instance_op_fail(op, "instance %s exists already on this host", vm->inst.name);
 		return;
 	}
 	vm = vm_register(op->agent, op->spec, &err);
@@ -297,7 +281,7 @@ void vmaction_create(struct inst_op *op)
 	}
 	op->vm = vm;
 	op->owner = op->registered = true;
-	vm->op = op;
+	vm->inst.op = op;
 	for (size_t i = 0; i < op->ndisks; i++)
 		op->make[i] = true;
 	/* HA failover (controllerd/ha.c): the disks on the shared pool are the ones the
@@ -334,7 +318,7 @@ void vmaction_update(struct inst_op *op)
 	struct json_object *old_ci = NULL, *new_ci = NULL, *arr;
 	struct kerr err;
 
-	if (json_object_equal(vm->spec, op->spec)) {
+	if (json_object_equal(vm->inst.spec, op->spec)) {
 		instance_op_succeed(op);
 		return;
 	}
@@ -343,7 +327,7 @@ void vmaction_update(struct inst_op *op)
 			op,
 			"instance %s is %s; vcpus, memory and disks change only while it is "
 			"stopped",
-			vm->name, vm_state_name(vm->vm_state));
+			vm->inst.name, inst_state_name(vm->inst.state));
 		return;
 	}
 	if (vm_disks_resolve(op->agent, op->spec, op->disks, &op->ndisks, &err) < 0) {
@@ -353,7 +337,7 @@ void vmaction_update(struct inst_op *op)
 	json_object_object_get_ex(op->spec, "disks", &arr);
 	for (size_t i = 0; i < op->ndisks; i++) {
 		struct json_object *nd = json_object_array_get_idx(arr, i);
-		struct json_object *od = spec_disk(vm->spec, op->disks[i].name);
+		struct json_object *od = spec_disk(vm->inst.spec, op->disks[i].name);
 		int64_t old_mb, new_mb = json_get_int(nd, "size_mb", 0);
 
 		if (od == NULL) {
@@ -383,26 +367,13 @@ void vmaction_update(struct inst_op *op)
 			return;
 		}
 	}
-	json_object_object_get_ex(vm->spec, "cloud_init", &old_ci);
+	json_object_object_get_ex(vm->inst.spec, "cloud_init", &old_ci);
 	json_object_object_get_ex(op->spec, "cloud_init", &new_ci);
 	op->seed = new_ci && !json_object_equal(old_ci, new_ci);
 	disks_prepare(op);
 }
 
 /* ---- power ------------------------------------------------------------------------------ */
-
-static void started_cb(struct vm *vm, const char *error, void *data)
-{
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	instance_op_succeed(op);
-}
 
 /*
  * start: run QEMU; running or paused already is success.
@@ -412,32 +383,29 @@ void vmaction_start(struct inst_op *op)
 	struct vm *vm = op->vm;
 	struct kerr err;
 
-	if (vm->vm_state == VM_RUNNING || vm->vm_state == VM_PAUSED) {
+	if (vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
 	if (vm_alive(vm)) {
-		instance_op_fail(op, "instance %s is %s", vm->name, vm_state_name(vm->vm_state));
+		instance_op_fail(op, "instance %s is %s", vm->inst.name,
+				 inst_state_name(vm->inst.state));
 		return;
 	}
 	instance_op_progress(op, 10, "starting qemu");
-	if (vm_start(vm, NULL, started_cb, op, &err) < 0)
+	if (vm_start(vm, NULL, instance_done_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-static void stopped_cb(struct vm *vm, const char *error, void *data)
+static void stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	if (op->result == NULL)
 		op->result = json_object_new_object();
-	json_object_object_add(op->result, "forced", json_object_new_boolean(vm->stop_forced));
+	json_object_object_add(op->result, "forced", json_object_new_boolean(inst->stop_forced));
 	instance_op_succeed(op);
 }
 
@@ -448,7 +416,8 @@ static void stopped_cb(struct vm *vm, const char *error, void *data)
  */
 void vmaction_stop(struct inst_op *op)
 {
-	int64_t timeout = json_get_int(op->args, "timeout_s", stop_grace_default("vm"));
+	int64_t timeout =
+		json_get_int(op->args, "timeout_s", verb_timeout_default(VERB_STOP, INST_VM));
 
 	if (op->result == NULL)
 		op->result = json_object_new_object();
@@ -479,10 +448,10 @@ void vmaction_force_stop(struct inst_op *op)
 
 static bool running_or_fail(struct inst_op *op)
 {
-	if (op->vm->vm_state == VM_RUNNING || op->vm->vm_state == VM_PAUSED)
+	if (op->vm->inst.state == INST_RUNNING || op->vm->inst.state == INST_PAUSED)
 		return true;
-	instance_op_fail(op, "instance %s is %s, not running", op->vm->name,
-			 vm_state_name(op->vm->vm_state));
+	instance_op_fail(op, "instance %s is %s, not running", op->vm->inst.name,
+			 inst_state_name(op->vm->inst.state));
 	return false;
 }
 
@@ -490,12 +459,8 @@ static void qmp_done_cb(struct qmp *q, struct json_object *ret, const char *erro
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	instance_op_succeed(op);
 }
 
@@ -523,8 +488,7 @@ static void reset_cb(struct qmp *q, struct json_object *ret, const char *error, 
  */
 void vmaction_reboot(struct inst_op *op)
 {
-	if (!running_or_fail(op))
-		return;
+	/* Running or paused: the verb table's from-states, checked before (dispatch.c). */
 	/* QEMU answers first and resets on its next turn: the event follows the op-done. */
 	op->vm->reset_expected = true;
 	simple_qmp(op, "system_reset", NULL, reset_cb);
@@ -535,7 +499,7 @@ static void paused_cb(struct qmp *q, struct json_object *ret, const char *error,
 	struct inst_op *op = data;
 
 	if (!op->agent->stopping && !error)
-		vm_state_set(op->vm, VM_PAUSED);
+		vm_state_set(op->vm, INST_PAUSED);
 	qmp_done_cb(q, ret, error, data);
 }
 
@@ -544,7 +508,7 @@ static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error
 	struct inst_op *op = data;
 
 	if (!op->agent->stopping && !error)
-		vm_state_set(op->vm, VM_RUNNING);
+		vm_state_set(op->vm, INST_RUNNING);
 	qmp_done_cb(q, ret, error, data);
 }
 
@@ -553,12 +517,11 @@ static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error
  */
 void vmaction_pause(struct inst_op *op)
 {
-	if (op->vm->vm_state == VM_PAUSED) {
+	if (op->vm->inst.state == INST_PAUSED) {
 		instance_op_succeed(op);
 		return;
 	}
-	if (running_or_fail(op))
-		simple_qmp(op, "stop", NULL, paused_cb);
+	simple_qmp(op, "stop", NULL, paused_cb);
 }
 
 /*
@@ -566,12 +529,11 @@ void vmaction_pause(struct inst_op *op)
  */
 void vmaction_resume(struct inst_op *op)
 {
-	if (op->vm->vm_state == VM_RUNNING) {
+	if (op->vm->inst.state == INST_RUNNING) {
 		instance_op_succeed(op);
 		return;
 	}
-	if (running_or_fail(op))
-		simple_qmp(op, "cont", NULL, resumed_cb);
+	simple_qmp(op, "cont", NULL, resumed_cb);
 }
 
 /*
@@ -622,7 +584,7 @@ static void balloon_finish(struct balloon_wait *w, int64_t actual_mb, const char
 			 (long long)actual_mb, (long long)(now_ms() - w->since_ms) / 1000,
 			 (long long)w->tolerance_mb, (long long)w->target_mb);
 		json_object_object_add(op->result, "warning", json_object_new_string(warning));
-		log_warnx("vm %s: %s", op->vm->name, warning);
+		log_warnx("vm %s: %s", op->vm->inst.name, warning);
 	}
 	instance_op_succeed(op);
 }
@@ -679,12 +641,8 @@ static void balloon_set_cb(struct qmp *q, struct json_object *ret, const char *e
 	struct balloon_wait *w;
 	char phase[96];
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	w = xcalloc(1, sizeof(*w));
 	w->op = op;
 	w->target_mb = json_get_int(op->args, "target_mb", 0);
@@ -711,14 +669,14 @@ void vmaction_balloon(struct inst_op *op)
 	struct json_object *mem, *args = json_object_new_object();
 	int64_t target = json_get_int(op->args, "target_mb", 0), min, max;
 
-	json_object_object_get_ex(op->vm->spec, "memory", &mem);
+	json_object_object_get_ex(op->vm->inst.spec, "memory", &mem);
 	min = json_get_int(mem, "min_mb", 0);
 	max = json_get_int(mem, "max_mb", 0);
 	if (max == 0) {
 		json_object_put(args);
 		instance_op_fail(
 			op, "instance %s has static memory; the balloon needs min_mb and max_mb",
-			op->vm->name);
+			op->vm->inst.name);
 		return;
 	}
 	if (target < min || target > max) {
@@ -744,15 +702,11 @@ static void removed_cb(struct agent *a, const char *error, void *data)
 	struct inst_op *op = data;
 	struct vm *vm = op->vm;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	vm->vm_state = VM_STOPPED;
+	vm->inst.state = INST_STOPPED;
 	op->report = vm_report(vm);
-	vm->op = NULL;
+	vm->inst.op = NULL;
 	op->owner = false;
 	vm_remove(vm);
 	op->vm = NULL;
@@ -770,65 +724,31 @@ static void delete_files(struct inst_op *op)
 	instance_op_progress(op, 50,
 			     keep ? "removing the instance, keeping its disks"
 				  : "removing the instance and its disks");
-	netport_vm_remove(json_object_object_get(op->vm->spec, "nics"));
-	disk_remove(op->agent, op->vm->dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
+	netport_vm_remove(json_object_object_get(op->vm->inst.spec, "nics"));
+	disk_remove(op->agent, op->vm->inst.dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
 		    removed_cb, op);
 }
 
-static void delete_stopped_cb(struct vm *vm, const char *error, void *data)
+/* The VM part of the report of a VM this host does not have (instance_delete()). */
+static void absent_report(struct json_object *r, struct json_object *spec)
 {
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
-	delete_files(op);
+	json_object_object_add(r, "started_at", NULL);
+	json_object_object_add(r, "uptime_s", json_object_new_int(0));
+	json_object_object_add(r, "accel",
+			       json_object_new_string(json_get_str(spec, "accel", "tcg")));
+	json_object_object_add(r, "balloon_actual_mb", NULL);
+	json_object_object_add(r, "disks", json_object_new_array());
 }
 
-/*
- * delete: remove the run directory and, unless args.keep_disks, the disks; a running
- * VM only with args.force (force-stopped first). Unknown here is success, "deleted": false.
- */
-void vmaction_delete(struct inst_op *op)
+static void force_stop(struct inst_op *op, inst_done_cb cb)
 {
-	struct vm *vm = op->vm;
-	struct json_object *r;
-
-	if (vm == NULL || !vm->created) {
-		/* Deleted before (a resend), or never here: nothing to do, and say so. */
-		op->vm = NULL;
-		r = json_object_new_object();
-		json_object_object_add(r, "name",
-				       json_object_new_string(json_get_str(op->spec, "name", "")));
-		json_object_object_add(r, "type", json_object_new_string("vm"));
-		json_object_object_add(r, "state", json_object_new_string("stopped"));
-		json_object_object_add(r, "pid", NULL);
-		json_object_object_add(r, "started_at", NULL);
-		json_object_object_add(r, "uptime_s", json_object_new_int(0));
-		json_object_object_add(
-			r, "accel", json_object_new_string(json_get_str(op->spec, "accel", "tcg")));
-		json_object_object_add(r, "balloon_actual_mb", NULL);
-		json_object_object_add(r, "disks", json_object_new_array());
-		op->report = r;
-		op->result = json_object_new_object();
-		json_object_object_add(op->result, "deleted", json_object_new_boolean(false));
-		instance_op_succeed(op);
-		return;
-	}
-	if (!vm_alive(vm)) {
-		delete_files(op);
-		return;
-	}
-	if (!json_get_bool(op->args, "force", false)) {
-		instance_op_fail(op, "instance %s is %s; stop it first, or delete with force",
-				 vm->name, vm_state_name(vm->vm_state));
-		return;
-	}
 	instance_op_progress(op, 10, "stopping qemu");
-	vm_force_stop(vm, delete_stopped_cb, op);
+	vm_force_stop(op->vm, cb, op);
+}
+
+static bool alive(const struct inst *inst)
+{
+	return vm_alive((const struct vm *)inst);
 }
 
 /* ---- snapshots -------------------------------------------------------------------------- */
@@ -886,12 +806,8 @@ static void hmp_done_cb(struct qmp *q, struct json_object *ret, const char *erro
 	char out[256];
 	size_t len;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	/* HMP says nothing on success; anything it prints is the reason it failed. */
 	snprintf(out, sizeof(out), "%s",
 		 json_object_get_string(ret) ? json_object_get_string(ret) : "");
@@ -986,7 +902,8 @@ static void snapshot_begin(struct inst_op *op, op_step_fn next)
 	op->with_memory = json_get_bool(op->args, "with_memory", false);
 	snapshot_result(op);
 	if (op->ndisks == 0) {
-		instance_op_fail(op, "instance %s has no disks to hold a snapshot", op->vm->name);
+		instance_op_fail(op, "instance %s has no disks to hold a snapshot",
+				 op->vm->inst.name);
 		return;
 	}
 	instance_op_progress(op, 10, "listing snapshots");
@@ -1004,7 +921,7 @@ void vmaction_snapshot_create(struct inst_op *op)
 			op,
 			"instance %s is %s, so it has no memory to save; take the snapshot "
 			"without memory",
-			op->vm->name, vm_state_name(op->vm->vm_state));
+			op->vm->inst.name, inst_state_name(op->vm->inst.state));
 		return;
 	}
 	snapshot_begin(op, snapshot_take);
@@ -1015,20 +932,16 @@ static void revert_restart(struct inst_op *op)
 	struct kerr err;
 
 	instance_op_progress(op, 80, "starting qemu");
-	if (vm_start(op->vm, NULL, started_cb, op, &err) < 0)
+	if (vm_start(op->vm, NULL, instance_done_cb, op, &err) < 0)
 		instance_op_fail(op, "%s", err.msg);
 }
 
-static void revert_stopped_cb(struct vm *vm, const char *error, void *data)
+static void revert_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_op_gone(op))
+	if (instance_step_failed(op, error))
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	instance_op_progress(op, 50, "qemu-img snapshot -a");
 	instance_disks_each(op, NULL, apply_one, revert_restart);
 }
@@ -1039,8 +952,8 @@ static void loadvm_status_cb(struct qmp *q, struct json_object *ret, const char 
 
 	if (!op->agent->stopping && ret)
 		vm_state_set(op->vm, strcmp(json_get_str(ret, "status", ""), "running") == 0
-					     ? VM_RUNNING
-					     : VM_PAUSED);
+					     ? INST_RUNNING
+					     : INST_PAUSED);
 	qmp_done_cb(q, ret, NULL, data);
 }
 
@@ -1101,7 +1014,7 @@ static void snapshot_revert(struct inst_op *op)
 		vm_force_stop(op->vm, revert_stopped_cb, op);
 	} else if (op->with_memory) {
 		instance_op_progress(op, 50, "starting qemu from the snapshot");
-		if (vm_start(op->vm, op->snapshot, started_cb, op, &err) < 0)
+		if (vm_start(op->vm, op->snapshot, instance_done_cb, op, &err) < 0)
 			instance_op_fail(op, "%s", err.msg);
 	} else {
 		instance_op_progress(op, 50, "qemu-img snapshot -a");
@@ -1144,3 +1057,60 @@ void vmaction_snapshot_delete(struct inst_op *op)
 {
 	snapshot_begin(op, snapshot_drop);
 }
+
+static struct json_object *report(const struct inst *inst)
+{
+	return vm_report((const struct vm *)inst);
+}
+
+static void state_push(struct inst *inst)
+{
+	vm_state_push((struct vm *)inst);
+}
+
+/* The VM driver: a verb without a slot here is refused by the shared code. */
+const struct driver vm_driver = {
+	.type = INST_VM,
+	.report = report,
+	.refresh = NULL, /* QMP events keep the state current */
+	.state_push = state_push,
+	.forget = vm_forget,
+	.alive = alive,
+	.force_stop = force_stop,
+	.delete_files = delete_files,
+	.absent_report = absent_report,
+	.cron = vm_cron,
+	.subdir = "instances",
+	.adopt_prepare = vm_adopt_prepare,
+	.adopt_one = vm_adopt_one,
+	.verbs =
+		{
+			[VERB_CREATE] = vmaction_create,
+			[VERB_UPDATE] = vmaction_update,
+			[VERB_START] = vmaction_start,
+			[VERB_STOP] = vmaction_stop,
+			[VERB_FORCE_STOP] = vmaction_force_stop,
+			[VERB_REBOOT] = vmaction_reboot,
+			[VERB_PAUSE] = vmaction_pause,
+			[VERB_RESUME] = vmaction_resume,
+			[VERB_DELETE] = instance_delete,
+			[VERB_BALLOON] = vmaction_balloon,
+			[VERB_SNAPSHOT_CREATE] = vmaction_snapshot_create,
+			[VERB_SNAPSHOT_REVERT] = vmaction_snapshot_revert,
+			[VERB_SNAPSHOT_DELETE] = vmaction_snapshot_delete,
+			/* Stage 2: live migration (migrate.c), backups (backup.c). */
+			[VERB_MIGRATE_OUT] = migrate_out,
+			[VERB_MIGRATE_IN] = migrate_in,
+			[VERB_BACKUP] = backup_vm_run,
+			[VERB_RESTORE] = backup_vm_restore,
+		},
+	/* Their args are checked by the files that run them. */
+	.args =
+		{
+			[VERB_MIGRATE_OUT] = migrate_out_args,
+			[VERB_MIGRATE_IN] = migrate_in_args,
+			[VERB_BACKUP] = backup_args,
+			[VERB_RESTORE] = backup_args,
+		},
+	.cancel = job_undo, /* job.c: a cancel or deadline undoes what the op did */
+};

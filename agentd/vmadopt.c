@@ -49,7 +49,7 @@ static void unfinished_remove(struct agent *a, const char *name, const char *dir
 	size_t len, n = 0;
 
 	if (file_read_all(path, SPEC_FILE_MAX, &text, &len) == 0 &&
-	    (json_body_parse(text, len, &spec, &err) < 0 || instance_spec_check(spec, &err) < 0 ||
+	    (json_body_parse(text, len, &spec, &err) < 0 || spec_check(spec, &err) < 0 ||
 	     vm_disks_resolve(a, spec, disks, &n, &err) < 0)) {
 		log_warnx("vm %s: %s: %s; left alone", name, path, err.msg);
 		json_object_put(spec);
@@ -104,7 +104,11 @@ static int64_t pid_started_ms(pid_t pid)
 	return (int64_t)btime * 1000 + (int64_t)(start_ticks * 1000 / (unsigned long long)hz);
 }
 
-static void adopt_one(struct agent *a, const char *name)
+/*
+ * Register the VM in {local_pool}/instances/NAME again (inst_adopt_all()): its
+ * state decided from qemu.pid and the process, as this file's header says.
+ */
+void vm_adopt_one(struct agent *a, const char *name)
 {
 	_cleanup_free_ char *dir = xasprintf("%s/instances/%s", a->cfg->local_pool, name);
 	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", dir);
@@ -124,14 +128,13 @@ static void adopt_one(struct agent *a, const char *name)
 		return;
 	}
 	unlink(creating_path);
-	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 ||
-	    instance_spec_check(raw, &err) < 0) {
+	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 || spec_check(raw, &err) < 0) {
 		log_warnx("vm %s: %s: %s; ignored", name, spec_path,
 			  ret < 0 ? strerror(-ret) : err.msg);
 		json_object_put(raw);
 		return;
 	}
-	spec = instance_spec_normalise(raw);
+	spec = spec_normalise(raw);
 	json_object_put(raw);
 	if (strcmp(json_get_str(spec, "name", ""), name) != 0) {
 		log_warnx("vm %s: %s names another instance; ignored", name, spec_path);
@@ -144,7 +147,7 @@ static void adopt_one(struct agent *a, const char *name)
 		log_warnx("vm %s: %s; ignored", name, err.msg);
 		return;
 	}
-	vm->created = true;
+	vm->inst.created = true;
 	if (file_read_all(pid_path, 64, &pidtext, NULL) < 0) {
 		vm->adopt_reported = true;
 		log_info("vm %s: found, stopped", name);
@@ -154,19 +157,19 @@ static void adopt_one(struct agent *a, const char *name)
 	pid = (pid_t)strtol(pidtext, NULL, 10);
 	if (pid > 0 && vm_pid_alive(pid) && pid_is_vm(pid, name)) {
 		/* Running is the likely truth until query-status answers. */
-		vm->pid = pid;
-		vm->started_at_ms = pid_started_ms(pid);
-		vm->vm_state = VM_RUNNING;
+		vm->inst.pid = pid;
+		vm->inst.started_at_ms = pid_started_ms(pid);
+		vm->inst.state = INST_RUNNING;
 		vm_balloon_target_load(vm);
 		vm_qmp_connect(vm);
 		return;
 	}
-	vm->vm_state = VM_CRASHED;
-	snprintf(vm->error, sizeof(vm->error),
+	vm->inst.state = INST_CRASHED;
+	snprintf(vm->inst.error, sizeof(vm->inst.error),
 		 "QEMU (pid %d) ended while the agent was away, without a clean shutdown",
 		 (int)pid);
 	vm->adopt_reported = true;
-	log_warnx("vm %s: %s", name, vm->error);
+	log_warnx("vm %s: %s", name, vm->inst.error);
 	vm_state_push(vm);
 }
 
@@ -192,25 +195,10 @@ static void hw_virt_read(struct agent *a)
 }
 
 /*
- * At start-up: find every instance in {local_pool}/instances/, adopt the QEMUs still
- * running (reconnecting QMP) and report each one's state to the controller. This is
- * start-up work before any command is taken, so the directory is read right here.
+ * At start-up, before inst_adopt_all() scans {local_pool}/instances/ and calls
+ * vm_adopt_one() for each VM there: learn the CPU's virtualisation flag.
  */
-void vm_adopt_all(struct agent *a)
+void vm_adopt_prepare(struct agent *a)
 {
-	_cleanup_free_ char *dir = xasprintf("%s/instances", a->cfg->local_pool);
-	DIR *d;
-	struct dirent *e;
-
 	hw_virt_read(a);
-	d = opendir(dir);
-	if (d == NULL) {
-		if (errno != ENOENT)
-			log_warn("vm: cannot read %s", dir);
-		return;
-	}
-	while ((e = readdir(d)))
-		if (name_valid(e->d_name) && vm_find(a, e->d_name) == NULL)
-			adopt_one(a, e->d_name);
-	closedir(d);
 }

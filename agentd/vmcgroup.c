@@ -61,9 +61,9 @@ static int file_put(const char *dir, const char *file, const char *value, struct
  */
 int vmcgroup_enter(struct vm *vm, pid_t pid, struct kerr *err)
 {
-	struct json_object *mem = json_object_object_get(vm->spec, "memory");
+	struct json_object *mem = json_object_object_get(vm->inst.spec, "memory");
 	int64_t mb = json_get_int(mem, "max_mb", json_get_int(mem, "mb", 256));
-	int64_t vcpus = json_get_int(vm->spec, "vcpus", 1);
+	int64_t vcpus = json_get_int(vm->inst.spec, "vcpus", 1);
 	int64_t mem_bytes = (mb + VMCGROUP_OVERHEAD_MIB) << 20;
 	int64_t quota = (vcpus + 1) * VMCGROUP_PERIOD_US;
 	bool v2 = cgroup_v2();
@@ -88,7 +88,7 @@ int vmcgroup_enter(struct vm *vm, pid_t pid, struct kerr *err)
 	size_t nlimits = v2 ? ARRAY_SIZE(v2_limits) : ARRAY_SIZE(v1_limits);
 	static const char *const v1_controllers[] = {"memory", "cpu", "pids"};
 
-	oci_cgroup_path(vm->agent, vm->name, path, sizeof(path));
+	oci_cgroup_path(vm->inst.agent, vm->inst.name, path, sizeof(path));
 	snprintf(pidtext, sizeof(pidtext), "%d", (int)pid);
 	for (size_t i = 0; i < nlimits; i++) {
 		_cleanup_free_ char *dir =
@@ -114,7 +114,7 @@ int vmcgroup_enter(struct vm *vm, pid_t pid, struct kerr *err)
 		if (file_put(dir, "cgroup.procs", pidtext, err) < 0)
 			return -1;
 	}
-	log_debug("vm %s: QEMU %d in cgroup %s: memory %lld MiB, %lld CPUs, %d pids", vm->name,
+	log_debug("vm %s: QEMU %d in cgroup %s: memory %lld MiB, %lld CPUs, %d pids", vm->inst.name,
 		  (int)pid, path, (long long)(mem_bytes >> 20), (long long)vcpus + 1,
 		  VMCGROUP_PIDS);
 	return 0;
@@ -127,13 +127,13 @@ void vmcgroup_remove(struct vm *vm)
 	char path[PATH_MAX];
 	bool v2 = cgroup_v2();
 
-	oci_cgroup_path(vm->agent, vm->name, path, sizeof(path));
+	oci_cgroup_path(vm->inst.agent, vm->inst.name, path, sizeof(path));
 	for (size_t i = 0; i < (v2 ? 1 : ARRAY_SIZE(v1_controllers)); i++) {
 		_cleanup_free_ char *dir =
 			v2 ? xasprintf("/sys/fs/cgroup%s", path)
 			   : xasprintf("/sys/fs/cgroup/%s%s", v1_controllers[i], path);
 
 		if (rmdir(dir) < 0 && errno != ENOENT)
-			log_warn("vm %s: cannot remove cgroup %s", vm->name, dir);
+			log_warn("vm %s: cannot remove cgroup %s", vm->inst.name, dir);
 	}
 }

@@ -41,3 +41,17 @@ int err_input(struct kerr *err, int status, const char *field, const char *fmt, 
 	}
 	return -1;
 }
+
+int err_prefix(struct kerr *err, const char *prefix)
+{
+	size_t cap = sizeof(err->msg) - 1, plen;
+
+	if (err == NULL)
+		return -1;
+	plen = strlen(prefix) < cap ? strlen(prefix) : cap;
+	/* Shift the message right (its tail may fall off) and put prefix in front. */
+	memmove(err->msg + plen, err->msg, cap - plen);
+	memcpy(err->msg, prefix, plen);
+	err->msg[cap] = '\0';
+	return -1;
+}

@@ -17,5 +17,10 @@ int err_set(struct kerr *err, int code, const char *fmt, ...) __attribute__((for
 /* Same, for input errors: the HTTP status and the field name travel with the message. */
 int err_input(struct kerr *err, int status, const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/*
+ * Add context in front of err's message at a layer boundary, keeping its code, status
+ * and field. Returns -1 so it can end a failing path.
+ */
+int err_prefix(struct kerr *err, const char *prefix);
 
 #endif

@@ -2,6 +2,7 @@
  * valid.c - name and label validation.
  */
 #include "valid.h"
+#include "verbs.h"
 
 #include "json.h"
 
@@ -79,11 +80,6 @@ int labels_check(struct json_object *val, const char *field, struct kerr *err)
 						 key);
 	}
 	return 0;
-}
-
-int stop_grace_default(const char *type)
-{
-	return type && strcmp(type, "container") == 0 ? STOP_GRACE_CONTAINER_S : STOP_GRACE_VM_S;
 }
 
 int stop_grace_check(struct json_object *val, const char *field, struct kerr *err)

@@ -30,17 +30,6 @@ int labels_check(struct json_object *val, const char *field, struct kerr *err);
  */
 bool path_in_kernel_fs(const char *path);
 
-/*
- * How long a stop waits for an instance to end by itself before it is forced: the
- * call's timeout_s, else the instance's stop_timeout_s, else this default for its type
- * ("container" or "vm"): Docker's 10 s for a container (SIGTERM, then SIGKILL), 60 s
- * for a VM (ACPI power button, then QEMU quits), as guests take their time to shut down.
- */
-#define STOP_GRACE_CONTAINER_S 10
-#define STOP_GRACE_VM_S	       60
-#define STOP_GRACE_MAX_S       3600
-
-int stop_grace_default(const char *type);
 /* For json_field.check: a stop grace in seconds, 1..STOP_GRACE_MAX_S. */
 int stop_grace_check(struct json_object *val, const char *field, struct kerr *err);
 

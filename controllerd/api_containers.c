@@ -9,12 +9,10 @@
 #include "controllerd.h"
 #include "log.h"
 #include "scheduler.h"
+#include "spec.h"
 #include "util.h"
 #include "valid.h"
 
-#define MAX_ARGS       256
-#define MAX_ARG_LEN    4096
-#define MAX_ENV	       256
 #define EXEC_TIMEOUT_S 10
 #define EXEC_MAX_S     60
 #define EXEC_OUTPUT    (256 * 1024)
@@ -25,16 +23,17 @@ static int strings_check(struct json_object *v, const char *f, size_t min, struc
 {
 	size_t n = json_object_array_length(v);
 
-	if (n < min || n > MAX_ARGS)
-		return err_input(err, 400, f, "'%s' needs %zu to %d strings", f, min, MAX_ARGS);
+	if (n < min || n > SPEC_ARGS_MAX)
+		return err_input(err, 400, f, "'%s' needs %zu to %d strings", f, min,
+				 SPEC_ARGS_MAX);
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *e = json_object_array_get_idx(v, i);
 
 		if (!json_object_is_type(e, json_type_string) || !json_string_clean(e) ||
-		    json_object_get_string_len(e) > MAX_ARG_LEN)
+		    json_object_get_string_len(e) > SPEC_ARG_LEN_MAX)
 			return err_input(err, 400, f,
 					 "'%s[%zu]' must be a string of at most %d bytes", f, i,
-					 MAX_ARG_LEN);
+					 SPEC_ARG_LEN_MAX);
 	}
 	return 0;
 }
@@ -46,8 +45,8 @@ static int command_check(struct json_object *v, const char *f, struct kerr *err)
 
 static int env_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	if (json_object_object_length(v) > MAX_ENV)
-		return err_input(err, 400, f, "'%s' has more than %d variables", f, MAX_ENV);
+	if (json_object_object_length(v) > SPEC_ENV_MAX)
+		return err_input(err, 400, f, "'%s' has more than %d variables", f, SPEC_ENV_MAX);
 	json_object_object_foreach(v, key, val)
 	{
 		size_t klen = strlen(key);
@@ -60,7 +59,7 @@ static int env_check(struct json_object *v, const char *f, struct kerr *err)
 			return err_input(err, 400, f,
 					 "environment variable name '%.64s' is not valid", key);
 		if (!json_object_is_type(val, json_type_string) || !json_string_clean(val) ||
-		    json_object_get_string_len(val) > MAX_ARG_LEN)
+		    json_object_get_string_len(val) > SPEC_ARG_LEN_MAX)
 			return err_input(err, 400, f, "environment variable %s must be a string",
 					 key);
 	}
@@ -83,8 +82,8 @@ static int cpus_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	double d = json_object_get_double(v);
 
-	if (!(d >= 0.01 && d <= 256))
-		return err_input(err, 400, f, "'%s' must be 0.01..256", f);
+	if (!(d >= 0.01 && d <= SPEC_CPUS_MAX))
+		return err_input(err, 400, f, "'%s' must be 0.01..%d", f, SPEC_CPUS_MAX);
 	return 0;
 }
 
@@ -92,8 +91,9 @@ static int limit_mb_check(struct json_object *v, const char *f, struct kerr *err
 {
 	int64_t n = json_object_get_int64(v);
 
-	if (n < 4 || n > 1024 * 1024)
-		return err_input(err, 400, f, "'%s' must be 4..1048576 MiB", f);
+	if (n < SPEC_LIMIT_MB_MIN || n > SPEC_LIMIT_MB_MAX)
+		return err_input(err, 400, f, "'%s' must be %d..%d MiB", f, SPEC_LIMIT_MB_MIN,
+				 SPEC_LIMIT_MB_MAX);
 	return 0;
 }
 
@@ -101,8 +101,8 @@ static int pids_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	int64_t n = json_object_get_int64(v);
 
-	if (n < 1 || n > 1000000)
-		return err_input(err, 400, f, "'%s' must be 1..1000000", f);
+	if (n < 1 || n > SPEC_PIDS_MAX)
+		return err_input(err, 400, f, "'%s' must be 1..%d", f, SPEC_PIDS_MAX);
 	return 0;
 }
 

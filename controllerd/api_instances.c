@@ -9,15 +9,11 @@
 #include "controllerd.h"
 #include "log.h"
 #include "scheduler.h"
+#include "spec.h"
 #include "util.h"
 #include "valid.h"
+#include "verbs.h"
 
-#define MAX_DISKS	  8
-#define MAX_NICS	  8
-#define MAX_VCPUS	  256
-#define MAX_MEMORY_MB	  (1024 * 1024)
-#define MAX_DISK_MB	  (16LL * 1024 * 1024)
-#define MAX_USER_DATA	  (64 * 1024)
 #define CONSOLE_DEFAULT	  16384
 #define CONSOLE_MAX	  (1024 * 1024)
 #define CONSOLE_INPUT_MAX 4096
@@ -62,12 +58,12 @@ static int int_range(struct json_object *v, const char *f, int64_t min, int64_t 
 
 static int vcpus_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return int_range(v, f, 1, MAX_VCPUS, err);
+	return int_range(v, f, 1, SPEC_VCPUS_MAX, err);
 }
 
 static int mb_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return int_range(v, f, 16, MAX_MEMORY_MB, err);
+	return int_range(v, f, SPEC_MEMORY_MB_MIN, SPEC_MEMORY_MB_MAX, err);
 }
 
 static const struct json_field memory_fields[] = {
@@ -121,7 +117,7 @@ static int clone_check(struct json_object *v, const char *f, struct kerr *err)
 
 static int disk_mb_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return int_range(v, f, 1, MAX_DISK_MB, err);
+	return int_range(v, f, 1, SPEC_DISK_MB_MAX, err);
 }
 
 static const struct json_field disk_fields[] = {
@@ -138,7 +134,7 @@ static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	size_t n = json_object_array_length(v);
 
-	if (json_array_check(v, f, disk_fields, MAX_DISKS, err) < 0)
+	if (json_array_check(v, f, disk_fields, SPEC_DISKS_MAX, err) < 0)
 		return -1;
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < i; j++)
@@ -169,8 +165,8 @@ static int boot_check(struct json_object *v, const char *f, struct kerr *err)
 
 static int user_data_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	if (json_object_get_string_len(v) > MAX_USER_DATA)
-		return err_input(err, 400, f, "'%s' is over %d bytes", f, MAX_USER_DATA);
+	if (json_object_get_string_len(v) > SPEC_USER_DATA_MAX)
+		return err_input(err, 400, f, "'%s' is over %d bytes", f, SPEC_USER_DATA_MAX);
 	return 0;
 }
 
@@ -285,14 +281,6 @@ static struct inst *path_inst(struct request *req, enum MHD_Result *ret)
 	if (i == NULL)
 		*ret = http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]);
 	return i;
-}
-
-static bool state_in(const char *state, const char *const *allowed)
-{
-	for (size_t i = 0; allowed[i]; i++)
-		if (!strcmp(state, allowed[i]))
-			return true;
-	return false;
 }
 
 /* Build the LINK_CMD_INSTANCE body and queue it for h under operation op_id. */
@@ -552,7 +540,7 @@ static int64_t spec_memory_mb(struct json_object *spec)
 enum MHD_Result api_instances_create(struct request *req)
 {
 	struct json_object *body, *spec, *placement = NULL, *op, *args, *res, *netkeep, *nics;
-	int64_t image_ids[MAX_DISKS] = {0};
+	int64_t image_ids[SPEC_DISKS_MAX] = {0};
 	struct sched_request sr = {0};
 	struct kerr err;
 	struct host *h;
@@ -684,7 +672,9 @@ enum MHD_Result api_instances_create(struct request *req)
 	}
 	/* Addresses in the same transaction: the spec the agent gets carries them. */
 	if (rc == SQLITE_DONE) {
-		if (nics_allocate(iid, name, spec, &err) < 0) {
+		/* The SPEC complete (addresses too), checked by the schema the agents use
+		 * (common/spec.c): one the agent would refuse is never stored or sent. */
+		if (nics_allocate(iid, name, spec, &err) < 0 || spec_check(spec, &err) < 0) {
 			db_rollback(ctl.db);
 			json_object_put(spec);
 			json_object_put(placement);
@@ -863,35 +853,8 @@ enum MHD_Result api_instance_get(struct request *req)
 
 /* ---- actions ---- */
 
-struct action_def {
-	const char *name;
-	const char *const *from; /* states it may start from */
-	const char *desired;	 /* desired state afterwards, or NULL */
-	const char *only;	 /* the one instance type it is for, or NULL for both */
-};
-
-static const char *const from_stopped[] = {"stopped", "crashed", NULL};
-static const char *const from_live[] = {"running", "paused", "starting", NULL};
-static const char *const from_any_live[] = {"running",	"paused",  "starting",
-					    "stopping", "crashed", NULL};
-static const char *const from_running[] = {"running", NULL};
-static const char *const from_paused[] = {"paused", NULL};
-static const char *const from_commit[] = {"running", "paused", "stopped", "crashed", NULL};
-
-static const struct action_def actions[] = {
-	{"start", from_stopped, "running", NULL},	{"stop", from_live, "stopped", NULL},
-	{"force-stop", from_any_live, "stopped", NULL}, {"reboot", from_running, NULL, "vm"},
-	{"restart", from_live, "running", "container"}, {"pause", from_running, NULL, NULL},
-	{"resume", from_paused, "running", NULL},	{"commit", from_commit, NULL, "container"},
-};
-
-static int timeout_check(struct json_object *v, const char *f, struct kerr *err)
-{
-	return int_range(v, f, 1, 3600, err);
-}
-
 static const struct json_field stop_fields[] = {
-	{"timeout_s", JK_INT, false, timeout_check},
+	{"timeout_s", JK_INT, false, stop_grace_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -933,33 +896,35 @@ static const struct json_field commit_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
+/*
+ * POST /instances/{name}/actions/{verb}: a verb of the verb table (verbs.h) marked
+ * VF_ACTION. The table decides everything before the operation starts: whether the
+ * instance's type has the verb (422), the states it may start from (409), the desired
+ * state, and the stop grace the agent is always told.
+ */
 enum MHD_Result api_instance_action(struct request *req)
 {
-	const struct action_def *a = NULL;
 	struct json_object *body = NULL, *args;
+	const struct verb_def *def;
 	enum MHD_Result ret;
 	struct kerr err;
 	struct inst *i;
-	bool stop_grace;
+	int verb = verb_find(req->params[1]);
 	int64_t timeout_s;
 
-	for (size_t k = 0; k < ARRAY_SIZE(actions); k++)
-		if (!strcmp(actions[k].name, req->params[1]))
-			a = &actions[k];
-	if (a == NULL)
+	if (verb < 0 || !(verb_get(verb)->flags & VF_ACTION))
 		return http_reply_error(
 			req, 404, NULL,
 			"no action %.32s; actions are start, stop, force-stop, "
 			"reboot (VMs), restart and commit (containers), pause, resume",
 			req->params[1]);
-	/* The verbs that stop gracefully first take a grace (timeout_s). */
-	stop_grace = !strcmp(a->name, "stop") || !strcmp(a->name, "restart");
-	if (!strcmp(a->name, "commit")) {
+	def = verb_get(verb);
+	if (verb == VERB_COMMIT) {
 		if (http_body_json(req, commit_fields, &body, &err) < 0)
 			return http_reply_kerr(req, &err);
 	} else if (req->body_len > 0 &&
-		   http_body_json(req, stop_grace ? stop_fields : deadline_fields, &body, &err) <
-			   0) {
+		   http_body_json(req, def->flags & VF_STOP_GRACE ? stop_fields : deadline_fields,
+				  &body, &err) < 0) {
 		return http_reply_kerr(req, &err);
 	}
 	i = path_inst(req, &ret);
@@ -967,40 +932,41 @@ enum MHD_Result api_instance_action(struct request *req)
 		json_object_put(body);
 		return ret;
 	}
-	if (a->only && strcmp(a->only, json_get_str(i->spec, "type", "vm"))) {
+	if (verb_type_check(verb, inst_type_parse(json_get_str(i->spec, "type", "vm")), &err) < 0) {
 		json_object_put(body);
-		ret = http_reply_error(req, 400, NULL, "%s is for %s instances; %s is a %s",
-				       a->name, a->only, i->name,
-				       json_get_str(i->spec, "type", "vm"));
+		ret = http_reply_kerr(req, &err);
 		inst_free(i);
 		return ret;
 	}
-	if (!state_in(i->state, a->from)) {
+	if (!verb_state_allowed(verb, i->state)) {
 		json_object_put(body);
 		ret = http_reply_error(req, 409, NULL, "instance %s is %s; %s needs it %s%s",
-				       i->name, i->state, a->name, a->from[0],
-				       a->from[1] ? " (or similar)" : "");
+				       i->name, i->state, def->name, def->from[0],
+				       def->from[1] ? " (or similar)" : "");
 		inst_free(i);
 		return ret;
 	}
 	args = json_object_new_object();
 	/* The one place that decides a stop's grace: the call's, the instance's, or the
-	 * default of its type (valid.h). The agent is always told. */
-	if (stop_grace)
-		json_object_object_add(args, "timeout_s",
-				       json_object_new_int64(json_get_int(
-					       body, "timeout_s",
-					       json_get_int(i->spec, "stop_timeout_s",
-							    stop_grace_default(json_get_str(
-								    i->spec, "type", "vm"))))));
-	if (!strcmp(a->name, "commit"))
+	 * verb table's default for its type. The agent is always told. */
+	if (def->flags & VF_STOP_GRACE)
+		json_object_object_add(
+			args, "timeout_s",
+			json_object_new_int64(json_get_int(
+				body, "timeout_s",
+				json_get_int(i->spec, "stop_timeout_s",
+					     verb_timeout_default(
+						     verb, inst_type_parse(json_get_str(
+								   i->spec, "type", "vm")))))));
+	if (verb == VERB_COMMIT)
 		json_object_object_add(args, "image",
 				       json_object_new_string(json_get_str(body, "image", "")));
 	/* For a stop timeout_s is the grace (above); the job's deadline follows from it. */
-	timeout_s = stop_grace ? json_get_int(args, "timeout_s", 0) + STOP_DEADLINE_SLACK_S
-			       : json_get_int(body, "timeout_s", 0);
+	timeout_s = def->flags & VF_STOP_GRACE
+			    ? json_get_int(args, "timeout_s", 0) + STOP_DEADLINE_SLACK_S
+			    : json_get_int(body, "timeout_s", 0);
 	json_object_put(body);
-	ret = start_op(req, i, a->name, args, a->desired, timeout_s);
+	ret = start_op(req, i, def->name, args, def->desired, timeout_s);
 	inst_free(i);
 	return ret;
 }
@@ -1015,7 +981,7 @@ static const struct json_field disk_resize_fields[] = {
 
 static int disks_resize_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return json_array_check(v, f, disk_resize_fields, MAX_DISKS, err);
+	return json_array_check(v, f, disk_resize_fields, SPEC_DISKS_MAX, err);
 }
 
 static int patch_memory_check(struct json_object *v, const char *f, struct kerr *err)
@@ -1420,7 +1386,6 @@ static enum MHD_Result forget_instance(struct request *req, struct inst *i)
 
 enum MHD_Result api_instance_delete(struct request *req)
 {
-	static const char *const deletable[] = {"stopped", "crashed", "error", "missing", NULL};
 	struct json_object *args;
 	enum MHD_Result ret;
 	bool force, keep;
@@ -1431,7 +1396,7 @@ enum MHD_Result api_instance_delete(struct request *req)
 	i = path_inst(req, &ret);
 	if (i == NULL)
 		return ret;
-	if (!force && !state_in(i->state, deletable)) {
+	if (!force && !verb_state_allowed(VERB_DELETE, i->state)) {
 		ret = http_reply_error(req, 409, NULL,
 				       "instance %s is %s; stop it first or delete with ?force=1",
 				       i->name, i->state);
@@ -1635,7 +1600,6 @@ static int snapshot_lookup(int64_t iid, const char *name, bool *with_memory, cha
 
 enum MHD_Result api_snapshots_create(struct request *req)
 {
-	static const char *const snapshottable[] = {"running", "paused", "stopped", NULL};
 	struct json_object *body, *args;
 	enum MHD_Result ret;
 	struct kerr err;
@@ -1662,7 +1626,7 @@ enum MHD_Result api_snapshots_create(struct request *req)
 	if (snapshot_lookup(i->id, sname, &dummy, state, sizeof(state)) == 0)
 		ret = http_reply_error(req, 409, "name", "instance %s has a snapshot %s already",
 				       i->name, sname);
-	else if (!state_in(i->state, snapshottable))
+	else if (!verb_state_allowed(VERB_SNAPSHOT_CREATE, i->state))
 		ret = http_reply_error(req, 409, NULL,
 				       "instance %s is %s; snapshots need it running, "
 				       "paused or stopped",
@@ -1721,7 +1685,6 @@ enum MHD_Result api_snapshots_list(struct request *req)
 
 static enum MHD_Result snapshot_op(struct request *req, const char *action)
 {
-	static const char *const ok_states[] = {"running", "paused", "stopped", "crashed", NULL};
 	struct json_object *args;
 	enum MHD_Result ret;
 	struct inst *i;
@@ -1748,7 +1711,7 @@ static enum MHD_Result snapshot_op(struct request *req, const char *action)
 				       req->params[1]);
 	else if (strcmp(state, "ready"))
 		ret = http_reply_error(req, 409, NULL, "snapshot %s is %s", req->params[1], state);
-	else if (!state_in(i->state, ok_states))
+	else if (!verb_state_allowed(verb_find(action), i->state))
 		ret = http_reply_error(req, 409, NULL, "instance %s is %s", i->name, i->state);
 	else {
 		args = json_object_new_object();

@@ -11,6 +11,7 @@
 #include "scheduler.h"
 #include "util.h"
 #include "valid.h"
+#include "verbs.h"
 
 #define REPORT_PERSIST_MS 30000
 #define NET_WAIT_MS	  60000 /* an operation waits this long for its network */
@@ -905,10 +906,11 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 		json_object_object_add(o, *k, v ? json_object_get(v) : NULL);
 	}
 	/* The grace a stop without timeout_s gets: the instance's, or its type's. */
-	json_object_object_add(o, "stop_timeout_s",
-			       json_object_new_int64(json_get_int(
-				       spec, "stop_timeout_s",
-				       stop_grace_default(container ? "container" : "vm"))));
+	json_object_object_add(
+		o, "stop_timeout_s",
+		json_object_new_int64(json_get_int(
+			spec, "stop_timeout_s",
+			verb_timeout_default(VERB_STOP, container ? INST_CONTAINER : INST_VM))));
 	/* Disks (VMs): what was asked for, with sizes as the host last reported them. */
 	disks = json_object_new_array();
 	rdisks = json_object_object_get(report, "disks");

@@ -18,9 +18,8 @@
 #include "log.h"
 #include "scheduler.h"
 #include "util.h"
+#include "spec.h"
 #include "valid.h"
-
-#define MAX_NICS 8
 
 static int model_check(struct json_object *v, const char *f, struct kerr *err)
 {
@@ -130,7 +129,7 @@ static const struct json_field nic_patch_fields[] = {
 
 int nics_patch_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return json_array_check(v, f, nic_patch_fields, MAX_NICS, err);
+	return json_array_check(v, f, nic_patch_fields, SPEC_NICS_MAX, err);
 }
 
 /*
@@ -181,12 +180,12 @@ int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct
 
 int nics_vm_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return json_array_check(v, f, vm_nic_fields, MAX_NICS, err);
+	return json_array_check(v, f, vm_nic_fields, SPEC_NICS_MAX, err);
 }
 
 int nics_container_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	return json_array_check(v, f, ctr_nic_fields, MAX_NICS, err);
+	return json_array_check(v, f, ctr_nic_fields, SPEC_NICS_MAX, err);
 }
 
 /* A network's record as the NIC code needs it. */

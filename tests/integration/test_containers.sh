@@ -234,6 +234,10 @@ wait_until 20 "ct-run paused" instance_is ct-run paused
 [ "$(runc_state "$host" ct-run)" = paused ] || fail "runc does not show ct-run paused"
 api POST /api/v1/instances/ct-run/actions/pause
 expect_status 409 "pause of a paused container"
+# A verb the container type lacks: the verb table's shared answer, not a per-route one.
+api POST /api/v1/instances/ct-run/actions/reboot
+expect_status 422 "reboot of a container"
+[ "$(jqb -r .error)" = "reboot is not supported for containers" ] || fail "reboot of a container answered: $(jqb -r .error)"
 api POST /api/v1/instances/ct-run/actions/resume
 expect_status 202
 wait_op "$(jqb .id)"

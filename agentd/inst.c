@@ -1,0 +1,292 @@
+/*
+ * inst.c - what every instance shares, whatever its type (struct inst, embedded
+ * first in struct vm and struct ctr): the registry, the reference count that frees it
+ * once its handles are closed, the waiters for a start or an exit, and the loops over
+ * every instance (reports, running count, cron, adoption at start-up) that call into
+ * each type's driver. Nothing here knows QEMU or runc.
+ */
+#include "agentd.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <string.h>
+
+#include "json.h"
+#include "util.h"
+
+/* A child process an instance runs (QEMU, a container's shim), watched for its exit. */
+struct inst_child {
+	uv_process_t handle;
+	struct inst *inst; /* NULL once the instance is removed */
+	inst_exit_fn exit_fn;
+};
+
+/* Every workload type's driver, by type: the one row a new type adds. Their duties
+ * (cron, adoption) run in this order. */
+static const struct driver *const drivers[INST_TYPES] = {
+	[INST_VM] = &vm_driver,
+	[INST_CONTAINER] = &oci_driver,
+};
+
+/* The driver of instances of type t. */
+const struct driver *inst_driver(enum inst_type t)
+{
+	return drivers[t];
+}
+
+/* The instance named name, of any type, created or being created, or NULL. */
+struct inst *inst_find(struct agent *a, const char *name)
+{
+	for (struct inst *inst = a->insts; inst; inst = inst->next)
+		if (strcmp(inst->name, name) == 0)
+			return inst;
+	return NULL;
+}
+
+/* Drop a reference an open handle (or a QMP connection) held: the last frees inst
+ * once inst_remove() was called. */
+void inst_unref(struct inst *inst)
+{
+	if (--inst->open_handles > 0 || !inst->removing)
+		return;
+	json_object_put(inst->spec);
+	free(inst); /* the whole struct vm or ctr: inst is its first member */
+}
+
+/* The close callback of every handle an instance owns (handle->data is the inst):
+ * the last one frees it. */
+void inst_handle_close_cb(uv_handle_t *handle)
+{
+	inst_unref(handle->data);
+}
+
+/*
+ * Fill the shared part of an instance the driver allocated (inst->dir already set)
+ * and add it to the registry: spec (checked and normalised) gets a reference, the
+ * state is stopped, not yet created. A driver with handles of its own sets their data
+ * to inst and adds them to inst->open_handles.
+ */
+void inst_register(struct inst *inst, struct agent *a, const struct driver *drv,
+		   struct json_object *spec)
+{
+	inst->agent = a;
+	inst->driver = drv;
+	snprintf(inst->name, sizeof(inst->name), "%s", json_get_str(spec, "name", ""));
+	if (inst->spec != spec) {
+		json_object_put(inst->spec);
+		inst->spec = json_object_get(spec);
+	}
+	inst->state = INST_STOPPED;
+	uv_timer_init(a->loop, &inst->timer);
+	uv_timer_init(a->loop, &inst->poll_timer);
+	inst->timer.data = inst->poll_timer.data = inst;
+	inst->open_handles += 2;
+	inst->next = a->insts;
+	a->insts = inst;
+}
+
+static void child_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+static void child_exit_cb(uv_process_t *handle, int64_t status, int term_signal)
+{
+	struct inst_child *child = handle->data;
+	struct inst *inst = child->inst;
+
+	uv_close((uv_handle_t *)handle, child_close_cb);
+	if (inst == NULL)
+		return;
+	inst->child = NULL;
+	child->exit_fn(inst, status, term_signal);
+}
+
+/*
+ * Spawn the instance's child with opts (file, args, stdio, cwd, flags: the caller's;
+ * exit_cb is set here) and watch it: exit_fn(inst, status, term_signal) once it ends,
+ * unless the instance was removed first (the child then runs on, unwatched). Returns
+ * its pid, or a negative libuv error (nothing runs then).
+ */
+int inst_child_spawn(struct inst *inst, uv_process_options_t *opts, inst_exit_fn exit_fn)
+{
+	struct inst_child *child = xcalloc(1, sizeof(*child));
+	int ret;
+
+	child->inst = inst;
+	child->exit_fn = exit_fn;
+	child->handle.data = child;
+	opts->exit_cb = child_exit_cb;
+	ret = uv_spawn(inst->agent->loop, &child->handle, opts);
+	if (ret < 0) {
+		uv_close((uv_handle_t *)&child->handle, child_close_cb);
+		return ret;
+	}
+	inst->child = child;
+	return child->handle.pid;
+}
+
+/* Stop watching the child; closing the handle does not kill it. */
+static void child_forget(struct inst *inst)
+{
+	if (inst->child == NULL)
+		return;
+	inst->child->inst = NULL;
+	uv_close((uv_handle_t *)&inst->child->handle, child_close_cb);
+	inst->child = NULL;
+}
+
+/* Hand a start's outcome (error NULL: it runs) to whoever waits for it, once. */
+void inst_start_settle(struct inst *inst, const char *error)
+{
+	inst_done_cb cb = inst->start_cb;
+
+	inst->start_cb = NULL;
+	if (cb)
+		cb(inst, error, inst->start_data);
+}
+
+/* Have cb(inst, error, data) called once the instance's process is gone. */
+void inst_exit_waiter_add(struct inst *inst, inst_done_cb cb, void *data)
+{
+	struct inst_waiter *w = xcalloc(1, sizeof(*w));
+
+	w->cb = cb;
+	w->data = data;
+	w->next = inst->exit_waiters;
+	inst->exit_waiters = w;
+}
+
+/* Tell whoever waits for the exit that it came (error NULL) or will not (error). */
+void inst_exit_waiters_call(struct inst *inst, const char *error)
+{
+	struct inst_waiter *w, *next;
+
+	for (w = inst->exit_waiters, inst->exit_waiters = NULL; w; w = next) {
+		next = w->next;
+		w->cb(inst, error, w->data);
+		free(w);
+	}
+}
+
+/*
+ * Forget inst: out of the registry, its waiters told it is gone, the driver's handles
+ * closed, then its own; it is freed once they all closed. A running process is left
+ * running (the agent stopping uses this for every instance); a delete stops it first.
+ */
+void inst_remove(struct inst *inst)
+{
+	struct agent *a = inst->agent;
+	const char *why = a->stopping ? "the agent is stopping" : "the instance was removed";
+
+	for (struct inst **pp = &a->insts; *pp; pp = &(*pp)->next) {
+		if (*pp == inst) {
+			*pp = inst->next;
+			break;
+		}
+	}
+	inst->removing = true;
+	inst_start_settle(inst, why);
+	inst_exit_waiters_call(inst, why);
+	child_forget(inst);
+	if (inst->driver->forget)
+		inst->driver->forget(inst);
+	uv_close((uv_handle_t *)&inst->timer, inst_handle_close_cb);
+	uv_close((uv_handle_t *)&inst->poll_timer, inst_handle_close_cb);
+}
+
+/* At agent shutdown: stop watching every instance; guests and containers keep running
+ * and the next agent adopts them. */
+void inst_close_all(struct agent *a)
+{
+	while (a->insts)
+		inst_remove(a->insts);
+}
+
+/* A report's number that is unknown while negative: the number, or JSON null. */
+struct json_object *inst_int_or_null(int64_t v)
+{
+	return v < 0 ? NULL : json_object_new_int64(v);
+}
+
+/*
+ * The start of every type's REPORT: name, type, state, and while its process runs
+ * pid, started_at (ms) and uptime_s. Returns a new object the driver adds to.
+ */
+struct json_object *inst_report_base(const struct inst *inst)
+{
+	struct json_object *r = json_object_new_object();
+	bool alive = inst->pid != 0;
+
+	json_object_object_add(r, "name", json_object_new_string(inst->name));
+	json_object_object_add(r, "type",
+			       json_object_new_string(inst_type_name(inst->driver->type)));
+	json_object_object_add(r, "state", json_object_new_string(inst_state_name(inst->state)));
+	json_object_object_add(r, "pid", alive ? json_object_new_int(inst->pid) : NULL);
+	json_object_object_add(r, "started_at",
+			       alive ? json_object_new_int64(inst->started_at_ms) : NULL);
+	json_object_object_add(
+		r, "uptime_s",
+		json_object_new_int64(alive && inst->started_at_ms > 0
+					      ? (now_ms() - inst->started_at_ms) / 1000
+					      : 0));
+	return r;
+}
+
+/* Reports of every created instance, for the heartbeat's facts. Returns a new array. */
+struct json_object *inst_reports(struct agent *a)
+{
+	struct json_object *arr = json_object_new_array();
+
+	for (struct inst *inst = a->insts; inst; inst = inst->next)
+		if (inst->created)
+			json_object_array_add(arr, inst->driver->report(inst));
+	return arr;
+}
+
+/* Instances with a process (QEMU, a container's init): what uses this host. */
+int inst_running_count(struct agent *a)
+{
+	int n = 0;
+
+	for (struct inst *inst = a->insts; inst; inst = inst->next)
+		n += inst->created && inst->pid != 0;
+	return n;
+}
+
+/* Every driver's periodic duties (heartbeat.c's timer). */
+void inst_cron(struct agent *a)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(drivers); i++)
+		if (drivers[i]->cron)
+			drivers[i]->cron(a);
+}
+
+/*
+ * At start-up: every driver finds the instances a previous agent left, one directory
+ * {local_pool}/SUBDIR/NAME each, and adopts them (their processes outlive the
+ * agent). Start-up work before any command is taken, so the directories are read
+ * right here.
+ */
+void inst_adopt_all(struct agent *a)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(drivers); i++) {
+		const struct driver *drv = drivers[i];
+		_cleanup_free_ char *dir = xasprintf("%s/%s", a->cfg->local_pool, drv->subdir);
+		struct dirent *e;
+		DIR *d;
+
+		if (drv->adopt_prepare)
+			drv->adopt_prepare(a);
+		d = opendir(dir);
+		if (d == NULL) {
+			if (errno != ENOENT)
+				log_warn("%s: cannot read %s", inst_type_name(drv->type), dir);
+			continue;
+		}
+		while ((e = readdir(d)))
+			if (name_valid(e->d_name) && inst_find(a, e->d_name) == NULL)
+				drv->adopt_one(a, e->d_name);
+		closedir(d);
+	}
+}

@@ -1,0 +1,45 @@
+/*
+ * work.h - the one wrapper around libuv's thread pool (uv_queue_work) for slow file
+ * and disk work, so nothing blocks a daemon's loop.
+ *
+ * A struct work is embedded in the caller's job struct. run(w) runs on a pool thread
+ * and touches nothing but the job; done(w) runs on the loop afterwards and owns the
+ * job from then on (frees it). run reports failure through w->err and a negative
+ * return kept in w->ret. A queued job that never ran (the loop is closing, or
+ * work_cancel() came first) still gets done(), with w->ret < 0 and ECANCELED in
+ * w->err. A long run checks work_cancelled(w) between its steps and stops early.
+ */
+#ifndef KUMO_WORK_H
+#define KUMO_WORK_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "err.h"
+
+struct work {
+	uv_work_t req;
+	void *owner;		      /* the caller's: the daemon's state for done() */
+	int (*run)(struct work *w);   /* on a pool thread */
+	void (*done)(struct work *w); /* on the loop, afterwards; owns the job */
+	struct kerr err;	      /* why run failed */
+	int ret;		      /* run's return */
+	atomic_bool cancel;	      /* work_cancel() was called */
+};
+
+/*
+ * Queue w (run and done set; owner as the caller likes). The result of uv_queue_work
+ * is checked: if libuv refuses, done() still follows, on this call, with w->ret < 0
+ * and the reason in w->err, so a job can never be left waiting forever.
+ */
+void work_queue(uv_loop_t *loop, struct work *w);
+/*
+ * Ask w to stop: a job not started yet is dropped (done() gets ECANCELED), one running
+ * sees work_cancelled() turn true at its next check.
+ */
+void work_cancel(struct work *w);
+/* For run(): whether work_cancel() was called. */
+bool work_cancelled(struct work *w);
+
+#endif
