@@ -303,8 +303,9 @@ typedef void (*op_disk_fn)(struct inst_op *op, size_t i);
  * and the lifecycle hooks the shared code calls (inst.c), like systemd's UnitVTable.
  * The shared code (instance.c) checks a command against the verb table, then calls
  * the verb's slot. A NULL slot is a verb the type lacks: the shared code answers 422
- * "<verb> is not supported for <type>s" (dispatch.c). Stage 2 fills VERB_MIGRATE_OUT,
- * VERB_MIGRATE_IN, VERB_BACKUP, VERB_RESTORE and cancel. Adding a type is one file of
+ * "<verb> is not supported for <type>s" (dispatch.c). The VM driver fills
+ * VERB_MIGRATE_OUT, VERB_MIGRATE_IN (migrate.c), VERB_BACKUP and VERB_RESTORE
+ * (backup.c); both drivers' cancel is job.c's undo. Adding a type is one file of
  * actions with its table and one row in instance.c's drivers[].
  */
 struct driver {

@@ -182,21 +182,15 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 	const char *user = vm->inst.agent->cfg->qemu_user;
 	struct creds_load *c = xcalloc(1, sizeof(*c));
 	struct passwd *pw = strcmp(user, "root") ? getpwnam(user) : NULL;
+	/* A QEMU with its own uid (uid.c; its gid the same number) reads them as that. */
+	uid_t own = uid_vm_read(vm->inst.dir);
+	uid_t uid = own ? own : pw ? pw->pw_uid : 0;
+	gid_t gid = own ? (gid_t)own : pw ? pw->pw_gid : 0;
+	bool give = own || pw;
 	struct json_object *args;
 	const char *what[3][2] = {{"ca-cert", "ca"}, {"cert", "cert"}, {"key", "key"}};
-	/* QEMU runs as the VM's own uid (uid.c) where it has one, else as qemu_user. */
-	uid_t owner = uid_vm_read(vm->inst.dir);
-	gid_t group = owner;
 	char path[128];
 	int ret;
-
-	if (owner == 0 && pw) {
-		owner = pw->pw_uid;
-		group = pw->pw_gid;
-	} else if (owner == 0) {
-		owner = (uid_t)-1;
-		group = (gid_t)-1;
-	}
 
 	snprintf(c->dir, sizeof(c->dir), "/tmp/kumo-migtls-XXXXXX");
 	if (mkdtemp(c->dir) == NULL) {
@@ -210,7 +204,7 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 			snprintf(path, sizeof(path), "%s/%s-%s.pem", c->dir, endpoint, what[k][0]);
 		ret = file_write_atomic(path, json_get_str(tls, what[k][1], ""),
 					strlen(json_get_str(tls, what[k][1], "")), 0600);
-		if (ret == 0 && owner != (uid_t)-1 && chown(path, owner, group) < 0)
+		if (ret == 0 && give && chown(path, uid, gid) < 0)
 			ret = -errno;
 		if (ret < 0) {
 			creds_files_remove(c->dir);
@@ -218,7 +212,7 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 			return err_set(err, -ret, "cannot write %s", path);
 		}
 	}
-	if (owner != (uid_t)-1 && chown(c->dir, owner, group) < 0) {
+	if (give && chown(c->dir, uid, gid) < 0) {
 		creds_files_remove(c->dir);
 		free(c);
 		return err_set(err, errno, "cannot give the TLS certificates to %s", user);

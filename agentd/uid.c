@@ -98,15 +98,23 @@ static int claim_take(uid_t uid, const char *dir)
 	return 0;
 }
 
-/* The files of vm that its QEMU uses: disks and serial log, to uid:uid (0 gives back). */
-static void files_own(const struct vm *vm, uid_t uid)
+/*
+ * The files of vm that its QEMU uses: disks and serial log, to uid:uid. Giving back
+ * (uid 0, from was) takes only a disk still owned by was: a shared disk another host's
+ * QEMU took over (a migration, a failover) stays with it.
+ */
+static void files_own(const struct vm *vm, uid_t uid, uid_t was)
 {
 	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->inst.dir);
+	struct stat st;
 
-	for (size_t i = 0; i < vm->ndisks; i++)
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		if (uid == 0 && (stat(vm->disks[i].abs, &st) < 0 || st.st_uid != was))
+			continue;
 		if (chown(vm->disks[i].abs, uid, uid) < 0 || chmod(vm->disks[i].abs, 0600) < 0)
 			log_warn("vm %s: cannot give %s to uid %u", vm->inst.name, vm->disks[i].abs,
 				 (unsigned)uid);
+	}
 	if (chown(console, uid, uid) < 0 && errno != ENOENT)
 		log_warn("vm %s: cannot give %s to uid %u", vm->inst.name, console, (unsigned)uid);
 }
@@ -151,7 +159,7 @@ int64_t uid_vm_claim(struct vm *vm, struct kerr *err)
 	ret = file_write_atomic(keep, text, strlen(text), 0600);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot write %s", keep);
-	files_own(vm, uid);
+	files_own(vm, uid, 0);
 	return uid;
 }
 
@@ -163,7 +171,7 @@ void uid_vm_release(struct vm *vm)
 
 	if (uid == 0)
 		return;
-	files_own(vm, 0);
+	files_own(vm, 0, uid);
 	if (claim_names(uid, vm->inst.dir)) {
 		_cleanup_free_ char *path = xasprintf("%s/%u", UID_RUN, (unsigned)uid);
 

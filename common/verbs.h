@@ -12,8 +12,8 @@
  * The controller checks a request against the row before it starts an operation
  * (api_instances.c); the agent checks the command against the same row before it
  * calls the driver (agentd/dispatch.c). A new verb is one row here plus one function
- * in each driver that has it (agentd/vm.c, agentd/oci.c); stage 2's verbs
- * (migrate-out, migrate-in, backup, restore) have rows and no driver yet.
+ * in each driver that has it (agentd/vmaction.c, agentd/ociaction.c); stage 2's verbs
+ * (migrate-out, migrate-in, backup, restore) are VMs' only.
  */
 #ifndef KUMO_VERBS_H
 #define KUMO_VERBS_H
@@ -57,7 +57,7 @@ enum verb {
 	VERB_SNAPSHOT_REVERT,
 	VERB_SNAPSHOT_DELETE,
 	VERB_COMMIT,
-	/* Stage 2: rows without drivers yet. */
+	/* Stage 2, VMs only: agentd/migrate.c, agentd/backup.c. */
 	VERB_MIGRATE_OUT,
 	VERB_MIGRATE_IN,
 	VERB_BACKUP,

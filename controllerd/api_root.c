@@ -90,7 +90,6 @@ static enum MHD_Result web_serve(struct request *req, const char *name)
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "Content-Security-Policy", WEB_CSP);
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-	MHD_add_response_header(resp, "Cache-Control", "no-cache");
 	return http_reply_response(req, 200, resp);
 }
 

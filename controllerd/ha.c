@@ -614,13 +614,17 @@ static void failover_host(struct host *h, struct ha_host *x)
 	x->retry_mono = failed ? lease_mono_ms() + HA_RETRY_MS : INT64_MAX;
 }
 
-/* Non-HA instances of a failed host: nobody knows whether they run. */
+/*
+ * Non-HA instances of a failed host that were live: nobody knows whether they still
+ * run. A stopped or crashed one stays as it was (it does not start by itself), so it
+ * can still be deleted, which then waits for its host (503).
+ */
 static void mark_unknown(struct host *h)
 {
 	sqlite3_stmt *st = db_prepare(
 		ctl.db, "UPDATE instances SET state = 'unknown', updated_at = ? WHERE host_id = ? "
-			"AND coalesce(json_extract(spec, '$.ha.enabled'), 0) = 0 AND state NOT IN "
-			"('creating', 'deleting', 'unknown')");
+			"AND coalesce(json_extract(spec, '$.ha.enabled'), 0) = 0 AND state IN "
+			"('running', 'paused', 'starting', 'stopping')");
 
 	sqlite3_bind_int64(st, 1, now_ms());
 	sqlite3_bind_int64(st, 2, h->id);
