@@ -1146,6 +1146,11 @@ void backup_vm_run(struct inst_op *op)
 		}
 		job->qemu_uid = pw->pw_uid;
 		job->qemu_gid = pw->pw_gid;
+		/* A QEMU with its own uid (uid.c; its gid the same number) writes as that. */
+		if (uid_vm_read(vm->dir) != 0) {
+			job->qemu_uid = uid_vm_read(vm->dir);
+			job->qemu_gid = (gid_t)job->qemu_uid;
+		}
 	}
 	job->manifest = json_object_new_object();
 	json_object_object_add(job->manifest, "version", json_object_new_int(BACKUP_MANIFEST_V));
