@@ -976,6 +976,7 @@ static enum MHD_Result cut_create(struct request *req)
 	struct p2v_session *s = NULL;
 	struct json_object *body;
 	enum MHD_Result ret;
+	unsigned status;
 
 	for (struct p2v_session *x = sessions; x; x = x->next)
 		if (x->cut_req == req)
@@ -993,7 +994,10 @@ static enum MHD_Result cut_create(struct request *req)
 	req->body_len = strlen(req->body);
 	json_object_put(body);
 	ret = api_instances_create(req);
-	if (req->status == 202) {
+	/* The create's answer may be held until its commit is durable (group commit,
+	 * http_reply_response()): its status is then the held one. */
+	status = req->status ? req->status : req->held ? req->held_status : 0;
+	if (status == 202) {
 		s->state = P2V_DONE;
 		/* Its files are images now; the empty directory goes with them. */
 		if (rmdir(s->dir) == 0)
@@ -1001,7 +1005,7 @@ static enum MHD_Result cut_create(struct request *req)
 		session_end(s, "succeeded", NULL);
 	} else {
 		snprintf(s->error, sizeof(s->error), "the VM could not be created (HTTP %u)",
-			 req->status);
+			 status);
 		session_end(s, "failed", s->error);
 	}
 	return ret;

@@ -123,6 +123,19 @@ op_ok() { [ "$(jqb .status)" = succeeded ] || fail "operation $(jqb .kind) faile
 # console NAME -> the instance's serial console text.
 console() { curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" "$KUMO_URL/api/v1/instances/$1/console?bytes=65536"; }
 console_has() { console "$1" | grep -q -- "$2"; }
+# instances_delete NAME... -> force-deletes each and waits (up to 120 s) until all are
+# gone: a cleanup must not leave deletes running into the next test's counts.
+instances_delete() {
+	local n end=$((SECONDS + 120))
+	for n in "$@"; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	for n in "$@"; do
+		while [ $SECONDS -lt $end ]; do
+			api GET "/api/v1/instances/$n" >/dev/null 2>&1 || true
+			[ "$STATUS" = 404 ] && break
+			sleep 0.5
+		done
+	done
+}
 instance_is() { api GET "/api/v1/instances/$1" && [ "$(jqb .state)" = "$2" ]; }
 
 # vm_create JSON -> creates and waits for the create operation to succeed.

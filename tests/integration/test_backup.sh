@@ -9,8 +9,7 @@
 # cannot be yet.
 bs=bs$$
 
-trap 'api DELETE "/api/v1/instances/bk1?force=1" >/dev/null 2>&1 || true
-	api DELETE "/api/v1/instances/bk2?force=1" >/dev/null 2>&1 || true' EXIT
+trap 'instances_delete bk1 bk2' EXIT
 
 # The disk's content as the guest sees it: SHA-256 of its raw image (backing included).
 disk_file() { # [NAME]

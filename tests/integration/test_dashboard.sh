@@ -9,8 +9,7 @@
 
 VM=dash-vm1
 cleanup() {
-	api DELETE /api/v1/instances/dash-ct1 >/dev/null 2>&1 || true
-	api DELETE /api/v1/instances/$VM >/dev/null 2>&1 || true
+	instances_delete dash-ct1 $VM
 	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer") | .id'); do
 		api DELETE "/api/v1/tokens/$id" >/dev/null 2>&1 || true
 	done

@@ -26,9 +26,7 @@ cleanup() {
 	[ -z "$FROZEN" ] || lab fault "$FROZEN" thaw >/dev/null 2>&1 || true
 	[ -z "$CUT" ] || lab fault "$CUT" net-restore >/dev/null 2>&1 || true
 	lab up --hosts 3 >/dev/null 2>&1 || true
-	for n in $VM $CT $PLAIN ha-local; do
-		api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true
-	done
+	instances_delete $VM $CT $PLAIN ha-local
 	rm -f "$SAMPLES"
 }
 trap cleanup EXIT

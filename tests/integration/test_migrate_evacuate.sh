@@ -7,7 +7,7 @@
 . "$(dirname "$0")/lib_oci.sh"
 
 cleanup() {
-	for n in ev1 ev2 evc; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	instances_delete ev1 ev2 evc
 	api PATCH /api/v1/hosts/h1 '{"maintenance":false}' >/dev/null 2>&1 || true
 }
 cleanup # leftovers of an interrupted run

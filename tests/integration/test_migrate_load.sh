@@ -5,7 +5,7 @@
 # runs on, its checks keep passing, and its console shows no panic, oops or new boot.
 . "$(dirname "$0")/lib.sh"
 
-cleanup() { api DELETE "/api/v1/instances/ml1?force=1" >/dev/null 2>&1 || true; }
+cleanup() { instances_delete ml1; }
 cleanup # leftovers of an interrupted run
 trap cleanup EXIT
 

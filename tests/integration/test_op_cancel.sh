@@ -152,16 +152,18 @@ wait_nothing_left opc2 "$host" "$ifname"
 pass "a create cancelled while QEMU booted stopped it and removed its disks, files and tap (attempt $booted_cancel)"
 
 # ---- a 1 s deadline ------------------------------------------------------------------------
-# A create takes about a second here, so its host's agent is held (SIGSTOP) until the
-# controller has timed the job out: the deadline passes mid-create whatever the load.
-api POST /api/v1/instances "$(vm_json opc3 ',"timeout_s":1')"
+# The create is pinned to a host whose agent is held (SIGSTOP) before the create is sent,
+# so the deadline passes mid-create whatever the machine's speed (a create can take
+# 0.3 s here: holding the agent after the POST raced it).
+host=h3
+apid=$(agent_pid "$host")
+kill -STOP "$apid"
+trap 'kill -CONT $apid 2>/dev/null; cleanup' EXIT
+api POST /api/v1/instances "$(vm_json opc3 ',"timeout_s":1,"host":"'$host'"')"
 expect_status 202 "create opc3 with timeout_s 1"
 op=$(jqb .id)
 [ "$(jqb .deadline)" != null ] || fail "the operation shows no deadline"
 read -r host ifname <<<"$(where opc3)"
-apid=$(agent_pid "$host")
-kill -STOP "$apid"
-trap 'kill -CONT $apid 2>/dev/null; cleanup' EXIT
 timed_out() { api GET "/api/v1/operations/$op" && [ "$(jqb .cancel)" = "timed out" ]; }
 wait_until 30 "the controller times the create out" timed_out
 kill -CONT "$apid"

@@ -7,7 +7,7 @@
 
 A=iso-a B=iso-b
 cleanup() {
-	for n in $A $B; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	instances_delete $A $B
 }
 trap cleanup EXIT
 
