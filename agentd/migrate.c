@@ -46,7 +46,7 @@
 
 #define MIGRATE_POLL_MS	       250  /* query-migrate while a migration runs */
 #define MIGRATE_REPORT_MS      1000 /* op-progress at most this often */
-#define MIGRATE_TCG_IDLE_MBPS  4    /* dirty rate (MB/s) under which TCG pre-copies */
+#define MIGRATE_TCG_IDLE_MBPS  1    /* dirty rate (MB/s) under which TCG pre-copies */
 #define MIGRATE_BANDWIDTH_MBPS 8000 /* QEMU 7.2's 128 MiB/s default never converges */
 #define MIGRATE_DOWNTIME_MS    100  /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_DIRTY_CALC_S   1
