@@ -176,29 +176,6 @@ static inline double free_after(const struct sched_request *req, const struct sc
 	return (cpu_free + mem_free) / 2;
 }
 
-/*
- * Could h's score reach floor? The score is free_after() (or 1 minus it), a sum of
- * two quotients; the same comparison multiplied out needs no division. Used only to
- * pass over hosts far below the few best kept: floor carries a margin well above the
- * rounding that separates the two forms, so no host that could rank is passed over.
- */
-static inline bool may_reach(const struct sched_request *req, const struct sched_params *params,
-			     const struct sched_host *h, double floor_score)
-{
-	double cpu_cap = h->cpus * params->cpu_ratio;
-	double mem_cap = (double)h->memory_mb * params->mem_ratio;
-	double num, den;
-
-	if (cpu_cap <= 0 || mem_cap <= 0)
-		return true;
-	/* free_after() == num / den */
-	num = (cpu_cap - h->vcpus_used - req->vcpus) * mem_cap +
-	      (mem_cap - (double)(h->memory_used_mb + req->memory_mb)) * cpu_cap;
-	den = 2 * cpu_cap * mem_cap;
-	return params->policy == SCHED_SPREAD ? num >= den * floor_score
-					      : num <= den * (1 - floor_score);
-}
-
 double sched_host_score(const struct sched_request *req, const struct sched_params *params,
 			const struct sched_host *h)
 {
@@ -266,9 +243,8 @@ static const enum sched_reject simple_reasons[] = {
  * The scan of sched_place(), inlined twice: once for any request, once (simple) for
  * the common one that names no host, group, network or nesting, where the filters
  * are the host's state, its pools and its capacity. The simple loop keeps the
- * capacity it computed for the cheap test of may_reach() instead of computing it
- * again; both give the same verdicts, counts and scores as check() and
- * free_after().
+ * capacity it computed for the cheap test below instead of computing it again; both give the same
+ * verdicts, counts and scores as check() and free_after().
  */
 static inline __attribute__((always_inline)) void scan(const struct sched_request *req,
 						       const struct sched_params *params,
@@ -322,9 +298,11 @@ static inline __attribute__((always_inline)) void scan(const struct sched_reques
 		}
 		nfit++;
 		if (full && cpu_cap > 0 && mem_cap > 0) {
-			/* Most hosts cannot come near the last kept: may_reach(), multiplied
-			 * out on the capacity above, passes over those before the divisions
-			 * of an exact score. */
+			/* Most hosts cannot come near the last kept. The score, free_after()
+			 * (or 1 minus it), is a sum of two quotients, num / den below: compared
+			 * multiplied out it needs no division, and floor carries a margin well
+			 * above the rounding between the two forms, so no host that could rank
+			 * is passed over. */
 			num = (cpu_cap - cpu_want) * mem_cap + (mem_cap - mem_want) * cpu_cap;
 			den = 2 * cpu_cap * mem_cap;
 			if (__builtin_expect(spread ? num < den * floor_score

@@ -233,27 +233,29 @@ api DELETE "/api/v1/p2v/$SID"
 pass "wrong, foreign, used and expired tokens 401; bad hash, offset and size 400 and not stored; DELETE removes all"
 
 # ---- a client killed mid-pass resumes without resending stored chunks ----
-head -c $((48 * MB)) /dev/urandom >"$W/big.raw"
-truncate -s $((64 * MB)) "$W/big.raw"
-session p2vresume $((64 * MB))
+# One chunk in flight and 160 chunks of data: the pass lasts long enough, even on a quiet
+# machine, for the client to be killed part-way (the test fails clearly if not).
+head -c $((160 * MB)) /dev/urandom >"$W/big.raw"
+truncate -s $((192 * MB)) "$W/big.raw"
+session p2vresume $((192 * MB))
 # Not through p2v(): $! must be kumo-p2v itself, not a subshell around it.
 "$P2V" --url "$KUMO_URL/api/v1/p2v/$SID" --token "$TOKEN" --cacert "$KUMO_CACERT" \
-	--disk "$W/big.raw" --json >/dev/null 2>"$W/resume1.log" &
+	--disk "$W/big.raw" --parallel 1 --json >/dev/null 2>"$W/resume1.log" &
 client=$!
 stored() { api GET "/api/v1/p2v/$SID" && [ "$(jqb .chunks_stored)" -ge "$1" ]; }
 wait_until 120 "a few chunks stored" stored 4
-kill -9 $client
+kill -9 $client 2>/dev/null || true
 wait $client 2>/dev/null || true
 api GET "/api/v1/p2v/$SID"
 before=$(jqb .chunks_stored)
-[ "$before" -lt 48 ] || fail "the client finished before it was killed; the test needs a slower pass"
+[ "$before" -lt 160 ] || fail "the client finished before it was killed; the test needs a slower pass"
 p2v --disk "$W/big.raw" --resume --json >"$W/resume2.json" 2>"$W/resume2.log" || fail "kumo-p2v --resume failed"
 again=$(jq '.passes[0].chunks_sent' "$W/resume2.json")
 api GET "/api/v1/p2v/$SID"
-[ "$(jqb .chunks_stored)" = 48 ] || fail "48 data chunks, $(jqb .chunks_stored) stored: some were sent twice"
+[ "$(jqb .chunks_stored)" = 160 ] || fail "160 data chunks, $(jqb .chunks_stored) stored: some were sent twice"
 # Chunks whose body was whole when the client died may still be stored after the
 # count above; they are not resent either.
-[ "$again" -le $((48 - before)) ] && [ "$again" -gt 0 ] ||
+[ "$again" -le $((160 - before)) ] && [ "$again" -gt 0 ] ||
 	fail "$before stored before the kill, yet the resumed run sent $again"
 [ "$(jqb .passes)" = 1 ] || fail "the resumed run started a new pass"
 api DELETE "/api/v1/p2v/$SID"
