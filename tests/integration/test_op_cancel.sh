@@ -101,14 +101,29 @@ api POST /api/v1/operations/op-does-not-exist/actions/cancel
 [ "$STATUS" = 404 ] || [ "$STATUS" = 400 ] || fail "cancel of no operation answered $STATUS"
 pass "cancel: a viewer gets 403, a finished operation 409 with the reason, nothing changed"
 
+# hold_agent HOST / release_agent: SIGSTOP HOST's agent so that a create pinned to it is
+# still in its first steps when the cancel comes, however fast the machine (a create can
+# finish in 0.3 s on a quiet one: cancelling after the POST raced it).
+hold_agent() {
+	held_pid=$(agent_pid "$1")
+	kill -STOP "$held_pid"
+	trap 'kill -CONT $held_pid 2>/dev/null; cleanup' EXIT
+}
+release_agent() {
+	kill -CONT "$held_pid"
+	trap cleanup EXIT
+}
+
 # ---- cancel while the image is cloned ------------------------------------------------------
-api POST /api/v1/instances "$(vm_json opc1)"
+hold_agent h3
+api POST /api/v1/instances "$(vm_json opc1 ',"host":"h3"')"
 expect_status 202 "create opc1"
 op=$(jqb .id)
 read -r host ifname <<<"$(where opc1)"
 api POST "/api/v1/operations/$op/actions/cancel"
 expect_status 202 "cancel of the create"
 [ "$(jqb .cancel)" = cancelled ] || fail "the cancel is not recorded on the operation: $BODY"
+release_agent
 wait_op "$op"
 [ "$(jqb .status)" = cancelled ] || fail "the create ended $(jqb .status) ($(jqb .error)), not cancelled"
 [ "$(jqb '.result.undone | type')" = array ] || fail "the result does not say what was undone: $(jqb .result)"
@@ -124,26 +139,28 @@ op_ok
 pass "the name of the cancelled create is free for a new one"
 
 # ---- cancel while QEMU boots ---------------------------------------------------------------
-# The window between "starting qemu" and QEMU answering is short; try a few times.
+# QEMU is caught as soon as it exists and held (SIGSTOP), so it cannot answer the agent's
+# QMP before the cancel comes, however fast the machine; a try the create still won
+# (QEMU answered before the hold) is repeated.
 booted_cancel=""
 for attempt in 1 2 3 4 5 6; do
 	api POST /api/v1/instances "$(vm_json opc2)"
 	expect_status 202 "create opc2"
 	op=$(jqb .id)
 	read -r host ifname <<<"$(where opc2)"
-	# The agent reports "starting qemu" just before it spawns QEMU: cancel then.
 	end=$((SECONDS + 180))
-	until api GET "/api/v1/operations/$op" && [ "$(jqb .phase)" = "starting qemu" ]; do
-		op_status_final "$(jqb .status)" && break
-		[ $SECONDS -ge $end ] && fail "opc2's create never reached starting qemu"
+	until qpid=$(pgrep -f -- "qemu-system[^ ]* -name opc2 "); do
+		[ $SECONDS -ge $end ] && fail "opc2's QEMU never started"
 	done
+	kill -STOP "$qpid"
 	api POST "/api/v1/operations/$op/actions/cancel"
 	wait_op "$op"
+	kill -CONT "$qpid" 2>/dev/null || true
 	if [ "$(jqb .status)" = cancelled ] && jqb '.result.undone[]' | grep -q qemu; then
 		booted_cancel=$attempt
 		break
 	fi
-	# The cancel came before QEMU, or after the create: nothing may be left either way.
+	# The create won the race: nothing may be left after its delete either.
 	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc2?force=1"
 	wait_until 120 "opc2 gone" instance_absent opc2
 done
@@ -156,9 +173,7 @@ pass "a create cancelled while QEMU booted stopped it and removed its disks, fil
 # so the deadline passes mid-create whatever the machine's speed (a create can take
 # 0.3 s here: holding the agent after the POST raced it).
 host=h3
-apid=$(agent_pid "$host")
-kill -STOP "$apid"
-trap 'kill -CONT $apid 2>/dev/null; cleanup' EXIT
+hold_agent "$host"
 api POST /api/v1/instances "$(vm_json opc3 ',"timeout_s":1,"host":"'$host'"')"
 expect_status 202 "create opc3 with timeout_s 1"
 op=$(jqb .id)
@@ -166,8 +181,7 @@ op=$(jqb .id)
 read -r host ifname <<<"$(where opc3)"
 timed_out() { api GET "/api/v1/operations/$op" && [ "$(jqb .cancel)" = "timed out" ]; }
 wait_until 30 "the controller times the create out" timed_out
-kill -CONT "$apid"
-trap cleanup EXIT
+release_agent
 wait_op "$op"
 [ "$(jqb .status)" = failed ] && [ "$(jqb .error)" = "timed out" ] ||
 	fail "a create past its deadline ended $(jqb .status): $(jqb .error)"
@@ -175,7 +189,10 @@ wait_nothing_left opc3 "$host" "$ifname"
 pass "a create with timeout_s=1 failed as timed out and left nothing"
 
 # ---- the controller killed right after a cancel --------------------------------------------
-api POST /api/v1/instances "$(vm_json opc4)"
+# Held the same way: on a quiet machine the create could finish before the cancel.
+host=h3
+hold_agent "$host"
+api POST /api/v1/instances "$(vm_json opc4 ',"host":"'$host'"')"
 expect_status 202 "create opc4"
 op=$(jqb .id)
 read -r host ifname <<<"$(where opc4)"
@@ -184,6 +201,7 @@ expect_status 202 "cancel of opc4's create"
 cpid=$(controller_pid)
 kill -9 "$cpid"
 wait_until 10 "the controller gone" proc_gone "$cpid"
+release_agent
 lab up --hosts 3 >/dev/null
 wait_until 60 "3 hosts online after restart" all_online 3
 wait_op "$op"
