@@ -760,6 +760,7 @@ void metrics_db_commit(double seconds);
 void metrics_db_sync(double seconds, double commits);
 void metrics_loop_lag(double seconds);
 void metrics_loop_tick(int64_t due_us);
+void metrics_netsync_build(void);
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);
 void metrics_free(void);

@@ -214,6 +214,7 @@ static struct json_object *doc_build(struct host *h)
 	unsigned char digest[32];
 	char under[64] = "", hex[65];
 
+	metrics_netsync_build();
 	underlay_of(h, under, sizeof(under));
 	sqlite3_bind_int64(st, 1, h->id);
 	while (sqlite3_step(st) == SQLITE_ROW) {
