@@ -6,27 +6,31 @@
 # One controller (tls off, loopback), N simulated hosts beating every second, T
 # networks each with its own security group ("tenants"); then C containers, each with
 # one NIC on tenant i mod T's network, created by 8 keep-alive clients. Prints
-# kumo_netsync_doc_builds_total per second idle and during the creates, and the p50
-# and p99 of GET /healthz and GET /api/v1/hosts?limit=100 during the creates.
+# kumo_netsync_doc_builds_total per second idle and during the creates, the p50
+# and p99 of GET /healthz and GET /api/v1/hosts?limit=100 during the creates (at
+# least --probe-seconds), the longest loop lag (kumo_loop_lag_seconds, scraped every
+# second) and the controller's CPU meanwhile. --creates 0 measures heartbeats alone.
 #
 # usage: bench/netsync.sh [--hosts 1000] [--creates 400] [--tenants 10]
-#                         [--build DIR] [--port 10380] [--sim-port 21000]
+#                         [--probe-seconds 30] [--build DIR] [--port 10380]
+#                         [--sim-port 21000]
 # --build DIR: a build (RelWithDebInfo) with kumo-controllerd and simhosts in it;
 # compare two builds by running this twice with the same options.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
-hosts=1000 creates=400 tenants=10 port=10380 sim_port=21000
+hosts=1000 creates=400 tenants=10 port=10380 sim_port=21000 probe_s=30
 build=$src/build-bench
 while [ $# -gt 0 ]; do
 	case $1 in
 	--hosts) hosts=$2; shift 2 ;;
 	--creates) creates=$2; shift 2 ;;
 	--tenants) tenants=$2; shift 2 ;;
+	--probe-seconds) probe_s=$2; shift 2 ;;
 	--build) build=$2; shift 2 ;;
 	--port) port=$2; shift 2 ;;
 	--sim-port) sim_port=$2; shift 2 ;;
-	*) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 done
 ctld=$build/controllerd/kumo-controllerd
@@ -110,18 +114,19 @@ sleep 20
 b1=$(builds) w1=$(now_ms)
 idle=$(awk -v b=$((b1 - b0)) -v ms=$((w1 - w0)) 'BEGIN { printf "%.1f", b / (ms / 1000) }')
 
-NO_PROXY='*' skopeo --insecure-policy copy --dest-tls-verify=false --dest-registry-token "$token" \
+[ "$creates" = 0 ] || NO_PROXY='*' skopeo --insecure-policy copy --dest-tls-verify=false --dest-registry-token "$token" \
 	"oci:$src/build-test/guest/busybox-oci:latest" "docker://127.0.0.1:$port/busybox:latest" >/dev/null
 say "creating $creates containers over $tenants tenant networks"
-b2=$(builds) w2=$(now_ms)
-out=$(python3 - "$api_url" "$token" "$creates" "$tenants" <<'PY'
+b2=$(builds) w2=$(now_ms) c2=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
+out=$(python3 - "$api_url" "$token" "$creates" "$tenants" "$probe_s" <<'PY'
 import http.client, json, sys, threading, time, urllib.parse
-url, token, total, tenants = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+url, token, total, tenants, probe_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 u = urllib.parse.urlparse(url)
 h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 lock = threading.Lock()
 nxt, done, failed, lat = [0], [0], [0], {"/healthz": [], "/api/v1/hosts?limit=100": []}
 running = [True]
+lag = [0.0]
 
 def creator():
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
@@ -154,25 +159,41 @@ def prober(path):
         lat[path].append(time.monotonic() - t)
         time.sleep(0.1)
 
+def lagger():
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    while running[0]:
+        c.request("GET", "/metrics", headers=h)
+        r = c.getresponse()
+        for line in r.read().decode().splitlines():
+            if line.startswith("kumo_loop_lag_seconds "):
+                lag[0] = max(lag[0], float(line.split()[1]))
+        time.sleep(1)
+
 ts = [threading.Thread(target=creator) for _ in range(8)]
-ps = [threading.Thread(target=prober, args=(p,)) for p in lat]
+ps = [threading.Thread(target=prober, args=(p,)) for p in lat] + [threading.Thread(target=lagger)]
 t0 = time.monotonic()
 for t in ts + ps: t.start()
 for t in ts: t.join()
-el = time.monotonic() - t0
+el = max(time.monotonic() - t0, 1e-3)
 time.sleep(3)  # the hosts' next heartbeats rebuild what the last creates changed
+while time.monotonic() - t0 < probe_s: time.sleep(0.2)
 running[0] = False
 for t in ps: t.join()
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, int(p * len(v)))] * 1000 if v else float("nan")
-print("%d %d %.1f %.0f %.0f %.0f %.0f" % (done[0], failed[0], done[0] / el,
+print("%d %d %.1f %.0f %.0f %.0f %.0f %.0f" % (done[0], failed[0], done[0] / el,
       pct(lat["/healthz"], .5), pct(lat["/healthz"], .99),
-      pct(lat["/api/v1/hosts?limit=100"], .5), pct(lat["/api/v1/hosts?limit=100"], .99)))
+      pct(lat["/api/v1/hosts?limit=100"], .5), pct(lat["/api/v1/hosts?limit=100"], .99),
+      lag[0] * 1000))
 PY
 )
-b3=$(builds) w3=$(now_ms)
-read -r c_done c_failed c_rate h50 h99 l50 l99 <<<"$out"
+b3=$(builds) w3=$(now_ms) c3=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
+read -r c_done c_failed c_rate h50 h99 l50 l99 lag <<<"$out"
+cpu=$(awk -v t=$((c3 - c2)) -v hz="$(getconf CLK_TCK)" -v ms=$((w3 - w2)) \
+	'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')
+online=$(curl -sS --max-time 60 -H "Authorization: Bearer $token" "$api_url/api/v1" |
+	jq -r '.counts.hosts_online // 0')
 during=$(awk -v b=$((b3 - b2)) -v ms=$((w3 - w2)) 'BEGIN { printf "%.1f", b / (ms / 1000) }')
 
 echo "Kumo netsync bench - SIMULATED hosts (tests/tools/simhosts: real link, no workloads)"
@@ -184,3 +205,6 @@ printf '%-52s %s\n' "network documents built, during creates (+3 s)" "$((b3 - b2
 printf '%-52s %s\n' "network documents built/s, during creates" "$during"
 printf '%-52s %s\n' "GET /healthz during creates, p50 / p99 ms" "$h50 / $h99"
 printf '%-52s %s\n' "GET /api/v1/hosts?limit=100 during, p50 / p99 ms" "$l50 / $l99"
+printf '%-52s %s\n' "longest loop lag (kumo_loop_lag_seconds), ms" "$lag"
+printf '%-52s %s\n' "controller CPU meanwhile (% of a core)" "$cpu"
+printf '%-52s %s\n' "hosts online at the end" "$online"
