@@ -144,7 +144,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 13
+#define DB_SCHEMA_VERSION 14
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -760,6 +760,7 @@ void metrics_db_commit(double seconds);
 void metrics_db_sync(double seconds, double commits);
 void metrics_loop_lag(double seconds);
 void metrics_loop_tick(int64_t due_us);
+void metrics_netsync_build(void);
 void metrics_link_rejected(const char *reason);
 char *metrics_render(void);
 void metrics_free(void);

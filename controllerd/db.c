@@ -271,6 +271,60 @@ static const char *const migrations[] = {
 	"  fenced_at INTEGER NOT NULL,"
 	"  operation TEXT," /* the ha-forget that clears the host's record of it */
 	"  PRIMARY KEY (instance_id, host_id));",
+	/* 13 -> 14 (self-contained; instances.c view_build): what each host's instances
+	 * use, and their anti-affinity groups, kept by triggers in the transaction that
+	 * changes an instance, whoever changes it. A placement read them with one GROUP
+	 * BY over every instance: O(instances) per create, 702 ms at p99 with 2,282. */
+	"CREATE TABLE host_usage ("
+	"  host_id INTEGER PRIMARY KEY REFERENCES hosts(id) ON DELETE CASCADE,"
+	"  vcpus INTEGER NOT NULL DEFAULT 0,"
+	"  memory_mb INTEGER NOT NULL DEFAULT 0,"
+	"  instances INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE host_groups ("
+	"  host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,"
+	"  grp TEXT NOT NULL,"
+	"  instances INTEGER NOT NULL,"
+	"  PRIMARY KEY (host_id, grp)) WITHOUT ROWID;"
+	"INSERT INTO host_usage SELECT host_id, sum(vcpus), sum(memory_mb), count(*) "
+	"  FROM instances WHERE host_id IS NOT NULL GROUP BY host_id;"
+	"INSERT INTO host_groups SELECT host_id, anti_affinity, count(*) FROM instances "
+	"  WHERE host_id IS NOT NULL AND anti_affinity IS NOT NULL "
+	"  GROUP BY host_id, anti_affinity;"
+	"CREATE TRIGGER host_usage_insert AFTER INSERT ON instances "
+	"  WHEN NEW.host_id IS NOT NULL BEGIN"
+	"  INSERT INTO host_usage VALUES (NEW.host_id, NEW.vcpus, NEW.memory_mb, 1)"
+	"    ON CONFLICT (host_id) DO UPDATE SET vcpus = vcpus + excluded.vcpus,"
+	"    memory_mb = memory_mb + excluded.memory_mb, instances = instances + 1;"
+	"  INSERT INTO host_groups SELECT NEW.host_id, NEW.anti_affinity, 1"
+	"    WHERE NEW.anti_affinity IS NOT NULL"
+	"    ON CONFLICT (host_id, grp) DO UPDATE SET instances = instances + 1;"
+	"  END;"
+	"CREATE TRIGGER host_usage_delete AFTER DELETE ON instances "
+	"  WHEN OLD.host_id IS NOT NULL BEGIN"
+	"  UPDATE host_usage SET vcpus = vcpus - OLD.vcpus, memory_mb = memory_mb - "
+	"    OLD.memory_mb, instances = instances - 1 WHERE host_id = OLD.host_id;"
+	"  UPDATE host_groups SET instances = instances - 1"
+	"    WHERE host_id = OLD.host_id AND grp = OLD.anti_affinity;"
+	"  DELETE FROM host_groups WHERE host_id = OLD.host_id AND grp = OLD.anti_affinity"
+	"    AND instances <= 0;"
+	"  END;"
+	/* A move, a resize or a new group: the old side out, the new side in. */
+	"CREATE TRIGGER host_usage_update AFTER UPDATE OF host_id, vcpus, memory_mb, "
+	"  anti_affinity ON instances BEGIN"
+	"  UPDATE host_usage SET vcpus = vcpus - OLD.vcpus, memory_mb = memory_mb - "
+	"    OLD.memory_mb, instances = instances - 1 WHERE host_id = OLD.host_id;"
+	"  UPDATE host_groups SET instances = instances - 1"
+	"    WHERE host_id = OLD.host_id AND grp = OLD.anti_affinity;"
+	"  DELETE FROM host_groups WHERE host_id = OLD.host_id AND grp = OLD.anti_affinity"
+	"    AND instances <= 0;"
+	"  INSERT INTO host_usage SELECT NEW.host_id, NEW.vcpus, NEW.memory_mb, 1"
+	"    WHERE NEW.host_id IS NOT NULL"
+	"    ON CONFLICT (host_id) DO UPDATE SET vcpus = vcpus + excluded.vcpus,"
+	"    memory_mb = memory_mb + excluded.memory_mb, instances = instances + 1;"
+	"  INSERT INTO host_groups SELECT NEW.host_id, NEW.anti_affinity, 1"
+	"    WHERE NEW.host_id IS NOT NULL AND NEW.anti_affinity IS NOT NULL"
+	"    ON CONFLICT (host_id, grp) DO UPDATE SET instances = instances + 1;"
+	"  END;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -311,8 +311,9 @@ static const struct json_field heartbeat_fields[] = {
 /* A heartbeat arrived from h (already authenticated): refresh facts and liveness. */
 void host_heartbeat(struct host *h, struct json_object *body)
 {
+	_cleanup_free_ char *applied_was = NULL;
 	struct kerr err;
-	const char *addr;
+	const char *addr, *applied;
 
 	if (json_fields_check(body, heartbeat_fields, &err) < 0) {
 		log_warnx("host %s: malformed heartbeat: %s", h->name, err.msg);
@@ -323,6 +324,8 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
 	    json_get_int(h->facts, "uptime_s", 0))
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
+	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
+	applied_was = xstrdup(applied ? applied : "");
 	host_facts_set(h, json_object_get(json_object_object_get(body, "facts")));
 	h->last_seen = now_ms();
 	if (strcmp(addr, h->address) != 0) {
@@ -343,9 +346,15 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	}
 	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
 	netsync_heartbeat(h);
-	/* An operation waiting for the network may be done now (netsync.c's in_sync). */
-	instances_net_waits_check();
-	migrate_net_waits_check();
+	/* An operation waiting for the network may be done now that this host applied
+	 * another document (netsync.c's in_sync); the cron checks every second anyway.
+	 * Checking at every heartbeat was a query per waiting create per heartbeat:
+	 * thousands a second during creates at thousands of hosts. */
+	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
+	if (strcmp(applied_was, applied ? applied : "") != 0) {
+		instances_net_waits_check();
+		migrate_net_waits_check();
+	}
 }
 
 /* Cron: a host that missed offline_after heartbeats is offline. */

@@ -51,6 +51,7 @@ struct histogram {
 
 static struct histogram *api_latency, *db_commits, *db_syncs, *db_batches;
 static double loop_lag_max;	 /* s, the largest since the last scrape */
+static uint64_t netsync_builds;	 /* network documents built (netsync.c) */
 static int64_t loop_tick_due_us; /* when the cron's next tick is due (now_us() clock) */
 
 static void histogram_observe_in(struct histogram **list, const double *bounds, const char *labels,
@@ -144,6 +145,13 @@ void metrics_loop_lag(double seconds)
 {
 	if (seconds > loop_lag_max)
 		loop_lag_max = seconds;
+}
+
+/* netsync.c built a host's network document (a query, JSON and a SHA-256): at
+ * thousands of hosts how often that happens decides the controller's idle cost. */
+void metrics_netsync_build(void)
+{
+	netsync_builds++;
 }
 
 /* The cron ran; its next tick is due at due_us. A scrape while the loop is held (and
@@ -316,6 +324,11 @@ char *metrics_render(void)
 	bprintf(&b, "# HELP kumo_db_sync_batch_commits Commits made durable by each fsync.\n"
 		    "# TYPE kumo_db_sync_batch_commits histogram\n");
 	histogram_render(&b, "kumo_db_sync_batch_commits", db_batches);
+	bprintf(&b,
+		"# HELP kumo_netsync_doc_builds_total Network documents built for hosts.\n"
+		"# TYPE kumo_netsync_doc_builds_total counter\nkumo_netsync_doc_builds_total "
+		"%llu\n",
+		(unsigned long long)netsync_builds);
 	bprintf(&b,
 		"# HELP kumo_loop_lag_seconds The longest delay of the controller's timer "
 		"since the last scrape: how long the loop was held by other work.\n"

@@ -16,19 +16,27 @@
  *
  * Building a document costs a query, JSON and a SHA-256, and at 5,000 hosts a
  * heartbeat per host per second made that the controller's main work. So the hash of
- * each host's last document is kept with the generation of the state it was built
- * from: netsync_changed() (or netsync_all()) starts a new generation whenever
- * something that decides documents changes, and a heartbeat that reports the kept
- * hash of the current generation needs no new document. Kept hashes are rebuilt
+ * each host's last document is kept with a stamp of what it was built from
+ * (netver.h): the versions of its segments and security groups, and one global
+ * generation. A key's version moves only when what other hosts see of it changes -
+ * a host joins or leaves a segment, an address joins or leaves a group - which the
+ * rebuild of the host that changed finds by comparing its share of each key with
+ * the last one (netsync_changed(h)); netsync_all() moves the global generation for
+ * the rare changes of everything (networks, rules, addresses of hosts). A heartbeat
+ * that reports the kept hash of a current stamp needs no new document, so a create
+ * rebuilds only the documents of the hosts that share its segments or groups, and a
+ * host without NICs is never rebuilt for others' creates. Kept hashes are rebuilt
  * after NETSYNC_CACHE_MS anyway, so a change that forgot to say so heals.
  */
 #include <arpa/inet.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "controllerd.h"
 #include "log.h"
+#include "netver.h"
 #include "token.h"
 #include "util.h"
 
@@ -47,16 +55,16 @@ struct sent {
 	char refused[256]; /* why the host refused that document, or "" */
 	char taken[65];	   /* the last document the host answered for without error */
 	int64_t taken_at;
-	/* The last document built for the host: its hash, generation and time. */
+	/* The last document built for the host: its hash, stamp and time. */
 	char built_hash[65];
-	uint64_t built_gen;
+	struct netver_stamp stamp;
 	int64_t built_at;
 };
 
 /* Indexed by host id (SQLite rowids, dense from 1): one lookup per heartbeat. */
 static struct sent **sent_by_id;
 static size_t sent_cap;
-static uint64_t generation = 1;
+static struct netver *versions;
 
 static struct sent *sent_get(int64_t host_id)
 {
@@ -197,7 +205,7 @@ static void port_protection(struct json_object *port, struct json_object *groups
 }
 
 /* Everything host h must realise, with its "hash". A new reference. */
-static struct json_object *doc_build(struct host *h)
+static struct json_object *doc_query(struct host *h)
 {
 	sqlite3_stmt *st = db_prepare(
 		ctl.db,
@@ -214,6 +222,7 @@ static struct json_object *doc_build(struct host *h)
 	unsigned char digest[32];
 	char under[64] = "", hex[65];
 
+	metrics_netsync_build();
 	underlay_of(h, under, sizeof(under));
 	sqlite3_bind_int64(st, 1, h->id);
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -311,6 +320,122 @@ static struct json_object *doc_build(struct host *h)
 	return doc;
 }
 
+/* Add "seg/NET/VLAN" or "group/NAME" to keys (an array of strings), once. */
+static void key_add(struct json_object *keys, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void key_add(struct json_object *keys, const char *fmt, ...)
+{
+	char key[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(key, sizeof(key), fmt, ap);
+	va_end(ap);
+	strings_add(keys, key);
+}
+
+/*
+ * Stamp s from doc: it depends on its segments and the groups it carries; the host
+ * contributes its presence to each segment and its ports' addresses to each of their
+ * groups (a digest, so a new address in a group it was already in counts). Keys
+ * whose share changed are bumped for the other hosts.
+ */
+static void doc_stamp(struct sent *s, struct json_object *doc)
+{
+	struct json_object *deps = json_object_new_array(), *contrib = json_object_new_object();
+	struct json_object *nets = json_object_object_get(doc, "networks");
+	struct json_object *groups = json_object_object_get(doc, "security_groups");
+	const char **dep_keys;
+	struct netver_entry *entries;
+	size_t n, m = 0;
+
+	for (size_t i = 0; i < json_object_array_length(nets); i++) {
+		struct json_object *net = json_object_array_get_idx(nets, i);
+		struct json_object *segs = json_object_object_get(net, "segments");
+		int64_t nid = json_get_int(net, "id", 0);
+
+		for (size_t j = 0; j < json_object_array_length(segs); j++) {
+			struct json_object *seg = json_object_array_get_idx(segs, j);
+			struct json_object *ports = json_object_object_get(seg, "ports");
+			char key[64];
+
+			snprintf(key, sizeof(key), "seg/%lld/%lld", (long long)nid,
+				 (long long)json_get_int(seg, "vlan", 0));
+			strings_add(deps, key);
+			json_object_object_add(contrib, key, json_object_new_int64(1));
+			for (size_t k = 0; k < json_object_array_length(ports); k++) {
+				struct json_object *port = json_object_array_get_idx(ports, k);
+				struct json_object *names =
+					json_object_object_get(port, "security_groups");
+				const char *addr = json_get_str(port, "address", NULL);
+
+				for (size_t g = 0; addr && g < json_object_array_length(names);
+				     g++) {
+					char gkey[160];
+					struct json_object *d;
+					uint64_t h;
+
+					snprintf(gkey, sizeof(gkey), "group/%s",
+						 json_object_get_string(
+							 json_object_array_get_idx(names, g)));
+					d = json_object_object_get(contrib, gkey);
+					h = d ? (uint64_t)json_object_get_int64(d)
+					      : NETVER_DIGEST_INIT;
+					h = netver_digest(h, addr, strlen(addr) + 1);
+					json_object_object_add(contrib, gkey,
+							       json_object_new_int64((int64_t)h));
+				}
+			}
+		}
+	}
+	for (size_t i = 0; i < json_object_array_length(groups); i++)
+		key_add(deps, "group/%s",
+			json_get_str(json_object_array_get_idx(groups, i), "name", ""));
+	n = json_object_array_length(deps);
+	dep_keys = xcalloc(n ? n : 1, sizeof(*dep_keys));
+	for (size_t i = 0; i < n; i++)
+		dep_keys[i] = json_object_get_string(json_object_array_get_idx(deps, i));
+	entries = xcalloc(json_object_object_length(contrib) + 1, sizeof(*entries));
+	json_object_object_foreach(contrib, key, val)
+	{
+		entries[m].key = key;
+		entries[m++].value = (uint64_t)json_object_get_int64(val);
+	}
+	netver_stamp_record(versions, &s->stamp, dep_keys, n, entries, m);
+	free(entries);
+	free(dep_keys);
+	json_object_put(contrib);
+	json_object_put(deps);
+}
+
+/* h's document, built now and kept (its hash and stamp). A new reference. */
+static struct json_object *doc_build(struct host *h)
+{
+	struct json_object *doc = doc_query(h);
+	struct sent *s = sent_get(h->id);
+
+	if (versions == NULL)
+		versions = netver_new();
+	doc_stamp(s, doc);
+	snprintf(s->built_hash, sizeof(s->built_hash), "%s", json_get_str(doc, "hash", ""));
+	s->built_at = now_ms();
+	return doc;
+}
+
+/* The hash of h's document: the kept one while its stamp is current, else built. */
+static void doc_hash(struct host *h, char out[65])
+{
+	struct sent *s = sent_get(h->id);
+
+	if (versions && s->built_hash[0] && netver_stamp_current(versions, &s->stamp) &&
+	    now_ms() - s->built_at < NETSYNC_CACHE_MS) {
+		snprintf(out, 65, "%s", s->built_hash);
+		return;
+	}
+	json_object_put(doc_build(h));
+	snprintf(out, 65, "%s", s->built_hash);
+}
+
 struct netsync_call {
 	int64_t host_id;
 	char hash[65];
@@ -354,9 +479,6 @@ static void netsync_host(struct host *h, const char *holds, bool force)
 	doc = doc_build(h);
 	hash = json_get_str(doc, "hash", "");
 	s = sent_get(h->id);
-	snprintf(s->built_hash, sizeof(s->built_hash), "%s", hash);
-	s->built_gen = generation;
-	s->built_at = now;
 	if ((holds && strcmp(holds, hash) == 0) ||
 	    (!force && strcmp(s->hash, hash) == 0 && now - s->at < NETSYNC_RETRY_MS) ||
 	    (!force && strcmp(s->taken, hash) == 0 && now - s->taken_at < NETSYNC_TAKEN_MS)) {
@@ -378,22 +500,35 @@ static void netsync_host(struct host *h, const char *holds, bool force)
 /* Something that decides the documents changed: tell every online host that lags. */
 void netsync_all(void)
 {
-	generation++;
+	if (versions == NULL)
+		versions = netver_new();
+	netver_all_bump(versions);
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		netsync_host(h, NULL, false);
 }
 
 /*
- * Something that decides documents changed (an instance with NICs came or went, a
- * host's address changed): h (if not NULL) is told at once, before any command
- * queued after this call; every other host gets its new document, if it has one, at
- * its next heartbeat.
+ * Something that decides documents changed on h (an instance with NICs came or went):
+ * h is told at once, before any command queued after this call; the segments and
+ * groups its rebuilt document shows it joined or left move on, and the hosts that
+ * share them get their new documents at their next heartbeat. With h NULL (the host
+ * is not known, or a host's address changed) every host's document is rebuilt.
  */
 void netsync_changed(struct host *h)
 {
-	generation++;
-	if (h)
+	if (versions == NULL)
+		versions = netver_new();
+	if (h == NULL) {
+		netver_all_bump(versions);
+		return;
+	}
+	/* Never built since start: its share was unknown, so all of it counts as new
+	 * (the first heartbeat's build, by contrast, changes nobody's document). */
+	sent_get(h->id)->stamp.valid = true;
+	if (h->state == HOST_ONLINE)
 		netsync_host(h, NULL, false);
+	else
+		json_object_put(doc_build(h)); /* only its share of the keys moves */
 }
 
 /* A heartbeat came in: resend when the host holds another version than ours. */
@@ -403,9 +538,9 @@ void netsync_heartbeat(struct host *h)
 	const char *wanted = json_get_str(net, "wanted", NULL);
 	struct sent *s = sent_get(h->id);
 
-	/* It holds the document of the current generation: nothing to build. */
-	if (wanted && s->built_gen == generation && now_ms() - s->built_at < NETSYNC_CACHE_MS &&
-	    strcmp(wanted, s->built_hash) == 0)
+	/* It holds the document its stamp says is current: nothing to build. */
+	if (wanted && versions && netver_stamp_current(versions, &s->stamp) &&
+	    now_ms() - s->built_at < NETSYNC_CACHE_MS && strcmp(wanted, s->built_hash) == 0)
 		return;
 	netsync_host(h, wanted ? wanted : "", false);
 }
@@ -413,13 +548,12 @@ void netsync_heartbeat(struct host *h)
 /* Has h applied the document it should hold now? */
 static bool host_in_sync(struct host *h)
 {
-	struct json_object *doc = doc_build(h);
 	const char *applied =
 		json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
-	bool ok = applied && strcmp(applied, json_get_str(doc, "hash", "")) == 0;
+	char hash[65];
 
-	json_object_put(doc);
-	return ok;
+	doc_hash(h, hash);
+	return applied && strcmp(applied, hash) == 0;
 }
 
 /*
@@ -457,19 +591,15 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 /* For GET /hosts/{name}: the version the host should hold, and what it reports. */
 struct json_object *netsync_status_json(struct host *h)
 {
-	struct json_object *o = json_object_new_object(), *doc = NULL;
+	struct json_object *o = json_object_new_object();
 	struct json_object *net = json_object_object_get(h->facts, "network");
 	const char *applied = json_get_str(net, "applied", NULL);
 	const char *error = json_get_str(net, "error", NULL);
 	struct sent *s = sent_get(h->id);
-	const char *hash = s->built_hash;
+	char hash[65];
 
 	/* The kept hash when current: a host list would build every host's document. */
-	if (s->built_gen != generation || now_ms() - s->built_at >= NETSYNC_CACHE_MS ||
-	    !s->built_hash[0]) {
-		doc = doc_build(h);
-		hash = json_get_str(doc, "hash", "");
-	}
+	doc_hash(h, hash);
 
 	/* The host's own apply error, or why it refused the document outright. */
 	if (s->refused[0] && strcmp(s->hash, hash) == 0)
@@ -479,14 +609,18 @@ struct json_object *netsync_status_json(struct host *h)
 	json_object_object_add(o, "error", error ? json_object_new_string(error) : NULL);
 	json_object_object_add(o, "in_sync",
 			       json_object_new_boolean(applied && strcmp(applied, hash) == 0));
-	json_object_put(doc);
 	return o;
 }
 
 void netsync_free(void)
 {
-	for (size_t i = 0; i < sent_cap; i++)
+	for (size_t i = 0; i < sent_cap; i++) {
+		if (sent_by_id[i])
+			netver_stamp_clear(&sent_by_id[i]->stamp);
 		free(sent_by_id[i]);
+	}
+	netver_free(versions);
+	versions = NULL;
 	free(sent_by_id);
 	sent_by_id = NULL;
 	sent_cap = 0;
