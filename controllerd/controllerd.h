@@ -681,6 +681,8 @@ enum MHD_Result api_network_addresses(struct request *req);
 extern const struct json_field *const instance_vm_fields;
 extern const struct json_field *const instance_patch_fields;
 enum MHD_Result api_instances_create(struct request *req);
+struct json_object *instance_create(struct json_object *body, struct json_object **placement,
+				    struct kerr *err);
 enum MHD_Result api_instances_list(struct request *req);
 enum MHD_Result api_instance_get(struct request *req);
 enum MHD_Result api_instance_patch(struct request *req);
