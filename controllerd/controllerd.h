@@ -553,6 +553,9 @@ struct request {
 	/* An agent's answer to a query this request waits for (api_instances.c). */
 	struct json_object *answer;
 	char answer_error[256];
+	/* Suspended with http_suspend_watched(): its client is checked (http.c). */
+	struct request *watch_next;
+	bool watched;
 	/* A streamed upload (api_images.c). */
 	bool routed;
 	int upload_fd;
@@ -633,6 +636,7 @@ int http_query_int(struct request *req, const char *key, int64_t min, int64_t ma
 void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request *req));
 void http_upload_write(struct request *req, const char *data, size_t len);
 void http_resume(struct request *req);
+void http_suspend_watched(struct request *req, enum MHD_Result (*resume)(struct request *req));
 
 /* api_root.c */
 enum MHD_Result api_root_get(struct request *req);
