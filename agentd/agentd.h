@@ -225,6 +225,7 @@ struct vm {
 
 struct ctr;
 struct oci_cmd;
+struct exec_req;
 
 /*
  * A container this agent knows: its spec and bundle directory, and what its shim's
@@ -432,9 +433,10 @@ struct agent {
 	struct image_hash *image_hashes; /* SHA-256 of image files, by file identity */
 
 	/* oci.c */
-	struct oci_cmd *oci_cmds; /* runc children still running */
-	int execs;		  /* of them, execs (AGENT_EXECS_MAX at most) */
-	char exe[PATH_MAX];	  /* this program, run again as the shim */
+	struct oci_cmd *oci_cmds;   /* runc children still running */
+	int execs;		    /* of them, execs (AGENT_EXECS_MAX at most) */
+	struct exec_req *exec_reqs; /* ... and who waits for each (ociaction.c) */
+	char exe[PATH_MAX];	    /* this program, run again as the shim */
 
 	/* net.c */
 	struct net *net; /* the network driver's state, NULL before net_start() */
@@ -484,6 +486,8 @@ void job_end(struct inst_op *op);
 const char *job_cancel_reason(const struct inst_op *op);
 bool job_cancelled(const struct inst_op *op);
 void job_undo(struct inst_op *op);
+bool job_file_take(const char *dir, char *op, char *verb, char *cancel);
+void job_file_done(struct agent *a, const char *op, const char *cancel, struct json_object *undone);
 struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_object *body,
 				   struct kerr *err);
 
@@ -706,6 +710,7 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data);
 int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size_t out_max,
 	     bool merge, const char *pid_file, oci_cmd_cb cb, void *data, struct kerr *err);
 void oci_cmds_close(struct agent *a);
+bool oci_cmd_cancel(struct agent *a, const void *data);
 void oci_job_queue(struct agent *a, struct work *j);
 void oci_dir_remove(struct agent *a, const char *dir, disk_done_cb cb, void *data);
 void oci_measure(struct ctr *ctr, inst_done_cb cb, void *data);
@@ -726,6 +731,7 @@ void ociaction_pause(struct inst_op *op);
 void ociaction_resume(struct inst_op *op);
 void ociaction_commit(struct inst_op *op);
 int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, struct kerr *err);
+bool ociaction_exec_cancel(struct agent *a, const char *qop);
 
 /* layers.c (thread pool only: no agent state) */
 bool layers_digest_valid(const char *s);

@@ -36,13 +36,12 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <pwd.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "chunkstore.h"
 #include "json.h"
 #include "tree.h"
@@ -115,7 +114,6 @@ struct bjob {
 
 /* A child (qemu-img) this file started; freed in its close callback. */
 struct bchild {
-	uv_process_t proc;
 	struct bjob *job;
 	void (*done)(struct bjob *job, const char *error);
 };
@@ -256,23 +254,17 @@ static void pool_run(struct bjob *job, work_fn work, after_fn after)
 
 /* ---- qemu-img ------------------------------------------------------------------------- */
 
-static void child_closed_cb(uv_handle_t *handle)
+static void qemu_img_done_cb(const struct child_result *r, void *data)
 {
-	free(handle->data);
-}
-
-static void child_exit_cb(uv_process_t *proc, int64_t status, int signo)
-{
-	struct bchild *c = proc->data;
+	struct bchild *c = data;
 	struct bjob *job = c->job;
 	void (*done)(struct bjob *, const char *) = c->done;
 	char why[128] = "";
 
-	proc->data = c;
-	uv_close((uv_handle_t *)proc, child_closed_cb);
-	if (status != 0 || signo != 0)
+	free(c);
+	if (!child_result_ok(r))
 		snprintf(why, sizeof(why), "qemu-img %s (its message is in the agent's log)",
-			 signo ? "was killed" : "failed");
+			 r->signal ? "was killed" : "failed");
 	if (job_gone(job))
 		return;
 	done(job, why[0] ? why : NULL);
@@ -283,27 +275,14 @@ static void qemu_img_run(struct bjob *job, char **args,
 			 void (*done)(struct bjob *job, const char *error))
 {
 	struct bchild *c = xcalloc(1, sizeof(*c));
-	uv_stdio_container_t stdio[3] = {
-		{.flags = UV_IGNORE},
-		{.flags = UV_IGNORE},
-		{.flags = UV_INHERIT_FD, .data.fd = 2},
-	};
-	uv_process_options_t opts = {
-		.file = "qemu-img",
-		.args = args,
-		.stdio = stdio,
-		.stdio_count = 3,
-		.exit_cb = child_exit_cb,
-	};
-	int ret;
+	struct child_opts opts = {.argv = args, .err_mode = CHILD_ERR_INHERIT};
+	struct kerr err;
 
 	c->job = job;
 	c->done = done;
-	c->proc.data = c;
-	ret = uv_spawn(job->agent->loop, &c->proc, &opts);
-	if (ret < 0) {
-		uv_close((uv_handle_t *)&c->proc, child_closed_cb);
-		job_fail(job, "cannot run qemu-img: %s", uv_strerror(ret));
+	if (child_run(job->agent->loop, &opts, qemu_img_done_cb, c, &err) == NULL) {
+		free(c);
+		job_fail(job, "%s", err.msg);
 	}
 }
 
@@ -347,41 +326,13 @@ static void prepare_work(struct bjob *job)
  * stdout. Returns its exit status, or -1. Thread only: it blocks. */
 static int run_wait(char *const argv[], char **out)
 {
-	int pipefd[2] = {-1, -1}, status = -1;
-	posix_spawn_file_actions_t fa;
-	size_t len = 0, cap = 4096;
-	char *buf = NULL;
-	pid_t pid;
+	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
+	struct kerr err;
+	int ret = child_run_wait(&opts, out, &err);
 
-	if (out && pipe2(pipefd, O_CLOEXEC) < 0)
-		return -1;
-	posix_spawn_file_actions_init(&fa);
-	if (out)
-		posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
-	if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0)
-		pid = -1;
-	posix_spawn_file_actions_destroy(&fa);
-	if (out) {
-		close(pipefd[1]);
-		buf = xmalloc(cap);
-		for (ssize_t n; pid > 0 && (n = read(pipefd[0], buf + len, cap - len - 1)) != 0;) {
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0)
-				break;
-			len += (size_t)n;
-			if (len + 1 >= cap)
-				buf = xrealloc(buf, cap *= 2);
-		}
-		buf[len] = '\0';
-		close(pipefd[0]);
-		*out = buf;
-	}
-	if (pid < 0)
-		return -1;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+	if (ret < 0)
+		log_warnx("%s", err.msg);
+	return ret;
 }
 
 /*

@@ -2,7 +2,7 @@
  * disk.c - disk work for the vm driver.
  *
  * Two kinds of work, neither on the loop:
- *   - helper programs as children (uv_spawn): qemu-img create, convert, resize, info
+ *   - helper programs as children (common/child.c): qemu-img create, convert, resize, info
  *     and snapshot, and mkfs.vfat + mcopy for the cloud-init seed. Their stderr's last
  *     line becomes the error a user reads ("qemu-img: ...: Could not open ...").
  *   - file work on libuv's thread pool: path checks, directories, spec.json, removal,
@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "child.h"
 #include "json.h"
 #include "tree.h"
 #include "util.h"
@@ -34,21 +35,12 @@
 #define SEED_MIN_KB    1024
 #define MIB	       (1024LL * 1024)
 
-/* A helper child with its stdout and stderr pipes. */
+/* A helper child (common/child.h) and who waits for it. */
 struct disk_cmd {
 	struct agent *agent;
-	uv_process_t proc;
-	uv_pipe_t out, err;
-	int open_handles;
-	bool cancelled;	   /* the agent is stopping: done() hears so, whatever the child does */
-	bool spawn_failed; /* cmd_run() reported it; done() is not called */
-	int64_t exit_status;
-	int term_signal;
-	char prog[32];
-	char *outbuf;
+	struct child *child;
+	const char *outbuf; /* its stdout, valid during done() */
 	size_t outlen;
-	char errbuf[DISK_ERR_TAIL + 1];
-	size_t errlen;
 	void (*done)(struct disk_cmd *c, const char *error);
 	void *data;
 	struct disk_cmd *next;
@@ -87,118 +79,29 @@ const char *disk_pool_root(const struct agent_config *cfg, const char *pool)
 
 /* ---- helper children ---------------------------------------------------------------- */
 
-static void cmd_free(struct disk_cmd *c)
+static void cmd_done_cb(const struct child_result *r, void *data)
 {
-	struct disk_cmd **pp;
+	struct disk_cmd *c = data;
+	char why[DISK_ERROR_MAX];
 
-	for (pp = &c->agent->disk_cmds; *pp; pp = &(*pp)->next) {
+	for (struct disk_cmd **pp = &c->agent->disk_cmds; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
 			break;
 		}
 	}
-	free(c->outbuf);
-	free(c);
-}
-
-/* The reason a failed helper gives: the last non-empty line of its stderr. */
-static void cmd_error(struct disk_cmd *c, char *why, size_t len)
-{
-	char *end, *line;
-
-	c->errbuf[c->errlen] = '\0';
-	end = c->errbuf + c->errlen;
-	while (end > c->errbuf && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' '))
-		*--end = '\0';
-	line = strrchr(c->errbuf, '\n');
-	line = line ? line + 1 : c->errbuf;
-	if (*line)
-		snprintf(why, len, "%s", line);
-	else if (c->term_signal)
-		snprintf(why, len, "%s was killed by signal %d", c->prog, c->term_signal);
-	else
-		snprintf(why, len, "%s exited with status %lld", c->prog,
-			 (long long)c->exit_status);
-}
-
-static void cmd_close_cb(uv_handle_t *handle)
-{
-	struct disk_cmd *c = handle->data;
-	char why[DISK_ERROR_MAX];
-
-	if (--c->open_handles > 0)
-		return;
-	if (c->spawn_failed) {
-		/* cmd_run() said so already. */
-	} else if (c->cancelled) {
+	c->outbuf = r->out;
+	c->outlen = r->out_len;
+	if (r->abandoned) {
 		c->done(c, "the agent is stopping");
-	} else if (c->exit_status == 0 && c->term_signal == 0) {
+	} else if (child_result_ok(r)) {
 		c->done(c, NULL);
 	} else {
-		cmd_error(c, why, sizeof(why));
+		/* Its stderr's last line: "qemu-img: ...: Could not open ..." */
+		child_result_why(r, why, sizeof(why));
 		c->done(c, why);
 	}
-	cmd_free(c);
-}
-
-static void cmd_close(struct disk_cmd *c)
-{
-	uv_handle_t *handles[] = {(uv_handle_t *)&c->proc, (uv_handle_t *)&c->out,
-				  (uv_handle_t *)&c->err};
-
-	for (size_t i = 0; i < ARRAY_SIZE(handles); i++)
-		if (!uv_is_closing(handles[i]))
-			uv_close(handles[i], cmd_close_cb);
-}
-
-static void cmd_exit_cb(uv_process_t *proc, int64_t exit_status, int term_signal)
-{
-	struct disk_cmd *c = proc->data;
-
-	c->exit_status = exit_status;
-	c->term_signal = term_signal;
-	uv_close((uv_handle_t *)proc, cmd_close_cb);
-}
-
-static void cmd_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
-{
-	buf->base = xmalloc(suggested);
-	buf->len = suggested;
-}
-
-static void cmd_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-	struct disk_cmd *c = stream->data;
-
-	if (nread > 0 && stream == (uv_stream_t *)&c->out) {
-		size_t keep = c->outlen + (size_t)nread > DISK_OUT_MAX ? DISK_OUT_MAX - c->outlen
-								       : (size_t)nread;
-
-		c->outbuf = xrealloc(c->outbuf, c->outlen + keep + 1);
-		memcpy(c->outbuf + c->outlen, buf->base, keep);
-		c->outlen += keep;
-		c->outbuf[c->outlen] = '\0';
-	} else if (nread > 0) {
-		/* Keep the tail: the reason for a failure is printed last. */
-		size_t n = (size_t)nread;
-
-		if (n >= DISK_ERR_TAIL) {
-			memcpy(c->errbuf, buf->base + n - DISK_ERR_TAIL, DISK_ERR_TAIL);
-			c->errlen = DISK_ERR_TAIL;
-		} else {
-			if (c->errlen + n > DISK_ERR_TAIL) {
-				size_t drop = c->errlen + n - DISK_ERR_TAIL;
-
-				memmove(c->errbuf, c->errbuf + drop, c->errlen - drop);
-				c->errlen -= drop;
-			}
-			memcpy(c->errbuf + c->errlen, buf->base, n);
-			c->errlen += n;
-		}
-	} else if (nread < 0) {
-		uv_close((uv_handle_t *)stream, cmd_close_cb);
-	}
-	free(buf->base);
+	free(c);
 }
 
 /*
@@ -210,40 +113,24 @@ static int cmd_run(struct agent *a, char **argv, void (*done)(struct disk_cmd *,
 		   void *data, struct kerr *err)
 {
 	struct disk_cmd *c = xcalloc(1, sizeof(*c));
-	uv_stdio_container_t stdio[3];
-	uv_process_options_t opts = {0};
-	int ret;
+	struct child_opts opts = {
+		.argv = argv,
+		.out_max = DISK_OUT_MAX,
+		.err_max = DISK_ERR_TAIL,
+		.err_mode = CHILD_ERR_CAPTURE,
+	};
 
 	c->agent = a;
 	c->done = done;
 	c->data = data;
-	snprintf(c->prog, sizeof(c->prog), "%s", argv[0]);
-	c->proc.data = c->out.data = c->err.data = c;
-	uv_pipe_init(a->loop, &c->out, 0);
-	uv_pipe_init(a->loop, &c->err, 0);
-	stdio[0].flags = UV_IGNORE;
-	stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-	stdio[1].data.stream = (uv_stream_t *)&c->out;
-	stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-	stdio[2].data.stream = (uv_stream_t *)&c->err;
-	opts.file = argv[0];
-	opts.args = argv;
-	opts.exit_cb = cmd_exit_cb;
-	opts.stdio = stdio;
-	opts.stdio_count = 3;
-	c->open_handles = 3;
+	log_debug("disk: running %s %s", argv[0], argv[1] ? argv[1] : "");
+	c->child = child_run(a->loop, &opts, cmd_done_cb, c, err);
+	if (c->child == NULL) {
+		free(c);
+		return -1;
+	}
 	c->next = a->disk_cmds;
 	a->disk_cmds = c;
-	log_debug("disk: running %s %s", argv[0], argv[1] ? argv[1] : "");
-	ret = uv_spawn(a->loop, &c->proc, &opts);
-	if (ret < 0) {
-		/* The handles are initialised either way and must be closed. */
-		c->spawn_failed = true;
-		cmd_close(c);
-		return err_set(err, -ret, "cannot run %s", argv[0]);
-	}
-	uv_read_start((uv_stream_t *)&c->out, cmd_alloc_cb, cmd_read_cb);
-	uv_read_start((uv_stream_t *)&c->err, cmd_alloc_cb, cmd_read_cb);
 	return 0;
 }
 
@@ -254,10 +141,8 @@ static int cmd_run(struct agent *a, char **argv, void (*done)(struct disk_cmd *,
  */
 void disk_cmds_close(struct agent *a)
 {
-	for (struct disk_cmd *c = a->disk_cmds; c; c = c->next) {
-		c->cancelled = true;
-		cmd_close(c);
-	}
+	for (struct disk_cmd *c = a->disk_cmds; c; c = c->next)
+		child_abandon(c->child, false);
 }
 
 /* ---- thread-pool jobs ---------------------------------------------------------------- */

@@ -17,23 +17,70 @@
  * The deadline comes with the command ("timeout_ms", what is left of it); when it
  * passes the job is cancelled as "timed out" the same way.
  *
- * Both drivers' cancel slot (struct driver) is job_undo(). A container whose process
- * was started by the job is not stopped by it yet: its job runs to its end.
+ * A cancel (or a passed deadline) is also written to {run dir}/job.json ({op, verb,
+ * cancel, deadline_ms}) as soon as it is heard, and removed when the job ends: an
+ * agent killed before its safe point came leaves the file, and the next run finishes
+ * the undo when it finds it (vmadopt.c: a create is removed whole) and sends the
+ * op-done the dead run owed (job_file_done()).
+ *
+ * Both drivers' cancel slot (struct driver) is job_undo(). A process the job started
+ * (QEMU, a container's) is stopped through the driver's force_stop slot first.
  */
 #include "agentd.h"
 
 #include <string.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "util.h"
 
 struct job {
 	struct agent *agent;
-	struct inst_op *op; /* NULL once the op ended (the timer may still be closing) */
-	char cancel[16];    /* "", "cancelled" or "timed out" */
+	struct inst_op *op;  /* NULL once the op ended (the timer may still be closing) */
+	char cancel[16];     /* "", "cancelled" or "timed out" */
+	int64_t deadline_ms; /* wall clock, 0 when none */
+	char file[PATH_MAX]; /* the job.json written, "" when none */
 	uv_timer_t timer;
 	struct job *next;
 };
+
+/*
+ * Keep what a restarted agent needs to finish the cancel in op's run directory. Not
+ * fsynced: it has to outlive the agent's process, not the machine (after a reboot
+ * the controller's deadline ends the job anyway), and the loop must not wait on a
+ * disk flush. Before the op has a run directory there is nothing to undo there.
+ */
+static void job_file_save(struct job *j)
+{
+	struct inst_op *op = j->op;
+	const char *dir = op->vm ? op->vm->inst.dir : op->ctr ? op->ctr->inst.dir : "";
+	struct json_object *o;
+	const char *text;
+	int ret;
+
+	if (dir[0] == '\0')
+		return;
+	o = json_object_new_object();
+	json_object_object_add(o, "op", json_object_new_string(op->op));
+	json_object_object_add(o, "verb", json_object_new_string(verb_get(op->verb)->name));
+	json_object_object_add(o, "cancel", json_object_new_string(j->cancel));
+	json_object_object_add(o, "deadline_ms", json_object_new_int64(j->deadline_ms));
+	snprintf(j->file, sizeof(j->file), "%s/job.json", dir);
+	text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	ret = file_write_replace(j->file, text, strlen(text), 0600);
+	if (ret < 0)
+		log_warnx("op %s: cannot write %s: %s", op->op, j->file, strerror(-ret));
+	json_object_put(o);
+}
+
+/* Mark j cancelled for reason (once) and keep that on disk. */
+static void job_cancel_set(struct job *j, const char *reason)
+{
+	if (j->cancel[0])
+		return;
+	snprintf(j->cancel, sizeof(j->cancel), "%s", reason);
+	job_file_save(j);
+}
 
 static void job_close_cb(uv_handle_t *handle)
 {
@@ -47,7 +94,7 @@ static void deadline_cb(uv_timer_t *timer)
 	if (j->op == NULL || j->cancel[0])
 		return;
 	log_warnx("op %s: past its deadline; stopping at the next safe point", j->op->op);
-	snprintf(j->cancel, sizeof(j->cancel), "timed out");
+	job_cancel_set(j, "timed out");
 }
 
 /*
@@ -63,8 +110,10 @@ void job_start(struct inst_op *op, int64_t timeout_ms)
 	op->job = j;
 	uv_timer_init(op->agent->loop, &j->timer);
 	j->timer.data = j;
-	if (timeout_ms > 0)
+	if (timeout_ms > 0) {
+		j->deadline_ms = now_ms() + timeout_ms;
 		uv_timer_start(&j->timer, deadline_cb, (uint64_t)timeout_ms, 0);
+	}
 	j->next = op->agent->jobs;
 	op->agent->jobs = j;
 }
@@ -81,6 +130,8 @@ void job_end(struct inst_op *op)
 			*pp = j->next;
 			break;
 		}
+	if (j->file[0])
+		unlink(j->file);
 	j->op = NULL;
 	op->job = NULL;
 	uv_close((uv_handle_t *)&j->timer, job_close_cb);
@@ -92,17 +143,11 @@ const char *job_cancel_reason(const struct inst_op *op)
 	return op->job && op->job->cancel[0] ? op->job->cancel : NULL;
 }
 
-/*
- * At a safe point: should op stop and undo rather than go on? Not while it undoes
- * already, nor for a container its job started (see the header).
- */
+/* At a safe point: should op stop and undo rather than go on? Not while it undoes
+ * already. */
 bool job_cancelled(const struct inst_op *op)
 {
-	if (op->undoing || job_cancel_reason(op) == NULL)
-		return false;
-	if (op->ctr && oci_alive(op->ctr))
-		return false;
-	return true;
+	return !op->undoing && job_cancel_reason(op) != NULL;
 }
 
 static void undone_add(struct inst_op *op, const char *what)
@@ -165,6 +210,15 @@ static void rollback(struct inst_op *op)
 		created_remove(op);
 		return;
 	}
+	if (op->ctr && op->ctr->inst.created && !op->registered && instance_op_creates(op)) {
+		/* A created container goes whole, as a delete removes it (runc's state,
+		 * the directory, the cgroup); the delete's end sees op->undoing and fails
+		 * the op with the cancel's reason. */
+		undone_add(op, "container");
+		undone_add(op, "container directory");
+		op->driver->delete_files(op);
+		return;
+	}
 
 	for (size_t i = 0; i < op->ndisks; i++)
 		made += op->make[i] && op->made[i];
@@ -183,7 +237,7 @@ static void rollback(struct inst_op *op)
 	instance_op_fail(op, "%s", job_cancel_reason(op));
 }
 
-static void qemu_stopped_cb(struct inst *inst, const char *error, void *data)
+static void stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
@@ -191,23 +245,25 @@ static void qemu_stopped_cb(struct inst *inst, const char *error, void *data)
 	if (instance_op_gone(op))
 		return;
 	if (error)
-		log_warnx("op %s: stopping QEMU for the cancel: %s", op->op, error);
+		log_warnx("op %s: stopping the instance for the cancel: %s", op->op, error);
 	rollback(op);
 }
 
 /*
- * Undo op at a safe point (job_cancelled() said so): a QEMU this job started (create
- * or start) is stopped first, then what the op made is removed and its op-done sent.
+ * Undo op at a safe point (job_cancelled() said so): a process this job started
+ * (create or start: QEMU, a container's) is stopped first, through the driver, then
+ * what the op made is removed and its op-done sent.
  */
 void job_undo(struct inst_op *op)
 {
 	bool started_here = op->registered || instance_op_starts(op);
+	struct inst *inst = op->vm ? &op->vm->inst : op->ctr ? &op->ctr->inst : NULL;
 
 	op->undoing = true;
 	log_info("op %s: %s; undoing it", op->op, job_cancel_reason(op));
-	if (op->vm && started_here && vm_alive(op->vm)) {
-		undone_add(op, "qemu");
-		vm_force_stop(op->vm, qemu_stopped_cb, op);
+	if (inst && started_here && op->driver->alive(inst)) {
+		undone_add(op, op->vm ? "qemu" : "container process");
+		op->driver->force_stop(op, stopped_cb);
 		return;
 	}
 	rollback(op);
@@ -250,11 +306,14 @@ struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_
 		if (j->op == NULL || strcmp(j->op->op, op) != 0)
 			continue;
 		if (j->cancel[0] == '\0') {
-			snprintf(j->cancel, sizeof(j->cancel), "%s", reason);
 			log_info("op %s: %s; stopping at the next safe point", op, reason);
+			job_cancel_set(j, reason);
 		}
 		return answer(op, "cancelling");
 	}
+	/* An exec query its client abandoned is no job, but is cancelled the same way. */
+	if (ociaction_exec_cancel(a, op))
+		return answer(op, "cancelling");
 	e = opcache_find(&a->ops, op);
 	if (e && e->done) {
 		link_event_send(a, LINK_OP_DONE, op, json_object_get(e->done_body));
@@ -266,3 +325,52 @@ struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_
 /* An op is allocated per command and a size job per VM per heartbeat: keep them small
  * (they were 264 KB with PATH_MAX paths for sixteen disks). */
 _Static_assert(sizeof(struct inst_op) < 48 * 1024, "struct inst_op grew past 48 KB");
+
+/*
+ * At start-up: {dir}/job.json, a job the previous run of the agent had a cancel for
+ * but died before it undid. Fills op (LINK_OP_ID_MAX + 1), verb and cancel (16 each)
+ * and returns true when there is one to finish; the file is removed either way.
+ */
+bool job_file_take(const char *dir, char *op, char *verb, char *cancel)
+{
+	_cleanup_free_ char *path = xasprintf("%s/job.json", dir), *text = NULL;
+	struct json_object *o = NULL;
+	struct kerr err;
+	size_t len;
+	bool found;
+
+	if (file_read_all(path, 4096, &text, &len) < 0)
+		return false;
+	unlink(path);
+	if (json_body_parse(text, len, &o, &err) < 0)
+		return false;
+	snprintf(op, LINK_OP_ID_MAX + 1, "%s", json_get_str(o, "op", ""));
+	snprintf(verb, 16, "%s", json_get_str(o, "verb", ""));
+	snprintf(cancel, 16, "%s", json_get_str(o, "cancel", ""));
+	/* A deadline that passed while no agent ran is a cancel as well. */
+	if (cancel[0] == '\0' && json_get_int(o, "deadline_ms", 0) > 0 &&
+	    json_get_int(o, "deadline_ms", 0) <= now_ms())
+		snprintf(cancel, 16, "timed out");
+	found = link_op_id_valid(op) && cancel[0];
+	json_object_put(o);
+	return found;
+}
+
+/*
+ * The op-done the previous run owed for op: failed with the cancel's reason and what
+ * was undone (undone consumed), remembered for a resend as every op-done is.
+ */
+void job_file_done(struct agent *a, const char *op, const char *cancel, struct json_object *undone)
+{
+	struct json_object *body = json_object_new_object(), *result = json_object_new_object();
+
+	log_info("op %s: %s; the undo the previous run began is finished", op, cancel);
+	json_object_object_add(body, "status", json_object_new_string("failed"));
+	json_object_object_add(body, "error", json_object_new_string(cancel));
+	json_object_object_add(result, "undone", undone);
+	json_object_object_add(body, "result", result);
+	if (opcache_find(&a->ops, op) == NULL)
+		opcache_add(&a->ops, op, LINK_CMD_INSTANCE);
+	opcache_finish(&a->ops, op, body);
+	link_event_send(a, LINK_OP_DONE, op, body);
+}

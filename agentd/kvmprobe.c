@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include "child.h"
 #include "util.h"
 
 #define GUEST_ADDR     0x1000
@@ -41,10 +42,7 @@ struct kvmprobe_waiter {
 
 struct kvmprobe_run {
 	struct agent *agent;
-	uv_process_t proc;
-	uv_timer_t timer;
-	int open_handles;
-	bool exited;
+	struct child *child; /* common/child.h; NULL once it ended */
 	bool reported;
 	struct kvmprobe_waiter *waiters;
 	struct kvmprobe_run *next; /* in agent->kvm_runs */
@@ -138,28 +136,15 @@ int kvmprobe_child_main(void)
 	return 0;
 }
 
-static void run_close_cb(uv_handle_t *handle)
+static void run_free(struct kvmprobe_run *run)
 {
-	struct kvmprobe_run *run = handle->data;
-	struct kvmprobe_run **pp;
-
-	if (--run->open_handles > 0)
-		return;
-	for (pp = &run->agent->kvm_runs; *pp; pp = &(*pp)->next) {
+	for (struct kvmprobe_run **pp = &run->agent->kvm_runs; *pp; pp = &(*pp)->next) {
 		if (*pp == run) {
 			*pp = run->next;
 			break;
 		}
 	}
 	free(run);
-}
-
-static void run_close(struct kvmprobe_run *run)
-{
-	if (!uv_is_closing((uv_handle_t *)&run->proc))
-		uv_close((uv_handle_t *)&run->proc, run_close_cb);
-	if (!uv_is_closing((uv_handle_t *)&run->timer))
-		uv_close((uv_handle_t *)&run->timer, run_close_cb);
 }
 
 /* Cache the answer and tell everyone waiting for this run, once. */
@@ -192,69 +177,48 @@ static void run_report(struct kvmprobe_run *run, bool usable, const char *why)
 	}
 }
 
-static void run_exit_cb(uv_process_t *proc, int64_t exit_status, int term_signal)
+static void run_done_cb(const struct child_result *r, void *data)
 {
-	struct kvmprobe_run *run = proc->data;
+	struct kvmprobe_run *run = data;
 	char why[80];
 
-	run->exited = true;
-	uv_timer_stop(&run->timer);
-	if (term_signal == SIGALRM)
+	run->child = NULL;
+	if (r->timed_out)
+		snprintf(why, sizeof(why), "no answer within the deadline");
+	else if (r->abandoned)
+		snprintf(why, sizeof(why), "the agent is stopping");
+	else if (r->signal == SIGALRM)
 		snprintf(why, sizeof(why), "the guest was not done within %d s", CHILD_ALARM_S);
-	else if (term_signal)
-		snprintf(why, sizeof(why), "the probe was killed by signal %d", term_signal);
+	else if (r->signal)
+		snprintf(why, sizeof(why), "the probe was killed by signal %d", r->signal);
 	else
 		snprintf(why, sizeof(why), "the probe exited with status %lld",
-			 (long long)exit_status);
-	run_report(run, exit_status == 0 && term_signal == 0, why);
-	run_close(run);
-}
-
-static void run_timer_cb(uv_timer_t *timer)
-{
-	struct kvmprobe_run *run = timer->data;
-
-	/* Report now; the handles close when the killed child is reaped. */
-	uv_process_kill(&run->proc, SIGKILL);
-	run_report(run, false, "no answer within the deadline");
+			 (long long)r->status);
+	run_report(run, child_result_ok(r), why);
+	run_free(run);
 }
 
 static struct kvmprobe_run *run_start(struct agent *a, struct kerr *err)
 {
 	struct kvmprobe_run *run = xcalloc(1, sizeof(*run));
 	char *args[] = {AGENT_PROG, "--kvm-probe", NULL};
-	uv_stdio_container_t stdio[3] = {
-		{.flags = UV_IGNORE},
-		{.flags = UV_IGNORE},
-		{.flags = UV_IGNORE},
-	};
 	/* The binary we were started from, even if it was replaced since. */
-	uv_process_options_t opts = {
+	struct child_opts opts = {
 		.file = "/proc/self/exe",
-		.args = args,
-		.exit_cb = run_exit_cb,
-		.stdio = stdio,
-		.stdio_count = 3,
+		.argv = args,
+		.err_mode = CHILD_ERR_IGNORE,
+		.timeout_ms = AGENT_KVM_PROBE_TIMEOUT_MS,
 	};
-	int ret;
 
 	run->agent = a;
-	run->proc.data = run;
-	run->timer.data = run;
-	uv_timer_init(a->loop, &run->timer);
-	run->open_handles = 2;
-	run->next = a->kvm_runs;
-	a->kvm_runs = run;
-	ret = uv_spawn(a->loop, &run->proc, &opts);
-	if (ret < 0) {
-		/* A failed spawn still leaves an initialised handle to close, and no pid. */
-		run->exited = true;
-		run->reported = true;
-		run_close(run);
-		err_set(err, -ret, "cannot start the kvm probe");
+	run->child = child_run(a->loop, &opts, run_done_cb, run, err);
+	if (run->child == NULL) {
+		free(run);
+		err_prefix(err, "cannot start the kvm probe: ");
 		return NULL;
 	}
-	uv_timer_start(&run->timer, run_timer_cb, AGENT_KVM_PROBE_TIMEOUT_MS, 0);
+	run->next = a->kvm_runs;
+	a->kvm_runs = run;
 	return run;
 }
 
@@ -294,9 +258,8 @@ int kvmprobe_request(struct agent *a, kvmprobe_cb cb, void *data, struct kerr *e
 void kvmprobe_stop(struct agent *a)
 {
 	for (struct kvmprobe_run *run = a->kvm_runs; run; run = run->next) {
-		if (!run->exited)
-			uv_process_kill(&run->proc, SIGKILL);
 		run_report(run, false, "the agent is stopping");
-		run_close(run);
+		if (run->child)
+			child_abandon(run->child, true);
 	}
 }

@@ -35,6 +35,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+#include "child.h"
 #include "json.h"
 #include "tree.h"
 #include "util.h"
@@ -46,25 +47,12 @@
 #define CMD_ERR_TAIL  1024
 #define MEASURE_EVERY 10 /* heartbeats between measurements of the writable layer */
 #define SPEC_FILE_MAX (4 * 1024 * 1024)
-#define CMD_DRAIN_MS  200 /* output read after a helper's exit, at most */
 
 /* A runc subcommand at work. */
 struct oci_cmd {
 	struct agent *agent;
-	uv_process_t proc;
-	uv_pipe_t out, err;
-	uv_timer_t timer;
-	int open_handles;
-	bool merged; /* stderr into out: exec's output, in order */
-	bool cancelled, timed_out, spawned, exited;
-	int64_t status;
-	int term_signal;
-	char *outbuf;
-	size_t outlen, outmax;
-	bool truncated;
-	char errbuf[CMD_ERR_TAIL + 1];
-	size_t errlen;
-	char pid_file[PATH_MAX];
+	struct child *child; /* common/child.h */
+	bool exec;	     /* an exec (it has a pid file): killed at agent shutdown */
 	oci_cmd_cb cb;
 	void *data;
 	struct oci_cmd *next;
@@ -776,206 +764,63 @@ void oci_mark_stopped(struct ctr *ctr)
 
 /* ---- runc subcommands ---------------------------------------------------------------- */
 
-static void cmd_timer_cb(uv_timer_t *timer);
-
-static void cmd_free(struct oci_cmd *c)
+/* runc's reason from the tail of its stderr: the last line, its msg="..." if logfmt. */
+static void runc_reason(const char *tail, char *buf, size_t len)
 {
+	_cleanup_free_ char *text = xstrdup(tail);
+	char *end = text + strlen(text), *line;
+
+	while (end > text && (end[-1] == '\n' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(text, '\n');
+	line = line ? line + 1 : text;
+	if ((end = strstr(line, "msg=\""))) {
+		/* logfmt: msg="...", with \" and \\ inside */
+		char *w = line = end + 5;
+
+		if ((end = strrchr(line, '"')))
+			*end = '\0';
+		for (char *rd = line; *rd; rd++) {
+			if (*rd == '\\' && (rd[1] == '"' || rd[1] == '\\'))
+				rd++;
+			*w++ = *rd;
+		}
+		*w = '\0';
+	}
+	snprintf(buf, len, "%s", line);
+}
+
+static void cmd_done_cb(const struct child_result *cr, void *data)
+{
+	struct oci_cmd *c = data;
+	struct oci_cmd_result r = {0};
+
 	for (struct oci_cmd **pp = &c->agent->oci_cmds; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
 			break;
 		}
 	}
-	free(c->outbuf);
+	r.status = cr->status;
+	r.term_signal = cr->signal;
+	r.timed_out = cr->timed_out;
+	r.cancelled = cr->abandoned;
+	r.out = cr->out;
+	r.outlen = cr->out_len;
+	r.truncated = cr->truncated;
+	if (cr->abandoned)
+		snprintf(r.error, sizeof(r.error), "the agent is stopping");
+	else if (cr->cancelled)
+		snprintf(r.error, sizeof(r.error), "runc was cancelled");
+	else if (cr->timed_out)
+		snprintf(r.error, sizeof(r.error), "runc did not finish in time");
+	else if (!child_result_ok(cr)) {
+		runc_reason(cr->err, r.error, sizeof(r.error));
+		if (!r.error[0])
+			child_result_why(cr, r.error, sizeof(r.error));
+	}
+	c->cb(c->agent, &r, c->data);
 	free(c);
-}
-
-static void cmd_close_cb(uv_handle_t *handle)
-{
-	struct oci_cmd *c = handle->data;
-	struct oci_cmd_result r = {0};
-	char *end, *line;
-
-	if (--c->open_handles > 0)
-		return;
-	if (c->spawned) {
-		r.status = c->status;
-		r.term_signal = c->term_signal;
-		r.timed_out = c->timed_out;
-		r.cancelled = c->cancelled;
-		r.out = c->outbuf ? c->outbuf : "";
-		r.outlen = c->outlen;
-		r.truncated = c->truncated;
-		/* The reason: runc's last stderr line, its msg="..." if it has one. */
-		c->errbuf[c->errlen] = '\0';
-		end = c->errbuf + c->errlen;
-		while (end > c->errbuf && (end[-1] == '\n' || end[-1] == ' '))
-			*--end = '\0';
-		line = strrchr(c->errbuf, '\n');
-		line = line ? line + 1 : c->errbuf;
-		if ((end = strstr(line, "msg=\""))) {
-			/* logfmt: msg="...", with \" and \\ inside */
-			char *w = line = end + 5;
-
-			if ((end = strrchr(line, '"')))
-				*end = '\0';
-			for (char *rd = line; *rd; rd++) {
-				if (*rd == '\\' && (rd[1] == '"' || rd[1] == '\\'))
-					rd++;
-				*w++ = *rd;
-			}
-			*w = '\0';
-		}
-		if (c->cancelled)
-			snprintf(r.error, sizeof(r.error), "the agent is stopping");
-		else if (c->timed_out)
-			snprintf(r.error, sizeof(r.error), "runc did not finish in time");
-		else if (*line)
-			snprintf(r.error, sizeof(r.error), "%s", line);
-		else if (c->term_signal)
-			snprintf(r.error, sizeof(r.error), "runc was killed by signal %d",
-				 c->term_signal);
-		else if (c->status)
-			snprintf(r.error, sizeof(r.error), "runc exited with status %lld",
-				 (long long)c->status);
-		if (c->pid_file[0])
-			unlink(c->pid_file);
-		c->cb(c->agent, &r, c->data);
-	}
-	cmd_free(c);
-}
-
-static void cmd_close(struct oci_cmd *c)
-{
-	uv_handle_t *handles[] = {(uv_handle_t *)&c->proc, (uv_handle_t *)&c->out,
-				  (uv_handle_t *)&c->err, (uv_handle_t *)&c->timer};
-
-	for (size_t i = 0; i < ARRAY_SIZE(handles); i++)
-		if (!uv_is_closing(handles[i]))
-			uv_close(handles[i], cmd_close_cb);
-}
-
-static void cmd_exit_cb(uv_process_t *proc, int64_t status, int term_signal)
-{
-	struct oci_cmd *c = proc->data;
-
-	c->status = status;
-	c->term_signal = term_signal;
-	c->exited = true;
-	uv_close((uv_handle_t *)proc, cmd_close_cb);
-	/*
-	 * The pipes close at their end of file, so output written last is not lost. A
-	 * process exec started in the background may hold them open for ever, though:
-	 * after a short grace they are closed anyway.
-	 */
-	uv_timer_start(&c->timer, cmd_timer_cb, CMD_DRAIN_MS, 0);
-}
-
-static void cmd_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
-{
-	buf->base = xmalloc(suggested);
-	buf->len = suggested;
-}
-
-static void cmd_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-	struct oci_cmd *c = stream->data;
-
-	if (nread > 0 && stream == (uv_stream_t *)&c->out) {
-		size_t keep = c->outlen + (size_t)nread > c->outmax ? c->outmax - c->outlen
-								    : (size_t)nread;
-
-		if (keep < (size_t)nread)
-			c->truncated = true;
-		if (keep) {
-			c->outbuf = xrealloc(c->outbuf, c->outlen + keep + 1);
-			memcpy(c->outbuf + c->outlen, buf->base, keep);
-			c->outlen += keep;
-			c->outbuf[c->outlen] = '\0';
-		}
-	} else if (nread > 0) {
-		/* Keep the tail of stderr: the reason is at the end. */
-		for (ssize_t i = 0; i < nread; i++) {
-			if (c->errlen == CMD_ERR_TAIL) {
-				memmove(c->errbuf, c->errbuf + CMD_ERR_TAIL / 2, CMD_ERR_TAIL / 2);
-				c->errlen = CMD_ERR_TAIL / 2;
-			}
-			c->errbuf[c->errlen++] = buf->base[i];
-		}
-	}
-	free(buf->base);
-	if (nread < 0 && !uv_is_closing((uv_handle_t *)stream))
-		uv_close((uv_handle_t *)stream, cmd_close_cb);
-}
-
-/* SIGKILL root and every descendant of it, found in /proc. */
-static void descendants_kill(pid_t root)
-{
-	struct {
-		pid_t pid, ppid;
-	} *procs = NULL;
-	size_t n = 0, cap = 0;
-	pid_t *todo;
-	size_t ntodo = 0;
-	struct dirent *e;
-	DIR *d = opendir("/proc");
-
-	while (d && (e = readdir(d))) {
-		_cleanup_free_ char *path = NULL, *text = NULL;
-		const char *paren;
-		pid_t pid = (pid_t)atoi(e->d_name);
-
-		if (pid <= 0)
-			continue;
-		path = xasprintf("/proc/%d/stat", (int)pid);
-		if (file_read_all(path, 4096, &text, NULL) < 0 ||
-		    (paren = strrchr(text, ')')) == NULL || strlen(paren) < 5)
-			continue;
-		if (n == cap) {
-			cap = cap ? cap * 2 : 256;
-			procs = xrealloc(procs, cap * sizeof(*procs));
-		}
-		procs[n].pid = pid;
-		procs[n++].ppid = (pid_t)atoi(paren + 4); /* ") S PPID" */
-	}
-	if (d)
-		closedir(d);
-	todo = xcalloc(n + 1, sizeof(*todo));
-	todo[ntodo++] = root;
-	kill(root, SIGSTOP); /* no new children while the tree is walked */
-	for (size_t i = 0; i < ntodo; i++) {
-		for (size_t k = 0; k < n; k++) {
-			if (procs[k].ppid != todo[i])
-				continue;
-			kill(procs[k].pid, SIGKILL);
-			if (ntodo <= n)
-				todo[ntodo++] = procs[k].pid;
-		}
-	}
-	kill(root, SIGKILL);
-	free(todo);
-	free(procs);
-}
-
-static void cmd_timer_cb(uv_timer_t *timer)
-{
-	struct oci_cmd *c = timer->data;
-	pid_t pid;
-
-	if (c->exited) {
-		/* The drain grace is over. */
-		cmd_close(c);
-		return;
-	}
-	c->timed_out = true;
-	/*
-	 * An exec's command is not runc's to take along: it goes by its pid file, with
-	 * the processes it started that are still its descendants. (Ones it left in the
-	 * background belong to the container's init by now, and stay, as under docker.)
-	 */
-	if (c->pid_file[0] && (pid = pid_file_read(c->pid_file, NULL)) > 0)
-		descendants_kill(pid);
-	uv_process_kill(&c->proc, SIGKILL);
 }
 
 /*
@@ -989,11 +834,19 @@ int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size
 	     bool merge, const char *pid_file, oci_cmd_cb cb, void *data, struct kerr *err)
 {
 	struct oci_cmd *c = xcalloc(1, sizeof(*c));
-	uv_process_options_t opts = {0};
-	uv_stdio_container_t stdio[3];
 	char root[PATH_MAX];
 	struct argv av = {0};
-	int fds[2] = {-1, -1}, ret;
+	struct child_opts opts = {
+		.out_max = merge && out_max == 0 ? 1 : out_max,
+		.err_max = CMD_ERR_TAIL,
+		.err_mode = merge ? CHILD_ERR_MERGE : CHILD_ERR_CAPTURE,
+		.timeout_ms = timeout_ms,
+		/* An exec's command is not runc's to take along: it goes by its pid file,
+		 * with the processes it started that are still its descendants. (Ones it
+		 * left in the background belong to the container's init by now, and stay,
+		 * as under docker.) */
+		.pid_file = pid_file,
+	};
 
 	oci_runc_root(a, root, sizeof(root));
 	argv_add(&av, "%s", AGENT_OCI_RUNTIME);
@@ -1001,75 +854,48 @@ int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size
 	argv_add(&av, "%s", root);
 	for (size_t i = 0; args[i]; i++)
 		argv_add(&av, "%s", args[i]);
+	opts.argv = av.v;
 	c->agent = a;
+	c->exec = pid_file != NULL;
 	c->cb = cb;
 	c->data = data;
-	c->outmax = out_max;
-	snprintf(c->pid_file, sizeof(c->pid_file), "%s", pid_file ? pid_file : "");
-	uv_pipe_init(a->loop, &c->out, 0);
-	uv_pipe_init(a->loop, &c->err, 0);
-	uv_timer_init(a->loop, &c->timer);
-	c->proc.data = c->out.data = c->err.data = c->timer.data = c;
-	c->open_handles = 4;
+	c->child = child_run(a->loop, &opts, cmd_done_cb, c, err);
+	argv_free(&av);
+	if (c->child == NULL) {
+		free(c);
+		return -1;
+	}
 	c->next = a->oci_cmds;
 	a->oci_cmds = c;
-	stdio[0].flags = UV_IGNORE;
-	if (merge && pipe2(fds, O_CLOEXEC) == 0) {
-		/* One pipe for stdout and stderr, so the output keeps its order. */
-		stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
-		stdio[1].data.fd = stdio[2].data.fd = fds[1];
-	} else {
-		stdio[1].flags = stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-		stdio[1].data.stream = (uv_stream_t *)&c->out;
-		stdio[2].data.stream = (uv_stream_t *)&c->err;
-	}
-	opts.file = AGENT_OCI_RUNTIME;
-	opts.args = av.v;
-	opts.exit_cb = cmd_exit_cb;
-	opts.stdio = stdio;
-	opts.stdio_count = 3;
-	ret = uv_spawn(a->loop, &c->proc, &opts);
-	argv_free(&av);
-	if (fds[1] >= 0)
-		close(fds[1]);
-	if (ret < 0) {
-		if (fds[0] >= 0)
-			close(fds[0]);
-		cmd_close(c); /* spawned is false: cb is not called */
-		return err_set(err, -ret, "cannot run %s", AGENT_OCI_RUNTIME);
-	}
-	c->spawned = true;
-	if (fds[0] >= 0) {
-		uv_pipe_open(&c->out, fds[0]);
-		uv_close((uv_handle_t *)&c->err, cmd_close_cb);
-	} else {
-		uv_read_start((uv_stream_t *)&c->err, cmd_alloc_cb, cmd_read_cb);
-	}
-	uv_read_start((uv_stream_t *)&c->out, cmd_alloc_cb, cmd_read_cb);
-	if (timeout_ms)
-		uv_timer_start(&c->timer, cmd_timer_cb, timeout_ms, 0);
 	return 0;
 }
 
 /*
- * At agent shutdown: stop watching runc children; their callbacks hear "cancelled".
- * An exec still running is killed (its command by its pid file, and runc): nobody
- * can hear its answer any more, and the controller has failed its query.
+ * Kill the runc command whose callback data is data, with what it started (an exec's
+ * command by its pid file): its callback follows with an error. Returns whether one
+ * ran.
+ */
+bool oci_cmd_cancel(struct agent *a, const void *data)
+{
+	for (struct oci_cmd *c = a->oci_cmds; c; c = c->next) {
+		if (c->data == data) {
+			child_cancel(c->child);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * At agent shutdown: stop watching runc children; their callbacks hear "the agent is
+ * stopping". An exec still running is killed (its command by its pid file, and
+ * runc): nobody can hear its answer any more, and the controller has failed its
+ * query. Other subcommands are short and finish on their own.
  */
 void oci_cmds_close(struct agent *a)
 {
-	pid_t pid;
-
-	for (struct oci_cmd *c = a->oci_cmds; c; c = c->next) {
-		if (c->spawned && !c->exited && c->pid_file[0]) {
-			if ((pid = pid_file_read(c->pid_file, NULL)) > 0)
-				descendants_kill(pid);
-			uv_process_kill(&c->proc, SIGKILL);
-			unlink(c->pid_file);
-		}
-		c->cancelled = true;
-		cmd_close(c);
-	}
+	for (struct oci_cmd *c = a->oci_cmds; c; c = c->next)
+		child_abandon(c->child, c->exec);
 }
 
 /* ---- the thread pool -------------------------------------------------------------------- */
@@ -1362,7 +1188,7 @@ static void exec_orphans_kill(struct ctr *ctr)
 			log_info("container %s: killing exec pid %d, left by the agent's previous "
 				 "run (%s)",
 				 ctr->inst.name, (int)pid, e->d_name);
-			descendants_kill(pid);
+			child_tree_kill(pid);
 		}
 		unlink(path);
 	}

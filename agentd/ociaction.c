@@ -653,6 +653,11 @@ static void delete_done(struct work *job)
 	oci_remove(ctr);
 	op->ctr = NULL;
 	log_info("container %s: deleted", json_get_str(op->spec, "name", ""));
+	if (op->undoing) {
+		/* The undo of a cancelled create (job.c): the op ends as the cancel says. */
+		instance_op_fail(op, "%s", job_cancel_reason(op));
+		return;
+	}
 	instance_op_succeed(op);
 }
 
@@ -883,6 +888,7 @@ void ociaction_commit(struct inst_op *op)
 struct exec_req {
 	char op[LINK_OP_ID_MAX + 1];
 	char name[NAME_MAX_LEN + 1];
+	struct exec_req *next; /* in agent->exec_reqs */
 };
 
 static void exec_done_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
@@ -893,6 +899,12 @@ static void exec_done_cb(struct agent *a, const struct oci_cmd_result *r, void *
 	int64_t code;
 
 	a->execs--;
+	for (struct exec_req **pp = &a->exec_reqs; *pp; pp = &(*pp)->next) {
+		if (*pp == x) {
+			*pp = x->next;
+			break;
+		}
+	}
 	if (r->cancelled) {
 		free(x);
 		return;
@@ -966,7 +978,26 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 		return -1;
 	}
 	a->execs++;
+	x->next = a->exec_reqs;
+	a->exec_reqs = x;
 	return 1;
+}
+
+/*
+ * The controller gave up on exec query qop (its HTTP client went away): kill the
+ * command with what it started, as its timeout would. Its query-done still follows,
+ * for nobody. Returns whether such an exec ran here.
+ */
+bool ociaction_exec_cancel(struct agent *a, const char *qop)
+{
+	for (struct exec_req *x = a->exec_reqs; x; x = x->next) {
+		if (strcmp(x->op, qop) == 0) {
+			log_info("container %s: exec %s abandoned by its client; killing it",
+				 x->name, qop);
+			return oci_cmd_cancel(a, x);
+		}
+	}
+	return false;
 }
 
 static struct json_object *report(const struct inst *inst)

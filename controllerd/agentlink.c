@@ -1005,18 +1005,48 @@ void agentlink_query_timeout(struct host *h, struct json_object *body, int64_t t
 	cmd_next(h);
 }
 
-/* The caller behind cls is gone: its queries complete without a callback. */
+/* Tell h to stop the work of query c (an exec), whose asker went away. */
+static void query_abandon(struct host *h, struct cmd *c)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "reason", json_object_new_string("cancelled"));
+	agentlink_cmd_send_cb(h, LINK_CMD_CANCEL, c->op, body, NULL, NULL);
+}
+
+/*
+ * The caller behind cls is gone: its queries complete without a callback. One the
+ * agent runs already (in flight, or deferred: an exec) is cancelled there too, so a
+ * command nobody waits for does not run on to its timeout.
+ */
 void agentlink_query_cancel(void *cls)
 {
 	for (struct host *h = ctl.hosts; h; h = h->next) {
-		if (h->inflight && h->inflight->cls == cls)
+		if (h->inflight && h->inflight->cls == cls) {
 			h->inflight->reply_cb = NULL, h->inflight->cls = NULL;
-		for (struct cmd *c = h->queue; c; c = c->next)
-			if (c->cls == cls)
+			if (h->inflight->type == LINK_CMD_QUERY)
+				query_abandon(h, h->inflight);
+		}
+		for (struct cmd **pp = &h->queue; *pp;) {
+			struct cmd *c = *pp;
+
+			if (c->cls != cls) {
+				pp = &c->next;
+			} else if (c->type == LINK_CMD_QUERY) {
+				/* Not sent yet: it never runs. */
+				*pp = c->next;
+				cmd_free(c);
+			} else {
 				c->reply_cb = NULL, c->cls = NULL;
-		for (struct cmd *c = h->deferred; c; c = c->next)
-			if (c->cls == cls)
+				pp = &c->next;
+			}
+		}
+		for (struct cmd *c = h->deferred; c; c = c->next) {
+			if (c->cls == cls) {
 				c->reply_cb = NULL, c->cls = NULL;
+				query_abandon(h, c);
+			}
+		}
 	}
 }
 

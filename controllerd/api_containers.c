@@ -587,6 +587,7 @@ enum MHD_Result api_instance_exec(struct request *req)
 	json_object_object_add(q, "max_output", json_object_new_int(EXEC_OUTPUT));
 	json_object_put(body);
 	agentlink_query_timeout(h, q, (timeout + 5) * 1000, api_query_answer_cb, req);
-	http_suspend(req, exec_answer);
+	/* A client that leaves gets its exec killed, not run on to its timeout. */
+	http_suspend_watched(req, exec_answer);
 	return MHD_YES;
 }

@@ -537,200 +537,253 @@ static int64_t spec_memory_mb(struct json_object *spec)
 	return json_get_int(m, "mb", json_get_int(m, "max_mb", 0));
 }
 
-enum MHD_Result api_instances_create(struct request *req)
+/* A create on its way: what each step of instance_create() hands the next. */
+struct create_plan {
+	struct json_object *spec; /* the normalized spec, ours */
+	bool vm, start;
+	int64_t timeout_s;
+	int64_t image_ids[SPEC_DISKS_MAX];
+	struct sched_request sr;
+	struct host *host;
+	struct json_object *placement; /* the scheduler's reasons, ours */
+	struct json_object *args;      /* the agent command's arguments, ours */
+	struct json_object *op;	       /* the operation, once recorded, ours */
+};
+
+static void create_plan_free(struct create_plan *p)
 {
-	struct json_object *body, *spec, *placement = NULL, *op, *args, *res, *netkeep, *nics;
-	int64_t image_ids[SPEC_DISKS_MAX] = {0};
-	struct sched_request sr = {0};
-	struct kerr err;
-	struct host *h;
-	sqlite3_stmt *st;
-	int64_t iid, now = now_ms(), timeout_s;
-	bool start;
-	const char *name;
-	int rc;
+	json_object_put(p->spec);
+	json_object_put(p->placement);
+	json_object_put(p->args);
+	json_object_put(p->op);
+}
 
-	bool vm;
-	const char *type;
+/* Parse and validate: body (a create request) becomes p's normalized spec. */
+static int create_validate(struct json_object *body, struct create_plan *p, struct kerr *err)
+{
+	const char *type = json_get_str(body, "type", NULL), *name, *host;
 
-	if (json_body_parse(req->body ? req->body : "", req->body_len, &body, &err) < 0)
-		return http_reply_kerr(req, &err);
 	/* The type decides which fields exist; check it first, then the rest. */
-	type = json_get_str(body, "type", NULL);
-	if (type == NULL || (strcmp(type, "vm") && strcmp(type, "container"))) {
-		json_object_put(body);
-		return http_reply_error(req, 400, "type",
-					"field 'type' is required: \"vm\" or \"container\"");
-	}
-	vm = !strcmp(type, "vm");
-	if (json_fields_check(body, vm ? create_fields : container_create_fields, &err) < 0) {
-		json_object_put(body);
-		return http_reply_kerr(req, &err);
-	}
+	if (type == NULL || (strcmp(type, "vm") && strcmp(type, "container")))
+		return err_input(err, 400, "type",
+				 "field 'type' is required: \"vm\" or \"container\"");
+	p->vm = !strcmp(type, "vm");
+	if (json_fields_check(body, p->vm ? create_fields : container_create_fields, err) < 0)
+		return -1;
 	name = json_get_str(body, "name", "");
-	log_trace("create %s: request parsed", name);
-	if (instance_exists(name)) {
-		enum MHD_Result ret = http_reply_error(req, 409, "name",
-						       "an instance named %s exists already", name);
-
-		json_object_put(body);
-		return ret;
-	}
-	if (json_get_str(body, "host", NULL) && !host_find(json_get_str(body, "host", ""))) {
-		enum MHD_Result ret = http_reply_error(req, 404, "host", "no host named %s",
-						       json_get_str(body, "host", ""));
-
-		json_object_put(body);
-		return ret;
-	}
-	spec = vm ? spec_build(body, image_ids, &err) : container_spec_build(body, &err);
+	if (instance_exists(name))
+		return err_input(err, 409, "name", "an instance named %s exists already", name);
+	host = json_get_str(body, "host", NULL);
+	if (host && !host_find(host))
+		return err_input(err, 404, "host", "no host named %s", host);
+	p->spec = p->vm ? spec_build(body, p->image_ids, err) : container_spec_build(body, err);
+	if (p->spec == NULL)
+		return -1;
 	/* HA (ha.c): only with every disk on the shared pool. */
-	if (spec && json_object_object_get(body, "ha") &&
-	    ha_spec_set(spec, json_object_object_get(body, "ha"), &err) < 0) {
-		json_object_put(spec);
-		spec = NULL;
-	}
-	start = json_get_bool(body, "start", true);
-	timeout_s = json_get_int(body, "timeout_s", 0);
-	/* name pointed into body: from here on it is the spec's (the same string). */
-	name = NULL;
-	json_object_put(body);
-	if (spec == NULL)
-		return http_reply_kerr(req, &err);
-	name = json_get_str(spec, "name", "");
+	if (json_object_object_get(body, "ha") &&
+	    ha_spec_set(p->spec, json_object_object_get(body, "ha"), err) < 0)
+		return -1;
+	p->start = json_get_bool(body, "start", true);
+	p->timeout_s = json_get_int(body, "timeout_s", 0);
+	return 0;
+}
 
-	if (vm) {
-		sr.vcpus = (int)json_get_int(spec, "vcpus", 1);
-		sr.memory_mb = spec_memory_mb(spec);
-		sr.nested = json_get_bool(spec, "nested", false);
-		sr.needs_shared_pool = spec_needs_pool(spec, "shared");
-		sr.needs_local_pool = spec_needs_pool(spec, "local");
+/* Place: choose p's host (422 with p->placement's reasons when none fits). */
+static int create_place(struct create_plan *p, struct kerr *err)
+{
+	struct sched_request *sr = &p->sr;
+	struct json_object *netkeep;
+
+	if (p->vm) {
+		sr->vcpus = (int)json_get_int(p->spec, "vcpus", 1);
+		sr->memory_mb = spec_memory_mb(p->spec);
+		sr->nested = json_get_bool(p->spec, "nested", false);
+		sr->needs_shared_pool = spec_needs_pool(p->spec, "shared");
+		sr->needs_local_pool = spec_needs_pool(p->spec, "local");
 	} else {
-		container_sched_request(spec, &sr);
+		container_sched_request(p->spec, sr);
 	}
-	sr.pin_host = json_get_str(spec, "host", NULL);
-	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
-	netkeep = nics_sched_request(spec, &sr);
-	h = instances_place(&sr, &placement, &err);
-	nics_sched_free(&sr);
+	sr->pin_host = json_get_str(p->spec, "host", NULL);
+	sr->anti_affinity = json_get_str(p->spec, "anti_affinity", NULL);
+	netkeep = nics_sched_request(p->spec, sr);
+	p->host = instances_place(sr, &p->placement, err);
+	nics_sched_free(sr);
 	json_object_put(netkeep);
-	if (h == NULL) {
-		struct json_object *e = json_object_new_object();
-
-		json_object_put(spec);
-		json_object_object_add(e, "error", json_object_new_string(err.msg));
-		json_object_object_add(e, "placement", placement);
-		return http_reply_json(req, 422, e);
+	if (p->host == NULL) {
+		err->status = 422;
+		return -1;
 	}
 	/* The host decides the accelerator: KVM only where a guest really ran. */
-	if (vm)
+	if (p->vm)
 		json_object_object_add(
-			spec, "accel",
+			p->spec, "accel",
 			json_object_new_string(
-				!strcmp(json_get_str(h->facts, "accel", "tcg"), "kvm") ? "kvm"
-										       : "tcg"));
+				!strcmp(json_get_str(p->host->facts, "accel", "tcg"), "kvm")
+					? "kvm"
+					: "tcg"));
+	return 0;
+}
 
-	log_trace("create %s: placed on %s", json_get_str(spec, "name", ""), h->name);
-	if (db_begin(ctl.db) < 0) {
-		json_object_put(spec);
-		json_object_put(placement);
-		return http_reply_error(req, 503, NULL, "the database is busy; try again");
-	}
+/* The rows: the instance, its disks, its addresses and the spec carrying them. */
+static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *err)
+{
+	const char *name = json_get_str(p->spec, "name", "");
+	struct json_object *disks = json_object_object_get(p->spec, "disks");
+	sqlite3_stmt *st;
+	int64_t iid;
+	int rc;
+
 	st = db_prepare(ctl.db,
 			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
 			"anti_affinity, vcpus, memory_mb, placement, created_at, updated_at) "
 			"VALUES (?1, ?11, ?2, ?3, 'creating', ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
-	sqlite3_bind_text(st, 1, name = json_get_str(spec, "name", ""), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, h->id);
-	sqlite3_bind_text(st, 3, json_text(spec), -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 4, start ? "running" : "stopped", -1, SQLITE_STATIC);
-	if (sr.anti_affinity)
-		sqlite3_bind_text(st, 5, sr.anti_affinity, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 6, sr.vcpus);
-	sqlite3_bind_int64(st, 7, sr.memory_mb);
-	sqlite3_bind_text(st, 8, json_text(placement), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, p->host->id);
+	sqlite3_bind_text(st, 3, json_text(p->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 4, p->start ? "running" : "stopped", -1, SQLITE_STATIC);
+	if (p->sr.anti_affinity)
+		sqlite3_bind_text(st, 5, p->sr.anti_affinity, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 6, p->sr.vcpus);
+	sqlite3_bind_int64(st, 7, p->sr.memory_mb);
+	sqlite3_bind_text(st, 8, json_text(p->placement), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 9, now);
 	sqlite3_bind_int64(st, 10, now);
-	sqlite3_bind_text(st, 11, vm ? "vm" : "container", -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 11, p->vm ? "vm" : "container", -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
 	iid = sqlite3_last_insert_rowid(ctl.db);
-	for (size_t i = 0; vm && rc == SQLITE_DONE &&
-			   i < json_object_array_length(json_object_object_get(spec, "disks"));
-	     i++) {
-		struct json_object *d =
-			json_object_array_get_idx(json_object_object_get(spec, "disks"), i);
+	for (size_t i = 0; p->vm && i < json_object_array_length(disks); i++) {
+		struct json_object *d = json_object_array_get_idx(disks, i);
 
 		st = db_prepare(ctl.db,
 				"INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");
 		sqlite3_bind_int64(st, 1, iid);
 		sqlite3_bind_text(st, 2, json_get_str(d, "name", ""), -1, SQLITE_STATIC);
-		if (image_ids[i] > 0)
-			sqlite3_bind_int64(st, 3, image_ids[i]);
+		if (p->image_ids[i] > 0)
+			sqlite3_bind_int64(st, 3, p->image_ids[i]);
 		rc = sqlite3_step(st);
 		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE)
+			return err_set(err, 0, "cannot record the instance's disks: %s",
+				       sqlite3_errmsg(ctl.db));
 	}
-	/* Addresses in the same transaction: the spec the agent gets carries them. */
-	if (rc == SQLITE_DONE) {
-		/* The SPEC complete (addresses too), checked by the schema the agents use
-		 * (common/spec.c): one the agent would refuse is never stored or sent. */
-		if (nics_allocate(iid, name, spec, &err) < 0 || spec_check(spec, &err) < 0) {
-			db_rollback(ctl.db);
-			json_object_put(spec);
-			json_object_put(placement);
-			return http_reply_kerr(req, &err);
-		}
-		st = db_prepare(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
-		sqlite3_bind_text(st, 1, json_text(spec), -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(st, 2, iid);
-		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
-	}
-	args = json_object_new_object();
-	json_object_object_add(args, "start", json_object_new_boolean(start));
-	res = json_object_new_object();
-	json_object_object_add(res, "args", json_object_get(args));
-	json_object_object_add(res, "placement", json_object_get(placement));
-	{
-		_cleanup_free_ char *target = xasprintf("instances/%s", name);
+	/* Addresses in the same transaction: the spec the agent gets carries them. The
+	 * spec complete (addresses too), checked by the schema the agents use
+	 * (common/spec.c): one the agent would refuse is never stored or sent. */
+	if (nics_allocate(iid, name, p->spec, err) < 0 || spec_check(p->spec, err) < 0)
+		return -1;
+	st = db_prepare(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
+	sqlite3_bind_text(st, 1, json_text(p->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, iid);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
+	return 0;
+}
 
-		if (rc == SQLITE_DONE)
-			op = op_create_timeout("instance-create", target, h, res, timeout_s, &err);
-		else
-			op = NULL, json_object_put(res);
-	}
-	if (op) {
-		/* The event goes in the same transaction: one commit, one fsync. */
-		struct json_object *ev = json_object_new_object();
+/* Insert: the rows, the operation and the event, in one transaction. */
+static int create_insert(struct create_plan *p, struct kerr *err)
+{
+	const char *name = json_get_str(p->spec, "name", "");
+	_cleanup_free_ char *target = xasprintf("instances/%s", name);
+	struct json_object *res, *ev;
 
-		json_object_object_add(ev, "name", json_object_new_string(name));
-		json_object_object_add(ev, "host", json_object_new_string(h->name));
-		json_object_object_add(ev, "placement", json_object_get(placement));
-		event_emit("instance-created", ev);
-	}
-	if (op == NULL || db_commit(ctl.db, &err) < 0) {
+	if (db_begin(ctl.db) < 0)
+		return err_input(err, 503, NULL, "the database is busy; try again");
+	if (create_rows_insert(p, now_ms(), err) < 0) {
 		db_rollback(ctl.db);
-		json_object_put(op);
-		json_object_put(args);
-		json_object_put(spec);
-		json_object_put(placement);
-		return http_reply_error(req, 500, NULL, "cannot record the instance: %s",
-					sqlite3_errmsg(ctl.db));
+		return -1;
 	}
-	log_info("instance %s: placed on %s", name, h->name);
-	log_trace("create %s: committed", name);
-	/* The host learns the networks first: the same queue carries both, in order.
-	 * Without NICs no host's network document changes. */
-	nics = json_object_object_get(spec, "nics");
+	p->args = json_object_new_object();
+	json_object_object_add(p->args, "start", json_object_new_boolean(p->start));
+	res = json_object_new_object();
+	json_object_object_add(res, "args", json_object_get(p->args));
+	json_object_object_add(res, "placement", json_object_get(p->placement));
+	p->op = op_create_timeout("instance-create", target, p->host, res, p->timeout_s, err);
+	if (p->op == NULL) {
+		db_rollback(ctl.db);
+		return -1;
+	}
+	/* The event goes in the same transaction: one commit, one fsync. */
+	ev = json_object_new_object();
+	json_object_object_add(ev, "name", json_object_new_string(name));
+	json_object_object_add(ev, "host", json_object_new_string(p->host->name));
+	json_object_object_add(ev, "placement", json_object_get(p->placement));
+	event_emit("instance-created", ev);
+	if (db_commit(ctl.db, err) < 0)
+		return err_prefix(err, "cannot record the instance: ");
+	return 0;
+}
+
+/* Enqueue: the host learns the networks first (the same queue carries both, in
+ * order), then the create command. Without NICs no host's network document changes. */
+static void create_enqueue(struct create_plan *p)
+{
+	struct json_object *nics = json_object_object_get(p->spec, "nics");
+
 	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
-		netsync_changed(h);
-	cmd_instance(h, json_object_get_string(json_object_object_get(op, "id")), "create", spec,
-		     args);
-	log_trace("create %s: command queued", name);
-	json_object_put(args);
-	json_object_put(spec);
-	json_object_put(placement);
-	return http_reply_json(req, 202, op);
+		netsync_changed(p->host);
+	cmd_instance(p->host, json_object_get_string(json_object_object_get(p->op, "id")), "create",
+		     p->spec, p->args);
+}
+
+/*
+ * Create an instance from body, a create request (the shape of POST
+ * /api/v1/instances; the caller keeps it): validate it into a spec, place it, record
+ * the instance and its operation in one transaction, and queue the command to the
+ * host. Returns the operation (the caller's), or NULL with err: its status says what
+ * the REST layer answers, and for 422 (no host fits) *placement (if not NULL) gets
+ * the scheduler's reasons, the caller's.
+ */
+struct json_object *instance_create(struct json_object *body, struct json_object **placement,
+				    struct kerr *err)
+{
+	struct create_plan p = {0};
+	struct json_object *op = NULL;
+
+	memset(err, 0, sizeof(*err));
+	if (placement)
+		*placement = NULL;
+	if (create_validate(body, &p, err) < 0)
+		goto out;
+	log_trace("create %s: request checked", json_get_str(p.spec, "name", ""));
+	if (create_place(&p, err) < 0) {
+		if (placement)
+			*placement = STEAL_POINTER(&p.placement);
+		goto out;
+	}
+	log_trace("create %s: placed on %s", json_get_str(p.spec, "name", ""), p.host->name);
+	if (create_insert(&p, err) < 0)
+		goto out;
+	log_info("instance %s: placed on %s", json_get_str(p.spec, "name", ""), p.host->name);
+	create_enqueue(&p);
+	log_trace("create %s: command queued", json_get_str(p.spec, "name", ""));
+	op = STEAL_POINTER(&p.op);
+out:
+	create_plan_free(&p);
+	return op;
+}
+
+enum MHD_Result api_instances_create(struct request *req)
+{
+	struct json_object *body, *op, *placement, *e;
+	struct kerr err;
+
+	if (json_body_parse(req->body ? req->body : "", req->body_len, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	op = instance_create(body, &placement, &err);
+	json_object_put(body);
+	if (op)
+		return http_reply_json(req, 202, op);
+	if (placement == NULL)
+		return http_reply_kerr(req, &err);
+	e = json_object_new_object();
+	json_object_object_add(e, "error", json_object_new_string(err.msg));
+	json_object_object_add(e, "placement", placement);
+	return http_reply_json(req, 422, e);
 }
 
 /* ---- read ---- */
@@ -1002,18 +1055,29 @@ static const struct json_field patch_fields[] = {
 };
 const struct json_field *const instance_patch_fields = patch_fields;
 
-static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct json_object *labels)
+/* A change to a spec: arg applied to spec, or -1 with err (spec then unchanged). */
+typedef int (*spec_change_fn)(struct json_object *spec, struct json_object *arg, struct kerr *err);
+
+/*
+ * The one path of a PATCH that only rewrites the stored spec: refused (409) while an
+ * operation on the instance is in flight (an update writes the whole spec when it
+ * ends), then change(spec, arg), the UPDATE, and the instance as the reply. With
+ * netsync, the hosts' network documents are recomputed after the write.
+ */
+static enum MHD_Result spec_update(struct request *req, struct inst *i, spec_change_fn change,
+				   struct json_object *arg, bool netsync)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
 	char busy[LINK_OP_ID_MAX + 1];
+	struct kerr err;
 	sqlite3_stmt *st;
 	int rc;
 
-	/* An update in flight writes the whole spec when it ends; labels wait for it. */
 	if (op_busy(target, busy, sizeof(busy)))
 		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
 					i->name, busy);
-	json_object_object_add(i->spec, "labels", json_object_get(labels));
+	if (change(i->spec, arg, &err) < 0)
+		return http_reply_kerr(req, &err);
 	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
 	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, now_ms());
@@ -1022,59 +1086,33 @@ static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct 
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
 		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
+	if (netsync)
+		netsync_all();
 	return http_reply_json(req, 200, instance_get_json(i->name, false));
+}
+
+static int labels_set(struct json_object *spec, struct json_object *labels, struct kerr *err)
+{
+	json_object_object_add(spec, "labels", json_object_get(labels));
+	return 0;
+}
+
+static enum MHD_Result patch_labels(struct request *req, struct inst *i, struct json_object *labels)
+{
+	return spec_update(req, i, labels_set, labels, false);
 }
 
 /* HA on or off, or its priority (ha.c checks the disks); the agents learn it from
  * the HA list on the shared pool, so nothing is sent to the host. */
 static enum MHD_Result patch_ha(struct request *req, struct inst *i, struct json_object *ha)
 {
-	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
-	char busy[LINK_OP_ID_MAX + 1];
-	struct kerr err;
-	sqlite3_stmt *st;
-	int rc;
-
-	if (op_busy(target, busy, sizeof(busy)))
-		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
-					i->name, busy);
-	if (ha_spec_set(i->spec, ha, &err) < 0)
-		return http_reply_kerr(req, &err);
-	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
-	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 2, now_ms());
-	sqlite3_bind_int64(st, 3, i->id);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE)
-		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
-	return http_reply_json(req, 200, instance_get_json(i->name, false));
+	return spec_update(req, i, ha_spec_set, ha, false);
 }
 
 /* A NIC's security groups and port security: the spec, then the hosts' documents. */
 static enum MHD_Result patch_nics(struct request *req, struct inst *i, struct json_object *nics)
 {
-	_cleanup_free_ char *target = xasprintf("instances/%s", i->name);
-	char busy[LINK_OP_ID_MAX + 1];
-	struct kerr err;
-	sqlite3_stmt *st;
-	int rc;
-
-	if (op_busy(target, busy, sizeof(busy)))
-		return http_reply_error(req, 409, NULL, "instance %s is busy with operation %s",
-					i->name, busy);
-	if (nics_patch_apply(i->spec, nics, &err) < 0)
-		return http_reply_kerr(req, &err);
-	st = db_prepare(ctl.db, "UPDATE instances SET spec = ?, updated_at = ? WHERE id = ?");
-	sqlite3_bind_text(st, 1, json_text(i->spec), -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 2, now_ms());
-	sqlite3_bind_int64(st, 3, i->id);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE)
-		return http_reply_error(req, 500, NULL, "database: %s", sqlite3_errmsg(ctl.db));
-	netsync_all();
-	return http_reply_json(req, 200, instance_get_json(i->name, false));
+	return spec_update(req, i, nics_patch_apply, nics, true);
 }
 
 static enum MHD_Result patch_balloon(struct request *req, struct inst *i, int64_t target)

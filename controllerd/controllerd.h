@@ -553,6 +553,9 @@ struct request {
 	/* An agent's answer to a query this request waits for (api_instances.c). */
 	struct json_object *answer;
 	char answer_error[256];
+	/* Suspended with http_suspend_watched(): its client is checked (http.c). */
+	struct request *watch_next;
+	bool watched;
 	/* A streamed upload (api_images.c). */
 	bool routed;
 	int upload_fd;
@@ -633,6 +636,7 @@ int http_query_int(struct request *req, const char *key, int64_t min, int64_t ma
 void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request *req));
 void http_upload_write(struct request *req, const char *data, size_t len);
 void http_resume(struct request *req);
+void http_suspend_watched(struct request *req, enum MHD_Result (*resume)(struct request *req));
 
 /* api_root.c */
 enum MHD_Result api_root_get(struct request *req);
@@ -681,6 +685,8 @@ enum MHD_Result api_network_addresses(struct request *req);
 extern const struct json_field *const instance_vm_fields;
 extern const struct json_field *const instance_patch_fields;
 enum MHD_Result api_instances_create(struct request *req);
+struct json_object *instance_create(struct json_object *body, struct json_object **placement,
+				    struct kerr *err);
 enum MHD_Result api_instances_list(struct request *req);
 enum MHD_Result api_instance_get(struct request *req);
 enum MHD_Result api_instance_patch(struct request *req);

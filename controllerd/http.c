@@ -7,6 +7,7 @@
  * them by name.
  */
 #include <arpa/inet.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,6 +74,9 @@ static struct MHD_Daemon *daemon_;
 static uv_poll_t http_poll;
 static uv_timer_t http_timer;
 static uv_idle_t http_kicker;
+static uv_timer_t http_watch_timer; /* checks the clients of watched requests */
+static void (*finished_hooks[4])(struct request *req);
+static struct request *watched; /* suspended with http_suspend_watched() */
 
 /* Match one pattern; on success fill params (malloc'd copies). */
 static bool route_match(const char *pattern, const char *url, char *params[2])
@@ -487,10 +491,83 @@ void http_suspend(struct request *req, enum MHD_Result (*resume)(struct request 
 	MHD_suspend_connection(req->conn);
 }
 
+static void watch_remove(struct request *req)
+{
+	if (!req->watched)
+		return;
+	for (struct request **pp = &watched; *pp; pp = &(*pp)->watch_next) {
+		if (*pp == req) {
+			*pp = req->watch_next;
+			break;
+		}
+	}
+	req->watched = false;
+	req->watch_next = NULL;
+}
+
 void http_resume(struct request *req)
 {
+	watch_remove(req);
 	MHD_resume_connection(req->conn);
 	http_kick();
+}
+
+/*
+ * Has the client closed its side of req's connection? libmicrohttpd does not watch a
+ * suspended connection, so nobody would notice until the answer comes. POLLRDHUP says
+ * so even with bytes still unread (a TLS close_notify before the FIN).
+ */
+static bool client_gone(struct request *req)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	struct pollfd p;
+
+	if (ci == NULL)
+		return false;
+	p.fd = ci->connect_fd;
+	p.events = POLLRDHUP;
+	p.revents = 0;
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/*
+ * Every second while requests are watched: one whose client went away gets the
+ * finished hooks at once, so what it waits for lets go (a query is cancelled on its
+ * host: an exec is killed), then resumes with answer_error set, for libmicrohttpd to
+ * end it. The hooks run again then; they are made to.
+ */
+static void watch_cb(uv_timer_t *timer)
+{
+	struct request *req, *next;
+
+	for (req = watched; req; req = next) {
+		next = req->watch_next;
+		if (!client_gone(req))
+			continue;
+		log_info("api: %s %s: the client went away; letting go of its wait", req->method,
+			 req->url);
+		for (size_t i = 0; i < ARRAY_SIZE(finished_hooks) && finished_hooks[i]; i++)
+			finished_hooks[i](req);
+		snprintf(req->answer_error, sizeof(req->answer_error), "the client went away");
+		http_resume(req);
+	}
+	if (watched == NULL)
+		uv_timer_stop(timer);
+}
+
+/*
+ * http_suspend() for a wait that may be long and costs its host work (an exec): its
+ * client is checked every second, and one that went away ends the wait (watch_cb()).
+ */
+void http_suspend_watched(struct request *req, enum MHD_Result (*resume)(struct request *req))
+{
+	http_suspend(req, resume);
+	req->watched = true;
+	req->watch_next = watched;
+	watched = req;
+	if (!uv_is_active((uv_handle_t *)&http_watch_timer))
+		uv_timer_start(&http_watch_timer, watch_cb, 1000, 1000);
 }
 
 /*
@@ -669,8 +746,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 	return dispatch(req);
 }
 
-/* Who is told a request ended (main.c registers the API layer's handlers). */
-static void (*finished_hooks[4])(struct request *req);
+/* Who is told a request ended: finished_hooks (main.c registers the API layer's). */
 
 /*
  * Call hook(req) for every request that ends (answered, or its client went away), so
@@ -694,6 +770,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	http_conns_request_done(conn);
 	if (req == NULL)
 		return;
+	watch_remove(req);
 	db_durable_cancel(&req->durable);
 	if (req->held)
 		MHD_destroy_response(req->held);
@@ -846,6 +923,7 @@ int http_start(struct kerr *err)
 	uv_poll_init(ctl.loop, &http_poll, info->epoll_fd);
 	uv_poll_start(&http_poll, UV_READABLE, poll_cb);
 	uv_timer_init(ctl.loop, &http_timer);
+	uv_timer_init(ctl.loop, &http_watch_timer);
 	uv_idle_init(ctl.loop, &http_kicker);
 	http_run();
 	log_info("api: serving %s://%s", ctl.cfg.tls ? "https" : "http", ctl.cfg.api_listen);
@@ -872,6 +950,7 @@ void http_stop(void (*drain)(void))
 	uv_idle_stop(&http_kicker);
 	uv_close((uv_handle_t *)&http_poll, NULL);
 	uv_close((uv_handle_t *)&http_timer, NULL);
+	uv_close((uv_handle_t *)&http_watch_timer, NULL);
 	uv_close((uv_handle_t *)&http_kicker, NULL);
 	MHD_stop_daemon(daemon_);
 	daemon_ = NULL;

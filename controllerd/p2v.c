@@ -974,9 +974,8 @@ static struct json_object *cut_instance_body(struct p2v_session *s)
 static enum MHD_Result cut_create(struct request *req)
 {
 	struct p2v_session *s = NULL;
-	struct json_object *body;
-	enum MHD_Result ret;
-	unsigned status;
+	struct json_object *body, *op;
+	struct kerr err;
 
 	for (struct p2v_session *x = sessions; x; x = x->next)
 		if (x->cut_req == req)
@@ -989,26 +988,19 @@ static enum MHD_Result cut_create(struct request *req)
 		return http_reply_error(req, 500, NULL, "cutover failed: %s", s->error);
 	}
 	body = cut_instance_body(s);
-	free(req->body);
-	req->body = xstrdup(json_text(body));
-	req->body_len = strlen(req->body);
+	op = instance_create(body, NULL, &err);
 	json_object_put(body);
-	ret = api_instances_create(req);
-	/* The create's answer may be held until its commit is durable (group commit,
-	 * http_reply_response()): its status is then the held one. */
-	status = req->status ? req->status : req->held ? req->held_status : 0;
-	if (status == 202) {
+	if (op) {
 		s->state = P2V_DONE;
 		/* Its files are images now; the empty directory goes with them. */
 		if (rmdir(s->dir) == 0)
 			s->dir[0] = '\0';
 		session_end(s, "succeeded", NULL);
-	} else {
-		snprintf(s->error, sizeof(s->error), "the VM could not be created (HTTP %u)",
-			 status);
-		session_end(s, "failed", s->error);
+		return http_reply_json(req, 202, op);
 	}
-	return ret;
+	snprintf(s->error, sizeof(s->error), "the VM could not be created: %s", err.msg);
+	session_end(s, "failed", s->error);
+	return http_reply_kerr(req, &err);
 }
 
 struct cut_hash {

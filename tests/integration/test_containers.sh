@@ -189,6 +189,19 @@ ct_exec ct-run '["touch","/tmp/long-go"]'
 wait $long || fail "the long exec's request failed"
 grep -q long-done <<<"$(jq -r .output "$tmp/long.json")" || fail "the long exec did not answer its output: $(cat "$tmp/long.json")"
 pass "a long exec and other commands to its host run side by side"
+# An exec whose client goes away is killed on its host at once, not left to run to
+# its timeout (60 s here, twice the wait below): the controller cancels the query on
+# the agent.
+rc=0
+curl -sS --max-time 4 --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" -o /dev/null \
+	"$KUMO_URL/api/v1/instances/ct-run/exec" \
+	-d '{"command":["/bin/sh","-c","touch /tmp/abandon-started; exec sleep 4247"],"timeout_s":60}' 2>/dev/null || rc=$?
+[ "$rc" = 28 ] || fail "the exec to abandon did not hold its client until curl gave up (curl exit $rc)"
+ct_exec ct-run '["ls","/tmp/abandon-started"]'
+[ "$(jqb .exit_code)" = 0 ] || fail "the exec to abandon never started: $BODY"
+abandoned_gone() { ! pgrep -f '^sleep 4247$' >/dev/null; }
+wait_until 30 "the abandoned exec's sleep to be killed" abandoned_gone
+pass "an exec whose client went away is killed"
 ct_exec ct-run '["/bin/sh","-c","yes | head -c 400000"]'
 [ "$(jqb .truncated)" = true ] || fail "400000 bytes of output are not truncated"
 [ "$(jqb '.output | length')" -le $((256 * 1024)) ] || fail "truncated output is $(jqb '.output | length') bytes"

@@ -4,12 +4,13 @@
 # "cancelled" with what was undone, and leaves no QEMU, no disk or run files, no tap,
 # and its name free for a new create; a create with timeout_s=1 fails as "timed out"
 # and is cleaned the same way; a cancel survives a kill -9 of the controller right
-# after it; a finished operation answers 409, a viewer 403.
+# after it, and a kill -9 of the agent that heard it before it could undo (the next
+# agent finishes the undo); a finished operation answers 409, a viewer 403.
 . "$(dirname "$0")/lib.sh"
 
 NET=opc-net
 CIDR=10.67.0.0/24
-NAMES="opc1 opc2 opc3 opc4"
+NAMES="opc1 opc2 opc3 opc4 opc5"
 
 cleanup() {
 	for n in $NAMES; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
@@ -208,3 +209,48 @@ wait_op "$op"
 [ "$(jqb .status)" = cancelled ] || fail "after kill -9 the create ended $(jqb .status) ($(jqb .error)), not cancelled"
 wait_nothing_left opc4 "$host" "$ifname"
 pass "a cancel survives a kill -9 of the controller: still cancelled, nothing left"
+
+# ---- the agent killed after it heard a cancel, before it undid ------------------------------
+# QEMU is held (SIGSTOP) as it starts, so the create waits for it: the cancel reaches
+# the agent, which keeps it in the run directory (job.json) until its safe point comes,
+# and it is killed before that. Its next run finishes the undo: the op ends cancelled,
+# nothing is left. (If QEMU answered before it was held, the create may get past the
+# cancel's safe point first: try again.)
+agent_cancel=""
+for attempt in 1 2 3 4; do
+	api POST /api/v1/instances "$(vm_json opc5)"
+	expect_status 202 "create opc5"
+	op=$(jqb .id)
+	read -r host ifname <<<"$(where opc5)"
+	# Held as soon as it shows (pgrep is quick; QEMU answers its monitor soon after),
+	# only this lab's: other labs may run the same test.
+	end=$((SECONDS + 180)) held=""
+	until held=$(pgrep -f -- "qemu-system[^ ]* -name opc5 .*$KUMO_LAB_DIR/"); do
+		[ $SECONDS -ge $end ] && fail "opc5's create never started QEMU"
+	done
+	kill -STOP $held
+	api POST "/api/v1/operations/$op/actions/cancel"
+	jobfile="$KUMO_LAB_DIR/hosts/$host/local/instances/opc5/job.json"
+	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }
+	[ "$STATUS" = 202 ] && wait_until 30 "the agent to hear the cancel" heard
+	if [ -n "$held" ] && grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null; then
+		apid=$(agent_pid "$host")
+		killed_at=$(date +%s%3N)
+		kill -9 "$apid"
+		wait_until 10 "the agent of $host gone" proc_gone "$apid"
+		kill -CONT $held 2>/dev/null || true
+		lab up --hosts 3 >/dev/null
+		wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+		wait_op "$op"
+		[ "$(jqb .status)" = cancelled ] || fail "after the agent's kill -9 the create ended $(jqb .status) ($(jqb .error)), not cancelled"
+		wait_nothing_left opc5 "$host" "$ifname"
+		agent_cancel=$attempt
+		break
+	fi
+	[ -n "$held" ] && kill -CONT $held 2>/dev/null
+	wait_op "$op"
+	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc5?force=1"
+	wait_until 120 "opc5 gone" instance_absent opc5
+done
+[ -n "$agent_cancel" ] || fail "the agent never held a cancel of a create in 4 attempts"
+pass "a cancel survives a kill -9 of the agent before its undo: cancelled, nothing left (attempt $agent_cancel)"

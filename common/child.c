@@ -1,0 +1,445 @@
+/*
+ * child.c - the one child-process runner (child.h): uv_spawn with pipes for stdin,
+ * stdout and stderr, output caps, a deadline, cancel, and the kill of a whole process
+ * tree. Every handle lives in struct child and the struct goes when the last one
+ * closed, right after done() was called.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "child.h"
+#include "util.h"
+
+#define CHILD_ERR_DEFAULT 1024
+#define CHILD_DRAIN_MS	  200 /* output read after the exit, at most */
+
+struct child {
+	uv_process_t proc;
+	uv_pipe_t in, out, err;
+	uv_timer_t timer; /* the deadline, then the drain grace */
+	uv_write_t write;
+	int open_handles;
+	bool spawned, exited;
+	struct child_result r;
+	size_t out_max, err_max;
+	char *outbuf;
+	size_t outlen;
+	char *errbuf; /* err_max + 1 */
+	size_t errlen;
+	char *inbuf;
+	char *prog;
+	char *pid_file;
+	child_output_cb on_output;
+	child_done_cb done;
+	void *data;
+};
+
+static pid_t pid_file_read(const char *path)
+{
+	_cleanup_free_ char *text = NULL;
+
+	if (file_read_all(path, 64, &text, NULL) < 0)
+		return 0;
+	return (pid_t)atoi(text);
+}
+
+/*
+ * SIGKILL root and every descendant of it, found in /proc. Root is stopped first so
+ * it starts no new children while the tree is walked. Reading /proc is quick: it is
+ * kernel memory, not a disk.
+ */
+void child_tree_kill(pid_t root)
+{
+	struct {
+		pid_t pid, ppid;
+	} *procs = NULL;
+	size_t n = 0, cap = 0, ntodo = 0;
+	pid_t *todo;
+	struct dirent *e;
+	DIR *d;
+
+	if (root <= 0)
+		return;
+	kill(root, SIGSTOP);
+	d = opendir("/proc");
+	while (d && (e = readdir(d))) {
+		_cleanup_free_ char *path = NULL, *text = NULL;
+		const char *paren;
+		pid_t pid = (pid_t)atoi(e->d_name);
+
+		if (pid <= 0)
+			continue;
+		path = xasprintf("/proc/%d/stat", (int)pid);
+		if (file_read_all(path, 4096, &text, NULL) < 0 ||
+		    (paren = strrchr(text, ')')) == NULL || strlen(paren) < 5)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 256;
+			procs = xrealloc(procs, cap * sizeof(*procs));
+		}
+		procs[n].pid = pid;
+		procs[n++].ppid = (pid_t)atoi(paren + 4); /* ") S PPID" */
+	}
+	if (d)
+		closedir(d);
+	todo = xcalloc(n + 1, sizeof(*todo));
+	todo[ntodo++] = root;
+	for (size_t i = 0; i < ntodo; i++) {
+		for (size_t k = 0; k < n; k++) {
+			if (procs[k].ppid != todo[i])
+				continue;
+			kill(procs[k].pid, SIGKILL);
+			if (ntodo <= n)
+				todo[ntodo++] = procs[k].pid;
+		}
+	}
+	kill(root, SIGKILL);
+	free(todo);
+	free(procs);
+}
+
+static void close_cb(uv_handle_t *handle)
+{
+	struct child *c = handle->data;
+
+	if (--c->open_handles > 0)
+		return;
+	if (c->spawned) {
+		c->r.out = c->outbuf ? c->outbuf : "";
+		c->r.out_len = c->outlen;
+		c->errbuf[c->errlen] = '\0';
+		c->r.err = c->errbuf;
+		c->r.prog = c->prog;
+		if (c->pid_file)
+			unlink(c->pid_file);
+		c->done(&c->r, c->data);
+	}
+	free(c->outbuf);
+	free(c->errbuf);
+	free(c->inbuf);
+	free(c->prog);
+	free(c->pid_file);
+	free(c);
+}
+
+static void close_one(struct child *c, void *handle)
+{
+	if (!uv_is_closing(handle))
+		uv_close(handle, close_cb);
+}
+
+static void close_all(struct child *c)
+{
+	close_one(c, &c->proc);
+	close_one(c, &c->in);
+	close_one(c, &c->out);
+	close_one(c, &c->err);
+	close_one(c, &c->timer);
+}
+
+/* The child and what it started, and the process of its pid file. */
+static void kill_all(struct child *c)
+{
+	if (c->exited)
+		return;
+	if (c->pid_file)
+		child_tree_kill(pid_file_read(c->pid_file));
+	child_tree_kill(c->proc.pid);
+}
+
+/* Once it exited and both pipes reached their end, the result is complete. */
+static void finish_maybe(struct child *c)
+{
+	if (c->exited && uv_is_closing((uv_handle_t *)&c->out) &&
+	    uv_is_closing((uv_handle_t *)&c->err))
+		close_all(c);
+}
+
+static void timer_cb(uv_timer_t *timer)
+{
+	struct child *c = timer->data;
+
+	if (c->exited) {
+		/* The drain grace is over. */
+		close_all(c);
+		return;
+	}
+	c->r.timed_out = true;
+	kill_all(c);
+}
+
+static void exit_cb(uv_process_t *proc, int64_t status, int term_signal)
+{
+	struct child *c = proc->data;
+
+	c->exited = true;
+	c->r.status = status;
+	c->r.signal = term_signal;
+	uv_close((uv_handle_t *)proc, close_cb);
+	uv_timer_start(&c->timer, timer_cb, CHILD_DRAIN_MS, 0);
+	finish_maybe(c);
+}
+
+static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+	buf->base = xmalloc(suggested);
+	buf->len = suggested;
+}
+
+static void keep_out(struct child *c, const char *buf, size_t n)
+{
+	size_t keep = c->outlen + n > c->out_max ? c->out_max - c->outlen : n;
+
+	if (keep < n)
+		c->r.truncated = true;
+	if (keep == 0)
+		return;
+	c->outbuf = xrealloc(c->outbuf, c->outlen + keep + 1);
+	memcpy(c->outbuf + c->outlen, buf, keep);
+	c->outlen += keep;
+	c->outbuf[c->outlen] = '\0';
+}
+
+/* Keep the last err_max bytes. */
+static void keep_err(struct child *c, const char *buf, size_t n)
+{
+	if (n >= c->err_max) {
+		memcpy(c->errbuf, buf + n - c->err_max, c->err_max);
+		c->errlen = c->err_max;
+		return;
+	}
+	if (c->errlen + n > c->err_max) {
+		size_t drop = c->errlen + n - c->err_max;
+
+		memmove(c->errbuf, c->errbuf + drop, c->errlen - drop);
+		c->errlen -= drop;
+	}
+	memcpy(c->errbuf + c->errlen, buf, n);
+	c->errlen += n;
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct child *c = stream->data;
+
+	if (nread > 0 && stream == (uv_stream_t *)&c->out) {
+		if (c->on_output)
+			c->on_output(buf->base, (size_t)nread, c->data);
+		keep_out(c, buf->base, (size_t)nread);
+	} else if (nread > 0) {
+		keep_err(c, buf->base, (size_t)nread);
+	} else if (nread < 0) {
+		close_one(c, stream);
+		finish_maybe(c);
+	}
+	free(buf->base);
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct child *c = req->data;
+
+	/* Written, or it exited without reading (EPIPE): either way its stdin ends. */
+	close_one(c, &c->in);
+}
+
+struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_cb done, void *data,
+			struct kerr *err)
+{
+	struct child *c = xcalloc(1, sizeof(*c));
+	uv_process_options_t opts = {0};
+	uv_stdio_container_t stdio[3];
+	int fds[2] = {-1, -1}, ret;
+
+	c->done = done;
+	c->data = data;
+	c->out_max = o->out_max;
+	c->err_max = o->err_max ? o->err_max : CHILD_ERR_DEFAULT;
+	c->errbuf = xmalloc(c->err_max + 1);
+	c->prog = xstrdup(o->argv[0]);
+	c->pid_file = o->pid_file ? xstrdup(o->pid_file) : NULL;
+	c->on_output = o->on_output;
+	uv_pipe_init(loop, &c->in, 0);
+	uv_pipe_init(loop, &c->out, 0);
+	uv_pipe_init(loop, &c->err, 0);
+	uv_timer_init(loop, &c->timer);
+	c->proc.data = c->in.data = c->out.data = c->err.data = c->timer.data = c;
+	c->write.data = c;
+	c->open_handles = 5;
+
+	stdio[0].flags = UV_IGNORE;
+	if (o->in) {
+		stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
+		stdio[0].data.stream = (uv_stream_t *)&c->in;
+	}
+	stdio[1].flags = UV_IGNORE;
+	if (o->out_max) {
+		stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+		stdio[1].data.stream = (uv_stream_t *)&c->out;
+	}
+	stdio[2].flags = UV_IGNORE;
+	if (o->err_mode == CHILD_ERR_CAPTURE) {
+		stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+		stdio[2].data.stream = (uv_stream_t *)&c->err;
+	} else if (o->err_mode == CHILD_ERR_INHERIT) {
+		stdio[2].flags = UV_INHERIT_FD;
+		stdio[2].data.fd = 2;
+	} else if (o->err_mode == CHILD_ERR_MERGE && pipe2(fds, O_CLOEXEC) == 0) {
+		/* One pipe for stdout and stderr, so the output keeps its order. */
+		c->out_max = c->out_max ? c->out_max : 65536;
+		stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
+		stdio[1].data.fd = stdio[2].data.fd = fds[1];
+	}
+	opts.file = o->file ? o->file : o->argv[0];
+	opts.args = (char **)o->argv;
+	opts.env = (char **)o->env;
+	opts.cwd = o->cwd;
+	if (o->set_ids) {
+		/* Dropping to another user needs root (CAP_SETUID, CAP_SETGID). */
+		opts.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
+		opts.uid = o->uid;
+		opts.gid = o->gid;
+	}
+	opts.exit_cb = exit_cb;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	ret = uv_spawn(loop, &c->proc, &opts);
+	if (fds[1] >= 0)
+		close(fds[1]);
+	if (ret < 0) {
+		/* Every handle is initialised (the process one too) and must close; spawned
+		 * is false, so done() is not called. */
+		if (fds[0] >= 0)
+			close(fds[0]);
+		close_all(c);
+		err_set(err, -ret, "cannot run %s: %s", o->argv[0], uv_strerror(ret));
+		return NULL;
+	}
+	c->spawned = true;
+	if (fds[0] >= 0)
+		uv_pipe_open(&c->out, fds[0]);
+	if (stdio[1].flags & UV_CREATE_PIPE || fds[0] >= 0)
+		uv_read_start((uv_stream_t *)&c->out, alloc_cb, read_cb);
+	else
+		close_one(c, &c->out);
+	if (stdio[2].flags & UV_CREATE_PIPE)
+		uv_read_start((uv_stream_t *)&c->err, alloc_cb, read_cb);
+	else
+		close_one(c, &c->err);
+	if (o->in) {
+		uv_buf_t buf;
+
+		c->inbuf = xmalloc(o->in_len ? o->in_len : 1);
+		memcpy(c->inbuf, o->in, o->in_len);
+		buf = uv_buf_init(c->inbuf, (unsigned)o->in_len);
+		if (uv_write(&c->write, (uv_stream_t *)&c->in, &buf, 1, write_cb) < 0)
+			close_one(c, &c->in);
+	} else {
+		close_one(c, &c->in);
+	}
+	if (o->timeout_ms)
+		uv_timer_start(&c->timer, timer_cb, o->timeout_ms, 0);
+	return c;
+}
+
+pid_t child_pid(const struct child *c)
+{
+	return c->exited ? 0 : c->proc.pid;
+}
+
+void child_cancel(struct child *c)
+{
+	if (c->exited || c->r.cancelled)
+		return;
+	c->r.cancelled = true;
+	kill_all(c);
+}
+
+void child_abandon(struct child *c, bool kill)
+{
+	if (kill)
+		kill_all(c);
+	c->r.abandoned = true;
+	close_all(c);
+}
+
+bool child_result_ok(const struct child_result *r)
+{
+	return r->status == 0 && r->signal == 0 && !r->timed_out && !r->cancelled && !r->abandoned;
+}
+
+void child_result_why(const struct child_result *r, char *buf, size_t len)
+{
+	_cleanup_free_ char *tail = xstrdup(r->err ? r->err : "");
+	char *end = tail + strlen(tail), *line;
+
+	if (r->abandoned) {
+		snprintf(buf, len, "%s was abandoned: the daemon is stopping", r->prog);
+		return;
+	}
+	if (r->cancelled) {
+		snprintf(buf, len, "%s was cancelled", r->prog);
+		return;
+	}
+	if (r->timed_out) {
+		snprintf(buf, len, "%s did not finish in time", r->prog);
+		return;
+	}
+	while (end > tail && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(tail, '\n');
+	line = line ? line + 1 : tail;
+	if (*line)
+		snprintf(buf, len, "%s", line);
+	else if (r->signal)
+		snprintf(buf, len, "%s was killed by signal %d", r->prog, r->signal);
+	else if (r->status)
+		snprintf(buf, len, "%s exited with status %lld", r->prog, (long long)r->status);
+	else
+		snprintf(buf, len, "%s succeeded", r->prog);
+}
+
+struct wait_result {
+	int ret;
+	char *out;
+	struct kerr *err;
+};
+
+static void wait_done_cb(const struct child_result *r, void *data)
+{
+	struct wait_result *w = data;
+	char why[200];
+
+	w->out = xstrdup(r->out);
+	if (r->signal || r->timed_out || r->cancelled || r->abandoned) {
+		child_result_why(r, why, sizeof(why));
+		w->ret = err_set(w->err, 0, "%s", why);
+	} else {
+		w->ret = (int)r->status;
+	}
+}
+
+int child_run_wait(const struct child_opts *opts, char **out, struct kerr *err)
+{
+	struct wait_result w = {.ret = -1, .err = err};
+	uv_loop_t loop;
+
+	/* A loop of this thread's own: libuv reaps each loop's children by their pids,
+	 * so the daemon's loop and this one do not take each other's. */
+	if (uv_loop_init(&loop) < 0)
+		return err_set(err, 0, "cannot make a loop to run %s", opts->argv[0]);
+	if (child_run(&loop, opts, wait_done_cb, &w, err) != NULL)
+		uv_run(&loop, UV_RUN_DEFAULT);
+	uv_loop_close(&loop);
+	if (out)
+		*out = w.out;
+	else
+		free(w.out);
+	return w.ret;
+}

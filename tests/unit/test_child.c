@@ -1,0 +1,240 @@
+/*
+ * test_child.c - common/child.c, the child-process runner: a real loop running real
+ * programs (sh), checking what a caller hears: exit status and signal, output caps,
+ * the deadline and cancel killing the whole tree, stdin, environment and directory.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "child.h"
+#include "util.h"
+
+struct heard {
+	int calls;
+	struct child_result r;
+	char *out, *err;
+	size_t pieces;
+	char why[256];
+};
+
+static void done_cb(const struct child_result *r, void *data)
+{
+	struct heard *h = data;
+
+	h->calls++;
+	h->r = *r;
+	h->out = xstrdup(r->out);
+	h->err = xstrdup(r->err);
+	child_result_why(r, h->why, sizeof(h->why));
+	h->r.out = h->r.err = h->r.prog = NULL;
+}
+
+static void output_cb(const char *buf, size_t len, void *data)
+{
+	struct heard *h = data;
+
+	h->pieces += len;
+}
+
+static void heard_free(struct heard *h)
+{
+	free(h->out);
+	free(h->err);
+}
+
+/* Run sh -c script with opts filled in; the loop runs until done() came. */
+static void run_sh(const char *script, struct child_opts *o, struct heard *h,
+		   void (*meanwhile)(struct child *c))
+{
+	char *argv[] = {"sh", "-c", (char *)script, NULL};
+	uv_loop_t loop;
+	struct child *c;
+	struct kerr err;
+
+	memset(h, 0, sizeof(*h));
+	uv_loop_init(&loop);
+	o->argv = argv;
+	c = child_run(&loop, o, done_cb, h, &err);
+	assert_non_null(c);
+	if (meanwhile)
+		meanwhile(c);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(h->calls, 1);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_exit_status_and_stderr(void **state)
+{
+	struct child_opts o = {.out_max = 100};
+	struct heard h;
+
+	run_sh("echo hello; echo first >&2; echo 'the real reason' >&2; exit 3", &o, &h, NULL);
+	assert_int_equal(h.r.status, 3);
+	assert_int_equal(h.r.signal, 0);
+	assert_false(child_result_ok(&h.r));
+	assert_string_equal(h.out, "hello\n");
+	assert_string_equal(h.why, "the real reason");
+	heard_free(&h);
+
+	run_sh("exit 0", &o, &h, NULL);
+	assert_true(child_result_ok(&h.r));
+	assert_string_equal(h.out, "");
+	heard_free(&h);
+}
+
+static void test_exit_by_signal(void **state)
+{
+	struct child_opts o = {0};
+	struct heard h;
+
+	run_sh("kill -TERM $$", &o, &h, NULL);
+	assert_int_equal(h.r.signal, SIGTERM);
+	assert_false(h.r.timed_out);
+	assert_false(child_result_ok(&h.r));
+	assert_string_equal(h.why, "sh was killed by signal 15");
+	heard_free(&h);
+}
+
+static void test_big_output_capped(void **state)
+{
+	struct child_opts o = {.out_max = 100000, .err_max = 16, .on_output = output_cb};
+	struct heard h;
+
+	/* 4 MB on stdout and 1 MB on stderr: the caps hold, nothing blocks the child. */
+	run_sh("head -c 4000000 /dev/zero | tr '\\0' a; head -c 1000000 /dev/zero | tr '\\0' b "
+	       ">&2; "
+	       "echo END-OF-ERR >&2",
+	       &o, &h, NULL);
+	assert_true(child_result_ok(&h.r));
+	assert_true(h.r.truncated);
+	assert_int_equal(h.r.out_len, 100000);
+	assert_int_equal(strlen(h.out), 100000);
+	assert_int_equal(h.pieces, 4000000);
+	assert_int_equal(strlen(h.err), 16);
+	assert_string_equal(h.err, "bbbbbEND-OF-ERR\n");
+	heard_free(&h);
+}
+
+static void test_timeout_kills_the_tree(void **state)
+{
+	struct child_opts o = {.out_max = 64, .timeout_ms = 300};
+	struct heard h;
+	pid_t grandchild;
+	char path[64], *text = NULL;
+
+	/* The shell's background sleep is a grandchild: the deadline takes it too. */
+	run_sh("sleep 30 & echo $!; wait", &o, &h, NULL);
+	assert_true(h.r.timed_out);
+	assert_int_equal(h.r.signal, SIGKILL);
+	assert_string_equal(h.why, "sh did not finish in time");
+	grandchild = (pid_t)atoi(h.out);
+	assert_true(grandchild > 0);
+	/* Gone, or a zombie waiting for whoever adopted it. */
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)grandchild);
+	if (file_read_all(path, 4096, &text, NULL) == 0) {
+		assert_non_null(strstr(text, ") Z"));
+		free(text);
+	}
+	heard_free(&h);
+}
+
+static void cancel_now(struct child *c)
+{
+	assert_true(child_pid(c) > 0);
+	child_cancel(c);
+}
+
+static void test_cancel(void **state)
+{
+	struct child_opts o = {0};
+	struct heard h;
+
+	run_sh("sleep 30", &o, &h, cancel_now);
+	assert_true(h.r.cancelled);
+	assert_int_equal(h.r.signal, SIGKILL);
+	assert_string_equal(h.why, "sh was cancelled");
+	heard_free(&h);
+}
+
+static void abandon_now(struct child *c)
+{
+	child_abandon(c, true);
+}
+
+static void test_abandon(void **state)
+{
+	struct child_opts o = {.out_max = 10};
+	struct heard h;
+
+	run_sh("sleep 30", &o, &h, abandon_now);
+	assert_true(h.r.abandoned);
+	assert_false(child_result_ok(&h.r));
+	heard_free(&h);
+}
+
+static void test_stdin_env_cwd(void **state)
+{
+	char *env[] = {"KUMO_CHILD_TEST=forty-two", "PATH=/usr/bin:/bin", NULL};
+	struct child_opts o = {
+		.out_max = 200, .in = "from stdin\n", .in_len = 11, .env = env, .cwd = "/tmp"};
+	struct heard h;
+
+	run_sh("read line; echo \"$line|$KUMO_CHILD_TEST|$(pwd)\"", &o, &h, NULL);
+	assert_true(child_result_ok(&h.r));
+	assert_string_equal(h.out, "from stdin|forty-two|/tmp\n");
+	heard_free(&h);
+}
+
+static void test_merge_keeps_order(void **state)
+{
+	struct child_opts o = {.out_max = 200, .err_mode = CHILD_ERR_MERGE};
+	struct heard h;
+
+	run_sh("echo one; echo two >&2; echo three", &o, &h, NULL);
+	assert_string_equal(h.out, "one\ntwo\nthree\n");
+	heard_free(&h);
+}
+
+static void test_cannot_start(void **state)
+{
+	char *argv[] = {"/nonexistent/kumo-program", NULL};
+	struct child_opts o = {.argv = argv};
+	struct heard h = {0};
+	uv_loop_t loop;
+	struct kerr err;
+
+	uv_loop_init(&loop);
+	assert_null(child_run(&loop, &o, done_cb, &h, &err));
+	assert_non_null(strstr(err.msg, "cannot run /nonexistent/kumo-program"));
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(h.calls, 0);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_exit_status_and_stderr),
+		cmocka_unit_test(test_exit_by_signal),
+		cmocka_unit_test(test_big_output_capped),
+		cmocka_unit_test(test_timeout_kills_the_tree),
+		cmocka_unit_test(test_cancel),
+		cmocka_unit_test(test_abandon),
+		cmocka_unit_test(test_stdin_env_cwd),
+		cmocka_unit_test(test_merge_keeps_order),
+		cmocka_unit_test(test_cannot_start),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
