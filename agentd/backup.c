@@ -84,15 +84,16 @@ struct bjob {
 	struct inst_op *op;
 	struct agent *agent;
 	bool restore;
-	bool live;		       /* the VM runs: read through QEMU (drive-backup) */
-	char parent[65];	       /* the backup an incremental one builds on, or "" */
-	struct json_object *pmanifest; /* ... its manifest, NULL when it cannot be used */
-	struct json_object *pdisk;     /* ... its entry for the disk at work */
-	bool incr;		       /* the disk at work is read incrementally */
-	bool all_incr;		       /* every disk so far was */
-	char full_reason[200];	       /* why a backup with a parent is full after all */
-	bool force_full;	       /* asked full: the parent's bitmaps only go */
-	char target[PATH_MAX];	       /* an incremental read's qcow2 (dirty clusters only) */
+	bool live;			  /* the VM runs: read through QEMU (drive-backup) */
+	char parent[65];		  /* the backup an incremental one builds on, or "" */
+	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
+	struct json_object *pdisk;	  /* ... its entry for the disk at work */
+	bool incr;			  /* the disk at work is read incrementally */
+	bool all_incr;			  /* every disk so far was */
+	char full_reason[200];		  /* why a backup with a parent is full after all */
+	void (*then)(struct inst_op *op); /* restore within a create: its next step */
+	bool force_full;		  /* asked full: the parent's bitmaps only go */
+	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
 	char tmpdir[PATH_MAX];
@@ -1060,9 +1061,14 @@ static void restore_finish_after(struct bjob *job)
 	if (op->result == NULL)
 		op->result = json_object_new_object();
 	json_object_object_add(op->result, "restore", r);
+	void (*then)(struct inst_op * op) = job->then;
+
 	log_info("vm %s: restored from backup %s", json_get_str(op->spec, "name", ""), job->id);
 	job_free(job);
-	instance_op_succeed(op);
+	if (then)
+		then(op);
+	else
+		instance_op_succeed(op);
 }
 
 /* The next disk, or the end: the manifest (backup) or the clean-up (restore). */
@@ -1101,7 +1107,8 @@ static void prepare_after(struct bjob *job)
 	disk_next(job);
 }
 
-static struct bjob *job_new(struct inst_op *op, bool restore)
+/* A job for op; args holds its backup and store (op->args, or a create's "restore"). */
+static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool restore)
 {
 	struct bjob *job = xcalloc(1, sizeof(*job));
 	const char *shared = disk_pool_root(op->agent->cfg, "shared");
@@ -1110,10 +1117,16 @@ static struct bjob *job_new(struct inst_op *op, bool restore)
 	job->agent = op->agent;
 	job->restore = restore;
 	job->started_ms = now_ms();
-	snprintf(job->id, sizeof(job->id), "%s", json_get_str(op->args, "backup", ""));
+	snprintf(job->id, sizeof(job->id), "%s", json_get_str(args, "backup", ""));
 	snprintf(job->store, sizeof(job->store), "%s/%s", shared ? shared : "",
-		 json_get_str(op->args, "store", ""));
-	snprintf(job->tmpdir, sizeof(job->tmpdir), "%s/tmp/%s", job->store, job->id);
+		 json_get_str(args, "store", ""));
+	/* A restore's work files carry the instance's name too: one backup may be
+	 * restored into several instances at once. */
+	if (restore)
+		snprintf(job->tmpdir, sizeof(job->tmpdir), "%s/tmp/%s.%s", job->store, job->id,
+			 json_get_str(op->spec, "name", ""));
+	else
+		snprintf(job->tmpdir, sizeof(job->tmpdir), "%s/tmp/%s", job->store, job->id);
 	uv_timer_init(op->agent->loop, &job->poll);
 	job->poll.data = job;
 	job->poll_open = true;
@@ -1141,7 +1154,7 @@ void backup_vm_run(struct inst_op *op)
 		instance_op_fail(op, "this host has no shared pool for the backup store");
 		return;
 	}
-	job = job_new(op, false);
+	job = job_new(op, op->args, false);
 	job->live = vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
 	job->force_full = json_get_bool(op->args, "full", false);
@@ -1197,5 +1210,30 @@ void backup_vm_restore(struct inst_op *op)
 		return;
 	}
 	instance_op_progress(op, 0, "reading the manifest");
-	pool_run(job_new(op, true), restore_prepare_work, prepare_after);
+	pool_run(job_new(op, op->args, true), restore_prepare_work, prepare_after);
+}
+
+/*
+ * Within a create (vmaction.c): the new VM's just-made disks take the content of the
+ * backup args.restore names ({backup, store}), checked as in a restore; then(op)
+ * goes on with the create. A failure fails the create, which removes what it made.
+ */
+void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
+{
+	struct json_object *args = json_object_object_get(op->args, "restore");
+	struct bjob *job;
+	struct kerr err;
+
+	if (json_fields_check(args, backup_args, &err) < 0) {
+		instance_op_fail(op, "restore: %s", err.msg);
+		return;
+	}
+	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
+		instance_op_fail(op, "this host has no shared pool for the backup store");
+		return;
+	}
+	job = job_new(op, args, true);
+	job->then = then;
+	instance_op_progress(op, 65, "reading the backup's manifest");
+	pool_run(job, restore_prepare_work, prepare_after);
 }

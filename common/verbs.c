@@ -58,6 +58,9 @@ static const struct json_field create_args[] = {
 	{"start", JK_BOOL, false, NULL},
 	/* An HA failover's timeline (controllerd/ha.c), resent with the operation's args. */
 	{"failover", JK_OBJECT, false, NULL},
+	/* A restore to a new instance: {backup, store}, checked by the driver that
+	 * writes its disks from the backup (agentd/backup.c). */
+	{"restore", JK_OBJECT, false, NULL},
 	{NULL, 0, false, NULL},
 };
 static const struct json_field stop_args[] = {

@@ -688,6 +688,10 @@ enum MHD_Result api_instances_create(struct request *req)
 	}
 	args = json_object_new_object();
 	json_object_object_add(args, "start", json_object_new_boolean(start));
+	/* A restore to a new instance (api_backups.c): its disks are written from the
+	 * backup's chunks before it starts. */
+	if (req->create_restore)
+		json_object_object_add(args, "restore", json_object_get(req->create_restore));
 	res = json_object_new_object();
 	json_object_object_add(res, "args", json_object_get(args));
 	json_object_object_add(res, "placement", json_object_get(placement));

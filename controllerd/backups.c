@@ -253,6 +253,19 @@ struct json_object *backup_get(const char *id)
 	return o;
 }
 
+/* The spec backup id was taken of, or NULL (a backup made before specs were kept). */
+struct json_object *backup_spec_get(const char *id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT spec FROM backups WHERE id = ?");
+	struct json_object *spec = NULL;
+
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return spec;
+}
+
 static bool gc_busy(int64_t store_id);
 
 /* Store id and path by name; 0 when there is none. */
@@ -358,8 +371,8 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	}
 	st = db_prepare(ctl.db,
 			"INSERT INTO backups (id, store_id, instance, instance_type, host, kind, "
-			"consistency, status, op_id, created_at) "
-			"VALUES (?, ?, ?, ?, ?, 'full', NULL, 'running', ?, ?)");
+			"consistency, status, op_id, created_at, spec) "
+			"VALUES (?, ?, ?, ?, ?, 'full', NULL, 'running', ?, ?, ?)");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, store_id);
 	sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
@@ -367,6 +380,8 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	sqlite3_bind_text(st, 5, h->name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 6, json_get_str(op, "id", ""), -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 7, now_ms());
+	/* The spec too: a restore creates the instance from it once the original is gone. */
+	sqlite3_bind_text(st, 8, json_text(spec), -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE || db_commit(ctl.db, err) < 0) {
@@ -380,6 +395,105 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	instances_cmd_send(h, json_get_str(op, "id", ""), "backup", spec, args);
 	json_object_put(args);
 	return op;
+}
+
+/* The saved spec's fields a restored instance takes as they were. */
+static const char *const restore_keep[] = {"vcpus",	     "memory",	     "nested",
+					   "boot",	     "labels",	     "cloud_init",
+					   "stop_timeout_s", "anti_affinity"};
+
+/*
+ * The create body for a new instance name restored from backup b (its JSON): the
+ * saved spec's shape (restore_keep[], each disk by name, bus and pool, sized to hold
+ * the backup's disk), not its identity: no MAC or address (the original may still
+ * run) and no image (the disk is written whole from the chunks: a plain thin qcow2).
+ * networks (NULL: the spec's NICs' networks) gives the NICs; host (or NULL) pins it;
+ * start boots it once its disks are written. *restore gets the agent's create args'
+ * "restore" ({backup, store}). Returns the body, or NULL with err (422: a backup made
+ * before specs were kept, or not a VM's).
+ */
+struct json_object *backup_restore_body(struct json_object *b, const char *name, const char *host,
+					struct json_object *networks, bool start,
+					struct json_object **restore, struct kerr *err)
+{
+	const char *id = json_get_str(b, "id", "");
+	struct json_object *spec = backup_spec_get(id), *body, *disks, *nics, *v;
+	struct json_object *bdisks = json_object_object_get(b, "disks");
+	char path[256];
+
+	if (spec == NULL)
+		return err_input(err, 422, NULL,
+				 "backup %s was made before backups kept their instance's spec; "
+				 "restore it over an instance",
+				 id),
+		       NULL;
+	body = json_object_new_object();
+	json_object_object_add(body, "name", json_object_new_string(name));
+	json_object_object_add(body, "type",
+			       json_object_new_string(json_get_str(spec, "type", "vm")));
+	for (size_t i = 0; i < sizeof(restore_keep) / sizeof(restore_keep[0]); i++)
+		if (json_object_object_get_ex(spec, restore_keep[i], &v) && v)
+			json_object_object_add(body, restore_keep[i], json_object_get(v));
+	disks = json_object_new_array();
+	v = json_object_object_get(spec, "disks");
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *sd = json_object_array_get_idx(v, i), *d;
+		int64_t mb = json_get_int(sd, "size_mb", 0), vsize = -1;
+
+		for (size_t j = 0; j < json_object_array_length(bdisks); j++) {
+			struct json_object *bd = json_object_array_get_idx(bdisks, j);
+
+			if (!strcmp(json_get_str(bd, "name", ""), json_get_str(sd, "name", "")))
+				vsize = json_get_int(bd, "virtual_size", 0);
+		}
+		if (vsize < 0) { /* not backed up (cannot be: every disk is) */
+			json_object_put(disks);
+			json_object_put(body);
+			json_object_put(spec);
+			return err_input(err, 422, NULL, "backup %s has no disk %s", id,
+					 json_get_str(sd, "name", "")),
+			       NULL;
+		}
+		if (mb < (vsize + (1 << 20) - 1) >> 20)
+			mb = (vsize + (1 << 20) - 1) >> 20;
+		d = json_object_new_object();
+		json_object_object_add(d, "name",
+				       json_object_new_string(json_get_str(sd, "name", "")));
+		json_object_object_add(d, "bus",
+				       json_object_new_string(json_get_str(sd, "bus", "virtio")));
+		json_object_object_add(d, "pool",
+				       json_object_new_string(json_get_str(sd, "pool", "shared")));
+		json_object_object_add(d, "size_mb", json_object_new_int64(mb));
+		json_object_array_add(disks, d);
+	}
+	json_object_object_add(body, "disks", disks);
+	nics = json_object_new_array();
+	v = networks ? networks : json_object_object_get(spec, "nics");
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *n = json_object_array_get_idx(v, i), *o;
+		const char *net =
+			networks ? json_object_get_string(n) : json_get_str(n, "network", NULL);
+
+		o = json_object_new_object();
+		if (net)
+			json_object_object_add(o, "network", json_object_new_string(net));
+		if (!networks && json_get_str(n, "model", NULL))
+			json_object_object_add(
+				o, "model", json_object_new_string(json_get_str(n, "model", "")));
+		json_object_array_add(nics, o);
+	}
+	json_object_object_add(body, "nics", nics);
+	if (host)
+		json_object_object_add(body, "host", json_object_new_string(host));
+	json_object_object_add(body, "start", json_object_new_boolean(start));
+	/* The create's deadline covers reading every chunk back. */
+	json_object_object_add(body, "timeout_s", json_object_new_int(3600));
+	json_object_put(spec);
+	store_find(json_get_str(b, "store", ""), path, sizeof(path));
+	*restore = json_object_new_object();
+	json_object_object_add(*restore, "backup", json_object_new_string(id));
+	json_object_object_add(*restore, "store", json_object_new_string(path));
+	return body;
 }
 
 /*

@@ -144,7 +144,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 13
+#define DB_SCHEMA_VERSION 14
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -373,12 +373,16 @@ int backup_store_create(const char *name, const char *path, struct kerr *err);
 int backup_store_delete(const char *name, struct kerr *err);
 struct json_object *backups_list(const char *instance);
 struct json_object *backup_get(const char *id);
+struct json_object *backup_spec_get(const char *id);
 struct json_object *backup_start(const char *name, const char *type, struct json_object *spec,
 				 struct host *h, const char *store, const char *mode,
 				 struct kerr *err);
 struct json_object *backup_restore_start(const char *id, const char *name, const char *state,
 					 struct json_object *spec, struct host *h,
 					 struct kerr *err);
+struct json_object *backup_restore_body(struct json_object *b, const char *name, const char *host,
+					struct json_object *networks, bool start,
+					struct json_object **restore, struct kerr *err);
 struct json_object *backup_verify_start(const char *id, struct kerr *err);
 int backup_delete(const char *id, struct kerr *err);
 struct json_object *backup_prune(const char *name, const char *instance,
@@ -553,6 +557,9 @@ struct request {
 	/* An agent's answer to a query this request waits for (api_instances.c). */
 	struct json_object *answer;
 	char answer_error[256];
+	/* A create that restores a backup (api_backups.c): {backup, store} for the
+	 * agent's create args; owned by the caller of api_instances_create(). */
+	struct json_object *create_restore;
 	/* A streamed upload (api_images.c). */
 	bool routed;
 	int upload_fd;
