@@ -34,6 +34,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <openssl/evp.h>
 #include <pwd.h>
 #include <spawn.h>
@@ -92,6 +93,8 @@ struct bjob {
 	bool all_incr;			  /* every disk so far was */
 	char full_reason[200];		  /* why a backup with a parent is full after all */
 	void (*then)(struct inst_op *op); /* restore within a create: its next step */
+	bool resume;			  /* container: this backup paused it */
+	uid_t uid_base;			  /* container: its root's uid on the host */
 	bool force_full;		  /* asked full: the parent's bitmaps only go */
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
@@ -1236,4 +1239,262 @@ void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op)
 	job->then = then;
 	instance_op_progress(op, 65, "reading the backup's manifest");
 	pool_run(job, restore_prepare_work, prepare_after);
+}
+
+/* ---- containers: the writable layer as one tar stream, chunked like a disk ------------- */
+
+/*
+ * A container's backup is its spec (image reference included) and its writable
+ * layer, upper/, packed by tar (numeric owners, extended attributes: overlayfs keeps
+ * whiteouts and opaque directories there) into one file that is chunked, hashed and
+ * stored as the manifest's disk "upper". A running container is paused (the cgroup
+ * freezer) while tar reads it: every write its processes completed is in, none is
+ * half-done, so the layer is as consistent as after a clean fsfreeze ("filesystem";
+ * what the processes only held in memory is not, as for a VM). The owners are kept
+ * relative to the container's root uid on the host (user namespaces give each
+ * container its own range, uid.c), and shifted into the new one's on restore.
+ */
+#define CTR_LAYER "upper"
+
+static void ctr_closing(struct bjob *job);
+
+/* Thread: tar upper/ into job->raw, then chunk it. */
+static void ctr_read_work(struct bjob *job)
+{
+	_cleanup_free_ char *upper = xasprintf("%s/" CTR_LAYER, job->op->ctr->inst.dir);
+	char *argv[] = {
+		"tar",	  "-C", upper, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf",
+		job->raw, ".",	NULL};
+	struct stat sb;
+	int rc;
+
+	prepare_work(job);
+	if (job->error[0])
+		return;
+	if (stat(upper, &sb) < 0) {
+		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", upper,
+			 strerror(errno));
+		return;
+	}
+	job->uid_base = sb.st_uid;
+	rc = run_wait(argv, NULL);
+	/* 1: a file changed while it was read; only a running container's can. */
+	if (rc != 0 && !(rc == 1 && job->live)) {
+		snprintf(job->error, sizeof(job->error), "tar of the writable layer failed (%d)",
+			 rc);
+		return;
+	}
+	chunk_work(job);
+}
+
+static void ctr_resumed_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct bjob *job = data;
+
+	if (job_gone(job))
+		return;
+	if (r->status != 0)
+		log_warnx("container %s: resuming after the backup: %s", job->op->ctr->inst.name,
+			  r->error);
+	oci_refresh(job->op->ctr);
+	job->resume = false;
+	ctr_closing(job);
+}
+
+/* The layer is read: resume the container if the backup paused it, then finish. */
+static void ctr_read_after(struct bjob *job)
+{
+	struct kerr err;
+
+	if (job->resume &&
+	    oci_runc(job->agent, (const char *const[]){"resume", job->op->ctr->inst.name, NULL},
+		     30000, 0, false, NULL, ctr_resumed_cb, job, &err) == 0)
+		return;
+	if (job->resume)
+		log_warnx("container %s: cannot resume after the backup: %s",
+			  job->op->ctr->inst.name, err.msg);
+	job->resume = false;
+	ctr_closing(job);
+}
+
+static void ctr_closing(struct bjob *job)
+{
+	if (job->error[0]) {
+		job_fail(job, "the writable layer: %s", job->error);
+		return;
+	}
+	json_object_object_add(job->manifest, "uid_base",
+			       json_object_new_int64((int64_t)job->uid_base));
+	instance_op_progress(job->op, 95, "writing the manifest");
+	pool_run(job, manifest_work, manifest_after);
+}
+
+static void ctr_paused_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct bjob *job = data;
+
+	if (job_gone(job))
+		return;
+	if (r->status != 0 || r->timed_out) {
+		job_fail(job, "cannot pause the container: %s", r->error);
+		return;
+	}
+	job->resume = true;
+	instance_op_progress(job->op, 10, "reading the writable layer (paused)");
+	pool_run(job, ctr_read_work, ctr_read_after);
+}
+
+/*
+ * The "backup" action of the container driver: spec and writable layer into the
+ * store args.store as backup args.backup, always full (there is no changed-block
+ * tracking of a directory). Ends in instance_op_succeed() with result.backup, or
+ * instance_op_fail().
+ */
+void backup_ctr_run(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+	struct bjob *job;
+	struct kerr err;
+
+	oci_refresh(ctr);
+	if (ctr->inst.state == INST_STARTING || ctr->inst.state == INST_STOPPING) {
+		instance_op_fail(op,
+				 "container %s is starting or stopping; back it up once it "
+				 "settled",
+				 ctr->inst.name);
+		return;
+	}
+	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
+		instance_op_fail(op, "this host has no shared pool for the backup store");
+		return;
+	}
+	job = job_new(op, op->args, false);
+	job->manifest = json_object_new_object();
+	json_object_object_add(job->manifest, "version", json_object_new_int(BACKUP_MANIFEST_V));
+	json_object_object_add(job->manifest, "id", json_object_new_string(job->id));
+	json_object_object_add(job->manifest, "instance", json_object_new_string(ctr->inst.name));
+	json_object_object_add(job->manifest, "type", json_object_new_string("container"));
+	json_object_object_add(job->manifest, "spec", json_object_get(ctr->inst.spec));
+	json_object_object_add(job->manifest, "consistency", json_object_new_string("filesystem"));
+	json_object_object_add(job->manifest, "created_at", json_object_new_int64(now_ms()));
+	json_object_object_add(job->manifest, "chunk_size",
+			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	json_object_object_add(job->manifest, "disks", json_object_new_array());
+	job->mdisk = json_object_new_object();
+	json_object_object_add(job->mdisk, "name", json_object_new_string(CTR_LAYER));
+	json_object_object_add(job->mdisk, "format", json_object_new_string("tar"));
+	json_object_array_add(json_object_object_get(job->manifest, "disks"), job->mdisk);
+	snprintf(job->raw, sizeof(job->raw), "%s/" CTR_LAYER ".tar", job->tmpdir);
+	if (ctr->inst.state == INST_RUNNING) {
+		/* Paused, as commit does: nothing writes while the layer is read. */
+		job->live = true;
+		instance_op_progress(op, 5, "pausing the container");
+		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->inst.name, NULL}, 30000,
+			     0, false, NULL, ctr_paused_cb, job, &err) < 0)
+			job_fail(job, "%s", err.msg);
+		return;
+	}
+	instance_op_progress(op, 10, "reading the writable layer");
+	pool_run(job, ctr_read_work, ctr_read_after);
+}
+
+/* nftw() has no user pointer: the shift of the one restore a worker runs at a time. */
+static __thread int64_t shift_from, shift_to;
+
+static int shift_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	int64_t uid = sb->st_uid, gid = sb->st_gid;
+
+	if (uid >= shift_from && uid < shift_from + 65536)
+		uid = uid - shift_from + shift_to;
+	if (gid >= shift_from && gid < shift_from + 65536)
+		gid = gid - shift_from + shift_to;
+	if ((uid != sb->st_uid || gid != sb->st_gid) && lchown(path, (uid_t)uid, (gid_t)gid) < 0)
+		return -1;
+	return 0;
+}
+
+/* Thread: read the manifest, reassemble the layer's tar, unpack it into upper/. */
+static void ctr_restore_work(struct bjob *job)
+{
+	_cleanup_free_ char *upper = xasprintf("%s/" CTR_LAYER, job->op->ctr->inst.dir);
+	char *argv[] = {
+		"tar",	"-C",	  upper, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+		"-xpf", job->raw, NULL};
+	struct json_object *mdisks;
+	struct stat sb;
+
+	restore_prepare_work(job);
+	if (job->error[0])
+		return;
+	if (strcmp(json_get_str(job->manifest, "type", ""), "container") != 0) {
+		snprintf(job->error, sizeof(job->error), "the backup is not of a container");
+		return;
+	}
+	mdisks = json_object_object_get(job->manifest, "disks");
+	for (size_t i = 0; i < json_object_array_length(mdisks); i++)
+		if (!strcmp(json_get_str(json_object_array_get_idx(mdisks, i), "name", ""),
+			    CTR_LAYER))
+			job->mdisk = json_object_array_get_idx(mdisks, i);
+	if (job->mdisk == NULL) {
+		snprintf(job->error, sizeof(job->error), "the backup holds no writable layer");
+		return;
+	}
+	snprintf(job->raw, sizeof(job->raw), "%s/" CTR_LAYER ".tar", job->tmpdir);
+	reassemble_work(job);
+	if (job->error[0])
+		return;
+	if (stat(upper, &sb) < 0 || run_wait(argv, NULL) != 0) {
+		snprintf(job->error, sizeof(job->error), "cannot unpack the layer into %s", upper);
+		return;
+	}
+	/* The files belong to the new container's root, as they did to the old one's. */
+	shift_from = json_get_int(job->manifest, "uid_base", 0);
+	shift_to = sb.st_uid;
+	if (shift_from != shift_to && nftw(upper, shift_one, 16, FTW_PHYS) != 0) {
+		snprintf(job->error, sizeof(job->error), "cannot give the layer to uid %lld: %s",
+			 (long long)shift_to, strerror(errno));
+		return;
+	}
+	tree_remove(job->tmpdir);
+}
+
+static void ctr_restore_after(struct bjob *job)
+{
+	struct inst_op *op = job->op;
+	void (*then)(struct inst_op * op) = job->then;
+
+	if (job->error[0]) {
+		job_fail(job, "%s", job->error);
+		return;
+	}
+	log_info("container %s: writable layer restored from backup %s", op->ctr->inst.name,
+		 job->id);
+	job_free(job);
+	then(op);
+}
+
+/*
+ * Within a container's create (ociaction.c), once its bundle is made and before it
+ * starts: its writable layer takes the content of the backup args.restore names
+ * ({backup, store}); then(op) goes on with the create. A failure fails the create.
+ */
+void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
+{
+	struct json_object *args = json_object_object_get(op->args, "restore");
+	struct bjob *job;
+	struct kerr err;
+
+	if (json_fields_check(args, backup_args, &err) < 0) {
+		instance_op_fail(op, "restore: %s", err.msg);
+		return;
+	}
+	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
+		instance_op_fail(op, "this host has no shared pool for the backup store");
+		return;
+	}
+	job = job_new(op, args, true);
+	job->then = then;
+	instance_op_progress(op, 70, "writing the writable layer from the backup");
+	pool_run(job, ctr_restore_work, ctr_restore_after);
 }

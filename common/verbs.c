@@ -265,7 +265,7 @@ static const struct verb_def verb_table[VERBS] = {
 			     no_args,
 			     {3600, 1800}},
 	[VERB_BACKUP] = {"backup",
-			 VM,
+			 VM | CTR,
 			 NULL,
 			 0,
 			 NULL,

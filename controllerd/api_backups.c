@@ -255,6 +255,11 @@ enum MHD_Result api_backup_restore(struct request *req)
 				       "an instance named %s exists already; a restore creates a "
 				       "new instance or writes over the backup's own (%s)",
 				       name, json_get_str(b, "instance", ""));
+	} else if (!strcmp(i.type, "container")) {
+		ret = http_reply_error(req, 409, "name",
+				       "container %s exists; a container's backup restores into a "
+				       "new container: give another name, or delete %s first",
+				       name, name);
 	} else if (strcmp(i.type, json_get_str(b, "instance_type", "vm")) != 0) {
 		ret = http_reply_error(req, 409, "name",
 				       "instance %s is a %s; the backup is of a %s", name, i.type,

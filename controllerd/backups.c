@@ -312,9 +312,11 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 			     : (err_input(err, 422, "store",
 					  "name a store: there is none or more than one"),
 				NULL);
-	if (strcmp(type, "vm") != 0)
-		return err_input(err, 422, NULL,
-				 "instance %s is a container; only VMs are backed up yet", name),
+	if (strcmp(type, "vm") != 0 && mode && !strcmp(mode, "incremental"))
+		return err_input(err, 422, "mode",
+				 "instance %s is a container: its backups are full (its writable "
+				 "layer is a directory, with no changed-block tracking)",
+				 name),
 		       NULL;
 	/* The parent: the newest restorable backup of the instance in this store. The
 	 * agent builds on it when its disks' bitmaps still hold (else full, saying why). */
@@ -402,6 +404,56 @@ static const char *const restore_keep[] = {"vcpus",	     "memory",	     "nested"
 					   "boot",	     "labels",	     "cloud_init",
 					   "stop_timeout_s", "anti_affinity"};
 
+/* A container's saved spec's fields a restored one takes as they were. */
+static const char *const ctr_restore_keep[] = {"command",	 "env",	   "workdir",
+					       "capabilities",	 "userns", "restart",
+					       "stop_timeout_s", "labels", "anti_affinity"};
+
+/* The create body of container name from its saved spec: the image by its digest (the
+ * tag may have moved since), its limits, NICs on the same networks or on networks. */
+static struct json_object *ctr_restore_body(struct json_object *spec, const char *name,
+					    struct json_object *networks)
+{
+	struct json_object *body = json_object_new_object(), *v, *limits, *nics;
+	struct json_object *img = json_object_object_get(spec, "image");
+	const char *iname = json_get_str(img, "name", ""), *at = strchr(iname, '@');
+	const char *colon = strrchr(iname, ':');
+	size_t repo_len = at	  ? (size_t)(at - iname)
+			  : colon ? (size_t)(colon - iname)
+				  : strlen(iname);
+	_cleanup_free_ char *ref =
+		xasprintf("%.*s@%s", (int)repo_len, iname, json_get_str(img, "manifest", ""));
+
+	json_object_object_add(body, "name", json_object_new_string(name));
+	json_object_object_add(body, "type", json_object_new_string("container"));
+	json_object_object_add(body, "image", json_object_new_string(ref));
+	for (size_t i = 0; i < sizeof(ctr_restore_keep) / sizeof(ctr_restore_keep[0]); i++)
+		if (json_object_object_get_ex(spec, ctr_restore_keep[i], &v) && v)
+			json_object_object_add(body, ctr_restore_keep[i], json_object_get(v));
+	limits = json_object_new_object();
+	json_object_object_foreach(json_object_object_get(spec, "limits"), k, lv)
+	{
+		if (lv)
+			json_object_object_add(limits, k, json_object_get(lv));
+	}
+	json_object_object_add(body, "limits", limits);
+	nics = json_object_new_array();
+	v = networks ? networks : json_object_object_get(spec, "nics");
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *n = json_object_array_get_idx(v, i), *o;
+		const char *net =
+			networks ? json_object_get_string(n) : json_get_str(n, "network", NULL);
+
+		if (net == NULL)
+			continue;
+		o = json_object_new_object();
+		json_object_object_add(o, "network", json_object_new_string(net));
+		json_object_array_add(nics, o);
+	}
+	json_object_object_add(body, "nics", nics);
+	return body;
+}
+
 /*
  * The create body for a new instance name restored from backup b (its JSON): the
  * saved spec's shape (restore_keep[], each disk by name, bus and pool, sized to hold
@@ -427,6 +479,10 @@ struct json_object *backup_restore_body(struct json_object *b, const char *name,
 				 "restore it over an instance",
 				 id),
 		       NULL;
+	if (!strcmp(json_get_str(spec, "type", "vm"), "container")) {
+		body = ctr_restore_body(spec, name, networks);
+		goto common;
+	}
 	body = json_object_new_object();
 	json_object_object_add(body, "name", json_object_new_string(name));
 	json_object_object_add(body, "type",
@@ -483,6 +539,7 @@ struct json_object *backup_restore_body(struct json_object *b, const char *name,
 		json_object_array_add(nics, o);
 	}
 	json_object_object_add(body, "nics", nics);
+common:
 	if (host)
 		json_object_object_add(body, "host", json_object_new_string(host));
 	json_object_object_add(body, "start", json_object_new_boolean(start));
