@@ -4,6 +4,9 @@
  *   GET/POST /api/v1/backup-stores, GET/DELETE /api/v1/backup-stores/{name}
  *   POST /api/v1/instances/{name}/backups            {"store"?, "mode"?} -> operation
  *   GET  /api/v1/backups[?instance=NAME], GET /api/v1/backups/{id}
+ *   GET  /api/v1/backup-schedules
+ *   GET/PUT/DELETE /api/v1/instances/{name}/backup-schedule   {calendar, store?, mode?,
+ *                                                     keep_*?} (backup_sched.c)
  *   POST /api/v1/backups/{id}/actions/restore        {"name"?, "host"?, "networks"?,
  *                                                     "start"?} -> operation: over the
  *        backup's own stopped instance, or a new instance made from its saved spec
@@ -369,4 +372,71 @@ enum MHD_Result api_backup_store_gc(struct request *req)
 		return http_reply_kerr(req, &err);
 	snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
 	return http_reply_json(req, 202, op);
+}
+
+/* ---- schedules (backup_sched.c) ---- */
+
+static int calendar_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	struct backup_calendar cal;
+
+	return backup_calendar_parse(json_object_get_string(v), &cal, err);
+}
+
+static const struct json_field schedule_fields[] = {
+	{"calendar", JK_STRING, true, calendar_check}, {"store", JK_STRING, false, name_check},
+	{"mode", JK_STRING, false, mode_check},	       {"keep_last", JK_INT, false, keep_check},
+	{"keep_hourly", JK_INT, false, keep_check},    {"keep_daily", JK_INT, false, keep_check},
+	{"keep_weekly", JK_INT, false, keep_check},    {"keep_monthly", JK_INT, false, keep_check},
+	{"keep_yearly", JK_INT, false, keep_check},    {NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_backup_schedules_list(struct request *req)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "backup_schedules", backup_schedules_list());
+	return http_reply_json(req, 200, o);
+}
+
+enum MHD_Result api_backup_schedule_get(struct request *req)
+{
+	struct json_object *s = backup_schedule_get(req->params[0]);
+
+	if (s == NULL)
+		return http_reply_error(req, 404, NULL, "instance %.64s has no backup schedule",
+					req->params[0]);
+	return http_reply_json(req, 200, s);
+}
+
+enum MHD_Result api_backup_schedule_put(struct request *req)
+{
+	struct json_object *body;
+	struct binst i = {0};
+	struct kerr err;
+	int ret;
+
+	if (http_body_json(req, schedule_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (!name_valid(req->params[0]) || !binst_load(req->params[0], &i)) {
+		json_object_put(body);
+		return http_reply_error(req, 404, NULL, "no instance named %.64s", req->params[0]);
+	}
+	if (!strcmp(i.type, "container") && !strcmp(json_get_str(body, "mode", ""), "incremental"))
+		ret = err_input(&err, 422, "mode", "a container's backups are full");
+	else
+		ret = backup_schedule_set(req->params[0], body, &err);
+	json_object_put(i.spec);
+	json_object_put(body);
+	if (ret < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_json(req, 200, backup_schedule_get(req->params[0]));
+}
+
+enum MHD_Result api_backup_schedule_delete(struct request *req)
+{
+	if (!backup_schedule_delete(req->params[0]))
+		return http_reply_error(req, 404, NULL, "instance %.64s has no backup schedule",
+					req->params[0]);
+	return http_reply_empty(req, 204);
 }

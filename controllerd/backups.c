@@ -649,6 +649,20 @@ void backups_op_done(const char *op_id, bool ok, struct json_object *result, con
 	sqlite3_bind_text(st, 11, op_id, -1, SQLITE_STATIC);
 	sqlite3_step(st);
 	sqlite3_finalize(st);
+	/* A scheduled backup: its schedule's retention prunes the instance's backups. */
+	st = db_prepare(ctl.db,
+			"SELECT b.instance, s.name FROM backups b JOIN backup_stores s "
+			"ON s.id = b.store_id WHERE b.op_id = ? AND b.status = 'succeeded'");
+	sqlite3_bind_text(st, 1, op_id, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		_cleanup_free_ char *inst = xstrdup((const char *)sqlite3_column_text(st, 0));
+		_cleanup_free_ char *store = xstrdup((const char *)sqlite3_column_text(st, 1));
+
+		sqlite3_finalize(st);
+		backup_schedule_op_done(op_id, inst, store);
+		return;
+	}
+	sqlite3_finalize(st);
 }
 
 /* ---- verify: every chunk re-read and checked, on libuv's thread pool ---- */

@@ -365,6 +365,21 @@ struct prune_policy {
 void backup_prune_select(const int64_t *times, size_t n, const struct prune_policy *policy,
 			 bool *keep);
 
+/* backup_sched.c */
+struct backup_calendar {
+	unsigned wdays;	  /* bit 0: Sunday */
+	uint32_t hours;	  /* bit per hour, UTC */
+	uint64_t minutes; /* bit per minute */
+};
+int backup_calendar_parse(const char *text, struct backup_calendar *cal, struct kerr *err);
+int64_t backup_calendar_next(const struct backup_calendar *cal, int64_t after_ms);
+struct json_object *backup_schedules_list(void);
+struct json_object *backup_schedule_get(const char *instance);
+int backup_schedule_set(const char *instance, struct json_object *body, struct kerr *err);
+bool backup_schedule_delete(const char *instance);
+void backup_schedules_cron(int64_t now);
+void backup_schedule_op_done(const char *op_id, const char *instance, const char *store);
+
 /* backups.c */
 int backup_store_path_check(const char *path, struct kerr *err);
 struct json_object *backup_stores_list(void);
@@ -714,6 +729,10 @@ enum MHD_Result api_backup_verify(struct request *req);
 enum MHD_Result api_backup_delete(struct request *req);
 enum MHD_Result api_backup_store_prune(struct request *req);
 enum MHD_Result api_backup_store_gc(struct request *req);
+enum MHD_Result api_backup_schedules_list(struct request *req);
+enum MHD_Result api_backup_schedule_get(struct request *req);
+enum MHD_Result api_backup_schedule_put(struct request *req);
+enum MHD_Result api_backup_schedule_delete(struct request *req);
 void api_instances_forget(struct request *req);
 void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);
