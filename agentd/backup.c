@@ -94,6 +94,8 @@ struct bjob {
 	char full_reason[200];		  /* why a backup with a parent is full after all */
 	void (*then)(struct inst_op *op); /* restore within a create: its next step */
 	bool resume;			  /* container: this backup paused it */
+	bool block_job;			  /* QEMU's backup job for job->disk runs */
+	bool manifest_written;		  /* the store names this backup */
 	uid_t uid_base;			  /* container: its root's uid on the host */
 	bool force_full;		  /* asked full: the parent's bitmaps only go */
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
@@ -148,8 +150,13 @@ static void job_free(struct bjob *job)
 	free(job);
 }
 
+static void cancel_cleanup(struct bjob *job);
+
+/* At each safe point: the agent stopping, or a cancel (job.c) that undoes the op. */
 static bool job_gone(struct bjob *job)
 {
+	if (!job->op->agent->stopping && job_cancelled(job->op))
+		cancel_cleanup(job);
 	if (!instance_op_gone(job->op))
 		return false;
 	job_free(job);
@@ -180,6 +187,57 @@ static void bitmaps_drop(struct bjob *job, const char *id)
 		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
 		       bitmap_removed_cb, NULL, &err);
 	}
+}
+
+/* QEMU's block job reading disk i for this backup: unique per backup, so one an
+ * agent killed mid-backup left behind never blocks the next backup's. */
+static void block_job_id(const struct bjob *job, size_t i, char *out, size_t len)
+{
+	snprintf(out, len, "kumo-%s-d%zu", job->id, i);
+}
+
+static void block_job_cancelled_cb(struct qmp *q, struct json_object *ret, const char *error,
+				   void *data)
+{
+	if (error)
+		log_debug("backup: block-job-cancel: %s", error);
+}
+
+/*
+ * A cancelled backup or restore, before job.c undoes its op: what this file started
+ * stops and what it wrote goes. QEMU's block job is cancelled (its target is in the
+ * work directory), the bitmaps named after this backup are dropped (the next backup
+ * must not build on a backup that never was), a manifest already written is removed
+ * (the controller lists nothing for it), then the work files. The chunks it stored
+ * stay for the store's collection: another backup may name them.
+ */
+static void cancel_cleanup(struct bjob *job)
+{
+	struct kerr err;
+
+	log_info("backup %s: %s; stopping its work", job->id, job_cancel_reason(job->op));
+	if (!job->restore && job->live && job->op->vm) {
+		if (job->block_job) {
+			struct json_object *args = json_object_new_object();
+			char jid[96];
+
+			block_job_id(job, job->disk, jid, sizeof(jid));
+			json_object_object_add(args, "device", json_object_new_string(jid));
+			json_object_object_add(args, "force", json_object_new_boolean(true));
+			vm_qmp(job->op->vm, "block-job-cancel", args, BACKUP_JOB_TIMEOUT,
+			       block_job_cancelled_cb, NULL, &err);
+			job->block_job = false;
+		}
+		bitmaps_drop(job, job->id);
+	}
+	if (job->manifest_written) {
+		_cleanup_free_ char *m = xasprintf("%s/backups/%s.json", job->store, job->id);
+
+		unlink(m);
+	}
+	if (job->tmpdir[0])
+		tree_remove(job->tmpdir);
+	job->tmpdir[0] = '\0';
 }
 
 static void job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -528,6 +586,13 @@ static void chunk_work(struct bjob *job)
 		size_t got = 0;
 		uint64_t written;
 
+		/* A cancel (set on the loop; a stale read only delays it a chunk) stops
+		 * a long disk here rather than at its end. */
+		if (job_cancel_reason(job->op)) {
+			snprintf(job->error, sizeof(job->error), "cancelled");
+			EVP_MD_CTX_free(ctx);
+			return;
+		}
 		while (got < want) {
 			ssize_t n = pread(fd, buf + got, want - got, off + (off_t)got);
 
@@ -579,6 +644,7 @@ static void manifest_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
+	job->manifest_written = true;
 	tree_remove(job->tmpdir);
 }
 
@@ -699,7 +765,7 @@ static void poll_cb(uv_timer_t *timer)
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct bjob *job = data;
-	char jid[64];
+	char jid[96];
 	struct json_object *found = NULL;
 	struct kerr err;
 
@@ -709,7 +775,7 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
-	snprintf(jid, sizeof(jid), "kumo-backup-d%zu", job->disk);
+	block_job_id(job, job->disk, jid, sizeof(jid));
 	for (size_t i = 0; i < json_object_array_length(ret); i++) {
 		struct json_object *j = json_object_array_get_idx(ret, i);
 
@@ -737,6 +803,7 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
 		return;
 	}
+	job->block_job = false;
 	{
 		char why[200];
 		const char *jerr = json_get_str(found, "error", NULL);
@@ -781,6 +848,7 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
+	job->block_job = true;
 	uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
 }
 
@@ -846,10 +914,10 @@ static void disk_read(struct bjob *job)
 	if (job->live) {
 		struct json_object *args = json_object_new_object(), *bm = json_object_new_object();
 		struct json_object *actions = json_object_new_array(), *a, *tx;
-		char jid[64], node[16], name[80], pname[80];
+		char jid[96], node[16], name[80], pname[80];
 
 		/* The node names qemuargs.c gives the disks: d0, d1, ... */
-		snprintf(jid, sizeof(jid), "kumo-backup-d%zu", job->disk);
+		block_job_id(job, job->disk, jid, sizeof(jid));
 		snprintf(node, sizeof(node), "d%zu", job->disk);
 		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		job->pdisk = NULL;

@@ -242,10 +242,11 @@ static const struct verb_def verb_table[VERBS] = {
 			 0,
 			 commit_args,
 			 {0, 1800}},
-	/* Stage 2, VMs only (a container's migration is a cold copy the controller runs).
-	 * Their args are checked by the agent's VM driver (migrate.c, backup.c), whose
-	 * table replaces no_args here. migrate-in makes the instance from the whole SPEC;
-	 * a restore writes over one that exists. */
+	/* Stage 2, VMs only but backup (a container's migration is a cold copy the
+	 * controller runs; its backup is its writable layer). Their args are checked by
+	 * the agent's drivers (migrate.c, backup.c), whose tables replace no_args here.
+	 * migrate-in makes the instance from the whole SPEC; a restore writes over one
+	 * that exists (a new instance is a create with args.restore). */
 	[VERB_MIGRATE_OUT] = {"migrate-out",
 			      VM,
 			      NULL,

@@ -665,6 +665,42 @@ void backups_op_done(const char *op_id, bool ok, struct json_object *result, con
 	sqlite3_finalize(st);
 }
 
+/*
+ * Hook from host_heartbeat(): h's agent restarted. A backup it was running is lost
+ * with it (its block job and thread work died with the agent), and nothing would
+ * tell this controller: each running backup's command is sent again, which the new
+ * agent, remembering the op id its predecessor took, answers as failed ("the host's
+ * agent restarted while it had this operation") instead of running it twice. The
+ * row fails with that reason and is never restorable; the VM, which QEMU keeps
+ * running, is adopted by the new agent.
+ */
+void backups_agent_restarted(struct host *h)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT b.op_id FROM backups b JOIN operations o "
+				   "ON o.id = b.op_id WHERE b.status = 'running' "
+				   "AND b.host = ? AND o.status IN ('pending', 'running')");
+	struct json_object *ids = json_object_new_array();
+
+	sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW)
+		json_object_array_add(
+			ids, json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+	sqlite3_finalize(st);
+	for (size_t i = 0; i < json_object_array_length(ids); i++) {
+		const char *id = json_object_get_string(json_object_array_get_idx(ids, i));
+		struct json_object *op = op_get(id);
+
+		log_info("backup operation %s: host %s's agent restarted; asking it again", id,
+			 h->name);
+		if (op)
+			instances_op_resend(h, id, "instance-backup",
+					    json_object_object_get(op, "result"));
+		json_object_put(op);
+	}
+	json_object_put(ids);
+}
+
 /* ---- verify: every chunk re-read and checked, on libuv's thread pool ---- */
 
 struct verify_job {
@@ -1133,32 +1169,4 @@ struct json_object *backup_store_gc(const char *name, struct kerr *err)
 	}
 	gc_running[slot] = store_id;
 	return op;
-}
-
-/*
- * Cancel operation op_id if it is a backup's: the one entry point the job kind table
- * (arch-jobs' cancel route) calls for kind "instance-backup". The backup's row is
- * failed at once ("cancelled"), so it is never restorable, and the operation ends
- * "cancelled"; the agent's own stop (QMP block-job-cancel, its work files removed)
- * needs the cancel link message that work brings, and until then the agent finishes
- * and its late op-done changes nothing (the row and the operation are final). The
- * chunks it wrote are collected by the store's next gc. Returns 0, or -1 with err
- * (404 no such running backup operation).
- */
-int backup_op_cancel(const char *op_id, struct kerr *err)
-{
-	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE backups SET status = 'failed', "
-					      "error = 'cancelled', finished_at = ? "
-					      "WHERE op_id = ? AND status = 'running'");
-	int changed;
-
-	sqlite3_bind_int64(st, 1, now_ms());
-	sqlite3_bind_text(st, 2, op_id, -1, SQLITE_STATIC);
-	sqlite3_step(st);
-	sqlite3_finalize(st);
-	changed = sqlite3_changes(ctl.db);
-	if (changed == 0)
-		return err_input(err, 404, NULL, "operation %s is no running backup", op_id);
-	op_update(op_id, "cancelled", -1, "cancelled", NULL, "cancelled by request");
-	return 0;
 }

@@ -403,8 +403,8 @@ int backup_delete(const char *id, struct kerr *err);
 struct json_object *backup_prune(const char *name, const char *instance,
 				 const struct prune_policy *policy, bool dry_run, struct kerr *err);
 struct json_object *backup_store_gc(const char *name, struct kerr *err);
-int backup_op_cancel(const char *op_id, struct kerr *err);
 void backups_op_done(const char *op_id, bool ok, struct json_object *result, const char *error);
+void backups_agent_restarted(struct host *h);
 /* ha.c */
 int ha_field_check(struct json_object *v, const char *f, struct kerr *err);
 int ha_spec_set(struct json_object *spec, struct json_object *ha, struct kerr *err);
