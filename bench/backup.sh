@@ -98,13 +98,14 @@ s.connect(sys.argv[1])
 f = s.makefile("rw")
 f.readline()
 for cmd, args in (("qmp_capabilities", {}),
-                  ("human-monitor-command", {"command-line": "qemu-io d0 \"write -P 0x5a 100M 10M\""})):
+                  ("human-monitor-command", {"command-line": "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x5a 100M 10M\""})):
     f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
     f.flush()
     while True:
         m = json.loads(f.readline())
         if "return" in m or "error" in m:
-            if "error" in m:
+            # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
+            if "error" in m or (isinstance(m["return"], str) and m["return"] and "wrote" not in m["return"]):
                 sys.exit("bench: " + json.dumps(m))
             break
 PY
