@@ -593,6 +593,9 @@ int backup_store_check(struct json_object *val, const char *field, struct kerr *
 extern const struct json_field backup_args[];
 void backup_vm_run(struct inst_op *op);
 void backup_vm_restore(struct inst_op *op);
+void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
+void backup_ctr_run(struct inst_op *op);
+void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
 
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);

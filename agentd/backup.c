@@ -34,6 +34,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <openssl/evp.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -83,15 +84,20 @@ struct bjob {
 	struct inst_op *op;
 	struct agent *agent;
 	bool restore;
-	bool live;		       /* the VM runs: read through QEMU (drive-backup) */
-	char parent[65];	       /* the backup an incremental one builds on, or "" */
-	struct json_object *pmanifest; /* ... its manifest, NULL when it cannot be used */
-	struct json_object *pdisk;     /* ... its entry for the disk at work */
-	bool incr;		       /* the disk at work is read incrementally */
-	bool all_incr;		       /* every disk so far was */
-	char full_reason[200];	       /* why a backup with a parent is full after all */
-	bool force_full;	       /* asked full: the parent's bitmaps only go */
-	char target[PATH_MAX];	       /* an incremental read's qcow2 (dirty clusters only) */
+	bool live;			  /* the VM runs: read through QEMU (drive-backup) */
+	char parent[65];		  /* the backup an incremental one builds on, or "" */
+	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
+	struct json_object *pdisk;	  /* ... its entry for the disk at work */
+	bool incr;			  /* the disk at work is read incrementally */
+	bool all_incr;			  /* every disk so far was */
+	char full_reason[200];		  /* why a backup with a parent is full after all */
+	void (*then)(struct inst_op *op); /* restore within a create: its next step */
+	bool resume;			  /* container: this backup paused it */
+	bool block_job;			  /* QEMU's backup job for job->disk runs */
+	bool manifest_written;		  /* the store names this backup */
+	uid_t uid_base;			  /* container: its root's uid on the host */
+	bool force_full;		  /* asked full: the parent's bitmaps only go */
+	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
 	char tmpdir[PATH_MAX];
@@ -142,8 +148,13 @@ static void job_free(struct bjob *job)
 	free(job);
 }
 
+static void cancel_cleanup(struct bjob *job);
+
+/* At each safe point: the agent stopping, or a cancel (job.c) that undoes the op. */
 static bool job_gone(struct bjob *job)
 {
+	if (!job->op->agent->stopping && job_cancelled(job->op))
+		cancel_cleanup(job);
 	if (!instance_op_gone(job->op))
 		return false;
 	job_free(job);
@@ -174,6 +185,57 @@ static void bitmaps_drop(struct bjob *job, const char *id)
 		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
 		       bitmap_removed_cb, NULL, &err);
 	}
+}
+
+/* QEMU's block job reading disk i for this backup: unique per backup, so one an
+ * agent killed mid-backup left behind never blocks the next backup's. */
+static void block_job_id(const struct bjob *job, size_t i, char *out, size_t len)
+{
+	snprintf(out, len, "kumo-%s-d%zu", job->id, i);
+}
+
+static void block_job_cancelled_cb(struct qmp *q, struct json_object *ret, const char *error,
+				   void *data)
+{
+	if (error)
+		log_debug("backup: block-job-cancel: %s", error);
+}
+
+/*
+ * A cancelled backup or restore, before job.c undoes its op: what this file started
+ * stops and what it wrote goes. QEMU's block job is cancelled (its target is in the
+ * work directory), the bitmaps named after this backup are dropped (the next backup
+ * must not build on a backup that never was), a manifest already written is removed
+ * (the controller lists nothing for it), then the work files. The chunks it stored
+ * stay for the store's collection: another backup may name them.
+ */
+static void cancel_cleanup(struct bjob *job)
+{
+	struct kerr err;
+
+	log_info("backup %s: %s; stopping its work", job->id, job_cancel_reason(job->op));
+	if (!job->restore && job->live && job->op->vm) {
+		if (job->block_job) {
+			struct json_object *args = json_object_new_object();
+			char jid[96];
+
+			block_job_id(job, job->disk, jid, sizeof(jid));
+			json_object_object_add(args, "device", json_object_new_string(jid));
+			json_object_object_add(args, "force", json_object_new_boolean(true));
+			vm_qmp(job->op->vm, "block-job-cancel", args, BACKUP_JOB_TIMEOUT,
+			       block_job_cancelled_cb, NULL, &err);
+			job->block_job = false;
+		}
+		bitmaps_drop(job, job->id);
+	}
+	if (job->manifest_written) {
+		_cleanup_free_ char *m = xasprintf("%s/backups/%s.json", job->store, job->id);
+
+		unlink(m);
+	}
+	if (job->tmpdir[0])
+		tree_remove(job->tmpdir);
+	job->tmpdir[0] = '\0';
 }
 
 static void job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -475,6 +537,13 @@ static void chunk_work(struct bjob *job)
 		size_t got = 0;
 		uint64_t written;
 
+		/* A cancel (set on the loop; a stale read only delays it a chunk) stops
+		 * a long disk here rather than at its end. */
+		if (job_cancel_reason(job->op)) {
+			snprintf(job->error, sizeof(job->error), "cancelled");
+			EVP_MD_CTX_free(ctx);
+			return;
+		}
 		while (got < want) {
 			ssize_t n = pread(fd, buf + got, want - got, off + (off_t)got);
 
@@ -526,6 +595,7 @@ static void manifest_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
+	job->manifest_written = true;
 	tree_remove(job->tmpdir);
 }
 
@@ -646,7 +716,7 @@ static void poll_cb(uv_timer_t *timer)
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct bjob *job = data;
-	char jid[64];
+	char jid[96];
 	struct json_object *found = NULL;
 	struct kerr err;
 
@@ -656,7 +726,7 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
-	snprintf(jid, sizeof(jid), "kumo-backup-d%zu", job->disk);
+	block_job_id(job, job->disk, jid, sizeof(jid));
 	for (size_t i = 0; i < json_object_array_length(ret); i++) {
 		struct json_object *j = json_object_array_get_idx(ret, i);
 
@@ -684,6 +754,7 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
 		return;
 	}
+	job->block_job = false;
 	{
 		char why[200];
 		const char *jerr = json_get_str(found, "error", NULL);
@@ -728,6 +799,7 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
+	job->block_job = true;
 	uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
 }
 
@@ -793,10 +865,10 @@ static void disk_read(struct bjob *job)
 	if (job->live) {
 		struct json_object *args = json_object_new_object(), *bm = json_object_new_object();
 		struct json_object *actions = json_object_new_array(), *a, *tx;
-		char jid[64], node[16], name[80], pname[80];
+		char jid[96], node[16], name[80], pname[80];
 
 		/* The node names qemuargs.c gives the disks: d0, d1, ... */
-		snprintf(jid, sizeof(jid), "kumo-backup-d%zu", job->disk);
+		block_job_id(job, job->disk, jid, sizeof(jid));
 		snprintf(node, sizeof(node), "d%zu", job->disk);
 		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		job->pdisk = NULL;
@@ -1011,9 +1083,14 @@ static void restore_finish_after(struct bjob *job)
 	if (op->result == NULL)
 		op->result = json_object_new_object();
 	json_object_object_add(op->result, "restore", r);
+	void (*then)(struct inst_op * op) = job->then;
+
 	log_info("vm %s: restored from backup %s", json_get_str(op->spec, "name", ""), job->id);
 	job_free(job);
-	instance_op_succeed(op);
+	if (then)
+		then(op);
+	else
+		instance_op_succeed(op);
 }
 
 /* The next disk, or the end: the manifest (backup) or the clean-up (restore). */
@@ -1052,7 +1129,8 @@ static void prepare_after(struct bjob *job)
 	disk_next(job);
 }
 
-static struct bjob *job_new(struct inst_op *op, bool restore)
+/* A job for op; args holds its backup and store (op->args, or a create's "restore"). */
+static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool restore)
 {
 	struct bjob *job = xcalloc(1, sizeof(*job));
 	const char *shared = disk_pool_root(op->agent->cfg, "shared");
@@ -1061,10 +1139,16 @@ static struct bjob *job_new(struct inst_op *op, bool restore)
 	job->agent = op->agent;
 	job->restore = restore;
 	job->started_ms = now_ms();
-	snprintf(job->id, sizeof(job->id), "%s", json_get_str(op->args, "backup", ""));
+	snprintf(job->id, sizeof(job->id), "%s", json_get_str(args, "backup", ""));
 	snprintf(job->store, sizeof(job->store), "%s/%s", shared ? shared : "",
-		 json_get_str(op->args, "store", ""));
-	snprintf(job->tmpdir, sizeof(job->tmpdir), "%s/tmp/%s", job->store, job->id);
+		 json_get_str(args, "store", ""));
+	/* A restore's work files carry the instance's name too: one backup may be
+	 * restored into several instances at once. */
+	if (restore)
+		snprintf(job->tmpdir, sizeof(job->tmpdir), "%s/tmp/%s.%s", job->store, job->id,
+			 json_get_str(op->spec, "name", ""));
+	else
+		snprintf(job->tmpdir, sizeof(job->tmpdir), "%s/tmp/%s", job->store, job->id);
 	uv_timer_init(op->agent->loop, &job->poll);
 	job->poll.data = job;
 	job->poll_open = true;
@@ -1092,7 +1176,7 @@ void backup_vm_run(struct inst_op *op)
 		instance_op_fail(op, "this host has no shared pool for the backup store");
 		return;
 	}
-	job = job_new(op, false);
+	job = job_new(op, op->args, false);
 	job->live = vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
 	job->force_full = json_get_bool(op->args, "full", false);
@@ -1148,5 +1232,288 @@ void backup_vm_restore(struct inst_op *op)
 		return;
 	}
 	instance_op_progress(op, 0, "reading the manifest");
-	pool_run(job_new(op, true), restore_prepare_work, prepare_after);
+	pool_run(job_new(op, op->args, true), restore_prepare_work, prepare_after);
+}
+
+/*
+ * Within a create (vmaction.c): the new VM's just-made disks take the content of the
+ * backup args.restore names ({backup, store}), checked as in a restore; then(op)
+ * goes on with the create. A failure fails the create, which removes what it made.
+ */
+void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
+{
+	struct json_object *args = json_object_object_get(op->args, "restore");
+	struct bjob *job;
+	struct kerr err;
+
+	if (json_fields_check(args, backup_args, &err) < 0) {
+		instance_op_fail(op, "restore: %s", err.msg);
+		return;
+	}
+	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
+		instance_op_fail(op, "this host has no shared pool for the backup store");
+		return;
+	}
+	job = job_new(op, args, true);
+	job->then = then;
+	instance_op_progress(op, 65, "reading the backup's manifest");
+	pool_run(job, restore_prepare_work, prepare_after);
+}
+
+/* ---- containers: the writable layer as one tar stream, chunked like a disk ------------- */
+
+/*
+ * A container's backup is its spec (image reference included) and its writable
+ * layer, upper/, packed by tar (numeric owners, extended attributes: overlayfs keeps
+ * whiteouts and opaque directories there) into one file that is chunked, hashed and
+ * stored as the manifest's disk "upper". A running container is paused (the cgroup
+ * freezer) while tar reads it: every write its processes completed is in, none is
+ * half-done, so the layer is as consistent as after a clean fsfreeze ("filesystem";
+ * what the processes only held in memory is not, as for a VM). The owners are kept
+ * relative to the container's root uid on the host (user namespaces give each
+ * container its own range, uid.c), and shifted into the new one's on restore.
+ */
+#define CTR_LAYER "upper"
+
+static void ctr_closing(struct bjob *job);
+
+/* Thread: tar upper/ into job->raw, then chunk it. */
+static void ctr_read_work(struct bjob *job)
+{
+	_cleanup_free_ char *upper = xasprintf("%s/" CTR_LAYER, job->op->ctr->inst.dir);
+	char *argv[] = {
+		"tar",	  "-C", upper, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf",
+		job->raw, ".",	NULL};
+	struct stat sb;
+	int rc;
+
+	prepare_work(job);
+	if (job->error[0])
+		return;
+	if (stat(upper, &sb) < 0) {
+		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", upper,
+			 strerror(errno));
+		return;
+	}
+	job->uid_base = sb.st_uid;
+	rc = run_wait(argv, NULL);
+	/* 1: a file changed while it was read; only a running container's can. */
+	if (rc != 0 && !(rc == 1 && job->live)) {
+		snprintf(job->error, sizeof(job->error), "tar of the writable layer failed (%d)",
+			 rc);
+		return;
+	}
+	chunk_work(job);
+}
+
+static void ctr_resumed_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct bjob *job = data;
+
+	if (job_gone(job))
+		return;
+	if (r->status != 0)
+		log_warnx("container %s: resuming after the backup: %s", job->op->ctr->inst.name,
+			  r->error);
+	oci_refresh(job->op->ctr);
+	job->resume = false;
+	ctr_closing(job);
+}
+
+/* The layer is read: resume the container if the backup paused it, then finish. */
+static void ctr_read_after(struct bjob *job)
+{
+	struct kerr err;
+
+	if (job->resume &&
+	    oci_runc(job->agent, (const char *const[]){"resume", job->op->ctr->inst.name, NULL},
+		     30000, 0, false, NULL, ctr_resumed_cb, job, &err) == 0)
+		return;
+	if (job->resume)
+		log_warnx("container %s: cannot resume after the backup: %s",
+			  job->op->ctr->inst.name, err.msg);
+	job->resume = false;
+	ctr_closing(job);
+}
+
+static void ctr_closing(struct bjob *job)
+{
+	if (job->error[0]) {
+		job_fail(job, "the writable layer: %s", job->error);
+		return;
+	}
+	json_object_object_add(job->manifest, "uid_base",
+			       json_object_new_int64((int64_t)job->uid_base));
+	instance_op_progress(job->op, 95, "writing the manifest");
+	pool_run(job, manifest_work, manifest_after);
+}
+
+static void ctr_paused_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
+{
+	struct bjob *job = data;
+
+	if (job_gone(job))
+		return;
+	if (r->status != 0 || r->timed_out) {
+		job_fail(job, "cannot pause the container: %s", r->error);
+		return;
+	}
+	job->resume = true;
+	instance_op_progress(job->op, 10, "reading the writable layer (paused)");
+	pool_run(job, ctr_read_work, ctr_read_after);
+}
+
+/*
+ * The "backup" action of the container driver: spec and writable layer into the
+ * store args.store as backup args.backup, always full (there is no changed-block
+ * tracking of a directory). Ends in instance_op_succeed() with result.backup, or
+ * instance_op_fail().
+ */
+void backup_ctr_run(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+	struct bjob *job;
+	struct kerr err;
+
+	oci_refresh(ctr);
+	if (ctr->inst.state == INST_STARTING || ctr->inst.state == INST_STOPPING) {
+		instance_op_fail(op,
+				 "container %s is starting or stopping; back it up once it "
+				 "settled",
+				 ctr->inst.name);
+		return;
+	}
+	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
+		instance_op_fail(op, "this host has no shared pool for the backup store");
+		return;
+	}
+	job = job_new(op, op->args, false);
+	job->manifest = json_object_new_object();
+	json_object_object_add(job->manifest, "version", json_object_new_int(BACKUP_MANIFEST_V));
+	json_object_object_add(job->manifest, "id", json_object_new_string(job->id));
+	json_object_object_add(job->manifest, "instance", json_object_new_string(ctr->inst.name));
+	json_object_object_add(job->manifest, "type", json_object_new_string("container"));
+	json_object_object_add(job->manifest, "spec", json_object_get(ctr->inst.spec));
+	json_object_object_add(job->manifest, "consistency", json_object_new_string("filesystem"));
+	json_object_object_add(job->manifest, "created_at", json_object_new_int64(now_ms()));
+	json_object_object_add(job->manifest, "chunk_size",
+			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	json_object_object_add(job->manifest, "disks", json_object_new_array());
+	job->mdisk = json_object_new_object();
+	json_object_object_add(job->mdisk, "name", json_object_new_string(CTR_LAYER));
+	json_object_object_add(job->mdisk, "format", json_object_new_string("tar"));
+	json_object_array_add(json_object_object_get(job->manifest, "disks"), job->mdisk);
+	snprintf(job->raw, sizeof(job->raw), "%s/" CTR_LAYER ".tar", job->tmpdir);
+	if (ctr->inst.state == INST_RUNNING) {
+		/* Paused, as commit does: nothing writes while the layer is read. */
+		job->live = true;
+		instance_op_progress(op, 5, "pausing the container");
+		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->inst.name, NULL}, 30000,
+			     0, false, NULL, ctr_paused_cb, job, &err) < 0)
+			job_fail(job, "%s", err.msg);
+		return;
+	}
+	instance_op_progress(op, 10, "reading the writable layer");
+	pool_run(job, ctr_read_work, ctr_read_after);
+}
+
+/* nftw() has no user pointer: the shift of the one restore a worker runs at a time. */
+static __thread int64_t shift_from, shift_to;
+
+static int shift_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	int64_t uid = sb->st_uid, gid = sb->st_gid;
+
+	if (uid >= shift_from && uid < shift_from + 65536)
+		uid = uid - shift_from + shift_to;
+	if (gid >= shift_from && gid < shift_from + 65536)
+		gid = gid - shift_from + shift_to;
+	if ((uid != sb->st_uid || gid != sb->st_gid) && lchown(path, (uid_t)uid, (gid_t)gid) < 0)
+		return -1;
+	return 0;
+}
+
+/* Thread: read the manifest, reassemble the layer's tar, unpack it into upper/. */
+static void ctr_restore_work(struct bjob *job)
+{
+	_cleanup_free_ char *upper = xasprintf("%s/" CTR_LAYER, job->op->ctr->inst.dir);
+	char *argv[] = {
+		"tar",	"-C",	  upper, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+		"-xpf", job->raw, NULL};
+	struct json_object *mdisks;
+	struct stat sb;
+
+	restore_prepare_work(job);
+	if (job->error[0])
+		return;
+	if (strcmp(json_get_str(job->manifest, "type", ""), "container") != 0) {
+		snprintf(job->error, sizeof(job->error), "the backup is not of a container");
+		return;
+	}
+	mdisks = json_object_object_get(job->manifest, "disks");
+	for (size_t i = 0; i < json_object_array_length(mdisks); i++)
+		if (!strcmp(json_get_str(json_object_array_get_idx(mdisks, i), "name", ""),
+			    CTR_LAYER))
+			job->mdisk = json_object_array_get_idx(mdisks, i);
+	if (job->mdisk == NULL) {
+		snprintf(job->error, sizeof(job->error), "the backup holds no writable layer");
+		return;
+	}
+	snprintf(job->raw, sizeof(job->raw), "%s/" CTR_LAYER ".tar", job->tmpdir);
+	reassemble_work(job);
+	if (job->error[0])
+		return;
+	if (stat(upper, &sb) < 0 || run_wait(argv, NULL) != 0) {
+		snprintf(job->error, sizeof(job->error), "cannot unpack the layer into %s", upper);
+		return;
+	}
+	/* The files belong to the new container's root, as they did to the old one's. */
+	shift_from = json_get_int(job->manifest, "uid_base", 0);
+	shift_to = sb.st_uid;
+	if (shift_from != shift_to && nftw(upper, shift_one, 16, FTW_PHYS) != 0) {
+		snprintf(job->error, sizeof(job->error), "cannot give the layer to uid %lld: %s",
+			 (long long)shift_to, strerror(errno));
+		return;
+	}
+	tree_remove(job->tmpdir);
+}
+
+static void ctr_restore_after(struct bjob *job)
+{
+	struct inst_op *op = job->op;
+	void (*then)(struct inst_op * op) = job->then;
+
+	if (job->error[0]) {
+		job_fail(job, "%s", job->error);
+		return;
+	}
+	log_info("container %s: writable layer restored from backup %s", op->ctr->inst.name,
+		 job->id);
+	job_free(job);
+	then(op);
+}
+
+/*
+ * Within a container's create (ociaction.c), once its bundle is made and before it
+ * starts: its writable layer takes the content of the backup args.restore names
+ * ({backup, store}); then(op) goes on with the create. A failure fails the create.
+ */
+void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
+{
+	struct json_object *args = json_object_object_get(op->args, "restore");
+	struct bjob *job;
+	struct kerr err;
+
+	if (json_fields_check(args, backup_args, &err) < 0) {
+		instance_op_fail(op, "restore: %s", err.msg);
+		return;
+	}
+	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
+		instance_op_fail(op, "this host has no shared pool for the backup store");
+		return;
+	}
+	job = job_new(op, args, true);
+	job->then = then;
+	instance_op_progress(op, 70, "writing the writable layer from the backup");
+	pool_run(job, ctr_restore_work, ctr_restore_after);
 }

@@ -424,6 +424,17 @@ static void created(struct inst_op *op)
 		spec_sync_answer(s);
 }
 
+/* A restore to a new container (backup.c): its writable layer is the backup's
+ * before it is created and started. */
+static void restore_then_created(struct inst_op *op)
+{
+	if (json_object_object_get(op->args, "restore")) {
+		backup_ctr_restore_then(op, created);
+		return;
+	}
+	created(op);
+}
+
 /*
  * create: unpack the image, write the bundle and spec.json; start if args.start. The
  * same spec again (a resend after an agent restart) only starts it if asked.
@@ -465,7 +476,7 @@ void ociaction_create(struct inst_op *op)
 	}
 	/* runc and the shim reach the bundle's rootfs through it. */
 	chmod(ctr->inst.dir, 0711);
-	prepare(op, true, created);
+	prepare(op, true, restore_then_created);
 }
 
 /* ---- stop, restart ------------------------------------------------------------------------ */
@@ -1051,8 +1062,15 @@ const struct driver oci_driver = {
 			[VERB_RESUME] = ociaction_resume,
 			[VERB_DELETE] = instance_delete,
 			[VERB_COMMIT] = ociaction_commit,
-			/* Stage 2's migrate-out, migrate-in, backup and restore are VMs' only:
-			 * a container answers 422 (the verb table has no container bit). */
+			/* A backup of its spec and writable layer (backup.c); a restore
+			 * makes a new container (a create with args.restore). Migrate-out,
+			 * migrate-in and restore over one are VMs' only: a container answers
+			 * 422 (the verb table has no container bit). */
+			[VERB_BACKUP] = backup_ctr_run,
+		},
+	.args =
+		{
+			[VERB_BACKUP] = backup_args,
 		},
 	.cancel = job_undo, /* job.c: a cancel or deadline undoes what the op did */
 };

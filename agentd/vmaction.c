@@ -90,12 +90,25 @@ static void spec_write(struct inst_op *op)
 	disk_file_write(op->agent, path, json_text(op->spec), spec_written_cb, op);
 }
 
+static void restore_then_spec(struct inst_op *op);
+
 static void seeded_cb(struct agent *a, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
 	if (instance_step_failed(op, error))
 		return;
+	restore_then_spec(op);
+}
+
+/* A restore to a new instance (backup.c): its disks take the backup's content while
+ * it is still being created, so a failure removes them like any failed create. */
+static void restore_then_spec(struct inst_op *op)
+{
+	if (op->registered && json_object_object_get(op->args, "restore")) {
+		backup_vm_restore_then(op, spec_write);
+		return;
+	}
 	spec_write(op);
 }
 
@@ -104,7 +117,7 @@ static void seed_then_spec(struct inst_op *op)
 	struct json_object *ci;
 
 	if (!op->seed || !json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
-		spec_write(op);
+		restore_then_spec(op);
 		return;
 	}
 	instance_op_progress(op, 75, "writing the cloud-init seed");

@@ -58,6 +58,9 @@ static const struct json_field create_args[] = {
 	{"start", JK_BOOL, false, NULL},
 	/* An HA failover's timeline (controllerd/ha.c), resent with the operation's args. */
 	{"failover", JK_OBJECT, false, NULL},
+	/* A restore to a new instance: {backup, store}, checked by the driver that
+	 * writes its disks from the backup (agentd/backup.c). */
+	{"restore", JK_OBJECT, false, NULL},
 	{NULL, 0, false, NULL},
 };
 static const struct json_field stop_args[] = {
@@ -239,10 +242,11 @@ static const struct verb_def verb_table[VERBS] = {
 			 0,
 			 commit_args,
 			 {0, 1800}},
-	/* Stage 2, VMs only (a container's migration is a cold copy the controller runs).
-	 * Their args are checked by the agent's VM driver (migrate.c, backup.c), whose
-	 * table replaces no_args here. migrate-in makes the instance from the whole SPEC;
-	 * a restore writes over one that exists. */
+	/* Stage 2, VMs only but backup (a container's migration is a cold copy the
+	 * controller runs; its backup is its writable layer). Their args are checked by
+	 * the agent's drivers (migrate.c, backup.c), whose tables replace no_args here.
+	 * migrate-in makes the instance from the whole SPEC; a restore writes over one
+	 * that exists (a new instance is a create with args.restore). */
 	[VERB_MIGRATE_OUT] = {"migrate-out",
 			      VM,
 			      NULL,
@@ -262,7 +266,7 @@ static const struct verb_def verb_table[VERBS] = {
 			     no_args,
 			     {3600, 1800}},
 	[VERB_BACKUP] = {"backup",
-			 VM,
+			 VM | CTR,
 			 NULL,
 			 0,
 			 NULL,

@@ -4,13 +4,19 @@
  *   GET/POST /api/v1/backup-stores, GET/DELETE /api/v1/backup-stores/{name}
  *   POST /api/v1/instances/{name}/backups            {"store"?, "mode"?} -> operation
  *   GET  /api/v1/backups[?instance=NAME], GET /api/v1/backups/{id}
- *   POST /api/v1/backups/{id}/actions/restore        {"name"?} -> operation
+ *   GET  /api/v1/backup-schedules
+ *   GET/PUT/DELETE /api/v1/instances/{name}/backup-schedule   {calendar, store?, mode?,
+ *                                                     keep_*?} (backup_sched.c)
+ *   POST /api/v1/backups/{id}/actions/restore        {"name"?, "host"?, "networks"?,
+ *                                                     "start"?} -> operation: over the
+ *        backup's own stopped instance, or a new instance made from its saved spec
  */
 #include "controllerd.h"
 
 #include <string.h>
 
 #include "json.h"
+#include "spec.h"
 #include "util.h"
 #include "valid.h"
 
@@ -173,11 +179,53 @@ enum MHD_Result api_instance_backup(struct request *req)
 	return ret;
 }
 
+static int networks_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	if (json_object_array_length(v) > SPEC_NICS_MAX)
+		return err_input(err, 400, f, "%s holds at most %d networks", f, SPEC_NICS_MAX);
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *n = json_object_array_get_idx(v, i);
+
+		if (!json_object_is_type(n, json_type_string) ||
+		    !name_valid(json_object_get_string(n)))
+			return err_input(err, 400, f, "%s[%zu] is not a network name", f, i);
+	}
+	return 0;
+}
+
 static const struct json_field restore_fields[] = {
 	{"name", JK_STRING, false, name_check},
 	{"host", JK_STRING, false, name_check},
+	{"networks", JK_ARRAY, false, networks_check}, /* a new instance's NICs */
+	{"start", JK_BOOL, false, NULL},	       /* a new instance boots (default) */
 	{NULL, 0, false, NULL},
 };
+
+/*
+ * A restore to a new instance: instance_create() (api_instances.c) with a body made
+ * from the backup's saved spec, whose create writes the disks from the chunks.
+ * Its answer (202 and the create operation, 409 name taken, 422 no room) is the
+ * create's.
+ */
+static enum MHD_Result restore_create(struct request *req, struct json_object *b,
+				      struct json_object *body, const char *name)
+{
+	struct json_object *create, *restore = NULL, *op, *placement;
+	struct kerr err;
+
+	if (!json_get_bool(b, "restorable", false))
+		return http_reply_error(req, 409, NULL, "backup %s is %s, not restorable",
+					json_get_str(b, "id", ""), json_get_str(b, "status", ""));
+	create = backup_restore_body(b, name, json_get_str(body, "host", NULL),
+				     json_object_object_get(body, "networks"),
+				     json_get_bool(body, "start", true), &restore, &err);
+	if (create == NULL)
+		return http_reply_kerr(req, &err);
+	op = instance_create(create, restore, &placement, &err);
+	json_object_put(create);
+	json_object_put(restore);
+	return instance_create_reply(req, op, placement, &err);
+}
 
 enum MHD_Result api_backup_restore(struct request *req)
 {
@@ -196,13 +244,19 @@ enum MHD_Result api_backup_restore(struct request *req)
 	}
 	name = json_get_str(body, "name", json_get_str(b, "instance", ""));
 	if (!binst_load(name, &i)) {
-		/* A new instance from a backup needs the create path (api_instances.c) to be
-		 * callable without an HTTP request; until then: create it, then restore. */
-		ret = http_reply_error(req, 501, "name",
-				       "no instance named %s; restoring creates none yet: create a "
-				       "stopped VM with disks of the same names (on any host), "
-				       "then restore into it",
-				       name);
+		/* No such instance: the restore creates it, placed like any create. */
+		ret = restore_create(req, b, body, name);
+	} else if (strcmp(name, json_get_str(b, "instance", "")) != 0) {
+		/* Over the original only: another instance of that name is not this one. */
+		ret = http_reply_error(req, 409, "name",
+				       "an instance named %s exists already; a restore creates a "
+				       "new instance or writes over the backup's own (%s)",
+				       name, json_get_str(b, "instance", ""));
+	} else if (!strcmp(i.type, "container")) {
+		ret = http_reply_error(req, 409, "name",
+				       "container %s exists; a container's backup restores into a "
+				       "new container: give another name, or delete %s first",
+				       name, name);
 	} else if (strcmp(i.type, json_get_str(b, "instance_type", "vm")) != 0) {
 		ret = http_reply_error(req, 409, "name",
 				       "instance %s is a %s; the backup is of a %s", name, i.type,
@@ -312,4 +366,71 @@ enum MHD_Result api_backup_store_gc(struct request *req)
 		return http_reply_kerr(req, &err);
 	snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
 	return http_reply_json(req, 202, op);
+}
+
+/* ---- schedules (backup_sched.c) ---- */
+
+static int calendar_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	struct backup_calendar cal;
+
+	return backup_calendar_parse(json_object_get_string(v), &cal, err);
+}
+
+static const struct json_field schedule_fields[] = {
+	{"calendar", JK_STRING, true, calendar_check}, {"store", JK_STRING, false, name_check},
+	{"mode", JK_STRING, false, mode_check},	       {"keep_last", JK_INT, false, keep_check},
+	{"keep_hourly", JK_INT, false, keep_check},    {"keep_daily", JK_INT, false, keep_check},
+	{"keep_weekly", JK_INT, false, keep_check},    {"keep_monthly", JK_INT, false, keep_check},
+	{"keep_yearly", JK_INT, false, keep_check},    {NULL, 0, false, NULL},
+};
+
+enum MHD_Result api_backup_schedules_list(struct request *req)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "backup_schedules", backup_schedules_list());
+	return http_reply_json(req, 200, o);
+}
+
+enum MHD_Result api_backup_schedule_get(struct request *req)
+{
+	struct json_object *s = backup_schedule_get(req->params[0]);
+
+	if (s == NULL)
+		return http_reply_error(req, 404, NULL, "instance %.64s has no backup schedule",
+					req->params[0]);
+	return http_reply_json(req, 200, s);
+}
+
+enum MHD_Result api_backup_schedule_put(struct request *req)
+{
+	struct json_object *body;
+	struct binst i = {0};
+	struct kerr err;
+	int ret;
+
+	if (http_body_json(req, schedule_fields, &body, &err) < 0)
+		return http_reply_kerr(req, &err);
+	if (!name_valid(req->params[0]) || !binst_load(req->params[0], &i)) {
+		json_object_put(body);
+		return http_reply_error(req, 404, NULL, "no instance named %.64s", req->params[0]);
+	}
+	if (!strcmp(i.type, "container") && !strcmp(json_get_str(body, "mode", ""), "incremental"))
+		ret = err_input(&err, 422, "mode", "a container's backups are full");
+	else
+		ret = backup_schedule_set(req->params[0], body, &err);
+	json_object_put(i.spec);
+	json_object_put(body);
+	if (ret < 0)
+		return http_reply_kerr(req, &err);
+	return http_reply_json(req, 200, backup_schedule_get(req->params[0]));
+}
+
+enum MHD_Result api_backup_schedule_delete(struct request *req)
+{
+	if (!backup_schedule_delete(req->params[0]))
+		return http_reply_error(req, 404, NULL, "instance %.64s has no backup schedule",
+					req->params[0]);
+	return http_reply_empty(req, 204);
 }

@@ -548,6 +548,7 @@ struct create_plan {
 	struct json_object *placement; /* the scheduler's reasons, ours */
 	struct json_object *args;      /* the agent command's arguments, ours */
 	struct json_object *op;	       /* the operation, once recorded, ours */
+	struct json_object *restore;   /* a backup the disks are written from, or NULL */
 };
 
 static void create_plan_free(struct create_plan *p)
@@ -699,6 +700,10 @@ static int create_insert(struct create_plan *p, struct kerr *err)
 	}
 	p->args = json_object_new_object();
 	json_object_object_add(p->args, "start", json_object_new_boolean(p->start));
+	/* A restore to a new instance (api_backups.c): the agent writes its disks from
+	 * the backup's chunks before it starts. */
+	if (p->restore)
+		json_object_object_add(p->args, "restore", json_object_get(p->restore));
 	res = json_object_new_object();
 	json_object_object_add(res, "args", json_object_get(p->args));
 	json_object_object_add(res, "placement", json_object_get(p->placement));
@@ -738,10 +743,10 @@ static void create_enqueue(struct create_plan *p)
  * the REST layer answers, and for 422 (no host fits) *placement (if not NULL) gets
  * the scheduler's reasons, the caller's.
  */
-struct json_object *instance_create(struct json_object *body, struct json_object **placement,
-				    struct kerr *err)
+struct json_object *instance_create(struct json_object *body, struct json_object *restore,
+				    struct json_object **placement, struct kerr *err)
 {
-	struct create_plan p = {0};
+	struct create_plan p = {.restore = restore};
 	struct json_object *op = NULL;
 
 	memset(err, 0, sizeof(*err));
@@ -767,23 +772,33 @@ out:
 	return op;
 }
 
+/* The answer to instance_create(): 202 and the operation, 422 with the scheduler's
+ * reasons when no host fits, else the error. */
+enum MHD_Result instance_create_reply(struct request *req, struct json_object *op,
+				      struct json_object *placement, struct kerr *err)
+{
+	struct json_object *e;
+
+	if (op)
+		return http_reply_json(req, 202, op);
+	if (placement == NULL)
+		return http_reply_kerr(req, err);
+	e = json_object_new_object();
+	json_object_object_add(e, "error", json_object_new_string(err->msg));
+	json_object_object_add(e, "placement", placement);
+	return http_reply_json(req, 422, e);
+}
+
 enum MHD_Result api_instances_create(struct request *req)
 {
-	struct json_object *body, *op, *placement, *e;
+	struct json_object *body, *op, *placement;
 	struct kerr err;
 
 	if (json_body_parse(req->body ? req->body : "", req->body_len, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
-	op = instance_create(body, &placement, &err);
+	op = instance_create(body, NULL, &placement, &err);
 	json_object_put(body);
-	if (op)
-		return http_reply_json(req, 202, op);
-	if (placement == NULL)
-		return http_reply_kerr(req, &err);
-	e = json_object_new_object();
-	json_object_object_add(e, "error", json_object_new_string(err.msg));
-	json_object_object_add(e, "placement", placement);
-	return http_reply_json(req, 422, e);
+	return instance_create_reply(req, op, placement, &err);
 }
 
 /* ---- read ---- */

@@ -253,6 +253,19 @@ struct json_object *backup_get(const char *id)
 	return o;
 }
 
+/* The spec backup id was taken of, or NULL (a backup made before specs were kept). */
+struct json_object *backup_spec_get(const char *id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT spec FROM backups WHERE id = ?");
+	struct json_object *spec = NULL;
+
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return spec;
+}
+
 static bool gc_busy(int64_t store_id);
 
 /* Store id and path by name; 0 when there is none. */
@@ -299,9 +312,11 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 			     : (err_input(err, 422, "store",
 					  "name a store: there is none or more than one"),
 				NULL);
-	if (strcmp(type, "vm") != 0)
-		return err_input(err, 422, NULL,
-				 "instance %s is a container; only VMs are backed up yet", name),
+	if (strcmp(type, "vm") != 0 && mode && !strcmp(mode, "incremental"))
+		return err_input(err, 422, "mode",
+				 "instance %s is a container: its backups are full (its writable "
+				 "layer is a directory, with no changed-block tracking)",
+				 name),
 		       NULL;
 	/* The parent: the newest restorable backup of the instance in this store. The
 	 * agent builds on it when its disks' bitmaps still hold (else full, saying why). */
@@ -358,8 +373,8 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	}
 	st = db_prepare(ctl.db,
 			"INSERT INTO backups (id, store_id, instance, instance_type, host, kind, "
-			"consistency, status, op_id, created_at) "
-			"VALUES (?, ?, ?, ?, ?, 'full', NULL, 'running', ?, ?)");
+			"consistency, status, op_id, created_at, spec) "
+			"VALUES (?, ?, ?, ?, ?, 'full', NULL, 'running', ?, ?, ?)");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, store_id);
 	sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
@@ -367,6 +382,8 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	sqlite3_bind_text(st, 5, h->name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 6, json_get_str(op, "id", ""), -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 7, now_ms());
+	/* The spec too: a restore creates the instance from it once the original is gone. */
+	sqlite3_bind_text(st, 8, json_text(spec), -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE || db_commit(ctl.db, err) < 0) {
@@ -380,6 +397,160 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	instances_cmd_send(h, json_get_str(op, "id", ""), "backup", spec, args);
 	json_object_put(args);
 	return op;
+}
+
+/* The saved spec's fields a restored instance takes as they were. */
+static const char *const restore_keep[] = {"vcpus",	     "memory",	     "nested",
+					   "boot",	     "labels",	     "cloud_init",
+					   "stop_timeout_s", "anti_affinity"};
+
+/* A container's saved spec's fields a restored one takes as they were. */
+static const char *const ctr_restore_keep[] = {"command",	 "env",	   "workdir",
+					       "capabilities",	 "userns", "restart",
+					       "stop_timeout_s", "labels", "anti_affinity"};
+
+/* The create body of container name from its saved spec: the image by its digest (the
+ * tag may have moved since), its limits, NICs on the same networks or on networks. */
+static struct json_object *ctr_restore_body(struct json_object *spec, const char *name,
+					    struct json_object *networks)
+{
+	struct json_object *body = json_object_new_object(), *v, *limits, *nics;
+	struct json_object *img = json_object_object_get(spec, "image");
+	const char *iname = json_get_str(img, "name", ""), *at = strchr(iname, '@');
+	const char *colon = strrchr(iname, ':');
+	size_t repo_len = at	  ? (size_t)(at - iname)
+			  : colon ? (size_t)(colon - iname)
+				  : strlen(iname);
+	_cleanup_free_ char *ref =
+		xasprintf("%.*s@%s", (int)repo_len, iname, json_get_str(img, "manifest", ""));
+
+	json_object_object_add(body, "name", json_object_new_string(name));
+	json_object_object_add(body, "type", json_object_new_string("container"));
+	json_object_object_add(body, "image", json_object_new_string(ref));
+	for (size_t i = 0; i < sizeof(ctr_restore_keep) / sizeof(ctr_restore_keep[0]); i++)
+		if (json_object_object_get_ex(spec, ctr_restore_keep[i], &v) && v)
+			json_object_object_add(body, ctr_restore_keep[i], json_object_get(v));
+	limits = json_object_new_object();
+	json_object_object_foreach(json_object_object_get(spec, "limits"), k, lv)
+	{
+		if (lv)
+			json_object_object_add(limits, k, json_object_get(lv));
+	}
+	json_object_object_add(body, "limits", limits);
+	nics = json_object_new_array();
+	v = networks ? networks : json_object_object_get(spec, "nics");
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *n = json_object_array_get_idx(v, i), *o;
+		const char *net =
+			networks ? json_object_get_string(n) : json_get_str(n, "network", NULL);
+
+		if (net == NULL)
+			continue;
+		o = json_object_new_object();
+		json_object_object_add(o, "network", json_object_new_string(net));
+		json_object_array_add(nics, o);
+	}
+	json_object_object_add(body, "nics", nics);
+	return body;
+}
+
+/*
+ * The create body for a new instance name restored from backup b (its JSON): the
+ * saved spec's shape (restore_keep[], each disk by name, bus and pool, sized to hold
+ * the backup's disk), not its identity: no MAC or address (the original may still
+ * run) and no image (the disk is written whole from the chunks: a plain thin qcow2).
+ * networks (NULL: the spec's NICs' networks) gives the NICs; host (or NULL) pins it;
+ * start boots it once its disks are written. *restore gets the agent's create args'
+ * "restore" ({backup, store}). Returns the body, or NULL with err (422: a backup made
+ * before specs were kept, or not a VM's).
+ */
+struct json_object *backup_restore_body(struct json_object *b, const char *name, const char *host,
+					struct json_object *networks, bool start,
+					struct json_object **restore, struct kerr *err)
+{
+	const char *id = json_get_str(b, "id", "");
+	struct json_object *spec = backup_spec_get(id), *body, *disks, *nics, *v;
+	struct json_object *bdisks = json_object_object_get(b, "disks");
+	char path[256];
+
+	if (spec == NULL)
+		return err_input(err, 422, NULL,
+				 "backup %s was made before backups kept their instance's spec; "
+				 "restore it over an instance",
+				 id),
+		       NULL;
+	if (!strcmp(json_get_str(spec, "type", "vm"), "container")) {
+		body = ctr_restore_body(spec, name, networks);
+		goto common;
+	}
+	body = json_object_new_object();
+	json_object_object_add(body, "name", json_object_new_string(name));
+	json_object_object_add(body, "type",
+			       json_object_new_string(json_get_str(spec, "type", "vm")));
+	for (size_t i = 0; i < sizeof(restore_keep) / sizeof(restore_keep[0]); i++)
+		if (json_object_object_get_ex(spec, restore_keep[i], &v) && v)
+			json_object_object_add(body, restore_keep[i], json_object_get(v));
+	disks = json_object_new_array();
+	v = json_object_object_get(spec, "disks");
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *sd = json_object_array_get_idx(v, i), *d;
+		int64_t mb = json_get_int(sd, "size_mb", 0), vsize = -1;
+
+		for (size_t j = 0; j < json_object_array_length(bdisks); j++) {
+			struct json_object *bd = json_object_array_get_idx(bdisks, j);
+
+			if (!strcmp(json_get_str(bd, "name", ""), json_get_str(sd, "name", "")))
+				vsize = json_get_int(bd, "virtual_size", 0);
+		}
+		if (vsize < 0) { /* not backed up (cannot be: every disk is) */
+			json_object_put(disks);
+			json_object_put(body);
+			json_object_put(spec);
+			return err_input(err, 422, NULL, "backup %s has no disk %s", id,
+					 json_get_str(sd, "name", "")),
+			       NULL;
+		}
+		if (mb < (vsize + (1 << 20) - 1) >> 20)
+			mb = (vsize + (1 << 20) - 1) >> 20;
+		d = json_object_new_object();
+		json_object_object_add(d, "name",
+				       json_object_new_string(json_get_str(sd, "name", "")));
+		json_object_object_add(d, "bus",
+				       json_object_new_string(json_get_str(sd, "bus", "virtio")));
+		json_object_object_add(d, "pool",
+				       json_object_new_string(json_get_str(sd, "pool", "shared")));
+		json_object_object_add(d, "size_mb", json_object_new_int64(mb));
+		json_object_array_add(disks, d);
+	}
+	json_object_object_add(body, "disks", disks);
+	nics = json_object_new_array();
+	v = networks ? networks : json_object_object_get(spec, "nics");
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		struct json_object *n = json_object_array_get_idx(v, i), *o;
+		const char *net =
+			networks ? json_object_get_string(n) : json_get_str(n, "network", NULL);
+
+		o = json_object_new_object();
+		if (net)
+			json_object_object_add(o, "network", json_object_new_string(net));
+		if (!networks && json_get_str(n, "model", NULL))
+			json_object_object_add(
+				o, "model", json_object_new_string(json_get_str(n, "model", "")));
+		json_object_array_add(nics, o);
+	}
+	json_object_object_add(body, "nics", nics);
+common:
+	if (host)
+		json_object_object_add(body, "host", json_object_new_string(host));
+	json_object_object_add(body, "start", json_object_new_boolean(start));
+	/* The create's deadline covers reading every chunk back. */
+	json_object_object_add(body, "timeout_s", json_object_new_int(3600));
+	json_object_put(spec);
+	store_find(json_get_str(b, "store", ""), path, sizeof(path));
+	*restore = json_object_new_object();
+	json_object_object_add(*restore, "backup", json_object_new_string(id));
+	json_object_object_add(*restore, "store", json_object_new_string(path));
+	return body;
 }
 
 /*
@@ -478,6 +649,56 @@ void backups_op_done(const char *op_id, bool ok, struct json_object *result, con
 	sqlite3_bind_text(st, 11, op_id, -1, SQLITE_STATIC);
 	sqlite3_step(st);
 	sqlite3_finalize(st);
+	/* A scheduled backup: its schedule's retention prunes the instance's backups. */
+	st = db_prepare(ctl.db,
+			"SELECT b.instance, s.name FROM backups b JOIN backup_stores s "
+			"ON s.id = b.store_id WHERE b.op_id = ? AND b.status = 'succeeded'");
+	sqlite3_bind_text(st, 1, op_id, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		_cleanup_free_ char *inst = xstrdup((const char *)sqlite3_column_text(st, 0));
+		_cleanup_free_ char *store = xstrdup((const char *)sqlite3_column_text(st, 1));
+
+		sqlite3_finalize(st);
+		backup_schedule_op_done(op_id, inst, store);
+		return;
+	}
+	sqlite3_finalize(st);
+}
+
+/*
+ * Hook from host_heartbeat(): h's agent restarted. A backup it was running is lost
+ * with it (its block job and thread work died with the agent), and nothing would
+ * tell this controller: each running backup's command is sent again, which the new
+ * agent, remembering the op id its predecessor took, answers as failed ("the host's
+ * agent restarted while it had this operation") instead of running it twice. The
+ * row fails with that reason and is never restorable; the VM, which QEMU keeps
+ * running, is adopted by the new agent.
+ */
+void backups_agent_restarted(struct host *h)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT b.op_id FROM backups b JOIN operations o "
+				   "ON o.id = b.op_id WHERE b.status = 'running' "
+				   "AND b.host = ? AND o.status IN ('pending', 'running')");
+	struct json_object *ids = json_object_new_array();
+
+	sqlite3_bind_text(st, 1, h->name, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW)
+		json_object_array_add(
+			ids, json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+	sqlite3_finalize(st);
+	for (size_t i = 0; i < json_object_array_length(ids); i++) {
+		const char *id = json_object_get_string(json_object_array_get_idx(ids, i));
+		struct json_object *op = op_get(id);
+
+		log_info("backup operation %s: host %s's agent restarted; asking it again", id,
+			 h->name);
+		if (op)
+			instances_op_resend(h, id, "instance-backup",
+					    json_object_object_get(op, "result"));
+		json_object_put(op);
+	}
+	json_object_put(ids);
 }
 
 /* ---- verify: every chunk re-read and checked, on libuv's thread pool ---- */
@@ -948,32 +1169,4 @@ struct json_object *backup_store_gc(const char *name, struct kerr *err)
 	}
 	gc_running[slot] = store_id;
 	return op;
-}
-
-/*
- * Cancel operation op_id if it is a backup's: the one entry point the job kind table
- * (arch-jobs' cancel route) calls for kind "instance-backup". The backup's row is
- * failed at once ("cancelled"), so it is never restorable, and the operation ends
- * "cancelled"; the agent's own stop (QMP block-job-cancel, its work files removed)
- * needs the cancel link message that work brings, and until then the agent finishes
- * and its late op-done changes nothing (the row and the operation are final). The
- * chunks it wrote are collected by the store's next gc. Returns 0, or -1 with err
- * (404 no such running backup operation).
- */
-int backup_op_cancel(const char *op_id, struct kerr *err)
-{
-	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE backups SET status = 'failed', "
-					      "error = 'cancelled', finished_at = ? "
-					      "WHERE op_id = ? AND status = 'running'");
-	int changed;
-
-	sqlite3_bind_int64(st, 1, now_ms());
-	sqlite3_bind_text(st, 2, op_id, -1, SQLITE_STATIC);
-	sqlite3_step(st);
-	sqlite3_finalize(st);
-	changed = sqlite3_changes(ctl.db);
-	if (changed == 0)
-		return err_input(err, 404, NULL, "operation %s is no running backup", op_id);
-	op_update(op_id, "cancelled", -1, "cancelled", NULL, "cancelled by request");
-	return 0;
 }

@@ -144,7 +144,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 14
+#define DB_SCHEMA_VERSION 15
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -365,6 +365,21 @@ struct prune_policy {
 void backup_prune_select(const int64_t *times, size_t n, const struct prune_policy *policy,
 			 bool *keep);
 
+/* backup_sched.c */
+struct backup_calendar {
+	unsigned wdays;	  /* bit 0: Sunday */
+	uint32_t hours;	  /* bit per hour, UTC */
+	uint64_t minutes; /* bit per minute */
+};
+int backup_calendar_parse(const char *text, struct backup_calendar *cal, struct kerr *err);
+int64_t backup_calendar_next(const struct backup_calendar *cal, int64_t after_ms);
+struct json_object *backup_schedules_list(void);
+struct json_object *backup_schedule_get(const char *instance);
+int backup_schedule_set(const char *instance, struct json_object *body, struct kerr *err);
+bool backup_schedule_delete(const char *instance);
+void backup_schedules_cron(int64_t now);
+void backup_schedule_op_done(const char *op_id, const char *instance, const char *store);
+
 /* backups.c */
 int backup_store_path_check(const char *path, struct kerr *err);
 struct json_object *backup_stores_list(void);
@@ -373,19 +388,23 @@ int backup_store_create(const char *name, const char *path, struct kerr *err);
 int backup_store_delete(const char *name, struct kerr *err);
 struct json_object *backups_list(const char *instance);
 struct json_object *backup_get(const char *id);
+struct json_object *backup_spec_get(const char *id);
 struct json_object *backup_start(const char *name, const char *type, struct json_object *spec,
 				 struct host *h, const char *store, const char *mode,
 				 struct kerr *err);
 struct json_object *backup_restore_start(const char *id, const char *name, const char *state,
 					 struct json_object *spec, struct host *h,
 					 struct kerr *err);
+struct json_object *backup_restore_body(struct json_object *b, const char *name, const char *host,
+					struct json_object *networks, bool start,
+					struct json_object **restore, struct kerr *err);
 struct json_object *backup_verify_start(const char *id, struct kerr *err);
 int backup_delete(const char *id, struct kerr *err);
 struct json_object *backup_prune(const char *name, const char *instance,
 				 const struct prune_policy *policy, bool dry_run, struct kerr *err);
 struct json_object *backup_store_gc(const char *name, struct kerr *err);
-int backup_op_cancel(const char *op_id, struct kerr *err);
 void backups_op_done(const char *op_id, bool ok, struct json_object *result, const char *error);
+void backups_agent_restarted(struct host *h);
 /* ha.c */
 int ha_field_check(struct json_object *v, const char *f, struct kerr *err);
 int ha_spec_set(struct json_object *spec, struct json_object *ha, struct kerr *err);
@@ -685,8 +704,10 @@ enum MHD_Result api_network_addresses(struct request *req);
 extern const struct json_field *const instance_vm_fields;
 extern const struct json_field *const instance_patch_fields;
 enum MHD_Result api_instances_create(struct request *req);
-struct json_object *instance_create(struct json_object *body, struct json_object **placement,
-				    struct kerr *err);
+struct json_object *instance_create(struct json_object *body, struct json_object *restore,
+				    struct json_object **placement, struct kerr *err);
+enum MHD_Result instance_create_reply(struct request *req, struct json_object *op,
+				      struct json_object *placement, struct kerr *err);
 enum MHD_Result api_instances_list(struct request *req);
 enum MHD_Result api_instance_get(struct request *req);
 enum MHD_Result api_instance_patch(struct request *req);
@@ -713,6 +734,10 @@ enum MHD_Result api_backup_verify(struct request *req);
 enum MHD_Result api_backup_delete(struct request *req);
 enum MHD_Result api_backup_store_prune(struct request *req);
 enum MHD_Result api_backup_store_gc(struct request *req);
+enum MHD_Result api_backup_schedules_list(struct request *req);
+enum MHD_Result api_backup_schedule_get(struct request *req);
+enum MHD_Result api_backup_schedule_put(struct request *req);
+enum MHD_Result api_backup_schedule_delete(struct request *req);
 void api_instances_forget(struct request *req);
 void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);

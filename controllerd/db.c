@@ -325,6 +325,21 @@ static const char *const migrations[] = {
 	"    WHERE NEW.host_id IS NOT NULL AND NEW.anti_affinity IS NOT NULL"
 	"    ON CONFLICT (host_id, grp) DO UPDATE SET instances = instances + 1;"
 	"  END;",
+	/* 14 -> 15 (self-contained; backups.c, backup_sched.c): the spec a backup was
+	 * taken of, so a restore can create its instance after the original is gone; and
+	 * per-instance backup schedules with their retention, run by the controller. */
+	"ALTER TABLE backups ADD COLUMN spec TEXT;"
+	"CREATE TABLE backup_schedules ("
+	"  instance TEXT PRIMARY KEY,"
+	"  calendar TEXT NOT NULL,"
+	"  store TEXT,"
+	"  mode TEXT NOT NULL DEFAULT 'auto',"
+	"  keep TEXT NOT NULL DEFAULT '{}',"
+	"  next_at INTEGER NOT NULL,"
+	"  last_at INTEGER,"
+	"  last_operation TEXT,"
+	"  last_error TEXT,"
+	"  created_at INTEGER NOT NULL);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -322,8 +322,10 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	addr = json_get_str(body, "addr", "");
 	/* An agent that restarted lost the commands it was still running for us. */
 	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
-	    json_get_int(h->facts, "uptime_s", 0))
+	    json_get_int(h->facts, "uptime_s", 0)) {
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
+		backups_agent_restarted(h);
+	}
 	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
 	applied_was = xstrdup(applied ? applied : "");
 	host_facts_set(h, json_object_get(json_object_object_get(body, "facts")));

@@ -253,8 +253,9 @@ static const struct op_kind kinds[] = {
 	 NO_UNDO "a commit's blobs are written in place"},
 	{"image-import", 0, NULL, NULL, NULL, NO_UNDO "an image import runs to its end"},
 	/* Backups (backups.c): their agent steps report like an instance's. */
-	{"instance-backup", 0, NULL, instance_done, NULL,
-	 NO_UNDO "a backup runs to its end; delete it afterwards"},
+	/* A backup's cancel reaches its agent, which stops QEMU's block job and removes
+	 * its work files; the row fails with the op (backups_op_done()). */
+	{"instance-backup", 0, NULL, instance_done, agent_cancel, NULL},
 	{"instance-restore", 0, NULL, instance_done, NULL,
 	 NO_UNDO "a restore overwrites the disks in place"},
 	{"backup-verify", 0, NULL, NULL, NULL, NO_UNDO "a verify only reads"},

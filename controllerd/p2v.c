@@ -988,7 +988,7 @@ static enum MHD_Result cut_create(struct request *req)
 		return http_reply_error(req, 500, NULL, "cutover failed: %s", s->error);
 	}
 	body = cut_instance_body(s);
-	op = instance_create(body, NULL, &err);
+	op = instance_create(body, NULL, NULL, &err);
 	json_object_put(body);
 	if (op) {
 		s->state = P2V_DONE;

@@ -90,6 +90,13 @@ const struct route api_routes[] = {
 	{"POST", "/api/v1/backups/{}/actions/restore", ROLE_OPERATOR, "", api_backup_restore, NULL},
 	{"POST", "/api/v1/backups/{}/actions/verify", ROLE_OPERATOR, "", api_backup_verify, NULL},
 	{"POST", "/api/v1/instances/{}/backups", ROLE_OPERATOR, "", api_instance_backup, NULL},
+	{"GET", "/api/v1/backup-schedules", ROLE_VIEWER, "", api_backup_schedules_list, NULL},
+	{"GET", "/api/v1/instances/{}/backup-schedule", ROLE_VIEWER, "", api_backup_schedule_get,
+	 NULL},
+	{"PUT", "/api/v1/instances/{}/backup-schedule", ROLE_OPERATOR, "", api_backup_schedule_put,
+	 NULL},
+	{"DELETE", "/api/v1/instances/{}/backup-schedule", ROLE_OPERATOR, "",
+	 api_backup_schedule_delete, NULL},
 	/* P2V ingest (p2v.c): the source's routes take the session's ingest token. */
 	{"POST", "/api/v1/p2v", ROLE_OPERATOR, "", api_p2v_create, NULL},
 	{"GET", "/api/v1/p2v", ROLE_VIEWER, "", api_p2v_list, NULL},

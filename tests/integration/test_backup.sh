@@ -9,7 +9,7 @@
 # cannot be yet.
 bs=bs$$
 
-trap 'instances_delete bk1 bk2' EXIT
+trap 'instances_delete bk1 bk2 bk1x' EXIT
 
 # The disk's content as the guest sees it: SHA-256 of its raw image (backing included).
 disk_file() { # [NAME]
@@ -158,12 +158,11 @@ last=$(console bk1 | grep -o "KUMO-BOOT count=[0-9]*" | tail -1)
 [ "$last" = "KUMO-BOOT count=3" ] || fail "after the restore the guest saw '$last': it did not boot from the backup's disk"
 pass "restore over the stopped VM: the disk equals the backup's checksum and the guest boots from it"
 
-# 3b. Into another VM on another host: created stopped with a blank disk of that name.
+# 3b. Into a new VM on another host: the restore creates it from the backup's spec.
 api GET /api/v1/instances/bk1
 other=h1
 [ "$(jqb .host)" = h1 ] && other=h2
-vm_create '{"name":"bk2","type":"vm","memory":{"mb":256},"disks":[{"name":"root","size_mb":64}],"host":"'$other'","start":false}'
-api POST /api/v1/backups/$b2/actions/restore '{"name":"bk2"}'
+api POST /api/v1/backups/$b2/actions/restore '{"name":"bk2","host":"'$other'","start":false}'
 expect_status 202 "restore into bk2"
 wait_op "$(jqb .id)" 300
 op_ok
@@ -173,8 +172,13 @@ wait_op "$(jqb .id)"
 op_ok
 wait_until 150 "bk2 boots from the restored disk" console_has bk2 "KUMO-BOOT count=3"
 api DELETE "/api/v1/instances/bk2?force=1"
-api POST /api/v1/backups/$b2/actions/restore '{"name":"nosuch"}'
-expect_status 501 "restore into no instance"
+api POST /api/v1/backups/$b2/actions/restore '{"name":"bk1x","start":false}'
+expect_status 202 "restore into a new instance bk1x"
+wait_op "$(jqb .id)" 300
+op_ok
+api POST /api/v1/backups/$b2/actions/restore '{"name":"bk1x"}'
+expect_status 409 "restore under a taken name"
+instances_delete bk1x
 pass "restore into a new VM on host $other: the disk equals the backup's checksum and it boots"
 
 # 4. Verify: every chunk re-read; one byte of a chunk changed -> the backup is corrupt,

@@ -86,8 +86,10 @@ static void test_type_check(void **state)
 	assert_int_equal(verb_type_check(VERB_MIGRATE_IN, INST_CONTAINER, &err), -1);
 	assert_int_equal(err.status, 422);
 	assert_string_equal(err.msg, "migrate-in is not supported for containers");
-	assert_int_equal(verb_type_check(VERB_BACKUP, INST_CONTAINER, &err), -1);
-	assert_string_equal(err.msg, "backup is not supported for containers");
+	/* A container is backed up; restored only as a new one (a create). */
+	assert_int_equal(verb_type_check(VERB_BACKUP, INST_CONTAINER, &err), 0);
+	assert_int_equal(verb_type_check(VERB_RESTORE, INST_CONTAINER, &err), -1);
+	assert_string_equal(err.msg, "restore is not supported for containers");
 }
 
 /* The controller's from-states (its own names) and the agent's (the enum). */

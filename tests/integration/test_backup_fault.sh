@@ -1,0 +1,98 @@
+#!/bin/bash
+# Backup faults: a running VM's backup cancelled mid-way stops on the agent (QEMU's
+# block job, the work files) and is never listed as restorable, with no manifest; the
+# agent killed with -9 mid-backup: the operation ends failed saying why, no manifest,
+# the VM keeps running; the next backup works and its content is the disk's.
+. "$(dirname "$0")/lib.sh"
+
+bs=bsf$$
+cleanup() {
+	instances_delete bkf1
+	api GET "/api/v1/backups?instance=bkf1" >/dev/null 2>&1 || true
+	for id in $(jqb -r '.backups[].id' 2>/dev/null); do api DELETE "/api/v1/backups/$id" >/dev/null 2>&1 || true; done
+	api DELETE "/api/v1/backup-stores/$bs" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+store_dir=$KUMO_LAB_DIR/shared/backups/$bs
+
+disk_sha() {
+	local raw
+	raw=$(mktemp /tmp/kt-bkf-XXXXXX)
+	qemu-img convert -U -O raw "$KUMO_LAB_DIR/shared/disks/bkf1/root.qcow2" "$raw"
+	sha256sum "$raw" | cut -d' ' -f1
+	rm -f "$raw"
+}
+# storing OP -> the backup operation is past reading and into chunking its disk.
+storing() {
+	api GET "/api/v1/operations/$1"
+	case "$(jqb .status)" in succeeded | failed | cancelled) fail "operation $1 ended ($(jqb .status)) before the fault: $(jqb .error)" ;; esac
+	grep -q storing <<<"$(jqb .phase)"
+}
+
+api POST /api/v1/backup-stores '{"name":"'$bs'"}'
+expect_status 201 "store create"
+# A 1 GiB disk: chunking it takes the agent long enough to be interrupted.
+vm_create '{"name":"bkf1","type":"vm","memory":{"mb":192},"disks":[{"name":"root","image":"'$TEST_IMAGE'","size_mb":1024,"pool":"shared"}]}'
+wait_until 180 "first boot" console_has bkf1 "KUMO-BOOT count=1"
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+b0=$(jqb .result.backup.id)
+
+# 1. Cancel.
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"full"}'
+expect_status 202 "backup to cancel"
+op=$(jqb .id) bc=$(jqb .result.id)
+wait_until 120 "the backup chunking its disk" storing "$op"
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 202 "cancel of the backup"
+wait_op "$op" 120
+[ "$(jqb .status)" = cancelled ] || fail "the cancelled backup ended $(jqb .status): $(jqb .error)"
+api GET "/api/v1/backups/$bc"
+[ "$(jqb .status)" = failed ] && [ "$(jqb .restorable)" = false ] || fail "the cancelled backup is $(jqb .status), restorable $(jqb .restorable)"
+[ ! -e "$store_dir/backups/$bc.json" ] || fail "a manifest for the cancelled backup"
+wait_until 30 "its work files removed" test ! -e "$store_dir/tmp/$bc"
+instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancel"
+pass "a backup cancelled while chunking: cancelled, not restorable, no manifest, no work files, the VM runs"
+
+# 2. The agent killed -9 mid-backup.
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"full"}'
+expect_status 202 "backup to interrupt"
+op=$(jqb .id) bk=$(jqb .result.id)
+api GET /api/v1/instances/bkf1
+host=$(jqb .host)
+wait_until 120 "the backup chunking its disk" storing "$op"
+apid=$(agent_pid "$host")
+killed_at=$(($(date +%s) * 1000))
+kill -9 "$apid"
+wait_until 10 "the agent gone" proc_gone "$apid"
+lab up --hosts 3 >/dev/null
+wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+wait_op "$op" 120
+why=$(jqb .error)
+[ "$(jqb .status)" = failed ] && grep -q "agent restarted" <<<"$why" || fail "after the agent's kill the backup ended $(jqb .status): $why"
+api GET "/api/v1/backups/$bk"
+[ "$(jqb .status)" = failed ] && [ "$(jqb .restorable)" = false ] || fail "the interrupted backup is $(jqb .status)"
+[ ! -e "$store_dir/backups/$bk.json" ] || fail "a manifest for the interrupted backup"
+wait_until 30 "bkf1 running under the new agent" instance_is bkf1 running
+pass "agent kill -9 mid-backup: failed (${why:0:60}...), no manifest, the VM runs"
+
+# 3. The next backup works: paused so the disk holds still for the checksum.
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+bn=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$bn"
+[ "$(jqb .status)" = succeeded ] || fail "the next backup: $(jqb .status) $(jqb .error)"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the next backup ($(jqb .kind)) does not hold the disk's content"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+[ "$kind" = full ] || [ "$(jqb .parent)" = "$b0" ] || fail "an incremental next backup built on $(jqb .parent), not $b0"
+api GET "/api/v1/backups?instance=bkf1"
+[ "$(jqb -c '[.backups[] | select(.restorable) | .id] | sort')" = "$(jq -nc --arg a "$b0" --arg b "$bn" '[$a,$b] | sort')" ] ||
+	fail "restorable backups: $(jqb -c '[.backups[] | select(.restorable) | .id]')"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it and the first are restorable"
