@@ -321,8 +321,10 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	addr = json_get_str(body, "addr", "");
 	/* An agent that restarted lost the commands it was still running for us. */
 	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
-	    json_get_int(h->facts, "uptime_s", 0))
+	    json_get_int(h->facts, "uptime_s", 0)) {
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
+		migrate_host_restarted(h);
+	}
 	host_facts_set(h, json_object_get(json_object_object_get(body, "facts")));
 	h->last_seen = now_ms();
 	if (strcmp(addr, h->address) != 0) {

@@ -24,8 +24,18 @@
  * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
  * reaches it through the job engine's cancel (jobs.c, kind "migrate").
  *
- * Migrations live in memory: a controller restart fails the parent (ops_resume()
- * cannot resend kind "migrate"). Faults are issue 13 item 7, not done yet.
+ * Faults (issue 13 item 7). Each agent keeps its part of a migration on disk
+ * (agentd/migrate.c: migration.json) and settles it itself when it restarts: a source
+ * follows its QEMU's copy to the end, a target drops an incoming QEMU it lost mid-copy.
+ * The controller then *settles* the migration: it asks both ends ({"what":
+ * "migrate-state"}) until the source has no migration left, and
+ *   the source has the VM         -> it stays there; the target's half is removed
+ *   the target alone has it       -> switchover in the database (resumed if paused)
+ *   neither                       -> failed, the VM is lost (says so)
+ * It settles when the agent running the migration's current step restarted
+ * (migrate_host_restarted(), from the heartbeat that shows it), and after a controller
+ * restart (migrate_job_resume(), the job engine's resume slot: the parent's row holds
+ * source, target and arguments; the steps' rows were failed by jobs_resume()).
  */
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -66,14 +76,20 @@ struct migration {
 	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
 	struct json_object *result;
 	enum migrate_phase phase;
-	bool cancel;			      /* asked to cancel */
-	bool net_wait;			      /* the target is ready; its networks are not yet */
-	int64_t net_deadline;		      /* ms: then the copy starts anyway */
-	char uri[96];			      /* where the target listens */
-	struct json_object *tls_in, *tls_out; /* each end's certificates (PEM) */
-	struct evacuation *evac;	      /* the evacuation it is part of, or NULL */
-	char outcome[16];		      /* how it ended: succeeded, failed, cancelled */
-	char failure[256];		      /* why it failed, for after the clean-up */
+	bool cancel;			       /* asked to cancel */
+	bool net_wait;			       /* the target is ready; its networks are not yet */
+	int64_t net_deadline;		       /* ms: then the copy starts anyway */
+	char uri[96];			       /* where the target listens */
+	struct json_object *tls_in, *tls_out;  /* each end's certificates (PEM) */
+	struct evacuation *evac;	       /* the evacuation it is part of, or NULL */
+	char outcome[16];		       /* how it ended: succeeded, failed, cancelled */
+	char failure[256];		       /* why it failed, for after the clean-up */
+	struct host *child_host;	       /* where m->child runs */
+	bool settling;			       /* asking both ends where the VM is */
+	int settle_asked;		       /* migrate-state answers still due */
+	int64_t settle_next;		       /* ms: the next round of questions */
+	char settle_why[160];		       /* what made it settle */
+	struct json_object *ans_src, *ans_dst; /* their answers this round */
 	int64_t started_ms;
 	struct migration *next;
 };
@@ -82,6 +98,7 @@ static struct migration *migrations;
 
 struct evacuation;
 static void evac_note(struct migration *m);
+static void settles_check(void);
 
 /*
  * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
@@ -130,6 +147,8 @@ static void migration_free(struct migration *m)
 	json_object_put(m->result);
 	json_object_put(m->tls_in);
 	json_object_put(m->tls_out);
+	json_object_put(m->ans_src);
+	json_object_put(m->ans_dst);
 	free(m);
 }
 
@@ -593,6 +612,7 @@ static void child_start(struct migration *m, struct host *h, const char *kind, c
 		return;
 	}
 	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
+	m->child_host = h;
 	json_object_put(op);
 	instances_cmd_send(h, m->child, action, m->spec, args);
 	json_object_put(args);
@@ -673,6 +693,9 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			instances_report(h, json_object_object_get(result, "instance"), "migrated");
 		finish(m, "succeeded", NULL);
 	} else if (!strcmp(kind, "migrate-cleanup")) {
+		/* Its restarted agent may have removed an incoming QEMU it lost itself. */
+		if (!ok && error && strstr(error, "there is no instance"))
+			ok = true;
 		if (!ok) {
 			fail(m, error ? error : "failed");
 			return 0;
@@ -738,6 +761,7 @@ void migrate_net_waits_check(void)
 {
 	char why[256];
 
+	settles_check();
 	for (struct migration *m = migrations, *next; m; m = next) {
 		next = m->next;
 		if (!m->net_wait)
@@ -757,6 +781,206 @@ void migrate_net_waits_check(void)
 		m->net_wait = false;
 		out_start(m, m->uri);
 	}
+}
+
+/* ---- settling after a restart ------------------------------------------------------- */
+
+#define MIGRATE_SETTLE_RETRY_MS 1000 /* between rounds of migrate-state questions */
+
+static void settle_start(struct migration *m, const char *why)
+{
+	if (m->settling)
+		return;
+	log_warnx("migration %s of %s: %s; asking %s and %s where it runs", m->id, m->name, why,
+		  m->src->name, m->dst->name);
+	m->settling = true;
+	m->net_wait = false;
+	m->settle_next = now_ms();
+	snprintf(m->settle_why, sizeof(m->settle_why), "%s", why);
+	json_object_object_add(m->result, "recovery", json_object_new_string(why));
+	if (m->child[0]) {
+		/* Its agent forgot it: it ends here, and a late answer is ignored. */
+		op_update(m->child, "failed", -1, "interrupted", NULL, why);
+		m->child[0] = '\0';
+	}
+	parent_update(m, -1);
+}
+
+/* Both ends answered: where the VM is decides how the migration ends. */
+static void settle_decide(struct migration *m)
+{
+	bool src_has = json_get_bool(m->ans_src, "present", false);
+	bool dst_has = json_get_bool(m->ans_dst, "present", false);
+	const char *dst_state = json_get_str(m->ans_dst, "state", "");
+	struct json_object *r;
+	char why[400];
+
+	if (!strcmp(json_get_str(m->ans_src, "role", ""), "out")) {
+		/* The source still follows its copy: ask again until it ended. */
+		m->settle_next = now_ms() + MIGRATE_SETTLE_RETRY_MS;
+		return;
+	}
+	m->settling = false;
+	if (src_has) {
+		snprintf(why, sizeof(why), "%s; %s stays on %s", m->settle_why, m->name,
+			 m->src->name);
+		json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
+		if (dst_has) {
+			cleanup_start(m, m->cancel ? "cancelled" : why);
+			return;
+		}
+		finish(m, m->cancel ? "cancelled" : "failed", m->cancel ? "cancelled" : why);
+		return;
+	}
+	if (dst_has) {
+		log_info("migration %s: %s runs on %s (%s): switching over", m->id, m->name,
+			 m->dst->name, dst_state);
+		r = json_object_new_object();
+		json_object_object_add(r, "strategy",
+				       json_object_new_string(json_get_str(
+					       json_object_object_get(m->result, "migration"),
+					       "strategy", "precopy")));
+		/* A guest paused first waits on the target for its resume. */
+		if (strcmp(dst_state, "running"))
+			json_object_object_add(r, "paused_ms", json_object_new_int64(0));
+		switchover(m, r);
+		json_object_put(r);
+		return;
+	}
+	snprintf(why, sizeof(why), "%s; %s runs on neither %s nor %s: the VM is lost",
+		 m->settle_why, m->name, m->src->name, m->dst->name);
+	finish(m, "failed", why);
+}
+
+struct settle_ask {
+	char id[LINK_OP_ID_MAX + 1];
+	bool source;
+};
+
+static void settle_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	struct settle_ask *ask = cls;
+	struct migration *m = migration_by_id(ask->id);
+
+	if (m && m->settling && m->settle_asked > 0) {
+		m->settle_asked--;
+		if (error) {
+			log_warnx("migration %s: migrate-state from the %s: %s", m->id,
+				  ask->source ? "source" : "target", error);
+			json_object_put(ask->source ? m->ans_src : m->ans_dst);
+			if (ask->source)
+				m->ans_src = NULL;
+			else
+				m->ans_dst = NULL;
+		} else if (ask->source) {
+			json_object_put(m->ans_src);
+			m->ans_src = json_object_get(body);
+		} else {
+			json_object_put(m->ans_dst);
+			m->ans_dst = json_object_get(body);
+		}
+		if (m->settle_asked == 0) {
+			if (m->ans_src && m->ans_dst)
+				settle_decide(m);
+			else
+				m->settle_next = now_ms() + MIGRATE_SETTLE_RETRY_MS;
+		}
+	}
+	free(ask);
+}
+
+static void settle_ask(struct migration *m, struct host *h, bool source)
+{
+	struct settle_ask *ask = xcalloc(1, sizeof(*ask));
+	struct json_object *q = json_object_new_object();
+
+	snprintf(ask->id, sizeof(ask->id), "%s", m->id);
+	ask->source = source;
+	json_object_object_add(q, "what", json_object_new_string("migrate-state"));
+	json_object_object_add(q, "name", json_object_new_string(m->name));
+	agentlink_query(h, q, settle_answer_cb, ask);
+}
+
+/* Cron: a settling migration asks both ends, once both are online. */
+static void settles_check(void)
+{
+	for (struct migration *m = migrations; m; m = m->next) {
+		if (!m->settling || m->settle_asked || now_ms() < m->settle_next ||
+		    m->src->state != HOST_ONLINE || m->dst->state != HOST_ONLINE)
+			continue;
+		m->settle_asked = 2;
+		json_object_put(m->ans_src);
+		json_object_put(m->ans_dst);
+		m->ans_src = m->ans_dst = NULL;
+		settle_ask(m, m->src, true);
+		settle_ask(m, m->dst, false);
+		break; /* an answer may end a migration: the list changed */
+	}
+}
+
+/*
+ * h's agent restarted (host_heartbeat()): a migration whose current step ran there
+ * lost it, and settles (see the top of this file).
+ */
+void migrate_host_restarted(struct host *h)
+{
+	char why[128];
+
+	for (struct migration *m = migrations; m; m = m->next) {
+		if (m->src != h && m->dst != h)
+			continue;
+		snprintf(why, sizeof(why), "the agent of %s restarted during %s", h->name,
+			 phase_names[m->phase]);
+		if (!m->child[0] || m->child_host != h) {
+			/* The step at work is the other host's and ends by itself (a target
+			 * drops an incoming QEMU it lost: the copy fails); the result says. */
+			json_object_object_add(m->result, "recovery", json_object_new_string(why));
+			continue;
+		}
+		settle_start(m, why);
+	}
+}
+
+/*
+ * The job engine's resume slot for kind "migrate" after a controller restart: the
+ * migration is made again from its row (op: result.source, result.target,
+ * result.args) and settles. Returns 0, or -1 when it cannot be (the engine fails it).
+ */
+int migrate_job_resume(struct host *h, const char *id, struct json_object *op)
+{
+	struct json_object *res = json_object_object_get(op, "result");
+	const char *target = json_get_str(op, "target", "");
+	struct host *src = host_find(json_get_str(res, "source", ""));
+	struct host *dst = host_find(json_get_str(res, "target", ""));
+	struct mig_inst i = {0};
+	struct migration *m;
+
+	(void)h;
+	if (src == NULL || dst == NULL || strncmp(target, "instances/", 10) ||
+	    !inst_load(target + 10, &i)) {
+		json_object_put(i.spec);
+		return -1;
+	}
+	m = xcalloc(1, sizeof(*m));
+	snprintf(m->id, sizeof(m->id), "%s", id);
+	snprintf(m->name, sizeof(m->name), "%s", target + 10);
+	m->iid = i.id;
+	m->src = src;
+	m->dst = dst;
+	m->spec = i.spec;
+	m->args = json_object_get(json_object_object_get(res, "args"));
+	if (m->args == NULL)
+		m->args = json_object_new_object();
+	m->result = json_tokener_parse(json_text(res));
+	m->cancel = json_get_str(op, "cancel", NULL) != NULL;
+	m->started_ms = now_ms();
+	m->phase = PHASE_PRECOPY;
+	m->next = migrations;
+	migrations = m;
+	/* The target stays wired while it may hold the guest. */
+	wired_set(m, true);
+	settle_start(m, "the controller restarted during the migration");
+	return 0;
 }
 
 /* ---- cancel ------------------------------------------------------------------------ */
