@@ -64,7 +64,7 @@
 #define MIGRATE_BANDWIDTH_MBPS 8000 /* QEMU 7.2's 128 MiB/s default never converges */
 #define MIGRATE_DOWNTIME_MS    100  /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_DIRTY_CALC_S   1
-#define MIGRATE_QMP_TIMEOUT_MS 10000
+#define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
 
 /* One migrate-out at work (a VM leaves this host). */
 struct outgoing {

@@ -147,9 +147,14 @@ static void view_build(struct sched_view *v)
 		s->vxlan = f->vxlan;
 		s->vlan_8021q = f->vlan_8021q;
 	}
+	/* An instance migrating in holds its target's room already (migrate.c's
+	 * temp.migrating): two migrations at once must not both count on it. */
 	st = db_prepare(ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), "
-				"group_concat(anti_affinity, char(10)), count(*) FROM instances "
-				"WHERE host_id IS NOT NULL GROUP BY host_id");
+				"group_concat(anti_affinity, char(10)), count(*) FROM (SELECT "
+				"host_id, vcpus, memory_mb, anti_affinity FROM instances WHERE "
+				"host_id IS NOT NULL UNION ALL SELECT m.host_id, x.vcpus, "
+				"x.memory_mb, x.anti_affinity FROM temp.migrating m JOIN instances "
+				"x ON x.id = m.instance_id) GROUP BY host_id");
 	v->groups = xcalloc(n ? n : 1, sizeof(char *));
 	/* Host ids are SQLite rowids, dense from 1: an array finds a row's host at once
 	 * (a search per row made this O(hosts x hosts) on every placement). */
