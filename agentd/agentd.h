@@ -243,6 +243,7 @@ struct ctr {
 	bool oom;		/* the last run was killed for memory */
 	int64_t finished_at_ms; /* last run's end, -1 if none */
 	int restarts;		/* by the restart policy, since the last start */
+	int restarts_carried;	/* the next start's count: a cold migration's (ociaction.c) */
 	int64_t rw_size;	/* bytes in the writable layer, -1 until measured */
 	bool measuring;
 	unsigned measure_tick;

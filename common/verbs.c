@@ -239,12 +239,12 @@ static const struct verb_def verb_table[VERBS] = {
 			 0,
 			 commit_args,
 			 {0, 1800}},
-	/* Stage 2, VMs only (a container's migration is a cold copy the controller runs).
-	 * Their args are checked by the agent's VM driver (migrate.c, backup.c), whose
-	 * table replaces no_args here. migrate-in makes the instance from the whole SPEC;
-	 * a restore writes over one that exists. */
+	/* Stage 2. A container migrates cold (agentd/ociaction.c), a VM live. Their
+	 * args are checked by each agent driver's own table, which replaces no_args here.
+	 * migrate-in makes the instance from the whole SPEC; a restore writes over one that exists.
+	 */
 	[VERB_MIGRATE_OUT] = {"migrate-out",
-			      VM,
+			      BOTH,
 			      NULL,
 			      0,
 			      NULL,
@@ -253,7 +253,7 @@ static const struct verb_def verb_table[VERBS] = {
 			      no_args,
 			      {3600, 1800}},
 	[VERB_MIGRATE_IN] = {"migrate-in",
-			     VM,
+			     BOTH,
 			     NULL,
 			     0,
 			     NULL,
