@@ -218,9 +218,10 @@ struct vm {
 	bool reset_expected;	   /* a reboot command's RESET event is not news */
 	/* inst.timer: start deadline, stop timeout, kill delay; inst.poll_timer: QMP
 	 * connection retries, exit checks of adopted QEMUs. */
-	int qmp_failures;    /* connection attempts that failed in a row */
-	bool adopt_reported; /* the start-up state report went out */
-	bool vm_incoming;    /* migrate.c: the next QEMU waits for a migration */
+	int qmp_failures;     /* connection attempts that failed in a row */
+	bool adopt_reported;  /* the start-up state report went out */
+	bool vm_incoming;     /* migrate.c: the next QEMU waits for a migration */
+	bool vm_migrating_in; /* migrate.c: migrated here, its guest not running yet */
 };
 
 struct ctr;
@@ -243,6 +244,7 @@ struct ctr {
 	bool oom;		/* the last run was killed for memory */
 	int64_t finished_at_ms; /* last run's end, -1 if none */
 	int restarts;		/* by the restart policy, since the last start */
+	int restarts_carried;	/* the next start's count: a cold migration's (ociaction.c) */
 	int64_t rw_size;	/* bytes in the writable layer, -1 until measured */
 	bool measuring;
 	unsigned measure_tick;
@@ -666,6 +668,10 @@ extern const struct json_field migrate_in_args[];
 extern const struct json_field migrate_out_args[];
 void migrate_in(struct inst_op *op);
 void migrate_out(struct inst_op *op);
+bool migrate_adopted(struct vm *vm, const char *status);
+void migrate_in_running(struct vm *vm);
+int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			struct kerr *err);
 int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			 struct kerr *err);
 

@@ -546,8 +546,9 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {"console", "logs",	      "exec",		"net",
-					  "spec",    "console-input", "migrate-cancel", NULL};
+static const char *const query_whats[] = {
+	"console",	 "logs",	   "exec",	    "net", "spec",
+	"console-input", "migrate-cancel", "migrate-state", NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -716,6 +717,8 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 		ret = spec_query(a, norm, answer, err);
 	else if (strcmp(what, "migrate-cancel") == 0)
 		ret = migrate_cancel_query(a, norm, answer, err);
+	else if (strcmp(what, "migrate-state") == 0)
+		ret = migrate_state_query(a, norm, answer, err);
 	else if (strcmp(what, "exec") == 0)
 		ret = json_fields_check(norm, exec_fields, err) < 0
 			      ? -1

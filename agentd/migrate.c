@@ -30,6 +30,20 @@
  * the controller resumes it on the target). An idle guest keeps pre-copy and its
  * short downtime. Post-copy needs userfaultfd in the target QEMU, which runs as the
  * unprivileged QEMU user; see docs/architecture.md - it is not used yet.
+ *
+ * Faults: each end keeps its part in {run dir}/migration.json ({"role": "out"|"in",
+ * "op", "paused"}), written before the step it guards, so an agent killed mid-way
+ * finds it when it adopts the VM again (migrate_adopted()):
+ *   out  the source QEMU goes on migrating without us: poll query-migrate until it
+ *        ends; completed -> the guest is the target's, remove it here as migrate-out
+ *        would have; failed or none -> it stays, running again if we paused it.
+ *   in   a QEMU still "inmigrate" lost its agent mid-copy: nobody can vouch for the
+ *        stream any more, so it is stopped and removed (the source's copy fails and
+ *        its guest runs on there); one that runs already is the guest, kept.
+ * The file goes when the role is over: the source's with its run directory or on
+ * failure, the target's once its guest runs (migrate_in_running()). The controller
+ * asks both ends with {"what": "migrate-state"} to settle a migration whose agent or
+ * controller restarted (controllerd/migrate.c).
  */
 #include "agentd.h"
 
@@ -50,7 +64,7 @@
 #define MIGRATE_BANDWIDTH_MBPS 8000 /* QEMU 7.2's 128 MiB/s default never converges */
 #define MIGRATE_DOWNTIME_MS    100  /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_DIRTY_CALC_S   1
-#define MIGRATE_QMP_TIMEOUT_MS 10000
+#define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
 
 /* One migrate-out at work (a VM leaves this host). */
 struct outgoing {
@@ -239,6 +253,61 @@ static void creds_id(const struct inst_op *op, char *out, size_t len)
 	snprintf(out, len, "kumo-tls-%.32s", op->op);
 }
 
+/* ---- the state file ---------------------------------------------------------------------- */
+
+#define MIGRATION_FILE "migration.json"
+
+/* Record vm's part in migration op (role "out" or "in"); paused: we stopped the guest. */
+static void state_write(struct vm *vm, const char *role, const char *op, bool paused)
+{
+	_cleanup_free_ char *path = xasprintf("%s/" MIGRATION_FILE, vm->inst.dir);
+	struct json_object *o = json_object_new_object();
+	const char *text;
+	int ret;
+
+	json_object_object_add(o, "role", json_object_new_string(role));
+	json_object_object_add(o, "op", json_object_new_string(op));
+	json_object_object_add(o, "paused", json_object_new_boolean(paused));
+	text = json_text(o);
+	/* A few bytes, synced: it must be on disk before the step it guards starts. */
+	ret = file_write_atomic(path, text, strlen(text), 0600);
+	if (ret < 0)
+		log_warnx("vm %s: cannot write %s: %s", vm->inst.name, path, strerror(-ret));
+	json_object_put(o);
+}
+
+static void state_remove(struct vm *vm)
+{
+	_cleanup_free_ char *path = xasprintf("%s/" MIGRATION_FILE, vm->inst.dir);
+
+	unlink(path);
+}
+
+/* vm's migration.json, or NULL when it has none (a new reference). */
+static struct json_object *state_read(struct vm *vm)
+{
+	_cleanup_free_ char *path = xasprintf("%s/" MIGRATION_FILE, vm->inst.dir);
+	_cleanup_free_ char *text = NULL;
+
+	if (file_read_all(path, 4096, &text, NULL) < 0)
+		return NULL;
+	return json_tokener_parse(text);
+}
+
+/* The target's guest runs (vm_state_set()): its migration is over here. */
+void migrate_in_running(struct vm *vm)
+{
+	struct json_object *st;
+
+	if (!vm->vm_migrating_in)
+		return;
+	vm->vm_migrating_in = false;
+	st = state_read(vm);
+	if (st && !strcmp(json_get_str(st, "role", ""), "in"))
+		state_remove(vm);
+	json_object_put(st);
+}
+
 /* ---- migrate-in ------------------------------------------------------------------------ */
 
 /* A free TCP port on addr: bound and closed again, for QEMU to bind at once. */
@@ -401,6 +470,10 @@ static void in_spec_write(struct inst_op *op)
 {
 	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->inst.dir);
 
+	/* Before spec.json: an agent restarted from here on knows what this VM is. */
+	state_write(op->vm, "in", op->op, false);
+	op->vm->vm_migrating_in = true;
+
 	disk_file_write(op->agent, path, json_text(op->spec), in_spec_written_cb, op);
 }
 
@@ -519,6 +592,7 @@ static void out_fail(struct outgoing *o, const char *prefix, const char *detail)
 	/* A guest this migration paused runs on here. */
 	if (o->paused_at_ms && vm_alive(o->vm))
 		vm_qmp(o->vm, "cont", NULL, 0, NULL, NULL, NULL);
+	state_remove(o->vm);
 	o->finished = true;
 	outgoing_free(o);
 	instance_op_fail(op, "%s%s", prefix, detail);
@@ -747,6 +821,7 @@ static void strategy_start(struct outgoing *o)
 		return;
 	}
 	o->paused_at_ms = now_ms();
+	state_write(o->vm, "out", o->op->op, true);
 	if (vm_qmp(o->vm, "stop", NULL, MIGRATE_QMP_TIMEOUT_MS, stopped_cb, o, &err) < 0)
 		out_fail(o, "", err.msg);
 }
@@ -879,6 +954,7 @@ void migrate_out(struct inst_op *op)
 	o->timer.data = o;
 	o->next = outgoing_list;
 	outgoing_list = o;
+	state_write(vm, "out", op->op, false);
 	progress_send(o, "precopy", 5);
 	creds_id(op, id, sizeof(id));
 	if (creds_load(vm, json_object_object_get(op->args, "tls"), "client", id, out_creds_cb, o,
@@ -918,5 +994,205 @@ int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_
 	/* Before QEMU's migrate the steps above see o->cancel; after it, QEMU does. */
 	vm_qmp(o->vm, "migrate_cancel", NULL, 0, NULL, NULL, NULL);
 	json_object_object_add(*answer, "cancelled", json_object_new_boolean(true));
+	return 0;
+}
+
+/* ---- after an agent restart ------------------------------------------------------------- */
+
+/* A source VM found mid-migration at start-up, its QEMU polled until the copy ends. */
+struct adopted_out {
+	struct agent *agent;
+	char name[NAME_MAX_LEN + 1];
+	bool paused; /* the migration had stopped the guest */
+	uv_timer_t timer;
+};
+
+static void adopted_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+static void adopted_free(struct adopted_out *ad)
+{
+	uv_timer_stop(&ad->timer);
+	uv_close((uv_handle_t *)&ad->timer, adopted_close_cb);
+}
+
+static void adopted_removed_cb(struct agent *a, const char *error, void *data)
+{
+	struct adopted_out *ad = data;
+	struct vm *vm = a->stopping ? NULL : vm_find(a, ad->name);
+
+	if (error)
+		log_warnx("vm %s: migrated, but its run directory stays: %s", ad->name, error);
+	if (vm) {
+		vm_remove(vm);
+		log_info("vm %s: its migration completed while the agent was away; removed here",
+			 ad->name);
+	}
+	adopted_free(ad);
+}
+
+static void adopted_stopped_cb(struct inst *inst, const char *error, void *data)
+{
+	struct vm *vm = (struct vm *)inst;
+	struct adopted_out *ad = data;
+
+	if (ad->agent->stopping) {
+		adopted_free(ad);
+		return;
+	}
+	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
+	disk_remove(ad->agent, vm->inst.dir, vm->disks, 0, NULL, adopted_removed_cb, ad);
+}
+
+static void adopted_poll_cb(uv_timer_t *timer);
+
+static void adopted_query_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct adopted_out *ad = data;
+	struct vm *vm = ad->agent->stopping ? NULL : vm_find(ad->agent, ad->name);
+	const char *status = json_get_str(ret, "status", "");
+
+	if (vm == NULL || !vm_alive(vm)) {
+		if (vm)
+			state_remove(vm);
+		adopted_free(ad);
+		return;
+	}
+	if (ret == NULL) {
+		uv_timer_start(&ad->timer, adopted_poll_cb, MIGRATE_POLL_MS * 4, 0);
+		return;
+	}
+	if (!strcmp(status, "completed")) {
+		/* The target has the guest: this copy is stale, removed as migrate-out would. */
+		vm->inst.stop_requested = true;
+		vm_force_stop(vm, adopted_stopped_cb, ad);
+		return;
+	}
+	if (strcmp(status, "failed") && strcmp(status, "cancelled") && strcmp(status, "none")) {
+		uv_timer_start(&ad->timer, adopted_poll_cb, MIGRATE_POLL_MS, 0);
+		return;
+	}
+	/* It did not move: the guest runs on here, as before the migration. */
+	log_info("vm %s: its migration %s while the agent was away; it stays here", ad->name,
+		 status);
+	if (ad->paused)
+		vm_qmp(vm, "cont", NULL, 0, NULL, NULL, NULL);
+	state_remove(vm);
+	adopted_free(ad);
+}
+
+static void adopted_poll_cb(uv_timer_t *timer)
+{
+	struct adopted_out *ad = timer->data;
+	struct vm *vm = ad->agent->stopping ? NULL : vm_find(ad->agent, ad->name);
+
+	if (vm == NULL || vm_qmp(vm, "query-migrate", NULL, MIGRATE_QMP_TIMEOUT_MS,
+				 adopted_query_cb, ad, NULL) < 0)
+		uv_timer_start(&ad->timer, adopted_poll_cb, MIGRATE_POLL_MS * 4, 0);
+}
+
+static void adopted_in_removed_cb(struct agent *a, const char *error, void *data)
+{
+	char *name = data;
+	struct vm *vm = a->stopping ? NULL : vm_find(a, name);
+
+	if (error)
+		log_warnx("vm %s: removing an interrupted incoming migration: %s", name, error);
+	/* A delete from the controller may hold it by now: that one removes it. */
+	if (vm && vm->inst.op == NULL)
+		vm_remove(vm);
+	free(name);
+}
+
+static void adopted_in_stopped_cb(struct inst *inst, const char *error, void *data)
+{
+	struct vm *vm = (struct vm *)inst;
+
+	(void)data;
+	if (vm->inst.agent->stopping)
+		return;
+	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
+	/* Its disks are on the shared pool, the source's: only the run directory goes. */
+	disk_remove(vm->inst.agent, vm->inst.dir, vm->disks, 0, NULL, adopted_in_removed_cb,
+		    xstrdup(vm->inst.name));
+}
+
+/*
+ * vm was adopted at start-up and QMP says status (vm.c): settle a migration the
+ * last agent left half done, as the top of this file says. Returns true when vm is
+ * being removed here (its state is not news), false when it is an ordinary VM.
+ */
+bool migrate_adopted(struct vm *vm, const char *status)
+{
+	struct json_object *st = state_read(vm);
+	const char *role = json_get_str(st, "role", "");
+	struct adopted_out *ad;
+
+	if (st == NULL)
+		return false;
+	if (!strcmp(role, "in")) {
+		json_object_put(st);
+		if (!strcmp(status, "inmigrate")) {
+			log_warnx("vm %s: an incoming migration lost its agent mid-copy; stopping "
+				  "it (the guest runs on at its source)",
+				  vm->inst.name);
+			vm->inst.stop_requested = true;
+			vm_force_stop(vm, adopted_in_stopped_cb, NULL);
+			return true;
+		}
+		/* The copy is over: the guest is this QEMU's (running, or paused first). */
+		vm->vm_migrating_in = true;
+		if (!strcmp(status, "running"))
+			migrate_in_running(vm);
+		return false;
+	}
+	if (!strcmp(role, "out")) {
+		ad = xcalloc(1, sizeof(*ad));
+		ad->agent = vm->inst.agent;
+		snprintf(ad->name, sizeof(ad->name), "%s", vm->inst.name);
+		ad->paused = json_get_bool(st, "paused", false);
+		uv_timer_init(ad->agent->loop, &ad->timer);
+		ad->timer.data = ad;
+		log_info("vm %s: found mid-migration (%s); following it to its end", vm->inst.name,
+			 status);
+		uv_timer_start(&ad->timer, adopted_poll_cb, 0, 0);
+	}
+	json_object_put(st);
+	return false;
+}
+
+static const struct json_field state_fields[] = {
+	{"what", JK_STRING, true, NULL},
+	{"name", JK_STRING, true, name_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * {"what": "migrate-state", "name": N} -> {"present": bool, "state": S, "role":
+ * "out"|"in"|null}: whether VM N is here, its state, and the part it still plays in
+ * a migration (its migration.json). The controller settles a migration with it after
+ * a restart. Answered at once.
+ */
+int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			struct kerr *err)
+{
+	struct vm *vm;
+	struct json_object *st;
+
+	if (json_fields_check(body, state_fields, err) < 0)
+		return -1;
+	vm = vm_find(a, json_get_str(body, "name", ""));
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "present", json_object_new_boolean(vm != NULL));
+	if (vm == NULL)
+		return 0;
+	st = state_read(vm);
+	json_object_object_add(*answer, "state",
+			       json_object_new_string(inst_state_name(vm->inst.state)));
+	json_object_object_add(*answer, "role",
+			       st ? json_object_get(json_object_object_get(st, "role")) : NULL);
+	json_object_put(st);
 	return 0;
 }

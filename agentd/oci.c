@@ -593,6 +593,7 @@ int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err)
 	char *args[] = {a->exe, "--shim", ctr->inst.dir, NULL};
 	uv_stdio_container_t stdio[3];
 	uv_process_options_t opts = {0};
+	char count[16];
 	int fd, ret;
 
 	if (oci_alive(ctr))
@@ -602,8 +603,11 @@ int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err)
 	ctr_file_drop(ctr, "stop");
 	ctr_file_drop(ctr, "exit.json");
 	ctr_file_drop(ctr, "container.pid");
-	/* A power cut ends the container and its shim: the count starts again anyway. */
-	if (ctr_file_put(ctr, "restarts", "0\n", false, err) < 0)
+	/* A power cut ends the container and its shim: the count starts again anyway.
+	 * A container that migrated here cold goes on with its source's count. */
+	snprintf(count, sizeof(count), "%d\n", ctr->restarts_carried);
+	ctr->restarts_carried = 0;
+	if (ctr_file_put(ctr, "restarts", count, false, err) < 0)
 		return -1;
 	fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)

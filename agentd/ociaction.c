@@ -30,7 +30,9 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <spawn.h>
 #include <sys/vfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "json.h"
@@ -1035,6 +1037,10 @@ static void heard(struct inst *inst)
 	oci_state_heard((struct ctr *)inst);
 }
 
+extern const struct json_field oci_migrate_out_args[], oci_migrate_in_args[];
+void ociaction_migrate_out(struct inst_op *op);
+void ociaction_migrate_in(struct inst_op *op);
+
 /* The container driver: a verb without a slot here is refused by the shared code. */
 const struct driver oci_driver = {
 	.type = INST_CONTAINER,
@@ -1062,15 +1068,235 @@ const struct driver oci_driver = {
 			[VERB_RESUME] = ociaction_resume,
 			[VERB_DELETE] = instance_delete,
 			[VERB_COMMIT] = ociaction_commit,
-			/* A backup of its spec and writable layer (backup.c); a restore
-			 * makes a new container (a create with args.restore). Migrate-out,
-			 * migrate-in and restore over one are VMs' only: a container answers
-			 * 422 (the verb table has no container bit). */
+			/* Cold migration: stop, pack, unpack, start (below). A backup of
+			 * its spec and writable layer (backup.c); a restore makes a new
+			 * container (a create with args.restore): restore over one is VMs'
+			 * only, a container answers 422 (the verb table has no container bit). */
+			[VERB_MIGRATE_OUT] = ociaction_migrate_out,
+			[VERB_MIGRATE_IN] = ociaction_migrate_in,
 			[VERB_BACKUP] = backup_ctr_run,
 		},
 	.args =
 		{
+			[VERB_MIGRATE_OUT] = oci_migrate_out_args,
+			[VERB_MIGRATE_IN] = oci_migrate_in_args,
 			[VERB_BACKUP] = backup_args,
 		},
 	.cancel = job_undo, /* job.c: a cancel or deadline undoes what the op did */
+};
+
+/* ---- cold migration ------------------------------------------------------------------------ */
+
+/*
+ * A container moves cold (controllerd/migrate.c): migrate-out on the source stops it
+ * and packs its writable layer (upper/) into {shared_pool}/migrations/OP.tar; the
+ * container stays here, stopped, until the controller deletes it after the
+ * switchover. migrate-in on the target creates it from the same SPEC (its address
+ * and MAC are in the SPEC), unpacks the archive as its writable layer, removes the
+ * archive and starts it if it ran, carrying its restart count. tar keeps owners,
+ * modes and the overlay's whiteouts and xattrs. Live migration (CRIU) would fill
+ * these same slots; it cannot work on these hosts (issue 13).
+ */
+struct ctr_move {
+	struct work job;
+	struct inst_op *op;
+	bool pack; /* upper/ -> archive, else archive -> upper/ */
+	char upper[PATH_MAX], archive[PATH_MAX];
+};
+
+#define MOVE_DIR "migrations"
+
+static int move_work(struct work *job)
+{
+	struct ctr_move *mv = (struct ctr_move *)job;
+	char *pack[] = {"tar",
+			"--xattrs",
+			"--xattrs-include=*",
+			"--numeric-owner",
+			"-C",
+			mv->upper,
+			"-cf",
+			mv->archive,
+			".",
+			NULL};
+	char *unpack[] = {"tar",
+			  "--xattrs",
+			  "--xattrs-include=*",
+			  "--numeric-owner",
+			  "-p",
+			  "-C",
+			  mv->upper,
+			  "-xf",
+			  mv->archive,
+			  NULL};
+	extern char **environ;
+	int status, ret;
+	pid_t pid;
+
+	/* On a pool thread: tar runs as the agent (root: the layer holds any owner). */
+	ret = posix_spawnp(&pid, "tar", NULL, NULL, mv->pack ? pack : unpack, environ);
+	if (ret != 0)
+		return err_set(&job->err, ret, "cannot run tar");
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return err_set(&job->err, errno, "waiting for tar");
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		if (mv->pack)
+			unlink(mv->archive);
+		return err_set(&job->err, 0, "tar %s %s failed (status %d)", mv->pack ? "-c" : "-x",
+			       mv->archive, status);
+	}
+	if (!mv->pack)
+		unlink(mv->archive); /* the target holds the layer now */
+	return 0;
+}
+
+static void move_queue(struct inst_op *op, bool pack, void (*done)(struct work *))
+{
+	struct ctr_move *mv = xcalloc(1, sizeof(*mv));
+	_cleanup_free_ char *dir = xasprintf("%s/" MOVE_DIR, op->agent->cfg->shared_pool);
+
+	mkdir_p(dir, 0700);
+	mv->op = op;
+	mv->pack = pack;
+	snprintf(mv->upper, sizeof(mv->upper), "%s/upper", op->ctr->inst.dir);
+	snprintf(mv->archive, sizeof(mv->archive), "%s/%s.tar", dir,
+		 pack ? op->op : json_get_str(op->args, "archive", ""));
+	mv->job.run = move_work;
+	mv->job.done = done;
+	oci_job_queue(op->agent, &mv->job);
+}
+
+static void packed_cb(struct work *job)
+{
+	struct ctr_move *mv = (struct ctr_move *)job;
+	struct inst_op *op = mv->op;
+
+	if (instance_op_gone(op)) {
+		free(mv);
+		return;
+	}
+	if (job->ret < 0) {
+		instance_op_fail(op, "%s", job->err.msg);
+		free(mv);
+		return;
+	}
+	json_object_object_add(op->result, "archive", json_object_new_string(op->op));
+	log_info("container %s: stopped and packed for its move (%s)", op->ctr->inst.name,
+		 mv->archive);
+	free(mv);
+	instance_op_succeed(op);
+}
+
+static void move_stopped_cb(struct inst *inst, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_step_failed(op, error))
+		return;
+	instance_op_progress(op, 50, "packing the writable layer");
+	move_queue(op, true, packed_cb);
+}
+
+/*
+ * migrate-out (container, cold): stop it (its grace), pack upper/ into the shared
+ * pool. Result {"archive": ID, "was_running", "restarts"}.
+ */
+void ociaction_migrate_out(struct inst_op *op)
+{
+	struct ctr *ctr = op->ctr;
+	bool running;
+
+	oci_refresh(ctr);
+	running = oci_alive(ctr);
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "was_running", json_object_new_boolean(running));
+	json_object_object_add(op->result, "restarts", json_object_new_int(ctr->restarts));
+	if (!running) {
+		oci_mark_stopped(ctr);
+		move_stopped_cb(&ctr->inst, NULL, op);
+		return;
+	}
+	instance_op_progress(op, 10, "stopping the container");
+	oci_stop(ctr, (unsigned)verb_timeout_default(VERB_STOP, INST_CONTAINER), move_stopped_cb,
+		 op);
+}
+
+static void unpacked_cb(struct work *job)
+{
+	struct ctr_move *mv = (struct ctr_move *)job;
+	struct inst_op *op = mv->op;
+
+	if (instance_op_gone(op)) {
+		free(mv);
+		return;
+	}
+	if (job->ret < 0) {
+		instance_op_fail(op, "%s", job->err.msg);
+		free(mv);
+		return;
+	}
+	free(mv);
+	/* The count goes on where the source left it (oci_start() writes it). */
+	op->ctr->restarts_carried = (int)json_get_int(op->args, "restarts", 0);
+	created(op);
+}
+
+static void move_in_prepared(struct inst_op *op)
+{
+	instance_op_progress(op, 70, "unpacking the writable layer");
+	move_queue(op, false, unpacked_cb);
+}
+
+/*
+ * migrate-in (container, cold): create it from the SPEC, its writable layer from
+ * args.archive; start it if args.start. As create otherwise.
+ */
+void ociaction_migrate_in(struct inst_op *op)
+{
+	const char *name = json_get_str(op->spec, "name", "");
+	struct ctr *ctr;
+	struct kerr err;
+	int ret;
+
+	if (op->ctr || vm_find(op->agent, name)) {
+		instance_op_fail(op, "instance %s exists already on this host", name);
+		return;
+	}
+	ctr = oci_register(op->agent, op->spec, &err);
+	if (ctr == NULL) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->ctr = ctr;
+	op->owner = op->registered = true;
+	ctr->inst.op = op;
+	ret = mkdir_p(ctr->inst.dir, 0700);
+	if (ret < 0) {
+		instance_op_fail(op, "cannot create %s: %s", ctr->inst.dir, strerror(-ret));
+		return;
+	}
+	chmod(ctr->inst.dir, 0711);
+	prepare(op, true, move_in_prepared);
+}
+
+static int archive_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strlen(s) < 1 || strlen(s) > LINK_OP_ID_MAX ||
+	    strspn(s, "0123456789abcdef") != strlen(s))
+		return err_input(err, 400, field, "field '%s' must be an operation id", field);
+	return 0;
+}
+
+const struct json_field oci_migrate_out_args[] = {
+	{NULL, 0, false, NULL},
+};
+
+const struct json_field oci_migrate_in_args[] = {
+	{"archive", JK_STRING, true, archive_check},
+	{"restarts", JK_INT, false, NULL},
+	{"start", JK_BOOL, false, NULL},
+	{NULL, 0, false, NULL},
 };

@@ -253,6 +253,8 @@ void vm_state_set(struct vm *vm, enum inst_state state)
 	vm->inst.state = state;
 	if (state != INST_CRASHED && state != INST_ERROR)
 		vm->inst.error[0] = '\0';
+	if (state == INST_RUNNING)
+		migrate_in_running(vm); /* a migrated guest runs: the target's part is over */
 	if (vm->inst.op == NULL)
 		vm_state_push(vm);
 	else
@@ -375,6 +377,9 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		vm->inst.state = status_state(status);
 		log_info("vm %s: adopted QEMU pid %d (%s)", vm->inst.name, (int)vm->inst.pid,
 			 status);
+		/* A migration the last agent left half done (migrate.c). */
+		if (migrate_adopted(vm, status))
+			return;
 		/* The guest powered off (or panicked) while the agent was away. */
 		if (strcmp(status, "shutdown") == 0 || strcmp(status, "guest-panicked") == 0) {
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",

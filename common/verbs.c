@@ -242,13 +242,13 @@ static const struct verb_def verb_table[VERBS] = {
 			 0,
 			 commit_args,
 			 {0, 1800}},
-	/* Stage 2, VMs only but backup (a container's migration is a cold copy the
-	 * controller runs; its backup is its writable layer). Their args are checked by
-	 * the agent's drivers (migrate.c, backup.c), whose tables replace no_args here.
-	 * migrate-in makes the instance from the whole SPEC; a restore writes over one
-	 * that exists (a new instance is a create with args.restore). */
+	/* Stage 2. A container migrates cold (agentd/ociaction.c), a VM live; a
+	 * container's backup is its writable layer. Their args are checked by each agent
+	 * driver's own table (migrate.c, backup.c, ociaction.c), which replaces no_args
+	 * here. migrate-in makes the instance from the whole SPEC; a restore writes over
+	 * one that exists (a new instance is a create with args.restore). */
 	[VERB_MIGRATE_OUT] = {"migrate-out",
-			      VM,
+			      BOTH,
 			      NULL,
 			      0,
 			      NULL,
@@ -257,7 +257,7 @@ static const struct verb_def verb_table[VERBS] = {
 			      no_args,
 			      {3600, 1800}},
 	[VERB_MIGRATE_IN] = {"migrate-in",
-			     VM,
+			     BOTH,
 			     NULL,
 			     0,
 			     NULL,

@@ -484,6 +484,8 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 		       struct json_object *result, const char *error);
 int migrate_op_nack(const char *op_id, const char *why);
 void migrate_agent_progress(const char *op_id, struct json_object *body);
+void migrate_host_restarted(struct host *h);
+int migrate_job_resume(struct host *h, const char *id, struct json_object *op);
 /* audit.c */
 void audit_record(const struct request *req);
 void audit_prune(void);

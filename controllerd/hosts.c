@@ -325,6 +325,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	    json_get_int(h->facts, "uptime_s", 0)) {
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
 		backups_agent_restarted(h);
+		migrate_host_restarted(h);
 	}
 	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
 	applied_was = xstrdup(applied ? applied : "");

@@ -147,10 +147,16 @@ static void view_build(struct sched_view *v)
 		s->vxlan = f->vxlan;
 		s->vlan_8021q = f->vlan_8021q;
 	}
-	/* Counters the schema's triggers keep (db.c): O(hosts), not O(instances). */
-	st = db_prepare(ctl.db, "SELECT u.host_id, u.vcpus, u.memory_mb, (SELECT "
-				"group_concat(g.grp, char(10)) FROM host_groups g WHERE "
-				"g.host_id = u.host_id), u.instances FROM host_usage u");
+	/* Counters the schema's triggers keep (db.c): O(hosts), not O(instances). An
+	 * instance migrating in holds its target's room already (migrate.c's
+	 * temp.migrating): two migrations at once must not both count on it. */
+	st = db_prepare(ctl.db,
+			"SELECT host_id, sum(vcpus), sum(memory_mb), group_concat(grp, char(10)), "
+			"sum(n) FROM (SELECT u.host_id, u.vcpus, u.memory_mb, (SELECT "
+			"group_concat(g.grp, char(10)) FROM host_groups g WHERE g.host_id = "
+			"u.host_id) AS grp, u.instances AS n FROM host_usage u UNION ALL SELECT "
+			"m.host_id, x.vcpus, x.memory_mb, x.anti_affinity, 1 FROM temp.migrating m "
+			"JOIN instances x ON x.id = m.instance_id) GROUP BY host_id");
 	v->groups = xcalloc(n ? n : 1, sizeof(char *));
 	/* Host ids are SQLite rowids, dense from 1: an array finds a row's host at once
 	 * (a search per row made this O(hosts x hosts) on every placement). */

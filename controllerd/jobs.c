@@ -262,7 +262,7 @@ static const struct op_kind kinds[] = {
 	{"store-gc", 0, NULL, NULL, NULL, NO_UNDO "a garbage collection runs to its end"},
 	/* Live migration (migrate.c): the parent is driven by the controller, its steps by
 	 * the two hosts; the steps' ends go to migrate_agent_done(). */
-	{"migrate", 0, NULL, NULL, migrate_kind_cancel, NULL},
+	{"migrate", 0, migrate_job_resume, NULL, migrate_kind_cancel, NULL},
 	{"migrate-in", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
 	{"migrate-out", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
 	{"migrate-resume", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},

@@ -20,12 +20,30 @@
  *                   delete that keeps the disks (migrate-cleanup); the VM ran on the
  *                   source all along, and the database never moved it.
  *
+ * A container moves cold (its type's default, mode cold/offline; live is a 422:
+ * CRIU does not work on these hosts): stop-source (migrate-out on the source: stop,
+ * pack upper/ into the shared pool), start-target (migrate-in on the target: made
+ * from the same SPEC, so the same address and MAC, the layer unpacked, started if it
+ * ran, its restart count kept), then the database moves it and the source's stopped
+ * copy is deleted (migrate-cleanup there). A target that cannot take it: the
+ * container starts again on the source (migrate-resume, action start).
+ *
  * migrate_cancel() stops a migration before switchover. Until the generic cancel of
  * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
  * reaches it through the job engine's cancel (jobs.c, kind "migrate").
  *
- * Migrations live in memory: a controller restart fails the parent (ops_resume()
- * cannot resend kind "migrate"). Faults are issue 13 item 7, not done yet.
+ * Faults (issue 13 item 7). Each agent keeps its part of a migration on disk
+ * (agentd/migrate.c: migration.json) and settles it itself when it restarts: a source
+ * follows its QEMU's copy to the end, a target drops an incoming QEMU it lost mid-copy.
+ * The controller then *settles* the migration: it asks both ends ({"what":
+ * "migrate-state"}) until the source has no migration left, and
+ *   the source has the VM         -> it stays there; the target's half is removed
+ *   the target alone has it       -> switchover in the database (resumed if paused)
+ *   neither                       -> failed, the VM is lost (says so)
+ * It settles when the agent running the migration's current step restarted
+ * (migrate_host_restarted(), from the heartbeat that shows it), and after a controller
+ * restart (migrate_job_resume(), the job engine's resume slot: the parent's row holds
+ * source, target and arguments; the steps' rows were failed by jobs_resume()).
  */
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -46,13 +64,14 @@ enum migrate_phase {
 	PHASE_PRECOPY,
 	PHASE_SWITCHOVER,
 	PHASE_CLEANUP,
+	PHASE_STOP_SOURCE,  /* a container (cold): stopped and packed on the source */
+	PHASE_START_TARGET, /* ... made, unpacked and started on the target */
 };
 
 static const char *const phase_names[] = {
-	[PHASE_PREPARE_TARGET] = "prepare-target",
-	[PHASE_PRECOPY] = "precopy",
-	[PHASE_SWITCHOVER] = "switchover",
-	[PHASE_CLEANUP] = "cleanup",
+	[PHASE_PREPARE_TARGET] = "prepare-target", [PHASE_PRECOPY] = "precopy",
+	[PHASE_SWITCHOVER] = "switchover",	   [PHASE_CLEANUP] = "cleanup",
+	[PHASE_STOP_SOURCE] = "stop-source",	   [PHASE_START_TARGET] = "start-target",
 };
 
 /* One migration in flight: the parent operation and the child at work. */
@@ -66,14 +85,24 @@ struct migration {
 	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
 	struct json_object *result;
 	enum migrate_phase phase;
-	bool cancel;			      /* asked to cancel */
-	bool net_wait;			      /* the target is ready; its networks are not yet */
-	int64_t net_deadline;		      /* ms: then the copy starts anyway */
-	char uri[96];			      /* where the target listens */
-	struct json_object *tls_in, *tls_out; /* each end's certificates (PEM) */
-	struct evacuation *evac;	      /* the evacuation it is part of, or NULL */
-	char outcome[16];		      /* how it ended: succeeded, failed, cancelled */
-	char failure[256];		      /* why it failed, for after the clean-up */
+	bool cancel;			       /* asked to cancel */
+	bool net_wait;			       /* the target is ready; its networks are not yet */
+	int64_t net_deadline;		       /* ms: then the copy starts anyway */
+	char uri[96];			       /* where the target listens */
+	struct json_object *tls_in, *tls_out;  /* each end's certificates (PEM) */
+	struct evacuation *evac;	       /* the evacuation it is part of, or NULL */
+	char outcome[16];		       /* how it ended: succeeded, failed, cancelled */
+	char failure[256];		       /* why it failed, for after the clean-up */
+	struct host *child_host;	       /* where m->child runs */
+	bool cold;			       /* a container: stop, move the layer, start */
+	bool was_running;		       /* cold: it ran before the move */
+	bool switched;			       /* cold: the target has it; the source's copy goes */
+	bool rollback;			       /* cold: being started again on the source */
+	bool settling;			       /* asking both ends where the VM is */
+	int settle_asked;		       /* migrate-state answers still due */
+	int64_t settle_next;		       /* ms: the next round of questions */
+	char settle_why[160];		       /* what made it settle */
+	struct json_object *ans_src, *ans_dst; /* their answers this round */
 	int64_t started_ms;
 	struct migration *next;
 };
@@ -82,6 +111,8 @@ static struct migration *migrations;
 
 struct evacuation;
 static void evac_note(struct migration *m);
+static void settles_check(void);
+static void cold_rollback(struct migration *m, const char *why);
 
 /*
  * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
@@ -130,6 +161,8 @@ static void migration_free(struct migration *m)
 	json_object_put(m->result);
 	json_object_put(m->tls_in);
 	json_object_put(m->tls_out);
+	json_object_put(m->ans_src);
+	json_object_put(m->ans_dst);
 	free(m);
 }
 
@@ -155,8 +188,8 @@ static int mode_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	const char *s = json_object_get_string(v);
 
-	if (strcmp(s, "live") && strcmp(s, "offline"))
-		return err_input(err, 400, f, "'%s' is live or offline", f);
+	if (strcmp(s, "live") && strcmp(s, "offline") && strcmp(s, "cold"))
+		return err_input(err, 400, f, "'%s' is live, cold or offline", f);
 	return 0;
 }
 
@@ -284,7 +317,8 @@ static struct host *target_choose(struct json_object *spec, struct host *src, st
 			continue;
 		if (h == src)
 			why = "the instance runs there";
-		else if (strcmp(host_accel(h), accel))
+		else if (strcmp(json_get_str(spec, "type", "vm"), "container") &&
+			 strcmp(host_accel(h), accel))
 			why = !strcmp(accel, "kvm") ? "a KVM guest cannot move live to a TCG host"
 						    : "a TCG guest cannot move live to a KVM host";
 		if (why == NULL) {
@@ -560,14 +594,16 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		parent_update(m, 95);
 		if (db_commit(ctl.db, &err) < 0)
 			log_warnx("migration %s: %s", m->id, err.msg);
-		netsync_all();
+		/* Its row is the target's now: the extra wiring would list its port twice,
+		 * and the target would refuse that document. */
+		wired_set(m, false);
 		child_start(m, m->dst, "migrate-resume", "resume", NULL);
 		return;
 	}
 	op_update(m->id, "succeeded", 100, "done", json_object_get(m->result), NULL);
 	if (db_commit(ctl.db, &err) < 0)
 		log_warnx("migration %s: %s", m->id, err.msg);
-	netsync_all();
+	wired_set(m, false); /* as above; it rebuilds every host's document */
 	log_info("migration %s: %s now runs on %s", m->id, m->name, m->dst->name);
 	snprintf(m->outcome, sizeof(m->outcome), "succeeded");
 	migration_free(m);
@@ -593,6 +629,7 @@ static void child_start(struct migration *m, struct host *h, const char *kind, c
 		return;
 	}
 	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
+	m->child_host = h;
 	json_object_put(op);
 	instances_cmd_send(h, m->child, action, m->spec, args);
 	json_object_put(args);
@@ -611,6 +648,121 @@ static void out_start(struct migration *m, const char *uri)
 	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
 		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
 	child_start(m, m->src, "migrate-out", "migrate-out", args);
+}
+
+/* ---- containers: cold ------------------------------------------------------------------- */
+
+/* The target runs the container: move it in the database, then delete the source's. */
+static void cold_switchover(struct migration *m, struct host *h, struct json_object *result)
+{
+	struct json_object *report = json_object_object_get(result, "instance");
+	struct json_object *args;
+	sqlite3_stmt *st;
+	int rc;
+
+	m->phase = PHASE_SWITCHOVER;
+	if (json_object_object_get(m->spec, "host"))
+		json_object_object_add(m->spec, "host", json_object_new_string(m->dst->name));
+	st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, spec = ?, state = ?, "
+				"report = '{}', updated_at = 0 WHERE id = ?");
+	sqlite3_bind_int64(st, 1, m->dst->id);
+	sqlite3_bind_text(st, 2, json_text(m->spec), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3,
+			  json_get_str(report, "state", m->was_running ? "running" : "stopped"), -1,
+			  SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 4, m->iid);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		char why[300];
+
+		snprintf(why, sizeof(why), "cannot move %s in the database: %s", m->name,
+			 sqlite3_errmsg(ctl.db));
+		finish(m, "failed", why);
+		return;
+	}
+	if (h && report)
+		instances_report(h, report, "migrated");
+	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
+	m->switched = true;
+	wired_set(m, false); /* the row names the target now; see switchover() */
+	log_info("migration %s: container %s now on %s; removing it from %s", m->id, m->name,
+		 m->dst->name, m->src->name);
+	m->phase = PHASE_CLEANUP;
+	parent_update(m, 90);
+	args = json_object_new_object();
+	json_object_object_add(args, "force", json_object_new_boolean(true));
+	child_start(m, m->src, "migrate-cleanup", "delete", args);
+}
+
+/* It stays on the source: started again there if it ran, then the parent ends. */
+static void cold_rollback(struct migration *m, const char *why)
+{
+	snprintf(m->failure, sizeof(m->failure), "%s", why);
+	json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
+	if (!m->was_running) {
+		finish(m, m->cancel ? "cancelled" : "failed", why);
+		return;
+	}
+	m->rollback = true;
+	m->phase = PHASE_CLEANUP;
+	parent_update(m, -1);
+	child_start(m, m->src, "migrate-resume", "start", NULL);
+}
+
+/* A cold migration's step ended (migrate_agent_done()). Returns 0. */
+static int cold_done(struct migration *m, struct host *h, const char *kind, bool ok,
+		     struct json_object *result, const char *error)
+{
+	struct json_object *args;
+	char why[300];
+
+	if (!strcmp(kind, "migrate-out")) {
+		if (!ok) {
+			snprintf(why, sizeof(why), "the source %s could not stop and pack it: %s",
+				 m->src->name, error ? error : "failed");
+			/* It may have stopped: it runs again where it was. */
+			m->was_running = true;
+			cold_rollback(m, why);
+			return 0;
+		}
+		m->was_running = json_get_bool(result, "was_running", false);
+		if (m->cancel) {
+			cold_rollback(m, "cancelled");
+			return 0;
+		}
+		m->phase = PHASE_START_TARGET;
+		parent_update(m, 50);
+		args = json_object_new_object();
+		json_object_object_add(args, "archive",
+				       json_object_new_string(json_get_str(result, "archive", "")));
+		json_object_object_add(args, "restarts",
+				       json_object_new_int64(json_get_int(result, "restarts", 0)));
+		json_object_object_add(args, "start", json_object_new_boolean(m->was_running));
+		child_start(m, m->dst, "migrate-in", "migrate-in", args);
+	} else if (!strcmp(kind, "migrate-in")) {
+		if (ok) {
+			cold_switchover(m, h, result);
+			return 0;
+		}
+		/* The target removed what it made itself. */
+		snprintf(why, sizeof(why), "the target %s could not take it: %s", m->dst->name,
+			 error ? error : "failed");
+		cold_rollback(m, why);
+	} else if (!strcmp(kind, "migrate-resume") && m->rollback) {
+		if (ok && h && json_object_object_get(result, "instance"))
+			instances_report(h, json_object_object_get(result, "instance"), "migrated");
+		snprintf(why, sizeof(why), "%s%s%s", m->failure,
+			 ok ? "" : "; starting it again failed: ",
+			 ok ? "" : (error ? error : "failed"));
+		finish(m, m->cancel && ok ? "cancelled" : "failed", why);
+	} else if (!strcmp(kind, "migrate-cleanup") && m->switched) {
+		if (!ok)
+			log_warnx("migration %s: the source %s keeps a stopped copy of %s: %s",
+				  m->id, m->src->name, m->name, error ? error : "failed");
+		finish(m, "succeeded", NULL);
+	}
+	return 0;
 }
 
 /*
@@ -633,6 +785,8 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 	if (m == NULL)
 		return strncmp(kind, "migrate-", 8) ? -1 : 0;
 	m->child[0] = '\0';
+	if (m->cold)
+		return cold_done(m, h, kind, ok, result, error);
 	if (!strcmp(kind, "migrate-in")) {
 		if (!ok) {
 			snprintf(why, sizeof(why), "the target %s could not prepare: %s",
@@ -673,6 +827,9 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			instances_report(h, json_object_object_get(result, "instance"), "migrated");
 		finish(m, "succeeded", NULL);
 	} else if (!strcmp(kind, "migrate-cleanup")) {
+		/* Its restarted agent may have removed an incoming QEMU it lost itself. */
+		if (!ok && error && strstr(error, "there is no instance"))
+			ok = true;
 		if (!ok) {
 			fail(m, error ? error : "failed");
 			return 0;
@@ -738,6 +895,7 @@ void migrate_net_waits_check(void)
 {
 	char why[256];
 
+	settles_check();
 	for (struct migration *m = migrations, *next; m; m = next) {
 		next = m->next;
 		if (!m->net_wait)
@@ -757,6 +915,217 @@ void migrate_net_waits_check(void)
 		m->net_wait = false;
 		out_start(m, m->uri);
 	}
+}
+
+/* ---- settling after a restart ------------------------------------------------------- */
+
+#define MIGRATE_SETTLE_RETRY_MS 1000 /* between rounds of migrate-state questions */
+
+static void settle_start(struct migration *m, const char *why)
+{
+	if (m->settling)
+		return;
+	log_warnx("migration %s of %s: %s; asking %s and %s where it runs", m->id, m->name, why,
+		  m->src->name, m->dst->name);
+	m->settling = true;
+	m->net_wait = false;
+	m->settle_next = now_ms();
+	snprintf(m->settle_why, sizeof(m->settle_why), "%s", why);
+	json_object_object_add(m->result, "recovery", json_object_new_string(why));
+	if (m->child[0]) {
+		/* Its agent forgot it: it ends here, and a late answer is ignored. */
+		op_update(m->child, "failed", -1, "interrupted", NULL, why);
+		m->child[0] = '\0';
+	}
+	parent_update(m, -1);
+}
+
+/* Both ends answered: where the VM is decides how the migration ends. */
+static void settle_decide(struct migration *m)
+{
+	bool src_has = json_get_bool(m->ans_src, "present", false);
+	bool dst_has = json_get_bool(m->ans_dst, "present", false);
+	const char *dst_state = json_get_str(m->ans_dst, "state", "");
+	struct json_object *r;
+	char why[400];
+
+	if (!strcmp(json_get_str(m->ans_src, "role", ""), "out")) {
+		/* The source still follows its copy: ask again until it ended. */
+		m->settle_next = now_ms() + MIGRATE_SETTLE_RETRY_MS;
+		return;
+	}
+	m->settling = false;
+	if (src_has) {
+		snprintf(why, sizeof(why), "%s; %s stays on %s", m->settle_why, m->name,
+			 m->src->name);
+		json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
+		if (dst_has) {
+			cleanup_start(m, m->cancel ? "cancelled" : why);
+			return;
+		}
+		finish(m, m->cancel ? "cancelled" : "failed", m->cancel ? "cancelled" : why);
+		return;
+	}
+	if (dst_has) {
+		log_info("migration %s: %s runs on %s (%s): switching over", m->id, m->name,
+			 m->dst->name, dst_state);
+		r = json_object_new_object();
+		json_object_object_add(r, "strategy",
+				       json_object_new_string(json_get_str(
+					       json_object_object_get(m->result, "migration"),
+					       "strategy", "precopy")));
+		/* A guest paused first waits on the target for its resume. */
+		if (strcmp(dst_state, "running"))
+			json_object_object_add(r, "paused_ms", json_object_new_int64(0));
+		switchover(m, r);
+		json_object_put(r);
+		return;
+	}
+	snprintf(why, sizeof(why), "%s; %s runs on neither %s nor %s: the VM is lost",
+		 m->settle_why, m->name, m->src->name, m->dst->name);
+	finish(m, "failed", why);
+}
+
+struct settle_ask {
+	char id[LINK_OP_ID_MAX + 1];
+	bool source;
+};
+
+static void settle_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	struct settle_ask *ask = cls;
+	struct migration *m = migration_by_id(ask->id);
+
+	if (m && m->settling && m->settle_asked > 0) {
+		m->settle_asked--;
+		if (error) {
+			log_warnx("migration %s: migrate-state from the %s: %s", m->id,
+				  ask->source ? "source" : "target", error);
+			json_object_put(ask->source ? m->ans_src : m->ans_dst);
+			if (ask->source)
+				m->ans_src = NULL;
+			else
+				m->ans_dst = NULL;
+		} else if (ask->source) {
+			json_object_put(m->ans_src);
+			m->ans_src = json_object_get(body);
+		} else {
+			json_object_put(m->ans_dst);
+			m->ans_dst = json_object_get(body);
+		}
+		if (m->settle_asked == 0) {
+			if (m->ans_src && m->ans_dst)
+				settle_decide(m);
+			else
+				m->settle_next = now_ms() + MIGRATE_SETTLE_RETRY_MS;
+		}
+	}
+	free(ask);
+}
+
+static void settle_ask(struct migration *m, struct host *h, bool source)
+{
+	struct settle_ask *ask = xcalloc(1, sizeof(*ask));
+	struct json_object *q = json_object_new_object();
+
+	snprintf(ask->id, sizeof(ask->id), "%s", m->id);
+	ask->source = source;
+	json_object_object_add(q, "what", json_object_new_string("migrate-state"));
+	json_object_object_add(q, "name", json_object_new_string(m->name));
+	agentlink_query(h, q, settle_answer_cb, ask);
+}
+
+/* Cron: a settling migration asks both ends, once both are online. */
+static void settles_check(void)
+{
+	for (struct migration *m = migrations; m; m = m->next) {
+		if (!m->settling || m->settle_asked || now_ms() < m->settle_next ||
+		    m->src->state != HOST_ONLINE || m->dst->state != HOST_ONLINE)
+			continue;
+		m->settle_asked = 2;
+		json_object_put(m->ans_src);
+		json_object_put(m->ans_dst);
+		m->ans_src = m->ans_dst = NULL;
+		settle_ask(m, m->src, true);
+		settle_ask(m, m->dst, false);
+		break; /* an answer may end a migration: the list changed */
+	}
+}
+
+/*
+ * h's agent restarted (host_heartbeat()): a migration whose current step ran there
+ * lost it, and settles (see the top of this file).
+ */
+void migrate_host_restarted(struct host *h)
+{
+	char why[128];
+
+	for (struct migration *m = migrations; m; m = m->next) {
+		if (m->src != h && m->dst != h)
+			continue;
+		snprintf(why, sizeof(why), "the agent of %s restarted during %s", h->name,
+			 phase_names[m->phase]);
+		if (m->cold && m->child[0] && m->child_host == h && !m->switched) {
+			/* A container's step is short and holds no guest memory: it is not
+			 * settled but undone; the container starts again on the source. */
+			op_update(m->child, "failed", -1, "interrupted", NULL, why);
+			m->child[0] = '\0';
+			cold_rollback(m, why);
+			continue;
+		}
+		if (!m->child[0] || m->child_host != h) {
+			/* The step at work is the other host's and ends by itself (a target
+			 * drops an incoming QEMU it lost: the copy fails); the result says. */
+			json_object_object_add(m->result, "recovery", json_object_new_string(why));
+			continue;
+		}
+		settle_start(m, why);
+	}
+}
+
+/*
+ * The job engine's resume slot for kind "migrate" after a controller restart: the
+ * migration is made again from its row (op: result.source, result.target,
+ * result.args) and settles. Returns 0, or -1 when it cannot be (the engine fails it).
+ */
+int migrate_job_resume(struct host *h, const char *id, struct json_object *op)
+{
+	struct json_object *res = json_object_object_get(op, "result");
+	const char *target = json_get_str(op, "target", "");
+	struct host *src = host_find(json_get_str(res, "source", ""));
+	struct host *dst = host_find(json_get_str(res, "target", ""));
+	struct mig_inst i = {0};
+	struct migration *m;
+
+	(void)h;
+	/* A container's cold move is not settled (migrate-state knows VMs): the engine
+	 * fails it, and the container is where the database says, maybe stopped. */
+	if (src == NULL || dst == NULL || strncmp(target, "instances/", 10) ||
+	    !inst_load(target + 10, &i) ||
+	    !strcmp(json_get_str(i.spec, "type", "vm"), "container")) {
+		json_object_put(i.spec);
+		return -1;
+	}
+	m = xcalloc(1, sizeof(*m));
+	snprintf(m->id, sizeof(m->id), "%s", id);
+	snprintf(m->name, sizeof(m->name), "%s", target + 10);
+	m->iid = i.id;
+	m->src = src;
+	m->dst = dst;
+	m->spec = i.spec;
+	m->args = json_object_get(json_object_object_get(res, "args"));
+	if (m->args == NULL)
+		m->args = json_object_new_object();
+	m->result = json_tokener_parse(json_text(res));
+	m->cancel = json_get_str(op, "cancel", NULL) != NULL;
+	m->started_ms = now_ms();
+	m->phase = PHASE_PRECOPY;
+	m->next = migrations;
+	migrations = m;
+	/* The target stays wired while it may hold the guest. */
+	wired_set(m, true);
+	settle_start(m, "the controller restarted during the migration");
+	return 0;
 }
 
 /* ---- cancel ------------------------------------------------------------------------ */
@@ -781,7 +1150,7 @@ int migrate_cancel(const char *id, struct kerr *err)
 
 	if (m == NULL)
 		return err_input(err, 409, NULL, "operation %s is no migration that runs", id);
-	if (m->phase == PHASE_SWITCHOVER)
+	if (m->phase == PHASE_SWITCHOVER || m->phase == PHASE_START_TARGET || m->switched)
 		return err_input(err, 409, NULL,
 				 "migration %s is past its switchover; migrate back instead", id);
 	if (m->cancel || m->phase == PHASE_CLEANUP)
@@ -817,6 +1186,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	char busy[LINK_OP_ID_MAX + 1], disk[NAME_MAX_LEN + 1], ip[64];
 	const char *type, *mode, *addr, *colon;
 	struct migration *m;
+	bool cold;
 	int ret = -1;
 
 	*placement = NULL;
@@ -824,24 +1194,34 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 		return err_input(err, 404, NULL, "no instance named %s", name);
 	type = json_get_str(i.spec, "type", "vm");
 	mode = json_get_str(body, "mode", NULL);
+	/* A container moves cold (mode cold or offline, or none given). */
+	cold = !strcmp(type, "container");
 	target = xasprintf("instances/%s", name);
 	if (json_get_str(body, "host", NULL) &&
 	    (want = host_find(json_get_str(body, "host", ""))) == NULL)
 		err_input(err, 404, "host", "no host named %s", json_get_str(body, "host", ""));
-	else if (!strcmp(type, "container"))
-		err_input(err, 422, "mode", "%s",
-			  mode && !strcmp(mode, "live")
-				  ? "a container cannot migrate live (CRIU does not work on these "
-				    "hosts); use mode offline"
-				  : "container migration is not implemented yet");
-	else if (mode && !strcmp(mode, "offline"))
+	else if (cold && mode && !strcmp(mode, "live"))
+		err_input(
+			err, 422, "mode",
+			"a container cannot migrate live: runc checkpoint needs CRIU, and CRIU "
+			"3.17 fails on these kernels (>= 6.13, fixed in CRIU 4.1); use mode cold, "
+			"the default for containers");
+	else if (!cold && mode && !strcmp(mode, "cold"))
+		err_input(err, 422, "mode", "mode cold is for containers; a VM migrates live");
+	else if (cold && strcmp(i.state, "running") && strcmp(i.state, "stopped") &&
+		 strcmp(i.state, "crashed"))
+		err_input(err, 409, NULL,
+			  "container %s is %s; a cold migration starts from running, stopped or "
+			  "crashed",
+			  name, i.state);
+	else if (!cold && mode && !strcmp(mode, "offline"))
 		err_input(err, 422, "mode",
 			  "offline migration of VMs is not implemented yet; migrate it while it "
 			  "runs");
-	else if (strcmp(i.state, "running"))
+	else if (!cold && strcmp(i.state, "running"))
 		err_input(err, 409, NULL, "instance %s is %s; a live migration needs it running",
 			  name, i.state);
-	else if (!disks_shared(i.spec, disk, sizeof(disk)))
+	else if (!cold && !disks_shared(i.spec, disk, sizeof(disk)))
 		err_input(err, 422, NULL,
 			  "disk %s is not on the shared pool: migration with local disks is not "
 			  "implemented yet",
@@ -893,6 +1273,16 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	migrations = m;
 	log_info("migration %s: %s from %s to %s", m->id, m->name, m->src->name, m->dst->name);
 	snprintf(id, LINK_OP_ID_MAX + 1, "%s", m->id);
+	if (cold) {
+		m->cold = true;
+		m->phase = PHASE_STOP_SOURCE;
+		json_object_object_add(m->result, "strategy", json_object_new_string("cold"));
+		parent_update(m, 1);
+		/* The target's segments and the container's port there, before it starts. */
+		wired_set(m, true);
+		child_start(m, m->src, "migrate-out", "migrate-out", NULL); /* may end m */
+		return 0;
+	}
 	parent_update(m, 1);
 	/* The target listens on its underlay address, the one its agent joined with. */
 	addr = dst->address && !strncmp(dst->address, "tcp://", 6) ? dst->address + 6 : "";
@@ -1083,10 +1473,10 @@ static const struct json_field evacuate_fields[] = {
 /*
  * POST /api/v1/hosts/{name}/actions/evacuate {parallel?} -> 202 with an "evacuate"
  * operation: the host goes into maintenance (nothing new is placed there) and every
- * instance on it is migrated live, at most parallel at once, each to where the
- * scheduler chooses. Instances that cannot move (a container, a stopped VM, local
- * disks, no host fits) are listed with the reason; the operation fails unless all
- * moved.
+ * instance on it is migrated (VMs live, containers cold), at most parallel at once,
+ * each to where the scheduler chooses. Instances that cannot move (a stopped VM,
+ * local disks, no host fits) are listed with the reason; the operation fails unless
+ * all moved.
  */
 enum MHD_Result api_host_evacuate(struct request *req)
 {
