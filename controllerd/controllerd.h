@@ -465,6 +465,7 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 		       struct json_object *result, const char *error);
 int migrate_op_nack(const char *op_id, const char *why);
 void migrate_agent_progress(const char *op_id, struct json_object *body);
+int migrate_instance_start(const char *name, char id[LINK_OP_ID_MAX + 1], struct kerr *err);
 /* audit.c */
 void audit_record(const struct request *req);
 void audit_prune(void);
