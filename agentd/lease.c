@@ -14,6 +14,9 @@
  * It does not renew while the live controller says it has not heard this host for
  * LEASE_UNHEARD_MS ({shared}/ha/view.json): a host cut off from the controller but
  * not from the pool fences itself, and only then may it be restarted elsewhere.
+ * When the view lists this host as released (in maintenance, every HA workload
+ * handed off), it writes one last record with released=1 and stops renewing until
+ * the view no longer lists it (maintenance ended: re-armed).
  * The thread renews only while the loop is alive: the loop's timer stamps
  * loop_tick every second, and a stamp older than LOOP_STALE_MS stops the renewals,
  * so a wedged agent is fenced like a dead one. A renewal that hangs (a dead NFS
@@ -59,8 +62,10 @@ struct lease_state {
 	char state_dir[PATH_MAX];
 	char view_path[PATH_MAX];
 	uint64_t generation, counter;
-	bool failing; /* the last renewal failed (logged once) */
-	bool unheard; /* the controller does not hear us: not renewing (logged once) */
+	bool failing;	    /* the last renewal failed (logged once) */
+	bool unheard;	    /* the controller does not hear us: not renewing (logged once) */
+	bool want_released; /* the controller's view says: in maintenance, handed off */
+	bool released;	    /* the record on the pool says released=1: not renewing */
 	int64_t view_counter, view_moved; /* the controller's view: its counter, and when
 					   * (lease_mono_ms) it last moved */
 };
@@ -98,46 +103,72 @@ fail:
 	return -1;
 }
 
+/* What the live controller's view ({shared}/ha/view.json) says of this host. */
+struct view_word {
+	bool unheard; /* not heard for LEASE_UNHEARD_MS: stop renewing */
+	int64_t unheard_ms;
+	bool released; /* in maintenance with its HA workloads handed off */
+};
+
 /*
- * Does the live controller say it has not heard this host for LEASE_UNHEARD_MS? A
- * view that stopped moving (the controller is down) says nothing: a controller
- * outage must not fence every host.
+ * Read the view. A view that stopped moving (the controller is down) says nothing:
+ * a controller outage must not fence every host, nor release or re-arm a lease.
  */
-static bool controller_unheard(struct lease_state *ls, int64_t *unheard)
+static bool view_read(struct lease_state *ls, struct view_word *w)
 {
 	struct json_object *view = json_object_from_file(ls->view_path), *v, *hosts;
 	int64_t now = lease_mono_ms();
-	bool yes = false;
+	bool live;
 
+	memset(w, 0, sizeof(*w));
 	if (view && json_object_object_get_ex(view, "counter", &v) &&
 	    json_object_get_int64(v) != ls->view_counter) {
 		ls->view_counter = json_object_get_int64(v);
 		ls->view_moved = now;
 	}
-	if (view && now - ls->view_moved < 3000 &&
-	    json_object_object_get_ex(view, "unheard_ms", &hosts) &&
+	live = view && now - ls->view_moved < 3000;
+	if (live && json_object_object_get_ex(view, "unheard_ms", &hosts) &&
 	    json_object_object_get_ex(hosts, ls->host, &v)) {
-		*unheard = json_object_get_int64(v);
-		yes = *unheard >= LEASE_UNHEARD_MS;
+		w->unheard_ms = json_object_get_int64(v);
+		w->unheard = w->unheard_ms >= LEASE_UNHEARD_MS;
 	}
+	if (live && json_object_object_get_ex(view, "released", &hosts) &&
+	    json_object_object_get_ex(hosts, ls->host, &v))
+		w->released = json_object_get_boolean(v);
 	json_object_put(view);
-	return yes;
+	return live;
+}
+
+/* The file the fencer watches, and the HA list it fences by. */
+static void fencer_files_write(struct lease_state *ls)
+{
+	_cleanup_free_ char *path = NULL, *list = NULL;
+	char alive[32];
+	size_t len;
+
+	path = xasprintf("%s/" FENCE_ALIVE, ls->state_dir);
+	snprintf(alive, sizeof(alive), "%lld\n", (long long)lease_mono_ms());
+	if (file_write_replace(path, alive, strlen(alive), 0600) < 0)
+		log_warn("lease: cannot write %s", path);
+	free(path);
+	path = xasprintf("%s/" FENCE_HA_LIST, ls->state_dir);
+	if (file_read_all(ls->list_path, HA_LIST_MAX, &list, &len) == 0)
+		file_write_replace(path, list, len, 0600);
 }
 
 /* One renewal and the files the fencer reads; on the lease thread. */
 static void lease_once(struct lease_state *ls)
 {
 	struct lease_record rec = {0};
-	char record[LEASE_RECORD_LEN], why[300] = "", alive[32];
-	_cleanup_free_ char *path = NULL, *list = NULL;
-	int64_t unheard = 0;
-	size_t len;
+	char record[LEASE_RECORD_LEN], why[300] = "";
+	struct view_word w;
+	bool live = view_read(ls, &w);
 
-	if (controller_unheard(ls, &unheard)) {
+	if (w.unheard) {
 		if (!ls->unheard)
 			log_warnx("lease: the controller has not heard this host for %lld ms: not "
 				  "renewing, so its HA workloads are fenced here",
-				  (long long)unheard);
+				  (long long)w.unheard_ms);
 		ls->unheard = true;
 		/* Heartbeats must go on: they are how the controller hears us again. */
 		atomic_store(&ls->reachable, lease_mono_ms());
@@ -146,10 +177,21 @@ static void lease_once(struct lease_state *ls)
 	if (ls->unheard)
 		log_info("lease: the controller hears this host again; renewing");
 	ls->unheard = false;
+	/* Released stays released while the view is stale: only the controller re-arms. */
+	if (live)
+		ls->want_released = w.released;
+	if (ls->released && ls->want_released) {
+		/* Maintenance: nothing HA runs here and nobody waits for this lease. The
+		 * fencer is still fed, so an agent that dies now fences like before. */
+		atomic_store(&ls->reachable, lease_mono_ms());
+		fencer_files_write(ls);
+		return;
+	}
 	snprintf(rec.host, sizeof(rec.host), "%s", ls->host);
 	rec.generation = ls->generation;
 	rec.counter = ++ls->counter;
 	rec.fence_ms = FENCE_MS;
+	rec.released = ls->want_released;
 	lease_record_format(&rec, record);
 	if (renew(ls, record, why, sizeof(why)) < 0) {
 		if (!ls->failing)
@@ -160,16 +202,14 @@ static void lease_once(struct lease_state *ls)
 	if (ls->failing)
 		log_info("lease: renewed again");
 	ls->failing = false;
+	if (rec.released != ls->released)
+		log_info(rec.released ? "lease: released (maintenance: this host's HA workloads "
+					"were handed off)"
+				      : "lease: re-armed (maintenance ended)");
+	ls->released = rec.released;
 	atomic_store(&ls->reachable, lease_mono_ms());
 	atomic_store(&ls->ever_renewed, true);
-	path = xasprintf("%s/" FENCE_ALIVE, ls->state_dir);
-	snprintf(alive, sizeof(alive), "%lld\n", (long long)lease_mono_ms());
-	if (file_write_replace(path, alive, strlen(alive), 0600) < 0)
-		log_warn("lease: cannot write %s", path);
-	free(path);
-	path = xasprintf("%s/" FENCE_HA_LIST, ls->state_dir);
-	if (file_read_all(ls->list_path, HA_LIST_MAX, &list, &len) == 0)
-		file_write_replace(path, list, len, 0600);
+	fencer_files_write(ls);
 }
 
 static void *lease_thread(void *arg)

@@ -12,8 +12,9 @@ void lease_record_format(const struct lease_record *rec, char buf[LEASE_RECORD_L
 {
 	int n = snprintf(buf, LEASE_RECORD_LEN,
 			 "kumo-lease 1 host=%s generation=%" PRIu64 " counter=%" PRIu64
-			 " fence_ms=%" PRId64 "\n",
-			 rec->host, rec->generation, rec->counter, rec->fence_ms);
+			 " fence_ms=%" PRId64 "%s\n",
+			 rec->host, rec->generation, rec->counter, rec->fence_ms,
+			 rec->released ? " released=1" : "");
 
 	if (n < 0 || n >= LEASE_RECORD_LEN)
 		n = 0;
@@ -27,6 +28,7 @@ int lease_record_parse(const char *buf, size_t len, struct lease_record *rec)
 	uint64_t gen, counter;
 	int64_t fence;
 	int used = 0;
+	bool released = false;
 
 	if (len > LEASE_RECORD_LEN)
 		len = LEASE_RECORD_LEN;
@@ -36,13 +38,20 @@ int lease_record_parse(const char *buf, size_t len, struct lease_record *rec)
 		   "kumo-lease 1 host=%63s generation=%" SCNu64 " counter=%" SCNu64
 		   " fence_ms=%" SCNd64 "%n",
 		   host, &gen, &counter, &fence, &used) != 4 ||
-	    used == 0 || line[used] != '\n' || fence <= 0)
+	    used == 0 || fence <= 0)
+		return -1;
+	if (!strncmp(line + used, " released=1", 11)) {
+		released = true;
+		used += 11;
+	}
+	if (line[used] != '\n')
 		return -1;
 	memset(rec, 0, sizeof(*rec));
 	snprintf(rec->host, sizeof(rec->host), "%s", host);
 	rec->generation = gen;
 	rec->counter = counter;
 	rec->fence_ms = fence;
+	rec->released = released;
 	return 0;
 }
 

@@ -12,7 +12,9 @@
  *
  * The record is text, one line, padded to LEASE_RECORD_LEN bytes so that a write
  * never spans two sectors:
- *   kumo-lease 1 host=NAME generation=G counter=N fence_ms=F\n
+ *   kumo-lease 1 host=NAME generation=G counter=N fence_ms=F[ released=1]\n
+ * "released=1" is the last record of a host in maintenance whose HA workloads have all
+ * been handed off: it stops renewing, and nobody waits for it to expire.
  */
 #ifndef KUMO_LEASE_H
 #define KUMO_LEASE_H
@@ -40,6 +42,7 @@ struct lease_record {
 	uint64_t generation; /* new at every agent start */
 	uint64_t counter;    /* grows by one at every renewal */
 	int64_t fence_ms;    /* the host's fencer fires this long after its last renewal */
+	bool released;	     /* maintenance: the host stopped renewing on purpose */
 };
 
 /* Format rec into buf (LEASE_RECORD_LEN bytes, padded with spaces after the line). */

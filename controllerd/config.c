@@ -64,9 +64,9 @@ static const struct option_def options[] = {
 	 "HA: seconds without a heartbeat before a host may be failed (if its lease is silent)"},
 	{"ha_lease_s", OPT_INT, OFF(ha_lease_s), "3", 2, 3600,
 	 "HA: seconds a host's storage lease must stay still before the host is failed"},
-	{"ha_lease_expire_s", OPT_INT, OFF(ha_lease_expire_s), "10", 5, 3600,
-	 "HA: seconds of a still lease before a failed host's HA instances restart elsewhere "
-	 "(at least the host's fence deadline + 3 s)"},
+	{"ha_lease_expire_s", OPT_INT, OFF(ha_lease_expire_s), "5", 5, 3600,
+	 "HA: seconds of a still lease before a failed host's HA instances restart elsewhere; "
+	 "never less than the host's fence deadline + 3 s, which decides by default"},
 	{"max_body", OPT_INT, OFF(max_body), "1048576", 1024, 1 << 30,
 	 "largest request body in bytes"},
 	{"api_max_connections", OPT_INT, OFF(api_max_connections), "1024", 16, 1000000,

@@ -486,6 +486,7 @@ int migrate_op_nack(const char *op_id, const char *why);
 void migrate_agent_progress(const char *op_id, struct json_object *body);
 void migrate_host_restarted(struct host *h);
 int migrate_job_resume(struct host *h, const char *id, struct json_object *op);
+int migrate_instance_start(const char *name, char id[LINK_OP_ID_MAX + 1], struct kerr *err);
 /* audit.c */
 void audit_record(const struct request *req);
 void audit_prune(void);

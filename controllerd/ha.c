@@ -21,6 +21,21 @@
  *             ha_fences.
  *   unprotected  heartbeats stopped and the host never wrote a lease: nothing can
  *             prove it fenced, so nothing is restarted.
+ *   maintenance  the host is in maintenance and every HA instance it ran has been
+ *             handed off (below): its lease is released, so its agent stopping is
+ *             no failure and nothing is restarted.
+ *
+ * Planned maintenance hand-off: a host put into maintenance gives its HA instances
+ * (desired running) away, one at a time each, driven from the same second's judge:
+ * a running VM by a live migration (migrate.c); what cannot move live (a container,
+ * a VM that is not running or whose migration failed) is stopped cleanly on the old
+ * host, dropped there keeping its disks, and only then created and started on a host
+ * the scheduler picks. At no moment do two copies run, and no fence is involved:
+ * the old host lives and does what it is told. Only when nothing HA is left there
+ * does the view list the host as released; its agent then writes one last lease
+ * record saying so and stops renewing. Leaving maintenance drops it from the list:
+ * the agent renews again (re-armed). A host that dies during its hand-off is judged
+ * as any other host: its lease is still armed, so it is failed over.
  * Non-HA instances of a failed host show state "unknown" until it reports again.
  *
  * The list of HA instances ({shared}/ha/instances.json) is written here whenever it
@@ -47,10 +62,12 @@ enum ha_state {
 	HA_ISOLATED,
 	HA_FAILED,
 	HA_FENCED,
-	HA_UNPROTECTED
+	HA_UNPROTECTED,
+	HA_MAINTENANCE
 };
 
-static const char *const ha_state_names[] = {"ok", "isolated", "failed", "fenced", "unprotected"};
+static const char *const ha_state_names[] = {"ok",     "isolated",    "failed",
+					     "fenced", "unprotected", "maintenance"};
 
 /* What ha.c knows of one host, by name (a host re-joining keeps its name). */
 struct ha_host {
@@ -63,6 +80,27 @@ struct ha_host {
 	int64_t fenced_ms;   /* ... and fenced */
 	int64_t retry_mono;  /* next failover attempt */
 	bool forget_pending; /* ha_fences may hold rows for this host */
+	bool released;	     /* maintenance, all handed off: listed in the view */
+};
+
+/* One HA instance being handed off from a host in maintenance. */
+enum handoff_step {
+	HANDOFF_MIGRATE, /* a live migration (op) is running */
+	HANDOFF_STOP,	 /* a clean stop on the old host (op) */
+	HANDOFF_DROP,	 /* the old host drops it, keeping its disks (op) */
+	HANDOFF_PLACE,	 /* stopped and dropped: to be created elsewhere */
+	HANDOFF_WAIT	 /* a step failed: tried again at retry_mono */
+};
+
+struct handoff {
+	int64_t iid;
+	char name[NAME_MAX_LEN + 1];
+	char host[64];
+	char op[LINK_OP_ID_MAX + 1];
+	enum handoff_step step;
+	int64_t retry_mono;
+	bool cold; /* live is out: stop and start */
+	struct handoff *next;
 };
 
 /* A lease read in flight: the names asked for, the records found. */
@@ -87,6 +125,7 @@ static struct ha_host *hh;
 static size_t hh_n, hh_cap;
 static bool read_busy, list_dirty = true, list_busy, view_busy;
 static int64_t view_counter;
+static struct handoff *handoffs;
 
 static struct ha_host *ha_host_get(const char *name)
 {
@@ -247,7 +286,8 @@ static void list_write_start(void)
  * counter that shows the controller lives, and how long ago it heard each host. An
  * agent the live controller has not heard for LEASE_UNHEARD_MS stops renewing its
  * lease, so its fencer fences it and the lease expires: a host cut off from the
- * controller but not from the pool is restarted elsewhere only after that.
+ * controller but not from the pool is restarted elsewhere only after that. Hosts
+ * whose lease is released (maintenance, all handed off) are listed under "released".
  */
 static void view_write_start(void)
 {
@@ -261,6 +301,11 @@ static void view_write_start(void)
 			json_object_new_int64(h->last_seen ? now - h->last_seen : now));
 	json_object_object_add(doc, "counter", json_object_new_int64(++view_counter));
 	json_object_object_add(doc, "unheard_ms", hosts);
+	hosts = json_object_new_object();
+	for (size_t i = 0; i < hh_n; i++)
+		if (hh[i].released)
+			json_object_object_add(hosts, hh[i].name, json_object_new_boolean(true));
+	json_object_object_add(doc, "released", hosts);
 	w = xcalloc(1, sizeof(*w));
 	w->req.data = w;
 	w->view = true;
@@ -362,9 +407,16 @@ static void ops_abandon(const char *target, const char *why)
 		op_update(ids[i], "failed", -1, "failed", NULL, why);
 }
 
-static struct json_object *timeline(const struct ha_host *x, const char *from)
+static struct json_object *timeline(const struct ha_host *x, const char *from, bool handoff)
 {
 	struct json_object *t = json_object_new_object();
+
+	if (handoff) {
+		json_object_object_add(t, "from", json_object_new_string(from));
+		json_object_object_add(t, "handoff", json_object_new_boolean(true));
+		json_object_object_add(t, "restart_at", json_object_new_int64(now_ms()));
+		return t;
+	}
 
 	json_object_object_add(t, "from", json_object_new_string(from));
 	json_object_object_add(t, "detected_at", json_object_new_int64(x->detected_ms));
@@ -376,11 +428,12 @@ static struct json_object *timeline(const struct ha_host *x, const char *from)
 
 /*
  * Restart HA instance name (id iid, spec owned by the caller) of fenced host h on
- * another host. Returns 0 when the operation went out, -1 when it could not (no host
- * fits, a database error): tried again later.
+ * another host; with handoff, of host h in maintenance, which has stopped and dropped
+ * it already (no fence to record, nothing to abandon). Returns 0 when the operation
+ * went out, -1 when it could not (no host fits, a database error): tried again later.
  */
 static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const char *name,
-			struct json_object *spec)
+			struct json_object *spec, bool handoff)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", name);
 	struct json_object *placement = NULL, *netkeep, *args, *res, *op, *ev, *nics;
@@ -391,7 +444,9 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	sqlite3_stmt *st;
 	int rc;
 
-	ops_abandon(target, "its host failed; the instance is being restarted elsewhere (HA)");
+	if (!handoff)
+		ops_abandon(target,
+			    "its host failed; the instance is being restarted elsewhere (HA)");
 	if (vm) {
 		struct json_object *m = json_object_object_get(spec, "memory");
 
@@ -443,7 +498,7 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	json_object_object_add(json_object_object_get(res, "args"), "start",
 			       json_object_new_boolean(true));
 	json_object_object_add(json_object_object_get(res, "args"), "failover",
-			       timeline(x, h->name));
+			       timeline(x, h->name, handoff));
 	json_object_object_add(res, "placement", json_object_get(placement));
 
 	if (db_begin(ctl.db) < 0) {
@@ -452,12 +507,17 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 		json_object_put(placement);
 		return -1;
 	}
-	st = db_prepare(ctl.db, "INSERT OR REPLACE INTO ha_fences (instance_id, host_id, "
-				"fenced_at, operation) VALUES (?, ?, ?, NULL)");
-	sqlite3_bind_int64(st, 1, iid);
-	sqlite3_bind_int64(st, 2, h->id);
-	sqlite3_bind_int64(st, 3, x->fenced_ms);
+	st = db_prepare(ctl.db, handoff ? "SELECT 1"
+					: "INSERT OR REPLACE INTO ha_fences (instance_id, host_id, "
+					  "fenced_at, operation) VALUES (?, ?, ?, NULL)");
+	if (!handoff) {
+		sqlite3_bind_int64(st, 1, iid);
+		sqlite3_bind_int64(st, 2, h->id);
+		sqlite3_bind_int64(st, 3, x->fenced_ms);
+	}
 	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		rc = SQLITE_DONE;
 	sqlite3_finalize(st);
 	if (rc == SQLITE_DONE) {
 		st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, state = 'creating', "
@@ -490,8 +550,9 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 		json_object_put(placement);
 		return -1;
 	}
-	log_info("ha: instance %s: fenced on %s, restarting on %s (operation %s)", name, h->name,
-		 to->name, json_get_str(op, "id", "?"));
+	log_info("ha: instance %s: %s %s, restarting on %s (operation %s)", name,
+		 handoff ? "handed off by" : "fenced on", h->name, to->name,
+		 json_get_str(op, "id", "?"));
 	nics = json_object_object_get(spec, "nics");
 	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
 		netsync_changed(to);
@@ -500,7 +561,8 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	json_object_put(args);
 	json_object_put(placement);
 	ha_list_changed();
-	x->forget_pending = true;
+	if (!handoff)
+		x->forget_pending = true;
 	return 0;
 }
 
@@ -605,7 +667,8 @@ static void failover_host(struct host *h, struct ha_host *x)
 	}
 	sqlite3_finalize(st);
 	for (size_t i = 0; i < n; i++) {
-		if (todo[i].spec && failover_one(h, x, todo[i].id, todo[i].name, todo[i].spec) < 0)
+		if (todo[i].spec &&
+		    failover_one(h, x, todo[i].id, todo[i].name, todo[i].spec, false) < 0)
 			failed = true;
 		json_object_put(todo[i].spec);
 		free(todo[i].name);
@@ -632,6 +695,251 @@ static void mark_unknown(struct host *h)
 		log_warnx("ha: host %s: cannot mark its instances unknown: %s", h->name,
 			  sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);
+}
+
+/* ---- planned maintenance hand-off ---- */
+
+#define HANDOFF_RETRY_MS 10000 /* a hand-off step that failed is tried again after this */
+
+static struct handoff *handoff_find(int64_t iid)
+{
+	for (struct handoff *ho = handoffs; ho; ho = ho->next)
+		if (ho->iid == iid)
+			return ho;
+	return NULL;
+}
+
+static void handoff_drop(struct handoff *ho)
+{
+	for (struct handoff **pp = &handoffs; *pp; pp = &(*pp)->next)
+		if (*pp == ho) {
+			*pp = ho->next;
+			break;
+		}
+	free(ho);
+}
+
+static struct json_object *spec_load(int64_t iid)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT spec FROM instances WHERE id = ?");
+	struct json_object *spec = NULL;
+
+	sqlite3_bind_int64(st, 1, iid);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	return spec;
+}
+
+/*
+ * Send ho's next step to its old host h as an "ha-handoff" operation: "stop" (clean,
+ * the verb's own grace), or "delete" keeping the disks (the instance now runs from
+ * them elsewhere; force only matters for one that crashed meanwhile). The kind is not
+ * "instance-...", so its end never touches the instance's row. Returns 0, or -1 with
+ * the step left to be tried again.
+ */
+static int handoff_cmd(struct host *h, struct handoff *ho, enum handoff_step step)
+{
+	_cleanup_free_ char *target = xasprintf("ha-handoff/%s/%s", h->name, ho->name);
+	const char *action = step == HANDOFF_STOP ? "stop" : "delete";
+	struct json_object *spec = spec_load(ho->iid), *args, *res, *op;
+	struct kerr err;
+
+	if (spec == NULL)
+		return -1;
+	args = json_object_new_object();
+	if (step == HANDOFF_DROP) {
+		json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
+		json_object_object_add(args, "force", json_object_new_boolean(true));
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, "action", json_object_new_string(action));
+	json_object_object_add(res, "args", json_object_get(args));
+	op = op_create("ha-handoff", target, h, res, &err);
+	if (op == NULL) {
+		log_warnx("ha: instance %s: cannot hand it off: %s", ho->name, err.msg);
+		json_object_put(args);
+		json_object_put(spec);
+		return -1;
+	}
+	snprintf(ho->op, sizeof(ho->op), "%s", json_get_str(op, "id", ""));
+	ho->step = step;
+	log_info("ha: instance %s: hand-off from %s: %s (operation %s)", ho->name, h->name,
+		 step == HANDOFF_STOP ? "stopping it cleanly" : "dropping it, keeping its disks",
+		 ho->op);
+	instances_cmd_send(h, ho->op, action, spec, args);
+	json_object_put(op);
+	json_object_put(args);
+	json_object_put(spec);
+	return 0;
+}
+
+static void handoff_wait(struct handoff *ho, const char *why)
+{
+	log_warnx("ha: instance %s: hand-off step failed (%s); trying again in %d s", ho->name, why,
+		  HANDOFF_RETRY_MS / 1000);
+	ho->step = HANDOFF_WAIT;
+	ho->op[0] = '\0';
+	ho->retry_mono = lease_mono_ms() + HANDOFF_RETRY_MS;
+}
+
+/* Move ho on when its operation has ended. Returns false when ho is done (freed). */
+static bool handoff_advance(struct host *h, struct ha_host *x, struct handoff *ho)
+{
+	struct json_object *op = ho->op[0] ? op_get(ho->op) : NULL, *spec;
+	const char *status = op ? json_get_str(op, "status", "failed") : "failed";
+	_cleanup_free_ char *error = xstrdup(op ? json_get_str(op, "error", "") : "it vanished");
+	bool ended = ho->op[0] == '\0' || op_status_final(status),
+	     ok = !strcmp(status, "succeeded");
+
+	json_object_put(op);
+	switch (ho->step) {
+	case HANDOFF_MIGRATE:
+		if (!ended)
+			return true;
+		if (ok) {
+			log_info("ha: instance %s: handed off from %s by a live migration",
+				 ho->name, h->name);
+			ha_list_changed();
+			handoff_drop(ho);
+			return false;
+		}
+		/* Still on h, and running there unless the migration stopped it: the
+		 * next round starts it afresh, this time stopped and started. */
+		log_warnx("ha: instance %s: live migration failed (%s): stopping and starting "
+			  "it elsewhere instead",
+			  ho->name, error);
+		ho->cold = true;
+		if (handoff_cmd(h, ho, HANDOFF_STOP) < 0)
+			handoff_wait(ho, "cannot send the stop");
+		return true;
+	case HANDOFF_STOP:
+		if (!ended)
+			return true;
+		if (!ok || handoff_cmd(h, ho, HANDOFF_DROP) < 0)
+			handoff_wait(ho, ok ? "cannot send the drop" : error);
+		return true;
+	case HANDOFF_DROP:
+		if (!ended)
+			return true;
+		if (!ok) {
+			handoff_wait(ho, error);
+			return true;
+		}
+		ho->step = HANDOFF_PLACE;
+		ho->op[0] = '\0';
+		/* stopped and dropped, nothing of it runs anywhere: place it now */
+		__attribute__((fallthrough));
+	case HANDOFF_PLACE:
+		if (lease_mono_ms() < ho->retry_mono)
+			return true;
+		spec = spec_load(ho->iid);
+		if (spec && failover_one(h, x, ho->iid, ho->name, spec, true) == 0) {
+			json_object_put(spec);
+			handoff_drop(ho);
+			return false;
+		}
+		json_object_put(spec);
+		ho->retry_mono = lease_mono_ms() + HANDOFF_RETRY_MS;
+		return true;
+	case HANDOFF_WAIT:
+		if (lease_mono_ms() < ho->retry_mono)
+			return true;
+		handoff_drop(ho); /* the next round starts again from the instance's state */
+		return false;
+	}
+	return true;
+}
+
+/* Start handing off instance iid (name, type, state) of h. */
+static void handoff_start(struct host *h, int64_t iid, const char *name, const char *type,
+			  const char *state)
+{
+	struct handoff *ho = xcalloc(1, sizeof(*ho));
+	struct kerr err;
+
+	ho->iid = iid;
+	snprintf(ho->name, sizeof(ho->name), "%s", name);
+	snprintf(ho->host, sizeof(ho->host), "%s", h->name);
+	ho->next = handoffs;
+	handoffs = ho;
+	if (!strcmp(type, "vm") && !strcmp(state, "running")) {
+		if (migrate_instance_start(name, ho->op, &err) == 0) {
+			ho->step = HANDOFF_MIGRATE;
+			log_info("ha: instance %s: hand-off from %s: live migration (operation %s)",
+				 name, h->name, ho->op);
+			return;
+		}
+		if (err.status == 409) { /* busy with another operation: next round */
+			handoff_drop(ho);
+			return;
+		}
+		log_info("ha: instance %s: cannot migrate live (%s): stopping and starting it "
+			 "elsewhere",
+			 name, err.msg);
+	}
+	ho->cold = true;
+	if (handoff_cmd(h, ho,
+			!strcmp(state, "running") || !strcmp(state, "paused") ? HANDOFF_STOP
+									      : HANDOFF_DROP) < 0)
+		handoff_wait(ho, "cannot send it");
+}
+
+/*
+ * One round of h's hand-off: move on what is under way, and, while h is in
+ * maintenance and online, start on each HA instance (desired running) still placed
+ * there. Returns how many HA instances are still to leave h.
+ */
+static size_t handoff_pump(struct host *h, struct ha_host *x)
+{
+	struct handoff *ho, *next;
+	sqlite3_stmt *st;
+	size_t left = 0;
+
+	for (ho = handoffs; ho; ho = next) {
+		next = ho->next;
+		if (!strcmp(ho->host, h->name))
+			handoff_advance(h, x, ho);
+	}
+	if (!h->maintenance)
+		return 0;
+	st = db_prepare(ctl.db, "SELECT id, name, type, state FROM instances WHERE host_id = ? "
+				"AND json_extract(spec, '$.ha.enabled') = 1 AND desired = "
+				"'running' AND state <> 'deleting' ORDER BY "
+				"json_extract(spec, '$.ha.priority') DESC, name");
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t iid = sqlite3_column_int64(st, 0);
+
+		left++;
+		if (handoff_find(iid) || h->state != HOST_ONLINE)
+			continue;
+		handoff_start(h, iid, (const char *)sqlite3_column_text(st, 1),
+			      (const char *)sqlite3_column_text(st, 2),
+			      (const char *)sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	return left;
+}
+
+static bool handoff_any(const struct host *h)
+{
+	for (struct handoff *ho = handoffs; ho; ho = ho->next)
+		if (!strcmp(ho->host, h->name))
+			return true;
+	return false;
+}
+
+/* h failed during its hand-off: what was under way is failover's now. */
+static void handoff_forget(const struct host *h)
+{
+	struct handoff *ho, *next;
+
+	for (ho = handoffs; ho; ho = next) {
+		next = ho->next;
+		if (!strcmp(ho->host, h->name))
+			handoff_drop(ho);
+	}
 }
 
 static void state_set(struct host *h, struct ha_host *x, enum ha_state s, int64_t hb_age,
@@ -666,6 +974,29 @@ static void ha_judge(struct host *h, struct ha_host *x)
 
 	if (x->lease_seen && expiry < x->lease.fence_ms + LEASE_MARGIN_MS)
 		expiry = x->lease.fence_ms + LEASE_MARGIN_MS;
+	if (x->state != HA_FAILED && x->state != HA_FENCED && (h->maintenance || handoff_any(h))) {
+		size_t left = handoff_pump(h, x);
+
+		/* Released only from a live host that has nothing HA left: its agent
+		 * stopping from now on is no failure. */
+		if (h->maintenance && left == 0 && !x->released && h->state == HOST_ONLINE &&
+		    hb_age < detect) {
+			log_info("ha: host %s: every HA instance handed off; releasing its lease",
+				 h->name);
+			x->released = true;
+		}
+	}
+	if (x->released && !h->maintenance) {
+		log_info("ha: host %s: out of maintenance; its lease is re-armed", h->name);
+		x->released = false;
+		x->advanced_mono = mono; /* judged from now: the agent renews again */
+	}
+	if (x->released) {
+		state_set(h, x, HA_MAINTENANCE, hb_age, lease_age);
+		if (hb_age < detect && x->forget_pending)
+			forget_fenced(h, x);
+		return;
+	}
 	if (h->state == HOST_ONLINE && hb_age < detect) {
 		state_set(h, x, HA_OK, hb_age, lease_age);
 		if (x->forget_pending)
@@ -687,6 +1018,7 @@ static void ha_judge(struct host *h, struct ha_host *x)
 	if (x->state != HA_FAILED && x->state != HA_FENCED) {
 		x->detected_ms = now;
 		state_set(h, x, HA_FAILED, hb_age, lease_age);
+		handoff_forget(h);
 		mark_unknown(h);
 	}
 	if (x->state == HA_FAILED && lease_age >= expiry) {
@@ -701,17 +1033,38 @@ static void ha_judge(struct host *h, struct ha_host *x)
 /* ---- cron, start-up, the host view ---- */
 
 /*
- * Every second (main.c's cron): rewrite the HA list if it changed and the view, read
- * every lease
+ * Is a host between its last heartbeat and its failover? Then leases are read every
+ * cron tick, not every second: failed and fenced are each seen up to a second sooner,
+ * and nothing waits past the fence deadline plus margin for the next read. Bounded,
+ * so that a host long dead does not keep every lease read at four a second.
+ */
+static bool ha_watching(void)
+{
+	int64_t now = now_ms();
+	int64_t until = ((int64_t)ctl.cfg.ha_detect_s + ctl.cfg.ha_lease_expire_s) * 1000 +
+			LEASE_MARGIN_MS + 10000;
+
+	for (struct host *h = ctl.hosts; h; h = h->next)
+		if (h->last_seen && now - h->last_seen > 1500 && now - h->last_seen < until)
+			return true;
+	return false;
+}
+
+/*
+ * Every cron tick (main.c, 250 ms): each second, rewrite the HA list if it changed
+ * and the view; read every lease each second, or each tick while a host is failing
  * (off the loop; the hosts are judged when the read completes).
  */
 void ha_cron(void)
 {
-	if (list_dirty && !list_busy)
+	static unsigned ticks;
+	bool second = ticks++ % 4 == 0;
+
+	if (second && list_dirty && !list_busy)
 		list_write_start();
-	if (!view_busy)
+	if (second && !view_busy)
 		view_write_start();
-	if (!read_busy)
+	if (!read_busy && (second || ha_watching()))
 		lease_read_start();
 }
 
@@ -735,6 +1088,7 @@ void ha_host_json(const struct host *h, struct json_object *o)
 		json_object_object_add(l, "age_ms",
 				       json_object_new_int64(lease_mono_ms() - x->advanced_mono));
 		json_object_object_add(l, "fence_ms", json_object_new_int64(x->lease.fence_ms));
+		json_object_object_add(l, "released", json_object_new_boolean(x->lease.released));
 		json_object_object_add(v, "lease", l);
 	} else {
 		json_object_object_add(v, "lease", NULL);
@@ -749,6 +1103,8 @@ void ha_host_json(const struct host *h, struct json_object *o)
 /* Forget what ha.c holds (shutdown). Work in flight frees itself. */
 void ha_free(void)
 {
+	while (handoffs)
+		handoff_drop(handoffs);
 	free(hh);
 	hh = NULL;
 	hh_n = hh_cap = 0;

@@ -272,6 +272,8 @@ static const struct op_kind kinds[] = {
 	{"p2v-ingest", 0, NULL, NULL, p2v_kind_cancel, NULL},
 	/* HA (ha.c): a returning host drops its dead copy of an instance restarted elsewhere. */
 	{"ha-forget", 600, NULL, NULL, NULL, NO_UNDO "a forget only removes a dead copy"},
+	/* HA maintenance hand-off (ha.c): a clean stop, then a drop keeping the disks. */
+	{"ha-handoff", 600, NULL, NULL, NULL, NO_UNDO "leave maintenance to keep it there"},
 	{"unmanaged-destroy", 600, NULL, NULL, NULL, NO_UNDO "a destroy cannot be undone"},
 };
 

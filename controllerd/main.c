@@ -33,8 +33,9 @@ static void usage(FILE *out, int status)
 
 /*
  * The one periodic timer. Every tick: long polls whose time is up; a sync of commits
- * no one has waited for yet (heartbeats, facts: group commit, db.c). Every second:
- * host liveness, HA (the HA list, lease reads, failovers), overdue agent commands,
+ * no one has waited for yet (heartbeats, facts: group commit, db.c); HA (ha.c: the HA
+ * list and view each second, lease reads and failovers each second or, while a host is
+ * failing, each tick). Every second: host liveness, overdue agent commands,
  * event-stream keepalives, fact snapshots, streams of expired tokens, API connections
  * past their deadlines, operations whose network wait is over, jobs past their deadline
  * (jobs.c), backup schedules that are due (backup_sched.c). Every tick also measures
@@ -55,9 +56,9 @@ static void cron_cb(uv_timer_t *t)
 	ticks++;
 	api_ops_cron();
 	db_group_commit_cron();
+	ha_cron(); /* its own cadence: each second, each tick while a host is failing */
 	if (ticks % (1000 / CRON_MS) == 0) {
 		hosts_check_liveness();
-		ha_cron();
 		agentlink_cron();
 		api_events_cron();
 		hosts_persist(false);

@@ -1300,6 +1300,20 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 }
 
 /*
+ * Start a live migration of instance name to where the scheduler chooses, as the
+ * route does with an empty body (HA's maintenance hand-off, ha.c). Returns 0 with the
+ * "migrate" operation's id in id, or -1 with err (err->status 409: busy).
+ */
+int migrate_instance_start(const char *name, char id[LINK_OP_ID_MAX + 1], struct kerr *err)
+{
+	struct json_object *placement = NULL;
+	int ret = migrate_begin(name, NULL, NULL, id, &placement, err);
+
+	json_object_put(placement);
+	return ret;
+}
+
+/*
  * POST /api/v1/instances/{name}/actions/migrate {host?, mode?, downtime_ms?,
  * bandwidth_mbps?, postcopy?} -> 202 with the "migrate" operation. See the top.
  */

@@ -2,8 +2,9 @@
 # High availability: an HA VM (its disk on the shared pool) and an HA container come
 # back on another host when their host is (a) killed whole, (b) its agent frozen or
 # (c) cut off from the network while its storage stays (isolated: nothing restarts
-# until it has fenced itself) or (d) its storage lease failing while its network
-# stays (it fences itself and falls silent);
+# until it has fenced itself), (d) its storage cut while its network stays (the shared
+# pool covered in its own mount namespace: it fences itself and falls silent) or (e)
+# both at once;
 # a sampler counts, every 100 ms, the QEMU and container processes of each across all
 # hosts and must never see two at once; the host coming back kills nothing that now
 # runs elsewhere and runs nothing twice. Also: the "ha" field (create, PATCH, 422 for
@@ -19,9 +20,11 @@ SAMPLES=$(mktemp /tmp/kt-ha-samples.XXXXXX)
 SAMPLER=""
 FROZEN=""
 CUT=""
-LEASE_CUT=""
+STORAGE_CUT=""
+BOTH_CUT=""
 cleanup() {
-	[ -z "$LEASE_CUT" ] || lab fault "$LEASE_CUT" lease-restore >/dev/null 2>&1 || true
+	[ -z "$STORAGE_CUT" ] || lab fault "$STORAGE_CUT" storage-restore >/dev/null 2>&1 || true
+	[ -z "$BOTH_CUT" ] || lab fault "$BOTH_CUT" both-restore >/dev/null 2>&1 || true
 	[ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
 	[ -z "$FROZEN" ] || lab fault "$FROZEN" thaw >/dev/null 2>&1 || true
 	[ -z "$CUT" ] || lab fault "$CUT" net-restore >/dev/null 2>&1 || true
@@ -181,22 +184,59 @@ running_elsewhere $VM "$from" || fail "$VM is not running elsewhere after $from 
 no_double_run "network restored"
 pass "network cut: isolated first (nothing moved), fenced itself, then restarted elsewhere, never twice"
 
-# ---- (d) the VM's host loses its storage lease, its network alive ----
+# ---- (d) the VM's host loses its storage, its network alive ----
+# The lab covers the shared pool in that host's own mount namespace: its lease, the HA
+# list and the view are gone there, while its QEMU keeps the disk it has open. Its
+# fencer must kill the VM before the controller restarts it elsewhere: the sampler
+# would see two QEMUs otherwise.
 from=$(host_of $VM)
-LEASE_CUT=$from
+STORAGE_CUT=$from
+fenced_before=$(grep -c "fence: vm $VM" "$KUMO_LAB_DIR/logs/$from-fencer.log" || true)
 t0=$(date +%s%3N)
-lab fault "$from" lease-cut >/dev/null
-wait_until 60 "$from failed (lease cut)" ha_failed "$from"
+lab fault "$from" storage-cut >/dev/null
+wait_until 60 "$from failed (storage cut)" ha_failed "$from"
 detect=$(($(date +%s%3N) - t0))
-wait_until 180 "$VM running elsewhere (lease cut)" running_elsewhere $VM "$from"
+wait_until 180 "$VM running elsewhere (storage cut)" running_elsewhere $VM "$from"
 restart=$(($(date +%s%3N) - t0))
-echo "  lease cut: failed seen after ${detect} ms, $VM running elsewhere after ${restart} ms"
+echo "  storage cut: failed seen after ${detect} ms, $VM running elsewhere after ${restart} ms"
 grep -q "holding heartbeats back" "$KUMO_LAB_DIR/logs/$from.log" || fail "$from kept sending heartbeats while fenced"
-no_double_run "lease cut"
-lab fault "$from" lease-restore >/dev/null
-LEASE_CUT=""
+[ "$(grep -c "fence: vm $VM" "$KUMO_LAB_DIR/logs/$from-fencer.log")" -gt "$fenced_before" ] ||
+	fail "the fencer of $from did not kill $VM"
+no_double_run "storage cut"
+lab fault "$from" storage-restore >/dev/null
+STORAGE_CUT=""
 wait_until 60 "$from online again" ha_state_is "$from" ok
-running_elsewhere $VM "$from" || fail "$VM is not running elsewhere after $from's lease came back"
-[ "$(qemu_count $VM)" = 1 ] || fail "$(qemu_count $VM) QEMUs of $VM after $from's lease came back"
-no_double_run "lease restored"
-pass "lease cut: the host fenced itself and fell silent; restarted elsewhere, never twice"
+running_elsewhere $VM "$from" || fail "$VM is not running elsewhere after $from's storage came back"
+[ "$(qemu_count $VM)" = 1 ] || fail "$(qemu_count $VM) QEMUs of $VM after $from's storage came back"
+no_double_run "storage restored"
+pass "storage cut: the host's fencer killed the VM, it fell silent; restarted elsewhere, never twice"
+
+# ---- (e) both: the host of both workloads loses network and storage at once ----
+# The container is made anew on the VM's host, so that both are there.
+from=$(host_of $VM)
+if [ "$(host_of $CT)" != "$from" ]; then
+	instances_delete $CT
+	api POST /api/v1/instances '{"name":"'$CT'","type":"container","image":"busybox:latest",
+		"command":["sleep","3600"],"host":"'$from'","ha":{"enabled":true,"priority":20}}'
+	expect_status 202
+	wait_op "$(jqb .id)" 180
+	op_ok
+fi
+BOTH_CUT=$from
+t0=$(date +%s%3N)
+lab fault "$from" both-cut >/dev/null
+wait_until 60 "$from failed (network and storage cut)" ha_failed "$from"
+detect=$(($(date +%s%3N) - t0))
+wait_until 180 "$VM running elsewhere (both cut)" running_elsewhere $VM "$from"
+wait_until 120 "$CT running elsewhere (both cut)" running_elsewhere $CT "$from"
+restart=$(($(date +%s%3N) - t0))
+echo "  network and storage cut: failed seen after ${detect} ms, both running elsewhere after ${restart} ms"
+no_double_run "both cut"
+lab fault "$from" both-restore >/dev/null
+BOTH_CUT=""
+wait_until 60 "$from online again" ha_state_is "$from" ok
+running_elsewhere $VM "$from" && running_elsewhere $CT "$from" ||
+	fail "the workloads are not running elsewhere after $from came back"
+[ "$(qemu_count $VM)" = 1 ] && [ "$(ct_count $CT)" = 1 ] || fail "not exactly one copy after $from came back"
+no_double_run "both restored"
+pass "network and storage cut: fenced, restarted elsewhere, never twice, also after it came back"

@@ -2,7 +2,8 @@
 # tests/soak/ha.sh [N] - HA soak, not in CI: N (default 50) random faults in a row on
 # the host of an HA VM (disk on the shared pool) and an HA container, in the test lab
 # (lab up first, with the same KUMO_TEST_LAB_* as the tests). Each round: a fault
-# (kill the host, freeze its agent, cut its network), wait until both run elsewhere,
+# (kill the host, freeze its agent, cut its network, its storage or both), wait until
+# both run elsewhere,
 # heal the host, wait until it is back. A sampler counts every 100 ms the processes
 # of each workload across all hosts. Prints detect and restart times (min, median,
 # max) and the number of samples that saw a workload twice (must be 0).
@@ -20,6 +21,7 @@ cleanup() {
 	for i in $(seq 1 "${KUMO_LAB_HOSTS:-3}"); do
 		lab fault "$i" thaw >/dev/null 2>&1 || true
 		lab fault "$i" net-restore >/dev/null 2>&1 || true
+		lab fault "$i" storage-restore >/dev/null 2>&1 || true
 	done
 	lab up --hosts "${KUMO_LAB_HOSTS:-3}" >/dev/null 2>&1 || true
 	api DELETE "/api/v1/instances/$VM?force=1" >/dev/null 2>&1 || true
@@ -42,7 +44,7 @@ SAMPLER=$!
 for round in $(seq 1 "$ROUNDS"); do
 	from=$(host_of $VM)
 	# the VM's host: the container is there in the first round, wherever it went after
-	kind=$(shuf -n1 -e kill freeze net-cut)
+	kind=$(shuf -n1 -e kill freeze net-cut storage-cut both-cut)
 	t0=$(date +%s%3N)
 	lab fault "$from" "$kind" >/dev/null
 	wait_until 120 "$from failed" ha_failed "$from"
@@ -53,6 +55,8 @@ for round in $(seq 1 "$ROUNDS"); do
 	kill) lab up --hosts "${KUMO_LAB_HOSTS:-3}" >/dev/null ;;
 	freeze) lab fault "$from" thaw >/dev/null ;;
 	net-cut) lab fault "$from" net-restore >/dev/null ;;
+	storage-cut) lab fault "$from" storage-restore >/dev/null ;;
+	both-cut) lab fault "$from" both-restore >/dev/null ;;
 	esac
 	wait_until 120 "$from back" ha_state_is "$from" ok
 	echo "$detect $restart" >>"$TIMES"

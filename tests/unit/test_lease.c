@@ -49,6 +49,27 @@ static void test_torn_or_foreign_rejected(void **state)
 	assert_int_equal(lease_record_parse(no_fence, strlen(no_fence), &out), -1);
 }
 
+/* A host in maintenance writes one last record saying it released its lease on purpose. */
+static void test_released(void **state)
+{
+	struct lease_record in = {.generation = 3, .counter = 9, .fence_ms = 6000}, out;
+	char buf[LEASE_RECORD_LEN];
+	const char *other = "kumo-lease 1 host=h2 generation=1 counter=5 fence_ms=6000 x=1\n";
+
+	(void)state;
+	strcpy(in.host, "h3");
+	lease_record_format(&in, buf);
+	assert_int_equal(lease_record_parse(buf, sizeof(buf), &out), 0);
+	assert_false(out.released);
+	in.released = true;
+	lease_record_format(&in, buf);
+	assert_int_equal(lease_record_parse(buf, sizeof(buf), &out), 0);
+	assert_true(out.released);
+	assert_true(out.counter == 9);
+	/* nothing else may follow the deadline */
+	assert_int_equal(lease_record_parse(other, strlen(other), &out), -1);
+}
+
 static void test_monotonic(void **state)
 {
 	int64_t a = lease_mono_ms(), b = lease_mono_ms();
@@ -63,6 +84,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_torn_or_foreign_rejected),
+		cmocka_unit_test(test_released),
 		cmocka_unit_test(test_monotonic),
 	};
 
