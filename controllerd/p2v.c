@@ -794,6 +794,32 @@ struct p2v_chunk {
 	char data[];
 };
 
+/*
+ * Chunk buffers are kept for the next chunk rather than freed: a fresh 1 MiB
+ * allocation costs a page fault per 4 KiB on first touch, which profiling showed as a
+ * tenth of the controller's time in a pass. A few suffice: one per chunk in flight.
+ */
+#define CHUNK_POOL_MAX 8
+static struct p2v_chunk *chunk_pool[CHUNK_POOL_MAX];
+static int chunk_pool_len;
+
+static struct p2v_chunk *chunk_get(void)
+{
+	struct p2v_chunk *c =
+		chunk_pool_len ? chunk_pool[--chunk_pool_len] : xmalloc(sizeof(*c) + P2V_CHUNK);
+
+	memset(c, 0, sizeof(*c));
+	return c;
+}
+
+static void chunk_put(struct p2v_chunk *c)
+{
+	if (chunk_pool_len < CHUNK_POOL_MAX)
+		chunk_pool[chunk_pool_len++] = c;
+	else
+		free(c);
+}
+
 /* Parse "{disk}/chunks/{offset}" into disk and chunk index, checked against the disk. */
 static int chunk_path_parse(struct p2v_session *s, const char *rest, int *disk, uint32_t *index,
 			    size_t *len, struct kerr *err)
@@ -855,8 +881,7 @@ static enum MHD_Result chunk_begin(struct request *req)
 		return http_reply_error(
 			req, 400, NULL,
 			"this chunk is %zu bytes; send exactly that (Content-Length)", len);
-	c = xmalloc(sizeof(*c) + len);
-	memset(c, 0, sizeof(*c));
+	c = chunk_get(); /* room for P2V_CHUNK >= len */
 	c->req = req;
 	c->disk = disk;
 	c->index = index;
@@ -886,7 +911,7 @@ static void chunk_end(struct request *req)
 
 	/* A chunk whose write is in flight is freed by its done callback. */
 	if (c && c->s == NULL)
-		free(c);
+		chunk_put(c);
 	req->p2v_chunk = NULL;
 }
 
@@ -897,15 +922,12 @@ static void chunk_work_cb(uv_work_t *w)
 	struct p2v_disk *d = &c->s->disks[c->disk];
 	off_t off = (off_t)c->index * P2V_CHUNK;
 	size_t done = 0;
-	size_t i;
 
 	sha256(c->data, c->len, c->got);
 	c->hash_ok = CRYPTO_memcmp(c->got, c->expect, 32) == 0;
 	if (!c->hash_ok)
 		return;
-	for (i = 0; i < c->len && c->data[i] == 0; i++)
-		;
-	c->zero = i == c->len;
+	c->zero = mem_is_zero(c->data, c->len);
 	if (c->zero) {
 		/* Sparse stays sparse: a hole reads as zeros. */
 		if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
@@ -938,7 +960,7 @@ static enum MHD_Result chunk_reply(struct request *req)
 	else
 		ret = http_reply_error(req, c->status, c->status == 400 ? "sha256" : NULL, "%s",
 				       c->msg);
-	free(c);
+	chunk_put(c);
 	return ret;
 }
 

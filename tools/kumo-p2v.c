@@ -438,7 +438,8 @@ static void *pass_worker(void *arg)
 	for (;;) {
 		struct disk *d;
 		int64_t off;
-		size_t len, got = 0, z;
+		size_t len, got = 0;
+		bool zero;
 		const char *have;
 		unsigned char md[32];
 		char hex[65];
@@ -464,10 +465,9 @@ static void *pass_worker(void *arg)
 				    (long long)(off + (off_t)got), n ? strerror(errno) : "EOF");
 			got += (size_t)n;
 		}
-		for (z = 0; z < len && buf[z] == 0; z++)
-			;
+		zero = mem_is_zero(buf, len);
 		/* An all-zero chunk the controller holds as zero: never sent. */
-		if (z == len && (have == NULL || have[0] == '\0')) {
+		if (zero && (have == NULL || have[0] == '\0')) {
 			send = false;
 		} else {
 			sha256(buf, len, md);
