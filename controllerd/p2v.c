@@ -1341,8 +1341,10 @@ static void cut_next(struct p2v_session *s)
 	snprintf(phase, sizeof(phase), "cutover: converting disk %s", d->name);
 	op_update(s->op, "running", 90, phase, NULL, NULL);
 	{
-		/* fsync the raw file first: the data came through the page cache. */
-		fsync(d->fd);
+		/* No fsync of the raw file: qemu-img reads it through the same page cache
+		 * (the kernel flushes dirty pages before any direct read), and an fsync of
+		 * a large disk here blocked the loop for seconds of the cutover. The qcow2
+		 * it writes is fsynced off the loop (cut_hash_work_cb). */
 		char *argv[] = {"qemu-img", "convert", "-f",	"raw", "-O", "qcow2",
 				"-S",	    "4k",      d->path, out,   NULL};
 
@@ -1676,11 +1678,11 @@ void p2v_sessions_load(void)
 			session_remove(s);
 			continue;
 		}
+		chunks_load(s);
 		if (s->state == P2V_DONE) {
 			s->dir[0] = '\0'; /* its files are images; its directory went */
 			continue;
 		}
-		chunks_load(s);
 		if (now > s->deadline) {
 			session_end(s, "failed", "timed out: the session passed its deadline");
 			continue;
