@@ -102,6 +102,14 @@ void random_bytes(void *buf, size_t len)
 	}
 }
 
+bool mem_is_zero(const void *p, size_t len)
+{
+	const unsigned char *b = p;
+
+	/* Each byte equals the next and the first is zero: all are. */
+	return len == 0 || (b[0] == 0 && memcmp(b, b + 1, len - 1) == 0);
+}
+
 void hex_encode(const unsigned char *in, size_t len, char *out)
 {
 	static const char digits[] = "0123456789abcdef";

@@ -53,6 +53,9 @@ void random_bytes(void *buf, size_t len);
 
 /* Lower-case hex of len bytes into out (which holds 2*len+1). */
 void hex_encode(const unsigned char *in, size_t len, char *out);
+/* True when all len bytes at p are zero (len 0: true). At memcmp's speed: a byte loop
+ * costs as much as SHA-256 of the same bytes. */
+bool mem_is_zero(const void *p, size_t len);
 /* Decode exactly outlen bytes of hex; returns 0 or -1 on bad input. */
 int hex_decode(const char *in, unsigned char *out, size_t outlen);
 

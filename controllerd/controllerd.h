@@ -144,7 +144,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 15
+#define DB_SCHEMA_VERSION 16
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -436,7 +436,8 @@ bool op_status_final(const char *status);
 struct op_kind {
 	const char *name;
 	int64_t timeout_s; /* default deadline; 0: none */
-	/* Send the job's work to h again after a controller restart; 0 or -1. */
+	/* Send the job's work to h again after a controller restart (h NULL: a job the
+	 * controller runs itself, with no host); 0 or -1. */
 	int (*resume)(struct host *h, const char *id, struct json_object *op);
 	/* A host (NULL: the controller itself) reports the job's end. */
 	int (*done)(struct host *h, struct json_object *op, const char *status,
@@ -763,6 +764,13 @@ enum MHD_Result api_p2v_pass_start(struct request *req);
 enum MHD_Result api_p2v_chunk_put(struct request *req);
 enum MHD_Result api_p2v_action(struct request *req);
 int p2v_session_cancel(const char *id, struct kerr *err);
+/*
+ * Start-up, before jobs_resume(): bring back the sessions the database holds, their
+ * files reopened; one past its deadline ends (files and row go), one caught cutting
+ * over goes back to receiving (or to done when its VM exists).
+ */
+void p2v_sessions_load(void);
+bool p2v_session_exists(const char *id);
 
 /* ova.c: V2V import of an OVA upload */
 enum MHD_Result ova_import_start(struct request *req, const char *name);

@@ -340,6 +340,36 @@ static const char *const migrations[] = {
 	"  last_operation TEXT,"
 	"  last_error TEXT,"
 	"  created_at INTEGER NOT NULL);",
+	/* 15 -> 16 (self-contained; p2v.c): P2V ingest sessions, so one survives a controller
+	 * restart: its phase (state, passes), counters, deadline and the digest of its
+	 * ingest token (never the token), and the SHA-256 of every chunk it holds (NULL:
+	 * all zero, a hole) so a resumed source resends nothing stored. */
+	"CREATE TABLE p2v_sessions ("
+	"  id TEXT PRIMARY KEY,"
+	"  name TEXT NOT NULL,"
+	"  token_digest TEXT NOT NULL,"
+	"  operation TEXT NOT NULL,"
+	"  state TEXT NOT NULL CHECK (state IN ('receiving', 'cutting-over', 'done', 'failed')),"
+	"  error TEXT,"
+	"  created_at INTEGER NOT NULL,"
+	"  token_expires_at INTEGER NOT NULL,"
+	"  deadline INTEGER NOT NULL,"
+	"  hardware TEXT NOT NULL DEFAULT '{}',"
+	"  disks TEXT NOT NULL," /* [{name, bus, size_bytes, image?}] */
+	"  passes TEXT NOT NULL DEFAULT '[]',"
+	"  bytes_received INTEGER NOT NULL DEFAULT 0,"
+	"  chunks_stored INTEGER NOT NULL DEFAULT 0,"
+	"  chunks_rejected INTEGER NOT NULL DEFAULT 0,"
+	"  first_chunk_at INTEGER NOT NULL DEFAULT 0,"
+	"  last_chunk_at INTEGER NOT NULL DEFAULT 0,"
+	"  cut_start INTEGER NOT NULL DEFAULT 0,"
+	"  notes TEXT);"
+	"CREATE TABLE p2v_chunks ("
+	"  session TEXT NOT NULL REFERENCES p2v_sessions(id) ON DELETE CASCADE,"
+	"  disk INTEGER NOT NULL,"
+	"  chunk INTEGER NOT NULL,"
+	"  sha256 BLOB,"
+	"  PRIMARY KEY (session, disk, chunk)) WITHOUT ROWID;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -46,6 +46,8 @@ static struct host *job_host(struct json_object *op)
 /* An instance command is sent again; the agent runs an operation id once. */
 static int instance_resume(struct host *h, const char *id, struct json_object *op)
 {
+	if (h == NULL)
+		return -1;
 	return instances_op_resend(h, id, json_get_str(op, "kind", ""),
 				   json_object_object_get(op, "result"));
 }
@@ -93,6 +95,8 @@ static int instance_done(struct host *h, struct json_object *op, const char *sta
 static int probe_resume(struct host *h, const char *id, struct json_object *op)
 {
 	(void)op;
+	if (h == NULL)
+		return -1;
 	agentlink_cmd_send(h, LINK_CMD_PROBE, id, NULL);
 	return 0;
 }
@@ -213,6 +217,17 @@ static int p2v_kind_cancel(struct host *h, struct json_object *op, const char *r
 	return 0;
 }
 
+/* An ingest session runs in the controller: it goes on if p2v_sessions_load() brought
+ * it back. */
+static int p2v_kind_resume(struct host *h, const char *id, struct json_object *op)
+{
+	const char *target = json_get_str(op, "target", "");
+
+	(void)h;
+	(void)id;
+	return strncmp(target, "p2v/", 4) == 0 && p2v_session_exists(target + 4) ? 0 : -1;
+}
+
 /* ---- the table ---------------------------------------------------------------------- */
 
 #define NO_UNDO "cannot be cancelled: "
@@ -269,7 +284,7 @@ static const struct op_kind kinds[] = {
 	{"migrate-cleanup", 0, NULL, migrate_agent_done, NULL, NO_UNDO "cancel the migration"},
 	{"evacuate", 0, NULL, NULL, NULL, NO_UNDO "cancel its migrations one by one"},
 	/* P2V ingest (p2v.c): its own deadline; a cancel abandons the session. */
-	{"p2v-ingest", 0, NULL, NULL, p2v_kind_cancel, NULL},
+	{"p2v-ingest", 0, p2v_kind_resume, NULL, p2v_kind_cancel, NULL},
 	/* HA (ha.c): a returning host drops its dead copy of an instance restarted elsewhere. */
 	{"ha-forget", 600, NULL, NULL, NULL, NO_UNDO "a forget only removes a dead copy"},
 	/* HA maintenance hand-off (ha.c): a clean stop, then a drop keeping the disks. */
@@ -556,11 +571,12 @@ void jobs_resume(void)
 			json_object_put(op);
 			continue;
 		}
-		if (h && k && k->resume)
+		/* A job with no host is the controller's own (resume gets h NULL). */
+		if ((h || hname == NULL) && k && k->resume)
 			sent = k->resume(h, id, op);
 		if (sent == 0) {
 			log_info("operation %s: resumed after restart (%s on %s)", id,
-				 json_get_str(op, "kind", ""), h->name);
+				 json_get_str(op, "kind", ""), h ? h->name : "the controller");
 		} else if (cancel) {
 			finish_here(op, "the controller restarted while cancelling it");
 		} else {

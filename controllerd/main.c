@@ -256,6 +256,7 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 	if (agentlink_start(&err) < 0 || http_start(&err) < 0)
 		fatalx("%s", err.msg);
+	p2v_sessions_load(); /* before jobs_resume(): it resumes their operations */
 	jobs_resume();
 	images_sweep_uploads();
 	oci_store_modes_fix(); /* the store's directories, and blobs an older version left 0644 */

@@ -22,13 +22,27 @@
  * through the instance create path, with the session's hardware.
  *
  * A session is an operation (kind p2v-ingest, target p2v/{id}) with progress, a
- * deadline (deadline_s) and a cancel (p2v_session_cancel, also DELETE; the generic
- * cancel route the jobs work builds can call it). Sessions live in memory: a restarted
- * controller forgets them (ops_resume fails their operations as interrupted, and what
- * they received stays under p2v/ on the pool) and the source must start a new one.
+ * deadline (deadline_s) and a cancel (p2v_session_cancel: DELETE, or the operation's
+ * cancel action).
+ *
+ * A session survives a controller restart: it is a persisted state machine, one row
+ * of p2v_sessions (state, passes, counters, deadline, the digest of its token, never
+ * the token) and one row of p2v_chunks per chunk held (its SHA-256, NULL for a hole),
+ * written in the same transaction as the chunk is answered 204, after its bytes are in
+ * the file. A process killed after the pwrite() loses nothing (the page cache keeps
+ * the bytes, the WAL keeps the row), so a restarted controller answers the source's
+ * next pass start with exactly what it holds and the source resends only the chunk it
+ * had in flight. At start-up p2v_sessions_load() reopens each session's files before
+ * the job engine resumes its operation; one past its deadline ends (files and row go);
+ * one caught cutting over is rolled back to receiving (the images its cut recorded
+ * and any half-written qcow2 are removed; the raw files stay until the VM exists) or,
+ * if its VM was created already, finished as done. The source's retried cutover then
+ * runs again. A power loss of the controller's machine is not covered: the raw files
+ * are not fsynced per chunk (see docs/architecture.md).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <linux/falloc.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -40,6 +54,7 @@
 #include "controllerd.h"
 #include "log.h"
 #include "token.h"
+#include "tree.h"
 #include "util.h"
 #include "valid.h"
 
@@ -73,9 +88,9 @@ struct p2v_disk {
 	char *path; /* the sparse raw file on the shared pool */
 	int fd;
 	uint32_t nchunks;
-	unsigned char (*hash)[32]; /* what is stored per chunk */
-	uint8_t *has_data;	   /* 0: all zero (a hole), 1: hash holds */
-	char image[NAME_MAX_LEN + 1];
+	unsigned char (*hash)[32];    /* what is stored per chunk */
+	uint8_t *has_data;	      /* 0: all zero (a hole), 1: hash holds */
+	char image[NAME_MAX_LEN + 1]; /* the image the cutover recorded, "" before */
 };
 
 struct p2v_pass {
@@ -142,7 +157,10 @@ static void session_free(struct p2v_session *s)
 	free(s);
 }
 
-/* Unlink s from the list and free it now, or when its last write has come back. */
+static void store_session_delete(const char *id);
+
+/* Unlink s from the list (and its row from the database) and free it now, or when its
+ * last write has come back. */
 static void session_remove(struct p2v_session *s)
 {
 	for (struct p2v_session **pp = &sessions; *pp; pp = &(*pp)->next)
@@ -152,6 +170,7 @@ static void session_remove(struct p2v_session *s)
 		}
 	s->next = NULL;
 	s->removing = true;
+	store_session_delete(s->id);
 	if (s->busy == 0)
 		session_free(s);
 }
@@ -236,6 +255,137 @@ static struct json_object *session_json(const struct p2v_session *s)
 	return o;
 }
 
+/* ---- the store: p2v_sessions and p2v_chunks ---- */
+
+static struct json_object *disks_row_json(const struct p2v_session *s)
+{
+	struct json_object *a = json_object_new_array();
+
+	for (int i = 0; i < s->ndisks; i++) {
+		const struct p2v_disk *d = &s->disks[i];
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "name", json_object_new_string(d->name));
+		json_object_object_add(o, "bus", json_object_new_string(d->bus));
+		json_object_object_add(o, "size_bytes", json_object_new_int64(d->size));
+		if (d->image[0])
+			json_object_object_add(o, "image", json_object_new_string(d->image));
+		json_object_array_add(a, o);
+	}
+	return a;
+}
+
+static struct json_object *passes_row_json(const struct p2v_session *s)
+{
+	struct json_object *a = json_object_new_array();
+
+	for (int i = 0; i < s->npasses; i++)
+		json_object_array_add(a, pass_json(&s->passes[i], i + 1));
+	return a;
+}
+
+/* Write session s's row (all but its chunks). Returns 0, or -1 with err. */
+static int store_session_save(const struct p2v_session *s, struct kerr *err)
+{
+	struct json_object *disks = disks_row_json(s), *passes = passes_row_json(s);
+	sqlite3_stmt *st = db_prepare(
+		ctl.db,
+		"INSERT INTO p2v_sessions (id, name, token_digest, operation, state, error, "
+		"created_at, token_expires_at, deadline, hardware, disks, passes, bytes_received, "
+		"chunks_stored, chunks_rejected, first_chunk_at, last_chunk_at, cut_start, notes) "
+		"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+		"ON CONFLICT (id) DO UPDATE SET state = excluded.state, error = excluded.error, "
+		"disks = excluded.disks, passes = excluded.passes, "
+		"bytes_received = excluded.bytes_received, chunks_stored = excluded.chunks_stored, "
+		"chunks_rejected = excluded.chunks_rejected, "
+		"first_chunk_at = excluded.first_chunk_at, last_chunk_at = excluded.last_chunk_at, "
+		"cut_start = excluded.cut_start, notes = excluded.notes");
+	int rc;
+
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, s->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, s->token_digest, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, s->op, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, state_names[s->state], -1, SQLITE_STATIC);
+	if (s->error[0])
+		sqlite3_bind_text(st, 6, s->error, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, s->created_at);
+	sqlite3_bind_int64(st, 8, s->token_expires_at);
+	sqlite3_bind_int64(st, 9, s->deadline);
+	sqlite3_bind_text(st, 10, json_text(s->hardware), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 11, json_text(disks), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 12, json_text(passes), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 13, s->bytes_received);
+	sqlite3_bind_int64(st, 14, s->chunks_stored);
+	sqlite3_bind_int64(st, 15, s->chunks_rejected);
+	sqlite3_bind_int64(st, 16, s->first_chunk_at);
+	sqlite3_bind_int64(st, 17, s->last_chunk_at);
+	sqlite3_bind_int(st, 18, s->cut_start);
+	if (s->notes)
+		sqlite3_bind_text(st, 19, json_text(s->notes), -1, SQLITE_TRANSIENT);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	json_object_put(disks);
+	json_object_put(passes);
+	if (rc != SQLITE_DONE)
+		return err_set(err, 0, "database: cannot save p2v session %s: %s", s->id,
+			       sqlite3_errmsg(ctl.db));
+	return 0;
+}
+
+/* The same, where a failure cannot be answered: logged; a restart would miss it. */
+static void session_save(const struct p2v_session *s)
+{
+	struct kerr err;
+
+	if (store_session_save(s, &err) < 0)
+		log_warnx("p2v %s: %s", s->id, err.msg);
+}
+
+/* Chunk index of disk is held (hash NULL: as a hole), with the session's counters, in
+ * one transaction. Returns 0, or -1 with err (nothing recorded). */
+static int store_chunk_save(const struct p2v_session *s, int disk, uint32_t index,
+			    const unsigned char *hash, struct kerr *err)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (db_begin(ctl.db) < 0)
+		return err_set(err, 0, "database: cannot begin: %s", sqlite3_errmsg(ctl.db));
+	st = db_prepare(ctl.db, "INSERT INTO p2v_chunks (session, disk, chunk, sha256) "
+				"VALUES (?, ?, ?, ?) ON CONFLICT (session, disk, chunk) "
+				"DO UPDATE SET sha256 = excluded.sha256");
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, disk);
+	sqlite3_bind_int64(st, 3, index);
+	if (hash)
+		sqlite3_bind_blob(st, 4, hash, 32, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		err_set(err, 0, "database: cannot record the chunk: %s", sqlite3_errmsg(ctl.db));
+		db_rollback(ctl.db);
+		return -1;
+	}
+	if (store_session_save(s, err) < 0) {
+		db_rollback(ctl.db);
+		return -1;
+	}
+	return db_commit(ctl.db, err);
+}
+
+static void store_session_delete(const char *id)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "DELETE FROM p2v_sessions WHERE id = ?");
+
+	/* Its p2v_chunks go with it (ON DELETE CASCADE). */
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("p2v %s: database: cannot delete the session: %s", id,
+			  sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+}
+
 /* Record where the operation is: progress by passes, bytes in the phase text. */
 static void session_op_progress(struct p2v_session *s, const char *phase)
 {
@@ -255,8 +405,10 @@ static void session_end(struct p2v_session *s, const char *status, const char *w
 	log_info("p2v %s (%s): %s%s%s", s->id, s->name, status, why ? ": " : "", why ? why : "");
 	/* A cut-over session stays visible (its passes, its images) until deleted or its
 	 * deadline; its token opens nothing any more. */
-	if (s->state == P2V_DONE)
+	if (s->state == P2V_DONE) {
+		session_save(s);
 		return;
+	}
 	session_remove(s);
 }
 
@@ -439,18 +591,24 @@ static const struct json_field create_fields[] = {
 	{"deadline_s", JK_INT, false, ttl_check},	{NULL, 0, false, NULL},
 };
 
-/* Make disk i's sparse file (all zero: every chunk's hash is the zero chunk's). */
-static int disk_open(struct p2v_session *s, struct p2v_disk *d, struct kerr *err)
+/* Disk d's chunk table, all holes; its file's path. */
+static void disk_init(struct p2v_session *s, struct p2v_disk *d)
 {
 	d->path = xasprintf("%s/%s.raw", s->dir, d->name);
+	d->nchunks = (uint32_t)((d->size + P2V_CHUNK - 1) / P2V_CHUNK);
+	d->hash = xcalloc(d->nchunks, sizeof(*d->hash));
+	d->has_data = xcalloc(d->nchunks, 1);
+}
+
+/* Make disk d's sparse file (all zero: every chunk's hash is the zero chunk's). */
+static int disk_open(struct p2v_session *s, struct p2v_disk *d, struct kerr *err)
+{
+	disk_init(s, d);
 	d->fd = open(d->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (d->fd < 0)
 		return err_set(err, errno, "cannot create %s: %s", d->path, strerror(errno));
 	if (ftruncate(d->fd, d->size) < 0)
 		return err_set(err, errno, "cannot size %s: %s", d->path, strerror(errno));
-	d->nchunks = (uint32_t)((d->size + P2V_CHUNK - 1) / P2V_CHUNK);
-	d->hash = xcalloc(d->nchunks, sizeof(*d->hash));
-	d->has_data = xcalloc(d->nchunks, 1);
 	return 0;
 }
 
@@ -532,9 +690,14 @@ enum MHD_Result api_p2v_create(struct request *req)
 		goto fail;
 	snprintf(s->op, sizeof(s->op), "%s", json_get_str(o, "id", ""));
 	json_object_put(o);
-	session_op_progress(s, "waiting for the source");
 	token_generate(token);
 	token_digest(token, s->token_digest);
+	if (store_session_save(s, &err) < 0) {
+		op_update(s->op, "failed", -1, "failed", NULL, err.msg);
+		OPENSSL_cleanse(token, sizeof(token));
+		goto fail;
+	}
+	session_op_progress(s, "waiting for the source");
 	s->next = sessions;
 	sessions = s;
 	log_info("p2v %s (%s): session created, %d disks", s->id, s->name, s->ndisks);
@@ -631,6 +794,32 @@ struct p2v_chunk {
 	char data[];
 };
 
+/*
+ * Chunk buffers are kept for the next chunk rather than freed: a fresh 1 MiB
+ * allocation costs a page fault per 4 KiB on first touch, which profiling showed as a
+ * tenth of the controller's time in a pass. A few suffice: one per chunk in flight.
+ */
+#define CHUNK_POOL_MAX 8
+static struct p2v_chunk *chunk_pool[CHUNK_POOL_MAX];
+static int chunk_pool_len;
+
+static struct p2v_chunk *chunk_get(void)
+{
+	struct p2v_chunk *c =
+		chunk_pool_len ? chunk_pool[--chunk_pool_len] : xmalloc(sizeof(*c) + P2V_CHUNK);
+
+	memset(c, 0, sizeof(*c));
+	return c;
+}
+
+static void chunk_put(struct p2v_chunk *c)
+{
+	if (chunk_pool_len < CHUNK_POOL_MAX)
+		chunk_pool[chunk_pool_len++] = c;
+	else
+		free(c);
+}
+
 /* Parse "{disk}/chunks/{offset}" into disk and chunk index, checked against the disk. */
 static int chunk_path_parse(struct p2v_session *s, const char *rest, int *disk, uint32_t *index,
 			    size_t *len, struct kerr *err)
@@ -692,8 +881,7 @@ static enum MHD_Result chunk_begin(struct request *req)
 		return http_reply_error(
 			req, 400, NULL,
 			"this chunk is %zu bytes; send exactly that (Content-Length)", len);
-	c = xmalloc(sizeof(*c) + len);
-	memset(c, 0, sizeof(*c));
+	c = chunk_get(); /* room for P2V_CHUNK >= len */
 	c->req = req;
 	c->disk = disk;
 	c->index = index;
@@ -723,7 +911,7 @@ static void chunk_end(struct request *req)
 
 	/* A chunk whose write is in flight is freed by its done callback. */
 	if (c && c->s == NULL)
-		free(c);
+		chunk_put(c);
 	req->p2v_chunk = NULL;
 }
 
@@ -734,15 +922,12 @@ static void chunk_work_cb(uv_work_t *w)
 	struct p2v_disk *d = &c->s->disks[c->disk];
 	off_t off = (off_t)c->index * P2V_CHUNK;
 	size_t done = 0;
-	size_t i;
 
 	sha256(c->data, c->len, c->got);
 	c->hash_ok = CRYPTO_memcmp(c->got, c->expect, 32) == 0;
 	if (!c->hash_ok)
 		return;
-	for (i = 0; i < c->len && c->data[i] == 0; i++)
-		;
-	c->zero = i == c->len;
+	c->zero = mem_is_zero(c->data, c->len);
 	if (c->zero) {
 		/* Sparse stays sparse: a hole reads as zeros. */
 		if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
@@ -775,7 +960,7 @@ static enum MHD_Result chunk_reply(struct request *req)
 	else
 		ret = http_reply_error(req, c->status, c->status == 400 ? "sha256" : NULL, "%s",
 				       c->msg);
-	free(c);
+	chunk_put(c);
 	return ret;
 }
 
@@ -797,6 +982,8 @@ static void chunk_done_cb(uv_work_t *w, int status)
 			 "the chunk's SHA-256 does not match the one sent; it was not stored");
 		s->chunks_rejected++;
 	} else if (!s->removing) {
+		struct kerr err;
+
 		c->status = 204;
 		memcpy(d->hash[c->index], c->got, 32);
 		d->has_data[c->index] = !c->zero;
@@ -809,6 +996,12 @@ static void chunk_done_cb(uv_work_t *w, int status)
 			p->chunks++;
 			p->bytes += (int64_t)c->len;
 			p->zero_chunks += c->zero;
+		}
+		/* Answered stored only once the row says so: a restart then asks for
+		 * nothing the source was told is held. */
+		if (store_chunk_save(s, c->disk, c->index, c->zero ? NULL : c->got, &err) < 0) {
+			c->status = 500;
+			snprintf(c->msg, sizeof(c->msg), "%s", err.msg);
 		}
 	} else {
 		c->status = 410;
@@ -869,6 +1062,7 @@ enum MHD_Result api_p2v_pass_start(struct request *req)
 		s->passes[s->npasses++] = (struct p2v_pass){.started_at = now};
 		snprintf(phase, sizeof(phase), "pass %d", s->npasses);
 		session_op_progress(s, phase);
+		session_save(s);
 	}
 	for (int i = 0; i < s->ndisks; i++) {
 		struct p2v_disk *d = &s->disks[i];
@@ -916,6 +1110,32 @@ static void cut_fail(struct p2v_session *s, const char *fmt, ...)
 	s->state = P2V_FAILED;
 	session_unbusy(s);
 	http_resume(s->cut_req);
+}
+
+/* The image disk d becomes: p2v-{vm}-{disk}. */
+static void cut_image_name(const struct p2v_session *s, const struct p2v_disk *d,
+			   char out[NAME_MAX_LEN + 1])
+{
+	snprintf(out, NAME_MAX_LEN + 1, "p2v-%.40s-%.16s", s->name, d->name);
+}
+
+/* The cut is through (its VM exists): the raw files go, the session is done. */
+static void session_done(struct p2v_session *s)
+{
+	for (int i = 0; i < s->ndisks; i++) {
+		struct p2v_disk *d = &s->disks[i];
+
+		if (d->fd >= 0)
+			close(d->fd);
+		d->fd = -1;
+		if (d->path && unlink(d->path) < 0 && errno != ENOENT)
+			log_warn("p2v %s: cannot remove %s", s->id, d->path);
+	}
+	s->state = P2V_DONE;
+	/* Its files are images now; the empty directory goes with them. */
+	if (s->dir[0] && rmdir(s->dir) == 0)
+		s->dir[0] = '\0';
+	session_end(s, "succeeded", NULL);
 }
 
 /* The VM the session becomes: its disks as images, its hardware as the source's. */
@@ -991,11 +1211,7 @@ static enum MHD_Result cut_create(struct request *req)
 	op = instance_create(body, NULL, NULL, &err);
 	json_object_put(body);
 	if (op) {
-		s->state = P2V_DONE;
-		/* Its files are images now; the empty directory goes with them. */
-		if (rmdir(s->dir) == 0)
-			s->dir[0] = '\0';
-		session_end(s, "succeeded", NULL);
+		session_done(s);
 		return http_reply_json(req, 202, op);
 	}
 	snprintf(s->error, sizeof(s->error), "the VM could not be created: %s", err.msg);
@@ -1046,21 +1262,23 @@ static void cut_hash_done_cb(uv_work_t *w, int status)
 	struct cut_hash *h = w->data;
 	struct p2v_session *s = h->s;
 	struct p2v_disk *d = &s->disks[s->cut_disk];
-	_cleanup_free_ char *rel = xasprintf("images/%s.qcow2", d->image);
+	char image[NAME_MAX_LEN + 1];
+	_cleanup_free_ char *rel = NULL;
 	struct kerr err;
 
+	cut_image_name(s, d, image);
+	rel = xasprintf("images/%s.qcow2", image);
 	if (status < 0 || h->error) {
 		unlink(h->path);
 		cut_fail(s, "cannot hash %s: %s", h->path, strerror(h->error ? h->error : EIO));
-	} else if (images_record(d->image, rel, "raw", d->size, h->file_size, h->sha256, &err) <
-		   0) {
+	} else if (images_record(image, rel, "raw", d->size, h->file_size, h->sha256, &err) < 0) {
 		unlink(h->path);
 		cut_fail(s, "%s", err.msg);
 	} else {
-		/* The received file is the image now; the raw one goes. */
-		close(d->fd);
-		d->fd = -1;
-		unlink(d->path);
+		/* The raw file stays until the VM exists: a restart before then rolls the
+		 * cut back (cut_roll_back) and the retried cutover needs it. */
+		memcpy(d->image, image, sizeof(image));
+		session_save(s);
 		s->cut_disk++;
 		cut_next(s);
 	}
@@ -1080,7 +1298,12 @@ static void cut_convert_cb(int64_t status, const char *out, const char *errout, 
 	}
 	h = xcalloc(1, sizeof(*h));
 	h->s = s;
-	h->path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, d->image);
+	{
+		char image[NAME_MAX_LEN + 1];
+
+		cut_image_name(s, d, image);
+		h->path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+	}
 	h->work.data = h;
 	uv_queue_work(ctl.loop, &h->work, cut_hash_work_cb, cut_hash_done_cb);
 }
@@ -1091,7 +1314,7 @@ static void cut_next(struct p2v_session *s)
 	struct p2v_disk *d;
 	_cleanup_free_ char *out = NULL, *dir = NULL;
 	struct kerr err;
-	char phase[96];
+	char phase[96], image[NAME_MAX_LEN + 1];
 
 	if (s->cut_disk == s->ndisks) {
 		session_unbusy(s);
@@ -1099,24 +1322,21 @@ static void cut_next(struct p2v_session *s)
 		return;
 	}
 	d = &s->disks[s->cut_disk];
-	{
-		char image[NAME_MAX_LEN + 1];
-
-		snprintf(image, sizeof(image), "p2v-%.40s-%.16s", s->name, d->name);
-		memcpy(d->image, image, sizeof(image));
-	}
-	if (image_find(d->image, NULL, 0, NULL, NULL) != 0) {
-		cut_fail(s, "an image named %s exists already", d->image);
+	cut_image_name(s, d, image);
+	if (image_find(image, NULL, 0, NULL, NULL) != 0) {
+		cut_fail(s, "an image named %s exists already", image);
 		return;
 	}
 	dir = xasprintf("%s/images", ctl.cfg.shared_pool);
 	mkdir_p(dir, 0755);
-	out = xasprintf("%s/%s.qcow2", dir, d->image);
+	out = xasprintf("%s/%s.qcow2", dir, image);
 	snprintf(phase, sizeof(phase), "cutover: converting disk %s", d->name);
 	op_update(s->op, "running", 90, phase, NULL, NULL);
 	{
-		/* fsync the raw file first: the data came through the page cache. */
-		fsync(d->fd);
+		/* No fsync of the raw file: qemu-img reads it through the same page cache
+		 * (the kernel flushes dirty pages before any direct read), and an fsync of
+		 * a large disk here blocked the loop for seconds of the cutover. The qcow2
+		 * it writes is fsynced off the loop (cut_hash_work_cb). */
 		char *argv[] = {"qemu-img", "convert", "-f",	"raw", "-O", "qcow2",
 				"-S",	    "4k",      d->path, out,   NULL};
 
@@ -1160,6 +1380,7 @@ enum MHD_Result api_p2v_action(struct request *req)
 	s->cut_disk = 0;
 	s->cut_req = req;
 	s->busy++;
+	session_save(s);
 	log_info("p2v %s (%s): cutover after %d passes", s->id, s->name, s->npasses);
 	http_suspend(req, cut_create);
 	cut_next(s);
@@ -1191,3 +1412,285 @@ static void no_end(struct request *req)
 
 const struct stream_ops api_p2v_ingest = {no_begin, no_data, no_end, ingest_authenticate};
 const struct stream_ops api_p2v_chunks = {chunk_begin, chunk_data, chunk_end, ingest_authenticate};
+
+/* ---- after a restart ---- */
+
+bool p2v_session_exists(const char *id)
+{
+	return session_find(id) != NULL;
+}
+
+/*
+ * A cut the restart interrupted: if its VM exists, the cut went through (done);
+ * otherwise what it made goes (the images it recorded, a half-written qcow2 of the
+ * disk it was converting) and the session receives again, for the source's retried
+ * cutover.
+ */
+static void cut_roll_back(struct p2v_session *s)
+{
+	struct json_object *inst = instance_get_json(s->name, false);
+
+	if (inst) {
+		json_object_put(inst);
+		log_info("p2v %s (%s): its VM exists; the interrupted cutover is done", s->id,
+			 s->name);
+		session_done(s);
+		return;
+	}
+	for (int i = 0; i < s->ndisks; i++) {
+		struct p2v_disk *d = &s->disks[i];
+		char image[NAME_MAX_LEN + 1];
+		_cleanup_free_ char *path = NULL;
+
+		cut_image_name(s, d, image);
+		path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+		if (d->image[0]) {
+			sqlite3_stmt *st = db_prepare(
+				ctl.db, "DELETE FROM images WHERE name = ? AND kind = 'vm'");
+
+			sqlite3_bind_text(st, 1, d->image, -1, SQLITE_STATIC);
+			if (sqlite3_step(st) != SQLITE_DONE)
+				log_warnx("p2v %s: cannot remove image %s: %s", s->id, d->image,
+					  sqlite3_errmsg(ctl.db));
+			sqlite3_finalize(st);
+			d->image[0] = '\0';
+		} else if (image_find(image, NULL, 0, NULL, NULL) != 0) {
+			continue; /* someone else's image of that name: the cut refuses it */
+		}
+		if (unlink(path) < 0 && errno != ENOENT)
+			log_warn("p2v %s: cannot remove %s", s->id, path);
+	}
+	s->state = P2V_RECEIVING;
+	s->cut_disk = 0;
+	session_save(s);
+	session_op_progress(s, "receiving again: the controller restarted during the cutover");
+	log_info("p2v %s (%s): the interrupted cutover was rolled back", s->id, s->name);
+}
+
+static enum p2v_state state_parse(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(state_names); i++)
+		if (!strcmp(name, state_names[i]))
+			return (enum p2v_state)i;
+	return P2V_FAILED;
+}
+
+static void passes_parse(struct p2v_session *s, struct json_object *a)
+{
+	for (size_t i = 0; i < json_object_array_length(a) && s->npasses < P2V_PASSES_MAX; i++) {
+		struct json_object *o = json_object_array_get_idx(a, i);
+
+		s->passes[s->npasses++] = (struct p2v_pass){
+			.chunks = json_get_int(o, "chunks_changed", 0),
+			.bytes = json_get_int(o, "bytes", 0),
+			.zero_chunks = json_get_int(o, "zero_chunks", 0),
+			.started_at = json_get_int(o, "started_at", 0),
+			.ended_at = json_get_int(o, "ended_at", 0),
+		};
+	}
+}
+
+static const char *column_text(sqlite3_stmt *st, int i)
+{
+	const char *t = (const char *)sqlite3_column_text(st, i);
+
+	return t ? t : "";
+}
+
+/* Session s's chunks as stored. */
+static void chunks_load(struct p2v_session *s)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "SELECT disk, chunk, sha256 FROM p2v_chunks WHERE session = ?");
+
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int disk = sqlite3_column_int(st, 0);
+		int64_t c = sqlite3_column_int64(st, 1);
+		struct p2v_disk *d;
+
+		if (disk < 0 || disk >= s->ndisks || c < 0 || c >= s->disks[disk].nchunks)
+			continue;
+		d = &s->disks[disk];
+		d->has_data[c] = sqlite3_column_bytes(st, 2) == 32;
+		if (d->has_data[c])
+			memcpy(d->hash[c], sqlite3_column_blob(st, 2), 32);
+	}
+	sqlite3_finalize(st);
+}
+
+/* One row of p2v_sessions as a session (its files not opened yet); NULL if broken. */
+static struct p2v_session *session_from_row(sqlite3_stmt *st)
+{
+	struct p2v_session *s = xcalloc(1, sizeof(*s));
+	struct json_object *disks = NULL, *passes = NULL;
+	struct kerr err;
+	const char *t;
+
+	for (int i = 0; i < P2V_DISKS_MAX; i++)
+		s->disks[i].fd = -1;
+	snprintf(s->id, sizeof(s->id), "%s", column_text(st, 0));
+	snprintf(s->name, sizeof(s->name), "%s", column_text(st, 1));
+	snprintf(s->token_digest, sizeof(s->token_digest), "%s", column_text(st, 2));
+	snprintf(s->op, sizeof(s->op), "%s", column_text(st, 3));
+	s->state = state_parse(column_text(st, 4));
+	snprintf(s->error, sizeof(s->error), "%s", column_text(st, 5));
+	s->created_at = sqlite3_column_int64(st, 6);
+	s->token_expires_at = sqlite3_column_int64(st, 7);
+	s->deadline = sqlite3_column_int64(st, 8);
+	t = column_text(st, 9);
+	if (json_body_parse(t, strlen(t), &s->hardware, &err) < 0)
+		s->hardware = json_object_new_object();
+	/* Arrays: json_body_parse() takes objects only. */
+	disks = json_tokener_parse(column_text(st, 10));
+	if (!json_object_is_type(disks, json_type_array) ||
+	    json_object_array_length(disks) > P2V_DISKS_MAX) {
+		json_object_put(disks);
+		session_free(s);
+		return NULL;
+	}
+	passes = json_tokener_parse(column_text(st, 11));
+	if (json_object_is_type(passes, json_type_array))
+		passes_parse(s, passes);
+	json_object_put(passes);
+	s->bytes_received = sqlite3_column_int64(st, 12);
+	s->chunks_stored = sqlite3_column_int64(st, 13);
+	s->chunks_rejected = sqlite3_column_int64(st, 14);
+	s->first_chunk_at = sqlite3_column_int64(st, 15);
+	s->last_chunk_at = sqlite3_column_int64(st, 16);
+	s->cut_start = sqlite3_column_int(st, 17);
+	s->notes = json_tokener_parse(column_text(st, 18));
+	if (!json_object_is_type(s->notes, json_type_array)) {
+		json_object_put(s->notes);
+		s->notes = NULL;
+	}
+	snprintf(s->dir, sizeof(s->dir), "%s/" P2V_DIR "/%s", ctl.cfg.shared_pool, s->id);
+	for (size_t i = 0; i < json_object_array_length(disks); i++) {
+		struct json_object *o = json_object_array_get_idx(disks, i);
+		struct p2v_disk *d = &s->disks[s->ndisks++];
+
+		snprintf(d->name, sizeof(d->name), "%s", json_get_str(o, "name", ""));
+		snprintf(d->bus, sizeof(d->bus), "%s", json_get_str(o, "bus", "sata"));
+		snprintf(d->image, sizeof(d->image), "%s", json_get_str(o, "image", ""));
+		d->size = json_get_int(o, "size_bytes", 0);
+		if (d->size <= 0 || d->size > P2V_DISK_MAX_BYTES || !name_valid(d->name)) {
+			json_object_put(disks);
+			session_free(s);
+			return NULL;
+		}
+		disk_init(s, d);
+	}
+	json_object_put(disks);
+	return s;
+}
+
+/* Reopen the raw files a receiving (or cutting over) session writes. Returns 0, or
+ * -1 with why when one is gone. */
+static int session_files_open(struct p2v_session *s, char *why, size_t len)
+{
+	for (int i = 0; i < s->ndisks; i++) {
+		struct p2v_disk *d = &s->disks[i];
+		struct stat sb;
+
+		d->fd = open(d->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		if (d->fd < 0 || fstat(d->fd, &sb) < 0 || !S_ISREG(sb.st_mode) ||
+		    sb.st_size != d->size) {
+			snprintf(why, len, "its received disk %s is gone or changed", d->name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Directories under p2v/ no session owns (a crash between their mkdir and their row). */
+static void orphans_remove(void)
+{
+	_cleanup_free_ char *top = xasprintf("%s/" P2V_DIR, ctl.cfg.shared_pool);
+	DIR *dir = opendir(top);
+	struct dirent *e;
+
+	if (dir == NULL)
+		return;
+	while ((e = readdir(dir)) != NULL) {
+		_cleanup_free_ char *path = NULL;
+
+		if (e->d_name[0] == '.' || session_find(e->d_name))
+			continue;
+		path = xasprintf("%s/%s", top, e->d_name);
+		log_info("p2v: removing %s, which no session owns", path);
+		if (tree_remove(path) < 0)
+			log_warnx("p2v: cannot remove %s", path);
+	}
+	closedir(dir);
+}
+
+void p2v_sessions_load(void)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "SELECT id, name, token_digest, operation, state, error, created_at, "
+			"token_expires_at, deadline, hardware, disks, passes, bytes_received, "
+			"chunks_stored, chunks_rejected, first_chunk_at, last_chunk_at, cut_start, "
+			"notes FROM p2v_sessions");
+	struct p2v_session *loaded = NULL;
+	struct json_object *dropped = json_object_new_array();
+	int64_t now = now_ms();
+	int n = 0;
+
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct p2v_session *s = session_from_row(st);
+
+		if (s == NULL) {
+			/* Its files go with the orphans below; its row after the scan. */
+			log_warnx("p2v %s: its row is unreadable; the session is dropped",
+				  column_text(st, 0));
+			json_object_array_add(dropped, json_object_new_string(column_text(st, 0)));
+			continue;
+		}
+		s->next = loaded;
+		loaded = s;
+	}
+	sqlite3_finalize(st);
+	for (size_t i = 0; i < json_object_array_length(dropped); i++)
+		store_session_delete(json_object_get_string(json_object_array_get_idx(dropped, i)));
+	json_object_put(dropped);
+	/* Into the list first: ending a session below takes it out of the list. */
+	while (loaded) {
+		struct p2v_session *s = loaded;
+
+		loaded = s->next;
+		s->next = sessions;
+		sessions = s;
+		n++;
+	}
+	for (struct p2v_session *s = sessions, *next; s; s = next) {
+		char why[160];
+
+		next = s->next;
+		if (s->state == P2V_FAILED) {
+			session_remove(s);
+			continue;
+		}
+		chunks_load(s);
+		if (s->state == P2V_DONE) {
+			s->dir[0] = '\0'; /* its files are images; its directory went */
+			continue;
+		}
+		if (now > s->deadline) {
+			session_end(s, "failed", "timed out: the session passed its deadline");
+			continue;
+		}
+		if (session_files_open(s, why, sizeof(why)) < 0) {
+			session_end(s, "failed", why);
+			continue;
+		}
+		if (s->state == P2V_CUTTING_OVER)
+			cut_roll_back(s);
+		else
+			session_op_progress(s, "receiving; resumed after a controller restart");
+	}
+	orphans_remove();
+	if (n) {
+		log_info("p2v: %d sessions brought back from the database", n);
+		timer_ensure();
+	}
+}

@@ -25,6 +25,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,7 @@
 #include "util.h"
 
 #define DISKS_MAX    8
-#define RETRIES	     60
+#define RETRY_S	     300 /* a controller restart (kill -9, lab up) fits well inside */
 #define REPLY_MAX    (64 << 20)
 #define HEADER_MAX   16384
 #define IO_TIMEOUT_S 120
@@ -271,17 +272,26 @@ broken:
 	return -1;
 }
 
-/* A request, retried on a new connection until it is answered (or RETRIES fail). */
-static void http_call(const char *method, const char *path, const char *ctype, const void *body,
-		      size_t len, struct reply *r)
+/*
+ * A request, retried on a new connection until it is answered or RETRY_S pass: the
+ * controller keeps its sessions across a restart, so waiting one out loses nothing.
+ * Returns how many tries failed before the answer.
+ */
+static int http_call(const char *method, const char *path, const char *ctype, const void *body,
+		     size_t len, struct reply *r)
 {
-	for (int i = 0; i < RETRIES; i++) {
+	double give_up = now_s() + RETRY_S;
+	int failed = 0;
+
+	for (;;) {
 		if (http_once(method, path, ctype, body, len, r) == 0)
-			return;
+			return failed;
+		if (now_s() > give_up)
+			die("%s %s: no answer for %d s", method, path, RETRY_S);
+		failed++;
 		fprintf(stderr, "kumo-p2v: connection lost; retrying %s %s\n", method, path);
 		sleep(1);
 	}
-	die("%s %s: no answer after %d tries", method, path, RETRIES);
 }
 
 /* ---- disks ---- */
@@ -428,7 +438,8 @@ static void *pass_worker(void *arg)
 	for (;;) {
 		struct disk *d;
 		int64_t off;
-		size_t len, got = 0, z;
+		size_t len, got = 0;
+		bool zero;
 		const char *have;
 		unsigned char md[32];
 		char hex[65];
@@ -454,10 +465,9 @@ static void *pass_worker(void *arg)
 				    (long long)(off + (off_t)got), n ? strerror(errno) : "EOF");
 			got += (size_t)n;
 		}
-		for (z = 0; z < len && buf[z] == 0; z++)
-			;
+		zero = mem_is_zero(buf, len);
 		/* An all-zero chunk the controller holds as zero: never sent. */
-		if (z == len && (have == NULL || have[0] == '\0')) {
+		if (zero && (have == NULL || have[0] == '\0')) {
 			send = false;
 		} else {
 			sha256(buf, len, md);
@@ -597,6 +607,9 @@ int main(int argc, char **argv)
 	double freeze_at = 0;
 	int ch;
 
+	/* A controller killed under a request must be a retry, not our death by SIGPIPE. */
+	signal(SIGPIPE, SIG_IGN);
+
 	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'u':
@@ -723,7 +736,25 @@ int main(int argc, char **argv)
 		struct json_object *o;
 		struct kerr err;
 
-		http_call("POST", path, "application/json", body, strlen(body), &r);
+		int lost = http_call("POST", path, "application/json", body, strlen(body), &r);
+
+		/* A cutover whose answer the connection lost may have gone through: the
+		 * session then says done. */
+		if (r.status == 409 && lost) {
+			struct reply g = {0};
+
+			http_call("GET", base_path, "application/json", "", 0, &g);
+			if (g.status == 200 && json_body_parse(g.body, g.len, &o, &err) == 0) {
+				if (!strcmp(json_get_str(o, "state", ""), "done")) {
+					free(r.body);
+					r.status = 202;
+					r.body = xstrdup("{\"state\": \"done\"}");
+					r.len = strlen(r.body);
+				}
+				json_object_put(o);
+			}
+			free(g.body);
+		}
 		if (r.status != 202)
 			die("cutover: HTTP %d: %s", r.status, r.body);
 		if (json_body_parse(r.body, r.len, &o, &err) == 0)

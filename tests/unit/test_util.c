@@ -28,6 +28,30 @@ static void test_hex_encode(void **state)
 	assert_string_equal(out, "");
 }
 
+static void test_mem_is_zero(void **state)
+{
+	static unsigned char buf[4097];
+
+	(void)state;
+	assert_true(mem_is_zero(buf, 0));
+	assert_true(mem_is_zero(buf, 1));
+	assert_true(mem_is_zero(buf, sizeof(buf)));
+	/* A non-zero byte anywhere, first and last included, is seen. */
+	for (size_t i = 0; i < sizeof(buf); i += 1023) {
+		buf[i] = 1;
+		assert_false(mem_is_zero(buf, sizeof(buf)));
+		buf[i] = 0;
+	}
+	buf[sizeof(buf) - 1] = 0x80;
+	assert_false(mem_is_zero(buf, sizeof(buf)));
+	assert_true(mem_is_zero(buf, sizeof(buf) - 1));
+	buf[sizeof(buf) - 1] = 0;
+	/* All bytes equal but not zero. */
+	memset(buf, 7, 64);
+	assert_false(mem_is_zero(buf, 64));
+	memset(buf, 0, 64);
+}
+
 static void test_hex_decode(void **state)
 {
 	unsigned char out[4];
@@ -195,6 +219,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_hex_encode),
+		cmocka_unit_test(test_mem_is_zero),
 		cmocka_unit_test(test_hex_decode),
 		cmocka_unit_test(test_hex_decode_rejects),
 		cmocka_unit_test(test_hex_round_trip),
