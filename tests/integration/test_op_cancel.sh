@@ -150,7 +150,7 @@ for attempt in 1 2 3 4 5 6; do
 	op=$(jqb .id)
 	read -r host ifname <<<"$(where opc2)"
 	end=$((SECONDS + 180))
-	until qpid=$(pgrep -f -- "qemu-system[^ ]* -name opc2 "); do
+	until qpid=$(pgrep -f -- "qemu-system[^ ]* -name opc2 .*$KUMO_LAB_DIR/"); do
 		[ $SECONDS -ge $end ] && fail "opc2's QEMU never started"
 	done
 	kill -STOP "$qpid"
