@@ -69,7 +69,12 @@ settled() {
 	wait_until 60 "nothing of $VM left on $other" clean_on "$other"
 	on_one_host || fail "$4: $VM has QEMUs on: $(qemu_hosts $VM | tr '\n' ' ')"
 	[ "$(qemu_hosts $VM)" = "$where" ] || fail "$4: $VM's QEMU is on $(qemu_hosts $VM), the database says $where"
-	wait_until 30 "$VM ticks on $where past $t0" tick_past $VM "$t0"
+	local end=$((SECONDS + 30))
+	until tick_past $VM "$t0"; do
+		[ $SECONDS -lt $end ] ||
+			fail "$4: $VM does not tick on $where past $t0; its console ends: $(console $VM | tail -c 400 | tr -c '[:print:]\n' '.')"
+		sleep 1
+	done
 	console $VM | grep -aq KUMO-BOOT && fail "$4: $VM booted again: $(console $VM | grep -a KUMO-BOOT)"
 	console $VM | grep -aEq 'Kernel panic|Oops|BUG:|general protection' &&
 		fail "$4: $VM's kernel broke after the move: $(console $VM | grep -aE 'Kernel panic|Oops|BUG:|general protection' | head -3)"
