@@ -7,9 +7,10 @@
 # networks each with its own security group ("tenants"); then C containers, each with
 # one NIC on tenant i mod T's network, created by 8 keep-alive clients. Prints
 # kumo_netsync_doc_builds_total per second idle and during the creates, the p50
-# and p99 of GET /healthz and GET /api/v1/hosts?limit=100 during the creates (at
-# least --probe-seconds), the longest loop lag (kumo_loop_lag_seconds, scraped every
-# second) and the controller's CPU meanwhile. --creates 0 measures heartbeats alone.
+# and p99 of GET /healthz, /api/v1/hosts?limit=100 and /api/v1/instances?limit=100
+# during the creates (at least --probe-seconds), the longest loop lag
+# (kumo_loop_lag_seconds, scraped every second) and the controller's CPU meanwhile.
+# --creates 0 measures heartbeats alone.
 #
 # usage: bench/netsync.sh [--hosts 1000] [--creates 400] [--tenants 10]
 #                         [--probe-seconds 30] [--build DIR] [--port 10380]
@@ -124,7 +125,8 @@ url, token, total, tenants, probe_s = sys.argv[1], sys.argv[2], int(sys.argv[3])
 u = urllib.parse.urlparse(url)
 h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 lock = threading.Lock()
-nxt, done, failed, lat = [0], [0], [0], {"/healthz": [], "/api/v1/hosts?limit=100": []}
+nxt, done, failed, lat = [0], [0], [0], {"/healthz": [], "/api/v1/hosts?limit=100": [],
+                             "/api/v1/instances?limit=100": []}
 running = [True]
 lag = [0.0]
 
@@ -182,14 +184,15 @@ for t in ps: t.join()
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, int(p * len(v)))] * 1000 if v else float("nan")
-print("%d %d %.1f %.0f %.0f %.0f %.0f %.0f" % (done[0], failed[0], done[0] / el,
+print("%d %d %.1f %.0f %.0f %.0f %.0f %.0f %.0f %.0f" % (done[0], failed[0], done[0] / el,
       pct(lat["/healthz"], .5), pct(lat["/healthz"], .99),
       pct(lat["/api/v1/hosts?limit=100"], .5), pct(lat["/api/v1/hosts?limit=100"], .99),
-      lag[0] * 1000))
+      lag[0] * 1000, pct(lat["/api/v1/instances?limit=100"], .5),
+      pct(lat["/api/v1/instances?limit=100"], .99)))
 PY
 )
 b3=$(builds) w3=$(now_ms) c3=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
-read -r c_done c_failed c_rate h50 h99 l50 l99 lag <<<"$out"
+read -r c_done c_failed c_rate h50 h99 l50 l99 lag i50 i99 <<<"$out"
 cpu=$(awk -v t=$((c3 - c2)) -v hz="$(getconf CLK_TCK)" -v ms=$((w3 - w2)) \
 	'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')
 online=$(curl -sS --max-time 60 -H "Authorization: Bearer $token" "$api_url/api/v1" |
@@ -205,6 +208,7 @@ printf '%-52s %s\n' "network documents built, during creates (+3 s)" "$((b3 - b2
 printf '%-52s %s\n' "network documents built/s, during creates" "$during"
 printf '%-52s %s\n' "GET /healthz during creates, p50 / p99 ms" "$h50 / $h99"
 printf '%-52s %s\n' "GET /api/v1/hosts?limit=100 during, p50 / p99 ms" "$l50 / $l99"
+printf '%-52s %s\n' "GET /api/v1/instances?limit=100 during, p50 / p99 ms" "$i50 / $i99"
 printf '%-52s %s\n' "longest loop lag (kumo_loop_lag_seconds), ms" "$lag"
 printf '%-52s %s\n' "controller CPU meanwhile (% of a core)" "$cpu"
 printf '%-52s %s\n' "hosts online at the end" "$online"

@@ -324,6 +324,7 @@ struct json_object *secgroup_rules_build(const char *self, struct json_object *r
 struct json_object *secgroup_nic_groups(struct json_object *nic);
 struct json_object *secgroup_members(const char *name);
 bool secgroup_in_use(const char *name, char *by, size_t len);
+void secgroup_members_forget(void);
 struct json_object *secgroup_doc_json(struct json_object *names);
 
 /* netsync.c */

@@ -308,6 +308,12 @@ static const struct json_field heartbeat_fields[] = {
 	{NULL, 0, false, NULL},
 };
 
+/* Network waits are checked on heartbeats at most this often (and by the cron every
+ * second): during creates many hosts apply documents each second, and each check
+ * looks at every waiting create. */
+#define HOSTS_WAITS_CHECK_MS 250
+static int64_t waits_checked_at;
+
 /* A heartbeat arrived from h (already authenticated): refresh facts and liveness. */
 void host_heartbeat(struct host *h, struct json_object *body)
 {
@@ -354,7 +360,9 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	 * Checking at every heartbeat was a query per waiting create per heartbeat:
 	 * thousands a second during creates at thousands of hosts. */
 	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
-	if (strcmp(applied_was, applied ? applied : "") != 0) {
+	if (strcmp(applied_was, applied ? applied : "") != 0 &&
+	    now_ms() - waits_checked_at >= HOSTS_WAITS_CHECK_MS) {
+		waits_checked_at = now_ms();
 		instances_net_waits_check();
 		migrate_net_waits_check();
 	}

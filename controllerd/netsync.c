@@ -105,12 +105,15 @@ static bool underlay_of(const struct host *h, char *out, size_t len)
 /* The peers of segment (nid, vlan) for host h: other hosts with a NIC on it. */
 static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t vlan)
 {
-	sqlite3_stmt *st =
-		db_prepare(ctl.db, "SELECT DISTINCT i.host_id FROM addresses a "
-				   "JOIN " MIGRATE_WIRED_INSTANCES " i ON a.instance_id = i.id "
-				   "WHERE a.network_id = ? AND a.vlan = ? AND "
-				   "i.host_id IS NOT NULL AND i.host_id != ? "
-				   "ORDER BY i.host_id");
+	/* The segment's addresses first, migration targets apart: through
+	 * MIGRATE_WIRED_INSTANCES SQLite copied every instance per segment per build. */
+	sqlite3_stmt *st = db_prepare(
+		ctl.db,
+		"SELECT i.host_id FROM addresses a JOIN instances i ON a.instance_id = i.id "
+		"WHERE a.network_id = ?1 AND a.vlan = ?2 AND i.host_id IS NOT NULL AND "
+		"i.host_id != ?3 UNION SELECT m.host_id FROM addresses a JOIN "
+		"temp.migrating m ON m.instance_id = a.instance_id WHERE "
+		"a.network_id = ?1 AND a.vlan = ?2 AND m.host_id != ?3 ORDER BY 1");
 	struct json_object *peers = json_object_new_array();
 	char self[64] = "";
 
@@ -155,17 +158,37 @@ static void strings_add(struct json_object *arr, const char *s)
 	json_object_array_add(arr, json_object_new_string(s));
 }
 
+/* control_plane_json()'s last answer and when: it walks every host, and every document
+ * carries it (at 5,000 hosts, 30% of the controller's time in a perf profile). Dropped
+ * by netsync_all() and netsync_changed(NULL) (a host's address moved), and after
+ * NETSYNC_PLANE_MS so a host that joined meanwhile is in it soon. */
+#define NETSYNC_PLANE_MS 15000
+static struct json_object *plane_cached;
+static int64_t plane_cached_at;
+
+static void plane_forget(void)
+{
+	json_object_put(plane_cached);
+	plane_cached = NULL;
+}
+
 /*
  * What instances must never reach: every host's underlay address and the controller's
  * link address (join and event ports), and its API address unless that is a wildcard
- * or loopback (then the hosts' own input rules cover it). A new array.
+ * or loopback (then the hosts' own input rules cover it). A new reference, shared:
+ * the caller must not change it.
  */
 static struct json_object *control_plane_json(void)
 {
-	struct json_object *out = json_object_new_array();
+	struct json_object *out, *seen;
 	char addr[64];
 	struct in_addr a;
 	const char *colon;
+
+	if (plane_cached && now_ms() - plane_cached_at < NETSYNC_PLANE_MS)
+		return json_object_get(plane_cached);
+	out = json_object_new_array();
+	seen = json_object_new_object();
 
 	if (inet_pton(AF_INET, ctl.cfg.link_address, &a) == 1 && a.s_addr != INADDR_ANY)
 		strings_add(out, ctl.cfg.link_address);
@@ -177,9 +200,20 @@ static struct json_object *control_plane_json(void)
 		    (ntohl(a.s_addr) >> 24) != 127)
 			strings_add(out, addr);
 	}
+	for (size_t i = 0; i < json_object_array_length(out); i++)
+		json_object_object_add(
+			seen, json_object_get_string(json_object_array_get_idx(out, i)), NULL);
+	/* A set by name: strings_add()'s linear search made this O(hosts^2). */
 	for (struct host *h = ctl.hosts; h; h = h->next)
-		if (underlay_of(h, addr, sizeof(addr)) && inet_pton(AF_INET, addr, &a) == 1)
-			strings_add(out, addr);
+		if (underlay_of(h, addr, sizeof(addr)) && inet_pton(AF_INET, addr, &a) == 1 &&
+		    !json_object_object_get_ex(seen, addr, NULL)) {
+			json_object_object_add(seen, addr, NULL);
+			json_object_array_add(out, json_object_new_string(addr));
+		}
+	json_object_put(seen);
+	plane_forget();
+	plane_cached = json_object_get(out);
+	plane_cached_at = now_ms();
 	return out;
 }
 
@@ -401,7 +435,9 @@ static void doc_stamp(struct sent *s, struct json_object *doc)
 		entries[m].key = key;
 		entries[m++].value = (uint64_t)json_object_get_int64(val);
 	}
-	netver_stamp_record(versions, &s->stamp, dep_keys, n, entries, m);
+	/* A share that changed unannounced (the heal): the members kept are stale too. */
+	if (netver_stamp_record(versions, &s->stamp, dep_keys, n, entries, m) > 0)
+		secgroup_members_forget();
 	free(entries);
 	free(dep_keys);
 	json_object_put(contrib);
@@ -503,6 +539,8 @@ void netsync_all(void)
 	if (versions == NULL)
 		versions = netver_new();
 	netver_all_bump(versions);
+	secgroup_members_forget();
+	plane_forget();
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		netsync_host(h, NULL, false);
 }
@@ -518,8 +556,10 @@ void netsync_changed(struct host *h)
 {
 	if (versions == NULL)
 		versions = netver_new();
+	secgroup_members_forget(); /* before h's rebuild reads the members */
 	if (h == NULL) {
 		netver_all_bump(versions);
+		plane_forget();
 		return;
 	}
 	/* Never built since start: its share was unknown, so all of it counts as new
@@ -564,12 +604,20 @@ static bool host_in_sync(struct host *h)
  */
 bool netsync_instance_ready(const char *instance, char *why, size_t len)
 {
+	/* From the instance's own segments out, and the migration targets as their own
+	 * part: joining MIGRATE_WIRED_INSTANCES made SQLite copy every instance (specs
+	 * and all) per call, and during creates this runs for every waiting create
+	 * whenever a host applies a document. */
 	sqlite3_stmt *st = db_prepare(
 		ctl.db,
-		"SELECT DISTINCT i.host_id FROM addresses a JOIN " MIGRATE_WIRED_INSTANCES
-		" i ON a.instance_id = i.id WHERE i.host_id IS NOT NULL AND EXISTS (SELECT 1 "
-		"FROM addresses b JOIN instances j ON b.instance_id = j.id WHERE "
-		"j.name = ? AND b.network_id = a.network_id AND b.vlan = a.vlan)");
+		"SELECT i.host_id FROM instances j JOIN addresses b ON b.instance_id = j.id "
+		"JOIN addresses a ON a.network_id = b.network_id AND a.vlan = b.vlan "
+		"JOIN instances i ON i.id = a.instance_id "
+		"WHERE j.name = ?1 AND i.host_id IS NOT NULL "
+		"UNION SELECT m.host_id FROM instances j JOIN addresses b ON "
+		"b.instance_id = j.id JOIN addresses a ON a.network_id = b.network_id AND "
+		"a.vlan = b.vlan JOIN temp.migrating m ON m.instance_id = a.instance_id "
+		"WHERE j.name = ?1");
 	bool ready = true;
 
 	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
@@ -621,6 +669,8 @@ void netsync_free(void)
 	}
 	netver_free(versions);
 	versions = NULL;
+	secgroup_members_forget();
+	plane_forget();
 	free(sent_by_id);
 	sent_by_id = NULL;
 	sent_cap = 0;

@@ -323,17 +323,35 @@ static struct json_object *group_rules(const char *name)
 	return rules;
 }
 
+/* members_by_group()'s last answer and when: one pass over every NIC (a JSON parse
+ * of each instance's spec) per document made each build O(instances), and a create
+ * rebuilds the documents of every host in its groups. Forgotten at every change
+ * netsync.c hears of, and after MEMBERS_CACHE_MS in case a change was not told. */
+#define MEMBERS_CACHE_MS 15000
+static struct json_object *members_cached;
+static int64_t members_cached_at;
+
+/* Something that decides group membership changed (or may have): recount next time. */
+void secgroup_members_forget(void)
+{
+	json_object_put(members_cached);
+	members_cached = NULL;
+}
+
 /*
  * Every group's member addresses, {"name": ["10.0.0.5", ...]}, from one pass over the
- * NICs (a document is built at every heartbeat). A new reference.
+ * NICs, or the kept answer while nothing changed. A new reference.
  */
 static struct json_object *members_by_group(void)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT a.address, a.nic, i.spec FROM addresses a "
-					      "JOIN instances i ON a.instance_id = i.id "
-					      "ORDER BY i.id, a.nic");
-	struct json_object *out = json_object_new_object();
+	struct json_object *out;
+	sqlite3_stmt *st;
 
+	if (members_cached && now_ms() - members_cached_at < MEMBERS_CACHE_MS)
+		return json_object_get(members_cached);
+	st = db_prepare(ctl.db, "SELECT a.address, a.nic, i.spec FROM addresses a "
+				"JOIN instances i ON a.instance_id = i.id ORDER BY i.id, a.nic");
+	out = json_object_new_object();
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		struct json_object *spec =
 			json_tokener_parse((const char *)sqlite3_column_text(st, 2));
@@ -358,6 +376,9 @@ static struct json_object *members_by_group(void)
 		json_object_put(spec);
 	}
 	sqlite3_finalize(st);
+	secgroup_members_forget();
+	members_cached = json_object_get(out);
+	members_cached_at = now_ms();
 	return out;
 }
 
