@@ -421,7 +421,7 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 	struct inst_op *op = data;
 	char host[AGENT_ADDR_MAX], uri[96], id[64];
 	struct kerr err;
-	int port, cport;
+	int port = 0, cport;
 
 	if (instance_op_gone(op))
 		return;

@@ -861,10 +861,10 @@ static enum MHD_Result chunk_begin(struct request *req)
 	const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
 	struct p2v_chunk *c;
 	unsigned char expect[32];
-	uint32_t index;
-	size_t len;
+	uint32_t index = 0;
+	size_t len = 0;
 	struct kerr err;
-	int disk;
+	int disk = 0;
 
 	if (s == NULL)
 		return http_reply_error(req, 404, NULL, "no p2v session %s", req->params[0]);
