@@ -23,13 +23,12 @@
  * then ends migrate-out as failed ("cancelled") and the VM runs on here. The target
  * is cleaned by the controller with a forced delete that keeps the disks.
  *
- * TCG: pre-copy of a guest that dirties memory crashed guest kernels on the target
- * (issue 13: 7 of 15 runs), pausing first was clean. So for a TCG VM the source first
- * measures the guest's dirty rate (calc-dirty-rate, one second) and, above
- * MIGRATE_TCG_IDLE_MBPS, pauses the guest before it migrates ("pause-then-migrate";
- * the controller resumes it on the target). An idle guest keeps pre-copy and its
- * short downtime. Post-copy needs userfaultfd in the target QEMU, which runs as the
- * unprivileged QEMU user; see docs/architecture.md - it is not used yet.
+ * TCG: pre-copy crashed guest kernels on the target (issue 13: 7 of 15 runs of a busy
+ * guest; then an idle guest ticking once a second, copied slowly at 16 Mbit/s, broke
+ * with a general protection fault), pausing first was clean every time. So a TCG VM
+ * is always paused before it migrates ("pause-then-migrate"; the controller resumes
+ * it on the target); only KVM guests are pre-copied. Post-copy needs userfaultfd in the target
+ * QEMU, which runs as the unprivileged QEMU user; see docs/architecture.md - it is not used yet.
  *
  * Faults: each end keeps its part in {run dir}/migration.json ({"role": "out"|"in",
  * "op", "paused"}), written before the step it guards, so an agent killed mid-way
@@ -58,12 +57,10 @@
 #include "json.h"
 #include "util.h"
 
-#define MIGRATE_POLL_MS	       250  /* query-migrate while a migration runs */
-#define MIGRATE_REPORT_MS      1000 /* op-progress at most this often */
-#define MIGRATE_TCG_IDLE_MBPS  1    /* dirty rate (MB/s) under which TCG pre-copies */
-#define MIGRATE_BANDWIDTH_MBPS 8000 /* QEMU 7.2's 128 MiB/s default never converges */
-#define MIGRATE_DOWNTIME_MS    100  /* QEMU's default is 300; the goal here is 100 */
-#define MIGRATE_DIRTY_CALC_S   1
+#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs */
+#define MIGRATE_REPORT_MS      1000  /* op-progress at most this often */
+#define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
+#define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
 
 /* One migrate-out at work (a VM leaves this host). */
@@ -75,7 +72,6 @@ struct outgoing {
 	int64_t reported_ms;
 	int64_t paused_at_ms; /* pause-then-migrate: when the guest stopped, else 0 */
 	char strategy[24];    /* "precopy" or "pause-then-migrate" */
-	double dirty_mbps;    /* measured before the start (TCG), -1 unknown */
 	bool cancel;	      /* the controller asked to cancel */
 	bool polling;	      /* a query-migrate is in flight */
 	bool finished;
@@ -654,9 +650,6 @@ static struct json_object *stats_build(struct outgoing *o, struct json_object *r
 	json_object_object_add(s, "disk_remaining",
 			       json_object_new_int64(json_get_int(disk, "remaining", 0)));
 	json_object_object_add(s, "eta_ms", eta >= 0 ? json_object_new_int64(eta) : NULL);
-	if (o->dirty_mbps >= 0)
-		json_object_object_add(s, "dirty_rate_mbps_before",
-				       json_object_new_double(o->dirty_mbps));
 	return s;
 }
 
@@ -673,7 +666,6 @@ static void progress_send(struct outgoing *o, const char *phase, int pct)
 }
 
 static void poll_again(struct outgoing *o);
-static void dirty_poll_cb(uv_timer_t *timer);
 
 static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
@@ -826,60 +818,9 @@ static void strategy_start(struct outgoing *o)
 		out_fail(o, "", err.msg);
 }
 
-static void dirty_rate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct outgoing *o = data;
-
-	if (outgoing_gone(o))
-		return;
-	if (ret && strcmp(json_get_str(ret, "status", ""), "measuring") == 0) {
-		uv_timer_start(&o->timer, dirty_poll_cb, 100, 0);
-		return;
-	}
-	/* Unknown is treated as busy: the safe side on TCG. */
-	o->dirty_mbps = ret ? json_get_int(ret, "dirty-rate", -1) : -1;
-	snprintf(o->strategy, sizeof(o->strategy), "%s",
-		 o->dirty_mbps >= 0 && o->dirty_mbps < MIGRATE_TCG_IDLE_MBPS
-			 ? "precopy"
-			 : "pause-then-migrate");
-	log_info("vm %s: dirty rate %.0f MB/s under TCG: %s", o->vm->inst.name, o->dirty_mbps,
-		 o->strategy);
-	strategy_start(o);
-}
-
-static void dirty_poll_cb(uv_timer_t *timer)
-{
-	struct outgoing *o = timer->data;
-	struct kerr err;
-
-	if (outgoing_gone(o))
-		return;
-	if (vm_qmp(o->vm, "query-dirty-rate", NULL, MIGRATE_QMP_TIMEOUT_MS, dirty_rate_cb, o,
-		   &err) < 0)
-		out_fail(o, "", err.msg);
-}
-
-static void calc_started_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct outgoing *o = data;
-
-	if (outgoing_gone(o))
-		return;
-	if (error) {
-		log_warnx("vm %s: calc-dirty-rate: %s; pausing to migrate", o->vm->inst.name,
-			  error);
-		snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
-		strategy_start(o);
-		return;
-	}
-	uv_timer_start(&o->timer, dirty_poll_cb, MIGRATE_DIRTY_CALC_S * 1000 + 50, 0);
-}
-
 static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
-	struct json_object *args;
-	struct kerr err;
 
 	if (outgoing_gone(o))
 		return;
@@ -891,11 +832,9 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 		migrate_send(o);
 		return;
 	}
-	args = json_object_new_object();
-	json_object_object_add(args, "calc-time", json_object_new_int(MIGRATE_DIRTY_CALC_S));
-	if (vm_qmp(o->vm, "calc-dirty-rate", args, MIGRATE_QMP_TIMEOUT_MS, calc_started_cb, o,
-		   &err) < 0)
-		out_fail(o, "", err.msg);
+	/* TCG: never pre-copy (see the top). */
+	snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
+	strategy_start(o);
 }
 
 static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -947,7 +886,6 @@ void migrate_out(struct inst_op *op)
 	o = xcalloc(1, sizeof(*o));
 	o->op = op;
 	o->vm = vm;
-	o->dirty_mbps = -1;
 	o->started_ms = now_ms();
 	snprintf(o->strategy, sizeof(o->strategy), "precopy");
 	uv_timer_init(op->agent->loop, &o->timer);
