@@ -36,7 +36,7 @@ cleanup() {
 	[ -z "$VIEWER_ID" ] || api DELETE "/api/v1/tokens/$VIEWER_ID" >/dev/null 2>&1 || true
 	[ -z "$DOOMED_ID" ] || api DELETE "/api/v1/tokens/$DOOMED_ID" >/dev/null 2>&1 || true
 	podman_ rmi -a -f >/dev/null 2>&1 || true
-	rm -rf "$tmp" "$OCI_CERTS"
+	rm -rf "$tmp" "$OCI_CERTS" "/tmp/kt-regc-$$"
 }
 trap cleanup EXIT
 
@@ -78,7 +78,12 @@ podman_ login --cert-dir "$OCI_CERTS" --authfile "$tmp/auth.json" -u anyone -p "
 pass "podman login succeeds with an API token as password (any user name) and fails with a wrong one"
 
 # ---- podman push and pull ------------------------------------------------------------
-podman_ pull -q "oci:$OCI_DIR/busybox-oci:latest" >"$tmp/out" 2>&1 || fail "podman cannot read the test layout: $(cat "$tmp/out")"
+# podman names an oci: image after its path, which must be lowercase: the checkout's
+# path may not be (a clone in /work/ciA), nor mktemp's. A copy at a lowercase path.
+lc=/tmp/kt-regc-$$
+rm -rf "$lc" && mkdir -p "$lc" && cp -a "$OCI_DIR/busybox-oci" "$lc/"
+podman_ pull -q "oci:$lc/busybox-oci:latest" >"$tmp/out" 2>&1 || fail "podman cannot read the test layout: $(cat "$tmp/out")"
+rm -rf "$lc"
 img=$(tail -n 1 "$tmp/out")
 podman_ tag "$img" "$REGISTRY/$REPO:v1"
 podman_ push --cert-dir "$OCI_CERTS" --authfile "$tmp/auth.json" "$REGISTRY/$REPO:v1" >"$tmp/out" 2>&1 ||
