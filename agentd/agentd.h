@@ -804,6 +804,12 @@ void heartbeat_send(struct agent *a, struct json_object *facts);
 /* console.c */
 int console_input_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);
+int console_watch_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			struct kerr *err);
+
+/* vnc.c */
+int vnc_query(struct agent *a, struct json_object *body, struct json_object **answer,
+	      struct kerr *err);
 
 /* usage.c */
 void usage_annotate(struct json_object *reports);

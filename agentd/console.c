@@ -1,5 +1,5 @@
 /*
- * console.c - typing into a VM's serial port.
+ * console.c - typing into a VM's serial port, and relaying what the guest writes there.
  *
  * QEMU serves the serial port as a socket (serial.sock in the VM's directory) and logs
  * everything the guest writes to console.log (qemuargs.c), so reading the console is
@@ -7,8 +7,9 @@
  * bytes at a time and QEMU reads the socket only as fast as the guest drains it, so a
  * connection that wrote and closed would lose the rest: the agent keeps one connection
  * per VM open (QEMU serves one client at a time), writes through libuv without waiting,
- * and reads and drops what QEMU echoes to it (the log has it) so QEMU never blocks on a
- * full socket. The connection ends when QEMU closes it (the VM stopped).
+ * and reads what QEMU sends it so QEMU never blocks on a full socket: dropped (the log
+ * has it) unless the controller watches the VM for a dashboard terminal, then sent on
+ * as LINK_CONSOLE_DATA. The connection ends when QEMU closes it (the VM stopped).
  */
 #include "agentd.h"
 
@@ -29,6 +30,8 @@ struct serial_conn {
 	struct serial_conn *next;
 	char name[NAME_MAX_LEN + 1];
 	bool connected, closing;
+	bool watched;	       /* the controller relays what the guest writes (console-watch) */
+	struct agent *agent;   /* to send it on */
 	struct pending *queue; /* written once connected */
 };
 
@@ -54,11 +57,30 @@ static void conn_closed_cb(uv_handle_t *h)
 	free(c);
 }
 
+/* What the guest wrote (data, len), or that the port closed (data NULL), to the
+ * controller, which relays it to the dashboard's terminals. */
+static void watch_send(struct serial_conn *c, const char *data, size_t len)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "name", json_object_new_string(c->name));
+	if (data) {
+		_cleanup_free_ char *b64 = base64_encode(data, len);
+
+		json_object_object_add(body, "data", json_object_new_string(b64));
+	} else {
+		json_object_object_add(body, "closed", json_object_new_boolean(true));
+	}
+	link_event_send(c->agent, LINK_CONSOLE_DATA, NULL, body);
+}
+
 static void conn_close(struct serial_conn *c)
 {
 	if (c->closing)
 		return;
 	c->closing = true;
+	if (c->watched)
+		watch_send(c, NULL, 0);
 	for (struct serial_conn **slot = &conns; *slot; slot = &(*slot)->next) {
 		if (*slot == c) {
 			*slot = c->next;
@@ -105,9 +127,12 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
-	(void)buf;
+	struct serial_conn *c = s->data;
+
 	if (n < 0)
-		conn_close(s->data);
+		conn_close(c);
+	else if (n > 0 && c->watched)
+		watch_send(c, buf->base, (size_t)n);
 }
 
 static void connect_cb(uv_connect_t *req, int status)
@@ -154,6 +179,7 @@ static struct serial_conn *conn_get(struct agent *a, struct vm *vm, struct kerr 
 		return NULL;
 	}
 	c = xcalloc(1, sizeof(*c));
+	c->agent = a;
 	snprintf(c->name, sizeof(c->name), "%s", vm->inst.name);
 	uv_pipe_init(a->loop, &c->pipe, 0);
 	c->pipe.data = c;
@@ -209,5 +235,45 @@ int console_input_query(struct agent *a, struct json_object *body, struct json_o
 	}
 	*answer = json_object_new_object();
 	json_object_object_add(*answer, "queued", json_object_new_int64((int64_t)len));
+	return 0;
+}
+
+static const struct json_field watch_fields[] = {
+	{"what", JK_STRING, true, NULL},
+	{"name", JK_STRING, true, name_check},
+	{"on", JK_BOOL, true, NULL},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * {"what": "console-watch", "name": N, "on": bool} -> {"watching": bool}: while on, what
+ * the guest writes to its serial port goes to the controller as LINK_CONSOLE_DATA, and
+ * {name, closed: true} when QEMU closes the port (the VM stopped), which ends the watch.
+ */
+int console_watch_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			struct kerr *err)
+{
+	const char *name = json_get_str(body, "name", "");
+	bool on = json_get_bool(body, "on", false);
+	struct vm *vm = vm_find(a, name);
+	struct serial_conn *c;
+
+	if (json_fields_check(body, watch_fields, err) < 0)
+		return -1;
+	if (!on) {
+		for (c = conns; c; c = c->next)
+			if (strcmp(c->name, name) == 0)
+				c->watched = false;
+	} else {
+		if (vm == NULL || !vm->inst.created)
+			return err_set(err, 0, "there is no VM %s on this host", name);
+		if (vm->inst.pid <= 0)
+			return err_set(err, 0, "VM %s is not running", name);
+		if ((c = conn_get(a, vm, err)) == NULL)
+			return -1;
+		c->watched = true;
+	}
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "watching", json_object_new_boolean(on));
 	return 0;
 }

@@ -546,9 +546,19 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 
 /* ---- queries ---------------------------------------------------------------------------- */
 
-static const char *const query_whats[] = {
-	"console",	 "logs",	   "exec",	    "net", "spec",
-	"console-input", "migrate-cancel", "migrate-state", NULL};
+static const char *const query_whats[] = {"console",
+					  "logs",
+					  "exec",
+					  "net",
+					  "spec",
+					  "console-input",
+					  "migrate-cancel",
+					  "migrate-state",
+					  "console-watch",
+					  "vnc-open",
+					  "vnc-input",
+					  "vnc-close",
+					  NULL};
 
 static int what_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -713,6 +723,10 @@ int instance_query(struct agent *a, const char *op, struct json_object *body,
 		ret = logs_query(a, norm, answer, err);
 	else if (strcmp(what, "console-input") == 0)
 		ret = console_input_query(a, norm, answer, err); /* console.c */
+	else if (strcmp(what, "console-watch") == 0)
+		ret = console_watch_query(a, norm, answer, err); /* console.c */
+	else if (strncmp(what, "vnc-", 4) == 0)
+		ret = vnc_query(a, norm, answer, err); /* vnc.c */
 	else if (strcmp(what, "spec") == 0)
 		ret = spec_query(a, norm, answer, err);
 	else if (strcmp(what, "migrate-cancel") == 0)

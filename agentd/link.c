@@ -399,6 +399,7 @@ static void request_dispatch(struct agent *a, const struct link_msg *m)
 		cancel_answer(a, m);
 		return;
 	case LINK_INSTANCE_STATE: /* agent -> controller only */
+	case LINK_CONSOLE_DATA:
 	case LINK_QUERY_DONE:
 	case LINK_HEARTBEAT:
 	case LINK_OP_PROGRESS:

@@ -3,6 +3,7 @@
  *
  *   -machine q35, accel tcg (-cpu max) or kvm (-cpu host, +vmx/+svm when nested)
  *   -nodefaults -no-user-config -display none, -sandbox with every option denied
+ *   a VGA whose VNC server is a unix socket (vnc.sock) for the dashboard's console
  *   QMP for the agent (qmp.sock) and a second QMP monitor (monitor.sock), serial
  *   console to console.log, -pidfile qemu.pid, a virtio balloon always
  *   disks as -blockdev JSON (qcow2 over a file) plus a device per bus; the
@@ -176,6 +177,13 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "-no-user-config");
 	argv_add(av, "-display");
 	argv_add(av, "none");
+	/* A screen for the dashboard's graphical console: standard VGA, its VNC server on a
+	 * unix socket in the VM's directory (never a TCP port a guest or network could
+	 * reach); only the agent connects to it, relaying for the controller (vnc.c). */
+	argv_add(av, "-device");
+	argv_add(av, "VGA,id=video0");
+	argv_add(av, "-vnc");
+	argv_add(av, "unix:%s/vnc.sock", dir);
 	/*
 	 * QEMU may not exec, change resource limits or use old syscalls. It opens its
 	 * files, devices and sockets as root, then becomes the unprivileged qemu user

@@ -21,6 +21,7 @@ static const char *type_names[LINK_TYPE_COUNT] = {
 	[LINK_INSTANCE_STATE] = "instance-state",
 	[LINK_QUERY_DONE] = "query-done",
 	[LINK_CMD_CANCEL] = "cancel",
+	[LINK_CONSOLE_DATA] = "console-data",
 };
 
 const char *link_type_name(enum link_type type)

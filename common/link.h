@@ -37,6 +37,8 @@ enum link_type {
 			      * query acked {"deferred": true} (exec) ends here */
 	LINK_CMD_CANCEL,     /* controller -> agent: op (the job's); {reason}; the ack says
 				{op, state: cancelling|done|unknown} */
+	LINK_CONSOLE_DATA,   /* agent -> controller: what a watched VM's serial port wrote,
+			      * {name, data: base64} or {name, closed: true} (console.c) */
 	LINK_TYPE_COUNT,
 };
 

@@ -502,6 +502,9 @@ static void event_handle(const unsigned char *buf, size_t len)
 	case LINK_QUERY_DONE:
 		query_done(h, &m);
 		break;
+	case LINK_CONSOLE_DATA:
+		console_relay_data(h, m.body); /* console_relay.c */
+		break;
 	case LINK_OP_DONE:
 		if (!m.op[0] || !op_owned(h, m.op) ||
 		    json_fields_check(m.body, done_fields, &err) < 0) {

@@ -1604,6 +1604,44 @@ enum MHD_Result api_instance_console_input(struct request *req)
 	return MHD_YES;
 }
 
+/*
+ * GET /api/v1/instances/{name}/console/ws and .../vnc/ws: a running VM's serial console
+ * or screen as a WebSocket (console_relay.c). 400 for a container, 409 unless running,
+ * 503 if its host is offline.
+ */
+static enum MHD_Result console_ws(struct request *req, bool vnc)
+{
+	enum MHD_Result ret;
+	struct inst *i = path_inst(req, &ret);
+
+	if (i == NULL)
+		return ret;
+	if (strcmp(json_get_str(i->spec, "type", ""), "vm") != 0)
+		ret = http_reply_error(
+			req, 400, "name",
+			"%s is a container: it has no serial port or screen (use logs and exec)",
+			i->name);
+	else if (strcmp(i->state, "running") != 0)
+		ret = http_reply_error(req, 409, NULL, "VM %s is %s, not running", i->name,
+				       i->state);
+	else if (i->host == NULL || i->host->state != HOST_ONLINE)
+		ret = http_reply_error(req, 503, NULL, "host of instance %s is offline", i->name);
+	else
+		ret = console_relay_open(req, i->host->name, i->name, vnc);
+	inst_free(i);
+	return ret;
+}
+
+enum MHD_Result api_instance_console_ws(struct request *req)
+{
+	return console_ws(req, false);
+}
+
+enum MHD_Result api_instance_vnc_ws(struct request *req)
+{
+	return console_ws(req, true);
+}
+
 /* GET /api/v1/instances/{name}/metrics: the last hour of its use (usage.c). */
 enum MHD_Result api_instance_metrics(struct request *req)
 {

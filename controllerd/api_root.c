@@ -99,6 +99,16 @@ enum MHD_Result api_dashboard_get(struct request *req)
 	return web_serve(req, "index.html");
 }
 
+/* GET /ui/novnc/{path} : noVNC's modules, which import each other by relative path. */
+enum MHD_Result api_dashboard_novnc(struct request *req)
+{
+	char name[256];
+
+	if (snprintf(name, sizeof(name), "novnc/%s", req->params[0]) >= (int)sizeof(name))
+		return http_reply_error(req, 404, "path", "no such dashboard file");
+	return web_serve(req, name);
+}
+
 /* GET /ui/{file} : its script, style and images (names from the compiled-in table only). */
 enum MHD_Result api_dashboard_asset(struct request *req)
 {

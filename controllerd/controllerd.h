@@ -467,6 +467,7 @@ int jobs_nack(const char *id, const char *why);
 void jobs_resume(void);
 
 /* migrate.c */
+enum MHD_Result api_instance_placement(struct request *req);
 /*
  * The instances whose NICs a host wires, as an SQL table expression (id, name, spec,
  * host_id): each on its host and, while it migrates, also on its target (migrate.c
@@ -662,11 +663,34 @@ void http_upload_write(struct request *req, const char *data, size_t len);
 void http_resume(struct request *req);
 void http_suspend_watched(struct request *req, enum MHD_Result (*resume)(struct request *req));
 
+/* ws.c */
+struct ws;
+struct ws_ops {
+	void (*on_open)(struct ws *ws, void *cls);
+	/* One whole message from the browser (binary: a binary frame, else text). */
+	void (*on_message)(struct ws *ws, void *cls, const char *data, size_t len, bool binary);
+	/* The socket ended by the browser or an error (not after ws_close()). */
+	void (*on_close)(struct ws *ws, void *cls);
+};
+bool ws_handshake_valid(struct request *req);
+enum MHD_Result ws_accept(struct request *req, const struct ws_ops *ops, void *cls);
+void ws_send(struct ws *ws, const void *data, size_t len, bool binary);
+void ws_close(struct ws *ws, uint16_t code, const char *reason);
+void ws_close_all(void);
+
+/* console_relay.c */
+enum MHD_Result console_relay_open(struct request *req, const char *host, const char *name,
+				   bool vnc);
+void console_relay_data(struct host *h, struct json_object *body);
+void console_relay_instance_stopped(const char *name, const char *state);
+void console_relay_host_offline(const char *host);
+
 /* api_root.c */
 enum MHD_Result api_root_get(struct request *req);
 enum MHD_Result api_healthz_get(struct request *req);
 enum MHD_Result api_metrics_get(struct request *req);
 enum MHD_Result api_dashboard_get(struct request *req);
+enum MHD_Result api_dashboard_novnc(struct request *req);
 enum MHD_Result api_dashboard_asset(struct request *req);
 
 /* api_hosts.c */
@@ -721,6 +745,8 @@ enum MHD_Result api_instance_action(struct request *req);
 enum MHD_Result api_instance_console(struct request *req);
 enum MHD_Result api_instance_metrics(struct request *req);
 enum MHD_Result api_instance_console_input(struct request *req);
+enum MHD_Result api_instance_console_ws(struct request *req);
+enum MHD_Result api_instance_vnc_ws(struct request *req);
 enum MHD_Result api_snapshots_create(struct request *req);
 enum MHD_Result api_snapshots_list(struct request *req);
 enum MHD_Result api_snapshot_revert(struct request *req);

@@ -1,11 +1,19 @@
-# Turn the dashboard's files (FILES, names separated by commas, in DIR) into a C source
-# OUT defining kumo_web_assets[]: name, bytes and length of each, ending with {NULL}.
+# Turn the dashboard's files (FILES, names separated by commas, in DIR; NAME=PATH serves
+# DIR/PATH as NAME) into a C source OUT defining kumo_web_assets[]: name, bytes and length
+# of each, ending with {NULL}.
 string(REPLACE "," ";" files "${FILES}")
 set(body "#include <stddef.h>\n#include \"webassets.h\"\n")
 set(table "const struct web_asset kumo_web_assets[] = {\n")
 set(i 0)
-foreach(f ${files})
-  file(READ ${DIR}/${f} hex HEX)
+foreach(entry ${files})
+  if(entry MATCHES "^([^=]+)=(.+)$")
+    set(f ${CMAKE_MATCH_1})
+    set(path ${CMAKE_MATCH_2})
+  else()
+    set(f ${entry})
+    set(path ${entry})
+  endif()
+  file(READ ${DIR}/${path} hex HEX)
   string(LENGTH "${hex}" hexlen)
   math(EXPR len "${hexlen} / 2")
   string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")

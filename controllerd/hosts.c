@@ -291,6 +291,8 @@ static void host_state_set(struct host *h, enum host_state s, const char *why)
 	ev = host_to_json(h);
 	json_object_object_add(ev, "reason", json_object_new_string(why));
 	event_emit(s == HOST_ONLINE ? "host-online" : "host-offline", ev);
+	if (s != HOST_ONLINE)
+		console_relay_host_offline(h->name);
 }
 
 static int addr_check(struct json_object *v, const char *field, struct kerr *err)

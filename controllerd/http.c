@@ -575,9 +575,32 @@ void http_suspend_watched(struct request *req, enum MHD_Result (*resume)(struct 
  * Routes with credentials of their own (the registry: Basic, tokens from /v2/token)
  * check them through their stream's authenticate.
  */
+/*
+ * A browser cannot set headers on a WebSocket, and the token never goes in a URL (logs
+ * keep URLs): the dashboard offers it as a subprotocol, "kumo.token.<token>", next to
+ * "kumo" (the one ws.c agrees to, so the token is never echoed). Into buf as
+ * "Bearer <token>"; NULL when the request offers none.
+ */
+static const char *websocket_bearer(struct request *req, char *buf, size_t len)
+{
+	const char *v =
+		MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
+	const char *p = v ? strstr(v, "kumo.token.") : NULL;
+
+	if (p == NULL)
+		return NULL;
+	p += strlen("kumo.token.");
+	snprintf(buf, len, "Bearer %.*s", (int)strcspn(p, " \t,"), p);
+	return buf;
+}
+
 static enum role request_authenticate(struct request *req, const char **why)
 {
 	const char *auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+	char bearer[TOKEN_LEN + 16];
+
+	if (auth == NULL)
+		auth = websocket_bearer(req, bearer, sizeof(bearer));
 
 	if (req->route && req->route->stream && req->route->stream->authenticate) {
 		memset(&req->token, 0, sizeof(req->token));
@@ -881,7 +904,9 @@ int http_start(struct kerr *err)
 	const union MHD_DaemonInfo *info;
 	char host[64];
 	const char *colon = strrchr(ctl.cfg.api_listen, ':');
-	unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	/* Upgrade: the consoles' WebSockets (ws.c). */
+	unsigned flags =
+		MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
 
 	snprintf(host, sizeof(host), "%.*s", (int)(colon - ctl.cfg.api_listen), ctl.cfg.api_listen);
 	inet_pton(AF_INET, host, &sin.sin_addr);
@@ -943,6 +968,7 @@ void http_stop(void (*drain)(void))
 	http_stopping = true;
 	if (drain)
 		drain();
+	ws_close_all(); /* an upgraded socket left open would stop libmicrohttpd's stop */
 	for (int i = 0; i < 5; i++)
 		MHD_run(daemon_);
 	uv_poll_stop(&http_poll);

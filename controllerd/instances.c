@@ -343,6 +343,8 @@ static void instance_state_set(const char *name, const char *state, struct json_
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("instance %s: cannot save state: %s", name, sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);
+	if (changed && strcmp(state, "running") != 0)
+		console_relay_instance_stopped(name, state);
 	if (changed) {
 		struct json_object *ev = json_object_new_object();
 

@@ -1557,3 +1557,100 @@ enum MHD_Result api_host_evacuate(struct request *req)
 	evac_pump(e); /* may end e */
 	return http_reply_json(req, 202, op_get(busy));
 }
+
+/* ---- dry run ------------------------------------------------------------------------ */
+
+/* Is host in the placement's rejected list? */
+static bool placement_rejects(struct json_object *rejected, const char *host)
+{
+	for (size_t k = 0; rejected && k < json_object_array_length(rejected); k++)
+		if (!strcmp(json_get_str(json_object_array_get_idx(rejected, k), "host", ""), host))
+			return true;
+	return false;
+}
+
+/*
+ * GET /api/v1/instances/{name}/placement?for=migrate: where a live migration of the VM
+ * would go, asked of the same filters and scores as POST .../actions/migrate, without
+ * starting anything. {instance, source, host (the scheduler's choice, or null), policy,
+ * blocked (why the VM cannot migrate at all, or null), hosts: [{host, fits, score} or
+ * {host, fits: false, reason}], candidates_total, rejected_total, rejected_by}. The lists
+ * are bounded as a placement's are (the best candidates, the first rejected hosts).
+ */
+enum MHD_Result api_instance_placement(struct request *req)
+{
+	const char *purpose = http_query(req, "for");
+	struct json_object *where = NULL, *out, *hosts, *cands, *rejected;
+	struct mig_inst i = {0};
+	struct kerr err = {0};
+	char disk[NAME_MAX_LEN + 1];
+	const char *blocked = NULL;
+	char why[160];
+	struct host *dst;
+
+	if (purpose && strcmp(purpose, "migrate"))
+		return http_reply_error(req, 400, "for",
+					"'for' must be migrate (the only dry run)");
+	if (!name_valid(req->params[0]) || !inst_load(req->params[0], &i))
+		return http_reply_error(req, 404, NULL, "no instance named %s", req->params[0]);
+	if (i.host == NULL) {
+		json_object_put(i.spec);
+		return http_reply_error(req, 409, NULL, "instance %s is on no host",
+					req->params[0]);
+	}
+	/* The reasons migrate_begin() refuses for, as a user would meet them. */
+	if (strcmp(json_get_str(i.spec, "type", "vm"), "vm")) {
+		blocked = "a container cannot migrate live";
+	} else if (strcmp(i.state, "running")) {
+		snprintf(why, sizeof(why), "it is %s; a live migration needs it running", i.state);
+		blocked = why;
+	} else if (!disks_shared(i.spec, disk, sizeof(disk))) {
+		snprintf(why, sizeof(why), "disk %s is not on the shared pool", disk);
+		blocked = why;
+	}
+	dst = target_choose(i.spec, i.host, NULL, &where, &err);
+	cands = json_object_object_get(where, "candidates");
+	rejected = json_object_object_get(where, "rejected");
+	hosts = json_object_new_array();
+	for (size_t k = 0; cands && k < json_object_array_length(cands); k++) {
+		struct json_object *c = json_object_array_get_idx(cands, k), *o;
+
+		if (placement_rejects(rejected, json_get_str(c, "host", "")))
+			continue;
+		o = json_object_new_object();
+		json_object_object_add(o, "host",
+				       json_object_get(json_object_object_get(c, "host")));
+		json_object_object_add(o, "fits", json_object_new_boolean(true));
+		json_object_object_add(o, "score",
+				       json_object_get(json_object_object_get(c, "score")));
+		json_object_array_add(hosts, o);
+	}
+	for (size_t k = 0; rejected && k < json_object_array_length(rejected); k++) {
+		struct json_object *r = json_object_array_get_idx(rejected, k), *o;
+
+		o = json_object_new_object();
+		json_object_object_add(o, "host",
+				       json_object_get(json_object_object_get(r, "host")));
+		json_object_object_add(o, "fits", json_object_new_boolean(false));
+		json_object_object_add(o, "reason",
+				       json_object_get(json_object_object_get(r, "reason")));
+		json_object_array_add(hosts, o);
+	}
+	out = json_object_new_object();
+	json_object_object_add(out, "instance", json_object_new_string(req->params[0]));
+	json_object_object_add(out, "source", json_object_new_string(i.host->name));
+	json_object_object_add(out, "host", dst ? json_object_new_string(dst->name) : NULL);
+	json_object_object_add(out, "policy",
+			       json_object_get(json_object_object_get(where, "policy")));
+	json_object_object_add(out, "blocked", blocked ? json_object_new_string(blocked) : NULL);
+	json_object_object_add(out, "hosts", hosts);
+	json_object_object_add(out, "candidates_total",
+			       json_object_get(json_object_object_get(where, "candidates_total")));
+	json_object_object_add(out, "rejected_total",
+			       json_object_get(json_object_object_get(where, "rejected_total")));
+	json_object_object_add(out, "rejected_by",
+			       json_object_get(json_object_object_get(where, "rejected_by")));
+	json_object_put(where);
+	json_object_put(i.spec);
+	return http_reply_json(req, 200, out);
+}

@@ -14,6 +14,7 @@ const struct route api_routes[] = {
 	{"GET", "/metrics", ROLE_VIEWER, "", api_metrics_get, NULL},
 	{"GET", "/", ROLE_NONE, "", api_dashboard_get, NULL},
 	{"GET", "/ui/{}", ROLE_NONE, "", api_dashboard_asset, NULL},
+	{"GET", "/ui/novnc/*", ROLE_NONE, "", api_dashboard_novnc, NULL},
 	{"GET", "/api/v1", ROLE_VIEWER, "", api_root_get, NULL},
 	{"GET", "/api/v1/hosts", ROLE_VIEWER, "limit,after,fields,state,label", api_hosts_list,
 	 NULL},
@@ -46,9 +47,15 @@ const struct route api_routes[] = {
 	 NULL},
 	{"POST", "/api/v1/instances/{}/actions/{}", ROLE_OPERATOR, "", api_instance_action, NULL},
 	{"GET", "/api/v1/instances/{}/console", ROLE_OPERATOR, "bytes", api_instance_console, NULL},
+	{"GET", "/api/v1/instances/{}/console/ws", ROLE_OPERATOR, "", api_instance_console_ws,
+	 NULL}, /* WebSocket (console_relay.c) */
+	{"GET", "/api/v1/instances/{}/vnc/ws", ROLE_OPERATOR, "", api_instance_vnc_ws,
+	 NULL}, /* WebSocket to the VM's screen (console_relay.c) */
 	{"POST", "/api/v1/instances/{}/console", ROLE_OPERATOR, "", api_instance_console_input,
 	 NULL},
 	{"GET", "/api/v1/instances/{}/metrics", ROLE_VIEWER, "", api_instance_metrics, NULL},
+	{"GET", "/api/v1/instances/{}/placement", ROLE_VIEWER, "for", api_instance_placement,
+	 NULL}, /* dry run (migrate.c) */
 	{"GET", "/api/v1/instances/{}/export", ROLE_OPERATOR, "format", api_instance_export,
 	 NULL}, /* V2V export (ova.c) */
 	{"GET", "/api/v1/instances/{}/logs", ROLE_OPERATOR, "tail,follow", api_instance_logs, NULL},

@@ -51,13 +51,14 @@ chromium
 
 PKGS=""
 node=0
+vendor=0
 [ $# -gt 0 ] || set -- all
 for set in "$@"; do
 	case $set in
 	runtime) PKGS="$PKGS $RUNTIME" ;;
-	build) PKGS="$PKGS $BUILD" ;;
+	build) PKGS="$PKGS $BUILD" node=1 vendor=1 ;;
 	test) PKGS="$PKGS $TEST" node=1 ;;
-	all) PKGS="$PKGS $RUNTIME $BUILD $TEST" node=1 ;;
+	all) PKGS="$PKGS $RUNTIME $BUILD $TEST" node=1 vendor=1 ;;
 	*) usage ;;
 	esac
 done
@@ -83,6 +84,18 @@ fi
 # machine may already have, so only install it when no node is on PATH.
 if [ "$node" = 1 ] && ! command -v npm >/dev/null 2>&1; then
 	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends nodejs npm
+fi
+
+# The dashboard's browser libraries (xterm.js), compiled into the controller from
+# web/vendor/node_modules: the versions and integrity hashes in web/vendor's lockfile,
+# from npm's cache when it has them (a rebuild needs no network), else the registry.
+# Nothing is fetched when the installed tree already matches the lockfile.
+vendor_dir=$(cd "$(dirname "$0")/../web/vendor" && pwd)
+if [ "$vendor" = 1 ] && ! cmp -s "$vendor_dir/package-lock.json" \
+	"$vendor_dir/node_modules/.kumo-installed-lock" 2>/dev/null; then
+	(cd "$vendor_dir" && { npm ci --offline --no-audit --no-fund --no-update-notifier ||
+		npm ci --prefer-offline --no-audit --no-fund --no-update-notifier; } &&
+		cp package-lock.json node_modules/.kumo-installed-lock)
 fi
 
 # QEMU drops to this user once it opened a guest's files (kumo-agentd --qemu-user).

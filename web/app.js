@@ -280,6 +280,8 @@ const routes = [
   [/^#\/networks\/([^/]+)$/, viewNetwork, false],
   [/^#\/images$/, viewImages, false],
   [/^#\/operations$/, viewOperations, true],
+  [/^#\/backups$/, viewBackups, false],
+  [/^#\/ha$/, viewHA, true],
   [/^#\/tokens$/, viewTokens, false],
 ];
 
@@ -295,6 +297,8 @@ async function render(fromEvent) {
     const m = hash.match(re);
     if (!m) continue;
     current = { live, key: hash };
+    /* A page drawn anew ends a console that was open (its WebSocket, a log follow). */
+    if (!fromEvent && consolePanel.stop) { consolePanel.stop(); consolePanel.stop = null; }
     for (const a of document.querySelectorAll("#nav a"))
       a.classList.toggle("active", hash.startsWith(a.getAttribute("href")) && (a.getAttribute("href") !== "#/" || hash === "#/"));
     const keep = fromEvent ? saveInputs() : null;
@@ -489,14 +493,30 @@ async function viewInstance(name) {
   const ops = [...S.ops.values()].filter((o) => o.target === "instances/" + name)
     .sort((a, b) => (b.created_at || 0) - (a.created_at || 0));
   const pl = i.placement || {};
-  const migrateHost = el("select", { "data-keep": "mig-host" }, el("option", { value: "" }, "scheduler's choice"),
-    [...S.hosts.values()].filter((h) => h.name !== i.host && h.state === "online" && !h.maintenance).map((h) => el("option", { value: h.name }, h.name)));
+  /* The migrate picker asks the scheduler (a dry run): each host with its score, or why
+   * it cannot take the VM; those are listed but cannot be picked. */
+  const dry = i.type === "vm" && i.state === "running"
+    ? await api("GET", "/api/v1/instances/" + encodeURIComponent(name) + "/placement?for=migrate").catch((e) => ({ error: e.message }))
+    : null;
+  const targets = (dry && dry.hosts) || [];
+  const migrateHost = el("select", { "data-keep": "mig-host", id: "migrate-host" },
+    el("option", { value: "" }, "scheduler's choice" + (dry && dry.host ? " (" + dry.host + ")" : "")),
+    targets.map((t) => el("option", { value: t.host, disabled: !t.fits, title: t.reason || "" },
+      t.fits ? t.host + " · score " + t.score : t.host + " — " + t.reason)));
+  const picker = dry ? el("div", { class: "card", id: "migrate-picker" }, el("h2", {}, "Where a migration would go"),
+    dry.error ? el("p", { class: "error" }, "placement: " + dry.error)
+      : [dry.blocked ? el("p", { class: "error", id: "migrate-blocked" }, "Cannot migrate: " + dry.blocked) : "",
+        el("p", { class: "muted" }, "From ", el("b", {}, dry.source), "; the scheduler (" + dry.policy + ") would pick ",
+          el("b", {}, dry.host || "no host"), "."),
+        table(["Host", "Fits", "Score or why not"], targets.map((t) => el("tr", { "data-host": t.host },
+          el("td", {}, t.host), el("td", {}, t.fits ? "yes" : "no"), el("td", {}, t.fits ? String(t.score) : t.reason))))]) : "";
   const snapName = el("input", { "data-keep": "snap-name", placeholder: "snapshot name", size: 14 });
   return el("div", {},
     el("h1", {}, i.name, " ", stateSpan(i.state)),
     el("div", { class: "card actions" }, lifecycleButtons(i, false),
       i.state === "running" ? el("span", {}, " · migrate to ", migrateHost, " ",
         actionButton("Migrate", "operator", () => actionCall(i, "migrate", migrateHost.value ? { host: migrateHost.value } : {}))) : ""),
+    picker,
     el("div", { class: "grid" },
       el("div", { class: "card" }, el("h2", {}, "Instance"), kv({
         type: i.type, host: i.host || "—", vcpus: i.vcpus ?? "", memory: JSON.stringify(i.type === "vm" ? i.memory : i.limits) || "",
@@ -523,7 +543,7 @@ async function viewInstance(name) {
             api("DELETE", "/api/v1/instances/" + encodeURIComponent(name) + "/snapshots/" + encodeURIComponent(s.name))))))))] : "",
     el("h2", {}, "Operations"),
     ops.length ? table(["Kind", "Target", "Host", "Status", "Progress", "Updated", ""], ops.map((o) => opRow(o, true))) : el("p", { class: "muted" }, "None recent."),
-    el("h2", {}, i.type === "vm" ? "Serial console" : "Logs"),
+    el("h2", {}, i.type === "vm" ? "Consoles" : "Logs"),
     consolePanel(i));
 }
 
@@ -569,57 +589,149 @@ function charts(m) {
     chart("Network", s, [{ key: "rx_bps", label: "in", cls: "a" }, { key: "tx_bps", label: "out", cls: "b" }], rate));
 }
 
-/* The VM's serial console (its last bytes), or a container's log followed live. */
+/* Load a script or stylesheet of ours once, when first needed (the terminal's library
+ * is not part of the first load). */
+const loaded = new Map();
+function loadAsset(name) {
+  if (!loaded.has(name)) {
+    loaded.set(name, new Promise((resolve, reject) => {
+      const n = name.endsWith(".css") ? el("link", { rel: "stylesheet", href: "/ui/" + name })
+        : el("script", { src: "/ui/" + name });
+      n.addEventListener("load", resolve);
+      n.addEventListener("error", () => { loaded.delete(name); reject(new Error("cannot load " + name)); });
+      document.head.append(n);
+    }));
+  }
+  return loaded.get(name);
+}
+
+/*
+ * xterm.js writes its colours and cell sizes into <style> elements, which the page's
+ * policy (style-src 'self', no inline style) refuses. It creates them through its
+ * documentOverride, so it gets this document, whose <style> is an inert element that
+ * hands its text to a constructed stylesheet instead: the policy governs markup, not
+ * the CSSOM, so the page stays strict and the terminal gets its styles.
+ */
+const cspDocument = new Proxy(document, {
+  get(target, key) {
+    if (key === "createElement") {
+      return (tag, opts) => {
+        if (String(tag).toLowerCase() !== "style") return target.createElement(tag, opts);
+        const n = target.createElement("kumo-style"), sheet = new CSSStyleSheet();
+        let css = "";
+        document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+        Object.defineProperty(n, "textContent", { get: () => css, set: (v) => { css = String(v); sheet.replaceSync(css); } });
+        n.remove = () => {
+          document.adoptedStyleSheets = document.adoptedStyleSheets.filter((x) => x !== sheet);
+          Element.prototype.remove.call(n);
+        };
+        return n;
+      };
+    }
+    const v = Reflect.get(target, key);
+    return typeof v === "function" ? v.bind(target) : v;
+  },
+});
+
+/*
+ * A VM's serial console in a terminal (xterm.js: a real VT100 emulator, so full-screen
+ * programs, colours, line editing and Ctrl keys work as on the host's console). The
+ * history comes from GET .../console; then a WebSocket carries the guest's bytes to the
+ * terminal and every key to the guest's serial port. The token travels as a WebSocket
+ * subprotocol (a browser cannot set headers there, and a URL would leak it to logs).
+ */
+async function vmTerminal(i, box, state) {
+  const base = "/api/v1/instances/" + encodeURIComponent(i.name);
+  await Promise.all([loadAsset("xterm.css"), loadAsset("xterm.js")]);
+  const term = new Terminal({ rows: 30, cols: 100, scrollback: 5000, fontSize: 13, documentOverride: cspDocument });
+  box.replaceChildren();
+  term.open(box);
+  /* xterm.js draws nothing while it is off screen (it watches its visibility), and a
+   * terminal opened below the fold is one the user is about to read. */
+  box.scrollIntoView({ block: "nearest" });
+  const r = await fetch(base + "/console?bytes=65536", { headers: { Authorization: "Bearer " + S.token } });
+  if (r.ok) term.write(new Uint8Array(await r.arrayBuffer()));
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + base + "/console/ws",
+    ["kumo", "kumo.token." + S.token]);
+  ws.binaryType = "arraybuffer";
+  const enc = new TextEncoder();
+  state.textContent = "connecting…";
+  ws.onopen = () => { state.textContent = "connected: typing goes to the guest's serial port"; term.focus(); };
+  ws.onmessage = (e) => term.write(typeof e.data === "string" ? e.data : new Uint8Array(e.data));
+  ws.onclose = (e) => {
+    state.textContent = "closed" + (e.reason ? ": " + e.reason : e.code === 1006 ? ": the connection failed (is the VM running?)" : "");
+    term.options.disableStdin = true;
+  };
+  term.onData((d) => { if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d)); });
+  /* Leaving the page or the instance closes the socket, and the controller its relay. */
+  const prev = consolePanel.stop;
+  consolePanel.stop = () => { if (prev) prev(); ws.close(); term.dispose(); };
+}
+
+/*
+ * A VM's screen through noVNC: QEMU's VNC server on its host, relayed by the agent and
+ * the controller over GET .../vnc/ws (the token again a subprotocol). noVNC is ES
+ * modules, imported only now, so the first load does not carry it.
+ */
+async function vmScreen(i, box, state) {
+  const { default: RFB } = await import("/ui/novnc/core/rfb.js");
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host +
+    "/api/v1/instances/" + encodeURIComponent(i.name) + "/vnc/ws";
+  box.replaceChildren();
+  state.textContent = "connecting…";
+  const rfb = new RFB(box, url, { wsProtocols: ["kumo", "kumo.token." + S.token], shared: true });
+  box.scrollIntoView({ block: "nearest" });
+  rfb.scaleViewport = true;
+  rfb.addEventListener("connect", () => { state.textContent = "connected: the VM's screen; keys and mouse go to the guest"; });
+  rfb.addEventListener("disconnect", (e) => {
+    state.textContent = "closed" + (e.detail.clean ? "" : ": the connection failed (is the VM running?)");
+  });
+  const prev = consolePanel.stop;
+  consolePanel.stop = () => { if (prev) prev(); rfb.disconnect(); };
+}
+
+/* The VM's serial console in a terminal, or a container's log followed live. */
 function consolePanel(i) {
   const pre = el("pre", { id: "console" }, "");
   const base = "/api/v1/instances/" + encodeURIComponent(i.name);
   if (!can("operator")) return el("p", { class: "muted" }, "Reading consoles needs the operator role (this token is " + S.role + ").");
-  const load = async () => {
+  if (consolePanel.stop) { consolePanel.stop(); consolePanel.stop = null; }
+  const box = el("div", { id: "terminal", hidden: true });
+  const state = el("p", { id: "console-state", class: "muted" });
+  const follow = async () => {
     try {
-      if (i.type === "vm") {
-        /* The console is not on the event stream: read its tail every 2 s while shown. */
-        while (pre.isConnected && S.token) {
-          const r = await fetch(base + "/console?bytes=65536", { headers: { Authorization: "Bearer " + S.token } });
-          const text = r.ok ? await r.text() : "console: HTTP " + r.status;
-          if (text !== pre.textContent) {
-            pre.textContent = text;
-            pre.scrollTop = pre.scrollHeight;
-          }
-          await new Promise((res) => setTimeout(res, 2000));
-        }
-      } else {
-        pre.textContent = "";
-        const ctl = new AbortController();
-        consolePanel.stop = () => ctl.abort();
-        const r = await fetch(base + "/logs?tail=200&follow=1", { headers: { Authorization: "Bearer " + S.token }, signal: ctl.signal });
-        if (!r.ok) { pre.textContent = "logs: HTTP " + r.status; return; }
-        const reader = r.body.getReader(), dec = new TextDecoder();
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done || !pre.isConnected) { ctl.abort(); break; }
-          pre.textContent += dec.decode(value, { stream: true });
-          pre.scrollTop = pre.scrollHeight;
-        }
+      pre.textContent = "";
+      const ctl = new AbortController();
+      consolePanel.stop = () => ctl.abort();
+      const r = await fetch(base + "/logs?tail=200&follow=1", { headers: { Authorization: "Bearer " + S.token }, signal: ctl.signal });
+      if (!r.ok) { pre.textContent = "logs: HTTP " + r.status; return; }
+      const reader = r.body.getReader(), dec = new TextDecoder();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || !pre.isConnected) { ctl.abort(); break; }
+        pre.textContent += dec.decode(value, { stream: true });
+        pre.scrollTop = pre.scrollHeight;
       }
     } catch (_) { /* closed */ }
   };
-  if (consolePanel.stop) consolePanel.stop();
-  /* Typing into the VM's serial port: a line is sent with Enter, Ctrl-C on its own. */
-  const send = (text) => api("POST", base + "/console", { data: text })
-    .catch((e) => { if (e.status !== 401) toast("console: " + e.message, true); });
-  const line = el("input", { id: "console-input", size: 60, placeholder: "type a command, Enter sends it",
-    autocomplete: "off", onkeydown: (e) => {
-      if (e.key === "Enter") { e.preventDefault(); send(line.value + "\r"); line.value = ""; }
-    } });
-  const input = i.type === "vm" ? el("p", { class: "actions", id: "console-keys", hidden: true }, line, " ",
-    el("button", { type: "button", onclick: () => send("\u0003") }, "Ctrl-C")) : null;
-  return el("div", {}, el("p", { class: "actions" },
-    el("button", { type: "button", id: "console-open", onclick: () => {
+  const screen = el("div", { id: "screen", hidden: true });
+  const screenState = el("p", { id: "screen-state", class: "muted" });
+  const screenButton = i.type === "vm" ? el("button", { type: "button", id: "vnc-open", onclick: (e) => {
+    current.live = false;
+    renderGen++;
+    e.target.disabled = true;
+    screen.hidden = false;
+    vmScreen(i, screen, screenState).catch((err) => { screenState.textContent = "screen: " + err.message; e.target.disabled = false; });
+  } }, "Open screen (VNC)") : null;
+  return el("div", {}, el("p", { class: "actions" }, screenButton, " ",
+    el("button", { type: "button", id: "console-open", onclick: (e) => {
       current.live = false;
       renderGen++;
-      if (input) { input.hidden = false; line.focus(); }
-      load();
-    } }, i.type === "vm" ? "Show console" : "Follow logs")), pre, input);
+      e.target.disabled = true;
+      if (i.type !== "vm") { follow(); return; }
+      box.hidden = false;
+      vmTerminal(i, box, state).catch((err) => { state.textContent = "console: " + err.message; e.target.disabled = false; });
+    } }, i.type === "vm" ? "Open console" : "Follow logs")), i.type === "vm" ? [screenState, screen, state, box] : pre);
 }
 
 /* ---- create forms: the API's 4xx error is shown next to the field it names ---- */
@@ -807,6 +919,73 @@ function viewOperations() {
     el("div", { class: "filters" }, el("label", {}, "Status ", el("select", { "data-keep": "op-status", onchange: () => render(true) },
       ["", "pending", "running", "succeeded", "failed", "cancelled"].map((s) => el("option", { value: s }, s || "any"))))),
     table(["Kind", "Target", "Host", "Status", "Progress", "Updated", ""], ops.map((o) => opRow(o, true))));
+}
+
+/* Backups: the stores, every backup with verify and restore, and "back up now". */
+async function viewBackups() {
+  const [stores, backups] = await Promise.all([
+    api("GET", "/api/v1/backup-stores").catch((e) => ({ error: e.message })),
+    api("GET", "/api/v1/backups").catch((e) => ({ error: e.message }))]);
+  const storeList = stores.backup_stores || [], list = (backups.backups || [])
+    .sort((a, b) => (b.created_at || 0) - (a.created_at || 0));
+  const inst = el("select", { id: "backup-instance" }, [...S.insts.values()].filter((i) => i.type === "vm" || i.type === "container")
+    .map((i) => el("option", { value: i.name }, i.name)));
+  const store = el("select", { id: "backup-store" }, storeList.map((st) => el("option", { value: st.name }, st.name)));
+  const again = () => render();
+  return el("div", {}, el("h1", {}, "Backups"),
+    stores.error ? el("p", { class: "error" }, "backup stores: " + stores.error) : "",
+    el("h2", {}, "Stores"),
+    storeList.length ? table(["Name", "Path", "Backups", "Created"], storeList.map((st) => el("tr", {},
+      el("td", {}, st.name), el("td", {}, st.path || ""), el("td", { class: "num" }, st.backups ?? ""),
+      el("td", {}, st.created_at ? new Date(st.created_at).toLocaleString() : ""))))
+      : el("p", { class: "muted" }, "No backup store yet (an admin adds one: POST /api/v1/backup-stores)."),
+    el("div", { class: "card actions" }, "Back up ", inst, " to ", store, " ",
+      actionButton("Back up now", "operator", async () => {
+        if (!inst.value) return toast("pick an instance", true);
+        await act("backup " + inst.value, () => api("POST", "/api/v1/instances/" + encodeURIComponent(inst.value) + "/backups",
+          store.value ? { store: store.value } : {}));
+        again();
+      })),
+    el("h2", {}, "Backups"),
+    backups.error ? el("p", { class: "error" }, "backups: " + backups.error) : "",
+    table(["Id", "Instance", "Store", "Kind", "Status", "Size", "New", "Created", ""], list.map((b) => el("tr", { "data-backup": b.id },
+      el("td", {}, String(b.id).slice(0, 12)), el("td", {}, el("a", { href: "#/instances/" + encodeURIComponent(b.instance) }, b.instance)),
+      el("td", {}, b.store || ""), el("td", {}, b.kind || ""), el("td", {}, stateSpan(b.status || "")),
+      el("td", { class: "num" }, bytes(b.total_bytes)), el("td", { class: "num" }, bytes(b.new_bytes)),
+      el("td", {}, b.created_at ? new Date(b.created_at).toLocaleString() : ""),
+      el("td", { class: "actions" },
+        actionButton("Verify", "operator", () => act("verify", () => api("POST", "/api/v1/backups/" + encodeURIComponent(b.id) + "/actions/verify", {}))),
+        b.restorable === false ? "" : actionButton("Restore", "operator", async () => {
+          const to = prompt("Restore into which stopped instance? (empty: " + b.instance + ")", "");
+          if (to === null) return;
+          await act("restore", () => api("POST", "/api/v1/backups/" + encodeURIComponent(b.id) + "/actions/restore", to ? { name: to } : {}));
+        }))))));
+}
+
+/* HA: each host's lease state (ok, isolated, failed, fenced), the HA instances, and the
+ * fencing and state changes seen since sign-in (the event stream's). */
+function viewHA() {
+  const hosts = [...S.hosts.values()].sort((a, b) => a.name.localeCompare(b.name));
+  const haInsts = [...S.insts.values()].filter((i) => i.ha && i.ha.enabled);
+  const history = S.events.filter((e) => e.type === "host-ha-changed" || /fence/.test(e.type));
+  return el("div", {}, el("h1", {}, "High availability"),
+    table(["Host", "State", "HA state", "Lease counter", "Lease age", "Fenced"], hosts.map((h) => {
+      const ha = h.ha || {}, l = ha.lease || {};
+      return el("tr", { "data-host": h.name }, el("td", {}, el("a", { href: "#/hosts/" + encodeURIComponent(h.name) }, h.name)),
+        el("td", {}, stateSpan(h.state)), el("td", { class: "ha-state" }, stateSpan(ha.state || "ok")),
+        el("td", { class: "num" }, l.counter ?? "—"), el("td", { class: "num" }, l.age_ms !== undefined ? (l.age_ms / 1000).toFixed(1) + " s" : "—"),
+        el("td", {}, ha.fenced_at ? new Date(ha.fenced_at).toLocaleString() : ""));
+    })),
+    el("h2", {}, "HA instances"),
+    haInsts.length ? table(["Instance", "State", "Host", "Priority"], haInsts.map((i) => el("tr", {},
+      el("td", {}, el("a", { href: "#/instances/" + encodeURIComponent(i.name) }, i.name)), el("td", {}, stateSpan(i.state)),
+      el("td", {}, i.host || "—"), el("td", { class: "num" }, i.ha.priority ?? ""))))
+      : el("p", { class: "muted" }, "No instance has HA enabled."),
+    el("h2", {}, "Fencing and state changes"),
+    history.length ? table(["Time", "Host", "Change"], history.map((e) => el("tr", {},
+      el("td", {}, e.time ? new Date(e.time).toLocaleTimeString() : ""), el("td", {}, (e.data || {}).name || ""),
+      el("td", {}, (e.data || {}).previous ? e.data.previous + " → " + e.data.state : e.type))))
+      : el("p", { class: "muted" }, "None since sign-in."));
 }
 
 async function viewTokens() {

@@ -9,6 +9,11 @@
 
 VM=dash-vm1
 cleanup() {
+	api GET "/api/v1/backups?instance=$VM" >/dev/null 2>&1 || true
+	for id in $( [ "$STATUS" = 200 ] && jqb '.backups[].id'); do
+		api DELETE "/api/v1/backups/$id" >/dev/null 2>&1 || true
+	done
+	api DELETE /api/v1/backup-stores/dash-store >/dev/null 2>&1 || true
 	instances_delete dash-ct1 $VM
 	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer") | .id'); do
 		api DELETE "/api/v1/tokens/$id" >/dev/null 2>&1 || true
@@ -27,6 +32,8 @@ if ! cmp -s "$KUMO_SRC/tests/browser/package-lock.json" "$NPM_DIR/package-lock.j
 		fail "npm ci of the browser test's lockfile failed"
 fi
 
+api POST /api/v1/backup-stores '{"name": "dash-store"}'
+[ "$STATUS" = 201 ] || [ "$STATUS" = 409 ] || fail "the backup store the browser backs up to: HTTP $STATUS"
 api POST /api/v1/tokens '{"kind": "api", "role": "viewer", "name": "dash-viewer"}'
 expect_status 201
 VIEWER=$(jqb .token)
@@ -44,6 +51,31 @@ expect_status 403
 api POST /api/v1/instances/no-such-vm/console '{"data": "x"}'
 expect_status 404
 pass "console input: empty data, unknown fields 400; a viewer 403; no such VM 404"
+
+# The terminal's WebSocket: the token comes as a subprotocol (never in the URL) and is
+# checked like a bearer; a viewer may not type into a guest; only a running VM has one.
+ws_status() { # path token|-: the status of a WebSocket handshake
+	local proto=kumo
+	[ "$2" != "-" ] && proto="kumo, kumo.token.$2"
+	curl -sS --cacert "$KUMO_CACERT" -o /dev/null -w '%{http_code}' --max-time 10 \
+		-H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
+		-H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' -H "Sec-WebSocket-Protocol: $proto" \
+		"$KUMO_URL$1" || true
+}
+[ "$(ws_status /api/v1/instances/$VM/console/ws -)" = 401 ] || fail "a console socket without a token was not refused with 401"
+[ "$(ws_status /api/v1/instances/$VM/console/ws "$VIEWER")" = 403 ] || fail "a viewer's console socket was not refused with 403"
+[ "$(ws_status /api/v1/instances/no-such-vm/console/ws "$ADMIN")" = 404 ] || fail "a console socket of no VM was not 404"
+api GET /api/v1/instances/$VM/console/ws
+expect_status 400 "a console socket asked for without a WebSocket handshake"
+[ "$(ws_status /api/v1/instances/$VM/vnc/ws -)" = 401 ] || fail "a screen socket without a token was not refused with 401"
+[ "$(ws_status /api/v1/instances/$VM/vnc/ws "$VIEWER")" = 403 ] || fail "a viewer's screen socket was not refused with 403"
+pass "console and screen sockets: no token 401, a viewer 403, no such VM 404, no handshake 400"
+# The screen is never on the network: QEMU's VNC listens on a unix socket only.
+qpid=$(cat "$KUMO_LAB_DIR"/hosts/*/local/instances/$VM/qemu.pid 2>/dev/null | head -1)
+[ -n "$qpid" ] || fail "no QEMU pid file for $VM"
+vnc=$(tr '\0' '\n' <"/proc/$qpid/cmdline" | grep -A1 -x -- -vnc | tail -1)
+[[ $vnc == unix:*/vnc.sock ]] || fail "$VM's VNC is not a unix socket: '$vnc'"
+pass "$VM's VNC server is a unix socket on its host ($vnc), not a port"
 
 cp "$KUMO_SRC/tests/browser/dashboard.mjs" "$NPM_DIR/"
 KUMO_URL=$KUMO_URL ADMIN=$ADMIN VIEWER=$VIEWER VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
