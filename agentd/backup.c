@@ -1236,11 +1236,10 @@ void backup_vm_restore(struct inst_op *op)
 }
 
 /*
- * Within a create (vmaction.c): the new VM's just-made disks take the content of the
- * backup args.restore names ({backup, store}), checked as in a restore; then(op)
- * goes on with the create. A failure fails the create, which removes what it made.
+ * The job of a restore within a create: args.restore checked ({backup, store}) and the
+ * shared pool present, then(op) after it; NULL when the create failed already.
  */
-void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
+static struct bjob *restore_job_new(struct inst_op *op, void (*then)(struct inst_op *op))
 {
 	struct json_object *args = json_object_object_get(op->args, "restore");
 	struct bjob *job;
@@ -1248,14 +1247,28 @@ void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op)
 
 	if (json_fields_check(args, backup_args, &err) < 0) {
 		instance_op_fail(op, "restore: %s", err.msg);
-		return;
+		return NULL;
 	}
 	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
 		instance_op_fail(op, "this host has no shared pool for the backup store");
-		return;
+		return NULL;
 	}
 	job = job_new(op, args, true);
 	job->then = then;
+	return job;
+}
+
+/*
+ * Within a create (vmaction.c): the new VM's just-made disks take the content of the
+ * backup args.restore names ({backup, store}), checked as in a restore; then(op)
+ * goes on with the create. A failure fails the create, which removes what it made.
+ */
+void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
+{
+	struct bjob *job = restore_job_new(op, then);
+
+	if (job == NULL)
+		return;
 	instance_op_progress(op, 65, "reading the backup's manifest");
 	pool_run(job, restore_prepare_work, prepare_after);
 }
@@ -1500,20 +1513,10 @@ static void ctr_restore_after(struct bjob *job)
  */
 void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op))
 {
-	struct json_object *args = json_object_object_get(op->args, "restore");
-	struct bjob *job;
-	struct kerr err;
+	struct bjob *job = restore_job_new(op, then);
 
-	if (json_fields_check(args, backup_args, &err) < 0) {
-		instance_op_fail(op, "restore: %s", err.msg);
+	if (job == NULL)
 		return;
-	}
-	if (disk_pool_root(op->agent->cfg, "shared") == NULL) {
-		instance_op_fail(op, "this host has no shared pool for the backup store");
-		return;
-	}
-	job = job_new(op, args, true);
-	job->then = then;
 	instance_op_progress(op, 70, "writing the writable layer from the backup");
 	pool_run(job, ctr_restore_work, ctr_restore_after);
 }

@@ -298,6 +298,32 @@ static void prepare(struct inst_op *op, bool create, op_step_fn then)
 	oci_job_queue(a, &p->job);
 }
 
+/* A container new on this host (a create, a cold migration's arrival): registered as
+ * the op's, its directory made, then prepared (image, rootfs, bundle) before then. */
+static void register_prepare(struct inst_op *op, op_step_fn then)
+{
+	struct ctr *ctr;
+	struct kerr err;
+	int ret;
+
+	ctr = oci_register(op->agent, op->spec, &err);
+	if (ctr == NULL) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->ctr = ctr;
+	op->owner = op->registered = true;
+	ctr->inst.op = op;
+	ret = mkdir_p(ctr->inst.dir, 0700);
+	if (ret < 0) {
+		instance_op_fail(op, "cannot create %s: %s", ctr->inst.dir, strerror(-ret));
+		return;
+	}
+	/* runc and the shim reach the bundle's rootfs through it. */
+	chmod(ctr->inst.dir, 0711);
+	prepare(op, true, then);
+}
+
 /* ---- start -------------------------------------------------------------------------------- */
 
 static int shim_spawn(struct inst_op *op, inst_done_cb cb, void *data, struct kerr *err)
@@ -445,8 +471,6 @@ void ociaction_create(struct inst_op *op)
 {
 	struct ctr *ctr = op->ctr;
 	const char *name = json_get_str(op->spec, "name", "");
-	struct kerr err;
-	int ret;
 
 	if (ctr) {
 		if (ctr->inst.created && json_object_equal(ctr->inst.spec, op->spec)) {
@@ -463,22 +487,7 @@ void ociaction_create(struct inst_op *op)
 		instance_op_fail(op, "instance %s exists already on this host (a VM)", name);
 		return;
 	}
-	ctr = oci_register(op->agent, op->spec, &err);
-	if (ctr == NULL) {
-		instance_op_fail(op, "%s", err.msg);
-		return;
-	}
-	op->ctr = ctr;
-	op->owner = op->registered = true;
-	ctr->inst.op = op;
-	ret = mkdir_p(ctr->inst.dir, 0700);
-	if (ret < 0) {
-		instance_op_fail(op, "cannot create %s: %s", ctr->inst.dir, strerror(-ret));
-		return;
-	}
-	/* runc and the shim reach the bundle's rootfs through it. */
-	chmod(ctr->inst.dir, 0711);
-	prepare(op, true, restore_then_created);
+	register_prepare(op, restore_then_created);
 }
 
 /* ---- stop, restart ------------------------------------------------------------------------ */
@@ -1255,29 +1264,12 @@ static void move_in_prepared(struct inst_op *op)
 void ociaction_migrate_in(struct inst_op *op)
 {
 	const char *name = json_get_str(op->spec, "name", "");
-	struct ctr *ctr;
-	struct kerr err;
-	int ret;
 
 	if (op->ctr || vm_find(op->agent, name)) {
 		instance_op_fail(op, "instance %s exists already on this host", name);
 		return;
 	}
-	ctr = oci_register(op->agent, op->spec, &err);
-	if (ctr == NULL) {
-		instance_op_fail(op, "%s", err.msg);
-		return;
-	}
-	op->ctr = ctr;
-	op->owner = op->registered = true;
-	ctr->inst.op = op;
-	ret = mkdir_p(ctr->inst.dir, 0700);
-	if (ret < 0) {
-		instance_op_fail(op, "cannot create %s: %s", ctr->inst.dir, strerror(-ret));
-		return;
-	}
-	chmod(ctr->inst.dir, 0711);
-	prepare(op, true, move_in_prepared);
+	register_prepare(op, move_in_prepared);
 }
 
 static int archive_check(struct json_object *val, const char *field, struct kerr *err)
