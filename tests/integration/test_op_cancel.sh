@@ -144,7 +144,7 @@ pass "the name of the cancelled create is free for a new one"
 # QMP before the cancel comes, however fast the machine; a try the create still won
 # (QEMU answered before the hold) is repeated.
 booted_cancel=""
-for attempt in 1 2 3 4 5 6; do
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
 	api POST /api/v1/instances "$(vm_json opc2)"
 	expect_status 202 "create opc2"
 	op=$(jqb .id)
@@ -165,7 +165,7 @@ for attempt in 1 2 3 4 5 6; do
 	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc2?force=1"
 	wait_until 120 "opc2 gone" instance_absent opc2
 done
-[ -n "$booted_cancel" ] || fail "no cancel reached the create while QEMU started in 6 attempts"
+[ -n "$booted_cancel" ] || fail "no cancel reached the create while QEMU started in 10 attempts"
 wait_nothing_left opc2 "$host" "$ifname"
 pass "a create cancelled while QEMU booted stopped it and removed its disks, files and tap (attempt $booted_cancel)"
 
@@ -217,7 +217,7 @@ pass "a cancel survives a kill -9 of the controller: still cancelled, nothing le
 # nothing is left. (If QEMU answered before it was held, the create may get past the
 # cancel's safe point first: try again.)
 agent_cancel=""
-for attempt in 1 2 3 4; do
+for attempt in 1 2 3 4 5 6 7 8; do
 	api POST /api/v1/instances "$(vm_json opc5)"
 	expect_status 202 "create opc5"
 	op=$(jqb .id)
@@ -252,5 +252,5 @@ for attempt in 1 2 3 4; do
 	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc5?force=1"
 	wait_until 120 "opc5 gone" instance_absent opc5
 done
-[ -n "$agent_cancel" ] || fail "the agent never held a cancel of a create in 4 attempts"
+[ -n "$agent_cancel" ] || fail "the agent never held a cancel of a create in 8 attempts"
 pass "a cancel survives a kill -9 of the agent before its undo: cancelled, nothing left (attempt $agent_cancel)"
