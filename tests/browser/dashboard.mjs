@@ -136,6 +136,43 @@ try {
   await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-DASH-42"));
   ok("keys typed into the terminal ran in the guest, and its echo came back live over the WebSocket");
 
+  // Ctrl-C (byte 0x03) interrupts the foreground command. It is pressed once the command
+  // runs (its marker is on screen): busybox's line editor reads a command line with the
+  // tty's ISIG off, so a ^C that reaches the guest before the shell has finished reading
+  // the line is taken as a plain byte, as on any serial console of this guest.
+  const rows = () => page.evaluate(() => document.querySelector("#terminal .xterm-rows")?.textContent || "");
+  await page.keyboard.type("echo KUMO-SLEEP-$((5 * 5)); sleep 1000");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-SLEEP-25"));
+  await page.keyboard.press("Control+C");
+  await page.keyboard.type("echo KUMO-AFTER-$((7 * 7))");
+  await page.keyboard.press("Enter");
+  // Only a shell back at its prompt turns $((7 * 7)) into 49: while sleep ran, the line
+  // would only be echoed by the tty.
+  await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-AFTER-49"),
+    null, { timeout: 60000 });
+  ok("Ctrl-C in the terminal interrupted 'sleep 1000' in the guest; the shell ran the next command");
+
+  // Keystroke echo latency: a key goes browser -> controller -> agent -> serial port and
+  // the guest's echo comes back the same way. Median of 20 single keys, then a burst of
+  // 20 keys typed at once (each key one WebSocket message) until the last one echoes.
+  const count = (s, ch) => s.split(ch).length - 1;
+  const echoOf = async (ch, n) => {
+    const before = count(await rows(), ch);
+    const t0 = performance.now();
+    for (let k = 0; k < n; k++) await page.keyboard.press(ch);
+    await page.waitForFunction(([c, want]) => (document.querySelector("#terminal .xterm-rows")?.textContent || "")
+      .split(c).length - 1 >= want, [ch, before + n], { polling: "raf" });
+    return performance.now() - t0;
+  };
+  const single = [];
+  for (let k = 0; k < 20; k++) single.push(await echoOf("q", 1));
+  single.sort((a, b) => a - b);
+  const burst = await echoOf("z", 20);
+  await page.keyboard.press("Control+C"); // drops the typed line at the prompt
+  console.log(`dashboard: keystroke echo latency median ${single[10].toFixed(0)} ms of 20 ` +
+    `(min ${single[0].toFixed(0)}, max ${single[19].toFixed(0)}); a burst of 20 keys echoed in ${burst.toFixed(0)} ms`);
+
   step = "the VM's screen (VNC)";
   // QEMU's VNC server is a unix socket on the VM's host; the page reaches it only through
   // the controller's authenticated WebSocket and the agent. A drawn frame is not blank:
