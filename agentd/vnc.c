@@ -7,10 +7,11 @@
  * sends what QEMU writes as LINK_CONSOLE_DATA {name, stream, data} (or {name, stream,
  * closed} when QEMU hangs up: the VM stopped); "vnc-input" writes the browser's bytes;
  * "vnc-close" ends the stream. The controller renews each stream it relays ("vnc-open"
- * again) every LINK_RELAY_RENEW_MS; one not renewed for LINK_RELAY_LEASE_MS closes
- * (vnc_streams_expire(): its controller restarted or lost this host, and no browser is
- * behind it any more). Everything goes through libuv without waiting, and the
- * stream's bytes are opaque here: the RFB protocol runs between QEMU and noVNC.
+ * again, with "renew": true, which never opens one anew) every LINK_RELAY_RENEW_MS;
+ * one not renewed for LINK_RELAY_LEASE_MS closes (vnc_streams_expire(): its controller
+ * restarted or lost this host, and no browser is behind it any more). Everything goes
+ * through libuv without waiting, and the stream's bytes are opaque here: the RFB
+ * protocol runs between QEMU and noVNC.
  */
 #include "agentd.h"
 
@@ -195,6 +196,7 @@ static const struct json_field open_fields[] = {
 	{"what", JK_STRING, true, NULL},
 	{"name", JK_STRING, true, name_check},
 	{"stream", JK_STRING, true, id_check},
+	{"renew", JK_BOOL, false, NULL}, /* only renew: never open it anew */
 	{NULL, 0, false, NULL},
 };
 
@@ -224,6 +226,10 @@ static int stream_open(struct agent *a, struct json_object *body, struct kerr *e
 		s->renewed = now_ms();
 		return 0;
 	}
+	/* A renewal that comes after the stream ended must not open a second RFB session
+	 * in the middle of the browser's. */
+	if (json_get_bool(body, "renew", false))
+		return err_set(err, 0, "stream %s is closed", json_get_str(body, "stream", ""));
 	path = xasprintf("%s/vnc.sock", vm->inst.dir);
 	if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return err_set(err, 0, "the VNC socket path of %s is too long", name);
@@ -266,8 +272,9 @@ static int stream_input(struct json_object *body, struct kerr *err)
 }
 
 /*
- * The VNC queries: {"what": "vnc-open", "name": VM, "stream": id}, {"what": "vnc-input",
- * "stream": id, "data": base64}, {"what": "vnc-close", "stream": id} -> {} (see the top).
+ * The VNC queries: {"what": "vnc-open", "name": VM, "stream": id[, "renew": true]},
+ * {"what": "vnc-input", "stream": id, "data": base64}, {"what": "vnc-close", "stream":
+ * id} -> {} (see the top).
  */
 int vnc_query(struct agent *a, struct json_object *body, struct json_object **answer,
 	      struct kerr *err)

@@ -373,7 +373,10 @@ void console_relay_cron(void)
 		if (h == NULL)
 			continue;
 		if (r->stream[0]) {
-			vnc_open(r, h);
+			struct json_object *q = query_new("vnc-open", r);
+
+			json_object_object_add(q, "renew", json_object_new_boolean(true));
+			query_send(r, h, q);
 			continue;
 		}
 		/* One watch per VM, however many terminals read it. */
