@@ -169,7 +169,7 @@ static int types_check(const char *types, struct kerr *err)
 
 /*
  * GET /api/v1/events/history?type=a,b&limit=N: the newest N (default 100, at most
- * 1,000) events the controller keeps (the events table, EVENTS_KEEP of them), of those
+ * 1,000) events the controller keeps (the events table: events_prune()), of those
  * types, newest first, as {"events": [{id, type, time, data}]}. What a page shows of
  * the past (the HA view's fencing history) survives a reload and a controller restart.
  */
