@@ -245,6 +245,15 @@ try {
   if (restored !== nonce) throw new Error(`the restored container reads '${restored}', not ${nonce}`);
   ok(`restored from the backups view as ${CT}r: running, with the file written before the backup`);
   await shot(page, "restored");
+  // The same backup again, this time left stopped as chosen in the form.
+  await open(page, URL_ + "/#/backups");
+  await ctRow().locator("button:has-text('Restore')").click();
+  await page.fill("#restore-name", CT + "s");
+  await page.uncheck("#restore-start");
+  await page.click("#restore-form button[type=submit]");
+  await page.waitForURL(new RegExp(`#/instances/${CT}s$`));
+  await page.waitForSelector("h1 .state-stopped", { timeout: 180000 });
+  ok(`restored again as ${CT}s with "start" unchecked: it is stopped`);
 
   step = "HA view";
   await page.click("#nav a[href='#/ha']");

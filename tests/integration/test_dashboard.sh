@@ -22,7 +22,7 @@ cleanup() {
 		done
 	done
 	api DELETE /api/v1/backup-stores/dash-store >/dev/null 2>&1 || true
-	instances_delete dash-ct1 dash-ct1r $VM
+	instances_delete dash-ct1 dash-ct1r dash-ct1s $VM
 	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer") | .id'); do
 		api DELETE "/api/v1/tokens/$id" >/dev/null 2>&1 || true
 	done
