@@ -139,11 +139,13 @@ try {
   ok("keys typed into the terminal ran in the guest, and its echo came back live over the WebSocket");
 
   // Ctrl-C (byte 0x03) interrupts the foreground command. It is pressed once the command
-  // runs (its marker is on screen): busybox's line editor reads a command line with the
-  // tty's ISIG off, so a ^C that reaches the guest before the shell has finished reading
-  // the line is taken as a plain byte, as on any serial console of this guest.
+  // runs: busybox's line editor reads a command line with the tty's ISIG off, so a ^C
+  // that reaches the guest before the shell has read the line is a plain byte; and until
+  // the job is the tty's foreground process group the shell's own handling races it. So
+  // the marker is printed by the job itself (its own sh, in the foreground group already),
+  // which then becomes the sleep.
   const rows = () => page.evaluate(() => document.querySelector("#terminal .xterm-rows")?.textContent || "");
-  await page.keyboard.type("echo KUMO-SLEEP-$((5 * 5)); sleep 1000");
+  await page.keyboard.type("sh -c 'echo KUMO-SLEEP-$((5 * 5)); exec sleep 1000'");
   await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-SLEEP-25"));
   await page.keyboard.press("Control+C");
