@@ -806,10 +806,12 @@ int console_input_query(struct agent *a, struct json_object *body, struct json_o
 			struct kerr *err);
 int console_watch_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);
+void console_watches_expire(struct agent *a);
 
 /* vnc.c */
 int vnc_query(struct agent *a, struct json_object *body, struct json_object **answer,
 	      struct kerr *err);
+void vnc_streams_expire(struct agent *a);
 
 /* usage.c */
 void usage_annotate(struct json_object *reports);

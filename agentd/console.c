@@ -9,7 +9,10 @@
  * per VM open (QEMU serves one client at a time), writes through libuv without waiting,
  * and reads what QEMU sends it so QEMU never blocks on a full socket: dropped (the log
  * has it) unless the controller watches the VM for a dashboard terminal, then sent on
- * as LINK_CONSOLE_DATA. The connection ends when QEMU closes it (the VM stopped).
+ * as LINK_CONSOLE_DATA. The controller renews a watch every LINK_RELAY_RENEW_MS while
+ * a terminal reads it; a watch not renewed for LINK_RELAY_LEASE_MS ends (a controller
+ * that restarted has no terminal behind it). The connection ends when QEMU closes it
+ * (the VM stopped).
  */
 #include "agentd.h"
 
@@ -31,6 +34,7 @@ struct serial_conn {
 	char name[NAME_MAX_LEN + 1];
 	bool connected, closing;
 	bool watched;	       /* the controller relays what the guest writes (console-watch) */
+	int64_t watch_renewed; /* ms; the watch ends LINK_RELAY_LEASE_MS after */
 	struct agent *agent;   /* to send it on */
 	struct pending *queue; /* written once connected */
 };
@@ -272,8 +276,28 @@ int console_watch_query(struct agent *a, struct json_object *body, struct json_o
 		if ((c = conn_get(a, vm, err)) == NULL)
 			return -1;
 		c->watched = true;
+		c->watch_renewed = now_ms();
 	}
 	*answer = json_object_new_object();
 	json_object_object_add(*answer, "watching", json_object_new_boolean(on));
 	return 0;
+}
+
+/*
+ * Part of the agent's cron: a watch the controller has not renewed within
+ * LINK_RELAY_LEASE_MS ends (its controller restarted, or lost this host, and no
+ * terminal reads it any more); the serial connection stays for typing.
+ */
+void console_watches_expire(struct agent *a)
+{
+	int64_t now = now_ms();
+
+	(void)a;
+	for (struct serial_conn *c = conns; c; c = c->next) {
+		if (c->watched && now - c->watch_renewed > LINK_RELAY_LEASE_MS) {
+			log_info("console %s: the controller stopped renewing its watch; ended",
+				 c->name);
+			c->watched = false;
+		}
+	}
 }

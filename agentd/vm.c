@@ -895,11 +895,14 @@ void vm_force_stop(struct vm *vm, inst_done_cb cb, void *data)
 /*
  * The vm driver's share of the agent's periodic duties (heartbeat timer): refresh disk
  * sizes for the next reports, notice an adopted QEMU that went away without QMP
- * saying so, and trim serial logs past their cap (a guest printing without end fills
- * at most a heartbeat's worth past it).
+ * saying so, trim serial logs past their cap (a guest printing without end fills
+ * at most a heartbeat's worth past it), and end the dashboard relays (console watches,
+ * VNC streams) whose controller stopped renewing them.
  */
 void vm_cron(struct agent *a)
 {
+	console_watches_expire(a);
+	vnc_streams_expire(a);
 	for (struct inst *inst = a->insts, *next; inst; inst = next) {
 		struct vm *vm = (struct vm *)inst;
 

@@ -6,8 +6,12 @@
  * stream ("vnc-open", with an id of its choosing); the agent connects to the socket and
  * sends what QEMU writes as LINK_CONSOLE_DATA {name, stream, data} (or {name, stream,
  * closed} when QEMU hangs up: the VM stopped); "vnc-input" writes the browser's bytes;
- * "vnc-close" ends the stream. Everything goes through libuv without waiting, and the
- * stream's bytes are opaque here: the RFB protocol runs between QEMU and noVNC.
+ * "vnc-close" ends the stream. The controller renews each stream it relays ("vnc-open"
+ * again, with "renew": true, which never opens one anew) every LINK_RELAY_RENEW_MS;
+ * one not renewed for LINK_RELAY_LEASE_MS closes (vnc_streams_expire(): its controller
+ * restarted or lost this host, and no browser is behind it any more). Everything goes
+ * through libuv without waiting, and the stream's bytes are opaque here: the RFB
+ * protocol runs between QEMU and noVNC.
  */
 #include "agentd.h"
 
@@ -31,6 +35,7 @@ struct vnc_stream {
 	char name[NAME_MAX_LEN + 1];
 	char id[VNC_STREAM_ID_MAX + 1];
 	bool connected, closing;
+	int64_t renewed;	 /* ms; closed LINK_RELAY_LEASE_MS after unless renewed */
 	struct vnc_write *queue; /* written once connected, newest first */
 };
 
@@ -191,6 +196,7 @@ static const struct json_field open_fields[] = {
 	{"what", JK_STRING, true, NULL},
 	{"name", JK_STRING, true, name_check},
 	{"stream", JK_STRING, true, id_check},
+	{"renew", JK_BOOL, false, NULL}, /* only renew: never open it anew */
 	{NULL, 0, false, NULL},
 };
 
@@ -213,14 +219,23 @@ static int stream_open(struct agent *a, struct json_object *body, struct kerr *e
 		return err_set(err, 0, "there is no VM %s on this host", name);
 	if (vm->inst.pid <= 0)
 		return err_set(err, 0, "VM %s is not running", name);
-	if (stream_find(json_get_str(body, "stream", "")))
-		return err_set(err, 0, "stream %s is open already",
-			       json_get_str(body, "stream", ""));
+	if ((s = stream_find(json_get_str(body, "stream", ""))) != NULL) {
+		/* The controller renews the streams it relays by opening them again. */
+		if (strcmp(s->name, name) != 0)
+			return err_set(err, 0, "stream %s is %s's", s->id, s->name);
+		s->renewed = now_ms();
+		return 0;
+	}
+	/* A renewal that comes after the stream ended must not open a second RFB session
+	 * in the middle of the browser's. */
+	if (json_get_bool(body, "renew", false))
+		return err_set(err, 0, "stream %s is closed", json_get_str(body, "stream", ""));
 	path = xasprintf("%s/vnc.sock", vm->inst.dir);
 	if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return err_set(err, 0, "the VNC socket path of %s is too long", name);
 	s = xcalloc(1, sizeof(*s));
 	s->agent = a;
+	s->renewed = now_ms();
 	snprintf(s->name, sizeof(s->name), "%s", name);
 	snprintf(s->id, sizeof(s->id), "%s", json_get_str(body, "stream", ""));
 	uv_pipe_init(a->loop, &s->pipe, 0);
@@ -257,8 +272,9 @@ static int stream_input(struct json_object *body, struct kerr *err)
 }
 
 /*
- * The VNC queries: {"what": "vnc-open", "name": VM, "stream": id}, {"what": "vnc-input",
- * "stream": id, "data": base64}, {"what": "vnc-close", "stream": id} -> {} (see the top).
+ * The VNC queries: {"what": "vnc-open", "name": VM, "stream": id[, "renew": true]},
+ * {"what": "vnc-input", "stream": id, "data": base64}, {"what": "vnc-close", "stream":
+ * id} -> {} (see the top).
  */
 int vnc_query(struct agent *a, struct json_object *body, struct json_object **answer,
 	      struct kerr *err)
@@ -283,4 +299,24 @@ int vnc_query(struct agent *a, struct json_object *body, struct json_object **an
 	if (ret == 0)
 		*answer = json_object_new_object();
 	return ret;
+}
+
+/*
+ * Part of the agent's cron: a stream the controller has not renewed (vnc-open again)
+ * within LINK_RELAY_LEASE_MS closes, with QEMU's VNC connection: its controller
+ * restarted or lost this host, and no browser is behind it any more.
+ */
+void vnc_streams_expire(struct agent *a)
+{
+	int64_t now = now_ms();
+
+	(void)a;
+	for (struct vnc_stream *s = streams, *next; s; s = next) {
+		next = s->next;
+		if (now - s->renewed > LINK_RELAY_LEASE_MS) {
+			log_info("vnc %s: stream %s not renewed by the controller; closed", s->name,
+				 s->id);
+			stream_close(s, true);
+		}
+	}
 }

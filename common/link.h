@@ -22,6 +22,11 @@
 #define LINK_OP_ID_MAX	      40
 #define LINK_MSG_MAX	      (4 * 1024 * 1024)
 #define LINK_REPLAY_WINDOW_US (120LL * 1000000)
+/* A dashboard relay on the agent (a watched serial console, a VNC stream) lives this
+ * long unless the controller renews it (it does every LINK_RELAY_RENEW_MS while its
+ * browser is there): a controller that restarted or lost the host leaves none open. */
+#define LINK_RELAY_LEASE_MS 20000
+#define LINK_RELAY_RENEW_MS 5000
 
 enum link_type {
 	LINK_HEARTBEAT,	     /* agent -> controller: facts */

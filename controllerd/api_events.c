@@ -150,6 +150,67 @@ static void free_cb(void *cls)
 	free(s);
 }
 
+/* Is types (the ?type= list, or NULL) made of known event types? 0, or -1 with err. */
+static int types_check(const char *types, struct kerr *err)
+{
+	_cleanup_free_ char *copy = NULL;
+	char *save = NULL;
+
+	if (types == NULL)
+		return 0;
+	if (strlen(types) > 512)
+		return err_input(err, 400, "type", "query parameter 'type' is too long");
+	copy = xstrdup(types);
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		if (!event_type_known(t))
+			return err_input(err, 400, "type", "unknown event type '%.64s'", t);
+	return 0;
+}
+
+/*
+ * GET /api/v1/events/history?type=a,b&limit=N: the newest N (default 100, at most
+ * 1,000) events the controller keeps (the events table: events_prune()), of those
+ * types, newest first, as {"events": [{id, type, time, data}]}. What a page shows of
+ * the past (the HA view's fencing history) survives a reload and a controller restart.
+ */
+enum MHD_Result api_events_history(struct request *req)
+{
+	const char *types = http_query(req, "type");
+	_cleanup_free_ char *wanted = NULL;
+	struct json_object *list, *out;
+	int64_t limit;
+	struct kerr err;
+	sqlite3_stmt *st;
+
+	if (types_check(types, &err) < 0 ||
+	    http_query_int(req, "limit", 1, 1000, 100, &limit, &err) < 0)
+		return http_reply_kerr(req, &err);
+	wanted = types ? xasprintf(",%s,", types) : NULL;
+	st = db_prepare(ctl.db, "SELECT id, type, data, time FROM events WHERE ?1 IS NULL OR "
+				"instr(?1, ',' || type || ',') > 0 ORDER BY id DESC LIMIT ?2");
+	if (wanted)
+		sqlite3_bind_text(st, 1, wanted, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, limit);
+	list = json_object_new_array();
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "id", json_object_new_int64(sqlite3_column_int64(st, 0)));
+		json_object_object_add(
+			o, "type",
+			json_object_new_string((const char *)sqlite3_column_text(st, 1)));
+		json_object_object_add(o, "time",
+				       json_object_new_int64(sqlite3_column_int64(st, 3)));
+		json_object_object_add(
+			o, "data", json_tokener_parse((const char *)sqlite3_column_text(st, 2)));
+		json_object_array_add(list, o);
+	}
+	sqlite3_finalize(st);
+	out = json_object_new_object();
+	json_object_object_add(out, "events", list);
+	return http_reply_json(req, 200, out);
+}
+
 enum MHD_Result api_events_stream(struct request *req)
 {
 	const char *types = http_query(req, "type");
@@ -158,18 +219,8 @@ enum MHD_Result api_events_stream(struct request *req)
 	struct sse_stream *s;
 	struct kerr err;
 
-	if (types) {
-		_cleanup_free_ char *copy = xstrdup(types);
-		char *save = NULL;
-
-		if (strlen(types) > 512)
-			return http_reply_error(req, 400, "type",
-						"query parameter 'type' is too long");
-		for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
-			if (!event_type_known(t))
-				return http_reply_error(req, 400, "type",
-							"unknown event type '%.64s'", t);
-	}
+	if (types_check(types, &err) < 0)
+		return http_reply_kerr(req, &err);
 	s = xcalloc(1, sizeof(*s));
 	if (tokens_watch_add(&s->watch, req, revoke_cb, s, &err) < 0) {
 		free(s);

@@ -11,6 +11,10 @@
  * The socket closes when the VM stops (the agent reports the serial port closed, or the
  * instance leaves "running"), when its host goes offline, and when the page closes.
  *
+ * While a relay is open the controller renews what it holds on the agent every
+ * LINK_RELAY_RENEW_MS (console_relay_cron()); the agent ends a watch or stream that is
+ * not renewed, so none lingers after a controller restart.
+ *
  * History is not replayed here: the page reads GET .../console first, then opens this.
  *
  * GET .../vnc/ws relays the VM's VNC server the same way, for noVNC: QEMU serves VNC on
@@ -28,8 +32,9 @@
 #include "util.h"
 #include "valid.h"
 
-#define SERIAL_INPUT_MAX 4096	     /* bytes of one browser message; as the POST's limit */
-#define VNC_INPUT_MAX	 (64 * 1024) /* an RFB client message (clipboard text included) */
+#define SERIAL_INPUT_MAX	4096	    /* bytes of one browser message; as the POST's limit */
+#define VNC_INPUT_MAX		(64 * 1024) /* an RFB client message (clipboard text included) */
+#define RELAY_INPUT_BACKLOG_MAX (1024 * 1024) /* input waiting for the agent, per relay */
 
 struct relay;
 
@@ -50,6 +55,12 @@ struct relay {
 	char host[NAME_MAX_LEN + 1];
 	char name[NAME_MAX_LEN + 1];
 	char stream[LINK_OP_ID_MAX + 1]; /* VNC: the agent's stream id */
+	/* Input the browser sent while an input query of this relay was in flight: it goes
+	 * as one query when the answer comes, so a burst of keys costs a round trip or two
+	 * on the host's command queue (one command in flight per host), not one per key. */
+	char *input;
+	size_t input_len;
+	bool input_inflight;
 };
 
 static struct relay *relays;
@@ -110,12 +121,14 @@ static void serial_close(struct relay *r, struct host *h)
 		serial_watch(r, h, false);
 }
 
+static void input_answer_cb(struct json_object *body, const char *error, void *cls);
+
 static void serial_input(struct relay *r, struct host *h, const char *data, size_t len)
 {
 	struct json_object *q = query_new("console-input", r);
 
 	json_object_object_add(q, "data", json_object_new_string_len(data, (int)len));
-	query_send(r, h, q);
+	agentlink_query(h, q, input_answer_cb, r);
 }
 
 static void vnc_open(struct relay *r, struct host *h)
@@ -134,7 +147,7 @@ static void vnc_input(struct relay *r, struct host *h, const char *data, size_t 
 	_cleanup_free_ char *b64 = base64_encode(data, len);
 
 	json_object_object_add(q, "data", json_object_new_string(b64));
-	query_send(r, h, q);
+	agentlink_query(h, q, input_answer_cb, r);
 }
 
 static const struct relay_kind relay_serial = {
@@ -162,6 +175,34 @@ static struct host *online_host(const char *name)
 	return h && h->state == HOST_ONLINE ? h : NULL;
 }
 
+/* Send what input r holds, up to one message's worth, unless a query is in flight. */
+static void input_flush(struct relay *r)
+{
+	struct host *h = online_host(r->host);
+	size_t n = r->input_len < r->kind->input_max ? r->input_len : r->kind->input_max;
+
+	if (r->input_inflight || n == 0)
+		return;
+	if (h == NULL) {
+		r->input_len = 0; /* nothing would reach the VM */
+		return;
+	}
+	r->input_inflight = true;
+	r->kind->input(r, h, r->input, n);
+	memmove(r->input, r->input + n, r->input_len - n);
+	r->input_len -= n;
+}
+
+static void input_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	struct relay *r = cls;
+
+	if (body == NULL)
+		log_warnx("%s %s: the agent refused input: %s", r->kind->what, r->name, error);
+	r->input_inflight = false;
+	input_flush(r);
+}
+
 static void relay_remove(struct relay *r)
 {
 	struct host *h = online_host(r->host);
@@ -174,6 +215,9 @@ static void relay_remove(struct relay *r)
 	}
 	if (h)
 		r->kind->close(r, h);
+	/* An input query still queued or in flight answers nobody. */
+	agentlink_query_cancel(r);
+	free(r->input);
 	free(r);
 }
 
@@ -192,7 +236,6 @@ static void open_cb(struct ws *ws, void *cls)
 static void message_cb(struct ws *ws, void *cls, const char *data, size_t len, bool binary)
 {
 	struct relay *r = cls;
-	struct host *h = online_host(r->host);
 
 	(void)binary;
 	if (len == 0)
@@ -204,8 +247,15 @@ static void message_cb(struct ws *ws, void *cls, const char *data, size_t len, b
 		relay_remove(r);
 		return;
 	}
-	if (h)
-		r->kind->input(r, h, data, len);
+	if (r->input_len + len > RELAY_INPUT_BACKLOG_MAX) {
+		ws_close(ws, 1008, "the guest takes input too slowly");
+		relay_remove(r);
+		return;
+	}
+	r->input = xrealloc(r->input, r->input_len + len);
+	memcpy(r->input + r->input_len, data, len);
+	r->input_len += len;
+	input_flush(r);
 }
 
 static void close_cb(struct ws *ws, void *cls)
@@ -301,4 +351,40 @@ void console_relay_instance_stopped(const char *name, const char *state)
 void console_relay_host_offline(const char *host)
 {
 	relays_end(host, NULL, NULL, 1001, "the VM's host went offline");
+}
+
+/*
+ * Part of the cron, each second: every LINK_RELAY_RENEW_MS, renew on its agent what each
+ * relay holds open there (a serial watch, once per VM; a VNC stream), so the agent can
+ * end what no controller renews (LINK_RELAY_LEASE_MS: a controller that restarted).
+ */
+void console_relay_cron(void)
+{
+	static int64_t last;
+	int64_t now = now_ms();
+
+	if (now - last < LINK_RELAY_RENEW_MS)
+		return;
+	last = now;
+	for (struct relay *r = relays; r; r = r->next) {
+		struct host *h = online_host(r->host);
+		bool first = true;
+
+		if (h == NULL)
+			continue;
+		if (r->stream[0]) {
+			struct json_object *q = query_new("vnc-open", r);
+
+			json_object_object_add(q, "renew", json_object_new_boolean(true));
+			query_send(r, h, q);
+			continue;
+		}
+		/* One watch per VM, however many terminals read it. */
+		for (struct relay *o = relays; o != r; o = o->next)
+			if (!o->stream[0] && strcmp(o->host, r->host) == 0 &&
+			    strcmp(o->name, r->name) == 0)
+				first = false;
+		if (first)
+			serial_watch(r, h, true);
+	}
 }

@@ -684,6 +684,7 @@ enum MHD_Result console_relay_open(struct request *req, const char *host, const 
 void console_relay_data(struct host *h, struct json_object *body);
 void console_relay_instance_stopped(const char *name, const char *state);
 void console_relay_host_offline(const char *host);
+void console_relay_cron(void);
 
 /* api_root.c */
 enum MHD_Result api_root_get(struct request *req);
@@ -815,6 +816,7 @@ void api_ops_shutdown(void);
 
 /* api_events.c */
 enum MHD_Result api_events_stream(struct request *req);
+enum MHD_Result api_events_history(struct request *req);
 void api_events_notify(void);
 void api_events_cron(void);
 unsigned api_events_streams(void);

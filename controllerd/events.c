@@ -8,7 +8,8 @@
 #include "log.h"
 #include "util.h"
 
-#define EVENTS_KEEP 10000
+#define EVENTS_KEEP    10000
+#define EVENTS_HA_KEEP 1000
 
 /* Every event type the controller emits; streams may filter on these. */
 static const char *const event_types[] = {
@@ -80,14 +81,29 @@ void event_emit(const char *type, struct json_object *data)
 		notify_hook();
 }
 
-/* Keep the newest EVENTS_KEEP events. */
+/*
+ * Keep the newest EVENTS_KEEP events, and besides them the newest EVENTS_HA_KEEP of the
+ * HA history (host-ha-changed, instance-failover): the dashboard's HA view reads those
+ * (GET /api/v1/events/history), and a busy cluster's operation updates would otherwise
+ * push a fence of last week out within hours.
+ */
 void events_prune(void)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "DELETE FROM events WHERE id <= "
-					      "(SELECT max(id) FROM events) - ?");
+	static const char *const sql[] = {
+		"DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1 AND type "
+		"NOT IN ('host-ha-changed', 'instance-failover')",
+		"DELETE FROM events WHERE type IN ('host-ha-changed', 'instance-failover') AND "
+		"id < (SELECT id FROM events WHERE type IN ('host-ha-changed', "
+		"'instance-failover') ORDER BY id DESC LIMIT 1 OFFSET ?2 - 1)",
+	};
 
-	sqlite3_bind_int(st, 1, EVENTS_KEEP);
-	if (sqlite3_step(st) != SQLITE_DONE)
-		log_warnx("events: cannot prune: %s", sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	for (size_t i = 0; i < ARRAY_SIZE(sql); i++) {
+		sqlite3_stmt *st = db_prepare(ctl.db, sql[i]);
+
+		sqlite3_bind_int(st, 1, EVENTS_KEEP);
+		sqlite3_bind_int(st, 2, EVENTS_HA_KEEP);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			log_warnx("events: cannot prune: %s", sqlite3_errmsg(ctl.db));
+		sqlite3_finalize(st);
+	}
 }

@@ -38,7 +38,8 @@ static void usage(FILE *out, int status)
  * failing, each tick). Every second: host liveness, overdue agent commands,
  * event-stream keepalives, fact snapshots, streams of expired tokens, API connections
  * past their deadlines, operations whose network wait is over, jobs past their deadline
- * (jobs.c), backup schedules that are due (backup_sched.c). Every tick also measures
+ * (jobs.c), backup schedules that are due (backup_sched.c), renewing the dashboard's
+ * console relays on their agents (console_relay.c). Every tick also measures
  * how late it ran (the loop's lag, for metrics).
  * Every minute: pruning old events and audit rows, checking one stored registry blob.
  * Every hour: abandoned registry uploads.
@@ -70,6 +71,7 @@ static void cron_cb(uv_timer_t *t)
 		jobs_cron(now / 1000);
 		migrate_net_waits_check();
 		backup_schedules_cron(now / 1000);
+		console_relay_cron();
 	}
 	if (ticks % (60000 / CRON_MS) == 0) {
 		events_prune();

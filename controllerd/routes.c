@@ -36,6 +36,7 @@ const struct route api_routes[] = {
 	{"GET", "/api/v1/operations/{}", ROLE_VIEWER, "wait", api_op_get, NULL},
 	{"POST", "/api/v1/operations/{}/actions/cancel", ROLE_OPERATOR, "", api_op_cancel, NULL},
 	{"GET", "/api/v1/events", ROLE_VIEWER, "type", api_events_stream, NULL},
+	{"GET", "/api/v1/events/history", ROLE_VIEWER, "type,limit", api_events_history, NULL},
 	{"POST", "/api/v1/instances", ROLE_OPERATOR, "", api_instances_create, NULL},
 	{"GET", "/api/v1/instances", ROLE_VIEWER,
 	 "limit,after,fields,host,state,type,label,network", api_instances_list, NULL},

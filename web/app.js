@@ -932,6 +932,7 @@ async function viewBackups() {
     .map((i) => el("option", { value: i.name }, i.name)));
   const store = el("select", { id: "backup-store" }, storeList.map((st) => el("option", { value: st.name }, st.name)));
   const again = () => render();
+  restoreForm = restoreFormNew();
   return el("div", {}, el("h1", {}, "Backups"),
     stores.error ? el("p", { class: "error" }, "backup stores: " + stores.error) : "",
     el("h2", {}, "Stores"),
@@ -955,19 +956,68 @@ async function viewBackups() {
       el("td", {}, b.created_at ? new Date(b.created_at).toLocaleString() : ""),
       el("td", { class: "actions" },
         actionButton("Verify", "operator", () => act("verify", () => api("POST", "/api/v1/backups/" + encodeURIComponent(b.id) + "/actions/verify", {}))),
-        b.restorable === false ? "" : actionButton("Restore", "operator", async () => {
-          const to = prompt("Restore into which stopped instance? (empty: " + b.instance + ")", "");
-          if (to === null) return;
-          await act("restore", () => api("POST", "/api/v1/backups/" + encodeURIComponent(b.id) + "/actions/restore", to ? { name: to } : {}));
-        }))))));
+        b.restorable === false || b.status !== "succeeded" ? "" :
+          actionButton("Restore…", "operator", async () => { restoreForm.show(b); }))))),
+    restoreForm.box);
 }
 
+/*
+ * The restore form under the backups: into a new instance (a name no instance has,
+ * started or left stopped as chosen) or over the backup's own stopped instance (the
+ * name left empty). The API's refusal is shown next to the name; a new instance's page
+ * opens once its create operation is accepted.
+ */
+function restoreFormNew() {
+  const name = el("input", { id: "restore-name", placeholder: "new instance name (empty: over the backup's own)" });
+  const start = el("input", { id: "restore-start", type: "checkbox", checked: true });
+  const err = el("span", { class: "field-error" });
+  const title = el("b", {});
+  let backup = null;
+  const form = el("form", { id: "restore-form", class: "card", hidden: true,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      err.textContent = "";
+      const body = name.value ? { name: name.value, start: start.checked } : {};
+      try {
+        const op = await api("POST", "/api/v1/backups/" + encodeURIComponent(backup.id) + "/actions/restore", body);
+        toast("restore of " + backup.instance + ": operation " + op.status);
+        location.hash = "#/instances/" + encodeURIComponent(name.value || backup.instance);
+      } catch (x) {
+        if (x.status !== 401) err.textContent = x.message;
+      }
+    } },
+  el("h2", {}, "Restore ", title),
+  el("label", { "data-field": "name" }, "Name ", name, err), " ",
+  el("label", {}, start, " start it once restored"), " ",
+  el("button", { type: "submit", disabled: !can("operator") }, "Restore"));
+  return {
+    box: form,
+    show(b) {
+      backup = b;
+      title.textContent = "backup " + String(b.id).slice(0, 12) + " of " + b.instance;
+      form.hidden = false;
+      name.focus();
+    },
+  };
+}
+let restoreForm = { box: "", show() {} };
+
 /* HA: each host's lease state (ok, isolated, failed, fenced), the HA instances, and the
- * fencing and state changes seen since sign-in (the event stream's). */
-function viewHA() {
+ * history of HA state changes and failovers: the controller's (its events table, so it
+ * survives a reload), with what the event stream brought since merged in. */
+const HA_EVENT_TYPES = ["host-ha-changed", "instance-failover"];
+async function viewHA() {
   const hosts = [...S.hosts.values()].sort((a, b) => a.name.localeCompare(b.name));
   const haInsts = [...S.insts.values()].filter((i) => i.ha && i.ha.enabled);
-  const history = S.events.filter((e) => e.type === "host-ha-changed" || /fence/.test(e.type));
+  const kept = await api("GET", "/api/v1/events/history?limit=100&type=" + HA_EVENT_TYPES.join(","))
+    .catch((e) => ({ error: e.message }));
+  const byId = new Map();
+  for (const e of [...(kept.events || []), ...S.events.filter((x) => HA_EVENT_TYPES.includes(x.type))])
+    byId.set(e.id, e);
+  const history = [...byId.values()].sort((a, b) => b.id - a.id);
+  const failover = (e) => e.type === "instance-failover";
+  const change = (e) => failover(e) ? "failover of " + (e.data || {}).name + " to " + (e.data || {}).to
+    : (e.data || {}).previous ? e.data.previous + " → " + e.data.state : e.type;
   return el("div", {}, el("h1", {}, "High availability"),
     table(["Host", "State", "HA state", "Lease counter", "Lease age", "Fenced"], hosts.map((h) => {
       const ha = h.ha || {}, l = ha.lease || {};
@@ -981,11 +1031,12 @@ function viewHA() {
       el("td", {}, el("a", { href: "#/instances/" + encodeURIComponent(i.name) }, i.name)), el("td", {}, stateSpan(i.state)),
       el("td", {}, i.host || "—"), el("td", { class: "num" }, i.ha.priority ?? ""))))
       : el("p", { class: "muted" }, "No instance has HA enabled."),
-    el("h2", {}, "Fencing and state changes"),
-    history.length ? table(["Time", "Host", "Change"], history.map((e) => el("tr", {},
-      el("td", {}, e.time ? new Date(e.time).toLocaleTimeString() : ""), el("td", {}, (e.data || {}).name || ""),
-      el("td", {}, (e.data || {}).previous ? e.data.previous + " → " + e.data.state : e.type))))
-      : el("p", { class: "muted" }, "None since sign-in."));
+    el("h2", {}, "Fencing, failovers and state changes"),
+    kept.error ? el("p", { class: "error" }, "history: " + kept.error) : "",
+    history.length ? table(["Time", "Host", "Change"], history.map((e) => el("tr", { "data-ha-event": e.id },
+      el("td", {}, e.time ? new Date(e.time).toLocaleString() : ""), el("td", {}, (failover(e) ? (e.data || {}).from : (e.data || {}).name) || ""),
+      el("td", {}, change(e)))))
+      : el("p", { class: "muted" }, "None kept by the controller."));
 }
 
 async function viewTokens() {

@@ -1,7 +1,7 @@
 // dashboard.mjs - the dashboard in a real browser: Playwright driving Debian's Chromium
 // (headless) against the lab's controller. Run by tests/integration/test_dashboard.sh,
 // which creates the tokens and the VM this reads from the environment:
-//   KUMO_URL ADMIN VIEWER VM ARTIFACTS CHROMIUM
+//   KUMO_URL ADMIN VIEWER VM MHOST ARTIFACTS CHROMIUM
 // Each step asserts what a user sees; a screenshot of each page goes to ARTIFACTS.
 import { chromium } from "playwright-core";
 import { gzipSync } from "node:zlib";
@@ -12,6 +12,8 @@ const env = (k) => {
   return process.env[k];
 };
 const URL_ = env("KUMO_URL"), ADMIN = env("ADMIN"), VIEWER = env("VIEWER"), VM = env("VM");
+// A host put into maintenance and back before this page signed in (test_dashboard.sh).
+const MHOST = env("MHOST");
 const ART = env("ARTIFACTS"), CT = "dash-ct1";
 mkdirSync(ART, { recursive: true });
 
@@ -136,6 +138,45 @@ try {
   await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-DASH-42"));
   ok("keys typed into the terminal ran in the guest, and its echo came back live over the WebSocket");
 
+  // Ctrl-C (byte 0x03) interrupts the foreground command. It is pressed once the command
+  // runs: busybox's line editor reads a command line with the tty's ISIG off, so a ^C
+  // that reaches the guest before the shell has read the line is a plain byte; and until
+  // the job is the tty's foreground process group the shell's own handling races it. So
+  // the marker is printed by the job itself (its own sh, in the foreground group already),
+  // which then becomes the sleep.
+  const rows = () => page.evaluate(() => document.querySelector("#terminal .xterm-rows")?.textContent || "");
+  await page.keyboard.type("sh -c 'echo KUMO-SLEEP-$((5 * 5)); exec sleep 1000'");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-SLEEP-25"));
+  await page.keyboard.press("Control+C");
+  await page.keyboard.type("echo KUMO-AFTER-$((7 * 7))");
+  await page.keyboard.press("Enter");
+  // Only a shell back at its prompt turns $((7 * 7)) into 49: while sleep ran, the line
+  // would only be echoed by the tty.
+  await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("KUMO-AFTER-49"),
+    null, { timeout: 60000 });
+  ok("Ctrl-C in the terminal interrupted 'sleep 1000' in the guest; the shell ran the next command");
+
+  // Keystroke echo latency: a key goes browser -> controller -> agent -> serial port and
+  // the guest's echo comes back the same way. Median of 20 single keys, then a burst of
+  // 20 keys typed at once (each key one WebSocket message) until the last one echoes.
+  const count = (s, ch) => s.split(ch).length - 1;
+  const echoOf = async (ch, n) => {
+    const before = count(await rows(), ch);
+    const t0 = performance.now();
+    for (let k = 0; k < n; k++) await page.keyboard.press(ch);
+    await page.waitForFunction(([c, want]) => (document.querySelector("#terminal .xterm-rows")?.textContent || "")
+      .split(c).length - 1 >= want, [ch, before + n], { polling: "raf" });
+    return performance.now() - t0;
+  };
+  const single = [];
+  for (let k = 0; k < 20; k++) single.push(await echoOf("q", 1));
+  single.sort((a, b) => a - b);
+  const burst = await echoOf("z", 20);
+  await page.keyboard.press("Control+C"); // drops the typed line at the prompt
+  console.log(`dashboard: keystroke echo latency median ${single[10].toFixed(0)} ms of 20 ` +
+    `(min ${single[0].toFixed(0)}, max ${single[19].toFixed(0)}); a burst of 20 keys echoed in ${burst.toFixed(0)} ms`);
+
   step = "the VM's screen (VNC)";
   // QEMU's VNC server is a unix socket on the VM's host; the page reaches it only through
   // the controller's authenticated WebSocket and the agent. A drawn frame is not blank:
@@ -165,12 +206,56 @@ try {
     if (await page.locator("tr[data-backup]", { hasText: VM }).count()) break;
     if (t > 60) throw new Error("no backup of the VM listed");
     await page.waitForTimeout(2000);
-    await open(page, URL_ + "/#/backups");
+    await open(page);
     await page.waitForSelector("h1:has-text('Backups')");
   }
   const bstatus = (await page.locator("tr[data-backup]", { hasText: VM }).first().locator("td").nth(4).textContent()).trim();
   ok(`backups view: the store listed; "Back up now" made a backup of the VM, listed as ${bstatus}`);
   await shot(page, "backups");
+
+  step = "restore a backup to a new instance from the backups view";
+  // The container's writable layer gets a file only it holds; it is backed up from the
+  // view, restored from the view as a new running container, and the file is read there.
+  const nonce = `kumo-dash-${Date.now()}`;
+  const exec = async (name, cmd) => {
+    const r = await fetch(URL_ + `/api/v1/instances/${name}/exec`, { method: "POST",
+      headers: { Authorization: "Bearer " + ADMIN, "Content-Type": "application/json" },
+      body: JSON.stringify({ command: cmd }) });
+    const b = await r.json();
+    if (r.status !== 200) throw new Error(`exec in ${name}: ${r.status} ${JSON.stringify(b)}`);
+    return (b.output || "").trim();
+  };
+  await exec(CT, ["sh", "-c", `echo ${nonce} >/root/dash-data`]);
+  await page.selectOption("#backup-instance", CT);
+  await page.selectOption("#backup-store", "dash-store");
+  await page.click("button:has-text('Back up now')");
+  const ctRow = () => page.locator("tr[data-backup]", { hasText: CT }).filter({ hasText: "succeeded" }).first();
+  for (let t = 0; !(await ctRow().count()); t++) {
+    if (t > 90) throw new Error("no succeeded backup of the container listed");
+    await page.waitForTimeout(2000);
+    await open(page); // a goto to the same #/backups would not draw the view again
+    await page.waitForSelector("h1:has-text('Backups')");
+  }
+  await ctRow().locator("button:has-text('Restore')").click();
+  await page.waitForSelector("#restore-form:not([hidden])");
+  await page.fill("#restore-name", CT + "r");
+  if (!(await page.isChecked("#restore-start"))) throw new Error("start is not the default");
+  await page.click("#restore-form button[type=submit]");
+  await page.waitForURL(new RegExp(`#/instances/${CT}r$`));
+  await page.waitForSelector("h1 .state-running", { timeout: 180000 });
+  const restored = await exec(CT + "r", ["cat", "/root/dash-data"]);
+  if (restored !== nonce) throw new Error(`the restored container reads '${restored}', not ${nonce}`);
+  ok(`restored from the backups view as ${CT}r: running, with the file written before the backup`);
+  await shot(page, "restored");
+  // The same backup again, this time left stopped as chosen in the form.
+  await open(page, URL_ + "/#/backups");
+  await ctRow().locator("button:has-text('Restore')").click();
+  await page.fill("#restore-name", CT + "s");
+  await page.uncheck("#restore-start");
+  await page.click("#restore-form button[type=submit]");
+  await page.waitForURL(new RegExp(`#/instances/${CT}s$`));
+  await page.waitForSelector("h1 .state-stopped", { timeout: 180000 });
+  ok(`restored again as ${CT}s with "start" unchecked: it is stopped`);
 
   step = "HA view";
   await page.click("#nav a[href='#/ha']");
@@ -178,6 +263,17 @@ try {
   const haStates = await page.$$eval("tr[data-host] .ha-state", (n) => n.map((x) => x.textContent));
   if (!haStates.every((x) => x === "ok")) throw new Error("HA states: " + haStates.join(","));
   ok(`HA view: every host's lease state shown (${haStates.join(", ")})`);
+  // The history comes from the controller: the maintenance round happened before this
+  // page signed in, and it is still there after a reload.
+  for (const pass of ["shown", "shown after a reload"]) {
+    for (const change of ["ok → maintenance", "maintenance → ok"])
+      await page.locator("tr[data-ha-event]", { hasText: MHOST }).filter({ hasText: change }).first().waitFor();
+    ok(`HA view: ${MHOST}'s "ok → maintenance" and "maintenance → ok" (before sign-in) ${pass}`);
+    if (pass === "shown") {
+      await open(page);
+      await page.waitForSelector("h1:has-text('High availability')");
+    }
+  }
   await shot(page, "ha");
   await shot(page, "vm");
 

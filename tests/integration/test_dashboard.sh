@@ -3,18 +3,26 @@
 # Playwright driving Debian's Chromium, headless): sign-in, live updates over SSE, a
 # container created from the form, its logs, a VM's serial console, a form error next to
 # its field, a viewer's disabled actions, a revoked token returning to sign-in, page
-# weight and the time to draw a large overview. Screenshots land in
+# weight and the time to draw a large overview; here, around it: the HA view's history
+# from the controller (a maintenance round made before the browser signs in), and a VNC
+# relay the agent ends by itself after the controller is killed. Screenshots land in
 # BUILD/artifacts/dashboard/. playwright-core comes pinned from tests/browser's lockfile.
 . "$(dirname "$0")/lib.sh"
 
 VM=dash-vm1
+WSPID=""
+MHOST=""
 cleanup() {
-	api GET "/api/v1/backups?instance=$VM" >/dev/null 2>&1 || true
-	for id in $( [ "$STATUS" = 200 ] && jqb '.backups[].id'); do
-		api DELETE "/api/v1/backups/$id" >/dev/null 2>&1 || true
+	[ -n "$WSPID" ] && kill "$WSPID" 2>/dev/null || true
+	[ -n "$MHOST" ] && api PATCH "/api/v1/hosts/$MHOST" '{"maintenance": false}' >/dev/null 2>&1 || true
+	for inst in $VM dash-ct1; do
+		api GET "/api/v1/backups?instance=$inst" >/dev/null 2>&1 || true
+		for id in $( [ "$STATUS" = 200 ] && jqb '.backups[].id'); do
+			api DELETE "/api/v1/backups/$id" >/dev/null 2>&1 || true
+		done
 	done
 	api DELETE /api/v1/backup-stores/dash-store >/dev/null 2>&1 || true
-	instances_delete dash-ct1 $VM
+	instances_delete dash-ct1 dash-ct1r dash-ct1s $VM
 	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer") | .id'); do
 		api DELETE "/api/v1/tokens/$id" >/dev/null 2>&1 || true
 	done
@@ -77,8 +85,96 @@ vnc=$(tr '\0' '\n' <"/proc/$qpid/cmdline" | grep -A1 -x -- -vnc | tail -1)
 [[ $vnc == unix:*/vnc.sock ]] || fail "$VM's VNC is not a unix socket: '$vnc'"
 pass "$VM's VNC server is a unix socket on its host ($vnc), not a port"
 
+# HA history kept by the controller: a host without instances goes into maintenance and
+# back before the browser signs in; the HA view must show both changes (dashboard.mjs).
+api GET "/api/v1/instances/$VM"
+vmhost=$(jqb .host)
+for h in h1 h2 h3; do [ "$h" != "$vmhost" ] && MHOST=$h && break; done
+ha_is() { api GET "/api/v1/hosts/$1" && [ "$(jqb .ha.state)" = "$2" ]; }
+api PATCH "/api/v1/hosts/$MHOST" '{"maintenance": true}'
+expect_status 200
+wait_until 60 "$MHOST's HA state maintenance" ha_is "$MHOST" maintenance
+api PATCH "/api/v1/hosts/$MHOST" '{"maintenance": false}'
+expect_status 200
+wait_until 60 "$MHOST's HA state ok again" ha_is "$MHOST" ok
+MHOST_DONE=$MHOST
+MHOST=""
+api GET "/api/v1/events/history?type=host-ha-changed&limit=5"
+expect_status 200
+[ "$(jqb "[.events[] | select(.data.name == \"$MHOST_DONE\")][0].data.state")" = ok ] ||
+	fail "the kept HA history: $(jqb -c .events)"
+api GET "/api/v1/events/history?type=no-such-event"
+expect_status 400
+pass "HA state changes are kept: $MHOST_DONE ok -> maintenance -> ok listed by /api/v1/events/history"
+
+# A screen relay held open through the browser test and then orphaned by a controller
+# kill: the agent's VNC stream to QEMU must stay while renewed and must not
+# linger (the new controller knows nothing of it). The agent ends a stream its
+# controller stops renewing (common/link.h LINK_RELAY_LEASE_MS); QEMU's own list of VNC
+# clients shows the agent's connection come and go.
+vnc_clients() { # -> how many VNC clients QEMU of $VM has
+	python3 - "$KUMO_LAB_DIR/hosts/$vmhost/local/instances/$VM/monitor.sock" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+for cmd in ("qmp_capabilities", "query-vnc"):
+    f.write(json.dumps({"execute": cmd}) + "\n")
+    f.flush()
+    while True:
+        msg = json.loads(f.readline())
+        if "return" in msg or "error" in msg:
+            break
+print(len(msg.get("return", {}).get("clients", [])))
+PY
+}
+vnc_clients_are() { [ "$(vnc_clients)" = "$1" ]; }
+mkdir -p "$KUMO_BUILD_DIR/artifacts/dashboard"
+WSOUT=$KUMO_BUILD_DIR/artifacts/dashboard/vnc-ws.out
+python3 - "$KUMO_URL" "$KUMO_CACERT" "$ADMIN" "$VM" >"$WSOUT" 2>&1 <<'PY' &
+# Open the VM's screen socket as noVNC does and hold it open.
+import socket, ssl, sys, time, urllib.parse
+url, ca, token, vm = sys.argv[1:]
+u = urllib.parse.urlparse(url)
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection((u.hostname, u.port)), server_hostname=u.hostname)
+s.sendall((f"GET /api/v1/instances/{vm}/vnc/ws HTTP/1.1\r\nHost: {u.netloc}\r\n"
+           "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           f"Sec-WebSocket-Protocol: kumo, kumo.token.{token}\r\n\r\n").encode())
+got = b""
+while b"RFB " not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print("101" if b" 101 " in got else "no 101", "RFB" if b"RFB " in got else "no RFB", flush=True)
+time.sleep(600)
+PY
+WSPID=$!
+wait_until 60 "the screen socket open (QEMU's RFB greeting relayed)" grep -q "101 RFB" "$WSOUT"
+wait_until 30 "the agent connected to $VM's VNC server" vnc_clients_are 1
+VNC_OPENED=$SECONDS
+
 cp "$KUMO_SRC/tests/browser/dashboard.mjs" "$NPM_DIR/"
-KUMO_URL=$KUMO_URL ADMIN=$ADMIN VIEWER=$VIEWER VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
+MHOST=$MHOST_DONE KUMO_URL=$KUMO_URL ADMIN=$ADMIN VIEWER=$VIEWER VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
 	NODE_EXTRA_CA_CERTS=$KUMO_CACERT node "$NPM_DIR/dashboard.mjs" ||
 	fail "the browser test failed (screenshots in $KUMO_BUILD_DIR/artifacts/dashboard)"
 pass "dashboard in Chromium"
+
+# A relay in use is renewed: the one opened above is still there after the browser
+# test (the page's own screen relay has closed), at least 25 s later: past the lease.
+wait_until 30 "the page's screen relay closed, the held one open" vnc_clients_are 1
+held=$((SECONDS - VNC_OPENED))
+[ "$held" -ge 25 ] || sleep $((25 - held)) # the browser test was quicker than the lease
+vnc_clients_are 1 || fail "the agent closed a VNC stream whose relay is open (lease not renewed)"
+cpid=$(controller_pid)
+kill -9 "$cpid"
+wait_until 10 "the controller gone" proc_gone "$cpid"
+kill "$WSPID" 2>/dev/null || true
+WSPID=""
+lab up --hosts 3 >/dev/null
+wait_until 60 "3 hosts online after the controller restart" all_online 3
+wait_until 60 "the agent closed the orphaned VNC stream" vnc_clients_are 0
+pass "a VNC relay open past the 20 s lease kept its stream; orphaned by a controller kill -9, the agent closed it (QEMU has no VNC client left)"

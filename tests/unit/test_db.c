@@ -378,6 +378,51 @@ static void test_audit_prune_keeps_what_was_done(void **state)
 	ctl.db = NULL;
 }
 
+/*
+ * Pruning events keeps the newest 10,000 and, besides them, the newest 1,000 of the HA
+ * history (host-ha-changed, instance-failover) that the dashboard's HA view reads: a
+ * fence stays listed however many operation updates came after it.
+ */
+static void test_events_prune_keeps_ha_history(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+	char sql[256];
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	ctl.db = f->db;
+	assert_int_equal(db_exec(f->db, "BEGIN", &err), 0);
+	for (int i = 0; i < 1200; i++) {
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO events (time, type, data) VALUES (%d, '%s', '{}')", i,
+			 i % 2 ? "host-ha-changed" : "instance-failover");
+		assert_int_equal(db_exec(f->db, sql, &err), 0);
+	}
+	for (int i = 0; i < 12000; i++) {
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO events (time, type, data) VALUES (%d, "
+			 "'operation-updated', '{}')",
+			 2000 + i);
+		assert_int_equal(db_exec(f->db, sql, &err), 0);
+	}
+	assert_int_equal(db_exec(f->db, "COMMIT", &err), 0);
+	events_prune();
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM events WHERE type = "
+					 "'operation-updated'"),
+			 10000);
+	/* The newest 1,000 of the HA history: times 200..1199. */
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM events WHERE type != "
+					 "'operation-updated'"),
+			 1000);
+	assert_int_equal(db_count(f->db, "SELECT min(time) FROM events WHERE type != "
+					 "'operation-updated'"),
+			 200);
+	/* Under the cap nothing of it goes. */
+	events_prune();
+	assert_int_equal(db_count(f->db, "SELECT count(*) FROM events"), 11000);
+	ctl.db = NULL;
+}
+
 static int durable_calls;
 
 static void durable_cb(struct db_waiter *w)
@@ -550,6 +595,7 @@ int main(void)
 		T(test_meta),
 		T(test_transactions),
 		T(test_audit_prune_keeps_what_was_done),
+		T(test_events_prune_keeps_ha_history),
 		T(test_group_commit),
 		T(test_host_usage_matches_recount),
 	};
