@@ -61,6 +61,10 @@ struct relay {
 	char *input;
 	size_t input_len;
 	bool input_inflight;
+	/* The token the browser came with: its revocation or expiry ends the relay, and
+	 * each relay counts in max_streams_per_token. */
+	int64_t token_id, token_expires;
+	struct token_watch watch;
 };
 
 static struct relay *relays;
@@ -213,6 +217,7 @@ static void relay_remove(struct relay *r)
 			break;
 		}
 	}
+	tokens_watch_remove(&r->watch);
 	if (h)
 		r->kind->close(r, h);
 	/* An input query still queued or in flight answers nobody. */
@@ -221,12 +226,28 @@ static void relay_remove(struct relay *r)
 	free(r);
 }
 
+/* The relay's token was revoked or expired: the console ends now. */
+static void revoke_cb(void *cls)
+{
+	struct relay *r = cls;
+
+	ws_close(r->ws, 1008, "the token was revoked or expired");
+	relay_remove(r);
+}
+
 static void open_cb(struct ws *ws, void *cls)
 {
 	struct relay *r = cls;
 	struct host *h = online_host(r->host);
+	struct kerr err;
 
 	r->ws = ws;
+	if (tokens_watch_token(&r->watch, NULL, r->token_id, r->token_expires, revoke_cb, r, &err) <
+	    0) {
+		ws_close(ws, 1008, err.msg);
+		free(r);
+		return;
+	}
 	r->next = relays;
 	relays = r;
 	if (h)
@@ -288,6 +309,8 @@ enum MHD_Result console_relay_open(struct request *req, const char *host, const 
 	r->kind = vnc ? &relay_vnc : &relay_serial;
 	snprintf(r->host, sizeof(r->host), "%s", host);
 	snprintf(r->name, sizeof(r->name), "%s", name);
+	r->token_id = req->token.id;
+	r->token_expires = req->token.expires_at;
 	if (vnc)
 		link_op_id_new(r->stream);
 	return ws_accept(req, &relay_ops, r);

@@ -215,6 +215,9 @@ struct token_watch {
 enum role tokens_check(const char *authorization, struct token_auth *out, const char **why);
 int tokens_watch_add(struct token_watch *w, const struct request *req, void (*revoke_cb)(void *cls),
 		     void *cls, struct kerr *err);
+int tokens_watch_token(struct token_watch *w, struct MHD_Connection *conn, int64_t token_id,
+		       int64_t expires_at, void (*revoke_cb)(void *cls), void *cls,
+		       struct kerr *err);
 void tokens_watch_remove(struct token_watch *w);
 void tokens_revoke(int64_t token_id);
 void tokens_cron(void);

@@ -277,7 +277,7 @@ static void watches_reap(int64_t token_id)
 	for (struct token_watch *w = watches; w; w = w->next) {
 		const union MHD_ConnectionInfo *info;
 
-		if (token_id && w->token_id != token_id)
+		if ((token_id && w->token_id != token_id) || w->conn == NULL)
 			continue;
 		info = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
 		if (info == NULL)
@@ -309,19 +309,32 @@ static void watches_reap(int64_t token_id)
 int tokens_watch_add(struct token_watch *w, const struct request *req, void (*revoke_cb)(void *cls),
 		     void *cls, struct kerr *err)
 {
+	return tokens_watch_token(w, req->conn, req->token.id, req->token.expires_at, revoke_cb,
+				  cls, err);
+}
+
+/*
+ * The same for a token already checked (token_id, expiring at expires_at ms, 0: never)
+ * whose connection is conn, or NULL for one that is no longer libmicrohttpd's to watch
+ * (a WebSocket after its upgrade watches its own socket).
+ */
+int tokens_watch_token(struct token_watch *w, struct MHD_Connection *conn, int64_t token_id,
+		       int64_t expires_at, void (*revoke_cb)(void *cls), void *cls,
+		       struct kerr *err)
+{
 	int n = 0;
 
-	watches_reap(req->token.id);
+	watches_reap(token_id);
 	for (struct token_watch *o = watches; o; o = o->next)
-		n += o->token_id == req->token.id;
+		n += o->token_id == token_id;
 	if (n >= ctl.cfg.max_streams_per_token)
 		return err_input(err, 429, NULL,
-				 "this token holds %d event streams, log follows and long polls "
-				 "open already (max_streams_per_token); close one first",
+				 "this token holds %d event streams, log follows, long polls and "
+				 "consoles open already (max_streams_per_token); close one first",
 				 n);
-	w->conn = req->conn;
-	w->token_id = req->token.id;
-	w->expires_at = req->token.expires_at;
+	w->conn = conn;
+	w->token_id = token_id;
+	w->expires_at = expires_at;
 	w->revoke_cb = revoke_cb;
 	w->cls = cls;
 	w->active = true;

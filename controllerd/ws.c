@@ -26,9 +26,12 @@
 #include "log.h"
 #include "util.h"
 
-#define WS_GUID		 "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_MESSAGE_MAX	 (64 * 1024)
-#define WS_QUEUE_MAX	 (4 * 1024 * 1024)
+#define WS_GUID	       "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define WS_MESSAGE_MAX (64 * 1024)
+#define WS_QUEUE_MAX   (4 * 1024 * 1024)
+/* Past this much queued for the browser we stop reading from it: a client that does
+ * not read cannot make us read (and answer its pings) for it. */
+#define WS_READ_PAUSE	 (WS_QUEUE_MAX / 2)
 #define WS_PING_EVERY_MS (30 * 1000)
 
 enum ws_opcode {
@@ -195,6 +198,10 @@ static void frame_handle(struct ws *w, bool fin, enum ws_opcode op, unsigned cha
 {
 	switch (op) {
 	case WS_OP_PING:
+		if (w->out_len + len > WS_QUEUE_MAX) {
+			close_send(w, 1008, "the browser reads too slowly");
+			return;
+		}
 		frame_queue(w, WS_OP_PONG, data, len);
 		flush(w);
 		return;
@@ -269,6 +276,12 @@ static void frames_parse(struct ws *w)
 			close_send(w, 1009, "message too big");
 			break;
 		}
+		/* RFC 6455 5.5: control frames carry at most 125 bytes and are never
+		 * fragmented. */
+		if ((op & 0x8) && (len > 125 || !fin)) {
+			close_send(w, 1002, "a control frame over 125 bytes or fragmented");
+			break;
+		}
 		if (avail < head + 4 + len)
 			break;
 		for (uint64_t i = 0; i < len; i++)
@@ -326,6 +339,10 @@ static void poll_cb(uv_poll_t *p, int status, int events)
 		frames_parse(w);
 		if (w->closing || w->close_sent)
 			return;
+		if (w->out_len >= WS_READ_PAUSE) {
+			poll_update(w);
+			return;
+		}
 	}
 }
 
@@ -333,7 +350,10 @@ static void poll_update(struct ws *w)
 {
 	if (w->closing)
 		return;
-	uv_poll_start(&w->poll, UV_READABLE | (w->out_len ? UV_WRITABLE : 0), poll_cb);
+	uv_poll_start(&w->poll,
+		      (w->out_len < WS_READ_PAUSE ? UV_READABLE : 0) |
+			      (w->out_len ? UV_WRITABLE : 0),
+		      poll_cb);
 }
 
 static void ping_cb(uv_timer_t *t)

@@ -23,7 +23,7 @@ cleanup() {
 	done
 	api DELETE /api/v1/backup-stores/dash-store >/dev/null 2>&1 || true
 	instances_delete dash-ct1 dash-ct1r dash-ct1s $VM
-	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer") | .id'); do
+	for id in $(api GET '/api/v1/tokens?limit=1000' >/dev/null 2>&1 && jqb '.tokens[] | select(.name == "dash-viewer" or .name == "dash-revoked") | .id'); do
 		api DELETE "/api/v1/tokens/$id" >/dev/null 2>&1 || true
 	done
 }
@@ -78,6 +78,64 @@ expect_status 400 "a console socket asked for without a WebSocket handshake"
 [ "$(ws_status /api/v1/instances/$VM/vnc/ws -)" = 401 ] || fail "a screen socket without a token was not refused with 401"
 [ "$(ws_status /api/v1/instances/$VM/vnc/ws "$VIEWER")" = 403 ] || fail "a viewer's screen socket was not refused with 403"
 pass "console and screen sockets: no token 401, a viewer 403, no such VM 404, no handshake 400"
+# A console held open ends when its token is revoked; a ping over 125 bytes (a control
+# frame the RFC caps) ends a socket with 1002 instead of being echoed.
+api POST /api/v1/tokens '{"kind": "api", "role": "operator", "name": "dash-revoked"}'
+expect_status 201 "an operator token for a console"
+REVOKED=$(jqb .token) REVOKED_ID=$(jqb .id)
+WSREV=$KUMO_BUILD_DIR/artifacts/dashboard-ws-revoke.out
+ws_hold() { # token ping_len: open the serial console, print what ends it
+	python3 - "$KUMO_URL" "$KUMO_CACERT" "$1" "$VM" "$2" <<'PY'
+import os, socket, ssl, struct, sys, urllib.parse
+url, ca, token, vm, ping = sys.argv[1:]
+u = urllib.parse.urlparse(url)
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection((u.hostname, u.port)), server_hostname=u.hostname)
+s.settimeout(120)
+s.sendall((f"GET /api/v1/instances/{vm}/console/ws HTTP/1.1\r\nHost: {u.netloc}\r\n"
+           "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           f"Sec-WebSocket-Protocol: kumo, kumo.token.{token}\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(4096)
+head, buf = buf.split(b"\r\n\r\n", 1)
+print("open" if b" 101 " in head.split(b"\r\n")[0] else "refused", flush=True)
+if int(ping):
+    body = os.urandom(int(ping))
+    mask = os.urandom(4)
+    s.sendall(bytes([0x89, 0x80 | 126]) + struct.pack(">H", len(body)) + mask +
+              bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+while True:  # frames until the close frame
+    while len(buf) < 2:
+        more = s.recv(4096)
+        if not more:
+            print("eof"); sys.exit()
+        buf += more
+    op, n, h = buf[0] & 0x0f, buf[1] & 0x7f, 2
+    if n == 126:
+        n, h = struct.unpack(">H", buf[2:4])[0], 4
+    elif n == 127:
+        n, h = struct.unpack(">Q", buf[2:10])[0], 10
+    while len(buf) < h + n:
+        buf += s.recv(65536)
+    if op == 8:
+        print("close", struct.unpack(">H", buf[h:h + 2])[0] if n >= 2 else 0, flush=True)
+        sys.exit()
+    buf = buf[h + n:]
+PY
+}
+ws_hold "$REVOKED" 0 >"$WSREV" 2>&1 &
+REVPID=$!
+wait_until 60 "the revoked token's console open" grep -q open "$WSREV"
+api DELETE "/api/v1/tokens/$REVOKED_ID"
+expect_status 204 "the console's token deleted"
+wait_until 30 "the console ended by the revocation" grep -q close "$WSREV"
+wait "$REVPID" || true
+grep -q "close 1008" "$WSREV" || fail "a revoked token's console did not end with 1008: $(cat "$WSREV")"
+out=$(ws_hold "$ADMIN" 200 2>&1)
+[ "$out" = "$(printf 'open\nclose 1002')" ] || fail "a 200-byte ping was not refused with 1002: $out"
+pass "a console ends (1008) when its token is revoked; an oversized ping ends it with 1002"
 # The screen is never on the network: QEMU's VNC listens on a unix socket only.
 qpid=$(cat "$KUMO_LAB_DIR"/hosts/*/local/instances/$VM/qemu.pid 2>/dev/null | head -1)
 [ -n "$qpid" ] || fail "no QEMU pid file for $VM"
