@@ -112,6 +112,13 @@ failover_check() {
 	[ "$(jqb '.result.args.failover.fenced_at >= .result.args.failover.detected_at')" = true ] ||
 		fail "failover timeline out of order: $BODY"
 	echo "  timeline: $(jqb '.result.args.failover | "detected \(.detected_at), fenced \(.fenced_at - .detected_at) ms later, restart sent \(.restart_at - .detected_at) ms after detection"'), done at $(jqb .updated_at)"
+	# Made ready during the fence wait (ha-prepare: created, not started), so that at
+	# the lease's expiry only the start was left.
+	[ "$(jqb .result.args.failover.prepared)" = true ] ||
+		fail "the failover of $VM did not use a copy prepared during the fence wait: $BODY"
+	[ "$(sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "SELECT count(*) FROM operations WHERE
+		kind = 'ha-prepare' AND target = 'ha-prepare/$from/$VM' AND status = 'succeeded'")" -ge 1 ] ||
+		fail "no ha-prepare operation for $VM from $from succeeded"
 	no_double_run "$fault"
 }
 
