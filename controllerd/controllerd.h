@@ -144,7 +144,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 16
+#define DB_SCHEMA_VERSION 17
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -416,6 +416,7 @@ void ha_list_changed(void);
 void ha_cron(void);
 void ha_host_json(const struct host *h, struct json_object *o);
 void ha_free(void);
+int ha_op_resend(struct host *h, const char *id, struct json_object *op);
 
 /* ops.c */
 struct json_object *op_create(const char *kind, const char *target, struct host *h,

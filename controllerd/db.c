@@ -370,6 +370,16 @@ static const char *const migrations[] = {
 	"  chunk INTEGER NOT NULL,"
 	"  sha256 BLOB,"
 	"  PRIMARY KEY (session, disk, chunk)) WITHOUT ROWID;",
+	/* 16 -> 17 (self-contained; ha.c): the maintenance hand-off survives a controller
+	 * restart: each HA instance being handed off, its step and that step's operation;
+	 * and the hosts whose lease is released (in maintenance, everything handed off). */
+	"CREATE TABLE ha_handoffs ("
+	"  instance_id INTEGER PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,"
+	"  host TEXT NOT NULL,"
+	"  step TEXT NOT NULL CHECK (step IN ('migrate', 'stop', 'drop', 'place', 'wait')),"
+	"  operation TEXT,"
+	"  cold INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE ha_released (host TEXT PRIMARY KEY);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

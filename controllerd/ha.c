@@ -92,6 +92,9 @@ enum handoff_step {
 	HANDOFF_WAIT	 /* a step failed: tried again at retry_mono */
 };
 
+/* As ha_handoffs.step holds them. */
+static const char *const handoff_step_names[] = {"migrate", "stop", "drop", "place", "wait"};
+
 struct handoff {
 	int64_t iid;
 	char name[NAME_MAX_LEN + 1];
@@ -101,6 +104,26 @@ struct handoff {
 	int64_t retry_mono;
 	bool cold; /* live is out: stop and start */
 	struct handoff *next;
+};
+
+/*
+ * A replacement made ready during a failed host's fence wait: created on its new host
+ * with start=false (run directory, seed, spec; the disks adopted, not opened), so that
+ * at the lease's expiry only the start is left to send. Nothing of it runs: no QEMU,
+ * no runc, until the failover resends the very same spec with start=true (the agent's
+ * create of an existing instance with an equal spec only starts it).
+ */
+struct prepared {
+	int64_t iid;
+	char name[NAME_MAX_LEN + 1];
+	char from[64]; /* the failed host */
+	char to[64];   /* the host it is created on */
+	char op[LINK_OP_ID_MAX + 1];
+	int64_t since_mono;
+	bool removing;		       /* drop it once its create has ended */
+	struct json_object *spec;      /* exactly as sent */
+	struct json_object *placement; /* the scheduler's reasons, for the failover's op */
+	struct prepared *next;
 };
 
 /* A lease read in flight: the names asked for, the records found. */
@@ -126,6 +149,8 @@ static size_t hh_n, hh_cap;
 static bool read_busy, list_dirty = true, list_busy, view_busy;
 static int64_t view_counter;
 static struct handoff *handoffs;
+static struct prepared *prepareds;
+static bool loaded; /* ha_handoffs and ha_released read back after a restart */
 
 static struct ha_host *ha_host_get(const char *name)
 {
@@ -427,16 +452,16 @@ static struct json_object *timeline(const struct ha_host *x, const char *from, b
 }
 
 /*
- * Restart HA instance name (id iid, spec owned by the caller) of fenced host h on
- * another host; with handoff, of host h in maintenance, which has stopped and dropped
- * it already (no fence to record, nothing to abandon). Returns 0 when the operation
- * went out, -1 when it could not (no host fits, a database error): tried again later.
+ * Choose the host that takes HA instance iid (name, spec) away from a failed host:
+ * the scheduler's pick, never a host that still holds its fenced copy. spec gets what
+ * that host runs it with (accel; adopt_disks: the new host runs the disks that are
+ * there, never makes them anew). Returns the host, *placement the scheduler's reasons
+ * (the caller's), or NULL (logged; *placement NULL): tried again later.
  */
-static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const char *name,
-			struct json_object *spec, bool handoff)
+static struct host *replacement_place(int64_t iid, const char *name, struct json_object *spec,
+				      struct json_object **placement)
 {
-	_cleanup_free_ char *target = xasprintf("instances/%s", name);
-	struct json_object *placement = NULL, *netkeep, *args, *res, *op, *ev, *nics;
+	struct json_object *netkeep;
 	bool vm = !strcmp(json_get_str(spec, "type", "vm"), "vm");
 	struct sched_request sr = {0};
 	struct host *to;
@@ -444,9 +469,7 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	sqlite3_stmt *st;
 	int rc;
 
-	if (!handoff)
-		ops_abandon(target,
-			    "its host failed; the instance is being restarted elsewhere (HA)");
+	*placement = NULL;
 	if (vm) {
 		struct json_object *m = json_object_object_get(spec, "memory");
 
@@ -460,13 +483,14 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	/* A pin to the failed host cannot hold: HA outranks it. */
 	sr.anti_affinity = json_get_str(spec, "anti_affinity", NULL);
 	netkeep = nics_sched_request(spec, &sr);
-	to = instances_place(&sr, &placement, &err);
+	to = instances_place(&sr, placement, &err);
 	nics_sched_free(&sr);
 	json_object_put(netkeep);
 	if (to == NULL) {
 		log_warnx("ha: instance %s: no host can take it: %s", name, err.msg);
-		json_object_put(placement);
-		return -1;
+		json_object_put(*placement);
+		*placement = NULL;
+		return NULL;
 	}
 	/* A host that was fenced with this instance and has not forgotten it yet would
 	 * refuse it ("exists already"): wait for its ha-forget. */
@@ -478,8 +502,9 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	if (rc == SQLITE_ROW) {
 		log_warnx("ha: instance %s: %s still has its fenced copy; trying again later", name,
 			  to->name);
-		json_object_put(placement);
-		return -1;
+		json_object_put(*placement);
+		*placement = NULL;
+		return NULL;
 	}
 	if (vm)
 		json_object_object_add(
@@ -487,8 +512,248 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 			json_object_new_string(
 				!strcmp(json_get_str(to->facts, "accel", "tcg"), "kvm") ? "kvm"
 											: "tcg"));
-	/* The new host runs the disks that are there: never makes them anew. */
 	json_object_object_add(spec, "adopt_disks", json_object_new_boolean(true));
+	return to;
+}
+
+/* ---- replacements prepared during the fence wait ---- */
+
+/* A prepare still running this long after it was sent no longer holds the failover. */
+#define PREPARE_WAIT_MS 30000
+
+static struct prepared *prepared_find(int64_t iid)
+{
+	for (struct prepared *p = prepareds; p; p = p->next)
+		if (p->iid == iid)
+			return p;
+	return NULL;
+}
+
+/* Forget p (its copy is either the instance now, or removed). */
+static void prepared_drop(struct prepared *p)
+{
+	for (struct prepared **pp = &prepareds; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	json_object_put(p->spec);
+	json_object_put(p->placement);
+	free(p);
+}
+
+/* p's create: "succeeded", "failed", ... or "" while it runs; "failed" if it vanished. */
+static bool prepared_status(const struct prepared *p, bool *ok)
+{
+	struct json_object *op = op_get(p->op);
+	const char *status = op ? json_get_str(op, "status", "failed") : "failed";
+	bool final = op_status_final(status);
+
+	*ok = !strcmp(status, "succeeded");
+	json_object_put(op);
+	return final;
+}
+
+/*
+ * The prepared copy p is not wanted (its failed host came back, the instance went,
+ * or the failover chose otherwise): once its create has ended, its new host deletes
+ * it keeping the disks (they are the instance's, wherever it runs) as an
+ * "ha-unprepare" operation, whose end never touches the instance's row. Frees p
+ * unless the create still runs (then ha_cron() comes back to it).
+ */
+static void prepared_remove(struct prepared *p, const char *why)
+{
+	_cleanup_free_ char *target = xasprintf("ha-unprepare/%s/%s", p->to, p->name);
+	struct json_object *args, *res, *op;
+	struct host *to = host_find(p->to);
+	struct kerr err;
+	bool ok;
+
+	if (!prepared_status(p, &ok)) {
+		p->removing = true;
+		return;
+	}
+	if (!ok) { /* a failed create removed what it had made */
+		prepared_drop(p);
+		return;
+	}
+	if (to == NULL || to->state != HOST_ONLINE) {
+		log_warnx("ha: instance %s: cannot remove its prepared copy from %s (offline); "
+			  "it stays there stopped, listed as unmanaged",
+			  p->name, p->to);
+		prepared_drop(p);
+		return;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
+	json_object_object_add(args, "force", json_object_new_boolean(true));
+	res = json_object_new_object();
+	json_object_object_add(res, "action", json_object_new_string("delete"));
+	json_object_object_add(res, "args", json_object_get(args));
+	op = op_create("ha-unprepare", target, to, res, &err);
+	if (op == NULL) {
+		log_warnx("ha: instance %s: cannot remove its prepared copy from %s: %s", p->name,
+			  p->to, err.msg);
+		json_object_put(args);
+		prepared_drop(p);
+		return;
+	}
+	log_info("ha: instance %s: removing its prepared copy from %s (%s; operation %s)", p->name,
+		 p->to, why, json_get_str(op, "id", ""));
+	instances_cmd_send(to, json_get_str(op, "id", ""), "delete", p->spec, args);
+	json_object_put(op);
+	json_object_put(args);
+	prepared_drop(p);
+}
+
+/* Remove every copy prepared for failed host h's instances. */
+static void prepared_remove_from(const struct host *h, const char *why)
+{
+	struct prepared *p, *next;
+
+	for (p = prepareds; p; p = next) {
+		next = p->next;
+		if (!strcmp(p->from, h->name) && !p->removing)
+			prepared_remove(p, why);
+	}
+}
+
+/* Is a copy for h still being prepared, recently enough to wait for it? */
+static bool prepared_pending(const struct host *h)
+{
+	int64_t mono = lease_mono_ms();
+	bool ok;
+
+	for (struct prepared *p = prepareds; p; p = p->next)
+		if (!strcmp(p->from, h->name) && !p->removing && !prepared_status(p, &ok) &&
+		    mono - p->since_mono < PREPARE_WAIT_MS)
+			return true;
+	return false;
+}
+
+/*
+ * h was just judged failed: while its lease runs out, have a host ready for each of
+ * its HA instances (desired running), created there with start=false: everything but
+ * the start, nothing that executes guest code or opens its disks (a QEMU with -S
+ * would open them while h's copy may still run). failover_one() then only starts it.
+ */
+static void prepare_host(struct host *h)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db,
+		"SELECT id, name, spec FROM instances WHERE host_id = ? AND "
+		"json_extract(spec, '$.ha.enabled') = 1 AND desired = 'running' AND "
+		"state <> 'deleting' ORDER BY json_extract(spec, '$.ha.priority') DESC, name");
+
+	sqlite3_bind_int64(st, 1, h->id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int64_t iid = sqlite3_column_int64(st, 0);
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+		_cleanup_free_ char *target = xasprintf("ha-prepare/%s/%s", h->name, name);
+		struct json_object *spec, *placement, *args, *res, *op;
+		struct prepared *p;
+		struct host *to;
+		struct kerr err;
+
+		if (prepared_find(iid))
+			continue;
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 2));
+		if (spec == NULL)
+			continue;
+		to = replacement_place(iid, name, spec, &placement);
+		if (to == NULL) {
+			json_object_put(spec);
+			continue;
+		}
+		args = json_object_new_object();
+		json_object_object_add(args, "start", json_object_new_boolean(false));
+		res = json_object_new_object();
+		json_object_object_add(res, "action", json_object_new_string("create"));
+		json_object_object_add(res, "args", json_object_get(args));
+		op = op_create("ha-prepare", target, to, res, &err);
+		if (op == NULL) {
+			log_warnx("ha: instance %s: cannot prepare it on %s: %s", name, to->name,
+				  err.msg);
+			json_object_put(args);
+			json_object_put(spec);
+			json_object_put(placement);
+			continue;
+		}
+		p = xcalloc(1, sizeof(*p));
+		p->iid = iid;
+		snprintf(p->name, sizeof(p->name), "%s", name);
+		snprintf(p->from, sizeof(p->from), "%s", h->name);
+		snprintf(p->to, sizeof(p->to), "%s", to->name);
+		snprintf(p->op, sizeof(p->op), "%s", json_get_str(op, "id", ""));
+		p->since_mono = lease_mono_ms();
+		p->spec = spec;
+		p->placement = placement;
+		p->next = prepareds;
+		prepareds = p;
+		log_info("ha: instance %s: preparing it on %s while %s's lease runs out "
+			 "(operation %s)",
+			 name, to->name, h->name, p->op);
+		instances_cmd_send(to, p->op, "create", spec, args);
+		json_object_put(args);
+		json_object_put(op);
+	}
+	sqlite3_finalize(st);
+}
+
+/* Every second: prepared copies waiting for their create to end before removal. */
+static void prepared_pump(void)
+{
+	struct prepared *p, *next;
+
+	for (p = prepareds; p; p = next) {
+		next = p->next;
+		if (p->removing)
+			prepared_remove(p, "not wanted any more");
+	}
+}
+
+/* ---- failover ---- */
+
+/*
+ * Restart HA instance name (id iid, spec owned by the caller) of fenced host h on
+ * another host: the one it was prepared on during the fence wait when that went well
+ * (only the start is left), else the scheduler's pick; with handoff, of host h in
+ * maintenance, which has stopped and dropped it already (no fence to record, nothing
+ * to abandon). Returns 0 when the operation went out, -1 when it could not (no host
+ * fits, a database error): tried again later.
+ */
+static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const char *name,
+			struct json_object *spec, bool handoff)
+{
+	_cleanup_free_ char *target = xasprintf("instances/%s", name);
+	struct json_object *placement = NULL, *args, *res, *op, *ev, *nics, *tl;
+	struct prepared *p = handoff ? NULL : prepared_find(iid);
+	struct host *to = NULL;
+	struct kerr err;
+	sqlite3_stmt *st;
+	bool ok;
+	int rc;
+
+	if (!handoff)
+		ops_abandon(target,
+			    "its host failed; the instance is being restarted elsewhere (HA)");
+	if (p && !p->removing && prepared_status(p, &ok) && ok) {
+		to = host_find(p->to);
+		if (to && to->state == HOST_ONLINE) {
+			spec = p->spec; /* the very spec it was created with: the agent starts it */
+			placement = json_object_get(p->placement);
+		} else {
+			to = NULL;
+		}
+	}
+	if (to == NULL) {
+		if (p && !p->removing)
+			prepared_remove(p, "it could not be used");
+		p = NULL;
+		to = replacement_place(iid, name, spec, &placement);
+		if (to == NULL)
+			return -1;
+	}
 
 	/* The agent gets the create's own args; the operation also keeps the timeline. */
 	args = json_object_new_object();
@@ -497,8 +762,10 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 	json_object_object_add(res, "args", json_object_new_object());
 	json_object_object_add(json_object_object_get(res, "args"), "start",
 			       json_object_new_boolean(true));
-	json_object_object_add(json_object_object_get(res, "args"), "failover",
-			       timeline(x, h->name, handoff));
+	tl = timeline(x, h->name, handoff);
+	if (!handoff)
+		json_object_object_add(tl, "prepared", json_object_new_boolean(p != NULL));
+	json_object_object_add(json_object_object_get(res, "args"), "failover", tl);
 	json_object_object_add(res, "placement", json_object_get(placement));
 
 	if (db_begin(ctl.db) < 0) {
@@ -550,13 +817,16 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 		json_object_put(placement);
 		return -1;
 	}
-	log_info("ha: instance %s: %s %s, restarting on %s (operation %s)", name,
-		 handoff ? "handed off by" : "fenced on", h->name, to->name,
+	log_info("ha: instance %s: %s %s, %s on %s (operation %s)", name,
+		 handoff ? "handed off by" : "fenced on", h->name,
+		 p ? "starting its prepared copy" : "restarting", to->name,
 		 json_get_str(op, "id", "?"));
 	nics = json_object_object_get(spec, "nics");
 	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
 		netsync_changed(to);
 	instances_cmd_send(to, json_get_str(op, "id", ""), "create", spec, args);
+	if (p)
+		prepared_drop(p); /* it is the instance now; spec was p's */
 	json_object_put(op);
 	json_object_put(args);
 	json_object_put(placement);
@@ -654,6 +924,10 @@ static void failover_host(struct host *h, struct ha_host *x)
 	size_t n = 0, cap = 0;
 	bool failed = false;
 
+	if (prepared_pending(h)) { /* a moment more, and only the start is left */
+		sqlite3_finalize(st);
+		return;
+	}
 	sqlite3_bind_int64(st, 1, h->id);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		if (n == cap) {
@@ -674,6 +948,9 @@ static void failover_host(struct host *h, struct ha_host *x)
 		free(todo[i].name);
 	}
 	free(todo);
+	/* Copies prepared for instances that went meanwhile, or that could not be
+	 * placed now (placed afresh when tried again). */
+	prepared_remove_from(h, "not used by the failover");
 	x->retry_mono = failed ? lease_mono_ms() + HA_RETRY_MS : INT64_MAX;
 }
 
@@ -709,14 +986,56 @@ static struct handoff *handoff_find(int64_t iid)
 	return NULL;
 }
 
-static void handoff_drop(struct handoff *ho)
+/* Unlink ho from the list and free it; its row stays (shutdown) unless forget. */
+static void handoff_unlink(struct handoff *ho, bool forget)
 {
+	sqlite3_stmt *st;
+
 	for (struct handoff **pp = &handoffs; *pp; pp = &(*pp)->next)
 		if (*pp == ho) {
 			*pp = ho->next;
 			break;
 		}
+	if (forget) {
+		st = db_prepare(ctl.db, "DELETE FROM ha_handoffs WHERE instance_id = ?");
+		sqlite3_bind_int64(st, 1, ho->iid);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			log_warnx("ha: instance %s: cannot forget its hand-off: %s", ho->name,
+				  sqlite3_errmsg(ctl.db));
+		sqlite3_finalize(st);
+	}
 	free(ho);
+}
+
+/* ho is over (done, or to be started again from the instance's state). */
+static void handoff_drop(struct handoff *ho)
+{
+	handoff_unlink(ho, true);
+}
+
+/*
+ * Keep ho's step (and its operation) in ha_handoffs, so that a controller restart
+ * goes on from there: the operation is resumed by jobs.c (its command resent; the
+ * agent runs an operation id once) and its end read here as before.
+ */
+static void handoff_save(const struct handoff *ho)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, "INSERT OR REPLACE INTO ha_handoffs (instance_id, "
+				   "host, step, operation, cold) VALUES (?, ?, ?, ?, ?)");
+
+	sqlite3_bind_int64(st, 1, ho->iid);
+	sqlite3_bind_text(st, 2, ho->host, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, handoff_step_names[ho->step], -1, SQLITE_STATIC);
+	if (ho->op[0])
+		sqlite3_bind_text(st, 4, ho->op, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 4);
+	sqlite3_bind_int(st, 5, ho->cold);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("ha: instance %s: cannot save its hand-off: %s", ho->name,
+			  sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
 }
 
 static struct json_object *spec_load(int64_t iid)
@@ -764,6 +1083,7 @@ static int handoff_cmd(struct host *h, struct handoff *ho, enum handoff_step ste
 	}
 	snprintf(ho->op, sizeof(ho->op), "%s", json_get_str(op, "id", ""));
 	ho->step = step;
+	handoff_save(ho);
 	log_info("ha: instance %s: hand-off from %s: %s (operation %s)", ho->name, h->name,
 		 step == HANDOFF_STOP ? "stopping it cleanly" : "dropping it, keeping its disks",
 		 ho->op);
@@ -781,6 +1101,7 @@ static void handoff_wait(struct handoff *ho, const char *why)
 	ho->step = HANDOFF_WAIT;
 	ho->op[0] = '\0';
 	ho->retry_mono = lease_mono_ms() + HANDOFF_RETRY_MS;
+	handoff_save(ho);
 }
 
 /* Move ho on when its operation has ended. Returns false when ho is done (freed). */
@@ -828,6 +1149,7 @@ static bool handoff_advance(struct host *h, struct ha_host *x, struct handoff *h
 		}
 		ho->step = HANDOFF_PLACE;
 		ho->op[0] = '\0';
+		handoff_save(ho);
 		/* stopped and dropped, nothing of it runs anywhere: place it now */
 		__attribute__((fallthrough));
 	case HANDOFF_PLACE:
@@ -866,6 +1188,7 @@ static void handoff_start(struct host *h, int64_t iid, const char *name, const c
 	if (!strcmp(type, "vm") && !strcmp(state, "running")) {
 		if (migrate_instance_start(name, ho->op, &err) == 0) {
 			ho->step = HANDOFF_MIGRATE;
+			handoff_save(ho);
 			log_info("ha: instance %s: hand-off from %s: live migration (operation %s)",
 				 name, h->name, ho->op);
 			return;
@@ -942,6 +1265,100 @@ static void handoff_forget(const struct host *h)
 	}
 }
 
+/*
+ * Keep whether host name's lease is released (ha_released), so that a controller
+ * restart neither re-arms a host in maintenance that gave everything away (its
+ * agent may be stopped for good) nor judges it failed.
+ */
+static void released_save(const char *name, bool released)
+{
+	sqlite3_stmt *st =
+		db_prepare(ctl.db, released ? "INSERT OR IGNORE INTO ha_released (host) VALUES (?)"
+					    : "DELETE FROM ha_released WHERE host = ?");
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		log_warnx("ha: host %s: cannot save its lease's release: %s", name,
+			  sqlite3_errmsg(ctl.db));
+	sqlite3_finalize(st);
+}
+
+/*
+ * Start-up (the first cron, after jobs_resume()): the hand-offs under way and the
+ * released hosts as they were when the controller stopped. A hand-off goes on from
+ * its step: its operation, resumed by jobs.c, is read as before; one waiting to be
+ * tried again waits its full delay; one to be placed is placed at once.
+ */
+static void ha_load(void)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT f.instance_id, i.name, f.host, f.step, "
+					      "f.operation, f.cold FROM ha_handoffs f JOIN "
+					      "instances i ON i.id = f.instance_id");
+
+	while (st && sqlite3_step(st) == SQLITE_ROW) {
+		struct handoff *ho = xcalloc(1, sizeof(*ho));
+		const char *step = (const char *)sqlite3_column_text(st, 3);
+
+		ho->iid = sqlite3_column_int64(st, 0);
+		snprintf(ho->name, sizeof(ho->name), "%s", sqlite3_column_text(st, 1));
+		snprintf(ho->host, sizeof(ho->host), "%s", sqlite3_column_text(st, 2));
+		if (sqlite3_column_type(st, 4) == SQLITE_TEXT)
+			snprintf(ho->op, sizeof(ho->op), "%s", sqlite3_column_text(st, 4));
+		ho->cold = sqlite3_column_int(st, 5) != 0;
+		ho->step = HANDOFF_WAIT;
+		for (size_t i = 0; i < ARRAY_SIZE(handoff_step_names); i++)
+			if (!strcmp(step, handoff_step_names[i]))
+				ho->step = (enum handoff_step)i;
+		if (ho->step == HANDOFF_WAIT)
+			ho->retry_mono = lease_mono_ms() + HANDOFF_RETRY_MS;
+		ho->next = handoffs;
+		handoffs = ho;
+		log_info(
+			"ha: instance %s: hand-off from %s goes on after the restart (step %s%s%s)",
+			ho->name, ho->host, handoff_step_names[ho->step],
+			ho->op[0] ? ", operation " : "", ho->op);
+	}
+	sqlite3_finalize(st);
+	st = db_prepare(ctl.db, "SELECT host FROM ha_released");
+	while (st && sqlite3_step(st) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+
+		if (host_find(name) == NULL)
+			continue;
+		ha_host_get(name)->released = true;
+		log_info("ha: host %s: its lease stays released after the restart", name);
+	}
+	sqlite3_finalize(st);
+}
+
+/*
+ * jobs.c's resume of an ha-handoff or ha-unprepare operation (id, on host h) after a
+ * controller restart: its command (result.action, result.args) sent again with the
+ * instance's spec; the agent runs an operation id once. Returns 0, or -1 when the
+ * instance is gone (the operation then fails as interrupted).
+ */
+int ha_op_resend(struct host *h, const char *id, struct json_object *op)
+{
+	const char *target = json_get_str(op, "target", "");
+	const char *name = strrchr(target, '/');
+	struct json_object *res = json_object_object_get(op, "result"), *spec = NULL;
+	sqlite3_stmt *st;
+
+	if (h == NULL || name == NULL)
+		return -1;
+	st = db_prepare(ctl.db, "SELECT spec FROM instances WHERE name = ?");
+	sqlite3_bind_text(st, 1, name + 1, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		spec = json_tokener_parse((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (spec == NULL)
+		return -1;
+	instances_cmd_send(h, id, json_get_str(res, "action", "stop"), spec,
+			   json_object_object_get(res, "args"));
+	json_object_put(spec);
+	return 0;
+}
+
 static void state_set(struct host *h, struct ha_host *x, enum ha_state s, int64_t hb_age,
 		      int64_t lease_age)
 {
@@ -984,11 +1401,13 @@ static void ha_judge(struct host *h, struct ha_host *x)
 			log_info("ha: host %s: every HA instance handed off; releasing its lease",
 				 h->name);
 			x->released = true;
+			released_save(h->name, true);
 		}
 	}
 	if (x->released && !h->maintenance) {
 		log_info("ha: host %s: out of maintenance; its lease is re-armed", h->name);
 		x->released = false;
+		released_save(h->name, false);
 		x->advanced_mono = mono; /* judged from now: the agent renews again */
 	}
 	if (x->released) {
@@ -998,6 +1417,8 @@ static void ha_judge(struct host *h, struct ha_host *x)
 		return;
 	}
 	if (h->state == HOST_ONLINE && hb_age < detect) {
+		if (x->state == HA_FAILED)
+			prepared_remove_from(h, "its host came back before its lease expired");
 		state_set(h, x, HA_OK, hb_age, lease_age);
 		if (x->forget_pending)
 			forget_fenced(h, x);
@@ -1011,7 +1432,10 @@ static void ha_judge(struct host *h, struct ha_host *x)
 	}
 	if (lease_age < period) {
 		/* A host that was failed and renews again was only slow: it fenced
-		 * itself if it had to; what moved stays moved. */
+		 * itself if it had to; what moved stays moved, what was only
+		 * prepared goes. */
+		if (x->state == HA_FAILED)
+			prepared_remove_from(h, "its host renews its lease again");
 		state_set(h, x, HA_ISOLATED, hb_age, lease_age);
 		return;
 	}
@@ -1020,6 +1444,7 @@ static void ha_judge(struct host *h, struct ha_host *x)
 		state_set(h, x, HA_FAILED, hb_age, lease_age);
 		handoff_forget(h);
 		mark_unknown(h);
+		prepare_host(h);
 	}
 	if (x->state == HA_FAILED && lease_age >= expiry) {
 		x->fenced_ms = now;
@@ -1060,12 +1485,19 @@ void ha_cron(void)
 	static unsigned ticks;
 	bool second = ticks++ % 4 == 0;
 
+	if (!loaded) {
+		loaded = true;
+		ha_load();
+	}
+
 	if (second && list_dirty && !list_busy)
 		list_write_start();
 	if (second && !view_busy)
 		view_write_start();
 	if (!read_busy && (second || ha_watching()))
 		lease_read_start();
+	if (second && prepareds)
+		prepared_pump();
 }
 
 /* Add h's "ha" object to its JSON view: state, lease counter and age. */
@@ -1104,7 +1536,9 @@ void ha_host_json(const struct host *h, struct json_object *o)
 void ha_free(void)
 {
 	while (handoffs)
-		handoff_drop(handoffs);
+		handoff_unlink(handoffs, false); /* kept for the next start */
+	while (prepareds)
+		prepared_drop(prepareds);
 	free(hh);
 	hh = NULL;
 	hh_n = hh_cap = 0;

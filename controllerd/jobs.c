@@ -228,6 +228,12 @@ static int p2v_kind_resume(struct host *h, const char *id, struct json_object *o
 	return strncmp(target, "p2v/", 4) == 0 && p2v_session_exists(target + 4) ? 0 : -1;
 }
 
+/* An HA hand-off step or a prepared copy's removal: its command is sent again (ha.c). */
+static int ha_resume(struct host *h, const char *id, struct json_object *op)
+{
+	return ha_op_resend(h, id, op);
+}
+
 /* ---- the table ---------------------------------------------------------------------- */
 
 #define NO_UNDO "cannot be cancelled: "
@@ -288,7 +294,11 @@ static const struct op_kind kinds[] = {
 	/* HA (ha.c): a returning host drops its dead copy of an instance restarted elsewhere. */
 	{"ha-forget", 600, NULL, NULL, NULL, NO_UNDO "a forget only removes a dead copy"},
 	/* HA maintenance hand-off (ha.c): a clean stop, then a drop keeping the disks. */
-	{"ha-handoff", 600, NULL, NULL, NULL, NO_UNDO "leave maintenance to keep it there"},
+	{"ha-handoff", 600, ha_resume, NULL, NULL, NO_UNDO "leave maintenance to keep it there"},
+	/* HA failover (ha.c): the replacement created, not started, during the fence wait;
+	 * and its removal when the failed host came back first. */
+	{"ha-prepare", 600, NULL, NULL, NULL, NO_UNDO "the failover starts or removes it"},
+	{"ha-unprepare", 600, ha_resume, NULL, NULL, NO_UNDO "it only removes a stopped copy"},
 	{"unmanaged-destroy", 600, NULL, NULL, NULL, NO_UNDO "a destroy cannot be undone"},
 };
 

@@ -112,6 +112,13 @@ failover_check() {
 	[ "$(jqb '.result.args.failover.fenced_at >= .result.args.failover.detected_at')" = true ] ||
 		fail "failover timeline out of order: $BODY"
 	echo "  timeline: $(jqb '.result.args.failover | "detected \(.detected_at), fenced \(.fenced_at - .detected_at) ms later, restart sent \(.restart_at - .detected_at) ms after detection"'), done at $(jqb .updated_at)"
+	# Made ready during the fence wait (ha-prepare: created, not started), so that at
+	# the lease's expiry only the start was left.
+	[ "$(jqb .result.args.failover.prepared)" = true ] ||
+		fail "the failover of $VM did not use a copy prepared during the fence wait: $BODY"
+	[ "$(sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "SELECT count(*) FROM operations WHERE
+		kind = 'ha-prepare' AND target = 'ha-prepare/$from/$VM' AND status = 'succeeded'")" -ge 1 ] ||
+		fail "no ha-prepare operation for $VM from $from succeeded"
 	no_double_run "$fault"
 }
 
@@ -240,3 +247,27 @@ running_elsewhere $VM "$from" && running_elsewhere $CT "$from" ||
 [ "$(qemu_count $VM)" = 1 ] && [ "$(ct_count $CT)" = 1 ] || fail "not exactly one copy after $from came back"
 no_double_run "both restored"
 pass "network and storage cut: fenced, restarted elsewhere, never twice, also after it came back"
+
+# ---- (f) a failed host back before its lease expired: the prepared copies go ----
+# Frozen until judged failed, then thawed at once: the controller had created the
+# replacements (ha-prepare, not started) on another host; with the host back before
+# the expiry nothing moves and those copies are removed (ha-unprepare).
+from=$(host_of $VM)
+FROZEN=$from
+lab fault "$from" freeze >/dev/null
+wait_until 60 "$from failed (agent frozen)" ha_failed "$from"
+lab fault "$from" thaw >/dev/null
+FROZEN=""
+wait_until 60 "$from back before its lease expired" ha_state_is "$from" ok
+[ "$(host_of $VM)" = "$from" ] || fail "$VM moved although $from came back before its lease expired"
+unprepared() {
+	[ "$(sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "SELECT count(*) FROM operations WHERE
+		kind = 'ha-unprepare' AND target LIKE 'ha-unprepare/%/$VM' AND status = 'succeeded'")" -ge 1 ]
+}
+wait_until 60 "$VM's prepared copy removed" unprepared
+to=$(sqlite3 "$KUMO_LAB_DIR/controller/kumo.db" "SELECT substr(target, 14, instr(substr(target, 14), '/') - 1)
+	FROM operations WHERE kind = 'ha-unprepare' AND target LIKE 'ha-unprepare/%/$VM' ORDER BY created_at DESC LIMIT 1")
+[ ! -e "$KUMO_LAB_DIR/hosts/$to/local/instances/$VM" ] || fail "$VM's prepared copy is still on $to"
+[ "$(qemu_count $VM)" -le 1 ] || fail "two QEMUs of $VM"
+no_double_run "back before expiry"
+pass "a failed host back before its lease expired: nothing moved, the prepared copy on $to removed"
