@@ -174,6 +174,12 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 	if (strlen(hex) != CHUNKSTORE_HEX_LEN ||
 	    strspn(hex, "0123456789abcdef") != CHUNKSTORE_HEX_LEN)
 		return err_set(err, EINVAL, "'%.70s' is not a chunk name", hex);
+	/* The zero chunk's content is known from its name: nothing to read or check. */
+	if (!strcmp(hex, CHUNKSTORE_ZERO_HEX) && cap >= CHUNKSTORE_CHUNK_SIZE) {
+		memset(buf, 0, CHUNKSTORE_CHUNK_SIZE);
+		*len = CHUNKSTORE_CHUNK_SIZE;
+		return 0;
+	}
 	chunkstore_chunk_path(root, hex, path, sizeof(path));
 	ret = file_read(path, &z, &zlen);
 	if (ret < 0)
@@ -189,6 +195,57 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 			       hex, got);
 	*len = plain;
 	return 0;
+}
+
+int chunkstore_list_sum(struct json_object *chunks, int64_t size, int64_t chunk_size, char *hex,
+			struct kerr *err)
+{
+	size_t n =
+		json_object_is_type(chunks, json_type_array) ? json_object_array_length(chunks) : 0;
+	EVP_MD_CTX *ctx;
+	unsigned char md[32];
+
+	if (!json_object_is_type(chunks, json_type_array) || size < 0 || chunk_size <= 0 ||
+	    (int64_t)n != (size + chunk_size - 1) / chunk_size)
+		return err_set(err, EBADMSG, "the chunk list does not fit a disk of %lld bytes",
+			       (long long)size);
+	ctx = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	for (size_t c = 0; c < n; c++) {
+		const char *name = json_object_get_string(json_object_array_get_idx(chunks, c));
+		int64_t left = size - (int64_t)c * chunk_size;
+		uint64_t len = (uint64_t)(left < chunk_size ? left : chunk_size);
+		unsigned char rec[32 + 8];
+
+		if (name == NULL || strlen(name) != CHUNKSTORE_HEX_LEN ||
+		    hex_decode(name, rec, 32) < 0) {
+			EVP_MD_CTX_free(ctx);
+			return err_set(err, EBADMSG, "chunk %zu: '%.70s' is not a chunk name", c,
+				       name ? name : "");
+		}
+		for (int i = 0; i < 8; i++)
+			rec[32 + i] = (unsigned char)(len >> (56 - 8 * i));
+		EVP_DigestUpdate(ctx, rec, sizeof(rec));
+	}
+	EVP_DigestFinal_ex(ctx, md, NULL);
+	EVP_MD_CTX_free(ctx);
+	hex_encode(md, sizeof(md), hex);
+	return 0;
+}
+
+int chunkstore_disk_sum(struct json_object *manifest, struct json_object *disk, char *hex,
+			struct kerr *err)
+{
+	int64_t version = json_object_get_int64(json_object_object_get(manifest, "version"));
+	int64_t chunk_size = json_object_get_int64(json_object_object_get(manifest, "chunk_size"));
+	struct json_object *size;
+
+	if (version <= CHUNKSTORE_SUM_WHOLE_DISK)
+		return 1;
+	if (!json_object_object_get_ex(disk, "virtual_size", &size))
+		return err_set(err, EBADMSG, "the manifest's disk entry has no virtual_size");
+	return chunkstore_list_sum(json_object_object_get(disk, "chunks"),
+				   json_object_get_int64(size), chunk_size, hex, err);
 }
 
 int chunkstore_sync(const char *root, struct kerr *err)
@@ -266,8 +323,32 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 		struct json_object *chunks = json_object_object_get(disk, "chunks");
 		const char *name = json_object_get_string(json_object_object_get(disk, "name"));
 
+		char sum[CHUNKSTORE_HEX_LEN + 1];
+		struct kerr serr;
+		const char *want;
+		int ret;
+
 		if (!json_object_is_type(chunks, json_type_array))
 			return err_set(err, EBADMSG, "disk %zu of the manifest has no chunks", d);
+		/* Version 2: the disk's checksum must still be its chunk list's. */
+		ret = chunkstore_disk_sum(manifest, disk, sum, &serr);
+		want = json_object_get_string(json_object_object_get(disk, "sha256"));
+		if (ret < 0 || (ret == 0 && strcmp(sum, want ? want : "") != 0)) {
+			struct json_object *b = json_object_new_object();
+
+			if (*bad == NULL)
+				*bad = json_object_new_array();
+			json_object_object_add(b, "disk", json_object_new_string(name ? name : ""));
+			json_object_object_add(b, "offset", json_object_new_int64(-1));
+			json_object_object_add(b, "chunk", json_object_new_string(""));
+			json_object_object_add(
+				b, "error",
+				json_object_new_string(ret < 0 ? serr.msg
+							       : "the disk's checksum is "
+								 "not its chunk list's"));
+			json_object_array_add(*bad, b);
+			nbad++;
+		}
 		for (size_t c = 0; c < json_object_array_length(chunks); c++) {
 			const char *hex =
 				json_object_get_string(json_object_array_get_idx(chunks, c));
