@@ -85,6 +85,7 @@ struct bjob {
 	struct agent *agent;
 	bool restore;
 	bool live;			  /* the VM runs: read through QEMU (drive-backup) */
+	bool direct;			  /* stopped: chunk the disk file's chain itself */
 	char parent[65];		  /* the backup an incremental one builds on, or "" */
 	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
 	struct json_object *pdisk;	  /* ... its entry for the disk at work */
@@ -525,7 +526,7 @@ static bool pipe_cancelled(void *data)
  * hashed and compressed in parallel, zeros and holes named without hashing). */
 static void chunk_work(struct bjob *job)
 {
-	_cleanup_close_ int fd = open(job->raw, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int fd = -1;
 	struct json_object *chunks = json_object_new_array();
 	struct chunkpipe_file file = {.fd = fd, .path = job->raw};
 	struct chunkpipe_source src = {.read = chunkpipe_file_read,
@@ -538,6 +539,34 @@ static void chunk_work(struct bjob *job)
 	struct kerr err;
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
+	if (job->direct) {
+		const char *disk = job->op->disks[job->disk].abs;
+		struct backup_map *map = NULL;
+		char *conv_argv[] = {"qemu-img", "convert",    "-q",	 "-U", "-O",
+				     "raw",	 (char *)disk, job->raw, NULL};
+		int ret;
+
+		/* A stopped VM's disk holds still: read it where it lies. */
+		if (backup_map_open(disk, &map, &err) == 0) {
+			backup_map_source(map, &src);
+			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,
+					      &err);
+			backup_map_free(map);
+			if (ret < 0) {
+				snprintf(job->error, sizeof(job->error), "%s", err.msg);
+				return;
+			}
+			goto stored;
+		}
+		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
+		if (run_wait(conv_argv, NULL) != 0) {
+			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
+				 disk);
+			return;
+		}
+	}
+	fd = open(job->raw, O_RDONLY | O_CLOEXEC);
+	file.fd = fd;
 	if (fd < 0 || fstat(fd, &sb) < 0) {
 		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", job->raw,
 			 strerror(errno));
@@ -548,6 +577,7 @@ static void chunk_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
+stored:
 	job->read_bytes += res.read_bytes;
 	job->new_bytes += res.new_bytes;
 	job->chunk_count += res.chunk_count;
@@ -903,12 +933,10 @@ static void disk_read(struct bjob *job)
 			job_fail(job, "disk %s: %s", d->name, err.msg);
 		return;
 	}
+	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first. */
 	job->incr = false;
-	{
-		char *args[] = {"qemu-img", "convert", "-q", "-O", "raw", d->abs, job->raw, NULL};
-
-		qemu_img_run(job, args, stopped_read_done);
-	}
+	job->direct = true;
+	stopped_read_done(job, NULL);
 }
 
 /* ---- restore: per disk, reassemble a raw file from the chunks, then write it in -------- */
