@@ -57,7 +57,9 @@ int chunkpipe_threads(void)
 static void *hasher_main(void *arg)
 {
 	struct pipe *p = arg;
+	struct chunkstore_writer w;
 
+	chunkstore_writer_init(&w);
 	pthread_mutex_lock(&p->lock);
 	for (;;) {
 		struct slot *s = NULL;
@@ -77,7 +79,7 @@ static void *hasher_main(void *arg)
 		}
 		s->state = SLOT_BUSY;
 		pthread_mutex_unlock(&p->lock);
-		ret = chunkstore_put(p->root, s->buf, s->len, hex, &written, &err);
+		ret = chunkstore_put_with(p->root, &w, s->buf, s->len, hex, &written, &err);
 		pthread_mutex_lock(&p->lock);
 		if (ret < 0 && !p->failed) {
 			p->failed = 1;
@@ -91,6 +93,7 @@ static void *hasher_main(void *arg)
 		pthread_cond_broadcast(&p->cond);
 	}
 	pthread_mutex_unlock(&p->lock);
+	chunkstore_writer_free(&w);
 	return NULL;
 }
 

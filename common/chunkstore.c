@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "log.h"
 #include "util.h"
 
 static int mkdir_one(const char *path, struct kerr *err)
@@ -48,6 +49,12 @@ int chunkstore_init(const char *root, struct kerr *err)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i]);
+		if (mkdir_one(path, err) < 0)
+			return -1;
+	}
+	/* The fan-out directories up front: a chunk write then never needs a mkdir. */
+	for (int i = 0; i < 256; i++) {
+		snprintf(path, sizeof(path), "%s/chunks/%02x", root, i);
 		if (mkdir_one(path, err) < 0)
 			return -1;
 	}
@@ -86,34 +93,66 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+void chunkstore_writer_init(struct chunkstore_writer *w)
+{
+	w->cctx = ZSTD_createCCtx();
+	if (w->cctx == NULL)
+		fatalx("out of memory for a zstd context");
+	w->zcap = ZSTD_compressBound(CHUNKSTORE_CHUNK_SIZE);
+	w->zbuf = xmalloc(w->zcap);
+}
+
+void chunkstore_writer_free(struct chunkstore_writer *w)
+{
+	ZSTD_freeCCtx(w->cctx);
+	free(w->zbuf);
+	w->cctx = w->zbuf = NULL;
+}
+
 int chunkstore_put(const char *root, const void *data, size_t len, char *hex, uint64_t *written,
 		   struct kerr *err)
 {
+	struct chunkstore_writer w;
+	int ret;
+
+	chunkstore_writer_init(&w);
+	ret = chunkstore_put_with(root, &w, data, len, hex, written, err);
+	chunkstore_writer_free(&w);
+	return ret;
+}
+
+int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
+			char *hex, uint64_t *written, struct kerr *err)
+{
 	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
-	_cleanup_free_ void *z = NULL;
-	size_t bound = ZSTD_compressBound(len), zlen;
+	size_t zlen;
 	struct stat sb;
 	int fd, ret;
 
 	*written = 0;
+	if (len > CHUNKSTORE_CHUNK_SIZE)
+		return err_set(err, EINVAL, "a chunk of %zu bytes is over the chunk size", len);
 	sha256_hex(data, len, hex);
 	chunkstore_chunk_path(root, hex, path, sizeof(path));
 	if (stat(path, &sb) == 0 && sb.st_size > 0)
 		return 0; /* dedup: this content is stored already */
-	snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
-	if (mkdir_one(dir, err) < 0)
-		return -1;
-	z = xmalloc(bound);
-	zlen = ZSTD_compress(z, bound, data, len, CHUNKSTORE_ZSTD_LEVEL);
+	zlen = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
 	if (ZSTD_isError(zlen))
 		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(zlen));
 	/* A unique temporary name: two writers of one chunk never share a file. */
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%llx", path, (int)getpid(),
 		 (unsigned long long)now_us() ^ (unsigned long long)(uintptr_t)&fd);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == ENOENT) {
+		/* A store an older init made, without the fan-out directories. */
+		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
+		if (mkdir_one(dir, err) < 0)
+			return -1;
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	}
 	if (fd < 0)
 		return err_set(err, errno, "cannot write chunk %s: %s", tmp, strerror(errno));
-	ret = write_all(fd, z, zlen);
+	ret = write_all(fd, w->zbuf, zlen);
 	if (close(fd) < 0 && ret == 0)
 		ret = -errno;
 	if (ret == 0 && rename(tmp, path) < 0)

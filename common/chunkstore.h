@@ -55,7 +55,8 @@
 #define CHUNKSTORE_MANIFEST_V	  2
 #define CHUNKSTORE_SUM_WHOLE_DISK 1 /* the version whose checksum is over the bytes */
 
-/* Make ROOT/chunks, ROOT/backups and ROOT/tmp if missing. Returns 0 or -1 with err. */
+/* Make ROOT/chunks (and its 256 fan-out directories), ROOT/backups and ROOT/tmp if
+ * missing. Returns 0 or -1 with err. */
 int chunkstore_init(const char *root, struct kerr *err);
 
 /* ROOT/chunks/AB/HEX into out (PATH_MAX). */
@@ -69,6 +70,22 @@ void chunkstore_chunk_path(const char *root, const char *hex, char *out, size_t 
  */
 int chunkstore_put(const char *root, const void *data, size_t len, char *hex, uint64_t *written,
 		   struct kerr *err);
+
+/*
+ * What a thread that stores many chunks keeps between them: a zstd context and a
+ * buffer for the compressed chunk, so neither is allocated (nor its pages faulted in
+ * afresh) per chunk. Init before use, free after; one per thread.
+ */
+struct chunkstore_writer {
+	void *cctx; /* ZSTD_CCtx */
+	void *zbuf;
+	size_t zcap;
+};
+void chunkstore_writer_init(struct chunkstore_writer *w);
+void chunkstore_writer_free(struct chunkstore_writer *w);
+/* chunkstore_put with w's context and buffer. */
+int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
+			char *hex, uint64_t *written, struct kerr *err);
 
 /*
  * Read chunk hex into buf (cap bytes), decompress it and check its SHA-256: *len gets
