@@ -10,25 +10,31 @@
  * STORE is relative to the shared pool, which the controller and every host mount, so
  * a backup made on one host restores on any other.
  *
- * How a disk is read, per disk, into a raw file under STORE/tmp/ID/:
+ * How a disk is read, per disk:
  *   - a running (or paused) VM is never stopped: QMP drive-backup with sync=full
  *     copies the disk as it was when the job started (copy-before-write: a guest
- *     write to a block not yet copied first copies the old block), and the job runs
- *     inside QEMU while the guest goes on. This needs no NBD server nor libnbd;
- *     drive-backup rather than blockdev-backup because it creates its own target
- *     file, so no blockdev-add/-del pair has to be kept in step with the job.
- *   - a stopped VM: `qemu-img convert -O raw` of its qcow2 (with its backing file).
- * The raw file is then cut into CHUNKSTORE_CHUNK_SIZE chunks on libuv's thread pool,
- * hashed, compressed and stored (the ones already in the store are skipped), and
- * removed; the manifest is written last, after the store is flushed, so a backup
- * that failed half-way names no chunk and is never restorable.
+ *     write to a block not yet copied first copies the old block) into a raw file
+ *     under STORE/tmp/ID/, and the job runs inside QEMU while the guest goes on. This
+ *     needs no NBD server nor libnbd; drive-backup rather than blockdev-backup
+ *     because it creates its own target file, so no blockdev-add/-del pair has to be
+ *     kept in step with the job.
+ *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
+ *     map` says the data lies (backupmap.c); a chain that cannot be read so
+ *     (compressed clusters) is converted to a raw work file first.
+ * Either is stored by common/chunkpipe.c on libuv's thread pool (read in order,
+ * hashed and compressed by a thread per core, chunks already in the store skipped,
+ * holes and zeros named without hashing); the manifest is written last, after the
+ * store is flushed, so a backup that failed half-way names no chunk and is never
+ * restorable. Each disk's checksum is over its chunk list (manifest version 2,
+ * chunkstore_list_sum), so an incremental backup names the parent's untouched chunks
+ * without reading them.
  *
- * Restore reassembles each disk from its chunks (every chunk's SHA-256 and the whole
- * disk's are checked first), then `qemu-img convert -n` writes it into the VM's
- * existing disk. Nothing here runs on the loop but the steps' glue.
+ * Restore checks the chunk list against the disk's checksum, reassembles each disk
+ * from its chunks (each checked against its name as it is read), then `qemu-img
+ * convert -n` writes it into the VM's existing disk. Nothing here runs on the loop but
+ * the steps' glue.
  *
- * Not yet (see the branch's report): incremental backups with dirty bitmaps,
- * guest-agent freeze/thaw, containers, cancel.
+ * Not yet: guest-agent freeze/thaw, encryption.
  */
 #include "agentd.h"
 

@@ -100,8 +100,11 @@ static int chain_open(struct backup_map *m, const char *disk, struct kerr *err)
 		if (i == 0) {
 			snprintf(m->paths[0], PATH_MAX, "%s", disk);
 		} else {
-			const char *name = json_get_str(json_object_array_get_idx(chain, i - 1),
-							"backing-filename", "");
+			struct json_object *above = json_object_array_get_idx(chain, i - 1);
+			/* QEMU's own resolution of the name when it gives one. */
+			const char *name =
+				json_get_str(above, "full-backing-filename",
+					     json_get_str(above, "backing-filename", ""));
 			char parent[PATH_MAX];
 
 			if (name[0] == '\0' || !strncmp(name, "json:", 5)) {
@@ -130,7 +133,7 @@ out:
 
 /*
  * Map disk (a stopped VM's qcow2 or raw file, with its backing chain) for reading.
- * Returns 0 with *out (free it with backup_map_free), or -1 with err when the chain
+ * Returns 0 with *out (free it with backup_map_free), or < 0 with err when the chain
  * cannot be read exactly this way: the caller then converts the disk instead.
  */
 int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)

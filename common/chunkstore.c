@@ -361,7 +361,6 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 		struct json_object *disk = json_object_array_get_idx(disks, d);
 		struct json_object *chunks = json_object_object_get(disk, "chunks");
 		const char *name = json_object_get_string(json_object_object_get(disk, "name"));
-
 		char sum[CHUNKSTORE_HEX_LEN + 1];
 		struct kerr serr;
 		const char *want;
@@ -369,25 +368,6 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 
 		if (!json_object_is_type(chunks, json_type_array))
 			return err_set(err, EBADMSG, "disk %zu of the manifest has no chunks", d);
-		/* Version 2: the disk's checksum must still be its chunk list's. */
-		ret = chunkstore_disk_sum(manifest, disk, sum, &serr);
-		want = json_object_get_string(json_object_object_get(disk, "sha256"));
-		if (ret < 0 || (ret == 0 && strcmp(sum, want ? want : "") != 0)) {
-			struct json_object *b = json_object_new_object();
-
-			if (*bad == NULL)
-				*bad = json_object_new_array();
-			json_object_object_add(b, "disk", json_object_new_string(name ? name : ""));
-			json_object_object_add(b, "offset", json_object_new_int64(-1));
-			json_object_object_add(b, "chunk", json_object_new_string(""));
-			json_object_object_add(
-				b, "error",
-				json_object_new_string(ret < 0 ? serr.msg
-							       : "the disk's checksum is "
-								 "not its chunk list's"));
-			json_object_array_add(*bad, b);
-			nbad++;
-		}
 		for (size_t c = 0; c < json_object_array_length(chunks); c++) {
 			const char *hex =
 				json_object_get_string(json_object_array_get_idx(chunks, c));
@@ -406,6 +386,26 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 					       json_object_new_int64((int64_t)c * chunk_size));
 			json_object_object_add(b, "chunk", json_object_new_string(hex ? hex : ""));
 			json_object_object_add(b, "error", json_object_new_string(cerr.msg));
+			json_object_array_add(*bad, b);
+			nbad++;
+		}
+		/* Version 2: the disk's checksum must still be its chunk list's (after the
+		 * chunks, so a bad chunk is named first). */
+		ret = chunkstore_disk_sum(manifest, disk, sum, &serr);
+		want = json_object_get_string(json_object_object_get(disk, "sha256"));
+		if (ret < 0 || (ret == 0 && strcmp(sum, want ? want : "") != 0)) {
+			struct json_object *b = json_object_new_object();
+
+			if (*bad == NULL)
+				*bad = json_object_new_array();
+			json_object_object_add(b, "disk", json_object_new_string(name ? name : ""));
+			json_object_object_add(b, "offset", json_object_new_int64(-1));
+			json_object_object_add(b, "chunk", json_object_new_string(""));
+			json_object_object_add(
+				b, "error",
+				json_object_new_string(ret < 0 ? serr.msg
+							       : "the disk's checksum is "
+								 "not its chunk list's"));
 			json_object_array_add(*bad, b);
 			nbad++;
 		}

@@ -190,7 +190,10 @@ wait_op "$(jqb .id)" 300
 op_ok
 [ "$(jqb .result.ok)" = true ] && [ "$(jqb .result.chunks)" -gt 0 ] || fail "verify of an intact backup: $(jqb .result)"
 store_dir=$KUMO_LAB_DIR/shared/backups/$bs
-victim=$(jq -r '.disks[0].chunks[3]' "$store_dir/backups/$b2.json")
+# A chunk with data: the all-zero chunk is known by its name and never read, so a
+# change to its file changes nothing restored.
+zero_chunk=30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58
+victim=$(jq -r --arg z "$zero_chunk" '[.disks[0].chunks[] | select(. != $z)][1]' "$store_dir/backups/$b2.json")
 vfile=$store_dir/chunks/${victim:0:2}/$victim
 size=$(stat -c %s "$vfile")
 cp -p "$vfile" "/tmp/kt-chunk.$$" # other backups may share it: put back after

@@ -223,6 +223,49 @@ static void test_list_sum(void **state)
 	json_object_put(disk);
 }
 
+/* Verify of a version 2 manifest checks each disk's checksum against its chunk list:
+ * a manifest whose list was changed (or whose checksum was) is named bad. */
+static void test_verify_list_sum(void **state)
+{
+	struct fixture *f = *state;
+	struct json_object *m = json_object_new_object(), *disks = json_object_new_array();
+	struct json_object *disk = json_object_new_object(), *chunks = json_object_new_array();
+	struct json_object *bad = NULL;
+	char hex[65];
+	uint64_t w;
+	struct kerr err;
+
+	assert_int_equal(chunkstore_put(f->root, "abc", 3, hex, &w, &err), 0);
+	json_object_array_add(chunks, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	json_object_array_add(chunks, json_object_new_string(hex));
+	json_object_object_add(disk, "name", json_object_new_string("root"));
+	json_object_object_add(disk, "chunks", chunks);
+	json_object_object_add(disk, "virtual_size",
+			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE + 3));
+	json_object_object_add(
+		disk, "sha256",
+		json_object_new_string(
+			"2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a"));
+	json_object_array_add(disks, disk);
+	json_object_object_add(m, "version", json_object_new_int(CHUNKSTORE_MANIFEST_V));
+	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	json_object_object_add(m, "disks", disks);
+	assert_int_equal(chunkstore_verify(f->root, m, &bad, &err), 0);
+	assert_null(bad);
+	/* The two chunks swapped: each is whole, the disk is not. */
+	json_object_array_put_idx(chunks, 0, json_object_new_string(hex));
+	json_object_array_put_idx(chunks, 1, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	assert_int_equal(chunkstore_verify(f->root, m, &bad, &err), 1);
+	assert_int_equal(json_object_get_int64(json_object_object_get(
+				 json_object_array_get_idx(bad, 0), "offset")),
+			 -1);
+	assert_string_equal(json_object_get_string(json_object_object_get(
+				    json_object_array_get_idx(bad, 0), "disk")),
+			    "root");
+	json_object_put(bad);
+	json_object_put(m);
+}
+
 /* A test disk of 7 chunks and a bit: data, zeros written, a hole, data again (dedup
  * within the disk), more data, another hole, a short tail. */
 #define PIPE_DISK_SIZE (7 * (int64_t)CHUNKSTORE_CHUNK_SIZE + 4321)
@@ -361,6 +404,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_zero_chunk, setup, teardown),
 		cmocka_unit_test(test_list_sum),
+		cmocka_unit_test_setup_teardown(test_verify_list_sum, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipeline, setup, teardown),
 	};
 
