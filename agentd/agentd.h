@@ -599,6 +599,13 @@ void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op)
 void backup_ctr_run(struct inst_op *op);
 void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
 
+/* backupmap.c: a stopped VM's disk read from its qcow2 chain (thread only) */
+struct backup_map;
+struct chunkpipe_source;
+int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err);
+void backup_map_source(struct backup_map *m, struct chunkpipe_source *src);
+void backup_map_free(struct backup_map *m);
+
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);
 void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);

@@ -10,25 +10,31 @@
  * STORE is relative to the shared pool, which the controller and every host mount, so
  * a backup made on one host restores on any other.
  *
- * How a disk is read, per disk, into a raw file under STORE/tmp/ID/:
+ * How a disk is read, per disk:
  *   - a running (or paused) VM is never stopped: QMP drive-backup with sync=full
  *     copies the disk as it was when the job started (copy-before-write: a guest
- *     write to a block not yet copied first copies the old block), and the job runs
- *     inside QEMU while the guest goes on. This needs no NBD server nor libnbd;
- *     drive-backup rather than blockdev-backup because it creates its own target
- *     file, so no blockdev-add/-del pair has to be kept in step with the job.
- *   - a stopped VM: `qemu-img convert -O raw` of its qcow2 (with its backing file).
- * The raw file is then cut into CHUNKSTORE_CHUNK_SIZE chunks on libuv's thread pool,
- * hashed, compressed and stored (the ones already in the store are skipped), and
- * removed; the manifest is written last, after the store is flushed, so a backup
- * that failed half-way names no chunk and is never restorable.
+ *     write to a block not yet copied first copies the old block) into a raw file
+ *     under STORE/tmp/ID/, and the job runs inside QEMU while the guest goes on. This
+ *     needs no NBD server nor libnbd; drive-backup rather than blockdev-backup
+ *     because it creates its own target file, so no blockdev-add/-del pair has to be
+ *     kept in step with the job.
+ *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
+ *     map` says the data lies (backupmap.c); a chain that cannot be read so
+ *     (compressed clusters) is converted to a raw work file first.
+ * Either is stored by common/chunkpipe.c on libuv's thread pool (read in order,
+ * hashed and compressed by a thread per core, chunks already in the store skipped,
+ * holes and zeros named without hashing); the manifest is written last, after the
+ * store is flushed, so a backup that failed half-way names no chunk and is never
+ * restorable. Each disk's checksum is over its chunk list (manifest version 2,
+ * chunkstore_list_sum), so an incremental backup names the parent's untouched chunks
+ * without reading them.
  *
- * Restore reassembles each disk from its chunks (every chunk's SHA-256 and the whole
- * disk's are checked first), then `qemu-img convert -n` writes it into the VM's
- * existing disk. Nothing here runs on the loop but the steps' glue.
+ * Restore checks the chunk list against the disk's checksum, reassembles each disk
+ * from its chunks (each checked against its name as it is read), then `qemu-img
+ * convert -n` writes it into the VM's existing disk. Nothing here runs on the loop but
+ * the steps' glue.
  *
- * Not yet (see the branch's report): incremental backups with dirty bitmaps,
- * guest-agent freeze/thaw, containers, cancel.
+ * Not yet: guest-agent freeze/thaw, encryption.
  */
 #include "agentd.h"
 
@@ -43,15 +49,16 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "chunkpipe.h"
 #include "chunkstore.h"
 #include "json.h"
 #include "tree.h"
 #include "util.h"
 
-#define BACKUP_POLL_MS	   250	 /* query-jobs while drive-backup runs */
-#define BACKUP_JOB_TIMEOUT 10000 /* ms for one QMP command */
-#define BACKUP_READ_PHASES 2	 /* per disk: read it, chunk it */
-#define BACKUP_MANIFEST_V  1
+#define BACKUP_POLL_MS	     250   /* query-jobs while drive-backup runs */
+#define BACKUP_POLL_FIRST_MS 20	   /* ... first: an incremental's job often ends at once */
+#define BACKUP_JOB_TIMEOUT   10000 /* ms for one QMP command */
+#define BACKUP_READ_PHASES   2	   /* per disk: read it, chunk it */
 
 /* A backup id becomes a file name in the store: a plain shape only. */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err)
@@ -85,6 +92,7 @@ struct bjob {
 	struct agent *agent;
 	bool restore;
 	bool live;			  /* the VM runs: read through QEMU (drive-backup) */
+	bool direct;			  /* stopped: chunk the disk file's chain itself */
 	char parent[65];		  /* the backup an incremental one builds on, or "" */
 	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
 	struct json_object *pdisk;	  /* ... its entry for the disk at work */
@@ -109,6 +117,7 @@ struct bjob {
 
 	uv_work_t work;
 	uv_timer_t poll;
+	uint64_t poll_ms; /* the next query-jobs after this long */
 	bool poll_open;
 	char error[256]; /* a thread step's failure, "" if none */
 
@@ -400,8 +409,8 @@ static int run_wait(char *const argv[], char **out)
 /*
  * Thread: an incremental read. job->target is a qcow2 holding only the clusters the
  * dirty bitmap marked; every chunk they touch is the parent's chunk with those bytes
- * laid over it, every other chunk is the parent's as it is. The whole disk's SHA-256
- * is computed over all of it (the parent's chunks are read back from the store).
+ * laid over it (only those parent chunks are read back), every other chunk is the
+ * parent's as it is. The disk's checksum is its chunk list's (chunkstore_list_sum).
  */
 static void chunk_incr_work(struct bjob *job)
 {
@@ -414,8 +423,6 @@ static void chunk_incr_work(struct bjob *job)
 	_cleanup_free_ char *mapout = NULL;
 	int64_t size = json_get_int(job->pdisk, "virtual_size", -1);
 	_cleanup_close_ int fd = -1;
-	EVP_MD_CTX *ctx = NULL;
-	unsigned char md[32];
 	char hex[CHUNKSTORE_HEX_LEN + 1];
 	struct kerr err;
 
@@ -443,23 +450,16 @@ static void chunk_incr_work(struct bjob *job)
 			goto out;
 		}
 	}
-	ctx = EVP_MD_CTX_new();
-	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
 	for (int64_t c = 0, off = 0; off < size; c++, off += CHUNKSTORE_CHUNK_SIZE) {
 		const char *phex = json_object_get_string(json_object_array_get_idx(pchunks, c));
 		int64_t end =
 			off + CHUNKSTORE_CHUNK_SIZE < size ? off + CHUNKSTORE_CHUNK_SIZE : size;
-		bool touched = false;
-		size_t len;
+		bool have_parent = false;
+		size_t len = (size_t)(end - off);
 		uint64_t written;
 
-		if (chunkstore_get(job->store, phex ? phex : "", buf, CHUNKSTORE_CHUNK_SIZE, &len,
-				   &err) < 0 ||
-		    (int64_t)len != end - off) {
-			snprintf(job->error, sizeof(job->error), "the parent backup: %s", err.msg);
-			goto out;
-		}
-		/* Lay the dirty clusters of this chunk over the parent's bytes. */
+		/* Lay the dirty clusters of this chunk over the parent's bytes; a chunk
+		 * with none is the parent's, named without reading it. */
 		for (size_t e = 0; e < json_object_array_length(map); e++) {
 			struct json_object *x = json_object_array_get_idx(map, e);
 			int64_t xs = json_get_int(x, "start", 0), xl = json_get_int(x, "length", 0);
@@ -475,17 +475,29 @@ static void chunk_incr_work(struct bjob *job)
 			b = xs + xl < end ? xs + xl : end;
 			if (a >= b)
 				continue;
+			if (!have_parent) {
+				size_t plen = 0;
+
+				if (chunkstore_get(job->store, phex ? phex : "", buf,
+						   CHUNKSTORE_CHUNK_SIZE, &plen, &err) < 0 ||
+				    plen != len) {
+					snprintf(job->error, sizeof(job->error),
+						 "the parent backup: %s",
+						 plen != len ? "a chunk of the wrong size"
+							     : err.msg);
+					goto out;
+				}
+				have_parent = true;
+			}
 			if (pread(fd, buf + (a - off), (size_t)(b - a), a) != (ssize_t)(b - a)) {
 				snprintf(job->error, sizeof(job->error), "cannot read %s: %s",
 					 job->raw, strerror(errno));
 				goto out;
 			}
 			job->read_bytes += (uint64_t)(b - a);
-			touched = true;
 		}
-		EVP_DigestUpdate(ctx, buf, len);
-		if (!touched) {
-			json_object_array_add(chunks, json_object_new_string(phex));
+		if (!have_parent) {
+			json_object_array_add(chunks, json_object_new_string(phex ? phex : ""));
 		} else {
 			if (chunkstore_put(job->store, buf, len, hex, &written, &err) < 0) {
 				snprintf(job->error, sizeof(job->error), "%s", err.msg);
@@ -496,8 +508,12 @@ static void chunk_incr_work(struct bjob *job)
 		}
 		job->chunk_count++;
 	}
-	EVP_DigestFinal_ex(ctx, md, NULL);
-	hex_encode(md, sizeof(md), hex);
+	/* The checksum comes from the chunk list (manifest version 2): the parent's
+	 * chunks are named, not read. */
+	if (chunkstore_list_sum(chunks, size, CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		goto out;
+	}
 	job->total_bytes += (uint64_t)size;
 	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
 	json_object_object_add(job->mdisk, "sha256", json_object_new_string(hex));
@@ -505,75 +521,77 @@ static void chunk_incr_work(struct bjob *job)
 	unlink(job->raw);
 	unlink(job->target);
 out:
-	EVP_MD_CTX_free(ctx);
 	json_object_put(map);
 }
 
-/* Thread: cut the raw file into chunks, store them, hash the whole disk. */
+static bool pipe_cancelled(void *data)
+{
+	/* Set on the loop; a stale read only delays the stop by a chunk. */
+	return job_cancel_reason(((struct bjob *)data)->op) != NULL;
+}
+
+/* Thread: cut the raw file into chunks and store them (chunkpipe.h: read in order,
+ * hashed and compressed in parallel, zeros and holes named without hashing). */
 static void chunk_work(struct bjob *job)
 {
-	_cleanup_close_ int fd = open(job->raw, O_RDONLY | O_CLOEXEC);
-	_cleanup_free_ unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	_cleanup_close_ int fd = -1;
 	struct json_object *chunks = json_object_new_array();
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned char md[32];
-	char hex[CHUNKSTORE_HEX_LEN + 1];
+	struct chunkpipe_file file = {.fd = fd, .path = job->raw};
+	struct chunkpipe_source src = {.read = chunkpipe_file_read,
+				       .hole = chunkpipe_file_hole,
+				       .data = &file,
+				       .cancelled = pipe_cancelled,
+				       .cancel_data = job};
+	struct chunkpipe_result res;
 	struct stat sb;
-	int64_t size;
 	struct kerr err;
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
+	if (job->direct) {
+		const char *disk = job->op->disks[job->disk].abs;
+		struct backup_map *map = NULL;
+		char *conv_argv[] = {"qemu-img", "convert",    "-q",	 "-U", "-O",
+				     "raw",	 (char *)disk, job->raw, NULL};
+		int ret;
+
+		/* A stopped VM's disk holds still: read it where it lies. */
+		if (backup_map_open(disk, &map, &err) == 0) {
+			backup_map_source(map, &src);
+			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,
+					      &err);
+			backup_map_free(map);
+			if (ret < 0) {
+				snprintf(job->error, sizeof(job->error), "%s", err.msg);
+				return;
+			}
+			goto stored;
+		}
+		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
+		if (run_wait(conv_argv, NULL) != 0) {
+			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
+				 disk);
+			return;
+		}
+	}
+	fd = open(job->raw, O_RDONLY | O_CLOEXEC);
+	file.fd = fd;
 	if (fd < 0 || fstat(fd, &sb) < 0) {
 		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", job->raw,
 			 strerror(errno));
-		EVP_MD_CTX_free(ctx);
 		return;
 	}
-	size = sb.st_size;
-	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-	for (int64_t off = 0; off < size; off += CHUNKSTORE_CHUNK_SIZE) {
-		size_t want = size - off < CHUNKSTORE_CHUNK_SIZE ? (size_t)(size - off)
-								 : CHUNKSTORE_CHUNK_SIZE;
-		size_t got = 0;
-		uint64_t written;
-
-		/* A cancel (set on the loop; a stale read only delays it a chunk) stops
-		 * a long disk here rather than at its end. */
-		if (job_cancel_reason(job->op)) {
-			snprintf(job->error, sizeof(job->error), "cancelled");
-			EVP_MD_CTX_free(ctx);
-			return;
-		}
-		while (got < want) {
-			ssize_t n = pread(fd, buf + got, want - got, off + (off_t)got);
-
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				snprintf(job->error, sizeof(job->error), "cannot read %s: %s",
-					 job->raw, n < 0 ? strerror(errno) : "file shrank");
-				EVP_MD_CTX_free(ctx);
-				return;
-			}
-			got += (size_t)n;
-		}
-		EVP_DigestUpdate(ctx, buf, want);
-		if (chunkstore_put(job->store, buf, want, hex, &written, &err) < 0) {
-			snprintf(job->error, sizeof(job->error), "%s", err.msg);
-			EVP_MD_CTX_free(ctx);
-			return;
-		}
-		json_object_array_add(chunks, json_object_new_string(hex));
-		job->read_bytes += want;
-		job->new_bytes += written;
-		job->chunk_count++;
+	src.size = sb.st_size;
+	if (chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
 	}
-	EVP_DigestFinal_ex(ctx, md, NULL);
-	EVP_MD_CTX_free(ctx);
-	hex_encode(md, sizeof(md), hex);
-	job->total_bytes += (uint64_t)size;
-	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
-	json_object_object_add(job->mdisk, "sha256", json_object_new_string(hex));
+stored:
+	job->read_bytes += res.read_bytes;
+	job->new_bytes += res.new_bytes;
+	job->chunk_count += res.chunk_count;
+	job->total_bytes += (uint64_t)src.size;
+	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(src.size));
+	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res.sum));
 	unlink(job->raw);
 }
 
@@ -751,7 +769,9 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 					    (total > 0 ? 90 * cur / total : 0)) /
 					   (job->op->ndisks * BACKUP_READ_PHASES)),
 				     phase);
-		uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
+		job->poll_ms =
+			job->poll_ms * 2 < BACKUP_POLL_MS ? job->poll_ms * 2 : BACKUP_POLL_MS;
+		uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
 		return;
 	}
 	job->block_job = false;
@@ -800,7 +820,10 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		return;
 	}
 	job->block_job = true;
-	uv_timer_start(&job->poll, poll_cb, BACKUP_POLL_MS, 0);
+	/* Soon, then every BACKUP_POLL_MS: a small incremental's job is done in tens of
+	 * milliseconds, and a first look at 250 ms was a quarter of its backup's time. */
+	job->poll_ms = BACKUP_POLL_FIRST_MS;
+	uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
 }
 
 static void bitmap_added(struct bjob *job, const char *error)
@@ -923,12 +946,10 @@ static void disk_read(struct bjob *job)
 			job_fail(job, "disk %s: %s", d->name, err.msg);
 		return;
 	}
+	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first. */
 	job->incr = false;
-	{
-		char *args[] = {"qemu-img", "convert", "-q", "-O", "raw", d->abs, job->raw, NULL};
-
-		qemu_img_run(job, args, stopped_read_done);
-	}
+	job->direct = true;
+	stopped_read_done(job, NULL);
 }
 
 /* ---- restore: per disk, reassemble a raw file from the chunks, then write it in -------- */
@@ -945,28 +966,31 @@ static void restore_prepare_work(struct bjob *job)
 	prepare_work(job);
 }
 
-static bool all_zero(const unsigned char *p, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
-/* Thread: write the disk job->mdisk names into job->raw, checking every byte. */
+/*
+ * Thread: write the disk job->mdisk names into job->raw, checking every byte: each
+ * chunk against its name, and the disk against the manifest's checksum (version 2:
+ * the chunk list's, before anything is read; version 1: the bytes', as they go).
+ */
 static void reassemble_work(struct bjob *job)
 {
 	struct json_object *chunks = json_object_object_get(job->mdisk, "chunks");
 	int64_t size = json_get_int(job->mdisk, "virtual_size", -1), off = 0;
 	_cleanup_free_ unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
 	_cleanup_close_ int fd = -1;
-	EVP_MD_CTX *ctx;
+	EVP_MD_CTX *ctx = NULL;
 	unsigned char md[32];
 	char hex[CHUNKSTORE_HEX_LEN + 1];
 	struct kerr err;
+	int sum;
 
 	if (!json_object_is_type(chunks, json_type_array) || size < 0) {
 		snprintf(job->error, sizeof(job->error), "the manifest's disk entry is malformed");
+		return;
+	}
+	sum = chunkstore_disk_sum(job->manifest, job->mdisk, hex, &err);
+	if (sum < 0 || (sum == 0 && strcmp(hex, json_get_str(job->mdisk, "sha256", "")) != 0)) {
+		snprintf(job->error, sizeof(job->error), "the backup's chunk list %s",
+			 sum < 0 ? err.msg : "does not match its checksum");
 		return;
 	}
 	fd = open(job->raw, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -975,8 +999,10 @@ static void reassemble_work(struct bjob *job)
 			 strerror(errno));
 		return;
 	}
-	ctx = EVP_MD_CTX_new();
-	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	if (sum == 1) {
+		ctx = EVP_MD_CTX_new();
+		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	}
 	for (size_t c = 0; c < json_object_array_length(chunks); c++) {
 		const char *name = json_object_get_string(json_object_array_get_idx(chunks, c));
 		size_t len;
@@ -985,31 +1011,34 @@ static void reassemble_work(struct bjob *job)
 				   &err) < 0) {
 			snprintf(job->error, sizeof(job->error), "at offset %lld: %s",
 				 (long long)off, err.msg);
-			EVP_MD_CTX_free(ctx);
-			return;
+			goto out;
 		}
-		EVP_DigestUpdate(ctx, buf, len);
+		if (ctx)
+			EVP_DigestUpdate(ctx, buf, len);
 		/* Zeros stay a hole: the raw file is sparse, like the disk it becomes. */
-		if (!all_zero(buf, len) && pwrite(fd, buf, len, off) != (ssize_t)len) {
+		if (!(name && !strcmp(name, CHUNKSTORE_ZERO_HEX)) && !mem_is_zero(buf, len) &&
+		    pwrite(fd, buf, len, off) != (ssize_t)len) {
 			snprintf(job->error, sizeof(job->error), "cannot write %s: %s", job->raw,
 				 strerror(errno));
-			EVP_MD_CTX_free(ctx);
-			return;
+			goto out;
 		}
 		off += (int64_t)len;
 	}
-	EVP_DigestFinal_ex(ctx, md, NULL);
-	EVP_MD_CTX_free(ctx);
-	hex_encode(md, sizeof(md), hex);
+	if (ctx) {
+		EVP_DigestFinal_ex(ctx, md, NULL);
+		hex_encode(md, sizeof(md), hex);
+	}
 	if (off != size || strcmp(hex, json_get_str(job->mdisk, "sha256", "")) != 0) {
 		snprintf(job->error, sizeof(job->error),
 			 "the reassembled disk does not match the backup's checksum");
-		return;
+		goto out;
 	}
 	if (ftruncate(fd, size) < 0)
 		snprintf(job->error, sizeof(job->error), "cannot size %s: %s", job->raw,
 			 strerror(errno));
 	job->read_bytes += (uint64_t)size;
+out:
+	EVP_MD_CTX_free(ctx);
 }
 
 static void write_done(struct bjob *job, const char *error)
@@ -1195,7 +1224,8 @@ void backup_vm_run(struct inst_op *op)
 			job->qemu_uid = job->qemu_gid = uid_vm_read(vm->inst.dir);
 	}
 	job->manifest = json_object_new_object();
-	json_object_object_add(job->manifest, "version", json_object_new_int(BACKUP_MANIFEST_V));
+	json_object_object_add(job->manifest, "version",
+			       json_object_new_int(CHUNKSTORE_MANIFEST_V));
 	json_object_object_add(job->manifest, "id", json_object_new_string(job->id));
 	json_object_object_add(job->manifest, "instance", json_object_new_string(vm->inst.name));
 	json_object_object_add(job->manifest, "type", json_object_new_string("vm"));
@@ -1402,7 +1432,8 @@ void backup_ctr_run(struct inst_op *op)
 	}
 	job = job_new(op, op->args, false);
 	job->manifest = json_object_new_object();
-	json_object_object_add(job->manifest, "version", json_object_new_int(BACKUP_MANIFEST_V));
+	json_object_object_add(job->manifest, "version",
+			       json_object_new_int(CHUNKSTORE_MANIFEST_V));
 	json_object_object_add(job->manifest, "id", json_object_new_string(job->id));
 	json_object_object_add(job->manifest, "instance", json_object_new_string(ctr->inst.name));
 	json_object_object_add(job->manifest, "type", json_object_new_string("container"));

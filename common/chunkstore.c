@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "log.h"
 #include "util.h"
 
 static int mkdir_one(const char *path, struct kerr *err)
@@ -48,6 +49,12 @@ int chunkstore_init(const char *root, struct kerr *err)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i]);
+		if (mkdir_one(path, err) < 0)
+			return -1;
+	}
+	/* The fan-out directories up front: a chunk write then never needs a mkdir. */
+	for (int i = 0; i < 256; i++) {
+		snprintf(path, sizeof(path), "%s/chunks/%02x", root, i);
 		if (mkdir_one(path, err) < 0)
 			return -1;
 	}
@@ -86,34 +93,66 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+void chunkstore_writer_init(struct chunkstore_writer *w)
+{
+	w->cctx = ZSTD_createCCtx();
+	if (w->cctx == NULL)
+		fatalx("out of memory for a zstd context");
+	w->zcap = ZSTD_compressBound(CHUNKSTORE_CHUNK_SIZE);
+	w->zbuf = xmalloc(w->zcap);
+}
+
+void chunkstore_writer_free(struct chunkstore_writer *w)
+{
+	ZSTD_freeCCtx(w->cctx);
+	free(w->zbuf);
+	w->cctx = w->zbuf = NULL;
+}
+
 int chunkstore_put(const char *root, const void *data, size_t len, char *hex, uint64_t *written,
 		   struct kerr *err)
 {
+	struct chunkstore_writer w;
+	int ret;
+
+	chunkstore_writer_init(&w);
+	ret = chunkstore_put_with(root, &w, data, len, hex, written, err);
+	chunkstore_writer_free(&w);
+	return ret;
+}
+
+int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
+			char *hex, uint64_t *written, struct kerr *err)
+{
 	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
-	_cleanup_free_ void *z = NULL;
-	size_t bound = ZSTD_compressBound(len), zlen;
+	size_t zlen;
 	struct stat sb;
 	int fd, ret;
 
 	*written = 0;
+	if (len > CHUNKSTORE_CHUNK_SIZE)
+		return err_set(err, EINVAL, "a chunk of %zu bytes is over the chunk size", len);
 	sha256_hex(data, len, hex);
 	chunkstore_chunk_path(root, hex, path, sizeof(path));
 	if (stat(path, &sb) == 0 && sb.st_size > 0)
 		return 0; /* dedup: this content is stored already */
-	snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
-	if (mkdir_one(dir, err) < 0)
-		return -1;
-	z = xmalloc(bound);
-	zlen = ZSTD_compress(z, bound, data, len, CHUNKSTORE_ZSTD_LEVEL);
+	zlen = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
 	if (ZSTD_isError(zlen))
 		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(zlen));
 	/* A unique temporary name: two writers of one chunk never share a file. */
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%llx", path, (int)getpid(),
 		 (unsigned long long)now_us() ^ (unsigned long long)(uintptr_t)&fd);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0 && errno == ENOENT) {
+		/* A store an older init made, without the fan-out directories. */
+		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
+		if (mkdir_one(dir, err) < 0)
+			return -1;
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	}
 	if (fd < 0)
 		return err_set(err, errno, "cannot write chunk %s: %s", tmp, strerror(errno));
-	ret = write_all(fd, z, zlen);
+	ret = write_all(fd, w->zbuf, zlen);
 	if (close(fd) < 0 && ret == 0)
 		ret = -errno;
 	if (ret == 0 && rename(tmp, path) < 0)
@@ -174,6 +213,12 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 	if (strlen(hex) != CHUNKSTORE_HEX_LEN ||
 	    strspn(hex, "0123456789abcdef") != CHUNKSTORE_HEX_LEN)
 		return err_set(err, EINVAL, "'%.70s' is not a chunk name", hex);
+	/* The zero chunk's content is known from its name: nothing to read or check. */
+	if (!strcmp(hex, CHUNKSTORE_ZERO_HEX) && cap >= CHUNKSTORE_CHUNK_SIZE) {
+		memset(buf, 0, CHUNKSTORE_CHUNK_SIZE);
+		*len = CHUNKSTORE_CHUNK_SIZE;
+		return 0;
+	}
 	chunkstore_chunk_path(root, hex, path, sizeof(path));
 	ret = file_read(path, &z, &zlen);
 	if (ret < 0)
@@ -189,6 +234,57 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 			       hex, got);
 	*len = plain;
 	return 0;
+}
+
+int chunkstore_list_sum(struct json_object *chunks, int64_t size, int64_t chunk_size, char *hex,
+			struct kerr *err)
+{
+	size_t n =
+		json_object_is_type(chunks, json_type_array) ? json_object_array_length(chunks) : 0;
+	EVP_MD_CTX *ctx;
+	unsigned char md[32];
+
+	if (!json_object_is_type(chunks, json_type_array) || size < 0 || chunk_size <= 0 ||
+	    (int64_t)n != (size + chunk_size - 1) / chunk_size)
+		return err_set(err, EBADMSG, "the chunk list does not fit a disk of %lld bytes",
+			       (long long)size);
+	ctx = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	for (size_t c = 0; c < n; c++) {
+		const char *name = json_object_get_string(json_object_array_get_idx(chunks, c));
+		int64_t left = size - (int64_t)c * chunk_size;
+		uint64_t len = (uint64_t)(left < chunk_size ? left : chunk_size);
+		unsigned char rec[32 + 8];
+
+		if (name == NULL || strlen(name) != CHUNKSTORE_HEX_LEN ||
+		    hex_decode(name, rec, 32) < 0) {
+			EVP_MD_CTX_free(ctx);
+			return err_set(err, EBADMSG, "chunk %zu: '%.70s' is not a chunk name", c,
+				       name ? name : "");
+		}
+		for (int i = 0; i < 8; i++)
+			rec[32 + i] = (unsigned char)(len >> (56 - 8 * i));
+		EVP_DigestUpdate(ctx, rec, sizeof(rec));
+	}
+	EVP_DigestFinal_ex(ctx, md, NULL);
+	EVP_MD_CTX_free(ctx);
+	hex_encode(md, sizeof(md), hex);
+	return 0;
+}
+
+int chunkstore_disk_sum(struct json_object *manifest, struct json_object *disk, char *hex,
+			struct kerr *err)
+{
+	int64_t version = json_object_get_int64(json_object_object_get(manifest, "version"));
+	int64_t chunk_size = json_object_get_int64(json_object_object_get(manifest, "chunk_size"));
+	struct json_object *size;
+
+	if (version <= CHUNKSTORE_SUM_WHOLE_DISK)
+		return 1;
+	if (!json_object_object_get_ex(disk, "virtual_size", &size))
+		return err_set(err, EBADMSG, "the manifest's disk entry has no virtual_size");
+	return chunkstore_list_sum(json_object_object_get(disk, "chunks"),
+				   json_object_get_int64(size), chunk_size, hex, err);
 }
 
 int chunkstore_sync(const char *root, struct kerr *err)
@@ -265,6 +361,10 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 		struct json_object *disk = json_object_array_get_idx(disks, d);
 		struct json_object *chunks = json_object_object_get(disk, "chunks");
 		const char *name = json_object_get_string(json_object_object_get(disk, "name"));
+		char sum[CHUNKSTORE_HEX_LEN + 1];
+		struct kerr serr;
+		const char *want;
+		int ret;
 
 		if (!json_object_is_type(chunks, json_type_array))
 			return err_set(err, EBADMSG, "disk %zu of the manifest has no chunks", d);
@@ -286,6 +386,26 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 					       json_object_new_int64((int64_t)c * chunk_size));
 			json_object_object_add(b, "chunk", json_object_new_string(hex ? hex : ""));
 			json_object_object_add(b, "error", json_object_new_string(cerr.msg));
+			json_object_array_add(*bad, b);
+			nbad++;
+		}
+		/* Version 2: the disk's checksum must still be its chunk list's (after the
+		 * chunks, so a bad chunk is named first). */
+		ret = chunkstore_disk_sum(manifest, disk, sum, &serr);
+		want = json_object_get_string(json_object_object_get(disk, "sha256"));
+		if (ret < 0 || (ret == 0 && strcmp(sum, want ? want : "") != 0)) {
+			struct json_object *b = json_object_new_object();
+
+			if (*bad == NULL)
+				*bad = json_object_new_array();
+			json_object_object_add(b, "disk", json_object_new_string(name ? name : ""));
+			json_object_object_add(b, "offset", json_object_new_int64(-1));
+			json_object_object_add(b, "chunk", json_object_new_string(""));
+			json_object_object_add(
+				b, "error",
+				json_object_new_string(ret < 0 ? serr.msg
+							       : "the disk's checksum is "
+								 "not its chunk list's"));
 			json_object_array_add(*bad, b);
 			nbad++;
 		}

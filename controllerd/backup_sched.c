@@ -15,7 +15,9 @@
  *
  * next_at is persisted: a controller that was down when a schedule was due runs it
  * once on its first tick after it comes back (as Proxmox's and systemd's persistent
- * timers do), then goes on from the calendar.
+ * timers do), then goes on from the calendar. A run that finds its instance busy with
+ * another operation is queued, not skipped: it stays due and starts when that
+ * operation ends (last_error says "waiting: ..." meanwhile).
  */
 #include "controllerd.h"
 
@@ -329,7 +331,8 @@ bool backup_schedule_delete(const char *instance)
 	return sqlite3_changes(ctl.db) > 0;
 }
 
-/* One due schedule: start its backup, then move it to its next minute either way. */
+/* One due schedule: start its backup, then move it to its next minute; a busy
+ * instance's run waits instead (it stays due). */
 static void sched_run(const char *instance, const char *calendar, const char *store,
 		      const char *mode, int64_t now)
 {
@@ -359,6 +362,24 @@ static void sched_run(const char *instance, const char *calendar, const char *st
 	}
 	op = backup_start(instance, type, spec, h, store, mode, &err);
 	json_object_put(spec);
+	if (op == NULL && err.status == 409) {
+		/* Busy (another operation on the instance, or the store being collected):
+		 * the run waits. next_at stays due, so the cron tries again each second and
+		 * the backup starts as soon as the other operation ends, also after a
+		 * controller restart; calendar slots missed meanwhile make one run. */
+		_cleanup_free_ char *why = xasprintf("waiting: %s", err.msg);
+
+		st = db_prepare(ctl.db, "UPDATE backup_schedules SET last_error = ? "
+					"WHERE instance = ? AND last_error IS NOT ?");
+		sqlite3_bind_text(st, 1, why, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, instance, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, why, -1, SQLITE_STATIC);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
+		if (sqlite3_changes(ctl.db) > 0)
+			log_info("instance %s: scheduled backup queued (%s)", instance, err.msg);
+		return;
+	}
 	if (op == NULL)
 		log_warnx("instance %s: scheduled backup not started: %s", instance, err.msg);
 	/* A calendar that no longer parses (cannot be: it was checked) waits a day. */

@@ -19,7 +19,7 @@ disk_sha() {
 	local raw
 	raw=$(mktemp /tmp/kt-bkf-XXXXXX)
 	qemu-img convert -U -O raw "$KUMO_LAB_DIR/shared/disks/bkf1/root.qcow2" "$raw"
-	sha256sum "$raw" | cut -d' ' -f1
+	chunk_sum "$raw"
 	rm -f "$raw"
 }
 # storing OP -> the backup operation is past reading and into chunking its disk.

@@ -8,7 +8,7 @@
 bs=bsr$$
 trap 'instances_delete bkr1 bkr2; api DELETE "/api/v1/backup-stores/$bs" >/dev/null 2>&1 || true' EXIT
 
-# disk_sha NAME -> SHA-256 of the VM's disk as the guest sees it (backing included).
+# disk_sha NAME -> the backup checksum (chunk_sum) of the VM's disk as the guest sees it (backing included).
 disk_sha() {
 	local f raw host pool
 	api GET "/api/v1/instances/$1"
@@ -20,7 +20,7 @@ disk_sha() {
 	fi
 	raw=$(mktemp /tmp/kt-bkr-XXXXXX)
 	qemu-img convert -U -O raw "$f" "$raw"
-	sha256sum "$raw" | cut -d' ' -f1
+	chunk_sum "$raw"
 	rm -f "$raw"
 }
 

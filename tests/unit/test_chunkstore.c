@@ -1,7 +1,10 @@
 /*
  * test_chunkstore.c - common/chunkstore.c: the backup store's chunks are named by
  * their content and stored once, a manifest comes back as written, and a chunk whose
- * bytes changed is caught on read and by verify, with the disk offset it holds.
+ * bytes changed is caught on read and by verify, with the disk offset it holds; the
+ * disk checksum rule of manifest version 2 (over the chunk list); and chunkpipe.c's
+ * parallel pipeline names the same chunks, in the same order, as storing them one by
+ * one, with zeros and holes named without hashing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "chunkpipe.h"
 #include "chunkstore.h"
 #include "tree.h"
 #include "util.h"
@@ -157,11 +161,251 @@ static void test_roundtrip_and_corruption(void **state)
 	free(out);
 }
 
+/* The zero chunk's well-known name is its content's, and reads back as zeros. */
+static void test_zero_chunk(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char *z = xcalloc(1, CHUNKSTORE_CHUNK_SIZE), *out = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	char hex[65];
+	uint64_t w;
+	size_t len;
+	struct kerr err;
+
+	assert_int_equal(chunkstore_put(f->root, z, CHUNKSTORE_CHUNK_SIZE, hex, &w, &err), 0);
+	assert_string_equal(hex, CHUNKSTORE_ZERO_HEX);
+	memset(out, 0xff, CHUNKSTORE_CHUNK_SIZE);
+	assert_int_equal(chunkstore_get(f->root, CHUNKSTORE_ZERO_HEX, out, CHUNKSTORE_CHUNK_SIZE,
+					&len, &err),
+			 0);
+	assert_int_equal(len, CHUNKSTORE_CHUNK_SIZE);
+	assert_memory_equal(out, z, CHUNKSTORE_CHUNK_SIZE);
+	free(z);
+	free(out);
+}
+
+/* The version 2 disk checksum: a known vector (computed apart, in Python, as
+ * tests/integration/lib.sh's chunk_sum does from a disk's bytes), and the list's
+ * length must fit the disk's size. */
+static void test_list_sum(void **state)
+{
+	struct json_object *chunks = json_object_new_array();
+	struct json_object *m = json_object_new_object(), *disk = json_object_new_object();
+	char hex[65];
+	struct kerr err;
+
+	(void)state;
+	json_object_array_add(chunks, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	json_object_array_add(
+		chunks,
+		json_object_new_string(
+			"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+	assert_int_equal(chunkstore_list_sum(chunks, CHUNKSTORE_CHUNK_SIZE + 3,
+					     CHUNKSTORE_CHUNK_SIZE, hex, &err),
+			 0);
+	assert_string_equal(hex,
+			    "2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a");
+	/* One chunk too many or too few for the size: refused. */
+	assert_true(chunkstore_list_sum(chunks, 3, CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0);
+	assert_true(chunkstore_list_sum(chunks, 2 * CHUNKSTORE_CHUNK_SIZE + 1,
+					CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0);
+	/* Old manifests (version 1) say only the bytes tell. */
+	json_object_object_add(disk, "chunks", chunks);
+	json_object_object_add(disk, "virtual_size",
+			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE + 3));
+	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	json_object_object_add(m, "version", json_object_new_int(1));
+	assert_int_equal(chunkstore_disk_sum(m, disk, hex, &err), 1);
+	json_object_object_add(m, "version", json_object_new_int(CHUNKSTORE_MANIFEST_V));
+	assert_int_equal(chunkstore_disk_sum(m, disk, hex, &err), 0);
+	assert_string_equal(hex,
+			    "2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a");
+	json_object_put(m);
+	json_object_put(disk);
+}
+
+/* Verify of a version 2 manifest checks each disk's checksum against its chunk list:
+ * a manifest whose list was changed (or whose checksum was) is named bad. */
+static void test_verify_list_sum(void **state)
+{
+	struct fixture *f = *state;
+	struct json_object *m = json_object_new_object(), *disks = json_object_new_array();
+	struct json_object *disk = json_object_new_object(), *chunks = json_object_new_array();
+	struct json_object *bad = NULL;
+	char hex[65];
+	uint64_t w;
+	struct kerr err;
+
+	assert_int_equal(chunkstore_put(f->root, "abc", 3, hex, &w, &err), 0);
+	json_object_array_add(chunks, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	json_object_array_add(chunks, json_object_new_string(hex));
+	json_object_object_add(disk, "name", json_object_new_string("root"));
+	json_object_object_add(disk, "chunks", chunks);
+	json_object_object_add(disk, "virtual_size",
+			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE + 3));
+	json_object_object_add(
+		disk, "sha256",
+		json_object_new_string(
+			"2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a"));
+	json_object_array_add(disks, disk);
+	json_object_object_add(m, "version", json_object_new_int(CHUNKSTORE_MANIFEST_V));
+	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	json_object_object_add(m, "disks", disks);
+	assert_int_equal(chunkstore_verify(f->root, m, &bad, &err), 0);
+	assert_null(bad);
+	/* The two chunks swapped: each is whole, the disk is not. */
+	json_object_array_put_idx(chunks, 0, json_object_new_string(hex));
+	json_object_array_put_idx(chunks, 1, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	assert_int_equal(chunkstore_verify(f->root, m, &bad, &err), 1);
+	assert_int_equal(json_object_get_int64(json_object_object_get(
+				 json_object_array_get_idx(bad, 0), "offset")),
+			 -1);
+	assert_string_equal(json_object_get_string(json_object_object_get(
+				    json_object_array_get_idx(bad, 0), "disk")),
+			    "root");
+	json_object_put(bad);
+	json_object_put(m);
+}
+
+/* A test disk of 7 chunks and a bit: data, zeros written, a hole, data again (dedup
+ * within the disk), more data, another hole, a short tail. */
+#define PIPE_DISK_SIZE (7 * (int64_t)CHUNKSTORE_CHUNK_SIZE + 4321)
+
+static int pipe_disk_make(const char *path)
+{
+	unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	static const int kinds[] = {1, 0, -1, 1, 2, 3, -1}; /* seed; 0 zeros; -1 hole */
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, PIPE_DISK_SIZE), 0);
+	for (size_t c = 0; c < ARRAY_SIZE(kinds); c++) {
+		if (kinds[c] < 0)
+			continue;
+		if (kinds[c] == 0)
+			memset(buf, 0, CHUNKSTORE_CHUNK_SIZE);
+		else
+			fill(buf, CHUNKSTORE_CHUNK_SIZE, (unsigned)kinds[c]);
+		assert_int_equal(
+			pwrite(fd, buf, CHUNKSTORE_CHUNK_SIZE, (off_t)c * CHUNKSTORE_CHUNK_SIZE),
+			CHUNKSTORE_CHUNK_SIZE);
+	}
+	fill(buf, 4321, 5);
+	assert_int_equal(pwrite(fd, buf, 4321, 7 * (off_t)CHUNKSTORE_CHUNK_SIZE), 4321);
+	free(buf);
+	return fd;
+}
+
+static int read_failing(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
+{
+	if (off >= 4 * (int64_t)CHUNKSTORE_CHUNK_SIZE)
+		return err_set(err, EIO, "disk read error at %lld", (long long)off);
+	return chunkpipe_file_read(data, off, buf, len, err);
+}
+
+static void test_pipeline(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX];
+	unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	struct json_object *serial = json_object_new_array();
+	char hex[65], want_sum[65];
+	uint64_t w;
+	struct kerr err;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/disk.raw", f->root);
+	fd = pipe_disk_make(path);
+	/* What storing each chunk in turn names. */
+	for (int64_t off = 0; off < PIPE_DISK_SIZE; off += CHUNKSTORE_CHUNK_SIZE) {
+		size_t len = PIPE_DISK_SIZE - off < CHUNKSTORE_CHUNK_SIZE
+				     ? (size_t)(PIPE_DISK_SIZE - off)
+				     : CHUNKSTORE_CHUNK_SIZE;
+
+		assert_int_equal(pread(fd, buf, len, off), (ssize_t)len);
+		assert_int_equal(chunkstore_put(f->root, buf, len, hex, &w, &err), 0);
+		json_object_array_add(serial, json_object_new_string(hex));
+	}
+	assert_int_equal(
+		chunkstore_list_sum(serial, PIPE_DISK_SIZE, CHUNKSTORE_CHUNK_SIZE, want_sum, &err),
+		0);
+
+	for (int threads = 1; threads <= 3; threads += 2) {
+		char other[PATH_MAX];
+		struct chunkpipe_file file = {.fd = fd, .path = path};
+		struct chunkpipe_source src = {.size = PIPE_DISK_SIZE,
+					       .read = chunkpipe_file_read,
+					       .hole = chunkpipe_file_hole,
+					       .data = &file};
+		struct json_object *chunks = json_object_new_array();
+		struct chunkpipe_result res;
+
+		/* Into a fresh store: every chunk is new there. */
+		snprintf(other, sizeof(other), "%s/p%d", f->root, threads);
+		assert_int_equal(chunkstore_init(other, &err), 0);
+		assert_int_equal(chunkpipe_store(other, &src, threads, chunks, &res, &err), 0);
+		assert_true(json_object_equal(chunks, serial));
+		assert_string_equal(res.sum, want_sum);
+		assert_int_equal(res.chunk_count, 8);
+		/* The two holes were not read. */
+		assert_int_equal(res.read_bytes, PIPE_DISK_SIZE - 2 * CHUNKSTORE_CHUNK_SIZE);
+		assert_true(res.new_bytes > 0);
+		/* Every named chunk is there and reads back as the disk's bytes. */
+		for (size_t c = 0; c < json_object_array_length(chunks); c++) {
+			unsigned char *disk = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+			size_t len, want;
+			off_t off = (off_t)c * CHUNKSTORE_CHUNK_SIZE;
+
+			want = PIPE_DISK_SIZE - off < CHUNKSTORE_CHUNK_SIZE
+				       ? (size_t)(PIPE_DISK_SIZE - off)
+				       : CHUNKSTORE_CHUNK_SIZE;
+			assert_int_equal(
+				chunkstore_get(other,
+					       json_object_get_string(
+						       json_object_array_get_idx(chunks, c)),
+					       buf, CHUNKSTORE_CHUNK_SIZE, &len, &err),
+				0);
+			assert_int_equal(len, want);
+			assert_int_equal(pread(fd, disk, want, off), (ssize_t)want);
+			assert_memory_equal(buf, disk, want);
+			free(disk);
+		}
+		/* The zero chunk is stored for readers that do not know its name. */
+		{
+			char zpath[PATH_MAX];
+
+			chunkstore_chunk_path(other, CHUNKSTORE_ZERO_HEX, zpath, sizeof(zpath));
+			assert_int_equal(access(zpath, F_OK), 0);
+		}
+		json_object_put(chunks);
+
+		/* Again into the same store: nothing new. */
+		chunks = json_object_new_array();
+		assert_int_equal(chunkpipe_store(other, &src, threads, chunks, &res, &err), 0);
+		assert_int_equal(res.new_bytes, 0);
+		json_object_put(chunks);
+
+		/* A read that fails half-way fails the whole, with the reader's reason. */
+		src.read = read_failing;
+		chunks = json_object_new_array();
+		assert_true(chunkpipe_store(other, &src, threads, chunks, &res, &err) < 0);
+		assert_int_equal(err.code, EIO);
+		assert_non_null(strstr(err.msg, "disk read error"));
+		json_object_put(chunks);
+	}
+	close(fd);
+	json_object_put(serial);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_dedupe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_zero_chunk, setup, teardown),
+		cmocka_unit_test(test_list_sum),
+		cmocka_unit_test_setup_teardown(test_verify_list_sum, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pipeline, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

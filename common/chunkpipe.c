@@ -1,0 +1,261 @@
+/*
+ * chunkpipe.c - a disk into the chunk store: one reader, a few hashing threads
+ * (chunkpipe.h says the design).
+ */
+#include "chunkpipe.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chunkstore.h"
+#include "log.h"
+#include "util.h"
+
+#define CHUNKPIPE_MAX_THREADS 4
+#define CHUNKPIPE_SLOTS_PER   2 /* buffers per thread: one hashed while the next is read */
+
+enum slot_state {
+	SLOT_FREE,
+	SLOT_FULL,
+	SLOT_BUSY
+};
+
+struct slot {
+	enum slot_state state;
+	int64_t index;
+	size_t len;
+	unsigned char *buf;
+};
+
+struct pipe {
+	const char *root;
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* any slot changed state, or quit */
+	struct slot *slots;
+	size_t nslots;
+	bool quit;
+	char (*names)[CHUNKSTORE_HEX_LEN + 1]; /* by chunk index */
+	uint64_t new_bytes;
+	int failed; /* the first failure's err is in fail_err */
+	struct kerr fail_err;
+};
+
+int chunkpipe_threads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		return 1;
+	return n > CHUNKPIPE_MAX_THREADS ? CHUNKPIPE_MAX_THREADS : (int)n;
+}
+
+static void *hasher_main(void *arg)
+{
+	struct pipe *p = arg;
+	struct chunkstore_writer w;
+
+	chunkstore_writer_init(&w);
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		struct slot *s = NULL;
+		char hex[CHUNKSTORE_HEX_LEN + 1];
+		uint64_t written = 0;
+		struct kerr err;
+		int ret;
+
+		for (size_t i = 0; i < p->nslots && s == NULL; i++)
+			if (p->slots[i].state == SLOT_FULL)
+				s = &p->slots[i];
+		if (s == NULL) {
+			if (p->quit)
+				break;
+			pthread_cond_wait(&p->cond, &p->lock);
+			continue;
+		}
+		s->state = SLOT_BUSY;
+		pthread_mutex_unlock(&p->lock);
+		ret = chunkstore_put_with(p->root, &w, s->buf, s->len, hex, &written, &err);
+		pthread_mutex_lock(&p->lock);
+		if (ret < 0 && !p->failed) {
+			p->failed = 1;
+			p->fail_err = err;
+		}
+		if (ret == 0) {
+			memcpy(p->names[s->index], hex, sizeof(hex));
+			p->new_bytes += written;
+		}
+		s->state = SLOT_FREE;
+		pthread_cond_broadcast(&p->cond);
+	}
+	pthread_mutex_unlock(&p->lock);
+	chunkstore_writer_free(&w);
+	return NULL;
+}
+
+/* Store the zero chunk once, so a reader that does not know its name finds it. */
+static int zero_chunk_put(const char *root, uint64_t *written, struct kerr *err)
+{
+	_cleanup_free_ void *zeros = xcalloc(1, CHUNKSTORE_CHUNK_SIZE);
+	char hex[CHUNKSTORE_HEX_LEN + 1];
+
+	if (chunkstore_put(root, zeros, CHUNKSTORE_CHUNK_SIZE, hex, written, err) < 0)
+		return -1;
+	if (strcmp(hex, CHUNKSTORE_ZERO_HEX) != 0)
+		fatalx("chunkpipe: the zero chunk hashes to %s", hex); /* a broken build */
+	return 0;
+}
+
+/* Reader: wait for a free slot; NULL once a hasher failed. Called locked. */
+static struct slot *slot_free_wait(struct pipe *p)
+{
+	for (;;) {
+		if (p->failed)
+			return NULL;
+		for (size_t i = 0; i < p->nslots; i++)
+			if (p->slots[i].state == SLOT_FREE)
+				return &p->slots[i];
+		pthread_cond_wait(&p->cond, &p->lock);
+	}
+}
+
+int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int threads,
+		    struct json_object *chunks, struct chunkpipe_result *res, struct kerr *err)
+{
+	int64_t nchunks = (src->size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE;
+	struct pipe p = {.root = root};
+	pthread_t tids[CHUNKPIPE_MAX_THREADS];
+	int nthreads = 0, ret = 0;
+	bool zero_stored = false;
+	struct kerr rerr;
+
+	memset(res, 0, sizeof(*res));
+	if (threads < 1)
+		threads = 1;
+	if (threads > CHUNKPIPE_MAX_THREADS)
+		threads = CHUNKPIPE_MAX_THREADS;
+	p.nslots = (size_t)threads * CHUNKPIPE_SLOTS_PER;
+	p.slots = xcalloc(p.nslots, sizeof(*p.slots));
+	for (size_t i = 0; i < p.nslots; i++)
+		p.slots[i].buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	p.names = xcalloc((size_t)nchunks + 1, sizeof(*p.names));
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_cond_init(&p.cond, NULL);
+	for (; nthreads < threads; nthreads++)
+		if (pthread_create(&tids[nthreads], NULL, hasher_main, &p) != 0)
+			break;
+	if (nthreads == 0) {
+		ret = err_set(err, EAGAIN, "cannot start a hashing thread");
+		goto out;
+	}
+
+	for (int64_t c = 0; c < nchunks; c++) {
+		int64_t off = c * CHUNKSTORE_CHUNK_SIZE;
+		size_t len = src->size - off < CHUNKSTORE_CHUNK_SIZE ? (size_t)(src->size - off)
+								     : CHUNKSTORE_CHUNK_SIZE;
+		bool whole = len == CHUNKSTORE_CHUNK_SIZE;
+		struct slot *s;
+
+		if (src->cancelled && src->cancelled(src->cancel_data)) {
+			ret = err_set(&rerr, ECANCELED, "cancelled");
+			break;
+		}
+		pthread_mutex_lock(&p.lock);
+		s = slot_free_wait(&p);
+		pthread_mutex_unlock(&p.lock);
+		if (s == NULL)
+			break;
+		/* The slot is FREE: no hasher touches it until it is marked FULL. */
+		if (whole && src->hole && src->hole(src->data, off, len)) {
+			memcpy(p.names[c], CHUNKSTORE_ZERO_HEX, sizeof(p.names[c]));
+		} else {
+			if (src->read(src->data, off, s->buf, len, &rerr) < 0) {
+				ret = -1;
+				break;
+			}
+			res->read_bytes += len;
+			if (whole && mem_is_zero(s->buf, len))
+				memcpy(p.names[c], CHUNKSTORE_ZERO_HEX, sizeof(p.names[c]));
+		}
+		if (p.names[c][0]) {
+			uint64_t written = 0;
+
+			if (!zero_stored && zero_chunk_put(root, &written, &rerr) < 0) {
+				ret = -1;
+				break;
+			}
+			zero_stored = true;
+			res->new_bytes += written;
+			continue;
+		}
+		pthread_mutex_lock(&p.lock);
+		s->index = c;
+		s->len = len;
+		s->state = SLOT_FULL;
+		pthread_cond_signal(&p.cond);
+		pthread_mutex_unlock(&p.lock);
+	}
+
+	/* Let the hashers finish what is queued, then stop them. */
+	pthread_mutex_lock(&p.lock);
+	p.quit = true;
+	pthread_cond_broadcast(&p.cond);
+	pthread_mutex_unlock(&p.lock);
+	for (int i = 0; i < nthreads; i++)
+		pthread_join(tids[i], NULL);
+	if (ret < 0) {
+		*err = rerr;
+		goto out;
+	}
+	if (p.failed) {
+		*err = p.fail_err;
+		ret = -1;
+		goto out;
+	}
+	for (int64_t c = 0; c < nchunks; c++)
+		json_object_array_add(chunks, json_object_new_string(p.names[c]));
+	res->new_bytes += p.new_bytes;
+	res->chunk_count = (uint64_t)nchunks;
+	ret = chunkstore_list_sum(chunks, src->size, CHUNKSTORE_CHUNK_SIZE, res->sum, err);
+out:
+	pthread_mutex_destroy(&p.lock);
+	pthread_cond_destroy(&p.cond);
+	for (size_t i = 0; i < p.nslots; i++)
+		free(p.slots[i].buf);
+	free(p.slots);
+	free(p.names);
+	return ret;
+}
+
+int chunkpipe_file_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
+{
+	struct chunkpipe_file *f = data;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(f->fd, (char *)buf + got, len - got, off + (off_t)got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return err_set(err, n < 0 ? errno : EIO, "cannot read %s: %s", f->path,
+				       n < 0 ? strerror(errno) : "file shrank");
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+bool chunkpipe_file_hole(void *data, int64_t off, size_t len)
+{
+	struct chunkpipe_file *f = data;
+	off_t next = lseek(f->fd, off, SEEK_DATA);
+
+	/* ENXIO: no data at or after off. Any other failure: read it to be sure. */
+	if (next < 0)
+		return errno == ENXIO;
+	return next >= off + (off_t)len;
+}

@@ -1,0 +1,66 @@
+/*
+ * chunkpipe.h - store a whole disk (or any long file) into the chunk store fast.
+ *
+ * One thread (the caller's, a worker of the daemon's pool) reads the disk in order,
+ * chunk by chunk, into a ring of buffers; a few threads of its own hash, compress and
+ * write each chunk (chunkstore_put), in parallel, each into its own file, so the
+ * order they finish in does not matter: the chunk list is kept by index and comes
+ * out in disk order. A whole chunk of zeros (or a hole, when the source can tell)
+ * is named CHUNKSTORE_ZERO_HEX without hashing or compressing it.
+ *
+ * The disk's checksum is the chunk list's (chunkstore_list_sum): no second pass over
+ * the bytes. Blocking: call it off the loop.
+ */
+#ifndef KUMO_CHUNKPIPE_H
+#define KUMO_CHUNKPIPE_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+
+/* What the pipeline reads; called on the reading thread only. */
+struct chunkpipe_source {
+	int64_t size; /* the disk's length in bytes */
+	/* Fill len bytes of the disk at off into buf. Returns 0 or -1 with err. */
+	int (*read)(void *data, int64_t off, void *buf, size_t len, struct kerr *err);
+	/* May be NULL: whether [off, off + len) reads as zeros without reading it (a
+	 * hole of a sparse file). */
+	bool (*hole)(void *data, int64_t off, size_t len);
+	void *data;
+	/* May be NULL: asked before each chunk; true stops the pipeline (ECANCELED). */
+	bool (*cancelled)(void *cancel_data);
+	void *cancel_data;
+};
+
+/* What the pipeline did. */
+struct chunkpipe_result {
+	uint64_t read_bytes;  /* read from the source (holes are not read) */
+	uint64_t new_bytes;   /* compressed bytes added to the store */
+	uint64_t chunk_count; /* chunks in the list */
+	char sum[65];	      /* chunkstore_list_sum of the list */
+};
+
+/* The hashing threads a pipeline starts: the cores, 1 to 4. */
+int chunkpipe_threads(void);
+
+/*
+ * Store the whole of src into the store at root with threads hashing threads (at
+ * least 1); add the chunk names to chunks (an empty JSON array) in disk order and
+ * fill res. Returns 0, or -1 with err (the first failure of a read or a write; the chunks
+ * written so far stay, unnamed by any manifest, for the garbage collection).
+ */
+int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int threads,
+		    struct json_object *chunks, struct chunkpipe_result *res, struct kerr *err);
+
+/* A source reading a file by its fd, holes found with SEEK_DATA: data is a pointer to
+ * a struct chunkpipe_file. */
+struct chunkpipe_file {
+	int fd;
+	const char *path; /* for messages */
+};
+int chunkpipe_file_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err);
+bool chunkpipe_file_hole(void *data, int64_t off, size_t len);
+
+#endif
