@@ -1324,9 +1324,10 @@ static void ctr_closing(struct bjob *job);
 static void ctr_read_work(struct bjob *job)
 {
 	_cleanup_free_ char *upper = xasprintf("%s/" CTR_LAYER, job->op->ctr->inst.dir);
-	char *argv[] = {
-		"tar",	  "-C", upper, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf",
-		job->raw, ".",	NULL};
+	char *argv[] = {"tar", "-C", upper, "--numeric-owner", "--xattrs", "--xattrs-include=*",
+			/* A tenant's 15 TB sparse file is its data, not 15 TB of zeros on the
+			 * shared pool: holes stay holes (and come back as holes on restore). */
+			"--sparse", "-cf", job->raw, ".", NULL};
 	struct stat sb;
 	int rc;
 
