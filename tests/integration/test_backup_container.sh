@@ -30,7 +30,8 @@ host=$(ct_field bkc1 .host)
 other=h1
 [ "$host" = h1 ] && other=h2
 nonce=kt-$RANDOM$RANDOM
-ct_exec bkc1 "[\"/bin/sh\",\"-c\",\"echo $nonce >/root/data && rm /etc/kumo-release && echo ok\"]"
+# /root/sparse: 8 GiB of holes and one byte; it must not cost 8 GiB of the shared pool.
+ct_exec bkc1 "[\"/bin/sh\",\"-c\",\"echo $nonce >/root/data && rm /etc/kumo-release && dd if=/dev/zero of=/root/sparse bs=1 count=1 seek=8589934591 2>/dev/null && echo ok\"]"
 [ "$(jqb .output)" = ok ] || fail "writing into bkc1 failed: $(jqb .output)"
 
 api POST /api/v1/instances/bkc1/backups '{"store":"'$bs'","mode":"incremental"}'
@@ -46,6 +47,7 @@ api GET "/api/v1/backups/$b"
 nb=$(jqb .new_bytes)
 [ "$(jqb .consistency)" = filesystem ] && [ "$(jqb .new_bytes)" -gt 0 ] && [ "$(jqb '.disks[0].name')" = upper ] ||
 	fail "the container's backup: $(jqb -c '{consistency, new_bytes, disks}')"
+[ "$nb" -lt $((64 << 20)) ] || fail "an 8 GiB sparse file cost $nb bytes in the store (holes stored as data)"
 wait_until 20 "bkc1 running again after the backup" instance_is bkc1 running
 pass "a running container backed up (paused while read, running after): $nb bytes"
 
@@ -63,6 +65,10 @@ ct_exec bkc2 '["cat","/root/data"]'
 [ "$(jqb .output)" = "$nonce" ] || fail "bkc2 reads '$(jqb .output)' from /root/data, not $nonce"
 ct_exec bkc2 '["/bin/sh","-c","[ -e /etc/kumo-release ] && echo present || echo gone; ls -ln /root/data | awk \"{print \\$3}\""]'
 [ "$(jqb .output)" = "$(printf 'gone\n0')" ] || fail "bkc2: the deleted file / the owner: $(jqb .output)"
+ct_exec bkc2 '["/bin/sh","-c","ls -l /root/sparse | awk \"{print \\$5}\"; du -k /root/sparse | cut -f1"]'
+set -- $(jqb .output)
+[ "${1:-}" = 8589934592 ] && [ "${2:-999999}" -lt 1024 ] ||
+	fail "bkc2's sparse file: size ${1:-?}, ${2:-?} KiB allocated (want 8589934592, < 1024)"
 ct_exec bkc1 '["cat","/root/data"]'
 [ "$(jqb .output)" = later ] || fail "the original changed: $(jqb .output)"
 pass "restored as bkc2 on $other: the file written before the backup, the deletion, owned by its root"
