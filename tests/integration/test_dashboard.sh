@@ -83,7 +83,8 @@ pass "console and screen sockets: no token 401, a viewer 403, no such VM 404, no
 api POST /api/v1/tokens '{"kind": "api", "role": "operator", "name": "dash-revoked"}'
 expect_status 201 "an operator token for a console"
 REVOKED=$(jqb .token) REVOKED_ID=$(jqb .id)
-WSREV=$KUMO_BUILD_DIR/artifacts/dashboard-ws-revoke.out
+mkdir -p "$KUMO_BUILD_DIR/artifacts/dashboard"
+WSREV=$KUMO_BUILD_DIR/artifacts/dashboard/ws-revoke.out
 ws_hold() { # token ping_len: open the serial console, print what ends it
 	python3 - "$KUMO_URL" "$KUMO_CACERT" "$1" "$VM" "$2" <<'PY'
 import os, socket, ssl, struct, sys, urllib.parse
