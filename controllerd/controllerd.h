@@ -96,8 +96,10 @@ struct host {
 	int64_t last_seen; /* ms; 0 when never seen since start */
 	int64_t facts_saved;
 	struct json_object *labels;
-	struct json_object *facts;     /* replaced only through host_facts_set() */
-	uint64_t facts_version;	       /* new with every facts */
+	struct json_object *facts; /* replaced only through host_facts_set() */
+	uint64_t facts_version;	   /* new with every facts */
+	/* The agent's digest of facts (link.h); "" until a whole document came with one. */
+	char facts_digest[LINK_FACTS_DIGEST_LEN + 1];
 	struct json_object *unmanaged; /* [{name, type, state}] it runs that we do not place */
 
 	/* Agent -> controller replay windows, one per socket: each socket delivers in
@@ -153,6 +155,8 @@ int db_begin(sqlite3 *db);
 int db_commit(sqlite3 *db, struct kerr *err);
 void db_rollback(sqlite3 *db);
 sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
+sqlite3_stmt *db_prepare_cached(sqlite3 *db, const char *sql);
+void db_release(sqlite3_stmt *st);
 const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
 int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
 int64_t db_count(sqlite3 *db, const char *sql);
