@@ -370,6 +370,13 @@ static const char *const migrations[] = {
 	"  chunk INTEGER NOT NULL,"
 	"  sha256 BLOB,"
 	"  PRIMARY KEY (session, disk, chunk)) WITHOUT ROWID;",
+	/* 16 -> 17 (self-contained; api_instances.c's list): a page of one host's or one
+	 * state's instances is a range of an index in name order, not a walk of every
+	 * instance by name until the page fills (at 150,000 instances, a host with few
+	 * of them cost a scan of all). (host_id, name) serves what (host_id) did. */
+	"CREATE INDEX instances_host_name ON instances(host_id, name);"
+	"DROP INDEX instances_host;"
+	"CREATE INDEX instances_state_name ON instances(state, name);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -872,15 +872,17 @@ bool instance_tombstoned(const char *name)
 /* The instance as the API shows it; with_history adds its last operations. */
 struct json_object *instance_get_json(const char *name, bool with_history)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.name, i.type, i.state, i.desired, h.name, "
-					      "i.spec, i.report, i.placement, i.created_at, "
-					      "i.updated_at FROM instances i LEFT JOIN hosts h ON "
-					      "h.id = i.host_id WHERE i.name = ?");
+	/* Cached: a page of the list runs it for each of its instances. */
+	sqlite3_stmt *st = db_prepare_cached(ctl.db, "SELECT i.name, i.type, i.state, i.desired, "
+						     "h.name, i.spec, i.report, i.placement, "
+						     "i.created_at, i.updated_at FROM instances i "
+						     "LEFT JOIN hosts h ON h.id = i.host_id WHERE "
+						     "i.name = ?");
 	struct json_object *o = NULL, *spec, *report, *disks, *rdisks, *sdisks;
 
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) != SQLITE_ROW) {
-		sqlite3_finalize(st);
+		db_release(st);
 		return NULL;
 	}
 	o = json_object_new_object();
@@ -989,7 +991,7 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 			       json_tokener_parse((const char *)sqlite3_column_text(st, 7)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 8)));
 	json_object_object_add(o, "updated_at", json_object_new_int64(sqlite3_column_int64(st, 9)));
-	sqlite3_finalize(st);
+	db_release(st);
 	json_object_put(spec);
 	json_object_put(report);
 	if (with_history) {
