@@ -829,6 +829,7 @@ void metrics_api_source_set(void (*fn)(unsigned *open, uint64_t *accepted, uint6
 				       unsigned *streams));
 void metrics_api_request(const char *method, const char *route, unsigned status, double seconds);
 void metrics_link_message(const char *type);
+void metrics_heartbeat(const char *facts);
 void metrics_db_commit(double seconds);
 void metrics_db_sync(double seconds, double commits);
 void metrics_loop_lag(double seconds);

@@ -373,6 +373,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	}
 	addr = json_get_str(body, "addr", "");
 	facts = heartbeat_facts(h, body, &uptime);
+	metrics_heartbeat(facts == NULL ? "unknown" : facts == h->facts ? "unchanged" : "whole");
 	/* An agent that restarted lost the commands it was still running for us. */
 	if (uptime < json_get_int(h->facts, "uptime_s", 0)) {
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
