@@ -12,7 +12,7 @@
 # by the heartbeats taken meanwhile.
 #
 # usage: bench/heartbeats.sh [--hosts 5000] [--hold 60] [--join-timeout 300]
-#                            [--build DIR] [--port 10480] [--sim-port 30000]
+#                            [--build DIR] [--port 10480] [--sim-port 12000]
 #                            [--full-facts]
 # --build DIR: a build (RelWithDebInfo) with kumo-controllerd and simhosts in it;
 # compare two builds by running this twice with the same options. --full-facts makes
@@ -20,7 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
-hosts=5000 hold=60 join_timeout=300 port=10480 sim_port=30000 sim_args=()
+hosts=5000 hold=60 join_timeout=300 port=10480 sim_port=12000 sim_args=()
 build=$src/build-bench
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -75,18 +75,25 @@ done
 token=$(cat "$work/state/admin.token")
 online() { curl -sS --max-time 30 -H "Authorization: Bearer $token" "$api_url/api/v1" | jq -r '.counts.hosts_online // 0' 2>/dev/null || echo 0; }
 
+# Join tokens from 8 connections at once (group commit batches them).
 python3 - "$api_url" "$token" "$hosts" "$work/tokens" <<'PY'
-import http.client, json, sys, urllib.parse
+import http.client, json, sys, threading, urllib.parse
 url, token, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 u = urllib.parse.urlparse(url)
-c = http.client.HTTPConnection(u.hostname, u.port)
 h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-with open(out, "w") as f:
-    for i in range(n):
+toks = [None] * n
+def mint(k):
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    for i in range(k, n, 8):
         c.request("POST", "/api/v1/tokens", json.dumps({"kind": "join", "name": "sim%05d" % (i + 1)}), h)
         r = c.getresponse(); b = r.read()
         if r.status != 201: sys.exit("join token %d: HTTP %d %s" % (i, r.status, b[:200]))
-        f.write(json.loads(b)["token"] + "\n")
+        toks[i] = json.loads(b)["token"]
+ts = [threading.Thread(target=mint, args=(k,)) for k in range(8)]
+for t in ts: t.start()
+for t in ts: t.join()
+if None in toks: sys.exit("join tokens: some were not minted")
+open(out, "w").write("".join(t + "\n" for t in toks))
 PY
 
 t0=$(now_ms)

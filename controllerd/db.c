@@ -370,13 +370,16 @@ static const char *const migrations[] = {
 	"  chunk INTEGER NOT NULL,"
 	"  sha256 BLOB,"
 	"  PRIMARY KEY (session, disk, chunk)) WITHOUT ROWID;",
-	/* 16 -> 17 (self-contained; api_instances.c's list): a page of one host's or one
+	/* 16 -> 17 (self-contained; issue 12). api_instances.c's list: a page of one host's or one
 	 * state's instances is a range of an index in name order, not a walk of every
 	 * instance by name until the page fills (at 150,000 instances, a host with few
 	 * of them cost a scan of all). (host_id, name) serves what (host_id) did. */
 	"CREATE INDEX instances_host_name ON instances(host_id, name);"
 	"DROP INDEX instances_host;"
-	"CREATE INDEX instances_state_name ON instances(state, name);",
+	"CREATE INDEX instances_state_name ON instances(state, name);"
+	/* ... and the agent's digest of the facts saved with them (hosts.c), so digest-only
+	 * heartbeats after a controller restart are understood at once. */
+	"ALTER TABLE hosts ADD COLUMN facts_digest TEXT NOT NULL DEFAULT '';",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

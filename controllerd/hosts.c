@@ -200,7 +200,7 @@ int hosts_load(struct kerr *err)
 {
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, name, link_key, address, state, "
 					      "maintenance, labels, facts, joined_at, rx_seq, "
-					      "rx_reply_seq FROM hosts");
+					      "rx_reply_seq, facts_digest FROM hosts");
 	int64_t start = now_us();
 
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -222,6 +222,8 @@ int hosts_load(struct kerr *err)
 		h->maintenance = sqlite3_column_int(st, 5) != 0;
 		h->labels = parse_or_empty((const char *)sqlite3_column_text(st, 6));
 		host_facts_set(h, parse_or_empty((const char *)sqlite3_column_text(st, 7)));
+		snprintf(h->facts_digest, sizeof(h->facts_digest), "%s",
+			 sqlite3_column_text(st, 11));
 		h->joined_at = sqlite3_column_int64(st, 8);
 		/* Nothing sealed before this start is taken again (seal_replay_restore()). */
 		seal_replay_restore(&h->rx, sqlite3_column_int64(st, 9), start);
@@ -262,9 +264,11 @@ struct json_object *host_to_json(const struct host *h)
 
 static void host_save(struct host *h)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE hosts SET state = ?, address = ?, facts = ?, "
-					      "last_seen = ?, rx_seq = ?, rx_reply_seq = ? "
-					      "WHERE id = ?");
+	/* Cached: hosts_persist() saves every host every 30 s. */
+	sqlite3_stmt *st =
+		db_prepare_cached(ctl.db, "UPDATE hosts SET state = ?, address = ?, "
+					  "facts = ?, last_seen = ?, rx_seq = ?, "
+					  "rx_reply_seq = ?, facts_digest = ? WHERE id = ?");
 
 	sqlite3_bind_text(st, 1, host_state_name(h->state), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, h->address, -1, SQLITE_STATIC);
@@ -272,10 +276,13 @@ static void host_save(struct host *h)
 	sqlite3_bind_int64(st, 4, h->last_seen);
 	sqlite3_bind_int64(st, 5, h->rx.last_seq);
 	sqlite3_bind_int64(st, 6, h->rx_reply.last_seq);
-	sqlite3_bind_int64(st, 7, h->id);
+	/* With the facts it describes: after a restart a digest-only beat matching it
+	 * means these facts are current. */
+	sqlite3_bind_text(st, 7, h->facts_digest, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, h->id);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("host %s: cannot save: %s", h->name, sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	db_release(st);
 	h->facts_saved = now_ms();
 }
 
@@ -327,9 +334,10 @@ static const struct json_field heartbeat_fields[] = {
  * The facts of a heartbeat: its own document (now h's, digest and all), or, for a
  * digest-only beat, h's facts with the new uptime. Returns the facts to use
  * (borrowed), or NULL when the beat cannot be used for facts: no document and a
- * digest that is not the one h's facts came with (the controller restarted, or a
- * beat with the whole document was lost); the agent sends the document again within
- * LINK_FACTS_FULL_S and the beat still counts for liveness.
+ * digest that is not the one h's facts came with (a beat with the whole document was
+ * lost, or the facts changed after they were last saved and the controller
+ * restarted: the digest is saved with them); the agent sends the document again
+ * within LINK_FACTS_FULL_S and the beat still counts for liveness.
  */
 static struct json_object *heartbeat_facts(struct host *h, struct json_object *body,
 					   int64_t *uptime)
