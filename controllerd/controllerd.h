@@ -100,6 +100,8 @@ struct host {
 	uint64_t facts_version;	   /* new with every facts */
 	/* The agent's digest of facts (link.h); "" until a whole document came with one. */
 	char facts_digest[LINK_FACTS_DIGEST_LEN + 1];
+	/* db_instances_generation() when its reports were last reconciled (hosts.c). */
+	uint64_t reconciled_generation;
 	struct json_object *unmanaged; /* [{name, type, state}] it runs that we do not place */
 
 	/* Agent -> controller replay windows, one per socket: each socket delivers in
@@ -157,6 +159,7 @@ void db_rollback(sqlite3 *db);
 sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 sqlite3_stmt *db_prepare_cached(sqlite3 *db, const char *sql);
 void db_release(sqlite3_stmt *st);
+uint64_t db_instances_generation(void);
 const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
 int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
 int64_t db_count(sqlite3 *db, const char *sql);

@@ -446,6 +446,33 @@ int db_migrate(sqlite3 *db, int target, struct kerr *err)
  * Open (creating if needed, mode 0600) the database at path with WAL, foreign keys
  * and synchronous=FULL: a transaction that returned is on disk.
  */
+/* Rows of instances changed (inserted, updated, deleted; rolled back too) on any
+ * connection of this process: see db_instances_generation(). */
+static uint64_t instances_generation;
+
+static void update_hook_cb(void *cls, int op, const char *dbname, const char *table,
+			   sqlite3_int64 rowid)
+{
+	(void)cls;
+	(void)op;
+	(void)dbname;
+	(void)rowid;
+	if (strcmp(table, "instances") == 0)
+		instances_generation++;
+}
+
+/*
+ * A number that moves whenever a row of instances may have changed, whichever file
+ * wrote it: a heartbeat whose facts are unchanged skips its reconcile when this has
+ * not moved either (hosts.c). A change later rolled back moves it too (harmless: one
+ * reconcile more). SQLite's truncate of a whole table calls no hook; nothing deletes
+ * every instance in one statement.
+ */
+uint64_t db_instances_generation(void)
+{
+	return instances_generation;
+}
+
 int db_open(sqlite3 **out, const char *path, struct kerr *err)
 {
 	sqlite3 *db = NULL;
@@ -462,6 +489,7 @@ int db_open(sqlite3 **out, const char *path, struct kerr *err)
 		return -1;
 	}
 	sqlite3_busy_timeout(db, 5000);
+	sqlite3_update_hook(db, update_hook_cb, NULL);
 	if (db_exec(db, "PRAGMA journal_mode = WAL", err) < 0 ||
 	    db_exec(db, "PRAGMA synchronous = FULL", err) < 0 ||
 	    db_exec(db, "PRAGMA foreign_keys = ON", err) < 0) {

@@ -368,6 +368,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	struct json_object *facts;
 	struct kerr err;
 	const char *addr, *applied;
+	bool unchanged;
 	int64_t uptime;
 
 	if (json_fields_check(body, heartbeat_fields, &err) < 0) {
@@ -381,7 +382,8 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	}
 	addr = json_get_str(body, "addr", "");
 	facts = heartbeat_facts(h, body, &uptime);
-	metrics_heartbeat(facts == NULL ? "unknown" : facts == h->facts ? "unchanged" : "whole");
+	unchanged = facts == h->facts;
+	metrics_heartbeat(facts == NULL ? "unknown" : unchanged ? "unchanged" : "whole");
 	/* An agent that restarted lost the commands it was still running for us. */
 	if (uptime < json_get_int(h->facts, "uptime_s", 0)) {
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
@@ -397,7 +399,7 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	}
 	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
 	applied_was = xstrdup(applied ? applied : "");
-	if (facts == h->facts) {
+	if (unchanged) {
 		/* Unchanged: only the uptime moves, and nothing that caches on
 		 * facts_version depends on it, so the version stays. */
 		json_object_object_add(h->facts, "uptime_s", json_object_new_int64(uptime));
@@ -423,7 +425,12 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		/* What was deleted while it was away goes before anything else. */
 		drift_tombstones_send(h);
 	}
-	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
+	/* The same reports against the same instances change nothing: at thousands of
+	 * idle hosts, the reconcile's query was the largest cost of a heartbeat. */
+	if (!unchanged || h->reconciled_generation != db_instances_generation()) {
+		instances_reconcile(h, json_object_object_get(h->facts, "instances"));
+		h->reconciled_generation = db_instances_generation();
+	}
 	netsync_heartbeat(h);
 	/* An operation waiting for the network may be done now that this host applied
 	 * another document (netsync.c's in_sync); the cron checks every second anyway.
