@@ -415,6 +415,9 @@ struct agent {
 	uv_timer_t heartbeat_timer;
 	bool heartbeat_busy;  /* a facts collection for a beat is in flight */
 	bool heartbeat_again; /* a fresh beat was asked for meanwhile */
+	/* The facts digest of the last whole document sent, and when (link.h). */
+	char heartbeat_digest[LINK_FACTS_DIGEST_LEN + 1];
+	int64_t heartbeat_full_ms;
 
 	/* kvmprobe.c */
 	bool kvm_probed;

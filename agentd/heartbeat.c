@@ -3,7 +3,8 @@
  *
  *   - collect the host's facts (off the loop, facts.c) and send them to the controller
  *     as a heartbeat, which is also how the controller knows this host is online;
- *     the instances and their states (vm.c, oci.c) ride along;
+ *     the instances and their states (vm.c, oci.c) ride along; facts unchanged since
+ *     the last beat go as their digest only (link.h);
  *   - inst_cron(), each driver's share: vm_cron() refreshes the VMs' disk sizes and
  *     notices adopted QEMUs that went away; oci_cron() reads the containers' states
  *     from their shims' files (exits, restarts) and measures their writable layers
@@ -13,6 +14,7 @@
  * doubled up: one more collection follows when it completes.
  */
 #include "agentd.h"
+#include "util.h"
 
 static void beat_facts_cb(struct agent *a, struct json_object *facts, void *data)
 {
@@ -53,6 +55,7 @@ void heartbeat_kick(struct agent *a)
  */
 void heartbeat_send(struct agent *a, struct json_object *facts)
 {
+	char digest[LINK_FACTS_DIGEST_LEN + 1];
 	struct json_object *body, *instances;
 
 	/* HA: a host fenced by its lease (lease.c) falls silent, so it is seen failed. */
@@ -67,8 +70,19 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 
 	net_status_add(a, facts);
 
+	link_facts_digest(facts, digest);
 	json_object_object_add(body, "addr", json_object_new_string(a->addr));
-	json_object_object_add(body, "facts", json_object_get(facts));
+	json_object_object_add(body, "facts_digest", json_object_new_string(digest));
+	/* Unchanged facts stay home (link.h): the controller keeps the ones it has. */
+	if (strcmp(digest, a->heartbeat_digest) != 0 ||
+	    now_ms() - a->heartbeat_full_ms >= LINK_FACTS_FULL_S * 1000) {
+		json_object_object_add(body, "facts", json_object_get(facts));
+		snprintf(a->heartbeat_digest, sizeof(a->heartbeat_digest), "%s", digest);
+		a->heartbeat_full_ms = now_ms();
+	} else {
+		json_object_object_add(body, "uptime_s",
+				       json_object_new_int64(json_get_int(facts, "uptime_s", 0)));
+	}
 	link_event_send(a, LINK_HEARTBEAT, NULL, body);
 }
 

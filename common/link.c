@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "token.h"
 #include "util.h"
 
 static const char *type_names[LINK_TYPE_COUNT] = {
@@ -142,4 +143,23 @@ int link_op_id_valid(const char *s)
 		if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
 			return 0;
 	return 1;
+}
+
+void link_facts_digest(struct json_object *facts, char out[LINK_FACTS_DIGEST_LEN + 1])
+{
+	struct json_object *uptime = NULL;
+	unsigned char md[32];
+	const char *text;
+
+	/* Taken out and put back, not copied: a copy of the document costs what the
+	 * digest saves. */
+	if (json_object_object_get_ex(facts, "uptime_s", &uptime)) {
+		json_object_get(uptime);
+		json_object_object_del(facts, "uptime_s");
+	}
+	text = json_object_to_json_string_ext(facts, JSON_C_TO_STRING_PLAIN);
+	sha256(text, strlen(text), md);
+	if (uptime)
+		json_object_object_add(facts, "uptime_s", uptime);
+	hex_encode(md, sizeof(md), out);
 }

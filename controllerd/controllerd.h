@@ -96,8 +96,12 @@ struct host {
 	int64_t last_seen; /* ms; 0 when never seen since start */
 	int64_t facts_saved;
 	struct json_object *labels;
-	struct json_object *facts;     /* replaced only through host_facts_set() */
-	uint64_t facts_version;	       /* new with every facts */
+	struct json_object *facts; /* replaced only through host_facts_set() */
+	uint64_t facts_version;	   /* new with every facts */
+	/* The agent's digest of facts (link.h); "" until a whole document came with one. */
+	char facts_digest[LINK_FACTS_DIGEST_LEN + 1];
+	/* db_instances_generation() when its reports were last reconciled (hosts.c). */
+	uint64_t reconciled_generation;
 	struct json_object *unmanaged; /* [{name, type, state}] it runs that we do not place */
 
 	/* Agent -> controller replay windows, one per socket: each socket delivers in
@@ -144,7 +148,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 17
+#define DB_SCHEMA_VERSION 18
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -153,6 +157,9 @@ int db_begin(sqlite3 *db);
 int db_commit(sqlite3 *db, struct kerr *err);
 void db_rollback(sqlite3 *db);
 sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
+sqlite3_stmt *db_prepare_cached(sqlite3 *db, const char *sql);
+void db_release(sqlite3_stmt *st);
+uint64_t db_instances_generation(void);
 const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
 int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
 int64_t db_count(sqlite3 *db, const char *sql);
@@ -831,6 +838,7 @@ void metrics_api_source_set(void (*fn)(unsigned *open, uint64_t *accepted, uint6
 				       unsigned *streams));
 void metrics_api_request(const char *method, const char *route, unsigned status, double seconds);
 void metrics_link_message(const char *type);
+void metrics_heartbeat(const char *facts);
 void metrics_db_commit(double seconds);
 void metrics_db_sync(double seconds, double commits);
 void metrics_loop_lag(double seconds);

@@ -380,6 +380,16 @@ static const char *const migrations[] = {
 	"  operation TEXT,"
 	"  cold INTEGER NOT NULL DEFAULT 0);"
 	"CREATE TABLE ha_released (host TEXT PRIMARY KEY);",
+	/* 17 -> 18 (issue 12). api_instances.c's list: a page of one host's or one
+	 * state's instances is a range of an index in name order, not a walk of every
+	 * instance by name until the page fills (at 150,000 instances, a host with few
+	 * of them cost a scan of all). (host_id, name) serves what (host_id) did. */
+	"CREATE INDEX instances_host_name ON instances(host_id, name);"
+	"DROP INDEX instances_host;"
+	"CREATE INDEX instances_state_name ON instances(state, name);"
+	/* ... and the agent's digest of the facts saved with them (hosts.c), so digest-only
+	 * heartbeats after a controller restart are understood at once. */
+	"ALTER TABLE hosts ADD COLUMN facts_digest TEXT NOT NULL DEFAULT '';",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
@@ -446,6 +456,33 @@ int db_migrate(sqlite3 *db, int target, struct kerr *err)
  * Open (creating if needed, mode 0600) the database at path with WAL, foreign keys
  * and synchronous=FULL: a transaction that returned is on disk.
  */
+/* Rows of instances changed (inserted, updated, deleted; rolled back too) on any
+ * connection of this process: see db_instances_generation(). */
+static uint64_t instances_generation;
+
+static void update_hook_cb(void *cls, int op, const char *dbname, const char *table,
+			   sqlite3_int64 rowid)
+{
+	(void)cls;
+	(void)op;
+	(void)dbname;
+	(void)rowid;
+	if (strcmp(table, "instances") == 0)
+		instances_generation++;
+}
+
+/*
+ * A number that moves whenever a row of instances may have changed, whichever file
+ * wrote it: a heartbeat whose facts are unchanged skips its reconcile when this has
+ * not moved either (hosts.c). A change later rolled back moves it too (harmless: one
+ * reconcile more). SQLite's truncate of a whole table calls no hook; nothing deletes
+ * every instance in one statement.
+ */
+uint64_t db_instances_generation(void)
+{
+	return instances_generation;
+}
+
 int db_open(sqlite3 **out, const char *path, struct kerr *err)
 {
 	sqlite3 *db = NULL;
@@ -462,6 +499,7 @@ int db_open(sqlite3 **out, const char *path, struct kerr *err)
 		return -1;
 	}
 	sqlite3_busy_timeout(db, 5000);
+	sqlite3_update_hook(db, update_hook_cb, NULL);
 	if (db_exec(db, "PRAGMA journal_mode = WAL", err) < 0 ||
 	    db_exec(db, "PRAGMA synchronous = FULL", err) < 0 ||
 	    db_exec(db, "PRAGMA foreign_keys = ON", err) < 0) {
@@ -472,8 +510,31 @@ int db_open(sqlite3 **out, const char *path, struct kerr *err)
 	return 0;
 }
 
+/*
+ * Statements prepared once and kept, for the SQL run on every heartbeat: at 1,000
+ * hosts beating every second, preparing (parsing and planning) one statement per
+ * beat was a quarter of the controller's loop, several times the cost of running it.
+ * Keyed by the SQL's address: only string literals.
+ */
+#define DB_CACHED_MAX 16
+static struct {
+	sqlite3 *db;
+	const char *sql;
+	sqlite3_stmt *st;
+} cached[DB_CACHED_MAX];
+static size_t cached_n;
+
 void db_close(sqlite3 *db)
 {
+	size_t kept = 0;
+
+	for (size_t i = 0; i < cached_n; i++) {
+		if (cached[i].db == db)
+			sqlite3_finalize(cached[i].st);
+		else
+			cached[kept++] = cached[i];
+	}
+	cached_n = kept;
 	sqlite3_close(db);
 }
 
@@ -508,6 +569,32 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql)
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		fatalx("database: cannot prepare '%s': %s", sql, sqlite3_errmsg(db));
 	return st;
+}
+
+/*
+ * db_prepare() for a string literal run often: the statement is prepared on the first
+ * call and kept until db_close(). The caller must not finalize it: db_release() makes
+ * it ready for the next caller. Not for SQL that may run again while the statement is
+ * still being stepped (a nested caller would reset it).
+ */
+sqlite3_stmt *db_prepare_cached(sqlite3 *db, const char *sql)
+{
+	for (size_t i = 0; i < cached_n; i++)
+		if (cached[i].sql == sql && cached[i].db == db)
+			return cached[i].st;
+	if (cached_n == DB_CACHED_MAX)
+		fatalx("database: more than %d cached statements", DB_CACHED_MAX);
+	cached[cached_n].db = db;
+	cached[cached_n].sql = sql;
+	cached[cached_n].st = db_prepare(db, sql);
+	return cached[cached_n++].st;
+}
+
+/* Done with a statement from db_prepare_cached(): reset it and drop its bindings. */
+void db_release(sqlite3_stmt *st)
+{
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
 }
 
 const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len)

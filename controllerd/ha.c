@@ -152,20 +152,73 @@ static struct handoff *handoffs;
 static struct prepared *prepareds;
 static bool loaded; /* ha_handoffs and ha_released read back after a restart */
 
+/*
+ * hh is indexed by name in an open-addressing table of positions (position + 1; 0 is
+ * empty), kept at most half full. Every lease read looks up every host: a linear
+ * search made that O(hosts^2) a round (21% of the controller at 5,000 hosts).
+ * Entries are never removed, so there are no tombstones.
+ */
+static size_t *hh_index;
+static size_t hh_index_cap;
+
+static size_t name_hash(const char *s)
+{
+	size_t h = 14695981039346656037ULL; /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+static size_t index_slot(const char *name)
+{
+	size_t i = name_hash(name) & (hh_index_cap - 1);
+
+	while (hh_index[i] && strcmp(hh[hh_index[i] - 1].name, name) != 0)
+		i = (i + 1) & (hh_index_cap - 1);
+	return i;
+}
+
+static void index_grow(void)
+{
+	hh_index_cap = hh_index_cap ? hh_index_cap * 2 : 64;
+	free(hh_index);
+	hh_index = xcalloc(hh_index_cap, sizeof(*hh_index));
+	for (size_t k = 0; k < hh_n; k++)
+		hh_index[index_slot(hh[k].name)] = k + 1;
+}
+
+static struct ha_host *ha_host_find(const char *name)
+{
+	size_t i;
+
+	if (hh_index_cap == 0)
+		return NULL;
+	i = index_slot(name);
+	return hh_index[i] ? &hh[hh_index[i] - 1] : NULL;
+}
+
 static struct ha_host *ha_host_get(const char *name)
 {
-	for (size_t i = 0; i < hh_n; i++)
-		if (!strcmp(hh[i].name, name))
-			return &hh[i];
+	struct ha_host *x = ha_host_find(name);
+
+	if (x)
+		return x;
 	if (hh_n == hh_cap) {
 		hh_cap = hh_cap ? hh_cap * 2 : 16;
 		hh = xrealloc(hh, hh_cap * sizeof(*hh));
 	}
-	memset(&hh[hh_n], 0, sizeof(hh[hh_n]));
-	snprintf(hh[hh_n].name, sizeof(hh[hh_n].name), "%s", name);
-	hh[hh_n].advanced_mono = lease_mono_ms();
-	hh[hh_n].forget_pending = true; /* rows from before a restart */
-	return &hh[hh_n++];
+	x = &hh[hh_n];
+	memset(x, 0, sizeof(*x));
+	snprintf(x->name, sizeof(x->name), "%s", name);
+	x->advanced_mono = lease_mono_ms();
+	x->forget_pending = true; /* rows from before a restart */
+	hh_n++;
+	if (2 * hh_n > hh_index_cap)
+		index_grow(); /* places the new entry too */
+	else
+		hh_index[index_slot(x->name)] = hh_n;
+	return x;
 }
 
 /* ---- the "ha" field of instances ---- */
@@ -1504,11 +1557,8 @@ void ha_cron(void)
 void ha_host_json(const struct host *h, struct json_object *o)
 {
 	struct json_object *v = json_object_new_object(), *l;
-	struct ha_host *x = NULL;
+	struct ha_host *x = ha_host_find(h->name);
 
-	for (size_t i = 0; i < hh_n && !x; i++)
-		if (!strcmp(hh[i].name, h->name))
-			x = &hh[i];
 	json_object_object_add(v, "state",
 			       json_object_new_string(x ? ha_state_names[x->state] : "ok"));
 	if (x && x->lease_seen) {
@@ -1542,4 +1592,7 @@ void ha_free(void)
 	free(hh);
 	hh = NULL;
 	hh_n = hh_cap = 0;
+	free(hh_index);
+	hh_index = NULL;
+	hh_index_cap = 0;
 }

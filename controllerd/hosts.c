@@ -200,7 +200,7 @@ int hosts_load(struct kerr *err)
 {
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id, name, link_key, address, state, "
 					      "maintenance, labels, facts, joined_at, rx_seq, "
-					      "rx_reply_seq FROM hosts");
+					      "rx_reply_seq, facts_digest FROM hosts");
 	int64_t start = now_us();
 
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -222,6 +222,8 @@ int hosts_load(struct kerr *err)
 		h->maintenance = sqlite3_column_int(st, 5) != 0;
 		h->labels = parse_or_empty((const char *)sqlite3_column_text(st, 6));
 		host_facts_set(h, parse_or_empty((const char *)sqlite3_column_text(st, 7)));
+		snprintf(h->facts_digest, sizeof(h->facts_digest), "%s",
+			 sqlite3_column_text(st, 11));
 		h->joined_at = sqlite3_column_int64(st, 8);
 		/* Nothing sealed before this start is taken again (seal_replay_restore()). */
 		seal_replay_restore(&h->rx, sqlite3_column_int64(st, 9), start);
@@ -262,9 +264,11 @@ struct json_object *host_to_json(const struct host *h)
 
 static void host_save(struct host *h)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE hosts SET state = ?, address = ?, facts = ?, "
-					      "last_seen = ?, rx_seq = ?, rx_reply_seq = ? "
-					      "WHERE id = ?");
+	/* Cached: hosts_persist() saves every host every 30 s. */
+	sqlite3_stmt *st =
+		db_prepare_cached(ctl.db, "UPDATE hosts SET state = ?, address = ?, "
+					  "facts = ?, last_seen = ?, rx_seq = ?, "
+					  "rx_reply_seq = ?, facts_digest = ? WHERE id = ?");
 
 	sqlite3_bind_text(st, 1, host_state_name(h->state), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, h->address, -1, SQLITE_STATIC);
@@ -272,10 +276,13 @@ static void host_save(struct host *h)
 	sqlite3_bind_int64(st, 4, h->last_seen);
 	sqlite3_bind_int64(st, 5, h->rx.last_seq);
 	sqlite3_bind_int64(st, 6, h->rx_reply.last_seq);
-	sqlite3_bind_int64(st, 7, h->id);
+	/* With the facts it describes: after a restart a digest-only beat matching it
+	 * means these facts are current. */
+	sqlite3_bind_text(st, 7, h->facts_digest, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, h->id);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("host %s: cannot save: %s", h->name, sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	db_release(st);
 	h->facts_saved = now_ms();
 }
 
@@ -304,11 +311,49 @@ static int addr_check(struct json_object *v, const char *field, struct kerr *err
 	return 0;
 }
 
+static int digest_check(struct json_object *v, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(v);
+
+	if (strlen(s) != LINK_FACTS_DIGEST_LEN || strspn(s, "0123456789abcdef") != strlen(s))
+		return err_input(err, 400, field, "'%s' must be a hex SHA-256", field);
+	return 0;
+}
+
+/* A heartbeat carries facts, or (link.h) only their digest and uptime when they are
+ * unchanged; an agent from before digests always sends facts and no digest. */
 static const struct json_field heartbeat_fields[] = {
 	{"addr", JK_STRING, true, addr_check},
-	{"facts", JK_OBJECT, true, NULL},
+	{"facts", JK_OBJECT, false, NULL},
+	{"facts_digest", JK_STRING, false, digest_check},
+	{"uptime_s", JK_INT, false, NULL},
 	{NULL, 0, false, NULL},
 };
+
+/*
+ * The facts of a heartbeat: its own document (now h's, digest and all), or, for a
+ * digest-only beat, h's facts with the new uptime. Returns the facts to use
+ * (borrowed), or NULL when the beat cannot be used for facts: no document and a
+ * digest that is not the one h's facts came with (a beat with the whole document was
+ * lost, or the facts changed after they were last saved and the controller
+ * restarted: the digest is saved with them); the agent sends the document again
+ * within LINK_FACTS_FULL_S and the beat still counts for liveness.
+ */
+static struct json_object *heartbeat_facts(struct host *h, struct json_object *body,
+					   int64_t *uptime)
+{
+	struct json_object *facts = json_object_object_get(body, "facts");
+	const char *digest = json_get_str(body, "facts_digest", "");
+
+	if (facts) {
+		*uptime = json_get_int(facts, "uptime_s", 0);
+		return facts;
+	}
+	*uptime = json_get_int(body, "uptime_s", 0);
+	if (!h->facts_digest[0] || strcmp(digest, h->facts_digest) != 0)
+		return NULL;
+	return h->facts;
+}
 
 /* Network waits are checked on heartbeats at most this often (and by the cron every
  * second): during creates many hosts apply documents each second, and each check
@@ -320,24 +365,49 @@ static int64_t waits_checked_at;
 void host_heartbeat(struct host *h, struct json_object *body)
 {
 	_cleanup_free_ char *applied_was = NULL;
+	struct json_object *facts;
 	struct kerr err;
 	const char *addr, *applied;
+	bool unchanged;
+	int64_t uptime;
 
 	if (json_fields_check(body, heartbeat_fields, &err) < 0) {
 		log_warnx("host %s: malformed heartbeat: %s", h->name, err.msg);
 		return;
 	}
+	if (!json_object_object_get(body, "facts") &&
+	    !json_object_object_get(body, "facts_digest")) {
+		log_warnx("host %s: malformed heartbeat: neither facts nor their digest", h->name);
+		return;
+	}
 	addr = json_get_str(body, "addr", "");
+	facts = heartbeat_facts(h, body, &uptime);
+	unchanged = facts == h->facts;
+	metrics_heartbeat(facts == NULL ? "unknown" : unchanged ? "unchanged" : "whole");
 	/* An agent that restarted lost the commands it was still running for us. */
-	if (json_get_int(json_object_object_get(body, "facts"), "uptime_s", 0) <
-	    json_get_int(h->facts, "uptime_s", 0)) {
+	if (uptime < json_get_int(h->facts, "uptime_s", 0)) {
 		agentlink_deferred_fail(h, "the host's agent restarted before it answered");
 		backups_agent_restarted(h);
 		migrate_host_restarted(h);
 	}
+	if (facts == NULL) {
+		/* Facts unknown here: alive, but nothing to judge from the old facts
+		 * (reports, network) until the whole document comes. */
+		if (h->state == HOST_ONLINE)
+			h->last_seen = now_ms();
+		return;
+	}
 	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
 	applied_was = xstrdup(applied ? applied : "");
-	host_facts_set(h, json_object_get(json_object_object_get(body, "facts")));
+	if (unchanged) {
+		/* Unchanged: only the uptime moves, and nothing that caches on
+		 * facts_version depends on it, so the version stays. */
+		json_object_object_add(h->facts, "uptime_s", json_object_new_int64(uptime));
+	} else {
+		host_facts_set(h, json_object_get(facts));
+		snprintf(h->facts_digest, sizeof(h->facts_digest), "%s",
+			 json_get_str(body, "facts_digest", ""));
+	}
 	h->last_seen = now_ms();
 	if (strcmp(addr, h->address) != 0) {
 		log_info("host %s: command address is now %s", h->name, addr);
@@ -355,7 +425,12 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		/* What was deleted while it was away goes before anything else. */
 		drift_tombstones_send(h);
 	}
-	instances_reconcile(h, json_object_object_get(h->facts, "instances"));
+	/* The same reports against the same instances change nothing: at thousands of
+	 * idle hosts, the reconcile's query was the largest cost of a heartbeat. */
+	if (!unchanged || h->reconciled_generation != db_instances_generation()) {
+		instances_reconcile(h, json_object_object_get(h->facts, "instances"));
+		h->reconciled_generation = db_instances_generation();
+	}
 	netsync_heartbeat(h);
 	/* An operation waiting for the network may be done now that this host applied
 	 * another document (netsync.c's in_sync); the cron checks every second anyway.

@@ -457,13 +457,14 @@ static void instance_report_apply(struct host *h, struct json_object *report,
 			  name, state);
 		return;
 	}
-	st = db_prepare(ctl.db, "SELECT host_id, state FROM instances WHERE name = ?");
+	/* Cached: every heartbeat runs this for each instance it reports. */
+	st = db_prepare_cached(ctl.db, "SELECT host_id, state FROM instances WHERE name = ?");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		host_id = sqlite3_column_int64(st, 0);
 		snprintf(cur, sizeof(cur), "%s", sqlite3_column_text(st, 1));
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	/* Drift: a workload the database does not place on this host. The heartbeat's
 	 * list makes it the host's unmanaged list (drift.c). */
 	if (host_id != h->id)
@@ -510,9 +511,10 @@ void instances_reconcile(struct host *h, struct json_object *reports)
 			instances_report(h, r, "heartbeat");
 	}
 	drift_unmanaged_update(h, reports);
-	/* Instances the database places here that the host does not know of. */
-	st = db_prepare(ctl.db, "SELECT name FROM instances WHERE host_id = ? AND state NOT IN "
-				"('creating', 'deleting', 'missing', 'error')");
+	/* Instances the database places here that the host does not know of (cached:
+	 * this runs for every heartbeat). */
+	st = db_prepare_cached(ctl.db, "SELECT name FROM instances WHERE host_id = ? AND state "
+				       "NOT IN ('creating', 'deleting', 'missing', 'error')");
 	sqlite3_bind_int64(st, 1, h->id);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(st, 0);
@@ -528,7 +530,7 @@ void instances_reconcile(struct host *h, struct json_object *reports)
 			instance_state_set(copy, "missing", NULL, "the host does not report it");
 		}
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 }
 
 static void snapshot_row(const char *instance, const char *snap, const char *state)
@@ -870,15 +872,17 @@ bool instance_tombstoned(const char *name)
 /* The instance as the API shows it; with_history adds its last operations. */
 struct json_object *instance_get_json(const char *name, bool with_history)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT i.name, i.type, i.state, i.desired, h.name, "
-					      "i.spec, i.report, i.placement, i.created_at, "
-					      "i.updated_at FROM instances i LEFT JOIN hosts h ON "
-					      "h.id = i.host_id WHERE i.name = ?");
+	/* Cached: a page of the list runs it for each of its instances. */
+	sqlite3_stmt *st = db_prepare_cached(ctl.db, "SELECT i.name, i.type, i.state, i.desired, "
+						     "h.name, i.spec, i.report, i.placement, "
+						     "i.created_at, i.updated_at FROM instances i "
+						     "LEFT JOIN hosts h ON h.id = i.host_id WHERE "
+						     "i.name = ?");
 	struct json_object *o = NULL, *spec, *report, *disks, *rdisks, *sdisks;
 
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) != SQLITE_ROW) {
-		sqlite3_finalize(st);
+		db_release(st);
 		return NULL;
 	}
 	o = json_object_new_object();
@@ -987,7 +991,7 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 			       json_tokener_parse((const char *)sqlite3_column_text(st, 7)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 8)));
 	json_object_object_add(o, "updated_at", json_object_new_int64(sqlite3_column_int64(st, 9)));
-	sqlite3_finalize(st);
+	db_release(st);
 	json_object_put(spec);
 	json_object_put(report);
 	if (with_history) {

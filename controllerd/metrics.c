@@ -31,7 +31,7 @@ struct counter {
 	struct counter *next;
 };
 
-static struct counter *api_requests, *link_rejected, *link_messages;
+static struct counter *api_requests, *link_rejected, *link_messages, *link_heartbeats;
 
 /* Latency buckets (seconds), shared by every histogram here. */
 static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -125,6 +125,16 @@ void metrics_link_message(const char *type)
 
 	snprintf(labels, sizeof(labels), "{type=\"%s\"}", type);
 	counter_add(&link_messages, labels);
+}
+
+/* A heartbeat, by what its facts were: "whole", "unchanged" (the digest only, the
+ * one the controller has) or "unknown" (a digest the controller lacks). */
+void metrics_heartbeat(const char *facts)
+{
+	char labels[64];
+
+	snprintf(labels, sizeof(labels), "{facts=\"%s\"}", facts);
+	counter_add(&link_heartbeats, labels);
 }
 
 void metrics_db_commit(double seconds)
@@ -314,6 +324,12 @@ char *metrics_render(void)
 	for (struct counter *c = link_messages; c; c = c->next)
 		bprintf(&b, "kumo_link_messages_total%s %llu\n", c->labels,
 			(unsigned long long)c->n);
+	bprintf(&b, "# HELP kumo_link_heartbeats_total Heartbeats, by their facts: whole, "
+		    "unchanged (a known digest only) or unknown (a digest not known here).\n"
+		    "# TYPE kumo_link_heartbeats_total counter\n");
+	for (struct counter *c = link_heartbeats; c; c = c->next)
+		bprintf(&b, "kumo_link_heartbeats_total%s %llu\n", c->labels,
+			(unsigned long long)c->n);
 	bprintf(&b, "# HELP kumo_db_commit_duration_seconds Time of each database commit.\n"
 		    "# TYPE kumo_db_commit_duration_seconds histogram\n");
 	histogram_render(&b, "kumo_db_commit_duration_seconds", db_commits);
@@ -372,10 +388,11 @@ void metrics_free(void)
 	list_free(api_requests);
 	list_free(link_rejected);
 	list_free(link_messages);
+	list_free(link_heartbeats);
 	histograms_free(api_latency);
 	histograms_free(db_commits);
 	histograms_free(db_syncs);
 	histograms_free(db_batches);
-	api_requests = link_rejected = link_messages = NULL;
+	api_requests = link_rejected = link_messages = link_heartbeats = NULL;
 	api_latency = db_commits = db_syncs = db_batches = NULL;
 }

@@ -83,6 +83,8 @@ struct sim_host {
 	unsigned op_next;
 	char net_hash[65];
 	int64_t started_ms;
+	char facts_digest[LINK_FACTS_DIGEST_LEN + 1]; /* of the last whole facts sent */
+	int64_t facts_full_ms;
 };
 
 /* An answer or event held back by --latency-ms; due times only grow: a FIFO. */
@@ -117,6 +119,7 @@ static struct {
 	int64_t memory_mb;
 	int join_parallel;
 	int heartbeat_s; /* 0: what the controller said */
+	bool full_facts; /* every beat carries the whole facts, as agents before digests */
 } opt = {.prefix = "sim", .cpus = 64, .memory_mb = 262144, .join_parallel = 32};
 
 static struct sim_host *hosts;
@@ -158,6 +161,8 @@ static void usage(FILE *f)
 		"  --push-sockets K        connections to the event socket, shared by the\n"
 		"                          hosts (128; nanomsg allows 512 sockets a process)\n"
 		"  --heartbeat S           seconds between a host's heartbeats (the controller's)\n"
+		"  --full-facts            every heartbeat carries the whole facts (as agents\n"
+		"                          before facts digests), not their digest when unchanged\n"
 		"  -h, --help\n"
 		"\n"
 		"Prints a line when every host has joined, and a status line every 10 s.\n");
@@ -388,8 +393,29 @@ static void heartbeat_send(struct sim_host *h)
 {
 	struct json_object *body = json_object_new_object();
 
+	struct json_object *facts = facts_json(h);
+	char digest[LINK_FACTS_DIGEST_LEN + 1];
+
 	json_object_object_add(body, "addr", json_object_new_string(h->addr));
-	json_object_object_add(body, "facts", facts_json(h));
+	if (opt.full_facts) {
+		json_object_object_add(body, "facts", facts);
+		event_send_now(h, LINK_HEARTBEAT, NULL, body);
+		beats_sent++;
+		return;
+	}
+	/* As agentd/heartbeat.c: the whole facts only when changed or due (link.h). */
+	link_facts_digest(facts, digest);
+	json_object_object_add(body, "facts_digest", json_object_new_string(digest));
+	if (strcmp(digest, h->facts_digest) != 0 ||
+	    now_ms() - h->facts_full_ms >= LINK_FACTS_FULL_S * 1000) {
+		snprintf(h->facts_digest, sizeof(h->facts_digest), "%s", digest);
+		h->facts_full_ms = now_ms();
+		json_object_object_add(body, "facts", facts);
+	} else {
+		json_object_object_add(body, "uptime_s",
+				       json_object_new_int64(json_get_int(facts, "uptime_s", 0)));
+		json_object_put(facts);
+	}
 	event_send_now(h, LINK_HEARTBEAT, NULL, body);
 	beats_sent++;
 }
@@ -908,6 +934,7 @@ int main(int argc, char **argv)
 		{"join-parallel", required_argument, NULL, 'j'},
 		{"heartbeat", required_argument, NULL, 'b'},
 		{"push-sockets", required_argument, NULL, 'P'},
+		{"full-facts", no_argument, NULL, 'F'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -951,6 +978,9 @@ int main(int argc, char **argv)
 			break;
 		case 'P':
 			npush = atoi(optarg);
+			break;
+		case 'F':
+			opt.full_facts = true;
 			break;
 		case 'h':
 			usage(stdout);

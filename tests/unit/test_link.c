@@ -363,6 +363,35 @@ static void test_op_ids(void **state)
 	assert_false(link_op_id_valid("a.b"));
 }
 
+/* The facts digest ignores the uptime (it rides beside it), sees every other change,
+ * and leaves the document as it was. */
+static void test_facts_digest(void **state)
+{
+	struct json_object *a = json_tokener_parse(
+		"{\"cpus\": 4, \"uptime_s\": 10, \"instances\": [{\"name\": \"web1\"}]}");
+	struct json_object *b = json_tokener_parse(
+		"{\"cpus\": 4, \"uptime_s\": 99, \"instances\": [{\"name\": \"web1\"}]}");
+	struct json_object *c = json_tokener_parse(
+		"{\"cpus\": 4, \"uptime_s\": 10, \"instances\": [{\"name\": \"web2\"}]}");
+	char da[LINK_FACTS_DIGEST_LEN + 1], db[LINK_FACTS_DIGEST_LEN + 1];
+	char dc[LINK_FACTS_DIGEST_LEN + 1], again[LINK_FACTS_DIGEST_LEN + 1];
+
+	(void)state;
+	link_facts_digest(a, da);
+	link_facts_digest(b, db);
+	link_facts_digest(c, dc);
+	assert_int_equal(strlen(da), LINK_FACTS_DIGEST_LEN);
+	assert_string_equal(da, db);
+	assert_string_not_equal(da, dc);
+	/* The uptime is still there, and a second digest is the same. */
+	assert_int_equal(json_object_get_int(json_object_object_get(a, "uptime_s")), 10);
+	link_facts_digest(a, again);
+	assert_string_equal(da, again);
+	json_object_put(a);
+	json_object_put(b);
+	json_object_put(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -380,6 +409,7 @@ int main(void)
 		cmocka_unit_test(test_wrong_key_and_tampering_rejected),
 		cmocka_unit_test(test_oversize_message_rejected),
 		cmocka_unit_test(test_type_names),
+		cmocka_unit_test(test_facts_digest),
 		cmocka_unit_test(test_op_ids),
 	};
 
