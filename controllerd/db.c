@@ -370,6 +370,11 @@ static const char *const migrations[] = {
 	"  chunk INTEGER NOT NULL,"
 	"  sha256 BLOB,"
 	"  PRIMARY KEY (session, disk, chunk)) WITHOUT ROWID;",
+	/* 16 -> 17 (self-contained; p2v.c): which chunk rows may be ahead of their bytes on
+	 * disk. unsynced is the session's write sequence number of the chunk, 0 once its
+	 * raw file was fsynced after it; a start-up after a power loss re-hashes the
+	 * others (rows from before this step count as unsynced: re-hashed once). */
+	"ALTER TABLE p2v_chunks ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 1;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
