@@ -137,7 +137,7 @@ struct p2v_session {
 	struct child *v2v;   /* virt-v2v-in-place while it runs */
 	char v2v_line[160];  /* its progress line being read */
 	size_t v2v_line_len;
-	unsigned cut_status; /* a failed cut's HTTP status; 0: 500 */
+	char inst_op[LINK_OP_ID_MAX + 1]; /* the VM's instance-create operation */
 	struct json_object *notes;
 	struct request *cut_req;
 	struct p2v_session *next;
@@ -272,6 +272,8 @@ static struct json_object *session_json(const struct p2v_session *s)
 	json_object_object_add(o, "hardware", json_object_get(s->hardware));
 	if (s->cut_convert)
 		json_object_object_add(o, "converted", json_object_new_boolean(s->converted));
+	if (s->inst_op[0])
+		json_object_object_add(o, "instance_operation", json_object_new_string(s->inst_op));
 	if (s->notes)
 		json_object_object_add(o, "notes", json_object_get(s->notes));
 	return o;
@@ -1226,6 +1228,7 @@ static const struct json_field cutover_fields[] = {
 };
 
 static void cut_next(struct p2v_session *s);
+static void cut_steps_done(struct p2v_session *s);
 
 static void cut_fail(struct p2v_session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -1238,8 +1241,7 @@ static void cut_fail(struct p2v_session *s, const char *fmt, ...)
 	va_end(ap);
 	log_warnx("p2v %s: cutover failed: %s", s->id, s->error);
 	s->state = P2V_FAILED;
-	session_unbusy(s);
-	http_resume(s->cut_req);
+	cut_steps_done(s);
 }
 
 /* The image disk d becomes: p2v-{vm}-{disk}. */
@@ -1366,10 +1368,49 @@ static void cut_undo(struct p2v_session *s)
 }
 
 /* Every disk is an image: create the VM through the instance create path. */
+/*
+ * The cut's steps are over: every disk is recorded (the VM is created through the
+ * instance create path, the session is done) or the cut failed (what it made is
+ * removed, the session ends failed or cancelled). Returns the instance-create
+ * operation (new reference), or NULL with err (the session is gone then).
+ */
+static struct json_object *cut_finish(struct p2v_session *s, struct kerr *err)
+{
+	struct json_object *body, *op;
+
+	if (s->state == P2V_FAILED) {
+		/* Nothing of the cut stays behind: its images and qcow2 files, then (the
+		 * session ending) its raw files. session_end() frees s. */
+		cut_undo(s);
+		if (s->cut_cancelling) {
+			err_input(err, 409, NULL,
+				  "the p2v session was cancelled during its cutover");
+			session_end(s, "cancelled",
+				    "the session was abandoned during its conversion");
+			return NULL;
+		}
+		err_input(err, 500, NULL, "cutover failed: %s", s->error);
+		session_end(s, "failed", s->error);
+		return NULL;
+	}
+	body = cut_instance_body(s);
+	op = instance_create(body, NULL, NULL, err);
+	json_object_put(body);
+	if (op) {
+		snprintf(s->inst_op, sizeof(s->inst_op), "%s", json_get_str(op, "id", ""));
+		session_done(s);
+		return op;
+	}
+	snprintf(s->error, sizeof(s->error), "the VM could not be created: %s", err->msg);
+	session_end(s, "failed", s->error);
+	return NULL;
+}
+
+/* The cutover's request, resumed once the cut's steps are over: what cut_finish made. */
 static enum MHD_Result cut_create(struct request *req)
 {
 	struct p2v_session *s = NULL;
-	struct json_object *body, *op;
+	struct json_object *op;
 	struct kerr err;
 
 	for (struct p2v_session *x = sessions; x; x = x->next)
@@ -1378,33 +1419,33 @@ static enum MHD_Result cut_create(struct request *req)
 	if (s == NULL)
 		return http_reply_error(req, 410, NULL, "the p2v session was removed");
 	s->cut_req = NULL;
-	if (s->state == P2V_FAILED) {
-		char why[sizeof(s->error)];
-		unsigned status = s->cut_status ? s->cut_status : 500;
+	op = cut_finish(s, &err);
+	return op ? http_reply_json(req, 202, op) : http_reply_kerr(req, &err);
+}
 
-		/* Nothing of the cut stays behind: its images and qcow2 files, then (the
-		 * session ending) its raw files. session_end() frees s. */
-		cut_undo(s);
-		memcpy(why, s->error, sizeof(why));
-		if (s->cut_cancelling) {
-			session_end(s, "cancelled",
-				    "the session was abandoned during its conversion");
-			return http_reply_error(req, 409, NULL,
-						"the p2v session was cancelled during its cutover");
-		}
-		session_end(s, "failed", why);
-		return http_reply_error(req, status, NULL, "cutover failed: %s", why);
+/*
+ * The cut's steps are over (done or failed): resume the cutover's request, or, for a
+ * conversion (whose request was answered at its start: it outlasts any HTTP timeout),
+ * finish here; its operation tells the end.
+ */
+static void cut_steps_done(struct p2v_session *s)
+{
+	struct json_object *op;
+	struct kerr err;
+
+	if (s->removing) {
+		session_unbusy(s); /* frees it */
+		return;
 	}
-	body = cut_instance_body(s);
-	op = instance_create(body, NULL, NULL, &err);
-	json_object_put(body);
-	if (op) {
-		session_done(s);
-		return http_reply_json(req, 202, op);
+	session_unbusy(s);
+	if (s->cut_req) {
+		http_resume(s->cut_req);
+		return;
 	}
-	snprintf(s->error, sizeof(s->error), "the VM could not be created: %s", err.msg);
-	session_end(s, "failed", s->error);
-	return http_reply_kerr(req, &err);
+	op = cut_finish(s, &err);
+	if (op == NULL)
+		log_warnx("p2v: %s", err.msg);
+	json_object_put(op);
 }
 
 struct cut_hash {
@@ -1580,10 +1621,9 @@ static void v2v_done_cb(const struct child_result *r, void *data)
 		return;
 	}
 	if (!child_result_ok(r)) {
+		/* It refused the guest (not an OS it recognises, no boot loader it knows)
+		 * or failed: its own reason is the operation's error. */
 		v2v_why(r, why, sizeof(why));
-		/* It ran and refused the guest (not a recognised OS, no boot loader it
-		 * knows): the input is at fault. Killed or unable to start: we are. */
-		s->cut_status = r->signal ? 500 : 422;
 		cut_fail(s, "virt-v2v could not convert disk %s: %s", s->disks[0].name, why);
 		return;
 	}
@@ -1654,8 +1694,7 @@ static void cut_next(struct p2v_session *s)
 		return;
 	}
 	if (s->cut_disk == s->ndisks) {
-		session_unbusy(s);
-		http_resume(s->cut_req);
+		cut_steps_done(s);
 		return;
 	}
 	d = &s->disks[s->cut_disk];
@@ -1727,11 +1766,23 @@ enum MHD_Result api_p2v_action(struct request *req)
 	s->state = P2V_CUTTING_OVER;
 	s->cut_disk = 0;
 	s->converted = s->cut_cancelling = false;
-	s->cut_status = 0;
 	s->cut_req = req;
 	s->busy++;
 	session_save(s);
 	log_info("p2v %s (%s): cutover after %d passes", s->id, s->name, s->npasses);
+	if (s->cut_convert) {
+		/* Minutes under TCG: answered now with the session's operation, which
+		 * shows virt-v2v's steps and ends with the VM's instance-create operation
+		 * in its result (or why the cut failed). */
+		char op_id[sizeof(s->op)];
+
+		memcpy(op_id, s->op, sizeof(op_id));
+		s->cut_req = NULL;
+		cut_next(s); /* may end the session at once */
+		inst = op_get(op_id);
+		return inst ? http_reply_json(req, 202, inst)
+			    : http_reply_error(req, 500, NULL, "the session's operation is gone");
+	}
 	http_suspend(req, cut_create);
 	cut_next(s);
 	return MHD_YES;

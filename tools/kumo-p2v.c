@@ -767,7 +767,13 @@ int main(int argc, char **argv)
 		if (json_body_parse(r.body, r.len, &o, &err) == 0)
 			json_object_object_add(summary, "cutover", o);
 		free(r.body);
-		if (!opt.json)
+		if (!opt.json && opt.convert)
+			fprintf(stderr,
+				"kumo-p2v: cutting over: virt-v2v converts the disk, then "
+				"the VM is created; follow operation %s\n",
+				json_get_str(json_object_object_get(summary, "cutover"), "id",
+					     "?"));
+		else if (!opt.json)
 			fprintf(stderr, "kumo-p2v: cut over; the VM is being created\n");
 	}
 	if (freeze_at > 0)

@@ -45,11 +45,13 @@ t0=$SECONDS
 "$P2V" --url "$KUMO_URL/api/v1/p2v/$SID" --token "$TOKEN" --cacert "$KUMO_CACERT" \
 	--disk "$W/src.raw" --resume --cutover --convert --start --json >"$W/cut.json" 2>"$W/cut.log" ||
 	fail "the converting cutover failed: $(tail -3 "$W/cut.log")"
+[ "$(jq -r '.cutover.id' "$W/cut.json")" = "$OP" ] || fail "the cutover did not answer the session's operation"
+wait_op "$OP" 1800
+op_ok
 convert_s=$((SECONDS - t0))
 api GET "/api/v1/p2v/$SID"
 [ "$(jqb .converted)" = true ] || fail "the session does not say converted: $BODY"
-cut=$(jq -r '.cutover.id' "$W/cut.json")
-wait_op "$cut" 600
+wait_op "$(jqb .instance_operation)" 600
 op_ok
 
 api GET "/api/v1/instances/$VM"
