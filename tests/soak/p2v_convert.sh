@@ -65,5 +65,6 @@ until console_has "$VM" "kumo-v2v login:"; do
 	sleep 2
 done
 boot_s=$((SECONDS - t0))
-console "$VM" | grep -q "vda" || fail "the guest did not find its root on virtio-blk (no vda on its console)"
+# Its only disk is virtio-blk (checked above): a login prompt means the root was found
+# there. (The kernel's "[vda]" line is early and falls out of the console's 64 KiB.)
 pass "Debian converted by virt-v2v boots on virtio: image build ${build_s} s, pass ${pass_s} s, cutover with conversion ${convert_s} s, boot to login ${boot_s} s"
