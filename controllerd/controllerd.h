@@ -25,6 +25,7 @@ struct config {
 	char *api_listen;
 	bool tls;
 	bool group_commit; /* db.c's commit queue; off: an fsync per commit */
+	bool v2v_tcg;	   /* p2v.c: virt-v2v's appliance under TCG */
 	char *tls_cert;	   /* the operator's PEM certificate (chain) and key; "" = self-signed */
 	char *tls_key;
 	bool insecure_http;
@@ -148,7 +149,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 18
+#define DB_SCHEMA_VERSION 19
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);

@@ -370,7 +370,7 @@ static const char *const migrations[] = {
 	"  chunk INTEGER NOT NULL,"
 	"  sha256 BLOB,"
 	"  PRIMARY KEY (session, disk, chunk)) WITHOUT ROWID;",
-	/* 16 -> 17 (self-contained; ha.c): the maintenance hand-off survives a controller
+	/* 16 -> 17 (ha.c): the maintenance hand-off survives a controller
 	 * restart: each HA instance being handed off, its step and that step's operation;
 	 * and the hosts whose lease is released (in maintenance, everything handed off). */
 	"CREATE TABLE ha_handoffs ("
@@ -390,6 +390,11 @@ static const char *const migrations[] = {
 	/* ... and the agent's digest of the facts saved with them (hosts.c), so digest-only
 	 * heartbeats after a controller restart are understood at once. */
 	"ALTER TABLE hosts ADD COLUMN facts_digest TEXT NOT NULL DEFAULT '';",
+	/* 18 -> 19 (p2v.c): which chunk rows may be ahead of their bytes on
+	 * disk. unsynced is the session's write sequence number of the chunk, 0 once its
+	 * raw file was fsynced after it; a start-up after a power loss re-hashes the
+	 * others (rows from before this step count as unsynced: re-hashed once). */
+	"ALTER TABLE p2v_chunks ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 1;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -37,8 +37,12 @@
  * one caught cutting over is rolled back to receiving (the images its cut recorded
  * and any half-written qcow2 are removed; the raw files stay until the VM exists) or,
  * if its VM was created already, finished as done. The source's retried cutover then
- * runs again. A power loss of the controller's machine is not covered: the raw files
- * are not fsynced per chunk (see docs/architecture.md).
+ * runs again. A power loss of the controller's machine can keep a chunk's row and
+ * lose its bytes: the files are fsynced behind the rows (sync_maybe_start) and a
+ * start-up re-hashes the rows the last fsync did not cover (chunks_verify).
+ *
+ * "convert": true at the cutover runs virt-v2v-in-place on the qcow2 before it is
+ * recorded (v2v_start): the guest is rewritten for virtio before its first boot.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -51,6 +55,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "controllerd.h"
 #include "log.h"
 #include "token.h"
@@ -66,6 +71,11 @@
 #define P2V_TTL_DEFAULT	   86400
 #define P2V_TTL_MAX	   (7 * 86400)
 #define P2V_PASSES_MAX	   64
+/* The raw files are fsynced (off the loop) once this many chunks were written since the
+ * last fsync, or when writes paused this long: what a power loss can take, and what a
+ * start-up re-hashes (chunks_verify), stays small. */
+#define P2V_SYNC_CHUNKS	 64
+#define P2V_SYNC_IDLE_MS 3000
 
 enum p2v_state {
 	P2V_RECEIVING,
@@ -104,7 +114,7 @@ struct p2v_session {
 	char token_digest[TOKEN_DIGEST_LEN + 1];
 	char op[LINK_OP_ID_MAX + 1];
 	enum p2v_state state;
-	char error[256];
+	char error[512];
 	int64_t created_at, token_expires_at, deadline; /* ms */
 	struct json_object *hardware;
 	char dir[512];
@@ -114,10 +124,20 @@ struct p2v_session {
 	struct p2v_pass passes[P2V_PASSES_MAX];
 	int64_t bytes_received, chunks_stored, chunks_rejected;
 	int64_t first_chunk_at, last_chunk_at;
-	int busy;	/* chunk writes and cutover steps in flight */
-	bool removing;	/* freed once busy drops to 0 */
-	int cut_disk;	/* the disk the cutover converts */
-	bool cut_start; /* start the VM after the cutover */
+	int64_t write_seq;   /* the last chunk row written (p2v_chunks.unsynced) */
+	int64_t synced_seq;  /* rows up to this one have their bytes on disk */
+	bool syncing;	     /* an fsync of the raw files is in flight */
+	int busy;	     /* chunk writes and cutover steps in flight */
+	bool removing;	     /* freed once busy drops to 0 */
+	int cut_disk;	     /* the disk the cutover converts */
+	bool cut_start;	     /* start the VM after the cutover */
+	bool cut_convert;    /* virt-v2v rewrites the guest before its first boot */
+	bool converted;	     /* ... and did */
+	bool cut_cancelling; /* cancelled while virt-v2v ran: the cut ends cancelled */
+	struct child *v2v;   /* virt-v2v-in-place while it runs */
+	char v2v_line[160];  /* its progress line being read */
+	size_t v2v_line_len;
+	char inst_op[LINK_OP_ID_MAX + 1]; /* the VM's instance-create operation */
 	struct json_object *notes;
 	struct request *cut_req;
 	struct p2v_session *next;
@@ -250,6 +270,10 @@ static struct json_object *session_json(const struct p2v_session *s)
 	}
 	json_object_object_add(o, "disks", disks);
 	json_object_object_add(o, "hardware", json_object_get(s->hardware));
+	if (s->cut_convert)
+		json_object_object_add(o, "converted", json_object_new_boolean(s->converted));
+	if (s->inst_op[0])
+		json_object_object_add(o, "instance_operation", json_object_new_string(s->inst_op));
 	if (s->notes)
 		json_object_object_add(o, "notes", json_object_get(s->notes));
 	return o;
@@ -343,7 +367,8 @@ static void session_save(const struct p2v_session *s)
 }
 
 /* Chunk index of disk is held (hash NULL: as a hole), with the session's counters, in
- * one transaction. Returns 0, or -1 with err (nothing recorded). */
+ * one transaction; its row is unsynced (s->write_seq) until the file is fsynced.
+ * Returns 0, or -1 with err (nothing recorded). */
 static int store_chunk_save(const struct p2v_session *s, int disk, uint32_t index,
 			    const unsigned char *hash, struct kerr *err)
 {
@@ -352,14 +377,16 @@ static int store_chunk_save(const struct p2v_session *s, int disk, uint32_t inde
 
 	if (db_begin(ctl.db) < 0)
 		return err_set(err, 0, "database: cannot begin: %s", sqlite3_errmsg(ctl.db));
-	st = db_prepare(ctl.db, "INSERT INTO p2v_chunks (session, disk, chunk, sha256) "
-				"VALUES (?, ?, ?, ?) ON CONFLICT (session, disk, chunk) "
-				"DO UPDATE SET sha256 = excluded.sha256");
+	st = db_prepare(ctl.db,
+			"INSERT INTO p2v_chunks (session, disk, chunk, sha256, unsynced) "
+			"VALUES (?, ?, ?, ?, ?) ON CONFLICT (session, disk, chunk) "
+			"DO UPDATE SET sha256 = excluded.sha256, unsynced = excluded.unsynced");
 	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
 	sqlite3_bind_int(st, 2, disk);
 	sqlite3_bind_int64(st, 3, index);
 	if (hash)
 		sqlite3_bind_blob(st, 4, hash, 32, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, s->write_seq);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
@@ -414,8 +441,11 @@ static void session_end(struct p2v_session *s, const char *status, const char *w
 
 /*
  * Cancel the ingest session id: its operation becomes cancelled and everything it
- * received is removed. Returns 0, or -1 with err (404 when there is no such session,
- * 409 while it is cutting over). The jobs work's generic cancel route can call this.
+ * received is removed. Returns 0 when that is done, 1 when it follows shortly (the
+ * session was converting: virt-v2v and its appliance are killed first, then the cut
+ * ends cancelled and removes what it made), or -1 with err (404 when there is no such
+ * session, 409 while it is cutting over otherwise). The job engine's generic cancel
+ * route calls this too.
  */
 int p2v_session_cancel(const char *id, struct kerr *err)
 {
@@ -423,6 +453,11 @@ int p2v_session_cancel(const char *id, struct kerr *err)
 
 	if (s == NULL)
 		return err_input(err, 404, NULL, "no p2v session %s", id);
+	if (s->state == P2V_CUTTING_OVER && s->v2v) {
+		s->cut_cancelling = true;
+		child_cancel(s->v2v);
+		return 1;
+	}
 	if (s->state == P2V_CUTTING_OVER)
 		return err_input(err, 409, NULL, "p2v session %s is cutting over", id);
 	if (s->state == P2V_RECEIVING)
@@ -432,13 +467,106 @@ int p2v_session_cancel(const char *id, struct kerr *err)
 	return 0;
 }
 
-/* Once a second while sessions exist: deadlines pass, expired done sessions go. */
+/* ---- durability: the raw files fsynced behind the chunk rows ---- */
+
+/*
+ * A chunk's row is committed (synchronous SQLite) before its bytes are on disk: the
+ * pwrite() leaves them in the page cache. A power loss can keep the row and lose the
+ * bytes; the source would then never resend that chunk. So each row carries its write
+ * sequence number (unsynced) until an fsync of the files that began after it ended;
+ * at start-up the rows still unsynced are re-hashed against the file (chunks_verify).
+ */
+struct p2v_sync {
+	uv_work_t work;
+	char id[17];
+	int64_t through; /* rows up to this write are durable once the fsyncs succeed */
+	int nfds;
+	int fds[P2V_DISKS_MAX]; /* dup()s: the cutover may close the session's own */
+	int error;
+};
+
+static void sync_work_cb(uv_work_t *w)
+{
+	struct p2v_sync *y = w->data;
+
+	for (int i = 0; i < y->nfds; i++)
+		if (fdatasync(y->fds[i]) < 0 && y->error == 0)
+			y->error = errno;
+}
+
+static void sync_done_cb(uv_work_t *w, int status)
+{
+	struct p2v_sync *y = w->data;
+	struct p2v_session *s = session_find(y->id);
+
+	for (int i = 0; i < y->nfds; i++)
+		close(y->fds[i]);
+	if (s == NULL) {
+		free(y);
+		return;
+	}
+	s->syncing = false;
+	if (status < 0 || y->error) {
+		log_warnx("p2v %s: cannot fsync its received disks: %s", s->id,
+			  strerror(y->error ? y->error : EIO));
+	} else {
+		sqlite3_stmt *st =
+			db_prepare(ctl.db, "UPDATE p2v_chunks SET unsynced = 0 "
+					   "WHERE session = ? AND unsynced BETWEEN 1 AND ?");
+
+		sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, y->through);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			log_warnx("p2v %s: database: cannot mark chunks synced: %s", s->id,
+				  sqlite3_errmsg(ctl.db));
+		else
+			s->synced_seq = y->through;
+		sqlite3_finalize(st);
+	}
+	free(y);
+}
+
+/* fsync session s's raw files off the loop if enough was written since the last time. */
+static void sync_maybe_start(struct p2v_session *s, int64_t now)
+{
+	struct p2v_sync *y;
+
+	if (s->syncing || s->state != P2V_RECEIVING || s->write_seq == s->synced_seq ||
+	    (s->write_seq - s->synced_seq < P2V_SYNC_CHUNKS &&
+	     now - s->last_chunk_at < P2V_SYNC_IDLE_MS))
+		return;
+	y = xcalloc(1, sizeof(*y));
+	memcpy(y->id, s->id, sizeof(y->id));
+	/* Rows up to here were committed after their pwrite() returned: the fsync that
+	 * starts now covers their bytes. */
+	y->through = s->write_seq;
+	for (int i = 0; i < s->ndisks; i++) {
+		if (s->disks[i].fd < 0)
+			continue;
+		y->fds[y->nfds] = dup(s->disks[i].fd);
+		if (y->fds[y->nfds] < 0) {
+			log_warn("p2v %s: cannot fsync its received disks", s->id);
+			while (y->nfds > 0)
+				close(y->fds[--y->nfds]);
+			free(y);
+			return; /* the next tick tries again */
+		}
+		y->nfds++;
+	}
+	s->syncing = true;
+	y->work.data = y;
+	uv_queue_work(ctl.loop, &y->work, sync_work_cb, sync_done_cb);
+}
+
+/* Once a second while sessions exist: deadlines pass, expired done sessions go, the
+ * received files are fsynced behind their rows. */
 static void p2v_timer_cb(uv_timer_t *t)
 {
 	int64_t now = now_ms();
 
 	for (struct p2v_session *s = sessions, *next; s; s = next) {
 		next = s->next;
+		sync_maybe_start(s, now);
 		if (s->state == P2V_RECEIVING && now > s->deadline)
 			session_end(s, "failed", "timed out: the session passed its deadline");
 		else if (s->state != P2V_RECEIVING && s->state != P2V_CUTTING_OVER &&
@@ -740,10 +868,12 @@ enum MHD_Result api_p2v_get(struct request *req)
 enum MHD_Result api_p2v_delete(struct request *req)
 {
 	struct kerr err;
+	int rc = p2v_session_cancel(req->params[0], &err);
 
-	if (p2v_session_cancel(req->params[0], &err) < 0)
+	if (rc < 0)
 		return http_reply_kerr(req, &err);
-	return http_reply_empty(req, 204);
+	/* 202: a conversion is being stopped; the session goes once it has. */
+	return http_reply_empty(req, rc ? 202 : 204);
 }
 
 /* ---- the ingest token ---- */
@@ -999,6 +1129,7 @@ static void chunk_done_cb(uv_work_t *w, int status)
 		}
 		/* Answered stored only once the row says so: a restart then asks for
 		 * nothing the source was told is held. */
+		s->write_seq++;
 		if (store_chunk_save(s, c->disk, c->index, c->zero ? NULL : c->got, &err) < 0) {
 			c->status = 500;
 			snprintf(c->msg, sizeof(c->msg), "%s", err.msg);
@@ -1092,10 +1223,12 @@ enum MHD_Result api_p2v_pass_start(struct request *req)
 
 static const struct json_field cutover_fields[] = {
 	{"start", JK_BOOL, false, NULL},
+	{"convert", JK_BOOL, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
 static void cut_next(struct p2v_session *s);
+static void cut_steps_done(struct p2v_session *s);
 
 static void cut_fail(struct p2v_session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -1108,8 +1241,7 @@ static void cut_fail(struct p2v_session *s, const char *fmt, ...)
 	va_end(ap);
 	log_warnx("p2v %s: cutover failed: %s", s->id, s->error);
 	s->state = P2V_FAILED;
-	session_unbusy(s);
-	http_resume(s->cut_req);
+	cut_steps_done(s);
 }
 
 /* The image disk d becomes: p2v-{vm}-{disk}. */
@@ -1156,7 +1288,11 @@ static struct json_object *cut_instance_body(struct p2v_session *s)
 
 		json_object_object_add(d, "name", json_object_new_string(s->disks[i].name));
 		json_object_object_add(d, "image", json_object_new_string(s->disks[i].image));
-		json_object_object_add(d, "bus", json_object_new_string(s->disks[i].bus));
+		/* A converted guest boots from virtio-blk (virt-v2v installed its driver and
+		 * fixed fstab and the boot loader); otherwise it keeps the source's bus. */
+		json_object_object_add(
+			d, "bus",
+			json_object_new_string(s->converted ? "virtio" : s->disks[i].bus));
 		json_object_object_add(d, "pool", json_object_new_string("shared"));
 		json_object_array_add(disks, d);
 	}
@@ -1165,8 +1301,10 @@ static struct json_object *cut_instance_body(struct p2v_session *s)
 		struct json_object *n = json_object_array_get_idx(in_nics, i);
 		struct json_object *o = json_object_new_object();
 
-		json_object_object_add(o, "model",
-				       json_object_new_string(json_get_str(n, "model", "virtio")));
+		json_object_object_add(
+			o, "model",
+			json_object_new_string(s->converted ? "virtio"
+							    : json_get_str(n, "model", "virtio")));
 		if (json_get_str(n, "mac", NULL))
 			json_object_object_add(o, "mac",
 					       json_object_new_string(json_get_str(n, "mac", "")));
@@ -1178,6 +1316,13 @@ static struct json_object *cut_instance_body(struct p2v_session *s)
 	}
 	json_object_object_add(b, "nics", nics);
 	json_object_object_add(b, "start", json_object_new_boolean(s->cut_start));
+	if (s->converted) {
+		if (s->notes == NULL)
+			s->notes = json_object_new_array();
+		json_object_array_add(
+			s->notes, json_object_new_string("converted by virt-v2v: the disk is on "
+							 "virtio-blk and the NICs are virtio"));
+	}
 	/* Foreign hardware Kumo does not model is kept as a note, never dropped silently. */
 	if (!strcmp(json_get_str(hw, "firmware", "bios"), "efi")) {
 		if (s->notes == NULL)
@@ -1190,11 +1335,82 @@ static struct json_object *cut_instance_body(struct p2v_session *s)
 	return b;
 }
 
+/*
+ * Remove what a cut that did not make its VM made: the images it recorded and the
+ * qcow2 files it wrote (recorded or not: a conversion writes them all before any is
+ * recorded). The session's raw files stay.
+ */
+static void cut_undo(struct p2v_session *s)
+{
+	for (int i = 0; i < s->ndisks; i++) {
+		struct p2v_disk *d = &s->disks[i];
+		char image[NAME_MAX_LEN + 1];
+		_cleanup_free_ char *path = NULL;
+
+		cut_image_name(s, d, image);
+		path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+		if (d->image[0]) {
+			sqlite3_stmt *st = db_prepare(
+				ctl.db, "DELETE FROM images WHERE name = ? AND kind = 'vm'");
+
+			sqlite3_bind_text(st, 1, d->image, -1, SQLITE_STATIC);
+			if (sqlite3_step(st) != SQLITE_DONE)
+				log_warnx("p2v %s: cannot remove image %s: %s", s->id, d->image,
+					  sqlite3_errmsg(ctl.db));
+			sqlite3_finalize(st);
+			d->image[0] = '\0';
+		} else if (image_find(image, NULL, 0, NULL, NULL) != 0) {
+			continue; /* someone else's image of that name: the cut refuses it */
+		}
+		if (unlink(path) < 0 && errno != ENOENT)
+			log_warn("p2v %s: cannot remove %s", s->id, path);
+	}
+}
+
 /* Every disk is an image: create the VM through the instance create path. */
+/*
+ * The cut's steps are over: every disk is recorded (the VM is created through the
+ * instance create path, the session is done) or the cut failed (what it made is
+ * removed, the session ends failed or cancelled). Returns the instance-create
+ * operation (new reference), or NULL with err (the session is gone then).
+ */
+static struct json_object *cut_finish(struct p2v_session *s, struct kerr *err)
+{
+	struct json_object *body, *op;
+
+	if (s->state == P2V_FAILED) {
+		/* Nothing of the cut stays behind: its images and qcow2 files, then (the
+		 * session ending) its raw files. session_end() frees s. */
+		cut_undo(s);
+		if (s->cut_cancelling) {
+			err_input(err, 409, NULL,
+				  "the p2v session was cancelled during its cutover");
+			session_end(s, "cancelled",
+				    "the session was abandoned during its conversion");
+			return NULL;
+		}
+		err_input(err, 500, NULL, "cutover failed: %s", s->error);
+		session_end(s, "failed", s->error);
+		return NULL;
+	}
+	body = cut_instance_body(s);
+	op = instance_create(body, NULL, NULL, err);
+	json_object_put(body);
+	if (op) {
+		snprintf(s->inst_op, sizeof(s->inst_op), "%s", json_get_str(op, "id", ""));
+		session_done(s);
+		return op;
+	}
+	snprintf(s->error, sizeof(s->error), "the VM could not be created: %s", err->msg);
+	session_end(s, "failed", s->error);
+	return NULL;
+}
+
+/* The cutover's request, resumed once the cut's steps are over: what cut_finish made. */
 static enum MHD_Result cut_create(struct request *req)
 {
 	struct p2v_session *s = NULL;
-	struct json_object *body, *op;
+	struct json_object *op;
 	struct kerr err;
 
 	for (struct p2v_session *x = sessions; x; x = x->next)
@@ -1203,20 +1419,33 @@ static enum MHD_Result cut_create(struct request *req)
 	if (s == NULL)
 		return http_reply_error(req, 410, NULL, "the p2v session was removed");
 	s->cut_req = NULL;
-	if (s->state == P2V_FAILED) {
-		session_end(s, "failed", s->error);
-		return http_reply_error(req, 500, NULL, "cutover failed: %s", s->error);
+	op = cut_finish(s, &err);
+	return op ? http_reply_json(req, 202, op) : http_reply_kerr(req, &err);
+}
+
+/*
+ * The cut's steps are over (done or failed): resume the cutover's request, or, for a
+ * conversion (whose request was answered at its start: it outlasts any HTTP timeout),
+ * finish here; its operation tells the end.
+ */
+static void cut_steps_done(struct p2v_session *s)
+{
+	struct json_object *op;
+	struct kerr err;
+
+	if (s->removing) {
+		session_unbusy(s); /* frees it */
+		return;
 	}
-	body = cut_instance_body(s);
-	op = instance_create(body, NULL, NULL, &err);
-	json_object_put(body);
-	if (op) {
-		session_done(s);
-		return http_reply_json(req, 202, op);
+	session_unbusy(s);
+	if (s->cut_req) {
+		http_resume(s->cut_req);
+		return;
 	}
-	snprintf(s->error, sizeof(s->error), "the VM could not be created: %s", err.msg);
-	session_end(s, "failed", s->error);
-	return http_reply_kerr(req, &err);
+	op = cut_finish(s, &err);
+	if (op == NULL)
+		log_warnx("p2v: %s", err.msg);
+	json_object_put(op);
 }
 
 struct cut_hash {
@@ -1286,29 +1515,173 @@ static void cut_hash_done_cb(uv_work_t *w, int status)
 	free(h);
 }
 
+/* Hash disk cut_disk's qcow2 off the loop, then record it as an image. */
+static void cut_hash_start(struct p2v_session *s)
+{
+	struct p2v_disk *d = &s->disks[s->cut_disk];
+	struct cut_hash *h = xcalloc(1, sizeof(*h));
+	char image[NAME_MAX_LEN + 1];
+
+	h->s = s;
+	cut_image_name(s, d, image);
+	h->path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+	h->work.data = h;
+	uv_queue_work(ctl.loop, &h->work, cut_hash_work_cb, cut_hash_done_cb);
+}
+
 static void cut_convert_cb(int64_t status, const char *out, const char *errout, void *cls)
 {
 	struct p2v_session *s = cls;
 	struct p2v_disk *d = &s->disks[s->cut_disk];
-	struct cut_hash *h;
 
 	if (status != 0) {
 		cut_fail(s, "qemu-img convert of disk %s failed: %.200s", d->name, errout);
 		return;
 	}
-	h = xcalloc(1, sizeof(*h));
-	h->s = s;
-	{
-		char image[NAME_MAX_LEN + 1];
-
-		cut_image_name(s, d, image);
-		h->path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+	if (s->cut_convert) {
+		/* Hashed and recorded once virt-v2v has rewritten it. */
+		s->cut_disk++;
+		cut_next(s);
+		return;
 	}
-	h->work.data = h;
-	uv_queue_work(ctl.loop, &h->work, cut_hash_work_cb, cut_hash_done_cb);
+	cut_hash_start(s);
 }
 
-/* Convert the next disk to a sparse qcow2 image, or create the VM when all are. */
+/* ---- conversion: virt-v2v-in-place on the qcow2 the cut wrote ---- */
+
+/*
+ * virt-v2v's stdout, as it comes: each "[  52.1] Inspecting the source" line is a
+ * step of the conversion, shown as the operation's phase.
+ */
+static void v2v_output_cb(const char *buf, size_t len, void *data)
+{
+	struct p2v_session *s = data;
+
+	for (size_t i = 0; i < len; i++) {
+		const char *step;
+		char phase[200];
+
+		if (buf[i] != '\n' && buf[i] != '\r') {
+			if (s->v2v_line_len < sizeof(s->v2v_line) - 1)
+				s->v2v_line[s->v2v_line_len++] = buf[i];
+			continue;
+		}
+		s->v2v_line[s->v2v_line_len] = '\0';
+		s->v2v_line_len = 0;
+		step = s->v2v_line[0] == '[' ? strchr(s->v2v_line, ']') : NULL;
+		if (step == NULL || step[1] != ' ' || step[2] == '\0')
+			continue;
+		snprintf(phase, sizeof(phase), "cutover: virt-v2v: %s", step + 2);
+		op_update(s->op, "running", 92, phase, NULL, NULL);
+	}
+}
+
+/*
+ * Why virt-v2v failed, in one paragraph: its "error:" message (which spans lines, the
+ * reason last, e.g. "No root device found in this operating system image.") up to
+ * its advice on reporting bugs, whitespace folded.
+ */
+static void v2v_why(const struct child_result *r, char *buf, size_t len)
+{
+	const char *from = strstr(r->err, "error: "), *to;
+	size_t n = 0;
+
+	if (from == NULL) {
+		child_result_why(r, buf, len);
+		return;
+	}
+	from += 7;
+	to = strstr(from, "If reporting bugs");
+	if (to == NULL)
+		to = from + strlen(from);
+	for (const char *p = from; p < to && n + 1 < len; p++) {
+		bool space = *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r';
+
+		if (space && (n == 0 || buf[n - 1] == ' '))
+			continue;
+		buf[n++] = space ? ' ' : *p;
+	}
+	while (n > 0 && buf[n - 1] == ' ')
+		n--;
+	buf[n] = '\0';
+}
+
+static void v2v_done_cb(const struct child_result *r, void *data)
+{
+	struct p2v_session *s = data;
+	char why[400];
+
+	s->v2v = NULL;
+	if (s->cut_cancelling) {
+		cut_fail(s, "cancelled during the conversion");
+		return;
+	}
+	if (r->timed_out) {
+		cut_fail(s, "timed out: virt-v2v did not finish before the session's deadline");
+		return;
+	}
+	if (!child_result_ok(r)) {
+		/* It refused the guest (not an OS it recognises, no boot loader it knows)
+		 * or failed: its own reason is the operation's error. */
+		v2v_why(r, why, sizeof(why));
+		cut_fail(s, "virt-v2v could not convert disk %s: %s", s->disks[0].name, why);
+		return;
+	}
+	log_info("p2v %s (%s): converted by virt-v2v", s->id, s->name);
+	s->converted = true;
+	s->cut_disk = 0;
+	cut_next(s);
+}
+
+/*
+ * Run virt-v2v-in-place on the session's one disk (as the qcow2 the cut wrote): virtio
+ * drivers into the guest's initramfs, fstab and the boot loader fixed, before its
+ * first boot. Its libguestfs appliance is a QEMU of its own (run as root, like the
+ * controller: it opens the image and /dev/kvm); under TCG unless v2v_tcg is off. The
+ * session's deadline bounds it; a cancel kills it and its appliance.
+ */
+static void v2v_start(struct p2v_session *s)
+{
+	extern char **environ;
+	char image[NAME_MAX_LEN + 1];
+	_cleanup_free_ char *path = NULL;
+	char *argv[] = {
+		"virt-v2v-in-place", "-i", "disk", "-if", "qcow2", "--root", "single", NULL, NULL};
+	char *env[512];
+	size_t n = 0;
+	int64_t left = s->deadline - now_ms();
+	struct child_opts opts = {
+		.argv = argv,
+		.env = env,
+		.out_max = 4096,
+		.err_max = 4096,
+		.err_mode = CHILD_ERR_CAPTURE,
+		.on_output = v2v_output_cb,
+	};
+	struct kerr err;
+
+	cut_image_name(s, &s->disks[0], image);
+	path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+	argv[7] = path;
+	for (char **e = environ; *e && n < ARRAY_SIZE(env) - 3; e++)
+		if (strncmp(*e, "LIBGUESTFS_BACKEND", 18))
+			env[n++] = *e;
+	/* direct: libguestfs runs QEMU itself (no libvirt daemon on our hosts). */
+	env[n++] = "LIBGUESTFS_BACKEND=direct";
+	if (ctl.cfg.v2v_tcg)
+		env[n++] = "LIBGUESTFS_BACKEND_SETTINGS=force_tcg";
+	env[n] = NULL;
+	opts.timeout_ms = left < 1000 ? 1000 : left > UINT32_MAX ? UINT32_MAX : (unsigned)left;
+	op_update(s->op, "running", 91, "cutover: virt-v2v: starting", NULL, NULL);
+	log_info("p2v %s (%s): converting %s with virt-v2v-in-place", s->id, s->name, path);
+	s->v2v_line_len = 0;
+	s->v2v = child_run(ctl.loop, &opts, v2v_done_cb, s, &err);
+	if (s->v2v == NULL)
+		cut_fail(s, "cannot run virt-v2v-in-place: %s", err.msg);
+}
+
+/* Convert the next disk to a sparse qcow2 image, virt-v2v them if asked, record them
+ * as images; then create the VM. */
 static void cut_next(struct p2v_session *s)
 {
 	struct p2v_disk *d;
@@ -1316,15 +1689,22 @@ static void cut_next(struct p2v_session *s)
 	struct kerr err;
 	char phase[96], image[NAME_MAX_LEN + 1];
 
+	if (s->cut_disk == s->ndisks && s->cut_convert && !s->converted) {
+		v2v_start(s);
+		return;
+	}
 	if (s->cut_disk == s->ndisks) {
-		session_unbusy(s);
-		http_resume(s->cut_req);
+		cut_steps_done(s);
 		return;
 	}
 	d = &s->disks[s->cut_disk];
 	cut_image_name(s, d, image);
 	if (image_find(image, NULL, 0, NULL, NULL) != 0) {
 		cut_fail(s, "an image named %s exists already", image);
+		return;
+	}
+	if (s->converted) {
+		cut_hash_start(s);
 		return;
 	}
 	dir = xasprintf("%s/images", ctl.cfg.shared_pool);
@@ -1346,9 +1726,10 @@ static void cut_next(struct p2v_session *s)
 }
 
 /*
- * End the session and make the VM: every disk becomes image p2v-{name}-{disk}, then the
- * instance create path places and creates {name} with them (stopped unless
- * "start": true). Answers what instance create answers (202 and its operation).
+ * End the session and make the VM: every disk becomes image p2v-{name}-{disk} ("convert":
+ * true: rewritten by virt-v2v first, v2v_start), then the instance create path places
+ * and creates {name} with them (stopped unless "start": true). Answers what instance
+ * create answers (202 and its operation); a failed cut leaves nothing of itself.
  */
 enum MHD_Result api_p2v_action(struct request *req)
 {
@@ -1368,7 +1749,13 @@ enum MHD_Result api_p2v_action(struct request *req)
 	if (req->body_len && http_body_json(req, cutover_fields, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
 	s->cut_start = body ? json_get_bool(body, "start", false) : false;
+	s->cut_convert = body ? json_get_bool(body, "convert", false) : false;
 	json_object_put(body);
+	if (s->cut_convert && s->ndisks != 1)
+		return http_reply_error(req, 400, "convert",
+					"'convert' needs a session with one disk (virt-v2v -i disk "
+					"converts single-disk guests); this one has %d",
+					s->ndisks);
 	inst = instance_get_json(s->name, false);
 	if (inst) {
 		json_object_put(inst);
@@ -1378,10 +1765,24 @@ enum MHD_Result api_p2v_action(struct request *req)
 		s->passes[s->npasses - 1].ended_at = now_ms();
 	s->state = P2V_CUTTING_OVER;
 	s->cut_disk = 0;
+	s->converted = s->cut_cancelling = false;
 	s->cut_req = req;
 	s->busy++;
 	session_save(s);
 	log_info("p2v %s (%s): cutover after %d passes", s->id, s->name, s->npasses);
+	if (s->cut_convert) {
+		/* Minutes under TCG: answered now with the session's operation, which
+		 * shows virt-v2v's steps and ends with the VM's instance-create operation
+		 * in its result (or why the cut failed). */
+		char op_id[sizeof(s->op)];
+
+		memcpy(op_id, s->op, sizeof(op_id));
+		s->cut_req = NULL;
+		cut_next(s); /* may end the session at once */
+		inst = op_get(op_id);
+		return inst ? http_reply_json(req, 202, inst)
+			    : http_reply_error(req, 500, NULL, "the session's operation is gone");
+	}
 	http_suspend(req, cut_create);
 	cut_next(s);
 	return MHD_YES;
@@ -1422,9 +1823,8 @@ bool p2v_session_exists(const char *id)
 
 /*
  * A cut the restart interrupted: if its VM exists, the cut went through (done);
- * otherwise what it made goes (the images it recorded, a half-written qcow2 of the
- * disk it was converting) and the session receives again, for the source's retried
- * cutover.
+ * otherwise what it made goes (cut_undo) and the session receives again, for the
+ * source's retried cutover.
  */
 static void cut_roll_back(struct p2v_session *s)
 {
@@ -1437,29 +1837,7 @@ static void cut_roll_back(struct p2v_session *s)
 		session_done(s);
 		return;
 	}
-	for (int i = 0; i < s->ndisks; i++) {
-		struct p2v_disk *d = &s->disks[i];
-		char image[NAME_MAX_LEN + 1];
-		_cleanup_free_ char *path = NULL;
-
-		cut_image_name(s, d, image);
-		path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
-		if (d->image[0]) {
-			sqlite3_stmt *st = db_prepare(
-				ctl.db, "DELETE FROM images WHERE name = ? AND kind = 'vm'");
-
-			sqlite3_bind_text(st, 1, d->image, -1, SQLITE_STATIC);
-			if (sqlite3_step(st) != SQLITE_DONE)
-				log_warnx("p2v %s: cannot remove image %s: %s", s->id, d->image,
-					  sqlite3_errmsg(ctl.db));
-			sqlite3_finalize(st);
-			d->image[0] = '\0';
-		} else if (image_find(image, NULL, 0, NULL, NULL) != 0) {
-			continue; /* someone else's image of that name: the cut refuses it */
-		}
-		if (unlink(path) < 0 && errno != ENOENT)
-			log_warn("p2v %s: cannot remove %s", s->id, path);
-	}
+	cut_undo(s);
 	s->state = P2V_RECEIVING;
 	s->cut_disk = 0;
 	session_save(s);
@@ -1500,8 +1878,8 @@ static const char *column_text(sqlite3_stmt *st, int i)
 /* Session s's chunks as stored. */
 static void chunks_load(struct p2v_session *s)
 {
-	sqlite3_stmt *st =
-		db_prepare(ctl.db, "SELECT disk, chunk, sha256 FROM p2v_chunks WHERE session = ?");
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "SELECT disk, chunk, sha256, unsynced FROM p2v_chunks WHERE session = ?");
 
 	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
 	while (sqlite3_step(st) == SQLITE_ROW) {
@@ -1512,11 +1890,89 @@ static void chunks_load(struct p2v_session *s)
 		if (disk < 0 || disk >= s->ndisks || c < 0 || c >= s->disks[disk].nchunks)
 			continue;
 		d = &s->disks[disk];
+		if (sqlite3_column_int64(st, 3) > s->write_seq)
+			s->write_seq = sqlite3_column_int64(st, 3);
 		d->has_data[c] = sqlite3_column_bytes(st, 2) == 32;
 		if (d->has_data[c])
 			memcpy(d->hash[c], sqlite3_column_blob(st, 2), 32);
 	}
 	sqlite3_finalize(st);
+}
+
+/*
+ * After a power loss: the chunk rows written since the last fsync of session s's
+ * files (unsynced) are checked against the bytes the files hold now. A chunk whose
+ * bytes do not hash to its row is dropped (row gone, its range punched to zeros, which
+ * is what "not held" means to the source), so the source's next pass resends it; a
+ * hole that reads non-zero is punched again. At most about P2V_SYNC_CHUNKS chunks plus
+ * those of the last P2V_SYNC_IDLE_MS are read: start-up stays short. Returns how many
+ * chunks were dropped.
+ */
+static int chunks_verify(struct p2v_session *s)
+{
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "SELECT disk, chunk FROM p2v_chunks WHERE session = ? AND unsynced > 0");
+	_cleanup_free_ char *buf = xmalloc(P2V_CHUNK);
+	int dropped = 0, checked = 0;
+
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int disk = sqlite3_column_int(st, 0);
+		int64_t c = sqlite3_column_int64(st, 1);
+		struct p2v_disk *d;
+		off_t off;
+		size_t len;
+		ssize_t n;
+		unsigned char md[32];
+		bool ok;
+
+		if (disk < 0 || disk >= s->ndisks || c < 0 || c >= s->disks[disk].nchunks)
+			continue;
+		d = &s->disks[disk];
+		off = (off_t)c * P2V_CHUNK;
+		len = d->size - off < P2V_CHUNK ? (size_t)(d->size - off) : P2V_CHUNK;
+		n = pread(d->fd, buf, len, off);
+		checked++;
+		if (n == (ssize_t)len && d->has_data[c]) {
+			sha256(buf, len, md);
+			ok = CRYPTO_memcmp(md, d->hash[c], 32) == 0;
+		} else {
+			ok = n == (ssize_t)len && mem_is_zero(buf, len);
+		}
+		if (ok)
+			continue;
+		if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len) <
+		    0) {
+			memset(buf, 0, len);
+			if (pwrite(d->fd, buf, len, off) != (ssize_t)len)
+				log_warn("p2v %s: cannot clear chunk %lld of %s", s->id,
+					 (long long)c, d->name);
+		}
+		if (!d->has_data[c])
+			continue; /* a hole again, as its row says */
+		{
+			sqlite3_stmt *del =
+				db_prepare(ctl.db, "DELETE FROM p2v_chunks WHERE session = ? AND "
+						   "disk = ? AND chunk = ?");
+
+			sqlite3_bind_text(del, 1, s->id, -1, SQLITE_STATIC);
+			sqlite3_bind_int(del, 2, disk);
+			sqlite3_bind_int64(del, 3, c);
+			if (sqlite3_step(del) != SQLITE_DONE)
+				log_warnx("p2v %s: database: cannot drop chunk %lld: %s", s->id,
+					  (long long)c, sqlite3_errmsg(ctl.db));
+			sqlite3_finalize(del);
+		}
+		d->has_data[c] = 0;
+		memset(d->hash[c], 0, 32);
+		dropped++;
+	}
+	sqlite3_finalize(st);
+	if (checked)
+		log_info("p2v %s: re-hashed %d chunks written after the last fsync; %d did not "
+			 "match their bytes (lost in a power loss) and will be resent",
+			 s->id, checked, dropped);
+	return dropped;
 }
 
 /* One row of p2v_sessions as a session (its files not opened yet); NULL if broken. */
@@ -1683,6 +2139,7 @@ void p2v_sessions_load(void)
 			session_end(s, "failed", why);
 			continue;
 		}
+		chunks_verify(s);
 		if (s->state == P2V_CUTTING_OVER)
 			cut_roll_back(s);
 		else

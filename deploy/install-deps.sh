@@ -17,9 +17,13 @@ usage() {
 # for networks iproute2 (ip, bridge), nftables and dnsmasq-base (DHCP per segment);
 # dosfstools and mtools make the cloud-init seed disk; libxml2 parses OVF descriptors
 # (V2V import, controllerd/ova.c); libzstd1 compresses backup chunks.
+# virt-v2v rewrites a P2V guest for virtio at the cutover ("convert": true, controllerd/
+# p2v.c); it fails without nbdkit, which Debian only recommends, and libguestfs-tools
+# brings the appliance's kernel tooling (supermin) it boots the disk in.
 RUNTIME="
 libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g libzstd1
 libxml2
+virt-v2v libguestfs-tools nbdkit
 qemu-system-x86 qemu-utils runc iproute2 nftables dnsmasq-base dosfstools mtools
 procps ca-certificates
 "
@@ -36,8 +40,10 @@ libxml2-dev libzstd-dev
 # the controller's /metrics (its server is not started here); clang and its libFuzzer
 # runtime for tests/fuzz/run; podman and buildah: the registry test logs in, pushes and
 # pulls with the clients users have, beside skopeo; wrk drives bench/api.sh (keep-alive
-# HTTP and TLS load from C: a Python client would be the bottleneck).
+# HTTP and TLS load from C: a Python client would be the bottleneck); debootstrap builds
+# the minimal Debian guest virt-v2v recognises (tests/soak/p2v_convert.sh).
 TEST="
+debootstrap
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
 busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk

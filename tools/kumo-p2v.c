@@ -48,7 +48,7 @@
 
 struct options {
 	char *url, *token, *cacert;
-	bool insecure, warm, cutover, start, poweroff, resume, json;
+	bool insecure, warm, cutover, start, convert, poweroff, resume, json;
 	int max_passes;
 	int parallel; /* chunks in flight */
 	long small;   /* a warm pass that changes at most this many chunks is the last before
@@ -574,6 +574,7 @@ static void usage(FILE *out)
 		"  --resume           continue the current pass after an interrupted run\n"
 		"  --cutover          end the session: the controller creates the VM\n"
 		"  --start            ... and starts it\n"
+		"  --convert          ... after virt-v2v rewrote its disk for virtio\n"
 		"  --poweroff         power the source off after the final pass\n"
 		"  --poweroff-cmd CMD how (default: poweroff)\n"
 		"  --json             progress as JSON lines on stderr, a JSON summary on "
@@ -595,6 +596,7 @@ int main(int argc, char **argv)
 		{"resume", no_argument, NULL, 'r'},
 		{"cutover", no_argument, NULL, 'C'},
 		{"start", no_argument, NULL, 'S'},
+		{"convert", no_argument, NULL, 'V'},
 		{"poweroff", no_argument, NULL, 'P'},
 		{"poweroff-cmd", required_argument, NULL, 'p'},
 		{"json", no_argument, NULL, 'j'},
@@ -654,6 +656,9 @@ int main(int argc, char **argv)
 			break;
 		case 'S':
 			opt.start = true;
+			break;
+		case 'V':
+			opt.convert = true;
 			break;
 		case 'P':
 			opt.poweroff = true;
@@ -731,7 +736,9 @@ int main(int argc, char **argv)
 	json_object_object_add(summary, "passes", passes);
 	if (opt.cutover) {
 		_cleanup_free_ char *path = xasprintf("%s/actions/cutover", base_path);
-		const char *body = opt.start ? "{\"start\": true}" : "{\"start\": false}";
+		_cleanup_free_ char *body =
+			xasprintf("{\"start\": %s, \"convert\": %s}", opt.start ? "true" : "false",
+				  opt.convert ? "true" : "false");
 		struct reply r = {0};
 		struct json_object *o;
 		struct kerr err;
@@ -760,7 +767,13 @@ int main(int argc, char **argv)
 		if (json_body_parse(r.body, r.len, &o, &err) == 0)
 			json_object_object_add(summary, "cutover", o);
 		free(r.body);
-		if (!opt.json)
+		if (!opt.json && opt.convert)
+			fprintf(stderr,
+				"kumo-p2v: cutting over: virt-v2v converts the disk, then "
+				"the VM is created; follow operation %s\n",
+				json_get_str(json_object_object_get(summary, "cutover"), "id",
+					     "?"));
+		else if (!opt.json)
 			fprintf(stderr, "kumo-p2v: cut over; the VM is being created\n");
 	}
 	if (freeze_at > 0)
