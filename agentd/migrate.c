@@ -76,6 +76,17 @@ struct outgoing {
 	bool polling;	      /* a query-migrate is in flight */
 	bool finished;
 	struct json_object *stats; /* the last "migration" object */
+	/* Local disks: mirrored to the target's NBD server before the memory moves. */
+	bool mirrored[AGENT_VM_DISKS_MAX]; /* job kumo-mirror-dI and node kumo-nbd-dI */
+	bool node_added[AGENT_VM_DISKS_MAX];
+	size_t mirror_next;    /* the disk whose mirror starts next */
+	bool mirrors_ready;    /* every mirror in sync: the memory may move */
+	bool mirrors_stopping; /* being cancelled: then after_mirrors() */
+	int mirror_polls;      /* query-block-jobs since the stop */
+	void (*after_mirrors)(struct outgoing *o);
+	int64_t disk_total, disk_remaining;
+	struct json_object *done_ret; /* query-migrate's "completed", kept meanwhile */
+	char fail_why[300];	      /* a failure waiting for the mirrors to stop */
 	struct outgoing *next;
 };
 
@@ -141,6 +152,7 @@ const struct json_field migrate_in_args[] = {
 
 const struct json_field migrate_out_args[] = {
 	{"uri", JK_STRING, true, uri_check},
+	{"nbd_uri", JK_STRING, false, uri_check},
 	{"tls", JK_OBJECT, true, tls_check},
 	{"downtime_ms", JK_INT, false, positive_check},
 	{"bandwidth_mbps", JK_INT, false, positive_check},
@@ -304,6 +316,45 @@ void migrate_in_running(struct vm *vm)
 	json_object_put(st);
 }
 
+/* ---- local disks ------------------------------------------------------------------------ */
+
+#define MIB (1024LL * 1024)
+
+static bool disk_is_local(const struct agent *a, const struct vm_disk *d)
+{
+	return strcmp(d->root, a->cfg->shared_pool) != 0;
+}
+
+/*
+ * How many of vm's disks are on this host's local pool: those a migration copies
+ * over NBD (the shared ones are already where the target reads them). keep (or NULL)
+ * gets, per disk, true for a shared one: the shape disk_remove() takes.
+ */
+size_t migrate_disks_local(const struct vm *vm, bool *keep)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		bool local = disk_is_local(vm->inst.agent, &vm->disks[i]);
+
+		if (keep)
+			keep[i] = !local;
+		n += local;
+	}
+	return n;
+}
+
+/* A linked clone (its image is its backing file, on the shared pool), or NULL. */
+static struct json_object *disk_backing(struct json_object *spec, size_t i)
+{
+	struct json_object *d = json_object_array_get_idx(json_object_object_get(spec, "disks"), i);
+	struct json_object *image = json_object_object_get(d, "image");
+
+	if (image == NULL || !strcmp(json_get_str(d, "clone", "linked"), "full"))
+		return NULL;
+	return image;
+}
+
 /* ---- migrate-in ------------------------------------------------------------------------ */
 
 /* A free TCP port on addr: bound and closed again, for QEMU to bind at once. */
@@ -366,11 +417,112 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 	instance_op_succeed(op);
 }
 
+static void incoming_send(struct inst_op *op)
+{
+	struct json_object *args = json_object_new_object();
+	struct kerr err;
+
+	json_object_object_add(args, "uri",
+			       json_object_new_string(json_get_str(op->result, "uri", "")));
+	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
+		   &err) < 0)
+		in_fail(op, err.msg);
+}
+
+static void export_next(struct inst_op *op);
+
+static void exported_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	char why[300];
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		snprintf(why, sizeof(why), "NBD export of disk %s: %s",
+			 op->vm->disks[op->idx - 1].name, error);
+		in_fail(op, why);
+		return;
+	}
+	export_next(op);
+}
+
+/* Export the next local disk (its QEMU node dI, writable, under the same name). */
+static void export_next(struct inst_op *op)
+{
+	struct json_object *args;
+	char node[16], id[32];
+	struct kerr err;
+
+	while (op->idx < op->vm->ndisks && !disk_is_local(op->agent, &op->vm->disks[op->idx]))
+		op->idx++;
+	if (op->idx >= op->vm->ndisks) {
+		incoming_send(op);
+		return;
+	}
+	snprintf(node, sizeof(node), "d%zu", op->idx);
+	snprintf(id, sizeof(id), "kumo-nbd-d%zu", op->idx);
+	op->idx++;
+	args = json_object_new_object();
+	json_object_object_add(args, "type", json_object_new_string("nbd"));
+	json_object_object_add(args, "id", json_object_new_string(id));
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	json_object_object_add(args, "name", json_object_new_string(node));
+	json_object_object_add(args, "writable", json_object_new_boolean(true));
+	if (vm_qmp(op->vm, "block-export-add", args, MIGRATE_QMP_TIMEOUT_MS, exported_cb, op,
+		   &err) < 0)
+		in_fail(op, err.msg);
+}
+
+static void nbd_started_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	char why[300];
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		snprintf(why, sizeof(why), "nbd-server-start: %s", error);
+		in_fail(op, why);
+		return;
+	}
+	/* Stopped before the guest runs here (vmaction_resume()), or with its QEMU. */
+	op->vm->vm_nbd = true;
+	op->idx = 0;
+	export_next(op);
+}
+
+/*
+ * Local disks: QEMU's NBD server on this host's underlay address, on a port of its
+ * own for this migration, TLS with the same credentials as the memory stream (the
+ * source's client certificate is verified), then each local disk exported writable.
+ */
+static void nbd_start(struct inst_op *op)
+{
+	struct json_object *args = json_object_new_object(), *addr = json_object_new_object();
+	struct json_object *inet = json_object_new_object();
+	char id[64], host[64], port[8];
+	const char *nbd = json_get_str(op->result, "nbd_uri", "") + strlen("tcp:");
+	const char *colon = strrchr(nbd, ':');
+	struct kerr err;
+
+	snprintf(host, sizeof(host), "%.*s", colon ? (int)(colon - nbd) : 0, nbd);
+	snprintf(port, sizeof(port), "%s", colon ? colon + 1 : "");
+	json_object_object_add(inet, "host", json_object_new_string(host));
+	json_object_object_add(inet, "port", json_object_new_string(port));
+	json_object_object_add(addr, "type", json_object_new_string("inet"));
+	json_object_object_add(addr, "data", inet);
+	json_object_object_add(args, "addr", addr);
+	creds_id(op, id, sizeof(id));
+	json_object_object_add(args, "tls-creds", json_object_new_string(id));
+	if (vm_qmp(op->vm, "nbd-server-start", args, MIGRATE_QMP_TIMEOUT_MS, nbd_started_cb, op,
+		   &err) < 0)
+		in_fail(op, err.msg);
+}
+
 static void in_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
-	struct json_object *args;
-	struct kerr err;
 
 	if (instance_op_gone(op))
 		return;
@@ -381,12 +533,11 @@ static void in_params_cb(struct qmp *q, struct json_object *ret, const char *err
 		in_fail(op, why);
 		return;
 	}
-	args = json_object_new_object();
-	json_object_object_add(args, "uri",
-			       json_object_new_string(json_get_str(op->result, "uri", "")));
-	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
-		   &err) < 0)
-		in_fail(op, err.msg);
+	if (migrate_disks_local(op->vm, NULL)) {
+		nbd_start(op);
+		return;
+	}
+	incoming_send(op);
 }
 
 static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -435,6 +586,18 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 	}
 	snprintf(uri, sizeof(uri), "tcp:%s:%d", host, port);
 	json_object_object_add(op->result, "uri", json_object_new_string(uri));
+	if (migrate_disks_local(vm, NULL)) {
+		int nport = port;
+
+		/* A port of its own for the disks, not the memory stream's. */
+		for (int k = 0; k < 8 && nport == port; k++)
+			if (port_pick(host, &nport, &err) < 0) {
+				in_fail(op, err.msg);
+				return;
+			}
+		snprintf(uri, sizeof(uri), "tcp:%s:%d", host, nport);
+		json_object_object_add(op->result, "nbd_uri", json_object_new_string(uri));
+	}
 	creds_id(op, id, sizeof(id));
 	if (creds_load(vm, json_object_object_get(op->args, "tls"), "server", id, in_creds_cb, op,
 		       &err) < 0)
@@ -456,6 +619,7 @@ static void in_spec_written_cb(struct agent *a, const char *error, void *data)
 	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
+	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
 	if (vm_start(op->vm, NULL, in_started_cb, op, &err) < 0) {
 		op->vm->vm_incoming = false;
 		instance_op_fail(op, "%s", err.msg);
@@ -486,17 +650,10 @@ static void in_seeded_cb(struct agent *a, const char *error, void *data)
 	in_spec_write(op);
 }
 
-static void in_prepared_cb(struct agent *a, const char *error, void *data)
+static void in_disks_made(struct inst_op *op)
 {
-	struct inst_op *op = data;
 	struct json_object *ci;
 
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	/* The seed disk is a device of the guest: the target needs the same one. */
 	if (json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
 		disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
@@ -506,6 +663,46 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 	in_spec_write(op);
 }
 
+static bool want_make(struct inst_op *op, size_t i)
+{
+	return op->make[i];
+}
+
+static void in_made_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	/* A half-made file is removed on failure too. */
+	if (!a->stopping)
+		op->made[op->idx - 1] = true;
+	instance_disk_done_cb(a, error, data);
+}
+
+static void in_make_one(struct inst_op *op, size_t i)
+{
+	struct json_object *d =
+		json_object_array_get_idx(json_object_object_get(op->spec, "disks"), i);
+
+	/* size_mb is the disk's virtual size: never below its image's (api_instances.c),
+	 * and kept by every resize (instances.c). The mirror needs the sizes equal. */
+	instance_op_progress(op, 20, "prepare-target");
+	disk_create(op->agent, &op->disks[i], op->images[i], json_get_int(d, "size_mb", 0) * MIB,
+		    false, in_made_cb, op);
+}
+
+static void in_prepared_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	instance_disks_each(op, want_make, in_make_one, in_disks_made);
+}
+
 /*
  * migrate-in (target): make the VM of op->spec here, its QEMU waiting for the
  * migration on a port of this host's underlay address. Result {"uri"}.
@@ -513,19 +710,16 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 void migrate_in(struct inst_op *op)
 {
 	const char *name = json_get_str(op->spec, "name", "");
+	struct vm_disk fresh[AGENT_VM_DISKS_MAX];
+	const char *images[AGENT_VM_DISKS_MAX];
 	struct kerr err;
+	size_t n = 0;
 
 	if (op->vm || oci_find(op->agent, name)) {
 		op->vm = NULL;
 		instance_op_fail(op, "instance %s exists already on this host", name);
 		return;
 	}
-	for (size_t i = 0; i < op->ndisks; i++)
-		if (strcmp(op->disks[i].root, op->agent->cfg->shared_pool) != 0) {
-			instance_op_fail(op, "disk %s is not on the shared pool",
-					 op->disks[i].name);
-			return;
-		}
 	op->vm = vm_register(op->agent, op->spec, &err);
 	if (op->vm == NULL) {
 		instance_op_fail(op, "%s", err.msg);
@@ -536,7 +730,21 @@ void migrate_in(struct inst_op *op)
 	op->owner = true;
 	op->result = json_object_new_object();
 	instance_op_progress(op, 10, "prepare-target");
-	disk_prepare(op->agent, op->vm->inst.dir, op->disks, 0, NULL, in_prepared_cb, op);
+	/* Local disks are made here, empty, of the source's size; a linked clone over the
+	 * same image of the shared pool, so only its own layer is copied. */
+	for (size_t i = 0; i < op->ndisks; i++) {
+		struct json_object *image = disk_backing(op->spec, i);
+
+		if (!disk_is_local(op->agent, &op->disks[i]))
+			continue;
+		op->make[i] = true;
+		if (image)
+			op->images[i] = xasprintf("%s/%s", op->agent->cfg->shared_pool,
+						  json_get_str(image, "path", ""));
+		images[n] = op->images[i];
+		fresh[n++] = op->disks[i];
+	}
+	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, in_prepared_cb, op);
 }
 
 /* ---- migrate-out ----------------------------------------------------------------------- */
@@ -554,6 +762,7 @@ static void outgoing_close_cb(uv_handle_t *handle)
 	struct outgoing *o = handle->data;
 
 	json_object_put(o->stats);
+	json_object_put(o->done_ret);
 	free(o);
 }
 
@@ -580,10 +789,39 @@ static bool outgoing_gone(struct outgoing *o)
 	return true;
 }
 
+static bool mirrors_any(const struct outgoing *o)
+{
+	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++)
+		if (o->mirrored[i] || o->node_added[i])
+			return true;
+	return false;
+}
+
+static void mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o));
+static void out_fail(struct outgoing *o, const char *prefix, const char *detail);
+
+static void out_fail_after_mirrors(struct outgoing *o)
+{
+	char why[sizeof(o->fail_why)];
+
+	snprintf(why, sizeof(why), "%s", o->fail_why);
+	out_fail(o, "", why);
+}
+
 /* Fail migrate-out with why = prefix + detail; the VM runs on here. */
 static void out_fail(struct outgoing *o, const char *prefix, const char *detail)
 {
 	struct inst_op *op = o->op;
+
+	/* The mirrors go first (abandoned: the target's copy is dropped), so a later
+	 * migration finds no job or NBD node of this one in the QEMU. */
+	if (mirrors_any(o) && vm_alive(o->vm)) {
+		if (o->mirrors_stopping)
+			return;
+		snprintf(o->fail_why, sizeof(o->fail_why), "%s%s", prefix, detail);
+		mirrors_stop(o, true, out_fail_after_mirrors);
+		return;
+	}
 
 	/* A guest this migration paused runs on here. */
 	if (o->paused_at_ms && vm_alive(o->vm))
@@ -616,11 +854,14 @@ static void out_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct vm *vm = (struct vm *)inst;
 	struct outgoing *o = data;
+	bool keep[AGENT_VM_DISKS_MAX];
 
 	if (outgoing_gone(o))
 		return;
 	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
-	disk_remove(o->op->agent, vm->inst.dir, vm->disks, 0, NULL, out_removed_cb, o);
+	/* Shared disks are the target's now; local ones were copied there. */
+	migrate_disks_local(vm, keep);
+	disk_remove(o->op->agent, vm->inst.dir, vm->disks, vm->ndisks, keep, out_removed_cb, o);
 }
 
 /* The "migration" object of the operation's progress, from query-migrate's answer. */
@@ -648,7 +889,11 @@ static struct json_object *stats_build(struct outgoing *o, struct json_object *r
 	json_object_object_add(s, "expected_downtime_ms",
 			       json_object_new_int64(json_get_int(ret, "expected-downtime", 0)));
 	json_object_object_add(s, "disk_remaining",
-			       json_object_new_int64(json_get_int(disk, "remaining", 0)));
+			       json_object_new_int64(mirrors_any(o)
+							     ? o->disk_remaining
+							     : json_get_int(disk, "remaining", 0)));
+	if (mirrors_any(o))
+		json_object_object_add(s, "disk_total", json_object_new_int64(o->disk_total));
 	json_object_object_add(s, "eta_ms", eta >= 0 ? json_object_new_int64(eta) : NULL);
 	return s;
 }
@@ -667,10 +912,52 @@ static void progress_send(struct outgoing *o, const char *phase, int pct)
 
 static void poll_again(struct outgoing *o);
 
+/* QEMU says the copy completed (ret: query-migrate's answer): the switchover. */
+static void out_completed(struct outgoing *o, struct json_object *ret)
+{
+	struct inst_op *op = o->op;
+	int64_t downtime = json_get_int(ret, "downtime", -1);
+
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
+	json_object_object_add(op->result, "downtime_ms", json_object_new_int64(downtime));
+	/* Paused first: the guest stood still since the stop, not only QEMU's part. */
+	if (o->paused_at_ms)
+		json_object_object_add(op->result, "paused_ms",
+				       json_object_new_int64(now_ms() - o->paused_at_ms));
+	json_object_object_add(op->result, "total_ms",
+			       json_object_new_int64(now_ms() - o->started_ms));
+	json_object_object_add(op->result, "migration", json_object_get(o->stats));
+	log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
+		 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
+	/* The switchover, at once: the controller moves the instance (and resumes a
+	 * guest paused first) while this host cleans up. */
+	json_object_object_add(o->stats, "downtime_ms", json_object_new_int64(downtime));
+	if (o->paused_at_ms)
+		json_object_object_add(o->stats, "paused_ms",
+				       json_object_new_int64(now_ms() - o->paused_at_ms));
+	json_object_object_add(o->stats, "total_ms",
+			       json_object_new_int64(now_ms() - o->started_ms));
+	progress_send(o, "switchover", 95);
+	op->report = vm_report(o->vm);
+	o->vm->inst.stop_requested = true;
+	vm_force_stop(o->vm, out_stopped_cb, o);
+}
+
+static void out_completed_after_mirrors(struct outgoing *o)
+{
+	struct json_object *ret = o->done_ret;
+
+	o->done_ret = NULL;
+	/* The target waits paused (-S) for the controller's resume. */
+	json_object_object_add(o->stats, "target_paused", json_object_new_boolean(true));
+	out_completed(o, ret);
+	json_object_put(ret);
+}
+
 static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
-	struct inst_op *op = o->op;
 	const char *status;
 	int64_t total;
 	int pct;
@@ -686,33 +973,16 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 	json_object_put(o->stats);
 	o->stats = stats_build(o, ret);
 	if (strcmp(status, "completed") == 0) {
-		int64_t downtime = json_get_int(ret, "downtime", -1);
-
 		o->finished = true;
-		op->result = json_object_new_object();
-		json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
-		json_object_object_add(op->result, "downtime_ms", json_object_new_int64(downtime));
-		/* Paused first: the guest stood still since the stop, not only QEMU's part. */
-		if (o->paused_at_ms)
-			json_object_object_add(op->result, "paused_ms",
-					       json_object_new_int64(now_ms() - o->paused_at_ms));
-		json_object_object_add(op->result, "total_ms",
-				       json_object_new_int64(now_ms() - o->started_ms));
-		json_object_object_add(op->result, "migration", json_object_get(o->stats));
-		log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
-			 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
-		/* The switchover, at once: the controller moves the instance (and resumes a
-		 * guest paused first) while this host cleans up. */
-		json_object_object_add(o->stats, "downtime_ms", json_object_new_int64(downtime));
-		if (o->paused_at_ms)
-			json_object_object_add(o->stats, "paused_ms",
-					       json_object_new_int64(now_ms() - o->paused_at_ms));
-		json_object_object_add(o->stats, "total_ms",
-				       json_object_new_int64(now_ms() - o->started_ms));
-		progress_send(o, "switchover", 95);
-		op->report = vm_report(o->vm);
-		o->vm->inst.stop_requested = true;
-		vm_force_stop(o->vm, out_stopped_cb, o);
+		if (mirrors_any(o)) {
+			/* The mirrors end before the target stops its NBD server (the other
+			 * order is an I/O error), and that before its guest runs: the
+			 * controller resumes it only after this switchover report. */
+			o->done_ret = json_object_get(ret);
+			mirrors_stop(o, false, out_completed_after_mirrors);
+			return;
+		}
+		out_completed(o, ret);
 		return;
 	}
 	if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0 ||
@@ -818,6 +1088,283 @@ static void strategy_start(struct outgoing *o)
 		out_fail(o, "", err.msg);
 }
 
+/* The memory moves: pre-copy, or (TCG) pause first. */
+static void memory_start(struct outgoing *o)
+{
+	if (strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0) {
+		migrate_send(o);
+		return;
+	}
+	/* TCG: never pre-copy (see the top). */
+	snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
+	strategy_start(o);
+}
+
+/* ---- local disks: mirrored over NBD ------------------------------------------------------ */
+
+static void job_name(char *out, size_t len, size_t i)
+{
+	snprintf(out, len, "kumo-mirror-d%zu", i);
+}
+
+static void node_name(char *out, size_t len, size_t i)
+{
+	snprintf(out, len, "kumo-nbd-d%zu", i);
+}
+
+/* Our mirror jobs in query-block-jobs' answer: counted, their bytes summed. */
+static size_t jobs_scan(struct json_object *jobs, size_t *ready, int64_t *len, int64_t *left)
+{
+	size_t n = 0;
+
+	*ready = 0;
+	*len = *left = 0;
+	for (size_t k = 0; jobs && k < json_object_array_length(jobs); k++) {
+		struct json_object *j = json_object_array_get_idx(jobs, k);
+		int64_t l = json_get_int(j, "len", 0), off = json_get_int(j, "offset", 0);
+
+		if (strncmp(json_get_str(j, "device", ""), "kumo-mirror-", 12) != 0)
+			continue;
+		n++;
+		*ready += json_get_bool(j, "ready", false);
+		*len += l;
+		*left += l > off ? l - off : 0;
+	}
+	return n;
+}
+
+static void stop_poll_cb(uv_timer_t *timer);
+
+static void stop_jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	size_t ready;
+	int64_t len, left;
+	char node[32];
+
+	if (outgoing_gone(o))
+		return;
+	/* Gone, or a QEMU that will not say after a minute: go on without them. */
+	if (ret && jobs_scan(ret, &ready, &len, &left) > 0 && ++o->mirror_polls < 240) {
+		uv_timer_start(&o->timer, stop_poll_cb, MIGRATE_POLL_MS, 0);
+		return;
+	}
+	if (ret == NULL || o->mirror_polls >= 240)
+		log_warnx("vm %s: its mirrors did not end (%s); going on", o->vm->inst.name,
+			  error ? error : "still there after a minute");
+	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++) {
+		if (o->node_added[i]) {
+			struct json_object *args = json_object_new_object();
+
+			node_name(node, sizeof(node), i);
+			json_object_object_add(args, "node-name", json_object_new_string(node));
+			vm_qmp(o->vm, "blockdev-del", args, 0, NULL, NULL, NULL);
+		}
+		o->mirrored[i] = o->node_added[i] = false;
+	}
+	o->mirrors_stopping = false;
+	o->after_mirrors(o);
+}
+
+static void stop_poll_cb(uv_timer_t *timer)
+{
+	struct outgoing *o = timer->data;
+
+	if (outgoing_gone(o))
+		return;
+	if (vm_qmp(o->vm, "query-block-jobs", NULL, MIGRATE_QMP_TIMEOUT_MS, stop_jobs_cb, o, NULL) <
+	    0)
+		stop_jobs_cb(NULL, NULL, "QMP is not ready", o);
+}
+
+/*
+ * End o's mirrors: after the copy (force false: a ready mirror completes without
+ * switching the source over, so the target holds every write), or abandoned on a
+ * failure (force true). Then their NBD nodes go and then(o) runs.
+ */
+static void mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o))
+{
+	char job[32];
+
+	o->mirrors_stopping = true;
+	o->after_mirrors = then;
+	o->mirror_polls = 0;
+	uv_timer_stop(&o->timer);
+	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++) {
+		struct json_object *args;
+
+		if (!o->mirrored[i])
+			continue;
+		args = json_object_new_object();
+		job_name(job, sizeof(job), i);
+		json_object_object_add(args, "device", json_object_new_string(job));
+		json_object_object_add(args, "force", json_object_new_boolean(force));
+		vm_qmp(o->vm, "block-job-cancel", args, 0, NULL, NULL, NULL);
+	}
+	uv_timer_start(&o->timer, stop_poll_cb, 0, 0);
+}
+
+static void mirror_poll_cb(uv_timer_t *timer);
+
+static void mirror_jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	size_t n = 0, want = 0, ready;
+	struct json_object *s;
+	int64_t len, left;
+
+	if (outgoing_gone(o))
+		return;
+	if (ret == NULL) {
+		out_fail(o, "query-block-jobs: ", error);
+		return;
+	}
+	if (o->cancel) {
+		out_fail(o, "migration ", "cancelled");
+		return;
+	}
+	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++)
+		want += o->mirrored[i];
+	n = jobs_scan(ret, &ready, &len, &left);
+	if (n < want) {
+		out_fail(o, "",
+			 "a mirror of a local disk ended before it was in sync (the target "
+			 "or the network failed)");
+		return;
+	}
+	o->disk_total = len;
+	o->disk_remaining = left;
+	if (ready == want) {
+		o->mirrors_ready = true;
+		log_info("vm %s: %zu local disk(s) in sync with the target (%lld bytes)",
+			 o->vm->inst.name, want, (long long)len);
+		memory_start(o);
+		return;
+	}
+	if (now_ms() - o->reported_ms >= MIGRATE_REPORT_MS) {
+		s = json_object_new_object();
+		json_object_object_add(s, "status", json_object_new_string("mirror-disks"));
+		json_object_object_add(s, "strategy", json_object_new_string(o->strategy));
+		json_object_object_add(s, "disk_total", json_object_new_int64(len));
+		json_object_object_add(s, "disk_remaining", json_object_new_int64(left));
+		json_object_object_add(s, "ram_total", json_object_new_int64(0));
+		json_object_object_add(s, "ram_transferred", json_object_new_int64(0));
+		json_object_object_add(s, "ram_remaining", json_object_new_int64(0));
+		json_object_put(o->stats);
+		o->stats = s;
+		progress_send(o, "mirror-disks", len > 0 ? (int)(5 + 5 * (len - left) / len) : 5);
+	}
+	uv_timer_start(&o->timer, mirror_poll_cb, MIGRATE_POLL_MS, 0);
+}
+
+static void mirror_poll_cb(uv_timer_t *timer)
+{
+	struct outgoing *o = timer->data;
+	struct kerr err;
+
+	if (outgoing_gone(o))
+		return;
+	if (vm_qmp(o->vm, "query-block-jobs", NULL, MIGRATE_QMP_TIMEOUT_MS, mirror_jobs_cb, o,
+		   &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+static void mirror_next(struct outgoing *o);
+
+static void mirror_started_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "blockdev-mirror: ", error);
+		return;
+	}
+	o->mirrored[o->mirror_next - 1] = true;
+	mirror_next(o);
+}
+
+static void nbd_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+	size_t i = o->mirror_next - 1;
+	int64_t mbps = json_get_int(o->op->args, "bandwidth_mbps", 0);
+	struct json_object *args;
+	char job[32], node[32], dev[16];
+	struct kerr err;
+
+	if (outgoing_gone(o))
+		return;
+	if (error) {
+		out_fail(o, "the target's NBD server: ", error);
+		return;
+	}
+	o->node_added[i] = true;
+	job_name(job, sizeof(job), i);
+	node_name(node, sizeof(node), i);
+	snprintf(dev, sizeof(dev), "d%zu", i);
+	args = json_object_new_object();
+	json_object_object_add(args, "job-id", json_object_new_string(job));
+	json_object_object_add(args, "device", json_object_new_string(dev));
+	json_object_object_add(args, "target", json_object_new_string(node));
+	/* A linked clone's image is on the shared pool, the target's backing file too:
+	 * only the clone's own layer moves. */
+	json_object_object_add(
+		args, "sync",
+		json_object_new_string(disk_backing(o->vm->inst.spec, i) ? "top" : "full"));
+	/* A bandwidth limit holds for the disks too (bytes per second). */
+	if (mbps > 0)
+		json_object_object_add(args, "speed", json_object_new_int64(mbps * 1000000 / 8));
+	if (vm_qmp(o->vm, "blockdev-mirror", args, MIGRATE_QMP_TIMEOUT_MS, mirror_started_cb, o,
+		   &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
+/* Connect to the target's export of the next local disk, then mirror it there. */
+static void mirror_next(struct outgoing *o)
+{
+	const char *nbd = json_get_str(o->op->args, "nbd_uri", "") + strlen("tcp:");
+	const char *colon = strrchr(nbd, ':');
+	struct json_object *tls = json_object_object_get(o->op->args, "tls");
+	struct json_object *args, *server;
+	char node[32], host[64], dev[16], id[64];
+	struct kerr err;
+	size_t i;
+
+	if (o->cancel) {
+		out_fail(o, "migration ", "cancelled");
+		return;
+	}
+	i = o->mirror_next;
+	while (i < o->vm->ndisks && !disk_is_local(o->op->agent, &o->vm->disks[i]))
+		i++;
+	if (i >= o->vm->ndisks) {
+		uv_timer_start(&o->timer, mirror_poll_cb, 0, 0);
+		return;
+	}
+	o->mirror_next = i + 1;
+	node_name(node, sizeof(node), i);
+	snprintf(dev, sizeof(dev), "d%zu", i);
+	snprintf(host, sizeof(host), "%.*s", colon ? (int)(colon - nbd) : 0, nbd);
+	creds_id(o->op, id, sizeof(id));
+	server = json_object_new_object();
+	json_object_object_add(server, "type", json_object_new_string("inet"));
+	json_object_object_add(server, "host", json_object_new_string(host));
+	json_object_object_add(server, "port", json_object_new_string(colon ? colon + 1 : ""));
+	args = json_object_new_object();
+	json_object_object_add(args, "driver", json_object_new_string("nbd"));
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	json_object_object_add(args, "server", server);
+	json_object_object_add(args, "export", json_object_new_string(dev));
+	json_object_object_add(args, "tls-creds", json_object_new_string(id));
+	/* The target's certificate names its underlay address. */
+	json_object_object_add(args, "tls-hostname",
+			       json_object_new_string(json_get_str(tls, "hostname", host)));
+	if (vm_qmp(o->vm, "blockdev-add", args, MIGRATE_QMP_TIMEOUT_MS, nbd_added_cb, o, &err) < 0)
+		out_fail(o, "", err.msg);
+}
+
 static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
@@ -828,13 +1375,19 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 		out_fail(o, "migrate-set-parameters: ", error);
 		return;
 	}
-	if (strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0) {
-		migrate_send(o);
+	/* Local disks first: in sync on the target before the memory moves. */
+	if (migrate_disks_local(o->vm, NULL)) {
+		if (!json_get_str(o->op->args, "nbd_uri", NULL)) {
+			out_fail(o, "",
+				 "the VM has local disks and the target offers no NBD "
+				 "server for them");
+			return;
+		}
+		progress_send(o, "mirror-disks", 5);
+		mirror_next(o);
 		return;
 	}
-	/* TCG: never pre-copy (see the top). */
-	snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
-	strategy_start(o);
+	memory_start(o);
 }
 
 static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -1047,14 +1600,17 @@ static void adopted_in_removed_cb(struct agent *a, const char *error, void *data
 static void adopted_in_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct vm *vm = (struct vm *)inst;
+	bool keep[AGENT_VM_DISKS_MAX];
 
 	(void)data;
 	if (vm->inst.agent->stopping)
 		return;
 	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
-	/* Its disks are on the shared pool, the source's: only the run directory goes. */
-	disk_remove(vm->inst.agent, vm->inst.dir, vm->disks, 0, NULL, adopted_in_removed_cb,
-		    xstrdup(vm->inst.name));
+	/* Its shared disks are the source's: the run directory goes, and the local disks
+	 * this migration made. */
+	migrate_disks_local(vm, keep);
+	disk_remove(vm->inst.agent, vm->inst.dir, vm->disks, vm->ndisks, keep,
+		    adopted_in_removed_cb, xstrdup(vm->inst.name));
 }
 
 /*
@@ -1109,23 +1665,36 @@ static const struct json_field state_fields[] = {
 
 /*
  * {"what": "migrate-state", "name": N} -> {"present": bool, "state": S, "role":
- * "out"|"in"|null}: whether VM N is here, its state, and the part it still plays in
- * a migration (its migration.json). The controller settles a migration with it after
- * a restart. Answered at once.
+ * "out"|"in"|null, "busy": bool}: whether VM or container N is here, its state, the
+ * part a VM still plays in a migration (its migration.json), and whether a command
+ * is still at work on it (a container's cold move step goes on without the
+ * controller). The controller settles a migration with it after a restart. Answered
+ * at once.
  */
 int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err)
 {
 	struct vm *vm;
+	struct ctr *ctr;
 	struct json_object *st;
 
 	if (json_fields_check(body, state_fields, err) < 0)
 		return -1;
 	vm = vm_find(a, json_get_str(body, "name", ""));
+	ctr = vm ? NULL : oci_find(a, json_get_str(body, "name", ""));
 	*answer = json_object_new_object();
-	json_object_object_add(*answer, "present", json_object_new_boolean(vm != NULL));
+	json_object_object_add(*answer, "present", json_object_new_boolean(vm || ctr));
+	if (ctr) {
+		json_object_object_add(*answer, "state",
+				       json_object_new_string(inst_state_name(ctr->inst.state)));
+		json_object_object_add(*answer, "role", NULL);
+		json_object_object_add(*answer, "busy",
+				       json_object_new_boolean(ctr->inst.op != NULL));
+		return 0;
+	}
 	if (vm == NULL)
 		return 0;
+	json_object_object_add(*answer, "busy", json_object_new_boolean(vm->inst.op != NULL));
 	st = state_read(vm);
 	json_object_object_add(*answer, "state",
 			       json_object_new_string(inst_state_name(vm->inst.state)));
