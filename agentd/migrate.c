@@ -8,11 +8,15 @@
  *                start QEMU with -incoming defer, then listen (QMP migrate-incoming)
  *                on this host's underlay address, on a port picked for this migration
  *                only. Succeeds with {"uri": "tcp:A:P"}; QEMU waits there, paused.
+ *                Local disks: made empty first, QEMU held (-S), served over NBD
+ *                (migrate_disk.c); the result adds {"nbd_uri"}.
  *   migrate-out  on the source: send the VM's state to args.uri (QMP migrate), report
  *                every second (op-progress with a "migration" object) and, once QEMU
- *                says completed, quit the source QEMU, remove its taps and run
- *                directory (its disks are on the shared pool: now the target's) and
- *                forget the VM. Succeeds with downtime_ms, total_ms, strategy and the
+ *                says completed, quit the source QEMU, remove its taps, run
+ *                directory and local disks (shared ones are the target's now) and
+ *                forget the VM. Local disks are mirrored to args.nbd_uri first
+ *                (phase mirror-disks) and the mirrors end before the switchover
+ *                report (migrate_disk.c). Succeeds with downtime_ms, total_ms, strategy and the
  *                last statistics.
  * The stream is TLS: each command carries this migration's certificates (args.tls,
  * issued by the controller for this migration alone), loaded into QEMU as a
@@ -21,7 +25,8 @@
  * Cancel is a query ({"what": "migrate-cancel", "name": N}): the VM is busy with
  * migrate-out, so a command would be refused. It answers at once; QMP migrate_cancel
  * then ends migrate-out as failed ("cancelled") and the VM runs on here. The target
- * is cleaned by the controller with a forced delete that keeps the disks.
+ * is cleaned by the controller with a forced delete that keeps the shared disks (the
+ * local ones it made for the migration go: vmaction.c).
  *
  * TCG: pre-copy crashed guest kernels on the target (issue 13: 7 of 15 runs of a busy
  * guest; then an idle guest ticking once a second, copied slowly at 16 Mbit/s, broke
@@ -55,40 +60,8 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "migrate.h"
 #include "util.h"
-
-#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs */
-#define MIGRATE_REPORT_MS      1000  /* op-progress at most this often */
-#define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
-#define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
-#define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
-
-/* One migrate-out at work (a VM leaves this host). */
-struct outgoing {
-	struct inst_op *op;
-	struct vm *vm;
-	uv_timer_t timer;
-	int64_t started_ms;
-	int64_t reported_ms;
-	int64_t paused_at_ms; /* pause-then-migrate: when the guest stopped, else 0 */
-	char strategy[24];    /* "precopy" or "pause-then-migrate" */
-	bool cancel;	      /* the controller asked to cancel */
-	bool polling;	      /* a query-migrate is in flight */
-	bool finished;
-	struct json_object *stats; /* the last "migration" object */
-	/* Local disks: mirrored to the target's NBD server before the memory moves. */
-	bool mirrored[AGENT_VM_DISKS_MAX]; /* job kumo-mirror-dI and node kumo-nbd-dI */
-	bool node_added[AGENT_VM_DISKS_MAX];
-	size_t mirror_next;    /* the disk whose mirror starts next */
-	bool mirrors_ready;    /* every mirror in sync: the memory may move */
-	bool mirrors_stopping; /* being cancelled: then after_mirrors() */
-	int mirror_polls;      /* query-block-jobs since the stop */
-	void (*after_mirrors)(struct outgoing *o);
-	int64_t disk_total, disk_remaining;
-	struct json_object *done_ret; /* query-migrate's "completed", kept meanwhile */
-	char fail_why[300];	      /* a failure waiting for the mirrors to stop */
-	struct outgoing *next;
-};
 
 static struct outgoing *outgoing_list;
 
@@ -256,7 +229,7 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 }
 
 /* The QOM id of op's credentials: new for each migration (a cancelled one's stays). */
-static void creds_id(const struct inst_op *op, char *out, size_t len)
+void migrate_creds_id(const struct inst_op *op, char *out, size_t len)
 {
 	snprintf(out, len, "kumo-tls-%.32s", op->op);
 }
@@ -316,45 +289,6 @@ void migrate_in_running(struct vm *vm)
 	json_object_put(st);
 }
 
-/* ---- local disks ------------------------------------------------------------------------ */
-
-#define MIB (1024LL * 1024)
-
-static bool disk_is_local(const struct agent *a, const struct vm_disk *d)
-{
-	return strcmp(d->root, a->cfg->shared_pool) != 0;
-}
-
-/*
- * How many of vm's disks are on this host's local pool: those a migration copies
- * over NBD (the shared ones are already where the target reads them). keep (or NULL)
- * gets, per disk, true for a shared one: the shape disk_remove() takes.
- */
-size_t migrate_disks_local(const struct vm *vm, bool *keep)
-{
-	size_t n = 0;
-
-	for (size_t i = 0; i < vm->ndisks; i++) {
-		bool local = disk_is_local(vm->inst.agent, &vm->disks[i]);
-
-		if (keep)
-			keep[i] = !local;
-		n += local;
-	}
-	return n;
-}
-
-/* A linked clone (its image is its backing file, on the shared pool), or NULL. */
-static struct json_object *disk_backing(struct json_object *spec, size_t i)
-{
-	struct json_object *d = json_object_array_get_idx(json_object_object_get(spec, "disks"), i);
-	struct json_object *image = json_object_object_get(d, "image");
-
-	if (image == NULL || !strcmp(json_get_str(d, "clone", "linked"), "full"))
-		return NULL;
-	return image;
-}
-
 /* ---- migrate-in ------------------------------------------------------------------------ */
 
 /* A free TCP port on addr: bound and closed again, for QEMU to bind at once. */
@@ -386,7 +320,7 @@ static void in_stopped_cb(struct inst *inst, const char *error, void *data)
 	instance_op_fail(op, "%s", why);
 }
 
-static void in_fail(struct inst_op *op, const char *why)
+void migrate_in_fail(struct inst_op *op, const char *why)
 {
 	if (op->vm && vm_alive(op->vm)) {
 		json_object_object_add(op->result, "why", json_object_new_string(why));
@@ -406,7 +340,7 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 		char why[300];
 
 		snprintf(why, sizeof(why), "migrate-incoming: %s", error);
-		in_fail(op, why);
+		migrate_in_fail(op, why);
 		return;
 	}
 	/* Ready: from here a failure is the controller's to clean up (a delete). */
@@ -417,7 +351,7 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 	instance_op_succeed(op);
 }
 
-static void incoming_send(struct inst_op *op)
+void migrate_incoming_send(struct inst_op *op)
 {
 	struct json_object *args = json_object_new_object();
 	struct kerr err;
@@ -426,98 +360,7 @@ static void incoming_send(struct inst_op *op)
 			       json_object_new_string(json_get_str(op->result, "uri", "")));
 	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
 		   &err) < 0)
-		in_fail(op, err.msg);
-}
-
-static void export_next(struct inst_op *op);
-
-static void exported_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct inst_op *op = data;
-	char why[300];
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		snprintf(why, sizeof(why), "NBD export of disk %s: %s",
-			 op->vm->disks[op->idx - 1].name, error);
-		in_fail(op, why);
-		return;
-	}
-	export_next(op);
-}
-
-/* Export the next local disk (its QEMU node dI, writable, under the same name). */
-static void export_next(struct inst_op *op)
-{
-	struct json_object *args;
-	char node[16], id[32];
-	struct kerr err;
-
-	while (op->idx < op->vm->ndisks && !disk_is_local(op->agent, &op->vm->disks[op->idx]))
-		op->idx++;
-	if (op->idx >= op->vm->ndisks) {
-		incoming_send(op);
-		return;
-	}
-	snprintf(node, sizeof(node), "d%zu", op->idx);
-	snprintf(id, sizeof(id), "kumo-nbd-d%zu", op->idx);
-	op->idx++;
-	args = json_object_new_object();
-	json_object_object_add(args, "type", json_object_new_string("nbd"));
-	json_object_object_add(args, "id", json_object_new_string(id));
-	json_object_object_add(args, "node-name", json_object_new_string(node));
-	json_object_object_add(args, "name", json_object_new_string(node));
-	json_object_object_add(args, "writable", json_object_new_boolean(true));
-	if (vm_qmp(op->vm, "block-export-add", args, MIGRATE_QMP_TIMEOUT_MS, exported_cb, op,
-		   &err) < 0)
-		in_fail(op, err.msg);
-}
-
-static void nbd_started_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct inst_op *op = data;
-	char why[300];
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		snprintf(why, sizeof(why), "nbd-server-start: %s", error);
-		in_fail(op, why);
-		return;
-	}
-	/* Stopped before the guest runs here (vmaction_resume()), or with its QEMU. */
-	op->vm->vm_nbd = true;
-	op->idx = 0;
-	export_next(op);
-}
-
-/*
- * Local disks: QEMU's NBD server on this host's underlay address, on a port of its
- * own for this migration, TLS with the same credentials as the memory stream (the
- * source's client certificate is verified), then each local disk exported writable.
- */
-static void nbd_start(struct inst_op *op)
-{
-	struct json_object *args = json_object_new_object(), *addr = json_object_new_object();
-	struct json_object *inet = json_object_new_object();
-	char id[64], host[64], port[8];
-	const char *nbd = json_get_str(op->result, "nbd_uri", "") + strlen("tcp:");
-	const char *colon = strrchr(nbd, ':');
-	struct kerr err;
-
-	snprintf(host, sizeof(host), "%.*s", colon ? (int)(colon - nbd) : 0, nbd);
-	snprintf(port, sizeof(port), "%s", colon ? colon + 1 : "");
-	json_object_object_add(inet, "host", json_object_new_string(host));
-	json_object_object_add(inet, "port", json_object_new_string(port));
-	json_object_object_add(addr, "type", json_object_new_string("inet"));
-	json_object_object_add(addr, "data", inet);
-	json_object_object_add(args, "addr", addr);
-	creds_id(op, id, sizeof(id));
-	json_object_object_add(args, "tls-creds", json_object_new_string(id));
-	if (vm_qmp(op->vm, "nbd-server-start", args, MIGRATE_QMP_TIMEOUT_MS, nbd_started_cb, op,
-		   &err) < 0)
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 }
 
 static void in_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -530,14 +373,14 @@ static void in_params_cb(struct qmp *q, struct json_object *ret, const char *err
 		char why[300];
 
 		snprintf(why, sizeof(why), "migrate-set-parameters: %s", error);
-		in_fail(op, why);
+		migrate_in_fail(op, why);
 		return;
 	}
 	if (migrate_disks_local(op->vm, NULL)) {
-		nbd_start(op);
+		migrate_nbd_start(op);
 		return;
 	}
-	incoming_send(op);
+	migrate_incoming_send(op);
 }
 
 static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -551,15 +394,15 @@ static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *erro
 		return;
 	if (error) {
 		snprintf(why, sizeof(why), "the migration's TLS certificates: %s", error);
-		in_fail(op, why);
+		migrate_in_fail(op, why);
 		return;
 	}
-	creds_id(op, id, sizeof(id));
+	migrate_creds_id(op, id, sizeof(id));
 	params = json_object_new_object();
 	json_object_object_add(params, "tls-creds", json_object_new_string(id));
 	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
 		   op, &err) < 0)
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 }
 
 static void in_started_cb(struct inst *inst, const char *error, void *data)
@@ -574,14 +417,14 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		return;
 	vm->vm_incoming = false;
 	if (error) {
-		in_fail(op, error);
+		migrate_in_fail(op, error);
 		return;
 	}
 	/* The underlay address the controller reaches this agent at (tcp://A:P). */
 	if (config_hostport_split(op->agent->addr + strlen("tcp://"), host, sizeof(host), &cport,
 				  &err) < 0 ||
 	    port_pick(host, &port, &err) < 0) {
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 		return;
 	}
 	snprintf(uri, sizeof(uri), "tcp:%s:%d", host, port);
@@ -592,16 +435,16 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		/* A port of its own for the disks, not the memory stream's. */
 		for (int k = 0; k < 8 && nport == port; k++)
 			if (port_pick(host, &nport, &err) < 0) {
-				in_fail(op, err.msg);
+				migrate_in_fail(op, err.msg);
 				return;
 			}
 		snprintf(uri, sizeof(uri), "tcp:%s:%d", host, nport);
 		json_object_object_add(op->result, "nbd_uri", json_object_new_string(uri));
 	}
-	creds_id(op, id, sizeof(id));
+	migrate_creds_id(op, id, sizeof(id));
 	if (creds_load(vm, json_object_object_get(op->args, "tls"), "server", id, in_creds_cb, op,
 		       &err) < 0)
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 }
 
 static void in_spec_written_cb(struct agent *a, const char *error, void *data)
@@ -663,33 +506,6 @@ static void in_disks_made(struct inst_op *op)
 	in_spec_write(op);
 }
 
-static bool want_make(struct inst_op *op, size_t i)
-{
-	return op->make[i];
-}
-
-static void in_made_cb(struct agent *a, const char *error, void *data)
-{
-	struct inst_op *op = data;
-
-	/* A half-made file is removed on failure too. */
-	if (!a->stopping)
-		op->made[op->idx - 1] = true;
-	instance_disk_done_cb(a, error, data);
-}
-
-static void in_make_one(struct inst_op *op, size_t i)
-{
-	struct json_object *d =
-		json_object_array_get_idx(json_object_object_get(op->spec, "disks"), i);
-
-	/* size_mb is the disk's virtual size: never below its image's (api_instances.c),
-	 * and kept by every resize (instances.c). The mirror needs the sizes equal. */
-	instance_op_progress(op, 20, "prepare-target");
-	disk_create(op->agent, &op->disks[i], op->images[i], json_get_int(d, "size_mb", 0) * MIB,
-		    false, in_made_cb, op);
-}
-
 static void in_prepared_cb(struct agent *a, const char *error, void *data)
 {
 	struct inst_op *op = data;
@@ -700,7 +516,7 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 		instance_op_fail(op, "%s", error);
 		return;
 	}
-	instance_disks_each(op, want_make, in_make_one, in_disks_made);
+	migrate_disks_make(op, in_disks_made);
 }
 
 /*
@@ -730,20 +546,7 @@ void migrate_in(struct inst_op *op)
 	op->owner = true;
 	op->result = json_object_new_object();
 	instance_op_progress(op, 10, "prepare-target");
-	/* Local disks are made here, empty, of the source's size; a linked clone over the
-	 * same image of the shared pool, so only its own layer is copied. */
-	for (size_t i = 0; i < op->ndisks; i++) {
-		struct json_object *image = disk_backing(op->spec, i);
-
-		if (!disk_is_local(op->agent, &op->disks[i]))
-			continue;
-		op->make[i] = true;
-		if (image)
-			op->images[i] = xasprintf("%s/%s", op->agent->cfg->shared_pool,
-						  json_get_str(image, "path", ""));
-		images[n] = op->images[i];
-		fresh[n++] = op->disks[i];
-	}
+	n = migrate_disks_plan(op, fresh, images);
 	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, in_prepared_cb, op);
 }
 
@@ -780,7 +583,7 @@ static void outgoing_free(struct outgoing *o)
 	uv_close((uv_handle_t *)&o->timer, outgoing_close_cb);
 }
 
-static bool outgoing_gone(struct outgoing *o)
+bool migrate_outgoing_gone(struct outgoing *o)
 {
 	if (!o->op->agent->stopping)
 		return false;
@@ -789,37 +592,28 @@ static bool outgoing_gone(struct outgoing *o)
 	return true;
 }
 
-static bool mirrors_any(const struct outgoing *o)
-{
-	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++)
-		if (o->mirrored[i] || o->node_added[i])
-			return true;
-	return false;
-}
-
-static void mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o));
-static void out_fail(struct outgoing *o, const char *prefix, const char *detail);
+void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail);
 
 static void out_fail_after_mirrors(struct outgoing *o)
 {
 	char why[sizeof(o->fail_why)];
 
 	snprintf(why, sizeof(why), "%s", o->fail_why);
-	out_fail(o, "", why);
+	migrate_out_fail(o, "", why);
 }
 
 /* Fail migrate-out with why = prefix + detail; the VM runs on here. */
-static void out_fail(struct outgoing *o, const char *prefix, const char *detail)
+void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail)
 {
 	struct inst_op *op = o->op;
 
 	/* The mirrors go first (abandoned: the target's copy is dropped), so a later
 	 * migration finds no job or NBD node of this one in the QEMU. */
-	if (mirrors_any(o) && vm_alive(o->vm)) {
+	if (migrate_mirrors_any(o) && vm_alive(o->vm)) {
 		if (o->mirrors_stopping)
 			return;
 		snprintf(o->fail_why, sizeof(o->fail_why), "%s%s", prefix, detail);
-		mirrors_stop(o, true, out_fail_after_mirrors);
+		migrate_mirrors_stop(o, true, out_fail_after_mirrors);
 		return;
 	}
 
@@ -837,7 +631,7 @@ static void out_removed_cb(struct agent *a, const char *error, void *data)
 	struct outgoing *o = data;
 	struct inst_op *op = o->op;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error)
 		log_warnx("vm %s: migrated, but its run directory stays: %s", o->vm->inst.name,
@@ -856,7 +650,7 @@ static void out_stopped_cb(struct inst *inst, const char *error, void *data)
 	struct outgoing *o = data;
 	bool keep[AGENT_VM_DISKS_MAX];
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
 	/* Shared disks are the target's now; local ones were copied there. */
@@ -889,16 +683,16 @@ static struct json_object *stats_build(struct outgoing *o, struct json_object *r
 	json_object_object_add(s, "expected_downtime_ms",
 			       json_object_new_int64(json_get_int(ret, "expected-downtime", 0)));
 	json_object_object_add(s, "disk_remaining",
-			       json_object_new_int64(mirrors_any(o)
+			       json_object_new_int64(migrate_mirrors_any(o)
 							     ? o->disk_remaining
 							     : json_get_int(disk, "remaining", 0)));
-	if (mirrors_any(o))
+	if (migrate_mirrors_any(o))
 		json_object_object_add(s, "disk_total", json_object_new_int64(o->disk_total));
 	json_object_object_add(s, "eta_ms", eta >= 0 ? json_object_new_int64(eta) : NULL);
 	return s;
 }
 
-static void progress_send(struct outgoing *o, const char *phase, int pct)
+void migrate_progress_send(struct outgoing *o, const char *phase, int pct)
 {
 	struct json_object *body = json_object_new_object();
 
@@ -938,7 +732,7 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 				       json_object_new_int64(now_ms() - o->paused_at_ms));
 	json_object_object_add(o->stats, "total_ms",
 			       json_object_new_int64(now_ms() - o->started_ms));
-	progress_send(o, "switchover", 95);
+	migrate_progress_send(o, "switchover", 95);
 	op->report = vm_report(o->vm);
 	o->vm->inst.stop_requested = true;
 	vm_force_stop(o->vm, out_stopped_cb, o);
@@ -963,10 +757,10 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 	int pct;
 
 	o->polling = false;
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (ret == NULL) {
-		out_fail(o, "query-migrate: ", error);
+		migrate_out_fail(o, "query-migrate: ", error);
 		return;
 	}
 	status = json_get_str(ret, "status", "");
@@ -974,12 +768,12 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 	o->stats = stats_build(o, ret);
 	if (strcmp(status, "completed") == 0) {
 		o->finished = true;
-		if (mirrors_any(o)) {
+		if (migrate_mirrors_any(o)) {
 			/* The mirrors end before the target stops its NBD server (the other
 			 * order is an I/O error), and that before its guest runs: the
 			 * controller resumes it only after this switchover report. */
 			o->done_ret = json_object_get(ret);
-			mirrors_stop(o, false, out_completed_after_mirrors);
+			migrate_mirrors_stop(o, false, out_completed_after_mirrors);
 			return;
 		}
 		out_completed(o, ret);
@@ -991,10 +785,10 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 			poll_again(o);
 			return;
 		}
-		out_fail(o, "migration ",
-			 o->cancel || strcmp(status, "cancelled") == 0
-				 ? "cancelled"
-				 : json_get_str(ret, "error-desc", "failed"));
+		migrate_out_fail(o, "migration ",
+				 o->cancel || strcmp(status, "cancelled") == 0
+					 ? "cancelled"
+					 : json_get_str(ret, "error-desc", "failed"));
 		return;
 	}
 	if (now_ms() - o->reported_ms >= MIGRATE_REPORT_MS) {
@@ -1005,8 +799,9 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 								"transferred", 0) /
 						   (total > 0 ? total : 1))
 			      : 10;
-		progress_send(o, strcmp(status, "postcopy-active") == 0 ? "postcopy" : "precopy",
-			      pct > 90 ? 90 : pct);
+		migrate_progress_send(
+			o, strcmp(status, "postcopy-active") == 0 ? "postcopy" : "precopy",
+			pct > 90 ? 90 : pct);
 	}
 	poll_again(o);
 }
@@ -1016,13 +811,13 @@ static void poll_cb(uv_timer_t *timer)
 	struct outgoing *o = timer->data;
 	struct kerr err;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	o->polling = true;
 	if (vm_qmp(o->vm, "query-migrate", NULL, MIGRATE_QMP_TIMEOUT_MS, query_migrate_cb, o,
 		   &err) < 0) {
 		o->polling = false;
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 	}
 }
 
@@ -1035,13 +830,13 @@ static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error
 {
 	struct outgoing *o = data;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "migrate: ", error);
+		migrate_out_fail(o, "migrate: ", error);
 		return;
 	}
-	progress_send(o, "precopy", 10);
+	migrate_progress_send(o, "precopy", 10);
 	poll_again(o);
 }
 
@@ -1053,17 +848,17 @@ static void migrate_send(struct outgoing *o)
 	json_object_object_add(args, "uri",
 			       json_object_new_string(json_get_str(o->op->args, "uri", "")));
 	if (vm_qmp(o->vm, "migrate", args, MIGRATE_QMP_TIMEOUT_MS, migrate_cb, o, &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "stop: ", error);
+		migrate_out_fail(o, "stop: ", error);
 		return;
 	}
 	migrate_send(o);
@@ -1075,7 +870,7 @@ static void strategy_start(struct outgoing *o)
 	struct kerr err;
 
 	if (o->cancel) {
-		out_fail(o, "migration ", "cancelled");
+		migrate_out_fail(o, "migration ", "cancelled");
 		return;
 	}
 	if (strcmp(o->strategy, "pause-then-migrate") != 0) {
@@ -1085,11 +880,11 @@ static void strategy_start(struct outgoing *o)
 	o->paused_at_ms = now_ms();
 	state_write(o->vm, "out", o->op->op, true);
 	if (vm_qmp(o->vm, "stop", NULL, MIGRATE_QMP_TIMEOUT_MS, stopped_cb, o, &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 /* The memory moves: pre-copy, or (TCG) pause first. */
-static void memory_start(struct outgoing *o)
+void migrate_memory_start(struct outgoing *o)
 {
 	if (strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0) {
 		migrate_send(o);
@@ -1100,294 +895,29 @@ static void memory_start(struct outgoing *o)
 	strategy_start(o);
 }
 
-/* ---- local disks: mirrored over NBD ------------------------------------------------------ */
-
-static void job_name(char *out, size_t len, size_t i)
-{
-	snprintf(out, len, "kumo-mirror-d%zu", i);
-}
-
-static void node_name(char *out, size_t len, size_t i)
-{
-	snprintf(out, len, "kumo-nbd-d%zu", i);
-}
-
-/* Our mirror jobs in query-block-jobs' answer: counted, their bytes summed. */
-static size_t jobs_scan(struct json_object *jobs, size_t *ready, int64_t *len, int64_t *left)
-{
-	size_t n = 0;
-
-	*ready = 0;
-	*len = *left = 0;
-	for (size_t k = 0; jobs && k < json_object_array_length(jobs); k++) {
-		struct json_object *j = json_object_array_get_idx(jobs, k);
-		int64_t l = json_get_int(j, "len", 0), off = json_get_int(j, "offset", 0);
-
-		if (strncmp(json_get_str(j, "device", ""), "kumo-mirror-", 12) != 0)
-			continue;
-		n++;
-		*ready += json_get_bool(j, "ready", false);
-		*len += l;
-		*left += l > off ? l - off : 0;
-	}
-	return n;
-}
-
-static void stop_poll_cb(uv_timer_t *timer);
-
-static void stop_jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct outgoing *o = data;
-	size_t ready;
-	int64_t len, left;
-	char node[32];
-
-	if (outgoing_gone(o))
-		return;
-	/* Gone, or a QEMU that will not say after a minute: go on without them. */
-	if (ret && jobs_scan(ret, &ready, &len, &left) > 0 && ++o->mirror_polls < 240) {
-		uv_timer_start(&o->timer, stop_poll_cb, MIGRATE_POLL_MS, 0);
-		return;
-	}
-	if (ret == NULL || o->mirror_polls >= 240)
-		log_warnx("vm %s: its mirrors did not end (%s); going on", o->vm->inst.name,
-			  error ? error : "still there after a minute");
-	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++) {
-		if (o->node_added[i]) {
-			struct json_object *args = json_object_new_object();
-
-			node_name(node, sizeof(node), i);
-			json_object_object_add(args, "node-name", json_object_new_string(node));
-			vm_qmp(o->vm, "blockdev-del", args, 0, NULL, NULL, NULL);
-		}
-		o->mirrored[i] = o->node_added[i] = false;
-	}
-	o->mirrors_stopping = false;
-	o->after_mirrors(o);
-}
-
-static void stop_poll_cb(uv_timer_t *timer)
-{
-	struct outgoing *o = timer->data;
-
-	if (outgoing_gone(o))
-		return;
-	if (vm_qmp(o->vm, "query-block-jobs", NULL, MIGRATE_QMP_TIMEOUT_MS, stop_jobs_cb, o, NULL) <
-	    0)
-		stop_jobs_cb(NULL, NULL, "QMP is not ready", o);
-}
-
-/*
- * End o's mirrors: after the copy (force false: a ready mirror completes without
- * switching the source over, so the target holds every write), or abandoned on a
- * failure (force true). Then their NBD nodes go and then(o) runs.
- */
-static void mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o))
-{
-	char job[32];
-
-	o->mirrors_stopping = true;
-	o->after_mirrors = then;
-	o->mirror_polls = 0;
-	uv_timer_stop(&o->timer);
-	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++) {
-		struct json_object *args;
-
-		if (!o->mirrored[i])
-			continue;
-		args = json_object_new_object();
-		job_name(job, sizeof(job), i);
-		json_object_object_add(args, "device", json_object_new_string(job));
-		json_object_object_add(args, "force", json_object_new_boolean(force));
-		vm_qmp(o->vm, "block-job-cancel", args, 0, NULL, NULL, NULL);
-	}
-	uv_timer_start(&o->timer, stop_poll_cb, 0, 0);
-}
-
-static void mirror_poll_cb(uv_timer_t *timer);
-
-static void mirror_jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct outgoing *o = data;
-	size_t n = 0, want = 0, ready;
-	struct json_object *s;
-	int64_t len, left;
-
-	if (outgoing_gone(o))
-		return;
-	if (ret == NULL) {
-		out_fail(o, "query-block-jobs: ", error);
-		return;
-	}
-	if (o->cancel) {
-		out_fail(o, "migration ", "cancelled");
-		return;
-	}
-	for (size_t i = 0; i < AGENT_VM_DISKS_MAX; i++)
-		want += o->mirrored[i];
-	n = jobs_scan(ret, &ready, &len, &left);
-	if (n < want) {
-		out_fail(o, "",
-			 "a mirror of a local disk ended before it was in sync (the target "
-			 "or the network failed)");
-		return;
-	}
-	o->disk_total = len;
-	o->disk_remaining = left;
-	if (ready == want) {
-		o->mirrors_ready = true;
-		log_info("vm %s: %zu local disk(s) in sync with the target (%lld bytes)",
-			 o->vm->inst.name, want, (long long)len);
-		memory_start(o);
-		return;
-	}
-	if (now_ms() - o->reported_ms >= MIGRATE_REPORT_MS) {
-		s = json_object_new_object();
-		json_object_object_add(s, "status", json_object_new_string("mirror-disks"));
-		json_object_object_add(s, "strategy", json_object_new_string(o->strategy));
-		json_object_object_add(s, "disk_total", json_object_new_int64(len));
-		json_object_object_add(s, "disk_remaining", json_object_new_int64(left));
-		json_object_object_add(s, "ram_total", json_object_new_int64(0));
-		json_object_object_add(s, "ram_transferred", json_object_new_int64(0));
-		json_object_object_add(s, "ram_remaining", json_object_new_int64(0));
-		json_object_put(o->stats);
-		o->stats = s;
-		progress_send(o, "mirror-disks", len > 0 ? (int)(5 + 5 * (len - left) / len) : 5);
-	}
-	uv_timer_start(&o->timer, mirror_poll_cb, MIGRATE_POLL_MS, 0);
-}
-
-static void mirror_poll_cb(uv_timer_t *timer)
-{
-	struct outgoing *o = timer->data;
-	struct kerr err;
-
-	if (outgoing_gone(o))
-		return;
-	if (vm_qmp(o->vm, "query-block-jobs", NULL, MIGRATE_QMP_TIMEOUT_MS, mirror_jobs_cb, o,
-		   &err) < 0)
-		out_fail(o, "", err.msg);
-}
-
-static void mirror_next(struct outgoing *o);
-
-static void mirror_started_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct outgoing *o = data;
-
-	if (outgoing_gone(o))
-		return;
-	if (error) {
-		out_fail(o, "blockdev-mirror: ", error);
-		return;
-	}
-	o->mirrored[o->mirror_next - 1] = true;
-	mirror_next(o);
-}
-
-static void nbd_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct outgoing *o = data;
-	size_t i = o->mirror_next - 1;
-	int64_t mbps = json_get_int(o->op->args, "bandwidth_mbps", 0);
-	struct json_object *args;
-	char job[32], node[32], dev[16];
-	struct kerr err;
-
-	if (outgoing_gone(o))
-		return;
-	if (error) {
-		out_fail(o, "the target's NBD server: ", error);
-		return;
-	}
-	o->node_added[i] = true;
-	job_name(job, sizeof(job), i);
-	node_name(node, sizeof(node), i);
-	snprintf(dev, sizeof(dev), "d%zu", i);
-	args = json_object_new_object();
-	json_object_object_add(args, "job-id", json_object_new_string(job));
-	json_object_object_add(args, "device", json_object_new_string(dev));
-	json_object_object_add(args, "target", json_object_new_string(node));
-	/* A linked clone's image is on the shared pool, the target's backing file too:
-	 * only the clone's own layer moves. */
-	json_object_object_add(
-		args, "sync",
-		json_object_new_string(disk_backing(o->vm->inst.spec, i) ? "top" : "full"));
-	/* A bandwidth limit holds for the disks too (bytes per second). */
-	if (mbps > 0)
-		json_object_object_add(args, "speed", json_object_new_int64(mbps * 1000000 / 8));
-	if (vm_qmp(o->vm, "blockdev-mirror", args, MIGRATE_QMP_TIMEOUT_MS, mirror_started_cb, o,
-		   &err) < 0)
-		out_fail(o, "", err.msg);
-}
-
-/* Connect to the target's export of the next local disk, then mirror it there. */
-static void mirror_next(struct outgoing *o)
-{
-	const char *nbd = json_get_str(o->op->args, "nbd_uri", "") + strlen("tcp:");
-	const char *colon = strrchr(nbd, ':');
-	struct json_object *tls = json_object_object_get(o->op->args, "tls");
-	struct json_object *args, *server;
-	char node[32], host[64], dev[16], id[64];
-	struct kerr err;
-	size_t i;
-
-	if (o->cancel) {
-		out_fail(o, "migration ", "cancelled");
-		return;
-	}
-	i = o->mirror_next;
-	while (i < o->vm->ndisks && !disk_is_local(o->op->agent, &o->vm->disks[i]))
-		i++;
-	if (i >= o->vm->ndisks) {
-		uv_timer_start(&o->timer, mirror_poll_cb, 0, 0);
-		return;
-	}
-	o->mirror_next = i + 1;
-	node_name(node, sizeof(node), i);
-	snprintf(dev, sizeof(dev), "d%zu", i);
-	snprintf(host, sizeof(host), "%.*s", colon ? (int)(colon - nbd) : 0, nbd);
-	creds_id(o->op, id, sizeof(id));
-	server = json_object_new_object();
-	json_object_object_add(server, "type", json_object_new_string("inet"));
-	json_object_object_add(server, "host", json_object_new_string(host));
-	json_object_object_add(server, "port", json_object_new_string(colon ? colon + 1 : ""));
-	args = json_object_new_object();
-	json_object_object_add(args, "driver", json_object_new_string("nbd"));
-	json_object_object_add(args, "node-name", json_object_new_string(node));
-	json_object_object_add(args, "server", server);
-	json_object_object_add(args, "export", json_object_new_string(dev));
-	json_object_object_add(args, "tls-creds", json_object_new_string(id));
-	/* The target's certificate names its underlay address. */
-	json_object_object_add(args, "tls-hostname",
-			       json_object_new_string(json_get_str(tls, "hostname", host)));
-	if (vm_qmp(o->vm, "blockdev-add", args, MIGRATE_QMP_TIMEOUT_MS, nbd_added_cb, o, &err) < 0)
-		out_fail(o, "", err.msg);
-}
-
 static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "migrate-set-parameters: ", error);
+		migrate_out_fail(o, "migrate-set-parameters: ", error);
 		return;
 	}
 	/* Local disks first: in sync on the target before the memory moves. */
 	if (migrate_disks_local(o->vm, NULL)) {
 		if (!json_get_str(o->op->args, "nbd_uri", NULL)) {
-			out_fail(o, "",
-				 "the VM has local disks and the target offers no NBD "
-				 "server for them");
+			migrate_out_fail(o, "",
+					 "the VM has local disks and the target offers no NBD "
+					 "server for them");
 			return;
 		}
-		progress_send(o, "mirror-disks", 5);
-		mirror_next(o);
+		migrate_progress_send(o, "mirror-disks", 5);
+		migrate_mirror_next(o);
 		return;
 	}
-	memory_start(o);
+	migrate_memory_start(o);
 }
 
 static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -1399,13 +929,13 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 	struct kerr err;
 	char id[64];
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "the migration's TLS certificates: ", error);
+		migrate_out_fail(o, "the migration's TLS certificates: ", error);
 		return;
 	}
-	creds_id(op, id, sizeof(id));
+	migrate_creds_id(op, id, sizeof(id));
 	params = json_object_new_object();
 	json_object_object_add(params, "tls-creds", json_object_new_string(id));
 	/* The target's certificate names its underlay address. */
@@ -1417,7 +947,7 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
 	if (vm_qmp(o->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, params_cb, o,
 		   &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 /*
@@ -1446,11 +976,11 @@ void migrate_out(struct inst_op *op)
 	o->next = outgoing_list;
 	outgoing_list = o;
 	state_write(vm, "out", op->op, false);
-	progress_send(o, "precopy", 5);
-	creds_id(op, id, sizeof(id));
+	migrate_progress_send(o, "precopy", 5);
+	migrate_creds_id(op, id, sizeof(id));
 	if (creds_load(vm, json_object_object_get(op->args, "tls"), "client", id, out_creds_cb, o,
 		       &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 static const struct json_field cancel_fields[] = {
