@@ -1100,6 +1100,20 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 		json_object_put(i.spec);
 		return -1;
 	}
+	/* "always" is a promise Kumo cannot keep yet: say why rather than ignore it. */
+	if (!cold && !strcmp(json_get_str(body, "postcopy", "auto"), "always")) {
+		if (!json_get_bool(dst->facts, "postcopy", false))
+			err_input(err, 422, "postcopy",
+				  "host %s cannot post-copy: its QEMU user has no userfaultfd "
+				  "(vm.unprivileged_userfaultfd is 0); use postcopy auto or never",
+				  dst->name);
+		else
+			err_input(err, 422, "postcopy",
+				  "post-copy is not implemented yet; use postcopy auto or never");
+		json_object_put(where);
+		json_object_put(i.spec);
+		return -1;
+	}
 	res = json_object_new_object();
 	json_object_object_add(res, "args",
 			       body ? json_object_get(body) : json_object_new_object());

@@ -27,7 +27,7 @@ vm_create '{"name":"'$VM'","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1"
 	"disks":[{"name":"root","image":"'$TEST_IMAGE'","pool":"local","bus":"virtio"},
 		{"name":"data","size_mb":16,"pool":"local","bus":"virtio"}],
 	"cloud_init":{"user_data":"'"$script"'"}}'
-wait_until 150 "$VM booted" console_has $VM KUMO-GUEST-READY
+wait_until 300 "$VM booted" console_has $VM KUMO-GUEST-READY
 wait_until 60 "$VM reads its disks back" console_has $VM "KUMO-DISK [0-9]"
 # last_disk NAME -> "UPTIME ROOTSUM DATASUM" of the last complete KUMO-DISK line
 last_disk() { console "$1" | tr -d '\r' | grep -oaE 'KUMO-DISK [0-9]+ [0-9a-f]{32} [0-9a-f]{32}' | tail -n 1 | cut -d' ' -f2-4 || true; }
@@ -41,6 +41,13 @@ H2=$KUMO_LAB_DIR/hosts/h2/local
 
 api GET /api/v1/instances/$VM/placement?for=migrate
 [ "$(jqb .blocked)" = null ] || fail "the dry run still blocks a VM with local disks: $(jqb .blocked)"
+
+# postcopy always: these hosts' QEMUs have no userfaultfd; a 422 says so, nothing starts.
+api POST /api/v1/instances/$VM/actions/migrate '{"host":"h2","postcopy":"always"}'
+expect_status 422 "postcopy always"
+jqb .error | grep -q userfaultfd || fail "the post-copy refusal does not say why: $(jqb .error)"
+api GET /api/v1/hosts/h2
+[ "$(jqb .facts.postcopy)" = false ] || fail "h2's facts say postcopy $(jqb .facts.postcopy)"
 
 # ---- cancel in the middle of the mirror ----------------------------------------------
 # 1 Mbit/s holds for the mirror too: a few MiB take long enough to cancel.
