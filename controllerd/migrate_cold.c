@@ -14,10 +14,16 @@
  * agents migrate-state, waiting while a step still works on the container), then
  * migrate_cold_settle() finishes it or starts it again on the source.
  */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "migrate.h"
+#include "util.h"
+#include "work.h"
 
 /*
  * The target has the container: move it in the database (its state from result's
@@ -76,9 +82,58 @@ static void cold_switchover(struct migration *m, struct host *h, struct json_obj
 	migrate_child_start(m, m->src, "migrate-cleanup", "delete", args);
 }
 
+/* The archive of a move that did not happen, removed off the loop (a pool may be NFS). */
+struct archive_rm {
+	struct work w; /* first: common/work.h's job */
+	char path[PATH_MAX];
+};
+
+static int archive_rm_run(struct work *w)
+{
+	struct archive_rm *a = (struct archive_rm *)w;
+
+	if (unlink(a->path) < 0 && errno != ENOENT)
+		return err_set(&w->err, errno, "cannot remove %s", a->path);
+	return 0;
+}
+
+static void archive_rm_done(struct work *w)
+{
+	if (w->ret < 0)
+		log_warnx("migration: %s", w->err.msg);
+	free(w);
+}
+
+/*
+ * The source packed the container's layer into {shared_pool}/migrations/CHILD.tar
+ * (CHILD: its migrate-out's id); only a successful unpack on the target removes it.
+ * A move rolled back (the target failed, or a restarted controller found the
+ * container on the source) removes it here, so nothing is left on the shared pool.
+ */
+static void archives_remove(struct migration *m)
+{
+	_cleanup_free_ char *target = xasprintf("migrations/%s", m->id);
+	sqlite3_stmt *st = db_prepare(
+		ctl.db, "SELECT id FROM operations WHERE kind = 'migrate-out' AND target = ?");
+
+	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
+	while (ctl.cfg.shared_pool && sqlite3_step(st) == SQLITE_ROW) {
+		struct archive_rm *a = xcalloc(1, sizeof(*a));
+
+		/* Operation ids are hex: the name stays inside migrations/. */
+		snprintf(a->path, sizeof(a->path), "%s/migrations/%s.tar", ctl.cfg.shared_pool,
+			 (const char *)sqlite3_column_text(st, 0));
+		a->w.run = archive_rm_run;
+		a->w.done = archive_rm_done;
+		work_queue(ctl.loop, &a->w);
+	}
+	sqlite3_finalize(st);
+}
+
 /* It stays on the source: started again there if it ran, then the parent ends. */
 void migrate_cold_rollback(struct migration *m, const char *why)
 {
+	archives_remove(m);
 	snprintf(m->failure, sizeof(m->failure), "%s", why);
 	json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
 	if (!m->was_running) {

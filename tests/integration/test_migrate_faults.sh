@@ -185,6 +185,8 @@ wait_until 30 "$CT running on $where in the database" ct_in_db $where
 wait_until 30 "$CT running on $where" ct_running_on $where
 ct_gone() { ! runc --root "$KUMO_LAB_DIR/hosts/$1/local/runc" state $CT >/dev/null 2>&1; }
 wait_until 30 "nothing of $CT on $other" ct_gone $other
+no_archive() { ! ls "$KUMO_LAB_DIR/shared/migrations/"*.tar >/dev/null 2>&1; }
+wait_until 30 "no migration archive left on the shared pool" no_archive
 pass "a container's cold move with the controller killed -9 mid-stop settled ($status: $recovery); $CT runs on $where alone, the database agreeing"
 
 trap - EXIT
