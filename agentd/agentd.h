@@ -218,10 +218,12 @@ struct vm {
 	bool reset_expected;	   /* a reboot command's RESET event is not news */
 	/* inst.timer: start deadline, stop timeout, kill delay; inst.poll_timer: QMP
 	 * connection retries, exit checks of adopted QEMUs. */
-	int qmp_failures;     /* connection attempts that failed in a row */
-	bool adopt_reported;  /* the start-up state report went out */
-	bool vm_incoming;     /* migrate.c: the next QEMU waits for a migration */
-	bool vm_migrating_in; /* migrate.c: migrated here, its guest not running yet */
+	int qmp_failures;      /* connection attempts that failed in a row */
+	bool adopt_reported;   /* the start-up state report went out */
+	bool vm_incoming;      /* migrate.c: the next QEMU waits for a migration */
+	bool vm_migrating_in;  /* migrate.c: migrated here, its guest not running yet */
+	bool vm_incoming_held; /* ... and stays paused after it (-S): local disks */
+	bool vm_nbd;	       /* migrate.c: its QEMU serves its local disks over NBD */
 };
 
 struct ctr;
@@ -679,6 +681,7 @@ extern const struct json_field migrate_out_args[];
 void migrate_in(struct inst_op *op);
 void migrate_out(struct inst_op *op);
 bool migrate_adopted(struct vm *vm, const char *status);
+size_t migrate_disks_local(const struct vm *vm, bool *keep);
 void migrate_in_running(struct vm *vm);
 int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);

@@ -8,11 +8,15 @@
  *                start QEMU with -incoming defer, then listen (QMP migrate-incoming)
  *                on this host's underlay address, on a port picked for this migration
  *                only. Succeeds with {"uri": "tcp:A:P"}; QEMU waits there, paused.
+ *                Local disks: made empty first, QEMU held (-S), served over NBD
+ *                (migrate_disk.c); the result adds {"nbd_uri"}.
  *   migrate-out  on the source: send the VM's state to args.uri (QMP migrate), report
  *                every second (op-progress with a "migration" object) and, once QEMU
- *                says completed, quit the source QEMU, remove its taps and run
- *                directory (its disks are on the shared pool: now the target's) and
- *                forget the VM. Succeeds with downtime_ms, total_ms, strategy and the
+ *                says completed, quit the source QEMU, remove its taps, run
+ *                directory and local disks (shared ones are the target's now) and
+ *                forget the VM. Local disks are mirrored to args.nbd_uri first
+ *                (phase mirror-disks) and the mirrors end before the switchover
+ *                report (migrate_disk.c). Succeeds with downtime_ms, total_ms, strategy and the
  *                last statistics.
  * The stream is TLS: each command carries this migration's certificates (args.tls,
  * issued by the controller for this migration alone), loaded into QEMU as a
@@ -21,7 +25,8 @@
  * Cancel is a query ({"what": "migrate-cancel", "name": N}): the VM is busy with
  * migrate-out, so a command would be refused. It answers at once; QMP migrate_cancel
  * then ends migrate-out as failed ("cancelled") and the VM runs on here. The target
- * is cleaned by the controller with a forced delete that keeps the disks.
+ * is cleaned by the controller with a forced delete that keeps the shared disks (the
+ * local ones it made for the migration go: vmaction.c).
  *
  * TCG: pre-copy crashed guest kernels on the target (issue 13: 7 of 15 runs of a busy
  * guest; then an idle guest ticking once a second, copied slowly at 16 Mbit/s, broke
@@ -55,29 +60,8 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "migrate.h"
 #include "util.h"
-
-#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs */
-#define MIGRATE_REPORT_MS      1000  /* op-progress at most this often */
-#define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
-#define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
-#define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
-
-/* One migrate-out at work (a VM leaves this host). */
-struct outgoing {
-	struct inst_op *op;
-	struct vm *vm;
-	uv_timer_t timer;
-	int64_t started_ms;
-	int64_t reported_ms;
-	int64_t paused_at_ms; /* pause-then-migrate: when the guest stopped, else 0 */
-	char strategy[24];    /* "precopy" or "pause-then-migrate" */
-	bool cancel;	      /* the controller asked to cancel */
-	bool polling;	      /* a query-migrate is in flight */
-	bool finished;
-	struct json_object *stats; /* the last "migration" object */
-	struct outgoing *next;
-};
 
 static struct outgoing *outgoing_list;
 
@@ -141,6 +125,7 @@ const struct json_field migrate_in_args[] = {
 
 const struct json_field migrate_out_args[] = {
 	{"uri", JK_STRING, true, uri_check},
+	{"nbd_uri", JK_STRING, false, uri_check},
 	{"tls", JK_OBJECT, true, tls_check},
 	{"downtime_ms", JK_INT, false, positive_check},
 	{"bandwidth_mbps", JK_INT, false, positive_check},
@@ -244,7 +229,7 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 }
 
 /* The QOM id of op's credentials: new for each migration (a cancelled one's stays). */
-static void creds_id(const struct inst_op *op, char *out, size_t len)
+void migrate_creds_id(const struct inst_op *op, char *out, size_t len)
 {
 	snprintf(out, len, "kumo-tls-%.32s", op->op);
 }
@@ -335,7 +320,7 @@ static void in_stopped_cb(struct inst *inst, const char *error, void *data)
 	instance_op_fail(op, "%s", why);
 }
 
-static void in_fail(struct inst_op *op, const char *why)
+void migrate_in_fail(struct inst_op *op, const char *why)
 {
 	if (op->vm && vm_alive(op->vm)) {
 		json_object_object_add(op->result, "why", json_object_new_string(why));
@@ -355,7 +340,7 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 		char why[300];
 
 		snprintf(why, sizeof(why), "migrate-incoming: %s", error);
-		in_fail(op, why);
+		migrate_in_fail(op, why);
 		return;
 	}
 	/* Ready: from here a failure is the controller's to clean up (a delete). */
@@ -366,11 +351,21 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 	instance_op_succeed(op);
 }
 
+void migrate_incoming_send(struct inst_op *op)
+{
+	struct json_object *args = json_object_new_object();
+	struct kerr err;
+
+	json_object_object_add(args, "uri",
+			       json_object_new_string(json_get_str(op->result, "uri", "")));
+	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
+		   &err) < 0)
+		migrate_in_fail(op, err.msg);
+}
+
 static void in_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
-	struct json_object *args;
-	struct kerr err;
 
 	if (instance_op_gone(op))
 		return;
@@ -378,15 +373,14 @@ static void in_params_cb(struct qmp *q, struct json_object *ret, const char *err
 		char why[300];
 
 		snprintf(why, sizeof(why), "migrate-set-parameters: %s", error);
-		in_fail(op, why);
+		migrate_in_fail(op, why);
 		return;
 	}
-	args = json_object_new_object();
-	json_object_object_add(args, "uri",
-			       json_object_new_string(json_get_str(op->result, "uri", "")));
-	if (vm_qmp(op->vm, "migrate-incoming", args, MIGRATE_QMP_TIMEOUT_MS, incoming_cb, op,
-		   &err) < 0)
-		in_fail(op, err.msg);
+	if (migrate_disks_local(op->vm, NULL)) {
+		migrate_nbd_start(op);
+		return;
+	}
+	migrate_incoming_send(op);
 }
 
 static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -400,15 +394,15 @@ static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *erro
 		return;
 	if (error) {
 		snprintf(why, sizeof(why), "the migration's TLS certificates: %s", error);
-		in_fail(op, why);
+		migrate_in_fail(op, why);
 		return;
 	}
-	creds_id(op, id, sizeof(id));
+	migrate_creds_id(op, id, sizeof(id));
 	params = json_object_new_object();
 	json_object_object_add(params, "tls-creds", json_object_new_string(id));
 	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
 		   op, &err) < 0)
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 }
 
 static void in_started_cb(struct inst *inst, const char *error, void *data)
@@ -423,22 +417,34 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		return;
 	vm->vm_incoming = false;
 	if (error) {
-		in_fail(op, error);
+		migrate_in_fail(op, error);
 		return;
 	}
 	/* The underlay address the controller reaches this agent at (tcp://A:P). */
 	if (config_hostport_split(op->agent->addr + strlen("tcp://"), host, sizeof(host), &cport,
 				  &err) < 0 ||
 	    port_pick(host, &port, &err) < 0) {
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 		return;
 	}
 	snprintf(uri, sizeof(uri), "tcp:%s:%d", host, port);
 	json_object_object_add(op->result, "uri", json_object_new_string(uri));
-	creds_id(op, id, sizeof(id));
+	if (migrate_disks_local(vm, NULL)) {
+		int nport = port;
+
+		/* A port of its own for the disks, not the memory stream's. */
+		for (int k = 0; k < 8 && nport == port; k++)
+			if (port_pick(host, &nport, &err) < 0) {
+				migrate_in_fail(op, err.msg);
+				return;
+			}
+		snprintf(uri, sizeof(uri), "tcp:%s:%d", host, nport);
+		json_object_object_add(op->result, "nbd_uri", json_object_new_string(uri));
+	}
+	migrate_creds_id(op, id, sizeof(id));
 	if (creds_load(vm, json_object_object_get(op->args, "tls"), "server", id, in_creds_cb, op,
 		       &err) < 0)
-		in_fail(op, err.msg);
+		migrate_in_fail(op, err.msg);
 }
 
 static void in_spec_written_cb(struct agent *a, const char *error, void *data)
@@ -456,6 +462,7 @@ static void in_spec_written_cb(struct agent *a, const char *error, void *data)
 	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
+	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
 	if (vm_start(op->vm, NULL, in_started_cb, op, &err) < 0) {
 		op->vm->vm_incoming = false;
 		instance_op_fail(op, "%s", err.msg);
@@ -486,17 +493,10 @@ static void in_seeded_cb(struct agent *a, const char *error, void *data)
 	in_spec_write(op);
 }
 
-static void in_prepared_cb(struct agent *a, const char *error, void *data)
+static void in_disks_made(struct inst_op *op)
 {
-	struct inst_op *op = data;
 	struct json_object *ci;
 
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
-		return;
-	}
 	/* The seed disk is a device of the guest: the target needs the same one. */
 	if (json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
 		disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
@@ -506,6 +506,19 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 	in_spec_write(op);
 }
 
+static void in_prepared_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "%s", error);
+		return;
+	}
+	migrate_disks_make(op, in_disks_made);
+}
+
 /*
  * migrate-in (target): make the VM of op->spec here, its QEMU waiting for the
  * migration on a port of this host's underlay address. Result {"uri"}.
@@ -513,19 +526,16 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 void migrate_in(struct inst_op *op)
 {
 	const char *name = json_get_str(op->spec, "name", "");
+	struct vm_disk fresh[AGENT_VM_DISKS_MAX];
+	const char *images[AGENT_VM_DISKS_MAX];
 	struct kerr err;
+	size_t n = 0;
 
 	if (op->vm || oci_find(op->agent, name)) {
 		op->vm = NULL;
 		instance_op_fail(op, "instance %s exists already on this host", name);
 		return;
 	}
-	for (size_t i = 0; i < op->ndisks; i++)
-		if (strcmp(op->disks[i].root, op->agent->cfg->shared_pool) != 0) {
-			instance_op_fail(op, "disk %s is not on the shared pool",
-					 op->disks[i].name);
-			return;
-		}
 	op->vm = vm_register(op->agent, op->spec, &err);
 	if (op->vm == NULL) {
 		instance_op_fail(op, "%s", err.msg);
@@ -536,7 +546,8 @@ void migrate_in(struct inst_op *op)
 	op->owner = true;
 	op->result = json_object_new_object();
 	instance_op_progress(op, 10, "prepare-target");
-	disk_prepare(op->agent, op->vm->inst.dir, op->disks, 0, NULL, in_prepared_cb, op);
+	n = migrate_disks_plan(op, fresh, images);
+	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, in_prepared_cb, op);
 }
 
 /* ---- migrate-out ----------------------------------------------------------------------- */
@@ -554,6 +565,7 @@ static void outgoing_close_cb(uv_handle_t *handle)
 	struct outgoing *o = handle->data;
 
 	json_object_put(o->stats);
+	json_object_put(o->done_ret);
 	free(o);
 }
 
@@ -571,7 +583,7 @@ static void outgoing_free(struct outgoing *o)
 	uv_close((uv_handle_t *)&o->timer, outgoing_close_cb);
 }
 
-static bool outgoing_gone(struct outgoing *o)
+bool migrate_outgoing_gone(struct outgoing *o)
 {
 	if (!o->op->agent->stopping)
 		return false;
@@ -580,10 +592,30 @@ static bool outgoing_gone(struct outgoing *o)
 	return true;
 }
 
+void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail);
+
+static void out_fail_after_mirrors(struct outgoing *o)
+{
+	char why[sizeof(o->fail_why)];
+
+	snprintf(why, sizeof(why), "%s", o->fail_why);
+	migrate_out_fail(o, "", why);
+}
+
 /* Fail migrate-out with why = prefix + detail; the VM runs on here. */
-static void out_fail(struct outgoing *o, const char *prefix, const char *detail)
+void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail)
 {
 	struct inst_op *op = o->op;
+
+	/* The mirrors go first (abandoned: the target's copy is dropped), so a later
+	 * migration finds no job or NBD node of this one in the QEMU. */
+	if (migrate_mirrors_any(o) && vm_alive(o->vm)) {
+		if (o->mirrors_stopping)
+			return;
+		snprintf(o->fail_why, sizeof(o->fail_why), "%s%s", prefix, detail);
+		migrate_mirrors_stop(o, true, out_fail_after_mirrors);
+		return;
+	}
 
 	/* A guest this migration paused runs on here. */
 	if (o->paused_at_ms && vm_alive(o->vm))
@@ -599,7 +631,7 @@ static void out_removed_cb(struct agent *a, const char *error, void *data)
 	struct outgoing *o = data;
 	struct inst_op *op = o->op;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error)
 		log_warnx("vm %s: migrated, but its run directory stays: %s", o->vm->inst.name,
@@ -616,11 +648,14 @@ static void out_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct vm *vm = (struct vm *)inst;
 	struct outgoing *o = data;
+	bool keep[AGENT_VM_DISKS_MAX];
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
-	disk_remove(o->op->agent, vm->inst.dir, vm->disks, 0, NULL, out_removed_cb, o);
+	/* Shared disks are the target's now; local ones were copied there. */
+	migrate_disks_local(vm, keep);
+	disk_remove(o->op->agent, vm->inst.dir, vm->disks, vm->ndisks, keep, out_removed_cb, o);
 }
 
 /* The "migration" object of the operation's progress, from query-migrate's answer. */
@@ -648,12 +683,16 @@ static struct json_object *stats_build(struct outgoing *o, struct json_object *r
 	json_object_object_add(s, "expected_downtime_ms",
 			       json_object_new_int64(json_get_int(ret, "expected-downtime", 0)));
 	json_object_object_add(s, "disk_remaining",
-			       json_object_new_int64(json_get_int(disk, "remaining", 0)));
+			       json_object_new_int64(migrate_mirrors_any(o)
+							     ? o->disk_remaining
+							     : json_get_int(disk, "remaining", 0)));
+	if (migrate_mirrors_any(o))
+		json_object_object_add(s, "disk_total", json_object_new_int64(o->disk_total));
 	json_object_object_add(s, "eta_ms", eta >= 0 ? json_object_new_int64(eta) : NULL);
 	return s;
 }
 
-static void progress_send(struct outgoing *o, const char *phase, int pct)
+void migrate_progress_send(struct outgoing *o, const char *phase, int pct)
 {
 	struct json_object *body = json_object_new_object();
 
@@ -667,52 +706,77 @@ static void progress_send(struct outgoing *o, const char *phase, int pct)
 
 static void poll_again(struct outgoing *o);
 
+/* QEMU says the copy completed (ret: query-migrate's answer): the switchover. */
+static void out_completed(struct outgoing *o, struct json_object *ret)
+{
+	struct inst_op *op = o->op;
+	int64_t downtime = json_get_int(ret, "downtime", -1);
+
+	op->result = json_object_new_object();
+	json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
+	json_object_object_add(op->result, "downtime_ms", json_object_new_int64(downtime));
+	/* Paused first: the guest stood still since the stop, not only QEMU's part. */
+	if (o->paused_at_ms)
+		json_object_object_add(op->result, "paused_ms",
+				       json_object_new_int64(now_ms() - o->paused_at_ms));
+	json_object_object_add(op->result, "total_ms",
+			       json_object_new_int64(now_ms() - o->started_ms));
+	json_object_object_add(op->result, "migration", json_object_get(o->stats));
+	log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
+		 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
+	/* The switchover, at once: the controller moves the instance (and resumes a
+	 * guest paused first) while this host cleans up. */
+	json_object_object_add(o->stats, "downtime_ms", json_object_new_int64(downtime));
+	if (o->paused_at_ms)
+		json_object_object_add(o->stats, "paused_ms",
+				       json_object_new_int64(now_ms() - o->paused_at_ms));
+	json_object_object_add(o->stats, "total_ms",
+			       json_object_new_int64(now_ms() - o->started_ms));
+	migrate_progress_send(o, "switchover", 95);
+	op->report = vm_report(o->vm);
+	o->vm->inst.stop_requested = true;
+	vm_force_stop(o->vm, out_stopped_cb, o);
+}
+
+static void out_completed_after_mirrors(struct outgoing *o)
+{
+	struct json_object *ret = o->done_ret;
+
+	o->done_ret = NULL;
+	/* The target waits paused (-S) for the controller's resume. */
+	json_object_object_add(o->stats, "target_paused", json_object_new_boolean(true));
+	out_completed(o, ret);
+	json_object_put(ret);
+}
+
 static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
-	struct inst_op *op = o->op;
 	const char *status;
 	int64_t total;
 	int pct;
 
 	o->polling = false;
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (ret == NULL) {
-		out_fail(o, "query-migrate: ", error);
+		migrate_out_fail(o, "query-migrate: ", error);
 		return;
 	}
 	status = json_get_str(ret, "status", "");
 	json_object_put(o->stats);
 	o->stats = stats_build(o, ret);
 	if (strcmp(status, "completed") == 0) {
-		int64_t downtime = json_get_int(ret, "downtime", -1);
-
 		o->finished = true;
-		op->result = json_object_new_object();
-		json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
-		json_object_object_add(op->result, "downtime_ms", json_object_new_int64(downtime));
-		/* Paused first: the guest stood still since the stop, not only QEMU's part. */
-		if (o->paused_at_ms)
-			json_object_object_add(op->result, "paused_ms",
-					       json_object_new_int64(now_ms() - o->paused_at_ms));
-		json_object_object_add(op->result, "total_ms",
-				       json_object_new_int64(now_ms() - o->started_ms));
-		json_object_object_add(op->result, "migration", json_object_get(o->stats));
-		log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
-			 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
-		/* The switchover, at once: the controller moves the instance (and resumes a
-		 * guest paused first) while this host cleans up. */
-		json_object_object_add(o->stats, "downtime_ms", json_object_new_int64(downtime));
-		if (o->paused_at_ms)
-			json_object_object_add(o->stats, "paused_ms",
-					       json_object_new_int64(now_ms() - o->paused_at_ms));
-		json_object_object_add(o->stats, "total_ms",
-				       json_object_new_int64(now_ms() - o->started_ms));
-		progress_send(o, "switchover", 95);
-		op->report = vm_report(o->vm);
-		o->vm->inst.stop_requested = true;
-		vm_force_stop(o->vm, out_stopped_cb, o);
+		if (migrate_mirrors_any(o)) {
+			/* The mirrors end before the target stops its NBD server (the other
+			 * order is an I/O error), and that before its guest runs: the
+			 * controller resumes it only after this switchover report. */
+			o->done_ret = json_object_get(ret);
+			migrate_mirrors_stop(o, false, out_completed_after_mirrors);
+			return;
+		}
+		out_completed(o, ret);
 		return;
 	}
 	if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0 ||
@@ -721,10 +785,10 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 			poll_again(o);
 			return;
 		}
-		out_fail(o, "migration ",
-			 o->cancel || strcmp(status, "cancelled") == 0
-				 ? "cancelled"
-				 : json_get_str(ret, "error-desc", "failed"));
+		migrate_out_fail(o, "migration ",
+				 o->cancel || strcmp(status, "cancelled") == 0
+					 ? "cancelled"
+					 : json_get_str(ret, "error-desc", "failed"));
 		return;
 	}
 	if (now_ms() - o->reported_ms >= MIGRATE_REPORT_MS) {
@@ -735,8 +799,9 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 								"transferred", 0) /
 						   (total > 0 ? total : 1))
 			      : 10;
-		progress_send(o, strcmp(status, "postcopy-active") == 0 ? "postcopy" : "precopy",
-			      pct > 90 ? 90 : pct);
+		migrate_progress_send(
+			o, strcmp(status, "postcopy-active") == 0 ? "postcopy" : "precopy",
+			pct > 90 ? 90 : pct);
 	}
 	poll_again(o);
 }
@@ -746,13 +811,13 @@ static void poll_cb(uv_timer_t *timer)
 	struct outgoing *o = timer->data;
 	struct kerr err;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	o->polling = true;
 	if (vm_qmp(o->vm, "query-migrate", NULL, MIGRATE_QMP_TIMEOUT_MS, query_migrate_cb, o,
 		   &err) < 0) {
 		o->polling = false;
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 	}
 }
 
@@ -765,13 +830,13 @@ static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error
 {
 	struct outgoing *o = data;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "migrate: ", error);
+		migrate_out_fail(o, "migrate: ", error);
 		return;
 	}
-	progress_send(o, "precopy", 10);
+	migrate_progress_send(o, "precopy", 10);
 	poll_again(o);
 }
 
@@ -783,17 +848,17 @@ static void migrate_send(struct outgoing *o)
 	json_object_object_add(args, "uri",
 			       json_object_new_string(json_get_str(o->op->args, "uri", "")));
 	if (vm_qmp(o->vm, "migrate", args, MIGRATE_QMP_TIMEOUT_MS, migrate_cb, o, &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "stop: ", error);
+		migrate_out_fail(o, "stop: ", error);
 		return;
 	}
 	migrate_send(o);
@@ -805,7 +870,7 @@ static void strategy_start(struct outgoing *o)
 	struct kerr err;
 
 	if (o->cancel) {
-		out_fail(o, "migration ", "cancelled");
+		migrate_out_fail(o, "migration ", "cancelled");
 		return;
 	}
 	if (strcmp(o->strategy, "pause-then-migrate") != 0) {
@@ -815,19 +880,12 @@ static void strategy_start(struct outgoing *o)
 	o->paused_at_ms = now_ms();
 	state_write(o->vm, "out", o->op->op, true);
 	if (vm_qmp(o->vm, "stop", NULL, MIGRATE_QMP_TIMEOUT_MS, stopped_cb, o, &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
-static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/* The memory moves: pre-copy, or (TCG) pause first. */
+void migrate_memory_start(struct outgoing *o)
 {
-	struct outgoing *o = data;
-
-	if (outgoing_gone(o))
-		return;
-	if (error) {
-		out_fail(o, "migrate-set-parameters: ", error);
-		return;
-	}
 	if (strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0) {
 		migrate_send(o);
 		return;
@@ -835,6 +893,31 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 	/* TCG: never pre-copy (see the top). */
 	snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
 	strategy_start(o);
+}
+
+static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (migrate_outgoing_gone(o))
+		return;
+	if (error) {
+		migrate_out_fail(o, "migrate-set-parameters: ", error);
+		return;
+	}
+	/* Local disks first: in sync on the target before the memory moves. */
+	if (migrate_disks_local(o->vm, NULL)) {
+		if (!json_get_str(o->op->args, "nbd_uri", NULL)) {
+			migrate_out_fail(o, "",
+					 "the VM has local disks and the target offers no NBD "
+					 "server for them");
+			return;
+		}
+		migrate_progress_send(o, "mirror-disks", 5);
+		migrate_mirror_next(o);
+		return;
+	}
+	migrate_memory_start(o);
 }
 
 static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -846,13 +929,13 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 	struct kerr err;
 	char id[64];
 
-	if (outgoing_gone(o))
+	if (migrate_outgoing_gone(o))
 		return;
 	if (error) {
-		out_fail(o, "the migration's TLS certificates: ", error);
+		migrate_out_fail(o, "the migration's TLS certificates: ", error);
 		return;
 	}
-	creds_id(op, id, sizeof(id));
+	migrate_creds_id(op, id, sizeof(id));
 	params = json_object_new_object();
 	json_object_object_add(params, "tls-creds", json_object_new_string(id));
 	/* The target's certificate names its underlay address. */
@@ -864,7 +947,7 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
 	if (vm_qmp(o->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, params_cb, o,
 		   &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 /*
@@ -893,11 +976,11 @@ void migrate_out(struct inst_op *op)
 	o->next = outgoing_list;
 	outgoing_list = o;
 	state_write(vm, "out", op->op, false);
-	progress_send(o, "precopy", 5);
-	creds_id(op, id, sizeof(id));
+	migrate_progress_send(o, "precopy", 5);
+	migrate_creds_id(op, id, sizeof(id));
 	if (creds_load(vm, json_object_object_get(op->args, "tls"), "client", id, out_creds_cb, o,
 		       &err) < 0)
-		out_fail(o, "", err.msg);
+		migrate_out_fail(o, "", err.msg);
 }
 
 static const struct json_field cancel_fields[] = {
@@ -1047,14 +1130,17 @@ static void adopted_in_removed_cb(struct agent *a, const char *error, void *data
 static void adopted_in_stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct vm *vm = (struct vm *)inst;
+	bool keep[AGENT_VM_DISKS_MAX];
 
 	(void)data;
 	if (vm->inst.agent->stopping)
 		return;
 	netport_vm_remove(json_object_object_get(vm->inst.spec, "nics"));
-	/* Its disks are on the shared pool, the source's: only the run directory goes. */
-	disk_remove(vm->inst.agent, vm->inst.dir, vm->disks, 0, NULL, adopted_in_removed_cb,
-		    xstrdup(vm->inst.name));
+	/* Its shared disks are the source's: the run directory goes, and the local disks
+	 * this migration made. */
+	migrate_disks_local(vm, keep);
+	disk_remove(vm->inst.agent, vm->inst.dir, vm->disks, vm->ndisks, keep,
+		    adopted_in_removed_cb, xstrdup(vm->inst.name));
 }
 
 /*
@@ -1109,23 +1195,36 @@ static const struct json_field state_fields[] = {
 
 /*
  * {"what": "migrate-state", "name": N} -> {"present": bool, "state": S, "role":
- * "out"|"in"|null}: whether VM N is here, its state, and the part it still plays in
- * a migration (its migration.json). The controller settles a migration with it after
- * a restart. Answered at once.
+ * "out"|"in"|null, "busy": bool}: whether VM or container N is here, its state, the
+ * part a VM still plays in a migration (its migration.json), and whether a command
+ * is still at work on it (a container's cold move step goes on without the
+ * controller). The controller settles a migration with it after a restart. Answered
+ * at once.
  */
 int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err)
 {
 	struct vm *vm;
+	struct ctr *ctr;
 	struct json_object *st;
 
 	if (json_fields_check(body, state_fields, err) < 0)
 		return -1;
 	vm = vm_find(a, json_get_str(body, "name", ""));
+	ctr = vm ? NULL : oci_find(a, json_get_str(body, "name", ""));
 	*answer = json_object_new_object();
-	json_object_object_add(*answer, "present", json_object_new_boolean(vm != NULL));
+	json_object_object_add(*answer, "present", json_object_new_boolean(vm || ctr));
+	if (ctr) {
+		json_object_object_add(*answer, "state",
+				       json_object_new_string(inst_state_name(ctr->inst.state)));
+		json_object_object_add(*answer, "role", NULL);
+		json_object_object_add(*answer, "busy",
+				       json_object_new_boolean(ctr->inst.op != NULL));
+		return 0;
+	}
 	if (vm == NULL)
 		return 0;
+	json_object_object_add(*answer, "busy", json_object_new_boolean(vm->inst.op != NULL));
 	st = state_read(vm);
 	json_object_object_add(*answer, "state",
 			       json_object_new_string(inst_state_name(vm->inst.state)));

@@ -261,6 +261,11 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	if (vm->vm_incoming) {
 		argv_add(av, "-incoming");
 		argv_add(av, "defer");
+		/* Local disks: the guest stays paused after the copy until the source ended
+		 * its mirror and the NBD server stopped (migrate-resume); it may not write
+		 * to a disk the mirror still writes to. */
+		if (vm->vm_incoming_held)
+			argv_add(av, "-S");
 	}
 	if (loadvm) {
 		argv_add(av, "-loadvm");

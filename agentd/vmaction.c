@@ -537,13 +537,29 @@ void vmaction_pause(struct inst_op *op)
 	simple_qmp(op, "stop", NULL, paused_cb);
 }
 
+static void nbd_stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_step_failed(op, error))
+		return;
+	op->vm->vm_nbd = false;
+	simple_qmp(op, "cont", NULL, resumed_cb);
+}
+
 /*
- * resume: QMP cont; running already is success.
+ * resume: QMP cont; running already is success. A guest that migrated here with its
+ * local disks first stops the NBD server they came through (migrate.c): the source
+ * ended its mirror before the controller asked for this resume.
  */
 void vmaction_resume(struct inst_op *op)
 {
 	if (op->vm->inst.state == INST_RUNNING) {
 		instance_op_succeed(op);
+		return;
+	}
+	if (op->vm->vm_nbd) {
+		simple_qmp(op, "nbd-server-stop", NULL, nbd_stopped_cb);
 		return;
 	}
 	simple_qmp(op, "cont", NULL, resumed_cb);
@@ -730,6 +746,8 @@ static void removed_cb(struct agent *a, const char *error, void *data)
 static void delete_files(struct inst_op *op)
 {
 	bool keep = json_get_bool(op->args, "keep_disks", false);
+	bool keep_each[AGENT_VM_DISKS_MAX];
+	size_t nlocal = 0;
 
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "deleted", json_object_new_boolean(true));
@@ -738,6 +756,15 @@ static void delete_files(struct inst_op *op)
 			     keep ? "removing the instance, keeping its disks"
 				  : "removing the instance and its disks");
 	netport_vm_remove(json_object_object_get(op->vm->inst.spec, "nics"));
+	/* The target's half of a migration (its guest never ran here): the disks it made
+	 * on its local pool are its own, the shared ones its source's (migrate.c). */
+	if (keep && op->vm->vm_migrating_in)
+		nlocal = migrate_disks_local(op->vm, keep_each);
+	if (nlocal) {
+		disk_remove(op->agent, op->vm->inst.dir, op->vm->disks, op->vm->ndisks, keep_each,
+			    removed_cb, op);
+		return;
+	}
 	disk_remove(op->agent, op->vm->inst.dir, op->vm->disks, keep ? 0 : op->vm->ndisks, NULL,
 		    removed_cb, op);
 }

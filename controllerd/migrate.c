@@ -9,24 +9,27 @@
  * an ordinary operation row the agent reports on:
  *
  *   prepare-target  migrate-in on the target: QEMU -incoming, listening; -> uri
+ *                   (and nbd_uri when the VM has disks on the local pool: the
+ *                   target made them empty and serves them over NBD, -S held)
+ *   mirror-disks    migrate-out on the source, local disks only: blockdev-mirror of
+ *                   each to nbd_uri until all are in sync (disk_remaining)
  *   precopy         migrate-out on the source: QMP migrate to uri, progress every
- *                   second (the parent's result.migration and phase follow it)
+ *                   second (the parent's result.migration and phase follow it);
+ *                   with local disks the mirrors end (block-job-cancel) before the
+ *                   switchover report, and migrate-resume stops the target's NBD
+ *                   server before its guest runs
  *   switchover      migrate-out succeeded: the target runs the guest. In one
  *                   transaction the instance's host becomes the target and the parent
  *                   succeeds; then every host's network document is rebuilt.
  *                   A guest paused first (TCG, busy) is resumed on the target
  *                   (migrate-resume) before the parent succeeds.
  *   cleanup         on failure or cancel: the target's half is removed with a forced
- *                   delete that keeps the disks (migrate-cleanup); the VM ran on the
- *                   source all along, and the database never moved it.
+ *                   delete that keeps the shared disks (migrate-cleanup; the local ones
+ *                   the target made go); the VM ran on the source all along, and
+ *                   the database never moved it.
  *
- * A container moves cold (its type's default, mode cold/offline; live is a 422:
- * CRIU does not work on these hosts): stop-source (migrate-out on the source: stop,
- * pack upper/ into the shared pool), start-target (migrate-in on the target: made
- * from the same SPEC, so the same address and MAC, the layer unpacked, started if it
- * ran, its restart count kept), then the database moves it and the source's stopped
- * copy is deleted (migrate-cleanup there). A target that cannot take it: the
- * container starts again on the source (migrate-resume, action start).
+ * A container moves cold through the same operation (phases stop-source,
+ * start-target, cleanup): its steps' ends go to migrate_cold.c.
  *
  * migrate_cancel() stops a migration before switchover. Until the generic cancel of
  * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
@@ -53,20 +56,12 @@
 
 #include "controllerd.h"
 #include "log.h"
+#include "migrate.h"
 #include "scheduler.h"
 #include "util.h"
 #include "valid.h"
 
 #define MIGRATE_NET_WAIT_MS 30000 /* the target's networks, at most */
-
-enum migrate_phase {
-	PHASE_PREPARE_TARGET,
-	PHASE_PRECOPY,
-	PHASE_SWITCHOVER,
-	PHASE_CLEANUP,
-	PHASE_STOP_SOURCE,  /* a container (cold): stopped and packed on the source */
-	PHASE_START_TARGET, /* ... made, unpacked and started on the target */
-};
 
 static const char *const phase_names[] = {
 	[PHASE_PREPARE_TARGET] = "prepare-target", [PHASE_PRECOPY] = "precopy",
@@ -74,52 +69,18 @@ static const char *const phase_names[] = {
 	[PHASE_STOP_SOURCE] = "stop-source",	   [PHASE_START_TARGET] = "start-target",
 };
 
-/* One migration in flight: the parent operation and the child at work. */
-struct migration {
-	char id[LINK_OP_ID_MAX + 1];	/* the parent operation */
-	char child[LINK_OP_ID_MAX + 1]; /* the agent command at work, "" none */
-	char name[NAME_MAX_LEN + 1];
-	int64_t iid;
-	struct host *src, *dst;
-	struct json_object *spec; /* the instance's, as the target gets it */
-	struct json_object *args; /* the call's: downtime_ms, bandwidth_mbps, postcopy */
-	struct json_object *result;
-	enum migrate_phase phase;
-	bool cancel;			       /* asked to cancel */
-	bool net_wait;			       /* the target is ready; its networks are not yet */
-	int64_t net_deadline;		       /* ms: then the copy starts anyway */
-	char uri[96];			       /* where the target listens */
-	struct json_object *tls_in, *tls_out;  /* each end's certificates (PEM) */
-	struct evacuation *evac;	       /* the evacuation it is part of, or NULL */
-	char outcome[16];		       /* how it ended: succeeded, failed, cancelled */
-	char failure[256];		       /* why it failed, for after the clean-up */
-	struct host *child_host;	       /* where m->child runs */
-	bool cold;			       /* a container: stop, move the layer, start */
-	bool was_running;		       /* cold: it ran before the move */
-	bool switched;			       /* cold: the target has it; the source's copy goes */
-	bool rollback;			       /* cold: being started again on the source */
-	bool settling;			       /* asking both ends where the VM is */
-	int settle_asked;		       /* migrate-state answers still due */
-	int64_t settle_next;		       /* ms: the next round of questions */
-	char settle_why[160];		       /* what made it settle */
-	struct json_object *ans_src, *ans_dst; /* their answers this round */
-	int64_t started_ms;
-	struct migration *next;
-};
-
 static struct migration *migrations;
 
 struct evacuation;
 static void evac_note(struct migration *m);
 static void settles_check(void);
-static void cold_rollback(struct migration *m, const char *why);
 
 /*
  * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
  * temp.migrating is per connection and never in the schema, as migrations live in
  * memory. Every host's network document follows.
  */
-static void wired_set(struct migration *m, bool on)
+void migrate_wired_set(struct migration *m, bool on)
 {
 	sqlite3_stmt *st =
 		db_prepare(ctl.db, on ? "INSERT OR REPLACE INTO temp.migrating "
@@ -135,7 +96,7 @@ static void wired_set(struct migration *m, bool on)
 	netsync_all();
 }
 
-/* Start-up: the table wired_set() keeps. Returns 0, or -1 with err. */
+/* Start-up: the table migrate_wired_set() keeps. Returns 0, or -1 with err. */
 int migrate_db_init(sqlite3 *db, struct kerr *err)
 {
 	return db_exec(db,
@@ -148,7 +109,7 @@ static void migration_free(struct migration *m)
 {
 	struct migration **pp;
 
-	wired_set(m, false);
+	migrate_wired_set(m, false);
 	if (m->evac)
 		evac_note(m);
 	for (pp = &migrations; *pp; pp = &(*pp)->next)
@@ -492,18 +453,16 @@ static int creds_issue(struct migration *m, const char *target_ip, struct kerr *
 
 /* ---- the steps ----------------------------------------------------------------------- */
 
-static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
-			struct json_object *args);
 static void fail(struct migration *m, const char *why);
 
-static void parent_update(struct migration *m, int progress)
+void migrate_parent_update(struct migration *m, int progress)
 {
 	op_update(m->id, "running", progress, phase_names[m->phase], json_object_get(m->result),
 		  NULL);
 }
 
 /* The parent's end (final status), then it is forgotten. */
-static void finish(struct migration *m, const char *status, const char *error)
+void migrate_finish(struct migration *m, const char *status, const char *error)
 {
 	snprintf(m->outcome, sizeof(m->outcome), "%s", status);
 	if (error && !m->failure[0])
@@ -525,10 +484,10 @@ static void cleanup_start(struct migration *m, const char *why)
 
 	snprintf(m->failure, sizeof(m->failure), "%s", why);
 	m->phase = PHASE_CLEANUP;
-	parent_update(m, -1);
+	migrate_parent_update(m, -1);
 	json_object_object_add(args, "force", json_object_new_boolean(true));
 	json_object_object_add(args, "keep_disks", json_object_new_boolean(true));
-	child_start(m, m->dst, "migrate-cleanup", "delete", args);
+	migrate_child_start(m, m->dst, "migrate-cleanup", "delete", args);
 }
 
 static void fail(struct migration *m, const char *why)
@@ -539,7 +498,7 @@ static void fail(struct migration *m, const char *why)
 
 		snprintf(both, sizeof(both), "%s; cleaning the target %s failed too: %s",
 			 m->failure, m->dst->name, why);
-		finish(m, m->cancel ? "cancelled" : "failed", both);
+		migrate_finish(m, m->cancel ? "cancelled" : "failed", both);
 		return;
 	}
 	cleanup_start(m, why);
@@ -548,6 +507,9 @@ static void fail(struct migration *m, const char *why)
 /* The guest runs on the target: move the instance there in the database, at once. */
 static void switchover(struct migration *m, struct json_object *out_result)
 {
+	/* Paused first (TCG), or held paused after a copy with local disks (-S). */
+	bool paused = json_object_object_get(out_result, "paused_ms") ||
+		      json_get_bool(out_result, "target_paused", false);
 	sqlite3_stmt *st;
 	struct kerr err;
 	int rc;
@@ -577,9 +539,7 @@ static void switchover(struct migration *m, struct json_object *out_result)
 				"report = '{}', updated_at = 0 WHERE id = ?");
 	sqlite3_bind_int64(st, 1, m->dst->id);
 	sqlite3_bind_text(st, 2, json_text(m->spec), -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 3,
-			  json_object_object_get(out_result, "paused_ms") ? "paused" : "running",
-			  -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, paused ? "paused" : "running", -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 4, m->iid);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
@@ -589,21 +549,21 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		db_rollback(ctl.db);
 		return;
 	}
-	if (json_object_object_get(out_result, "paused_ms")) {
-		/* Paused first (TCG, busy guest): it runs again on the target. */
-		parent_update(m, 95);
+	if (paused) {
+		/* Paused first (TCG) or held (local disks): it runs again on the target. */
+		migrate_parent_update(m, 95);
 		if (db_commit(ctl.db, &err) < 0)
 			log_warnx("migration %s: %s", m->id, err.msg);
 		/* Its row is the target's now: the extra wiring would list its port twice,
 		 * and the target would refuse that document. */
-		wired_set(m, false);
-		child_start(m, m->dst, "migrate-resume", "resume", NULL);
+		migrate_wired_set(m, false);
+		migrate_child_start(m, m->dst, "migrate-resume", "resume", NULL);
 		return;
 	}
 	op_update(m->id, "succeeded", 100, "done", json_object_get(m->result), NULL);
 	if (db_commit(ctl.db, &err) < 0)
 		log_warnx("migration %s: %s", m->id, err.msg);
-	wired_set(m, false); /* as above; it rebuilds every host's document */
+	migrate_wired_set(m, false); /* as above; it rebuilds every host's document */
 	log_info("migration %s: %s now runs on %s", m->id, m->name, m->dst->name);
 	snprintf(m->outcome, sizeof(m->outcome), "succeeded");
 	migration_free(m);
@@ -613,8 +573,8 @@ static void switchover(struct migration *m, struct json_object *out_result)
  * Start child operation kind (an agent command action with args, consumed) on h for
  * m. A child whose operation cannot be made fails the migration.
  */
-static void child_start(struct migration *m, struct host *h, const char *kind, const char *action,
-			struct json_object *args)
+void migrate_child_start(struct migration *m, struct host *h, const char *kind, const char *action,
+			 struct json_object *args)
 {
 	_cleanup_free_ char *target = xasprintf("migrations/%s", m->id);
 	struct json_object *res = json_object_new_object(), *op;
@@ -625,7 +585,7 @@ static void child_start(struct migration *m, struct host *h, const char *kind, c
 	if (op == NULL) {
 		json_object_put(args);
 		m->child[0] = '\0';
-		finish(m, "failed", err.msg);
+		migrate_finish(m, "failed", err.msg);
 		return;
 	}
 	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
@@ -640,129 +600,16 @@ static void out_start(struct migration *m, const char *uri)
 	struct json_object *args = json_object_new_object(), *v;
 
 	m->phase = PHASE_PRECOPY;
-	parent_update(m, 10);
+	migrate_parent_update(m, 10);
 	json_object_object_add(args, "uri", json_object_new_string(uri));
+	if (m->nbd_uri[0])
+		json_object_object_add(args, "nbd_uri", json_object_new_string(m->nbd_uri));
 	json_object_object_add(args, "tls", json_object_get(m->tls_out));
 	if (json_object_object_get_ex(m->args, "downtime_ms", &v))
 		json_object_object_add(args, "downtime_ms", json_object_get(v));
 	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
 		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
-	child_start(m, m->src, "migrate-out", "migrate-out", args);
-}
-
-/* ---- containers: cold ------------------------------------------------------------------- */
-
-/* The target runs the container: move it in the database, then delete the source's. */
-static void cold_switchover(struct migration *m, struct host *h, struct json_object *result)
-{
-	struct json_object *report = json_object_object_get(result, "instance");
-	struct json_object *args;
-	sqlite3_stmt *st;
-	int rc;
-
-	m->phase = PHASE_SWITCHOVER;
-	if (json_object_object_get(m->spec, "host"))
-		json_object_object_add(m->spec, "host", json_object_new_string(m->dst->name));
-	st = db_prepare(ctl.db, "UPDATE instances SET host_id = ?, spec = ?, state = ?, "
-				"report = '{}', updated_at = 0 WHERE id = ?");
-	sqlite3_bind_int64(st, 1, m->dst->id);
-	sqlite3_bind_text(st, 2, json_text(m->spec), -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 3,
-			  json_get_str(report, "state", m->was_running ? "running" : "stopped"), -1,
-			  SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 4, m->iid);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE) {
-		char why[300];
-
-		snprintf(why, sizeof(why), "cannot move %s in the database: %s", m->name,
-			 sqlite3_errmsg(ctl.db));
-		finish(m, "failed", why);
-		return;
-	}
-	if (h && report)
-		instances_report(h, report, "migrated");
-	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
-	m->switched = true;
-	wired_set(m, false); /* the row names the target now; see switchover() */
-	log_info("migration %s: container %s now on %s; removing it from %s", m->id, m->name,
-		 m->dst->name, m->src->name);
-	m->phase = PHASE_CLEANUP;
-	parent_update(m, 90);
-	args = json_object_new_object();
-	json_object_object_add(args, "force", json_object_new_boolean(true));
-	child_start(m, m->src, "migrate-cleanup", "delete", args);
-}
-
-/* It stays on the source: started again there if it ran, then the parent ends. */
-static void cold_rollback(struct migration *m, const char *why)
-{
-	snprintf(m->failure, sizeof(m->failure), "%s", why);
-	json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
-	if (!m->was_running) {
-		finish(m, m->cancel ? "cancelled" : "failed", why);
-		return;
-	}
-	m->rollback = true;
-	m->phase = PHASE_CLEANUP;
-	parent_update(m, -1);
-	child_start(m, m->src, "migrate-resume", "start", NULL);
-}
-
-/* A cold migration's step ended (migrate_agent_done()). Returns 0. */
-static int cold_done(struct migration *m, struct host *h, const char *kind, bool ok,
-		     struct json_object *result, const char *error)
-{
-	struct json_object *args;
-	char why[300];
-
-	if (!strcmp(kind, "migrate-out")) {
-		if (!ok) {
-			snprintf(why, sizeof(why), "the source %s could not stop and pack it: %s",
-				 m->src->name, error ? error : "failed");
-			/* It may have stopped: it runs again where it was. */
-			m->was_running = true;
-			cold_rollback(m, why);
-			return 0;
-		}
-		m->was_running = json_get_bool(result, "was_running", false);
-		if (m->cancel) {
-			cold_rollback(m, "cancelled");
-			return 0;
-		}
-		m->phase = PHASE_START_TARGET;
-		parent_update(m, 50);
-		args = json_object_new_object();
-		json_object_object_add(args, "archive",
-				       json_object_new_string(json_get_str(result, "archive", "")));
-		json_object_object_add(args, "restarts",
-				       json_object_new_int64(json_get_int(result, "restarts", 0)));
-		json_object_object_add(args, "start", json_object_new_boolean(m->was_running));
-		child_start(m, m->dst, "migrate-in", "migrate-in", args);
-	} else if (!strcmp(kind, "migrate-in")) {
-		if (ok) {
-			cold_switchover(m, h, result);
-			return 0;
-		}
-		/* The target removed what it made itself. */
-		snprintf(why, sizeof(why), "the target %s could not take it: %s", m->dst->name,
-			 error ? error : "failed");
-		cold_rollback(m, why);
-	} else if (!strcmp(kind, "migrate-resume") && m->rollback) {
-		if (ok && h && json_object_object_get(result, "instance"))
-			instances_report(h, json_object_object_get(result, "instance"), "migrated");
-		snprintf(why, sizeof(why), "%s%s%s", m->failure,
-			 ok ? "" : "; starting it again failed: ",
-			 ok ? "" : (error ? error : "failed"));
-		finish(m, m->cancel && ok ? "cancelled" : "failed", why);
-	} else if (!strcmp(kind, "migrate-cleanup") && m->switched) {
-		if (!ok)
-			log_warnx("migration %s: the source %s keeps a stopped copy of %s: %s",
-				  m->id, m->src->name, m->name, error ? error : "failed");
-		finish(m, "succeeded", NULL);
-	}
-	return 0;
+	migrate_child_start(m, m->src, "migrate-out", "migrate-out", args);
 }
 
 /*
@@ -786,19 +633,21 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 		return strncmp(kind, "migrate-", 8) ? -1 : 0;
 	m->child[0] = '\0';
 	if (m->cold)
-		return cold_done(m, h, kind, ok, result, error);
+		return migrate_cold_done(m, h, kind, ok, result, error);
 	if (!strcmp(kind, "migrate-in")) {
 		if (!ok) {
 			snprintf(why, sizeof(why), "the target %s could not prepare: %s",
 				 m->dst->name, error ? error : "failed");
 			/* It removed what it made itself. */
-			finish(m, m->cancel ? "cancelled" : "failed",
-			       m->cancel ? "cancelled" : why);
+			migrate_finish(m, m->cancel ? "cancelled" : "failed",
+				       m->cancel ? "cancelled" : why);
 		} else if (m->cancel) {
 			cleanup_start(m, "cancelled");
 		} else {
 			/* The copy starts once every host wired the target (or after a while). */
 			snprintf(m->uri, sizeof(m->uri), "%s", json_get_str(result, "uri", ""));
+			snprintf(m->nbd_uri, sizeof(m->nbd_uri), "%s",
+				 json_get_str(result, "nbd_uri", ""));
 			m->net_wait = true;
 			m->net_deadline = now_ms() + MIGRATE_NET_WAIT_MS;
 			migrate_net_waits_check();
@@ -819,13 +668,13 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			snprintf(why, sizeof(why),
 				 "migrated to %s, but the guest did not resume: %s", m->dst->name,
 				 error ? error : "failed");
-			finish(m, "failed", why);
+			migrate_finish(m, "failed", why);
 			return 0;
 		}
 		/* The target's report (its QEMU, running) is the instance's now. */
 		if (h && json_object_object_get(result, "instance"))
 			instances_report(h, json_object_object_get(result, "instance"), "migrated");
-		finish(m, "succeeded", NULL);
+		migrate_finish(m, "succeeded", NULL);
 	} else if (!strcmp(kind, "migrate-cleanup")) {
 		/* Its restarted agent may have removed an incoming QEMU it lost itself. */
 		if (!ok && error && strstr(error, "there is no instance"))
@@ -834,7 +683,7 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			fail(m, error ? error : "failed");
 			return 0;
 		}
-		finish(m, m->cancel ? "cancelled" : "failed", m->failure);
+		migrate_finish(m, m->cancel ? "cancelled" : "failed", m->failure);
 	}
 	return 0;
 }
@@ -868,8 +717,8 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 	 * not the source's clean-up (and its op-done) ever comes. */
 	if (!strcmp(json_get_str(stats, "status", ""), "completed")) {
 		struct json_object *r = json_object_new_object();
-		static const char *const keys[] = {"strategy", "downtime_ms", "paused_ms",
-						   "total_ms", NULL};
+		static const char *const keys[] = {"strategy", "downtime_ms",	"paused_ms",
+						   "total_ms", "target_paused", NULL};
 
 		for (size_t k = 0; keys[k]; k++)
 			if (json_object_object_get(stats, keys[k]))
@@ -937,7 +786,7 @@ static void settle_start(struct migration *m, const char *why)
 		op_update(m->child, "failed", -1, "interrupted", NULL, why);
 		m->child[0] = '\0';
 	}
-	parent_update(m, -1);
+	migrate_parent_update(m, -1);
 }
 
 /* Both ends answered: where the VM is decides how the migration ends. */
@@ -949,9 +798,16 @@ static void settle_decide(struct migration *m)
 	struct json_object *r;
 	char why[400];
 
-	if (!strcmp(json_get_str(m->ans_src, "role", ""), "out")) {
-		/* The source still follows its copy: ask again until it ended. */
+	if (!strcmp(json_get_str(m->ans_src, "role", ""), "out") ||
+	    (m->cold && (json_get_bool(m->ans_src, "busy", false) ||
+			 json_get_bool(m->ans_dst, "busy", false)))) {
+		/* The source still follows its copy, or a container's step still runs
+		 * (stop and pack, unpack and start): ask again until it ended. */
 		m->settle_next = now_ms() + MIGRATE_SETTLE_RETRY_MS;
+		return;
+	}
+	if (m->cold) {
+		migrate_cold_settle(m);
 		return;
 	}
 	m->settling = false;
@@ -963,7 +819,8 @@ static void settle_decide(struct migration *m)
 			cleanup_start(m, m->cancel ? "cancelled" : why);
 			return;
 		}
-		finish(m, m->cancel ? "cancelled" : "failed", m->cancel ? "cancelled" : why);
+		migrate_finish(m, m->cancel ? "cancelled" : "failed",
+			       m->cancel ? "cancelled" : why);
 		return;
 	}
 	if (dst_has) {
@@ -983,7 +840,7 @@ static void settle_decide(struct migration *m)
 	}
 	snprintf(why, sizeof(why), "%s; %s runs on neither %s nor %s: the VM is lost",
 		 m->settle_why, m->name, m->src->name, m->dst->name);
-	finish(m, "failed", why);
+	migrate_finish(m, "failed", why);
 }
 
 struct settle_ask {
@@ -1070,7 +927,7 @@ void migrate_host_restarted(struct host *h)
 			 * settled but undone; the container starts again on the source. */
 			op_update(m->child, "failed", -1, "interrupted", NULL, why);
 			m->child[0] = '\0';
-			cold_rollback(m, why);
+			migrate_cold_rollback(m, why);
 			continue;
 		}
 		if (!m->child[0] || m->child_host != h) {
@@ -1098,11 +955,8 @@ int migrate_job_resume(struct host *h, const char *id, struct json_object *op)
 	struct migration *m;
 
 	(void)h;
-	/* A container's cold move is not settled (migrate-state knows VMs): the engine
-	 * fails it, and the container is where the database says, maybe stopped. */
 	if (src == NULL || dst == NULL || strncmp(target, "instances/", 10) ||
-	    !inst_load(target + 10, &i) ||
-	    !strcmp(json_get_str(i.spec, "type", "vm"), "container")) {
+	    !inst_load(target + 10, &i)) {
 		json_object_put(i.spec);
 		return -1;
 	}
@@ -1120,10 +974,17 @@ int migrate_job_resume(struct host *h, const char *id, struct json_object *op)
 	m->cancel = json_get_str(op, "cancel", NULL) != NULL;
 	m->started_ms = now_ms();
 	m->phase = PHASE_PRECOPY;
+	if (!strcmp(json_get_str(i.spec, "type", "vm"), "container")) {
+		/* A cold move: settled the same way (both ends asked), decided by
+		 * migrate_cold_settle(). */
+		m->cold = true;
+		m->was_running = json_get_bool(res, "was_running", true);
+		m->phase = PHASE_STOP_SOURCE;
+	}
 	m->next = migrations;
 	migrations = m;
 	/* The target stays wired while it may hold the guest. */
-	wired_set(m, true);
+	migrate_wired_set(m, true);
 	settle_start(m, "the controller restarted during the migration");
 	return 0;
 }
@@ -1221,11 +1082,6 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	else if (!cold && strcmp(i.state, "running"))
 		err_input(err, 409, NULL, "instance %s is %s; a live migration needs it running",
 			  name, i.state);
-	else if (!cold && !disks_shared(i.spec, disk, sizeof(disk)))
-		err_input(err, 422, NULL,
-			  "disk %s is not on the shared pool: migration with local disks is not "
-			  "implemented yet",
-			  disk);
 	else if (op_busy(target, busy, sizeof(busy)))
 		err_input(err, 409, NULL, "instance %s is busy with operation %s", name, busy);
 	else if (i.host == NULL || i.host->state != HOST_ONLINE)
@@ -1244,12 +1100,32 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 		json_object_put(i.spec);
 		return -1;
 	}
+	/* "always" is a promise Kumo cannot keep yet: say why rather than ignore it. */
+	if (!cold && !strcmp(json_get_str(body, "postcopy", "auto"), "always")) {
+		if (!json_get_bool(dst->facts, "postcopy", false))
+			err_input(err, 422, "postcopy",
+				  "host %s cannot post-copy: its QEMU user has no userfaultfd "
+				  "(vm.unprivileged_userfaultfd is 0); use postcopy auto or never",
+				  dst->name);
+		else
+			err_input(err, 422, "postcopy",
+				  "post-copy is not implemented yet; use postcopy auto or never");
+		json_object_put(where);
+		json_object_put(i.spec);
+		return -1;
+	}
 	res = json_object_new_object();
 	json_object_object_add(res, "args",
 			       body ? json_object_get(body) : json_object_new_object());
 	json_object_object_add(res, "source", json_object_new_string(i.host->name));
 	json_object_object_add(res, "target", json_object_new_string(dst->name));
 	json_object_object_add(res, "placement", where);
+	/* Local disks are mirrored to the target over NBD before the memory moves. */
+	if (!cold)
+		json_object_object_add(
+			res, "storage",
+			json_object_new_string(disks_shared(i.spec, disk, sizeof(disk)) ? "shared"
+											: "local"));
 	op = op_create("migrate", target, i.host, json_object_get(res), err);
 	if (op == NULL) {
 		json_object_put(res);
@@ -1276,26 +1152,32 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	if (cold) {
 		m->cold = true;
 		m->phase = PHASE_STOP_SOURCE;
+		/* Until the source says: a controller restarted during stop-source starts
+		 * it again on the source only if it ran. */
+		m->was_running = !strcmp(i.state, "running");
+		json_object_object_add(m->result, "was_running",
+				       json_object_new_boolean(m->was_running));
 		json_object_object_add(m->result, "strategy", json_object_new_string("cold"));
-		parent_update(m, 1);
+		migrate_parent_update(m, 1);
 		/* The target's segments and the container's port there, before it starts. */
-		wired_set(m, true);
-		child_start(m, m->src, "migrate-out", "migrate-out", NULL); /* may end m */
+		migrate_wired_set(m, true);
+		migrate_child_start(m, m->src, "migrate-out", "migrate-out", NULL); /* may end m */
 		return 0;
 	}
-	parent_update(m, 1);
+	migrate_parent_update(m, 1);
 	/* The target listens on its underlay address, the one its agent joined with. */
 	addr = dst->address && !strncmp(dst->address, "tcp://", 6) ? dst->address + 6 : "";
 	colon = strrchr(addr, ':');
 	snprintf(ip, sizeof(ip), "%.*s", colon ? (int)(colon - addr) : 0, addr);
 	if (!ip[0] || creds_issue(m, ip, err) < 0) {
-		finish(m, "failed", ip[0] ? err->msg : "the target has no underlay address");
+		migrate_finish(m, "failed",
+			       ip[0] ? err->msg : "the target has no underlay address");
 		return 0;
 	}
-	wired_set(m, true);
+	migrate_wired_set(m, true);
 	args_in = json_object_new_object();
 	json_object_object_add(args_in, "tls", json_object_get(m->tls_in));
-	child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
+	migrate_child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
 	return 0;
 }
 
@@ -1488,9 +1370,9 @@ static const struct json_field evacuate_fields[] = {
  * POST /api/v1/hosts/{name}/actions/evacuate {parallel?} -> 202 with an "evacuate"
  * operation: the host goes into maintenance (nothing new is placed there) and every
  * instance on it is migrated (VMs live, containers cold), at most parallel at once,
- * each to where the scheduler chooses. Instances that cannot move (a stopped VM,
- * local disks, no host fits) are listed with the reason; the operation fails unless
- * all moved.
+ * each to where the scheduler chooses (a VM with local disks takes them along).
+ * Instances that cannot move (a stopped VM, no host fits) are listed with the reason; the operation
+ * fails unless all moved.
  */
 enum MHD_Result api_host_evacuate(struct request *req)
 {
@@ -1583,7 +1465,6 @@ enum MHD_Result api_instance_placement(struct request *req)
 	struct json_object *where = NULL, *out, *hosts, *cands, *rejected;
 	struct mig_inst i = {0};
 	struct kerr err = {0};
-	char disk[NAME_MAX_LEN + 1];
 	const char *blocked = NULL;
 	char why[160];
 	struct host *dst;
@@ -1603,9 +1484,6 @@ enum MHD_Result api_instance_placement(struct request *req)
 		blocked = "a container cannot migrate live";
 	} else if (strcmp(i.state, "running")) {
 		snprintf(why, sizeof(why), "it is %s; a live migration needs it running", i.state);
-		blocked = why;
-	} else if (!disks_shared(i.spec, disk, sizeof(disk))) {
-		snprintf(why, sizeof(why), "disk %s is not on the shared pool", disk);
 		blocked = why;
 	}
 	dst = target_choose(i.spec, i.host, NULL, &where, &err);

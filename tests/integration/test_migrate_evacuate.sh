@@ -1,8 +1,8 @@
 #!/bin/bash
 # Host drain: evacuating h1 puts it in maintenance and moves its running VMs live
 # elsewhere, two at once, under one operation whose result says where each went and
-# how, each VM to its own host (an instance migrating in counts on its target), and
-# the container cold.
+# how, each VM to its own host (an instance migrating in counts on its target), one VM
+# with its disk on the local pool (taken along), and the container cold.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib_oci.sh"
 
@@ -13,9 +13,12 @@ cleanup() {
 cleanup # leftovers of an interrupted run
 trap cleanup EXIT
 
+# ev2's disk is on h1's local pool: it moves with the VM (an NBD mirror).
 for n in ev1 ev2; do
+	pool=shared
+	[ $n = ev2 ] && pool=local
 	vm_create '{"name":"'$n'","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1",
-		"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio"}]}'
+		"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio","pool":"'$pool'"}]}'
 done
 ct_create '{"name":"evc","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h1"}'
 for n in ev1 ev2; do wait_until 300 "$n booted" console_has $n KUMO-GUEST-READY; done
@@ -55,6 +58,11 @@ for n in ev1 ev2; do
 	[ "$(jqb .host)" != h1 ] && [ "$(jqb .state)" = running ] ||
 		fail "$n is $(jqb .state) on $(jqb .host) after the evacuation"
 done
+api GET /api/v1/instances/ev2
+ev2_host=$(jqb .host)
+[ -e "$KUMO_LAB_DIR/hosts/$ev2_host/local/disks/ev2/root.qcow2" ] || fail "ev2's local disk is not on $ev2_host"
+gone_h1() { [ ! -e "$KUMO_LAB_DIR/hosts/h1/local/disks/ev2/root.qcow2" ]; }
+wait_until 30 "ev2's local disk gone from h1" gone_h1
 api GET /api/v1/instances/evc
 [ "$(jqb .host)" != h1 ] && [ "$(jqb .state)" = running ] || fail "evc is $(jqb .state) on $(jqb .host)"
 pass "h1 evacuated into maintenance: $summary"

@@ -4,7 +4,9 @@
 # migration settles: it finishes on the target or stays on the source), the source's
 # agent killed -9 (its QEMU finishes the copy alone; the restarted agent follows it and
 # removes its stale copy, the controller switches over), the target's agent killed -9
-# (the restarted agent drops the incoming QEMU it lost; the VM runs on at its source).
+# (the restarted agent drops the incoming QEMU it lost; the VM runs on at its source);
+# and a container's cold move with the controller killed -9 while the source stops it
+# (it is settled too: it runs on exactly one host, the database agreeing).
 # After each: the VM runs on exactly one host (QEMU processes by -name), the database
 # says that host, the guest kept its uptime (no reboot), and the other host holds no
 # QEMU, run directory or tap of it.
@@ -13,12 +15,16 @@
 
 NET=mfnet
 VM=mf1
+CT=mfct
 cleanup() {
-	api DELETE "/api/v1/instances/$VM?force=1" >/dev/null 2>&1 || true
-	for _ in $(seq 100); do
-		api GET "/api/v1/instances/$VM" >/dev/null 2>&1 || true
-		[ "$STATUS" = 404 ] && break
-		sleep 0.2
+	local n
+	for n in $VM $CT; do
+		api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true
+		for _ in $(seq 100); do
+			api GET "/api/v1/instances/$n" >/dev/null 2>&1 || true
+			[ "$STATUS" = 404 ] && break
+			sleep 0.2
+		done
 	done
 	net_delete $NET
 }
@@ -149,5 +155,39 @@ wait_op "$op" 240
 why=$(jqb .error)
 settled "$src" "$dst" "$t0" "target agent kill -9"
 pass "target agent kill -9 mid-copy: the migration failed ($why), $VM runs on at $src alone, no reboot, $dst clean"
+# ---- a container's cold move, the controller killed -9 during stop-source -------------------
+# Its init (sleep) ignores SIGTERM: the stop takes the 10 s grace, time for the kill.
+ct_create "$(net_ct_json $CT h3 '[{"network":"'$NET'"}]')"
+ct_running_on() { # ct_running_on HOST: runc runs it on HOST
+	runc --root "$KUMO_LAB_DIR/hosts/$1/local/runc" state $CT 2>/dev/null | jq -e '.status == "running"' >/dev/null
+}
+api POST /api/v1/instances/$CT/actions/migrate '{"host":"h1"}'
+expect_status 202
+op=$(jqb .id)
+stopping() { api GET "/api/v1/operations/$op" && [ "$(jqb .phase)" = stop-source ]; }
+wait_until 30 "$CT being stopped on h3" stopping
+cpid=$(controller_pid)
+kill -9 "$cpid"
+wait_until 10 "the controller gone" proc_gone "$cpid"
+lab up --hosts 3 >/dev/null
+wait_until 60 "3 hosts online after the restart" all_online 3
+wait_op "$op" 120
+status=$(jqb .status)
+recovery=$(jqb .result.recovery)
+[ "$recovery" != null ] || fail "the container's move does not say it was settled: $(jqb -c .result)"
+case "$status" in
+succeeded) where=h1 other=h3 ;;
+failed) where=h3 other=h1 ;;
+*) fail "the container's move ended $status after the controller's kill -9: $(jqb .error)" ;;
+esac
+ct_in_db() { api GET "/api/v1/instances/$CT" && [ "$(jqb .host)" = "$1" ] && [ "$(jqb .state)" = running ]; }
+wait_until 30 "$CT running on $where in the database" ct_in_db $where
+wait_until 30 "$CT running on $where" ct_running_on $where
+ct_gone() { ! runc --root "$KUMO_LAB_DIR/hosts/$1/local/runc" state $CT >/dev/null 2>&1; }
+wait_until 30 "nothing of $CT on $other" ct_gone $other
+no_archive() { ! ls "$KUMO_LAB_DIR/shared/migrations/"*.tar >/dev/null 2>&1; }
+wait_until 30 "no migration archive left on the shared pool" no_archive
+pass "a container's cold move with the controller killed -9 mid-stop settled ($status: $recovery); $CT runs on $where alone, the database agreeing"
+
 trap - EXIT
 cleanup

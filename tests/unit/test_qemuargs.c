@@ -113,6 +113,30 @@ static void test_balloon_loadvm_root(void **state)
 	vm_teardown(&f);
 }
 
+/* A migration's target: -incoming defer; held paused (-S) only with local disks. */
+static void test_incoming(void **state)
+{
+	struct fixture f;
+	struct kerr err = {0};
+
+	(void)state;
+	vm_setup(&f,
+		 "{\"name\":\"mv\",\"type\":\"vm\",\"vcpus\":1,\"memory\":{\"mb\":256},"
+		 "\"accel\":\"tcg\",\"disks\":[]}",
+		 "root");
+	f.vm.vm_incoming = true;
+	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
+	assert_string_equal(after(&f.av, "-incoming"), "defer");
+	assert_int_equal(arg_find(&f.av, "-S"), -1);
+	argv_free(&f.av);
+	memset(&f.av, 0, sizeof(f.av));
+	f.vm.vm_incoming_held = true;
+	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
+	assert_string_equal(after(&f.av, "-incoming"), "defer");
+	assert_true(arg_find(&f.av, "-S") > 0);
+	vm_teardown(&f);
+}
+
 /* One virtio-scsi HBA for all scsi disks; sata on AHCI ports; a user-mode NIC. */
 static void test_buses_and_nic(void **state)
 {
@@ -165,10 +189,9 @@ static void test_too_many_ahci(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_minimal_tcg),
-		cmocka_unit_test(test_balloon_loadvm_root),
-		cmocka_unit_test(test_buses_and_nic),
-		cmocka_unit_test(test_too_many_ahci),
+		cmocka_unit_test(test_minimal_tcg),   cmocka_unit_test(test_balloon_loadvm_root),
+		cmocka_unit_test(test_buses_and_nic), cmocka_unit_test(test_too_many_ahci),
+		cmocka_unit_test(test_incoming),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,63 @@
+/*
+ * migrate.h - what agentd/migrate.c (a VM's live migration) and agentd/migrate_disk.c
+ * (its local disks: NBD server and mirrors) share. Nothing else includes it; the rest
+ * of the agent sees migrations through agentd.h.
+ */
+#ifndef KUMO_AGENTD_MIGRATE_H
+#define KUMO_AGENTD_MIGRATE_H
+
+#include "agentd.h"
+
+#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs */
+#define MIGRATE_REPORT_MS      1000  /* op-progress at most this often */
+#define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
+#define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
+#define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
+
+/* One migrate-out at work (a VM leaves this host). */
+struct outgoing {
+	struct inst_op *op;
+	struct vm *vm;
+	uv_timer_t timer;
+	int64_t started_ms;
+	int64_t reported_ms;
+	int64_t paused_at_ms; /* pause-then-migrate: when the guest stopped, else 0 */
+	char strategy[24];    /* "precopy" or "pause-then-migrate" */
+	bool cancel;	      /* the controller asked to cancel */
+	bool polling;	      /* a query-migrate is in flight */
+	bool finished;
+	struct json_object *stats; /* the last "migration" object */
+	/* Local disks: mirrored to the target's NBD server before the memory moves. */
+	bool mirrored[AGENT_VM_DISKS_MAX]; /* job kumo-mirror-dI and node kumo-nbd-dI */
+	bool node_added[AGENT_VM_DISKS_MAX];
+	size_t mirror_next;    /* the disk whose mirror starts next */
+	bool mirrors_ready;    /* every mirror in sync: the memory may move */
+	bool mirrors_stopping; /* being cancelled: then after_mirrors() */
+	int mirror_polls;      /* query-block-jobs since the stop */
+	void (*after_mirrors)(struct outgoing *o);
+	int64_t disk_total, disk_remaining;
+	struct json_object *done_ret; /* query-migrate's "completed", kept meanwhile */
+	char fail_why[300];	      /* a failure waiting for the mirrors to stop */
+	struct outgoing *next;
+};
+
+/* migrate.c */
+void migrate_creds_id(const struct inst_op *op, char *out, size_t len);
+void migrate_in_fail(struct inst_op *op, const char *why);
+void migrate_incoming_send(struct inst_op *op);
+bool migrate_outgoing_gone(struct outgoing *o);
+void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail);
+void migrate_progress_send(struct outgoing *o, const char *phase, int pct);
+void migrate_memory_start(struct outgoing *o);
+
+/* migrate_disk.c */
+bool migrate_disk_is_local(const struct agent *a, const struct vm_disk *d);
+struct json_object *migrate_disk_backing(struct json_object *spec, size_t i);
+size_t migrate_disks_plan(struct inst_op *op, struct vm_disk *fresh, const char **images);
+void migrate_disks_make(struct inst_op *op, op_step_fn then);
+void migrate_nbd_start(struct inst_op *op);
+bool migrate_mirrors_any(const struct outgoing *o);
+void migrate_mirror_next(struct outgoing *o);
+void migrate_mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o));
+
+#endif
