@@ -495,6 +495,7 @@ void migrate_net_waits_check(void);
 enum MHD_Result api_instance_migrate(struct request *req);
 enum MHD_Result api_host_evacuate(struct request *req);
 int migrate_cancel(const char *id, struct kerr *err);
+int migrate_cancel_refused(const char *id, struct kerr *err);
 int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
 		       struct json_object *result, const char *error);
 int migrate_op_nack(const char *op_id, const char *why);
@@ -804,6 +805,7 @@ enum MHD_Result api_p2v_pass_start(struct request *req);
 enum MHD_Result api_p2v_chunk_put(struct request *req);
 enum MHD_Result api_p2v_action(struct request *req);
 int p2v_session_cancel(const char *id, struct kerr *err);
+int p2v_session_cancel_refused(const char *id, struct kerr *err);
 /*
  * Start-up, before jobs_resume(): bring back the sessions the database holds, their
  * files reopened; one past its deadline ends (files and row go), one caught cutting

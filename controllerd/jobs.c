@@ -202,6 +202,21 @@ static int migrate_kind_cancel(struct host *h, struct json_object *op, const cha
 	return 0;
 }
 
+static int migrate_kind_refuse(struct json_object *op, struct kerr *err)
+{
+	return migrate_cancel_refused(json_get_str(op, "id", ""), err);
+}
+
+static int p2v_kind_refuse(struct json_object *op, struct kerr *err)
+{
+	const char *target = json_get_str(op, "target", "");
+
+	if (strncmp(target, "p2v/", 4) != 0)
+		return err_input(err, 409, NULL, "operation %s has no ingest session",
+				 json_get_str(op, "id", ""));
+	return p2v_session_cancel_refused(target + 4, err);
+}
+
 /* An ingest session is abandoned: its files go, its operation ends cancelled (p2v.c). */
 static int p2v_kind_cancel(struct host *h, struct json_object *op, const char *reason)
 {
@@ -232,6 +247,27 @@ static int p2v_kind_resume(struct host *h, const char *id, struct json_object *o
 static int ha_resume(struct host *h, const char *id, struct json_object *op)
 {
 	return ha_op_resend(h, id, op);
+}
+
+/*
+ * The kinds the controller runs itself can refuse a cancel at some steps (past a
+ * migration's switchover, while a cutover's qemu-img runs): asked before the cancel
+ * is recorded, so an operation is never said "cancelled" while its work goes on.
+ */
+static const struct {
+	const char *kind;
+	int (*refuse)(struct json_object *op, struct kerr *err);
+} refusers[] = {
+	{"migrate", migrate_kind_refuse},
+	{"p2v-ingest", p2v_kind_refuse},
+};
+
+static bool kind_refuses(const char *kind, struct json_object *op, struct kerr *err)
+{
+	for (size_t i = 0; i < sizeof(refusers) / sizeof(refusers[0]); i++)
+		if (strcmp(refusers[i].kind, kind) == 0)
+			return refusers[i].refuse(op, err) < 0;
+	return false;
 }
 
 /* ---- the table ---------------------------------------------------------------------- */
@@ -425,6 +461,8 @@ int jobs_cancel(const char *id, struct json_object **out, struct kerr *err)
 	k = jobs_kind_find(kind);
 	ret = jobs_cancel_check(k, kind, json_get_str(op, "status", ""),
 				json_get_str(op, "cancel", NULL), err);
+	if (ret == 0 && kind_refuses(kind, op, err))
+		ret = -1;
 	if (ret == 0) {
 		ret = cancel_record(id, "cancelled", now_ms(), err);
 		if (ret == 0) {

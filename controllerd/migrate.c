@@ -1004,16 +1004,30 @@ static void cancel_answer_cb(struct json_object *body, const char *error, void *
  * the target's half is removed; the operation ends "cancelled". Returns 0, or -1 with
  * err (404 no such migration running, 409 too late).
  */
-int migrate_cancel(const char *id, struct kerr *err)
+/*
+ * 0 when migration id can still be stopped; -1 with err (409) once it is past its
+ * switchover (it ends as it will) or is not running here (a restarted controller
+ * settles it first). Asked before a cancel is recorded.
+ */
+int migrate_cancel_refused(const char *id, struct kerr *err)
 {
 	struct migration *m = migration_by_id(id);
-	struct json_object *q;
 
 	if (m == NULL)
 		return err_input(err, 409, NULL, "operation %s is no migration that runs", id);
 	if (m->phase == PHASE_SWITCHOVER || m->phase == PHASE_START_TARGET || m->switched)
 		return err_input(err, 409, NULL,
 				 "migration %s is past its switchover; migrate back instead", id);
+	return 0;
+}
+
+int migrate_cancel(const char *id, struct kerr *err)
+{
+	struct migration *m = migration_by_id(id);
+	struct json_object *q;
+
+	if (migrate_cancel_refused(id, err) < 0)
+		return -1;
 	if (m->cancel || m->phase == PHASE_CLEANUP)
 		return 0;
 	m->cancel = true;

@@ -447,19 +447,33 @@ static void session_end(struct p2v_session *s, const char *status, const char *w
  * session, 409 while it is cutting over otherwise). The job engine's generic cancel
  * route calls this too.
  */
-int p2v_session_cancel(const char *id, struct kerr *err)
+/*
+ * 0 when session id can be abandoned now; -1 with err (404, or 409 while qemu-img
+ * turns its disks into images: that step ends as it will). Asked before a cancel is
+ * recorded, so an operation is never said "cancelled" while its VM gets made.
+ */
+int p2v_session_cancel_refused(const char *id, struct kerr *err)
 {
 	struct p2v_session *s = session_find(id);
 
 	if (s == NULL)
 		return err_input(err, 404, NULL, "no p2v session %s", id);
+	if (s->state == P2V_CUTTING_OVER && s->v2v == NULL)
+		return err_input(err, 409, NULL, "p2v session %s is cutting over", id);
+	return 0;
+}
+
+int p2v_session_cancel(const char *id, struct kerr *err)
+{
+	struct p2v_session *s = session_find(id);
+
+	if (p2v_session_cancel_refused(id, err) < 0)
+		return -1;
 	if (s->state == P2V_CUTTING_OVER && s->v2v) {
 		s->cut_cancelling = true;
 		child_cancel(s->v2v);
 		return 1;
 	}
-	if (s->state == P2V_CUTTING_OVER)
-		return err_input(err, 409, NULL, "p2v session %s is cutting over", id);
 	if (s->state == P2V_RECEIVING)
 		session_end(s, "cancelled", "the session was abandoned");
 	else
