@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "controllerd.h"
 #include "log.h"
@@ -248,6 +249,32 @@ static void import_hash(struct import *im)
 }
 
 /*
+ * A conversion to qcow2 may write up to the image's virtual size whatever the upload
+ * weighed (a VMDK whose grain tables all point at one grain of data is 64 MiB that
+ * writes 16 TiB): refuse one the shared pool has no room for, keeping 1 GiB spare.
+ * Returns 0, or -1 with why.
+ */
+int image_room_check(int64_t virtual_size, char *why, size_t len)
+{
+	struct statvfs vfs;
+	int64_t room;
+
+	if (statvfs(ctl.cfg.shared_pool, &vfs) < 0) {
+		snprintf(why, len, "cannot see the shared pool's free space: %s", strerror(errno));
+		return -1;
+	}
+	room = (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize - (1LL << 30);
+	if (virtual_size > room) {
+		snprintf(why, len,
+			 "its virtual size %lld bytes is more than the shared pool's free space "
+			 "(%lld bytes, 1 GiB kept spare): converting it could fill the pool",
+			 (long long)virtual_size, (long long)(room > 0 ? room : 0));
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * Check qemu-img's JSON about file: the declared format, no backing file, extents
  * only inside the file itself (a vmdk descriptor may name other files), a sane size,
  * which goes to *virtual_size once format and backing are right. Returns 0, or -1
@@ -367,6 +394,10 @@ static void upload_info_cb(int64_t status, const char *out, const char *errout, 
 	}
 	if (!strcmp(im->format, "qcow2")) {
 		run_info(im, im->upload, "qcow2", final_info_cb);
+		return;
+	}
+	if (image_room_check(im->virtual_size, why, sizeof(why)) < 0) {
+		import_fail(im, "refused: %s", why);
 		return;
 	}
 	op_update(im->op, "running", 30, "converting to qcow2", NULL, NULL);

@@ -364,6 +364,7 @@ int64_t image_find(const char *name, char *path, size_t pathlen, int64_t *virtua
 
 /* api_images.c */
 int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len);
+int image_room_check(int64_t virtual_size, char *why, size_t len);
 int image_info_check(const char *out, const char *file, const char *format, int64_t *virtual_size,
 		     char *why, size_t len);
 

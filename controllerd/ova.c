@@ -703,6 +703,10 @@ static void info_cb(int64_t status, const char *out, const char *errout, void *c
 			    (long long)im->virtual_size, (long long)d->capacity);
 		return;
 	}
+	if (image_room_check(im->virtual_size, why, sizeof(why)) < 0) {
+		import_fail(im, "%s is refused: %s", d->file, why);
+		return;
+	}
 	{
 		char *argv[] = {"qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", src, dst, NULL};
 

@@ -41,6 +41,14 @@ upload $tmp/evil.qcow2 t-evil qcow2
 [ "$(jqb .status)" = failed ] && jqb .error | grep -q "backing file" || fail "image with a backing file was not refused: $BODY"
 api GET /api/v1/images/t-evil
 expect_status 404
+# A small upload whose conversion could write more than the pool holds: a VMDK
+# declaring 10 GiB more than the shared pool's free space (all holes: a few MB sent).
+free_gib=$(($(stat -f -c '%a * %S' "$KUMO_LAB_DIR/shared") / (1 << 30)))
+qemu-img create -q -f vmdk -o subformat=streamOptimized $tmp/huge.vmdk "$((free_gib + 10))G"
+upload $tmp/huge.vmdk t-huge vmdk
+[ "$(jqb .status)" = failed ] && jqb .error | grep -q "free space" ||
+	fail "a VMDK larger than the pool's free space was converted: $BODY"
+rm -f $tmp/huge.vmdk
 upload $tmp/c.raw t-lie qcow2
 [ "$(jqb .status)" = failed ] || fail "raw data declared qcow2 was accepted"
 upload $tmp/a.qcow2 t-qcow qcow2
@@ -53,7 +61,7 @@ expect_status 400
 upload $tmp/empty t-empty qcow2
 expect_status 400
 ls -a "$KUMO_LAB_DIR/shared/images" | grep -q '^\.upload' && fail "refused uploads left files behind"
-pass "backing files, mislabelled formats, duplicates, bad names and empty bodies are refused; nothing left behind"
+pass "backing files, a conversion larger than the pool, mislabelled formats, duplicates, bad names and empty bodies are refused; nothing left behind"
 
 upload $tmp/a.qcow2 t-used qcow2
 op_ok
