@@ -425,18 +425,30 @@ static void wait_done_cb(const struct child_result *r, void *data)
 	}
 }
 
-int child_run_wait(const struct child_opts *opts, char **out, struct kerr *err)
+int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data,
+		   struct child **handle, struct kerr *err)
 {
-	struct wait_result w = {.ret = -1, .err = err};
+	struct child *c;
 	uv_loop_t loop;
 
 	/* A loop of this thread's own: libuv reaps each loop's children by their pids,
 	 * so the daemon's loop and this one do not take each other's. */
 	if (uv_loop_init(&loop) < 0)
 		return err_set(err, 0, "cannot make a loop to run %s", opts->argv[0]);
-	if (child_run(&loop, opts, wait_done_cb, &w, err) != NULL)
+	c = child_run(&loop, opts, done, data, err);
+	if (c && handle)
+		*handle = c;
+	if (c)
 		uv_run(&loop, UV_RUN_DEFAULT);
 	uv_loop_close(&loop);
+	return c ? 0 : -1;
+}
+
+int child_run_wait(const struct child_opts *opts, char **out, struct kerr *err)
+{
+	struct wait_result w = {.ret = -1, .err = err};
+
+	child_run_sync(opts, wait_done_cb, &w, NULL, err);
 	if (out)
 		*out = w.out;
 	else

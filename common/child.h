@@ -96,6 +96,15 @@ bool child_result_ok(const struct child_result *r);
  */
 void child_result_why(const struct child_result *r, char *buf, size_t len);
 /*
+ * For a pool thread, or a process without a loop (it blocks): child_run() on a loop of
+ * the calling thread's own, returning once done(r, data) returned. *handle (when not
+ * NULL) is set before any callback comes, so done and opts->on_output may
+ * child_cancel() it. Returns 0, or -1 with err when it could not start (done is not
+ * called then).
+ */
+int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data,
+		   struct child **handle, struct kerr *err);
+/*
  * For a pool thread only (it blocks): run opts on a loop of the calling thread's own
  * and wait. *out (if out is not NULL) gets its stdout, the caller's to free. Returns
  * its exit status (0 and up), or -1 with err when it could not start, was killed or
