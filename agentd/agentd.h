@@ -517,6 +517,7 @@ unsigned uid_ctr_base(const struct agent_config *cfg, struct json_object *spec);
 int uid_ctr_netns_make(unsigned base, const char *userns_path, const char *netns_path,
 		       struct kerr *err);
 int uid_userns_open(unsigned base, struct kerr *err);
+int uid_userns_child_main(bool net);
 int uid_idmap_mount(const char *src, const char *dst, int userns_fd, struct kerr *err);
 int uid_ctr_path_open(const char *dir, struct kerr *err);
 

@@ -62,13 +62,14 @@ struct child_opts {
 	gid_t gid;
 	const char *in; /* written to its stdin, which is then closed; NULL: /dev/null */
 	size_t in_len;
-	size_t out_max; /* stdout kept; 0: stdout goes to /dev/null */
+	size_t out_max; /* stdout kept; 0: none kept, and stdout goes to /dev/null
+			 * unless on_output takes it (a log a keeper writes) */
 	size_t err_max; /* stderr tail kept (CHILD_ERR_CAPTURE); 0: 1024 */
 	enum child_err err_mode;
 	unsigned timeout_ms;	   /* 0: none */
 	const char *pid_file;	   /* a process it starts elsewhere (runc exec --pid-file):
 				    * killed with its descendants too, and the file removed */
-	child_output_cb on_output; /* optional progress */
+	child_output_cb on_output; /* optional: progress, or the whole stdout */
 };
 
 /*
