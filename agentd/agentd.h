@@ -488,10 +488,20 @@ void job_end(struct inst_op *op);
 const char *job_cancel_reason(const struct inst_op *op);
 bool job_cancelled(const struct inst_op *op);
 void job_undo(struct inst_op *op);
-bool job_file_take(const char *dir, char *op, char *verb, char *cancel);
+void job_cancel_resume(struct inst_op *op, const char *reason);
 void job_file_done(struct agent *a, const char *op, const char *cancel, struct json_object *undone);
 struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_object *body,
 				   struct kerr *err);
+
+/* jobfile.c */
+/* What {run dir}/job.json says: a job a previous run had a cancel for (job.c). */
+struct job_file {
+	char op[LINK_OP_ID_MAX + 1];
+	char verb[16];
+	char cancel[16]; /* "cancelled", "timed out", or "" */
+};
+bool job_file_parse(const char *text, size_t len, int64_t now, struct job_file *jf);
+bool job_file_take(const char *dir, struct job_file *jf);
 
 /* probe.c */
 void probe_cmd_start(struct agent *a, const char *op, struct json_object *body);
@@ -603,6 +613,7 @@ void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);
 void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);
+void instance_undo_resume(struct agent *a, struct inst *inst, const struct job_file *jf);
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);

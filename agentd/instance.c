@@ -544,6 +544,42 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 	op->driver->verbs[op->verb](op);
 }
 
+/*
+ * At start-up (a driver's adopt_one): inst, just adopted, is what a create made that a
+ * previous run of the agent had a cancel for (jf, from job.json: job_file_take()) but
+ * ended before it undid. The create is taken again under its op id and undone the way
+ * the live job would have been, through the driver's cancel slot (job.c's job_undo():
+ * a process it started stopped, what it made removed); its op-done ends it as the
+ * cancel said, with what was undone. The op cache holds the id, so a create the
+ * controller sends again is not run a second time.
+ */
+void instance_undo_resume(struct agent *a, struct inst *inst, const struct job_file *jf)
+{
+	struct inst_op *op = xcalloc(1, sizeof(*op));
+	struct kerr err;
+
+	op->agent = a;
+	snprintf(op->op, sizeof(op->op), "%s", jf->op);
+	op->spec = json_object_get(inst->spec);
+	op->driver = inst->driver;
+	op->verb = VERB_CREATE;
+	op->args = json_object_new_object();
+	if (opcache_find(&a->ops, op->op) == NULL)
+		opcache_add(&a->ops, op->op, LINK_CMD_INSTANCE);
+	job_start(op, 0);
+	op_inst_set(op, inst);
+	inst->op = op;
+	op->owner = true;
+	job_cancel_resume(op, jf->cancel);
+	log_info("op %s: the create of %s was %s before the last agent ended; undoing it", op->op,
+		 inst->name, jf->cancel);
+	if (op->driver->type == INST_VM && vm_op_disks(op, &err) < 0) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->driver->cancel(op);
+}
+
 /* ---- queries ---------------------------------------------------------------------------- */
 
 static int exec_timeout_check(struct json_object *val, const char *field, struct kerr *err)

@@ -109,16 +109,16 @@ static bool cancelled_create_remove(struct agent *a, const char *name, const cha
 	_cleanup_free_ char *pid_path = xasprintf("%s/qemu.pid", dir), *pidtext = NULL;
 	struct vm_disk disks[AGENT_VM_DISKS_MAX];
 	struct cancelled_create *c;
-	char verb[16];
+	struct job_file jf;
 	struct kerr err;
 	size_t n = 0;
 	pid_t pid;
 
-	c = xcalloc(1, sizeof(*c));
-	if (!job_file_take(dir, c->op, verb, c->cancel) || strcmp(verb, "create") != 0) {
-		free(c);
+	if (!job_file_take(dir, &jf))
 		return false;
-	}
+	c = xcalloc(1, sizeof(*c));
+	snprintf(c->op, sizeof(c->op), "%s", jf.op);
+	snprintf(c->cancel, sizeof(c->cancel), "%s", jf.cancel);
 	snprintf(c->name, sizeof(c->name), "%s", name);
 	c->undone = json_object_new_array();
 	log_info("vm %s: its create (op %s) was %s before the last agent ended; undoing it", name,
