@@ -20,10 +20,9 @@
  * A cancel (or a passed deadline) is also written to {run dir}/job.json ({op, verb,
  * cancel, deadline_ms}) as soon as it is heard, and removed when the job ends: an
  * agent killed before its safe point came leaves the file, and the next run finishes
- * the undo when it finds it (jobfile.c decides; a VM's create is removed whole by
- * vmadopt.c, a container's goes through its driver's cancel slot, this file's
- * job_undo(), as in the live case: instance_undo_resume()) and sends the op-done the
- * dead run owed.
+ * the undo when it finds it (jobfile.c decides; the adopted instance's create goes
+ * through its driver's cancel slot, this file's job_undo(), as in the live case:
+ * instance_undo_resume()) and sends the op-done the dead run owed.
  *
  * Both drivers' cancel slot (struct driver) is job_undo(). A process the job started
  * (QEMU, a container's) is stopped through the driver's force_stop slot first.

@@ -3,7 +3,7 @@
  * deadline) of a create that a previous run of the agent heard but died before it
  * undid (job.c writes the file and tells the whole story). The decision is pure, so it
  * is tested without an agent (tests/unit/test_jobfile.c); what is undone then is the
- * driver's (its cancel slot, or vmadopt.c for a VM).
+ * driver's (its cancel slot, through instance_undo_resume()).
  */
 #include "agentd.h"
 
