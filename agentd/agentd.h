@@ -493,10 +493,20 @@ void job_end(struct inst_op *op);
 const char *job_cancel_reason(const struct inst_op *op);
 bool job_cancelled(const struct inst_op *op);
 void job_undo(struct inst_op *op);
-bool job_file_take(const char *dir, char *op, char *verb, char *cancel);
+void job_cancel_resume(struct inst_op *op, const char *reason);
 void job_file_done(struct agent *a, const char *op, const char *cancel, struct json_object *undone);
 struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_object *body,
 				   struct kerr *err);
+
+/* jobfile.c */
+/* What {run dir}/job.json says: a job a previous run had a cancel for (job.c). */
+struct job_file {
+	char op[LINK_OP_ID_MAX + 1];
+	char verb[16];
+	char cancel[16]; /* "cancelled", "timed out", or "" */
+};
+bool job_file_parse(const char *text, size_t len, int64_t now, struct job_file *jf);
+bool job_file_take(const char *dir, struct job_file *jf);
 
 /* probe.c */
 void probe_cmd_start(struct agent *a, const char *op, struct json_object *body);
@@ -522,6 +532,7 @@ unsigned uid_ctr_base(const struct agent_config *cfg, struct json_object *spec);
 int uid_ctr_netns_make(unsigned base, const char *userns_path, const char *netns_path,
 		       struct kerr *err);
 int uid_userns_open(unsigned base, struct kerr *err);
+int uid_userns_child_main(bool net);
 int uid_idmap_mount(const char *src, const char *dst, int userns_fd, struct kerr *err);
 int uid_ctr_path_open(const char *dir, struct kerr *err);
 
@@ -614,6 +625,7 @@ void backup_map_free(struct backup_map *m);
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);
 void instance_cmd_start(struct agent *a, const char *op, struct json_object *body);
+void instance_undo_resume(struct agent *a, struct inst *inst, const struct job_file *jf);
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err);
 bool instance_op_gone(struct inst_op *op);

@@ -544,26 +544,43 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 	op->driver->verbs[op->verb](op);
 }
 
-/* ---- queries ---------------------------------------------------------------------------- */
-
-static const char *const query_whats[] = {"console",
-					  "logs",
-					  "exec",
-					  "net",
-					  "spec",
-					  "console-input",
-					  "migrate-cancel",
-					  "migrate-state",
-					  "console-watch",
-					  "vnc-open",
-					  "vnc-input",
-					  "vnc-close",
-					  NULL};
-
-static int what_check(struct json_object *val, const char *field, struct kerr *err)
+/*
+ * At start-up (a driver's adopt_one): inst, just adopted, is what a create made that a
+ * previous run of the agent had a cancel for (jf, from job.json: job_file_take()) but
+ * ended before it undid. The create is taken again under its op id and undone the way
+ * the live job would have been, through the driver's cancel slot (job.c's job_undo():
+ * a process it started stopped, what it made removed); its op-done ends it as the
+ * cancel said, with what was undone. The op cache holds the id, so a create the
+ * controller sends again is not run a second time.
+ */
+void instance_undo_resume(struct agent *a, struct inst *inst, const struct job_file *jf)
 {
-	return spec_one_of(val, field, query_whats, err);
+	struct inst_op *op = xcalloc(1, sizeof(*op));
+	struct kerr err;
+
+	op->agent = a;
+	snprintf(op->op, sizeof(op->op), "%s", jf->op);
+	op->spec = json_object_get(inst->spec);
+	op->driver = inst->driver;
+	op->verb = VERB_CREATE;
+	op->args = json_object_new_object();
+	if (opcache_find(&a->ops, op->op) == NULL)
+		opcache_add(&a->ops, op->op, LINK_CMD_INSTANCE);
+	job_start(op, 0);
+	op_inst_set(op, inst);
+	inst->op = op;
+	op->owner = true;
+	job_cancel_resume(op, jf->cancel);
+	log_info("op %s: the create of %s was %s before the last agent ended; undoing it", op->op,
+		 inst->name, jf->cancel);
+	if (op->driver->type == INST_VM && vm_op_disks(op, &err) < 0) {
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	op->driver->cancel(op);
 }
+
+/* ---- queries ---------------------------------------------------------------------------- */
 
 static int exec_timeout_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -576,20 +593,20 @@ static int nonneg_check(struct json_object *val, const char *field, struct kerr 
 }
 
 static const struct json_field console_fields[] = {
-	{"what", JK_STRING, true, what_check},
+	{"what", JK_STRING, true, NULL},
 	{"name", JK_STRING, true, name_check},
 	{"bytes", JK_INT, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
 static const struct json_field logs_fields[] = {
-	{"what", JK_STRING, true, what_check}, {"name", JK_STRING, true, name_check},
+	{"what", JK_STRING, true, NULL},       {"name", JK_STRING, true, name_check},
 	{"tail", JK_INT, false, nonneg_check}, {"offset", JK_INT, false, nonneg_check},
 	{"max", JK_INT, false, nonneg_check},  {NULL, 0, false, NULL},
 };
 
 static const struct json_field exec_fields[] = {
-	{"what", JK_STRING, true, what_check},
+	{"what", JK_STRING, true, NULL},
 	{"name", JK_STRING, true, name_check},
 	{"command", JK_ARRAY, true, spec_strings_check},
 	{"timeout_s", JK_INT, false, exec_timeout_check},
@@ -611,8 +628,6 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 	struct logfile_span span = {0};
 	struct vm *vm;
 
-	if (json_fields_check(body, console_fields, err) < 0)
-		return -1;
 	vm = vm_find(a, json_get_str(body, "name", ""));
 	if (vm == NULL || !vm->inst.created)
 		return err_set(err, 0, "there is no VM %s on this host",
@@ -632,7 +647,7 @@ static int console_query(struct agent *a, struct json_object *body, struct json_
 }
 
 static const struct json_field spec_query_fields[] = {
-	{"what", JK_STRING, true, what_check},
+	{"what", JK_STRING, true, NULL},
 	{"name", JK_STRING, true, name_check},
 	{NULL, 0, false, NULL},
 };
@@ -650,8 +665,6 @@ static int spec_query(struct agent *a, struct json_object *body, struct json_obj
 	struct ctr *ctr;
 	struct vm *vm;
 
-	if (json_fields_check(body, spec_query_fields, err) < 0)
-		return -1;
 	vm = vm_find(a, name);
 	ctr = oci_find(a, name);
 	if (vm && vm->inst.created)
@@ -676,8 +689,6 @@ static int logs_query(struct agent *a, struct json_object *body, struct json_obj
 	int64_t max = json_get_int(body, "max", AGENT_LOGS_DEFAULT);
 	struct ctr *ctr;
 
-	if (json_fields_check(body, logs_fields, err) < 0)
-		return -1;
 	ctr = oci_find(a, json_get_str(body, "name", ""));
 	if (ctr == NULL || !ctr->inst.created)
 		return err_set(err, 0, "there is no container %s on this host",
@@ -689,56 +700,86 @@ static int logs_query(struct agent *a, struct json_object *body, struct json_obj
 }
 
 /*
- * Answer a query (body; op is its id) in *answer (a new object): returns 0. An exec
- * answers when its command ends: returns 1, and link_query_reply() sends the answer
- * later. Returns -1 with err for a query that cannot be answered (the link nacks it).
- * Null members count as absent.
+ * {"what": "net", "doc": {...}} -> {"hash"}: the networks this host must realise, a
+ * desired state taken whole (its nulls mean something), answered at once; the apply
+ * runs off the loop (net.c).
+ */
+static int net_query(struct agent *a, struct json_object *body, struct json_object **answer,
+		     struct kerr *err)
+{
+	struct json_object *doc = json_object_object_get(body, "doc");
+
+	if (json_object_object_length(body) != 2 || !json_object_is_type(doc, json_type_object))
+		return err_input(err, 400, "doc",
+				 "a net query is {\"what\": \"net\", \"doc\": {...}}");
+	if (net_desired_set(a, doc, err) < 0)
+		return -1;
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "hash",
+			       json_object_get(json_object_object_get(doc, "hash")));
+	return 0;
+}
+
+/* A query answered at once, in *answer (a new object). */
+typedef int (*query_answer_fn)(struct agent *a, struct json_object *body,
+			       struct json_object **answer, struct kerr *err);
+/* A query answered later (link_query_reply()), under its id op. */
+typedef int (*query_defer_fn)(struct agent *a, const char *op, struct json_object *body,
+			      struct kerr *err);
+
+/*
+ * The queries, one row each: the body's "what", the fields checked before the handler
+ * (NULL: the handler checks its own), and the handler, which answers now or later. A
+ * body is normalised (null members dropped) unless it is taken whole.
+ */
+static const struct query {
+	const char *what;
+	const struct json_field *fields;
+	query_answer_fn answer;
+	query_defer_fn defer;
+	bool whole;
+} queries[] = {
+	{"console", console_fields, console_query, NULL, false},
+	{"logs", logs_fields, logs_query, NULL, false},
+	{"spec", spec_query_fields, spec_query, NULL, false},
+	{"exec", exec_fields, NULL, ociaction_exec, false}, /* ociaction.c */
+	{"net", NULL, net_query, NULL, true},
+	{"console-input", NULL, console_input_query, NULL, false},   /* console.c */
+	{"console-watch", NULL, console_watch_query, NULL, false},   /* console.c */
+	{"migrate-cancel", NULL, migrate_cancel_query, NULL, false}, /* migrate.c */
+	{"migrate-state", NULL, migrate_state_query, NULL, false},   /* migrate.c */
+	{"vnc-open", NULL, vnc_query, NULL, false},		     /* vnc.c */
+	{"vnc-input", NULL, vnc_query, NULL, false},		     /* vnc.c */
+	{"vnc-close", NULL, vnc_query, NULL, false},		     /* vnc.c */
+};
+
+/*
+ * Answer a query (body; op is its id) in *answer (a new object): returns 0. A query
+ * answered later (exec: when its command ends) returns 1, and link_query_reply()
+ * sends the answer then. Returns -1 with err for a query that cannot be answered (the
+ * link nacks it). Null members count as absent, except in a body taken whole.
  */
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err)
 {
-	struct json_object *norm;
 	const char *what = json_get_str(body, "what", "");
+	const struct query *q = NULL;
+	struct json_object *norm;
 	int ret;
 
-	/* The networks this host must realise: a desired state, taken whole (its nulls
-	 * mean something), answered at once; the apply runs off the loop (net.c). */
-	if (strcmp(what, "net") == 0) {
-		struct json_object *doc = json_object_object_get(body, "doc");
-
-		if (json_object_object_length(body) != 2 ||
-		    !json_object_is_type(doc, json_type_object))
-			return err_input(err, 400, "doc",
-					 "a net query is {\"what\": \"net\", \"doc\": {...}}");
-		if (net_desired_set(a, doc, err) < 0)
-			return -1;
-		*answer = json_object_new_object();
-		json_object_object_add(*answer, "hash",
-				       json_object_get(json_object_object_get(doc, "hash")));
-		return 0;
-	}
-	norm = spec_normalise(body);
-	what = json_get_str(norm, "what", "");
-	if (strcmp(what, "logs") == 0)
-		ret = logs_query(a, norm, answer, err);
-	else if (strcmp(what, "console-input") == 0)
-		ret = console_input_query(a, norm, answer, err); /* console.c */
-	else if (strcmp(what, "console-watch") == 0)
-		ret = console_watch_query(a, norm, answer, err); /* console.c */
-	else if (strncmp(what, "vnc-", 4) == 0)
-		ret = vnc_query(a, norm, answer, err); /* vnc.c */
-	else if (strcmp(what, "spec") == 0)
-		ret = spec_query(a, norm, answer, err);
-	else if (strcmp(what, "migrate-cancel") == 0)
-		ret = migrate_cancel_query(a, norm, answer, err);
-	else if (strcmp(what, "migrate-state") == 0)
-		ret = migrate_state_query(a, norm, answer, err);
-	else if (strcmp(what, "exec") == 0)
-		ret = json_fields_check(norm, exec_fields, err) < 0
-			      ? -1
-			      : ociaction_exec(a, op, norm, err);
+	for (size_t i = 0; i < ARRAY_SIZE(queries) && q == NULL; i++)
+		if (strcmp(queries[i].what, what) == 0)
+			q = &queries[i];
+	if (q == NULL)
+		return err_input(err, 400, "what", "field 'what' has an unknown value '%.32s'",
+				 what);
+	norm = q->whole ? json_object_get(body) : spec_normalise(body);
+	if (q->fields && json_fields_check(norm, q->fields, err) < 0)
+		ret = -1;
+	else if (q->defer)
+		ret = q->defer(a, op, norm, err);
 	else
-		ret = console_query(a, norm, answer, err);
+		ret = q->answer(a, norm, answer, err);
 	json_object_put(norm);
 	return ret;
 }

@@ -20,8 +20,9 @@
  * A cancel (or a passed deadline) is also written to {run dir}/job.json ({op, verb,
  * cancel, deadline_ms}) as soon as it is heard, and removed when the job ends: an
  * agent killed before its safe point came leaves the file, and the next run finishes
- * the undo when it finds it (vmadopt.c: a create is removed whole) and sends the
- * op-done the dead run owed (job_file_done()).
+ * the undo when it finds it (jobfile.c decides; the adopted instance's create goes
+ * through its driver's cancel slot, this file's job_undo(), as in the live case:
+ * instance_undo_resume()) and sends the op-done the dead run owed.
  *
  * Both drivers' cancel slot (struct driver) is job_undo(). A process the job started
  * (QEMU, a container's) is stopped through the driver's force_stop slot first.
@@ -80,6 +81,17 @@ static void job_cancel_set(struct job *j, const char *reason)
 		return;
 	snprintf(j->cancel, sizeof(j->cancel), "%s", reason);
 	job_file_save(j);
+}
+
+/*
+ * At start-up: op is a job a previous run of the agent had a cancel for (reason, from
+ * job.json), taken again to finish its undo (instance_undo_resume()). The cancel is
+ * written again at once: an agent killed during this undo leaves it for the next.
+ */
+void job_cancel_resume(struct inst_op *op, const char *reason)
+{
+	if (op->job)
+		job_cancel_set(op->job, reason);
 }
 
 static void job_close_cb(uv_handle_t *handle)
@@ -325,36 +337,6 @@ struct json_object *job_cancel_cmd(struct agent *a, const char *op, struct json_
 /* An op is allocated per command and a size job per VM per heartbeat: keep them small
  * (they were 264 KB with PATH_MAX paths for sixteen disks). */
 _Static_assert(sizeof(struct inst_op) < 48 * 1024, "struct inst_op grew past 48 KB");
-
-/*
- * At start-up: {dir}/job.json, a job the previous run of the agent had a cancel for
- * but died before it undid. Fills op (LINK_OP_ID_MAX + 1), verb and cancel (16 each)
- * and returns true when there is one to finish; the file is removed either way.
- */
-bool job_file_take(const char *dir, char *op, char *verb, char *cancel)
-{
-	_cleanup_free_ char *path = xasprintf("%s/job.json", dir), *text = NULL;
-	struct json_object *o = NULL;
-	struct kerr err;
-	size_t len;
-	bool found;
-
-	if (file_read_all(path, 4096, &text, &len) < 0)
-		return false;
-	unlink(path);
-	if (json_body_parse(text, len, &o, &err) < 0)
-		return false;
-	snprintf(op, LINK_OP_ID_MAX + 1, "%s", json_get_str(o, "op", ""));
-	snprintf(verb, 16, "%s", json_get_str(o, "verb", ""));
-	snprintf(cancel, 16, "%s", json_get_str(o, "cancel", ""));
-	/* A deadline that passed while no agent ran is a cancel as well. */
-	if (cancel[0] == '\0' && json_get_int(o, "deadline_ms", 0) > 0 &&
-	    json_get_int(o, "deadline_ms", 0) <= now_ms())
-		snprintf(cancel, 16, "timed out");
-	found = link_op_id_valid(op) && cancel[0];
-	json_object_put(o);
-	return found;
-}
 
 /*
  * The op-done the previous run owed for op: failed with the cancel's reason and what

@@ -5,7 +5,8 @@
  * or a join that blocks until the controller answers -> the loop: link sockets,
  * signals, re-adoption of the VMs and containers still running, the KVM probe, the
  * heartbeat timer. `kumo-agentd --shim DIR` is another program in the same binary: the
- * process that keeps one container running (shim.c).
+ * process that keeps one container running (shim.c); so are `--kvm-probe` (kvmprobe.c)
+ * and `--userns`, which makes a container's user namespace (uid.c).
  *
  * Stopping (SIGTERM, SIGINT) closes the agent's own handles and sockets only: guests
  * and containers outlive the agent, which finds them again when it starts.
@@ -170,6 +171,8 @@ int main(int argc, char **argv)
 		return kvmprobe_child_main();
 	if (argc == 3 && strcmp(argv[1], "--shim") == 0)
 		return shim_main(argv[2]);
+	if (argc >= 2 && argc <= 3 && strcmp(argv[1], "--userns") == 0)
+		return uid_userns_child_main(argc == 3 && strcmp(argv[2], "net") == 0);
 	inherited_fds_cloexec();
 
 	ret = config_parse(argc, argv, &cfg, &err);

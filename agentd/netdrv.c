@@ -23,9 +23,9 @@
  * the others down; the first failure is what the caller hears. The document was
  * checked (and is read) by netdoc.c.
  *
- * Commands run with fork/exec (posix_spawn) from argument vectors, never through a
- * shell, with a timeout. The whole file needs root: CAP_NET_ADMIN for links, routes and
- * nftables, writing /proc/sys/net/ipv4/ip_forward, and signalling dnsmasq.
+ * Commands run through the one child runner (common/child.c) from argument vectors,
+ * never through a shell, with a timeout. The whole file needs root: CAP_NET_ADMIN for links, routes
+ * and nftables, writing /proc/sys/net/ipv4/ip_forward, and signalling dnsmasq.
  */
 #include "netdrv.h"
 
@@ -36,19 +36,16 @@
 #include <limits.h>
 #include <net/if.h>
 #include <grp.h>
-#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 
+#include "child.h"
 #include "json.h"
 #include "log.h"
 #include "netdoc.h"
@@ -107,14 +104,6 @@ static void buf_printf(struct buf *b, const char *fmt, ...)
 static const char *buf_str(const struct buf *b)
 {
 	return b->p ? b->p : "";
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void sleep_ms(int ms)
@@ -182,100 +171,53 @@ static void text_one_line(const char *in, char *out, size_t len)
 	out[used] = '\0';
 }
 
-/* Read what a non-blocking pipe holds (up to max bytes kept); closes it at EOF. */
-static void pipe_drain(int *fd, struct buf *b, size_t max, bool *overflow)
-{
-	char chunk[16384];
-
-	while (*fd >= 0) {
-		ssize_t n = read(*fd, chunk, sizeof(chunk));
-
-		if (n > 0) {
-			if (b->len + (size_t)n <= max)
-				buf_append(b, chunk, (size_t)n);
-			else if (overflow)
-				*overflow = true;
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return;
-		close(*fd);
-		*fd = -1;
-	}
-}
-
-/* A memfd holding input, at offset 0, for a child's stdin: no pipe to keep fed. */
-static int input_fd(const char *input, struct kerr *err)
-{
-	size_t len = strlen(input);
-	const char *p = input;
-	int fd = memfd_create("netdrv-input", MFD_CLOEXEC);
-
-	if (fd < 0)
-		return err_set(err, errno, "cannot make a memfd for a command's input");
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int saved = errno;
-
-			close(fd);
-			return err_set(err, saved, "cannot write a command's input");
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	lseek(fd, 0, SEEK_SET);
-	return fd;
-}
-
-static pid_t cmd_spawn(const char *path, const char *const argv[], int infd, int outfd, int errfd)
-{
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
-	sigset_t none, all;
-	pid_t pid;
+struct run {
+	const char *desc;
+	char *out; /* stdout on success */
 	int ret;
+	struct kerr *err;
+};
 
-	posix_spawn_file_actions_init(&fa);
-	if (infd >= 0)
-		posix_spawn_file_actions_adddup2(&fa, infd, 0);
+static void run_done_cb(const struct child_result *r, void *data)
+{
+	struct run *run = data;
+	char why[200];
+
+	text_one_line(r->err, why, sizeof(why));
+	if (r->timed_out)
+		run->ret = err_set(run->err, 0, "%s: killed after %d s without finishing",
+				   run->desc, NETDRV_CMD_TIMEOUT_MS / 1000);
+	else if (child_result_ok(r) && !r->truncated)
+		run->out = xstrdup(r->out);
+	else if (r->truncated)
+		run->ret = err_set(run->err, 0, "%s: more than %d bytes of output", run->desc,
+				   NETDRV_CMD_OUTPUT_MAX);
+	else if (why[0])
+		run->ret = err_set(run->err, 0, "%s: %s", run->desc, why);
+	else if (r->signal)
+		run->ret = err_set(run->err, 0, "%s: killed by signal %d", run->desc, r->signal);
 	else
-		posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, outfd, 1);
-	posix_spawn_file_actions_adddup2(&fa, errfd, 2);
-	/* dnsmasq lives on: it must not keep the agent's sockets or files open. */
-	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-	posix_spawnattr_init(&attr);
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &all);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-	ret = posix_spawn(&pid, path, &fa, &attr, (char *const *)argv, cmd_env);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&attr);
-	if (ret != 0) {
-		errno = ret;
-		return -1;
-	}
-	return pid;
+		run->ret = err_set(run->err, 0, "%s: exited with status %lld", run->desc,
+				   (long long)r->status);
 }
 
 int netdrv_run(const char *const argv[], const char *input, char **out, struct kerr *err)
 {
-	_attr_cleanup_(buf_freep) struct buf sout = {0}, serr = {0};
 	_cleanup_free_ char *path = NULL;
-	_cleanup_close_ int infd = -1;
-	int outp[2] = {-1, -1}, errp[2] = {-1, -1}, status = 0;
-	bool exited = false, timed_out = false, overflow = false;
-	char desc[160], why[200];
-	int64_t deadline;
-	pid_t pid;
+	char desc[160];
+	struct run run = {.desc = desc, .err = err};
+	/* dnsmasq lives on: the runner's descriptors are close-on-exec, and dnsmasq closes
+	 * any other it inherits before it daemonises. */
+	struct child_opts opts = {
+		.argv = (char *const *)argv,
+		.env = cmd_env,
+		.in = input,
+		.in_len = input ? strlen(input) : 0,
+		.out_max = NETDRV_CMD_OUTPUT_MAX,
+		.err_max = STDERR_KEPT,
+		.err_mode = CHILD_ERR_CAPTURE,
+		.timeout_ms = NETDRV_CMD_TIMEOUT_MS,
+	};
 
 	if (out)
 		*out = NULL;
@@ -283,80 +225,17 @@ int netdrv_run(const char *const argv[], const char *input, char **out, struct k
 	path = cmd_path(argv[0]);
 	if (path == NULL)
 		return err_set(err, ENOENT, "cannot run %s", argv[0]);
-	if (input && (infd = input_fd(input, err)) < 0)
+	opts.file = path;
+	/* Run to completion on a loop of this thread's own: the caller is a pool thread
+	 * (an apply, a container's bundle) or, for a VM's taps, the loop for a few ms. */
+	if (child_run_sync(&opts, run_done_cb, &run, NULL, err) < 0)
 		return -1;
-	if (pipe2(outp, O_CLOEXEC) < 0)
-		return err_set(err, errno, "cannot run %s: pipe", desc);
-	if (pipe2(errp, O_CLOEXEC) < 0) {
-		int saved = errno;
-
-		close(outp[0]);
-		close(outp[1]);
-		return err_set(err, saved, "cannot run %s: pipe", desc);
-	}
-	pid = cmd_spawn(path, argv, infd, outp[1], errp[1]);
-	close(outp[1]);
-	close(errp[1]);
-	if (pid < 0) {
-		int saved = errno;
-
-		close(outp[0]);
-		close(errp[0]);
-		return err_set(err, saved, "cannot run %s", desc);
-	}
-	fcntl(outp[0], F_SETFL, O_NONBLOCK);
-	fcntl(errp[0], F_SETFL, O_NONBLOCK);
-
-	/* Until the child exits: a daemon it leaves behind (dnsmasq) may hold the pipes. */
-	deadline = mono_ms() + NETDRV_CMD_TIMEOUT_MS;
-	while (!exited) {
-		struct pollfd pfd[2] = {{.fd = outp[0], .events = POLLIN},
-					{.fd = errp[0], .events = POLLIN}};
-		int64_t left = deadline - mono_ms();
-		pid_t w;
-
-		if (left <= 0) {
-			kill(pid, SIGKILL);
-			while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-				;
-			timed_out = true;
-			break;
-		}
-		/* Both pipes at EOF: the child is on its way out; look again soon. */
-		if (outp[0] < 0 && errp[0] < 0)
-			sleep_ms(1);
-		else
-			poll(pfd, 2, (int)(left < 100 ? left : 100));
-		pipe_drain(&outp[0], &sout, NETDRV_CMD_OUTPUT_MAX, &overflow);
-		pipe_drain(&errp[0], &serr, STDERR_KEPT, NULL);
-		w = waitpid(pid, &status, WNOHANG);
-		if (w == pid || (w < 0 && errno == ECHILD))
-			exited = true;
-	}
-	pipe_drain(&outp[0], &sout, NETDRV_CMD_OUTPUT_MAX, &overflow);
-	pipe_drain(&errp[0], &serr, STDERR_KEPT, NULL);
-	if (outp[0] >= 0)
-		close(outp[0]);
-	if (errp[0] >= 0)
-		close(errp[0]);
-
-	if (timed_out)
-		return err_set(err, 0, "%s: killed after %d s without finishing", desc,
-			       NETDRV_CMD_TIMEOUT_MS / 1000);
-	text_one_line(buf_str(&serr), why, sizeof(why));
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && !overflow) {
-		if (out)
-			*out = sout.p ? STEAL_POINTER(&sout.p) : xstrdup("");
-		return 0;
-	}
-	if (overflow)
-		return err_set(err, 0, "%s: more than %d bytes of output", desc,
-			       NETDRV_CMD_OUTPUT_MAX);
-	if (why[0])
-		return err_set(err, 0, "%s: %s", desc, why);
-	if (WIFSIGNALED(status))
-		return err_set(err, 0, "%s: killed by signal %d", desc, WTERMSIG(status));
-	return err_set(err, 0, "%s: exited with status %d", desc, WEXITSTATUS(status));
+	if (run.ret < 0)
+		return run.ret;
+	if (out)
+		*out = STEAL_POINTER(&run.out);
+	free(run.out);
+	return 0;
 }
 
 /* ---- applying: the host's state -------------------------------------------------- */

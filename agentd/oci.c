@@ -1200,10 +1200,28 @@ static void exec_orphans_kill(struct ctr *ctr)
 		closedir(d);
 }
 
+/* A cancelled create that had not written spec.json yet: its op-done is still owed. */
+struct unfinished_undo {
+	struct job_file jf;
+};
+
+static void unfinished_undone_cb(struct agent *a, const char *error, void *data)
+{
+	struct unfinished_undo *u = data;
+	struct json_object *undone = json_object_new_array();
+
+	if (error)
+		log_warnx("op %s: finishing the cancel of its create: %s", u->jf.op, error);
+	json_object_array_add(undone, json_object_new_string("container directory"));
+	job_file_done(a, u->jf.op, u->jf.cancel, undone);
+	free(u);
+}
+
 /*
  * Register the container in {local_pool}/containers/NAME again (inst_adopt_all()):
  * its spec read, its state from the shim's files, runc asked about it, execs the last
- * agent left killed.
+ * agent left killed. A create the last agent had a cancel for but did not undo is
+ * undone now instead (instance_undo_resume()).
  */
 void oci_adopt_one(struct agent *a, const char *name)
 {
@@ -1211,14 +1229,28 @@ void oci_adopt_one(struct agent *a, const char *name)
 	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", dir);
 	_cleanup_free_ char *text = NULL, *what = NULL;
 	struct json_object *raw = NULL, *spec;
+	struct job_file jf;
 	struct kerr err;
 	struct ctr *ctr;
+	bool undo;
 	size_t len;
 	int ret;
 
+	/* A create the last agent had a cancel for but did not undo (job.c). */
+	undo = job_file_take(dir, &jf);
 	ret = file_read_all(spec_path, SPEC_FILE_MAX, &text, &len);
 	if (ret == -ENOENT) {
 		/* A create the last agent did not finish: nothing in it is anyone's. */
+		if (undo) {
+			struct unfinished_undo *u = xcalloc(1, sizeof(*u));
+
+			u->jf = jf;
+			log_info("container %s: its create (op %s) was %s before the last agent "
+				 "ended; removing what it made",
+				 name, jf.op, jf.cancel);
+			oci_dir_remove(a, dir, unfinished_undone_cb, u);
+			return;
+		}
 		what = xasprintf("container %s: an unfinished create (%s)", name, dir);
 		leftover_remove(a, dir, what);
 		return;
@@ -1247,6 +1279,11 @@ void oci_adopt_one(struct agent *a, const char *name)
 	exec_orphans_kill(ctr);
 	/* One report whatever the state: pushed[] is empty, so the refresh sends it. */
 	oci_refresh(ctr);
+	if (undo) {
+		/* What it runs is stopped and everything removed, as the live job would. */
+		instance_undo_resume(a, &ctr->inst, &jf);
+		return;
+	}
 	log_info("container %s: found, %s%s%s", name, inst_state_name(ctr->inst.state),
 		 ctr->shim_pid ? ", shim adopted" : "", ctr->inst.pid ? ", container running" : "");
 	/* runc's own view, to confirm a running container or clear a stale record. */

@@ -30,11 +30,10 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <spawn.h>
 #include <sys/vfs.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "json.h"
 #include "tree.h"
 #include "util.h"
@@ -1138,20 +1137,18 @@ static int move_work(struct work *job)
 			  "-xf",
 			  mv->archive,
 			  NULL};
-	extern char **environ;
-	int status, ret;
-	pid_t pid;
+	struct child_opts opts = {.argv = mv->pack ? pack : unpack, .err_mode = CHILD_ERR_CAPTURE};
+	struct kerr err;
+	int status;
 
 	/* On a pool thread: tar runs as the agent (root: the layer holds any owner). */
-	ret = posix_spawnp(&pid, "tar", NULL, NULL, mv->pack ? pack : unpack, environ);
-	if (ret != 0)
-		return err_set(&job->err, ret, "cannot run tar");
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR)
-			return err_set(&job->err, errno, "waiting for tar");
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+	status = child_run_wait(&opts, NULL, &err);
+	if (status != 0) {
 		if (mv->pack)
 			unlink(mv->archive);
+		if (status < 0)
+			return err_set(&job->err, err.code, "tar %s %s failed: %s",
+				       mv->pack ? "-c" : "-x", mv->archive, err.msg);
 		return err_set(&job->err, 0, "tar %s %s failed (status %d)", mv->pack ? "-c" : "-x",
 			       mv->archive, status);
 	}

@@ -6,8 +6,9 @@
  *
  *   runc --root ROOT run --bundle DIR --pid-file DIR/container.pid NAME
  *
- * in the foreground, with the container's stdout and stderr (and runc's messages)
- * read from a pipe and appended to DIR/console.log, and waits. The log is rotated by
+ * in the foreground through the one child runner (common/child.c, on a libuv loop of
+ * the shim's own), with the container's stdout and stderr (and runc's messages) read
+ * from a pipe and appended to DIR/console.log, and waits. The log is rotated by
  * size (logfile.c; shim.json's log_max_bytes x log_files): a container that writes
  * without end fills at most that, and waits on the pipe while the shim writes. What it leaves in
  * DIR is all the agent reads to know the container's state, now or after a restart of its own:
@@ -41,7 +42,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,19 +49,17 @@
 #include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/vfs.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "json.h"
 #include "util.h"
 
 #define OVERLAYFS_MAGIC	  0x794c7630
 #define LOG_MAX_BYTES	  (10 * 1024 * 1024) /* shim.json's defaults */
 #define LOG_FILES	  3
-#define PIPE_READ_MAX	  (1024 * 1024) /* read per wake-up, so signals are seen */
 #define BACKOFF_MAX_S	  30
 #define BACKOFF_RESET_MS  10000 /* a run this long starts the back-off again at 1 s */
 #define SLEEP_SLICE_MS	  100
@@ -81,7 +79,20 @@ struct shim {
 	struct logfile log; /* console.log */
 	int64_t log_max_bytes;
 	int log_files;
-	int out; /* read end of this run's stdout and stderr, -1 once at EOF */
+	/* The loop a run is watched from: runc run through the one child runner
+	 * (common/child.c), its output, the OOM watch, and signals to pass on. */
+	uv_loop_t loop;
+	uv_async_t wake;    /* a signal came: terminate is set */
+	uv_timer_t watch;   /* during a run: look for its memory cgroup and container.pid */
+	uv_poll_t oom_poll; /* during a run: the OOM fd, once there is one */
+	struct child *run;  /* runc run, while it runs */
+	bool signalled;	    /* this run was passed a SIGTERM */
+	bool watching;	    /* this run's OOM watch is set up (or cannot be) */
+	bool polling;	    /* oom_poll is initialised (closed at the run's end) */
+	int64_t started_at; /* this run's container.pid time, 0 until seen */
+	int64_t run_status; /* how runc run ended */
+	int run_signal;
+	char run_error[512]; /* it could not be started */
 	/* this run's OOM watch */
 	int oom_fd, oom_ctl, oom_events; /* eventfd (v1) or inotify (v2); -1 if none */
 	bool oom_v2;
@@ -91,9 +102,13 @@ struct shim {
 	char cgroup_mem[PATH_MAX];
 };
 
+static struct shim shim;
+
 static void signal_cb(int sig)
 {
 	terminate = 1;
+	/* Async-signal-safe: the loop passes the signal on to runc (wake_cb()). */
+	uv_async_send(&shim.wake);
 }
 
 static char *path_in(const struct shim *s, const char *file)
@@ -263,13 +278,14 @@ static void rootfs_umount(struct shim *s)
 		log_warn("shim %s: cannot unmount %s", s->name, s->rootfs);
 }
 
-/* Run the runtime with args to completion (runc delete); its output to our log. */
+/* Run the runtime with args to completion (runc delete); its messages to our log. */
 static int runtime_run(struct shim *s, const char *const *args)
 {
 	char *argv[16];
 	size_t n = 0;
-	pid_t pid;
-	int status;
+	struct child_opts opts = {.argv = argv, .err_mode = CHILD_ERR_INHERIT};
+	struct kerr err;
+	int ret;
 
 	argv[n++] = s->runtime;
 	argv[n++] = "--root";
@@ -277,20 +293,10 @@ static int runtime_run(struct shim *s, const char *const *args)
 	for (size_t i = 0; args[i] && n < ARRAY_SIZE(argv) - 1; i++)
 		argv[n++] = (char *)args[i];
 	argv[n] = NULL;
-	pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		int null = open("/dev/null", O_RDWR);
-
-		dup2(null, 0);
-		dup2(2, 1);
-		execvp(argv[0], argv);
-		_exit(127);
-	}
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	ret = child_run_wait(&opts, NULL, &err);
+	if (ret < 0)
+		log_warnx("shim %s: %s", s->name, err.msg);
+	return ret;
 }
 
 /* ---- an empty cgroup for each run ---- */
@@ -619,71 +625,69 @@ static void restarts_write(struct shim *s, int n)
 	file_write_atomic(path, text, strlen(text), 0600);
 }
 
-/* Fork runc run with stdout and stderr on a pipe whose read end goes to s->out. */
-static pid_t runc_spawn(struct shim *s)
+/* runc run's output (the container's stdout and stderr, and runc's messages). */
+static void run_output_cb(const char *buf, size_t len, void *data)
 {
-	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
-	char *argv[] = {s->runtime, "--root",	  s->root, "run",   "--bundle",
-			s->dir,	    "--pid-file", pidfile, s->name, NULL};
-	sigset_t none;
-	int fds[2];
-	pid_t pid;
+	struct shim *s = data;
 
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -1;
-	pid = fork();
-	if (pid != 0) {
-		close(fds[1]);
-		if (pid < 0) {
-			close(fds[0]);
-			return pid;
-		}
-		s->out = fds[0];
-		fcntl(s->out, F_SETFL, O_NONBLOCK);
-		return pid;
-	}
-	/* The child: default signals, stdin from /dev/null, output to the pipe. */
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGHUP, SIG_DFL);
-	signal(SIGPIPE, SIG_DFL);
-	int null = open("/dev/null", O_RDONLY);
-
-	dup2(null, 0);
-	dup2(fds[1], 1);
-	dup2(fds[1], 2);
-	execvp(argv[0], argv);
-	dprintf(2, "kumo shim: cannot run %s: %s\n", argv[0], strerror(errno));
-	_exit(127);
+	if (logfile_write(&s->log, buf, len) < 0)
+		log_warn("shim %s: cannot write %s", s->name, s->log.path);
 }
 
-/*
- * Copy what is in the output pipe to console.log, at most PIPE_READ_MAX bytes.
- * Returns the bytes copied; at end of file the pipe is closed (s->out -1).
- */
-static ssize_t output_copy(struct shim *s)
+/* The OOM fd is readable. */
+static void oom_poll_cb(uv_poll_t *handle, int status, int events)
 {
-	static char buf[65536];
-	ssize_t total = 0, n;
+	oom_event(handle->data);
+}
 
-	while (total < PIPE_READ_MAX) {
-		n = read(s->out, buf, sizeof(buf));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0) {
-			close(s->out);
-			s->out = -1;
-			break;
+/* Until both are there: the memory cgroup to watch and container.pid's time. */
+static void watch_cb(uv_timer_t *timer)
+{
+	struct shim *s = timer->data;
+	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
+	struct stat st;
+
+	if (!s->watching) {
+		s->watching = oom_setup(s);
+		if (s->oom_fd >= 0 && uv_poll_init(&s->loop, &s->oom_poll, s->oom_fd) == 0) {
+			s->polling = true;
+			s->oom_poll.data = s;
+			uv_poll_start(&s->oom_poll, UV_READABLE, oom_poll_cb);
 		}
-		if (n < 0)
-			break; /* EAGAIN: all read */
-		if (logfile_write(&s->log, buf, (size_t)n) < 0)
-			log_warn("shim %s: cannot write %s", s->name, s->log.path);
-		total += n;
 	}
-	return total;
+	if (s->started_at == 0 && stat(pidfile, &st) == 0) {
+		s->started_at = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+		log_trace("shim %s: container.pid seen", s->name);
+	}
+	if (s->watching && s->started_at)
+		uv_timer_stop(timer);
+}
+
+/* A signal came: runc passes a SIGTERM on to the container's init. */
+static void wake_cb(uv_async_t *handle)
+{
+	struct shim *s = handle->data;
+	pid_t pid = s->run ? child_pid(s->run) : 0;
+
+	if (terminate && pid > 0 && !s->signalled) {
+		kill(pid, SIGTERM);
+		s->signalled = true;
+	}
+}
+
+/* runc run returned and its output is read: the run is over, and so is the loop's turn. */
+static void run_done_cb(const struct child_result *r, void *data)
+{
+	struct shim *s = data;
+
+	s->run = NULL;
+	s->run_status = r->status;
+	s->run_signal = r->signal;
+	uv_timer_stop(&s->watch);
+	if (s->polling)
+		uv_close((uv_handle_t *)&s->oom_poll, NULL);
+	s->polling = false;
+	log_trace("shim %s: runc run returned", s->name);
 }
 
 /*
@@ -694,79 +698,51 @@ static void run_once(struct shim *s, int *code, int *sig, bool *started, int64_t
 		     char *error, size_t errlen)
 {
 	_cleanup_free_ char *pidfile = path_in(s, "container.pid");
-	struct stat st;
+	char *argv[] = {s->runtime, "--root",	  s->root, "run",   "--bundle",
+			s->dir,	    "--pid-file", pidfile, s->name, NULL};
+	/* stdin /dev/null, stdout and stderr on one pipe into console.log, nothing kept. */
+	struct child_opts opts = {
+		.argv = argv, .err_mode = CHILD_ERR_MERGE, .on_output = run_output_cb};
 	int64_t log_from = logfile_end(&s->log);
-	int status = 0, pidfd;
-	bool signalled = false, watching = false;
-	pid_t pid;
+	struct stat st;
+	struct kerr err;
 
 	*started = false;
 	*started_at = 0;
 	error[0] = '\0';
 	s->oom = false;
 	s->oom_fd = s->oom_ctl = -1;
+	s->signalled = s->watching = s->polling = false;
+	s->started_at = 0;
 	unlink(pidfile);
 	stale_delete(s);
 	cgroup_clear(s);
 	log_trace("shim %s: runc run", s->name);
-	pid = runc_spawn(s);
-	if (pid < 0) {
+	s->run = child_run(&s->loop, &opts, run_done_cb, s, &err);
+	if (s->run == NULL) {
 		*code = 127;
 		*sig = 0;
-		snprintf(error, errlen, "cannot fork: %s", strerror(errno));
+		snprintf(error, errlen, "%s", err.msg);
 		return;
 	}
-	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	for (;;) {
-		struct pollfd fds[3] = {{.fd = pidfd, .events = POLLIN},
-					{.fd = s->oom_fd, .events = POLLIN},
-					{.fd = s->out, .events = POLLIN}};
-		pid_t w;
-
-		if (terminate && !signalled) {
-			/* runc passes the signal on to the container's init. */
-			kill(pid, SIGTERM);
-			signalled = true;
-		}
-		w = waitpid(pid, &status, WNOHANG);
-		if (w == pid)
-			break;
-		if (!watching) {
-			watching = oom_setup(s);
-			fds[1].fd = s->oom_fd;
-		}
-		if (*started_at == 0 && stat(pidfile, &st) == 0) {
-			*started_at =
-				(int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
-			log_trace("shim %s: container.pid seen", s->name);
-		}
-		poll(fds, 3, !watching || pidfd < 0 || *started_at == 0 ? OOM_SETUP_POLL_MS : -1);
-		if (s->oom_fd >= 0 && fds[1].revents & POLLIN)
-			oom_event(s);
-		if (s->out >= 0 && fds[2].revents & (POLLIN | POLLHUP))
-			output_copy(s);
-	}
-	log_trace("shim %s: runc run returned", s->name);
-	/* What the container wrote last; a process it left behind cannot hold us up. */
-	for (int i = 0; i < 16 && s->out >= 0 && output_copy(s) > 0; i++)
-		;
-	if (s->out >= 0)
-		close(s->out);
-	s->out = -1;
+	uv_timer_start(&s->watch, watch_cb, 0, OOM_SETUP_POLL_MS);
+	/* A signal that came before the spawn is passed on at once. */
+	uv_async_send(&s->wake);
+	/* Until runc run returned and its handles closed: wake is not counted. */
+	uv_run(&s->loop, UV_RUN_DEFAULT);
 	if (s->oom_fd >= 0)
 		oom_event(s); /* a notification that came with the end */
 	oom_close(s);
-	if (pidfd >= 0)
-		close(pidfd);
+	*started_at = s->started_at;
 	*started = stat(pidfile, &st) == 0;
 	if (*started && *started_at == 0)
 		*started_at = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
 	unlink(pidfile);
-	if (WIFSIGNALED(status)) {
-		*sig = WTERMSIG(status);
+	if (s->run_signal) {
+		*sig = s->run_signal;
 		*code = 128 + *sig;
 	} else {
-		*code = WEXITSTATUS(status);
+		*code = (int)s->run_status;
 		*sig = *code > 128 && *code <= 128 + 64 ? *code - 128 : 0;
 	}
 	if (!*started)
@@ -805,7 +781,6 @@ static int console_open(struct shim *s)
  */
 int shim_main(const char *dir)
 {
-	static struct shim shim;
 	struct shim *s = &shim;
 	_cleanup_free_ char *pidpath = NULL;
 	struct sigaction sa = {.sa_handler = signal_cb};
@@ -826,7 +801,17 @@ int shim_main(const char *dir)
 		return 1;
 	}
 	snprintf(s->dir, sizeof(s->dir), "%s", dir);
-	s->log.fd = s->out = s->oom_fd = s->oom_ctl = -1;
+	s->log.fd = s->oom_fd = s->oom_ctl = -1;
+	if (uv_loop_init(&s->loop) < 0) {
+		log_warnx("shim: cannot make a loop");
+		return 1;
+	}
+	uv_async_init(&s->loop, &s->wake, wake_cb);
+	uv_timer_init(&s->loop, &s->watch);
+	s->wake.data = s->watch.data = s;
+	/* The loop runs while runc run does: wake alone does not keep it running. */
+	uv_unref((uv_handle_t *)&s->wake);
+	uv_unref((uv_handle_t *)&s->watch);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
@@ -880,6 +865,10 @@ int shim_main(const char *dir)
 	logfile_close(&s->log);
 	free(s->lower);
 	unlink(pidpath);
+	uv_close((uv_handle_t *)&s->wake, NULL);
+	uv_close((uv_handle_t *)&s->watch, NULL);
+	uv_run(&s->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&s->loop);
 	log_info("shim %s: done", s->name);
 	return 0;
 }

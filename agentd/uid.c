@@ -32,15 +32,16 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"
 
-#define UID_RUN	      "/run/kumo-uids"
-#define UID_CTR_RANGE 65536u
+#define UID_RUN			"/run/kumo-uids"
+#define UID_CTR_RANGE		65536u
+#define USERNS_CHILD_TIMEOUT_MS 10000 /* a --userns child that has not answered is killed */
 
 /* The uid in dir/qemu.uid, or 0 when there is none. */
 uid_t uid_vm_read(const char *dir)
@@ -219,66 +220,153 @@ static int proc_write(pid_t pid, const char *file, const char *text)
 }
 
 /*
- * A child in a new user namespace mapping 0.. to base.. (and, with net, a network
- * namespace made inside it). It waits for a kill. Returns its pid, or -1 with err.
- * The child only calls unshare, read and write: safe after fork in a threaded agent.
+ * `kumo-agentd --userns [net]`, the child side of userns_make(): a process of its own
+ * because CLONE_NEWUSER needs a single-threaded caller, which a fresh process is and the
+ * agent (or a pool thread of it) is not. It makes a user namespace and says "u" on
+ * stdout, waits for SIGUSR1 (the agent wrote its uid and gid maps meanwhile), with net
+ * makes a network namespace inside the mapped one, says "n", and waits to be killed:
+ * the agent has bound or opened the namespaces by then. Returns the exit code.
  */
-static pid_t userns_child(unsigned base, bool net, struct kerr *err)
+int uid_userns_child_main(bool net)
 {
-	int up[2], down[2];
-	char map[64], c;
-	pid_t pid;
-	int ret;
+	sigset_t usr1;
+	int sig;
 
-	if (pipe2(up, O_CLOEXEC) < 0)
-		return err_set(err, errno, "pipe");
-	if (pipe2(down, O_CLOEXEC) < 0) {
-		close(up[0]), close(up[1]);
-		return err_set(err, errno, "pipe");
+	/* Blocked before "u" is said, so the agent's SIGUSR1 is never lost. */
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &usr1, NULL);
+	if (unshare(CLONE_NEWUSER) < 0) {
+		fprintf(stderr, "%s --userns: cannot make a user namespace: %s\n", AGENT_PROG,
+			strerror(errno));
+		return 1;
 	}
-	pid = fork();
-	if (pid == 0) {
-		/* CLONE_NEWUSER needs a single-threaded caller: this child is one. */
-		c = unshare(CLONE_NEWUSER) == 0 ? 'u' : 'e';
-		if (write(up[1], &c, 1) != 1 || c == 'e' || read(down[0], &c, 1) != 1)
-			_exit(1);
-		c = !net || unshare(CLONE_NEWNET) == 0 ? 'n' : 'e';
-		if (write(up[1], &c, 1) != 1)
-			_exit(1);
-		for (;;)
-			pause();
+	if (write(STDOUT_FILENO, "u", 1) != 1 || sigwait(&usr1, &sig) != 0)
+		return 1;
+	if (net && unshare(CLONE_NEWNET) < 0) {
+		fprintf(stderr, "%s --userns: cannot make a network namespace: %s\n", AGENT_PROG,
+			strerror(errno));
+		return 1;
 	}
-	close(up[1]);
-	close(down[0]);
-	if (pid < 0) {
-		close(up[0]), close(down[1]);
-		return err_set(err, errno, "fork");
-	}
-	snprintf(map, sizeof(map), "0 %u %u\n", base, UID_CTR_RANGE);
-	ret = read(up[0], &c, 1) == 1 && c == 'u' ? 0 : -EPERM;
-	/* Written by root of the parent namespace: no setgroups "deny" needed. */
-	if (ret == 0)
-		ret = proc_write(pid, "uid_map", map);
-	if (ret == 0)
-		ret = proc_write(pid, "gid_map", map);
-	if (ret == 0)
-		ret = write(down[1], "g", 1) == 1 && read(up[0], &c, 1) == 1 && c == 'n' ? 0
-											 : -EPERM;
-	close(up[0]);
-	close(down[1]);
-	if (ret < 0) {
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
-		return err_set(err, -ret, "cannot make a user namespace over uid %u", base);
-	}
-	return pid;
+	if (write(STDOUT_FILENO, "n", 1) != 1)
+		return 1;
+	for (;;)
+		pause();
 }
 
-static void child_end(pid_t pid)
+/* One userns_make(): what to make and, once made, what became of it. */
+struct userns_make {
+	unsigned base;
+	const char *userns_path, *netns_path; /* bind them there; NULL: open the user one */
+	struct child *child;
+	bool busy; /* until the namespaces are bound or opened, or that failed */
+	int ret;   /* 0, or -1 with err */
+	int fd;	   /* the opened user namespace */
+	struct kerr *err;
+};
+
+/* The child made its user namespace: map 0.. to base.. and let it go on. */
+static int userns_map(struct userns_make *m, pid_t pid)
 {
-	kill(pid, SIGKILL);
-	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-		;
+	char map[64];
+	int ret;
+
+	snprintf(map, sizeof(map), "0 %u %u\n", m->base, UID_CTR_RANGE);
+	/* Written by root of the parent namespace: no setgroups "deny" needed. */
+	ret = proc_write(pid, "uid_map", map);
+	if (ret == 0)
+		ret = proc_write(pid, "gid_map", map);
+	if (ret == 0 && kill(pid, SIGUSR1) < 0)
+		ret = -errno;
+	if (ret < 0)
+		return err_set(m->err, -ret, "cannot map the user namespace over uid %u", m->base);
+	return 0;
+}
+
+/* The namespaces are complete: bind them on their files, or open the user one. */
+static int userns_keep(struct userns_make *m, pid_t pid)
+{
+	char src[64];
+
+	snprintf(src, sizeof(src), "/proc/%d/ns/user", (int)pid);
+	if (m->userns_path == NULL) {
+		m->fd = open(src, O_RDONLY | O_CLOEXEC);
+		return m->fd < 0 ? err_set(m->err, errno, "cannot open %s", src) : 0;
+	}
+	if (mount(src, m->userns_path, NULL, MS_BIND, NULL) < 0)
+		return err_set(m->err, errno, "cannot bind %s on %s", src, m->userns_path);
+	snprintf(src, sizeof(src), "/proc/%d/ns/net", (int)pid);
+	if (mount(src, m->netns_path, NULL, MS_BIND, NULL) < 0) {
+		err_set(m->err, errno, "cannot bind %s on %s", src, m->netns_path);
+		umount2(m->userns_path, MNT_DETACH);
+		return -1;
+	}
+	return 0;
+}
+
+static void userns_output_cb(const char *buf, size_t len, void *data)
+{
+	struct userns_make *m = data;
+	pid_t pid = child_pid(m->child);
+
+	for (size_t i = 0; i < len && m->busy && pid > 0; i++) {
+		if (buf[i] == 'u' && userns_map(m, pid) < 0) {
+			m->busy = false;
+		} else if (buf[i] == 'n') {
+			m->ret = userns_keep(m, pid);
+			m->busy = false;
+		}
+		/* Kept, or failed: the namespaces need the child no longer. */
+		if (!m->busy)
+			child_cancel(m->child);
+	}
+}
+
+static void userns_done_cb(const struct child_result *r, void *data)
+{
+	struct userns_make *m = data;
+	char why[200];
+
+	if (!m->busy)
+		return;
+	child_result_why(r, why, sizeof(why));
+	m->ret = err_set(m->err, 0, "cannot make a user namespace over uid %u: %s", m->base, why);
+}
+
+/*
+ * A user namespace mapping 0.. to base.. (and, with netns_path, a network namespace
+ * made inside it), made by `kumo-agentd --userns` (run through the one child runner,
+ * on a loop of this thread's own: it blocks) and bound on userns_path and
+ * netns_path; without them, *fd gets a descriptor of the user namespace. Returns 0,
+ * or -1 with err.
+ */
+static int userns_make(unsigned base, const char *userns_path, const char *netns_path, int *fd,
+		       struct kerr *err)
+{
+	char *argv[] = {AGENT_PROG, "--userns", netns_path ? "net" : NULL, NULL};
+	struct userns_make m = {.base = base,
+				.userns_path = userns_path,
+				.netns_path = netns_path,
+				.busy = true,
+				.ret = -1,
+				.fd = -1,
+				.err = err};
+	struct child_opts opts = {
+		.file = "/proc/self/exe",
+		.argv = argv,
+		.out_max = 16,
+		.err_mode = CHILD_ERR_CAPTURE,
+		.timeout_ms = USERNS_CHILD_TIMEOUT_MS,
+		.on_output = userns_output_cb,
+	};
+
+	if (child_run_sync(&opts, userns_done_cb, &m, &m.child, err) < 0)
+		return -1;
+	if (m.ret < 0 && m.fd >= 0)
+		close(m.fd);
+	if (fd)
+		*fd = m.ret < 0 ? -1 : m.fd;
+	return m.ret;
 }
 
 /*
@@ -288,10 +376,6 @@ static void child_end(pid_t pid)
 int uid_ctr_netns_make(unsigned base, const char *userns_path, const char *netns_path,
 		       struct kerr *err)
 {
-	char src[64];
-	pid_t pid;
-	int ret = 0;
-
 	for (const char *const *p = (const char *const[]){userns_path, netns_path, NULL}; *p; p++) {
 		int fd = open(*p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 
@@ -299,35 +383,16 @@ int uid_ctr_netns_make(unsigned base, const char *userns_path, const char *netns
 			return err_set(err, errno, "cannot create %s", *p);
 		close(fd);
 	}
-	pid = userns_child(base, true, err);
-	if (pid < 0)
-		return -1;
-	snprintf(src, sizeof(src), "/proc/%d/ns/user", (int)pid);
-	if (mount(src, userns_path, NULL, MS_BIND, NULL) < 0)
-		ret = err_set(err, errno, "cannot bind %s on %s", src, userns_path);
-	snprintf(src, sizeof(src), "/proc/%d/ns/net", (int)pid);
-	if (ret == 0 && mount(src, netns_path, NULL, MS_BIND, NULL) < 0) {
-		ret = err_set(err, errno, "cannot bind %s on %s", src, netns_path);
-		umount2(userns_path, MNT_DETACH);
-	}
-	child_end(pid);
-	return ret;
+	return userns_make(base, userns_path, netns_path, NULL, err);
 }
 
 /* A descriptor of a new user namespace over base (for idmapped mounts), or -1 with err. */
 int uid_userns_open(unsigned base, struct kerr *err)
 {
-	char path[64];
-	pid_t pid = userns_child(base, false, err);
-	int fd;
+	int fd = -1;
 
-	if (pid < 0)
+	if (userns_make(base, NULL, NULL, &fd, err) < 0)
 		return -1;
-	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		err_set(err, errno, "cannot open %s", path);
-	child_end(pid);
 	return fd;
 }
 

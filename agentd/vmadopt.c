@@ -8,7 +8,8 @@
  *   "-name NAME" on its command line   running or paused, reported when known
  *   qemu.pid, no such process          crashed while the agent was away
  * Each one is reported to the controller as an instance-state message; a create the
- * last agent did not finish is removed (unfinished_remove()). An adopted
+ * last agent did not finish is removed (unfinished_remove()), one it had a cancel for
+ * is undone as the job would have been (instance_undo_resume()). An adopted
  * QEMU is not our child: vm.c watches it through QMP and /proc instead.
  */
 #include "agentd.h"
@@ -80,71 +81,6 @@ static bool pid_is_vm(pid_t pid, const char *name)
 	return false;
 }
 
-struct cancelled_create {
-	char op[LINK_OP_ID_MAX + 1];
-	char cancel[16];
-	char name[NAME_MAX_LEN + 1];
-	struct json_object *undone;
-};
-
-static void cancelled_removed_cb(struct agent *a, const char *error, void *data)
-{
-	struct cancelled_create *c = data;
-
-	if (error)
-		log_warnx("vm %s: finishing the cancel of its create: %s", c->name, error);
-	job_file_done(a, c->op, c->cancel, c->undone);
-	free(c);
-}
-
-/*
- * A create the previous run had a cancel (or a passed deadline) for but died before
- * it undid (job.c's job.json): finish the undo as job_undo() would have: its QEMU
- * killed, taps, disks and run directory removed; then the op-done it owed. Returns
- * whether it did (the VM is not adopted then).
- */
-static bool cancelled_create_remove(struct agent *a, const char *name, const char *dir,
-				    struct json_object *spec)
-{
-	_cleanup_free_ char *pid_path = xasprintf("%s/qemu.pid", dir), *pidtext = NULL;
-	struct vm_disk disks[AGENT_VM_DISKS_MAX];
-	struct cancelled_create *c;
-	char verb[16];
-	struct kerr err;
-	size_t n = 0;
-	pid_t pid;
-
-	c = xcalloc(1, sizeof(*c));
-	if (!job_file_take(dir, c->op, verb, c->cancel) || strcmp(verb, "create") != 0) {
-		free(c);
-		return false;
-	}
-	snprintf(c->name, sizeof(c->name), "%s", name);
-	c->undone = json_object_new_array();
-	log_info("vm %s: its create (op %s) was %s before the last agent ended; undoing it", name,
-		 c->op, c->cancel);
-	if (file_read_all(pid_path, 64, &pidtext, NULL) == 0 &&
-	    (pid = (pid_t)strtol(pidtext, NULL, 10)) > 0 && vm_pid_alive(pid) &&
-	    pid_is_vm(pid, name)) {
-		/* Killing the QEMU the create started needs root, as starting it did. */
-		kill(pid, SIGKILL);
-		json_object_array_add(c->undone, json_object_new_string("qemu"));
-	}
-	if (json_object_array_length(json_object_object_get(spec, "nics")) > 0) {
-		netport_vm_remove(json_object_object_get(spec, "nics"));
-		json_object_array_add(c->undone, json_object_new_string("taps"));
-	}
-	if (vm_disks_resolve(a, spec, disks, &n, &err) < 0) {
-		log_warnx("vm %s: %s; its disks are left", name, err.msg);
-		n = 0;
-	}
-	if (n)
-		json_object_array_add(c->undone, json_object_new_string("disk files"));
-	json_object_array_add(c->undone, json_object_new_string("run directory"));
-	disk_remove(a, dir, disks, n, NULL, cancelled_removed_cb, c);
-	return true;
-}
-
 /* When pid started, in ms since the epoch, from /proc (boot time + start ticks). */
 static int64_t pid_started_ms(pid_t pid)
 {
@@ -183,9 +119,11 @@ void vm_adopt_one(struct agent *a, const char *name)
 	_cleanup_free_ char *creating_path = xasprintf("%s/creating.json", dir);
 	_cleanup_free_ char *text = NULL, *pidtext = NULL;
 	struct json_object *raw = NULL, *spec;
+	struct job_file jf;
 	struct kerr err;
 	size_t len;
 	struct vm *vm;
+	bool undo;
 	pid_t pid;
 	int ret;
 
@@ -208,10 +146,8 @@ void vm_adopt_one(struct agent *a, const char *name)
 		json_object_put(spec);
 		return;
 	}
-	if (cancelled_create_remove(a, name, dir, spec)) {
-		json_object_put(spec);
-		return;
-	}
+	/* A create the last agent had a cancel for but did not undo (job.c). */
+	undo = job_file_take(dir, &jf);
 	vm = vm_register(a, spec, &err);
 	json_object_put(spec);
 	if (vm == NULL) {
@@ -219,6 +155,18 @@ void vm_adopt_one(struct agent *a, const char *name)
 		return;
 	}
 	vm->inst.created = true;
+	if (undo) {
+		/* Its QEMU (not our child, no QMP yet) is killed, then everything the create
+		 * made removed, as the live job would: through the driver's cancel slot. */
+		if (file_read_all(pid_path, 64, &pidtext, NULL) == 0 &&
+		    (pid = (pid_t)strtol(pidtext, NULL, 10)) > 0 && vm_pid_alive(pid) &&
+		    pid_is_vm(pid, name)) {
+			vm->inst.pid = pid;
+			vm->inst.state = INST_RUNNING;
+		}
+		instance_undo_resume(a, &vm->inst, &jf);
+		return;
+	}
 	if (file_read_all(pid_path, 64, &pidtext, NULL) < 0) {
 		vm->adopt_reported = true;
 		log_info("vm %s: found, stopped", name);

@@ -194,8 +194,11 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 
 static void keep_out(struct child *c, const char *buf, size_t n)
 {
-	size_t keep = c->outlen + n > c->out_max ? c->out_max - c->outlen : n;
+	size_t keep;
 
+	if (c->out_max == 0)
+		return; /* streamed to on_output only */
+	keep = c->outlen + n > c->out_max ? c->out_max - c->outlen : n;
 	if (keep < n)
 		c->r.truncated = true;
 	if (keep == 0)
@@ -279,7 +282,7 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 		stdio[0].data.stream = (uv_stream_t *)&c->in;
 	}
 	stdio[1].flags = UV_IGNORE;
-	if (o->out_max) {
+	if (o->out_max || o->on_output) {
 		stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
 		stdio[1].data.stream = (uv_stream_t *)&c->out;
 	}
@@ -292,7 +295,7 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 		stdio[2].data.fd = 2;
 	} else if (o->err_mode == CHILD_ERR_MERGE && pipe2(fds, O_CLOEXEC) == 0) {
 		/* One pipe for stdout and stderr, so the output keeps its order. */
-		c->out_max = c->out_max ? c->out_max : 65536;
+		c->out_max = c->out_max || o->on_output ? c->out_max : 65536;
 		stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
 		stdio[1].data.fd = stdio[2].data.fd = fds[1];
 	}
@@ -425,18 +428,30 @@ static void wait_done_cb(const struct child_result *r, void *data)
 	}
 }
 
-int child_run_wait(const struct child_opts *opts, char **out, struct kerr *err)
+int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data,
+		   struct child **handle, struct kerr *err)
 {
-	struct wait_result w = {.ret = -1, .err = err};
+	struct child *c;
 	uv_loop_t loop;
 
 	/* A loop of this thread's own: libuv reaps each loop's children by their pids,
 	 * so the daemon's loop and this one do not take each other's. */
 	if (uv_loop_init(&loop) < 0)
 		return err_set(err, 0, "cannot make a loop to run %s", opts->argv[0]);
-	if (child_run(&loop, opts, wait_done_cb, &w, err) != NULL)
+	c = child_run(&loop, opts, done, data, err);
+	if (c && handle)
+		*handle = c;
+	if (c)
 		uv_run(&loop, UV_RUN_DEFAULT);
 	uv_loop_close(&loop);
+	return c ? 0 : -1;
+}
+
+int child_run_wait(const struct child_opts *opts, char **out, struct kerr *err)
+{
+	struct wait_result w = {.ret = -1, .err = err};
+
+	child_run_sync(opts, wait_done_cb, &w, NULL, err);
 	if (out)
 		*out = w.out;
 	else

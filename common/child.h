@@ -62,13 +62,14 @@ struct child_opts {
 	gid_t gid;
 	const char *in; /* written to its stdin, which is then closed; NULL: /dev/null */
 	size_t in_len;
-	size_t out_max; /* stdout kept; 0: stdout goes to /dev/null */
+	size_t out_max; /* stdout kept; 0: none kept, and stdout goes to /dev/null
+			 * unless on_output takes it (a log a keeper writes) */
 	size_t err_max; /* stderr tail kept (CHILD_ERR_CAPTURE); 0: 1024 */
 	enum child_err err_mode;
 	unsigned timeout_ms;	   /* 0: none */
 	const char *pid_file;	   /* a process it starts elsewhere (runc exec --pid-file):
 				    * killed with its descendants too, and the file removed */
-	child_output_cb on_output; /* optional progress */
+	child_output_cb on_output; /* optional: progress, or the whole stdout */
 };
 
 /*
@@ -95,6 +96,15 @@ bool child_result_ok(const struct child_result *r);
  * line if it printed one, else how it ended ("qemu-img was killed by signal 9").
  */
 void child_result_why(const struct child_result *r, char *buf, size_t len);
+/*
+ * For a pool thread, or a process without a loop (it blocks): child_run() on a loop of
+ * the calling thread's own, returning once done(r, data) returned. *handle (when not
+ * NULL) is set before any callback comes, so done and opts->on_output may
+ * child_cancel() it. Returns 0, or -1 with err when it could not start (done is not
+ * called then).
+ */
+int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data,
+		   struct child **handle, struct kerr *err);
 /*
  * For a pool thread only (it blocks): run opts on a loop of the calling thread's own
  * and wait. *out (if out is not NULL) gets its stdout, the caller's to free. Returns

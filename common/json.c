@@ -150,6 +150,23 @@ int json_array_check(struct json_object *arr, const char *f, const struct json_f
 	return 0;
 }
 
+int json_array_unique_check(struct json_object *arr, const char *f, const char *key,
+			    const char *kind, struct kerr *err)
+{
+	size_t n = json_object_array_length(arr);
+
+	/* Quadratic, over arrays json_array_check() capped at a few dozen entries. */
+	for (size_t i = 0; i < n; i++) {
+		const char *name = json_get_str(json_object_array_get_idx(arr, i), key, "");
+
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(name,
+				   json_get_str(json_object_array_get_idx(arr, k), key, "")) == 0)
+				return err_input(err, 400, f, "two %s are named '%s'", kind, name);
+	}
+	return 0;
+}
+
 const char *json_get_str(struct json_object *obj, const char *key, const char *def)
 {
 	struct json_object *v;

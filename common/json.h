@@ -56,6 +56,13 @@ int json_fields_check_in(struct json_object *obj, const struct json_field *field
  */
 int json_array_check(struct json_object *arr, const char *f, const struct json_field *fields,
 		     size_t max, struct kerr *err);
+/*
+ * Check that no two objects of the array field f (checked with json_array_check())
+ * have the same string member key: what names a disk must be unique. Returns 0, or
+ * -1 with err (status 400): "two KIND are named 'X'".
+ */
+int json_array_unique_check(struct json_object *arr, const char *f, const char *key,
+			    const char *kind, struct kerr *err);
 
 const char *json_kind_name(enum json_kind kind);
 

@@ -132,18 +132,9 @@ static const struct json_field disk_fields[] = {
 
 static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
-
 	if (json_array_check(v, f, disk_fields, SPEC_DISKS_MAX, err) < 0)
 		return -1;
-	for (size_t i = 0; i < n; i++)
-		for (size_t j = 0; j < i; j++)
-			if (!strcmp(json_get_str(json_object_array_get_idx(v, i), "name", ""),
-				    json_get_str(json_object_array_get_idx(v, j), "name", "")))
-				return err_input(
-					err, 400, f, "two disks are named '%s'",
-					json_get_str(json_object_array_get_idx(v, i), "name", ""));
-	return 0;
+	return json_array_unique_check(v, f, "name", "disks", err);
 }
 
 static int boot_check(struct json_object *v, const char *f, struct kerr *err)

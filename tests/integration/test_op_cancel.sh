@@ -5,12 +5,13 @@
 # and its name free for a new create; a create with timeout_s=1 fails as "timed out"
 # and is cleaned the same way; a cancel survives a kill -9 of the controller right
 # after it, and a kill -9 of the agent that heard it before it could undo (the next
-# agent finishes the undo); a finished operation answers 409, a viewer 403.
+# agent finishes the undo, for a VM and, through its driver, for a container); a
+# finished operation answers 409, a viewer 403.
 . "$(dirname "$0")/lib.sh"
 
 NET=opc-net
 CIDR=10.67.0.0/24
-NAMES="opc1 opc2 opc3 opc4 opc5"
+NAMES="opc1 opc2 opc3 opc4 opc5 opc6"
 
 cleanup() {
 	for n in $NAMES; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
@@ -210,6 +211,19 @@ wait_op "$op"
 wait_nothing_left opc4 "$host" "$ifname"
 pass "a cancel survives a kill -9 of the controller: still cancelled, nothing left"
 
+# agent_killed_after_cancel HOST HELD: kill -9 HOST's agent, which heard a cancel it has
+# not undone yet, let the held process HELD go on, and start the agent again.
+agent_killed_after_cancel() {
+	local apid killed_at
+	apid=$(agent_pid "$1")
+	killed_at=$(date +%s%3N)
+	kill -9 "$apid"
+	wait_until 10 "the agent of $1 gone" proc_gone "$apid"
+	kill -CONT "$2" 2>/dev/null || true
+	lab up --hosts 3 >/dev/null
+	wait_until 60 "$1's agent back" agent_restarted "$1" "$killed_at"
+}
+
 # ---- the agent killed after it heard a cancel, before it undid ------------------------------
 # QEMU is held (SIGSTOP) as it starts, so the create waits for it: the cancel reaches
 # the agent, which keeps it in the run directory (job.json) until its safe point comes,
@@ -234,13 +248,7 @@ for attempt in 1 2 3 4 5 6 7 8; do
 	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }
 	[ "$STATUS" = 202 ] && wait_until 30 "the agent to hear the cancel" heard
 	if [ -n "$held" ] && grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null; then
-		apid=$(agent_pid "$host")
-		killed_at=$(date +%s%3N)
-		kill -9 "$apid"
-		wait_until 10 "the agent of $host gone" proc_gone "$apid"
-		kill -CONT $held 2>/dev/null || true
-		lab up --hosts 3 >/dev/null
-		wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+		agent_killed_after_cancel "$host" "$held"
 		wait_op "$op"
 		[ "$(jqb .status)" = cancelled ] || fail "after the agent's kill -9 the create ended $(jqb .status) ($(jqb .error)), not cancelled"
 		wait_nothing_left opc5 "$host" "$ifname"
@@ -254,3 +262,48 @@ for attempt in 1 2 3 4 5 6 7 8; do
 done
 [ -n "$agent_cancel" ] || fail "the agent never held a cancel of a create in 8 attempts"
 pass "a cancel survives a kill -9 of the agent before its undo: cancelled, nothing left (attempt $agent_cancel)"
+
+# ---- the same for a container: the agent killed after it heard a cancel of its create -------
+# Its shim is held (SIGSTOP) as it starts, before it runs runc, so the create waits for
+# the start; the cancel reaches the agent (job.json), which is killed. The shim goes on
+# and starts the container; the next agent adopts it and undoes the create through the
+# driver's cancel slot: the op ends cancelled, no shim, container or file is left, and
+# the name is free. (A shim caught after it ran runc lets the create finish: try again.)
+ctr_cancel=""
+ctr_left() { pgrep -f -- "containers/opc6\$" >/dev/null && echo "opc6's shim or container"; leftovers opc6 h3 ""; }
+for attempt in 1 2 3 4 5 6; do
+	api POST /api/v1/instances '{"name":"opc6","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h3"}'
+	expect_status 202 "create opc6"
+	op=$(jqb .id)
+	end=$((SECONDS + 120)) held=""
+	until held=$(pgrep -f -- "--shim $KUMO_LAB_DIR/hosts/h3/local/containers/opc6\$"); do
+		[ $SECONDS -ge $end ] && fail "opc6's create never started its shim"
+	done
+	kill -STOP $held
+	api POST "/api/v1/operations/$op/actions/cancel"
+	jobfile="$KUMO_LAB_DIR/hosts/h3/local/containers/opc6/job.json"
+	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }
+	[ "$STATUS" = 202 ] && wait_until 30 "the agent to hear the cancel" heard
+	if grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null; then
+		agent_killed_after_cancel h3 "$held"
+		wait_op "$op"
+		[ "$(jqb .status)" = cancelled ] || fail "after the agent's kill -9 the container's create ended $(jqb .status) ($(jqb .error)), not cancelled"
+		end=$((SECONDS + 60))
+		while [ -n "$(ctr_left)" ]; do
+			[ $SECONDS -ge $end ] && fail "left of opc6 after 60 s: $(ctr_left | tr '\n' ';')"
+			sleep 0.5
+		done
+		ctr_cancel=$attempt
+		break
+	fi
+	kill -CONT $held 2>/dev/null
+	wait_op "$op"
+	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc6?force=1"
+	wait_until 120 "opc6 gone" instance_absent opc6
+done
+[ -n "$ctr_cancel" ] || fail "the agent never held a cancel of a container's create in 6 attempts"
+api POST /api/v1/instances '{"name":"opc6","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h3"}'
+expect_status 202 "create opc6 again"
+wait_op "$(jqb .id)"
+op_ok
+pass "a container's create cancel survives a kill -9 of the agent: cancelled, nothing left, name free (attempt $ctr_cancel)"

@@ -303,6 +303,22 @@ static void test_text_is_plain(void **state)
 	assert_string_equal(json_kind_name(JK_ARRAY), "an array");
 }
 
+static void test_array_unique(void **state)
+{
+	struct json_object *arr =
+		json_tokener_parse("[{\"name\":\"root\"},{\"name\":\"data\"},{\"name\":\"root\"}]");
+	struct kerr err = {0};
+
+	(void)state;
+	assert_int_equal(json_array_unique_check(arr, "disks", "name", "disks", &err), -1);
+	assert_int_equal(err.status, 400);
+	assert_string_equal(err.field, "disks");
+	assert_string_equal(err.msg, "two disks are named 'root'");
+	json_object_array_del_idx(arr, 2, 1);
+	assert_int_equal(json_array_unique_check(arr, "disks", "name", "disks", &err), 0);
+	json_object_put(arr);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -320,6 +336,7 @@ int main(void)
 		cmocka_unit_test(test_fields_custom_check),
 		cmocka_unit_test(test_getters_default),
 		cmocka_unit_test(test_text_is_plain),
+		cmocka_unit_test(test_array_unique),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
