@@ -443,7 +443,7 @@ static void chunk_incr_work(struct bjob *job)
 
 		if (fd < 0 || fstat(fd, &sb) < 0 || sb.st_size != size ||
 		    !json_object_is_type(pchunks, json_type_array) ||
-		    (int64_t)json_object_array_length(pchunks) !=
+		    (int64_t)json_array_len(pchunks) !=
 			    (size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE) {
 			/* A resized disk: its bitmap cannot be trusted. The caller goes full. */
 			snprintf(job->error, sizeof(job->error), "RESIZED");
@@ -460,7 +460,7 @@ static void chunk_incr_work(struct bjob *job)
 
 		/* Lay the dirty clusters of this chunk over the parent's bytes; a chunk
 		 * with none is the parent's, named without reading it. */
-		for (size_t e = 0; e < json_object_array_length(map); e++) {
+		for (size_t e = 0; e < json_array_len(map); e++) {
 			struct json_object *x = json_object_array_get_idx(map, e);
 			int64_t xs = json_get_int(x, "start", 0), xl = json_get_int(x, "length", 0);
 			struct json_object *present;
@@ -628,7 +628,7 @@ static void manifest_after(struct bjob *job)
 		return;
 	}
 	/* The controller indexes what the manifest says; chunk lists stay in the store. */
-	for (size_t i = 0; i < json_object_array_length(mdisks); i++) {
+	for (size_t i = 0; i < json_array_len(mdisks); i++) {
 		struct json_object *md = json_object_array_get_idx(mdisks, i), *d;
 
 		d = json_object_new_object();
@@ -639,7 +639,7 @@ static void manifest_after(struct bjob *job)
 		json_object_object_add(d, "sha256",
 				       json_object_get(json_object_object_get(md, "sha256")));
 		json_object_object_add(d, "chunk_count",
-				       json_object_new_int64((int64_t)json_object_array_length(
+				       json_object_new_int64((int64_t)json_array_len(
 					       json_object_object_get(md, "chunks"))));
 		json_object_array_add(disks, d);
 	}
@@ -745,7 +745,7 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		return;
 	}
 	block_job_id(job, job->disk, jid, sizeof(jid));
-	for (size_t i = 0; i < json_object_array_length(ret); i++) {
+	for (size_t i = 0; i < json_array_len(ret); i++) {
 		struct json_object *j = json_object_array_get_idx(ret, i);
 
 		if (!strcmp(json_get_str(j, "id", ""), jid))
@@ -897,7 +897,7 @@ static void disk_read(struct bjob *job)
 		job->pdisk = NULL;
 		for (size_t i = 0;
 		     job->pmanifest && !job->full_reason[0] &&
-		     i < json_object_array_length(json_object_object_get(job->pmanifest, "disks"));
+		     i < json_array_len(json_object_object_get(job->pmanifest, "disks"));
 		     i++) {
 			struct json_object *pd = json_object_array_get_idx(
 				json_object_object_get(job->pmanifest, "disks"), i);
@@ -1003,7 +1003,7 @@ static void reassemble_work(struct bjob *job)
 		ctx = EVP_MD_CTX_new();
 		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
 	}
-	for (size_t c = 0; c < json_object_array_length(chunks); c++) {
+	for (size_t c = 0; c < json_array_len(chunks); c++) {
 		const char *name = json_object_get_string(json_object_array_get_idx(chunks, c));
 		size_t len;
 
@@ -1081,7 +1081,7 @@ static void disk_restore(struct bjob *job)
 	char phase[96];
 
 	job->mdisk = NULL;
-	for (size_t i = 0; i < json_object_array_length(mdisks); i++) {
+	for (size_t i = 0; i < json_array_len(mdisks); i++) {
 		struct json_object *md = json_object_array_get_idx(mdisks, i);
 
 		if (!strcmp(json_get_str(md, "name", ""), d->name))
@@ -1496,7 +1496,7 @@ static void ctr_restore_work(struct bjob *job)
 		return;
 	}
 	mdisks = json_object_object_get(job->manifest, "disks");
-	for (size_t i = 0; i < json_object_array_length(mdisks); i++)
+	for (size_t i = 0; i < json_array_len(mdisks); i++)
 		if (!strcmp(json_get_str(json_object_array_get_idx(mdisks, i), "name", ""),
 			    CTR_LAYER))
 			job->mdisk = json_object_array_get_idx(mdisks, i);

@@ -81,12 +81,12 @@ static int chain_open(struct backup_map *m, const char *disk, struct kerr *err)
 
 	if (qemu_img_json(argv, &chain, err) < 0)
 		return -1;
-	if (!json_object_is_type(chain, json_type_array) || json_object_array_length(chain) == 0 ||
-	    json_object_array_length(chain) > BACKUP_MAP_MAX_CHAIN) {
+	if (!json_object_is_type(chain, json_type_array) || json_array_len(chain) == 0 ||
+	    json_array_len(chain) > BACKUP_MAP_MAX_CHAIN) {
 		ret = err_set(err, EBADMSG, "%s: an unexpected backing chain", disk);
 		goto out;
 	}
-	for (size_t i = 0; i < json_object_array_length(chain); i++) {
+	for (size_t i = 0; i < json_array_len(chain); i++) {
 		struct json_object *layer = json_object_array_get_idx(chain, i);
 		const char *format = json_get_str(layer, "format", "");
 
@@ -153,7 +153,7 @@ int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)
 		ret = err_set(err, EBADMSG, "%s: qemu-img map printed no list", disk);
 	if (ret < 0)
 		goto out;
-	m->nextents = json_object_array_length(map);
+	m->nextents = json_array_len(map);
 	m->extents = xcalloc(m->nextents + 1, sizeof(*m->extents));
 	for (size_t i = 0; i < m->nextents; i++) {
 		struct json_object *x = json_object_array_get_idx(map, i);

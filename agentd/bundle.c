@@ -64,7 +64,7 @@ static struct json_object *caps_build(struct json_object *spec)
 		json_object_array_add(arr, json_object_new_string("CAP_NET_RAW"));
 		return arr;
 	}
-	for (size_t i = 0; i < json_object_array_length(extra); i++) {
+	for (size_t i = 0; i < json_array_len(extra); i++) {
 		const char *c = json_object_get_string(json_object_array_get_idx(extra, i));
 
 		if (c && strcmp(c, "NET_RAW") == 0)
@@ -174,7 +174,7 @@ static bool env_has(struct json_object *env, const char *key)
 {
 	size_t klen = strlen(key);
 
-	for (size_t i = 0; i < json_object_array_length(env); i++) {
+	for (size_t i = 0; i < json_array_len(env); i++) {
 		const char *kv = json_object_get_string(json_object_array_get_idx(env, i));
 
 		if (strncmp(kv, key, klen) == 0 && kv[klen] == '=')
@@ -189,7 +189,7 @@ static void env_set(struct json_object *env, const char *key, const char *value)
 	_cleanup_free_ char *kv = xasprintf("%s=%s", key, value);
 	size_t klen = strlen(key);
 
-	for (size_t i = 0; i < json_object_array_length(env); i++) {
+	for (size_t i = 0; i < json_array_len(env); i++) {
 		const char *old = json_object_get_string(json_object_array_get_idx(env, i));
 
 		if (strncmp(old, key, klen) == 0 && old[klen] == '=') {
@@ -207,7 +207,7 @@ static struct json_object *env_build(struct json_object *spec, struct json_objec
 
 	if (json_object_object_get_ex(image, "Env", &ienv) &&
 	    json_object_is_type(ienv, json_type_array)) {
-		for (size_t i = 0; i < json_object_array_length(ienv); i++) {
+		for (size_t i = 0; i < json_array_len(ienv); i++) {
 			struct json_object *e = json_object_array_get_idx(ienv, i);
 			const char *kv = json_object_get_string(e);
 			const char *eq = kv ? strchr(kv, '=') : NULL;
@@ -238,7 +238,7 @@ static struct json_object *args_build(struct json_object *spec, struct json_obje
 	struct json_object *args = json_object_new_array(), *cmd;
 
 	if (json_object_object_get_ex(spec, "command", &cmd)) {
-		for (size_t i = 0; i < json_object_array_length(cmd); i++)
+		for (size_t i = 0; i < json_array_len(cmd); i++)
 			json_object_array_add(args,
 					      json_object_get(json_object_array_get_idx(cmd, i)));
 	} else {
@@ -249,7 +249,7 @@ static struct json_object *args_build(struct json_object *spec, struct json_obje
 			if (!json_object_object_get_ex(image, *k, &part) ||
 			    !json_object_is_type(part, json_type_array))
 				continue;
-			for (size_t i = 0; i < json_object_array_length(part); i++) {
+			for (size_t i = 0; i < json_array_len(part); i++) {
 				struct json_object *a = json_object_array_get_idx(part, i);
 
 				if (json_object_is_type(a, json_type_string))
@@ -257,7 +257,7 @@ static struct json_object *args_build(struct json_object *spec, struct json_obje
 			}
 		}
 	}
-	if (json_object_array_length(args) == 0) {
+	if (json_array_len(args) == 0) {
 		json_object_put(args);
 		err_set(err, 0,
 			"the image has no Entrypoint or Cmd and the instance gives no command");
@@ -485,7 +485,7 @@ void bundle_netns_set(struct json_object *cfg, char *path)
 	struct json_object *ns =
 		json_object_object_get(json_object_object_get(cfg, "linux"), "namespaces");
 
-	for (size_t i = 0; path && ns && i < json_object_array_length(ns); i++) {
+	for (size_t i = 0; path && ns && i < json_array_len(ns); i++) {
 		struct json_object *n = json_object_array_get_idx(ns, i);
 		const char *type = json_get_str(n, "type", "");
 

@@ -177,7 +177,7 @@ static struct json_object *interfaces_addressed(void)
 		if (i->ifa_addr == NULL || i->ifa_addr->sa_family != AF_INET ||
 		    strcmp(i->ifa_name, "lo") == 0)
 			continue;
-		for (size_t j = 0; j < json_object_array_length(list) && !seen; j++)
+		for (size_t j = 0; j < json_array_len(list) && !seen; j++)
 			seen = !strcmp(json_object_get_string(json_object_array_get_idx(list, j)),
 				       i->ifa_name);
 		if (!seen)

@@ -2,6 +2,7 @@
  * fence.c - kill this host's HA workloads (fence.h says who calls it and which files
  * it trusts).
  */
+#include "json.h"
 #include "fence.h"
 
 #include <dirent.h>
@@ -116,7 +117,7 @@ static bool listed_ha(struct json_object *list, const char *name)
 	if (!json_object_object_get_ex(list, "instances", &arr) ||
 	    !json_object_is_type(arr, json_type_array))
 		return false;
-	for (size_t i = 0; i < json_object_array_length(arr); i++)
+	for (size_t i = 0; i < json_array_len(arr); i++)
 		if (json_object_object_get_ex(json_object_array_get_idx(arr, i), "name", &n) &&
 		    !strcmp(json_object_get_string(n), name))
 			return true;

@@ -363,7 +363,7 @@ static struct json_object *spec_disk(struct json_object *spec, const char *name)
 {
 	struct json_object *arr = json_object_object_get(spec, "disks");
 
-	for (size_t i = 0; arr && i < json_object_array_length(arr); i++) {
+	for (size_t i = 0; arr && i < json_array_len(arr); i++) {
 		struct json_object *d = json_object_array_get_idx(arr, i);
 
 		if (strcmp(json_get_str(d, "name", ""), name) == 0)

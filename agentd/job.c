@@ -174,7 +174,7 @@ static bool vm_nics_networked(const struct vm *vm)
 {
 	struct json_object *nics = json_object_object_get(vm->inst.spec, "nics");
 
-	for (size_t i = 0; nics && i < json_object_array_length(nics); i++)
+	for (size_t i = 0; nics && i < json_array_len(nics); i++)
 		if (json_get_str(json_object_array_get_idx(nics, i), "ifname", NULL))
 			return true;
 	return false;

@@ -177,7 +177,7 @@ static const char *index_pick(struct json_object *index)
 	if (!json_object_object_get_ex(index, "manifests", &list) ||
 	    !json_object_is_type(list, json_type_array))
 		return NULL;
-	for (size_t i = 0; i < json_object_array_length(list); i++) {
+	for (size_t i = 0; i < json_array_len(list); i++) {
 		struct json_object *m = json_object_array_get_idx(list, i), *p;
 
 		if (json_object_object_get_ex(m, "platform", &p) &&
@@ -259,18 +259,18 @@ int layers_image_parse(const char *digest, layers_meta_fn meta_read, void *cls,
 	if (meta_read(cls, img->config_digest, "config: ", &img->config, &img->config_size, err) <
 	    0)
 		return -1;
-	n = json_object_array_length(layers);
+	n = json_array_len(layers);
 	if (n > AGENT_OCI_LAYERS_MAX)
 		return err_set(err, 0, "image %.19s has %zu layers; at most %d are supported",
 			       img->manifest_digest, n, AGENT_OCI_LAYERS_MAX);
 	if (json_object_object_get_ex(img->config, "rootfs", &rootfs))
 		json_object_object_get_ex(rootfs, "diff_ids", &diff_ids);
-	if (diff_ids && (!json_object_is_type(diff_ids, json_type_array) ||
-			 json_object_array_length(diff_ids) != n))
+	if (diff_ids &&
+	    (!json_object_is_type(diff_ids, json_type_array) || json_array_len(diff_ids) != n))
 		return err_set(err, 0, "image %.19s: the config lists %zu diff_ids for %zu layers",
 			       img->manifest_digest,
 			       json_object_is_type(diff_ids, json_type_array)
-				       ? json_object_array_length(diff_ids)
+				       ? json_array_len(diff_ids)
 				       : 0,
 			       n);
 	img->layers = xcalloc(n ? n : 1, sizeof(*img->layers));

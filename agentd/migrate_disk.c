@@ -245,7 +245,7 @@ static size_t jobs_scan(struct json_object *jobs, size_t *ready, int64_t *len, i
 
 	*ready = 0;
 	*len = *left = 0;
-	for (size_t k = 0; jobs && k < json_object_array_length(jobs); k++) {
+	for (size_t k = 0; jobs && k < json_array_len(jobs); k++) {
 		struct json_object *j = json_object_array_get_idx(jobs, k);
 		int64_t l = json_get_int(j, "len", 0), off = json_get_int(j, "offset", 0);
 

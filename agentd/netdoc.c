@@ -209,7 +209,7 @@ void netdoc_seg_read(struct json_object *js, struct netdoc_seg *s)
 /* Length of a JSON array; 0 for NULL or any other type. */
 size_t netdoc_len(struct json_object *arr)
 {
-	return arr && json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
+	return arr && json_object_is_type(arr, json_type_array) ? json_array_len(arr) : 0;
 }
 
 /* ---- checking the document ------------------------------------------------------- */

@@ -52,7 +52,7 @@ static int nic_attach(struct json_object *nic, struct kerr *err)
 
 int netport_vm_prepare(struct json_object *nics, struct kerr *err)
 {
-	for (size_t i = 0; nics && i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; nics && i < json_array_len(nics); i++) {
 		struct json_object *nic = json_object_array_get_idx(nics, i);
 		const char *ifname = json_get_str(nic, "ifname", NULL);
 
@@ -75,7 +75,7 @@ int netport_vm_prepare(struct json_object *nics, struct kerr *err)
 
 void netport_vm_remove(struct json_object *nics)
 {
-	for (size_t i = 0; nics && i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; nics && i < json_array_len(nics); i++) {
 		const char *ifname =
 			json_get_str(json_object_array_get_idx(nics, i), "ifname", NULL);
 		struct kerr err;
@@ -88,7 +88,7 @@ void netport_vm_remove(struct json_object *nics)
 
 bool netport_ctr_networked(struct json_object *nics)
 {
-	return nics && json_object_array_length(nics) > 0;
+	return nics && json_array_len(nics) > 0;
 }
 
 /* {dir}/netns: a network namespace of its own, bound there; made once. With
@@ -152,7 +152,7 @@ int netport_ctr_prepare(const char *dir, struct json_object *nics, unsigned user
 	if (run((const char *const[]){"nsenter", nsarg, "ip", "link", "set", "lo", "up", NULL},
 		err) < 0)
 		return -1;
-	for (size_t i = 0; i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; i < json_array_len(nics); i++) {
 		struct json_object *nic = json_object_array_get_idx(nics, i);
 		const char *ifname = json_get_str(nic, "ifname", "");
 		const char *router = json_get_str(nic, "router", NULL);
@@ -230,11 +230,11 @@ int netport_ctr_resolv(const char *dir, struct json_object *nics, char **path, s
 
 	*path = NULL;
 	text[0] = '\0';
-	for (size_t i = 0; nics && i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; nics && i < json_array_len(nics); i++) {
 		struct json_object *dns =
 			json_object_object_get(json_object_array_get_idx(nics, i), "dns");
 
-		for (size_t j = 0; dns && j < json_object_array_length(dns); j++)
+		for (size_t j = 0; dns && j < json_array_len(dns); j++)
 			if (len < sizeof(text) - 40)
 				len += (size_t)snprintf(
 					text + len, sizeof(text) - len, "nameserver %s\n",

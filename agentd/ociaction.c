@@ -976,7 +976,7 @@ int ociaction_exec(struct agent *a, const char *qop, struct json_object *q, stru
 		return err_set(err, 0, "%d execs run on this host already; try again when one ends",
 			       AGENT_EXECS_MAX);
 	json_object_object_get_ex(q, "command", &cmd);
-	n = json_object_array_length(cmd);
+	n = json_array_len(cmd);
 	x = xcalloc(1, sizeof(*x));
 	snprintf(x->op, sizeof(x->op), "%s", qop);
 	snprintf(x->name, sizeof(x->name), "%s", ctr->inst.name);

@@ -47,7 +47,7 @@ static void boot_order(struct json_object *spec, int *disk_boot, size_t ndisks, 
 			disk_boot[0] = 1;
 		return;
 	}
-	for (size_t i = 0; i < json_object_array_length(boot); i++) {
+	for (size_t i = 0; i < json_array_len(boot); i++) {
 		const char *what = json_object_get_string(json_object_array_get_idx(boot, i));
 
 		if (strcmp(what, "disk") == 0)
@@ -150,7 +150,7 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 
 	json_object_object_get_ex(spec, "memory", &mem);
 	if (json_object_object_get_ex(spec, "nics", &nics))
-		nnics = json_object_array_length(nics);
+		nnics = json_array_len(nics);
 	boot_order(spec, disk_boot, vm->ndisks, nic_boot, nnics);
 
 	argv_add(av, AGENT_QEMU_BINARY);

@@ -152,14 +152,14 @@ static int config_load(struct shim *s, struct kerr *err)
 	if (!name_valid(s->name) || s->root[0] != '/' || strpbrk(s->dir, ":,") ||
 	    s->cgroup[0] != '/' || strstr(s->cgroup, "..") ||
 	    !json_object_object_get_ex(cfg, "lower", &lower) ||
-	    !json_object_is_type(lower, json_type_array) || json_object_array_length(lower) == 0) {
+	    !json_object_is_type(lower, json_type_array) || json_array_len(lower) == 0) {
 		json_object_put(cfg);
 		return err_set(err, 0,
 			       "%s lacks name, root or lower, or the directory has ':' or ','",
 			       path);
 	}
 	s->lower = xcalloc(1, PATH_MAX * 2);
-	for (size_t i = 0; i < json_object_array_length(lower); i++) {
+	for (size_t i = 0; i < json_array_len(lower); i++) {
 		const char *l = json_object_get_string(json_object_array_get_idx(lower, i));
 
 		/* ':' and ',' separate overlay options; such a path cannot be said. */

@@ -197,7 +197,7 @@ static void net_tap_bytes(pid_t pid, uint64_t *rx, uint64_t *tx)
 /* Add "usage" to every running instance's report in reports (an array). */
 void usage_annotate(struct json_object *reports)
 {
-	size_t n = json_object_array_length(reports);
+	size_t n = json_array_len(reports);
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *r = json_object_array_get_idx(reports, i), *u;

@@ -96,7 +96,7 @@ int vm_disks_resolve(struct agent *a, struct json_object *spec, struct vm_disk *
 	*ndisks = 0;
 	if (!json_object_object_get_ex(spec, "disks", &arr))
 		return 0;
-	n = json_object_array_length(arr);
+	n = json_array_len(arr);
 	if (n > AGENT_VM_DISKS_MAX)
 		return err_set(err, 0, "more than %d disks", AGENT_VM_DISKS_MAX);
 	for (size_t i = 0; i < n; i++) {

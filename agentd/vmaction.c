@@ -312,7 +312,7 @@ static struct json_object *spec_disk(struct json_object *spec, const char *name)
 
 	if (!json_object_object_get_ex(spec, "disks", &arr))
 		return NULL;
-	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+	for (size_t i = 0; i < json_array_len(arr); i++) {
 		struct json_object *d = json_object_array_get_idx(arr, i);
 
 		if (strcmp(json_get_str(d, "name", ""), name) == 0)
@@ -817,7 +817,7 @@ static void scan_info_cb(struct agent *a, const char *error, struct json_object 
 		return;
 	}
 	if (json_object_object_get_ex(info, "snapshots", &snaps)) {
-		for (size_t k = 0; k < json_object_array_length(snaps); k++) {
+		for (size_t k = 0; k < json_array_len(snaps); k++) {
 			struct json_object *s = json_object_array_get_idx(snaps, k);
 
 			if (strcmp(json_get_str(s, "name", ""), op->snapshot) != 0)

@@ -2,6 +2,7 @@
  * chunkstore.c - content-addressed, zstd-compressed chunks and backup manifests in a
  * directory (chunkstore.h says the layout and that all of this runs off the loop).
  */
+#include "json.h"
 #include "chunkstore.h"
 
 #include <errno.h>
@@ -239,8 +240,7 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 int chunkstore_list_sum(struct json_object *chunks, int64_t size, int64_t chunk_size, char *hex,
 			struct kerr *err)
 {
-	size_t n =
-		json_object_is_type(chunks, json_type_array) ? json_object_array_length(chunks) : 0;
+	size_t n = json_object_is_type(chunks, json_type_array) ? json_array_len(chunks) : 0;
 	EVP_MD_CTX *ctx;
 	unsigned char md[32];
 
@@ -357,7 +357,7 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 	if (!json_object_is_type(disks, json_type_array) || chunk_size <= 0 ||
 	    chunk_size > CHUNKSTORE_CHUNK_SIZE)
 		return err_set(err, EBADMSG, "the manifest has no disks or a bad chunk_size");
-	for (size_t d = 0; d < json_object_array_length(disks); d++) {
+	for (size_t d = 0; d < json_array_len(disks); d++) {
 		struct json_object *disk = json_object_array_get_idx(disks, d);
 		struct json_object *chunks = json_object_object_get(disk, "chunks");
 		const char *name = json_object_get_string(json_object_object_get(disk, "name"));
@@ -368,7 +368,7 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 
 		if (!json_object_is_type(chunks, json_type_array))
 			return err_set(err, EBADMSG, "disk %zu of the manifest has no chunks", d);
-		for (size_t c = 0; c < json_object_array_length(chunks); c++) {
+		for (size_t c = 0; c < json_array_len(chunks); c++) {
 			const char *hex =
 				json_object_get_string(json_object_array_get_idx(chunks, c));
 			struct json_object *b;

@@ -133,7 +133,7 @@ int json_fields_check_in(struct json_object *obj, const struct json_field *field
 int json_array_check(struct json_object *arr, const char *f, const struct json_field *fields,
 		     size_t max, struct kerr *err)
 {
-	size_t n = json_object_array_length(arr);
+	size_t n = json_array_len(arr);
 
 	if (n > max)
 		return err_input(err, 400, f, "'%s' has %zu entries; at most %zu", f, n, max);
@@ -153,7 +153,7 @@ int json_array_check(struct json_object *arr, const char *f, const struct json_f
 int json_array_unique_check(struct json_object *arr, const char *f, const char *key,
 			    const char *kind, struct kerr *err)
 {
-	size_t n = json_object_array_length(arr);
+	size_t n = json_array_len(arr);
 
 	/* Quadratic, over arrays json_array_check() capped at a few dozen entries. */
 	for (size_t i = 0; i < n; i++) {
@@ -200,4 +200,9 @@ const char *json_text(struct json_object *obj)
 {
 	return json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
 							   JSON_C_TO_STRING_NOSLASHESCAPE);
+}
+
+size_t json_array_len(struct json_object *arr)
+{
+	return json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
 }

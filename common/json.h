@@ -54,6 +54,10 @@ int json_fields_check_in(struct json_object *obj, const struct json_field *field
  * Check an array field f of at most max objects, each against fields; an error names
  * "f[i]" or "f[i].member". Returns 0 or -1 with err (status 400).
  */
+/* The length of arr, 0 when it is not an array: json-c's own asserts (ends the daemon)
+ * on anything else, and a missing member is NULL. Use this, never
+ * json_object_array_length(). */
+size_t json_array_len(struct json_object *arr);
 int json_array_check(struct json_object *arr, const char *f, const struct json_field *fields,
 		     size_t max, struct kerr *err);
 /*

@@ -3,6 +3,7 @@
  * controller, which checks every SPEC it builds before it stores and sends it, and
  * the agent, which checks every SPEC it receives or finds on disk.
  */
+#include "json.h"
 #include "spec.h"
 
 #include <arpa/inet.h>
@@ -214,7 +215,7 @@ static int ipv4_check(struct json_object *val, const char *field, struct kerr *e
 
 static int ipv4s_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	for (size_t i = 0; i < json_object_array_length(val); i++) {
+	for (size_t i = 0; i < json_array_len(val); i++) {
 		struct json_object *e = json_object_array_get_idx(val, i);
 
 		if (!json_object_is_type(e, json_type_string) || ipv4_check(e, field, err) < 0)
@@ -341,7 +342,7 @@ static int nics_network_complete(struct json_object *nics, struct kerr *err)
 	static const char *const needed[] = {"ifname", "bridge", "address", "prefix",
 					     "mtu",    "mode",	 NULL};
 
-	for (size_t i = 0; i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; i < json_array_len(nics); i++) {
 		struct json_object *nic = json_object_array_get_idx(nics, i);
 
 		if (json_get_str(nic, "network", NULL) == NULL)
@@ -360,7 +361,7 @@ static int nics_network_complete(struct json_object *nics, struct kerr *err)
 static int array_check(struct json_object *arr, const char *what, const struct json_field *fields,
 		       size_t max, struct kerr *err)
 {
-	size_t n = json_object_array_length(arr);
+	size_t n = json_array_len(arr);
 	char prefix[64];
 
 	if (n > max)
@@ -381,7 +382,7 @@ static int array_check(struct json_object *arr, const char *what, const struct j
 
 static int disks_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	size_t n = json_object_array_length(val);
+	size_t n = json_array_len(val);
 
 	if (array_check(val, "disks", disk_fields, SPEC_DISKS_MAX, err) < 0)
 		return -1;
@@ -417,7 +418,7 @@ static int nics_check(struct json_object *val, const char *field, struct kerr *e
 
 static int boot_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	size_t n = json_object_array_length(val);
+	size_t n = json_array_len(val);
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *el = json_object_array_get_idx(val, i);
@@ -478,7 +479,7 @@ static int digest_check(struct json_object *val, const char *field, struct kerr 
 /* An argv: 1 to SPEC_ARGS_MAX clean strings of at most SPEC_ARG_LEN_MAX bytes. */
 int spec_strings_check(struct json_object *val, const char *field, struct kerr *err)
 {
-	size_t n = json_object_array_length(val);
+	size_t n = json_array_len(val);
 
 	if (n < 1 || n > SPEC_ARGS_MAX)
 		return err_input(err, 400, field, "'%s' needs 1 to %d strings", field,
@@ -562,7 +563,7 @@ static int ctr_nics_check(struct json_object *val, const char *field, struct ker
 {
 	if (array_check(val, field, ctr_nic_fields, SPEC_NICS_MAX, err) < 0)
 		return -1;
-	for (size_t i = 0; i < json_object_array_length(val); i++)
+	for (size_t i = 0; i < json_array_len(val); i++)
 		if (json_get_str(json_object_array_get_idx(val, i), "network", NULL) == NULL)
 			return err_input(err, 400, field,
 					 "nics[%zu] has no network: a container NIC is on one", i);
@@ -601,7 +602,7 @@ static int ctr_caps_check(struct json_object *val, const char *field, struct ker
 {
 	static const char *const allowed[] = {"NET_RAW", NULL};
 
-	for (size_t i = 0; i < json_object_array_length(val); i++) {
+	for (size_t i = 0; i < json_array_len(val); i++) {
 		struct json_object *e = json_object_array_get_idx(val, i);
 
 		if (!json_object_is_type(e, json_type_string))
@@ -647,7 +648,7 @@ static bool spec_is_container(struct json_object *spec)
 static void nulls_strip(struct json_object *obj)
 {
 	if (json_object_is_type(obj, json_type_array)) {
-		for (size_t i = 0; i < json_object_array_length(obj); i++)
+		for (size_t i = 0; i < json_array_len(obj); i++)
 			nulls_strip(json_object_array_get_idx(obj, i));
 		return;
 	}

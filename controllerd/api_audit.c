@@ -57,8 +57,7 @@ enum MHD_Result api_audit_list(struct request *req)
 	json_object_object_add(out, "entries", list);
 	/* A full page may have more after it; a short one is the end for now. */
 	json_object_object_add(out, "next",
-			       (int64_t)json_object_array_length(list) == limit
-				       ? json_object_new_int64(last)
-				       : NULL);
+			       (int64_t)json_array_len(list) == limit ? json_object_new_int64(last)
+								      : NULL);
 	return http_reply_json(req, 200, out);
 }

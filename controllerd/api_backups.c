@@ -181,9 +181,9 @@ enum MHD_Result api_instance_backup(struct request *req)
 
 static int networks_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	if (json_object_array_length(v) > SPEC_NICS_MAX)
+	if (json_array_len(v) > SPEC_NICS_MAX)
 		return err_input(err, 400, f, "%s holds at most %d networks", f, SPEC_NICS_MAX);
-	for (size_t i = 0; i < json_object_array_length(v); i++) {
+	for (size_t i = 0; i < json_array_len(v); i++) {
 		struct json_object *n = json_object_array_get_idx(v, i);
 
 		if (!json_object_is_type(n, json_type_string) ||

@@ -21,7 +21,7 @@
 
 static int strings_check(struct json_object *v, const char *f, size_t min, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	if (n < min || n > SPEC_ARGS_MAX)
 		return err_input(err, 400, f, "'%s' needs %zu to %d strings", f, min,
@@ -129,7 +129,7 @@ static const char *const capabilities_allowed[] = {"NET_RAW", NULL};
 
 static int capabilities_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	if (n > ARRAY_SIZE(capabilities_allowed))
 		return err_input(err, 400, f, "'%s' has too many entries", f);

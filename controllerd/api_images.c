@@ -317,7 +317,7 @@ int image_info_check(const char *out, const char *file, const char *format, int6
 			ret = -1;
 			v = NULL;
 		}
-		for (size_t i = 0; v && i < json_object_array_length(v); i++) {
+		for (size_t i = 0; v && i < json_array_len(v); i++) {
 			const char *fn =
 				json_get_str(json_object_array_get_idx(v, i), "filename", file);
 
@@ -646,7 +646,7 @@ static void oci_ingest_cb(const struct oci_result *res, void *cls)
 		return;
 	}
 	list = json_object_object_get(index, "manifests");
-	if (!json_object_is_type(list, json_type_array) || json_object_array_length(list) != 1) {
+	if (!json_object_is_type(list, json_type_array) || json_array_len(list) != 1) {
 		json_object_put(index);
 		oci_import_fail(im, "the archive must hold exactly one image");
 		return;

@@ -140,7 +140,7 @@ static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 static int boot_check(struct json_object *v, const char *f, struct kerr *err)
 {
 	static const char *const devs[] = {"disk", "network", NULL};
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	if (n > 2)
 		return err_input(err, 400, f, "'%s' lists at most disk and network", f);
@@ -397,7 +397,7 @@ static struct json_object *spec_build(struct json_object *body, int64_t *image_i
 			       json_object_new_boolean(json_get_bool(body, "nested", false)));
 
 	in = json_object_object_get(body, "disks");
-	n = in ? json_object_array_length(in) : 0;
+	n = in ? json_array_len(in) : 0;
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *d = json_object_array_get_idx(in, i),
 				   *o = json_object_new_object();
@@ -507,7 +507,7 @@ fail:
 static bool spec_needs_pool(struct json_object *spec, const char *pool)
 {
 	struct json_object *disks = json_object_object_get(spec, "disks");
-	size_t n = disks ? json_object_array_length(disks) : 0;
+	size_t n = disks ? json_array_len(disks) : 0;
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
@@ -646,7 +646,7 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
 	iid = sqlite3_last_insert_rowid(ctl.db);
-	for (size_t i = 0; p->vm && i < json_object_array_length(disks); i++) {
+	for (size_t i = 0; p->vm && i < json_array_len(disks); i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
 
 		st = db_prepare(ctl.db,
@@ -720,7 +720,7 @@ static void create_enqueue(struct create_plan *p)
 {
 	struct json_object *nics = json_object_object_get(p->spec, "nics");
 
-	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
+	if (json_object_is_type(nics, json_type_array) && json_array_len(nics) > 0)
 		netsync_changed(p->host);
 	cmd_instance(p->host, json_object_get_string(json_object_object_get(p->op, "id")), "create",
 		     p->spec, p->args);
@@ -1203,12 +1203,12 @@ static enum MHD_Result patch_resources(struct request *req, struct inst *i,
 	if (json_object_object_get_ex(body, "disks", &v)) {
 		struct json_object *disks = json_object_object_get(spec, "disks");
 
-		for (size_t k = 0; k < json_object_array_length(v); k++) {
+		for (size_t k = 0; k < json_array_len(v); k++) {
 			struct json_object *want = json_object_array_get_idx(v, k), *d = NULL;
 			const char *dn = json_get_str(want, "name", "");
 			int64_t mb = json_get_int(want, "size_mb", 0);
 
-			for (size_t j = 0; disks && j < json_object_array_length(disks); j++)
+			for (size_t j = 0; disks && j < json_array_len(disks); j++)
 				if (!strcmp(json_get_str(json_object_array_get_idx(disks, j),
 							 "name", ""),
 					    dn))

@@ -60,7 +60,7 @@ static int cidr_check(struct json_object *v, const char *field, struct kerr *err
 
 static int dns_check(struct json_object *v, const char *field, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	if (n > 8)
 		return err_input(err, 400, field, "field '%s' lists at most 8 servers", field);
@@ -80,7 +80,7 @@ static int dns_check(struct json_object *v, const char *field, struct kerr *err)
 
 static int vlans_check(struct json_object *v, const char *field, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *e = json_object_array_get_idx(v, i);
@@ -183,7 +183,7 @@ const struct json_field *const network_patch_fields = patch_fields;
 
 static bool json_list_has(struct json_object *list, const char *s)
 {
-	for (size_t i = 0; list && i < json_object_array_length(list); i++)
+	for (size_t i = 0; list && i < json_array_len(list); i++)
 		if (!strcmp(json_object_get_string(json_object_array_get_idx(list, i)), s))
 			return true;
 	return false;
@@ -219,7 +219,7 @@ static char *uplink_holder(const char *host, const char *iface, int64_t self_id)
 static int uplinks_hosts_check(struct json_object *uplinks, struct json_object *vlans,
 			       int64_t self_id, struct kerr *err)
 {
-	size_t nvlans = vlans ? json_object_array_length(vlans) : 0;
+	size_t nvlans = vlans ? json_array_len(vlans) : 0;
 
 	json_object_object_foreach(uplinks, host, iface)
 	{

@@ -420,7 +420,7 @@ void backup_schedules_cron(int64_t now)
 		json_object_array_add(due, r);
 	}
 	sqlite3_finalize(st);
-	for (size_t i = 0; i < json_object_array_length(due); i++) {
+	for (size_t i = 0; i < json_array_len(due); i++) {
 		struct json_object *r = json_object_array_get_idx(due, i);
 		const char *f[4];
 
@@ -462,6 +462,6 @@ void backup_schedule_op_done(const char *op_id, const char *instance, const char
 		return;
 	}
 	log_info("instance %s: scheduled prune removed %zu backups", instance,
-		 json_object_array_length(json_object_object_get(out, "removed")));
+		 json_array_len(json_object_object_get(out, "removed")));
 	json_object_put(out);
 }

@@ -439,7 +439,7 @@ static struct json_object *ctr_restore_body(struct json_object *spec, const char
 	json_object_object_add(body, "limits", limits);
 	nics = json_object_new_array();
 	v = networks ? networks : json_object_object_get(spec, "nics");
-	for (size_t i = 0; i < json_object_array_length(v); i++) {
+	for (size_t i = 0; i < json_array_len(v); i++) {
 		struct json_object *n = json_object_array_get_idx(v, i), *o;
 		const char *net =
 			networks ? json_object_get_string(n) : json_get_str(n, "network", NULL);
@@ -492,11 +492,11 @@ struct json_object *backup_restore_body(struct json_object *b, const char *name,
 			json_object_object_add(body, restore_keep[i], json_object_get(v));
 	disks = json_object_new_array();
 	v = json_object_object_get(spec, "disks");
-	for (size_t i = 0; i < json_object_array_length(v); i++) {
+	for (size_t i = 0; i < json_array_len(v); i++) {
 		struct json_object *sd = json_object_array_get_idx(v, i), *d;
 		int64_t mb = json_get_int(sd, "size_mb", 0), vsize = -1;
 
-		for (size_t j = 0; j < json_object_array_length(bdisks); j++) {
+		for (size_t j = 0; j < json_array_len(bdisks); j++) {
 			struct json_object *bd = json_object_array_get_idx(bdisks, j);
 
 			if (!strcmp(json_get_str(bd, "name", ""), json_get_str(sd, "name", "")))
@@ -525,7 +525,7 @@ struct json_object *backup_restore_body(struct json_object *b, const char *name,
 	json_object_object_add(body, "disks", disks);
 	nics = json_object_new_array();
 	v = networks ? networks : json_object_object_get(spec, "nics");
-	for (size_t i = 0; i < json_object_array_length(v); i++) {
+	for (size_t i = 0; i < json_array_len(v); i++) {
 		struct json_object *n = json_object_array_get_idx(v, i), *o;
 		const char *net =
 			networks ? json_object_get_string(n) : json_get_str(n, "network", NULL);
@@ -687,7 +687,7 @@ void backups_agent_restarted(struct host *h)
 		json_object_array_add(
 			ids, json_object_new_string((const char *)sqlite3_column_text(st, 0)));
 	sqlite3_finalize(st);
-	for (size_t i = 0; i < json_object_array_length(ids); i++) {
+	for (size_t i = 0; i < json_array_len(ids); i++) {
 		const char *id = json_object_get_string(json_object_array_get_idx(ids, i));
 		struct json_object *op = op_get(id);
 
@@ -727,8 +727,8 @@ static void verify_work_cb(uv_work_t *req)
 		return;
 	}
 	disks = json_object_object_get(m, "disks");
-	for (size_t i = 0; i < json_object_array_length(disks); i++)
-		v->chunks += (int64_t)json_object_array_length(
+	for (size_t i = 0; i < json_array_len(disks); i++)
+		v->chunks += (int64_t)json_array_len(
 			json_object_object_get(json_object_array_get_idx(disks, i), "chunks"));
 	v->bad_count = chunkstore_verify(v->store, m, &v->bad, &err);
 	if (v->bad_count < 0)
@@ -934,7 +934,7 @@ struct json_object *backup_prune(const char *name, const char *instance,
 	out = json_object_new_object();
 	kept = json_object_new_array();
 	removed = json_object_new_array();
-	for (size_t k = 0; k < json_object_array_length(instances); k++) {
+	for (size_t k = 0; k < json_array_len(instances); k++) {
 		const char *inst = json_object_get_string(json_object_array_get_idx(instances, k));
 		int64_t *times = NULL;
 		char(*ids)[65] = NULL;
@@ -1019,11 +1019,11 @@ static void gc_work_cb(uv_work_t *req)
 		}
 		g->manifests++;
 		disks = json_object_object_get(m, "disks");
-		for (size_t i = 0; i < json_object_array_length(disks); i++) {
+		for (size_t i = 0; i < json_array_len(disks); i++) {
 			struct json_object *c = json_object_object_get(
 				json_object_array_get_idx(disks, i), "chunks");
 
-			for (size_t j = 0; j < json_object_array_length(c); j++) {
+			for (size_t j = 0; j < json_array_len(c); j++) {
 				const char *h =
 					json_object_get_string(json_object_array_get_idx(c, j));
 

@@ -79,7 +79,7 @@ static bool placed_on(struct host *h, const char *name)
 
 static struct json_object *unmanaged_find(struct host *h, const char *name)
 {
-	size_t n = h->unmanaged ? json_object_array_length(h->unmanaged) : 0;
+	size_t n = h->unmanaged ? json_array_len(h->unmanaged) : 0;
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *u = json_object_array_get_idx(h->unmanaged, i);
@@ -98,7 +98,7 @@ static struct json_object *unmanaged_find(struct host *h, const char *name)
 void drift_unmanaged_update(struct host *h, struct json_object *reports)
 {
 	size_t n = reports && json_object_is_type(reports, json_type_array)
-			   ? json_object_array_length(reports)
+			   ? json_array_len(reports)
 			   : 0;
 	struct json_object *list = json_object_new_array();
 
@@ -175,7 +175,7 @@ int drift_adopt(struct host *h, struct json_object *spec, struct json_object *re
 	if (!name_valid(name) || (strcmp(type, "vm") && strcmp(type, "container")))
 		return err_input(err, 400, NULL, "the agent's spec of %s is not an instance's",
 				 name);
-	for (size_t i = 0; nics && i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; nics && i < json_array_len(nics); i++) {
 		int64_t pid = port_instance_id(json_object_array_get_idx(nics, i));
 
 		if (pid && id && pid != id)
@@ -234,7 +234,7 @@ int drift_adopt(struct host *h, struct json_object *spec, struct json_object *re
 	}
 	iid = sqlite3_last_insert_rowid(ctl.db);
 	disks = json_object_object_get(spec, "disks");
-	for (size_t i = 0; disks && i < json_object_array_length(disks) && rc == SQLITE_DONE; i++) {
+	for (size_t i = 0; disks && i < json_array_len(disks) && rc == SQLITE_DONE; i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
 		const char *image = json_get_str(json_object_object_get(d, "image"), "name", NULL);
 		char path[512];
@@ -270,7 +270,7 @@ int drift_adopt(struct host *h, struct json_object *spec, struct json_object *re
 		return err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
 	}
 	log_info("instance %s: adopted on host %s", name, h->name);
-	for (size_t i = 0; h->unmanaged && i < json_object_array_length(h->unmanaged); i++)
+	for (size_t i = 0; h->unmanaged && i < json_array_len(h->unmanaged); i++)
 		if (!strcmp(json_get_str(json_object_array_get_idx(h->unmanaged, i), "name", ""),
 			    name)) {
 			json_object_array_del_idx(h->unmanaged, i, 1);

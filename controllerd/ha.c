@@ -259,7 +259,7 @@ int ha_spec_set(struct json_object *spec, struct json_object *ha, struct kerr *e
 {
 	struct json_object *disks = json_object_object_get(spec, "disks"), *o;
 	bool enabled = ha && json_get_bool(ha, "enabled", false);
-	size_t n = disks ? json_object_array_length(disks) : 0;
+	size_t n = disks ? json_array_len(disks) : 0;
 
 	for (size_t i = 0; enabled && i < n; i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
@@ -875,7 +875,7 @@ static int failover_one(struct host *h, struct ha_host *x, int64_t iid, const ch
 		 p ? "starting its prepared copy" : "restarting", to->name,
 		 json_get_str(op, "id", "?"));
 	nics = json_object_object_get(spec, "nics");
-	if (json_object_is_type(nics, json_type_array) && json_object_array_length(nics) > 0)
+	if (json_object_is_type(nics, json_type_array) && json_array_len(nics) > 0)
 		netsync_changed(to);
 	instances_cmd_send(to, json_get_str(op, "id", ""), "create", spec, args);
 	if (p)

@@ -62,9 +62,7 @@ struct sched_view {
 static bool facts_pool(struct json_object *facts, const char *name)
 {
 	struct json_object *pools = json_object_object_get(facts, "pools");
-	size_t n = pools && json_object_is_type(pools, json_type_array)
-			   ? json_object_array_length(pools)
-			   : 0;
+	size_t n = pools && json_object_is_type(pools, json_type_array) ? json_array_len(pools) : 0;
 
 	for (size_t i = 0; i < n; i++)
 		if (!strcmp(json_get_str(json_object_array_get_idx(pools, i), "name", ""), name))
@@ -400,7 +398,7 @@ static struct json_object *report_clean(struct json_object *r)
 		json_object_object_add(out, "oom", json_object_get(v));
 	disks = json_object_new_array();
 	if (json_object_object_get_ex(r, "disks", &v) && json_object_is_type(v, json_type_array)) {
-		for (size_t i = 0; i < json_object_array_length(v) && i < 16; i++) {
+		for (size_t i = 0; i < json_array_len(v) && i < 16; i++) {
 			struct json_object *d = json_object_array_get_idx(v, i), *o;
 
 			if (!json_object_is_type(d, json_type_object) ||
@@ -500,7 +498,7 @@ static void instance_report_store(struct host *h, const char *name, struct json_
 void instances_reconcile(struct host *h, struct json_object *reports)
 {
 	size_t n = reports && json_object_is_type(reports, json_type_array)
-			   ? json_object_array_length(reports)
+			   ? json_array_len(reports)
 			   : 0;
 	sqlite3_stmt *st;
 
@@ -928,7 +926,7 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 	disks = json_object_new_array();
 	rdisks = json_object_object_get(report, "disks");
 	sdisks = json_object_object_get(spec, "disks");
-	for (size_t i = 0; sdisks && i < json_object_array_length(sdisks); i++) {
+	for (size_t i = 0; sdisks && i < json_array_len(sdisks); i++) {
 		struct json_object *d = json_object_array_get_idx(sdisks, i);
 		struct json_object *out = json_object_new_object(),
 				   *img = json_object_object_get(d, "image");
@@ -947,7 +945,7 @@ struct json_object *instance_get_json(const char *name, bool with_history)
 		json_object_object_add(out, "clone",
 				       img ? json_object_new_string(json_get_str(d, "clone", ""))
 					   : NULL);
-		for (size_t j = 0; rdisks && j < json_object_array_length(rdisks); j++) {
+		for (size_t j = 0; rdisks && j < json_array_len(rdisks); j++) {
 			struct json_object *r = json_object_array_get_idx(rdisks, j);
 
 			if (!strcmp(json_get_str(r, "name", ""), dn)) {
@@ -1030,10 +1028,10 @@ void instance_spec_apply(struct json_object *spec, struct json_object *changes)
 		json_object_object_add(spec, "memory", json_object_get(v));
 	if (!json_object_object_get_ex(changes, "disks", &v) || disks == NULL)
 		return;
-	for (size_t i = 0; i < json_object_array_length(v); i++) {
+	for (size_t i = 0; i < json_array_len(v); i++) {
 		struct json_object *want = json_object_array_get_idx(v, i);
 
-		for (size_t j = 0; j < json_object_array_length(disks); j++) {
+		for (size_t j = 0; j < json_array_len(disks); j++) {
 			struct json_object *d = json_object_array_get_idx(disks, j);
 
 			if (!strcmp(json_get_str(d, "name", ""), json_get_str(want, "name", "")))

@@ -528,7 +528,7 @@ void jobs_cron(int64_t now)
 		json_object_array_add(
 			due, json_object_new_string((const char *)sqlite3_column_text(st, 0)));
 	sqlite3_finalize(st);
-	for (size_t i = 0; i < json_object_array_length(due); i++) {
+	for (size_t i = 0; i < json_array_len(due); i++) {
 		struct json_object *op =
 			op_get(json_object_get_string(json_object_array_get_idx(due, i)));
 		enum op_tick tick;
@@ -590,7 +590,7 @@ void jobs_resume(void)
 		json_object_array_add(
 			live, json_object_new_string((const char *)sqlite3_column_text(st, 0)));
 	sqlite3_finalize(st);
-	for (size_t i = 0; i < json_object_array_length(live); i++) {
+	for (size_t i = 0; i < json_array_len(live); i++) {
 		const char *id = json_object_get_string(json_object_array_get_idx(live, i));
 		struct json_object *op = op_get(id);
 		const struct op_kind *k;

@@ -224,7 +224,7 @@ static bool disks_shared(struct json_object *spec, char *which, size_t len)
 {
 	struct json_object *disks = json_object_object_get(spec, "disks");
 
-	for (size_t k = 0; disks && k < json_object_array_length(disks); k++) {
+	for (size_t k = 0; disks && k < json_array_len(disks); k++) {
 		struct json_object *d = json_object_array_get_idx(disks, k);
 
 		if (strcmp(json_get_str(d, "pool", ""), "shared")) {
@@ -269,7 +269,7 @@ static struct host *target_choose(struct json_object *spec, struct host *src, st
 	cands = json_object_object_get(*placement, "candidates");
 	rejected = json_object_object_get(*placement, "rejected");
 	/* The scheduler's order, less the source and hosts of the other accelerator. */
-	for (size_t k = 0; cands && k < json_object_array_length(cands); k++) {
+	for (size_t k = 0; cands && k < json_array_len(cands); k++) {
 		const char *name = json_get_str(json_object_array_get_idx(cands, k), "host", "");
 		const char *why = NULL;
 
@@ -298,7 +298,7 @@ static struct host *target_choose(struct json_object *spec, struct host *src, st
 	if (chosen)
 		return chosen;
 	/* The named host's own reason is the clearest answer. */
-	for (size_t k = 0; want && rejected && k < json_object_array_length(rejected); k++) {
+	for (size_t k = 0; want && rejected && k < json_array_len(rejected); k++) {
 		o = json_object_array_get_idx(rejected, k);
 		if (!strcmp(json_get_str(o, "host", ""), want->name)) {
 			err_input(err, 422, "host", "host %s cannot take %s: %s", want->name,
@@ -1275,7 +1275,7 @@ static void fate_set(struct json_object *f, const char *fate, const char *key, c
 static void evac_finish(struct evacuation *e)
 {
 	struct evacuation **pp;
-	size_t n = json_object_array_length(fates(e)), left = 0;
+	size_t n = json_array_len(fates(e)), left = 0;
 	char why[128];
 
 	for (size_t k = 0; k < n; k++)
@@ -1299,7 +1299,7 @@ static void evac_finish(struct evacuation *e)
 /* Start migrations up to the parallel limit; the end when nothing is left. */
 static void evac_pump(struct evacuation *e)
 {
-	size_t n = json_object_array_length(fates(e)), done = 0;
+	size_t n = json_array_len(fates(e)), done = 0;
 	struct json_object *placement = NULL;
 	char id[LINK_OP_ID_MAX + 1];
 	struct kerr err;
@@ -1343,7 +1343,7 @@ static void evac_pump(struct evacuation *e)
 static void evac_note(struct migration *m)
 {
 	struct evacuation *e = m->evac;
-	size_t n = json_object_array_length(fates(e));
+	size_t n = json_array_len(fates(e));
 
 	for (size_t k = 0; k < n; k++) {
 		struct json_object *f = json_object_array_get_idx(fates(e), k);
@@ -1447,7 +1447,7 @@ enum MHD_Result api_host_evacuate(struct request *req)
 	e->next = evacuations;
 	evacuations = e;
 	log_info("evacuation %s of %s: %zu instances, %d at once", e->id, h->name,
-		 json_object_array_length(list), e->parallel);
+		 json_array_len(list), e->parallel);
 	snprintf(req->audit_op, sizeof(req->audit_op), "%s", e->id);
 	snprintf(busy, sizeof(busy), "%s", e->id);
 	evac_pump(e); /* may end e */
@@ -1459,7 +1459,7 @@ enum MHD_Result api_host_evacuate(struct request *req)
 /* Is host in the placement's rejected list? */
 static bool placement_rejects(struct json_object *rejected, const char *host)
 {
-	for (size_t k = 0; rejected && k < json_object_array_length(rejected); k++)
+	for (size_t k = 0; rejected && k < json_array_len(rejected); k++)
 		if (!strcmp(json_get_str(json_object_array_get_idx(rejected, k), "host", ""), host))
 			return true;
 	return false;
@@ -1504,7 +1504,7 @@ enum MHD_Result api_instance_placement(struct request *req)
 	cands = json_object_object_get(where, "candidates");
 	rejected = json_object_object_get(where, "rejected");
 	hosts = json_object_new_array();
-	for (size_t k = 0; cands && k < json_object_array_length(cands); k++) {
+	for (size_t k = 0; cands && k < json_array_len(cands); k++) {
 		struct json_object *c = json_object_array_get_idx(cands, k), *o;
 
 		if (placement_rejects(rejected, json_get_str(c, "host", "")))
@@ -1517,7 +1517,7 @@ enum MHD_Result api_instance_placement(struct request *req)
 				       json_object_get(json_object_object_get(c, "score")));
 		json_object_array_add(hosts, o);
 	}
-	for (size_t k = 0; rejected && k < json_object_array_length(rejected); k++) {
+	for (size_t k = 0; rejected && k < json_array_len(rejected); k++) {
 		struct json_object *r = json_object_array_get_idx(rejected, k), *o;
 
 		o = json_object_new_object();

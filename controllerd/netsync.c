@@ -132,7 +132,7 @@ static struct json_object *peers_json(const struct host *h, int64_t nid, int64_t
 		if (p == NULL || !underlay_of(p, addr, sizeof(addr)) ||
 		    inet_pton(AF_INET, addr, &a) != 1 || strcmp(addr, self) == 0)
 			continue;
-		for (size_t i = 0; i < json_object_array_length(peers) && !dup; i++)
+		for (size_t i = 0; i < json_array_len(peers) && !dup; i++)
 			dup = !strcmp(json_object_get_string(json_object_array_get_idx(peers, i)),
 				      addr);
 		if (!dup)
@@ -152,7 +152,7 @@ static struct json_object *column_json(sqlite3_stmt *st, int col)
 /* Add s to the array of strings arr unless it is there. */
 static void strings_add(struct json_object *arr, const char *s)
 {
-	for (size_t i = 0; i < json_object_array_length(arr); i++)
+	for (size_t i = 0; i < json_array_len(arr); i++)
 		if (strcmp(json_object_get_string(json_object_array_get_idx(arr, i)), s) == 0)
 			return;
 	json_object_array_add(arr, json_object_new_string(s));
@@ -200,7 +200,7 @@ static struct json_object *control_plane_json(void)
 		    (ntohl(a.s_addr) >> 24) != 127)
 			strings_add(out, addr);
 	}
-	for (size_t i = 0; i < json_object_array_length(out); i++)
+	for (size_t i = 0; i < json_array_len(out); i++)
 		json_object_object_add(
 			seen, json_object_get_string(json_object_array_get_idx(out, i)), NULL);
 	/* A set by name: strings_add()'s linear search made this O(hosts^2). */
@@ -232,7 +232,7 @@ static void port_protection(struct json_object *port, struct json_object *groups
 
 	json_object_object_add(port, "port_security",
 			       json_object_new_boolean(json_get_bool(nic, "port_security", true)));
-	for (size_t i = 0; i < json_object_array_length(names); i++)
+	for (size_t i = 0; i < json_array_len(names); i++)
 		strings_add(groups, json_object_get_string(json_object_array_get_idx(names, i)));
 	json_object_object_add(port, "security_groups", names);
 	json_object_put(spec);
@@ -383,12 +383,12 @@ static void doc_stamp(struct sent *s, struct json_object *doc)
 	struct netver_entry *entries;
 	size_t n, m = 0;
 
-	for (size_t i = 0; i < json_object_array_length(nets); i++) {
+	for (size_t i = 0; i < json_array_len(nets); i++) {
 		struct json_object *net = json_object_array_get_idx(nets, i);
 		struct json_object *segs = json_object_object_get(net, "segments");
 		int64_t nid = json_get_int(net, "id", 0);
 
-		for (size_t j = 0; j < json_object_array_length(segs); j++) {
+		for (size_t j = 0; j < json_array_len(segs); j++) {
 			struct json_object *seg = json_object_array_get_idx(segs, j);
 			struct json_object *ports = json_object_object_get(seg, "ports");
 			char key[64];
@@ -397,14 +397,13 @@ static void doc_stamp(struct sent *s, struct json_object *doc)
 				 (long long)json_get_int(seg, "vlan", 0));
 			strings_add(deps, key);
 			json_object_object_add(contrib, key, json_object_new_int64(1));
-			for (size_t k = 0; k < json_object_array_length(ports); k++) {
+			for (size_t k = 0; k < json_array_len(ports); k++) {
 				struct json_object *port = json_object_array_get_idx(ports, k);
 				struct json_object *names =
 					json_object_object_get(port, "security_groups");
 				const char *addr = json_get_str(port, "address", NULL);
 
-				for (size_t g = 0; addr && g < json_object_array_length(names);
-				     g++) {
+				for (size_t g = 0; addr && g < json_array_len(names); g++) {
 					char gkey[160];
 					struct json_object *d;
 					uint64_t h;
@@ -422,10 +421,10 @@ static void doc_stamp(struct sent *s, struct json_object *doc)
 			}
 		}
 	}
-	for (size_t i = 0; i < json_object_array_length(groups); i++)
+	for (size_t i = 0; i < json_array_len(groups); i++)
 		key_add(deps, "group/%s",
 			json_get_str(json_object_array_get_idx(groups, i), "name", ""));
-	n = json_object_array_length(deps);
+	n = json_array_len(deps);
 	dep_keys = xcalloc(n ? n : 1, sizeof(*dep_keys));
 	for (size_t i = 0; i < n; i++)
 		dep_keys[i] = json_object_get_string(json_object_array_get_idx(deps, i));

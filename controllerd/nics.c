@@ -75,7 +75,7 @@ static int address_check(struct json_object *v, const char *f, struct kerr *err)
 /* Group names, at most SECGROUP_NIC_MAX, each once (that they exist: nics_build()). */
 static int groups_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	if (n > SECGROUP_NIC_MAX)
 		return err_input(err, 400, f, "'%s' names at most %d groups", f, SECGROUP_NIC_MAX);
@@ -140,10 +140,10 @@ int nics_patch_check(struct json_object *v, const char *f, struct kerr *err)
 int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct kerr *err)
 {
 	struct json_object *nics = json_object_object_get(spec, "nics");
-	size_t n = nics ? json_object_array_length(nics) : 0;
+	size_t n = nics ? json_array_len(nics) : 0;
 	char where[40];
 
-	if (json_object_array_length(patch) != n)
+	if (json_array_len(patch) != n)
 		return err_input(err, 400, "nics",
 				 "'nics' must list one object per NIC of the instance (%zu)", n);
 	for (size_t i = 0; i < n; i++) {
@@ -157,7 +157,7 @@ int nics_patch_apply(struct json_object *spec, struct json_object *patch, struct
 					 "%s is isolated: it has no port security or groups",
 					 where);
 		snprintf(where, sizeof(where), "nics[%zu].security_groups", i);
-		for (size_t g = 0; groups && g < json_object_array_length(groups); g++) {
+		for (size_t g = 0; groups && g < json_array_len(groups); g++) {
 			const char *name =
 				json_object_get_string(json_object_array_get_idx(groups, g));
 
@@ -234,7 +234,7 @@ static int netrec_load(const char *name, struct netrec *r)
 
 static bool vlan_listed(struct json_object *vlans, int64_t vlan)
 {
-	for (size_t i = 0; i < json_object_array_length(vlans); i++)
+	for (size_t i = 0; i < json_array_len(vlans); i++)
 		if (json_object_get_int64(json_object_array_get_idx(vlans, i)) == vlan)
 			return true;
 	return false;
@@ -293,7 +293,7 @@ static bool mac_taken(int64_t network_id, const char *mac)
 /* Is mac the MAC of one of the NICs built so far (out) on network net? */
 static bool mac_listed(struct json_object *out, const char *net, const char *mac)
 {
-	for (size_t j = 0; j + 1 < json_object_array_length(out); j++) {
+	for (size_t j = 0; j + 1 < json_array_len(out); j++) {
 		struct json_object *p = json_object_array_get_idx(out, j);
 
 		if (!strcmp(json_get_str(p, "network", ""), net) &&
@@ -319,7 +319,7 @@ static void mac_generate(char out[18])
 struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err)
 {
 	struct json_object *out = json_object_new_array();
-	size_t n = in ? json_object_array_length(in) : 0;
+	size_t n = in ? json_array_len(in) : 0;
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *d = json_object_array_get_idx(in, i),
@@ -371,8 +371,7 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 			err_input(err, 422, where,
 				  "network %s does not carry VLAN %lld (it has %s)", net,
 				  (long long)vlan,
-				  json_object_array_length(r.vlans) ? json_text(r.vlans)
-								    : "no VLANs");
+				  json_array_len(r.vlans) ? json_text(r.vlans) : "no VLANs");
 			netrec_free(&r);
 			goto fail;
 		}
@@ -408,7 +407,7 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 		}
 		snprintf(where, sizeof(where), "nics[%zu].security_groups", i);
 		groups = json_object_object_get(d, "security_groups");
-		for (size_t g = 0; g < (groups ? json_object_array_length(groups) : 0); g++) {
+		for (size_t g = 0; g < (groups ? json_array_len(groups) : 0); g++) {
 			const char *gname =
 				json_object_get_string(json_object_array_get_idx(groups, g));
 
@@ -425,9 +424,8 @@ struct json_object *nics_build(struct json_object *in, bool vm, struct kerr *err
 			o, "port_security",
 			json_object_new_boolean(json_get_bool(d, "port_security", true)));
 		json_object_object_add(o, "security_groups",
-				       groups && json_object_array_length(groups)
-					       ? json_object_get(groups)
-					       : json_object_new_array());
+				       groups && json_array_len(groups) ? json_object_get(groups)
+									: json_object_new_array());
 		json_object_object_add(o, "address", addr ? json_object_new_string(addr) : NULL);
 		json_object_object_add(o, "fixed", json_object_new_boolean(addr != NULL));
 		netrec_free(&r);
@@ -447,7 +445,7 @@ fail:
 struct json_object *nics_sched_request(struct json_object *spec, struct sched_request *sr)
 {
 	struct json_object *nics = json_object_object_get(spec, "nics"), *keep;
-	size_t n = nics ? json_object_array_length(nics) : 0;
+	size_t n = nics ? json_array_len(nics) : 0;
 	struct sched_net *nets = xcalloc(n ? n : 1, sizeof(*nets));
 
 	keep = json_object_new_array();
@@ -501,7 +499,7 @@ void nics_sched_free(struct sched_request *sr)
 int nics_allocate(int64_t iid, const char *instance, struct json_object *spec, struct kerr *err)
 {
 	struct json_object *nics = json_object_object_get(spec, "nics");
-	size_t n = nics ? json_object_array_length(nics) : 0;
+	size_t n = nics ? json_array_len(nics) : 0;
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *nic = json_object_array_get_idx(nics, i);

@@ -759,7 +759,7 @@ int oci_manifest_check(const char *data, size_t len, const char *content_type,
 			err_input(err, 400, "manifests", "an index needs a manifests array");
 			goto out;
 		}
-		for (size_t i = 0; i < json_object_array_length(v); i++) {
+		for (size_t i = 0; i < json_array_len(v); i++) {
 			char field[32];
 
 			snprintf(field, sizeof(field), "manifests[%zu]", i);
@@ -783,7 +783,7 @@ int oci_manifest_check(const char *data, size_t len, const char *content_type,
 		err_input(err, 400, "layers", "an image manifest needs a layers array");
 		goto out;
 	}
-	for (size_t i = 0; i < json_object_array_length(v); i++) {
+	for (size_t i = 0; i < json_array_len(v); i++) {
 		char field[32];
 
 		snprintf(field, sizeof(field), "layers[%zu]", i);

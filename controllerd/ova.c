@@ -1038,7 +1038,7 @@ static char *ovf_text(struct ova_export *ex)
 		    : !strcmp(bus, "sata") ? 5
 					   : 4);
 	}
-	for (size_t i = 0; nics && i < json_object_array_length(nics); i++) {
+	for (size_t i = 0; nics && i < json_array_len(nics); i++) {
 		struct json_object *n = json_object_array_get_idx(nics, i);
 
 		OUT("      <Item><rasd:Address>%s</rasd:Address><rasd:AutomaticAllocation>true"
@@ -1236,7 +1236,7 @@ enum MHD_Result api_instance_export(struct request *req)
 	ex->inst = inst;
 	snprintf(ex->name, sizeof(ex->name), "%s", req->params[0]);
 	snprintf(ex->format, sizeof(ex->format), "%s", format);
-	for (size_t i = 0; disks && i < json_object_array_length(disks) && i < OVA_DISKS_MAX; i++) {
+	for (size_t i = 0; disks && i < json_array_len(disks) && i < OVA_DISKS_MAX; i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
 
 		if (strcmp(json_get_str(d, "pool", "shared"), "shared")) {

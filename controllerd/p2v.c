@@ -631,7 +631,7 @@ static const struct json_field disk_fields[] = {
 
 static int disks_check(struct json_object *v, const char *f, struct kerr *err)
 {
-	size_t n = json_object_array_length(v);
+	size_t n = json_array_len(v);
 
 	if (n == 0)
 		return err_input(err, 400, f, "'%s' needs at least one disk", f);
@@ -803,7 +803,7 @@ enum MHD_Result api_p2v_create(struct request *req)
 		goto fail;
 	}
 	disks = json_object_object_get(body, "disks");
-	for (size_t i = 0; i < json_object_array_length(disks); i++) {
+	for (size_t i = 0; i < json_array_len(disks); i++) {
 		struct p2v_disk *d = &s->disks[i];
 
 		o = json_object_array_get_idx(disks, i);
@@ -1304,7 +1304,7 @@ static struct json_object *cut_instance_body(struct p2v_session *s)
 		json_object_array_add(disks, d);
 	}
 	json_object_object_add(b, "disks", disks);
-	for (size_t i = 0; in_nics && i < json_object_array_length(in_nics); i++) {
+	for (size_t i = 0; in_nics && i < json_array_len(in_nics); i++) {
 		struct json_object *n = json_object_array_get_idx(in_nics, i);
 		struct json_object *o = json_object_new_object();
 
@@ -1862,7 +1862,7 @@ static enum p2v_state state_parse(const char *name)
 
 static void passes_parse(struct p2v_session *s, struct json_object *a)
 {
-	for (size_t i = 0; i < json_object_array_length(a) && s->npasses < P2V_PASSES_MAX; i++) {
+	for (size_t i = 0; i < json_array_len(a) && s->npasses < P2V_PASSES_MAX; i++) {
 		struct json_object *o = json_object_array_get_idx(a, i);
 
 		s->passes[s->npasses++] = (struct p2v_pass){
@@ -2006,8 +2006,7 @@ static struct p2v_session *session_from_row(sqlite3_stmt *st)
 		s->hardware = json_object_new_object();
 	/* Arrays: json_body_parse() takes objects only. */
 	disks = json_tokener_parse(column_text(st, 10));
-	if (!json_object_is_type(disks, json_type_array) ||
-	    json_object_array_length(disks) > P2V_DISKS_MAX) {
+	if (!json_object_is_type(disks, json_type_array) || json_array_len(disks) > P2V_DISKS_MAX) {
 		json_object_put(disks);
 		session_free(s);
 		return NULL;
@@ -2028,7 +2027,7 @@ static struct p2v_session *session_from_row(sqlite3_stmt *st)
 		s->notes = NULL;
 	}
 	snprintf(s->dir, sizeof(s->dir), "%s/" P2V_DIR "/%s", ctl.cfg.shared_pool, s->id);
-	for (size_t i = 0; i < json_object_array_length(disks); i++) {
+	for (size_t i = 0; i < json_array_len(disks); i++) {
 		struct json_object *o = json_object_array_get_idx(disks, i);
 		struct p2v_disk *d = &s->disks[s->ndisks++];
 
@@ -2113,7 +2112,7 @@ void p2v_sessions_load(void)
 		loaded = s;
 	}
 	sqlite3_finalize(st);
-	for (size_t i = 0; i < json_object_array_length(dropped); i++)
+	for (size_t i = 0; i < json_array_len(dropped); i++)
 		store_session_delete(json_object_get_string(json_object_array_get_idx(dropped, i)));
 	json_object_put(dropped);
 	/* Into the list first: ending a session below takes it out of the list. */

@@ -388,7 +388,7 @@ static int page_args(struct request *req, int64_t *n, const char **last)
 static enum MHD_Result page_reply(struct request *req, struct json_object *out, const char *key,
 				  struct json_object *list, int64_t n, const char *base)
 {
-	size_t len = json_object_array_length(list);
+	size_t len = json_array_len(list);
 	struct json_object *body = json_object_new_object();
 	struct MHD_Response *resp;
 	char *text;

@@ -259,7 +259,7 @@ enum role registry_auth_authenticate(struct request *req, const char *authorizat
 
 static bool actions_have(struct json_object *actions, const char *action)
 {
-	for (size_t i = 0; i < json_object_array_length(actions); i++) {
+	for (size_t i = 0; i < json_array_len(actions); i++) {
 		const char *a = json_object_get_string(json_object_array_get_idx(actions, i));
 
 		if (a && (!strcmp(a, action) || !strcmp(a, "*")))
@@ -280,7 +280,7 @@ bool registry_auth_allows(const struct request *req, const char *type, const cha
 
 	if (access == NULL)
 		return true;
-	for (size_t i = 0; i < json_object_array_length(access); i++) {
+	for (size_t i = 0; i < json_array_len(access); i++) {
 		struct json_object *e = json_object_array_get_idx(access, i), *actions;
 
 		if (!strcmp(json_get_str(e, "type", ""), type) &&
@@ -369,7 +369,7 @@ static void scope_grant(struct scope_walk *w, const char *scope, size_t len)
 					json_object_array_add(
 						granted, json_object_new_string(actions[i].action));
 	}
-	if (json_object_array_length(granted) == 0) {
+	if (json_array_len(granted) == 0) {
 		json_object_put(granted);
 		return;
 	}

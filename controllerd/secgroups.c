@@ -108,7 +108,7 @@ struct json_object *secgroup_rules_build(const char *self, struct json_object *r
 					 struct kerr *err)
 {
 	struct json_object *out;
-	size_t n = json_object_array_length(rules);
+	size_t n = json_array_len(rules);
 
 	if (n > SECGROUP_RULES_MAX) {
 		err_input(err, 400, "rules", "a group has at most %d rules", SECGROUP_RULES_MAX);
@@ -204,7 +204,7 @@ static struct json_object *nic_groups(struct json_object *nic)
 	static struct json_object *dflt;
 	struct json_object *names = json_object_object_get(nic, "security_groups");
 
-	if (names && json_object_array_length(names) > 0)
+	if (names && json_array_len(names) > 0)
 		return names;
 	if (dflt == NULL) {
 		dflt = json_object_new_array();
@@ -220,7 +220,7 @@ struct json_object *secgroup_nic_groups(struct json_object *nic)
 
 static bool names_has(struct json_object *names, const char *name)
 {
-	for (size_t i = 0; i < json_object_array_length(names); i++)
+	for (size_t i = 0; i < json_array_len(names); i++)
 		if (strcmp(json_object_get_string(json_object_array_get_idx(names, i)), name) == 0)
 			return true;
 	return false;
@@ -280,7 +280,7 @@ bool secgroup_in_use(const char *name, char *by, size_t len)
 			json_tokener_parse((const char *)sqlite3_column_text(st, 1));
 		struct json_object *nics = json_object_object_get(spec, "nics");
 
-		for (size_t i = 0; !used && i < json_object_array_length(nics); i++) {
+		for (size_t i = 0; !used && i < json_array_len(nics); i++) {
 			struct json_object *names = json_object_object_get(
 				json_object_array_get_idx(nics, i), "security_groups");
 
@@ -298,7 +298,7 @@ bool secgroup_in_use(const char *name, char *by, size_t len)
 		struct json_object *rules =
 			json_tokener_parse((const char *)sqlite3_column_text(st, 1));
 
-		for (size_t i = 0; !used && i < json_object_array_length(rules); i++)
+		for (size_t i = 0; !used && i < json_array_len(rules); i++)
 			if (strcmp(json_get_str(json_object_array_get_idx(rules, i), "group", ""),
 				   name) == 0) {
 				snprintf(by, len, "group %s", sqlite3_column_text(st, 0));
@@ -360,7 +360,7 @@ static struct json_object *members_by_group(void)
 		struct json_object *names = nic_groups(nic);
 		const char *addr = (const char *)sqlite3_column_text(st, 0);
 
-		for (size_t i = 0; nic && i < json_object_array_length(names); i++) {
+		for (size_t i = 0; nic && i < json_array_len(names); i++) {
 			const char *name =
 				json_object_get_string(json_object_array_get_idx(names, i));
 			struct json_object *addrs = json_object_object_get(out, name);
@@ -393,16 +393,16 @@ struct json_object *secgroup_doc_json(struct json_object *names)
 	struct json_object *want = json_object_new_array();
 	struct json_object *members = members_by_group();
 
-	for (size_t i = 0; i < json_object_array_length(names); i++)
+	for (size_t i = 0; i < json_array_len(names); i++)
 		json_object_array_add(want, json_object_get(json_object_array_get_idx(names, i)));
 	/* want grows while it is walked: rules bring in the groups they refer to. */
-	for (size_t i = 0; i < json_object_array_length(want); i++) {
+	for (size_t i = 0; i < json_array_len(want); i++) {
 		const char *name = json_object_get_string(json_object_array_get_idx(want, i));
 		struct json_object *rules = group_rules(name), *g, *addrs;
 
 		if (rules == NULL)
 			rules = json_object_new_array(); /* gone meanwhile: nobody is let in */
-		for (size_t r = 0; r < json_object_array_length(rules); r++) {
+		for (size_t r = 0; r < json_array_len(rules); r++) {
 			const char *ref =
 				json_get_str(json_object_array_get_idx(rules, r), "group", NULL);
 

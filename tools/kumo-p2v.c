@@ -325,7 +325,7 @@ static int64_t device_size(int fd, const char *path)
 /* Match the session's disks (from a pass start) with --disk: by name, else in order. */
 static void disks_bind(struct json_object *list)
 {
-	size_t n = json_object_array_length(list);
+	size_t n = json_array_len(list);
 
 	if (n > DISKS_MAX || (int)n != opt.ndisks)
 		die("the session has %zu disks; give --disk for each", n);

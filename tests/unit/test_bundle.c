@@ -30,7 +30,7 @@ static bool env_has(struct json_object *cfg, const char *kv)
 {
 	struct json_object *env = at(cfg, "process.env");
 
-	for (size_t i = 0; i < json_object_array_length(env); i++)
+	for (size_t i = 0; i < json_array_len(env); i++)
 		if (strcmp(json_object_get_string(json_object_array_get_idx(env, i)), kv) == 0)
 			return true;
 	return false;
@@ -50,7 +50,7 @@ static void test_image_defaults(void **state)
 	(void)state;
 	cfg = bundle_config_build("c1", "/kumo/h1-abc/c1", spec, image, &defaults, &err);
 	assert_non_null(cfg);
-	assert_int_equal(json_object_array_length(at(cfg, "process.args")), 2);
+	assert_int_equal(json_array_len(at(cfg, "process.args")), 2);
 	assert_string_equal(
 		json_object_get_string(json_object_array_get_idx(at(cfg, "process.args"), 0)),
 		"/bin/app");
@@ -84,7 +84,7 @@ static void test_spec_overrides(void **state)
 	(void)state;
 	cfg = bundle_config_build("c2", "/kumo/h1-abc/c2", spec, image, &defaults, &err);
 	assert_non_null(cfg);
-	assert_int_equal(json_object_array_length(at(cfg, "process.args")), 3);
+	assert_int_equal(json_array_len(at(cfg, "process.args")), 3);
 	assert_string_equal(str(cfg, "process.cwd"), "/tmp");
 	assert_true(env_has(cfg, "A=2"));
 	assert_false(env_has(cfg, "A=1"));

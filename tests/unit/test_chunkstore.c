@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "chunkpipe.h"
 #include "chunkstore.h"
 #include "tree.h"
@@ -350,7 +351,7 @@ static void test_pipeline(void **state)
 		assert_int_equal(res.read_bytes, PIPE_DISK_SIZE - 2 * CHUNKSTORE_CHUNK_SIZE);
 		assert_true(res.new_bytes > 0);
 		/* Every named chunk is there and reads back as the disk's bytes. */
-		for (size_t c = 0; c < json_object_array_length(chunks); c++) {
+		for (size_t c = 0; c < json_array_len(chunks); c++) {
 			unsigned char *disk = xmalloc(CHUNKSTORE_CHUNK_SIZE);
 			size_t len, want;
 			off_t off = (off_t)c * CHUNKSTORE_CHUNK_SIZE;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "netdrv.h"
 #include "netnft.h"
 
@@ -113,7 +114,7 @@ static struct json_object *network(struct json_object *doc, size_t ni)
 	struct json_object *networks = json_object_object_get(doc, "networks");
 
 	assert_non_null(networks);
-	assert_true(ni < json_object_array_length(networks));
+	assert_true(ni < json_array_len(networks));
 	return json_object_array_get_idx(networks, ni);
 }
 
@@ -122,7 +123,7 @@ static struct json_object *segment(struct json_object *doc, size_t ni, size_t si
 	struct json_object *segments = json_object_object_get(network(doc, ni), "segments");
 
 	assert_non_null(segments);
-	assert_true(si < json_object_array_length(segments));
+	assert_true(si < json_array_len(segments));
 	return json_object_array_get_idx(segments, si);
 }
 
@@ -131,7 +132,7 @@ static struct json_object *port(struct json_object *doc, size_t ni, size_t si, s
 	struct json_object *ports = json_object_object_get(segment(doc, ni, si), "ports");
 
 	assert_non_null(ports);
-	assert_true(pi < json_object_array_length(ports));
+	assert_true(pi < json_array_len(ports));
 	return json_object_array_get_idx(ports, pi);
 }
 

@@ -102,13 +102,13 @@ static void test_good(void **state)
 	assert_string_equal(json_get_str(d, "bus", ""), "sata");
 	assert_string_equal(json_get_str(d, "file", ""), "disk1.vmdk");
 	n = json_object_object_get(inst, "nics");
-	assert_int_equal(json_object_array_length(n), 2);
+	assert_int_equal(json_array_len(n), 2);
 	assert_string_equal(json_get_str(json_object_array_get_idx(n, 0), "model", ""), "e1000");
 	assert_string_equal(json_get_str(json_object_array_get_idx(n, 0), "mac", ""),
 			    "52:54:00:01:02:03");
 	assert_string_equal(json_get_str(json_object_array_get_idx(n, 1), "model", ""), "virtio");
 	/* The VMXNET3 mapping and the sound card are noted, not dropped. */
-	assert_int_equal(json_object_array_length(json_object_object_get(out, "notes")), 2);
+	assert_int_equal(json_array_len(json_object_object_get(out, "notes")), 2);
 	json_object_put(out);
 }
 

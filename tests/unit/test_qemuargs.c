@@ -33,7 +33,7 @@ static void vm_setup(struct fixture *f, const char *spec, const char *qemu_user)
 		 json_get_str(f->vm.inst.spec, "name", ""));
 	snprintf(f->vm.inst.dir, sizeof(f->vm.inst.dir), "/pool/instances/%s", f->vm.inst.name);
 	if (json_object_object_get_ex(f->vm.inst.spec, "disks", &disks)) {
-		for (size_t i = 0; i < json_object_array_length(disks); i++) {
+		for (size_t i = 0; i < json_array_len(disks); i++) {
 			struct json_object *d = json_object_array_get_idx(disks, i);
 			struct vm_disk *vd = &f->vm.disks[f->vm.ndisks++];
 
