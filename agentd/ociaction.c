@@ -1121,6 +1121,7 @@ static int move_work(struct work *job)
 			"--xattrs",
 			"--xattrs-include=*",
 			"--numeric-owner",
+			"--sparse", /* holes stay holes on the shared pool (backup.c) */
 			"-C",
 			mv->upper,
 			"-cf",
