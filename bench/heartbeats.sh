@@ -20,6 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
+. "$here/simlib.sh"
 hosts=5000 hold=60 join_timeout=300 port=10480 sim_port=12000 sim_args=()
 build=$src/build-bench
 while [ $# -gt 0 ]; do
@@ -27,92 +28,24 @@ while [ $# -gt 0 ]; do
 	--hosts) hosts=$2; shift 2 ;;
 	--hold) hold=$2; shift 2 ;;
 	--join-timeout) join_timeout=$2; shift 2 ;;
-	--build) build=$2; shift 2 ;;
-	--port) port=$2; shift 2 ;;
-	--sim-port) sim_port=$2; shift 2 ;;
 	--full-facts) sim_args+=(--full-facts); shift ;;
-	*) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sim_option "$1" "${2-}" || sim_usage 19; shift 2 ;;
 	esac
 done
-ctld=$build/controllerd/kumo-controllerd
-simhosts=$build/tests/tools/simhosts
-[ -x "$ctld" ] && [ -x "$simhosts" ] || { echo "heartbeats.sh: build kumo-controllerd and simhosts in $build first" >&2; exit 1; }
-
-say() { printf 'heartbeats: %s\n' "$*" >&2; }
-now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-work=$(mktemp -d /tmp/kumo-heartbeats.XXXXXX)
-ctl_pid='' sim_pid=''
-stop_all() {
-	# Only the processes this script started, by their pids.
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true
-	[ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null && wait "$ctl_pid" 2>/dev/null || true
-	sim_pid='' ctl_pid=''
-}
-trap 'stop_all; rm -rf "$work"' EXIT
-
-api_url=http://127.0.0.1:$port
-mkdir -p "$work/shared"
-cat >"$work/ctl.conf" <<EOF
-state_dir = $work/state
-api_listen = 127.0.0.1:$port
-tls = off
-link_address = 127.0.0.1
-join_port = $((port + 1))
-event_port = $((port + 2))
-log_level = warn
-shared_pool = $work/shared
-heartbeat_interval = 1
-join_rate = 100000
-metrics_public = yes
-EOF
-nice -n 5 "$ctld" -c "$work/ctl.conf" >"$work/ctl.log" 2>&1 &
-ctl_pid=$!
-for ((i = 0; i < 150; i++)); do
-	curl -sf "$api_url/healthz" >/dev/null 2>&1 && break
-	kill -0 "$ctl_pid" 2>/dev/null || { tail "$work/ctl.log" >&2; exit 1; }
-	sleep 0.2
-done
-token=$(cat "$work/state/admin.token")
-online() { curl -sS --max-time 30 -H "Authorization: Bearer $token" "$api_url/api/v1" | jq -r '.counts.hosts_online // 0' 2>/dev/null || echo 0; }
-
-# Join tokens from 8 connections at once (group commit batches them).
-python3 - "$api_url" "$token" "$hosts" "$work/tokens" <<'PY'
-import http.client, json, sys, threading, urllib.parse
-url, token, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-u = urllib.parse.urlparse(url)
-h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-toks = [None] * n
-def mint(k):
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-    for i in range(k, n, 8):
-        c.request("POST", "/api/v1/tokens", json.dumps({"kind": "join", "name": "sim%05d" % (i + 1)}), h)
-        r = c.getresponse(); b = r.read()
-        if r.status != 201: sys.exit("join token %d: HTTP %d %s" % (i, r.status, b[:200]))
-        toks[i] = json.loads(b)["token"]
-ts = [threading.Thread(target=mint, args=(k,)) for k in range(8)]
-for t in ts: t.start()
-for t in ts: t.join()
-if None in toks: sys.exit("join tokens: some were not minted")
-open(out, "w").write("".join(t + "\n" for t in toks))
-PY
+sim_setup heartbeats
+sim_bins "$build"
+sim_ctl_conf "$work" 'heartbeat_interval = 1' 'join_rate = 100000' 'metrics_public = yes'
+sim_ctl_start "$work"
+sim_tokens_mint "$hosts" "$work/tokens"
 
 t0=$(now_ms)
-nice -n 5 "$simhosts" --controller "127.0.0.1:$((port + 1))" --tokens "$work/tokens" \
-	--hosts "$hosts" --listen-base "127.0.0.1:$sim_port" "${sim_args[@]}" >"$work/sim.log" 2>&1 &
-sim_pid=$!
-on=0 best=0
-while :; do
-	on=$(online)
-	((on > best)) && best=$on
-	[ "$on" -ge "$hosts" ] && break
-	(($(now_ms) - t0 < join_timeout * 1000)) || break
-	kill -0 "$sim_pid" 2>/dev/null || { tail "$work/sim.log" >&2; exit 1; }
-	sleep 1
-done
+sim_hosts_start "$work/tokens" "$hosts" "$sim_port" "$work/sim.log" "${sim_args[@]}"
+sim_wait_online "$hosts" "$join_timeout" || true
+on=$sim_on best=$sim_best
 all_s=$( ((on >= hosts)) && awk -v ms=$(($(now_ms) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }' || echo "never (best $best)")
 say "$on of $hosts online after $((($(now_ms) - t0) / 1000)) s; holding for $hold s"
 
-c0=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
+c0=$(cpu_ticks "$ctl_pid")
 out=$(python3 - "$api_url" "$token" "$hold" <<'PY'
 import http.client, json, sys, threading, time, urllib.parse
 url, token, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -159,11 +92,11 @@ print("%d %d %d %.0f %.0f %.0f %.0f %d" % (min(online), online[-1], taken, rate,
       lag[0] * 1000, len(lat)))
 PY
 )
-c1=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
+c1=$(cpu_ticks "$ctl_pid")
 read -r on_min on_last taken rate h50 h99 lag nprobe <<<"$out"
 per_beat=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v n="$taken" \
 	'BEGIN { if (n > 0) printf "%.0f", 1e6 * t / hz / n; else print "n/a" }')
-cpu=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v s="$hold" 'BEGIN { printf "%.1f", 100 * t / hz / s }')
+cpu=$(cpu_percent $((c1 - c0)) $((hold * 1000)))
 
 echo "Kumo heartbeat bench - SIMULATED hosts (tests/tools/simhosts: real link, no workloads)"
 echo "build: $build ${sim_args[*]:-}; load average $(cut -d' ' -f1-3 /proc/loadavg)"

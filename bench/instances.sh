@@ -23,6 +23,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
+. "$here/simlib.sh"
 instances=150000 seed_hosts=20 live_hosts=20 samples=30 clients=8 create_s=30
 port=10580 sim_port=31000 build=$src/build-bench
 while [ $# -gt 0 ]; do
@@ -33,84 +34,35 @@ while [ $# -gt 0 ]; do
 	--samples) samples=$2; shift 2 ;;
 	--clients) clients=$2; shift 2 ;;
 	--create-seconds) create_s=$2; shift 2 ;;
-	--build) build=$2; shift 2 ;;
-	--port) port=$2; shift 2 ;;
-	--sim-port) sim_port=$2; shift 2 ;;
-	*) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sim_option "$1" "${2-}" || sim_usage 22; shift 2 ;;
 	esac
 done
-ctld=$build/controllerd/kumo-controllerd
-simhosts=$build/tests/tools/simhosts
+sim_setup instances
+sim_bins "$build"
 oci=$src/build-test/guest/busybox-oci
-[ -x "$ctld" ] && [ -x "$simhosts" ] || { echo "instances.sh: build kumo-controllerd and simhosts in $build first" >&2; exit 1; }
 [ -d "$oci" ] || "$src/tests/guest/build-oci.sh" "$src/build-test/guest" >/dev/null
 
-say() { printf 'instances: %s\n' "$*" >&2; }
-now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-work=$(mktemp -d /tmp/kumo-instances.XXXXXX)
-ctl_pid='' sim_pid=''
-stop_sim() { [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true; sim_pid=''; }
-stop_ctl() { [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null && wait "$ctl_pid" 2>/dev/null || true; ctl_pid=''; }
-# Only the processes this script started, by their pids.
-trap 'stop_sim; stop_ctl; rm -rf "$work"' EXIT
-
-api_url=http://127.0.0.1:$port
 db=$work/state/kumo.db
-mkdir -p "$work/shared"
-cat >"$work/ctl.conf" <<EOF
-state_dir = $work/state
-api_listen = 127.0.0.1:$port
-tls = off
-link_address = 127.0.0.1
-join_port = $((port + 1))
-event_port = $((port + 2))
-log_level = warn
-shared_pool = $work/shared
-heartbeat_interval = 2
-join_rate = 100000
-EOF
-start_ctl() {
-	nice -n 5 "$ctld" -c "$work/ctl.conf" >>"$work/ctl.log" 2>&1 &
-	ctl_pid=$!
-	for ((i = 0; i < 600; i++)); do
-		curl -sf "$api_url/healthz" >/dev/null 2>&1 && break
-		kill -0 "$ctl_pid" 2>/dev/null || { tail "$work/ctl.log" >&2; exit 1; }
-		sleep 0.2
-	done
-	token=$(cat "$work/state/admin.token")
+sim_ctl_conf "$work" 'heartbeat_interval = 2' 'join_rate = 100000'
+# prefix_online: how many hosts named $join_prefix* are online; join waits for its
+# own hosts by name, whatever the controller thinks of the others.
+prefix_online() {
+	curl -sS -H "Authorization: Bearer $token" "$api_url/api/v1/hosts?limit=500&fields=name,state" |
+		jq "[.hosts[] | select(.name | startswith(\"$join_prefix\")) | select(.state == \"online\")] | length" ||
+		echo 0
 }
-online() { curl -sS --max-time 30 -H "Authorization: Bearer $token" "$api_url/api/v1" | jq -r '.counts.hosts_online // 0' 2>/dev/null || echo 0; }
-# join PREFIX N: N simulated hosts named PREFIX00001..., all online.
+# join PREFIX N SIM_PORT: N simulated hosts named PREFIX00001..., all online.
 join() {
-	python3 - "$api_url" "$token" "$2" "$work/tokens-$1" "$1" <<'PY'
-import http.client, json, sys, urllib.parse
-url, token, n, out, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-u = urllib.parse.urlparse(url)
-c = http.client.HTTPConnection(u.hostname, u.port)
-h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-with open(out, "w") as f:
-    for i in range(n):
-        c.request("POST", "/api/v1/tokens", json.dumps({"kind": "join", "name": "%s%05d" % (prefix, i + 1)}), h)
-        r = c.getresponse(); b = r.read()
-        if r.status != 201: sys.exit("join token %d: HTTP %d %s" % (i, r.status, b[:200]))
-        f.write(json.loads(b)["token"] + "\n")
-PY
-	nice -n 5 "$simhosts" --controller "127.0.0.1:$((port + 1))" --tokens "$work/tokens-$1" \
-		--hosts "$2" --prefix "$1" --listen-base "127.0.0.1:$3" >"$work/sim-$1.log" 2>&1 &
-	sim_pid=$!
-	local t0; t0=$(now_ms)
-	until [ "$(curl -sS -H "Authorization: Bearer $token" "$api_url/api/v1/hosts?limit=500&fields=name,state" |
-		jq "[.hosts[] | select(.name | startswith(\"$1\")) | select(.state == \"online\")] | length")" -ge "$2" ]; do
-		(($(now_ms) - t0 < 300000)) || { say "$1 hosts not online"; exit 1; }
-		sleep 0.5
-	done
+	join_prefix=$1
+	sim_tokens_mint "$2" "$work/tokens-$1" "$1"
+	sim_hosts_start "$work/tokens-$1" "$2" "$3" "$work/sim-$1.log" --prefix "$1"
+	sim_wait_online "$2" 300 prefix_online || { say "$1 hosts not online"; exit 1; }
 }
 
 say "phase 1: $seed_hosts seed hosts and the template container"
-start_ctl
+sim_ctl_start "$work"
 join sim "$seed_hosts" "$sim_port"
-NO_PROXY='*' skopeo --insecure-policy copy --dest-tls-verify=false --dest-registry-token "$token" \
-	"oci:$oci:latest" "docker://127.0.0.1:$port/busybox:latest" >/dev/null
+sim_image_push "$oci"
 curl -sS -f -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
 	-d '{"name": "template", "type": "container", "image": "busybox:latest", "command": ["sleep", "infinity"]}' \
 	"$api_url/api/v1/instances" >/dev/null
@@ -118,8 +70,7 @@ for ((i = 0; i < 300; i++)); do
 	[ "$(sqlite3 "$db" "SELECT state FROM instances WHERE name = 'template'")" = running ] && break
 	sleep 0.2
 done
-stop_sim
-stop_ctl
+sim_stop_all
 
 say "seeding $instances instances (bench-only SQL) over $seed_hosts offline hosts"
 t0=$(now_ms)
@@ -139,7 +90,7 @@ EOF
 say "seeded in $((($(now_ms) - t0) / 1000)) s: $(sqlite3 "$db" 'SELECT count(*) FROM instances') instances"
 
 say "phase 2: controller restarted, $live_hosts live hosts"
-start_ctl
+sim_ctl_start "$work"
 join live "$live_hosts" "$((sim_port + seed_hosts))"
 deep=$(printf 'seed-%07d' $((instances * 9 / 10)) | od -An -tx1 | tr -d ' \n')
 out=$(python3 - "$api_url" "$token" "$samples" "$clients" "$create_s" "$deep" <<'PY'

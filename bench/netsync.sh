@@ -20,6 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
+. "$here/simlib.sh"
 hosts=1000 creates=400 tenants=10 port=10380 sim_port=21000 probe_s=30
 build=$src/build-bench
 while [ $# -gt 0 ]; do
@@ -28,57 +29,20 @@ while [ $# -gt 0 ]; do
 	--creates) creates=$2; shift 2 ;;
 	--tenants) tenants=$2; shift 2 ;;
 	--probe-seconds) probe_s=$2; shift 2 ;;
-	--build) build=$2; shift 2 ;;
-	--port) port=$2; shift 2 ;;
-	--sim-port) sim_port=$2; shift 2 ;;
-	*) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sim_option "$1" "${2-}" || sim_usage 18; shift 2 ;;
 	esac
 done
-ctld=$build/controllerd/kumo-controllerd
-simhosts=$build/tests/tools/simhosts
-[ -x "$ctld" ] && [ -x "$simhosts" ] || { echo "netsync.sh: build kumo-controllerd and simhosts in $build first" >&2; exit 1; }
-
-say() { printf 'netsync: %s\n' "$*" >&2; }
-now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-work=$(mktemp -d /tmp/kumo-netsync.XXXXXX)
-ctl_pid='' sim_pid=''
-stop_all() {
-	# Only the processes this script started, by their pids.
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true
-	[ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null && wait "$ctl_pid" 2>/dev/null || true
-	sim_pid='' ctl_pid=''
-}
-trap 'stop_all; rm -rf "$work"' EXIT
-
-api_url=http://127.0.0.1:$port
-mkdir -p "$work/shared"
-cat >"$work/ctl.conf" <<EOF
-state_dir = $work/state
-api_listen = 127.0.0.1:$port
-tls = off
-link_address = 127.0.0.1
-join_port = $((port + 1))
-event_port = $((port + 2))
-log_level = warn
-shared_pool = $work/shared
-heartbeat_interval = 1
-join_rate = 100000
-metrics_public = yes
-EOF
-nice -n 5 "$ctld" -c "$work/ctl.conf" >"$work/ctl.log" 2>&1 &
-ctl_pid=$!
-for ((i = 0; i < 150; i++)); do
-	curl -sf "$api_url/healthz" >/dev/null 2>&1 && break
-	kill -0 "$ctl_pid" 2>/dev/null || { tail "$work/ctl.log" >&2; exit 1; }
-	sleep 0.2
-done
-token=$(cat "$work/state/admin.token")
+sim_setup netsync
+sim_bins "$build"
+sim_ctl_conf "$work" 'heartbeat_interval = 1' 'join_rate = 100000' 'metrics_public = yes'
+sim_ctl_start "$work"
 builds() { curl -sS --max-time 60 "$api_url/metrics" | awk '/^kumo_netsync_doc_builds_total/ { print $2 }'; }
 
 # Join tokens, the tenants' networks and groups, through the API.
-python3 - "$api_url" "$token" "$hosts" "$work/tokens" "$tenants" <<'PY'
+sim_tokens_mint "$hosts" "$work/tokens"
+python3 - "$api_url" "$token" "$tenants" <<'PY'
 import http.client, json, sys, urllib.parse
-url, token, n, out, tenants = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+url, token, tenants = sys.argv[1], sys.argv[2], int(sys.argv[3])
 u = urllib.parse.urlparse(url)
 c = http.client.HTTPConnection(u.hostname, u.port)
 h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
@@ -88,26 +52,14 @@ def post(path, body, want):
     if r.status != want:
         sys.exit("%s: HTTP %d %s" % (path, r.status, b[:200]))
     return json.loads(b) if b else None
-with open(out, "w") as f:
-    for i in range(n):
-        f.write(post("/api/v1/tokens", {"kind": "join", "name": "sim%05d" % (i + 1)}, 201)["token"] + "\n")
 for t in range(tenants):
     post("/api/v1/networks", {"name": "t%d" % t, "mode": "nat", "cidr": "10.%d.0.0/16" % (100 + t)}, 201)
     post("/api/v1/security-groups", {"name": "t%d" % t, "rules": []}, 201)
 PY
 
 t0=$(now_ms)
-nice -n 5 "$simhosts" --controller "127.0.0.1:$((port + 1))" --tokens "$work/tokens" \
-	--hosts "$hosts" --listen-base "127.0.0.1:$sim_port" >"$work/sim.log" 2>&1 &
-sim_pid=$!
-while :; do
-	on=$(curl -sS --max-time 30 -H "Authorization: Bearer $token" "$api_url/api/v1" |
-		jq -r '.counts.hosts_online // 0' 2>/dev/null || echo 0)
-	[ "$on" -ge "$hosts" ] && break
-	(($(now_ms) - t0 < 300000)) || { say "only $on of $hosts online"; exit 1; }
-	kill -0 "$sim_pid" 2>/dev/null || { tail "$work/sim.log" >&2; exit 1; }
-	sleep 0.5
-done
+sim_hosts_start "$work/tokens" "$hosts" "$sim_port" "$work/sim.log"
+sim_wait_online "$hosts" 300 || { say "only $sim_on of $hosts online"; exit 1; }
 say "$hosts simulated hosts online after $((($(now_ms) - t0) / 1000)) s; 20 s idle"
 sleep 5
 b0=$(builds) w0=$(now_ms)
@@ -115,10 +67,9 @@ sleep 20
 b1=$(builds) w1=$(now_ms)
 idle=$(awk -v b=$((b1 - b0)) -v ms=$((w1 - w0)) 'BEGIN { printf "%.1f", b / (ms / 1000) }')
 
-[ "$creates" = 0 ] || NO_PROXY='*' skopeo --insecure-policy copy --dest-tls-verify=false --dest-registry-token "$token" \
-	"oci:$src/build-test/guest/busybox-oci:latest" "docker://127.0.0.1:$port/busybox:latest" >/dev/null
+[ "$creates" = 0 ] || sim_image_push "$src/build-test/guest/busybox-oci"
 say "creating $creates containers over $tenants tenant networks"
-b2=$(builds) w2=$(now_ms) c2=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
+b2=$(builds) w2=$(now_ms) c2=$(cpu_ticks "$ctl_pid")
 out=$(python3 - "$api_url" "$token" "$creates" "$tenants" "$probe_s" <<'PY'
 import http.client, json, sys, threading, time, urllib.parse
 url, token, total, tenants, probe_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
@@ -191,10 +142,9 @@ print("%d %d %.1f %.0f %.0f %.0f %.0f %.0f %.0f %.0f" % (done[0], failed[0], don
       pct(lat["/api/v1/instances?limit=100"], .99)))
 PY
 )
-b3=$(builds) w3=$(now_ms) c3=$(awk '{ print $14 + $15 }' "/proc/$ctl_pid/stat")
+b3=$(builds) w3=$(now_ms) c3=$(cpu_ticks "$ctl_pid")
 read -r c_done c_failed c_rate h50 h99 l50 l99 lag i50 i99 <<<"$out"
-cpu=$(awk -v t=$((c3 - c2)) -v hz="$(getconf CLK_TCK)" -v ms=$((w3 - w2)) \
-	'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')
+cpu=$(cpu_percent $((c3 - c2)) $((w3 - w2)))
 online=$(curl -sS --max-time 60 -H "Authorization: Bearer $token" "$api_url/api/v1" |
 	jq -r '.counts.hosts_online // 0')
 during=$(awk -v b=$((b3 - b2)) -v ms=$((w3 - w2)) 'BEGIN { printf "%.1f", b / (ms / 1000) }')

@@ -24,6 +24,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
+. "$here/simlib.sh"
 sizes="1000 5000"
 create_s=120
 clients=16
@@ -37,89 +38,22 @@ while [ $# -gt 0 ]; do
 	--sizes) sizes=$2; shift 2 ;;
 	--create-seconds) create_s=$2; shift 2 ;;
 	--clients) clients=$2; shift 2 ;;
-	--port) port=$2; shift 2 ;;
-	--sim-port) sim_port=$2; shift 2 ;;
-	--build) build=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
 	--heartbeat) heartbeat=$2; shift 2 ;;
 	-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-	*) echo "usage: $0 [--sizes \"1000 5000\"] [--create-seconds S] [--clients N] [--port P] [--sim-port S] [--build DIR] [--keep]" >&2; exit 2 ;;
+	*) sim_option "$1" "${2-}" || { echo "usage: $0 [--sizes \"1000 5000\"] [--create-seconds S] [--clients N] [--port P] [--sim-port S] [--build DIR] [--keep]" >&2; exit 2; }; shift 2 ;;
 	esac
 done
 
-say() { printf 'scale: %s\n' "$*" >&2; }
-# Time from /proc/uptime: the wall clock of a VM may be stepped while it runs.
-now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+sim_setup scale "$keep"
 
-# An optimised build (the tests' build has sanitizers): the controller, the simulator
-# and the scheduler harness.
+# The controller, the simulator and the scheduler harness.
 say "building in $build"
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON >/dev/null
-nice make -C "$build" -j"$(nproc)" kumo-controllerd simhosts sched_bench >/dev/null
-ctld=$build/controllerd/kumo-controllerd
-simhosts=$build/tests/tools/simhosts
+sim_build "$build" kumo-controllerd simhosts sched_bench
+sim_bins "$build"
 "$src/tests/guest/build-oci.sh" "$build/guest" >/dev/null
 
-work=$(mktemp -d /tmp/kumo-scale.XXXXXX)
-ctl_pid='' sim_pid=''
-stop_all() {
-	# Only the processes this script started, by their pids.
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true
-	[ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null && wait "$ctl_pid" 2>/dev/null || true
-	sim_pid='' ctl_pid=''
-}
-trap 'stop_all; [ $keep = 1 ] || rm -rf "$work"' EXIT
-
-api_url=http://127.0.0.1:$port
-token=''
 kget() { curl -sS --max-time 30 -H "Authorization: Bearer $token" "$api_url$1"; }
-
-start_controller() { # start_controller DIR HEARTBEAT_S
-	local dir=$1 i
-	mkdir -p "$dir/shared"
-	cat >"$dir/ctl.conf" <<EOF
-state_dir = $dir/state
-api_listen = 127.0.0.1:$port
-tls = off
-link_address = 127.0.0.1
-join_port = $((port + 1))
-event_port = $((port + 2))
-log_level = warn
-shared_pool = $dir/shared
-heartbeat_interval = $2
-join_rate = 100000
-EOF
-	nice -n 5 "$ctld" -c "$dir/ctl.conf" >"$dir/ctl.log" 2>&1 &
-	ctl_pid=$!
-	for ((i = 0; i < 150; i++)); do
-		curl -sf "$api_url/healthz" >/dev/null 2>&1 && break
-		kill -0 "$ctl_pid" 2>/dev/null || { tail "$dir/ctl.log" >&2; exit 1; }
-		sleep 0.2
-	done
-	token=$(cat "$dir/state/admin.token")
-}
-
-# mint N FILE: N single-use join tokens through the API, one per line.
-mint() {
-	python3 - "$api_url" "$token" "$1" "$2" <<'PY'
-import http.client, json, sys, urllib.parse
-url, token, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-u = urllib.parse.urlparse(url)
-c = http.client.HTTPConnection(u.hostname, u.port)
-h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-with open(out, "w") as f:
-    for i in range(n):
-        c.request("POST", "/api/v1/tokens",
-                  json.dumps({"kind": "join", "name": "sim%05d" % (i + 1)}), h)
-        r = c.getresponse(); b = r.read()
-        if r.status != 201:
-            sys.exit("join token %d: HTTP %d %s" % (i, r.status, b[:200]))
-        f.write(json.loads(b)["token"] + "\n")
-PY
-}
-
-# cpu_ticks PID: utime + stime in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 declare -A joined join_s online_s rss cpu beat
@@ -128,20 +62,13 @@ for n in $sizes; do
 	dir=$work/$n
 	beat[$n]=${heartbeat:-$(((n + 999) / 1000))}
 	say "$n hosts: controller in $dir, heartbeats every ${beat[$n]} s"
-	start_controller "$dir" "${beat[$n]}"
-	mint "$n" "$dir/tokens"
+	sim_ctl_conf "$dir" "heartbeat_interval = ${beat[$n]}" 'join_rate = 100000'
+	sim_ctl_start "$dir"
+	sim_tokens_mint "$n" "$dir/tokens"
 	t0=$(now_ms)
-	nice -n 5 "$simhosts" --controller "127.0.0.1:$((port + 1))" --tokens "$dir/tokens" \
-		--hosts "$n" --listen-base "127.0.0.1:$sim_port" >"$dir/sim.log" 2>&1 &
-	sim_pid=$!
-	on=0
-	while :; do
-		on=$(kget /api/v1 | jq -r '.counts.hosts_online // 0' 2>/dev/null || echo 0)
-		[ "$on" -ge "$n" ] && break
-		(($(now_ms) - t0 < 300000)) || break
-		kill -0 "$sim_pid" 2>/dev/null || { tail "$dir/sim.log" >&2; exit 1; }
-		sleep 0.5
-	done
+	sim_hosts_start "$dir/tokens" "$n" "$sim_port" "$dir/sim.log"
+	sim_wait_online "$n" 300 || true
+	on=$sim_on
 	joined[$n]=$on
 	join_s[$n]=$(sed -n 's/.*joined in \([0-9.]*\) s.*/\1/p' "$dir/sim.log")
 	online_s[$n]=$(awk -v ms=$(($(now_ms) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
@@ -150,18 +77,16 @@ for n in $sizes; do
 	c0=$(cpu_ticks "$ctl_pid") w0=$(now_ms)
 	sleep 30
 	c1=$(cpu_ticks "$ctl_pid") w1=$(now_ms)
-	cpu[$n]=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v ms=$((w1 - w0)) \
-		'BEGIN { printf "%.1f", 100 * t / hz / (ms / 1000) }')
+	cpu[$n]=$(cpu_percent $((c1 - c0)) $((w1 - w0)))
 	rss[$n]=$(rss_mb "$ctl_pid")
 	say "$n hosts: RSS ${rss[$n]} MB, CPU ${cpu[$n]}% with heartbeats only"
 	largest=$n
-	[ "$n" = "${sizes##* }" ] || stop_all
+	[ "$n" = "${sizes##* }" ] || sim_stop_all
 done
 
 # Creates against the largest cluster, still running.
 say "creates: $clients keep-alive clients for $create_s s against $largest hosts"
-NO_PROXY='*' skopeo --insecure-policy copy --dest-tls-verify=false --dest-registry-token "$token" \
-	"oci:$build/guest/busybox-oci:latest" "docker://127.0.0.1:$port/busybox:latest" >/dev/null
+sim_image_push "$build/guest/busybox-oci"
 creates=$(python3 - "$api_url" "$token" "$clients" "$create_s" <<'PY'
 import http.client, json, sys, threading, time, urllib.parse
 url, token, clients, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -15,49 +15,26 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
+. "$here/simlib.sh"
 clients=1000 secs=10 port=10680 sim_port=21500 build=$src/build-bench
 while [ $# -gt 0 ]; do
 	case $1 in
 	--clients) clients=$2; shift 2 ;;
 	--seconds) secs=$2; shift 2 ;;
-	--port) port=$2; shift 2 ;;
-	--sim-port) sim_port=$2; shift 2 ;;
-	--build) build=$2; shift 2 ;;
 	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-	*) echo "usage: $0 [--clients N] [--seconds S] [--port P] [--sim-port S] [--build DIR]" >&2; exit 2 ;;
+	*) sim_option "$1" "${2-}" || { echo "usage: $0 [--clients N] [--seconds S] [--port P] [--sim-port S] [--build DIR]" >&2; exit 2; }; shift 2 ;;
 	esac
 done
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=ON >/dev/null
-nice make -C "$build" -j"$(nproc)" kumo-controllerd simhosts >/dev/null
-work=$(mktemp -d /tmp/kumo-sse.XXXXXX)
-ctl_pid='' sim_pid=''
-trap '[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null; [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-mkdir -p "$work/shared"
-cat >"$work/ctl.conf" <<EOF
-state_dir = $work/state
-api_listen = 127.0.0.1:$port
-tls = off
-link_address = 127.0.0.1
-join_port = $((port + 1))
-event_port = $((port + 2))
-log_level = warn
-shared_pool = $work/shared
-max_streams_per_token = $((clients + 10))
-api_max_connections = $((clients + 100))
-api_max_connections_per_ip = $((clients + 50))
-EOF
-"$build/controllerd/kumo-controllerd" -c "$work/ctl.conf" >"$work/ctl.log" 2>&1 &
-ctl_pid=$!
-for _ in $(seq 150); do
-	curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && [ -s "$work/state/admin.token" ] && break
-	sleep 0.2
-done
-token=$(cat "$work/state/admin.token")
-curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-	-d '{"kind":"join","name":"sim00001"}' "http://127.0.0.1:$port/api/v1/tokens" | jq -r .token >"$work/tokens"
-"$build/tests/tools/simhosts" --controller "127.0.0.1:$((port + 1))" --tokens "$work/tokens" --hosts 1 \
-	--listen-base "127.0.0.1:$sim_port" >"$work/sim.log" 2>&1 &
-sim_pid=$!
+# At the default priority, as docs/architecture.md's SSE numbers were measured.
+sim_nice=0
+sim_setup sse
+sim_build "$build" kumo-controllerd simhosts
+sim_bins "$build"
+sim_ctl_conf "$work" "max_streams_per_token = $((clients + 10))" \
+	"api_max_connections = $((clients + 100))" "api_max_connections_per_ip = $((clients + 50))"
+sim_ctl_start "$work"
+sim_tokens_mint 1 "$work/tokens"
+sim_hosts_start "$work/tokens" 1 "$sim_port" "$work/sim.log"
 ulimit -n 65536 2>/dev/null || true
 python3 - "$port" "$token" "$clients" "$secs" <<'PY'
 import http.client, json, selectors, socket, sys, threading, time
