@@ -53,8 +53,9 @@ cpu_percent() {
 }
 
 # sim_setup NAME [KEEP]: say() prefixes NAME; a fresh work directory
-# /tmp/kumo-NAME.XXXXXX in $work, removed at exit unless KEEP is 1; $api_url from $port; an EXIT trap that
-# stops the controller and the simulated hosts this script started.
+# /tmp/kumo-NAME.XXXXXX in $work, removed at exit unless KEEP is 1; $api_url from
+# $port; an EXIT trap that stops the controller and the simulated hosts this script
+# started.
 sim_setup() {
 	sim_name=$1 sim_keep=${2:-0}
 	work=$(mktemp -d "/tmp/kumo-$1.XXXXXX")
