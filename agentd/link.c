@@ -76,8 +76,8 @@ static void push_state(struct agent *a, bool ok)
 		a->push_failing_since = now;
 	}
 	if (!a->push_warned && now - a->push_failing_since >= PUSH_WARN_AFTER_US) {
-		log_warnx("link: controller at %s is not taking messages; heartbeats are dropped "
-			  "and op events held until it does",
+		log_warnx("link: controller at %s is not taking messages; the newest heartbeat "
+			  "and op events are held until it does",
 			  a->link.events);
 		a->push_warned = true;
 	}
