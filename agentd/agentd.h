@@ -40,7 +40,7 @@
 
 #define AGENT_PROG		   "kumo-agentd"
 #define AGENT_OPCACHE_SIZE	   128	/* finished or running ops remembered for resends */
-#define AGENT_SENDQ_MAX		   256	/* op events held while the controller is away */
+#define AGENT_SENDQ_MAX		   256	/* events held while the controller is away (sendq.c) */
 #define AGENT_KVM_PROBE_TIMEOUT_MS 3000 /* a guest that has not run by then never will */
 #define AGENT_JOIN_TIMEOUT_MS	   5000
 #define AGENT_JOIN_RETRY_S	   2
@@ -121,6 +121,12 @@ struct sendq_item {
 	char op[LINK_OP_ID_MAX + 1];
 	struct json_object *body;
 	struct sendq_item *next;
+};
+
+/* The events waiting for the push socket, oldest first (sendq.c). */
+struct sendq {
+	struct sendq_item *head, *tail;
+	unsigned len;
 };
 
 struct inst;
@@ -408,8 +414,8 @@ struct agent {
 	int64_t push_failing_since; /* µs */
 	int64_t seq_last;
 	struct seal_replay replay;
-	struct sendq_item *sendq_head, *sendq_tail;
-	unsigned sendq_len;
+	struct sendq sendq;
+	bool console_held; /* a console relay stopped reading until the queue drains */
 	struct opcache ops;
 	struct job *jobs; /* job.c: instance commands at work */
 
@@ -479,6 +485,12 @@ void link_event_send(struct agent *a, enum link_type type, const char *op,
 		     struct json_object *body);
 void link_query_reply(struct agent *a, const char *op, struct json_object *answer,
 		      const char *error);
+int link_console_send(struct agent *a, struct json_object *body);
+
+/* sendq.c */
+int sendq_add(struct sendq *q, enum link_type type, const char *op, struct json_object *body);
+void sendq_pop(struct sendq *q);
+void sendq_clear(struct sendq *q);
 
 /* opcache.c */
 struct op_entry *opcache_find(struct opcache *c, const char *op);
@@ -832,11 +844,13 @@ int console_input_query(struct agent *a, struct json_object *body, struct json_o
 int console_watch_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);
 void console_watches_expire(struct agent *a);
+void console_relays_resume(struct agent *a);
 
 /* vnc.c */
 int vnc_query(struct agent *a, struct json_object *body, struct json_object **answer,
 	      struct kerr *err);
 void vnc_streams_expire(struct agent *a);
+void vnc_streams_resume(struct agent *a);
 
 /* usage.c */
 void usage_annotate(struct json_object *reports);

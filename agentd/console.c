@@ -16,6 +16,7 @@
  */
 #include "agentd.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
@@ -37,6 +38,8 @@ struct serial_conn {
 	int64_t watch_renewed; /* ms; the watch ends LINK_RELAY_LEASE_MS after */
 	struct agent *agent;   /* to send it on */
 	struct pending *queue; /* written once connected */
+	char *held;	       /* read but not yet sent: the link was busy (reading stopped) */
+	size_t held_len;
 };
 
 struct pending {
@@ -58,12 +61,14 @@ static void conn_closed_cb(uv_handle_t *h)
 		c->queue = p->next;
 		free(p);
 	}
+	free(c->held);
 	free(c);
 }
 
-/* What the guest wrote (data, len), or that the port closed (data NULL), to the
- * controller, which relays it to the dashboard's terminals. */
-static void watch_send(struct serial_conn *c, const char *data, size_t len)
+/* What the guest wrote (data, len), or that the port closed (data NULL), as the body
+ * of a LINK_CONSOLE_DATA for the controller, which relays it to the dashboard's
+ * terminals. */
+static struct json_object *watch_body(struct serial_conn *c, const char *data, size_t len)
 {
 	struct json_object *body = json_object_new_object();
 
@@ -75,7 +80,20 @@ static void watch_send(struct serial_conn *c, const char *data, size_t len)
 	} else {
 		json_object_object_add(body, "closed", json_object_new_boolean(true));
 	}
-	link_event_send(c->agent, LINK_CONSOLE_DATA, NULL, body);
+	return body;
+}
+
+/* Relay what the guest wrote if the link is free; else keep it and stop reading the
+ * port until the link drained (console_relays_resume()): the guest then writes only
+ * as fast as the link carries. */
+static void watch_send(struct serial_conn *c, const char *data, size_t len)
+{
+	if (link_console_send(c->agent, watch_body(c, data, len)) != -EAGAIN)
+		return;
+	c->held = xmalloc(len);
+	memcpy(c->held, data, len);
+	c->held_len = len;
+	uv_read_stop((uv_stream_t *)&c->pipe);
 }
 
 static void conn_close(struct serial_conn *c)
@@ -83,8 +101,9 @@ static void conn_close(struct serial_conn *c)
 	if (c->closing)
 		return;
 	c->closing = true;
+	/* Queued, not held: one small message that ends the terminal's stream. */
 	if (c->watched)
-		watch_send(c, NULL, 0);
+		link_event_send(c->agent, LINK_CONSOLE_DATA, NULL, watch_body(c, NULL, 0));
 	for (struct serial_conn **slot = &conns; *slot; slot = &(*slot)->next) {
 		if (*slot == c) {
 			*slot = c->next;
@@ -299,5 +318,30 @@ void console_watches_expire(struct agent *a)
 				 c->name);
 			c->watched = false;
 		}
+	}
+}
+
+/*
+ * Called by link.c once its queue drained after a relay stopped reading: send what each
+ * held (dropped if the watch ended meanwhile: the log has it) and read again, until the
+ * link is busy again.
+ */
+void console_relays_resume(struct agent *a)
+{
+	(void)a;
+	for (struct serial_conn *c = conns; c; c = c->next) {
+		_cleanup_free_ char *held = c->held;
+		size_t len = c->held_len;
+
+		if (held == NULL || c->closing)
+			continue;
+		c->held = NULL;
+		c->held_len = 0;
+		if (c->watched) {
+			watch_send(c, held, len);
+			if (c->held)
+				continue; /* the link is busy again */
+		}
+		uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb);
 	}
 }

@@ -76,8 +76,8 @@ static void push_state(struct agent *a, bool ok)
 		a->push_failing_since = now;
 	}
 	if (!a->push_warned && now - a->push_failing_since >= PUSH_WARN_AFTER_US) {
-		log_warnx("link: controller at %s is not taking messages; heartbeats are dropped "
-			  "and op events held until it does",
+		log_warnx("link: controller at %s is not taking messages; the newest heartbeat "
+			  "and op events are held until it does",
 			  a->link.events);
 		a->push_warned = true;
 	}
@@ -107,37 +107,44 @@ static int push_try(struct agent *a, enum link_type type, const char *op, struct
 	return -1;
 }
 
-static void sendq_pop(struct agent *a)
-{
-	struct sendq_item *it = a->sendq_head;
-
-	a->sendq_head = it->next;
-	if (a->sendq_head == NULL)
-		a->sendq_tail = NULL;
-	a->sendq_len--;
-	json_object_put(it->body);
-	free(it);
-}
-
 static void push_poll_cb(uv_poll_t *handle, int status, int events);
 
-/* Send what the queue holds, in order, until the controller stops taking it. */
+/* Wait for the push socket to take messages again (push_poll_cb). */
+static void push_wait(struct agent *a)
+{
+	if (!a->push_polling && uv_poll_start(&a->push_poll, UV_READABLE, push_poll_cb) == 0)
+		a->push_polling = true;
+}
+
+/*
+ * Send what the queue holds, in order, until the controller stops taking it. Once it
+ * is empty, the console relays that stopped reading (link_console_send()) read again:
+ * QEMU's sockets fill meanwhile, so a flood slows to what the link carries.
+ */
 static void sendq_flush(struct agent *a)
 {
-	while (a->sendq_head) {
-		struct sendq_item *it = a->sendq_head;
+	while (a->sendq.head) {
+		struct sendq_item *it = a->sendq.head;
 
+		/* A heartbeat held while the controller was away, but fenced since. */
+		if (it->type == LINK_HEARTBEAT && !lease_heartbeat_allowed(a)) {
+			sendq_pop(&a->sendq);
+			continue;
+		}
 		if (push_try(a, it->type, it->op, it->body) == -EAGAIN) {
-			if (!a->push_polling &&
-			    uv_poll_start(&a->push_poll, UV_READABLE, push_poll_cb) == 0)
-				a->push_polling = true;
+			push_wait(a);
 			return;
 		}
-		sendq_pop(a);
+		sendq_pop(&a->sendq);
 	}
 	if (a->push_polling) {
 		uv_poll_stop(&a->push_poll);
 		a->push_polling = false;
+	}
+	if (a->console_held) {
+		a->console_held = false;
+		console_relays_resume(a);
+		vnc_streams_resume(a);
 	}
 }
 
@@ -150,54 +157,52 @@ static void push_poll_cb(uv_poll_t *handle, int status, int events)
 	sendq_flush(a);
 }
 
-static void sendq_push(struct agent *a, enum link_type type, const char *op,
-		       struct json_object *body)
-{
-	struct sendq_item *it;
-
-	if (a->sendq_len >= AGENT_SENDQ_MAX) {
-		log_warnx("link: %u op events waiting for the controller; dropping the oldest (%s "
-			  "for op %s)",
-			  a->sendq_len, link_type_name(a->sendq_head->type), a->sendq_head->op);
-		sendq_pop(a);
-	}
-	it = xcalloc(1, sizeof(*it));
-	it->type = type;
-	snprintf(it->op, sizeof(it->op), "%s", op ? op : "");
-	it->body = body;
-	if (a->sendq_tail)
-		a->sendq_tail->next = it;
-	else
-		a->sendq_head = it;
-	a->sendq_tail = it;
-	a->sendq_len++;
-	if (!a->push_polling && uv_poll_start(&a->push_poll, UV_READABLE, push_poll_cb) == 0)
-		a->push_polling = true;
-}
-
 /*
  * Send a message of type (about op, or NULL) to the controller's event socket; body is
- * consumed. While the controller does not take messages, op events wait in order in
- * a bounded queue and are sealed (with a fresh seq) when they leave; heartbeats are
- * dropped instead, as the next one carries newer facts.
+ * consumed. While the controller does not take messages, events wait in order in a
+ * bounded queue and are sealed (with a fresh seq) when they leave; one heartbeat waits
+ * at most, carrying the newest facts. When the queue is full, console data, then the
+ * heartbeat, then progress give way, never an op's end (sendq.c).
  */
 void link_event_send(struct agent *a, enum link_type type, const char *op, struct json_object *body)
 {
+	int dropped;
+
 	if (a->stopping) {
 		json_object_put(body);
 		return;
 	}
-	if (a->sendq_head == NULL && push_try(a, type, op, body) != -EAGAIN) {
+	if (a->sendq.head == NULL && push_try(a, type, op, body) != -EAGAIN) {
 		json_object_put(body);
 		return;
 	}
-	if (type == LINK_HEARTBEAT) {
-		push_state(a, false);
-		log_debug("link: heartbeat dropped; the controller is not taking messages");
-		json_object_put(body);
-		return;
+	dropped = sendq_add(&a->sendq, type, op, body);
+	if (dropped >= 0)
+		log_warnx("link: %u events waiting for the controller; dropped a %s", a->sendq.len,
+			  link_type_name((enum link_type)dropped));
+	push_wait(a);
+}
+
+/*
+ * Send console data (body, consumed) only if it delays nothing: the queue is empty and
+ * the push socket takes it now. Returns 0 when sent, -EAGAIN when not: the relay keeps
+ * its bytes, stops reading its QEMU socket and is resumed (console_relays_resume(),
+ * vnc_streams_resume()) once the queue has drained, so a guest flooding its serial port
+ * or a VNC client asking for full-screen updates never delays heartbeats or op events.
+ * -1: the message could not be sealed or sent at all (dropped).
+ */
+int link_console_send(struct agent *a, struct json_object *body)
+{
+	int ret = -EAGAIN;
+
+	if (!a->stopping && a->sendq.head == NULL && !a->console_held)
+		ret = push_try(a, LINK_CONSOLE_DATA, NULL, body);
+	json_object_put(body);
+	if (ret == -EAGAIN && !a->stopping) {
+		a->console_held = true;
+		push_wait(a);
 	}
-	sendq_push(a, type, op, body);
+	return ret;
 }
 
 /* Answer the request at hand on the command socket; body is consumed. */
@@ -636,8 +641,7 @@ void link_close(struct agent *a)
  */
 void link_sockets_release(struct agent *a)
 {
-	while (a->sendq_head)
-		sendq_pop(a);
+	sendq_clear(&a->sendq);
 	opcache_clear(&a->ops);
 	if (a->rep_sock >= 0)
 		nn_close(a->rep_sock);

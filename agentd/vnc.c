@@ -15,6 +15,7 @@
  */
 #include "agentd.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
@@ -37,6 +38,8 @@ struct vnc_stream {
 	bool connected, closing;
 	int64_t renewed;	 /* ms; closed LINK_RELAY_LEASE_MS after unless renewed */
 	struct vnc_write *queue; /* written once connected, newest first */
+	char *held;		 /* read but not yet sent: the link was busy (reading stopped) */
+	size_t held_len;
 };
 
 struct vnc_write {
@@ -48,7 +51,7 @@ struct vnc_write {
 
 static struct vnc_stream *streams;
 
-static void report(struct vnc_stream *s, const char *data, size_t len)
+static struct json_object *report_body(struct vnc_stream *s, const char *data, size_t len)
 {
 	struct json_object *body = json_object_new_object();
 
@@ -61,7 +64,20 @@ static void report(struct vnc_stream *s, const char *data, size_t len)
 	} else {
 		json_object_object_add(body, "closed", json_object_new_boolean(true));
 	}
-	link_event_send(s->agent, LINK_CONSOLE_DATA, NULL, body);
+	return body;
+}
+
+/* Relay what QEMU wrote if the link is free; else keep it and stop reading the socket
+ * until the link drained (vnc_streams_resume()): QEMU's VNC server then sends updates
+ * only as fast as the link carries them, as to any slow client. */
+static void report(struct vnc_stream *s, const char *data, size_t len)
+{
+	if (link_console_send(s->agent, report_body(s, data, len)) != -EAGAIN)
+		return;
+	s->held = xmalloc(len);
+	memcpy(s->held, data, len);
+	s->held_len = len;
+	uv_read_stop((uv_stream_t *)&s->pipe);
 }
 
 static void closed_cb(uv_handle_t *h)
@@ -74,6 +90,7 @@ static void closed_cb(uv_handle_t *h)
 		s->queue = w->next;
 		free(w);
 	}
+	free(s->held);
 	free(s);
 }
 
@@ -89,8 +106,9 @@ static void stream_close(struct vnc_stream *s, bool tell)
 			break;
 		}
 	}
+	/* Queued, not held: one small message that ends the browser's stream. */
 	if (tell)
-		report(s, NULL, 0);
+		link_event_send(s->agent, LINK_CONSOLE_DATA, NULL, report_body(s, NULL, 0));
 	uv_close((uv_handle_t *)&s->pipe, closed_cb);
 }
 
@@ -318,5 +336,26 @@ void vnc_streams_expire(struct agent *a)
 				 s->id);
 			stream_close(s, true);
 		}
+	}
+}
+
+/*
+ * Called by link.c once its queue drained after a relay stopped reading: send what each
+ * stream held and read again, until the link is busy again.
+ */
+void vnc_streams_resume(struct agent *a)
+{
+	(void)a;
+	for (struct vnc_stream *s = streams; s; s = s->next) {
+		_cleanup_free_ char *held = s->held;
+		size_t len = s->held_len;
+
+		if (held == NULL || s->closing)
+			continue;
+		s->held = NULL;
+		s->held_len = 0;
+		report(s, held, len);
+		if (s->held == NULL)
+			uv_read_start((uv_stream_t *)&s->pipe, alloc_cb, read_cb);
 	}
 }

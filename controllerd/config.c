@@ -77,6 +77,8 @@ static const struct option_def options[] = {
 	 "seconds a connection has to send a request's headers, however it trickles them"},
 	{"api_body_timeout", OPT_INT, OFF(api_body_timeout), "60", 1, 3600,
 	 "seconds a request has to send its body (authorised uploads excepted)"},
+	{"p2v_max_sessions", OPT_INT, OFF(p2v_max_sessions), "16", 1, 10000,
+	 "P2V ingest sessions receiving or cutting over at once (one more is answered 429)"},
 	{"v2v_tcg", OPT_BOOL, OFF(v2v_tcg), "on", 0, 0,
 	 "P2V conversion: run virt-v2v's libguestfs appliance under TCG (a /dev/kvm that is "
 	 "present but broken, as in nested labs, crashes it); off: KVM where it works"},

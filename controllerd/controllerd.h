@@ -32,6 +32,7 @@ struct config {
 	bool metrics_public;	   /* GET /metrics without a token */
 	int audit_keep;		   /* audit rows kept, oldest pruned first */
 	int max_streams_per_token; /* open event streams, log follows and long polls */
+	int p2v_max_sessions;	   /* p2v.c: sessions receiving or cutting over at once */
 	char *link_address;
 	int join_port;
 	int join_rate; /* join requests a second the link takes, in total */

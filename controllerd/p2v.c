@@ -8,7 +8,7 @@
  *
  *   POST /api/v1/p2v/{id}/passes           start a pass (?resume=1: continue the current
  *                                          one); answers the hash the controller holds
- *                                          for every chunk ("" = all zero)
+ *                                          for each chunk holding data (others: zero)
  *   PUT  /api/v1/p2v/{id}/disks/{disk}/chunks/{offset}?sha256=HEX
  *   POST /api/v1/p2v/{id}/actions/cutover  the VM is created from what was received
  *
@@ -754,8 +754,9 @@ enum MHD_Result api_p2v_create(struct request *req)
 	char token[TOKEN_LEN + 1];
 	unsigned char rnd[8];
 	struct kerr err;
-	int64_t now = now_ms();
-	int rc;
+	int64_t now = now_ms(), declared = 0;
+	char why[256];
+	int rc, live = 0;
 
 	if (http_body_json(req, create_fields, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
@@ -773,7 +774,9 @@ enum MHD_Result api_p2v_create(struct request *req)
 			return ret;
 		}
 	}
-	for (s = sessions; s; s = s->next)
+	for (s = sessions; s; s = s->next) {
+		if (s->state <= P2V_CUTTING_OVER)
+			live++;
 		if (!strcmp(s->name, json_get_str(body, "name", "")) &&
 		    s->state <= P2V_CUTTING_OVER) {
 			enum MHD_Result ret = http_reply_error(
@@ -783,6 +786,25 @@ enum MHD_Result api_p2v_create(struct request *req)
 			json_object_put(body);
 			return ret;
 		}
+	}
+	/* Each session holds raw files on the shared pool and a token that writes there. */
+	if (live >= ctl.cfg.p2v_max_sessions) {
+		json_object_put(body);
+		return http_reply_error(req, 429, NULL,
+					"%d p2v sessions are receiving or cutting over, the most "
+					"p2v_max_sessions allows; finish or delete one first",
+					live);
+	}
+	/* The raw files start sparse but fill as the source sends; and its cutover
+	 * converts them. Refuse at once what could only fill the pool. */
+	disks = json_object_object_get(body, "disks");
+	for (size_t i = 0; i < json_array_len(disks); i++)
+		declared += json_get_int(json_object_array_get_idx(disks, i), "size_bytes", 0);
+	if (image_room_check(declared, why, sizeof(why)) < 0) {
+		json_object_put(body);
+		return http_reply_error(req, 507, "disks", "the session's disks are refused: %s",
+					why);
+	}
 	s = xcalloc(1, sizeof(*s));
 	random_bytes(rnd, sizeof(rnd));
 	hex_encode(rnd, sizeof(rnd), s->id);
@@ -802,7 +824,6 @@ enum MHD_Result api_p2v_create(struct request *req)
 		s->dir[0] = '\0';
 		goto fail;
 	}
-	disks = json_object_object_get(body, "disks");
 	for (size_t i = 0; i < json_array_len(disks); i++) {
 		struct p2v_disk *d = &s->disks[i];
 
@@ -1202,21 +1223,24 @@ enum MHD_Result api_p2v_pass_start(struct request *req)
 		session_op_progress(s, phase);
 		session_save(s);
 	}
+	/* Only the chunks that hold data, keyed by index: the answer grows with what was
+	 * received, never with the disks' declared size (16 TiB is 16 M chunks). */
 	for (int i = 0; i < s->ndisks; i++) {
 		struct p2v_disk *d = &s->disks[i];
-		struct json_object *dj = json_object_new_object(), *hashes;
+		struct json_object *dj = json_object_new_object(), *stored;
+		char key[16];
 
-		hashes = json_object_new_array_ext((int)d->nchunks);
+		stored = json_object_new_object();
 		for (uint32_t c = 0; c < d->nchunks; c++) {
-			if (d->has_data[c])
-				hex_encode(d->hash[c], 32, hex);
-			else
-				hex[0] = '\0';
-			json_object_array_add(hashes, json_object_new_string(hex));
+			if (!d->has_data[c])
+				continue;
+			hex_encode(d->hash[c], 32, hex);
+			snprintf(key, sizeof(key), "%u", c);
+			json_object_object_add(stored, key, json_object_new_string(hex));
 		}
 		json_object_object_add(dj, "name", json_object_new_string(d->name));
 		json_object_object_add(dj, "size_bytes", json_object_new_int64(d->size));
-		json_object_object_add(dj, "hashes", hashes);
+		json_object_object_add(dj, "stored", stored);
 		json_object_array_add(disks, dj);
 	}
 	o = json_object_new_object();

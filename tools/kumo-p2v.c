@@ -300,7 +300,8 @@ struct disk {
 	const char *name, *path;
 	int fd;
 	int64_t size;
-	struct json_object *hashes; /* the controller's, from the pass start */
+	struct json_object *hashes; /* the controller's, from the pass start: {index: hex}
+				     * for the chunks holding data */
 };
 
 static struct disk disks[DISKS_MAX];
@@ -353,7 +354,7 @@ static void disks_bind(struct json_object *list)
 			die("%s is %lld bytes; the session's disk %s is %lld", disks[i].path,
 			    (long long)disks[i].size, name,
 			    (long long)json_get_int(d, "size_bytes", -1));
-		disks[i].hashes = json_object_object_get(d, "hashes");
+		disks[i].hashes = json_object_object_get(d, "stored");
 	}
 	ndisks = (int)n;
 }
@@ -442,7 +443,7 @@ static void *pass_worker(void *arg)
 		bool zero;
 		const char *have;
 		unsigned char md[32];
-		char hex[65];
+		char hex[65], key[24];
 		bool send = true;
 
 		pthread_mutex_lock(&pw->lock);
@@ -454,7 +455,8 @@ static void *pass_worker(void *arg)
 		d = &disks[i];
 		off = c * chunk_size;
 		len = (size_t)(d->size - off < chunk_size ? d->size - off : chunk_size);
-		have = json_object_get_string(json_object_array_get_idx(d->hashes, (size_t)c));
+		snprintf(key, sizeof(key), "%lld", (long long)c);
+		have = json_object_get_string(json_object_object_get(d->hashes, key));
 		while (got < len) {
 			ssize_t n = pread(d->fd, buf + got, len - got, off + (off_t)got);
 

@@ -11,7 +11,10 @@
 #   - a client killed mid-pass resumes without resending a stored chunk;
 #   - a wrong, used or expired ingest token is 401, a chunk whose hash does not match
 #     is 400 and not stored, a chunk outside the disk is 400;
-#   - DELETE abandons a session: its operation is cancelled and its files are gone.
+#   - DELETE abandons a session: its operation is cancelled and its files are gone;
+#   - a session larger than the shared pool's free space is 507, the 17th live session
+#     429 (p2v_max_sessions, 16 by default), nothing created; a pass start lists only
+#     the chunks that hold data.
 # kumo-p2v reads the machine's disk from the host side (the raw file QEMU runs on)
 # rather than inside the guest: the busybox test image has no room for a TLS client
 # and its libraries, and the disk is the same bytes either way.
@@ -51,6 +54,29 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 mkdir -p "$W"
+
+# ---- limits: the pool's free space and the number of live sessions ----
+live() { curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" "$KUMO_URL/api/v1/p2v" | jq '[.sessions[] | select(.state == "receiving" or .state == "cutting-over")] | length'; }
+p2v_dirs() { find "$KUMO_LAB_DIR/shared/p2v" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l || true; }  # none before the first session
+[ "$(live)" = 0 ] || fail "p2v sessions were left from an earlier run"
+dirs=$(p2v_dirs)
+api POST /api/v1/p2v '{"name":"p2vhuge","disks":[{"name":"root","size_bytes":17592186044416}]}'
+expect_status 507 "a 16 TiB session on a smaller pool"
+jqb .error | grep -q "free space" || fail "the refusal does not say why: $BODY"
+[ "$(live)" = 0 ] && [ "$(p2v_dirs)" = "$dirs" ] || fail "the refused session left a session or files"
+for i in $(seq 1 16); do
+	api POST /api/v1/p2v '{"name":"p2vcap'"$i"'","disks":[{"name":"root","size_bytes":1048576}]}'
+	expect_status 201 "live session $i of 16"
+done
+api POST /api/v1/p2v '{"name":"p2vcap17","disks":[{"name":"root","size_bytes":1048576}]}'
+expect_status 429 "the 17th live session"
+jqb .error | grep -q p2v_max_sessions || fail "the refusal does not name the cap: $BODY"
+[ "$(live)" = 16 ] || fail "$(live) live sessions after the refusal"
+for id in $(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" "$KUMO_URL/api/v1/p2v" | jq -r '.sessions[].id'); do
+	api DELETE "/api/v1/p2v/$id"
+done
+[ "$(live)" = 0 ] || fail "the capped sessions were not deleted"
+pass "a session larger than the pool's free space 507, the 17th live one 429; nothing created"
 
 # booted NAME: the VM printed its boot marker within 240 s; otherwise fail with its console
 booted() {
@@ -219,6 +245,10 @@ op=$(jqb .operation)
 [ "$(stat -c %b "$KUMO_LAB_DIR/shared/p2v/$SID/root.raw")" = 0 ] || fail "a refused chunk reached the disk file"
 put_chunk 0 "$W/chunk" "$h"
 [ "$STATUS" = 204 ] || fail "a good chunk: HTTP $STATUS $BODY"
+# The pass start lists only what holds data: its size follows what was received.
+stored_keys=$(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $TOKEN" -X POST \
+	"$KUMO_URL/api/v1/p2v/$SID/passes?resume=1" | jq -c '.disks[0].stored')
+[ "$stored_keys" = "{\"0\":\"$h\"}" ] || fail "the pass start lists $stored_keys, not chunk 0 alone"
 api DELETE "/api/v1/p2v/$SID"
 expect_status 204
 [ ! -e "$KUMO_LAB_DIR/shared/p2v/$SID" ] || fail "DELETE left the session's files"

@@ -160,7 +160,7 @@ unsynced() { sqlite3 -cmd '.timeout 5000' "$DB" "SELECT unsynced FROM p2v_chunks
 synced() { [ "$(unsynced "$1")" = 0 ]; }
 pass_hash() {
 	curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $TOKEN" -X POST \
-		"$KUMO_URL/api/v1/p2v/$SID/passes" | jq -r ".disks[0].hashes[$1]"
+		"$KUMO_URL/api/v1/p2v/$SID/passes" | jq -r ".disks[0].stored[\"$1\"] // \"\""
 }
 session p2vpl $((4 * MB))
 put_chunk 1
