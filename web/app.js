@@ -197,7 +197,7 @@ function onEvent(ev) {
   S.events.unshift(ev);
   if (S.events.length > 50) S.events.length = 50;
   const d = ev.data || {};
-  if (ev.type.startsWith("operation-") && d.id) S.ops.set(d.id, d);
+  if (ev.type.startsWith("operation-") && d.id) { opRateNote(d); S.ops.set(d.id, d); }
   else if (ev.type === "instance-deleted" && d.name) S.insts.delete(d.name);
   else if (ev.type.startsWith("instance-") && d.name) refetch.insts.add(d.name);
   else if (ev.type === "host-deleted" && d.name) S.hosts.delete(d.name);
@@ -352,17 +352,51 @@ function hostRow(h) {
     el("td", {}, net.in_sync === false ? el("span", { class: "state-pending" }, "syncing") : "in sync"));
 }
 
+/*
+ * A backup reports its bytes only inside its phase ("reading disk root: 12 of 64 MiB"):
+ * the page derives the rate from two such reports on the same disk, timed by the
+ * controller's updated_at (so a burst of events replayed after a reconnect stays right).
+ */
+const opRates = new Map(); /* op id -> { disk, mib, at, bps } */
+function opRateNote(o) {
+  const m = /^reading disk (\S+): (\d+) of (\d+) MiB/.exec(o.phase || "");
+  if (!m || !o.updated_at) return;
+  const prev = opRates.get(o.id), mib = Number(m[2]);
+  const bps = prev && prev.disk === m[1] && o.updated_at > prev.at && mib > prev.mib
+    ? ((mib - prev.mib) * 1048576 * 1000) / (o.updated_at - prev.at) : prev && prev.disk === m[1] ? prev.bps : 0;
+  opRates.set(o.id, { disk: m[1], mib, at: o.updated_at, bps });
+}
+
+/* An active operation: its bar (percent) and what it is doing, in numbers. */
 function opProgress(o) {
   const m = (o.result && o.result.migration) || o.migration || null;
   const bits = [o.phase || o.status];
   if (m) {
     if (m.ram_transferred !== undefined) bits.push(bytes(m.ram_transferred) + " of " + bytes(m.ram_total));
+    if (m.bandwidth_mbps) bits.push("at " + Number(m.bandwidth_mbps).toFixed(1) + " Mbit/s");
     if (m.dirty_rate_pps !== undefined) bits.push(m.dirty_rate_pps + " pages/s dirty");
     if (m.expected_downtime_ms !== undefined) bits.push("downtime ≈ " + m.expected_downtime_ms + " ms");
   }
-  const b = o.result && (o.result.bytes_done !== undefined ? o.result : null);
-  if (b) bits.push(bytes(b.bytes_done) + (b.rate_bps ? " at " + bytes(b.rate_bps) + "/s" : ""));
-  return el("div", {}, bar(o.progress || 0, 100, (o.progress || 0) + "% · " + bits.join(" · ")));
+  const r = opRates.get(o.id);
+  if (r && r.bps) bits.push("at " + bytes(r.bps) + "/s");
+  return el("div", { class: "op-progress", "data-progress": o.progress || 0 },
+    bar(o.progress || 0, 100, (o.progress || 0) + "% · " + bits.join(" · ")));
+}
+
+/* A finished operation: its error, or what it did (a backup's bytes and rate, a
+ * migration's downtime), else its last phase. */
+function opOutcome(o) {
+  if (o.error) return el("span", { class: "error" }, o.error);
+  const b = o.result && typeof o.result.backup === "object" ? o.result.backup : null;
+  if (b && b.read_bytes !== undefined)
+    return el("span", { class: "op-outcome" }, bytes(b.read_bytes) + " read" +
+      (b.duration_ms > 0 ? " at " + bytes((b.read_bytes * 1000) / b.duration_ms) + "/s" : "") +
+      (b.new_bytes !== undefined ? ", " + bytes(b.new_bytes) + " new in the store" : "") +
+      (b.duration_ms !== undefined ? " in " + (b.duration_ms / 1000).toFixed(1) + " s" : ""));
+  if (o.kind === "migrate" && o.result && o.result.downtime_ms !== undefined)
+    return el("span", { class: "op-outcome" }, (o.result.strategy || "migrated") + ", downtime " + o.result.downtime_ms + " ms" +
+      (o.result.migration && o.result.migration.ram_transferred ? ", " + bytes(o.result.migration.ram_transferred) + " of memory sent" : ""));
+  return o.phase || "";
 }
 
 /* An operation's target is "instances/NAME", "hosts/NAME", "images/NAME"...: its link. */
@@ -381,7 +415,7 @@ function opRow(o, withCancel) {
     el("td", {}, targetLink(o.target)),
     el("td", {}, o.host || ""),
     el("td", {}, stateSpan(o.status)),
-    el("td", {}, active ? opProgress(o) : o.error ? el("span", { class: "error" }, o.error) : o.phase || ""),
+    el("td", {}, active ? opProgress(o) : opOutcome(o)),
     el("td", {}, ago(o.updated_at || o.created_at)),
     withCancel ? el("td", {}, active ? actionButton("Cancel", "operator", () => act("cancel", () =>
       api("POST", "/api/v1/operations/" + o.id + "/actions/cancel"))) : "") : null);

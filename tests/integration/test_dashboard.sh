@@ -2,11 +2,13 @@
 # test_dashboard.sh - the web dashboard in a real browser (tests/browser/dashboard.mjs:
 # Playwright driving Debian's Chromium, headless): sign-in, live updates over SSE, a
 # container created from the form, its logs, a VM's serial console, a form error next to
-# its field, a viewer's disabled actions, a revoked token returning to sign-in, page
-# weight and the time to draw a large overview; here, around it: the HA view's history
-# from the controller (a maintenance round made before the browser signs in), and a VNC
-# relay the agent ends by itself after the controller is killed. Screenshots land in
-# BUILD/artifacts/dashboard/. playwright-core comes pinned from tests/browser's lockfile.
+# its field, a VM backup's progress bar moving, a viewer's disabled actions, a revoked
+# token returning to sign-in, page weight and the time to draw a large overview; here,
+# around it: the HA view's history from the controller (a maintenance round made before
+# the browser signs in), a VNC relay the agent ends by itself after the controller is
+# killed, and last (dashboard_migrate.mjs) a migration started from the migrate picker
+# with its progress bar moving. Screenshots land in BUILD/artifacts/dashboard/.
+# playwright-core comes pinned from tests/browser's lockfile.
 . "$(dirname "$0")/lib.sh"
 
 VM=dash-vm1
@@ -216,7 +218,7 @@ wait_until 60 "the screen socket open (QEMU's RFB greeting relayed)" grep -q "10
 wait_until 30 "the agent connected to $VM's VNC server" vnc_clients_are 1
 VNC_OPENED=$SECONDS
 
-cp "$KUMO_SRC/tests/browser/dashboard.mjs" "$NPM_DIR/"
+cp "$KUMO_SRC"/tests/browser/*.mjs "$NPM_DIR/"
 MHOST=$MHOST_DONE KUMO_URL=$KUMO_URL ADMIN=$ADMIN VIEWER=$VIEWER VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
 	NODE_EXTRA_CA_CERTS=$KUMO_CACERT node "$NPM_DIR/dashboard.mjs" ||
 	fail "the browser test failed (screenshots in $KUMO_BUILD_DIR/artifacts/dashboard)"
@@ -237,3 +239,13 @@ lab up --hosts 3 >/dev/null
 wait_until 60 "3 hosts online after the controller restart" all_online 3
 wait_until 60 "the agent closed the orphaned VNC stream" vnc_clients_are 0
 pass "a VNC relay open past the 20 s lease kept its stream; orphaned by a controller kill -9, the agent closed it (QEMU has no VNC client left)"
+
+# Last, as it moves the VM (and would end the screen relay held above): a live migration
+# started from the migrate picker, its progress bar watched moving on the VM's page.
+KUMO_URL=$KUMO_URL ADMIN=$ADMIN VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
+	NODE_EXTRA_CA_CERTS=$KUMO_CACERT node "$NPM_DIR/dashboard_migrate.mjs" ||
+	fail "the browser's migration test failed (screenshots in $KUMO_BUILD_DIR/artifacts/dashboard)"
+api GET "/api/v1/instances/$VM"
+[ "$(jqb .host)" != "$vmhost" ] && [ "$(jqb .state)" = running ] ||
+	fail "after the migration from the dashboard $VM is $(jqb .state) on $(jqb .host)"
+pass "a migration started from the dashboard moved $VM off $vmhost; its progress bar moved on screen"
