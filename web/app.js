@@ -354,17 +354,25 @@ function hostRow(h) {
 
 /*
  * A backup reports its bytes only inside its phase ("reading disk root: 12 of 64 MiB"):
- * the page derives the rate from two such reports on the same disk, timed by the
- * controller's updated_at (so a burst of events replayed after a reconnect stays right).
+ * the page derives the disk's read rate from its first such report and the latest,
+ * timed by the controller's updated_at (so a burst of events replayed after a reconnect
+ * stays right, and two reports close together do not make a spike).
  */
-const opRates = new Map(); /* op id -> { disk, mib, at, bps } */
+const READING = /^reading disk (\S+): (\d+) of \d+ MiB/;
+const opRates = new Map(); /* op id -> { disk, mib, at, bps }: the disk's first report */
 function opRateNote(o) {
-  const m = /^reading disk (\S+): (\d+) of (\d+) MiB/.exec(o.phase || "");
+  const m = READING.exec(o.phase || "");
+  if (o.status !== "pending" && o.status !== "running") opRates.delete(o.id);
   if (!m || !o.updated_at) return;
-  const prev = opRates.get(o.id), mib = Number(m[2]);
-  const bps = prev && prev.disk === m[1] && o.updated_at > prev.at && mib > prev.mib
-    ? ((mib - prev.mib) * 1048576 * 1000) / (o.updated_at - prev.at) : prev && prev.disk === m[1] ? prev.bps : 0;
-  opRates.set(o.id, { disk: m[1], mib, at: o.updated_at, bps });
+  const first = opRates.get(o.id), mib = Number(m[2]);
+  if (!first || first.disk !== m[1]) opRates.set(o.id, { disk: m[1], mib, at: o.updated_at, bps: 0 });
+  else if (o.updated_at > first.at && mib > first.mib)
+    first.bps = ((mib - first.mib) * 1048576 * 1000) / (o.updated_at - first.at);
+}
+/* The read rate while o reads the disk its rate is of, else 0. */
+function opRate(o) {
+  const m = READING.exec(o.phase || ""), r = opRates.get(o.id);
+  return m && r && r.disk === m[1] ? r.bps : 0;
 }
 
 /* An active operation: its bar (percent) and what it is doing, in numbers. */
@@ -377,8 +385,7 @@ function opProgress(o) {
     if (m.dirty_rate_pps !== undefined) bits.push(m.dirty_rate_pps + " pages/s dirty");
     if (m.expected_downtime_ms !== undefined) bits.push("downtime ≈ " + m.expected_downtime_ms + " ms");
   }
-  const r = opRates.get(o.id);
-  if (r && r.bps) bits.push("at " + bytes(r.bps) + "/s");
+  if (opRate(o)) bits.push("at " + bytes(opRate(o)) + "/s");
   return el("div", { class: "op-progress", "data-progress": o.progress || 0 },
     bar(o.progress || 0, 100, (o.progress || 0) + "% · " + bits.join(" · ")));
 }

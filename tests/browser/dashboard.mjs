@@ -354,6 +354,25 @@ try {
   console.log(`dashboard: overview of 100 hosts / 1,000 instances rendered in ${times[2].toFixed(1)} ms ` +
     `(median of 5; goal <= 200 ms; SIMULATED records)`);
   await shot(spage, "overview-large");
+
+  step = "a backup's rate in its progress bar (SIMULATED reports)";
+  // A real backup of the lab's 64 MiB disk is read between two reports; two reports of
+  // a bigger one, 2 s apart, handed to the page's event handler as the stream would.
+  await spage.evaluate(() => {
+    const op = { id: "sim-backup", kind: "instance-backup", target: "instances/simi0", status: "running",
+      created_at: Date.now() - 5000, updated_at: Date.now() - 2000, progress: 10, phase: "reading disk root: 100 of 4096 MiB" };
+    onEvent({ type: "operation-updated", time: Date.now(), data: op });
+    onEvent({ type: "operation-updated", time: Date.now(),
+      data: { ...op, updated_at: op.updated_at + 2000, progress: 12, phase: "reading disk root: 180 of 4096 MiB" } });
+  });
+  const simBar = spage.locator('tr[data-op="sim-backup"] .op-progress');
+  await simBar.filter({ hasText: "reading disk root: 180 of 4096 MiB · at 40.0 MiB/s" }).waitFor();
+  const withRate = (await simBar.textContent()).trim();
+  await spage.evaluate(() => onEvent({ type: "operation-updated", time: Date.now(), data: { id: "sim-backup",
+    kind: "instance-backup", target: "instances/simi0", status: "running", updated_at: Date.now(), progress: 45, phase: "storing disk root" } }));
+  await simBar.filter({ hasText: "storing disk root" }).waitFor();
+  if (/\/s/.test(await simBar.textContent())) throw new Error(`a read rate outlived the read: ${await simBar.textContent()}`);
+  ok(`a backup's bar shows its bytes and the read rate between two reports ("${withRate}"), and no rate once the read ends`);
   await sim.close();
 
   if (errors.length) throw new Error("browser console errors: " + errors.join(" | "));

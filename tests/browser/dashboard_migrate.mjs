@@ -10,7 +10,7 @@ const URL_ = env("KUMO_URL"), ADMIN = env("ADMIN"), VM = env("VM"), ART = env("A
 // Unthrottled, an idle TCG guest's memory moves in about a second: too soon for a bar
 // to move. The copy is held to this rate so it lasts a few seconds (the page's request is
 // the user's; the test adds the limit an operator would choose in the API).
-const MBPS = Number(process.env.BANDWIDTH_MBPS || 48);
+const MBPS = Number(process.env.BANDWIDTH_MBPS || 160);
 
 let step = "start";
 const ok = (msg) => console.log(`ok [dashboard]: ${msg}`);
