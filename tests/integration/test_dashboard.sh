@@ -242,10 +242,11 @@ pass "a VNC relay open past the 20 s lease kept its stream; orphaned by a contro
 
 # Last, as it moves the VM (and would end the screen relay held above): a live migration
 # started from the migrate picker, its progress bar watched moving on the VM's page.
+t0=$SECONDS
 KUMO_URL=$KUMO_URL ADMIN=$ADMIN VM=$VM ARTIFACTS=$KUMO_BUILD_DIR/artifacts/dashboard \
 	NODE_EXTRA_CA_CERTS=$KUMO_CACERT node "$NPM_DIR/dashboard_migrate.mjs" ||
 	fail "the browser's migration test failed (screenshots in $KUMO_BUILD_DIR/artifacts/dashboard)"
 api GET "/api/v1/instances/$VM"
 [ "$(jqb .host)" != "$vmhost" ] && [ "$(jqb .state)" = running ] ||
 	fail "after the migration from the dashboard $VM is $(jqb .state) on $(jqb .host)"
-pass "a migration started from the dashboard moved $VM off $vmhost; its progress bar moved on screen"
+pass "a migration started from the dashboard moved $VM off $vmhost; its progress bar moved on screen ($((SECONDS - t0)) s)"
