@@ -16,6 +16,8 @@ let step = "start";
 const ok = (msg) => console.log(`ok [dashboard]: ${msg}`);
 const shot = (page, name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
 
+const t0 = Date.now();
+const secs = (t) => ((Date.now() - t) / 1000).toFixed(1);
 const browser = await launch();
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1400, height: 900 } });
@@ -45,6 +47,8 @@ try {
   const navs = [];
   page.on("framenavigated", (f) => { if (f === page.mainFrame()) navs.push(f.url()); });
   await opsWatch(page);
+  console.log(`dashboard: Chromium up, signed in, the VM's page drawn in ${secs(t0)} s`);
+  const clicked = Date.now();
   await page.click("button:has-text('Migrate')");
 
   step = "the migration's progress bar moves";
@@ -69,6 +73,7 @@ try {
   if (navs.some((u) => !u.includes("#"))) throw new Error("the page reloaded: " + navs.join(" "));
   ok(`the migration from ${from} to ${to} ended ${mg.statuses.join(" → ")} ("${mg.outcome}"); the page shows ${VM} running on ${to}, never reloaded`);
   await shot(page, "migrated");
+  console.log(`dashboard: the migration took ${secs(clicked)} s from the click to the page showing it done (${MBPS} Mbit/s)`);
 
   if (errors.length) throw new Error("browser console errors: " + errors.join(" | "));
 } catch (e) {
