@@ -23,7 +23,7 @@
 #include "json.h"
 #include "util.h"
 
-#define QGA_SYNC_MS  3000	 /* a live agent answers the sync in milliseconds */
+#define QGA_SYNC_MS  5000	 /* idle: milliseconds; a busy TCG guest about 1 s */
 #define QGA_READ_MAX (64 * 1024) /* per call; every answer we ask for is tiny */
 #define QGA_DEPTH    8
 
@@ -265,7 +265,7 @@ static void connect_cb(uv_connect_t *req, int status)
 
 /*
  * Run the argument-less QGA command cmd (guest-fsfreeze-freeze, guest-fsfreeze-thaw,
- * ...) through the socket at path: the guest agent must answer the sync within 3 s
+ * ...) through the socket at path: the guest agent must answer the sync within 5 s
  * and cmd within cmd_ms. cb(status, count, cmd_sent, why, data) comes once, later:
  * status 0 and count (the command's integer return, 0 if none) or a negative libuv
  * status and a sentence saying why (no channel, no agent, refused, timed out);
