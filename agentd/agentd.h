@@ -536,6 +536,11 @@ int qmp_cmd_send(struct qmp *q, const char *cmd, struct json_object *args, unsig
 bool qmp_ready(const struct qmp *q);
 void qmp_close(struct qmp *q);
 
+/* qga.c */
+typedef void (*qga_done_cb)(int status, int64_t count, bool cmd_sent, const char *why, void *data);
+void qga_cmd_run(uv_loop_t *loop, const char *path, const char *cmd, unsigned cmd_ms,
+		 qga_done_cb cb, void *data);
+
 /* uid.c */
 uid_t uid_vm_read(const char *dir);
 int64_t uid_vm_claim(struct vm *vm, struct kerr *err);
@@ -623,6 +628,7 @@ int backup_store_check(struct json_object *val, const char *field, struct kerr *
 extern const struct json_field backup_args[];
 void backup_vm_run(struct inst_op *op);
 void backup_vm_restore(struct inst_op *op);
+void backup_vm_adopted(struct vm *vm);
 void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
 void backup_ctr_run(struct inst_op *op);
 void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));

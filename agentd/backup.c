@@ -34,7 +34,14 @@
  * convert -n` writes it into the VM's existing disk. Nothing here runs on the loop but
  * the steps' glue.
  *
- * Not yet: guest-agent freeze/thaw, encryption.
+ * A running VM's file systems are frozen through its guest agent (qga.c) just around
+ * the transaction that starts each disk's read (the point in time) and thawed as soon
+ * as QEMU answered it, whatever the answer, and on every other way out of the job
+ * (job_free). No agent in the guest, a paused guest, a refusal or no answer within
+ * BACKUP_FREEZE_MS: the backup goes on crash-consistent and says why
+ * (consistency_reason).
+ *
+ * Not yet: encryption.
  */
 #include "agentd.h"
 
@@ -59,6 +66,8 @@
 #define BACKUP_POLL_FIRST_MS 20	   /* ... first: an incremental's job often ends at once */
 #define BACKUP_JOB_TIMEOUT   10000 /* ms for one QMP command */
 #define BACKUP_READ_PHASES   2	   /* per disk: read it, chunk it */
+#define BACKUP_FREEZE_MS     10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
+#define BACKUP_THAW_MS	     5000
 
 /* A backup id becomes a file name in the store: a plain shape only. */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err)
@@ -121,6 +130,14 @@ struct bjob {
 	bool poll_open;
 	char error[256]; /* a thread step's failure, "" if none */
 
+	/* fsfreeze (qga.c) around each live disk's point in time */
+	struct json_object *tx;	 /* the transaction to send once frozen */
+	bool freeze_sent;	 /* a freeze may have reached the guest: thaw it */
+	char qga_path[PATH_MAX]; /* the VM's guest agent socket */
+	int64_t frozen_us;	 /* when the freeze was asked */
+	char freeze_why[200];	 /* why a disk was not frozen, "" if every one was */
+	bool no_guest_agent;	 /* none answered: later disks are not tried (each costs 5 s) */
+
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
 	struct json_object *mdisk;    /* the disk at work's manifest entry */
@@ -139,19 +156,24 @@ static void job_closed_cb(uv_handle_t *handle)
 {
 	struct bjob *job = handle->data;
 
+	json_object_put(job->tx);
 	json_object_put(job->manifest);
 	json_object_put(job->pmanifest);
 	free(job);
 }
 
+static void guest_thaw(struct bjob *job);
+
 /* The job is over (the op was answered or dropped): release it. */
 static void job_free(struct bjob *job)
 {
+	guest_thaw(job); /* a guest is never left frozen, whatever ended the job */
 	if (job->poll_open) {
 		uv_timer_stop(&job->poll);
 		uv_close((uv_handle_t *)&job->poll, job_closed_cb);
 		return;
 	}
+	json_object_put(job->tx);
 	json_object_put(job->manifest);
 	json_object_put(job->pmanifest);
 	free(job);
@@ -654,6 +676,9 @@ static void manifest_after(struct bjob *job)
 	json_object_object_add(
 		b, "full_reason",
 		json_object_get(json_object_object_get(job->manifest, "full_reason")));
+	json_object_object_add(
+		b, "consistency_reason",
+		json_object_get(json_object_object_get(job->manifest, "consistency_reason")));
 	json_object_object_add(b, "read_bytes", json_object_new_int64((int64_t)job->read_bytes));
 	json_object_object_add(b, "new_bytes", json_object_new_int64((int64_t)job->new_bytes));
 	json_object_object_add(b, "total_bytes", json_object_new_int64((int64_t)job->total_bytes));
@@ -811,6 +836,8 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 {
 	struct bjob *job = data;
 
+	/* The point in time is taken (or the transaction failed): thaw at once. */
+	guest_thaw(job);
 	if (job_gone(job))
 		return;
 	if (error && incr_fallback(job, error))
@@ -872,12 +899,152 @@ static void stopped_read_done(struct bjob *job, const char *error)
 	parent_bitmap_removed(job, NULL);
 }
 
+/* ---- fsfreeze around the point in time (qga.c) ------------------------------------------ */
+
+/* The thaw outlives the job: it is sent whatever became of the backup. */
+struct thaw {
+	uv_loop_t *loop;
+	char name[NAME_MAX_LEN + 1];
+	char path[PATH_MAX];
+	int64_t frozen_us;
+	int tries;
+	bool leftover; /* at adoption: a freeze an earlier agent may have left */
+};
+
+static void thawed_cb(int status, int64_t count, bool cmd_sent, const char *why, void *data)
+{
+	struct thaw *t = data;
+
+	if (t->leftover) {
+		if (status == 0 && count > 0)
+			log_warnx("vm %s: thawed %lld file systems an earlier agent left frozen",
+				  t->name, (long long)count);
+		else if (status < 0)
+			log_debug("vm %s: no leftover freeze to thaw: %s", t->name, why);
+		free(t);
+		return;
+	}
+	if (status < 0 && status != UV_ENOENT && status != UV_ECONNREFUSED && ++t->tries < 2) {
+		log_warnx("vm %s: thaw of its file systems failed (%s); trying again", t->name,
+			  why);
+		qga_cmd_run(t->loop, t->path, "guest-fsfreeze-thaw", BACKUP_THAW_MS, thawed_cb, t);
+		return;
+	}
+	if (status < 0)
+		log_warnx("vm %s: its file systems may still be frozen: %s", t->name, why);
+	else
+		log_info("vm %s: file systems thawed %lld ms after the freeze was asked", t->name,
+			 (long long)((now_us() - t->frozen_us) / 1000));
+	free(t);
+}
+
+/* Thaw what the job's last freeze may have frozen; idempotent. */
+static void guest_thaw(struct bjob *job)
+{
+	struct thaw *t;
+
+	if (!job->freeze_sent)
+		return;
+	job->freeze_sent = false;
+	t = xcalloc(1, sizeof(*t));
+	t->loop = job->agent->loop;
+	t->frozen_us = job->frozen_us;
+	snprintf(t->name, sizeof(t->name), "%s", json_get_str(job->manifest, "instance", "?"));
+	snprintf(t->path, sizeof(t->path), "%s", job->qga_path);
+	qga_cmd_run(t->loop, t->path, "guest-fsfreeze-thaw", BACKUP_THAW_MS, thawed_cb, t);
+}
+
+/*
+ * At the adoption of a running VM (vm.c): an agent that died between a backup's freeze
+ * and its thaw left the guest frozen, and nothing else would ever thaw it. A thaw is
+ * harmless otherwise (a thawed guest answers 0); no one waits for it.
+ */
+void backup_vm_adopted(struct vm *vm)
+{
+	struct thaw *t = xcalloc(1, sizeof(*t));
+
+	t->loop = vm->inst.agent->loop;
+	t->leftover = true;
+	snprintf(t->name, sizeof(t->name), "%s", vm->inst.name);
+	snprintf(t->path, sizeof(t->path), "%s/qga.sock", vm->inst.dir);
+	qga_cmd_run(t->loop, t->path, "guest-fsfreeze-thaw", BACKUP_THAW_MS, thawed_cb, t);
+}
+
+/* A disk read without a freeze: the backup is crash-consistent, and says why (the first
+ * reason: every disk after it most likely has the same). */
+static void freeze_missed(struct bjob *job, const char *why)
+{
+	if (!job->freeze_why[0])
+		snprintf(job->freeze_why, sizeof(job->freeze_why), "disk %s: %s",
+			 job->op->disks[job->disk].name, why);
+	json_object_object_add(job->manifest, "consistency", json_object_new_string("crash"));
+	json_object_object_add(job->manifest, "consistency_reason",
+			       json_object_new_string(job->freeze_why));
+	log_warnx("vm %s: backup %s: %s; crash-consistent", job->op->vm->inst.name, job->id,
+		  job->freeze_why);
+}
+
+/* Start QEMU's side of the disk's read: the transaction guest_freeze() kept. */
+static void tx_send(struct bjob *job)
+{
+	struct json_object *tx = job->tx;
+	struct kerr err;
+
+	job->tx = NULL;
+	if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job, &err) <
+	    0)
+		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why, void *data)
+{
+	struct bjob *job = data;
+
+	/* No agent answered the sync: the freeze never went out, there is nothing to thaw. */
+	if (!cmd_sent) {
+		job->freeze_sent = false;
+		job->no_guest_agent = status < 0;
+	}
+	if (job_gone(job))
+		return; /* job_free thawed */
+	if (status < 0)
+		freeze_missed(job, why);
+	else if (count <= 0)
+		freeze_missed(job, "the guest agent froze no file system");
+	else {
+		log_info("vm %s: backup %s: disk %s: %lld file systems frozen in %lld ms",
+			 job->op->vm->inst.name, job->id, job->op->disks[job->disk].name,
+			 (long long)count, (long long)((now_us() - job->frozen_us) / 1000));
+		if (!job->freeze_why[0])
+			json_object_object_add(job->manifest, "consistency",
+					       json_object_new_string("filesystem"));
+	}
+	tx_send(job);
+}
+
+/* Freeze the running guest's file systems (qga.c), then send the disk's transaction. */
+static void guest_freeze(struct bjob *job)
+{
+	struct vm *vm = job->op->vm;
+
+	if (vm->inst.state == INST_PAUSED || job->no_guest_agent) {
+		/* (no agent: the reason an earlier disk gave stands) */
+		freeze_missed(job, "the VM is paused, so its guest agent cannot freeze");
+		tx_send(job);
+		return;
+	}
+	snprintf(job->qga_path, sizeof(job->qga_path), "%s/qga.sock", vm->inst.dir);
+	job->freeze_sent = true;
+	job->frozen_us = now_us();
+	qga_cmd_run(job->agent->loop, job->qga_path, "guest-fsfreeze-freeze", BACKUP_FREEZE_MS,
+		    frozen_cb, job);
+}
+
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
 static void disk_read(struct bjob *job)
 {
 	struct vm_disk *d = &job->op->disks[job->disk];
 	char phase[96];
-	struct kerr err;
 
 	snprintf(job->raw, sizeof(job->raw), "%s/%s.raw", job->tmpdir, d->name);
 	snprintf(phase, sizeof(phase), "reading disk %s", d->name);
@@ -941,9 +1108,9 @@ static void disk_read(struct bjob *job)
 		json_object_array_add(actions, a);
 		tx = json_object_new_object();
 		json_object_object_add(tx, "actions", actions);
-		if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job,
-			   &err) < 0)
-			job_fail(job, "disk %s: %s", d->name, err.msg);
+		json_object_put(job->tx);
+		job->tx = tx;
+		guest_freeze(job);
 		return;
 	}
 	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first. */
@@ -1231,7 +1398,7 @@ void backup_vm_run(struct inst_op *op)
 	json_object_object_add(job->manifest, "type", json_object_new_string("vm"));
 	json_object_object_add(job->manifest, "spec", json_object_get(vm->inst.spec));
 	/* A stopped VM's disks are at rest; a running one's are as after a power cut
-	 * (no guest agent freezes its file systems yet). */
+	 * until its guest agent froze every disk's file systems (guest_freeze). */
 	json_object_object_add(job->manifest, "consistency",
 			       json_object_new_string(job->live ? "crash" : "filesystem"));
 	json_object_object_add(job->manifest, "created_at", json_object_new_int64(now_ms()));

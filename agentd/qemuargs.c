@@ -5,7 +5,8 @@
  *   -nodefaults -no-user-config -display none, -sandbox with every option denied
  *   a VGA whose VNC server is a unix socket (vnc.sock) for the dashboard's console
  *   QMP for the agent (qmp.sock) and a second QMP monitor (monitor.sock), serial
- *   console to console.log, -pidfile qemu.pid, a virtio balloon always
+ *   console to console.log, -pidfile qemu.pid, a virtio balloon always, a
+ *   virtio-serial port org.qemu.guest_agent.0 on qga.sock for qemu-guest-agent
  *   disks as -blockdev JSON (qcow2 over a file) plus a device per bus; the
  *   cloud-init seed as a read-only raw virtio disk; NICs on isolated user networking
  *   bootindex from the spec's boot order
@@ -229,6 +230,15 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "chardev:console");
 	argv_add(av, "-device");
 	argv_add(av, "virtio-balloon-pci,id=balloon0");
+	/* The guest agent's port (qga.c: fsfreeze around a backup). Its socket is in the
+	 * VM's run directory, root's and mode 0700 (disk.c), which QEMU creates it in
+	 * before it drops root: only the agent reaches the guest agent. */
+	argv_add(av, "-chardev");
+	argv_add(av, "socket,id=qga,path=%s/qga.sock,server=on,wait=off", dir);
+	argv_add(av, "-device");
+	argv_add(av, "virtio-serial-pci,id=vserial0");
+	argv_add(av, "-device");
+	argv_add(av, "virtserialport,bus=vserial0.0,chardev=qga,name=org.qemu.guest_agent.0");
 	if (disks_add(vm, av, disk_boot, err) < 0)
 		return -1;
 	if (json_object_object_get_ex(spec, "cloud_init", &ci)) {

@@ -8,6 +8,7 @@
  *   qemu.pid     written by QEMU (-pidfile) and removed by it on a clean exit, so a
  *                pid file whose process is gone means the VM crashed or was killed
  *   qmp.sock     the agent's QMP connection (QEMU serves one client at a time)
+ *   qga.sock     the guest agent's virtio-serial port (qga.c), for fsfreeze in backups
  *   monitor.sock a second QMP monitor, never used by the agent: for operators and
  *                tests that want to look at a guest without disturbing the agent
  *   console.log  the guest's serial port (QEMU appends; past the agent's --log-size the
@@ -380,6 +381,9 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		/* A migration the last agent left half done (migrate.c). */
 		if (migrate_adopted(vm, status))
 			return;
+		/* A backup's freeze the last agent may have left (backup.c). */
+		if (strcmp(status, "running") == 0)
+			backup_vm_adopted(vm);
 		/* The guest powered off (or panicked) while the agent was away. */
 		if (strcmp(status, "shutdown") == 0 || strcmp(status, "guest-panicked") == 0) {
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",

@@ -162,7 +162,8 @@ int backup_store_delete(const char *name, struct kerr *err)
 #define BACKUP_SELECT                                                                              \
 	"SELECT b.id, s.name, b.instance, b.instance_type, b.kind, b.consistency, b.status, "      \
 	"b.parent, b.read_bytes, b.new_bytes, b.total_bytes, b.chunk_count, b.disks, b.op_id, "    \
-	"b.error, b.created_at, b.finished_at, b.host, b.full_reason FROM backups b "              \
+	"b.error, b.created_at, b.finished_at, b.host, b.full_reason, b.consistency_reason "       \
+	"FROM backups b "                                                                          \
 	"JOIN backup_stores s ON s.id = b.store_id "
 
 static void add_text(struct json_object *o, const char *key, sqlite3_stmt *st, int col)
@@ -199,6 +200,7 @@ static struct json_object *backup_row_json(sqlite3_stmt *st)
 				       json_object_new_int64(sqlite3_column_int64(st, 16)));
 	add_text(o, "host", st, 17);
 	add_text(o, "full_reason", st, 18);
+	add_text(o, "consistency_reason", st, 19);
 	json_object_object_add(
 		o, "restorable",
 		json_object_new_boolean(!strcmp(json_get_str(o, "status", ""), "succeeded")));
@@ -618,8 +620,8 @@ void backups_op_done(const char *op_id, bool ok, struct json_object *result, con
 			ctl.db,
 			"UPDATE backups SET status = 'succeeded', kind = ?, consistency = ?, "
 			"read_bytes = ?, new_bytes = ?, total_bytes = ?, chunk_count = ?, "
-			"disks = ?, finished_at = ?, parent = ?, full_reason = ? "
-			"WHERE op_id = ? AND status = 'running'");
+			"disks = ?, finished_at = ?, parent = ?, full_reason = ?, "
+			"consistency_reason = ? WHERE op_id = ? AND status = 'running'");
 		sqlite3_bind_text(st, 1, json_get_str(b, "kind", "full"), -1, SQLITE_TRANSIENT);
 		sqlite3_bind_text(st, 2, json_get_str(b, "consistency", "crash"), -1,
 				  SQLITE_TRANSIENT);
@@ -646,7 +648,10 @@ void backups_op_done(const char *op_id, bool ok, struct json_object *result, con
 		sqlite3_bind_text(st, 9, json_get_str(b, "parent", ""), -1, SQLITE_TRANSIENT);
 	if (json_get_str(b, "full_reason", NULL))
 		sqlite3_bind_text(st, 10, json_get_str(b, "full_reason", ""), -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 11, op_id, -1, SQLITE_STATIC);
+	if (json_get_str(b, "consistency_reason", NULL))
+		sqlite3_bind_text(st, 11, json_get_str(b, "consistency_reason", ""), -1,
+				  SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 12, op_id, -1, SQLITE_STATIC);
 	sqlite3_step(st);
 	sqlite3_finalize(st);
 	/* A scheduled backup: its schedule's retention prunes the instance's backups. */

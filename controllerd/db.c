@@ -395,6 +395,9 @@ static const char *const migrations[] = {
 	 * raw file was fsynced after it; a start-up after a power loss re-hashes the
 	 * others (rows from before this step count as unsynced: re-hashed once). */
 	"ALTER TABLE p2v_chunks ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 1;",
+	/* 19 -> 20 (backups.c): why a running VM's backup is only crash-consistent (its
+	 * guest agent did not freeze the file systems), as the agent reported it. */
+	"ALTER TABLE backups ADD COLUMN consistency_reason TEXT;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

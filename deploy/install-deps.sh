@@ -42,8 +42,12 @@ libxml2-dev libzstd-dev
 # pulls with the clients users have, beside skopeo; wrk drives bench/api.sh (keep-alive
 # HTTP and TLS load from C: a Python client would be the bottleneck); debootstrap builds
 # the minimal Debian guest virt-v2v recognises (tests/soak/p2v_convert.sh).
+# qemu-guest-agent: its qemu-ga binary and libraries are copied into the test guest
+# image (tests/guest/build-image.sh), so backups of a running VM freeze its file systems;
+# nothing runs it on the host.
 TEST="
 debootstrap
+qemu-guest-agent
 libcmocka-dev clang-format
 iputils-ping psmisc curl jq openssl sqlite3 strace
 busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk

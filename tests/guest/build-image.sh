@@ -6,7 +6,8 @@
 # The image: an MBR (syslinux mbr.bin) with one bootable ext4 partition (label
 # kumo-root) holding extlinux, /boot/vmlinuz (the newest Debian kernel in /boot),
 # /boot/initrd.img (busybox + the kernel modules a guest needs; /init is
-# tests/guest/init) and /var/kumo/, where the guest keeps its boot counter.
+# tests/guest/init, and Debian's qemu-ga with the libraries it links) and /var/kumo/,
+# where the guest keeps its boot counter.
 # SeaBIOS -> mbr.bin -> extlinux -> kernel (console=ttyS0) -> /init.
 # Boots on virtio-blk, virtio-scsi, SATA (AHCI) and IDE (PIIX); NICs virtio, e1000(e).
 #
@@ -43,6 +44,7 @@ virtio_scsi crct10dif_generic crc64_rocksoft_generic sd_mod
 libata libahci ahci ata_piix sr_mod
 e1000 e1000e
 virtio_balloon
+virtio_console
 crc32c_generic ext4
 nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 vfat isofs
 evdev button
@@ -59,7 +61,14 @@ need() {
 			die "missing $c (run deploy/install-deps.sh)"
 	done
 }
-need sfdisk mkfs.ext4 extlinux cpio gzip qemu-img losetup mount umount flock sha256sum
+need sfdisk mkfs.ext4 extlinux cpio gzip qemu-img losetup mount umount flock sha256sum ldd
+
+# qemu-guest-agent, so a backup of a running guest can freeze its file systems.
+QEMU_GA=""
+for f in /usr/sbin/qemu-ga /usr/bin/qemu-ga; do
+	[ -x "$f" ] && QEMU_GA=$f && break
+done
+[ -n "$QEMU_GA" ] || die "qemu-ga not found (package qemu-guest-agent)"
 
 MBR_BIN=""
 for f in /usr/lib/syslinux/mbr/mbr.bin /usr/lib/SYSLINUX/mbr.bin /usr/share/syslinux/mbr.bin; do
@@ -96,6 +105,7 @@ HASH=$(
 		done
 		echo "kernel $KVER $(stat -c '%s %Y' "$KERNEL")"
 		sha256sum "$BUSYBOX" | cut -d' ' -f1
+		sha256sum "$QEMU_GA" | cut -d' ' -f1
 		sha256sum "$MBR_BIN" | cut -d' ' -f1
 		extlinux --version 2>&1 | head -n 1
 	} | sha256sum | cut -d' ' -f1
@@ -190,6 +200,12 @@ while read -r rel; do
 	esac
 	echo "/lib/modules/$KVER/${rel%.ko*}.ko"
 done <"$WORK/modlist" >"$IRD/etc/kumo/modules"
+
+# qemu-ga and what ldd says it loads, at the same paths (the loader included).
+install -D -m 0755 "$QEMU_GA" "$IRD/usr/sbin/qemu-ga"
+ldd "$QEMU_GA" | grep -o '/[^ ]*' | while read -r lib; do
+	install -D -m 0755 "$lib" "$IRD$lib"
+done
 
 install -m 0755 "$HERE/init" "$IRD/init"
 install -m 0755 "$HERE/udhcpc.script" "$IRD/etc/kumo/udhcpc.script"

@@ -1,5 +1,7 @@
 #!/bin/bash
-# Backups: a store on the shared pool; a running VM backed up without stopping it; a
+# Backups: a store on the shared pool; a running VM backed up without stopping it
+# (its file systems frozen through qemu-ga while the point in time is taken;
+# crash-consistent, saying why, when the guest agent is killed or the VM paused); a
 # stopped VM backed up from its disk (the second backup adds only the chunks that
 # changed); the disk changed, then restored over: its content equals the backup's
 # checksum and the guest boots from the restored disk; bad input is refused.
@@ -30,7 +32,7 @@ disk_sha() { # [NAME]
 	chunk_sum "$raw"
 	rm -f "$raw"
 }
-backup() { # backup NAME [BODY] -> waits; BODY is the backup's record
+backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its consistency_reason
 	api POST "/api/v1/instances/$1/backups" "${2:-}"
 	expect_status 202 "backup of $1"
 	wait_op "$(jqb .id)" 300
@@ -40,6 +42,7 @@ backup() { # backup NAME [BODY] -> waits; BODY is the backup's record
 	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
 	api GET "/api/v1/backups/$id"
 	expect_status 200
+	why=$(jqb .consistency_reason)
 }
 
 api POST /api/v1/backup-stores '{"name":"'$bs'"}'
@@ -60,14 +63,26 @@ api DELETE "/api/v1/backup-stores/y$bs"
 expect_status 204 "delete of an empty store"
 pass "backup stores: create, 409 on a taken name, a path outside the pool refused"
 
-vm_create '{"name":"bk1","type":"vm","memory":{"mb":256},"disks":[{"name":"root","image":"'$TEST_IMAGE'"}]}'
-wait_until 150 "first boot" console_has bk1 "KUMO-BOOT count=1"
+# type NAME TEXT -> TEXT typed into the VM's serial console, then Enter.
+type_in() {
+	api POST "/api/v1/instances/$1/console" "$(jq -nc --arg d "$2"$'\r' '{data: $d}')"
+	expect_status 204 "typing into $1's console"
+}
 
-# 1. Running: the VM is not stopped, and the backup is crash-consistent.
+vm_create '{"name":"bk1","type":"vm","memory":{"mb":256},"disks":[{"name":"root","image":"'$TEST_IMAGE'"}]}'
+wait_until 150 "first boot" console_has bk1 "KUMO-GUEST-READY"
+console_has bk1 "KUMO-QGA port=" || fail "the guest agent did not start in the guest: $(console bk1 | tail -5)"
+
+# 1. Running: the VM is not stopped. Its guest agent killed (on the serial console),
+# the backup cannot freeze: crash-consistent, and it says why.
+type_in bk1 'kill $(cat /run/qemu-ga.pid); while kill -0 $(cat /run/qemu-ga.pid) 2>/dev/null; do usleep 20000; done; echo KUMO-QGA-$((1))KILLED'
+wait_until 60 "qemu-ga killed in the guest" console_has bk1 "KUMO-QGA-1KILLED"
 backup bk1 '{"store":"'$bs'"}'
 b1=$(jqb .id)
 [ "$(jqb .status)" = succeeded ] && [ "$(jqb .restorable)" = true ] || fail "backup 1 is $(jqb .status)"
 [ "$(jqb .kind)" = full ] && [ "$(jqb .consistency)" = crash ] || fail "backup 1: kind $(jqb .kind), consistency $(jqb .consistency)"
+grep -q "guest agent" <<<"$why" || fail "a crash-consistent backup does not say why: '$why'"
+why1=$why
 total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks1=$(jqb .chunk_count)
 # Holes of the read disk are not read (nor hashed): read_bytes is at most the size.
 [ "$total" -gt 0 ] && [ "$read1" -gt 0 ] && [ "$read1" -le "$total" ] && [ "$new1" -gt 0 ] && [ "$chunks1" -gt 0 ] ||
@@ -75,7 +90,10 @@ total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks
 [ "$(jqb '.disks[0].name')" = root ] && [ "$(jqb '.disks[0].virtual_size')" = "$total" ] || fail "backup 1 disks: $(jqb .disks)"
 instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 [ -f "$KUMO_LAB_DIR/shared/backups/$bs/backups/$b1.json" ] || fail "no manifest for $b1 in the store"
-pass "a running VM backed up without stopping it (crash-consistent, $chunks1 chunks, $new1 bytes stored)"
+api POST "/api/v1/backups/$b1/actions/verify"
+wait_op "$(jqb .id)" 300
+[ "$(jqb .result.ok)" = true ] || fail "verify of the crash-consistent backup: $(jqb .result)"
+pass "a running VM backed up without stopping it; no guest agent: crash-consistent ($why1), verified, $chunks1 chunks, $new1 bytes stored"
 
 # 1b. Incremental: the next backup builds on the first through the disk's dirty bitmap
 # and reads only what changed (a reboot: the guest counts boots on its disk). Paused,
@@ -90,6 +108,7 @@ op_ok
 wait_until 20 "paused" instance_is bk1 paused
 backup bk1 '{"store":"'$bs'"}'
 bi=$(jqb .id)
+[ "$(jqb .consistency)" = crash ] && grep -q paused <<<"$why" || fail "a paused VM's backup is $(jqb .consistency) ('$why')"
 [ "$(jqb .kind)" = incremental ] && [ "$(jqb .parent)" = "$b1" ] || fail "the second live backup is $(jqb .kind) with parent $(jqb .parent) ($(jqb .full_reason))"
 readi=$(jqb .read_bytes) newi=$(jqb .new_bytes)
 [ "$readi" -gt 0 ] && [ "$readi" -lt $((total / 4)) ] || fail "the incremental backup read $readi of $total bytes"
@@ -98,12 +117,27 @@ readi=$(jqb .read_bytes) newi=$(jqb .new_bytes)
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok
-api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full"}'
-wait_op "$(jqb .id)" 300
-op_ok
-[ "$(jqb .result.backup.kind)" = full ] || fail "mode full made a $(jqb .result.backup.kind) backup"
-bf=$(jqb .result.backup.id)
-pass "incremental: read $readi of $total bytes, stored $newi; its checksum is the disk's; mode full is full"
+pass "incremental: read $readi of $total bytes, stored $newi; its checksum is the disk's"
+
+# 1c. The guest agent runs (the reboot started it): the file systems are frozen around
+# the point in time. A writer in the guest writes its disk in a loop while a sampler
+# reads the writer's kernel wait channel: a write blocked in the freeze protection
+# (percpu_rwsem_wait) during the backup, and went on after the thaw (the writer ends
+# when asked, which a write stuck for good would never let it).
+qga_started() { [ "$(console bk1 | grep -c "KUMO-QGA port=")" -ge "$1" ]; }
+wait_until 120 "qemu-ga started again after the reboot" qga_started 2
+type_in bk1 "rm -f /run/stopw /run/blocked; sh -c 'while [ ! -e /run/stopw ]; do echo x >/mnt/root/var/kumo/w; done; echo KUMO-WRITER-\$((1))DONE' & sh -c 'while [ ! -e /run/stopw ]; do read -r c </proc/'\$!'/wchan; [ \"\$c\" = percpu_rwsem_wait ] && echo >>/run/blocked; done' >/dev/null 2>&1 & echo KUMO-WRITER-\$((0))START"
+wait_until 60 "the guest's writer started" console_has bk1 "KUMO-WRITER-0START"
+backup bk1 '{"store":"'$bs'","mode":"full"}'
+bf=$(jqb .id)
+[ "$(jqb .kind)" = full ] || fail "mode full made a $(jqb .kind) backup"
+[ "$(jqb .consistency)" = filesystem ] && [ "$why" = null ] || fail "with the guest agent running the backup is $(jqb .consistency) ('$why')"
+type_in bk1 'touch /run/stopw; sleep 1; echo KUMO-BLOCKED-$(cat /run/blocked 2>/dev/null | wc -l)-SAMPLES'
+wait_until 60 "the guest's writer ended after the thaw" console_has bk1 "KUMO-WRITER-1DONE"
+wait_until 60 "the guest's sampler counted" console_has bk1 "KUMO-BLOCKED-[0-9]*-SAMPLES"
+blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc 0-9)
+[ "$blocked" -gt 0 ] || fail "no write in the guest waited for the freeze ($blocked samples)"
+pass "mode full is full; the guest agent froze the file systems (consistency filesystem): a guest write waited in the freeze ($blocked samples) and finished after the thaw"
 
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
 wait_op "$(jqb .id)"

@@ -92,6 +92,12 @@ static void test_minimal_tcg(void **state)
 	assert_true(arg_find(&f.av, "virtio-blk-pci,drive=d0,id=disk0,serial=root,bootindex=1") >
 		    0);
 	assert_int_equal(arg_find(&f.av, "-loadvm"), -1);
+	/* The guest agent's port, on a socket in the VM's run directory (backup freeze). */
+	assert_true(arg_find(&f.av, "socket,id=qga,path=/pool/instances/web1/qga.sock,server=on,"
+				    "wait=off") > 0);
+	assert_true(arg_find(&f.av, "virtio-serial-pci,id=vserial0") > 0);
+	assert_true(arg_find(&f.av, "virtserialport,bus=vserial0.0,chardev=qga,"
+				    "name=org.qemu.guest_agent.0") > 0);
 	vm_teardown(&f);
 }
 
