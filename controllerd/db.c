@@ -395,6 +395,12 @@ static const char *const migrations[] = {
 	 * raw file was fsynced after it; a start-up after a power loss re-hashes the
 	 * others (rows from before this step count as unsynced: re-hashed once). */
 	"ALTER TABLE p2v_chunks ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 1;",
+	/* 19 -> 20 (self-contained; backups.c, issue 14): an encrypted backup store's key,
+	 * only ever wrapped under the controller's master key (state_dir/backup-master.key,
+	 * outside this database), and its key check value (HMAC of a constant, reveals
+	 * nothing of the key); both NULL for a plain store. */
+	"ALTER TABLE backup_stores ADD COLUMN key_wrapped TEXT;"
+	"ALTER TABLE backup_stores ADD COLUMN key_check TEXT;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
