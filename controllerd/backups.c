@@ -137,7 +137,8 @@ static void key_string_wipe_cb(struct json_object *jso, void *userdata)
  * store}, or a create's {restore: {...}}): a new copy, with the store's key as "key"
  * beside "store" when it is encrypted; args, as the operation keeps them, never hold
  * it. Returns the copy (the caller's; its key text is wiped when the last reference
- * goes, whoever drops it), or NULL with err.
+ * goes, whoever drops it), args itself with a reference added when they name no
+ * store, or NULL with err.
  */
 struct json_object *backup_cmd_args(struct json_object *args, struct kerr *err)
 {
@@ -148,6 +149,9 @@ struct json_object *backup_cmd_args(struct json_object *args, struct kerr *err)
 	int64_t store_id = 0;
 	int ret;
 
+	/* Not a backup's nor a restore's: the args as they are. */
+	if (!json_object_object_get(args, "store") && !json_object_object_get(args, "restore"))
+		return json_object_get(args);
 	json_object_deep_copy(args, &copy, NULL);
 	where = json_object_object_get(copy, "restore") ? json_object_object_get(copy, "restore")
 							: copy;
