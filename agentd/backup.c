@@ -41,13 +41,18 @@
  * BACKUP_FREEZE_MS: the backup goes on crash-consistent and says why
  * (consistency_reason).
  *
- * Not yet: encryption.
+ * An encrypted store (common/chunkcrypt.h): the controller puts the store's key in
+ * the sealed link command only, as args "key"; job_new() takes it out of the args at
+ * once (so no reply, log or later reader of the op sees it), derives the store's keys
+ * into job->key, wipes the text, and every chunk and manifest call gets job->key. The
+ * store's key check value is checked before anything is read or written.
  */
 #include "agentd.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -56,6 +61,7 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "chunkcrypt.h"
 #include "chunkpipe.h"
 #include "chunkstore.h"
 #include "json.h"
@@ -86,12 +92,25 @@ int backup_store_check(struct json_object *val, const char *field, struct kerr *
 	return spec_path_check(json_object_get_string(val), field, err);
 }
 
+/* An encrypted store's key: 64 hex digits (chunkcrypt_key_parse says why not). */
+static int backup_key_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	unsigned char key[CHUNKCRYPT_KEY_LEN];
+	int ret = chunkcrypt_key_parse(json_object_get_string(val), key, err);
+
+	OPENSSL_cleanse(key, sizeof(key));
+	if (ret < 0)
+		return err_input(err, 400, field, "the store's key is not 64 hex digits");
+	return 0;
+}
+
 /* The backup or restore's id and its store, relative to the shared pool */
 const struct json_field backup_args[] = {
 	{"backup", JK_STRING, true, backup_id_check},
 	{"store", JK_STRING, true, backup_store_check},
 	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
 	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
+	{"key", JK_STRING, false, backup_key_check}, /* an encrypted store's; job_new() takes it */
 	{NULL, 0, false, NULL},
 };
 
@@ -128,7 +147,8 @@ struct bjob {
 	uv_timer_t poll;
 	uint64_t poll_ms; /* the next query-jobs after this long */
 	bool poll_open;
-	char error[256]; /* a thread step's failure, "" if none */
+	char error[256];	    /* a thread step's failure, "" if none */
+	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
 
 	/* fsfreeze (qga.c) around each live disk's point in time */
 	struct json_object *tx;	 /* the transaction to send once frozen */
@@ -152,14 +172,22 @@ struct bchild {
 
 static void disk_next(struct bjob *job);
 
-static void job_closed_cb(uv_handle_t *handle)
+/* The job's memory, its keys wiped first. */
+static void job_release(struct bjob *job)
 {
-	struct bjob *job = handle->data;
-
 	json_object_put(job->tx);
 	json_object_put(job->manifest);
 	json_object_put(job->pmanifest);
+	if (job->key) {
+		chunkcrypt_key_wipe(job->key);
+		free(job->key);
+	}
 	free(job);
+}
+
+static void job_closed_cb(uv_handle_t *handle)
+{
+	job_release(handle->data);
 }
 
 static void guest_thaw(struct bjob *job);
@@ -173,10 +201,7 @@ static void job_free(struct bjob *job)
 		uv_close((uv_handle_t *)&job->poll, job_closed_cb);
 		return;
 	}
-	json_object_put(job->tx);
-	json_object_put(job->manifest);
-	json_object_put(job->pmanifest);
-	free(job);
+	job_release(job);
 }
 
 static void cancel_cleanup(struct bjob *job);
@@ -386,7 +411,9 @@ static void prepare_work(struct bjob *job)
 {
 	struct kerr err;
 
-	if (chunkstore_init(job->store, &err) < 0) {
+	/* A backup's first use of an encrypted store records its key check value. */
+	if (chunkstore_init(job->store, &err) < 0 ||
+	    chunkstore_key_check(job->store, job->key, !job->restore, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
@@ -408,8 +435,8 @@ static void prepare_work(struct bjob *job)
 		if (!job->live)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "the VM is stopped: its disks are read whole");
-		else if (chunkstore_manifest_read(job->store, job->parent, &job->pmanifest, &err) <
-			 0)
+		else if (chunkstore_manifest_read_with(job->store, job->key, job->parent,
+						       &job->pmanifest, &err) < 0)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "the parent backup cannot be read: %s", err.msg);
 	}
@@ -446,8 +473,11 @@ static void chunk_incr_work(struct bjob *job)
 	int64_t size = json_get_int(job->pdisk, "virtual_size", -1);
 	_cleanup_close_ int fd = -1;
 	char hex[CHUNKSTORE_HEX_LEN + 1];
+	struct chunkstore_writer w;
 	struct kerr err;
 
+	chunkstore_writer_init(&w);
+	w.key = job->key;
 	json_object_object_add(job->mdisk, "chunks", chunks);
 	if (run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
 	    !json_object_is_type(map, json_type_array)) {
@@ -500,8 +530,8 @@ static void chunk_incr_work(struct bjob *job)
 			if (!have_parent) {
 				size_t plen = 0;
 
-				if (chunkstore_get(job->store, phex ? phex : "", buf,
-						   CHUNKSTORE_CHUNK_SIZE, &plen, &err) < 0 ||
+				if (chunkstore_get_with(job->store, job->key, phex ? phex : "", buf,
+							CHUNKSTORE_CHUNK_SIZE, &plen, &err) < 0 ||
 				    plen != len) {
 					snprintf(job->error, sizeof(job->error),
 						 "the parent backup: %s",
@@ -521,7 +551,8 @@ static void chunk_incr_work(struct bjob *job)
 		if (!have_parent) {
 			json_object_array_add(chunks, json_object_new_string(phex ? phex : ""));
 		} else {
-			if (chunkstore_put(job->store, buf, len, hex, &written, &err) < 0) {
+			if (chunkstore_put_with(job->store, &w, buf, len, hex, &written, &err) <
+			    0) {
 				snprintf(job->error, sizeof(job->error), "%s", err.msg);
 				goto out;
 			}
@@ -543,6 +574,7 @@ static void chunk_incr_work(struct bjob *job)
 	unlink(job->raw);
 	unlink(job->target);
 out:
+	chunkstore_writer_free(&w);
 	json_object_put(map);
 }
 
@@ -563,7 +595,8 @@ static void chunk_work(struct bjob *job)
 				       .hole = chunkpipe_file_hole,
 				       .data = &file,
 				       .cancelled = pipe_cancelled,
-				       .cancel_data = job};
+				       .cancel_data = job,
+				       .key = job->key};
 	struct chunkpipe_result res;
 	struct stat sb;
 	struct kerr err;
@@ -631,7 +664,8 @@ static void manifest_work(struct bjob *job)
 						   : NULL);
 
 	if (chunkstore_sync(job->store, &err) < 0 ||
-	    chunkstore_manifest_write(job->store, job->id, job->manifest, &err) < 0) {
+	    chunkstore_manifest_write_with(job->store, job->key, job->id, job->manifest, &err) <
+		    0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
@@ -1126,7 +1160,10 @@ static void restore_prepare_work(struct bjob *job)
 {
 	struct kerr err;
 
-	if (chunkstore_manifest_read(job->store, job->id, &job->manifest, &err) < 0) {
+	/* The key first: a wrong one is named before any manifest is read. */
+	if (chunkstore_key_check(job->store, job->key, false, &err) < 0 ||
+	    chunkstore_manifest_read_with(job->store, job->key, job->id, &job->manifest, &err) <
+		    0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
@@ -1174,8 +1211,8 @@ static void reassemble_work(struct bjob *job)
 		const char *name = json_object_get_string(json_object_array_get_idx(chunks, c));
 		size_t len;
 
-		if (chunkstore_get(job->store, name ? name : "", buf, CHUNKSTORE_CHUNK_SIZE, &len,
-				   &err) < 0) {
+		if (chunkstore_get_with(job->store, job->key, name ? name : "", buf,
+					CHUNKSTORE_CHUNK_SIZE, &len, &err) < 0) {
 			snprintf(job->error, sizeof(job->error), "at offset %lld: %s",
 				 (long long)off, err.msg);
 			goto out;
@@ -1183,8 +1220,8 @@ static void reassemble_work(struct bjob *job)
 		if (ctx)
 			EVP_DigestUpdate(ctx, buf, len);
 		/* Zeros stay a hole: the raw file is sparse, like the disk it becomes. */
-		if (!(name && !strcmp(name, CHUNKSTORE_ZERO_HEX)) && !mem_is_zero(buf, len) &&
-		    pwrite(fd, buf, len, off) != (ssize_t)len) {
+		if (!(name && !strcmp(name, chunkstore_zero_name(job->key))) &&
+		    !mem_is_zero(buf, len) && pwrite(fd, buf, len, off) != (ssize_t)len) {
 			snprintf(job->error, sizeof(job->error), "cannot write %s: %s", job->raw,
 				 strerror(errno));
 			goto out;
@@ -1325,6 +1362,29 @@ static void prepare_after(struct bjob *job)
 	disk_next(job);
 }
 
+/*
+ * Take an encrypted store's key out of args (checked already by backup_args): its
+ * derived keys go to job->key, its text is wiped and leaves the args, so nothing that
+ * reads or reports the op later sees it.
+ */
+static void job_key_take(struct bjob *job, struct json_object *args)
+{
+	struct json_object *v;
+	unsigned char key[CHUNKCRYPT_KEY_LEN];
+	struct kerr err;
+
+	if (!json_object_object_get_ex(args, "key", &v))
+		return;
+	if (chunkcrypt_key_parse(json_object_get_string(v), key, &err) == 0) {
+		job->key = xmalloc(sizeof(*job->key));
+		chunkcrypt_key_derive(key, CHUNKSTORE_CHUNK_SIZE, job->key);
+	}
+	OPENSSL_cleanse(key, sizeof(key));
+	/* json-c owns the text; it is ours to overwrite before it is freed. */
+	OPENSSL_cleanse((char *)json_object_get_string(v), (size_t)json_object_get_string_len(v));
+	json_object_object_del(args, "key");
+}
+
 /* A job for op; args holds its backup and store (op->args, or a create's "restore"). */
 static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool restore)
 {
@@ -1335,6 +1395,7 @@ static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool r
 	job->agent = op->agent;
 	job->restore = restore;
 	job->started_ms = now_ms();
+	job_key_take(job, args);
 	snprintf(job->id, sizeof(job->id), "%s", json_get_str(args, "backup", ""));
 	snprintf(job->store, sizeof(job->store), "%s/%s", shared ? shared : "",
 		 json_get_str(args, "store", ""));

@@ -7,19 +7,22 @@
 # chunk dedup ratio (logical bytes / new chunk bytes of the first full) and MB/s.
 # Each full goes into a store of its own, so every run stores every chunk, as convert
 # writes every byte. Needs root, a lab (deploy/lab up; --lab NAME, else
-# $KUMO_LAB_NAME, else kumo); only the lab is used.
+# $KUMO_LAB_NAME, else kumo); only the lab is used. --encrypted makes every store
+# encrypted (AES-256-GCM, a random key), to compare with a plain run.
 #
-#   bench/backup.sh [-n N] [--lab NAME]
+#   bench/backup.sh [-n N] [--lab NAME] [--encrypted]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
 runs=3
 lab_name=${KUMO_LAB_NAME:-kumo}
+key_field=
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n) runs=$2; shift 2 ;;
 	--lab) lab_name=$2; shift 2 ;;
-	*) echo "usage: $0 [-n N] [--lab NAME]" >&2; exit 2 ;;
+	--encrypted) key_field=",\"encryption_key\":\"$(openssl rand -hex 32)\""; shift ;;
+	*) echo "usage: $0 [-n N] [--lab NAME] [--encrypted]" >&2; exit 2 ;;
 	esac
 done
 eval "$("$src/deploy/lab" --name "$lab_name" env)"
@@ -76,7 +79,7 @@ for i in $(seq "$runs"); do
 	qemu-img convert -O qcow2 "$disk" "$KUMO_LAB_DIR/shared/bench-bk-copy.qcow2"
 	sync -f "$KUMO_LAB_DIR/shared/bench-bk-copy.qcow2"
 	conv+=($(($(now_ms) - t0)))
-	kapi "$KUMO_URL/api/v1/backup-stores" -d "{\"name\":\"bench-bk-$$-$i\"}" >/dev/null
+	kapi "$KUMO_URL/api/v1/backup-stores" -d "{\"name\":\"bench-bk-$$-$i\"$key_field}" >/dev/null
 	read -r ms rd nw tot kind < <(backup "bench-bk-$$-$i" full)
 	kumo+=("$ms")
 	[ "$i" = 1 ] && first_new=$nw first_total=$tot
@@ -89,7 +92,7 @@ read -r ms2 _ nw2 _ _ < <(backup "bench-bk-$$-1" full)
 
 # Live: running, a full, 10 MiB written through QEMU's own block layer, an incremental.
 kapi -X POST "$KUMO_URL/api/v1/instances/$vm/actions/start" | jq -r .id | { read -r op; op_wait "$op" >/dev/null; }
-kapi "$KUMO_URL/api/v1/backup-stores" -d "{\"name\":\"bench-bk-$$-0\"}" >/dev/null
+kapi "$KUMO_URL/api/v1/backup-stores" -d "{\"name\":\"bench-bk-$$-0\"$key_field}" >/dev/null
 read -r lf_ms lf_rd _ _ _ < <(backup "bench-bk-$$-0" full)
 python3 - "$KUMO_LAB_DIR/hosts/h1/local/instances/$vm/monitor.sock" <<'PY'
 import json, socket, sys
@@ -111,6 +114,7 @@ for cmd, args in (("qmp_capabilities", {}),
 PY
 read -r in_ms in_rd in_nw _ in_kind < <(backup "bench-bk-$$-0" auto)
 
+if [ -n "$key_field" ]; then echo "stores: encrypted (AES-256-GCM)"; else echo "stores: plain"; fi
 awk -v cm="$cm" -v km="$km" -v tot="$first_total" -v nw="$first_new" -v ms2="$ms2" -v nw2="$nw2" \
 	-v lf="$lf_ms" -v lfr="$lf_rd" -v im="$in_ms" -v ir="$in_rd" -v inw="$in_nw" -v ik="$in_kind" 'BEGIN {
 	printf "full backup (median of runs): kumo %d ms, qemu-img convert %d ms, ratio %.2f (goal <= 1.25)\n", km, cm, km / cm

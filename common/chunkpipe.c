@@ -34,6 +34,7 @@ struct slot {
 
 struct pipe {
 	const char *root;
+	const struct chunkcrypt_key *key; /* NULL: a plain store */
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* any slot changed state, or quit */
 	struct slot *slots;
@@ -60,6 +61,7 @@ static void *hasher_main(void *arg)
 	struct chunkstore_writer w;
 
 	chunkstore_writer_init(&w);
+	w.key = p->key;
 	pthread_mutex_lock(&p->lock);
 	for (;;) {
 		struct slot *s = NULL;
@@ -98,14 +100,21 @@ static void *hasher_main(void *arg)
 }
 
 /* Store the zero chunk once, so a reader that does not know its name finds it. */
-static int zero_chunk_put(const char *root, uint64_t *written, struct kerr *err)
+static int zero_chunk_put(const char *root, const struct chunkcrypt_key *key, uint64_t *written,
+			  struct kerr *err)
 {
 	_cleanup_free_ void *zeros = xcalloc(1, CHUNKSTORE_CHUNK_SIZE);
 	char hex[CHUNKSTORE_HEX_LEN + 1];
+	struct chunkstore_writer w;
+	int ret;
 
-	if (chunkstore_put(root, zeros, CHUNKSTORE_CHUNK_SIZE, hex, written, err) < 0)
+	chunkstore_writer_init(&w);
+	w.key = key;
+	ret = chunkstore_put_with(root, &w, zeros, CHUNKSTORE_CHUNK_SIZE, hex, written, err);
+	chunkstore_writer_free(&w);
+	if (ret < 0)
 		return -1;
-	if (strcmp(hex, CHUNKSTORE_ZERO_HEX) != 0)
+	if (strcmp(hex, chunkstore_zero_name(key)) != 0)
 		fatalx("chunkpipe: the zero chunk hashes to %s", hex); /* a broken build */
 	return 0;
 }
@@ -127,7 +136,8 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 		    struct json_object *chunks, struct chunkpipe_result *res, struct kerr *err)
 {
 	int64_t nchunks = (src->size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE;
-	struct pipe p = {.root = root};
+	struct pipe p = {.root = root, .key = src->key};
+	const char *zero_name = chunkstore_zero_name(src->key);
 	pthread_t tids[CHUNKPIPE_MAX_THREADS];
 	int nthreads = 0, ret = 0;
 	bool zero_stored = false;
@@ -171,7 +181,7 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 			break;
 		/* The slot is FREE: no hasher touches it until it is marked FULL. */
 		if (whole && src->hole && src->hole(src->data, off, len)) {
-			memcpy(p.names[c], CHUNKSTORE_ZERO_HEX, sizeof(p.names[c]));
+			memcpy(p.names[c], zero_name, sizeof(p.names[c]));
 		} else {
 			if (src->read(src->data, off, s->buf, len, &rerr) < 0) {
 				ret = -1;
@@ -179,12 +189,12 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 			}
 			res->read_bytes += len;
 			if (whole && mem_is_zero(s->buf, len))
-				memcpy(p.names[c], CHUNKSTORE_ZERO_HEX, sizeof(p.names[c]));
+				memcpy(p.names[c], zero_name, sizeof(p.names[c]));
 		}
 		if (p.names[c][0]) {
 			uint64_t written = 0;
 
-			if (!zero_stored && zero_chunk_put(root, &written, &rerr) < 0) {
+			if (!zero_stored && zero_chunk_put(root, src->key, &written, &rerr) < 0) {
 				ret = -1;
 				break;
 			}

@@ -20,6 +20,8 @@
 
 #include "err.h"
 
+struct chunkcrypt_key;
+
 /* What the pipeline reads; called on the reading thread only. */
 struct chunkpipe_source {
 	int64_t size; /* the disk's length in bytes */
@@ -32,6 +34,8 @@ struct chunkpipe_source {
 	/* May be NULL: asked before each chunk; true stops the pipeline (ECANCELED). */
 	bool (*cancelled)(void *cancel_data);
 	void *cancel_data;
+	/* May be NULL (a plain store): the key of the encrypted store written to. */
+	const struct chunkcrypt_key *key;
 };
 
 /* What the pipeline did. */

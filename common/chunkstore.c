@@ -4,10 +4,12 @@
  */
 #include "json.h"
 #include "chunkstore.h"
+#include "chunkcrypt.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
@@ -76,6 +78,59 @@ static void sha256_hex(const void *data, size_t len, char *hex)
 	hex_encode(md, sizeof(md), hex);
 }
 
+/* A chunk's name: SHA-256 of its content, or in an encrypted store its keyed digest. */
+static void chunk_name(const struct chunkcrypt_key *key, const void *data, size_t len, char *hex)
+{
+	if (key)
+		chunkcrypt_name(key, data, len, hex);
+	else
+		sha256_hex(data, len, hex);
+}
+
+const char *chunkstore_zero_name(const struct chunkcrypt_key *key)
+{
+	return key ? key->zero_name : CHUNKSTORE_ZERO_HEX;
+}
+
+/*
+ * The write path's encryption step: in an encrypted store, seal the compressed chunk
+ * *data (*len bytes) into w->ebuf and point *data there. A plain store: nothing.
+ */
+static int chunk_seal(struct chunkstore_writer *w, const char *hex, const void **data, size_t *len,
+		      struct kerr *err)
+{
+	if (w->key == NULL)
+		return 0;
+	if (w->ebuf == NULL)
+		w->ebuf = xmalloc(w->zcap + CHUNKCRYPT_OVERHEAD);
+	if (chunkcrypt_seal(w->key, hex, *data, *len, w->ebuf, w->zcap + CHUNKCRYPT_OVERHEAD, len,
+			    err) < 0)
+		return err_prefix(err, "chunk: ");
+	*data = w->ebuf;
+	return 0;
+}
+
+/*
+ * The read path's decryption step: in an encrypted store, open the sealed chunk *z
+ * (*zlen bytes) in place (the plain text is shorter); the GCM tag is checked here.
+ */
+static int chunk_open(const struct chunkcrypt_key *key, const char *hex, char *z, size_t *zlen,
+		      struct kerr *err)
+{
+	_cleanup_free_ char *plain = NULL;
+	struct kerr cerr;
+	size_t len;
+
+	if (key == NULL)
+		return 0;
+	plain = xmalloc(*zlen ? *zlen : 1);
+	if (chunkcrypt_open(key, hex, z, *zlen, plain, *zlen, &len, &cerr) < 0)
+		return err_set(err, EBADMSG, "chunk %s: corrupt (%s)", hex, cerr.msg);
+	memcpy(z, plain, len);
+	*zlen = len;
+	return 0;
+}
+
 /* Write all of buf to fd; -errno on failure. */
 static int write_all(int fd, const void *buf, size_t len)
 {
@@ -101,13 +156,16 @@ void chunkstore_writer_init(struct chunkstore_writer *w)
 		fatalx("out of memory for a zstd context");
 	w->zcap = ZSTD_compressBound(CHUNKSTORE_CHUNK_SIZE);
 	w->zbuf = xmalloc(w->zcap);
+	w->key = NULL;
+	w->ebuf = NULL;
 }
 
 void chunkstore_writer_free(struct chunkstore_writer *w)
 {
 	ZSTD_freeCCtx(w->cctx);
 	free(w->zbuf);
-	w->cctx = w->zbuf = NULL;
+	free(w->ebuf);
+	w->cctx = w->zbuf = w->ebuf = NULL;
 }
 
 int chunkstore_put(const char *root, const void *data, size_t len, char *hex, uint64_t *written,
@@ -126,6 +184,7 @@ int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const voi
 			char *hex, uint64_t *written, struct kerr *err)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
+	const void *out;
 	size_t zlen;
 	struct stat sb;
 	int fd, ret;
@@ -133,13 +192,16 @@ int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const voi
 	*written = 0;
 	if (len > CHUNKSTORE_CHUNK_SIZE)
 		return err_set(err, EINVAL, "a chunk of %zu bytes is over the chunk size", len);
-	sha256_hex(data, len, hex);
+	chunk_name(w->key, data, len, hex);
 	chunkstore_chunk_path(root, hex, path, sizeof(path));
 	if (stat(path, &sb) == 0 && sb.st_size > 0)
 		return 0; /* dedup: this content is stored already */
 	zlen = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
 	if (ZSTD_isError(zlen))
 		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(zlen));
+	out = w->zbuf;
+	if (chunk_seal(w, hex, &out, &zlen, err) < 0)
+		return -1;
 	/* A unique temporary name: two writers of one chunk never share a file. */
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%llx", path, (int)getpid(),
 		 (unsigned long long)now_us() ^ (unsigned long long)(uintptr_t)&fd);
@@ -153,7 +215,7 @@ int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const voi
 	}
 	if (fd < 0)
 		return err_set(err, errno, "cannot write chunk %s: %s", tmp, strerror(errno));
-	ret = write_all(fd, w->zbuf, zlen);
+	ret = write_all(fd, out, zlen);
 	if (close(fd) < 0 && ret == 0)
 		ret = -errno;
 	if (ret == 0 && rename(tmp, path) < 0)
@@ -206,6 +268,12 @@ static int file_read(const char *path, char **out, size_t *outlen)
 int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, size_t *len,
 		   struct kerr *err)
 {
+	return chunkstore_get_with(root, NULL, hex, buf, cap, len, err);
+}
+
+int chunkstore_get_with(const char *root, const struct chunkcrypt_key *key, const char *hex,
+			void *buf, size_t cap, size_t *len, struct kerr *err)
+{
 	char path[PATH_MAX], got[CHUNKSTORE_HEX_LEN + 1];
 	_cleanup_free_ char *z = NULL;
 	size_t zlen, plain;
@@ -215,7 +283,7 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 	    strspn(hex, "0123456789abcdef") != CHUNKSTORE_HEX_LEN)
 		return err_set(err, EINVAL, "'%.70s' is not a chunk name", hex);
 	/* The zero chunk's content is known from its name: nothing to read or check. */
-	if (!strcmp(hex, CHUNKSTORE_ZERO_HEX) && cap >= CHUNKSTORE_CHUNK_SIZE) {
+	if (!strcmp(hex, chunkstore_zero_name(key)) && cap >= CHUNKSTORE_CHUNK_SIZE) {
 		memset(buf, 0, CHUNKSTORE_CHUNK_SIZE);
 		*len = CHUNKSTORE_CHUNK_SIZE;
 		return 0;
@@ -225,11 +293,13 @@ int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, siz
 	if (ret < 0)
 		return err_set(err, -ret, "chunk %s: %s", hex,
 			       ret == -ENOENT ? "missing" : strerror(-ret));
+	if (chunk_open(key, hex, z, &zlen, err) < 0)
+		return -1;
 	plain = ZSTD_decompress(buf, cap, z, zlen);
 	if (ZSTD_isError(plain))
 		return err_set(err, EBADMSG, "chunk %s: corrupt (%s)", hex,
 			       ZSTD_getErrorName(plain));
-	sha256_hex(buf, plain, got);
+	chunk_name(key, buf, plain, got);
 	if (strcmp(got, hex) != 0)
 		return err_set(err, EBADMSG, "chunk %s: corrupt (its content hashes to %.12s...)",
 			       hex, got);
@@ -348,6 +418,12 @@ int chunkstore_manifest_read(const char *root, const char *id, struct json_objec
 int chunkstore_verify(const char *root, struct json_object *manifest, struct json_object **bad,
 		      struct kerr *err)
 {
+	return chunkstore_verify_with(root, NULL, manifest, bad, err);
+}
+
+int chunkstore_verify_with(const char *root, const struct chunkcrypt_key *key,
+			   struct json_object *manifest, struct json_object **bad, struct kerr *err)
+{
 	struct json_object *disks = json_object_object_get(manifest, "disks");
 	_cleanup_free_ void *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
 	int64_t chunk_size = json_object_get_int64(json_object_object_get(manifest, "chunk_size"));
@@ -375,8 +451,8 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 			struct kerr cerr;
 			size_t len;
 
-			if (chunkstore_get(root, hex ? hex : "", buf, CHUNKSTORE_CHUNK_SIZE, &len,
-					   &cerr) == 0)
+			if (chunkstore_get_with(root, key, hex ? hex : "", buf,
+						CHUNKSTORE_CHUNK_SIZE, &len, &cerr) == 0)
 				continue;
 			if (*bad == NULL)
 				*bad = json_object_new_array();
@@ -411,4 +487,202 @@ int chunkstore_verify(const char *root, struct json_object *manifest, struct jso
 		}
 	}
 	return nbad;
+}
+
+/* ---- encrypted stores: the key check and authenticated manifests ---- */
+
+#define ENCRYPTION_FILE "encryption.json"
+#define MAC_HEAD	"{\"mac\":\"" /* an authenticated manifest's text starts so */
+
+int chunkstore_key_check(const char *root, const struct chunkcrypt_key *key, bool create,
+			 struct kerr *err)
+{
+	_cleanup_free_ char *path = xasprintf("%s/%s", root, ENCRYPTION_FILE), *text = NULL;
+	struct json_object *o, *doc;
+	const char *check;
+	size_t len;
+	int ret = file_read(path, &text, &len);
+
+	if (ret == -ENOENT) {
+		if (key == NULL || !create)
+			return 0;
+		doc = json_object_new_object();
+		json_object_object_add(doc, "cipher", json_object_new_string("aes-256-gcm"));
+		json_object_object_add(doc, "chunk_names", json_object_new_string("hmac-sha256"));
+		json_object_object_add(doc, "key_check", json_object_new_string(key->check));
+		text = xstrdup(json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PLAIN));
+		json_object_put(doc);
+		ret = file_write_atomic(path, text, strlen(text), 0644);
+		if (ret < 0)
+			return err_set(err, -ret, "cannot write %s: %s", path, strerror(-ret));
+		return 0;
+	}
+	if (ret < 0)
+		return err_set(err, -ret, "cannot read %s: %s", path, strerror(-ret));
+	if (key == NULL)
+		return err_set(err, EACCES, "store %s is encrypted: its encryption key is needed",
+			       root);
+	o = json_tokener_parse(text);
+	check = json_object_get_string(json_object_object_get(o, "key_check"));
+	ret = check && CRYPTO_memcmp(check, key->check, CHUNKCRYPT_HEX_LEN) == 0 &&
+	      strlen(check) == CHUNKCRYPT_HEX_LEN;
+	json_object_put(o);
+	if (!ret)
+		return err_set(err, EACCES,
+			       "the encryption key is not store %s's (its key check value differs)",
+			       root);
+	return 0;
+}
+
+/* The manifest as written to an encrypted store: a new object sharing manifest's
+ * members, its spec sealed. */
+static struct json_object *manifest_sealed(const struct chunkcrypt_key *key, const char *id,
+					   struct json_object *manifest, struct kerr *err)
+{
+	struct json_object *out = json_object_new_object();
+	_cleanup_free_ char *aad = xasprintf("spec:%s", id), *sealed = NULL, *hex = NULL;
+	const char *spec = NULL;
+	size_t len = 0;
+
+	json_object_object_foreach(manifest, k, v)
+	{
+		if (!strcmp(k, "spec")) {
+			spec = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+			continue;
+		}
+		json_object_object_add(out, k, json_object_get(v));
+	}
+	if (spec) {
+		size_t slen = strlen(spec);
+
+		sealed = xmalloc(slen + CHUNKCRYPT_OVERHEAD);
+		if (chunkcrypt_seal(key, aad, spec, slen, sealed, slen + CHUNKCRYPT_OVERHEAD, &len,
+				    err) < 0) {
+			json_object_put(out);
+			return NULL;
+		}
+		hex = xmalloc(2 * len + 1);
+		hex_encode((unsigned char *)sealed, len, hex);
+		json_object_object_add(out, "spec_sealed", json_object_new_string(hex));
+	}
+	json_object_object_add(out, "encrypted", json_object_new_boolean(true));
+	json_object_object_add(out, "key_check", json_object_new_string(key->check));
+	return out;
+}
+
+int chunkstore_manifest_write_with(const char *root, const struct chunkcrypt_key *key,
+				   const char *id, struct json_object *manifest, struct kerr *err)
+{
+	char path[PATH_MAX], mac[CHUNKCRYPT_HEX_LEN + 1];
+	_cleanup_free_ char *text = NULL;
+	struct json_object *sealed;
+	const char *body;
+	int ret;
+
+	if (key == NULL)
+		return chunkstore_manifest_write(root, id, manifest, err);
+	if (manifest_path(root, id, path, sizeof(path), err) < 0)
+		return -1;
+	sealed = manifest_sealed(key, id, manifest, err);
+	if (sealed == NULL)
+		return -1;
+	/* The MAC is over the exact text that follows it, so reading it back needs no
+	 * canonical form: {"mac":"HEX", + the text after its opening brace. */
+	body = json_object_to_json_string_ext(sealed, JSON_C_TO_STRING_PLAIN);
+	chunkcrypt_mac(key, body, strlen(body), mac);
+	text = xasprintf(MAC_HEAD "%s\",%s", mac, body + 1);
+	json_object_put(sealed);
+	ret = file_write_atomic(path, text, strlen(text), 0644);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot write manifest %s: %s", path, strerror(-ret));
+	return 0;
+}
+
+/* The spec of a manifest read with its key back in the clear as "spec". */
+static int manifest_spec_open(const struct chunkcrypt_key *key, const char *id,
+			      struct json_object *m, struct kerr *err)
+{
+	const char *hex = json_object_get_string(json_object_object_get(m, "spec_sealed"));
+	_cleanup_free_ char *aad = xasprintf("spec:%s", id), *sealed = NULL, *plain = NULL;
+	size_t slen, len;
+	struct json_object *spec;
+
+	if (hex == NULL)
+		return 0;
+	slen = strlen(hex) / 2;
+	sealed = xmalloc(slen + 1);
+	plain = xmalloc(slen + 1);
+	if (hex_decode(hex, (unsigned char *)sealed, slen) < 0 ||
+	    chunkcrypt_open(key, aad, sealed, slen, plain, slen, &len, err) < 0)
+		return err_set(err, EBADMSG, "backup %s: its sealed spec does not open", id);
+	plain[len] = '\0';
+	spec = json_tokener_parse(plain);
+	OPENSSL_cleanse(plain, len);
+	if (spec == NULL)
+		return err_set(err, EBADMSG, "backup %s: its sealed spec is not JSON", id);
+	json_object_object_del(m, "spec_sealed");
+	json_object_object_add(m, "spec", spec);
+	return 0;
+}
+
+int chunkstore_manifest_read_with(const char *root, const struct chunkcrypt_key *key,
+				  const char *id, struct json_object **out, struct kerr *err)
+{
+	char path[PATH_MAX], mac[CHUNKCRYPT_HEX_LEN + 1];
+	_cleanup_free_ char *text = NULL;
+	size_t head = strlen(MAC_HEAD), len;
+	struct json_object *m;
+	const char *check;
+	int ret;
+
+	if (manifest_path(root, id, path, sizeof(path), err) < 0)
+		return -1;
+	ret = file_read(path, &text, &len);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot read manifest %s: %s", path, strerror(-ret));
+	m = json_tokener_parse(text);
+	if (m == NULL || !json_object_is_type(m, json_type_object)) {
+		json_object_put(m);
+		return err_set(err, EBADMSG, "manifest %s is not a JSON object", path);
+	}
+	if (key == NULL) {
+		if (json_object_object_get(m, "encrypted") == NULL) {
+			*out = m;
+			return 0;
+		}
+		json_object_put(m);
+		return err_set(err, EACCES,
+			       "backup %s is in an encrypted store: its encryption key is needed",
+			       id);
+	}
+	check = json_object_get_string(json_object_object_get(m, "key_check"));
+	if (check == NULL || strcmp(check, key->check) != 0) {
+		json_object_put(m);
+		return err_set(err, EACCES,
+			       check ? "the encryption key is not backup %s's (its key check "
+				       "value differs)"
+				     : "backup %s is not encrypted, yet a key was given",
+			       id);
+	}
+	/* {"mac":"HEX", then the text the MAC covers after a "{" of its own. */
+	if (len < head + CHUNKCRYPT_HEX_LEN + 2 || strncmp(text, MAC_HEAD, head) != 0 ||
+	    text[head + CHUNKCRYPT_HEX_LEN] != '"' || text[head + CHUNKCRYPT_HEX_LEN + 1] != ',') {
+		json_object_put(m);
+		return err_set(err, EBADMSG, "manifest %s has no MAC", path);
+	}
+	text[head + CHUNKCRYPT_HEX_LEN + 1] = '{';
+	chunkcrypt_mac(key, text + head + CHUNKCRYPT_HEX_LEN + 1,
+		       len - head - CHUNKCRYPT_HEX_LEN - 1, mac);
+	if (CRYPTO_memcmp(mac, text + head, CHUNKCRYPT_HEX_LEN) != 0) {
+		json_object_put(m);
+		return err_set(err, EBADMSG, "manifest %s was changed: its MAC does not match",
+			       path);
+	}
+	json_object_object_del(m, "mac");
+	if (manifest_spec_open(key, id, m, err) < 0) {
+		json_object_put(m);
+		return -1;
+	}
+	*out = m;
+	return 0;
 }

@@ -7,6 +7,10 @@
  *                              a zstd frame of that content
  *   ROOT/backups/ID.json       one manifest per finished backup
  *   ROOT/tmp/                  work files of backups and restores in progress
+ *   ROOT/encryption.json       an encrypted store only: its cipher and key check value
+ * An encrypted store (chunkcrypt.h) names its chunks by HMAC-SHA256 of their content
+ * instead, seals each zstd frame with AES-256-GCM, and authenticates its manifests;
+ * every function taking a key takes NULL for a plain store.
  * A chunk is written whole under a temporary name and renamed, so a reader (or a
  * crash) never sees half of one; chunkstore_sync() makes every chunk written so far
  * durable with one syncfs(), which a backup calls before its manifest is written, so
@@ -25,6 +29,8 @@
 #include <stdint.h>
 
 #include "err.h"
+
+struct chunkcrypt_key;
 
 /*
  * Disks are cut into fixed-size chunks. 1 MiB rather than PBS's 4 MiB: an
@@ -80,12 +86,17 @@ struct chunkstore_writer {
 	void *cctx; /* ZSTD_CCtx */
 	void *zbuf;
 	size_t zcap;
+	const struct chunkcrypt_key *key; /* the store's, set after init; NULL: plain */
+	void *ebuf;			  /* the sealed chunk, when key is set */
 };
 void chunkstore_writer_init(struct chunkstore_writer *w);
 void chunkstore_writer_free(struct chunkstore_writer *w);
 /* chunkstore_put with w's context and buffer. */
 int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
 			char *hex, uint64_t *written, struct kerr *err);
+
+/* The name of a whole chunk of zeros in a store with key (NULL: CHUNKSTORE_ZERO_HEX). */
+const char *chunkstore_zero_name(const struct chunkcrypt_key *key);
 
 /*
  * Read chunk hex into buf (cap bytes), decompress it and check its SHA-256: *len gets
@@ -94,6 +105,19 @@ int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const voi
  */
 int chunkstore_get(const char *root, const char *hex, void *buf, size_t cap, size_t *len,
 		   struct kerr *err);
+/* chunkstore_get in a store with key: the GCM tag and the keyed name are checked (a
+ * failure of either is EBADMSG and says which). */
+int chunkstore_get_with(const char *root, const struct chunkcrypt_key *key, const char *hex,
+			void *buf, size_t cap, size_t *len, struct kerr *err);
+
+/*
+ * Check key against the store's encryption.json before anything is read or written:
+ * a plain store (no file) takes key NULL, an encrypted one the key whose check value
+ * it holds. With create, an encrypted store's first use writes the file. Returns 0,
+ * or -1 with err (EACCES naming the key when it is missing or wrong).
+ */
+int chunkstore_key_check(const char *root, const struct chunkcrypt_key *key, bool create,
+			 struct kerr *err);
 
 /*
  * The disk checksum of manifest version 2: SHA-256 over, in disk order, each chunk's
@@ -120,9 +144,24 @@ int chunkstore_sync(const char *root, struct kerr *err);
 int chunkstore_manifest_write(const char *root, const char *id, struct json_object *manifest,
 			      struct kerr *err);
 
-/* Read ROOT/backups/ID.json: *out is a new reference. Returns 0 or -1 with err. */
+/* Read ROOT/backups/ID.json: *out is a new reference. Returns 0 or -1 with err. No
+ * key: an encrypted store's manifest comes as it is (its chunk lists, for the garbage
+ * collection; its spec sealed, its MAC unchecked). */
 int chunkstore_manifest_read(const char *root, const char *id, struct json_object **out,
 			     struct kerr *err);
+
+/*
+ * The manifest with a store's key. Writing, an encrypted store's manifest has its
+ * "spec" (which may hold secrets: environment, user data) sealed as "spec_sealed",
+ * "encrypted": true and "key_check", and an HMAC of the rest of its text as its first
+ * member "mac". Reading checks the MAC (a wrong key or a changed manifest is refused,
+ * saying which) and gives the spec back as "spec". key NULL: as the plain functions,
+ * but an encrypted manifest is refused (EACCES: the key is needed).
+ */
+int chunkstore_manifest_write_with(const char *root, const struct chunkcrypt_key *key,
+				   const char *id, struct json_object *manifest, struct kerr *err);
+int chunkstore_manifest_read_with(const char *root, const struct chunkcrypt_key *key,
+				  const char *id, struct json_object **out, struct kerr *err);
 
 /*
  * Re-read every chunk a manifest names and check it, and (version 2) each disk's
@@ -133,5 +172,9 @@ int chunkstore_manifest_read(const char *root, const char *id, struct json_objec
  */
 int chunkstore_verify(const char *root, struct json_object *manifest, struct json_object **bad,
 		      struct kerr *err);
+/* chunkstore_verify in a store with key (chunkstore_get_with each chunk). */
+int chunkstore_verify_with(const char *root, const struct chunkcrypt_key *key,
+			   struct json_object *manifest, struct json_object **bad,
+			   struct kerr *err);
 
 #endif

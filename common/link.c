@@ -3,6 +3,7 @@
  */
 #include "link.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -59,6 +60,8 @@ int link_msg_seal(const unsigned char key[SEAL_KEY_LEN], char dir, const struct 
 			       m->body ? json_object_get(m->body) : json_object_new_object());
 	text = json_text(env);
 	ret = seal_pack(key, dir, m->host, text, strlen(text), out, outlen, err);
+	/* The clear text may carry a secret (a backup store's key): gone before it is freed. */
+	OPENSSL_cleanse((char *)text, strlen(text));
 	json_object_put(env);
 	return ret;
 }
@@ -78,6 +81,7 @@ int link_msg_open(const unsigned char key[SEAL_KEY_LEN], char expect_dir, const 
 	char dir, host[SEAL_HOST_MAX + 1];
 	size_t plainlen;
 	const char *op;
+	int ret;
 
 	memset(m, 0, sizeof(*m));
 	if (len > LINK_MSG_MAX)
@@ -88,8 +92,9 @@ int link_msg_open(const unsigned char key[SEAL_KEY_LEN], char expect_dir, const 
 		return err_set(err, 0, "message sealed for the other direction");
 	if (seal_open(key, buf, len, &plain, &plainlen, err) < 0)
 		return -1;
-	if (json_body_parse(plain, plainlen, &env, err) < 0 ||
-	    json_fields_check(env, envelope_fields, err) < 0) {
+	ret = json_body_parse(plain, plainlen, &env, err);
+	OPENSSL_cleanse(plain, plainlen); /* as in link_msg_seal() */
+	if (ret < 0 || json_fields_check(env, envelope_fields, err) < 0) {
 		json_object_put(env);
 		return -1;
 	}
@@ -119,8 +124,23 @@ bad:
 	return -1;
 }
 
+/* Wipe the text of a string member "key" of o, and of o's "restore" (a command's
+ * args: an encrypted backup store's key, common/chunkcrypt.h). */
+static void args_key_wipe(struct json_object *o)
+{
+	struct json_object *v;
+
+	if (json_object_object_get_ex(o, "key", &v) && json_object_is_type(v, json_type_string))
+		OPENSSL_cleanse((char *)json_object_get_string(v),
+				(size_t)json_object_get_string_len(v));
+	if (json_object_object_get_ex(o, "restore", &v) && json_object_is_type(v, json_type_object))
+		args_key_wipe(v);
+}
+
 void link_msg_clear(struct link_msg *m)
 {
+	/* Whoever needed a command's secret took a copy while handling it. */
+	args_key_wipe(json_object_object_get(m->body, "args"));
 	json_object_put(m->body);
 	m->body = NULL;
 }

@@ -74,6 +74,7 @@ int link_msg_seal(const unsigned char key[SEAL_KEY_LEN], char dir, const struct 
 int link_msg_open(const unsigned char key[SEAL_KEY_LEN], char expect_dir, const unsigned char *buf,
 		  size_t len, struct link_msg *m, struct kerr *err);
 
+/* Release m's body; a command's args.key (args.restore.key), a secret, is wiped first. */
 void link_msg_clear(struct link_msg *m);
 
 /*

@@ -2,19 +2,23 @@
  * api_backups.c - the REST side of backups (backups.c holds the rules and the SQL):
  *
  *   GET/POST /api/v1/backup-stores, GET/DELETE /api/v1/backup-stores/{name}
+ *        POST {"name", "path"?, "encryption_key"?}: 64 hex digits make it encrypted
  *   POST /api/v1/instances/{name}/backups            {"store"?, "mode"?} -> operation
  *   GET  /api/v1/backups[?instance=NAME], GET /api/v1/backups/{id}
  *   GET  /api/v1/backup-schedules
  *   GET/PUT/DELETE /api/v1/instances/{name}/backup-schedule   {calendar, store?, mode?,
  *                                                     keep_*?} (backup_sched.c)
  *   POST /api/v1/backups/{id}/actions/restore        {"name"?, "host"?, "networks"?,
- *                                                     "start"?} -> operation: over the
+ *                                                     "start"?, "encryption_key"?}
+ *                                                     -> operation: over the
  *        backup's own stopped instance, or a new instance made from its saved spec
  */
 #include "controllerd.h"
 
+#include <openssl/crypto.h>
 #include <string.h>
 
+#include "chunkcrypt.h"
 #include "json.h"
 #include "spec.h"
 #include "util.h"
@@ -38,9 +42,35 @@ static int store_path_check(struct json_object *v, const char *f, struct kerr *e
 	return backup_store_path_check(json_object_get_string(v), err);
 }
 
+static int key_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	unsigned char key[CHUNKCRYPT_KEY_LEN];
+	int ret = chunkcrypt_key_parse(json_object_get_string(v), key, err);
+
+	(void)f;
+	OPENSSL_cleanse(key, sizeof(key));
+	return ret;
+}
+
+/*
+ * A request that carried an encryption key: wipe its text, in the parsed body and in
+ * the request's buffer, before either is freed.
+ */
+static void body_key_wipe(struct request *req, struct json_object *body)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(body, "encryption_key", &v))
+		return;
+	OPENSSL_cleanse((char *)json_object_get_string(v), (size_t)json_object_get_string_len(v));
+	if (req->body)
+		OPENSSL_cleanse(req->body, req->body_len);
+}
+
 static const struct json_field store_fields[] = {
 	{"name", JK_STRING, true, name_check},
 	{"path", JK_STRING, false, store_path_check},
+	{"encryption_key", JK_STRING, false, key_check}, /* 64 hex digits: an encrypted store */
 	{NULL, 0, false, NULL},
 };
 
@@ -61,8 +91,9 @@ enum MHD_Result api_backup_stores_create(struct request *req)
 	if (http_body_json(req, store_fields, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
 	ret = backup_store_create(json_get_str(body, "name", ""), json_get_str(body, "path", NULL),
-				  &err);
+				  json_get_str(body, "encryption_key", NULL), &err);
 	s = ret == 0 ? backup_store_get(json_get_str(body, "name", "")) : NULL;
+	body_key_wipe(req, body);
 	json_object_put(body);
 	if (ret < 0)
 		return http_reply_kerr(req, &err);
@@ -196,8 +227,9 @@ static int networks_check(struct json_object *v, const char *f, struct kerr *err
 static const struct json_field restore_fields[] = {
 	{"name", JK_STRING, false, name_check},
 	{"host", JK_STRING, false, name_check},
-	{"networks", JK_ARRAY, false, networks_check}, /* a new instance's NICs */
-	{"start", JK_BOOL, false, NULL},	       /* a new instance boots (default) */
+	{"networks", JK_ARRAY, false, networks_check},	 /* a new instance's NICs */
+	{"start", JK_BOOL, false, NULL},		 /* a new instance boots (default) */
+	{"encryption_key", JK_STRING, false, key_check}, /* an encrypted store's, again */
 	{NULL, 0, false, NULL},
 };
 
@@ -243,7 +275,12 @@ enum MHD_Result api_backup_restore(struct request *req)
 		return http_reply_error(req, 404, NULL, "no backup %.64s", req->params[0]);
 	}
 	name = json_get_str(body, "name", json_get_str(b, "instance", ""));
-	if (!binst_load(name, &i)) {
+	/* An encrypted store: a wrong key given is refused here, before anything is read;
+	 * without one, the key the controller holds must unwrap. */
+	if (backup_store_key_supply(req->params[0], json_get_str(body, "encryption_key", NULL),
+				    &err) < 0) {
+		ret = http_reply_kerr(req, &err);
+	} else if (!binst_load(name, &i)) {
 		/* No such instance: the restore creates it, placed like any create. */
 		ret = restore_create(req, b, body, name);
 	} else if (strcmp(name, json_get_str(b, "instance", "")) != 0) {
@@ -274,6 +311,7 @@ enum MHD_Result api_backup_restore(struct request *req)
 	}
 	json_object_put(i.spec);
 	json_object_put(b);
+	body_key_wipe(req, body);
 	json_object_put(body);
 	return ret;
 }

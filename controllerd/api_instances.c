@@ -718,12 +718,21 @@ static int create_insert(struct create_plan *p, struct kerr *err)
  * order), then the create command. Without NICs no host's network document changes. */
 static void create_enqueue(struct create_plan *p)
 {
-	struct json_object *nics = json_object_object_get(p->spec, "nics");
+	struct json_object *nics = json_object_object_get(p->spec, "nics"), *args;
+	struct kerr err;
 
 	if (json_object_is_type(nics, json_type_array) && json_array_len(nics) > 0)
 		netsync_changed(p->host);
+	/* A restore from an encrypted store: its key goes in the command only, never in
+	 * the operation's args (backups.c; checked before the create was recorded). */
+	args = p->restore ? backup_cmd_args(p->args, &err) : json_object_get(p->args);
+	if (args == NULL) {
+		log_warnx("instance %s: %s", json_get_str(p->spec, "name", ""), err.msg);
+		args = json_object_get(p->args);
+	}
 	cmd_instance(p->host, json_object_get_string(json_object_object_get(p->op, "id")), "create",
-		     p->spec, p->args);
+		     p->spec, args);
+	json_object_put(args);
 }
 
 /*

@@ -12,15 +12,27 @@
  * on the instance meanwhile); its row is made "running" with the operation and
  * settles with the operation's result: "succeeded" (restorable) or "failed" (never
  * listed as restorable). A restore is "instance-restore" on the instance it writes.
+ *
+ * An encrypted store (common/chunkcrypt.h) has the operator's key in its row only
+ * wrapped (AES-256-GCM) under the controller's master key, state_dir/backup-master.key
+ * (32 random bytes, hex, mode 0600, made when the first encrypted store is), with its
+ * key check value beside it. The key is unwrapped for a command to an agent and put
+ * in the command's args only, never in the operation's (backup_cmd_args); the JSON
+ * string holding it is wiped when the command is freed. Verify, which runs here,
+ * unwraps it for its thread and wipes it after. A controller that lost its master key
+ * (a database restored elsewhere) gets a store's key again with a restore's
+ * "encryption_key" (backup_store_key_supply), checked against the key check value.
  */
 #include "controllerd.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chunkcrypt.h"
 #include "chunkstore.h"
 #include "json.h"
 #include "log.h"
@@ -29,6 +41,244 @@
 #include "valid.h"
 
 #define BACKUP_STORE_DEFAULT_DIR "backups"
+#define MASTER_KEY_FILE		 "backup-master.key"
+
+/* ---- encryption: the master key and each store's wrapped key ---- */
+
+static unsigned char master_key[CHUNKCRYPT_KEY_LEN];
+static bool master_key_loaded;
+
+/*
+ * The master key, read from state_dir at first need, or made there (create) when no
+ * encrypted store was made before. A local file of 65 bytes: read on the loop, once.
+ * Returns 0, or -1 with err.
+ */
+static int master_key_get(bool create, struct kerr *err)
+{
+	_cleanup_free_ char *path = xasprintf("%s/" MASTER_KEY_FILE, ctl.cfg.state_dir);
+	_cleanup_free_ char *text = NULL;
+	char hex[2 * CHUNKCRYPT_KEY_LEN + 2];
+	int rc;
+
+	if (master_key_loaded)
+		return 0;
+	rc = file_read_all(path, 256, &text, NULL);
+	if (rc == 0) {
+		text[strcspn(text, "\n")] = '\0';
+		rc = strlen(text) == 2 * CHUNKCRYPT_KEY_LEN
+			     ? hex_decode(text, master_key, CHUNKCRYPT_KEY_LEN)
+			     : -1;
+		OPENSSL_cleanse(text, strlen(text));
+		if (rc < 0)
+			return err_set(err, 0, "%s does not hold %d hex digits", path,
+				       2 * CHUNKCRYPT_KEY_LEN);
+		master_key_loaded = true;
+		return 0;
+	}
+	if (rc != -ENOENT || !create)
+		return err_input(err, 409, "encryption_key",
+				 "the controller has no backup master key (%s: %s): give the "
+				 "store's encryption_key again",
+				 path, strerror(-rc));
+	random_bytes(master_key, CHUNKCRYPT_KEY_LEN);
+	hex_encode(master_key, CHUNKCRYPT_KEY_LEN, hex);
+	strcat(hex, "\n");
+	/* 0600: the master key opens every encrypted store's key in the database. */
+	rc = file_write_atomic(path, hex, strlen(hex), 0600);
+	OPENSSL_cleanse(hex, sizeof(hex));
+	if (rc < 0)
+		return err_set(err, -rc, "cannot write %s: %s", path, strerror(-rc));
+	master_key_loaded = true;
+	log_info("backup: made the backup master key %s; back it up apart from the database", path);
+	return 0;
+}
+
+/*
+ * The operator key of the store with id store_id into opkey. Returns 1 for an
+ * encrypted store, 0 for a plain one (opkey untouched), -1 with err (409 naming
+ * encryption_key: the controller cannot unwrap it).
+ */
+static int store_key_get(int64_t store_id, unsigned char opkey[CHUNKCRYPT_KEY_LEN],
+			 struct kerr *err)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT name, key_wrapped FROM backup_stores "
+					      "WHERE id = ?");
+	_cleanup_free_ char *name = NULL, *wrapped = NULL;
+	struct kerr uerr;
+
+	sqlite3_bind_int64(st, 1, store_id);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 1) == SQLITE_TEXT) {
+		name = xstrdup((const char *)sqlite3_column_text(st, 0));
+		wrapped = xstrdup((const char *)sqlite3_column_text(st, 1));
+	}
+	sqlite3_finalize(st);
+	if (wrapped == NULL)
+		return 0;
+	if (master_key_get(false, err) < 0)
+		return -1;
+	if (chunkcrypt_unwrap(master_key, wrapped, opkey, &uerr) < 0)
+		return err_input(err, 409, "encryption_key",
+				 "store %s: its encryption key cannot be unwrapped (%s); give it "
+				 "again as a restore's encryption_key",
+				 name, uerr.msg);
+	return 1;
+}
+
+/* The JSON string's user_delete: its text (a store's key) is wiped before it is freed. */
+static void key_string_wipe_cb(struct json_object *jso, void *userdata)
+{
+	(void)userdata;
+	OPENSSL_cleanse((char *)json_object_get_string(jso),
+			(size_t)json_object_get_string_len(jso));
+}
+
+/*
+ * The args an agent's command carries for args (a backup's or a restore's {backup,
+ * store}, or a create's {restore: {...}}): a new copy, with the store's key as "key"
+ * beside "store" when it is encrypted; args, as the operation keeps them, never hold
+ * it. Returns the copy (the caller's; its key text is wiped when the last reference
+ * goes, whoever drops it), args itself with a reference added when they name no
+ * store, or NULL with err.
+ */
+struct json_object *backup_cmd_args(struct json_object *args, struct kerr *err)
+{
+	struct json_object *copy = NULL, *where, *key;
+	unsigned char opkey[CHUNKCRYPT_KEY_LEN];
+	char hex[2 * CHUNKCRYPT_KEY_LEN + 1], path[256];
+	sqlite3_stmt *st;
+	int64_t store_id = 0;
+	int ret;
+
+	/* Not a backup's nor a restore's: the args as they are. */
+	if (!json_object_object_get(args, "store") && !json_object_object_get(args, "restore"))
+		return json_object_get(args);
+	json_object_deep_copy(args, &copy, NULL);
+	where = json_object_object_get(copy, "restore") ? json_object_object_get(copy, "restore")
+							: copy;
+	snprintf(path, sizeof(path), "%s", json_get_str(where, "store", ""));
+	st = db_prepare(ctl.db, "SELECT id FROM backup_stores WHERE path = ?");
+	sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		store_id = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	ret = store_id ? store_key_get(store_id, opkey, err) : 0;
+	if (ret < 0) {
+		json_object_put(copy);
+		return NULL;
+	}
+	if (ret == 1) {
+		hex_encode(opkey, sizeof(opkey), hex);
+		key = json_object_new_string(hex);
+		json_object_set_userdata(key, NULL, key_string_wipe_cb);
+		json_object_object_add(where, "key", key);
+		OPENSSL_cleanse(hex, sizeof(hex));
+		OPENSSL_cleanse(opkey, sizeof(opkey));
+	}
+	return copy;
+}
+
+/*
+ * Give the key of the store backup id is in again (key_hex, the API's
+ * "encryption_key"): 422 when it is not the store's (its key check value differs) or
+ * the store is plain. A key the controller could not unwrap (its master key lost) is
+ * wrapped afresh. key_hex NULL: only check that the controller can unwrap the key of
+ * an encrypted store (409 naming encryption_key). Returns 0 or -1 with err (404: no
+ * such backup).
+ */
+int backup_store_key_supply(const char *id, const char *key_hex, struct kerr *err)
+{
+	unsigned char opkey[CHUNKCRYPT_KEY_LEN], held[CHUNKCRYPT_KEY_LEN];
+	char check[CHUNKCRYPT_HEX_LEN + 1];
+	_cleanup_free_ char *want = NULL, *name = NULL;
+	sqlite3_stmt *st;
+	int64_t store_id = 0;
+	struct kerr kerr;
+	int ret = 0;
+
+	st = db_prepare(ctl.db, "SELECT s.id, s.name, s.key_check FROM backups b JOIN "
+				"backup_stores s ON s.id = b.store_id WHERE b.id = ?");
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		store_id = sqlite3_column_int64(st, 0);
+		name = xstrdup((const char *)sqlite3_column_text(st, 1));
+		if (sqlite3_column_type(st, 2) == SQLITE_TEXT)
+			want = xstrdup((const char *)sqlite3_column_text(st, 2));
+	}
+	sqlite3_finalize(st);
+	if (store_id == 0)
+		return err_input(err, 404, NULL, "no backup %s", id);
+	if (key_hex == NULL) {
+		/* Nothing given: the key this controller holds must do. */
+		ret = want ? store_key_get(store_id, held, err) : 0;
+		OPENSSL_cleanse(held, sizeof(held));
+		return ret < 0 ? -1 : 0;
+	}
+	if (want == NULL)
+		return err_input(err, 422, "encryption_key",
+				 "store %s is not encrypted: it takes no encryption_key", name);
+	if (chunkcrypt_key_parse(key_hex, opkey, err) < 0)
+		return -1;
+	chunkcrypt_check_value(opkey, check);
+	if (CRYPTO_memcmp(check, want, CHUNKCRYPT_HEX_LEN) != 0) {
+		OPENSSL_cleanse(opkey, sizeof(opkey));
+		return err_input(err, 422, "encryption_key",
+				 "the encryption_key is not store %s's (its key check value "
+				 "differs): nothing was read",
+				 name);
+	}
+	if (store_key_get(store_id, held, &kerr) < 0) {
+		/* The right key, but the row's wrap is lost to this controller: wrap it anew. */
+		_cleanup_free_ char *wrapped = NULL;
+
+		if (master_key_get(true, err) < 0) {
+			OPENSSL_cleanse(opkey, sizeof(opkey));
+			return -1;
+		}
+		wrapped = chunkcrypt_wrap(master_key, opkey);
+		st = db_prepare(ctl.db, "UPDATE backup_stores SET key_wrapped = ? WHERE id = ?");
+		sqlite3_bind_text(st, 1, wrapped, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, store_id);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			ret = err_set(err, 0, "cannot record the store's key: %s",
+				      sqlite3_errmsg(ctl.db));
+		sqlite3_finalize(st);
+		if (ret == 0)
+			log_info("backup store %s: its encryption key was given again", name);
+	}
+	OPENSSL_cleanse(held, sizeof(held));
+	OPENSSL_cleanse(opkey, sizeof(opkey));
+	return ret;
+}
+
+/*
+ * A store at path (relative to the shared pool) that exists already and is encrypted
+ * must be re-attached with its own key: check key_check (NULL: no key given) against
+ * its encryption.json. The one read of a store file on the loop: a file under 200
+ * bytes, at an administrator's store creation, so a wrong key is a 422 at once rather
+ * than a failed backup later. Returns 0 or -1 with err.
+ */
+static int store_reattach_check(const char *path, const char *key_check, struct kerr *err)
+{
+	_cleanup_free_ char *file = xasprintf("%s/%s/encryption.json", ctl.cfg.shared_pool, path);
+	_cleanup_free_ char *text = NULL;
+	struct json_object *doc;
+	const char *have;
+	int ok;
+
+	if (file_read_all(file, 4096, &text, NULL) < 0)
+		return 0; /* a new or a plain store */
+	doc = json_tokener_parse(text);
+	have = json_object_get_string(json_object_object_get(doc, "key_check"));
+	ok = key_check && have && !strcmp(have, key_check);
+	json_object_put(doc);
+	if (ok)
+		return 0;
+	return err_input(err, 422, "encryption_key",
+			 key_check ? "the encryption_key is not the key of the store at %s (its "
+				     "key check value differs)"
+				   : "the store at %s is encrypted: give its encryption_key",
+			 path);
+}
 
 /* A store path: relative to the shared pool, plain components, no "." or "..". */
 int backup_store_path_check(const char *path, struct kerr *err)
@@ -66,12 +316,16 @@ static struct json_object *store_row_json(sqlite3_stmt *st)
 			       json_object_new_string((const char *)sqlite3_column_text(st, 1)));
 	json_object_object_add(o, "created_at", json_object_new_int64(sqlite3_column_int64(st, 2)));
 	json_object_object_add(o, "backups", json_object_new_int64(sqlite3_column_int64(st, 3)));
+	/* Whether it is encrypted, never its key nor the wrap of it. */
+	json_object_object_add(o, "encrypted",
+			       json_object_new_boolean(sqlite3_column_type(st, 4) == SQLITE_TEXT));
 	return o;
 }
 
 #define STORE_SELECT                                                                               \
 	"SELECT s.name, s.path, s.created_at, "                                                    \
-	"(SELECT count(*) FROM backups b WHERE b.store_id = s.id) FROM backup_stores s "
+	"(SELECT count(*) FROM backups b WHERE b.store_id = s.id), s.key_check "                   \
+	"FROM backup_stores s "
 
 /* Every store as JSON, by name. */
 struct json_object *backup_stores_list(void)
@@ -99,12 +353,17 @@ struct json_object *backup_store_get(const char *name)
 }
 
 /*
- * Record a store named name at path (NULL: backups/NAME under the shared pool).
- * Returns 0, or -1 with err (409 when the name or the path is taken).
+ * Record a store named name at path (NULL: backups/NAME under the shared pool),
+ * encrypted with key_hex (64 hex digits; NULL: plain). Returns 0, or -1 with err (409
+ * when the name or the path is taken, 422 when an encrypted store there has another
+ * key).
  */
-int backup_store_create(const char *name, const char *path, struct kerr *err)
+int backup_store_create(const char *name, const char *path, const char *key_hex, struct kerr *err)
 {
 	_cleanup_free_ char *dflt = xasprintf(BACKUP_STORE_DEFAULT_DIR "/%s", name);
+	_cleanup_free_ char *wrapped = NULL;
+	unsigned char opkey[CHUNKCRYPT_KEY_LEN];
+	char check[CHUNKCRYPT_HEX_LEN + 1];
 	sqlite3_stmt *st;
 	int rc;
 
@@ -123,11 +382,26 @@ int backup_store_create(const char *name, const char *path, struct kerr *err)
 	if (rc == SQLITE_ROW)
 		return err_input(err, 409, "name", "a store named %s or at %s exists already", name,
 				 path);
-	st = db_prepare(ctl.db,
-			"INSERT INTO backup_stores (name, path, created_at) VALUES (?, ?, ?)");
+	if (key_hex) {
+		if (chunkcrypt_key_parse(key_hex, opkey, err) < 0)
+			return -1;
+		chunkcrypt_check_value(opkey, check);
+		if (master_key_get(true, err) < 0) {
+			OPENSSL_cleanse(opkey, sizeof(opkey));
+			return -1;
+		}
+		wrapped = chunkcrypt_wrap(master_key, opkey);
+		OPENSSL_cleanse(opkey, sizeof(opkey));
+	}
+	if (store_reattach_check(path, key_hex ? check : NULL, err) < 0)
+		return -1;
+	st = db_prepare(ctl.db, "INSERT INTO backup_stores (name, path, created_at, key_wrapped, "
+				"key_check) VALUES (?, ?, ?, ?, ?)");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, now_ms());
+	sqlite3_bind_text(st, 4, wrapped, -1, SQLITE_STATIC); /* NULL: plain */
+	sqlite3_bind_text(st, 5, key_hex ? check : NULL, -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
@@ -302,7 +576,7 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 				 struct kerr *err)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", name);
-	struct json_object *op, *res, *args;
+	struct json_object *op, *res, *args, *wire;
 	char path[256], busy[LINK_OP_ID_MAX + 1], id[LINK_OP_ID_MAX + 1], parent[65];
 	int64_t store_id = store_find(store, path, sizeof(path));
 	sqlite3_stmt *st;
@@ -359,11 +633,19 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 		json_object_object_add(args, "parent", json_object_new_string(parent));
 	if (mode && !strcmp(mode, "full"))
 		json_object_object_add(args, "full", json_object_new_boolean(true));
+	/* An encrypted store's key goes in the command only; a key the controller cannot
+	 * unwrap fails the request here, before any row is made. */
+	wire = backup_cmd_args(args, err);
+	if (wire == NULL) {
+		json_object_put(args);
+		return NULL;
+	}
 	res = json_object_new_object();
 	json_object_object_add(res, "args", json_object_get(args));
 	json_object_object_add(res, "id", json_object_new_string(id));
 	if (db_begin(ctl.db) < 0) {
 		json_object_put(args);
+		json_object_put(wire);
 		json_object_put(res);
 		return err_input(err, 503, NULL, "the database is busy; try again"), NULL;
 	}
@@ -371,6 +653,7 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	if (op == NULL) {
 		db_rollback(ctl.db);
 		json_object_put(args);
+		json_object_put(wire);
 		return NULL;
 	}
 	st = db_prepare(ctl.db,
@@ -391,12 +674,14 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	if (rc != SQLITE_DONE || db_commit(ctl.db, err) < 0) {
 		db_rollback(ctl.db);
 		json_object_put(args);
+		json_object_put(wire);
 		json_object_put(op);
 		return err_set(err, 0, "cannot record the backup: %s", sqlite3_errmsg(ctl.db)),
 		       NULL;
 	}
 	log_info("instance %s: backup %s into %s started", name, id, path);
-	instances_cmd_send(h, json_get_str(op, "id", ""), "backup", spec, args);
+	instances_cmd_send(h, json_get_str(op, "id", ""), "backup", spec, wire);
+	json_object_put(wire);
 	json_object_put(args);
 	return op;
 }
@@ -564,7 +849,7 @@ struct json_object *backup_restore_start(const char *id, const char *name, const
 					 struct json_object *spec, struct host *h, struct kerr *err)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", name);
-	struct json_object *b = backup_get(id), *op, *res, *args;
+	struct json_object *b = backup_get(id), *op, *res, *args, *wire;
 	char busy[LINK_OP_ID_MAX + 1], path[256];
 
 	if (b == NULL)
@@ -593,15 +878,22 @@ struct json_object *backup_restore_start(const char *id, const char *name, const
 	args = json_object_new_object();
 	json_object_object_add(args, "backup", json_object_new_string(id));
 	json_object_object_add(args, "store", json_object_new_string(path));
+	wire = backup_cmd_args(args, err); /* with an encrypted store's key */
+	if (wire == NULL) {
+		json_object_put(args);
+		return NULL;
+	}
 	res = json_object_new_object();
 	json_object_object_add(res, "args", json_object_get(args));
 	op = op_create("instance-restore", target, h, res, err);
 	if (op == NULL) {
 		json_object_put(args);
+		json_object_put(wire);
 		return NULL;
 	}
 	log_info("instance %s: restore from backup %s started", name, id);
-	instances_cmd_send(h, json_get_str(op, "id", ""), "restore", spec, args);
+	instances_cmd_send(h, json_get_str(op, "id", ""), "restore", spec, wire);
+	json_object_put(wire);
 	json_object_put(args);
 	return op;
 }
@@ -712,7 +1004,8 @@ struct verify_job {
 	uv_work_t req;
 	char op[LINK_OP_ID_MAX + 1];
 	char backup[65];
-	char *store; /* absolute */
+	char *store;		    /* absolute */
+	struct chunkcrypt_key *key; /* an encrypted store's, wiped after; NULL: plain */
 	/* thread results */
 	int bad_count;
 	struct json_object *bad; /* [{disk, offset, chunk, error}] or NULL */
@@ -727,7 +1020,8 @@ static void verify_work_cb(uv_work_t *req)
 	struct kerr err;
 
 	/* Blocking reads of the whole backup from the shared pool: a worker thread's. */
-	if (chunkstore_manifest_read(v->store, v->backup, &m, &err) < 0) {
+	if (chunkstore_key_check(v->store, v->key, false, &err) < 0 ||
+	    chunkstore_manifest_read_with(v->store, v->key, v->backup, &m, &err) < 0) {
 		snprintf(v->error, sizeof(v->error), "%s", err.msg);
 		return;
 	}
@@ -735,10 +1029,20 @@ static void verify_work_cb(uv_work_t *req)
 	for (size_t i = 0; i < json_array_len(disks); i++)
 		v->chunks += (int64_t)json_array_len(
 			json_object_object_get(json_object_array_get_idx(disks, i), "chunks"));
-	v->bad_count = chunkstore_verify(v->store, m, &v->bad, &err);
+	v->bad_count = chunkstore_verify_with(v->store, v->key, m, &v->bad, &err);
 	if (v->bad_count < 0)
 		snprintf(v->error, sizeof(v->error), "%s", err.msg);
 	json_object_put(m);
+}
+
+static void verify_job_free(struct verify_job *v)
+{
+	if (v->key) {
+		chunkcrypt_key_wipe(v->key);
+		free(v->key);
+	}
+	free(v->store);
+	free(v);
 }
 
 static void verify_after_cb(uv_work_t *req, int status)
@@ -775,8 +1079,7 @@ static void verify_after_cb(uv_work_t *req, int status)
 			       json_object_new_boolean(!v->error[0] && v->bad_count == 0));
 	json_object_object_add(res, "bad", v->bad ? v->bad : json_object_new_array());
 	op_update(v->op, "succeeded", 100, "done", res, NULL);
-	free(v->store);
-	free(v);
+	verify_job_free(v);
 }
 
 /*
@@ -792,7 +1095,9 @@ struct json_object *backup_verify_start(const char *id, struct kerr *err)
 	struct json_object *b = backup_get(id), *op, *res;
 	struct verify_job *v;
 	char path[256], busy[LINK_OP_ID_MAX + 1];
-	int ret;
+	unsigned char opkey[CHUNKCRYPT_KEY_LEN];
+	int64_t store_id;
+	int ret, encrypted;
 
 	if (b == NULL)
 		return err_input(err, 404, NULL, "no backup %s", id), NULL;
@@ -803,27 +1108,36 @@ struct json_object *backup_verify_start(const char *id, struct kerr *err)
 		json_object_put(b);
 		return NULL;
 	}
-	store_find(json_get_str(b, "store", ""), path, sizeof(path));
+	store_id = store_find(json_get_str(b, "store", ""), path, sizeof(path));
 	json_object_put(b);
 	if (op_busy(target, busy, sizeof(busy)))
 		return err_input(err, 409, NULL, "backup %s is busy with operation %s", id, busy),
 		       NULL;
+	encrypted = store_key_get(store_id, opkey, err);
+	if (encrypted < 0)
+		return NULL;
 	res = json_object_new_object();
 	json_object_object_add(res, "backup", json_object_new_string(id));
 	op = op_create("backup-verify", target, NULL, res, err);
-	if (op == NULL)
+	if (op == NULL) {
+		OPENSSL_cleanse(opkey, sizeof(opkey));
 		return NULL;
+	}
 	v = xcalloc(1, sizeof(*v));
 	snprintf(v->op, sizeof(v->op), "%s", json_get_str(op, "id", ""));
 	snprintf(v->backup, sizeof(v->backup), "%s", id);
 	v->store = xasprintf("%s/%s", ctl.cfg.shared_pool, path);
+	if (encrypted) {
+		v->key = xmalloc(sizeof(*v->key));
+		chunkcrypt_key_derive(opkey, CHUNKSTORE_CHUNK_SIZE, v->key);
+		OPENSSL_cleanse(opkey, sizeof(opkey));
+	}
 	v->req.data = v;
 	op_update(v->op, "running", 0, "reading chunks", NULL, NULL);
 	ret = uv_queue_work(ctl.loop, &v->req, verify_work_cb, verify_after_cb);
 	if (ret < 0) {
 		op_update(v->op, "failed", -1, "failed", NULL, uv_strerror(ret));
-		free(v->store);
-		free(v);
+		verify_job_free(v);
 	}
 	return op;
 }

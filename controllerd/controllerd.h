@@ -150,7 +150,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 20
+#define DB_SCHEMA_VERSION 21
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -398,7 +398,9 @@ void backup_schedule_op_done(const char *op_id, const char *instance, const char
 int backup_store_path_check(const char *path, struct kerr *err);
 struct json_object *backup_stores_list(void);
 struct json_object *backup_store_get(const char *name);
-int backup_store_create(const char *name, const char *path, struct kerr *err);
+int backup_store_create(const char *name, const char *path, const char *key_hex, struct kerr *err);
+int backup_store_key_supply(const char *id, const char *key_hex, struct kerr *err);
+struct json_object *backup_cmd_args(struct json_object *args, struct kerr *err);
 int backup_store_delete(const char *name, struct kerr *err);
 struct json_object *backups_list(const char *instance);
 struct json_object *backup_get(const char *id);

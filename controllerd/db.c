@@ -398,6 +398,12 @@ static const char *const migrations[] = {
 	/* 19 -> 20 (backups.c): why a running VM's backup is only crash-consistent (its
 	 * guest agent did not freeze the file systems), as the agent reported it. */
 	"ALTER TABLE backups ADD COLUMN consistency_reason TEXT;",
+	/* 20 -> 21 (backups.c): an encrypted backup store's key,
+	 * only ever wrapped under the controller's master key (state_dir/backup-master.key,
+	 * outside this database), and its key check value (HMAC of a constant, reveals
+	 * nothing of the key); both NULL for a plain store. */
+	"ALTER TABLE backup_stores ADD COLUMN key_wrapped TEXT;"
+	"ALTER TABLE backup_stores ADD COLUMN key_check TEXT;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

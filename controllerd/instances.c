@@ -1156,9 +1156,10 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 			struct json_object *result)
 {
 	const char *target_name;
-	struct json_object *op = op_get(id), *spec = NULL;
+	struct json_object *op = op_get(id), *spec = NULL, *wire;
 	struct json_object *args = json_object_object_get(result, "args");
 	sqlite3_stmt *st;
+	struct kerr err;
 
 	if (op == NULL || strncmp(kind, "instance-", 9)) {
 		json_object_put(op);
@@ -1177,7 +1178,15 @@ int instances_op_resend(struct host *h, const char *id, const char *kind,
 	}
 	if (json_object_object_get(args, "changes"))
 		instance_spec_apply(spec, json_object_object_get(args, "changes"));
-	instances_cmd_send(h, id, kind + 9, spec, args);
+	/* A backup's or a restore's encrypted store key is in the command only, never in
+	 * the operation's args: added again here (backups.c). */
+	wire = args ? backup_cmd_args(args, &err) : NULL;
+	if (args && wire == NULL) {
+		log_warnx("operation %s: %s", id, err.msg);
+		wire = json_object_get(args);
+	}
+	instances_cmd_send(h, id, kind + 9, spec, wire);
+	json_object_put(wire);
 	json_object_put(spec);
 	json_object_put(op);
 	return 0;
