@@ -356,6 +356,19 @@ static void instance_state_set(const char *name, const char *state, struct json_
 	free(old);
 }
 
+/*
+ * Instance name runs nowhere any more and its memory is gone (a post-copy migration
+ * broke, migrate.c): it becomes "missing" with why, its report emptied; its disks
+ * stay, and it can be deleted or created again.
+ */
+void instances_lost(const char *name, const char *why)
+{
+	struct json_object *empty = json_object_new_object();
+
+	instance_state_set(name, "missing", empty, why);
+	json_object_put(empty);
+}
+
 static const char *const report_states[] = {"stopped",	"starting", "running", "paused",
 					    "stopping", "crashed",  "error",   NULL};
 
