@@ -1311,13 +1311,18 @@ static void adopted_query_cb(struct qmp *q, struct json_object *ret, const char 
 		vm_force_stop(vm, adopted_stopped_cb, ad);
 		return;
 	}
-	if (strcmp(status, "failed") && strcmp(status, "cancelled") && strcmp(status, "none")) {
+	/* A QEMU that never migrated (killed during mirror-disks) answers {}: no status. */
+	if (status[0] && strcmp(status, "failed") && strcmp(status, "cancelled") &&
+	    strcmp(status, "none")) {
 		uv_timer_start(&ad->timer, adopted_poll_cb, MIGRATE_POLL_MS, 0);
 		return;
 	}
 	/* It did not move: the guest runs on here, as before the migration. */
 	log_info("vm %s: its migration %s while the agent was away; it stays here", ad->name,
 		 status);
+	/* Killed during mirror-disks: its mirrors and NBD nodes go too. */
+	if (migrate_disks_local(vm, NULL))
+		migrate_mirrors_sweep(vm);
 	if (ad->paused)
 		vm_qmp(vm, "cont", NULL, 0, NULL, NULL, NULL);
 	state_remove(vm);

@@ -97,5 +97,6 @@ void migrate_nbd_start(struct inst_op *op);
 bool migrate_mirrors_any(const struct outgoing *o);
 void migrate_mirror_next(struct outgoing *o);
 void migrate_mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o));
+void migrate_mirrors_sweep(struct vm *vm);
 
 #endif
