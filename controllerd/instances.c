@@ -363,8 +363,18 @@ static void instance_state_set(const char *name, const char *state, struct json_
  */
 void instances_lost(const char *name, const char *why)
 {
-	struct json_object *empty = json_object_new_object();
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ? AND state "
+					      "NOT IN ('creating', 'deleting')");
+	struct json_object *empty;
+	bool present;
 
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	present = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	/* A delete under way (a forced one may cross a migration) has the last word. */
+	if (!present)
+		return;
+	empty = json_object_new_object();
 	instance_state_set(name, "missing", empty, why);
 	json_object_put(empty);
 }

@@ -865,6 +865,9 @@ static void settle_decide(struct migration *m)
 	}
 	snprintf(why, sizeof(why), "%s; %s runs on neither %s nor %s: the VM is lost",
 		 m->settle_why, m->name, m->src->name, m->dst->name);
+	/* A post-copy that broke while an agent was away ends here: the database says so. */
+	json_object_object_add(m->result, "lost", json_object_new_boolean(true));
+	instances_lost(m->name, why);
 	migrate_finish(m, "failed", why);
 }
 

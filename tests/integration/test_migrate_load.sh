@@ -58,7 +58,7 @@ vm_create '{"name":"'$VM'","type":"vm","vcpus":1,"memory":{"mb":256},"host":"h1"
 	"disks":[{"name":"root","image":"'$TEST_IMAGE'","bus":"virtio"}],
 	"cloud_init":{"user_data":"'"$load"'"}}'
 wait_until 150 "$VM booted" console_has $VM KUMO-GUEST-READY
-wait_until 60 "$VM's load runs" console_has $VM "KUMO-LOAD-OK 2"
+wait_until 180 "$VM's load runs" console_has $VM "KUMO-LOAD-OK 2"
 
 last() { console $VM | awk -v k="$1" '$1 == k { v = $2 + 0 } END { print v + 0 }'; }
 past() { [ "$(last "$1")" -gt "$2" ]; }
