@@ -386,6 +386,7 @@ struct inst_op {
 	struct job *job;
 	bool undoing;		    /* cancelled: undoing what it did */
 	struct json_object *undone; /* ... and what that was, for the op-done */
+	bool result_on_fail;	    /* a failure's op-done carries result (a lost migration) */
 
 	/* snapshots */
 	const char *snapshot;

@@ -75,7 +75,9 @@ static const struct config_opt options[] = {
 	 "VM acceleration: auto (KVM only where a probe guest really ran), kvm or tcg", false, 0,
 	 0},
 	{"qemu-user", OPT_STRING, AT(qemu_user), "kumo-qemu", "USER",
-	 "the user QEMU drops to once it opened its files (root: no drop), when VMs share one",
+	 "the user QEMU drops to once it opened its files, when VMs share one (root: no drop - "
+	 "weaker isolation, a guest escaping into QEMU is root; it lets post-copy use "
+	 "userfaultfd where vm.unprivileged_userfaultfd is 0)",
 	 false, 0, 0},
 	{"qemu-uid-base", OPT_INT, AT(qemu_uid_base), "1300000", "UID",
 	 "first of the uids each VM's QEMU gets one of (uid.c; 0: all use --qemu-user)", false, 0,

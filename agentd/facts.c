@@ -298,13 +298,13 @@ struct json_object *facts_collect(const struct agent_config *cfg, bool kvm_usabl
 	json_object_object_add(facts, "qemu_user", json_object_new_string(cfg->qemu_user));
 	json_object_object_add(facts, "qemu_uid_base", json_object_new_int(cfg->qemu_uid_base));
 	/* Post-copy needs userfaultfd(2) in the target QEMU (QEMU 7.2 has no
-	 * /dev/userfaultfd path): root, or any user once the host's installer set
-	 * vm.unprivileged_userfaultfd=1 (docs/architecture.md). */
+	 * /dev/userfaultfd path): a QEMU that keeps root (--qemu-user root: it never
+	 * runs -runas, whatever --qemu-uid-base says), or any user once the host's
+	 * installer set vm.unprivileged_userfaultfd=1 (docs/architecture.md). */
 	json_object_object_add(
 		facts, "postcopy",
-		json_object_new_boolean(
-			(!strcmp(cfg->qemu_user, "root") && cfg->qemu_uid_base == 0) ||
-			sysfs_flag_read("/proc/sys/vm/unprivileged_userfaultfd")));
+		json_object_new_boolean(!strcmp(cfg->qemu_user, "root") ||
+					sysfs_flag_read("/proc/sys/vm/unprivileged_userfaultfd")));
 	pools = json_object_new_array();
 	pool_add(pools, "shared", cfg->shared_pool);
 	pool_add(pools, "local", cfg->local_pool);

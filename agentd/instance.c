@@ -245,6 +245,8 @@ static void fail_send(struct inst_op *op, const char *why)
 
 		json_object_object_add(result, "undone", json_object_get(op->undone));
 		json_object_object_add(body, "result", result);
+	} else if (op->result_on_fail && op->result) {
+		json_object_object_add(body, "result", json_object_get(op->result));
 	}
 	if (op->owner && inst && inst->op == op)
 		inst->op = NULL;

@@ -32,8 +32,13 @@
  * guest; then an idle guest ticking once a second, copied slowly at 16 Mbit/s, broke
  * with a general protection fault), pausing first was clean every time. So a TCG VM
  * is always paused before it migrates ("pause-then-migrate"; the controller resumes
- * it on the target); only KVM guests are pre-copied. Post-copy needs userfaultfd in the target
- * QEMU, which runs as the unprivileged QEMU user; see docs/architecture.md - it is not used yet.
+ * it on the target) - unless the target may post-copy: then post-copy starts at once,
+ * which never relies on TCG's dirty tracking. KVM guests are pre-copied with
+ * auto-converge, and switch to post-copy where allowed when they do not converge
+ * (migrate_ladder.c). Post-copy needs userfaultfd in the target QEMU (the host fact
+ * "postcopy"; docs/architecture.md); args.postcopy says whether the controller allows
+ * it. If post-copy breaks (the target's QEMU or the stream dies) the VM is lost:
+ * this half is removed and migrate-out fails with result.lost.
  *
  * Faults: each end keeps its part in {run dir}/migration.json ({"role": "out"|"in",
  * "op", "paused"}), written before the step it guards, so an agent killed mid-way
@@ -117,9 +122,21 @@ static int tls_check(struct json_object *val, const char *field, struct kerr *er
 	return 0;
 }
 
-/* The controller's certificates for this migration: TLS is not optional. */
+static int postcopy_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+
+	if (strcmp(s, "never") && strcmp(s, "auto") && strcmp(s, "always"))
+		return err_input(err, 400, field, "field '%s' must be never, auto or always",
+				 field);
+	return 0;
+}
+
+/* The controller's certificates for this migration: TLS is not optional. postcopy:
+ * the source may switch to post-copy, so this QEMU needs userfaultfd. */
 const struct json_field migrate_in_args[] = {
 	{"tls", JK_OBJECT, true, tls_check},
+	{"postcopy", JK_BOOL, false, NULL},
 	{NULL, 0, false, NULL},
 };
 
@@ -129,6 +146,7 @@ const struct json_field migrate_out_args[] = {
 	{"tls", JK_OBJECT, true, tls_check},
 	{"downtime_ms", JK_INT, false, positive_check},
 	{"bandwidth_mbps", JK_INT, false, positive_check},
+	{"postcopy", JK_STRING, false, postcopy_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -383,11 +401,58 @@ static void in_params_cb(struct qmp *q, struct json_object *ret, const char *err
 	migrate_incoming_send(op);
 }
 
+static void in_params_send(struct inst_op *op)
+{
+	struct json_object *params;
+	struct kerr err;
+	char id[64];
+
+	migrate_creds_id(op, id, sizeof(id));
+	params = json_object_new_object();
+	json_object_object_add(params, "tls-creds", json_object_new_string(id));
+	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
+		   op, &err) < 0)
+		migrate_in_fail(op, err.msg);
+}
+
+static void in_caps_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	char why[300];
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		/* QEMU tried userfaultfd(2) here: a host without the grant says so. */
+		snprintf(why, sizeof(why), "post-copy: %s", error);
+		migrate_in_fail(op, why);
+		return;
+	}
+	in_params_send(op);
+}
+
+/* A list for migrate-set-capabilities: {capability, state} of each name in caps. */
+static struct json_object *caps_args(const char *const *caps, const bool *states)
+{
+	struct json_object *args = json_object_new_object(), *list = json_object_new_array();
+
+	for (size_t k = 0; caps[k]; k++) {
+		struct json_object *c = json_object_new_object();
+
+		json_object_object_add(c, "capability", json_object_new_string(caps[k]));
+		json_object_object_add(c, "state", json_object_new_boolean(states[k]));
+		json_object_array_add(list, c);
+	}
+	json_object_object_add(args, "capabilities", list);
+	return args;
+}
+
 static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
-	struct json_object *params;
-	char id[64], why[300];
+	static const char *const caps[] = {"postcopy-ram", NULL};
+	static const bool on[] = {true};
+	char why[300];
 	struct kerr err;
 
 	if (instance_op_gone(op))
@@ -397,11 +462,14 @@ static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *erro
 		migrate_in_fail(op, why);
 		return;
 	}
-	migrate_creds_id(op, id, sizeof(id));
-	params = json_object_new_object();
-	json_object_object_add(params, "tls-creds", json_object_new_string(id));
-	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
-		   op, &err) < 0)
+	if (!json_get_bool(op->args, "postcopy", false)) {
+		in_params_send(op);
+		return;
+	}
+	/* Both ends enable post-copy before the stream starts; here QEMU checks that it
+	 * may use userfaultfd (it needs the host's grant: docs/architecture.md). */
+	if (vm_qmp(op->vm, "migrate-set-capabilities", caps_args(caps, on), MIGRATE_QMP_TIMEOUT_MS,
+		   in_caps_cb, op, &err) < 0)
 		migrate_in_fail(op, err.msg);
 }
 
@@ -593,6 +661,7 @@ bool migrate_outgoing_gone(struct outgoing *o)
 }
 
 void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail);
+static struct json_object *ladder_json(const struct outgoing *o);
 
 static void out_fail_after_mirrors(struct outgoing *o)
 {
@@ -640,6 +709,21 @@ static void out_removed_cb(struct agent *a, const char *error, void *data)
 	op->owner = false;
 	vm_remove(o->vm);
 	op->vm = NULL;
+	if (o->lost) {
+		char why[sizeof(o->fail_why)];
+
+		/* The controller learns it from the result, not from the sentence. */
+		snprintf(why, sizeof(why), "%s", o->fail_why);
+		op->result = json_object_new_object();
+		json_object_object_add(op->result, "lost", json_object_new_boolean(true));
+		json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
+		json_object_object_add(op->result, "ladder", ladder_json(o));
+		json_object_object_add(op->result, "migration", json_object_get(o->stats));
+		op->result_on_fail = true;
+		outgoing_free(o);
+		instance_op_fail(op, "%s", why);
+		return;
+	}
 	outgoing_free(o);
 	instance_op_succeed(op);
 }
@@ -658,6 +742,19 @@ static void out_stopped_cb(struct inst *inst, const char *error, void *data)
 	disk_remove(o->op->agent, vm->inst.dir, vm->disks, vm->ndisks, keep, out_removed_cb, o);
 }
 
+/* What this migration did, in order: the ladder's steps, or the pause. */
+static struct json_object *ladder_json(const struct outgoing *o)
+{
+	struct json_object *a;
+
+	if (strcmp(o->strategy, "pause-then-migrate") == 0) {
+		a = json_object_new_array();
+		json_object_array_add(a, json_object_new_string(o->strategy));
+		return a;
+	}
+	return migrate_ladder_steps(&o->ladder);
+}
+
 /* The "migration" object of the operation's progress, from query-migrate's answer. */
 static struct json_object *stats_build(struct outgoing *o, struct json_object *ret)
 {
@@ -670,6 +767,10 @@ static struct json_object *stats_build(struct outgoing *o, struct json_object *r
 	json_object_object_add(s, "status",
 			       json_object_new_string(json_get_str(ret, "status", "")));
 	json_object_object_add(s, "strategy", json_object_new_string(o->strategy));
+	json_object_object_add(s, "ladder", ladder_json(o));
+	json_object_object_add(
+		s, "cpu_throttle_pct",
+		json_object_new_int64(json_get_int(ret, "cpu-throttle-percentage", 0)));
 	json_object_object_add(s, "ram_total",
 			       json_object_new_int64(json_get_int(ram, "total", 0)));
 	json_object_object_add(s, "ram_transferred",
@@ -705,6 +806,29 @@ void migrate_progress_send(struct outgoing *o, const char *phase, int pct)
 }
 
 static void poll_again(struct outgoing *o);
+static int ladder_poll(struct outgoing *o, struct json_object *ret);
+static void out_stopped_cb(struct inst *inst, const char *error, void *data);
+
+/*
+ * Post-copy broke (why: QEMU's words): the target's QEMU or the stream died after the
+ * guest moved there, and the pages it dirtied since exist nowhere else. Neither end
+ * holds the guest any more - post-copy's known risk (postcopy "never" avoids it) - so
+ * this half is removed as after a completed copy, and migrate-out fails with
+ * result.lost for the controller.
+ */
+static void out_lost(struct outgoing *o, const char *why)
+{
+	log_warnx("vm %s: lost: post-copy broke (%s)", o->vm->inst.name, why);
+	snprintf(o->fail_why, sizeof(o->fail_why),
+		 "the VM is lost: post-copy broke after the guest moved to the target (%s); "
+		 "neither host holds all of its memory",
+		 why);
+	o->lost = true;
+	o->finished = true;
+	migrate_progress_send(o, "cleanup", 95);
+	o->vm->inst.stop_requested = true;
+	vm_force_stop(o->vm, out_stopped_cb, o);
+}
 
 /* QEMU says the copy completed (ret: query-migrate's answer): the switchover. */
 static void out_completed(struct outgoing *o, struct json_object *ret)
@@ -714,6 +838,7 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
+	json_object_object_add(op->result, "ladder", ladder_json(o));
 	json_object_object_add(op->result, "downtime_ms", json_object_new_int64(downtime));
 	/* Paused first: the guest stood still since the stop, not only QEMU's part. */
 	if (o->paused_at_ms)
@@ -764,8 +889,20 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 		return;
 	}
 	status = json_get_str(ret, "status", "");
+	if (strcmp(status, "postcopy-active") == 0 && !o->in_postcopy) {
+		o->in_postcopy = true;
+		log_info("vm %s: post-copy: the guest runs on the target now", o->vm->inst.name);
+	}
 	json_object_put(o->stats);
 	o->stats = stats_build(o, ret);
+	/* Post-copy broke: QEMU 7.2 waits for a recovery Kumo does not make. */
+	if (!strncmp(status, "postcopy-paused", 15) || !strcmp(status, "postcopy-recover") ||
+	    (o->in_postcopy && !strcmp(status, "failed"))) {
+		out_lost(o, json_get_str(ret, "error-desc", status));
+		return;
+	}
+	if ((!strcmp(status, "setup") || !strcmp(status, "active")) && ladder_poll(o, ret) < 0)
+		return;
 	if (strcmp(status, "completed") == 0) {
 		o->finished = true;
 		if (migrate_mirrors_any(o)) {
@@ -804,6 +941,50 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 			pct > 90 ? 90 : pct);
 	}
 	poll_again(o);
+}
+
+static void postcopy_started_cb(struct qmp *q, struct json_object *ret, const char *error,
+				void *data)
+{
+	struct outgoing *o = data;
+
+	if (migrate_outgoing_gone(o) || error == NULL)
+		return;
+	/* Pre-copy went on meanwhile: stop it, then the VM runs on here. */
+	vm_qmp(o->vm, "migrate_cancel", NULL, 0, NULL, NULL, NULL);
+	migrate_out_fail(o, "migrate-start-postcopy: ", error);
+}
+
+/*
+ * The ladder's turn at a poll of a migration in setup or pre-copy (ret: query-migrate's
+ * answer): post-copy starts when it says so. Returns 0, or -1 when o failed.
+ */
+static int ladder_poll(struct outgoing *o, struct json_object *ret)
+{
+	struct json_object *ram = json_object_object_get(ret, "ram");
+	struct ladder_stats st = {
+		.iterations = json_get_int(ram, "dirty-sync-count", 0),
+		.remaining = json_get_int(ram, "remaining", 0),
+		.dirty_pps = json_get_int(ram, "dirty-pages-rate", 0),
+		.page_size = json_get_int(ram, "page-size", 4096),
+		.mbps = json_object_get_double(json_object_object_get(ram, "mbps")),
+		.throttle_pct = (int)json_get_int(ret, "cpu-throttle-percentage", 0),
+	};
+	struct kerr err;
+
+	if (migrate_ladder_next(&o->ladder, &st) != LADDER_POSTCOPY)
+		return 0;
+	log_info("vm %s: switching to post-copy (%s, after %lld iterations)", o->vm->inst.name,
+		 o->ladder.kvm ? "pre-copy did not converge or was asked to" : "TCG",
+		 (long long)st.iterations);
+	snprintf(o->strategy, sizeof(o->strategy), "postcopy");
+	if (vm_qmp(o->vm, "migrate-start-postcopy", NULL, MIGRATE_QMP_TIMEOUT_MS,
+		   postcopy_started_cb, o, &err) < 0) {
+		vm_qmp(o->vm, "migrate_cancel", NULL, 0, NULL, NULL, NULL);
+		migrate_out_fail(o, "", err.msg);
+		return -1;
+	}
+	return 0;
 }
 
 static void poll_cb(uv_timer_t *timer)
@@ -864,7 +1045,7 @@ static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error
 	migrate_send(o);
 }
 
-/* Pre-copy, or (TCG, guest busy) pause first: see the top of this file. */
+/* Pre-copy or post-copy, or (TCG without post-copy) pause first: see the top. */
 static void strategy_start(struct outgoing *o)
 {
 	struct kerr err;
@@ -883,16 +1064,47 @@ static void strategy_start(struct outgoing *o)
 		migrate_out_fail(o, "", err.msg);
 }
 
-/* The memory moves: pre-copy, or (TCG) pause first. */
-void migrate_memory_start(struct outgoing *o)
+static void out_caps_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
-	if (strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0) {
-		migrate_send(o);
+	struct outgoing *o = data;
+
+	if (migrate_outgoing_gone(o))
+		return;
+	if (error) {
+		migrate_out_fail(o, "migrate-set-capabilities: ", error);
 		return;
 	}
-	/* TCG: never pre-copy (see the top). */
-	snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
 	strategy_start(o);
+}
+
+/*
+ * The memory moves. KVM: pre-copy with auto-converge, post-copy where the ladder
+ * says (migrate_ladder.c). TCG: post-copy at once where allowed, else pause first
+ * (never pre-copy: see the top). Post-copy is allowed when the controller says
+ * (args.postcopy auto or always: the target has the grant) and no mirror runs (a
+ * target held by -S for its disks cannot run the guest during post-copy).
+ */
+void migrate_memory_start(struct outgoing *o)
+{
+	static const char *const caps[] = {"postcopy-ram", "auto-converge", NULL};
+	const char *policy = json_get_str(o->op->args, "postcopy", "never");
+	bool on[2];
+	struct kerr err;
+
+	o->ladder.kvm = strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0;
+	o->ladder.postcopy_allowed = strcmp(policy, "never") != 0 && !migrate_mirrors_any(o);
+	o->ladder.postcopy_always = strcmp(policy, "always") == 0;
+	if (!o->ladder.kvm && !o->ladder.postcopy_allowed) {
+		snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
+		strategy_start(o);
+		return;
+	}
+	snprintf(o->strategy, sizeof(o->strategy), "%s", o->ladder.kvm ? "precopy" : "postcopy");
+	on[0] = o->ladder.postcopy_allowed;
+	on[1] = o->ladder.kvm;
+	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(caps, on), MIGRATE_QMP_TIMEOUT_MS,
+		   out_caps_cb, o, &err) < 0)
+		migrate_out_fail(o, "", err.msg);
 }
 
 static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -942,6 +1154,10 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 	json_object_object_add(params, "tls-hostname",
 			       json_object_new_string(json_get_str(tls, "hostname", "")));
 	json_object_object_add(params, "max-bandwidth", json_object_new_int64(mbps * 1000000 / 8));
+	/* Post-copy has a limit of its own (0: none); a limit asked for holds there too. */
+	if (json_object_object_get(op->args, "bandwidth_mbps"))
+		json_object_object_add(params, "max-postcopy-bandwidth",
+				       json_object_new_int64(mbps * 1000000 / 8));
 	json_object_object_add(
 		params, "downtime-limit",
 		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
@@ -1004,11 +1220,14 @@ int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_
 		return -1;
 	o = outgoing_find(json_get_str(body, "name", ""));
 	*answer = json_object_new_object();
-	if (o == NULL || o->finished) {
+	if (o == NULL || o->finished || o->ladder.postcopy_started) {
 		json_object_object_add(*answer, "cancelled", json_object_new_boolean(false));
-		json_object_object_add(*answer, "why",
-				       json_object_new_string(o ? "the migration has finished"
-								: "no migration of it runs here"));
+		json_object_object_add(
+			*answer, "why",
+			json_object_new_string(o == NULL     ? "no migration of it runs here"
+					       : o->finished ? "the migration has finished"
+							     : "the migration is in post-copy: the "
+							       "guest runs on the target"));
 		return 0;
 	}
 	o->cancel = true;
@@ -1085,19 +1304,25 @@ static void adopted_query_cb(struct qmp *q, struct json_object *ret, const char 
 		uv_timer_start(&ad->timer, adopted_poll_cb, MIGRATE_POLL_MS * 4, 0);
 		return;
 	}
-	if (!strcmp(status, "completed")) {
-		/* The target has the guest: this copy is stale, removed as migrate-out would. */
+	if (!strcmp(status, "completed") || !strncmp(status, "postcopy-paused", 15)) {
+		/* The target has the guest: this copy is stale, removed as migrate-out would.
+		 * Or post-copy broke while we were away: it is no guest any more. */
 		vm->inst.stop_requested = true;
 		vm_force_stop(vm, adopted_stopped_cb, ad);
 		return;
 	}
-	if (strcmp(status, "failed") && strcmp(status, "cancelled") && strcmp(status, "none")) {
+	/* A QEMU that never migrated (killed during mirror-disks) answers {}: no status. */
+	if (status[0] && strcmp(status, "failed") && strcmp(status, "cancelled") &&
+	    strcmp(status, "none")) {
 		uv_timer_start(&ad->timer, adopted_poll_cb, MIGRATE_POLL_MS, 0);
 		return;
 	}
 	/* It did not move: the guest runs on here, as before the migration. */
 	log_info("vm %s: its migration %s while the agent was away; it stays here", ad->name,
 		 status);
+	/* Killed during mirror-disks: its mirrors and NBD nodes go too. */
+	if (migrate_disks_local(vm, NULL))
+		migrate_mirrors_sweep(vm);
 	if (ad->paused)
 		vm_qmp(vm, "cont", NULL, 0, NULL, NULL, NULL);
 	state_remove(vm);

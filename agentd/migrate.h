@@ -13,6 +13,37 @@
 #define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
 #define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
+#define MIGRATE_LADDER_K       4     /* non-converging pre-copy iterations before post-copy */
+
+/*
+ * The escalation ladder of one outgoing migration (migrate_ladder.c, pure): what the
+ * source does next, decided from query-migrate's statistics each poll.
+ */
+enum ladder_move {
+	LADDER_STAY,	 /* go on as now */
+	LADDER_POSTCOPY, /* send migrate-start-postcopy now */
+};
+
+struct ladder {
+	bool kvm;		/* KVM guest (pre-copy first); TCG: post-copy at once */
+	bool postcopy_allowed;	/* the target has the grant and the call did not say never */
+	bool postcopy_always;	/* the call said always: after the first pass */
+	bool postcopy_started;	/* migrate-start-postcopy was sent */
+	bool throttled;		/* QEMU's auto-converge slowed the vCPUs down */
+	int64_t last_iteration; /* dirty-sync-count at the last poll */
+	int64_t last_remaining; /* ram remaining then */
+	int stalled;		/* iterations in a row that did not converge */
+};
+
+/* What query-migrate said at one poll, as migrate_ladder_next() reads it. */
+struct ladder_stats {
+	int64_t iterations; /* ram.dirty-sync-count */
+	int64_t remaining;  /* ram.remaining, bytes */
+	int64_t dirty_pps;  /* ram.dirty-pages-rate */
+	int64_t page_size;  /* ram.page-size */
+	double mbps;	    /* ram.mbps: the copy's measured rate */
+	int throttle_pct;   /* cpu-throttle-percentage */
+};
 
 /* One migrate-out at work (a VM leaves this host). */
 struct outgoing {
@@ -22,7 +53,10 @@ struct outgoing {
 	int64_t started_ms;
 	int64_t reported_ms;
 	int64_t paused_at_ms; /* pause-then-migrate: when the guest stopped, else 0 */
-	char strategy[24];    /* "precopy" or "pause-then-migrate" */
+	char strategy[24];    /* "precopy", "postcopy" or "pause-then-migrate" */
+	struct ladder ladder; /* when pre-copy escalates (migrate_ladder.c) */
+	bool in_postcopy;     /* QEMU said postcopy-active: the guest runs on the target */
+	bool lost;	      /* post-copy broke: neither end holds the whole guest */
 	bool cancel;	      /* the controller asked to cancel */
 	bool polling;	      /* a query-migrate is in flight */
 	bool finished;
@@ -50,6 +84,10 @@ void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail
 void migrate_progress_send(struct outgoing *o, const char *phase, int pct);
 void migrate_memory_start(struct outgoing *o);
 
+/* migrate_ladder.c */
+enum ladder_move migrate_ladder_next(struct ladder *l, const struct ladder_stats *s);
+struct json_object *migrate_ladder_steps(const struct ladder *l);
+
 /* migrate_disk.c */
 bool migrate_disk_is_local(const struct agent *a, const struct vm_disk *d);
 struct json_object *migrate_disk_backing(struct json_object *spec, size_t i);
@@ -59,5 +97,6 @@ void migrate_nbd_start(struct inst_op *op);
 bool migrate_mirrors_any(const struct outgoing *o);
 void migrate_mirror_next(struct outgoing *o);
 void migrate_mirrors_stop(struct outgoing *o, bool force, void (*then)(struct outgoing *o));
+void migrate_mirrors_sweep(struct vm *vm);
 
 #endif

@@ -491,3 +491,93 @@ void migrate_mirror_next(struct outgoing *o)
 	if (vm_qmp(o->vm, "blockdev-add", args, MIGRATE_QMP_TIMEOUT_MS, nbd_added_cb, o, &err) < 0)
 		migrate_out_fail(o, "", err.msg);
 }
+
+/* ---- after a source agent restart ------------------------------------------------------- */
+
+/* The mirrors an agent killed during mirror-disks left in its QEMU, being swept. */
+struct mirror_sweep {
+	struct agent *agent;
+	char name[NAME_MAX_LEN + 1];
+	size_t ndisks;
+	int polls;
+	uv_timer_t timer;
+};
+
+static void sweep_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+static void sweep_poll_cb(uv_timer_t *timer);
+
+static void sweep_jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct mirror_sweep *sw = data;
+	struct vm *vm = sw->agent->stopping ? NULL : vm_find(sw->agent, sw->name);
+	size_t ready;
+	int64_t len, left;
+	char node[32];
+
+	if (vm == NULL || !vm_alive(vm)) {
+		uv_close((uv_handle_t *)&sw->timer, sweep_close_cb);
+		return;
+	}
+	/* A cancelled mirror ends within moments; a QEMU that will not say: go on. */
+	if (ret && jobs_scan(ret, &ready, &len, &left) > 0 && ++sw->polls < 240) {
+		uv_timer_start(&sw->timer, sweep_poll_cb, MIGRATE_POLL_MS, 0);
+		return;
+	}
+	if (error)
+		log_warnx("vm %s: query-block-jobs: %s", sw->name, error);
+	/* The NBD client nodes: a node that is not there is an error nobody needs. */
+	for (size_t i = 0; i < sw->ndisks; i++) {
+		struct json_object *args = json_object_new_object();
+
+		node_name(node, sizeof(node), i);
+		json_object_object_add(args, "node-name", json_object_new_string(node));
+		vm_qmp(vm, "blockdev-del", args, 0, NULL, NULL, NULL);
+	}
+	log_info("vm %s: the mirrors of its interrupted migration are gone", sw->name);
+	uv_close((uv_handle_t *)&sw->timer, sweep_close_cb);
+}
+
+static void sweep_poll_cb(uv_timer_t *timer)
+{
+	struct mirror_sweep *sw = timer->data;
+	struct vm *vm = sw->agent->stopping ? NULL : vm_find(sw->agent, sw->name);
+
+	if (vm == NULL || vm_qmp(vm, "query-block-jobs", NULL, MIGRATE_QMP_TIMEOUT_MS,
+				 sweep_jobs_cb, sw, NULL) < 0)
+		uv_close((uv_handle_t *)&sw->timer, sweep_close_cb);
+}
+
+/*
+ * vm was adopted mid-migration and its memory never moved (migrate.c): the last agent
+ * may have left mirror jobs (kumo-mirror-dI) and NBD client nodes (kumo-nbd-dI) of its
+ * mirror-disks phase in the QEMU. Each job is cancelled (force: the target's copy is
+ * dropped), and once none is left the nodes are deleted, so a later migration of vm
+ * can make them again. Runs on by itself; nothing waits for it.
+ */
+void migrate_mirrors_sweep(struct vm *vm)
+{
+	struct mirror_sweep *sw = xcalloc(1, sizeof(*sw));
+	char job[32];
+
+	sw->agent = vm->inst.agent;
+	snprintf(sw->name, sizeof(sw->name), "%s", vm->inst.name);
+	sw->ndisks = vm->ndisks;
+	uv_timer_init(sw->agent->loop, &sw->timer);
+	sw->timer.data = sw;
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		struct json_object *args;
+
+		if (!migrate_disk_is_local(vm->inst.agent, &vm->disks[i]))
+			continue;
+		args = json_object_new_object();
+		job_name(job, sizeof(job), i);
+		json_object_object_add(args, "device", json_object_new_string(job));
+		json_object_object_add(args, "force", json_object_new_boolean(true));
+		vm_qmp(vm, "block-job-cancel", args, 0, NULL, NULL, NULL);
+	}
+	uv_timer_start(&sw->timer, sweep_poll_cb, MIGRATE_POLL_MS, 0);
+}

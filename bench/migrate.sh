@@ -37,6 +37,15 @@ trap cleanup EXIT
 kapi() { curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $(cat "$KUMO_TOKEN_FILE")" "$@"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+op_end() { # op_end ID SECONDS: the operation once final (the API waits at most 60 s a call)
+	local res end=$((SECONDS + $2))
+	while :; do
+		res=$(kapi "$KUMO_URL/api/v1/operations/$1?wait=60")
+		case $(jq -r .status <<<"$res") in succeeded | failed | cancelled) break ;; esac
+		[ $SECONDS -lt $end ] || break
+	done
+	printf '%s\n' "$res"
+}
 wait_file_has() { # FILE TEXT SECONDS
 	local end=$((SECONDS + $3))
 	until grep -aq "$2" "$1" 2>/dev/null; do
@@ -144,11 +153,11 @@ kumo_total=() kumo_down=() to=h2
 for i in $(seq "$runs"); do
 	t0=$(now_ms)
 	op=$(kapi "$KUMO_URL/api/v1/instances/bench-mig/actions/migrate" -d "{\"host\": \"$to\"}" | jq -r .id)
-	res=$(kapi "$KUMO_URL/api/v1/operations/$op?wait=60")
+	res=$(op_end "$op" 120)
 	[ "$(jq -r .status <<<"$res")" = succeeded ] || { echo "bench: $(jq -c '{status, error}' <<<"$res")" >&2; exit 1; }
 	kumo_total+=($(($(now_ms) - t0)))
 	kumo_down+=("$(jq -r .result.downtime_ms <<<"$res")")
-	echo "kumo run $i: to $to, total ${kumo_total[-1]} ms (operation $(jq -r .result.total_ms <<<"$res") ms), downtime ${kumo_down[-1]} ms, $(jq -r .result.strategy <<<"$res")"
+	echo "kumo run $i: to $to, total ${kumo_total[-1]} ms (operation $(jq -r .result.total_ms <<<"$res") ms), downtime ${kumo_down[-1]} ms, $(jq -r .result.strategy <<<"$res") (guest paused $(jq -r '.result.paused_ms // 0' <<<"$res") ms)"
 	[ "$to" = h2 ] && to=h1 || to=h2
 done
 
@@ -164,7 +173,7 @@ until kapi "$KUMO_URL/api/v1/instances/bench-mig-local/console" | grep -aq KUMO-
 done
 t0=$(now_ms)
 op=$(kapi "$KUMO_URL/api/v1/instances/bench-mig-local/actions/migrate" -d '{"host": "h2"}' | jq -r .id)
-res=$(kapi "$KUMO_URL/api/v1/operations/$op?wait=120")
+res=$(op_end "$op" 240)
 [ "$(jq -r .status <<<"$res")" = succeeded ] || { echo "bench: local: $(jq -c '{status, error}' <<<"$res")" >&2; exit 1; }
 echo "RESULT local_disk_total_ms=$(($(now_ms) - t0)) local_disk_downtime_ms=$(jq -r .result.downtime_ms <<<"$res") local_disk_mirrored_bytes=$(jq -r .result.migration.disk_total <<<"$res")"
 

@@ -290,6 +290,7 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 int instances_op_resend(struct host *h, const char *id, const char *kind,
 			struct json_object *result);
 void instances_report(struct host *h, struct json_object *report, const char *why);
+void instances_lost(const char *name, const char *why);
 void instances_reconcile(struct host *h, struct json_object *reports);
 struct json_object *instance_get_json(const char *name, bool with_history);
 bool instance_tombstoned(const char *name);

@@ -356,6 +356,29 @@ static void instance_state_set(const char *name, const char *state, struct json_
 	free(old);
 }
 
+/*
+ * Instance name runs nowhere any more and its memory is gone (a post-copy migration
+ * broke, migrate.c): it becomes "missing" with why, its report emptied; its disks
+ * stay, and it can be deleted or created again.
+ */
+void instances_lost(const char *name, const char *why)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ? AND state "
+					      "NOT IN ('creating', 'deleting')");
+	struct json_object *empty;
+	bool present;
+
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	present = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	/* A delete under way (a forced one may cross a migration) has the last word. */
+	if (!present)
+		return;
+	empty = json_object_new_object();
+	instance_state_set(name, "missing", empty, why);
+	json_object_put(empty);
+}
+
 static const char *const report_states[] = {"stopped",	"starting", "running", "paused",
 					    "stopping", "crashed",  "error",   NULL};
 

@@ -23,6 +23,12 @@
  *                   succeeds; then every host's network document is rebuilt.
  *                   A guest paused first (TCG, busy) is resumed on the target
  *                   (migrate-resume) before the parent succeeds.
+ *   postcopy        where the target may (its fact "postcopy") and every disk is
+ *                   shared, the source may switch to post-copy (at once under TCG,
+ *                   when pre-copy does not converge under KVM: agentd/migrate_ladder.c);
+ *                   the guest then runs on the target and a cancel is refused. If it
+ *                   breaks, the source removes its half and reports result.lost: the
+ *                   target's half goes too and the instance becomes "missing".
  *   cleanup         on failure or cancel: the target's half is removed with a forced
  *                   delete that keeps the shared disks (migrate-cleanup; the local ones
  *                   the target made go); the VM ran on the source all along, and
@@ -609,6 +615,7 @@ static void out_start(struct migration *m, const char *uri)
 		json_object_object_add(args, "downtime_ms", json_object_get(v));
 	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
 		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
+	json_object_object_add(args, "postcopy", json_object_new_string(m->postcopy));
 	migrate_child_start(m, m->src, "migrate-out", "migrate-out", args);
 }
 
@@ -661,6 +668,19 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			 m->cancel ? "cancelled"
 			 : error   ? error
 				   : "failed");
+		if (json_get_bool(result, "lost", false)) {
+			/* Post-copy broke: the source removed its half already; the target's
+			 * goes, then the database says the VM is lost. */
+			m->lost = true;
+			m->cancel = false;
+			json_object_object_add(m->result, "lost", json_object_new_boolean(true));
+			json_object_object_add(
+				m->result, "strategy",
+				json_object_get(json_object_object_get(result, "strategy")));
+			json_object_object_add(m->result, "host", NULL);
+			cleanup_start(m, why);
+			return 0;
+		}
 		json_object_object_add(m->result, "host", json_object_new_string(m->src->name));
 		cleanup_start(m, why);
 	} else if (!strcmp(kind, "migrate-resume")) {
@@ -679,6 +699,8 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 		/* Its restarted agent may have removed an incoming QEMU it lost itself. */
 		if (!ok && error && strstr(error, "there is no instance"))
 			ok = true;
+		if (m->lost)
+			instances_lost(m->name, m->failure);
 		if (!ok) {
 			fail(m, error ? error : "failed");
 			return 0;
@@ -717,8 +739,9 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 	 * not the source's clean-up (and its op-done) ever comes. */
 	if (!strcmp(json_get_str(stats, "status", ""), "completed")) {
 		struct json_object *r = json_object_new_object();
-		static const char *const keys[] = {"strategy", "downtime_ms",	"paused_ms",
-						   "total_ms", "target_paused", NULL};
+		static const char *const keys[] = {"strategy",	"ladder",   "downtime_ms",
+						   "paused_ms", "total_ms", "target_paused",
+						   NULL};
 
 		for (size_t k = 0; keys[k]; k++)
 			if (json_object_object_get(stats, keys[k]))
@@ -731,6 +754,8 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 		return;
 	}
 	json_object_object_add(m->result, "migration", json_object_get(stats));
+	if (!strcmp(json_get_str(body, "phase", ""), "postcopy"))
+		m->postcopy_active = true;
 	op_update(m->id, "running", progress, json_get_str(body, "phase", "precopy"),
 		  json_object_get(m->result), NULL);
 }
@@ -840,6 +865,9 @@ static void settle_decide(struct migration *m)
 	}
 	snprintf(why, sizeof(why), "%s; %s runs on neither %s nor %s: the VM is lost",
 		 m->settle_why, m->name, m->src->name, m->dst->name);
+	/* A post-copy that broke while an agent was away ends here: the database says so. */
+	json_object_object_add(m->result, "lost", json_object_new_boolean(true));
+	instances_lost(m->name, why);
 	migrate_finish(m, "failed", why);
 }
 
@@ -1018,6 +1046,11 @@ int migrate_cancel_refused(const char *id, struct kerr *err)
 	if (m->phase == PHASE_SWITCHOVER || m->phase == PHASE_START_TARGET || m->switched)
 		return err_input(err, 409, NULL,
 				 "migration %s is past its switchover; migrate back instead", id);
+	if (m->postcopy_active)
+		return err_input(err, 409, NULL,
+				 "migration %s is in post-copy: the guest runs on the target and "
+				 "its memory is split between both hosts",
+				 id);
 	return 0;
 }
 
@@ -1045,6 +1078,29 @@ int migrate_cancel(const char *id, struct kerr *err)
 /* ---- the route ---------------------------------------------------------------------- */
 
 /*
+ * What the source of a migration to dst may do ("never", "auto" or "always"), from
+ * the call's postcopy (default auto). *why says why post-copy cannot be used (then
+ * "never"), or stays NULL. shared: every disk is on the shared pool.
+ */
+static const char *postcopy_policy(struct json_object *body, const struct host *dst, bool shared,
+				   const char **why)
+{
+	const char *asked = json_get_str(body, "postcopy", "auto");
+
+	*why = NULL;
+	if (!strcmp(asked, "never"))
+		return "never";
+	if (!json_get_bool(dst->facts, "postcopy", false))
+		*why = "the target cannot post-copy: its QEMU may not use userfaultfd (QEMU "
+		       "drops root and vm.unprivileged_userfaultfd is 0; see the agent's "
+		       "--qemu-user)";
+	else if (!shared)
+		*why = "post-copy needs every disk on the shared pool: a local disk's mirror "
+		       "must end before the guest runs on the target";
+	return *why ? "never" : asked;
+}
+
+/*
  * Check and start the migration of instance name (body: the call's, may be NULL), for
  * the route and for evacuations (evac, or NULL). Returns 0 with the operation's id in
  * id, or -1 with err (its status the HTTP answer; a 422 for want of a host also sets
@@ -1060,6 +1116,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	struct host *want = NULL, *dst;
 	char busy[LINK_OP_ID_MAX + 1], disk[NAME_MAX_LEN + 1], ip[64];
 	const char *type, *mode, *addr, *colon;
+	const char *postcopy, *why = NULL;
 	struct migration *m;
 	bool cold;
 	int ret = -1;
@@ -1114,16 +1171,11 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 		json_object_put(i.spec);
 		return -1;
 	}
-	/* "always" is a promise Kumo cannot keep yet: say why rather than ignore it. */
-	if (!cold && !strcmp(json_get_str(body, "postcopy", "auto"), "always")) {
-		if (!json_get_bool(dst->facts, "postcopy", false))
-			err_input(err, 422, "postcopy",
-				  "host %s cannot post-copy: its QEMU user has no userfaultfd "
-				  "(vm.unprivileged_userfaultfd is 0); use postcopy auto or never",
-				  dst->name);
-		else
-			err_input(err, 422, "postcopy",
-				  "post-copy is not implemented yet; use postcopy auto or never");
+	/* Post-copy where the target has the grant (its fact) and every disk is shared:
+	 * "always" is refused where it cannot be kept, "auto" quietly becomes "never". */
+	postcopy = postcopy_policy(body, dst, disks_shared(i.spec, disk, sizeof(disk)), &why);
+	if (!cold && why && !strcmp(json_get_str(body, "postcopy", "auto"), "always")) {
+		err_input(err, 422, "postcopy", "%s; use postcopy auto or never", why);
 		json_object_put(where);
 		json_object_put(i.spec);
 		return -1;
@@ -1134,6 +1186,12 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	json_object_object_add(res, "source", json_object_new_string(i.host->name));
 	json_object_object_add(res, "target", json_object_new_string(dst->name));
 	json_object_object_add(res, "placement", where);
+	if (!cold) {
+		/* What the source may do, and why not post-copy where it may not. */
+		json_object_object_add(res, "postcopy", json_object_new_string(postcopy));
+		if (why)
+			json_object_object_add(res, "postcopy_why", json_object_new_string(why));
+	}
 	/* Local disks are mirrored to the target over NBD before the memory moves. */
 	if (!cold)
 		json_object_object_add(
@@ -1159,6 +1217,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	m->evac = evac;
 	m->started_ms = now_ms();
 	m->phase = PHASE_PREPARE_TARGET;
+	snprintf(m->postcopy, sizeof(m->postcopy), "%s", cold ? "never" : postcopy);
 	m->next = migrations;
 	migrations = m;
 	log_info("migration %s: %s from %s to %s", m->id, m->name, m->src->name, m->dst->name);
@@ -1191,6 +1250,9 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	migrate_wired_set(m, true);
 	args_in = json_object_new_object();
 	json_object_object_add(args_in, "tls", json_object_get(m->tls_in));
+	/* The target's QEMU enables post-copy before it listens. */
+	if (strcmp(m->postcopy, "never"))
+		json_object_object_add(args_in, "postcopy", json_object_new_boolean(true));
 	migrate_child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
 	return 0;
 }

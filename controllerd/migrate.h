@@ -40,6 +40,9 @@ struct migration {
 	char outcome[16];		       /* how it ended: succeeded, failed, cancelled */
 	char failure[256];		       /* why it failed, for after the clean-up */
 	struct host *child_host;	       /* where m->child runs */
+	char postcopy[8];		       /* what the source may do: never, auto, always */
+	bool postcopy_active;		       /* in post-copy: the guest runs on the target */
+	bool lost;			       /* post-copy broke: the VM is lost */
 	bool cold;			       /* a container: stop, move the layer, start */
 	bool was_running;		       /* cold: it ran before the move */
 	bool switched;			       /* cold: the target has it; the source's copy goes */

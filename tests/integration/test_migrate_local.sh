@@ -6,7 +6,9 @@
 # cache dropped) every second. A cancel in the middle of the mirror keeps the VM on
 # h1 and leaves nothing on h2; then the VM moves h1 -> h2: the target's guest reads
 # the same checksums, its uptime goes on (no new boot), and h1's disk files are gone.
-# One TCG boot, no network: cheap.
+# The source's agent killed -9 in the middle of a mirror: the VM stays on h1, and
+# the restarted agent sweeps the mirror jobs and NBD nodes left in its QEMU, so the
+# migration after it works. One TCG boot, no network: cheap.
 . "$(dirname "$0")/lib.sh"
 
 VM=ml1
@@ -77,6 +79,58 @@ for p in $(pgrep -f "qemu-system.*-name $VM" || true); do
 	! grep -aq "$H2/" "/proc/$p/cmdline" 2>/dev/null || fail "a QEMU for $VM runs on h2 after the cancel"
 done
 pass "a cancel during the mirror kept $VM running on h1 and removed h2's QEMU, run directory and disks"
+
+# ---- the source's agent killed -9 during the mirror -----------------------------------
+# The restarted agent re-adopts its QEMU, which keeps the VM (no memory moved), and
+# removes the mirror jobs and NBD client nodes the dead agent left in it: the migration
+# below makes them again under the same names.
+# leftovers -> "JOBS NODES": kumo-mirror-* jobs and kumo-nbd-* nodes in h1's QEMU of
+# $VM, asked on its second QMP monitor (the agent's is the first).
+leftovers() {
+	python3 - "$H1/instances/$VM/monitor.sock" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+out = []
+for cmd in ("qmp_capabilities", "query-block-jobs", "query-named-block-nodes"):
+    f.write(json.dumps({"execute": cmd}) + "\n")
+    f.flush()
+    while True:
+        msg = json.loads(f.readline())
+        if "return" in msg or "error" in msg:
+            break
+    if cmd == "query-block-jobs":
+        out.append(len([j for j in msg["return"] if j["device"].startswith("kumo-mirror-")]))
+    elif cmd == "query-named-block-nodes":
+        out.append(len([n for n in msg["return"] if n.get("node-name", "").startswith("kumo-nbd-")]))
+print(*out)
+PY
+}
+swept() { [ "$(leftovers)" = "0 0" ]; }
+api POST /api/v1/instances/$VM/actions/migrate '{"host":"h2","bandwidth_mbps":1}'
+expect_status 202
+op=$(jqb .id)
+wait_until 90 "the mirror under way" mirroring
+[ "$(leftovers)" != "0 0" ] || fail "no mirror job or NBD node in h1's QEMU during the mirror"
+apid=$(agent_pid h1)
+killed_at=$(date +%s%3N)
+kill -9 "$apid"
+wait_until 10 "h1's agent gone" proc_gone "$apid"
+lab up --hosts 3 >/dev/null
+wait_until 60 "h1's agent back" agent_restarted h1 "$killed_at"
+wait_op "$op" 120
+[ "$(jqb .status)" = failed ] || fail "the migration whose source agent died in the mirror ended $(jqb .status)"
+api GET /api/v1/instances/$VM
+[ "$(jqb .host)" = h1 ] && [ "$(jqb .state)" = running ] ||
+	fail "after the source agent's kill -9 $VM is $(jqb .state) on $(jqb .host), not running on h1"
+wait_until 60 "no mirror job or NBD node left in h1's QEMU" swept
+t1=$(last_disk $VM)
+wait_until 30 "$VM runs on h1" disk_past $VM "${t1%% *}"
+no_target() { [ ! -e "$H2/instances/$VM" ] && [ ! -e "$H2/disks/$VM/root.qcow2" ]; }
+wait_until 30 "nothing of $VM on h2" no_target
+pass "the source's agent killed -9 during the mirror: $VM stays on h1, the restarted agent removed the mirror jobs and NBD nodes left in its QEMU, h2 clean"
 
 # ---- h1 -> h2 with its disks ---------------------------------------------------------
 sums=$(last_disk $VM)
