@@ -395,6 +395,11 @@ static const char *const migrations[] = {
 	 * raw file was fsynced after it; a start-up after a power loss re-hashes the
 	 * others (rows from before this step count as unsynced: re-hashed once). */
 	"ALTER TABLE p2v_chunks ADD COLUMN unsynced INTEGER NOT NULL DEFAULT 1;",
+	/* 19 -> 20 (self-contained; p2v.c): a cutover's "convert" and how many virt-v2v
+	 * runs it started, so a controller restarted during a conversion converts again
+	 * (at most a few times) instead of forgetting it was asked. */
+	"ALTER TABLE p2v_sessions ADD COLUMN cut_convert INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE p2v_sessions ADD COLUMN convert_tries INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
