@@ -833,7 +833,8 @@ typedef void (*p2v_convert_step_cb)(const char *step, void *data);
 typedef void (*p2v_convert_done_cb)(enum p2v_convert_end end, const char *why, void *data);
 /*
  * Run virt-v2v-in-place on disks (1 to 26, one guest) of session id, until deadline
- * (epoch ms), first killing what a previous controller left of a run for id. step()
+ * (epoch ms); what a dead controller left of a run for id must have been removed
+ * (p2v_convert_leftovers_remove) at start-up. step()
  * hears each step it prints; done() comes once, on a later turn of the loop, after
  * which the handle is gone. Returns the handle, or NULL with err (nothing runs).
  */
@@ -845,12 +846,17 @@ void p2v_convert_cancel(struct p2v_convert *c);
 /*
  * Kill every process of a run for session id that a controller killed under it left
  * (found by the mark in their environment), and remove its scratch files. Blocks for
- * a scan of /proc: start-up, or right before a new run. Returns how many it killed.
+ * a scan of /proc (kernel memory, no disk): for start-up. Returns how many it killed.
  */
 int p2v_convert_leftovers_remove(const char *id);
 
 /* ova.c: V2V import of an OVA upload */
-enum MHD_Result ova_import_start(struct request *req, const char *name);
+enum MHD_Result ova_import_start(struct request *req, const char *name, bool convert);
+/*
+ * jobs.c's resume of an image import after a restart: never resumed (-1); a converting
+ * OVA import's leftover virt-v2v is killed and its unrecorded qcow2 files removed.
+ */
+int ova_import_resume(struct host *h, const char *id, struct json_object *op);
 int ova_check(const char *path, const char *dir, struct json_object **out, char *why, size_t len);
 enum MHD_Result api_instance_export(struct request *req);
 

@@ -130,18 +130,19 @@ struct p2v_session {
 	struct p2v_pass passes[P2V_PASSES_MAX];
 	int64_t bytes_received, chunks_stored, chunks_rejected;
 	int64_t first_chunk_at, last_chunk_at;
-	int64_t write_seq;		  /* the last chunk row written (p2v_chunks.unsynced) */
-	int64_t synced_seq;		  /* rows up to this one have their bytes on disk */
-	bool syncing;			  /* an fsync of the raw files is in flight */
-	int busy;			  /* chunk writes and cutover steps in flight */
-	bool removing;			  /* freed once busy drops to 0 */
-	int cut_disk;			  /* the disk the cutover converts */
-	bool cut_start;			  /* start the VM after the cutover */
-	bool cut_convert;		  /* virt-v2v rewrites the guest before its first boot */
-	bool converted;			  /* ... and did */
-	bool cut_cancelling;		  /* cancelled while virt-v2v ran: the cut ends cancelled */
-	int convert_tries;		  /* virt-v2v runs this cutover started (persisted) */
-	struct p2v_convert *v2v;	  /* virt-v2v-in-place while it runs */
+	int64_t write_seq;   /* the last chunk row written (p2v_chunks.unsynced) */
+	int64_t synced_seq;  /* rows up to this one have their bytes on disk */
+	bool syncing;	     /* an fsync of the raw files is in flight */
+	int busy;	     /* chunk writes and cutover steps in flight */
+	bool removing;	     /* freed once busy drops to 0 */
+	int cut_disk;	     /* the disk the cutover converts */
+	bool cut_start;	     /* start the VM after the cutover */
+	bool cut_convert;    /* virt-v2v rewrites the guest before its first boot */
+	bool converted;	     /* ... and did */
+	bool cut_cancelling; /* cancelled while virt-v2v ran: the cut ends cancelled */
+	int convert_tries;   /* virt-v2v runs this cutover started (persisted) */
+	/* virt-v2v-in-place while it runs */
+	struct p2v_convert *v2v;
 	char inst_op[LINK_OP_ID_MAX + 1]; /* the VM's instance-create operation */
 	struct json_object *notes;
 	struct request *cut_req;

@@ -31,7 +31,7 @@
 
 struct p2v_convert {
 	struct child *child;
-	char id[32];
+	char id[64];
 	char *tmpdir;
 	char line[160]; /* the output line being read */
 	size_t line_len;
@@ -221,8 +221,9 @@ struct p2v_convert *p2v_convert_start(const char *id, const struct p2v_convert_d
 	if (ndisks < 1 || ndisks > 26)
 		return err_set(err, 0, "virt-v2v: %d disks (1 to 26)", ndisks), NULL;
 	tmp = tmpdir_path(id);
-	/* A run of this session a dead controller left would race this one. */
-	p2v_convert_leftovers_remove(id);
+	/* Processes a dead controller left were killed at start-up (p2v_sessions_load,
+	 * ova_import_resume); a scratch directory can only be stale. */
+	tree_remove(tmp);
 	if (mkdir_p(tmp, 0700) < 0)
 		return err_set(err, errno, "cannot create %s", tmp), NULL;
 	if (ndisks > 1) {
