@@ -483,6 +483,9 @@ int p2v_session_cancel(const char *id, struct kerr *err)
 		return -1;
 	if (s->state == P2V_CUTTING_OVER && s->v2v) {
 		s->cut_cancelling = true;
+		/* Durable before the kill: a restart before it comes back must not
+		 * convert again (cut_convert_again). */
+		op_update(s->op, "running", -1, "cancelling", NULL, NULL);
 		p2v_convert_cancel(s->v2v);
 		return 1;
 	}
@@ -1597,6 +1600,8 @@ static void v2v_step_cb(const char *step, void *data)
 	struct p2v_session *s = data;
 	char phase[200];
 
+	if (s->cut_cancelling)
+		return; /* its phase says "cancelling" until it ends */
 	snprintf(phase, sizeof(phase), "cutover: virt-v2v: %s", step);
 	op_update(s->op, "running", 92, phase, NULL, NULL);
 }
@@ -1817,8 +1822,19 @@ bool p2v_session_exists(const char *id)
  */
 static void cut_convert_again(struct p2v_session *s)
 {
+	struct json_object *op = op_get(s->op);
+	bool cancelled = op && (json_get_str(op, "cancel", NULL) ||
+				!strcmp(json_get_str(op, "phase", ""), "cancelling"));
 	char phase[160];
 
+	json_object_put(op);
+	if (cancelled) {
+		/* Abandoned (DELETE, or the operation's cancel) while virt-v2v ran, and the
+		 * controller died before the kill came back: the cancel stands. */
+		s->state = P2V_FAILED;
+		session_end(s, "cancelled", "the session was abandoned during its conversion");
+		return;
+	}
 	if (s->convert_tries >= P2V_CONVERT_TRIES) {
 		snprintf(s->error, sizeof(s->error),
 			 "the controller restarted during the conversion %d times; the cutover "
