@@ -119,7 +119,7 @@ static bool env_marked(pid_t pid, const char *marker)
 	return false;
 }
 
-int child_marked_kill(const char *marker)
+int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), void *data)
 {
 	int killed = 0;
 
@@ -127,7 +127,7 @@ int child_marked_kill(const char *marker)
 	 * listed yet): scan again until a scan finds none. Each is stopped before it is
 	 * killed so it starts nothing more; a killed one reads empty once it is a zombie. */
 	for (int round = 0; round < 10; round++) {
-		int found = 0;
+		int nfound = 0;
 		struct dirent *e;
 		DIR *d = opendir("/proc");
 
@@ -137,13 +137,15 @@ int child_marked_kill(const char *marker)
 			if (pid <= 0 || pid == getpid() || !env_marked(pid, marker))
 				continue;
 			kill(pid, SIGSTOP);
+			if (found)
+				found(pid, data);
 			kill(pid, SIGKILL);
-			found++;
+			nfound++;
 		}
 		if (d)
 			closedir(d);
-		killed += found;
-		if (found == 0)
+		killed += nfound;
+		if (nfound == 0)
 			break;
 		usleep(10 * 1000); /* the killed ones become zombies */
 	}

@@ -115,7 +115,7 @@ static void done_cb(const struct child_result *r, void *data)
 	}
 	/* What the runner killed may have left scratch files; nothing of the run stays. */
 	if (tree_remove(c->tmpdir) < 0)
-		log_warnx("p2v %s: cannot remove %s", c->id, c->tmpdir);
+		log_warnx("virt-v2v run %s: cannot remove %s", c->id, c->tmpdir);
 	c->done(end, why, c->data);
 	free(c->tmpdir);
 	free(c);
@@ -268,23 +268,76 @@ struct p2v_convert *p2v_convert_start(const char *id, const struct p2v_convert_d
 	return c;
 }
 
+/*
+ * libguestfs run as root keeps its sockets in /tmp/libguestfsXXXXXX whatever TMPDIR
+ * says, and removes it only when it shuts its appliance down: a killed run leaves it.
+ * Its path is on the appliance QEMU's command line, read before the kill.
+ */
+struct sockdirs {
+	int n;
+	char path[8][32];
+};
+
+static void sockdir_note_cb(pid_t pid, void *data)
+{
+	struct sockdirs *dirs = data;
+	_cleanup_free_ char *path = xasprintf("/proc/%d/cmdline", (int)pid), *cmd = NULL;
+	static const char prefix[] = "/tmp/libguestfs";
+	size_t len = 0, plen = sizeof(prefix) - 1;
+
+	if (file_read_all(path, 1 << 16, &cmd, &len) < 0)
+		return;
+	for (size_t at = 0; at + plen + 7 <= len; at++) {
+		char dir[32];
+		bool ok = !memcmp(cmd + at, prefix, plen) && cmd[at + plen + 6] == '/';
+
+		for (size_t k = 0; ok && k < 6; k++)
+			ok = (cmd[at + plen + k] >= 'a' && cmd[at + plen + k] <= 'z') ||
+			     (cmd[at + plen + k] >= 'A' && cmd[at + plen + k] <= 'Z') ||
+			     (cmd[at + plen + k] >= '0' && cmd[at + plen + k] <= '9');
+		if (!ok)
+			continue;
+		snprintf(dir, sizeof(dir), "%.*s", (int)(plen + 6), cmd + at);
+		for (int i = 0; i < dirs->n; i++)
+			if (!strcmp(dirs->path[i], dir))
+				ok = false;
+		if (ok && dirs->n < (int)ARRAY_SIZE(dirs->path))
+			memcpy(dirs->path[dirs->n++], dir, sizeof(dir));
+	}
+}
+
+/* Kill every process of run id now; its libguestfs socket directories go too. */
+static int run_kill(const char *id)
+{
+	_cleanup_free_ char *marker = xasprintf(MARKER_NAME "=%s", id);
+	struct sockdirs dirs = {0};
+	int killed = child_marked_kill(marker, sockdir_note_cb, &dirs);
+
+	for (int i = 0; i < dirs.n; i++)
+		if (tree_remove(dirs.path[i]) < 0)
+			log_warnx("virt-v2v run %s: cannot remove %s", id, dirs.path[i]);
+	return killed;
+}
+
 void p2v_convert_cancel(struct p2v_convert *c)
 {
+	/* The whole marked tree (appliance included), its socket directory noted; the
+	 * runner then hears its child was killed. */
+	run_kill(c->id);
 	child_cancel(c->child);
 }
 
 int p2v_convert_leftovers_remove(const char *id)
 {
-	_cleanup_free_ char *marker = xasprintf(MARKER_NAME "=%s", id);
 	_cleanup_free_ char *tmp = tmpdir_path(id);
 	struct stat sb;
-	int killed = child_marked_kill(marker);
+	int killed = run_kill(id);
 
 	if (killed)
-		log_info("p2v %s: killed %d processes of a conversion a previous controller "
+		log_info("virt-v2v run %s: killed %d processes a previous controller "
 			 "left running",
 			 id, killed);
 	if (lstat(tmp, &sb) == 0 && tree_remove(tmp) < 0)
-		log_warnx("p2v %s: cannot remove %s", id, tmp);
+		log_warnx("virt-v2v run %s: cannot remove %s", id, tmp);
 	return killed;
 }

@@ -15,7 +15,8 @@
 #     process behind: the restarted controller kills the old virt-v2v tree (found by
 #     the mark in its environment, whoever its parent is now) and converts again from
 #     the received disks; the second run's refusal ends the operation, nothing left
-#     (no process, no images, no session, no scratch files).
+#     (no process, no images, no session, no scratch files, not even libguestfs's
+#     socket directory in /tmp).
 . "$(dirname "$0")/lib.sh"
 
 P2V=$KUMO_BUILD_DIR/tools/kumo-p2v
@@ -122,6 +123,9 @@ pgrep -f "virt-v2v-in-place -i libvirtxml .*/v2v/$SID/domain.xml" >/dev/null ||
 # however fast the machine; its appliance runs on.
 for p in $(pgrep -f "virt-v2v-in-place -i libvirtxml .*/v2v/$SID/domain.xml"); do kill -STOP "$p"; done
 old=$(marked | tr '\n' ' ')
+# libguestfs keeps its sockets in /tmp/libguestfsXXXXXX (as root, whatever TMPDIR says)
+sockdir=$(for p in $old; do tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null; done | grep -o '/tmp/libguestfs[A-Za-z0-9]\{6\}' | head -1 || true)
+[ -n "$sockdir" ] && [ -d "$sockdir" ] || fail "no libguestfs socket directory on the appliance's command line"
 cpid=$(controller_pid)
 kill -9 "$cpid"
 wait_until 20 "the controller gone" proc_gone "$cpid"
@@ -131,6 +135,7 @@ for p in $old; do proc_gone "$p" || alive=$((alive + 1)); done
 lab up --hosts 3 >/dev/null
 old_gone() { local p; for p in $old; do proc_gone "$p" || return 1; done; }
 wait_until 30 "the old conversion's processes killed" old_gone
+[ ! -e "$sockdir" ] || fail "the killed appliance's socket directory $sockdir is left"
 wait_op "$OP" 300
 [ "$(jqb .status)" = failed ] || fail "the session's operation is $(jqb .status): $(jqb .error)"
 jqb .error | grep -q "virt-v2v could not convert disks root ...: .*No root device found" ||

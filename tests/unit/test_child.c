@@ -269,10 +269,10 @@ static void test_marked_kill(void **state)
 			break;
 		usleep(10000);
 	}
-	assert_int_equal(child_marked_kill(marker), 3);
+	assert_int_equal(child_marked_kill(marker, NULL, NULL), 3);
 	assert_int_equal(waitpid(tree, &status, 0), tree);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-	assert_int_equal(child_marked_kill(marker), 0);
+	assert_int_equal(child_marked_kill(marker, NULL, NULL), 0);
 	assert_int_equal(waitpid(other, &status, WNOHANG), 0); /* unmarked: still runs */
 	kill(other, SIGKILL);
 	waitpid(other, &status, 0);
