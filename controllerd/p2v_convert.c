@@ -186,7 +186,9 @@ static int domain_xml_write(const char *path, const char *id, const struct p2v_c
 				      file, prefix, 'a' + i, bus);
 	}
 	n += (size_t)snprintf(xml + n, cap - n, "  </devices>\n</domain>\n");
-	if (file_write_atomic(path, xml, n, 0600) < 0)
+	/* No fsync (this is the loop): the file is rebuilt by every run, never read after
+	 * a reboot. */
+	if (file_write_replace(path, xml, n, 0600) < 0)
 		return err_set(err, errno, "cannot write %s", path);
 	return 0;
 }
@@ -202,8 +204,8 @@ struct p2v_convert *p2v_convert_start(const char *id, const struct p2v_convert_d
 	/* One disk: -i disk, the form a real Debian guest was shown converting with;
 	 * more: -i libvirtxml, a domain holding them all (virt-v2v inspects them as one
 	 * guest: / on one disk, /boot or /home on another). */
-	char *argv[] = {"virt-v2v-in-place",   "-i", "disk", "-if", "qcow2", "--root", "single",
-			(char *)disks[0].path, NULL};
+	char *argv[] = {
+		"virt-v2v-in-place", "-i", "disk", "-if", "qcow2", "--root", "single", NULL, NULL};
 	char *argv_xml[] = {
 		"virt-v2v-in-place", "-i", "libvirtxml", "--root", "single", NULL, NULL};
 	char *env[512];
@@ -220,6 +222,7 @@ struct p2v_convert *p2v_convert_start(const char *id, const struct p2v_convert_d
 
 	if (ndisks < 1 || ndisks > 26)
 		return err_set(err, 0, "virt-v2v: %d disks (1 to 26)", ndisks), NULL;
+	argv[7] = (char *)disks[0].path;
 	tmp = tmpdir_path(id);
 	/* Processes a dead controller left were killed at start-up (p2v_sessions_load,
 	 * ova_import_resume); a scratch directory can only be stale. */

@@ -112,8 +112,17 @@ SID=$(jqb .id) TOKEN=$(jqb .token) OP=$(jqb .operation)
 	fail "the pass failed: $(tail -3 "$W/pass.err")"
 api POST "/api/v1/p2v/$SID/actions/cutover" '{"convert": true}'
 expect_status 202 "a converting cutover of two disks"
-# The appliance (QEMU) is the last of the tree to start: kill once it runs.
-appliance_up() { marked_comm | grep -q '^qemu-system'; }
+# The appliance (QEMU) is the last of the tree to start: kill once it runs. It is the
+# QEMU whose command line names libguestfs's socket directory (/tmp/libguestfsXXXXXX,
+# as root whatever TMPDIR says), not one of the short QEMU probes libguestfs runs first.
+appliance_sockdir() {
+	local p
+	for p in $(marked); do
+		{ grep -q '^qemu-system' "/proc/$p/comm" 2>/dev/null &&
+			tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -o '/tmp/libguestfs[A-Za-z0-9]\{6\}' | head -1; } || true
+	done | head -1
+}
+appliance_up() { [ -n "$(appliance_sockdir)" ]; }
 wait_until 180 "virt-v2v's appliance running" appliance_up
 pgrep -f "virt-v2v-in-place -i libvirtxml .*/v2v/$SID/domain.xml" >/dev/null ||
 	fail "the two-disk conversion is not virt-v2v-in-place -i libvirtxml: $(marked_comm | tr '\n' ' ')"
@@ -123,9 +132,8 @@ pgrep -f "virt-v2v-in-place -i libvirtxml .*/v2v/$SID/domain.xml" >/dev/null ||
 # however fast the machine; its appliance runs on.
 for p in $(pgrep -f "virt-v2v-in-place -i libvirtxml .*/v2v/$SID/domain.xml"); do kill -STOP "$p"; done
 old=$(marked | tr '\n' ' ')
-# libguestfs keeps its sockets in /tmp/libguestfsXXXXXX (as root, whatever TMPDIR says)
-sockdir=$(for p in $old; do tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null; done | grep -o '/tmp/libguestfs[A-Za-z0-9]\{6\}' | head -1 || true)
-[ -n "$sockdir" ] && [ -d "$sockdir" ] || fail "no libguestfs socket directory on the appliance's command line"
+sockdir=$(appliance_sockdir)
+[ -n "$sockdir" ] && [ -d "$sockdir" ] || fail "no libguestfs socket directory ($sockdir) on the appliance's command line"
 cpid=$(controller_pid)
 kill -9 "$cpid"
 wait_until 20 "the controller gone" proc_gone "$cpid"
