@@ -104,6 +104,54 @@ void child_tree_kill(pid_t root)
 	free(procs);
 }
 
+/* Whether pid's environment holds the entry marker (a zombie's reads empty). */
+static bool env_marked(pid_t pid, const char *marker)
+{
+	_cleanup_free_ char *path = xasprintf("/proc/%d/environ", (int)pid), *env = NULL;
+	size_t len = 0;
+
+	/* 1 MiB: more than any environment execve() takes with its default limits. */
+	if (file_read_all(path, 1 << 20, &env, &len) < 0)
+		return false;
+	for (size_t at = 0; at < len; at += strlen(env + at) + 1)
+		if (!strcmp(env + at, marker))
+			return true;
+	return false;
+}
+
+int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), void *data)
+{
+	int killed = 0;
+
+	/* A marked process may fork between the scan and its kill (a child that is not
+	 * listed yet): scan again until a scan finds none. Each is stopped before it is
+	 * killed so it starts nothing more; a killed one reads empty once it is a zombie. */
+	for (int round = 0; round < 10; round++) {
+		int nfound = 0;
+		struct dirent *e;
+		DIR *d = opendir("/proc");
+
+		while (d && (e = readdir(d))) {
+			pid_t pid = (pid_t)atoi(e->d_name);
+
+			if (pid <= 0 || pid == getpid() || !env_marked(pid, marker))
+				continue;
+			kill(pid, SIGSTOP);
+			if (found)
+				found(pid, data);
+			kill(pid, SIGKILL);
+			nfound++;
+		}
+		if (d)
+			closedir(d);
+		killed += nfound;
+		if (nfound == 0)
+			break;
+		usleep(10 * 1000); /* the killed ones become zombies */
+	}
+	return killed;
+}
+
 static void close_cb(uv_handle_t *handle)
 {
 	struct child *c = handle->data;

@@ -114,5 +114,15 @@ int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data
 int child_run_wait(const struct child_opts *opts, char **out, struct kerr *err);
 /* SIGKILL pid and every descendant of it (found in /proc), the tree frozen first. */
 void child_tree_kill(pid_t pid);
+/*
+ * SIGKILL every process whose environment holds the entry marker ("NAME=value", the
+ * whole entry), whoever its parent is now: the tree a daemon that died left behind
+ * (its children were reparented, so child_tree_kill() no longer finds them from the
+ * root), found again by an entry the daemon put in the root's environment and every
+ * descendant inherited. found(pid, data), when not NULL, sees each one stopped, before
+ * its kill (its /proc entries still readable). Reads /proc (needs root to see other
+ * users' processes). Returns how many processes it killed.
+ */
+int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), void *data);
 
 #endif

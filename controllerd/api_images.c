@@ -767,13 +767,21 @@ static enum MHD_Result oci_import_start(struct request *req, const char *name, c
 enum MHD_Result api_images_upload(struct request *req)
 {
 	const char *name = http_query(req, "name"), *format = http_query(req, "format");
+	const char *convert = http_query(req, "convert");
 	struct json_object *op, *res, *args;
 	struct import *im;
 	struct kerr err;
 	bool big = req->upload_error[0] && strstr(req->upload_error, "over");
+	bool ova = format && !strcmp(format, "ova");
 
 	/* A refused upload is removed before the answer, not when the connection's request
 	 * ends: a client that reads the refusal finds nothing left behind. */
+	if (convert && (!ova || (strcmp(convert, "0") && strcmp(convert, "1") &&
+				 strcmp(convert, "false") && strcmp(convert, "true")))) {
+		upload_end(req);
+		return http_reply_error(req, 400, "convert",
+					"'convert' is 1, 0, true or false, for format=ova only");
+	}
 	if (req->upload_error[0] || req->upload_len == 0)
 		upload_end(req);
 	if (req->upload_error[0])
@@ -788,8 +796,9 @@ enum MHD_Result api_images_upload(struct request *req)
 	req->upload_fd = -1;
 	if (format_is_oci(format))
 		return oci_import_start(req, name, format);
-	if (format && !strcmp(format, "ova")) /* V2V import: ova.c */
-		return ova_import_start(req, name);
+	if (ova) /* V2V import: ova.c */
+		return ova_import_start(
+			req, name, convert && (!strcmp(convert, "1") || !strcmp(convert, "true")));
 	if (format == NULL)
 		format = "qcow2";
 	args = json_object_new_object();

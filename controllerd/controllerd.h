@@ -150,7 +150,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 21
+#define DB_SCHEMA_VERSION 22
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -814,13 +814,52 @@ int p2v_session_cancel_refused(const char *id, struct kerr *err);
 /*
  * Start-up, before jobs_resume(): bring back the sessions the database holds, their
  * files reopened; one past its deadline ends (files and row go), one caught cutting
- * over goes back to receiving (or to done when its VM exists).
+ * over goes back to receiving (or to done when its VM exists); one caught converting
+ * has the old virt-v2v tree killed and converts again (at most P2V_CONVERT_TRIES).
  */
 void p2v_sessions_load(void);
 bool p2v_session_exists(const char *id);
 
+/* p2v_convert.c: virt-v2v-in-place on the disks of a converting cutover */
+struct p2v_convert;
+struct p2v_convert_disk {
+	const char *path; /* a qcow2 image */
+	const char *bus;  /* its bus on the source: virtio, scsi, sata or ide */
+};
+enum p2v_convert_end {
+	P2V_CONVERT_OK,
+	P2V_CONVERT_FAILED,    /* virt-v2v refused or failed: why says so */
+	P2V_CONVERT_TIMED_OUT, /* the deadline passed: its tree was killed */
+	P2V_CONVERT_CANCELLED, /* p2v_convert_cancel(): its tree was killed */
+};
+typedef void (*p2v_convert_step_cb)(const char *step, void *data);
+typedef void (*p2v_convert_done_cb)(enum p2v_convert_end end, const char *why, void *data);
+/*
+ * Run virt-v2v-in-place on disks (1 to 26, one guest) of session id, until deadline
+ * (epoch ms); what a dead controller left of a run for id must have been removed
+ * (p2v_convert_leftovers_remove) at start-up. step()
+ * hears each step it prints; done() comes once, on a later turn of the loop, after
+ * which the handle is gone. Returns the handle, or NULL with err (nothing runs).
+ */
+struct p2v_convert *p2v_convert_start(const char *id, const struct p2v_convert_disk *disks,
+				      int ndisks, int64_t deadline, p2v_convert_step_cb step,
+				      p2v_convert_done_cb done, void *data, struct kerr *err);
+/* Kill the run's whole tree now; done() follows with P2V_CONVERT_CANCELLED. */
+void p2v_convert_cancel(struct p2v_convert *c);
+/*
+ * Kill every process of a run for session id that a controller killed under it left
+ * (found by the mark in their environment), and remove its scratch files. Blocks for
+ * a scan of /proc (kernel memory, no disk): for start-up. Returns how many it killed.
+ */
+int p2v_convert_leftovers_remove(const char *id);
+
 /* ova.c: V2V import of an OVA upload */
-enum MHD_Result ova_import_start(struct request *req, const char *name);
+enum MHD_Result ova_import_start(struct request *req, const char *name, bool convert);
+/*
+ * jobs.c's resume of an image import after a restart: never resumed (-1); a converting
+ * OVA import's leftover virt-v2v is killed and its unrecorded qcow2 files removed.
+ */
+int ova_import_resume(struct host *h, const char *id, struct json_object *op);
 int ova_check(const char *path, const char *dir, struct json_object **out, char *why, size_t len);
 enum MHD_Result api_instance_export(struct request *req);
 

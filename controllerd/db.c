@@ -404,6 +404,11 @@ static const char *const migrations[] = {
 	 * nothing of the key); both NULL for a plain store. */
 	"ALTER TABLE backup_stores ADD COLUMN key_wrapped TEXT;"
 	"ALTER TABLE backup_stores ADD COLUMN key_check TEXT;",
+	/* 21 -> 22 (p2v.c): a cutover's "convert" and how many virt-v2v
+	 * runs it started, so a controller restarted during a conversion converts again
+	 * (at most a few times) instead of forgetting it was asked. */
+	"ALTER TABLE p2v_sessions ADD COLUMN cut_convert INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE p2v_sessions ADD COLUMN convert_tries INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

@@ -308,7 +308,8 @@ static const struct op_kind kinds[] = {
 	 NO_UNDO "a snapshot delete cannot be undone"},
 	{"instance-commit", 3600, instance_resume, instance_done, NULL,
 	 NO_UNDO "a commit's blobs are written in place"},
-	{"image-import", 0, NULL, NULL, NULL, NO_UNDO "an image import runs to its end"},
+	{"image-import", 0, ova_import_resume, NULL, NULL,
+	 NO_UNDO "an image import runs to its end"},
 	/* Backups (backups.c): their agent steps report like an instance's. */
 	/* A backup's cancel reaches its agent, which stops QEMU's block job and removes
 	 * its work files; the row fails with the op (backups_op_done()). */

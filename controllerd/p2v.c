@@ -41,8 +41,12 @@
  * lose its bytes: the files are fsynced behind the rows (sync_maybe_start) and a
  * start-up re-hashes the rows the last fsync did not cover (chunks_verify).
  *
- * "convert": true at the cutover runs virt-v2v-in-place on the qcow2 before it is
- * recorded (v2v_start): the guest is rewritten for virtio before its first boot.
+ * "convert": true at the cutover runs virt-v2v-in-place on the qcow2 files before they
+ * are recorded (v2v_start, p2v_convert.c): the guest is rewritten for virtio before its
+ * first boot. A controller restart during it kills what the old run left (its processes
+ * carry a mark p2v_convert.c finds again) and converts again from the received raw
+ * files, which stay until the VM exists: the cutover was answered 202 when it began, so
+ * nobody else would retry it (cut_roll_back, at most P2V_CONVERT_TRIES runs).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,7 +59,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "child.h"
 #include "controllerd.h"
 #include "log.h"
 #include "token.h"
@@ -71,6 +74,9 @@
 #define P2V_TTL_DEFAULT	   86400
 #define P2V_TTL_MAX	   (7 * 86400)
 #define P2V_PASSES_MAX	   64
+/* Conversions a cutover starts, counting those a controller restart cut short: a
+ * conversion that itself brings the controller down ends failed, not in a loop. */
+#define P2V_CONVERT_TRIES 3
 /* The raw files are fsynced (off the loop) once this many chunks were written since the
  * last fsync, or when writes paused this long: what a power loss can take, and what a
  * start-up re-hashes (chunks_verify), stays small. */
@@ -134,9 +140,9 @@ struct p2v_session {
 	bool cut_convert;    /* virt-v2v rewrites the guest before its first boot */
 	bool converted;	     /* ... and did */
 	bool cut_cancelling; /* cancelled while virt-v2v ran: the cut ends cancelled */
-	struct child *v2v;   /* virt-v2v-in-place while it runs */
-	char v2v_line[160];  /* its progress line being read */
-	size_t v2v_line_len;
+	int convert_tries;   /* virt-v2v runs this cutover started (persisted) */
+	/* virt-v2v-in-place while it runs */
+	struct p2v_convert *v2v;
 	char inst_op[LINK_OP_ID_MAX + 1]; /* the VM's instance-create operation */
 	struct json_object *notes;
 	struct request *cut_req;
@@ -270,8 +276,10 @@ static struct json_object *session_json(const struct p2v_session *s)
 	}
 	json_object_object_add(o, "disks", disks);
 	json_object_object_add(o, "hardware", json_object_get(s->hardware));
-	if (s->cut_convert)
+	if (s->cut_convert) {
 		json_object_object_add(o, "converted", json_object_new_boolean(s->converted));
+		json_object_object_add(o, "convert_tries", json_object_new_int(s->convert_tries));
+	}
 	if (s->inst_op[0])
 		json_object_object_add(o, "instance_operation", json_object_new_string(s->inst_op));
 	if (s->notes)
@@ -316,14 +324,16 @@ static int store_session_save(const struct p2v_session *s, struct kerr *err)
 		ctl.db,
 		"INSERT INTO p2v_sessions (id, name, token_digest, operation, state, error, "
 		"created_at, token_expires_at, deadline, hardware, disks, passes, bytes_received, "
-		"chunks_stored, chunks_rejected, first_chunk_at, last_chunk_at, cut_start, notes) "
-		"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+		"chunks_stored, chunks_rejected, first_chunk_at, last_chunk_at, cut_start, notes, "
+		"cut_convert, convert_tries) "
+		"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
 		"ON CONFLICT (id) DO UPDATE SET state = excluded.state, error = excluded.error, "
 		"disks = excluded.disks, passes = excluded.passes, "
 		"bytes_received = excluded.bytes_received, chunks_stored = excluded.chunks_stored, "
 		"chunks_rejected = excluded.chunks_rejected, "
 		"first_chunk_at = excluded.first_chunk_at, last_chunk_at = excluded.last_chunk_at, "
-		"cut_start = excluded.cut_start, notes = excluded.notes");
+		"cut_start = excluded.cut_start, notes = excluded.notes, "
+		"cut_convert = excluded.cut_convert, convert_tries = excluded.convert_tries");
 	int rc;
 
 	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
@@ -347,6 +357,8 @@ static int store_session_save(const struct p2v_session *s, struct kerr *err)
 	sqlite3_bind_int(st, 18, s->cut_start);
 	if (s->notes)
 		sqlite3_bind_text(st, 19, json_text(s->notes), -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 20, s->cut_convert);
+	sqlite3_bind_int(st, 21, s->convert_tries);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	json_object_put(disks);
@@ -471,7 +483,10 @@ int p2v_session_cancel(const char *id, struct kerr *err)
 		return -1;
 	if (s->state == P2V_CUTTING_OVER && s->v2v) {
 		s->cut_cancelling = true;
-		child_cancel(s->v2v);
+		/* Durable before the kill: a restart before it comes back must not
+		 * convert again (cut_convert_again). */
+		op_update(s->op, "running", -1, "cancelling", NULL, NULL);
+		p2v_convert_cancel(s->v2v);
 		return 1;
 	}
 	if (s->state == P2V_RECEIVING)
@@ -1578,84 +1593,42 @@ static void cut_convert_cb(int64_t status, const char *out, const char *errout, 
 	cut_hash_start(s);
 }
 
-/* ---- conversion: virt-v2v-in-place on the qcow2 the cut wrote ---- */
+/* ---- conversion: virt-v2v-in-place on the qcow2 files the cut wrote ---- */
 
-/*
- * virt-v2v's stdout, as it comes: each "[  52.1] Inspecting the source" line is a
- * step of the conversion, shown as the operation's phase.
- */
-static void v2v_output_cb(const char *buf, size_t len, void *data)
+static void v2v_step_cb(const char *step, void *data)
 {
 	struct p2v_session *s = data;
+	char phase[200];
 
-	for (size_t i = 0; i < len; i++) {
-		const char *step;
-		char phase[200];
-
-		if (buf[i] != '\n' && buf[i] != '\r') {
-			if (s->v2v_line_len < sizeof(s->v2v_line) - 1)
-				s->v2v_line[s->v2v_line_len++] = buf[i];
-			continue;
-		}
-		s->v2v_line[s->v2v_line_len] = '\0';
-		s->v2v_line_len = 0;
-		step = s->v2v_line[0] == '[' ? strchr(s->v2v_line, ']') : NULL;
-		if (step == NULL || step[1] != ' ' || step[2] == '\0')
-			continue;
-		snprintf(phase, sizeof(phase), "cutover: virt-v2v: %s", step + 2);
-		op_update(s->op, "running", 92, phase, NULL, NULL);
-	}
+	if (s->cut_cancelling)
+		return; /* its phase says "cancelling" until it ends */
+	snprintf(phase, sizeof(phase), "cutover: virt-v2v: %s", step);
+	op_update(s->op, "running", 92, phase, NULL, NULL);
 }
 
-/*
- * Why virt-v2v failed, in one paragraph: its "error:" message (which spans lines, the
- * reason last, e.g. "No root device found in this operating system image.") up to
- * its advice on reporting bugs, whitespace folded.
- */
-static void v2v_why(const struct child_result *r, char *buf, size_t len)
-{
-	const char *from = strstr(r->err, "error: "), *to;
-	size_t n = 0;
-
-	if (from == NULL) {
-		child_result_why(r, buf, len);
-		return;
-	}
-	from += 7;
-	to = strstr(from, "If reporting bugs");
-	if (to == NULL)
-		to = from + strlen(from);
-	for (const char *p = from; p < to && n + 1 < len; p++) {
-		bool space = *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r';
-
-		if (space && (n == 0 || buf[n - 1] == ' '))
-			continue;
-		buf[n++] = space ? ' ' : *p;
-	}
-	while (n > 0 && buf[n - 1] == ' ')
-		n--;
-	buf[n] = '\0';
-}
-
-static void v2v_done_cb(const struct child_result *r, void *data)
+static void v2v_done_cb(enum p2v_convert_end end, const char *why, void *data)
 {
 	struct p2v_session *s = data;
-	char why[400];
 
 	s->v2v = NULL;
 	if (s->cut_cancelling) {
 		cut_fail(s, "cancelled during the conversion");
 		return;
 	}
-	if (r->timed_out) {
+	switch (end) {
+	case P2V_CONVERT_OK:
+		break;
+	case P2V_CONVERT_TIMED_OUT:
 		cut_fail(s, "timed out: virt-v2v did not finish before the session's deadline");
 		return;
-	}
-	if (!child_result_ok(r)) {
+	case P2V_CONVERT_CANCELLED:
+		cut_fail(s, "virt-v2v was stopped");
+		return;
+	case P2V_CONVERT_FAILED:
 		/* It refused the guest (not an OS it recognises, no boot loader it knows)
 		 * or failed: its own reason is the operation's error. */
-		v2v_why(r, why, sizeof(why));
-		cut_fail(s, "virt-v2v could not convert disk %s: %s", s->disks[0].name, why);
+		cut_fail(s, "virt-v2v could not convert disk%s %s%s: %s", s->ndisks > 1 ? "s" : "",
+			 s->disks[0].name, s->ndisks > 1 ? " ..." : "", why);
 		return;
 	}
 	log_info("p2v %s (%s): converted by virt-v2v", s->id, s->name);
@@ -1665,48 +1638,39 @@ static void v2v_done_cb(const struct child_result *r, void *data)
 }
 
 /*
- * Run virt-v2v-in-place on the session's one disk (as the qcow2 the cut wrote): virtio
+ * Run virt-v2v-in-place on the session's disks (the qcow2 files the cut wrote): virtio
  * drivers into the guest's initramfs, fstab and the boot loader fixed, before its
- * first boot. Its libguestfs appliance is a QEMU of its own (run as root, like the
- * controller: it opens the image and /dev/kvm); under TCG unless v2v_tcg is off. The
- * session's deadline bounds it; a cancel kills it and its appliance.
+ * first boot (p2v_convert.c). Its libguestfs appliance is a QEMU of its own (run as
+ * root, like the controller: it opens the images and /dev/kvm). The session's deadline
+ * bounds it; a cancel kills it and its appliance. The run is counted in the row before
+ * it starts, so a restart knows how many a cutover started.
  */
 static void v2v_start(struct p2v_session *s)
 {
-	extern char **environ;
-	char image[NAME_MAX_LEN + 1];
-	_cleanup_free_ char *path = NULL;
-	char *argv[] = {
-		"virt-v2v-in-place", "-i", "disk", "-if", "qcow2", "--root", "single", NULL, NULL};
-	char *env[512];
-	size_t n = 0;
-	int64_t left = s->deadline - now_ms();
-	struct child_opts opts = {
-		.argv = argv,
-		.env = env,
-		.out_max = 4096,
-		.err_max = 4096,
-		.err_mode = CHILD_ERR_CAPTURE,
-		.on_output = v2v_output_cb,
-	};
+	struct p2v_convert_disk disks[P2V_DISKS_MAX];
+	char *paths[P2V_DISKS_MAX] = {0};
+	char phase[96];
 	struct kerr err;
 
-	cut_image_name(s, &s->disks[0], image);
-	path = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
-	argv[7] = path;
-	for (char **e = environ; *e && n < ARRAY_SIZE(env) - 3; e++)
-		if (strncmp(*e, "LIBGUESTFS_BACKEND", 18))
-			env[n++] = *e;
-	/* direct: libguestfs runs QEMU itself (no libvirt daemon on our hosts). */
-	env[n++] = "LIBGUESTFS_BACKEND=direct";
-	if (ctl.cfg.v2v_tcg)
-		env[n++] = "LIBGUESTFS_BACKEND_SETTINGS=force_tcg";
-	env[n] = NULL;
-	opts.timeout_ms = left < 1000 ? 1000 : left > UINT32_MAX ? UINT32_MAX : (unsigned)left;
-	op_update(s->op, "running", 91, "cutover: virt-v2v: starting", NULL, NULL);
-	log_info("p2v %s (%s): converting %s with virt-v2v-in-place", s->id, s->name, path);
-	s->v2v_line_len = 0;
-	s->v2v = child_run(ctl.loop, &opts, v2v_done_cb, s, &err);
+	for (int i = 0; i < s->ndisks; i++) {
+		char image[NAME_MAX_LEN + 1];
+
+		cut_image_name(s, &s->disks[i], image);
+		paths[i] = xasprintf("%s/images/%s.qcow2", ctl.cfg.shared_pool, image);
+		disks[i].path = paths[i];
+		disks[i].bus = s->disks[i].bus;
+	}
+	s->convert_tries++;
+	session_save(s);
+	snprintf(phase, sizeof(phase), "cutover: virt-v2v: starting (run %d of at most %d)",
+		 s->convert_tries, P2V_CONVERT_TRIES);
+	op_update(s->op, "running", 91, phase, NULL, NULL);
+	log_info("p2v %s (%s): converting %d disks with virt-v2v-in-place (run %d)", s->id, s->name,
+		 s->ndisks, s->convert_tries);
+	s->v2v = p2v_convert_start(s->id, disks, s->ndisks, s->deadline, v2v_step_cb, v2v_done_cb,
+				   s, &err);
+	for (int i = 0; i < s->ndisks; i++)
+		free(paths[i]);
 	if (s->v2v == NULL)
 		cut_fail(s, "cannot run virt-v2v-in-place: %s", err.msg);
 }
@@ -1782,11 +1746,6 @@ enum MHD_Result api_p2v_action(struct request *req)
 	s->cut_start = body ? json_get_bool(body, "start", false) : false;
 	s->cut_convert = body ? json_get_bool(body, "convert", false) : false;
 	json_object_put(body);
-	if (s->cut_convert && s->ndisks != 1)
-		return http_reply_error(req, 400, "convert",
-					"'convert' needs a session with one disk (virt-v2v -i disk "
-					"converts single-disk guests); this one has %d",
-					s->ndisks);
 	inst = instance_get_json(s->name, false);
 	if (inst) {
 		json_object_put(inst);
@@ -1797,6 +1756,7 @@ enum MHD_Result api_p2v_action(struct request *req)
 	s->state = P2V_CUTTING_OVER;
 	s->cut_disk = 0;
 	s->converted = s->cut_cancelling = false;
+	s->convert_tries = 0;
 	s->cut_req = req;
 	s->busy++;
 	session_save(s);
@@ -1853,9 +1813,52 @@ bool p2v_session_exists(const char *id)
 }
 
 /*
+ * A converting cut the restart interrupted, what it made removed: convert again from
+ * the received raw files, or, once P2V_CONVERT_TRIES runs were started, end failed
+ * saying so (its raw files go too). Retried rather than failed at once because the
+ * cutover was answered 202 when it began: the source (kumo-p2v) has gone, and the
+ * conversion of the same raw files is as good the second time. The session's deadline
+ * bounds the new run as it did the first.
+ */
+static void cut_convert_again(struct p2v_session *s)
+{
+	struct json_object *op = op_get(s->op);
+	bool cancelled = op && (json_get_str(op, "cancel", NULL) ||
+				!strcmp(json_get_str(op, "phase", ""), "cancelling"));
+	char phase[160];
+
+	json_object_put(op);
+	if (cancelled) {
+		/* Abandoned (DELETE, or the operation's cancel) while virt-v2v ran, and the
+		 * controller died before the kill came back: the cancel stands. */
+		s->state = P2V_FAILED;
+		session_end(s, "cancelled", "the session was abandoned during its conversion");
+		return;
+	}
+	if (s->convert_tries >= P2V_CONVERT_TRIES) {
+		snprintf(s->error, sizeof(s->error),
+			 "the controller restarted during the conversion %d times; the cutover "
+			 "was given up",
+			 s->convert_tries);
+		s->state = P2V_FAILED;
+		session_end(s, "failed", s->error);
+		return;
+	}
+	snprintf(phase, sizeof(phase),
+		 "cutover: converting again: the controller restarted during the conversion");
+	op_update(s->op, "running", 90, phase, NULL, NULL);
+	log_info("p2v %s (%s): the interrupted conversion starts again", s->id, s->name);
+	s->cut_disk = 0;
+	s->converted = s->cut_cancelling = false;
+	s->cut_req = NULL;
+	s->busy++;
+	cut_next(s);
+}
+
+/*
  * A cut the restart interrupted: if its VM exists, the cut went through (done);
  * otherwise what it made goes (cut_undo) and the session receives again, for the
- * source's retried cutover.
+ * source's retried cutover; a converting one converts again (cut_convert_again).
  */
 static void cut_roll_back(struct p2v_session *s)
 {
@@ -1869,11 +1872,29 @@ static void cut_roll_back(struct p2v_session *s)
 		return;
 	}
 	cut_undo(s);
+	if (s->cut_convert) {
+		cut_convert_again(s);
+		return;
+	}
 	s->state = P2V_RECEIVING;
 	s->cut_disk = 0;
 	session_save(s);
 	session_op_progress(s, "receiving again: the controller restarted during the cutover");
 	log_info("p2v %s (%s): the interrupted cutover was rolled back", s->id, s->name);
+}
+
+/* A cut the restart interrupted that cannot go on: what it made goes, unless its VM
+ * exists (then those images are the VM's). */
+static void cut_abandon(struct p2v_session *s)
+{
+	struct json_object *inst;
+
+	if (s->state != P2V_CUTTING_OVER)
+		return;
+	inst = instance_get_json(s->name, false);
+	if (inst == NULL)
+		cut_undo(s);
+	json_object_put(inst);
 }
 
 static enum p2v_state state_parse(const char *name)
@@ -2045,6 +2066,8 @@ static struct p2v_session *session_from_row(sqlite3_stmt *st)
 	s->first_chunk_at = sqlite3_column_int64(st, 15);
 	s->last_chunk_at = sqlite3_column_int64(st, 16);
 	s->cut_start = sqlite3_column_int(st, 17);
+	s->cut_convert = sqlite3_column_int(st, 19);
+	s->convert_tries = sqlite3_column_int(st, 20);
 	s->notes = json_tokener_parse(column_text(st, 18));
 	if (!json_object_is_type(s->notes, json_type_array)) {
 		json_object_put(s->notes);
@@ -2116,7 +2139,7 @@ void p2v_sessions_load(void)
 		ctl.db, "SELECT id, name, token_digest, operation, state, error, created_at, "
 			"token_expires_at, deadline, hardware, disks, passes, bytes_received, "
 			"chunks_stored, chunks_rejected, first_chunk_at, last_chunk_at, cut_start, "
-			"notes FROM p2v_sessions");
+			"notes, cut_convert, convert_tries FROM p2v_sessions");
 	struct p2v_session *loaded = NULL;
 	struct json_object *dropped = json_object_new_array();
 	int64_t now = now_ms();
@@ -2161,11 +2184,17 @@ void p2v_sessions_load(void)
 			s->dir[0] = '\0'; /* its files are images; its directory went */
 			continue;
 		}
+		/* The virt-v2v tree the dead controller left runs on, reparented: killed
+		 * before anything of the cut is removed or run again. */
+		if (s->state == P2V_CUTTING_OVER && s->cut_convert)
+			p2v_convert_leftovers_remove(s->id);
 		if (now > s->deadline) {
+			cut_abandon(s);
 			session_end(s, "failed", "timed out: the session passed its deadline");
 			continue;
 		}
 		if (session_files_open(s, why, sizeof(why)) < 0) {
+			cut_abandon(s);
 			session_end(s, "failed", why);
 			continue;
 		}

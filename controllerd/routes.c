@@ -67,7 +67,7 @@ const struct route api_routes[] = {
 	 api_snapshot_revert, NULL},
 	{"DELETE", "/api/v1/instances/{}/snapshots/{}", ROLE_OPERATOR, "", api_snapshot_delete,
 	 NULL},
-	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format", api_images_upload,
+	{"POST", "/api/v1/images", ROLE_OPERATOR, "name,format,convert", api_images_upload,
 	 &api_images_stream},
 	{"GET", "/api/v1/images", ROLE_VIEWER, "limit,after,fields", api_images_list, NULL},
 	{"GET", "/api/v1/images/{}", ROLE_VIEWER, "", api_image_get, NULL},

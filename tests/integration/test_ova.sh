@@ -5,7 +5,9 @@
 # with exactly that hardware, which boots. Foreign hardware (a sound card, a floppy) is
 # noted, not dropped. Bad OVAs (broken XML, a DOCTYPE with entities, a missing disk,
 # a file reference with "..", a manifest digest that does not match, a member whose
-# size lies) are refused with 400 and leave nothing.
+# size lies) are refused with 400 and leave nothing. With ?convert=1 the import runs
+# virt-v2v-in-place on the converted disks before recording them: the busybox guest
+# is refused by its inspection, the reason is the operation's error, nothing is left.
 . "$(dirname "$0")/lib.sh"
 
 W=$KUMO_LAB_DIR/ova-test
@@ -18,6 +20,7 @@ cleanup() {
 	done
 	api DELETE /api/v1/images/ovaimg >/dev/null 2>&1 || true
 	api DELETE /api/v1/images/ovaimg2 >/dev/null 2>&1 || true
+	api DELETE /api/v1/images/ovaimgc >/dev/null 2>&1 || true
 	rm -rf "$W"
 }
 trap cleanup EXIT
@@ -85,10 +88,10 @@ ova() {
 		tar --format=ustar -cf "$W/$name.ova" "$@"
 	)
 }
-upload() { # OVA [IMAGE-NAME]
+upload() { # OVA [IMAGE-NAME [MORE-QUERY]]
 	STATUS=$(curl -sS --cacert "$KUMO_CACERT" -H "Authorization: Bearer $ADMIN" \
 		-H 'Content-Type: application/octet-stream' --data-binary @"$W/$1.ova" \
-		-o "$W/up.out" -w '%{http_code}' "$KUMO_URL/api/v1/images?name=${2:-ovaimg}&format=ova") || STATUS=000
+		-o "$W/up.out" -w '%{http_code}' "$KUMO_URL/api/v1/images?name=${2:-ovaimg}&format=ova${3:-}") || STATUS=000
 	BODY=$(cat "$W/up.out" 2>/dev/null || true)
 }
 nothing_left() {
@@ -154,6 +157,26 @@ create=$(jqb '.result.instance + {"name": "ovavm"}')
 	'{"vcpus":2,"memory":{"mb":256},"bus":"sata","model":"e1000","mac":"'$MAC'"}' ] ||
 	fail "the OVF hardware is not what the import gives: $create"
 pass "the OVA is an image and a create body with 2 vCPUs, 256 MiB, SATA, e1000 $MAC; sound and floppy noted"
+
+# ---- the same OVA with ?convert=1: virt-v2v runs on its disk and refuses busybox ----
+upload good ovaimgc '&convert=maybe'
+[ "$STATUS" = 400 ] || fail "convert=maybe: HTTP $STATUS"
+upload good ovaimgc '&convert=1'
+[ "$STATUS" = 202 ] || fail "a converting OVA import: HTTP $STATUS $BODY"
+COP=$(jqb .id)
+v2v_step() { api GET "/api/v1/operations/$COP" && { jqb .phase | grep -q "^virt-v2v: " || [ "$(jqb .status)" != running ]; }; }
+wait_until 180 "a virt-v2v step as the import's phase" v2v_step
+jqb .phase | grep -q "^virt-v2v: " || fail "no virt-v2v step was shown; the import is $(jqb .status): $(jqb .error)"
+wait_op "$COP" 300
+[ "$(jqb .status)" = failed ] || fail "the converting import of busybox is $(jqb .status)"
+jqb .error | grep -q "virt-v2v could not convert the OVA's disks: .*No root device found" ||
+	fail "the import's error does not say why: $(jqb .error)"
+api GET /api/v1/images/ovaimgc
+[ "$STATUS" = 404 ] || fail "the refused conversion left image ovaimgc"
+[ ! -e "$KUMO_LAB_DIR/shared/images/ovaimgc.qcow2" ] || fail "the refused conversion left ovaimgc.qcow2"
+[ ! -e "$KUMO_LAB_DIR/controller/v2v/ova-$COP" ] || fail "the refused conversion left virt-v2v's scratch files"
+! grep -l -a -s "KUMO_P2V_CONVERT=ova-$COP" /proc/[0-9]*/environ >/dev/null || fail "the conversion left processes"
+pass "?convert=1: virt-v2v ran on the OVA's disk, its refusal is the import's error, nothing left"
 
 vm_create "$create"
 wait_until 240 "the imported VM boots" console_has ovavm KUMO-GUEST-READY

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "child.h"
@@ -232,6 +233,51 @@ static void test_cannot_start(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/*
+ * A tree whose parent is gone (as a daemon's children after its kill -9) is found by
+ * the entry it inherited and killed whole; a process without the entry is left.
+ */
+static void test_marked_kill(void **state)
+{
+	char marker[64];
+	pid_t tree, other;
+	int status;
+
+	snprintf(marker, sizeof(marker), "KUMO_CHILD_MARK=%d", (int)getpid());
+	tree = fork();
+	if (tree == 0) {
+		char *env[] = {marker, "PATH=/usr/bin:/bin", NULL};
+
+		execle("/bin/sh", "sh", "-c", "sleep 60 & sleep 60 & wait", (char *)NULL, env);
+		_exit(127);
+	}
+	other = fork();
+	if (other == 0) {
+		char *env[] = {"KUMO_CHILD_MARK=other", "PATH=/usr/bin:/bin", NULL};
+
+		execle("/bin/sh", "sh", "-c", "exec sleep 60", (char *)NULL, env);
+		_exit(127);
+	}
+	/* Both sleeps started: sh and two children hold the entry. */
+	for (int i = 0; i < 500; i++) {
+		_cleanup_free_ char *path = xasprintf("/proc/%d/task/%d/children", (int)tree,
+						      (int)tree),
+				    *text = NULL;
+
+		if (file_read_all(path, 4096, &text, NULL) == 0 && strchr(text, ' ') &&
+		    strchr(strchr(text, ' ') + 1, ' '))
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(child_marked_kill(marker, NULL, NULL), 3);
+	assert_int_equal(waitpid(tree, &status, 0), tree);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	assert_int_equal(child_marked_kill(marker, NULL, NULL), 0);
+	assert_int_equal(waitpid(other, &status, WNOHANG), 0); /* unmarked: still runs */
+	kill(other, SIGKILL);
+	waitpid(other, &status, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -244,6 +290,7 @@ int main(void)
 		cmocka_unit_test(test_stdin_env_cwd),
 		cmocka_unit_test(test_merge_keeps_order),
 		cmocka_unit_test(test_cannot_start),
+		cmocka_unit_test(test_marked_kill),
 	};
 
 	signal(SIGPIPE, SIG_IGN);
