@@ -559,15 +559,33 @@ static void run_cmd(const char *what, const char *cmd)
 		die("%s (%s) failed: status %d", what, cmd, rc);
 }
 
+/* The token from a file (its first line), so it is not on the command line, where
+ * every user of the source machine can read it in ps. */
+static char *token_from_file(const char *path)
+{
+	static char buf[256];
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL)
+		die("--token-file %s: %s", path, strerror(errno));
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		die("--token-file %s: empty", path);
+	fclose(f);
+	buf[strcspn(buf, "\r\n")] = '\0';
+	return buf;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: kumo-p2v --url URL --token TOKEN --disk [NAME=]PATH... [options]\n"
 		"  --url URL          the session's url (https://controller:port/api/v1/p2v/ID)\n"
-		"  --token TOKEN      the session's ingest token (or $KUMO_P2V_TOKEN)\n"
+		"  --token-file FILE  the session's ingest token, read from FILE (or\n"
+		"                     $KUMO_P2V_TOKEN; --token TOKEN works but shows it in ps)\n"
 		"  --disk [NAME=]PATH a source disk; by the session's disk name, else in order\n"
 		"  --cacert FILE      the CA that signed the controller's certificate\n"
-		"  --insecure         do not verify the controller's certificate\n"
+		"  --insecure         do not verify the controller's certificate (and allow\n"
+		"                     an http:// url: token and disks then travel in clear)\n"
 		"  --warm             passes while the machine runs, then freeze and a final one\n"
 		"  --max-passes N     warm: passes before the freeze at most (default 8)\n"
 		"  --small N          warm: freeze once a pass sends at most N chunks\n"
@@ -588,6 +606,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{"url", required_argument, NULL, 'u'},
 		{"token", required_argument, NULL, 't'},
+		{"token-file", required_argument, NULL, 'T'},
 		{"disk", required_argument, NULL, 'd'},
 		{"cacert", required_argument, NULL, 'c'},
 		{"insecure", no_argument, NULL, 'k'},
@@ -621,6 +640,9 @@ int main(int argc, char **argv)
 			break;
 		case 't':
 			opt.token = optarg;
+			break;
+		case 'T':
+			opt.token = token_from_file(optarg);
 			break;
 		case 'd': {
 			char *eq = strchr(optarg, '=');
@@ -695,6 +717,10 @@ int main(int argc, char **argv)
 	if (opt.parallel < 1 || opt.parallel > PARALLEL_MAX)
 		die("--parallel must be 1..%d", PARALLEL_MAX);
 	url_parse(opt.url);
+	if (strcmp(scheme, "https") && !opt.insecure)
+		die("--url uses %s: the ingest token and the disks would travel in clear; use "
+		    "https (or --insecure to accept that)",
+		    scheme);
 	if (!strcmp(scheme, "https")) {
 		tls_ctx = SSL_CTX_new(TLS_client_method());
 		SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);

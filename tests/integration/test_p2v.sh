@@ -95,7 +95,11 @@ session() {
 	TOKEN=$(jqb .token)
 	[[ $TOKEN == kumo_* ]] || fail "no ingest token in the answer"
 }
-p2v() { "$P2V" --url "$KUMO_URL/api/v1/p2v/$SID" --token "$TOKEN" --cacert "$KUMO_CACERT" "$@"; }
+# The token from a file, as a user keeps it out of ps (--token is tested by the others).
+p2v() {
+	printf '%s\n' "$TOKEN" >"$W/token"
+	"$P2V" --url "$KUMO_URL/api/v1/p2v/$SID" --token-file "$W/token" --cacert "$KUMO_CACERT" "$@"
+}
 # put_chunk OFFSET FILE SHA256 [TOKEN] -> STATUS, BODY
 put_chunk() {
 	# Expect: the controller refuses before the body; curl then never sends it.
@@ -222,6 +226,12 @@ vm_gone p2vcold
 head -c $MB /dev/urandom >"$W/chunk"
 h=$(sha256sum "$W/chunk" | cut -c1-64)
 session p2vbad $((4 * MB))
+# An http:// url would send the token and the disk in clear: refused before any request.
+if "$P2V" --url "http://${KUMO_URL#https://}/api/v1/p2v/$SID" --token "$TOKEN" --disk "$W/chunk" \
+	>/dev/null 2>"$W/http.err"; then
+	fail "kumo-p2v sent a session over plain http"
+fi
+grep -q "in clear" "$W/http.err" || fail "kumo-p2v's http refusal does not say why: $(cat "$W/http.err")"
 put_chunk 0 "$W/chunk" "$h" kumo_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
 [ "$STATUS" = 401 ] || fail "a wrong token stored a chunk: HTTP $STATUS"
 bad_sid=$SID bad_token=$TOKEN
@@ -260,7 +270,7 @@ session p2vttl $((4 * MB)) ',"token_ttl_s":1'
 expired() { put_chunk 0 "$W/chunk" "$h" && [ "$STATUS" = 401 ]; }
 wait_until 10 "the ingest token expires" expired
 api DELETE "/api/v1/p2v/$SID"
-pass "wrong, foreign, used and expired tokens 401; bad hash, offset and size 400 and not stored; DELETE removes all"
+pass "kumo-p2v refuses an http url; wrong, foreign, used and expired tokens 401; bad hash, offset and size 400 and not stored; DELETE removes all"
 
 # ---- a client killed mid-pass resumes without resending stored chunks ----
 # One chunk in flight and 160 chunks of data: the pass lasts long enough, even on a quiet
