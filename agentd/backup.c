@@ -390,6 +390,12 @@ static void prepare_work(struct bjob *job)
 			 0)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "the parent backup cannot be read: %s", err.msg);
+		else if (chunkstore_parent_check(job->pmanifest, job->full_reason,
+						 sizeof(job->full_reason)) < 0) {
+			/* Its chunks do not line up with this agent's: nothing to lay over. */
+			json_object_put(job->pmanifest);
+			job->pmanifest = NULL;
+		}
 	}
 }
 
@@ -1016,7 +1022,7 @@ static void reassemble_work(struct bjob *job)
 		if (ctx)
 			EVP_DigestUpdate(ctx, buf, len);
 		/* Zeros stay a hole: the raw file is sparse, like the disk it becomes. */
-		if (!(name && !strcmp(name, CHUNKSTORE_ZERO_HEX)) && !mem_is_zero(buf, len) &&
+		if (!(name && chunkstore_zero_len(name) > 0) && !mem_is_zero(buf, len) &&
 		    pwrite(fd, buf, len, off) != (ssize_t)len) {
 			snprintf(job->error, sizeof(job->error), "cannot write %s: %s", job->raw,
 				 strerror(errno));
