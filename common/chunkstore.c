@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -64,6 +65,42 @@ int chunkstore_init(const char *root, struct kerr *err)
 	return 0;
 }
 
+/*
+ * O_DIRECT wants the buffer, the offset and the length aligned to the device's logical
+ * block: 4096 covers every disk in use (512 and 4096).
+ */
+#define CHUNK_ALIGN 4096
+
+/* The zero chunks of every chunk size a manifest of this store may have. */
+static const struct {
+	size_t len;
+	const char *hex;
+} zero_chunks[] = {
+	{CHUNKSTORE_CHUNK_SIZE, CHUNKSTORE_ZERO_HEX},
+	{1024 * 1024, "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58"},
+};
+
+size_t chunkstore_zero_len(const char *hex)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(zero_chunks); i++)
+		if (!strcmp(hex, zero_chunks[i].hex))
+			return zero_chunks[i].len;
+	return 0;
+}
+
+int chunkstore_parent_check(struct json_object *parent, char *why, size_t len)
+{
+	int64_t size = json_object_get_int64(json_object_object_get(parent, "chunk_size"));
+
+	if (size == CHUNKSTORE_CHUNK_SIZE)
+		return 0;
+	snprintf(why, len,
+		 "the parent backup's chunks are of %lld bytes, this agent's of %d: a full "
+		 "backup starts a chain of the new size",
+		 (long long)size, CHUNKSTORE_CHUNK_SIZE);
+	return -1;
+}
+
 void chunkstore_chunk_path(const char *root, const char *hex, char *out, size_t len)
 {
 	snprintf(out, len, "%s/chunks/%.2s/%s", root, hex, hex);
@@ -101,10 +138,10 @@ static int chunk_seal(struct chunkstore_writer *w, const char *hex, const void *
 {
 	if (w->key == NULL)
 		return 0;
-	if (w->ebuf == NULL)
-		w->ebuf = xmalloc(w->zcap + CHUNKCRYPT_OVERHEAD);
-	if (chunkcrypt_seal(w->key, hex, *data, *len, w->ebuf, w->zcap + CHUNKCRYPT_OVERHEAD, len,
-			    err) < 0)
+	/* Aligned as zbuf is: chunk_file_write hands it to O_DIRECT. */
+	if (w->ebuf == NULL && posix_memalign(&w->ebuf, CHUNK_ALIGN, w->zcap + CHUNK_ALIGN) != 0)
+		fatalx("out of memory for a chunk buffer");
+	if (chunkcrypt_seal(w->key, hex, *data, *len, w->ebuf, w->zcap + CHUNK_ALIGN, len, err) < 0)
 		return err_prefix(err, "chunk: ");
 	*data = w->ebuf;
 	return 0;
@@ -131,19 +168,22 @@ static int chunk_open(const struct chunkcrypt_key *key, const char *hex, char *z
 	return 0;
 }
 
-/* Write all of buf to fd; -errno on failure. */
-static int write_all(int fd, const void *buf, size_t len)
+/* Write all of buf to fd at off; -errno on failure. */
+static int pwrite_all(int fd, const void *buf, size_t len, off_t off)
 {
 	const char *p = buf;
 
 	while (len > 0) {
-		ssize_t n = write(fd, p, len);
+		ssize_t n = pwrite(fd, p, len, off);
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
 			return -errno;
+		if (n == 0)
+			return -EIO;
 		p += n;
+		off += n;
 		len -= (size_t)n;
 	}
 	return 0;
@@ -154,8 +194,11 @@ void chunkstore_writer_init(struct chunkstore_writer *w)
 	w->cctx = ZSTD_createCCtx();
 	if (w->cctx == NULL)
 		fatalx("out of memory for a zstd context");
-	w->zcap = ZSTD_compressBound(CHUNKSTORE_CHUNK_SIZE);
-	w->zbuf = xmalloc(w->zcap);
+	w->zcap = (ZSTD_compressBound(CHUNKSTORE_CHUNK_SIZE) + CHUNK_ALIGN - 1) &
+		  ~(size_t)(CHUNK_ALIGN - 1);
+	if (posix_memalign(&w->zbuf, CHUNK_ALIGN, w->zcap) != 0)
+		fatalx("out of memory for a chunk buffer");
+	w->buffered = false;
 	w->key = NULL;
 	w->ebuf = NULL;
 }
@@ -180,14 +223,87 @@ int chunkstore_put(const char *root, const void *data, size_t len, char *hex, ui
 	return ret;
 }
 
+/*
+ * The chunk's plain bytes as the store keeps them: a zstd frame in w->zbuf, sealed
+ * into w->ebuf in an encrypted store (chunk_seal). *out and *zlen get the bytes to
+ * write.
+ */
+static int chunk_encode(struct chunkstore_writer *w, const char *hex, const void *data, size_t len,
+			const void **out, size_t *zlen, struct kerr *err)
+{
+	size_t n = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
+
+	if (ZSTD_isError(n))
+		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(n));
+	*out = w->zbuf;
+	*zlen = n;
+	return chunk_seal(w, hex, out, zlen, err);
+}
+
+/* A new chunk file, its fan-out directory made if an older store lacks it; -errno. */
+static int chunk_file_open(const char *root, const char *hex, const char *tmp, bool direct)
+{
+	int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0);
+	int fd = open(tmp, flags, 0644);
+	char dir[PATH_MAX];
+	struct kerr err;
+
+	if (fd < 0 && errno == ENOENT) {
+		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
+		if (mkdir_one(dir, &err) < 0)
+			return -err.code;
+		fd = open(tmp, flags, 0644);
+	}
+	return fd < 0 ? -errno : fd;
+}
+
+/*
+ * Write buf's len encoded bytes (aligned: w->zbuf or w->ebuf) as the new file tmp: the aligned head
+ * with O_DIRECT (no copy into the page cache, no writeback left for the flush), the tail of less
+ * than a block through the cache (chunkstore_sync writes it). A file system that refuses O_DIRECT
+ * (tmpfs before Linux 6.6, or a larger block) gets every later chunk of this writer buffered.
+ * Returns 0 or -errno; tmp may exist after a failure.
+ */
+static int chunk_file_write(struct chunkstore_writer *w, const char *root, const char *hex,
+			    const char *tmp, const void *buf, size_t len)
+{
+	size_t head = w->buffered ? 0 : len & ~(size_t)(CHUNK_ALIGN - 1);
+	int fd = chunk_file_open(root, hex, tmp, head > 0);
+	int ret = 0;
+
+	if (fd == -EINVAL && head > 0) {
+		w->buffered = true;
+		head = 0;
+		fd = chunk_file_open(root, hex, tmp, false);
+	}
+	if (fd < 0)
+		return fd;
+	if (head > 0) {
+		ret = pwrite_all(fd, buf, head, 0);
+		if (ret == -EINVAL) {
+			w->buffered = true;
+			head = 0;
+			ret = 0;
+		}
+	}
+	/* The rest through the page cache: the same file, O_DIRECT cleared. */
+	if (ret == 0 && head > 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_DIRECT) < 0)
+		ret = -errno;
+	if (ret == 0)
+		ret = pwrite_all(fd, (const char *)buf + head, len - head, (off_t)head);
+	if (close(fd) < 0 && ret == 0)
+		ret = -errno;
+	return ret;
+}
+
 int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
 			char *hex, uint64_t *written, struct kerr *err)
 {
-	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
+	char path[PATH_MAX], tmp[PATH_MAX + 32];
 	const void *out;
 	size_t zlen;
 	struct stat sb;
-	int fd, ret;
+	int ret;
 
 	*written = 0;
 	if (len > CHUNKSTORE_CHUNK_SIZE)
@@ -196,28 +312,12 @@ int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const voi
 	chunkstore_chunk_path(root, hex, path, sizeof(path));
 	if (stat(path, &sb) == 0 && sb.st_size > 0)
 		return 0; /* dedup: this content is stored already */
-	zlen = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
-	if (ZSTD_isError(zlen))
-		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(zlen));
-	out = w->zbuf;
-	if (chunk_seal(w, hex, &out, &zlen, err) < 0)
+	if (chunk_encode(w, hex, data, len, &out, &zlen, err) < 0)
 		return -1;
 	/* A unique temporary name: two writers of one chunk never share a file. */
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%llx", path, (int)getpid(),
-		 (unsigned long long)now_us() ^ (unsigned long long)(uintptr_t)&fd);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0 && errno == ENOENT) {
-		/* A store an older init made, without the fan-out directories. */
-		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
-		if (mkdir_one(dir, err) < 0)
-			return -1;
-		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	}
-	if (fd < 0)
-		return err_set(err, errno, "cannot write chunk %s: %s", tmp, strerror(errno));
-	ret = write_all(fd, out, zlen);
-	if (close(fd) < 0 && ret == 0)
-		ret = -errno;
+		 (unsigned long long)now_us() ^ (unsigned long long)(uintptr_t)&zlen);
+	ret = chunk_file_write(w, root, hex, tmp, out, zlen);
 	if (ret == 0 && rename(tmp, path) < 0)
 		ret = -errno;
 	if (ret < 0) {
@@ -282,10 +382,12 @@ int chunkstore_get_with(const char *root, const struct chunkcrypt_key *key, cons
 	if (strlen(hex) != CHUNKSTORE_HEX_LEN ||
 	    strspn(hex, "0123456789abcdef") != CHUNKSTORE_HEX_LEN)
 		return err_set(err, EINVAL, "'%.70s' is not a chunk name", hex);
-	/* The zero chunk's content is known from its name: nothing to read or check. */
-	if (!strcmp(hex, chunkstore_zero_name(key)) && cap >= CHUNKSTORE_CHUNK_SIZE) {
-		memset(buf, 0, CHUNKSTORE_CHUNK_SIZE);
-		*len = CHUNKSTORE_CHUNK_SIZE;
+	/* A zero chunk's content is known from its name: nothing to read or check. */
+	plain = key ? (strcmp(hex, key->zero_name) ? 0 : CHUNKSTORE_CHUNK_SIZE)
+		    : chunkstore_zero_len(hex);
+	if (plain > 0 && cap >= plain) {
+		memset(buf, 0, plain);
+		*len = plain;
 		return 0;
 	}
 	chunkstore_chunk_path(root, hex, path, sizeof(path));

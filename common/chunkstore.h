@@ -12,9 +12,13 @@
  * instead, seals each zstd frame with AES-256-GCM, and authenticates its manifests;
  * every function taking a key takes NULL for a plain store.
  * A chunk is written whole under a temporary name and renamed, so a reader (or a
- * crash) never sees half of one; chunkstore_sync() makes every chunk written so far
- * durable with one syncfs(), which a backup calls before its manifest is written, so
- * a manifest never names a chunk a power cut could lose.
+ * crash) never sees half of one. Its bytes bypass the page cache (O_DIRECT, where the
+ * file system takes it): a backup writes each chunk once and rarely reads it soon, and
+ * copying it into fresh cache pages was up to 60% of a full backup's CPU in the
+ * profile (and the flush then wrote it all back). chunkstore_sync() makes every chunk written so
+ * far durable with one syncfs() (metadata, the tail of each chunk, the device's cache), which a
+ * backup calls before its manifest is written, so a manifest never names a chunk a
+ * power cut could lose.
  *
  * Every function here does blocking file I/O: call it from a worker thread
  * (uv_queue_work), never from a libuv loop callback. Nothing here holds state, so
@@ -33,12 +37,17 @@
 struct chunkcrypt_key;
 
 /*
- * Disks are cut into fixed-size chunks. 1 MiB rather than PBS's 4 MiB: an
- * incremental backup moves whole chunks, so a 1 MiB change costs at most 2 MiB
- * instead of 8 MiB, and the per-chunk overhead (a file, a rename, a 64-byte name in
- * the manifest) stays small at 1 GiB = 1,024 chunks.
+ * Disks are cut into fixed-size chunks of 4 MiB, as PBS's. 1 MiB was measured
+ * against 4 (bench/chunkpipe_bench.c, 512 MiB of random data, this 2-CPU machine
+ * under load): 4 MiB took 10-20% less CPU and less time in all of 4 paired runs, the
+ * difference being a file created, named and renamed per chunk (ext4's inode
+ * allocation alone was up to a quarter of the profile at 1 MiB). The price: an
+ * incremental backup stores whole chunks, so a small guest write costs up to 4 MiB
+ * (8 across a boundary) in the store. A manifest records its chunk size; one made
+ * with another size still restores and verifies, and the next backup of its
+ * instance is full (chunkstore_parent_check).
  */
-#define CHUNKSTORE_CHUNK_SIZE (1024 * 1024)
+#define CHUNKSTORE_CHUNK_SIZE (4 * 1024 * 1024)
 #define CHUNKSTORE_HEX_LEN    64
 /*
  * zstd level 1, not the default 3: measured here on 1 MiB chunks, level 1 compresses
@@ -49,10 +58,11 @@ struct chunkcrypt_key;
 /*
  * The well-known name of a whole chunk of zeros (SHA-256 of CHUNKSTORE_CHUNK_SIZE zero
  * bytes): a writer that sees zeros (or a hole) names it without hashing, and a reader
- * answers it with zeros without reading. It is still stored once per store, so an
+ * answers it with zeros without reading (chunkstore_zero_len, which also knows the
+ * 1 MiB zero chunk of older manifests). It is still stored once per store, so an
  * older reader finds it.
  */
-#define CHUNKSTORE_ZERO_HEX "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58"
+#define CHUNKSTORE_ZERO_HEX "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8"
 /*
  * Manifest versions: 1 had each disk's "sha256" over the whole disk's bytes; 2 has it
  * over the chunk list (chunkstore_list_sum), so an incremental backup reads only the
@@ -64,6 +74,17 @@ struct chunkcrypt_key;
 /* Make ROOT/chunks (and its 256 fan-out directories), ROOT/backups and ROOT/tmp if
  * missing. Returns 0 or -1 with err. */
 int chunkstore_init(const char *root, struct kerr *err);
+
+/* The length of the whole chunk of zeros hex names (of this chunk size or an older
+ * one), or 0 when hex is not a known zero chunk. */
+size_t chunkstore_zero_len(const char *hex);
+
+/*
+ * Whether a new backup may build on parent (a manifest) chunk by chunk: 0 yes; -1 with
+ * why (a sentence for the backup's full_reason) when its chunks are of another size,
+ * so the new backup must be full.
+ */
+int chunkstore_parent_check(struct json_object *parent, char *why, size_t len);
 
 /* ROOT/chunks/AB/HEX into out (PATH_MAX). */
 void chunkstore_chunk_path(const char *root, const char *hex, char *out, size_t len);
@@ -79,8 +100,8 @@ int chunkstore_put(const char *root, const void *data, size_t len, char *hex, ui
 
 /*
  * What a thread that stores many chunks keeps between them: a zstd context and a
- * buffer for the compressed chunk, so neither is allocated (nor its pages faulted in
- * afresh) per chunk. Init before use, free after; one per thread.
+ * buffer for the encoded chunk (aligned for O_DIRECT), so neither is allocated (nor
+ * its pages faulted in afresh) per chunk. Init before use, free after; one per thread.
  */
 struct chunkstore_writer {
 	void *cctx; /* ZSTD_CCtx */
@@ -88,6 +109,7 @@ struct chunkstore_writer {
 	size_t zcap;
 	const struct chunkcrypt_key *key; /* the store's, set after init; NULL: plain */
 	void *ebuf;			  /* the sealed chunk, when key is set */
+	bool buffered; /* the store refused O_DIRECT once: write through the page cache */
 };
 void chunkstore_writer_init(struct chunkstore_writer *w);
 void chunkstore_writer_free(struct chunkstore_writer *w);

@@ -261,15 +261,15 @@ console_text_has() {
 }
 link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep -oE ' master [^ ]+' | cut -d' ' -f3 || true; }
 # chunk_sum FILE -> a backup disk's checksum (manifest version 2) computed from the raw
-# disk's bytes, apart from the C code: SHA-256 over each 1 MiB chunk's SHA-256 and its
-# length (8 bytes, big-endian), in order.
+# disk's bytes, apart from the C code: SHA-256 over each 4 MiB chunk's SHA-256 and its
+# length (8 bytes, big-endian), in order (common/chunkstore.h's CHUNKSTORE_CHUNK_SIZE).
 chunk_sum() {
 	python3 - "$1" <<'PY'
 import hashlib, sys
 total = hashlib.sha256()
 with open(sys.argv[1], "rb") as f:
     while True:
-        b = f.read(1 << 20)
+        b = f.read(4 << 20)
         if not b:
             break
         total.update(hashlib.sha256(b).digest() + len(b).to_bytes(8, "big"))

@@ -226,7 +226,7 @@ op_ok
 store_dir=$KUMO_LAB_DIR/shared/backups/$bs
 # A chunk with data: the all-zero chunk is known by its name and never read, so a
 # change to its file changes nothing restored.
-zero_chunk=30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58
+zero_chunk=bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8
 victim=$(jq -r --arg z "$zero_chunk" '[.disks[0].chunks[] | select(. != $z)][1]' "$store_dir/backups/$b2.json")
 vfile=$store_dir/chunks/${victim:0:2}/$victim
 size=$(stat -c %s "$vfile")

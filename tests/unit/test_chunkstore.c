@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "json.h"
@@ -184,9 +186,118 @@ static void test_zero_chunk(void **state)
 	free(out);
 }
 
+/* A zero chunk of an older chunk size (1 MiB) is known by its name too: read as zeros
+ * without a file, so a backup made before the size changed still restores. */
+static void test_zero_chunk_old_size(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char *out = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	const char *old = "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58";
+	size_t len;
+	struct kerr err;
+
+	assert_int_equal(chunkstore_zero_len(CHUNKSTORE_ZERO_HEX), CHUNKSTORE_CHUNK_SIZE);
+	assert_int_equal(chunkstore_zero_len(old), 1024 * 1024);
+	assert_int_equal(
+		chunkstore_zero_len(
+			"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+		0);
+	memset(out, 0xff, CHUNKSTORE_CHUNK_SIZE);
+	assert_int_equal(chunkstore_get(f->root, old, out, CHUNKSTORE_CHUNK_SIZE, &len, &err), 0);
+	assert_int_equal(len, 1024 * 1024);
+	assert_true(mem_is_zero(out, len));
+	free(out);
+}
+
+/* A backup builds on a parent only when their chunks are of one size; else it is full
+ * and says why. */
+static void test_parent_check(void **state)
+{
+	struct json_object *m = json_object_new_object();
+	char why[200] = "";
+
+	(void)state;
+	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	assert_int_equal(chunkstore_parent_check(m, why, sizeof(why)), 0);
+	json_object_object_add(m, "chunk_size", json_object_new_int64(1024 * 1024));
+	assert_int_equal(chunkstore_parent_check(m, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "1048576"));
+	json_object_put(m);
+}
+
+/* Incompressible bytes (xorshift), as a disk of random data holds. */
+static void fill_random(unsigned char *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed | 1;
+
+	for (size_t i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		buf[i] = (unsigned char)x;
+	}
+}
+
+/*
+ * A stored chunk's bytes bypass the page cache (O_DIRECT): at most its last page,
+ * written through the cache, is resident after the put, and it reads back whole.
+ * Skipped where the file system refused O_DIRECT (the writer fell back to buffered).
+ */
+static void test_put_bypasses_cache(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char *a = xmalloc(CHUNKSTORE_CHUNK_SIZE), *out = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	long page = sysconf(_SC_PAGESIZE);
+	struct chunkstore_writer w;
+	char hex[65], path[PATH_MAX];
+	unsigned char *vec;
+	size_t len, pages, resident = 0;
+	uint64_t written;
+	struct kerr err;
+	struct stat sb;
+	void *map;
+	int fd;
+
+	fill_random(a, CHUNKSTORE_CHUNK_SIZE, 42);
+	chunkstore_writer_init(&w);
+	assert_int_equal(
+		chunkstore_put_with(f->root, &w, a, CHUNKSTORE_CHUNK_SIZE, hex, &written, &err), 0);
+	/* zstd keeps random bytes as they are: a size that is no multiple of a block. */
+	assert_true(written > CHUNKSTORE_CHUNK_SIZE && written % 4096 != 0);
+	chunkstore_chunk_path(f->root, hex, path, sizeof(path));
+	fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &sb), 0);
+	assert_int_equal(sb.st_size, (off_t)written);
+	if (!w.buffered) {
+		pages = ((size_t)sb.st_size + (size_t)page - 1) / (size_t)page;
+		vec = xmalloc(pages);
+		map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+		assert_true(map != MAP_FAILED);
+		assert_int_equal(mincore(map, (size_t)sb.st_size, vec), 0);
+		for (size_t i = 0; i < pages; i++)
+			resident += vec[i] & 1;
+		assert_true(resident <= 1);
+		munmap(map, (size_t)sb.st_size);
+		free(vec);
+	} else {
+		print_message("the store's file system refused O_DIRECT: buffered writes\n");
+	}
+	close(fd);
+	assert_int_equal(chunkstore_get(f->root, hex, out, CHUNKSTORE_CHUNK_SIZE, &len, &err), 0);
+	assert_int_equal(len, CHUNKSTORE_CHUNK_SIZE);
+	assert_memory_equal(out, a, CHUNKSTORE_CHUNK_SIZE);
+	chunkstore_writer_free(&w);
+	free(a);
+	free(out);
+}
+
 /* The version 2 disk checksum: a known vector (computed apart, in Python, as
  * tests/integration/lib.sh's chunk_sum does from a disk's bytes), and the list's
  * length must fit the disk's size. */
+#define MIB	(1024 * 1024)
+#define ZERO_1M "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58"
+
 static void test_list_sum(void **state)
 {
 	struct json_object *chunks = json_object_new_array();
@@ -195,25 +306,23 @@ static void test_list_sum(void **state)
 	struct kerr err;
 
 	(void)state;
-	json_object_array_add(chunks, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	/* A manifest of 1 MiB chunks, as backups before 4 MiB ones have: their sum is
+	 * computed with their own chunk size. */
+	json_object_array_add(chunks, json_object_new_string(ZERO_1M));
 	json_object_array_add(
 		chunks,
 		json_object_new_string(
 			"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
-	assert_int_equal(chunkstore_list_sum(chunks, CHUNKSTORE_CHUNK_SIZE + 3,
-					     CHUNKSTORE_CHUNK_SIZE, hex, &err),
-			 0);
+	assert_int_equal(chunkstore_list_sum(chunks, MIB + 3, MIB, hex, &err), 0);
 	assert_string_equal(hex,
 			    "2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a");
 	/* One chunk too many or too few for the size: refused. */
-	assert_true(chunkstore_list_sum(chunks, 3, CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0);
-	assert_true(chunkstore_list_sum(chunks, 2 * CHUNKSTORE_CHUNK_SIZE + 1,
-					CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0);
+	assert_true(chunkstore_list_sum(chunks, 3, MIB, hex, &err) < 0);
+	assert_true(chunkstore_list_sum(chunks, 2 * MIB + 1, MIB, hex, &err) < 0);
 	/* Old manifests (version 1) say only the bytes tell. */
 	json_object_object_add(disk, "chunks", chunks);
-	json_object_object_add(disk, "virtual_size",
-			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE + 3));
-	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	json_object_object_add(disk, "virtual_size", json_object_new_int64(MIB + 3));
+	json_object_object_add(m, "chunk_size", json_object_new_int64(MIB));
 	json_object_object_add(m, "version", json_object_new_int(1));
 	assert_int_equal(chunkstore_disk_sum(m, disk, hex, &err), 1);
 	json_object_object_add(m, "version", json_object_new_int(CHUNKSTORE_MANIFEST_V));
@@ -222,6 +331,18 @@ static void test_list_sum(void **state)
 			    "2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a");
 	json_object_put(m);
 	json_object_put(disk);
+
+	/* The same two names as a disk of 4 MiB chunks (the vector from the same Python). */
+	chunks = json_object_new_array();
+	json_object_array_add(chunks, json_object_new_string(CHUNKSTORE_ZERO_HEX));
+	json_object_array_add(
+		chunks,
+		json_object_new_string(
+			"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+	assert_int_equal(chunkstore_list_sum(chunks, 4 * MIB + 3, 4 * MIB, hex, &err), 0);
+	assert_string_equal(hex,
+			    "2d119a3fd96133dbd970f6434f163d1efb877b2a6189073c5897de98b60f030d");
+	json_object_put(chunks);
 }
 
 /* Verify of a version 2 manifest checks each disk's checksum against its chunk list:
@@ -246,7 +367,7 @@ static void test_verify_list_sum(void **state)
 	json_object_object_add(
 		disk, "sha256",
 		json_object_new_string(
-			"2856d9ab1f44fc360d6d2effcd623b64dbd3529082fca4686359957823a49b2a"));
+			"2d119a3fd96133dbd970f6434f163d1efb877b2a6189073c5897de98b60f030d"));
 	json_object_array_add(disks, disk);
 	json_object_object_add(m, "version", json_object_new_int(CHUNKSTORE_MANIFEST_V));
 	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
@@ -404,6 +525,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dedupe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_zero_chunk, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_zero_chunk_old_size, setup, teardown),
+		cmocka_unit_test(test_parent_check),
+		cmocka_unit_test_setup_teardown(test_put_bypasses_cache, setup, teardown),
 		cmocka_unit_test(test_list_sum),
 		cmocka_unit_test_setup_teardown(test_verify_list_sum, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipeline, setup, teardown),
