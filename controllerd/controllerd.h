@@ -195,6 +195,13 @@ void db_group_commit_cron(void);
 /* At shutdown: sync what is left now, inline, and answer every waiter. */
 void db_group_commit_stop(void);
 void db_group_commit_free(void);
+/*
+ * Around a commit that only records progress (ops.c): synchronous=NORMAL for it, then
+ * the connection's own level again (FULL; NORMAL under group commit, where both are
+ * no-ops).
+ */
+void db_sync_relax(sqlite3 *db);
+void db_sync_restore(sqlite3 *db);
 
 /* tokens.c */
 int tokens_bootstrap(const char *state_dir, struct kerr *err);

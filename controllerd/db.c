@@ -829,6 +829,20 @@ void db_group_commit_stop(void)
 	durable_reach(gc.durable);
 }
 
+/* Restoring FULL unconditionally here once put every commit after the first progress
+ * update back to an fsync of its own, on the loop: group commit silently off. */
+void db_sync_relax(sqlite3 *db)
+{
+	if (!gc.started)
+		db_exec(db, "PRAGMA synchronous = NORMAL", NULL);
+}
+
+void db_sync_restore(sqlite3 *db)
+{
+	if (!gc.started)
+		db_exec(db, "PRAGMA synchronous = FULL", NULL);
+}
+
 void db_group_commit_free(void)
 {
 	if (gc.wal_fd >= 0)

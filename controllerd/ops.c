@@ -205,13 +205,13 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 	}
 	if (own) {
 		if (!final)
-			db_exec(ctl.db, "PRAGMA synchronous = NORMAL", NULL);
+			db_sync_relax(ctl.db);
 		if (db_begin(ctl.db) < 0) {
 			/* Without a transaction the event could land without the update. */
 			log_warnx("operation %s: cannot begin a transaction: %s", id,
 				  sqlite3_errmsg(ctl.db));
 			if (!final)
-				db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+				db_sync_restore(ctl.db);
 			json_object_put(result);
 			return -1;
 		}
@@ -248,7 +248,8 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 			log_warnx("operation %s: cannot update: %s", id, sqlite3_errmsg(ctl.db));
 		if (own) {
 			db_rollback(ctl.db);
-			db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+			if (!final)
+				db_sync_restore(ctl.db);
 		}
 		return -1;
 	}
@@ -257,7 +258,7 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 		if (db_commit(ctl.db, &err) < 0)
 			log_warnx("operation %s: %s", id, err.msg);
 		if (!final)
-			db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+			db_sync_restore(ctl.db);
 	}
 	if (final && final_hook)
 		final_hook(id);
