@@ -204,12 +204,12 @@ const struct json_field *const instance_vm_fields = create_fields;
 
 static bool instance_exists(const char *name)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ?");
+	sqlite3_stmt *st = db_prepare_cached(ctl.db, "SELECT 1 FROM instances WHERE name = ?");
 	bool found;
 
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	found = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
+	db_release(st);
 	return found;
 }
 
@@ -625,8 +625,8 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	int64_t iid;
 	int rc;
 
-	st = db_prepare(ctl.db,
-			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+	st = db_prepare_cached(
+		ctl.db, "INSERT INTO instances (name, type, host_id, spec, state, desired, "
 			"anti_affinity, vcpus, memory_mb, placement, created_at, updated_at) "
 			"VALUES (?1, ?11, ?2, ?3, 'creating', ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -642,21 +642,21 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	sqlite3_bind_int64(st, 10, now);
 	sqlite3_bind_text(st, 11, p->vm ? "vm" : "container", -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
 	iid = sqlite3_last_insert_rowid(ctl.db);
 	for (size_t i = 0; p->vm && i < json_array_len(disks); i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
 
-		st = db_prepare(ctl.db,
-				"INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");
+		st = db_prepare_cached(
+			ctl.db, "INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");
 		sqlite3_bind_int64(st, 1, iid);
 		sqlite3_bind_text(st, 2, json_get_str(d, "name", ""), -1, SQLITE_STATIC);
 		if (p->image_ids[i] > 0)
 			sqlite3_bind_int64(st, 3, p->image_ids[i]);
 		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
+		db_release(st);
 		if (rc != SQLITE_DONE)
 			return err_set(err, 0, "cannot record the instance's disks: %s",
 				       sqlite3_errmsg(ctl.db));
@@ -666,11 +666,11 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	 * (common/spec.c): one the agent would refuse is never stored or sent. */
 	if (nics_allocate(iid, name, p->spec, err) < 0 || spec_check(p->spec, err) < 0)
 		return -1;
-	st = db_prepare(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
+	st = db_prepare_cached(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
 	sqlite3_bind_text(st, 1, json_text(p->spec), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, iid);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
 	return 0;

@@ -521,7 +521,7 @@ int db_open(sqlite3 **out, const char *path, struct kerr *err)
  * beat was a quarter of the controller's loop, several times the cost of running it.
  * Keyed by the SQL's address: only string literals.
  */
-#define DB_CACHED_MAX 16
+#define DB_CACHED_MAX 64
 static struct {
 	sqlite3 *db;
 	const char *sql;

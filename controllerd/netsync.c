@@ -607,7 +607,7 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 	 * part: joining MIGRATE_WIRED_INSTANCES made SQLite copy every instance (specs
 	 * and all) per call, and during creates this runs for every waiting create
 	 * whenever a host applies a document. */
-	sqlite3_stmt *st = db_prepare(
+	sqlite3_stmt *st = db_prepare_cached(
 		ctl.db,
 		"SELECT i.host_id FROM instances j JOIN addresses b ON b.instance_id = j.id "
 		"JOIN addresses a ON a.network_id = b.network_id AND a.vlan = b.vlan "
@@ -631,7 +631,7 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 		snprintf(why, len, "host %s has not applied the network state yet%s%s", h->name,
 			 error ? ": " : "", error ? error : "");
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	return ready;
 }
 
