@@ -254,7 +254,7 @@ void host_facts_set(struct host *h, struct json_object *facts);
 struct host *host_find_instance(const char *instance);
 struct json_object *host_to_json(const struct host *h);
 void host_heartbeat(struct host *h, struct json_object *body);
-void hosts_check_liveness(void);
+size_t hosts_check_liveness(void);
 void hosts_persist(bool all);
 int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const char *address,
 	      int64_t *id, struct kerr *err);
