@@ -150,7 +150,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 19
+#define DB_SCHEMA_VERSION 20
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
