@@ -241,7 +241,7 @@ static void port_protection(struct json_object *port, struct json_object *groups
 /* Everything host h must realise, with its "hash". A new reference. */
 static struct json_object *doc_query(struct host *h)
 {
-	sqlite3_stmt *st = db_prepare(
+	sqlite3_stmt *st = db_prepare_cached(
 		ctl.db,
 		"SELECT n.id, n.name, n.mode, n.cidr, n.gateway, n.mtu, n.dhcp, n.dns, "
 		"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name, "
@@ -342,7 +342,7 @@ static struct json_object *doc_query(struct host *h)
 				sqlite3_column_int64(st, 13));
 		json_object_array_add(ports, port);
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	json_object_object_add(doc, "underlay", json_object_new_string(under));
 	json_object_object_add(doc, "control_plane", control_plane_json());
 	json_object_object_add(doc, "security_groups", secgroup_doc_json(groups));
