@@ -656,7 +656,13 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		!ok && !strcmp(action, "create") &&
 		(json_get_str(op, "cancel", NULL) || json_object_object_get(result, "undone"));
 	_cleanup_free_ char *iname = xstrdup(name);
+	/* A create's outcome - the state and its event, the step, the operation's end and
+	 * its event - is one transaction, not four commits. Other kinds may open their
+	 * own (backups.c, oci_store.c), so they keep theirs. */
+	bool own = !strcmp(action, "create") && sqlite3_get_autocommit(ctl.db) &&
+		   db_begin(ctl.db) == 0;
 	struct json_object *ev;
+	struct kerr err;
 	sqlite3_stmt *st;
 	int rc;
 
@@ -731,10 +737,13 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		/* Done on the host; a cancel from now on undoes it whole (jobs.c). */
 		op_step_set(id, "agent-done");
 		net_wait_add(id, iname, final);
-		return 0;
+	} else {
+		op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed",
+			  final, ok ? NULL : (error ? error : "the agent reported a failure"));
 	}
-	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed", final,
-		  ok ? NULL : (error ? error : "the agent reported a failure"));
+	if (own && db_commit(ctl.db, &err) < 0)
+		log_warnx("instance %s: cannot record the %s's outcome: %s", iname, action,
+			  err.msg);
 	return 0;
 }
 
