@@ -51,11 +51,12 @@ prefix_online() {
 		jq "[.hosts[] | select(.name | startswith(\"$join_prefix\")) | select(.state == \"online\")] | length" ||
 		echo 0
 }
-# join PREFIX N SIM_PORT: N simulated hosts named PREFIX00001..., all online.
+# join PREFIX N SIM_PORT [SIMHOSTS_ARG...]: N simulated hosts named PREFIX00001...,
+# all online.
 join() {
 	join_prefix=$1
 	sim_tokens_mint "$2" "$work/tokens-$1" "$1"
-	sim_hosts_start "$work/tokens-$1" "$2" "$3" "$work/sim-$1.log" --prefix "$1"
+	sim_hosts_start "$work/tokens-$1" "$2" "$3" "$work/sim-$1.log" --prefix "$1" "${@:4}"
 	sim_wait_online "$2" 300 prefix_online || { say "$1 hosts not online"; exit 1; }
 }
 
@@ -91,7 +92,9 @@ say "seeded in $((($(now_ms) - t0) / 1000)) s: $(sqlite3 "$db" 'SELECT count(*) 
 
 say "phase 2: controller restarted, $live_hosts live hosts"
 sim_ctl_start "$work"
-join live "$live_hosts" "$((sim_port + seed_hosts))"
+# Room for every create of the run: at 64 CPUs (256 containers) each, 20 hosts were
+# full after 5,120 creates and the rest were refused (422), capping creates/s.
+join live "$live_hosts" "$((sim_port + seed_hosts))" --cpus 4096 --memory-mb 16777216
 deep=$(printf 'seed-%07d' $((instances * 9 / 10)) | od -An -tx1 | tr -d ' \n')
 out=$(python3 - "$api_url" "$token" "$samples" "$clients" "$create_s" "$deep" <<'PY'
 import http.client, json, sys, threading, time, urllib.parse

@@ -391,13 +391,13 @@ const struct json_field *const agentlink_done_fields = done_fields;
 static bool op_owned(struct host *h, const char *op)
 {
 	sqlite3_stmt *st =
-		db_prepare(ctl.db, "SELECT 1 FROM operations WHERE id = ? AND host_id = ?");
+		db_prepare_cached(ctl.db, "SELECT 1 FROM operations WHERE id = ? AND host_id = ?");
 	bool ok;
 
 	sqlite3_bind_text(st, 1, op, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, h->id);
 	ok = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
+	db_release(st);
 	return ok;
 }
 

@@ -204,12 +204,12 @@ const struct json_field *const instance_vm_fields = create_fields;
 
 static bool instance_exists(const char *name)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ?");
+	sqlite3_stmt *st = db_prepare_cached(ctl.db, "SELECT 1 FROM instances WHERE name = ?");
 	bool found;
 
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	found = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
+	db_release(st);
 	return found;
 }
 
@@ -625,8 +625,8 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	int64_t iid;
 	int rc;
 
-	st = db_prepare(ctl.db,
-			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+	st = db_prepare_cached(
+		ctl.db, "INSERT INTO instances (name, type, host_id, spec, state, desired, "
 			"anti_affinity, vcpus, memory_mb, placement, created_at, updated_at) "
 			"VALUES (?1, ?11, ?2, ?3, 'creating', ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -642,21 +642,21 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	sqlite3_bind_int64(st, 10, now);
 	sqlite3_bind_text(st, 11, p->vm ? "vm" : "container", -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
 	iid = sqlite3_last_insert_rowid(ctl.db);
 	for (size_t i = 0; p->vm && i < json_array_len(disks); i++) {
 		struct json_object *d = json_object_array_get_idx(disks, i);
 
-		st = db_prepare(ctl.db,
-				"INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");
+		st = db_prepare_cached(
+			ctl.db, "INSERT INTO disks (instance_id, name, image_id) VALUES (?, ?, ?)");
 		sqlite3_bind_int64(st, 1, iid);
 		sqlite3_bind_text(st, 2, json_get_str(d, "name", ""), -1, SQLITE_STATIC);
 		if (p->image_ids[i] > 0)
 			sqlite3_bind_int64(st, 3, p->image_ids[i]);
 		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
+		db_release(st);
 		if (rc != SQLITE_DONE)
 			return err_set(err, 0, "cannot record the instance's disks: %s",
 				       sqlite3_errmsg(ctl.db));
@@ -666,11 +666,11 @@ static int create_rows_insert(struct create_plan *p, int64_t now, struct kerr *e
 	 * (common/spec.c): one the agent would refuse is never stored or sent. */
 	if (nics_allocate(iid, name, p->spec, err) < 0 || spec_check(p->spec, err) < 0)
 		return -1;
-	st = db_prepare(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
+	st = db_prepare_cached(ctl.db, "UPDATE instances SET spec = ? WHERE id = ?");
 	sqlite3_bind_text(st, 1, json_text(p->spec), -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, iid);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	if (rc != SQLITE_DONE)
 		return err_set(err, 0, "cannot record the instance: %s", sqlite3_errmsg(ctl.db));
 	return 0;
@@ -838,28 +838,54 @@ static struct json_object *instance_redact(struct json_object *o, const struct r
 /*
  * The list's query with only the filters given, each a condition on fixed parameters
  * (?1 after, ?2 host, ?3 state, ?4 type, ?5/?6 label path and value, ?7 network, ?8
- * limit, ?9 and ?10 the label's key and value as quoted text). Conditions that are
- * left out let SQLite plan with the index a given one can use: with every filter
- * written as "(?N IS NULL OR ...)" it walked every instance by name until the page
- * filled, all 150,000 for a host with few. A label cannot be indexed (any key); the
- * quoted key and value are looked for in the spec's text before it is parsed.
+ * limit, ?9 and ?10 the label's key and value as quoted text, ?11 the label's key).
+ * Conditions that are left out let SQLite plan with the index a given one can use:
+ * with every filter written as "(?N IS NULL OR ...)" it walked every instance by name
+ * until the page filled, all 150,000 for a host with few. A rare label is looked up
+ * in instance_labels (db.c) and its instances sorted; a common one is checked on the
+ * specs walked in name order, which fill a page soon (the quoted key and value are
+ * looked for in the spec's text before it is parsed).
  */
 static sqlite3_stmt *list_query(const char *host, const char *state, const char *type,
-				const char *label, const char *network)
+				const char *label, bool label_rare, const char *network)
 {
 	_cleanup_free_ char *sql = xasprintf(
 		"SELECT i.name FROM instances i WHERE i.name > ?1%s%s%s%s%s ORDER BY i.name "
 		"LIMIT ?8",
 		host ? " AND i.host_id = (SELECT id FROM hosts WHERE name = ?2)" : "",
 		state ? " AND i.state = ?3" : "", type ? " AND i.type = ?4" : "",
-		label ? " AND instr(i.spec, ?9) > 0 AND (?10 IS NULL OR instr(i.spec, ?10) > 0) "
-			"AND json_extract(i.spec, ?5) = ?6"
-		      : "",
+		!label ? ""
+		: label_rare
+			? " AND i.id IN (SELECT instance_id FROM instance_labels WHERE "
+			  "key = ?11 AND value = ?6)"
+			: " AND instr(i.spec, ?9) > 0 AND (?10 IS NULL OR instr(i.spec, ?10) > "
+			  "0) AND json_extract(i.spec, ?5) = ?6",
 		network ? " AND EXISTS (SELECT 1 FROM addresses a JOIN networks n ON n.id = "
 			  "a.network_id WHERE a.instance_id = i.id AND n.name = ?7)"
 			: "");
 
 	return db_prepare(ctl.db, sql);
+}
+
+/* Instances with a label at most this many: looked up and sorted (a few ms); more, and
+ * walking the specs in name order finds a page's worth sooner. */
+#define LABEL_RARE_MAX 4096
+
+/* Is label key=value on at most LABEL_RARE_MAX instances? Counts at most that many. */
+static bool label_is_rare(const char *key, int key_len, const char *value)
+{
+	sqlite3_stmt *st = db_prepare_cached(
+		ctl.db, "SELECT count(*) FROM (SELECT 1 FROM instance_labels WHERE key = ? AND "
+			"value = ? LIMIT ?)");
+	bool rare = false;
+
+	sqlite3_bind_text(st, 1, key, key_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, LABEL_RARE_MAX + 1);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		rare = sqlite3_column_int(st, 0) <= LABEL_RARE_MAX;
+	db_release(st);
+	return rare;
 }
 
 /*
@@ -873,6 +899,7 @@ enum MHD_Result api_instances_list(struct request *req)
 	const char *type = http_query(req, "type"), *label = http_query(req, "label");
 	const char *network = http_query(req, "network");
 	_cleanup_free_ char *label_key = NULL, *label_quoted = NULL, *value_quoted = NULL;
+	bool label_rare = false;
 	struct json_object *list, *out;
 	struct page page;
 	struct kerr err;
@@ -896,7 +923,10 @@ enum MHD_Result api_instances_list(struct request *req)
 		label_key =
 			xasprintf("$.labels.\"%.*s\"", (int)(strchr(label, '=') - label), label);
 	}
-	st = list_query(host, state, type, label, network);
+	if (label)
+		label_rare = label_is_rare(label, (int)(strchr(label, '=') - label),
+					   strchr(label, '=') + 1);
+	st = list_query(host, state, type, label, label_rare, network);
 	sqlite3_bind_text(st, 1, page.after, -1, SQLITE_STATIC);
 	if (host)
 		sqlite3_bind_text(st, 2, host, -1, SQLITE_STATIC);
@@ -911,6 +941,7 @@ enum MHD_Result api_instances_list(struct request *req)
 		sqlite3_bind_text(st, 6, value, -1, SQLITE_STATIC);
 		label_quoted = xasprintf("\"%.*s\"", (int)(strchr(label, '=') - label), label);
 		sqlite3_bind_text(st, 9, label_quoted, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 11, label, (int)(strchr(label, '=') - label), SQLITE_STATIC);
 		/* A value with nothing JSON escapes appears in the spec's text as is. */
 		if (strspn(value, LABEL_PLAIN) == strlen(value)) {
 			value_quoted = xasprintf("\"%s\"", value);

@@ -33,8 +33,8 @@ void audit_record(const struct request *req)
 
 	if (req->token.id == 0 || !method_audited(req->method))
 		return;
-	st = db_prepare(ctl.db,
-			"INSERT INTO audit (time, token_id, token_name, role, method, "
+	st = db_prepare_cached(
+		ctl.db, "INSERT INTO audit (time, token_id, token_name, role, method, "
 			"route, target, status, operation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
 	sqlite3_bind_int64(st, 1, now_ms());
 	sqlite3_bind_int64(st, 2, req->token.id);
@@ -50,7 +50,7 @@ void audit_record(const struct request *req)
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("audit: cannot record %s %s by token %lld: %s", req->method, req->url,
 			  (long long)req->token.id, sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	db_release(st);
 }
 
 /*

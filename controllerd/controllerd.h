@@ -150,7 +150,7 @@ void config_free(struct config *cfg);
 bool addr_is_loopback(const char *hostport);
 
 /* db.c */
-#define DB_SCHEMA_VERSION 22
+#define DB_SCHEMA_VERSION 23
 int db_open(sqlite3 **db, const char *path, struct kerr *err);
 int db_migrate(sqlite3 *db, int target, struct kerr *err);
 int db_version(sqlite3 *db);
@@ -195,6 +195,13 @@ void db_group_commit_cron(void);
 /* At shutdown: sync what is left now, inline, and answer every waiter. */
 void db_group_commit_stop(void);
 void db_group_commit_free(void);
+/*
+ * Around a commit that only records progress (ops.c): synchronous=NORMAL for it, then
+ * the connection's own level again (FULL; NORMAL under group commit, where both are
+ * no-ops).
+ */
+void db_sync_relax(sqlite3 *db);
+void db_sync_restore(sqlite3 *db);
 
 /* tokens.c */
 int tokens_bootstrap(const char *state_dir, struct kerr *err);
@@ -247,7 +254,7 @@ void host_facts_set(struct host *h, struct json_object *facts);
 struct host *host_find_instance(const char *instance);
 struct json_object *host_to_json(const struct host *h);
 void host_heartbeat(struct host *h, struct json_object *body);
-void hosts_check_liveness(void);
+size_t hosts_check_liveness(void);
 void hosts_persist(bool all);
 int host_join(const char *name, const unsigned char key[SEAL_KEY_LEN], const char *address,
 	      int64_t *id, struct kerr *err);

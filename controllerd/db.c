@@ -409,6 +409,30 @@ static const char *const migrations[] = {
 	 * (at most a few times) instead of forgetting it was asked. */
 	"ALTER TABLE p2v_sessions ADD COLUMN cut_convert INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE p2v_sessions ADD COLUMN convert_tries INTEGER NOT NULL DEFAULT 0;",
+	/* 22 -> 23 (issue 12, api_instances.c's list): an instance's labels
+	 * as rows, kept by triggers from its spec, so ?label=k=v looks its few
+	 * instances up instead of reading every spec (a label no instance has cost a
+	 * scan of all 150,000). No foreign key: the delete trigger removes them. */
+	"CREATE TABLE instance_labels (instance_id INTEGER NOT NULL, key TEXT NOT NULL, value);"
+	"CREATE INDEX instance_labels_kv ON instance_labels(key, value);"
+	"CREATE INDEX instance_labels_instance ON instance_labels(instance_id);"
+	"INSERT INTO instance_labels SELECT i.id, l.key, l.value FROM instances i, "
+	"  json_each(i.spec, '$.labels') l "
+	"  WHERE json_valid(i.spec) AND json_type(i.spec, '$.labels') = 'object';"
+	"CREATE TRIGGER instance_labels_insert AFTER INSERT ON instances "
+	"  WHEN json_valid(NEW.spec) AND json_type(NEW.spec, '$.labels') = 'object' BEGIN"
+	"  INSERT INTO instance_labels SELECT NEW.id, key, value FROM json_each(NEW.spec, "
+	"  '$.labels');"
+	"END;"
+	"CREATE TRIGGER instance_labels_update AFTER UPDATE OF spec ON instances BEGIN"
+	"  DELETE FROM instance_labels WHERE instance_id = OLD.id;"
+	"  INSERT INTO instance_labels SELECT NEW.id, key, value FROM json_each(NEW.spec, "
+	"  '$.labels') WHERE json_valid(NEW.spec) AND json_type(NEW.spec, '$.labels') = "
+	"  'object';"
+	"END;"
+	"CREATE TRIGGER instance_labels_delete AFTER DELETE ON instances BEGIN"
+	"  DELETE FROM instance_labels WHERE instance_id = OLD.id;"
+	"END;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
@@ -535,7 +559,7 @@ int db_open(sqlite3 **out, const char *path, struct kerr *err)
  * beat was a quarter of the controller's loop, several times the cost of running it.
  * Keyed by the SQL's address: only string literals.
  */
-#define DB_CACHED_MAX 16
+#define DB_CACHED_MAX 64
 static struct {
 	sqlite3 *db;
 	const char *sql;
@@ -841,6 +865,20 @@ void db_group_commit_stop(void)
 	gc.syncing = 0; /* an fsync still in flight is superseded by this one */
 	sync_start();
 	durable_reach(gc.durable);
+}
+
+/* Restoring FULL unconditionally here once put every commit after the first progress
+ * update back to an fsync of its own, on the loop: group commit silently off. */
+void db_sync_relax(sqlite3 *db)
+{
+	if (!gc.started)
+		db_exec(db, "PRAGMA synchronous = NORMAL", NULL);
+}
+
+void db_sync_restore(sqlite3 *db)
+{
+	if (!gc.started)
+		db_exec(db, "PRAGMA synchronous = FULL", NULL);
 }
 
 void db_group_commit_free(void)

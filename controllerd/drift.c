@@ -66,14 +66,14 @@ void drift_tombstones_send(struct host *h)
 /* Is name placed on h in the database? */
 static bool placed_on(struct host *h, const char *name)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM instances WHERE name = ? AND "
-					      "host_id = ?");
+	sqlite3_stmt *st = db_prepare_cached(ctl.db, "SELECT 1 FROM instances WHERE name = ? AND "
+						     "host_id = ?");
 	bool found;
 
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, h->id);
 	found = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
+	db_release(st);
 	return found;
 }
 

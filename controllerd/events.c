@@ -63,7 +63,7 @@ void events_hook_set(void (*hook)(void))
 void event_emit(const char *type, struct json_object *data)
 {
 	sqlite3_stmt *st =
-		db_prepare(ctl.db, "INSERT INTO events (time, type, data) VALUES (?, ?, ?)");
+		db_prepare_cached(ctl.db, "INSERT INTO events (time, type, data) VALUES (?, ?, ?)");
 
 	if (!event_type_known(type))
 		fatalx("events: type %s is not in event_types[]", type);
@@ -74,7 +74,7 @@ void event_emit(const char *type, struct json_object *data)
 	sqlite3_bind_text(st, 3, json_text(data), -1, SQLITE_TRANSIENT);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("events: cannot record %s: %s", type, sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	db_release(st);
 	json_object_put(data);
 	log_debug("event %s", type);
 	if (notify_hook)

@@ -148,8 +148,8 @@ static void view_build(struct sched_view *v)
 	/* Counters the schema's triggers keep (db.c): O(hosts), not O(instances). An
 	 * instance migrating in holds its target's room already (migrate.c's
 	 * temp.migrating): two migrations at once must not both count on it. */
-	st = db_prepare(ctl.db,
-			"SELECT host_id, sum(vcpus), sum(memory_mb), group_concat(grp, char(10)), "
+	st = db_prepare_cached(
+		ctl.db, "SELECT host_id, sum(vcpus), sum(memory_mb), group_concat(grp, char(10)), "
 			"sum(n) FROM (SELECT u.host_id, u.vcpus, u.memory_mb, (SELECT "
 			"group_concat(g.grp, char(10)) FROM host_groups g WHERE g.host_id = "
 			"u.host_id) AS grp, u.instances AS n FROM host_usage u UNION ALL SELECT "
@@ -201,7 +201,7 @@ static void view_build(struct sched_view *v)
 		}
 	}
 	free(by_id);
-	sqlite3_finalize(st);
+	db_release(st);
 }
 
 static void view_free(struct sched_view *v)
@@ -316,13 +316,13 @@ static void instance_state_set(const char *name, const char *state, struct json_
 	int64_t updated = 0;
 	bool changed;
 
-	st = db_prepare(ctl.db, "SELECT state, updated_at FROM instances WHERE name = ?");
+	st = db_prepare_cached(ctl.db, "SELECT state, updated_at FROM instances WHERE name = ?");
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		old = xstrdup((const char *)sqlite3_column_text(st, 0));
 		updated = sqlite3_column_int64(st, 1);
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	if (old == NULL)
 		return;
 	changed = strcmp(old, state) != 0;
@@ -331,8 +331,9 @@ static void instance_state_set(const char *name, const char *state, struct json_
 		free(old);
 		return;
 	}
-	st = db_prepare(ctl.db, "UPDATE instances SET state = ?, report = coalesce(?, report), "
-				"updated_at = ? WHERE name = ?");
+	st = db_prepare_cached(ctl.db,
+			       "UPDATE instances SET state = ?, report = coalesce(?, report), "
+			       "updated_at = ? WHERE name = ?");
 	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
 	if (report)
 		sqlite3_bind_text(st, 2, json_text(report), -1, SQLITE_TRANSIENT);
@@ -340,7 +341,7 @@ static void instance_state_set(const char *name, const char *state, struct json_
 	sqlite3_bind_text(st, 4, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("instance %s: cannot save state: %s", name, sqlite3_errmsg(ctl.db));
-	sqlite3_finalize(st);
+	db_release(st);
 	if (changed && strcmp(state, "running") != 0)
 		console_relay_instance_stopped(name, state);
 	if (changed) {
@@ -678,7 +679,13 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		!ok && !strcmp(action, "create") &&
 		(json_get_str(op, "cancel", NULL) || json_object_object_get(result, "undone"));
 	_cleanup_free_ char *iname = xstrdup(name);
+	/* A create's outcome - the state and its event, the step, the operation's end and
+	 * its event - is one transaction, not four commits. Other kinds may open their
+	 * own (backups.c, oci_store.c), so they keep theirs. */
+	bool own = !strcmp(action, "create") && sqlite3_get_autocommit(ctl.db) &&
+		   db_begin(ctl.db) == 0;
 	struct json_object *ev;
+	struct kerr err;
 	sqlite3_stmt *st;
 	int rc;
 
@@ -753,10 +760,13 @@ int instances_op_done(struct host *h, struct json_object *op, const char *status
 		/* Done on the host; a cancel from now on undoes it whole (jobs.c). */
 		op_step_set(id, "agent-done");
 		net_wait_add(id, iname, final);
-		return 0;
+	} else {
+		op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed",
+			  final, ok ? NULL : (error ? error : "the agent reported a failure"));
 	}
-	op_update(id, ok ? "succeeded" : "failed", ok ? 100 : -1, ok ? "done" : "failed", final,
-		  ok ? NULL : (error ? error : "the agent reported a failure"));
+	if (own && db_commit(ctl.db, &err) < 0)
+		log_warnx("instance %s: cannot record the %s's outcome: %s", iname, action,
+			  err.msg);
 	return 0;
 }
 

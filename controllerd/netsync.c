@@ -241,7 +241,7 @@ static void port_protection(struct json_object *port, struct json_object *groups
 /* Everything host h must realise, with its "hash". A new reference. */
 static struct json_object *doc_query(struct host *h)
 {
-	sqlite3_stmt *st = db_prepare(
+	sqlite3_stmt *st = db_prepare_cached(
 		ctl.db,
 		"SELECT n.id, n.name, n.mode, n.cidr, n.gateway, n.mtu, n.dhcp, n.dns, "
 		"n.uplinks, n.vni_base, a.vlan, a.address, a.mac, a.nic, i.id, i.name, "
@@ -342,7 +342,7 @@ static struct json_object *doc_query(struct host *h)
 				sqlite3_column_int64(st, 13));
 		json_object_array_add(ports, port);
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	json_object_object_add(doc, "underlay", json_object_new_string(under));
 	json_object_object_add(doc, "control_plane", control_plane_json());
 	json_object_object_add(doc, "security_groups", secgroup_doc_json(groups));
@@ -607,7 +607,7 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 	 * part: joining MIGRATE_WIRED_INSTANCES made SQLite copy every instance (specs
 	 * and all) per call, and during creates this runs for every waiting create
 	 * whenever a host applies a document. */
-	sqlite3_stmt *st = db_prepare(
+	sqlite3_stmt *st = db_prepare_cached(
 		ctl.db,
 		"SELECT i.host_id FROM instances j JOIN addresses b ON b.instance_id = j.id "
 		"JOIN addresses a ON a.network_id = b.network_id AND a.vlan = b.vlan "
@@ -631,7 +631,7 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 		snprintf(why, len, "host %s has not applied the network state yet%s%s", h->name,
 			 error ? ": " : "", error ? error : "");
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	return ready;
 }
 

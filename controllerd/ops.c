@@ -75,13 +75,14 @@ static struct json_object *op_row_json(sqlite3_stmt *st)
 /* The operation as JSON (new reference), or NULL when there is no such id. */
 struct json_object *op_get(const char *id)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT " OP_COLUMNS " FROM operations WHERE id = ?");
+	sqlite3_stmt *st =
+		db_prepare_cached(ctl.db, "SELECT " OP_COLUMNS " FROM operations WHERE id = ?");
 	struct json_object *o = NULL;
 
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW)
 		o = op_row_json(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	return o;
 }
 
@@ -132,9 +133,10 @@ struct json_object *op_create_timeout(const char *kind, const char *target, stru
 	if (timeout_s <= 0 && deadline_default)
 		timeout_s = deadline_default(kind);
 	link_op_id_new(id);
-	st = db_prepare(ctl.db, "INSERT INTO operations (id, kind, target, host_id, host, status, "
-				"created_at, updated_at, result, deadline) VALUES (?, ?, ?, ?, ?, "
-				"'pending', ?, ?, ?, ?)");
+	st = db_prepare_cached(ctl.db,
+			       "INSERT INTO operations (id, kind, target, host_id, host, status, "
+			       "created_at, updated_at, result, deadline) VALUES (?, ?, ?, ?, ?, "
+			       "'pending', ?, ?, ?, ?)");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, target, -1, SQLITE_STATIC);
@@ -149,7 +151,7 @@ struct json_object *op_create_timeout(const char *kind, const char *target, stru
 	if (timeout_s > 0)
 		sqlite3_bind_int64(st, 9, now + timeout_s * 1000);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	json_object_put(result);
 	if (rc != SQLITE_DONE) {
 		err_set(err, 0, "database: %s", sqlite3_errmsg(ctl.db));
@@ -168,13 +170,13 @@ void ops_final_hook_set(void (*hook)(const char *id))
 /* The cancel asked for on operation id ("cancelled", "timed out"), or "" (into buf). */
 static const char *cancel_of(const char *id, char *buf, size_t len)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT cancel FROM operations WHERE id = ?");
+	sqlite3_stmt *st = db_prepare_cached(ctl.db, "SELECT cancel FROM operations WHERE id = ?");
 
 	buf[0] = '\0';
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
 		snprintf(buf, len, "%s", sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
+	db_release(st);
 	return buf;
 }
 
@@ -205,19 +207,19 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 	}
 	if (own) {
 		if (!final)
-			db_exec(ctl.db, "PRAGMA synchronous = NORMAL", NULL);
+			db_sync_relax(ctl.db);
 		if (db_begin(ctl.db) < 0) {
 			/* Without a transaction the event could land without the update. */
 			log_warnx("operation %s: cannot begin a transaction: %s", id,
 				  sqlite3_errmsg(ctl.db));
 			if (!final)
-				db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+				db_sync_restore(ctl.db);
 			json_object_put(result);
 			return -1;
 		}
 	}
-	st = db_prepare(ctl.db,
-			"UPDATE operations SET status = coalesce(?, status), "
+	st = db_prepare_cached(
+		ctl.db, "UPDATE operations SET status = coalesce(?, status), "
 			"progress = CASE WHEN ? >= 0 THEN ? ELSE progress END, "
 			"phase = coalesce(?, phase), result = coalesce(?, result), "
 			"error = coalesce(?, error), updated_at = ?, "
@@ -240,7 +242,7 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 		sqlite3_bind_text(st, 9, status, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 10, id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	changed = sqlite3_changes(ctl.db);
 	json_object_put(result);
 	if (rc != SQLITE_DONE || changed == 0) {
@@ -248,7 +250,8 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 			log_warnx("operation %s: cannot update: %s", id, sqlite3_errmsg(ctl.db));
 		if (own) {
 			db_rollback(ctl.db);
-			db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+			if (!final)
+				db_sync_restore(ctl.db);
 		}
 		return -1;
 	}
@@ -257,7 +260,7 @@ int op_update(const char *id, const char *status, int progress, const char *phas
 		if (db_commit(ctl.db, &err) < 0)
 			log_warnx("operation %s: %s", id, err.msg);
 		if (!final)
-			db_exec(ctl.db, "PRAGMA synchronous = FULL", NULL);
+			db_sync_restore(ctl.db);
 	}
 	if (final && final_hook)
 		final_hook(id);
@@ -270,15 +273,16 @@ int op_update(const char *id, const char *status, int progress, const char *phas
  */
 int op_step_set(const char *id, const char *step)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "UPDATE operations SET step = ?, updated_at = ? "
-					      "WHERE id = ? AND status IN ('pending', 'running')");
+	sqlite3_stmt *st =
+		db_prepare_cached(ctl.db, "UPDATE operations SET step = ?, updated_at = ? "
+					  "WHERE id = ? AND status IN ('pending', 'running')");
 	int rc, changed;
 
 	sqlite3_bind_text(st, 1, step, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, now_ms());
 	sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	db_release(st);
 	changed = sqlite3_changes(ctl.db);
 	if (rc != SQLITE_DONE)
 		log_warnx("operation %s: cannot record its step: %s", id, sqlite3_errmsg(ctl.db));
@@ -288,8 +292,9 @@ int op_step_set(const char *id, const char *step)
 /* Is an operation on target still pending or running? Its id goes to busy_id. */
 bool op_busy(const char *target, char *busy_id, size_t len)
 {
-	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT id FROM operations WHERE target = ? AND "
-					      "status IN ('pending', 'running') LIMIT 1");
+	sqlite3_stmt *st =
+		db_prepare_cached(ctl.db, "SELECT id FROM operations WHERE target = ? AND "
+					  "status IN ('pending', 'running') LIMIT 1");
 	bool busy = false;
 
 	sqlite3_bind_text(st, 1, target, -1, SQLITE_STATIC);
@@ -297,6 +302,6 @@ bool op_busy(const char *target, char *busy_id, size_t len)
 		snprintf(busy_id, len, "%s", sqlite3_column_text(st, 0));
 		busy = true;
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	return busy;
 }

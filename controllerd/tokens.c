@@ -89,8 +89,8 @@ enum role tokens_check_secret(const char *token, struct token_auth *out, const c
 	if (!token_well_formed(token))
 		return ROLE_NONE;
 	token_digest(token, digest);
-	st = db_prepare(ctl.db,
-			"SELECT id, role, name, coalesce(expires_at, 0), "
+	st = db_prepare_cached(
+		ctl.db, "SELECT id, role, name, coalesce(expires_at, 0), "
 			"coalesce(used_at, 0) FROM tokens WHERE digest = ? AND kind = 'api'");
 	sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW) {
@@ -102,7 +102,7 @@ enum role tokens_check_secret(const char *token, struct token_auth *out, const c
 		out->expires_at = sqlite3_column_int64(st, 3);
 		used = sqlite3_column_int64(st, 4);
 	}
-	sqlite3_finalize(st);
+	db_release(st);
 	if (role != ROLE_NONE && out->expires_at && out->expires_at <= now) {
 		time_t t = (time_t)(out->expires_at / 1000);
 		struct tm tm;
@@ -119,13 +119,13 @@ enum role tokens_check_secret(const char *token, struct token_auth *out, const c
 	}
 	out->role = role;
 	if (now - used >= USED_AT_RESOLUTION_MS) {
-		st = db_prepare(ctl.db, "UPDATE tokens SET used_at = ? WHERE id = ?");
+		st = db_prepare_cached(ctl.db, "UPDATE tokens SET used_at = ? WHERE id = ?");
 		sqlite3_bind_int64(st, 1, now);
 		sqlite3_bind_int64(st, 2, out->id);
 		if (sqlite3_step(st) != SQLITE_DONE)
 			log_warnx("tokens: cannot record the use of token %lld: %s",
 				  (long long)out->id, sqlite3_errmsg(ctl.db));
-		sqlite3_finalize(st);
+		db_release(st);
 	}
 	return role;
 }

@@ -484,6 +484,70 @@ static void test_group_commit(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static int64_t label_rows(sqlite3 *db, const char *where)
+{
+	_cleanup_free_ char *sql =
+		xasprintf("SELECT count(*) FROM instance_labels WHERE %s", where);
+
+	return db_count(db, sql);
+}
+
+/*
+ * instance_labels, what ?label=k=v looks instances up in (api_instances.c), follows
+ * the specs: rows from before the step are taken over, and an insert, a spec update
+ * and a delete keep it equal to the labels the specs hold.
+ */
+static void test_instance_labels_follow_spec(void **state)
+{
+	struct fixture *f = *state;
+	struct kerr err = {0};
+
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION - 1, &err), 0);
+	assert_int_equal(
+		db_exec(f->db,
+			"INSERT INTO hosts (id, name, link_key, address, joined_at) "
+			"VALUES (1, 'h1', 'aa', 'x', 1);"
+			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+			"vcpus, memory_mb, created_at, updated_at) VALUES ('old', 'vm', 1, "
+			"'{\"labels\": {\"tier\": \"web\", \"a.b/c\": \"x\"}}', "
+			"'running', 'running', 1, 256, 1, 1)",
+			&err),
+		0);
+	assert_int_equal(db_migrate(f->db, DB_SCHEMA_VERSION, &err), 0);
+	assert_int_equal(label_rows(f->db, "key = 'tier' AND value = 'web'"), 1);
+	assert_int_equal(label_rows(f->db, "key = 'a.b/c' AND value = 'x'"), 1);
+
+	/* New, without labels, with a spec that is not JSON: nothing, and no failure. */
+	assert_int_equal(
+		db_exec(f->db,
+			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+			"vcpus, memory_mb, created_at, updated_at) VALUES ('new', "
+			"'container', 1, '{\"labels\": {\"tier\": \"web\"}}', "
+			"'creating', 'running', 1, 64, 1, 1);"
+			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+			"vcpus, memory_mb, created_at, updated_at) VALUES ('bare', 'vm', 1, "
+			"'{}', 'creating', 'running', 1, 64, 1, 1);"
+			"INSERT INTO instances (name, type, host_id, spec, state, desired, "
+			"vcpus, memory_mb, created_at, updated_at) VALUES ('junk', 'vm', 1, "
+			"'not json', 'creating', 'running', 1, 64, 1, 1)",
+			&err),
+		0);
+	assert_int_equal(label_rows(f->db, "key = 'tier' AND value = 'web'"), 2);
+	/* A spec update replaces the instance's labels; a state update leaves them. */
+	assert_int_equal(db_exec(f->db,
+				 "UPDATE instances SET spec = '{\"labels\": {\"tier\": \"db\"}}' "
+				 "WHERE name = 'new'; UPDATE instances SET state = 'running'",
+				 &err),
+			 0);
+	assert_int_equal(label_rows(f->db, "key = 'tier' AND value = 'web'"), 1);
+	assert_int_equal(label_rows(f->db, "key = 'tier' AND value = 'db'"), 1);
+	assert_int_equal(label_rows(f->db, "1"), 3);
+	/* Deleted: its labels go with it. */
+	assert_int_equal(db_exec(f->db, "DELETE FROM instances WHERE name = 'old'", &err), 0);
+	assert_int_equal(label_rows(f->db, "1"), 1);
+	assert_int_equal(label_rows(f->db, "instance_id NOT IN (SELECT id FROM instances)"), 0);
+}
+
 /*
  * The per-host usage counters (host_usage, host_groups) the scheduler reads instead
  * of a GROUP BY over every instance: after instances existing before the migration,
@@ -597,6 +661,7 @@ int main(void)
 		T(test_audit_prune_keeps_what_was_done),
 		T(test_events_prune_keeps_ha_history),
 		T(test_group_commit),
+		T(test_instance_labels_follow_spec),
 		T(test_host_usage_matches_recount),
 	};
 

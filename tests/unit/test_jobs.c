@@ -257,6 +257,38 @@ static void test_resume_keeps_cancel(void **state)
 	assert_non_null(strstr(field(plain, "error", buf, sizeof(buf)), "restarted"));
 }
 
+/*
+ * Progress on the way does not switch group commit off: op_update() once restored
+ * synchronous=FULL after every progress update, so each later commit waited for an
+ * fsync of its own on the loop (creates through REST fell to tens a second).
+ */
+static void test_progress_keeps_group_commit(void **state)
+{
+	_cleanup_free_ char *id = op_new("instance-start", 0);
+	_cleanup_free_ char *path = xasprintf("%s/kumo.db", dir);
+	uv_loop_t loop;
+	struct kerr err = {0};
+	char buf[64];
+
+	(void)state;
+	/* Without group commit: FULL before and after a progress update. */
+	assert_int_equal(db_count(ctl.db, "PRAGMA synchronous"), 2);
+	assert_int_equal(op_update(id, "running", 10, "copy", NULL, NULL), 0);
+	assert_int_equal(db_count(ctl.db, "PRAGMA synchronous"), 2);
+	/* With it: NORMAL stays, through progress and the final status. */
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(db_group_commit_start(ctl.db, path, &loop, &err), 0);
+	assert_int_equal(op_update(id, NULL, 50, "copy", NULL, NULL), 0);
+	assert_int_equal(db_count(ctl.db, "PRAGMA synchronous"), 1);
+	assert_int_equal(op_update(id, "succeeded", 100, NULL, NULL, NULL), 0);
+	assert_int_equal(db_count(ctl.db, "PRAGMA synchronous"), 1);
+	assert_string_equal(field(id, "status", buf, sizeof(buf)), "succeeded");
+	db_group_commit_stop();
+	db_group_commit_free();
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -269,6 +301,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cancel_refused_kind, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deadline_times_out, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_resume_keeps_cancel, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_progress_keeps_group_commit, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
