@@ -573,7 +573,6 @@ struct request {
 	enum role role;
 	int64_t token_id;
 	struct token_auth token;	   /* the acting token (id 0: none), for the audit log */
-	struct token_watch watch;	   /* a long poll (api_ops.c), ended when the token goes */
 	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
 	unsigned status;		   /* what was answered, for metrics */
 	int64_t started_us;		   /* headers complete, for the latency histogram */
@@ -586,29 +585,26 @@ struct request {
 	unsigned held_status;
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
-	/* Long poll on an operation (api_ops.c). */
-	char wait_op[LINK_OP_ID_MAX + 1];
-	int64_t wait_deadline;
-	struct request *wait_next;
-	/* An agent's answer to a query this request waits for (api_instances.c). */
-	struct json_object *answer;
-	char answer_error[256];
+	/* The handler's own state (a long poll, an agent query, a registry call, a P2V
+	 * chunk), NULL when none; the transport never looks inside. A handler that
+	 * suspends the request sets ctx_free with it, which http.c calls once, when the
+	 * request ends or its watched client goes away, and then clears both; a stream
+	 * route's end() releases a ctx left without one. */
+	void *ctx;
+	void (*ctx_free)(struct request *req);
 	/* Suspended with http_suspend_watched(): its client is checked (http.c). */
 	struct request *watch_next;
 	bool watched;
+	bool client_gone; /* a watched request's client hung up: ctx was let go */
 	/* A streamed upload (api_images.c). */
 	bool routed;
 	int upload_fd;
 	char *upload_path;
 	uint64_t upload_len;
 	char upload_error[256];
-	/* A /v2/ request's parsed path and upload state (registry.c). */
-	struct registry_call *registry;
-	/* What the registry token it came with grants; NULL for an API token
-	 * (registry_auth.c). */
+	/* What the registry token it came with grants, set by its route's authenticate
+	 * like token above; NULL for an API token (registry_auth.c). */
 	struct json_object *registry_access;
-	/* A chunk of a p2v ingest on its way in (p2v.c). */
-	struct p2v_chunk *p2v_chunk;
 };
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
@@ -657,7 +653,23 @@ void http_dialect_set(const struct http_dialect *d);
 /* routes.c */
 extern const struct route api_routes[];
 extern const size_t api_routes_count;
-void http_finished_hook_add(void (*hook)(struct request *req));
+/*
+ * What the transport asks of the layers above it; main.c sets them (tokens.c, audit.c,
+ * metrics.c), so http.c calls no authentication, audit or metrics code by name.
+ */
+struct http_hooks {
+	/* Who an Authorization value (NULL: none) acts as; ROLE_NONE with *why for a 401. */
+	enum role (*authenticate)(const char *authorization, struct token_auth *token,
+				  const char **why);
+	/* The name of API token token_id (behind a stream route's own credentials). */
+	enum role (*token_name)(int64_t token_id, char *name, size_t len);
+	const char *(*role_name)(enum role role); /* for a 403's message */
+	/* An answer was queued: the route's pattern, its status and seconds since headers. */
+	void (*answered)(const char *method, const char *route, unsigned status, double seconds);
+	/* The request is over, however it ended (its ctx let go already): the audit log. */
+	void (*ended)(const struct request *req);
+};
+void http_hooks_set(const struct http_hooks *hooks);
 void http_kick(void);
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj);
 enum MHD_Result http_reply_error(struct request *req, unsigned status, const char *field,
@@ -785,8 +797,10 @@ enum MHD_Result api_backup_schedules_list(struct request *req);
 enum MHD_Result api_backup_schedule_get(struct request *req);
 enum MHD_Result api_backup_schedule_put(struct request *req);
 enum MHD_Result api_backup_schedule_delete(struct request *req);
-void api_instances_forget(struct request *req);
-void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
+void api_query_wait(struct request *req, struct host *h, struct json_object *q, int64_t timeout_ms,
+		    enum MHD_Result (*resume)(struct request *req), bool watched);
+struct json_object *api_query_answer(const struct request *req);
+const char *api_query_error(const struct request *req);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);
 
 int images_record(const char *name, const char *rel, const char *source_format,
@@ -827,7 +841,6 @@ enum MHD_Result api_op_get(struct request *req);
 enum MHD_Result api_op_cancel(struct request *req);
 void api_ops_wake(const char *id);
 void api_ops_cron(void);
-void api_ops_forget(struct request *req);
 void api_ops_shutdown(void);
 
 /* api_events.c */
