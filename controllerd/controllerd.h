@@ -166,6 +166,12 @@ const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
 int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
 int64_t db_count(sqlite3 *db, const char *sql);
 void db_close(sqlite3 *db);
+/* Where the store reports how long commits and group syncs take (metrics.c). */
+struct db_timing {
+	void (*commit)(double seconds);
+	void (*sync)(double seconds, double commits);
+};
+void db_timing_set(const struct db_timing *t);
 
 /* Someone waiting until the commits up to seq are durable (embed it; db.c links it). */
 struct db_waiter {
@@ -256,6 +262,21 @@ void hosts_free(void);
 const char *host_state_name(enum host_state s);
 
 /* agentlink.c */
+/*
+ * What the agent link hands up, once a message passed its checks; main.c sets them
+ * (hosts.c, instances.c, jobs.c, migrate.c, console_relay.c).
+ */
+struct agentlink_hooks {
+	void (*heartbeat)(struct host *h, struct json_object *body);
+	void (*report)(struct host *h, struct json_object *report, const char *why);
+	/* An op-progress, after the operation's row took it. */
+	void (*progress)(const char *op, struct json_object *body);
+	int (*done)(struct host *h, const char *op, const char *status, struct json_object *result,
+		    const char *error);
+	int (*nack)(const char *op, const char *why); /* the agent refused the command */
+	void (*console)(struct host *h, struct json_object *body);
+};
+void agentlink_hooks_set(const struct agentlink_hooks *hooks);
 int agentlink_start(struct kerr *err);
 void agentlink_stop(void);
 void agentlink_host_connect(struct host *h);
@@ -663,7 +684,7 @@ struct http_hooks {
 				  const char **why);
 	/* The name of API token token_id (behind a stream route's own credentials). */
 	enum role (*token_name)(int64_t token_id, char *name, size_t len);
-	const char *(*role_name)(enum role role); /* for a 403's message */
+	const char *(*role_label)(enum role role); /* a role's name, for a 403's message */
 	/* An answer was queued: the route's pattern, its status and seconds since headers. */
 	void (*answered)(const char *method, const char *route, unsigned status, double seconds);
 	/* The request is over, however it ended (its ctx let go already): the audit log. */

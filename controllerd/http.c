@@ -673,8 +673,8 @@ static enum MHD_Result dispatch(struct request *req)
 	}
 	if (req->role < req->route->role && !public_route)
 		return http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
-					hooks->role_name(req->route->role),
-					hooks->role_name(req->role));
+					hooks->role_label(req->route->role),
+					hooks->role_label(req->role));
 	if (req->body_too_large)
 		return http_reply_error(req, 413, NULL, "request body is over the %d-byte limit",
 					ctl.cfg.max_body);
@@ -703,7 +703,7 @@ static bool stream_begin(struct request *req)
 		http_reply_error(req, 401, NULL, "%s", why);
 	} else if (req->role < req->route->role) {
 		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
-				 hooks->role_name(req->route->role), hooks->role_name(req->role));
+				 hooks->role_label(req->route->role), hooks->role_label(req->role));
 	} else {
 		/* An upload its token allows may take as long as its bytes take. */
 		http_conns_busy(req->conn);

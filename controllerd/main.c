@@ -124,11 +124,27 @@ static void api_drain(void)
 	ws_close_all();
 }
 
+/* How long the store's commits and syncs take, for /metrics. */
+static const struct db_timing db_timing = {
+	.commit = metrics_db_commit,
+	.sync = metrics_db_sync,
+};
+
+/* What the agent link hands up: heartbeats, reports, job progress and ends, consoles. */
+static const struct agentlink_hooks link_hooks = {
+	.heartbeat = host_heartbeat,
+	.report = instances_report,
+	.progress = migrate_agent_progress,
+	.done = jobs_done,
+	.nack = jobs_nack,
+	.console = console_relay_data,
+};
+
 /* What the HTTP transport calls above itself: tokens, the audit log, metrics. */
 static const struct http_hooks api_hooks = {
 	.authenticate = tokens_check,
 	.token_name = tokens_role_of,
-	.role_name = role_name,
+	.role_label = role_name,
 	.answered = metrics_api_request,
 	.ended = audit_record,
 };
@@ -231,6 +247,7 @@ int main(int argc, char **argv)
 	ctl.started_at = now_ms();
 
 	/* State first: nothing is served before the database is at the current schema. */
+	db_timing_set(&db_timing);
 	rc = mkdir_p(ctl.cfg.state_dir, 0700);
 	if (rc < 0)
 		fatalx("cannot create %s: %s", ctl.cfg.state_dir, strerror(-rc));
@@ -256,6 +273,7 @@ int main(int argc, char **argv)
 	metrics_api_source_set(api_stats);
 	events_hook_set(api_events_notify);
 	http_hooks_set(&api_hooks);
+	agentlink_hooks_set(&link_hooks);
 	http_routes_set(api_routes, api_routes_count);
 	http_dialect_set(&registry_dialect);
 

@@ -3,18 +3,26 @@
 # link, and news travels back up through hooks main.c sets. This check builds the
 # controller's call graph from its object files (the global symbols each .o defines and
 # the ones it leaves undefined: a call, or a function named in a table, is an arrow) and
-# fails on any circle through the transport (http.o), the operations (ops.o) or the event
-# bus (events.o), printing the shortest one with the symbols behind each arrow.
+# fails on any circle through the transport (http.o), the operations (ops.o), the event
+# bus (events.o) or the store (db.o), printing the shortest one with the symbols behind
+# each arrow.
+#
+# The bottom files are held to more than that: each may call only the files listed for
+# it below (and common/), so a call up that makes no circle yet is caught too.
 #
 # Usage: tests/check_layers.sh BUILD_DIR [OBJECT_NAME...]
-# The names default to http ops events; the objects are the controller's (main.c's and
+# The names default to http ops events db; the objects are the controller's (main.c's and
 # the kumoctl library's).
 set -euo pipefail
 
 build=${1:?usage: check_layers.sh BUILD_DIR [OBJECT_NAME...]}
 shift
 guarded=("$@")
-[ ${#guarded[@]} -gt 0 ] || guarded=(http ops events)
+[ ${#guarded[@]} -gt 0 ] || guarded=(http ops events db)
+
+# What each bottom file may call in the controller: the transport, the operations'
+# rows, the event bus and the store know nothing above them (ctl.c is the process state).
+below="http:db,http_conns,ctl ops:db,events,ctl events:db,ctl db:ctl ctl:"
 
 mapfile -t objs < <(find "$build/controllerd/CMakeFiles" -name '*.c.o' | sort)
 [ ${#objs[@]} -gt 0 ] || { echo "check_layers: no controller objects under $build/controllerd" >&2; exit 2; }
@@ -34,7 +42,7 @@ symbols() {
 	done
 }
 
-symbols | awk -v guarded="${guarded[*]}" '
+symbols | awk -v guarded="${guarded[*]}" -v below="$below" '
 $1 == "D" { def[$3] = $2; next }
 $1 == "U" { use[++n] = $2 SUBSEP $3 }
 END {
@@ -92,6 +100,24 @@ END {
 			c = split(circle, nodes, " -> ")
 			for (j = 1; j < c; j++)
 				printf "  %s.c -> %s.c: %s\n", nodes[j], nodes[j + 1], why[nodes[j] SUBSEP nodes[j + 1]]
+		}
+	}
+	# The bottom files: every arrow out of one goes to a file its row allows.
+	nb = split(below, rows, " ")
+	for (r = 1; r <= nb; r++) {
+		split(rows[r], kv, ":")
+		file = kv[1]
+		delete ok
+		na = split(kv[2], allow, ",")
+		for (a = 1; a <= na; a++)
+			ok[allow[a]] = 1
+		m = split(out[file], tos, " ")
+		for (j = 1; j <= m; j++) {
+			if (tos[j] in ok)
+				continue
+			bad = 1
+			printf "check_layers: %s.c calls up into %s.c: %s (it may call only: %s)\n",
+			       file, tos[j], why[file SUBSEP tos[j]], kv[2] == "" ? "nothing" : kv[2]
 		}
 	}
 	if (!bad)
