@@ -659,6 +659,7 @@ void instance_disks_each(struct inst_op *op, bool (*want)(struct inst_op *op, si
 void instance_each_next(struct inst_op *op);
 void instance_disk_done_cb(struct agent *a, const char *error, void *data);
 bool instance_step_failed(struct inst_op *op, const char *error);
+bool instance_stop_noted(struct inst_op *op, const struct inst *inst, const char *error);
 void instance_delete(struct inst_op *op);
 void instance_done_cb(struct inst *inst, const char *error, void *data);
 void instance_then_cb(struct inst *inst, const char *error, void *data);
@@ -676,6 +677,11 @@ void inst_close_all(struct agent *a);
 void inst_start_settle(struct inst *inst, const char *error);
 void inst_exit_waiter_add(struct inst *inst, inst_done_cb cb, void *data);
 void inst_exit_waiters_call(struct inst *inst, const char *error);
+bool inst_start_overdue(struct inst *inst, const char *late, uint64_t timeout_ms, char *why,
+			size_t len);
+char *inst_log_last_line(const char *path, char *buf, size_t len);
+struct json_object *inst_spec_adopt(enum inst_type type, const char *name, const char *path,
+				    int ret, const char *text, size_t len);
 struct json_object *inst_int_or_null(int64_t v);
 struct json_object *inst_report_base(const struct inst *inst);
 struct json_object *inst_reports(struct agent *a);

@@ -9,9 +9,13 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "json.h"
+#include "log.h"
 #include "util.h"
 
 /* A child process an instance runs (QEMU, a container's shim), watched for its exit. */
@@ -201,6 +205,76 @@ void inst_close_all(struct agent *a)
 {
 	while (a->insts)
 		inst_remove(a->insts);
+}
+
+/*
+ * The head of every type's start deadline: false when the start settled meanwhile;
+ * else why says what did not happen within timeout_ms ("<late> within N s"), logged,
+ * and the driver stops what it started and settles the start with why.
+ */
+bool inst_start_overdue(struct inst *inst, const char *late, uint64_t timeout_ms, char *why,
+			size_t len)
+{
+	if (inst->start_cb == NULL)
+		return false;
+	snprintf(why, len, "%s within %llu s", late, (unsigned long long)(timeout_ms / 1000));
+	log_warnx("%s %s: %s; stopping it", inst_type_name(inst->driver->type), inst->name, why);
+	return true;
+}
+
+/*
+ * The last line of a process's log file at path (its reason to exit), read from the
+ * file's last len - 1 bytes into buf and trimmed of trailing blanks: a pointer into
+ * buf, or NULL when the file is missing or empty.
+ */
+char *inst_log_last_line(const char *path, char *buf, size_t len)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char *end, *line;
+	struct stat st;
+	ssize_t n;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return NULL;
+	n = pread(fd, buf, len - 1, st.st_size > (off_t)len - 1 ? st.st_size - (off_t)len + 1 : 0);
+	if (n <= 0)
+		return NULL;
+	buf[n] = '\0';
+	end = buf + n;
+	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
+		*--end = '\0';
+	line = strrchr(buf, '\n');
+	return line ? line + 1 : buf;
+}
+
+/*
+ * Adoption's reading of an instance's spec.json at path (ret, text and len as
+ * file_read_all() gave them): the normalised spec (a new reference) when it parses,
+ * passes the one spec schema and is the spec of instance name of type; else NULL, and
+ * why is logged (the directory is then left alone).
+ */
+struct json_object *inst_spec_adopt(enum inst_type type, const char *name, const char *path,
+				    int ret, const char *text, size_t len)
+{
+	const char *tname = inst_type_name(type);
+	struct json_object *raw = NULL, *spec;
+	struct kerr err;
+
+	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 || spec_check(raw, &err) < 0) {
+		log_warnx("%s %s: %s: %s; ignored", tname, name, path,
+			  ret < 0 ? strerror(-ret) : err.msg);
+		json_object_put(raw);
+		return NULL;
+	}
+	spec = spec_normalise(raw);
+	json_object_put(raw);
+	if (strcmp(json_get_str(spec, "name", ""), name) != 0 ||
+	    inst_type_parse(json_get_str(spec, "type", NULL)) != type) {
+		log_warnx("%s %s: %s is not this %s's; ignored", tname, name, path, tname);
+		json_object_put(spec);
+		return NULL;
+	}
+	return spec;
 }
 
 /* A report's number that is unknown while negative: the number, or JSON null. */

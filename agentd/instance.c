@@ -341,6 +341,20 @@ bool instance_step_failed(struct inst_op *op, const char *error)
 }
 
 /*
+ * The head of every stop step's callback: false when op is gone or failed with error;
+ * else op's result says whether the stop had to be forced, and the caller goes on.
+ */
+bool instance_stop_noted(struct inst_op *op, const struct inst *inst, const char *error)
+{
+	if (instance_step_failed(op, error))
+		return false;
+	if (op->result == NULL)
+		op->result = json_object_new_object();
+	json_object_object_add(op->result, "forced", json_object_new_boolean(inst->stop_forced));
+	return true;
+}
+
+/*
  * An inst_done_cb for a step whose success ends op (a start): op fails with the
  * error, or succeeds. data is the op.
  */

@@ -253,24 +253,11 @@ static int restarts_read(const struct ctr *ctr)
 static void shim_log_reason(const struct ctr *ctr, char *out, size_t outlen)
 {
 	_cleanup_free_ char *path = ctr_path(ctr, "shim.log");
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	char buf[1024], *end, *line, *p;
-	struct stat st;
-	ssize_t n;
+	char buf[1024], *line, *p;
 
 	out[0] = '\0';
-	if (fd < 0 || fstat(fd, &st) < 0)
+	if ((line = inst_log_last_line(path, buf, sizeof(buf))) == NULL)
 		return;
-	n = pread(fd, buf, sizeof(buf) - 1,
-		  st.st_size > (off_t)sizeof(buf) - 1 ? st.st_size - (off_t)sizeof(buf) + 1 : 0);
-	if (n <= 0)
-		return;
-	buf[n] = '\0';
-	end = buf + n;
-	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
-		*--end = '\0';
-	line = strrchr(buf, '\n');
-	line = line ? line + 1 : buf;
 	/* "12:00:00.000 kumo-shim warning: shim c1: why" -> "why" */
 	if ((p = strstr(line, ": shim ")) && (p = strstr(p + 7, ": ")))
 		line = p + 2;
@@ -545,11 +532,9 @@ static void start_deadline_cb(uv_timer_t *timer)
 	struct ctr *ctr = timer->data;
 	char why[160];
 
-	if (ctr->inst.start_cb == NULL)
+	if (!inst_start_overdue(&ctr->inst, "the container did not start",
+				AGENT_CTR_START_TIMEOUT_MS, why, sizeof(why)))
 		return;
-	snprintf(why, sizeof(why), "the container did not start within %d s",
-		 AGENT_CTR_START_TIMEOUT_MS / 1000);
-	log_warnx("container %s: %s; stopping its shim", ctr->inst.name, why);
 	/* The shim passes SIGTERM on to runc, and does not restart after it. */
 	if (ctr->shim_pid)
 		kill(ctr->shim_pid, SIGTERM);
@@ -1228,7 +1213,7 @@ void oci_adopt_one(struct agent *a, const char *name)
 	_cleanup_free_ char *dir = xasprintf("%s/containers/%s", a->cfg->local_pool, name);
 	_cleanup_free_ char *spec_path = xasprintf("%s/spec.json", dir);
 	_cleanup_free_ char *text = NULL, *what = NULL;
-	struct json_object *raw = NULL, *spec;
+	struct json_object *spec;
 	struct job_file jf;
 	struct kerr err;
 	struct ctr *ctr;
@@ -1255,20 +1240,9 @@ void oci_adopt_one(struct agent *a, const char *name)
 		leftover_remove(a, dir, what);
 		return;
 	}
-	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 || spec_check(raw, &err) < 0) {
-		log_warnx("container %s: %s: %s; ignored", name, spec_path,
-			  ret < 0 ? strerror(-ret) : err.msg);
-		json_object_put(raw);
+	spec = inst_spec_adopt(INST_CONTAINER, name, spec_path, ret, text, len);
+	if (spec == NULL)
 		return;
-	}
-	spec = spec_normalise(raw);
-	json_object_put(raw);
-	if (strcmp(json_get_str(spec, "name", ""), name) != 0 ||
-	    strcmp(json_get_str(spec, "type", ""), "container") != 0) {
-		log_warnx("container %s: %s is not this container's; ignored", name, spec_path);
-		json_object_put(spec);
-		return;
-	}
 	ctr = oci_register(a, spec, &err);
 	json_object_put(spec);
 	if (ctr == NULL) {

@@ -517,25 +517,11 @@ static void poll_cb(uv_timer_t *timer)
 static void log_reason(const struct vm *vm, char *out, size_t outlen)
 {
 	_cleanup_free_ char *path = xasprintf("%s/qemu.log", vm->inst.dir);
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	char buf[2048], *line, *end, *p;
-	struct stat st;
-	off_t from;
-	ssize_t n;
+	char buf[2048], *line, *p;
 
 	out[0] = '\0';
-	if (fd < 0 || fstat(fd, &st) < 0)
+	if ((line = inst_log_last_line(path, buf, sizeof(buf))) == NULL)
 		return;
-	from = st.st_size > (off_t)sizeof(buf) - 1 ? st.st_size - (off_t)sizeof(buf) + 1 : 0;
-	n = pread(fd, buf, sizeof(buf) - 1, from);
-	if (n <= 0)
-		return;
-	buf[n] = '\0';
-	end = buf + n;
-	while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
-		*--end = '\0';
-	line = strrchr(buf, '\n');
-	line = line ? line + 1 : buf;
 	if (strncmp(line, "-- ", 3) == 0)
 		return;
 	/* "<timestamp> qemu-system-x86_64: -blockdev {...}: Could not open ...": the end. */
@@ -628,11 +614,9 @@ static void start_deadline_cb(uv_timer_t *timer)
 	struct vm *vm = timer->data;
 	char why[128];
 
-	if (vm->inst.start_cb == NULL)
+	if (!inst_start_overdue(&vm->inst, "QEMU did not answer on QMP", AGENT_VM_START_TIMEOUT_MS,
+				why, sizeof(why)))
 		return;
-	snprintf(why, sizeof(why), "QEMU did not answer on QMP within %d s; killed",
-		 AGENT_VM_START_TIMEOUT_MS / 1000);
-	log_warnx("vm %s: %s", vm->inst.name, why);
 	vm->inst.stop_requested = true;
 	kill(vm->inst.pid, SIGKILL);
 	snprintf(vm->inst.error, sizeof(vm->inst.error), "%s", why);

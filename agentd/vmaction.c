@@ -414,12 +414,8 @@ static void stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (instance_step_failed(op, error))
-		return;
-	if (op->result == NULL)
-		op->result = json_object_new_object();
-	json_object_object_add(op->result, "forced", json_object_new_boolean(inst->stop_forced));
-	instance_op_succeed(op);
+	if (instance_stop_noted(op, inst, error))
+		instance_op_succeed(op);
 }
 
 /*

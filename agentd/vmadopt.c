@@ -118,7 +118,7 @@ void vm_adopt_one(struct agent *a, const char *name)
 	_cleanup_free_ char *pid_path = xasprintf("%s/qemu.pid", dir);
 	_cleanup_free_ char *creating_path = xasprintf("%s/creating.json", dir);
 	_cleanup_free_ char *text = NULL, *pidtext = NULL;
-	struct json_object *raw = NULL, *spec;
+	struct json_object *spec;
 	struct job_file jf;
 	struct kerr err;
 	size_t len;
@@ -133,19 +133,9 @@ void vm_adopt_one(struct agent *a, const char *name)
 		return;
 	}
 	unlink(creating_path);
-	if (ret < 0 || json_body_parse(text, len, &raw, &err) < 0 || spec_check(raw, &err) < 0) {
-		log_warnx("vm %s: %s: %s; ignored", name, spec_path,
-			  ret < 0 ? strerror(-ret) : err.msg);
-		json_object_put(raw);
+	spec = inst_spec_adopt(INST_VM, name, spec_path, ret, text, len);
+	if (spec == NULL)
 		return;
-	}
-	spec = spec_normalise(raw);
-	json_object_put(raw);
-	if (strcmp(json_get_str(spec, "name", ""), name) != 0) {
-		log_warnx("vm %s: %s names another instance; ignored", name, spec_path);
-		json_object_put(spec);
-		return;
-	}
 	/* A create the last agent had a cancel for but did not undo (job.c). */
 	undo = job_file_take(dir, &jf);
 	vm = vm_register(a, spec, &err);

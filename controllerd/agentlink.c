@@ -14,7 +14,9 @@
  *
  * Every socket's readiness comes from its NN_RCVFD through a uv_poll, so the loop
  * never blocks on the link. A message that fails any check is dropped, logged and
- * counted in kumo_link_rejected_total.
+ * counted in kumo_link_rejected_total. One that passes goes up through the hooks
+ * main.c set (agentlink_hooks_set()): the link calls no job, instance or console code
+ * by name.
  */
 #include <errno.h>
 #include <nanomsg/nn.h>
@@ -38,6 +40,13 @@
 #define EVENTS_PER_TURN 64
 
 static int join_sock = -1, event_sock = -1;
+static const struct agentlink_hooks *hooks; /* who hears what the agents say (main.c) */
+
+/* Hand what the agents say to h (the caller's, for good); before agentlink_start(). */
+void agentlink_hooks_set(const struct agentlink_hooks *h)
+{
+	hooks = h;
+}
 static int req_open; /* command sockets open now */
 static uv_poll_t join_poll, event_poll;
 
@@ -407,8 +416,8 @@ static void op_done(struct host *h, struct link_msg *m)
 	const char *status = json_get_str(m->body, "status", "failed");
 
 	log_trace("host %s: op-done %s %s", h->name, m->op, status);
-	jobs_done(h, m->op, status, json_object_object_get(m->body, "result"),
-		  json_get_str(m->body, "error", NULL));
+	hooks->done(h, m->op, status, json_object_object_get(m->body, "result"),
+		    json_get_str(m->body, "error", NULL));
 }
 
 static void cmd_free(struct cmd *c);
@@ -484,7 +493,7 @@ static void event_handle(const unsigned char *buf, size_t len)
 	metrics_link_message(link_type_name(m.type));
 	switch (m.type) {
 	case LINK_HEARTBEAT:
-		host_heartbeat(h, m.body);
+		hooks->heartbeat(h, m.body);
 		break;
 	case LINK_OP_PROGRESS:
 		if (!m.op[0] || !op_owned(h, m.op) ||
@@ -494,16 +503,16 @@ static void event_handle(const unsigned char *buf, size_t len)
 		}
 		op_update(m.op, "running", (int)json_get_int(m.body, "progress", 0),
 			  json_get_str(m.body, "phase", ""), NULL, NULL);
-		migrate_agent_progress(m.op, m.body);
+		hooks->progress(m.op, m.body);
 		break;
 	case LINK_INSTANCE_STATE:
-		instances_report(h, m.body, "agent report");
+		hooks->report(h, m.body, "agent report");
 		break;
 	case LINK_QUERY_DONE:
 		query_done(h, &m);
 		break;
 	case LINK_CONSOLE_DATA:
-		console_relay_data(h, m.body); /* console_relay.c */
+		hooks->console(h, m.body);
 		break;
 	case LINK_OP_DONE:
 		if (!m.op[0] || !op_owned(h, m.op) ||
@@ -774,7 +783,7 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	} else if (m.type == LINK_NACK) {
 		const char *why = json_get_str(m.body, "error", "refused by the agent");
 
-		jobs_nack(c->op, why);
+		hooks->nack(c->op, why);
 	} else {
 		reject("malformed", "host %s: unexpected %s as a reply", h->name,
 		       link_type_name(m.type));
@@ -1184,6 +1193,8 @@ static int bind_poll(int type, int port, uv_poll_t *poll, uv_poll_cb cb, struct 
 /* Bind the join and event sockets; hosts connect when they have commands. */
 int agentlink_start(struct kerr *err)
 {
+	if (hooks == NULL)
+		fatalx("agentlink: started before main.c set its hooks");
 	join_sock = bind_poll(NN_REP, ctl.cfg.join_port, &join_poll, join_poll_cb, err);
 	if (join_sock < 0)
 		return -1;

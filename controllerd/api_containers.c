@@ -515,8 +515,7 @@ enum MHD_Result api_instance_logs(struct request *req)
 		MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
 		return http_reply_response(req, 200, resp);
 	}
-	agentlink_query(h, q, api_query_answer_cb, req);
-	http_suspend(req, logs_answer);
+	api_query_wait(req, h, q, 0, logs_answer, false);
 	return MHD_YES;
 }
 
@@ -539,25 +538,23 @@ static const struct json_field exec_fields[] = {
 
 static enum MHD_Result exec_answer(struct request *req)
 {
-	struct json_object *out;
+	struct json_object *out, *answer = api_query_answer(req);
 	size_t len;
 	char *data;
 
-	if (req->answer == NULL)
-		return http_reply_error(req, 502, NULL, "exec: %s", req->answer_error);
-	data = base64_decode(json_get_str(req->answer, "output", ""), &len);
+	if (answer == NULL)
+		return http_reply_error(req, 502, NULL, "exec: %s", api_query_error(req));
+	data = base64_decode(json_get_str(answer, "output", ""), &len);
 	if (data == NULL)
 		return http_reply_error(req, 502, NULL, "exec: the agent sent malformed output");
 	out = json_object_new_object();
 	json_object_object_add(out, "exit_code",
-			       json_object_get(json_object_object_get(req->answer, "exit_code")));
+			       json_object_get(json_object_object_get(answer, "exit_code")));
 	json_object_object_add(out, "output", json_object_new_string_len(data, (int)len));
-	json_object_object_add(
-		out, "truncated",
-		json_object_new_boolean(json_get_bool(req->answer, "truncated", false)));
-	json_object_object_add(
-		out, "timed_out",
-		json_object_new_boolean(json_get_bool(req->answer, "timed_out", false)));
+	json_object_object_add(out, "truncated",
+			       json_object_new_boolean(json_get_bool(answer, "truncated", false)));
+	json_object_object_add(out, "timed_out",
+			       json_object_new_boolean(json_get_bool(answer, "timed_out", false)));
 	free(data);
 	return http_reply_json(req, 200, out);
 }
@@ -586,8 +583,7 @@ enum MHD_Result api_instance_exec(struct request *req)
 	json_object_object_add(q, "timeout_s", json_object_new_int64(timeout));
 	json_object_object_add(q, "max_output", json_object_new_int(EXEC_OUTPUT));
 	json_object_put(body);
-	agentlink_query_timeout(h, q, (timeout + 5) * 1000, api_query_answer_cb, req);
 	/* A client that leaves gets its exec killed, not run on to its timeout. */
-	http_suspend_watched(req, exec_answer);
+	api_query_wait(req, h, q, (timeout + 5) * 1000, exec_answer, true);
 	return MHD_YES;
 }

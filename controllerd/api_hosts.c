@@ -270,13 +270,13 @@ static bool instance_known(const char *name, char *host, size_t len)
 /* The agent's spec of the instance came (or why not): record it. */
 static enum MHD_Result adopt_answer(struct request *req)
 {
-	struct json_object *spec, *u, *ev, *copy;
+	struct json_object *spec, *u, *ev, *copy, *answer = api_query_answer(req);
 	struct host *h = host_find(req->params[0]);
 	char other[SEAL_HOST_MAX + 1];
 	struct kerr err;
 
-	if (req->answer == NULL)
-		return http_reply_error(req, 502, NULL, "adopt: %s", req->answer_error);
+	if (answer == NULL)
+		return http_reply_error(req, 502, NULL, "adopt: %s", api_query_error(req));
 	u = h ? drift_unmanaged_get(h, req->params[1]) : NULL;
 	if (u == NULL)
 		return http_reply_error(req, 409, NULL,
@@ -285,7 +285,7 @@ static enum MHD_Result adopt_answer(struct request *req)
 	if (instance_known(req->params[1], other, sizeof(other)))
 		return http_reply_error(req, 409, "name", "an instance named %s exists already",
 					req->params[1]);
-	spec = json_object_object_get(req->answer, "spec");
+	spec = json_object_object_get(answer, "spec");
 	if (!json_object_is_type(spec, json_type_object) ||
 	    strcmp(json_get_str(spec, "name", ""), req->params[1]))
 		return http_reply_error(req, 502, NULL, "adopt: the agent sent no spec of %s",
@@ -326,8 +326,7 @@ enum MHD_Result api_host_unmanaged_adopt(struct request *req)
 	q = json_object_new_object();
 	json_object_object_add(q, "what", json_object_new_string("spec"));
 	json_object_object_add(q, "name", json_object_new_string(req->params[1]));
-	agentlink_query(h, q, api_query_answer_cb, req);
-	http_suspend(req, adopt_answer);
+	api_query_wait(req, h, q, 0, adopt_answer, false);
 	return MHD_YES;
 }
 

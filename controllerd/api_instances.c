@@ -1536,16 +1536,71 @@ enum MHD_Result api_instance_delete(struct request *req)
 
 /* ---- console ---- */
 
+/* A request waiting on one agent query (its req->ctx): the answer, or why none came. */
+struct query_wait {
+	struct json_object *answer;
+	char error[256];
+};
+
 /* A query's answer (or why there is none) into the waiting request, which resumes. */
-void api_query_answer_cb(struct json_object *body, const char *error, void *cls)
+static void query_answer_cb(struct json_object *body, const char *error, void *cls)
 {
 	struct request *req = cls;
+	struct query_wait *w = req->ctx;
 
 	if (body)
-		req->answer = json_object_get(body);
+		w->answer = json_object_get(body);
 	else
-		snprintf(req->answer_error, sizeof(req->answer_error), "%s", error);
+		snprintf(w->error, sizeof(w->error), "%s", error);
 	http_resume(req);
+}
+
+/* The request is over, or its client left: the query is cancelled on its host. */
+static void query_wait_free(struct request *req)
+{
+	struct query_wait *w = req->ctx;
+
+	agentlink_query_cancel(req);
+	json_object_put(w->answer);
+	free(w);
+}
+
+/*
+ * Send query q (consumed) to h and suspend req until its answer comes; resume then
+ * answers from api_query_answer() / api_query_error(). timeout_ms 0: the link's
+ * default. A watched request whose client leaves cancels the query (an exec is killed).
+ */
+void api_query_wait(struct request *req, struct host *h, struct json_object *q, int64_t timeout_ms,
+		    enum MHD_Result (*resume)(struct request *req), bool watched)
+{
+	req->ctx = xcalloc(1, sizeof(struct query_wait));
+	req->ctx_free = query_wait_free;
+	if (timeout_ms)
+		agentlink_query_timeout(h, q, timeout_ms, query_answer_cb, req);
+	else
+		agentlink_query(h, q, query_answer_cb, req);
+	if (watched)
+		http_suspend_watched(req, resume);
+	else
+		http_suspend(req, resume);
+}
+
+/* The agent's answer to req's query (borrowed), NULL when none came. */
+struct json_object *api_query_answer(const struct request *req)
+{
+	const struct query_wait *w = req->ctx;
+
+	return w ? w->answer : NULL;
+}
+
+/* Why req's query has no answer. */
+const char *api_query_error(const struct request *req)
+{
+	const struct query_wait *w = req->ctx;
+
+	if (w == NULL || req->client_gone)
+		return "the client went away";
+	return w->error;
 }
 
 /* Answer with the text an agent sent base64-encoded in the answer's "data" (what:
@@ -1556,9 +1611,9 @@ enum MHD_Result api_query_text_reply(struct request *req, const char *what)
 	size_t len;
 	char *data;
 
-	if (req->answer == NULL)
-		return http_reply_error(req, 502, NULL, "%s: %s", what, req->answer_error);
-	data = base64_decode(json_get_str(req->answer, "data", ""), &len);
+	if (api_query_answer(req) == NULL)
+		return http_reply_error(req, 502, NULL, "%s: %s", what, api_query_error(req));
+	data = base64_decode(json_get_str(api_query_answer(req), "data", ""), &len);
 	if (data == NULL)
 		return http_reply_error(req, 502, NULL, "%s: the agent sent malformed data", what);
 	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
@@ -1593,16 +1648,15 @@ enum MHD_Result api_instance_console(struct request *req)
 	json_object_object_add(q, "what", json_object_new_string("console"));
 	json_object_object_add(q, "name", json_object_new_string(i->name));
 	json_object_object_add(q, "bytes", json_object_new_int64(bytes));
-	agentlink_query(i->host, q, api_query_answer_cb, req);
+	api_query_wait(req, i->host, q, 0, console_answer, false);
 	inst_free(i);
-	http_suspend(req, console_answer);
 	return MHD_YES;
 }
 
 static enum MHD_Result console_input_answer(struct request *req)
 {
-	if (req->answer == NULL)
-		return http_reply_error(req, 502, NULL, "console: %s", req->answer_error);
+	if (api_query_answer(req) == NULL)
+		return http_reply_error(req, 502, NULL, "console: %s", api_query_error(req));
 	return http_reply_empty(req, 204);
 }
 
@@ -1659,10 +1713,9 @@ enum MHD_Result api_instance_console_input(struct request *req)
 	json_object_object_add(q, "what", json_object_new_string("console-input"));
 	json_object_object_add(q, "name", json_object_new_string(i->name));
 	json_object_object_add(q, "data", json_object_get(json_object_object_get(body, "data")));
-	agentlink_query(i->host, q, api_query_answer_cb, req);
+	api_query_wait(req, i->host, q, 0, console_input_answer, false);
 	inst_free(i);
 	json_object_put(body);
-	http_suspend(req, console_input_answer);
 	return MHD_YES;
 }
 
@@ -1716,13 +1769,6 @@ enum MHD_Result api_instance_metrics(struct request *req)
 	out = usage_json(i->name);
 	inst_free(i);
 	return http_reply_json(req, 200, out);
-}
-
-void api_instances_forget(struct request *req)
-{
-	agentlink_query_cancel(req);
-	json_object_put(req->answer);
-	req->answer = NULL;
 }
 
 /* ---- snapshots ---- */

@@ -11,8 +11,6 @@
 
 #define WAIT_MAX_S 60
 
-static struct request *waiters;
-
 enum MHD_Result api_ops_list(struct request *req)
 {
 	const char *status = http_query(req, "status");
@@ -62,26 +60,47 @@ enum MHD_Result api_ops_list(struct request *req)
 	return http_reply_json(req, 200, out);
 }
 
+/* A long poll on one operation: req->ctx while it is suspended, on the waiters list. */
+struct op_wait {
+	struct request *req;
+	char op[LINK_OP_ID_MAX + 1];
+	int64_t deadline;	  /* ms */
+	struct token_watch watch; /* ends the poll when its token goes */
+	struct op_wait *next;
+};
+
+static struct op_wait *waiters;
+
 static enum MHD_Result reply_op(struct request *req)
 {
-	struct json_object *o = op_get(req->wait_op);
+	const char *id = req->params[0];
+	struct json_object *o = op_get(id);
 
 	if (o == NULL)
-		return http_reply_error(req, 404, NULL, "no operation %s", req->wait_op);
+		return http_reply_error(req, 404, NULL, "no operation %s", id);
 	return http_reply_json(req, 200, o);
 }
 
-/* req waits no more; false when it was not waiting. */
-static bool waiter_remove(struct request *req)
+/* w waits no more (its request is answered as it resumes); false when it was not. */
+static bool waiter_remove(struct op_wait *w)
 {
-	tokens_watch_remove(&req->watch);
-	for (struct request **pp = &waiters; *pp; pp = &(*pp)->wait_next)
-		if (*pp == req) {
-			*pp = req->wait_next;
-			req->wait_next = NULL;
+	tokens_watch_remove(&w->watch);
+	for (struct op_wait **pp = &waiters; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			w->next = NULL;
 			return true;
 		}
 	return false;
+}
+
+/* The request is over (ctx_free): it waits no more. */
+static void wait_free(struct request *req)
+{
+	struct op_wait *w = req->ctx;
+
+	waiter_remove(w);
+	free(w);
 }
 
 static enum MHD_Result reply_revoked(struct request *req)
@@ -91,18 +110,19 @@ static enum MHD_Result reply_revoked(struct request *req)
 
 static void revoke_cb(void *cls)
 {
-	struct request *req = cls;
+	struct op_wait *w = cls;
 
 	/* Only a poll still suspended; one already woken answers as it is. */
-	if (!waiter_remove(req))
+	if (!waiter_remove(w))
 		return;
-	req->resume = reply_revoked;
-	http_resume(req);
+	w->req->resume = reply_revoked;
+	http_resume(w->req);
 }
 
 enum MHD_Result api_op_get(struct request *req)
 {
 	struct json_object *o;
+	struct op_wait *w;
 	struct kerr err;
 	int64_t wait;
 	const char *status;
@@ -111,19 +131,25 @@ enum MHD_Result api_op_get(struct request *req)
 		return http_reply_error(req, 400, "id", "malformed operation id");
 	if (http_query_int(req, "wait", 0, WAIT_MAX_S, 0, &wait, &err) < 0)
 		return http_reply_kerr(req, &err);
-	snprintf(req->wait_op, sizeof(req->wait_op), "%s", req->params[0]);
-	o = op_get(req->wait_op);
+	o = op_get(req->params[0]);
 	if (o == NULL)
-		return http_reply_error(req, 404, NULL, "no operation %s", req->wait_op);
+		return http_reply_error(req, 404, NULL, "no operation %s", req->params[0]);
 	status = json_object_get_string(json_object_object_get(o, "status"));
 	if (wait == 0 || op_status_final(status))
 		return http_reply_json(req, 200, o);
 	json_object_put(o);
-	if (tokens_watch_add(&req->watch, req, revoke_cb, req, &err) < 0)
+	w = xcalloc(1, sizeof(*w));
+	if (tokens_watch_add(&w->watch, req, revoke_cb, w, &err) < 0) {
+		free(w);
 		return http_reply_kerr(req, &err);
-	req->wait_deadline = now_ms() + wait * 1000;
-	req->wait_next = waiters;
-	waiters = req;
+	}
+	w->req = req;
+	snprintf(w->op, sizeof(w->op), "%s", req->params[0]);
+	w->deadline = now_ms() + wait * 1000;
+	w->next = waiters;
+	waiters = w;
+	req->ctx = w;
+	req->ctx_free = wait_free;
 	http_suspend(req, reply_op);
 	return MHD_YES;
 }
@@ -150,18 +176,18 @@ enum MHD_Result api_op_cancel(struct request *req)
 /* Operation id reached a final status: answer everyone waiting on it. */
 void api_ops_wake(const char *id)
 {
-	struct request **pp = &waiters;
+	struct op_wait **pp = &waiters;
 
 	while (*pp) {
-		struct request *req = *pp;
+		struct op_wait *w = *pp;
 
-		if (strcmp(req->wait_op, id) == 0) {
-			*pp = req->wait_next;
-			req->wait_next = NULL;
-			tokens_watch_remove(&req->watch);
-			http_resume(req);
+		if (strcmp(w->op, id) == 0) {
+			*pp = w->next;
+			w->next = NULL;
+			tokens_watch_remove(&w->watch);
+			http_resume(w->req);
 		} else {
-			pp = &req->wait_next;
+			pp = &w->next;
 		}
 	}
 }
@@ -169,38 +195,32 @@ void api_ops_wake(const char *id)
 /* Answer long polls whose time is up with the operation as it stands. */
 void api_ops_cron(void)
 {
-	struct request **pp = &waiters;
+	struct op_wait **pp = &waiters;
 	int64_t now = now_ms();
 
 	while (*pp) {
-		struct request *req = *pp;
+		struct op_wait *w = *pp;
 
-		if (req->wait_deadline <= now) {
-			*pp = req->wait_next;
-			req->wait_next = NULL;
-			tokens_watch_remove(&req->watch);
-			http_resume(req);
+		if (w->deadline <= now) {
+			*pp = w->next;
+			w->next = NULL;
+			tokens_watch_remove(&w->watch);
+			http_resume(w->req);
 		} else {
-			pp = &req->wait_next;
+			pp = &w->next;
 		}
 	}
-}
-
-/* A request is finished (or its client went away): it waits no more. */
-void api_ops_forget(struct request *req)
-{
-	waiter_remove(req);
 }
 
 /* Shutdown: answer every long poll with the operation as it stands. */
 void api_ops_shutdown(void)
 {
 	while (waiters) {
-		struct request *req = waiters;
+		struct op_wait *w = waiters;
 
-		waiters = req->wait_next;
-		req->wait_next = NULL;
-		tokens_watch_remove(&req->watch);
-		MHD_resume_connection(req->conn);
+		waiters = w->next;
+		w->next = NULL;
+		tokens_watch_remove(&w->watch);
+		MHD_resume_connection(w->req->conn);
 	}
 }

@@ -166,6 +166,12 @@ const char *db_meta_get(sqlite3 *db, const char *key, char *buf, size_t len);
 int db_meta_set(sqlite3 *db, const char *key, const char *value, struct kerr *err);
 int64_t db_count(sqlite3 *db, const char *sql);
 void db_close(sqlite3 *db);
+/* Where the store reports how long commits and group syncs take (metrics.c). */
+struct db_timing {
+	void (*commit)(double seconds);
+	void (*sync)(double seconds, double commits);
+};
+void db_timing_set(const struct db_timing *t);
 
 /* Someone waiting until the commits up to seq are durable (embed it; db.c links it). */
 struct db_waiter {
@@ -263,6 +269,21 @@ void hosts_free(void);
 const char *host_state_name(enum host_state s);
 
 /* agentlink.c */
+/*
+ * What the agent link hands up, once a message passed its checks; main.c sets them
+ * (hosts.c, instances.c, jobs.c, migrate.c, console_relay.c).
+ */
+struct agentlink_hooks {
+	void (*heartbeat)(struct host *h, struct json_object *body);
+	void (*report)(struct host *h, struct json_object *report, const char *why);
+	/* An op-progress, after the operation's row took it. */
+	void (*progress)(const char *op, struct json_object *body);
+	int (*done)(struct host *h, const char *op, const char *status, struct json_object *result,
+		    const char *error);
+	int (*nack)(const char *op, const char *why); /* the agent refused the command */
+	void (*console)(struct host *h, struct json_object *body);
+};
+void agentlink_hooks_set(const struct agentlink_hooks *hooks);
 int agentlink_start(struct kerr *err);
 void agentlink_stop(void);
 void agentlink_host_connect(struct host *h);
@@ -583,7 +604,6 @@ struct request {
 	enum role role;
 	int64_t token_id;
 	struct token_auth token;	   /* the acting token (id 0: none), for the audit log */
-	struct token_watch watch;	   /* a long poll (api_ops.c), ended when the token goes */
 	char audit_op[LINK_OP_ID_MAX + 1]; /* the operation a 202 answer started */
 	unsigned status;		   /* what was answered, for metrics */
 	int64_t started_us;		   /* headers complete, for the latency histogram */
@@ -596,29 +616,26 @@ struct request {
 	unsigned held_status;
 	/* Called instead of the route handler when a suspended request is resumed. */
 	enum MHD_Result (*resume)(struct request *req);
-	/* Long poll on an operation (api_ops.c). */
-	char wait_op[LINK_OP_ID_MAX + 1];
-	int64_t wait_deadline;
-	struct request *wait_next;
-	/* An agent's answer to a query this request waits for (api_instances.c). */
-	struct json_object *answer;
-	char answer_error[256];
+	/* The handler's own state (a long poll, an agent query, a registry call, a P2V
+	 * chunk), NULL when none; the transport never looks inside. A handler that
+	 * suspends the request sets ctx_free with it, which http.c calls once, when the
+	 * request ends or its watched client goes away, and then clears both; a stream
+	 * route's end() releases a ctx left without one. */
+	void *ctx;
+	void (*ctx_free)(struct request *req);
 	/* Suspended with http_suspend_watched(): its client is checked (http.c). */
 	struct request *watch_next;
 	bool watched;
+	bool client_gone; /* a watched request's client hung up: ctx was let go */
 	/* A streamed upload (api_images.c). */
 	bool routed;
 	int upload_fd;
 	char *upload_path;
 	uint64_t upload_len;
 	char upload_error[256];
-	/* A /v2/ request's parsed path and upload state (registry.c). */
-	struct registry_call *registry;
-	/* What the registry token it came with grants; NULL for an API token
-	 * (registry_auth.c). */
+	/* What the registry token it came with grants, set by its route's authenticate
+	 * like token above; NULL for an API token (registry_auth.c). */
 	struct json_object *registry_access;
-	/* A chunk of a p2v ingest on its way in (p2v.c). */
-	struct p2v_chunk *p2v_chunk;
 };
 
 typedef enum MHD_Result (*route_fn)(struct request *req);
@@ -667,7 +684,23 @@ void http_dialect_set(const struct http_dialect *d);
 /* routes.c */
 extern const struct route api_routes[];
 extern const size_t api_routes_count;
-void http_finished_hook_add(void (*hook)(struct request *req));
+/*
+ * What the transport asks of the layers above it; main.c sets them (tokens.c, audit.c,
+ * metrics.c), so http.c calls no authentication, audit or metrics code by name.
+ */
+struct http_hooks {
+	/* Who an Authorization value (NULL: none) acts as; ROLE_NONE with *why for a 401. */
+	enum role (*authenticate)(const char *authorization, struct token_auth *token,
+				  const char **why);
+	/* The name of API token token_id (behind a stream route's own credentials). */
+	enum role (*token_name)(int64_t token_id, char *name, size_t len);
+	const char *(*role_label)(enum role role); /* a role's name, for a 403's message */
+	/* An answer was queued: the route's pattern, its status and seconds since headers. */
+	void (*answered)(const char *method, const char *route, unsigned status, double seconds);
+	/* The request is over, however it ended (its ctx let go already): the audit log. */
+	void (*ended)(const struct request *req);
+};
+void http_hooks_set(const struct http_hooks *hooks);
 void http_kick(void);
 enum MHD_Result http_reply_json(struct request *req, unsigned status, struct json_object *obj);
 enum MHD_Result http_reply_error(struct request *req, unsigned status, const char *field,
@@ -795,8 +828,10 @@ enum MHD_Result api_backup_schedules_list(struct request *req);
 enum MHD_Result api_backup_schedule_get(struct request *req);
 enum MHD_Result api_backup_schedule_put(struct request *req);
 enum MHD_Result api_backup_schedule_delete(struct request *req);
-void api_instances_forget(struct request *req);
-void api_query_answer_cb(struct json_object *body, const char *error, void *cls);
+void api_query_wait(struct request *req, struct host *h, struct json_object *q, int64_t timeout_ms,
+		    enum MHD_Result (*resume)(struct request *req), bool watched);
+struct json_object *api_query_answer(const struct request *req);
+const char *api_query_error(const struct request *req);
 enum MHD_Result api_query_text_reply(struct request *req, const char *what);
 
 int images_record(const char *name, const char *rel, const char *source_format,
@@ -876,7 +911,6 @@ enum MHD_Result api_op_get(struct request *req);
 enum MHD_Result api_op_cancel(struct request *req);
 void api_ops_wake(const char *id);
 void api_ops_cron(void);
-void api_ops_forget(struct request *req);
 void api_ops_shutdown(void);
 
 /* api_events.c */

@@ -2,9 +2,11 @@
  * http.c - the REST server: libmicrohttpd driven from the libuv loop through its
  * epoll fd (never spinning inside it: see http_run()), routing over the table routes.c
  * holds, authentication, body limits, and the one place that turns errors into HTTP
- * statuses and JSON bodies. It is the bottom of the API layer: handlers, the registry's
- * dialect and whoever waits on a request are given to it by main.c; it calls none of
- * them by name.
+ * statuses and JSON bodies. It is the bottom of the API layer: the route table, the
+ * registry's dialect and the authentication, audit and metrics callbacks are given to it
+ * by main.c (http_hooks_set()), and a handler that parks a request hangs its state on
+ * req->ctx with the function that lets go of it; http.c calls none of them by name.
+ * tests/check_layers.sh keeps it so.
  */
 #include <arpa/inet.h>
 #include <poll.h>
@@ -23,6 +25,13 @@
 static const struct route *routes;
 static size_t routes_count;
 static const struct http_dialect *dialect;
+static const struct http_hooks *hooks; /* auth, audit, metrics (main.c) */
+
+/* Call auth, audit and metrics through h (the caller's, for the process's life). */
+void http_hooks_set(const struct http_hooks *h)
+{
+	hooks = h;
+}
 
 /*
  * Serve routes[0..n) (the table stays the caller's). The HTTP layer knows handlers only
@@ -75,8 +84,7 @@ static uv_poll_t http_poll;
 static uv_timer_t http_timer;
 static uv_idle_t http_kicker;
 static uv_timer_t http_watch_timer; /* checks the clients of watched requests */
-static void (*finished_hooks[4])(struct request *req);
-static struct request *watched; /* suspended with http_suspend_watched() */
+static struct request *watched;	    /* suspended with http_suspend_watched() */
 
 /* Match one pattern; on success fill params (malloc'd copies). */
 static bool route_match(const char *pattern, const char *url, char *params[2])
@@ -158,8 +166,8 @@ static enum MHD_Result reply_queue(struct request *req, unsigned status, struct 
 
 	MHD_destroy_response(resp);
 	req->status = status;
-	metrics_api_request(req->method, route_label(req), status,
-			    (double)(now_us() - req->started_us) / 1e6);
+	hooks->answered(req->method, route_label(req), status,
+			(double)(now_us() - req->started_us) / 1e6);
 	return ret;
 }
 
@@ -531,11 +539,22 @@ static bool client_gone(struct request *req)
 	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
+/* Let go of what the handler hung on req with its ctx_free, at most once. */
+static void ctx_release(struct request *req)
+{
+	void (*release)(struct request *) = req->ctx_free;
+
+	if (release == NULL)
+		return; /* none, or a stream's: its end() releases it */
+	req->ctx_free = NULL;
+	release(req);
+	req->ctx = NULL;
+}
+
 /*
- * Every second while requests are watched: one whose client went away gets the
- * finished hooks at once, so what it waits for lets go (a query is cancelled on its
- * host: an exec is killed), then resumes with answer_error set, for libmicrohttpd to
- * end it. The hooks run again then; they are made to.
+ * Every second while requests are watched: one whose client went away lets go of what
+ * it waits for at once (its ctx_free: a query is cancelled on its host, an exec
+ * killed), then resumes with client_gone set and no ctx, for libmicrohttpd to end it.
  */
 static void watch_cb(uv_timer_t *timer)
 {
@@ -547,9 +566,8 @@ static void watch_cb(uv_timer_t *timer)
 			continue;
 		log_info("api: %s %s: the client went away; letting go of its wait", req->method,
 			 req->url);
-		for (size_t i = 0; i < ARRAY_SIZE(finished_hooks) && finished_hooks[i]; i++)
-			finished_hooks[i](req);
-		snprintf(req->answer_error, sizeof(req->answer_error), "the client went away");
+		ctx_release(req);
+		req->client_gone = true;
 		http_resume(req);
 	}
 	if (watched == NULL)
@@ -613,10 +631,10 @@ static enum role request_authenticate(struct request *req, const char **why)
 		/* The API token behind them, for the audit log. */
 		req->token.id = req->token_id;
 		req->token.role = req->role;
-		tokens_role_of(req->token_id, req->token.name, sizeof(req->token.name));
+		hooks->token_name(req->token_id, req->token.name, sizeof(req->token.name));
 		return req->role;
 	}
-	req->role = tokens_check(auth, &req->token, why);
+	req->role = hooks->authenticate(auth, &req->token, why);
 	req->token_id = req->token.id;
 	return req->role;
 }
@@ -655,7 +673,8 @@ static enum MHD_Result dispatch(struct request *req)
 	}
 	if (req->role < req->route->role && !public_route)
 		return http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
-					role_name(req->route->role), role_name(req->role));
+					hooks->role_label(req->route->role),
+					hooks->role_label(req->role));
 	if (req->body_too_large)
 		return http_reply_error(req, 413, NULL, "request body is over the %d-byte limit",
 					ctl.cfg.max_body);
@@ -684,7 +703,7 @@ static bool stream_begin(struct request *req)
 		http_reply_error(req, 401, NULL, "%s", why);
 	} else if (req->role < req->route->role) {
 		http_reply_error(req, 403, NULL, "this needs the %s role; the token has %s",
-				 role_name(req->route->role), role_name(req->role));
+				 hooks->role_label(req->route->role), hooks->role_label(req->role));
 	} else {
 		/* An upload its token allows may take as long as its bytes take. */
 		http_conns_busy(req->conn);
@@ -769,22 +788,6 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 	return dispatch(req);
 }
 
-/* Who is told a request ended: finished_hooks (main.c registers the API layer's). */
-
-/*
- * Call hook(req) for every request that ends (answered, or its client went away), so
- * a handler that parked it somewhere lets go. The HTTP layer calls no handler itself.
- */
-void http_finished_hook_add(void (*hook)(struct request *req))
-{
-	for (size_t i = 0; i < ARRAY_SIZE(finished_hooks); i++)
-		if (finished_hooks[i] == NULL) {
-			finished_hooks[i] = hook;
-			return;
-		}
-	fatalx("http: more request-finished hooks than %zu", ARRAY_SIZE(finished_hooks));
-}
-
 static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -797,10 +800,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 	db_durable_cancel(&req->durable);
 	if (req->held)
 		MHD_destroy_response(req->held);
-	for (size_t i = 0; i < ARRAY_SIZE(finished_hooks) && finished_hooks[i]; i++)
-		finished_hooks[i](req);
-	tokens_watch_remove(&req->watch);
-	audit_record(req);
+	ctx_release(req);
+	hooks->ended(req);
 	if (req->route && req->route->stream)
 		req->route->stream->end(req);
 	free(req->params[0]);
@@ -908,6 +909,9 @@ int http_start(struct kerr *err)
 	unsigned flags =
 		MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
 
+	if (hooks == NULL || routes == NULL)
+		fatalx("http: started before main.c set its routes and hooks");
+
 	snprintf(host, sizeof(host), "%.*s", (int)(colon - ctl.cfg.api_listen), ctl.cfg.api_listen);
 	inet_pton(AF_INET, host, &sin.sin_addr);
 	sin.sin_port = htons((uint16_t)atoi(colon + 1));
@@ -956,9 +960,10 @@ int http_start(struct kerr *err)
 }
 
 /*
- * Stop serving. libmicrohttpd aborts if a connection is still suspended, so first
- * drain() (main.c's) ends every event stream and answers every long poll and console
- * query, and the daemon runs until they are out.
+ * Stop serving. libmicrohttpd aborts if a connection is still suspended, and an
+ * upgraded socket left open would stop its stop, so first drain() (main.c's) ends every
+ * event stream and WebSocket and answers every long poll and console query, and the
+ * daemon runs until they are out.
  */
 void http_stop(void (*drain)(void))
 {
@@ -968,7 +973,6 @@ void http_stop(void (*drain)(void))
 	http_stopping = true;
 	if (drain)
 		drain();
-	ws_close_all(); /* an upgraded socket left open would stop libmicrohttpd's stop */
 	for (int i = 0; i < 5; i++)
 		MHD_run(daemon_);
 	uv_poll_stop(&http_poll);

@@ -13,8 +13,6 @@
 #include "log.h"
 #include "util.h"
 
-struct controller ctl;
-
 #define CRON_MS 250
 
 /* Usage on out; exits with status (0 for --help, 2 for a mistake). */
@@ -114,7 +112,7 @@ static void api_stats(unsigned *open, uint64_t *accepted, uint64_t *timed_out, u
 
 /*
  * The API server stops: every event stream ends, every long poll and console query is
- * answered, so no connection stays suspended (http_stop()).
+ * answered, so no connection stays suspended, and every WebSocket closes (http_stop()).
  */
 static void api_drain(void)
 {
@@ -123,7 +121,33 @@ static void api_drain(void)
 	registry_shutdown();
 	for (struct host *h = ctl.hosts; h; h = h->next)
 		agentlink_queries_fail(h, "the controller is stopping");
+	ws_close_all();
 }
+
+/* How long the store's commits and syncs take, for /metrics. */
+static const struct db_timing db_timing = {
+	.commit = metrics_db_commit,
+	.sync = metrics_db_sync,
+};
+
+/* What the agent link hands up: heartbeats, reports, job progress and ends, consoles. */
+static const struct agentlink_hooks link_hooks = {
+	.heartbeat = host_heartbeat,
+	.report = instances_report,
+	.progress = migrate_agent_progress,
+	.done = jobs_done,
+	.nack = jobs_nack,
+	.console = console_relay_data,
+};
+
+/* What the HTTP transport calls above itself: tokens, the audit log, metrics. */
+static const struct http_hooks api_hooks = {
+	.authenticate = tokens_check,
+	.token_name = tokens_role_of,
+	.role_label = role_name,
+	.answered = metrics_api_request,
+	.ended = audit_record,
+};
 
 static void signal_cb(uv_signal_t *s, int signum)
 {
@@ -223,6 +247,7 @@ int main(int argc, char **argv)
 	ctl.started_at = now_ms();
 
 	/* State first: nothing is served before the database is at the current schema. */
+	db_timing_set(&db_timing);
 	rc = mkdir_p(ctl.cfg.state_dir, 0700);
 	if (rc < 0)
 		fatalx("cannot create %s: %s", ctl.cfg.state_dir, strerror(-rc));
@@ -241,13 +266,14 @@ int main(int argc, char **argv)
 		fatalx("%s", err.msg);
 
 	/* News travels up by subscription: the API layer hears of finished operations
-	 * and ended requests without the layers below calling it. */
+	 * and events without the layers below calling it; the transport reaches tokens,
+	 * audit and metrics through the hooks given here (tests/check_layers.sh). */
 	ops_final_hook_set(api_ops_wake);
 	ops_rules_set(jobs_timeout_default, jobs_final_status);
 	metrics_api_source_set(api_stats);
 	events_hook_set(api_events_notify);
-	http_finished_hook_add(api_ops_forget);
-	http_finished_hook_add(api_instances_forget);
+	http_hooks_set(&api_hooks);
+	agentlink_hooks_set(&link_hooks);
 	http_routes_set(api_routes, api_routes_count);
 	http_dialect_set(&registry_dialect);
 

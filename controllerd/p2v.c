@@ -1060,13 +1060,13 @@ static enum MHD_Result chunk_begin(struct request *req)
 	c->index = index;
 	c->want = len;
 	memcpy(c->expect, expect, 32);
-	req->p2v_chunk = c;
+	req->ctx = c;
 	return MHD_YES;
 }
 
 static void chunk_data(struct request *req, const char *data, size_t len)
 {
-	struct p2v_chunk *c = req->p2v_chunk;
+	struct p2v_chunk *c = req->ctx;
 
 	if (c == NULL)
 		return;
@@ -1080,12 +1080,12 @@ static void chunk_data(struct request *req, const char *data, size_t len)
 
 static void chunk_end(struct request *req)
 {
-	struct p2v_chunk *c = req->p2v_chunk;
+	struct p2v_chunk *c = req->ctx;
 
 	/* A chunk whose write is in flight is freed by its done callback. */
 	if (c && c->s == NULL)
 		chunk_put(c);
-	req->p2v_chunk = NULL;
+	req->ctx = NULL;
 }
 
 /* Off the loop: hash, then write the chunk or punch its hole. */
@@ -1124,10 +1124,10 @@ static void chunk_work_cb(uv_work_t *w)
 
 static enum MHD_Result chunk_reply(struct request *req)
 {
-	struct p2v_chunk *c = req->p2v_chunk;
+	struct p2v_chunk *c = req->ctx;
 	enum MHD_Result ret;
 
-	req->p2v_chunk = NULL;
+	req->ctx = NULL;
 	if (c->status == 204)
 		ret = http_reply_empty(req, 204);
 	else
@@ -1189,7 +1189,7 @@ static void chunk_done_cb(uv_work_t *w, int status)
 /* The whole chunk is in: hash and store it off the loop, answer when done. */
 enum MHD_Result api_p2v_chunk_put(struct request *req)
 {
-	struct p2v_chunk *c = req->p2v_chunk;
+	struct p2v_chunk *c = req->ctx;
 	struct p2v_session *s = session_of(req);
 
 	if (c == NULL || s == NULL || s->state != P2V_RECEIVING)

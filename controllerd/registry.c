@@ -45,7 +45,7 @@ enum endpoint {
 	EP_REFERRERS,	 /* /v2/<name>/referrers/<digest> */
 };
 
-/* One /v2/ request, from its headers to its end (req->registry). */
+/* One /v2/ request, from its headers to its end (req->ctx; call_end() frees it). */
 struct registry_call {
 	struct request *req; /* NULL once the request ended while a store job was out */
 	enum endpoint ep;
@@ -305,7 +305,7 @@ static bool method_reads(const struct request *req)
 void registry_scope(const struct request *req, char *out, size_t len)
 {
 	struct registry_call parsed = {0};
-	const struct registry_call *call = req->registry;
+	const struct registry_call *call = req->ctx;
 
 	out[0] = '\0';
 	if (call == NULL) {
@@ -359,7 +359,9 @@ static void job_done_cb(const struct oci_result *res, void *cls)
 
 static void job_wait(struct request *req, enum MHD_Result (*answer)(struct request *req))
 {
-	req->registry->pending = true;
+	struct registry_call *call = req->ctx;
+
+	call->pending = true;
 	http_suspend(req, answer);
 }
 
@@ -646,7 +648,7 @@ static enum MHD_Result blob_get(struct request *req, struct registry_call *call)
 
 static enum MHD_Result blob_delete_answer(struct request *req)
 {
-	struct registry_call *call = req->registry;
+	struct registry_call *call = req->ctx;
 	struct oci_result *res = &call->result;
 
 	if (res->status == -ENOENT)
@@ -683,7 +685,7 @@ static bool upload_busy(const struct registry_call *self)
 /* A blob is stored (or refused): 201 with where it is, or why not. */
 static enum MHD_Result blob_stored_answer(struct request *req)
 {
-	struct registry_call *call = req->registry;
+	struct registry_call *call = req->ctx;
 	struct oci_result *res = &call->result;
 	const char *want = http_query(req, "digest");
 	struct MHD_Response *resp;
@@ -936,7 +938,7 @@ static enum MHD_Result call_begin(struct request *req)
 	call->chunk = -1;
 	call->next = calls;
 	calls = call;
-	req->registry = call;
+	req->ctx = call;
 	if (path_parse(req, call, req->params[0]) < 0)
 		return MHD_YES;
 	if (!call_granted(req, call))
@@ -955,7 +957,7 @@ static enum MHD_Result call_begin(struct request *req)
 /* A piece of the body: a manifest to memory, blob data to the session file. */
 static void call_data(struct request *req, const char *data, size_t len)
 {
-	struct registry_call *call = req->registry;
+	struct registry_call *call = req->ctx;
 
 	if (call == NULL || req->upload_error[0])
 		return;
@@ -987,7 +989,7 @@ static void call_data(struct request *req, const char *data, size_t len)
 /* The request is over, however it ended. */
 static void call_end(struct request *req)
 {
-	struct registry_call *call = req->registry;
+	struct registry_call *call = req->ctx;
 
 	/* A chunk never accepted (refused, or the client went away) is undone, so the
 	 * session stays at the offset its Range said; the client may resume from there. */
@@ -1004,7 +1006,7 @@ static void call_end(struct request *req)
 	}
 	if (call == NULL)
 		return;
-	req->registry = NULL;
+	req->ctx = NULL;
 	for (struct registry_call **pp = &calls; *pp; pp = &(*pp)->next)
 		if (*pp == call) {
 			*pp = call->next;
@@ -1042,7 +1044,7 @@ static const struct {
 /* The handler of every /v2/ route row: the body (if any) is in. */
 enum MHD_Result registry_serve(struct request *req)
 {
-	struct registry_call *call = req->registry;
+	struct registry_call *call = req->ctx;
 	struct MHD_Response *resp;
 	char allow[64] = "", msg[160];
 

@@ -5,7 +5,8 @@
 # limit that kills, restart policies, pause/resume, stop (SIGTERM, then SIGKILL),
 # re-adoption after the agent is killed, commit -> a new image whose containers (on
 # another host) see the change, pulled back by skopeo with the same digest. Bad input:
-# unknown image, bad limits, duplicate names, a layer with a "../" entry.
+# unknown image, bad limits, duplicate names, a layer with a "../" entry. A delete whose
+# state write fails (a trigger refuses it) answers 500 and starts nothing.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib_oci.sh"
 
@@ -16,8 +17,11 @@ EVIL=kt-ct/traversal:latest
 CTS="ct-run ct-cmt ct-child ct-mem ct-fail ct-no ct-always ct-stop ct-grace ct-grace3 ct-grace-bad ct-evil ct-x"
 tmp=$(mktemp -d)
 FOLLOW_PID=""
+DB="$KUMO_LAB_DIR/controller/kumo.db"
+sql() { sqlite3 -cmd '.timeout 5000' "$DB" "$@"; }
 cleanup() {
 	[ -z "$FOLLOW_PID" ] || kill "$FOLLOW_PID" 2>/dev/null || true
+	sql "DROP TRIGGER IF EXISTS kt_refuse_deleting" 2>/dev/null || true
 	for n in $CTS; do ct_delete "$n"; done
 	oci_untag $NEW
 	oci_untag $EVIL
@@ -388,6 +392,22 @@ for bad in 0 3601 '"10"'; do
 	[ "$(jqb .field)" = stop_timeout_s ] || fail "the 400 for stop_timeout_s $bad names field $(jqb .field)"
 done
 pass "a stop without timeout_s gives a container 10 s (the README's container is killed after it), or its stop_timeout_s; bad stop_timeout_s 400"
+
+# ---- a write that fails with its operation: no 202, nothing started -----------------------
+# A delete's "deleting" state commits with its operation: when that write fails the
+# answer says so and no operation runs (it once went after the 202, unchecked).
+sql "CREATE TRIGGER kt_refuse_deleting BEFORE UPDATE OF state ON instances
+     WHEN NEW.state = 'deleting' AND OLD.name = 'ct-grace3'
+     BEGIN SELECT RAISE(ABORT, 'kt: refused by the test'); END"
+api DELETE /api/v1/instances/ct-grace3
+expect_status 500 "a delete whose state write fails"
+jqb .error | grep -q "cannot record the delete" || fail "the 500 does not say the delete was not recorded"
+sql "DROP TRIGGER kt_refuse_deleting"
+api GET "/api/v1/operations?limit=20"
+[ "$(jqb '[.operations[] | select(.target == "instances/ct-grace3" and .kind == "instance-delete")] | length')" = 0 ] ||
+	fail "a delete refused with 500 left an operation: $(jqb -c '.operations[0]')"
+instance_is ct-grace3 stopped || fail "ct-grace3 is $(ct_field ct-grace3 .state) after a refused delete, not stopped"
+pass "a delete whose write fails in its operation's transaction answers 500, starts no operation, leaves the container as it was"
 
 # ---- the agent dies, the container does not; re-adopted ----------------------------------
 api GET /api/v1/instances/ct-run
