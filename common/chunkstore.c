@@ -494,27 +494,36 @@ int chunkstore_manifest_write(const char *root, const char *id, struct json_obje
 	return 0;
 }
 
-int chunkstore_manifest_read(const char *root, const char *id, struct json_object **out,
-			     struct kerr *err)
+/* Manifest id's file (path): its text (*text, *len; the caller frees) and that text parsed. */
+static int manifest_load(const char *root, const char *id, char path[PATH_MAX], char **text,
+			 size_t *len, struct json_object **out, struct kerr *err)
 {
-	char path[PATH_MAX];
-	_cleanup_free_ char *text = NULL;
 	struct json_object *m;
-	size_t len;
 	int ret;
 
-	if (manifest_path(root, id, path, sizeof(path), err) < 0)
+	*text = NULL;
+	if (manifest_path(root, id, path, PATH_MAX, err) < 0)
 		return -1;
-	ret = file_read(path, &text, &len);
+	ret = file_read(path, text, len);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot read manifest %s: %s", path, strerror(-ret));
-	m = json_tokener_parse(text);
+	m = json_tokener_parse(*text);
 	if (m == NULL || !json_object_is_type(m, json_type_object)) {
 		json_object_put(m);
 		return err_set(err, EBADMSG, "manifest %s is not a JSON object", path);
 	}
 	*out = m;
 	return 0;
+}
+
+int chunkstore_manifest_read(const char *root, const char *id, struct json_object **out,
+			     struct kerr *err)
+{
+	_cleanup_free_ char *text = NULL;
+	char path[PATH_MAX];
+	size_t len;
+
+	return manifest_load(root, id, path, &text, &len, out, err);
 }
 
 int chunkstore_verify(const char *root, struct json_object *manifest, struct json_object **bad,
@@ -735,18 +744,9 @@ int chunkstore_manifest_read_with(const char *root, const struct chunkcrypt_key 
 	size_t head = strlen(MAC_HEAD), len;
 	struct json_object *m;
 	const char *check;
-	int ret;
 
-	if (manifest_path(root, id, path, sizeof(path), err) < 0)
+	if (manifest_load(root, id, path, &text, &len, &m, err) < 0)
 		return -1;
-	ret = file_read(path, &text, &len);
-	if (ret < 0)
-		return err_set(err, -ret, "cannot read manifest %s: %s", path, strerror(-ret));
-	m = json_tokener_parse(text);
-	if (m == NULL || !json_object_is_type(m, json_type_object)) {
-		json_object_put(m);
-		return err_set(err, EBADMSG, "manifest %s is not a JSON object", path);
-	}
 	if (key == NULL) {
 		if (json_object_object_get(m, "encrypted") == NULL) {
 			*out = m;

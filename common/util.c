@@ -334,3 +334,27 @@ bad:
 	free(out);
 	return NULL;
 }
+
+int key_file_load(const char *path, unsigned char *key, size_t len, bool create)
+{
+	char *text = NULL, *hex;
+	int rc = file_read_all(path, 4 * len + 16, &text, NULL);
+
+	if (rc == 0) {
+		text[strcspn(text, "\n")] = '\0';
+		rc = strlen(text) == 2 * len && hex_decode(text, key, len) == 0 ? 0 : -EINVAL;
+		explicit_bzero(text, strlen(text));
+		free(text);
+		return rc;
+	}
+	if (rc != -ENOENT || !create)
+		return rc;
+	random_bytes(key, len);
+	hex = xmalloc(2 * len + 2);
+	hex_encode(key, len, hex);
+	strcat(hex, "\n");
+	rc = file_write_atomic(path, hex, strlen(hex), 0600);
+	explicit_bzero(hex, 2 * len + 2);
+	free(hex);
+	return rc < 0 ? rc : 1;
+}

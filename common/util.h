@@ -83,6 +83,13 @@ int file_write_replace(const char *path, const void *data, size_t len, unsigned 
 int file_sync(const char *path);
 /* Read a whole file (at most max bytes) into a NUL-terminated buffer the caller frees. */
 int file_read_all(const char *path, size_t max, char **out, size_t *outlen);
+/*
+ * A secret key of len bytes kept as hex in the file path (mode 0600), read into key;
+ * a missing file is made first from random bytes when create is set. Returns 1 made,
+ * 0 read, -EINVAL when the file does not hold 2 * len hex digits, -ENOENT when it is
+ * missing and create is not set, or another -errno.
+ */
+int key_file_load(const char *path, unsigned char *key, size_t len, bool create);
 /* mkdir -p with mode for each created component. Returns 0 or -errno. */
 int mkdir_p(const char *path, unsigned mode);
 

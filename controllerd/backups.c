@@ -56,40 +56,26 @@ static bool master_key_loaded;
 static int master_key_get(bool create, struct kerr *err)
 {
 	_cleanup_free_ char *path = xasprintf("%s/" MASTER_KEY_FILE, ctl.cfg.state_dir);
-	_cleanup_free_ char *text = NULL;
-	char hex[2 * CHUNKCRYPT_KEY_LEN + 2];
 	int rc;
 
 	if (master_key_loaded)
 		return 0;
-	rc = file_read_all(path, 256, &text, NULL);
-	if (rc == 0) {
-		text[strcspn(text, "\n")] = '\0';
-		rc = strlen(text) == 2 * CHUNKCRYPT_KEY_LEN
-			     ? hex_decode(text, master_key, CHUNKCRYPT_KEY_LEN)
-			     : -1;
-		OPENSSL_cleanse(text, strlen(text));
-		if (rc < 0)
-			return err_set(err, 0, "%s does not hold %d hex digits", path,
-				       2 * CHUNKCRYPT_KEY_LEN);
-		master_key_loaded = true;
-		return 0;
-	}
-	if (rc != -ENOENT || !create)
+	rc = key_file_load(path, master_key, CHUNKCRYPT_KEY_LEN, create);
+	if (rc == -EINVAL)
+		return err_set(err, 0, "%s does not hold %d hex digits", path,
+			       2 * CHUNKCRYPT_KEY_LEN);
+	if (rc < 0 && create)
+		return err_set(err, -rc, "cannot read or make %s: %s", path, strerror(-rc));
+	if (rc < 0)
 		return err_input(err, 409, "encryption_key",
 				 "the controller has no backup master key (%s: %s): give the "
 				 "store's encryption_key again",
 				 path, strerror(-rc));
-	random_bytes(master_key, CHUNKCRYPT_KEY_LEN);
-	hex_encode(master_key, CHUNKCRYPT_KEY_LEN, hex);
-	strcat(hex, "\n");
-	/* 0600: the master key opens every encrypted store's key in the database. */
-	rc = file_write_atomic(path, hex, strlen(hex), 0600);
-	OPENSSL_cleanse(hex, sizeof(hex));
-	if (rc < 0)
-		return err_set(err, -rc, "cannot write %s: %s", path, strerror(-rc));
 	master_key_loaded = true;
-	log_info("backup: made the backup master key %s; back it up apart from the database", path);
+	if (rc == 1)
+		log_info("backup: made the backup master key %s; back it up apart from the "
+			 "database",
+			 path);
 	return 0;
 }
 

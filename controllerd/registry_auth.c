@@ -52,26 +52,15 @@ static unsigned char signing_key[KEY_LEN];
  */
 int registry_auth_init(const char *state_dir, struct kerr *err)
 {
-	_cleanup_free_ char *path = xasprintf("%s/registry.key", state_dir), *text = NULL;
-	char hex[2 * KEY_LEN + 2];
-	int rc = file_read_all(path, 256, &text, NULL);
+	_cleanup_free_ char *path = xasprintf("%s/registry.key", state_dir);
+	int rc = key_file_load(path, signing_key, KEY_LEN, true);
 
-	if (rc == 0) {
-		text[strcspn(text, "\n")] = '\0';
-		if (strlen(text) != 2 * KEY_LEN || hex_decode(text, signing_key, KEY_LEN) < 0)
-			return err_set(err, 0, "%s does not hold %d hex digits", path, 2 * KEY_LEN);
-		return 0;
-	}
-	if (rc != -ENOENT)
-		return err_set(err, -rc, "cannot read %s", path);
-	random_bytes(signing_key, KEY_LEN);
-	hex_encode(signing_key, KEY_LEN, hex);
-	strcat(hex, "\n");
-	rc = file_write_atomic(path, hex, strlen(hex), 0600);
-	OPENSSL_cleanse(hex, sizeof(hex));
+	if (rc == -EINVAL)
+		return err_set(err, 0, "%s does not hold %d hex digits", path, 2 * KEY_LEN);
 	if (rc < 0)
-		return err_set(err, -rc, "cannot write %s", path);
-	log_info("registry: made the registry token key %s", path);
+		return err_set(err, -rc, "cannot read or make %s: %s", path, strerror(-rc));
+	if (rc == 1)
+		log_info("registry: made the registry token key %s", path);
 	return 0;
 }
 
