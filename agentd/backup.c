@@ -111,6 +111,7 @@ const struct json_field backup_args[] = {
 	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
 	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
 	{"key", JK_STRING, false, backup_key_check}, /* an encrypted store's; job_new() takes it */
+	{"bandwidth_mbps", JK_INT, false, NULL},     /* backup: the disk reads' limit (Mbit/s) */
 	{NULL, 0, false, NULL},
 };
 
@@ -133,6 +134,7 @@ struct bjob {
 	bool manifest_written;		  /* the store names this backup */
 	uid_t uid_base;			  /* container: its root's uid on the host */
 	bool force_full;		  /* asked full: the parent's bitmaps only go */
+	uint64_t rate_bytes_s;		  /* the disk reads' limit, 0: none */
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
@@ -633,6 +635,9 @@ static void chunk_work(struct bjob *job)
 				     "raw",	 (char *)disk, job->raw, NULL};
 		int ret;
 
+		/* A stopped VM's disk is read here: the pipe paces it. (A live one was
+		 * paced by QEMU; its raw work file is not the shared storage.) */
+		src.rate_bytes_s = job->rate_bytes_s;
 		/* A stopped VM's disk holds still: read it where it lies. */
 		if (backup_map_open(disk, &map, &err) == 0) {
 			backup_map_source(map, &src);
@@ -1154,6 +1159,11 @@ static void disk_read(struct bjob *job)
 		}
 		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
 		json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
+		/* A live disk is read by QEMU's job: its own rate limit paces it, and
+		 * query-jobs reports its progress meanwhile. */
+		if (job->rate_bytes_s > 0)
+			json_object_object_add(args, "speed",
+					       json_object_new_int64((int64_t)job->rate_bytes_s));
 		/* One transaction: the new bitmap starts at exactly the backup's point in
 		 * time, so the next incremental backup moves what changed after it. */
 		json_object_object_add(bm, "node", json_object_new_string(node));
@@ -1465,6 +1475,8 @@ void backup_vm_run(struct inst_op *op)
 	job->live = vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
 	job->force_full = json_get_bool(op->args, "full", false);
+	/* Mbit/s as a migration counts them: 10^6 bits, 125,000 bytes. */
+	job->rate_bytes_s = (uint64_t)json_get_int(op->args, "bandwidth_mbps", 0) * 125000;
 	job->all_incr = job->parent[0] != '\0' && !job->force_full;
 	if (job->live && strcmp(op->agent->cfg->qemu_user, "root") != 0) {
 		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
