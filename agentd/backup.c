@@ -135,6 +135,7 @@ struct bjob {
 	uid_t uid_base;			  /* container: its root's uid on the host */
 	bool force_full;		  /* asked full: the parent's bitmaps only go */
 	uint64_t rate_bytes_s;		  /* the disk reads' limit, 0: none */
+	uint64_t piped_bytes, piped_size; /* stopped: chunk_work's reach (atomic) */
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
@@ -622,7 +623,8 @@ static void chunk_work(struct bjob *job)
 				       .data = &file,
 				       .cancelled = pipe_cancelled,
 				       .cancel_data = job,
-				       .key = job->key};
+				       .key = job->key,
+				       .progress_bytes = &job->piped_bytes};
 	struct chunkpipe_result res;
 	struct stat sb;
 	struct kerr err;
@@ -641,6 +643,7 @@ static void chunk_work(struct bjob *job)
 		/* A stopped VM's disk holds still: read it where it lies. */
 		if (backup_map_open(disk, &map, &err) == 0) {
 			backup_map_source(map, &src);
+			__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,
 					      &err);
 			backup_map_free(map);
@@ -665,6 +668,7 @@ static void chunk_work(struct bjob *job)
 		return;
 	}
 	src.size = sb.st_size;
+	__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 	if (chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
@@ -764,6 +768,8 @@ static void disk_read(struct bjob *job);
 
 static void chunk_after(struct bjob *job)
 {
+	if (job->direct)
+		uv_timer_stop(&job->poll); /* store_progress_cb */
 	if (job->incr && !strcmp(job->error, "RESIZED")) {
 		snprintf(job->full_reason, sizeof(job->full_reason),
 			 "disk %s changed size since the parent backup",
@@ -783,6 +789,28 @@ static void chunk_after(struct bjob *job)
 	disk_next(job);
 }
 
+/* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk (it reads the
+ * disk itself, paced when limited): how far it got, so the progress moves meanwhile.
+ * The work in the pool holds the job: this never frees it, chunk_after stops it. */
+static void store_progress_cb(uv_timer_t *timer)
+{
+	struct bjob *job = timer->data;
+	uint64_t done = __atomic_load_n(&job->piped_bytes, __ATOMIC_RELAXED);
+	uint64_t size = __atomic_load_n(&job->piped_size, __ATOMIC_RELAXED);
+	int64_t steps = (int64_t)job->op->ndisks * BACKUP_READ_PHASES;
+	char phase[96];
+
+	if (size == 0 || job_cancel_reason(job->op) != NULL)
+		return;
+	snprintf(phase, sizeof(phase), "storing disk %s: %llu of %llu MiB",
+		 job->op->disks[job->disk].name, (unsigned long long)(done >> 20),
+		 (unsigned long long)(size >> 20));
+	instance_op_progress(job->op,
+			     (int)(((int64_t)job->disk * BACKUP_READ_PHASES + 1) * 90 / steps +
+				   (int64_t)(done * 90 / size) / steps),
+			     phase);
+}
+
 static void read_done(struct bjob *job, const char *error)
 {
 	char phase[96];
@@ -796,6 +824,10 @@ static void read_done(struct bjob *job, const char *error)
 			     (int)((job->disk * BACKUP_READ_PHASES + 1) * 90 /
 				   (job->op->ndisks * BACKUP_READ_PHASES)),
 			     phase);
+	if (job->direct) {
+		job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
+		uv_timer_start(&job->poll, store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+	}
 	pool_run(job, job->incr ? chunk_incr_work : chunk_work, chunk_after);
 }
 

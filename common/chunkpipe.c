@@ -234,6 +234,9 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 			if (whole && mem_is_zero(s->buf, len))
 				memcpy(p.names[c], zero_name, sizeof(p.names[c]));
 		}
+		if (src->progress_bytes)
+			__atomic_store_n(src->progress_bytes, (uint64_t)off + len,
+					 __ATOMIC_RELAXED);
 		if (p.names[c][0]) {
 			uint64_t written = 0;
 

@@ -40,6 +40,9 @@ struct chunkpipe_source {
 	 * (chunks named from a hole are free). The reading thread sleeps, in slices
 	 * that ask cancelled between them. */
 	uint64_t rate_bytes_s;
+	/* May be NULL: how far into the disk the reader got (bytes, read or skipped),
+	 * stored atomically after each chunk for another thread to show. */
+	uint64_t *progress_bytes;
 };
 
 /* What the pipeline did. */
