@@ -111,6 +111,7 @@ const struct json_field backup_args[] = {
 	{"parent", JK_STRING, false, backup_id_check}, /* backup: build on it if its bitmap lives */
 	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
 	{"key", JK_STRING, false, backup_key_check}, /* an encrypted store's; job_new() takes it */
+	{"bandwidth_mbps", JK_INT, false, NULL},     /* backup: the disk reads' limit (Mbit/s) */
 	{NULL, 0, false, NULL},
 };
 
@@ -133,6 +134,8 @@ struct bjob {
 	bool manifest_written;		  /* the store names this backup */
 	uid_t uid_base;			  /* container: its root's uid on the host */
 	bool force_full;		  /* asked full: the parent's bitmaps only go */
+	uint64_t rate_bytes_s;		  /* the disk reads' limit, 0: none */
+	uint64_t piped_bytes, piped_size; /* stopped: chunk_work's reach (atomic) */
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
@@ -620,7 +623,8 @@ static void chunk_work(struct bjob *job)
 				       .data = &file,
 				       .cancelled = pipe_cancelled,
 				       .cancel_data = job,
-				       .key = job->key};
+				       .key = job->key,
+				       .progress_bytes = &job->piped_bytes};
 	struct chunkpipe_result res;
 	struct stat sb;
 	struct kerr err;
@@ -633,9 +637,13 @@ static void chunk_work(struct bjob *job)
 				     "raw",	 (char *)disk, job->raw, NULL};
 		int ret;
 
+		/* A stopped VM's disk is read here: the pipe paces it. (A live one was
+		 * paced by QEMU; its raw work file is not the shared storage.) */
+		src.rate_bytes_s = job->rate_bytes_s;
 		/* A stopped VM's disk holds still: read it where it lies. */
 		if (backup_map_open(disk, &map, &err) == 0) {
 			backup_map_source(map, &src);
+			__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,
 					      &err);
 			backup_map_free(map);
@@ -660,6 +668,7 @@ static void chunk_work(struct bjob *job)
 		return;
 	}
 	src.size = sb.st_size;
+	__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 	if (chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
@@ -759,6 +768,8 @@ static void disk_read(struct bjob *job);
 
 static void chunk_after(struct bjob *job)
 {
+	if (job->direct)
+		uv_timer_stop(&job->poll); /* store_progress_cb */
 	if (job->incr && !strcmp(job->error, "RESIZED")) {
 		snprintf(job->full_reason, sizeof(job->full_reason),
 			 "disk %s changed size since the parent backup",
@@ -778,6 +789,28 @@ static void chunk_after(struct bjob *job)
 	disk_next(job);
 }
 
+/* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk (it reads the
+ * disk itself, paced when limited): how far it got, so the progress moves meanwhile.
+ * The work in the pool holds the job: this never frees it, chunk_after stops it. */
+static void store_progress_cb(uv_timer_t *timer)
+{
+	struct bjob *job = timer->data;
+	uint64_t done = __atomic_load_n(&job->piped_bytes, __ATOMIC_RELAXED);
+	uint64_t size = __atomic_load_n(&job->piped_size, __ATOMIC_RELAXED);
+	int64_t steps = (int64_t)job->op->ndisks * BACKUP_READ_PHASES;
+	char phase[96];
+
+	if (size == 0 || job_cancel_reason(job->op) != NULL)
+		return;
+	snprintf(phase, sizeof(phase), "storing disk %s: %llu of %llu MiB",
+		 job->op->disks[job->disk].name, (unsigned long long)(done >> 20),
+		 (unsigned long long)(size >> 20));
+	instance_op_progress(job->op,
+			     (int)(((int64_t)job->disk * BACKUP_READ_PHASES + 1) * 90 / steps +
+				   (int64_t)(done * 90 / size) / steps),
+			     phase);
+}
+
 static void read_done(struct bjob *job, const char *error)
 {
 	char phase[96];
@@ -791,6 +824,10 @@ static void read_done(struct bjob *job, const char *error)
 			     (int)((job->disk * BACKUP_READ_PHASES + 1) * 90 /
 				   (job->op->ndisks * BACKUP_READ_PHASES)),
 			     phase);
+	if (job->direct) {
+		job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
+		uv_timer_start(&job->poll, store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+	}
 	pool_run(job, job->incr ? chunk_incr_work : chunk_work, chunk_after);
 }
 
@@ -1154,6 +1191,11 @@ static void disk_read(struct bjob *job)
 		}
 		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
 		json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
+		/* A live disk is read by QEMU's job: its own rate limit paces it, and
+		 * query-jobs reports its progress meanwhile. */
+		if (job->rate_bytes_s > 0)
+			json_object_object_add(args, "speed",
+					       json_object_new_int64((int64_t)job->rate_bytes_s));
 		/* One transaction: the new bitmap starts at exactly the backup's point in
 		 * time, so the next incremental backup moves what changed after it. */
 		json_object_object_add(bm, "node", json_object_new_string(node));
@@ -1465,6 +1507,8 @@ void backup_vm_run(struct inst_op *op)
 	job->live = vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
 	job->force_full = json_get_bool(op->args, "full", false);
+	/* Mbit/s as a migration counts them: 10^6 bits, 125,000 bytes. */
+	job->rate_bytes_s = (uint64_t)json_get_int(op->args, "bandwidth_mbps", 0) * 125000;
 	job->all_incr = job->parent[0] != '\0' && !job->force_full;
 	if (job->live && strcmp(op->agent->cfg->qemu_user, "root") != 0) {
 		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);

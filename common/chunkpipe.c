@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chunkstore.h"
@@ -17,7 +18,8 @@
 #include "util.h"
 
 #define CHUNKPIPE_MAX_THREADS 4
-#define CHUNKPIPE_SLOTS_PER   2 /* buffers per thread: one hashed while the next is read */
+#define CHUNKPIPE_SLOTS_PER   2	  /* buffers per thread: one hashed while the next is read */
+#define CHUNKPIPE_PACE_SLICE  100 /* ms: a paced reader asks for a cancel this often */
 
 enum slot_state {
 	SLOT_FREE,
@@ -132,6 +134,42 @@ static struct slot *slot_free_wait(struct pipe *p)
 	}
 }
 
+int64_t chunkpipe_pace_wait_ms(uint64_t bytes, uint64_t rate, int64_t elapsed_ms)
+{
+	/* The first chunk's worth is the bucket's burst: bytes beyond it are due
+	 * (bytes - CHUNKSTORE_CHUNK_SIZE) / rate seconds after the start. */
+	uint64_t over = bytes > CHUNKSTORE_CHUNK_SIZE ? bytes - CHUNKSTORE_CHUNK_SIZE : 0;
+	/* In two steps, so a large byte count does not overflow the product. */
+	int64_t due_ms = (int64_t)(over / rate * 1000 + over % rate * 1000 / rate);
+
+	return due_ms > elapsed_ms ? due_ms - elapsed_ms : 0;
+}
+
+/* A clock that a set date does not move. */
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until the reads may bring the bytes read to bytes (src's rate), asking for a
+ * cancel between slices of sleep. Returns false when cancelled. */
+static bool pace(const struct chunkpipe_source *src, uint64_t bytes, int64_t start_ms)
+{
+	int64_t wait;
+
+	while ((wait = chunkpipe_pace_wait_ms(bytes, src->rate_bytes_s, mono_ms() - start_ms)) >
+	       0) {
+		if (src->cancelled && src->cancelled(src->cancel_data))
+			return false;
+		usleep((useconds_t)(wait < CHUNKPIPE_PACE_SLICE ? wait : CHUNKPIPE_PACE_SLICE) *
+		       1000);
+	}
+	return true;
+}
+
 int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int threads,
 		    struct json_object *chunks, struct chunkpipe_result *res, struct kerr *err)
 {
@@ -141,6 +179,7 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 	pthread_t tids[CHUNKPIPE_MAX_THREADS];
 	int nthreads = 0, ret = 0;
 	bool zero_stored = false;
+	int64_t start_ms = mono_ms();
 	struct kerr rerr;
 
 	memset(res, 0, sizeof(*res));
@@ -183,6 +222,10 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 		if (whole && src->hole && src->hole(src->data, off, len)) {
 			memcpy(p.names[c], zero_name, sizeof(p.names[c]));
 		} else {
+			if (src->rate_bytes_s > 0 && !pace(src, res->read_bytes + len, start_ms)) {
+				ret = err_set(&rerr, ECANCELED, "cancelled");
+				break;
+			}
 			if (src->read(src->data, off, s->buf, len, &rerr) < 0) {
 				ret = -1;
 				break;
@@ -191,6 +234,9 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 			if (whole && mem_is_zero(s->buf, len))
 				memcpy(p.names[c], zero_name, sizeof(p.names[c]));
 		}
+		if (src->progress_bytes)
+			__atomic_store_n(src->progress_bytes, (uint64_t)off + len,
+					 __ATOMIC_RELAXED);
 		if (p.names[c][0]) {
 			uint64_t written = 0;
 

@@ -36,6 +36,13 @@ struct chunkpipe_source {
 	void *cancel_data;
 	/* May be NULL (a plain store): the key of the encrypted store written to. */
 	const struct chunkcrypt_key *key;
+	/* 0: read as fast as the disk goes; else the reads' limit in bytes per second
+	 * (chunks named from a hole are free). The reading thread sleeps, in slices
+	 * that ask cancelled between them. */
+	uint64_t rate_bytes_s;
+	/* May be NULL: how far into the disk the reader got (bytes, read or skipped),
+	 * stored atomically after each chunk for another thread to show. */
+	uint64_t *progress_bytes;
 };
 
 /* What the pipeline did. */
@@ -45,6 +52,14 @@ struct chunkpipe_result {
 	uint64_t chunk_count; /* chunks in the list */
 	char sum[65];	      /* chunkstore_list_sum of the list */
 };
+
+/*
+ * The pacing of reads at rate bytes per second (> 0): how many milliseconds to wait,
+ * elapsed_ms after the first read, before a read that brings the bytes read to
+ * bytes. 0 when it may go now. A token bucket whose burst is one chunk: the reads
+ * may run ahead of the rate by at most the read they are about to do. Pure.
+ */
+int64_t chunkpipe_pace_wait_ms(uint64_t bytes, uint64_t rate, int64_t elapsed_ms);
 
 /* The hashing threads a pipeline starts: the cores, 1 to 4. */
 int chunkpipe_threads(void);

@@ -181,9 +181,20 @@ static int mode_check(struct json_object *v, const char *f, struct kerr *err)
 	return 0;
 }
 
+/* The same bounds and words as a migration's limit (migrate.c). */
+static int bandwidth_check(struct json_object *v, const char *f, struct kerr *err)
+{
+	int64_t n = json_object_get_int64(v);
+
+	if (n < 1 || n > 1000000)
+		return err_input(err, 400, f, "'%s' must be 1..1000000 (Mbit/s)", f);
+	return 0;
+}
+
 static const struct json_field backup_fields[] = {
 	{"store", JK_STRING, false, name_check},
 	{"mode", JK_STRING, false, mode_check},
+	{"bandwidth_mbps", JK_INT, false, bandwidth_check}, /* the disk reads' pace */
 	{NULL, 0, false, NULL},
 };
 
@@ -201,7 +212,8 @@ enum MHD_Result api_instance_backup(struct request *req)
 		return http_reply_error(req, 404, NULL, "no instance named %.64s", req->params[0]);
 	}
 	op = backup_start(req->params[0], i.type, i.spec, i.host, json_get_str(body, "store", NULL),
-			  json_get_str(body, "mode", NULL), &err);
+			  json_get_str(body, "mode", NULL), json_get_int(body, "bandwidth_mbps", 0),
+			  &err);
 	ret = op ? http_reply_json(req, 202, op) : http_reply_kerr(req, &err);
 	if (op)
 		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));

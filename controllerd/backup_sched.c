@@ -360,7 +360,7 @@ static void sched_run(const char *instance, const char *calendar, const char *st
 		backup_schedule_delete(instance);
 		return;
 	}
-	op = backup_start(instance, type, spec, h, store, mode, &err);
+	op = backup_start(instance, type, spec, h, store, mode, 0, &err);
 	json_object_put(spec);
 	if (op == NULL && err.status == 409) {
 		/* Busy (another operation on the instance, or the store being collected):

@@ -559,7 +559,7 @@ static int64_t store_find(const char *name, char *path, size_t len)
  */
 struct json_object *backup_start(const char *name, const char *type, struct json_object *spec,
 				 struct host *h, const char *store, const char *mode,
-				 struct kerr *err)
+				 int64_t bandwidth_mbps, struct kerr *err)
 {
 	_cleanup_free_ char *target = xasprintf("instances/%s", name);
 	struct json_object *op, *res, *args, *wire;
@@ -619,6 +619,10 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 		json_object_object_add(args, "parent", json_object_new_string(parent));
 	if (mode && !strcmp(mode, "full"))
 		json_object_object_add(args, "full", json_object_new_boolean(true));
+	/* In the op's args, so a resend after a restart paces the reads alike. */
+	if (bandwidth_mbps > 0)
+		json_object_object_add(args, "bandwidth_mbps",
+				       json_object_new_int64(bandwidth_mbps));
 	/* An encrypted store's key goes in the command only; a key the controller cannot
 	 * unwrap fails the request here, before any row is made. */
 	wire = backup_cmd_args(args, err);

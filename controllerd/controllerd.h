@@ -436,7 +436,7 @@ struct json_object *backup_get(const char *id);
 struct json_object *backup_spec_get(const char *id);
 struct json_object *backup_start(const char *name, const char *type, struct json_object *spec,
 				 struct host *h, const char *store, const char *mode,
-				 struct kerr *err);
+				 int64_t bandwidth_mbps, struct kerr *err);
 struct json_object *backup_restore_start(const char *id, const char *name, const char *state,
 					 struct json_object *spec, struct host *h,
 					 struct kerr *err);

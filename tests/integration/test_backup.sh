@@ -145,7 +145,34 @@ op_ok
 wait_until 30 "bk1 stopped" instance_is bk1 stopped
 
 # 2. Stopped: from the disk file; the chunks the first backup stored are not stored again.
-backup bk1 '{"store":"'$bs'"}'
+# Paced (bandwidth_mbps, as vzdump's bwlimit): the agent reads the disk file itself and
+# sleeps between chunks to hold the limit, reporting how far it got meanwhile; the
+# operation is polled to see those reports change.
+bw=120 # Mbit/s = 15 MB/s: the lab disk's ~40 MiB of data take over 2 s
+api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","bandwidth_mbps":'$bw'}'
+expect_status 202 "a paced backup"
+bwop=$(jqb .id) bwphases=""
+paced_done() {
+	api GET "/api/v1/operations/$bwop"
+	local ph
+	ph=$(jqb .phase)
+	case "$ph" in "storing disk root: "*) grep -qxF "$ph" <<<"$bwphases" || bwphases+="$ph"$'\n' ;; esac
+	case "$(jqb .status)" in succeeded | failed | cancelled) return 0 ;; esac
+	return 1
+}
+wait_until 120 "the paced backup ended" paced_done
+op_ok
+bwread=$(jqb .result.backup.read_bytes) bwms=$(jqb .result.backup.duration_ms)
+nphases=$(grep -c . <<<"$bwphases" || true)
+[ "$nphases" -ge 2 ] || fail "the paced backup's progress did not move while it read: '${bwphases//$'\n'/|}'"
+# One chunk (4 MiB) may go at once; the rest at the limit.
+[ "$bwread" -gt $((8 << 20)) ] || fail "the paced backup read only $bwread bytes: too few to time"
+floor_ms=$(((bwread - (4 << 20)) * 8 / bw / 1000))
+[ "$bwms" -ge "$floor_ms" ] && [ "$bwms" -ge 2000 ] ||
+	fail "the paced backup read $bwread bytes in $bwms ms: faster than $bw Mbit/s (at least $floor_ms ms)"
+api GET "/api/v1/backups/$(jqb .result.backup.id)"
+expect_status 200
+pass "bandwidth_mbps $bw: $bwread bytes read in $bwms ms ($((bwread * 8 / bwms / 1000)) Mbit/s), $nphases distinct progress reports while paced"
 b2=$(jqb .id) sha2=$(jqb '.disks[0].sha256') new2=$(jqb .new_bytes)
 [ "$(jqb .consistency)" = filesystem ] || fail "backup of a stopped VM is $(jqb .consistency)"
 [ "$(jqb .kind)" = full ] && grep -q stopped <<<"$(jqb .full_reason)" || fail "a stopped VM's backup is $(jqb .kind), reason '$(jqb .full_reason)'"
@@ -252,6 +279,11 @@ api POST /api/v1/instances/bk1/backups '{"store":"nosuch"}'
 expect_status 404 "backup into an unknown store"
 api POST /api/v1/instances/bk1/backups '{"bogus":1}'
 expect_status 400 "an unknown field"
+for v in 0 -1 '"x"' 1000001; do
+	api POST /api/v1/instances/bk1/backups '{"bandwidth_mbps":'"$v"'}'
+	expect_status 400 "bandwidth_mbps $v"
+	[ "$(jqb .field)" = bandwidth_mbps ] || fail "bandwidth_mbps $v: the error names $(jqb .field)"
+done
 api POST /api/v1/backups/nosuch/actions/restore
 expect_status 404 "restore of an unknown backup"
 api DELETE /api/v1/backup-stores/$bs
@@ -261,7 +293,7 @@ mine=$(jqb -c '[.backups[] | select(.store == "'$bs'") | .id]')
 [ "$(jq length <<<"$mine")" = 5 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[4]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
 api GET "/api/v1/backups?instance=nosuch"
 [ "$(jqb '.backups | length')" = 0 ] || fail "backups of an unknown instance listed"
-pass "unknown instance, store or backup 404; unknown field 400; a store with backups 409; list by instance"
+pass "unknown instance, store or backup 404; unknown field and bandwidth_mbps 0/-1/\"x\"/1000001 400; a store with backups 409; list by instance"
 
 # 6. Retention, delete and garbage collection.
 api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1,"dry_run":true}'

@@ -519,6 +519,62 @@ static void test_pipeline(void **state)
 	free(buf);
 }
 
+/* The pacing of a limited read (bandwidth_mbps): one chunk may go at once, each byte
+ * after it is due at bytes / rate, and the sum does not overflow for a huge disk. */
+static void test_pace_wait(void **state)
+{
+	const uint64_t c = CHUNKSTORE_CHUNK_SIZE, rate = CHUNKSTORE_CHUNK_SIZE; /* a chunk/s */
+
+	(void)state;
+	assert_int_equal(chunkpipe_pace_wait_ms(c, rate, 0), 0);	/* the burst */
+	assert_int_equal(chunkpipe_pace_wait_ms(2 * c, rate, 0), 1000); /* the next second */
+	assert_int_equal(chunkpipe_pace_wait_ms(2 * c, rate, 400), 600);
+	assert_int_equal(chunkpipe_pace_wait_ms(2 * c, rate, 1000), 0);
+	assert_int_equal(chunkpipe_pace_wait_ms(2 * c, rate, 5000), 0); /* behind: go */
+	assert_int_equal(chunkpipe_pace_wait_ms(11 * c, rate, 2500), 7500);
+	/* 100 Mbit/s: 125,000 bytes a second; 10 MB beyond the burst take 80 s. */
+	assert_int_equal(chunkpipe_pace_wait_ms(c + 10000000, 125000, 0), 80000);
+	/* A 1 PiB disk at 1 byte/s: no overflow, a wait that stays positive. */
+	assert_true(chunkpipe_pace_wait_ms((uint64_t)1 << 50, 1, 0) > 0);
+}
+
+static int pace_cancel_calls;
+
+static bool pace_cancelled(void *data)
+{
+	(void)data;
+	return ++pace_cancel_calls > 3;
+}
+
+/* A paced pipeline cancelled while it sleeps stops within a slice, not at the rate's
+ * next chunk (here 4 s away). */
+static void test_pace_cancel(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX];
+	int fd;
+	struct chunkpipe_file file = {.path = path};
+	struct chunkpipe_source src = {.size = PIPE_DISK_SIZE,
+				       .read = chunkpipe_file_read,
+				       .data = &file,
+				       .cancelled = pace_cancelled,
+				       .rate_bytes_s = CHUNKSTORE_CHUNK_SIZE / 4};
+	struct json_object *chunks = json_object_new_array();
+	struct chunkpipe_result res;
+	struct kerr err;
+	int64_t t0;
+
+	snprintf(path, sizeof(path), "%s/disk.raw", f->root);
+	fd = pipe_disk_make(path);
+	file.fd = fd;
+	t0 = now_ms();
+	assert_true(chunkpipe_store(f->root, &src, 1, chunks, &res, &err) < 0);
+	assert_int_equal(err.code, ECANCELED);
+	assert_true(now_ms() - t0 < 1500);
+	json_object_put(chunks);
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -531,6 +587,8 @@ int main(void)
 		cmocka_unit_test(test_list_sum),
 		cmocka_unit_test_setup_teardown(test_verify_list_sum, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipeline, setup, teardown),
+		cmocka_unit_test(test_pace_wait),
+		cmocka_unit_test_setup_teardown(test_pace_cancel, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
