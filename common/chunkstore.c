@@ -300,7 +300,7 @@ int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const voi
 			char *hex, uint64_t *written, struct kerr *err)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 32];
-	const void *out;
+	const void *out = NULL;
 	size_t zlen;
 	struct stat sb;
 	int ret;
