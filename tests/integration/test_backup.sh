@@ -132,7 +132,7 @@ backup bk1 '{"store":"'$bs'","mode":"full"}'
 bf=$(jqb .id)
 [ "$(jqb .kind)" = full ] || fail "mode full made a $(jqb .kind) backup"
 [ "$(jqb .consistency)" = filesystem ] && [ "$why" = null ] || fail "with the guest agent running the backup is $(jqb .consistency) ('$why')"
-type_in bk1 'touch /run/stopw; sleep 1; echo KUMO-BLOCKED-$(cat /run/blocked 2>/dev/null | wc -l)-SAMPLES'
+type_in bk1 'touch /run/stopw; echo KUMO-BLOCKED-$(cat /run/blocked 2>/dev/null | wc -l)-SAMPLES'
 wait_until 60 "the guest's writer ended after the thaw" console_has bk1 "KUMO-WRITER-1DONE"
 wait_until 60 "the guest's sampler counted" console_has bk1 "KUMO-BLOCKED-[0-9]*-SAMPLES"
 blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc 0-9)
