@@ -85,6 +85,38 @@ wait_until() {
 	done
 }
 
+# hold_new SECONDS PATTERN: stop (SIGSTOP) the first process whose command line matches
+# the extended regular expression PATTERN as soon as it shows, and print its pid; false
+# after SECONDS. For windows of milliseconds a test must land in beside a hog (a QEMU
+# before its monitor answers, the qemu-img of a small disk): the watcher runs at
+# real-time priority and reads /proc itself, each new process once and again for 5 s (a
+# fork that has not exec'd yet), so neither the scheduler nor a pgrep per look delays it.
+hold_new() {
+	local rt=(chrt -f 10)
+	chrt -f 10 true 2>/dev/null || rt=()
+	"${rt[@]}" python3 - "$@" <<'PY'
+import os, re, signal, sys, time
+secs, pat = float(sys.argv[1]), re.compile(sys.argv[2])
+me, end, seen = os.getpid(), time.monotonic() + secs, {}
+while time.monotonic() < end:
+    now = time.monotonic()
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me or now - seen.setdefault(p, now) > 5:
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").rstrip()
+        except OSError:
+            continue
+        if pat.search(cmd):
+            os.kill(int(p), signal.SIGSTOP)
+            print(p)
+            sys.exit(0)
+    time.sleep(0.003)
+sys.exit(1)
+PY
+}
+
 host_state() {
 	api GET "/api/v1/hosts/$1"
 	jqb .state

@@ -150,11 +150,7 @@ for attempt in 1 2 3 4 5 6 7 8 9 10; do
 	expect_status 202 "create opc2"
 	op=$(jqb .id)
 	read -r host ifname <<<"$(where opc2)"
-	end=$((SECONDS + 180))
-	until qpid=$(pgrep -f -- "qemu-system[^ ]* -name opc2 .*$KUMO_LAB_DIR/"); do
-		[ $SECONDS -ge $end ] && fail "opc2's QEMU never started"
-	done
-	kill -STOP "$qpid"
+	qpid=$(hold_new 180 "qemu-system[^ ]* -name opc2 .*$KUMO_LAB_DIR/") || fail "opc2's QEMU never started"
 	api POST "/api/v1/operations/$op/actions/cancel"
 	wait_op "$op"
 	kill -CONT "$qpid" 2>/dev/null || true
@@ -236,13 +232,9 @@ for attempt in 1 2 3 4 5 6 7 8; do
 	expect_status 202 "create opc5"
 	op=$(jqb .id)
 	read -r host ifname <<<"$(where opc5)"
-	# Held as soon as it shows (pgrep is quick; QEMU answers its monitor soon after),
-	# only this lab's: other labs may run the same test.
-	end=$((SECONDS + 180)) held=""
-	until held=$(pgrep -f -- "qemu-system[^ ]* -name opc5 .*$KUMO_LAB_DIR/"); do
-		[ $SECONDS -ge $end ] && fail "opc5's create never started QEMU"
-	done
-	kill -STOP $held
+	# Held as soon as it shows (QEMU answers its monitor soon after), only this lab's:
+	# other labs may run the same test.
+	held=$(hold_new 180 "qemu-system[^ ]* -name opc5 .*$KUMO_LAB_DIR/") || fail "opc5's create never started QEMU"
 	api POST "/api/v1/operations/$op/actions/cancel"
 	jobfile="$KUMO_LAB_DIR/hosts/$host/local/instances/opc5/job.json"
 	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }
@@ -275,14 +267,10 @@ for attempt in 1 2 3 4 5 6; do
 	api POST /api/v1/instances '{"name":"opc6","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h3"}'
 	expect_status 202 "create opc6"
 	op=$(jqb .id)
-	end=$((SECONDS + 120)) held=""
 	# The shim, or the runc it runs (its setup lasts far longer than the shim's own
 	# start, so a busy machine still catches one of them before the container runs).
 	ctr_dir=$KUMO_LAB_DIR/hosts/h3/local/containers/opc6
-	until held=$(pgrep -f -- "--shim $ctr_dir\$| run --bundle $ctr_dir " | head -1) && [ -n "$held" ]; do
-		[ $SECONDS -ge $end ] && fail "opc6's create never started its shim"
-	done
-	kill -STOP $held
+	held=$(hold_new 120 "--shim $ctr_dir\$| run --bundle $ctr_dir ") || fail "opc6's create never started its shim"
 	api POST "/api/v1/operations/$op/actions/cancel"
 	jobfile="$KUMO_LAB_DIR/hosts/h3/local/containers/opc6/job.json"
 	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }
