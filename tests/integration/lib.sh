@@ -87,18 +87,21 @@ wait_until() {
 
 # hold_new SECONDS PATTERN: stop (SIGSTOP) the first process whose command line matches
 # the extended regular expression PATTERN as soon as it shows, and print its pid; false
-# after SECONDS. For windows of milliseconds a test must land in beside a hog (a QEMU
-# before its monitor answers, the qemu-img of a small disk): the watcher runs at
-# real-time priority and reads /proc itself, each new process once and again for 5 s (a
-# fork that has not exec'd yet), so neither the scheduler nor a pgrep per look delays it.
+# after SECONDS (or when the calling shell is gone). For windows of milliseconds a test
+# must land in beside a hog (a QEMU before its monitor answers, the qemu-img of a small
+# disk): the watcher runs at real-time priority and reads /proc itself, each new process
+# once and again for 5 s (a fork that has not exec'd yet), so neither the scheduler nor a
+# pgrep per look delays it. Start it before the request that makes the process
+# (hold_start ... ; request ; hold_wait): a watcher started after the request's answer
+# can be late on a busy machine.
 hold_new() {
 	local rt=(chrt -f 10)
 	chrt -f 10 true 2>/dev/null || rt=()
-	"${rt[@]}" python3 - "$@" <<'PY'
+	"${rt[@]}" python3 - "$$" "$@" <<'PY'
 import os, re, signal, sys, time
-secs, pat = float(sys.argv[1]), re.compile(sys.argv[2])
+owner, secs, pat = sys.argv[1], float(sys.argv[2]), re.compile(sys.argv[3])
 me, end, seen = os.getpid(), time.monotonic() + secs, {}
-while time.monotonic() < end:
+while time.monotonic() < end and os.path.exists(f"/proc/{owner}"):
     now = time.monotonic()
     for p in os.listdir("/proc"):
         if not p.isdigit() or int(p) == me or now - seen.setdefault(p, now) > 5:
@@ -115,6 +118,21 @@ while time.monotonic() < end:
     time.sleep(0.003)
 sys.exit(1)
 PY
+}
+
+# hold_start SECONDS PATTERN: hold_new in the background; hold_wait then waits for it and
+# sets HELD to the held pid (false when nothing showed).
+hold_start() {
+	HOLD_FILE=$(mktemp "${TMPDIR:-/tmp}/kumo-hold.XXXXXX")
+	hold_new "$@" >"$HOLD_FILE" &
+	HOLD_WATCHER=$!
+}
+hold_wait() {
+	local rc=0
+	wait "$HOLD_WATCHER" || rc=1
+	HELD=$(cat "$HOLD_FILE")
+	rm -f "$HOLD_FILE"
+	[ $rc = 0 ] && [ -n "$HELD" ]
 }
 
 host_state() {

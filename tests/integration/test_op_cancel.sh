@@ -146,11 +146,13 @@ pass "the name of the cancelled create is free for a new one"
 # (QEMU answered before the hold) is repeated.
 booted_cancel=""
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
+	hold_start 180 "qemu-system[^ ]* -name opc2 .*$KUMO_LAB_DIR/"
 	api POST /api/v1/instances "$(vm_json opc2)"
 	expect_status 202 "create opc2"
 	op=$(jqb .id)
+	hold_wait || fail "opc2's QEMU never started"
+	qpid=$HELD
 	read -r host ifname <<<"$(where opc2)"
-	qpid=$(hold_new 180 "qemu-system[^ ]* -name opc2 .*$KUMO_LAB_DIR/") || fail "opc2's QEMU never started"
 	api POST "/api/v1/operations/$op/actions/cancel"
 	wait_op "$op"
 	kill -CONT "$qpid" 2>/dev/null || true
@@ -228,13 +230,15 @@ agent_killed_after_cancel() {
 # cancel's safe point first: try again.)
 agent_cancel=""
 for attempt in 1 2 3 4 5 6 7 8; do
+	# Held as soon as it shows (QEMU answers its monitor soon after), only this lab's:
+	# other labs may run the same test.
+	hold_start 180 "qemu-system[^ ]* -name opc5 .*$KUMO_LAB_DIR/"
 	api POST /api/v1/instances "$(vm_json opc5)"
 	expect_status 202 "create opc5"
 	op=$(jqb .id)
+	hold_wait || fail "opc5's create never started QEMU"
+	held=$HELD
 	read -r host ifname <<<"$(where opc5)"
-	# Held as soon as it shows (QEMU answers its monitor soon after), only this lab's:
-	# other labs may run the same test.
-	held=$(hold_new 180 "qemu-system[^ ]* -name opc5 .*$KUMO_LAB_DIR/") || fail "opc5's create never started QEMU"
 	api POST "/api/v1/operations/$op/actions/cancel"
 	jobfile="$KUMO_LAB_DIR/hosts/$host/local/instances/opc5/job.json"
 	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }
@@ -249,6 +253,7 @@ for attempt in 1 2 3 4 5 6 7 8; do
 	fi
 	[ -n "$held" ] && kill -CONT $held 2>/dev/null
 	wait_op "$op"
+	echo "opc5 attempt $attempt: the cancel was not held ($(jqb -c '{status, error, result}'))" >&2
 	[ "$(jqb .status)" = succeeded ] && api DELETE "/api/v1/instances/opc5?force=1"
 	wait_until 120 "opc5 gone" instance_absent opc5
 done
@@ -264,13 +269,15 @@ pass "a cancel survives a kill -9 of the agent before its undo: cancelled, nothi
 ctr_cancel=""
 ctr_left() { pgrep -f -- "containers/opc6\$" >/dev/null && echo "opc6's shim or container"; leftovers opc6 h3 ""; }
 for attempt in 1 2 3 4 5 6; do
-	api POST /api/v1/instances '{"name":"opc6","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h3"}'
-	expect_status 202 "create opc6"
-	op=$(jqb .id)
 	# The shim, or the runc it runs (its setup lasts far longer than the shim's own
 	# start, so a busy machine still catches one of them before the container runs).
 	ctr_dir=$KUMO_LAB_DIR/hosts/h3/local/containers/opc6
-	held=$(hold_new 120 "--shim $ctr_dir\$| run --bundle $ctr_dir ") || fail "opc6's create never started its shim"
+	hold_start 120 "--shim $ctr_dir\$| run --bundle $ctr_dir "
+	api POST /api/v1/instances '{"name":"opc6","type":"container","image":"busybox:latest","command":["sleep","3600"],"host":"h3"}'
+	expect_status 202 "create opc6"
+	op=$(jqb .id)
+	hold_wait || fail "opc6's create never started its shim"
+	held=$HELD
 	api POST "/api/v1/operations/$op/actions/cancel"
 	jobfile="$KUMO_LAB_DIR/hosts/h3/local/containers/opc6/job.json"
 	heard() { grep -q '"cancel":"cancelled"' "$jobfile" 2>/dev/null || { api GET "/api/v1/operations/$op" && op_status_final "$(jqb .status)"; }; }

@@ -99,14 +99,16 @@ pass "a later pass: killed part-way, the run finished; $((m - n)) stores for 160
 
 # ---- cutover: killed while the disk is converted ----
 sum=$(sha256sum "$W/src.raw" | cut -c1-64)
-p2v_bg --resume --cutover
 # The cut is held mid-conversion: its qemu-img is stopped the moment it exists
 # (hold_new; an API poll, or a pgrep loop, is too slow beside a hog to see a window that
 # short), so the kill lands in the cut whatever the machine's load.
-qpid=$(hold_new 120 "qemu-img convert .*$KUMO_LAB_DIR/shared/p2v/$SID/") || {
+hold_start 120 "qemu-img convert .*$KUMO_LAB_DIR/shared/p2v/$SID/"
+p2v_bg --resume --cutover
+hold_wait || {
 	sess
 	fail "no qemu-img of the cutover was seen (session $(jqb .state)): $(tail -3 "$W/run.log")"
 }
+qpid=$HELD
 wait_until 30 "the session cutting over (its qemu-img held)" state_is cutting-over
 controller_kill
 kill -9 "$qpid" 2>/dev/null || true # the dead controller's child: as after a power loss
