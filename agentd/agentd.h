@@ -367,6 +367,7 @@ struct inst_op {
 	struct json_object *result; /* fields the action adds to the result */
 	struct json_object *report; /* a report made before the vm went away (delete) */
 	op_step_fn then;	    /* what instance_then_cb() runs once a step succeeded */
+	int64_t started_ms;	    /* when the command arrived (timings of its steps) */
 
 	struct vm_disk disks[AGENT_VM_DISKS_MAX]; /* the disks the action works on */
 	size_t ndisks;

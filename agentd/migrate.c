@@ -150,6 +150,28 @@ const struct json_field migrate_out_args[] = {
 	{NULL, 0, false, NULL},
 };
 
+/* ---- timings ------------------------------------------------------------------------ */
+
+/*
+ * Mark step name of a migration command in timings (an object, borrowed): the ms from
+ * the command's arrival (since_ms) to now. Both ends send theirs with their results, and
+ * the controller shows them in the parent operation's result.timings, so one run says
+ * where the time went (bench/migrate.sh prints them).
+ */
+static void timing_mark(struct json_object *timings, const char *name, int64_t since_ms)
+{
+	json_object_object_add(timings, name, json_object_new_int64(now_ms() - since_ms));
+}
+
+/* The target's marks: op->result.timings, made with the result in migrate_in(). */
+static void in_mark(struct inst_op *op, const char *name)
+{
+	struct json_object *t = json_object_object_get(op->result, "timings");
+
+	if (t)
+		timing_mark(t, name, op->started_ms);
+}
+
 /* ---- TLS ---------------------------------------------------------------------------- */
 
 /* A tls-creds-x509 object being loaded into a QEMU: its files go once QEMU read them. */
@@ -361,6 +383,7 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 		migrate_in_fail(op, why);
 		return;
 	}
+	in_mark(op, "listening_ms");
 	/* Ready: from here a failure is the controller's to clean up (a delete). */
 	op->registered = false;
 	json_object_object_del(op->result, "why");
@@ -462,6 +485,7 @@ static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *erro
 		migrate_in_fail(op, why);
 		return;
 	}
+	in_mark(op, "creds_loaded_ms");
 	if (!json_get_bool(op->args, "postcopy", false)) {
 		in_params_send(op);
 		return;
@@ -488,6 +512,10 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		migrate_in_fail(op, error);
 		return;
 	}
+	/* vm_start() checked the disks and images before it spawned QEMU. */
+	json_object_object_add(json_object_object_get(op->result, "timings"), "qemu_spawned_ms",
+			       json_object_new_int64(vm->inst.started_at_ms - op->started_ms));
+	in_mark(op, "qemu_ready_ms");
 	/* The underlay address the controller reaches this agent at (tcp://A:P). */
 	if (config_hostport_split(op->agent->addr + strlen("tcp://"), host, sizeof(host), &cport,
 				  &err) < 0 ||
@@ -527,6 +555,7 @@ static void in_spec_written_cb(struct agent *a, const char *error, void *data)
 		return;
 	}
 	op->vm->inst.created = true;
+	in_mark(op, "spec_written_ms");
 	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
@@ -565,6 +594,7 @@ static void in_disks_made(struct inst_op *op)
 {
 	struct json_object *ci;
 
+	in_mark(op, "disks_made_ms");
 	/* The seed disk is a device of the guest: the target needs the same one. */
 	if (json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
 		disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
@@ -584,6 +614,7 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 		instance_op_fail(op, "%s", error);
 		return;
 	}
+	in_mark(op, "run_dir_ms");
 	migrate_disks_make(op, in_disks_made);
 }
 
@@ -613,6 +644,7 @@ void migrate_in(struct inst_op *op)
 	op->vm->inst.op = op;
 	op->owner = true;
 	op->result = json_object_new_object();
+	json_object_object_add(op->result, "timings", json_object_new_object());
 	instance_op_progress(op, 10, "prepare-target");
 	n = migrate_disks_plan(op, fresh, images);
 	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, in_prepared_cb, op);
@@ -634,6 +666,7 @@ static void outgoing_close_cb(uv_handle_t *handle)
 
 	json_object_put(o->stats);
 	json_object_put(o->done_ret);
+	json_object_put(o->timings);
 	free(o);
 }
 
@@ -830,12 +863,19 @@ static void out_lost(struct outgoing *o, const char *why)
 	vm_force_stop(o->vm, out_stopped_cb, o);
 }
 
+/* The source's marks (o->timings), as timing_mark() says. */
+void migrate_out_mark(struct outgoing *o, const char *name)
+{
+	timing_mark(o->timings, name, o->op->started_ms);
+}
+
 /* QEMU says the copy completed (ret: query-migrate's answer): the switchover. */
 static void out_completed(struct outgoing *o, struct json_object *ret)
 {
 	struct inst_op *op = o->op;
 	int64_t downtime = json_get_int(ret, "downtime", -1);
 
+	migrate_out_mark(o, "reported_ms");
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
 	json_object_object_add(op->result, "ladder", ladder_json(o));
@@ -847,6 +887,7 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 	json_object_object_add(op->result, "total_ms",
 			       json_object_new_int64(now_ms() - o->started_ms));
 	json_object_object_add(op->result, "migration", json_object_get(o->stats));
+	json_object_object_add(op->result, "timings", json_object_get(o->timings));
 	log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
 		 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
 	/* The switchover, at once: the controller moves the instance (and resumes a
@@ -857,6 +898,8 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 				       json_object_new_int64(now_ms() - o->paused_at_ms));
 	json_object_object_add(o->stats, "total_ms",
 			       json_object_new_int64(now_ms() - o->started_ms));
+	/* The controller takes them out of the statistics into result.timings.source. */
+	json_object_object_add(o->stats, "timings", json_object_get(o->timings));
 	migrate_progress_send(o, "switchover", 95);
 	op->report = vm_report(o->vm);
 	o->vm->inst.stop_requested = true;
@@ -868,6 +911,7 @@ static void out_completed_after_mirrors(struct outgoing *o)
 	struct json_object *ret = o->done_ret;
 
 	o->done_ret = NULL;
+	migrate_out_mark(o, "mirrors_ended_ms");
 	/* The target waits paused (-S) for the controller's resume. */
 	json_object_object_add(o->stats, "target_paused", json_object_new_boolean(true));
 	out_completed(o, ret);
@@ -905,6 +949,14 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 		return;
 	if (strcmp(status, "completed") == 0) {
 		o->finished = true;
+		/* QEMU's own count from its migrate to completed; the rest of
+		 * completed_ms - migrate_started_ms is how late the agent saw it. */
+		migrate_out_mark(o, "completed_ms");
+		json_object_object_add(o->timings, "qemu_total_ms",
+				       json_object_new_int64(json_get_int(ret, "total-time", -1)));
+		json_object_object_add(o->timings, "qemu_setup_ms",
+				       json_object_new_int64(json_get_int(ret, "setup-time", -1)));
+		json_object_object_add(o->timings, "polls", json_object_new_int(o->polls));
 		if (migrate_mirrors_any(o)) {
 			/* The mirrors end before the target stops its NBD server (the other
 			 * order is an I/O error), and that before its guest runs: the
@@ -995,6 +1047,7 @@ static void poll_cb(uv_timer_t *timer)
 	if (migrate_outgoing_gone(o))
 		return;
 	o->polling = true;
+	o->polls++;
 	if (vm_qmp(o->vm, "query-migrate", NULL, MIGRATE_QMP_TIMEOUT_MS, query_migrate_cb, o,
 		   &err) < 0) {
 		o->polling = false;
@@ -1017,6 +1070,7 @@ static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error
 		migrate_out_fail(o, "migrate: ", error);
 		return;
 	}
+	migrate_out_mark(o, "migrate_started_ms");
 	migrate_progress_send(o, "precopy", 10);
 	poll_again(o);
 }
@@ -1042,6 +1096,7 @@ static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error
 		migrate_out_fail(o, "stop: ", error);
 		return;
 	}
+	migrate_out_mark(o, "stopped_ms");
 	migrate_send(o);
 }
 
@@ -1091,6 +1146,7 @@ void migrate_memory_start(struct outgoing *o)
 	bool on[2];
 	struct kerr err;
 
+	migrate_out_mark(o, "memory_start_ms");
 	o->ladder.kvm = strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0;
 	o->ladder.postcopy_allowed = strcmp(policy, "never") != 0 && !migrate_mirrors_any(o);
 	o->ladder.postcopy_always = strcmp(policy, "always") == 0;
@@ -1117,6 +1173,7 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 		migrate_out_fail(o, "migrate-set-parameters: ", error);
 		return;
 	}
+	migrate_out_mark(o, "params_set_ms");
 	/* Local disks first: in sync on the target before the memory moves. */
 	if (migrate_disks_local(o->vm, NULL)) {
 		if (!json_get_str(o->op->args, "nbd_uri", NULL)) {
@@ -1147,6 +1204,7 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 		migrate_out_fail(o, "the migration's TLS certificates: ", error);
 		return;
 	}
+	migrate_out_mark(o, "creds_loaded_ms");
 	migrate_creds_id(op, id, sizeof(id));
 	params = json_object_new_object();
 	json_object_object_add(params, "tls-creds", json_object_new_string(id));
@@ -1186,6 +1244,7 @@ void migrate_out(struct inst_op *op)
 	o->op = op;
 	o->vm = vm;
 	o->started_ms = now_ms();
+	o->timings = json_object_new_object();
 	snprintf(o->strategy, sizeof(o->strategy), "precopy");
 	uv_timer_init(op->agent->loop, &o->timer);
 	o->timer.data = o;

@@ -60,7 +60,9 @@ struct outgoing {
 	bool cancel;	      /* the controller asked to cancel */
 	bool polling;	      /* a query-migrate is in flight */
 	bool finished;
-	struct json_object *stats; /* the last "migration" object */
+	struct json_object *stats;   /* the last "migration" object */
+	struct json_object *timings; /* step -> ms since the command came (migrate_out_mark()) */
+	int polls;		     /* query-migrate calls so far */
 	/* Local disks: mirrored to the target's NBD server before the memory moves. */
 	bool mirrored[AGENT_VM_DISKS_MAX]; /* job kumo-mirror-dI and node kumo-nbd-dI */
 	bool node_added[AGENT_VM_DISKS_MAX];
@@ -83,6 +85,7 @@ bool migrate_outgoing_gone(struct outgoing *o);
 void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail);
 void migrate_progress_send(struct outgoing *o, const char *phase, int pct);
 void migrate_memory_start(struct outgoing *o);
+void migrate_out_mark(struct outgoing *o, const char *name);
 
 /* migrate_ladder.c */
 enum ladder_move migrate_ladder_next(struct ladder *l, const struct ladder_stats *s);

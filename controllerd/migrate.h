@@ -53,6 +53,7 @@ struct migration {
 	char settle_why[160];		       /* what made it settle */
 	struct json_object *ans_src, *ans_dst; /* their answers this round */
 	int64_t started_ms;
+	int64_t mark_ms; /* when the phase being timed began (result.timings) */
 	struct migration *next;
 };
 
