@@ -1055,9 +1055,34 @@ static void poll_cb(uv_timer_t *timer)
 	}
 }
 
+/* The next query-migrate: at once after a MIGRATION event, else in MIGRATE_POLL_MS. */
 static void poll_again(struct outgoing *o)
 {
-	uv_timer_start(&o->timer, poll_cb, MIGRATE_POLL_MS, 0);
+	uv_timer_start(&o->timer, poll_cb, o->poll_soon ? 0 : MIGRATE_POLL_MS, 0);
+	o->poll_soon = false;
+}
+
+/*
+ * QEMU's MIGRATION event for vm (vm.c; the source asks for them with the "events"
+ * capability): an end of the copy is seen at once instead of at the next poll, up to
+ * MIGRATE_POLL_MS later (125 ms on average, on the critical path of every migration,
+ * and the guest of a pause-then-migrate stands still meanwhile). The poll still
+ * decides: the event only brings the next query-migrate forward.
+ */
+void migrate_out_event(struct vm *vm, const char *status)
+{
+	struct outgoing *o = outgoing_find(vm->inst.name);
+
+	if (o == NULL || o->vm != vm || o->finished)
+		return;
+	if (strcmp(status, "completed") && strcmp(status, "failed") &&
+	    strcmp(status, "cancelled") && strncmp(status, "postcopy-paused", 15))
+		return;
+	o->poll_soon = true;
+	/* A poll in flight polls again as it ends; before QEMU's migrate answered, its
+	 * callback's first poll goes at once. */
+	if (o->copying && !o->polling)
+		poll_again(o);
 }
 
 static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -1071,6 +1096,11 @@ static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error
 		return;
 	}
 	migrate_out_mark(o, "migrate_started_ms");
+	o->copying = true;
+	/* TCG with post-copy switches at its first poll (the ladder): at once, not after
+	 * MIGRATE_POLL_MS of a pre-copy TCG should not run at all. */
+	if (!o->ladder.kvm && o->ladder.postcopy_allowed)
+		o->poll_soon = true;
 	migrate_progress_send(o, "precopy", 10);
 	poll_again(o);
 }
@@ -1141,23 +1171,23 @@ static void out_caps_cb(struct qmp *q, struct json_object *ret, const char *erro
  */
 void migrate_memory_start(struct outgoing *o)
 {
-	static const char *const caps[] = {"postcopy-ram", "auto-converge", NULL};
+	static const char *const caps[] = {"postcopy-ram", "auto-converge", "events", NULL};
 	const char *policy = json_get_str(o->op->args, "postcopy", "never");
-	bool on[2];
+	bool on[3];
 	struct kerr err;
 
 	migrate_out_mark(o, "memory_start_ms");
 	o->ladder.kvm = strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0;
 	o->ladder.postcopy_allowed = strcmp(policy, "never") != 0 && !migrate_mirrors_any(o);
 	o->ladder.postcopy_always = strcmp(policy, "always") == 0;
-	if (!o->ladder.kvm && !o->ladder.postcopy_allowed) {
+	if (!o->ladder.kvm && !o->ladder.postcopy_allowed)
 		snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
-		strategy_start(o);
-		return;
-	}
-	snprintf(o->strategy, sizeof(o->strategy), "%s", o->ladder.kvm ? "precopy" : "postcopy");
+	else
+		snprintf(o->strategy, sizeof(o->strategy), "%s",
+			 o->ladder.kvm ? "precopy" : "postcopy");
 	on[0] = o->ladder.postcopy_allowed;
 	on[1] = o->ladder.kvm;
+	on[2] = true; /* MIGRATION events: migrate_out_event() */
 	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(caps, on), MIGRATE_QMP_TIMEOUT_MS,
 		   out_caps_cb, o, &err) < 0)
 		migrate_out_fail(o, "", err.msg);

@@ -8,7 +8,7 @@
 
 #include "agentd.h"
 
-#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs */
+#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs (progress) */
 #define MIGRATE_REPORT_MS      1000  /* op-progress at most this often */
 #define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
 #define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
@@ -59,6 +59,8 @@ struct outgoing {
 	bool lost;	      /* post-copy broke: neither end holds the whole guest */
 	bool cancel;	      /* the controller asked to cancel */
 	bool polling;	      /* a query-migrate is in flight */
+	bool copying;	      /* QEMU's migrate answered: the poll loop owns o->timer */
+	bool poll_soon;	      /* a MIGRATION event came: the next poll goes at once */
 	bool finished;
 	struct json_object *stats;   /* the last "migration" object */
 	struct json_object *timings; /* step -> ms since the command came (migrate_out_mark()) */

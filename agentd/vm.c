@@ -437,6 +437,9 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 		if (vm->inst.op == NULL && !vm->reset_expected)
 			vm_state_push(vm);
 		vm->reset_expected = false;
+	} else if (strcmp(name, "MIGRATION") == 0) {
+		/* A migrate-out asks QEMU for these (capability "events"). */
+		migrate_out_event(vm, json_get_str(event_data, "status", ""));
 	} else if (strcmp(name, "BALLOON_CHANGE") == 0) {
 		vm->balloon_actual_mb = json_get_int(event_data, "actual", -MIB) / MIB;
 	} else if (strcmp(name, "GUEST_PANICKED") == 0) {
