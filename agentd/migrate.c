@@ -237,8 +237,11 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 			snprintf(path, sizeof(path), "%s/ca-cert.pem", c->dir);
 		else
 			snprintf(path, sizeof(path), "%s/%s-%s.pem", c->dir, endpoint, what[k][0]);
-		ret = file_write_atomic(path, json_get_str(tls, what[k][1], ""),
-					strlen(json_get_str(tls, what[k][1], "")), 0600);
+		/* Not synced: QEMU reads them at once and they go right after; a sync
+		 * would wait for the disk twice per file on the loop, and write the
+		 * private key to disk blocks that outlive the unlink. */
+		ret = file_write_replace(path, json_get_str(tls, what[k][1], ""),
+					 strlen(json_get_str(tls, what[k][1], "")), 0600);
 		if (ret == 0 && give && chown(path, uid, gid) < 0)
 			ret = -errno;
 		if (ret < 0) {
@@ -290,8 +293,14 @@ static void state_write(struct vm *vm, const char *role, const char *op, bool pa
 	json_object_object_add(o, "op", json_object_new_string(op));
 	json_object_object_add(o, "paused", json_object_new_boolean(paused));
 	text = json_text(o);
-	/* A few bytes, synced: it must be on disk before the step it guards starts. */
-	ret = file_write_atomic(path, text, strlen(text), 0600);
+	/*
+	 * Written (renamed into place) before the step it guards starts, but not synced,
+	 * as job.c's job.json: it has to outlive the agent's process (a killed agent's
+	 * successor reads it from the page cache), not the machine - after a power cut
+	 * there is no QEMU left whose migration it could settle. A sync was two waits on
+	 * the disk on the loop, on the critical path, twice on a paused source.
+	 */
+	ret = file_write_replace(path, text, strlen(text), 0600);
 	if (ret < 0)
 		log_warnx("vm %s: cannot write %s: %s", vm->inst.name, path, strerror(-ret));
 	json_object_put(o);
