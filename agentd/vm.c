@@ -39,7 +39,9 @@
 #include "json.h"
 #include "util.h"
 
-#define QMP_RETRY_START_MS 50	/* QEMU creates its socket within milliseconds */
+/* QEMU creates its socket tens of ms after exec (its libraries, then the chardev):
+ * a start waits on average half of this after that, so it is short. */
+#define QMP_RETRY_START_MS 10
 #define QMP_RETRY_MS	   1000 /* an adopted QEMU whose QMP is busy or gone */
 #define EXIT_POLL_MS	   100	/* after QMP's EOF, until the adopted process is gone */
 #define ADOPT_REPORT_AFTER 3	/* QMP failures before the start-up report goes anyway */
