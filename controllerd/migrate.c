@@ -37,6 +37,11 @@
  * A container moves cold through the same operation (phases stop-source,
  * start-target, cleanup): its steps' ends go to migrate_cold.c.
  *
+ * result.timings says where the time went: each phase above as the controller sees it
+ * (timing_phase(): request, target_prepare, net_ready, source, switchover, resume, or
+ * before_cleanup and cleanup), and each agent's own steps (timings.target and
+ * timings.source, from their results). docs/architecture.md has the critical path.
+ *
  * migrate_cancel() stops a migration before switchover. Until the generic cancel of
  * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
  * reaches it through the job engine's cancel (jobs.c, kind "migrate").
