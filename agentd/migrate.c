@@ -522,8 +522,10 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		return;
 	}
 	/* vm_start() checked the disks and images before it spawned QEMU. */
-	json_object_object_add(json_object_object_get(op->result, "timings"), "qemu_spawned_ms",
-			       json_object_new_int64(vm->inst.started_at_ms - op->started_ms));
+	if (json_object_object_get(op->result, "timings"))
+		json_object_object_add(
+			json_object_object_get(op->result, "timings"), "qemu_spawned_ms",
+			json_object_new_int64(vm->inst.started_at_ms - op->started_ms));
 	in_mark(op, "qemu_ready_ms");
 	/* The underlay address the controller reaches this agent at (tcp://A:P). */
 	if (config_hostport_split(op->agent->addr + strlen("tcp://"), host, sizeof(host), &cport,
