@@ -194,7 +194,8 @@ while True:
     if r.get("status") == "completed":
         break
     if r.get("status") in ("failed", "cancelled"):
-        sys.exit("raw migration " + json.dumps(r))
+        p.kill()
+        sys.exit(f"raw {mode} migration: " + json.dumps(r))
     time.sleep(0.01)
 print(int((time.monotonic() - t0) * 1000), r.get("downtime", -1), p.pid)
 call(a, "quit")
