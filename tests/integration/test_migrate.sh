@@ -144,6 +144,18 @@ BODY=$opbody
 [ "$(jqb '.result.migration.ram_total')" -gt 0 ] || fail "no migration statistics"
 strategy=$(jqb .result.strategy)
 echo "  mg1 h1 -> h2: $strategy, downtime $(jqb .result.downtime_ms) ms, total $(jqb .result.total_ms) ms"
+# Where the time went (issue 13): the controller's phases, each agent's own marks.
+for k in request_ms target_prepare_ms net_ready_ms source_ms switchover_ms total_ms; do
+	[ "$(jqb ".result.timings.$k // -1")" -ge 0 ] ||
+		fail "result.timings has no $k: $(jqb -c .result.timings)"
+done
+[ "$(jqb '.result.timings.target.listening_ms // -1')" -gt 0 ] ||
+	fail "result.timings has no target marks: $(jqb -c .result.timings)"
+[ "$(jqb '.result.timings.source.completed_ms // -1')" -gt 0 ] ||
+	fail "result.timings has no source marks: $(jqb -c .result.timings)"
+[ "$(jqb '.result.migration.timings // "none"')" = none ] ||
+	fail "the source's marks stayed in result.migration"
+echo "  timings: $(jqb -c .result.timings)"
 api GET /api/v1/instances/mg1
 [ "$(jqb .host)" = h2 ] || fail "mg1 is on $(jqb .host) after the migration"
 [ "$(jqb .state)" = running ] || fail "mg1 is $(jqb .state) after the migration"
