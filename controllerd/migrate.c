@@ -583,6 +583,9 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		else if (strcmp(key, "instance") && strcmp(key, "timings"))
 			json_object_object_add(m->result, key, json_object_get(val));
 	}
+	/* A source's op-done carries its marks in its statistics too: timings.source has them. */
+	if (json_object_object_get(m->result, "migration"))
+		json_object_object_del(json_object_object_get(m->result, "migration"), "timings");
 	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
 	if (db_begin(ctl.db) < 0) {
 		log_warnx("migration %s: the database is busy at switchover", m->id);
