@@ -441,9 +441,9 @@ void host_heartbeat(struct host *h, struct json_object *body)
 		return;
 	/* A migration's copy waits for the last of its hosts to apply, and the hosts
 	 * it wired apply together: throttled, the last one's beat (ms after the others')
-	 * was skipped and the copy waited for the cron, up to a second. Migrations are
-	 * few, and a check costs one query per migration that waits. */
-	migrate_net_waits_check();
+	 * was skipped and the copy waited for the cron, up to a second. Unthrottled, but
+	 * only the migrations waiting for this very host look again (one query each). */
+	migrate_net_waits_check(h);
 	if (now_ms() - waits_checked_at >= HOSTS_WAITS_CHECK_MS) {
 		waits_checked_at = now_ms();
 		instances_net_waits_check();
