@@ -721,6 +721,7 @@ void migrate_out(struct inst_op *op);
 bool migrate_adopted(struct vm *vm, const char *status);
 size_t migrate_disks_local(const struct vm *vm, bool *keep);
 void migrate_in_running(struct vm *vm);
+void migrate_adopted_dead(struct vm *vm);
 void migrate_out_event(struct vm *vm, const char *status);
 int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);

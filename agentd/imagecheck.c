@@ -75,7 +75,7 @@ struct vm_check {
 	size_t i;
 	char image[PATH_MAX]; /* the expected backing file of disk i, or "" */
 	char sha256[65];
-	int pending;			    /* checks of disk i still running: 1 or 2 */
+	int pending;			    /* checks of disk i running, +1 while issuing */
 	char disk_why[PATH_MAX * 3 + 128];  /* why disk i was refused, or "" */
 	char image_why[PATH_MAX * 2 + 128]; /* why its image was, or "" */
 	disk_done_cb cb;
@@ -407,11 +407,13 @@ static void vm_check_next(struct vm_check *v)
 		return;
 	}
 	v->disk_why[0] = v->image_why[0] = '\0';
-	v->pending = v->image[0] ? 2 : 1;
-	/* Both answer on a later turn, whatever happens (imagecheck_image(), disk_info()). */
+	/* One more than the checks while they are issued: should one ever answer
+	 * at once, the other still sees v, and v ends only after both were asked. */
+	v->pending = v->image[0] ? 3 : 2;
 	disk_info(vm->inst.agent, vm->disks[v->i].abs, vm_disk_info_cb, v);
 	if (v->image[0])
 		imagecheck_image(vm->inst.agent, v->image, v->sha256, vm_image_cb, v);
+	vm_disk_checked(vm->inst.agent, v);
 }
 
 /*

@@ -720,6 +720,9 @@ void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail
 {
 	struct inst_op *op = o->op;
 
+	/* From here o->timer is the mirrors' or nobody's: no event or late poll
+	 * answer may start the migration's poll on it again. */
+	o->copying = false;
 	/* The mirrors go first (abandoned: the target's copy is dropped), so a later
 	 * migration finds no job or NBD node of this one in the QEMU. */
 	if (migrate_mirrors_any(o) && vm_alive(o->vm)) {
@@ -850,6 +853,7 @@ void migrate_progress_send(struct outgoing *o, const char *phase, int pct)
 }
 
 static void poll_again(struct outgoing *o);
+static void poll_cb(uv_timer_t *timer);
 static int ladder_poll(struct outgoing *o, struct json_object *ret);
 static void out_stopped_cb(struct inst *inst, const char *error, void *data);
 
@@ -886,6 +890,7 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 	struct inst_op *op = o->op;
 	int64_t downtime = json_get_int(ret, "downtime", -1);
 
+	o->copying = false;
 	migrate_out_mark(o, "reported_ms");
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
@@ -960,9 +965,21 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 		return;
 	if (strcmp(status, "completed") == 0) {
 		o->finished = true;
-		/* QEMU's own count from its migrate to completed; the rest of
-		 * completed_ms - migrate_started_ms is how late the agent saw it. */
-		migrate_out_mark(o, "completed_ms");
+		/* When the agent first saw the end; the rest of completed_ms -
+		 * migrate_started_ms past QEMU's own count is how late that was. */
+		if (o->counted_polls == 0)
+			migrate_out_mark(o, "completed_ms");
+		/* The event can bring this poll in before QEMU counted its times (its
+		 * migration thread sets completed first): a downtime of 0 would be
+		 * reported. Ask again in a few ms; after that, take what it says. */
+		if ((json_get_int(ret, "downtime", 0) <= 0 ||
+		     json_get_int(ret, "total-time", 0) <= 0) &&
+		    o->counted_polls < MIGRATE_COUNTED_POLLS) {
+			o->counted_polls++;
+			uv_timer_start(&o->timer, poll_cb, MIGRATE_COUNTED_POLL_MS, 0);
+			return;
+		}
+		/* QEMU's own count from its migrate to completed. */
 		json_object_object_add(o->timings, "qemu_total_ms",
 				       json_object_new_int64(json_get_int(ret, "total-time", -1)));
 		json_object_object_add(o->timings, "qemu_setup_ms",
@@ -1069,6 +1086,10 @@ static void poll_cb(uv_timer_t *timer)
 /* The next query-migrate: at once after a MIGRATION event, else in MIGRATE_POLL_MS. */
 static void poll_again(struct outgoing *o)
 {
+	/* Ending mirrors own o->timer (stop_poll_cb): a poll started now would take it
+	 * from them, and nothing would end the op. */
+	if (o->mirrors_stopping)
+		return;
 	uv_timer_start(&o->timer, poll_cb, o->poll_soon ? 0 : MIGRATE_POLL_MS, 0);
 	o->poll_soon = false;
 }
@@ -1084,7 +1105,7 @@ void migrate_out_event(struct vm *vm, const char *status)
 {
 	struct outgoing *o = outgoing_find(vm->inst.name);
 
-	if (o == NULL || o->vm != vm || o->finished)
+	if (o == NULL || o->vm != vm || o->finished || o->mirrors_stopping)
 		return;
 	if (strcmp(status, "completed") && strcmp(status, "failed") &&
 	    strcmp(status, "cancelled") && strncmp(status, "postcopy-paused", 15))
@@ -1510,6 +1531,24 @@ bool migrate_adopted(struct vm *vm, const char *status)
 	}
 	json_object_put(st);
 	return false;
+}
+
+/*
+ * vm was adopted at start-up without a live QEMU (vmadopt.c): whatever its
+ * migration.json says, no migration of it goes on here. The file is not synced (a
+ * power cut leaves one behind with no QEMU), and kept it would make migrate-state
+ * answer "out" for ever - the controller's settling waits while the source says so.
+ */
+void migrate_adopted_dead(struct vm *vm)
+{
+	struct json_object *st = state_read(vm);
+
+	if (st == NULL)
+		return;
+	log_warnx("vm %s: its QEMU is gone; it plays no part in migration %s any more",
+		  vm->inst.name, json_get_str(st, "op", "?"));
+	json_object_put(st);
+	state_remove(vm);
 }
 
 static const struct json_field state_fields[] = {

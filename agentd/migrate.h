@@ -14,6 +14,10 @@
 #define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
 #define MIGRATE_LADDER_K       4     /* non-converging pre-copy iterations before post-copy */
+/* QEMU 7.2 says completed (and sends its event) before it has counted downtime and
+ * total-time: a completed answer without them is asked again this soon, this often. */
+#define MIGRATE_COUNTED_POLL_MS 5
+#define MIGRATE_COUNTED_POLLS	10
 
 /*
  * The escalation ladder of one outgoing migration (migrate_ladder.c, pure): what the
@@ -65,6 +69,7 @@ struct outgoing {
 	struct json_object *stats;   /* the last "migration" object */
 	struct json_object *timings; /* step -> ms since the command came (migrate_out_mark()) */
 	int polls;		     /* query-migrate calls so far */
+	int counted_polls;	     /* after completed, until QEMU counted its times */
 	/* Local disks: mirrored to the target's NBD server before the memory moves. */
 	bool mirrored[AGENT_VM_DISKS_MAX]; /* job kumo-mirror-dI and node kumo-nbd-dI */
 	bool node_added[AGENT_VM_DISKS_MAX];

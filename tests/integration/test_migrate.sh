@@ -155,6 +155,15 @@ done
 	fail "result.timings has no source marks: $(jqb -c .result.timings)"
 [ "$(jqb '.result.migration.timings // "none"')" = none ] ||
 	fail "the source's marks stayed in result.migration"
+# QEMU's downtime, counted: a poll the MIGRATION event brought forward can come before
+# QEMU counted it (0), and the source asks again until it did.
+[ "$(jqb '.result.downtime_ms // 0')" -gt 0 ] ||
+	fail "downtime_ms is $(jqb .result.downtime_ms): QEMU's count was not waited for"
+# The end of the copy seen at once (the MIGRATION event), not at the next 250 ms poll:
+# what the agent took past QEMU's own total-time.
+late=$(jqb '.result.timings.source | .completed_ms - .migrate_started_ms - .qemu_total_ms')
+[ "$late" -lt 60 ] ||
+	fail "the source saw the end of the copy $late ms after QEMU: $(jqb -c .result.timings.source)"
 echo "  timings: $(jqb -c .result.timings)"
 api GET /api/v1/instances/mg1
 [ "$(jqb .host)" = h2 ] || fail "mg1 is on $(jqb .host) after the migration"
