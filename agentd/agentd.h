@@ -367,6 +367,7 @@ struct inst_op {
 	struct json_object *result; /* fields the action adds to the result */
 	struct json_object *report; /* a report made before the vm went away (delete) */
 	op_step_fn then;	    /* what instance_then_cb() runs once a step succeeded */
+	int64_t started_ms;	    /* when the command arrived (timings of its steps) */
 
 	struct vm_disk disks[AGENT_VM_DISKS_MAX]; /* the disks the action works on */
 	size_t ndisks;
@@ -720,6 +721,8 @@ void migrate_out(struct inst_op *op);
 bool migrate_adopted(struct vm *vm, const char *status);
 size_t migrate_disks_local(const struct vm *vm, bool *keep);
 void migrate_in_running(struct vm *vm);
+void migrate_adopted_dead(struct vm *vm);
+void migrate_out_event(struct vm *vm, const char *status);
 int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);
 int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_object **answer,

@@ -65,12 +65,19 @@ struct hash_job {
 	char sha256[65];
 };
 
-/* Check one VM's disks, one after the other. */
+/*
+ * Check one VM's disks, one after the other; a disk and the image under it at the
+ * same time (two qemu-img children at once: each is a process start, tens of ms and
+ * more on a loaded host, on the path of every VM start and migration target).
+ */
 struct vm_check {
 	struct vm *vm;
 	size_t i;
 	char image[PATH_MAX]; /* the expected backing file of disk i, or "" */
 	char sha256[65];
+	int pending;			    /* checks of disk i running, +1 while issuing */
+	char disk_why[PATH_MAX * 3 + 128];  /* why disk i was refused, or "" */
+	char image_why[PATH_MAX * 2 + 128]; /* why its image was, or "" */
 	disk_done_cb cb;
 	void *data;
 };
@@ -321,12 +328,13 @@ void imagecheck_image(struct agent *a, const char *abs, const char *sha256, disk
 
 static void vm_check_next(struct vm_check *v);
 
-static void vm_image_cb(struct agent *a, const char *error, void *data)
+/* One check of disk i ended; once both did, the disk's refusal first, then its image's. */
+static void vm_disk_checked(struct agent *a, struct vm_check *v)
 {
-	struct vm_check *v = data;
-
-	if (error) {
-		v->cb(a, error, v->data);
+	if (--v->pending > 0)
+		return;
+	if (v->disk_why[0] || v->image_why[0]) {
+		v->cb(a, v->disk_why[0] ? v->disk_why : v->image_why, v->data);
 		free(v);
 		return;
 	}
@@ -334,28 +342,29 @@ static void vm_image_cb(struct agent *a, const char *error, void *data)
 	vm_check_next(v);
 }
 
+static void vm_image_cb(struct agent *a, const char *error, void *data)
+{
+	struct vm_check *v = data;
+
+	if (error)
+		snprintf(v->image_why, sizeof(v->image_why), "%s", error);
+	vm_disk_checked(a, v);
+}
+
 static void vm_disk_info_cb(struct agent *a, const char *error, struct json_object *info,
 			    void *data)
 {
 	struct vm_check *v = data;
 	const struct vm_disk *d = &v->vm->disks[v->i];
-	char why[PATH_MAX * 3 + 128];
+	char *why = v->disk_why;
 
 	if (error ||
-	    info_check(d->abs, info, v->image[0] ? v->image : NULL, why, sizeof(why)) < 0) {
+	    info_check(d->abs, info, v->image[0] ? v->image : NULL, why, sizeof(v->disk_why)) < 0) {
 		if (error)
-			snprintf(why, sizeof(why), "%s", error);
+			snprintf(why, sizeof(v->disk_why), "%s", error);
 		log_warnx("vm %s: disk %s refused: %s", v->vm->inst.name, d->name, why);
-		v->cb(a, why, v->data);
-		free(v);
-		return;
 	}
-	if (v->image[0]) {
-		imagecheck_image(a, v->image, v->sha256, vm_image_cb, v);
-		return;
-	}
-	v->i++;
-	vm_check_next(v);
+	vm_disk_checked(a, v);
 }
 
 /* The spec's disk named name. */
@@ -397,7 +406,14 @@ static void vm_check_next(struct vm_check *v)
 		free(v);
 		return;
 	}
+	v->disk_why[0] = v->image_why[0] = '\0';
+	/* One more than the checks while they are issued: should one ever answer
+	 * at once, the other still sees v, and v ends only after both were asked. */
+	v->pending = v->image[0] ? 3 : 2;
 	disk_info(vm->inst.agent, vm->disks[v->i].abs, vm_disk_info_cb, v);
+	if (v->image[0])
+		imagecheck_image(vm->inst.agent, v->image, v->sha256, vm_image_cb, v);
+	vm_disk_checked(vm->inst.agent, v);
 }
 
 /*

@@ -503,6 +503,7 @@ void instance_cmd_start(struct agent *a, const char *opid, struct json_object *b
 	const char *name;
 
 	op->agent = a;
+	op->started_ms = now_ms();
 	snprintf(op->op, sizeof(op->op), "%s", opid);
 	json_object_object_get_ex(norm, "instance", &spec);
 	op->spec = json_object_get(spec);

@@ -150,7 +150,46 @@ const struct json_field migrate_out_args[] = {
 	{NULL, 0, false, NULL},
 };
 
+/* ---- timings ------------------------------------------------------------------------ */
+
+/*
+ * Mark step name of a migration command in timings (an object, borrowed): the ms from
+ * the command's arrival (since_ms) to now. Both ends send theirs with their results, and
+ * the controller shows them in the parent operation's result.timings, so one run says
+ * where the time went (bench/migrate.sh prints them).
+ */
+static void timing_mark(struct json_object *timings, const char *name, int64_t since_ms)
+{
+	json_object_object_add(timings, name, json_object_new_int64(now_ms() - since_ms));
+}
+
+/* The target's marks: op->result.timings, made with the result in migrate_in(). */
+static void in_mark(struct inst_op *op, const char *name)
+{
+	struct json_object *t = json_object_object_get(op->result, "timings");
+
+	if (t)
+		timing_mark(t, name, op->started_ms);
+}
+
 /* ---- TLS ---------------------------------------------------------------------------- */
+
+/*
+ * The target's Diffie-Hellman group: RFC 7919's ffdhe2048 (openssl genpkey -genparam
+ * -algorithm DH -pkeyopt group:ffdhe2048), public and standard. Without a dh-params.pem
+ * a server tls-creds-x509 makes QEMU generate 2048-bit parameters as it loads them
+ * (gnutls_dh_params_generate2()): measured 0.4-1.3 s here, on the target's critical
+ * path before every migration. A named group is also what TLS 1.3 would pick anyway.
+ */
+static const char dh_params_pem[] =
+	"-----BEGIN DH PARAMETERS-----\n"
+	"MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n"
+	"+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a\n"
+	"87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7\n"
+	"YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi\n"
+	"7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD\n"
+	"ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==\n"
+	"-----END DH PARAMETERS-----\n";
 
 /* A tls-creds-x509 object being loaded into a QEMU: its files go once QEMU read them. */
 struct creds_load {
@@ -161,8 +200,13 @@ struct creds_load {
 
 static void creds_files_remove(const char *dir)
 {
-	static const char *const names[] = {"ca-cert.pem",     "server-cert.pem", "server-key.pem",
-					    "client-cert.pem", "client-key.pem",  NULL};
+	static const char *const names[] = {"ca-cert.pem",
+					    "server-cert.pem",
+					    "server-key.pem",
+					    "client-cert.pem",
+					    "client-key.pem",
+					    "dh-params.pem",
+					    NULL};
 	char path[128];
 
 	for (size_t k = 0; names[k]; k++) {
@@ -202,6 +246,8 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 	bool give = own || pw;
 	struct json_object *args;
 	const char *what[3][2] = {{"ca-cert", "ca"}, {"cert", "cert"}, {"key", "key"}};
+	/* A server also gets its DH group (dh_params_pem): else QEMU makes one. */
+	int files = strcmp(endpoint, "server") == 0 ? 4 : 3;
 	char path[128];
 	int ret;
 
@@ -210,13 +256,19 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 		free(c);
 		return err_set(err, errno, "cannot make a directory for the TLS certificates");
 	}
-	for (int k = 0; k < 3; k++) {
+	for (int k = 0; k < files; k++) {
+		const char *text = k == 3 ? dh_params_pem : json_get_str(tls, what[k][1], "");
+
 		if (k == 0)
 			snprintf(path, sizeof(path), "%s/ca-cert.pem", c->dir);
+		else if (k == 3)
+			snprintf(path, sizeof(path), "%s/dh-params.pem", c->dir);
 		else
 			snprintf(path, sizeof(path), "%s/%s-%s.pem", c->dir, endpoint, what[k][0]);
-		ret = file_write_atomic(path, json_get_str(tls, what[k][1], ""),
-					strlen(json_get_str(tls, what[k][1], "")), 0600);
+		/* Not synced: QEMU reads them at once and they go right after; a sync
+		 * would wait for the disk twice per file on the loop, and write the
+		 * private key to disk blocks that outlive the unlink. */
+		ret = file_write_replace(path, text, strlen(text), 0600);
 		if (ret == 0 && give && chown(path, uid, gid) < 0)
 			ret = -errno;
 		if (ret < 0) {
@@ -268,8 +320,14 @@ static void state_write(struct vm *vm, const char *role, const char *op, bool pa
 	json_object_object_add(o, "op", json_object_new_string(op));
 	json_object_object_add(o, "paused", json_object_new_boolean(paused));
 	text = json_text(o);
-	/* A few bytes, synced: it must be on disk before the step it guards starts. */
-	ret = file_write_atomic(path, text, strlen(text), 0600);
+	/*
+	 * Written (renamed into place) before the step it guards starts, but not synced,
+	 * as job.c's job.json: it has to outlive the agent's process (a killed agent's
+	 * successor reads it from the page cache), not the machine - after a power cut
+	 * there is no QEMU left whose migration it could settle. A sync was two waits on
+	 * the disk on the loop, on the critical path, twice on a paused source.
+	 */
+	ret = file_write_replace(path, text, strlen(text), 0600);
 	if (ret < 0)
 		log_warnx("vm %s: cannot write %s: %s", vm->inst.name, path, strerror(-ret));
 	json_object_put(o);
@@ -361,6 +419,7 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 		migrate_in_fail(op, why);
 		return;
 	}
+	in_mark(op, "listening_ms");
 	/* Ready: from here a failure is the controller's to clean up (a delete). */
 	op->registered = false;
 	json_object_object_del(op->result, "why");
@@ -462,6 +521,7 @@ static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *erro
 		migrate_in_fail(op, why);
 		return;
 	}
+	in_mark(op, "creds_loaded_ms");
 	if (!json_get_bool(op->args, "postcopy", false)) {
 		in_params_send(op);
 		return;
@@ -488,6 +548,12 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		migrate_in_fail(op, error);
 		return;
 	}
+	/* vm_start() checked the disks and images before it spawned QEMU. */
+	if (json_object_object_get(op->result, "timings"))
+		json_object_object_add(
+			json_object_object_get(op->result, "timings"), "qemu_spawned_ms",
+			json_object_new_int64(vm->inst.started_at_ms - op->started_ms));
+	in_mark(op, "qemu_ready_ms");
 	/* The underlay address the controller reaches this agent at (tcp://A:P). */
 	if (config_hostport_split(op->agent->addr + strlen("tcp://"), host, sizeof(host), &cport,
 				  &err) < 0 ||
@@ -527,6 +593,7 @@ static void in_spec_written_cb(struct agent *a, const char *error, void *data)
 		return;
 	}
 	op->vm->inst.created = true;
+	in_mark(op, "spec_written_ms");
 	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
@@ -565,6 +632,7 @@ static void in_disks_made(struct inst_op *op)
 {
 	struct json_object *ci;
 
+	in_mark(op, "disks_made_ms");
 	/* The seed disk is a device of the guest: the target needs the same one. */
 	if (json_object_object_get_ex(op->spec, "cloud_init", &ci)) {
 		disk_seed_build(op->agent, op->vm->inst.dir, op->vm->inst.name,
@@ -584,6 +652,7 @@ static void in_prepared_cb(struct agent *a, const char *error, void *data)
 		instance_op_fail(op, "%s", error);
 		return;
 	}
+	in_mark(op, "run_dir_ms");
 	migrate_disks_make(op, in_disks_made);
 }
 
@@ -613,6 +682,7 @@ void migrate_in(struct inst_op *op)
 	op->vm->inst.op = op;
 	op->owner = true;
 	op->result = json_object_new_object();
+	json_object_object_add(op->result, "timings", json_object_new_object());
 	instance_op_progress(op, 10, "prepare-target");
 	n = migrate_disks_plan(op, fresh, images);
 	disk_prepare(op->agent, op->vm->inst.dir, fresh, n, images, in_prepared_cb, op);
@@ -634,6 +704,7 @@ static void outgoing_close_cb(uv_handle_t *handle)
 
 	json_object_put(o->stats);
 	json_object_put(o->done_ret);
+	json_object_put(o->timings);
 	free(o);
 }
 
@@ -676,6 +747,9 @@ void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail
 {
 	struct inst_op *op = o->op;
 
+	/* From here o->timer is the mirrors' or nobody's: no event or late poll
+	 * answer may start the migration's poll on it again. */
+	o->copying = false;
 	/* The mirrors go first (abandoned: the target's copy is dropped), so a later
 	 * migration finds no job or NBD node of this one in the QEMU. */
 	if (migrate_mirrors_any(o) && vm_alive(o->vm)) {
@@ -806,6 +880,7 @@ void migrate_progress_send(struct outgoing *o, const char *phase, int pct)
 }
 
 static void poll_again(struct outgoing *o);
+static void poll_cb(uv_timer_t *timer);
 static int ladder_poll(struct outgoing *o, struct json_object *ret);
 static void out_stopped_cb(struct inst *inst, const char *error, void *data);
 
@@ -830,12 +905,20 @@ static void out_lost(struct outgoing *o, const char *why)
 	vm_force_stop(o->vm, out_stopped_cb, o);
 }
 
+/* The source's marks (o->timings), as timing_mark() says. */
+void migrate_out_mark(struct outgoing *o, const char *name)
+{
+	timing_mark(o->timings, name, o->op->started_ms);
+}
+
 /* QEMU says the copy completed (ret: query-migrate's answer): the switchover. */
 static void out_completed(struct outgoing *o, struct json_object *ret)
 {
 	struct inst_op *op = o->op;
 	int64_t downtime = json_get_int(ret, "downtime", -1);
 
+	o->copying = false;
+	migrate_out_mark(o, "reported_ms");
 	op->result = json_object_new_object();
 	json_object_object_add(op->result, "strategy", json_object_new_string(o->strategy));
 	json_object_object_add(op->result, "ladder", ladder_json(o));
@@ -847,6 +930,7 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 	json_object_object_add(op->result, "total_ms",
 			       json_object_new_int64(now_ms() - o->started_ms));
 	json_object_object_add(op->result, "migration", json_object_get(o->stats));
+	json_object_object_add(op->result, "timings", json_object_get(o->timings));
 	log_info("vm %s: migrated (%s, downtime %lld ms, %lld ms in all)", o->vm->inst.name,
 		 o->strategy, (long long)downtime, (long long)(now_ms() - o->started_ms));
 	/* The switchover, at once: the controller moves the instance (and resumes a
@@ -857,6 +941,8 @@ static void out_completed(struct outgoing *o, struct json_object *ret)
 				       json_object_new_int64(now_ms() - o->paused_at_ms));
 	json_object_object_add(o->stats, "total_ms",
 			       json_object_new_int64(now_ms() - o->started_ms));
+	/* The controller takes them out of the statistics into result.timings.source. */
+	json_object_object_add(o->stats, "timings", json_object_get(o->timings));
 	migrate_progress_send(o, "switchover", 95);
 	op->report = vm_report(o->vm);
 	o->vm->inst.stop_requested = true;
@@ -868,6 +954,7 @@ static void out_completed_after_mirrors(struct outgoing *o)
 	struct json_object *ret = o->done_ret;
 
 	o->done_ret = NULL;
+	migrate_out_mark(o, "mirrors_ended_ms");
 	/* The target waits paused (-S) for the controller's resume. */
 	json_object_object_add(o->stats, "target_paused", json_object_new_boolean(true));
 	out_completed(o, ret);
@@ -905,6 +992,26 @@ static void query_migrate_cb(struct qmp *q, struct json_object *ret, const char 
 		return;
 	if (strcmp(status, "completed") == 0) {
 		o->finished = true;
+		/* When the agent first saw the end; the rest of completed_ms -
+		 * migrate_started_ms past QEMU's own count is how late that was. */
+		if (o->counted_polls == 0)
+			migrate_out_mark(o, "completed_ms");
+		/* The event can bring this poll in before QEMU counted its times (its
+		 * migration thread sets completed first): a downtime of 0 would be
+		 * reported. Ask again in a few ms; after that, take what it says. */
+		if ((json_get_int(ret, "downtime", 0) <= 0 ||
+		     json_get_int(ret, "total-time", 0) <= 0) &&
+		    o->counted_polls < MIGRATE_COUNTED_POLLS) {
+			o->counted_polls++;
+			uv_timer_start(&o->timer, poll_cb, MIGRATE_COUNTED_POLL_MS, 0);
+			return;
+		}
+		/* QEMU's own count from its migrate to completed. */
+		json_object_object_add(o->timings, "qemu_total_ms",
+				       json_object_new_int64(json_get_int(ret, "total-time", -1)));
+		json_object_object_add(o->timings, "qemu_setup_ms",
+				       json_object_new_int64(json_get_int(ret, "setup-time", -1)));
+		json_object_object_add(o->timings, "polls", json_object_new_int(o->polls));
 		if (migrate_mirrors_any(o)) {
 			/* The mirrors end before the target stops its NBD server (the other
 			 * order is an I/O error), and that before its guest runs: the
@@ -995,6 +1102,7 @@ static void poll_cb(uv_timer_t *timer)
 	if (migrate_outgoing_gone(o))
 		return;
 	o->polling = true;
+	o->polls++;
 	if (vm_qmp(o->vm, "query-migrate", NULL, MIGRATE_QMP_TIMEOUT_MS, query_migrate_cb, o,
 		   &err) < 0) {
 		o->polling = false;
@@ -1002,9 +1110,38 @@ static void poll_cb(uv_timer_t *timer)
 	}
 }
 
+/* The next query-migrate: at once after a MIGRATION event, else in MIGRATE_POLL_MS. */
 static void poll_again(struct outgoing *o)
 {
-	uv_timer_start(&o->timer, poll_cb, MIGRATE_POLL_MS, 0);
+	/* Ending mirrors own o->timer (stop_poll_cb): a poll started now would take it
+	 * from them, and nothing would end the op. */
+	if (o->mirrors_stopping)
+		return;
+	uv_timer_start(&o->timer, poll_cb, o->poll_soon ? 0 : MIGRATE_POLL_MS, 0);
+	o->poll_soon = false;
+}
+
+/*
+ * QEMU's MIGRATION event for vm (vm.c; the source asks for them with the "events"
+ * capability): an end of the copy is seen at once instead of at the next poll, up to
+ * MIGRATE_POLL_MS later (125 ms on average, on the critical path of every migration,
+ * and the guest of a pause-then-migrate stands still meanwhile). The poll still
+ * decides: the event only brings the next query-migrate forward.
+ */
+void migrate_out_event(struct vm *vm, const char *status)
+{
+	struct outgoing *o = outgoing_find(vm->inst.name);
+
+	if (o == NULL || o->vm != vm || o->finished || o->mirrors_stopping)
+		return;
+	if (strcmp(status, "completed") && strcmp(status, "failed") &&
+	    strcmp(status, "cancelled") && strncmp(status, "postcopy-paused", 15))
+		return;
+	o->poll_soon = true;
+	/* A poll in flight polls again as it ends; before QEMU's migrate answered, its
+	 * callback's first poll goes at once. */
+	if (o->copying && !o->polling)
+		poll_again(o);
 }
 
 static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -1017,6 +1154,12 @@ static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error
 		migrate_out_fail(o, "migrate: ", error);
 		return;
 	}
+	migrate_out_mark(o, "migrate_started_ms");
+	o->copying = true;
+	/* TCG with post-copy switches at its first poll (the ladder): at once, not after
+	 * MIGRATE_POLL_MS of a pre-copy TCG should not run at all. */
+	if (!o->ladder.kvm && o->ladder.postcopy_allowed)
+		o->poll_soon = true;
 	migrate_progress_send(o, "precopy", 10);
 	poll_again(o);
 }
@@ -1042,6 +1185,7 @@ static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error
 		migrate_out_fail(o, "stop: ", error);
 		return;
 	}
+	migrate_out_mark(o, "stopped_ms");
 	migrate_send(o);
 }
 
@@ -1086,22 +1230,23 @@ static void out_caps_cb(struct qmp *q, struct json_object *ret, const char *erro
  */
 void migrate_memory_start(struct outgoing *o)
 {
-	static const char *const caps[] = {"postcopy-ram", "auto-converge", NULL};
+	static const char *const caps[] = {"postcopy-ram", "auto-converge", "events", NULL};
 	const char *policy = json_get_str(o->op->args, "postcopy", "never");
-	bool on[2];
+	bool on[3];
 	struct kerr err;
 
+	migrate_out_mark(o, "memory_start_ms");
 	o->ladder.kvm = strcmp(json_get_str(o->vm->inst.spec, "accel", "tcg"), "tcg") != 0;
 	o->ladder.postcopy_allowed = strcmp(policy, "never") != 0 && !migrate_mirrors_any(o);
 	o->ladder.postcopy_always = strcmp(policy, "always") == 0;
-	if (!o->ladder.kvm && !o->ladder.postcopy_allowed) {
+	if (!o->ladder.kvm && !o->ladder.postcopy_allowed)
 		snprintf(o->strategy, sizeof(o->strategy), "pause-then-migrate");
-		strategy_start(o);
-		return;
-	}
-	snprintf(o->strategy, sizeof(o->strategy), "%s", o->ladder.kvm ? "precopy" : "postcopy");
+	else
+		snprintf(o->strategy, sizeof(o->strategy), "%s",
+			 o->ladder.kvm ? "precopy" : "postcopy");
 	on[0] = o->ladder.postcopy_allowed;
 	on[1] = o->ladder.kvm;
+	on[2] = true; /* MIGRATION events: migrate_out_event() */
 	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(caps, on), MIGRATE_QMP_TIMEOUT_MS,
 		   out_caps_cb, o, &err) < 0)
 		migrate_out_fail(o, "", err.msg);
@@ -1117,6 +1262,7 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 		migrate_out_fail(o, "migrate-set-parameters: ", error);
 		return;
 	}
+	migrate_out_mark(o, "params_set_ms");
 	/* Local disks first: in sync on the target before the memory moves. */
 	if (migrate_disks_local(o->vm, NULL)) {
 		if (!json_get_str(o->op->args, "nbd_uri", NULL)) {
@@ -1147,6 +1293,7 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 		migrate_out_fail(o, "the migration's TLS certificates: ", error);
 		return;
 	}
+	migrate_out_mark(o, "creds_loaded_ms");
 	migrate_creds_id(op, id, sizeof(id));
 	params = json_object_new_object();
 	json_object_object_add(params, "tls-creds", json_object_new_string(id));
@@ -1186,6 +1333,7 @@ void migrate_out(struct inst_op *op)
 	o->op = op;
 	o->vm = vm;
 	o->started_ms = now_ms();
+	o->timings = json_object_new_object();
 	snprintf(o->strategy, sizeof(o->strategy), "precopy");
 	uv_timer_init(op->agent->loop, &o->timer);
 	o->timer.data = o;
@@ -1410,6 +1558,24 @@ bool migrate_adopted(struct vm *vm, const char *status)
 	}
 	json_object_put(st);
 	return false;
+}
+
+/*
+ * vm was adopted at start-up without a live QEMU (vmadopt.c): whatever its
+ * migration.json says, no migration of it goes on here. The file is not synced (a
+ * power cut leaves one behind with no QEMU), and kept it would make migrate-state
+ * answer "out" for ever - the controller's settling waits while the source says so.
+ */
+void migrate_adopted_dead(struct vm *vm)
+{
+	struct json_object *st = state_read(vm);
+
+	if (st == NULL)
+		return;
+	log_warnx("vm %s: its QEMU is gone; it plays no part in migration %s any more",
+		  vm->inst.name, json_get_str(st, "op", "?"));
+	json_object_put(st);
+	state_remove(vm);
 }
 
 static const struct json_field state_fields[] = {

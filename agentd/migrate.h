@@ -8,12 +8,16 @@
 
 #include "agentd.h"
 
-#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs */
+#define MIGRATE_POLL_MS	       250   /* query-migrate while a migration runs (progress) */
 #define MIGRATE_REPORT_MS      1000  /* op-progress at most this often */
 #define MIGRATE_BANDWIDTH_MBPS 8000  /* QEMU 7.2's 128 MiB/s default never converges */
 #define MIGRATE_DOWNTIME_MS    100   /* QEMU's default is 300; the goal here is 100 */
 #define MIGRATE_QMP_TIMEOUT_MS 30000 /* a just-started QEMU on a loaded host is slow */
 #define MIGRATE_LADDER_K       4     /* non-converging pre-copy iterations before post-copy */
+/* QEMU 7.2 says completed (and sends its event) before it has counted downtime and
+ * total-time: a completed answer without them is asked again this soon, this often. */
+#define MIGRATE_COUNTED_POLL_MS 5
+#define MIGRATE_COUNTED_POLLS	10
 
 /*
  * The escalation ladder of one outgoing migration (migrate_ladder.c, pure): what the
@@ -59,8 +63,13 @@ struct outgoing {
 	bool lost;	      /* post-copy broke: neither end holds the whole guest */
 	bool cancel;	      /* the controller asked to cancel */
 	bool polling;	      /* a query-migrate is in flight */
+	bool copying;	      /* QEMU's migrate answered: the poll loop owns o->timer */
+	bool poll_soon;	      /* a MIGRATION event came: the next poll goes at once */
 	bool finished;
-	struct json_object *stats; /* the last "migration" object */
+	struct json_object *stats;   /* the last "migration" object */
+	struct json_object *timings; /* step -> ms since the command came (migrate_out_mark()) */
+	int polls;		     /* query-migrate calls so far */
+	int counted_polls;	     /* after completed, until QEMU counted its times */
 	/* Local disks: mirrored to the target's NBD server before the memory moves. */
 	bool mirrored[AGENT_VM_DISKS_MAX]; /* job kumo-mirror-dI and node kumo-nbd-dI */
 	bool node_added[AGENT_VM_DISKS_MAX];
@@ -83,6 +92,7 @@ bool migrate_outgoing_gone(struct outgoing *o);
 void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail);
 void migrate_progress_send(struct outgoing *o, const char *phase, int pct);
 void migrate_memory_start(struct outgoing *o);
+void migrate_out_mark(struct outgoing *o, const char *name);
 
 /* migrate_ladder.c */
 enum ladder_move migrate_ladder_next(struct ladder *l, const struct ladder_stats *s);

@@ -39,7 +39,9 @@
 #include "json.h"
 #include "util.h"
 
-#define QMP_RETRY_START_MS 50	/* QEMU creates its socket within milliseconds */
+/* QEMU creates its socket tens of ms after exec (its libraries, then the chardev):
+ * a start waits on average half of this after that, so it is short. */
+#define QMP_RETRY_START_MS 10
 #define QMP_RETRY_MS	   1000 /* an adopted QEMU whose QMP is busy or gone */
 #define EXIT_POLL_MS	   100	/* after QMP's EOF, until the adopted process is gone */
 #define ADOPT_REPORT_AFTER 3	/* QMP failures before the start-up report goes anyway */
@@ -437,6 +439,9 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 		if (vm->inst.op == NULL && !vm->reset_expected)
 			vm_state_push(vm);
 		vm->reset_expected = false;
+	} else if (strcmp(name, "MIGRATION") == 0) {
+		/* A migrate-out asks QEMU for these (capability "events"). */
+		migrate_out_event(vm, json_get_str(event_data, "status", ""));
 	} else if (strcmp(name, "BALLOON_CHANGE") == 0) {
 		vm->balloon_actual_mb = json_get_int(event_data, "actual", -MIB) / MIB;
 	} else if (strcmp(name, "GUEST_PANICKED") == 0) {

@@ -158,6 +158,7 @@ void vm_adopt_one(struct agent *a, const char *name)
 		return;
 	}
 	if (file_read_all(pid_path, 64, &pidtext, NULL) < 0) {
+		migrate_adopted_dead(vm);
 		vm->adopt_reported = true;
 		log_info("vm %s: found, stopped", name);
 		vm_state_push(vm);
@@ -173,6 +174,7 @@ void vm_adopt_one(struct agent *a, const char *name)
 		vm_qmp_connect(vm);
 		return;
 	}
+	migrate_adopted_dead(vm);
 	vm->inst.state = INST_CRASHED;
 	snprintf(vm->inst.error, sizeof(vm->inst.error),
 		 "QEMU (pid %d) ended while the agent was away, without a clean shutdown",

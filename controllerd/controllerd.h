@@ -374,6 +374,7 @@ void netsync_changed(struct host *h);
 void netsync_heartbeat(struct host *h);
 struct json_object *netsync_status_json(struct host *h);
 bool netsync_instance_ready(const char *instance, char *why, size_t len);
+int64_t netsync_instance_lagging(const char *instance, char *why, size_t len);
 void netsync_free(void);
 
 /* api_containers.c */
@@ -524,7 +525,7 @@ enum MHD_Result api_instance_placement(struct request *req);
 	"x.name, x.spec, m.host_id FROM temp.migrating m JOIN instances x ON x.id = "              \
 	"m.instance_id)"
 int migrate_db_init(sqlite3 *db, struct kerr *err);
-void migrate_net_waits_check(void);
+void migrate_net_waits_check(struct host *applied);
 enum MHD_Result api_instance_migrate(struct request *req);
 enum MHD_Result api_host_evacuate(struct request *req);
 int migrate_cancel(const char *id, struct kerr *err);

@@ -437,11 +437,16 @@ void host_heartbeat(struct host *h, struct json_object *body)
 	 * Checking at every heartbeat was a query per waiting create per heartbeat:
 	 * thousands a second during creates at thousands of hosts. */
 	applied = json_get_str(json_object_object_get(h->facts, "network"), "applied", NULL);
-	if (strcmp(applied_was, applied ? applied : "") != 0 &&
-	    now_ms() - waits_checked_at >= HOSTS_WAITS_CHECK_MS) {
+	if (strcmp(applied_was, applied ? applied : "") == 0)
+		return;
+	/* A migration's copy waits for the last of its hosts to apply, and the hosts
+	 * it wired apply together: throttled, the last one's beat (ms after the others')
+	 * was skipped and the copy waited for the cron, up to a second. Unthrottled, but
+	 * only the migrations waiting for this very host look again (one query each). */
+	migrate_net_waits_check(h);
+	if (now_ms() - waits_checked_at >= HOSTS_WAITS_CHECK_MS) {
 		waits_checked_at = now_ms();
 		instances_net_waits_check();
-		migrate_net_waits_check();
 	}
 }
 

@@ -67,7 +67,7 @@ static void cron_cb(uv_timer_t *t)
 			http_kick();
 		instances_net_waits_check();
 		jobs_cron(now / 1000);
-		migrate_net_waits_check();
+		migrate_net_waits_check(NULL);
 		backup_schedules_cron(now / 1000);
 		console_relay_cron();
 	}

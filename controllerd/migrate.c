@@ -37,6 +37,11 @@
  * A container moves cold through the same operation (phases stop-source,
  * start-target, cleanup): its steps' ends go to migrate_cold.c.
  *
+ * result.timings says where the time went: each phase above as the controller sees it
+ * (timing_phase(): request, target_prepare, net_ready, source, switchover, resume, or
+ * before_cleanup and cleanup), and each agent's own steps (timings.target and
+ * timings.source, from their results). docs/architecture.md has the critical path.
+ *
  * migrate_cancel() stops a migration before switchover. Until the generic cancel of
  * operations (the jobs work) exists, POST /api/v1/operations/{id}/actions/cancel
  * reaches it through the job engine's cancel (jobs.c, kind "migrate").
@@ -461,6 +466,49 @@ static int creds_issue(struct migration *m, const char *target_ip, struct kerr *
 
 static void fail(struct migration *m, const char *why);
 
+/* m's result.timings, made on first use. */
+static struct json_object *timings_of(struct migration *m)
+{
+	struct json_object *t = json_object_object_get(m->result, "timings");
+
+	if (t == NULL) {
+		t = json_object_new_object();
+		json_object_object_add(m->result, "timings", t);
+	}
+	return t;
+}
+
+/*
+ * The controller's timing of m: the phase that ends now took now - m->mark_ms, kept as
+ * result.timings.NAME (ms), and the next one starts. These are the critical path as
+ * the controller sees it (its own work, a round trip to an agent and that agent's
+ * step); the agents' marks of their own steps go under timings.target and
+ * timings.source (agentd/migrate.c), so one run in the lab shows where time went.
+ */
+static void timing_phase(struct migration *m, const char *name)
+{
+	int64_t now = now_ms();
+
+	json_object_object_add(timings_of(m), name, json_object_new_int64(now - m->mark_ms));
+	m->mark_ms = now;
+}
+
+/* An agent's own marks (its result's "timings", if any) as timings.WHO. */
+static void timing_agent(struct migration *m, const char *who, struct json_object *marks)
+{
+	if (marks)
+		json_object_object_add(timings_of(m), who, json_object_get(marks));
+}
+
+/* The whole: from the call to now, in result.total_ms and result.timings.total_ms. */
+static void timing_total(struct migration *m)
+{
+	int64_t total = now_ms() - m->started_ms;
+
+	json_object_object_add(m->result, "total_ms", json_object_new_int64(total));
+	json_object_object_add(timings_of(m), "total_ms", json_object_new_int64(total));
+}
+
 void migrate_parent_update(struct migration *m, int progress)
 {
 	op_update(m->id, "running", progress, phase_names[m->phase], json_object_get(m->result),
@@ -473,8 +521,7 @@ void migrate_finish(struct migration *m, const char *status, const char *error)
 	snprintf(m->outcome, sizeof(m->outcome), "%s", status);
 	if (error && !m->failure[0])
 		snprintf(m->failure, sizeof(m->failure), "%s", error);
-	json_object_object_add(m->result, "total_ms",
-			       json_object_new_int64(now_ms() - m->started_ms));
+	timing_total(m);
 	op_update(m->id, status, !strcmp(status, "succeeded") ? 100 : -1,
 		  !strcmp(status, "succeeded") ? "done" : phase_names[m->phase],
 		  json_object_get(m->result), error);
@@ -489,6 +536,7 @@ static void cleanup_start(struct migration *m, const char *why)
 	struct json_object *args = json_object_new_object();
 
 	snprintf(m->failure, sizeof(m->failure), "%s", why);
+	timing_phase(m, "before_cleanup_ms");
 	m->phase = PHASE_CLEANUP;
 	migrate_parent_update(m, -1);
 	json_object_object_add(args, "force", json_object_new_boolean(true));
@@ -520,6 +568,10 @@ static void switchover(struct migration *m, struct json_object *out_result)
 	struct kerr err;
 	int rc;
 
+	/* The source's step ended with its report of the completed copy. */
+	if (m->phase == PHASE_PRECOPY)
+		timing_phase(m, "source_ms");
+	timing_agent(m, "source", json_object_object_get(out_result, "timings"));
 	m->phase = PHASE_SWITCHOVER;
 	if (json_object_object_get(m->spec, "host"))
 		json_object_object_add(m->spec, "host", json_object_new_string(m->dst->name));
@@ -528,11 +580,12 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		/* The source's total is the copy's; the operation's counts from the call. */
 		if (!strcmp(key, "total_ms"))
 			json_object_object_add(m->result, "copy_ms", json_object_get(val));
-		else if (strcmp(key, "instance"))
+		else if (strcmp(key, "instance") && strcmp(key, "timings"))
 			json_object_object_add(m->result, key, json_object_get(val));
 	}
-	json_object_object_add(m->result, "total_ms",
-			       json_object_new_int64(now_ms() - m->started_ms));
+	/* A source's op-done carries its marks in its statistics too: timings.source has them. */
+	if (json_object_object_get(m->result, "migration"))
+		json_object_object_del(json_object_object_get(m->result, "migration"), "timings");
 	json_object_object_add(m->result, "host", json_object_new_string(m->dst->name));
 	if (db_begin(ctl.db) < 0) {
 		log_warnx("migration %s: the database is busy at switchover", m->id);
@@ -555,6 +608,8 @@ static void switchover(struct migration *m, struct json_object *out_result)
 		db_rollback(ctl.db);
 		return;
 	}
+	timing_phase(m, "switchover_ms");
+	timing_total(m);
 	if (paused) {
 		/* Paused first (TCG) or held (local disks): it runs again on the target. */
 		migrate_parent_update(m, 95);
@@ -605,6 +660,7 @@ static void out_start(struct migration *m, const char *uri)
 {
 	struct json_object *args = json_object_new_object(), *v;
 
+	timing_phase(m, "net_ready_ms");
 	m->phase = PHASE_PRECOPY;
 	migrate_parent_update(m, 10);
 	json_object_object_add(args, "uri", json_object_new_string(uri));
@@ -642,6 +698,8 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 	if (m->cold)
 		return migrate_cold_done(m, h, kind, ok, result, error);
 	if (!strcmp(kind, "migrate-in")) {
+		timing_phase(m, "target_prepare_ms");
+		timing_agent(m, "target", json_object_object_get(result, "timings"));
 		if (!ok) {
 			snprintf(why, sizeof(why), "the target %s could not prepare: %s",
 				 m->dst->name, error ? error : "failed");
@@ -656,8 +714,9 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			snprintf(m->nbd_uri, sizeof(m->nbd_uri), "%s",
 				 json_get_str(result, "nbd_uri", ""));
 			m->net_wait = true;
+			m->net_lagging = 0;
 			m->net_deadline = now_ms() + MIGRATE_NET_WAIT_MS;
-			migrate_net_waits_check();
+			migrate_net_waits_check(NULL);
 		}
 	} else if (!strcmp(kind, "migrate-out")) {
 		if (ok) {
@@ -691,11 +750,13 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			migrate_finish(m, "failed", why);
 			return 0;
 		}
+		timing_phase(m, "resume_ms");
 		/* The target's report (its QEMU, running) is the instance's now. */
 		if (h && json_object_object_get(result, "instance"))
 			instances_report(h, json_object_object_get(result, "instance"), "migrated");
 		migrate_finish(m, "succeeded", NULL);
 	} else if (!strcmp(kind, "migrate-cleanup")) {
+		timing_phase(m, "cleanup_ms");
 		/* Its restarted agent may have removed an incoming QEMU it lost itself. */
 		if (!ok && error && strstr(error, "there is no instance"))
 			ok = true;
@@ -741,13 +802,15 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 		struct json_object *r = json_object_new_object();
 		static const char *const keys[] = {"strategy",	"ladder",   "downtime_ms",
 						   "paused_ms", "total_ms", "target_paused",
-						   NULL};
+						   "timings",	NULL};
 
 		for (size_t k = 0; keys[k]; k++)
 			if (json_object_object_get(stats, keys[k]))
 				json_object_object_add(
 					r, keys[k],
 					json_object_get(json_object_object_get(stats, keys[k])));
+		/* The source's marks go to result.timings.source, not result.migration. */
+		json_object_object_del(stats, "timings");
 		json_object_object_add(r, "migration", json_object_get(stats));
 		switchover(m, r);
 		json_object_put(r);
@@ -763,11 +826,15 @@ void migrate_agent_progress(const char *op_id, struct json_object *body)
 /*
  * Cron and heartbeats: a migration whose target is ready starts its copy once the
  * hosts applied the network documents that wire the target (netsync.c), so the
- * guest's first packets there already reach its peers.
+ * guest's first packets there already reach its peers. applied: the host whose
+ * heartbeat says it applied another document - only the migrations waiting for it
+ * (or not yet knowing for whom) look again, so at thousands of hosts a beat costs a
+ * query only where it can end a wait; NULL (cron, a target just ready): all of them.
  */
-void migrate_net_waits_check(void)
+void migrate_net_waits_check(struct host *applied)
 {
 	char why[256];
+	int64_t lagging;
 
 	settles_check();
 	for (struct migration *m = migrations, *next; m; m = next) {
@@ -779,7 +846,11 @@ void migrate_net_waits_check(void)
 			cleanup_start(m, "cancelled");
 			continue;
 		}
-		if (!netsync_instance_ready(m->name, why, sizeof(why))) {
+		if (applied && m->net_lagging && m->net_lagging != applied->id)
+			continue;
+		lagging = netsync_instance_lagging(m->name, why, sizeof(why));
+		m->net_lagging = lagging;
+		if (lagging) {
 			if (now_ms() < m->net_deadline)
 				continue;
 			log_warnx(
@@ -1001,6 +1072,7 @@ int migrate_job_resume(struct host *h, const char *id, struct json_object *op)
 	m->result = json_tokener_parse(json_text(res));
 	m->cancel = json_get_str(op, "cancel", NULL) != NULL;
 	m->started_ms = now_ms();
+	m->mark_ms = m->started_ms;
 	m->phase = PHASE_PRECOPY;
 	if (!strcmp(json_get_str(i.spec, "type", "vm"), "container")) {
 		/* A cold move: settled the same way (both ends asked), decided by
@@ -1118,6 +1190,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	const char *type, *mode, *addr, *colon;
 	const char *postcopy, *why = NULL;
 	struct migration *m;
+	int64_t called_ms = now_ms(); /* the operation's time counts from the call */
 	bool cold;
 	int ret = -1;
 
@@ -1215,7 +1288,8 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	m->args = body ? json_object_get(body) : json_object_new_object();
 	m->result = res;
 	m->evac = evac;
-	m->started_ms = now_ms();
+	m->started_ms = called_ms;
+	m->mark_ms = called_ms;
 	m->phase = PHASE_PREPARE_TARGET;
 	snprintf(m->postcopy, sizeof(m->postcopy), "%s", cold ? "never" : postcopy);
 	m->next = migrations;
@@ -1234,6 +1308,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 		migrate_parent_update(m, 1);
 		/* The target's segments and the container's port there, before it starts. */
 		migrate_wired_set(m, true);
+		timing_phase(m, "request_ms");
 		migrate_child_start(m, m->src, "migrate-out", "migrate-out", NULL); /* may end m */
 		return 0;
 	}
@@ -1253,6 +1328,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	/* The target's QEMU enables post-copy before it listens. */
 	if (strcmp(m->postcopy, "never"))
 		json_object_object_add(args_in, "postcopy", json_object_new_boolean(true));
+	timing_phase(m, "request_ms");
 	migrate_child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
 	return 0;
 }

@@ -33,6 +33,7 @@ struct migration {
 	bool cancel;			       /* asked to cancel */
 	bool net_wait;			       /* the target is ready; its networks are not yet */
 	int64_t net_deadline;		       /* ms: then the copy starts anyway */
+	int64_t net_lagging;		       /* host id the copy waits for, 0 unknown */
 	char uri[96];			       /* where the target listens */
 	char nbd_uri[96];		       /* ... and serves local disks, or "" */
 	struct json_object *tls_in, *tls_out;  /* each end's certificates (PEM) */
@@ -53,6 +54,7 @@ struct migration {
 	char settle_why[160];		       /* what made it settle */
 	struct json_object *ans_src, *ans_dst; /* their answers this round */
 	int64_t started_ms;
+	int64_t mark_ms; /* when the phase being timed began (result.timings) */
 	struct migration *next;
 };
 

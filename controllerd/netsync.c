@@ -603,6 +603,16 @@ static bool host_in_sync(struct host *h)
  */
 bool netsync_instance_ready(const char *instance, char *why, size_t len)
 {
+	return netsync_instance_lagging(instance, why, len) == 0;
+}
+
+/*
+ * As netsync_instance_ready(), but the id of the first host found lagging (why names
+ * it), or 0 when the network of instance is ready. A waiter needs to look again only
+ * when that host applied another document: until then the answer cannot change.
+ */
+int64_t netsync_instance_lagging(const char *instance, char *why, size_t len)
+{
 	/* From the instance's own segments out, and the migration targets as their own
 	 * part: joining MIGRATE_WIRED_INSTANCES made SQLite copy every instance (specs
 	 * and all) per call, and during creates this runs for every waiting create
@@ -617,22 +627,22 @@ bool netsync_instance_ready(const char *instance, char *why, size_t len)
 		"b.instance_id = j.id JOIN addresses a ON a.network_id = b.network_id AND "
 		"a.vlan = b.vlan JOIN temp.migrating m ON m.instance_id = a.instance_id "
 		"WHERE j.name = ?1");
-	bool ready = true;
+	int64_t lagging = 0;
 
 	sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
-	while (ready && sqlite3_step(st) == SQLITE_ROW) {
+	while (lagging == 0 && sqlite3_step(st) == SQLITE_ROW) {
 		struct host *h = host_find_id(sqlite3_column_int64(st, 0));
 		const char *error;
 
 		if (h == NULL || h->state != HOST_ONLINE || host_in_sync(h))
 			continue;
-		ready = false;
+		lagging = h->id;
 		error = json_get_str(json_object_object_get(h->facts, "network"), "error", NULL);
 		snprintf(why, len, "host %s has not applied the network state yet%s%s", h->name,
 			 error ? ": " : "", error ? error : "");
 	}
 	db_release(st);
-	return ready;
+	return lagging;
 }
 
 /* For GET /hosts/{name}: the version the host should hold, and what it reports. */

@@ -144,6 +144,32 @@ BODY=$opbody
 [ "$(jqb '.result.migration.ram_total')" -gt 0 ] || fail "no migration statistics"
 strategy=$(jqb .result.strategy)
 echo "  mg1 h1 -> h2: $strategy, downtime $(jqb .result.downtime_ms) ms, total $(jqb .result.total_ms) ms"
+# Where the time went (issue 13): the controller's phases, each agent's own marks.
+for k in request_ms target_prepare_ms net_ready_ms source_ms switchover_ms total_ms; do
+	[ "$(jqb ".result.timings.$k // -1")" -ge 0 ] ||
+		fail "result.timings has no $k: $(jqb -c .result.timings)"
+done
+[ "$(jqb '.result.timings.target.listening_ms // -1')" -gt 0 ] ||
+	fail "result.timings has no target marks: $(jqb -c .result.timings)"
+[ "$(jqb '.result.timings.source.completed_ms // -1')" -gt 0 ] ||
+	fail "result.timings has no source marks: $(jqb -c .result.timings)"
+[ "$(jqb '.result.migration.timings // "none"')" = none ] ||
+	fail "the source's marks stayed in result.migration"
+# QEMU's downtime, counted: a poll the MIGRATION event brought forward can come before
+# QEMU counted it (0), and the source asks again until it did.
+[ "$(jqb '.result.downtime_ms // 0')" -gt 0 ] ||
+	fail "downtime_ms is $(jqb .result.downtime_ms): QEMU's count was not waited for"
+# The end of the copy seen at once (the MIGRATION event), not at the next 250 ms poll:
+# what the agent took past QEMU's own total-time.
+late=$(jqb '.result.timings.source | .completed_ms - .migrate_started_ms - .qemu_total_ms')
+[ "$late" -lt 60 ] ||
+	fail "the source saw the end of the copy $late ms after QEMU: $(jqb -c .result.timings.source)"
+# The target's TLS credentials load without QEMU generating DH parameters (0.4-1.3 s
+# here): the agent hands it a standard group.
+creds=$(jqb '.result.timings.target | .creds_loaded_ms - .qemu_ready_ms')
+[ "$creds" -lt 300 ] ||
+	fail "the target took $creds ms to load its TLS credentials: $(jqb -c .result.timings.target)"
+echo "  timings: $(jqb -c .result.timings)"
 api GET /api/v1/instances/mg1
 [ "$(jqb .host)" = h2 ] || fail "mg1 is on $(jqb .host) after the migration"
 [ "$(jqb .state)" = running ] || fail "mg1 is $(jqb .state) after the migration"

@@ -111,6 +111,7 @@ op_ok
 strategy=$(jqb .result.strategy)
 dst=$(jqb .result.host)
 echo "  $VM h1 -> $dst under load: $strategy, downtime $(jqb .result.downtime_ms) ms, paused $(jqb .result.paused_ms) ms, total $(jqb .result.total_ms) ms"
+echo "  timings: $(jqb -c '.result.timings // {}')"
 [ "$strategy" = pause-then-migrate ] || fail "a TCG guest dirtying memory was migrated with $strategy"
 [ "$(jqb .result.postcopy)" = never ] && jqb .result.postcopy_why | grep -q userfaultfd ||
 	fail "the result does not say why post-copy was not used: $(jqb -c .result)"
@@ -139,6 +140,7 @@ pass "postcopy never: $VM was paused and moved to $other although $other may pos
 migrate '{"host":"h1"}'
 op_ok
 echo "  $VM $other -> h1 under load: $(jqb .result.strategy) $(jqb -c .result.ladder), downtime $(jqb .result.downtime_ms) ms, total $(jqb .result.total_ms) ms"
+echo "  timings: $(jqb -c '.result.timings // {}')"
 [ "$(jqb .result.strategy)" = postcopy ] && [ "$(jqb -c .result.ladder)" = '["postcopy"]' ] ||
 	fail "the default to h1 (it has the grant) was not post-copy: $(jqb -c .result)"
 [ "$(jqb .result.postcopy)" = auto ] || fail "the result says postcopy $(jqb .result.postcopy), not auto"

@@ -141,6 +141,7 @@ op=$(jqb .id)
 wait_op "$op" 240
 op_ok
 echo "  $VM h1 -> h2 with local disks: $(jqb .result.strategy), downtime $(jqb .result.downtime_ms) ms, total $(jqb .result.total_ms) ms, disk_total $(jqb .result.migration.disk_total)"
+echo "  timings: $(jqb -c '.result.timings // {}')"
 [ "$(jqb '.result.migration.disk_total // 0')" -gt 0 ] || fail "no disk statistics in the result"
 api GET /api/v1/instances/$VM
 [ "$(jqb .host)" = h2 ] && [ "$(jqb .state)" = running ] ||
