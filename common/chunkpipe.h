@@ -61,7 +61,7 @@ struct chunkpipe_result {
  */
 int64_t chunkpipe_pace_wait_ms(uint64_t bytes, uint64_t rate, int64_t elapsed_ms);
 
-/* The hashing threads a pipeline starts: the cores, 1 to 4. */
+/* The hashing threads a pipeline starts: two per core, 2 to 8 (chunkpipe.c says why). */
 int chunkpipe_threads(void);
 
 /*
