@@ -11,13 +11,17 @@
  * a backup made on one host restores on any other.
  *
  * How a disk is read, per disk:
- *   - a running (or paused) VM is never stopped: QMP drive-backup with sync=full
- *     copies the disk as it was when the job started (copy-before-write: a guest
- *     write to a block not yet copied first copies the old block) into a raw file
- *     under STORE/tmp/ID/, and the job runs inside QEMU while the guest goes on. This
- *     needs no NBD server nor libnbd; drive-backup rather than blockdev-backup
- *     because it creates its own target file, so no blockdev-add/-del pair has to be
- *     kept in step with the job.
+ *   - a running (or paused) VM is never stopped. Read whole (a full backup, or an
+ *     incremental whose bitmap cannot be used): image fleecing (fleece.h), a qcow2
+ *     overlay backed by the disk, kept a point-in-time view by a sync=none backup job
+ *     (copy-before-write of the blocks the guest overwrites), exported by QEMU's NBD
+ *     server on a unix socket in STORE/tmp/ID/ and read by nbd.c straight into the
+ *     chunk pipeline: nothing is copied but what the guest writes meanwhile. When any
+ *     of that fails (an older QEMU, a socket path too long), the backup's disks are
+ *     copied as before and the result says why (live_read, live_read_reason): QMP
+ *     drive-backup with sync=full copies the disk as it was when the job started into
+ *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup
+ *     sync=incremental of the clusters the parent's dirty bitmap marks, into a qcow2.
  *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
@@ -64,16 +68,20 @@
 #include "chunkcrypt.h"
 #include "chunkpipe.h"
 #include "chunkstore.h"
+#include "fleece.h"
 #include "json.h"
+#include "nbd.h"
 #include "tree.h"
 #include "util.h"
 
-#define BACKUP_POLL_MS	     250   /* query-jobs while drive-backup runs */
-#define BACKUP_POLL_FIRST_MS 20	   /* ... first: an incremental's job often ends at once */
-#define BACKUP_JOB_TIMEOUT   10000 /* ms for one QMP command */
-#define BACKUP_READ_PHASES   2	   /* per disk: read it, chunk it */
-#define BACKUP_FREEZE_MS     10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
-#define BACKUP_THAW_MS	     5000
+#define BACKUP_POLL_MS	      250   /* query-jobs while drive-backup runs */
+#define BACKUP_POLL_FIRST_MS  20    /* ... first: an incremental's job often ends at once */
+#define BACKUP_JOB_TIMEOUT    10000 /* ms for one QMP command */
+#define BACKUP_READ_PHASES    2	    /* per disk: read it, chunk it */
+#define BACKUP_FREEZE_MS      10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
+#define BACKUP_THAW_MS	      5000
+#define BACKUP_FLEECE_WAIT_MS 20  /* query-jobs while a cancelled fleecing job goes */
+#define BACKUP_FLEECE_WAITS   250 /* ... at most this many times (5 s) */
 
 /* A backup id becomes a file name in the store: a plain shape only. */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err)
@@ -160,6 +168,18 @@ struct bjob {
 	int64_t frozen_us;	 /* when the freeze was asked */
 	char freeze_why[200];	 /* why a disk was not frozen, "" if every one was */
 	bool no_guest_agent;	 /* none answered: later disks are not tried (each costs 5 s) */
+
+	/* a live full read from an NBD export of a fleecing node (fleece.h) */
+	bool fleece;	     /* the disk at work is read so (its QEMU objects may exist) */
+	bool fleece_tx;	     /* ... its transaction succeeded: its bitmap and job exist */
+	bool fleece_off;     /* fleecing failed once: this backup's disks are copied */
+	int fleeced, copied; /* disks read whole by fleecing, by the raw copy */
+	int fleece_step;     /* teardown: the next step (fleece_teardown_step) */
+	int fleece_waits;    /* teardown: query-jobs asked so far */
+	void (*fleece_then)(struct bjob *job); /* after the teardown */
+	char fleece_why[200];		       /* why a disk was copied instead, "" if none was */
+	char overlay[PATH_MAX];		       /* the fleecing overlay (qcow2, in tmpdir) */
+	char nbd_sock[108];		       /* QEMU's NBD server (in tmpdir): sun_path's size */
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
@@ -250,8 +270,18 @@ static void bitmaps_drop(struct bjob *job, const char *id)
  * agent killed mid-backup left behind never blocks the next backup's. */
 static void block_job_id(const struct bjob *job, size_t i, char *out, size_t len)
 {
+	struct fleece_names n;
+
+	if (job->fleece) {
+		/* Fixed per disk: the next backup finds one an agent killed left. */
+		fleece_names_make(i, &n);
+		snprintf(out, len, "%s", n.job);
+		return;
+	}
 	snprintf(out, len, "kumo-%s-d%zu", job->id, i);
 }
+
+static void fleece_drop_now(struct bjob *job);
 
 static void block_job_cancelled_cb(struct qmp *q, struct json_object *ret, const char *error,
 				   void *data)
@@ -274,6 +304,10 @@ static void cancel_cleanup(struct bjob *job)
 
 	log_info("backup %s: %s; stopping its work", job->id, job_cancel_reason(job->op));
 	if (!job->restore && job->live && job->op->vm) {
+		if (job->fleece) {
+			fleece_drop_now(job);
+			job->block_job = false;
+		}
 		if (job->block_job) {
 			struct json_object *args = json_object_new_object();
 			char jid[96];
@@ -310,6 +344,8 @@ static void job_fail(struct bjob *job, const char *fmt, ...)
 	 * collector (no manifest names them). */
 	if (job->tmpdir[0])
 		tree_remove(job->tmpdir);
+	if (!job->restore && job->live && job->op->vm && job->fleece)
+		fleece_drop_now(job); /* the export, the server, the job and the overlay's node */
 	if (!job->restore && job->live && job->op->vm)
 		bitmaps_drop(job, job->id); /* the next backup must not build on this one */
 	instance_op_fail(job->op, "%s %s: %s", job->restore ? "restore of" : "backup", job->id,
@@ -611,6 +647,18 @@ static bool pipe_cancelled(void *data)
 	return job_cancel_reason(((struct bjob *)data)->op) != NULL;
 }
 
+/* Thread: what the pipeline stored of the disk at work goes into the job and its
+ * manifest entry. */
+static void disk_stored(struct bjob *job, const struct chunkpipe_result *res, int64_t size)
+{
+	job->read_bytes += res->read_bytes;
+	job->new_bytes += res->new_bytes;
+	job->chunk_count += res->chunk_count;
+	job->total_bytes += (uint64_t)size;
+	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
+	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res->sum));
+}
+
 /* Thread: cut the raw file into chunks and store them (chunkpipe.h: read in order,
  * hashed and compressed in parallel, zeros and holes named without hashing). */
 static void chunk_work(struct bjob *job)
@@ -674,12 +722,7 @@ static void chunk_work(struct bjob *job)
 		return;
 	}
 stored:
-	job->read_bytes += res.read_bytes;
-	job->new_bytes += res.new_bytes;
-	job->chunk_count += res.chunk_count;
-	job->total_bytes += (uint64_t)src.size;
-	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(src.size));
-	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res.sum));
+	disk_stored(job, &res, src.size);
 	unlink(job->raw);
 }
 
@@ -751,6 +794,14 @@ static void manifest_after(struct bjob *job)
 	json_object_object_add(b, "total_bytes", json_object_new_int64((int64_t)job->total_bytes));
 	json_object_object_add(b, "chunk_count", json_object_new_int64((int64_t)job->chunk_count));
 	json_object_object_add(b, "duration_ms", json_object_new_int64(now_ms() - job->started_ms));
+	/* How a running VM's disks read whole were read: a check for the lab and the bench. */
+	if (job->fleeced || job->copied) {
+		json_object_object_add(b, "live_read",
+				       json_object_new_string(job->copied ? "copy" : "fleecing"));
+		if (job->fleece_why[0])
+			json_object_object_add(b, "live_read_reason",
+					       json_object_new_string(job->fleece_why));
+	}
 	json_object_object_add(b, "disks", disks);
 	if (op->result == NULL)
 		op->result = json_object_new_object();
@@ -765,6 +816,8 @@ static void manifest_after(struct bjob *job)
 }
 
 static void disk_read(struct bjob *job);
+static void fleece_start(struct bjob *job);
+static void fleece_started(struct bjob *job, const char *error);
 
 static void chunk_after(struct bjob *job)
 {
@@ -789,8 +842,9 @@ static void chunk_after(struct bjob *job)
 	disk_next(job);
 }
 
-/* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk (it reads the
- * disk itself, paced when limited): how far it got, so the progress moves meanwhile.
+/* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk or
+ * fleece_chunk_work a running one's (either reads the disk itself, paced when
+ * limited): how far it got, so the progress moves meanwhile.
  * The work in the pool holds the job: this never frees it, chunk_after stops it. */
 static void store_progress_cb(uv_timer_t *timer)
 {
@@ -802,9 +856,11 @@ static void store_progress_cb(uv_timer_t *timer)
 
 	if (size == 0 || job_cancel_reason(job->op) != NULL)
 		return;
-	snprintf(phase, sizeof(phase), "storing disk %s: %llu of %llu MiB",
-		 job->op->disks[job->disk].name, (unsigned long long)(done >> 20),
-		 (unsigned long long)(size >> 20));
+	/* A live disk read from its fleecing export is read and stored in one step: it
+	 * says "reading", as QEMU's copy did, so the dashboard shows its read rate. */
+	snprintf(phase, sizeof(phase), "%s disk %s: %llu of %llu MiB",
+		 job->fleece ? "reading" : "storing", job->op->disks[job->disk].name,
+		 (unsigned long long)(done >> 20), (unsigned long long)(size >> 20));
 	instance_op_progress(job->op,
 			     (int)(((int64_t)job->disk * BACKUP_READ_PHASES + 1) * 90 / steps +
 				   (int64_t)(done * 90 / size) / steps),
@@ -939,6 +995,10 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		job->block_job = true;
 	if (job_gone(job))
 		return;
+	if (job->fleece) {
+		fleece_started(job, error);
+		return;
+	}
 	if (error && incr_fallback(job, error))
 		return;
 	if (error) {
@@ -1138,6 +1198,325 @@ static void guest_freeze(struct bjob *job)
 		    frozen_cb, job);
 }
 
+/* ---- a live full: read from an NBD export of a fleecing node (fleece.h) ----------------- */
+
+static void fleece_down_send(struct bjob *job);
+
+static void fleece_wait_cb(uv_timer_t *timer)
+{
+	struct bjob *job = timer->data;
+
+	if (job_gone(job))
+		return;
+	fleece_down_send(job);
+}
+
+static void fleece_down_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+
+	if (job_gone(job))
+		return;
+	fleece_names_make(job->disk, &n);
+	/* The overlay's node is the cancelled job's target until the job is gone. */
+	if (job->fleece_step == FLEECE_STEP_WAIT && error == NULL && fleece_job_listed(&n, ret) &&
+	    ++job->fleece_waits < BACKUP_FLEECE_WAITS) {
+		uv_timer_start(&job->poll, fleece_wait_cb, BACKUP_FLEECE_WAIT_MS, 0);
+		return;
+	}
+	/* Each step may find nothing to undo: not an error. */
+	if (error)
+		log_debug("backup %s: disk %s: fleecing teardown: %s", job->id,
+			  job->op->disks[job->disk].name, error);
+	job->fleece_step++;
+	fleece_down_send(job);
+}
+
+/* The teardown's next step, or its end: fleece_then. */
+static void fleece_down_send(struct bjob *job)
+{
+	struct fleece_names n;
+	const char *cmd;
+	struct json_object *args;
+	struct kerr err;
+
+	fleece_names_make(job->disk, &n);
+	args = fleece_teardown_step(&n, job->fleece_step, &cmd);
+	if (args == NULL) {
+		void (*then)(struct bjob * job) = job->fleece_then;
+
+		job->fleece_then = NULL;
+		then(job);
+		return;
+	}
+	if (vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, fleece_down_cb, job, &err) < 0)
+		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* Remove the disk's fleecing objects from QEMU (whatever of them exists), waiting for
+ * its job to go before its node; then then(job). */
+static void fleece_down(struct bjob *job, void (*then)(struct bjob *job))
+{
+	job->fleece_step = 0;
+	job->fleece_waits = 0;
+	job->fleece_then = then;
+	fleece_down_send(job);
+}
+
+/* The same, now, no one waiting (a failure or a cancel frees the job right after): the
+ * overlay's node may outlive its job's cancel; the next backup's teardown removes it. */
+static void fleece_drop_now(struct bjob *job)
+{
+	struct fleece_names n;
+	const char *cmd;
+	struct json_object *args;
+	struct kerr err;
+
+	fleece_names_make(job->disk, &n);
+	for (int step = 0; (args = fleece_teardown_step(&n, step, &cmd)) != NULL; step++) {
+		if (step == FLEECE_STEP_WAIT) {
+			json_object_put(args);
+			continue;
+		}
+		vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, NULL, NULL, &err);
+	}
+	job->fleece = false;
+}
+
+/* After a fleecing that failed was torn down: this disk, and the rest of the backup's,
+ * are read as before (drive-backup into a raw work file). */
+static void fleece_copy_instead(struct bjob *job)
+{
+	job->fleece = false;
+	if (job->fleece_tx) {
+		/* The transaction added this backup's bitmap, and the copy's adds it again:
+		 * removed first (one QMP connection: QEMU runs the two in order). */
+		struct json_object *args = json_object_new_object();
+		struct fleece_names n;
+		char name[80];
+		struct kerr err;
+
+		fleece_names_make(job->disk, &n);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		json_object_object_add(args, "node", json_object_new_string(n.device));
+		json_object_object_add(args, "name", json_object_new_string(name));
+		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
+		       NULL, &err);
+		job->fleece_tx = false;
+	}
+	disk_read(job);
+}
+
+/* Fleecing did not work on this QEMU or disk (why): tear it down, then copy instead.
+ * The backup says so (live_read "copy", live_read_reason). */
+static void fleece_fallback(struct bjob *job, const char *why)
+{
+	if (!job->fleece_why[0])
+		snprintf(job->fleece_why, sizeof(job->fleece_why), "disk %s: %s",
+			 job->op->disks[job->disk].name, why);
+	log_warnx("vm %s: backup %s: disk %s: no fleecing (%s); copying the disk instead",
+		  job->op->vm->inst.name, job->id, job->op->disks[job->disk].name, why);
+	job->fleece_off = true;
+	job->error[0] = '\0';
+	fleece_down(job, fleece_copy_instead);
+}
+
+/* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) and the
+ * socket's path, both in the backup's work directory, which only that user and root
+ * may enter. */
+static void fleece_prepare_work(struct bjob *job)
+{
+	struct vm_disk *d = &job->op->disks[job->disk];
+	char *info_argv[] = {"qemu-img", "info", "-U", "--output=json", d->abs, NULL};
+	_cleanup_free_ char *out = NULL;
+	struct json_object *info = NULL;
+	char size[32];
+	int64_t vsize;
+
+	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
+	if ((size_t)snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", job->tmpdir) >=
+	    sizeof(job->nbd_sock)) {
+		snprintf(job->error, sizeof(job->error),
+			 "the store's work directory is too long a path for a socket");
+		return;
+	}
+	if (run_wait(info_argv, &out) != 0 || (info = json_tokener_parse(out)) == NULL ||
+	    (vsize = json_get_int(info, "virtual-size", -1)) <= 0) {
+		json_object_put(info);
+		snprintf(job->error, sizeof(job->error), "qemu-img info of %s failed", d->abs);
+		return;
+	}
+	json_object_put(info);
+	snprintf(size, sizeof(size), "%lld", (long long)vsize);
+	{
+		char *create_argv[] = {"qemu-img", "create",	 "-q", "-f",
+				       "qcow2",	   job->overlay, size, NULL};
+
+		if (run_wait(create_argv, NULL) != 0) {
+			snprintf(job->error, sizeof(job->error), "qemu-img create of %s failed",
+				 job->overlay);
+			return;
+		}
+	}
+	/* QEMU opens it after it dropped root (-runas). */
+	if (chown(job->overlay, job->qemu_uid, job->qemu_gid) < 0)
+		snprintf(job->error, sizeof(job->error), "cannot hand %s to the qemu user: %s",
+			 job->overlay, strerror(errno));
+}
+
+static void fleece_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	char bitmap[80];
+
+	if (job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	/* The point in time: frozen around the transaction as a copy's is (tx_send ->
+	 * drive_backup_cb -> fleece_started). */
+	fleece_names_make(job->disk, &n);
+	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
+	json_object_put(job->tx);
+	job->tx = fleece_transaction_args(&n, bitmap);
+	guest_freeze(job);
+}
+
+/* The teardown of what an earlier agent may have left is done: add the overlay. */
+static void fleece_add(struct bjob *job)
+{
+	struct fleece_names n;
+	struct kerr err;
+
+	fleece_names_make(job->disk, &n);
+	if (vm_qmp(job->op->vm, "blockdev-add", fleece_overlay_args(&n, job->overlay),
+		   BACKUP_JOB_TIMEOUT, fleece_added_cb, job, &err) < 0)
+		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+static void fleece_prepare_after(struct bjob *job)
+{
+	if (job->error[0]) {
+		fleece_fallback(job, job->error);
+		return;
+	}
+	/* First clear what a killed agent may have left under these names. */
+	fleece_down(job, fleece_add);
+}
+
+static void fleece_start(struct bjob *job)
+{
+	job->fleece = true;
+	job->fleece_tx = false;
+	pool_run(job, fleece_prepare_work, fleece_prepare_after);
+}
+
+/* Thread: the export, chunk by chunk, into the store (chunkpipe.h); zeros known from
+ * block status are named without reading. Paced here when limited: QEMU's job copies
+ * nothing on its own any more. */
+static void fleece_chunk_work(struct bjob *job)
+{
+	struct json_object *chunks = json_object_new_array();
+	struct chunkpipe_source src = {.cancelled = pipe_cancelled,
+				       .cancel_data = job,
+				       .key = job->key,
+				       .rate_bytes_s = job->rate_bytes_s,
+				       .progress_bytes = &job->piped_bytes};
+	struct chunkpipe_result res;
+	struct nbd_conn *c = NULL;
+	struct fleece_names n;
+	struct kerr err;
+	int ret;
+
+	json_object_object_add(job->mdisk, "chunks", chunks);
+	fleece_names_make(job->disk, &n);
+	if (nbd_conn_open(job->nbd_sock, n.node, &c, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	nbd_conn_source(c, &src);
+	__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
+	ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err);
+	nbd_conn_close(c);
+	if (ret < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	disk_stored(job, &res, src.size);
+}
+
+/* The disk is stored (or failed): its fleecing objects go, then the next disk. */
+static void fleece_done(struct bjob *job)
+{
+	job->fleece = false;
+	job->fleece_tx = false;
+	unlink(job->overlay);
+	unlink(job->nbd_sock);
+	if (!job->error[0])
+		job->fleeced++;
+	chunk_after(job);
+}
+
+static void fleece_chunk_after(struct bjob *job)
+{
+	uv_timer_stop(&job->poll); /* store_progress_cb */
+	fleece_down(job, fleece_done);
+}
+
+static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,
+			       void *data)
+{
+	struct bjob *job = data;
+
+	if (job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
+	uv_timer_start(&job->poll, store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+	pool_run(job, fleece_chunk_work, fleece_chunk_after);
+}
+
+static void fleece_served_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	struct kerr err;
+
+	if (job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	fleece_names_make(job->disk, &n);
+	if (vm_qmp(job->op->vm, "block-export-add", fleece_export_args(&n), BACKUP_JOB_TIMEOUT,
+		   fleece_exported_cb, job, &err) < 0)
+		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The transaction's answer (drive_backup_cb thawed the guest already). */
+static void fleece_started(struct bjob *job, const char *error)
+{
+	struct kerr err;
+
+	if (error) {
+		/* Atomic: neither the bitmap nor the job exists. */
+		fleece_fallback(job, error);
+		return;
+	}
+	job->fleece_tx = true;
+	if (vm_qmp(job->op->vm, "nbd-server-start", fleece_server_args(job->nbd_sock),
+		   BACKUP_JOB_TIMEOUT, fleece_served_cb, job, &err) < 0)
+		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
 static void disk_read(struct bjob *job)
 {
@@ -1151,14 +1530,9 @@ static void disk_read(struct bjob *job)
 		(int)(job->disk * BACKUP_READ_PHASES * 90 / (job->op->ndisks * BACKUP_READ_PHASES)),
 		phase);
 	if (job->live) {
-		struct json_object *args = json_object_new_object(), *bm = json_object_new_object();
-		struct json_object *actions = json_object_new_array(), *a, *tx;
+		struct json_object *args, *bm, *actions, *a, *tx;
 		char jid[96], node[16], name[80], pname[80];
 
-		/* The node names qemuargs.c gives the disks: d0, d1, ... */
-		block_job_id(job, job->disk, jid, sizeof(jid));
-		snprintf(node, sizeof(node), "d%zu", job->disk);
-		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		job->pdisk = NULL;
 		for (size_t i = 0;
 		     job->pmanifest && !job->full_reason[0] &&
@@ -1174,6 +1548,20 @@ static void disk_read(struct bjob *job)
 		if (job->parent[0] && !job->incr && !job->full_reason[0] && !job->force_full)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "disk %s is not in the parent backup", d->name);
+		/* Read whole: from a fleecing node's NBD export, unless that failed once. */
+		if (!job->incr && !job->fleece_off) {
+			fleece_start(job);
+			return;
+		}
+		if (!job->incr)
+			job->copied++;
+		args = json_object_new_object();
+		bm = json_object_new_object();
+		actions = json_object_new_array();
+		/* The node names qemuargs.c gives the disks: d0, d1, ... */
+		block_job_id(job, job->disk, jid, sizeof(jid));
+		snprintf(node, sizeof(node), "d%zu", job->disk);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		snprintf(job->target, sizeof(job->target), "%s/%s.qcow2", job->tmpdir, d->name);
 		json_object_object_add(args, "job-id", json_object_new_string(jid));
 		json_object_object_add(args, "device", json_object_new_string(node));
