@@ -32,12 +32,14 @@ disk_sha() { # [NAME]
 	chunk_sum "$raw"
 	rm -f "$raw"
 }
-backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its consistency_reason
+backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its consistency_reason,
+	# $live_read how a running VM's disk was read whole (fleecing, copy or "") and $live_why why
 	api POST "/api/v1/instances/$1/backups" "${2:-}"
 	expect_status 202 "backup of $1"
 	wait_op "$(jqb .id)" 300
 	op_ok
 	local id
+	live_read=$(jqb '.result.backup.live_read // empty') live_why=$(jqb '.result.backup.live_read_reason // empty')
 	id=$(jqb .result.backup.id)
 	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
 	api GET "/api/v1/backups/$id"
@@ -82,6 +84,8 @@ b1=$(jqb .id)
 [ "$(jqb .status)" = succeeded ] && [ "$(jqb .restorable)" = true ] || fail "backup 1 is $(jqb .status)"
 [ "$(jqb .kind)" = full ] && [ "$(jqb .consistency)" = crash ] || fail "backup 1: kind $(jqb .kind), consistency $(jqb .consistency)"
 grep -q "guest agent" <<<"$why" || fail "a crash-consistent backup does not say why: '$why'"
+# Read from QEMU's point-in-time NBD export of the disk (image fleecing), not a raw copy.
+[ "$live_read" = fleecing ] || fail "the live full was read by '$live_read', not fleecing: $live_why"
 why1=$why
 total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks1=$(jqb .chunk_count)
 # Holes of the read disk are not read (nor hashed): read_bytes is at most the size.
@@ -93,7 +97,7 @@ instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 api POST "/api/v1/backups/$b1/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "verify of the crash-consistent backup: $(jqb .result)"
-pass "a running VM backed up without stopping it; no guest agent: crash-consistent ($why1), verified, $chunks1 chunks, $new1 bytes stored"
+pass "a running VM backed up without stopping it (read by fleecing); no guest agent: crash-consistent ($why1), verified, $chunks1 chunks, $new1 bytes stored"
 
 # 1b. Incremental: the next backup builds on the first through the disk's dirty bitmap
 # and reads only what changed (a reboot: the guest counts boots on its disk). Paused,
