@@ -38,8 +38,8 @@
 #define DISK_SIZE (12 * MiB + 4096 * 3)
 
 static char dir[64];
-static char sock[128];
-static pid_t server = -1;
+static char sock[128], sock2[128];
+static pid_t server = -1, server2 = -1;
 
 static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void sh(const char *fmt, ...)
@@ -80,6 +80,21 @@ static int setup(void **state)
 	if (file_read_all(path, 64, &pid, &len) < 0)
 		return -1;
 	server = (pid_t)atoi(pid);
+	/* As fleecing reads it: an overlay backed by the disk, holding the old content of
+	 * a block the guest overwrote (here 1 MiB at 6 MiB, inside the disk's hole). */
+	sh("cd %s && qemu-img create -q -f qcow2 -b d.qcow2 -F qcow2 o.qcow2 && "
+	   "qemu-io -c 'write -P 0x66 6M 1M' o.qcow2 >/dev/null && "
+	   "qemu-img convert -O raw o.qcow2 o.raw && "
+	   "qemu-nbd --fork -t -e 4 -r -x kfl-d1 -f qcow2 -k %s/nbd2.sock --pid-file %s/pid2 "
+	   "o.qcow2",
+	   dir, dir, dir);
+	snprintf(sock2, sizeof(sock2), "%s/nbd2.sock", dir);
+	snprintf(path, sizeof(path), "%s/pid2", dir);
+	free(pid);
+	pid = NULL;
+	if (file_read_all(path, 64, &pid, &len) < 0)
+		return -1;
+	server2 = (pid_t)atoi(pid);
 	return 0;
 }
 
@@ -88,6 +103,8 @@ static int teardown(void **state)
 	(void)state;
 	if (server > 0)
 		kill(server, SIGTERM);
+	if (server2 > 0)
+		kill(server2, SIGTERM);
 	if (dir[0])
 		tree_remove(dir);
 	return 0;
@@ -148,6 +165,41 @@ static void test_read_and_status(void **state)
 	assert_true(nbd_conn_open(sock, "no-such", &c, &err) < 0);
 	assert_int_equal(err.code, ENOENT);
 	assert_non_null(strstr(err.msg, "no-such"));
+	free(got);
+	free(want);
+}
+
+/* Through a backing chain, as the fleecing overlay is read: the overlay's own blocks,
+ * the disk's beneath, and zeros only where neither has data. */
+static void test_backing_chain(void **state)
+{
+	struct nbd_conn *c = NULL;
+	unsigned char *got = xmalloc(4 * MiB), *want = xmalloc(4 * MiB);
+	char path[PATH_MAX];
+	struct kerr err;
+	int fd;
+
+	(void)state;
+	if (server2 <= 0)
+		skip();
+	assert_int_equal(nbd_conn_open(sock2, "kfl-d1", &c, &err), 0);
+	assert_int_equal(nbd_conn_size(c), DISK_SIZE);
+	snprintf(path, sizeof(path), "%s/o.raw", dir);
+	fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	for (int64_t off = 0; off < DISK_SIZE; off += 4 * MiB) {
+		size_t len = DISK_SIZE - off < 4 * MiB ? (size_t)(DISK_SIZE - off) : 4 * MiB;
+
+		assert_int_equal(nbd_conn_read(c, off, got, len, &err), 0);
+		assert_int_equal(pread(fd, want, len, off), (ssize_t)len);
+		assert_memory_equal(got, want, len);
+	}
+	/* 4-8 MiB: the overlay's 1 MiB makes it data now; 4-6 MiB alone is zeros in both. */
+	assert_int_equal(nbd_conn_zero(c, 4 * MiB, 4 * MiB, &err), 0);
+	assert_int_equal(nbd_conn_zero(c, 4 * MiB, 2 * MiB, &err), 1);
+	assert_int_equal(nbd_conn_zero(c, 0, 4 * MiB, &err), 0); /* the backing file's data */
+	nbd_conn_close(c);
+	close(fd);
 	free(got);
 	free(want);
 }
@@ -332,6 +384,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_read_and_status),
 		cmocka_unit_test(test_pipeline_source),
+		cmocka_unit_test(test_backing_chain),
 		cmocka_unit_test(test_simple_replies),
 	};
 
