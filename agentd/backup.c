@@ -128,9 +128,9 @@ struct bjob {
 	struct inst_op *op;
 	struct agent *agent;
 	bool restore;
-	bool live;			  /* the VM runs: read through QEMU (drive-backup) */
-	bool direct;			  /* stopped: chunk the disk file's chain itself */
-	char parent[65];		  /* the backup an incremental one builds on, or "" */
+	bool live;	 /* the VM runs: read through QEMU (fleecing or drive-backup) */
+	bool direct;	 /* stopped: chunk the disk file's chain itself */
+	char parent[65]; /* the backup an incremental one builds on, or "" */
 	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
 	struct json_object *pdisk;	  /* ... its entry for the disk at work */
 	bool incr;			  /* the disk at work is read incrementally */
