@@ -1471,10 +1471,36 @@ static void fleece_done(struct bjob *job)
 	chunk_after(job);
 }
 
+/*
+ * The read is over: was the point in time held all along? The sync=none job is what
+ * copies a block aside before the guest overwrites it; had it failed meanwhile (the
+ * overlay could not take a copy: the store full), later reads of those blocks gave
+ * the guest's new data. Only a job still running proves the view whole.
+ */
+static void fleece_checked_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+
+	if (job_gone(job))
+		return;
+	fleece_names_make(job->disk, &n);
+	if (!job->error[0] && (error || !fleece_job_running(&n, ret)))
+		snprintf(job->error, sizeof(job->error),
+			 "QEMU's fleecing job ended before the disk was read (%s): the copy "
+			 "is not of one point in time",
+			 error ? error : "see the agent's log and QEMU's");
+	fleece_down(job, fleece_done);
+}
+
 static void fleece_chunk_after(struct bjob *job)
 {
+	struct kerr err;
+
 	uv_timer_stop(&job->poll); /* store_progress_cb */
-	fleece_down(job, fleece_done);
+	if (vm_qmp(job->op->vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, fleece_checked_cb, job,
+		   &err) < 0)
+		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,

@@ -115,12 +115,28 @@ struct json_object *fleece_teardown_step(const struct fleece_names *n, int step,
 	}
 }
 
-int fleece_job_listed(const struct fleece_names *n, struct json_object *jobs)
+/* n->job's entry in query-jobs' answer, or NULL. */
+static struct json_object *job_find(const struct fleece_names *n, struct json_object *jobs)
 {
 	if (!json_object_is_type(jobs, json_type_array))
-		return 0;
-	for (size_t i = 0; i < json_array_len(jobs); i++)
-		if (!strcmp(json_get_str(json_object_array_get_idx(jobs, i), "id", ""), n->job))
-			return 1;
-	return 0;
+		return NULL;
+	for (size_t i = 0; i < json_array_len(jobs); i++) {
+		struct json_object *j = json_object_array_get_idx(jobs, i);
+
+		if (!strcmp(json_get_str(j, "id", ""), n->job))
+			return j;
+	}
+	return NULL;
+}
+
+int fleece_job_listed(const struct fleece_names *n, struct json_object *jobs)
+{
+	return job_find(n, jobs) != NULL;
+}
+
+int fleece_job_running(const struct fleece_names *n, struct json_object *jobs)
+{
+	struct json_object *j = job_find(n, jobs);
+
+	return j && !strcmp(json_get_str(j, "status", ""), "running");
 }

@@ -67,4 +67,8 @@ struct json_object *fleece_teardown_step(const struct fleece_names *n, int step,
 /* Whether query-jobs' answer (an array) still lists n->job. */
 int fleece_job_listed(const struct fleece_names *n, struct json_object *jobs);
 
+/* Whether it lists n->job as running: the point in time still held (a failed job has
+ * stopped copying old blocks aside, and dismissed itself). */
+int fleece_job_running(const struct fleece_names *n, struct json_object *jobs);
+
 #endif

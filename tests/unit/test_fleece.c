@@ -93,6 +93,14 @@ static void test_teardown(void **state)
 	jobs = json_tokener_parse("[{\"id\":\"kumo-abc-d2\",\"status\":\"running\"},"
 				  "{\"id\":\"kumo-fleece-d2\",\"status\":\"aborting\"}]");
 	assert_true(fleece_job_listed(&n, jobs));
+	assert_false(fleece_job_running(&n, jobs)); /* aborting: the view is not held */
+	json_object_put(jobs);
+	jobs = json_tokener_parse("[{\"id\":\"kumo-fleece-d2\",\"type\":\"backup\","
+				  "\"status\":\"running\",\"current-progress\":0}]");
+	assert_true(fleece_job_running(&n, jobs));
+	json_object_put(jobs);
+	jobs = json_tokener_parse("[]"); /* failed and dismissed itself */
+	assert_false(fleece_job_running(&n, jobs));
 	json_object_put(jobs);
 	jobs = json_tokener_parse("[{\"id\":\"kumo-fleece-d20\",\"status\":\"running\"}]");
 	assert_false(fleece_job_listed(&n, jobs));
