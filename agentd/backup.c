@@ -12,11 +12,12 @@
  *
  * How a disk is read, per disk:
  *   - a running (or paused) VM is never stopped. Read whole (a full backup, or an
- *     incremental whose bitmap cannot be used): image fleecing (fleece.h), a qcow2
- *     overlay backed by the disk, kept a point-in-time view by a sync=none backup job
- *     (copy-before-write of the blocks the guest overwrites), exported by QEMU's NBD
- *     server on a unix socket in STORE/tmp/ID/ and read by nbd.c straight into the
- *     chunk pipeline: nothing is copied but what the guest writes meanwhile. When any
+ *     incremental whose bitmap cannot be used): image fleecing (fleece.h, the flow
+ *     in backup_fleece.c), a qcow2 overlay backed by the disk, kept a point-in-time
+ *     view by a sync=none backup job (copy-before-write of the blocks the guest
+ *     overwrites), exported by QEMU's NBD server on a unix socket in STORE/tmp/ID/
+ *     and read by nbd.c straight into the chunk pipeline: nothing is copied but what
+ *     the guest writes meanwhile. When any
  *     of that fails (an older QEMU, a socket path too long), the backup's disks are
  *     copied as before and the result says why (live_read, live_read_reason): QMP
  *     drive-backup with sync=full copies the disk as it was when the job started into
@@ -26,7 +27,7 @@
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
  * Either is stored by common/chunkpipe.c on libuv's thread pool (read in order,
- * hashed and compressed by a thread per core, chunks already in the store skipped,
+ * hashed and compressed by two threads per core, chunks already in the store skipped,
  * holes and zeros named without hashing); the manifest is written last, after the
  * store is flushed, so a backup that failed half-way names no chunk and is never
  * restorable. Each disk's checksum is over its chunk list (manifest version 2,
@@ -51,7 +52,7 @@
  * into job->key, wipes the text, and every chunk and manifest call gets job->key. The
  * store's key check value is checked before anything is read or written.
  */
-#include "agentd.h"
+#include "backup_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -70,18 +71,12 @@
 #include "chunkstore.h"
 #include "fleece.h"
 #include "json.h"
-#include "nbd.h"
 #include "tree.h"
 #include "util.h"
 
-#define BACKUP_POLL_MS	      250   /* query-jobs while drive-backup runs */
-#define BACKUP_POLL_FIRST_MS  20    /* ... first: an incremental's job often ends at once */
-#define BACKUP_JOB_TIMEOUT    10000 /* ms for one QMP command */
-#define BACKUP_READ_PHASES    2	    /* per disk: read it, chunk it */
-#define BACKUP_FREEZE_MS      10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
-#define BACKUP_THAW_MS	      5000
-#define BACKUP_FLEECE_WAIT_MS 20  /* query-jobs while a cancelled fleecing job goes */
-#define BACKUP_FLEECE_WAITS   250 /* ... at most this many times (5 s) */
+#define BACKUP_POLL_FIRST_MS 20	   /* query-jobs first: an incremental's job often ends at once */
+#define BACKUP_FREEZE_MS     10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
+#define BACKUP_THAW_MS	     5000
 
 /* A backup id becomes a file name in the store: a plain shape only. */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err)
@@ -121,70 +116,6 @@ const struct json_field backup_args[] = {
 	{"key", JK_STRING, false, backup_key_check}, /* an encrypted store's; job_new() takes it */
 	{"bandwidth_mbps", JK_INT, false, NULL},     /* backup: the disk reads' limit (Mbit/s) */
 	{NULL, 0, false, NULL},
-};
-
-/* One backup or restore in progress: the op it serves and where each step is. */
-struct bjob {
-	struct inst_op *op;
-	struct agent *agent;
-	bool restore;
-	bool live;	 /* the VM runs: read through QEMU (fleecing or drive-backup) */
-	bool direct;	 /* stopped: chunk the disk file's chain itself */
-	char parent[65]; /* the backup an incremental one builds on, or "" */
-	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
-	struct json_object *pdisk;	  /* ... its entry for the disk at work */
-	bool incr;			  /* the disk at work is read incrementally */
-	bool all_incr;			  /* every disk so far was */
-	char full_reason[200];		  /* why a backup with a parent is full after all */
-	void (*then)(struct inst_op *op); /* restore within a create: its next step */
-	bool resume;			  /* container: this backup paused it */
-	bool block_job;			  /* QEMU's backup job for job->disk runs */
-	bool manifest_written;		  /* the store names this backup */
-	uid_t uid_base;			  /* container: its root's uid on the host */
-	bool force_full;		  /* asked full: the parent's bitmaps only go */
-	uint64_t rate_bytes_s;		  /* the disk reads' limit, 0: none */
-	uint64_t piped_bytes, piped_size; /* stopped: chunk_work's reach (atomic) */
-	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
-	char id[65];
-	char store[PATH_MAX]; /* absolute */
-	char tmpdir[PATH_MAX];
-	char raw[PATH_MAX]; /* the disk at work, as a raw file */
-	uid_t qemu_uid;
-	gid_t qemu_gid;
-	size_t disk; /* index into op->disks */
-	int64_t started_ms;
-
-	uv_work_t work;
-	uv_timer_t poll;
-	uint64_t poll_ms; /* the next query-jobs after this long */
-	bool poll_open;
-	char error[256];	    /* a thread step's failure, "" if none */
-	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
-
-	/* fsfreeze (qga.c) around each live disk's point in time */
-	struct json_object *tx;	 /* the transaction to send once frozen */
-	bool freeze_sent;	 /* a freeze may have reached the guest: thaw it */
-	char qga_path[PATH_MAX]; /* the VM's guest agent socket */
-	int64_t frozen_us;	 /* when the freeze was asked */
-	char freeze_why[200];	 /* why a disk was not frozen, "" if every one was */
-	bool no_guest_agent;	 /* none answered: later disks are not tried (each costs 5 s) */
-
-	/* a live full read from an NBD export of a fleecing node (fleece.h) */
-	bool fleece;	     /* the disk at work is read so (its QEMU objects may exist) */
-	bool fleece_tx;	     /* ... its transaction succeeded: its bitmap and job exist */
-	bool fleece_off;     /* fleecing failed once: this backup's disks are copied */
-	int fleeced, copied; /* disks read whole by fleecing, by the raw copy */
-	int fleece_step;     /* teardown: the next step (fleece_teardown_step) */
-	int fleece_waits;    /* teardown: query-jobs asked so far */
-	void (*fleece_then)(struct bjob *job); /* after the teardown */
-	char fleece_why[200];		       /* why a disk was copied instead, "" if none was */
-	char overlay[PATH_MAX];		       /* the fleecing overlay (qcow2, in tmpdir) */
-	char nbd_sock[108];		       /* QEMU's NBD server (in tmpdir): sun_path's size */
-
-	/* what the backup found */
-	struct json_object *manifest; /* backup: being built; restore: as read */
-	struct json_object *mdisk;    /* the disk at work's manifest entry */
-	uint64_t read_bytes, new_bytes, total_bytes, chunk_count;
 };
 
 /* A child (qemu-img) this file started; freed in its close callback. */
@@ -230,7 +161,7 @@ static void job_free(struct bjob *job)
 static void cancel_cleanup(struct bjob *job);
 
 /* At each safe point: the agent stopping, or a cancel (job.c) that undoes the op. */
-static bool job_gone(struct bjob *job)
+bool backup_job_gone(struct bjob *job)
 {
 	if (!job->op->agent->stopping && job_cancelled(job->op))
 		cancel_cleanup(job);
@@ -281,8 +212,6 @@ static void block_job_id(const struct bjob *job, size_t i, char *out, size_t len
 	snprintf(out, len, "kumo-%s-d%zu", job->id, i);
 }
 
-static void fleece_drop_now(struct bjob *job);
-
 static void block_job_cancelled_cb(struct qmp *q, struct json_object *ret, const char *error,
 				   void *data)
 {
@@ -305,7 +234,7 @@ static void cancel_cleanup(struct bjob *job)
 	log_info("backup %s: %s; stopping its work", job->id, job_cancel_reason(job->op));
 	if (!job->restore && job->live && job->op->vm) {
 		if (job->fleece) {
-			fleece_drop_now(job);
+			backup_fleece_drop(job);
 			job->block_job = false;
 		}
 		if (job->block_job) {
@@ -331,8 +260,9 @@ static void cancel_cleanup(struct bjob *job)
 	job->tmpdir[0] = '\0';
 }
 
-static void job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void job_fail(struct bjob *job, const char *fmt, ...)
+/* The backup or restore failed (why, printf-style): its work files and what QEMU holds of
+ * it go, the op fails, the job is freed. */
+void backup_job_fail(struct bjob *job, const char *fmt, ...)
 {
 	char why[256];
 	va_list ap;
@@ -345,7 +275,8 @@ static void job_fail(struct bjob *job, const char *fmt, ...)
 	if (job->tmpdir[0])
 		tree_remove(job->tmpdir);
 	if (!job->restore && job->live && job->op->vm && job->fleece)
-		fleece_drop_now(job); /* the export, the server, the job and the overlay's node */
+		backup_fleece_drop(
+			job); /* the export, the server, the job and the overlay's node */
 	if (!job->restore && job->live && job->op->vm)
 		bitmaps_drop(job, job->id); /* the next backup must not build on this one */
 	instance_op_fail(job->op, "%s %s: %s", job->restore ? "restore of" : "backup", job->id,
@@ -354,9 +285,6 @@ static void job_fail(struct bjob *job, const char *fmt, ...)
 }
 
 /* ---- thread pool steps ---------------------------------------------------------------- */
-
-typedef void (*work_fn)(struct bjob *job);
-typedef void (*after_fn)(struct bjob *job);
 
 /*
  * Run work(job) on the thread pool, then after(job) on the loop. uv_work_t's data
@@ -383,16 +311,18 @@ static void pool_after_cb(uv_work_t *req, int status)
 	after_fn after = w->after;
 
 	free(w);
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (status < 0) {
-		job_fail(job, "the thread pool refused the work: %s", uv_strerror(status));
+		backup_job_fail(job, "the thread pool refused the work: %s", uv_strerror(status));
 		return;
 	}
 	after(job);
 }
 
-static void pool_run(struct bjob *job, work_fn work, after_fn after)
+/* Queue work(job) on the thread pool; after(job) runs on the loop once it is done and
+ * the job still stands (backup_job_gone). */
+void backup_pool_run(struct bjob *job, work_fn work, after_fn after)
 {
 	struct work_req *w = xcalloc(1, sizeof(*w));
 	int ret;
@@ -405,7 +335,7 @@ static void pool_run(struct bjob *job, work_fn work, after_fn after)
 	ret = uv_queue_work(job->agent->loop, &w->req, pool_work_cb, pool_after_cb);
 	if (ret < 0) {
 		free(w);
-		job_fail(job, "cannot queue disk work: %s", uv_strerror(ret));
+		backup_job_fail(job, "cannot queue disk work: %s", uv_strerror(ret));
 	}
 }
 
@@ -422,7 +352,7 @@ static void qemu_img_done_cb(const struct child_result *r, void *data)
 	if (!child_result_ok(r))
 		snprintf(why, sizeof(why), "qemu-img %s (its message is in the agent's log)",
 			 r->signal ? "was killed" : "failed");
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	done(job, why[0] ? why : NULL);
 }
@@ -439,7 +369,7 @@ static void qemu_img_run(struct bjob *job, char **args,
 	c->done = done;
 	if (child_run(job->agent->loop, &opts, qemu_img_done_cb, c, &err) == NULL) {
 		free(c);
-		job_fail(job, "%s", err.msg);
+		backup_job_fail(job, "%s", err.msg);
 	}
 }
 
@@ -489,7 +419,7 @@ static void prepare_work(struct bjob *job)
 
 /* Run argv (no shell) from a worker thread and wait; *out (if not NULL) gets its
  * stdout. Returns its exit status, or -1. Thread only: it blocks. */
-static int run_wait(char *const argv[], char **out)
+int backup_run_wait(char *const argv[], char **out)
 {
 	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
 	struct kerr err;
@@ -525,7 +455,7 @@ static void chunk_incr_work(struct bjob *job)
 	chunkstore_writer_init(&w);
 	w.key = job->key;
 	json_object_object_add(job->mdisk, "chunks", chunks);
-	if (run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
+	if (backup_run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
 	    !json_object_is_type(map, json_type_array)) {
 		snprintf(job->error, sizeof(job->error), "qemu-img map of %s failed", job->target);
 		goto out;
@@ -641,7 +571,8 @@ out:
 	json_object_put(map);
 }
 
-static bool pipe_cancelled(void *data)
+/* chunkpipe's cancel check: data is the job. Thread-safe enough (see inside). */
+bool backup_pipe_cancelled(void *data)
 {
 	/* Set on the loop; a stale read only delays the stop by a chunk. */
 	return job_cancel_reason(((struct bjob *)data)->op) != NULL;
@@ -649,7 +580,7 @@ static bool pipe_cancelled(void *data)
 
 /* Thread: what the pipeline stored of the disk at work goes into the job and its
  * manifest entry. */
-static void disk_stored(struct bjob *job, const struct chunkpipe_result *res, int64_t size)
+void backup_disk_stored(struct bjob *job, const struct chunkpipe_result *res, int64_t size)
 {
 	job->read_bytes += res->read_bytes;
 	job->new_bytes += res->new_bytes;
@@ -669,7 +600,7 @@ static void chunk_work(struct bjob *job)
 	struct chunkpipe_source src = {.read = chunkpipe_file_read,
 				       .hole = chunkpipe_file_hole,
 				       .data = &file,
-				       .cancelled = pipe_cancelled,
+				       .cancelled = backup_pipe_cancelled,
 				       .cancel_data = job,
 				       .key = job->key,
 				       .progress_bytes = &job->piped_bytes};
@@ -702,7 +633,7 @@ static void chunk_work(struct bjob *job)
 			goto stored;
 		}
 		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
-		if (run_wait(conv_argv, NULL) != 0) {
+		if (backup_run_wait(conv_argv, NULL) != 0) {
 			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
 				 disk);
 			return;
@@ -722,7 +653,7 @@ static void chunk_work(struct bjob *job)
 		return;
 	}
 stored:
-	disk_stored(job, &res, src.size);
+	backup_disk_stored(job, &res, src.size);
 	unlink(job->raw);
 }
 
@@ -766,7 +697,7 @@ static void manifest_after(struct bjob *job)
 	struct inst_op *op = job->op;
 
 	if (job->error[0]) {
-		job_fail(job, "%s", job->error);
+		backup_job_fail(job, "%s", job->error);
 		return;
 	}
 	/* The controller indexes what the manifest says; chunk lists stay in the store. */
@@ -825,14 +756,11 @@ static void manifest_after(struct bjob *job)
 	instance_op_succeed(op);
 }
 
-static void disk_read(struct bjob *job);
-static void fleece_start(struct bjob *job);
-static void fleece_started(struct bjob *job, const char *error);
-
-static void chunk_after(struct bjob *job)
+/* Loop: a disk was stored (or not: job->error): the next disk, or the job fails. */
+void backup_chunk_after(struct bjob *job)
 {
 	if (job->direct)
-		uv_timer_stop(&job->poll); /* store_progress_cb */
+		uv_timer_stop(&job->poll); /* backup_store_progress_cb */
 	if (job->incr && !strcmp(job->error, "RESIZED")) {
 		snprintf(job->full_reason, sizeof(job->full_reason),
 			 "disk %s changed size since the parent backup",
@@ -840,11 +768,11 @@ static void chunk_after(struct bjob *job)
 		job->incr = false;
 		job->pdisk = NULL;
 		json_object_object_del(job->mdisk, "chunks");
-		disk_read(job);
+		backup_disk_read(job);
 		return;
 	}
 	if (job->error[0]) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, job->error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, job->error);
 		return;
 	}
 	job->all_incr = job->all_incr && job->incr;
@@ -855,8 +783,8 @@ static void chunk_after(struct bjob *job)
 /* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk or
  * fleece_chunk_work a running one's (either reads the disk itself, paced when
  * limited): how far it got, so the progress moves meanwhile.
- * The work in the pool holds the job: this never frees it, chunk_after stops it. */
-static void store_progress_cb(uv_timer_t *timer)
+ * The work in the pool holds the job: this never frees it, backup_chunk_after stops it. */
+void backup_store_progress_cb(uv_timer_t *timer)
 {
 	struct bjob *job = timer->data;
 	uint64_t done = __atomic_load_n(&job->piped_bytes, __ATOMIC_RELAXED);
@@ -882,7 +810,7 @@ static void read_done(struct bjob *job, const char *error)
 	char phase[96];
 
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	snprintf(phase, sizeof(phase), "storing disk %s", job->op->disks[job->disk].name);
@@ -892,9 +820,10 @@ static void read_done(struct bjob *job, const char *error)
 			     phase);
 	if (job->direct) {
 		job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
-		uv_timer_start(&job->poll, store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+		uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS,
+			       BACKUP_POLL_MS);
 	}
-	pool_run(job, job->incr ? chunk_incr_work : chunk_work, chunk_after);
+	backup_pool_run(job, job->incr ? chunk_incr_work : chunk_work, backup_chunk_after);
 }
 
 static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -910,10 +839,10 @@ static void poll_cb(uv_timer_t *timer)
 	struct bjob *job = timer->data;
 	struct kerr err;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (vm_qmp(job->op->vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, jobs_cb, job, &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 /* The drive-backup job's state: go on polling, or read its end. */
@@ -924,10 +853,10 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 	struct json_object *found = NULL;
 	struct kerr err;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	block_job_id(job, job->disk, jid, sizeof(jid));
@@ -938,8 +867,8 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 			found = j;
 	}
 	if (found == NULL) {
-		job_fail(job, "disk %s: QEMU's backup job vanished",
-			 job->op->disks[job->disk].name);
+		backup_job_fail(job, "disk %s: QEMU's backup job vanished",
+				job->op->disks[job->disk].name);
 		return;
 	}
 	if (strcmp(json_get_str(found, "status", ""), "concluded") != 0) {
@@ -989,7 +918,7 @@ static bool incr_fallback(struct bjob *job, const char *why)
 		  job->full_reason);
 	job->incr = false;
 	job->pdisk = NULL;
-	disk_read(job);
+	backup_disk_read(job);
 	return true;
 }
 
@@ -1000,19 +929,19 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 	/* The point in time is taken (or the transaction failed): thaw at once. */
 	guest_thaw(job);
 	/* QEMU runs the job from here on: a cancel that came while the transaction was
-	 * in flight must stop it too (cancel_cleanup, from job_gone). */
+	 * in flight must stop it too (cancel_cleanup, from backup_job_gone). */
 	if (error == NULL)
 		job->block_job = true;
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (job->fleece) {
-		fleece_started(job, error);
+		backup_fleece_started(job, error);
 		return;
 	}
 	if (error && incr_fallback(job, error))
 		return;
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	/* Soon, then every BACKUP_POLL_MS: a small incremental's job is done in tens of
@@ -1152,7 +1081,7 @@ static void freeze_missed(struct bjob *job, const char *why)
 		  job->freeze_why);
 }
 
-/* Start QEMU's side of the disk's read: the transaction guest_freeze() kept. */
+/* Start QEMU's side of the disk's read: the transaction backup_guest_freeze() kept. */
 static void tx_send(struct bjob *job)
 {
 	struct json_object *tx = job->tx;
@@ -1161,7 +1090,7 @@ static void tx_send(struct bjob *job)
 	job->tx = NULL;
 	if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job, &err) <
 	    0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why, void *data)
@@ -1173,7 +1102,7 @@ static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why,
 		job->freeze_sent = false;
 		job->no_guest_agent = status < 0;
 	}
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return; /* job_free thawed */
 	if (status < 0)
 		freeze_missed(job, why);
@@ -1191,7 +1120,7 @@ static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why,
 }
 
 /* Freeze the running guest's file systems (qga.c), then send the disk's transaction. */
-static void guest_freeze(struct bjob *job)
+void backup_guest_freeze(struct bjob *job)
 {
 	struct vm *vm = job->op->vm;
 
@@ -1208,353 +1137,8 @@ static void guest_freeze(struct bjob *job)
 		    frozen_cb, job);
 }
 
-/* ---- a live full: read from an NBD export of a fleecing node (fleece.h) ----------------- */
-
-static void fleece_down_send(struct bjob *job);
-
-static void fleece_wait_cb(uv_timer_t *timer)
-{
-	struct bjob *job = timer->data;
-
-	if (job_gone(job))
-		return;
-	fleece_down_send(job);
-}
-
-static void fleece_down_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-
-	if (job_gone(job))
-		return;
-	fleece_names_make(job->disk, &n);
-	/* The overlay's node is the cancelled job's target until the job is gone. */
-	if (job->fleece_step == FLEECE_STEP_WAIT && error == NULL && fleece_job_listed(&n, ret) &&
-	    ++job->fleece_waits < BACKUP_FLEECE_WAITS) {
-		uv_timer_start(&job->poll, fleece_wait_cb, BACKUP_FLEECE_WAIT_MS, 0);
-		return;
-	}
-	/* Each step may find nothing to undo: not an error. */
-	if (error)
-		log_debug("backup %s: disk %s: fleecing teardown: %s", job->id,
-			  job->op->disks[job->disk].name, error);
-	job->fleece_step++;
-	fleece_down_send(job);
-}
-
-/* The teardown's next step, or its end: fleece_then. */
-static void fleece_down_send(struct bjob *job)
-{
-	struct fleece_names n;
-	const char *cmd;
-	struct json_object *args;
-	struct kerr err;
-
-	fleece_names_make(job->disk, &n);
-	args = fleece_teardown_step(&n, job->fleece_step, &cmd);
-	if (args == NULL) {
-		void (*then)(struct bjob * job) = job->fleece_then;
-
-		job->fleece_then = NULL;
-		then(job);
-		return;
-	}
-	if (vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, fleece_down_cb, job, &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-/* Remove the disk's fleecing objects from QEMU (whatever of them exists), waiting for
- * its job to go before its node; then then(job). */
-static void fleece_down(struct bjob *job, void (*then)(struct bjob *job))
-{
-	job->fleece_step = 0;
-	job->fleece_waits = 0;
-	job->fleece_then = then;
-	fleece_down_send(job);
-}
-
-/* The same, now, no one waiting (a failure or a cancel frees the job right after): the
- * overlay's node may outlive its job's cancel; the next backup's teardown removes it. */
-static void fleece_drop_now(struct bjob *job)
-{
-	struct fleece_names n;
-	const char *cmd;
-	struct json_object *args;
-	struct kerr err;
-
-	fleece_names_make(job->disk, &n);
-	for (int step = 0; (args = fleece_teardown_step(&n, step, &cmd)) != NULL; step++) {
-		if (step == FLEECE_STEP_WAIT) {
-			json_object_put(args);
-			continue;
-		}
-		vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, NULL, NULL, &err);
-	}
-	job->fleece = false;
-}
-
-/* After a fleecing that failed was torn down: this disk, and the rest of the backup's,
- * are read as before (drive-backup into a raw work file). */
-static void fleece_copy_instead(struct bjob *job)
-{
-	job->fleece = false;
-	if (job->fleece_tx) {
-		/* The transaction added this backup's bitmap, and the copy's adds it again:
-		 * removed first (one QMP connection: QEMU runs the two in order). */
-		struct json_object *args = json_object_new_object();
-		struct fleece_names n;
-		char name[80];
-		struct kerr err;
-
-		fleece_names_make(job->disk, &n);
-		snprintf(name, sizeof(name), "kumo-%s", job->id);
-		json_object_object_add(args, "node", json_object_new_string(n.device));
-		json_object_object_add(args, "name", json_object_new_string(name));
-		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
-		       NULL, &err);
-		job->fleece_tx = false;
-	}
-	disk_read(job);
-}
-
-/* Fleecing did not work on this QEMU or disk (why): tear it down, then copy instead.
- * The backup says so (live_read "copy", live_read_reason). */
-static void fleece_fallback(struct bjob *job, const char *why)
-{
-	if (!job->fleece_why[0])
-		snprintf(job->fleece_why, sizeof(job->fleece_why), "disk %s: %s",
-			 job->op->disks[job->disk].name, why);
-	log_warnx("vm %s: backup %s: disk %s: no fleecing (%s); copying the disk instead",
-		  job->op->vm->inst.name, job->id, job->op->disks[job->disk].name, why);
-	job->fleece_off = true;
-	job->error[0] = '\0';
-	fleece_down(job, fleece_copy_instead);
-}
-
-/* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) and the
- * socket's path, both in the backup's work directory, which only that user and root
- * may enter. */
-static void fleece_prepare_work(struct bjob *job)
-{
-	struct vm_disk *d = &job->op->disks[job->disk];
-	char *info_argv[] = {"qemu-img", "info", "-U", "--output=json", d->abs, NULL};
-	_cleanup_free_ char *out = NULL;
-	struct json_object *info = NULL;
-	char size[32];
-	int64_t vsize;
-
-	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
-	if ((size_t)snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", job->tmpdir) >=
-	    sizeof(job->nbd_sock)) {
-		snprintf(job->error, sizeof(job->error),
-			 "the store's work directory is too long a path for a socket");
-		return;
-	}
-	if (run_wait(info_argv, &out) != 0 || (info = json_tokener_parse(out)) == NULL ||
-	    (vsize = json_get_int(info, "virtual-size", -1)) <= 0) {
-		json_object_put(info);
-		snprintf(job->error, sizeof(job->error), "qemu-img info of %s failed", d->abs);
-		return;
-	}
-	json_object_put(info);
-	snprintf(size, sizeof(size), "%lld", (long long)vsize);
-	{
-		char *create_argv[] = {"qemu-img", "create",	 "-q", "-f",
-				       "qcow2",	   job->overlay, size, NULL};
-
-		if (run_wait(create_argv, NULL) != 0) {
-			snprintf(job->error, sizeof(job->error), "qemu-img create of %s failed",
-				 job->overlay);
-			return;
-		}
-	}
-	/* QEMU opens it after it dropped root (-runas). */
-	if (chown(job->overlay, job->qemu_uid, job->qemu_gid) < 0)
-		snprintf(job->error, sizeof(job->error), "cannot hand %s to the qemu user: %s",
-			 job->overlay, strerror(errno));
-}
-
-static void fleece_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	char bitmap[80];
-
-	if (job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	/* The point in time: frozen around the transaction as a copy's is (tx_send ->
-	 * drive_backup_cb -> fleece_started). */
-	fleece_names_make(job->disk, &n);
-	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
-	json_object_put(job->tx);
-	job->tx = fleece_transaction_args(&n, bitmap);
-	guest_freeze(job);
-}
-
-/* The teardown of what an earlier agent may have left is done: add the overlay. */
-static void fleece_add(struct bjob *job)
-{
-	struct fleece_names n;
-	struct kerr err;
-
-	fleece_names_make(job->disk, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_overlay_args(&n, job->overlay),
-		   BACKUP_JOB_TIMEOUT, fleece_added_cb, job, &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-static void fleece_prepare_after(struct bjob *job)
-{
-	if (job->error[0]) {
-		fleece_fallback(job, job->error);
-		return;
-	}
-	/* First clear what a killed agent may have left under these names. */
-	fleece_down(job, fleece_add);
-}
-
-static void fleece_start(struct bjob *job)
-{
-	job->fleece = true;
-	job->fleece_tx = false;
-	pool_run(job, fleece_prepare_work, fleece_prepare_after);
-}
-
-/* Thread: the export, chunk by chunk, into the store (chunkpipe.h); zeros known from
- * block status are named without reading. Paced here when limited: QEMU's job copies
- * nothing on its own any more. */
-static void fleece_chunk_work(struct bjob *job)
-{
-	struct json_object *chunks = json_object_new_array();
-	struct chunkpipe_source src = {.cancelled = pipe_cancelled,
-				       .cancel_data = job,
-				       .key = job->key,
-				       .rate_bytes_s = job->rate_bytes_s,
-				       .progress_bytes = &job->piped_bytes};
-	struct chunkpipe_result res;
-	struct nbd_conn *c = NULL;
-	struct fleece_names n;
-	struct kerr err;
-	int ret;
-
-	json_object_object_add(job->mdisk, "chunks", chunks);
-	fleece_names_make(job->disk, &n);
-	if (nbd_conn_open(job->nbd_sock, n.node, &c, &err) < 0) {
-		snprintf(job->error, sizeof(job->error), "%s", err.msg);
-		return;
-	}
-	nbd_conn_source(c, &src);
-	__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
-	ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err);
-	nbd_conn_close(c);
-	if (ret < 0) {
-		snprintf(job->error, sizeof(job->error), "%s", err.msg);
-		return;
-	}
-	disk_stored(job, &res, src.size);
-}
-
-/* The disk is stored (or failed): its fleecing objects go, then the next disk. */
-static void fleece_done(struct bjob *job)
-{
-	job->fleece = false;
-	job->fleece_tx = false;
-	unlink(job->overlay);
-	unlink(job->nbd_sock);
-	if (!job->error[0])
-		job->fleeced++;
-	chunk_after(job);
-}
-
-/*
- * The read is over: was the point in time held all along? The sync=none job is what
- * copies a block aside before the guest overwrites it; had it failed meanwhile (the
- * overlay could not take a copy: the store full), later reads of those blocks gave
- * the guest's new data. Only a job still running proves the view whole.
- */
-static void fleece_checked_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-
-	if (job_gone(job))
-		return;
-	fleece_names_make(job->disk, &n);
-	if (!job->error[0] && (error || !fleece_job_running(&n, ret)))
-		snprintf(job->error, sizeof(job->error),
-			 "QEMU's fleecing job ended before the disk was read (%s): the copy "
-			 "is not of one point in time",
-			 error ? error : "see the agent's log and QEMU's");
-	fleece_down(job, fleece_done);
-}
-
-static void fleece_chunk_after(struct bjob *job)
-{
-	struct kerr err;
-
-	uv_timer_stop(&job->poll); /* store_progress_cb */
-	if (vm_qmp(job->op->vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, fleece_checked_cb, job,
-		   &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,
-			       void *data)
-{
-	struct bjob *job = data;
-
-	if (job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
-	uv_timer_start(&job->poll, store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
-	pool_run(job, fleece_chunk_work, fleece_chunk_after);
-}
-
-static void fleece_served_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
-
-	if (job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	fleece_names_make(job->disk, &n);
-	if (vm_qmp(job->op->vm, "block-export-add", fleece_export_args(&n), BACKUP_JOB_TIMEOUT,
-		   fleece_exported_cb, job, &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-/* The transaction's answer (drive_backup_cb thawed the guest already). */
-static void fleece_started(struct bjob *job, const char *error)
-{
-	struct kerr err;
-
-	if (error) {
-		/* Atomic: neither the bitmap nor the job exists. */
-		fleece_fallback(job, error);
-		return;
-	}
-	job->fleece_tx = true;
-	if (vm_qmp(job->op->vm, "nbd-server-start", fleece_server_args(job->nbd_sock),
-		   BACKUP_JOB_TIMEOUT, fleece_served_cb, job, &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
-static void disk_read(struct bjob *job)
+void backup_disk_read(struct bjob *job)
 {
 	struct vm_disk *d = &job->op->disks[job->disk];
 	char phase[96];
@@ -1586,7 +1170,7 @@ static void disk_read(struct bjob *job)
 				 "disk %s is not in the parent backup", d->name);
 		/* Read whole: from a fleecing node's NBD export, unless that failed once. */
 		if (!job->incr && !job->fleece_off) {
-			fleece_start(job);
+			backup_fleece_start(job);
 			return;
 		}
 		if (!job->incr)
@@ -1637,7 +1221,7 @@ static void disk_read(struct bjob *job)
 		json_object_object_add(tx, "actions", actions);
 		json_object_put(job->tx);
 		job->tx = tx;
-		guest_freeze(job);
+		backup_guest_freeze(job);
 		return;
 	}
 	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first. */
@@ -1742,7 +1326,7 @@ out:
 static void write_done(struct bjob *job, const char *error)
 {
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	unlink(job->raw); /* small: a local unlink of a file we made */
@@ -1756,7 +1340,7 @@ static void reassemble_after(struct bjob *job)
 	char phase[96];
 
 	if (job->error[0]) {
-		job_fail(job, "disk %s: %s", d->name, job->error);
+		backup_job_fail(job, "disk %s: %s", d->name, job->error);
 		return;
 	}
 	snprintf(phase, sizeof(phase), "writing disk %s", d->name);
@@ -1786,13 +1370,13 @@ static void disk_restore(struct bjob *job)
 			job->mdisk = md;
 	}
 	if (job->mdisk == NULL) {
-		job_fail(job, "the backup has no disk named %s", d->name);
+		backup_job_fail(job, "the backup has no disk named %s", d->name);
 		return;
 	}
 	snprintf(job->raw, sizeof(job->raw), "%s/%s.raw", job->tmpdir, d->name);
 	snprintf(phase, sizeof(phase), "reading disk %s from the store", d->name);
 	instance_op_progress(job->op, (int)(job->disk * 2 * 90 / (job->op->ndisks * 2)), phase);
-	pool_run(job, reassemble_work, reassemble_after);
+	backup_pool_run(job, reassemble_work, reassemble_after);
 }
 
 static void restore_finish_work(struct bjob *job)
@@ -1832,25 +1416,25 @@ static void disk_next(struct bjob *job)
 		json_object_object_add(job->mdisk, "name",
 				       json_object_new_string(job->op->disks[job->disk].name));
 		json_object_array_add(json_object_object_get(job->manifest, "disks"), job->mdisk);
-		disk_read(job);
+		backup_disk_read(job);
 		return;
 	}
 	if (job->restore) {
-		pool_run(job, restore_finish_work, restore_finish_after);
+		backup_pool_run(job, restore_finish_work, restore_finish_after);
 		return;
 	}
 	instance_op_progress(job->op, 95, "writing the manifest");
-	pool_run(job, manifest_work, manifest_after);
+	backup_pool_run(job, manifest_work, manifest_after);
 }
 
 static void prepare_after(struct bjob *job)
 {
 	if (job->error[0]) {
-		job_fail(job, "%s", job->error);
+		backup_job_fail(job, "%s", job->error);
 		return;
 	}
 	if (job->restore && strcmp(json_get_str(job->manifest, "type", "vm"), "vm") != 0) {
-		job_fail(job, "the backup is not of a VM");
+		backup_job_fail(job, "the backup is not of a VM");
 		return;
 	}
 	disk_next(job);
@@ -1938,7 +1522,7 @@ void backup_vm_run(struct inst_op *op)
 		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
 
 		if (pw == NULL) {
-			job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
+			backup_job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
 			return;
 		}
 		job->qemu_uid = pw->pw_uid;
@@ -1955,7 +1539,7 @@ void backup_vm_run(struct inst_op *op)
 	json_object_object_add(job->manifest, "type", json_object_new_string("vm"));
 	json_object_object_add(job->manifest, "spec", json_object_get(vm->inst.spec));
 	/* A stopped VM's disks are at rest; a running one's are as after a power cut
-	 * until its guest agent froze every disk's file systems (guest_freeze). */
+	 * until its guest agent froze every disk's file systems (backup_guest_freeze). */
 	json_object_object_add(job->manifest, "consistency",
 			       json_object_new_string(job->live ? "crash" : "filesystem"));
 	json_object_object_add(job->manifest, "created_at", json_object_new_int64(now_ms()));
@@ -1963,7 +1547,7 @@ void backup_vm_run(struct inst_op *op)
 			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
 	json_object_object_add(job->manifest, "disks", json_object_new_array());
 	instance_op_progress(op, 0, "preparing the store");
-	pool_run(job, prepare_work, prepare_after);
+	backup_pool_run(job, prepare_work, prepare_after);
 }
 
 /*
@@ -1986,7 +1570,7 @@ void backup_vm_restore(struct inst_op *op)
 		return;
 	}
 	instance_op_progress(op, 0, "reading the manifest");
-	pool_run(job_new(op, op->args, true), restore_prepare_work, prepare_after);
+	backup_pool_run(job_new(op, op->args, true), restore_prepare_work, prepare_after);
 }
 
 /*
@@ -2024,7 +1608,7 @@ void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op)
 	if (job == NULL)
 		return;
 	instance_op_progress(op, 65, "reading the backup's manifest");
-	pool_run(job, restore_prepare_work, prepare_after);
+	backup_pool_run(job, restore_prepare_work, prepare_after);
 }
 
 /* ---- containers: the writable layer as one tar stream, chunked like a disk ------------- */
@@ -2064,7 +1648,7 @@ static void ctr_read_work(struct bjob *job)
 		return;
 	}
 	job->uid_base = sb.st_uid;
-	rc = run_wait(argv, NULL);
+	rc = backup_run_wait(argv, NULL);
 	/* 1: a file changed while it was read; only a running container's can. */
 	if (rc != 0 && !(rc == 1 && job->live)) {
 		snprintf(job->error, sizeof(job->error), "tar of the writable layer failed (%d)",
@@ -2078,7 +1662,7 @@ static void ctr_resumed_cb(struct agent *a, const struct oci_cmd_result *r, void
 {
 	struct bjob *job = data;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (r->status != 0)
 		log_warnx("container %s: resuming after the backup: %s", job->op->ctr->inst.name,
@@ -2107,28 +1691,28 @@ static void ctr_read_after(struct bjob *job)
 static void ctr_closing(struct bjob *job)
 {
 	if (job->error[0]) {
-		job_fail(job, "the writable layer: %s", job->error);
+		backup_job_fail(job, "the writable layer: %s", job->error);
 		return;
 	}
 	json_object_object_add(job->manifest, "uid_base",
 			       json_object_new_int64((int64_t)job->uid_base));
 	instance_op_progress(job->op, 95, "writing the manifest");
-	pool_run(job, manifest_work, manifest_after);
+	backup_pool_run(job, manifest_work, manifest_after);
 }
 
 static void ctr_paused_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
 {
 	struct bjob *job = data;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (r->status != 0 || r->timed_out) {
-		job_fail(job, "cannot pause the container: %s", r->error);
+		backup_job_fail(job, "cannot pause the container: %s", r->error);
 		return;
 	}
 	job->resume = true;
 	instance_op_progress(job->op, 10, "reading the writable layer (paused)");
-	pool_run(job, ctr_read_work, ctr_read_after);
+	backup_pool_run(job, ctr_read_work, ctr_read_after);
 }
 
 /*
@@ -2179,11 +1763,11 @@ void backup_ctr_run(struct inst_op *op)
 		instance_op_progress(op, 5, "pausing the container");
 		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->inst.name, NULL}, 30000,
 			     0, false, NULL, ctr_paused_cb, job, &err) < 0)
-			job_fail(job, "%s", err.msg);
+			backup_job_fail(job, "%s", err.msg);
 		return;
 	}
 	instance_op_progress(op, 10, "reading the writable layer");
-	pool_run(job, ctr_read_work, ctr_read_after);
+	backup_pool_run(job, ctr_read_work, ctr_read_after);
 }
 
 /* nftw() has no user pointer: the shift of the one restore a worker runs at a time. */
@@ -2232,7 +1816,7 @@ static void ctr_restore_work(struct bjob *job)
 	reassemble_work(job);
 	if (job->error[0])
 		return;
-	if (stat(upper, &sb) < 0 || run_wait(argv, NULL) != 0) {
+	if (stat(upper, &sb) < 0 || backup_run_wait(argv, NULL) != 0) {
 		snprintf(job->error, sizeof(job->error), "cannot unpack the layer into %s", upper);
 		return;
 	}
@@ -2253,7 +1837,7 @@ static void ctr_restore_after(struct bjob *job)
 	void (*then)(struct inst_op * op) = job->then;
 
 	if (job->error[0]) {
-		job_fail(job, "%s", job->error);
+		backup_job_fail(job, "%s", job->error);
 		return;
 	}
 	log_info("container %s: writable layer restored from backup %s", op->ctr->inst.name,
@@ -2274,5 +1858,5 @@ void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op
 	if (job == NULL)
 		return;
 	instance_op_progress(op, 70, "writing the writable layer from the backup");
-	pool_run(job, ctr_restore_work, ctr_restore_after);
+	backup_pool_run(job, ctr_restore_work, ctr_restore_after);
 }
