@@ -161,7 +161,8 @@ static void fleece_prepare_work(struct bjob *job)
 			 "the store's work directory is too long a path for a socket");
 		return;
 	}
-	if (backup_run_wait(info_argv, &out) != 0 || (info = json_tokener_parse(out)) == NULL ||
+	if (backup_run_wait(info_argv, &out) != 0 || out == NULL ||
+	    (info = json_tokener_parse(out)) == NULL ||
 	    (vsize = json_get_int(info, "virtual-size", -1)) <= 0) {
 		json_object_put(info);
 		snprintf(job->error, sizeof(job->error), "qemu-img info of %s failed", d->abs);
