@@ -1,7 +1,8 @@
 #!/bin/bash
 # Backups: a store on the shared pool; a running VM backed up without stopping it
 # (its file systems frozen through qemu-ga while the point in time is taken;
-# crash-consistent, saying why, when the guest agent is killed or the VM paused); a
+# crash-consistent, saying why, when the guest agent is killed or the VM paused; read
+# from QEMU's point-in-time NBD export, which a write during the read does not change); a
 # stopped VM backed up from its disk (the second backup adds only the chunks that
 # changed); the disk changed, then restored over: its content equals the backup's
 # checksum and the guest boots from the restored disk; bad input is refused.
@@ -142,6 +143,79 @@ wait_until 60 "the guest's sampler counted" console_has bk1 "KUMO-BLOCKED-[0-9]*
 blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc 0-9)
 [ "$blocked" -gt 0 ] || fail "no write in the guest waited for the freeze ($blocked samples)"
 pass "mode full is full; the guest agent froze the file systems (consistency filesystem): a guest write waited in the freeze ($blocked samples) and finished after the thaw"
+
+# qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (the agent has the first):
+# "leftovers" prints "JOBS NODES", the counts of the backup's fleecing jobs and nodes;
+# anything else is an HMP command line, run, failing on an error.
+qmp2() {
+	local host
+	api GET /api/v1/instances/bk1
+	host=$(jqb .host)
+	python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/bk1/monitor.sock" "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def ask(cmd, args=None):
+    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+ask("qmp_capabilities")
+if sys.argv[2] == "leftovers":
+    jobs = ask("query-jobs")["return"]
+    nodes = ask("query-named-block-nodes")["return"]
+    print(len([j for j in jobs if j["id"].startswith("kumo-fleece-")]),
+          len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]))
+else:
+    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
+    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
+    if "error" in m or (m["return"] and "wrote" not in m["return"]):
+        sys.exit("qmp2: " + json.dumps(m))
+PY
+}
+
+# 1d. The point in time holds while the disk changes under the read: paused (so the
+# disk holds still but for the write below), a full paced to 80 Mbit/s; once it reads,
+# 1 MiB at the disk's end (which the reader reaches last) is overwritten through QEMU's
+# own block layer. The backup holds the disk as it was before that write (the fleecing
+# job copied the old blocks aside first), and nothing of the fleecing is left in QEMU.
+api POST /api/v1/instances/bk1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+wait_until 20 "paused" instance_is bk1 paused
+sha_before=$(disk_sha)
+api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full","bandwidth_mbps":80}'
+expect_status 202 "a paced live full"
+pitop=$(jqb .id)
+pit_reading() {
+	api GET "/api/v1/operations/$pitop"
+	case "$(jqb .status)" in succeeded | failed | cancelled) fail "the paced live full ended before the write: $(jqb .status) $(jqb .error)" ;; esac
+	case "$(jqb .phase)" in "reading disk root: "*) return 0 ;; esac
+	return 1
+}
+wait_until 60 "the paced live full reading" pit_reading
+qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x5a $((total - (1 << 20))) 1M\"" ||
+	fail "the write through QEMU during the backup failed"
+# QEMU's qcow2 metadata cache to the file, so qemu-img (disk_sha) sees the write.
+qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend flush" || fail "the flush through QEMU failed"
+wait_op "$pitop" 300
+op_ok
+[ "$(jqb .result.backup.live_read)" = fleecing ] ||
+	fail "the paced live full was read by $(jqb .result.backup.live_read): $(jqb .result.backup.live_read_reason)"
+pit_sha=$(jqb '.result.backup.disks[0].sha256')
+sha_after=$(disk_sha)
+[ "$sha_after" != "$sha_before" ] || fail "the write during the backup did not change the disk"
+[ "$pit_sha" = "$sha_before" ] ||
+	fail "the backup is not the disk at its point in time (its checksum $pit_sha; before the write $sha_before, after $sha_after)"
+[ "$(qmp2 leftovers)" = "0 0" ] || fail "fleecing jobs and nodes left in QEMU after the backup: $(qmp2 leftovers)"
+api POST /api/v1/instances/bk1/actions/resume
+wait_op "$(jqb .id)"
+op_ok
+pass "a live full read by fleecing is the disk at its point in time: a write during the read is not in it; no fleecing job or node left"
 
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
 wait_op "$(jqb .id)"
