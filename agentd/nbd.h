@@ -1,21 +1,16 @@
 /*
- * nbd.h - a small blocking NBD client: read an export of QEMU's NBD server over a unix
- * socket, for a live VM's full backup (backup.c reads the point-in-time view of a
- * disk that image fleecing exports, see docs/architecture.md).
+ * nbd.h - read an export of QEMU's NBD server over a unix socket, for a live VM's full
+ * backup (backup_fleece.c reads the point-in-time view of a disk that image fleecing
+ * exports, see docs/architecture.md). A thin layer over libnbd (Debian's libnbd-dev),
+ * which speaks the protocol: the handshake with structured replies and the
+ * "base:allocation" meta context (both optional: a server without them is read with
+ * simple replies and no hole is known), reads (holes a structured reply sends read as
+ * zeros without crossing the socket) and block status (which ranges read as zeros, so
+ * the backup names a zero chunk without reading it, as it does a hole of a file). No
+ * TLS: the socket is a unix one in a directory only root and the VM's QEMU user may
+ * enter.
  *
- * Only what a backup needs of the protocol (the NBD project's doc/proto.md): the fixed
- * newstyle handshake, NBD_OPT_STRUCTURED_REPLY and NBD_OPT_SET_META_CONTEXT
- * "base:allocation" (both optional: a server without them is read with simple replies
- * and no hole is known), NBD_OPT_GO, then one request at a time: NBD_CMD_READ
- * (structured replies may answer parts of it as holes, which read as zeros without
- * crossing the socket) and NBD_CMD_BLOCK_STATUS (which ranges read as zeros, so the
- * backup names a zero chunk without reading it, as it does a hole of a file). No TLS:
- * the socket is a unix one in a directory only root and the VM's QEMU user may enter.
- * Written here rather than taken from libnbd: Debian's libnbd-dev is not among the
- * build's dependencies, and this subset is a few hundred lines a unit test drives
- * against the real qemu-nbd.
- *
- * Blocking, with a socket timeout (a hung QEMU fails the read rather than hanging the
+ * Blocking, with a timeout (a hung QEMU fails the read rather than hanging the
  * thread): call it from a worker thread, never from the loop. One connection serves
  * one thread.
  */
@@ -33,8 +28,8 @@ struct chunkpipe_source;
 
 /*
  * Connect to the NBD server on the unix socket path and open export name (read
- * only). Returns 0 with *out (nbd_conn_close() it), or -1 with err: the server's
- * refusal is named (an unknown export is ENOENT).
+ * only). Returns 0 with *out (nbd_conn_close() it), or -1 with err: libnbd's reason
+ * and errno (an unknown export is ENOENT), the export and socket named.
  */
 int nbd_conn_open(const char *path, const char *name, struct nbd_conn **out, struct kerr *err);
 
@@ -46,8 +41,9 @@ bool nbd_conn_sparse(const struct nbd_conn *c);
 
 /*
  * Read len bytes at off into buf (len at most NBD_READ_MAX). Parts the server sends
- * as holes are zeroed. Returns 0 or -1 with err (the server's errno, or EIO for a
- * broken reply).
+ * as holes are zeroed. Returns 0 or -1 with err (the server's errno, EIO for a broken
+ * reply, ETIMEDOUT for none: the connection is then unusable). On failure buf's
+ * content is undefined.
  */
 #define NBD_READ_MAX (32u << 20) /* QEMU's server refuses larger requests */
 int nbd_conn_read(struct nbd_conn *c, int64_t off, void *buf, size_t len, struct kerr *err);
@@ -58,7 +54,13 @@ int nbd_conn_read(struct nbd_conn *c, int64_t off, void *buf, size_t len, struct
  */
 int nbd_conn_zero(struct nbd_conn *c, int64_t off, size_t len, struct kerr *err);
 
-/* Say goodbye (NBD_CMD_DISC) and close. NULL is fine. */
+/* How long a connection waits without progress before it fails (ms; 0 restores the
+ * default, 60 s). For tests: the agent never calls it. Not thread-safe: set it before
+ * any connection is used. */
+void nbd_conn_timeout_set(int ms);
+
+/* Say goodbye (NBD_CMD_DISC, waiting a bounded time for the server to hang up) and
+ * close. NULL is fine. */
 void nbd_conn_close(struct nbd_conn *c);
 
 /* Fill src to read the export c (size, read and hole; the rest is the caller's). A

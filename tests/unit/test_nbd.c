@@ -5,8 +5,10 @@
  * tells the unallocated chunk as zeros and the others not, an unknown export is
  * ENOENT, a read past the end is refused, and the chunk pipeline fed from the export
  * names the same chunks as from the raw file without reading the hole. Then a fake
- * server that refuses structured replies: the client falls back to simple replies and
- * knows no holes, and a server's error reply is named.
+ * server that refuses structured replies (qemu-nbd cannot be told to): libnbd falls
+ * back to simple replies and no hole is known, a server's error reply is named and
+ * leaves the stream in step, and a server that stops answering fails the read after
+ * the timeout rather than hanging.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -324,14 +326,19 @@ static void *fake_main(void *arg)
 		unsigned char req[28], rep[16];
 		uint32_t len;
 
-		rd(fd, req, 28);
+		/* The client may hang up without NBD_CMD_DISC (after a timeout). */
+		if (read(fd, req, 1) != 1)
+			break;
+		rd(fd, req + 1, 27);
 		if (req[7] == 2) /* DISC */
 			break;
+		if (++reads == 4)
+			continue; /* the fourth read: no answer at all */
 		memcpy(&v32, req + 24, 4);
 		len = be32toh(v32);
 		v32 = htobe32(0x67446698u);
 		memcpy(rep, &v32, 4);
-		v32 = htobe32(++reads == 2 ? 5 : 0); /* the second read: EIO */
+		v32 = htobe32(reads == 2 ? 5 : 0); /* the second read: EIO */
 		memcpy(rep + 4, &v32, 4);
 		memcpy(rep + 8, req + 8, 8); /* the cookie */
 		wr(fd, rep, 16);
@@ -373,6 +380,14 @@ static void test_simple_replies(void **state)
 	assert_int_equal(err.code, EIO);
 	/* An error reply carries no data: the stream stays in step. */
 	assert_int_equal(nbd_conn_read(c, 0, buf, 512, &err), 0);
+	/* A server that stops answering fails the read, not the thread; the connection is
+	 * then done with, and closing it does not wait for the server. */
+	nbd_conn_timeout_set(200);
+	assert_true(nbd_conn_read(c, 0, buf, 512, &err) < 0);
+	assert_int_equal(err.code, ETIMEDOUT);
+	assert_true(nbd_conn_read(c, 0, buf, 512, &err) < 0);
+	assert_int_equal(err.code, EIO);
+	nbd_conn_timeout_set(0);
 	nbd_conn_close(c);
 	pthread_join(tid, NULL);
 	close(lfd);
