@@ -7,8 +7,8 @@
  * names the same chunks as from the raw file without reading the hole. Then a fake
  * server that refuses structured replies (qemu-nbd cannot be told to): libnbd falls
  * back to simple replies and no hole is known, a server's error reply is named and
- * leaves the stream in step, and a server that stops answering fails the read after
- * the timeout rather than hanging.
+ * leaves the stream in step, and a server that stops answering (in the handshake or
+ * a read) fails the call after the timeout rather than hanging.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -394,13 +394,37 @@ static void test_simple_replies(void **state)
 	tree_remove(base);
 }
 
+/* A server that accepts but never greets (a hung QEMU): the open fails after the
+ * timeout instead of waiting for ever. */
+static void test_silent_server(void **state)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	char base[64] = "/tmp/kumo-unit-nbds.XXXXXX";
+	struct nbd_conn *c = NULL;
+	struct kerr err;
+	int lfd;
+
+	(void)state;
+	assert_non_null(mkdtemp(base));
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/s", base);
+	lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	assert_int_equal(listen(lfd, 1), 0); /* the kernel completes the connect */
+	nbd_conn_timeout_set(200);
+	assert_true(nbd_conn_open(sun.sun_path, "x", &c, &err) < 0);
+	nbd_conn_timeout_set(0);
+	assert_int_equal(err.code, ETIMEDOUT);
+	assert_null(c);
+	close(lfd);
+	tree_remove(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_read_and_status),
-		cmocka_unit_test(test_pipeline_source),
-		cmocka_unit_test(test_backing_chain),
-		cmocka_unit_test(test_simple_replies),
+		cmocka_unit_test(test_read_and_status), cmocka_unit_test(test_pipeline_source),
+		cmocka_unit_test(test_backing_chain),	cmocka_unit_test(test_simple_replies),
+		cmocka_unit_test(test_silent_server),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
