@@ -368,7 +368,7 @@ api DELETE /api/v1/backup-stores/$bs
 expect_status 409 "delete of a store holding backups"
 api GET "/api/v1/backups?instance=bk1"
 mine=$(jqb -c '[.backups[] | select(.store == "'$bs'") | .id]')
-[ "$(jq length <<<"$mine")" = 5 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[4]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
+[ "$(jq length <<<"$mine")" = 6 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[5]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
 api GET "/api/v1/backups?instance=nosuch"
 [ "$(jqb '.backups | length')" = 0 ] || fail "backups of an unknown instance listed"
 pass "unknown instance, store or backup 404; unknown field and bandwidth_mbps 0/-1/\"x\"/1000001 400; a store with backups 409; list by instance"
