@@ -201,14 +201,6 @@ static void bitmaps_drop(struct bjob *job, const char *id)
  * agent killed mid-backup left behind never blocks the next backup's. */
 static void block_job_id(const struct bjob *job, size_t i, char *out, size_t len)
 {
-	struct fleece_names n;
-
-	if (job->fleece) {
-		/* Fixed per disk: the next backup finds one an agent killed left. */
-		fleece_names_make(i, &n);
-		snprintf(out, len, "%s", n.job);
-		return;
-	}
 	snprintf(out, len, "kumo-%s-d%zu", job->id, i);
 }
 
@@ -832,7 +824,7 @@ static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char 
 }
 
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
-static bool incr_fallback(struct bjob *job, const char *why);
+static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added);
 
 static void poll_cb(uv_timer_t *timer)
 {
@@ -899,18 +891,33 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		json_object_object_add(args, "id", json_object_new_string(jid));
 		vm_qmp(job->op->vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, job_dismissed_cb, NULL,
 		       &err);
-		if (jerr && incr_fallback(job, jerr))
+		if (jerr && incr_fallback(job, jerr, true))
 			return;
 		read_done(job, jerr ? why : NULL);
 	}
 }
 
 /* An incremental read QEMU refused (no such bitmap: lost, or left inconsistent by a
- * crash): the disk is read whole instead, and the backup says why. */
-static bool incr_fallback(struct bjob *job, const char *why)
+ * crash): the disk is read whole instead, and the backup says why. bitmap_added: the
+ * refusal came after the transaction, whose new bitmap exists and would make the
+ * whole read's transaction fail on adding it again: it goes first. */
+static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added)
 {
 	if (!job->incr)
 		return false;
+	if (bitmap_added) {
+		struct json_object *args = json_object_new_object();
+		char node[16], name[80];
+		struct kerr err;
+
+		snprintf(node, sizeof(node), "d%zu", job->disk);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		json_object_object_add(args, "node", json_object_new_string(node));
+		json_object_object_add(args, "name", json_object_new_string(name));
+		/* One QMP connection: QEMU runs it before the read's commands. */
+		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
+		       NULL, &err);
+	}
 	snprintf(job->full_reason, sizeof(job->full_reason),
 		 "disk %s: the changed-block bitmap cannot be used (%s)",
 		 job->op->disks[job->disk].name, why);
@@ -926,11 +933,14 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 {
 	struct bjob *job = data;
 
-	/* The point in time is taken (or the transaction failed): thaw at once. */
-	guest_thaw(job);
+	/* The point in time is taken (or the transaction failed): thaw at once. A
+	 * fleecing's is the filter's qom-set still to come (backup_fleece.c thaws). */
+	if (!job->fleece)
+		guest_thaw(job);
 	/* QEMU runs the job from here on: a cancel that came while the transaction was
-	 * in flight must stop it too (cancel_cleanup, from backup_job_gone). */
-	if (error == NULL)
+	 * in flight must stop it too (cancel_cleanup, from backup_job_gone). Fleecing
+	 * runs no job. */
+	if (error == NULL && !job->fleece)
 		job->block_job = true;
 	if (backup_job_gone(job))
 		return;
@@ -938,7 +948,7 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		backup_fleece_started(job, error);
 		return;
 	}
-	if (error && incr_fallback(job, error))
+	if (error && incr_fallback(job, error, false))
 		return;
 	if (error) {
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
@@ -1036,6 +1046,11 @@ static void thawed_cb(int status, int64_t count, bool cmd_sent, const char *why,
 }
 
 /* Thaw what the job's last freeze may have frozen; idempotent. */
+void backup_guest_thaw(struct bjob *job)
+{
+	guest_thaw(job);
+}
+
 static void guest_thaw(struct bjob *job)
 {
 	struct thaw *t;
@@ -1171,6 +1186,13 @@ void backup_disk_read(struct bjob *job)
 		/* Read whole: from a fleecing node's NBD export, unless that failed once. */
 		if (!job->incr && !job->fleece_off) {
 			backup_fleece_start(job);
+			return;
+		}
+		/* An incremental's job must not run under a filter a killed agent's
+		 * fleecing left in front of the disk: that goes first (once per disk). */
+		if (job->incr && job->cleared_disk != job->disk + 1) {
+			job->cleared_disk = job->disk + 1;
+			backup_fleece_clear(job, backup_disk_read);
 			return;
 		}
 		if (!job->incr)

@@ -1,9 +1,10 @@
 /*
  * backup_fleece.c - a running VM's disk read whole for a backup through image fleecing
  * (fleece.h says what QEMU is asked and why; backup.c says where this fits): the
- * overlay made, the point in time taken (frozen, with the new dirty bitmap, in one
- * transaction), QEMU's NBD export read by nbd.c into the chunk pipeline, the objects
- * torn down. Any failure before the read falls back to QEMU's copy (backup.c).
+ * overlay and the copy-before-write filter made, the point in time taken (frozen: the
+ * new dirty bitmap, then the filter put in front of the disk), QEMU's NBD export of
+ * the snapshot read by nbd.c into the chunk pipeline, the objects torn down. Any
+ * failure before the read falls back to QEMU's copy (backup.c).
  */
 #include "backup_int.h"
 
@@ -17,91 +18,136 @@
 #include "nbd.h"
 #include "util.h"
 
-#define BACKUP_FLEECE_WAIT_MS 20  /* query-jobs while a cancelled fleecing job goes */
-#define BACKUP_FLEECE_WAITS   250 /* ... at most this many times (5 s) */
+/* How long a guest write may wait for its old block's copy into the overlay before
+ * the filter gives up on the backup's view instead (the write then proceeds). */
+#define BACKUP_FLEECE_CBW_TIMEOUT_S 20
 
-static void fleece_down_send(struct bjob *job);
-
-static void fleece_wait_cb(uv_timer_t *timer)
+/* disk i's fleecing names in vm (its device's QOM path depends on the disk's bus). */
+static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
 {
-	struct bjob *job = timer->data;
+	struct json_object *arr = NULL;
+	const char *bus = NULL;
 
-	if (backup_job_gone(job))
-		return;
-	fleece_down_send(job);
+	if (json_object_object_get_ex(vm->inst.spec, "disks", &arr) &&
+	    json_object_is_type(arr, json_type_array) && i < json_array_len(arr))
+		bus = json_get_str(json_object_array_get_idx(arr, i), "bus", NULL);
+	fleece_names_make(i, bus, n);
 }
 
-static void fleece_down_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+static void job_names(struct bjob *job, struct fleece_names *n)
 {
-	struct bjob *job = data;
-	struct fleece_names n;
+	vm_disk_names(job->op->vm, job->disk, n);
+}
 
-	if (backup_job_gone(job))
-		return;
-	fleece_names_make(job->disk, &n);
-	/* The overlay's node is the cancelled job's target until the job is gone. */
-	if (job->fleece_step == FLEECE_STEP_WAIT && error == NULL && fleece_job_listed(&n, ret) &&
-	    ++job->fleece_waits < BACKUP_FLEECE_WAITS) {
-		uv_timer_start(&job->poll, fleece_wait_cb, BACKUP_FLEECE_WAIT_MS, 0);
-		return;
-	}
+/* A teardown in flight: fleece.h's steps, one after the other on the VM's QMP
+ * connection (each waits for the last: QEMU must have dropped the export before the
+ * node, the device before the filter). job and then: who waits, or NULL. */
+struct teardown {
+	struct fleece_names n;
+	int step;
+	struct bjob *job;
+	void (*then)(struct bjob *job);
+};
+
+static void teardown_send(struct qmp *q, struct teardown *t);
+
+static void teardown_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct teardown *t = data;
+
 	/* Each step may find nothing to undo: not an error. */
 	if (error)
-		log_debug("backup %s: disk %s: fleecing teardown: %s", job->id,
-			  job->op->disks[job->disk].name, error);
-	job->fleece_step++;
-	fleece_down_send(job);
+		log_debug("fleecing teardown %s: step %d: %s", t->n.node, t->step, error);
+	if (t->step == FLEECE_STEP_QOM_GET)
+		/* Back onto the disk only from the filter: onto itself aborts QEMU. */
+		t->step = error == NULL && fleece_filter_in_front(&t->n, ret)
+				  ? FLEECE_STEP_QOM_SET
+				  : FLEECE_STEP_QOM_SET + 1;
+	else
+		t->step++;
+	teardown_send(q, t);
 }
 
-/* The teardown's next step, or its end: fleece_then. */
-static void fleece_down_send(struct bjob *job)
+static void teardown_send(struct qmp *q, struct teardown *t)
 {
-	struct fleece_names n;
 	const char *cmd;
-	struct json_object *args;
+	struct json_object *args = fleece_teardown_step(&t->n, t->step, &cmd);
 	struct kerr err;
 
-	fleece_names_make(job->disk, &n);
-	args = fleece_teardown_step(&n, job->fleece_step, &cmd);
-	if (args == NULL) {
-		void (*then)(struct bjob * job) = job->fleece_then;
-
-		job->fleece_then = NULL;
-		then(job);
+	if (args != NULL &&
+	    qmp_cmd_send(q, cmd, args, BACKUP_JOB_TIMEOUT, teardown_cb, t, &err) == 0)
 		return;
-	}
-	if (vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, fleece_down_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+	/* Done, or the connection gone (QEMU with it, or the agent stopping). */
+	if (t->job && t->then && !backup_job_gone(t->job))
+		t->then(t->job);
+	free(t);
 }
 
-/* Remove the disk's fleecing objects from QEMU (whatever of them exists), waiting for
- * its job to go before its node; then then(job). */
+/* Start disk i's teardown in vm's QEMU; then(job) after it (job may be NULL). */
+static void teardown_start(struct vm *vm, size_t i, struct bjob *job,
+			   void (*then)(struct bjob *job))
+{
+	struct teardown *t = xcalloc(1, sizeof(*t));
+
+	vm_disk_names(vm, i, &t->n);
+	t->job = job;
+	t->then = then;
+	teardown_send(vm->qmp, t);
+}
+
+/* Remove the disk's fleecing objects from QEMU (whatever of them exists); then then(job). */
 static void fleece_down(struct bjob *job, void (*then)(struct bjob *job))
 {
-	job->fleece_step = 0;
-	job->fleece_waits = 0;
-	job->fleece_then = then;
-	fleece_down_send(job);
+	teardown_start(job->op->vm, job->disk, job, then);
 }
 
-/* The same, now, no one waiting (a failure or a cancel frees the job right after): the
- * overlay's node may outlive its job's cancel; the next backup's teardown removes it. */
+/* The same, no one waiting (a failure or a cancel frees the job right after): the
+ * steps still go in order, on their own. */
 void backup_fleece_drop(struct bjob *job)
 {
-	struct fleece_names n;
-	const char *cmd;
-	struct json_object *args;
+	teardown_start(job->op->vm, job->disk, NULL, NULL);
+	job->fleece = false;
+}
+
+/* Before a live read that does not fleece (an incremental, a copy): what a killed
+ * agent left of a fleecing on this disk goes first, so QEMU's copy job does not run
+ * under a stale filter; then then(job). */
+void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
+{
+	fleece_down(job, then);
+}
+
+/* At a running VM's adoption: a killed agent's fleecing objects go, for every disk
+ * (only when some are there: the teardown stops any NBD server, and an incoming
+ * migration's may run). */
+static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct vm *vm = data;
+	bool found = false;
+
+	if (error || vm->inst.removing)
+		return;
+	for (size_t i = 0; i < json_array_len(ret); i++)
+		if (!strncmp(json_get_str(json_object_array_get_idx(ret, i), "node-name", ""),
+			     "kfl-", 4))
+			found = true;
+	if (!found)
+		return;
+	log_info("vm %s: removing a backup's fleecing objects an earlier agent left",
+		 vm->inst.name);
+	for (size_t i = 0; i < vm->ndisks; i++)
+		teardown_start(vm, i, NULL, NULL);
+}
+
+void backup_fleece_adopted(struct vm *vm)
+{
+	struct json_object *args = json_object_new_object();
 	struct kerr err;
 
-	fleece_names_make(job->disk, &n);
-	for (int step = 0; (args = fleece_teardown_step(&n, step, &cmd)) != NULL; step++) {
-		if (step == FLEECE_STEP_WAIT) {
-			json_object_put(args);
-			continue;
-		}
-		vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, NULL, NULL, &err);
-	}
-	job->fleece = false;
+	json_object_object_add(args, "flat", json_object_new_boolean(true));
+	if (vm_qmp(vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, adopt_nodes_cb, vm,
+		   &err) < 0)
+		log_debug("vm %s: %s", vm->inst.name, err.msg);
 }
 
 /* After a fleecing that failed was torn down: this disk, and the rest of the backup's,
@@ -117,7 +163,7 @@ static void fleece_copy_instead(struct bjob *job)
 		char name[80];
 		struct kerr err;
 
-		fleece_names_make(job->disk, &n);
+		job_names(job, &n);
 		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		json_object_object_add(args, "node", json_object_new_string(n.device));
 		json_object_object_add(args, "name", json_object_new_string(name));
@@ -186,7 +232,10 @@ static void fleece_prepare_work(struct bjob *job)
 			 job->overlay, strerror(errno));
 }
 
-static void fleece_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/* The filter is made (not yet in front of the disk): the point in time, frozen around
+ * the bitmap and the qom-set as a copy's transaction is (tx_send -> drive_backup_cb ->
+ * backup_fleece_started -> inserted_cb thaws). */
+static void cbw_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct bjob *job = data;
 	struct fleece_names n;
@@ -198,13 +247,29 @@ static void fleece_added_cb(struct qmp *q, struct json_object *ret, const char *
 		fleece_fallback(job, error);
 		return;
 	}
-	/* The point in time: frozen around the transaction as a copy's is (tx_send ->
-	 * drive_backup_cb -> backup_fleece_started). */
-	fleece_names_make(job->disk, &n);
+	job_names(job, &n);
 	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
 	json_object_put(job->tx);
 	job->tx = fleece_transaction_args(&n, bitmap);
 	backup_guest_freeze(job);
+}
+
+static void overlay_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	struct kerr err;
+
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "blockdev-add", fleece_cbw_args(&n, BACKUP_FLEECE_CBW_TIMEOUT_S),
+		   BACKUP_JOB_TIMEOUT, cbw_added_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 /* The teardown of what an earlier agent may have left is done: add the overlay. */
@@ -213,9 +278,9 @@ static void fleece_add(struct bjob *job)
 	struct fleece_names n;
 	struct kerr err;
 
-	fleece_names_make(job->disk, &n);
+	job_names(job, &n);
 	if (vm_qmp(job->op->vm, "blockdev-add", fleece_overlay_args(&n, job->overlay),
-		   BACKUP_JOB_TIMEOUT, fleece_added_cb, job, &err) < 0)
+		   BACKUP_JOB_TIMEOUT, overlay_added_cb, job, &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
@@ -250,13 +315,14 @@ static void fleece_chunk_work(struct bjob *job)
 				       .rate_bytes_s = job->rate_bytes_s,
 				       .progress_bytes = &job->piped_bytes};
 	struct chunkpipe_result res;
+	char last[512];
 	struct nbd_conn *c = NULL;
 	struct fleece_names n;
 	struct kerr err;
 	int ret;
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
-	fleece_names_make(job->disk, &n);
+	job_names(job, &n);
 	if (nbd_conn_open(job->nbd_sock, n.node, &c, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
@@ -264,6 +330,14 @@ static void fleece_chunk_work(struct bjob *job)
 	nbd_conn_source(c, &src);
 	__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 	ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err);
+	/* A snapshot the filter broke (a copy failed: the overlay's file system full, or
+	 * slower than its timeout) fails every read from then on: one last read that
+	 * works proves every earlier one saw the point in time. */
+	if (ret == 0 && nbd_conn_read(c, 0, last, sizeof(last), &err) < 0)
+		ret = err_set(&err, 0,
+			      "the disk's point in time broke during the read (QEMU could not copy "
+			      "a block the guest overwrote aside: %s)",
+			      err.msg);
 	nbd_conn_close(c);
 	if (ret < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
@@ -284,36 +358,10 @@ static void fleece_done(struct bjob *job)
 	backup_chunk_after(job);
 }
 
-/*
- * The read is over: was the point in time held all along? The sync=none job is what
- * copies a block aside before the guest overwrites it; had it failed meanwhile (the
- * overlay could not take a copy: the store full), later reads of those blocks gave
- * the guest's new data. Only a job still running proves the view whole.
- */
-static void fleece_checked_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-
-	if (backup_job_gone(job))
-		return;
-	fleece_names_make(job->disk, &n);
-	if (!job->error[0] && (error || !fleece_job_running(&n, ret)))
-		snprintf(job->error, sizeof(job->error),
-			 "QEMU's fleecing job ended before the disk was read (%s): the copy "
-			 "is not of one point in time",
-			 error ? error : "see the agent's log and QEMU's");
-	fleece_down(job, fleece_done);
-}
-
 static void fleece_chunk_after(struct bjob *job)
 {
-	struct kerr err;
-
 	uv_timer_stop(&job->poll); /* backup_store_progress_cb */
-	if (vm_qmp(job->op->vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, fleece_checked_cb, job,
-		   &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+	fleece_down(job, fleece_done);
 }
 
 static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,
@@ -344,24 +392,63 @@ static void fleece_served_cb(struct qmp *q, struct json_object *ret, const char 
 		fleece_fallback(job, error);
 		return;
 	}
-	fleece_names_make(job->disk, &n);
+	job_names(job, &n);
 	if (vm_qmp(job->op->vm, "block-export-add", fleece_export_args(&n), BACKUP_JOB_TIMEOUT,
 		   fleece_exported_cb, job, &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
-/* The transaction's answer (drive_backup_cb thawed the guest already). */
-void backup_fleece_started(struct bjob *job, const char *error)
+static void access_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
+	struct bjob *job = data;
 	struct kerr err;
 
+	if (backup_job_gone(job))
+		return;
 	if (error) {
-		/* Atomic: neither the bitmap nor the job exists. */
 		fleece_fallback(job, error);
 		return;
 	}
-	job->fleece_tx = true;
 	if (vm_qmp(job->op->vm, "nbd-server-start", fleece_server_args(job->nbd_sock),
 		   BACKUP_JOB_TIMEOUT, fleece_served_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The filter is in front of the disk, or not: the guest thaws either way. */
+static void inserted_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	struct kerr err;
+
+	if (backup_job_gone(job))
+		return; /* job_free thawed */
+	backup_guest_thaw(job);
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "blockdev-add", fleece_access_args(&n), BACKUP_JOB_TIMEOUT,
+		   access_added_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The bitmap's transaction answered (the guest still frozen): the filter goes in front
+ * of the disk, the point in time. */
+void backup_fleece_started(struct bjob *job, const char *error)
+{
+	struct fleece_names n;
+	struct kerr err;
+
+	if (error) {
+		backup_guest_thaw(job);
+		fleece_fallback(job, error); /* no bitmap was added */
+		return;
+	}
+	job->fleece_tx = true;
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "qom-set", fleece_insert_args(&n, 1), BACKUP_JOB_TIMEOUT,
+		   inserted_cb, job, &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }

@@ -68,16 +68,14 @@ struct bjob {
 	bool no_guest_agent;	 /* none answered: later disks are not tried (each costs 5 s) */
 
 	/* a live full read from an NBD export of a fleecing node (fleece.h) */
-	bool fleece;	     /* the disk at work is read so (its QEMU objects may exist) */
-	bool fleece_tx;	     /* ... its transaction succeeded: its bitmap and job exist */
-	bool fleece_off;     /* fleecing failed once: this backup's disks are copied */
-	int fleeced, copied; /* disks read whole by fleecing, by the raw copy */
-	int fleece_step;     /* teardown: the next step (fleece_teardown_step) */
-	int fleece_waits;    /* teardown: query-jobs asked so far */
-	void (*fleece_then)(struct bjob *job); /* after the teardown */
-	char fleece_why[200];		       /* why a disk was copied instead, "" if none was */
-	char overlay[PATH_MAX];		       /* the fleecing overlay (qcow2, in tmpdir) */
-	char nbd_sock[108];		       /* QEMU's NBD server (in tmpdir): sun_path's size */
+	bool fleece;		/* the disk at work is read so (its QEMU objects may exist) */
+	bool fleece_tx;		/* ... its transaction succeeded: its bitmap exists */
+	bool fleece_off;	/* fleecing failed once: this backup's disks are copied */
+	int fleeced, copied;	/* disks read whole by fleecing, by the raw copy */
+	size_t cleared_disk;	/* 1 + the disk a leftover fleecing was cleared from, 0: none */
+	char fleece_why[200];	/* why a disk was copied instead, "" if none was */
+	char overlay[PATH_MAX]; /* the fleecing overlay (qcow2, in tmpdir) */
+	char nbd_sock[108];	/* QEMU's NBD server (in tmpdir): sun_path's size */
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
@@ -107,6 +105,8 @@ void backup_store_progress_cb(uv_timer_t *timer);
 /* Freeze the guest, then send job->tx (the disk's point in time); its answer goes to
  * backup_fleece_started() for a fleecing read. */
 void backup_guest_freeze(struct bjob *job);
+/* Thaw what the job's last freeze may have frozen; idempotent. */
+void backup_guest_thaw(struct bjob *job);
 /* Read disk job->disk: the way it is read is chosen here. */
 void backup_disk_read(struct bjob *job);
 /* A disk stored (or failed, job->error): the next disk, or the manifest. */
@@ -117,7 +117,9 @@ void backup_chunk_after(struct bjob *job);
 void backup_fleece_start(struct bjob *job);
 /* The fleecing transaction's answer (the guest thawed already). */
 void backup_fleece_started(struct bjob *job, const char *error);
-/* Remove the disk's fleecing objects from QEMU now, waiting for nothing. */
+/* Remove the disk's fleecing objects from QEMU, in order, no one waiting. */
 void backup_fleece_drop(struct bjob *job);
+/* Remove what a killed agent may have left of a fleecing of the disk; then then(job). */
+void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job));
 
 #endif

@@ -145,8 +145,10 @@ blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc
 pass "mode full is full; the guest agent froze the file systems (consistency filesystem): a guest write waited in the freeze ($blocked samples) and finished after the thaw"
 
 # qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (the agent has the first):
-# "leftovers" prints "JOBS NODES", the counts of the backup's fleecing jobs and nodes;
-# anything else is an HMP command line, run, failing on an error.
+# "leftovers" prints "NODES EXPORTS DRIVE": the counts of the backup's fleecing nodes
+# (kfl-*) and of block exports, and the node disk0's device writes to (d0 unless the
+# fleecing filter is in front of it); anything else is an HMP command line, run,
+# failing on an error.
 qmp2() {
 	local host
 	api GET /api/v1/instances/bk1
@@ -166,10 +168,12 @@ def ask(cmd, args=None):
             return m
 ask("qmp_capabilities")
 if sys.argv[2] == "leftovers":
-    jobs = ask("query-jobs")["return"]
-    nodes = ask("query-named-block-nodes")["return"]
-    print(len([j for j in jobs if j["id"].startswith("kumo-fleece-")]),
-          len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]))
+    nodes = ask("query-named-block-nodes", {"flat": True})["return"]
+    exports = ask("query-block-exports")["return"]
+    drive = ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend",
+                            "property": "drive"})["return"]
+    print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
+          len(exports), drive)
 else:
     m = ask("human-monitor-command", {"command-line": sys.argv[2]})
     # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
@@ -180,9 +184,12 @@ PY
 
 # 1d. The point in time holds while the disk changes under the read: paused (so the
 # disk holds still but for the write below), a full paced to 80 Mbit/s; once it reads,
-# 1 MiB at the disk's end (which the reader reaches last) is overwritten through QEMU's
-# own block layer. The backup holds the disk as it was before that write (the fleecing
-# job copied the old blocks aside first), and nothing of the fleecing is left in QEMU.
+# 1 MiB at the disk's end (which the reader reaches last) is overwritten through the
+# device's block layer, the copy-before-write filter in front of it. The reader had
+# not reached that MiB yet (its progress says so after the write). The backup holds
+# the disk as it was before that write (the filter copied the old blocks aside first),
+# and nothing of the fleecing is left in QEMU: no kfl-* node, no export, the device
+# back on its disk's node.
 api POST /api/v1/instances/bk1/actions/pause
 wait_op "$(jqb .id)"
 op_ok
@@ -198,24 +205,36 @@ pit_reading() {
 	return 1
 }
 wait_until 60 "the paced live full reading" pit_reading
+pit_live() {
+	api GET "/api/v1/operations/$pitop"
+	[[ "$(jqb .phase)" =~ ^"reading disk root: "[0-9]+" of "[0-9]+" MiB"$ ]]
+}
+wait_until 60 "the paced live full's read progress" pit_live
+[ "$(qmp2 leftovers | cut -d' ' -f3)" = kfl-cbw-d0 ] || fail "the fleecing filter is not in front of the disk during the read: $(qmp2 leftovers)"
 qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x5a $((total - (1 << 20))) 1M\"" ||
 	fail "the write through QEMU during the backup failed"
 # QEMU's qcow2 metadata cache to the file, so qemu-img (disk_sha) sees the write.
 qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend flush" || fail "the flush through QEMU failed"
+api GET "/api/v1/operations/$pitop"
+read -r pit_done pit_size < <(jqb .phase | grep -oE '[0-9]+ of [0-9]+' | tr -d 'of')
+# The pipeline's threads read a few 4 MiB chunks ahead of what it counts as done.
+[ "$(jqb .status)" = running ] && [ $((pit_done + 24)) -le "$pit_size" ] ||
+	fail "the reader may have passed the written MiB before the write ($(jqb .status): $(jqb .phase)): the check would be vacuous"
 wait_op "$pitop" 300
 op_ok
 [ "$(jqb .result.backup.live_read)" = fleecing ] ||
 	fail "the paced live full was read by $(jqb .result.backup.live_read): $(jqb .result.backup.live_read_reason)"
 pit_sha=$(jqb '.result.backup.disks[0].sha256')
+bp=$(jqb .result.backup.id)
 sha_after=$(disk_sha)
 [ "$sha_after" != "$sha_before" ] || fail "the write during the backup did not change the disk"
 [ "$pit_sha" = "$sha_before" ] ||
 	fail "the backup is not the disk at its point in time (its checksum $pit_sha; before the write $sha_before, after $sha_after)"
-[ "$(qmp2 leftovers)" = "0 0" ] || fail "fleecing jobs and nodes left in QEMU after the backup: $(qmp2 leftovers)"
+[ "$(qmp2 leftovers)" = "0 0 d0" ] || fail "fleecing nodes or exports left in QEMU after the backup, or the device off its disk: $(qmp2 leftovers)"
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok
-pass "a live full read by fleecing is the disk at its point in time: a write during the read is not in it; no fleecing job or node left"
+pass "a live full read by fleecing is the disk at its point in time: a write during the read (at $pit_done of $pit_size MiB) is not in it; no fleecing node or export left"
 
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
 wait_op "$(jqb .id)"
@@ -376,7 +395,7 @@ pass "unknown instance, store or backup 404; unknown field and bandwidth_mbps 0/
 # 6. Retention, delete and garbage collection.
 api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1,"dry_run":true}'
 expect_status 200 "prune (dry run)"
-[ "$(jqb -c .kept)" = "[\"$bx\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" --arg c "$bf" '[$a,$b,$c] | sort')" ] ||
+[ "$(jqb -c .kept)" = "[\"$bx\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" --arg c "$bf" --arg d "$bp" '[$a,$b,$c,$d] | sort')" ] ||
 	fail "prune keep_last 1 would keep $(jqb -c .kept) and remove $(jqb -c .removed)"
 api GET "/api/v1/backups/$b1"
 expect_status 200 "a dry run removes nothing"
