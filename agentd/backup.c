@@ -1134,10 +1134,47 @@ static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why,
 	tx_send(job);
 }
 
+static void freeze_send(struct bjob *job)
+{
+	snprintf(job->qga_path, sizeof(job->qga_path), "%s/qga.sock", job->op->vm->inst.dir);
+	job->freeze_sent = true;
+	job->frozen_us = now_us();
+	qga_cmd_run(job->agent->loop, job->qga_path, "guest-fsfreeze-freeze", BACKUP_FREEZE_MS,
+		    frozen_cb, job);
+}
+
+/* query-chardev's answer: the guest agent's port (chardev "qga", qemuargs.c) open in
+ * the guest, or not; unknown (an error, no such chardev): asked anyway. */
+static void chardev_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	bool closed = false;
+
+	if (backup_job_gone(job))
+		return;
+	for (size_t i = 0; error == NULL && i < json_array_len(ret); i++) {
+		struct json_object *c = json_object_array_get_idx(ret, i);
+		struct json_object *open;
+
+		if (!strcmp(json_get_str(c, "label", ""), "qga") &&
+		    json_object_object_get_ex(c, "frontend-open", &open))
+			closed = !json_object_get_boolean(open);
+	}
+	if (closed) {
+		job->no_guest_agent = true;
+		freeze_missed(job, "no guest agent has its port open (is qemu-ga running in the "
+				   "guest?)");
+		tx_send(job);
+		return;
+	}
+	freeze_send(job);
+}
+
 /* Freeze the running guest's file systems (qga.c), then send the disk's transaction. */
 void backup_guest_freeze(struct bjob *job)
 {
 	struct vm *vm = job->op->vm;
+	struct kerr err;
 
 	if (vm->inst.state == INST_PAUSED || job->no_guest_agent) {
 		/* (no agent: the reason an earlier disk gave stands) */
@@ -1145,11 +1182,11 @@ void backup_guest_freeze(struct bjob *job)
 		tx_send(job);
 		return;
 	}
-	snprintf(job->qga_path, sizeof(job->qga_path), "%s/qga.sock", vm->inst.dir);
-	job->freeze_sent = true;
-	job->frozen_us = now_us();
-	qga_cmd_run(job->agent->loop, job->qga_path, "guest-fsfreeze-freeze", BACKUP_FREEZE_MS,
-		    frozen_cb, job);
+	/* Is a guest agent there at all? QEMU knows whether the guest opened the port
+	 * (libvirt watches the same flag): asking it costs a QMP round trip, asking a
+	 * guest agent that is not there costs the freeze's whole timeout (5 s). */
+	if (vm_qmp(vm, "query-chardev", NULL, BACKUP_JOB_TIMEOUT, chardev_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
