@@ -13,12 +13,13 @@
  * How a disk is read, per disk:
  *   - a running (or paused) VM is never stopped. Read whole (a full backup, or an
  *     incremental whose bitmap cannot be used): image fleecing (fleece.h, the flow
- *     in backup_fleece.c), a qcow2 overlay backed by the disk, kept a point-in-time
- *     view by a sync=none backup job (copy-before-write of the blocks the guest
- *     overwrites), exported by QEMU's NBD server on a unix socket in STORE/tmp/ID/
- *     and read by nbd.c straight into the chunk pipeline: nothing is copied but what
- *     the guest writes meanwhile. When any
- *     of that fails (an older QEMU, a socket path too long), the backup's disks are
+ *     in backup_fleece.c): a copy-before-write filter put in front of the disk copies
+ *     the blocks the guest overwrites into a qcow2 overlay in STORE/tmp/ID/ (a copy
+ *     that fails breaks the backup, never the guest's write), a snapshot-access node
+ *     reads the disk as it was, exported by QEMU's NBD server on a unix socket in the
+ *     VM's run directory and read by nbd.c straight into the chunk pipeline: nothing
+ *     is copied but what the guest writes meanwhile. When any
+ *     of that fails (an older QEMU, a device that cannot switch), the backup's disks are
  *     copied as before and the result says why (live_read, live_read_reason): QMP
  *     drive-backup with sync=full copies the disk as it was when the job started into
  *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup

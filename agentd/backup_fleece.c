@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "chunkstore.h"
@@ -21,6 +22,11 @@
 /* How long a guest write may wait for its old block's copy into the overlay before
  * the filter gives up on the backup's view instead (the write then proceeds). */
 #define BACKUP_FLEECE_CBW_TIMEOUT_S 20
+
+/* Where QEMU's NBD server for a fleecing read listens: BACKUP_FLEECE_RUN/UID/nbd.sock,
+ * local and short (a store's path may pass sun_path's 108 bytes, and a socket on an
+ * NFS or FUSE store may not work at all). */
+#define BACKUP_FLEECE_RUN "/run/kumo-fleece"
 
 /* disk i's fleecing names in vm (its device's QOM path depends on the disk's bus). */
 static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
@@ -188,23 +194,33 @@ static void fleece_fallback(struct bjob *job, const char *why)
 	fleece_down(job, fleece_copy_instead);
 }
 
-/* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) and the
- * socket's path, both in the backup's work directory, which only that user and root
- * may enter. */
+/* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) in the
+ * backup's work directory, which only that user and root may enter, and the NBD
+ * socket's directory (BACKUP_FLEECE_RUN). The overlay stays on the store, not the
+ * local pool: guest writes
+ * during the read fill it, and a full local pool would stop the VMs whose disks are
+ * there, while a full store only breaks this backup (on-cbw-error break-snapshot). */
 static void fleece_prepare_work(struct bjob *job)
 {
 	struct vm_disk *d = &job->op->disks[job->disk];
 	char *info_argv[] = {"qemu-img", "info", "-U", "--output=json", d->abs, NULL};
 	_cleanup_free_ char *out = NULL;
 	struct json_object *info = NULL;
-	char size[32];
+	char size[32], dir[PATH_MAX];
 	int64_t vsize;
 
 	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
-	if ((size_t)snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", job->tmpdir) >=
-	    sizeof(job->nbd_sock)) {
-		snprintf(job->error, sizeof(job->error),
-			 "the store's work directory is too long a path for a socket");
+	/* QEMU binds it after it dropped root (-runas), so in a directory of its user's;
+	 * the VM's run directory is root's alone. The uid is this machine's QEMU's
+	 * alone (uid.c claims it machine-wide), so the path is too. Making them needs
+	 * root (/run, chown). */
+	snprintf(dir, sizeof(dir), "%s/%u", BACKUP_FLEECE_RUN, (unsigned)job->qemu_uid);
+	snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", dir);
+	if ((mkdir(BACKUP_FLEECE_RUN, 0711) < 0 && errno != EEXIST) ||
+	    (mkdir(dir, 0700) < 0 && errno != EEXIST) ||
+	    chown(dir, job->qemu_uid, job->qemu_gid) < 0) {
+		snprintf(job->error, sizeof(job->error), "cannot make %s for the qemu user: %s",
+			 dir, strerror(errno));
 		return;
 	}
 	if (backup_run_wait(info_argv, &out) != 0 || out == NULL ||
