@@ -334,7 +334,7 @@ static void fleece_chunk_work(struct bjob *job)
 	char last[512];
 	struct nbd_conn *c = NULL;
 	struct fleece_names n;
-	struct kerr err;
+	struct kerr err, probe;
 	int ret;
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
@@ -348,12 +348,18 @@ static void fleece_chunk_work(struct bjob *job)
 	ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err);
 	/* A snapshot the filter broke (a copy failed: the overlay's file system full, or
 	 * slower than its timeout) fails every read from then on: one last read that
-	 * works proves every earlier one saw the point in time. */
-	if (ret == 0 && nbd_conn_read(c, 0, last, sizeof(last), &err) < 0)
+	 * works proves every earlier one saw the point in time, and one that fails after
+	 * a failed read tells why that read failed. */
+	if (!backup_pipe_cancelled(job) && nbd_conn_read(c, 0, last, sizeof(last), &probe) < 0) {
+		char first[sizeof(err.msg)];
+
+		snprintf(first, sizeof(first), "%s", ret < 0 ? err.msg : probe.msg);
 		ret = err_set(&err, 0,
 			      "the disk's point in time broke during the read (QEMU could not copy "
-			      "a block the guest overwrote aside: %s)",
-			      err.msg);
+			      "aside a block the guest overwrote: the store full, or slower than "
+			      "%d s?): %s",
+			      BACKUP_FLEECE_CBW_TIMEOUT_S, first);
+	}
 	nbd_conn_close(c);
 	if (ret < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
