@@ -635,6 +635,10 @@ void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op)
 void backup_ctr_run(struct inst_op *op);
 void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
 
+/* backup_fleece.c */
+/* At a VM's adoption: the fleecing objects a killed agent's backup left in its QEMU go. */
+void backup_fleece_adopted(struct vm *vm);
+
 /* backupmap.c: a stopped VM's disk read from its qcow2 chain (thread only) */
 struct backup_map;
 struct chunkpipe_source;

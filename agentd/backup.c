@@ -11,18 +11,24 @@
  * a backup made on one host restores on any other.
  *
  * How a disk is read, per disk:
- *   - a running (or paused) VM is never stopped: QMP drive-backup with sync=full
- *     copies the disk as it was when the job started (copy-before-write: a guest
- *     write to a block not yet copied first copies the old block) into a raw file
- *     under STORE/tmp/ID/, and the job runs inside QEMU while the guest goes on. This
- *     needs no NBD server nor libnbd; drive-backup rather than blockdev-backup
- *     because it creates its own target file, so no blockdev-add/-del pair has to be
- *     kept in step with the job.
+ *   - a running (or paused) VM is never stopped. Read whole (a full backup, or an
+ *     incremental whose bitmap cannot be used): image fleecing (fleece.h, the flow
+ *     in backup_fleece.c): a copy-before-write filter put in front of the disk copies
+ *     the blocks the guest overwrites into a qcow2 overlay in STORE/tmp/ID/ (a copy
+ *     that fails breaks the backup, never the guest's write), a snapshot-access node
+ *     reads the disk as it was, exported by QEMU's NBD server on a unix socket in the
+ *     VM's run directory and read by nbd.c straight into the chunk pipeline: nothing
+ *     is copied but what the guest writes meanwhile. When any
+ *     of that fails (an older QEMU, a device that cannot switch), the backup's disks are
+ *     copied as before and the result says why (live_read, live_read_reason): QMP
+ *     drive-backup with sync=full copies the disk as it was when the job started into
+ *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup
+ *     sync=incremental of the clusters the parent's dirty bitmap marks, into a qcow2.
  *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
  * Either is stored by common/chunkpipe.c on libuv's thread pool (read in order,
- * hashed and compressed by a thread per core, chunks already in the store skipped,
+ * hashed and compressed by two threads per core, chunks already in the store skipped,
  * holes and zeros named without hashing); the manifest is written last, after the
  * store is flushed, so a backup that failed half-way names no chunk and is never
  * restorable. Each disk's checksum is over its chunk list (manifest version 2,
@@ -47,7 +53,7 @@
  * into job->key, wipes the text, and every chunk and manifest call gets job->key. The
  * store's key check value is checked before anything is read or written.
  */
-#include "agentd.h"
+#include "backup_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,14 +70,12 @@
 #include "chunkcrypt.h"
 #include "chunkpipe.h"
 #include "chunkstore.h"
+#include "fleece.h"
 #include "json.h"
 #include "tree.h"
 #include "util.h"
 
-#define BACKUP_POLL_MS	     250   /* query-jobs while drive-backup runs */
-#define BACKUP_POLL_FIRST_MS 20	   /* ... first: an incremental's job often ends at once */
-#define BACKUP_JOB_TIMEOUT   10000 /* ms for one QMP command */
-#define BACKUP_READ_PHASES   2	   /* per disk: read it, chunk it */
+#define BACKUP_POLL_FIRST_MS 20	   /* query-jobs first: an incremental's job often ends at once */
 #define BACKUP_FREEZE_MS     10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
 #define BACKUP_THAW_MS	     5000
 
@@ -113,58 +117,6 @@ const struct json_field backup_args[] = {
 	{"key", JK_STRING, false, backup_key_check}, /* an encrypted store's; job_new() takes it */
 	{"bandwidth_mbps", JK_INT, false, NULL},     /* backup: the disk reads' limit (Mbit/s) */
 	{NULL, 0, false, NULL},
-};
-
-/* One backup or restore in progress: the op it serves and where each step is. */
-struct bjob {
-	struct inst_op *op;
-	struct agent *agent;
-	bool restore;
-	bool live;			  /* the VM runs: read through QEMU (drive-backup) */
-	bool direct;			  /* stopped: chunk the disk file's chain itself */
-	char parent[65];		  /* the backup an incremental one builds on, or "" */
-	struct json_object *pmanifest;	  /* ... its manifest, NULL when it cannot be used */
-	struct json_object *pdisk;	  /* ... its entry for the disk at work */
-	bool incr;			  /* the disk at work is read incrementally */
-	bool all_incr;			  /* every disk so far was */
-	char full_reason[200];		  /* why a backup with a parent is full after all */
-	void (*then)(struct inst_op *op); /* restore within a create: its next step */
-	bool resume;			  /* container: this backup paused it */
-	bool block_job;			  /* QEMU's backup job for job->disk runs */
-	bool manifest_written;		  /* the store names this backup */
-	uid_t uid_base;			  /* container: its root's uid on the host */
-	bool force_full;		  /* asked full: the parent's bitmaps only go */
-	uint64_t rate_bytes_s;		  /* the disk reads' limit, 0: none */
-	uint64_t piped_bytes, piped_size; /* stopped: chunk_work's reach (atomic) */
-	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
-	char id[65];
-	char store[PATH_MAX]; /* absolute */
-	char tmpdir[PATH_MAX];
-	char raw[PATH_MAX]; /* the disk at work, as a raw file */
-	uid_t qemu_uid;
-	gid_t qemu_gid;
-	size_t disk; /* index into op->disks */
-	int64_t started_ms;
-
-	uv_work_t work;
-	uv_timer_t poll;
-	uint64_t poll_ms; /* the next query-jobs after this long */
-	bool poll_open;
-	char error[256];	    /* a thread step's failure, "" if none */
-	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
-
-	/* fsfreeze (qga.c) around each live disk's point in time */
-	struct json_object *tx;	 /* the transaction to send once frozen */
-	bool freeze_sent;	 /* a freeze may have reached the guest: thaw it */
-	char qga_path[PATH_MAX]; /* the VM's guest agent socket */
-	int64_t frozen_us;	 /* when the freeze was asked */
-	char freeze_why[200];	 /* why a disk was not frozen, "" if every one was */
-	bool no_guest_agent;	 /* none answered: later disks are not tried (each costs 5 s) */
-
-	/* what the backup found */
-	struct json_object *manifest; /* backup: being built; restore: as read */
-	struct json_object *mdisk;    /* the disk at work's manifest entry */
-	uint64_t read_bytes, new_bytes, total_bytes, chunk_count;
 };
 
 /* A child (qemu-img) this file started; freed in its close callback. */
@@ -210,7 +162,7 @@ static void job_free(struct bjob *job)
 static void cancel_cleanup(struct bjob *job);
 
 /* At each safe point: the agent stopping, or a cancel (job.c) that undoes the op. */
-static bool job_gone(struct bjob *job)
+bool backup_job_gone(struct bjob *job)
 {
 	if (!job->op->agent->stopping && job_cancelled(job->op))
 		cancel_cleanup(job);
@@ -274,6 +226,10 @@ static void cancel_cleanup(struct bjob *job)
 
 	log_info("backup %s: %s; stopping its work", job->id, job_cancel_reason(job->op));
 	if (!job->restore && job->live && job->op->vm) {
+		if (job->fleece) {
+			backup_fleece_drop(job);
+			job->block_job = false;
+		}
 		if (job->block_job) {
 			struct json_object *args = json_object_new_object();
 			char jid[96];
@@ -297,8 +253,9 @@ static void cancel_cleanup(struct bjob *job)
 	job->tmpdir[0] = '\0';
 }
 
-static void job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void job_fail(struct bjob *job, const char *fmt, ...)
+/* The backup or restore failed (why, printf-style): its work files and what QEMU holds of
+ * it go, the op fails, the job is freed. */
+void backup_job_fail(struct bjob *job, const char *fmt, ...)
 {
 	char why[256];
 	va_list ap;
@@ -310,6 +267,9 @@ static void job_fail(struct bjob *job, const char *fmt, ...)
 	 * collector (no manifest names them). */
 	if (job->tmpdir[0])
 		tree_remove(job->tmpdir);
+	if (!job->restore && job->live && job->op->vm && job->fleece)
+		backup_fleece_drop(
+			job); /* the export, the server, the job and the overlay's node */
 	if (!job->restore && job->live && job->op->vm)
 		bitmaps_drop(job, job->id); /* the next backup must not build on this one */
 	instance_op_fail(job->op, "%s %s: %s", job->restore ? "restore of" : "backup", job->id,
@@ -318,9 +278,6 @@ static void job_fail(struct bjob *job, const char *fmt, ...)
 }
 
 /* ---- thread pool steps ---------------------------------------------------------------- */
-
-typedef void (*work_fn)(struct bjob *job);
-typedef void (*after_fn)(struct bjob *job);
 
 /*
  * Run work(job) on the thread pool, then after(job) on the loop. uv_work_t's data
@@ -347,16 +304,18 @@ static void pool_after_cb(uv_work_t *req, int status)
 	after_fn after = w->after;
 
 	free(w);
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (status < 0) {
-		job_fail(job, "the thread pool refused the work: %s", uv_strerror(status));
+		backup_job_fail(job, "the thread pool refused the work: %s", uv_strerror(status));
 		return;
 	}
 	after(job);
 }
 
-static void pool_run(struct bjob *job, work_fn work, after_fn after)
+/* Queue work(job) on the thread pool; after(job) runs on the loop once it is done and
+ * the job still stands (backup_job_gone). */
+void backup_pool_run(struct bjob *job, work_fn work, after_fn after)
 {
 	struct work_req *w = xcalloc(1, sizeof(*w));
 	int ret;
@@ -369,7 +328,7 @@ static void pool_run(struct bjob *job, work_fn work, after_fn after)
 	ret = uv_queue_work(job->agent->loop, &w->req, pool_work_cb, pool_after_cb);
 	if (ret < 0) {
 		free(w);
-		job_fail(job, "cannot queue disk work: %s", uv_strerror(ret));
+		backup_job_fail(job, "cannot queue disk work: %s", uv_strerror(ret));
 	}
 }
 
@@ -386,7 +345,7 @@ static void qemu_img_done_cb(const struct child_result *r, void *data)
 	if (!child_result_ok(r))
 		snprintf(why, sizeof(why), "qemu-img %s (its message is in the agent's log)",
 			 r->signal ? "was killed" : "failed");
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	done(job, why[0] ? why : NULL);
 }
@@ -403,7 +362,7 @@ static void qemu_img_run(struct bjob *job, char **args,
 	c->done = done;
 	if (child_run(job->agent->loop, &opts, qemu_img_done_cb, c, &err) == NULL) {
 		free(c);
-		job_fail(job, "%s", err.msg);
+		backup_job_fail(job, "%s", err.msg);
 	}
 }
 
@@ -453,7 +412,7 @@ static void prepare_work(struct bjob *job)
 
 /* Run argv (no shell) from a worker thread and wait; *out (if not NULL) gets its
  * stdout. Returns its exit status, or -1. Thread only: it blocks. */
-static int run_wait(char *const argv[], char **out)
+int backup_run_wait(char *const argv[], char **out)
 {
 	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
 	struct kerr err;
@@ -489,7 +448,7 @@ static void chunk_incr_work(struct bjob *job)
 	chunkstore_writer_init(&w);
 	w.key = job->key;
 	json_object_object_add(job->mdisk, "chunks", chunks);
-	if (run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
+	if (backup_run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
 	    !json_object_is_type(map, json_type_array)) {
 		snprintf(job->error, sizeof(job->error), "qemu-img map of %s failed", job->target);
 		goto out;
@@ -605,10 +564,23 @@ out:
 	json_object_put(map);
 }
 
-static bool pipe_cancelled(void *data)
+/* chunkpipe's cancel check: data is the job. Thread-safe enough (see inside). */
+bool backup_pipe_cancelled(void *data)
 {
 	/* Set on the loop; a stale read only delays the stop by a chunk. */
 	return job_cancel_reason(((struct bjob *)data)->op) != NULL;
+}
+
+/* Thread: what the pipeline stored of the disk at work goes into the job and its
+ * manifest entry. */
+void backup_disk_stored(struct bjob *job, const struct chunkpipe_result *res, int64_t size)
+{
+	job->read_bytes += res->read_bytes;
+	job->new_bytes += res->new_bytes;
+	job->chunk_count += res->chunk_count;
+	job->total_bytes += (uint64_t)size;
+	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
+	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res->sum));
 }
 
 /* Thread: cut the raw file into chunks and store them (chunkpipe.h: read in order,
@@ -621,7 +593,7 @@ static void chunk_work(struct bjob *job)
 	struct chunkpipe_source src = {.read = chunkpipe_file_read,
 				       .hole = chunkpipe_file_hole,
 				       .data = &file,
-				       .cancelled = pipe_cancelled,
+				       .cancelled = backup_pipe_cancelled,
 				       .cancel_data = job,
 				       .key = job->key,
 				       .progress_bytes = &job->piped_bytes};
@@ -654,7 +626,7 @@ static void chunk_work(struct bjob *job)
 			goto stored;
 		}
 		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
-		if (run_wait(conv_argv, NULL) != 0) {
+		if (backup_run_wait(conv_argv, NULL) != 0) {
 			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
 				 disk);
 			return;
@@ -674,18 +646,14 @@ static void chunk_work(struct bjob *job)
 		return;
 	}
 stored:
-	job->read_bytes += res.read_bytes;
-	job->new_bytes += res.new_bytes;
-	job->chunk_count += res.chunk_count;
-	job->total_bytes += (uint64_t)src.size;
-	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(src.size));
-	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res.sum));
+	backup_disk_stored(job, &res, src.size);
 	unlink(job->raw);
 }
 
 /* Thread: flush the chunks, then write the manifest that names them. */
 static void manifest_work(struct bjob *job)
 {
+	int64_t t0 = now_ms(), t1;
 	struct kerr err;
 
 	json_object_object_add(job->manifest, "kind",
@@ -696,12 +664,21 @@ static void manifest_work(struct bjob *job)
 			       job->full_reason[0] ? json_object_new_string(job->full_reason)
 						   : NULL);
 
-	if (chunkstore_sync(job->store, &err) < 0 ||
-	    chunkstore_manifest_write_with(job->store, job->key, job->id, job->manifest, &err) <
-		    0) {
+	if (chunkstore_sync(job->store, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
+	t1 = now_ms();
+	if (chunkstore_manifest_write_with(job->store, job->key, job->id, job->manifest, &err) <
+	    0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	/* syncfs flushes every writer's dirty pages on the store's file system, not only
+	 * this backup's (O_DIRECT left it little of its own): on a shared pool other
+	 * writers make this vary, which a full that stores nothing new shows most. */
+	log_info("backup %s: store flushed in %lld ms, manifest written in %lld ms", job->id,
+		 (long long)(t1 - t0), (long long)(now_ms() - t1));
 	job->manifest_written = true;
 	tree_remove(job->tmpdir);
 }
@@ -713,7 +690,7 @@ static void manifest_after(struct bjob *job)
 	struct inst_op *op = job->op;
 
 	if (job->error[0]) {
-		job_fail(job, "%s", job->error);
+		backup_job_fail(job, "%s", job->error);
 		return;
 	}
 	/* The controller indexes what the manifest says; chunk lists stay in the store. */
@@ -751,6 +728,14 @@ static void manifest_after(struct bjob *job)
 	json_object_object_add(b, "total_bytes", json_object_new_int64((int64_t)job->total_bytes));
 	json_object_object_add(b, "chunk_count", json_object_new_int64((int64_t)job->chunk_count));
 	json_object_object_add(b, "duration_ms", json_object_new_int64(now_ms() - job->started_ms));
+	/* How a running VM's disks read whole were read: a check for the lab and the bench. */
+	if (job->fleeced || job->copied) {
+		json_object_object_add(b, "live_read",
+				       json_object_new_string(job->copied ? "copy" : "fleecing"));
+		if (job->fleece_why[0])
+			json_object_object_add(b, "live_read_reason",
+					       json_object_new_string(job->fleece_why));
+	}
 	json_object_object_add(b, "disks", disks);
 	if (op->result == NULL)
 		op->result = json_object_new_object();
@@ -764,12 +749,11 @@ static void manifest_after(struct bjob *job)
 	instance_op_succeed(op);
 }
 
-static void disk_read(struct bjob *job);
-
-static void chunk_after(struct bjob *job)
+/* Loop: a disk was stored (or not: job->error): the next disk, or the job fails. */
+void backup_chunk_after(struct bjob *job)
 {
 	if (job->direct)
-		uv_timer_stop(&job->poll); /* store_progress_cb */
+		uv_timer_stop(&job->poll); /* backup_store_progress_cb */
 	if (job->incr && !strcmp(job->error, "RESIZED")) {
 		snprintf(job->full_reason, sizeof(job->full_reason),
 			 "disk %s changed size since the parent backup",
@@ -777,11 +761,11 @@ static void chunk_after(struct bjob *job)
 		job->incr = false;
 		job->pdisk = NULL;
 		json_object_object_del(job->mdisk, "chunks");
-		disk_read(job);
+		backup_disk_read(job);
 		return;
 	}
 	if (job->error[0]) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, job->error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, job->error);
 		return;
 	}
 	job->all_incr = job->all_incr && job->incr;
@@ -789,10 +773,11 @@ static void chunk_after(struct bjob *job)
 	disk_next(job);
 }
 
-/* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk (it reads the
- * disk itself, paced when limited): how far it got, so the progress moves meanwhile.
- * The work in the pool holds the job: this never frees it, chunk_after stops it. */
-static void store_progress_cb(uv_timer_t *timer)
+/* Loop, every BACKUP_POLL_MS while chunk_work stores a stopped VM's disk or
+ * fleece_chunk_work a running one's (either reads the disk itself, paced when
+ * limited): how far it got, so the progress moves meanwhile.
+ * The work in the pool holds the job: this never frees it, backup_chunk_after stops it. */
+void backup_store_progress_cb(uv_timer_t *timer)
 {
 	struct bjob *job = timer->data;
 	uint64_t done = __atomic_load_n(&job->piped_bytes, __ATOMIC_RELAXED);
@@ -802,9 +787,11 @@ static void store_progress_cb(uv_timer_t *timer)
 
 	if (size == 0 || job_cancel_reason(job->op) != NULL)
 		return;
-	snprintf(phase, sizeof(phase), "storing disk %s: %llu of %llu MiB",
-		 job->op->disks[job->disk].name, (unsigned long long)(done >> 20),
-		 (unsigned long long)(size >> 20));
+	/* A live disk read from its fleecing export is read and stored in one step: it
+	 * says "reading", as QEMU's copy did, so the dashboard shows its read rate. */
+	snprintf(phase, sizeof(phase), "%s disk %s: %llu of %llu MiB",
+		 job->fleece ? "reading" : "storing", job->op->disks[job->disk].name,
+		 (unsigned long long)(done >> 20), (unsigned long long)(size >> 20));
 	instance_op_progress(job->op,
 			     (int)(((int64_t)job->disk * BACKUP_READ_PHASES + 1) * 90 / steps +
 				   (int64_t)(done * 90 / size) / steps),
@@ -816,7 +803,7 @@ static void read_done(struct bjob *job, const char *error)
 	char phase[96];
 
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	snprintf(phase, sizeof(phase), "storing disk %s", job->op->disks[job->disk].name);
@@ -826,9 +813,10 @@ static void read_done(struct bjob *job, const char *error)
 			     phase);
 	if (job->direct) {
 		job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
-		uv_timer_start(&job->poll, store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+		uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS,
+			       BACKUP_POLL_MS);
 	}
-	pool_run(job, job->incr ? chunk_incr_work : chunk_work, chunk_after);
+	backup_pool_run(job, job->incr ? chunk_incr_work : chunk_work, backup_chunk_after);
 }
 
 static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -837,17 +825,17 @@ static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char 
 }
 
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
-static bool incr_fallback(struct bjob *job, const char *why);
+static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added);
 
 static void poll_cb(uv_timer_t *timer)
 {
 	struct bjob *job = timer->data;
 	struct kerr err;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (vm_qmp(job->op->vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, jobs_cb, job, &err) < 0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 /* The drive-backup job's state: go on polling, or read its end. */
@@ -858,10 +846,10 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 	struct json_object *found = NULL;
 	struct kerr err;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	block_job_id(job, job->disk, jid, sizeof(jid));
@@ -872,8 +860,8 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 			found = j;
 	}
 	if (found == NULL) {
-		job_fail(job, "disk %s: QEMU's backup job vanished",
-			 job->op->disks[job->disk].name);
+		backup_job_fail(job, "disk %s: QEMU's backup job vanished",
+				job->op->disks[job->disk].name);
 		return;
 	}
 	if (strcmp(json_get_str(found, "status", ""), "concluded") != 0) {
@@ -904,18 +892,33 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		json_object_object_add(args, "id", json_object_new_string(jid));
 		vm_qmp(job->op->vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, job_dismissed_cb, NULL,
 		       &err);
-		if (jerr && incr_fallback(job, jerr))
+		if (jerr && incr_fallback(job, jerr, true))
 			return;
 		read_done(job, jerr ? why : NULL);
 	}
 }
 
 /* An incremental read QEMU refused (no such bitmap: lost, or left inconsistent by a
- * crash): the disk is read whole instead, and the backup says why. */
-static bool incr_fallback(struct bjob *job, const char *why)
+ * crash): the disk is read whole instead, and the backup says why. bitmap_added: the
+ * refusal came after the transaction, whose new bitmap exists and would make the
+ * whole read's transaction fail on adding it again: it goes first. */
+static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added)
 {
 	if (!job->incr)
 		return false;
+	if (bitmap_added) {
+		struct json_object *args = json_object_new_object();
+		char node[16], name[80];
+		struct kerr err;
+
+		snprintf(node, sizeof(node), "d%zu", job->disk);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		json_object_object_add(args, "node", json_object_new_string(node));
+		json_object_object_add(args, "name", json_object_new_string(name));
+		/* One QMP connection: QEMU runs it before the read's commands. */
+		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
+		       NULL, &err);
+	}
 	snprintf(job->full_reason, sizeof(job->full_reason),
 		 "disk %s: the changed-block bitmap cannot be used (%s)",
 		 job->op->disks[job->disk].name, why);
@@ -923,7 +926,7 @@ static bool incr_fallback(struct bjob *job, const char *why)
 		  job->full_reason);
 	job->incr = false;
 	job->pdisk = NULL;
-	disk_read(job);
+	backup_disk_read(job);
 	return true;
 }
 
@@ -931,18 +934,25 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 {
 	struct bjob *job = data;
 
-	/* The point in time is taken (or the transaction failed): thaw at once. */
-	guest_thaw(job);
+	/* The point in time is taken (or the transaction failed): thaw at once. A
+	 * fleecing's is the filter's qom-set still to come (backup_fleece.c thaws). */
+	if (!job->fleece)
+		guest_thaw(job);
 	/* QEMU runs the job from here on: a cancel that came while the transaction was
-	 * in flight must stop it too (cancel_cleanup, from job_gone). */
-	if (error == NULL)
+	 * in flight must stop it too (cancel_cleanup, from backup_job_gone). Fleecing
+	 * runs no job. */
+	if (error == NULL && !job->fleece)
 		job->block_job = true;
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
-	if (error && incr_fallback(job, error))
+	if (job->fleece) {
+		backup_fleece_started(job, error);
+		return;
+	}
+	if (error && incr_fallback(job, error, false))
 		return;
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	/* Soon, then every BACKUP_POLL_MS: a small incremental's job is done in tens of
@@ -1037,6 +1047,11 @@ static void thawed_cb(int status, int64_t count, bool cmd_sent, const char *why,
 }
 
 /* Thaw what the job's last freeze may have frozen; idempotent. */
+void backup_guest_thaw(struct bjob *job)
+{
+	guest_thaw(job);
+}
+
 static void guest_thaw(struct bjob *job)
 {
 	struct thaw *t;
@@ -1082,7 +1097,7 @@ static void freeze_missed(struct bjob *job, const char *why)
 		  job->freeze_why);
 }
 
-/* Start QEMU's side of the disk's read: the transaction guest_freeze() kept. */
+/* Start QEMU's side of the disk's read: the transaction backup_guest_freeze() kept. */
 static void tx_send(struct bjob *job)
 {
 	struct json_object *tx = job->tx;
@@ -1091,7 +1106,7 @@ static void tx_send(struct bjob *job)
 	job->tx = NULL;
 	if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job, &err) <
 	    0)
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why, void *data)
@@ -1103,7 +1118,7 @@ static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why,
 		job->freeze_sent = false;
 		job->no_guest_agent = status < 0;
 	}
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return; /* job_free thawed */
 	if (status < 0)
 		freeze_missed(job, why);
@@ -1120,10 +1135,47 @@ static void frozen_cb(int status, int64_t count, bool cmd_sent, const char *why,
 	tx_send(job);
 }
 
+static void freeze_send(struct bjob *job)
+{
+	snprintf(job->qga_path, sizeof(job->qga_path), "%s/qga.sock", job->op->vm->inst.dir);
+	job->freeze_sent = true;
+	job->frozen_us = now_us();
+	qga_cmd_run(job->agent->loop, job->qga_path, "guest-fsfreeze-freeze", BACKUP_FREEZE_MS,
+		    frozen_cb, job);
+}
+
+/* query-chardev's answer: the guest agent's port (chardev "qga", qemuargs.c) open in
+ * the guest, or not; unknown (an error, no such chardev): asked anyway. */
+static void chardev_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	bool closed = false;
+
+	if (backup_job_gone(job))
+		return;
+	for (size_t i = 0; error == NULL && i < json_array_len(ret); i++) {
+		struct json_object *c = json_object_array_get_idx(ret, i);
+		struct json_object *open;
+
+		if (!strcmp(json_get_str(c, "label", ""), "qga") &&
+		    json_object_object_get_ex(c, "frontend-open", &open))
+			closed = !json_object_get_boolean(open);
+	}
+	if (closed) {
+		job->no_guest_agent = true;
+		freeze_missed(job, "no guest agent has its port open (is qemu-ga running in the "
+				   "guest?)");
+		tx_send(job);
+		return;
+	}
+	freeze_send(job);
+}
+
 /* Freeze the running guest's file systems (qga.c), then send the disk's transaction. */
-static void guest_freeze(struct bjob *job)
+void backup_guest_freeze(struct bjob *job)
 {
 	struct vm *vm = job->op->vm;
+	struct kerr err;
 
 	if (vm->inst.state == INST_PAUSED || job->no_guest_agent) {
 		/* (no agent: the reason an earlier disk gave stands) */
@@ -1131,15 +1183,15 @@ static void guest_freeze(struct bjob *job)
 		tx_send(job);
 		return;
 	}
-	snprintf(job->qga_path, sizeof(job->qga_path), "%s/qga.sock", vm->inst.dir);
-	job->freeze_sent = true;
-	job->frozen_us = now_us();
-	qga_cmd_run(job->agent->loop, job->qga_path, "guest-fsfreeze-freeze", BACKUP_FREEZE_MS,
-		    frozen_cb, job);
+	/* Is a guest agent there at all? QEMU knows whether the guest opened the port
+	 * (libvirt watches the same flag): asking it costs a QMP round trip, asking a
+	 * guest agent that is not there costs the freeze's whole timeout (5 s). */
+	if (vm_qmp(vm, "query-chardev", NULL, BACKUP_JOB_TIMEOUT, chardev_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
 }
 
 /* Read disk job->disk: through QEMU when it runs, else from its file. */
-static void disk_read(struct bjob *job)
+void backup_disk_read(struct bjob *job)
 {
 	struct vm_disk *d = &job->op->disks[job->disk];
 	char phase[96];
@@ -1151,14 +1203,9 @@ static void disk_read(struct bjob *job)
 		(int)(job->disk * BACKUP_READ_PHASES * 90 / (job->op->ndisks * BACKUP_READ_PHASES)),
 		phase);
 	if (job->live) {
-		struct json_object *args = json_object_new_object(), *bm = json_object_new_object();
-		struct json_object *actions = json_object_new_array(), *a, *tx;
+		struct json_object *args, *bm, *actions, *a, *tx;
 		char jid[96], node[16], name[80], pname[80];
 
-		/* The node names qemuargs.c gives the disks: d0, d1, ... */
-		block_job_id(job, job->disk, jid, sizeof(jid));
-		snprintf(node, sizeof(node), "d%zu", job->disk);
-		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		job->pdisk = NULL;
 		for (size_t i = 0;
 		     job->pmanifest && !job->full_reason[0] &&
@@ -1174,6 +1221,27 @@ static void disk_read(struct bjob *job)
 		if (job->parent[0] && !job->incr && !job->full_reason[0] && !job->force_full)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "disk %s is not in the parent backup", d->name);
+		/* Read whole: from a fleecing node's NBD export, unless that failed once. */
+		if (!job->incr && !job->fleece_off) {
+			backup_fleece_start(job);
+			return;
+		}
+		/* An incremental's job must not run under a filter a killed agent's
+		 * fleecing left in front of the disk: that goes first (once per disk). */
+		if (job->incr && job->cleared_disk != job->disk + 1) {
+			job->cleared_disk = job->disk + 1;
+			backup_fleece_clear(job, backup_disk_read);
+			return;
+		}
+		if (!job->incr)
+			job->copied++;
+		args = json_object_new_object();
+		bm = json_object_new_object();
+		actions = json_object_new_array();
+		/* The node names qemuargs.c gives the disks: d0, d1, ... */
+		block_job_id(job, job->disk, jid, sizeof(jid));
+		snprintf(node, sizeof(node), "d%zu", job->disk);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
 		snprintf(job->target, sizeof(job->target), "%s/%s.qcow2", job->tmpdir, d->name);
 		json_object_object_add(args, "job-id", json_object_new_string(jid));
 		json_object_object_add(args, "device", json_object_new_string(node));
@@ -1213,7 +1281,7 @@ static void disk_read(struct bjob *job)
 		json_object_object_add(tx, "actions", actions);
 		json_object_put(job->tx);
 		job->tx = tx;
-		guest_freeze(job);
+		backup_guest_freeze(job);
 		return;
 	}
 	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first. */
@@ -1318,7 +1386,7 @@ out:
 static void write_done(struct bjob *job, const char *error)
 {
 	if (error) {
-		job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, error);
 		return;
 	}
 	unlink(job->raw); /* small: a local unlink of a file we made */
@@ -1332,7 +1400,7 @@ static void reassemble_after(struct bjob *job)
 	char phase[96];
 
 	if (job->error[0]) {
-		job_fail(job, "disk %s: %s", d->name, job->error);
+		backup_job_fail(job, "disk %s: %s", d->name, job->error);
 		return;
 	}
 	snprintf(phase, sizeof(phase), "writing disk %s", d->name);
@@ -1362,13 +1430,13 @@ static void disk_restore(struct bjob *job)
 			job->mdisk = md;
 	}
 	if (job->mdisk == NULL) {
-		job_fail(job, "the backup has no disk named %s", d->name);
+		backup_job_fail(job, "the backup has no disk named %s", d->name);
 		return;
 	}
 	snprintf(job->raw, sizeof(job->raw), "%s/%s.raw", job->tmpdir, d->name);
 	snprintf(phase, sizeof(phase), "reading disk %s from the store", d->name);
 	instance_op_progress(job->op, (int)(job->disk * 2 * 90 / (job->op->ndisks * 2)), phase);
-	pool_run(job, reassemble_work, reassemble_after);
+	backup_pool_run(job, reassemble_work, reassemble_after);
 }
 
 static void restore_finish_work(struct bjob *job)
@@ -1408,25 +1476,25 @@ static void disk_next(struct bjob *job)
 		json_object_object_add(job->mdisk, "name",
 				       json_object_new_string(job->op->disks[job->disk].name));
 		json_object_array_add(json_object_object_get(job->manifest, "disks"), job->mdisk);
-		disk_read(job);
+		backup_disk_read(job);
 		return;
 	}
 	if (job->restore) {
-		pool_run(job, restore_finish_work, restore_finish_after);
+		backup_pool_run(job, restore_finish_work, restore_finish_after);
 		return;
 	}
 	instance_op_progress(job->op, 95, "writing the manifest");
-	pool_run(job, manifest_work, manifest_after);
+	backup_pool_run(job, manifest_work, manifest_after);
 }
 
 static void prepare_after(struct bjob *job)
 {
 	if (job->error[0]) {
-		job_fail(job, "%s", job->error);
+		backup_job_fail(job, "%s", job->error);
 		return;
 	}
 	if (job->restore && strcmp(json_get_str(job->manifest, "type", "vm"), "vm") != 0) {
-		job_fail(job, "the backup is not of a VM");
+		backup_job_fail(job, "the backup is not of a VM");
 		return;
 	}
 	disk_next(job);
@@ -1514,7 +1582,7 @@ void backup_vm_run(struct inst_op *op)
 		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
 
 		if (pw == NULL) {
-			job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
+			backup_job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
 			return;
 		}
 		job->qemu_uid = pw->pw_uid;
@@ -1531,7 +1599,7 @@ void backup_vm_run(struct inst_op *op)
 	json_object_object_add(job->manifest, "type", json_object_new_string("vm"));
 	json_object_object_add(job->manifest, "spec", json_object_get(vm->inst.spec));
 	/* A stopped VM's disks are at rest; a running one's are as after a power cut
-	 * until its guest agent froze every disk's file systems (guest_freeze). */
+	 * until its guest agent froze every disk's file systems (backup_guest_freeze). */
 	json_object_object_add(job->manifest, "consistency",
 			       json_object_new_string(job->live ? "crash" : "filesystem"));
 	json_object_object_add(job->manifest, "created_at", json_object_new_int64(now_ms()));
@@ -1539,7 +1607,7 @@ void backup_vm_run(struct inst_op *op)
 			       json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
 	json_object_object_add(job->manifest, "disks", json_object_new_array());
 	instance_op_progress(op, 0, "preparing the store");
-	pool_run(job, prepare_work, prepare_after);
+	backup_pool_run(job, prepare_work, prepare_after);
 }
 
 /*
@@ -1562,7 +1630,7 @@ void backup_vm_restore(struct inst_op *op)
 		return;
 	}
 	instance_op_progress(op, 0, "reading the manifest");
-	pool_run(job_new(op, op->args, true), restore_prepare_work, prepare_after);
+	backup_pool_run(job_new(op, op->args, true), restore_prepare_work, prepare_after);
 }
 
 /*
@@ -1600,7 +1668,7 @@ void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op)
 	if (job == NULL)
 		return;
 	instance_op_progress(op, 65, "reading the backup's manifest");
-	pool_run(job, restore_prepare_work, prepare_after);
+	backup_pool_run(job, restore_prepare_work, prepare_after);
 }
 
 /* ---- containers: the writable layer as one tar stream, chunked like a disk ------------- */
@@ -1640,7 +1708,7 @@ static void ctr_read_work(struct bjob *job)
 		return;
 	}
 	job->uid_base = sb.st_uid;
-	rc = run_wait(argv, NULL);
+	rc = backup_run_wait(argv, NULL);
 	/* 1: a file changed while it was read; only a running container's can. */
 	if (rc != 0 && !(rc == 1 && job->live)) {
 		snprintf(job->error, sizeof(job->error), "tar of the writable layer failed (%d)",
@@ -1654,7 +1722,7 @@ static void ctr_resumed_cb(struct agent *a, const struct oci_cmd_result *r, void
 {
 	struct bjob *job = data;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (r->status != 0)
 		log_warnx("container %s: resuming after the backup: %s", job->op->ctr->inst.name,
@@ -1683,28 +1751,28 @@ static void ctr_read_after(struct bjob *job)
 static void ctr_closing(struct bjob *job)
 {
 	if (job->error[0]) {
-		job_fail(job, "the writable layer: %s", job->error);
+		backup_job_fail(job, "the writable layer: %s", job->error);
 		return;
 	}
 	json_object_object_add(job->manifest, "uid_base",
 			       json_object_new_int64((int64_t)job->uid_base));
 	instance_op_progress(job->op, 95, "writing the manifest");
-	pool_run(job, manifest_work, manifest_after);
+	backup_pool_run(job, manifest_work, manifest_after);
 }
 
 static void ctr_paused_cb(struct agent *a, const struct oci_cmd_result *r, void *data)
 {
 	struct bjob *job = data;
 
-	if (job_gone(job))
+	if (backup_job_gone(job))
 		return;
 	if (r->status != 0 || r->timed_out) {
-		job_fail(job, "cannot pause the container: %s", r->error);
+		backup_job_fail(job, "cannot pause the container: %s", r->error);
 		return;
 	}
 	job->resume = true;
 	instance_op_progress(job->op, 10, "reading the writable layer (paused)");
-	pool_run(job, ctr_read_work, ctr_read_after);
+	backup_pool_run(job, ctr_read_work, ctr_read_after);
 }
 
 /*
@@ -1755,11 +1823,11 @@ void backup_ctr_run(struct inst_op *op)
 		instance_op_progress(op, 5, "pausing the container");
 		if (oci_runc(op->agent, (const char *const[]){"pause", ctr->inst.name, NULL}, 30000,
 			     0, false, NULL, ctr_paused_cb, job, &err) < 0)
-			job_fail(job, "%s", err.msg);
+			backup_job_fail(job, "%s", err.msg);
 		return;
 	}
 	instance_op_progress(op, 10, "reading the writable layer");
-	pool_run(job, ctr_read_work, ctr_read_after);
+	backup_pool_run(job, ctr_read_work, ctr_read_after);
 }
 
 /* nftw() has no user pointer: the shift of the one restore a worker runs at a time. */
@@ -1808,7 +1876,7 @@ static void ctr_restore_work(struct bjob *job)
 	reassemble_work(job);
 	if (job->error[0])
 		return;
-	if (stat(upper, &sb) < 0 || run_wait(argv, NULL) != 0) {
+	if (stat(upper, &sb) < 0 || backup_run_wait(argv, NULL) != 0) {
 		snprintf(job->error, sizeof(job->error), "cannot unpack the layer into %s", upper);
 		return;
 	}
@@ -1829,7 +1897,7 @@ static void ctr_restore_after(struct bjob *job)
 	void (*then)(struct inst_op * op) = job->then;
 
 	if (job->error[0]) {
-		job_fail(job, "%s", job->error);
+		backup_job_fail(job, "%s", job->error);
 		return;
 	}
 	log_info("container %s: writable layer restored from backup %s", op->ctr->inst.name,
@@ -1850,5 +1918,5 @@ void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op
 	if (job == NULL)
 		return;
 	instance_op_progress(op, 70, "writing the writable layer from the backup");
-	pool_run(job, ctr_restore_work, ctr_restore_after);
+	backup_pool_run(job, ctr_restore_work, ctr_restore_after);
 }

@@ -53,12 +53,12 @@ op_wait() { # op_wait ID -> the final operation JSON
 		esac
 	done
 }
-backup() { # backup STORE MODE -> "ms read_bytes new_bytes total_bytes kind"
+backup() { # backup STORE MODE -> "ms read_bytes new_bytes total_bytes kind live_read"
 	local t0 op b
 	t0=$(now_ms)
 	op=$(kapi "$KUMO_URL/api/v1/instances/$vm/backups" -d "{\"store\":\"$1\",\"mode\":\"$2\"}" | jq -r .id)
 	b=$(op_wait "$op" | jq -c .result.backup)
-	echo "$(($(now_ms) - t0)) $(jq -r '"\(.read_bytes) \(.new_bytes) \(.total_bytes) \(.kind)"' <<<"$b")"
+	echo "$(($(now_ms) - t0)) $(jq -r '"\(.read_bytes) \(.new_bytes) \(.total_bytes) \(.kind) \(.live_read // "-")"' <<<"$b")"
 }
 
 kapi "$KUMO_URL/api/v1/instances" -d '{"name": "'$vm'", "type": "vm", "memory": {"mb": 128},
@@ -80,7 +80,7 @@ for i in $(seq "$runs"); do
 	sync -f "$KUMO_LAB_DIR/shared/bench-bk-copy.qcow2"
 	conv+=($(($(now_ms) - t0)))
 	kapi "$KUMO_URL/api/v1/backup-stores" -d "{\"name\":\"bench-bk-$$-$i\"$key_field}" >/dev/null
-	read -r ms rd nw tot kind < <(backup "bench-bk-$$-$i" full)
+	read -r ms rd nw tot kind _ < <(backup "bench-bk-$$-$i" full)
 	kumo+=("$ms")
 	[ "$i" = 1 ] && first_new=$nw first_total=$tot
 	echo "run $i: qemu-img convert ${conv[-1]} ms; kumo full $ms ms ($rd read, $nw new, $tot total)"
@@ -88,12 +88,12 @@ done
 cm=$(printf '%s\n' "${conv[@]}" | median)
 km=$(printf '%s\n' "${kumo[@]}" | median)
 # A second full into the first store: the chunks are there already.
-read -r ms2 _ nw2 _ _ < <(backup "bench-bk-$$-1" full)
+read -r ms2 _ nw2 _ _ _ < <(backup "bench-bk-$$-1" full)
 
 # Live: running, a full, 10 MiB written through QEMU's own block layer, an incremental.
 kapi -X POST "$KUMO_URL/api/v1/instances/$vm/actions/start" | jq -r .id | { read -r op; op_wait "$op" >/dev/null; }
 kapi "$KUMO_URL/api/v1/backup-stores" -d "{\"name\":\"bench-bk-$$-0\"$key_field}" >/dev/null
-read -r lf_ms lf_rd _ _ _ < <(backup "bench-bk-$$-0" full)
+read -r lf_ms lf_rd _ _ _ lf_via < <(backup "bench-bk-$$-0" full)
 python3 - "$KUMO_LAB_DIR/hosts/h1/local/instances/$vm/monitor.sock" <<'PY'
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -112,13 +112,13 @@ for cmd, args in (("qmp_capabilities", {}),
                 sys.exit("bench: " + json.dumps(m))
             break
 PY
-read -r in_ms in_rd in_nw _ in_kind < <(backup "bench-bk-$$-0" auto)
+read -r in_ms in_rd in_nw _ in_kind _ < <(backup "bench-bk-$$-0" auto)
 
 if [ -n "$key_field" ]; then echo "stores: encrypted (AES-256-GCM)"; else echo "stores: plain"; fi
 awk -v cm="$cm" -v km="$km" -v tot="$first_total" -v nw="$first_new" -v ms2="$ms2" -v nw2="$nw2" \
-	-v lf="$lf_ms" -v lfr="$lf_rd" -v im="$in_ms" -v ir="$in_rd" -v inw="$in_nw" -v ik="$in_kind" 'BEGIN {
+	-v lf="$lf_ms" -v lfr="$lf_rd" -v lfv="$lf_via" -v im="$in_ms" -v ir="$in_rd" -v inw="$in_nw" -v ik="$in_kind" 'BEGIN {
 	printf "full backup (median of runs): kumo %d ms, qemu-img convert %d ms, ratio %.2f (goal <= 1.25)\n", km, cm, km / cm
 	printf "throughput: kumo %.0f MB/s, convert %.0f MB/s (of the 1 GiB disk)\n", tot / km / 1000, tot / cm / 1000
 	printf "dedup: %d logical bytes stored as %d new chunk bytes (%.1fx); a second full stored %d new bytes in %d ms\n", tot, nw, tot / (nw ? nw : 1), nw2, ms2
-	printf "live: full %d ms (%d read); %s after 1%% written: %d ms (%d read, %d new), %.1f%% of the full (goal <= 5%%)\n", lf, lfr, ik, im, ir, inw, 100 * im / lf
+	printf "live: full %d ms (%d read, via %s); %s after 1%% written: %d ms (%d read, %d new), %.1f%% of the full (goal <= 5%%)\n", lf, lfr, lfv, ik, im, ir, inw, 100 * im / lf
 }'

@@ -61,7 +61,11 @@ struct chunkpipe_result {
  */
 int64_t chunkpipe_pace_wait_ms(uint64_t bytes, uint64_t rate, int64_t elapsed_ms);
 
-/* The hashing threads a pipeline starts: the cores, 1 to 4. */
+/* The hashing threads a pipeline starts: two per core, 2 to 8 (chunkpipe.c says why).
+ * Memory: each thread holds two 4 MiB read slots and its writer's frame buffers
+ * (about one chunk each), some 16 MiB, so a backup at 8 threads holds about 128 MiB
+ * while it reads; one backup per VM runs at a time, so a host's agent needs that much
+ * per VM it backs up at once. */
 int chunkpipe_threads(void);
 
 /*

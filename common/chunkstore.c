@@ -201,6 +201,7 @@ void chunkstore_writer_init(struct chunkstore_writer *w)
 	w->buffered = false;
 	w->key = NULL;
 	w->ebuf = NULL;
+	w->raw_chunks = 0;
 }
 
 void chunkstore_writer_free(struct chunkstore_writer *w)
@@ -223,16 +224,83 @@ int chunkstore_put(const char *root, const void *data, size_t len, char *hex, ui
 	return ret;
 }
 
+/* The probe: CHUNK_PROBE_SAMPLES slices of CHUNK_PROBE_LEN bytes spread over the chunk. */
+#define CHUNK_PROBE_SAMPLES 8
+#define CHUNK_PROBE_LEN	    8192
+/* zstd frame format (RFC 8878): what a frame of raw blocks is made of. */
+#define RAWFRAME_MAGIC	    0xFD2FB528u
+#define RAWFRAME_BLOCK_MAX  (128 * 1024) /* Block_Maximum_Size */
+#define RAWFRAME_HEAD	    9		 /* magic, descriptor, 4-byte content size */
+#define RAWFRAME_BLOCK_HEAD 3
+
+bool chunkstore_probe_incompressible(void *cctx, const void *data, size_t len)
+{
+	size_t in = 0, got = 0;
+
+	if (len < CHUNK_PROBE_SAMPLES * CHUNK_PROBE_LEN * 4)
+		return false; /* small: compressing it all costs little */
+	for (size_t i = 0; i < CHUNK_PROBE_SAMPLES; i++) {
+		/* Evenly spread, the last one ending at the chunk's end. */
+		size_t off = (len - CHUNK_PROBE_LEN) / (CHUNK_PROBE_SAMPLES - 1) * i;
+		unsigned char buf[ZSTD_COMPRESSBOUND(CHUNK_PROBE_LEN)];
+		size_t n = ZSTD_compressCCtx(cctx, buf, sizeof(buf), (const char *)data + off,
+					     CHUNK_PROBE_LEN, CHUNKSTORE_ZSTD_LEVEL);
+
+		if (ZSTD_isError(n))
+			return false; /* let the real compression say what is wrong */
+		in += CHUNK_PROBE_LEN;
+		got += n;
+	}
+	return got * 100 >= in * CHUNKSTORE_PROBE_PERCENT;
+}
+
+size_t chunkstore_raw_frame(void *dst, size_t cap, const void *data, size_t len)
+{
+	size_t blocks = len ? (len + RAWFRAME_BLOCK_MAX - 1) / RAWFRAME_BLOCK_MAX : 1;
+	unsigned char *o = dst;
+	size_t at = 0, pos;
+
+	if (len > UINT32_MAX || cap < RAWFRAME_HEAD + blocks * RAWFRAME_BLOCK_HEAD + len)
+		return 0;
+	for (int i = 0; i < 4; i++)
+		o[i] = (unsigned char)(RAWFRAME_MAGIC >> (8 * i));
+	/* Frame_Header_Descriptor: Frame_Content_Size_flag 2 (4 bytes), Single_Segment
+	 * (the window is the content: no Window_Descriptor), no checksum, no dictionary. */
+	o[4] = (2 << 6) | (1 << 5);
+	for (int i = 0; i < 4; i++)
+		o[5 + i] = (unsigned char)((uint32_t)len >> (8 * i));
+	pos = RAWFRAME_HEAD;
+	do {
+		size_t n = len - at < RAWFRAME_BLOCK_MAX ? len - at : RAWFRAME_BLOCK_MAX;
+		/* Block_Header: Last_Block (bit 0), Block_Type 0 = Raw (bits 1-2), Block_Size. */
+		uint32_t head = (uint32_t)(n << 3) | (at + n == len ? 1u : 0u);
+
+		o[pos] = (unsigned char)head;
+		o[pos + 1] = (unsigned char)(head >> 8);
+		o[pos + 2] = (unsigned char)(head >> 16);
+		memcpy(o + pos + RAWFRAME_BLOCK_HEAD, (const char *)data + at, n);
+		pos += RAWFRAME_BLOCK_HEAD + n;
+		at += n;
+	} while (at < len);
+	return pos;
+}
+
 /*
- * The chunk's plain bytes as the store keeps them: a zstd frame in w->zbuf, sealed
- * into w->ebuf in an encrypted store (chunk_seal). *out and *zlen get the bytes to
- * write.
+ * The chunk's plain bytes as the store keeps them: a zstd frame in w->zbuf (of raw
+ * blocks when the probe finds the chunk incompressible), sealed into w->ebuf in an
+ * encrypted store (chunk_seal). *out and *zlen get the bytes to write.
  */
 static int chunk_encode(struct chunkstore_writer *w, const char *hex, const void *data, size_t len,
 			const void **out, size_t *zlen, struct kerr *err)
 {
-	size_t n = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
+	size_t n = 0;
 
+	if (chunkstore_probe_incompressible(w->cctx, data, len))
+		n = chunkstore_raw_frame(w->zbuf, w->zcap, data, len);
+	if (n > 0)
+		w->raw_chunks++;
+	else
+		n = ZSTD_compressCCtx(w->cctx, w->zbuf, w->zcap, data, len, CHUNKSTORE_ZSTD_LEVEL);
 	if (ZSTD_isError(n))
 		return err_set(err, EIO, "chunk %.12s: zstd: %s", hex, ZSTD_getErrorName(n));
 	*out = w->zbuf;

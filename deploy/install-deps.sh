@@ -16,13 +16,15 @@ usage() {
 # and converts uploaded images, the agent makes disks); on agent hosts QEMU, runc, and
 # for networks iproute2 (ip, bridge), nftables and dnsmasq-base (DHCP per segment);
 # dosfstools and mtools make the cloud-init seed disk; libxml2 parses OVF descriptors
-# (V2V import, controllerd/ova.c); libzstd1 compresses backup chunks.
+# (V2V import, controllerd/ova.c); libzstd1 compresses backup chunks; libnbd0 is the
+# NBD client a running VM's full backup reads QEMU's point-in-time export with
+# (agentd/nbd.c).
 # virt-v2v rewrites a P2V guest for virtio at the cutover ("convert": true, controllerd/
 # p2v.c); it fails without nbdkit, which Debian only recommends, and libguestfs-tools
 # brings the appliance's kernel tooling (supermin) it boots the disk in.
 RUNTIME="
 libmicrohttpd12 libjson-c5 libsqlite3-0 libuv1 libnanomsg5 libssl3 zlib1g libzstd1
-libxml2
+libxml2 libnbd0
 virt-v2v libguestfs-tools nbdkit
 qemu-system-x86 qemu-utils runc iproute2 nftables dnsmasq-base dosfstools mtools
 procps ca-certificates
@@ -30,7 +32,7 @@ procps ca-certificates
 BUILD="
 build-essential cmake pkg-config
 libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-dev zlib1g-dev
-libxml2-dev libzstd-dev
+libxml2-dev libzstd-dev libnbd-dev
 "
 # test: cmocka and clang-format; the lab and the integration tests (curl, jq, sqlite3,
 # openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins);

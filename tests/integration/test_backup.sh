@@ -1,7 +1,8 @@
 #!/bin/bash
 # Backups: a store on the shared pool; a running VM backed up without stopping it
 # (its file systems frozen through qemu-ga while the point in time is taken;
-# crash-consistent, saying why, when the guest agent is killed or the VM paused); a
+# crash-consistent, saying why, when the guest agent is killed or the VM paused; read
+# from QEMU's point-in-time NBD export, which a write during the read does not change); a
 # stopped VM backed up from its disk (the second backup adds only the chunks that
 # changed); the disk changed, then restored over: its content equals the backup's
 # checksum and the guest boots from the restored disk; bad input is refused.
@@ -32,12 +33,14 @@ disk_sha() { # [NAME]
 	chunk_sum "$raw"
 	rm -f "$raw"
 }
-backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its consistency_reason
+backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its consistency_reason,
+	# $live_read how a running VM's disk was read whole (fleecing, copy or "") and $live_why why
 	api POST "/api/v1/instances/$1/backups" "${2:-}"
 	expect_status 202 "backup of $1"
 	wait_op "$(jqb .id)" 300
 	op_ok
 	local id
+	live_read=$(jqb '.result.backup.live_read // empty') live_why=$(jqb '.result.backup.live_read_reason // empty')
 	id=$(jqb .result.backup.id)
 	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
 	api GET "/api/v1/backups/$id"
@@ -82,6 +85,8 @@ b1=$(jqb .id)
 [ "$(jqb .status)" = succeeded ] && [ "$(jqb .restorable)" = true ] || fail "backup 1 is $(jqb .status)"
 [ "$(jqb .kind)" = full ] && [ "$(jqb .consistency)" = crash ] || fail "backup 1: kind $(jqb .kind), consistency $(jqb .consistency)"
 grep -q "guest agent" <<<"$why" || fail "a crash-consistent backup does not say why: '$why'"
+# Read from QEMU's point-in-time NBD export of the disk (image fleecing), not a raw copy.
+[ "$live_read" = fleecing ] || fail "the live full was read by '$live_read', not fleecing: $live_why"
 why1=$why
 total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks1=$(jqb .chunk_count)
 # Holes of the read disk are not read (nor hashed): read_bytes is at most the size.
@@ -93,7 +98,7 @@ instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 api POST "/api/v1/backups/$b1/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "verify of the crash-consistent backup: $(jqb .result)"
-pass "a running VM backed up without stopping it; no guest agent: crash-consistent ($why1), verified, $chunks1 chunks, $new1 bytes stored"
+pass "a running VM backed up without stopping it (read by fleecing); no guest agent: crash-consistent ($why1), verified, $chunks1 chunks, $new1 bytes stored"
 
 # 1b. Incremental: the next backup builds on the first through the disk's dirty bitmap
 # and reads only what changed (a reboot: the guest counts boots on its disk). Paused,
@@ -138,6 +143,98 @@ wait_until 60 "the guest's sampler counted" console_has bk1 "KUMO-BLOCKED-[0-9]*
 blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc 0-9)
 [ "$blocked" -gt 0 ] || fail "no write in the guest waited for the freeze ($blocked samples)"
 pass "mode full is full; the guest agent froze the file systems (consistency filesystem): a guest write waited in the freeze ($blocked samples) and finished after the thaw"
+
+# qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (the agent has the first):
+# "leftovers" prints "NODES EXPORTS DRIVE": the counts of the backup's fleecing nodes
+# (kfl-*) and of block exports, and the node disk0's device writes to (d0 unless the
+# fleecing filter is in front of it); anything else is an HMP command line, run,
+# failing on an error.
+qmp2() {
+	local host
+	api GET /api/v1/instances/bk1
+	host=$(jqb .host)
+	python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/bk1/monitor.sock" "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def ask(cmd, args=None):
+    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+ask("qmp_capabilities")
+if sys.argv[2] == "leftovers":
+    nodes = ask("query-named-block-nodes", {"flat": True})["return"]
+    exports = ask("query-block-exports")["return"]
+    drive = ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend",
+                            "property": "drive"})["return"]
+    print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
+          len(exports), drive)
+else:
+    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
+    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
+    if "error" in m or (m["return"] and "wrote" not in m["return"]):
+        sys.exit("qmp2: " + json.dumps(m))
+PY
+}
+
+# 1d. The point in time holds while the disk changes under the read: paused (so the
+# disk holds still but for the write below), a full paced to 80 Mbit/s; once it reads,
+# 1 MiB at the disk's end (which the reader reaches last) is overwritten through the
+# device's block layer, the copy-before-write filter in front of it. The reader had
+# not reached that MiB yet (its progress says so after the write). The backup holds
+# the disk as it was before that write (the filter copied the old blocks aside first),
+# and nothing of the fleecing is left in QEMU: no kfl-* node, no export, the device
+# back on its disk's node.
+api POST /api/v1/instances/bk1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+wait_until 20 "paused" instance_is bk1 paused
+sha_before=$(disk_sha)
+api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full","bandwidth_mbps":80}'
+expect_status 202 "a paced live full"
+pitop=$(jqb .id)
+pit_reading() {
+	api GET "/api/v1/operations/$pitop"
+	case "$(jqb .status)" in succeeded | failed | cancelled) fail "the paced live full ended before the write: $(jqb .status) $(jqb .error)" ;; esac
+	case "$(jqb .phase)" in "reading disk root: "*) return 0 ;; esac
+	return 1
+}
+wait_until 60 "the paced live full reading" pit_reading
+pit_live() {
+	api GET "/api/v1/operations/$pitop"
+	[[ "$(jqb .phase)" =~ ^"reading disk root: "[0-9]+" of "[0-9]+" MiB"$ ]]
+}
+wait_until 60 "the paced live full's read progress" pit_live
+[ "$(qmp2 leftovers | cut -d' ' -f3)" = kfl-cbw-d0 ] || fail "the fleecing filter is not in front of the disk during the read: $(qmp2 leftovers)"
+qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x5a $((total - (1 << 20))) 1M\"" ||
+	fail "the write through QEMU during the backup failed"
+# QEMU's qcow2 metadata cache to the file, so qemu-img (disk_sha) sees the write.
+qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend flush" || fail "the flush through QEMU failed"
+api GET "/api/v1/operations/$pitop"
+read -r pit_done pit_size < <(jqb .phase | grep -oE '[0-9]+ of [0-9]+' | tr -d 'of')
+# The pipeline's threads read a few 4 MiB chunks ahead of what it counts as done.
+[ "$(jqb .status)" = running ] && [ $((pit_done + 24)) -le "$pit_size" ] ||
+	fail "the reader may have passed the written MiB before the write ($(jqb .status): $(jqb .phase)): the check would be vacuous"
+wait_op "$pitop" 300
+op_ok
+[ "$(jqb .result.backup.live_read)" = fleecing ] ||
+	fail "the paced live full was read by $(jqb .result.backup.live_read): $(jqb .result.backup.live_read_reason)"
+pit_sha=$(jqb '.result.backup.disks[0].sha256')
+bp=$(jqb .result.backup.id)
+sha_after=$(disk_sha)
+[ "$sha_after" != "$sha_before" ] || fail "the write during the backup did not change the disk"
+[ "$pit_sha" = "$sha_before" ] ||
+	fail "the backup is not the disk at its point in time (its checksum $pit_sha; before the write $sha_before, after $sha_after)"
+[ "$(qmp2 leftovers)" = "0 0 d0" ] || fail "fleecing nodes or exports left in QEMU after the backup, or the device off its disk: $(qmp2 leftovers)"
+api POST /api/v1/instances/bk1/actions/resume
+wait_op "$(jqb .id)"
+op_ok
+pass "a live full read by fleecing is the disk at its point in time: a write during the read (at $pit_done of $pit_size MiB) is not in it; no fleecing node or export left"
 
 api POST /api/v1/instances/bk1/actions/stop '{"timeout_s":60}'
 wait_op "$(jqb .id)"
@@ -290,7 +387,7 @@ api DELETE /api/v1/backup-stores/$bs
 expect_status 409 "delete of a store holding backups"
 api GET "/api/v1/backups?instance=bk1"
 mine=$(jqb -c '[.backups[] | select(.store == "'$bs'") | .id]')
-[ "$(jq length <<<"$mine")" = 5 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[4]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
+[ "$(jq length <<<"$mine")" = 6 ] && [ "$(jq -r '.[0]' <<<"$mine")" = "$bx" ] && [ "$(jq -r '.[5]' <<<"$mine")" = "$b1" ] || fail "bk1's backups in $bs, newest first: $mine, not [$bx,..,$b1]"
 api GET "/api/v1/backups?instance=nosuch"
 [ "$(jqb '.backups | length')" = 0 ] || fail "backups of an unknown instance listed"
 pass "unknown instance, store or backup 404; unknown field and bandwidth_mbps 0/-1/\"x\"/1000001 400; a store with backups 409; list by instance"
@@ -298,7 +395,7 @@ pass "unknown instance, store or backup 404; unknown field and bandwidth_mbps 0/
 # 6. Retention, delete and garbage collection.
 api POST "/api/v1/backup-stores/$bs/actions/prune" '{"instance":"bk1","keep_last":1,"dry_run":true}'
 expect_status 200 "prune (dry run)"
-[ "$(jqb -c .kept)" = "[\"$bx\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" --arg c "$bf" '[$a,$b,$c] | sort')" ] ||
+[ "$(jqb -c .kept)" = "[\"$bx\"]" ] && [ "$(jqb -c '.removed | sort')" = "$(jq -nc --arg a "$b1" --arg b "$bi" --arg c "$bf" --arg d "$bp" '[$a,$b,$c,$d] | sort')" ] ||
 	fail "prune keep_last 1 would keep $(jqb -c .kept) and remove $(jqb -c .removed)"
 api GET "/api/v1/backups/$b1"
 expect_status 200 "a dry run removes nothing"

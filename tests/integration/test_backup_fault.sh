@@ -46,6 +46,35 @@ release_qemu() {
 	trap cleanup EXIT
 }
 
+# fleece_clean VM -> VM's QEMU (asked on its second QMP monitor) holds nothing of a
+# backup's fleecing: no kfl-* node, no block export, disk0's device on its node d0.
+fleece_clean() {
+	local host
+	api GET "/api/v1/instances/$1"
+	host=$(jqb .host)
+	left=$(python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def ask(cmd, args=None):
+    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m.get("return")
+ask("qmp_capabilities")
+nodes = ask("query-named-block-nodes", {"flat": True})
+print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
+      len(ask("query-block-exports")),
+      ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend", "property": "drive"}))
+PY
+	)
+	[ "$left" = "0 0 d0" ]
+}
+
 api POST /api/v1/backup-stores '{"name":"'$bs'"}'
 expect_status 201 "store create"
 # A 1 GiB disk, as a user's would be.
@@ -72,7 +101,8 @@ api GET "/api/v1/backups/$bc"
 [ ! -e "$store_dir/backups/$bc.json" ] || fail "a manifest for the cancelled backup"
 wait_until 30 "its work files removed" test ! -e "$store_dir/tmp/$bc"
 instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancel"
-pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, the VM runs"
+wait_until 30 "the cancelled backup's fleecing gone from QEMU" fleece_clean bkf1
+pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, nothing of it in QEMU, the VM runs"
 
 # 2. The agent killed -9 mid-backup.
 hold_qemu bkf1
@@ -96,7 +126,9 @@ api GET "/api/v1/backups/$bk"
 [ "$(jqb .status)" = failed ] && [ "$(jqb .restorable)" = false ] || fail "the interrupted backup is $(jqb .status)"
 [ ! -e "$store_dir/backups/$bk.json" ] || fail "a manifest for the interrupted backup"
 wait_until 30 "bkf1 running under the new agent" instance_is bkf1 running
-pass "agent kill -9 mid-backup: failed (${why:0:60}...), no manifest, the VM runs"
+# The new agent clears what the killed one's backup left in QEMU when it adopts the VM.
+wait_until 30 "the killed agent's fleecing gone from QEMU" fleece_clean bkf1
+pass "agent kill -9 mid-backup: failed (${why:0:60}...), no manifest, nothing of it left in QEMU, the VM runs"
 
 # 3. The next backup works: paused so the disk holds still for the checksum.
 api POST /api/v1/instances/bkf1/actions/pause

@@ -292,6 +292,73 @@ static void test_store_chunks(void **state)
 	free(out);
 }
 
+/*
+ * An incompressible chunk in an encrypted store: stored as a raw zstd frame, then
+ * sealed, so its file still holds no plain text (a marker planted in random bytes is
+ * not found), it is named by the keyed digest, dedups, reads back only with the key,
+ * and a flipped byte fails the GCM tag.
+ */
+static void test_store_raw_chunk(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char *data = xmalloc(CHUNKSTORE_CHUNK_SIZE), *out = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	char hex[65], again[65], want[65], path[PATH_MAX];
+	struct chunkstore_writer w;
+	uint64_t written, w2, x = 0x1234567;
+	size_t len;
+	struct kerr err;
+	int fd;
+
+	for (size_t i = 0; i < CHUNKSTORE_CHUNK_SIZE; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		data[i] = (unsigned char)(x >> 24);
+	}
+	for (size_t at = 0; at < CHUNKSTORE_CHUNK_SIZE; at += 1 << 20)
+		memcpy(data + at + 777, MARKER, strlen(MARKER));
+	chunkstore_writer_init(&w);
+	w.key = &f->a;
+	assert_int_equal(
+		chunkstore_put_with(f->root, &w, data, CHUNKSTORE_CHUNK_SIZE, hex, &written, &err),
+		0);
+	assert_int_equal(w.raw_chunks, 1);
+	assert_int_equal(written, CHUNKSTORE_CHUNK_SIZE + 9 + 32 * 3 + CHUNKCRYPT_OVERHEAD);
+	chunkcrypt_name(&f->a, data, CHUNKSTORE_CHUNK_SIZE, want);
+	assert_string_equal(hex, want);
+	assert_int_equal(
+		chunkstore_put_with(f->root, &w, data, CHUNKSTORE_CHUNK_SIZE, again, &w2, &err), 0);
+	assert_string_equal(again, hex);
+	assert_int_equal(w2, 0);
+	chunkstore_writer_free(&w);
+
+	chunkstore_chunk_path(f->root, hex, path, sizeof(path));
+	assert_false(file_has(path, MARKER, strlen(MARKER)));
+	assert_int_equal(
+		chunkstore_get_with(f->root, &f->a, hex, out, CHUNKSTORE_CHUNK_SIZE, &len, &err),
+		0);
+	assert_int_equal(len, CHUNKSTORE_CHUNK_SIZE);
+	assert_memory_equal(out, data, len);
+	assert_true(chunkstore_get_with(f->root, &f->b, hex, out, CHUNKSTORE_CHUNK_SIZE, &len,
+					&err) < 0);
+	fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	{
+		unsigned char c;
+
+		assert_int_equal(pread(fd, &c, 1, 2 << 20), 1);
+		c ^= 0x01;
+		assert_int_equal(pwrite(fd, &c, 1, 2 << 20), 1);
+	}
+	close(fd);
+	assert_true(chunkstore_get_with(f->root, &f->a, hex, out, CHUNKSTORE_CHUNK_SIZE, &len,
+					&err) < 0);
+	assert_int_equal(err.code, EBADMSG);
+	assert_non_null(strstr(err.msg, "GCM tag"));
+	free(data);
+	free(out);
+}
+
 static void test_key_check_file(void **state)
 {
 	struct fixture *f = *state;
@@ -427,6 +494,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_derive_and_names, setup, teardown),
 		cmocka_unit_test(test_wrap),
 		cmocka_unit_test_setup_teardown(test_store_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_raw_chunk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_key_check_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_manifest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipeline_keyed, setup, teardown),

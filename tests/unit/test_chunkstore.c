@@ -20,7 +20,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <openssl/evp.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "json.h"
 #include "chunkpipe.h"
@@ -164,6 +166,140 @@ static void test_roundtrip_and_corruption(void **state)
 	free(out);
 }
 
+/* Incompressible bytes (xorshift), as a disk of random data holds. */
+static void fill_random(unsigned char *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed | 1;
+
+	for (size_t i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		buf[i] = (unsigned char)x;
+	}
+}
+
+/*
+ * The probe: random data is stored as a zstd frame of raw blocks (the file is the
+ * chunk plus 105 bytes of framing, the writer counts it), any zstd decoder reads it
+ * back, the name is still the plain SHA-256 (a second put dedups it), it round-trips
+ * through chunkstore_get and verify, and a flipped byte in a raw block is caught. A
+ * chunk half random, half text is still compressed, and so is a text-like one.
+ */
+static void test_incompressible_raw(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char *a = xmalloc(CHUNKSTORE_CHUNK_SIZE), *out = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+	unsigned char *frame = xmalloc(CHUNKSTORE_CHUNK_SIZE + 4096);
+	unsigned char md[32];
+	char hex[65], again[65], want[65], path[PATH_MAX];
+	struct chunkstore_writer w;
+	struct json_object *m, *disks, *disk, *chunks, *bad = NULL;
+	uint64_t written, w2;
+	unsigned int mdlen;
+	size_t len, n;
+	struct stat sb;
+	struct kerr err;
+	int fd;
+
+	fill_random(a, CHUNKSTORE_CHUNK_SIZE, 42);
+	chunkstore_writer_init(&w);
+	assert_true(chunkstore_probe_incompressible(w.cctx, a, CHUNKSTORE_CHUNK_SIZE));
+	assert_int_equal(
+		chunkstore_put_with(f->root, &w, a, CHUNKSTORE_CHUNK_SIZE, hex, &written, &err), 0);
+	assert_int_equal(w.raw_chunks, 1);
+	/* 9 bytes of frame header and 3 per 128 KiB block: 32 blocks. */
+	assert_int_equal(written, CHUNKSTORE_CHUNK_SIZE + 9 + 32 * 3);
+	EVP_Digest(a, CHUNKSTORE_CHUNK_SIZE, md, &mdlen, EVP_sha256(), NULL);
+	hex_encode(md, sizeof(md), want);
+	assert_string_equal(hex, want);
+	assert_int_equal(
+		chunkstore_put_with(f->root, &w, a, CHUNKSTORE_CHUNK_SIZE, again, &w2, &err), 0);
+	assert_string_equal(again, hex);
+	assert_int_equal(w2, 0);
+
+	/* The file is a plain zstd frame: libzstd alone reads it. */
+	chunkstore_chunk_path(f->root, hex, path, sizeof(path));
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, (off_t)written);
+	fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, frame, written, 0), (ssize_t)written);
+	assert_int_equal(ZSTD_getFrameContentSize(frame, written), CHUNKSTORE_CHUNK_SIZE);
+	n = ZSTD_decompress(out, CHUNKSTORE_CHUNK_SIZE, frame, written);
+	assert_false(ZSTD_isError(n));
+	assert_int_equal(n, CHUNKSTORE_CHUNK_SIZE);
+	assert_memory_equal(out, a, n);
+	close(fd);
+	assert_int_equal(chunkstore_get(f->root, hex, out, CHUNKSTORE_CHUNK_SIZE, &len, &err), 0);
+	assert_int_equal(len, CHUNKSTORE_CHUNK_SIZE);
+	assert_memory_equal(out, a, len);
+
+	/* Odd lengths and the empty chunk frame right too (a disk's tail). */
+	for (size_t l = 0; l <= 300000; l += 100003) {
+		size_t fl = chunkstore_raw_frame(frame, CHUNKSTORE_CHUNK_SIZE + 4096, a, l);
+
+		assert_true(fl > 0);
+		n = ZSTD_decompress(out, CHUNKSTORE_CHUNK_SIZE, frame, fl);
+		assert_false(ZSTD_isError(n));
+		assert_int_equal(n, l);
+		assert_memory_equal(out, a, l);
+	}
+	assert_int_equal(chunkstore_raw_frame(frame, 100, a, 4096), 0); /* too small */
+
+	/* Verify reads it; a flipped byte inside a raw block is named. */
+	m = json_object_new_object();
+	json_object_object_add(m, "version", json_object_new_int(CHUNKSTORE_MANIFEST_V));
+	json_object_object_add(m, "chunk_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	disks = json_object_new_array();
+	disk = json_object_new_object();
+	chunks = json_object_new_array();
+	json_object_array_add(chunks, json_object_new_string(hex));
+	json_object_object_add(disk, "name", json_object_new_string("root"));
+	json_object_object_add(disk, "virtual_size", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
+	assert_int_equal(chunkstore_list_sum(chunks, CHUNKSTORE_CHUNK_SIZE, CHUNKSTORE_CHUNK_SIZE,
+					     want, &err),
+			 0);
+	json_object_object_add(disk, "sha256", json_object_new_string(want));
+	json_object_object_add(disk, "chunks", chunks);
+	json_object_array_add(disks, disk);
+	json_object_object_add(m, "disks", disks);
+	assert_int_equal(chunkstore_verify(f->root, m, &bad, &err), 0);
+	fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	{
+		unsigned char c;
+
+		assert_int_equal(pread(fd, &c, 1, 1 << 20), 1);
+		c ^= 0x10;
+		assert_int_equal(pwrite(fd, &c, 1, 1 << 20), 1);
+	}
+	close(fd);
+	assert_int_equal(chunkstore_verify(f->root, m, &bad, &err), 1);
+	assert_string_equal(json_get_str(json_object_array_get_idx(bad, 0), "chunk", ""), hex);
+	json_object_put(bad);
+	json_object_put(m);
+
+	/* Half random, half text-like: the probe sees the text, zstd shrinks it. */
+	fill(a + CHUNKSTORE_CHUNK_SIZE / 2, CHUNKSTORE_CHUNK_SIZE / 2, 3);
+	assert_false(chunkstore_probe_incompressible(w.cctx, a, CHUNKSTORE_CHUNK_SIZE));
+	assert_int_equal(
+		chunkstore_put_with(f->root, &w, a, CHUNKSTORE_CHUNK_SIZE, hex, &written, &err), 0);
+	assert_int_equal(w.raw_chunks, 1);
+	assert_true(written < CHUNKSTORE_CHUNK_SIZE * 3 / 4);
+	assert_int_equal(chunkstore_get(f->root, hex, out, CHUNKSTORE_CHUNK_SIZE, &len, &err), 0);
+	assert_memory_equal(out, a, CHUNKSTORE_CHUNK_SIZE);
+	/* Text-like throughout, and a small random tail: compressed as before. */
+	fill(a, CHUNKSTORE_CHUNK_SIZE, 8);
+	assert_false(chunkstore_probe_incompressible(w.cctx, a, CHUNKSTORE_CHUNK_SIZE));
+	fill_random(a, 4096, 9);
+	assert_false(chunkstore_probe_incompressible(w.cctx, a, 4096));
+	chunkstore_writer_free(&w);
+	free(frame);
+	free(a);
+	free(out);
+}
+
 /* The zero chunk's well-known name is its content's, and reads back as zeros. */
 static void test_zero_chunk(void **state)
 {
@@ -223,19 +359,6 @@ static void test_parent_check(void **state)
 	assert_int_equal(chunkstore_parent_check(m, why, sizeof(why)), -1);
 	assert_non_null(strstr(why, "1048576"));
 	json_object_put(m);
-}
-
-/* Incompressible bytes (xorshift), as a disk of random data holds. */
-static void fill_random(unsigned char *buf, size_t len, uint64_t seed)
-{
-	uint64_t x = seed | 1;
-
-	for (size_t i = 0; i < len; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		buf[i] = (unsigned char)x;
-	}
 }
 
 /*
@@ -580,6 +703,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_dedupe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_incompressible_raw, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_zero_chunk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_zero_chunk_old_size, setup, teardown),
 		cmocka_unit_test(test_parent_check),

@@ -1,0 +1,476 @@
+/*
+ * backup_fleece.c - a running VM's disk read whole for a backup through image fleecing
+ * (fleece.h says what QEMU is asked and why; backup.c says where this fits): the
+ * overlay and the copy-before-write filter made, the point in time taken (frozen: the
+ * new dirty bitmap, then the filter put in front of the disk), QEMU's NBD export of
+ * the snapshot read by nbd.c into the chunk pipeline, the objects torn down. Any
+ * failure before the read falls back to QEMU's copy (backup.c).
+ */
+#include "backup_int.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chunkstore.h"
+#include "fleece.h"
+#include "json.h"
+#include "nbd.h"
+#include "util.h"
+
+/* How long a guest write may wait for its old block's copy into the overlay before
+ * the filter gives up on the backup's view instead (the write then proceeds). */
+#define BACKUP_FLEECE_CBW_TIMEOUT_S 20
+
+/* Where QEMU's NBD server for a fleecing read listens: BACKUP_FLEECE_RUN/UID/nbd.sock,
+ * local and short (a store's path may pass sun_path's 108 bytes, and a socket on an
+ * NFS or FUSE store may not work at all). */
+#define BACKUP_FLEECE_RUN "/run/kumo-fleece"
+
+/* disk i's fleecing names in vm (its device's QOM path depends on the disk's bus). */
+static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
+{
+	struct json_object *arr = NULL;
+	const char *bus = NULL;
+
+	if (json_object_object_get_ex(vm->inst.spec, "disks", &arr) &&
+	    json_object_is_type(arr, json_type_array) && i < json_array_len(arr))
+		bus = json_get_str(json_object_array_get_idx(arr, i), "bus", NULL);
+	fleece_names_make(i, bus, n);
+}
+
+static void job_names(struct bjob *job, struct fleece_names *n)
+{
+	vm_disk_names(job->op->vm, job->disk, n);
+}
+
+/* A teardown in flight: fleece.h's steps, one after the other on the VM's QMP
+ * connection (each waits for the last: QEMU must have dropped the export before the
+ * node, the device before the filter). job and then: who waits, or NULL. */
+struct teardown {
+	struct fleece_names n;
+	int step;
+	struct bjob *job;
+	void (*then)(struct bjob *job);
+};
+
+static void teardown_send(struct qmp *q, struct teardown *t);
+
+static void teardown_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct teardown *t = data;
+
+	/* Each step may find nothing to undo: not an error. */
+	if (error)
+		log_debug("fleecing teardown %s: step %d: %s", t->n.node, t->step, error);
+	if (t->step == FLEECE_STEP_QOM_GET)
+		/* Back onto the disk only from the filter: onto itself aborts QEMU. */
+		t->step = error == NULL && fleece_filter_in_front(&t->n, ret)
+				  ? FLEECE_STEP_QOM_SET
+				  : FLEECE_STEP_QOM_SET + 1;
+	else
+		t->step++;
+	teardown_send(q, t);
+}
+
+static void teardown_send(struct qmp *q, struct teardown *t)
+{
+	const char *cmd;
+	struct json_object *args = fleece_teardown_step(&t->n, t->step, &cmd);
+	struct kerr err;
+
+	if (args != NULL &&
+	    qmp_cmd_send(q, cmd, args, BACKUP_JOB_TIMEOUT, teardown_cb, t, &err) == 0)
+		return;
+	/* Done, or the connection gone (QEMU with it, or the agent stopping). */
+	if (t->job && t->then && !backup_job_gone(t->job))
+		t->then(t->job);
+	free(t);
+}
+
+/* Start disk i's teardown in vm's QEMU; then(job) after it (job may be NULL). */
+static void teardown_start(struct vm *vm, size_t i, struct bjob *job,
+			   void (*then)(struct bjob *job))
+{
+	struct teardown *t = xcalloc(1, sizeof(*t));
+
+	vm_disk_names(vm, i, &t->n);
+	t->job = job;
+	t->then = then;
+	teardown_send(vm->qmp, t);
+}
+
+/* Remove the disk's fleecing objects from QEMU (whatever of them exists); then then(job). */
+static void fleece_down(struct bjob *job, void (*then)(struct bjob *job))
+{
+	teardown_start(job->op->vm, job->disk, job, then);
+}
+
+/* The same, no one waiting (a failure or a cancel frees the job right after): the
+ * steps still go in order, on their own. */
+void backup_fleece_drop(struct bjob *job)
+{
+	teardown_start(job->op->vm, job->disk, NULL, NULL);
+	job->fleece = false;
+}
+
+/* Before a live read that does not fleece (an incremental, a copy): what a killed
+ * agent left of a fleecing on this disk goes first, so QEMU's copy job does not run
+ * under a stale filter; then then(job). */
+void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
+{
+	fleece_down(job, then);
+}
+
+/* At a running VM's adoption: a killed agent's fleecing objects go, for every disk
+ * (only when some are there: the teardown stops any NBD server, and an incoming
+ * migration's may run). */
+static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct vm *vm = data;
+	bool found = false;
+
+	if (error || vm->inst.removing)
+		return;
+	for (size_t i = 0; i < json_array_len(ret); i++)
+		if (!strncmp(json_get_str(json_object_array_get_idx(ret, i), "node-name", ""),
+			     "kfl-", 4))
+			found = true;
+	if (!found)
+		return;
+	log_info("vm %s: removing a backup's fleecing objects an earlier agent left",
+		 vm->inst.name);
+	for (size_t i = 0; i < vm->ndisks; i++)
+		teardown_start(vm, i, NULL, NULL);
+}
+
+void backup_fleece_adopted(struct vm *vm)
+{
+	struct json_object *args = json_object_new_object();
+	struct kerr err;
+
+	json_object_object_add(args, "flat", json_object_new_boolean(true));
+	if (vm_qmp(vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, adopt_nodes_cb, vm,
+		   &err) < 0)
+		log_debug("vm %s: %s", vm->inst.name, err.msg);
+}
+
+/* After a fleecing that failed was torn down: this disk, and the rest of the backup's,
+ * are read as before (drive-backup into a raw work file). */
+static void fleece_copy_instead(struct bjob *job)
+{
+	job->fleece = false;
+	if (job->fleece_tx) {
+		/* The transaction added this backup's bitmap, and the copy's adds it again:
+		 * removed first (one QMP connection: QEMU runs the two in order). */
+		struct json_object *args = json_object_new_object();
+		struct fleece_names n;
+		char name[80];
+		struct kerr err;
+
+		job_names(job, &n);
+		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		json_object_object_add(args, "node", json_object_new_string(n.device));
+		json_object_object_add(args, "name", json_object_new_string(name));
+		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
+		       NULL, &err);
+		job->fleece_tx = false;
+	}
+	backup_disk_read(job);
+}
+
+/* Fleecing did not work on this QEMU or disk (why): tear it down, then copy instead.
+ * The backup says so (live_read "copy", live_read_reason). */
+static void fleece_fallback(struct bjob *job, const char *why)
+{
+	if (!job->fleece_why[0])
+		snprintf(job->fleece_why, sizeof(job->fleece_why), "disk %s: %s",
+			 job->op->disks[job->disk].name, why);
+	log_warnx("vm %s: backup %s: disk %s: no fleecing (%s); copying the disk instead",
+		  job->op->vm->inst.name, job->id, job->op->disks[job->disk].name, why);
+	job->fleece_off = true;
+	job->error[0] = '\0';
+	fleece_down(job, fleece_copy_instead);
+}
+
+/* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) in the
+ * backup's work directory, which only that user and root may enter, and the NBD
+ * socket's directory (BACKUP_FLEECE_RUN). The overlay stays on the store, not the
+ * local pool: guest writes
+ * during the read fill it, and a full local pool would stop the VMs whose disks are
+ * there, while a full store only breaks this backup (on-cbw-error break-snapshot). */
+static void fleece_prepare_work(struct bjob *job)
+{
+	struct vm_disk *d = &job->op->disks[job->disk];
+	char *info_argv[] = {"qemu-img", "info", "-U", "--output=json", d->abs, NULL};
+	_cleanup_free_ char *out = NULL;
+	struct json_object *info = NULL;
+	char size[32], dir[PATH_MAX];
+	int64_t vsize;
+
+	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
+	/* QEMU binds it after it dropped root (-runas), so in a directory of its user's;
+	 * the VM's run directory is root's alone. The uid is this machine's QEMU's
+	 * alone (uid.c claims it machine-wide), so the path is too. Making them needs
+	 * root (/run, chown). */
+	snprintf(dir, sizeof(dir), "%s/%u", BACKUP_FLEECE_RUN, (unsigned)job->qemu_uid);
+	snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", dir);
+	if ((mkdir(BACKUP_FLEECE_RUN, 0711) < 0 && errno != EEXIST) ||
+	    (mkdir(dir, 0700) < 0 && errno != EEXIST) ||
+	    chown(dir, job->qemu_uid, job->qemu_gid) < 0) {
+		snprintf(job->error, sizeof(job->error), "cannot make %s for the qemu user: %s",
+			 dir, strerror(errno));
+		return;
+	}
+	if (backup_run_wait(info_argv, &out) != 0 || out == NULL ||
+	    (info = json_tokener_parse(out)) == NULL ||
+	    (vsize = json_get_int(info, "virtual-size", -1)) <= 0) {
+		json_object_put(info);
+		snprintf(job->error, sizeof(job->error), "qemu-img info of %s failed", d->abs);
+		return;
+	}
+	json_object_put(info);
+	snprintf(size, sizeof(size), "%lld", (long long)vsize);
+	{
+		char *create_argv[] = {"qemu-img", "create",	 "-q", "-f",
+				       "qcow2",	   job->overlay, size, NULL};
+
+		if (backup_run_wait(create_argv, NULL) != 0) {
+			snprintf(job->error, sizeof(job->error), "qemu-img create of %s failed",
+				 job->overlay);
+			return;
+		}
+	}
+	/* QEMU opens it after it dropped root (-runas). */
+	if (chown(job->overlay, job->qemu_uid, job->qemu_gid) < 0)
+		snprintf(job->error, sizeof(job->error), "cannot hand %s to the qemu user: %s",
+			 job->overlay, strerror(errno));
+}
+
+/* The filter is made (not yet in front of the disk): the point in time, frozen around
+ * the bitmap and the qom-set as a copy's transaction is (tx_send -> drive_backup_cb ->
+ * backup_fleece_started -> inserted_cb thaws). */
+static void cbw_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	char bitmap[80];
+
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job_names(job, &n);
+	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
+	json_object_put(job->tx);
+	job->tx = fleece_transaction_args(&n, bitmap);
+	backup_guest_freeze(job);
+}
+
+static void overlay_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	struct kerr err;
+
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "blockdev-add", fleece_cbw_args(&n, BACKUP_FLEECE_CBW_TIMEOUT_S),
+		   BACKUP_JOB_TIMEOUT, cbw_added_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The teardown of what an earlier agent may have left is done: add the overlay. */
+static void fleece_add(struct bjob *job)
+{
+	struct fleece_names n;
+	struct kerr err;
+
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "blockdev-add", fleece_overlay_args(&n, job->overlay),
+		   BACKUP_JOB_TIMEOUT, overlay_added_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+static void fleece_prepare_after(struct bjob *job)
+{
+	if (job->error[0]) {
+		fleece_fallback(job, job->error);
+		return;
+	}
+	/* First clear what a killed agent may have left under these names. */
+	fleece_down(job, fleece_add);
+}
+
+/* Read the running disk job->disk whole through fleecing: the overlay first (a thread
+ * step), then QEMU's side on the loop. */
+void backup_fleece_start(struct bjob *job)
+{
+	job->fleece = true;
+	job->fleece_tx = false;
+	backup_pool_run(job, fleece_prepare_work, fleece_prepare_after);
+}
+
+/* Thread: the export, chunk by chunk, into the store (chunkpipe.h); zeros known from
+ * block status are named without reading. Paced here when limited: QEMU's job copies
+ * nothing on its own any more. */
+static void fleece_chunk_work(struct bjob *job)
+{
+	struct json_object *chunks = json_object_new_array();
+	struct chunkpipe_source src = {.cancelled = backup_pipe_cancelled,
+				       .cancel_data = job,
+				       .key = job->key,
+				       .rate_bytes_s = job->rate_bytes_s,
+				       .progress_bytes = &job->piped_bytes};
+	struct chunkpipe_result res;
+	char last[512];
+	struct nbd_conn *c = NULL;
+	struct fleece_names n;
+	struct kerr err, probe;
+	int ret;
+
+	json_object_object_add(job->mdisk, "chunks", chunks);
+	job_names(job, &n);
+	if (nbd_conn_open(job->nbd_sock, n.node, &c, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	nbd_conn_source(c, &src);
+	__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
+	ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res, &err);
+	/* A snapshot the filter broke (a copy failed: the overlay's file system full, or
+	 * slower than its timeout) fails every read from then on: one last read that
+	 * works proves every earlier one saw the point in time, and one that fails after
+	 * a failed read tells why that read failed. */
+	if (!backup_pipe_cancelled(job) && nbd_conn_read(c, 0, last, sizeof(last), &probe) < 0) {
+		char first[sizeof(err.msg)];
+
+		snprintf(first, sizeof(first), "%s", ret < 0 ? err.msg : probe.msg);
+		ret = err_set(&err, 0,
+			      "the disk's point in time broke during the read (QEMU could not copy "
+			      "aside a block the guest overwrote: the store full, or slower than "
+			      "%d s?): %s",
+			      BACKUP_FLEECE_CBW_TIMEOUT_S, first);
+	}
+	nbd_conn_close(c);
+	if (ret < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	backup_disk_stored(job, &res, src.size);
+}
+
+/* The disk is stored (or failed): its fleecing objects go, then the next disk. */
+static void fleece_done(struct bjob *job)
+{
+	job->fleece = false;
+	job->fleece_tx = false;
+	unlink(job->overlay);
+	unlink(job->nbd_sock);
+	if (!job->error[0])
+		job->fleeced++;
+	backup_chunk_after(job);
+}
+
+static void fleece_chunk_after(struct bjob *job)
+{
+	uv_timer_stop(&job->poll); /* backup_store_progress_cb */
+	fleece_down(job, fleece_done);
+}
+
+static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,
+			       void *data)
+{
+	struct bjob *job = data;
+
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
+	uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+	backup_pool_run(job, fleece_chunk_work, fleece_chunk_after);
+}
+
+static void fleece_served_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	struct kerr err;
+
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "block-export-add", fleece_export_args(&n), BACKUP_JOB_TIMEOUT,
+		   fleece_exported_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+static void access_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct kerr err;
+
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	if (vm_qmp(job->op->vm, "nbd-server-start", fleece_server_args(job->nbd_sock),
+		   BACKUP_JOB_TIMEOUT, fleece_served_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The filter is in front of the disk, or not: the guest thaws either way. */
+static void inserted_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+	struct fleece_names n;
+	struct kerr err;
+
+	if (backup_job_gone(job))
+		return; /* job_free thawed */
+	backup_guest_thaw(job);
+	if (error) {
+		fleece_fallback(job, error);
+		return;
+	}
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "blockdev-add", fleece_access_args(&n), BACKUP_JOB_TIMEOUT,
+		   access_added_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The bitmap's transaction answered (the guest still frozen): the filter goes in front
+ * of the disk, the point in time. */
+void backup_fleece_started(struct bjob *job, const char *error)
+{
+	struct fleece_names n;
+	struct kerr err;
+
+	if (error) {
+		backup_guest_thaw(job);
+		fleece_fallback(job, error); /* no bitmap was added */
+		return;
+	}
+	job->fleece_tx = true;
+	job_names(job, &n);
+	if (vm_qmp(job->op->vm, "qom-set", fleece_insert_args(&n, 1), BACKUP_JOB_TIMEOUT,
+		   inserted_cb, job, &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}

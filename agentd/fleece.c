@@ -1,0 +1,172 @@
+/*
+ * fleece.c - the QMP commands of image fleecing (fleece.h says the design).
+ */
+#include "fleece.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "json.h"
+
+void fleece_names_make(size_t disk, const char *bus, struct fleece_names *n)
+{
+	snprintf(n->device, sizeof(n->device), "d%zu", disk);
+	snprintf(n->node, sizeof(n->node), "kfl-d%zu", disk);
+	snprintf(n->cbw, sizeof(n->cbw), "kfl-cbw-d%zu", disk);
+	snprintf(n->access, sizeof(n->access), "kfl-sa-d%zu", disk);
+	/* virtio-blk-pci is a proxy: the drive is its inner device's property. */
+	if (bus == NULL || strcmp(bus, "virtio") == 0)
+		snprintf(n->qdev, sizeof(n->qdev), "/machine/peripheral/disk%zu/virtio-backend",
+			 disk);
+	else
+		snprintf(n->qdev, sizeof(n->qdev), "/machine/peripheral/disk%zu", disk);
+}
+
+struct json_object *fleece_overlay_args(const struct fleece_names *n, const char *path)
+{
+	struct json_object *args = json_object_new_object(), *file = json_object_new_object();
+
+	json_object_object_add(file, "driver", json_object_new_string("file"));
+	json_object_object_add(file, "filename", json_object_new_string(path));
+	json_object_object_add(args, "driver", json_object_new_string("qcow2"));
+	json_object_object_add(args, "node-name", json_object_new_string(n->node));
+	json_object_object_add(args, "file", file);
+	return args;
+}
+
+struct json_object *fleece_cbw_args(const struct fleece_names *n, unsigned timeout_s)
+{
+	struct json_object *args = json_object_new_object();
+
+	json_object_object_add(args, "driver", json_object_new_string("copy-before-write"));
+	json_object_object_add(args, "node-name", json_object_new_string(n->cbw));
+	json_object_object_add(args, "file", json_object_new_string(n->device));
+	json_object_object_add(args, "target", json_object_new_string(n->node));
+	/* A copy that fails breaks the backup's view, never the guest's write. */
+	json_object_object_add(args, "on-cbw-error", json_object_new_string("break-snapshot"));
+	json_object_object_add(args, "cbw-timeout", json_object_new_int64(timeout_s));
+	return args;
+}
+
+/* One action of a transaction. */
+static struct json_object *action(const char *type, struct json_object *data)
+{
+	struct json_object *a = json_object_new_object();
+
+	json_object_object_add(a, "type", json_object_new_string(type));
+	json_object_object_add(a, "data", data);
+	return a;
+}
+
+struct json_object *fleece_transaction_args(const struct fleece_names *n, const char *bitmap)
+{
+	struct json_object *bm = json_object_new_object();
+	struct json_object *actions = json_object_new_array(), *args = json_object_new_object();
+
+	json_object_object_add(bm, "node", json_object_new_string(n->device));
+	json_object_object_add(bm, "name", json_object_new_string(bitmap));
+	json_object_object_add(bm, "persistent", json_object_new_boolean(true));
+	json_object_array_add(actions, action("block-dirty-bitmap-add", bm));
+	json_object_object_add(args, "actions", actions);
+	return args;
+}
+
+struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter)
+{
+	struct json_object *args = json_object_new_object();
+
+	json_object_object_add(args, "path", json_object_new_string(n->qdev));
+	json_object_object_add(args, "property", json_object_new_string("drive"));
+	json_object_object_add(args, "value",
+			       json_object_new_string(onto_filter ? n->cbw : n->device));
+	return args;
+}
+
+struct json_object *fleece_access_args(const struct fleece_names *n)
+{
+	struct json_object *args = json_object_new_object();
+
+	json_object_object_add(args, "driver", json_object_new_string("snapshot-access"));
+	json_object_object_add(args, "node-name", json_object_new_string(n->access));
+	json_object_object_add(args, "file", json_object_new_string(n->cbw));
+	return args;
+}
+
+struct json_object *fleece_server_args(const char *path)
+{
+	struct json_object *args = json_object_new_object(), *addr = json_object_new_object();
+	struct json_object *data = json_object_new_object();
+
+	/* SocketAddressLegacy, as nbd-server-start takes it. */
+	json_object_object_add(data, "path", json_object_new_string(path));
+	json_object_object_add(addr, "type", json_object_new_string("unix"));
+	json_object_object_add(addr, "data", data);
+	json_object_object_add(args, "addr", addr);
+	return args;
+}
+
+struct json_object *fleece_export_args(const struct fleece_names *n)
+{
+	struct json_object *args = json_object_new_object();
+
+	json_object_object_add(args, "type", json_object_new_string("nbd"));
+	json_object_object_add(args, "id", json_object_new_string(n->node));
+	json_object_object_add(args, "node-name", json_object_new_string(n->access));
+	json_object_object_add(args, "name", json_object_new_string(n->node));
+	json_object_object_add(args, "writable", json_object_new_boolean(false));
+	return args;
+}
+
+static struct json_object *node_del(const char *node)
+{
+	struct json_object *args = json_object_new_object();
+
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	return args;
+}
+
+struct json_object *fleece_teardown_step(const struct fleece_names *n, int step, const char **cmd)
+{
+	struct json_object *args;
+
+	switch (step) {
+	case 0:
+		*cmd = "block-export-del";
+		args = json_object_new_object();
+		json_object_object_add(args, "id", json_object_new_string(n->node));
+		json_object_object_add(args, "mode", json_object_new_string("hard"));
+		return args;
+	case 1:
+		*cmd = "nbd-server-stop";
+		return json_object_new_object();
+	case 2:
+		/* Before the qom-set: while it reads the filter, the filter keeps the
+		 * disk's node from writers other than itself. */
+		*cmd = "blockdev-del";
+		return node_del(n->access);
+	case FLEECE_STEP_QOM_GET:
+		*cmd = "qom-get";
+		args = json_object_new_object();
+		json_object_object_add(args, "path", json_object_new_string(n->qdev));
+		json_object_object_add(args, "property", json_object_new_string("drive"));
+		return args;
+	case FLEECE_STEP_QOM_SET:
+		*cmd = "qom-set";
+		return fleece_insert_args(n, 0);
+	case 5:
+		*cmd = "blockdev-del";
+		return node_del(n->cbw);
+	case 6:
+		*cmd = "blockdev-del";
+		return node_del(n->node);
+	default:
+		*cmd = NULL;
+		return NULL;
+	}
+}
+
+int fleece_filter_in_front(const struct fleece_names *n, struct json_object *drive)
+{
+	return json_object_is_type(drive, json_type_string) &&
+	       strcmp(json_object_get_string(drive), n->cbw) == 0;
+}

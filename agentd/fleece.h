@@ -1,0 +1,96 @@
+/*
+ * fleece.h - the QMP of image fleecing for a live VM's full backup (backup.c runs it).
+ *
+ * A running VM's disk is read at a point in time without copying it first: QEMU 7.2's
+ * fleecing with a hand-built copy-before-write filter and a snapshot-access node, as
+ * its iotest "image-fleecing" (use_cbw, use_snapshot_access_filter) does it:
+ *
+ *   [guest device] -> kfl-cbw-dN (copy-before-write) --file--> dN (the disk's node)
+ *                          |  --target--> kfl-dN (qcow2, empty, the disk's size)
+ *   kfl-sa-dN (snapshot-access, file kfl-cbw-dN) <- NBD export "kfl-dN" (unix socket)
+ *
+ * The filter copies the old content of every block the guest overwrites into kfl-dN
+ * first; kfl-sa-dN reads the disk as it was when the filter went in front of it (the
+ * device's "drive" property set to it by qom-set: the point in time). The new
+ * persistent dirty bitmap (kumo-BACKUP) is added just before, under the same freeze,
+ * so a write in between is in this backup and marked for the next: never lost.
+ *
+ * Why not blockdev-backup sync=none: the filter it inserts uses
+ * on-cbw-error=break-guest-write, and a disk's default werror=enospc then STOPS the
+ * VM when a copy fails (the store, which holds the overlay, full). Here
+ * on-cbw-error=break-snapshot: a failed or slow (cbw-timeout) copy breaks the
+ * snapshot, every later read of kfl-sa-dN fails (EACCES), the backup fails, and the
+ * guest's write goes through. A read that ends with a last good read therefore saw
+ * one point in time throughout.
+ *
+ * The teardown (export, server, access node, the device back on dN, filter, overlay)
+ * is one list, also run before a setup and before an incremental: what an agent
+ * killed mid-backup left in QEMU is cleared by the next backup. qom-set of the drive
+ * to the node it already has aborts QEMU 7.2 (an assertion in
+ * bdrv_replace_child_noperm): the device goes back to dN only when qom-get says it
+ * is on the filter.
+ *
+ * Names are per disk index, not per backup (node names are at most 31 characters and
+ * a leftover must be found by the next backup): the instance's operation lock keeps
+ * one backup per VM at a time.
+ *
+ * Pure: JSON built here, sent by the caller.
+ */
+#ifndef KUMO_FLEECE_H
+#define KUMO_FLEECE_H
+
+#include <json-c/json.h>
+#include <stddef.h>
+
+/* The names of disk i's fleecing objects in QEMU. */
+struct fleece_names {
+	char device[16]; /* the disk's node, as qemuargs.c names it: d0, d1, ... */
+	char node[32];	 /* the overlay's node (the filter's target), also the export */
+	char cbw[32];	 /* the copy-before-write filter */
+	char access[32]; /* the snapshot-access node the export reads */
+	char qdev[64];	 /* the QOM path of the device whose "drive" is switched */
+};
+/* bus: the disk's spec "bus" (virtio, scsi, sata; NULL: virtio), as qemuargs.c
+ * makes its device (id diskN). */
+void fleece_names_make(size_t disk, const char *bus, struct fleece_names *n);
+
+/* blockdev-add of the overlay: qcow2 at path (made by qemu-img, the disk's virtual
+ * size), no backing (snapshot-access reads unchanged blocks from the disk). */
+struct json_object *fleece_overlay_args(const struct fleece_names *n, const char *path);
+
+/* blockdev-add of the copy-before-write filter over the disk's node into the
+ * overlay: on-cbw-error break-snapshot, a copy waits at most timeout_s seconds. */
+struct json_object *fleece_cbw_args(const struct fleece_names *n, unsigned timeout_s);
+
+/* The bitmap of the point in time: transaction [block-dirty-bitmap-add (persistent)]. */
+struct json_object *fleece_transaction_args(const struct fleece_names *n, const char *bitmap);
+
+/* qom-set of the device's drive: onto the filter (the point in time) or back. */
+struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter);
+
+/* blockdev-add of the snapshot-access node over the filter (after the qom-set: the
+ * filter's permissions conflict with the device's while it is not in front). */
+struct json_object *fleece_access_args(const struct fleece_names *n);
+
+/* nbd-server-start on the unix socket path. */
+struct json_object *fleece_server_args(const char *path);
+
+/* block-export-add of the access node, read-only, exported under n->node. */
+struct json_object *fleece_export_args(const struct fleece_names *n);
+
+/*
+ * The teardown, step by step (0, 1, ... until it returns NULL): *cmd gets the command,
+ * the return its arguments. Steps: block-export-del (hard), nbd-server-stop,
+ * blockdev-del of the access node, qom-get of the device's drive, qom-set back onto
+ * the disk's node (the caller skips it unless fleece_filter_in_front() of the
+ * qom-get's answer), blockdev-del of the filter, of the overlay. Every step may fail
+ * harmlessly (nothing of it there).
+ */
+#define FLEECE_STEP_QOM_GET 3
+#define FLEECE_STEP_QOM_SET 4
+struct json_object *fleece_teardown_step(const struct fleece_names *n, int step, const char **cmd);
+
+/* Whether qom-get's answer (the device's drive) is the filter. */
+int fleece_filter_in_front(const struct fleece_names *n, struct json_object *drive);
+
+#endif
