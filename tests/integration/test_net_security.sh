@@ -101,6 +101,19 @@ tcp_probe() {
 tcp_open() { [ "$(tcp_probe "$@")" = open ] || fail "$1 cannot reach $2:$3 over TCP (it must)"; }
 tcp_closed() { [ "$(tcp_probe "$@")" = closed ] || fail "$1 reaches $2:$3 over TCP (it must not)"; }
 tcp_is() { [ "$(tcp_probe "$1" "$2" "$3")" = "$4" ]; } # NAME ADDR PORT open|closed
+# tcp_all_closed NAME ADDR:PORT... -> fail unless each target is closed from NAME. The
+# probes run side by side in one exec: a dropped SYN costs each its whole 3 s.
+tcp_all_closed() {
+	local name=$1 t open
+	shift
+	ct_exec "$name" "$(jq -cn --arg ts "$*" '["sh", "-c", "for t in \($ts); do (if timeout 6 nc -w 3 ${t%:*} ${t#*:} </dev/null 2>/dev/null | grep -q listening; then echo \"$t open\"; else echo \"$t closed\"; fi) & done; wait"]')" 20
+	for t in "$@"; do
+		grep -qx "$t closed" <<<"$(jqb .output)" || {
+			open=$(grep -q "^$t open$" <<<"$(jqb .output)" && echo reaches || echo "has no answer for")
+			fail "$name $open $t over TCP (it must not reach it): $(jqb .output)"
+		}
+	done
+}
 
 # ---- networks, a group, containers ------------------------------------------------------
 api POST /api/v1/networks "{\"name\":\"$NAT\",\"mode\":\"nat\",\"cidr\":\"$NAT_CIDR\"}"
@@ -142,10 +155,14 @@ script=$(
 	until ping -c 1 -W 1 $NAT_GW >/dev/null 2>&1; do
 		n=\$((n + 1)); [ \$n -lt 600 ] || break; sleep 1
 	done
+	# side by side: a dropped SYN costs each probe its whole 3 s
 	for t in $H1:7710 $H2:7710 $H3:7710 $LINK:$KUMO_JOIN_PORT $LINK:$KUMO_EVENT_PORT $LINK:$KUMO_TEST_LAB_API_PORT $NAT_GW:$PROBE_PORT $H2:$PROBE_PORT $OUTSIDE:$PROBE_PORT; do
-		if timeout 6 nc -w 3 \${t%:*} \${t#*:} </dev/null 2>/dev/null | grep -q listening; then r=OPEN; else r=CLOSED; fi
-		printf '\\nKUMO-%s-%s %s\\n' CP \$r \$t >/dev/console
+		(
+			if timeout 6 nc -w 3 \${t%:*} \${t#*:} </dev/null 2>/dev/null | grep -q listening; then r=OPEN; else r=CLOSED; fi
+			printf '\\nKUMO-%s-%s %s\\n' CP \$r \$t >/dev/console
+		) &
 	done
+	wait
 	if ping -c 1 -W 2 $NAT_GW >/dev/null 2>&1; then r=OK; else r=NONE; fi
 	printf '\\nKUMO-%s-%s\\n' GWPING \$r >/dev/console
 	printf '\\nKUMO-%s-%s\\n' CP DONE >/dev/console
@@ -238,17 +255,13 @@ pass "port security: $CT_DR's DHCP offers never reach $CT_DC; with port_security
 # ---- the control plane, from a container on each mode ------------------------------------
 wait_until 30 "$CT_A reaches the outside" ct_ping $CT_A "$OUTSIDE"
 tcp_open $CT_A "$OUTSIDE" $PROBE_PORT
-for t in $H1:7710 $H2:7710 $H3:7710 $LINK:"$KUMO_JOIN_PORT" $LINK:"$KUMO_EVENT_PORT" $LINK:"$KUMO_TEST_LAB_API_PORT" \
-	$NAT_GW:$PROBE_PORT $H1:$PROBE_PORT $H2:$PROBE_PORT; do
-	tcp_closed $CT_A "${t%:*}" "${t#*:}"
-done
+tcp_all_closed $CT_A $H1:7710 $H2:7710 $H3:7710 $LINK:"$KUMO_JOIN_PORT" $LINK:"$KUMO_EVENT_PORT" \
+	$LINK:"$KUMO_TEST_LAB_API_PORT" $NAT_GW:$PROBE_PORT $H1:$PROBE_PORT $H2:$PROBE_PORT
 ct_ping $CT_A $NAT_GW || fail "$CT_A cannot ping its gateway $NAT_GW"
 pass "nat: $CT_A reaches the outside over TCP and pings its gateway, but no host's agent port, the controller's join/event/API ports or a host's own listener"
 
 wait_until 30 "$CT_HO pings its gateway" ct_ping $CT_HO $HO_GW
-for t in $H1:7710 $H2:7710 $HO_GW:$PROBE_PORT $H1:$PROBE_PORT $LINK:"$KUMO_JOIN_PORT"; do
-	tcp_closed $CT_HO "${t%:*}" "${t#*:}"
-done
+tcp_all_closed $CT_HO $H1:7710 $H2:7710 $HO_GW:$PROBE_PORT $H1:$PROBE_PORT $LINK:"$KUMO_JOIN_PORT"
 pass "host-only: $CT_HO pings its gateway but reaches neither its host's listeners nor the agent and controller ports"
 
 # Bridge mode: the LAN's router (the outside namespace) forwards for this part, so the
@@ -257,9 +270,7 @@ OUT_FORWARD=1
 in_outside sysctl -qw net.ipv4.ip_forward=1
 wait_until 30 "$CT_B pings the LAN gateway" ct_ping $CT_B "$LAN_GW"
 tcp_open $CT_B "$OUTSIDE" $PROBE_PORT
-for t in $H1:7710 $H2:7710 $H1:$PROBE_PORT $LINK:"$KUMO_JOIN_PORT" $LINK:"$KUMO_EVENT_PORT"; do
-	tcp_closed $CT_B "${t%:*}" "${t#*:}"
-done
+tcp_all_closed $CT_B $H1:7710 $H2:7710 $H1:$PROBE_PORT $LINK:"$KUMO_JOIN_PORT" $LINK:"$KUMO_EVENT_PORT"
 in_outside sysctl -qw net.ipv4.ip_forward=0
 OUT_FORWARD=0
 pass "bridge: $CT_B reaches the outside through the LAN's router, but no host or controller port behind it"
