@@ -180,6 +180,9 @@ void link_event_send(struct agent *a, enum link_type type, const char *op, struc
 	if (dropped >= 0)
 		log_warnx("link: %u events waiting for the controller; dropped a %s", a->sendq.len,
 			  link_type_name((enum link_type)dropped));
+	/* The dropped beat may have carried the whole facts: the next one carries them. */
+	if (dropped == LINK_HEARTBEAT)
+		a->heartbeat_digest[0] = '\0';
 	push_wait(a);
 }
 

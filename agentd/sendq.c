@@ -96,6 +96,16 @@ int sendq_add(struct sendq *q, enum link_type type, const char *op, struct json_
 	if (type == LINK_HEARTBEAT) {
 		for (it = q->head; it; it = it->next) {
 			if (it->type == LINK_HEARTBEAT) {
+				/* A digest-only beat replacing one with the whole facts keeps
+				 * them: its digest is theirs, and a controller that never got
+				 * them would know the host by an unknown digest until the next
+				 * periodic whole facts. */
+				struct json_object *facts =
+					json_object_object_get(it->body, "facts");
+
+				if (facts && !json_object_object_get(body, "facts"))
+					json_object_object_add(body, "facts",
+							       json_object_get(facts));
 				json_object_put(it->body);
 				it->body = body;
 				return -1;

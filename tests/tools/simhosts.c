@@ -203,7 +203,10 @@ static void event_send_now(struct sim_host *h, enum link_type type, const char *
 	if (sock >= 0 && seal(h, type, op, body, &buf, &len) == 0 &&
 	    nn_send(sock, buf, len, NN_DONTWAIT) < 0) {
 		if (type == LINK_HEARTBEAT) {
+			/* As an agent: the next beat carries the whole facts, which this
+			 * one may have (else the controller knows an unknown digest). */
 			beats_dropped++;
+			h->facts_digest[0] = '\0';
 		} else if (nn_errno() == EAGAIN) {
 			retry_later(h, type, op, body);
 			return;

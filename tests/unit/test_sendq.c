@@ -48,6 +48,23 @@ static void test_heartbeat_coalesced(void **state)
 	assert_null(q.tail);
 }
 
+/* A digest-only beat replacing a queued one with the whole facts keeps those facts:
+ * the controller would otherwise meet a digest it never saw. */
+static void test_heartbeat_keeps_whole_facts(void **state)
+{
+	struct sendq q = {0};
+	struct json_object *whole = body_n(1), *digest_only = body_n(2);
+
+	(void)state;
+	json_object_object_add(whole, "facts", json_object_new_string("F"));
+	assert_int_equal(sendq_add(&q, LINK_HEARTBEAT, NULL, whole), -1);
+	assert_int_equal(sendq_add(&q, LINK_HEARTBEAT, NULL, digest_only), -1);
+	assert_int_equal(q.len, 1);
+	assert_int_equal(json_get_int(q.head->body, "n", 0), 2);
+	assert_string_equal(json_get_str(q.head->body, "facts", ""), "F");
+	sendq_clear(&q);
+}
+
 /* A full queue of console data and progress, with one op-done and one heartbeat in it:
  * the console data goes first, then the heartbeat, then progress; never the op-done. */
 static void test_full_drops_lowest_kind(void **state)
@@ -106,6 +123,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_heartbeat_coalesced),
+		cmocka_unit_test(test_heartbeat_keeps_whole_facts),
 		cmocka_unit_test(test_full_drops_lowest_kind),
 		cmocka_unit_test(test_op_done_never_dropped),
 	};
