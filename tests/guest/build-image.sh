@@ -43,7 +43,7 @@ CMDLINE="console=ttyS0 quiet scsi_mod.scan=sync panic=-1 mitigations=off nokaslr
 CMDLINE="$CMDLINE cryptomgr.notests tsc=reliable no_timer_check i8042.noaux nowatchdog audit=0"
 
 # Modules for /init, in load order; each one's dependencies (modules.dep) are put
-# before it. virtio order as in DESIGN.md.
+# before it; the virtio transport before the devices on it.
 MODULES="
 virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
 failover net_failover virtio_net virtio_blk

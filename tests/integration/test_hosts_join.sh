@@ -1,5 +1,5 @@
 #!/bin/bash
-# Hosts join with single-use tokens and are listed online with the facts DESIGN.md
+# Hosts join with single-use tokens and are listed online with the facts docs/architecture.md
 # names; a used, unknown or expired join token gets a clear refusal.
 . "$(dirname "$0")/lib.sh"
 
