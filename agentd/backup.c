@@ -23,7 +23,8 @@
  *     copied as before and the result says why (live_read, live_read_reason): QMP
  *     drive-backup with sync=full copies the disk as it was when the job started into
  *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup
- *     sync=incremental of the clusters the parent's dirty bitmap marks, into a qcow2.
+ *     sync=bitmap (bitmap-mode never: the parent's bitmap is dropped only once the
+ *     backup succeeded) of the clusters the parent's dirty bitmap marks, into a qcow2.
  *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
@@ -1251,11 +1252,19 @@ void backup_disk_read(struct bjob *job)
 		 * unallocated and qemu-img map tells them from the copied ones. */
 		json_object_object_add(args, "format",
 				       json_object_new_string(job->incr ? "qcow2" : "raw"));
+		/* Incremental: sync "bitmap" with bitmap-mode "never", not sync
+		 * "incremental" (whose bitmap-mode is on-success: once QEMU's job succeeded
+		 * the parent's bitmap held only the writes after this backup's point in
+		 * time, and a backup failing after the job -- a chunk or manifest write,
+		 * the store full, a cancel, the agent killed -- left the next incremental
+		 * on the same parent missing every write before it). The parent's bitmap
+		 * goes only once this backup succeeded (manifest_after). */
 		json_object_object_add(args, "sync",
-				       json_object_new_string(job->incr ? "incremental" : "full"));
+				       json_object_new_string(job->incr ? "bitmap" : "full"));
 		if (job->incr) {
 			snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
 			json_object_object_add(args, "bitmap", json_object_new_string(pname));
+			json_object_object_add(args, "bitmap-mode", json_object_new_string("never"));
 		}
 		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
 		json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));

@@ -2,7 +2,9 @@
 # Backup faults: a running VM's backup cancelled mid-way stops on the agent (QEMU's
 # block job, the work files) and is never listed as restorable, with no manifest; the
 # agent killed with -9 mid-backup: the operation ends failed saying why, no manifest,
-# the VM keeps running; the next backup works and its content is the disk's.
+# the VM keeps running; the next backup works and its content is the disk's. An
+# incremental that fails after QEMU's copy job ended leaves the parent's changed-block
+# bitmap whole: the next incremental holds the writes before the failed one too.
 . "$(dirname "$0")/lib.sh"
 
 bs=bsf$$
@@ -73,6 +75,39 @@ print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
 PY
 	)
 	[ "$left" = "0 0 d0" ]
+}
+# disk_write VM OFFSET BYTE -> 64 KiB of BYTE written at OFFSET of VM's disk0 through
+# QEMU's block layer (qemu-io on its second monitor) and flushed, so the dirty bitmaps
+# see it and qemu-img (disk_sha) reads it.
+disk_write() {
+	local host
+	api GET "/api/v1/instances/$1"
+	host=$(jqb .host)
+	python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" "$2" "$3" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def hmp(line):
+    f.write(json.dumps({"execute": "human-monitor-command",
+                        "arguments": {"command-line": line}}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+f.write(json.dumps({"execute": "qmp_capabilities"}) + "\n")
+f.flush()
+f.readline()
+dev = "qemu-io -d /machine/peripheral/disk0/virtio-backend "
+m = hmp(dev + '"write -P %s %s 64k"' % (sys.argv[3], sys.argv[2]))
+if "error" in m or "wrote" not in m["return"]:
+    sys.exit("disk_write: " + json.dumps(m))
+m = hmp(dev + "flush")
+if "error" in m or m["return"]:
+    sys.exit("disk_write flush: " + json.dumps(m))
+PY
 }
 
 api POST /api/v1/backup-stores '{"name":"'$bs'"}'
@@ -149,3 +184,40 @@ api GET "/api/v1/backups?instance=bkf1"
 api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
 pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it and the first are restorable"
+
+# 4. An incremental that fails after QEMU's copy job ended (its manifest cannot be
+# written: a directory, not empty, where the file goes) must leave the parent's bitmap
+# whole. With QEMU's sync "incremental" (bitmap-mode on-success) the job's success
+# had cut the parent's bitmap down to the writes after the failed backup's point in
+# time, and the next incremental on the same parent silently missed write A below.
+# Paused throughout: only these writes change the disk.
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+disk_write bkf1 $((256 << 20)) 0x11 || fail "write A through QEMU failed"
+hold_qemu bkf1
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+expect_status 202 "the incremental meant to fail at its manifest"
+op=$(jqb .id) bf=$(jqb .result.id)
+mkdir -p "$store_dir/backups/$bf.json/blocker"
+release_qemu
+wait_op "$op" 300
+why=$(jqb .error)
+[ "$(jqb .status)" = failed ] || fail "the incremental meant to fail at its manifest ended $(jqb .status): $why"
+rm -rf "${store_dir:?}/backups/$bf.json"
+api GET "/api/v1/backups/$bf"
+[ "$(jqb .restorable)" = false ] || fail "the backup that failed at its manifest is restorable"
+disk_write bkf1 $((512 << 20)) 0x22 || fail "write B through QEMU failed"
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+ba=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$ba"
+[ "$(jqb .status)" = succeeded ] || fail "the backup after the failed one: $(jqb .status) $(jqb .error)"
+[ "$(jqb .kind)" = incremental ] && [ "$(jqb .parent)" = "$bn" ] ||
+	fail "the backup after the failed one is $(jqb .kind) on $(jqb .parent) ($(jqb .full_reason)), not an incremental on $bn"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] ||
+	fail "the incremental after a failed one misses writes: its checksum is not the disk's"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+pass "an incremental failed after QEMU's job (${why:0:60}...); the next one, on the same parent, holds the writes before it too"
