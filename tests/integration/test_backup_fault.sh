@@ -102,7 +102,8 @@ f.flush()
 f.readline()
 dev = "qemu-io -d /machine/peripheral/disk0/virtio-backend "
 m = hmp(dev + '"write -P %s %s 64k"' % (sys.argv[3], sys.argv[2]))
-if "error" in m or "wrote" not in m["return"]:
+# HMP answers qemu-io's errors as text; success is "" or its "wrote ..." line.
+if "error" in m or (m["return"] and "wrote" not in m["return"]):
     sys.exit("disk_write: " + json.dumps(m))
 m = hmp(dev + "flush")
 if "error" in m or m["return"]:
