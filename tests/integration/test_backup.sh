@@ -144,42 +144,13 @@ blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc
 [ "$blocked" -gt 0 ] || fail "no write in the guest waited for the freeze ($blocked samples)"
 pass "mode full is full; the guest agent froze the file systems (consistency filesystem): a guest write waited in the freeze ($blocked samples) and finished after the thaw"
 
-# qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (the agent has the first):
-# "leftovers" prints "NODES EXPORTS DRIVE": the counts of the backup's fleecing nodes
-# (kfl-*) and of block exports, and the node disk0's device writes to (d0 unless the
-# fleecing filter is in front of it); anything else is an HMP command line, run,
-# failing on an error.
+# qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (lib.sh's qemu_monitor2 says
+# what CMD may be: "leftovers", or an HMP command line).
 qmp2() {
 	local host
 	api GET /api/v1/instances/bk1
 	host=$(jqb .host)
-	python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/bk1/monitor.sock" "$@" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-f.readline()
-def ask(cmd, args=None):
-    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
-    f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m
-ask("qmp_capabilities")
-if sys.argv[2] == "leftovers":
-    nodes = ask("query-named-block-nodes", {"flat": True})["return"]
-    exports = ask("query-block-exports")["return"]
-    drive = ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend",
-                            "property": "drive"})["return"]
-    print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
-          len(exports), drive)
-else:
-    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
-    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
-    if "error" in m or (m["return"] and "wrote" not in m["return"]):
-        sys.exit("qmp2: " + json.dumps(m))
-PY
+	qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/bk1/monitor.sock" "$@"
 }
 
 # 1d. The point in time holds while the disk changes under the read: paused (so the

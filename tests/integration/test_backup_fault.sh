@@ -52,26 +52,7 @@ fleece_clean() {
 	local host
 	api GET "/api/v1/instances/$1"
 	host=$(jqb .host)
-	left=$(python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-f.readline()
-def ask(cmd, args=None):
-    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
-    f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m.get("return")
-ask("qmp_capabilities")
-nodes = ask("query-named-block-nodes", {"flat": True})
-print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
-      len(ask("query-block-exports")),
-      ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend", "property": "drive"}))
-PY
-	)
+	left=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" leftovers)
 	[ "$left" = "0 0 d0" ]
 }
 
