@@ -70,6 +70,7 @@ struct agent_config {
 	char *name;   /* host name; gethostname() when not given */
 	char *listen; /* ADDR:PORT the command socket binds */
 	char *state_dir;
+	char *run_dir; /* runtime files QEMU reaches (fleece.h's NBD socket), 0711 */
 	char *shared_pool;
 	char *local_pool;
 	char *log_level_name;

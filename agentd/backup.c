@@ -1588,8 +1588,10 @@ void backup_vm_run(struct inst_op *op)
 		job->qemu_uid = pw->pw_uid;
 		job->qemu_gid = pw->pw_gid;
 		/* ... or the VM's own uid (uid.c), the one its QEMU runs as. */
-		if (uid_vm_read(vm->inst.dir) != 0)
+		if (uid_vm_read(vm->inst.dir) != 0) {
 			job->qemu_uid = job->qemu_gid = uid_vm_read(vm->inst.dir);
+			job->qemu_uid_own = true;
+		}
 	}
 	job->manifest = json_object_new_object();
 	json_object_object_add(job->manifest, "version",

@@ -23,11 +23,6 @@
  * the filter gives up on the backup's view instead (the write then proceeds). */
 #define BACKUP_FLEECE_CBW_TIMEOUT_S 20
 
-/* Where QEMU's NBD server for a fleecing read listens: BACKUP_FLEECE_RUN/UID/nbd.sock,
- * local and short (a store's path may pass sun_path's 108 bytes, and a socket on an
- * NFS or FUSE store may not work at all). */
-#define BACKUP_FLEECE_RUN "/run/kumo-fleece"
-
 /* disk i's fleecing names in vm (its device's QOM path depends on the disk's bus). */
 static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
 {
@@ -43,6 +38,26 @@ static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
 static void job_names(struct bjob *job, struct fleece_names *n)
 {
 	vm_disk_names(job->op->vm, job->disk, n);
+}
+
+/* QEMU's NBD socket and its directory (QEMU stopped its server: the teardown ran):
+ * a finished read leaves nothing in the runtime directory. The directory only when
+ * the uid is the VM's own: a shared one's may be in use by another VM's backup, about
+ * to bind in it. Small local calls. */
+static void sock_remove(struct bjob *job)
+{
+	char dir[sizeof(job->nbd_sock)];
+	char *slash;
+
+	if (!job->nbd_sock[0])
+		return;
+	unlink(job->nbd_sock);
+	snprintf(dir, sizeof(dir), "%s", job->nbd_sock);
+	if (job->qemu_uid_own && (slash = strrchr(dir, '/')) != NULL) {
+		*slash = '\0';
+		rmdir(dir);
+	}
+	job->nbd_sock[0] = '\0';
 }
 
 /* A teardown in flight: fleece.h's steps, one after the other on the VM's QMP
@@ -161,6 +176,7 @@ void backup_fleece_adopted(struct vm *vm)
 static void fleece_copy_instead(struct bjob *job)
 {
 	job->fleece = false;
+	sock_remove(job);
 	if (job->fleece_tx) {
 		/* The transaction added this backup's bitmap, and the copy's adds it again:
 		 * removed first (one QMP connection: QEMU runs the two in order). */
@@ -194,33 +210,68 @@ static void fleece_fallback(struct bjob *job, const char *why)
 	fleece_down(job, fleece_copy_instead);
 }
 
+/*
+ * Thread: where QEMU's NBD server for the read listens (fleece.h): the agent's
+ * runtime directory (--run-dir) 0711, its fleece/ 0711, both root's, and fleece/UID
+ * 0700, the VM's QEMU uid's, so no other VM's QEMU can reach the export. QEMU binds
+ * the socket after it dropped root (-runas), hence a directory of its uid's; the VM's
+ * run directory is root's alone. Local and short, not in the store: a store's path
+ * may pass a unix socket's 107 bytes, and a socket on an NFS or FUSE store may not
+ * work at all. The modes are set whatever the umask (systemd gives the agent 0077).
+ * Making and handing them over needs root (chown).
+ */
+static int sock_dir_make(struct bjob *job, struct kerr *err)
+{
+	const char *run_dir = job->agent->cfg->run_dir;
+	_cleanup_free_ char *fleece = xasprintf("%s/fleece", run_dir);
+	char dir[PATH_MAX];
+	struct stat sb;
+	int ret;
+
+	if (fleece_sock_path(run_dir, job->qemu_uid, job->op->vm->inst.dir, dir, sizeof(dir),
+			     job->nbd_sock, sizeof(job->nbd_sock), err) < 0)
+		return -1;
+	if (lstat(run_dir, &sb) < 0 && errno == ENOENT) {
+		ret = mkdir_p(run_dir, 0711);
+		if (ret < 0 || chmod(run_dir, 0711) < 0)
+			return err_set(err, ret < 0 ? -ret : errno, "cannot make %s", run_dir);
+	}
+	if ((mkdir(fleece, 0711) < 0 && errno != EEXIST) || lstat(fleece, &sb) < 0)
+		return err_set(err, errno, "cannot make %s", fleece);
+	if (!S_ISDIR(sb.st_mode) || sb.st_uid != 0)
+		return err_set(err, 0, "%s is not a directory of root's", fleece);
+	if (chmod(fleece, 0711) < 0)
+		return err_set(err, errno, "cannot make %s searchable", fleece);
+	if ((mkdir(dir, 0700) < 0 && errno != EEXIST) || lstat(dir, &sb) < 0)
+		return err_set(err, errno, "cannot make %s", dir);
+	/* lstat: a link here (only root may write fleece/) is not followed by chown. */
+	if (!S_ISDIR(sb.st_mode))
+		return err_set(err, 0, "%s is not a directory", dir);
+	if (chown(dir, job->qemu_uid, job->qemu_gid) < 0 || chmod(dir, 0700) < 0)
+		return err_set(err, errno, "cannot hand %s to the VM's QEMU uid %u", dir,
+			       (unsigned)job->qemu_uid);
+	return fleece_dir_reachable(dir, job->qemu_uid, job->qemu_gid, err);
+}
+
 /* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) in the
  * backup's work directory, which only that user and root may enter, and the NBD
- * socket's directory (BACKUP_FLEECE_RUN). The overlay stays on the store, not the
- * local pool: guest writes
- * during the read fill it, and a full local pool would stop the VMs whose disks are
- * there, while a full store only breaks this backup (on-cbw-error break-snapshot). */
+ * socket's directory (sock_dir_make). The overlay stays on the store, not the local
+ * pool: guest writes during the read fill it, and a full local pool would stop the VMs
+ * whose disks are there, while a full store only breaks this backup (on-cbw-error
+ * break-snapshot). */
 static void fleece_prepare_work(struct bjob *job)
 {
 	struct vm_disk *d = &job->op->disks[job->disk];
 	char *info_argv[] = {"qemu-img", "info", "-U", "--output=json", d->abs, NULL};
 	_cleanup_free_ char *out = NULL;
 	struct json_object *info = NULL;
-	char size[32], dir[PATH_MAX];
+	struct kerr err;
+	char size[32];
 	int64_t vsize;
 
 	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
-	/* QEMU binds it after it dropped root (-runas), so in a directory of its user's;
-	 * the VM's run directory is root's alone. The uid is this machine's QEMU's
-	 * alone (uid.c claims it machine-wide), so the path is too. Making them needs
-	 * root (/run, chown). */
-	snprintf(dir, sizeof(dir), "%s/%u", BACKUP_FLEECE_RUN, (unsigned)job->qemu_uid);
-	snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", dir);
-	if ((mkdir(BACKUP_FLEECE_RUN, 0711) < 0 && errno != EEXIST) ||
-	    (mkdir(dir, 0700) < 0 && errno != EEXIST) ||
-	    chown(dir, job->qemu_uid, job->qemu_gid) < 0) {
-		snprintf(job->error, sizeof(job->error), "cannot make %s for the qemu user: %s",
-			 dir, strerror(errno));
+	if (sock_dir_make(job, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
 	if (backup_run_wait(info_argv, &out) != 0 || out == NULL ||
@@ -374,7 +425,7 @@ static void fleece_done(struct bjob *job)
 	job->fleece = false;
 	job->fleece_tx = false;
 	unlink(job->overlay);
-	unlink(job->nbd_sock);
+	sock_remove(job);
 	if (!job->error[0])
 		job->fleeced++;
 	backup_chunk_after(job);

@@ -49,7 +49,8 @@ struct bjob {
 	char raw[PATH_MAX]; /* the disk at work, as a raw file */
 	uid_t qemu_uid;
 	gid_t qemu_gid;
-	size_t disk; /* index into op->disks */
+	bool qemu_uid_own; /* the VM's own uid (uid.c), not --qemu-user's shared one */
+	size_t disk;	   /* index into op->disks */
 	int64_t started_ms;
 
 	uv_work_t work;
@@ -75,7 +76,7 @@ struct bjob {
 	size_t cleared_disk;	/* 1 + the disk a leftover fleecing was cleared from, 0: none */
 	char fleece_why[200];	/* why a disk was copied instead, "" if none was */
 	char overlay[PATH_MAX]; /* the fleecing overlay (qcow2, in tmpdir) */
-	char nbd_sock[108];	/* QEMU's NBD server (in tmpdir): sun_path's size */
+	char nbd_sock[108];	/* QEMU's NBD server (fleece_sock_path): sun_path's size */
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */

@@ -3,8 +3,12 @@
  */
 #include "fleece.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "json.h"
 
@@ -169,4 +173,73 @@ int fleece_filter_in_front(const struct fleece_names *n, struct json_object *dri
 {
 	return json_object_is_type(drive, json_type_string) &&
 	       strcmp(json_object_get_string(drive), n->cbw) == 0;
+}
+
+int fleece_sock_path(const char *run_dir, uid_t uid, const char *vm_dir, char *dir, size_t dirlen,
+		     char *sock, size_t socklen, struct kerr *err)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	char path[PATH_MAX + 64];
+	size_t base = strlen("/0123456789abcdef.sock");
+	int len;
+
+	for (const char *c = vm_dir; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+	len = snprintf(path, sizeof(path), "%s/fleece/%u/%016llx.sock", run_dir, (unsigned)uid,
+		       (unsigned long long)h);
+	if (len < 0 || (size_t)len >= socklen || (size_t)len >= FLEECE_SOCK_MAX ||
+	    (size_t)len - base >= dirlen)
+		return err_set(err, ENAMETOOLONG,
+			       "the NBD socket path %.80s%s is %d bytes, more than a unix socket "
+			       "takes (%d): give the agent a shorter --run-dir",
+			       path, len > 80 ? "..." : "", len, FLEECE_SOCK_MAX - 1);
+	snprintf(sock, socklen, "%s", path);
+	path[(size_t)len - base] = '\0';
+	snprintf(dir, dirlen, "%s", path);
+	return 0;
+}
+
+/* May uid (group gid) search directory sb by its mode bits? */
+static int searchable(const struct stat *sb, uid_t uid, gid_t gid)
+{
+	if (uid == 0)
+		return 1;
+	if (sb->st_uid == uid)
+		return (sb->st_mode & S_IXUSR) != 0;
+	if (sb->st_gid == gid)
+		return (sb->st_mode & S_IXGRP) != 0;
+	return (sb->st_mode & S_IXOTH) != 0;
+}
+
+int fleece_dir_reachable(const char *dir, uid_t uid, gid_t gid, struct kerr *err)
+{
+	char path[PATH_MAX];
+	struct stat sb;
+	size_t len;
+
+	if ((len = strlen(dir)) >= sizeof(path) || dir[0] != '/')
+		return err_set(err, EINVAL, "%.80s is not an absolute path", dir);
+	memcpy(path, dir, len + 1);
+	/* Each directory above dir, from / down: cut at each slash in turn. */
+	for (size_t i = 0; i < len; i++) {
+		char keep;
+
+		if (path[i] != '/')
+			continue;
+		keep = path[i + 1];
+		path[i + 1] = '\0';
+		if (stat(path, &sb) < 0) {
+			path[i + 1] = keep;
+			return err_set(err, errno, "cannot look at a directory above %s", dir);
+		}
+		if (!S_ISDIR(sb.st_mode) || !searchable(&sb, uid, gid))
+			return err_set(err, EACCES,
+				       "the VM's QEMU (uid %u) cannot reach its NBD socket: %s is "
+				       "not searchable for it (mode %03o, owner %u); make every "
+				       "directory above --run-dir searchable (o+x)",
+				       (unsigned)uid, path, (unsigned)(sb.st_mode & 0777),
+				       (unsigned)sb.st_uid);
+		path[i + 1] = keep;
+	}
+	return 0;
 }

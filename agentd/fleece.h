@@ -34,13 +34,25 @@
  * a leftover must be found by the next backup): the instance's operation lock keeps
  * one backup per VM at a time.
  *
- * Pure: JSON built here, sent by the caller.
+ * Where QEMU's NBD server listens (fleece_sock_path): RUN_DIR/fleece/UID/HASH.sock, in
+ * the agent's own runtime directory (--run-dir: several agents may share a machine, the
+ * test lab), in a directory only the VM's QEMU uid may enter. A unix socket's path is
+ * at most FLEECE_SOCK_MAX - 1 bytes, so it is checked, and so is that the uid can walk
+ * down to it (fleece_dir_reachable): either failing makes the backup copy the disk
+ * instead, saying why.
+ *
+ * Pure but for fleece_dir_reachable (stat): JSON built here, sent by the caller.
  */
 #ifndef KUMO_FLEECE_H
 #define KUMO_FLEECE_H
 
 #include <json-c/json.h>
 #include <stddef.h>
+#include <sys/types.h>
+
+#include "err.h"
+
+#define FLEECE_SOCK_MAX 108 /* sizeof(struct sockaddr_un.sun_path), its NUL included */
 
 /* The names of disk i's fleecing objects in QEMU. */
 struct fleece_names {
@@ -92,5 +104,25 @@ struct json_object *fleece_teardown_step(const struct fleece_names *n, int step,
 
 /* Whether qom-get's answer (the device's drive) is the filter. */
 int fleece_filter_in_front(const struct fleece_names *n, struct json_object *drive);
+
+/*
+ * The NBD socket of a fleecing read of the VM whose directory is vm_dir and whose
+ * QEMU runs as uid, under the agent's runtime directory run_dir: dir (dirlen bytes)
+ * gets RUN_DIR/fleece/UID, sock (socklen bytes, at most FLEECE_SOCK_MAX) DIR/HASH.sock,
+ * HASH 16 hex digits of vm_dir: VMs that share a uid (--qemu-uid-base 0, --qemu-user
+ * root) never share a socket, which one QEMU's bind would take from the other's
+ * reader. Returns 0, or < 0 with err when sock would not fit a unix socket address
+ * (naming its length and --run-dir).
+ */
+int fleece_sock_path(const char *run_dir, uid_t uid, const char *vm_dir, char *dir, size_t dirlen,
+		     char *sock, size_t socklen, struct kerr *err);
+
+/*
+ * Whether uid (group gid) may walk from / down into dir: every directory above it
+ * searchable by that uid by its mode bits (owner, group, then other; root always).
+ * Returns 0, or < 0 with err naming the first directory it cannot pass. dir itself is
+ * not checked: the caller makes it that uid's.
+ */
+int fleece_dir_reachable(const char *dir, uid_t uid, gid_t gid, struct kerr *err);
 
 #endif

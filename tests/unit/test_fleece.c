@@ -6,8 +6,9 @@
  * rather than the guest's write, the bitmap's transaction, the qom-set that puts the
  * filter in front, the snapshot-access node, the unix socket server, the read-only
  * export, and the teardown in an order QEMU allows (export, server, access node, the
- * device back only from the filter, filter, overlay). The graph itself is checked
- * against QEMU by it_backup.
+ * device back only from the filter, filter, overlay); the NBD socket's path under the
+ * agent's --run-dir (its length bound by a unix socket's) and the check that the VM's
+ * QEMU uid can walk down to it. The graph itself is checked against QEMU by it_backup.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +16,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fleece.h"
 #include "json.h"
@@ -121,12 +127,108 @@ static void test_teardown(void **state)
 	assert_false(fleece_filter_in_front(&n, NULL));
 }
 
+static void test_sock_path(void **state)
+{
+	char dir[PATH_MAX], sock[FLEECE_SOCK_MAX], run[160], other[FLEECE_SOCK_MAX];
+	const char *vm = "/var/lib/kumo-agent/local/instances/web1";
+	struct kerr err;
+
+	(void)state;
+	assert_int_equal(fleece_sock_path("/run/kumo-agent", 1300007, vm, dir, sizeof(dir), sock,
+					  sizeof(sock), &err),
+			 0);
+	assert_string_equal(dir, "/run/kumo-agent/fleece/1300007");
+	assert_int_equal(strncmp(sock, "/run/kumo-agent/fleece/1300007/", strlen(dir) + 1), 0);
+	assert_int_equal(strlen(sock), strlen(dir) + strlen("/0123456789abcdef.sock"));
+	assert_string_equal(sock + strlen(sock) - 5, ".sock");
+	/* The same VM, the same path (the teardown and a restarted agent find it) ... */
+	assert_int_equal(fleece_sock_path("/run/kumo-agent", 1300007, vm, dir, sizeof(dir), other,
+					  sizeof(other), &err),
+			 0);
+	assert_string_equal(sock, other);
+	/* ... and two VMs sharing a uid (root, or --qemu-uid-base 0) two sockets. */
+	assert_int_equal(fleece_sock_path("/run/kumo-agent", 1300007,
+					  "/var/lib/kumo-agent/local/instances/web2", dir,
+					  sizeof(dir), other, sizeof(other), &err),
+			 0);
+	assert_string_not_equal(sock, other);
+	/* The lab's: each agent its own directory, the same uid apart. */
+	assert_int_equal(fleece_sock_path("/var/lib/kumo-lab/k2/run/h3", 0, vm, dir, sizeof(dir),
+					  sock, sizeof(sock), &err),
+			 0);
+	assert_string_equal(dir, "/var/lib/kumo-lab/k2/run/h3/fleece/0");
+
+	/* 107 bytes fit a unix socket's path, 108 do not: "/fleece/4294967295/" and
+	 * "0123456789abcdef.sock" are 40 bytes, so a run directory of 67 is the longest
+	 * for every uid. */
+	memset(run, 'r', sizeof(run));
+	run[0] = '/';
+	run[67] = '\0';
+	assert_int_equal(
+		fleece_sock_path(run, 4294967295u, vm, dir, sizeof(dir), sock, sizeof(sock), &err),
+		0);
+	assert_int_equal(strlen(sock), FLEECE_SOCK_MAX - 1);
+	run[67] = 'r';
+	run[68] = '\0';
+	memset(sock, 'x', sizeof(sock));
+	assert_true(fleece_sock_path(run, 4294967295u, vm, dir, sizeof(dir), sock, sizeof(sock),
+				     &err) < 0);
+	assert_non_null(strstr(err.msg, "is 108 bytes, more than a unix socket takes (107)"));
+	assert_non_null(strstr(err.msg, "--run-dir"));
+	/* A short uid leaves room for a longer directory, and a small buffer is refused. */
+	assert_int_equal(fleece_sock_path(run, 7, vm, dir, sizeof(dir), sock, sizeof(sock), &err),
+			 0);
+	assert_true(fleece_sock_path("/run/kumo-agent", 7, vm, dir, sizeof(dir), sock, 20, &err) <
+		    0);
+}
+
+static void test_dir_reachable(void **state)
+{
+	char top[] = "/tmp/kumo-fleece-test-XXXXXX";
+	char mid[PATH_MAX], leaf[PATH_MAX];
+	struct kerr err;
+	struct stat sb;
+	uid_t other = 1300042;
+
+	(void)state;
+	assert_non_null(mkdtemp(top));
+	snprintf(mid, sizeof(mid), "%s/run", top);
+	snprintf(leaf, sizeof(leaf), "%s/run/fleece", top);
+	assert_int_equal(mkdir(mid, 0700), 0);
+	assert_int_equal(mkdir(leaf, 0700), 0);
+	assert_int_equal(chmod(top, 0711), 0);
+	assert_int_equal(stat(mid, &sb), 0);
+
+	/* run/ is 0700: its owner passes, another uid does not, and is told where. */
+	assert_int_equal(fleece_dir_reachable(leaf, sb.st_uid, sb.st_gid, &err), 0);
+	assert_true(fleece_dir_reachable(leaf, other, other, &err) < 0);
+	assert_non_null(strstr(err.msg, mid));
+	assert_non_null(strstr(err.msg, "uid 1300042"));
+	assert_non_null(strstr(err.msg, "mode 700"));
+	/* Root passes anything. */
+	assert_int_equal(fleece_dir_reachable(leaf, 0, 0, &err), 0);
+	/* 0711 lets others search it (not list it): reachable. The leaf itself is not
+	 * looked at: the caller hands it to the uid. */
+	assert_int_equal(chmod(mid, 0711), 0);
+	assert_int_equal(fleece_dir_reachable(leaf, other, other, &err), 0);
+	/* A group-searchable directory passes for its group only. */
+	assert_int_equal(chmod(mid, 0710), 0);
+	assert_int_equal(fleece_dir_reachable(leaf, other, sb.st_gid, &err), 0);
+	assert_true(fleece_dir_reachable(leaf, other, other, &err) < 0);
+	/* A relative path: refused. */
+	assert_true(fleece_dir_reachable("run/fleece", other, other, &err) < 0);
+
+	rmdir(leaf);
+	rmdir(mid);
+	rmdir(top);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),
-		cmocka_unit_test(test_setup_commands),
-		cmocka_unit_test(test_teardown),
+		cmocka_unit_test(test_names),	      cmocka_unit_test(test_setup_commands),
+		cmocka_unit_test(test_teardown),      cmocka_unit_test(test_sock_path),
+		cmocka_unit_test(test_dir_reachable),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
