@@ -21,10 +21,19 @@
 #include "log.h"
 #include "util.h"
 
+/* 0755 whatever the umask (systemd gives the agent 0077): a running VM's QEMU, under
+ * its own uid, opens its backup's work files in STORE/tmp/ID/, so it must pass every
+ * directory above. Only a directory made here is set; one that was there is left as
+ * its owner made it. */
 static int mkdir_one(const char *path, struct kerr *err)
 {
-	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+	if (mkdir(path, 0755) < 0) {
+		if (errno == EEXIST)
+			return 0;
 		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+	}
+	if (chmod(path, 0755) < 0)
+		return err_set(err, errno, "cannot make %s searchable: %s", path, strerror(errno));
 	return 0;
 }
 

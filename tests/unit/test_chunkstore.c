@@ -60,6 +60,36 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* The store's directories are made 0755 whatever the umask (the agent's unit sets
+ * 0077), so a VM's QEMU, under its own uid, reaches its backup's work directory. */
+static void test_init_modes(void **state)
+{
+	struct fixture *f = *state;
+	char root[128], path[160];
+	const char *const dirs[] = {"", "/tmp", "/chunks", "/chunks/ab"};
+	struct kerr err;
+	struct stat sb;
+	mode_t old = umask(0077);
+
+	(void)state;
+	snprintf(root, sizeof(root), "%s/m/n", f->root);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	umask(old);
+	snprintf(path, sizeof(path), "%s/m", f->root);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0755);
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		snprintf(path, sizeof(path), "%s%s", root, dirs[i]);
+		assert_int_equal(stat(path, &sb), 0);
+		assert_int_equal(sb.st_mode & 07777, 0755);
+	}
+	/* A directory that was there keeps its mode. */
+	assert_int_equal(chmod(root, 0750), 0);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	assert_int_equal(stat(root, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0750);
+}
+
 static void fill(unsigned char *buf, size_t len, unsigned seed)
 {
 	for (size_t i = 0; i < len; i++)
@@ -701,6 +731,7 @@ static void test_pace_cancel(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_init_modes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dedupe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_incompressible_raw, setup, teardown),
