@@ -3,8 +3,11 @@
  * (fleece.h says what QEMU is asked and why; backup.c says where this fits): the
  * overlay and the copy-before-write filter made, the point in time taken (frozen: the
  * new dirty bitmap, then the filter put in front of the disk), QEMU's NBD export of
- * the snapshot read by nbd.c into the chunk pipeline, the objects torn down. Any
- * failure before the read falls back to QEMU's copy (backup.c).
+ * the snapshot read by nbd.c into the chunk pipeline, the objects torn down. QEMU's
+ * side is two lists run one command at a time: the setup (fleece_setup_step, with
+ * setup_rows saying what the agent does between steps) and the teardown
+ * (fleece_teardown_step). Any failure before the read falls back to QEMU's copy
+ * (backup.c).
  */
 #include "backup_int.h"
 
@@ -299,57 +302,7 @@ static void fleece_prepare_work(struct bjob *job)
 			 job->overlay, strerror(errno));
 }
 
-/* The filter is made (not yet in front of the disk): the point in time, frozen around
- * the bitmap and the qom-set as a copy's transaction is (tx_send -> drive_backup_cb ->
- * backup_fleece_started -> inserted_cb thaws). */
-static void cbw_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	char bitmap[80];
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job_names(job, &n);
-	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
-	json_object_put(job->tx);
-	job->tx = fleece_transaction_args(&n, bitmap);
-	backup_guest_freeze(job);
-}
-
-static void overlay_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_cbw_args(&n, BACKUP_FLEECE_CBW_TIMEOUT_S),
-		   BACKUP_JOB_TIMEOUT, cbw_added_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-/* The teardown of what an earlier agent may have left is done: add the overlay. */
-static void fleece_add(struct bjob *job)
-{
-	struct fleece_names n;
-	struct kerr err;
-
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_overlay_args(&n, job->overlay),
-		   BACKUP_JOB_TIMEOUT, overlay_added_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
+static void setup_begin(struct bjob *job);
 
 static void fleece_prepare_after(struct bjob *job)
 {
@@ -358,7 +311,7 @@ static void fleece_prepare_after(struct bjob *job)
 		return;
 	}
 	/* First clear what a killed agent may have left under these names. */
-	fleece_down(job, fleece_add);
+	fleece_down(job, setup_begin);
 }
 
 /* Read the running disk job->disk whole through fleecing: the overlay first (a thread
@@ -437,91 +390,103 @@ static void fleece_chunk_after(struct bjob *job)
 	fleece_down(job, fleece_done);
 }
 
-static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,
-			       void *data)
-{
-	struct bjob *job = data;
+/* ---- QEMU's side of the setup: fleece.h's steps, each command's answer sends the next -- */
 
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
+/* The filter is made (not yet in front of the disk): the point in time, frozen around
+ * the bitmap and the qom-set as a copy's transaction is (backup_guest_freeze ->
+ * tx_send -> drive_backup_cb -> backup_fleece_started -> FLEECE_SETUP_INSERT, whose
+ * answer thaws). */
+static void point_in_time(struct bjob *job)
+{
+	struct fleece_names n;
+	char bitmap[80];
+
+	job_names(job, &n);
+	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
+	json_object_put(job->tx);
+	job->tx = fleece_transaction_args(&n, bitmap);
+	backup_guest_freeze(job);
+}
+
+/* The export is up: the read runs on the thread pool, its progress on the poll timer. */
+static void read_start(struct bjob *job)
+{
 	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
 	uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
 	backup_pool_run(job, fleece_chunk_work, fleece_chunk_after);
 }
 
-static void fleece_served_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/*
+ * What the agent does at each setup step's success beside sending the next, in
+ * fleece.h's order; a refusal at any step tears down what exists and copies the disk
+ * instead (fleece_fallback). thaws: the guest thaws at the step's answer, whatever it
+ * is (the qom-set: the point in time is taken, or never will be). then: what follows
+ * instead of the next step.
+ */
+static const struct setup_row {
+	bool thaws;
+	void (*then)(struct bjob *job);
+} setup_rows[] = {
+	[FLEECE_SETUP_OVERLAY] = {false, NULL},		/* the overlay's node */
+	[FLEECE_SETUP_FILTER] = {false, point_in_time}, /* then freeze, bitmap: started() */
+	[FLEECE_SETUP_INSERT] = {true, NULL},		/* the point in time: thaw */
+	[FLEECE_SETUP_ACCESS] = {false, NULL},		/* the snapshot, as a node */
+	[FLEECE_SETUP_SERVER] = {false, NULL},		/* QEMU's NBD server on nbd_sock */
+	[FLEECE_SETUP_EXPORT] = {false, read_start},	/* then the read */
+};
+
+static void setup_send(struct bjob *job, int step);
+
+static void setup_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "block-export-add", fleece_export_args(&n), BACKUP_JOB_TIMEOUT,
-		   fleece_exported_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-static void access_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct kerr err;
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	if (vm_qmp(job->op->vm, "nbd-server-start", fleece_server_args(job->nbd_sock),
-		   BACKUP_JOB_TIMEOUT, fleece_served_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-/* The filter is in front of the disk, or not: the guest thaws either way. */
-static void inserted_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
+	const struct setup_row *row = &setup_rows[job->fleece_step];
 
 	if (backup_job_gone(job))
 		return; /* job_free thawed */
-	backup_guest_thaw(job);
+	if (row->thaws)
+		backup_guest_thaw(job);
 	if (error) {
 		fleece_fallback(job, error);
 		return;
 	}
+	if (row->then)
+		row->then(job);
+	else
+		setup_send(job, job->fleece_step + 1);
+}
+
+/* Send setup step step of the disk at work; setup_cb takes its answer. */
+static void setup_send(struct bjob *job, int step)
+{
+	struct fleece_names n;
+	const char *cmd;
+	struct json_object *args;
+	struct kerr err;
+
+	job->fleece_step = step;
 	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_access_args(&n), BACKUP_JOB_TIMEOUT,
-		   access_added_cb, job, &err) < 0)
+	args = fleece_setup_step(&n, step, job->overlay, job->nbd_sock, BACKUP_FLEECE_CBW_TIMEOUT_S,
+				 &cmd);
+	if (vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, setup_cb, job, &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The teardown of what an earlier agent may have left is done: add the overlay. */
+static void setup_begin(struct bjob *job)
+{
+	setup_send(job, FLEECE_SETUP_OVERLAY);
 }
 
 /* The bitmap's transaction answered (the guest still frozen): the filter goes in front
  * of the disk, the point in time. */
 void backup_fleece_started(struct bjob *job, const char *error)
 {
-	struct fleece_names n;
-	struct kerr err;
-
 	if (error) {
 		backup_guest_thaw(job);
 		fleece_fallback(job, error); /* no bitmap was added */
 		return;
 	}
 	job->fleece_tx = true;
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "qom-set", fleece_insert_args(&n, 1), BACKUP_JOB_TIMEOUT,
-		   inserted_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+	setup_send(job, FLEECE_SETUP_INSERT);
 }

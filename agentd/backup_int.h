@@ -71,6 +71,7 @@ struct bjob {
 	/* a live full read from an NBD export of a fleecing node (fleece.h) */
 	bool fleece;		/* the disk at work is read so (its QEMU objects may exist) */
 	bool fleece_tx;		/* ... its transaction succeeded: its bitmap exists */
+	int fleece_step;	/* ... the setup step QEMU is asked (fleece.h) */
 	bool fleece_off;	/* fleecing failed once: this backup's disks are copied */
 	int fleeced, copied;	/* disks read whole by fleecing, by the raw copy */
 	size_t cleared_disk;	/* 1 + the disk a leftover fleecing was cleared from, 0: none */

@@ -121,6 +121,34 @@ struct json_object *fleece_export_args(const struct fleece_names *n)
 	return args;
 }
 
+struct json_object *fleece_setup_step(const struct fleece_names *n, int step, const char *overlay,
+				      const char *sock, unsigned cbw_timeout_s, const char **cmd)
+{
+	switch (step) {
+	case FLEECE_SETUP_OVERLAY:
+		*cmd = "blockdev-add";
+		return fleece_overlay_args(n, overlay);
+	case FLEECE_SETUP_FILTER:
+		*cmd = "blockdev-add";
+		return fleece_cbw_args(n, cbw_timeout_s);
+	case FLEECE_SETUP_INSERT:
+		*cmd = "qom-set";
+		return fleece_insert_args(n, 1);
+	case FLEECE_SETUP_ACCESS:
+		*cmd = "blockdev-add";
+		return fleece_access_args(n);
+	case FLEECE_SETUP_SERVER:
+		*cmd = "nbd-server-start";
+		return fleece_server_args(sock);
+	case FLEECE_SETUP_EXPORT:
+		*cmd = "block-export-add";
+		return fleece_export_args(n);
+	default:
+		*cmd = NULL;
+		return NULL;
+	}
+}
+
 static struct json_object *node_del(const char *node)
 {
 	struct json_object *args = json_object_new_object();

@@ -91,6 +91,28 @@ struct json_object *fleece_server_args(const char *path);
 struct json_object *fleece_export_args(const struct fleece_names *n);
 
 /*
+ * The setup, step by step (FLEECE_SETUP_OVERLAY up to FLEECE_SETUP_EXPORT; the caller
+ * sends each once the one before succeeded): *cmd gets the command, the return its
+ * arguments, NULL past the last. overlay: the overlay's path; sock: the NBD server's
+ * socket; cbw_timeout_s: the filter's. Between FLEECE_SETUP_FILTER and
+ * FLEECE_SETUP_INSERT lies the point in time, which is not a step here: the guest
+ * frozen and fleece_transaction_args() sent; the qom-set (INSERT) then puts the filter
+ * in front of the disk, and the guest thaws at its answer. The access node only after
+ * it (its permissions conflict with the device's before), then the server and the
+ * export.
+ */
+enum fleece_setup {
+	FLEECE_SETUP_OVERLAY,
+	FLEECE_SETUP_FILTER,
+	FLEECE_SETUP_INSERT,
+	FLEECE_SETUP_ACCESS,
+	FLEECE_SETUP_SERVER,
+	FLEECE_SETUP_EXPORT,
+};
+struct json_object *fleece_setup_step(const struct fleece_names *n, int step, const char *overlay,
+				      const char *sock, unsigned cbw_timeout_s, const char **cmd);
+
+/*
  * The teardown, step by step (0, 1, ... until it returns NULL): *cmd gets the command,
  * the return its arguments. Steps: block-export-del (hard), nbd-server-stop,
  * blockdev-del of the access node, qom-get of the device's drive, qom-set back onto

@@ -83,6 +83,44 @@ static void test_setup_commands(void **state)
 					"\"kfl-sa-d1\",\"name\":\"kfl-d1\",\"writable\":false}");
 }
 
+/* The setup's steps in the order QEMU 7.2 takes them, each the command above. */
+static void test_setup_steps(void **state)
+{
+	static const char *const want[][2] = {
+		{"blockdev-add", "{\"driver\":\"qcow2\",\"node-name\":\"kfl-d0\",\"file\":{"
+				 "\"driver\":\"file\",\"filename\":\"\\/s\\/o.qcow2\"}}"},
+		{"blockdev-add", "{\"driver\":\"copy-before-write\",\"node-name\":\"kfl-cbw-d0\","
+				 "\"file\":\"d0\",\"target\":\"kfl-d0\",\"on-cbw-error\":"
+				 "\"break-snapshot\",\"cbw-timeout\":20}"},
+		{"qom-set", "{\"path\":\"\\/machine\\/peripheral\\/disk0\\/virtio-backend\","
+			    "\"property\":\"drive\",\"value\":\"kfl-cbw-d0\"}"},
+		{"blockdev-add", "{\"driver\":\"snapshot-access\",\"node-name\":\"kfl-sa-d0\","
+				 "\"file\":\"kfl-cbw-d0\"}"},
+		{"nbd-server-start",
+		 "{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"\\/r\\/x.sock\"}}}"},
+		{"block-export-add", "{\"type\":\"nbd\",\"id\":\"kfl-d0\",\"node-name\":"
+				     "\"kfl-sa-d0\",\"name\":\"kfl-d0\",\"writable\":false}"},
+	};
+	struct fleece_names n;
+	struct json_object *args;
+	const char *cmd = NULL;
+	int step;
+
+	(void)state;
+	fleece_names_make(0, "virtio", &n);
+	for (step = 0;
+	     (args = fleece_setup_step(&n, step, "/s/o.qcow2", "/r/x.sock", 20, &cmd)) != NULL;
+	     step++) {
+		assert_true(step < 6);
+		assert_string_equal(cmd, want[step][0]);
+		json_is(args, want[step][1]);
+	}
+	assert_int_equal(step, 6);
+	assert_null(cmd);
+	assert_string_equal(want[FLEECE_SETUP_INSERT][0], "qom-set");
+	assert_int_equal(FLEECE_SETUP_EXPORT, 5);
+}
+
 static void test_teardown(void **state)
 {
 	static const char *const want[][2] = {
@@ -226,9 +264,9 @@ static void test_dir_reachable(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),	      cmocka_unit_test(test_setup_commands),
-		cmocka_unit_test(test_teardown),      cmocka_unit_test(test_sock_path),
-		cmocka_unit_test(test_dir_reachable),
+		cmocka_unit_test(test_names),	    cmocka_unit_test(test_setup_commands),
+		cmocka_unit_test(test_setup_steps), cmocka_unit_test(test_teardown),
+		cmocka_unit_test(test_sock_path),   cmocka_unit_test(test_dir_reachable),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
