@@ -413,6 +413,7 @@ static void read_start(struct bjob *job)
 {
 	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
 	uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+	job->chunk_started_ms = now_ms();
 	backup_pool_run(job, fleece_chunk_work, fleece_chunk_after);
 }
 

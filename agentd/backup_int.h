@@ -57,7 +57,18 @@ struct bjob {
 	uv_timer_t poll;
 	uint64_t poll_ms; /* the next query-jobs after this long */
 	bool poll_open;
-	char error[256];	    /* a thread step's failure, "" if none */
+	bool querying;		/* a query-jobs is in flight */
+	bool poll_soon;		/* ... and QEMU said the job ended meanwhile: ask again at once */
+	struct bjob *next_live; /* backup.c's list of VM backups, for QEMU's job events */
+
+	/* where the time went (result.backup.timings), summed over the disks */
+	int64_t job_started_ms; /* QEMU's copy job of the disk at work: its transaction answered */
+	int64_t job_ms;		/* QEMU's copy jobs, until the agent knew each ended */
+	const char *job_end_by; /* "event" or "poll": how the last job's end was noticed */
+	int64_t chunk_started_ms, chunk_ms; /* the disks' thread steps (map, read, store) */
+	int64_t map_ms;			    /* ... of which the incrementals' maps */
+	int64_t manifest_ms;		    /* the store's flush and the manifest */
+	char error[256];		    /* a thread step's failure, "" if none */
 	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
 
 	/* fsfreeze (qga.c) around each live disk's point in time */
