@@ -647,6 +647,7 @@ struct chunkpipe_source;
 int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err);
 void backup_map_source(struct backup_map *m, struct chunkpipe_source *src);
 void backup_map_free(struct backup_map *m);
+int backup_map_qcow2(const char *path, struct json_object **out, int64_t *size, struct kerr *err);
 
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);

@@ -2,7 +2,12 @@
  * test_backupmap.c - agentd/backupmap.c: a disk read from its qcow2 chain (data in
  * the top file, in its backing file, zeros written, unallocated) gives the same bytes
  * as `qemu-img convert -O raw`, holes are told without reading, and a chain with
- * compressed clusters is refused (the backup converts it instead).
+ * compressed clusters is refused (the backup converts it instead); backup_map_qcow2
+ * (an incremental's target mapped from its own tables) says of every byte what
+ * `qemu-img map` says (unallocated, zeros, or data at which file offset), over cluster
+ * sizes of 512 bytes (many L2 tables) to 2 MiB (a part cluster at the end), versions
+ * 2 and 3, and refuses what it does not read (a backing file, compressed clusters,
+ * not a qcow2).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,7 +23,9 @@
 #include <unistd.h>
 
 #include "agentd.h"
+#include "child.h"
 #include "chunkpipe.h"
+#include "json.h"
 #include "tree.h"
 #include "util.h"
 
@@ -115,11 +122,125 @@ static void test_compressed_refused(void **state)
 	assert_non_null(strstr(err.msg, "compressed"));
 }
 
+/* What a map (qemu-img's or ours) says of each 512-byte sector of a size-byte disk:
+ * -2 unallocated, -1 zeros, else the data's file offset. */
+static int64_t *sectors_of(struct json_object *map, int64_t size)
+{
+	int64_t n = size / 512, *v = xcalloc((size_t)n + 1, sizeof(*v)), at = 0;
+
+	for (int64_t i = 0; i < n; i++)
+		v[i] = -3; /* said by no extent */
+	for (size_t e = 0; e < json_array_len(map); e++) {
+		struct json_object *x = json_object_array_get_idx(map, e), *o;
+		int64_t start = json_get_int(x, "start", -1), len = json_get_int(x, "length", -1);
+
+		assert_int_equal(start, at); /* the extents tile the disk, in order */
+		at += len;
+		for (int64_t b = start; b < start + len; b += 512) {
+			if (!json_get_bool(x, "present", false))
+				v[b / 512] = -2;
+			else if (!json_get_bool(x, "data", false))
+				v[b / 512] = -1;
+			else {
+				assert_true(json_object_object_get_ex(x, "offset", &o));
+				v[b / 512] = json_object_get_int64(o) + (b - start);
+			}
+		}
+	}
+	assert_int_equal(at, size);
+	return v;
+}
+
+/* Make image name with the shell's cmds in dir, then compare both maps of it. */
+static void map_same(const char *name, int64_t size, const char *cmds)
+{
+	char path[PATH_MAX];
+	struct json_object *ours = NULL, *theirs;
+	char *argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", path, NULL};
+	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
+	_cleanup_free_ char *text = NULL;
+	_cleanup_free_ int64_t *a = NULL, *b = NULL;
+	int64_t got_size = -1;
+	struct kerr err;
+
+	sh("cd %s && %s", dir, cmds);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if (backup_map_qcow2(path, &ours, &got_size, &err) < 0)
+		fail_msg("backup_map_qcow2 %s: %s", name, err.msg);
+	assert_int_equal(got_size, size);
+	assert_int_equal(child_run_wait(&opts, &text, &err), 0);
+	theirs = json_tokener_parse(text);
+	assert_non_null(theirs);
+	a = sectors_of(ours, size);
+	b = sectors_of(theirs, size);
+	for (int64_t i = 0; i < size / 512; i++)
+		if (a[i] != b[i])
+			fail_msg("%s: at %lld ours says %lld, qemu-img map %lld", name,
+				 (long long)(i * 512), (long long)a[i], (long long)b[i]);
+	json_object_put(ours);
+	json_object_put(theirs);
+}
+
+static void test_qcow2_map(void **state)
+{
+	(void)state;
+	/* As QEMU's incremental job leaves its target: a few clusters written. */
+	map_same("t1.qcow2", 8 * MiB,
+		 "qemu-img create -q -f qcow2 t1.qcow2 8M && qemu-io -c 'write -P 0x11 0 1M' "
+		 "-c 'write -z 2M 1M' -c 'write -P 0x33 5M 100k' -c 'write -P 0x44 7M 64k' "
+		 "-c 'write -P 0x55 3M 64k' t1.qcow2 >/dev/null");
+	/* 512-byte clusters: an L2 table covers 32 KiB, so many L1 entries, some empty. */
+	map_same("t2.qcow2", 8 * MiB,
+		 "qemu-img create -q -f qcow2 -o cluster_size=512 t2.qcow2 8M && "
+		 "qemu-io -c 'write -P 0x11 1000 70000' -c 'write -z 1M 4k' "
+		 "-c 'write -P 0x22 6M 1M' -c 'write -P 0x33 8388096 512' t2.qcow2 >/dev/null");
+	/* 2 MiB clusters and a size that is not a multiple of them. */
+	map_same("t3.qcow2", 9 * MiB,
+		 "qemu-img create -q -f qcow2 -o cluster_size=2M t3.qcow2 9M && "
+		 "qemu-io -c 'write -P 0x11 8700k 100k' -c 'write -P 0x22 0 4k' t3.qcow2 "
+		 ">/dev/null");
+	/* Version 2 (no zero flag: zeros are written as data). */
+	map_same("t4.qcow2", 8 * MiB,
+		 "qemu-img create -q -f qcow2 -o compat=0.10 t4.qcow2 8M && "
+		 "qemu-io -c 'write -P 0x11 64k 64k' -c 'write -z 4M 1M' t4.qcow2 >/dev/null");
+	/* Nothing written, and an empty disk. */
+	map_same("t5.qcow2", 8 * MiB, "qemu-img create -q -f qcow2 t5.qcow2 8M");
+	map_same("t6.qcow2", 0, "qemu-img create -q -f qcow2 t6.qcow2 0");
+}
+
+static void test_qcow2_map_refused(void **state)
+{
+	char path[PATH_MAX];
+	struct json_object *map = NULL;
+	int64_t size;
+	struct kerr err;
+
+	(void)state;
+	/* base.qcow2 and top.qcow2 are setup()'s: top has a backing file. */
+	snprintf(path, sizeof(path), "%s/top.qcow2", dir);
+	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_non_null(strstr(err.msg, "backing file"));
+	sh("cd %s && qemu-img create -q -f qcow2 c.qcow2 8M && "
+	   "qemu-io -c 'write -c -P 0x11 0 64k' c.qcow2 >/dev/null",
+	   dir);
+	snprintf(path, sizeof(path), "%s/c.qcow2", dir);
+	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_non_null(strstr(err.msg, "compressed"));
+	snprintf(path, sizeof(path), "%s/top.raw", dir);
+	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_non_null(strstr(err.msg, "not a qcow2"));
+	snprintf(path, sizeof(path), "%s/missing.qcow2", dir);
+	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_null(map);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_chain_read),
 		cmocka_unit_test(test_compressed_refused),
+		cmocka_unit_test(test_qcow2_map),
+		cmocka_unit_test(test_qcow2_map_refused),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
