@@ -648,6 +648,21 @@ int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)
 void backup_map_source(struct backup_map *m, struct chunkpipe_source *src);
 void backup_map_free(struct backup_map *m);
 int backup_map_qcow2(const char *path, struct json_object **out, int64_t *size, struct kerr *err);
+/* An incremental's disk (thread only): the parent's chunk list pchunks with the
+ * dirty clusters of target (fd, map: backup_map_qcow2's or qemu-img map's extents)
+ * over it; dirty_bytes counts what was read from the target. */
+struct chunkcrypt_key;
+struct backup_incr {
+	const char *store; /* absolute */
+	const struct chunkcrypt_key *key;
+	struct json_object *pchunks, *map;
+	int64_t size;
+	int fd;
+	const char *target;
+	uint64_t dirty_bytes;
+};
+bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end);
+void backup_incr_source(struct backup_incr *bi, struct chunkpipe_source *src);
 
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);

@@ -441,28 +441,34 @@ int backup_run_wait(char *const argv[], char **out)
  * Thread: an incremental read. job->target is a qcow2 holding only the clusters the
  * dirty bitmap marked; every chunk they touch is the parent's chunk with those bytes
  * laid over it (only those parent chunks are read back), every other chunk is the
- * parent's as it is. The dirty bytes are read from the qcow2 itself, where its own
- * tables say they lie (backup_map_qcow2; `qemu-img map` when those hold what it does
- * not read), with no conversion into a raw work file first: that was a second qemu-img
- * and a write of every dirty byte, a third of a small incremental's time.
- * The disk's checksum is its chunk list's (chunkstore_list_sum).
+ * parent's as it is, named without reading it. The dirty bytes are read from the qcow2
+ * itself, where its own tables say they lie (backup_map_qcow2; `qemu-img map` when
+ * those hold what it does not read), with no conversion into a raw work file first:
+ * that was a second qemu-img and a write of every dirty byte, a third of a small
+ * incremental's time. The touched chunks go through the pipeline (chunkpipe.h): read
+ * here in order, hashed, compressed and written by its threads side by side, not one
+ * after another. The disk's checksum is its chunk list's (chunkstore_list_sum).
  */
 static void chunk_incr_work(struct bjob *job)
 {
 	char *map_argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", job->target, NULL};
 	struct json_object *pchunks = json_object_object_get(job->pdisk, "chunks");
 	struct json_object *chunks = json_object_new_array(), *map = NULL;
-	_cleanup_free_ unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
 	_cleanup_free_ char *mapout = NULL;
 	int64_t size = json_get_int(job->pdisk, "virtual_size", -1), end_of_map = 0;
 	_cleanup_close_ int fd = -1;
-	char hex[CHUNKSTORE_HEX_LEN + 1];
-	struct chunkstore_writer w;
+	struct backup_incr bi = {.store = job->store,
+				 .key = job->key,
+				 .pchunks = pchunks,
+				 .size = size,
+				 .target = job->target};
+	struct chunkpipe_source src = {
+		.cancelled = backup_pipe_cancelled, .cancel_data = job, .key = job->key};
+	struct chunkpipe_result res;
 	struct kerr err;
 	int64_t t0 = now_ms(), map_size;
+	int threads = 0, most = chunkpipe_threads();
 
-	chunkstore_writer_init(&w);
-	w.key = job->key;
 	json_object_object_add(job->mdisk, "chunks", chunks);
 	/* The target's own tables first (backupmap.c: no qemu-img process); qemu-img map
 	 * for what they cannot say. */
@@ -497,94 +503,22 @@ static void chunk_incr_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "RESIZED");
 		goto out;
 	}
-	for (int64_t c = 0, off = 0; off < size; c++, off += CHUNKSTORE_CHUNK_SIZE) {
-		const char *phex = json_object_get_string(json_object_array_get_idx(pchunks, c));
-		int64_t end =
-			off + CHUNKSTORE_CHUNK_SIZE < size ? off + CHUNKSTORE_CHUNK_SIZE : size;
-		bool have_parent = false;
-		size_t len = (size_t)(end - off);
-		uint64_t written;
-
-		/* Lay the dirty clusters of this chunk over the parent's bytes; a chunk
-		 * with none is the parent's, named without reading it. */
-		for (size_t e = 0; e < json_array_len(map); e++) {
-			struct json_object *x = json_object_array_get_idx(map, e);
-			int64_t xs = json_get_int(x, "start", 0), xl = json_get_int(x, "length", 0);
-			bool data = json_get_bool(x, "data", false);
-			struct json_object *present, *offset;
-			int64_t a, b;
-
-			if (json_object_object_get_ex(x, "present", &present)
-				    ? !json_object_get_boolean(present)
-				    : !(data || json_get_bool(x, "zero", false)))
-				continue;
-			a = xs > off ? xs : off;
-			b = xs + xl < end ? xs + xl : end;
-			if (a >= b)
-				continue;
-			/* Data the backup job wrote lies at offset in the target (never
-			 * compressed: the job writes plain clusters); a cluster it marked
-			 * zero reads as zeros. */
-			if (data && !json_object_object_get_ex(x, "offset", &offset)) {
-				snprintf(job->error, sizeof(job->error),
-					 "%s: data at %lld without a file offset", job->target,
-					 (long long)xs);
-				goto out;
-			}
-			if (!have_parent) {
-				size_t plen = 0;
-
-				if (chunkstore_get_with(job->store, job->key, phex ? phex : "", buf,
-							CHUNKSTORE_CHUNK_SIZE, &plen, &err) < 0 ||
-				    plen != len) {
-					snprintf(job->error, sizeof(job->error),
-						 "the parent backup: %s",
-						 plen != len ? "a chunk of the wrong size"
-							     : err.msg);
-					goto out;
-				}
-				have_parent = true;
-			}
-			if (!data) {
-				memset(buf + (a - off), 0, (size_t)(b - a));
-			} else {
-				struct chunkpipe_file f = {.fd = fd, .path = job->target};
-
-				if (chunkpipe_file_read(
-					    &f, json_object_get_int64(offset) + (a - xs),
-					    buf + (a - off), (size_t)(b - a), &err) < 0) {
-					snprintf(job->error, sizeof(job->error), "%s", err.msg);
-					goto out;
-				}
-			}
-			job->read_bytes += (uint64_t)(b - a);
-		}
-		if (!have_parent) {
-			json_object_array_add(chunks, json_object_new_string(phex ? phex : ""));
-		} else {
-			if (chunkstore_put_with(job->store, &w, buf, len, hex, &written, &err) <
-			    0) {
-				snprintf(job->error, sizeof(job->error), "%s", err.msg);
-				goto out;
-			}
-			json_object_array_add(chunks, json_object_new_string(hex));
-			job->new_bytes += written;
-		}
-		job->chunk_count++;
-	}
-	/* The checksum comes from the chunk list (manifest version 2): the parent's
-	 * chunks are named, not read. */
-	if (chunkstore_list_sum(chunks, size, CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0) {
+	bi.map = map;
+	bi.fd = fd;
+	backup_incr_source(&bi, &src);
+	/* No more hashing threads than touched chunks (a small incremental has a few). */
+	for (int64_t off = 0; off < size && threads < most; off += CHUNKSTORE_CHUNK_SIZE)
+		threads += backup_incr_dirty(&bi, off, off + CHUNKSTORE_CHUNK_SIZE);
+	if (chunkpipe_store(job->store, &src, threads > 0 ? threads : 1, chunks, &res, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		goto out;
 	}
-	job->total_bytes += (uint64_t)size;
-	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
-	json_object_object_add(job->mdisk, "sha256", json_object_new_string(hex));
+	/* What came from the disk: the dirty bytes, not the parent's around them. */
+	res.read_bytes = bi.dirty_bytes;
+	backup_disk_stored(job, &res, size);
 	json_object_object_add(job->mdisk, "kind", json_object_new_string("incremental"));
 	unlink(job->target);
 out:
-	chunkstore_writer_free(&w);
 	json_object_put(map);
 }
 

@@ -13,6 +13,7 @@
  * wrote: no backing file, plain clusters) from its own L1 and L2 tables, as qemu-img
  * map would print it, without starting qemu-img: a small incremental's whole agent
  * side is tens of milliseconds, and a qemu-img process a good part of them.
+ * backup_incr_source() is that incremental's disk as the chunk pipeline reads it.
  *
  * Thread only: qemu-img runs and is waited for, files are read.
  */
@@ -29,6 +30,7 @@
 
 #include "child.h"
 #include "chunkpipe.h"
+#include "chunkstore.h"
 #include "json.h"
 #include "util.h"
 
@@ -460,4 +462,110 @@ int backup_map_qcow2(const char *path, struct json_object **out, int64_t *size, 
 out:
 	json_object_put(map);
 	return ret;
+}
+
+/* ---- an incremental's disk: the parent's chunks with the target's clusters over them -- */
+
+/* The extent at e: [*start, *end), and whether it holds data (else zeros); false when
+ * the target has nothing there (the bitmap did not mark it). */
+static bool extent_present(struct json_object *map, size_t e, int64_t *start, int64_t *end,
+			   bool *data)
+{
+	struct json_object *x = json_object_array_get_idx(map, e), *present;
+
+	*start = json_get_int(x, "start", 0);
+	*end = *start + json_get_int(x, "length", 0);
+	*data = json_get_bool(x, "data", false);
+	return json_object_object_get_ex(x, "present", &present)
+		       ? json_object_get_boolean(present)
+		       : (*data || json_get_bool(x, "zero", false));
+}
+
+/* Does the target hold anything of [off, end)? (also for the caller: how many chunks
+ * are touched) */
+bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end)
+{
+	for (size_t e = 0; e < json_array_len(bi->map); e++) {
+		int64_t xs, xe;
+		bool data;
+
+		if (extent_present(bi->map, e, &xs, &xe, &data) && xs < end && xe > off)
+			return true;
+	}
+	return false;
+}
+
+/* chunkpipe: an untouched chunk is the parent's, named without reading it. */
+static bool incr_named(void *data, int64_t index, char *hex)
+{
+	struct backup_incr *bi = data;
+	int64_t off = index * CHUNKSTORE_CHUNK_SIZE;
+	int64_t end =
+		off + CHUNKSTORE_CHUNK_SIZE < bi->size ? off + CHUNKSTORE_CHUNK_SIZE : bi->size;
+	const char *phex =
+		json_object_get_string(json_object_array_get_idx(bi->pchunks, (size_t)index));
+
+	/* A parent name that is no chunk name goes to incr_read, which says so. */
+	if (backup_incr_dirty(bi, off, end) || phex == NULL || strlen(phex) != CHUNKSTORE_HEX_LEN)
+		return false;
+	snprintf(hex, CHUNKSTORE_HEX_LEN + 1, "%s", phex);
+	return true;
+}
+
+/* chunkpipe: a touched chunk, the parent's bytes with the dirty clusters over them. */
+static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
+{
+	struct backup_incr *bi = data;
+	const char *phex = json_object_get_string(
+		json_object_array_get_idx(bi->pchunks, (size_t)(off / CHUNKSTORE_CHUNK_SIZE)));
+	int64_t end = off + (int64_t)len;
+	size_t plen = 0;
+
+	if (chunkstore_get_with(bi->store, bi->key, phex ? phex : "", buf, CHUNKSTORE_CHUNK_SIZE,
+				&plen, err) < 0)
+		return err_prefix(err, "the parent backup: ");
+	if (plen != len)
+		return err_set(err, EBADMSG, "the parent backup: a chunk of the wrong size");
+	for (size_t e = 0; e < json_array_len(bi->map); e++) {
+		struct json_object *offset;
+		int64_t xs, xe, a, b;
+		bool isdata;
+
+		if (!extent_present(bi->map, e, &xs, &xe, &isdata))
+			continue;
+		a = xs > off ? xs : off;
+		b = xe < end ? xe : end;
+		if (a >= b)
+			continue;
+		/* Data the backup job wrote lies at offset in the target (never
+		 * compressed: the job writes plain clusters); a cluster it marked zero
+		 * reads as zeros. */
+		if (!isdata) {
+			memset((char *)buf + (a - off), 0, (size_t)(b - a));
+		} else {
+			struct chunkpipe_file f = {.fd = bi->fd, .path = bi->target};
+
+			if (!json_object_object_get_ex(json_object_array_get_idx(bi->map, e),
+						       "offset", &offset))
+				return err_set(err, EBADMSG,
+					       "%s: data at %lld without a file offset", bi->target,
+					       (long long)xs);
+			if (chunkpipe_file_read(&f, json_object_get_int64(offset) + (a - xs),
+						(char *)buf + (a - off), (size_t)(b - a), err) < 0)
+				return -1;
+		}
+		bi->dirty_bytes += (uint64_t)(b - a);
+	}
+	return 0;
+}
+
+/* Fill src (its size, read and named; the cancel fields and key are the caller's) to
+ * read bi's disk: untouched chunks named as the parent's, touched ones rebuilt. */
+void backup_incr_source(struct backup_incr *bi, struct chunkpipe_source *src)
+{
+	src->size = bi->size;
+	src->read = incr_read;
+	src->named = incr_named;
+	src->hole = NULL;
+	src->data = bi;
 }

@@ -25,6 +25,7 @@
 #include "agentd.h"
 #include "child.h"
 #include "chunkpipe.h"
+#include "chunkstore.h"
 #include "json.h"
 #include "tree.h"
 #include "util.h"
@@ -234,13 +235,136 @@ static void test_qcow2_map_refused(void **state)
 	assert_null(map);
 }
 
+/* Store the raw file path whole into store (plain), its chunk list into *chunks. */
+static void store_raw(const char *store, const char *path, int64_t size,
+		      struct json_object **chunks, struct chunkpipe_result *res)
+{
+	int fd = open(path, O_RDONLY);
+	struct chunkpipe_file f = {.fd = fd, .path = path};
+	struct chunkpipe_source src = {
+		.size = size, .read = chunkpipe_file_read, .hole = chunkpipe_file_hole, .data = &f};
+	struct kerr err;
+
+	assert_true(fd >= 0);
+	*chunks = json_object_new_array();
+	if (chunkpipe_store(store, &src, 2, *chunks, res, &err) < 0)
+		fail_msg("chunkpipe_store %s: %s", path, err.msg);
+	close(fd);
+}
+
+/*
+ * An incremental's disk: a parent of 10 MiB (two whole chunks, a 2 MiB one) stored,
+ * then a target qcow2 as QEMU's job leaves it: data over chunk 0, zeros in the last,
+ * chunk 1 untouched. The pipeline over backup_incr_source names chunk 1 as the
+ * parent's without reading it, rebuilds the others, and the list is the one a full
+ * backup of the changed disk makes; dirty_bytes is what the target held.
+ */
+static void test_incr_source(void **state)
+{
+	char store[PATH_MAX], parent[PATH_MAX], changed[PATH_MAX], target[PATH_MAX];
+	const int64_t size = 10 * MiB;
+	struct json_object *pchunks, *want, *got = json_object_new_array(), *map = NULL;
+	struct chunkpipe_result res, wres;
+	struct backup_incr bi = {0};
+	struct chunkpipe_source src = {0};
+	unsigned char *buf = xmalloc(size);
+	int64_t map_size;
+	struct kerr err;
+	int fd;
+
+	(void)state;
+	snprintf(store, sizeof(store), "%s/store", dir);
+	snprintf(parent, sizeof(parent), "%s/parent.raw", dir);
+	snprintf(changed, sizeof(changed), "%s/changed.raw", dir);
+	snprintf(target, sizeof(target), "%s/target.qcow2", dir);
+	assert_int_equal(chunkstore_init(store, &err), 0);
+	for (int64_t i = 0; i < size; i++)
+		buf[i] = (unsigned char)((i * 7 + i / 4096) % 251 + 1);
+	fd = open(parent, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_int_equal(pwrite(fd, buf, size, 0), size);
+	close(fd);
+	store_raw(store, parent, size, &pchunks, &res);
+	/* The change, in the target (as the job copies it: whole 64 KiB clusters, the
+	 * bitmap's granularity) and in a raw copy. */
+	sh("cd %s && qemu-img create -q -f qcow2 target.qcow2 10M && "
+	   "qemu-io -c 'write -P 0x5a 1M 64k' -c 'write -P 0x6b 4032k 128k' "
+	   "-c 'write -z 9M 64k' target.qcow2 >/dev/null",
+	   dir);
+	memset(buf + MiB, 0x5a, 64 * 1024);
+	memset(buf + 4032 * 1024, 0x6b, 128 * 1024); /* across chunks 0 and 1 */
+	memset(buf + 9 * MiB, 0, 64 * 1024);
+	fd = open(changed, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_int_equal(pwrite(fd, buf, size, 0), size);
+	close(fd);
+	store_raw(store, changed, size, &want, &wres);
+
+	assert_int_equal(backup_map_qcow2(target, &map, &map_size, &err), 0);
+	bi = (struct backup_incr){
+		.store = store, .pchunks = pchunks, .size = size, .target = target};
+	bi.map = map;
+	bi.fd = open(target, O_RDONLY);
+	assert_true(bi.fd >= 0);
+	/* Chunks 0 and 1 (the write across them) and 2 are touched. */
+	assert_true(backup_incr_dirty(&bi, 0, 4 * MiB));
+	assert_true(backup_incr_dirty(&bi, 4 * MiB, 8 * MiB));
+	assert_true(backup_incr_dirty(&bi, 8 * MiB, size));
+	assert_false(backup_incr_dirty(&bi, 2 * MiB, 3 * MiB));
+	backup_incr_source(&bi, &src);
+	assert_int_equal(chunkpipe_store(store, &src, 2, got, &res, &err), 0);
+	assert_true(json_object_equal(got, want));
+	assert_string_equal(res.sum, wres.sum);
+	assert_int_equal(bi.dirty_bytes, 4 * 64 * 1024);
+	close(bi.fd);
+	json_object_put(got);
+
+	/* Only the zeros at 9 MiB: chunks 0 and 1 are the parent's, named unread. */
+	sh("cd %s && rm -f target.qcow2 && qemu-img create -q -f qcow2 target.qcow2 10M && "
+	   "qemu-io -c 'write -z 9M 64k' target.qcow2 >/dev/null",
+	   dir);
+	json_object_put(map);
+	assert_int_equal(backup_map_qcow2(target, &map, &map_size, &err), 0);
+	bi.map = map;
+	bi.dirty_bytes = 0;
+	bi.fd = open(target, O_RDONLY);
+	got = json_object_new_array();
+	backup_incr_source(&bi, &src);
+	assert_int_equal(chunkpipe_store(store, &src, 1, got, &res, &err), 0);
+	assert_int_equal(res.read_bytes, 2 * MiB); /* the last chunk only */
+	assert_string_equal(json_object_get_string(json_object_array_get_idx(got, 0)),
+			    json_object_get_string(json_object_array_get_idx(pchunks, 0)));
+	assert_string_equal(json_object_get_string(json_object_array_get_idx(got, 1)),
+			    json_object_get_string(json_object_array_get_idx(pchunks, 1)));
+	assert_int_equal(bi.dirty_bytes, 64 * 1024);
+	close(bi.fd);
+
+	/* A parent chunk gone from the store: the rebuild says so. */
+	{
+		char cpath[PATH_MAX];
+
+		chunkstore_chunk_path(store,
+				      json_object_get_string(json_object_array_get_idx(pchunks, 2)),
+				      cpath, sizeof(cpath));
+		assert_int_equal(unlink(cpath), 0);
+		json_object_put(got);
+		got = json_object_new_array();
+		bi.fd = open(target, O_RDONLY);
+		assert_true(chunkpipe_store(store, &src, 1, got, &res, &err) < 0);
+		assert_non_null(strstr(err.msg, "the parent backup: "));
+		close(bi.fd);
+	}
+	json_object_put(got);
+	json_object_put(map);
+	json_object_put(pchunks);
+	json_object_put(want);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_chain_read),
-		cmocka_unit_test(test_compressed_refused),
-		cmocka_unit_test(test_qcow2_map),
-		cmocka_unit_test(test_qcow2_map_refused),
+		cmocka_unit_test(test_chain_read),  cmocka_unit_test(test_compressed_refused),
+		cmocka_unit_test(test_qcow2_map),   cmocka_unit_test(test_qcow2_map_refused),
+		cmocka_unit_test(test_incr_source),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

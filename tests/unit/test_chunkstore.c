@@ -577,6 +577,33 @@ static int read_failing(void *data, int64_t off, void *buf, size_t len, struct k
 	return chunkpipe_file_read(data, off, buf, len, err);
 }
 
+/* A source naming its odd chunks from a list, reading the rest from a file. */
+struct named_src {
+	struct chunkpipe_file file;
+	struct json_object *names;
+	int reads;
+};
+
+static int named_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
+{
+	struct named_src *ns = data;
+
+	assert_int_equal((off / CHUNKSTORE_CHUNK_SIZE) % 2, 0);
+	ns->reads++;
+	return chunkpipe_file_read(&ns->file, off, buf, len, err);
+}
+
+static bool named_odd(void *data, int64_t index, char *hex)
+{
+	struct named_src *ns = data;
+
+	if (index % 2 == 0)
+		return false;
+	snprintf(hex, CHUNKSTORE_HEX_LEN + 1, "%s",
+		 json_object_get_string(json_object_array_get_idx(ns->names, (size_t)index)));
+	return true;
+}
+
 static void test_pipeline(void **state)
 {
 	struct fixture *f = *state;
@@ -658,6 +685,39 @@ static void test_pipeline(void **state)
 		assert_int_equal(chunkpipe_store(other, &src, threads, chunks, &res, &err), 0);
 		assert_int_equal(res.new_bytes, 0);
 		json_object_put(chunks);
+
+		/* Chunks the source names itself are neither read nor stored: the odd
+		 * ones here, by the serial run's names (an incremental's parent). */
+		{
+			struct named_src ns = {.file = {.fd = fd, .path = path}, .names = serial};
+			struct chunkpipe_source nsrc = {.size = PIPE_DISK_SIZE,
+							.read = named_read,
+							.named = named_odd,
+							.data = &ns};
+			char fresh[PATH_MAX];
+
+			snprintf(fresh, sizeof(fresh), "%s/n%d", f->root, threads);
+			assert_int_equal(chunkstore_init(fresh, &err), 0);
+			chunks = json_object_new_array();
+			assert_int_equal(chunkpipe_store(fresh, &nsrc, threads, chunks, &res, &err),
+					 0);
+			assert_true(json_object_equal(chunks, serial));
+			assert_string_equal(res.sum, want_sum);
+			/* Read: chunks 0, 2, 4, 6 (6 is the hole, no hole callback here). */
+			assert_int_equal(ns.reads, 4);
+			assert_int_equal(res.read_bytes, 4 * CHUNKSTORE_CHUNK_SIZE);
+			/* The named ones were not written into the fresh store: 5 and 7
+			 * (1 is zeros, 3 the same bytes as 0, which was read). */
+			for (size_t c = 5; c < json_array_len(chunks); c += 2) {
+				char cpath[PATH_MAX];
+				const char *name = json_object_get_string(
+					json_object_array_get_idx(chunks, c));
+
+				chunkstore_chunk_path(fresh, name, cpath, sizeof(cpath));
+				assert_int_equal(access(cpath, F_OK), -1);
+			}
+			json_object_put(chunks);
+		}
 
 		/* A read that fails half-way fails the whole, with the reader's reason. */
 		src.read = read_failing;
