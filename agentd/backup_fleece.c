@@ -131,6 +131,9 @@ void backup_fleece_drop(struct bjob *job)
 {
 	teardown_start(job->op->vm, job->disk, NULL, NULL);
 	job->fleece = false;
+	/* The socket's path goes now (QEMU's listener, if any, stops in the teardown;
+	 * it needs no path): a failed or cancelled read leaves no file behind either. */
+	sock_remove(job);
 }
 
 /* Before a live read that does not fleece (an incremental, a copy): what a killed
