@@ -12,6 +12,7 @@
 #include "backup_int.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -144,6 +145,26 @@ void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
 	fleece_down(job, then);
 }
 
+/* The socket a killed agent's fleecing read of vm left (its name is the VM's, under
+ * whichever uid its QEMU had): its path goes; the teardown stops QEMU's listener. */
+static void leftover_sock_remove(struct vm *vm)
+{
+	char dir[PATH_MAX], sock[FLEECE_SOCK_MAX], pattern[PATH_MAX + 32];
+	const char *run_dir = vm->inst.agent->cfg->run_dir;
+	glob_t g;
+	struct kerr err;
+
+	if (fleece_sock_path(run_dir, 0, vm->inst.dir, dir, sizeof(dir), sock, sizeof(sock), &err) <
+	    0)
+		return;
+	snprintf(pattern, sizeof(pattern), "%s/fleece/*/%s", run_dir, strrchr(sock, '/') + 1);
+	if (glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
+		return;
+	for (size_t i = 0; i < g.gl_pathc; i++)
+		unlink(g.gl_pathv[i]);
+	globfree(&g);
+}
+
 /* At a running VM's adoption: a killed agent's fleecing objects go, for every disk
  * (only when some are there: the teardown stops any NBD server, and an incoming
  * migration's may run). */
@@ -164,6 +185,7 @@ static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 		 vm->inst.name);
 	for (size_t i = 0; i < vm->ndisks; i++)
 		teardown_start(vm, i, NULL, NULL);
+	leftover_sock_remove(vm);
 }
 
 void backup_fleece_adopted(struct vm *vm)

@@ -202,6 +202,13 @@ sha_after=$(disk_sha)
 [ "$pit_sha" = "$sha_before" ] ||
 	fail "the backup is not the disk at its point in time (its checksum $pit_sha; before the write $sha_before, after $sha_after)"
 [ "$(qmp2 leftovers)" = "0 0 d0" ] || fail "fleecing nodes or exports left in QEMU after the backup, or the device off its disk: $(qmp2 leftovers)"
+# QEMU's NBD socket was in the host agent's own --run-dir (deploy/lab: run/hI), and
+# is gone with the read.
+api GET /api/v1/instances/bk1
+bkhost=$(jqb .host)
+[ -d "$KUMO_LAB_DIR/run/$bkhost/fleece" ] || fail "no $KUMO_LAB_DIR/run/$bkhost/fleece: the fleecing socket was not in the agent's run directory"
+socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
+[ -z "$socks" ] || fail "fleecing sockets left after the backup: $socks"
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok

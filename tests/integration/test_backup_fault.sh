@@ -83,6 +83,8 @@ api GET "/api/v1/backups/$bc"
 wait_until 30 "its work files removed" test ! -e "$store_dir/tmp/$bc"
 instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancel"
 wait_until 30 "the cancelled backup's fleecing gone from QEMU" fleece_clean bkf1
+socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
+[ -z "$socks" ] || fail "the cancelled backup left its NBD socket: $socks"
 pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, nothing of it in QEMU, the VM runs"
 
 # 2. The agent killed -9 mid-backup.
@@ -109,6 +111,8 @@ api GET "/api/v1/backups/$bk"
 wait_until 30 "bkf1 running under the new agent" instance_is bkf1 running
 # The new agent clears what the killed one's backup left in QEMU when it adopts the VM.
 wait_until 30 "the killed agent's fleecing gone from QEMU" fleece_clean bkf1
+socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
+[ -z "$socks" ] || fail "the killed agent's NBD socket is still there after the adoption: $socks"
 pass "agent kill -9 mid-backup: failed (${why:0:60}...), no manifest, nothing of it left in QEMU, the VM runs"
 
 # 3. The next backup works: paused so the disk holds still for the checksum.
