@@ -647,15 +647,32 @@ struct chunkpipe_source;
 int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err);
 void backup_map_source(struct backup_map *m, struct chunkpipe_source *src);
 void backup_map_free(struct backup_map *m);
-int backup_map_qcow2(const char *path, struct json_object **out, int64_t *size, struct kerr *err);
+/* What an incremental's target holds, sorted by start, disjoint: [start, start +
+ * length) of the disk reads as the target's bytes at offset, or as zeros (offset -1).
+ * The rest of the disk is not in the target (the bitmap did not mark it). */
+struct backup_extent {
+	int64_t start, length, offset;
+};
+struct backup_extents {
+	struct backup_extent *v;
+	size_t n;
+};
+#define BACKUP_MAP_MAX_EXTENTS (1 << 20) /* 24 MiB of them; past it qemu-img map says */
+int backup_target_open(const char *path, uid_t owner, struct kerr *err);
+int backup_map_qcow2(int fd, const char *path, int64_t size, struct backup_extents *out,
+		     struct kerr *err);
+int backup_map_json(struct json_object *map, int64_t size, const char *path,
+		    struct backup_extents *out, struct kerr *err);
+void backup_extents_free(struct backup_extents *x);
 /* An incremental's disk (thread only): the parent's chunk list pchunks with the
- * dirty clusters of target (fd, map: backup_map_qcow2's or qemu-img map's extents)
+ * dirty clusters of target (fd, extents: backup_map_qcow2's or backup_map_json's)
  * over it; dirty_bytes counts what was read from the target. */
 struct chunkcrypt_key;
 struct backup_incr {
 	const char *store; /* absolute */
 	const struct chunkcrypt_key *key;
-	struct json_object *pchunks, *map;
+	struct json_object *pchunks;
+	const struct backup_extents *extents;
 	int64_t size;
 	int fd;
 	const char *target;

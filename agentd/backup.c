@@ -451,59 +451,66 @@ int backup_run_wait(char *const argv[], char **out)
  */
 static void chunk_incr_work(struct bjob *job)
 {
-	char *map_argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", job->target, NULL};
+	char fd_path[64];
+	char *map_argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", fd_path, NULL};
 	struct json_object *pchunks = json_object_object_get(job->pdisk, "chunks");
 	struct json_object *chunks = json_object_new_array(), *map = NULL;
 	_cleanup_free_ char *mapout = NULL;
-	int64_t size = json_get_int(job->pdisk, "virtual_size", -1), end_of_map = 0;
+	int64_t size = json_get_int(job->pdisk, "virtual_size", -1);
 	_cleanup_close_ int fd = -1;
+	struct backup_extents extents = {0};
 	struct backup_incr bi = {.store = job->store,
 				 .key = job->key,
 				 .pchunks = pchunks,
+				 .extents = &extents,
 				 .size = size,
 				 .target = job->target};
 	struct chunkpipe_source src = {
 		.cancelled = backup_pipe_cancelled, .cancel_data = job, .key = job->key};
 	struct chunkpipe_result res;
 	struct kerr err;
-	int64_t t0 = now_ms(), map_size;
-	int threads = 0, most = chunkpipe_threads();
+	int64_t t0 = now_ms();
+	int threads = 0, most = chunkpipe_threads(), ret;
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
+	if (size < 0 || !json_object_is_type(pchunks, json_type_array) ||
+	    (int64_t)json_array_len(pchunks) !=
+		    (size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE) {
+		snprintf(job->error, sizeof(job->error), "RESIZED"); /* the caller goes full */
+		goto out;
+	}
+	/* Opened once, checked, and mapped and read through this fd (backupmap.c). */
+	fd = backup_target_open(job->target, job->qemu_uid, &err);
+	if (fd < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		goto out;
+	}
 	/* The target's own tables first (backupmap.c: no qemu-img process); qemu-img map
-	 * for what they cannot say. */
-	if (backup_map_qcow2(job->target, &map, &map_size, &err) < 0) {
+	 * for what they cannot say, of this very file: the fd through the agent's /proc
+	 * entry, so it need not be inherited. */
+	ret = backup_map_qcow2(fd, job->target, size, &extents, &err);
+	if (ret < 0 && err.code != ERANGE) {
 		log_info("backup %s: %s; asking qemu-img map", job->id, err.msg);
+		snprintf(fd_path, sizeof(fd_path), "/proc/%d/fd/%d", (int)getpid(), fd);
 		if (backup_run_wait(map_argv, &mapout) != 0 ||
-		    (map = json_tokener_parse(mapout)) == NULL ||
-		    !json_object_is_type(map, json_type_array)) {
+		    (map = json_tokener_parse(mapout)) == NULL) {
 			snprintf(job->error, sizeof(job->error), "qemu-img map of %s failed",
 				 job->target);
 			goto out;
 		}
+		ret = backup_map_json(map, size, job->target, &extents, &err);
+		if (ret < 0 && err.code != ERANGE) {
+			snprintf(job->error, sizeof(job->error), "%s", err.msg);
+			goto out;
+		}
 	}
 	job->map_ms += now_ms() - t0; /* read on the loop after this step */
-	fd = open(job->target, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", job->target,
-			 strerror(errno));
-		goto out;
-	}
-	/* The map tiles the target, whose virtual size is the disk's now. */
-	for (size_t e = 0; e < json_array_len(map); e++) {
-		struct json_object *x = json_object_array_get_idx(map, e);
-		int64_t end = json_get_int(x, "start", 0) + json_get_int(x, "length", 0);
-
-		end_of_map = end > end_of_map ? end : end_of_map;
-	}
-	if (end_of_map != size || !json_object_is_type(pchunks, json_type_array) ||
-	    (int64_t)json_array_len(pchunks) !=
-		    (size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE) {
-		/* A resized disk: its bitmap cannot be trusted. The caller goes full. */
+	if (ret < 0) {
+		/* Not the disk's size: resized, and its bitmap cannot be trusted (or the
+		 * file lies). The caller goes full. */
 		snprintf(job->error, sizeof(job->error), "RESIZED");
 		goto out;
 	}
-	bi.map = map;
 	bi.fd = fd;
 	backup_incr_source(&bi, &src);
 	/* No more hashing threads than touched chunks (a small incremental has a few). */
@@ -520,6 +527,7 @@ static void chunk_incr_work(struct bjob *job)
 	unlink(job->target);
 out:
 	json_object_put(map);
+	backup_extents_free(&extents);
 }
 
 /* chunkpipe's cancel check: data is the job. Thread-safe enough (see inside). */

@@ -11,9 +11,13 @@
  *
  * backup_map_qcow2() maps an incremental backup's target (the qcow2 QEMU's job just
  * wrote: no backing file, plain clusters) from its own L1 and L2 tables, as qemu-img
- * map would print it, without starting qemu-img: a small incremental's whole agent
- * side is tens of milliseconds, and a qemu-img process a good part of them.
- * backup_incr_source() is that incremental's disk as the chunk pipeline reads it.
+ * map would say it, without starting qemu-img: a small incremental's whole agent side
+ * is tens of milliseconds, and a qemu-img process a good part of them. That file is
+ * written by the VM's QEMU, so by whoever took it over: backup_target_open() opens it
+ * once and safely, and the reader trusts nothing in it (its size must be the disk's,
+ * no part of the file used twice, at most BACKUP_MAP_MAX_EXTENTS extents in a compact
+ * sorted array). backup_incr_source() is that incremental's disk as the chunk
+ * pipeline reads it.
  *
  * Thread only: qemu-img runs and is waited for, files are read.
  */
@@ -280,52 +284,41 @@ void backup_map_source(struct backup_map *m, struct chunkpipe_source *src)
 #define QCOW2_MAGIC	    0x514649fbu /* "QFI\xfb" */
 #define QCOW2_OFFSET_MASK   0x00fffffffffffe00ULL
 #define QCOW2_COMPRESSED    (1ULL << 62)
-#define QCOW2_ZERO	    1ULL       /* version 3: the cluster reads as zeros */
-#define QCOW2_COMPRESS_TYPE 8ULL       /* incompatible bit 3: matters to compressed clusters only */
-#define QCOW2_L1_MAX	    (32 << 20) /* entries: QEMU's own limit (QCOW_MAX_L1_SIZE / 8) */
+#define QCOW2_ZERO	    1ULL /* version 3: the cluster reads as zeros */
+#define QCOW2_COMPRESS_TYPE 8ULL /* incompatible bit 3: matters to compressed clusters only */
+/* L1 entries read at most (4 MiB of them: 256 TiB at 64 KiB clusters, 16 GiB at 512
+ * bytes); a larger table is left to qemu-img map. */
+#define QCOW2_L1_READ_MAX (512 << 10)
 
-enum run_kind {
-	RUN_ABSENT, /* unallocated: not in the target (the bitmap did not mark it) */
-	RUN_ZERO,   /* allocated as zeros */
-	RUN_DATA    /* plain data at offset in the file */
-};
-
-struct run {
-	enum run_kind kind;
-	int64_t start, length, offset;
-};
-
-/* The run as qemu-img map --output=json prints an extent (depth 0: no backing). */
-static void run_flush(struct json_object *map, const struct run *r)
+void backup_extents_free(struct backup_extents *x)
 {
-	struct json_object *x;
-
-	if (r->length == 0)
-		return;
-	x = json_object_new_object();
-	json_object_object_add(x, "start", json_object_new_int64(r->start));
-	json_object_object_add(x, "length", json_object_new_int64(r->length));
-	json_object_object_add(x, "depth", json_object_new_int(0));
-	json_object_object_add(x, "present", json_object_new_boolean(r->kind != RUN_ABSENT));
-	json_object_object_add(x, "zero", json_object_new_boolean(r->kind == RUN_ZERO));
-	json_object_object_add(x, "data", json_object_new_boolean(r->kind == RUN_DATA));
-	if (r->kind == RUN_DATA)
-		json_object_object_add(x, "offset", json_object_new_int64(r->offset));
-	json_object_array_add(map, x);
+	free(x->v);
+	x->v = NULL;
+	x->n = 0;
 }
 
-/* length bytes of the guest from r's end are of kind (at offset, for data): the run
- * grows when they continue it, else it is printed and a new one starts. */
-static void run_add(struct json_object *map, struct run *r, enum run_kind kind, int64_t length,
-		    int64_t offset)
+/* length bytes of the guest at start read as zeros (offset -1) or as the file's at
+ * offset: they continue the last extent when they can, else start one. E2BIG past
+ * BACKUP_MAP_MAX_EXTENTS, so no target makes the agent hold more than that. */
+static int extent_add(struct backup_extents *x, size_t *cap, int64_t start, int64_t length,
+		      int64_t offset, const char *path, struct kerr *err)
 {
-	if (r->length > 0 && r->kind == kind &&
-	    (kind != RUN_DATA || r->offset + r->length == offset)) {
-		r->length += length;
-		return;
+	struct backup_extent *last = x->n > 0 ? &x->v[x->n - 1] : NULL;
+
+	if (last && last->start + last->length == start && (last->offset < 0) == (offset < 0) &&
+	    (offset < 0 || last->offset + last->length == offset)) {
+		last->length += length;
+		return 0;
 	}
-	run_flush(map, r);
-	*r = (struct run){kind, r->start + r->length, length, offset};
+	if (x->n >= BACKUP_MAP_MAX_EXTENTS)
+		return err_set(err, E2BIG, "%s: more than %d extents", path,
+			       BACKUP_MAP_MAX_EXTENTS);
+	if (x->n == *cap) {
+		*cap = *cap ? *cap * 2 : 64;
+		x->v = xrealloc(x->v, *cap * sizeof(*x->v));
+	}
+	x->v[x->n++] = (struct backup_extent){start, length, offset};
+	return 0;
 }
 
 /* Big-endian fields of the header at h + off (no alignment assumed). */
@@ -352,77 +345,154 @@ static int pread_all(int fd, void *buf, size_t len, int64_t off, const char *pat
 	return chunkpipe_file_read(&f, off, buf, len, err);
 }
 
-/*
- * Map path, a standalone qcow2, from its tables: 0 with *out (a JSON array of extents
- * tiling its virtual size, each {start, length, depth, present, zero, data[, offset]}
- * as qemu-img map --output=json gives them; free it with json_object_put) and *size
- * its virtual size; or < 0 with err: ENOTSUP for what this does not read (a backing
- * file, encryption, compressed clusters, an external data file, extended L2 entries,
- * an image marked dirty or corrupt: QEMU's view of those needs QEMU), EBADMSG for
- * tables that make no sense. Either way the caller may ask qemu-img map instead.
- */
-int backup_map_qcow2(const char *path, struct json_object **out, int64_t *size, struct kerr *err)
+/* A byte range of the file the tables use. */
+struct used {
+	uint64_t offset, length;
+};
+
+static int used_cmp(const void *a, const void *b)
 {
-	unsigned char h[104];
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	const struct used *x = a, *y = b;
+
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Sort used and refuse any byte of the file used twice: QEMU never shares a cluster
+ * between two L2 tables, two guest clusters or a table and data (no snapshots, no
+ * internal sharing in a target it made). This is what bounds the work: every L2
+ * table read and every data cluster is a different part of the file. */
+static int used_disjoint(struct used *used, size_t n, const char *path, struct kerr *err)
+{
+	qsort(used, n, sizeof(*used), used_cmp);
+	for (size_t i = 1; i < n; i++)
+		if (used[i - 1].offset + used[i - 1].length > used[i].offset)
+			return err_set(err, EBADMSG, "%s: file offset %llu used twice", path,
+				       (unsigned long long)used[i].offset);
+	return 0;
+}
+
+/*
+ * Open an incremental's target, path, for reading: it lies in a directory the VM's
+ * QEMU owns, and a guest that took QEMU over may have put anything there. Opened
+ * once, never through a symlink nor blocking on a FIFO, it must be a regular file
+ * owner (QEMU's uid) owns; the map and every read then go through this fd, so the
+ * file cannot be swapped between them. Returns the fd (the caller closes it), or < 0
+ * with err.
+ */
+int backup_target_open(const char *path, uid_t owner, struct kerr *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	struct stat sb;
+
+	if (fd < 0)
+		return err_set(err, errno, "cannot read %s: %s", path, strerror(errno));
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_uid != owner) {
+		close(fd);
+		return err_set(err, EPERM, "%s is not a file the VM's QEMU made", path);
+	}
+	return fd;
+}
+
+/*
+ * Map fd (path, for messages), a standalone qcow2 that should be a size-byte disk,
+ * from its tables into *out (free it with backup_extents_free): what of the disk it
+ * holds, as qemu-img map would say. Returns 0, or < 0 with err and *out empty:
+ * ERANGE when its virtual size is not size (the disk was resized, or the file lies);
+ * ENOTSUP for what this does not read (a backing file, encryption, snapshots,
+ * compressed clusters, an external data file, extended L2 entries, an image marked
+ * dirty or corrupt: QEMU's view of those needs QEMU); E2BIG past
+ * BACKUP_MAP_MAX_EXTENTS extents or QCOW2_L1_READ_MAX L1 entries; EBADMSG for tables
+ * that make no sense. Except for ERANGE the caller may ask qemu-img map instead.
+ *
+ * The file is written by the VM's QEMU, which a guest may have taken over: nothing in
+ * it is trusted. The work is bounded by size (one L1 entry per L2 table's span, each
+ * L2 table read once, refused when two uses share a byte of the file) and memory by
+ * the two caps.
+ */
+int backup_map_qcow2(int fd, const char *path, int64_t size, struct backup_extents *out,
+		     struct kerr *err)
+{
+	unsigned char h[105];
 	_cleanup_free_ uint64_t *l1 = NULL, *l2 = NULL;
-	struct json_object *map = NULL;
-	struct run r = {RUN_ABSENT, 0, 0, 0};
-	uint32_t version, cluster_bits, l1_size;
-	uint64_t incompat = 0, virtual_size, l1_offset, l2_entries, cluster;
+	_cleanup_free_ struct used *used = NULL;
+	struct backup_extents x = {0};
+	size_t cap = 0, nused = 0, used_cap;
+	uint32_t version, cluster_bits, header_length = 72;
+	uint64_t incompat = 0, virtual_size, l1_offset, l2_entries, cluster, fsize;
 	struct stat sb;
 	int64_t per_l1, need_l1;
 	int ret = 0;
 
-	if (fd < 0)
-		return err_set(err, errno, "cannot read %s", path);
-	if (fstat(fd, &sb) < 0 || pread_all(fd, h, sizeof(h), 0, path, err) < 0)
+	*out = (struct backup_extents){0};
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < (off_t)sizeof(h) ||
+	    pread_all(fd, h, sizeof(h), 0, path, err) < 0)
 		return err_set(err, EBADMSG, "%s: no qcow2 header", path);
+	fsize = (uint64_t)sb.st_size;
 	version = be32_at(h, 4);
 	cluster_bits = be32_at(h, 20);
 	virtual_size = be64_at(h, 24);
-	l1_size = be32_at(h, 36);
 	l1_offset = be64_at(h, 40);
-	if (version == 3)
+	if (version == 3) {
 		incompat = be64_at(h, 72);
+		header_length = be32_at(h, 100);
+	}
 	if (be32_at(h, 0) != QCOW2_MAGIC || (version != 2 && version != 3))
 		return err_set(err, ENOTSUP, "%s: not a qcow2 of version 2 or 3", path);
-	if (be64_at(h, 8) != 0 || be32_at(h, 32) != 0 || (incompat & ~QCOW2_COMPRESS_TYPE) != 0)
+	if (be64_at(h, 8) != 0 || be32_at(h, 32) != 0 || (incompat & ~QCOW2_COMPRESS_TYPE) != 0 ||
+	    ((incompat & QCOW2_COMPRESS_TYPE) && header_length < 105))
 		return err_set(err, ENOTSUP,
 			       "%s: a backing file, encryption or incompatible features (%#llx)",
 			       path, (unsigned long long)incompat);
-	if (cluster_bits < 9 || cluster_bits > 21 || virtual_size > INT64_MAX / 2 ||
-	    l1_size > QCOW2_L1_MAX)
+	if (be32_at(h, 60) != 0)
+		return err_set(err, ENOTSUP, "%s: internal snapshots", path);
+	if (cluster_bits < 9 || cluster_bits > 21)
 		return err_set(err, EBADMSG, "%s: a header out of bounds", path);
+	/* The size first: all the work below is bounded by it. */
+	if (virtual_size != (uint64_t)size)
+		return err_set(err, ERANGE, "%s: a disk of %llu bytes, not %lld", path,
+			       (unsigned long long)virtual_size, (long long)size);
 	cluster = 1ULL << cluster_bits;
 	l2_entries = cluster / 8;
 	per_l1 = (int64_t)(cluster * l2_entries);
-	need_l1 = ((int64_t)virtual_size + per_l1 - 1) / per_l1;
-	if (need_l1 > (int64_t)l1_size || (l1_offset & (cluster - 1)) != 0 ||
-	    (need_l1 > 0 && l1_offset + (uint64_t)need_l1 * 8 > (uint64_t)sb.st_size))
+	need_l1 = (size + per_l1 - 1) / per_l1;
+	if (need_l1 > QCOW2_L1_READ_MAX)
+		return err_set(err, E2BIG, "%s: %lld L1 entries", path, (long long)need_l1);
+	if (need_l1 > (int64_t)be32_at(h, 36) || (l1_offset & (cluster - 1)) != 0 ||
+	    l1_offset > fsize || (uint64_t)need_l1 * 8 > fsize - l1_offset)
 		return err_set(err, EBADMSG, "%s: its L1 table does not cover the disk", path);
 	l1 = xcalloc((size_t)need_l1 + 1, sizeof(*l1));
 	l2 = xmalloc(cluster);
 	if (need_l1 > 0 &&
 	    pread_all(fd, l1, (size_t)need_l1 * 8, (int64_t)l1_offset, path, err) < 0)
 		return -1;
-	map = json_object_new_array();
+
+	/* The L2 tables: each in the file, none used twice, before any is read. */
+	used_cap = (size_t)need_l1 + 2;
+	used = xcalloc(used_cap, sizeof(*used));
+	used[nused++] = (struct used){0, cluster}; /* the header */
+	if (need_l1 > 0)
+		used[nused++] = (struct used){l1_offset, (uint64_t)need_l1 * 8};
+	for (int64_t i = 0; i < need_l1; i++) {
+		uint64_t l2_offset = be64toh(l1[i]) & QCOW2_OFFSET_MASK;
+
+		if (l2_offset == 0)
+			continue;
+		if ((l2_offset & (cluster - 1)) != 0 || cluster > fsize ||
+		    l2_offset > fsize - cluster)
+			return err_set(err, EBADMSG, "%s: L2 table %lld out of the file", path,
+				       (long long)i);
+		used[nused++] = (struct used){l2_offset, cluster};
+	}
+	if (used_disjoint(used, nused, path, err) < 0)
+		return -1;
+
 	for (int64_t i = 0; i < need_l1; i++) {
 		uint64_t l2_offset = be64toh(l1[i]) & QCOW2_OFFSET_MASK;
 		int64_t base = i * per_l1;
-		int64_t span = (int64_t)virtual_size - base < per_l1 ? (int64_t)virtual_size - base
-								     : per_l1;
+		int64_t span = size - base < per_l1 ? size - base : per_l1;
 
-		if (l2_offset == 0) {
-			run_add(map, &r, RUN_ABSENT, span, 0);
-			continue;
-		}
-		if ((l2_offset & (cluster - 1)) != 0 ||
-		    l2_offset + cluster > (uint64_t)sb.st_size) {
-			ret = err_set(err, EBADMSG, "%s: L2 table %lld out of the file", path,
-				      (long long)i);
-			goto out;
-		}
+		if (l2_offset == 0)
+			continue; /* not in the target */
 		if (pread_all(fd, l2, cluster, (int64_t)l2_offset, path, err) < 0) {
 			ret = -1;
 			goto out;
@@ -430,69 +500,137 @@ int backup_map_qcow2(const char *path, struct json_object **out, int64_t *size, 
 		for (int64_t j = 0; j * (int64_t)cluster < span; j++) {
 			uint64_t e = be64toh(l2[j]);
 			uint64_t offset = e & QCOW2_OFFSET_MASK;
+			int64_t at = base + j * (int64_t)cluster;
 			int64_t len = span - j * (int64_t)cluster < (int64_t)cluster
 					      ? span - j * (int64_t)cluster
 					      : (int64_t)cluster;
 
-			if (e & QCOW2_COMPRESSED) {
+			if (e & QCOW2_COMPRESSED)
 				ret = err_set(err, ENOTSUP, "%s: a compressed cluster at %lld",
-					      path, (long long)(base + j * (int64_t)cluster));
-				goto out;
-			}
-			if (version == 3 && (e & QCOW2_ZERO))
-				run_add(map, &r, RUN_ZERO, len, 0);
-			else if (e & QCOW2_ZERO)
+					      path, (long long)at);
+			else if ((e & QCOW2_ZERO) && version != 3)
 				ret = err_set(err, ENOTSUP,
 					      "%s: a reserved bit in a version 2 L2 entry", path);
+			else if ((offset & (cluster - 1)) != 0)
+				/* QEMU calls the image corrupt, zero flag or not. */
+				ret = err_set(err, EBADMSG, "%s: a misaligned cluster at %lld",
+					      path, (long long)at);
+			else if (e & QCOW2_ZERO)
+				ret = extent_add(&x, &cap, at, len, -1, path, err);
 			else if (offset == 0)
-				run_add(map, &r, RUN_ABSENT, len, 0);
-			else if ((offset & (cluster - 1)) != 0 ||
-				 offset + (uint64_t)len > (uint64_t)sb.st_size)
+				continue; /* not in the target */
+			else if (offset > fsize || (uint64_t)len > fsize - offset)
 				ret = err_set(err, EBADMSG, "%s: a cluster out of the file at %lld",
-					      path, (long long)(base + j * (int64_t)cluster));
+					      path, (long long)at);
 			else
-				run_add(map, &r, RUN_DATA, len, (int64_t)offset);
+				ret = extent_add(&x, &cap, at, len, (int64_t)offset, path, err);
 			if (ret < 0)
 				goto out;
 		}
 	}
-	run_flush(map, &r);
-	*out = STEAL_POINTER(&map);
-	*size = (int64_t)virtual_size;
+
+	/* No two data extents (or one and a table) share a byte of the file. */
+	for (size_t k = 0; k < x.n; k++) {
+		if (x.v[k].offset < 0)
+			continue;
+		if (nused == used_cap) {
+			used_cap *= 2;
+			used = xrealloc(used, used_cap * sizeof(*used));
+		}
+		used[nused++] = (struct used){(uint64_t)x.v[k].offset, (uint64_t)x.v[k].length};
+	}
+	if (used_disjoint(used, nused, path, err) < 0) {
+		ret = -1;
+		goto out;
+	}
+	*out = x;
+	x = (struct backup_extents){0};
 out:
-	json_object_put(map);
+	backup_extents_free(&x);
 	return ret;
+}
+
+/*
+ * The same from `qemu-img map --output=json` of the target (map, a list of extents
+ * tiling the disk in order, each {start, length, present, zero, data[, offset]}): 0
+ * with *out, or < 0 with err (ERANGE: not a size-byte disk).
+ */
+int backup_map_json(struct json_object *map, int64_t size, const char *path,
+		    struct backup_extents *out, struct kerr *err)
+{
+	struct backup_extents x = {0};
+	size_t cap = 0;
+	int64_t at = 0;
+	int ret = 0;
+
+	*out = (struct backup_extents){0};
+	if (!json_object_is_type(map, json_type_array))
+		return err_set(err, EBADMSG, "%s: qemu-img map printed no list", path);
+	for (size_t i = 0; i < json_array_len(map) && ret == 0; i++) {
+		struct json_object *e = json_object_array_get_idx(map, i), *offset, *present;
+		int64_t start = json_get_int(e, "start", -1),
+			length = json_get_int(e, "length", -1);
+		bool data = json_get_bool(e, "data", false);
+
+		if (start != at || length < 0 || length > INT64_MAX - at) {
+			ret = err_set(err, EBADMSG, "%s: qemu-img map has a gap at %lld", path,
+				      (long long)at);
+			break;
+		}
+		at += length;
+		if (length == 0) /* an empty disk's one extent */
+			continue;
+		if (json_object_object_get_ex(e, "present", &present)
+			    ? !json_object_get_boolean(present)
+			    : !data && !json_get_bool(e, "zero", false))
+			continue; /* not in the target */
+		if (!data)
+			ret = extent_add(&x, &cap, start, length, -1, path, err);
+		else if (!json_object_object_get_ex(e, "offset", &offset) ||
+			 json_object_get_int64(offset) < 0)
+			ret = err_set(err, EBADMSG, "%s: data at %lld without a file offset", path,
+				      (long long)start);
+		else
+			ret = extent_add(&x, &cap, start, length, json_object_get_int64(offset),
+					 path, err);
+	}
+	if (ret == 0 && at != size)
+		ret = err_set(err, ERANGE, "%s: a disk of %lld bytes, not %lld", path,
+			      (long long)at, (long long)size);
+	if (ret < 0) {
+		backup_extents_free(&x);
+		return ret;
+	}
+	*out = x;
+	return 0;
 }
 
 /* ---- an incremental's disk: the parent's chunks with the target's clusters over them -- */
 
-/* The extent at e: [*start, *end), and whether it holds data (else zeros); false when
- * the target has nothing there (the bitmap did not mark it). */
-static bool extent_present(struct json_object *map, size_t e, int64_t *start, int64_t *end,
-			   bool *data)
+/* The first extent ending after off (n when none): a binary search, so each chunk's
+ * lookups cost log n and the extents it overlaps, not a scan of them all. */
+static size_t extent_after(const struct backup_extents *x, int64_t off)
 {
-	struct json_object *x = json_object_array_get_idx(map, e), *present;
+	size_t lo = 0, hi = x->n;
 
-	*start = json_get_int(x, "start", 0);
-	*end = *start + json_get_int(x, "length", 0);
-	*data = json_get_bool(x, "data", false);
-	return json_object_object_get_ex(x, "present", &present)
-		       ? json_object_get_boolean(present)
-		       : (*data || json_get_bool(x, "zero", false));
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (x->v[mid].start + x->v[mid].length <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 /* Does the target hold anything of [off, end)? (also for the caller: how many chunks
  * are touched) */
 bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end)
 {
-	for (size_t e = 0; e < json_array_len(bi->map); e++) {
-		int64_t xs, xe;
-		bool data;
+	size_t e = extent_after(bi->extents, off);
 
-		if (extent_present(bi->map, e, &xs, &xe, &data) && xs < end && xe > off)
-			return true;
-	}
-	return false;
+	return e < bi->extents->n && bi->extents->v[e].start < end;
 }
 
 /* chunkpipe: an untouched chunk is the parent's, named without reading it. */
@@ -516,6 +654,7 @@ static bool incr_named(void *data, int64_t index, char *hex)
 static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
 {
 	struct backup_incr *bi = data;
+	const struct backup_extents *x = bi->extents;
 	const char *phex = json_object_get_string(
 		json_object_array_get_idx(bi->pchunks, (size_t)(off / CHUNKSTORE_CHUNK_SIZE)));
 	int64_t end = off + (int64_t)len;
@@ -526,31 +665,20 @@ static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr
 		return err_prefix(err, "the parent backup: ");
 	if (plen != len)
 		return err_set(err, EBADMSG, "the parent backup: a chunk of the wrong size");
-	for (size_t e = 0; e < json_array_len(bi->map); e++) {
-		struct json_object *offset;
-		int64_t xs, xe, a, b;
-		bool isdata;
+	for (size_t e = extent_after(x, off); e < x->n && x->v[e].start < end; e++) {
+		int64_t xs = x->v[e].start, xe = xs + x->v[e].length;
+		int64_t a = xs > off ? xs : off;
+		int64_t b = xe < end ? xe : end;
 
-		if (!extent_present(bi->map, e, &xs, &xe, &isdata))
-			continue;
-		a = xs > off ? xs : off;
-		b = xe < end ? xe : end;
-		if (a >= b)
-			continue;
 		/* Data the backup job wrote lies at offset in the target (never
 		 * compressed: the job writes plain clusters); a cluster it marked zero
 		 * reads as zeros. */
-		if (!isdata) {
+		if (x->v[e].offset < 0) {
 			memset((char *)buf + (a - off), 0, (size_t)(b - a));
 		} else {
 			struct chunkpipe_file f = {.fd = bi->fd, .path = bi->target};
 
-			if (!json_object_object_get_ex(json_object_array_get_idx(bi->map, e),
-						       "offset", &offset))
-				return err_set(err, EBADMSG,
-					       "%s: data at %lld without a file offset", bi->target,
-					       (long long)xs);
-			if (chunkpipe_file_read(&f, json_object_get_int64(offset) + (a - xs),
+			if (chunkpipe_file_read(&f, x->v[e].offset + (a - xs),
 						(char *)buf + (a - off), (size_t)(b - a), err) < 0)
 				return -1;
 		}

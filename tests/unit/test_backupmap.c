@@ -6,8 +6,11 @@
  * (an incremental's target mapped from its own tables) says of every byte what
  * `qemu-img map` says (unallocated, zeros, or data at which file offset), over cluster
  * sizes of 512 bytes (many L2 tables) to 2 MiB (a part cluster at the end), versions
- * 2 and 3, and refuses what it does not read (a backing file, compressed clusters,
- * not a qcow2).
+ * 2 and 3 (and backup_map_json reads qemu-img map's answer the same), and refuses
+ * what it does not read (a backing file, compressed clusters, not a qcow2, not the
+ * disk's size) and what a guest that took QEMU over could write to hurt the agent (one
+ * L2 table or data cluster used twice, a huge L1 table, snapshots, a symlink, a FIFO,
+ * another uid's file, too many extents), each at once.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +18,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <endian.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -123,6 +128,37 @@ static void test_compressed_refused(void **state)
 	assert_non_null(strstr(err.msg, "compressed"));
 }
 
+/* backup_map_qcow2 of path as a size-byte disk, opened as backup.c opens it. */
+static int map_path(const char *path, int64_t size, struct backup_extents *x, struct kerr *err)
+{
+	int fd = backup_target_open(path, getuid(), err), ret;
+
+	if (fd < 0) {
+		*x = (struct backup_extents){0};
+		return fd;
+	}
+	ret = backup_map_qcow2(fd, path, size, x, err);
+	close(fd);
+	return ret;
+}
+
+/* The same as sectors_of says it, of our extents. */
+static int64_t *sectors_of_extents(const struct backup_extents *x, int64_t size)
+{
+	int64_t n = size / 512, *v = xcalloc((size_t)n + 1, sizeof(*v)), at = 0;
+
+	for (int64_t i = 0; i < n; i++)
+		v[i] = -2; /* not in the target */
+	for (size_t e = 0; e < x->n; e++) {
+		assert_true(x->v[e].start >= at); /* sorted, disjoint */
+		at = x->v[e].start + x->v[e].length;
+		assert_true(at <= size);
+		for (int64_t b = x->v[e].start; b < at; b += 512)
+			v[b / 512] = x->v[e].offset < 0 ? -1 : x->v[e].offset + (b - x->v[e].start);
+	}
+	return v;
+}
+
 /* What a map (qemu-img's or ours) says of each 512-byte sector of a size-byte disk:
  * -2 unallocated, -1 zeros, else the data's file offset. */
 static int64_t *sectors_of(struct json_object *map, int64_t size)
@@ -156,29 +192,35 @@ static int64_t *sectors_of(struct json_object *map, int64_t size)
 static void map_same(const char *name, int64_t size, const char *cmds)
 {
 	char path[PATH_MAX];
-	struct json_object *ours = NULL, *theirs;
+	struct backup_extents ours, again;
+	struct json_object *theirs;
 	char *argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", path, NULL};
 	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
 	_cleanup_free_ char *text = NULL;
-	_cleanup_free_ int64_t *a = NULL, *b = NULL;
-	int64_t got_size = -1;
+	_cleanup_free_ int64_t *a = NULL, *b = NULL, *c = NULL;
 	struct kerr err;
 
 	sh("cd %s && %s", dir, cmds);
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	if (backup_map_qcow2(path, &ours, &got_size, &err) < 0)
+	if (map_path(path, size, &ours, &err) < 0)
 		fail_msg("backup_map_qcow2 %s: %s", name, err.msg);
-	assert_int_equal(got_size, size);
 	assert_int_equal(child_run_wait(&opts, &text, &err), 0);
 	theirs = json_tokener_parse(text);
 	assert_non_null(theirs);
-	a = sectors_of(ours, size);
+	/* qemu-img map's answer as the fallback reads it says the same too. */
+	if (backup_map_json(theirs, size, path, &again, &err) < 0)
+		fail_msg("backup_map_json %s: %s", name, err.msg);
+	a = sectors_of_extents(&ours, size);
 	b = sectors_of(theirs, size);
+	c = sectors_of_extents(&again, size);
+	for (int64_t i = 0; i < size / 512; i++)
+		assert_int_equal(b[i], c[i]);
 	for (int64_t i = 0; i < size / 512; i++)
 		if (a[i] != b[i])
 			fail_msg("%s: at %lld ours says %lld, qemu-img map %lld", name,
 				 (long long)(i * 512), (long long)a[i], (long long)b[i]);
-	json_object_put(ours);
+	backup_extents_free(&ours);
+	backup_extents_free(&again);
 	json_object_put(theirs);
 }
 
@@ -212,27 +254,190 @@ static void test_qcow2_map(void **state)
 static void test_qcow2_map_refused(void **state)
 {
 	char path[PATH_MAX];
-	struct json_object *map = NULL;
-	int64_t size;
+	struct backup_extents x = {0};
 	struct kerr err;
 
 	(void)state;
 	/* base.qcow2 and top.qcow2 are setup()'s: top has a backing file. */
 	snprintf(path, sizeof(path), "%s/top.qcow2", dir);
-	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_true(map_path(path, 8 * MiB, &x, &err) < 0);
 	assert_non_null(strstr(err.msg, "backing file"));
 	sh("cd %s && qemu-img create -q -f qcow2 c.qcow2 8M && "
 	   "qemu-io -c 'write -c -P 0x11 0 64k' c.qcow2 >/dev/null",
 	   dir);
 	snprintf(path, sizeof(path), "%s/c.qcow2", dir);
-	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_true(map_path(path, 8 * MiB, &x, &err) < 0);
 	assert_non_null(strstr(err.msg, "compressed"));
 	snprintf(path, sizeof(path), "%s/top.raw", dir);
-	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
+	assert_true(map_path(path, 8 * MiB, &x, &err) < 0);
 	assert_non_null(strstr(err.msg, "not a qcow2"));
 	snprintf(path, sizeof(path), "%s/missing.qcow2", dir);
-	assert_true(backup_map_qcow2(path, &map, &size, &err) < 0);
-	assert_null(map);
+	assert_true(map_path(path, 8 * MiB, &x, &err) < 0);
+	assert_null(x.v);
+	/* Not the disk's size: ERANGE (the caller goes full, asks nobody else). */
+	snprintf(path, sizeof(path), "%s/base.qcow2", dir);
+	assert_true(map_path(path, 16 * MiB, &x, &err) < 0);
+	assert_int_equal(err.code, ERANGE);
+}
+
+/* Patch len bytes at off of path. */
+static void patch(const char *path, int64_t off, const void *buf, size_t len)
+{
+	int fd = open(path, O_WRONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, buf, len, off), (ssize_t)len);
+	close(fd);
+}
+
+static uint64_t be64_of(const char *path, int64_t off)
+{
+	uint64_t v = 0;
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &v, sizeof(v), off), (ssize_t)sizeof(v));
+	close(fd);
+	return be64toh(v);
+}
+
+/* map_path must refuse path (a size-byte disk) with a message holding want, in less
+ * than a second. */
+static void refused_fast(const char *path, int64_t size, const char *want)
+{
+	struct backup_extents x = {0};
+	struct kerr err;
+	int64_t t0 = now_ms();
+
+	assert_true(map_path(path, size, &x, &err) < 0);
+	assert_null(x.v);
+	if (strstr(err.msg, want) == NULL)
+		fail_msg("%s: '%s', not '%s'", path, err.msg, want);
+	assert_true(now_ms() - t0 < 1000);
+}
+
+/*
+ * Targets a guest that took QEMU over could write (the review's): every L1 entry
+ * pointing at one L2 table; L2 entries reusing one data cluster; a huge l1_size and
+ * virtual size; snapshots; a symlink and a FIFO in the target's place. Each is
+ * refused at once, nothing mapped. And more extents than BACKUP_MAP_MAX_EXTENTS
+ * (zeros alternating with holes: no data needed) is refused as too many, for
+ * qemu-img map to say instead.
+ */
+static void test_qcow2_map_hostile(void **state)
+{
+	char path[PATH_MAX], link[PATH_MAX];
+	const int64_t size = 64 * MiB;
+	uint64_t l1_offset, l1_0, v;
+	uint32_t w;
+	struct kerr err;
+	int fd;
+
+	(void)state;
+	/* 512-byte clusters: 2048 L1 entries for 64 MiB, the first L2 table in use. */
+	snprintf(path, sizeof(path), "%s/h1.qcow2", dir);
+	sh("cd %s && qemu-img create -q -f qcow2 -o cluster_size=512 h1.qcow2 64M && "
+	   "qemu-io -c 'write -P 0x11 0 4k' h1.qcow2 >/dev/null && cp h1.qcow2 h2.qcow2 && "
+	   "cp h1.qcow2 h3.qcow2 && cp h1.qcow2 h4.qcow2",
+	   dir);
+	l1_offset = be64_of(path, 40);
+	l1_0 = htobe64(be64_of(path, (int64_t)l1_offset));
+	for (int i = 0; i < 2048; i++)
+		patch(path, (int64_t)l1_offset + i * 8, &l1_0, 8);
+	refused_fast(path, size, "used twice");
+
+	/* One data cluster for every guest cluster of the first L2 table, every other
+	 * one empty (the review's 512M extents, in small). */
+	snprintf(path, sizeof(path), "%s/h2.qcow2", dir);
+	{
+		uint64_t l2 = be64_of(path, (int64_t)l1_offset) & 0x00fffffffffffe00ULL;
+		uint64_t data = htobe64(be64_of(path, (int64_t)l2)), none = 0;
+
+		for (int j = 0; j < 64; j++)
+			patch(path, (int64_t)l2 + j * 8, j % 2 ? &none : &data, 8);
+	}
+	refused_fast(path, size, "used twice");
+
+	/* A huge l1_size and virtual size on a small file. */
+	snprintf(path, sizeof(path), "%s/h3.qcow2", dir);
+	w = htobe32(32u << 20);
+	patch(path, 36, &w, 4);
+	v = htobe64(1ULL << 50);
+	patch(path, 24, &v, 8);
+	refused_fast(path, size, "not 67108864");
+	/* ... and a huge l1_size alone reads only the entries the disk needs. */
+	v = htobe64((uint64_t)size);
+	patch(path, 24, &v, 8);
+	{
+		struct backup_extents x;
+
+		assert_int_equal(map_path(path, size, &x, &err), 0);
+		assert_int_equal(x.n, 1);
+		assert_int_equal(x.v[0].length, 4096);
+		backup_extents_free(&x);
+	}
+
+	/* Snapshots. */
+	snprintf(path, sizeof(path), "%s/h4.qcow2", dir);
+	w = htobe32(1);
+	patch(path, 60, &w, 4);
+	refused_fast(path, size, "snapshots");
+
+	/* A symlink to a good image, and a FIFO (whose open would block). */
+	snprintf(path, sizeof(path), "%s/h1.qcow2", dir);
+	snprintf(link, sizeof(link), "%s/hlink.qcow2", dir);
+	sh("cd %s && qemu-img create -q -f qcow2 good.qcow2 64M && ln -s good.qcow2 hlink.qcow2 "
+	   "&& mkfifo hfifo.qcow2",
+	   dir);
+	refused_fast(link, size, "cannot read");
+	snprintf(path, sizeof(path), "%s/hfifo.qcow2", dir);
+	refused_fast(path, size, "is not a file");
+	/* Somebody else's file. */
+	snprintf(path, sizeof(path), "%s/good.qcow2", dir);
+	fd = backup_target_open(path, getuid() + 1, &err);
+	assert_true(fd < 0);
+	assert_non_null(strstr(err.msg, "is not a file"));
+
+	/* Too many extents: 64 KiB clusters (8192 per L2 table), zero entries
+	 * alternating with empty ones, in 257 L2 tables: 1,052,672 extents. */
+	{
+		const int tables = 257, per = 8192;
+		const int64_t cl = 65536, big = (int64_t)tables * per * cl;
+		unsigned char h[112] = {0};
+		uint64_t *l2 = xcalloc(per, sizeof(*l2));
+		uint64_t zero = htobe64(1);
+
+		snprintf(path, sizeof(path), "%s/many.qcow2", dir);
+		fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		assert_true(fd >= 0);
+		w = htobe32(0x514649fbu), memcpy(h, &w, 4);
+		w = htobe32(3), memcpy(h + 4, &w, 4);
+		w = htobe32(16), memcpy(h + 20, &w, 4);
+		v = htobe64((uint64_t)big), memcpy(h + 24, &v, 8);
+		w = htobe32(tables), memcpy(h + 36, &w, 4);
+		v = htobe64((uint64_t)cl), memcpy(h + 40, &v, 8); /* L1 in cluster 1 */
+		w = htobe32(104), memcpy(h + 100, &w, 4);
+		assert_int_equal(pwrite(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+		for (int j = 0; j < per; j += 2)
+			l2[j] = zero;
+		for (int i = 0; i < tables; i++) {
+			uint64_t at = htobe64((uint64_t)(2 + i) * (uint64_t)cl);
+
+			assert_int_equal(pwrite(fd, &at, 8, cl + i * 8), 8);
+			assert_int_equal(pwrite(fd, l2, per * 8, (2 + i) * cl), per * 8);
+		}
+		close(fd);
+		free(l2);
+		{
+			struct backup_extents x = {0};
+			int64_t t0 = now_ms();
+
+			assert_true(map_path(path, big, &x, &err) < 0);
+			assert_int_equal(err.code, E2BIG);
+			assert_null(x.v);
+			assert_true(now_ms() - t0 < 5000);
+		}
+	}
 }
 
 /* Store the raw file path whole into store (plain), its chunk list into *chunks. */
@@ -263,12 +468,12 @@ static void test_incr_source(void **state)
 {
 	char store[PATH_MAX], parent[PATH_MAX], changed[PATH_MAX], target[PATH_MAX];
 	const int64_t size = 10 * MiB;
-	struct json_object *pchunks, *want, *got = json_object_new_array(), *map = NULL;
+	struct json_object *pchunks, *want, *got = json_object_new_array();
+	struct backup_extents map;
 	struct chunkpipe_result res, wres;
 	struct backup_incr bi = {0};
 	struct chunkpipe_source src = {0};
 	unsigned char *buf = xmalloc(size);
-	int64_t map_size;
 	struct kerr err;
 	int fd;
 
@@ -298,10 +503,10 @@ static void test_incr_source(void **state)
 	close(fd);
 	store_raw(store, changed, size, &want, &wres);
 
-	assert_int_equal(backup_map_qcow2(target, &map, &map_size, &err), 0);
+	assert_int_equal(map_path(target, size, &map, &err), 0);
 	bi = (struct backup_incr){
 		.store = store, .pchunks = pchunks, .size = size, .target = target};
-	bi.map = map;
+	bi.extents = &map;
 	bi.fd = open(target, O_RDONLY);
 	assert_true(bi.fd >= 0);
 	/* Chunks 0 and 1 (the write across them) and 2 are touched. */
@@ -321,9 +526,8 @@ static void test_incr_source(void **state)
 	sh("cd %s && rm -f target.qcow2 && qemu-img create -q -f qcow2 target.qcow2 10M && "
 	   "qemu-io -c 'write -z 9M 64k' target.qcow2 >/dev/null",
 	   dir);
-	json_object_put(map);
-	assert_int_equal(backup_map_qcow2(target, &map, &map_size, &err), 0);
-	bi.map = map;
+	backup_extents_free(&map);
+	assert_int_equal(map_path(target, size, &map, &err), 0);
 	bi.dirty_bytes = 0;
 	bi.fd = open(target, O_RDONLY);
 	got = json_object_new_array();
@@ -353,7 +557,7 @@ static void test_incr_source(void **state)
 		close(bi.fd);
 	}
 	json_object_put(got);
-	json_object_put(map);
+	backup_extents_free(&map);
 	json_object_put(pchunks);
 	json_object_put(want);
 	free(buf);
@@ -362,9 +566,9 @@ static void test_incr_source(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_chain_read),  cmocka_unit_test(test_compressed_refused),
-		cmocka_unit_test(test_qcow2_map),   cmocka_unit_test(test_qcow2_map_refused),
-		cmocka_unit_test(test_incr_source),
+		cmocka_unit_test(test_chain_read),	  cmocka_unit_test(test_compressed_refused),
+		cmocka_unit_test(test_qcow2_map),	  cmocka_unit_test(test_qcow2_map_refused),
+		cmocka_unit_test(test_qcow2_map_hostile), cmocka_unit_test(test_incr_source),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
