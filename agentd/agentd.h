@@ -666,7 +666,8 @@ int backup_map_json(struct json_object *map, int64_t size, const char *path,
 void backup_extents_free(struct backup_extents *x);
 /* An incremental's disk (thread only): the parent's chunk list pchunks with the
  * dirty clusters of target (fd, extents: backup_map_qcow2's or backup_map_json's)
- * over it; dirty_bytes counts what was read from the target. */
+ * over it; dirty_bytes counts what was read from the target. parent_bad: a touched
+ * chunk's parent chunk could not be read (why), so the disk is better read whole. */
 struct chunkcrypt_key;
 struct backup_incr {
 	const char *store; /* absolute */
@@ -677,6 +678,8 @@ struct backup_incr {
 	int fd;
 	const char *target;
 	uint64_t dirty_bytes;
+	bool parent_bad;
+	char parent_why[160];
 };
 bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end);
 void backup_incr_source(struct backup_incr *bi, struct chunkpipe_source *src);

@@ -517,7 +517,16 @@ static void chunk_incr_work(struct bjob *job)
 	for (int64_t off = 0; off < size && threads < most; off += CHUNKSTORE_CHUNK_SIZE)
 		threads += backup_incr_dirty(&bi, off, off + CHUNKSTORE_CHUNK_SIZE);
 	if (chunkpipe_store(job->store, &src, threads > 0 ? threads : 1, chunks, &res, &err) < 0) {
-		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		if (bi.parent_bad) {
+			/* Not this backup's fault, and the next would fail the same way:
+			 * this disk is read whole instead. */
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s: a chunk of the parent backup cannot be read (%s)",
+				 job->op->disks[job->disk].name, bi.parent_why);
+			snprintf(job->error, sizeof(job->error), "PARENT_BAD");
+		} else {
+			snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		}
 		goto out;
 	}
 	/* What came from the disk: the dirty bytes, not the parent's around them. */
@@ -735,10 +744,12 @@ void backup_chunk_after(struct bjob *job)
 	if (job->direct)
 		uv_timer_stop(&job->poll); /* backup_store_progress_cb */
 	job->chunk_ms += now_ms() - job->chunk_started_ms;
-	if (job->incr && !strcmp(job->error, "RESIZED")) {
-		snprintf(job->full_reason, sizeof(job->full_reason),
-			 "disk %s changed size since the parent backup",
-			 job->op->disks[job->disk].name);
+	/* An incremental that cannot be: the disk is read whole (full_reason says why). */
+	if (job->incr && (!strcmp(job->error, "RESIZED") || !strcmp(job->error, "PARENT_BAD"))) {
+		if (!strcmp(job->error, "RESIZED"))
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s changed size since the parent backup",
+				 job->op->disks[job->disk].name);
 		job->incr = false;
 		job->pdisk = NULL;
 		json_object_object_del(job->mdisk, "chunks");

@@ -650,7 +650,9 @@ static bool incr_named(void *data, int64_t index, char *hex)
 	return true;
 }
 
-/* chunkpipe: a touched chunk, the parent's bytes with the dirty clusters over them. */
+/* chunkpipe: a touched chunk, the parent's bytes with the dirty clusters over them.
+ * A parent chunk that cannot be read sets bi->parent_bad: the caller reads the disk
+ * whole instead. */
 static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
 {
 	struct backup_incr *bi = data;
@@ -661,10 +663,12 @@ static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr
 	size_t plen = 0;
 
 	if (chunkstore_get_with(bi->store, bi->key, phex ? phex : "", buf, CHUNKSTORE_CHUNK_SIZE,
-				&plen, err) < 0)
+				&plen, err) < 0 ||
+	    (plen != len && err_set(err, EBADMSG, "a chunk of the wrong size") < 0)) {
+		bi->parent_bad = true;
+		snprintf(bi->parent_why, sizeof(bi->parent_why), "%s", err->msg);
 		return err_prefix(err, "the parent backup: ");
-	if (plen != len)
-		return err_set(err, EBADMSG, "the parent backup: a chunk of the wrong size");
+	}
 	for (size_t e = extent_after(x, off); e < x->n && x->v[e].start < end; e++) {
 		int64_t xs = x->v[e].start, xe = xs + x->v[e].length;
 		int64_t a = xs > off ? xs : off;

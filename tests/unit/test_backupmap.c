@@ -554,6 +554,7 @@ static void test_incr_source(void **state)
 		bi.fd = open(target, O_RDONLY);
 		assert_true(chunkpipe_store(store, &src, 1, got, &res, &err) < 0);
 		assert_non_null(strstr(err.msg, "the parent backup: "));
+		assert_true(bi.parent_bad); /* the caller reads the disk whole */
 		close(bi.fd);
 	}
 	json_object_put(got);
