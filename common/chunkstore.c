@@ -21,19 +21,30 @@
 #include "log.h"
 #include "util.h"
 
-/* 0755 whatever the umask (systemd gives the agent 0077): a running VM's QEMU, under
- * its own uid, opens its backup's work files in STORE/tmp/ID/, so it must pass every
- * directory above. Only a directory made here is set; one that was there is left as
- * its owner made it. */
-static int mkdir_one(const char *path, struct kerr *err)
+/*
+ * path made with mode whatever the umask (systemd gives the agent 0077). Only what a
+ * running VM's QEMU, under its own uid, must pass to open its backup's work files in
+ * STORE/tmp/ID/ is searchable by others, and none of it listable: the store's root, its
+ * tmp/ and the parents made here are 0711; chunks/ and backups/ stay 0700, so no
+ * other uid reads a manifest (a VM's spec, cloud-init secrets included) or confirms a
+ * chunk's content by its name. A directory that was there keeps its mode, but for
+ * pass: a root or tmp/ that the agent owns and others cannot search (a store made
+ * under umask 0077 before) gets the search bits QEMU needs (g+x, o+x).
+ */
+static int mkdir_one(const char *path, mode_t mode, bool pass, struct kerr *err)
 {
-	if (mkdir(path, 0755) < 0) {
-		if (errno == EEXIST)
+	struct stat sb;
+
+	if (mkdir(path, mode) < 0) {
+		if (errno != EEXIST)
+			return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+		if (!pass || lstat(path, &sb) < 0 || !S_ISDIR(sb.st_mode) ||
+		    sb.st_uid != geteuid() || (sb.st_mode & 0011) == 0011)
 			return 0;
-		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+		mode = (sb.st_mode & 07777) | 0011;
 	}
-	if (chmod(path, 0755) < 0)
-		return err_set(err, errno, "cannot make %s searchable: %s", path, strerror(errno));
+	if (chmod(path, mode) < 0)
+		return err_set(err, errno, "cannot set the mode of %s: %s", path, strerror(errno));
 	return 0;
 }
 
@@ -43,7 +54,10 @@ static int mkdir_one(const char *path, struct kerr *err)
  */
 int chunkstore_init(const char *root, struct kerr *err)
 {
-	static const char *const subdirs[] = {"chunks", "backups", "tmp"};
+	static const struct {
+		const char *name;
+		mode_t mode;
+	} subdirs[] = {{"chunks", 0700}, {"backups", 0700}, {"tmp", 0711}};
 	char path[PATH_MAX];
 	size_t len = strlen(root);
 
@@ -54,21 +68,21 @@ int chunkstore_init(const char *root, struct kerr *err)
 		if (path[i] != '/')
 			continue;
 		path[i] = '\0';
-		if (mkdir_one(path, err) < 0)
+		if (mkdir_one(path, 0711, false, err) < 0)
 			return -1;
 		path[i] = '/';
 	}
-	if (mkdir_one(path, err) < 0)
+	if (mkdir_one(path, 0711, true, err) < 0)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
-		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i]);
-		if (mkdir_one(path, err) < 0)
+		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i].name);
+		if (mkdir_one(path, subdirs[i].mode, subdirs[i].mode == 0711, err) < 0)
 			return -1;
 	}
 	/* The fan-out directories up front: a chunk write then never needs a mkdir. */
 	for (int i = 0; i < 256; i++) {
 		snprintf(path, sizeof(path), "%s/chunks/%02x", root, i);
-		if (mkdir_one(path, err) < 0)
+		if (mkdir_one(path, 0700, false, err) < 0)
 			return -1;
 	}
 	return 0;
@@ -327,7 +341,7 @@ static int chunk_file_open(const char *root, const char *hex, const char *tmp, b
 
 	if (fd < 0 && errno == ENOENT) {
 		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
-		if (mkdir_one(dir, &err) < 0)
+		if (mkdir_one(dir, 0700, false, &err) < 0)
 			return -err.code;
 		fd = open(tmp, flags, 0644);
 	}

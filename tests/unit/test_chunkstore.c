@@ -66,7 +66,16 @@ static void test_init_modes(void **state)
 {
 	struct fixture *f = *state;
 	char root[128], path[160];
-	const char *const dirs[] = {"", "/tmp", "/chunks", "/chunks/ab"};
+	/* QEMU passes the root and tmp/ (0711: searchable, not listable); nobody else
+	 * enters chunks/ or backups/ (manifests, chunk names). */
+	const struct {
+		const char *dir;
+		mode_t mode;
+	} dirs[] = {{"", 0711},
+		    {"/tmp", 0711},
+		    {"/chunks", 0700},
+		    {"/chunks/ab", 0700},
+		    {"/backups", 0700}};
 	struct kerr err;
 	struct stat sb;
 	mode_t old = umask(0077);
@@ -74,20 +83,35 @@ static void test_init_modes(void **state)
 	(void)state;
 	snprintf(root, sizeof(root), "%s/m/n", f->root);
 	assert_int_equal(chunkstore_init(root, &err), 0);
-	umask(old);
 	snprintf(path, sizeof(path), "%s/m", f->root);
 	assert_int_equal(stat(path, &sb), 0);
-	assert_int_equal(sb.st_mode & 07777, 0755);
+	assert_int_equal(sb.st_mode & 07777, 0711);
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		snprintf(path, sizeof(path), "%s%s", root, dirs[i]);
+		snprintf(path, sizeof(path), "%s%s", root, dirs[i].dir);
 		assert_int_equal(stat(path, &sb), 0);
-		assert_int_equal(sb.st_mode & 07777, 0755);
+		if ((sb.st_mode & 07777) != dirs[i].mode)
+			fail_msg("%s: mode %o, not %o", path, sb.st_mode & 07777, dirs[i].mode);
 	}
-	/* A directory that was there keeps its mode. */
-	assert_int_equal(chmod(root, 0750), 0);
+	/* A store made under umask 0077 before (all 0700): the root and tmp/ get the
+	 * search bits QEMU needs, the rest stays as it was. */
+	assert_int_equal(chmod(root, 0700), 0);
+	snprintf(path, sizeof(path), "%s/tmp", root);
+	assert_int_equal(chmod(path, 0700), 0);
 	assert_int_equal(chunkstore_init(root, &err), 0);
 	assert_int_equal(stat(root, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0711);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0711);
+	/* Otherwise a directory that was there keeps its mode. */
+	snprintf(path, sizeof(path), "%s/backups", root);
+	assert_int_equal(chmod(path, 0750), 0);
+	assert_int_equal(chmod(root, 0751), 0);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	assert_int_equal(stat(path, &sb), 0);
 	assert_int_equal(sb.st_mode & 07777, 0750);
+	assert_int_equal(stat(root, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0751);
+	umask(old);
 }
 
 static void fill(unsigned char *buf, size_t len, unsigned seed)
