@@ -407,6 +407,13 @@ static void prepare_work(struct bjob *job)
 			 job->tmpdir, strerror(errno));
 		return;
 	}
+	/* chunkstore_init makes the store's root and tmp/ passable for it, but not what
+	 * lies above the store: said here, not as QEMU's bare "Permission denied". */
+	if (job->live &&
+	    fleece_dir_reachable(job->tmpdir, job->qemu_uid, job->qemu_gid, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
 	if (job->parent[0] && !job->restore && !job->force_full) {
 		if (!job->live)
 			snprintf(job->full_reason, sizeof(job->full_reason),

@@ -262,10 +262,10 @@ int fleece_dir_reachable(const char *dir, uid_t uid, gid_t gid, struct kerr *err
 		}
 		if (!S_ISDIR(sb.st_mode) || !searchable(&sb, uid, gid))
 			return err_set(err, EACCES,
-				       "the VM's QEMU (uid %u) cannot reach its NBD socket: %s is "
-				       "not searchable for it (mode %03o, owner %u); make every "
-				       "directory above --run-dir searchable (o+x)",
-				       (unsigned)uid, path, (unsigned)(sb.st_mode & 0777),
+				       "the VM's QEMU (uid %u) cannot reach %s: %s is not "
+				       "searchable for it (mode %03o, owner %u); make every "
+				       "directory above it searchable (o+x)",
+				       (unsigned)uid, dir, path, (unsigned)(sb.st_mode & 0777),
 				       (unsigned)sb.st_uid);
 		path[i + 1] = keep;
 	}
