@@ -368,7 +368,11 @@ static void fleece_chunk_work(struct bjob *job)
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
 	job_names(job, &n);
-	if (nbd_conn_open(job->nbd_sock, n.node, &c, &err) < 0) {
+	if (job->nbd_server <= 0) {
+		snprintf(job->error, sizeof(job->error), "the VM's QEMU is gone");
+		return;
+	}
+	if (nbd_conn_open(job->nbd_sock, n.node, job->nbd_server, &c, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
@@ -439,6 +443,9 @@ static void read_start(struct bjob *job)
 	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
 	uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
 	job->chunk_started_ms = now_ms();
+	/* Taken on the loop, which owns the VM: the socket's directory is the VM's QEMU
+	 * uid's, so the path alone could lead to another VM's export (nbd_conn_open). */
+	job->nbd_server = job->op->vm->inst.pid;
 	backup_pool_run(job, fleece_chunk_work, fleece_chunk_after);
 }
 

@@ -89,6 +89,7 @@ struct bjob {
 	char fleece_why[200];	/* why a disk was copied instead, "" if none was */
 	char overlay[PATH_MAX]; /* the fleecing overlay (qcow2, in tmpdir) */
 	char nbd_sock[108];	/* QEMU's NBD server (fleece_sock_path): sun_path's size */
+	pid_t nbd_server;	/* ... the VM's QEMU, the one process that may serve it */
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
