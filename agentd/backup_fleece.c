@@ -240,8 +240,11 @@ static void fleece_fallback(struct bjob *job, const char *why)
 
 /*
  * Thread: where QEMU's NBD server for the read listens (fleece.h): the agent's
- * runtime directory (--run-dir) 0711, its fleece/ 0711, both root's, and fleece/UID
- * 0700, the VM's QEMU uid's, so no other VM's QEMU can reach the export. QEMU binds
+ * runtime directory (--run-dir, root's and writable by root alone) 0711 when made
+ * here, its fleece/ 0711, root's, and fleece/UID 0700, the VM's QEMU uid's
+ * (fleece_sock_dir_make, through directory fds), so no QEMU of another uid can reach
+ * the export; VMs that share a uid (--qemu-user) share that directory, and the reader
+ * checks who serves the socket (nbd_conn_open). QEMU binds
  * the socket after it dropped root (-runas), hence a directory of its uid's; the VM's
  * run directory is root's alone. Local and short, not in the store: a store's path
  * may pass a unix socket's 107 bytes, and a socket on an NFS or FUSE store may not
@@ -251,7 +254,6 @@ static void fleece_fallback(struct bjob *job, const char *why)
 static int sock_dir_make(struct bjob *job, struct kerr *err)
 {
 	const char *run_dir = job->agent->cfg->run_dir;
-	_cleanup_free_ char *fleece = xasprintf("%s/fleece", run_dir);
 	char dir[PATH_MAX];
 	struct stat sb;
 	int ret;
@@ -264,20 +266,8 @@ static int sock_dir_make(struct bjob *job, struct kerr *err)
 		if (ret < 0 || chmod(run_dir, 0711) < 0)
 			return err_set(err, ret < 0 ? -ret : errno, "cannot make %s", run_dir);
 	}
-	if ((mkdir(fleece, 0711) < 0 && errno != EEXIST) || lstat(fleece, &sb) < 0)
-		return err_set(err, errno, "cannot make %s", fleece);
-	if (!S_ISDIR(sb.st_mode) || sb.st_uid != 0)
-		return err_set(err, 0, "%s is not a directory of root's", fleece);
-	if (chmod(fleece, 0711) < 0)
-		return err_set(err, errno, "cannot make %s searchable", fleece);
-	if ((mkdir(dir, 0700) < 0 && errno != EEXIST) || lstat(dir, &sb) < 0)
-		return err_set(err, errno, "cannot make %s", dir);
-	/* lstat: a link here (only root may write fleece/) is not followed by chown. */
-	if (!S_ISDIR(sb.st_mode))
-		return err_set(err, 0, "%s is not a directory", dir);
-	if (chown(dir, job->qemu_uid, job->qemu_gid) < 0 || chmod(dir, 0700) < 0)
-		return err_set(err, errno, "cannot hand %s to the VM's QEMU uid %u", dir,
-			       (unsigned)job->qemu_uid);
+	if (fleece_sock_dir_make(run_dir, job->qemu_uid, job->qemu_gid, err) < 0)
+		return -1;
 	return fleece_dir_reachable(dir, job->qemu_uid, job->qemu_gid, err);
 }
 

@@ -4,13 +4,16 @@
 #include "fleece.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "json.h"
+#include "util.h"
 
 void fleece_names_make(size_t disk, const char *bus, struct fleece_names *n)
 {
@@ -224,6 +227,57 @@ int fleece_sock_path(const char *run_dir, uid_t uid, const char *vm_dir, char *d
 	snprintf(sock, socklen, "%s", path);
 	path[(size_t)len - base] = '\0';
 	snprintf(dir, dirlen, "%s", path);
+	return 0;
+}
+
+/* Open directory name in at (never through a link), made with mode if missing. */
+static int dir_open_at(int at, const char *name, mode_t mode, const char *path, struct kerr *err)
+{
+	int fd;
+
+	if (mkdirat(at, name, mode) < 0 && errno != EEXIST)
+		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return err_set(err, errno, "%s is not a directory: %s", path, strerror(errno));
+	return fd;
+}
+
+int fleece_sock_dir_make(const char *run_dir, uid_t uid, gid_t gid, struct kerr *err)
+{
+	_cleanup_close_ int rfd = -1, ffd = -1, ufd = -1;
+	_cleanup_free_ char *fleece = xasprintf("%s/fleece", run_dir);
+	_cleanup_free_ char *dir = xasprintf("%s/fleece/%u", run_dir, (unsigned)uid);
+	char name[16];
+	struct stat sb;
+
+	/* The run directory as it is now, once: a path looked up again could be another
+	 * directory by then. No one but the agent may write into it, or another user
+	 * could put what they like where fleece/ is looked for. */
+	rfd = open(run_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (rfd < 0)
+		return err_set(err, errno, "cannot open --run-dir %s: %s", run_dir,
+			       strerror(errno));
+	if (fstat(rfd, &sb) < 0 || sb.st_uid != geteuid() || (sb.st_mode & 022) != 0)
+		return err_set(err, EPERM,
+			       "--run-dir %s must be the agent's and writable by it alone (owner "
+			       "%u, mode %03o)",
+			       run_dir, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 0777));
+	ffd = dir_open_at(rfd, "fleece", 0711, fleece, err);
+	if (ffd < 0)
+		return -1;
+	if (fstat(ffd, &sb) < 0 || sb.st_uid != geteuid())
+		return err_set(err, EPERM, "%s is not the agent's directory", fleece);
+	if (fchmod(ffd, 0711) < 0)
+		return err_set(err, errno, "cannot make %s searchable", fleece);
+	/* fleece/ is the agent's alone: its UID entry cannot change under us. */
+	snprintf(name, sizeof(name), "%u", (unsigned)uid);
+	ufd = dir_open_at(ffd, name, 0700, dir, err);
+	if (ufd < 0)
+		return -1;
+	if (fchown(ufd, uid, gid) < 0 || fchmod(ufd, 0700) < 0)
+		return err_set(err, errno, "cannot hand %s to the VM's QEMU uid %u", dir,
+			       (unsigned)uid);
 	return 0;
 }
 

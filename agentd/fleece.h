@@ -41,7 +41,8 @@
  * down to it (fleece_dir_reachable): either failing makes the backup copy the disk
  * instead, saying why.
  *
- * Pure but for fleece_dir_reachable (stat): JSON built here, sent by the caller.
+ * Pure but for fleece_sock_dir_make and fleece_dir_reachable (the socket's
+ * directories): JSON built here, sent by the caller.
  */
 #ifndef KUMO_FLEECE_H
 #define KUMO_FLEECE_H
@@ -138,6 +139,17 @@ int fleece_filter_in_front(const struct fleece_names *n, struct json_object *dri
  */
 int fleece_sock_path(const char *run_dir, uid_t uid, const char *vm_dir, char *dir, size_t dirlen,
 		     char *sock, size_t socklen, struct kerr *err);
+
+/*
+ * Make the socket's directory RUN_DIR/fleece/UID (fleece_sock_path's dir) for uid (its
+ * group gid): run_dir must exist, be the agent's (root's) and writable by no one else;
+ * fleece/ is made or kept the agent's, 0711; fleece/UID made or kept (a directory,
+ * never a link), handed to uid:gid, 0700. All through directory fds (openat with
+ * O_NOFOLLOW, mkdirat, fchown, fchmod): no path is looked up twice, so no one can swap
+ * a directory between a check and a chown. Returns 0, or < 0 with err. Needs root (the
+ * chown).
+ */
+int fleece_sock_dir_make(const char *run_dir, uid_t uid, gid_t gid, struct kerr *err);
 
 /*
  * Whether uid (group gid) may walk from / down into dir: every directory above it

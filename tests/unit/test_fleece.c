@@ -25,6 +25,7 @@
 
 #include "fleece.h"
 #include "json.h"
+#include "tree.h"
 
 /* args as compact JSON equals want, and args is freed. */
 static void json_is(struct json_object *args, const char *want)
@@ -261,12 +262,84 @@ static void test_dir_reachable(void **state)
 	rmdir(top);
 }
 
+/*
+ * The socket's directories: made with their owners and modes whatever the umask; a
+ * --run-dir others may write, or a link where a directory belongs, refused. Needs
+ * root (the chown): skipped otherwise.
+ */
+static void test_sock_dir_make(void **state)
+{
+	char top[] = "/tmp/kumo-fleece-dir-XXXXXX";
+	char run[PATH_MAX], path[PATH_MAX], cmd[PATH_MAX + 64];
+	const uid_t uid = 1300042;
+	struct kerr err;
+	struct stat sb;
+	mode_t old;
+
+	(void)state;
+	if (geteuid() != 0)
+		skip();
+	assert_non_null(mkdtemp(top));
+	snprintf(run, sizeof(run), "%s/run", top);
+	assert_int_equal(mkdir(run, 0711), 0);
+	old = umask(0077);
+	assert_int_equal(fleece_sock_dir_make(run, uid, uid, &err), 0);
+	umask(old);
+	snprintf(path, sizeof(path), "%s/fleece", run);
+	assert_int_equal(lstat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0711);
+	assert_int_equal(sb.st_uid, 0);
+	snprintf(path, sizeof(path), "%s/fleece/%u", run, (unsigned)uid);
+	assert_int_equal(lstat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0700);
+	assert_int_equal(sb.st_uid, uid);
+	/* Again: all there already, nothing changes. */
+	assert_int_equal(fleece_sock_dir_make(run, uid, uid, &err), 0);
+
+	/* fleece/UID a link (its uid put it there: to have root chown the target). */
+	assert_int_equal(rmdir(path), 0);
+	assert_int_equal(symlink(top, path), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "is not a directory"));
+	assert_int_equal(lstat(top, &sb), 0);
+	assert_int_equal(sb.st_uid, 0); /* not handed over */
+	assert_int_equal(unlink(path), 0);
+
+	/* fleece/ another uid's, or a link. */
+	snprintf(path, sizeof(path), "%s/fleece", run);
+	assert_int_equal(chown(path, uid, uid), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "not the agent's"));
+	snprintf(cmd, sizeof(cmd), "rm -rf %s && ln -s %s %s", path, top, path);
+	assert_int_equal(system(cmd), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "is not a directory"));
+	assert_int_equal(unlink(path), 0);
+
+	/* A --run-dir others may write (/tmp/x made by anyone), another uid's, or a link. */
+	assert_int_equal(chmod(run, 0777), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "writable by it alone"));
+	assert_int_equal(chmod(run, 0731), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_int_equal(chmod(run, 0711), 0);
+	assert_int_equal(chown(run, uid, uid), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_int_equal(chown(run, 0, 0), 0);
+	snprintf(path, sizeof(path), "%s/runlink", top);
+	assert_int_equal(symlink(run, path), 0);
+	assert_true(fleece_sock_dir_make(path, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "cannot open --run-dir"));
+	tree_remove(top);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),	    cmocka_unit_test(test_setup_commands),
-		cmocka_unit_test(test_setup_steps), cmocka_unit_test(test_teardown),
-		cmocka_unit_test(test_sock_path),   cmocka_unit_test(test_dir_reachable),
+		cmocka_unit_test(test_names),	      cmocka_unit_test(test_setup_commands),
+		cmocka_unit_test(test_setup_steps),   cmocka_unit_test(test_teardown),
+		cmocka_unit_test(test_sock_path),     cmocka_unit_test(test_dir_reachable),
+		cmocka_unit_test(test_sock_dir_make),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
