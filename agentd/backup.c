@@ -1589,6 +1589,30 @@ static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool r
 	return job;
 }
 
+/* The uid and gid vm's QEMU runs as: --qemu-user's (0 for root), or the VM's own
+ * (uid.c: *own set). -1 when --qemu-user names no user. */
+int backup_qemu_ids(struct vm *vm, uid_t *uid, gid_t *gid, bool *own)
+{
+	const char *user = vm->inst.agent->cfg->qemu_user;
+	struct passwd *pw;
+
+	*uid = 0;
+	*gid = 0;
+	*own = false;
+	if (strcmp(user, "root") == 0)
+		return 0;
+	pw = getpwnam(user);
+	if (pw == NULL)
+		return -1;
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	if (uid_vm_read(vm->inst.dir) != 0) {
+		*uid = *gid = uid_vm_read(vm->inst.dir);
+		*own = true;
+	}
+	return 0;
+}
+
 /*
  * The "backup" action: every disk of op->vm into the store args.store, as backup
  * args.backup. A running VM goes on running. Ends in instance_op_succeed() with
@@ -1619,20 +1643,10 @@ void backup_vm_run(struct inst_op *op)
 	/* Mbit/s as a migration counts them: 10^6 bits, 125,000 bytes. */
 	job->rate_bytes_s = (uint64_t)json_get_int(op->args, "bandwidth_mbps", 0) * 125000;
 	job->all_incr = job->parent[0] != '\0' && !job->force_full;
-	if (job->live && strcmp(op->agent->cfg->qemu_user, "root") != 0) {
-		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
-
-		if (pw == NULL) {
-			backup_job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
-			return;
-		}
-		job->qemu_uid = pw->pw_uid;
-		job->qemu_gid = pw->pw_gid;
-		/* ... or the VM's own uid (uid.c), the one its QEMU runs as. */
-		if (uid_vm_read(vm->inst.dir) != 0) {
-			job->qemu_uid = job->qemu_gid = uid_vm_read(vm->inst.dir);
-			job->qemu_uid_own = true;
-		}
+	if (job->live &&
+	    backup_qemu_ids(vm, &job->qemu_uid, &job->qemu_gid, &job->qemu_uid_own) < 0) {
+		backup_job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
+		return;
 	}
 	job->manifest = json_object_new_object();
 	json_object_object_add(job->manifest, "version",

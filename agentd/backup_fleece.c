@@ -12,7 +12,6 @@
 #include "backup_int.h"
 
 #include <errno.h>
-#include <glob.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -145,29 +144,32 @@ void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
 	fleece_down(job, then);
 }
 
-/* The socket a killed agent's fleecing read of vm left (its name is the VM's, under
- * whichever uid its QEMU had): its path goes; the teardown stops QEMU's listener. */
+/* The socket a killed agent's fleecing read of vm left, under the uid its QEMU runs as
+ * (as this agent is configured: a --qemu-user changed since leaves the old one), and
+ * the directory when that uid is the VM's own. */
 static void leftover_sock_remove(struct vm *vm)
 {
-	char dir[PATH_MAX], sock[FLEECE_SOCK_MAX], pattern[PATH_MAX + 32];
-	const char *run_dir = vm->inst.agent->cfg->run_dir;
-	glob_t g;
+	char dir[PATH_MAX], sock[FLEECE_SOCK_MAX];
 	struct kerr err;
+	uid_t uid;
+	gid_t gid;
+	bool own;
 
-	if (fleece_sock_path(run_dir, 0, vm->inst.dir, dir, sizeof(dir), sock, sizeof(sock), &err) <
-	    0)
+	if (backup_qemu_ids(vm, &uid, &gid, &own) < 0 ||
+	    fleece_sock_path(vm->inst.agent->cfg->run_dir, uid, vm->inst.dir, dir, sizeof(dir),
+			     sock, sizeof(sock), &err) < 0)
 		return;
-	snprintf(pattern, sizeof(pattern), "%s/fleece/*/%s", run_dir, strrchr(sock, '/') + 1);
-	if (glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
-		return;
-	for (size_t i = 0; i < g.gl_pathc; i++)
-		unlink(g.gl_pathv[i]);
-	globfree(&g);
+	/* unlink and rmdir never follow a link QEMU may have put there. */
+	unlink(sock);
+	if (own)
+		rmdir(dir);
 }
 
 /* At a running VM's adoption: a killed agent's fleecing objects go, for every disk
  * (only when some are there: the teardown stops any NBD server, and an incoming
- * migration's may run). */
+ * migration's may run). Its socket file goes in any case: an agent killed between the
+ * teardown and sock_remove left it, and no NBD server of a fleecing listens on it
+ * without the nodes. */
 static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct vm *vm = data;
@@ -175,6 +177,7 @@ static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 
 	if (error || vm->inst.removing)
 		return;
+	leftover_sock_remove(vm);
 	for (size_t i = 0; i < json_array_len(ret); i++)
 		if (!strncmp(json_get_str(json_object_array_get_idx(ret, i), "node-name", ""),
 			     "kfl-", 4))
@@ -185,7 +188,6 @@ static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 		 vm->inst.name);
 	for (size_t i = 0; i < vm->ndisks; i++)
 		teardown_start(vm, i, NULL, NULL);
-	leftover_sock_remove(vm);
 }
 
 void backup_fleece_adopted(struct vm *vm)

@@ -101,6 +101,9 @@ typedef void (*work_fn)(struct bjob *job);
 typedef void (*after_fn)(struct bjob *job);
 
 /* backup.c */
+/* The uid and gid vm's QEMU runs as; *own: the VM's own uid (uid.c), not a shared
+ * one. -1 when --qemu-user names no user. */
+int backup_qemu_ids(struct vm *vm, uid_t *uid, gid_t *gid, bool *own);
 /* At each safe point: true when the job is over (cancelled, the agent stopping) and
  * freed; the caller returns at once. */
 bool backup_job_gone(struct bjob *job);
