@@ -861,11 +861,14 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 		block_job_id(job, job->disk, jid, sizeof(jid));
 		if (strcmp(jid, id) != 0)
 			continue;
-		job->job_end_by = "event";
-		if (job->querying)
+		/* A query in flight may see the end first (then "poll"): only the one
+		 * the event starts counts as the event's. */
+		if (job->querying) {
 			job->poll_soon = true;
-		else
+		} else {
+			job->job_end_by = "event";
 			uv_timer_start(&job->poll, poll_cb, 0, 0);
+		}
 	}
 }
 
@@ -912,6 +915,8 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		job->poll_ms =
 			job->poll_ms * 2 < BACKUP_POLL_MS ? job->poll_ms * 2 : BACKUP_POLL_MS;
 		/* The job concluded while this query was on its way: ask again now. */
+		if (job->poll_soon)
+			job->job_end_by = "event";
 		uv_timer_start(&job->poll, poll_cb, job->poll_soon ? 0 : job->poll_ms, 0);
 		return;
 	}
