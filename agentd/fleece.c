@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -281,13 +283,17 @@ int fleece_sock_dir_make(const char *run_dir, uid_t uid, gid_t gid, struct kerr 
 	return 0;
 }
 
-/* May uid (group gid) search directory sb by its mode bits? */
-static int searchable(const struct stat *sb, uid_t uid, gid_t gid)
+/* May uid (group gid, supplementary groups groups) search directory sb by its mode
+ * bits? (ACLs are not looked at.) */
+static int searchable(const struct stat *sb, uid_t uid, gid_t gid, const gid_t *groups, int ngroups)
 {
 	if (uid == 0)
 		return 1;
 	if (sb->st_uid == uid)
 		return (sb->st_mode & S_IXUSR) != 0;
+	for (int i = 0; i < ngroups; i++)
+		if (groups[i] == sb->st_gid)
+			return (sb->st_mode & S_IXGRP) != 0;
 	if (sb->st_gid == gid)
 		return (sb->st_mode & S_IXGRP) != 0;
 	return (sb->st_mode & S_IXOTH) != 0;
@@ -295,10 +301,20 @@ static int searchable(const struct stat *sb, uid_t uid, gid_t gid)
 
 int fleece_dir_reachable(const char *dir, uid_t uid, gid_t gid, struct kerr *err)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX], pwbuf[4096];
+	gid_t groups[64];
+	int ngroups = 0;
+	struct passwd pw, *found = NULL;
 	struct stat sb;
 	size_t len;
 
+	/* A uid with a passwd entry (--qemu-user) may pass by a supplementary group; a
+	 * VM's own uid (uid.c) has none. */
+	if (uid != 0 && getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &found) == 0 && found) {
+		ngroups = (int)ARRAY_SIZE(groups);
+		if (getgrouplist(pw.pw_name, gid, groups, &ngroups) < 0)
+			ngroups = 0;
+	}
 	if ((len = strlen(dir)) >= sizeof(path) || dir[0] != '/')
 		return err_set(err, EINVAL, "%.80s is not an absolute path", dir);
 	memcpy(path, dir, len + 1);
@@ -314,7 +330,7 @@ int fleece_dir_reachable(const char *dir, uid_t uid, gid_t gid, struct kerr *err
 			path[i + 1] = keep;
 			return err_set(err, errno, "cannot look at a directory above %s", dir);
 		}
-		if (!S_ISDIR(sb.st_mode) || !searchable(&sb, uid, gid))
+		if (!S_ISDIR(sb.st_mode) || !searchable(&sb, uid, gid, groups, ngroups))
 			return err_set(err, EACCES,
 				       "the VM's QEMU (uid %u) cannot reach %s: %s is not "
 				       "searchable for it (mode %03o, owner %u); make every "

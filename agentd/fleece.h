@@ -153,7 +153,8 @@ int fleece_sock_dir_make(const char *run_dir, uid_t uid, gid_t gid, struct kerr 
 
 /*
  * Whether uid (group gid) may walk from / down into dir: every directory above it
- * searchable by that uid by its mode bits (owner, group, then other; root always).
+ * searchable by that uid by its mode bits (owner, group or one of the uid's
+ * supplementary groups, then other; root always; ACLs not looked at).
  * Returns 0, or < 0 with err naming the first directory it cannot pass. dir itself is
  * not checked: the caller makes it that uid's.
  */
