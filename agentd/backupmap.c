@@ -448,7 +448,7 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, struct backup_exten
 	if (cluster_bits < 9 || cluster_bits > 21)
 		return err_set(err, EBADMSG, "%s: a header out of bounds", path);
 	/* The size first: all the work below is bounded by it. */
-	if (virtual_size != (uint64_t)size)
+	if (size < 0 || virtual_size != (uint64_t)size)
 		return err_set(err, ERANGE, "%s: a disk of %llu bytes, not %lld", path,
 			       (unsigned long long)virtual_size, (long long)size);
 	cluster = 1ULL << cluster_bits;
