@@ -95,6 +95,11 @@ total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks
 [ "$(jqb '.disks[0].name')" = root ] && [ "$(jqb '.disks[0].virtual_size')" = "$total" ] || fail "backup 1 disks: $(jqb .disks)"
 instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 [ -f "$KUMO_LAB_DIR/shared/backups/$bs/backups/$b1.json" ] || fail "no manifest for $b1 in the store"
+# Only the store's root and tmp/ are passable for a VM's QEMU (to its work directory);
+# nobody else lists chunks or reads a manifest (a VM's spec, cloud-init data included).
+st="$KUMO_LAB_DIR/shared/backups/$bs"
+modes=$(stat -c %a "$st" "$st/tmp" "$st/chunks" "$st/chunks/00" "$st/backups" | tr '\n' ' ')
+[ "$modes" = "711 711 700 700 700 " ] || fail "the store's root, tmp, chunks, chunks/00, backups are $modes, not 711 711 700 700 700"
 api POST "/api/v1/backups/$b1/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "verify of the crash-consistent backup: $(jqb .result)"
