@@ -23,7 +23,8 @@
  *     copied as before and the result says why (live_read, live_read_reason): QMP
  *     drive-backup with sync=full copies the disk as it was when the job started into
  *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup
- *     sync=incremental of the clusters the parent's dirty bitmap marks, into a qcow2.
+ *     sync=bitmap (bitmap-mode never: the parent's bitmap is dropped only once the backup
+ *     succeeded) of the clusters the parent's dirty bitmap marks, into a qcow2.
  *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
@@ -1247,8 +1248,9 @@ void backup_disk_read(struct bjob *job)
 		(int)(job->disk * BACKUP_READ_PHASES * 90 / (job->op->ndisks * BACKUP_READ_PHASES)),
 		phase);
 	if (job->live) {
-		struct json_object *args, *bm, *actions, *a, *tx;
-		char jid[96], node[16], name[80], pname[80];
+		struct json_object *tx;
+		struct fleece_names n;
+		char jid[96], name[80], pname[80];
 
 		job->pdisk = NULL;
 		for (size_t i = 0;
@@ -1279,50 +1281,19 @@ void backup_disk_read(struct bjob *job)
 		}
 		if (!job->incr)
 			job->copied++;
-		args = json_object_new_object();
-		bm = json_object_new_object();
-		actions = json_object_new_array();
 		/* The node names qemuargs.c gives the disks: d0, d1, ... */
+		fleece_names_make(job->disk, NULL, &n);
 		block_job_id(job, job->disk, jid, sizeof(jid));
-		snprintf(node, sizeof(node), "d%zu", job->disk);
 		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
 		snprintf(job->target, sizeof(job->target), "%s/%s.qcow2", job->tmpdir, d->name);
-		json_object_object_add(args, "job-id", json_object_new_string(jid));
-		json_object_object_add(args, "device", json_object_new_string(node));
-		json_object_object_add(args, "target",
-				       json_object_new_string(job->incr ? job->target : job->raw));
-		/* Incremental: a qcow2 target, so the clusters the job did not copy stay
-		 * unallocated and qemu-img map tells them from the copied ones. */
-		json_object_object_add(args, "format",
-				       json_object_new_string(job->incr ? "qcow2" : "raw"));
-		json_object_object_add(args, "sync",
-				       json_object_new_string(job->incr ? "incremental" : "full"));
-		if (job->incr) {
-			snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
-			json_object_object_add(args, "bitmap", json_object_new_string(pname));
-		}
-		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
-		json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
-		/* A live disk is read by QEMU's job: its own rate limit paces it, and
-		 * query-jobs reports its progress meanwhile. */
-		if (job->rate_bytes_s > 0)
-			json_object_object_add(args, "speed",
-					       json_object_new_int64((int64_t)job->rate_bytes_s));
 		/* One transaction: the new bitmap starts at exactly the backup's point in
-		 * time, so the next incremental backup moves what changed after it. */
-		json_object_object_add(bm, "node", json_object_new_string(node));
-		json_object_object_add(bm, "name", json_object_new_string(name));
-		json_object_object_add(bm, "persistent", json_object_new_boolean(true));
-		a = json_object_new_object();
-		json_object_object_add(a, "type", json_object_new_string("block-dirty-bitmap-add"));
-		json_object_object_add(a, "data", bm);
-		json_object_array_add(actions, a);
-		a = json_object_new_object();
-		json_object_object_add(a, "type", json_object_new_string("drive-backup"));
-		json_object_object_add(a, "data", args);
-		json_object_array_add(actions, a);
-		tx = json_object_new_object();
-		json_object_object_add(tx, "actions", actions);
+		 * time, so the next incremental backup moves what changed after it. The
+		 * parent's bitmap is left as it is (bitmap-mode never): dropped only once
+		 * this backup succeeded (manifest_after), so one that fails after QEMU's
+		 * job leaves the next incremental every write since the parent. */
+		tx = fleece_copy_tx_args(&n, jid, name, job->incr ? pname : NULL,
+					 job->incr ? job->target : job->raw, job->rate_bytes_s);
 		json_object_put(job->tx);
 		job->tx = tx;
 		backup_guest_freeze(job);

@@ -8,6 +8,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -78,6 +79,35 @@ struct json_object *fleece_transaction_args(const struct fleece_names *n, const 
 	json_object_array_add(actions, action("block-dirty-bitmap-add", bm));
 	json_object_object_add(args, "actions", actions);
 	return args;
+}
+
+struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char *job_id,
+					const char *bitmap, const char *parent_bitmap,
+					const char *target, uint64_t rate_bytes_s)
+{
+	struct json_object *tx = fleece_transaction_args(n, bitmap);
+	struct json_object *args = json_object_new_object();
+	bool incr = parent_bitmap != NULL;
+
+	json_object_object_add(args, "job-id", json_object_new_string(job_id));
+	json_object_object_add(args, "device", json_object_new_string(n->device));
+	json_object_object_add(args, "target", json_object_new_string(target));
+	/* Incremental: a qcow2 target, so the clusters the job did not copy stay
+	 * unallocated and its own tables tell them from the copied ones. */
+	json_object_object_add(args, "format", json_object_new_string(incr ? "qcow2" : "raw"));
+	json_object_object_add(args, "sync", json_object_new_string(incr ? "bitmap" : "full"));
+	if (incr) {
+		json_object_object_add(args, "bitmap", json_object_new_string(parent_bitmap));
+		/* Never "on-success" (what sync "incremental" means): fleece.h says why. */
+		json_object_object_add(args, "bitmap-mode", json_object_new_string("never"));
+	}
+	json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
+	json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
+	/* A live disk is read by QEMU's job: its own rate limit paces it. */
+	if (rate_bytes_s > 0)
+		json_object_object_add(args, "speed", json_object_new_int64((int64_t)rate_bytes_s));
+	json_object_array_add(json_object_object_get(tx, "actions"), action("drive-backup", args));
+	return tx;
 }
 
 struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter)

@@ -49,6 +49,7 @@
 
 #include <json-c/json.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "err.h"
@@ -77,6 +78,24 @@ struct json_object *fleece_cbw_args(const struct fleece_names *n, unsigned timeo
 
 /* The bitmap of the point in time: transaction [block-dirty-bitmap-add (persistent)]. */
 struct json_object *fleece_transaction_args(const struct fleece_names *n, const char *bitmap);
+
+/*
+ * The transaction of a running disk's read by QEMU's own copy job instead (an
+ * incremental, or a whole read whose fleecing failed): block-dirty-bitmap-add of the
+ * new persistent bitmap (the point in time) and drive-backup job_id of the disk's
+ * node into target. parent_bitmap NULL: the whole disk, a raw target (sync full).
+ * Else an incremental of the clusters parent_bitmap marks into a qcow2 target, with
+ * sync "bitmap" and bitmap-mode "never": QEMU leaves parent_bitmap as it was, every
+ * write since the parent's point in time still marked, whatever becomes of the job or
+ * of the backup after it. (sync "incremental" is bitmap-mode "on-success": a job that
+ * succeeds clears the parent's bitmap down to the writes after this point in time, so
+ * a backup that then failed left the next incremental without the writes in between,
+ * reported good.) The backup drops parent_bitmap itself once it succeeded.
+ * rate_bytes_s: the job's speed limit, 0 none.
+ */
+struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char *job_id,
+					const char *bitmap, const char *parent_bitmap,
+					const char *target, uint64_t rate_bytes_s);
 
 /* qom-set of the device's drive: onto the filter (the point in time) or back. */
 struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter);

@@ -2,7 +2,10 @@
 # Backup faults: a running VM's backup cancelled mid-way stops on the agent (QEMU's
 # block job, the work files) and is never listed as restorable, with no manifest; the
 # agent killed with -9 mid-backup: the operation ends failed saying why, no manifest,
-# the VM keeps running; the next backup works and its content is the disk's.
+# the VM keeps running; the next backup works and its content is the disk's. An
+# incremental that fails after QEMU's copy job ended (its manifest cannot be written)
+# leaves the parent's bitmap whole: the next backup holds every write since the parent,
+# those before the failed backup's point in time too.
 . "$(dirname "$0")/lib.sh"
 
 bs=bsf$$
@@ -134,3 +137,54 @@ api GET "/api/v1/backups?instance=bkf1"
 api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
 pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it and the first are restorable"
+
+# 4. An incremental that fails after QEMU's job ended. A write in the guest (a reboot:
+# the guest counts boots on its disk, and its journal moves on), then an incremental
+# whose manifest cannot be written (a directory, not empty, where its file goes: the
+# rename fails after the job copied and the chunks were stored), then another write,
+# then the next backup. QEMU's sync "incremental" (bitmap-mode on-success) had cleared
+# the parent's bitmap down to the writes after the failed backup's point in time: the
+# next incremental missed the first write and was reported good. Now the parent's
+# bitmap is never rewritten by QEMU: the next backup is an incremental on the same
+# parent holding both writes, or full saying why; either way its content is the disk's.
+reboot_to() {
+	api POST /api/v1/instances/bkf1/actions/reboot
+	wait_op "$(jqb .id)"
+	op_ok
+	wait_until 150 "boot $1" console_has bkf1 "KUMO-BOOT count=$1"
+}
+boots=$(console bkf1 | grep -o 'KUMO-BOOT count=[0-9]*' | tail -1 | cut -d= -f2)
+reboot_to $((boots + 1))
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+hold_qemu bkf1
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+expect_status 202 "the incremental to fail"
+op=$(jqb .id) bf=$(jqb .result.id)
+mkdir -p "$store_dir/backups/$bf.json/blocker"
+release_qemu
+wait_op "$op" 300
+why=$(jqb .error)
+[ "$(jqb .status)" = failed ] && grep -q "manifest" <<<"$why" || fail "the incremental meant to fail at its manifest ended $(jqb .status): $why"
+rm -rf "$store_dir/backups/$bf.json"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+op_ok
+reboot_to $((boots + 2))
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+ba=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$ba"
+[ "$(jqb .status)" = succeeded ] || fail "the backup after the failed one: $(jqb .status) $(jqb .error)"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+{ [ "$kind" = incremental ] && [ "$(jqb .parent)" = "$bn" ]; } || { [ "$kind" = full ] && [ -n "$reason" ]; } ||
+	fail "the backup after the failed one is $kind on $(jqb .parent) ('$reason'): neither an incremental on $bn nor a full saying why"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the $kind backup after a failed incremental misses writes: its checksum is not the disk's"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+pass "an incremental failed after QEMU's job (${why:0:60}...); the next backup ($kind${reason:+: $reason}) holds every write since its parent"

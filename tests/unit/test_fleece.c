@@ -3,7 +3,8 @@
  * QEMU 7.2's QAPI takes it (qapi/block-core.json, block-export.json, qom.json): names
  * QEMU accepts (node names under 32 characters, fixed per disk so a leftover is found),
  * the device's QOM path per bus, the copy-before-write filter that breaks the snapshot
- * rather than the guest's write, the bitmap's transaction, the qom-set that puts the
+ * rather than the guest's write, the bitmap's transaction, the copy job's (an
+ * incremental never lets QEMU rewrite the parent's bitmap), the qom-set that puts the
  * filter in front, the snapshot-access node, the unix socket server, the read-only
  * export, and the teardown in an order QEMU allows (export, server, access node, the
  * device back only from the filter, filter, overlay); the NBD socket's path under the
@@ -82,6 +83,43 @@ static void test_setup_commands(void **state)
 		"nbd.sock\"}}}");
 	json_is(fleece_export_args(&n), "{\"type\":\"nbd\",\"id\":\"kfl-d1\",\"node-name\":"
 					"\"kfl-sa-d1\",\"name\":\"kfl-d1\",\"writable\":false}");
+}
+
+/*
+ * The copy job's transaction. An incremental never lets QEMU rewrite the parent's
+ * bitmap (sync "bitmap", bitmap-mode "never"; never sync "incremental", which is
+ * "on-success"): a backup that fails after its job must leave the next incremental
+ * every write since the parent. A whole read names no bitmap to copy by.
+ */
+static void test_copy_tx(void **state)
+{
+	struct fleece_names n;
+	struct json_object *tx, *db;
+
+	(void)state;
+	fleece_names_make(2, NULL, &n);
+	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", "kumo-b1", "/s/tmp/b2/root.qcow2",
+				    0),
+		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
+		"\"name\":\"kumo-b2\",\"persistent\":true}},{\"type\":\"drive-backup\",\"data\":{"
+		"\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\",\"target\":\"\\/s\\/tmp\\/b2\\/"
+		"root.qcow2\",\"format\":\"qcow2\",\"sync\":\"bitmap\",\"bitmap\":\"kumo-b1\","
+		"\"bitmap-mode\":\"never\",\"mode\":\"absolute-paths\",\"auto-dismiss\":false}}]}");
+	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", NULL, "/s/tmp/b2/root.raw",
+				    1 << 20),
+		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
+		"\"name\":\"kumo-b2\",\"persistent\":true}},{\"type\":\"drive-backup\",\"data\":{"
+		"\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\",\"target\":\"\\/s\\/tmp\\/b2\\/"
+		"root.raw\",\"format\":\"raw\",\"sync\":\"full\",\"mode\":\"absolute-paths\","
+		"\"auto-dismiss\":false,\"speed\":1048576}}]}");
+	/* The rule itself, whatever else the arguments grow. */
+	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0);
+	db = json_object_object_get(
+		json_object_array_get_idx(json_object_object_get(tx, "actions"), 1), "data");
+	assert_string_equal(json_get_str(db, "sync", ""), "bitmap");
+	assert_string_equal(json_get_str(db, "bitmap-mode", ""), "never");
+	assert_string_equal(json_get_str(db, "bitmap", ""), "kumo-parent");
+	json_object_put(tx);
 }
 
 /* The setup's steps in the order QEMU 7.2 takes them, each the command above. */
@@ -337,9 +375,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_names),	      cmocka_unit_test(test_setup_commands),
-		cmocka_unit_test(test_setup_steps),   cmocka_unit_test(test_teardown),
-		cmocka_unit_test(test_sock_path),     cmocka_unit_test(test_dir_reachable),
-		cmocka_unit_test(test_sock_dir_make),
+		cmocka_unit_test(test_copy_tx),	      cmocka_unit_test(test_setup_steps),
+		cmocka_unit_test(test_teardown),      cmocka_unit_test(test_sock_path),
+		cmocka_unit_test(test_dir_reachable), cmocka_unit_test(test_sock_dir_make),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
