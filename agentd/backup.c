@@ -213,6 +213,24 @@ static void bitmaps_drop(struct bjob *job, const char *id)
 	}
 }
 
+/* Remove bitmap kumo-ID (this backup's) from the disk at work only, before that disk
+ * is read again: the read's transaction adds it anew, and QEMU refuses a bitmap that
+ * exists ("Bitmap already exists"). One QMP connection: QEMU runs this before the
+ * read's commands, so no one waits for it. */
+static void bitmap_drop_at_work(struct bjob *job)
+{
+	struct json_object *args = json_object_new_object();
+	char node[16], name[80];
+	struct kerr err;
+
+	snprintf(node, sizeof(node), "d%zu", job->disk);
+	snprintf(name, sizeof(name), "kumo-%s", job->id);
+	json_object_object_add(args, "node", json_object_new_string(node));
+	json_object_object_add(args, "name", json_object_new_string(name));
+	vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
+	       bitmap_removed_cb, NULL, &err);
+}
+
 /* QEMU's block job reading disk i for this backup: unique per backup, so one an
  * agent killed mid-backup left behind never blocks the next backup's. */
 static void block_job_id(const struct bjob *job, size_t i, char *out, size_t len)
@@ -761,6 +779,9 @@ void backup_chunk_after(struct bjob *job)
 		job->incr = false;
 		job->pdisk = NULL;
 		json_object_object_del(job->mdisk, "chunks");
+		/* The incremental's transaction added this backup's bitmap to the disk
+		 * already; the whole read's adds it again (at its own point in time). */
+		bitmap_drop_at_work(job);
 		backup_disk_read(job);
 		return;
 	}
@@ -948,19 +969,8 @@ static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added)
 {
 	if (!job->incr)
 		return false;
-	if (bitmap_added) {
-		struct json_object *args = json_object_new_object();
-		char node[16], name[80];
-		struct kerr err;
-
-		snprintf(node, sizeof(node), "d%zu", job->disk);
-		snprintf(name, sizeof(name), "kumo-%s", job->id);
-		json_object_object_add(args, "node", json_object_new_string(node));
-		json_object_object_add(args, "name", json_object_new_string(name));
-		/* One QMP connection: QEMU runs it before the read's commands. */
-		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
-		       NULL, &err);
-	}
+	if (bitmap_added)
+		bitmap_drop_at_work(job);
 	snprintf(job->full_reason, sizeof(job->full_reason),
 		 "disk %s: the changed-block bitmap cannot be used (%s)",
 		 job->op->disks[job->disk].name, why);

@@ -5,7 +5,10 @@
 # the VM keeps running; the next backup works and its content is the disk's. An
 # incremental that fails after QEMU's copy job ended (its manifest cannot be written)
 # leaves the parent's bitmap whole: the next backup holds every write since the parent,
-# those before the failed backup's point in time too.
+# those before the failed backup's point in time too. A running VM's incremental that
+# cannot be (a parent chunk gone; the disk resized) reads the disk whole instead: full,
+# saying why, its content the disk's (its bitmap, which the incremental's transaction
+# had added, is dropped before the whole read adds it again).
 . "$(dirname "$0")/lib.sh"
 
 bs=bsf$$
@@ -188,3 +191,62 @@ kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
 api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
 pass "an incremental failed after QEMU's job (${why:0:60}...); the next backup ($kind${reason:+: $reason}) holds every write since its parent"
+
+# 5. A parent chunk that cannot be read (every chunk file gone: the whole read stores
+# them again; the store's older backups are broken from here on). A write first, so
+# the incremental touches a chunk and reads its parent chunk back.
+resume_reboot_pause() {
+	api POST /api/v1/instances/bkf1/actions/resume
+	wait_op "$(jqb .id)"
+	op_ok
+	boots=$((boots + 1))
+	reboot_to $boots
+	api POST /api/v1/instances/bkf1/actions/pause
+	wait_op "$(jqb .id)"
+	op_ok
+}
+boots=$((boots + 2))
+resume_reboot_pause
+find "$store_dir/chunks" -type f -delete
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+bp=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$bp"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+[ "$(jqb .status)" = succeeded ] && [ "$kind" = full ] && grep -q "parent backup cannot be read" <<<"$reason" ||
+	fail "with its parent's chunks gone the backup is $(jqb .status) $kind ('$reason') $(jqb .error)"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the full backup after a bad parent chunk does not hold the disk's content"
+wait_until 30 "its fleecing gone from QEMU" fleece_clean bkf1
+pass "a parent chunk that cannot be read: the running VM's disk read whole ($reason)"
+
+# 6. The disk resized (stopped: the controller grows its file with qemu-img resize;
+# QEMU resizes the persistent bitmap with it) since the parent: read whole, saying so.
+api POST /api/v1/instances/bkf1/actions/stop
+wait_op "$(jqb .id)"
+op_ok
+wait_until 60 "stopped" instance_is bkf1 stopped
+api PATCH /api/v1/instances/bkf1 '{"disks":[{"name":"root","size_mb":1088}]}'
+expect_status 202 "the disk's resize"
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bkf1/actions/start
+wait_op "$(jqb .id)"
+op_ok
+boots=$((boots + 1))
+wait_until 150 "boot $boots" console_has bkf1 "KUMO-BOOT count=$boots"
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+br=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$br"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+[ "$(jqb .status)" = succeeded ] && [ "$kind" = full ] && grep -q "changed size" <<<"$reason" ||
+	fail "after a resize the backup is $(jqb .status) $kind ('$reason') $(jqb .error)"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the full backup after a resize does not hold the disk's content"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+pass "a disk resized since its parent: the running VM's disk read whole ($reason)"
