@@ -633,9 +633,18 @@ static void chunk_work(struct bjob *job)
 			return;
 		}
 	}
-	fd = open(job->raw, O_RDONLY | O_CLOEXEC);
+	/* A running VM's raw file is QEMU's copy in a work directory QEMU owns (which a
+	 * guest that took QEMU over may fill with links to any file root can read): opened
+	 * once, never through a link, and only the file QEMU's uid made. Else root made
+	 * it (qemu-img convert, tar) in root's work directory. */
+	fd = backup_target_open(job->raw, job->op->vm && job->live ? job->qemu_uid : geteuid(),
+				&err);
 	file.fd = fd;
-	if (fd < 0 || fstat(fd, &sb) < 0) {
+	if (fd < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	if (fstat(fd, &sb) < 0) {
 		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", job->raw,
 			 strerror(errno));
 		return;

@@ -12,6 +12,7 @@
 #include "backup_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -273,6 +274,42 @@ static int sock_dir_make(struct bjob *job, struct kerr *err)
 	return fleece_dir_reachable(dir, job->qemu_uid, job->qemu_gid, err);
 }
 
+/*
+ * Thread: the overlay job->overlay, an empty qcow2 of vsize bytes, QEMU's user's. The
+ * work directory is that user's (QEMU writes its copy there), so a guest that took
+ * QEMU over may have put a link at the name, to have root overwrite and hand over its
+ * target (/etc/passwd): root never goes through the name. What is there goes (unlinkat
+ * removes a link itself), the file is made new (O_CREAT|O_EXCL|O_NOFOLLOW: never an
+ * existing file or a link's target), handed over by fd, and qemu-img writes the qcow2
+ * into that very file through the agent's /proc entry of the fd, whatever the name
+ * points to meanwhile. Returns 0, or < 0 with err.
+ */
+static int overlay_create(struct bjob *job, int64_t vsize, struct kerr *err)
+{
+	_cleanup_close_ int dfd = -1, fd = -1;
+	const char *name = strrchr(job->overlay, '/') + 1;
+	char size[32], fd_path[64];
+	char *create_argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", fd_path, size, NULL};
+
+	dfd = open(job->tmpdir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return err_set(err, errno, "cannot open %s: %s", job->tmpdir, strerror(errno));
+	if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
+		return err_set(err, errno, "cannot remove %s: %s", job->overlay, strerror(errno));
+	fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(err, errno, "cannot make %s: %s", job->overlay, strerror(errno));
+	/* QEMU opens it after it dropped root (-runas). */
+	if (fchown(fd, job->qemu_uid, job->qemu_gid) < 0)
+		return err_set(err, errno, "cannot hand %s to the qemu user: %s", job->overlay,
+			       strerror(errno));
+	snprintf(size, sizeof(size), "%lld", (long long)vsize);
+	snprintf(fd_path, sizeof(fd_path), "/proc/%d/fd/%d", (int)getpid(), fd);
+	if (backup_run_wait(create_argv, NULL) != 0)
+		return err_set(err, EIO, "qemu-img create of %s failed", job->overlay);
+	return 0;
+}
+
 /* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) in the
  * backup's work directory, which only that user and root may enter, and the NBD
  * socket's directory (sock_dir_make). The overlay stays on the store, not the local
@@ -286,7 +323,6 @@ static void fleece_prepare_work(struct bjob *job)
 	_cleanup_free_ char *out = NULL;
 	struct json_object *info = NULL;
 	struct kerr err;
-	char size[32];
 	int64_t vsize;
 
 	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
@@ -302,21 +338,8 @@ static void fleece_prepare_work(struct bjob *job)
 		return;
 	}
 	json_object_put(info);
-	snprintf(size, sizeof(size), "%lld", (long long)vsize);
-	{
-		char *create_argv[] = {"qemu-img", "create",	 "-q", "-f",
-				       "qcow2",	   job->overlay, size, NULL};
-
-		if (backup_run_wait(create_argv, NULL) != 0) {
-			snprintf(job->error, sizeof(job->error), "qemu-img create of %s failed",
-				 job->overlay);
-			return;
-		}
-	}
-	/* QEMU opens it after it dropped root (-runas). */
-	if (chown(job->overlay, job->qemu_uid, job->qemu_gid) < 0)
-		snprintf(job->error, sizeof(job->error), "cannot hand %s to the qemu user: %s",
-			 job->overlay, strerror(errno));
+	if (overlay_create(job, vsize, &err) < 0)
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 }
 
 static void setup_begin(struct bjob *job);
