@@ -657,7 +657,7 @@ struct backup_extents {
 	struct backup_extent *v;
 	size_t n;
 };
-#define BACKUP_MAP_MAX_EXTENTS (1 << 20) /* 24 MiB of them; past it qemu-img map says */
+#define BACKUP_MAP_MAX_EXTENTS (1 << 20) /* 24 MiB of them; past it the disk is read whole */
 int backup_target_open(const char *path, uid_t owner, struct kerr *err);
 int backup_map_qcow2(int fd, const char *path, int64_t size, struct backup_extents *out,
 		     struct kerr *err);

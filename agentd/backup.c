@@ -80,6 +80,10 @@
 #define BACKUP_FREEZE_MS     10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
 #define BACKUP_THAW_MS	     5000
 
+/* job->error of an incremental read that cannot be (job->full_reason says why): the
+ * disk is read whole instead (backup_chunk_after). */
+#define BACKUP_READ_WHOLE "READ_WHOLE"
+
 /* A backup id becomes a file name in the store: a plain shape only. */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err)
 {
@@ -450,11 +454,18 @@ static void prepare_work(struct bjob *job)
 	}
 }
 
-/* Run argv (no shell) from a worker thread and wait; *out (if not NULL) gets its
- * stdout. Returns its exit status, or -1. Thread only: it blocks. */
-int backup_run_wait(char *const argv[], char **out)
+/* Run argv (no shell) for job from a worker thread and wait; *out (if not NULL) gets
+ * its stdout. Killed at timeout_ms (0: none) and when the job is cancelled: a child
+ * that hangs must not hold a pool thread and the VM's operation lock for ever.
+ * Returns its exit status, or -1. Thread only: it blocks. */
+int backup_run_wait(struct bjob *job, char *const argv[], char **out, unsigned timeout_ms)
 {
-	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
+	struct child_opts opts = {.argv = argv,
+				  .out_max = out ? 1 << 20 : 0,
+				  .err_mode = CHILD_ERR_INHERIT,
+				  .timeout_ms = timeout_ms,
+				  .cancelled = backup_pipe_cancelled,
+				  .cancel_data = job};
 	struct kerr err;
 	int ret = child_run_wait(&opts, out, &err);
 
@@ -468,8 +479,9 @@ int backup_run_wait(char *const argv[], char **out)
  * dirty bitmap marked; every chunk they touch is the parent's chunk with those bytes
  * laid over it (only those parent chunks are read back), every other chunk is the
  * parent's as it is, named without reading it. The dirty bytes are read from the qcow2
- * itself, where its own tables say they lie (backup_map_qcow2; `qemu-img map` when
- * those hold what it does not read), with no conversion into a raw work file first:
+ * itself, where its own tables say they lie (backup_map_qcow2; a target it refuses
+ * makes the disk read whole, BACKUP_READ_WHOLE), with no conversion into a raw work
+ * file first:
  * that was a second qemu-img and a write of every dirty byte, a third of a small
  * incremental's time. The touched chunks go through the pipeline (chunkpipe.h): read
  * here in order, hashed, compressed and written by its threads side by side, not one
@@ -477,11 +489,8 @@ int backup_run_wait(char *const argv[], char **out)
  */
 static void chunk_incr_work(struct bjob *job)
 {
-	char fd_path[64];
-	char *map_argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", fd_path, NULL};
 	struct json_object *pchunks = json_object_object_get(job->pdisk, "chunks");
-	struct json_object *chunks = json_object_new_array(), *map = NULL;
-	_cleanup_free_ char *mapout = NULL;
+	struct json_object *chunks = json_object_new_array();
 	int64_t size = json_get_int(job->pdisk, "virtual_size", -1);
 	_cleanup_close_ int fd = -1;
 	struct backup_extents extents = {0};
@@ -502,7 +511,10 @@ static void chunk_incr_work(struct bjob *job)
 	if (size < 0 || !json_object_is_type(pchunks, json_type_array) ||
 	    (int64_t)json_array_len(pchunks) !=
 		    (size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE) {
-		snprintf(job->error, sizeof(job->error), "RESIZED"); /* the caller goes full */
+		snprintf(job->full_reason, sizeof(job->full_reason),
+			 "disk %s: the parent backup's chunk list is not its size's",
+			 job->op->disks[job->disk].name);
+		snprintf(job->error, sizeof(job->error), BACKUP_READ_WHOLE);
 		goto out;
 	}
 	/* Opened once, checked, and mapped and read through this fd (backupmap.c). */
@@ -511,30 +523,23 @@ static void chunk_incr_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		goto out;
 	}
-	/* The target's own tables first (backupmap.c: no qemu-img process); qemu-img map
-	 * for what they cannot say, of this very file: the fd through the agent's /proc
-	 * entry, so it need not be inherited. */
+	/* The target's own tables (backupmap.c): no qemu-img process. What they cannot say
+	 * is never handed to root's qemu-img instead (a backing file QEMU names may be a
+	 * FIFO that hangs it, or any path or protocol it then opens as root): the disk is
+	 * read whole. */
 	ret = backup_map_qcow2(fd, job->target, size, &extents, &err);
-	if (ret < 0 && err.code != ERANGE) {
-		log_info("backup %s: %s; asking qemu-img map", job->id, err.msg);
-		snprintf(fd_path, sizeof(fd_path), "/proc/%d/fd/%d", (int)getpid(), fd);
-		if (backup_run_wait(map_argv, &mapout) != 0 ||
-		    (map = json_tokener_parse(mapout)) == NULL) {
-			snprintf(job->error, sizeof(job->error), "qemu-img map of %s failed",
-				 job->target);
-			goto out;
-		}
-		ret = backup_map_json(map, size, job->target, &extents, &err);
-		if (ret < 0 && err.code != ERANGE) {
-			snprintf(job->error, sizeof(job->error), "%s", err.msg);
-			goto out;
-		}
-	}
 	job->map_ms += now_ms() - t0; /* read on the loop after this step */
 	if (ret < 0) {
-		/* Not the disk's size: resized, and its bitmap cannot be trusted (or the
-		 * file lies). The caller goes full. */
-		snprintf(job->error, sizeof(job->error), "RESIZED");
+		/* ERANGE: resized, its bitmap cannot be trusted (or the file lies). */
+		if (err.code == ERANGE)
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s changed size since the parent backup",
+				 job->op->disks[job->disk].name);
+		else
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s: QEMU's incremental copy cannot be read here (%s)",
+				 job->op->disks[job->disk].name, err.msg);
+		snprintf(job->error, sizeof(job->error), BACKUP_READ_WHOLE);
 		goto out;
 	}
 	bi.fd = fd;
@@ -549,7 +554,7 @@ static void chunk_incr_work(struct bjob *job)
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "disk %s: a chunk of the parent backup cannot be read (%s)",
 				 job->op->disks[job->disk].name, bi.parent_why);
-			snprintf(job->error, sizeof(job->error), "PARENT_BAD");
+			snprintf(job->error, sizeof(job->error), BACKUP_READ_WHOLE);
 		} else {
 			snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		}
@@ -561,7 +566,6 @@ static void chunk_incr_work(struct bjob *job)
 	json_object_object_add(job->mdisk, "kind", json_object_new_string("incremental"));
 	unlink(job->target);
 out:
-	json_object_put(map);
 	backup_extents_free(&extents);
 }
 
@@ -627,7 +631,7 @@ static void chunk_work(struct bjob *job)
 			goto stored;
 		}
 		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
-		if (backup_run_wait(conv_argv, NULL) != 0) {
+		if (backup_run_wait(job, conv_argv, NULL, 0) != 0) {
 			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
 				 disk);
 			return;
@@ -780,11 +784,7 @@ void backup_chunk_after(struct bjob *job)
 		uv_timer_stop(&job->poll); /* backup_store_progress_cb */
 	job->chunk_ms += now_ms() - job->chunk_started_ms;
 	/* An incremental that cannot be: the disk is read whole (full_reason says why). */
-	if (job->incr && (!strcmp(job->error, "RESIZED") || !strcmp(job->error, "PARENT_BAD"))) {
-		if (!strcmp(job->error, "RESIZED"))
-			snprintf(job->full_reason, sizeof(job->full_reason),
-				 "disk %s changed size since the parent backup",
-				 job->op->disks[job->disk].name);
+	if (job->incr && !strcmp(job->error, BACKUP_READ_WHOLE)) {
 		job->incr = false;
 		job->pdisk = NULL;
 		json_object_object_del(job->mdisk, "chunks");
@@ -1760,7 +1760,7 @@ static void ctr_read_work(struct bjob *job)
 		return;
 	}
 	job->uid_base = sb.st_uid;
-	rc = backup_run_wait(argv, NULL);
+	rc = backup_run_wait(job, argv, NULL, 0);
 	/* 1: a file changed while it was read; only a running container's can. */
 	if (rc != 0 && !(rc == 1 && job->live)) {
 		snprintf(job->error, sizeof(job->error), "tar of the writable layer failed (%d)",
@@ -1928,7 +1928,7 @@ static void ctr_restore_work(struct bjob *job)
 	reassemble_work(job);
 	if (job->error[0])
 		return;
-	if (stat(upper, &sb) < 0 || backup_run_wait(argv, NULL) != 0) {
+	if (stat(upper, &sb) < 0 || backup_run_wait(job, argv, NULL, 0) != 0) {
 		snprintf(job->error, sizeof(job->error), "cannot unpack the layer into %s", upper);
 		return;
 	}

@@ -305,7 +305,7 @@ static int overlay_create(struct bjob *job, int64_t vsize, struct kerr *err)
 			       strerror(errno));
 	snprintf(size, sizeof(size), "%lld", (long long)vsize);
 	snprintf(fd_path, sizeof(fd_path), "/proc/%d/fd/%d", (int)getpid(), fd);
-	if (backup_run_wait(create_argv, NULL) != 0)
+	if (backup_run_wait(job, create_argv, NULL, BACKUP_QEMU_IMG_QUICK_MS) != 0)
 		return err_set(err, EIO, "qemu-img create of %s failed", job->overlay);
 	return 0;
 }
@@ -330,7 +330,7 @@ static void fleece_prepare_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
-	if (backup_run_wait(info_argv, &out) != 0 || out == NULL ||
+	if (backup_run_wait(job, info_argv, &out, BACKUP_QEMU_IMG_QUICK_MS) != 0 || out == NULL ||
 	    (info = json_tokener_parse(out)) == NULL ||
 	    (vsize = json_get_int(info, "virtual-size", -1)) <= 0) {
 		json_object_put(info);

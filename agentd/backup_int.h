@@ -111,8 +111,11 @@ bool backup_job_gone(struct bjob *job);
 void backup_job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* work(job) on the thread pool, then after(job) on the loop (unless the job is gone). */
 void backup_pool_run(struct bjob *job, work_fn work, after_fn after);
-/* Thread: run argv and wait; *out (if not NULL) gets its stdout. Its exit status or -1. */
-int backup_run_wait(char *const argv[], char **out);
+/* Thread: run argv for job and wait; *out (if not NULL) gets its stdout. Killed after
+ * timeout_ms (0: never) or when the job is cancelled. Its exit status, or -1. */
+int backup_run_wait(struct bjob *job, char *const argv[], char **out, unsigned timeout_ms);
+/* What a qemu-img that only looks at or makes a small file (info, create) may take. */
+#define BACKUP_QEMU_IMG_QUICK_MS 60000
 /* Thread: the pipeline's result for the disk at work, into the job and its manifest entry. */
 void backup_disk_stored(struct bjob *job, const struct chunkpipe_result *res, int64_t size);
 /* The pipeline's cancel check (data: the job). */

@@ -287,7 +287,7 @@ void backup_map_source(struct backup_map *m, struct chunkpipe_source *src)
 #define QCOW2_ZERO	    1ULL /* version 3: the cluster reads as zeros */
 #define QCOW2_COMPRESS_TYPE 8ULL /* incompatible bit 3: matters to compressed clusters only */
 /* L1 entries read at most (4 MiB of them: 256 TiB at 64 KiB clusters, 16 GiB at 512
- * bytes); a larger table is left to qemu-img map. */
+ * bytes); a larger table is refused (the disk is then read whole). */
 #define QCOW2_L1_READ_MAX (512 << 10)
 
 void backup_extents_free(struct backup_extents *x)
@@ -402,7 +402,8 @@ int backup_target_open(const char *path, uid_t owner, struct kerr *err)
  * compressed clusters, an external data file, extended L2 entries, an image marked
  * dirty or corrupt: QEMU's view of those needs QEMU); E2BIG past
  * BACKUP_MAP_MAX_EXTENTS extents or QCOW2_L1_READ_MAX L1 entries; EBADMSG for tables
- * that make no sense. Except for ERANGE the caller may ask qemu-img map instead.
+ * that make no sense. The agent never asks qemu-img map of a target this refuses
+ * (root's qemu-img would open what the file names): the disk is read whole instead.
  *
  * The file is written by the VM's QEMU, which a guest may have taken over: nothing in
  * it is trusted. The work is bounded by size (one L1 entry per L2 table's span, each
@@ -553,7 +554,9 @@ out:
 /*
  * The same from `qemu-img map --output=json` of the target (map, a list of extents
  * tiling the disk in order, each {start, length, present, zero, data[, offset]}): 0
- * with *out, or < 0 with err (ERANGE: not a size-byte disk).
+ * with *out, or < 0 with err (ERANGE: not a size-byte disk). Only for qemu-img map's
+ * view of a file the agent made or trusts (unit_backupmap checks backup_map_qcow2
+ * against it): never of an incremental's target.
  */
 int backup_map_json(struct json_object *map, int64_t size, const char *path,
 		    struct backup_extents *out, struct kerr *err)
