@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -275,6 +276,62 @@ static int dir_open_at(int at, const char *name, mode_t mode, const char *path, 
 	return fd;
 }
 
+/*
+ * Is the directory run_dir (as opened: *want) reached from / through directories only
+ * root may change? Each one above it must be root's (the agent's) and writable by no
+ * one else, or sticky (/tmp: others may add names there but not move root's): else its
+ * owner or writers could rename --run-dir away and put their own in its place, where
+ * QEMU then binds the export they can connect to. The path is resolved first (a
+ * /var/run -> /run link is fine when root's directories hold it), then walked one
+ * directory at a time, never through a link, and must end at *want. Returns 0, or < 0
+ * with err naming the first directory that is not so.
+ */
+static int run_dir_above_check(const char *run_dir, const struct stat *want, struct kerr *err)
+{
+	char real[PATH_MAX];
+	char *name, *next;
+	_cleanup_close_ int fd = -1;
+	struct stat sb;
+
+	if (realpath(run_dir, real) == NULL)
+		return err_set(err, errno, "cannot resolve --run-dir %s: %s", run_dir,
+			       strerror(errno));
+	fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return err_set(err, errno, "cannot open /: %s", strerror(errno));
+	for (name = real + 1; *name; name = next) {
+		int nfd;
+
+		if (fstat(fd, &sb) < 0)
+			return err_set(err, errno, "cannot look at a directory above --run-dir");
+		if ((sb.st_uid != 0 && sb.st_uid != geteuid()) ||
+		    ((sb.st_mode & 022) != 0 && (sb.st_mode & S_ISVTX) == 0)) {
+			name[-1] = '\0';
+			return err_set(err, EPERM,
+				       "--run-dir %s: %s above it must be root's and writable by "
+				       "root alone, or sticky (owner %u, mode %04o)",
+				       run_dir, real[0] ? real : "/", (unsigned)sb.st_uid,
+				       (unsigned)(sb.st_mode & 07777));
+		}
+		next = strchr(name, '/');
+		if (next)
+			*next++ = '\0';
+		else
+			next = name + strlen(name);
+		nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (nfd < 0)
+			return err_set(err, errno, "cannot open %s above --run-dir: %s", name,
+				       strerror(errno));
+		close(fd);
+		fd = nfd;
+		if (*next)
+			next[-1] = '/';
+	}
+	if (fstat(fd, &sb) < 0 || sb.st_dev != want->st_dev || sb.st_ino != want->st_ino)
+		return err_set(err, EPERM, "--run-dir %s moved while it was looked at", run_dir);
+	return 0;
+}
+
 int fleece_sock_dir_make(const char *run_dir, uid_t uid, gid_t gid, struct kerr *err)
 {
 	_cleanup_close_ int rfd = -1, ffd = -1, ufd = -1;
@@ -295,6 +352,8 @@ int fleece_sock_dir_make(const char *run_dir, uid_t uid, gid_t gid, struct kerr 
 			       "--run-dir %s must be the agent's and writable by it alone (owner "
 			       "%u, mode %03o)",
 			       run_dir, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 0777));
+	if (run_dir_above_check(run_dir, &sb, err) < 0)
+		return -1;
 	ffd = dir_open_at(rfd, "fleece", 0711, fleece, err);
 	if (ffd < 0)
 		return -1;

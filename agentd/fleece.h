@@ -161,7 +161,9 @@ int fleece_sock_path(const char *run_dir, uid_t uid, const char *vm_dir, char *d
 
 /*
  * Make the socket's directory RUN_DIR/fleece/UID (fleece_sock_path's dir) for uid (its
- * group gid): run_dir must exist, be the agent's (root's) and writable by no one else;
+ * group gid): run_dir must exist, be the agent's (root's) and writable by no one else,
+ * and so must every directory above it (or be sticky, as /tmp: no one else could move
+ * run_dir then);
  * fleece/ is made or kept the agent's, 0711; fleece/UID made or kept (a directory,
  * never a link), handed to uid:gid, 0700. All through directory fds (openat with
  * O_NOFOLLOW, mkdirat, fchown, fchmod): no path is looked up twice, so no one can swap

@@ -334,6 +334,25 @@ static void test_sock_dir_make(void **state)
 	/* Again: all there already, nothing changes. */
 	assert_int_equal(fleece_sock_dir_make(run, uid, uid, &err), 0);
 
+	/* A directory above --run-dir that others may write (not sticky), or another
+	 * uid's: they could move --run-dir away and put theirs there. Sticky (/tmp, and
+	 * top set so): no one else can move it. */
+	assert_int_equal(chmod(top, 0777), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "above it must be root's"));
+	assert_non_null(strstr(err.msg, top));
+	assert_int_equal(chmod(top, 0775), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_int_equal(chmod(top, 01777), 0);
+	assert_int_equal(fleece_sock_dir_make(run, uid, uid, &err), 0);
+	assert_int_equal(chmod(top, 0755), 0);
+	assert_int_equal(chown(top, uid, uid), 0);
+	assert_true(fleece_sock_dir_make(run, uid, uid, &err) < 0);
+	assert_non_null(strstr(err.msg, "owner 1300042"));
+	assert_int_equal(chown(top, 0, 0), 0);
+	assert_int_equal(chmod(top, 0700), 0);
+	assert_int_equal(fleece_sock_dir_make(run, uid, uid, &err), 0);
+
 	/* fleece/UID a link (its uid put it there: to have root chown the target). */
 	assert_int_equal(rmdir(path), 0);
 	assert_int_equal(symlink(top, path), 0);
