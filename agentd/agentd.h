@@ -659,8 +659,9 @@ struct backup_extents {
 };
 #define BACKUP_MAP_MAX_EXTENTS (1 << 20) /* 24 MiB of them; past it the disk is read whole */
 int backup_target_open(const char *path, uid_t owner, struct kerr *err);
-int backup_map_qcow2(int fd, const char *path, int64_t size, struct backup_extents *out,
-		     struct kerr *err);
+#define BACKUP_TARGET_CLUSTER_BITS 16 /* QEMU's qcow2 default: an incremental's target */
+int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_cluster_bits,
+		     struct backup_extents *out, struct kerr *err);
 int backup_map_json(struct json_object *map, int64_t size, const char *path,
 		    struct backup_extents *out, struct kerr *err);
 void backup_extents_free(struct backup_extents *x);

@@ -527,7 +527,7 @@ static void chunk_incr_work(struct bjob *job)
 	 * is never handed to root's qemu-img instead (a backing file QEMU names may be a
 	 * FIFO that hangs it, or any path or protocol it then opens as root): the disk is
 	 * read whole. */
-	ret = backup_map_qcow2(fd, job->target, size, &extents, &err);
+	ret = backup_map_qcow2(fd, job->target, size, BACKUP_TARGET_CLUSTER_BITS, &extents, &err);
 	job->map_ms += now_ms() - t0; /* read on the loop after this step */
 	if (ret < 0) {
 		/* ERANGE: resized, its bitmap cannot be trusted (or the file lies). */

@@ -137,7 +137,7 @@ static int map_path(const char *path, int64_t size, struct backup_extents *x, st
 		*x = (struct backup_extents){0};
 		return fd;
 	}
-	ret = backup_map_qcow2(fd, path, size, x, err);
+	ret = backup_map_qcow2(fd, path, size, 0, x, err);
 	close(fd);
 	return ret;
 }
@@ -274,6 +274,27 @@ static void test_qcow2_map_refused(void **state)
 	snprintf(path, sizeof(path), "%s/missing.qcow2", dir);
 	assert_true(map_path(path, 8 * MiB, &x, &err) < 0);
 	assert_null(x.v);
+	/* The agent asks for QEMU's 64 KiB clusters: 512-byte ones (128 times the work
+	 * per byte) refused, the default taken. */
+	{
+		int fd;
+
+		sh("cd %s && qemu-img create -q -f qcow2 -o cluster_size=512 k.qcow2 8M", dir);
+		snprintf(path, sizeof(path), "%s/k.qcow2", dir);
+		fd = backup_target_open(path, getuid(), &err);
+		assert_true(fd >= 0);
+		assert_true(backup_map_qcow2(fd, path, 8 * MiB, 16, &x, &err) < 0);
+		assert_int_equal(err.code, ENOTSUP);
+		assert_non_null(strstr(err.msg, "clusters of 512 bytes, not 65536"));
+		assert_null(x.v);
+		close(fd);
+		snprintf(path, sizeof(path), "%s/base.qcow2", dir);
+		fd = backup_target_open(path, getuid(), &err);
+		assert_true(fd >= 0);
+		assert_int_equal(backup_map_qcow2(fd, path, 8 * MiB, 16, &x, &err), 0);
+		backup_extents_free(&x);
+		close(fd);
+	}
 	/* Not the disk's size: ERANGE (the caller goes full, asks nobody else). */
 	snprintf(path, sizeof(path), "%s/base.qcow2", dir);
 	assert_true(map_path(path, 16 * MiB, &x, &err) < 0);
