@@ -27,21 +27,35 @@
  * STORE/tmp/ID/ is searchable by others, and none of it listable: the store's root, its
  * tmp/ and the parents made here are 0711; chunks/ and backups/ stay 0700, so no
  * other uid reads a manifest (a VM's spec, cloud-init secrets included) or confirms a
- * chunk's content by its name. A directory that was there keeps its mode, but for
- * pass: a root or tmp/ that the agent owns and others cannot search (a store made
- * under umask 0077 before) gets the search bits QEMU needs (g+x, o+x).
+ * chunk's content by its name. A directory that was there and that the agent owns
+ * keeps its mode, but for: DIR_PASS, a root or tmp/ others cannot search (a store made
+ * under umask 0077 before) gets the search bits QEMU needs (g+x, o+x); DIR_PRIVATE,
+ * chunks/ or backups/ that others may enter or read (a store made under umask 022
+ * before, 0755) loses the others' bits (a group the operator gave stays: the agent
+ * and the controller are root, and QEMU never goes there).
  */
-static int mkdir_one(const char *path, mode_t mode, bool pass, struct kerr *err)
+enum dir_kind {
+	DIR_KEEP,
+	DIR_PASS,
+	DIR_PRIVATE
+};
+
+static int mkdir_one(const char *path, mode_t mode, enum dir_kind kind, struct kerr *err)
 {
 	struct stat sb;
 
 	if (mkdir(path, mode) < 0) {
 		if (errno != EEXIST)
 			return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
-		if (!pass || lstat(path, &sb) < 0 || !S_ISDIR(sb.st_mode) ||
-		    sb.st_uid != geteuid() || (sb.st_mode & 0011) == 0011)
+		if (kind == DIR_KEEP || lstat(path, &sb) < 0 || !S_ISDIR(sb.st_mode) ||
+		    sb.st_uid != geteuid())
 			return 0;
-		mode = (sb.st_mode & 07777) | 0011;
+		if (kind == DIR_PASS && (sb.st_mode & 0011) != 0011)
+			mode = (sb.st_mode & 07777) | 0011;
+		else if (kind == DIR_PRIVATE && (sb.st_mode & 0007) != 0)
+			mode = sb.st_mode & 07770;
+		else
+			return 0;
 	}
 	if (chmod(path, mode) < 0)
 		return err_set(err, errno, "cannot set the mode of %s: %s", path, strerror(errno));
@@ -68,21 +82,22 @@ int chunkstore_init(const char *root, struct kerr *err)
 		if (path[i] != '/')
 			continue;
 		path[i] = '\0';
-		if (mkdir_one(path, 0711, false, err) < 0)
+		if (mkdir_one(path, 0711, DIR_KEEP, err) < 0)
 			return -1;
 		path[i] = '/';
 	}
-	if (mkdir_one(path, 0711, true, err) < 0)
+	if (mkdir_one(path, 0711, DIR_PASS, err) < 0)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i].name);
-		if (mkdir_one(path, subdirs[i].mode, subdirs[i].mode == 0711, err) < 0)
+		if (mkdir_one(path, subdirs[i].mode,
+			      subdirs[i].mode == 0711 ? DIR_PASS : DIR_PRIVATE, err) < 0)
 			return -1;
 	}
 	/* The fan-out directories up front: a chunk write then never needs a mkdir. */
 	for (int i = 0; i < 256; i++) {
 		snprintf(path, sizeof(path), "%s/chunks/%02x", root, i);
-		if (mkdir_one(path, 0700, false, err) < 0)
+		if (mkdir_one(path, 0700, DIR_KEEP, err) < 0)
 			return -1;
 	}
 	return 0;
@@ -341,7 +356,7 @@ static int chunk_file_open(const char *root, const char *hex, const char *tmp, b
 
 	if (fd < 0 && errno == ENOENT) {
 		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
-		if (mkdir_one(dir, 0700, false, &err) < 0)
+		if (mkdir_one(dir, 0700, DIR_KEEP, &err) < 0)
 			return -err.code;
 		fd = open(tmp, flags, 0644);
 	}

@@ -102,6 +102,14 @@ static void test_init_modes(void **state)
 	assert_int_equal(sb.st_mode & 07777, 0711);
 	assert_int_equal(stat(path, &sb), 0);
 	assert_int_equal(sb.st_mode & 07777, 0711);
+	/* A store made under umask 022 before (chunks/ and backups/ 0755): others lose
+	 * their bits there, a group keeps its own. */
+	snprintf(path, sizeof(path), "%s/chunks", root);
+	assert_int_equal(chmod(path, 0755), 0);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0750);
+	assert_int_equal(chmod(path, 0700), 0);
 	/* Otherwise a directory that was there keeps its mode. */
 	snprintf(path, sizeof(path), "%s/backups", root);
 	assert_int_equal(chmod(path, 0750), 0);
