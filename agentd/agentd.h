@@ -644,7 +644,8 @@ void backup_fleece_adopted(struct vm *vm);
 /* backupmap.c: a stopped VM's disk read from its qcow2 chain (thread only) */
 struct backup_map;
 struct chunkpipe_source;
-int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err);
+int backup_map_open(const char *disk, bool (*cancelled)(void *data), void *cancel_data,
+		    struct backup_map **out, struct kerr *err);
 void backup_map_source(struct backup_map *m, struct chunkpipe_source *src);
 void backup_map_free(struct backup_map *m);
 /* What an incremental's target holds, sorted by start, disjoint: [start, start +

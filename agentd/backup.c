@@ -618,7 +618,7 @@ static void chunk_work(struct bjob *job)
 		 * paced by QEMU; its raw work file is not the shared storage.) */
 		src.rate_bytes_s = job->rate_bytes_s;
 		/* A stopped VM's disk holds still: read it where it lies. */
-		if (backup_map_open(disk, &map, &err) == 0) {
+		if (backup_map_open(disk, backup_pipe_cancelled, job, &map, &err) == 0) {
 			backup_map_source(map, &src);
 			__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,

@@ -54,11 +54,18 @@ struct backup_map {
 	size_t nextents;
 	size_t cursor; /* reads go in order: where the last one ended */
 	int64_t size;
+	bool (*cancelled)(void *data); /* the backup's cancel: kills a qemu-img under way */
+	void *cancel_data;
 };
 
-static int qemu_img_json(char **argv, struct json_object **out, struct kerr *err)
+static int qemu_img_json(const struct backup_map *m, char **argv, struct json_object **out,
+			 struct kerr *err)
 {
-	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
+	struct child_opts opts = {.argv = argv,
+				  .out_max = 64 << 20,
+				  .err_mode = CHILD_ERR_INHERIT,
+				  .cancelled = m->cancelled,
+				  .cancel_data = m->cancel_data};
 	_cleanup_free_ char *text = NULL;
 	int ret = child_run_wait(&opts, &text, err);
 
@@ -92,7 +99,7 @@ static int chain_open(struct backup_map *m, const char *disk, struct kerr *err)
 	struct json_object *chain = NULL;
 	int ret = 0;
 
-	if (qemu_img_json(argv, &chain, err) < 0)
+	if (qemu_img_json(m, argv, &chain, err) < 0)
 		return -1;
 	if (!json_object_is_type(chain, json_type_array) || json_array_len(chain) == 0 ||
 	    json_array_len(chain) > BACKUP_MAP_MAX_CHAIN) {
@@ -148,8 +155,12 @@ out:
  * Map disk (a stopped VM's qcow2 or raw file, with its backing chain) for reading.
  * Returns 0 with *out (free it with backup_map_free), or < 0 with err when the chain
  * cannot be read exactly this way: the caller then converts the disk instead.
+ * cancelled(cancel_data) (may be NULL) is asked while qemu-img runs: true kills it (the
+ * disk was written by the VM's QEMU, whose header could name a backing file that
+ * never answers).
  */
-int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)
+int backup_map_open(const char *disk, bool (*cancelled)(void *data), void *cancel_data,
+		    struct backup_map **out, struct kerr *err)
 {
 	char *argv[] = {"qemu-img", "map", "--output=json", "-U", (char *)disk, NULL};
 	struct backup_map *m = xcalloc(1, sizeof(*m));
@@ -157,11 +168,13 @@ int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)
 	int64_t at = 0;
 	int ret;
 
+	m->cancelled = cancelled;
+	m->cancel_data = cancel_data;
 	for (int i = 0; i < BACKUP_MAP_MAX_CHAIN; i++)
 		m->fds[i] = -1;
 	ret = chain_open(m, disk, err);
 	if (ret == 0)
-		ret = qemu_img_json(argv, &map, err);
+		ret = qemu_img_json(m, argv, &map, err);
 	if (ret == 0 && !json_object_is_type(map, json_type_array))
 		ret = err_set(err, EBADMSG, "%s: qemu-img map printed no list", disk);
 	if (ret < 0)

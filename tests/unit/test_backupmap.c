@@ -88,7 +88,7 @@ static void test_chain_read(void **state)
 
 	(void)state;
 	snprintf(path, sizeof(path), "%s/top.qcow2", dir);
-	if (backup_map_open(path, &m, &err) < 0)
+	if (backup_map_open(path, NULL, NULL, &m, &err) < 0)
 		fail_msg("backup_map_open: %s", err.msg);
 	backup_map_source(m, &src);
 	assert_int_equal(src.size, 8 * MiB);
@@ -123,7 +123,7 @@ static void test_compressed_refused(void **state)
 	(void)state;
 	sh("cd %s && qemu-img convert -c -O qcow2 base.qcow2 comp.qcow2", dir);
 	snprintf(path, sizeof(path), "%s/comp.qcow2", dir);
-	assert_true(backup_map_open(path, &m, &err) < 0);
+	assert_true(backup_map_open(path, NULL, NULL, &m, &err) < 0);
 	assert_null(m);
 	assert_non_null(strstr(err.msg, "compressed"));
 }
