@@ -1,5 +1,6 @@
 /*
- * fleece.c - the QMP commands of image fleecing (fleece.h says the design).
+ * fleece.c - the QMP commands of image fleecing, and of the copy job that is not
+ * fleecing (fleece.h says the design).
  */
 #include "fleece.h"
 

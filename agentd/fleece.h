@@ -1,5 +1,7 @@
 /*
- * fleece.h - the QMP of image fleecing for a live VM's full backup (backup.c runs it).
+ * fleece.h - the QMP of image fleecing for a live VM's full backup (backup.c runs it),
+ * and of the copy job a live backup falls back to or reads an incremental with
+ * (fleece_copy_tx_args: kept here, pure, beside the fleecing's own transaction).
  *
  * A running VM's disk is read at a point in time without copying it first: QEMU 7.2's
  * fleecing with a hand-built copy-before-write filter and a snapshot-access node, as
