@@ -208,6 +208,47 @@ static void test_run_wait_cancelled(void **state)
 	assert_int_equal(child_run_wait(&o, NULL, &err), 0);
 }
 
+/* child_run_sync hands on_output and done the caller's data (the namespace maker reads
+ * its state through it), with or without a cancel poll. */
+static void sync_output_cb(const char *buf, size_t len, void *data)
+{
+	int *seen = data;
+
+	(void)buf;
+	*seen += (int)len;
+}
+
+static void sync_done_cb(const struct child_result *r, void *data)
+{
+	int *seen = data;
+
+	(void)r;
+	*seen += 1000;
+}
+
+static bool never_cancelled(void *data)
+{
+	(void)data;
+	return false;
+}
+
+static void test_run_sync_callers_data(void **state)
+{
+	char *argv[] = {"sh", "-c", "printf abc", NULL};
+	struct child_opts o = {
+		.argv = argv, .err_mode = CHILD_ERR_IGNORE, .on_output = sync_output_cb};
+	struct kerr err;
+	int seen = 0;
+
+	(void)state;
+	assert_int_equal(child_run_sync(&o, sync_done_cb, &seen, NULL, &err), 0);
+	assert_int_equal(seen, 1003);
+	o.cancelled = never_cancelled;
+	seen = 0;
+	assert_int_equal(child_run_sync(&o, sync_done_cb, &seen, NULL, &err), 0);
+	assert_int_equal(seen, 1003);
+}
+
 static void abandon_now(struct child *c)
 {
 	child_abandon(c, true);
@@ -317,6 +358,7 @@ int main(void)
 		cmocka_unit_test(test_timeout_kills_the_tree),
 		cmocka_unit_test(test_cancel),
 		cmocka_unit_test(test_run_wait_cancelled),
+		cmocka_unit_test(test_run_sync_callers_data),
 		cmocka_unit_test(test_abandon),
 		cmocka_unit_test(test_stdin_env_cwd),
 		cmocka_unit_test(test_merge_keeps_order),
