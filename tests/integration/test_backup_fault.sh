@@ -196,9 +196,11 @@ pass "an incremental failed after QEMU's job (${why:0:60}...); the next backup (
 # them again; the store's older backups are broken from here on). A write first, so
 # the incremental touches a chunk and reads its parent chunk back.
 resume_reboot_pause() {
-	api POST /api/v1/instances/bkf1/actions/resume
-	wait_op "$(jqb .id)"
-	op_ok
+	if instance_is bkf1 paused; then
+		api POST /api/v1/instances/bkf1/actions/resume
+		wait_op "$(jqb .id)"
+		op_ok
+	fi
 	boots=$((boots + 1))
 	reboot_to $boots
 	api POST /api/v1/instances/bkf1/actions/pause
