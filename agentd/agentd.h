@@ -70,6 +70,7 @@ struct agent_config {
 	char *name;   /* host name; gethostname() when not given */
 	char *listen; /* ADDR:PORT the command socket binds */
 	char *state_dir;
+	char *run_dir; /* runtime files QEMU reaches (fleece.h's NBD socket), 0711 */
 	char *shared_pool;
 	char *local_pool;
 	char *log_level_name;
@@ -631,6 +632,7 @@ extern const struct json_field backup_args[];
 void backup_vm_run(struct inst_op *op);
 void backup_vm_restore(struct inst_op *op);
 void backup_vm_adopted(struct vm *vm);
+void backup_vm_job_event(struct vm *vm, const char *id, const char *status);
 void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
 void backup_ctr_run(struct inst_op *op);
 void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
@@ -642,9 +644,47 @@ void backup_fleece_adopted(struct vm *vm);
 /* backupmap.c: a stopped VM's disk read from its qcow2 chain (thread only) */
 struct backup_map;
 struct chunkpipe_source;
-int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err);
+int backup_map_open(const char *disk, bool (*cancelled)(void *data), void *cancel_data,
+		    struct backup_map **out, struct kerr *err);
 void backup_map_source(struct backup_map *m, struct chunkpipe_source *src);
 void backup_map_free(struct backup_map *m);
+/* What an incremental's target holds, sorted by start, disjoint: [start, start +
+ * length) of the disk reads as the target's bytes at offset, or as zeros (offset -1).
+ * The rest of the disk is not in the target (the bitmap did not mark it). */
+struct backup_extent {
+	int64_t start, length, offset;
+};
+struct backup_extents {
+	struct backup_extent *v;
+	size_t n;
+};
+#define BACKUP_MAP_MAX_EXTENTS (1 << 20) /* 24 MiB of them; past it the disk is read whole */
+int backup_target_open(const char *path, uid_t owner, struct kerr *err);
+#define BACKUP_TARGET_CLUSTER_BITS 16 /* QEMU's qcow2 default: an incremental's target */
+int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_cluster_bits,
+		     struct backup_extents *out, struct kerr *err);
+int backup_map_json(struct json_object *map, int64_t size, const char *path,
+		    struct backup_extents *out, struct kerr *err);
+void backup_extents_free(struct backup_extents *x);
+/* An incremental's disk (thread only): the parent's chunk list pchunks with the
+ * dirty clusters of target (fd, extents: backup_map_qcow2's or backup_map_json's)
+ * over it; dirty_bytes counts what was read from the target. parent_bad: a touched
+ * chunk's parent chunk could not be read (why), so the disk is better read whole. */
+struct chunkcrypt_key;
+struct backup_incr {
+	const char *store; /* absolute */
+	const struct chunkcrypt_key *key;
+	struct json_object *pchunks;
+	const struct backup_extents *extents;
+	int64_t size;
+	int fd;
+	const char *target;
+	uint64_t dirty_bytes;
+	bool parent_bad;
+	char parent_why[160];
+};
+bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end);
+void backup_incr_source(struct backup_incr *bi, struct chunkpipe_source *src);
 
 /* instance.c */
 int instance_cmd_check(struct json_object *body, struct kerr *err);

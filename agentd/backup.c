@@ -23,8 +23,8 @@
  *     copied as before and the result says why (live_read, live_read_reason): QMP
  *     drive-backup with sync=full copies the disk as it was when the job started into
  *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup
- *     sync=bitmap (bitmap-mode never: the parent's bitmap is dropped only once the
- *     backup succeeded) of the clusters the parent's dirty bitmap marks, into a qcow2.
+ *     sync=bitmap (bitmap-mode never: the parent's bitmap is dropped only once the backup
+ *     succeeded) of the clusters the parent's dirty bitmap marks, into a qcow2.
  *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
@@ -79,6 +79,10 @@
 #define BACKUP_POLL_FIRST_MS 20	   /* query-jobs first: an incremental's job often ends at once */
 #define BACKUP_FREEZE_MS     10000 /* guest-fsfreeze-freeze: the guest syncs, then freezes */
 #define BACKUP_THAW_MS	     5000
+
+/* job->error of an incremental read that cannot be (job->full_reason says why): the
+ * disk is read whole instead (backup_chunk_after). */
+#define BACKUP_READ_WHOLE "READ_WHOLE"
 
 /* A backup id becomes a file name in the store: a plain shape only. */
 int backup_id_check(struct json_object *val, const char *field, struct kerr *err)
@@ -148,10 +152,24 @@ static void job_closed_cb(uv_handle_t *handle)
 
 static void guest_thaw(struct bjob *job);
 
+/* The VM backups in progress on this agent (linked by next_live): QEMU's job events
+ * name a job by its id, backup_vm_job_event() finds its backup here. */
+static struct bjob *live_jobs;
+
+static void live_unlink(struct bjob *job)
+{
+	for (struct bjob **pp = &live_jobs; *pp; pp = &(*pp)->next_live)
+		if (*pp == job) {
+			*pp = job->next_live;
+			return;
+		}
+}
+
 /* The job is over (the op was answered or dropped): release it. */
 static void job_free(struct bjob *job)
 {
-	guest_thaw(job); /* a guest is never left frozen, whatever ended the job */
+	live_unlink(job); /* no event finds it from here on */
+	guest_thaw(job);  /* a guest is never left frozen, whatever ended the job */
 	if (job->poll_open) {
 		uv_timer_stop(&job->poll);
 		uv_close((uv_handle_t *)&job->poll, job_closed_cb);
@@ -197,6 +215,24 @@ static void bitmaps_drop(struct bjob *job, const char *id)
 		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
 		       bitmap_removed_cb, NULL, &err);
 	}
+}
+
+/* Remove bitmap kumo-ID (this backup's) from the disk at work only, before that disk
+ * is read again: the read's transaction adds it anew, and QEMU refuses a bitmap that
+ * exists ("Bitmap already exists"). One QMP connection: QEMU runs this before the
+ * read's commands, so no one waits for it. */
+static void bitmap_drop_at_work(struct bjob *job)
+{
+	struct json_object *args = json_object_new_object();
+	char node[16], name[80];
+	struct kerr err;
+
+	snprintf(node, sizeof(node), "d%zu", job->disk);
+	snprintf(name, sizeof(name), "kumo-%s", job->id);
+	json_object_object_add(args, "node", json_object_new_string(node));
+	json_object_object_add(args, "name", json_object_new_string(name));
+	vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
+	       bitmap_removed_cb, NULL, &err);
 }
 
 /* QEMU's block job reading disk i for this backup: unique per backup, so one an
@@ -394,6 +430,13 @@ static void prepare_work(struct bjob *job)
 			 job->tmpdir, strerror(errno));
 		return;
 	}
+	/* chunkstore_init makes the store's root and tmp/ passable for it, but not what
+	 * lies above the store: said here, not as QEMU's bare "Permission denied". */
+	if (job->live &&
+	    fleece_dir_reachable(job->tmpdir, job->qemu_uid, job->qemu_gid, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
 	if (job->parent[0] && !job->restore && !job->force_full) {
 		if (!job->live)
 			snprintf(job->full_reason, sizeof(job->full_reason),
@@ -411,11 +454,18 @@ static void prepare_work(struct bjob *job)
 	}
 }
 
-/* Run argv (no shell) from a worker thread and wait; *out (if not NULL) gets its
- * stdout. Returns its exit status, or -1. Thread only: it blocks. */
-int backup_run_wait(char *const argv[], char **out)
+/* Run argv (no shell) for job from a worker thread and wait; *out (if not NULL) gets
+ * its stdout. Killed at timeout_ms (0: none) and when the job is cancelled: a child
+ * that hangs must not hold a pool thread and the VM's operation lock for ever.
+ * Returns its exit status, or -1. Thread only: it blocks. */
+int backup_run_wait(struct bjob *job, char *const argv[], char **out, unsigned timeout_ms)
 {
-	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
+	struct child_opts opts = {.argv = argv,
+				  .out_max = out ? 1 << 20 : 0,
+				  .err_mode = CHILD_ERR_INHERIT,
+				  .timeout_ms = timeout_ms,
+				  .cancelled = backup_pipe_cancelled,
+				  .cancel_data = job};
 	struct kerr err;
 	int ret = child_run_wait(&opts, out, &err);
 
@@ -428,141 +478,95 @@ int backup_run_wait(char *const argv[], char **out)
  * Thread: an incremental read. job->target is a qcow2 holding only the clusters the
  * dirty bitmap marked; every chunk they touch is the parent's chunk with those bytes
  * laid over it (only those parent chunks are read back), every other chunk is the
- * parent's as it is. The dirty bytes are read from the qcow2 itself, where `qemu-img
- * map` says they lie (no conversion into a raw work file first: that was a second
- * qemu-img and a write of every dirty byte, a third of a small incremental's time).
- * The disk's checksum is its chunk list's (chunkstore_list_sum).
+ * parent's as it is, named without reading it. The dirty bytes are read from the qcow2
+ * itself, where its own tables say they lie (backup_map_qcow2; a target it refuses
+ * makes the disk read whole, BACKUP_READ_WHOLE), with no conversion into a raw work
+ * file first:
+ * that was a second qemu-img and a write of every dirty byte, a third of a small
+ * incremental's time. The touched chunks go through the pipeline (chunkpipe.h): read
+ * here in order, hashed, compressed and written by its threads side by side, not one
+ * after another. The disk's checksum is its chunk list's (chunkstore_list_sum).
  */
 static void chunk_incr_work(struct bjob *job)
 {
-	char *map_argv[] = {"qemu-img", "map", "--output=json", "-f", "qcow2", job->target, NULL};
 	struct json_object *pchunks = json_object_object_get(job->pdisk, "chunks");
-	struct json_object *chunks = json_object_new_array(), *map = NULL;
-	_cleanup_free_ unsigned char *buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
-	_cleanup_free_ char *mapout = NULL;
-	int64_t size = json_get_int(job->pdisk, "virtual_size", -1), end_of_map = 0;
+	struct json_object *chunks = json_object_new_array();
+	int64_t size = json_get_int(job->pdisk, "virtual_size", -1);
 	_cleanup_close_ int fd = -1;
-	char hex[CHUNKSTORE_HEX_LEN + 1];
-	struct chunkstore_writer w;
+	struct backup_extents extents = {0};
+	struct backup_incr bi = {.store = job->store,
+				 .key = job->key,
+				 .pchunks = pchunks,
+				 .extents = &extents,
+				 .size = size,
+				 .target = job->target};
+	struct chunkpipe_source src = {
+		.cancelled = backup_pipe_cancelled, .cancel_data = job, .key = job->key};
+	struct chunkpipe_result res;
 	struct kerr err;
+	int64_t t0 = now_ms();
+	int threads = 0, most = chunkpipe_threads(), ret;
 
-	chunkstore_writer_init(&w);
-	w.key = job->key;
 	json_object_object_add(job->mdisk, "chunks", chunks);
-	if (backup_run_wait(map_argv, &mapout) != 0 || (map = json_tokener_parse(mapout)) == NULL ||
-	    !json_object_is_type(map, json_type_array)) {
-		snprintf(job->error, sizeof(job->error), "qemu-img map of %s failed", job->target);
-		goto out;
-	}
-	fd = open(job->target, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", job->target,
-			 strerror(errno));
-		goto out;
-	}
-	/* The map tiles the target, whose virtual size is the disk's now. */
-	for (size_t e = 0; e < json_array_len(map); e++) {
-		struct json_object *x = json_object_array_get_idx(map, e);
-		int64_t end = json_get_int(x, "start", 0) + json_get_int(x, "length", 0);
-
-		end_of_map = end > end_of_map ? end : end_of_map;
-	}
-	if (end_of_map != size || !json_object_is_type(pchunks, json_type_array) ||
+	if (size < 0 || !json_object_is_type(pchunks, json_type_array) ||
 	    (int64_t)json_array_len(pchunks) !=
 		    (size + CHUNKSTORE_CHUNK_SIZE - 1) / CHUNKSTORE_CHUNK_SIZE) {
-		/* A resized disk: its bitmap cannot be trusted. The caller goes full. */
-		snprintf(job->error, sizeof(job->error), "RESIZED");
+		snprintf(job->full_reason, sizeof(job->full_reason),
+			 "disk %s: the parent backup's chunk list is not its size's",
+			 job->op->disks[job->disk].name);
+		snprintf(job->error, sizeof(job->error), BACKUP_READ_WHOLE);
 		goto out;
 	}
-	for (int64_t c = 0, off = 0; off < size; c++, off += CHUNKSTORE_CHUNK_SIZE) {
-		const char *phex = json_object_get_string(json_object_array_get_idx(pchunks, c));
-		int64_t end =
-			off + CHUNKSTORE_CHUNK_SIZE < size ? off + CHUNKSTORE_CHUNK_SIZE : size;
-		bool have_parent = false;
-		size_t len = (size_t)(end - off);
-		uint64_t written;
-
-		/* Lay the dirty clusters of this chunk over the parent's bytes; a chunk
-		 * with none is the parent's, named without reading it. */
-		for (size_t e = 0; e < json_array_len(map); e++) {
-			struct json_object *x = json_object_array_get_idx(map, e);
-			int64_t xs = json_get_int(x, "start", 0), xl = json_get_int(x, "length", 0);
-			bool data = json_get_bool(x, "data", false);
-			struct json_object *present, *offset;
-			int64_t a, b;
-
-			if (json_object_object_get_ex(x, "present", &present)
-				    ? !json_object_get_boolean(present)
-				    : !(data || json_get_bool(x, "zero", false)))
-				continue;
-			a = xs > off ? xs : off;
-			b = xs + xl < end ? xs + xl : end;
-			if (a >= b)
-				continue;
-			/* Data the backup job wrote lies at offset in the target (never
-			 * compressed: the job writes plain clusters); a cluster it marked
-			 * zero reads as zeros. */
-			if (data && !json_object_object_get_ex(x, "offset", &offset)) {
-				snprintf(job->error, sizeof(job->error),
-					 "%s: data at %lld without a file offset", job->target,
-					 (long long)xs);
-				goto out;
-			}
-			if (!have_parent) {
-				size_t plen = 0;
-
-				if (chunkstore_get_with(job->store, job->key, phex ? phex : "", buf,
-							CHUNKSTORE_CHUNK_SIZE, &plen, &err) < 0 ||
-				    plen != len) {
-					snprintf(job->error, sizeof(job->error),
-						 "the parent backup: %s",
-						 plen != len ? "a chunk of the wrong size"
-							     : err.msg);
-					goto out;
-				}
-				have_parent = true;
-			}
-			if (!data) {
-				memset(buf + (a - off), 0, (size_t)(b - a));
-			} else {
-				struct chunkpipe_file f = {.fd = fd, .path = job->target};
-
-				if (chunkpipe_file_read(
-					    &f, json_object_get_int64(offset) + (a - xs),
-					    buf + (a - off), (size_t)(b - a), &err) < 0) {
-					snprintf(job->error, sizeof(job->error), "%s", err.msg);
-					goto out;
-				}
-			}
-			job->read_bytes += (uint64_t)(b - a);
-		}
-		if (!have_parent) {
-			json_object_array_add(chunks, json_object_new_string(phex ? phex : ""));
-		} else {
-			if (chunkstore_put_with(job->store, &w, buf, len, hex, &written, &err) <
-			    0) {
-				snprintf(job->error, sizeof(job->error), "%s", err.msg);
-				goto out;
-			}
-			json_object_array_add(chunks, json_object_new_string(hex));
-			job->new_bytes += written;
-		}
-		job->chunk_count++;
-	}
-	/* The checksum comes from the chunk list (manifest version 2): the parent's
-	 * chunks are named, not read. */
-	if (chunkstore_list_sum(chunks, size, CHUNKSTORE_CHUNK_SIZE, hex, &err) < 0) {
+	/* Opened once, checked, and mapped and read through this fd (backupmap.c). */
+	fd = backup_target_open(job->target, job->qemu_uid, &err);
+	if (fd < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		goto out;
 	}
-	job->total_bytes += (uint64_t)size;
-	json_object_object_add(job->mdisk, "virtual_size", json_object_new_int64(size));
-	json_object_object_add(job->mdisk, "sha256", json_object_new_string(hex));
+	/* The target's own tables (backupmap.c): no qemu-img process. What they cannot say
+	 * is never handed to root's qemu-img instead (a backing file QEMU names may be a
+	 * FIFO that hangs it, or any path or protocol it then opens as root): the disk is
+	 * read whole. */
+	ret = backup_map_qcow2(fd, job->target, size, BACKUP_TARGET_CLUSTER_BITS, &extents, &err);
+	job->map_ms += now_ms() - t0; /* read on the loop after this step */
+	if (ret < 0) {
+		/* ERANGE: resized, its bitmap cannot be trusted (or the file lies). */
+		if (err.code == ERANGE)
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s changed size since the parent backup",
+				 job->op->disks[job->disk].name);
+		else
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s: QEMU's incremental copy cannot be read here (%s)",
+				 job->op->disks[job->disk].name, err.msg);
+		snprintf(job->error, sizeof(job->error), BACKUP_READ_WHOLE);
+		goto out;
+	}
+	bi.fd = fd;
+	backup_incr_source(&bi, &src);
+	/* No more hashing threads than touched chunks (a small incremental has a few). */
+	for (int64_t off = 0; off < size && threads < most; off += CHUNKSTORE_CHUNK_SIZE)
+		threads += backup_incr_dirty(&bi, off, off + CHUNKSTORE_CHUNK_SIZE);
+	if (chunkpipe_store(job->store, &src, threads > 0 ? threads : 1, chunks, &res, &err) < 0) {
+		if (bi.parent_bad) {
+			/* Not this backup's fault, and the next would fail the same way:
+			 * this disk is read whole instead. */
+			snprintf(job->full_reason, sizeof(job->full_reason),
+				 "disk %s: a chunk of the parent backup cannot be read (%s)",
+				 job->op->disks[job->disk].name, bi.parent_why);
+			snprintf(job->error, sizeof(job->error), BACKUP_READ_WHOLE);
+		} else {
+			snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		}
+		goto out;
+	}
+	/* What came from the disk: the dirty bytes, not the parent's around them. */
+	res.read_bytes = bi.dirty_bytes;
+	backup_disk_stored(job, &res, size);
 	json_object_object_add(job->mdisk, "kind", json_object_new_string("incremental"));
 	unlink(job->target);
 out:
-	chunkstore_writer_free(&w);
-	json_object_put(map);
+	backup_extents_free(&extents);
 }
 
 /* chunkpipe's cancel check: data is the job. Thread-safe enough (see inside). */
@@ -614,7 +618,7 @@ static void chunk_work(struct bjob *job)
 		 * paced by QEMU; its raw work file is not the shared storage.) */
 		src.rate_bytes_s = job->rate_bytes_s;
 		/* A stopped VM's disk holds still: read it where it lies. */
-		if (backup_map_open(disk, &map, &err) == 0) {
+		if (backup_map_open(disk, backup_pipe_cancelled, job, &map, &err) == 0) {
 			backup_map_source(map, &src);
 			__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,
@@ -627,15 +631,24 @@ static void chunk_work(struct bjob *job)
 			goto stored;
 		}
 		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
-		if (backup_run_wait(conv_argv, NULL) != 0) {
+		if (backup_run_wait(job, conv_argv, NULL, 0) != 0) {
 			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
 				 disk);
 			return;
 		}
 	}
-	fd = open(job->raw, O_RDONLY | O_CLOEXEC);
+	/* A running VM's raw file is QEMU's copy in a work directory QEMU owns (which a
+	 * guest that took QEMU over may fill with links to any file root can read): opened
+	 * once, never through a link, and only the file QEMU's uid made. Else root made
+	 * it (qemu-img convert, tar) in root's work directory. */
+	fd = backup_target_open(job->raw, job->op->vm && job->live ? job->qemu_uid : geteuid(),
+				&err);
 	file.fd = fd;
-	if (fd < 0 || fstat(fd, &sb) < 0) {
+	if (fd < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
+	if (fstat(fd, &sb) < 0) {
 		snprintf(job->error, sizeof(job->error), "cannot read %s: %s", job->raw,
 			 strerror(errno));
 		return;
@@ -680,6 +693,7 @@ static void manifest_work(struct bjob *job)
 	 * writers make this vary, which a full that stores nothing new shows most. */
 	log_info("backup %s: store flushed in %lld ms, manifest written in %lld ms", job->id,
 		 (long long)(t1 - t0), (long long)(now_ms() - t1));
+	job->manifest_ms = now_ms() - t0;
 	job->manifest_written = true;
 	tree_remove(job->tmpdir);
 }
@@ -738,6 +752,19 @@ static void manifest_after(struct bjob *job)
 					       json_object_new_string(job->fleece_why));
 	}
 	json_object_object_add(b, "disks", disks);
+	{
+		/* Where the time went, for the lab and the bench (summed over the disks). */
+		struct json_object *t = json_object_new_object();
+
+		json_object_object_add(t, "job_ms", json_object_new_int64(job->job_ms));
+		if (job->job_end_by)
+			json_object_object_add(t, "job_end_seen_by",
+					       json_object_new_string(job->job_end_by));
+		json_object_object_add(t, "chunk_ms", json_object_new_int64(job->chunk_ms));
+		json_object_object_add(t, "map_ms", json_object_new_int64(job->map_ms));
+		json_object_object_add(t, "manifest_ms", json_object_new_int64(job->manifest_ms));
+		json_object_object_add(b, "timings", t);
+	}
 	if (op->result == NULL)
 		op->result = json_object_new_object();
 	json_object_object_add(op->result, "backup", b);
@@ -755,13 +782,15 @@ void backup_chunk_after(struct bjob *job)
 {
 	if (job->direct)
 		uv_timer_stop(&job->poll); /* backup_store_progress_cb */
-	if (job->incr && !strcmp(job->error, "RESIZED")) {
-		snprintf(job->full_reason, sizeof(job->full_reason),
-			 "disk %s changed size since the parent backup",
-			 job->op->disks[job->disk].name);
+	job->chunk_ms += now_ms() - job->chunk_started_ms;
+	/* An incremental that cannot be: the disk is read whole (full_reason says why). */
+	if (job->incr && !strcmp(job->error, BACKUP_READ_WHOLE)) {
 		job->incr = false;
 		job->pdisk = NULL;
 		json_object_object_del(job->mdisk, "chunks");
+		/* The incremental's transaction added this backup's bitmap to the disk
+		 * already; the whole read's adds it again (at its own point in time). */
+		bitmap_drop_at_work(job);
 		backup_disk_read(job);
 		return;
 	}
@@ -817,6 +846,7 @@ static void read_done(struct bjob *job, const char *error)
 		uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS,
 			       BACKUP_POLL_MS);
 	}
+	job->chunk_started_ms = now_ms();
 	backup_pool_run(job, job->incr ? chunk_incr_work : chunk_work, backup_chunk_after);
 }
 
@@ -835,8 +865,42 @@ static void poll_cb(uv_timer_t *timer)
 
 	if (backup_job_gone(job))
 		return;
+	job->querying = true;
+	job->poll_soon = false;
 	if (vm_qmp(job->op->vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, jobs_cb, job, &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/*
+ * QEMU's JOB_STATUS_CHANGE event of a job in vm (vm.c; QEMU sends them to every
+ * monitor, no capability asked): when it is the copy job a backup polls and it
+ * concluded, query-jobs goes at once, not at the next poll (20 ms, then doubling up
+ * to BACKUP_POLL_MS: a small incremental's job ends in tens of milliseconds and its
+ * end was seen ~22 ms late on average, a tenth of the backup). The query still
+ * decides: it says whether the job failed and why. A query in flight asks again as
+ * it ends.
+ */
+void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
+{
+	char jid[96];
+
+	if (strcmp(status, "concluded") != 0)
+		return;
+	for (struct bjob *job = live_jobs; job; job = job->next_live) {
+		if (job->op->vm != vm || !job->block_job)
+			continue;
+		block_job_id(job, job->disk, jid, sizeof(jid));
+		if (strcmp(jid, id) != 0)
+			continue;
+		/* A query in flight may see the end first (then "poll"): only the one
+		 * the event starts counts as the event's. */
+		if (job->querying) {
+			job->poll_soon = true;
+		} else {
+			job->job_end_by = "event";
+			uv_timer_start(&job->poll, poll_cb, 0, 0);
+		}
+	}
 }
 
 /* The drive-backup job's state: go on polling, or read its end. */
@@ -847,6 +911,7 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 	struct json_object *found = NULL;
 	struct kerr err;
 
+	job->querying = false;
 	if (backup_job_gone(job))
 		return;
 	if (error) {
@@ -880,10 +945,16 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 				     phase);
 		job->poll_ms =
 			job->poll_ms * 2 < BACKUP_POLL_MS ? job->poll_ms * 2 : BACKUP_POLL_MS;
-		uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
+		/* The job concluded while this query was on its way: ask again now. */
+		if (job->poll_soon)
+			job->job_end_by = "event";
+		uv_timer_start(&job->poll, poll_cb, job->poll_soon ? 0 : job->poll_ms, 0);
 		return;
 	}
 	job->block_job = false;
+	job->job_ms += now_ms() - job->job_started_ms;
+	if (job->job_end_by == NULL)
+		job->job_end_by = "poll";
 	{
 		char why[200];
 		const char *jerr = json_get_str(found, "error", NULL);
@@ -907,19 +978,8 @@ static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added)
 {
 	if (!job->incr)
 		return false;
-	if (bitmap_added) {
-		struct json_object *args = json_object_new_object();
-		char node[16], name[80];
-		struct kerr err;
-
-		snprintf(node, sizeof(node), "d%zu", job->disk);
-		snprintf(name, sizeof(name), "kumo-%s", job->id);
-		json_object_object_add(args, "node", json_object_new_string(node));
-		json_object_object_add(args, "name", json_object_new_string(name));
-		/* One QMP connection: QEMU runs it before the read's commands. */
-		vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT, NULL,
-		       NULL, &err);
-	}
+	if (bitmap_added)
+		bitmap_drop_at_work(job);
 	snprintf(job->full_reason, sizeof(job->full_reason),
 		 "disk %s: the changed-block bitmap cannot be used (%s)",
 		 job->op->disks[job->disk].name, why);
@@ -957,7 +1017,10 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		return;
 	}
 	/* Soon, then every BACKUP_POLL_MS: a small incremental's job is done in tens of
-	 * milliseconds, and a first look at 250 ms was a quarter of its backup's time. */
+	 * milliseconds, and a first look at 250 ms was a quarter of its backup's time.
+	 * QEMU's event of its end brings the next look forward (backup_vm_job_event). */
+	job->job_started_ms = now_ms();
+	job->job_end_by = NULL;
 	job->poll_ms = BACKUP_POLL_FIRST_MS;
 	uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
 }
@@ -1204,8 +1267,9 @@ void backup_disk_read(struct bjob *job)
 		(int)(job->disk * BACKUP_READ_PHASES * 90 / (job->op->ndisks * BACKUP_READ_PHASES)),
 		phase);
 	if (job->live) {
-		struct json_object *args, *bm, *actions, *a, *tx;
-		char jid[96], node[16], name[80], pname[80];
+		struct json_object *tx;
+		struct fleece_names n;
+		char jid[96], name[80], pname[80];
 
 		job->pdisk = NULL;
 		for (size_t i = 0;
@@ -1236,58 +1300,19 @@ void backup_disk_read(struct bjob *job)
 		}
 		if (!job->incr)
 			job->copied++;
-		args = json_object_new_object();
-		bm = json_object_new_object();
-		actions = json_object_new_array();
 		/* The node names qemuargs.c gives the disks: d0, d1, ... */
+		fleece_names_make(job->disk, NULL, &n);
 		block_job_id(job, job->disk, jid, sizeof(jid));
-		snprintf(node, sizeof(node), "d%zu", job->disk);
 		snprintf(name, sizeof(name), "kumo-%s", job->id);
+		snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
 		snprintf(job->target, sizeof(job->target), "%s/%s.qcow2", job->tmpdir, d->name);
-		json_object_object_add(args, "job-id", json_object_new_string(jid));
-		json_object_object_add(args, "device", json_object_new_string(node));
-		json_object_object_add(args, "target",
-				       json_object_new_string(job->incr ? job->target : job->raw));
-		/* Incremental: a qcow2 target, so the clusters the job did not copy stay
-		 * unallocated and qemu-img map tells them from the copied ones. */
-		json_object_object_add(args, "format",
-				       json_object_new_string(job->incr ? "qcow2" : "raw"));
-		/* Incremental: sync "bitmap" with bitmap-mode "never", not sync
-		 * "incremental" (whose bitmap-mode is on-success: once QEMU's job succeeded
-		 * the parent's bitmap held only the writes after this backup's point in
-		 * time, and a backup failing after the job -- a chunk or manifest write,
-		 * the store full, a cancel, the agent killed -- left the next incremental
-		 * on the same parent missing every write before it). The parent's bitmap
-		 * goes only once this backup succeeded (manifest_after). */
-		json_object_object_add(args, "sync",
-				       json_object_new_string(job->incr ? "bitmap" : "full"));
-		if (job->incr) {
-			snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
-			json_object_object_add(args, "bitmap", json_object_new_string(pname));
-			json_object_object_add(args, "bitmap-mode", json_object_new_string("never"));
-		}
-		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
-		json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
-		/* A live disk is read by QEMU's job: its own rate limit paces it, and
-		 * query-jobs reports its progress meanwhile. */
-		if (job->rate_bytes_s > 0)
-			json_object_object_add(args, "speed",
-					       json_object_new_int64((int64_t)job->rate_bytes_s));
 		/* One transaction: the new bitmap starts at exactly the backup's point in
-		 * time, so the next incremental backup moves what changed after it. */
-		json_object_object_add(bm, "node", json_object_new_string(node));
-		json_object_object_add(bm, "name", json_object_new_string(name));
-		json_object_object_add(bm, "persistent", json_object_new_boolean(true));
-		a = json_object_new_object();
-		json_object_object_add(a, "type", json_object_new_string("block-dirty-bitmap-add"));
-		json_object_object_add(a, "data", bm);
-		json_object_array_add(actions, a);
-		a = json_object_new_object();
-		json_object_object_add(a, "type", json_object_new_string("drive-backup"));
-		json_object_object_add(a, "data", args);
-		json_object_array_add(actions, a);
-		tx = json_object_new_object();
-		json_object_object_add(tx, "actions", actions);
+		 * time, so the next incremental backup moves what changed after it. The
+		 * parent's bitmap is left as it is (bitmap-mode never): dropped only once
+		 * this backup succeeded (manifest_after), so one that fails after QEMU's
+		 * job leaves the next incremental every write since the parent. */
+		tx = fleece_copy_tx_args(&n, jid, name, job->incr ? pname : NULL,
+					 job->incr ? job->target : job->raw, job->rate_bytes_s);
 		json_object_put(job->tx);
 		job->tx = tx;
 		backup_guest_freeze(job);
@@ -1559,6 +1584,30 @@ static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool r
 	return job;
 }
 
+/* The uid and gid vm's QEMU runs as: --qemu-user's (0 for root), or the VM's own
+ * (uid.c: *own set). -1 when --qemu-user names no user. */
+int backup_qemu_ids(struct vm *vm, uid_t *uid, gid_t *gid, bool *own)
+{
+	const char *user = vm->inst.agent->cfg->qemu_user;
+	struct passwd *pw;
+
+	*uid = 0;
+	*gid = 0;
+	*own = false;
+	if (strcmp(user, "root") == 0)
+		return 0;
+	pw = getpwnam(user);
+	if (pw == NULL)
+		return -1;
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	if (uid_vm_read(vm->inst.dir) != 0) {
+		*uid = *gid = uid_vm_read(vm->inst.dir);
+		*own = true;
+	}
+	return 0;
+}
+
 /*
  * The "backup" action: every disk of op->vm into the store args.store, as backup
  * args.backup. A running VM goes on running. Ends in instance_op_succeed() with
@@ -1582,23 +1631,17 @@ void backup_vm_run(struct inst_op *op)
 	}
 	job = job_new(op, op->args, false);
 	job->live = vm->inst.state == INST_RUNNING || vm->inst.state == INST_PAUSED;
+	job->next_live = live_jobs;
+	live_jobs = job;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
 	job->force_full = json_get_bool(op->args, "full", false);
 	/* Mbit/s as a migration counts them: 10^6 bits, 125,000 bytes. */
 	job->rate_bytes_s = (uint64_t)json_get_int(op->args, "bandwidth_mbps", 0) * 125000;
 	job->all_incr = job->parent[0] != '\0' && !job->force_full;
-	if (job->live && strcmp(op->agent->cfg->qemu_user, "root") != 0) {
-		struct passwd *pw = getpwnam(op->agent->cfg->qemu_user);
-
-		if (pw == NULL) {
-			backup_job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
-			return;
-		}
-		job->qemu_uid = pw->pw_uid;
-		job->qemu_gid = pw->pw_gid;
-		/* ... or the VM's own uid (uid.c), the one its QEMU runs as. */
-		if (uid_vm_read(vm->inst.dir) != 0)
-			job->qemu_uid = job->qemu_gid = uid_vm_read(vm->inst.dir);
+	if (job->live &&
+	    backup_qemu_ids(vm, &job->qemu_uid, &job->qemu_gid, &job->qemu_uid_own) < 0) {
+		backup_job_fail(job, "no user %s for QEMU", op->agent->cfg->qemu_user);
+		return;
 	}
 	job->manifest = json_object_new_object();
 	json_object_object_add(job->manifest, "version",
@@ -1717,7 +1760,7 @@ static void ctr_read_work(struct bjob *job)
 		return;
 	}
 	job->uid_base = sb.st_uid;
-	rc = backup_run_wait(argv, NULL);
+	rc = backup_run_wait(job, argv, NULL, 0);
 	/* 1: a file changed while it was read; only a running container's can. */
 	if (rc != 0 && !(rc == 1 && job->live)) {
 		snprintf(job->error, sizeof(job->error), "tar of the writable layer failed (%d)",
@@ -1885,7 +1928,7 @@ static void ctr_restore_work(struct bjob *job)
 	reassemble_work(job);
 	if (job->error[0])
 		return;
-	if (stat(upper, &sb) < 0 || backup_run_wait(argv, NULL) != 0) {
+	if (stat(upper, &sb) < 0 || backup_run_wait(job, argv, NULL, 0) != 0) {
 		snprintf(job->error, sizeof(job->error), "cannot unpack the layer into %s", upper);
 		return;
 	}

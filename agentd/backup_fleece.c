@@ -3,12 +3,16 @@
  * (fleece.h says what QEMU is asked and why; backup.c says where this fits): the
  * overlay and the copy-before-write filter made, the point in time taken (frozen: the
  * new dirty bitmap, then the filter put in front of the disk), QEMU's NBD export of
- * the snapshot read by nbd.c into the chunk pipeline, the objects torn down. Any
- * failure before the read falls back to QEMU's copy (backup.c).
+ * the snapshot read by nbd.c into the chunk pipeline, the objects torn down. QEMU's
+ * side is two lists run one command at a time: the setup (fleece_setup_step, with
+ * setup_rows saying what the agent does between steps) and the teardown
+ * (fleece_teardown_step). Any failure before the read falls back to QEMU's copy
+ * (backup.c).
  */
 #include "backup_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,11 +26,6 @@
 /* How long a guest write may wait for its old block's copy into the overlay before
  * the filter gives up on the backup's view instead (the write then proceeds). */
 #define BACKUP_FLEECE_CBW_TIMEOUT_S 20
-
-/* Where QEMU's NBD server for a fleecing read listens: BACKUP_FLEECE_RUN/UID/nbd.sock,
- * local and short (a store's path may pass sun_path's 108 bytes, and a socket on an
- * NFS or FUSE store may not work at all). */
-#define BACKUP_FLEECE_RUN "/run/kumo-fleece"
 
 /* disk i's fleecing names in vm (its device's QOM path depends on the disk's bus). */
 static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
@@ -43,6 +42,26 @@ static void vm_disk_names(struct vm *vm, size_t i, struct fleece_names *n)
 static void job_names(struct bjob *job, struct fleece_names *n)
 {
 	vm_disk_names(job->op->vm, job->disk, n);
+}
+
+/* QEMU's NBD socket and its directory (QEMU stopped its server: the teardown ran):
+ * a finished read leaves nothing in the runtime directory. The directory only when
+ * the uid is the VM's own: a shared one's may be in use by another VM's backup, about
+ * to bind in it. Small local calls. */
+static void sock_remove(struct bjob *job)
+{
+	char dir[sizeof(job->nbd_sock)];
+	char *slash;
+
+	if (!job->nbd_sock[0])
+		return;
+	unlink(job->nbd_sock);
+	snprintf(dir, sizeof(dir), "%s", job->nbd_sock);
+	if (job->qemu_uid_own && (slash = strrchr(dir, '/')) != NULL) {
+		*slash = '\0';
+		rmdir(dir);
+	}
+	job->nbd_sock[0] = '\0';
 }
 
 /* A teardown in flight: fleece.h's steps, one after the other on the VM's QMP
@@ -113,6 +132,9 @@ void backup_fleece_drop(struct bjob *job)
 {
 	teardown_start(job->op->vm, job->disk, NULL, NULL);
 	job->fleece = false;
+	/* The socket's path goes now (QEMU's listener, if any, stops in the teardown;
+	 * it needs no path): a failed or cancelled read leaves no file behind either. */
+	sock_remove(job);
 }
 
 /* Before a live read that does not fleece (an incremental, a copy): what a killed
@@ -123,9 +145,32 @@ void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
 	fleece_down(job, then);
 }
 
+/* The socket a killed agent's fleecing read of vm left, under the uid its QEMU runs as
+ * (as this agent is configured: a --qemu-user changed since leaves the old one), and
+ * the directory when that uid is the VM's own. */
+static void leftover_sock_remove(struct vm *vm)
+{
+	char dir[PATH_MAX], sock[FLEECE_SOCK_MAX];
+	struct kerr err;
+	uid_t uid;
+	gid_t gid;
+	bool own;
+
+	if (backup_qemu_ids(vm, &uid, &gid, &own) < 0 ||
+	    fleece_sock_path(vm->inst.agent->cfg->run_dir, uid, vm->inst.dir, dir, sizeof(dir),
+			     sock, sizeof(sock), &err) < 0)
+		return;
+	/* unlink and rmdir never follow a link QEMU may have put there. */
+	unlink(sock);
+	if (own)
+		rmdir(dir);
+}
+
 /* At a running VM's adoption: a killed agent's fleecing objects go, for every disk
  * (only when some are there: the teardown stops any NBD server, and an incoming
- * migration's may run). */
+ * migration's may run). Its socket file goes in any case: an agent killed between the
+ * teardown and sock_remove left it, and no NBD server of a fleecing listens on it
+ * without the nodes. */
 static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct vm *vm = data;
@@ -133,6 +178,7 @@ static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 
 	if (error || vm->inst.removing)
 		return;
+	leftover_sock_remove(vm);
 	for (size_t i = 0; i < json_array_len(ret); i++)
 		if (!strncmp(json_get_str(json_object_array_get_idx(ret, i), "node-name", ""),
 			     "kfl-", 4))
@@ -161,6 +207,7 @@ void backup_fleece_adopted(struct vm *vm)
 static void fleece_copy_instead(struct bjob *job)
 {
 	job->fleece = false;
+	sock_remove(job);
 	if (job->fleece_tx) {
 		/* The transaction added this backup's bitmap, and the copy's adds it again:
 		 * removed first (one QMP connection: QEMU runs the two in order). */
@@ -194,36 +241,96 @@ static void fleece_fallback(struct bjob *job, const char *why)
 	fleece_down(job, fleece_copy_instead);
 }
 
+/*
+ * Thread: where QEMU's NBD server for the read listens (fleece.h): the agent's
+ * runtime directory (--run-dir, root's and writable by root alone) 0711 when made
+ * here, its fleece/ 0711, root's, and fleece/UID 0700, the VM's QEMU uid's
+ * (fleece_sock_dir_make, through directory fds), so no QEMU of another uid can reach
+ * the export; VMs that share a uid (--qemu-user) share that directory, and the reader
+ * checks who serves the socket (nbd_conn_open). QEMU binds
+ * the socket after it dropped root (-runas), hence a directory of its uid's; the VM's
+ * run directory is root's alone. Local and short, not in the store: a store's path
+ * may pass a unix socket's 107 bytes, and a socket on an NFS or FUSE store may not
+ * work at all. The modes are set whatever the umask (systemd gives the agent 0077).
+ * Making and handing them over needs root (chown).
+ */
+static int sock_dir_make(struct bjob *job, struct kerr *err)
+{
+	const char *run_dir = job->agent->cfg->run_dir;
+	char dir[PATH_MAX];
+	struct stat sb;
+	int ret;
+
+	if (fleece_sock_path(run_dir, job->qemu_uid, job->op->vm->inst.dir, dir, sizeof(dir),
+			     job->nbd_sock, sizeof(job->nbd_sock), err) < 0)
+		return -1;
+	if (lstat(run_dir, &sb) < 0 && errno == ENOENT) {
+		ret = mkdir_p(run_dir, 0711);
+		if (ret < 0 || chmod(run_dir, 0711) < 0)
+			return err_set(err, ret < 0 ? -ret : errno, "cannot make %s", run_dir);
+	}
+	if (fleece_sock_dir_make(run_dir, job->qemu_uid, job->qemu_gid, err) < 0)
+		return -1;
+	return fleece_dir_reachable(dir, job->qemu_uid, job->qemu_gid, err);
+}
+
+/*
+ * Thread: the overlay job->overlay, an empty qcow2 of vsize bytes, QEMU's user's. The
+ * work directory is that user's (QEMU writes its copy there), so a guest that took
+ * QEMU over may have put a link at the name, to have root overwrite and hand over its
+ * target (/etc/passwd): root never goes through the name. What is there goes (unlinkat
+ * removes a link itself), the file is made new (O_CREAT|O_EXCL|O_NOFOLLOW: never an
+ * existing file or a link's target), handed over by fd, and qemu-img writes the qcow2
+ * into that very file through the agent's /proc entry of the fd, whatever the name
+ * points to meanwhile. Returns 0, or < 0 with err.
+ */
+static int overlay_create(struct bjob *job, int64_t vsize, struct kerr *err)
+{
+	_cleanup_close_ int dfd = -1, fd = -1;
+	const char *name = strrchr(job->overlay, '/') + 1;
+	char size[32], fd_path[64];
+	char *create_argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", fd_path, size, NULL};
+
+	dfd = open(job->tmpdir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return err_set(err, errno, "cannot open %s: %s", job->tmpdir, strerror(errno));
+	if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
+		return err_set(err, errno, "cannot remove %s: %s", job->overlay, strerror(errno));
+	fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(err, errno, "cannot make %s: %s", job->overlay, strerror(errno));
+	/* QEMU opens it after it dropped root (-runas). */
+	if (fchown(fd, job->qemu_uid, job->qemu_gid) < 0)
+		return err_set(err, errno, "cannot hand %s to the qemu user: %s", job->overlay,
+			       strerror(errno));
+	snprintf(size, sizeof(size), "%lld", (long long)vsize);
+	snprintf(fd_path, sizeof(fd_path), "/proc/%d/fd/%d", (int)getpid(), fd);
+	if (backup_run_wait(job, create_argv, NULL, BACKUP_QEMU_IMG_QUICK_MS) != 0)
+		return err_set(err, EIO, "qemu-img create of %s failed", job->overlay);
+	return 0;
+}
+
 /* Thread: the overlay (an empty qcow2 of the disk's size, QEMU's user's) in the
  * backup's work directory, which only that user and root may enter, and the NBD
- * socket's directory (BACKUP_FLEECE_RUN). The overlay stays on the store, not the
- * local pool: guest writes
- * during the read fill it, and a full local pool would stop the VMs whose disks are
- * there, while a full store only breaks this backup (on-cbw-error break-snapshot). */
+ * socket's directory (sock_dir_make). The overlay stays on the store, not the local
+ * pool: guest writes during the read fill it, and a full local pool would stop the VMs
+ * whose disks are there, while a full store only breaks this backup (on-cbw-error
+ * break-snapshot). */
 static void fleece_prepare_work(struct bjob *job)
 {
 	struct vm_disk *d = &job->op->disks[job->disk];
 	char *info_argv[] = {"qemu-img", "info", "-U", "--output=json", d->abs, NULL};
 	_cleanup_free_ char *out = NULL;
 	struct json_object *info = NULL;
-	char size[32], dir[PATH_MAX];
+	struct kerr err;
 	int64_t vsize;
 
 	snprintf(job->overlay, sizeof(job->overlay), "%s/%s.fleece.qcow2", job->tmpdir, d->name);
-	/* QEMU binds it after it dropped root (-runas), so in a directory of its user's;
-	 * the VM's run directory is root's alone. The uid is this machine's QEMU's
-	 * alone (uid.c claims it machine-wide), so the path is too. Making them needs
-	 * root (/run, chown). */
-	snprintf(dir, sizeof(dir), "%s/%u", BACKUP_FLEECE_RUN, (unsigned)job->qemu_uid);
-	snprintf(job->nbd_sock, sizeof(job->nbd_sock), "%s/nbd.sock", dir);
-	if ((mkdir(BACKUP_FLEECE_RUN, 0711) < 0 && errno != EEXIST) ||
-	    (mkdir(dir, 0700) < 0 && errno != EEXIST) ||
-	    chown(dir, job->qemu_uid, job->qemu_gid) < 0) {
-		snprintf(job->error, sizeof(job->error), "cannot make %s for the qemu user: %s",
-			 dir, strerror(errno));
+	if (sock_dir_make(job, &err) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
-	if (backup_run_wait(info_argv, &out) != 0 || out == NULL ||
+	if (backup_run_wait(job, info_argv, &out, BACKUP_QEMU_IMG_QUICK_MS) != 0 || out == NULL ||
 	    (info = json_tokener_parse(out)) == NULL ||
 	    (vsize = json_get_int(info, "virtual-size", -1)) <= 0) {
 		json_object_put(info);
@@ -231,74 +338,11 @@ static void fleece_prepare_work(struct bjob *job)
 		return;
 	}
 	json_object_put(info);
-	snprintf(size, sizeof(size), "%lld", (long long)vsize);
-	{
-		char *create_argv[] = {"qemu-img", "create",	 "-q", "-f",
-				       "qcow2",	   job->overlay, size, NULL};
-
-		if (backup_run_wait(create_argv, NULL) != 0) {
-			snprintf(job->error, sizeof(job->error), "qemu-img create of %s failed",
-				 job->overlay);
-			return;
-		}
-	}
-	/* QEMU opens it after it dropped root (-runas). */
-	if (chown(job->overlay, job->qemu_uid, job->qemu_gid) < 0)
-		snprintf(job->error, sizeof(job->error), "cannot hand %s to the qemu user: %s",
-			 job->overlay, strerror(errno));
+	if (overlay_create(job, vsize, &err) < 0)
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 }
 
-/* The filter is made (not yet in front of the disk): the point in time, frozen around
- * the bitmap and the qom-set as a copy's transaction is (tx_send -> drive_backup_cb ->
- * backup_fleece_started -> inserted_cb thaws). */
-static void cbw_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	char bitmap[80];
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job_names(job, &n);
-	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
-	json_object_put(job->tx);
-	job->tx = fleece_transaction_args(&n, bitmap);
-	backup_guest_freeze(job);
-}
-
-static void overlay_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_cbw_args(&n, BACKUP_FLEECE_CBW_TIMEOUT_S),
-		   BACKUP_JOB_TIMEOUT, cbw_added_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-/* The teardown of what an earlier agent may have left is done: add the overlay. */
-static void fleece_add(struct bjob *job)
-{
-	struct fleece_names n;
-	struct kerr err;
-
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_overlay_args(&n, job->overlay),
-		   BACKUP_JOB_TIMEOUT, overlay_added_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
+static void setup_begin(struct bjob *job);
 
 static void fleece_prepare_after(struct bjob *job)
 {
@@ -307,7 +351,7 @@ static void fleece_prepare_after(struct bjob *job)
 		return;
 	}
 	/* First clear what a killed agent may have left under these names. */
-	fleece_down(job, fleece_add);
+	fleece_down(job, setup_begin);
 }
 
 /* Read the running disk job->disk whole through fleecing: the overlay first (a thread
@@ -339,7 +383,11 @@ static void fleece_chunk_work(struct bjob *job)
 
 	json_object_object_add(job->mdisk, "chunks", chunks);
 	job_names(job, &n);
-	if (nbd_conn_open(job->nbd_sock, n.node, &c, &err) < 0) {
+	if (job->nbd_server <= 0) {
+		snprintf(job->error, sizeof(job->error), "the VM's QEMU is gone");
+		return;
+	}
+	if (nbd_conn_open(job->nbd_sock, n.node, job->nbd_server, &c, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
@@ -374,7 +422,7 @@ static void fleece_done(struct bjob *job)
 	job->fleece = false;
 	job->fleece_tx = false;
 	unlink(job->overlay);
-	unlink(job->nbd_sock);
+	sock_remove(job);
 	if (!job->error[0])
 		job->fleeced++;
 	backup_chunk_after(job);
@@ -386,91 +434,107 @@ static void fleece_chunk_after(struct bjob *job)
 	fleece_down(job, fleece_done);
 }
 
-static void fleece_exported_cb(struct qmp *q, struct json_object *ret, const char *error,
-			       void *data)
-{
-	struct bjob *job = data;
+/* ---- QEMU's side of the setup: fleece.h's steps, each command's answer sends the next -- */
 
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
+/* The filter is made (not yet in front of the disk): the point in time, frozen around
+ * the bitmap and the qom-set as a copy's transaction is (backup_guest_freeze ->
+ * tx_send -> drive_backup_cb -> backup_fleece_started -> FLEECE_SETUP_INSERT, whose
+ * answer thaws). */
+static void point_in_time(struct bjob *job)
+{
+	struct fleece_names n;
+	char bitmap[80];
+
+	job_names(job, &n);
+	snprintf(bitmap, sizeof(bitmap), "kumo-%s", job->id);
+	json_object_put(job->tx);
+	job->tx = fleece_transaction_args(&n, bitmap);
+	backup_guest_freeze(job);
+}
+
+/* The export is up: the read runs on the thread pool, its progress on the poll timer. */
+static void read_start(struct bjob *job)
+{
 	job->piped_bytes = job->piped_size = 0; /* no work runs: plain stores */
 	uv_timer_start(&job->poll, backup_store_progress_cb, BACKUP_POLL_MS, BACKUP_POLL_MS);
+	job->chunk_started_ms = now_ms();
+	/* Taken on the loop, which owns the VM: the socket's directory is the VM's QEMU
+	 * uid's, so the path alone could lead to another VM's export (nbd_conn_open). */
+	job->nbd_server = job->op->vm->inst.pid;
 	backup_pool_run(job, fleece_chunk_work, fleece_chunk_after);
 }
 
-static void fleece_served_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/*
+ * What the agent does at each setup step's success beside sending the next, in
+ * fleece.h's order; a refusal at any step tears down what exists and copies the disk
+ * instead (fleece_fallback). thaws: the guest thaws at the step's answer, whatever it
+ * is (the qom-set: the point in time is taken, or never will be). then: what follows
+ * instead of the next step.
+ */
+static const struct setup_row {
+	bool thaws;
+	void (*then)(struct bjob *job);
+} setup_rows[] = {
+	[FLEECE_SETUP_OVERLAY] = {false, NULL},		/* the overlay's node */
+	[FLEECE_SETUP_FILTER] = {false, point_in_time}, /* then freeze, bitmap: started() */
+	[FLEECE_SETUP_INSERT] = {true, NULL},		/* the point in time: thaw */
+	[FLEECE_SETUP_ACCESS] = {false, NULL},		/* the snapshot, as a node */
+	[FLEECE_SETUP_SERVER] = {false, NULL},		/* QEMU's NBD server on nbd_sock */
+	[FLEECE_SETUP_EXPORT] = {false, read_start},	/* then the read */
+};
+
+static void setup_send(struct bjob *job, int step);
+
+static void setup_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "block-export-add", fleece_export_args(&n), BACKUP_JOB_TIMEOUT,
-		   fleece_exported_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-static void access_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct kerr err;
-
-	if (backup_job_gone(job))
-		return;
-	if (error) {
-		fleece_fallback(job, error);
-		return;
-	}
-	if (vm_qmp(job->op->vm, "nbd-server-start", fleece_server_args(job->nbd_sock),
-		   BACKUP_JOB_TIMEOUT, fleece_served_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
-}
-
-/* The filter is in front of the disk, or not: the guest thaws either way. */
-static void inserted_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct bjob *job = data;
-	struct fleece_names n;
-	struct kerr err;
+	const struct setup_row *row = &setup_rows[job->fleece_step];
 
 	if (backup_job_gone(job))
 		return; /* job_free thawed */
-	backup_guest_thaw(job);
+	if (row->thaws)
+		backup_guest_thaw(job);
 	if (error) {
 		fleece_fallback(job, error);
 		return;
 	}
+	if (row->then)
+		row->then(job);
+	else
+		setup_send(job, job->fleece_step + 1);
+}
+
+/* Send setup step step of the disk at work; setup_cb takes its answer. */
+static void setup_send(struct bjob *job, int step)
+{
+	struct fleece_names n;
+	const char *cmd;
+	struct json_object *args;
+	struct kerr err;
+
+	job->fleece_step = step;
 	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "blockdev-add", fleece_access_args(&n), BACKUP_JOB_TIMEOUT,
-		   access_added_cb, job, &err) < 0)
+	args = fleece_setup_step(&n, step, job->overlay, job->nbd_sock, BACKUP_FLEECE_CBW_TIMEOUT_S,
+				 &cmd);
+	if (vm_qmp(job->op->vm, cmd, args, BACKUP_JOB_TIMEOUT, setup_cb, job, &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
+/* The teardown of what an earlier agent may have left is done: add the overlay. */
+static void setup_begin(struct bjob *job)
+{
+	setup_send(job, FLEECE_SETUP_OVERLAY);
 }
 
 /* The bitmap's transaction answered (the guest still frozen): the filter goes in front
  * of the disk, the point in time. */
 void backup_fleece_started(struct bjob *job, const char *error)
 {
-	struct fleece_names n;
-	struct kerr err;
-
 	if (error) {
 		backup_guest_thaw(job);
 		fleece_fallback(job, error); /* no bitmap was added */
 		return;
 	}
 	job->fleece_tx = true;
-	job_names(job, &n);
-	if (vm_qmp(job->op->vm, "qom-set", fleece_insert_args(&n, 1), BACKUP_JOB_TIMEOUT,
-		   inserted_cb, job, &err) < 0)
-		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+	setup_send(job, FLEECE_SETUP_INSERT);
 }

@@ -49,14 +49,26 @@ struct bjob {
 	char raw[PATH_MAX]; /* the disk at work, as a raw file */
 	uid_t qemu_uid;
 	gid_t qemu_gid;
-	size_t disk; /* index into op->disks */
+	bool qemu_uid_own; /* the VM's own uid (uid.c), not --qemu-user's shared one */
+	size_t disk;	   /* index into op->disks */
 	int64_t started_ms;
 
 	uv_work_t work;
 	uv_timer_t poll;
 	uint64_t poll_ms; /* the next query-jobs after this long */
 	bool poll_open;
-	char error[256];	    /* a thread step's failure, "" if none */
+	bool querying;		/* a query-jobs is in flight */
+	bool poll_soon;		/* ... and QEMU said the job ended meanwhile: ask again at once */
+	struct bjob *next_live; /* backup.c's list of VM backups, for QEMU's job events */
+
+	/* where the time went (result.backup.timings), summed over the disks */
+	int64_t job_started_ms; /* QEMU's copy job of the disk at work: its transaction answered */
+	int64_t job_ms;		/* QEMU's copy jobs, until the agent knew each ended */
+	const char *job_end_by; /* "event" or "poll": how the last job's end was noticed */
+	int64_t chunk_started_ms, chunk_ms; /* the disks' thread steps (map, read, store) */
+	int64_t map_ms;			    /* ... of which the incrementals' maps */
+	int64_t manifest_ms;		    /* the store's flush and the manifest */
+	char error[256];		    /* a thread step's failure, "" if none */
 	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
 
 	/* fsfreeze (qga.c) around each live disk's point in time */
@@ -70,12 +82,14 @@ struct bjob {
 	/* a live full read from an NBD export of a fleecing node (fleece.h) */
 	bool fleece;		/* the disk at work is read so (its QEMU objects may exist) */
 	bool fleece_tx;		/* ... its transaction succeeded: its bitmap exists */
+	int fleece_step;	/* ... the setup step QEMU is asked (fleece.h) */
 	bool fleece_off;	/* fleecing failed once: this backup's disks are copied */
 	int fleeced, copied;	/* disks read whole by fleecing, by the raw copy */
 	size_t cleared_disk;	/* 1 + the disk a leftover fleecing was cleared from, 0: none */
 	char fleece_why[200];	/* why a disk was copied instead, "" if none was */
 	char overlay[PATH_MAX]; /* the fleecing overlay (qcow2, in tmpdir) */
-	char nbd_sock[108];	/* QEMU's NBD server (in tmpdir): sun_path's size */
+	char nbd_sock[108];	/* QEMU's NBD server (fleece_sock_path): sun_path's size */
+	pid_t nbd_server;	/* ... the VM's QEMU, the one process that may serve it */
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
@@ -87,6 +101,9 @@ typedef void (*work_fn)(struct bjob *job);
 typedef void (*after_fn)(struct bjob *job);
 
 /* backup.c */
+/* The uid and gid vm's QEMU runs as; *own: the VM's own uid (uid.c), not a shared
+ * one. -1 when --qemu-user names no user. */
+int backup_qemu_ids(struct vm *vm, uid_t *uid, gid_t *gid, bool *own);
 /* At each safe point: true when the job is over (cancelled, the agent stopping) and
  * freed; the caller returns at once. */
 bool backup_job_gone(struct bjob *job);
@@ -94,8 +111,11 @@ bool backup_job_gone(struct bjob *job);
 void backup_job_fail(struct bjob *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* work(job) on the thread pool, then after(job) on the loop (unless the job is gone). */
 void backup_pool_run(struct bjob *job, work_fn work, after_fn after);
-/* Thread: run argv and wait; *out (if not NULL) gets its stdout. Its exit status or -1. */
-int backup_run_wait(char *const argv[], char **out);
+/* Thread: run argv for job and wait; *out (if not NULL) gets its stdout. Killed after
+ * timeout_ms (0: never) or when the job is cancelled. Its exit status, or -1. */
+int backup_run_wait(struct bjob *job, char *const argv[], char **out, unsigned timeout_ms);
+/* What a qemu-img that only looks at or makes a small file (info, create) may take. */
+#define BACKUP_QEMU_IMG_QUICK_MS 60000
 /* Thread: the pipeline's result for the disk at work, into the job and its manifest entry. */
 void backup_disk_stored(struct bjob *job, const struct chunkpipe_result *res, int64_t size);
 /* The pipeline's cancel check (data: the job). */

@@ -9,19 +9,32 @@
  * (compressed or encrypted clusters, a format other than qcow2 or raw, a backing
  * file named by JSON) is refused, and the caller converts as before.
  *
- * Thread only: qemu-img runs and is waited for.
+ * backup_map_qcow2() maps an incremental backup's target (the qcow2 QEMU's job just
+ * wrote: no backing file, plain clusters) from its own L1 and L2 tables, as qemu-img
+ * map would say it, without starting qemu-img: a small incremental's whole agent side
+ * is tens of milliseconds, and a qemu-img process a good part of them. That file is
+ * written by the VM's QEMU, so by whoever took it over: backup_target_open() opens it
+ * once and safely, and the reader trusts nothing in it (its size must be the disk's,
+ * no part of the file used twice, at most BACKUP_MAP_MAX_EXTENTS extents in a compact
+ * sorted array). backup_incr_source() is that incremental's disk as the chunk
+ * pipeline reads it.
+ *
+ * Thread only: qemu-img runs and is waited for, files are read.
  */
 #include "agentd.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "child.h"
 #include "chunkpipe.h"
+#include "chunkstore.h"
 #include "json.h"
 #include "util.h"
 
@@ -41,11 +54,18 @@ struct backup_map {
 	size_t nextents;
 	size_t cursor; /* reads go in order: where the last one ended */
 	int64_t size;
+	bool (*cancelled)(void *data); /* the backup's cancel: kills a qemu-img under way */
+	void *cancel_data;
 };
 
-static int qemu_img_json(char **argv, struct json_object **out, struct kerr *err)
+static int qemu_img_json(const struct backup_map *m, char **argv, struct json_object **out,
+			 struct kerr *err)
 {
-	struct child_opts opts = {.argv = argv, .out_max = 64 << 20, .err_mode = CHILD_ERR_INHERIT};
+	struct child_opts opts = {.argv = argv,
+				  .out_max = 64 << 20,
+				  .err_mode = CHILD_ERR_INHERIT,
+				  .cancelled = m->cancelled,
+				  .cancel_data = m->cancel_data};
 	_cleanup_free_ char *text = NULL;
 	int ret = child_run_wait(&opts, &text, err);
 
@@ -79,7 +99,7 @@ static int chain_open(struct backup_map *m, const char *disk, struct kerr *err)
 	struct json_object *chain = NULL;
 	int ret = 0;
 
-	if (qemu_img_json(argv, &chain, err) < 0)
+	if (qemu_img_json(m, argv, &chain, err) < 0)
 		return -1;
 	if (!json_object_is_type(chain, json_type_array) || json_array_len(chain) == 0 ||
 	    json_array_len(chain) > BACKUP_MAP_MAX_CHAIN) {
@@ -135,8 +155,12 @@ out:
  * Map disk (a stopped VM's qcow2 or raw file, with its backing chain) for reading.
  * Returns 0 with *out (free it with backup_map_free), or < 0 with err when the chain
  * cannot be read exactly this way: the caller then converts the disk instead.
+ * cancelled(cancel_data) (may be NULL) is asked while qemu-img runs: true kills it (the
+ * disk was written by the VM's QEMU, whose header could name a backing file that
+ * never answers).
  */
-int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)
+int backup_map_open(const char *disk, bool (*cancelled)(void *data), void *cancel_data,
+		    struct backup_map **out, struct kerr *err)
 {
 	char *argv[] = {"qemu-img", "map", "--output=json", "-U", (char *)disk, NULL};
 	struct backup_map *m = xcalloc(1, sizeof(*m));
@@ -144,11 +168,13 @@ int backup_map_open(const char *disk, struct backup_map **out, struct kerr *err)
 	int64_t at = 0;
 	int ret;
 
+	m->cancelled = cancelled;
+	m->cancel_data = cancel_data;
 	for (int i = 0; i < BACKUP_MAP_MAX_CHAIN; i++)
 		m->fds[i] = -1;
 	ret = chain_open(m, disk, err);
 	if (ret == 0)
-		ret = qemu_img_json(argv, &map, err);
+		ret = qemu_img_json(m, argv, &map, err);
 	if (ret == 0 && !json_object_is_type(map, json_type_array))
 		ret = err_set(err, EBADMSG, "%s: qemu-img map printed no list", disk);
 	if (ret < 0)
@@ -264,4 +290,437 @@ void backup_map_source(struct backup_map *m, struct chunkpipe_source *src)
 	src->read = map_read;
 	src->hole = map_hole;
 	src->data = m;
+}
+
+/* ---- an incremental's target, mapped from its qcow2 tables ------------------------- */
+
+#define QCOW2_MAGIC	    0x514649fbu /* "QFI\xfb" */
+#define QCOW2_OFFSET_MASK   0x00fffffffffffe00ULL
+#define QCOW2_COMPRESSED    (1ULL << 62)
+#define QCOW2_ZERO	    1ULL /* version 3: the cluster reads as zeros */
+#define QCOW2_COMPRESS_TYPE 8ULL /* incompatible bit 3: matters to compressed clusters only */
+/* L1 entries read at most (4 MiB of them: 256 TiB at 64 KiB clusters, 16 GiB at 512
+ * bytes); a larger table is refused (the disk is then read whole). */
+#define QCOW2_L1_READ_MAX (512 << 10)
+
+void backup_extents_free(struct backup_extents *x)
+{
+	free(x->v);
+	x->v = NULL;
+	x->n = 0;
+}
+
+/* length bytes of the guest at start read as zeros (offset -1) or as the file's at
+ * offset: they continue the last extent when they can, else start one. E2BIG past
+ * BACKUP_MAP_MAX_EXTENTS, so no target makes the agent hold more than that. */
+static int extent_add(struct backup_extents *x, size_t *cap, int64_t start, int64_t length,
+		      int64_t offset, const char *path, struct kerr *err)
+{
+	struct backup_extent *last = x->n > 0 ? &x->v[x->n - 1] : NULL;
+
+	if (last && last->start + last->length == start && (last->offset < 0) == (offset < 0) &&
+	    (offset < 0 || last->offset + last->length == offset)) {
+		last->length += length;
+		return 0;
+	}
+	if (x->n >= BACKUP_MAP_MAX_EXTENTS)
+		return err_set(err, E2BIG, "%s: more than %d extents", path,
+			       BACKUP_MAP_MAX_EXTENTS);
+	if (x->n == *cap) {
+		*cap = *cap ? *cap * 2 : 64;
+		x->v = xrealloc(x->v, *cap * sizeof(*x->v));
+	}
+	x->v[x->n++] = (struct backup_extent){start, length, offset};
+	return 0;
+}
+
+/* Big-endian fields of the header at h + off (no alignment assumed). */
+static uint32_t be32_at(const unsigned char *h, size_t off)
+{
+	uint32_t v;
+
+	memcpy(&v, h + off, sizeof(v));
+	return be32toh(v);
+}
+
+static uint64_t be64_at(const unsigned char *h, size_t off)
+{
+	uint64_t v;
+
+	memcpy(&v, h + off, sizeof(v));
+	return be64toh(v);
+}
+
+static int pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, struct kerr *err)
+{
+	struct chunkpipe_file f = {.fd = fd, .path = path};
+
+	return chunkpipe_file_read(&f, off, buf, len, err);
+}
+
+/* A byte range of the file the tables use. */
+struct used {
+	uint64_t offset, length;
+};
+
+static int used_cmp(const void *a, const void *b)
+{
+	const struct used *x = a, *y = b;
+
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Sort used and refuse any byte of the file used twice: QEMU never shares a cluster
+ * between two L2 tables, two guest clusters or a table and data (no snapshots, no
+ * internal sharing in a target it made). This is what bounds the work: every L2
+ * table read and every data cluster is a different part of the file. */
+static int used_disjoint(struct used *used, size_t n, const char *path, struct kerr *err)
+{
+	qsort(used, n, sizeof(*used), used_cmp);
+	for (size_t i = 1; i < n; i++)
+		if (used[i - 1].offset + used[i - 1].length > used[i].offset)
+			return err_set(err, EBADMSG, "%s: file offset %llu used twice", path,
+				       (unsigned long long)used[i].offset);
+	return 0;
+}
+
+/*
+ * Open an incremental's target, path, for reading: it lies in a directory the VM's
+ * QEMU owns, and a guest that took QEMU over may have put anything there. Opened
+ * once, never through a symlink nor blocking on a FIFO, it must be a regular file
+ * owner (QEMU's uid) owns; the map and every read then go through this fd, so the
+ * file cannot be swapped between them. Returns the fd (the caller closes it), or < 0
+ * with err.
+ */
+int backup_target_open(const char *path, uid_t owner, struct kerr *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	struct stat sb;
+
+	if (fd < 0)
+		return err_set(err, errno, "cannot read %s: %s", path, strerror(errno));
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_uid != owner) {
+		close(fd);
+		return err_set(err, EPERM, "%s is not a file the VM's QEMU made", path);
+	}
+	return fd;
+}
+
+/*
+ * Map fd (path, for messages), a standalone qcow2 that should be a size-byte disk,
+ * from its tables into *out (free it with backup_extents_free): what of the disk it
+ * holds, as qemu-img map would say. Returns 0, or < 0 with err and *out empty:
+ * ERANGE when its virtual size is not size (the disk was resized, or the file lies);
+ * ENOTSUP for what this does not read (a backing file, encryption, snapshots,
+ * compressed clusters, an external data file, extended L2 entries, an image marked
+ * dirty or corrupt: QEMU's view of those needs QEMU); E2BIG past
+ * BACKUP_MAP_MAX_EXTENTS extents or QCOW2_L1_READ_MAX L1 entries; EBADMSG for tables
+ * that make no sense; ENOTSUP too when want_cluster_bits (0: any) is not the
+ * file's (QEMU makes an incremental's target with 64 KiB clusters, 16 bits: a smaller
+ * one only multiplies the work, 12.5 s for a 1 TiB disk of 4 KiB ones, which a
+ * cancel does not stop). The agent never asks qemu-img map of a target this refuses
+ * (root's qemu-img would open what the file names): the disk is read whole instead.
+ *
+ * The file is written by the VM's QEMU, which a guest may have taken over: nothing in
+ * it is trusted. The work is bounded by size (one L1 entry per L2 table's span, each
+ * L2 table read once, refused when two uses share a byte of the file) and memory by
+ * the two caps.
+ */
+int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_cluster_bits,
+		     struct backup_extents *out, struct kerr *err)
+{
+	unsigned char h[105];
+	_cleanup_free_ uint64_t *l1 = NULL, *l2 = NULL;
+	_cleanup_free_ struct used *used = NULL;
+	struct backup_extents x = {0};
+	size_t cap = 0, nused = 0, used_cap;
+	uint32_t version, cluster_bits, header_length = 72;
+	uint64_t incompat = 0, virtual_size, l1_offset, l2_entries, cluster, fsize;
+	struct stat sb;
+	int64_t per_l1, need_l1;
+	int ret = 0;
+
+	*out = (struct backup_extents){0};
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < (off_t)sizeof(h) ||
+	    pread_all(fd, h, sizeof(h), 0, path, err) < 0)
+		return err_set(err, EBADMSG, "%s: no qcow2 header", path);
+	fsize = (uint64_t)sb.st_size;
+	version = be32_at(h, 4);
+	cluster_bits = be32_at(h, 20);
+	virtual_size = be64_at(h, 24);
+	l1_offset = be64_at(h, 40);
+	if (version == 3) {
+		incompat = be64_at(h, 72);
+		header_length = be32_at(h, 100);
+	}
+	if (be32_at(h, 0) != QCOW2_MAGIC || (version != 2 && version != 3))
+		return err_set(err, ENOTSUP, "%s: not a qcow2 of version 2 or 3", path);
+	if (be64_at(h, 8) != 0 || be32_at(h, 32) != 0 || (incompat & ~QCOW2_COMPRESS_TYPE) != 0 ||
+	    ((incompat & QCOW2_COMPRESS_TYPE) && header_length < 105))
+		return err_set(err, ENOTSUP,
+			       "%s: a backing file, encryption or incompatible features (%#llx)",
+			       path, (unsigned long long)incompat);
+	if (be32_at(h, 60) != 0)
+		return err_set(err, ENOTSUP, "%s: internal snapshots", path);
+	if (cluster_bits < 9 || cluster_bits > 21)
+		return err_set(err, EBADMSG, "%s: a header out of bounds", path);
+	/* The cluster size sets the work per byte of disk: never a writer's choice. */
+	if (want_cluster_bits && cluster_bits != want_cluster_bits)
+		return err_set(err, ENOTSUP, "%s: clusters of %llu bytes, not %llu", path,
+			       1ULL << cluster_bits, 1ULL << want_cluster_bits);
+	/* The size first: all the work below is bounded by it. */
+	if (size < 0 || virtual_size != (uint64_t)size)
+		return err_set(err, ERANGE, "%s: a disk of %llu bytes, not %lld", path,
+			       (unsigned long long)virtual_size, (long long)size);
+	cluster = 1ULL << cluster_bits;
+	l2_entries = cluster / 8;
+	per_l1 = (int64_t)(cluster * l2_entries);
+	need_l1 = (size + per_l1 - 1) / per_l1;
+	if (need_l1 > QCOW2_L1_READ_MAX)
+		return err_set(err, E2BIG, "%s: %lld L1 entries", path, (long long)need_l1);
+	if (need_l1 > (int64_t)be32_at(h, 36) || (l1_offset & (cluster - 1)) != 0 ||
+	    l1_offset > fsize || (uint64_t)need_l1 * 8 > fsize - l1_offset)
+		return err_set(err, EBADMSG, "%s: its L1 table does not cover the disk", path);
+	l1 = xcalloc((size_t)need_l1 + 1, sizeof(*l1));
+	l2 = xmalloc(cluster);
+	if (need_l1 > 0 &&
+	    pread_all(fd, l1, (size_t)need_l1 * 8, (int64_t)l1_offset, path, err) < 0)
+		return -1;
+
+	/* The L2 tables: each in the file, none used twice, before any is read. */
+	used_cap = (size_t)need_l1 + 2;
+	used = xcalloc(used_cap, sizeof(*used));
+	used[nused++] = (struct used){0, cluster}; /* the header */
+	if (need_l1 > 0)
+		used[nused++] = (struct used){l1_offset, (uint64_t)need_l1 * 8};
+	for (int64_t i = 0; i < need_l1; i++) {
+		uint64_t l2_offset = be64toh(l1[i]) & QCOW2_OFFSET_MASK;
+
+		if (l2_offset == 0)
+			continue;
+		if ((l2_offset & (cluster - 1)) != 0 || cluster > fsize ||
+		    l2_offset > fsize - cluster)
+			return err_set(err, EBADMSG, "%s: L2 table %lld out of the file", path,
+				       (long long)i);
+		used[nused++] = (struct used){l2_offset, cluster};
+	}
+	if (used_disjoint(used, nused, path, err) < 0)
+		return -1;
+
+	for (int64_t i = 0; i < need_l1; i++) {
+		uint64_t l2_offset = be64toh(l1[i]) & QCOW2_OFFSET_MASK;
+		int64_t base = i * per_l1;
+		int64_t span = size - base < per_l1 ? size - base : per_l1;
+
+		if (l2_offset == 0)
+			continue; /* not in the target */
+		if (pread_all(fd, l2, cluster, (int64_t)l2_offset, path, err) < 0) {
+			ret = -1;
+			goto out;
+		}
+		for (int64_t j = 0; j * (int64_t)cluster < span; j++) {
+			uint64_t e = be64toh(l2[j]);
+			uint64_t offset = e & QCOW2_OFFSET_MASK;
+			int64_t at = base + j * (int64_t)cluster;
+			int64_t len = span - j * (int64_t)cluster < (int64_t)cluster
+					      ? span - j * (int64_t)cluster
+					      : (int64_t)cluster;
+
+			if (e & QCOW2_COMPRESSED)
+				ret = err_set(err, ENOTSUP, "%s: a compressed cluster at %lld",
+					      path, (long long)at);
+			else if ((e & QCOW2_ZERO) && version != 3)
+				ret = err_set(err, ENOTSUP,
+					      "%s: a reserved bit in a version 2 L2 entry", path);
+			else if ((offset & (cluster - 1)) != 0)
+				/* QEMU calls the image corrupt, zero flag or not. */
+				ret = err_set(err, EBADMSG, "%s: a misaligned cluster at %lld",
+					      path, (long long)at);
+			else if (e & QCOW2_ZERO)
+				ret = extent_add(&x, &cap, at, len, -1, path, err);
+			else if (offset == 0)
+				continue; /* not in the target */
+			else if (offset > fsize || (uint64_t)len > fsize - offset)
+				ret = err_set(err, EBADMSG, "%s: a cluster out of the file at %lld",
+					      path, (long long)at);
+			else
+				ret = extent_add(&x, &cap, at, len, (int64_t)offset, path, err);
+			if (ret < 0)
+				goto out;
+		}
+	}
+
+	/* No two data extents (or one and a table) share a byte of the file. */
+	for (size_t k = 0; k < x.n; k++) {
+		if (x.v[k].offset < 0)
+			continue;
+		if (nused == used_cap) {
+			used_cap *= 2;
+			used = xrealloc(used, used_cap * sizeof(*used));
+		}
+		used[nused++] = (struct used){(uint64_t)x.v[k].offset, (uint64_t)x.v[k].length};
+	}
+	if (used_disjoint(used, nused, path, err) < 0) {
+		ret = -1;
+		goto out;
+	}
+	*out = x;
+	x = (struct backup_extents){0};
+out:
+	backup_extents_free(&x);
+	return ret;
+}
+
+/*
+ * The same from `qemu-img map --output=json` of the target (map, a list of extents
+ * tiling the disk in order, each {start, length, present, zero, data[, offset]}): 0
+ * with *out, or < 0 with err (ERANGE: not a size-byte disk). Only for qemu-img map's
+ * view of a file the agent made or trusts (unit_backupmap checks backup_map_qcow2
+ * against it): never of an incremental's target.
+ */
+int backup_map_json(struct json_object *map, int64_t size, const char *path,
+		    struct backup_extents *out, struct kerr *err)
+{
+	struct backup_extents x = {0};
+	size_t cap = 0;
+	int64_t at = 0;
+	int ret = 0;
+
+	*out = (struct backup_extents){0};
+	if (!json_object_is_type(map, json_type_array))
+		return err_set(err, EBADMSG, "%s: qemu-img map printed no list", path);
+	for (size_t i = 0; i < json_array_len(map) && ret == 0; i++) {
+		struct json_object *e = json_object_array_get_idx(map, i), *offset, *present;
+		int64_t start = json_get_int(e, "start", -1),
+			length = json_get_int(e, "length", -1);
+		bool data = json_get_bool(e, "data", false);
+
+		if (start != at || length < 0 || length > INT64_MAX - at) {
+			ret = err_set(err, EBADMSG, "%s: qemu-img map has a gap at %lld", path,
+				      (long long)at);
+			break;
+		}
+		at += length;
+		if (length == 0) /* an empty disk's one extent */
+			continue;
+		if (json_object_object_get_ex(e, "present", &present)
+			    ? !json_object_get_boolean(present)
+			    : !data && !json_get_bool(e, "zero", false))
+			continue; /* not in the target */
+		if (!data)
+			ret = extent_add(&x, &cap, start, length, -1, path, err);
+		else if (!json_object_object_get_ex(e, "offset", &offset) ||
+			 json_object_get_int64(offset) < 0)
+			ret = err_set(err, EBADMSG, "%s: data at %lld without a file offset", path,
+				      (long long)start);
+		else
+			ret = extent_add(&x, &cap, start, length, json_object_get_int64(offset),
+					 path, err);
+	}
+	if (ret == 0 && at != size)
+		ret = err_set(err, ERANGE, "%s: a disk of %lld bytes, not %lld", path,
+			      (long long)at, (long long)size);
+	if (ret < 0) {
+		backup_extents_free(&x);
+		return ret;
+	}
+	*out = x;
+	return 0;
+}
+
+/* ---- an incremental's disk: the parent's chunks with the target's clusters over them -- */
+
+/* The first extent ending after off (n when none): a binary search, so each chunk's
+ * lookups cost log n and the extents it overlaps, not a scan of them all. */
+static size_t extent_after(const struct backup_extents *x, int64_t off)
+{
+	size_t lo = 0, hi = x->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (x->v[mid].start + x->v[mid].length <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Does the target hold anything of [off, end)? (also for the caller: how many chunks
+ * are touched) */
+bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end)
+{
+	size_t e = extent_after(bi->extents, off);
+
+	return e < bi->extents->n && bi->extents->v[e].start < end;
+}
+
+/* chunkpipe: an untouched chunk is the parent's, named without reading it. */
+static bool incr_named(void *data, int64_t index, char *hex)
+{
+	struct backup_incr *bi = data;
+	int64_t off = index * CHUNKSTORE_CHUNK_SIZE;
+	int64_t end =
+		off + CHUNKSTORE_CHUNK_SIZE < bi->size ? off + CHUNKSTORE_CHUNK_SIZE : bi->size;
+	const char *phex =
+		json_object_get_string(json_object_array_get_idx(bi->pchunks, (size_t)index));
+
+	/* A parent name that is no chunk name goes to incr_read, which says so. */
+	if (backup_incr_dirty(bi, off, end) || phex == NULL || strlen(phex) != CHUNKSTORE_HEX_LEN)
+		return false;
+	snprintf(hex, CHUNKSTORE_HEX_LEN + 1, "%s", phex);
+	return true;
+}
+
+/* chunkpipe: a touched chunk, the parent's bytes with the dirty clusters over them.
+ * A parent chunk that cannot be read sets bi->parent_bad: the caller reads the disk
+ * whole instead. */
+static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
+{
+	struct backup_incr *bi = data;
+	const struct backup_extents *x = bi->extents;
+	const char *phex = json_object_get_string(
+		json_object_array_get_idx(bi->pchunks, (size_t)(off / CHUNKSTORE_CHUNK_SIZE)));
+	int64_t end = off + (int64_t)len;
+	size_t plen = 0;
+
+	if (chunkstore_get_with(bi->store, bi->key, phex ? phex : "", buf, CHUNKSTORE_CHUNK_SIZE,
+				&plen, err) < 0 ||
+	    (plen != len && err_set(err, EBADMSG, "a chunk of the wrong size") < 0)) {
+		bi->parent_bad = true;
+		snprintf(bi->parent_why, sizeof(bi->parent_why), "%s", err->msg);
+		return err_prefix(err, "the parent backup: ");
+	}
+	for (size_t e = extent_after(x, off); e < x->n && x->v[e].start < end; e++) {
+		int64_t xs = x->v[e].start, xe = xs + x->v[e].length;
+		int64_t a = xs > off ? xs : off;
+		int64_t b = xe < end ? xe : end;
+
+		/* Data the backup job wrote lies at offset in the target (never
+		 * compressed: the job writes plain clusters); a cluster it marked zero
+		 * reads as zeros. */
+		if (x->v[e].offset < 0) {
+			memset((char *)buf + (a - off), 0, (size_t)(b - a));
+		} else {
+			struct chunkpipe_file f = {.fd = bi->fd, .path = bi->target};
+
+			if (chunkpipe_file_read(&f, x->v[e].offset + (a - xs),
+						(char *)buf + (a - off), (size_t)(b - a), err) < 0)
+				return -1;
+		}
+		bi->dirty_bytes += (uint64_t)(b - a);
+	}
+	return 0;
+}
+
+/* Fill src (its size, read and named; the cancel fields and key are the caller's) to
+ * read bi's disk: untouched chunks named as the parent's, touched ones rebuilt. */
+void backup_incr_source(struct backup_incr *bi, struct chunkpipe_source *src)
+{
+	src->size = bi->size;
+	src->read = incr_read;
+	src->named = incr_named;
+	src->hole = NULL;
+	src->data = bi;
 }

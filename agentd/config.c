@@ -53,6 +53,10 @@ static const struct config_opt options[] = {
 	 false, 0, 0},
 	{"state-dir", OPT_STRING, AT(state_dir), "/var/lib/kumo-agent", "DIR",
 	 "link.json and local state", false, 0, 0},
+	{"run-dir", OPT_STRING, AT(run_dir), "/run/kumo-agent", "DIR",
+	 "runtime files a VM's QEMU must reach (a live backup's NBD socket); each agent on a "
+	 "machine its own, every directory above it searchable (o+x)",
+	 false, 0, 0},
 	{"shared-pool", OPT_STRING, AT(shared_pool), "/var/lib/kumo/shared", "DIR",
 	 "storage every host sees", false, 0, 0},
 	{"local-pool", OPT_STRING, AT(local_pool), NULL, "DIR",
@@ -315,6 +319,10 @@ int config_check(struct agent_config *cfg, struct kerr *err)
 				 cfg->qemu_user);
 	if (cfg->state_dir[0] == '\0' || cfg->shared_pool[0] == '\0' || cfg->local_pool[0] == '\0')
 		return err_input(err, 400, "state-dir", "directories must not be empty");
+	/* QEMU is given paths under it. (Its length is checked where a socket's path is
+	 * made: one too long there only makes a live backup copy the disk, saying why.) */
+	if (cfg->run_dir[0] != '/')
+		return err_input(err, 400, "run-dir", "--run-dir must be an absolute path");
 	/* A disk's absolute path is sized from this bound (struct vm_disk). */
 	if (strlen(cfg->shared_pool) > AGENT_POOL_DIR_MAX ||
 	    strlen(cfg->local_pool) > AGENT_POOL_DIR_MAX)

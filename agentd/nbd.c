@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "chunkpipe.h"
 #include "util.h"
@@ -101,8 +102,11 @@ void nbd_conn_timeout_set(int ms)
 	timeout_ms = ms > 0 ? ms : NBD_TIMEOUT_S * 1000;
 }
 
-int nbd_conn_open(const char *path, const char *name, struct nbd_conn **out, struct kerr *err)
+int nbd_conn_open(const char *path, const char *name, pid_t server, struct nbd_conn **out,
+		  struct kerr *err)
 {
+	struct ucred cred = {.pid = -1};
+	socklen_t credlen = sizeof(cred);
 	struct nbd_conn *c = xcalloc(1, sizeof(*c));
 	char what[192];
 
@@ -125,6 +129,15 @@ int nbd_conn_open(const char *path, const char *name, struct nbd_conn **out, str
 	if (!nbd_aio_is_ready(c->h)) {
 		/* Ended without an error: a server that hung up in the handshake. */
 		err_set(err, EPROTO, "nbd: %s: the handshake did not finish", what);
+		goto fail;
+	}
+	/* Before any of the export is read: the process listening on the socket must be
+	 * the one asked for. The handshake told the export's name and size only. */
+	if (server > 0 &&
+	    (getsockopt(nbd_aio_get_fd(c->h), SOL_SOCKET, SO_PEERCRED, &cred, &credlen) < 0 ||
+	     cred.pid != server)) {
+		err_set(err, EPERM, "nbd: %s is served by pid %d, not %d", what, (int)cred.pid,
+			(int)server);
 		goto fail;
 	}
 	c->size = nbd_get_size(c->h);

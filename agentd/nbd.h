@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "err.h"
 
@@ -28,10 +29,13 @@ struct chunkpipe_source;
 
 /*
  * Connect to the NBD server on the unix socket path and open export name (read
- * only). Returns 0 with *out (nbd_conn_close() it), or -1 with err: libnbd's reason
- * and errno (an unknown export is ENOENT), the export and socket named.
+ * only). server, when > 0, is the pid that must serve it (SO_PEERCRED: who listens on
+ * the socket): a path in a directory another uid owns may lead elsewhere. Returns 0
+ * with *out (nbd_conn_close() it), or -1 with err: libnbd's reason and errno (an
+ * unknown export is ENOENT; EPERM: another server), the export and socket named.
  */
-int nbd_conn_open(const char *path, const char *name, struct nbd_conn **out, struct kerr *err);
+int nbd_conn_open(const char *path, const char *name, pid_t server, struct nbd_conn **out,
+		  struct kerr *err);
 
 /* The export's size in bytes. */
 int64_t nbd_conn_size(const struct nbd_conn *c);

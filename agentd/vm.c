@@ -444,6 +444,10 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 	} else if (strcmp(name, "MIGRATION") == 0) {
 		/* A migrate-out asks QEMU for these (capability "events"). */
 		migrate_out_event(vm, json_get_str(event_data, "status", ""));
+	} else if (strcmp(name, "JOB_STATUS_CHANGE") == 0) {
+		/* A backup's copy job that ended is read at once (backup.c). */
+		backup_vm_job_event(vm, json_get_str(event_data, "id", ""),
+				    json_get_str(event_data, "status", ""));
 	} else if (strcmp(name, "BALLOON_CHANGE") == 0) {
 		vm->balloon_actual_mb = json_get_int(event_data, "actual", -MIB) / MIB;
 	} else if (strcmp(name, "GUEST_PANICKED") == 0) {

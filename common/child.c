@@ -476,9 +476,54 @@ static void wait_done_cb(const struct child_result *r, void *data)
 	}
 }
 
+/* A child_run_sync in progress: the caller's done and on_output (both given the
+ * caller's data, not this), and opts->cancelled's poll. */
+struct sync_run {
+	child_done_cb done;
+	child_output_cb on_output;
+	void *data;
+	struct child *c; /* NULL once done came */
+	bool (*cancelled)(void *data);
+	void *cancel_data;
+	uv_timer_t poll;
+};
+
+static void sync_poll_cb(uv_timer_t *timer)
+{
+	struct sync_run *s = timer->data;
+
+	if (s->c && s->cancelled(s->cancel_data)) {
+		child_cancel(s->c);
+		uv_timer_stop(timer);
+	}
+}
+
+static void sync_output_cb(const char *buf, size_t len, void *data)
+{
+	struct sync_run *s = data;
+
+	s->on_output(buf, len, s->data);
+}
+
+static void sync_done_cb(const struct child_result *r, void *data)
+{
+	struct sync_run *s = data;
+
+	s->c = NULL;
+	if (s->cancelled)
+		uv_close((uv_handle_t *)&s->poll, NULL); /* uv_run returns once it closed */
+	s->done(r, s->data);
+}
+
 int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data,
 		   struct child **handle, struct kerr *err)
 {
+	struct sync_run s = {.done = done,
+			     .on_output = opts->on_output,
+			     .data = data,
+			     .cancelled = opts->cancelled,
+			     .cancel_data = opts->cancel_data};
+	struct child_opts o = *opts;
 	struct child *c;
 	uv_loop_t loop;
 
@@ -486,9 +531,17 @@ int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data
 	 * so the daemon's loop and this one do not take each other's. */
 	if (uv_loop_init(&loop) < 0)
 		return err_set(err, 0, "cannot make a loop to run %s", opts->argv[0]);
-	c = child_run(&loop, opts, done, data, err);
+	if (o.on_output)
+		o.on_output = sync_output_cb;
+	c = child_run(&loop, &o, sync_done_cb, &s, err);
 	if (c && handle)
 		*handle = c;
+	if (c && s.cancelled) {
+		s.c = c;
+		uv_timer_init(&loop, &s.poll);
+		s.poll.data = &s;
+		uv_timer_start(&s.poll, sync_poll_cb, CHILD_CANCEL_POLL_MS, CHILD_CANCEL_POLL_MS);
+	}
 	if (c)
 		uv_run(&loop, UV_RUN_DEFAULT);
 	uv_loop_close(&loop);

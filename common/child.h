@@ -70,7 +70,13 @@ struct child_opts {
 	const char *pid_file;	   /* a process it starts elsewhere (runc exec --pid-file):
 				    * killed with its descendants too, and the file removed */
 	child_output_cb on_output; /* optional: progress, or the whole stdout */
+	/* child_run_sync and child_run_wait only: asked every CHILD_CANCEL_POLL_MS on the
+	 * calling thread's loop (so it must be thread-safe); true kills the child and its
+	 * descendants (r->cancelled): a pool thread's child stops with its work. */
+	bool (*cancelled)(void *data);
+	void *cancel_data;
 };
+#define CHILD_CANCEL_POLL_MS 100
 
 /*
  * Spawn the child described by opts (copied: the caller's buffers may go after the

@@ -228,6 +228,18 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 			ret = err_set(&rerr, ECANCELED, "cancelled");
 			break;
 		}
+		/* Known without reading: no slot needed, none waited for. Only this thread
+		 * writes names[c]; the hashers write other indexes. A name the hook began
+		 * and then disowned is cleared: a set name below means the zero chunk. */
+		if (src->named) {
+			if (src->named(src->data, c, p.names[c])) {
+				if (src->progress_bytes)
+					__atomic_store_n(src->progress_bytes, (uint64_t)off + len,
+							 __ATOMIC_RELAXED);
+				continue;
+			}
+			p.names[c][0] = '\0';
+		}
 		pthread_mutex_lock(&p.lock);
 		s = slot_free_wait(&p);
 		pthread_mutex_unlock(&p.lock);

@@ -8,8 +8,9 @@
  * out in disk order. A whole chunk of zeros (or a hole, when the source can tell)
  * is named CHUNKSTORE_ZERO_HEX without hashing or compressing it.
  *
- * The disk's checksum is the chunk list's (chunkstore_list_sum): no second pass over
- * the bytes. Blocking: call it off the loop.
+ * A chunk the source names itself (named: an incremental's unchanged one) is neither
+ * read nor hashed. The disk's checksum is the chunk list's (chunkstore_list_sum): no
+ * second pass over the bytes. Blocking: call it off the loop.
  */
 #ifndef KUMO_CHUNKPIPE_H
 #define KUMO_CHUNKPIPE_H
@@ -30,6 +31,11 @@ struct chunkpipe_source {
 	/* May be NULL: whether [off, off + len) reads as zeros without reading it (a
 	 * hole of a sparse file). */
 	bool (*hole)(void *data, int64_t off, size_t len);
+	/* May be NULL: whether chunk index's name is known without reading it (an
+	 * incremental backup's unchanged chunk is its parent's): true with its name in
+	 * hex (CHUNKSTORE_HEX_LEN + 1 bytes); nothing is then read, hashed or written for
+	 * it, and it counts in no byte total. Asked first. */
+	bool (*named)(void *data, int64_t index, char *hex);
 	void *data;
 	/* May be NULL: asked before each chunk; true stops the pipeline (ECANCELED). */
 	bool (*cancelled)(void *cancel_data);

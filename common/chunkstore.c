@@ -21,10 +21,44 @@
 #include "log.h"
 #include "util.h"
 
-static int mkdir_one(const char *path, struct kerr *err)
+/*
+ * path made with mode whatever the umask (systemd gives the agent 0077). Only what a
+ * running VM's QEMU, under its own uid, must pass to open its backup's work files in
+ * STORE/tmp/ID/ is searchable by others, and none of it listable: the store's root, its
+ * tmp/ and the parents made here are 0711; chunks/ and backups/ stay 0700, so no
+ * other uid reads a manifest (a VM's spec, cloud-init secrets included) or confirms a
+ * chunk's content by its name. A directory that was there and that the agent owns
+ * keeps its mode, but for: DIR_PASS, a root or tmp/ others cannot search (a store made
+ * under umask 0077 before) gets the search bits QEMU needs (g+x, o+x); DIR_PRIVATE,
+ * chunks/ or backups/ that others may enter or read (a store made under umask 022
+ * before, 0755) loses the others' bits (a group the operator gave stays: the agent
+ * and the controller are root, and QEMU never goes there).
+ */
+enum dir_kind {
+	DIR_KEEP,
+	DIR_PASS,
+	DIR_PRIVATE
+};
+
+static int mkdir_one(const char *path, mode_t mode, enum dir_kind kind, struct kerr *err)
 {
-	if (mkdir(path, 0755) < 0 && errno != EEXIST)
-		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+	struct stat sb;
+
+	if (mkdir(path, mode) < 0) {
+		if (errno != EEXIST)
+			return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+		if (kind == DIR_KEEP || lstat(path, &sb) < 0 || !S_ISDIR(sb.st_mode) ||
+		    sb.st_uid != geteuid())
+			return 0;
+		if (kind == DIR_PASS && (sb.st_mode & 0011) != 0011)
+			mode = (sb.st_mode & 07777) | 0011;
+		else if (kind == DIR_PRIVATE && (sb.st_mode & 0007) != 0)
+			mode = sb.st_mode & 07770;
+		else
+			return 0;
+	}
+	if (chmod(path, mode) < 0)
+		return err_set(err, errno, "cannot set the mode of %s: %s", path, strerror(errno));
 	return 0;
 }
 
@@ -34,7 +68,10 @@ static int mkdir_one(const char *path, struct kerr *err)
  */
 int chunkstore_init(const char *root, struct kerr *err)
 {
-	static const char *const subdirs[] = {"chunks", "backups", "tmp"};
+	static const struct {
+		const char *name;
+		mode_t mode;
+	} subdirs[] = {{"chunks", 0700}, {"backups", 0700}, {"tmp", 0711}};
 	char path[PATH_MAX];
 	size_t len = strlen(root);
 
@@ -45,21 +82,22 @@ int chunkstore_init(const char *root, struct kerr *err)
 		if (path[i] != '/')
 			continue;
 		path[i] = '\0';
-		if (mkdir_one(path, err) < 0)
+		if (mkdir_one(path, 0711, DIR_KEEP, err) < 0)
 			return -1;
 		path[i] = '/';
 	}
-	if (mkdir_one(path, err) < 0)
+	if (mkdir_one(path, 0711, DIR_PASS, err) < 0)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
-		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i]);
-		if (mkdir_one(path, err) < 0)
+		snprintf(path, sizeof(path), "%s/%s", root, subdirs[i].name);
+		if (mkdir_one(path, subdirs[i].mode,
+			      subdirs[i].mode == 0711 ? DIR_PASS : DIR_PRIVATE, err) < 0)
 			return -1;
 	}
 	/* The fan-out directories up front: a chunk write then never needs a mkdir. */
 	for (int i = 0; i < 256; i++) {
 		snprintf(path, sizeof(path), "%s/chunks/%02x", root, i);
-		if (mkdir_one(path, err) < 0)
+		if (mkdir_one(path, 0700, DIR_KEEP, err) < 0)
 			return -1;
 	}
 	return 0;
@@ -318,7 +356,7 @@ static int chunk_file_open(const char *root, const char *hex, const char *tmp, b
 
 	if (fd < 0 && errno == ENOENT) {
 		snprintf(dir, sizeof(dir), "%s/chunks/%.2s", root, hex);
-		if (mkdir_one(dir, &err) < 0)
+		if (mkdir_one(dir, 0700, DIR_KEEP, &err) < 0)
 			return -err.code;
 		fd = open(tmp, flags, 0644);
 	}

@@ -310,6 +310,41 @@ console_text_has() {
 	t=$(console "$1") && grep -q -- "$2" <<<"$t"
 }
 link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep -oE ' master [^ ]+' | cut -d' ' -f3 || true; }
+# qemu_monitor2 SOCK WHAT -> a QEMU asked on its second QMP monitor, SOCK (a VM's
+# monitor.sock; the agent holds the first, qmp.sock). WHAT "leftovers" prints "NODES
+# EXPORTS DRIVE": the counts of a backup's fleecing nodes (kfl-*) and of block exports,
+# and the node disk0's device writes to (d0 unless the fleecing filter is in front of
+# it); it fails when QEMU refuses one of those questions. Anything else is an HMP
+# command line, run, failing on an error.
+qemu_monitor2() {
+	python3 - "$@" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()
+def ask(cmd, args=None):
+    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
+    f.flush()
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+ask("qmp_capabilities")
+if sys.argv[2] == "leftovers":
+    nodes = ask("query-named-block-nodes", {"flat": True})["return"]
+    exports = ask("query-block-exports")["return"]
+    drive = ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend",
+                            "property": "drive"})["return"]
+    print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
+          len(exports), drive)
+else:
+    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
+    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
+    if "error" in m or (m["return"] and "wrote" not in m["return"]):
+        sys.exit("qmp2: " + json.dumps(m))
+PY
+}
 # chunk_sum FILE -> a backup disk's checksum (manifest version 2) computed from the raw
 # disk's bytes, apart from the C code: SHA-256 over each 4 MiB chunk's SHA-256 and its
 # length (8 bytes, big-endian), in order (common/chunkstore.h's CHUNKSTORE_CHUNK_SIZE).

@@ -95,6 +95,11 @@ total=$(jqb .total_bytes) read1=$(jqb .read_bytes) new1=$(jqb .new_bytes) chunks
 [ "$(jqb '.disks[0].name')" = root ] && [ "$(jqb '.disks[0].virtual_size')" = "$total" ] || fail "backup 1 disks: $(jqb .disks)"
 instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 [ -f "$KUMO_LAB_DIR/shared/backups/$bs/backups/$b1.json" ] || fail "no manifest for $b1 in the store"
+# Only the store's root and tmp/ are passable for a VM's QEMU (to its work directory);
+# nobody else lists chunks or reads a manifest (a VM's spec, cloud-init data included).
+st="$KUMO_LAB_DIR/shared/backups/$bs"
+modes=$(stat -c %a "$st" "$st/tmp" "$st/chunks" "$st/chunks/00" "$st/backups" | tr '\n' ' ')
+[ "$modes" = "711 711 700 700 700 " ] || fail "the store's root, tmp, chunks, chunks/00, backups are $modes, not 711 711 700 700 700"
 api POST "/api/v1/backups/$b1/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "verify of the crash-consistent backup: $(jqb .result)"
@@ -144,42 +149,13 @@ blocked=$(console bk1 | grep -o "KUMO-BLOCKED-[0-9]*-SAMPLES" | tail -1 | tr -dc
 [ "$blocked" -gt 0 ] || fail "no write in the guest waited for the freeze ($blocked samples)"
 pass "mode full is full; the guest agent froze the file systems (consistency filesystem): a guest write waited in the freeze ($blocked samples) and finished after the thaw"
 
-# qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (the agent has the first):
-# "leftovers" prints "NODES EXPORTS DRIVE": the counts of the backup's fleecing nodes
-# (kfl-*) and of block exports, and the node disk0's device writes to (d0 unless the
-# fleecing filter is in front of it); anything else is an HMP command line, run,
-# failing on an error.
+# qmp2 CMD -> bk1's QEMU asked on its second QMP monitor (lib.sh's qemu_monitor2 says
+# what CMD may be: "leftovers", or an HMP command line).
 qmp2() {
 	local host
 	api GET /api/v1/instances/bk1
 	host=$(jqb .host)
-	python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/bk1/monitor.sock" "$@" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-f.readline()
-def ask(cmd, args=None):
-    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
-    f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m
-ask("qmp_capabilities")
-if sys.argv[2] == "leftovers":
-    nodes = ask("query-named-block-nodes", {"flat": True})["return"]
-    exports = ask("query-block-exports")["return"]
-    drive = ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend",
-                            "property": "drive"})["return"]
-    print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
-          len(exports), drive)
-else:
-    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
-    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
-    if "error" in m or (m["return"] and "wrote" not in m["return"]):
-        sys.exit("qmp2: " + json.dumps(m))
-PY
+	qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/bk1/monitor.sock" "$@"
 }
 
 # 1d. The point in time holds while the disk changes under the read: paused (so the
@@ -231,6 +207,13 @@ sha_after=$(disk_sha)
 [ "$pit_sha" = "$sha_before" ] ||
 	fail "the backup is not the disk at its point in time (its checksum $pit_sha; before the write $sha_before, after $sha_after)"
 [ "$(qmp2 leftovers)" = "0 0 d0" ] || fail "fleecing nodes or exports left in QEMU after the backup, or the device off its disk: $(qmp2 leftovers)"
+# QEMU's NBD socket was in the host agent's own --run-dir (deploy/lab: run/hI), and
+# is gone with the read.
+api GET /api/v1/instances/bk1
+bkhost=$(jqb .host)
+[ -d "$KUMO_LAB_DIR/run/$bkhost/fleece" ] || fail "no $KUMO_LAB_DIR/run/$bkhost/fleece: the fleecing socket was not in the agent's run directory"
+socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
+[ -z "$socks" ] || fail "fleecing sockets left after the backup: $socks"
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok

@@ -3,8 +3,12 @@
 # block job, the work files) and is never listed as restorable, with no manifest; the
 # agent killed with -9 mid-backup: the operation ends failed saying why, no manifest,
 # the VM keeps running; the next backup works and its content is the disk's. An
-# incremental that fails after QEMU's copy job ended leaves the parent's changed-block
-# bitmap whole: the next incremental holds the writes before the failed one too.
+# incremental that fails after QEMU's copy job ended (its manifest cannot be written)
+# leaves the parent's bitmap whole: the next backup holds every write since the parent,
+# those before the failed backup's point in time too. A running VM's incremental that
+# cannot be (a parent chunk gone; the disk resized) reads the disk whole instead: full,
+# saying why, its content the disk's (its bitmap, which the incremental's transaction
+# had added, is dropped before the whole read adds it again).
 . "$(dirname "$0")/lib.sh"
 
 bs=bsf$$
@@ -54,61 +58,8 @@ fleece_clean() {
 	local host
 	api GET "/api/v1/instances/$1"
 	host=$(jqb .host)
-	left=$(python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-f.readline()
-def ask(cmd, args=None):
-    f.write(json.dumps({"execute": cmd, "arguments": args or {}}) + "\n")
-    f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m.get("return")
-ask("qmp_capabilities")
-nodes = ask("query-named-block-nodes", {"flat": True})
-print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
-      len(ask("query-block-exports")),
-      ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend", "property": "drive"}))
-PY
-	)
+	left=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" leftovers)
 	[ "$left" = "0 0 d0" ]
-}
-# disk_write VM OFFSET BYTE -> 64 KiB of BYTE written at OFFSET of VM's disk0 through
-# QEMU's block layer (qemu-io on its second monitor) and flushed, so the dirty bitmaps
-# see it and qemu-img (disk_sha) reads it.
-disk_write() {
-	local host
-	api GET "/api/v1/instances/$1"
-	host=$(jqb .host)
-	python3 - "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" "$2" "$3" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-f.readline()
-def hmp(line):
-    f.write(json.dumps({"execute": "human-monitor-command",
-                        "arguments": {"command-line": line}}) + "\n")
-    f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m
-f.write(json.dumps({"execute": "qmp_capabilities"}) + "\n")
-f.flush()
-f.readline()
-dev = "qemu-io -d /machine/peripheral/disk0/virtio-backend "
-m = hmp(dev + '"write -P %s %s 64k"' % (sys.argv[3], sys.argv[2]))
-# HMP answers qemu-io's errors as text; success is "" or its "wrote ..." line.
-if "error" in m or (m["return"] and "wrote" not in m["return"]):
-    sys.exit("disk_write: " + json.dumps(m))
-m = hmp(dev + "flush")
-if "error" in m or m["return"]:
-    sys.exit("disk_write flush: " + json.dumps(m))
-PY
 }
 
 api POST /api/v1/backup-stores '{"name":"'$bs'"}'
@@ -138,6 +89,8 @@ api GET "/api/v1/backups/$bc"
 wait_until 30 "its work files removed" test ! -e "$store_dir/tmp/$bc"
 instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancel"
 wait_until 30 "the cancelled backup's fleecing gone from QEMU" fleece_clean bkf1
+socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
+[ -z "$socks" ] || fail "the cancelled backup left its NBD socket: $socks"
 pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, nothing of it in QEMU, the VM runs"
 
 # 2. The agent killed -9 mid-backup.
@@ -164,6 +117,8 @@ api GET "/api/v1/backups/$bk"
 wait_until 30 "bkf1 running under the new agent" instance_is bkf1 running
 # The new agent clears what the killed one's backup left in QEMU when it adopts the VM.
 wait_until 30 "the killed agent's fleecing gone from QEMU" fleece_clean bkf1
+socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
+[ -z "$socks" ] || fail "the killed agent's NBD socket is still there after the adoption: $socks"
 pass "agent kill -9 mid-backup: failed (${why:0:60}...), no manifest, nothing of it left in QEMU, the VM runs"
 
 # 3. The next backup works: paused so the disk holds still for the checksum.
@@ -186,39 +141,114 @@ api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
 pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it and the first are restorable"
 
-# 4. An incremental that fails after QEMU's copy job ended (its manifest cannot be
-# written: a directory, not empty, where the file goes) must leave the parent's bitmap
-# whole. With QEMU's sync "incremental" (bitmap-mode on-success) the job's success
-# had cut the parent's bitmap down to the writes after the failed backup's point in
-# time, and the next incremental on the same parent silently missed write A below.
-# Paused throughout: only these writes change the disk.
+# 4. An incremental that fails after QEMU's job ended. A write in the guest (a reboot:
+# the guest counts boots on its disk, and its journal moves on), then an incremental
+# whose manifest cannot be written (a directory, not empty, where its file goes: the
+# rename fails after the job copied and the chunks were stored), then another write,
+# then the next backup. QEMU's sync "incremental" (bitmap-mode on-success) had cleared
+# the parent's bitmap down to the writes after the failed backup's point in time: the
+# next incremental missed the first write and was reported good. Now the parent's
+# bitmap is never rewritten by QEMU: the next backup is an incremental on the same
+# parent holding both writes, or full saying why; either way its content is the disk's.
+reboot_to() {
+	api POST /api/v1/instances/bkf1/actions/reboot
+	wait_op "$(jqb .id)"
+	op_ok
+	wait_until 150 "boot $1" console_has bkf1 "KUMO-BOOT count=$1"
+}
+boots=$(console bkf1 | grep -o 'KUMO-BOOT count=[0-9]*' | tail -1 | cut -d= -f2)
+reboot_to $((boots + 1))
 api POST /api/v1/instances/bkf1/actions/pause
 wait_op "$(jqb .id)"
 op_ok
-disk_write bkf1 $((256 << 20)) 0x11 || fail "write A through QEMU failed"
 hold_qemu bkf1
 api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
-expect_status 202 "the incremental meant to fail at its manifest"
+expect_status 202 "the incremental to fail"
 op=$(jqb .id) bf=$(jqb .result.id)
 mkdir -p "$store_dir/backups/$bf.json/blocker"
 release_qemu
 wait_op "$op" 300
 why=$(jqb .error)
-[ "$(jqb .status)" = failed ] || fail "the incremental meant to fail at its manifest ended $(jqb .status): $why"
-rm -rf "${store_dir:?}/backups/$bf.json"
-api GET "/api/v1/backups/$bf"
-[ "$(jqb .restorable)" = false ] || fail "the backup that failed at its manifest is restorable"
-disk_write bkf1 $((512 << 20)) 0x22 || fail "write B through QEMU failed"
+[ "$(jqb .status)" = failed ] && grep -q "manifest" <<<"$why" || fail "the incremental meant to fail at its manifest ended $(jqb .status): $why"
+rm -rf "$store_dir/backups/$bf.json"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+op_ok
+reboot_to $((boots + 2))
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
 api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
 wait_op "$(jqb .id)" 300
 op_ok
 ba=$(jqb .result.backup.id)
 api GET "/api/v1/backups/$ba"
 [ "$(jqb .status)" = succeeded ] || fail "the backup after the failed one: $(jqb .status) $(jqb .error)"
-[ "$(jqb .kind)" = incremental ] && [ "$(jqb .parent)" = "$bn" ] ||
-	fail "the backup after the failed one is $(jqb .kind) on $(jqb .parent) ($(jqb .full_reason)), not an incremental on $bn"
-[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] ||
-	fail "the incremental after a failed one misses writes: its checksum is not the disk's"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+{ [ "$kind" = incremental ] && [ "$(jqb .parent)" = "$bn" ]; } || { [ "$kind" = full ] && [ -n "$reason" ]; } ||
+	fail "the backup after the failed one is $kind on $(jqb .parent) ('$reason'): neither an incremental on $bn nor a full saying why"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the $kind backup after a failed incremental misses writes: its checksum is not the disk's"
 api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
-pass "an incremental failed after QEMU's job (${why:0:60}...); the next one, on the same parent, holds the writes before it too"
+pass "an incremental failed after QEMU's job (${why:0:60}...); the next backup ($kind${reason:+: $reason}) holds every write since its parent"
+
+# 5. A parent chunk that cannot be read (every chunk file gone: the whole read stores
+# them again; the store's older backups are broken from here on). A write first, so
+# the incremental touches a chunk and reads its parent chunk back.
+resume_reboot_pause() {
+	if instance_is bkf1 paused; then
+		api POST /api/v1/instances/bkf1/actions/resume
+		wait_op "$(jqb .id)"
+		op_ok
+	fi
+	boots=$((boots + 1))
+	reboot_to $boots
+	api POST /api/v1/instances/bkf1/actions/pause
+	wait_op "$(jqb .id)"
+	op_ok
+}
+boots=$((boots + 2))
+resume_reboot_pause
+find "$store_dir/chunks" -type f -delete
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+bp=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$bp"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+[ "$(jqb .status)" = succeeded ] && [ "$kind" = full ] && grep -q "parent backup cannot be read" <<<"$reason" ||
+	fail "with its parent's chunks gone the backup is $(jqb .status) $kind ('$reason') $(jqb .error)"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the full backup after a bad parent chunk does not hold the disk's content"
+wait_until 30 "its fleecing gone from QEMU" fleece_clean bkf1
+pass "a parent chunk that cannot be read: the running VM's disk read whole ($reason)"
+
+# 6. The disk resized (stopped: the controller grows its file with qemu-img resize;
+# QEMU resizes the persistent bitmap with it) since the parent: read whole, saying so.
+api POST /api/v1/instances/bkf1/actions/stop
+wait_op "$(jqb .id)"
+op_ok
+wait_until 60 "stopped" instance_is bkf1 stopped
+api PATCH /api/v1/instances/bkf1 '{"disks":[{"name":"root","size_mb":1088}]}'
+expect_status 202 "the disk's resize"
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bkf1/actions/start
+wait_op "$(jqb .id)"
+op_ok
+boots=$((boots + 1))
+wait_until 150 "boot $boots" console_has bkf1 "KUMO-BOOT count=$boots"
+api POST /api/v1/instances/bkf1/actions/pause
+wait_op "$(jqb .id)"
+op_ok
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+br=$(jqb .result.backup.id)
+api GET "/api/v1/backups/$br"
+kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
+[ "$(jqb .status)" = succeeded ] && [ "$kind" = full ] && grep -q "changed size" <<<"$reason" ||
+	fail "after a resize the backup is $(jqb .status) $kind ('$reason') $(jqb .error)"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the full backup after a resize does not hold the disk's content"
+api POST /api/v1/instances/bkf1/actions/resume
+wait_op "$(jqb .id)"
+pass "a disk resized since its parent: the running VM's disk read whole ($reason)"

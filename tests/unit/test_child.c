@@ -178,6 +178,77 @@ static void test_cancel(void **state)
 	heard_free(&h);
 }
 
+static bool cancelled_on_second_ask(void *data)
+{
+	int *asked = data;
+
+	return ++*asked >= 2;
+}
+
+/* child_run_wait with a cancel check (a pool thread's backup work): the child is
+ * killed at the first poll that says cancelled, long before it would end. */
+static void test_run_wait_cancelled(void **state)
+{
+	char *argv[] = {"sleep", "30", NULL};
+	int asked = 0;
+	struct child_opts o = {.argv = argv,
+			       .err_mode = CHILD_ERR_IGNORE,
+			       .cancelled = cancelled_on_second_ask,
+			       .cancel_data = &asked};
+	struct kerr err;
+	int64_t t0 = now_ms();
+
+	assert_int_equal(child_run_wait(&o, NULL, &err), -1);
+	assert_int_equal(asked, 2);
+	assert_true(now_ms() - t0 < 5000);
+	assert_non_null(strstr(err.msg, "cancelled"));
+	/* Never cancelled: it runs to its end. */
+	argv[1] = "0";
+	asked = -100;
+	assert_int_equal(child_run_wait(&o, NULL, &err), 0);
+}
+
+/* child_run_sync hands on_output and done the caller's data (the namespace maker reads
+ * its state through it), with or without a cancel poll. */
+static void sync_output_cb(const char *buf, size_t len, void *data)
+{
+	int *seen = data;
+
+	(void)buf;
+	*seen += (int)len;
+}
+
+static void sync_done_cb(const struct child_result *r, void *data)
+{
+	int *seen = data;
+
+	(void)r;
+	*seen += 1000;
+}
+
+static bool never_cancelled(void *data)
+{
+	(void)data;
+	return false;
+}
+
+static void test_run_sync_callers_data(void **state)
+{
+	char *argv[] = {"sh", "-c", "printf abc", NULL};
+	struct child_opts o = {
+		.argv = argv, .err_mode = CHILD_ERR_IGNORE, .on_output = sync_output_cb};
+	struct kerr err;
+	int seen = 0;
+
+	(void)state;
+	assert_int_equal(child_run_sync(&o, sync_done_cb, &seen, NULL, &err), 0);
+	assert_int_equal(seen, 1003);
+	o.cancelled = never_cancelled;
+	seen = 0;
+	assert_int_equal(child_run_sync(&o, sync_done_cb, &seen, NULL, &err), 0);
+	assert_int_equal(seen, 1003);
+}
+
 static void abandon_now(struct child *c)
 {
 	child_abandon(c, true);
@@ -286,6 +357,8 @@ int main(void)
 		cmocka_unit_test(test_big_output_capped),
 		cmocka_unit_test(test_timeout_kills_the_tree),
 		cmocka_unit_test(test_cancel),
+		cmocka_unit_test(test_run_wait_cancelled),
+		cmocka_unit_test(test_run_sync_callers_data),
 		cmocka_unit_test(test_abandon),
 		cmocka_unit_test(test_stdin_env_cwd),
 		cmocka_unit_test(test_merge_keeps_order),

@@ -60,6 +60,68 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* The store's directories are made 0755 whatever the umask (the agent's unit sets
+ * 0077), so a VM's QEMU, under its own uid, reaches its backup's work directory. */
+static void test_init_modes(void **state)
+{
+	struct fixture *f = *state;
+	char root[128], path[160];
+	/* QEMU passes the root and tmp/ (0711: searchable, not listable); nobody else
+	 * enters chunks/ or backups/ (manifests, chunk names). */
+	const struct {
+		const char *dir;
+		mode_t mode;
+	} dirs[] = {{"", 0711},
+		    {"/tmp", 0711},
+		    {"/chunks", 0700},
+		    {"/chunks/ab", 0700},
+		    {"/backups", 0700}};
+	struct kerr err;
+	struct stat sb;
+	mode_t old = umask(0077);
+
+	(void)state;
+	snprintf(root, sizeof(root), "%s/m/n", f->root);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	snprintf(path, sizeof(path), "%s/m", f->root);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0711);
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		snprintf(path, sizeof(path), "%s%s", root, dirs[i].dir);
+		assert_int_equal(stat(path, &sb), 0);
+		if ((sb.st_mode & 07777) != dirs[i].mode)
+			fail_msg("%s: mode %o, not %o", path, sb.st_mode & 07777, dirs[i].mode);
+	}
+	/* A store made under umask 0077 before (all 0700): the root and tmp/ get the
+	 * search bits QEMU needs, the rest stays as it was. */
+	assert_int_equal(chmod(root, 0700), 0);
+	snprintf(path, sizeof(path), "%s/tmp", root);
+	assert_int_equal(chmod(path, 0700), 0);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	assert_int_equal(stat(root, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0711);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0711);
+	/* A store made under umask 022 before (chunks/ and backups/ 0755): others lose
+	 * their bits there, a group keeps its own. */
+	snprintf(path, sizeof(path), "%s/chunks", root);
+	assert_int_equal(chmod(path, 0755), 0);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0750);
+	assert_int_equal(chmod(path, 0700), 0);
+	/* Otherwise a directory that was there keeps its mode. */
+	snprintf(path, sizeof(path), "%s/backups", root);
+	assert_int_equal(chmod(path, 0750), 0);
+	assert_int_equal(chmod(root, 0751), 0);
+	assert_int_equal(chunkstore_init(root, &err), 0);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0750);
+	assert_int_equal(stat(root, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0751);
+	umask(old);
+}
+
 static void fill(unsigned char *buf, size_t len, unsigned seed)
 {
 	for (size_t i = 0; i < len; i++)
@@ -547,6 +609,33 @@ static int read_failing(void *data, int64_t off, void *buf, size_t len, struct k
 	return chunkpipe_file_read(data, off, buf, len, err);
 }
 
+/* A source naming its odd chunks from a list, reading the rest from a file. */
+struct named_src {
+	struct chunkpipe_file file;
+	struct json_object *names;
+	int reads;
+};
+
+static int named_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
+{
+	struct named_src *ns = data;
+
+	assert_int_equal((off / CHUNKSTORE_CHUNK_SIZE) % 2, 0);
+	ns->reads++;
+	return chunkpipe_file_read(&ns->file, off, buf, len, err);
+}
+
+static bool named_odd(void *data, int64_t index, char *hex)
+{
+	struct named_src *ns = data;
+
+	if (index % 2 == 0)
+		return false;
+	snprintf(hex, CHUNKSTORE_HEX_LEN + 1, "%s",
+		 json_object_get_string(json_object_array_get_idx(ns->names, (size_t)index)));
+	return true;
+}
+
 static void test_pipeline(void **state)
 {
 	struct fixture *f = *state;
@@ -629,6 +718,39 @@ static void test_pipeline(void **state)
 		assert_int_equal(res.new_bytes, 0);
 		json_object_put(chunks);
 
+		/* Chunks the source names itself are neither read nor stored: the odd
+		 * ones here, by the serial run's names (an incremental's parent). */
+		{
+			struct named_src ns = {.file = {.fd = fd, .path = path}, .names = serial};
+			struct chunkpipe_source nsrc = {.size = PIPE_DISK_SIZE,
+							.read = named_read,
+							.named = named_odd,
+							.data = &ns};
+			char fresh[PATH_MAX];
+
+			snprintf(fresh, sizeof(fresh), "%s/n%d", f->root, threads);
+			assert_int_equal(chunkstore_init(fresh, &err), 0);
+			chunks = json_object_new_array();
+			assert_int_equal(chunkpipe_store(fresh, &nsrc, threads, chunks, &res, &err),
+					 0);
+			assert_true(json_object_equal(chunks, serial));
+			assert_string_equal(res.sum, want_sum);
+			/* Read: chunks 0, 2, 4, 6 (6 is the hole, no hole callback here). */
+			assert_int_equal(ns.reads, 4);
+			assert_int_equal(res.read_bytes, 4 * CHUNKSTORE_CHUNK_SIZE);
+			/* The named ones were not written into the fresh store: 5 and 7
+			 * (1 is zeros, 3 the same bytes as 0, which was read). */
+			for (size_t c = 5; c < json_array_len(chunks); c += 2) {
+				char cpath[PATH_MAX];
+				const char *name = json_object_get_string(
+					json_object_array_get_idx(chunks, c));
+
+				chunkstore_chunk_path(fresh, name, cpath, sizeof(cpath));
+				assert_int_equal(access(cpath, F_OK), -1);
+			}
+			json_object_put(chunks);
+		}
+
 		/* A read that fails half-way fails the whole, with the reader's reason. */
 		src.read = read_failing;
 		chunks = json_object_new_array();
@@ -701,6 +823,7 @@ static void test_pace_cancel(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_init_modes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dedupe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_incompressible_raw, setup, teardown),

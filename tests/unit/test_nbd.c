@@ -133,7 +133,12 @@ static void test_read_and_status(void **state)
 	(void)state;
 	if (server <= 0)
 		skip();
-	assert_int_equal(nbd_conn_open(sock, "kfl-d0", &c, &err), 0);
+	/* Served by another process than the one asked for: refused before any read. */
+	assert_true(nbd_conn_open(sock, "kfl-d0", server2, &c, &err) < 0);
+	assert_int_equal(err.code, EPERM);
+	assert_non_null(strstr(err.msg, "is served by pid"));
+	assert_null(c);
+	assert_int_equal(nbd_conn_open(sock, "kfl-d0", server, &c, &err), 0);
 	assert_int_equal(nbd_conn_size(c), DISK_SIZE);
 	assert_true(nbd_conn_sparse(c));
 	fd = raw_open();
@@ -164,7 +169,7 @@ static void test_read_and_status(void **state)
 	nbd_conn_close(c);
 	close(fd);
 
-	assert_true(nbd_conn_open(sock, "no-such", &c, &err) < 0);
+	assert_true(nbd_conn_open(sock, "no-such", 0, &c, &err) < 0);
 	assert_int_equal(err.code, ENOENT);
 	assert_non_null(strstr(err.msg, "no-such"));
 	free(got);
@@ -184,7 +189,7 @@ static void test_backing_chain(void **state)
 	(void)state;
 	if (server2 <= 0)
 		skip();
-	assert_int_equal(nbd_conn_open(sock2, "kfl-d1", &c, &err), 0);
+	assert_int_equal(nbd_conn_open(sock2, "kfl-d1", 0, &c, &err), 0);
 	assert_int_equal(nbd_conn_size(c), DISK_SIZE);
 	snprintf(path, sizeof(path), "%s/o.raw", dir);
 	fd = open(path, O_RDONLY);
@@ -225,7 +230,7 @@ static void test_pipeline_source(void **state)
 	snprintf(store, sizeof(store), "%s/store", dir);
 	snprintf(raw, sizeof(raw), "%s/d.raw", dir);
 	assert_int_equal(chunkstore_init(store, &err), 0);
-	assert_int_equal(nbd_conn_open(sock, "kfl-d0", &c, &err), 0);
+	assert_int_equal(nbd_conn_open(sock, "kfl-d0", 0, &c, &err), 0);
 	nbd_conn_source(c, &src);
 	assert_int_equal(chunkpipe_store(store, &src, 2, a, &res, &err), 0);
 	nbd_conn_close(c);
@@ -369,7 +374,7 @@ static void test_simple_replies(void **state)
 	assert_int_equal(listen(lfd, 1), 0);
 	assert_int_equal(pthread_create(&tid, NULL, fake_main, &lfd), 0);
 
-	assert_int_equal(nbd_conn_open(fake_sock, "x", &c, &err), 0);
+	assert_int_equal(nbd_conn_open(fake_sock, "x", getpid(), &c, &err), 0);
 	assert_int_equal(nbd_conn_size(c), MiB);
 	assert_false(nbd_conn_sparse(c));
 	assert_int_equal(nbd_conn_zero(c, 0, 4096, &err), 0); /* unknown: read it */
@@ -411,7 +416,7 @@ static void test_silent_server(void **state)
 	assert_int_equal(bind(lfd, (struct sockaddr *)&sun, sizeof(sun)), 0);
 	assert_int_equal(listen(lfd, 1), 0); /* the kernel completes the connect */
 	nbd_conn_timeout_set(200);
-	assert_true(nbd_conn_open(sun.sun_path, "x", &c, &err) < 0);
+	assert_true(nbd_conn_open(sun.sun_path, "x", 0, &c, &err) < 0);
 	nbd_conn_timeout_set(0);
 	assert_int_equal(err.code, ETIMEDOUT);
 	assert_null(c);
