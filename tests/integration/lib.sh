@@ -316,7 +316,7 @@ link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep
 # and the node disk0's device writes to (d0 unless the fleecing filter is in front of
 # it); it fails when QEMU refuses one of those questions. "qmp CMD [ARGS-JSON]" runs a
 # QMP command and prints its return as JSON (failing on QEMU's error, which it prints).
-# Anything else is an HMP command line, run, failing on an error.
+# Anything else is one or more HMP command lines, run in order, failing on an error.
 qemu_monitor2() {
 	python3 - "$@" <<'PY'
 import json, socket, sys
@@ -345,10 +345,11 @@ elif sys.argv[2] == "qmp":
         sys.exit("qmp2: " + m["error"].get("desc", json.dumps(m)))
     print(json.dumps(m["return"]))
 else:
-    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
-    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
-    if "error" in m or (m["return"] and "wrote" not in m["return"]):
-        sys.exit("qmp2: " + json.dumps(m))
+    for line in sys.argv[2:]:
+        m = ask("human-monitor-command", {"command-line": line})
+        # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
+        if "error" in m or (m["return"] and "wrote" not in m["return"]):
+            sys.exit("qmp2: " + json.dumps(m))
 PY
 }
 # chunk_sum FILE -> a backup disk's checksum (manifest version 2) computed from the raw

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Checkpoints: a disk snapshot taken, the disk changed, the snapshot reverted -> the
 # change is gone; a snapshot with memory reverted on a running VM restores it running.
+# Then the same VM backed up: reverts still work (running, stopped, stopped with memory),
+# the next backup is full because of the revert, an operator's bitmap refuses a revert.
 . "$(dirname "$0")/lib.sh"
 
 trap 'api DELETE "/api/v1/instances/sn1?force=1" >/dev/null 2>&1 || true' EXIT
@@ -96,8 +98,8 @@ off=$(($(qemu-img info -U --output=json "$disk" | jq '."virtual-size"') - (1 << 
 qmp2() { qemu_monitor2 "$KUMO_LAB_DIR/hosts/$sn_host/local/instances/sn1/monitor.sock" "$@"; }
 dev=/machine/peripheral/disk0/virtio-backend
 qwrite() { # PATTERN: written over the last MiB through the running VM's block layer, flushed
-	qmp2 "qemu-io -d $dev \"write -P $1 $off 1M\"" || fail "the write of $1 through QEMU failed"
-	qmp2 "qemu-io -d $dev flush" || fail "the flush through QEMU failed"
+	qmp2 "qemu-io -d $dev \"write -P $1 $off 1M\"" "qemu-io -d $dev flush" ||
+		fail "the write of $1 through QEMU failed"
 }
 freads() { # PATTERN: the disk file holds PATTERN over its last MiB ($qread: what qemu-io said)
 	qread=$(qemu-io -r -U -f qcow2 -c "read -P $1 $off 1M" "$disk" 2>&1)
