@@ -395,6 +395,8 @@ struct inst_op {
 	bool with_memory;
 	bool has[AGENT_VM_DISKS_MAX]; /* disk i holds the snapshot */
 	bool has_memory;	      /* ... with the VM's memory */
+	struct json_object *bitmaps;  /* revert: the disks' dirty bitmaps (snaprevert.h) */
+	size_t bitmap_next;	      /* ... the next one to remove */
 };
 
 struct agent {
@@ -615,6 +617,8 @@ void imagecheck_vm(struct vm *vm, disk_done_cb cb, void *data);
 void imagecheck_cache_free(struct agent *a);
 void disk_snapshot(struct agent *a, const char *abs, char action, const char *snapshot,
 		   disk_done_cb cb, void *data);
+void disk_bitmap_remove(struct agent *a, const char *abs, const char *name, disk_done_cb cb,
+			void *data);
 void disk_seed_build(struct agent *a, const char *dir, const char *name, const char *user_data,
 		     disk_done_cb cb, void *data);
 void disk_file_write(struct agent *a, const char *path, const char *text, disk_done_cb cb,

@@ -73,6 +73,7 @@
 #include "chunkstore.h"
 #include "fleece.h"
 #include "json.h"
+#include "snaprevert.h"
 #include "tree.h"
 #include "util.h"
 
@@ -405,6 +406,44 @@ static void qemu_img_run(struct bjob *job, char **args,
 
 /* ---- backup: per disk, read it whole into a raw file, then chunk it --------------------- */
 
+/*
+ * Thread: was the VM reverted to a snapshot after the parent backup began? A revert
+ * (vmaction.c) records itself in the VM's run directory (snaprevert.h) before it
+ * removes the disks' bitmaps: the parent's bitmap is gone and the disks' content
+ * jumped, so the backup is full and job->full_reason says it is because of the revert
+ * (not that some bitmap cannot be used). The parent's manifest (its created_at) is read
+ * into job->pmanifest when there is a record; a record or manifest that cannot be read
+ * says nothing (the usual reasons stand).
+ */
+static bool reverted_since_parent(struct bjob *job)
+{
+	_cleanup_free_ char *text = NULL;
+	char snapshot[64];
+	size_t len;
+	int64_t at, created;
+	struct kerr err;
+
+	if (file_read_all(job->revert_record, SNAPREVERT_RECORD_MAX, &text, &len) < 0)
+		return false; /* none: no revert since the VM was made (or the host changed) */
+	if (snaprevert_record_parse(text, len, &at, snapshot, sizeof(snapshot), &err) < 0) {
+		log_warnx("backup %s: %s: %s", job->id, job->revert_record, err.msg);
+		return false;
+	}
+	if (chunkstore_manifest_read_with(job->store, job->key, job->parent, &job->pmanifest,
+					  &err) < 0)
+		return false;
+	created = json_get_int(job->pmanifest, "created_at", -1);
+	if (created < 0 || created >= at)
+		return false;
+	snprintf(job->full_reason, sizeof(job->full_reason),
+		 "the VM was reverted to snapshot %s after the parent backup: the disks went "
+		 "back and their changed-block bitmaps were removed",
+		 snapshot);
+	json_object_put(job->pmanifest);
+	job->pmanifest = NULL;
+	return true;
+}
+
 /* Thread: the store's directories, and a work directory QEMU may write into. */
 static void prepare_work(struct bjob *job)
 {
@@ -438,17 +477,24 @@ static void prepare_work(struct bjob *job)
 		return;
 	}
 	if (job->parent[0] && !job->restore && !job->force_full) {
-		if (!job->live)
+		if (reverted_since_parent(job)) {
+			/* job->full_reason says so; every disk is read whole. */
+		} else if (!job->live) {
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "the VM is stopped: its disks are read whole");
-		else if (chunkstore_manifest_read_with(job->store, job->key, job->parent,
-						       &job->pmanifest, &err) < 0)
+		} else if (job->pmanifest == NULL &&
+			   chunkstore_manifest_read_with(job->store, job->key, job->parent,
+							 &job->pmanifest, &err) < 0) {
 			snprintf(job->full_reason, sizeof(job->full_reason),
 				 "the parent backup cannot be read: %s", err.msg);
-		else if (chunkstore_parent_check(job->pmanifest, job->full_reason,
-						 sizeof(job->full_reason)) < 0) {
+		} else if (chunkstore_parent_check(job->pmanifest, job->full_reason,
+						   sizeof(job->full_reason)) < 0) {
 			/* Its chunks do not line up with this agent's: nothing to lay over. */
 			json_object_put(job->pmanifest);
+			job->pmanifest = NULL;
+		}
+		if (!job->live) {
+			json_object_put(job->pmanifest); /* read whole: nothing to lay over */
 			job->pmanifest = NULL;
 		}
 	}
@@ -1634,6 +1680,8 @@ void backup_vm_run(struct inst_op *op)
 	job->next_live = live_jobs;
 	live_jobs = job;
 	snprintf(job->parent, sizeof(job->parent), "%s", json_get_str(op->args, "parent", ""));
+	snprintf(job->revert_record, sizeof(job->revert_record), "%s/%s", vm->inst.dir,
+		 SNAPREVERT_RECORD);
 	job->force_full = json_get_bool(op->args, "full", false);
 	/* Mbit/s as a migration counts them: 10^6 bits, 125,000 bytes. */
 	job->rate_bytes_s = (uint64_t)json_get_int(op->args, "bandwidth_mbps", 0) * 125000;

@@ -34,6 +34,7 @@ struct bjob {
 	bool incr;			  /* the disk at work is read incrementally */
 	bool all_incr;			  /* every disk so far was */
 	char full_reason[200];		  /* why a backup with a parent is full after all */
+	char revert_record[PATH_MAX];	  /* the VM's snapshot revert record (snaprevert.h) */
 	void (*then)(struct inst_op *op); /* restore within a create: its next step */
 	bool resume;			  /* container: this backup paused it */
 	bool block_job;			  /* QEMU's backup job for job->disk runs */

@@ -2,8 +2,8 @@
  * disk.c - disk work for the vm driver.
  *
  * Two kinds of work, neither on the loop:
- *   - helper programs as children (common/child.c): qemu-img create, convert, resize, info
- *     and snapshot, and mkfs.vfat + mcopy for the cloud-init seed. Their stderr's last
+ *   - helper programs as children (common/child.c): qemu-img create, convert, resize, info,
+ *     snapshot and bitmap, and mkfs.vfat + mcopy for the cloud-init seed. Their stderr's last
  *     line becomes the error a user reads ("qemu-img: ...: Could not open ...").
  *   - file work on libuv's thread pool: path checks, directories, spec.json, removal,
  *     sizes. A pool may be an NFS mount, and a hung server must cost a thread, never
@@ -645,6 +645,29 @@ void disk_snapshot(struct agent *a, const char *abs, char action, const char *sn
 	argv_add(&av, "-%c", action);
 	argv_add(&av, "%s", snapshot);
 	argv_add(&av, "%s", abs);
+	img_run(s, &av, simple_done);
+}
+
+/*
+ * qemu-img bitmap --remove of the persistent dirty bitmap name from the qcow2 at abs,
+ * a disk no QEMU holds (a snapshot revert clears Kumo's backup bitmaps so).
+ */
+void disk_bitmap_remove(struct agent *a, const char *abs, const char *name, disk_done_cb cb,
+			void *data)
+{
+	struct img_step *s = xcalloc(1, sizeof(*s));
+	struct argv av = {0};
+
+	s->agent = a;
+	s->cb = cb;
+	s->data = data;
+	argv_add(&av, "qemu-img");
+	argv_add(&av, "bitmap");
+	argv_add(&av, "--remove");
+	argv_add(&av, "-f");
+	argv_add(&av, "qcow2");
+	argv_add(&av, "%s", abs);
+	argv_add(&av, "%s", name);
 	img_run(s, &av, simple_done);
 }
 

@@ -132,6 +132,7 @@ static void op_free(struct inst_op *op)
 	json_object_put(op->args);
 	json_object_put(op->result);
 	json_object_put(op->report);
+	json_object_put(op->bitmaps);
 	free(op);
 }
 

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "snaprevert.h"
 #include "util.h"
 
 #define MIB		  (1024LL * 1024)
@@ -805,12 +806,23 @@ static void scan_info_cb(struct agent *a, const char *error, struct json_object 
 	struct inst_op *op = data;
 	struct json_object *snaps;
 	size_t i = op->idx - 1;
+	struct kerr err;
 
 	if (instance_op_gone(op))
 		return;
 	if (error) {
 		instance_op_fail(op, "disk %s: %s", op->disks[i].name, error);
 		return;
+	}
+	/* A revert of a stopped VM clears the bitmaps the file holds (snaprevert.h). */
+	if (op->verb == VERB_SNAPSHOT_REVERT) {
+		if (op->bitmaps == NULL)
+			op->bitmaps = json_object_new_array();
+		if (snaprevert_bitmaps_from_info(info, i, op->bitmaps, &err) < 0) {
+			instance_op_fail(op, "disk %s: qemu-img info: %s", op->disks[i].name,
+					 err.msg);
+			return;
+		}
 	}
 	if (json_object_object_get_ex(info, "snapshots", &snaps)) {
 		for (size_t k = 0; k < json_array_len(snaps); k++) {
@@ -1027,8 +1039,157 @@ static void loadvm_cb(struct qmp *q, struct json_object *ret, const char *error,
 		instance_op_fail(op, "%s", err.msg);
 }
 
+/* The snapshot goes onto the disks, their dirty bitmaps gone: loadvm on the running VM
+ * (with memory), else the VM stopped and qemu-img snapshot -a (a running one starts
+ * again), or a start with -loadvm. */
+static void revert_apply(struct inst_op *op)
+{
+	struct kerr err;
+
+	if (vm_alive(op->vm) && op->with_memory) {
+		hmp(op, "loadvm", loadvm_cb);
+	} else if (vm_alive(op->vm)) {
+		instance_op_progress(op, 20, "stopping qemu");
+		vm_force_stop(op->vm, revert_stopped_cb, op);
+	} else if (op->with_memory) {
+		instance_op_progress(op, 50, "starting qemu from the snapshot");
+		if (vm_start(op->vm, op->snapshot, instance_done_cb, op, &err) < 0)
+			instance_op_fail(op, "%s", err.msg);
+	} else {
+		instance_op_progress(op, 50, "qemu-img snapshot -a");
+		instance_disks_each(op, NULL, apply_one, instance_op_succeed);
+	}
+}
+
+static void bitmap_remove_next(struct inst_op *op);
+
+static void bitmap_qmp_removed_cb(struct qmp *q, struct json_object *ret, const char *error,
+				  void *data)
+{
+	struct inst_op *op = data;
+	struct json_object *e;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		e = json_object_array_get_idx(op->bitmaps, op->bitmap_next - 1);
+		instance_op_fail(op, "cannot remove backup bitmap %s from disk %s: %s",
+				 json_get_str(e, "name", ""),
+				 op->disks[json_get_int(e, "disk", 0)].name, error);
+		return;
+	}
+	bitmap_remove_next(op);
+}
+
+static void bitmap_file_removed_cb(struct agent *a, const char *error, void *data)
+{
+	bitmap_qmp_removed_cb(NULL, NULL, error, data);
+}
+
+/* Remove the next of Kumo's bitmaps: through QMP from a running VM (QEMU drops a
+ * persistent one from the file too), with qemu-img from a stopped one's file. */
+static void bitmap_remove_next(struct inst_op *op)
+{
+	struct json_object *e = json_object_array_get_idx(op->bitmaps, op->bitmap_next);
+	size_t disk;
+	struct kerr err;
+
+	if (e == NULL) {
+		revert_apply(op);
+		return;
+	}
+	op->bitmap_next++;
+	disk = (size_t)json_get_int(e, "disk", 0);
+	if (vm_alive(op->vm)) {
+		struct json_object *args = json_object_new_object();
+		char node[16];
+
+		snprintf(node, sizeof(node), "d%zu", disk);
+		json_object_object_add(args, "node", json_object_new_string(node));
+		json_object_object_add(args, "name",
+				       json_object_new_string(json_get_str(e, "name", "")));
+		if (vm_qmp(op->vm, "block-dirty-bitmap-remove", args, QMP_TIMEOUT_MS,
+			   bitmap_qmp_removed_cb, op, &err) < 0)
+			instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	disk_bitmap_remove(op->agent, op->disks[disk].abs, json_get_str(e, "name", ""),
+			   bitmap_file_removed_cb, op);
+}
+
+static void revert_recorded_cb(struct agent *a, const char *error, void *data)
+{
+	struct inst_op *op = data;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "cannot record the revert for the next backup: %s", error);
+		return;
+	}
+	instance_op_progress(op, 20, "removing backup bitmaps");
+	op->bitmap_next = 0;
+	bitmap_remove_next(op);
+}
+
+/*
+ * QEMU reverts no disk that has a dirty bitmap. A bitmap Kumo did not make refuses the
+ * revert here, before anything changed; Kumo's own go once the revert is recorded for
+ * the next backup (recorded first: a revert cut short after a removal still makes the
+ * next backup say why it is full).
+ */
+static void revert_bitmaps_clear(struct inst_op *op)
+{
+	struct json_object *foreign = snaprevert_foreign(op->bitmaps);
+	_cleanup_free_ char *path = NULL, *text = NULL;
+
+	if (foreign) {
+		const char *name = json_get_str(foreign, "name", "");
+		const char *disk = op->disks[json_get_int(foreign, "disk", 0)].name;
+
+		if (name[0] == '\0')
+			instance_op_fail(op,
+					 "disk %s has an unnamed dirty bitmap (a block job of "
+					 "QEMU's holds it): QEMU cannot revert a disk with a dirty "
+					 "bitmap; nothing was changed",
+					 disk);
+		else
+			instance_op_fail(op,
+					 "disk %s has dirty bitmap '%.64s', which Kumo did not "
+					 "make: QEMU cannot revert a disk with a dirty bitmap; "
+					 "remove it and revert again (nothing was changed)",
+					 disk, name);
+		return;
+	}
+	path = xasprintf("%s/%s", op->vm->inst.dir, SNAPREVERT_RECORD);
+	text = snaprevert_record_text(op->snapshot, now_ms());
+	instance_op_progress(op, 15, "recording the revert for the next backup");
+	disk_file_write(op->agent, path, text, revert_recorded_cb, op);
+}
+
+static void revert_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	struct kerr err;
+
+	if (instance_op_gone(op))
+		return;
+	if (error) {
+		instance_op_fail(op, "cannot list the disks' dirty bitmaps: %s", error);
+		return;
+	}
+	json_object_put(op->bitmaps);
+	op->bitmaps = json_object_new_array();
+	if (snaprevert_bitmaps_from_nodes(ret, op->ndisks, op->bitmaps, &err) < 0) {
+		instance_op_fail(op, "QEMU's query-named-block-nodes: %s", err.msg);
+		return;
+	}
+	revert_bitmaps_clear(op);
+}
+
 static void snapshot_revert(struct inst_op *op)
 {
+	struct json_object *args;
 	struct kerr err;
 
 	for (size_t i = 0; i < op->ndisks; i++) {
@@ -1043,19 +1204,17 @@ static void snapshot_revert(struct inst_op *op)
 				 op->snapshot);
 		return;
 	}
-	if (vm_alive(op->vm) && op->with_memory) {
-		hmp(op, "loadvm", loadvm_cb);
-	} else if (vm_alive(op->vm)) {
-		instance_op_progress(op, 20, "stopping qemu");
-		vm_force_stop(op->vm, revert_stopped_cb, op);
-	} else if (op->with_memory) {
-		instance_op_progress(op, 50, "starting qemu from the snapshot");
-		if (vm_start(op->vm, op->snapshot, instance_done_cb, op, &err) < 0)
-			instance_op_fail(op, "%s", err.msg);
-	} else {
-		instance_op_progress(op, 50, "qemu-img snapshot -a");
-		instance_disks_each(op, NULL, apply_one, instance_op_succeed);
+	if (!vm_alive(op->vm)) {
+		revert_bitmaps_clear(op); /* qemu-img info listed them (scan_info_cb) */
+		return;
 	}
+	/* A running QEMU's bitmaps are in its memory (some only there): ask it. */
+	args = json_object_new_object();
+	json_object_object_add(args, "flat", json_object_new_boolean(true));
+	instance_op_progress(op, 12, "listing dirty bitmaps");
+	if (vm_qmp(op->vm, "query-named-block-nodes", args, QMP_TIMEOUT_MS, revert_nodes_cb, op,
+		   &err) < 0)
+		instance_op_fail(op, "%s", err.msg);
 }
 
 /*

@@ -314,8 +314,9 @@ link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep
 # monitor.sock; the agent holds the first, qmp.sock). WHAT "leftovers" prints "NODES
 # EXPORTS DRIVE": the counts of a backup's fleecing nodes (kfl-*) and of block exports,
 # and the node disk0's device writes to (d0 unless the fleecing filter is in front of
-# it); it fails when QEMU refuses one of those questions. Anything else is an HMP
-# command line, run, failing on an error.
+# it); it fails when QEMU refuses one of those questions. "qmp CMD [ARGS-JSON]" runs a
+# QMP command and prints its return as JSON (failing on QEMU's error, which it prints).
+# Anything else is one or more HMP command lines, run in order, failing on an error.
 qemu_monitor2() {
 	python3 - "$@" <<'PY'
 import json, socket, sys
@@ -338,11 +339,17 @@ if sys.argv[2] == "leftovers":
                             "property": "drive"})["return"]
     print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
           len(exports), drive)
+elif sys.argv[2] == "qmp":
+    m = ask(sys.argv[3], json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)
+    if "error" in m:
+        sys.exit("qmp2: " + m["error"].get("desc", json.dumps(m)))
+    print(json.dumps(m["return"]))
 else:
-    m = ask("human-monitor-command", {"command-line": sys.argv[2]})
-    # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
-    if "error" in m or (m["return"] and "wrote" not in m["return"]):
-        sys.exit("qmp2: " + json.dumps(m))
+    for line in sys.argv[2:]:
+        m = ask("human-monitor-command", {"command-line": line})
+        # HMP answers its errors as text; qemu-io's "wrote ..." line is success.
+        if "error" in m or (m["return"] and "wrote" not in m["return"]):
+            sys.exit("qmp2: " + json.dumps(m))
 PY
 }
 # chunk_sum FILE -> a backup disk's checksum (manifest version 2) computed from the raw
