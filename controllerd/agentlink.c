@@ -733,6 +733,18 @@ static void req_went_idle(struct host *h)
 	}
 }
 
+/*
+ * The in-flight command was answered (or deferred): send the next one, or give the
+ * socket back to the pool. Every reply ends here, so none keeps a socket it no
+ * longer uses (a socket held idle by nobody is lost to the bounded pool).
+ */
+static void reply_next(struct host *h)
+{
+	cmd_next(h);
+	if (h->req_sock >= 0 && !has_work(h))
+		req_went_idle(h);
+}
+
 /* A reply to the in-flight command arrived. */
 static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 {
@@ -769,7 +781,7 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 			h->deferred = c;
 		}
 		link_msg_clear(&m);
-		cmd_next(h);
+		reply_next(h);
 		return;
 	}
 	if (c->reply_cb && (m.type == LINK_ACK || m.type == LINK_NACK)) {
@@ -791,9 +803,7 @@ static void reply_handle(struct host *h, const unsigned char *buf, size_t len)
 	h->inflight = NULL;
 	cmd_free(c);
 	link_msg_clear(&m);
-	cmd_next(h);
-	if (h->req_sock >= 0 && !has_work(h))
-		req_went_idle(h);
+	reply_next(h);
 }
 
 static void req_poll_cb(uv_poll_t *p, int status, int events)

@@ -2,8 +2,8 @@
  * metrics.c - GET /metrics in the Prometheus text format: hosts by state, heartbeat
  * age per host, API requests by route and status and their latency, connections,
  * event streams, operations by kind and status, agent-link messages by type and those
- * rejected by reason, database commit time, loop lag, and the process's descriptors
- * and memory.
+ * rejected by reason, the agent-link command sockets by state, database commit
+ * time, loop lag, and the process's descriptors and memory.
  */
 #include <dirent.h>
 #include <stdarg.h>
@@ -268,6 +268,29 @@ char *metrics_render(void)
 		"# TYPE kumo_hosts gauge\n"
 		"kumo_hosts{state=\"online\"} %d\nkumo_hosts{state=\"offline\"} %d\n",
 		online, offline);
+	{
+		/* The command socket pool (agentlink.c). A host that holds a socket with
+		 * nothing to send counts as busy: one that stays so is lost to the pool. */
+		int busy = 0, idle = 0, waiting = 0;
+
+		for (struct host *h = ctl.hosts; h; h = h->next) {
+			if (h->req_sock >= 0)
+				h->req_idle ? idle++ : busy++;
+			if (h->req_waiting)
+				waiting++;
+		}
+		bprintf(&b,
+			"# HELP kumo_link_command_sockets Command sockets to agents open, by "
+			"state: busy (a command in flight or queued) or idle (kept for reuse).\n"
+			"# TYPE kumo_link_command_sockets gauge\n"
+			"kumo_link_command_sockets{state=\"busy\"} %d\n"
+			"kumo_link_command_sockets{state=\"idle\"} %d\n"
+			"# HELP kumo_link_hosts_waiting_for_socket Hosts with commands waiting "
+			"for a command socket (the pool is full).\n"
+			"# TYPE kumo_link_hosts_waiting_for_socket gauge\n"
+			"kumo_link_hosts_waiting_for_socket %d\n",
+			busy, idle, waiting);
+	}
 	bprintf(&b, "# HELP kumo_host_heartbeat_age_seconds Time since the host's last heartbeat.\n"
 		    "# TYPE kumo_host_heartbeat_age_seconds gauge\n");
 	for (struct host *h = ctl.hosts; h; h = h->next)
