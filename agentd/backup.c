@@ -436,8 +436,8 @@ static bool reverted_since_parent(struct bjob *job)
 	if (created < 0 || created >= at)
 		return false;
 	snprintf(job->full_reason, sizeof(job->full_reason),
-		 "the VM was reverted to snapshot %s after the parent backup: the disks went "
-		 "back and their changed-block bitmaps were removed",
+		 "a revert to snapshot %s began after the parent backup: Kumo's changed-block "
+		 "bitmaps go before a revert, and the disks may have gone back",
 		 snapshot);
 	json_object_put(job->pmanifest);
 	job->pmanifest = NULL;

@@ -22,6 +22,15 @@ bool snaprevert_bitmap_is_kumo(const char *name)
 	       strspn(name + plen, "0123456789abcdef") == BACKUP_ID_HEX;
 }
 
+bool snaprevert_name_printable(const char *name)
+{
+	size_t n = strlen(name);
+
+	return n > 0 && n <= 64 &&
+	       strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") ==
+		       n;
+}
+
 /* Append disk's bitmaps (an array of QEMU's BlockDirtyInfo or qemu-img's
  * Qcow2BitmapInfo: objects with an optional string "name") to out. */
 static int bitmaps_add(struct json_object *bitmaps, size_t disk, struct json_object *out,

@@ -31,6 +31,10 @@
  * makes them (32 lowercase hex digits, link_op_id_new)? Anything else is not Kumo's. */
 bool snaprevert_bitmap_is_kumo(const char *name);
 
+/* May name go into an error and a log as it is? 1-64 of [A-Za-z0-9._:-]: a bitmap's name
+ * comes from QEMU or the qcow2 file, which the guest's QEMU may have written. */
+bool snaprevert_name_printable(const char *name);
+
 /*
  * The bitmaps of disks 0..ndisks-1 from QMP's query-named-block-nodes (flat) reply
  * nodes: each of the node dI's (qemuargs.c's names) "dirty-bitmaps" is appended to out

@@ -1153,12 +1153,19 @@ static void revert_bitmaps_clear(struct inst_op *op)
 					 "QEMU's holds it): QEMU cannot revert a disk with a dirty "
 					 "bitmap; nothing was changed",
 					 disk);
-		else
+		else if (snaprevert_name_printable(name))
 			instance_op_fail(op,
-					 "disk %s has dirty bitmap '%.64s', which Kumo did not "
+					 "disk %s has dirty bitmap '%s', which Kumo did not "
 					 "make: QEMU cannot revert a disk with a dirty bitmap; "
 					 "remove it and revert again (nothing was changed)",
 					 disk, name);
+		else
+			instance_op_fail(
+				op,
+				"disk %s has a dirty bitmap Kumo did not make (its name "
+				"is not printable): QEMU cannot revert a disk with a dirty "
+				"bitmap; remove it and revert again (nothing was changed)",
+				disk);
 		return;
 	}
 	path = xasprintf("%s/%s", op->vm->inst.dir, SNAPREVERT_RECORD);

@@ -168,7 +168,7 @@ op_ok
 qmp2 "qemu-io -d $dev flush" || fail "the flush through QEMU failed"
 backup
 b2=$(jqb .id)
-[ "$(jqb .kind)" = full ] && grep -q "reverted to snapshot m2" <<<"$(jqb .full_reason)" ||
+[ "$(jqb .kind)" = full ] && grep -q "revert to snapshot m2" <<<"$(jqb .full_reason)" ||
 	fail "the backup after the revert is $(jqb .kind), full_reason '$(jqb .full_reason)'"
 why=$(jqb .full_reason)
 verify_matches "$(disk_sha)"
@@ -205,7 +205,7 @@ freads 0x33 || fail "after the stopped revert to d2 the disk does not hold d2's 
 [ -z "$(fbitmaps)" ] || fail "bitmaps left on the disk after the revert: $(fbitmaps)"
 backup
 b3=$(jqb .id)
-[ "$(jqb .kind)" = full ] && grep -q "reverted to snapshot d2" <<<"$(jqb .full_reason)" ||
+[ "$(jqb .kind)" = full ] && grep -q "revert to snapshot d2" <<<"$(jqb .full_reason)" ||
 	fail "the stopped VM's backup after the revert is $(jqb .kind), full_reason '$(jqb .full_reason)'"
 verify_matches "$(disk_sha)"
 pass "a backed-up stopped VM reverts (qemu-img): the disk holds the snapshot's bytes; the next backup is full because of the revert, is the disk and verifies"

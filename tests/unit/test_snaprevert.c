@@ -44,6 +44,22 @@ static void test_is_kumo(void **state)
 	assert_false(snaprevert_bitmap_is_kumo("kumo-"));
 }
 
+/* A bitmap's name comes from QEMU or a qcow2 file the guest's QEMU may have written: it
+ * goes into an error message only when it cannot carry a line break or an escape. */
+static void test_name_printable(void **state)
+{
+	(void)state;
+	assert_true(snaprevert_name_printable("ops-watch"));
+	assert_true(snaprevert_name_printable("backup.v2:daily_1"));
+	assert_false(snaprevert_name_printable(""));
+	assert_false(snaprevert_name_printable("evil\nFAIL: forged line"));
+	assert_false(snaprevert_name_printable("\x1b[31mred"));
+	assert_false(snaprevert_name_printable("with space"));
+	assert_false(snaprevert_name_printable("caf\xc3\xa9"));
+	assert_false(snaprevert_name_printable(
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")); /* 65 */
+}
+
 static void test_from_nodes(void **state)
 {
 	struct json_object *out = json_object_new_array();
@@ -154,9 +170,8 @@ static void test_record(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_is_kumo),
-		cmocka_unit_test(test_from_nodes),
-		cmocka_unit_test(test_from_info),
+		cmocka_unit_test(test_is_kumo),	   cmocka_unit_test(test_name_printable),
+		cmocka_unit_test(test_from_nodes), cmocka_unit_test(test_from_info),
 		cmocka_unit_test(test_record),
 	};
 
