@@ -933,6 +933,32 @@ void facts_kvm_set(struct json_object *facts, bool kvm_usable);
 void facts_accel_config(const char *mode);
 void facts_pools_warn(const struct agent_config *cfg);
 
+/* netsave.c: desired.json written on the thread pool, newest last (see the file). */
+struct netsave;
+typedef void (*netsave_saved_fn)(struct netsave *s, uint64_t gen, struct json_object *doc, int ret,
+				 const struct kerr *err);
+struct netsave {
+	uv_loop_t *loop;
+	char path[PATH_MAX];
+	netsave_saved_fn saved; /* on the loop, after each write, oldest first */
+	void *owner;		/* the caller's */
+	/* Writes path whole and durably; 0 or -errno. On a pool thread. */
+	int (*write)(const char *path, const char *text, size_t len);
+	uint64_t gen;			 /* of the last document put */
+	bool writing;			 /* a write is on the thread pool */
+	bool stopping;			 /* netsave_stop() was called */
+	struct json_object *writing_doc; /* the document it writes */
+	struct json_object *next_doc;	 /* the one to write after it, or NULL */
+	uint64_t next_gen;		 /* next_doc's generation */
+};
+void netsave_init(struct netsave *s, uv_loop_t *loop, const char *path, netsave_saved_fn saved,
+		  void *owner);
+int netsave_write_file(const char *path, const char *text, size_t len);
+uint64_t netsave_put(struct netsave *s, struct json_object *doc);
+struct json_object *netsave_newest(const struct netsave *s, uint64_t *gen);
+bool netsave_busy(const struct netsave *s);
+void netsave_stop(struct netsave *s);
+
 /* kvmprobe.c */
 typedef void (*kvmprobe_cb)(struct agent *a, bool usable, void *data);
 int kvmprobe_child_main(void);
@@ -942,7 +968,7 @@ void kvmprobe_stop(struct agent *a);
 /* net.c */
 int net_start(struct agent *a, struct kerr *err);
 void net_stop(struct agent *a);
-int net_desired_set(struct agent *a, struct json_object *doc, struct kerr *err);
+int net_desired_set(struct agent *a, const char *op, struct json_object *doc, struct kerr *err);
 void net_status_add(struct agent *a, struct json_object *facts);
 int net_port_attach(struct agent *a, const char *ifname, const char *bridge, int mtu,
 		    struct kerr *err);

@@ -719,23 +719,17 @@ static int logs_query(struct agent *a, struct json_object *body, struct json_obj
 
 /*
  * {"what": "net", "doc": {...}} -> {"hash"}: the networks this host must realise, a
- * desired state taken whole (its nulls mean something), answered at once; the apply
- * runs off the loop (net.c).
+ * desired state taken whole (its nulls mean something). Deferred: answered once the
+ * document is on disk, which is written off the loop, as the apply runs (net.c).
  */
-static int net_query(struct agent *a, struct json_object *body, struct json_object **answer,
-		     struct kerr *err)
+static int net_query(struct agent *a, const char *op, struct json_object *body, struct kerr *err)
 {
 	struct json_object *doc = json_object_object_get(body, "doc");
 
 	if (json_object_object_length(body) != 2 || !json_object_is_type(doc, json_type_object))
 		return err_input(err, 400, "doc",
 				 "a net query is {\"what\": \"net\", \"doc\": {...}}");
-	if (net_desired_set(a, doc, err) < 0)
-		return -1;
-	*answer = json_object_new_object();
-	json_object_object_add(*answer, "hash",
-			       json_object_get(json_object_object_get(doc, "hash")));
-	return 0;
+	return net_desired_set(a, op, doc, err);
 }
 
 /* A query answered at once, in *answer (a new object). */
@@ -761,7 +755,7 @@ static const struct query {
 	{"logs", logs_fields, logs_query, NULL, false},
 	{"spec", spec_query_fields, spec_query, NULL, false},
 	{"exec", exec_fields, NULL, ociaction_exec, false}, /* ociaction.c */
-	{"net", NULL, net_query, NULL, true},
+	{"net", NULL, NULL, net_query, true},
 	{"console-input", NULL, console_input_query, NULL, false},   /* console.c */
 	{"console-watch", NULL, console_watch_query, NULL, false},   /* console.c */
 	{"migrate-cancel", NULL, migrate_cancel_query, NULL, false}, /* migrate.c */
@@ -773,9 +767,10 @@ static const struct query {
 
 /*
  * Answer a query (body; op is its id) in *answer (a new object): returns 0. A query
- * answered later (exec: when its command ends) returns 1, and link_query_reply()
- * sends the answer then. Returns -1 with err for a query that cannot be answered (the
- * link nacks it). Null members count as absent, except in a body taken whole.
+ * answered later (exec: when its command ends; net: once its document is on disk)
+ * returns 1, and link_query_reply() sends the answer then. Returns -1 with err for a query that
+ * cannot be answered (the link nacks it). Null members count as absent, except in a body taken
+ * whole.
  */
 int instance_query(struct agent *a, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err)

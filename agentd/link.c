@@ -4,7 +4,8 @@
  *   NN_REP at --listen:  commands from the controller, each answered at once with a
  *                        sealed ack (or nack); the work then runs asynchronously.
  *                        (An exec query is acked as deferred; its answer follows
- *                        as a query-done event when the command ended.)
+ *                        as a query-done event when the command ended. So is a
+ *                        net query, answered once its document is on disk.)
  *   NN_PUSH to events:   heartbeats, op-progress, op-done and query-done toward the
  *                        controller.
  *
@@ -303,9 +304,10 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 
 /*
  * A query is answered in the ack itself and changes nothing, so it bypasses the op
- * cache: asking twice simply answers twice. An exec answers when its command ends:
- * its ack says {"deferred": true} at once, and the answer follows as a query-done
- * event, so a long exec holds up no other command to this host.
+ * cache: asking twice simply answers twice. An exec answers when its command ends
+ * (a net query when its document is on disk): its ack says {"deferred": true} at
+ * once, and the answer follows as a query-done event, so a long exec holds up no
+ * other command to this host.
  */
 static void query_answer(struct agent *a, const struct link_msg *m)
 {

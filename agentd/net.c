@@ -9,6 +9,12 @@
  *   - every NET_REPAIR_MS, to repair drift (a link deleted by hand, a dead dnsmasq).
  * One apply runs at a time; documents arriving meanwhile make one more run after it,
  * with the newest. The outcome is in the heartbeat's facts (net_status_add()).
+ *
+ * A document is applied, reported as wanted and answered to the controller's net
+ * query only once desired.json holds it durably. That write is on the thread pool too
+ * (netsave.c), so the query is deferred: its answer, {"hash"} of the document on
+ * disk (a newer one than asked, when a newer one replaced it while waiting), or the
+ * write's failure, follows as a query-done (link_query_reply()).
  */
 #include "agentd.h"
 
@@ -34,7 +40,16 @@ struct net {
 	bool again;				     /* ... and another is due after it */
 	bool stopping;
 	bool timer_closed;
-	uv_timer_t timer; /* drift repair */
+	uv_timer_t timer;	    /* drift repair */
+	struct netsave save;	    /* desired.json, written off the loop */
+	struct net_waiter *waiters; /* net queries waiting for their document's write */
+};
+
+/* A net query (its id op) answered once generation gen of desired.json is written. */
+struct net_waiter {
+	char op[LINK_OP_ID_MAX + 1];
+	uint64_t gen;
+	struct net_waiter *next;
 };
 
 /* One apply on the thread pool: it owns a copy of the document (json-c is not
@@ -50,7 +65,7 @@ struct net_apply {
 
 static void net_free_maybe(struct net *n)
 {
-	if (!n->timer_closed || n->applying)
+	if (!n->timer_closed || n->applying || netsave_busy(&n->save))
 		return;
 	if (n->agent->net == n)
 		n->agent->net = NULL;
@@ -166,6 +181,55 @@ static void desired_take(struct net *n, struct json_object *doc)
 	snprintf(n->wanted, sizeof(n->wanted), "%s", json_get_str(doc, "hash", ""));
 }
 
+/* A net query's answer: {"hash"} of the document on disk. */
+static struct json_object *hash_answer(const char *hash)
+{
+	struct json_object *answer = json_object_new_object();
+
+	json_object_object_add(answer, "hash", json_object_new_string(hash));
+	return answer;
+}
+
+/* Answer the net queries waiting for generations up to gen: the hash on disk, or why. */
+static void waiters_answer(struct net *n, uint64_t gen, const char *hash, const char *error)
+{
+	struct net_waiter **pp = &n->waiters;
+
+	while (*pp) {
+		struct net_waiter *w = *pp;
+
+		if (w->gen > gen) {
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		link_query_reply(n->agent, w->op, hash ? hash_answer(hash) : NULL, error);
+		free(w);
+	}
+}
+
+/* Generation gen of desired.json, doc, was written (ret 0) or not (err): act on it. */
+static void saved_cb(struct netsave *s, uint64_t gen, struct json_object *doc, int ret,
+		     const struct kerr *err)
+{
+	struct net *n = s->owner;
+
+	if (n->stopping || n->agent->stopping) {
+		net_free_maybe(n);
+		return;
+	}
+	if (ret < 0) {
+		log_warnx("net: document %.12s not taken: %s", json_get_str(doc, "hash", ""),
+			  err->msg);
+		waiters_answer(n, gen, NULL, err->msg);
+		return;
+	}
+	desired_take(n, doc);
+	log_debug("net: document %.12s received", n->wanted);
+	waiters_answer(n, gen, n->wanted, NULL);
+	apply_schedule(n);
+}
+
 /* desired.json as the last run left it; a missing or unusable one is no document. */
 static void desired_load(struct net *n)
 {
@@ -219,6 +283,7 @@ int net_start(struct agent *a, struct kerr *err)
 		free(n);
 		return -1;
 	}
+	netsave_init(&n->save, a->loop, n->desired_path, saved_cb, n);
 	uv_timer_init(a->loop, &n->timer);
 	n->timer.data = n;
 	uv_timer_start(&n->timer, repair_cb, NET_REPAIR_MS, NET_REPAIR_MS);
@@ -240,35 +305,49 @@ void net_stop(struct agent *a)
 		return;
 	n->stopping = true;
 	n->again = false;
+	netsave_stop(&n->save);
+	/* The agent is going away: its answers would not be sent any more. */
+	waiters_answer(n, UINT64_MAX, NULL, "the agent is stopping");
 	uv_close((uv_handle_t *)&n->timer, timer_close_cb);
 }
 
 /*
- * Take doc (borrowed) as the networks this host must realise: check it, persist it as
- * desired.json and apply it off the loop. Returns 0, or -1 with err (status 400 for a
- * bad document), having changed nothing.
+ * Take doc (borrowed) as the networks this host must realise, for the net query op:
+ * check it, persist it as desired.json off the loop, then apply it off the loop too.
+ * Returns 1: op is answered later (link_query_reply()) with {"hash"} of the document
+ * on disk once it is, or with the write's failure. Returns -1 with err (status 400
+ * for a bad document), having changed nothing.
  */
-int net_desired_set(struct agent *a, struct json_object *doc, struct kerr *err)
+int net_desired_set(struct agent *a, const char *op, struct json_object *doc, struct kerr *err)
 {
 	struct net *n = a->net;
-	const char *text;
-	int ret;
+	struct json_object *newest;
+	struct net_waiter *w;
+	uint64_t gen;
 
 	if (n == NULL || n->stopping)
 		return err_set(err, 0, "the network driver is not running");
 	if (netdrv_doc_check(doc, err) < 0)
 		return -1;
-	/* A resend of the same document costs no write, but still an apply (repair). */
-	if (n->desired == NULL || !json_object_equal(n->desired, doc)) {
-		text = json_text(doc);
-		ret = file_write_atomic(n->desired_path, text, strlen(text), 0600);
-		if (ret < 0)
-			return err_set(err, -ret, "cannot write %s", n->desired_path);
-		desired_take(n, doc);
-		log_debug("net: document %.12s received", n->wanted);
+	newest = netsave_newest(&n->save, &gen);
+	if (newest == NULL && n->desired && json_object_equal(n->desired, doc)) {
+		/* A resend of the document on disk costs no write, but still an apply
+		 * (repair). */
+		link_query_reply(a, op, hash_answer(n->wanted), NULL);
+		apply_schedule(n);
+		return 1;
 	}
-	apply_schedule(n);
-	return 0;
+	/* A resend of the document being written waits for it; any other is written
+	 * after it. The waiter goes first: a write that cannot be queued is reported
+	 * within the put. */
+	w = xcalloc(1, sizeof(*w));
+	snprintf(w->op, sizeof(w->op), "%s", op);
+	w->gen = newest && json_object_equal(newest, doc) ? gen : n->save.gen + 1;
+	w->next = n->waiters;
+	n->waiters = w;
+	if (w->gen > n->save.gen)
+		netsave_put(&n->save, doc);
+	return 1;
 }
 
 /*

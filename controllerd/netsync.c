@@ -476,12 +476,29 @@ struct netsync_call {
 	char hash[65];
 };
 
+/* A hash as documents carry it: 64 lower-case hex digits. */
+static bool doc_hash_valid(const char *hash)
+{
+	if (hash == NULL || strlen(hash) != 64)
+		return false;
+	for (const char *p = hash; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
+/*
+ * The agent's answer: {"hash"} of the document it holds on disk now, the one sent or
+ * a newer one that replaced it while it waited for its write, or why it took none.
+ */
 static void netsync_reply_cb(struct json_object *body, const char *error, void *cls)
 {
 	struct netsync_call *c = cls;
 	struct host *h = host_find_id(c->host_id);
+	const char *taken = json_get_str(body, "hash", NULL);
 
-	(void)body;
+	if (error == NULL && !doc_hash_valid(taken))
+		error = "the agent's answer names no document hash";
 	if (h) {
 		struct sent *s = sent_get(c->host_id);
 
@@ -493,7 +510,7 @@ static void netsync_reply_cb(struct json_object *body, const char *error, void *
 		if (strcmp(s->hash, c->hash) == 0)
 			snprintf(s->refused, sizeof(s->refused), "%s", error ? error : "");
 		if (error == NULL) {
-			snprintf(s->taken, sizeof(s->taken), "%s", c->hash);
+			snprintf(s->taken, sizeof(s->taken), "%s", taken);
 			s->taken_at = now_ms();
 		}
 	}
