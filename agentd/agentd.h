@@ -933,7 +933,7 @@ void facts_kvm_set(struct json_object *facts, bool kvm_usable);
 void facts_accel_config(const char *mode);
 void facts_pools_warn(const struct agent_config *cfg);
 
-/* netsave.c: desired.json written on the thread pool, newest last (see the file). */
+/* netsave.c: desired.json written on a thread of its own, newest last (see the file). */
 struct netsave;
 typedef void (*netsave_saved_fn)(struct netsave *s, uint64_t gen, struct json_object *doc, int ret,
 				 const struct kerr *err);
@@ -942,10 +942,11 @@ struct netsave {
 	char path[PATH_MAX];
 	netsave_saved_fn saved; /* on the loop, after each write, oldest first */
 	void *owner;		/* the caller's */
-	/* Writes path whole and durably; 0 or -errno. On a pool thread. */
+	/* Writes path whole and durably; 0 or -errno. On the lane's thread. */
 	int (*write)(const char *path, const char *text, size_t len);
 	uint64_t gen;			 /* of the last document put */
-	bool writing;			 /* a write is on the thread pool */
+	struct work_lane *lane;		 /* the thread the writes run on */
+	bool writing;			 /* a write is on the lane */
 	bool stopping;			 /* netsave_stop() was called */
 	struct json_object *writing_doc; /* the document it writes */
 	struct json_object *next_doc;	 /* the one to write after it, or NULL */
@@ -958,6 +959,7 @@ uint64_t netsave_put(struct netsave *s, struct json_object *doc);
 struct json_object *netsave_newest(const struct netsave *s, uint64_t *gen);
 bool netsave_busy(const struct netsave *s);
 void netsave_stop(struct netsave *s);
+void netsave_close(struct netsave *s);
 
 /* kvmprobe.c */
 typedef void (*kvmprobe_cb)(struct agent *a, bool usable, void *data);

@@ -69,6 +69,7 @@ static void net_free_maybe(struct net *n)
 		return;
 	if (n->agent->net == n)
 		n->agent->net = NULL;
+	netsave_close(&n->save);
 	json_object_put(n->desired);
 	free(n);
 }

@@ -1,7 +1,9 @@
 /*
- * netsave.c - the network desired document written to disk (desired.json) on the
- * thread pool: a write and its two fsyncs took seconds on a loaded host, and on the
- * loop they held back the heartbeats until the controller judged the host offline.
+ * netsave.c - the network desired document written to disk (desired.json) on a thread
+ * of its own (a work lane, common/work.h): a write and its two fsyncs took seconds on a
+ * loaded host, and on the loop they held back the heartbeats until the controller
+ * judged the host offline. Not the shared pool: a backup's disk read holds a pool
+ * thread for minutes, and the document is applied only once it is on disk.
  *
  * One write at a time, so an older document can never land after a newer one. A
  * document put while a write runs waits for it; a newer one put meanwhile replaces the
@@ -17,9 +19,9 @@
 
 #include "util.h"
 
-/* One write on the thread pool; run() touches only the text and the path. */
+/* One write on the lane; run() touches only the text and the path. */
 struct netsave_job {
-	struct work w; /* first: common/work.h's thread-pool job */
+	struct work w; /* first: common/work.h's job */
 	struct netsave *save;
 	uint64_t gen;
 	struct json_object *doc; /* for saved(): the loop's, never read by run() */
@@ -73,7 +75,7 @@ static void write_start(struct netsave *s, struct json_object *doc, uint64_t gen
 	snprintf(j->path, sizeof(j->path), "%s", s->path);
 	s->writing = true;
 	s->writing_doc = json_object_get(doc);
-	work_queue(s->loop, &j->w); /* done() follows even if it cannot be queued */
+	work_lane_queue(s->lane, &j->w);
 }
 
 /*
@@ -89,6 +91,14 @@ void netsave_init(struct netsave *s, uv_loop_t *loop, const char *path, netsave_
 	s->saved = saved;
 	s->owner = owner;
 	s->write = netsave_write_file;
+	s->lane = work_lane_new(loop);
+}
+
+/* Free what s holds; no write runs (netsave_busy() is false). */
+void netsave_close(struct netsave *s)
+{
+	work_lane_close(s->lane);
+	s->lane = NULL;
 }
 
 /* file_write_atomic() with the document's mode: it names every instance's addresses. */
@@ -129,7 +139,7 @@ struct json_object *netsave_newest(const struct netsave *s, uint64_t *gen)
 	return s->writing_doc;
 }
 
-/* Is a write on the thread pool? Its saved() is still to come. */
+/* Is a write on the lane? Its saved() is still to come. */
 bool netsave_busy(const struct netsave *s)
 {
 	return s->writing;

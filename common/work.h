@@ -26,6 +26,7 @@ struct work {
 	struct kerr err;	      /* why run failed */
 	int ret;		      /* run's return */
 	atomic_bool cancel;	      /* work_cancel() was called */
+	struct work *lane_next;	      /* work_lane's queues */
 };
 
 /*
@@ -41,5 +42,20 @@ void work_queue(uv_loop_t *loop, struct work *w);
 void work_cancel(struct work *w);
 /* For run(): whether work_cancel() was called. */
 bool work_cancelled(struct work *w);
+
+/*
+ * A thread of its own for short jobs that must not wait behind the pool's long ones (a
+ * backup's disk read holds a pool thread for minutes; libuv has 4): the agent's small
+ * durable files, a write and two fsyncs each. Jobs run one at a time in the order
+ * queued; done() follows on the loop, in the same order. While a job is queued or runs
+ * the lane keeps the loop alive, as a pool job does.
+ */
+struct work_lane;
+struct work_lane *work_lane_new(uv_loop_t *loop);
+/* Queue w on lane; w->run and w->done as for work_queue(). Not cancellable. */
+void work_lane_queue(struct work_lane *lane, struct work *w);
+/* End lane, which has no job queued or running: its thread exits, its memory goes once
+ * the loop has closed its handle. */
+void work_lane_close(struct work_lane *lane);
 
 #endif

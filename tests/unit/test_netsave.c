@@ -1,7 +1,8 @@
 /*
- * test_netsave.c - desired.json written on the thread pool (agentd/netsave.c): one
+ * test_netsave.c - desired.json written on a thread of its own (agentd/netsave.c): one
  * write at a time, the newest document last on disk, a replaced one never written,
- * and each write's outcome reported on the loop in order.
+ * each write's outcome reported on the loop in order, and no write held behind the
+ * shared thread pool's long jobs.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +93,9 @@ static int teardown(void **state)
 	(void)state;
 	netsave_stop(&save);
 	uv_run(&loop, UV_RUN_DEFAULT);
-	uv_loop_close(&loop);
+	netsave_close(&save);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
 	for (int i = 0; i < nwritten; i++)
 		free(written[i]);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
@@ -226,13 +230,58 @@ static void test_stop_drops_waiting(void **state)
 	assert_string_equal(disk_hash(), "a");
 }
 
+/* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it. */
+#define POOL_THREADS 4
+static atomic_bool pool_release;
+static int pool_done;
+
+static void pool_block_cb(uv_work_t *req)
+{
+	int64_t until = now_us() + 2 * WAIT_US;
+
+	(void)req;
+	while (!atomic_load(&pool_release) && now_us() < until)
+		usleep(1000);
+}
+
+static void pool_after_cb(uv_work_t *req, int status)
+{
+	(void)req;
+	(void)status;
+	pool_done++;
+}
+
+/* A document is written (and the net query answered) while every pool thread is busy. */
+static void test_not_behind_pool(void **state)
+{
+	uv_work_t reqs[POOL_THREADS];
+
+	(void)state;
+	atomic_store(&pool_release, false);
+	pool_done = 0;
+	for (int i = 0; i < POOL_THREADS; i++)
+		assert_int_equal(uv_queue_work(&loop, &reqs[i], pool_block_cb, pool_after_cb), 0);
+	put("a");
+	settle();
+	assert_int_equal(pool_done, 0); /* the pool is still full, and the write is done */
+	assert_int_equal(nsaved, 1);
+	assert_int_equal(saved[0].ret, 0);
+	assert_string_equal(disk_hash(), "a");
+	atomic_store(&pool_release, true);
+	while (pool_done < POOL_THREADS)
+		uv_run(&loop, UV_RUN_ONCE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_newest_last_on_disk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_reported, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_drops_waiting, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_not_behind_pool, setup, teardown),
 	};
+
+	setenv("UV_THREADPOOL_SIZE", "4", 1); /* before the pool's first use */
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
