@@ -98,7 +98,9 @@ ct_create "$(cjson ws-bomb $IMG '["/bin/sh","-c","exec sleep 3600"]')"
 api GET /api/v1/instances/ws-bomb
 [ "$(jqb .limits.pids)" = null ] || fail "the container's own limits show $(jqb -c .limits)"
 # Forks until the kernel refuses (each child sleeps, so all of them count at once).
-ct_exec ws-bomb '["/bin/sh","-c","n=0; while [ $n -lt 3000 ]; do sleep 600 & n=$((n+1)); done 2>/dev/null; exit 0"]' 60
+# The children let go of the exec's output pipe: holding it, they kept the exec
+# waiting out its whole 60 s timeout after the shell had ended.
+ct_exec ws-bomb '["/bin/sh","-c","n=0; while [ $n -lt 3000 ]; do sleep 600 </dev/null >/dev/null 2>&1 & n=$((n+1)); done 2>/dev/null; exit 0"]' 60
 cur=$(cg_file ws-bomb pids pids.current pids.current)
 refused=$(cg_file ws-bomb pids pids.events pids.events | awk '$1 == "max" { print $2 }')
 [ "$cur" -le 1024 ] && [ "$cur" -ge 1000 ] || fail "the fork bomb left $cur processes (limit 1024)"
