@@ -405,6 +405,38 @@ static void qemu_img_run(struct bjob *job, char **args,
 
 /* ---- backup: per disk, read it whole into a raw file, then chunk it --------------------- */
 
+/*
+ * Thread: each disk's incremental target, an empty qcow2 of the size the parent backup
+ * gave the disk, made here (a few small writes) so QEMU's transaction opens it instead
+ * of creating it in its monitor (measured here: 12-28 ms against 29-70 ms for the
+ * transaction). A disk resized since is refused by QEMU (the sizes differ) and read
+ * again with a target QEMU makes (drive_backup_cb), which then finds the resize.
+ * A target that cannot be made is QEMU's to make, as before.
+ */
+static void targets_make(struct bjob *job)
+{
+	struct json_object *pdisks = json_object_object_get(job->pmanifest, "disks");
+
+	for (size_t i = 0; i < job->op->ndisks && i < 64; i++) {
+		const char *name = job->op->disks[i].name;
+		char path[PATH_MAX];
+		struct kerr err;
+
+		for (size_t j = 0; j < json_array_len(pdisks); j++) {
+			struct json_object *pd = json_object_array_get_idx(pdisks, j);
+
+			if (strcmp(json_get_str(pd, "name", ""), name) != 0)
+				continue;
+			snprintf(path, sizeof(path), "%s/%s.qcow2", job->tmpdir, name);
+			if (backup_target_create(path, json_get_int(pd, "virtual_size", -1),
+						 job->qemu_uid, job->qemu_gid, &err) == 0)
+				job->targets_made |= (uint64_t)1 << i;
+			else
+				log_debug("backup %s: %s; QEMU makes it", job->id, err.msg);
+		}
+	}
+}
+
 /* Thread: the store's directories, and a work directory QEMU may write into. */
 static void prepare_work(struct bjob *job)
 {
@@ -450,6 +482,8 @@ static void prepare_work(struct bjob *job)
 			/* Its chunks do not line up with this agent's: nothing to lay over. */
 			json_object_put(job->pmanifest);
 			job->pmanifest = NULL;
+		} else if (job->op->vm) {
+			targets_make(job);
 		}
 	}
 }
@@ -562,6 +596,7 @@ static void chunk_incr_work(struct bjob *job)
 	}
 	/* What came from the disk: the dirty bytes, not the parent's around them. */
 	res.read_bytes = bi.dirty_bytes;
+	job->parent_reads += bi.parent_reads;
 	backup_disk_stored(job, &res, size);
 	json_object_object_add(job->mdisk, "kind", json_object_new_string("incremental"));
 	unlink(job->target);
@@ -667,7 +702,7 @@ stored:
 /* Thread: flush the chunks, then write the manifest that names them. */
 static void manifest_work(struct bjob *job)
 {
-	int64_t t0 = now_ms(), t1;
+	int64_t t0 = now_ms(), flush_ms = 0;
 	struct kerr err;
 
 	json_object_object_add(job->manifest, "kind",
@@ -678,21 +713,18 @@ static void manifest_work(struct bjob *job)
 			       job->full_reason[0] ? json_object_new_string(job->full_reason)
 						   : NULL);
 
-	if (chunkstore_sync(job->store, &err) < 0) {
-		snprintf(job->error, sizeof(job->error), "%s", err.msg);
-		return;
-	}
-	t1 = now_ms();
-	if (chunkstore_manifest_write_with(job->store, job->key, job->id, job->manifest, &err) <
-	    0) {
+	/* The chunks and the manifest's text flushed at once, then its name: the
+	 * manifest never names a chunk a power cut could lose (chunkstore.h). */
+	if (chunkstore_backup_commit(job->store, job->key, job->id, job->manifest, &flush_ms,
+				     &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
 	/* syncfs flushes every writer's dirty pages on the store's file system, not only
 	 * this backup's (O_DIRECT left it little of its own): on a shared pool other
 	 * writers make this vary, which a full that stores nothing new shows most. */
-	log_info("backup %s: store flushed in %lld ms, manifest written in %lld ms", job->id,
-		 (long long)(t1 - t0), (long long)(now_ms() - t1));
+	log_info("backup %s: store flushed in %lld ms, manifest named in %lld ms", job->id,
+		 (long long)flush_ms, (long long)(now_ms() - t0 - flush_ms));
 	job->manifest_ms = now_ms() - t0;
 	job->manifest_written = true;
 	tree_remove(job->tmpdir);
@@ -704,6 +736,7 @@ static void manifest_after(struct bjob *job)
 	struct json_object *mdisks = json_object_object_get(job->manifest, "disks");
 	struct inst_op *op = job->op;
 
+	log_trace("backup %s: manifest committed", job->id);
 	if (job->error[0]) {
 		backup_job_fail(job, "%s", job->error);
 		return;
@@ -763,6 +796,9 @@ static void manifest_after(struct bjob *job)
 		json_object_object_add(t, "chunk_ms", json_object_new_int64(job->chunk_ms));
 		json_object_object_add(t, "map_ms", json_object_new_int64(job->map_ms));
 		json_object_object_add(t, "manifest_ms", json_object_new_int64(job->manifest_ms));
+		json_object_object_add(t, "prepare_ms", json_object_new_int64(job->prepare_ms));
+		json_object_object_add(t, "parent_chunks_read",
+				       json_object_new_int64((int64_t)job->parent_reads));
 		json_object_object_add(b, "timings", t);
 	}
 	if (op->result == NULL)
@@ -783,6 +819,7 @@ void backup_chunk_after(struct bjob *job)
 	if (job->direct)
 		uv_timer_stop(&job->poll); /* backup_store_progress_cb */
 	job->chunk_ms += now_ms() - job->chunk_started_ms;
+	log_trace("backup %s: stored", job->id);
 	/* An incremental that cannot be: the disk is read whole (full_reason says why). */
 	if (job->incr && !strcmp(job->error, BACKUP_READ_WHOLE)) {
 		job->incr = false;
@@ -847,6 +884,7 @@ static void read_done(struct bjob *job, const char *error)
 			       BACKUP_POLL_MS);
 	}
 	job->chunk_started_ms = now_ms();
+	log_trace("backup %s: storing", job->id);
 	backup_pool_run(job, job->incr ? chunk_incr_work : chunk_work, backup_chunk_after);
 }
 
@@ -953,6 +991,8 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 	}
 	job->block_job = false;
 	job->job_ms += now_ms() - job->job_started_ms;
+	log_trace("backup %s: QEMU's job ended (seen by %s)", job->id,
+		  job->job_end_by ? job->job_end_by : "poll");
 	if (job->job_end_by == NULL)
 		job->job_end_by = "poll";
 	{
@@ -991,10 +1031,17 @@ static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added)
 	return true;
 }
 
+/* Whether the disk at work has a target this agent made (targets_make). */
+static bool target_made(const struct bjob *job)
+{
+	return job->disk < 64 && (job->targets_made >> job->disk) & 1;
+}
+
 static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct bjob *job = data;
 
+	log_trace("backup %s: transaction answered", job->id);
 	/* The point in time is taken (or the transaction failed): thaw at once. A
 	 * fleecing's is the filter's qom-set still to come (backup_fleece.c thaws). */
 	if (!job->fleece)
@@ -1008,6 +1055,16 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		return;
 	if (job->fleece) {
 		backup_fleece_started(job, error);
+		return;
+	}
+	/* Refused with the target this agent made (the disk resized since the parent,
+	 * most likely): once more with one QEMU makes, at the disk's size. */
+	if (error && job->incr && target_made(job)) {
+		log_info("backup %s: disk %s: %s; QEMU makes the target", job->id,
+			 job->op->disks[job->disk].name, error);
+		job->targets_made &= ~((uint64_t)1 << job->disk);
+		unlink(job->target);
+		backup_disk_read(job);
 		return;
 	}
 	if (error && incr_fallback(job, error, false))
@@ -1168,6 +1225,7 @@ static void tx_send(struct bjob *job)
 	struct kerr err;
 
 	job->tx = NULL;
+	log_trace("backup %s: transaction sent", job->id);
 	if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job, &err) <
 	    0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
@@ -1215,6 +1273,7 @@ static void chardev_cb(struct qmp *q, struct json_object *ret, const char *error
 	struct bjob *job = data;
 	bool closed = false;
 
+	log_trace("backup %s: chardevs listed", job->id);
 	if (backup_job_gone(job))
 		return;
 	for (size_t i = 0; error == NULL && i < json_array_len(ret); i++) {
@@ -1294,6 +1353,7 @@ void backup_disk_read(struct bjob *job)
 		/* An incremental's job must not run under a filter a killed agent's
 		 * fleecing left in front of the disk: that goes first (once per disk). */
 		if (job->incr && job->cleared_disk != job->disk + 1) {
+			log_trace("backup %s: clearing leftover fleecing", job->id);
 			job->cleared_disk = job->disk + 1;
 			backup_fleece_clear(job, backup_disk_read);
 			return;
@@ -1312,9 +1372,11 @@ void backup_disk_read(struct bjob *job)
 		 * this backup succeeded (manifest_after), so one that fails after QEMU's
 		 * job leaves the next incremental every write since the parent. */
 		tx = fleece_copy_tx_args(&n, jid, name, job->incr ? pname : NULL,
-					 job->incr ? job->target : job->raw, job->rate_bytes_s);
+					 job->incr ? job->target : job->raw, job->rate_bytes_s,
+					 job->incr && target_made(job));
 		json_object_put(job->tx);
 		job->tx = tx;
+		log_trace("backup %s: disk %s: asking for a freeze", job->id, d->name);
 		backup_guest_freeze(job);
 		return;
 	}
@@ -1518,11 +1580,14 @@ static void disk_next(struct bjob *job)
 		return;
 	}
 	instance_op_progress(job->op, 95, "writing the manifest");
+	log_trace("backup %s: committing the manifest", job->id);
 	backup_pool_run(job, manifest_work, manifest_after);
 }
 
 static void prepare_after(struct bjob *job)
 {
+	job->prepare_ms = now_ms() - job->started_ms;
+	log_trace("backup %s: store prepared", job->id);
 	if (job->error[0]) {
 		backup_job_fail(job, "%s", job->error);
 		return;

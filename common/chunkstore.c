@@ -74,6 +74,7 @@ int chunkstore_init(const char *root, struct kerr *err)
 	} subdirs[] = {{"chunks", 0700}, {"backups", 0700}, {"tmp", 0711}};
 	char path[PATH_MAX];
 	size_t len = strlen(root);
+	struct stat sb;
 
 	if (len == 0 || len >= sizeof(path) - 16)
 		return err_set(err, EINVAL, "store path '%.64s' is empty or too long", root);
@@ -94,7 +95,13 @@ int chunkstore_init(const char *root, struct kerr *err)
 			      subdirs[i].mode == 0711 ? DIR_PASS : DIR_PRIVATE, err) < 0)
 			return -1;
 	}
-	/* The fan-out directories up front: a chunk write then never needs a mkdir. */
+	/* The fan-out directories up front: a chunk write then never needs a mkdir. Made
+	 * in order, so the last one there means all were (one missing since is made by
+	 * chunk_file_open): an existing store costs a stat, not 256 mkdir calls on the
+	 * path of every backup. */
+	snprintf(path, sizeof(path), "%s/chunks/ff", root);
+	if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+		return 0;
 	for (int i = 0; i < 256; i++) {
 		snprintf(path, sizeof(path), "%s/chunks/%02x", root, i);
 		if (mkdir_one(path, 0700, DIR_KEEP, err) < 0)
@@ -587,17 +594,7 @@ static int manifest_path(const char *root, const char *id, char *out, size_t len
 int chunkstore_manifest_write(const char *root, const char *id, struct json_object *manifest,
 			      struct kerr *err)
 {
-	char path[PATH_MAX];
-	const char *text;
-	int ret;
-
-	if (manifest_path(root, id, path, sizeof(path), err) < 0)
-		return -1;
-	text = json_object_to_json_string_ext(manifest, JSON_C_TO_STRING_PLAIN);
-	ret = file_write_atomic(path, text, strlen(text), 0644);
-	if (ret < 0)
-		return err_set(err, -ret, "cannot write manifest %s: %s", path, strerror(-ret));
-	return 0;
+	return chunkstore_manifest_write_with(root, NULL, id, manifest, err);
 }
 
 /* Manifest id's file (path): its text (*text, *len; the caller frees) and that text parsed. */
@@ -787,31 +784,103 @@ static struct json_object *manifest_sealed(const struct chunkcrypt_key *key, con
 	return out;
 }
 
-int chunkstore_manifest_write_with(const char *root, const struct chunkcrypt_key *key,
-				   const char *id, struct json_object *manifest, struct kerr *err)
+/* The text of manifest as the store keeps it (with key: sealed and MACed) into a new
+ * string, and its path in path. NULL with err. */
+static char *manifest_text(const char *root, const struct chunkcrypt_key *key, const char *id,
+			   struct json_object *manifest, char path[PATH_MAX], struct kerr *err)
 {
-	char path[PATH_MAX], mac[CHUNKCRYPT_HEX_LEN + 1];
-	_cleanup_free_ char *text = NULL;
+	char mac[CHUNKCRYPT_HEX_LEN + 1];
 	struct json_object *sealed;
 	const char *body;
-	int ret;
+	char *text;
 
+	if (manifest_path(root, id, path, PATH_MAX, err) < 0)
+		return NULL;
 	if (key == NULL)
-		return chunkstore_manifest_write(root, id, manifest, err);
-	if (manifest_path(root, id, path, sizeof(path), err) < 0)
-		return -1;
+		return xstrdup(json_object_to_json_string_ext(manifest, JSON_C_TO_STRING_PLAIN));
 	sealed = manifest_sealed(key, id, manifest, err);
 	if (sealed == NULL)
-		return -1;
+		return NULL;
 	/* The MAC is over the exact text that follows it, so reading it back needs no
 	 * canonical form: {"mac":"HEX", + the text after its opening brace. */
 	body = json_object_to_json_string_ext(sealed, JSON_C_TO_STRING_PLAIN);
 	chunkcrypt_mac(key, body, strlen(body), mac);
 	text = xasprintf(MAC_HEAD "%s\",%s", mac, body + 1);
 	json_object_put(sealed);
+	return text;
+}
+
+int chunkstore_manifest_write_with(const char *root, const struct chunkcrypt_key *key,
+				   const char *id, struct json_object *manifest, struct kerr *err)
+{
+	char path[PATH_MAX];
+	_cleanup_free_ char *text = manifest_text(root, key, id, manifest, path, err);
+	int ret;
+
+	if (text == NULL)
+		return -1;
 	ret = file_write_atomic(path, text, strlen(text), 0644);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot write manifest %s: %s", path, strerror(-ret));
+	return 0;
+}
+
+/* len bytes of data as the new file path (mode 0644 whatever the umask), not synced.
+ * Returns 0 or -errno; path may exist after a failure. */
+static int file_write_plain(const char *path, const char *data, size_t len)
+{
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	if (fchmod(fd, 0644) < 0)
+		return -errno;
+	ret = pwrite_all(fd, data, len, 0);
+	if (ret == 0 && close(fd) < 0)
+		ret = -errno;
+	fd = -1;
+	return ret;
+}
+
+int chunkstore_backup_commit(const char *root, const struct chunkcrypt_key *key, const char *id,
+			     struct json_object *manifest, int64_t *flush_ms, struct kerr *err)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
+	_cleanup_free_ char *text = manifest_text(root, key, id, manifest, path, err);
+	_cleanup_close_ int dfd = -1;
+	int64_t t0 = now_ms();
+	int ret;
+
+	if (text == NULL)
+		return -1;
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	ret = file_write_plain(tmp, text, strlen(text));
+	if (ret < 0) {
+		unlink(tmp);
+		return err_set(err, -ret, "cannot write manifest %s: %s", tmp, strerror(-ret));
+	}
+	/* One flush: every chunk written so far and the manifest's text under its
+	 * temporary name. Nothing names the chunks yet. */
+	if (chunkstore_sync(root, err) < 0) {
+		unlink(tmp);
+		return -1;
+	}
+	if (flush_ms)
+		*flush_ms = now_ms() - t0;
+	/* Then the name: the manifest appears whole, after its chunks are durable. */
+	snprintf(dir, sizeof(dir), "%s/backups", root);
+	if (rename(tmp, path) < 0) {
+		ret = -errno;
+		unlink(tmp);
+		return err_set(err, -ret, "cannot write manifest %s: %s", path, strerror(-ret));
+	}
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || fsync(dfd) < 0) {
+		ret = errno;
+		unlink(path); /* a failed backup names nothing */
+		return err_set(err, ret, "cannot flush %s: %s", dir, strerror(ret));
+	}
 	return 0;
 }
 
