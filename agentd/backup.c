@@ -61,6 +61,7 @@
 #include <ftw.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <string.h>
@@ -623,6 +624,38 @@ void backup_disk_stored(struct bjob *job, const struct chunkpipe_result *res, in
 	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res->sum));
 }
 
+/*
+ * A stopped VM's disk gets a persistent bitmap named after this backup (QEMU loads it
+ * at the next start and tracks writes from there), the parent's, superseded, removed
+ * first: two `qemu-img bitmap` runs, tens of milliseconds each (hundreds on a busy
+ * host), which used to come before the disk's read and now run beside it, on a thread
+ * of chunk_work's own, once the disk is mapped: they change the image's header, its
+ * refcounts and the bitmaps' own clusters, never a data cluster the map named (those
+ * are in use, so never reallocated), and the map's qemu-img ran before (-U: no lock
+ * either way). Neither run fails the backup: without a bitmap the next one is full and
+ * says so. Thread only (it blocks).
+ */
+static void *bitmaps_thread(void *arg)
+{
+	struct bjob *job = arg;
+	const char *disk = job->op->disks[job->disk].abs;
+	char name[80], pname[80];
+	char *remove_argv[] = {"qemu-img", "bitmap",	 "--remove", "-f",
+			       "qcow2",	   (char *)disk, pname,	     NULL};
+	char *add_argv[] = {"qemu-img", "bitmap", "--add", "-f", "qcow2", (char *)disk, name, NULL};
+
+	snprintf(name, sizeof(name), "kumo-%s", job->id);
+	snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
+	/* The parent's may be gone already (or never was): not an error. */
+	if (job->parent[0])
+		backup_run_wait(job, remove_argv, NULL, BACKUP_QEMU_IMG_QUICK_MS);
+	if (backup_run_wait(job, add_argv, NULL, BACKUP_QEMU_IMG_QUICK_MS) != 0)
+		log_warnx("backup %s: disk %s: no changed-block bitmap (qemu-img bitmap --add "
+			  "failed; its message is in this log)",
+			  job->id, job->op->disks[job->disk].name);
+	return NULL;
+}
+
 /* Thread: cut the raw file into chunks and store them (chunkpipe.h: read in order,
  * hashed and compressed in parallel, zeros and holes named without hashing). */
 static void chunk_work(struct bjob *job)
@@ -654,11 +687,20 @@ static void chunk_work(struct bjob *job)
 		src.rate_bytes_s = job->rate_bytes_s;
 		/* A stopped VM's disk holds still: read it where it lies. */
 		if (backup_map_open(disk, backup_pipe_cancelled, job, &map, &err) == 0) {
+			pthread_t bitmaps;
+			bool bitmaps_started =
+				job->op->vm &&
+				pthread_create(&bitmaps, NULL, bitmaps_thread, job) == 0;
+
 			backup_map_source(map, &src);
 			__atomic_store_n(&job->piped_size, (uint64_t)src.size, __ATOMIC_RELAXED);
 			ret = chunkpipe_store(job->store, &src, chunkpipe_threads(), chunks, &res,
 					      &err);
 			backup_map_free(map);
+			if (bitmaps_started)
+				pthread_join(bitmaps, NULL);
+			else if (job->op->vm)
+				bitmaps_thread(job);
 			if (ret < 0) {
 				snprintf(job->error, sizeof(job->error), "%s", err.msg);
 				return;
@@ -666,6 +708,8 @@ static void chunk_work(struct bjob *job)
 			goto stored;
 		}
 		log_info("backup %s: %s; converting the disk to raw first", job->id, err.msg);
+		if (job->op->vm)
+			bitmaps_thread(job); /* before the conversion opens the image */
 		if (backup_run_wait(job, conv_argv, NULL, 0) != 0) {
 			snprintf(job->error, sizeof(job->error), "qemu-img convert of %s failed",
 				 disk);
@@ -1082,52 +1126,6 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 	uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
 }
 
-static void bitmap_added(struct bjob *job, const char *error)
-{
-	/* Without the bitmap the next backup is full (and says so): not a failure. */
-	if (error)
-		log_warnx("backup %s: disk %s: no changed-block bitmap: %s", job->id,
-			  job->op->disks[job->disk].name, error);
-	read_done(job, NULL);
-}
-
-/* The parent's bitmap is gone (or never was: not an error): add this backup's. */
-static void parent_bitmap_removed(struct bjob *job, const char *error)
-{
-	struct vm_disk *d = &job->op->disks[job->disk];
-	char name[80];
-
-	snprintf(name, sizeof(name), "kumo-%s", job->id);
-	{
-		char *args[] = {"qemu-img", "bitmap", "--add", "-f", "qcow2", d->abs, name, NULL};
-
-		qemu_img_run(job, args, bitmap_added);
-	}
-}
-
-/* A stopped VM's disk was read: give it a persistent bitmap named after this backup
- * (QEMU loads it at the next start and tracks writes from there). */
-static void stopped_read_done(struct bjob *job, const char *error)
-{
-	struct vm_disk *d = &job->op->disks[job->disk];
-	char name[80];
-
-	if (error) {
-		read_done(job, error);
-		return;
-	}
-	if (job->parent[0]) {
-		/* The parent's bitmap is superseded by this backup's: it goes first. */
-		snprintf(name, sizeof(name), "kumo-%s", job->parent);
-		char *args[] = {"qemu-img", "bitmap", "--remove", "-f",
-				"qcow2",    d->abs,   name,	  NULL};
-
-		qemu_img_run(job, args, parent_bitmap_removed);
-		return;
-	}
-	parent_bitmap_removed(job, NULL);
-}
-
 /* ---- fsfreeze around the point in time (qga.c) ------------------------------------------ */
 
 /* The thaw outlives the job: it is sent whatever became of the backup. */
@@ -1380,10 +1378,11 @@ void backup_disk_read(struct bjob *job)
 		backup_guest_freeze(job);
 		return;
 	}
-	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first. */
+	/* Stopped: chunk_work reads the disk file itself (backupmap.c), no copy first,
+	 * and gives it its bitmap meanwhile (bitmaps_thread). */
 	job->incr = false;
 	job->direct = true;
-	stopped_read_done(job, NULL);
+	read_done(job, NULL);
 }
 
 /* ---- restore: per disk, reassemble a raw file from the chunks, then write it in -------- */

@@ -82,8 +82,8 @@ struct chunkcrypt_key;
 #define CHUNKSTORE_MANIFEST_V	  2
 #define CHUNKSTORE_SUM_WHOLE_DISK 1 /* the version whose checksum is over the bytes */
 
-/* Make ROOT/chunks (and its 256 fan-out directories), ROOT/backups and ROOT/tmp if
- * missing. Returns 0 or -1 with err. */
+/* Make ROOT/chunks, ROOT/backups and ROOT/tmp if missing (the fan-out directories
+ * ROOT/chunks/AB come with their first chunk). Returns 0 or -1 with err. */
 int chunkstore_init(const char *root, struct kerr *err);
 
 /* The length of the whole chunk of zeros hex names (of this chunk size or an older
@@ -124,6 +124,10 @@ struct chunkstore_writer {
 	uint64_t raw_chunks; /* chunks the probe stored uncompressed (for tests, profiles) */
 };
 void chunkstore_writer_init(struct chunkstore_writer *w);
+/* A buffer of len bytes for a chunk (aligned for O_DIRECT, backed by huge pages where
+ * the kernel gives them on request); free() it. Aborts when out of memory. */
+#define CHUNKSTORE_HUGE_ALIGN (2 * 1024 * 1024)
+void *chunkstore_buf_alloc(size_t len);
 void chunkstore_writer_free(struct chunkstore_writer *w);
 /* chunkstore_put with w's context and buffer. */
 int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
