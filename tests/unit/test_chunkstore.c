@@ -71,11 +71,7 @@ static void test_init_modes(void **state)
 	const struct {
 		const char *dir;
 		mode_t mode;
-	} dirs[] = {{"", 0711},
-		    {"/tmp", 0711},
-		    {"/chunks", 0700},
-		    {"/chunks/ab", 0700},
-		    {"/backups", 0700}};
+	} dirs[] = {{"", 0711}, {"/tmp", 0711}, {"/chunks", 0700}, {"/backups", 0700}};
 	struct kerr err;
 	struct stat sb;
 	mode_t old = umask(0077);
@@ -91,6 +87,19 @@ static void test_init_modes(void **state)
 		assert_int_equal(stat(path, &sb), 0);
 		if ((sb.st_mode & 07777) != dirs[i].mode)
 			fail_msg("%s: mode %o, not %o", path, sb.st_mode & 07777, dirs[i].mode);
+	}
+	/* A fan-out directory comes with its first chunk, 0700 as chunks/ itself. */
+	{
+		static const char data[] = "a chunk that makes its fan-out directory";
+		char hex[CHUNKSTORE_HEX_LEN + 1];
+		uint64_t written;
+
+		snprintf(path, sizeof(path), "%s/chunks/00", root);
+		assert_int_equal(stat(path, &sb), -1); /* none up front */
+		assert_int_equal(chunkstore_put(root, data, sizeof(data), hex, &written, &err), 0);
+		snprintf(path, sizeof(path), "%s/chunks/%.2s", root, hex);
+		assert_int_equal(stat(path, &sb), 0);
+		assert_int_equal(sb.st_mode & 07777, 0700);
 	}
 	/* A store made under umask 0077 before (all 0700): the root and tmp/ get the
 	 * search bits QEMU needs, the rest stays as it was. */
