@@ -847,7 +847,7 @@ static int file_write_plain(const char *path, const char *data, size_t len)
 	if (fchmod(fd, 0644) < 0)
 		return -errno;
 	ret = pwrite_all(fd, data, len, 0);
-	if (ret == 0 && close(fd) < 0)
+	if (close(fd) < 0 && ret == 0)
 		ret = -errno;
 	fd = -1;
 	return ret;

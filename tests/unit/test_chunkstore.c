@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -196,6 +197,29 @@ static void test_roundtrip_and_corruption(void **state)
 	assert_int_equal(chunkstore_manifest_write(f->root, "b-1", m, &err), 0);
 	assert_int_equal(chunkstore_manifest_read(f->root, "b-1", &back, &err), 0);
 	assert_true(json_object_equal(m, back));
+	json_object_put(back);
+	/* A backup's commit names the same manifest, and leaves no work file behind. */
+	{
+		int64_t flush_ms = -1;
+		int n = 0;
+		DIR *d;
+
+		assert_int_equal(chunkstore_backup_commit(f->root, NULL, "b-2", m, &flush_ms, &err),
+				 0);
+		assert_true(flush_ms >= 0);
+		assert_int_equal(chunkstore_manifest_read(f->root, "b-2", &back, &err), 0);
+		assert_true(json_object_equal(m, back));
+		json_object_put(back);
+		snprintf(path, sizeof(path), "%s/backups", f->root);
+		d = opendir(path);
+		assert_non_null(d);
+		for (struct dirent *e; (e = readdir(d)) != NULL;)
+			n += e->d_name[0] != '.';
+		closedir(d);
+		assert_int_equal(n, 2); /* b-1.json and b-2.json */
+		assert_true(chunkstore_backup_commit(f->root, NULL, "../x", m, NULL, &err) < 0);
+	}
+	assert_int_equal(chunkstore_manifest_read(f->root, "b-1", &back, &err), 0);
 	assert_int_not_equal(chunkstore_manifest_read(f->root, "../x", &back, &err), 0);
 	assert_int_equal(chunkstore_verify(f->root, back, &bad, &err), 0);
 	assert_null(bad);
