@@ -136,6 +136,8 @@ static void disk_next(struct bjob *job);
 /* The job's memory, its keys wiped first. */
 static void job_release(struct bjob *job)
 {
+	if (job->store_fd >= 0)
+		close(job->store_fd);
 	json_object_put(job->tx);
 	json_object_put(job->manifest);
 	json_object_put(job->pmanifest);
@@ -449,6 +451,12 @@ static void prepare_work(struct bjob *job)
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
+	/* The fd the commit's syncfs runs on, opened before any chunk is written: syncfs
+	 * reports only a write-back error that came after its fd's open (chunkstore.h). */
+	if (!job->restore && (job->store_fd = chunkstore_open(job->store, &err)) < 0) {
+		snprintf(job->error, sizeof(job->error), "%s", err.msg);
+		return;
+	}
 	tree_remove(job->tmpdir); /* what a killed agent left under this id */
 	if (mkdir(job->tmpdir, 0700) < 0) {
 		snprintf(job->error, sizeof(job->error), "cannot make %s: %s", job->tmpdir,
@@ -624,6 +632,19 @@ void backup_disk_stored(struct bjob *job, const struct chunkpipe_result *res, in
 	json_object_object_add(job->mdisk, "sha256", json_object_new_string(res->sum));
 }
 
+/* Run argv (no shell) from a worker thread and wait for it to end by itself: never
+ * killed, for a child that writes a disk image. Returns its exit status, or -1. */
+static int run_to_end(char *const argv[])
+{
+	struct child_opts opts = {.argv = argv, .err_mode = CHILD_ERR_INHERIT};
+	struct kerr err;
+	int ret = child_run_wait(&opts, NULL, &err);
+
+	if (ret < 0)
+		log_warnx("%s", err.msg);
+	return ret;
+}
+
 /*
  * A stopped VM's disk gets a persistent bitmap named after this backup (QEMU loads it
  * at the next start and tracks writes from there), the parent's, superseded, removed
@@ -646,10 +667,11 @@ static void *bitmaps_thread(void *arg)
 
 	snprintf(name, sizeof(name), "kumo-%s", job->id);
 	snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
-	/* The parent's may be gone already (or never was): not an error. */
+	/* The parent's may be gone already (or never was): not an error. Both write the
+	 * stopped VM's qcow2: neither is killed (no cancel, no timeout) mid-write. */
 	if (job->parent[0])
-		backup_run_wait(job, remove_argv, NULL, BACKUP_QEMU_IMG_QUICK_MS);
-	if (backup_run_wait(job, add_argv, NULL, BACKUP_QEMU_IMG_QUICK_MS) != 0)
+		run_to_end(remove_argv);
+	if (run_to_end(add_argv) != 0)
 		log_warnx("backup %s: disk %s: no changed-block bitmap (qemu-img bitmap --add "
 			  "failed; its message is in this log)",
 			  job->id, job->op->disks[job->disk].name);
@@ -759,8 +781,8 @@ static void manifest_work(struct bjob *job)
 
 	/* The chunks and the manifest's text flushed at once, then its name: the
 	 * manifest never names a chunk a power cut could lose (chunkstore.h). */
-	if (chunkstore_backup_commit(job->store, job->key, job->id, job->manifest, &flush_ms,
-				     &err) < 0) {
+	if (chunkstore_backup_commit(job->store, job->store_fd, job->key, job->id, job->manifest,
+				     &flush_ms, &err) < 0) {
 		snprintf(job->error, sizeof(job->error), "%s", err.msg);
 		return;
 	}
@@ -1101,9 +1123,12 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		backup_fleece_started(job, error);
 		return;
 	}
-	/* Refused with the target this agent made (the disk resized since the parent,
-	 * most likely): once more with one QEMU makes, at the disk's size. */
-	if (error && job->incr && target_made(job)) {
+	/* Refused with the target this agent made because the disk was resized since
+	 * the parent (QEMU: "Source and target image have different sizes"): once more
+	 * with one QEMU makes, at the disk's size. Any other refusal (a parent bitmap
+	 * missing or inconsistent) is not retried: a second try would freeze the guest
+	 * again for the same answer. */
+	if (error && job->incr && target_made(job) && strstr(error, "different sizes")) {
 		log_info("backup %s: disk %s: %s; QEMU makes the target", job->id,
 			 job->op->disks[job->disk].name, error);
 		job->targets_made &= ~((uint64_t)1 << job->disk);
@@ -1630,6 +1655,7 @@ static struct bjob *job_new(struct inst_op *op, struct json_object *args, bool r
 	job->op = op;
 	job->agent = op->agent;
 	job->restore = restore;
+	job->store_fd = -1;
 	job->started_ms = now_ms();
 	job_key_take(job, args);
 	snprintf(job->id, sizeof(job->id), "%s", json_get_str(args, "backup", ""));

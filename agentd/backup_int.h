@@ -45,6 +45,7 @@ struct bjob {
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
+	int store_fd;	      /* a backup's store root, opened before its first chunk; -1 */
 	char tmpdir[PATH_MAX];
 	char raw[PATH_MAX]; /* the disk at work, as a raw file */
 	uid_t qemu_uid;

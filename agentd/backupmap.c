@@ -396,6 +396,19 @@ static int used_disjoint(struct used *used, size_t n, const char *path, struct k
 	return 0;
 }
 
+/* One pwrite of len bytes at off: 0, or -1 with errno (EIO for a short write, which
+ * sets none). */
+static int pwrite_whole(int fd, const void *buf, size_t len, off_t off)
+{
+	ssize_t n = pwrite(fd, buf, len, off);
+
+	if (n == (ssize_t)len)
+		return 0;
+	if (n >= 0)
+		errno = EIO;
+	return -1;
+}
+
 /*
  * Open an incremental's target, path, for reading: it lies in a directory the VM's
  * QEMU owns, and a guest that took QEMU over may have put anything there. Opened
@@ -404,6 +417,7 @@ static int used_disjoint(struct used *used, size_t n, const char *path, struct k
  * file cannot be swapped between them. Returns the fd (the caller closes it), or < 0
  * with err.
  */
+
 /*
  * An empty qcow2 (version 3, 64 KiB clusters, no backing file) of size bytes, as
  * `qemu-img create -f qcow2` lays it out: the header in cluster 0, the refcount table in
@@ -450,12 +464,11 @@ int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, s
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
-	if (pwrite(fd, header, sizeof(header), 0) != (ssize_t)sizeof(header) ||
-	    pwrite(fd, &rt, sizeof(rt), TARGET_RT_OFFSET) != (ssize_t)sizeof(rt) ||
-	    pwrite(fd, rb, sizeof(rb), TARGET_RB_OFFSET) != (ssize_t)sizeof(rb) ||
-	    pwrite(fd, zeros, (size_t)l1 * 8, TARGET_L1_OFFSET) != (ssize_t)l1 * 8)
-		ret = err_set(err, errno ? errno : EIO, "cannot write %s: %s", path,
-			      strerror(errno ? errno : EIO));
+	if (pwrite_whole(fd, header, sizeof(header), 0) < 0 ||
+	    pwrite_whole(fd, &rt, sizeof(rt), TARGET_RT_OFFSET) < 0 ||
+	    pwrite_whole(fd, rb, sizeof(rb), TARGET_RB_OFFSET) < 0 ||
+	    pwrite_whole(fd, zeros, (size_t)l1 * 8, TARGET_L1_OFFSET) < 0)
+		ret = err_set(err, errno, "cannot write %s: %s", path, strerror(errno));
 	/* QEMU, as its own user, opens it for writing. */
 	else if (fchown(fd, uid, gid) < 0)
 		ret = err_set(err, errno, "cannot hand %s to the qemu user: %s", path,

@@ -582,6 +582,15 @@ int chunkstore_disk_sum(struct json_object *manifest, struct json_object *disk, 
 				   json_object_get_int64(size), chunk_size, hex, err);
 }
 
+int chunkstore_open(const char *root, struct kerr *err)
+{
+	int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return err_set(err, errno, "cannot open the store %s: %s", root, strerror(errno));
+	return fd;
+}
+
 int chunkstore_sync(const char *root, struct kerr *err)
 {
 	_cleanup_close_ int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -835,8 +844,9 @@ int chunkstore_manifest_write_with(const char *root, const struct chunkcrypt_key
 	return 0;
 }
 
-/* len bytes of data as the new file path (mode 0644 whatever the umask), not synced.
- * Returns 0 or -errno; path may exist after a failure. */
+/* len bytes of data as the new file path (mode 0644 whatever the umask), fsynced
+ * through the fd that wrote them (which sees their own write-back error whoever
+ * flushed first). Returns 0 or -errno; path may exist after a failure. */
 static int file_write_plain(const char *path, const char *data, size_t len)
 {
 	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -847,14 +857,17 @@ static int file_write_plain(const char *path, const char *data, size_t len)
 	if (fchmod(fd, 0644) < 0)
 		return -errno;
 	ret = pwrite_all(fd, data, len, 0);
+	if (ret == 0 && fsync(fd) < 0)
+		ret = -errno;
 	if (close(fd) < 0 && ret == 0)
 		ret = -errno;
 	fd = -1;
 	return ret;
 }
 
-int chunkstore_backup_commit(const char *root, const struct chunkcrypt_key *key, const char *id,
-			     struct json_object *manifest, int64_t *flush_ms, struct kerr *err)
+int chunkstore_backup_commit(const char *root, int store_fd, const struct chunkcrypt_key *key,
+			     const char *id, struct json_object *manifest, int64_t *flush_ms,
+			     struct kerr *err)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 32], dir[PATH_MAX];
 	_cleanup_free_ char *text = manifest_text(root, key, id, manifest, path, err);
@@ -870,11 +883,14 @@ int chunkstore_backup_commit(const char *root, const struct chunkcrypt_key *key,
 		unlink(tmp);
 		return err_set(err, -ret, "cannot write manifest %s: %s", tmp, strerror(-ret));
 	}
-	/* One flush: every chunk written so far and the manifest's text under its
-	 * temporary name. Nothing names the chunks yet. */
-	if (chunkstore_sync(root, err) < 0) {
+	/* Every chunk written so far, through the fd opened before the first of them:
+	 * syncfs reports a write-back error only once per fd and only if it came after
+	 * the fd's open, so one opened here would miss an error another backup's syncfs
+	 * saw first. Nothing names the chunks yet. */
+	if (syncfs(store_fd) < 0) {
+		ret = errno;
 		unlink(tmp);
-		return -1;
+		return err_set(err, ret, "cannot flush the store %s: %s", root, strerror(ret));
 	}
 	if (flush_ms)
 		*flush_ms = now_ms() - t0;

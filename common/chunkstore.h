@@ -193,19 +193,26 @@ int chunkstore_disk_sum(struct json_object *manifest, struct json_object *disk, 
 /* Flush every chunk written to the store's file system (syncfs). Returns 0 or -1. */
 int chunkstore_sync(const char *root, struct kerr *err);
 
+/* The store root's fd (O_RDONLY, close-on-exec) for chunkstore_backup_commit: a backup
+ * opens it before it writes its first chunk. Returns it, or -1 with err. */
+int chunkstore_open(const char *root, struct kerr *err);
+
 /*
  * A finished backup made durable, in the one order that keeps a manifest from naming a
  * chunk a power cut could lose: the manifest's text (sealed with key, as
- * chunkstore_manifest_write_with) goes under a temporary name, one syncfs makes every
- * chunk written so far and that text durable, then the rename makes the manifest
- * appear whole and an fsync of backups/ makes its name durable. Two flushes, where
- * chunkstore_sync() and then chunkstore_manifest_write() take three (the second,
- * an fsync of the manifest alone, was a few ms of every small incremental). A failure
- * leaves no manifest. *flush_ms (may be NULL) gets the syncfs's time. Returns 0 or -1
- * with err.
+ * chunkstore_manifest_write_with) goes under a temporary name and is fsynced, a
+ * syncfs on store_fd makes every chunk written so far durable, then the rename makes
+ * the manifest appear whole and an fsync of backups/ makes its name durable.
+ * store_fd is chunkstore_open()'s, opened BEFORE the backup wrote its first chunk:
+ * syncfs reports a write-back error only if it came after that fd's open and no
+ * earlier syncfs on that fd saw it, so an fd opened at the commit would miss an error
+ * on this backup's chunks that another backup's syncfs reported first. A failure
+ * leaves no manifest. *flush_ms (may be NULL) gets the two flushes' time. Returns 0
+ * or -1 with err.
  */
-int chunkstore_backup_commit(const char *root, const struct chunkcrypt_key *key, const char *id,
-			     struct json_object *manifest, int64_t *flush_ms, struct kerr *err);
+int chunkstore_backup_commit(const char *root, int store_fd, const struct chunkcrypt_key *key,
+			     const char *id, struct json_object *manifest, int64_t *flush_ms,
+			     struct kerr *err);
 
 /* Write manifest (a JSON object) as ROOT/backups/ID.json, atomically and durably. */
 int chunkstore_manifest_write(const char *root, const char *id, struct json_object *manifest,

@@ -177,8 +177,10 @@ static void test_roundtrip_and_corruption(void **state)
 	uint64_t w;
 	size_t len;
 	struct kerr err;
-	int fd;
+	/* As a backup does: the store's fd for the commit, opened before any chunk. */
+	int fd, sfd = chunkstore_open(f->root, &err);
 
+	assert_true(sfd >= 0);
 	fill(a, CHUNKSTORE_CHUNK_SIZE, 7);
 	assert_int_equal(chunkstore_put(f->root, a, CHUNKSTORE_CHUNK_SIZE, h1, &w, &err), 0);
 	fill(a, 4096, 9);
@@ -204,8 +206,8 @@ static void test_roundtrip_and_corruption(void **state)
 		int n = 0;
 		DIR *d;
 
-		assert_int_equal(chunkstore_backup_commit(f->root, NULL, "b-2", m, &flush_ms, &err),
-				 0);
+		assert_int_equal(
+			chunkstore_backup_commit(f->root, sfd, NULL, "b-2", m, &flush_ms, &err), 0);
 		assert_true(flush_ms >= 0);
 		assert_int_equal(chunkstore_manifest_read(f->root, "b-2", &back, &err), 0);
 		assert_true(json_object_equal(m, back));
@@ -217,7 +219,20 @@ static void test_roundtrip_and_corruption(void **state)
 			n += e->d_name[0] != '.';
 		closedir(d);
 		assert_int_equal(n, 2); /* b-1.json and b-2.json */
-		assert_true(chunkstore_backup_commit(f->root, NULL, "../x", m, NULL, &err) < 0);
+		assert_true(chunkstore_backup_commit(f->root, sfd, NULL, "../x", m, NULL, &err) <
+			    0);
+		/* The flush runs on the fd given (the one opened before the chunks), not on
+		 * one the commit opens: a flush that cannot run names nothing. */
+		close(sfd);
+		assert_true(chunkstore_backup_commit(f->root, -1, NULL, "b-3", m, NULL, &err) < 0);
+		assert_int_equal(err.code, EBADF);
+		n = 0;
+		d = opendir(path);
+		assert_non_null(d);
+		for (struct dirent *e; (e = readdir(d)) != NULL;)
+			n += e->d_name[0] != '.';
+		closedir(d);
+		assert_int_equal(n, 2); /* no b-3.json, no work file */
 	}
 	assert_int_equal(chunkstore_manifest_read(f->root, "b-1", &back, &err), 0);
 	assert_int_not_equal(chunkstore_manifest_read(f->root, "../x", &back, &err), 0);
