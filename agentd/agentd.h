@@ -664,6 +664,10 @@ struct backup_extents {
 };
 #define BACKUP_MAP_MAX_EXTENTS (1 << 20) /* 24 MiB of them; past it the disk is read whole */
 int backup_target_open(const char *path, uid_t owner, struct kerr *err);
+/* A new empty qcow2 at path (never over a file, never through a link) of size bytes,
+ * 64 KiB clusters, owned by uid:gid (QEMU's, which opens it as an incremental's target).
+ * Returns 0, or -1 with err (nothing left behind). Thread only. */
+int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, struct kerr *err);
 #define BACKUP_TARGET_CLUSTER_BITS 16 /* QEMU's qcow2 default: an incremental's target */
 int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_cluster_bits,
 		     struct backup_extents *out, struct kerr *err);
@@ -684,6 +688,7 @@ struct backup_incr {
 	int fd;
 	const char *target;
 	uint64_t dirty_bytes;
+	uint64_t parent_reads; /* parent chunks read back (one the target covers is not) */
 	bool parent_bad;
 	char parent_why[160];
 };

@@ -137,12 +137,63 @@ void backup_fleece_drop(struct bjob *job)
 	sock_remove(job);
 }
 
-/* Before a live read that does not fleece (an incremental, a copy): what a killed
- * agent left of a fleecing on this disk goes first, so QEMU's copy job does not run
- * under a stale filter; then then(job). */
+/* A clear's question in flight: who waits for it. */
+struct clear {
+	struct bjob *job;
+	void (*then)(struct bjob *job);
+};
+
+static void clear_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct clear *c = data;
+	struct bjob *job = c->job;
+	void (*then)(struct bjob * job) = c->then;
+	struct fleece_names n;
+	bool found = error != NULL; /* not known: torn down to be sure */
+
+	free(c);
+	log_trace("backup %s: block nodes listed", job->id);
+	if (backup_job_gone(job))
+		return;
+	job_names(job, &n);
+	for (size_t i = 0; !found && i < json_array_len(ret); i++) {
+		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
+
+		found = !strcmp(name, n.node) || !strcmp(name, n.cbw) || !strcmp(name, n.access);
+	}
+	if (found) {
+		log_info("vm %s: backup %s: removing the fleecing objects a backup left on disk "
+			 "%s",
+			 job->op->vm->inst.name, job->id, job->op->disks[job->disk].name);
+		fleece_down(job, then);
+		return;
+	}
+	then(job);
+}
+
+/*
+ * Before a live read that does not fleece (an incremental, a copy): what a killed
+ * agent (or a failed backup's teardown still under way) left of a fleecing on this
+ * disk goes first, so QEMU's copy job does not run under a stale filter; then
+ * then(job). QEMU is asked once which nodes exist, and the teardown's seven steps
+ * (each a QMP round trip, most of them refused as there is nothing to undo) run only
+ * when one of this disk's fleecing nodes is there: the NBD export and server and the
+ * filter in front of the disk exist only while its nodes do (fleece.h's order).
+ */
 void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
 {
-	fleece_down(job, then);
+	struct json_object *args = json_object_new_object();
+	struct clear *c = xcalloc(1, sizeof(*c));
+	struct kerr err;
+
+	c->job = job;
+	c->then = then;
+	json_object_object_add(args, "flat", json_object_new_boolean(true));
+	if (vm_qmp(job->op->vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, clear_nodes_cb,
+		   c, &err) < 0) {
+		free(c);
+		fleece_down(job, then);
+	}
 }
 
 /* The socket a killed agent's fleecing read of vm left, under the uid its QEMU runs as

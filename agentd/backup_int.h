@@ -46,6 +46,7 @@ struct bjob {
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
+	int store_fd;	      /* a backup's store root, opened before its first chunk; -1 */
 	char tmpdir[PATH_MAX];
 	char raw[PATH_MAX]; /* the disk at work, as a raw file */
 	uid_t qemu_uid;
@@ -69,7 +70,10 @@ struct bjob {
 	int64_t chunk_started_ms, chunk_ms; /* the disks' thread steps (map, read, store) */
 	int64_t map_ms;			    /* ... of which the incrementals' maps */
 	int64_t manifest_ms;		    /* the store's flush and the manifest */
-	char error[256];		    /* a thread step's failure, "" if none */
+	int64_t prepare_ms;		    /* the job's start to its store prepared */
+	uint64_t parent_reads;		    /* the incrementals' parent chunks read back */
+	uint64_t targets_made;	    /* bit i: disk i's incremental target made here, not by QEMU */
+	char error[256];	    /* a thread step's failure, "" if none */
 	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
 
 	/* fsfreeze (qga.c) around each live disk's point in time */

@@ -351,6 +351,18 @@ static uint64_t be64_at(const unsigned char *h, size_t off)
 	return be64toh(v);
 }
 
+static void put_be32(unsigned char *h, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(h, &v, sizeof(v));
+}
+
+static void put_be64(unsigned char *h, uint64_t v)
+{
+	v = htobe64(v);
+	memcpy(h, &v, sizeof(v));
+}
+
 static int pread_all(int fd, void *buf, size_t len, int64_t off, const char *path, struct kerr *err)
 {
 	struct chunkpipe_file f = {.fd = fd, .path = path};
@@ -384,6 +396,19 @@ static int used_disjoint(struct used *used, size_t n, const char *path, struct k
 	return 0;
 }
 
+/* One pwrite of len bytes at off: 0, or -1 with errno (EIO for a short write, which
+ * sets none). */
+static int pwrite_whole(int fd, const void *buf, size_t len, off_t off)
+{
+	ssize_t n = pwrite(fd, buf, len, off);
+
+	if (n == (ssize_t)len)
+		return 0;
+	if (n >= 0)
+		errno = EIO;
+	return -1;
+}
+
 /*
  * Open an incremental's target, path, for reading: it lies in a directory the VM's
  * QEMU owns, and a guest that took QEMU over may have put anything there. Opened
@@ -392,6 +417,67 @@ static int used_disjoint(struct used *used, size_t n, const char *path, struct k
  * file cannot be swapped between them. Returns the fd (the caller closes it), or < 0
  * with err.
  */
+
+/*
+ * An empty qcow2 (version 3, 64 KiB clusters, no backing file) of size bytes, as
+ * `qemu-img create -f qcow2` lays it out: the header in cluster 0, the refcount table in
+ * cluster 1, its one refcount block in cluster 2, the L1 table from cluster 3 (only its
+ * entries' bytes written, as qemu-img does), refcount 1 for each of those clusters.
+ */
+#define TARGET_CLUSTER	  ((int64_t)1 << BACKUP_TARGET_CLUSTER_BITS)
+#define TARGET_L1_MAX	  (TARGET_CLUSTER / 8) /* one cluster of L1: 4 TiB of disk */
+#define TARGET_RT_OFFSET  (1 * TARGET_CLUSTER)
+#define TARGET_RB_OFFSET  (2 * TARGET_CLUSTER)
+#define TARGET_L1_OFFSET  (3 * TARGET_CLUSTER)
+#define TARGET_HEADER_LEN 104
+
+int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, struct kerr *err)
+{
+	/* An L1 entry covers one L2 table's worth: cluster / 8 clusters. */
+	int64_t per_l1 = TARGET_CLUSTER * (TARGET_CLUSTER / 8);
+	int64_t l1 = (size + per_l1 - 1) / per_l1;
+	unsigned char header[TARGET_HEADER_LEN] = {0};
+	uint64_t rt = htobe64((uint64_t)TARGET_RB_OFFSET);
+	uint16_t rb[4];
+	_cleanup_free_ void *zeros = NULL;
+	_cleanup_close_ int fd = -1;
+	int ret = 0;
+
+	if (size <= 0 || l1 > TARGET_L1_MAX)
+		return err_set(err, EFBIG, "%s: no target made for a disk of %lld bytes", path,
+			       (long long)size);
+	memcpy(header, "QFI\xfb", 4);
+	put_be32(header + 4, 3);			   /* version */
+	put_be32(header + 20, BACKUP_TARGET_CLUSTER_BITS); /* cluster_bits */
+	put_be64(header + 24, (uint64_t)size);
+	put_be32(header + 36, (uint32_t)l1); /* l1_size */
+	put_be64(header + 40, TARGET_L1_OFFSET);
+	put_be64(header + 48, TARGET_RT_OFFSET);
+	put_be32(header + 56, 1);		   /* refcount_table_clusters */
+	put_be32(header + 96, 4);		   /* refcount_order: 16-bit refcounts */
+	put_be32(header + 100, TARGET_HEADER_LEN); /* header_length; no extensions follow */
+	for (size_t i = 0; i < 4; i++)
+		rb[i] = htobe16(1); /* header, refcount table and block, L1 */
+	zeros = xcalloc(1, (size_t)l1 * 8);
+	/* In QEMU's work directory, which QEMU's uid owns: never through a link, never
+	 * over a file there. */
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
+	if (pwrite_whole(fd, header, sizeof(header), 0) < 0 ||
+	    pwrite_whole(fd, &rt, sizeof(rt), TARGET_RT_OFFSET) < 0 ||
+	    pwrite_whole(fd, rb, sizeof(rb), TARGET_RB_OFFSET) < 0 ||
+	    pwrite_whole(fd, zeros, (size_t)l1 * 8, TARGET_L1_OFFSET) < 0)
+		ret = err_set(err, errno, "cannot write %s: %s", path, strerror(errno));
+	/* QEMU, as its own user, opens it for writing. */
+	else if (fchown(fd, uid, gid) < 0)
+		ret = err_set(err, errno, "cannot hand %s to the qemu user: %s", path,
+			      strerror(errno));
+	if (ret < 0)
+		unlink(path);
+	return ret;
+}
+
 int backup_target_open(const char *path, uid_t owner, struct kerr *err)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
@@ -656,6 +742,17 @@ bool backup_incr_dirty(const struct backup_incr *bi, int64_t off, int64_t end)
 	return e < bi->extents->n && bi->extents->v[e].start < end;
 }
 
+/* Does the target hold every byte of [off, end) (data or zeros)? Then nothing of the
+ * parent's chunk there is needed. The extents are sorted and never overlap. */
+static bool incr_covered(const struct backup_extents *x, int64_t off, int64_t end)
+{
+	int64_t at = off;
+
+	for (size_t e = extent_after(x, off); e < x->n && at < end && x->v[e].start <= at; e++)
+		at = x->v[e].start + x->v[e].length;
+	return at >= end;
+}
+
 /* chunkpipe: an untouched chunk is the parent's, named without reading it. */
 static bool incr_named(void *data, int64_t index, char *hex)
 {
@@ -674,8 +771,11 @@ static bool incr_named(void *data, int64_t index, char *hex)
 }
 
 /* chunkpipe: a touched chunk, the parent's bytes with the dirty clusters over them.
- * A parent chunk that cannot be read sets bi->parent_bad: the caller reads the disk
- * whole instead. */
+ * A chunk the target covers whole is read from the target alone: the parent's is
+ * neither read nor checked (reading it back, decompressing and hashing it was most of
+ * a small incremental's chunking: a 10 MiB write covers two of the three chunks it
+ * touches). A parent chunk that cannot be read sets bi->parent_bad: the caller reads
+ * the disk whole instead. */
 static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr *err)
 {
 	struct backup_incr *bi = data;
@@ -685,12 +785,15 @@ static int incr_read(void *data, int64_t off, void *buf, size_t len, struct kerr
 	int64_t end = off + (int64_t)len;
 	size_t plen = 0;
 
-	if (chunkstore_get_with(bi->store, bi->key, phex ? phex : "", buf, CHUNKSTORE_CHUNK_SIZE,
-				&plen, err) < 0 ||
-	    (plen != len && err_set(err, EBADMSG, "a chunk of the wrong size") < 0)) {
-		bi->parent_bad = true;
-		snprintf(bi->parent_why, sizeof(bi->parent_why), "%s", err->msg);
-		return err_prefix(err, "the parent backup: ");
+	if (!incr_covered(x, off, end)) {
+		bi->parent_reads++;
+		if (chunkstore_get_with(bi->store, bi->key, phex ? phex : "", buf,
+					CHUNKSTORE_CHUNK_SIZE, &plen, err) < 0 ||
+		    (plen != len && err_set(err, EBADMSG, "a chunk of the wrong size") < 0)) {
+			bi->parent_bad = true;
+			snprintf(bi->parent_why, sizeof(bi->parent_why), "%s", err->msg);
+			return err_prefix(err, "the parent backup: ");
+		}
 	}
 	for (size_t e = extent_after(x, off); e < x->n && x->v[e].start < end; e++) {
 		int64_t xs = x->v[e].start, xe = xs + x->v[e].length;

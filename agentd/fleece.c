@@ -85,7 +85,7 @@ struct json_object *fleece_transaction_args(const struct fleece_names *n, const 
 
 struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char *job_id,
 					const char *bitmap, const char *parent_bitmap,
-					const char *target, uint64_t rate_bytes_s)
+					const char *target, uint64_t rate_bytes_s, bool target_made)
 {
 	struct json_object *tx = fleece_transaction_args(n, bitmap);
 	struct json_object *args = json_object_new_object();
@@ -103,7 +103,8 @@ struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char
 		/* Never "on-success" (what sync "incremental" means): fleece.h says why. */
 		json_object_object_add(args, "bitmap-mode", json_object_new_string("never"));
 	}
-	json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
+	json_object_object_add(args, "mode",
+			       json_object_new_string(target_made ? "existing" : "absolute-paths"));
 	json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
 	/* A live disk is read by QEMU's job: its own rate limit paces it. */
 	if (rate_bytes_s > 0)

@@ -50,6 +50,7 @@
 #define KUMO_FLEECE_H
 
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -93,11 +94,15 @@ struct json_object *fleece_transaction_args(const struct fleece_names *n, const 
  * succeeds clears the parent's bitmap down to the writes after this point in time, so
  * a backup that then failed left the next incremental without the writes in between,
  * reported good.) The backup drops parent_bitmap itself once it succeeded.
- * rate_bytes_s: the job's speed limit, 0 none.
+ * rate_bytes_s: the job's speed limit, 0 none. target_made: the target exists already
+ * (an incremental's empty qcow2 of the disk's size, backup_target_create: mode
+ * "existing"); else QEMU creates it (mode "absolute-paths": a qcow2 made in QEMU's
+ * monitor, about half of the transaction's time).
  */
 struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char *job_id,
 					const char *bitmap, const char *parent_bitmap,
-					const char *target, uint64_t rate_bytes_s);
+					const char *target, uint64_t rate_bytes_s,
+					bool target_made);
 
 /* qom-set of the device's drive: onto the filter (the point in time) or back. */
 struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter);

@@ -205,7 +205,7 @@ int chunkpipe_store(const char *root, const struct chunkpipe_source *src, int th
 	p.nslots = (size_t)threads * CHUNKPIPE_SLOTS_PER;
 	p.slots = xcalloc(p.nslots, sizeof(*p.slots));
 	for (size_t i = 0; i < p.nslots; i++)
-		p.slots[i].buf = xmalloc(CHUNKSTORE_CHUNK_SIZE);
+		p.slots[i].buf = chunkstore_buf_alloc(CHUNKSTORE_CHUNK_SIZE);
 	p.names = xcalloc((size_t)nchunks + 1, sizeof(*p.names));
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.cond, NULL);

@@ -82,8 +82,8 @@ struct chunkcrypt_key;
 #define CHUNKSTORE_MANIFEST_V	  2
 #define CHUNKSTORE_SUM_WHOLE_DISK 1 /* the version whose checksum is over the bytes */
 
-/* Make ROOT/chunks (and its 256 fan-out directories), ROOT/backups and ROOT/tmp if
- * missing. Returns 0 or -1 with err. */
+/* Make ROOT/chunks, ROOT/backups and ROOT/tmp if missing (the fan-out directories
+ * ROOT/chunks/AB come with their first chunk). Returns 0 or -1 with err. */
 int chunkstore_init(const char *root, struct kerr *err);
 
 /* The length of the whole chunk of zeros hex names (of this chunk size or an older
@@ -124,6 +124,10 @@ struct chunkstore_writer {
 	uint64_t raw_chunks; /* chunks the probe stored uncompressed (for tests, profiles) */
 };
 void chunkstore_writer_init(struct chunkstore_writer *w);
+/* A buffer of len bytes for a chunk (aligned for O_DIRECT, backed by huge pages where
+ * the kernel gives them on request); free() it. Aborts when out of memory. */
+#define CHUNKSTORE_HUGE_ALIGN (2 * 1024 * 1024)
+void *chunkstore_buf_alloc(size_t len);
 void chunkstore_writer_free(struct chunkstore_writer *w);
 /* chunkstore_put with w's context and buffer. */
 int chunkstore_put_with(const char *root, struct chunkstore_writer *w, const void *data, size_t len,
@@ -188,6 +192,27 @@ int chunkstore_disk_sum(struct json_object *manifest, struct json_object *disk, 
 
 /* Flush every chunk written to the store's file system (syncfs). Returns 0 or -1. */
 int chunkstore_sync(const char *root, struct kerr *err);
+
+/* The store root's fd (O_RDONLY, close-on-exec) for chunkstore_backup_commit: a backup
+ * opens it before it writes its first chunk. Returns it, or -1 with err. */
+int chunkstore_open(const char *root, struct kerr *err);
+
+/*
+ * A finished backup made durable, in the one order that keeps a manifest from naming a
+ * chunk a power cut could lose: the manifest's text (sealed with key, as
+ * chunkstore_manifest_write_with) goes under a temporary name and is fsynced, a
+ * syncfs on store_fd makes every chunk written so far durable, then the rename makes
+ * the manifest appear whole and an fsync of backups/ makes its name durable.
+ * store_fd is chunkstore_open()'s, opened BEFORE the backup wrote its first chunk:
+ * syncfs reports a write-back error only if it came after that fd's open and no
+ * earlier syncfs on that fd saw it, so an fd opened at the commit would miss an error
+ * on this backup's chunks that another backup's syncfs reported first. A failure
+ * leaves no manifest. *flush_ms (may be NULL) gets the two flushes' time. Returns 0
+ * or -1 with err.
+ */
+int chunkstore_backup_commit(const char *root, int store_fd, const struct chunkcrypt_key *key,
+			     const char *id, struct json_object *manifest, int64_t *flush_ms,
+			     struct kerr *err);
 
 /* Write manifest (a JSON object) as ROOT/backups/ID.json, atomically and durably. */
 int chunkstore_manifest_write(const char *root, const char *id, struct json_object *manifest,

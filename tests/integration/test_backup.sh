@@ -98,8 +98,10 @@ instance_is bk1 running || fail "bk1 is $(jqb .state) after a live backup"
 # Only the store's root and tmp/ are passable for a VM's QEMU (to its work directory);
 # nobody else lists chunks or reads a manifest (a VM's spec, cloud-init data included).
 st="$KUMO_LAB_DIR/shared/backups/$bs"
-modes=$(stat -c %a "$st" "$st/tmp" "$st/chunks" "$st/chunks/00" "$st/backups" | tr '\n' ' ')
-[ "$modes" = "711 711 700 700 700 " ] || fail "the store's root, tmp, chunks, chunks/00, backups are $modes, not 711 711 700 700 700"
+# A fan-out directory comes with its first chunk: the one of the backup's first chunk.
+fan=$(jq -r '.disks[0].chunks[0][0:2]' "$st/backups/$b1.json")
+modes=$(stat -c %a "$st" "$st/tmp" "$st/chunks" "$st/chunks/$fan" "$st/backups" | tr '\n' ' ')
+[ "$modes" = "711 711 700 700 700 " ] || fail "the store's root, tmp, chunks, chunks/$fan, backups are $modes, not 711 711 700 700 700"
 api POST "/api/v1/backups/$b1/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "verify of the crash-consistent backup: $(jqb .result)"

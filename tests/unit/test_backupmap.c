@@ -251,6 +251,43 @@ static void test_qcow2_map(void **state)
 	map_same("t6.qcow2", 0, "qemu-img create -q -f qcow2 t6.qcow2 0");
 }
 
+/*
+ * backup_target_create: an empty qcow2 qemu-img checks clean, of the size asked, that
+ * QEMU writes into (qemu-io) and backup_map_qcow2 then maps as qemu-img map does; a
+ * disk of an odd size and one of 1 TiB (two L1 entries... 2048) too; never over a file
+ * that is there; sizes it does not make refused.
+ */
+static void test_target_create(void **state)
+{
+	static const int64_t sizes[] = {8 * MiB, 9 * MiB + 512, (int64_t)1 << 40};
+	char path[PATH_MAX], name[32];
+	struct kerr err;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		snprintf(name, sizeof(name), "made%zu.qcow2", i);
+		snprintf(path, sizeof(path), "%s/%s", dir, name);
+		if (backup_target_create(path, sizes[i], geteuid(), getegid(), &err) < 0)
+			fail_msg("backup_target_create %s: %s", name, err.msg);
+		sh("cd %s && qemu-img check -q -f qcow2 %s && "
+		   "test \"$(qemu-img info --output=json -f qcow2 %s | jq '.\"virtual-size\"')\" = "
+		   "%lld",
+		   dir, name, name, (long long)sizes[i]);
+	}
+	/* QEMU's writes land in it as in one qemu-img made. */
+	map_same("made0.qcow2", 8 * MiB,
+		 "qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -z 2M 1M' "
+		 "-c 'write -P 0x33 5M 100k' made0.qcow2 >/dev/null && qemu-img check -q "
+		 "made0.qcow2");
+	snprintf(path, sizeof(path), "%s/made0.qcow2", dir);
+	assert_true(backup_target_create(path, 8 * MiB, geteuid(), getegid(), &err) < 0);
+	assert_int_equal(err.code, EEXIST);
+	snprintf(path, sizeof(path), "%s/big.qcow2", dir);
+	assert_true(backup_target_create(path, (int64_t)5 << 40, geteuid(), getegid(), &err) < 0);
+	assert_true(backup_target_create(path, 0, geteuid(), getegid(), &err) < 0);
+	assert_int_equal(access(path, F_OK), -1); /* nothing left behind */
+}
+
 static void test_qcow2_map_refused(void **state)
 {
 	char path[PATH_MAX];
@@ -578,6 +615,48 @@ static void test_incr_source(void **state)
 		assert_true(bi.parent_bad); /* the caller reads the disk whole */
 		close(bi.fd);
 	}
+
+	/* A chunk the change covers whole (data and zeros end to end) is rebuilt from the
+	 * target alone: its parent chunk is never read, so one gone from the store does
+	 * not matter; the other touched chunk's parent is read back. */
+	{
+		char cpath[PATH_MAX];
+
+		sh("cd %s && rm -f target.qcow2 && qemu-img create -q -f qcow2 target.qcow2 10M && "
+		   "qemu-io -c 'write -P 0x77 0 3M' -c 'write -z 3M 1M' -c 'write -P 0x78 5M 64k' "
+		   "target.qcow2 >/dev/null",
+		   dir);
+		for (int64_t i = 0; i < size; i++) /* the parent's bytes again */
+			buf[i] = (unsigned char)((i * 7 + i / 4096) % 251 + 1);
+		memset(buf, 0x77, 3 * MiB);
+		memset(buf + 3 * MiB, 0, MiB);
+		memset(buf + 5 * MiB, 0x78, 64 * 1024);
+		fd = open(changed, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		assert_int_equal(pwrite(fd, buf, size, 0), size);
+		close(fd);
+		json_object_put(want);
+		store_raw(store, changed, size, &want, &wres);
+		chunkstore_chunk_path(store,
+				      json_object_get_string(json_object_array_get_idx(pchunks, 0)),
+				      cpath, sizeof(cpath));
+		assert_int_equal(unlink(cpath), 0);
+		backup_extents_free(&map);
+		assert_int_equal(map_path(target, size, &map, &err), 0);
+		bi.dirty_bytes = 0;
+		bi.parent_reads = 0;
+		bi.fd = open(target, O_RDONLY);
+		json_object_put(got);
+		got = json_object_new_array();
+		backup_incr_source(&bi, &src);
+		if (chunkpipe_store(store, &src, 2, got, &res, &err) < 0)
+			fail_msg("a chunk the target covers whole: %s", err.msg);
+		assert_true(json_object_equal(got, want));
+		assert_string_equal(res.sum, wres.sum);
+		assert_int_equal(bi.parent_reads, 1); /* chunk 1's, not chunk 0's */
+		assert_int_equal(bi.dirty_bytes, 4 * MiB + 64 * 1024);
+		close(bi.fd);
+	}
+
 	json_object_put(got);
 	backup_extents_free(&map);
 	json_object_put(pchunks);
@@ -591,6 +670,7 @@ int main(void)
 		cmocka_unit_test(test_chain_read),	  cmocka_unit_test(test_compressed_refused),
 		cmocka_unit_test(test_qcow2_map),	  cmocka_unit_test(test_qcow2_map_refused),
 		cmocka_unit_test(test_qcow2_map_hostile), cmocka_unit_test(test_incr_source),
+		cmocka_unit_test(test_target_create),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

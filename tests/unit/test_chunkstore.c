@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -71,11 +72,7 @@ static void test_init_modes(void **state)
 	const struct {
 		const char *dir;
 		mode_t mode;
-	} dirs[] = {{"", 0711},
-		    {"/tmp", 0711},
-		    {"/chunks", 0700},
-		    {"/chunks/ab", 0700},
-		    {"/backups", 0700}};
+	} dirs[] = {{"", 0711}, {"/tmp", 0711}, {"/chunks", 0700}, {"/backups", 0700}};
 	struct kerr err;
 	struct stat sb;
 	mode_t old = umask(0077);
@@ -91,6 +88,19 @@ static void test_init_modes(void **state)
 		assert_int_equal(stat(path, &sb), 0);
 		if ((sb.st_mode & 07777) != dirs[i].mode)
 			fail_msg("%s: mode %o, not %o", path, sb.st_mode & 07777, dirs[i].mode);
+	}
+	/* A fan-out directory comes with its first chunk, 0700 as chunks/ itself. */
+	{
+		static const char data[] = "a chunk that makes its fan-out directory";
+		char hex[CHUNKSTORE_HEX_LEN + 1];
+		uint64_t written;
+
+		snprintf(path, sizeof(path), "%s/chunks/00", root);
+		assert_int_equal(stat(path, &sb), -1); /* none up front */
+		assert_int_equal(chunkstore_put(root, data, sizeof(data), hex, &written, &err), 0);
+		snprintf(path, sizeof(path), "%s/chunks/%.2s", root, hex);
+		assert_int_equal(stat(path, &sb), 0);
+		assert_int_equal(sb.st_mode & 07777, 0700);
 	}
 	/* A store made under umask 0077 before (all 0700): the root and tmp/ get the
 	 * search bits QEMU needs, the rest stays as it was. */
@@ -167,8 +177,10 @@ static void test_roundtrip_and_corruption(void **state)
 	uint64_t w;
 	size_t len;
 	struct kerr err;
-	int fd;
+	/* As a backup does: the store's fd for the commit, opened before any chunk. */
+	int fd, sfd = chunkstore_open(f->root, &err);
 
+	assert_true(sfd >= 0);
 	fill(a, CHUNKSTORE_CHUNK_SIZE, 7);
 	assert_int_equal(chunkstore_put(f->root, a, CHUNKSTORE_CHUNK_SIZE, h1, &w, &err), 0);
 	fill(a, 4096, 9);
@@ -187,6 +199,42 @@ static void test_roundtrip_and_corruption(void **state)
 	assert_int_equal(chunkstore_manifest_write(f->root, "b-1", m, &err), 0);
 	assert_int_equal(chunkstore_manifest_read(f->root, "b-1", &back, &err), 0);
 	assert_true(json_object_equal(m, back));
+	json_object_put(back);
+	/* A backup's commit names the same manifest, and leaves no work file behind. */
+	{
+		int64_t flush_ms = -1;
+		int n = 0;
+		DIR *d;
+
+		assert_int_equal(
+			chunkstore_backup_commit(f->root, sfd, NULL, "b-2", m, &flush_ms, &err), 0);
+		assert_true(flush_ms >= 0);
+		assert_int_equal(chunkstore_manifest_read(f->root, "b-2", &back, &err), 0);
+		assert_true(json_object_equal(m, back));
+		json_object_put(back);
+		snprintf(path, sizeof(path), "%s/backups", f->root);
+		d = opendir(path);
+		assert_non_null(d);
+		for (struct dirent *e; (e = readdir(d)) != NULL;)
+			n += e->d_name[0] != '.';
+		closedir(d);
+		assert_int_equal(n, 2); /* b-1.json and b-2.json */
+		assert_true(chunkstore_backup_commit(f->root, sfd, NULL, "../x", m, NULL, &err) <
+			    0);
+		/* The flush runs on the fd given (the one opened before the chunks), not on
+		 * one the commit opens: a flush that cannot run names nothing. */
+		close(sfd);
+		assert_true(chunkstore_backup_commit(f->root, -1, NULL, "b-3", m, NULL, &err) < 0);
+		assert_int_equal(err.code, EBADF);
+		n = 0;
+		d = opendir(path);
+		assert_non_null(d);
+		for (struct dirent *e; (e = readdir(d)) != NULL;)
+			n += e->d_name[0] != '.';
+		closedir(d);
+		assert_int_equal(n, 2); /* no b-3.json, no work file */
+	}
+	assert_int_equal(chunkstore_manifest_read(f->root, "b-1", &back, &err), 0);
 	assert_int_not_equal(chunkstore_manifest_read(f->root, "../x", &back, &err), 0);
 	assert_int_equal(chunkstore_verify(f->root, back, &bad, &err), 0);
 	assert_null(bad);

@@ -99,26 +99,33 @@ static void test_copy_tx(void **state)
 	(void)state;
 	fleece_names_make(2, NULL, &n);
 	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", "kumo-b1", "/s/tmp/b2/root.qcow2",
-				    0),
+				    0, false),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
 		"\"name\":\"kumo-b2\",\"persistent\":true}},{\"type\":\"drive-backup\",\"data\":{"
 		"\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\",\"target\":\"\\/s\\/tmp\\/b2\\/"
 		"root.qcow2\",\"format\":\"qcow2\",\"sync\":\"bitmap\",\"bitmap\":\"kumo-b1\","
 		"\"bitmap-mode\":\"never\",\"mode\":\"absolute-paths\",\"auto-dismiss\":false}}]}");
 	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", NULL, "/s/tmp/b2/root.raw",
-				    1 << 20),
+				    1 << 20, false),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
 		"\"name\":\"kumo-b2\",\"persistent\":true}},{\"type\":\"drive-backup\",\"data\":{"
 		"\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\",\"target\":\"\\/s\\/tmp\\/b2\\/"
 		"root.raw\",\"format\":\"raw\",\"sync\":\"full\",\"mode\":\"absolute-paths\","
 		"\"auto-dismiss\":false,\"speed\":1048576}}]}");
 	/* The rule itself, whatever else the arguments grow. */
-	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0);
+	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0, false);
 	db = json_object_object_get(
 		json_object_array_get_idx(json_object_object_get(tx, "actions"), 1), "data");
 	assert_string_equal(json_get_str(db, "sync", ""), "bitmap");
 	assert_string_equal(json_get_str(db, "bitmap-mode", ""), "never");
 	assert_string_equal(json_get_str(db, "bitmap", ""), "kumo-parent");
+	json_object_put(tx);
+	/* A target the agent made: QEMU opens it, creates nothing. */
+	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0, true);
+	db = json_object_object_get(
+		json_object_array_get_idx(json_object_object_get(tx, "actions"), 1), "data");
+	assert_string_equal(json_get_str(db, "mode", ""), "existing");
+	assert_string_equal(json_get_str(db, "format", ""), "qcow2");
 	json_object_put(tx);
 }
 
