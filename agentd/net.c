@@ -11,7 +11,7 @@
  * with the newest. The outcome is in the heartbeat's facts (net_status_add()).
  *
  * A document is applied, reported as wanted and answered to the controller's net
- * query only once desired.json holds it durably. That write is on the thread pool too
+ * query only once desired.json holds it durably. That write is on a thread of its own
  * (netsave.c), so the query is deferred: its answer, {"hash"} of the document on
  * disk (a newer one than asked, when a newer one replaced it while waiting), or the
  * write's failure, follows as a query-done (link_query_reply()).

@@ -14,6 +14,7 @@
  */
 #include "agentd.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -97,6 +98,7 @@ void netsave_init(struct netsave *s, uv_loop_t *loop, const char *path, netsave_
 /* Free what s holds; no write runs (netsave_busy() is false). */
 void netsave_close(struct netsave *s)
 {
+	assert(!s->writing);
 	work_lane_close(s->lane);
 	s->lane = NULL;
 }

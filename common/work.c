@@ -3,6 +3,7 @@
  */
 #include "work.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -169,6 +170,7 @@ void work_lane_close(struct work_lane *lane)
 {
 	if (lane == NULL)
 		return;
+	assert(lane->pending == 0); /* its done() would never run */
 	pthread_mutex_lock(&lane->lock);
 	lane->stop = true;
 	pthread_cond_signal(&lane->cond);

@@ -28,7 +28,14 @@ static char dir[64], path[96];
 static uv_loop_t loop;
 static struct netsave save;
 
-/* What the writer wrote (on pool threads) and what saved() heard (on the loop). */
+/* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it;
+ * static, as the pool may still run them when a failed test has returned. */
+#define POOL_THREADS 4
+static atomic_bool pool_release;
+static int pool_done;
+static uv_work_t pool_reqs[POOL_THREADS];
+
+/* What the writer wrote (on its thread) and what saved() heard (on the loop). */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char *written[SEEN_MAX];
 static int nwritten, writing_now, writing_most, fail_writes;
@@ -92,6 +99,7 @@ static int teardown(void **state)
 
 	(void)state;
 	netsave_stop(&save);
+	atomic_store(&pool_release, true); /* a failed test_not_behind_pool's jobs end */
 	uv_run(&loop, UV_RUN_DEFAULT);
 	netsave_close(&save);
 	uv_run(&loop, UV_RUN_DEFAULT);
@@ -230,11 +238,6 @@ static void test_stop_drops_waiting(void **state)
 	assert_string_equal(disk_hash(), "a");
 }
 
-/* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it. */
-#define POOL_THREADS 4
-static atomic_bool pool_release;
-static int pool_done;
-
 static void pool_block_cb(uv_work_t *req)
 {
 	int64_t until = now_us() + 2 * WAIT_US;
@@ -254,13 +257,12 @@ static void pool_after_cb(uv_work_t *req, int status)
 /* A document is written (and the net query answered) while every pool thread is busy. */
 static void test_not_behind_pool(void **state)
 {
-	uv_work_t reqs[POOL_THREADS];
-
 	(void)state;
 	atomic_store(&pool_release, false);
 	pool_done = 0;
 	for (int i = 0; i < POOL_THREADS; i++)
-		assert_int_equal(uv_queue_work(&loop, &reqs[i], pool_block_cb, pool_after_cb), 0);
+		assert_int_equal(uv_queue_work(&loop, &pool_reqs[i], pool_block_cb, pool_after_cb),
+				 0);
 	put("a");
 	settle();
 	assert_int_equal(pool_done, 0); /* the pool is still full, and the write is done */
