@@ -58,8 +58,8 @@ expect_status 404 "a container with a refused workdir exists"
 pass "workdir /proc/self/fd/3, /proc, //sys/fs, /tmp/../dev/shm: 400 naming workdir"
 
 # ---- output without end: the log stays bounded, the tail is served -----------------------
-# 1 GB of output (about 100 rotations of the 10 MiB file), then a last line.
-MB=1000
+# 300 MB of output (about 30 rotations of the 10 MiB file), then a last line.
+MB=300
 ct_create "$(cjson ws-log $IMG \
 	"[\"/bin/sh\",\"-c\",\"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c ${MB}000000; echo; echo last-line-of-ws-log; exec sleep 3600\"]")"
 dir=$(ct_dir ws-log)
