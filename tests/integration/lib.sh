@@ -5,13 +5,15 @@
 #   jqb FILTER                       -> jq -r FILTER over BODY
 #   wait_until SECONDS "desc" CMD... -> polls CMD every 0.2 s
 #   lab ARGS...                      -> the test lab's deploy/lab
-# Every test runs against the shared lab "kt" that the lab_up fixture brought up.
+# Every test runs against the lab its lane's fixture brought up (lab_up: "kt", lab2_up:
+# "ktb"; tests/CMakeLists.txt passes it in KUMO_TEST_LAB_*), shared with the tests
+# before it in that lane.
 set -euo pipefail
 
 KUMO_SRC=${KUMO_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 export KUMO_BUILD_DIR=${KUMO_BUILD_DIR:-$KUMO_SRC/build}
 export KUMO_LAB_NO_BUILD=1
-# One lab per checkout by default; KUMO_TEST_LAB_* let two checkouts test side by side.
+# The first lab when run by hand; ctest sets KUMO_TEST_LAB_* to the test's lab.
 KUMO_TEST_LAB_NAME=${KUMO_TEST_LAB_NAME:-kt}
 KUMO_TEST_LAB_SUBNET=${KUMO_TEST_LAB_SUBNET:-10.232.0}
 KUMO_TEST_LAB_API_PORT=${KUMO_TEST_LAB_API_PORT:-9443}
