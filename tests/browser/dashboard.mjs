@@ -28,6 +28,8 @@ try {
   // A refused request (the form-error step) is logged by Chromium itself; only script errors count.
   page.on("console", (m) => { if (m.type() === "error" && !/Failed to load resource/.test(m.text())) errors.push(m.text()); });
   page.on("pageerror", (e) => errors.push(e.message));
+  // Which request failed, and how, when a step fails for it (a dynamic import, a fetch).
+  page.on("requestfailed", (r) => console.log(`dashboard: request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
   page.setDefaultTimeout(120000);
 
   step = "sign in";
