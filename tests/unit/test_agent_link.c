@@ -305,7 +305,7 @@ static bool run_until(bool (*done)(void), struct reply *r1, struct reply *r2)
 		if (r2)
 			reply_try(req2, r2);
 		if (now_us() > until)
-			return false;
+			return done();
 		usleep(200); /* the lane and nanomsg's threads work meanwhile */
 	}
 	return true;
@@ -430,7 +430,7 @@ static void test_not_behind_pool(void **state)
  */
 static void test_stop_drops_held(void **state)
 {
-	struct opcache *next_run = calloc(1, sizeof(*next_run));
+	struct opcache *next_run;
 	struct reply r1 = {0};
 
 	(void)state;
@@ -453,6 +453,7 @@ static void test_stop_drops_held(void **state)
 	assert_true(ops_file_has("op-old"));
 	assert_false(ops_file_has("op-c"));
 
+	next_run = calloc(1, sizeof(*next_run));
 	opcache_load(next_run, ops_path);
 	assert_non_null(opcache_find(next_run, "op-old"));
 	assert_null(opcache_find(next_run, "op-c"));
