@@ -384,6 +384,30 @@ static void test_ack_after_id_on_disk_in_order(void **state)
 	assert_int_equal(nstarted, 1);
 }
 
+/*
+ * The controller resends a command whose ack is overdue (its disk is slow): the
+ * command runs once, and the resend is acked (the REQ socket drops the stale reply
+ * to the first copy).
+ */
+static void test_resend_while_held(void **state)
+{
+	struct reply r1 = {0};
+
+	(void)state;
+	atomic_store(&write_hold, true);
+	send_cmd(req1, LINK_CMD_PROBE, "op-r");
+	assert_true(run_until(write_begun, NULL, NULL));
+	send_cmd(req1, LINK_CMD_PROBE, "op-r"); /* a fresh seq, as agentlink.c resends */
+	atomic_store(&write_release, true);
+	want1 = &r1;
+	if (!run_until(got_first, &r1, NULL))
+		fail_msg("the resent command was not acked in %d s", WAIT_US / 1000000);
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_string_equal(r1.op, "op-r");
+	assert_int_equal(nstarted, 1);
+	assert_true(started_on_disk[0]);
+}
+
 static void pool_block_cb(uv_work_t *req)
 {
 	int64_t until = now_us() + 2 * WAIT_US;
@@ -466,6 +490,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_ack_after_id_on_disk_in_order, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_resend_while_held, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_not_behind_pool, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
 	};
