@@ -126,11 +126,12 @@ struct opcache {
 	struct work_lane *lane;	       /* NULL before opcache_init() and once closed */
 	opcache_written_fn written_cb; /* on the loop, after each write */
 	void *owner;
-	uint64_t gen;	  /* changes to the ids so far */
-	uint64_t written; /* the change the file is up to */
-	bool writing;	  /* a write is on the lane */
-	bool again;	  /* the ids changed meanwhile: one more write after it */
-	bool closing;	  /* opcache_close(): the lane ends after the write running */
+	uint64_t gen;	       /* changes to the ids so far */
+	uint64_t written;      /* the change the file is up to */
+	bool writing;	       /* a write is on the lane */
+	bool again;	       /* the ids changed meanwhile: one more write after it */
+	bool closing;	       /* opcache_close(): the lane ends after the write running */
+	char write_error[256]; /* why the last write failed; "" when it did not */
 };
 
 /* An op event waiting for the push socket to accept it; sealed when it leaves. */
@@ -440,6 +441,7 @@ struct agent {
 	bool console_held; /* a console relay stopped reading until the queue drains */
 	struct opcache ops;
 	struct link_held *held; /* a command acked once its op id is on disk */
+	uv_timer_t held_timer;	/* says so in the log while its write takes long */
 	struct job *jobs;	/* job.c: instance commands at work */
 
 	/* heartbeat.c */
@@ -520,6 +522,7 @@ void sendq_clear(struct sendq *q);
 /* opcache.c */
 struct op_entry *opcache_find(struct opcache *c, const char *op);
 void opcache_init(struct opcache *c, uv_loop_t *loop, opcache_written_fn written_cb, void *owner);
+const char *opcache_write_error(const struct opcache *c);
 struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type type);
 void opcache_drop(struct opcache *c, const char *op);
 bool opcache_on_disk(const struct opcache *c, uint64_t gen);

@@ -63,7 +63,10 @@ struct link_held {
 	struct json_object *body; /* a reference of our own */
 	command_start_fn start;
 	uint64_t gen; /* the op cache's change that took op */
+	uint64_t since_ms;
 };
+
+#define LINK_HELD_WARN_MS 10000 /* a held command says so in the log this often */
 
 static void rep_poll_cb(uv_poll_t *handle, int status, int events);
 
@@ -265,17 +268,54 @@ static void nack_send(struct agent *a, const struct link_msg *m, const char *typ
 	reply_send(a, LINK_NACK, m->op, body);
 }
 
+static void held_free(struct agent *a)
+{
+	uv_timer_stop(&a->held_timer);
+	json_object_put(a->held->body);
+	free(a->held);
+	a->held = NULL;
+}
+
 /* Ack the held command, whose op id is on disk, and start it. */
 static void held_run(struct agent *a)
 {
 	struct link_held *held = a->held;
 
-	a->held = NULL;
 	reply_send(a, LINK_ACK, held->op, json_object_new_object());
 	log_info("op %s: %s started", held->op, link_type_name(held->type));
 	held->start(a, held->op, held->body);
-	json_object_put(held->body);
-	free(held);
+	held_free(a);
+}
+
+/*
+ * Refuse the held command: its op id could not be written (why). Acked and run, a
+ * restart could run its resend again; refused, nothing ran and the controller fails
+ * the operation with the reason. Its id goes from the cache, so a resend is taken anew.
+ */
+static void held_refuse(struct agent *a, const char *why)
+{
+	struct json_object *body = json_object_new_object();
+	char text[400];
+
+	snprintf(text, sizeof(text), "the host cannot record the operation on disk: %s", why);
+	log_warnx("link: refused %s command for op %s: %s", link_type_name(a->held->type),
+		  a->held->op, text);
+	json_object_object_add(body, "error", json_object_new_string(text));
+	reply_send(a, LINK_NACK, a->held->op, body);
+	opcache_drop(&a->ops, a->held->op);
+	held_free(a);
+}
+
+/* A write that takes long (a stuck disk) leaves the host's commands waiting: say so. */
+static void held_timer_cb(uv_timer_t *t)
+{
+	struct agent *a = t->data;
+
+	if (a->held)
+		log_warnx("op %s: %s still waits for its op id to reach the disk after %llu s; "
+			  "no command to this host is read meanwhile",
+			  a->held->op, link_type_name(a->held->type),
+			  (unsigned long long)((uv_now(a->loop) - a->held->since_ms) / 1000));
 }
 
 /*
@@ -332,6 +372,7 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 	held->start = start;
 	opcache_add(&a->ops, m->op, m->type);
 	held->gen = a->ops.gen;
+	held->since_ms = uv_now(a->loop);
 	a->held = held;
 	if (opcache_on_disk(&a->ops, held->gen)) {
 		held_run(a);
@@ -339,6 +380,7 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 	}
 	/* No request is read until this one is answered (link_ops_written()). */
 	uv_poll_stop(&a->rep_poll);
+	uv_timer_start(&a->held_timer, held_timer_cb, LINK_HELD_WARN_MS, LINK_HELD_WARN_MS);
 }
 
 /*
@@ -352,12 +394,16 @@ void link_ops_written(struct opcache *c)
 
 	if (a->held == NULL || !opcache_on_disk(c, a->held->gen))
 		return;
-	held_run(a);
+	if (opcache_write_error(c))
+		held_refuse(a, opcache_write_error(c));
+	else
+		held_run(a);
 	if (a->stopping)
 		return;
+	/* Not watched, the host would look alive (heartbeats) and take no command ever. */
 	ret = uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
 	if (ret < 0)
-		log_warnx("link: cannot watch the command socket again: %s", uv_strerror(ret));
+		fatalx("link: cannot watch the command socket again: %s", uv_strerror(ret));
 }
 
 /*
@@ -693,6 +739,10 @@ int link_watch(struct agent *a, struct kerr *err)
 	if (ret < 0)
 		return err_set(err, -ret, "cannot watch the event socket");
 	a->push_poll.data = a;
+	ret = uv_timer_init(a->loop, &a->held_timer);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot make a timer");
+	a->held_timer.data = a;
 	ret = uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot watch the command socket");
@@ -713,11 +763,11 @@ void link_close(struct agent *a)
 			 "the next run takes the controller's resend",
 			 a->held->op, link_type_name(a->held->type));
 		opcache_drop(&a->ops, a->held->op);
-		json_object_put(a->held->body);
-		free(a->held);
-		a->held = NULL;
+		held_free(a);
 	}
 	opcache_close(&a->ops);
+	if (a->held_timer.data && !uv_is_closing((uv_handle_t *)&a->held_timer))
+		uv_close((uv_handle_t *)&a->held_timer, NULL);
 	if (a->rep_poll.data && !uv_is_closing((uv_handle_t *)&a->rep_poll))
 		uv_close((uv_handle_t *)&a->rep_poll, NULL);
 	if (a->push_poll.data && !uv_is_closing((uv_handle_t *)&a->push_poll))

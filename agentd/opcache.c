@@ -78,10 +78,11 @@ static void ids_write_done(struct work *w)
 	struct ids_job *j = (struct ids_job *)w;
 	struct opcache *c = j->cache;
 
-	/* A failed write is logged and the command still runs, as it always did: the
-	 * file only guards against a restart, and refusing work for it would not help. */
+	/* A failed write is kept for link.c, which refuses the command it held for it
+	 * (opcache_write_error()): acked without its id on disk, it could run twice. */
 	if (w->ret < 0)
 		log_warnx("ops: %s", w->err.msg);
+	snprintf(c->write_error, sizeof(c->write_error), "%s", w->ret < 0 ? w->err.msg : "");
 	c->writing = false;
 	c->written = j->gen;
 	free(j);
@@ -182,10 +183,19 @@ void opcache_drop(struct opcache *c, const char *op)
 	ids_changed(c);
 }
 
-/* Are the ids as of change gen on disk (or was their write tried and logged)? */
+/*
+ * Was the write of the ids as of change gen done? It failed if opcache_write_error()
+ * says why (asked at once: the next write clears it).
+ */
 bool opcache_on_disk(const struct opcache *c, uint64_t gen)
 {
 	return c->written >= gen;
+}
+
+/* Why the last write of the ids failed, or NULL when it did not. */
+const char *opcache_write_error(const struct opcache *c)
+{
+	return c->write_error[0] ? c->write_error : NULL;
 }
 
 /*

@@ -46,6 +46,7 @@ static atomic_int ticks;
 
 /* The op ids' writer (on whatever thread opcache.c runs it): held until released. */
 static atomic_bool write_hold, write_release, write_started, write_timed_out;
+static atomic_int write_fail; /* the next writes fail with -EIO while > 0 */
 
 /* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it;
  * static, as the pool may still run them when a failed test has returned. */
@@ -157,6 +158,10 @@ static int write_cb(const char *path, const char *text, size_t len)
 		}
 		usleep(1000);
 	}
+	if (atomic_load(&write_fail) > 0) {
+		atomic_fetch_sub(&write_fail, 1);
+		return -EIO;
+	}
 	return opcache_write_file(path, text, len);
 }
 
@@ -184,6 +189,7 @@ static int setup(void **state)
 	atomic_store(&write_release, false);
 	atomic_store(&write_started, false);
 	atomic_store(&write_timed_out, false);
+	atomic_store(&write_fail, 0);
 	nstarted = 0;
 
 	memset(&agent, 0, sizeof(agent));
@@ -408,6 +414,34 @@ static void test_resend_while_held(void **state)
 	assert_true(started_on_disk[0]);
 }
 
+/*
+ * The op id cannot be written (EIO): the command is refused with the reason and does
+ * not run (acked and run, a restart could run its resend again); its id is forgotten,
+ * so the resend, once the disk writes again, is taken and run once.
+ */
+static void test_failed_write_refuses(void **state)
+{
+	struct reply r1 = {0};
+
+	(void)state;
+	atomic_store(&write_fail, 1);
+	send_cmd(req1, LINK_CMD_PROBE, "op-f");
+	want1 = &r1;
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_NACK);
+	assert_string_equal(r1.op, "op-f");
+	assert_int_equal(nstarted, 0);
+	assert_null(opcache_find(&a->ops, "op-f"));
+
+	memset(&r1, 0, sizeof(r1));
+	send_cmd(req1, LINK_CMD_PROBE, "op-f");
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 1);
+	assert_string_equal(started[0], "op-f");
+	assert_true(started_on_disk[0]);
+}
+
 static void pool_block_cb(uv_work_t *req)
 {
 	int64_t until = now_us() + 2 * WAIT_US;
@@ -492,6 +526,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_resend_while_held, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_not_behind_pool, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_write_refuses, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
 	};
 
