@@ -110,10 +110,28 @@ struct op_entry {
 	struct json_object *done_body; /* op-done body once finished */
 };
 
+/*
+ * The ops remembered, and their ids on disk (written on a work lane of their own, one
+ * write at a time, the newest last: see opcache.c). gen counts the changes to the ids;
+ * written is the newest change on disk (or whose write failed, logged).
+ */
+struct opcache;
+typedef void (*opcache_written_fn)(struct opcache *c);
 struct opcache {
 	struct op_entry slots[AGENT_OPCACHE_SIZE];
 	unsigned next;	     /* slot the next op takes, evicting the oldest */
 	char path[PATH_MAX]; /* the op ids, kept across runs; "" when not kept */
+	/* Writes path whole and durably; 0 or -errno. On the lane's thread. */
+	int (*write)(const char *path, const char *text, size_t len);
+	struct work_lane *lane;	       /* NULL before opcache_init() and once closed */
+	opcache_written_fn written_cb; /* on the loop, after each write */
+	void *owner;
+	uint64_t gen;	       /* changes to the ids so far */
+	uint64_t written;      /* the change the file is up to */
+	bool writing;	       /* a write is on the lane */
+	bool again;	       /* the ids changed meanwhile: one more write after it */
+	bool closing;	       /* opcache_close(): the lane ends after the write running */
+	char write_error[256]; /* why the last write failed; "" when it did not */
 };
 
 /* An op event waiting for the push socket to accept it; sealed when it leaves. */
@@ -422,7 +440,9 @@ struct agent {
 	struct sendq sendq;
 	bool console_held; /* a console relay stopped reading until the queue drains */
 	struct opcache ops;
-	struct job *jobs; /* job.c: instance commands at work */
+	struct link_held *held; /* a command acked once its op id is on disk */
+	uv_timer_t held_timer;	/* says so in the log while its write takes long */
+	struct job *jobs;	/* job.c: instance commands at work */
 
 	/* heartbeat.c */
 	uv_timer_t heartbeat_timer;
@@ -491,6 +511,8 @@ void link_event_send(struct agent *a, enum link_type type, const char *op,
 void link_query_reply(struct agent *a, const char *op, struct json_object *answer,
 		      const char *error);
 int link_console_send(struct agent *a, struct json_object *body);
+int link_watch(struct agent *a, struct kerr *err);
+void link_ops_written(struct opcache *c);
 
 /* sendq.c */
 int sendq_add(struct sendq *q, enum link_type type, const char *op, struct json_object *body);
@@ -499,7 +521,13 @@ void sendq_clear(struct sendq *q);
 
 /* opcache.c */
 struct op_entry *opcache_find(struct opcache *c, const char *op);
+void opcache_init(struct opcache *c, uv_loop_t *loop, opcache_written_fn written_cb, void *owner);
+const char *opcache_write_error(const struct opcache *c);
 struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type type);
+void opcache_drop(struct opcache *c, const char *op);
+bool opcache_on_disk(const struct opcache *c, uint64_t gen);
+int opcache_write_file(const char *path, const char *text, size_t len);
+void opcache_close(struct opcache *c);
 void opcache_load(struct opcache *c, const char *path);
 void opcache_finish(struct opcache *c, const char *op, struct json_object *done_body);
 void opcache_clear(struct opcache *c);

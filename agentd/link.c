@@ -1,8 +1,12 @@
 /*
  * link.c - the agent's end of the sealed link, driven from the loop.
  *
- *   NN_REP at --listen:  commands from the controller, each answered at once with a
- *                        sealed ack (or nack); the work then runs asynchronously.
+ *   NN_REP at --listen:  commands from the controller, each answered with a sealed
+ *                        ack (or nack); the work then runs asynchronously. A new
+ *                        command's ack waits until its op id is on disk (opcache.c
+ *                        writes it off the loop); meanwhile no request is read, as
+ *                        a REP socket answers one request at a time (a receive
+ *                        would drop the reply owed), so replies keep their order.
  *                        (An exec query is acked as deferred; its answer follows
  *                        as a query-done event when the command ended. So is a
  *                        net query, answered once its document is on disk.)
@@ -51,6 +55,20 @@ static const struct json_field instance_fields[] = {
 	{"timeout_ms", JK_INT, false, NULL}, /* what is left of the job's deadline */
 	{NULL, 0, false, NULL},
 };
+
+/* The new command whose op id is being written: acked and started once it is on disk. */
+struct link_held {
+	char op[LINK_OP_ID_MAX + 1];
+	enum link_type type;
+	struct json_object *body; /* a reference of our own */
+	command_start_fn start;
+	uint64_t gen; /* the op cache's change that took op */
+	uint64_t since_ms;
+};
+
+#define LINK_HELD_WARN_MS 10000 /* a held command says so in the log this often */
+
+static void rep_poll_cb(uv_poll_t *handle, int status, int events);
 
 static int msg_seal(struct agent *a, enum link_type type, const char *op, struct json_object *body,
 		    unsigned char **out, size_t *outlen, struct kerr *err)
@@ -250,15 +268,66 @@ static void nack_send(struct agent *a, const struct link_msg *m, const char *typ
 	reply_send(a, LINK_NACK, m->op, body);
 }
 
+static void held_free(struct agent *a)
+{
+	uv_timer_stop(&a->held_timer);
+	json_object_put(a->held->body);
+	free(a->held);
+	a->held = NULL;
+}
+
+/* Ack the held command, whose op id is on disk, and start it. */
+static void held_run(struct agent *a)
+{
+	struct link_held *held = a->held;
+
+	reply_send(a, LINK_ACK, held->op, json_object_new_object());
+	log_info("op %s: %s started", held->op, link_type_name(held->type));
+	held->start(a, held->op, held->body);
+	held_free(a);
+}
+
 /*
- * Ack a command and start it, unless its op was seen already: then ack again and
- * re-send its result if it has one, but never run it twice. A body that fails fields
- * or check (NULL: none) is nacked and nothing runs.
+ * Refuse the held command: its op id could not be written (why). Acked and run, a
+ * restart could run its resend again; refused, nothing ran and the controller fails
+ * the operation with the reason. Its id goes from the cache, so a resend is taken anew.
+ */
+static void held_refuse(struct agent *a, const char *why)
+{
+	struct json_object *body = json_object_new_object();
+	char text[400];
+
+	snprintf(text, sizeof(text), "the host cannot record the operation on disk: %s", why);
+	log_warnx("link: refused %s command for op %s: %s", link_type_name(a->held->type),
+		  a->held->op, text);
+	json_object_object_add(body, "error", json_object_new_string(text));
+	reply_send(a, LINK_NACK, a->held->op, body);
+	opcache_drop(&a->ops, a->held->op);
+	held_free(a);
+}
+
+/* A write that takes long (a stuck disk) leaves the host's commands waiting: say so. */
+static void held_timer_cb(uv_timer_t *t)
+{
+	struct agent *a = t->data;
+
+	if (a->held)
+		log_warnx("op %s: %s still waits for its op id to reach the disk after %llu s; "
+			  "no command to this host is read meanwhile",
+			  a->held->op, link_type_name(a->held->type),
+			  (unsigned long long)((uv_now(a->loop) - a->held->since_ms) / 1000));
+}
+
+/*
+ * Ack a command and start it once its op id is on disk, unless its op was seen
+ * already: then ack again and re-send its result if it has one, but never run it
+ * twice. A body that fails fields or check (NULL: none) is nacked and nothing runs.
  */
 static void command_accept(struct agent *a, const struct link_msg *m,
 			   const struct json_field *fields, command_check_fn check,
 			   command_start_fn start)
 {
+	struct link_held *held;
 	struct op_entry *e;
 	struct kerr err;
 
@@ -296,10 +365,45 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 			link_event_send(a, LINK_OP_DONE, m->op, json_object_get(e->done_body));
 		return;
 	}
+	held = xcalloc(1, sizeof(*held));
+	snprintf(held->op, sizeof(held->op), "%s", m->op);
+	held->type = m->type;
+	held->body = json_object_get(m->body);
+	held->start = start;
 	opcache_add(&a->ops, m->op, m->type);
-	reply_send(a, LINK_ACK, m->op, json_object_new_object());
-	log_info("op %s: %s started", m->op, link_type_name(m->type));
-	start(a, m->op, m->body);
+	held->gen = a->ops.gen;
+	held->since_ms = uv_now(a->loop);
+	a->held = held;
+	if (opcache_on_disk(&a->ops, held->gen)) {
+		held_run(a);
+		return;
+	}
+	/* No request is read until this one is answered (link_ops_written()). */
+	uv_poll_stop(&a->rep_poll);
+	uv_timer_start(&a->held_timer, held_timer_cb, LINK_HELD_WARN_MS, LINK_HELD_WARN_MS);
+}
+
+/*
+ * The op cache wrote its ids (c->owner is the agent): once the held command's id is
+ * among them, ack and start it and read the next request.
+ */
+void link_ops_written(struct opcache *c)
+{
+	struct agent *a = c->owner;
+	int ret;
+
+	if (a->held == NULL || !opcache_on_disk(c, a->held->gen))
+		return;
+	if (opcache_write_error(c))
+		held_refuse(a, opcache_write_error(c));
+	else
+		held_run(a);
+	if (a->stopping)
+		return;
+	/* Not watched, the host would look alive (heartbeats) and take no command ever. */
+	ret = uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
+	if (ret < 0)
+		fatalx("link: cannot watch the command socket again: %s", uv_strerror(ret));
 }
 
 /*
@@ -559,7 +663,8 @@ static void rep_poll_cb(uv_poll_t *handle, int status, int events)
 		log_warnx("link: command socket poll: %s", uv_strerror(status));
 		return;
 	}
-	while (!a->stopping) {
+	/* A held command stopped the watch, but its poll may have fired already. */
+	while (!a->stopping && a->held == NULL) {
 		void *buf = NULL;
 		int n = nn_recv(a->rep_sock, &buf, NN_MSG, NN_DONTWAIT);
 
@@ -591,7 +696,7 @@ static int sock_fd(int sock, int option, int *fd, struct kerr *err)
 int link_open(struct agent *a, struct kerr *err)
 {
 	_cleanup_free_ char *url = xasprintf("tcp://%s", a->cfg->listen);
-	int maxsize = LINK_MSG_MAX, rcvfd, sndfd, ret;
+	int maxsize = LINK_MSG_MAX;
 
 	a->push_sock = nn_socket(AF_SP, NN_PUSH);
 	if (a->push_sock < 0)
@@ -607,6 +712,21 @@ int link_open(struct agent *a, struct kerr *err)
 	nn_setsockopt(a->rep_sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsize, sizeof(maxsize));
 	if (nn_bind(a->rep_sock, url) < 0)
 		return err_set(err, nn_errno(), "cannot listen for commands at %s", url);
+	if (link_watch(a, err) < 0)
+		return -1;
+	log_info("link: commands at %s (advertised %s), events to %s", url, a->addr,
+		 a->link.events);
+	return 0;
+}
+
+/*
+ * Watch a->rep_sock and a->push_sock (made by link_open(), or a test) from a->loop.
+ * Returns 0 or -1 with err.
+ */
+int link_watch(struct agent *a, struct kerr *err)
+{
+	int rcvfd, sndfd, ret;
+
 	if (sock_fd(a->rep_sock, NN_RCVFD, &rcvfd, err) < 0 ||
 	    sock_fd(a->push_sock, NN_SNDFD, &sndfd, err) < 0)
 		return -1;
@@ -619,20 +739,35 @@ int link_open(struct agent *a, struct kerr *err)
 	if (ret < 0)
 		return err_set(err, -ret, "cannot watch the event socket");
 	a->push_poll.data = a;
+	ret = uv_timer_init(a->loop, &a->held_timer);
+	if (ret < 0)
+		return err_set(err, -ret, "cannot make a timer");
+	a->held_timer.data = a;
 	ret = uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
 	if (ret < 0)
 		return err_set(err, -ret, "cannot watch the command socket");
-	log_info("link: commands at %s (advertised %s), events to %s", url, a->addr,
-		 a->link.events);
 	return 0;
 }
 
 /*
  * Stop watching the sockets; the handles close on the loop's next turn. Messages not
- * yet sent are dropped.
+ * yet sent are dropped. A command held for its op id's write is dropped too, unacked:
+ * its id is written out of the file again (the loop runs until that is on disk), so
+ * the controller's resend (every few seconds until acked) is run by the next run of
+ * the agent as new, not failed as taken by this one.
  */
 void link_close(struct agent *a)
 {
+	if (a->held) {
+		log_info("op %s: %s not acked: the agent stops before its op id was on disk; "
+			 "the next run takes the controller's resend",
+			 a->held->op, link_type_name(a->held->type));
+		opcache_drop(&a->ops, a->held->op);
+		held_free(a);
+	}
+	opcache_close(&a->ops);
+	if (a->held_timer.data && !uv_is_closing((uv_handle_t *)&a->held_timer))
+		uv_close((uv_handle_t *)&a->held_timer, NULL);
 	if (a->rep_poll.data && !uv_is_closing((uv_handle_t *)&a->rep_poll))
 		uv_close((uv_handle_t *)&a->rep_poll, NULL);
 	if (a->push_poll.data && !uv_is_closing((uv_handle_t *)&a->push_poll))

@@ -129,7 +129,10 @@ static int loop_setup(struct agent *a, struct kerr *err)
 
 	_cleanup_free_ char *ops_path = xasprintf("%s/ops", a->cfg->state_dir);
 
-	/* Before any command is taken: the ones the previous run took are not run again. */
+	/* Before any command is taken: the ones the previous run took are not run again.
+	 * The ids are written on a lane of their own; link.c acks a command once its id
+	 * is on disk. */
+	opcache_init(&a->ops, a->loop, link_ops_written, a);
 	opcache_load(&a->ops, ops_path);
 	if (link_open(a, err) < 0)
 		return -1;

@@ -3,12 +3,21 @@
  * resends (its ack was lost, or it restarted) is acked again and its result re-sent,
  * but the work is never done twice. A ring of the last AGENT_OPCACHE_SIZE ops.
  *
- * The op ids are also kept in {state_dir}/ops, written before a command is acked, so
- * that a command the previous run of the agent took (and may have half done when it
- * died) is not run again by the next one: that one answers it as failed instead.
+ * The op ids are also kept in {state_dir}/ops, on disk before a command is acked
+ * (link.c holds the ack until opcache_on_disk()), so that a command the previous run
+ * of the agent took (and may have half done when it died) is not run again by the
+ * next one: that one answers it as failed instead.
+ *
+ * The file is written on a work lane (a thread of its own, common/work.h), never on
+ * the loop: its write and two fsyncs took hundreds of ms on a loaded host, and every
+ * command, heartbeat and QMP event waited behind them. Not on libuv's shared pool
+ * either: a backup's disk reads hold its threads for minutes, and every command to
+ * the host would wait for them. One write at a time, so an older list never lands
+ * after a newer one; changes made while a write runs go in one more write after it.
  */
 #include "agentd.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -41,41 +50,165 @@ static struct op_entry *slot_take(struct opcache *c, const char *op, enum link_t
 	return e;
 }
 
-/*
- * Write the op ids, oldest first, to c->path. It is a few KiB, written (and synced)
- * on the loop before the ack: a command must be on disk before anyone can rely on
- * it being taken, and commands are rare next to the loop's other work.
- */
-static void ids_save(struct opcache *c)
-{
+/* One write of the ids on the lane; run() touches only the job. */
+struct ids_job {
+	struct work w; /* first: common/work.h's job */
+	struct opcache *cache;
+	uint64_t gen; /* the change the text is up to */
+	int (*write)(const char *path, const char *text, size_t len);
+	size_t len;
 	char text[AGENT_OPCACHE_SIZE * (LINK_OP_ID_MAX + 1) + 1];
-	size_t len = 0;
-	int ret;
+	char path[PATH_MAX];
+};
 
-	if (!c->path[0])
-		return;
+static int ids_write_run(struct work *w)
+{
+	struct ids_job *j = (struct ids_job *)w;
+	int ret = j->write(j->path, j->text, j->len);
+
+	if (ret < 0)
+		return err_set(&w->err, -ret, "cannot write %s", j->path);
+	return 0;
+}
+
+static void ids_write_start(struct opcache *c);
+
+static void ids_write_done(struct work *w)
+{
+	struct ids_job *j = (struct ids_job *)w;
+	struct opcache *c = j->cache;
+
+	/* A failed write is kept for link.c, which refuses the command it held for it
+	 * (opcache_write_error()): acked without its id on disk, it could run twice. */
+	if (w->ret < 0)
+		log_warnx("ops: %s", w->err.msg);
+	snprintf(c->write_error, sizeof(c->write_error), "%s", w->ret < 0 ? w->err.msg : "");
+	c->writing = false;
+	c->written = j->gen;
+	free(j);
+	if (c->again) {
+		c->again = false;
+		ids_write_start(c);
+	} else if (c->closing) {
+		work_lane_close(c->lane);
+		c->lane = NULL;
+	}
+	if (c->written_cb)
+		c->written_cb(c);
+}
+
+/* Write the op ids as they are now, oldest first, to c->path on the lane. */
+static void ids_write_start(struct opcache *c)
+{
+	struct ids_job *j = xcalloc(1, sizeof(*j));
+
+	j->w.run = ids_write_run;
+	j->w.done = ids_write_done;
+	j->cache = c;
+	j->gen = c->gen;
+	j->write = c->write;
+	snprintf(j->path, sizeof(j->path), "%s", c->path);
 	for (size_t i = 0; i < AGENT_OPCACHE_SIZE; i++) {
 		const struct op_entry *e = &c->slots[(c->next + i) % AGENT_OPCACHE_SIZE];
 
 		if (e->op[0])
-			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s\n", e->op);
+			j->len += (size_t)snprintf(j->text + j->len, sizeof(j->text) - j->len,
+						   "%s\n", e->op);
 	}
-	ret = file_write_atomic(c->path, text, len, 0600);
-	if (ret < 0)
-		log_warnx("ops: cannot write %s: %s", c->path, strerror(-ret));
+	c->writing = true;
+	work_lane_queue(c->lane, &j->w);
+}
+
+/* The ids changed: write them after the write running now, if any. */
+static void ids_changed(struct opcache *c)
+{
+	c->gen++;
+	/* Not kept (a test), or closed (the agent stops): nothing to wait for. */
+	if (!c->path[0] || c->lane == NULL) {
+		assert(c->lane || c->closing || !c->path[0]); /* opcache_init() first */
+		c->written = c->gen;
+		return;
+	}
+	if (c->writing)
+		c->again = true;
+	else
+		ids_write_start(c);
 }
 
 /*
- * Remember op as started, evicting the oldest entry, and save the ids. Returns the
- * entry, which stays valid until AGENT_OPCACHE_SIZE more ops arrive; look it up again
- * rather than keep it.
+ * Write the ids from now on on a lane of loop's; written_cb(c) runs on the loop after
+ * each write. owner is the caller's.
+ */
+void opcache_init(struct opcache *c, uv_loop_t *loop, opcache_written_fn written_cb, void *owner)
+{
+	c->write = opcache_write_file;
+	c->written_cb = written_cb;
+	c->owner = owner;
+	c->lane = work_lane_new(loop);
+}
+
+/* file_write_atomic() with the file's mode. */
+int opcache_write_file(const char *path, const char *text, size_t len)
+{
+	return file_write_atomic(path, text, len, 0600);
+}
+
+/*
+ * Remember op as started, evicting the oldest entry, and write the ids (off the loop):
+ * the change is c->gen, on disk once opcache_on_disk(c, gen). Returns the entry, which
+ * stays valid until AGENT_OPCACHE_SIZE more ops arrive; look it up again rather than
+ * keep it.
  */
 struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type type)
 {
 	struct op_entry *e = slot_take(c, op, type);
 
-	ids_save(c);
+	ids_changed(c);
 	return e;
+}
+
+/*
+ * Forget op, taken but never acked nor run (the agent stops while its id is being
+ * written): the ids are written again without it, so the next run takes the
+ * controller's resend as new instead of failing it as half done by this one.
+ */
+void opcache_drop(struct opcache *c, const char *op)
+{
+	struct op_entry *e = opcache_find(c, op);
+
+	if (e == NULL)
+		return;
+	json_object_put(e->done_body);
+	memset(e, 0, sizeof(*e));
+	ids_changed(c);
+}
+
+/*
+ * Was the write of the ids as of change gen done? It failed if opcache_write_error()
+ * says why (asked at once: the next write clears it).
+ */
+bool opcache_on_disk(const struct opcache *c, uint64_t gen)
+{
+	return c->written >= gen;
+}
+
+/* Why the last write of the ids failed, or NULL when it did not. */
+const char *opcache_write_error(const struct opcache *c)
+{
+	return c->write_error[0] ? c->write_error : NULL;
+}
+
+/*
+ * End the lane once the write running (and the one more it owes, if any) is done;
+ * at once when none runs. The loop keeps running until then.
+ */
+void opcache_close(struct opcache *c)
+{
+	c->closing = true;
+	if (c->lane == NULL || c->writing)
+		return;
+	work_lane_close(c->lane);
+	c->lane = NULL;
 }
 
 /*

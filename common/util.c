@@ -183,12 +183,14 @@ static int write_replace(const char *path, const void *data, size_t len, unsigne
 	}
 	if (!durable)
 		return 0;
+	/* The new name is durable only with its directory: a failure here is the caller's. */
 	fd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd >= 0) {
-		fsync(fd);
-		close(fd);
-	}
-	return 0;
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
 }
 
 int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)

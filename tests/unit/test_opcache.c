@@ -59,20 +59,50 @@ static void test_find_and_finish(void **state)
 	free(c);
 }
 
-/* The next run finds the ops of the previous one as earlier, the newest ones kept. */
+static int nwritten_cb;
+
+static void written_cb(struct opcache *c)
+{
+	(void)c;
+	nwritten_cb++;
+}
+
+/* Run loop until c's ids as of now are on disk, then end its lane. */
+static void settle_and_close(uv_loop_t *loop, struct opcache *c)
+{
+	uint64_t gen = c->gen;
+
+	while (!opcache_on_disk(c, gen))
+		uv_run(loop, UV_RUN_ONCE);
+	opcache_close(c);
+	uv_run(loop, UV_RUN_DEFAULT);
+}
+
+/*
+ * The next run finds the ops of the previous one as earlier, the newest ones kept;
+ * ops added while a write runs go in one more write after it, not one write each.
+ */
 static void test_kept_across_runs(void **state)
 {
 	struct opcache *run1 = calloc(1, sizeof(*run1)), *run2 = calloc(1, sizeof(*run2));
 	char op[32];
 	struct op_entry *e;
+	uv_loop_t loop;
 
 	unlink(path);
+	uv_loop_init(&loop);
+	nwritten_cb = 0;
+	opcache_init(run1, &loop, written_cb, NULL);
 	opcache_load(run1, path); /* no file yet: nothing earlier */
 	for (int i = 0; i < AGENT_OPCACHE_SIZE + 5; i++) {
 		op_name(op, sizeof(op), i);
 		opcache_add(run1, op, LINK_CMD_INSTANCE);
 	}
+	assert_false(opcache_on_disk(run1, run1->gen)); /* written off the loop */
+	settle_and_close(&loop, run1);
+	assert_int_equal(nwritten_cb, 2); /* the first op's write, then all the others' */
 	assert_int_equal(access(path, F_OK), 0);
+	opcache_init(run2, &loop, NULL, NULL);
 	opcache_load(run2, path);
 	op_name(op, sizeof(op), 4); /* evicted from the ring, so from the file too */
 	assert_null(opcache_find(run2, op));
@@ -88,6 +118,8 @@ static void test_kept_across_runs(void **state)
 	assert_false(opcache_find(run2, "op-new")->earlier);
 	op_name(op, sizeof(op), 5);
 	assert_null(opcache_find(run2, op));
+	settle_and_close(&loop, run2);
+	assert_int_equal(uv_loop_close(&loop), 0);
 	opcache_clear(run1);
 	opcache_clear(run2);
 	free(run1);

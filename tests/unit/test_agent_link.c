@@ -1,0 +1,536 @@
+/*
+ * test_agent_link.c - the agent's command socket (agentd/link.c) with its op cache
+ * (agentd/opcache.c): a new command is acked only once its op id is on disk, that
+ * write runs neither on the loop nor on libuv's shared pool, the replies keep their
+ * order while a command waits for it, and a stop drops the waiting command cleanly.
+ *
+ * The controller is two NN_REQ sockets in this process (nanomsg inproc) that seal
+ * commands as controllerd/agentlink.c does; the drivers' entry points link.c calls
+ * are stubs that record what ran.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/pipeline.h>
+#include <nanomsg/reqrep.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agentd.h"
+#include "util.h"
+
+#define AGENT_URL "inproc://kumo-unit-agent-link"
+#define EVENT_URL "inproc://kumo-unit-agent-link-events"
+#define WAIT_US	  (30 * 1000 * 1000) /* a bound for a busy machine, never a sleep */
+
+static char dir[64], ops_path[96];
+static uv_loop_t loop;
+static struct agent_config cfg;
+static struct agent agent;
+static struct agent *a = &agent;
+static int req1 = -1, req2 = -1, events = -1;
+static int64_t tx_seq;
+
+/* The loop turning: a timer counts its turns. */
+static uv_timer_t ticker;
+static atomic_int ticks;
+
+/* The op ids' writer (on whatever thread opcache.c runs it): held until released. */
+static atomic_bool write_hold, write_release, write_started, write_timed_out;
+static atomic_int write_fail; /* the next writes fail with -EIO while > 0 */
+
+/* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it;
+ * static, as the pool may still run them when a failed test has returned. */
+#define POOL_THREADS 4
+static atomic_bool pool_release;
+static int pool_done;
+static uv_work_t pool_reqs[POOL_THREADS];
+
+/* What the stubs saw. */
+static char started[4][LINK_OP_ID_MAX + 1];
+static bool started_on_disk[4];
+static int nstarted;
+
+/* Whether the ops file holds op on a line of its own. */
+static bool ops_file_has(const char *op)
+{
+	_cleanup_free_ char *text = NULL;
+	char *save = NULL;
+
+	if (file_read_all(ops_path, 64 * 1024, &text, NULL) < 0)
+		return false;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (strcmp(line, op) == 0)
+			return true;
+	return false;
+}
+
+/* ---- stubs of the drivers link.c hands commands to ---------------------------------- */
+
+static void started_record(const char *op)
+{
+	assert_true(nstarted < 4);
+	snprintf(started[nstarted], sizeof(started[nstarted]), "%s", op);
+	started_on_disk[nstarted] = ops_file_has(op);
+	nstarted++;
+}
+
+void probe_cmd_start(struct agent *ag, const char *op, struct json_object *body)
+{
+	(void)ag;
+	(void)body;
+	started_record(op);
+}
+
+int instance_cmd_check(struct json_object *body, struct kerr *err)
+{
+	(void)body;
+	(void)err;
+	return 0;
+}
+
+void instance_cmd_start(struct agent *ag, const char *op, struct json_object *body)
+{
+	(void)ag;
+	(void)body;
+	started_record(op);
+}
+
+/* Every query is answered in its ack with {"query": op}. */
+int instance_query(struct agent *ag, const char *op, struct json_object *body,
+		   struct json_object **answer, struct kerr *err)
+{
+	(void)ag;
+	(void)body;
+	(void)err;
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "query", json_object_new_string(op));
+	return 0;
+}
+
+struct json_object *job_cancel_cmd(struct agent *ag, const char *op, struct json_object *body,
+				   struct kerr *err)
+{
+	(void)ag;
+	(void)op;
+	(void)body;
+	err_set(err, 0, "no jobs here");
+	return NULL;
+}
+
+bool lease_heartbeat_allowed(struct agent *ag)
+{
+	(void)ag;
+	return true;
+}
+
+void console_relays_resume(struct agent *ag)
+{
+	(void)ag;
+}
+
+void vnc_streams_resume(struct agent *ag)
+{
+	(void)ag;
+}
+
+/* ---- the fixture ---------------------------------------------------------------------- */
+
+/* The writer: file_write_atomic(), after waiting for the test when write_hold is set. */
+static int write_cb(const char *path, const char *text, size_t len)
+{
+	int64_t until = now_us() + WAIT_US;
+
+	atomic_store(&write_started, true);
+	while (atomic_load(&write_hold) && !atomic_load(&write_release)) {
+		if (now_us() > until) {
+			atomic_store(&write_timed_out, true);
+			break;
+		}
+		usleep(1000);
+	}
+	if (atomic_load(&write_fail) > 0) {
+		atomic_fetch_sub(&write_fail, 1);
+		return -EIO;
+	}
+	return opcache_write_file(path, text, len);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+	(void)t;
+	atomic_fetch_add(&ticks, 1);
+}
+
+static int setup(void **state)
+{
+	struct kerr err;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "/tmp/kumo-unit-agent-link.XXXXXX");
+	if (mkdtemp(dir) == NULL)
+		return -1;
+	snprintf(ops_path, sizeof(ops_path), "%s/ops", dir);
+	uv_loop_init(&loop);
+	uv_timer_init(&loop, &ticker);
+	uv_timer_start(&ticker, tick_cb, 1, 1);
+	uv_unref((uv_handle_t *)&ticker);
+	atomic_store(&ticks, 0);
+	atomic_store(&write_hold, false);
+	atomic_store(&write_release, false);
+	atomic_store(&write_started, false);
+	atomic_store(&write_timed_out, false);
+	atomic_store(&write_fail, 0);
+	nstarted = 0;
+
+	memset(&agent, 0, sizeof(agent));
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.state_dir = dir;
+	a->cfg = &cfg;
+	a->loop = &loop;
+	a->started_us = now_us();
+	snprintf(a->link.host, sizeof(a->link.host), "h1");
+	random_bytes(a->link.key, sizeof(a->link.key));
+	opcache_init(&a->ops, &loop, link_ops_written, a);
+	a->ops.write = write_cb;
+	opcache_load(&a->ops, ops_path);
+
+	events = nn_socket(AF_SP, NN_PULL);
+	a->rep_sock = nn_socket(AF_SP, NN_REP);
+	a->push_sock = nn_socket(AF_SP, NN_PUSH);
+	if (events < 0 || nn_bind(events, EVENT_URL) < 0 || a->rep_sock < 0 ||
+	    nn_bind(a->rep_sock, AGENT_URL) < 0 || a->push_sock < 0 ||
+	    nn_connect(a->push_sock, EVENT_URL) < 0)
+		return -1;
+	if (link_watch(a, &err) < 0) {
+		print_error("%s\n", err.msg);
+		return -1;
+	}
+	req1 = nn_socket(AF_SP, NN_REQ);
+	req2 = nn_socket(AF_SP, NN_REQ);
+	if (req1 < 0 || req2 < 0 || nn_connect(req1, AGENT_URL) < 0 ||
+	    nn_connect(req2, AGENT_URL) < 0)
+		return -1;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+
+	(void)state;
+	atomic_store(&write_release, true);
+	atomic_store(&pool_release, true); /* a failed test_not_behind_pool's jobs end */
+	a->stopping = true;
+	link_close(a);
+	uv_close((uv_handle_t *)&ticker, NULL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	link_sockets_release(a);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	nn_close(req1);
+	nn_close(req2);
+	nn_close(events);
+	req1 = req2 = events = -1;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Seal a command (or query) of type for op, as the controller does, and send it on req. */
+static void send_cmd(int req, enum link_type type, const char *op)
+{
+	struct link_msg m = {.type = type, .body = json_object_new_object()};
+	unsigned char *buf;
+	size_t len;
+	struct kerr err;
+
+	snprintf(m.host, sizeof(m.host), "h1");
+	snprintf(m.op, sizeof(m.op), "%s", op);
+	m.seq = seal_seq_next(&tx_seq);
+	if (type == LINK_CMD_QUERY)
+		m.expires = now_us() + WAIT_US;
+	assert_int_equal(link_msg_seal(a->link.key, SEAL_DIR_TO_AGENT, &m, &buf, &len, &err), 0);
+	assert_true(nn_send(req, buf, len, NN_DONTWAIT) >= 0);
+	free(buf);
+	json_object_put(m.body);
+}
+
+/* A reply the agent sent: its type, op, seq and body's query (if any). */
+struct reply {
+	bool got;
+	enum link_type type;
+	char op[LINK_OP_ID_MAX + 1];
+	int64_t seq;
+	char query[LINK_OP_ID_MAX + 1];
+	int at; /* the order replies came in, from 1 */
+};
+static int nreplies;
+
+/* Take a reply from req into r if one is there. */
+static void reply_try(int req, struct reply *r)
+{
+	unsigned char *buf = NULL;
+	struct link_msg m;
+	struct kerr err;
+	int n;
+
+	if (r->got)
+		return;
+	n = nn_recv(req, &buf, NN_MSG, NN_DONTWAIT);
+	if (n < 0)
+		return;
+	assert_int_equal(
+		link_msg_open(a->link.key, SEAL_DIR_TO_CONTROLLER, buf, (size_t)n, &m, &err), 0);
+	nn_freemsg(buf);
+	r->got = true;
+	r->type = m.type;
+	snprintf(r->op, sizeof(r->op), "%s", m.op);
+	r->seq = m.seq;
+	snprintf(r->query, sizeof(r->query), "%s", json_get_str(m.body, "query", ""));
+	r->at = ++nreplies;
+	link_msg_clear(&m);
+}
+
+/* Run the loop (and take replies) until done() or the bound; false at the bound. */
+static bool run_until(bool (*done)(void), struct reply *r1, struct reply *r2)
+{
+	int64_t until = now_us() + WAIT_US;
+
+	while (!done()) {
+		uv_run(&loop, UV_RUN_NOWAIT);
+		if (r1)
+			reply_try(req1, r1);
+		if (r2)
+			reply_try(req2, r2);
+		if (now_us() > until)
+			return done();
+		usleep(200); /* the lane and nanomsg's threads work meanwhile */
+	}
+	return true;
+}
+
+static struct reply *want1, *want2;
+static int want_ticks;
+static bool got_first(void)
+{
+	return want1->got;
+}
+static bool got_both(void)
+{
+	return want1->got && want2->got;
+}
+static bool write_begun(void)
+{
+	return atomic_load(&write_started);
+}
+static bool ticked(void)
+{
+	return atomic_load(&ticks) >= want_ticks;
+}
+static bool lane_closed(void)
+{
+	return a->ops.lane == NULL;
+}
+
+/*
+ * A command's ack waits for its op id on disk, the loop turning meanwhile (the write
+ * is not on it); a query sent meanwhile on another socket is answered only after
+ * that ack, and the command starts with its id on disk.
+ */
+static void test_ack_after_id_on_disk_in_order(void **state)
+{
+	struct reply r1 = {0}, r2 = {0};
+
+	(void)state;
+	nreplies = 0;
+	atomic_store(&write_hold, true);
+	send_cmd(req1, LINK_CMD_PROBE, "op-a");
+	assert_true(run_until(write_begun, NULL, NULL));
+	send_cmd(req2, LINK_CMD_QUERY, "op-b");
+	/* The loop turns while the id is written; nothing is answered meanwhile. */
+	want_ticks = atomic_load(&ticks) + 50;
+	if (!run_until(ticked, &r1, &r2) || atomic_load(&write_timed_out))
+		fail_msg("the loop stood still while the op id was written");
+	assert_false(r1.got);
+	assert_false(r2.got);
+	assert_int_equal(nstarted, 0);
+
+	atomic_store(&write_release, true);
+	want1 = &r1;
+	want2 = &r2;
+	if (!run_until(got_both, &r1, &r2))
+		fail_msg("replies missing after the write: command %s, query %s",
+			 r1.got ? "answered" : "not answered",
+			 r2.got ? "answered" : "not answered");
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_string_equal(r1.op, "op-a");
+	assert_int_equal(r2.type, LINK_ACK);
+	assert_string_equal(r2.op, "op-b");
+	assert_string_equal(r2.query, "op-b");
+	assert_true(r1.at < r2.at);
+	assert_true(r1.seq < r2.seq);
+	assert_int_equal(nstarted, 1);
+	assert_string_equal(started[0], "op-a");
+	assert_true(started_on_disk[0]);
+
+	/* The same command again (its ack was lost): acked again, not run twice. */
+	memset(&r1, 0, sizeof(r1));
+	send_cmd(req1, LINK_CMD_PROBE, "op-a");
+	want1 = &r1;
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 1);
+}
+
+/*
+ * The controller resends a command whose ack is overdue (its disk is slow): the
+ * command runs once, and the resend is acked (the REQ socket drops the stale reply
+ * to the first copy).
+ */
+static void test_resend_while_held(void **state)
+{
+	struct reply r1 = {0};
+
+	(void)state;
+	atomic_store(&write_hold, true);
+	send_cmd(req1, LINK_CMD_PROBE, "op-r");
+	assert_true(run_until(write_begun, NULL, NULL));
+	send_cmd(req1, LINK_CMD_PROBE, "op-r"); /* a fresh seq, as agentlink.c resends */
+	atomic_store(&write_release, true);
+	want1 = &r1;
+	if (!run_until(got_first, &r1, NULL))
+		fail_msg("the resent command was not acked in %d s", WAIT_US / 1000000);
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_string_equal(r1.op, "op-r");
+	assert_int_equal(nstarted, 1);
+	assert_true(started_on_disk[0]);
+}
+
+/*
+ * The op id cannot be written (EIO): the command is refused with the reason and does
+ * not run (acked and run, a restart could run its resend again); its id is forgotten,
+ * so the resend, once the disk writes again, is taken and run once.
+ */
+static void test_failed_write_refuses(void **state)
+{
+	struct reply r1 = {0};
+
+	(void)state;
+	atomic_store(&write_fail, 1);
+	send_cmd(req1, LINK_CMD_PROBE, "op-f");
+	want1 = &r1;
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_NACK);
+	assert_string_equal(r1.op, "op-f");
+	assert_int_equal(nstarted, 0);
+	assert_null(opcache_find(&a->ops, "op-f"));
+
+	memset(&r1, 0, sizeof(r1));
+	send_cmd(req1, LINK_CMD_PROBE, "op-f");
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 1);
+	assert_string_equal(started[0], "op-f");
+	assert_true(started_on_disk[0]);
+}
+
+static void pool_block_cb(uv_work_t *req)
+{
+	int64_t until = now_us() + 2 * WAIT_US;
+
+	(void)req;
+	while (!atomic_load(&pool_release) && now_us() < until)
+		usleep(1000);
+}
+
+static void pool_after_cb(uv_work_t *req, int status)
+{
+	(void)req;
+	(void)status;
+	pool_done++;
+}
+
+/* A command is acked (its id written) while every thread of libuv's pool is busy. */
+static void test_not_behind_pool(void **state)
+{
+	struct reply r1 = {0};
+
+	(void)state;
+	atomic_store(&pool_release, false);
+	pool_done = 0;
+	for (int i = 0; i < POOL_THREADS; i++)
+		assert_int_equal(uv_queue_work(&loop, &pool_reqs[i], pool_block_cb, pool_after_cb),
+				 0);
+	send_cmd(req1, LINK_CMD_PROBE, "op-p");
+	want1 = &r1;
+	if (!run_until(got_first, &r1, NULL))
+		fail_msg("the command was not acked in %d s", WAIT_US / 1000000);
+	assert_int_equal(pool_done, 0); /* the pool is still full, and the ack came */
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_true(ops_file_has("op-p"));
+	atomic_store(&pool_release, true);
+	while (pool_done < POOL_THREADS)
+		uv_run(&loop, UV_RUN_ONCE);
+}
+
+/*
+ * The agent stops while a command's id is written: the command is neither acked nor
+ * run, and its id is written out again before the loop ends, so the next run takes
+ * the controller's resend as new (not as half done by this one).
+ */
+static void test_stop_drops_held(void **state)
+{
+	struct opcache *next_run;
+	struct reply r1 = {0};
+
+	(void)state;
+	send_cmd(req1, LINK_CMD_PROBE, "op-old");
+	want1 = &r1;
+	assert_true(run_until(got_first, &r1, NULL));
+	atomic_store(&write_hold, true);
+	atomic_store(&write_started, false);
+	memset(&r1, 0, sizeof(r1));
+	send_cmd(req1, LINK_CMD_PROBE, "op-c");
+	assert_true(run_until(write_begun, NULL, NULL));
+
+	a->stopping = true; /* agent_stop()'s order: link_close() last */
+	link_close(a);
+	atomic_store(&write_release, true);
+	assert_true(run_until(lane_closed, &r1, NULL));
+	reply_try(req1, &r1);
+	assert_false(r1.got);
+	assert_int_equal(nstarted, 1); /* op-old only */
+	assert_true(ops_file_has("op-old"));
+	assert_false(ops_file_has("op-c"));
+
+	next_run = calloc(1, sizeof(*next_run));
+	opcache_load(next_run, ops_path);
+	assert_non_null(opcache_find(next_run, "op-old"));
+	assert_null(opcache_find(next_run, "op-c"));
+	opcache_clear(next_run);
+	free(next_run);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_ack_after_id_on_disk_in_order, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_resend_while_held, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_not_behind_pool, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_write_refuses, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
+	};
+
+	setenv("UV_THREADPOOL_SIZE", "4", 1); /* before the pool's first use */
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
