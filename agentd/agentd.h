@@ -603,6 +603,7 @@ void vm_remove(struct vm *vm);
 void vm_forget(struct inst *inst);
 bool vm_alive(const struct vm *vm);
 int vm_start(struct vm *vm, const char *loadvm, inst_done_cb cb, void *data, struct kerr *err);
+int vm_start_checked(struct vm *vm, inst_done_cb cb, void *data, struct kerr *err);
 void vm_shutdown(struct vm *vm, unsigned timeout_s, inst_done_cb cb, void *data);
 void vm_force_stop(struct vm *vm, inst_done_cb cb, void *data);
 void vm_stopped_set(struct vm *vm);

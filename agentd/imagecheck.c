@@ -262,7 +262,9 @@ static void hash_done(struct work *job)
 	if (job->ret < 0) {
 		check_finish(c, job->err.msg);
 	} else {
-		hash_remember(((struct agent *)job->owner), &h->st, h->sha256);
+		/* A stopping agent freed its cache already (imagecheck_cache_free()). */
+		if (!((struct agent *)job->owner)->stopping)
+			hash_remember(((struct agent *)job->owner), &h->st, h->sha256);
 		hash_compare(c, h->sha256);
 	}
 	free(h);
@@ -328,11 +330,20 @@ void imagecheck_image(struct agent *a, const char *abs, const char *sha256, disk
 
 static void vm_check_next(struct vm_check *v);
 
-/* One check of disk i ended; once both did, the disk's refusal first, then its image's. */
+/*
+ * One check of disk i ended; once both did, the disk's refusal first, then its image's.
+ * A stopping agent frees its VMs as their handles close (inst_close_all()), and a check
+ * can end after that (a first hash runs seconds on the pool): then neither the VM nor
+ * the caller's continuation is touched again.
+ */
 static void vm_disk_checked(struct agent *a, struct vm_check *v)
 {
 	if (--v->pending > 0)
 		return;
+	if (a->stopping) {
+		free(v);
+		return;
+	}
 	if (v->disk_why[0] || v->image_why[0]) {
 		v->cb(a, v->disk_why[0] ? v->disk_why : v->image_why, v->data);
 		free(v);
@@ -355,9 +366,14 @@ static void vm_disk_info_cb(struct agent *a, const char *error, struct json_obje
 			    void *data)
 {
 	struct vm_check *v = data;
-	const struct vm_disk *d = &v->vm->disks[v->i];
+	const struct vm_disk *d;
 	char *why = v->disk_why;
 
+	if (a->stopping) { /* v->vm may be gone: see vm_disk_checked() */
+		vm_disk_checked(a, v);
+		return;
+	}
+	d = &v->vm->disks[v->i];
 	if (error ||
 	    info_check(d->abs, info, v->image[0] ? v->image : NULL, why, sizeof(v->disk_why)) < 0) {
 		if (error)

@@ -548,7 +548,7 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		migrate_in_fail(op, error);
 		return;
 	}
-	/* vm_start() checked the disks and images before it spawned QEMU. */
+	/* The disks and images were checked before QEMU was spawned (in_join_end()). */
 	if (json_object_object_get(op->result, "timings"))
 		json_object_object_add(
 			json_object_object_get(op->result, "timings"), "qemu_spawned_ms",
@@ -581,38 +581,102 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		migrate_in_fail(op, err.msg);
 }
 
-static void in_spec_written_cb(struct agent *a, const char *error, void *data)
-{
-	struct inst_op *op = data;
-	struct kerr err;
+/*
+ * The last steps before the target's QEMU starts, run side by side: spec.json written
+ * (a pool thread, with its fsyncs) and, for a VM whose disks all exist already (shared
+ * pool: none is made here), the check of its disks and images (imagecheck.c: two
+ * qemu-img runs at once), which vm_start() would otherwise run after the write - the
+ * two are independent, and each took tens of ms here (hundreds on a loaded host).
+ * QEMU starts once both ended well; only the last to end goes on with op (nothing
+ * frees op before: a cancel or the agent's stop is seen there, instance_op_gone()),
+ * so a failure of one never leaves the other a freed op. Local disks are made for
+ * the migration, so vm_start() checks them after they exist, as before.
+ */
+struct in_join {
+	struct inst_op *op;  /* untouched by the join until both steps ended */
+	int pending;	     /* steps still running, +1 while they are issued */
+	bool checked;	     /* the disks are checked here (not by vm_start()) */
+	char spec_why[256];  /* spec.json's failure, or "" */
+	char check_why[256]; /* the check's, or "" */
+};
 
-	if (instance_op_gone(op))
+static void in_join_end(struct in_join *j)
+{
+	struct inst_op *op = j->op;
+	bool checked = j->checked;
+	struct kerr err;
+	int ret;
+
+	if (instance_op_gone(op)) {
+		free(j);
 		return;
-	if (error) {
-		instance_op_fail(op, "%s", error);
+	}
+	if (j->spec_why[0]) {
+		instance_op_fail(op, "%s", j->spec_why);
+		free(j);
 		return;
 	}
 	op->vm->inst.created = true;
-	in_mark(op, "spec_written_ms");
+	if (j->check_why[0]) {
+		/* As vm_start()'s own check would have failed it (in_started_cb()). */
+		migrate_in_fail(op, j->check_why);
+		free(j);
+		return;
+	}
+	free(j);
 	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
 	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
-	if (vm_start(op->vm, NULL, in_started_cb, op, &err) < 0) {
+	ret = checked ? vm_start_checked(op->vm, in_started_cb, op, &err)
+		      : vm_start(op->vm, NULL, in_started_cb, op, &err);
+	if (ret < 0) {
 		op->vm->vm_incoming = false;
 		instance_op_fail(op, "%s", err.msg);
 	}
 }
 
+static void in_spec_written_cb(struct agent *a, const char *error, void *data)
+{
+	struct in_join *j = data;
+
+	(void)a;
+	if (error)
+		snprintf(j->spec_why, sizeof(j->spec_why), "%s", error);
+	in_mark(j->op, "spec_written_ms");
+	if (--j->pending == 0)
+		in_join_end(j);
+}
+
+static void in_checked_cb(struct agent *a, const char *error, void *data)
+{
+	struct in_join *j = data;
+
+	(void)a;
+	if (error)
+		snprintf(j->check_why, sizeof(j->check_why), "%s", error);
+	in_mark(j->op, "disks_checked_ms");
+	if (--j->pending == 0)
+		in_join_end(j);
+}
+
 static void in_spec_write(struct inst_op *op)
 {
 	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->inst.dir);
+	struct in_join *j = xcalloc(1, sizeof(*j));
 
 	/* Before spec.json: an agent restarted from here on knows what this VM is. */
 	state_write(op->vm, "in", op->op, false);
 	op->vm->vm_migrating_in = true;
 
-	disk_file_write(op->agent, path, json_text(op->spec), in_spec_written_cb, op);
+	j->op = op;
+	j->checked = migrate_disks_local(op->vm, NULL) == 0;
+	j->pending = j->checked ? 3 : 2;
+	disk_file_write(op->agent, path, json_text(op->spec), in_spec_written_cb, j);
+	if (j->checked)
+		imagecheck_vm(op->vm, in_checked_cb, j);
+	if (--j->pending == 0)
+		in_join_end(j);
 }
 
 static void in_seeded_cb(struct agent *a, const char *error, void *data)

@@ -816,6 +816,16 @@ int vm_start(struct vm *vm, const char *loadvm, inst_done_cb cb, void *data, str
 	return 0;
 }
 
+/*
+ * Start QEMU for vm as vm_start() does, for a caller that ran imagecheck_vm() itself
+ * and got no error (migrate-in runs it beside its other preparation). No loadvm.
+ * Returns 0 (cb follows as for vm_start()), or -1 with err (cb is then not called).
+ */
+int vm_start_checked(struct vm *vm, inst_done_cb cb, void *data, struct kerr *err)
+{
+	return vm_spawn(vm, NULL, cb, data, err);
+}
+
 static void kill_cb(uv_timer_t *timer)
 {
 	struct vm *vm = timer->data;

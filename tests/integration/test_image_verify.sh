@@ -103,6 +103,23 @@ op_ok
 wait_until 30 "iv1 running" instance_is iv1 running
 pass "with the image and disk restored iv1 starts"
 
+# 5. A live migration's target checks them too (beside its other preparation,
+# agentd/migrate.c): the image changed, the migration fails in prepare-target naming
+# the SHA-256, and iv1 runs on where it was, nothing of it left on the target.
+cp "$tmp/other.qcow2" "$ipath"
+api POST /api/v1/instances/iv1/actions/migrate '{"host":"'$other'"}'
+expect_status 202 "migrate iv1 to $other"
+wait_op "$(jqb .id)" 120
+[ "$(jqb .status)" = failed ] && grep -qF "SHA-256" <<<"$(jqb .error)" ||
+	fail "iv1 migrated to $other over a changed image: $(jqb -c '{status, error}')"
+cp "$tmp/orig.qcow2" "$ipath"
+api GET /api/v1/instances/iv1
+[ "$(jqb .host)" = "$host" ] && [ "$(jqb .state)" = running ] ||
+	fail "after the refused migration iv1 is $(jqb .state) on $(jqb .host), not running on $host"
+[ ! -e "$KUMO_LAB_DIR/hosts/$other/local/instances/iv1" ] ||
+	fail "the refused migration left iv1's run directory on $other"
+pass "a migration to $other over a changed image: refused by the target naming the SHA-256, iv1 runs on $host"
+
 # The controller's record is signed with a key only it holds: a record changed behind
 # its back (here its database edited) is refused, not sent to a host as the truth.
 key=$KUMO_LAB_DIR/controller/image.key
