@@ -146,6 +146,19 @@ int hex_decode(const char *in, unsigned char *out, size_t outlen)
 	return 0;
 }
 
+/* Open path with flags and fsync it. Returns 0 or -errno. */
+static int fsync_path(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
 static int write_replace(const char *path, const void *data, size_t len, unsigned mode,
 			 bool durable)
 {
@@ -184,13 +197,7 @@ static int write_replace(const char *path, const void *data, size_t len, unsigne
 	if (!durable)
 		return 0;
 	/* The new name is durable only with its directory: a failure here is the caller's. */
-	fd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd) < 0)
-		ret = -errno;
-	close(fd);
-	return ret;
+	return fsync_path(dirname(dircopy), O_RDONLY | O_DIRECTORY);
 }
 
 int file_write_atomic(const char *path, const void *data, size_t len, unsigned mode)
@@ -206,22 +213,11 @@ int file_write_replace(const char *path, const void *data, size_t len, unsigned 
 int file_sync(const char *path)
 {
 	_cleanup_free_ char *dircopy = xstrdup(path);
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
+	int ret = fsync_path(path, O_RDONLY);
 
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd) < 0)
-		ret = -errno;
-	close(fd);
 	if (ret < 0)
 		return ret;
-	fd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd) < 0)
-		ret = -errno;
-	close(fd);
-	return ret;
+	return fsync_path(dirname(dircopy), O_RDONLY | O_DIRECTORY);
 }
 
 int file_read_all(const char *path, size_t max, char **out, size_t *outlen)
