@@ -394,11 +394,20 @@ expect_status 204 "delete of the corrupt backup"
 # An unreferenced chunk, old enough: collected. The kept backup's chunks stay.
 junk=$store_dir/chunks/00/$(printf '0%.0s' {1..64})
 mkdir -p "$(dirname "$junk")" && echo junk >"$junk" && touch -d '2 hours ago' "$junk"
+# A manifest's temporary file a crash mid-commit left (an hour old), and one of a commit
+# under way (new): the first is collected, the second stays.
+left_tmp=$store_dir/backups/$(printf 'a%.0s' {1..32}).json.tmp.4242
+new_tmp=$store_dir/backups/$(printf 'b%.0s' {1..32}).json.tmp.4243
+echo '{"version": 2, "disks": [' >"$left_tmp" && touch -d '1 hour ago' "$left_tmp"
+echo '{"version": 2, "disks": [' >"$new_tmp"
 api POST "/api/v1/backup-stores/$bs/actions/gc"
 expect_status 202 "gc"
 wait_op "$(jqb .id)" 300
 op_ok
 [ "$(jqb .result.chunks_removed)" -ge 1 ] && [ ! -e "$junk" ] || fail "gc left the unreferenced chunk: $(jqb .result)"
+[ ! -e "$left_tmp" ] || fail "gc left a manifest's temporary file a crash left an hour ago"
+[ -e "$new_tmp" ] || fail "gc removed the temporary file of a manifest being written"
+rm -f "$new_tmp"
 api POST "/api/v1/backups/$bx/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "gc removed a chunk the kept backup names: $(jqb .result.bad)"
@@ -406,4 +415,4 @@ api DELETE "/api/v1/backups/$bx"
 expect_status 204
 api DELETE "/api/v1/backup-stores/$bs"
 expect_status 204 "delete of the emptied store"
-pass "prune keeps exactly keep_last (dry run first), delete, gc removes only unreferenced chunks"
+pass "prune keeps exactly keep_last (dry run first), delete, gc removes only unreferenced chunks and old temporary manifests"
