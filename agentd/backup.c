@@ -270,9 +270,13 @@ static void stale_cb(struct qmp *q, struct json_object *ret, const char *error, 
 	struct json_object *list = json_object_new_array();
 	struct kerr err;
 
-	if (error || s->vm->inst.removing ||
-	    snaprevert_bitmaps_from_nodes(ret, s->vm->ndisks, list, &err) < 0)
+	if (s->vm->inst.removing)
 		goto out;
+	if (error || snaprevert_bitmaps_from_nodes(ret, s->vm->ndisks, list, &err) < 0) {
+		log_warnx("vm %s: stale bitmaps left on its disks: %s", s->vm->inst.name,
+			  error ? error : err.msg);
+		goto out;
+	}
 	for (size_t k = 0; k < json_array_len(list); k++) {
 		struct json_object *e = json_object_array_get_idx(list, k), *args;
 		const char *name = json_get_str(e, "name", "");
@@ -309,7 +313,8 @@ out:
  * the parent's, superseded, and any a failed backup left (an agent killed -9 after
  * its transaction added one: nothing else would ever remove it, and QEMU keeps
  * tracking writes in it). Asked of QEMU once (query-named-block-nodes), no one waits.
- * Without keep (a controller from before it), only the parent's goes, as before.
+ * Without keep, none is kept but this backup's: the controller sends it only when the
+ * instance has backups in other stores (an agent from before the field refuses it).
  */
 static void bitmaps_settle(struct bjob *job)
 {
@@ -318,15 +323,11 @@ static void bitmaps_settle(struct bjob *job)
 	struct stale *s;
 	struct kerr err;
 
-	if (!json_object_is_type(keep, json_type_array)) {
-		if (job->parent[0])
-			bitmaps_drop(job, job->parent);
-		return;
-	}
 	s = xcalloc(1, sizeof(*s));
 	s->vm = job->op->vm;
 	snprintf(s->self, sizeof(s->self), "kumo-%s", job->id);
-	s->keep = json_object_get(keep);
+	s->keep = json_object_is_type(keep, json_type_array) ? json_object_get(keep)
+							      : json_object_new_array();
 	args = json_object_new_object();
 	json_object_object_add(args, "flat", json_object_new_boolean(true));
 	if (vm_qmp(s->vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, stale_cb, s, &err) <

@@ -82,8 +82,12 @@ static int wait_done(struct nbd_conn *c, int64_t cookie, const char *what, struc
 		if (ret > 0)
 			return 0;
 		ret = nbd_poll(c->h, timeout_ms);
-		if (ret < 0)
+		if (ret < 0) {
+			/* Not the command's own failure: other requests may still be in
+			 * flight into their buffers, so nothing is polled again. */
+			c->broken = true;
 			return nbd_err(err, what);
+		}
 		if (ret == 0) {
 			c->broken = true;
 			return err_set(err, ETIMEDOUT, "nbd: %s: no answer in %d ms", what,

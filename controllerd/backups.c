@@ -620,7 +620,10 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	if (mode && !strcmp(mode, "full"))
 		json_object_object_add(args, "full", json_object_new_boolean(true));
 	/* The chain ends of the instance's other stores: their bitmaps stay on its disks
-	 * when this backup succeeds, every other Kumo bitmap goes (agentd/backup.c). */
+	 * when this backup succeeds, every other Kumo bitmap goes (agentd/backup.c). Sent
+	 * only when there are some: an agent older than the field refuses it, and an
+	 * upgrade begins with the controller. The newest 64 stores' ends at most (the
+	 * agent's bound); an older store's next incremental then reads whole. */
 	{
 		struct json_object *keep = json_object_new_array();
 
@@ -629,7 +632,8 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 			"SELECT b.id FROM backups b WHERE b.instance = ? AND b.store_id != ? "
 			"AND b.status = 'succeeded' AND b.created_at = (SELECT "
 			"max(created_at) FROM backups WHERE instance = b.instance AND "
-			"store_id = b.store_id AND status = 'succeeded') LIMIT 64");
+			"store_id = b.store_id AND status = 'succeeded') "
+			"ORDER BY b.created_at DESC LIMIT 64");
 		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 2, store_id);
 		while (sqlite3_step(st) == SQLITE_ROW)
@@ -637,7 +641,10 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 				keep,
 				json_object_new_string((const char *)sqlite3_column_text(st, 0)));
 		sqlite3_finalize(st);
-		json_object_object_add(args, "keep_bitmaps", keep);
+		if (json_array_len(keep) > 0)
+			json_object_object_add(args, "keep_bitmaps", keep);
+		else
+			json_object_put(keep);
 	}
 	/* In the op's args, so a resend after a restart paces the reads alike. */
 	if (bandwidth_mbps > 0)
