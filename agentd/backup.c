@@ -115,6 +115,22 @@ static int backup_key_check(struct json_object *val, const char *field, struct k
 	return 0;
 }
 
+/* keep_bitmaps: at most BACKUP_KEEP_MAX backup ids. */
+#define BACKUP_KEEP_MAX 64
+static int backup_keep_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	if (json_array_len(val) > BACKUP_KEEP_MAX)
+		return err_input(err, 400, field, "more than %d backups to keep", BACKUP_KEEP_MAX);
+	for (size_t i = 0; i < json_array_len(val); i++) {
+		struct json_object *id = json_object_array_get_idx(val, i);
+
+		if (!json_object_is_type(id, json_type_string) ||
+		    backup_id_check(id, field, err) < 0)
+			return err_input(err, 400, field, "not a list of backup ids");
+	}
+	return 0;
+}
+
 /* The backup or restore's id and its store, relative to the shared pool */
 const struct json_field backup_args[] = {
 	{"backup", JK_STRING, true, backup_id_check},
@@ -123,6 +139,8 @@ const struct json_field backup_args[] = {
 	{"full", JK_BOOL, false, NULL}, /* backup: never build on the parent, only supersede it */
 	{"key", JK_STRING, false, backup_key_check}, /* an encrypted store's; job_new() takes it */
 	{"bandwidth_mbps", JK_INT, false, NULL},     /* backup: the disk reads' limit (Mbit/s) */
+	/* backup: the chain ends of the instance's other stores, whose bitmaps stay */
+	{"keep_bitmaps", JK_ARRAY, false, backup_keep_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -237,6 +255,86 @@ static void bitmap_drop_at_work(struct bjob *job)
 	json_object_object_add(args, "name", json_object_new_string(name));
 	vm_qmp(job->op->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
 	       bitmap_removed_cb, NULL, &err);
+}
+
+/* A listing of a VM's bitmaps after its backup succeeded: which of Kumo's stay. */
+struct stale {
+	struct vm *vm;
+	char self[80];		  /* kumo-ID of the backup that succeeded */
+	struct json_object *keep; /* the other stores' chain ends (ids), owned */
+};
+
+static void stale_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct stale *s = data;
+	struct json_object *list = json_object_new_array();
+	struct kerr err;
+
+	if (s->vm->inst.removing)
+		goto out;
+	if (error || snaprevert_bitmaps_from_nodes(ret, s->vm->ndisks, list, &err) < 0) {
+		log_warnx("vm %s: stale bitmaps left on its disks: %s", s->vm->inst.name,
+			  error ? error : err.msg);
+		goto out;
+	}
+	for (size_t k = 0; k < json_array_len(list); k++) {
+		struct json_object *e = json_object_array_get_idx(list, k), *args;
+		const char *name = json_get_str(e, "name", "");
+		char node[16];
+		bool kept = !strcmp(name, s->self);
+
+		if (!snaprevert_bitmap_is_kumo(name))
+			continue; /* an operator's or a block job's: never ours to drop */
+		for (size_t i = 0; !kept && i < json_array_len(s->keep); i++)
+			kept = !strcmp(name + 5, json_object_get_string(
+							 json_object_array_get_idx(s->keep, i)));
+		if (kept)
+			continue;
+		log_info("vm %s: dropping bitmap %s of disk %d: no store's next incremental builds "
+			 "on it",
+			 s->vm->inst.name, name, (int)json_get_int(e, "disk", 0));
+		args = json_object_new_object();
+		snprintf(node, sizeof(node), "d%d", (int)json_get_int(e, "disk", 0));
+		json_object_object_add(args, "node", json_object_new_string(node));
+		json_object_object_add(args, "name", json_object_new_string(name));
+		vm_qmp(s->vm, "block-dirty-bitmap-remove", args, BACKUP_JOB_TIMEOUT,
+		       bitmap_removed_cb, NULL, &err);
+	}
+out:
+	json_object_put(list);
+	json_object_put(s->keep);
+	free(s);
+}
+
+/*
+ * A running VM's backup succeeded: the bitmaps the next incrementals build on are
+ * this backup's (for its store) and keep's (the chain ends of the instance's other
+ * stores, as the controller knows them); every other Kumo bitmap on its disks goes:
+ * the parent's, superseded, and any a failed backup left (an agent killed -9 after
+ * its transaction added one: nothing else would ever remove it, and QEMU keeps
+ * tracking writes in it). Asked of QEMU once (query-named-block-nodes), no one waits.
+ * Without keep, none is kept but this backup's: the controller sends it only when the
+ * instance has backups in other stores (an agent from before the field refuses it).
+ */
+static void bitmaps_settle(struct bjob *job)
+{
+	struct json_object *keep = json_object_object_get(job->op->args, "keep_bitmaps");
+	struct json_object *args;
+	struct stale *s;
+	struct kerr err;
+
+	s = xcalloc(1, sizeof(*s));
+	s->vm = job->op->vm;
+	snprintf(s->self, sizeof(s->self), "kumo-%s", job->id);
+	s->keep = json_object_is_type(keep, json_type_array) ? json_object_get(keep)
+							      : json_object_new_array();
+	args = json_object_new_object();
+	json_object_object_add(args, "flat", json_object_new_boolean(true));
+	if (vm_qmp(s->vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, stale_cb, s, &err) <
+	    0) {
+		json_object_put(s->keep);
+		free(s);
+	}
 }
 
 /* QEMU's block job reading disk i for this backup: unique per backup, so one an
@@ -916,8 +1014,8 @@ static void manifest_after(struct bjob *job)
 	if (op->result == NULL)
 		op->result = json_object_new_object();
 	json_object_object_add(op->result, "backup", b);
-	if (job->live && job->parent[0] && op->vm)
-		bitmaps_drop(job, job->parent); /* superseded: the new one is the chain's end */
+	if (job->live && op->vm)
+		bitmaps_settle(job); /* the parent's superseded, a failed backup's left */
 	log_info("vm %s: backup %s: %llu bytes read, %llu new in the store, %llu chunks",
 		 json_get_str(op->spec, "name", ""), job->id, (unsigned long long)job->read_bytes,
 		 (unsigned long long)job->new_bytes, (unsigned long long)job->chunk_count);

@@ -45,9 +45,11 @@ bool nbd_conn_sparse(const struct nbd_conn *c);
 
 /*
  * Read len bytes at off into buf (len at most NBD_READ_MAX). Parts the server sends
- * as holes are zeroed. Returns 0 or -1 with err (the server's errno, EIO for a broken
- * reply, ETIMEDOUT for none: the connection is then unusable). On failure buf's
- * content is undefined.
+ * as holes are zeroed. Returns 0 or -1 with err (the first failure: the server's
+ * errno, EIO for a broken reply, ETIMEDOUT for none: the connection is then
+ * unusable). On failure buf's content is undefined. Sent as requests of 1 MiB, up to
+ * 8 in flight, once one read of 2 MiB or more went whole (nbd.c says why: QEMU's
+ * server maps a fresh buffer for every large request otherwise).
  */
 #define NBD_READ_MAX (32u << 20) /* QEMU's server refuses larger requests */
 int nbd_conn_read(struct nbd_conn *c, int64_t off, void *buf, size_t len, struct kerr *err);
@@ -62,6 +64,10 @@ int nbd_conn_zero(struct nbd_conn *c, int64_t off, size_t len, struct kerr *err)
  * default, 60 s). For tests: the agent never calls it. Not thread-safe: set it before
  * any connection is used. */
 void nbd_conn_timeout_set(int ms);
+
+/* The size of a read's requests after the first large one (bytes; 0 restores the
+ * default, 1 MiB). For tests, as nbd_conn_timeout_set. */
+void nbd_conn_piece_set(size_t bytes);
 
 /* Say goodbye (NBD_CMD_DISC, waiting a bounded time for the server to hang up) and
  * close. NULL is fine. */

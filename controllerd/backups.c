@@ -619,6 +619,33 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 		json_object_object_add(args, "parent", json_object_new_string(parent));
 	if (mode && !strcmp(mode, "full"))
 		json_object_object_add(args, "full", json_object_new_boolean(true));
+	/* The chain ends of the instance's other stores: their bitmaps stay on its disks
+	 * when this backup succeeds, every other Kumo bitmap goes (agentd/backup.c). Sent
+	 * only when there are some: an agent older than the field refuses it, and an
+	 * upgrade begins with the controller. The newest 64 stores' ends at most (the
+	 * agent's bound); an older store's next incremental then reads whole. */
+	{
+		struct json_object *keep = json_object_new_array();
+
+		st = db_prepare(
+			ctl.db,
+			"SELECT b.id FROM backups b WHERE b.instance = ? AND b.store_id != ? "
+			"AND b.status = 'succeeded' AND b.created_at = (SELECT "
+			"max(created_at) FROM backups WHERE instance = b.instance AND "
+			"store_id = b.store_id AND status = 'succeeded') "
+			"ORDER BY b.created_at DESC LIMIT 64");
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, store_id);
+		while (sqlite3_step(st) == SQLITE_ROW)
+			json_object_array_add(
+				keep,
+				json_object_new_string((const char *)sqlite3_column_text(st, 0)));
+		sqlite3_finalize(st);
+		if (json_array_len(keep) > 0)
+			json_object_object_add(args, "keep_bitmaps", keep);
+		else
+			json_object_put(keep);
+	}
 	/* In the op's args, so a resend after a restart paces the reads alike. */
 	if (bandwidth_mbps > 0)
 		json_object_object_add(args, "bandwidth_mbps",
@@ -1294,6 +1321,31 @@ struct gc_job {
 	char error[256];
 };
 
+/*
+ * Thread: whether name in backups/ (dir) is a manifest's temporary file
+ * (chunkstore_backup_commit writes ID.json.tmp.PID, then renames it) that a commit
+ * left when its agent died or its host crashed; it goes when it is older than a
+ * minute before the collection began, as an unnamed chunk does. No backup runs into
+ * the store during a collection, and a commit writes its file, flushes the store and
+ * renames it within that minute; a file of a commit that is still under way is newer
+ * and stays. True when name is such a file, gone or kept.
+ */
+static bool manifest_tmp_collect(const char *dir, const char *name, int64_t started_ms)
+{
+	const char *tmp = strstr(name, ".json.tmp.");
+	_cleanup_free_ char *path = NULL;
+	struct stat sb;
+
+	if (tmp == NULL || tmp == name || tmp[10] == '\0' ||
+	    strspn(tmp + 10, "0123456789") != strlen(tmp + 10))
+		return false;
+	path = xasprintf("%s/%s", dir, name);
+	if (lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) &&
+	    (int64_t)sb.st_mtim.tv_sec * 1000 < started_ms - 60000 && unlink(path) == 0)
+		log_info("backup store: removed %s, a manifest a crash left half-written", path);
+	return true;
+}
+
 /* Thread: mark every chunk a manifest names, then sweep the others. */
 static void gc_work_cb(uv_work_t *req)
 {
@@ -1318,6 +1370,8 @@ static void gc_work_cb(uv_work_t *req)
 		char id[80];
 		struct kerr err;
 
+		if (manifest_tmp_collect(bdir, e->d_name, g->started_ms))
+			continue;
 		if (len < 6 || strcmp(e->d_name + len - 5, ".json") || len - 5 >= sizeof(id))
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), e->d_name);

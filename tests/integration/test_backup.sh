@@ -161,7 +161,9 @@ qmp2() {
 }
 
 # 1d. The point in time holds while the disk changes under the read: paused (so the
-# disk holds still but for the write below), a full paced to 80 Mbit/s; once it reads,
+# disk holds still but for the write below), a full paced to 16 Mbit/s (at 80, with
+# the live read's NBD requests in 1 MiB pieces, the reader was past the check's margin
+# in two runs of two at load 12; whether main's raced too was not measured); once it reads,
 # 1 MiB at the disk's end (which the reader reaches last) is overwritten through the
 # device's block layer, the copy-before-write filter in front of it. The reader had
 # not reached that MiB yet (its progress says so after the write). The backup holds
@@ -173,7 +175,7 @@ wait_op "$(jqb .id)"
 op_ok
 wait_until 20 "paused" instance_is bk1 paused
 sha_before=$(disk_sha)
-api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full","bandwidth_mbps":80}'
+api POST /api/v1/instances/bk1/backups '{"store":"'$bs'","mode":"full","bandwidth_mbps":16}'
 expect_status 202 "a paced live full"
 pitop=$(jqb .id)
 pit_reading() {
@@ -194,9 +196,9 @@ qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x5a $((tot
 # QEMU's qcow2 metadata cache to the file, so qemu-img (disk_sha) sees the write.
 qmp2 "qemu-io -d /machine/peripheral/disk0/virtio-backend flush" || fail "the flush through QEMU failed"
 api GET "/api/v1/operations/$pitop"
-read -r pit_done pit_size < <(jqb .phase | grep -oE '[0-9]+ of [0-9]+' | tr -d 'of')
+read -r pit_done pit_size < <(jqb .phase | grep -oE '[0-9]+ of [0-9]+' | tr -d 'of') || true
 # The pipeline's threads read a few 4 MiB chunks ahead of what it counts as done.
-[ "$(jqb .status)" = running ] && [ $((pit_done + 24)) -le "$pit_size" ] ||
+[ "$(jqb .status)" = running ] && [ -n "$pit_size" ] && [ $((pit_done + 24)) -le "$pit_size" ] ||
 	fail "the reader may have passed the written MiB before the write ($(jqb .status): $(jqb .phase)): the check would be vacuous"
 wait_op "$pitop" 300
 op_ok
@@ -394,11 +396,20 @@ expect_status 204 "delete of the corrupt backup"
 # An unreferenced chunk, old enough: collected. The kept backup's chunks stay.
 junk=$store_dir/chunks/00/$(printf '0%.0s' {1..64})
 mkdir -p "$(dirname "$junk")" && echo junk >"$junk" && touch -d '2 hours ago' "$junk"
+# A manifest's temporary file a crash mid-commit left (an hour old), and one of a commit
+# under way (new): the first is collected, the second stays.
+left_tmp=$store_dir/backups/$(printf 'a%.0s' {1..32}).json.tmp.4242
+new_tmp=$store_dir/backups/$(printf 'b%.0s' {1..32}).json.tmp.4243
+echo '{"version": 2, "disks": [' >"$left_tmp" && touch -d '1 hour ago' "$left_tmp"
+echo '{"version": 2, "disks": [' >"$new_tmp"
 api POST "/api/v1/backup-stores/$bs/actions/gc"
 expect_status 202 "gc"
 wait_op "$(jqb .id)" 300
 op_ok
 [ "$(jqb .result.chunks_removed)" -ge 1 ] && [ ! -e "$junk" ] || fail "gc left the unreferenced chunk: $(jqb .result)"
+[ ! -e "$left_tmp" ] || fail "gc left a manifest's temporary file a crash left an hour ago"
+[ -e "$new_tmp" ] || fail "gc removed the temporary file of a manifest being written"
+rm -f "$new_tmp"
 api POST "/api/v1/backups/$bx/actions/verify"
 wait_op "$(jqb .id)" 300
 [ "$(jqb .result.ok)" = true ] || fail "gc removed a chunk the kept backup names: $(jqb .result.bad)"
@@ -406,4 +417,4 @@ api DELETE "/api/v1/backups/$bx"
 expect_status 204
 api DELETE "/api/v1/backup-stores/$bs"
 expect_status 204 "delete of the emptied store"
-pass "prune keeps exactly keep_last (dry run first), delete, gc removes only unreferenced chunks"
+pass "prune keeps exactly keep_last (dry run first), delete, gc removes only unreferenced chunks and old temporary manifests"

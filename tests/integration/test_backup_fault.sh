@@ -1,8 +1,9 @@
 #!/bin/bash
 # Backup faults: a running VM's backup cancelled mid-way stops on the agent (QEMU's
 # block job, the work files) and is never listed as restorable, with no manifest; the
-# agent killed with -9 mid-backup: the operation ends failed saying why, no manifest,
-# the VM keeps running; the next backup works and its content is the disk's. An
+# agent killed with -9 mid-read: the operation ends failed saying why, no manifest,
+# the VM keeps running; the next backup works and its content is the disk's, and its
+# success drops the killed backup's bitmap (keeping its own and another store's). An
 # incremental that fails after QEMU's copy job ended (its manifest cannot be written)
 # leaves the parent's bitmap whole: the next backup holds every write since the parent,
 # those before the failed backup's point in time too. A running VM's incremental that
@@ -11,12 +12,13 @@
 # had added, is dropped before the whole read adds it again).
 . "$(dirname "$0")/lib.sh"
 
-bs=bsf$$
+bs=bsf$$ bs2=bsf2$$
 cleanup() {
 	instances_delete bkf1
 	api GET "/api/v1/backups?instance=bkf1" >/dev/null 2>&1 || true
 	for id in $(jqb -r '.backups[].id' 2>/dev/null); do api DELETE "/api/v1/backups/$id" >/dev/null 2>&1 || true; done
 	api DELETE "/api/v1/backup-stores/$bs" >/dev/null 2>&1 || true
+	api DELETE "/api/v1/backup-stores/$bs2" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 store_dir=$KUMO_LAB_DIR/shared/backups/$bs
@@ -93,19 +95,31 @@ socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
 [ -z "$socks" ] || fail "the cancelled backup left its NBD socket: $socks"
 pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, nothing of it in QEMU, the VM runs"
 
-# 2. The agent killed -9 mid-backup.
-hold_qemu bkf1
-api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"full"}'
+# 2. The agent killed -9 mid-backup: mid-read, its point in time taken (its bitmap
+# added, the fleecing export up: the read is held to 1 Mbit/s, so it is still reading).
+# A backup of bkf1 into a second store first: the chain end there, whose bitmap must
+# outlive the bitmaps this store's backups drop.
+api POST /api/v1/backup-stores '{"name":"'$bs2'"}'
+expect_status 201 "second store create"
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs2'"}'
+wait_op "$(jqb .id)" 300
+op_ok
+bo=$(jqb .result.backup.id)
+reading() {
+	api GET "/api/v1/operations/$1"
+	case "$(jqb .status)" in succeeded | failed | cancelled) fail "operation $1 ended ($(jqb .status)) before the fault: $(jqb .error)" ;; esac
+	[ -n "$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null)" ]
+}
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"full","bandwidth_mbps":1}'
 expect_status 202 "backup to interrupt"
 op=$(jqb .id) bk=$(jqb .result.id)
 api GET /api/v1/instances/bkf1
 host=$(jqb .host)
-wait_until 30 "the backup under way" under_way "$op" "$bk"
+wait_until 60 "the backup reading" reading "$op"
 apid=$(agent_pid "$host")
 killed_at=$(($(date +%s) * 1000))
 kill -9 "$apid"
 wait_until 10 "the agent gone" proc_gone "$apid"
-release_qemu
 lab up --hosts 3 >/dev/null
 wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
 wait_op "$op" 120
@@ -135,11 +149,24 @@ api GET "/api/v1/backups/$bn"
 kind=$(jqb .kind) reason=$(jqb '.full_reason // empty')
 [ "$kind" = full ] || [ "$(jqb .parent)" = "$b0" ] || fail "an incremental next backup built on $(jqb .parent), not $b0"
 api GET "/api/v1/backups?instance=bkf1"
-[ "$(jqb -c '[.backups[] | select(.restorable) | .id] | sort')" = "$(jq -nc --arg a "$b0" --arg b "$bn" '[$a,$b] | sort')" ] ||
+[ "$(jqb -c '[.backups[] | select(.restorable) | .id] | sort')" = "$(jq -nc --arg a "$b0" --arg b "$bn" --arg c "$bo" '[$a,$b,$c] | sort')" ] ||
 	fail "restorable backups: $(jqb -c '[.backups[] | select(.restorable) | .id]')"
+# The killed backup's bitmap is gone with the next backup's success (nothing else would
+# drop it: QEMU would track writes in it for ever); the next backup's own and the other
+# store's chain end stay, and nothing else of Kumo's.
+bitmaps() {
+	qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/bkf1/monitor.sock" qmp query-named-block-nodes '{"flat":true}' |
+		jq -c '[.[] | select(."node-name" == "d0") | ."dirty-bitmaps"[]?.name] | sort'
+}
+want=$(jq -nc --arg a "kumo-$bn" --arg b "kumo-$bo" '[$a,$b] | sort')
+end=$((SECONDS + 30))
+until [ "$(bitmaps)" = "$want" ]; do
+	[ $SECONDS -lt $end ] || fail "bkf1's bitmaps after the next backup: $(bitmaps), not $want"
+	sleep 0.2
+done
 api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
-pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it and the first are restorable"
+pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it, the first and the other store's are restorable; the killed backup's bitmap dropped, the other store's kept"
 
 # 4. An incremental that fails after QEMU's job ended. A write in the guest (a reboot:
 # the guest counts boots on its disk, and its journal moves on), then an incremental

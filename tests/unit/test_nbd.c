@@ -6,9 +6,10 @@
  * ENOENT, a read past the end is refused, and the chunk pipeline fed from the export
  * names the same chunks as from the raw file without reading the hole. Then a fake
  * server that refuses structured replies (qemu-nbd cannot be told to): libnbd falls
- * back to simple replies and no hole is known, a server's error reply is named and
- * leaves the stream in step, and a server that stops answering (in the handshake or
- * a read) fails the call after the timeout rather than hanging.
+ * back to simple replies and no hole is known, a read goes whole once and then in
+ * pieces all in flight, a server's error reply to one piece is named (after the other
+ * pieces answered) and leaves the stream in step, and a server that stops answering (in the
+ * handshake or a read) fails the call after the timeout rather than hanging.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -251,6 +252,7 @@ static void test_pipeline_source(void **state)
 /* ---- a fake server: no structured replies, an error on the second read -------------- */
 
 static char fake_sock[128];
+static uint32_t fake_lens[8]; /* each read request's length, by its number (1, 2, ...) */
 
 static void wr(int fd, const void *p, size_t n)
 {
@@ -337,10 +339,12 @@ static void *fake_main(void *arg)
 		rd(fd, req + 1, 27);
 		if (req[7] == 2) /* DISC */
 			break;
-		if (++reads == 4)
-			continue; /* the fourth read: no answer at all */
 		memcpy(&v32, req + 24, 4);
 		len = be32toh(v32);
+		if (++reads < (int)ARRAY_SIZE(fake_lens))
+			fake_lens[reads] = len;
+		if (reads == 5)
+			continue; /* the fifth read: no answer at all */
 		v32 = htobe32(0x67446698u);
 		memcpy(rep, &v32, 4);
 		v32 = htobe32(reads == 2 ? 5 : 0); /* the second read: EIO */
@@ -378,11 +382,22 @@ static void test_simple_replies(void **state)
 	assert_int_equal(nbd_conn_size(c), MiB);
 	assert_false(nbd_conn_sparse(c));
 	assert_int_equal(nbd_conn_zero(c, 0, 4096, &err), 0); /* unknown: read it */
+	/* Pieces of 4 KiB here (1 MiB in the agent): the first read of two pieces or more
+	 * goes whole, the next ones in pieces, all in flight (nbd.c says why). */
+	nbd_conn_piece_set(4096);
 	assert_int_equal(nbd_conn_read(c, 4096, buf, sizeof(buf), &err), 0);
 	assert_int_equal(buf[0], 0x42);
 	assert_int_equal(buf[sizeof(buf) - 1], 0x42);
-	assert_true(nbd_conn_read(c, 0, buf, 512, &err) < 0);
+	assert_int_equal(fake_lens[1], sizeof(buf));
+	/* The second read's first piece fails, its second succeeds: the read fails with
+	 * the first's error, once both answered. */
+	memset(buf, 0, sizeof(buf));
+	assert_true(nbd_conn_read(c, 0, buf, sizeof(buf), &err) < 0);
 	assert_int_equal(err.code, EIO);
+	assert_int_equal(fake_lens[2], 4096);
+	assert_int_equal(fake_lens[3], 4096);
+	assert_int_equal(buf[4096], 0x42);
+	nbd_conn_piece_set(0);
 	/* An error reply carries no data: the stream stays in step. */
 	assert_int_equal(nbd_conn_read(c, 0, buf, 512, &err), 0);
 	/* A server that stops answering fails the read, not the thread; the connection is
