@@ -28,6 +28,8 @@
 #include "agentd.h"
 #include "util.h"
 
+#include "pool_fill.h"
+
 #define AGENT_URL "inproc://kumo-unit-agent-link"
 #define EVENT_URL "inproc://kumo-unit-agent-link-events"
 #define WAIT_US	  (30 * 1000 * 1000) /* a bound for a busy machine, never a sleep */
@@ -50,10 +52,6 @@ static atomic_int write_fail; /* the next writes fail with -EIO while > 0 */
 
 /* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it;
  * static, as the pool may still run them when a failed test has returned. */
-#define POOL_THREADS 4
-static atomic_bool pool_release;
-static int pool_done;
-static uv_work_t pool_reqs[POOL_THREADS];
 
 /* What the stubs saw. */
 static char started[4][LINK_OP_ID_MAX + 1];
@@ -229,7 +227,7 @@ static int teardown(void **state)
 
 	(void)state;
 	atomic_store(&write_release, true);
-	atomic_store(&pool_release, true); /* a failed test_not_behind_pool's jobs end */
+	pool_fill_release(); /* a failed test_not_behind_pool's jobs end */
 	a->stopping = true;
 	link_close(a);
 	uv_close((uv_handle_t *)&ticker, NULL);
@@ -442,43 +440,21 @@ static void test_failed_write_refuses(void **state)
 	assert_true(started_on_disk[0]);
 }
 
-static void pool_block_cb(uv_work_t *req)
-{
-	int64_t until = now_us() + 2 * WAIT_US;
-
-	(void)req;
-	while (!atomic_load(&pool_release) && now_us() < until)
-		usleep(1000);
-}
-
-static void pool_after_cb(uv_work_t *req, int status)
-{
-	(void)req;
-	(void)status;
-	pool_done++;
-}
-
 /* A command is acked (its id written) while every thread of libuv's pool is busy. */
 static void test_not_behind_pool(void **state)
 {
 	struct reply r1 = {0};
 
 	(void)state;
-	atomic_store(&pool_release, false);
-	pool_done = 0;
-	for (int i = 0; i < POOL_THREADS; i++)
-		assert_int_equal(uv_queue_work(&loop, &pool_reqs[i], pool_block_cb, pool_after_cb),
-				 0);
+	assert_int_equal(pool_fill(&loop), 0);
 	send_cmd(req1, LINK_CMD_PROBE, "op-p");
 	want1 = &r1;
 	if (!run_until(got_first, &r1, NULL))
 		fail_msg("the command was not acked in %d s", WAIT_US / 1000000);
-	assert_int_equal(pool_done, 0); /* the pool is still full, and the ack came */
+	assert_false(pool_fill_any_done()); /* the pool is still full, and the ack came */
 	assert_int_equal(r1.type, LINK_ACK);
 	assert_true(ops_file_has("op-p"));
-	atomic_store(&pool_release, true);
-	while (pool_done < POOL_THREADS)
-		uv_run(&loop, UV_RUN_ONCE);
+	pool_fill_drain(&loop);
 }
 
 /*
@@ -530,7 +506,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
 	};
 
-	setenv("UV_THREADPOOL_SIZE", "4", 1); /* before the pool's first use */
+	setenv("UV_THREADPOOL_SIZE", "4", 1); /* POOL_FILL_THREADS, before the pool's first use */
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,8 @@
 #include "agentd.h"
 #include "util.h"
 
+#include "pool_fill.h"
+
 #define WAIT_US	 (30 * 1000 * 1000) /* a bound for a busy machine, never a sleep */
 #define SEEN_MAX 8
 
@@ -30,10 +32,6 @@ static struct netsave save;
 
 /* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it;
  * static, as the pool may still run them when a failed test has returned. */
-#define POOL_THREADS 4
-static atomic_bool pool_release;
-static int pool_done;
-static uv_work_t pool_reqs[POOL_THREADS];
 
 /* What the writer wrote (on its thread) and what saved() heard (on the loop). */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -99,7 +97,7 @@ static int teardown(void **state)
 
 	(void)state;
 	netsave_stop(&save);
-	atomic_store(&pool_release, true); /* a failed test_not_behind_pool's jobs end */
+	pool_fill_release(); /* a failed test_not_behind_pool's jobs end */
 	uv_run(&loop, UV_RUN_DEFAULT);
 	netsave_close(&save);
 	uv_run(&loop, UV_RUN_DEFAULT);
@@ -238,40 +236,18 @@ static void test_stop_drops_waiting(void **state)
 	assert_string_equal(disk_hash(), "a");
 }
 
-static void pool_block_cb(uv_work_t *req)
-{
-	int64_t until = now_us() + 2 * WAIT_US;
-
-	(void)req;
-	while (!atomic_load(&pool_release) && now_us() < until)
-		usleep(1000);
-}
-
-static void pool_after_cb(uv_work_t *req, int status)
-{
-	(void)req;
-	(void)status;
-	pool_done++;
-}
-
 /* A document is written (and the net query answered) while every pool thread is busy. */
 static void test_not_behind_pool(void **state)
 {
 	(void)state;
-	atomic_store(&pool_release, false);
-	pool_done = 0;
-	for (int i = 0; i < POOL_THREADS; i++)
-		assert_int_equal(uv_queue_work(&loop, &pool_reqs[i], pool_block_cb, pool_after_cb),
-				 0);
+	assert_int_equal(pool_fill(&loop), 0);
 	put("a");
 	settle();
-	assert_int_equal(pool_done, 0); /* the pool is still full, and the write is done */
+	assert_false(pool_fill_any_done()); /* the pool is still full, and the write is done */
 	assert_int_equal(nsaved, 1);
 	assert_int_equal(saved[0].ret, 0);
 	assert_string_equal(disk_hash(), "a");
-	atomic_store(&pool_release, true);
-	while (pool_done < POOL_THREADS)
-		uv_run(&loop, UV_RUN_ONCE);
+	pool_fill_drain(&loop);
 }
 
 int main(void)
@@ -283,7 +259,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_not_behind_pool, setup, teardown),
 	};
 
-	setenv("UV_THREADPOOL_SIZE", "4", 1); /* before the pool's first use */
+	setenv("UV_THREADPOOL_SIZE", "4", 1); /* POOL_FILL_THREADS, before the pool's first use */
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
