@@ -327,7 +327,7 @@ static void bitmaps_settle(struct bjob *job)
 	s->vm = job->op->vm;
 	snprintf(s->self, sizeof(s->self), "kumo-%s", job->id);
 	s->keep = json_object_is_type(keep, json_type_array) ? json_object_get(keep)
-							      : json_object_new_array();
+							     : json_object_new_array();
 	args = json_object_new_object();
 	json_object_object_add(args, "flat", json_object_new_boolean(true));
 	if (vm_qmp(s->vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, stale_cb, s, &err) <
@@ -577,11 +577,24 @@ static void targets_make(struct bjob *job)
 	}
 }
 
+/* A command's key that did not parse fails the job: run without it, a backup into an
+ * encrypted store would write its data in the clear. True when so (job->error set). */
+static bool key_refused(struct bjob *job)
+{
+	if (!job->key_bad)
+		return false;
+	snprintf(job->error, sizeof(job->error),
+		 "the store's encryption key in the command is not a key");
+	return true;
+}
+
 /* Thread: the store's directories, and a work directory QEMU may write into. */
 static void prepare_work(struct bjob *job)
 {
 	struct kerr err;
 
+	if (key_refused(job))
+		return;
 	/* A backup's first use of an encrypted store records its key check value. */
 	if (chunkstore_init(job->store, &err) < 0 ||
 	    chunkstore_key_check(job->store, job->key, !job->restore, &err) < 0) {
@@ -1562,6 +1575,8 @@ static void restore_prepare_work(struct bjob *job)
 	struct kerr err;
 
 	/* The key first: a wrong one is named before any manifest is read. */
+	if (key_refused(job))
+		return;
 	if (chunkstore_key_check(job->store, job->key, false, &err) < 0 ||
 	    chunkstore_manifest_read_with(job->store, job->key, job->id, &job->manifest, &err) <
 		    0) {
@@ -1783,6 +1798,9 @@ static void job_key_take(struct bjob *job, struct json_object *args)
 	if (chunkcrypt_key_parse(json_object_get_string(v), key, &err) == 0) {
 		job->key = xmalloc(sizeof(*job->key));
 		chunkcrypt_key_derive(key, CHUNKSTORE_CHUNK_SIZE, job->key);
+	} else {
+		/* Never a plain job for an encrypted store (key_refused()). */
+		job->key_bad = true;
 	}
 	OPENSSL_cleanse(key, sizeof(key));
 	/* json-c owns the text; it is ours to overwrite before it is freed. */

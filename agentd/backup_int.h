@@ -75,6 +75,7 @@ struct bjob {
 	uint64_t targets_made;	    /* bit i: disk i's incremental target made here, not by QEMU */
 	char error[256];	    /* a thread step's failure, "" if none */
 	struct chunkcrypt_key *key; /* an encrypted store's keys, NULL: plain; wiped in free */
+	bool key_bad;		    /* the command had a key that did not parse: the job fails */
 
 	/* fsfreeze (qga.c) around each live disk's point in time */
 	struct json_object *tx;	 /* the transaction to send once frozen */

@@ -60,7 +60,8 @@ static const struct json_field instance_fields[] = {
 struct link_held {
 	char op[LINK_OP_ID_MAX + 1];
 	enum link_type type;
-	struct json_object *body; /* a reference of our own */
+	struct json_object
+		*body; /* a copy of our own (link_msg_clear() wipes the message's secrets) */
 	command_start_fn start;
 	uint64_t gen; /* the op cache's change that took op */
 	uint64_t since_ms;
@@ -270,8 +271,10 @@ static void nack_send(struct agent *a, const struct link_msg *m, const char *typ
 
 static void held_free(struct agent *a)
 {
+	struct link_msg m = {.body = a->held->body};
+
 	uv_timer_stop(&a->held_timer);
-	json_object_put(a->held->body);
+	link_msg_clear(&m); /* its copy of a store's key wiped, as the message's */
 	free(a->held);
 	a->held = NULL;
 }
@@ -368,7 +371,10 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 	held = xcalloc(1, sizeof(*held));
 	snprintf(held->op, sizeof(held->op), "%s", m->op);
 	held->type = m->type;
-	held->body = json_object_get(m->body);
+	/* A copy: the message's secrets (a store's key) are wiped when it is cleared,
+	 * before the command starts (common/link.c link_msg_clear()). */
+	if (json_object_deep_copy(m->body, &held->body, NULL) < 0)
+		fatalx("link: cannot copy a command's body");
 	held->start = start;
 	opcache_add(&a->ops, m->op, m->type);
 	held->gen = a->ops.gen;

@@ -96,10 +96,13 @@ int instance_cmd_check(struct json_object *body, struct kerr *err)
 	return 0;
 }
 
+static char started_key[80]; /* args.key as the last instance command saw it */
+
 void instance_cmd_start(struct agent *ag, const char *op, struct json_object *body)
 {
 	(void)ag;
-	(void)body;
+	snprintf(started_key, sizeof(started_key), "%s",
+		 json_get_str(json_object_object_get(body, "args"), "key", ""));
 	started_record(op);
 }
 
@@ -243,9 +246,10 @@ static int teardown(void **state)
 }
 
 /* Seal a command (or query) of type for op, as the controller does, and send it on req. */
-static void send_cmd(int req, enum link_type type, const char *op)
+/* Seal a command of type for op with body (taken), as the controller does; send it on req. */
+static void send_cmd_body(int req, enum link_type type, const char *op, struct json_object *body)
 {
-	struct link_msg m = {.type = type, .body = json_object_new_object()};
+	struct link_msg m = {.type = type, .body = body};
 	unsigned char *buf;
 	size_t len;
 	struct kerr err;
@@ -259,6 +263,11 @@ static void send_cmd(int req, enum link_type type, const char *op)
 	assert_true(nn_send(req, buf, len, NN_DONTWAIT) >= 0);
 	free(buf);
 	json_object_put(m.body);
+}
+
+static void send_cmd(int req, enum link_type type, const char *op)
+{
+	send_cmd_body(req, type, op, json_object_new_object());
 }
 
 /* A reply the agent sent: its type, op, seq and body's query (if any). */
@@ -440,6 +449,34 @@ static void test_failed_write_refuses(void **state)
 	assert_true(started_on_disk[0]);
 }
 
+/*
+ * A command's secret (an encrypted store's key in args) reaches its start intact
+ * though the command waited for its id's write: the message's copy is wiped when the
+ * message is cleared, before the held command starts. (It was not: the backup then
+ * ran without its key, its data in the clear in an encrypted store.)
+ */
+static void test_held_command_keeps_its_secret(void **state)
+{
+	const char *key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+	struct json_object *body = json_object_new_object(), *args = json_object_new_object();
+	struct reply r1 = {0};
+
+	(void)state;
+	json_object_object_add(args, "key", json_object_new_string(key));
+	json_object_object_add(body, "action", json_object_new_string("backup"));
+	json_object_object_add(body, "instance", json_object_new_object());
+	json_object_object_add(body, "args", args);
+	atomic_store(&write_hold, true);
+	send_cmd_body(req1, LINK_CMD_INSTANCE, "op-k", body);
+	assert_true(run_until(write_begun, NULL, NULL));
+	atomic_store(&write_release, true);
+	want1 = &r1;
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 1);
+	assert_string_equal(started_key, key);
+}
+
 /* A command is acked (its id written) while every thread of libuv's pool is busy. */
 static void test_not_behind_pool(void **state)
 {
@@ -503,6 +540,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_resend_while_held, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_not_behind_pool, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_refuses, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_held_command_keeps_its_secret, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
 	};
 
