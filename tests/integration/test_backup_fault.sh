@@ -159,11 +159,8 @@ bitmaps() {
 		jq -c '[.[] | select(."node-name" == "d0") | ."dirty-bitmaps"[]?.name] | sort'
 }
 want=$(jq -nc --arg a "kumo-$bn" --arg b "kumo-$bo" '[$a,$b] | sort')
-end=$((SECONDS + 30))
-until [ "$(bitmaps)" = "$want" ]; do
-	[ $SECONDS -lt $end ] || fail "bkf1's bitmaps after the next backup: $(bitmaps), not $want"
-	sleep 0.2
-done
+bitmaps_settled() { [ "$(bitmaps)" = "$want" ]; }
+wait_until 30 "bkf1's bitmaps after the next backup to be exactly $want" bitmaps_settled
 api POST /api/v1/instances/bkf1/actions/resume
 wait_op "$(jqb .id)"
 pass "the next backup ($kind${reason:+: $reason}) holds the disk's content; only it, the first and the other store's are restorable; the killed backup's bitmap dropped, the other store's kept"
