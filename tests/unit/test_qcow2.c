@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "qcow2.h"
@@ -196,13 +197,30 @@ static void test_refused(void **state)
 	refused(b, sizeof(b), "a NUL in the backing file name");
 }
 
+/* An extension whose data runs past the bytes read: refused before any of it is read
+ * (the buffer is exactly n bytes, so ASan would see a read past it). */
+static void test_short_read(void **state)
+{
+	unsigned char b[BUF], *copy;
+	struct qcow2_header h;
+	char why[256] = "";
+
+	(void)state;
+	header_v3(b);
+	ext_put(b, 104, 0xe2792aca, "qcow2qcow2ab", 12);
+	copy = malloc(120);
+	memcpy(copy, b, 120);
+	assert_int_equal(qcow2_header_parse(copy, 120, &h, why, sizeof(why)), -1);
+	assert_true(why[0] != '\0');
+	free(copy);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_plain),
-		cmocka_unit_test(test_clone),
-		cmocka_unit_test(test_data_file),
-		cmocka_unit_test(test_refused),
+		cmocka_unit_test(test_plain),	   cmocka_unit_test(test_clone),
+		cmocka_unit_test(test_data_file),  cmocka_unit_test(test_refused),
+		cmocka_unit_test(test_short_read),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
