@@ -250,7 +250,7 @@ struct vm {
 	bool vm_incoming_held; /* ... and stays paused after it (-S): local disks */
 	/* migrate.c: the incoming QEMU's TLS server credentials, a directory of PEM
 	 * files loaded from its command line as object vm_incoming_tls_id; "" none */
-	char vm_incoming_tls[64];
+	char vm_incoming_tls[PATH_MAX];
 	char vm_incoming_tls_id[64];
 	bool vm_nbd; /* migrate.c: its QEMU serves its local disks over NBD */
 };

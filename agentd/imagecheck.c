@@ -179,47 +179,6 @@ static void header_read(struct agent *a, const char *path, header_cb cb, void *d
 	oci_job_queue(a, &j->job);
 }
 
-/*
- * Check the header h of file against what it must be: no data file, and the backing
- * file backing (absolute) or none (NULL), itself qcow2. A relative backing file name
- * is taken from file's directory, as QEMU opens it. Returns 0, or -1 with why.
- */
-static int info_check(const char *file, const struct qcow2_header *h, const char *backing,
-		      char *why, size_t len)
-{
-	char full_buf[PATH_MAX + QCOW2_BACKING_MAX + 2];
-	const char *full = NULL;
-
-	if (h->backing[0] == '/') {
-		full = h->backing;
-	} else if (h->backing[0]) {
-		const char *slash = strrchr(file, '/');
-
-		snprintf(full_buf, sizeof(full_buf), "%.*s%s", slash ? (int)(slash - file + 1) : 0,
-			 file, h->backing);
-		full = full_buf;
-	}
-	if (h->data_file) {
-		snprintf(why, len, "%s keeps its data in an external file", file);
-		return -1;
-	}
-	if (backing == NULL && full) {
-		snprintf(why, len, "%s has a backing file it should not have: %s", file, full);
-		return -1;
-	}
-	if (backing && (full == NULL || strcmp(full, backing) != 0)) {
-		snprintf(why, len, "%s has the backing file %s, not its image %s", file,
-			 full ? full : "(none)", backing);
-		return -1;
-	}
-	if (backing && h->backing_format[0] && strcmp(h->backing_format, "qcow2")) {
-		snprintf(why, len, "%s names its backing file as %s, not qcow2", file,
-			 h->backing_format);
-		return -1;
-	}
-	return 0;
-}
-
 /* A regular file, not a link to one somewhere else. */
 static int regular_check(const char *file, char *why, size_t len)
 {
@@ -248,7 +207,9 @@ static void check_finish(struct image_check *c, const char *error)
 static int hash_work(struct work *job)
 {
 	struct hash_job *h = (struct hash_job *)job;
-	_cleanup_close_ int fd = open(h->check->abs, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO swapped in must not hold a pool thread in open(). */
+	_cleanup_close_ int fd =
+		open(h->check->abs, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	static __thread unsigned char buf[1 << 16];
 	unsigned char md[32];
 	unsigned int mdlen = sizeof(md);
@@ -258,6 +219,8 @@ static int hash_work(struct work *job)
 
 	if (fd < 0 || fstat(fd, &h->st) < 0)
 		return err_set(&job->err, errno, "cannot read %s", h->check->abs);
+	if (!S_ISREG(h->st.st_mode))
+		return err_set(&job->err, EINVAL, "%s is not a regular file", h->check->abs);
 	ctx = EVP_MD_CTX_new();
 	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
 		EVP_MD_CTX_free(ctx);
@@ -324,7 +287,7 @@ static void image_header_cb(struct agent *a, const char *error, const struct qco
 		check_finish(c, why);
 		return;
 	}
-	if (info_check(c->abs, info, NULL, why, sizeof(why)) < 0) {
+	if (qcow2_backing_check(c->abs, info, NULL, why, sizeof(why)) < 0) {
 		check_finish(c, why);
 		return;
 	}
@@ -415,8 +378,8 @@ static void vm_disk_header_cb(struct agent *a, const char *error, const struct q
 		return;
 	}
 	d = &v->vm->disks[v->i];
-	if (error ||
-	    info_check(d->abs, info, v->image[0] ? v->image : NULL, why, sizeof(v->disk_why)) < 0) {
+	if (error || qcow2_backing_check(d->abs, info, v->image[0] ? v->image : NULL, why,
+					 sizeof(v->disk_why)) < 0) {
 		if (error)
 			snprintf(why, sizeof(v->disk_why), "%s", error);
 		log_warnx("vm %s: disk %s refused: %s", v->vm->inst.name, d->name, why);

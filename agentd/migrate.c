@@ -207,7 +207,7 @@ static void creds_files_remove(const char *dir)
 					    "client-key.pem",
 					    "dh-params.pem",
 					    NULL};
-	char path[128];
+	char path[PATH_MAX];
 
 	for (size_t k = 0; names[k]; k++) {
 		snprintf(path, sizeof(path), "%s/%s", dir, names[k]);
@@ -228,32 +228,50 @@ static void creds_loaded_cb(struct qmp *q, struct json_object *ret, const char *
 
 /*
  * Write this migration's certificates (tls: {ca, cert, key}) for endpoint "server"
- * or "client" to a fresh directory under /tmp (its path in dir, of len bytes), files
- * named as QEMU's tls-creds-x509 wants them. QEMU may read them after it dropped root,
- * so they belong to the QEMU user (chown needs the agent's root). Returns 0, or -1
- * with err and nothing left behind; the caller removes them (creds_files_remove())
- * once QEMU read them.
+ * or "client" to a directory (its path in dir, of len bytes), files named as QEMU's
+ * tls-creds-x509 wants them. on_cmdline: for a QEMU about to start, which reads its
+ * -object options as root before it drops to its uid (-runas): the fixed directory
+ * MIGRATE_CREDS_DIR in the VM's directory, root's alone (0700, files 0600), so no
+ * other QEMU uid can read the key, and an agent that dies before QEMU read them
+ * leaves them where the next one sweeps them (migrate_creds_sweep()). Else for a
+ * running QEMU (object-add), which reads them after it dropped root: a fresh
+ * directory under /tmp given to its uid. Returns 0, or -1 with err and nothing left
+ * behind; the caller removes them (creds_files_remove()) once QEMU read them.
  */
-static int creds_write(struct vm *vm, struct json_object *tls, const char *endpoint, char *dir,
-		       size_t len, struct kerr *err)
+static int creds_write(struct vm *vm, struct json_object *tls, const char *endpoint,
+		       bool on_cmdline, char *dir, size_t len, struct kerr *err)
 {
 	const char *user = vm->inst.agent->cfg->qemu_user;
-	struct passwd *pw = strcmp(user, "root") ? getpwnam(user) : NULL;
+	struct passwd *pw = on_cmdline || !strcmp(user, "root") ? NULL : getpwnam(user);
 	/* A QEMU with its own uid (uid.c; its gid the same number) reads them as that. */
-	uid_t own = uid_vm_read(vm->inst.dir);
+	uid_t own = on_cmdline ? 0 : uid_vm_read(vm->inst.dir);
 	uid_t uid = own ? own : pw ? pw->pw_uid : 0;
 	gid_t gid = own ? (gid_t)own : pw ? pw->pw_gid : 0;
 	bool give = own || pw;
 	const char *what[3][2] = {{"ca-cert", "ca"}, {"cert", "cert"}, {"key", "key"}};
 	/* A server also gets its DH group (dh_params_pem): else QEMU makes one. */
 	int files = strcmp(endpoint, "server") == 0 ? 4 : 3;
-	char path[128];
+	char path[PATH_MAX];
 	int ret;
 
-	snprintf(dir, len, "/tmp/kumo-migtls-XXXXXX");
-	if (mkdtemp(dir) == NULL) {
-		dir[0] = '\0';
-		return err_set(err, errno, "cannot make a directory for the TLS certificates");
+	if (on_cmdline) {
+		if ((size_t)snprintf(dir, len, "%s/" MIGRATE_CREDS_DIR, vm->inst.dir) >= len) {
+			dir[0] = '\0';
+			return err_set(err, ENAMETOOLONG, "the VM's directory name is too long");
+		}
+		creds_files_remove(dir); /* a cancelled migration's */
+		if (mkdir(dir, 0700) < 0) {
+			dir[0] = '\0';
+			return err_set(err, errno,
+				       "cannot make a directory for the TLS certificates");
+		}
+	} else {
+		snprintf(dir, len, "/tmp/kumo-migtls-XXXXXX");
+		if (mkdtemp(dir) == NULL) {
+			dir[0] = '\0';
+			return err_set(err, errno,
+				       "cannot make a directory for the TLS certificates");
+		}
 	}
 	for (int k = 0; k < files; k++) {
 		const char *text = k == 3 ? dh_params_pem : json_get_str(tls, what[k][1], "");
@@ -284,6 +302,14 @@ static int creds_write(struct vm *vm, struct json_object *tls, const char *endpo
 	return 0;
 }
 
+void migrate_creds_sweep(const char *inst_dir)
+{
+	char dir[PATH_MAX];
+
+	if ((size_t)snprintf(dir, sizeof(dir), "%s/" MIGRATE_CREDS_DIR, inst_dir) < sizeof(dir))
+		creds_files_remove(dir);
+}
+
 /*
  * Load this migration's certificates (tls: {ca, cert, key}) into vm's running QEMU as
  * tls-creds-x509 object id for endpoint "server" or "client", peers verified
@@ -296,7 +322,7 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 	struct creds_load *c = xcalloc(1, sizeof(*c));
 	struct json_object *args;
 
-	if (creds_write(vm, tls, endpoint, c->dir, sizeof(c->dir), err) < 0) {
+	if (creds_write(vm, tls, endpoint, false, c->dir, sizeof(c->dir), err) < 0) {
 		free(c);
 		return -1;
 	}
@@ -648,7 +674,7 @@ static void in_join_end(struct in_join *j)
 	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
 	/* The server credentials go on QEMU's command line (qemuargs.c), as the QEMU
 	 * starts: no object-add after it answers. */
-	if (creds_write(op->vm, json_object_object_get(op->args, "tls"), "server",
+	if (creds_write(op->vm, json_object_object_get(op->args, "tls"), "server", true,
 			op->vm->vm_incoming_tls, sizeof(op->vm->vm_incoming_tls), &err) < 0) {
 		op->vm->vm_incoming = false;
 		instance_op_fail(op, "%s", err.msg);

@@ -8,10 +8,12 @@
 #include "qcow2.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -177,13 +179,19 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
 
 int qcow2_header_read(const char *path, struct qcow2_header *h, char *why, size_t len)
 {
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO swapped in for the image must not hold the thread in open(). */
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	_cleanup_free_ unsigned char *buf = NULL;
+	struct stat st;
 	size_t n = 0;
 	char sub[256];
 
 	if (fd < 0) {
 		snprintf(why, len, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		snprintf(why, len, "%s: not a regular file", path);
 		return -1;
 	}
 	buf = xmalloc(QCOW2_HEADER_READ_MAX);
@@ -202,6 +210,47 @@ int qcow2_header_read(const char *path, struct qcow2_header *h, char *why, size_
 	}
 	if (qcow2_header_parse(buf, n, h, sub, sizeof(sub)) < 0) {
 		snprintf(why, len, "%s: %s", path, sub);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Check the header h of file against what it must be: no data file, and the backing
+ * file backing (absolute) or none (NULL), itself qcow2. A relative backing file name
+ * is taken from file's directory, as QEMU opens it. Returns 0, or -1 with why.
+ */
+int qcow2_backing_check(const char *file, const struct qcow2_header *h, const char *backing,
+			char *why, size_t len)
+{
+	char full_buf[PATH_MAX + QCOW2_BACKING_MAX + 2];
+	const char *full = NULL;
+
+	if (h->backing[0] == '/') {
+		full = h->backing;
+	} else if (h->backing[0]) {
+		const char *slash = strrchr(file, '/');
+
+		snprintf(full_buf, sizeof(full_buf), "%.*s%s", slash ? (int)(slash - file + 1) : 0,
+			 file, h->backing);
+		full = full_buf;
+	}
+	if (h->data_file) {
+		snprintf(why, len, "%s keeps its data in an external file", file);
+		return -1;
+	}
+	if (backing == NULL && full) {
+		snprintf(why, len, "%s has a backing file it should not have: %s", file, full);
+		return -1;
+	}
+	if (backing && (full == NULL || strcmp(full, backing) != 0)) {
+		snprintf(why, len, "%s has the backing file %s, not its image %s", file,
+			 full ? full : "(none)", backing);
+		return -1;
+	}
+	if (backing && h->backing_format[0] && strcmp(h->backing_format, "qcow2")) {
+		snprintf(why, len, "%s names its backing file as %s, not qcow2", file,
+			 h->backing_format);
 		return -1;
 	}
 	return 0;

@@ -51,4 +51,14 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
  */
 int qcow2_header_read(const char *path, struct qcow2_header *h, char *why, size_t len);
 
+/*
+ * Check the header h of file against what the agent allows (agentd/imagecheck.c): no
+ * external data file, and the backing file backing (an absolute path) or none (NULL),
+ * itself qcow2 when a format is named. A relative backing file name is taken from
+ * file's directory, as QEMU opens it; anything else that is not exactly backing (a
+ * "json:{...}" or "nbd:..." name, "../") is refused. Returns 0, or -1 with why.
+ */
+int qcow2_backing_check(const char *file, const struct qcow2_header *h, const char *backing,
+			char *why, size_t len);
+
 #endif

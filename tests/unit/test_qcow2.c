@@ -215,12 +215,57 @@ static void test_short_read(void **state)
 	free(copy);
 }
 
+/* The image check's decision on a parsed header: only the exact backing file passes. */
+static void test_backing_check(void **state)
+{
+	const char *disk = "/pool/disks/vm1/disk0.qcow2", *image = "/pool/images/abc.qcow2";
+	struct qcow2_header h;
+	char why[512];
+
+	(void)state;
+	memset(&h, 0, sizeof(h));
+	/* No backing file: right for an image, wrong for a clone. */
+	assert_int_equal(qcow2_backing_check(image, &h, NULL, why, sizeof(why)), 0);
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "(none)"));
+	/* The exact path, absolute or relative to the disk's directory. */
+	strcpy(h.backing, image);
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), 0);
+	strcpy(h.backing, "../../images/abc.qcow2");
+	assert_int_equal(qcow2_backing_check(disk, &h, "/pool/disks/vm1/../../images/abc.qcow2",
+					     why, sizeof(why)),
+			 0);
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	/* Names QEMU would open as something else than that file. */
+	strcpy(h.backing,
+	       "json:{\"file.driver\":\"file\",\"file.filename\":\"/pool/images/abc.qcow2\"}");
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	strcpy(h.backing, "nbd:127.0.0.1:10809");
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	strcpy(h.backing, "/etc/shadow");
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "/etc/shadow"));
+	/* A backing file in an image that should have none. */
+	assert_int_equal(qcow2_backing_check(image, &h, NULL, why, sizeof(why)), -1);
+	/* The right file named as raw: QEMU would give the guest the qcow2 bytes. */
+	strcpy(h.backing, image);
+	strcpy(h.backing_format, "raw");
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "raw"));
+	strcpy(h.backing_format, "qcow2");
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), 0);
+	/* Data in an external file, whatever the backing. */
+	h.data_file = true;
+	assert_int_equal(qcow2_backing_check(disk, &h, image, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "external"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain),	   cmocka_unit_test(test_clone),
 		cmocka_unit_test(test_data_file),  cmocka_unit_test(test_refused),
-		cmocka_unit_test(test_short_read),
+		cmocka_unit_test(test_short_read), cmocka_unit_test(test_backing_check),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
