@@ -248,7 +248,11 @@ struct vm {
 	bool vm_incoming;      /* migrate.c: the next QEMU waits for a migration */
 	bool vm_migrating_in;  /* migrate.c: migrated here, its guest not running yet */
 	bool vm_incoming_held; /* ... and stays paused after it (-S): local disks */
-	bool vm_nbd;	       /* migrate.c: its QEMU serves its local disks over NBD */
+	/* migrate.c: the incoming QEMU's TLS server credentials, a directory of PEM
+	 * files loaded from its command line as object vm_incoming_tls_id; "" none */
+	char vm_incoming_tls[PATH_MAX];
+	char vm_incoming_tls_id[64];
+	bool vm_nbd; /* migrate.c: its QEMU serves its local disks over NBD */
 };
 
 struct ctr;

@@ -207,7 +207,7 @@ static void creds_files_remove(const char *dir)
 					    "client-key.pem",
 					    "dh-params.pem",
 					    NULL};
-	char path[128];
+	char path[PATH_MAX];
 
 	for (size_t k = 0; names[k]; k++) {
 		snprintf(path, sizeof(path), "%s/%s", dir, names[k]);
@@ -227,44 +227,61 @@ static void creds_loaded_cb(struct qmp *q, struct json_object *ret, const char *
 }
 
 /*
- * Load this migration's certificates (tls: {ca, cert, key}) into vm's QEMU as
- * tls-creds-x509 object id for endpoint "server" or "client", peers verified. QEMU
- * reads the files after it dropped root, so they are written to a fresh directory
- * under /tmp owned by the QEMU user (chown needs the agent's root), and removed as
- * soon as QEMU answered. cb as for vm_qmp(). Returns 0, or -1 with err.
+ * Write this migration's certificates (tls: {ca, cert, key}) for endpoint "server"
+ * or "client" to a directory (its path in dir, of len bytes), files named as QEMU's
+ * tls-creds-x509 wants them. on_cmdline: for a QEMU about to start, which reads its
+ * -object options as root before it drops to its uid (-runas): the fixed directory
+ * MIGRATE_CREDS_DIR in the VM's directory, root's alone (0700, files 0600), so no
+ * other QEMU uid can read the key, and an agent that dies before QEMU read them
+ * leaves them where the next one sweeps them (migrate_creds_sweep()). Else for a
+ * running QEMU (object-add), which reads them after it dropped root: a fresh
+ * directory under /tmp given to its uid. Returns 0, or -1 with err and nothing left
+ * behind; the caller removes them (creds_files_remove()) once QEMU read them.
  */
-static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoint, const char *id,
-		      qmp_reply_cb cb, void *data, struct kerr *err)
+static int creds_write(struct vm *vm, struct json_object *tls, const char *endpoint,
+		       bool on_cmdline, char *dir, size_t len, struct kerr *err)
 {
 	const char *user = vm->inst.agent->cfg->qemu_user;
-	struct creds_load *c = xcalloc(1, sizeof(*c));
-	struct passwd *pw = strcmp(user, "root") ? getpwnam(user) : NULL;
+	struct passwd *pw = on_cmdline || !strcmp(user, "root") ? NULL : getpwnam(user);
 	/* A QEMU with its own uid (uid.c; its gid the same number) reads them as that. */
-	uid_t own = uid_vm_read(vm->inst.dir);
+	uid_t own = on_cmdline ? 0 : uid_vm_read(vm->inst.dir);
 	uid_t uid = own ? own : pw ? pw->pw_uid : 0;
 	gid_t gid = own ? (gid_t)own : pw ? pw->pw_gid : 0;
 	bool give = own || pw;
-	struct json_object *args;
 	const char *what[3][2] = {{"ca-cert", "ca"}, {"cert", "cert"}, {"key", "key"}};
 	/* A server also gets its DH group (dh_params_pem): else QEMU makes one. */
 	int files = strcmp(endpoint, "server") == 0 ? 4 : 3;
-	char path[128];
+	char path[PATH_MAX];
 	int ret;
 
-	snprintf(c->dir, sizeof(c->dir), "/tmp/kumo-migtls-XXXXXX");
-	if (mkdtemp(c->dir) == NULL) {
-		free(c);
-		return err_set(err, errno, "cannot make a directory for the TLS certificates");
+	if (on_cmdline) {
+		if ((size_t)snprintf(dir, len, "%s/" MIGRATE_CREDS_DIR, vm->inst.dir) >= len) {
+			dir[0] = '\0';
+			return err_set(err, ENAMETOOLONG, "the VM's directory name is too long");
+		}
+		creds_files_remove(dir); /* a cancelled migration's */
+		if (mkdir(dir, 0700) < 0) {
+			dir[0] = '\0';
+			return err_set(err, errno,
+				       "cannot make a directory for the TLS certificates");
+		}
+	} else {
+		snprintf(dir, len, "/tmp/kumo-migtls-XXXXXX");
+		if (mkdtemp(dir) == NULL) {
+			dir[0] = '\0';
+			return err_set(err, errno,
+				       "cannot make a directory for the TLS certificates");
+		}
 	}
 	for (int k = 0; k < files; k++) {
 		const char *text = k == 3 ? dh_params_pem : json_get_str(tls, what[k][1], "");
 
 		if (k == 0)
-			snprintf(path, sizeof(path), "%s/ca-cert.pem", c->dir);
+			snprintf(path, sizeof(path), "%s/ca-cert.pem", dir);
 		else if (k == 3)
-			snprintf(path, sizeof(path), "%s/dh-params.pem", c->dir);
+			snprintf(path, sizeof(path), "%s/dh-params.pem", dir);
 		else
-			snprintf(path, sizeof(path), "%s/%s-%s.pem", c->dir, endpoint, what[k][0]);
+			snprintf(path, sizeof(path), "%s/%s-%s.pem", dir, endpoint, what[k][0]);
 		/* Not synced: QEMU reads them at once and they go right after; a sync
 		 * would wait for the disk twice per file on the loop, and write the
 		 * private key to disk blocks that outlive the unlink. */
@@ -272,15 +289,42 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 		if (ret == 0 && give && chown(path, uid, gid) < 0)
 			ret = -errno;
 		if (ret < 0) {
-			creds_files_remove(c->dir);
-			free(c);
+			creds_files_remove(dir);
+			dir[0] = '\0';
 			return err_set(err, -ret, "cannot write %s", path);
 		}
 	}
-	if (give && chown(c->dir, uid, gid) < 0) {
-		creds_files_remove(c->dir);
-		free(c);
+	if (give && chown(dir, uid, gid) < 0) {
+		creds_files_remove(dir);
+		dir[0] = '\0';
 		return err_set(err, errno, "cannot give the TLS certificates to %s", user);
+	}
+	return 0;
+}
+
+void migrate_creds_sweep(const char *inst_dir)
+{
+	char dir[PATH_MAX];
+
+	if ((size_t)snprintf(dir, sizeof(dir), "%s/" MIGRATE_CREDS_DIR, inst_dir) < sizeof(dir))
+		creds_files_remove(dir);
+}
+
+/*
+ * Load this migration's certificates (tls: {ca, cert, key}) into vm's running QEMU as
+ * tls-creds-x509 object id for endpoint "server" or "client", peers verified
+ * (object-add; the files go as soon as QEMU answered). cb as for vm_qmp(). Returns
+ * 0, or -1 with err.
+ */
+static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoint, const char *id,
+		      qmp_reply_cb cb, void *data, struct kerr *err)
+{
+	struct creds_load *c = xcalloc(1, sizeof(*c));
+	struct json_object *args;
+
+	if (creds_write(vm, tls, endpoint, false, c->dir, sizeof(c->dir), err) < 0) {
+		free(c);
+		return -1;
 	}
 	c->cb = cb;
 	c->data = data;
@@ -296,6 +340,15 @@ static int creds_load(struct vm *vm, struct json_object *tls, const char *endpoi
 		return -1;
 	}
 	return 0;
+}
+
+/* The target's credentials on its QEMU's command line (qemuargs.c) were read, or that
+ * QEMU never started: their files go. */
+static void in_creds_remove(struct vm *vm)
+{
+	if (vm->vm_incoming_tls[0])
+		creds_files_remove(vm->vm_incoming_tls);
+	vm->vm_incoming_tls[0] = vm->vm_incoming_tls_id[0] = '\0';
 }
 
 /* The QOM id of op's credentials: new for each migration (a cancelled one's stays). */
@@ -506,21 +559,13 @@ static struct json_object *caps_args(const char *const *caps, const bool *states
 	return args;
 }
 
-static void in_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/* The target's QEMU holds its credentials (loaded from its command line). */
+static void in_creds_ready(struct inst_op *op)
 {
-	struct inst_op *op = data;
 	static const char *const caps[] = {"postcopy-ram", NULL};
 	static const bool on[] = {true};
-	char why[300];
 	struct kerr err;
 
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		snprintf(why, sizeof(why), "the migration's TLS certificates: %s", error);
-		migrate_in_fail(op, why);
-		return;
-	}
 	in_mark(op, "creds_loaded_ms");
 	if (!json_get_bool(op->args, "postcopy", false)) {
 		in_params_send(op);
@@ -537,10 +582,12 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 {
 	struct vm *vm = (struct vm *)inst;
 	struct inst_op *op = data;
-	char host[AGENT_ADDR_MAX], uri[96], id[64];
+	char host[AGENT_ADDR_MAX], uri[96];
 	struct kerr err;
 	int port = 0, cport;
 
+	/* QEMU read them as it started (or never will: it failed). */
+	in_creds_remove(vm);
 	if (instance_op_gone(op))
 		return;
 	vm->vm_incoming = false;
@@ -575,18 +622,15 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		snprintf(uri, sizeof(uri), "tcp:%s:%d", host, nport);
 		json_object_object_add(op->result, "nbd_uri", json_object_new_string(uri));
 	}
-	migrate_creds_id(op, id, sizeof(id));
-	if (creds_load(vm, json_object_object_get(op->args, "tls"), "server", id, in_creds_cb, op,
-		       &err) < 0)
-		migrate_in_fail(op, err.msg);
+	in_creds_ready(op);
 }
 
 /*
  * The last steps before the target's QEMU starts, run side by side: spec.json written
  * (a pool thread, with its fsyncs) and, for a VM whose disks all exist already (shared
- * pool: none is made here), the check of its disks and images (imagecheck.c: two
- * qemu-img runs at once), which vm_start() would otherwise run after the write - the
- * two are independent, and each took tens of ms here (hundreds on a loaded host).
+ * pool: none is made here), the check of its disks and images (imagecheck.c: their
+ * headers read on the pool), which vm_start() would otherwise run after the write -
+ * the two are independent, and each took tens of ms here (hundreds on a loaded host).
  * QEMU starts once both ended well; only the last to end goes on with op (nothing
  * frees op before: a cancel or the agent's stop is seen there, instance_op_gone()),
  * so a failure of one never leaves the other a freed op. Local disks are made for
@@ -628,9 +672,19 @@ static void in_join_end(struct in_join *j)
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
 	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
+	/* The server credentials go on QEMU's command line (qemuargs.c), as the QEMU
+	 * starts: no object-add after it answers. */
+	if (creds_write(op->vm, json_object_object_get(op->args, "tls"), "server", true,
+			op->vm->vm_incoming_tls, sizeof(op->vm->vm_incoming_tls), &err) < 0) {
+		op->vm->vm_incoming = false;
+		instance_op_fail(op, "%s", err.msg);
+		return;
+	}
+	migrate_creds_id(op, op->vm->vm_incoming_tls_id, sizeof(op->vm->vm_incoming_tls_id));
 	ret = checked ? vm_start_checked(op->vm, in_started_cb, op, &err)
 		      : vm_start(op->vm, NULL, in_started_cb, op, &err);
 	if (ret < 0) {
+		in_creds_remove(op->vm);
 		op->vm->vm_incoming = false;
 		instance_op_fail(op, "%s", err.msg);
 	}

@@ -86,6 +86,11 @@ struct outgoing {
 
 /* migrate.c */
 void migrate_creds_id(const struct inst_op *op, char *out, size_t len);
+/* The directory in a VM's directory where an incoming QEMU's TLS credentials wait for
+ * it to start (migrate.c's creds_write()); root's alone. */
+#define MIGRATE_CREDS_DIR "migrate-tls"
+/* Remove what an agent that died while a migration target started left there. */
+void migrate_creds_sweep(const char *inst_dir);
 void migrate_in_fail(struct inst_op *op, const char *why);
 void migrate_incoming_send(struct inst_op *op);
 bool migrate_outgoing_gone(struct outgoing *o);

@@ -271,6 +271,13 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	if (vm->vm_incoming) {
 		argv_add(av, "-incoming");
 		argv_add(av, "defer");
+		/* The migration's credentials, read before QEMU drops root (-runas):
+		 * loaded at start, they cost no object-add round trip once QMP answers. */
+		if (vm->vm_incoming_tls[0]) {
+			argv_add(av, "-object");
+			argv_add(av, "tls-creds-x509,id=%s,dir=%s,endpoint=server,verify-peer=on",
+				 vm->vm_incoming_tls_id, vm->vm_incoming_tls);
+		}
 		/* Local disks: the guest stays paused after the copy until the source ended
 		 * its mirror and the NBD server stopped (migrate-resume); it may not write
 		 * to a disk the mirror still writes to. */

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "migrate.h"
 #include "util.h"
 
 #define SPEC_FILE_MAX (4 * 1024 * 1024)
@@ -133,6 +134,9 @@ void vm_adopt_one(struct agent *a, const char *name)
 		return;
 	}
 	unlink(creating_path);
+	/* A migration target's credentials, left if the last agent died before its
+	 * QEMU read them. */
+	migrate_creds_sweep(dir);
 	spec = inst_spec_adopt(INST_VM, name, spec_path, ret, text, len);
 	if (spec == NULL)
 		return;

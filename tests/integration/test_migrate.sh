@@ -190,6 +190,8 @@ wait_until 10 "mg1's run directory gone from h1" test ! -e "$KUMO_LAB_DIR/hosts/
 qmp_monitor h2 mg1 query-migrate-parameters | jq -r '.return["tls-creds"]' | grep -q '^kumo-tls-' ||
 	fail "the target's QEMU has no TLS credentials: $(qmp_monitor h2 mg1 query-migrate-parameters)"
 ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
+ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls >/dev/null 2>&1 &&
+	fail "a target's certificate directory is left: $(ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls)"
 wait_until 20 "mgct (h3) pings mg1 on h2 at $VM_ADDR" ct_ping mgct "$VM_ADDR"
 pass "an idle VM moved h1 -> h2 live over TLS ($strategy): no reboot, its uptime went on, its address answers from h2, h1 left clean"
 

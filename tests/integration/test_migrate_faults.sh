@@ -85,6 +85,8 @@ settled() {
 	console $VM | grep -aEq 'Kernel panic|Oops|BUG:|general protection' &&
 		fail "$4: $VM's kernel broke after the move: $(console $VM | grep -aE 'Kernel panic|Oops|BUG:|general protection' | head -3)"
 	ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "$4: certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
+	ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls >/dev/null 2>&1 &&
+		fail "$4: a target's certificate directory is left: $(ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls)"
 	return 0
 }
 

@@ -174,6 +174,8 @@ wait_until 30 "no QEMU of $VM on any host" no_qemu
 no_rundir() { [ ! -e "$KUMO_LAB_DIR/hosts/h1/local/instances/$VM" ] && [ ! -e "$KUMO_LAB_DIR/hosts/$other/local/instances/$VM" ]; }
 wait_until 30 "no run directory of $VM on h1 or $other" no_rundir
 ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
+ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls >/dev/null 2>&1 &&
+	fail "a target's certificate directory is left: $(ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls)"
 pass "the target's QEMU killed -9 in post-copy: the operation says the VM is lost ($why), neither host keeps a QEMU or run directory, the database says missing"
 
 trap - EXIT

@@ -119,7 +119,8 @@ static void test_balloon_loadvm_root(void **state)
 	vm_teardown(&f);
 }
 
-/* A migration's target: -incoming defer; held paused (-S) only with local disks. */
+/* A migration's target: -incoming defer, its TLS credentials when given; held paused
+ * (-S) only with local disks. */
 static void test_incoming(void **state)
 {
 	struct fixture f;
@@ -134,6 +135,17 @@ static void test_incoming(void **state)
 	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
 	assert_string_equal(after(&f.av, "-incoming"), "defer");
 	assert_int_equal(arg_find(&f.av, "-S"), -1);
+	assert_int_equal(arg_find(&f.av, "-object"), -1);
+	argv_free(&f.av);
+	memset(&f.av, 0, sizeof(f.av));
+	/* The migration's server credentials are loaded as QEMU starts, peers verified. */
+	snprintf(f.vm.vm_incoming_tls, sizeof(f.vm.vm_incoming_tls), "/tmp/kumo-migtls-abc");
+	snprintf(f.vm.vm_incoming_tls_id, sizeof(f.vm.vm_incoming_tls_id), "kumo-tls-op1");
+	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
+	assert_string_equal(
+		after(&f.av, "-object"),
+		"tls-creds-x509,id=kumo-tls-op1,dir=/tmp/kumo-migtls-abc,endpoint=server,"
+		"verify-peer=on");
 	argv_free(&f.av);
 	memset(&f.av, 0, sizeof(f.av));
 	f.vm.vm_incoming_held = true;
