@@ -119,7 +119,11 @@ struct opcache;
 typedef void (*opcache_written_fn)(struct opcache *c);
 struct opcache {
 	struct op_entry slots[AGENT_OPCACHE_SIZE];
-	unsigned next;	     /* slot the next op takes, evicting the oldest */
+	unsigned next; /* slot the next op takes, evicting the oldest */
+	/* What the newest op evicted, while it is not acked (link.c holds it until its id
+	 * is on disk): put back should the op be dropped (opcache_drop()). */
+	struct op_entry evicted;
+	bool evicted_kept;
 	char path[PATH_MAX]; /* the op ids, kept across runs; "" when not kept */
 	/* Writes path whole and durably; 0 or -errno. On the lane's thread. */
 	int (*write)(const char *path, const char *text, size_t len);

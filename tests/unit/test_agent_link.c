@@ -532,6 +532,51 @@ static void test_stop_drops_held(void **state)
 	free(next_run);
 }
 
+/*
+ * The cache is full (AGENT_OPCACHE_SIZE ops): a new command evicts the oldest op's id.
+ * The agent stops while the new id is written, dropping the command: the evicted id
+ * comes back, in memory and on disk, so a very late resend of that old op is still
+ * known to the next run (answered, never run again) rather than taken as new.
+ */
+static void test_stop_puts_back_evicted(void **state)
+{
+	char text[AGENT_OPCACHE_SIZE * 16] = "", id[16];
+	struct opcache *next_run;
+	size_t len = 0;
+
+	(void)state;
+	for (int i = 0; i < AGENT_OPCACHE_SIZE; i++)
+		len += (size_t)snprintf(text + len, sizeof(text) - len, "old-%03d\n", i);
+	assert_int_equal(file_write_atomic(ops_path, text, len, 0600), 0);
+	opcache_clear(&a->ops);
+	opcache_load(&a->ops, ops_path);
+	assert_non_null(opcache_find(&a->ops, "old-000"));
+
+	atomic_store(&write_hold, true);
+	send_cmd(req1, LINK_CMD_PROBE, "op-e");
+	assert_true(run_until(write_begun, NULL, NULL));
+	assert_null(opcache_find(&a->ops, "old-000")); /* evicted by op-e */
+
+	a->stopping = true; /* agent_stop()'s order: link_close() last */
+	link_close(a);
+	atomic_store(&write_release, true);
+	assert_true(run_until(lane_closed, NULL, NULL));
+	assert_int_equal(nstarted, 0);
+	assert_false(ops_file_has("op-e"));
+	if (!ops_file_has("old-000"))
+		fail_msg("the op id op-e evicted is gone from the ops file after op-e was dropped");
+
+	next_run = calloc(1, sizeof(*next_run));
+	opcache_load(next_run, ops_path);
+	for (int i = 0; i < AGENT_OPCACHE_SIZE; i++) {
+		snprintf(id, sizeof(id), "old-%03d", i);
+		assert_non_null(opcache_find(next_run, id));
+	}
+	assert_null(opcache_find(next_run, "op-e"));
+	opcache_clear(next_run);
+	free(next_run);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +588,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_held_command_keeps_its_secret, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_puts_back_evicted, setup, teardown),
 	};
 
 	setenv("UV_THREADPOOL_SIZE", "4", 1); /* POOL_FILL_THREADS, before the pool's first use */
