@@ -429,6 +429,9 @@ struct agent {
 	int heartbeat_s;
 	int64_t started_us;
 	bool stopping;
+	/* Small durable writes off the loop, one at a time in order (common/work.h):
+	 * link.seq, the containers' stop markers. Ends after agent_stop()'s last one. */
+	struct work_lane *lane;
 
 	/* link.c */
 	int push_sock; /* NN_PUSH to link.events */
@@ -444,9 +447,10 @@ struct agent {
 	struct sendq sendq;
 	bool console_held; /* a console relay stopped reading until the queue drains */
 	struct opcache ops;
-	struct link_held *held; /* a command acked once its op id is on disk */
-	uv_timer_t held_timer;	/* says so in the log while its write takes long */
-	struct job *jobs;	/* job.c: instance commands at work */
+	struct link_held *held;	   /* a command acked once its op id is on disk */
+	struct seq_held *seq_held; /* a request read once its seq is on disk */
+	uv_timer_t held_timer;	   /* says so in the log while its write takes long */
+	struct job *jobs;	   /* job.c: instance commands at work */
 
 	/* heartbeat.c */
 	uv_timer_t heartbeat_timer;

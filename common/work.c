@@ -68,7 +68,9 @@ struct work_lane {
 	struct work *todo, **todo_tail; /* queued, oldest first; the thread takes them */
 	struct work *done, **done_tail; /* run, oldest first; the loop takes them */
 	unsigned pending;		/* queued or running: the loop's, under no lock */
-	bool stop;			/* work_lane_close(): the thread ends */
+	bool closing;			/* work_lane_close(): ends once nothing is pending */
+	bool stop;			/* the thread ends */
+	bool ended;			/* lane_end() ran: the handle closes */
 };
 
 static void *lane_main(void *arg)
@@ -103,6 +105,8 @@ static void *lane_main(void *arg)
 	return NULL;
 }
 
+static void lane_end(struct work_lane *lane);
+
 static void lane_async_cb(uv_async_t *a)
 {
 	struct work_lane *l = a->data;
@@ -121,6 +125,9 @@ static void lane_async_cb(uv_async_t *a)
 			uv_unref((uv_handle_t *)&l->async);
 		w->done(w); /* may queue more: pending counts it first */
 	}
+	/* A done() may have closed the lane already. */
+	if (l->closing && l->pending == 0 && !l->ended)
+		lane_end(l);
 }
 
 struct work_lane *work_lane_new(uv_loop_t *loop)
@@ -166,15 +173,23 @@ static void lane_closed_cb(uv_handle_t *h)
 	free(l);
 }
 
-void work_lane_close(struct work_lane *lane)
+static void lane_end(struct work_lane *lane)
 {
-	if (lane == NULL)
-		return;
-	assert(lane->pending == 0); /* its done() would never run */
+	lane->ended = true;
 	pthread_mutex_lock(&lane->lock);
 	lane->stop = true;
 	pthread_cond_signal(&lane->cond);
 	pthread_mutex_unlock(&lane->lock);
 	pthread_join(lane->thread, NULL);
 	uv_close((uv_handle_t *)&lane->async, lane_closed_cb);
+}
+
+void work_lane_close(struct work_lane *lane)
+{
+	if (lane == NULL || lane->closing)
+		return;
+	lane->closing = true;
+	/* Jobs still to run or report: the lane ends after the last one's done(). */
+	if (lane->pending == 0)
+		lane_end(lane);
 }

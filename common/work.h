@@ -54,8 +54,11 @@ struct work_lane;
 struct work_lane *work_lane_new(uv_loop_t *loop);
 /* Queue w on lane; w->run and w->done as for work_queue(). Not cancellable. */
 void work_lane_queue(struct work_lane *lane, struct work *w);
-/* End lane, which has no job queued or running: its thread exits, its memory goes once
- * the loop has closed its handle. */
+/*
+ * End lane: at once when no job is queued or running, else once the last one's done()
+ * ran (which may queue more; they run first). Its thread exits, its memory goes once
+ * the loop has closed its handle. No job may be queued once it has ended.
+ */
 void work_lane_close(struct work_lane *lane);
 
 #endif

@@ -130,12 +130,50 @@ static void test_cancelled_while_it_runs(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/*
+ * A lane closed while a job is queued behind a running one (the agent stops while a
+ * stop marker is being synced): both jobs still run and report, in order, and the
+ * loop ends once the lane has.
+ */
+static void test_lane_closed_with_jobs_pending(void **state)
+{
+	uv_loop_t loop;
+	uv_sem_t started, release;
+	struct work_lane *lane;
+	struct job a, b;
+
+	(void)state;
+	uv_loop_init(&loop);
+	uv_sem_init(&started, 0);
+	uv_sem_init(&release, 0);
+	lane = work_lane_new(&loop);
+	job_init(&a);
+	job_init(&b);
+	a.started = &started;
+	a.release = &release;
+	work_lane_queue(lane, &a.w);
+	work_lane_queue(lane, &b.w);
+	uv_sem_wait(&started);
+	work_lane_close(lane);
+	uv_sem_post(&release);
+	assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(a.runs, 1);
+	assert_int_equal(a.dones, 1);
+	assert_int_equal(b.runs, 1);
+	assert_int_equal(b.dones, 1);
+	assert_int_equal(b.w.ret, 7);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	uv_sem_destroy(&started);
+	uv_sem_destroy(&release);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_run_then_done_on_the_loop),
 		cmocka_unit_test(test_cancelled_before_it_starts),
 		cmocka_unit_test(test_cancelled_while_it_runs),
+		cmocka_unit_test(test_lane_closed_with_jobs_pending),
 	};
 
 	/* One pool thread: a job can be held queued behind another (read at first use). */
