@@ -285,7 +285,9 @@ struct ctr {
 	 * while a start or stop settles. inst.pid is the container's init while it runs. */
 	uv_fs_event_t watch; /* ... and its directory watched for the shim's files */
 	bool watching;
-	char pushed[64]; /* what the controller heard last (a signature) */
+	uint64_t marker_gen; /* the stop marker's fsyncs run on the agent's lane; 0: none */
+	bool exit_owed;	     /* the stop settled meanwhile: answered once they are done */
+	char pushed[64];     /* what the controller heard last (a signature) */
 };
 
 /* An image as its manifest in the shared store describes it (layers.c). */
@@ -856,7 +858,7 @@ void oci_state_push(struct ctr *ctr);
 void oci_state_heard(struct ctr *ctr);
 void oci_state_set(struct ctr *ctr, enum inst_state state);
 void oci_refresh(struct ctr *ctr);
-void oci_mark_stopped(struct ctr *ctr);
+void oci_mark_stopped(struct ctr *ctr, inst_done_cb cb, void *data);
 int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err);
 void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data);
 int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size_t out_max,

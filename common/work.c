@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,4 +193,29 @@ void work_lane_close(struct work_lane *lane)
 	/* Jobs still to run or report: the lane ends after the last one's done(). */
 	if (lane->pending == 0)
 		lane_end(lane);
+}
+
+/* ---- a file put now, made durable on a lane --------------------------------------------- */
+
+static int put_sync_run(struct work *w)
+{
+	struct work_put *p = (struct work_put *)w;
+	int ret = file_sync(p->path);
+
+	if (ret < 0)
+		return err_set(&w->err, -ret, "cannot sync %s", p->path);
+	return 0;
+}
+
+int work_file_put(struct work_lane *lane, struct work_put *p, const char *path, const char *text,
+		  size_t len, unsigned mode)
+{
+	int ret = file_write_replace(path, text, len, mode);
+
+	if (ret < 0)
+		return ret;
+	snprintf(p->path, sizeof(p->path), "%s", path);
+	p->w.run = put_sync_run;
+	work_lane_queue(lane, &p->w);
+	return 0;
 }

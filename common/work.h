@@ -12,6 +12,7 @@
 #ifndef KUMO_WORK_H
 #define KUMO_WORK_H
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <uv.h>
@@ -60,5 +61,21 @@ void work_lane_queue(struct work_lane *lane, struct work *w);
  * the loop has closed its handle. No job may be queued once it has ended.
  */
 void work_lane_close(struct work_lane *lane);
+
+/*
+ * A small file put in place at once and made durable off the loop: path gets text
+ * (len bytes, mode) on the caller's thread without fsyncs (file_write_replace(): a
+ * reader sees it whole at once, and it outlives this process), then its fsyncs (the
+ * file and its directory, file_sync()) run on lane, and done(w) follows on the loop,
+ * with w->ret < 0 and the reason in w->err when they failed. p is the caller's (w.done
+ * and w.owner set) until done(). Returns 0, or -errno when the file could not be put:
+ * nothing is queued then, and done() does not follow.
+ */
+struct work_put {
+	struct work w; /* first: its done() is the caller's */
+	char path[PATH_MAX];
+};
+int work_file_put(struct work_lane *lane, struct work_put *p, const char *path, const char *text,
+		  size_t len, unsigned mode);
 
 #endif
