@@ -272,6 +272,18 @@ static void nack_send(struct agent *a, const struct link_msg *m, const char *typ
 	reply_send(a, LINK_NACK, m->op, body);
 }
 
+/* A request held until link.seq keeps its seq (seq_hold()). */
+struct seq_held {
+	struct work w; /* first: common/work.h's job, the write of link.seq */
+	struct agent *a;
+	struct link_msg m; /* the request, its body its own */
+	bool unknown;	   /* a type this agent does not know: nacked */
+	char type[64];	   /* ... named so */
+	char path[PATH_MAX];
+	char text[32];
+	uint64_t since_ms; /* when it was held (uv_now) */
+};
+
 static void held_free(struct agent *a)
 {
 	struct link_msg m = {.body = a->held->body};
@@ -322,6 +334,11 @@ static void held_timer_cb(uv_timer_t *t)
 			  "no command to this host is read meanwhile",
 			  a->held->op, link_type_name(a->held->type),
 			  (unsigned long long)((uv_now(a->loop) - a->held->since_ms) / 1000));
+	else if (a->seq_held)
+		log_warnx(
+			"link: a request still waits for link.seq to reach the disk after %llu s; "
+			"no command to this host is read meanwhile",
+			(unsigned long long)((uv_now(a->loop) - a->seq_held->since_ms) / 1000));
 }
 
 /*
@@ -605,15 +622,6 @@ static int64_t replay_saved(struct agent *a)
  * do on theirs: on the loop it held every command, heartbeat and QMP event behind it.
  * Meanwhile no request is read (the REP socket answers one at a time).
  */
-struct seq_held {
-	struct work w; /* first: common/work.h's job, the write of link.seq */
-	struct agent *a;
-	struct link_msg m; /* the request, its body its own */
-	bool unknown;	   /* a type this agent does not know: nacked */
-	char type[64];	   /* ... named so */
-	char path[PATH_MAX];
-	char text[32];
-};
 
 static void request_run(struct agent *a, struct link_msg *m, bool unknown, const char *type);
 
@@ -640,6 +648,7 @@ static void seq_save_done(struct work *w)
 		log_warnx("link: %s", w->err.msg);
 	if (held) {
 		a->seq_held = NULL;
+		uv_timer_stop(&a->held_timer);
 		request_run(a, &h->m, h->unknown, h->type);
 	}
 	link_msg_clear(&h->m);
@@ -666,8 +675,11 @@ static void seq_hold(struct agent *a, struct link_msg *m, bool unknown, const ch
 	snprintf(h->type, sizeof(h->type), "%s", type);
 	snprintf(h->path, sizeof(h->path), "%s", path);
 	snprintf(h->text, sizeof(h->text), "%lld\n", (long long)a->replay.last_seq);
+	h->since_ms = uv_now(a->loop);
 	a->seq_held = h;
 	uv_poll_stop(&a->rep_poll);
+	/* As a held command's: a stuck disk is said, every 10 s. */
+	uv_timer_start(&a->held_timer, held_timer_cb, LINK_HELD_WARN_MS, LINK_HELD_WARN_MS);
 	work_lane_queue(a->lane, &h->w);
 }
 

@@ -646,6 +646,7 @@ int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err)
 	/* A fresh start: no stop marker, no last exit, no restarts yet. */
 	ctr_file_drop(ctr, "stop");
 	ctr->marker_gen = 0; /* a sync of it still on the lane concerns nobody now */
+	ctr->exit_owed = false;
 	ctr_file_drop(ctr, "exit.json");
 	ctr_file_drop(ctr, "container.pid");
 	/* A power cut ends the container and its shim: the count starts again anyway.

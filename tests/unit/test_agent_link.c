@@ -667,6 +667,16 @@ static void test_stop_puts_back_evicted(void **state)
 	assert_false(ops_file_has("op-e"));
 	if (!ops_file_has("old-000"))
 		fail_msg("the op id op-e evicted is gone from the ops file after op-e was dropped");
+	/* ... and it is the oldest again (the file is oldest first): the next add evicts it. */
+	{
+		_cleanup_free_ char *ops = NULL;
+
+		assert_int_equal(file_read_all(ops_path, 64 * 1024, &ops, NULL), 0);
+		if (strncmp(ops, "old-000\n", 8) != 0)
+			fail_msg("old-000 came back, but not as the oldest: the ops file starts "
+				 "%.16s",
+				 ops);
+	}
 
 	next_run = calloc(1, sizeof(*next_run));
 	opcache_load(next_run, ops_path);
