@@ -119,7 +119,11 @@ struct opcache;
 typedef void (*opcache_written_fn)(struct opcache *c);
 struct opcache {
 	struct op_entry slots[AGENT_OPCACHE_SIZE];
-	unsigned next;	     /* slot the next op takes, evicting the oldest */
+	unsigned next; /* slot the next op takes, evicting the oldest */
+	/* What the newest op evicted, while it is not acked (link.c holds it until its id
+	 * is on disk): put back should the op be dropped (opcache_drop()). */
+	struct op_entry evicted;
+	bool evicted_kept;
 	char path[PATH_MAX]; /* the op ids, kept across runs; "" when not kept */
 	/* Writes path whole and durably; 0 or -errno. On the lane's thread. */
 	int (*write)(const char *path, const char *text, size_t len);
@@ -285,7 +289,9 @@ struct ctr {
 	 * while a start or stop settles. inst.pid is the container's init while it runs. */
 	uv_fs_event_t watch; /* ... and its directory watched for the shim's files */
 	bool watching;
-	char pushed[64]; /* what the controller heard last (a signature) */
+	uint64_t marker_gen; /* the stop marker's fsyncs run on the agent's lane; 0: none */
+	bool exit_owed;	     /* the stop settled meanwhile: answered once they are done */
+	char pushed[64];     /* what the controller heard last (a signature) */
 };
 
 /* An image as its manifest in the shared store describes it (layers.c). */
@@ -429,6 +435,9 @@ struct agent {
 	int heartbeat_s;
 	int64_t started_us;
 	bool stopping;
+	/* Small durable writes off the loop, one at a time in order (common/work.h):
+	 * link.seq, the containers' stop markers. Ends after agent_stop()'s last one. */
+	struct work_lane *lane;
 
 	/* link.c */
 	int push_sock; /* NN_PUSH to link.events */
@@ -444,9 +453,10 @@ struct agent {
 	struct sendq sendq;
 	bool console_held; /* a console relay stopped reading until the queue drains */
 	struct opcache ops;
-	struct link_held *held; /* a command acked once its op id is on disk */
-	uv_timer_t held_timer;	/* says so in the log while its write takes long */
-	struct job *jobs;	/* job.c: instance commands at work */
+	struct link_held *held;	   /* a command acked once its op id is on disk */
+	struct seq_held *seq_held; /* a request read once its seq is on disk */
+	uv_timer_t held_timer;	   /* says so in the log while its write takes long */
+	struct job *jobs;	   /* job.c: instance commands at work */
 
 	/* heartbeat.c */
 	uv_timer_t heartbeat_timer;
@@ -852,7 +862,7 @@ void oci_state_push(struct ctr *ctr);
 void oci_state_heard(struct ctr *ctr);
 void oci_state_set(struct ctr *ctr, enum inst_state state);
 void oci_refresh(struct ctr *ctr);
-void oci_mark_stopped(struct ctr *ctr);
+void oci_mark_stopped(struct ctr *ctr, inst_done_cb cb, void *data);
 int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err);
 void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data);
 int oci_runc(struct agent *a, const char *const *args, unsigned timeout_ms, size_t out_max,

@@ -10,6 +10,9 @@
  *                        (An exec query is acked as deferred; its answer follows
  *                        as a query-done event when the command ended. So is a
  *                        net query, answered once its document is on disk.)
+ *                        A request whose seq is ahead of our clock waits, the
+ *                        same way, for link.seq to keep it (written on the
+ *                        agent's lane).
  *   NN_PUSH to events:   heartbeats, op-progress, op-done and query-done toward the
  *                        controller.
  *
@@ -269,6 +272,18 @@ static void nack_send(struct agent *a, const struct link_msg *m, const char *typ
 	reply_send(a, LINK_NACK, m->op, body);
 }
 
+/* A request held until link.seq keeps its seq (seq_hold()). */
+struct seq_held {
+	struct work w; /* first: common/work.h's job, the write of link.seq */
+	struct agent *a;
+	struct link_msg m; /* the request, its body its own */
+	bool unknown;	   /* a type this agent does not know: nacked */
+	char type[64];	   /* ... named so */
+	char path[PATH_MAX];
+	char text[32];
+	uint64_t since_ms; /* when it was held (uv_now) */
+};
+
 static void held_free(struct agent *a)
 {
 	struct link_msg m = {.body = a->held->body};
@@ -319,6 +334,11 @@ static void held_timer_cb(uv_timer_t *t)
 			  "no command to this host is read meanwhile",
 			  a->held->op, link_type_name(a->held->type),
 			  (unsigned long long)((uv_now(a->loop) - a->held->since_ms) / 1000));
+	else if (a->seq_held)
+		log_warnx(
+			"link: a request still waits for link.seq to reach the disk after %llu s; "
+			"no command to this host is read meanwhile",
+			(unsigned long long)((uv_now(a->loop) - a->seq_held->since_ms) / 1000));
 }
 
 /*
@@ -595,16 +615,86 @@ static int64_t replay_saved(struct agent *a)
 	return seq > now_us() + LINK_REPLAY_WINDOW_US ? 0 : seq;
 }
 
-static void replay_save(struct agent *a)
+/*
+ * A request whose seq is ahead of our clock, read only once link.seq keeps that seq:
+ * acted on first, a power cut before the write would let a replay of it in after the
+ * restart. The write (and its two fsyncs) runs on the agent's lane, as the op ids'
+ * do on theirs: on the loop it held every command, heartbeat and QMP event behind it.
+ * Meanwhile no request is read (the REP socket answers one at a time).
+ */
+
+static void request_run(struct agent *a, struct link_msg *m, bool unknown, const char *type);
+
+static int seq_save_run(struct work *w)
 {
-	_cleanup_free_ char *path = replay_path(a);
-	char text[32];
+	struct seq_held *h = (struct seq_held *)w;
+	int ret = file_write_atomic(h->path, h->text, strlen(h->text), 0600);
+
+	if (ret < 0)
+		return err_set(&w->err, -ret, "cannot write %s", h->path);
+	return 0;
+}
+
+static void seq_save_done(struct work *w)
+{
+	struct seq_held *h = (struct seq_held *)w;
+	struct agent *a = h->a;
+	bool held = a->seq_held == h; /* else dropped by link_close() */
 	int ret;
 
-	snprintf(text, sizeof(text), "%lld\n", (long long)a->replay.last_seq);
-	ret = file_write_atomic(path, text, strlen(text), 0600);
+	/* As before the lane: the request is still answered (the window in memory
+	 * refuses its replays while this run lasts). */
+	if (w->ret < 0)
+		log_warnx("link: %s", w->err.msg);
+	if (held) {
+		a->seq_held = NULL;
+		uv_timer_stop(&a->held_timer);
+		request_run(a, &h->m, h->unknown, h->type);
+	}
+	link_msg_clear(&h->m);
+	free(h);
+	if (!held || a->stopping || a->held)
+		return;
+	ret = uv_poll_start(&a->rep_poll, UV_READABLE, rep_poll_cb);
 	if (ret < 0)
-		log_warnx("link: cannot write %s: %s", path, strerror(-ret));
+		fatalx("link: cannot watch the command socket again: %s", uv_strerror(ret));
+}
+
+/* Hold m (its body taken) until link.seq keeps its seq, then run it. */
+static void seq_hold(struct agent *a, struct link_msg *m, bool unknown, const char *type)
+{
+	struct seq_held *h = xcalloc(1, sizeof(*h));
+	_cleanup_free_ char *path = replay_path(a);
+
+	h->w.run = seq_save_run;
+	h->w.done = seq_save_done;
+	h->a = a;
+	h->m = *m;
+	m->body = NULL;
+	h->unknown = unknown;
+	snprintf(h->type, sizeof(h->type), "%s", type);
+	snprintf(h->path, sizeof(h->path), "%s", path);
+	snprintf(h->text, sizeof(h->text), "%lld\n", (long long)a->replay.last_seq);
+	h->since_ms = uv_now(a->loop);
+	a->seq_held = h;
+	uv_poll_stop(&a->rep_poll);
+	/* As a held command's: a stuck disk is said, every 10 s. */
+	uv_timer_start(&a->held_timer, held_timer_cb, LINK_HELD_WARN_MS, LINK_HELD_WARN_MS);
+	work_lane_queue(a->lane, &h->w);
+}
+
+/* Answer a request that passed every check (unknown: its type, named type, is not). */
+static void request_run(struct agent *a, struct link_msg *m, bool unknown, const char *type)
+{
+	log_debug("link: %s command, op %s, seq %lld", unknown ? type : link_type_name(m->type),
+		  m->op, (long long)m->seq);
+	if (unknown)
+		nack_send(a, m, type,
+			  "unknown command '%s'; is this agent older than the "
+			  "controller?",
+			  type);
+	else
+		request_dispatch(a, m);
 }
 
 /*
@@ -613,7 +703,7 @@ static void replay_save(struct agent *a)
  */
 static void request_handle(struct agent *a, const unsigned char *buf, size_t len)
 {
-	char dir, host[SEAL_HOST_MAX + 1], type[64];
+	char dir, host[SEAL_HOST_MAX + 1], type[64] = "";
 	struct link_msg m;
 	struct kerr err;
 	bool unknown = false;
@@ -646,18 +736,12 @@ static void request_handle(struct agent *a, const unsigned char *buf, size_t len
 	}
 	/* A restart resumes the window at its start time, which covers every seq up to
 	 * our clock; only one ahead of it (the controller's clock runs ahead) needs
-	 * keeping. Rare, and a small write. */
-	if (m.seq > now_us())
-		replay_save(a);
-	log_debug("link: %s command, op %s, seq %lld", unknown ? type : link_type_name(m.type),
-		  m.op, (long long)m.seq);
-	if (unknown)
-		nack_send(a, &m, type,
-			  "unknown command '%s'; is this agent older than the "
-			  "controller?",
-			  type);
-	else
-		request_dispatch(a, &m);
+	 * keeping, before the request is acted on. */
+	if (m.seq > now_us()) {
+		seq_hold(a, &m, unknown, type);
+		return;
+	}
+	request_run(a, &m, unknown, type);
 	link_msg_clear(&m);
 }
 
@@ -669,8 +753,8 @@ static void rep_poll_cb(uv_poll_t *handle, int status, int events)
 		log_warnx("link: command socket poll: %s", uv_strerror(status));
 		return;
 	}
-	/* A held command stopped the watch, but its poll may have fired already. */
-	while (!a->stopping && a->held == NULL) {
+	/* A held request stopped the watch, but its poll may have fired already. */
+	while (!a->stopping && a->held == NULL && a->seq_held == NULL) {
 		void *buf = NULL;
 		int n = nn_recv(a->rep_sock, &buf, NN_MSG, NN_DONTWAIT);
 
@@ -764,6 +848,15 @@ int link_watch(struct agent *a, struct kerr *err)
  */
 void link_close(struct agent *a)
 {
+	if (a->seq_held) {
+		/* Unanswered, as a command held for its op id: the controller resends. */
+		log_info("link: %s for op %s not answered: the agent stops while its seq "
+			 "is written",
+			 a->seq_held->unknown ? a->seq_held->type
+					      : link_type_name(a->seq_held->m.type),
+			 a->seq_held->m.op);
+		a->seq_held = NULL; /* the lane's done() frees it */
+	}
 	if (a->held) {
 		log_info("op %s: %s not acked: the agent stops before its op id was on disk; "
 			 "the next run takes the controller's resend",

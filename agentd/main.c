@@ -53,6 +53,8 @@ static void agent_stop(struct agent *a)
 	disk_cmds_close(a);
 	oci_cmds_close(a);
 	link_close(a);
+	work_lane_close(a->lane); /* once the writes on it are done */
+	a->lane = NULL;
 	uv_close((uv_handle_t *)&a->sigterm, NULL);
 	uv_close((uv_handle_t *)&a->sigint, NULL);
 }
@@ -132,6 +134,7 @@ static int loop_setup(struct agent *a, struct kerr *err)
 	/* Before any command is taken: the ones the previous run took are not run again.
 	 * The ids are written on a lane of their own; link.c acks a command once its id
 	 * is on disk. */
+	a->lane = work_lane_new(a->loop);
 	opcache_init(&a->ops, a->loop, link_ops_written, a);
 	opcache_load(&a->ops, ops_path);
 	if (link_open(a, err) < 0)

@@ -511,8 +511,7 @@ static void stop_with(struct inst_op *op, unsigned timeout_s)
 	oci_refresh(ctr);
 	if (!oci_alive(ctr)) {
 		/* Not running: a crashed or failed container is now simply stopped. */
-		oci_mark_stopped(ctr);
-		stopped_cb(&ctr->inst, NULL, op);
+		oci_mark_stopped(ctr, stopped_cb, op);
 		return;
 	}
 	instance_op_progress(op, 10,
@@ -1217,8 +1216,7 @@ void ociaction_migrate_out(struct inst_op *op)
 	json_object_object_add(op->result, "was_running", json_object_new_boolean(running));
 	json_object_object_add(op->result, "restarts", json_object_new_int(ctr->restarts));
 	if (!running) {
-		oci_mark_stopped(ctr);
-		move_stopped_cb(&ctr->inst, NULL, op);
+		oci_mark_stopped(ctr, move_stopped_cb, op);
 		return;
 	}
 	instance_op_progress(op, 10, "stopping the container");

@@ -161,7 +161,14 @@ int opcache_write_file(const char *path, const char *text, size_t len)
  */
 struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type type)
 {
-	struct op_entry *e = slot_take(c, op, type);
+	struct op_entry *e;
+
+	/* The oldest entry is kept aside, its result too, until the next add. */
+	json_object_put(c->evicted.done_body);
+	c->evicted = c->slots[c->next];
+	c->evicted_kept = true;
+	c->slots[c->next].done_body = NULL;
+	e = slot_take(c, op, type);
 
 	ids_changed(c);
 	return e;
@@ -169,17 +176,26 @@ struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type t
 
 /*
  * Forget op, taken but never acked nor run (the agent stops while its id is being
- * written): the ids are written again without it, so the next run takes the
- * controller's resend as new instead of failing it as half done by this one.
+ * written, or the write failed): the ids are written again without it, so the next
+ * run takes the controller's resend as new instead of failing it as half done by this
+ * one. When op is the newest, the entry it evicted comes back, the oldest again: else
+ * a very late resend of that op would be taken as new and run a second time.
  */
 void opcache_drop(struct opcache *c, const char *op)
 {
 	struct op_entry *e = opcache_find(c, op);
+	unsigned newest = (c->next + AGENT_OPCACHE_SIZE - 1) % AGENT_OPCACHE_SIZE;
 
 	if (e == NULL)
 		return;
 	json_object_put(e->done_body);
 	memset(e, 0, sizeof(*e));
+	if (c->evicted_kept && e == &c->slots[newest]) {
+		*e = c->evicted;
+		memset(&c->evicted, 0, sizeof(c->evicted));
+		c->evicted_kept = false;
+		c->next = newest;
+	}
 	ids_changed(c);
 }
 
@@ -256,5 +272,8 @@ void opcache_clear(struct opcache *c)
 		json_object_put(c->slots[i].done_body);
 		memset(&c->slots[i], 0, sizeof(c->slots[i]));
 	}
+	json_object_put(c->evicted.done_body);
+	memset(&c->evicted, 0, sizeof(c->evicted));
+	c->evicted_kept = false;
 	c->next = 0;
 }

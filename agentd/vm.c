@@ -657,6 +657,9 @@ static int qemu_log_open(struct vm *vm, struct kerr *err)
 /*
  * Remember the balloon target set in the running QEMU (target_mb, or -1: none, QEMU
  * at its start size), in vm and in {dir}/balloon_target for the agent's next run.
+ * Without fsyncs (this runs on the loop): the file is read only when a later run of
+ * the agent adopts this QEMU, which a power cut ends too, and the next QEMU starts
+ * without a target (vm_spawn() removes the file).
  */
 void vm_balloon_target_set(struct vm *vm, int64_t target_mb)
 {
@@ -670,7 +673,7 @@ void vm_balloon_target_set(struct vm *vm, int64_t target_mb)
 		return;
 	}
 	snprintf(text, sizeof(text), "%lld\n", (long long)target_mb);
-	ret = file_write_atomic(path, text, strlen(text), 0600);
+	ret = file_write_replace(path, text, strlen(text), 0600);
 	if (ret < 0)
 		log_warnx("vm %s: cannot write %s: %s", vm->inst.name, path, strerror(-ret));
 }

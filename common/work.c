@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,7 +69,9 @@ struct work_lane {
 	struct work *todo, **todo_tail; /* queued, oldest first; the thread takes them */
 	struct work *done, **done_tail; /* run, oldest first; the loop takes them */
 	unsigned pending;		/* queued or running: the loop's, under no lock */
-	bool stop;			/* work_lane_close(): the thread ends */
+	bool closing;			/* work_lane_close(): ends once nothing is pending */
+	bool stop;			/* the thread ends */
+	bool ended;			/* lane_end() ran: the handle closes */
 };
 
 static void *lane_main(void *arg)
@@ -103,6 +106,8 @@ static void *lane_main(void *arg)
 	return NULL;
 }
 
+static void lane_end(struct work_lane *lane);
+
 static void lane_async_cb(uv_async_t *a)
 {
 	struct work_lane *l = a->data;
@@ -121,6 +126,9 @@ static void lane_async_cb(uv_async_t *a)
 			uv_unref((uv_handle_t *)&l->async);
 		w->done(w); /* may queue more: pending counts it first */
 	}
+	/* A done() may have closed the lane already. */
+	if (l->closing && l->pending == 0 && !l->ended)
+		lane_end(l);
 }
 
 struct work_lane *work_lane_new(uv_loop_t *loop)
@@ -166,15 +174,48 @@ static void lane_closed_cb(uv_handle_t *h)
 	free(l);
 }
 
-void work_lane_close(struct work_lane *lane)
+static void lane_end(struct work_lane *lane)
 {
-	if (lane == NULL)
-		return;
-	assert(lane->pending == 0); /* its done() would never run */
+	lane->ended = true;
 	pthread_mutex_lock(&lane->lock);
 	lane->stop = true;
 	pthread_cond_signal(&lane->cond);
 	pthread_mutex_unlock(&lane->lock);
 	pthread_join(lane->thread, NULL);
 	uv_close((uv_handle_t *)&lane->async, lane_closed_cb);
+}
+
+void work_lane_close(struct work_lane *lane)
+{
+	if (lane == NULL || lane->closing)
+		return;
+	lane->closing = true;
+	/* Jobs still to run or report: the lane ends after the last one's done(). */
+	if (lane->pending == 0)
+		lane_end(lane);
+}
+
+/* ---- a file put now, made durable on a lane --------------------------------------------- */
+
+static int put_sync_run(struct work *w)
+{
+	struct work_put *p = (struct work_put *)w;
+	int ret = file_sync(p->path);
+
+	if (ret < 0)
+		return err_set(&w->err, -ret, "cannot sync %s", p->path);
+	return 0;
+}
+
+int work_file_put(struct work_lane *lane, struct work_put *p, const char *path, const char *text,
+		  size_t len, unsigned mode)
+{
+	int ret = file_write_replace(path, text, len, mode);
+
+	if (ret < 0)
+		return ret;
+	snprintf(p->path, sizeof(p->path), "%s", path);
+	p->w.run = put_sync_run;
+	work_lane_queue(lane, &p->w);
+	return 0;
 }

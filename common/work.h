@@ -12,6 +12,7 @@
 #ifndef KUMO_WORK_H
 #define KUMO_WORK_H
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <uv.h>
@@ -54,8 +55,27 @@ struct work_lane;
 struct work_lane *work_lane_new(uv_loop_t *loop);
 /* Queue w on lane; w->run and w->done as for work_queue(). Not cancellable. */
 void work_lane_queue(struct work_lane *lane, struct work *w);
-/* End lane, which has no job queued or running: its thread exits, its memory goes once
- * the loop has closed its handle. */
+/*
+ * End lane: at once when no job is queued or running, else once the last one's done()
+ * ran (which may queue more; they run first). Its thread exits, its memory goes once
+ * the loop has closed its handle. No job may be queued once it has ended.
+ */
 void work_lane_close(struct work_lane *lane);
+
+/*
+ * A small file put in place at once and made durable off the loop: path gets text
+ * (len bytes, mode) on the caller's thread without fsyncs (file_write_replace(): a
+ * reader sees it whole at once, and it outlives this process), then its fsyncs (the
+ * file and its directory, file_sync()) run on lane, and done(w) follows on the loop,
+ * with w->ret < 0 and the reason in w->err when they failed. p is the caller's (w.done
+ * and w.owner set) until done(). Returns 0, or -errno when the file could not be put:
+ * nothing is queued then, and done() does not follow.
+ */
+struct work_put {
+	struct work w; /* first: its done() is the caller's */
+	char path[PATH_MAX];
+};
+int work_file_put(struct work_lane *lane, struct work_put *p, const char *path, const char *text,
+		  size_t len, unsigned mode);
 
 #endif

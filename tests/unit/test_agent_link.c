@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "agentd.h"
@@ -52,6 +53,40 @@ static atomic_int write_fail; /* the next writes fail with -EIO while > 0 */
 
 /* libuv's pool (4 threads) full of long jobs, as four backups' disk reads fill it;
  * static, as the pool may still run them when a failed test has returned. */
+
+/*
+ * Every fsync and fdatasync the code makes lands here (the program's definitions come
+ * before libc's). One on the loop's thread is counted: none may run there, as one
+ * took hundreds of ms on a loaded host. One elsewhere waits while sync_hold is set.
+ */
+static pthread_t loop_thread;
+static atomic_int loop_syncs;
+static atomic_bool sync_hold, sync_started;
+
+static void sync_wait(void)
+{
+	int64_t until = now_us() + WAIT_US;
+
+	if (pthread_equal(pthread_self(), loop_thread)) {
+		atomic_fetch_add(&loop_syncs, 1);
+		return; /* never block the loop: the test sees the count */
+	}
+	atomic_store(&sync_started, true);
+	while (atomic_load(&sync_hold) && now_us() < until)
+		usleep(1000);
+}
+
+int fsync(int fd)
+{
+	sync_wait();
+	return (int)syscall(SYS_fsync, fd);
+}
+
+int fdatasync(int fd)
+{
+	sync_wait();
+	return (int)syscall(SYS_fdatasync, fd);
+}
 
 /* What the stubs saw. */
 static char started[4][LINK_OP_ID_MAX + 1];
@@ -106,10 +141,15 @@ void instance_cmd_start(struct agent *ag, const char *op, struct json_object *bo
 	started_record(op);
 }
 
+static int64_t query_saw_seq; /* what link.seq held when the last query ran */
+
 /* Every query is answered in its ack with {"query": op}. */
 int instance_query(struct agent *ag, const char *op, struct json_object *body,
 		   struct json_object **answer, struct kerr *err)
 {
+	_cleanup_free_ char *path = xasprintf("%s/link.seq", dir), *text = NULL;
+
+	query_saw_seq = file_read_all(path, 64, &text, NULL) == 0 ? strtoll(text, NULL, 10) : 0;
 	(void)ag;
 	(void)body;
 	(void)err;
@@ -191,7 +231,13 @@ static int setup(void **state)
 	atomic_store(&write_started, false);
 	atomic_store(&write_timed_out, false);
 	atomic_store(&write_fail, 0);
+	atomic_store(&loop_syncs, 0);
+	atomic_store(&sync_hold, false);
+	atomic_store(&sync_started, false);
+	loop_thread = pthread_self();
 	nstarted = 0;
+	query_saw_seq = 0;
+	tx_seq = 0; /* a fresh agent's window: seqs at our clock again */
 
 	memset(&agent, 0, sizeof(agent));
 	memset(&cfg, 0, sizeof(cfg));
@@ -199,6 +245,7 @@ static int setup(void **state)
 	a->cfg = &cfg;
 	a->loop = &loop;
 	a->started_us = now_us();
+	a->lane = work_lane_new(&loop);
 	snprintf(a->link.host, sizeof(a->link.host), "h1");
 	random_bytes(a->link.key, sizeof(a->link.key));
 	opcache_init(&a->ops, &loop, link_ops_written, a);
@@ -230,9 +277,12 @@ static int teardown(void **state)
 
 	(void)state;
 	atomic_store(&write_release, true);
+	atomic_store(&sync_hold, false);
 	pool_fill_release(); /* a failed test_not_behind_pool's jobs end */
 	a->stopping = true;
 	link_close(a);
+	work_lane_close(a->lane);
+	a->lane = NULL;
 	uv_close((uv_handle_t *)&ticker, NULL);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	link_sockets_release(a);
@@ -242,7 +292,14 @@ static int teardown(void **state)
 	nn_close(events);
 	req1 = req2 = events = -1;
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	return system(cmd) == 0 ? 0 : -1;
+	if (system(cmd) != 0)
+		return -1;
+	/* Whatever the test did, nothing waited for the disk on the loop. */
+	if (atomic_load(&loop_syncs) != 0) {
+		print_error("%d fsyncs on the loop's thread\n", atomic_load(&loop_syncs));
+		return -1;
+	}
+	return 0;
 }
 
 /* Seal a command (or query) of type for op, as the controller does, and send it on req. */
@@ -532,6 +589,106 @@ static void test_stop_drops_held(void **state)
 	free(next_run);
 }
 
+static bool sync_begun(void)
+{
+	return atomic_load(&sync_started);
+}
+
+/*
+ * A query whose seq is ahead of our clock (the controller's runs ahead): link.seq must
+ * keep that seq before the query runs, or a replay could run it again after a power
+ * cut. The write and its fsyncs are not on the loop (which turns meanwhile), and the
+ * query runs only once they are done.
+ */
+static void test_seq_ahead_kept_off_loop(void **state)
+{
+	struct reply r1 = {0};
+	int64_t seq;
+
+	(void)state;
+	atomic_store(&sync_hold, true);
+	tx_seq = now_us() + 5 * 1000000LL; /* 5 s ahead */
+	send_cmd(req1, LINK_CMD_QUERY, "op-q");
+	seq = tx_seq;
+	want_ticks = atomic_load(&ticks) + 50;
+	if (!run_until(ticked, &r1, NULL))
+		fail_msg("the loop stood still while link.seq was written");
+	assert_int_equal(atomic_load(&loop_syncs), 0);
+	if (r1.got)
+		fail_msg("the query was answered before link.seq was on disk");
+	assert_true(run_until(sync_begun, NULL, NULL));
+
+	atomic_store(&sync_hold, false);
+	want1 = &r1;
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_string_equal(r1.query, "op-q");
+	assert_true(query_saw_seq == seq); /* on disk when it ran */
+
+	/* The next request is read again, and nothing fsynced on the loop. */
+	memset(&r1, 0, sizeof(r1));
+	send_cmd(req1, LINK_CMD_PROBE, "op-s");
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 1);
+	assert_int_equal(atomic_load(&loop_syncs), 0);
+}
+
+/*
+ * The cache is full (AGENT_OPCACHE_SIZE ops): a new command evicts the oldest op's id.
+ * The agent stops while the new id is written, dropping the command: the evicted id
+ * comes back, in memory and on disk, so a very late resend of that old op is still
+ * known to the next run (answered, never run again) rather than taken as new.
+ */
+static void test_stop_puts_back_evicted(void **state)
+{
+	char text[AGENT_OPCACHE_SIZE * 16] = "", id[16];
+	struct opcache *next_run;
+	size_t len = 0;
+
+	(void)state;
+	for (int i = 0; i < AGENT_OPCACHE_SIZE; i++)
+		len += (size_t)snprintf(text + len, sizeof(text) - len, "old-%03d\n", i);
+	assert_int_equal(file_write_replace(ops_path, text, len, 0600), 0);
+	opcache_clear(&a->ops);
+	opcache_load(&a->ops, ops_path);
+	assert_non_null(opcache_find(&a->ops, "old-000"));
+
+	atomic_store(&write_hold, true);
+	send_cmd(req1, LINK_CMD_PROBE, "op-e");
+	assert_true(run_until(write_begun, NULL, NULL));
+	assert_null(opcache_find(&a->ops, "old-000")); /* evicted by op-e */
+
+	a->stopping = true; /* agent_stop()'s order: link_close() last */
+	link_close(a);
+	atomic_store(&write_release, true);
+	assert_true(run_until(lane_closed, NULL, NULL));
+	assert_int_equal(nstarted, 0);
+	assert_false(ops_file_has("op-e"));
+	if (!ops_file_has("old-000"))
+		fail_msg("the op id op-e evicted is gone from the ops file after op-e was dropped");
+	/* ... and it is the oldest again (the file is oldest first): the next add evicts it. */
+	{
+		_cleanup_free_ char *ops = NULL;
+
+		assert_int_equal(file_read_all(ops_path, 64 * 1024, &ops, NULL), 0);
+		if (strncmp(ops, "old-000\n", 8) != 0)
+			fail_msg("old-000 came back, but not as the oldest: the ops file starts "
+				 "%.16s",
+				 ops);
+	}
+
+	next_run = calloc(1, sizeof(*next_run));
+	opcache_load(next_run, ops_path);
+	for (int i = 0; i < AGENT_OPCACHE_SIZE; i++) {
+		snprintf(id, sizeof(id), "old-%03d", i);
+		assert_non_null(opcache_find(next_run, id));
+	}
+	assert_null(opcache_find(next_run, "op-e"));
+	opcache_clear(next_run);
+	free(next_run);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +700,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_held_command_keeps_its_secret, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_puts_back_evicted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_seq_ahead_kept_off_loop, setup, teardown),
 	};
 
 	setenv("UV_THREADPOOL_SIZE", "4", 1); /* POOL_FILL_THREADS, before the pool's first use */
