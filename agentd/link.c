@@ -338,7 +338,8 @@ static bool command_idempotent(const struct link_msg *m)
 /*
  * Ack a command and start it once its op id is on disk (an idempotent one at once),
  * unless its op was seen already: then ack again and re-send its result if it has
- * one, but never run it twice. A body that fails fields or check (NULL: none) is nacked and nothing runs.
+ * one, but never run it twice. A body that fails fields or check (NULL: none) is
+ * nacked and nothing runs.
  */
 static void command_accept(struct agent *a, const struct link_msg *m,
 			   const struct json_field *fields, command_check_fn check,
