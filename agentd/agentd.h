@@ -107,6 +107,7 @@ struct op_entry {
 	enum link_type type;
 	bool done;
 	bool earlier;		       /* taken by a previous run of the agent (the file) */
+	bool unkept;		       /* idempotent: never written to the file */
 	struct json_object *done_body; /* op-done body once finished */
 };
 
@@ -538,6 +539,7 @@ struct op_entry *opcache_find(struct opcache *c, const char *op);
 void opcache_init(struct opcache *c, uv_loop_t *loop, opcache_written_fn written_cb, void *owner);
 const char *opcache_write_error(const struct opcache *c);
 struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type type);
+struct op_entry *opcache_add_unkept(struct opcache *c, const char *op, enum link_type type);
 void opcache_drop(struct opcache *c, const char *op);
 bool opcache_on_disk(const struct opcache *c, uint64_t gen);
 int opcache_write_file(const char *path, const char *text, size_t len);

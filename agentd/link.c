@@ -342,9 +342,24 @@ static void held_timer_cb(uv_timer_t *t)
 }
 
 /*
- * Ack a command and start it once its op id is on disk, unless its op was seen
- * already: then ack again and re-send its result if it has one, but never run it
- * twice. A body that fails fields or check (NULL: none) is nacked and nothing runs.
+ * Whether m is an instance command whose verb's row says VF_IDEMPOTENT. Its body
+ * passed its checks; an unknown action is not (dispatch.c refuses it when it starts).
+ */
+static bool command_idempotent(const struct link_msg *m)
+{
+	int v;
+
+	if (m->type != LINK_CMD_INSTANCE)
+		return false;
+	v = verb_find(json_get_str(m->body, "action", ""));
+	return v >= 0 && (verb_get((enum verb)v)->flags & VF_IDEMPOTENT);
+}
+
+/*
+ * Ack a command and start it once its op id is on disk (an idempotent one at once),
+ * unless its op was seen already: then ack again and re-send its result if it has
+ * one, but never run it twice. A body that fails fields or check (NULL: none) is
+ * nacked and nothing runs.
  */
 static void command_accept(struct agent *a, const struct link_msg *m,
 			   const struct json_field *fields, command_check_fn check,
@@ -386,6 +401,16 @@ static void command_accept(struct agent *a, const struct link_msg *m,
 		reply_send(a, LINK_ACK, m->op, json_object_new_object());
 		if (e->done)
 			link_event_send(a, LINK_OP_DONE, m->op, json_object_get(e->done_body));
+		return;
+	}
+	if (command_idempotent(m)) {
+		/* Run twice, it leaves the same state: no wait for the disk (a guest
+		 * paused for a migration's switchover waits on it). */
+		opcache_add_unkept(&a->ops, m->op, m->type);
+		reply_send(a, LINK_ACK, m->op, json_object_new_object());
+		log_info("op %s: %s started (idempotent: its id is kept in memory only)", m->op,
+			 link_type_name(m->type));
+		start(a, m->op, m->body);
 		return;
 	}
 	held = xcalloc(1, sizeof(*held));

@@ -6,7 +6,9 @@
  * The op ids are also kept in {state_dir}/ops, on disk before a command is acked
  * (link.c holds the ack until opcache_on_disk()), so that a command the previous run
  * of the agent took (and may have half done when it died) is not run again by the
- * next one: that one answers it as failed instead.
+ * next one: that one answers it as failed instead. An idempotent command's id
+ * (VF_IDEMPOTENT, common/verbs.h) is kept in memory only (opcache_add_unkept()): on
+ * disk it would make the next run fail a resend that it may safely run again.
  *
  * The file is written on a work lane (a thread of its own, common/work.h), never on
  * the loop: its write and two fsyncs took hundreds of ms on a loaded host, and every
@@ -111,7 +113,7 @@ static void ids_write_start(struct opcache *c)
 	for (size_t i = 0; i < AGENT_OPCACHE_SIZE; i++) {
 		const struct op_entry *e = &c->slots[(c->next + i) % AGENT_OPCACHE_SIZE];
 
-		if (e->op[0])
+		if (e->op[0] && !e->unkept)
 			j->len += (size_t)snprintf(j->text + j->len, sizeof(j->text) - j->len,
 						   "%s\n", e->op);
 	}
@@ -171,6 +173,25 @@ struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type t
 	e = slot_take(c, op, type);
 
 	ids_changed(c);
+	return e;
+}
+
+/*
+ * Remember op, an idempotent command, as started, evicting the oldest entry, but keep
+ * it out of the file: no write is owed for it. A resend to this run is acked and not
+ * run twice; the next run, which does not know it, runs it again, which the verb
+ * allows. Returns the entry, as opcache_add().
+ */
+struct op_entry *opcache_add_unkept(struct opcache *c, const char *op, enum link_type type)
+{
+	struct op_entry *e;
+
+	/* What an earlier add evicted is no longer the newest's: never put back. */
+	json_object_put(c->evicted.done_body);
+	memset(&c->evicted, 0, sizeof(c->evicted));
+	c->evicted_kept = false;
+	e = slot_take(c, op, type);
+	e->unkept = true;
 	return e;
 }
 

@@ -538,6 +538,10 @@ static void nbd_stopped_cb(struct qmp *q, struct json_object *ret, const char *e
 {
 	struct inst_op *op = data;
 
+	/* Stopped already (a resume run again) is success: the resume is idempotent
+	 * (common/verbs.h VF_IDEMPOTENT). QEMU's words for it. */
+	if (error && strstr(error, "NBD server not running"))
+		error = NULL;
 	if (instance_step_failed(op, error))
 		return;
 	op->vm->vm_nbd = false;
@@ -545,8 +549,8 @@ static void nbd_stopped_cb(struct qmp *q, struct json_object *ret, const char *e
 }
 
 /*
- * resume: QMP cont; running already is success. A guest that migrated here with its
- * local disks first stops the NBD server they came through (migrate.c): the source
+ * resume: QMP cont; running already is success. A guest that migrated here first
+ * stops the NBD server its local disks came through, if any (migrate.c): the source
  * ended its mirror before the controller asked for this resume.
  */
 void vmaction_resume(struct inst_op *op)
@@ -555,7 +559,10 @@ void vmaction_resume(struct inst_op *op)
 		instance_op_succeed(op);
 		return;
 	}
-	if (op->vm->vm_nbd) {
+	/* vm_nbd lives in memory only: after an agent restart a guest still waiting for
+	 * its migration's resume (vm_migrating_in, restored from migration.json) may
+	 * still export its disks; "not running" is success (nbd_stopped_cb). */
+	if (op->vm->vm_nbd || op->vm->vm_migrating_in) {
 		simple_qmp(op, "nbd-server-stop", NULL, nbd_stopped_cb);
 		return;
 	}

@@ -193,12 +193,15 @@ static const struct verb_def verb_table[VERBS] = {
 			0,
 			no_args,
 			{60, 60}},
+	/* Idempotent: running already is success for both drivers, and the agent may run
+	 * it from LIVE (a resend after the first run); docs/architecture.md says why a
+	 * late resend cannot undo a later pause. */
 	[VERB_RESUME] = {"resume",
 			 BOTH,
 			 from_paused,
 			 LIVE,
 			 "running",
-			 VF_ACTION | VF_NEEDS_INSTANCE,
+			 VF_ACTION | VF_NEEDS_INSTANCE | VF_IDEMPOTENT,
 			 0,
 			 no_args,
 			 {60, 60}},

@@ -77,6 +77,9 @@ enum verb_flag {
 	VF_FULL_SPEC = 1 << 3,	    /* the command's SPEC is read beyond its name */
 	VF_STOP_GRACE = 1 << 4,	    /* timeout_s is the grace before a stop is forced */
 	VF_ACTION = 1 << 5,	    /* asked for by POST /instances/{name}/actions/{verb} */
+	/* A second run, after the first and whatever ran between, leaves the same state:
+	 * the agent starts it without waiting for its op id to be on disk (agentd/link.c). */
+	VF_IDEMPOTENT = 1 << 6,
 };
 
 struct verb_def {

@@ -2,7 +2,8 @@
  * test_agent_link.c - the agent's command socket (agentd/link.c) with its op cache
  * (agentd/opcache.c): a new command is acked only once its op id is on disk, that
  * write runs neither on the loop nor on libuv's shared pool, the replies keep their
- * order while a command waits for it, and a stop drops the waiting command cleanly.
+ * order while a command waits for it, a stop drops the waiting command cleanly, and
+ * an idempotent command (VF_IDEMPOTENT) waits for no write.
  *
  * The controller is two NN_REQ sockets in this process (nanomsg inproc) that seal
  * commands as controllerd/agentlink.c does; the drivers' entry points link.c calls
@@ -689,6 +690,63 @@ static void test_stop_puts_back_evicted(void **state)
 	free(next_run);
 }
 
+/* An instance command's body with action (the stub check takes any instance). */
+static struct json_object *instance_body(const char *action)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "action", json_object_new_string(action));
+	json_object_object_add(body, "instance", json_object_new_object());
+	return body;
+}
+
+/*
+ * The disk is stuck: an idempotent command (resume, VF_IDEMPOTENT) is acked and
+ * started at once, owes no write and stays out of the file, and its resend is acked
+ * without a second run; a normal command (start) waits for its id's write.
+ */
+static void test_idempotent_not_held(void **state)
+{
+	struct reply r1 = {0};
+
+	(void)state;
+	atomic_store(&write_hold, true);
+	send_cmd_body(req1, LINK_CMD_INSTANCE, "op-resume", instance_body("resume"));
+	want1 = &r1;
+	if (!run_until(got_first, &r1, NULL))
+		fail_msg("the resume was not acked while the op ids' write was stuck%s",
+			 atomic_load(&write_started) ? " (it waited for that write)" : "");
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_string_equal(r1.op, "op-resume");
+	assert_int_equal(nstarted, 1);
+	assert_string_equal(started[0], "op-resume");
+	assert_false(atomic_load(&write_started));
+
+	memset(&r1, 0, sizeof(r1));
+	send_cmd_body(req1, LINK_CMD_INSTANCE, "op-start", instance_body("start"));
+	assert_true(run_until(write_begun, NULL, NULL));
+	want_ticks = atomic_load(&ticks) + 50;
+	if (!run_until(ticked, &r1, NULL) || atomic_load(&write_timed_out))
+		fail_msg("the loop stood still while the op id was written");
+	assert_false(r1.got);
+	assert_int_equal(nstarted, 1);
+	atomic_store(&write_release, true);
+	if (!run_until(got_first, &r1, NULL))
+		fail_msg("the start was not acked after its id's write");
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 2);
+	assert_true(started_on_disk[1]);
+	assert_true(ops_file_has("op-start"));
+	assert_false(ops_file_has("op-resume"));
+
+	/* Its ack was lost: the resend to this run is acked again, not run twice. */
+	memset(&r1, 0, sizeof(r1));
+	send_cmd_body(req1, LINK_CMD_INSTANCE, "op-resume", instance_body("resume"));
+	assert_true(run_until(got_first, &r1, NULL));
+	assert_int_equal(r1.type, LINK_ACK);
+	assert_int_equal(nstarted, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -702,6 +760,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stop_drops_held, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_puts_back_evicted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_seq_ahead_kept_off_loop, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idempotent_not_held, setup, teardown),
 	};
 
 	setenv("UV_THREADPOOL_SIZE", "4", 1); /* POOL_FILL_THREADS, before the pool's first use */

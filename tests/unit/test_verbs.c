@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "verbs.h"
@@ -34,6 +35,21 @@ static void test_table_consistent(void **state)
 		for (int b = 0; b < VERBS; b++)
 			if (verb_preempts(v, b))
 				assert_true(d->types & verb_get(b)->types);
+		/* An idempotent verb (the agent starts it before its op id is on disk)
+		 * may start again from the state it leaves, as a resend does once it
+		 * ran, and nothing cuts it short to run between it and a late resend. */
+		if (d->flags & VF_IDEMPOTENT) {
+			bool leaves_allowed = d->agent_from == 0;
+
+			assert_non_null(d->desired);
+			for (int s = 0; s < INST_STATES; s++)
+				if (!strcmp(inst_state_name(s), d->desired) &&
+				    (d->agent_from & STATE_BIT(s)))
+					leaves_allowed = true;
+			assert_true(leaves_allowed);
+			for (int b = 0; b < VERBS; b++)
+				assert_false(verb_preempts(b, v));
+		}
 		/* The REST actions are the ones with a from list and a type. */
 		if (d->flags & VF_ACTION) {
 			assert_non_null(d->from);
@@ -48,6 +64,10 @@ static void test_table_consistent(void **state)
 	assert_true(verb_get(VERB_BACKUP)->flags & VF_CANCELLABLE);
 	assert_true(verb_get(VERB_MIGRATE_IN)->flags & VF_FULL_SPEC);
 	assert_false(verb_get(VERB_MIGRATE_IN)->flags & VF_NEEDS_INSTANCE);
+	/* Only resume runs before its op id is durable; verbs whose second run does
+	 * harm wait for it. */
+	for (int v = 0; v < VERBS; v++)
+		assert_int_equal(!!(verb_get(v)->flags & VF_IDEMPOTENT), v == VERB_RESUME);
 }
 
 /* The stop grace has one home: 10 s for a container, 60 s for a VM. */
