@@ -543,6 +543,7 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_clust
 	struct stat sb;
 	int64_t per_l1, need_l1;
 	int ret = 0;
+	off_t data;
 
 	*out = (struct backup_extents){0};
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < (off_t)sizeof(h) ||
@@ -618,6 +619,13 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_clust
 
 		if (l2_offset == 0)
 			continue; /* not in the target */
+		/* A table still wholly a hole (the agent made it; QEMU wrote none of it) is
+		 * empty: not read, so a large disk's many untouched tables cost one lseek
+		 * each, not 64 KiB of zeros. A file system without holes says data. */
+		data = lseek(fd, (off_t)l2_offset, SEEK_DATA);
+		if ((data < 0 && errno == ENXIO) ||
+		    (data >= 0 && (uint64_t)data >= l2_offset + cluster))
+			continue;
 		if (pread_all(fd, l2, cluster, (int64_t)l2_offset, path, err) < 0) {
 			ret = -1;
 			goto out;

@@ -206,7 +206,8 @@ enum MHD_Result api_instance_backup(struct request *req)
 	struct kerr err;
 	enum MHD_Result ret;
 
-	log_trace("backup of %s: asked", req->params[0]);
+	if (name_valid(req->params[0])) /* a path's name goes to the log only once valid */
+		log_trace("backup of %s: asked", req->params[0]);
 	if (body_or_empty(req, backup_fields, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
 	if (!name_valid(req->params[0]) || !binst_load(req->params[0], &i)) {
