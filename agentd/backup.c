@@ -820,8 +820,12 @@ static void *bitmaps_thread(void *arg)
 	char name[80], pname[80];
 	char *remove_argv[] = {"qemu-img", "bitmap",	 "--remove", "-f",
 			       "qcow2",	   (char *)disk, pname,	     NULL};
-	char *add_argv[] = {"qemu-img", "bitmap", "--add", "-f", "qcow2", (char *)disk, name, NULL};
+	char granularity[24];
+	/* One bit per chunk, as a running disk's (fleece_transaction_args says why). */
+	char *add_argv[] = {"qemu-img", "bitmap", "--add",	"-g", granularity,
+			    "-f",	"qcow2",  (char *)disk, name, NULL};
 
+	snprintf(granularity, sizeof(granularity), "%d", CHUNKSTORE_CHUNK_SIZE);
 	snprintf(name, sizeof(name), "kumo-%s", job->id);
 	snprintf(pname, sizeof(pname), "kumo-%s", job->parent);
 	/* The parent's may be gone already (or never was): not an error. Both write the

@@ -423,13 +423,22 @@ static int pwrite_whole(int fd, const void *buf, size_t len, off_t off)
  * `qemu-img create -f qcow2` lays it out: the header in cluster 0, the refcount table in
  * cluster 1, its one refcount block in cluster 2, the L1 table from cluster 3 (only its
  * entries' bytes written, as qemu-img does), refcount 1 for each of those clusters.
+ * Unlike qemu-img's, its L2 tables are there from the start, empty, right after the
+ * L1 table: each L1 entry points at one (flagged copied: its refcount is 1), and the
+ * file is only extended over them (holes read as an empty table: nothing written). QEMU
+ * then allocates no L2 table during the job, and an L2 table's allocation flushes the
+ * file three times in a row (its refcount, the table, the L1 entry: qcow2's ordering),
+ * each an fdatasync on the shared pool inside the incremental's job. At most
+ * TARGET_L2_MAX tables (disks up to 256 GiB); a larger disk gets qemu-img's layout.
  */
-#define TARGET_CLUSTER	  ((int64_t)1 << BACKUP_TARGET_CLUSTER_BITS)
-#define TARGET_L1_MAX	  (TARGET_CLUSTER / 8) /* one cluster of L1: 4 TiB of disk */
-#define TARGET_RT_OFFSET  (1 * TARGET_CLUSTER)
-#define TARGET_RB_OFFSET  (2 * TARGET_CLUSTER)
-#define TARGET_L1_OFFSET  (3 * TARGET_CLUSTER)
-#define TARGET_HEADER_LEN 104
+#define TARGET_CLUSTER	   ((int64_t)1 << BACKUP_TARGET_CLUSTER_BITS)
+#define TARGET_L1_MAX	   (TARGET_CLUSTER / 8) /* one cluster of L1: 4 TiB of disk */
+#define TARGET_RT_OFFSET   (1 * TARGET_CLUSTER)
+#define TARGET_RB_OFFSET   (2 * TARGET_CLUSTER)
+#define TARGET_L1_OFFSET   (3 * TARGET_CLUSTER)
+#define TARGET_HEADER_LEN  104
+#define TARGET_L2_MAX	   512 /* 512 MiB of disk each; their refcounts fit one block */
+#define QCOW2_OFLAG_COPIED (1ULL << 63)
 
 int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, struct kerr *err)
 {
@@ -438,8 +447,12 @@ int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, s
 	int64_t l1 = (size + per_l1 - 1) / per_l1;
 	unsigned char header[TARGET_HEADER_LEN] = {0};
 	uint64_t rt = htobe64((uint64_t)TARGET_RB_OFFSET);
-	uint16_t rb[4];
-	_cleanup_free_ void *zeros = NULL;
+	_cleanup_free_ uint16_t *rb = NULL;
+	_cleanup_free_ uint64_t *l1e = NULL;
+	int64_t l1_clusters = (l1 * 8 + TARGET_CLUSTER - 1) / TARGET_CLUSTER;
+	int64_t l2_first = 3 + l1_clusters;
+	bool l2_made = l1 <= TARGET_L2_MAX;
+	size_t nrb = 3 + (size_t)l1_clusters + (l2_made ? (size_t)l1 : 0);
 	_cleanup_close_ int fd = -1;
 	int ret = 0;
 
@@ -456,9 +469,13 @@ int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, s
 	put_be32(header + 56, 1);		   /* refcount_table_clusters */
 	put_be32(header + 96, 4);		   /* refcount_order: 16-bit refcounts */
 	put_be32(header + 100, TARGET_HEADER_LEN); /* header_length; no extensions follow */
-	for (size_t i = 0; i < 4; i++)
-		rb[i] = htobe16(1); /* header, refcount table and block, L1 */
-	zeros = xcalloc(1, (size_t)l1 * 8);
+	/* header, refcount table and block, L1, and the L2 tables if made */
+	rb = xcalloc(nrb, sizeof(*rb));
+	for (size_t i = 0; i < nrb; i++)
+		rb[i] = htobe16(1);
+	l1e = xcalloc((size_t)l1, sizeof(*l1e));
+	for (int64_t i = 0; l2_made && i < l1; i++)
+		l1e[i] = htobe64((uint64_t)((l2_first + i) * TARGET_CLUSTER) | QCOW2_OFLAG_COPIED);
 	/* In QEMU's work directory, which QEMU's uid owns: never through a link, never
 	 * over a file there. */
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -466,8 +483,9 @@ int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, s
 		return err_set(err, errno, "cannot make %s: %s", path, strerror(errno));
 	if (pwrite_whole(fd, header, sizeof(header), 0) < 0 ||
 	    pwrite_whole(fd, &rt, sizeof(rt), TARGET_RT_OFFSET) < 0 ||
-	    pwrite_whole(fd, rb, sizeof(rb), TARGET_RB_OFFSET) < 0 ||
-	    pwrite_whole(fd, zeros, (size_t)l1 * 8, TARGET_L1_OFFSET) < 0)
+	    pwrite_whole(fd, rb, nrb * sizeof(*rb), TARGET_RB_OFFSET) < 0 ||
+	    pwrite_whole(fd, l1e, (size_t)l1 * 8, TARGET_L1_OFFSET) < 0 ||
+	    (l2_made && ftruncate(fd, (off_t)((l2_first + l1) * TARGET_CLUSTER)) < 0))
 		ret = err_set(err, errno, "cannot write %s: %s", path, strerror(errno));
 	/* QEMU, as its own user, opens it for writing. */
 	else if (fchown(fd, uid, gid) < 0)
@@ -525,6 +543,7 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_clust
 	struct stat sb;
 	int64_t per_l1, need_l1;
 	int ret = 0;
+	off_t data;
 
 	*out = (struct backup_extents){0};
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < (off_t)sizeof(h) ||
@@ -600,6 +619,13 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_clust
 
 		if (l2_offset == 0)
 			continue; /* not in the target */
+		/* A table still wholly a hole (the agent made it; QEMU wrote none of it) is
+		 * empty: not read, so a large disk's many untouched tables cost one lseek
+		 * each, not 64 KiB of zeros. A file system without holes says data. */
+		data = lseek(fd, (off_t)l2_offset, SEEK_DATA);
+		if ((data < 0 && errno == ENXIO) ||
+		    (data >= 0 && (uint64_t)data >= l2_offset + cluster))
+			continue;
 		if (pread_all(fd, l2, cluster, (int64_t)l2_offset, path, err) < 0) {
 			ret = -1;
 			goto out;

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chunkstore.h"
 #include "json.h"
 #include "util.h"
 
@@ -78,6 +79,9 @@ struct json_object *fleece_transaction_args(const struct fleece_names *n, const 
 	json_object_object_add(bm, "node", json_object_new_string(n->device));
 	json_object_object_add(bm, "name", json_object_new_string(bitmap));
 	json_object_object_add(bm, "persistent", json_object_new_boolean(true));
+	/* One bit per chunk, aligned as the chunks are: the next incremental's job then
+	 * copies every chunk it touches whole, and no parent chunk is read back (fleece.h). */
+	json_object_object_add(bm, "granularity", json_object_new_int64(CHUNKSTORE_CHUNK_SIZE));
 	json_object_array_add(actions, action("block-dirty-bitmap-add", bm));
 	json_object_object_add(args, "actions", actions);
 	return args;

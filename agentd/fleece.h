@@ -79,7 +79,19 @@ struct json_object *fleece_overlay_args(const struct fleece_names *n, const char
  * overlay: on-cbw-error break-snapshot, a copy waits at most timeout_s seconds. */
 struct json_object *fleece_cbw_args(const struct fleece_names *n, unsigned timeout_s);
 
-/* The bitmap of the point in time: transaction [block-dirty-bitmap-add (persistent)]. */
+/*
+ * The bitmap of the point in time: transaction [block-dirty-bitmap-add (persistent)],
+ * one bit per chunk (granularity CHUNKSTORE_CHUNK_SIZE, which bitmaps_thread gives a
+ * stopped disk's too). A write of any size marks the whole chunks it touches, so the
+ * next incremental's job copies them whole and each is stored from QEMU's copy alone:
+ * with QEMU's default (the disk's cluster, 64 KiB) a chunk the change covered in part
+ * was its parent's chunk read back from the store, checked and laid under the change,
+ * the largest step of a small incremental (26-55 ms of 130 for a 10 MiB write, the
+ * parent's chunk cold on the shared pool). The cost: a small scattered write makes
+ * the job copy 4 MiB where it copied a cluster (bounded by the chunks touched, as the
+ * chunks stored always were). A bitmap made finer by an older agent still works: its
+ * partly covered chunks are laid over their parent's as before (backupmap.c).
+ */
 struct json_object *fleece_transaction_args(const struct fleece_names *n, const char *bitmap);
 
 /*

@@ -418,6 +418,7 @@ static void op_done(struct host *h, struct link_msg *m)
 	log_trace("host %s: op-done %s %s", h->name, m->op, status);
 	hooks->done(h, m->op, status, json_object_object_get(m->body, "result"),
 		    json_get_str(m->body, "error", NULL));
+	log_trace("host %s: op-done %s handled", h->name, m->op);
 }
 
 static void cmd_free(struct cmd *c);

@@ -20,6 +20,7 @@
 
 #include "chunkcrypt.h"
 #include "json.h"
+#include "log.h"
 #include "spec.h"
 #include "util.h"
 #include "valid.h"
@@ -205,6 +206,8 @@ enum MHD_Result api_instance_backup(struct request *req)
 	struct kerr err;
 	enum MHD_Result ret;
 
+	if (name_valid(req->params[0])) /* a path's name goes to the log only once valid */
+		log_trace("backup of %s: asked", req->params[0]);
 	if (body_or_empty(req, backup_fields, &body, &err) < 0)
 		return http_reply_kerr(req, &err);
 	if (!name_valid(req->params[0]) || !binst_load(req->params[0], &i)) {
@@ -215,6 +218,7 @@ enum MHD_Result api_instance_backup(struct request *req)
 			  json_get_str(body, "mode", NULL), json_get_int(body, "bandwidth_mbps", 0),
 			  &err);
 	ret = op ? http_reply_json(req, 202, op) : http_reply_kerr(req, &err);
+	log_trace("backup of %s: answered", req->params[0]);
 	if (op)
 		snprintf(req->audit_op, sizeof(req->audit_op), "%s", json_get_str(op, "id", ""));
 	json_object_put(i.spec);

@@ -688,6 +688,7 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 	sqlite3_bind_text(st, 8, json_text(spec), -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
+	log_trace("backup %s: row inserted", id);
 	if (rc != SQLITE_DONE || db_commit(ctl.db, err) < 0) {
 		db_rollback(ctl.db);
 		json_object_put(args);
@@ -696,8 +697,10 @@ struct json_object *backup_start(const char *name, const char *type, struct json
 		return err_set(err, 0, "cannot record the backup: %s", sqlite3_errmsg(ctl.db)),
 		       NULL;
 	}
+	log_trace("backup %s: committed", id);
 	log_info("instance %s: backup %s into %s started", name, id, path);
 	instances_cmd_send(h, json_get_str(op, "id", ""), "backup", spec, wire);
+	log_trace("backup %s: command queued", id);
 	json_object_put(wire);
 	json_object_put(args);
 	return op;

@@ -41,6 +41,7 @@ backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its 
 	op_ok
 	local id
 	live_read=$(jqb '.result.backup.live_read // empty') live_why=$(jqb '.result.backup.live_read_reason // empty')
+	parent_reads=$(jqb '.result.backup.timings.parent_chunks_read // empty')
 	id=$(jqb .result.backup.id)
 	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
 	api GET "/api/v1/backups/$id"
@@ -126,6 +127,12 @@ readi=$(jqb .read_bytes) newi=$(jqb .new_bytes)
 [ "$readi" -gt 0 ] && [ "$readi" -lt $((total / 4)) ] || fail "the incremental backup read $readi of $total bytes"
 [ "$newi" -lt $((new1 / 2)) ] || fail "the incremental backup stored $newi new bytes; the full one $new1"
 [ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the incremental backup's checksum is not the disk's"
+# The bitmap marks whole 4 MiB chunks: a changed chunk is read whole, its parent never.
+[ "$parent_reads" = 0 ] || fail "the incremental read $parent_reads of its parent's chunks back (the bitmap's bits are not chunks)"
+api GET /api/v1/instances/bk1
+gran=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$(jqb .host)/local/instances/bk1/monitor.sock" qmp query-named-block-nodes '{"flat":true}' |
+	jq -c '[.[] | ."dirty-bitmaps"[]? | select(.name | startswith("kumo-")) | .granularity] | unique | .[]')
+[ "$gran" = 4194304 ] || fail "the disk's kumo- bitmap has granularity '$gran', not one bit per 4 MiB chunk"
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok

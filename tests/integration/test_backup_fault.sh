@@ -218,7 +218,13 @@ pass "an incremental failed after QEMU's job (${why:0:60}...); the next backup (
 
 # 5. A parent chunk that cannot be read (every chunk file gone: the whole read stores
 # them again; the store's older backups are broken from here on). A write first, so
-# the incremental touches a chunk and reads its parent chunk back.
+# the incremental touches a chunk and reads its parent chunk back. Kumo's bitmaps have
+# one bit per 4 MiB chunk, so its jobs copy every touched chunk whole and read no
+# parent chunk: the chain end's bitmap is swapped for one of 64 KiB, as an agent of
+# before made them, whose partly touched chunks are laid over their parent's.
+mon=$KUMO_LAB_DIR/hosts/$host/local/instances/bkf1/monitor.sock
+qemu_monitor2 "$mon" qmp block-dirty-bitmap-remove '{"node":"d0","name":"kumo-'$ba'"}' >/dev/null
+qemu_monitor2 "$mon" qmp block-dirty-bitmap-add '{"node":"d0","name":"kumo-'$ba'","persistent":true,"granularity":65536}' >/dev/null
 resume_reboot_pause() {
 	if instance_is bkf1 paused; then
 		api POST /api/v1/instances/bkf1/actions/resume

@@ -255,8 +255,24 @@ static void test_qcow2_map(void **state)
  * backup_target_create: an empty qcow2 qemu-img checks clean, of the size asked, that
  * QEMU writes into (qemu-io) and backup_map_qcow2 then maps as qemu-img map does; a
  * disk of an odd size and one of 1 TiB (two L1 entries... 2048) too; never over a file
- * that is there; sizes it does not make refused.
+ * that is there; sizes it does not make refused. Its L2 table is there before QEMU
+ * writes and is the one QEMU then fills: QEMU allocates none (each allocation is three
+ * flushes of the file inside an incremental's job).
  */
+static uint64_t l1_entry0(const char *name)
+{
+	char path[PATH_MAX];
+	uint64_t e = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &e, sizeof(e), 3 << 16), (ssize_t)sizeof(e)); /* the L1 */
+	close(fd);
+	return be64toh(e);
+}
+
 static void test_target_create(void **state)
 {
 	static const int64_t sizes[] = {8 * MiB, 9 * MiB + 512, (int64_t)1 << 40};
@@ -274,11 +290,15 @@ static void test_target_create(void **state)
 		   "%lld",
 		   dir, name, name, (long long)sizes[i]);
 	}
+	/* The L2 table right after the L1, flagged copied (refcount 1: QEMU writes it in
+	 * place). */
+	assert_int_equal(l1_entry0("made0.qcow2"), (4ULL << 16) | (1ULL << 63));
 	/* QEMU's writes land in it as in one qemu-img made. */
 	map_same("made0.qcow2", 8 * MiB,
 		 "qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -z 2M 1M' "
 		 "-c 'write -P 0x33 5M 100k' made0.qcow2 >/dev/null && qemu-img check -q "
 		 "made0.qcow2");
+	assert_int_equal(l1_entry0("made0.qcow2"), (4ULL << 16) | (1ULL << 63));
 	snprintf(path, sizeof(path), "%s/made0.qcow2", dir);
 	assert_true(backup_target_create(path, 8 * MiB, geteuid(), getegid(), &err) < 0);
 	assert_int_equal(err.code, EEXIST);

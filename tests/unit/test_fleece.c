@@ -72,7 +72,7 @@ static void test_setup_commands(void **state)
 		"\"target\":\"kfl-d1\",\"on-cbw-error\":\"break-snapshot\",\"cbw-timeout\":20}");
 	json_is(fleece_transaction_args(&n, "kumo-abc"),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d1\","
-		"\"name\":\"kumo-abc\",\"persistent\":true}}]}");
+		"\"name\":\"kumo-abc\",\"persistent\":true,\"granularity\":4194304}}]}");
 	json_is(fleece_insert_args(&n, 1),
 		"{\"path\":\"\\/machine\\/peripheral\\/disk1\\/virtio-backend\",\"property\":"
 		"\"drive\",\"value\":\"kfl-cbw-d1\"}");
@@ -101,14 +101,16 @@ static void test_copy_tx(void **state)
 	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", "kumo-b1", "/s/tmp/b2/root.qcow2",
 				    0, false),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
-		"\"name\":\"kumo-b2\",\"persistent\":true}},{\"type\":\"drive-backup\",\"data\":{"
+		"\"name\":\"kumo-b2\",\"persistent\":true,\"granularity\":4194304}},{\"type\":"
+		"\"drive-backup\",\"data\":{"
 		"\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\",\"target\":\"\\/s\\/tmp\\/b2\\/"
 		"root.qcow2\",\"format\":\"qcow2\",\"sync\":\"bitmap\",\"bitmap\":\"kumo-b1\","
 		"\"bitmap-mode\":\"never\",\"mode\":\"absolute-paths\",\"auto-dismiss\":false}}]}");
 	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", NULL, "/s/tmp/b2/root.raw",
 				    1 << 20, false),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
-		"\"name\":\"kumo-b2\",\"persistent\":true}},{\"type\":\"drive-backup\",\"data\":{"
+		"\"name\":\"kumo-b2\",\"persistent\":true,\"granularity\":4194304}},{\"type\":"
+		"\"drive-backup\",\"data\":{"
 		"\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\",\"target\":\"\\/s\\/tmp\\/b2\\/"
 		"root.raw\",\"format\":\"raw\",\"sync\":\"full\",\"mode\":\"absolute-paths\","
 		"\"auto-dismiss\":false,\"speed\":1048576}}]}");
