@@ -24,9 +24,10 @@
 # and the target's CPU (utime+stime from /proc/PID/stat) over the copy and the MiB
 # sent; then medians and each variant's median paired wall ratio against the first.
 # Needs root (-runas), qemu-system-x86_64 and qemu-img. Uses loopback only.
-import json, os, random, shutil, socket, subprocess, sys, tempfile, time
+import atexit, json, os, random, shutil, socket, subprocess, sys, tempfile, time
 
 argv_file, image, tlsdir, rounds = sys.argv[1:5]
+image, tlsdir = os.path.abspath(image), os.path.abspath(tlsdir)
 variants = sys.argv[5:]
 kumo = json.load(open(argv_file))
 FLAGS = {"-no-shutdown", "-nodefaults", "-no-user-config", "-S"}
@@ -177,14 +178,15 @@ def cpu(pid):
     return (int(x[11]) + int(x[12])) * 1000 // TICK
 
 
-guests = [Guest(v) for v in variants]
-import atexit
+guests = []
 def killall():
     for g in guests:
         for p in (g.proc, getattr(g, "t", None)):
             if p and p.poll() is None:
                 p.kill()
+    shutil.rmtree(base, ignore_errors=True)
 atexit.register(killall)
+guests += [Guest(v) for v in variants]
 for g in guests:
     g.proc, g.d = g.start(False)
 for g in guests:
