@@ -161,12 +161,26 @@ guest_pause='.result as $r | (($r.timings.switchover_ms // 0) + ($r.timings.resu
 	  elif $r.target_paused == true then $r.downtime_ms + $resume
 	  else $r.downtime_ms end'
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-# kumo_migrate NAME HOST SECONDS: one Kumo migration timed by one Python process (see
-# the top): prints its total ms on the first line, the final operation on the second.
+# kumo_migrate NAME HOST SECONDS SOURCE-PID: one Kumo migration timed by one Python
+# process (see the top): prints its total ms on the first line, the final operation on
+# the second, and on the third the source QEMU's CPU (utime + stime) from the call to
+# its last sample (every 5 ms) before it quit: the copy, the source paused for it.
 kumo_migrate() {
 	python3 - "$KUMO_URL" "$KUMO_CACERT" "$KUMO_TOKEN_FILE" "$@" <<'PY'
-import http.client, json, ssl, sys, time, urllib.parse
-url, cacert, token_file, name, host, limit = sys.argv[1:7]
+import http.client, json, os, ssl, sys, threading, time, urllib.parse
+url, cacert, token_file, name, host, limit, src_pid = sys.argv[1:8]
+def cpu(pid):  # utime + stime of pid (all its threads, the ended ones too), in ms
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return (int(x[11]) + int(x[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+src_cpu = [None, None]
+def src_poll():
+    try:
+        while True:
+            src_cpu[1] = cpu(src_pid)
+            time.sleep(0.005)
+    except (OSError, IndexError, ValueError):
+        pass
 u = urllib.parse.urlsplit(url)
 with open(token_file) as f:
     headers = {"Authorization": "Bearer " + f.read().strip(), "Content-Type": "application/json"}
@@ -176,6 +190,8 @@ def call(method, path, body=None):
     r = conn.getresponse()
     return r.status, json.loads(r.read() or b"null")
 conn.connect()  # outside the window, as the raw run's QMP connection
+src_cpu[0] = src_cpu[1] = cpu(src_pid)
+threading.Thread(target=src_poll, daemon=True).start()
 t0 = time.monotonic()
 status, op = call("POST", f"/api/v1/instances/{name}/actions/migrate", json.dumps({"host": host}))
 if status != 202:
@@ -190,6 +206,7 @@ while True:
         break
 print(int((time.monotonic() - t0) * 1000))
 print(json.dumps(res))
+print(src_cpu[1] - src_cpu[0])
 PY
 }
 wait_file_has() { # FILE TEXT SECONDS
@@ -328,11 +345,11 @@ raw_cgroup_enter() {
 # Then QEMU's own count of the copy (migrate to completed) and the MiB it sent.
 # NETNS: the target QEMU runs in that network namespace ("" the bench's own) and
 # listens on ADDR, its TLS hostname too.
-raw_run() { # MODE SOURCE-SOCKET TARGET-SOCKET TARGET-LOG PORT CGROUP NETNS ADDR -> "total_ms downtime_ms pid ran_ms waited_ms copy_ms sent_mib"
+raw_run() { # MODE SOURCE-SOCKET TARGET-SOCKET TARGET-LOG PORT CGROUP NETNS ADDR SOURCE-PID -> "total_ms downtime_ms pid ran_ms waited_ms copy_ms sent_mib src_cpu_ms"
 	python3 - "$@" "$tls" "${qemu_common[@]}" <<'PY'
 import json, os, socket, subprocess, sys, time
-mode, src, dst, log, port, cgroup, netns, addr, tlsdir = sys.argv[1:10]
-qemu = sys.argv[10:]
+mode, src, dst, log, port, cgroup, netns, addr, src_pid, tlsdir = sys.argv[1:11]
+qemu = sys.argv[11:]
 if netns:  # ip netns exec execs QEMU in the same process: p.pid is QEMU's
     qemu = ["ip", "netns", "exec", netns] + qemu
 def connect(path):
@@ -361,6 +378,10 @@ def sched(pid):  # the ms all of pid's threads ran, and waited runnable for a CP
             fields = f.read().split()
         run, wait = run + int(fields[0]), wait + int(fields[1])
     return run // 1000000, wait // 1000000
+def cpu(pid):  # utime + stime of pid (all its threads, the ended ones too), in ms
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return (int(x[11]) + int(x[12])) * 1000 // os.sysconf("SC_CLK_TCK")
 uri = f"tcp:{addr}:{port}"
 if mode == "tls-as-kumo":
     mode = "tls"
@@ -393,6 +414,7 @@ if mode == "tls":
                            "endpoint": "client", "verify-peer": True})
     params.update({"tls-creds": "kumo-bench-cli", "tls-hostname": addr})
 call(a, "migrate-set-parameters", params)
+src_cpu = cpu(src_pid)
 call(a, "migrate", {"uri": uri})
 while True:
     r = call(a, "query-migrate")["return"]
@@ -403,7 +425,7 @@ while True:
         sys.exit(f"raw {mode} migration: " + json.dumps(r))
     time.sleep(0.01)
 print(int((time.monotonic() - t0) * 1000), r.get("downtime", -1), p.pid, *sched(p.pid),
-      r.get("total-time", -1), r.get("ram", {}).get("transferred", 0) >> 20)
+      r.get("total-time", -1), r.get("ram", {}).get("transferred", 0) >> 20, cpu(src_pid) - src_cpu)
 call(a, "quit")
 PY
 }
@@ -437,10 +459,10 @@ for i in $(seq "$runs"); do
 			[ "$mode" = tls-as-kumo ] && addr=$KUMO_LAB_SUBNET.$((10 + dst_host))
 		fi
 		# read, not $(...): the target QEMU holds the pipe open for as long as it runs.
-		total='' down='' pid='' ran='' waited='' copy='' sent=''
-		read -r total down pid ran waited copy sent < <(raw_run "$mode" "$src_sock" \
+		total='' down='' pid='' ran='' waited='' copy='' sent='' src_cpu=''
+		read -r total down pid ran waited copy sent src_cpu < <(raw_run "$mode" "$src_sock" \
 			"$tmp/b$i$mode.sock" "$tmp/b$i$mode.log" $((47000 + RANDOM % 2000)) \
-			"$cgroup" "$netns" "$addr") || true
+			"$cgroup" "$netns" "$addr" "$src_pid") || true
 		[ -n "$pid" ] || { echo "bench: raw $mode run $i failed" >&2; exit 1; }
 		pids+=("$pid")
 		case $mode in
@@ -449,10 +471,11 @@ for i in $(seq "$runs"); do
 		tls-as-kumo) ak_total+=("$total") ak_down+=("$down") ;;
 		esac
 		src_sock=$tmp/b$i$mode.sock src_pid=$pid src_end=$dst_end src_host=$dst_host
-		echo "raw $mode run $i: total $total ms (copy $copy ms, $sent MiB), downtime $down ms; target QEMU ran $ran ms, waited $waited ms for a CPU"
+		echo "raw $mode run $i: total $total ms (copy $copy ms, $sent MiB), downtime $down ms; target QEMU ran $ran ms, waited $waited ms for a CPU; source QEMU's CPU over the copy $src_cpu ms"
 	done
 
-	out=$(kumo_migrate bench-mig "$to" 120) || exit 1
+	[ "$to" = h2 ] && from=h1 || from=h2
+	out=$(kumo_migrate bench-mig "$to" 120 "$(cat "$KUMO_LAB_DIR/hosts/$from/local/instances/bench-mig/qemu.pid")") || exit 1
 	res=$(sed -n 2p <<<"$out")
 	read -r ran waited < <(qemu_sched "$(cat "$KUMO_LAB_DIR/hosts/$to/local/instances/bench-mig/qemu.pid" 2>/dev/null)")
 	[ "$(jq -r .status <<<"$res")" = succeeded ] || { echo "bench: $(jq -c '{status, error}' <<<"$res")" >&2; exit 1; }
@@ -461,7 +484,7 @@ for i in $(seq "$runs"); do
 	kumo_pause+=("$(jq -r "$guest_pause // empty" <<<"$res")")
 	[ -n "${kumo_pause[-1]}" ] || { echo "bench: kumo run $i has no downtime_ms or paused_ms: $res" >&2; exit 1; }
 	kumo_op+=("$(jq -r .result.total_ms <<<"$res")")
-	echo "kumo run $i: to $to, total ${kumo_total[-1]} ms (operation ${kumo_op[-1]} ms, copy $(jq -r .result.timings.source.qemu_total_ms <<<"$res") ms, $(($(jq -r '.result.migration.ram_transferred // 0' <<<"$res") >> 20)) MiB), $(jq -r .result.strategy <<<"$res"): guest paused ${kumo_pause[-1]} ms (QEMU's downtime ${kumo_down[-1]} ms); target QEMU ran $ran ms, waited $waited ms for a CPU; paired ratio_tls $(awk -v k="${kumo_total[-1]}" -v r="${tls_total[-1]}" 'BEGIN { printf "%.2f", k / r }')"
+	echo "kumo run $i: to $to, total ${kumo_total[-1]} ms (operation ${kumo_op[-1]} ms, copy $(jq -r .result.timings.source.qemu_total_ms <<<"$res") ms, $(($(jq -r '.result.migration.ram_transferred // 0' <<<"$res") >> 20)) MiB), $(jq -r .result.strategy <<<"$res"): guest paused ${kumo_pause[-1]} ms (QEMU's downtime ${kumo_down[-1]} ms); target QEMU ran $ran ms, waited $waited ms for a CPU; source QEMU's CPU over the copy $(sed -n 3p <<<"$out") ms; paired ratio_tls $(awk -v k="${kumo_total[-1]}" -v r="${tls_total[-1]}" 'BEGIN { printf "%.2f", k / r }')"
 	# Where the time went: the controller's phases, then each agent's own steps.
 	echo "kumo run $i timings: $(jq -c '.result.timings // {} | del(.target, .source)' <<<"$res")"
 	echo "kumo run $i target: $(jq -c '.result.timings.target // {}' <<<"$res")"
@@ -480,7 +503,7 @@ if [ "$local_run" = 1 ]; then
 		[ $SECONDS -lt $end ] || { echo "bench: bench-mig-local did not boot" >&2; exit 1; }
 		sleep 0.5
 	done
-	out=$(kumo_migrate bench-mig-local h2 240) || exit 1
+	out=$(kumo_migrate bench-mig-local h2 240 "$(cat "$KUMO_LAB_DIR/hosts/h1/local/instances/bench-mig-local/qemu.pid")") || exit 1
 	res=$(sed -n 2p <<<"$out")
 	[ "$(jq -r .status <<<"$res")" = succeeded ] || { echo "bench: local: $(jq -c '{status, error}' <<<"$res")" >&2; exit 1; }
 	echo "RESULT local_disk_total_ms=$(sed -n 1p <<<"$out") local_disk_strategy=$(jq -r .result.strategy <<<"$res") local_disk_guest_pause_ms=$(jq -r "$guest_pause" <<<"$res") local_disk_qemu_downtime_ms=$(jq -r .result.downtime_ms <<<"$res") local_disk_mirrored_bytes=$(jq -r .result.migration.disk_total <<<"$res")"
