@@ -45,12 +45,8 @@ static void marker_synced(struct work *w)
 
 	/* Not this container's newest marker (or it is gone): nothing waits for it. */
 	if (ctr && ctr->marker_gen == m->gen) {
-		if (w->ret < 0) {
-			char why[sizeof(w->err.msg) + 64];
-
-			snprintf(why, sizeof(why), "%s: %s", w->err.msg, strerror(w->err.code));
-			marker_failed(ctr, why);
-		}
+		if (w->ret < 0)
+			marker_failed(ctr, w->err.msg); /* err_set() named errno's error */
 		ctr->marker_gen = 0;
 		if (ctr->exit_owed) {
 			ctr->exit_owed = false;
