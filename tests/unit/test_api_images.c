@@ -15,26 +15,9 @@
 #include <string.h>
 
 #include "controllerd.h"
+#include "qcow2_fixture.h"
 
 struct controller ctl;
-
-#define BUF 4096
-
-static void put32(unsigned char *p, uint32_t v)
-{
-	p[0] = v >> 24, p[1] = v >> 16, p[2] = v >> 8, p[3] = v;
-}
-
-/* A version 3 header as qemu-img writes it: 64 KiB clusters, 1 GiB, no extension. */
-static void header_v3(unsigned char *b)
-{
-	memset(b, 0, BUF);
-	memcpy(b, "QFI\xfb", 4);
-	b[7] = 3;     /* version */
-	b[23] = 16;   /* cluster_bits */
-	b[28] = 0x40; /* size: 0x40000000 */
-	b[103] = 104; /* header_length */
-}
 
 /* image_qcow2_header_check() refuses the n bytes of b with a reason holding want. */
 static void refused(const unsigned char *b, size_t n, const char *want)

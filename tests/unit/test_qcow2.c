@@ -15,31 +15,7 @@
 #include <unistd.h>
 
 #include "qcow2.h"
-
-#define BUF 4096
-
-/* A version 3 header as qemu-img writes it: 64 KiB clusters, 1 GiB, no extension. */
-static void header_v3(unsigned char *b)
-{
-	memset(b, 0, BUF);
-	memcpy(b, "QFI\xfb", 4);
-	b[7] = 3;	       /* version */
-	b[23] = 16;	       /* cluster_bits */
-	b[28] = 0x40;	       /* size: 0x40000000 */
-	b[103] = 104;	       /* header_length */
-	memset(b + 104, 0, 8); /* end of extensions */
-}
-
-static void put32(unsigned char *p, uint32_t v)
-{
-	p[0] = v >> 24, p[1] = v >> 16, p[2] = v >> 8, p[3] = v;
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-	put32(p, v >> 32);
-	put32(p + 4, (uint32_t)v);
-}
+#include "qcow2_fixture.h"
 
 /* An extension at off: type, length, data; returns the offset after its padding. */
 static size_t ext_put(unsigned char *b, size_t off, uint32_t type, const char *data, uint32_t len)
