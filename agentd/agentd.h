@@ -881,7 +881,7 @@ int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
 void oci_adopt_prepare(struct agent *a);
 
 /* ocimarker.c */
-void oci_marker_put(struct ctr *ctr);
+int oci_marker_put(struct ctr *ctr);
 void oci_marker_exit(struct ctr *ctr);
 void oci_marker_forget(struct ctr *ctr);
 const char *oci_marker_stop_error(const struct ctr *ctr);

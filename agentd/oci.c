@@ -723,7 +723,10 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data)
 	ctr->inst.stop_requested = true;
 	ctr->inst.stop_forced = timeout_s == 0;
 	ctr->kill_attempts = 0;
-	oci_marker_put(ctr);
+	/* No marker for the shim to see: it would restart the container (its restart
+	 * policy) when init exits. A SIGTERM to the shim ends it instead. */
+	if (oci_marker_put(ctr) < 0 && ctr->shim_pid)
+		kill(ctr->shim_pid, SIGTERM);
 	oci_state_set(ctr, INST_STOPPING);
 	if (paused &&
 	    oci_runc(ctr->inst.agent, (const char *const[]){"resume", ctr->inst.name, NULL}, 10000,

@@ -59,9 +59,9 @@ static void marker_synced(struct work *w)
 /*
  * Put ctr's stop marker now (on the loop: a small file on the local pool) and queue its
  * fsyncs on the agent's lane. A marker that cannot be written at all is a failed one
- * (oci_marker_stop_error()).
+ * (oci_marker_stop_error()): -1, and the shim cannot see it.
  */
-void oci_marker_put(struct ctr *ctr)
+int oci_marker_put(struct ctr *ctr)
 {
 	static uint64_t gens; /* unique: a container made anew has another's name */
 	struct agent *a = ctr->inst.agent;
@@ -81,9 +81,10 @@ void oci_marker_put(struct ctr *ctr)
 		marker_failed(ctr, why);
 		free(m);
 		ctr->marker_gen = 0;
-		return;
+		return -1;
 	}
 	ctr->marker_gen = m->gen;
+	return 0;
 }
 
 /*

@@ -28,6 +28,18 @@
 #define EXT_BACKING_FORMAT 0xe2792acau
 #define EXT_DATA_FILE	   0x44415441u
 
+/*
+ * A name from the header is printable ASCII: it goes into logs and error messages, and
+ * no image Kumo makes or accepts names its backing file otherwise.
+ */
+static bool name_ok(const unsigned char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < 0x20 || s[i] > 0x7e)
+			return false;
+	return true;
+}
+
 /* Incompatible features: dirty, corrupt, external data file, compression type,
  * extended L2 entries. Any other bit makes QEMU refuse the image. */
 #define INCOMPAT_DATA_FILE (1ull << 2)
@@ -75,7 +87,7 @@ static int extensions_parse(const unsigned char *buf, size_t n, uint64_t offset,
 			return 0;
 		case EXT_BACKING_FORMAT:
 			if (ext_len >= sizeof(h->backing_format) ||
-			    memchr(buf + offset, '\0', ext_len)) {
+			    !name_ok(buf + offset, ext_len)) {
 				snprintf(why, len, "its backing format name is malformed");
 				return -1;
 			}
@@ -171,7 +183,7 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
 				 n);
 			return -1;
 		}
-		if (backing_len == 0 || memchr(buf + backing_offset, '\0', backing_len)) {
+		if (backing_len == 0 || !name_ok(buf + backing_offset, backing_len)) {
 			snprintf(why, len, "its backing file name is malformed");
 			return -1;
 		}

@@ -226,6 +226,13 @@ static void test_refused(void **state)
 	header_clone(b, "/pool/images/base.qcow2", "qcow2");
 	b[((size_t)b[14] << 8 | b[15]) + 5] = '\0'; /* the name's offset is below 64 KiB */
 	refused(b, sizeof(b), "a NUL in the backing file name");
+	/* Names go into logs and errors: a newline or an escape would forge lines. */
+	header_clone(b, "/pool/images/base\n2026-12-07 agent: forged.qcow2", "qcow2");
+	refused(b, sizeof(b), "a newline in the backing file name");
+	header_clone(b, "/pool/images/\x1b[2Jbase.qcow2", "qcow2");
+	refused(b, sizeof(b), "an escape in the backing file name");
+	header_clone(b, "/pool/images/base.qcow2", "qcow\x80");
+	refused(b, sizeof(b), "a byte above 0x7e in the backing format name");
 }
 
 /* An extension whose data runs past the bytes read: refused before any of it is read
