@@ -290,9 +290,10 @@ struct ctr {
 	 * while a start or stop settles. inst.pid is the container's init while it runs. */
 	uv_fs_event_t watch; /* ... and its directory watched for the shim's files */
 	bool watching;
-	uint64_t marker_gen; /* the stop marker's fsyncs run on the agent's lane; 0: none */
-	bool exit_owed;	     /* the stop settled meanwhile: answered once they are done */
-	char pushed[64];     /* what the controller heard last (a signature) */
+	uint64_t marker_gen;	/* the stop marker's fsyncs run on the agent's lane; 0: none */
+	bool exit_owed;		/* the stop settled meanwhile: answered once they are done */
+	char marker_error[512]; /* why the newest stop marker is not durable; "" it is */
+	char pushed[64];	/* what the controller heard last (a signature) */
 };
 
 /* An image as its manifest in the shared store describes it (layers.c). */
@@ -878,6 +879,12 @@ void oci_cron(struct agent *a);
 int oci_logs_read(struct ctr *ctr, int64_t tail, int64_t offset, int64_t max,
 		  struct json_object **answer, struct kerr *err);
 void oci_adopt_prepare(struct agent *a);
+
+/* ocimarker.c */
+int oci_marker_put(struct ctr *ctr);
+void oci_marker_exit(struct ctr *ctr);
+void oci_marker_forget(struct ctr *ctr);
+const char *oci_marker_stop_error(const struct ctr *ctr);
 void oci_adopt_one(struct agent *a, const char *name);
 
 /* ociaction.c */

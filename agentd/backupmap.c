@@ -36,6 +36,7 @@
 #include "chunkpipe.h"
 #include "chunkstore.h"
 #include "json.h"
+#include "qcow2.h"
 #include "util.h"
 
 #define BACKUP_MAP_MAX_CHAIN 16
@@ -294,7 +295,6 @@ void backup_map_source(struct backup_map *m, struct chunkpipe_source *src)
 
 /* ---- an incremental's target, mapped from its qcow2 tables ------------------------- */
 
-#define QCOW2_MAGIC	    0x514649fbu /* "QFI\xfb" */
 #define QCOW2_OFFSET_MASK   0x00fffffffffffe00ULL
 #define QCOW2_COMPRESSED    (1ULL << 62)
 #define QCOW2_ZERO	    1ULL /* version 3: the cluster reads as zeros */
@@ -332,23 +332,6 @@ static int extent_add(struct backup_extents *x, size_t *cap, int64_t start, int6
 	}
 	x->v[x->n++] = (struct backup_extent){start, length, offset};
 	return 0;
-}
-
-/* Big-endian fields of the header at h + off (no alignment assumed). */
-static uint32_t be32_at(const unsigned char *h, size_t off)
-{
-	uint32_t v;
-
-	memcpy(&v, h + off, sizeof(v));
-	return be32toh(v);
-}
-
-static uint64_t be64_at(const unsigned char *h, size_t off)
-{
-	uint64_t v;
-
-	memcpy(&v, h + off, sizeof(v));
-	return be64toh(v);
 }
 
 static void put_be32(unsigned char *h, uint32_t v)
@@ -459,7 +442,7 @@ int backup_target_create(const char *path, int64_t size, uid_t uid, gid_t gid, s
 	if (size <= 0 || l1 > TARGET_L1_MAX)
 		return err_set(err, EFBIG, "%s: no target made for a disk of %lld bytes", path,
 			       (long long)size);
-	memcpy(header, "QFI\xfb", 4);
+	memcpy(header, QCOW2_MAGIC, 4);
 	put_be32(header + 4, 3);			   /* version */
 	put_be32(header + 20, BACKUP_TARGET_CLUSTER_BITS); /* cluster_bits */
 	put_be64(header + 24, (uint64_t)size);
@@ -518,8 +501,9 @@ int backup_target_open(const char *path, uid_t owner, struct kerr *err)
  * ENOTSUP for what this does not read (a backing file, encryption, snapshots,
  * compressed clusters, an external data file, extended L2 entries, an image marked
  * dirty or corrupt: QEMU's view of those needs QEMU); E2BIG past
- * BACKUP_MAP_MAX_EXTENTS extents or QCOW2_L1_READ_MAX L1 entries; EBADMSG for tables
- * that make no sense; ENOTSUP too when want_cluster_bits (0: any) is not the
+ * BACKUP_MAP_MAX_EXTENTS extents or QCOW2_L1_READ_MAX L1 entries; EBADMSG for a
+ * header common/qcow2.c refuses (not qcow2 2 or 3 among others) and for tables that
+ * make no sense; ENOTSUP too when want_cluster_bits (0: any) is not the
  * file's (QEMU makes an incremental's target with 64 KiB clusters, 16 bits: a smaller
  * one only multiplies the work, 12.5 s for a 1 TiB disk of 4 KiB ones, which a
  * cancel does not stop). The agent never asks qemu-img map of a target this refuses
@@ -533,63 +517,57 @@ int backup_target_open(const char *path, uid_t owner, struct kerr *err)
 int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_cluster_bits,
 		     struct backup_extents *out, struct kerr *err)
 {
-	unsigned char h[105];
 	_cleanup_free_ uint64_t *l1 = NULL, *l2 = NULL;
 	_cleanup_free_ struct used *used = NULL;
 	struct backup_extents x = {0};
 	size_t cap = 0, nused = 0, used_cap;
-	uint32_t version, cluster_bits, header_length = 72;
-	uint64_t incompat = 0, virtual_size, l1_offset, l2_entries, cluster, fsize;
+	struct qcow2_header h;
+	uint64_t l2_entries, cluster, fsize;
 	struct stat sb;
 	int64_t per_l1, need_l1;
 	int ret = 0;
 	off_t data;
+	char why[256];
 
 	*out = (struct backup_extents){0};
-	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < (off_t)sizeof(h) ||
-	    pread_all(fd, h, sizeof(h), 0, path, err) < 0)
+	/* 105 bytes: a version 3 header and its compression type byte. */
+	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < 105)
 		return err_set(err, EBADMSG, "%s: no qcow2 header", path);
 	fsize = (uint64_t)sb.st_size;
-	version = be32_at(h, 4);
-	cluster_bits = be32_at(h, 20);
-	virtual_size = be64_at(h, 24);
-	l1_offset = be64_at(h, 40);
-	if (version == 3) {
-		incompat = be64_at(h, 72);
-		header_length = be32_at(h, 100);
-	}
-	if (be32_at(h, 0) != QCOW2_MAGIC || (version != 2 && version != 3))
-		return err_set(err, ENOTSUP, "%s: not a qcow2 of version 2 or 3", path);
-	if (be64_at(h, 8) != 0 || be32_at(h, 32) != 0 || (incompat & ~QCOW2_COMPRESS_TYPE) != 0 ||
-	    ((incompat & QCOW2_COMPRESS_TYPE) && header_length < 105))
+	/* common/qcow2.c: magic, version 2 or 3, clusters of 512 B..2 MiB, no feature
+	 * QEMU does not know, the header, its extensions and a backing file name within
+	 * the first cluster. */
+	if (qcow2_header_fd_read(fd, &h, why, sizeof(why)) < 0)
+		return err_set(err, EBADMSG, "%s: %s", path, why);
+	/* The compression type bit with no compression type field: QEMU refuses it. */
+	if (h.backing[0] || h.crypt_method != 0 || (h.incompatible & ~QCOW2_COMPRESS_TYPE) != 0 ||
+	    ((h.incompatible & QCOW2_COMPRESS_TYPE) && h.header_length < 105))
 		return err_set(err, ENOTSUP,
 			       "%s: a backing file, encryption or incompatible features (%#llx)",
-			       path, (unsigned long long)incompat);
-	if (be32_at(h, 60) != 0)
+			       path, (unsigned long long)h.incompatible);
+	if (h.snapshots != 0)
 		return err_set(err, ENOTSUP, "%s: internal snapshots", path);
-	if (cluster_bits < 9 || cluster_bits > 21)
-		return err_set(err, EBADMSG, "%s: a header out of bounds", path);
 	/* The cluster size sets the work per byte of disk: never a writer's choice. */
-	if (want_cluster_bits && cluster_bits != want_cluster_bits)
+	if (want_cluster_bits && h.cluster_bits != want_cluster_bits)
 		return err_set(err, ENOTSUP, "%s: clusters of %llu bytes, not %llu", path,
-			       1ULL << cluster_bits, 1ULL << want_cluster_bits);
+			       1ULL << h.cluster_bits, 1ULL << want_cluster_bits);
 	/* The size first: all the work below is bounded by it. */
-	if (size < 0 || virtual_size != (uint64_t)size)
+	if (size < 0 || h.virtual_size != (uint64_t)size)
 		return err_set(err, ERANGE, "%s: a disk of %llu bytes, not %lld", path,
-			       (unsigned long long)virtual_size, (long long)size);
-	cluster = 1ULL << cluster_bits;
+			       (unsigned long long)h.virtual_size, (long long)size);
+	cluster = 1ULL << h.cluster_bits;
 	l2_entries = cluster / 8;
 	per_l1 = (int64_t)(cluster * l2_entries);
 	need_l1 = (size + per_l1 - 1) / per_l1;
 	if (need_l1 > QCOW2_L1_READ_MAX)
 		return err_set(err, E2BIG, "%s: %lld L1 entries", path, (long long)need_l1);
-	if (need_l1 > (int64_t)be32_at(h, 36) || (l1_offset & (cluster - 1)) != 0 ||
-	    l1_offset > fsize || (uint64_t)need_l1 * 8 > fsize - l1_offset)
+	if (need_l1 > (int64_t)h.l1_size || (h.l1_offset & (cluster - 1)) != 0 ||
+	    h.l1_offset > fsize || (uint64_t)need_l1 * 8 > fsize - h.l1_offset)
 		return err_set(err, EBADMSG, "%s: its L1 table does not cover the disk", path);
 	l1 = xcalloc((size_t)need_l1 + 1, sizeof(*l1));
 	l2 = xmalloc(cluster);
 	if (need_l1 > 0 &&
-	    pread_all(fd, l1, (size_t)need_l1 * 8, (int64_t)l1_offset, path, err) < 0)
+	    pread_all(fd, l1, (size_t)need_l1 * 8, (int64_t)h.l1_offset, path, err) < 0)
 		return -1;
 
 	/* The L2 tables: each in the file, none used twice, before any is read. */
@@ -597,7 +575,7 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_clust
 	used = xcalloc(used_cap, sizeof(*used));
 	used[nused++] = (struct used){0, cluster}; /* the header */
 	if (need_l1 > 0)
-		used[nused++] = (struct used){l1_offset, (uint64_t)need_l1 * 8};
+		used[nused++] = (struct used){h.l1_offset, (uint64_t)need_l1 * 8};
 	for (int64_t i = 0; i < need_l1; i++) {
 		uint64_t l2_offset = be64toh(l1[i]) & QCOW2_OFFSET_MASK;
 
@@ -641,7 +619,7 @@ int backup_map_qcow2(int fd, const char *path, int64_t size, unsigned want_clust
 			if (e & QCOW2_COMPRESSED)
 				ret = err_set(err, ENOTSUP, "%s: a compressed cluster at %lld",
 					      path, (long long)at);
-			else if ((e & QCOW2_ZERO) && version != 3)
+			else if ((e & QCOW2_ZERO) && h.version != 3)
 				ret = err_set(err, ENOTSUP,
 					      "%s: a reserved bit in a version 2 L2 entry", path);
 			else if ((offset & (cluster - 1)) != 0)

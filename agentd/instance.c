@@ -260,7 +260,7 @@ static void fail_send(struct inst_op *op, const char *why)
 
 struct rollback {
 	struct inst_op *op;
-	char why[256];
+	char why[640]; /* room for a 512-byte reason (a stop marker's) and its prefix */
 };
 
 static void rolled_back_cb(struct agent *a, const char *error, void *data)

@@ -398,12 +398,8 @@ static void exit_settle(struct ctr *ctr)
 	uv_timer_stop(&ctr->inst.timer);
 	settle_unwatch(ctr);
 	ctr->inst.stop_requested = false;
-	/* The stop is answered once its marker is durable (marker_put()). */
-	if (ctr->marker_gen) {
-		ctr->exit_owed = true;
-		return;
-	}
-	inst_exit_waiters_call(&ctr->inst, NULL);
+	/* The stop is answered once its marker is durable (ocimarker.c). */
+	oci_marker_exit(ctr);
 }
 
 static void exit_describe(struct ctr *ctr, const struct exit_info *e)
@@ -548,7 +544,7 @@ static void start_deadline_cb(uv_timer_t *timer)
 
 /*
  * Put ctr's file name in place with text (small, local: on the loop), without fsyncs:
- * a power cut must not lose only the stop marker (marker_put()).
+ * a power cut must not lose only the stop marker (ocimarker.c).
  */
 static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, struct kerr *err)
 {
@@ -558,62 +554,6 @@ static int ctr_file_put(struct ctr *ctr, const char *file, const char *text, str
 	if (ret < 0)
 		return err_set(err, -ret, "container %s: cannot write %s", ctr->inst.name, path);
 	return 0;
-}
-
-/*
- * The stop marker: put at once, so the shim sees it before the container's init gets
- * its signal (it must not restart it), and made durable before the stop is answered,
- * as a power cut must not turn a stopped container into a crashed one. Its two fsyncs
- * run on the agent's lane (work_file_put()), not on the loop, where they held every
- * command, heartbeat and QMP event behind them; exit_settle() waits for them.
- */
-struct marker_sync {
-	struct work_put put; /* first: common/work.h's job */
-	struct agent *a;
-	char name[NAME_MAX_LEN + 1];
-	uint64_t gen;
-};
-
-static void marker_synced(struct work *w)
-{
-	struct marker_sync *m = (struct marker_sync *)w;
-	struct ctr *ctr = m->a->stopping ? NULL : oci_find(m->a, m->name);
-
-	/* Not this container's newest marker (or it is gone): nothing waits for it. */
-	if (ctr && ctr->marker_gen == m->gen) {
-		if (w->ret < 0)
-			log_warnx("container %s: %s; after a power cut it may show as crashed, "
-				  "not stopped",
-				  m->name, w->err.msg);
-		ctr->marker_gen = 0;
-		if (ctr->exit_owed) {
-			ctr->exit_owed = false;
-			inst_exit_waiters_call(&ctr->inst, NULL);
-		}
-	}
-	free(m);
-}
-
-static void marker_put(struct ctr *ctr)
-{
-	static uint64_t gens; /* unique: a container made anew has another's name */
-	struct agent *a = ctr->inst.agent;
-	struct marker_sync *m = xcalloc(1, sizeof(*m));
-	_cleanup_free_ char *path = ctr_path(ctr, "stop");
-	int ret;
-
-	m->put.w.done = marker_synced;
-	m->a = a;
-	snprintf(m->name, sizeof(m->name), "%s", ctr->inst.name);
-	m->gen = ++gens;
-	ret = work_file_put(a->lane, &m->put, path, "stop\n", 5, 0600);
-	if (ret < 0) {
-		log_warnx("container %s: cannot write %s: %s", ctr->inst.name, path,
-			  strerror(-ret));
-		free(m);
-		return;
-	}
-	ctr->marker_gen = m->gen;
 }
 
 static void ctr_file_drop(struct ctr *ctr, const char *file)
@@ -645,8 +585,7 @@ int oci_start(struct ctr *ctr, inst_done_cb cb, void *data, struct kerr *err)
 			       (int)(ctr->inst.pid ? ctr->inst.pid : ctr->shim_pid));
 	/* A fresh start: no stop marker, no last exit, no restarts yet. */
 	ctr_file_drop(ctr, "stop");
-	ctr->marker_gen = 0; /* a sync of it still on the lane concerns nobody now */
-	ctr->exit_owed = false;
+	oci_marker_forget(ctr);
 	ctr_file_drop(ctr, "exit.json");
 	ctr_file_drop(ctr, "container.pid");
 	/* A power cut ends the container and its shim: the count starts again anyway.
@@ -784,7 +723,10 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data)
 	ctr->inst.stop_requested = true;
 	ctr->inst.stop_forced = timeout_s == 0;
 	ctr->kill_attempts = 0;
-	marker_put(ctr);
+	/* No marker for the shim to see: it would restart the container (its restart
+	 * policy) when init exits. A SIGTERM to the shim ends it instead. */
+	if (oci_marker_put(ctr) < 0 && ctr->shim_pid)
+		kill(ctr->shim_pid, SIGTERM);
 	oci_state_set(ctr, INST_STOPPING);
 	if (paused &&
 	    oci_runc(ctr->inst.agent, (const char *const[]){"resume", ctr->inst.name, NULL}, 10000,
@@ -801,17 +743,15 @@ void oci_stop(struct ctr *ctr, unsigned timeout_s, inst_done_cb cb, void *data)
 /*
  * A container that is not running (crashed, failed) is stopped from now on: the stop
  * marker says so to every later refresh. cb(ctr, NULL, data) once the marker is
- * durable (at once when it could not be written: logged).
+ * durable, or known not to be (at once when it could not be written): the stop verb
+ * then fails with oci_marker_stop_error().
  */
 void oci_mark_stopped(struct ctr *ctr, inst_done_cb cb, void *data)
 {
-	marker_put(ctr);
+	oci_marker_put(ctr);
 	oci_refresh(ctr);
 	inst_exit_waiter_add(&ctr->inst, cb, data);
-	if (ctr->marker_gen)
-		ctr->exit_owed = true;
-	else
-		inst_exit_waiters_call(&ctr->inst, NULL);
+	oci_marker_exit(ctr);
 }
 
 /* ---- runc subcommands ---------------------------------------------------------------- */

@@ -494,11 +494,18 @@ void ociaction_create(struct inst_op *op)
 static void stopped_cb(struct inst *inst, const char *error, void *data)
 {
 	struct inst_op *op = data;
+	const char *not_durable;
 
 	if (!instance_stop_noted(op, inst, error))
 		return;
 	if (op->restart) {
-		prepare(op, false, shim_start);
+		prepare(op, false, shim_start); /* the start drops the marker anyway */
+		return;
+	}
+	/* A stop is done once a power cut cannot undo it (ocimarker.c). */
+	not_durable = oci_marker_stop_error((struct ctr *)inst);
+	if (not_durable) {
+		instance_op_fail(op, "%s", not_durable);
 		return;
 	}
 	instance_op_succeed(op);

@@ -18,7 +18,6 @@
 
 #include "util.h"
 
-#define QCOW2_MAGIC	 "QFI\xfb"
 #define V2_HEADER_LEN	 72
 #define V3_HEADER_LEN	 104
 #define CLUSTER_BITS_MIN 9
@@ -28,6 +27,18 @@
 #define EXT_END		   0x00000000u
 #define EXT_BACKING_FORMAT 0xe2792acau
 #define EXT_DATA_FILE	   0x44415441u
+
+/*
+ * A name from the header is printable ASCII: it goes into logs and error messages, and
+ * no image Kumo makes or accepts names its backing file otherwise.
+ */
+static bool name_ok(const unsigned char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < 0x20 || s[i] > 0x7e)
+			return false;
+	return true;
+}
 
 /* Incompatible features: dirty, corrupt, external data file, compression type,
  * extended L2 entries. Any other bit makes QEMU refuse the image. */
@@ -76,7 +87,7 @@ static int extensions_parse(const unsigned char *buf, size_t n, uint64_t offset,
 			return 0;
 		case EXT_BACKING_FORMAT:
 			if (ext_len >= sizeof(h->backing_format) ||
-			    memchr(buf + offset, '\0', ext_len)) {
+			    !name_ok(buf + offset, ext_len)) {
 				snprintf(why, len, "its backing format name is malformed");
 				return -1;
 			}
@@ -111,6 +122,10 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
 	backing_len = be32(buf + 16);
 	h->cluster_bits = be32(buf + 20);
 	h->virtual_size = be64(buf + 24);
+	h->crypt_method = be32(buf + 32);
+	h->l1_size = be32(buf + 36);
+	h->l1_offset = be64(buf + 40);
+	h->snapshots = be32(buf + 60);
 	if (h->version != 2 && h->version != 3) {
 		snprintf(why, len, "it is qcow2 version %u, not 2 or 3", h->version);
 		return -1;
@@ -134,6 +149,7 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
 			return -1;
 		}
 	}
+	h->header_length = (uint32_t)header_len;
 	if (h->incompatible & ~INCOMPAT_KNOWN) {
 		snprintf(why, len, "it has incompatible features QEMU does not know (0x%llx)",
 			 (unsigned long long)(h->incompatible & ~INCOMPAT_KNOWN));
@@ -167,7 +183,7 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
 				 n);
 			return -1;
 		}
-		if (backing_len == 0 || memchr(buf + backing_offset, '\0', backing_len)) {
+		if (backing_len == 0 || !name_ok(buf + backing_offset, backing_len)) {
 			snprintf(why, len, "its backing file name is malformed");
 			return -1;
 		}
@@ -177,13 +193,33 @@ int qcow2_header_parse(const unsigned char *buf, size_t n, struct qcow2_header *
 	return 0;
 }
 
+int qcow2_header_fd_read(int fd, struct qcow2_header *h, char *why, size_t len)
+{
+	_cleanup_free_ unsigned char *buf = xmalloc(QCOW2_HEADER_READ_MAX);
+	size_t n = 0;
+
+	while (n < QCOW2_HEADER_READ_MAX) {
+		ssize_t r = pread(fd, buf + n, QCOW2_HEADER_READ_MAX - n, (off_t)n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			snprintf(why, len, "cannot read it: %s", strerror(errno));
+			memset(h, 0, sizeof(*h));
+			return -1;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	return qcow2_header_parse(buf, n, h, why, len);
+}
+
 int qcow2_header_read(const char *path, struct qcow2_header *h, char *why, size_t len)
 {
 	/* O_NONBLOCK: a FIFO swapped in for the image must not hold the thread in open(). */
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	_cleanup_free_ unsigned char *buf = NULL;
 	struct stat st;
-	size_t n = 0;
 	char sub[256];
 
 	if (fd < 0) {
@@ -194,21 +230,7 @@ int qcow2_header_read(const char *path, struct qcow2_header *h, char *why, size_
 		snprintf(why, len, "%s: not a regular file", path);
 		return -1;
 	}
-	buf = xmalloc(QCOW2_HEADER_READ_MAX);
-	while (n < QCOW2_HEADER_READ_MAX) {
-		ssize_t r = pread(fd, buf + n, QCOW2_HEADER_READ_MAX - n, (off_t)n);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
-			return -1;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	if (qcow2_header_parse(buf, n, h, sub, sizeof(sub)) < 0) {
+	if (qcow2_header_fd_read(fd, h, sub, sizeof(sub)) < 0) {
 		snprintf(why, len, "%s: %s", path, sub);
 		return -1;
 	}

@@ -20,6 +20,7 @@
 
 #include "controllerd.h"
 #include "log.h"
+#include "qcow2.h"
 #include "util.h"
 #include "valid.h"
 
@@ -412,52 +413,53 @@ static void upload_info_cb(int64_t status, const char *out, const char *errout, 
 }
 
 /*
- * Check the first n bytes of a qcow2 image (its header; 104 are enough): refuse a
- * backing file and an external data file, which qemu-img info would already open and
- * which could be any file on this host. Returns 0, or -1 with why (len bytes).
+ * An uploaded qcow2's header h (common/qcow2.c parsed it) must be self-contained: no
+ * backing file and no external data file (qcow2_backing_check() with no backing),
+ * which qemu-img info would already open and which could be any file on this host.
  */
-int image_qcow2_header_check(const unsigned char *h, size_t n, char *why, size_t len)
+static int header_allowed(const struct qcow2_header *h, char *why, size_t len)
 {
-	uint64_t backing = 0, incompat = 0;
-	uint32_t version = 0;
+	char sub[QCOW2_BACKING_MAX + 128];
 
-	if (n < 72 || memcmp(h, "QFI\xfb", 4) != 0) {
-		snprintf(why, len, "it is not a qcow2 image");
-		return -1;
-	}
-	for (int i = 0; i < 4; i++)
-		version = version << 8 | h[4 + i];
-	for (int i = 0; i < 8; i++)
-		backing = backing << 8 | h[8 + i];
-	if (version >= 3 && n >= 80)
-		for (int i = 0; i < 8; i++)
-			incompat = incompat << 8 | h[72 + i];
-	if (backing != 0) {
-		snprintf(why, len, "it has a backing file; upload a self-contained image");
-		return -1;
-	}
-	/* Incompatible feature bit 2: the guest data lives in an external file. */
-	if (incompat & 4) {
-		snprintf(why, len,
-			 "it keeps its data in an external file; upload a self-contained image");
+	if (qcow2_backing_check("the image", h, NULL, sub, sizeof(sub)) < 0) {
+		snprintf(why, len, "%s; upload a self-contained image", sub);
 		return -1;
 	}
 	return 0;
 }
 
 /*
- * Read a qcow2 header ourselves before qemu-img sees the file. Formats other than
- * qcow2 are checked through qemu-img's answer.
+ * Check the first n bytes of a qcow2 image: a header common/qcow2.c accepts (as QEMU
+ * would open it, all of it within the bytes given), with no backing file and no
+ * external data file. Returns 0, or -1 with why (len bytes).
+ */
+int image_qcow2_header_check(const unsigned char *buf, size_t n, char *why, size_t len)
+{
+	struct qcow2_header h;
+
+	if (qcow2_header_parse(buf, n, &h, why, len) < 0)
+		return -1;
+	return header_allowed(&h, why, len);
+}
+
+/*
+ * Read a qcow2 header ourselves before qemu-img sees the file (the upload's, which the
+ * controller wrote; its first QCOW2_HEADER_READ_MAX bytes, on the loop as the upload's
+ * other small file work). Formats other than qcow2 are checked through qemu-img's
+ * answer.
  */
 static int qcow2_header_check(const char *path, char *why, size_t len)
 {
-	unsigned char h[104];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, h, sizeof(h)) : -1;
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct qcow2_header h;
 
-	if (fd >= 0)
-		close(fd);
-	return image_qcow2_header_check(h, n < 0 ? 0 : (size_t)n, why, len);
+	if (fd < 0) {
+		snprintf(why, len, "the upload cannot be read: %s", strerror(errno));
+		return -1;
+	}
+	if (qcow2_header_fd_read(fd, &h, why, len) < 0)
+		return -1;
+	return header_allowed(&h, why, len);
 }
 
 /* ---- the upload ---- */

@@ -368,6 +368,26 @@ ct_logs_have ct-stop got-term || fail "ct-stop never saw SIGTERM"
 [ "$(ct_field ct-stop .exit_code)" = 0 ] || fail "ct-stop exited $(ct_field ct-stop .exit_code) after its TERM handler, not 0"
 pass "stop sends SIGTERM first: the handler ran and the container exited 0"
 
+# ---- a stop the host's disk would not keep fails, naming the disk's error ----------------
+# ct-stop again, its stop marker's place taken by a directory: the agent cannot put the
+# marker (the shim still sees one, so nothing restarts the container). The container
+# stops, but the stop fails saying so: after a power cut the host would call it crashed.
+api POST /api/v1/instances/ct-stop/actions/start
+expect_status 202
+wait_op "$(jqb .id)"
+op_ok
+h=$(ct_field ct-stop .host)
+mkdir "$KUMO_LAB_DIR/hosts/$h/local/containers/ct-stop/stop"
+api POST /api/v1/instances/ct-stop/actions/stop '{"timeout_s":5}'
+expect_status 202
+wait_op "$(jqb .id)"
+rmdir "$KUMO_LAB_DIR/hosts/$h/local/containers/ct-stop/stop"
+[ "$(jqb .status)" = failed ] || fail "a stop whose marker could not be written $(jqb .status)"
+jqb .error | grep -q "container ct-stop stopped, but its stop marker is not on disk (cannot write .*/stop: Is a directory)" ||
+	fail "the failed stop does not say the container stopped and why the marker is not on disk: $(jqb .error)"
+wait_until 20 "ct-stop stopped" instance_is ct-stop stopped
+pass "a stop whose marker the disk would not keep fails naming the disk's error; the container is stopped"
+
 # ---- the stop grace: 10 s for a container, or the instance's stop_timeout_s ----------------
 # The README's container: sh as PID 1 ignores SIGTERM, so only the grace ends it.
 # Both stops run at once: the 3 s grace passes inside the 10 s one.

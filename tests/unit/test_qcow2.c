@@ -9,35 +9,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qcow2.h"
-
-#define BUF 4096
-
-/* A version 3 header as qemu-img writes it: 64 KiB clusters, 1 GiB, no extension. */
-static void header_v3(unsigned char *b)
-{
-	memset(b, 0, BUF);
-	memcpy(b, "QFI\xfb", 4);
-	b[7] = 3;	       /* version */
-	b[23] = 16;	       /* cluster_bits */
-	b[28] = 0x40;	       /* size: 0x40000000 */
-	b[103] = 104;	       /* header_length */
-	memset(b + 104, 0, 8); /* end of extensions */
-}
-
-static void put32(unsigned char *p, uint32_t v)
-{
-	p[0] = v >> 24, p[1] = v >> 16, p[2] = v >> 8, p[3] = v;
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-	put32(p, v >> 32);
-	put32(p + 4, (uint32_t)v);
-}
+#include "qcow2_fixture.h"
 
 /* An extension at off: type, length, data; returns the offset after its padding. */
 static size_t ext_put(unsigned char *b, size_t off, uint32_t type, const char *data, uint32_t len)
@@ -72,15 +50,68 @@ static void test_plain(void **state)
 	header_v3(b);
 	assert_int_equal(qcow2_header_parse(b, sizeof(b), &h, why, sizeof(why)), 0);
 	assert_int_equal(h.version, 3);
+	assert_int_equal(h.cluster_bits, 16);
+	assert_int_equal(h.header_length, 104);
 	assert_int_equal(h.virtual_size, 1ull << 30);
 	assert_string_equal(h.backing, "");
 	assert_string_equal(h.backing_format, "");
 	assert_false(h.data_file);
-	/* Version 2: a 72-byte header, extensions right after it. */
+	assert_int_equal(h.l1_size, 0);
+	assert_int_equal(h.l1_offset, 0);
+	/* The fields the backup's map of a target reads (agentd/backupmap.c) and checks
+	 * itself: L1 table, encryption, snapshots, a longer v3 header. */
+	put32(b + 32, 1);
+	put32(b + 36, 16);
+	put64(b + 40, 0x30000);
+	put32(b + 60, 2);
+	put32(b + 100, 112);
+	b[79] = 8; /* compression type (zlib: the byte at 104 stays 0) */
+	memset(b + 112, 0, 8);
+	assert_int_equal(qcow2_header_parse(b, sizeof(b), &h, why, sizeof(why)), 0);
+	assert_int_equal(h.crypt_method, 1);
+	assert_int_equal(h.l1_size, 16);
+	assert_int_equal(h.l1_offset, 0x30000);
+	assert_int_equal(h.snapshots, 2);
+	assert_int_equal(h.header_length, 112);
+	assert_int_equal(h.incompatible, 8);
+	/* Version 2: a 72-byte header, extensions right after it; no v3 fields read. */
 	b[7] = 2;
-	memset(b + 72, 0, 32);
+	memset(b + 72, 0xff, 32);
+	memset(b + 72, 0, 8);
 	assert_int_equal(qcow2_header_parse(b, sizeof(b), &h, why, sizeof(why)), 0);
 	assert_int_equal(h.version, 2);
+	assert_int_equal(h.header_length, 72);
+	assert_int_equal(h.incompatible, 0);
+	assert_int_equal(h.l1_offset, 0x30000);
+}
+
+/* The read from an open file: a file shorter than QCOW2_HEADER_READ_MAX is parsed
+ * whole; one that cannot be read is refused naming why, and no path. */
+static void test_fd_read(void **state)
+{
+	char path[] = "/tmp/kumo-unit-qcow2.XXXXXX", why[256] = "";
+	unsigned char b[BUF];
+	struct qcow2_header h;
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	unlink(path);
+	header_clone(b, "/pool/images/base.qcow2", "qcow2");
+	assert_int_equal(pwrite(fd, b, 300, 0), 300);
+	assert_int_equal(qcow2_header_fd_read(fd, &h, why, sizeof(why)), 0);
+	assert_string_equal(h.backing, "/pool/images/base.qcow2");
+	/* Cut inside the backing file's name. */
+	assert_int_equal(ftruncate(fd, 140), 0);
+	assert_int_equal(qcow2_header_fd_read(fd, &h, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "past the first 140 bytes"));
+	close(fd);
+	fd = open("/tmp", O_RDONLY | O_DIRECTORY);
+	assert_true(fd >= 0);
+	assert_int_equal(qcow2_header_fd_read(fd, &h, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "cannot read it"));
+	assert_null(strstr(why, "/tmp"));
+	close(fd);
 }
 
 static void test_clone(void **state)
@@ -195,6 +226,13 @@ static void test_refused(void **state)
 	header_clone(b, "/pool/images/base.qcow2", "qcow2");
 	b[((size_t)b[14] << 8 | b[15]) + 5] = '\0'; /* the name's offset is below 64 KiB */
 	refused(b, sizeof(b), "a NUL in the backing file name");
+	/* Names go into logs and errors: a newline or an escape would forge lines. */
+	header_clone(b, "/pool/images/base\n2026-12-07 agent: forged.qcow2", "qcow2");
+	refused(b, sizeof(b), "a newline in the backing file name");
+	header_clone(b, "/pool/images/\x1b[2Jbase.qcow2", "qcow2");
+	refused(b, sizeof(b), "an escape in the backing file name");
+	header_clone(b, "/pool/images/base.qcow2", "qcow\x80");
+	refused(b, sizeof(b), "a byte above 0x7e in the backing format name");
 }
 
 /* An extension whose data runs past the bytes read: refused before any of it is read
@@ -266,6 +304,7 @@ int main(void)
 		cmocka_unit_test(test_plain),	   cmocka_unit_test(test_clone),
 		cmocka_unit_test(test_data_file),  cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_short_read), cmocka_unit_test(test_backing_check),
+		cmocka_unit_test(test_fd_read),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
