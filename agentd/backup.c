@@ -1619,8 +1619,8 @@ void backup_disk_read(struct bjob *job)
 		 * time, so the next incremental backup moves what changed after it. The
 		 * parent's bitmap is left as it is (bitmap-mode never): dropped only once
 		 * this backup succeeded (manifest_after), so one that fails after QEMU's
-		 * job leaves the next incremental every write since the parent. */
-		/* The target the agent made goes in as a node of QEMU's that never
+		 * job leaves the next incremental every write since the parent.
+		 * The target the agent made goes in as a node of QEMU's that never
 		 * fdatasyncs (fleece.h), added now: QEMU takes commands in order, so it
 		 * is there for the transaction, and opened outside the freeze. */
 		target_node_drop(job);
