@@ -9,7 +9,8 @@
  *           in its own cgroup), else the process's utime + stime (QEMU's threads);
  *   memory  the memory cgroup's usage when it has its own, else the process's RSS;
  *   network a container's own network namespace (/proc/PID/net/dev, all but lo); a VM's
- *           taps, named by its spec's NICs (the agent made them).
+ *           taps, named by its spec's NICs (the agent made them), in the agent's own
+ *           namespace's /proc/self/net/dev.
  * These are small procfs reads on the loop, a handful per instance per heartbeat.
  */
 #include "agentd.h"
@@ -21,7 +22,8 @@
 #include "json.h"
 #include "util.h"
 
-#define USAGE_FILE_MAX (64 * 1024)
+#define USAGE_FILE_MAX	  (64 * 1024)
+#define USAGE_NET_DEV_MAX (4 * 1024 * 1024) /* ~130 bytes a line: every tap of a big host */
 
 /* The first line of path as an unsigned number; false when there is none. */
 static bool read_u64(const char *path, uint64_t *out)
@@ -157,34 +159,52 @@ static bool iface_name_ok(const char *s)
 	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
+/* name's byte counters in text, a net/dev table of /proc: false when it lists no name. */
+static bool net_dev_bytes(const char *text, const char *name, uint64_t *rx, uint64_t *tx)
+{
+	size_t n = strlen(name);
+
+	for (const char *line = text; line != NULL && *line; line = strchr(line, '\n')) {
+		unsigned long long r, t;
+
+		line += strspn(line, "\n ");
+		if (strncmp(line, name, n) != 0 || line[n] != ':')
+			continue;
+		if (sscanf(line + n + 1, "%llu %*u %*u %*u %*u %*u %*u %*u %llu", &r, &t) != 2)
+			return false;
+		*rx = r;
+		*tx = t;
+		return true;
+	}
+	return false;
+}
+
 /*
  * A VM's taps: the NICs of its spec that are on a network name the tap the agent made
- * for each (ifname, netport.c) and QEMU opened (qemuargs.c). The tap's counters are
- * seen from the host, so its rx is what the guest sent: swapped to be the guest's view.
- * Two small sysfs reads per NIC: no scan of QEMU's descriptors (hundreds of fdinfo
- * files per VM on every heartbeat, on the loop, delayed a backup's steps by 7-39 ms).
+ * for each (ifname, netport.c) and QEMU opened (qemuargs.c); dev is the agent's own
+ * network namespace's net/dev table, where the taps are. (Not /sys/class/net: an agent
+ * started in a namespace by `ip netns exec` of a sysfs mounted elsewhere, as the lab's
+ * are, sees another namespace's interfaces there, and its VMs' traffic read as 0.)
+ * The tap's counters are seen from the host, so its rx is what the guest sent: swapped
+ * to be the guest's view. No scan of QEMU's descriptors (85 fdinfo files per QEMU here,
+ * on every heartbeat, on the loop).
  */
-static void net_tap_bytes(struct json_object *spec, uint64_t *rx, uint64_t *tx)
+static void net_tap_bytes(struct json_object *spec, const char *dev, uint64_t *rx, uint64_t *tx)
 {
 	struct json_object *nics;
 
-	if (spec == NULL || !json_object_object_get_ex(spec, "nics", &nics) ||
+	if (spec == NULL || dev == NULL || !json_object_object_get_ex(spec, "nics", &nics) ||
 	    !json_object_is_type(nics, json_type_array))
 		return;
 	for (size_t i = 0; i < json_array_len(nics); i++) {
 		struct json_object *nic = json_object_array_get_idx(nics, i);
 		const char *name = json_get_str(nic, "ifname", NULL);
-		char path[96];
 		uint64_t r = 0, t = 0;
 
 		/* A NIC without a network is QEMU's user networking: no tap. */
 		if (json_get_str(nic, "network", NULL) == NULL || name == NULL ||
-		    !iface_name_ok(name))
+		    !iface_name_ok(name) || !net_dev_bytes(dev, name, &r, &t))
 			continue;
-		snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/rx_bytes", name);
-		read_u64(path, &r);
-		snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/tx_bytes", name);
-		read_u64(path, &t);
 		*rx += t;
 		*tx += r;
 	}
@@ -194,6 +214,8 @@ static void net_tap_bytes(struct json_object *spec, uint64_t *rx, uint64_t *tx)
  * inst_reports()). */
 void usage_annotate(struct agent *a, struct json_object *reports)
 {
+	_cleanup_free_ char *dev = NULL;
+	bool dev_read = false;
 	size_t n = json_array_len(reports);
 
 	for (size_t i = 0; i < n; i++) {
@@ -204,10 +226,16 @@ void usage_annotate(struct agent *a, struct json_object *reports)
 
 		if (inst == NULL || pid <= 1 || strcmp(json_get_str(r, "state", ""), "running"))
 			continue;
-		if (!strcmp(json_get_str(r, "type", ""), "container"))
+		if (!strcmp(json_get_str(r, "type", ""), "container")) {
 			net_ns_bytes((pid_t)pid, &rx, &tx);
-		else
-			net_tap_bytes(inst->spec, &rx, &tx);
+		} else {
+			/* Read once per beat, for every VM: the agent's namespace's table. */
+			if (!dev_read &&
+			    file_read_all("/proc/self/net/dev", USAGE_NET_DEV_MAX, &dev, NULL) < 0)
+				dev = NULL;
+			dev_read = true;
+			net_tap_bytes(inst->spec, dev, &rx, &tx);
+		}
 		u = json_object_new_object();
 		json_object_object_add(u, "cpu_ns",
 				       json_object_new_int64((int64_t)cpu_ns((pid_t)pid)));
