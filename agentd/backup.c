@@ -197,18 +197,24 @@ static void target_node_cb(struct qmp *q, struct json_object *ret, const char *e
 		log_debug("backup: an incremental's target node: %s", error);
 }
 
-/* The incremental's target node, if one was added: removed (not waited for). */
+/*
+ * The incremental's target node, if one was added: removed (not waited for). The op may
+ * be answered and freed by now (job_free()), so the VM is found by the instance's name.
+ * While QEMU's job still holds the node (a cancel is not over at once) QEMU refuses;
+ * the job's end removes it then (orphan_job_end()).
+ */
 static void target_node_drop(struct bjob *job)
 {
 	struct json_object *args;
+	struct vm *vm;
 
 	if (!job->target_node[0])
 		return;
+	vm = vm_find(job->agent, json_get_str(job->manifest, "instance", ""));
 	args = json_object_new_object();
 	json_object_object_add(args, "node-name", json_object_new_string(job->target_node));
-	if (job->op->vm)
-		vm_qmp(job->op->vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL,
-		       NULL);
+	if (vm)
+		vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
 	else
 		json_object_put(args);
 	job->target_node[0] = '\0';
@@ -1054,6 +1060,9 @@ static void manifest_after(struct bjob *job)
 		json_object_object_add(t, "map_ms", json_object_new_int64(job->map_ms));
 		json_object_object_add(t, "manifest_ms", json_object_new_int64(job->manifest_ms));
 		json_object_object_add(t, "prepare_ms", json_object_new_int64(job->prepare_ms));
+		json_object_object_add(t, "target_nodes",
+				       json_object_new_int64((int64_t)job->node_targets));
+		json_object_object_add(t, "close_ms", json_object_new_int64(job->close_ms));
 		json_object_object_add(t, "parent_chunks_read",
 				       json_object_new_int64((int64_t)job->parent_reads));
 		json_object_object_add(b, "timings", t);
@@ -1155,6 +1164,7 @@ static void target_closed_cb(struct qmp *q, struct json_object *ret, const char 
 	struct bjob *job = data;
 
 	log_trace("backup %s: target closed", job->id);
+	job->close_ms += now_ms() - job->close_started_ms;
 	if (backup_job_gone(job))
 		return;
 	if (error) {
@@ -1175,6 +1185,8 @@ static void target_close(struct bjob *job)
 
 	json_object_object_add(args, "node-name", json_object_new_string(job->target_node));
 	job->target_node[0] = '\0';
+	job->node_targets++;
+	job->close_started_ms = now_ms();
 	if (vm_qmp(job->op->vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_closed_cb, job,
 		   &err) < 0)
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
@@ -1205,9 +1217,35 @@ static void poll_cb(uv_timer_t *timer)
  * decides: it says whether the job failed and why. A query in flight asks again as
  * it ends.
  */
+/*
+ * A backup job of QEMU's that concluded with no backup waiting for it: one cancelled
+ * (the agent's block-job-cancel is not over at once) or left by a killed agent. It is
+ * dismissed, and an incremental's target node it held removed: "kumo-ID-dN" copied into
+ * "kbt-ID-N" (ID cut to 20, as backup_disk_read() names it); no such node is no harm.
+ */
+static void orphan_job_end(struct vm *vm, const char *id)
+{
+	struct json_object *args;
+	const char *bid = id + 5, *d = strrchr(id, '-');
+	char node[32];
+
+	if (strncmp(id, "kumo-", 5) != 0 || d == NULL || d <= bid || d[1] != 'd' || d[2] == '\0' ||
+	    strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
+		return;
+	log_info("backup: QEMU's job %s ended with no backup waiting for it; dismissed", id);
+	args = json_object_new_object();
+	json_object_object_add(args, "id", json_object_new_string(id));
+	vm_qmp(vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+	snprintf(node, sizeof(node), "kbt-%.*s-%s", (int)(d - bid < 20 ? d - bid : 20), bid, d + 2);
+	args = json_object_new_object();
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+}
+
 void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 {
 	char jid[96];
+	bool waited = false;
 
 	if (strcmp(status, "concluded") != 0)
 		return;
@@ -1217,6 +1255,7 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 		block_job_id(job, job->disk, jid, sizeof(jid));
 		if (strcmp(jid, id) != 0)
 			continue;
+		waited = true;
 		/* A query in flight may see the end first (then "poll"): only the one
 		 * the event starts counts as the event's. */
 		if (job->querying) {
@@ -1226,6 +1265,8 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 			uv_timer_start(&job->poll, poll_cb, 0, 0);
 		}
 	}
+	if (!waited)
+		orphan_job_end(vm, id);
 }
 
 /* The drive-backup job's state: go on polling, or read its end. */

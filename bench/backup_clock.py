@@ -217,6 +217,9 @@ def main():
     for i in range(1, runs + 1 if os.environ.get("BENCH_SCATTER") else 1):
         write_scattered(monitor, lb["total_bytes"], 0x20 + i)
         ms, b = backup(api, vm, "%s-0" % prefix, "auto")
+        if b["kind"] != "incremental":
+            sys.exit("bench: the scattered backup %d is %s (%s), not incremental: its bytes "
+                     "would not be the price of 4 MiB bits" % (i, b["kind"], b.get("full_reason", "")))
         scat.append((ms, b))
         print("scattered incremental %d: %s %.0f ms (%s)" % (i, b["kind"], ms, described(b)),
               flush=True)

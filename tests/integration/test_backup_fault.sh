@@ -61,7 +61,7 @@ fleece_clean() {
 	api GET "/api/v1/instances/$1"
 	host=$(jqb .host)
 	left=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" leftovers)
-	[ "$left" = "0 0 d0" ]
+	[ "$left" = "0 0 d0 0" ]
 }
 
 api POST /api/v1/backup-stores '{"name":"'$bs'"}'
@@ -94,6 +94,23 @@ wait_until 30 "the cancelled backup's fleecing gone from QEMU" fleece_clean bkf1
 socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
 [ -z "$socks" ] || fail "the cancelled backup left its NBD socket: $socks"
 pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, nothing of it in QEMU, the VM runs"
+
+# 1b. An incremental cancelled with its transaction in flight: QEMU's job into the
+# target node the agent added (kbt-*) starts as the cancel lands, and the node cannot go
+# before the job has: nothing of it (node, job) may stay in QEMU.
+hold_qemu bkf1
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"incremental"}'
+expect_status 202 "incremental to cancel"
+op=$(jqb .id) bc=$(jqb .result.id)
+wait_until 30 "the incremental under way" under_way "$op" "$bc"
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 202 "cancel of the incremental"
+release_qemu
+wait_op "$op" 120
+[ "$(jqb .status)" = cancelled ] || fail "the cancelled incremental ended $(jqb .status): $(jqb .error)"
+wait_until 30 "the cancelled incremental's target node and job gone from QEMU" fleece_clean bkf1
+instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancelled incremental"
+pass "an incremental cancelled mid-way: no target node or job of it left in QEMU, the VM runs"
 
 # 2. The agent killed -9 mid-backup: mid-read, its point in time taken (its bitmap
 # added, the fleecing export up: the read is held to 1 Mbit/s, so it is still reading).
