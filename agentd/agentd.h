@@ -974,7 +974,7 @@ void vnc_streams_expire(struct agent *a);
 void vnc_streams_resume(struct agent *a);
 
 /* usage.c */
-void usage_annotate(struct json_object *reports);
+void usage_annotate(struct agent *a, struct json_object *reports);
 /* lease.c */
 int lease_start(struct agent *a, struct kerr *err);
 void lease_stop(struct agent *a);

@@ -22,9 +22,11 @@
  *     of that fails (an older QEMU, a device that cannot switch), the backup's disks are
  *     copied as before and the result says why (live_read, live_read_reason): QMP
  *     drive-backup with sync=full copies the disk as it was when the job started into
- *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: drive-backup
+ *     a raw file under STORE/tmp/ID/, which is then chunked. Incremental: blockdev-backup
  *     sync=bitmap (bitmap-mode never: the parent's bitmap is dropped only once the backup
- *     succeeded) of the clusters the parent's dirty bitmap marks, into a qcow2.
+ *     succeeded) of the clusters the parent's dirty bitmap marks, into a qcow2 the agent
+ *     made and QEMU opened as a node that never fdatasyncs (fleece.h), closed once the
+ *     job concluded.
  *   - a stopped VM: read straight from the files of its qcow2 chain where `qemu-img
  *     map` says the data lies (backupmap.c); a chain that cannot be read so
  *     (compressed clusters) is converted to a raw work file first.
@@ -187,11 +189,43 @@ static void live_unlink(struct bjob *job)
 		}
 }
 
+static void target_node_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	/* Best effort: a node left holds a deleted work file open until QEMU exits, and
+	 * the next backup's clear removes it (backup_fleece.c). */
+	if (error)
+		log_debug("backup: an incremental's target node: %s", error);
+}
+
+/*
+ * The incremental's target node, if one was added: removed (not waited for). The op may
+ * be answered and freed by now (job_free()), so the VM is found by the instance's name.
+ * While QEMU's job still holds the node (a cancel is not over at once) QEMU refuses;
+ * the job's end removes it then (orphan_job_end()).
+ */
+static void target_node_drop(struct bjob *job)
+{
+	struct json_object *args;
+	struct vm *vm;
+
+	if (!job->target_node[0])
+		return;
+	vm = vm_find(job->agent, json_get_str(job->manifest, "instance", ""));
+	args = json_object_new_object();
+	json_object_object_add(args, "node-name", json_object_new_string(job->target_node));
+	if (vm)
+		vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+	else
+		json_object_put(args);
+	job->target_node[0] = '\0';
+}
+
 /* The job is over (the op was answered or dropped): release it. */
 static void job_free(struct bjob *job)
 {
 	live_unlink(job); /* no event finds it from here on */
-	guest_thaw(job);  /* a guest is never left frozen, whatever ended the job */
+	target_node_drop(job);
+	guest_thaw(job); /* a guest is never left frozen, whatever ended the job */
 	if (job->poll_open) {
 		uv_timer_stop(&job->poll);
 		uv_close((uv_handle_t *)&job->poll, job_closed_cb);
@@ -433,7 +467,9 @@ static void pool_work_cb(uv_work_t *req)
 {
 	struct work_req *w = req->data;
 
+	log_trace("backup %s: pool work begins", w->job->id);
 	w->work(w->job);
+	log_trace("backup %s: pool work done", w->job->id);
 }
 
 static void pool_after_cb(uv_work_t *req, int status)
@@ -1024,6 +1060,9 @@ static void manifest_after(struct bjob *job)
 		json_object_object_add(t, "map_ms", json_object_new_int64(job->map_ms));
 		json_object_object_add(t, "manifest_ms", json_object_new_int64(job->manifest_ms));
 		json_object_object_add(t, "prepare_ms", json_object_new_int64(job->prepare_ms));
+		json_object_object_add(t, "target_nodes",
+				       json_object_new_int64((int64_t)job->node_targets));
+		json_object_object_add(t, "close_ms", json_object_new_int64(job->close_ms));
 		json_object_object_add(t, "parent_chunks_read",
 				       json_object_new_int64((int64_t)job->parent_reads));
 		json_object_object_add(b, "timings", t);
@@ -1120,6 +1159,39 @@ static void job_dismissed_cb(struct qmp *q, struct json_object *ret, const char 
 	/* Nothing waits on the dismissal: the job's end was read from query-jobs. */
 }
 
+static void target_closed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct bjob *job = data;
+
+	log_trace("backup %s: target closed", job->id);
+	job->close_ms += now_ms() - job->close_started_ms;
+	if (backup_job_gone(job))
+		return;
+	if (error) {
+		backup_job_fail(job, "disk %s: QEMU did not close the incremental's target: %s",
+				job->op->disks[job->disk].name, error);
+		return;
+	}
+	read_done(job, NULL);
+}
+
+/* The job concluded: QEMU closes its target node (after the dismissal, sent first),
+ * which writes its qcow2 tables out to the file, before the agent reads it (fleece.h:
+ * no fdatasync). */
+static void target_close(struct bjob *job)
+{
+	struct json_object *args = json_object_new_object();
+	struct kerr err;
+
+	json_object_object_add(args, "node-name", json_object_new_string(job->target_node));
+	job->target_node[0] = '\0';
+	job->node_targets++;
+	job->close_started_ms = now_ms();
+	if (vm_qmp(job->op->vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_closed_cb, job,
+		   &err) < 0)
+		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+}
+
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
 static bool incr_fallback(struct bjob *job, const char *why, bool bitmap_added);
 
@@ -1145,9 +1217,35 @@ static void poll_cb(uv_timer_t *timer)
  * decides: it says whether the job failed and why. A query in flight asks again as
  * it ends.
  */
+/*
+ * A backup job of QEMU's that concluded with no backup waiting for it: one cancelled
+ * (the agent's block-job-cancel is not over at once) or left by a killed agent. It is
+ * dismissed, and an incremental's target node it held removed: "kumo-ID-dN" copied into
+ * "kbt-ID-N" (ID cut to 20, as backup_disk_read() names it); no such node is no harm.
+ */
+static void orphan_job_end(struct vm *vm, const char *id)
+{
+	struct json_object *args;
+	const char *bid = id + 5, *d = strrchr(id, '-');
+	char node[32];
+
+	if (strncmp(id, "kumo-", 5) != 0 || d == NULL || d <= bid || d[1] != 'd' || d[2] == '\0' ||
+	    strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
+		return;
+	log_info("backup: QEMU's job %s ended with no backup waiting for it; dismissed", id);
+	args = json_object_new_object();
+	json_object_object_add(args, "id", json_object_new_string(id));
+	vm_qmp(vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+	snprintf(node, sizeof(node), "kbt-%.*s-%s", (int)(d - bid < 20 ? d - bid : 20), bid, d + 2);
+	args = json_object_new_object();
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+}
+
 void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 {
 	char jid[96];
+	bool waited = false;
 
 	if (strcmp(status, "concluded") != 0)
 		return;
@@ -1157,6 +1255,7 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 		block_job_id(job, job->disk, jid, sizeof(jid));
 		if (strcmp(jid, id) != 0)
 			continue;
+		waited = true;
 		/* A query in flight may see the end first (then "poll"): only the one
 		 * the event starts counts as the event's. */
 		if (job->querying) {
@@ -1166,6 +1265,8 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 			uv_timer_start(&job->poll, poll_cb, 0, 0);
 		}
 	}
+	if (!waited)
+		orphan_job_end(vm, id);
 }
 
 /* The drive-backup job's state: go on polling, or read its end. */
@@ -1233,6 +1334,10 @@ static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, v
 		       &err);
 		if (jerr && incr_fallback(job, jerr, true))
 			return;
+		if (jerr == NULL && job->target_node[0]) {
+			target_close(job);
+			return;
+		}
 		read_done(job, jerr ? why : NULL);
 	}
 }
@@ -1293,6 +1398,7 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 		log_info("backup %s: disk %s: %s; QEMU makes the target", job->id,
 			 job->op->disks[job->disk].name, error);
 		job->targets_made &= ~((uint64_t)1 << job->disk);
+		target_node_drop(job); /* QEMU closes it before the next transaction */
 		unlink(job->target);
 		backup_disk_read(job);
 		return;
@@ -1554,10 +1660,21 @@ void backup_disk_read(struct bjob *job)
 		 * time, so the next incremental backup moves what changed after it. The
 		 * parent's bitmap is left as it is (bitmap-mode never): dropped only once
 		 * this backup succeeded (manifest_after), so one that fails after QEMU's
-		 * job leaves the next incremental every write since the parent. */
+		 * job leaves the next incremental every write since the parent.
+		 * The target the agent made goes in as a node of QEMU's that never
+		 * fdatasyncs (fleece.h), added now: QEMU takes commands in order, so it
+		 * is there for the transaction, and opened outside the freeze. */
+		target_node_drop(job);
+		if (job->incr && target_made(job)) {
+			snprintf(job->target_node, sizeof(job->target_node), "kbt-%.20s-%zu",
+				 job->id, job->disk);
+			vm_qmp(job->op->vm, "blockdev-add",
+			       fleece_target_add_args(job->target_node, job->target),
+			       BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+		}
 		tx = fleece_copy_tx_args(&n, jid, name, job->incr ? pname : NULL,
 					 job->incr ? job->target : job->raw, job->rate_bytes_s,
-					 job->incr && target_made(job));
+					 job->target_node[0] ? job->target_node : NULL);
 		json_object_put(job->tx);
 		job->tx = tx;
 		log_trace("backup %s: disk %s: asking for a freeze", job->id, d->name);

@@ -137,6 +137,27 @@ void backup_fleece_drop(struct bjob *job)
 	sock_remove(job);
 }
 
+static void leftover_del_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	if (error)
+		log_debug("backup: a leftover target node: %s", error);
+}
+
+/* node, when it is an incremental's target node (fleece.h) a killed agent left in
+ * QEMU (holding its deleted work file open): removed, not waited for. */
+static void target_leftover_drop(struct vm *vm, const char *node)
+{
+	struct json_object *args;
+
+	if (strncmp(node, "kbt-", 4) != 0)
+		return;
+	log_info("vm %s: removing an incremental backup's target node %s an earlier backup left",
+		 vm->inst.name, node);
+	args = json_object_new_object();
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, leftover_del_cb, NULL, NULL);
+}
+
 /* A clear's question in flight: who waits for it. */
 struct clear {
 	struct bjob *job;
@@ -156,10 +177,13 @@ static void clear_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 	if (backup_job_gone(job))
 		return;
 	job_names(job, &n);
-	for (size_t i = 0; !found && i < json_array_len(ret); i++) {
+	for (size_t i = 0; i < json_array_len(ret); i++) {
 		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
 
-		found = !strcmp(name, n.node) || !strcmp(name, n.cbw) || !strcmp(name, n.access);
+		found = found || !strcmp(name, n.node) || !strcmp(name, n.cbw) ||
+			!strcmp(name, n.access);
+		if (strcmp(name, job->target_node) != 0)
+			target_leftover_drop(job->op->vm, name);
 	}
 	if (found) {
 		log_info("vm %s: backup %s: removing the fleecing objects a backup left on disk "
@@ -230,10 +254,13 @@ static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 	if (error || vm->inst.removing)
 		return;
 	leftover_sock_remove(vm);
-	for (size_t i = 0; i < json_array_len(ret); i++)
-		if (!strncmp(json_get_str(json_object_array_get_idx(ret, i), "node-name", ""),
-			     "kfl-", 4))
+	for (size_t i = 0; i < json_array_len(ret); i++) {
+		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
+
+		if (!strncmp(name, "kfl-", 4))
 			found = true;
+		target_leftover_drop(vm, name);
+	}
 	if (!found)
 		return;
 	log_info("vm %s: removing a backup's fleecing objects an earlier agent left",

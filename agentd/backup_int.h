@@ -44,6 +44,10 @@ struct bjob {
 	uint64_t rate_bytes_s;		  /* the disk reads' limit, 0: none */
 	uint64_t piped_bytes, piped_size; /* stopped: chunk_work's reach (atomic) */
 	char target[PATH_MAX];		  /* an incremental read's qcow2 (dirty clusters only) */
+	char target_node[32];		  /* ... added to QEMU as this node (fleece.h), "" none */
+	size_t node_targets;		  /* disks QEMU copied into such a node */
+	int64_t close_ms;		  /* closing those nodes (blockdev-del) */
+	int64_t close_started_ms;
 	char id[65];
 	char store[PATH_MAX]; /* absolute */
 	int store_fd;	      /* a backup's store root, opened before its first chunk; -1 */

@@ -61,6 +61,16 @@ struct json_object *fleece_cbw_args(const struct fleece_names *n, unsigned timeo
 	return args;
 }
 
+/* A node's cache options: QEMU's flushes write its caches out to the file, never
+ * fdatasync it (cache=unsafe). */
+static struct json_object *cache_no_flush(void)
+{
+	struct json_object *c = json_object_new_object();
+
+	json_object_object_add(c, "no-flush", json_object_new_boolean(true));
+	return c;
+}
+
 /* One action of a transaction. */
 static struct json_object *action(const char *type, struct json_object *data)
 {
@@ -89,7 +99,8 @@ struct json_object *fleece_transaction_args(const struct fleece_names *n, const 
 
 struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char *job_id,
 					const char *bitmap, const char *parent_bitmap,
-					const char *target, uint64_t rate_bytes_s, bool target_made)
+					const char *target, uint64_t rate_bytes_s,
+					const char *target_node)
 {
 	struct json_object *tx = fleece_transaction_args(n, bitmap);
 	struct json_object *args = json_object_new_object();
@@ -97,24 +108,42 @@ struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char
 
 	json_object_object_add(args, "job-id", json_object_new_string(job_id));
 	json_object_object_add(args, "device", json_object_new_string(n->device));
-	json_object_object_add(args, "target", json_object_new_string(target));
+	json_object_object_add(args, "target",
+			       json_object_new_string(target_node ? target_node : target));
 	/* Incremental: a qcow2 target, so the clusters the job did not copy stay
 	 * unallocated and its own tables tell them from the copied ones. */
-	json_object_object_add(args, "format", json_object_new_string(incr ? "qcow2" : "raw"));
+	if (target_node == NULL)
+		json_object_object_add(args, "format",
+				       json_object_new_string(incr ? "qcow2" : "raw"));
 	json_object_object_add(args, "sync", json_object_new_string(incr ? "bitmap" : "full"));
 	if (incr) {
 		json_object_object_add(args, "bitmap", json_object_new_string(parent_bitmap));
 		/* Never "on-success" (what sync "incremental" means): fleece.h says why. */
 		json_object_object_add(args, "bitmap-mode", json_object_new_string("never"));
 	}
-	json_object_object_add(args, "mode",
-			       json_object_new_string(target_made ? "existing" : "absolute-paths"));
+	if (target_node == NULL)
+		json_object_object_add(args, "mode", json_object_new_string("absolute-paths"));
 	json_object_object_add(args, "auto-dismiss", json_object_new_boolean(false));
 	/* A live disk is read by QEMU's job: its own rate limit paces it. */
 	if (rate_bytes_s > 0)
 		json_object_object_add(args, "speed", json_object_new_int64((int64_t)rate_bytes_s));
-	json_object_array_add(json_object_object_get(tx, "actions"), action("drive-backup", args));
+	json_object_array_add(json_object_object_get(tx, "actions"),
+			      action(target_node ? "blockdev-backup" : "drive-backup", args));
 	return tx;
+}
+
+struct json_object *fleece_target_add_args(const char *node, const char *path)
+{
+	struct json_object *args = json_object_new_object(), *file = json_object_new_object();
+
+	json_object_object_add(file, "driver", json_object_new_string("file"));
+	json_object_object_add(file, "filename", json_object_new_string(path));
+	json_object_object_add(file, "cache", cache_no_flush());
+	json_object_object_add(args, "driver", json_object_new_string("qcow2"));
+	json_object_object_add(args, "node-name", json_object_new_string(node));
+	json_object_object_add(args, "file", file);
+	json_object_object_add(args, "cache", cache_no_flush());
+	return args;
 }
 
 struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter)

@@ -106,15 +106,28 @@ struct json_object *fleece_transaction_args(const struct fleece_names *n, const 
  * succeeds clears the parent's bitmap down to the writes after this point in time, so
  * a backup that then failed left the next incremental without the writes in between,
  * reported good.) The backup drops parent_bitmap itself once it succeeded.
- * rate_bytes_s: the job's speed limit, 0 none. target_made: the target exists already
- * (an incremental's empty qcow2 of the disk's size, backup_target_create: mode
- * "existing"); else QEMU creates it (mode "absolute-paths": a qcow2 made in QEMU's
- * monitor, about half of the transaction's time).
+ * rate_bytes_s: the job's speed limit, 0 none. target_node: the target exists already
+ * (an incremental's empty qcow2 of the disk's size, backup_target_create) and was
+ * added as this node (fleece_target_add_args, sent just before): blockdev-backup into
+ * it. NULL: drive-backup, QEMU creates target (mode "absolute-paths": a qcow2 made in
+ * QEMU's monitor, about half of the transaction's time).
  */
 struct json_object *fleece_copy_tx_args(const struct fleece_names *n, const char *job_id,
 					const char *bitmap, const char *parent_bitmap,
 					const char *target, uint64_t rate_bytes_s,
-					bool target_made);
+					const char *target_node);
+
+/*
+ * blockdev-add of an incremental's target qcow2 at path (made by the agent) as node,
+ * with cache.no-flush on it and its file: QEMU never fdatasyncs it. drive-backup
+ * opened the target with the disk's own cache mode, and closing it at the job's end
+ * flushed it to disk: two fdatasyncs, 15-20 ms of a 10 MiB incremental's ~20 ms job,
+ * for a work file the agent reads once and deletes (the backup's durability is its
+ * chunks' and manifest's, chunkstore.h). Removed with blockdev-del once the job
+ * concluded: the close writes QEMU's qcow2 tables out to the file (no-flush skips only
+ * the fdatasync) before the agent reads them.
+ */
+struct json_object *fleece_target_add_args(const char *node, const char *path);
 
 /* qom-set of the device's drive: onto the filter (the point in time) or back. */
 struct json_object *fleece_insert_args(const struct fleece_names *n, int onto_filter);

@@ -63,7 +63,7 @@ void heartbeat_send(struct agent *a, struct json_object *facts)
 		return;
 	body = json_object_new_object();
 	instances = inst_reports(a);
-	usage_annotate(instances);
+	usage_annotate(a, instances);
 	json_object_object_add(facts, "instances", instances);
 	json_object_object_add(facts, "instances_running",
 			       json_object_new_int(inst_running_count(a)));

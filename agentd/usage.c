@@ -9,12 +9,12 @@
  *           in its own cgroup), else the process's utime + stime (QEMU's threads);
  *   memory  the memory cgroup's usage when it has its own, else the process's RSS;
  *   network a container's own network namespace (/proc/PID/net/dev, all but lo); a VM's
- *           taps, found from QEMU's open tun descriptors (fdinfo names the interface).
+ *           taps, named by its spec's NICs (the agent made them), in the agent's own
+ *           namespace's /proc/self/net/dev.
  * These are small procfs reads on the loop, a handful per instance per heartbeat.
  */
 #include "agentd.h"
 
-#include <dirent.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,7 +22,8 @@
 #include "json.h"
 #include "util.h"
 
-#define USAGE_FILE_MAX (64 * 1024)
+#define USAGE_FILE_MAX	  (64 * 1024)
+#define USAGE_NET_DEV_MAX (4 * 1024 * 1024) /* ~130 bytes a line: every tap of a big host */
 
 /* The first line of path as an unsigned number; false when there is none. */
 static bool read_u64(const char *path, uint64_t *out)
@@ -158,58 +159,83 @@ static bool iface_name_ok(const char *s)
 	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
-/*
- * A VM's taps: QEMU holds one /dev/net/tun descriptor per NIC, and its fdinfo names the
- * interface ("iff:\tNAME"). The tap's counters are seen from the host, so its rx is
- * what the guest sent: swapped to be the guest's view.
- */
-static void net_tap_bytes(pid_t pid, uint64_t *rx, uint64_t *tx)
+/* name's byte counters in text, a net/dev table of /proc: false when it lists no name. */
+static bool net_dev_bytes(const char *text, const char *name, uint64_t *rx, uint64_t *tx)
 {
-	char dir[64];
-	DIR *d;
-	struct dirent *e;
+	size_t n = strlen(name);
 
-	snprintf(dir, sizeof(dir), "/proc/%d/fdinfo", (int)pid);
-	if ((d = opendir(dir)) == NULL)
+	for (const char *line = text; line != NULL && *line; line = strchr(line, '\n')) {
+		unsigned long long r, t;
+
+		line += strspn(line, "\n ");
+		if (strncmp(line, name, n) != 0 || line[n] != ':')
+			continue;
+		if (sscanf(line + n + 1, "%llu %*u %*u %*u %*u %*u %*u %*u %llu", &r, &t) != 2)
+			return false;
+		*rx = r;
+		*tx = t;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * A VM's taps: the NICs of its spec that are on a network name the tap the agent made
+ * for each (ifname, netport.c) and QEMU opened (qemuargs.c); dev is the agent's own
+ * network namespace's net/dev table, where the taps are. (Not /sys/class/net: an agent
+ * started in a namespace by `ip netns exec` of a sysfs mounted elsewhere, as the lab's
+ * are, sees another namespace's interfaces there, and its VMs' traffic read as 0.)
+ * The tap's counters are seen from the host, so its rx is what the guest sent: swapped
+ * to be the guest's view. No scan of QEMU's descriptors (85 fdinfo files per QEMU here,
+ * on every heartbeat, on the loop).
+ */
+static void net_tap_bytes(struct json_object *spec, const char *dev, uint64_t *rx, uint64_t *tx)
+{
+	struct json_object *nics;
+
+	if (spec == NULL || dev == NULL || !json_object_object_get_ex(spec, "nics", &nics) ||
+	    !json_object_is_type(nics, json_type_array))
 		return;
-	while ((e = readdir(d)) != NULL) {
-		_cleanup_free_ char *text = NULL;
-		char path[300], name[32], *iff;
+	for (size_t i = 0; i < json_array_len(nics); i++) {
+		struct json_object *nic = json_object_array_get_idx(nics, i);
+		const char *name = json_get_str(nic, "ifname", NULL);
 		uint64_t r = 0, t = 0;
 
-		if (e->d_name[0] == '.')
+		/* A NIC without a network is QEMU's user networking: no tap. */
+		if (json_get_str(nic, "network", NULL) == NULL || name == NULL ||
+		    !iface_name_ok(name) || !net_dev_bytes(dev, name, &r, &t))
 			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		if (file_read_all(path, USAGE_FILE_MAX, &text, NULL) < 0 ||
-		    (iff = strstr(text, "iff:\t")) == NULL || sscanf(iff + 5, "%31s", name) != 1 ||
-		    !iface_name_ok(name))
-			continue;
-		snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/rx_bytes", name);
-		read_u64(path, &r);
-		snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/tx_bytes", name);
-		read_u64(path, &t);
 		*rx += t;
 		*tx += r;
 	}
-	closedir(d);
 }
 
-/* Add "usage" to every running instance's report in reports (an array). */
-void usage_annotate(struct json_object *reports)
+/* Add "usage" to every running instance of a's report in reports (an array, of
+ * inst_reports()). */
+void usage_annotate(struct agent *a, struct json_object *reports)
 {
+	_cleanup_free_ char *dev = NULL;
+	bool dev_read = false;
 	size_t n = json_array_len(reports);
 
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *r = json_object_array_get_idx(reports, i), *u;
 		int64_t pid = json_get_int(r, "pid", 0);
+		struct inst *inst = inst_find(a, json_get_str(r, "name", ""));
 		uint64_t rx = 0, tx = 0;
 
-		if (pid <= 1 || strcmp(json_get_str(r, "state", ""), "running"))
+		if (inst == NULL || pid <= 1 || strcmp(json_get_str(r, "state", ""), "running"))
 			continue;
-		if (!strcmp(json_get_str(r, "type", ""), "container"))
+		if (!strcmp(json_get_str(r, "type", ""), "container")) {
 			net_ns_bytes((pid_t)pid, &rx, &tx);
-		else
-			net_tap_bytes((pid_t)pid, &rx, &tx);
+		} else {
+			/* Read once per beat, for every VM: the agent's namespace's table. */
+			if (!dev_read &&
+			    file_read_all("/proc/self/net/dev", USAGE_NET_DEV_MAX, &dev, NULL) < 0)
+				dev = NULL;
+			dev_read = true;
+			net_tap_bytes(inst->spec, dev, &rx, &tx);
+		}
 		u = json_object_new_object();
 		json_object_object_add(u, "cpu_ns",
 				       json_object_new_int64((int64_t)cpu_ns((pid_t)pid)));

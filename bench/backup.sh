@@ -9,23 +9,27 @@
 # Each full goes into a store of its own, so every run stores every chunk, as convert
 # writes every byte. Needs root, a lab (deploy/lab up; --lab NAME, else
 # $KUMO_LAB_NAME, else kumo); only the lab is used. --encrypted makes every store
-# encrypted (AES-256-GCM, a random key), to compare with a plain run. This script
+# encrypted (AES-256-GCM, a random key), to compare with a plain run. --scatter adds N
+# incrementals after the same 10 MiB written as 2,560 writes of 4 KiB spread over the
+# disk (each touches a 4 MiB chunk: the price of 4 MiB bitmap bits). This script
 # makes the VM and its disk; bench/backup_clock.py times everything, both sides of the
 # comparison in one process, with one clock, in alternating order.
 #
-#   bench/backup.sh [-n N] [--lab NAME] [--encrypted]
+#   bench/backup.sh [-n N] [--lab NAME] [--encrypted] [--scatter]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
 runs=3
 lab_name=${KUMO_LAB_NAME:-kumo}
 bench_key=
+bench_scatter=
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n) runs=$2; shift 2 ;;
 	--lab) lab_name=$2; shift 2 ;;
 	--encrypted) bench_key=$(openssl rand -hex 32); shift ;;
-	*) echo "usage: $0 [-n N] [--lab NAME] [--encrypted]" >&2; exit 2 ;;
+	--scatter) bench_scatter=1; shift ;;
+	*) echo "usage: $0 [-n N] [--lab NAME] [--encrypted] [--scatter]" >&2; exit 2 ;;
 	esac
 done
 eval "$("$src/deploy/lab" --name "$lab_name" env)"
@@ -66,5 +70,5 @@ rm -f "$tmp/half.raw"
 sync
 
 # The timed part in one process with one clock for both sides (backup_clock.py says how).
-BENCH_KEY=$bench_key python3 "$here/backup_clock.py" "$runs" "$vm" "$disk" "$KUMO_LAB_DIR/shared/bench-bk-copy.qcow2" \
+BENCH_KEY=$bench_key BENCH_SCATTER=$bench_scatter python3 "$here/backup_clock.py" "$runs" "$vm" "$disk" "$KUMO_LAB_DIR/shared/bench-bk-copy.qcow2" \
 	"bench-bk-$$" "$KUMO_LAB_DIR/hosts/h1/local/instances/$vm/monitor.sock"

@@ -20,7 +20,9 @@ its answer) and its timings (result.backup.timings).
 
   bench/backup_clock.py RUNS VM DISK COPY STORE_PREFIX MONITOR_SOCKET
   environment: KUMO_URL, KUMO_CACERT, KUMO_TOKEN_FILE (deploy/lab env);
-  BENCH_KEY: 64 hex digits to make every store encrypted (empty: plain)
+  BENCH_KEY: 64 hex digits to make every store encrypted (empty: plain);
+  BENCH_SCATTER: non-empty to add N incrementals after 10 MiB written as 2,560 writes of
+  4 KiB spread over the disk (the price of one bitmap bit per 4 MiB chunk)
 """
 import http.client
 import json
@@ -119,15 +121,19 @@ def backup(api, vm, store, mode):
     return ms_since(t0), o["result"]["backup"]
 
 
-def write_10m(sock_path, mib):
-    """10 MiB at mib MiB into the running disk, through QEMU's block layer (HMP qemu-io)."""
+def qemu_io(sock_path, writes):
+    """Each (pattern, offset, length) of writes into the running disk, through QEMU's
+    block layer (HMP qemu-io), one command each over one monitor connection."""
     s = socket.socket(socket.AF_UNIX)
     s.connect(sock_path)
     f = s.makefile("rw")
     f.readline()
-    line = 'qemu-io -d /machine/peripheral/disk0/virtio-backend "write -P 0x5a %dM 10M"' % mib
-    for cmd, args in (("qmp_capabilities", {}),
-                      ("human-monitor-command", {"command-line": line})):
+    cmds = [("qmp_capabilities", {})]
+    for pattern, off, length in writes:
+        line = ('qemu-io -d /machine/peripheral/disk0/virtio-backend "write -P 0x%02x %d %d"'
+                % (pattern, off, length))
+        cmds.append(("human-monitor-command", {"command-line": line}))
+    for cmd, args in cmds:
         f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
         f.flush()
         while True:
@@ -139,6 +145,20 @@ def write_10m(sock_path, mib):
                     sys.exit("bench: " + json.dumps(m))
                 break
     s.close()
+
+
+def write_10m(sock_path, mib):
+    """10 MiB at mib MiB into the running disk: 1% of it, in one place."""
+    qemu_io(sock_path, [(0x5a, mib << 20, 10 << 20)])
+
+
+SCATTER_WRITES = 2560  # of 4 KiB: the same 10 MiB, spread over the whole disk
+
+
+def write_scattered(sock_path, size, pattern):
+    """2,560 writes of 4 KiB spread evenly over a disk of size bytes (10 MiB in all)."""
+    step = size // SCATTER_WRITES
+    qemu_io(sock_path, [(pattern, (i * step) & ~4095, 4096) for i in range(SCATTER_WRITES)])
 
 
 def described(b):
@@ -190,6 +210,20 @@ def main():
         last = b
         print("incremental %d: %s %.0f ms (%s)" % (i, b["kind"], ms, described(b)), flush=True)
 
+    # --scatter: the same 1% in 2,560 writes of 4 KiB spread over the disk. A dirty
+    # bitmap bit covers a 4 MiB chunk, so the incremental copies every chunk a write
+    # touched, whole: the price of 4 MiB bits, measured.
+    scat = []
+    for i in range(1, runs + 1 if os.environ.get("BENCH_SCATTER") else 1):
+        write_scattered(monitor, lb["total_bytes"], 0x20 + i)
+        ms, b = backup(api, vm, "%s-0" % prefix, "auto")
+        if b["kind"] != "incremental":
+            sys.exit("bench: the scattered backup %d is %s (%s), not incremental: its bytes "
+                     "would not be the price of 4 MiB bits" % (i, b["kind"], b.get("full_reason", "")))
+        scat.append((ms, b))
+        print("scattered incremental %d: %s %.0f ms (%s)" % (i, b["kind"], ms, described(b)),
+              flush=True)
+
     print("stores: %s" % ("encrypted (AES-256-GCM)" if key else "plain"))
     km, cm = statistics.median(kumo), statistics.median(conv)
     tot, nw = first["total_bytes"], first["new_bytes"]
@@ -207,6 +241,14 @@ def main():
           "(goal <= 5%%)" % (lf, lb["read_bytes"], lb.get("live_read", "-"), last["kind"], im,
                              statistics.median(agent_incr), last["read_bytes"],
                              last["new_bytes"], 100 * im / lf))
+    if scat:
+        sm = statistics.median(ms for ms, _ in scat)
+        b = scat[-1][1]
+        print("scattered: 10 MiB in %d writes of 4 KiB over the disk (median of runs): "
+              "%.0f ms, %.1f%% of the live full; last: %d read, %d new (%.0fx and %.0fx "
+              "the bytes written)" % (SCATTER_WRITES, sm, 100 * sm / lf, b["read_bytes"],
+                                      b["new_bytes"], b["read_bytes"] / (10 << 20),
+                                      b["new_bytes"] / (10 << 20)))
 
 
 if __name__ == "__main__":

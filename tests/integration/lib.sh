@@ -316,9 +316,10 @@ console_text_has() {
 link_master() { ip -n "$(host_ns "$1")" -o link show dev "$2" 2>/dev/null | grep -oE ' master [^ ]+' | cut -d' ' -f3 || true; }
 # qemu_monitor2 SOCK WHAT -> a QEMU asked on its second QMP monitor, SOCK (a VM's
 # monitor.sock; the agent holds the first, qmp.sock). WHAT "leftovers" prints "NODES
-# EXPORTS DRIVE": the counts of a backup's fleecing nodes (kfl-*) and of block exports,
-# and the node disk0's device writes to (d0 unless the fleecing filter is in front of
-# it); it fails when QEMU refuses one of those questions. "qmp CMD [ARGS-JSON]" runs a
+# EXPORTS DRIVE JOBS": the counts of a backup's nodes (fleecing's kfl-*, an incremental's
+# target kbt-*) and of block exports, the node disk0's device writes to (d0 unless the
+# fleecing filter is in front of it), and the count of QEMU's jobs; it fails when QEMU
+# refuses one of those questions. "qmp CMD [ARGS-JSON]" runs a
 # QMP command and prints its return as JSON (failing on QEMU's error, which it prints).
 # Anything else is one or more HMP command lines, run in order, failing on an error.
 qemu_monitor2() {
@@ -341,8 +342,9 @@ if sys.argv[2] == "leftovers":
     exports = ask("query-block-exports")["return"]
     drive = ask("qom-get", {"path": "/machine/peripheral/disk0/virtio-backend",
                             "property": "drive"})["return"]
-    print(len([n for n in nodes if n.get("node-name", "").startswith("kfl-")]),
-          len(exports), drive)
+    jobs = ask("query-jobs")["return"]
+    print(len([n for n in nodes if n.get("node-name", "").startswith(("kfl-", "kbt-"))]),
+          len(exports), drive, len(jobs))
 elif sys.argv[2] == "qmp":
     m = ask(sys.argv[3], json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)
     if "error" in m:

@@ -42,6 +42,7 @@ backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its 
 	local id
 	live_read=$(jqb '.result.backup.live_read // empty') live_why=$(jqb '.result.backup.live_read_reason // empty')
 	parent_reads=$(jqb '.result.backup.timings.parent_chunks_read // empty')
+	target_nodes=$(jqb '.result.backup.timings.target_nodes // empty')
 	id=$(jqb .result.backup.id)
 	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
 	api GET "/api/v1/backups/$id"
@@ -130,9 +131,13 @@ readi=$(jqb .read_bytes) newi=$(jqb .new_bytes)
 # The bitmap marks whole 4 MiB chunks: a changed chunk is read whole, its parent never.
 [ "$parent_reads" = 0 ] || fail "the incremental read $parent_reads of its parent's chunks back (the bitmap's bits are not chunks)"
 api GET /api/v1/instances/bk1
-gran=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$(jqb .host)/local/instances/bk1/monitor.sock" qmp query-named-block-nodes '{"flat":true}' |
-	jq -c '[.[] | ."dirty-bitmaps"[]? | select(.name | startswith("kumo-")) | .granularity] | unique | .[]')
+nodes=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$(jqb .host)/local/instances/bk1/monitor.sock" qmp query-named-block-nodes '{"flat":true}')
+gran=$(jq -c '[.[] | ."dirty-bitmaps"[]? | select(.name | startswith("kumo-")) | .granularity] | unique | .[]' <<<"$nodes")
 [ "$gran" = 4194304 ] || fail "the disk's kumo- bitmap has granularity '$gran', not one bit per 4 MiB chunk"
+# The job's target was a node of its own (no fdatasync, fleece.h), closed before the read.
+[ "$target_nodes" = 1 ] || fail "the incremental's disk was not copied into a target node the agent made (target_nodes '$target_nodes')"
+left=$(jq -r '[.[] | ."node-name" // "" | select(startswith("kbt-"))] | join(" ")' <<<"$nodes")
+[ -z "$left" ] || fail "the incremental's target node is left in QEMU: $left"
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok
@@ -217,7 +222,7 @@ sha_after=$(disk_sha)
 [ "$sha_after" != "$sha_before" ] || fail "the write during the backup did not change the disk"
 [ "$pit_sha" = "$sha_before" ] ||
 	fail "the backup is not the disk at its point in time (its checksum $pit_sha; before the write $sha_before, after $sha_after)"
-[ "$(qmp2 leftovers)" = "0 0 d0" ] || fail "fleecing nodes or exports left in QEMU after the backup, or the device off its disk: $(qmp2 leftovers)"
+[ "$(qmp2 leftovers)" = "0 0 d0 0" ] || fail "fleecing nodes or exports left in QEMU after the backup, or the device off its disk: $(qmp2 leftovers)"
 # QEMU's NBD socket was in the host agent's own --run-dir (deploy/lab: run/hI), and
 # is gone with the read.
 api GET /api/v1/instances/bk1

@@ -61,7 +61,7 @@ fleece_clean() {
 	api GET "/api/v1/instances/$1"
 	host=$(jqb .host)
 	left=$(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$host/local/instances/$1/monitor.sock" leftovers)
-	[ "$left" = "0 0 d0" ]
+	[ "$left" = "0 0 d0 0" ]
 }
 
 api POST /api/v1/backup-stores '{"name":"'$bs'"}'
@@ -94,6 +94,27 @@ wait_until 30 "the cancelled backup's fleecing gone from QEMU" fleece_clean bkf1
 socks=$(find "$KUMO_LAB_DIR/run" -name '*.sock' 2>/dev/null || true)
 [ -z "$socks" ] || fail "the cancelled backup left its NBD socket: $socks"
 pass "a backup cancelled mid-way: cancelled, not restorable, no manifest, no work files, nothing of it in QEMU, the VM runs"
+
+# 1b. An incremental cancelled while QEMU's job copies into the target node the agent
+# added (kbt-*): 8 MiB written at the disk's end (no file system there), read at
+# 1 Mbit/s. QEMU refuses to delete the node while the cancelled job still holds it; the
+# job's end must take both: nothing of it (node, job) may stay in QEMU.
+api GET /api/v1/instances/bkf1
+bkf1_mon="$KUMO_LAB_DIR/hosts/$(jqb .host)/local/instances/bkf1/monitor.sock"
+qemu_monitor2 "$bkf1_mon" "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x3c $((1016 << 20)) 8M\"" ||
+	fail "the write through QEMU failed"
+qemu_jobs() { [ "$(qemu_monitor2 "$bkf1_mon" qmp query-jobs | jq length)" -gt 0 ]; }
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"incremental","bandwidth_mbps":1}'
+expect_status 202 "incremental to cancel"
+op=$(jqb .id) bc=$(jqb .result.id)
+wait_until 30 "QEMU's job of the incremental running" qemu_jobs
+api POST "/api/v1/operations/$op/actions/cancel"
+expect_status 202 "cancel of the incremental"
+wait_op "$op" 120
+[ "$(jqb .status)" = cancelled ] || fail "the cancelled incremental ended $(jqb .status): $(jqb .error)"
+wait_until 30 "the cancelled incremental's target node and job gone from QEMU" fleece_clean bkf1
+instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancelled incremental"
+pass "an incremental cancelled mid-way: no target node or job of it left in QEMU, the VM runs"
 
 # 2. The agent killed -9 mid-backup: mid-read, its point in time taken (its bitmap
 # added, the fleecing export up: the read is held to 1 Mbit/s, so it is still reading).

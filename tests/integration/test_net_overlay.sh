@@ -180,6 +180,18 @@ ip -n "$KUMO_LAB_OUTSIDE_NS" route del $CIDR via "$H2"
 OUT_ROUTE=0
 pass "$CT reaches $KUMO_LAB_OUTSIDE_ADDR (masqueraded: the outside has no route back), the outside cannot reach $CT_ADDR even routed via h2"
 
+# ---- the VM's NIC counters: its tap's, swapped to the guest's view (agentd/usage.c) ----
+# A sample is a 15 s step of two heartbeats' counters (controllerd/usage.c): checked
+# here, a step over the pings above has ended (pinged meanwhile too, should it not).
+vm_nic_traffic() {
+	ct_ping $CT "$VM_ADDR" || true
+	api GET /api/v1/instances/$VM/metrics
+	[ "$(jqb '[.samples[] | select(.rx_bps > 0 and .tx_bps > 0)] | length')" -gt 0 ]
+}
+t0=$SECONDS
+wait_until 60 "$VM's metrics show bytes in and out of its NIC" vm_nic_traffic
+pass "$VM's NIC traffic shows in its metrics: $(jqb -c '.samples[-1] | {rx_bps, tx_bps}') ($((SECONDS - t0)) s)"
+
 # ---- segments go with their last port ---------------------------------------------------------
 ct_delete $CT200
 ct_delete $CTX

@@ -99,7 +99,7 @@ static void test_copy_tx(void **state)
 	(void)state;
 	fleece_names_make(2, NULL, &n);
 	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", "kumo-b1", "/s/tmp/b2/root.qcow2",
-				    0, false),
+				    0, NULL),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
 		"\"name\":\"kumo-b2\",\"persistent\":true,\"granularity\":4194304}},{\"type\":"
 		"\"drive-backup\",\"data\":{"
@@ -107,7 +107,7 @@ static void test_copy_tx(void **state)
 		"root.qcow2\",\"format\":\"qcow2\",\"sync\":\"bitmap\",\"bitmap\":\"kumo-b1\","
 		"\"bitmap-mode\":\"never\",\"mode\":\"absolute-paths\",\"auto-dismiss\":false}}]}");
 	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", NULL, "/s/tmp/b2/root.raw",
-				    1 << 20, false),
+				    1 << 20, NULL),
 		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
 		"\"name\":\"kumo-b2\",\"persistent\":true,\"granularity\":4194304}},{\"type\":"
 		"\"drive-backup\",\"data\":{"
@@ -115,20 +115,25 @@ static void test_copy_tx(void **state)
 		"root.raw\",\"format\":\"raw\",\"sync\":\"full\",\"mode\":\"absolute-paths\","
 		"\"auto-dismiss\":false,\"speed\":1048576}}]}");
 	/* The rule itself, whatever else the arguments grow. */
-	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0, false);
+	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0, NULL);
 	db = json_object_object_get(
 		json_object_array_get_idx(json_object_object_get(tx, "actions"), 1), "data");
 	assert_string_equal(json_get_str(db, "sync", ""), "bitmap");
 	assert_string_equal(json_get_str(db, "bitmap-mode", ""), "never");
 	assert_string_equal(json_get_str(db, "bitmap", ""), "kumo-parent");
 	json_object_put(tx);
-	/* A target the agent made: QEMU opens it, creates nothing. */
-	tx = fleece_copy_tx_args(&n, "j", "kumo-new", "kumo-parent", "/t", 0, true);
-	db = json_object_object_get(
-		json_object_array_get_idx(json_object_object_get(tx, "actions"), 1), "data");
-	assert_string_equal(json_get_str(db, "mode", ""), "existing");
-	assert_string_equal(json_get_str(db, "format", ""), "qcow2");
-	json_object_put(tx);
+	/* A target the agent made, added as a node: QEMU opens it, creates nothing. */
+	json_is(fleece_copy_tx_args(&n, "kumo-b2-d2", "kumo-b2", "kumo-b1", "/t", 0, "kbt-b2-2"),
+		"{\"actions\":[{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"d2\","
+		"\"name\":\"kumo-b2\",\"persistent\":true,\"granularity\":4194304}},{\"type\":"
+		"\"blockdev-backup\",\"data\":{\"job-id\":\"kumo-b2-d2\",\"device\":\"d2\","
+		"\"target\":\"kbt-b2-2\",\"sync\":\"bitmap\",\"bitmap\":\"kumo-b1\","
+		"\"bitmap-mode\":\"never\",\"auto-dismiss\":false}}]}");
+	/* ... a node QEMU never fdatasyncs: its close only writes its tables out. */
+	json_is(fleece_target_add_args("kbt-b2-2", "/s/tmp/b2/root.qcow2"),
+		"{\"driver\":\"qcow2\",\"node-name\":\"kbt-b2-2\",\"file\":{\"driver\":"
+		"\"file\",\"filename\":\"\\/s\\/tmp\\/b2\\/root.qcow2\",\"cache\":{\"no-flush\":"
+		"true}},\"cache\":{\"no-flush\":true}}");
 }
 
 /* The setup's steps in the order QEMU 7.2 takes them, each the command above. */
