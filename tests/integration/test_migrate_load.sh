@@ -44,6 +44,17 @@ ungrant() {
 	GRANTED=()
 }
 cleanup() {
+	local rc=$? h
+	# A failure says what the guest and its QEMUs were doing: the console's end and each
+	# QEMU's run state (a guest that stopped ticking: hung, or never resumed?).
+	if [ "$rc" != 0 ]; then
+		echo "  $VM's console, last 25 lines:" >&2
+		console $VM 2>/dev/null | tail -25 | sed 's/^/    /' >&2 || true
+		for h in h1 h2 h3; do
+			[ -S "$KUMO_LAB_DIR/hosts/$h/local/instances/$VM/monitor.sock" ] || continue
+			echo "  $VM's QEMU on $h: $(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$h/local/instances/$VM/monitor.sock" qmp query-status 2>&1)" >&2
+		done
+	fi
 	instances_delete $VM
 	ungrant || true
 }
