@@ -197,6 +197,21 @@ static void target_node_cb(struct qmp *q, struct json_object *ret, const char *e
 		log_debug("backup: an incremental's target node: %s", error);
 }
 
+/* The removal of a target node this agent added: counted (backup_fleece.c). */
+static void target_dropped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	backup_node_removed(data, error);
+	target_node_cb(q, ret, error, NULL);
+}
+
+/* The addition of an incremental's target node: refused, QEMU's nodes are not known. */
+static void target_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	if (error)
+		backup_nodes_unknown(data);
+	target_node_cb(q, ret, error, NULL);
+}
+
 /*
  * The incremental's target node, if one was added: removed (not waited for). The op may
  * be answered and freed by now (job_free()), so the VM is found by the instance's name.
@@ -213,9 +228,11 @@ static void target_node_drop(struct bjob *job)
 	vm = vm_find(job->agent, json_get_str(job->manifest, "instance", ""));
 	args = json_object_new_object();
 	json_object_object_add(args, "node-name", json_object_new_string(job->target_node));
-	if (vm)
-		vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
-	else
+	if (vm) {
+		if (vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_dropped_cb, vm,
+			   NULL) < 0)
+			backup_nodes_unknown(vm);
+	} else
 		json_object_put(args);
 	job->target_node[0] = '\0';
 }
@@ -1063,6 +1080,8 @@ static void manifest_after(struct bjob *job)
 		json_object_object_add(t, "target_nodes",
 				       json_object_new_int64((int64_t)job->node_targets));
 		json_object_object_add(t, "close_ms", json_object_new_int64(job->close_ms));
+		json_object_object_add(t, "leftover_checks",
+				       json_object_new_int64((int64_t)job->leftover_checks));
 		json_object_object_add(t, "parent_chunks_read",
 				       json_object_new_int64((int64_t)job->parent_reads));
 		json_object_object_add(b, "timings", t);
@@ -1164,6 +1183,7 @@ static void target_closed_cb(struct qmp *q, struct json_object *ret, const char 
 	struct bjob *job = data;
 
 	log_trace("backup %s: target closed", job->id);
+	backup_node_removed(job->op->vm, error);
 	job->close_ms += now_ms() - job->close_started_ms;
 	if (backup_job_gone(job))
 		return;
@@ -1188,8 +1208,10 @@ static void target_close(struct bjob *job)
 	job->node_targets++;
 	job->close_started_ms = now_ms();
 	if (vm_qmp(job->op->vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_closed_cb, job,
-		   &err) < 0)
+		   &err) < 0) {
+		backup_nodes_unknown(job->op->vm);
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+	}
 }
 
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
@@ -1233,6 +1255,7 @@ static void orphan_job_end(struct vm *vm, const char *id)
 	    strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
 		return;
 	log_info("backup: QEMU's job %s ended with no backup waiting for it; dismissed", id);
+	backup_nodes_unknown(vm);
 	args = json_object_new_object();
 	json_object_object_add(args, "id", json_object_new_string(id));
 	vm_qmp(vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
@@ -1641,12 +1664,17 @@ void backup_disk_read(struct bjob *job)
 			return;
 		}
 		/* An incremental's job must not run under a filter a killed agent's
-		 * fleecing left in front of the disk: that goes first (once per disk). */
+		 * fleecing left in front of the disk: that goes first (once per disk),
+		 * unless this agent knows there is none (backup_fleece.c). */
 		if (job->incr && job->cleared_disk != job->disk + 1) {
-			log_trace("backup %s: clearing leftover fleecing", job->id);
 			job->cleared_disk = job->disk + 1;
-			backup_fleece_clear(job, backup_disk_read);
-			return;
+			if (!backup_nodes_clean(job->op->vm)) {
+				log_trace("backup %s: clearing leftover fleecing", job->id);
+				job->leftover_checks++;
+				backup_fleece_clear(job, backup_disk_read);
+				return;
+			}
+			log_trace("backup %s: no backup node in QEMU (known)", job->id);
 		}
 		if (!job->incr)
 			job->copied++;
@@ -1668,9 +1696,10 @@ void backup_disk_read(struct bjob *job)
 		if (job->incr && target_made(job)) {
 			snprintf(job->target_node, sizeof(job->target_node), "kbt-%.20s-%zu",
 				 job->id, job->disk);
-			vm_qmp(job->op->vm, "blockdev-add",
-			       fleece_target_add_args(job->target_node, job->target),
-			       BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+			if (vm_qmp(job->op->vm, "blockdev-add",
+				   fleece_target_add_args(job->target_node, job->target),
+				   BACKUP_JOB_TIMEOUT, target_added_cb, job->op->vm, NULL) == 0)
+				backup_node_added(job->op->vm);
 		}
 		tx = fleece_copy_tx_args(&n, jid, name, job->incr ? pname : NULL,
 					 job->incr ? job->target : job->raw, job->rate_bytes_s,

@@ -100,6 +100,8 @@ struct bjob {
 	char overlay[PATH_MAX]; /* the fleecing overlay (qcow2, in tmpdir) */
 	char nbd_sock[108];	/* QEMU's NBD server (fleece_sock_path): sun_path's size */
 	pid_t nbd_server;	/* ... the VM's QEMU, the one process that may serve it */
+	/* disks whose leftover fleecing QEMU was asked for (not known to be none) */
+	unsigned leftover_checks;
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
@@ -151,5 +153,9 @@ void backup_fleece_started(struct bjob *job, const char *error);
 void backup_fleece_drop(struct bjob *job);
 /* Remove what a killed agent may have left of a fleecing of the disk; then then(job). */
 void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job));
+/* What this agent knows of the backup nodes in a VM's QEMU (the clear's shortcut). */
+bool backup_nodes_clean(const struct vm *vm);
+void backup_node_added(struct vm *vm);
+void backup_node_removed(struct vm *vm, const char *error);
 
 #endif

@@ -188,7 +188,7 @@ void vnc_streams_resume(struct agent *ag)
 /* ---- the fixture ---------------------------------------------------------------------- */
 
 /* The writer: file_write_atomic(), after waiting for the test when write_hold is set. */
-static int write_cb(const char *path, const char *text, size_t len)
+static int write_cb(const char *path, const char *text, size_t len, bool append)
 {
 	int64_t until = now_us() + WAIT_US;
 
@@ -204,7 +204,7 @@ static int write_cb(const char *path, const char *text, size_t len)
 		atomic_fetch_sub(&write_fail, 1);
 		return -EIO;
 	}
-	return opcache_write_file(path, text, len);
+	return opcache_write_file(path, text, len, append);
 }
 
 static void tick_cb(uv_timer_t *t)
