@@ -76,7 +76,7 @@ struct ids_job {
 	int (*write)(const char *path, const char *text, size_t len, bool append);
 	bool append; /* delta appended; else (or no file to append to) text written whole */
 	size_t len, delta_len;
-	char text[AGENT_OPCACHE_SIZE * (LINK_OP_ID_MAX + 1) + 1];
+	char text[(AGENT_OPCACHE_SIZE + 1) * (LINK_OP_ID_MAX + 1) + 1];
 	char delta[AGENT_OPCACHE_SIZE * (LINK_OP_ID_MAX + 2) + 1];
 	char path[PATH_MAX];
 };
@@ -136,6 +136,12 @@ static void ids_write_start(struct opcache *c)
 	j->gen = c->gen;
 	j->write = c->write;
 	snprintf(j->path, sizeof(j->path), "%s", c->path);
+	/* What the newest op evicted stays in the file while it may come back (a drop of
+	 * that op), as it does in the appended lines: the loader keeps the newest ids. */
+	if (c->evicted_kept && c->evicted.op[0] && !c->evicted.unkept) {
+		j->len += (size_t)snprintf(j->text, sizeof(j->text), "%s\n", c->evicted.op);
+		ids++;
+	}
 	for (size_t i = 0; i < AGENT_OPCACHE_SIZE; i++) {
 		const struct op_entry *e = &c->slots[(c->next + i) % AGENT_OPCACHE_SIZE];
 

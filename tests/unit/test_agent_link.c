@@ -94,18 +94,17 @@ static char started[4][LINK_OP_ID_MAX + 1];
 static bool started_on_disk[4];
 static int nstarted;
 
-/* Whether the ops file holds op on a line of its own. */
+/* Whether the ops file holds op: the next run, loading it, would know op. */
 static bool ops_file_has(const char *op)
 {
-	_cleanup_free_ char *text = NULL;
-	char *save = NULL;
+	struct opcache *c = calloc(1, sizeof(*c));
+	bool has;
 
-	if (file_read_all(ops_path, 64 * 1024, &text, NULL) < 0)
-		return false;
-	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-		if (strcmp(line, op) == 0)
-			return true;
-	return false;
+	opcache_load(c, ops_path);
+	has = opcache_find(c, op) != NULL;
+	opcache_clear(c);
+	free(c);
+	return has;
 }
 
 /* ---- stubs of the drivers link.c hands commands to ---------------------------------- */
