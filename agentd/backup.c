@@ -1273,12 +1273,19 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 	if (strcmp(status, "concluded") != 0)
 		return;
 	for (struct bjob *job = live_jobs; job; job = job->next_live) {
-		if (job->op->vm != vm || !job->block_job)
+		if (job->op->vm != vm || (!job->block_job && !job->tx_inflight))
 			continue;
 		block_job_id(job, job->disk, jid, sizeof(jid));
 		if (strcmp(jid, id) != 0)
 			continue;
 		waited = true;
+		/* Its transaction's answer is still on its way: the query goes once it
+		 * came (drive_backup_cb), at once. Not an orphan: dismissed and its
+		 * target removed, the backup would find its job gone. */
+		if (!job->block_job) {
+			job->ended_early = true;
+			continue;
+		}
 		/* A query in flight may see the end first (then "poll"): only the one
 		 * the event starts counts as the event's. */
 		if (job->querying) {
@@ -1397,6 +1404,7 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 	struct bjob *job = data;
 
 	log_trace("backup %s: transaction answered", job->id);
+	job->tx_inflight = false;
 	/* The point in time is taken (or the transaction failed): thaw at once. A
 	 * fleecing's is the filter's qom-set still to come (backup_fleece.c thaws). */
 	if (!job->fleece)
@@ -1436,9 +1444,9 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 	 * milliseconds, and a first look at 250 ms was a quarter of its backup's time.
 	 * QEMU's event of its end brings the next look forward (backup_vm_job_event). */
 	job->job_started_ms = now_ms();
-	job->job_end_by = NULL;
+	job->job_end_by = job->ended_early ? "event" : NULL;
 	job->poll_ms = BACKUP_POLL_FIRST_MS;
-	uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
+	uv_timer_start(&job->poll, poll_cb, job->ended_early ? 0 : job->poll_ms, 0);
 }
 
 /* ---- fsfreeze around the point in time (qga.c) ------------------------------------------ */
@@ -1538,6 +1546,8 @@ static void tx_send(struct bjob *job)
 	struct kerr err;
 
 	job->tx = NULL;
+	job->tx_inflight = true;
+	job->ended_early = false;
 	log_trace("backup %s: transaction sent", job->id);
 	if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job, &err) <
 	    0)

@@ -66,6 +66,10 @@ struct bjob {
 	bool querying;		/* a query-jobs is in flight */
 	bool poll_soon;		/* ... and QEMU said the job ended meanwhile: ask again at once */
 	struct bjob *next_live; /* backup.c's list of VM backups, for QEMU's job events */
+	/* The disk's transaction is sent, its answer not read yet; ended_early: its job
+	 * concluded meanwhile (a job with nothing to copy ends inside the transaction,
+	 * its events before the answer). */
+	bool tx_inflight, ended_early;
 
 	/* where the time went (result.backup.timings), summed over the disks */
 	int64_t job_started_ms; /* QEMU's copy job of the disk at work: its transaction answered */
