@@ -1224,10 +1224,14 @@ static void poll_cb(uv_timer_t *timer)
  */
 static bool kumo_job_id(const char *id, char *node, size_t len)
 {
-	const char *bid = id + 5, *d = strrchr(id, '-');
+	const char *bid, *d = strrchr(id, '-');
 
-	if (strncmp(id, "kumo-", 5) != 0 || d == NULL || d <= bid || d[1] != 'd' || d[2] == '\0' ||
-	    strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
+	if (strncmp(id, "kumo-", 5) != 0 || d == NULL)
+		return false;
+	/* A backup's id is hex: not a migration's "kumo-mirror-dN" (migrate_disk.c). */
+	bid = id + 5;
+	if (d - bid < 16 || strspn(bid, "0123456789abcdef") != (size_t)(d - bid) || d[1] != 'd' ||
+	    d[2] == '\0' || strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
 		return false;
 	snprintf(node, len, "kbt-%.*s-%s", (int)(d - bid < 20 ? d - bid : 20), bid, d + 2);
 	return true;
@@ -1291,7 +1295,9 @@ static void adopt_jobs_cb(struct qmp *q, struct json_object *ret, const char *er
 		const char *id = json_get_str(j, "id", "");
 		const char *status = json_get_str(j, "status", "");
 
-		if (!kumo_job_id(id, node, sizeof(node)) || job_waiting(vm, id))
+		/* Only backup jobs: a migration's mirror is the migration's (migrate.c). */
+		if (strcmp(json_get_str(j, "type", ""), "backup") != 0 ||
+		    !kumo_job_id(id, node, sizeof(node)) || job_waiting(vm, id))
 			continue;
 		if (!strcmp(status, "concluded")) {
 			orphan_job_end(vm, id);
