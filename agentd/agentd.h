@@ -699,6 +699,8 @@ void backup_vm_run(struct inst_op *op);
 void backup_vm_restore(struct inst_op *op);
 void backup_vm_adopted(struct vm *vm);
 void backup_vm_job_event(struct vm *vm, const char *id, const char *status);
+/* At a VM's adoption: the backup jobs a killed agent left in its QEMU end. */
+void backup_jobs_adopted(struct vm *vm);
 void backup_vm_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));
 void backup_ctr_run(struct inst_op *op);
 void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op));

@@ -1240,63 +1240,137 @@ static void poll_cb(uv_timer_t *timer)
  * it ends.
  */
 /*
+ * Whether id names a backup job of Kumo's ("kumo-ID-dN", block_job_id()); if so, node
+ * gets the incremental's target node it copies into: "kbt-ID-N", ID cut to 20, as
+ * backup_disk_read() names it (the job may be a copy's, with no such node).
+ */
+static bool kumo_job_id(const char *id, char *node, size_t len)
+{
+	const char *bid, *d = strrchr(id, '-');
+
+	if (strncmp(id, "kumo-", 5) != 0 || d == NULL)
+		return false;
+	/* A backup's id is hex: not a migration's "kumo-mirror-dN" (migrate_disk.c). */
+	bid = id + 5;
+	if (d - bid < 16 || strspn(bid, "0123456789abcdef") != (size_t)(d - bid) || d[1] != 'd' ||
+	    d[2] == '\0' || strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
+		return false;
+	snprintf(node, len, "kbt-%.*s-%s", (int)(d - bid < 20 ? d - bid : 20), bid, d + 2);
+	return true;
+}
+
+/* The backup of this agent's that waits for QEMU's job id in vm (its transaction,
+ * which made the job, may still be on its way), or NULL. */
+static struct bjob *job_waiting(struct vm *vm, const char *id)
+{
+	char jid[96];
+
+	for (struct bjob *job = live_jobs; job; job = job->next_live) {
+		if (job->op->vm != vm || (!job->block_job && !job->tx_inflight))
+			continue;
+		block_job_id(job, job->disk, jid, sizeof(jid));
+		if (strcmp(jid, id) == 0)
+			return job;
+	}
+	return NULL;
+}
+
+/*
  * A backup job of QEMU's that concluded with no backup waiting for it: one cancelled
  * (the agent's block-job-cancel is not over at once) or left by a killed agent. It is
- * dismissed, and an incremental's target node it held removed: "kumo-ID-dN" copied into
- * "kbt-ID-N" (ID cut to 20, as backup_disk_read() names it); no such node is no harm.
+ * dismissed, and an incremental's target node it held removed; no such node is no harm.
  */
 static void orphan_job_end(struct vm *vm, const char *id)
 {
 	struct json_object *args;
-	const char *bid = id + 5, *d = strrchr(id, '-');
 	char node[32];
 
-	if (strncmp(id, "kumo-", 5) != 0 || d == NULL || d <= bid || d[1] != 'd' || d[2] == '\0' ||
-	    strspn(d + 2, "0123456789") != strlen(d + 2) || strlen(d + 2) > 3)
+	if (!kumo_job_id(id, node, sizeof(node)))
 		return;
 	log_info("backup: QEMU's job %s ended with no backup waiting for it; dismissed", id);
 	backup_nodes_unknown(vm);
 	args = json_object_new_object();
 	json_object_object_add(args, "id", json_object_new_string(id));
 	vm_qmp(vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
-	snprintf(node, sizeof(node), "kbt-%.*s-%s", (int)(d - bid < 20 ? d - bid : 20), bid, d + 2);
 	args = json_object_new_object();
 	json_object_object_add(args, "node-name", json_object_new_string(node));
 	vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
 }
 
+/*
+ * At a VM's adoption: the backup jobs a killed agent left in its QEMU. No backup waits
+ * for them any more (the controller fails a killed agent's backups): one that ended
+ * while no agent listened is dismissed at once, with its target node (the node's own
+ * sweep, backup_fleece_adopted(), cannot remove it while the job holds it); one still
+ * copying is cancelled, and its end's event does the same (backup_vm_job_event()).
+ * Without this, an incremental's job held to a low bandwidth went on copying into a
+ * node nobody reads for as long as the copy takes, and a concluded one stayed for the
+ * QEMU's life.
+ */
+static void adopt_jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct vm *vm = data;
+	char node[32];
+
+	if (error || vm->inst.removing)
+		return;
+	for (size_t i = 0; i < json_array_len(ret); i++) {
+		struct json_object *j = json_object_array_get_idx(ret, i), *args;
+		const char *id = json_get_str(j, "id", "");
+		const char *status = json_get_str(j, "status", "");
+
+		/* Only backup jobs: a migration's mirror is the migration's (migrate.c). */
+		if (strcmp(json_get_str(j, "type", ""), "backup") != 0 ||
+		    !kumo_job_id(id, node, sizeof(node)) || job_waiting(vm, id))
+			continue;
+		if (!strcmp(status, "concluded")) {
+			orphan_job_end(vm, id);
+			continue;
+		}
+		if (!strcmp(status, "aborting") || !strcmp(status, "null"))
+			continue; /* ending: its event follows */
+		log_info("vm %s: cancelling QEMU's backup job %s an earlier agent left",
+			 vm->inst.name, id);
+		args = json_object_new_object();
+		json_object_object_add(args, "id", json_object_new_string(id));
+		vm_qmp(vm, "job-cancel", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+	}
+}
+
+void backup_jobs_adopted(struct vm *vm)
+{
+	struct kerr err;
+
+	if (vm_qmp(vm, "query-jobs", NULL, BACKUP_JOB_TIMEOUT, adopt_jobs_cb, vm, &err) < 0)
+		log_debug("vm %s: %s", vm->inst.name, err.msg);
+}
+
 void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 {
-	char jid[96];
-	bool waited = false;
+	struct bjob *job;
 
 	if (strcmp(status, "concluded") != 0)
 		return;
-	for (struct bjob *job = live_jobs; job; job = job->next_live) {
-		if (job->op->vm != vm || (!job->block_job && !job->tx_inflight))
-			continue;
-		block_job_id(job, job->disk, jid, sizeof(jid));
-		if (strcmp(jid, id) != 0)
-			continue;
-		waited = true;
-		/* Its transaction's answer is still on its way: the query goes once it
-		 * came (drive_backup_cb), at once. Not an orphan: dismissed and its
-		 * target removed, the backup would find its job gone. */
-		if (!job->block_job) {
-			job->ended_early = true;
-			continue;
-		}
-		/* A query in flight may see the end first (then "poll"): only the one
-		 * the event starts counts as the event's. */
-		if (job->querying) {
-			job->poll_soon = true;
-		} else {
-			job->job_end_by = "event";
-			uv_timer_start(&job->poll, poll_cb, 0, 0);
-		}
-	}
-	if (!waited)
+	job = job_waiting(vm, id);
+	if (job == NULL) {
 		orphan_job_end(vm, id);
+		return;
+	}
+	/* Its transaction's answer is still on its way: the query goes once it came
+	 * (drive_backup_cb), at once. Not an orphan: dismissed and its target removed,
+	 * the backup would find its job gone. */
+	if (!job->block_job) {
+		job->ended_early = true;
+		return;
+	}
+	/* A query in flight may see the end first (then "poll"): only the one the event
+	 * starts counts as the event's. */
+	if (job->querying) {
+		job->poll_soon = true;
+	} else {
+		job->job_end_by = "event";
+		uv_timer_start(&job->poll, poll_cb, 0, 0);
+	}
 }
 
 /* The drive-backup job's state: go on polling, or read its end. */

@@ -386,8 +386,9 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		/* A backup's freeze the last agent may have left (backup.c). */
 		if (strcmp(status, "running") == 0)
 			backup_vm_adopted(vm);
-		/* ... and its fleecing filter and export (backup_fleece.c). */
+		/* ... its fleecing filter and export (backup_fleece.c), and its QEMU jobs. */
 		backup_fleece_adopted(vm);
+		backup_jobs_adopted(vm);
 		/* The guest powered off (or panicked) while the agent was away. */
 		if (strcmp(status, "shutdown") == 0 || strcmp(status, "guest-panicked") == 0) {
 			snprintf(vm->shutdown_reason, sizeof(vm->shutdown_reason), "%s",

@@ -3,10 +3,12 @@
 # block job, the work files) and is never listed as restorable, with no manifest; the
 # agent killed with -9 mid-read: the operation ends failed saying why, no manifest,
 # the VM keeps running; the next backup works and its content is the disk's, and its
-# success drops the killed backup's bitmap (keeping its own and another store's). An
-# incremental that fails after QEMU's copy job ended (its manifest cannot be written)
-# leaves the parent's bitmap whole: the next backup holds every write since the parent,
-# those before the failed backup's point in time too. A running VM's incremental that
+# success drops the killed backup's bitmap (keeping its own and another store's); an
+# incremental whose agent is killed -9 while QEMU copies leaves no QEMU job or target
+# node once the new agent adopted the VM. An incremental that fails after QEMU's copy
+# job ended (its manifest cannot be written) leaves the parent's bitmap whole: the next
+# backup holds every write since the parent, those before the failed backup's point in
+# time too. A running VM's incremental that
 # cannot be (a parent chunk gone; the disk resized) reads the disk whole instead: full,
 # saying why, its content the disk's (its bitmap, which the incremental's transaction
 # had added, is dropped before the whole read adds it again).
@@ -115,6 +117,36 @@ wait_op "$op" 120
 wait_until 30 "the cancelled incremental's target node and job gone from QEMU" fleece_clean bkf1
 instance_is bkf1 running || fail "bkf1 is $(jqb .state) after the cancelled incremental"
 pass "an incremental cancelled mid-way: no target node or job of it left in QEMU, the VM runs"
+
+# 1c. The agent killed -9 while QEMU's job of an incremental copies into the agent's
+# target node (8 MiB more at the disk's end, at 1 Mbit/s: over a minute of copying).
+# The new agent ends the job it finds at the adoption: nothing of it (job, node) may
+# stay in QEMU, well before the copy would have ended by itself.
+qemu_monitor2 "$bkf1_mon" "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x3d $((1008 << 20)) 8M\"" ||
+	fail "the write through QEMU failed"
+api POST /api/v1/instances/bkf1/backups '{"store":"'$bs'","mode":"incremental","bandwidth_mbps":1}'
+expect_status 202 "incremental to interrupt"
+op=$(jqb .id) bk=$(jqb .result.id)
+wait_until 30 "QEMU's job of the incremental running" qemu_jobs
+api GET /api/v1/instances/bkf1
+host=$(jqb .host)
+apid=$(agent_pid "$host")
+killed_at=$(($(date +%s) * 1000))
+kill -9 "$apid"
+wait_until 10 "the agent gone" proc_gone "$apid"
+lab up --hosts 3 >/dev/null
+wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+wait_op "$op" 120
+[ "$(jqb .status)" = failed ] || fail "the interrupted incremental ended $(jqb .status): $(jqb .error)"
+wait_until 30 "the killed agent's incremental job and target node gone from QEMU" fleece_clean bkf1
+# The copy (1b's 8 MiB too, both since the parent: 16 MiB at 1 Mbit/s) would take over
+# two minutes; ending by itself, the job would go only then (its event): too late.
+gone_after=$(($(date +%s) - killed_at / 1000))
+[ "$gone_after" -lt 90 ] || fail "the killed agent's incremental job went only ${gone_after}s after the kill: it copied on"
+api GET "/api/v1/backups/$bk"
+[ "$(jqb .restorable)" = false ] || fail "the interrupted incremental is restorable"
+wait_until 30 "bkf1 running under the new agent" instance_is bkf1 running
+pass "agent kill -9 during an incremental's copy: failed, its QEMU job and target node ended by the new agent, the VM runs"
 
 # 2. The agent killed -9 mid-backup: mid-read, its point in time taken (its bitmap
 # added, the fleecing export up: the read is held to 1 Mbit/s, so it is still reading).
