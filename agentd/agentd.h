@@ -126,8 +126,17 @@ struct opcache {
 	struct op_entry evicted;
 	bool evicted_kept;
 	char path[PATH_MAX]; /* the op ids, kept across runs; "" when not kept */
-	/* Writes path whole and durably; 0 or -errno. On the lane's thread. */
-	int (*write)(const char *path, const char *text, size_t len);
+	/* Writes text to path durably, whole (append false) or appended to it; 0 or
+	 * -errno (-ENOENT: no file to append to). On the lane's thread. */
+	int (*write)(const char *path, const char *text, size_t len, bool append);
+	/* The changes since the last write began, as the file's lines ("ID": taken,
+	 * "~ID": dropped), for the next write to append; whole: it rewrites the file
+	 * instead (at start, after a failed write, a delta too long, a file too long). */
+	char delta[AGENT_OPCACHE_SIZE * (LINK_OP_ID_MAX + 2) + 1];
+	size_t delta_len;
+	unsigned delta_lines;
+	unsigned file_lines; /* lines in the file: the last whole write's and those appended */
+	bool whole;
 	struct work_lane *lane;	       /* NULL before opcache_init() and once closed */
 	opcache_written_fn written_cb; /* on the loop, after each write */
 	void *owner;
@@ -258,6 +267,13 @@ struct vm {
 	char vm_incoming_tls[PATH_MAX];
 	char vm_incoming_tls_id[64];
 	bool vm_nbd; /* migrate.c: its QEMU serves its local disks over NBD */
+	/* backup_fleece.c: what this agent knows of backup nodes (kfl-, kbt-) in its QEMU:
+	 * none but the vm_bk_nodes it added itself, when vm_bk_known (a query found none
+	 * since this QMP connection began, and every change since was counted).
+	 * vm_bk_gen changes whenever that knowledge could be out of date. */
+	bool vm_bk_known;
+	unsigned vm_bk_nodes;
+	unsigned vm_bk_gen;
 };
 
 struct ctr;
@@ -543,7 +559,7 @@ struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type t
 struct op_entry *opcache_add_unkept(struct opcache *c, const char *op, enum link_type type);
 void opcache_drop(struct opcache *c, const char *op);
 bool opcache_on_disk(const struct opcache *c, uint64_t gen);
-int opcache_write_file(const char *path, const char *text, size_t len);
+int opcache_write_file(const char *path, const char *text, size_t len, bool append);
 void opcache_close(struct opcache *c);
 void opcache_load(struct opcache *c, const char *path);
 void opcache_finish(struct opcache *c, const char *op, struct json_object *done_body);
@@ -692,6 +708,8 @@ void backup_ctr_restore_then(struct inst_op *op, void (*then)(struct inst_op *op
 /* backup_fleece.c */
 /* At a VM's adoption: the fleecing objects a killed agent's backup left in its QEMU go. */
 void backup_fleece_adopted(struct vm *vm);
+void backup_nodes_unknown(struct vm *vm);
+void backup_nodes_reset(struct vm *vm);
 
 /* backupmap.c: a stopped VM's disk read from its qcow2 chain (thread only) */
 struct backup_map;

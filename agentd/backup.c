@@ -197,6 +197,21 @@ static void target_node_cb(struct qmp *q, struct json_object *ret, const char *e
 		log_debug("backup: an incremental's target node: %s", error);
 }
 
+/* The removal of a target node this agent added: counted (backup_fleece.c). */
+static void target_dropped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	backup_node_removed(data, error);
+	target_node_cb(q, ret, error, NULL);
+}
+
+/* The addition of an incremental's target node: refused, QEMU's nodes are not known. */
+static void target_added_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	if (error)
+		backup_nodes_unknown(data);
+	target_node_cb(q, ret, error, NULL);
+}
+
 /*
  * The incremental's target node, if one was added: removed (not waited for). The op may
  * be answered and freed by now (job_free()), so the VM is found by the instance's name.
@@ -213,9 +228,11 @@ static void target_node_drop(struct bjob *job)
 	vm = vm_find(job->agent, json_get_str(job->manifest, "instance", ""));
 	args = json_object_new_object();
 	json_object_object_add(args, "node-name", json_object_new_string(job->target_node));
-	if (vm)
-		vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
-	else
+	if (vm) {
+		if (vm_qmp(vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_dropped_cb, vm,
+			   NULL) < 0)
+			backup_nodes_unknown(vm);
+	} else
 		json_object_put(args);
 	job->target_node[0] = '\0';
 }
@@ -1063,6 +1080,8 @@ static void manifest_after(struct bjob *job)
 		json_object_object_add(t, "target_nodes",
 				       json_object_new_int64((int64_t)job->node_targets));
 		json_object_object_add(t, "close_ms", json_object_new_int64(job->close_ms));
+		json_object_object_add(t, "leftover_checks",
+				       json_object_new_int64((int64_t)job->leftover_checks));
 		json_object_object_add(t, "parent_chunks_read",
 				       json_object_new_int64((int64_t)job->parent_reads));
 		json_object_object_add(b, "timings", t);
@@ -1164,6 +1183,7 @@ static void target_closed_cb(struct qmp *q, struct json_object *ret, const char 
 	struct bjob *job = data;
 
 	log_trace("backup %s: target closed", job->id);
+	backup_node_removed(job->op->vm, error);
 	job->close_ms += now_ms() - job->close_started_ms;
 	if (backup_job_gone(job))
 		return;
@@ -1188,8 +1208,10 @@ static void target_close(struct bjob *job)
 	job->node_targets++;
 	job->close_started_ms = now_ms();
 	if (vm_qmp(job->op->vm, "blockdev-del", args, BACKUP_JOB_TIMEOUT, target_closed_cb, job,
-		   &err) < 0)
+		   &err) < 0) {
+		backup_nodes_unknown(job->op->vm);
 		backup_job_fail(job, "disk %s: %s", job->op->disks[job->disk].name, err.msg);
+	}
 }
 
 static void jobs_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
@@ -1237,13 +1259,14 @@ static bool kumo_job_id(const char *id, char *node, size_t len)
 	return true;
 }
 
-/* The backup of this agent's that waits for QEMU's job id in vm, or NULL. */
+/* The backup of this agent's that waits for QEMU's job id in vm (its transaction,
+ * which made the job, may still be on its way), or NULL. */
 static struct bjob *job_waiting(struct vm *vm, const char *id)
 {
 	char jid[96];
 
 	for (struct bjob *job = live_jobs; job; job = job->next_live) {
-		if (job->op->vm != vm || !job->block_job)
+		if (job->op->vm != vm || (!job->block_job && !job->tx_inflight))
 			continue;
 		block_job_id(job, job->disk, jid, sizeof(jid));
 		if (strcmp(jid, id) == 0)
@@ -1265,6 +1288,7 @@ static void orphan_job_end(struct vm *vm, const char *id)
 	if (!kumo_job_id(id, node, sizeof(node)))
 		return;
 	log_info("backup: QEMU's job %s ended with no backup waiting for it; dismissed", id);
+	backup_nodes_unknown(vm);
 	args = json_object_new_object();
 	json_object_object_add(args, "id", json_object_new_string(id));
 	vm_qmp(vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
@@ -1330,6 +1354,13 @@ void backup_vm_job_event(struct vm *vm, const char *id, const char *status)
 	job = job_waiting(vm, id);
 	if (job == NULL) {
 		orphan_job_end(vm, id);
+		return;
+	}
+	/* Its transaction's answer is still on its way: the query goes once it came
+	 * (drive_backup_cb), at once. Not an orphan: dismissed and its target removed,
+	 * the backup would find its job gone. */
+	if (!job->block_job) {
+		job->ended_early = true;
 		return;
 	}
 	/* A query in flight may see the end first (then "poll"): only the one the event
@@ -1447,6 +1478,7 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 	struct bjob *job = data;
 
 	log_trace("backup %s: transaction answered", job->id);
+	job->tx_inflight = false;
 	/* The point in time is taken (or the transaction failed): thaw at once. A
 	 * fleecing's is the filter's qom-set still to come (backup_fleece.c thaws). */
 	if (!job->fleece)
@@ -1486,9 +1518,9 @@ static void drive_backup_cb(struct qmp *q, struct json_object *ret, const char *
 	 * milliseconds, and a first look at 250 ms was a quarter of its backup's time.
 	 * QEMU's event of its end brings the next look forward (backup_vm_job_event). */
 	job->job_started_ms = now_ms();
-	job->job_end_by = NULL;
+	job->job_end_by = job->ended_early ? "event" : NULL;
 	job->poll_ms = BACKUP_POLL_FIRST_MS;
-	uv_timer_start(&job->poll, poll_cb, job->poll_ms, 0);
+	uv_timer_start(&job->poll, poll_cb, job->ended_early ? 0 : job->poll_ms, 0);
 }
 
 /* ---- fsfreeze around the point in time (qga.c) ------------------------------------------ */
@@ -1588,6 +1620,8 @@ static void tx_send(struct bjob *job)
 	struct kerr err;
 
 	job->tx = NULL;
+	job->tx_inflight = true;
+	job->ended_early = false;
 	log_trace("backup %s: transaction sent", job->id);
 	if (vm_qmp(job->op->vm, "transaction", tx, BACKUP_JOB_TIMEOUT, drive_backup_cb, job, &err) <
 	    0)
@@ -1714,12 +1748,17 @@ void backup_disk_read(struct bjob *job)
 			return;
 		}
 		/* An incremental's job must not run under a filter a killed agent's
-		 * fleecing left in front of the disk: that goes first (once per disk). */
+		 * fleecing left in front of the disk: that goes first (once per disk),
+		 * unless this agent knows there is none (backup_fleece.c). */
 		if (job->incr && job->cleared_disk != job->disk + 1) {
-			log_trace("backup %s: clearing leftover fleecing", job->id);
 			job->cleared_disk = job->disk + 1;
-			backup_fleece_clear(job, backup_disk_read);
-			return;
+			if (!backup_nodes_clean(job->op->vm)) {
+				log_trace("backup %s: clearing leftover fleecing", job->id);
+				job->leftover_checks++;
+				backup_fleece_clear(job, backup_disk_read);
+				return;
+			}
+			log_trace("backup %s: no backup node in QEMU (known)", job->id);
 		}
 		if (!job->incr)
 			job->copied++;
@@ -1741,9 +1780,10 @@ void backup_disk_read(struct bjob *job)
 		if (job->incr && target_made(job)) {
 			snprintf(job->target_node, sizeof(job->target_node), "kbt-%.20s-%zu",
 				 job->id, job->disk);
-			vm_qmp(job->op->vm, "blockdev-add",
-			       fleece_target_add_args(job->target_node, job->target),
-			       BACKUP_JOB_TIMEOUT, target_node_cb, NULL, NULL);
+			if (vm_qmp(job->op->vm, "blockdev-add",
+				   fleece_target_add_args(job->target_node, job->target),
+				   BACKUP_JOB_TIMEOUT, target_added_cb, job->op->vm, NULL) == 0)
+				backup_node_added(job->op->vm);
 		}
 		tx = fleece_copy_tx_args(&n, jid, name, job->incr ? pname : NULL,
 					 job->incr ? job->target : job->raw, job->rate_bytes_s,

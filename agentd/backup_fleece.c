@@ -114,6 +114,7 @@ static void teardown_start(struct vm *vm, size_t i, struct bjob *job,
 {
 	struct teardown *t = xcalloc(1, sizeof(*t));
 
+	backup_nodes_unknown(vm); /* its steps may fail quietly (nothing to undo, or not) */
 	vm_disk_names(vm, i, &t->n);
 	t->job = job;
 	t->then = then;
@@ -137,6 +138,68 @@ void backup_fleece_drop(struct bjob *job)
 	sock_remove(job);
 }
 
+/* ---- what this agent knows of backup nodes in a QEMU (struct vm's vm_bk_*) -------------
+ * An incremental asks QEMU which nodes exist before its job (backup_fleece_clear()),
+ * a QMP round trip on the serial path, to find what a killed agent or a failed
+ * teardown left. It skips the question only when the answer is known to be "none":
+ * a query on this QMP connection found no kfl- or kbt- node, and since then the only
+ * such nodes were the incremental targets this agent added and saw removed. Anything
+ * else forgets it until the next query: a fleecing (its teardown's steps may fail
+ * quietly), a removal that failed or was not confirmed, a leftover found, a job that
+ * ended with no backup waiting, a new QMP connection. */
+
+/* The knowledge may be out of date: the next incremental asks QEMU. */
+void backup_nodes_unknown(struct vm *vm)
+{
+	vm->vm_bk_known = false;
+	vm->vm_bk_gen++;
+}
+
+/* A new QMP connection to vm's QEMU (vm.c): nothing known of it yet. */
+void backup_nodes_reset(struct vm *vm)
+{
+	vm->vm_bk_nodes = 0;
+	backup_nodes_unknown(vm);
+}
+
+/* Whether vm's QEMU is known to hold no backup node at all. */
+bool backup_nodes_clean(const struct vm *vm)
+{
+	return vm->vm_bk_known && vm->vm_bk_nodes == 0;
+}
+
+/* An incremental's target node was asked for (blockdev-add sent). */
+void backup_node_added(struct vm *vm)
+{
+	vm->vm_bk_nodes++;
+	vm->vm_bk_gen++; /* a node list asked before it no longer says all */
+}
+
+/* An incremental's target node this agent added was removed, or its removal failed
+ * (error): then what QEMU holds is not known. */
+void backup_node_removed(struct vm *vm, const char *error)
+{
+	if (error || vm->vm_bk_nodes == 0)
+		backup_nodes_unknown(vm);
+	else
+		vm->vm_bk_nodes--;
+}
+
+/* QEMU's node list (ret), asked when the knowledge was at gen: with no backup node in
+ * it and nothing changed since the question, vm is known clean. */
+static void nodes_listed(struct vm *vm, unsigned gen, struct json_object *ret)
+{
+	if (gen != vm->vm_bk_gen || vm->vm_bk_nodes != 0)
+		return;
+	for (size_t i = 0; i < json_array_len(ret); i++) {
+		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
+
+		if (!strncmp(name, "kfl-", 4) || !strncmp(name, "kbt-", 4))
+			return;
+	}
+	vm->vm_bk_known = true;
+}
+
 static void leftover_del_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	if (error)
@@ -151,6 +214,7 @@ static void target_leftover_drop(struct vm *vm, const char *node)
 
 	if (strncmp(node, "kbt-", 4) != 0)
 		return;
+	backup_nodes_unknown(vm);
 	log_info("vm %s: removing an incremental backup's target node %s an earlier backup left",
 		 vm->inst.name, node);
 	args = json_object_new_object();
@@ -162,6 +226,7 @@ static void target_leftover_drop(struct vm *vm, const char *node)
 struct clear {
 	struct bjob *job;
 	void (*then)(struct bjob *job);
+	unsigned gen; /* the VM's vm_bk_gen when asked */
 };
 
 static void clear_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -172,10 +237,14 @@ static void clear_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 	struct fleece_names n;
 	bool found = error != NULL; /* not known: torn down to be sure */
 
+	unsigned gen = c->gen;
+
 	free(c);
 	log_trace("backup %s: block nodes listed", job->id);
 	if (backup_job_gone(job))
 		return;
+	if (error == NULL)
+		nodes_listed(job->op->vm, gen, ret);
 	job_names(job, &n);
 	for (size_t i = 0; i < json_array_len(ret); i++) {
 		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
@@ -212,6 +281,7 @@ void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job))
 
 	c->job = job;
 	c->then = then;
+	c->gen = job->op->vm->vm_bk_gen;
 	json_object_object_add(args, "flat", json_object_new_boolean(true));
 	if (vm_qmp(job->op->vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, clear_nodes_cb,
 		   c, &err) < 0) {
@@ -246,13 +316,22 @@ static void leftover_sock_remove(struct vm *vm)
  * migration's may run). Its socket file goes in any case: an agent killed between the
  * teardown and sock_remove left it, and no NBD server of a fleecing listens on it
  * without the nodes. */
+struct adopt {
+	struct vm *vm;
+	unsigned gen; /* the VM's vm_bk_gen when asked */
+};
+
 static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
-	struct vm *vm = data;
+	struct adopt *ad = data;
+	struct vm *vm = ad->vm;
+	unsigned gen = ad->gen;
 	bool found = false;
 
+	free(ad);
 	if (error || vm->inst.removing)
 		return;
+	nodes_listed(vm, gen, ret);
 	leftover_sock_remove(vm);
 	for (size_t i = 0; i < json_array_len(ret); i++) {
 		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
@@ -272,12 +351,17 @@ static void adopt_nodes_cb(struct qmp *q, struct json_object *ret, const char *e
 void backup_fleece_adopted(struct vm *vm)
 {
 	struct json_object *args = json_object_new_object();
+	struct adopt *ad = xcalloc(1, sizeof(*ad));
 	struct kerr err;
 
+	ad->vm = vm;
+	ad->gen = vm->vm_bk_gen;
 	json_object_object_add(args, "flat", json_object_new_boolean(true));
-	if (vm_qmp(vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, adopt_nodes_cb, vm,
-		   &err) < 0)
+	if (vm_qmp(vm, "query-named-block-nodes", args, BACKUP_JOB_TIMEOUT, adopt_nodes_cb, ad,
+		   &err) < 0) {
+		free(ad);
 		log_debug("vm %s: %s", vm->inst.name, err.msg);
+	}
 }
 
 /* After a fleecing that failed was torn down: this disk, and the rest of the backup's,
@@ -591,6 +675,7 @@ static void setup_send(struct bjob *job, int step)
 	struct kerr err;
 
 	job->fleece_step = step;
+	backup_nodes_unknown(job->op->vm); /* kfl- nodes: the next incremental asks QEMU */
 	job_names(job, &n);
 	args = fleece_setup_step(&n, step, job->overlay, job->nbd_sock, BACKUP_FLEECE_CBW_TIMEOUT_S,
 				 &cmd);

@@ -66,6 +66,10 @@ struct bjob {
 	bool querying;		/* a query-jobs is in flight */
 	bool poll_soon;		/* ... and QEMU said the job ended meanwhile: ask again at once */
 	struct bjob *next_live; /* backup.c's list of VM backups, for QEMU's job events */
+	/* The disk's transaction is sent, its answer not read yet; ended_early: its job
+	 * concluded meanwhile (a job with nothing to copy ends inside the transaction,
+	 * its events before the answer). */
+	bool tx_inflight, ended_early;
 
 	/* where the time went (result.backup.timings), summed over the disks */
 	int64_t job_started_ms; /* QEMU's copy job of the disk at work: its transaction answered */
@@ -100,6 +104,8 @@ struct bjob {
 	char overlay[PATH_MAX]; /* the fleecing overlay (qcow2, in tmpdir) */
 	char nbd_sock[108];	/* QEMU's NBD server (fleece_sock_path): sun_path's size */
 	pid_t nbd_server;	/* ... the VM's QEMU, the one process that may serve it */
+	/* disks whose leftover fleecing QEMU was asked for (not known to be none) */
+	unsigned leftover_checks;
 
 	/* what the backup found */
 	struct json_object *manifest; /* backup: being built; restore: as read */
@@ -151,5 +157,9 @@ void backup_fleece_started(struct bjob *job, const char *error);
 void backup_fleece_drop(struct bjob *job);
 /* Remove what a killed agent may have left of a fleecing of the disk; then then(job). */
 void backup_fleece_clear(struct bjob *job, void (*then)(struct bjob *job));
+/* What this agent knows of the backup nodes in a VM's QEMU (the clear's shortcut). */
+bool backup_nodes_clean(const struct vm *vm);
+void backup_node_added(struct vm *vm);
+void backup_node_removed(struct vm *vm, const char *error);
 
 #endif

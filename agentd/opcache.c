@@ -10,6 +10,15 @@
  * (VF_IDEMPOTENT, common/verbs.h) is kept in memory only (opcache_add_unkept()): on
  * disk it would make the next run fail a resend that it may safely run again.
  *
+ * The file is a log: each write appends the lines of the changes since the last one
+ * ("ID" taken, "~ID" dropped) with one fdatasync, where a rewrite (a temporary file,
+ * its fsync, a rename, the directory's fsync) cost two journal commits before every
+ * ack (2-4 ms of an incremental backup's ~40). It is rewritten whole, compacted, by the
+ * first write of a run, after a failed write, and once it holds OPCACHE_LOG_MAX lines.
+ * The loader applies the lines in order and keeps the newest AGENT_OPCACHE_SIZE ids; a
+ * last line without its newline (a write a crash cut) is ignored: its command was
+ * never acked. An agent from before the log reads the "~" lines as junk (skipped).
+ *
  * The file is written on a work lane (a thread of its own, common/work.h), never on
  * the loop: its write and two fsyncs took hundreds of ms on a loaded host, and every
  * command, heartbeat and QMP event waited behind them. Not on libuv's shared pool
@@ -21,9 +30,16 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
+
+/* Lines the file may hold before the next write rewrites it with the ids alone. */
+#define OPCACHE_LOG_MAX (3 * AGENT_OPCACHE_SIZE)
+/* The largest file read at start: a log compacted at OPCACHE_LOG_MAX lines. */
+#define OPCACHE_FILE_MAX ((OPCACHE_LOG_MAX + AGENT_OPCACHE_SIZE + 8) * (LINK_OP_ID_MAX + 2))
 
 /*
  * The entry for op, or NULL when op is not among the remembered ones.
@@ -57,17 +73,23 @@ struct ids_job {
 	struct work w; /* first: common/work.h's job */
 	struct opcache *cache;
 	uint64_t gen; /* the change the text is up to */
-	int (*write)(const char *path, const char *text, size_t len);
-	size_t len;
-	char text[AGENT_OPCACHE_SIZE * (LINK_OP_ID_MAX + 1) + 1];
+	int (*write)(const char *path, const char *text, size_t len, bool append);
+	bool append; /* delta appended; else (or no file to append to) text written whole */
+	size_t len, delta_len;
+	char text[(AGENT_OPCACHE_SIZE + 1) * (LINK_OP_ID_MAX + 1) + 1];
+	char delta[AGENT_OPCACHE_SIZE * (LINK_OP_ID_MAX + 2) + 1];
 	char path[PATH_MAX];
 };
 
 static int ids_write_run(struct work *w)
 {
 	struct ids_job *j = (struct ids_job *)w;
-	int ret = j->write(j->path, j->text, j->len);
+	int ret = -ENOENT;
 
+	if (j->append)
+		ret = j->write(j->path, j->delta, j->delta_len, true);
+	if (ret == -ENOENT) /* gone (or not asked to append): the ids, whole */
+		ret = j->write(j->path, j->text, j->len, false);
 	if (ret < 0)
 		return err_set(&w->err, -ret, "cannot write %s", j->path);
 	return 0;
@@ -82,8 +104,10 @@ static void ids_write_done(struct work *w)
 
 	/* A failed write is kept for link.c, which refuses the command it held for it
 	 * (opcache_write_error()): acked without its id on disk, it could run twice. */
-	if (w->ret < 0)
+	if (w->ret < 0) {
 		log_warnx("ops: %s", w->err.msg);
+		c->whole = true; /* what the file holds now is not known */
+	}
 	snprintf(c->write_error, sizeof(c->write_error), "%s", w->ret < 0 ? w->err.msg : "");
 	c->writing = false;
 	c->written = j->gen;
@@ -99,10 +123,12 @@ static void ids_write_done(struct work *w)
 		c->written_cb(c);
 }
 
-/* Write the op ids as they are now, oldest first, to c->path on the lane. */
+/* Write the changes since the last write to c->path on the lane: appended, or the ids
+ * as they are now, oldest first, whole. */
 static void ids_write_start(struct opcache *c)
 {
 	struct ids_job *j = xcalloc(1, sizeof(*j));
+	unsigned ids = 0;
 
 	j->w.run = ids_write_run;
 	j->w.done = ids_write_done;
@@ -110,15 +136,50 @@ static void ids_write_start(struct opcache *c)
 	j->gen = c->gen;
 	j->write = c->write;
 	snprintf(j->path, sizeof(j->path), "%s", c->path);
+	/* What the newest op evicted stays in the file while it may come back (a drop of
+	 * that op), as it does in the appended lines: the loader keeps the newest ids. */
+	if (c->evicted_kept && c->evicted.op[0] && !c->evicted.unkept) {
+		j->len += (size_t)snprintf(j->text, sizeof(j->text), "%s\n", c->evicted.op);
+		ids++;
+	}
 	for (size_t i = 0; i < AGENT_OPCACHE_SIZE; i++) {
 		const struct op_entry *e = &c->slots[(c->next + i) % AGENT_OPCACHE_SIZE];
 
-		if (e->op[0] && !e->unkept)
+		if (e->op[0] && !e->unkept) {
 			j->len += (size_t)snprintf(j->text + j->len, sizeof(j->text) - j->len,
 						   "%s\n", e->op);
+			ids++;
+		}
 	}
+	j->append = !c->whole && c->file_lines + c->delta_lines <= OPCACHE_LOG_MAX;
+	if (j->append) {
+		memcpy(j->delta, c->delta, c->delta_len);
+		j->delta_len = c->delta_len;
+		c->file_lines += c->delta_lines;
+	} else {
+		c->file_lines = ids;
+	}
+	c->whole = false;
+	c->delta_len = 0;
+	c->delta_lines = 0;
 	c->writing = true;
 	work_lane_queue(c->lane, &j->w);
+}
+
+/* Note the file's line for a change: mark ("" taken, "~" dropped) and op. */
+static void delta_add(struct opcache *c, const char *mark, const char *op)
+{
+	size_t room = sizeof(c->delta) - c->delta_len;
+	int n = snprintf(c->delta + c->delta_len, room, "%s%s\n", mark, op);
+
+	if (n < 0 || (size_t)n >= room) {
+		c->whole = true; /* more changes than a delta holds: the next write is whole */
+		c->delta_len = 0;
+		c->delta_lines = 0;
+		return;
+	}
+	c->delta_len += (size_t)n;
+	c->delta_lines++;
 }
 
 /* The ids changed: write them after the write running now, if any. */
@@ -149,10 +210,34 @@ void opcache_init(struct opcache *c, uv_loop_t *loop, opcache_written_fn written
 	c->lane = work_lane_new(loop);
 }
 
-/* file_write_atomic() with the file's mode. */
-int opcache_write_file(const char *path, const char *text, size_t len)
+/*
+ * Write text to path durably: whole (file_write_atomic(), the file's mode), or appended
+ * to the file with one fdatasync (the file's size is what it needs of the inode).
+ * Returns 0 or -errno; -ENOENT when there is no file to append to (a new file needs
+ * its directory synced: the caller writes it whole instead).
+ */
+int opcache_write_file(const char *path, const char *text, size_t len, bool append)
 {
-	return file_write_atomic(path, text, len, 0600);
+	_cleanup_close_ int fd = -1;
+	size_t done = 0;
+
+	if (!append)
+		return file_write_atomic(path, text, len, 0600);
+	fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	while (done < len) {
+		ssize_t n = write(fd, text + done, len - done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		done += (size_t)n;
+	}
+	if (fdatasync(fd) < 0)
+		return -errno;
+	return 0;
 }
 
 /*
@@ -172,6 +257,7 @@ struct op_entry *opcache_add(struct opcache *c, const char *op, enum link_type t
 	c->slots[c->next].done_body = NULL;
 	e = slot_take(c, op, type);
 
+	delta_add(c, "", op);
 	ids_changed(c);
 	return e;
 }
@@ -217,6 +303,9 @@ void opcache_drop(struct opcache *c, const char *op)
 		c->evicted_kept = false;
 		c->next = newest;
 	}
+	/* In the file, the entry put back comes back by itself: the loader keeps the
+	 * newest ids once the dropped one is gone. */
+	delta_add(c, "~", op);
 	ids_changed(c);
 }
 
@@ -250,23 +339,53 @@ void opcache_close(struct opcache *c)
 
 /*
  * At start-up: keep the op ids in path from now on, and take the ones a previous run
- * left there as "earlier" entries (neither running nor done here).
+ * left there as "earlier" entries (neither running nor done here): its lines applied in
+ * order, the newest AGENT_OPCACHE_SIZE ids kept. A last line without its newline is
+ * left out (its write was cut: its command never acked). The first write rewrites the
+ * file whole, so nothing is ever appended to a cut line.
  */
 void opcache_load(struct opcache *c, const char *path)
 {
 	_cleanup_free_ char *text = NULL;
+	_cleanup_free_ char **ids = NULL;
+	size_t len = 0, n = 0, kept = 0, first;
+	char *line, *end;
 	int ret;
 
 	snprintf(c->path, sizeof(c->path), "%s", path);
-	ret = file_read_all(path, sizeof(((struct opcache *)0)->slots) * 2, &text, NULL);
+	c->whole = true;
+	ret = file_read_all(path, OPCACHE_FILE_MAX, &text, &len);
 	if (ret < 0) {
 		if (ret != -ENOENT)
 			log_warnx("ops: cannot read %s: %s", path, strerror(-ret));
 		return;
 	}
-	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
-		if (link_op_id_valid(line))
-			slot_take(c, line, LINK_CMD_INSTANCE)->earlier = true;
+	ids = xcalloc(len / 2 + 1, sizeof(*ids));
+	for (line = text; (end = memchr(line, '\n', len - (size_t)(line - text))) != NULL;
+	     line = end + 1) {
+		bool drop = *line == '~';
+		char *id = drop ? line + 1 : line;
+
+		*end = '\0';
+		/* (a NUL inside is junk too: only whole lines of the id's alphabet count) */
+		if (strlen(id) != (size_t)(end - id) || !link_op_id_valid(id))
+			continue;
+		/* Taken again, or dropped: its older line no longer counts. */
+		for (size_t i = n; i-- > 0;)
+			if (ids[i] && strcmp(ids[i], id) == 0) {
+				ids[i] = NULL;
+				break;
+			}
+		if (!drop)
+			ids[n++] = id;
+	}
+	if (line < text + len)
+		log_warnx("ops: %s ends in a cut line; left out", path);
+	for (first = n; first > 0 && kept < AGENT_OPCACHE_SIZE; first--)
+		kept += ids[first - 1] != NULL;
+	for (size_t i = first; i < n; i++)
+		if (ids[i])
+			slot_take(c, ids[i], LINK_CMD_INSTANCE)->earlier = true;
 }
 
 /*

@@ -409,6 +409,7 @@ static void qmp_ready_cb(struct qmp *q, void *data)
 	struct vm *vm = data;
 
 	vm->qmp_failures = 0;
+	backup_nodes_reset(vm); /* a QEMU (or a connection) this agent knows nothing of */
 	/* QEMU answers in order: the balloon is known by the time the status settles. */
 	vm_qmp(vm, "query-balloon", NULL, 10000, balloon_cb, vm, NULL);
 	vm_qmp(vm, "query-status", NULL, 10000, status_cb, vm, NULL);

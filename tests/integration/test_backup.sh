@@ -43,6 +43,7 @@ backup() { # backup NAME [BODY] -> waits; BODY is the backup's record, $why its 
 	live_read=$(jqb '.result.backup.live_read // empty') live_why=$(jqb '.result.backup.live_read_reason // empty')
 	parent_reads=$(jqb '.result.backup.timings.parent_chunks_read // empty')
 	target_nodes=$(jqb '.result.backup.timings.target_nodes // empty')
+	leftover_checks=$(jqb '.result.backup.timings.leftover_checks // empty')
 	id=$(jqb .result.backup.id)
 	[ -n "$id" ] && [ "$id" != null ] || fail "the backup operation's result names no backup id"
 	api GET "/api/v1/backups/$id"
@@ -138,10 +139,20 @@ gran=$(jq -c '[.[] | ."dirty-bitmaps"[]? | select(.name | startswith("kumo-")) |
 [ "$target_nodes" = 1 ] || fail "the incremental's disk was not copied into a target node the agent made (target_nodes '$target_nodes')"
 left=$(jq -r '[.[] | ."node-name" // "" | select(startswith("kbt-"))] | join(" ")' <<<"$nodes")
 [ -z "$left" ] || fail "the incremental's target node is left in QEMU: $left"
+# After the fleecing full, the agent asked QEMU for leftover backup nodes; it found none,
+# and the next incremental (nothing but its own target node added and removed since)
+# skips that question, and is as right.
+[ "$leftover_checks" = 1 ] || fail "the incremental after a fleecing did not look for leftover nodes (leftover_checks '$leftover_checks')"
+backup bk1 '{"store":"'$bs'"}'
+[ "$(jqb .kind)" = incremental ] && [ "$(jqb .parent)" = "$bi" ] || fail "the third live backup is $(jqb .kind) with parent $(jqb .parent)"
+[ "$leftover_checks" = 0 ] || fail "an incremental right after another asked QEMU for leftover nodes again (leftover_checks '$leftover_checks')"
+[ "$(jqb '.disks[0].sha256')" = "$(disk_sha)" ] || fail "the second incremental's checksum is not the disk's"
+api DELETE "/api/v1/backups/$(jqb .id)" # the retention counts below know the others
+expect_status 204 "delete of the second incremental"
 api POST /api/v1/instances/bk1/actions/resume
 wait_op "$(jqb .id)"
 op_ok
-pass "incremental: read $readi of $total bytes, stored $newi; its checksum is the disk's"
+pass "incremental: read $readi of $total bytes, stored $newi; its checksum is the disk's; the next one skipped the leftover-node question and was as right"
 
 # 1c. The guest agent runs (the reboot started it): the file systems are frozen around
 # the point in time. A writer in the guest writes its disk in a loop while a sampler

@@ -94,18 +94,17 @@ static char started[4][LINK_OP_ID_MAX + 1];
 static bool started_on_disk[4];
 static int nstarted;
 
-/* Whether the ops file holds op on a line of its own. */
+/* Whether the ops file holds op: the next run, loading it, would know op. */
 static bool ops_file_has(const char *op)
 {
-	_cleanup_free_ char *text = NULL;
-	char *save = NULL;
+	struct opcache *c = calloc(1, sizeof(*c));
+	bool has;
 
-	if (file_read_all(ops_path, 64 * 1024, &text, NULL) < 0)
-		return false;
-	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-		if (strcmp(line, op) == 0)
-			return true;
-	return false;
+	opcache_load(c, ops_path);
+	has = opcache_find(c, op) != NULL;
+	opcache_clear(c);
+	free(c);
+	return has;
 }
 
 /* ---- stubs of the drivers link.c hands commands to ---------------------------------- */
@@ -188,7 +187,7 @@ void vnc_streams_resume(struct agent *ag)
 /* ---- the fixture ---------------------------------------------------------------------- */
 
 /* The writer: file_write_atomic(), after waiting for the test when write_hold is set. */
-static int write_cb(const char *path, const char *text, size_t len)
+static int write_cb(const char *path, const char *text, size_t len, bool append)
 {
 	int64_t until = now_us() + WAIT_US;
 
@@ -204,7 +203,7 @@ static int write_cb(const char *path, const char *text, size_t len)
 		atomic_fetch_sub(&write_fail, 1);
 		return -EIO;
 	}
-	return opcache_write_file(path, text, len);
+	return opcache_write_file(path, text, len, append);
 }
 
 static void tick_cb(uv_timer_t *t)

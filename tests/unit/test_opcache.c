@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agentd.h"
@@ -142,12 +143,120 @@ static void test_junk_ignored(void **state)
 	free(c);
 }
 
+/*
+ * The file is a log: a write after the run's first appends to it (the same file, no
+ * rename), a drop appends "~ID", and the next run takes what the lines say.
+ */
+static void test_log_appends(void **state)
+{
+	struct opcache *run1 = calloc(1, sizeof(*run1)), *run2 = calloc(1, sizeof(*run2));
+	_cleanup_free_ char *text = NULL;
+	struct stat before, after;
+	uv_loop_t loop;
+	uint64_t gen;
+
+	unlink(path);
+	uv_loop_init(&loop);
+	opcache_init(run1, &loop, NULL, NULL);
+	opcache_load(run1, path);
+	opcache_add(run1, "op-1", LINK_CMD_INSTANCE);
+	for (gen = run1->gen; !opcache_on_disk(run1, gen);)
+		uv_run(&loop, UV_RUN_ONCE);
+	assert_int_equal(stat(path, &before), 0);
+	opcache_add(run1, "op-2", LINK_CMD_INSTANCE);
+	opcache_add(run1, "op-3", LINK_CMD_INSTANCE);
+	opcache_drop(run1, "op-3");
+	settle_and_close(&loop, run1);
+	assert_int_equal(stat(path, &after), 0);
+	assert_true(before.st_ino == after.st_ino); /* appended, not replaced */
+	assert_int_equal(file_read_all(path, 4096, &text, NULL), 0);
+	assert_string_equal(text, "op-1\nop-2\nop-3\n~op-3\n");
+	opcache_load(run2, path);
+	assert_true(opcache_find(run2, "op-1")->earlier);
+	assert_true(opcache_find(run2, "op-2")->earlier);
+	assert_null(opcache_find(run2, "op-3"));
+	assert_int_equal(uv_loop_close(&loop), 0);
+	opcache_clear(run1);
+	opcache_clear(run2);
+	free(run1);
+	free(run2);
+}
+
+/*
+ * A write a crash cut leaves a last line without its newline: left out (that command
+ * was never acked), the lines before it taken; the next run's first write rewrites the
+ * file, so nothing is appended to the cut line.
+ */
+static void test_log_torn(void **state)
+{
+	struct opcache *c = calloc(1, sizeof(*c));
+	const char *text = "op-a\nop-b\n~op-a\nop-c\nop-d";
+	_cleanup_free_ char *after = NULL;
+	uv_loop_t loop;
+
+	assert_int_equal(file_write_atomic(path, text, strlen(text), 0600), 0);
+	uv_loop_init(&loop);
+	opcache_init(c, &loop, NULL, NULL);
+	opcache_load(c, path);
+	assert_null(opcache_find(c, "op-a")); /* dropped */
+	assert_true(opcache_find(c, "op-b")->earlier);
+	assert_true(opcache_find(c, "op-c")->earlier);
+	assert_null(opcache_find(c, "op-d")); /* cut */
+	opcache_add(c, "op-e", LINK_CMD_INSTANCE);
+	settle_and_close(&loop, c);
+	assert_int_equal(file_read_all(path, 4096, &after, NULL), 0);
+	assert_string_equal(after, "op-b\nop-c\nop-e\n");
+	assert_int_equal(uv_loop_close(&loop), 0);
+	opcache_clear(c);
+	free(c);
+}
+
+/* A long run's log is compacted: the file stays bounded, the newest ids all in it. */
+static void test_log_compacted(void **state)
+{
+	struct opcache *run1 = calloc(1, sizeof(*run1)), *run2 = calloc(1, sizeof(*run2));
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0, lines = 0;
+	char op[32];
+	uv_loop_t loop;
+
+	unlink(path);
+	uv_loop_init(&loop);
+	opcache_init(run1, &loop, NULL, NULL);
+	opcache_load(run1, path);
+	for (int i = 0; i < 4 * AGENT_OPCACHE_SIZE + 7; i++) {
+		uint64_t gen;
+
+		op_name(op, sizeof(op), i);
+		opcache_add(run1, op, LINK_CMD_INSTANCE);
+		for (gen = run1->gen; !opcache_on_disk(run1, gen);)
+			uv_run(&loop, UV_RUN_ONCE);
+	}
+	settle_and_close(&loop, run1);
+	assert_int_equal(file_read_all(path, 1 << 20, &text, &len), 0);
+	for (size_t i = 0; i < len; i++)
+		lines += text[i] == '\n';
+	assert_true(lines <= 3 * AGENT_OPCACHE_SIZE + 1);
+	opcache_load(run2, path);
+	for (int i = 3 * AGENT_OPCACHE_SIZE + 7; i < 4 * AGENT_OPCACHE_SIZE + 7; i++) {
+		op_name(op, sizeof(op), i);
+		assert_non_null(opcache_find(run2, op));
+	}
+	op_name(op, sizeof(op), 3 * AGENT_OPCACHE_SIZE + 6);
+	assert_null(opcache_find(run2, op));
+	assert_int_equal(uv_loop_close(&loop), 0);
+	opcache_clear(run1);
+	opcache_clear(run2);
+	free(run1);
+	free(run2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_find_and_finish),
-		cmocka_unit_test(test_kept_across_runs),
-		cmocka_unit_test(test_junk_ignored),
+		cmocka_unit_test(test_find_and_finish), cmocka_unit_test(test_kept_across_runs),
+		cmocka_unit_test(test_junk_ignored),	cmocka_unit_test(test_log_appends),
+		cmocka_unit_test(test_log_torn),	cmocka_unit_test(test_log_compacted),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
