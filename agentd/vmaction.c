@@ -601,6 +601,9 @@ static void loaded_status_cb(struct qmp *q, struct json_object *ret, const char 
 	}
 	w->polls++;
 	if (strcmp(json_get_str(ret, "status", ""), "inmigrate") == 0) {
+		if (w->polls == 1)
+			instance_op_progress(op, 20,
+					     "waiting for QEMU to load the migration stream");
 		if (waited >= RESUME_LOAD_WAIT_MS) {
 			uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
 			instance_op_fail(op,
