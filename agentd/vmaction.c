@@ -513,13 +513,30 @@ static void paused_cb(struct qmp *q, struct json_object *ret, const char *error,
 	qmp_done_cb(q, ret, error, data);
 }
 
+static void confirmed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct inst_op *op = data;
+	const char *status;
+
+	if (instance_step_failed(op, error))
+		return;
+	status = json_get_str(ret, "status", "");
+	if (strcmp(status, "running") != 0) {
+		instance_op_fail(op, "QEMU answered cont but is %s, not running", status);
+		return;
+	}
+	vm_state_set(op->vm, INST_RUNNING);
+	instance_op_succeed(op);
+}
+
+/* QEMU answers cont before its guest runs: ask it what it does now (confirmed_cb). */
 static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
 
-	if (!op->agent->stopping && !error)
-		vm_state_set(op->vm, INST_RUNNING);
-	qmp_done_cb(q, ret, error, data);
+	if (instance_step_failed(op, error))
+		return;
+	simple_qmp(op, "query-status", NULL, confirmed_cb);
 }
 
 /*
@@ -534,6 +551,100 @@ void vmaction_pause(struct inst_op *op)
 	simple_qmp(op, "stop", NULL, paused_cb);
 }
 
+/*
+ * A guest that migrated here is resumed only once its QEMU loaded the whole stream.
+ * The source says "completed" when it sent the last byte; the target may still be
+ * reading and loading it (its runstate "inmigrate"), the longer the busier the host.
+ * QEMU answers a cont then with success but only notes to start afterwards, and a
+ * guest the source had paused (pause-then-migrate) keeps the source's run state:
+ * paused. So the cont would be lost and the guest never run again. Hence: ask every
+ * RESUME_LOAD_POLL_MS until QEMU left "inmigrate" (within RESUME_LOAD_WAIT_MS; a
+ * stream that broke ends QEMU, which fails the op), then cont.
+ */
+#define RESUME_LOAD_POLL_MS 50
+#define RESUME_LOAD_WAIT_MS 45000
+
+struct resume_wait {
+	uv_timer_t timer;
+	struct inst_op *op;
+	int64_t since_ms;
+	int polls;
+};
+
+static void resume_wait_close_cb(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+static void loaded_poll(struct resume_wait *w);
+
+static void loaded_tick_cb(uv_timer_t *timer)
+{
+	struct resume_wait *w = timer->data;
+
+	if (instance_op_gone(w->op)) {
+		uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+		return;
+	}
+	loaded_poll(w);
+}
+
+static void loaded_status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct resume_wait *w = data;
+	struct inst_op *op = w->op;
+	int64_t waited = now_ms() - w->since_ms;
+
+	if (instance_step_failed(op, error)) {
+		uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+		return;
+	}
+	w->polls++;
+	if (strcmp(json_get_str(ret, "status", ""), "inmigrate") == 0) {
+		if (w->polls == 1)
+			instance_op_progress(op, 20,
+					     "waiting for QEMU to load the migration stream");
+		if (waited >= RESUME_LOAD_WAIT_MS) {
+			uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+			instance_op_fail(op,
+					 "QEMU is still loading the migration stream after %lld s",
+					 (long long)waited / 1000);
+			return;
+		}
+		uv_timer_start(&w->timer, loaded_tick_cb, RESUME_LOAD_POLL_MS, 0);
+		return;
+	}
+	/* The first answer is the usual one; a wait says how far the target lagged. */
+	if (w->polls > 1)
+		log_info("vm %s: QEMU loaded the migration stream %lld ms after the resume came",
+			 op->vm->inst.name, (long long)waited);
+	uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+	simple_qmp(op, "cont", NULL, resumed_cb);
+}
+
+static void loaded_poll(struct resume_wait *w)
+{
+	struct kerr err;
+
+	if (vm_qmp(w->op->vm, "query-status", NULL, QMP_TIMEOUT_MS, loaded_status_cb, w, &err) <
+	    0) {
+		uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+		instance_op_fail(w->op, "%s", err.msg);
+	}
+}
+
+/* Resume a guest that migrated here: once its QEMU loaded the stream (above). */
+static void migrated_resume(struct inst_op *op)
+{
+	struct resume_wait *w = xcalloc(1, sizeof(*w));
+
+	w->op = op;
+	w->since_ms = now_ms();
+	uv_timer_init(op->agent->loop, &w->timer);
+	w->timer.data = w;
+	loaded_poll(w);
+}
+
 static void nbd_stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
@@ -545,13 +656,15 @@ static void nbd_stopped_cb(struct qmp *q, struct json_object *ret, const char *e
 	if (instance_step_failed(op, error))
 		return;
 	op->vm->vm_nbd = false;
-	simple_qmp(op, "cont", NULL, resumed_cb);
+	migrated_resume(op);
 }
 
 /*
  * resume: QMP cont; running already is success. A guest that migrated here first
  * stops the NBD server its local disks came through, if any (migrate.c): the source
- * ended its mirror before the controller asked for this resume.
+ * ended its mirror before the controller asked for this resume; and waits until its
+ * QEMU loaded the migration stream (migrated_resume()). The op succeeds once QEMU
+ * says it runs.
  */
 void vmaction_resume(struct inst_op *op)
 {

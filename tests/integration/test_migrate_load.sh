@@ -1,8 +1,10 @@
 #!/bin/bash
 # Guest integrity under load, and post-copy (issue 13 items 4, 7, 10): one TCG guest
-# that keeps rewriting and checking 32 MiB of its memory moves four times.
+# that keeps rewriting and checking 32 MiB of its memory moves five times.
 #   1. Kumo's default choice with no host allowed to post-copy: never pre-copy under
 #      TCG (it crashed such guests here) - the guest is paused, moved and resumed.
+#   1b. the same with the stream's tail held back from the target until its resume came:
+#      the resume waits until the target QEMU loaded it (a cont sent before is lost).
 #   Then two hosts get the post-copy grant: no lab host has it (the machine's
 #   vm.unprivileged_userfaultfd is 0 and is never changed; the lab's QEMUs drop to
 #   uids of their own), so their agents restart with --qemu-user root, the agent
@@ -55,6 +57,8 @@ cleanup() {
 			echo "  $VM's QEMU on $h: $(qemu_monitor2 "$KUMO_LAB_DIR/hosts/$h/local/instances/$VM/monitor.sock" qmp query-status 2>&1)" >&2
 		done
 	fi
+	# A tail holder (case 1b) lifts its block and ends.
+	[ -z "${hold:-}" ] || touch "$hold/unblock" 2>/dev/null || true
 	instances_delete $VM
 	ungrant || true
 }
@@ -133,6 +137,111 @@ sleep_ticks=$(last KUMO-TICK)
 wait_until 60 "$VM ran 10 s more" past KUMO-TICK $((sleep_ticks + 10))
 healthy "$dst" "10 s later"
 pass "a guest dirtying memory under TCG was paused, moved to $dst and resumed: no panic, no oops, no corruption, no reboot"
+
+# ---- 1b. the stream's tail late at the target: the resume waits for it ------------------------
+# The source says "completed" once its last byte is in its socket; a busy target may
+# still be loading it ("inmigrate"), and QEMU takes a cont then but forgets it: the
+# guest keeps the source's run state, paused (it_migrate_load's one failure). This
+# holds the tail back on purpose: tail_hold SRC_MON DST_DIR DST_MON DIR drops the
+# stream's packets into the target (nft in the namespace of the QEMU started under
+# DST_DIR, on the port it listens on) once the source has under 4 MiB of RAM left, so
+# the source completes while the target waits; when DIR/unblock shows it writes the
+# target's run state to DIR/held and lifts the block.
+tail_hold() {
+	local rt=(chrt -f 10)
+	chrt -f 10 true 2>/dev/null || rt=()
+	"${rt[@]}" python3 - "$@" <<'PY'
+import json, os, socket, subprocess, sys, time
+src_mon, dst_dir, dst_mon, d = sys.argv[1:5]
+def monitor(path):
+    s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rw"); f.readline()
+    def ask(cmd):
+        f.write(json.dumps({"execute": cmd}) + "\n"); f.flush()
+        while True:
+            m = json.loads(f.readline())
+            if "return" in m or "error" in m: return m.get("return", {})
+    ask("qmp_capabilities")
+    return ask
+src = monitor(src_mon)
+open(d + "/ready", "w").close()
+end = time.time() + 120; pid = port = None
+while pid is None and time.time() < end:
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try: c = open("/proc/%s/cmdline" % p, "rb").read().decode(errors="replace")
+        except OSError: continue
+        if "qemu-system" in c and dst_dir in c and "-incoming" in c: pid = p
+    time.sleep(0.005)
+while pid and port is None and time.time() < end:
+    try: socks = {os.readlink("/proc/%s/fd/%s" % (pid, n)) for n in os.listdir("/proc/%s/fd" % pid)}
+    except OSError: socks = set()
+    for l in open("/proc/%s/net/tcp" % pid).read().splitlines()[1:]:
+        x = l.split()
+        if x[3] == "0A" and "socket:[%s]" % x[9] in socks: port = int(x[1].split(":")[1], 16)
+    time.sleep(0.005)
+if port is None: sys.exit("tail_hold: no QEMU of %s listening" % dst_dir)
+nft = subprocess.Popen(["nsenter", "--net=/proc/%s/ns/net" % pid, "nft", "-f", "-"], stdin=subprocess.PIPE, text=True)
+seen = False
+while time.time() < end:
+    r = src("query-migrate"); st = r.get("status")
+    seen = seen or st == "active"
+    if seen and (st != "active" or r.get("ram", {}).get("remaining", 1 << 40) < (4 << 20)): break
+    time.sleep(0.002)
+nft.stdin.write("table inet kumo_test_hold {\n chain in { type filter hook input priority -300; tcp dport %d drop; }\n}\n" % port)
+nft.stdin.close(); nft.wait()
+while not os.path.exists(d + "/unblock") and time.time() < end: time.sleep(0.02)
+try: held = monitor(dst_mon)("query-status").get("status", "?")
+except Exception as e: held = "unknown (%s)" % e
+open(d + "/held", "w").write(held)
+subprocess.run(["nsenter", "--net=/proc/%s/ns/net" % pid, "nft", "delete", "table", "inet", "kumo_test_hold"])
+PY
+}
+# resume_reached OP: the migration OP's resume on the target ended (succeeded or failed)
+# or waits for the stream (its phase says so): either way the agent acted on it.
+resume_reached() {
+	local id
+	api GET "/api/v1/operations/$1"
+	[ "$(jqb .status)" = running ] || return 0
+	api GET "/api/v1/operations?limit=20"
+	id=$(jq -r --arg p "$1" '.operations[]? | select(.kind == "migrate-resume" and .result.parent == $p) | .id' <<<"$BODY" | head -1)
+	[ -n "$id" ] || return 1
+	api GET "/api/v1/operations/$id"
+	[ "$(jqb .status)" != running ] || jqb .phase | grep -q "migration stream"
+}
+hold=$(mktemp -d)
+src=$dst
+dst=h1
+[ "$src" = h1 ] && dst=h3
+for attempt in 1 2 3; do
+	rm -f "$hold"/*
+	tail_hold "$KUMO_LAB_DIR/hosts/$src/local/instances/$VM/monitor.sock" "$KUMO_LAB_DIR/hosts/$dst/" \
+		"$KUMO_LAB_DIR/hosts/$dst/local/instances/$VM/monitor.sock" "$hold" &
+	holder=$!
+	wait_until 30 "the tail holder ready" test -e "$hold/ready"
+	t0=$(last KUMO-TICK)
+	# 50 Mbit/s: the source's last 4 MiB take long enough for the holder to see them.
+	api POST /api/v1/instances/$VM/actions/migrate '{"host":"'$dst'","bandwidth_mbps":50}'
+	expect_status 202
+	op=$(jqb .id)
+	wait_until 240 "the resume of $VM on $dst under way" resume_reached "$op"
+	touch "$hold/unblock"
+	wait "$holder" || fail "the tail holder failed"
+	wait_op "$op" 240
+	op_ok
+	[ "$(jqb .result.host)" = "$dst" ] || fail "$VM went to $(jqb .result.host), not $dst"
+	echo "  $VM $src -> $dst, its tail held back: the target was $(cat "$hold/held") when its resume came; resume $(jqb .result.timings.resume_ms) ms"
+	wait_until 60 "$VM ticks on $dst past its uptime before (tail held back)" past KUMO-TICK "$t0"
+	healthy "$dst" "tail held back"
+	src=$dst
+	dst=h1
+	[ "$src" = h1 ] && dst=h3
+	held=$(cat "$hold/held")
+	[ "$held" != inmigrate ] || break
+	[ "$attempt" != 3 ] || fail "three times the hold came after the target had the stream's tail (it was $held); the case could not run"
+	echo "  (the hold came after the target had the tail: it was $held; again)"
+done
+rm -rf "$hold"
+pass "a resume that came while the target still loaded the stream waited for it: $VM runs on $src"
+dst=$src
 
 # ---- the grant: h1 and the host $VM is not on -------------------------------------------
 other=h2
