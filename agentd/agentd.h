@@ -145,6 +145,7 @@ struct opcache {
 	bool writing;	       /* a write is on the lane */
 	bool again;	       /* the ids changed meanwhile: one more write after it */
 	bool closing;	       /* opcache_close(): the lane ends after the write running */
+	bool close_retried;    /* the write once more at the close, after a failed one */
 	char write_error[256]; /* why the last write failed; "" when it did not */
 };
 

@@ -17,7 +17,13 @@
  * first write of a run, after a failed write, and once it holds OPCACHE_LOG_MAX lines.
  * The loader applies the lines in order and keeps the newest AGENT_OPCACHE_SIZE ids; a
  * last line without its newline (a write a crash cut) is ignored: its command was
- * never acked. An agent from before the log reads the "~" lines as junk (skipped).
+ * never acked. A failed write is followed by a whole one: the next change's, or one
+ * more as the agent stops; two failures in a row with a crash after them can still
+ * leave a dropped id's "~" line out (the next run then refuses that id's resend, and
+ * may forget the oldest acked id). An agent from before the log reads the "~" lines
+ * as junk (skipped): it takes a dropped id as taken (refuses its resend) and keeps
+ * the last AGENT_OPCACHE_SIZE lines, repeated ones too, so after a downgrade it may
+ * forget the oldest acked ids.
  *
  * The file is written on a work lane (a thread of its own, common/work.h), never on
  * the loop: its write and two fsyncs took hundreds of ms on a loaded host, and every
@@ -101,10 +107,11 @@ static void ids_write_done(struct work *w)
 {
 	struct ids_job *j = (struct ids_job *)w;
 	struct opcache *c = j->cache;
+	bool failed = w->ret < 0;
 
 	/* A failed write is kept for link.c, which refuses the command it held for it
 	 * (opcache_write_error()): acked without its id on disk, it could run twice. */
-	if (w->ret < 0) {
+	if (failed) {
 		log_warnx("ops: %s", w->err.msg);
 		c->whole = true; /* what the file holds now is not known */
 	}
@@ -114,6 +121,12 @@ static void ids_write_done(struct work *w)
 	free(j);
 	if (c->again) {
 		c->again = false;
+		ids_write_start(c);
+	} else if (c->closing && failed && !c->close_retried) {
+		/* The file may lack a change (a dropped id's "~" line: the next run would take
+		 * that id as its own, and keep it over an older acked one): once more, whole,
+		 * before the lane ends. */
+		c->close_retried = true;
 		ids_write_start(c);
 	} else if (c->closing) {
 		work_lane_close(c->lane);
@@ -333,6 +346,12 @@ void opcache_close(struct opcache *c)
 	c->closing = true;
 	if (c->lane == NULL || c->writing)
 		return;
+	if (c->write_error[0] && !c->close_retried) {
+		/* The last write failed: once more, whole (ids_write_done() above). */
+		c->close_retried = true;
+		ids_write_start(c);
+		return;
+	}
 	work_lane_close(c->lane);
 	c->lane = NULL;
 }

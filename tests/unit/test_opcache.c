@@ -3,6 +3,7 @@
  * run, and, through {state_dir}/ops, by the agent's next run as taken "earlier", so a
  * command is never run twice across a restart.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -211,6 +212,58 @@ static void test_log_torn(void **state)
 	free(c);
 }
 
+/* The file's writes, with the next fail_writes of them failing (EIO, nothing written). */
+static int fail_writes;
+
+static int write_or_fail(const char *p, const char *text, size_t len, bool append)
+{
+	if (fail_writes > 0) {
+		fail_writes--;
+		return -EIO;
+	}
+	return opcache_write_file(p, text, len, append);
+}
+
+/*
+ * A failed write is made good as the agent stops: a drop whose "~" line could not be
+ * written is not in the next run's ids (it would take the dropped op as its own and
+ * refuse the controller's resend of it).
+ */
+static void test_failed_write_retried_at_close(void **state)
+{
+	struct opcache *run1 = calloc(1, sizeof(*run1)), *run2 = calloc(1, sizeof(*run2));
+	_cleanup_free_ char *text = NULL;
+	uv_loop_t loop;
+	uint64_t gen;
+
+	unlink(path);
+	uv_loop_init(&loop);
+	opcache_init(run1, &loop, NULL, NULL);
+	run1->write = write_or_fail;
+	opcache_load(run1, path);
+	opcache_add(run1, "op-1", LINK_CMD_INSTANCE);
+	opcache_add(run1, "op-2", LINK_CMD_INSTANCE);
+	for (gen = run1->gen; !opcache_on_disk(run1, gen);)
+		uv_run(&loop, UV_RUN_ONCE);
+	fail_writes = 1;
+	opcache_drop(run1, "op-2");
+	for (gen = run1->gen; !opcache_on_disk(run1, gen);)
+		uv_run(&loop, UV_RUN_ONCE);
+	assert_non_null(opcache_write_error(run1));
+	opcache_close(run1);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(file_read_all(path, 4096, &text, NULL), 0);
+	assert_string_equal(text, "op-1\n");
+	opcache_load(run2, path);
+	assert_true(opcache_find(run2, "op-1")->earlier);
+	assert_null(opcache_find(run2, "op-2"));
+	assert_int_equal(uv_loop_close(&loop), 0);
+	opcache_clear(run1);
+	opcache_clear(run2);
+	free(run1);
+	free(run2);
+}
+
 /* A long run's log is compacted: the file stays bounded, the newest ids all in it. */
 static void test_log_compacted(void **state)
 {
@@ -254,9 +307,13 @@ static void test_log_compacted(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_find_and_finish), cmocka_unit_test(test_kept_across_runs),
-		cmocka_unit_test(test_junk_ignored),	cmocka_unit_test(test_log_appends),
-		cmocka_unit_test(test_log_torn),	cmocka_unit_test(test_log_compacted),
+		cmocka_unit_test(test_find_and_finish),
+		cmocka_unit_test(test_kept_across_runs),
+		cmocka_unit_test(test_junk_ignored),
+		cmocka_unit_test(test_log_appends),
+		cmocka_unit_test(test_log_torn),
+		cmocka_unit_test(test_log_compacted),
+		cmocka_unit_test(test_failed_write_retried_at_close),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
