@@ -425,10 +425,19 @@ static void cancel_cleanup(struct bjob *job)
 			char jid[96];
 
 			block_job_id(job, job->disk, jid, sizeof(jid));
-			json_object_object_add(args, "device", json_object_new_string(jid));
-			json_object_object_add(args, "force", json_object_new_boolean(true));
-			vm_qmp(job->op->vm, "block-job-cancel", args, BACKUP_JOB_TIMEOUT,
-			       block_job_cancelled_cb, NULL, &err);
+			if (job->ended_early) {
+				/* Concluded already (its event came before the transaction's
+				 * answer): a cancel is refused, and nothing else dismisses it. */
+				json_object_object_add(args, "id", json_object_new_string(jid));
+				vm_qmp(job->op->vm, "job-dismiss", args, BACKUP_JOB_TIMEOUT,
+				       block_job_cancelled_cb, NULL, &err);
+			} else {
+				json_object_object_add(args, "device", json_object_new_string(jid));
+				json_object_object_add(args, "force",
+						       json_object_new_boolean(true));
+				vm_qmp(job->op->vm, "block-job-cancel", args, BACKUP_JOB_TIMEOUT,
+				       block_job_cancelled_cb, NULL, &err);
+			}
 			job->block_job = false;
 		}
 		bitmaps_drop(job, job->id);

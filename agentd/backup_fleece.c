@@ -189,7 +189,7 @@ void backup_node_removed(struct vm *vm, const char *error)
  * it and nothing changed since the question, vm is known clean. */
 static void nodes_listed(struct vm *vm, unsigned gen, struct json_object *ret)
 {
-	if (gen != vm->vm_bk_gen || vm->vm_bk_nodes != 0)
+	if (gen != vm->vm_bk_gen)
 		return;
 	for (size_t i = 0; i < json_array_len(ret); i++) {
 		const char *name = json_get_str(json_object_array_get_idx(ret, i), "node-name", "");
@@ -197,6 +197,10 @@ static void nodes_listed(struct vm *vm, unsigned gen, struct json_object *ret)
 		if (!strncmp(name, "kfl-", 4) || !strncmp(name, "kbt-", 4))
 			return;
 	}
+	/* Every add counted was sent before the question (an add changes gen) and QMP
+	 * answers in order: the list is whole, and none of them is left (one whose removal
+	 * failed or went uncounted, a cancelled incremental's, no longer holds the skip off). */
+	vm->vm_bk_nodes = 0;
 	vm->vm_bk_known = true;
 }
 

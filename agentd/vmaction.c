@@ -521,7 +521,8 @@ static void confirmed_cb(struct qmp *q, struct json_object *ret, const char *err
 	if (instance_step_failed(op, error))
 		return;
 	status = json_get_str(ret, "status", "");
-	if (strcmp(status, "running") != 0) {
+	/* A guest suspended to RAM (S3) stays so after cont, until it wakes: QEMU runs it. */
+	if (strcmp(status, "running") != 0 && strcmp(status, "suspended") != 0) {
 		instance_op_fail(op, "QEMU answered cont but is %s, not running", status);
 		return;
 	}
@@ -559,9 +560,10 @@ void vmaction_pause(struct inst_op *op)
  * guest the source had paused (pause-then-migrate) keeps the source's run state:
  * paused. So the cont would be lost and the guest never run again. Hence: ask every
  * RESUME_LOAD_POLL_MS until QEMU left "inmigrate" (within RESUME_LOAD_WAIT_MS; a
- * stream that broke ends QEMU, which fails the op), then cont.
+ * stream that broke ends QEMU, which fails the op), then cont. Every 10 ms: each poll
+ * is one QMP round trip (~1 ms), and the wait is the migration's and the guest's pause.
  */
-#define RESUME_LOAD_POLL_MS 50
+#define RESUME_LOAD_POLL_MS 10
 #define RESUME_LOAD_WAIT_MS 45000
 
 struct resume_wait {
