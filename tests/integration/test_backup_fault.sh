@@ -56,6 +56,17 @@ release_qemu() {
 	trap cleanup EXIT
 }
 
+# agent_kill_restart HOST: HOST's agent killed -9 and started again; killed_at: when (ms).
+agent_kill_restart() {
+	local apid
+	apid=$(agent_pid "$1")
+	killed_at=$(($(date +%s) * 1000))
+	kill -9 "$apid"
+	wait_until 10 "the agent gone" proc_gone "$apid"
+	lab up --hosts 3 >/dev/null
+	wait_until 60 "$1's agent back" agent_restarted "$1" "$killed_at"
+}
+
 # fleece_clean VM -> VM's QEMU (asked on its second QMP monitor) holds nothing of a
 # backup's fleecing: no kfl-* node, no block export, disk0's device on its node d0.
 fleece_clean() {
@@ -130,12 +141,7 @@ op=$(jqb .id) bk=$(jqb .result.id)
 wait_until 30 "QEMU's job of the incremental running" qemu_jobs
 api GET /api/v1/instances/bkf1
 host=$(jqb .host)
-apid=$(agent_pid "$host")
-killed_at=$(($(date +%s) * 1000))
-kill -9 "$apid"
-wait_until 10 "the agent gone" proc_gone "$apid"
-lab up --hosts 3 >/dev/null
-wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+agent_kill_restart "$host"
 wait_op "$op" 120
 [ "$(jqb .status)" = failed ] || fail "the interrupted incremental ended $(jqb .status): $(jqb .error)"
 wait_until 30 "the killed agent's incremental job and target node gone from QEMU" fleece_clean bkf1
@@ -169,12 +175,7 @@ op=$(jqb .id) bk=$(jqb .result.id)
 api GET /api/v1/instances/bkf1
 host=$(jqb .host)
 wait_until 60 "the backup reading" reading "$op"
-apid=$(agent_pid "$host")
-killed_at=$(($(date +%s) * 1000))
-kill -9 "$apid"
-wait_until 10 "the agent gone" proc_gone "$apid"
-lab up --hosts 3 >/dev/null
-wait_until 60 "$host's agent back" agent_restarted "$host" "$killed_at"
+agent_kill_restart "$host"
 wait_op "$op" 120
 why=$(jqb .error)
 [ "$(jqb .status)" = failed ] && grep -q "agent restarted" <<<"$why" || fail "after the agent's kill the backup ended $(jqb .status): $why"
