@@ -1368,9 +1368,19 @@ static void out_caps_cb(struct qmp *q, struct json_object *ret, const char *erro
  * (args.postcopy auto or always: the target has the grant) and no mirror runs (a
  * target held by -S for its disks cannot run the guest during post-copy).
  */
+static const char *const out_caps[] = {"postcopy-ram", "auto-converge", "events", NULL};
+
+/* The source's capabilities (out_caps) for vm under the controller's post-copy policy,
+ * mirrors: its local disks are mirrored (no post-copy then). */
+static void out_caps_plan(struct vm *vm, const char *policy, bool mirrors, bool on[3])
+{
+	on[0] = strcmp(policy, "never") != 0 && !mirrors;
+	on[1] = strcmp(json_get_str(vm->inst.spec, "accel", "tcg"), "tcg") != 0;
+	on[2] = true; /* MIGRATION events: migrate_out_event() */
+}
+
 void migrate_memory_start(struct outgoing *o)
 {
-	static const char *const caps[] = {"postcopy-ram", "auto-converge", "events", NULL};
 	const char *policy = json_get_str(o->op->args, "postcopy", "never");
 	bool on[3];
 	struct kerr err;
@@ -1384,11 +1394,14 @@ void migrate_memory_start(struct outgoing *o)
 	else
 		snprintf(o->strategy, sizeof(o->strategy), "%s",
 			 o->ladder.kvm ? "precopy" : "postcopy");
-	on[0] = o->ladder.postcopy_allowed;
-	on[1] = o->ladder.kvm;
-	on[2] = true; /* MIGRATION events: migrate_out_event() */
-	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(caps, on), MIGRATE_QMP_TIMEOUT_MS,
-		   out_caps_cb, o, &err) < 0)
+	out_caps_plan(o->vm, policy, migrate_mirrors_any(o), on);
+	/* Its migrate-prepare set the same already. */
+	if (o->caps_prepared && memcmp(on, o->caps_on, sizeof(on)) == 0) {
+		strategy_start(o);
+		return;
+	}
+	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(out_caps, on),
+		   MIGRATE_QMP_TIMEOUT_MS, out_caps_cb, o, &err) < 0)
 		migrate_out_fail(o, "", err.msg);
 }
 
@@ -1460,7 +1473,6 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 		migrate_out_fail(o, "the migration's TLS certificates: ", error);
 		return;
 	}
-	o->creds_added = true;
 	migrate_out_mark(o, "creds_loaded_ms");
 	if (vm_qmp(o->vm, "migrate-set-parameters", params_args(o->op->args, o->creds_id),
 		   MIGRATE_QMP_TIMEOUT_MS, params_cb, o, &err) < 0)
@@ -1474,9 +1486,15 @@ static void out_creds_load(struct outgoing *o)
 
 	migrate_creds_id(o->op, o->creds_id, sizeof(o->creds_id));
 	if (creds_load(o->vm, json_object_object_get(o->op->args, "tls"), "client", o->creds_id,
-		       out_creds_cb, o, &err) < 0)
+		       out_creds_cb, o, &err) < 0) {
 		migrate_out_fail(o, "", err.msg);
+		return;
+	}
+	/* QEMU may hold it from here (a timed-out answer too): deleted on failure. */
+	o->creds_added = true;
 }
+
+static bool creds_in_use(const char *name, const char *id);
 
 static void creds_listed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
@@ -1490,7 +1508,7 @@ static void creds_listed_cb(struct qmp *q, struct json_object *ret, const char *
 		const char *name = json_get_str(json_object_array_get_idx(ret, i), "name", "");
 		struct json_object *args;
 
-		if (strncmp(name, "kumo-tls", 8) != 0)
+		if (strncmp(name, "kumo-tls", 8) != 0 || creds_in_use(vm->inst.name, name))
 			continue;
 		log_info("vm %s: removing migration credentials %s a previous agent left",
 			 vm->inst.name, name);
@@ -1506,9 +1524,16 @@ static void creds_listed_cb(struct qmp *q, struct json_object *ret, const char *
  */
 void migrate_creds_adopted(struct vm *vm)
 {
-	struct json_object *args;
+	struct json_object *args, *state;
+	bool out;
 
 	if (vm->vm_migrating_in || outgoing_find(vm->inst.name))
+		return;
+	/* A source QEMU still copying for the last agent (migrate_adopted()) keeps its. */
+	state = state_read(vm);
+	out = state && strcmp(json_get_str(state, "role", ""), "out") == 0;
+	json_object_put(state);
+	if (out)
 		return;
 	args = json_object_new_object();
 	json_object_object_add(args, "path", json_object_new_string("/objects"));
@@ -1545,6 +1570,8 @@ struct prep {
 	bool busy;		 /* a QMP call of it is in flight */
 	bool added;		 /* its QEMU holds creds_id */
 	bool dropped;		 /* off the list: gone once its QMP call returned */
+	bool caps_set;		 /* its capabilities are set too, to caps_on */
+	bool caps_on[3];	 /* out_caps */
 	struct outgoing *waiter; /* a migrate-out that came while it loaded */
 	uv_timer_t ttl;
 	struct prep *next;
@@ -1600,6 +1627,15 @@ static struct prep *prep_find(const char *name)
 	return NULL;
 }
 
+/* Credentials id of VM name belong to a prepare or migrate-out of this agent run. */
+static bool creds_in_use(const char *name, const char *id)
+{
+	struct prep *p = prep_find(name);
+	struct outgoing *o = outgoing_find(name);
+
+	return (p && strcmp(p->creds_id, id) == 0) || (o && strcmp(o->creds_id, id) == 0);
+}
+
 /* o goes: a prepare it waited for keeps its credentials for nobody (TTL). */
 static void prep_waiter_gone(struct outgoing *o)
 {
@@ -1616,6 +1652,10 @@ void migrate_preps_close(struct agent *a)
 	while (prep_list) {
 		struct prep *p = prep_list;
 
+		/* A migrate-out waiting for it ends with the agent (as it would at its
+		 * next step: migrate_outgoing_gone()). */
+		if (p->waiter)
+			migrate_outgoing_gone(p->waiter);
 		p->added = false;
 		prep_drop(p);
 	}
@@ -1635,6 +1675,8 @@ static void prep_hand_over(struct prep *p, struct outgoing *o)
 {
 	snprintf(o->creds_id, sizeof(o->creds_id), "%s", p->creds_id);
 	o->creds_added = true;
+	o->caps_prepared = p->caps_set;
+	memcpy(o->caps_on, p->caps_on, sizeof(o->caps_on));
 	p->added = false;
 	prep_drop(p);
 	json_object_object_add(o->timings, "prepared", json_object_new_boolean(true));
@@ -1654,29 +1696,53 @@ static void prep_ended(struct prep *p)
 	}
 	if (o == NULL)
 		return;
+	if (p->state == PREP_READY && !o->cancel && !o->op->agent->stopping) {
+		prep_hand_over(p, o);
+		return;
+	}
+	prep_drop(p); /* with its object: o loads its own, or ends */
 	if (migrate_outgoing_gone(o))
 		return;
 	if (o->cancel) {
 		migrate_out_fail(o, "migration ", "cancelled");
 		return;
 	}
-	if (p->state == PREP_READY) {
-		prep_hand_over(p, o);
-		return;
-	}
-	prep_drop(p);
 	out_creds_load(o);
+}
+
+static void prep_caps_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct prep *p = data;
+
+	p->busy = false;
+	/* Not fatal: migrate-out sets them itself then. */
+	p->caps_set = error == NULL;
+	p->state = PREP_READY;
+	prep_ended(p);
 }
 
 static void prep_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct prep *p = data;
+	struct vm *vm = vm_find(p->agent, p->name);
 
 	p->busy = false;
 	if (error && !p->dropped)
 		log_warnx("vm %s: migration %s's parameters: %s", p->name, p->migration, error);
 	p->state = error ? PREP_FAILED : PREP_READY;
-	prep_ended(p);
+	if (error || p->dropped || vm == NULL) {
+		prep_ended(p);
+		return;
+	}
+	/* The capabilities migrate-out would set (migrate_memory_start()). */
+	out_caps_plan(vm, json_get_str(p->args, "postcopy", "never"),
+		      migrate_disks_local(vm, NULL) > 0, p->caps_on);
+	if (vm_qmp(vm, "migrate-set-capabilities", caps_args(out_caps, p->caps_on),
+		   MIGRATE_QMP_TIMEOUT_MS, prep_caps_cb, p, NULL) < 0) {
+		prep_ended(p);
+		return;
+	}
+	p->busy = true;
 }
 
 static void prep_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -1693,7 +1759,6 @@ static void prep_creds_cb(struct qmp *q, struct json_object *ret, const char *er
 		prep_ended(p);
 		return;
 	}
-	p->added = true;
 	if (p->dropped || vm == NULL ||
 	    vm_qmp(vm, "migrate-set-parameters", params_args(p->args, p->creds_id),
 		   MIGRATE_QMP_TIMEOUT_MS, prep_params_cb, p, NULL) < 0) {
@@ -1711,13 +1776,15 @@ static const struct json_field prepare_fields[] = {
 	{"tls", JK_OBJECT, true, tls_check},
 	{"downtime_ms", JK_INT, false, positive_check},
 	{"bandwidth_mbps", JK_INT, false, positive_check},
+	{"postcopy", JK_STRING, false, postcopy_check},
 	{NULL, 0, false, NULL},
 };
 
 /*
  * {"what": "migrate-prepare", "name": N, "migration": ID, "tls": {...},
- * "downtime_ms"?, "bandwidth_mbps"?} -> {"preparing": bool, "why"?}: N's QEMU gets
- * migration ID's client credentials and parameters now (see above). Answered at once.
+ * "downtime_ms"?, "bandwidth_mbps"?, "postcopy"?} -> {"preparing": bool, "why"?}: N's
+ * QEMU gets migration ID's client credentials, parameters and capabilities now (see
+ * above). Answered at once.
  */
 int migrate_prepare_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			  struct kerr *err)
@@ -1758,6 +1825,9 @@ int migrate_prepare_query(struct agent *a, struct json_object *body, struct json
 			p->state = PREP_FAILED;
 			why = "its credentials could not be loaded";
 		} else {
+			/* From here QEMU may hold it: even a timed-out answer may come
+			 * true later, so it is deleted whatever the answer. */
+			p->added = true;
 			p->busy = true;
 		}
 	}

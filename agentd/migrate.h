@@ -84,7 +84,9 @@ struct outgoing {
 	/* The source QEMU's tls-creds-x509 object for this migration: loaded by
 	 * migrate-out itself, or beforehand by the controller's migrate-prepare. */
 	char creds_id[64];
-	bool creds_added; /* QEMU holds it: object-del if the migration fails */
+	bool creds_added;   /* QEMU holds it: object-del if the migration fails */
+	bool caps_prepared; /* migrate-prepare set the capabilities, to caps_on */
+	bool caps_on[3];
 	struct outgoing *next;
 };
 

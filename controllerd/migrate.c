@@ -151,6 +151,7 @@ static void prep_send(struct migration *m)
 		json_object_object_add(q, "downtime_ms", json_object_get(v));
 	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
 		json_object_object_add(q, "bandwidth_mbps", json_object_get(v));
+	json_object_object_add(q, "postcopy", json_object_new_string(m->postcopy));
 	m->prep_sent = true;
 	agentlink_query(m->src, q, prep_answer_cb, NULL);
 }
@@ -699,6 +700,9 @@ void migrate_child_start(struct migration *m, struct host *h, const char *kind, 
 	}
 	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
 	m->child_host = h;
+	/* From here the source's prepare is migrate-out's (migration_free()). */
+	if (!strcmp(kind, "migrate-out"))
+		m->out_sent = true;
 	json_object_put(op);
 	instances_cmd_send(h, m->child, action, m->spec, args);
 	json_object_put(args);
@@ -721,7 +725,6 @@ static void out_start(struct migration *m, const char *uri)
 		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
 	json_object_object_add(args, "postcopy", json_object_new_string(m->postcopy));
 	json_object_object_add(args, "migration", json_object_new_string(m->id));
-	m->out_sent = true;
 	migrate_child_start(m, m->src, "migrate-out", "migrate-out", args);
 }
 

@@ -369,7 +369,11 @@ migration_client_creds() {
 	done
 	return 0
 }
-no_migration_client_creds() { [ -z "$(migration_client_creds "$1" "$2")" ]; }
+no_migration_client_creds() {
+	local c
+	c=$(migration_client_creds "$1" "$2") || return 1
+	[ -z "$c" ]
+}
 # chunk_sum FILE -> a backup disk's checksum (manifest version 2) computed from the raw
 # disk's bytes, apart from the C code: SHA-256 over each 4 MiB chunk's SHA-256 and its
 # length (8 bytes, big-endian), in order (common/chunkstore.h's CHUNKSTORE_CHUNK_SIZE).
