@@ -845,6 +845,12 @@ void migrate_adopted_dead(struct vm *vm);
 void migrate_out_event(struct vm *vm, const char *status);
 int migrate_state_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			struct kerr *err);
+int migrate_prepare_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			  struct kerr *err);
+int migrate_unprepare_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			    struct kerr *err);
+void migrate_preps_close(struct agent *a);
+void migrate_creds_adopted(struct vm *vm);
 int migrate_cancel_query(struct agent *a, struct json_object *body, struct json_object **answer,
 			 struct kerr *err);
 

@@ -756,13 +756,15 @@ static const struct query {
 	{"spec", spec_query_fields, spec_query, NULL, false},
 	{"exec", exec_fields, NULL, ociaction_exec, false}, /* ociaction.c */
 	{"net", NULL, NULL, net_query, true},
-	{"console-input", NULL, console_input_query, NULL, false},   /* console.c */
-	{"console-watch", NULL, console_watch_query, NULL, false},   /* console.c */
-	{"migrate-cancel", NULL, migrate_cancel_query, NULL, false}, /* migrate.c */
-	{"migrate-state", NULL, migrate_state_query, NULL, false},   /* migrate.c */
-	{"vnc-open", NULL, vnc_query, NULL, false},		     /* vnc.c */
-	{"vnc-input", NULL, vnc_query, NULL, false},		     /* vnc.c */
-	{"vnc-close", NULL, vnc_query, NULL, false},		     /* vnc.c */
+	{"console-input", NULL, console_input_query, NULL, false},	   /* console.c */
+	{"console-watch", NULL, console_watch_query, NULL, false},	   /* console.c */
+	{"migrate-cancel", NULL, migrate_cancel_query, NULL, false},	   /* migrate.c */
+	{"migrate-state", NULL, migrate_state_query, NULL, false},	   /* migrate.c */
+	{"migrate-prepare", NULL, migrate_prepare_query, NULL, false},	   /* migrate.c */
+	{"migrate-unprepare", NULL, migrate_unprepare_query, NULL, false}, /* migrate.c */
+	{"vnc-open", NULL, vnc_query, NULL, false},			   /* vnc.c */
+	{"vnc-input", NULL, vnc_query, NULL, false},			   /* vnc.c */
+	{"vnc-close", NULL, vnc_query, NULL, false},			   /* vnc.c */
 };
 
 /*

@@ -48,6 +48,7 @@ static void agent_stop(struct agent *a)
 	lease_stop(a);
 	net_stop(a);
 	kvmprobe_stop(a);
+	migrate_preps_close(a);
 	inst_close_all(a);
 	imagecheck_cache_free(a);
 	disk_cmds_close(a);

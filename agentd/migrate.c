@@ -132,6 +132,16 @@ static int postcopy_check(struct json_object *val, const char *field, struct ker
 	return 0;
 }
 
+static int hex_id_check(struct json_object *val, const char *field, struct kerr *err)
+{
+	const char *s = json_object_get_string(val);
+	size_t n = strlen(s);
+
+	if (n == 0 || n > LINK_OP_ID_MAX || strspn(s, "0123456789abcdef") != n)
+		return err_input(err, 400, field, "field '%s' must be an operation id", field);
+	return 0;
+}
+
 /* The controller's certificates for this migration: TLS is not optional. postcopy:
  * the source may switch to post-copy, so this QEMU needs userfaultfd. */
 const struct json_field migrate_in_args[] = {
@@ -147,6 +157,8 @@ const struct json_field migrate_out_args[] = {
 	{"downtime_ms", JK_INT, false, positive_check},
 	{"bandwidth_mbps", JK_INT, false, positive_check},
 	{"postcopy", JK_STRING, false, postcopy_check},
+	/* The parent migration's id: its migrate-prepare, if one came (below). */
+	{"migration", JK_STRING, false, hex_id_check},
 	{NULL, 0, false, NULL},
 };
 
@@ -826,11 +838,14 @@ static void outgoing_close_cb(uv_handle_t *handle)
 	free(o);
 }
 
+static void prep_waiter_gone(struct outgoing *o);
+
 /* Forget o (the op is answered already or about to be). */
 static void outgoing_free(struct outgoing *o)
 {
 	struct outgoing **pp;
 
+	prep_waiter_gone(o);
 	for (pp = &outgoing_list; *pp; pp = &(*pp)->next)
 		if (*pp == o) {
 			*pp = o->next;
@@ -881,6 +896,13 @@ void migrate_out_fail(struct outgoing *o, const char *prefix, const char *detail
 	/* A guest this migration paused runs on here. */
 	if (o->paused_at_ms && vm_alive(o->vm))
 		vm_qmp(o->vm, "cont", NULL, 0, NULL, NULL, NULL);
+	/* ... and its QEMU keeps no credentials of it. */
+	if (o->creds_added && vm_alive(o->vm)) {
+		struct json_object *args = json_object_new_object();
+
+		json_object_object_add(args, "id", json_object_new_string(o->creds_id));
+		vm_qmp(o->vm, "object-del", args, 0, NULL, NULL, NULL);
+	}
 	state_remove(o->vm);
 	o->finished = true;
 	outgoing_free(o);
@@ -1346,9 +1368,19 @@ static void out_caps_cb(struct qmp *q, struct json_object *ret, const char *erro
  * (args.postcopy auto or always: the target has the grant) and no mirror runs (a
  * target held by -S for its disks cannot run the guest during post-copy).
  */
+static const char *const out_caps[] = {"postcopy-ram", "auto-converge", "events", NULL};
+
+/* The source's capabilities (out_caps) for vm under the controller's post-copy policy,
+ * mirrors: its local disks are mirrored (no post-copy then). */
+static void out_caps_plan(struct vm *vm, const char *policy, bool mirrors, bool on[3])
+{
+	on[0] = strcmp(policy, "never") != 0 && !mirrors;
+	on[1] = strcmp(json_get_str(vm->inst.spec, "accel", "tcg"), "tcg") != 0;
+	on[2] = true; /* MIGRATION events: migrate_out_event() */
+}
+
 void migrate_memory_start(struct outgoing *o)
 {
-	static const char *const caps[] = {"postcopy-ram", "auto-converge", "events", NULL};
 	const char *policy = json_get_str(o->op->args, "postcopy", "never");
 	bool on[3];
 	struct kerr err;
@@ -1362,24 +1394,20 @@ void migrate_memory_start(struct outgoing *o)
 	else
 		snprintf(o->strategy, sizeof(o->strategy), "%s",
 			 o->ladder.kvm ? "precopy" : "postcopy");
-	on[0] = o->ladder.postcopy_allowed;
-	on[1] = o->ladder.kvm;
-	on[2] = true; /* MIGRATION events: migrate_out_event() */
-	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(caps, on), MIGRATE_QMP_TIMEOUT_MS,
-		   out_caps_cb, o, &err) < 0)
+	out_caps_plan(o->vm, policy, migrate_mirrors_any(o), on);
+	/* Its migrate-prepare set the same already. */
+	if (o->caps_prepared && memcmp(on, o->caps_on, sizeof(on)) == 0) {
+		strategy_start(o);
+		return;
+	}
+	if (vm_qmp(o->vm, "migrate-set-capabilities", caps_args(out_caps, on),
+		   MIGRATE_QMP_TIMEOUT_MS, out_caps_cb, o, &err) < 0)
 		migrate_out_fail(o, "", err.msg);
 }
 
-static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/* The source QEMU holds this migration's credentials and parameters: disks, memory. */
+static void params_done(struct outgoing *o)
 {
-	struct outgoing *o = data;
-
-	if (migrate_outgoing_gone(o))
-		return;
-	if (error) {
-		migrate_out_fail(o, "migrate-set-parameters: ", error);
-		return;
-	}
 	migrate_out_mark(o, "params_set_ms");
 	/* Local disks first: in sync on the target before the memory moves. */
 	if (migrate_disks_local(o->vm, NULL)) {
@@ -1396,14 +1424,48 @@ static void params_cb(struct qmp *q, struct json_object *ret, const char *error,
 	migrate_memory_start(o);
 }
 
+static void params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct outgoing *o = data;
+
+	if (migrate_outgoing_gone(o))
+		return;
+	if (error) {
+		migrate_out_fail(o, "migrate-set-parameters: ", error);
+		return;
+	}
+	params_done(o);
+}
+
+/*
+ * The source QEMU's migration parameters for a migration with args (a migrate-out's or
+ * a migrate-prepare's: tls, bandwidth_mbps, downtime_ms) and credentials object id.
+ */
+static struct json_object *params_args(struct json_object *args, const char *creds_id)
+{
+	struct json_object *params = json_object_new_object();
+	struct json_object *tls = json_object_object_get(args, "tls");
+	int64_t mbps = json_get_int(args, "bandwidth_mbps", MIGRATE_BANDWIDTH_MBPS);
+
+	json_object_object_add(params, "tls-creds", json_object_new_string(creds_id));
+	/* The target's certificate names its underlay address. */
+	json_object_object_add(params, "tls-hostname",
+			       json_object_new_string(json_get_str(tls, "hostname", "")));
+	json_object_object_add(params, "max-bandwidth", json_object_new_int64(mbps * 1000000 / 8));
+	/* Post-copy has a limit of its own (0: none); a limit asked for holds there too. */
+	if (json_object_object_get(args, "bandwidth_mbps"))
+		json_object_object_add(params, "max-postcopy-bandwidth",
+				       json_object_new_int64(mbps * 1000000 / 8));
+	json_object_object_add(
+		params, "downtime-limit",
+		json_object_new_int64(json_get_int(args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
+	return params;
+}
+
 static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
-	struct inst_op *op = o->op;
-	struct json_object *params, *tls = json_object_object_get(op->args, "tls");
-	int64_t mbps = json_get_int(op->args, "bandwidth_mbps", MIGRATE_BANDWIDTH_MBPS);
 	struct kerr err;
-	char id[64];
 
 	if (migrate_outgoing_gone(o))
 		return;
@@ -1412,23 +1474,400 @@ static void out_creds_cb(struct qmp *q, struct json_object *ret, const char *err
 		return;
 	}
 	migrate_out_mark(o, "creds_loaded_ms");
-	migrate_creds_id(op, id, sizeof(id));
-	params = json_object_new_object();
-	json_object_object_add(params, "tls-creds", json_object_new_string(id));
-	/* The target's certificate names its underlay address. */
-	json_object_object_add(params, "tls-hostname",
-			       json_object_new_string(json_get_str(tls, "hostname", "")));
-	json_object_object_add(params, "max-bandwidth", json_object_new_int64(mbps * 1000000 / 8));
-	/* Post-copy has a limit of its own (0: none); a limit asked for holds there too. */
-	if (json_object_object_get(op->args, "bandwidth_mbps"))
-		json_object_object_add(params, "max-postcopy-bandwidth",
-				       json_object_new_int64(mbps * 1000000 / 8));
-	json_object_object_add(
-		params, "downtime-limit",
-		json_object_new_int64(json_get_int(op->args, "downtime_ms", MIGRATE_DOWNTIME_MS)));
-	if (vm_qmp(o->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, params_cb, o,
-		   &err) < 0)
+	if (vm_qmp(o->vm, "migrate-set-parameters", params_args(o->op->args, o->creds_id),
+		   MIGRATE_QMP_TIMEOUT_MS, params_cb, o, &err) < 0)
 		migrate_out_fail(o, "", err.msg);
+}
+
+/* migrate-out's own credentials and parameters (no migrate-prepare came, or it failed). */
+static void out_creds_load(struct outgoing *o)
+{
+	struct kerr err;
+
+	migrate_creds_id(o->op, o->creds_id, sizeof(o->creds_id));
+	if (creds_load(o->vm, json_object_object_get(o->op->args, "tls"), "client", o->creds_id,
+		       out_creds_cb, o, &err) < 0) {
+		migrate_out_fail(o, "", err.msg);
+		return;
+	}
+	/* QEMU may hold it from here (a timed-out answer too): deleted on failure. */
+	o->creds_added = true;
+}
+
+static bool creds_in_use(const char *name, const char *id);
+
+static void creds_listed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct vm *vm = data;
+	size_t n = ret && json_object_is_type(ret, json_type_array) ? json_object_array_length(ret)
+								    : 0;
+
+	if (error || !vm_alive(vm))
+		return;
+	for (size_t i = 0; i < n; i++) {
+		const char *name = json_get_str(json_object_array_get_idx(ret, i), "name", "");
+		struct json_object *args;
+
+		if (strncmp(name, "kumo-tls", 8) != 0 || creds_in_use(vm->inst.name, name))
+			continue;
+		log_info("vm %s: removing migration credentials %s a previous agent left",
+			 vm->inst.name, name);
+		args = json_object_new_object();
+		json_object_object_add(args, "id", json_object_new_string(name));
+		vm_qmp(vm, "object-del", args, 0, NULL, NULL, NULL);
+	}
+}
+
+/*
+ * An adopted QEMU with no migration under way: a migration's credentials a previous
+ * agent left in it (a prepare or a migrate-out it never finished) go.
+ */
+void migrate_creds_adopted(struct vm *vm)
+{
+	struct json_object *args, *state;
+	bool out;
+
+	if (vm->vm_migrating_in || outgoing_find(vm->inst.name))
+		return;
+	/* A source QEMU still copying for the last agent (migrate_adopted()) keeps its. */
+	state = state_read(vm);
+	out = state && strcmp(json_get_str(state, "role", ""), "out") == 0;
+	json_object_put(state);
+	if (out)
+		return;
+	args = json_object_new_object();
+	json_object_object_add(args, "path", json_object_new_string("/objects"));
+	vm_qmp(vm, "qom-list", args, 10000, creds_listed_cb, vm, NULL);
+}
+
+/* ---- migrate-prepare: the source's credentials and parameters ahead of migrate-out ---- */
+
+/*
+ * The controller asks the source to get ready ({"what": "migrate-prepare"}, a query:
+ * no operation, answered at once) as it sends migrate-in to the target, so the
+ * source's TLS credentials (object-add: PEM files written, QEMU loading and checking
+ * them) and migration parameters are in its QEMU while the target starts its QEMU,
+ * not after (5-35 ms of every migration's critical path here). migrate-out then finds
+ * them by its args.migration; one that finds none, or a failed one, loads its own as
+ * before, so a prepare lost (an agent restart, a QEMU that refused) costs only time.
+ * A prepare nobody used goes after MIGRATE_PREP_TTL_MS, on migrate-unprepare (the
+ * controller's migration ended before its migrate-out), or when the next prepare of
+ * the same VM comes: its object is deleted from the QEMU.
+ */
+enum prep_state {
+	PREP_LOADING,
+	PREP_READY,
+	PREP_FAILED
+};
+
+struct prep {
+	struct agent *agent;
+	char name[NAME_MAX_LEN + 1];
+	char migration[LINK_OP_ID_MAX + 1];
+	char creds_id[64];
+	struct json_object *args; /* tls, bandwidth_mbps, downtime_ms */
+	enum prep_state state;
+	bool busy;		 /* a QMP call of it is in flight */
+	bool added;		 /* its QEMU holds creds_id */
+	bool dropped;		 /* off the list: gone once its QMP call returned */
+	bool caps_set;		 /* its capabilities are set too, to caps_on */
+	bool caps_on[3];	 /* out_caps */
+	struct outgoing *waiter; /* a migrate-out that came while it loaded */
+	uv_timer_t ttl;
+	struct prep *next;
+};
+
+static struct prep *prep_list;
+
+static void prep_close_cb(uv_handle_t *handle)
+{
+	struct prep *p = handle->data;
+
+	json_object_put(p->args);
+	free(p);
+}
+
+/* p's QMP work is over: it goes (with its object, unless handed over). */
+static void prep_free(struct prep *p)
+{
+	struct vm *vm = vm_find(p->agent, p->name);
+	struct json_object *args;
+
+	if (p->added && vm && vm->qmp) {
+		args = json_object_new_object();
+		json_object_object_add(args, "id", json_object_new_string(p->creds_id));
+		vm_qmp(vm, "object-del", args, 0, NULL, NULL, NULL);
+	}
+	uv_timer_stop(&p->ttl);
+	uv_close((uv_handle_t *)&p->ttl, prep_close_cb);
+}
+
+/* Take p off the list; freed now, or when its QMP call returns. */
+static void prep_drop(struct prep *p)
+{
+	struct prep **pp;
+
+	for (pp = &prep_list; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	p->dropped = true;
+	p->waiter = NULL;
+	uv_timer_stop(&p->ttl);
+	if (!p->busy)
+		prep_free(p);
+}
+
+static struct prep *prep_find(const char *name)
+{
+	for (struct prep *p = prep_list; p; p = p->next)
+		if (strcmp(p->name, name) == 0)
+			return p;
+	return NULL;
+}
+
+/* Credentials id of VM name belong to a prepare or migrate-out of this agent run. */
+static bool creds_in_use(const char *name, const char *id)
+{
+	struct prep *p = prep_find(name);
+	struct outgoing *o = outgoing_find(name);
+
+	return (p && strcmp(p->creds_id, id) == 0) || (o && strcmp(o->creds_id, id) == 0);
+}
+
+/* o goes: a prepare it waited for keeps its credentials for nobody (TTL). */
+static void prep_waiter_gone(struct outgoing *o)
+{
+	for (struct prep *p = prep_list; p; p = p->next)
+		if (p->waiter == o)
+			p->waiter = NULL;
+}
+
+/* The agent stops: the prepares are forgotten (their objects stay in the QEMUs,
+ * which the next agent removes as it adopts them: migrate_creds_adopted()). */
+void migrate_preps_close(struct agent *a)
+{
+	(void)a;
+	while (prep_list) {
+		struct prep *p = prep_list;
+
+		/* A migrate-out waiting for it ends with the agent (as it would at its
+		 * next step: migrate_outgoing_gone()). */
+		if (p->waiter)
+			migrate_outgoing_gone(p->waiter);
+		p->added = false;
+		prep_drop(p);
+	}
+}
+
+static void prep_ttl_cb(uv_timer_t *timer)
+{
+	struct prep *p = timer->data;
+
+	log_info("vm %s: migration %s's prepared credentials were not used; removed", p->name,
+		 p->migration);
+	prep_drop(p);
+}
+
+/* migrate-out o takes p's credentials and parameters (ready): p goes, its object is o's. */
+static void prep_hand_over(struct prep *p, struct outgoing *o)
+{
+	snprintf(o->creds_id, sizeof(o->creds_id), "%s", p->creds_id);
+	o->creds_added = true;
+	o->caps_prepared = p->caps_set;
+	memcpy(o->caps_on, p->caps_on, sizeof(o->caps_on));
+	p->added = false;
+	prep_drop(p);
+	json_object_object_add(o->timings, "prepared", json_object_new_boolean(true));
+	migrate_out_mark(o, "creds_loaded_ms");
+	params_done(o);
+}
+
+/* p ended (ready or failed): a migrate-out waiting for it goes on. */
+static void prep_ended(struct prep *p)
+{
+	struct outgoing *o = p->waiter;
+
+	p->waiter = NULL;
+	if (p->dropped) {
+		prep_free(p);
+		return;
+	}
+	if (o == NULL)
+		return;
+	if (p->state == PREP_READY && !o->cancel && !o->op->agent->stopping) {
+		prep_hand_over(p, o);
+		return;
+	}
+	prep_drop(p); /* with its object: o loads its own, or ends */
+	if (migrate_outgoing_gone(o))
+		return;
+	if (o->cancel) {
+		migrate_out_fail(o, "migration ", "cancelled");
+		return;
+	}
+	out_creds_load(o);
+}
+
+static void prep_caps_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct prep *p = data;
+
+	p->busy = false;
+	/* Not fatal: migrate-out sets them itself then. */
+	p->caps_set = error == NULL;
+	p->state = PREP_READY;
+	prep_ended(p);
+}
+
+static void prep_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct prep *p = data;
+	struct vm *vm = vm_find(p->agent, p->name);
+
+	p->busy = false;
+	if (error && !p->dropped)
+		log_warnx("vm %s: migration %s's parameters: %s", p->name, p->migration, error);
+	p->state = error ? PREP_FAILED : PREP_READY;
+	if (error || p->dropped || vm == NULL) {
+		prep_ended(p);
+		return;
+	}
+	/* The capabilities migrate-out would set (migrate_memory_start()). */
+	out_caps_plan(vm, json_get_str(p->args, "postcopy", "never"),
+		      migrate_disks_local(vm, NULL) > 0, p->caps_on);
+	if (vm_qmp(vm, "migrate-set-capabilities", caps_args(out_caps, p->caps_on),
+		   MIGRATE_QMP_TIMEOUT_MS, prep_caps_cb, p, NULL) < 0) {
+		prep_ended(p);
+		return;
+	}
+	p->busy = true;
+}
+
+static void prep_creds_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct prep *p = data;
+	struct vm *vm = vm_find(p->agent, p->name);
+
+	p->busy = false;
+	if (error) {
+		if (!p->dropped)
+			log_warnx("vm %s: migration %s's TLS credentials: %s", p->name,
+				  p->migration, error);
+		p->state = PREP_FAILED;
+		prep_ended(p);
+		return;
+	}
+	if (p->dropped || vm == NULL ||
+	    vm_qmp(vm, "migrate-set-parameters", params_args(p->args, p->creds_id),
+		   MIGRATE_QMP_TIMEOUT_MS, prep_params_cb, p, NULL) < 0) {
+		p->state = PREP_FAILED;
+		prep_ended(p);
+		return;
+	}
+	p->busy = true;
+}
+
+static const struct json_field prepare_fields[] = {
+	{"what", JK_STRING, true, NULL},
+	{"name", JK_STRING, true, name_check},
+	{"migration", JK_STRING, true, hex_id_check},
+	{"tls", JK_OBJECT, true, tls_check},
+	{"downtime_ms", JK_INT, false, positive_check},
+	{"bandwidth_mbps", JK_INT, false, positive_check},
+	{"postcopy", JK_STRING, false, postcopy_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * {"what": "migrate-prepare", "name": N, "migration": ID, "tls": {...},
+ * "downtime_ms"?, "bandwidth_mbps"?, "postcopy"?} -> {"preparing": bool, "why"?}: N's
+ * QEMU gets migration ID's client credentials, parameters and capabilities now (see
+ * above). Answered at once.
+ */
+int migrate_prepare_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			  struct kerr *err)
+{
+	const char *name = json_get_str(body, "name", "");
+	const char *id = json_get_str(body, "migration", "");
+	struct vm *vm;
+	struct prep *p;
+	const char *why = NULL;
+
+	if (json_fields_check(body, prepare_fields, err) < 0)
+		return -1;
+	vm = vm_find(a, name);
+	p = prep_find(name);
+	if (p && strcmp(p->migration, id) == 0) {
+		why = "it is prepared already";
+	} else if (vm == NULL || vm->inst.state != INST_RUNNING || vm->qmp == NULL) {
+		why = "the VM does not run here";
+	} else if (outgoing_find(name)) {
+		why = "a migration of it runs";
+	} else {
+		if (p)
+			prep_drop(p); /* a migration that never came */
+		p = xcalloc(1, sizeof(*p));
+		p->agent = a;
+		snprintf(p->name, sizeof(p->name), "%s", name);
+		snprintf(p->migration, sizeof(p->migration), "%s", id);
+		snprintf(p->creds_id, sizeof(p->creds_id), "kumo-tlsp-%.32s", id);
+		p->args = json_object_get(body);
+		uv_timer_init(a->loop, &p->ttl);
+		p->ttl.data = p;
+		p->next = prep_list;
+		prep_list = p;
+		uv_timer_start(&p->ttl, prep_ttl_cb, MIGRATE_PREP_TTL_MS, 0);
+		if (creds_load(vm, json_object_object_get(body, "tls"), "client", p->creds_id,
+			       prep_creds_cb, p, err) < 0) {
+			log_warnx("vm %s: migration %s: %s", name, id, err->msg);
+			p->state = PREP_FAILED;
+			why = "its credentials could not be loaded";
+		} else {
+			/* From here QEMU may hold it: even a timed-out answer may come
+			 * true later, so it is deleted whatever the answer. */
+			p->added = true;
+			p->busy = true;
+		}
+	}
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "preparing", json_object_new_boolean(why == NULL));
+	if (why)
+		json_object_object_add(*answer, "why", json_object_new_string(why));
+	return 0;
+}
+
+static const struct json_field unprepare_fields[] = {
+	{"what", JK_STRING, true, NULL},
+	{"name", JK_STRING, true, name_check},
+	{"migration", JK_STRING, true, hex_id_check},
+	{NULL, 0, false, NULL},
+};
+
+/*
+ * {"what": "migrate-unprepare", "name": N, "migration": ID} -> {"dropped": bool}: the
+ * controller's migration ID ended before its migrate-out; its prepare goes (a
+ * migrate-out that took it already is not touched). Answered at once.
+ */
+int migrate_unprepare_query(struct agent *a, struct json_object *body, struct json_object **answer,
+			    struct kerr *err)
+{
+	struct prep *p;
+	bool dropped = false;
+
+	(void)a;
+	if (json_fields_check(body, unprepare_fields, err) < 0)
+		return -1;
+	p = prep_find(json_get_str(body, "name", ""));
+	if (p && strcmp(p->migration, json_get_str(body, "migration", "")) == 0 &&
+	    p->waiter == NULL) {
+		prep_drop(p);
+		dropped = true;
+	}
+	*answer = json_object_new_object();
+	json_object_object_add(*answer, "dropped", json_object_new_boolean(dropped));
+	return 0;
 }
 
 /*
@@ -1439,8 +1878,7 @@ void migrate_out(struct inst_op *op)
 {
 	struct vm *vm = op->vm;
 	struct outgoing *o;
-	struct kerr err;
-	char id[64];
+	struct prep *p;
 
 	if (vm->inst.state != INST_RUNNING) {
 		instance_op_fail(op, "instance %s is %s; a live migration needs it running",
@@ -1459,10 +1897,21 @@ void migrate_out(struct inst_op *op)
 	outgoing_list = o;
 	state_write(vm, "out", op->op, false);
 	migrate_progress_send(o, "precopy", 5);
-	migrate_creds_id(op, id, sizeof(id));
-	if (creds_load(vm, json_object_object_get(op->args, "tls"), "client", id, out_creds_cb, o,
-		       &err) < 0)
-		migrate_out_fail(o, "", err.msg);
+	/* The controller's migrate-prepare loaded them already, or is loading them. */
+	p = prep_find(vm->inst.name);
+	if (p && strcmp(p->migration, json_get_str(op->args, "migration", "")) == 0) {
+		if (p->busy) {
+			p->waiter = o;
+			return;
+		}
+		if (p->state == PREP_READY) {
+			prep_hand_over(p, o);
+			return;
+		}
+	}
+	if (p)
+		prep_drop(p);
+	out_creds_load(o);
 }
 
 static const struct json_field cancel_fields[] = {

@@ -81,8 +81,18 @@ struct outgoing {
 	int64_t disk_total, disk_remaining;
 	struct json_object *done_ret; /* query-migrate's "completed", kept meanwhile */
 	char fail_why[300];	      /* a failure waiting for the mirrors to stop */
+	/* The source QEMU's tls-creds-x509 object for this migration: loaded by
+	 * migrate-out itself, or beforehand by the controller's migrate-prepare. */
+	char creds_id[64];
+	bool creds_added;   /* QEMU holds it: object-del if the migration fails */
+	bool caps_prepared; /* migrate-prepare set the capabilities, to caps_on */
+	bool caps_on[3];
 	struct outgoing *next;
 };
+
+/* How long a migrate-prepare's credentials wait in the source QEMU for their
+ * migrate-out: longer than any target's preparation (the controller's deadline). */
+#define MIGRATE_PREP_TTL_MS (5 * 60 * 1000)
 
 /* migrate.c */
 void migrate_creds_id(const struct inst_op *op, char *out, size_t len);

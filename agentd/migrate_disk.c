@@ -474,7 +474,7 @@ void migrate_mirror_next(struct outgoing *o)
 	node_name(node, sizeof(node), i);
 	snprintf(dev, sizeof(dev), "d%zu", i);
 	snprintf(host, sizeof(host), "%.*s", colon ? (int)(colon - nbd) : 0, nbd);
-	migrate_creds_id(o->op, id, sizeof(id));
+	snprintf(id, sizeof(id), "%s", o->creds_id);
 	server = json_object_new_object();
 	json_object_object_add(server, "type", json_object_new_string("inet"));
 	json_object_object_add(server, "host", json_object_new_string(host));

@@ -383,6 +383,7 @@ static void status_cb(struct qmp *q, struct json_object *ret, const char *error,
 		/* A migration the last agent left half done (migrate.c). */
 		if (migrate_adopted(vm, status))
 			return;
+		migrate_creds_adopted(vm);
 		/* A backup's freeze the last agent may have left (backup.c). */
 		if (strcmp(status, "running") == 0)
 			backup_vm_adopted(vm);

@@ -116,10 +116,59 @@ int migrate_db_init(sqlite3 *db, struct kerr *err)
 		       err);
 }
 
+static void prep_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	(void)cls;
+	if (error || !json_get_bool(body, "preparing", true))
+		log_info("migration: the source did not prepare (its migrate-out will): %s",
+			 error ? error : json_get_str(body, "why", "?"));
+}
+
+static void unprep_answer_cb(struct json_object *body, const char *error, void *cls)
+{
+	(void)body;
+	(void)cls;
+	if (error)
+		log_info("migration: the source's prepare stays until it expires: %s", error);
+}
+
+/*
+ * The source's half of a migration gets ready while the target prepares: its QEMU
+ * loads this migration's client credentials and parameters (agentd/migrate.c,
+ * migrate-prepare), so migrate-out starts with the copy. A query, not a step: its
+ * answer is not waited for, and a prepare lost or refused only costs migrate-out the
+ * time to do it itself.
+ */
+static void prep_send(struct migration *m)
+{
+	struct json_object *q = json_object_new_object(), *v;
+
+	json_object_object_add(q, "what", json_object_new_string("migrate-prepare"));
+	json_object_object_add(q, "name", json_object_new_string(m->name));
+	json_object_object_add(q, "migration", json_object_new_string(m->id));
+	json_object_object_add(q, "tls", json_object_get(m->tls_out));
+	if (json_object_object_get_ex(m->args, "downtime_ms", &v))
+		json_object_object_add(q, "downtime_ms", json_object_get(v));
+	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
+		json_object_object_add(q, "bandwidth_mbps", json_object_get(v));
+	json_object_object_add(q, "postcopy", json_object_new_string(m->postcopy));
+	m->prep_sent = true;
+	agentlink_query(m->src, q, prep_answer_cb, NULL);
+}
+
 static void migration_free(struct migration *m)
 {
 	struct migration **pp;
 
+	if (m->prep_sent && !m->out_sent && m->src) {
+		/* Ended before its copy: the source's prepared credentials go now. */
+		struct json_object *q = json_object_new_object();
+
+		json_object_object_add(q, "what", json_object_new_string("migrate-unprepare"));
+		json_object_object_add(q, "name", json_object_new_string(m->name));
+		json_object_object_add(q, "migration", json_object_new_string(m->id));
+		agentlink_query(m->src, q, unprep_answer_cb, NULL);
+	}
 	migrate_wired_set(m, false);
 	if (m->evac)
 		evac_note(m);
@@ -651,6 +700,9 @@ void migrate_child_start(struct migration *m, struct host *h, const char *kind, 
 	}
 	snprintf(m->child, sizeof(m->child), "%s", json_get_str(op, "id", ""));
 	m->child_host = h;
+	/* From here the source's prepare is migrate-out's (migration_free()). */
+	if (!strcmp(kind, "migrate-out"))
+		m->out_sent = true;
 	json_object_put(op);
 	instances_cmd_send(h, m->child, action, m->spec, args);
 	json_object_put(args);
@@ -672,6 +724,7 @@ static void out_start(struct migration *m, const char *uri)
 	if (json_object_object_get_ex(m->args, "bandwidth_mbps", &v))
 		json_object_object_add(args, "bandwidth_mbps", json_object_get(v));
 	json_object_object_add(args, "postcopy", json_object_new_string(m->postcopy));
+	json_object_object_add(args, "migration", json_object_new_string(m->id));
 	migrate_child_start(m, m->src, "migrate-out", "migrate-out", args);
 }
 
@@ -1329,6 +1382,7 @@ static int migrate_begin(const char *name, struct json_object *body, struct evac
 	if (strcmp(m->postcopy, "never"))
 		json_object_object_add(args_in, "postcopy", json_object_new_boolean(true));
 	timing_phase(m, "request_ms");
+	prep_send(m);
 	migrate_child_start(m, m->dst, "migrate-in", "migrate-in", args_in); /* may end m */
 	return 0;
 }

@@ -49,6 +49,8 @@ struct migration {
 	bool switched;			       /* cold: the target has it; the source's copy goes */
 	bool rollback;			       /* cold: being started again on the source */
 	bool settling;			       /* asking both ends where the VM is */
+	bool prep_sent;			       /* migrate-prepare asked of the source */
+	bool out_sent;			       /* migrate-out sent: the prepare is its */
 	int settle_asked;		       /* migrate-state answers still due */
 	int64_t settle_next;		       /* ms: the next round of questions */
 	char settle_why[160];		       /* what made it settle */

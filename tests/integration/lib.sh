@@ -358,6 +358,22 @@ else:
             sys.exit("qmp2: " + json.dumps(m))
 PY
 }
+# migration_client_creds HOST VM -> the names of the client-side TLS credentials a
+# migration left in VM's QEMU on HOST (a source's tls-creds-x509 objects, endpoint
+# "client"; a QEMU that migrated in keeps its own server's), one per line.
+migration_client_creds() {
+	local sock=$KUMO_LAB_DIR/hosts/$1/local/instances/$2/monitor.sock names n
+	names=$(qemu_monitor2 "$sock" qmp qom-list '{"path":"/objects"}' | jq -r '.[].name | select(startswith("kumo-tls"))') || return 1
+	for n in $names; do
+		[ "$(qemu_monitor2 "$sock" qmp qom-get '{"path":"/objects/'"$n"'","property":"endpoint"}')" = '"client"' ] && echo "$n"
+	done
+	return 0
+}
+no_migration_client_creds() {
+	local c
+	c=$(migration_client_creds "$1" "$2") || return 1
+	[ -z "$c" ]
+}
 # chunk_sum FILE -> a backup disk's checksum (manifest version 2) computed from the raw
 # disk's bytes, apart from the C code: SHA-256 over each 4 MiB chunk's SHA-256 and its
 # length (8 bytes, big-endian), in order (common/chunkstore.h's CHUNKSTORE_CHUNK_SIZE).

@@ -155,6 +155,10 @@ done
 	fail "result.timings has no source marks: $(jqb -c .result.timings)"
 [ "$(jqb '.result.migration.timings // "none"')" = none ] ||
 	fail "the source's marks stayed in result.migration"
+# The source loaded its credentials and parameters while the target prepared (the
+# controller's migrate-prepare), not after it.
+[ "$(jqb '.result.timings.source.prepared // false')" = true ] ||
+	fail "the source did not use its prepared credentials: $(jqb -c .result.timings.source)"
 # QEMU's downtime, counted: a poll the MIGRATION event brought forward can come before
 # QEMU counted it (0), and the source asks again until it did.
 [ "$(jqb '.result.downtime_ms // 0')" -gt 0 ] ||
@@ -272,9 +276,27 @@ for p in $(pgrep -f "qemu-system.*-name mg1" || true); do
 	! grep -aq "$KUMO_LAB_DIR/hosts/$to/" "/proc/$p/cmdline" 2>/dev/null ||
 		fail "a QEMU for mg1 runs on $to after the cancel"
 done
+# Nor on the source: its QEMU keeps no credentials of the cancelled migration.
+wait_until 10 "no migration credentials left in mg1's QEMU on $src" no_migration_client_creds "$src" mg1
 api POST "/api/v1/operations/$op/actions/cancel"
 expect_status 409
-pass "a cancel mid-copy kept mg1 running on $src and left nothing on $to"
+pass "a cancel mid-copy kept mg1 running on $src and left nothing on $to (nor its credentials in the source QEMU)"
+
+# ---- the target fails to prepare: the source's prepared credentials go too -------------
+# A file where the target's run directory would be: its migrate-in fails at once, after
+# the source was asked to prepare (its credentials are loaded while the target works).
+touch "$KUMO_LAB_DIR/hosts/$to/local/instances/mg1"
+api POST /api/v1/instances/mg1/actions/migrate '{"host":"'$to'"}'
+expect_status 202
+op=$(jqb .id)
+wait_op "$op" 60
+rm -f "$KUMO_LAB_DIR/hosts/$to/local/instances/mg1"
+[ "$(jqb .status)" = failed ] || fail "a migration whose target could not prepare ended $(jqb .status)"
+api GET /api/v1/instances/mg1
+[ "$(jqb .host)" = "$src" ] && [ "$(jqb .state)" = running ] ||
+	fail "after the failed preparation mg1 is $(jqb .state) on $(jqb .host), not running on $src"
+wait_until 10 "no migration credentials left in mg1's QEMU on $src" no_migration_client_creds "$src" mg1
+pass "a target that could not prepare failed the migration; mg1 runs on $src, its QEMU without the prepared credentials"
 
 trap - EXIT
 cleanup

@@ -84,6 +84,7 @@ settled() {
 	console $VM | grep -aq KUMO-BOOT && fail "$4: $VM booted again: $(console $VM | grep -a KUMO-BOOT)"
 	console $VM | grep -aEq 'Kernel panic|Oops|BUG:|general protection' &&
 		fail "$4: $VM's kernel broke after the move: $(console $VM | grep -aE 'Kernel panic|Oops|BUG:|general protection' | head -3)"
+	wait_until 10 "no migration credentials left in $VM's QEMU on $where" no_migration_client_creds "$where" $VM
 	ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "$4: certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
 	ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls >/dev/null 2>&1 &&
 		fail "$4: a target's certificate directory is left: $(ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls)"
