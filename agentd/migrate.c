@@ -1290,6 +1290,14 @@ static void migrate_cb(struct qmp *q, struct json_object *ret, const char *error
 
 	if (migrate_outgoing_gone(o))
 		return;
+	if (o->stop_why[0]) {
+		/* The pause sent before it failed (the guest runs): no copy of a running TCG
+		 * guest may finish. Whatever QEMU copied is the target's, which goes. */
+		if (!error)
+			vm_qmp(o->vm, "migrate_cancel", NULL, 0, NULL, NULL, NULL);
+		migrate_out_fail(o, "stop: ", o->stop_why);
+		return;
+	}
 	if (error) {
 		migrate_out_fail(o, "migrate: ", error);
 		return;
@@ -1315,23 +1323,28 @@ static void migrate_send(struct outgoing *o)
 		migrate_out_fail(o, "", err.msg);
 }
 
+/* The pause's answer; its migrate is on its way behind it (strategy_start()), whose
+ * answer decides (migrate_cb()): nothing is freed here. */
 static void stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct outgoing *o = data;
 
-	if (migrate_outgoing_gone(o))
-		return;
-	if (error) {
-		migrate_out_fail(o, "stop: ", error);
+	if (o->migrate_unsent[0]) {
+		/* The migrate could not be sent: this is o's last answer. */
+		if (!migrate_outgoing_gone(o))
+			migrate_out_fail(o, "", o->migrate_unsent);
 		return;
 	}
-	migrate_out_mark(o, "stopped_ms");
-	migrate_send(o);
+	if (error)
+		snprintf(o->stop_why, sizeof(o->stop_why), "%s", error);
+	else
+		migrate_out_mark(o, "stopped_ms");
 }
 
 /* Pre-copy or post-copy, or (TCG without post-copy) pause first: see the top. */
 static void strategy_start(struct outgoing *o)
 {
+	struct json_object *args;
 	struct kerr err;
 
 	if (o->cancel) {
@@ -1344,8 +1357,18 @@ static void strategy_start(struct outgoing *o)
 	}
 	o->paused_at_ms = now_ms();
 	state_write(o->vm, "out", o->op->op, true);
-	if (vm_qmp(o->vm, "stop", NULL, MIGRATE_QMP_TIMEOUT_MS, stopped_cb, o, &err) < 0)
+	/* migrate right behind stop, without waiting for its answer: QEMU runs a
+	 * monitor's commands one after the other, so the copy starts paused, a round
+	 * trip sooner. A stop that failed fails the migrate's answer (migrate_cb()). */
+	if (vm_qmp(o->vm, "stop", NULL, MIGRATE_QMP_TIMEOUT_MS, stopped_cb, o, &err) < 0) {
 		migrate_out_fail(o, "", err.msg);
+		return;
+	}
+	args = json_object_new_object();
+	json_object_object_add(args, "uri",
+			       json_object_new_string(json_get_str(o->op->args, "uri", "")));
+	if (vm_qmp(o->vm, "migrate", args, MIGRATE_QMP_TIMEOUT_MS, migrate_cb, o, &err) < 0)
+		snprintf(o->migrate_unsent, sizeof(o->migrate_unsent), "%s", err.msg);
 }
 
 static void out_caps_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)

@@ -81,6 +81,8 @@ struct outgoing {
 	int64_t disk_total, disk_remaining;
 	struct json_object *done_ret; /* query-migrate's "completed", kept meanwhile */
 	char fail_why[300];	      /* a failure waiting for the mirrors to stop */
+	char stop_why[200];	      /* pause-then-migrate: why QEMU refused the stop */
+	char migrate_unsent[200];     /* ... or why its migrate could not be sent after it */
 	/* The source QEMU's tls-creds-x509 object for this migration: loaded by
 	 * migrate-out itself, or beforehand by the controller's migrate-prepare. */
 	char creds_id[64];
