@@ -393,6 +393,21 @@ static void state_remove(struct vm *vm)
 	unlink(path);
 }
 
+bool migrate_in_recorded(const char *inst_dir)
+{
+	_cleanup_free_ char *path = xasprintf("%s/" MIGRATION_FILE, inst_dir);
+	_cleanup_free_ char *text = NULL;
+	struct json_object *st;
+	bool in;
+
+	if (file_read_all(path, 4096, &text, NULL) < 0)
+		return false;
+	st = json_tokener_parse(text);
+	in = st && !strcmp(json_get_str(st, "role", ""), "in");
+	json_object_put(st);
+	return in;
+}
+
 /* vm's migration.json, or NULL when it has none (a new reference). */
 static struct json_object *state_read(struct vm *vm)
 {
