@@ -716,7 +716,6 @@ static void in_spawn(struct in_prep *p, const char *check_why)
 		return;
 	}
 	free(p);
-	instance_op_progress(op, 50, "prepare-target");
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
 	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
@@ -727,7 +726,10 @@ static void in_spawn(struct in_prep *p, const char *check_why)
 		in_creds_remove(op->vm);
 		op->vm->vm_incoming = false;
 		migrate_in_fail(op, err.msg);
+		return;
 	}
+	/* After the spawn: the message's seal and send are not on QEMU's path. */
+	instance_op_progress(op, 50, "prepare-target");
 }
 
 static void in_checked_cb(struct agent *a, const char *error, void *data)
