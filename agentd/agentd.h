@@ -267,6 +267,15 @@ struct vm {
 	 * files loaded from its command line as object vm_incoming_tls_id; "" none */
 	char vm_incoming_tls[PATH_MAX];
 	char vm_incoming_tls_id[64];
+	/* migrate.c: the incoming VM's spec.json, put in place before its QEMU was
+	 * spawned, made durable beside that QEMU's start (in_spec_write()): its fsyncs'
+	 * state (1 running, 0 ended well or none, else -errno), when they ended, and the
+	 * migrate-in whose QEMU listens already, waiting for them (or NULL). */
+	struct {
+		int state;
+		int64_t ended_ms;
+		struct inst_op *waiter;
+	} vm_spec_sync;
 	bool vm_nbd; /* migrate.c: its QEMU serves its local disks over NBD */
 	/* backup_fleece.c: what this agent knows of backup nodes (kfl-, kbt-) in its QEMU:
 	 * none but the vm_bk_nodes it added itself, when vm_bk_known (a query found none

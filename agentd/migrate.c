@@ -405,6 +405,21 @@ static void state_remove(struct vm *vm)
 	unlink(path);
 }
 
+bool migrate_in_recorded(const char *inst_dir)
+{
+	_cleanup_free_ char *path = xasprintf("%s/" MIGRATION_FILE, inst_dir);
+	_cleanup_free_ char *text = NULL;
+	struct json_object *st;
+	bool in;
+
+	if (file_read_all(path, 4096, &text, NULL) < 0)
+		return false;
+	st = json_tokener_parse(text);
+	in = st && !strcmp(json_get_str(st, "role", ""), "in");
+	json_object_put(st);
+	return in;
+}
+
 /* vm's migration.json, or NULL when it has none (a new reference). */
 static struct json_object *state_read(struct vm *vm)
 {
@@ -471,6 +486,8 @@ void migrate_in_fail(struct inst_op *op, const char *why)
 	instance_op_fail(op, "%s", why);
 }
 
+static void in_ready(struct inst_op *op);
+
 static void incoming_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
 	struct inst_op *op = data;
@@ -485,10 +502,34 @@ static void incoming_cb(struct qmp *q, struct json_object *ret, const char *erro
 		return;
 	}
 	in_mark(op, "listening_ms");
+	/* Not ready before spec.json is durable: in_synced_cb() goes on. */
+	if (op->vm->vm_spec_sync.state > 0) {
+		op->vm->vm_spec_sync.waiter = op;
+		return;
+	}
+	in_ready(op);
+}
+
+/* The target listens and its spec.json's fsyncs ended: migrate-in is done. */
+static void in_ready(struct inst_op *op)
+{
+	struct vm *vm = op->vm;
+	char why[300];
+
+	if (vm->vm_spec_sync.state < 0) {
+		snprintf(why, sizeof(why), "cannot sync %s/spec.json: %s", vm->inst.dir,
+			 strerror(-vm->vm_spec_sync.state));
+		migrate_in_fail(op, why);
+		return;
+	}
+	if (vm->vm_spec_sync.ended_ms && json_object_object_get(op->result, "timings"))
+		json_object_object_add(
+			json_object_object_get(op->result, "timings"), "spec_synced_ms",
+			json_object_new_int64(vm->vm_spec_sync.ended_ms - op->started_ms));
 	/* Ready: from here a failure is the controller's to clean up (a delete). */
 	op->registered = false;
 	json_object_object_del(op->result, "why");
-	log_info("vm %s: waiting for its migration on %s", op->vm->inst.name,
+	log_info("vm %s: waiting for its migration on %s", vm->inst.name,
 		 json_get_str(op->result, "uri", ""));
 	instance_op_succeed(op);
 }
@@ -505,38 +546,18 @@ void migrate_incoming_send(struct inst_op *op)
 		migrate_in_fail(op, err.msg);
 }
 
-static void in_params_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+/*
+ * The target's QEMU is set up to take the stream: its TLS credentials are the
+ * migration's parameter tls-creds from its command line (qemuargs.c: QEMU does not
+ * start when that cannot be set), so it listens now, with TLS and nothing else.
+ */
+static void in_listen(struct inst_op *op)
 {
-	struct inst_op *op = data;
-
-	if (instance_op_gone(op))
-		return;
-	if (error) {
-		char why[300];
-
-		snprintf(why, sizeof(why), "migrate-set-parameters: %s", error);
-		migrate_in_fail(op, why);
-		return;
-	}
 	if (migrate_disks_local(op->vm, NULL)) {
 		migrate_nbd_start(op);
 		return;
 	}
 	migrate_incoming_send(op);
-}
-
-static void in_params_send(struct inst_op *op)
-{
-	struct json_object *params;
-	struct kerr err;
-	char id[64];
-
-	migrate_creds_id(op, id, sizeof(id));
-	params = json_object_new_object();
-	json_object_object_add(params, "tls-creds", json_object_new_string(id));
-	if (vm_qmp(op->vm, "migrate-set-parameters", params, MIGRATE_QMP_TIMEOUT_MS, in_params_cb,
-		   op, &err) < 0)
-		migrate_in_fail(op, err.msg);
 }
 
 static void in_caps_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
@@ -552,7 +573,7 @@ static void in_caps_cb(struct qmp *q, struct json_object *ret, const char *error
 		migrate_in_fail(op, why);
 		return;
 	}
-	in_params_send(op);
+	in_listen(op);
 }
 
 /* A list for migrate-set-capabilities: {capability, state} of each name in caps. */
@@ -580,7 +601,7 @@ static void in_creds_ready(struct inst_op *op)
 
 	in_mark(op, "creds_loaded_ms");
 	if (!json_get_bool(op->args, "postcopy", false)) {
-		in_params_send(op);
+		in_listen(op);
 		return;
 	}
 	/* Both ends enable post-copy before the stream starts; here QEMU checks that it
@@ -607,7 +628,7 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 		migrate_in_fail(op, error);
 		return;
 	}
-	/* The disks and images were checked before QEMU was spawned (in_join_end()). */
+	/* The disks and images were checked before QEMU was spawned (in_spawn()). */
 	if (json_object_object_get(op->result, "timings"))
 		json_object_object_add(
 			json_object_object_get(op->result, "timings"), "qemu_spawned_ms",
@@ -638,111 +659,142 @@ static void in_started_cb(struct inst *inst, const char *error, void *data)
 }
 
 /*
- * The last steps before the target's QEMU starts, run side by side: spec.json written
- * (a pool thread, with its fsyncs) and, for a VM whose disks all exist already (shared
- * pool: none is made here), the check of its disks and images (imagecheck.c: their
- * headers read on the pool), which vm_start() would otherwise run after the write -
- * the two are independent, and each took tens of ms here (hundreds on a loaded host).
- * QEMU starts once both ended well; only the last to end goes on with op (nothing
- * frees op before: a cancel or the agent's stop is seen there, instance_op_gone()),
- * so a failure of one never leaves the other a freed op. Local disks are made for
- * the migration, so vm_start() checks them after they exist, as before.
+ * spec.json's fsyncs, on the agent's lane (work_file_put()) while QEMU starts. The
+ * job holds a reference on the VM (inst.open_handles): a migrate-in that failed in
+ * the meantime removed the VM, and its done() then only lets go of it.
  */
-struct in_join {
-	struct inst_op *op;  /* untouched by the join until both steps ended */
-	int pending;	     /* steps still running, +1 while they are issued */
-	bool checked;	     /* the disks are checked here (not by vm_start()) */
-	char spec_why[256];  /* spec.json's failure, or "" */
-	char check_why[256]; /* the check's, or "" */
+struct in_sync {
+	struct work_put put; /* first: its done() is in_synced_cb() */
+	struct vm *vm;
 };
 
-static void in_join_end(struct in_join *j)
+static void in_synced_cb(struct work *w)
 {
-	struct inst_op *op = j->op;
-	bool checked = j->checked;
+	struct in_sync *s = (struct in_sync *)w;
+	struct vm *vm = s->vm;
+	struct inst_op *op = NULL;
+
+	if (!vm->inst.removing) {
+		if (w->ret < 0)
+			log_warnx("vm %s: %s", vm->inst.name, w->err.msg);
+		vm->vm_spec_sync.state = w->ret < 0 ? -(w->err.code ? w->err.code : EIO) : 0;
+		vm->vm_spec_sync.ended_ms = now_ms();
+		op = vm->vm_spec_sync.waiter;
+		vm->vm_spec_sync.waiter = NULL;
+	}
+	free(s);
+	inst_unref(&vm->inst);
+	/* A waiting migrate-in is parked on this step alone: nothing else freed it. */
+	if (op && !instance_op_gone(op))
+		in_ready(op);
+}
+
+/*
+ * The steps before the target's QEMU starts. spec.json is put in place whole on the
+ * loop (file_write_replace(): whole or absent, and from then on an agent restarted
+ * after a kill finds this VM and its migration.json, and drops a QEMU that was still
+ * waiting for its stream: migrate_adopted()); its fsyncs run beside QEMU's start, and
+ * migrate-in answers only once they ended well (in_ready()). A power cut before that
+ * ends QEMU too: the source's migration fails, and this host's leftover (a spec.json
+ * that may be empty, migration.json "in") is an interrupted incoming VM, not one the
+ * controller was ever told it had. For a VM whose disks all exist already (shared pool:
+ * none is made here), the check of its disks and images (imagecheck.c: their headers
+ * read on the pool) runs beside the loop's own steps (the TLS credentials' files);
+ * QEMU is spawned once the check passed (in_spawn()). Local disks are made for the
+ * migration, so vm_start() checks them after they exist, as before.
+ */
+struct in_prep {
+	struct inst_op *op;  /* untouched until the check ended */
+	bool checked;	     /* the disks are checked here (not by vm_start()) */
+	char creds_why[256]; /* the credentials' failure, or "" */
+};
+
+static void in_spawn(struct in_prep *p, const char *check_why)
+{
+	struct inst_op *op = p->op;
+	bool checked = p->checked;
 	struct kerr err;
 	int ret;
 
 	if (instance_op_gone(op)) {
-		free(j);
+		free(p);
 		return;
 	}
-	if (j->spec_why[0]) {
-		instance_op_fail(op, "%s", j->spec_why);
-		free(j);
-		return;
-	}
-	op->vm->inst.created = true;
-	if (j->check_why[0]) {
+	if (p->creds_why[0] || check_why) {
 		/* As vm_start()'s own check would have failed it (in_started_cb()). */
-		migrate_in_fail(op, j->check_why);
-		free(j);
+		in_creds_remove(op->vm);
+		migrate_in_fail(op, p->creds_why[0] ? p->creds_why : check_why);
+		free(p);
 		return;
 	}
-	free(j);
-	instance_op_progress(op, 50, "prepare-target");
+	free(p);
 	/* QEMU's command line gets -incoming defer (qemuargs.c). */
 	op->vm->vm_incoming = true;
 	op->vm->vm_incoming_held = migrate_disks_local(op->vm, NULL) > 0;
-	/* The server credentials go on QEMU's command line (qemuargs.c), as the QEMU
-	 * starts: no object-add after it answers. */
-	if (creds_write(op->vm, json_object_object_get(op->args, "tls"), "server", true,
-			op->vm->vm_incoming_tls, sizeof(op->vm->vm_incoming_tls), &err) < 0) {
-		op->vm->vm_incoming = false;
-		instance_op_fail(op, "%s", err.msg);
-		return;
-	}
 	migrate_creds_id(op, op->vm->vm_incoming_tls_id, sizeof(op->vm->vm_incoming_tls_id));
 	ret = checked ? vm_start_checked(op->vm, in_started_cb, op, &err)
 		      : vm_start(op->vm, NULL, in_started_cb, op, &err);
 	if (ret < 0) {
 		in_creds_remove(op->vm);
 		op->vm->vm_incoming = false;
-		instance_op_fail(op, "%s", err.msg);
+		migrate_in_fail(op, err.msg);
+		return;
 	}
-}
-
-static void in_spec_written_cb(struct agent *a, const char *error, void *data)
-{
-	struct in_join *j = data;
-
-	(void)a;
-	if (error)
-		snprintf(j->spec_why, sizeof(j->spec_why), "%s", error);
-	in_mark(j->op, "spec_written_ms");
-	if (--j->pending == 0)
-		in_join_end(j);
+	/* After the spawn: the message's seal and send are not on QEMU's path. */
+	instance_op_progress(op, 50, "prepare-target");
 }
 
 static void in_checked_cb(struct agent *a, const char *error, void *data)
 {
-	struct in_join *j = data;
+	struct in_prep *p = data;
 
 	(void)a;
-	if (error)
-		snprintf(j->check_why, sizeof(j->check_why), "%s", error);
-	in_mark(j->op, "disks_checked_ms");
-	if (--j->pending == 0)
-		in_join_end(j);
+	in_mark(p->op, "disks_checked_ms");
+	in_spawn(p, error);
 }
 
 static void in_spec_write(struct inst_op *op)
 {
-	_cleanup_free_ char *path = xasprintf("%s/spec.json", op->vm->inst.dir);
-	struct in_join *j = xcalloc(1, sizeof(*j));
+	struct vm *vm = op->vm;
+	_cleanup_free_ char *path = xasprintf("%s/spec.json", vm->inst.dir);
+	const char *text = json_text(op->spec);
+	struct in_prep *p;
+	struct in_sync *s;
+	struct kerr err;
+	int ret;
 
 	/* Before spec.json: an agent restarted from here on knows what this VM is. */
-	state_write(op->vm, "in", op->op, false);
-	op->vm->vm_migrating_in = true;
+	state_write(vm, "in", op->op, false);
+	vm->vm_migrating_in = true;
 
-	j->op = op;
-	j->checked = migrate_disks_local(op->vm, NULL) == 0;
-	j->pending = j->checked ? 3 : 2;
-	disk_file_write(op->agent, path, json_text(op->spec), in_spec_written_cb, j);
-	if (j->checked)
-		imagecheck_vm(op->vm, in_checked_cb, j);
-	if (--j->pending == 0)
-		in_join_end(j);
+	s = xcalloc(1, sizeof(*s));
+	s->put.w.done = in_synced_cb;
+	s->vm = vm;
+	ret = work_file_put(op->agent->lane, &s->put, path, text, strlen(text), 0600);
+	if (ret < 0) {
+		free(s);
+		instance_op_fail(op, "cannot write %s: %s", path, strerror(-ret));
+		return;
+	}
+	vm->inst.open_handles++; /* in_synced_cb() lets go */
+	vm->vm_spec_sync.state = 1;
+	vm->vm_spec_sync.ended_ms = 0;
+	vm->vm_spec_sync.waiter = NULL;
+	vm->inst.created = true;
+	in_mark(op, "spec_written_ms");
+
+	p = xcalloc(1, sizeof(*p));
+	p->op = op;
+	p->checked = migrate_disks_local(vm, NULL) == 0;
+	if (p->checked)
+		imagecheck_vm(vm, in_checked_cb, p);
+	/* The server credentials go on QEMU's command line (qemuargs.c), as the QEMU
+	 * starts: no object-add after it answers. Written while the check runs. */
+	if (creds_write(vm, json_object_object_get(op->args, "tls"), "server", true,
+			vm->vm_incoming_tls, sizeof(vm->vm_incoming_tls), &err) < 0)
+		snprintf(p->creds_why, sizeof(p->creds_why), "%s", err.msg);
+	if (!p->checked)
+		in_spawn(p, NULL);
 }
 
 static void in_seeded_cb(struct agent *a, const char *error, void *data)

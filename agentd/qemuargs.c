@@ -277,6 +277,12 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 			argv_add(av, "-object");
 			argv_add(av, "tls-creds-x509,id=%s,dir=%s,endpoint=server,verify-peer=on",
 				 vm->vm_incoming_tls_id, vm->vm_incoming_tls);
+			/* ... and the migration's parameter tls-creds names them from the
+			 * start (no migrate-set-parameters round trip): a QEMU that cannot
+			 * apply a -global exits, so one that answers QMP has it, and
+			 * migrate-incoming never listens without TLS. */
+			argv_add(av, "-global");
+			argv_add(av, "migration.tls-creds=%s", vm->vm_incoming_tls_id);
 		}
 		/* Local disks: the guest stays paused after the copy until the source ended
 		 * its mirror and the NBD server stopped (migrate-resume); it may not write

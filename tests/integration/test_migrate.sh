@@ -173,6 +173,11 @@ late=$(jqb '.result.timings.source | .completed_ms - .migrate_started_ms - .qemu
 creds=$(jqb '.result.timings.target | .creds_loaded_ms - .qemu_ready_ms')
 [ "$creds" -lt 300 ] ||
 	fail "the target took $creds ms to load its TLS credentials: $(jqb -c .result.timings.target)"
+# spec.json was made durable beside the target QEMU's start, not before its spawn, and
+# the target answered only once it was.
+synced=$(jqb '.result.timings.target.spec_synced_ms // -1')
+[ "$synced" -ge 0 ] && [ "$synced" -le "$(jqb '.result.timings.target_prepare_ms')" ] ||
+	fail "the target did not wait for spec.json's fsyncs before it answered: $(jqb -c .result.timings.target)"
 echo "  timings: $(jqb -c .result.timings)"
 api GET /api/v1/instances/mg1
 [ "$(jqb .host)" = h2 ] || fail "mg1 is on $(jqb .host) after the migration"
@@ -193,6 +198,10 @@ wait_until 10 "mg1's run directory gone from h1" test ! -e "$KUMO_LAB_DIR/hosts/
 # The stream was TLS: the target took it with the controller's credentials.
 qmp_monitor h2 mg1 query-migrate-parameters | jq -r '.return["tls-creds"]' | grep -q '^kumo-tls-' ||
 	fail "the target's QEMU has no TLS credentials: $(qmp_monitor h2 mg1 query-migrate-parameters)"
+# ... named as the migration's tls-creds on its command line, before QMP answered: its
+# only QMP step for the migration was migrate-incoming.
+tr '\0' '\n' <"/proc/$pid2/cmdline" | grep -qx 'migration\.tls-creds=kumo-tls-.*' ||
+	fail "the target's QEMU did not get its tls-creds on its command line: $(tr '\0' ' ' <"/proc/$pid2/cmdline")"
 ls /tmp/kumo-migtls-* >/dev/null 2>&1 && fail "certificate files are left: $(ls -d /tmp/kumo-migtls-*)"
 ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls >/dev/null 2>&1 &&
 	fail "a target's certificate directory is left: $(ls -d "$KUMO_LAB_DIR"/hosts/h*/local/instances/*/migrate-tls)"

@@ -136,6 +136,7 @@ static void test_incoming(void **state)
 	assert_string_equal(after(&f.av, "-incoming"), "defer");
 	assert_int_equal(arg_find(&f.av, "-S"), -1);
 	assert_int_equal(arg_find(&f.av, "-object"), -1);
+	assert_int_equal(arg_find(&f.av, "-global"), -1);
 	argv_free(&f.av);
 	memset(&f.av, 0, sizeof(f.av));
 	/* The migration's server credentials are loaded as QEMU starts, peers verified. */
@@ -146,6 +147,9 @@ static void test_incoming(void **state)
 		after(&f.av, "-object"),
 		"tls-creds-x509,id=kumo-tls-op1,dir=/tmp/kumo-migtls-abc,endpoint=server,"
 		"verify-peer=on");
+	/* ... and named as the migration's tls-creds from the start: migrate-incoming is
+	 * its only QMP step, and it never listens without TLS. */
+	assert_string_equal(after(&f.av, "-global"), "migration.tls-creds=kumo-tls-op1");
 	argv_free(&f.av);
 	memset(&f.av, 0, sizeof(f.av));
 	f.vm.vm_incoming_held = true;
