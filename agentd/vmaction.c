@@ -546,9 +546,9 @@ void vmaction_pause(struct inst_op *op)
  * RESUME_LOAD_WAIT_MS (a stream that broke ends QEMU, which fails the op). A guest
  * whose QEMU started it itself at the load's end (its source ran it, no -S) runs
  * already: no cont. The op's result.timings says where the time went (ms since the
- * command came): nbd_stopped_ms, load_wait_ms, polls, cont_ms, running_ms, and how
- * running was known (running_by); the controller keeps a migration's as its
- * timings.resume.
+ * command came): nbd_stopped_ms, load_wait_ms and how the load's end was known
+ * (loaded_by), polls, cont_ms, running_ms and how running was known (running_by);
+ * the controller keeps a migration's as its timings.resume.
  */
 #define RESUME_LOAD_POLL_MS 100
 #define RESUME_LOAD_WAIT_MS 45000
@@ -557,6 +557,7 @@ struct resume {
 	uv_timer_t timer;
 	struct inst_op *op;
 	int polls;		   /* query-status calls while waiting for the load */
+	bool waited;		   /* ... and one said "inmigrate" */
 	unsigned resumes;	   /* vm_resumes when the cont went */
 	struct json_object *marks; /* the op's result.timings */
 };
@@ -665,10 +666,15 @@ static void cont_send(struct resume *w)
 		resume_fail(w, err.msg);
 }
 
-/* A migrated guest's load ended: cont, unless its QEMU started it itself. */
-static void loaded_cont(struct resume *w)
+/* A migrated guest's load ended (known how: "by"): cont, unless its QEMU started it. */
+static void loaded_cont(struct resume *w, const char *by)
 {
 	resume_mark(w, "load_wait_ms");
+	json_object_object_add(w->marks, "loaded_by", json_object_new_string(by));
+	/* A wait says how far the target lagged. */
+	if (w->waited)
+		log_info("vm %s: QEMU loaded the migration stream %lld ms after the resume came",
+			 w->op->vm->inst.name, (long long)(now_ms() - w->op->started_ms));
 	if (w->op->vm->inst.state == INST_RUNNING) {
 		resume_succeed(w, "autostart");
 		return;
@@ -692,7 +698,7 @@ static void loaded_wake(struct resume *w)
 	if (resume_gone(w))
 		return;
 	if (w->op->vm->vm_in_loaded || w->op->vm->inst.state == INST_RUNNING) {
-		loaded_cont(w);
+		loaded_cont(w, "event");
 		return;
 	}
 	loaded_poll(w);
@@ -731,16 +737,13 @@ static void loaded_status_cb(struct qmp *q, struct json_object *ret, const char 
 			resume_fail(w, why);
 			return;
 		}
-		/* The event wakes it (vmaction_migrated_event()); the timer if it was lost. */
+		/* The event wakes it (vmaction_resume_wake()); the timer if it was lost. */
+		w->waited = true;
 		op->vm->vm_resume_wait = w;
 		uv_timer_start(&w->timer, loaded_tick_cb, RESUME_LOAD_POLL_MS, 0);
 		return;
 	}
-	/* The first answer is the usual one; a wait says how far the target lagged. */
-	if (w->polls > 1 || op->vm->vm_in_loaded)
-		log_info("vm %s: QEMU loaded the migration stream %lld ms after the resume came",
-			 op->vm->inst.name, (long long)waited);
-	loaded_cont(w);
+	loaded_cont(w, op->vm->vm_in_loaded ? "event" : "query-status");
 }
 
 /*
@@ -763,7 +766,7 @@ void vmaction_resume_wake(struct vm *vm)
 static void migrated_resume(struct resume *w)
 {
 	if (w->op->vm->vm_in_loaded) {
-		loaded_cont(w);
+		loaded_cont(w, "known");
 		return;
 	}
 	loaded_poll(w);

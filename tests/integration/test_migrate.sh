@@ -175,7 +175,7 @@ creds=$(jqb '.result.timings.target | .creds_loaded_ms - .qemu_ready_ms')
 [ "$(jqb '.result.timings.resume.running_ms // -1')" -ge 0 ] ||
 	fail "result.timings has no resume marks: $(jqb -c .result.timings)"
 case $(jqb .result.timings.resume.running_by) in
-resume-event | autostart) ;;
+resume-event | autostart | already) ;;
 *) fail "the target's resume needed a query-status to see the guest run: $(jqb -c .result.timings.resume)" ;;
 esac
 echo "  timings: $(jqb -c .result.timings)"
