@@ -240,6 +240,8 @@ struct vm_disk {
 	int64_t virtual_size, allocated; /* bytes; -1 until measured */
 };
 
+struct resume;
+
 /*
  * A VM this agent knows: its spec and run directory, and, while QEMU runs, the
  * process and the QMP connection. Registered with vm_register(), gone with vm_remove().
@@ -276,7 +278,13 @@ struct vm {
 		int64_t ended_ms;
 		struct inst_op *waiter;
 	} vm_spec_sync;
-	bool vm_nbd; /* migrate.c: its QEMU serves its local disks over NBD */
+	bool vm_nbd; /* migrate.c: its QEMU serves its local disks over NBD (or may: an
+		      * incoming migration found again after an agent restart) */
+	/* The incoming QEMU's MIGRATION event said its load ended (vm.c): a resume
+	 * (vmaction.c) may cont at once. */
+	bool vm_in_loaded;
+	unsigned vm_resumes;	       /* QEMU's RESUME events so far (vmaction.c: a cont's) */
+	struct resume *vm_resume_wait; /* vmaction.c: a resume waiting for the load, or NULL */
 	/* backup_fleece.c: what this agent knows of backup nodes (kfl-, kbt-) in its QEMU:
 	 * none but the vm_bk_nodes it added itself, when vm_bk_known (a query found none
 	 * since this QMP connection began, and every change since was counted).
@@ -837,6 +845,7 @@ void vmaction_force_stop(struct inst_op *op);
 void vmaction_reboot(struct inst_op *op);
 void vmaction_pause(struct inst_op *op);
 void vmaction_resume(struct inst_op *op);
+void vmaction_resume_wake(struct vm *vm);
 void vmaction_balloon(struct inst_op *op);
 void vmaction_snapshot_create(struct inst_op *op);
 void vmaction_snapshot_revert(struct inst_op *op);

@@ -439,6 +439,7 @@ void migrate_in_running(struct vm *vm)
 	if (!vm->vm_migrating_in)
 		return;
 	vm->vm_migrating_in = false;
+	vm->vm_in_loaded = false;
 	st = state_read(vm);
 	if (st && !strcmp(json_get_str(st, "role", ""), "in"))
 		state_remove(vm);
@@ -2181,8 +2182,11 @@ bool migrate_adopted(struct vm *vm, const char *status)
 			vm_force_stop(vm, adopted_in_stopped_cb, NULL);
 			return true;
 		}
-		/* The copy is over: the guest is this QEMU's (running, or paused first). */
+		/* The copy is over: the guest is this QEMU's (running, or paused first).
+		 * Whether it still exports its disks the last agent knew (vm_nbd, in
+		 * memory): the resume stops its NBD server, "not running" is fine. */
 		vm->vm_migrating_in = true;
+		vm->vm_nbd = true;
 		if (!strcmp(status, "running"))
 			migrate_in_running(vm);
 		return false;

@@ -271,6 +271,11 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	if (vm->vm_incoming) {
 		argv_add(av, "-incoming");
 		argv_add(av, "defer");
+		/* Its MIGRATION events (capability "events", set before the stream as the
+		 * command line sets it, at no QMP round trip): "completed" says the guest
+		 * loaded, so its resume conts at once (vmaction.c). */
+		argv_add(av, "-global");
+		argv_add(av, "migration.x-events=on");
 		/* The migration's credentials, read before QEMU drops root (-runas):
 		 * loaded at start, they cost no object-add round trip once QMP answers. */
 		if (vm->vm_incoming_tls[0]) {

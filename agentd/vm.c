@@ -425,8 +425,10 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 		if (vm->inst.state == INST_RUNNING)
 			vm_state_set(vm, INST_PAUSED);
 	} else if (strcmp(name, "RESUME") == 0) {
+		vm->vm_resumes++; /* a cont's answer that came after it needs no query */
 		if (vm->inst.state == INST_PAUSED)
 			vm_state_set(vm, INST_RUNNING);
+		vmaction_resume_wake(vm); /* QEMU started a migrated guest at its load's end */
 	} else if (strcmp(name, "SHUTDOWN") == 0) {
 		const char *reason = json_get_str(event_data, "reason", "unknown");
 
@@ -445,8 +447,16 @@ static void qmp_event_cb(struct qmp *q, const char *name, struct json_object *ev
 			vm_state_push(vm);
 		vm->reset_expected = false;
 	} else if (strcmp(name, "MIGRATION") == 0) {
-		/* A migrate-out asks QEMU for these (capability "events"). */
-		migrate_out_event(vm, json_get_str(event_data, "status", ""));
+		/* A migrate-out asks QEMU for these (capability "events"); a target's QEMU
+		 * has them from its command line (qemuargs.c): its load ended. */
+		const char *status = json_get_str(event_data, "status", "");
+
+		if (vm->vm_migrating_in && strcmp(status, "completed") == 0)
+			vm->vm_in_loaded = true;
+		/* A resume waiting for the load goes on ("failed": QEMU ends, it fails). */
+		if (strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0)
+			vmaction_resume_wake(vm);
+		migrate_out_event(vm, status);
 	} else if (strcmp(name, "JOB_STATUS_CHANGE") == 0) {
 		/* A backup's copy job that ended is read at once (backup.c). */
 		backup_vm_job_event(vm, json_get_str(event_data, "id", ""),
@@ -755,6 +765,7 @@ static int vm_spawn(struct vm *vm, const char *loadvm, inst_done_cb cb, void *da
 	vm->inst.stop_requested = vm->inst.stop_forced = false;
 	vm->shutdown_reason[0] = '\0';
 	vm->inst.error[0] = '\0';
+	vm->vm_in_loaded = false; /* a new QEMU: an incoming one loads from now */
 	vm->qmp_failures = 0;
 	vm->adopt_reported = true;
 	vm->inst.start_cb = cb;

@@ -513,33 +513,6 @@ static void paused_cb(struct qmp *q, struct json_object *ret, const char *error,
 	qmp_done_cb(q, ret, error, data);
 }
 
-static void confirmed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct inst_op *op = data;
-	const char *status;
-
-	if (instance_step_failed(op, error))
-		return;
-	status = json_get_str(ret, "status", "");
-	/* A guest suspended to RAM (S3) stays so after cont, until it wakes: QEMU runs it. */
-	if (strcmp(status, "running") != 0 && strcmp(status, "suspended") != 0) {
-		instance_op_fail(op, "QEMU answered cont but is %s, not running", status);
-		return;
-	}
-	vm_state_set(op->vm, INST_RUNNING);
-	instance_op_succeed(op);
-}
-
-/* QEMU answers cont before its guest runs: ask it what it does now (confirmed_cb). */
-static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
-{
-	struct inst_op *op = data;
-
-	if (instance_step_failed(op, error))
-		return;
-	simple_qmp(op, "query-status", NULL, confirmed_cb);
-}
-
 /*
  * pause: QMP stop; paused already is success.
  */
@@ -553,135 +526,305 @@ void vmaction_pause(struct inst_op *op)
 }
 
 /*
+ * A resume: QMP cont, then the op succeeds once QEMU runs the guest. QEMU answers
+ * cont before its guest runs, but sends its RESUME event (vm.c counts them) before
+ * that answer: a RESUME that came after the cont went out says it runs; without one
+ * (an S3-suspended guest, which QEMU runs but reports "suspended"; a cont QEMU only
+ * noted, below) query-status decides.
+ *
  * A guest that migrated here is resumed only once its QEMU loaded the whole stream.
  * The source says "completed" when it sent the last byte; the target may still be
  * reading and loading it (its runstate "inmigrate"), the longer the busier the host.
- * QEMU answers a cont then with success but only notes to start afterwards, and a
+ * QEMU 7.2 answers a cont then with success but only notes to start afterwards, and a
  * guest the source had paused (pause-then-migrate) keeps the source's run state:
- * paused. So the cont would be lost and the guest never run again. Hence: ask every
- * RESUME_LOAD_POLL_MS until QEMU left "inmigrate" (within RESUME_LOAD_WAIT_MS; a
- * stream that broke ends QEMU, which fails the op), then cont. Every 10 ms: each poll
- * is one QMP round trip (~1 ms), and the wait is the migration's and the guest's pause.
+ * paused. So the cont would be lost and the guest never run again. The target's QEMU
+ * says when its load ended: its MIGRATION event "completed" (capability "events",
+ * from its command line: qemuargs.c) comes after its run state was set, and sets
+ * vm_in_loaded (vmaction_migrated_event()). Hence: loaded -> cont at once; else one
+ * query-status; still "inmigrate" -> wait for the event, asking again every
+ * RESUME_LOAD_POLL_MS in case it was missed (a QMP reconnect in between), within
+ * RESUME_LOAD_WAIT_MS (a stream that broke ends QEMU, which fails the op). A guest
+ * whose QEMU started it itself at the load's end (its source ran it, no -S) runs
+ * already: no cont. The op's result.timings says where the time went (ms since the
+ * command came): nbd_stopped_ms, load_wait_ms and how the load's end was known
+ * (loaded_by), polls, cont_ms, running_ms and how running was known (running_by);
+ * the controller keeps a migration's as its timings.resume.
  */
-#define RESUME_LOAD_POLL_MS 10
+#define RESUME_LOAD_POLL_MS 100
 #define RESUME_LOAD_WAIT_MS 45000
 
-struct resume_wait {
+struct resume {
 	uv_timer_t timer;
 	struct inst_op *op;
-	int64_t since_ms;
-	int polls;
+	int polls;		   /* query-status calls while waiting for the load */
+	bool waited;		   /* ... and one said "inmigrate" */
+	unsigned resumes;	   /* vm_resumes when the cont went */
+	struct json_object *marks; /* the op's result.timings */
 };
 
-static void resume_wait_close_cb(uv_handle_t *handle)
+static void resume_close_cb(uv_handle_t *handle)
 {
-	free(handle->data);
+	struct resume *w = handle->data;
+
+	json_object_put(w->marks);
+	free(w);
 }
 
-static void loaded_poll(struct resume_wait *w);
-
-static void loaded_tick_cb(uv_timer_t *timer)
+static void resume_mark(struct resume *w, const char *name)
 {
-	struct resume_wait *w = timer->data;
+	json_object_object_add(w->marks, name, json_object_new_int64(now_ms() - w->op->started_ms));
+}
 
-	if (instance_op_gone(w->op)) {
-		uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+/* Is w's op no longer ours (instance_op_gone())? Then w goes. */
+static bool resume_gone(struct resume *w)
+{
+	/* Before the op may be freed: no event may find w any more. */
+	if (w->op->vm->vm_resume_wait == w)
+		w->op->vm->vm_resume_wait = NULL;
+	if (!instance_op_gone(w->op))
+		return false;
+	uv_close((uv_handle_t *)&w->timer, resume_close_cb);
+	return true;
+}
+
+static void resume_fail(struct resume *w, const char *why)
+{
+	struct inst_op *op = w->op;
+
+	if (op->vm->vm_resume_wait == w)
+		op->vm->vm_resume_wait = NULL;
+	uv_close((uv_handle_t *)&w->timer, resume_close_cb);
+	instance_op_fail(op, "%s", why);
+}
+
+/* QEMU runs the guest (how: "by", into the timings): the op succeeds. */
+static void resume_succeed(struct resume *w, const char *by)
+{
+	struct inst_op *op = w->op;
+
+	vm_state_set(op->vm, INST_RUNNING);
+	resume_mark(w, "running_ms");
+	json_object_object_add(w->marks, "polls", json_object_new_int(w->polls));
+	json_object_object_add(w->marks, "running_by", json_object_new_string(by));
+	if (op->result == NULL)
+		op->result = json_object_new_object();
+	json_object_object_add(op->result, "timings", json_object_get(w->marks));
+	uv_close((uv_handle_t *)&w->timer, resume_close_cb);
+	instance_op_succeed(op);
+}
+
+static void confirmed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct resume *w = data;
+	const char *status;
+	char why[96];
+
+	if (resume_gone(w))
+		return;
+	if (error) {
+		resume_fail(w, error);
+		return;
+	}
+	status = json_get_str(ret, "status", "");
+	/* A guest suspended to RAM (S3) stays so after cont, until it wakes: QEMU runs it.
+	 * A cont QEMU only noted (still "inmigrate") is no resume: the op fails. */
+	if (strcmp(status, "running") != 0 && strcmp(status, "suspended") != 0) {
+		snprintf(why, sizeof(why), "QEMU answered cont but is %.40s, not running", status);
+		resume_fail(w, why);
+		return;
+	}
+	resume_succeed(w, "query-status");
+}
+
+static void resumed_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
+{
+	struct resume *w = data;
+	struct kerr err;
+
+	if (resume_gone(w))
+		return;
+	if (error) {
+		resume_fail(w, error);
+		return;
+	}
+	resume_mark(w, "cont_ms");
+	/* Its RESUME event came between the cont and this answer (above). */
+	if (w->op->vm->vm_resumes != w->resumes && w->op->vm->inst.state == INST_RUNNING) {
+		resume_succeed(w, "resume-event");
+		return;
+	}
+	if (vm_qmp(w->op->vm, "query-status", NULL, QMP_TIMEOUT_MS, confirmed_cb, w, &err) < 0)
+		resume_fail(w, err.msg);
+}
+
+static void cont_send(struct resume *w)
+{
+	struct kerr err;
+
+	w->resumes = w->op->vm->vm_resumes;
+	if (vm_qmp(w->op->vm, "cont", NULL, QMP_TIMEOUT_MS, resumed_cb, w, &err) < 0)
+		resume_fail(w, err.msg);
+}
+
+/* A migrated guest's load ended (known how: "by"): cont, unless its QEMU started it. */
+static void loaded_cont(struct resume *w, const char *by)
+{
+	resume_mark(w, "load_wait_ms");
+	json_object_object_add(w->marks, "loaded_by", json_object_new_string(by));
+	/* A wait says how far the target lagged. */
+	if (w->waited)
+		log_info("vm %s: QEMU loaded the migration stream %lld ms after the resume came",
+			 w->op->vm->inst.name, (long long)(now_ms() - w->op->started_ms));
+	if (w->op->vm->inst.state == INST_RUNNING) {
+		resume_succeed(w, "autostart");
+		return;
+	}
+	cont_send(w);
+}
+
+static void loaded_status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data);
+
+static void loaded_poll(struct resume *w)
+{
+	struct kerr err;
+
+	if (vm_qmp(w->op->vm, "query-status", NULL, QMP_TIMEOUT_MS, loaded_status_cb, w, &err) < 0)
+		resume_fail(w, err.msg);
+}
+
+/* The load's event came, or the fallback poll is due. */
+static void loaded_wake(struct resume *w)
+{
+	if (resume_gone(w))
+		return;
+	if (w->op->vm->vm_in_loaded || w->op->vm->inst.state == INST_RUNNING) {
+		loaded_cont(w, "event");
 		return;
 	}
 	loaded_poll(w);
 }
 
+static void loaded_tick_cb(uv_timer_t *timer)
+{
+	loaded_wake(timer->data);
+}
+
 static void loaded_status_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
-	struct resume_wait *w = data;
+	struct resume *w = data;
 	struct inst_op *op = w->op;
-	int64_t waited = now_ms() - w->since_ms;
+	int64_t waited = now_ms() - op->started_ms;
 
-	if (instance_step_failed(op, error)) {
-		uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
+	if (resume_gone(w))
+		return;
+	if (error) {
+		resume_fail(w, error);
 		return;
 	}
 	w->polls++;
-	if (strcmp(json_get_str(ret, "status", ""), "inmigrate") == 0) {
+	/* Its event may have come since QEMU answered: then it loaded. */
+	if (strcmp(json_get_str(ret, "status", ""), "inmigrate") == 0 && !op->vm->vm_in_loaded &&
+	    op->vm->inst.state != INST_RUNNING) {
 		if (w->polls == 1)
 			instance_op_progress(op, 20,
 					     "waiting for QEMU to load the migration stream");
 		if (waited >= RESUME_LOAD_WAIT_MS) {
-			uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
-			instance_op_fail(op,
-					 "QEMU is still loading the migration stream after %lld s",
-					 (long long)waited / 1000);
+			char why[96];
+
+			snprintf(why, sizeof(why),
+				 "QEMU is still loading the migration stream after %lld s",
+				 (long long)waited / 1000);
+			resume_fail(w, why);
 			return;
 		}
+		/* The event wakes it (vmaction_resume_wake()); the timer if it was lost. */
+		w->waited = true;
+		op->vm->vm_resume_wait = w;
 		uv_timer_start(&w->timer, loaded_tick_cb, RESUME_LOAD_POLL_MS, 0);
 		return;
 	}
-	/* The first answer is the usual one; a wait says how far the target lagged. */
-	if (w->polls > 1)
-		log_info("vm %s: QEMU loaded the migration stream %lld ms after the resume came",
-			 op->vm->inst.name, (long long)waited);
-	uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
-	simple_qmp(op, "cont", NULL, resumed_cb);
+	loaded_cont(w, op->vm->vm_in_loaded ? "event" : "query-status");
 }
 
-static void loaded_poll(struct resume_wait *w)
+/*
+ * QEMU's news for vm (vm.c): its MIGRATION event ended (vm_in_loaded says whether it
+ * loaded the stream; "failed" ends QEMU) or its RESUME event came (QEMU started the
+ * guest itself). A resume waiting for the load (above) looks again at once.
+ */
+void vmaction_resume_wake(struct vm *vm)
 {
-	struct kerr err;
+	struct resume *w = vm->vm_resume_wait;
 
-	if (vm_qmp(w->op->vm, "query-status", NULL, QMP_TIMEOUT_MS, loaded_status_cb, w, &err) <
-	    0) {
-		uv_close((uv_handle_t *)&w->timer, resume_wait_close_cb);
-		instance_op_fail(w->op, "%s", err.msg);
+	if (w == NULL)
+		return;
+	vm->vm_resume_wait = NULL;
+	uv_timer_stop(&w->timer);
+	loaded_wake(w);
+}
+
+/* A guest that migrated here: once its QEMU loaded the stream (above). */
+static void migrated_resume(struct resume *w)
+{
+	if (w->op->vm->vm_in_loaded) {
+		loaded_cont(w, "known");
+		return;
 	}
-}
-
-/* Resume a guest that migrated here: once its QEMU loaded the stream (above). */
-static void migrated_resume(struct inst_op *op)
-{
-	struct resume_wait *w = xcalloc(1, sizeof(*w));
-
-	w->op = op;
-	w->since_ms = now_ms();
-	uv_timer_init(op->agent->loop, &w->timer);
-	w->timer.data = w;
 	loaded_poll(w);
 }
 
 static void nbd_stopped_cb(struct qmp *q, struct json_object *ret, const char *error, void *data)
 {
-	struct inst_op *op = data;
+	struct resume *w = data;
 
-	/* Stopped already (a resume run again) is success: the resume is idempotent
-	 * (common/verbs.h VF_IDEMPOTENT). QEMU's words for it. */
+	if (resume_gone(w))
+		return;
+	/* Stopped already (a resume run again, or an agent restarted since) is success:
+	 * the resume is idempotent (common/verbs.h VF_IDEMPOTENT). QEMU's words for it. */
 	if (error && strstr(error, "NBD server not running"))
 		error = NULL;
-	if (instance_step_failed(op, error))
+	if (error) {
+		resume_fail(w, error);
 		return;
-	op->vm->vm_nbd = false;
-	migrated_resume(op);
+	}
+	resume_mark(w, "nbd_stopped_ms");
+	w->op->vm->vm_nbd = false;
+	migrated_resume(w);
 }
 
 /*
  * resume: QMP cont; running already is success. A guest that migrated here first
  * stops the NBD server its local disks came through, if any (migrate.c): the source
  * ended its mirror before the controller asked for this resume; and waits until its
- * QEMU loaded the migration stream (migrated_resume()). The op succeeds once QEMU
- * says it runs.
+ * QEMU loaded the migration stream (above). The op succeeds once QEMU says it runs.
  */
 void vmaction_resume(struct inst_op *op)
 {
+	struct resume *w = xcalloc(1, sizeof(*w));
+	struct kerr err;
+
+	w->op = op;
+	w->marks = json_object_new_object();
+	uv_timer_init(op->agent->loop, &w->timer);
+	w->timer.data = w;
+	/* Running already (a resume run again, or QEMU started a migrated guest itself at
+	 * its load's end before this came) is success. */
 	if (op->vm->inst.state == INST_RUNNING) {
-		instance_op_succeed(op);
+		resume_succeed(w, "already");
 		return;
 	}
-	/* vm_nbd lives in memory only: after an agent restart a guest still waiting for
-	 * its migration's resume (vm_migrating_in, restored from migration.json) may
-	 * still export its disks; "not running" is success (nbd_stopped_cb). */
-	if (op->vm->vm_nbd || op->vm->vm_migrating_in) {
-		simple_qmp(op, "nbd-server-stop", NULL, nbd_stopped_cb);
+	instance_op_progress(op, 10, "cont");
+	if (!op->vm->vm_migrating_in) {
+		cont_send(w);
 		return;
 	}
-	simple_qmp(op, "cont", NULL, resumed_cb);
+	/* vm_nbd: its local disks came through QEMU's NBD server, or an agent restarted
+	 * since its migration (migrate_adopted()) and cannot know. */
+	if (!op->vm->vm_nbd) {
+		migrated_resume(w);
+		return;
+	}
+	if (vm_qmp(op->vm, "nbd-server-stop", NULL, QMP_TIMEOUT_MS, nbd_stopped_cb, w, &err) < 0)
+		resume_fail(w, err.msg);
 }
 
 /*

@@ -520,9 +520,10 @@ for i in $(seq "$runs"); do
 	kumo_op+=("$(jq -r .result.total_ms <<<"$res")")
 	echo "kumo run $i: to $to, total ${kumo_total[-1]} ms (operation ${kumo_op[-1]} ms, copy $(jq -r .result.timings.source.qemu_total_ms <<<"$res") ms, $(($(jq -r '.result.migration.ram_transferred // 0' <<<"$res") >> 20)) MiB), $(jq -r .result.strategy <<<"$res"): guest paused ${kumo_pause[-1]} ms (QEMU's downtime ${kumo_down[-1]} ms); target QEMU ran $ran ms, waited $waited ms for a CPU; source QEMU's CPU over the copy $(sed -n 3p <<<"$out") ms; paired ratio_tls_hosts $(awk -v k="${kumo_total[-1]}" -v r="${hosts_total[-1]}" 'BEGIN { printf "%.2f", k / r }')"
 	# Where the time went: the controller's phases, then each agent's own steps.
-	echo "kumo run $i timings: $(jq -c '.result.timings // {} | del(.target, .source)' <<<"$res")"
+	echo "kumo run $i timings: $(jq -c '.result.timings // {} | del(.target, .source, .resume)' <<<"$res")"
 	echo "kumo run $i target: $(jq -c '.result.timings.target // {}' <<<"$res")"
 	echo "kumo run $i source: $(jq -c '.result.timings.source // {}' <<<"$res")"
+	echo "kumo run $i resume: $(jq -c '.result.timings.resume // {}' <<<"$res")"
 	[ "$to" = h2 ] && to=h1 || to=h2
 done
 

@@ -533,6 +533,7 @@ int migrate_cancel_refused(const char *id, struct kerr *err);
 int migrate_agent_done(struct host *h, struct json_object *op, const char *status,
 		       struct json_object *result, const char *error);
 int migrate_op_nack(const char *op_id, const char *why);
+bool migrate_instance_on(const struct host *h, const char *name);
 void migrate_agent_progress(const char *op_id, struct json_object *body);
 void migrate_host_restarted(struct host *h);
 int migrate_job_resume(struct host *h, const char *id, struct json_object *op);

@@ -9,7 +9,8 @@
  *               network document); the row and its addresses go when the agent
  *               reports the instance gone (instances_op_done()).
  *   unmanaged   An instance a host reports that the database does not place there
- *               (its row was lost, or it was forgotten). Kept per host from every
+ *               (its row was lost, or it was forgotten) - not the copy a migration
+ *               brings or takes away (migrate_instance_on()). Kept per host from every
  *               heartbeat and shown in GET /hosts/{name}; an operator adopts it (a
  *               record made from the spec the agent holds, its addresses claimed as
  *               that spec says) or destroys it (the agent stops and removes it).
@@ -106,7 +107,9 @@ void drift_unmanaged_update(struct host *h, struct json_object *reports)
 		struct json_object *r = json_object_array_get_idx(reports, i), *u;
 		const char *name = json_get_str(r, "name", NULL);
 
-		if (name == NULL || !name_valid(name) || placed_on(h, name))
+		/* A migration's other end is no stranger: its copy comes or goes. */
+		if (name == NULL || !name_valid(name) || placed_on(h, name) ||
+		    migrate_instance_on(h, name))
 			continue;
 		if (unmanaged_find(h, name) == NULL)
 			log_warnx("host %s: runs instance '%s' that the controller does not place "

@@ -203,6 +203,20 @@ static struct migration *migration_by_id(const char *id)
 	return NULL;
 }
 
+/*
+ * Does a migration of instance name run with h as one of its ends? Its target reports
+ * the incoming instance in every heartbeat before the database places it there (and
+ * its source still reports it after the switchover, until its copy goes): that is no
+ * unmanaged instance (drift.c).
+ */
+bool migrate_instance_on(const struct host *h, const char *name)
+{
+	for (struct migration *m = migrations; m; m = m->next)
+		if ((m->src == h || m->dst == h) && !strcmp(m->name, name))
+			return true;
+	return false;
+}
+
 /* ---- request ---------------------------------------------------------------------------- */
 
 static int mode_check(struct json_object *v, const char *f, struct kerr *err)
@@ -804,6 +818,8 @@ int migrate_agent_done(struct host *h, struct json_object *op, const char *statu
 			return 0;
 		}
 		timing_phase(m, "resume_ms");
+		/* The target's own marks (agentd/vmaction.c): its load, cont, running. */
+		timing_agent(m, "resume", json_object_object_get(result, "timings"));
 		/* The target's report (its QEMU, running) is the instance's now. */
 		if (h && json_object_object_get(result, "instance"))
 			instances_report(h, json_object_object_get(result, "instance"), "migrated");

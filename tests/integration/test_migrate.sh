@@ -178,7 +178,20 @@ creds=$(jqb '.result.timings.target | .creds_loaded_ms - .qemu_ready_ms')
 synced=$(jqb '.result.timings.target.spec_synced_ms // -1')
 [ "$synced" -ge 0 ] && [ "$synced" -le "$(jqb '.result.timings.target_prepare_ms')" ] ||
 	fail "the target did not wait for spec.json's fsyncs before it answered: $(jqb -c .result.timings.target)"
+# The target's resume (agentd/vmaction.c): its own marks; QEMU's load end known from
+# its MIGRATION event and its run from its RESUME event (or its own start at the load's
+# end), not from polls and a confirming query-status.
+[ "$(jqb '.result.timings.resume.running_ms // -1')" -ge 0 ] ||
+	fail "result.timings has no resume marks: $(jqb -c .result.timings)"
+case $(jqb .result.timings.resume.running_by) in
+resume-event | autostart | already) ;;
+*) fail "the target's resume needed a query-status to see the guest run: $(jqb -c .result.timings.resume)" ;;
+esac
 echo "  timings: $(jqb -c .result.timings)"
+# The target reported the incoming mg1 in its heartbeats before the database placed
+# it there: a migration's end is not an unmanaged instance.
+! grep -q "runs instance 'mg1' that the controller does not place" "$KUMO_LAB_DIR/logs/controller.log" ||
+	fail "the controller took the migration's target for an unmanaged instance: $(grep "runs instance 'mg1'" "$KUMO_LAB_DIR/logs/controller.log" | head -1)"
 api GET /api/v1/instances/mg1
 [ "$(jqb .host)" = h2 ] || fail "mg1 is on $(jqb .host) after the migration"
 [ "$(jqb .state)" = running ] || fail "mg1 is $(jqb .state) after the migration"

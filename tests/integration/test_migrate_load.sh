@@ -230,7 +230,7 @@ for attempt in 1 2 3; do
 	wait_op "$op" 240
 	op_ok
 	[ "$(jqb .result.host)" = "$dst" ] || fail "$VM went to $(jqb .result.host), not $dst"
-	echo "  $VM $src -> $dst, its tail held back: the target was $(cat "$hold/held") when its resume came; resume $(jqb .result.timings.resume_ms) ms"
+	echo "  $VM $src -> $dst, its tail held back: the target was $(cat "$hold/held") when its resume came; resume $(jqb .result.timings.resume_ms) ms, its marks $(jqb -c '.result.timings.resume // {}')"
 	wait_until 60 "$VM ticks on $dst past its uptime before (tail held back)" past KUMO-TICK "$t0"
 	healthy "$dst" "tail held back"
 	src=$dst

@@ -119,7 +119,8 @@ static void test_balloon_loadvm_root(void **state)
 	vm_teardown(&f);
 }
 
-/* A migration's target: -incoming defer, its TLS credentials when given; held paused
+/* A migration's target: -incoming defer with MIGRATION events, its TLS credentials when given; held
+ * paused
  * (-S) only with local disks. */
 static void test_incoming(void **state)
 {
@@ -134,6 +135,8 @@ static void test_incoming(void **state)
 	f.vm.vm_incoming = true;
 	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
 	assert_string_equal(after(&f.av, "-incoming"), "defer");
+	/* Its MIGRATION events: the resume knows when the load ended. */
+	assert_string_equal(after(&f.av, "-global"), "migration.x-events=on");
 	assert_int_equal(arg_find(&f.av, "-S"), -1);
 	assert_int_equal(arg_find(&f.av, "-object"), -1);
 	assert_int_equal(arg_find(&f.av, "-global"), -1);
