@@ -405,21 +405,6 @@ static void state_remove(struct vm *vm)
 	unlink(path);
 }
 
-bool migrate_in_recorded(const char *inst_dir)
-{
-	_cleanup_free_ char *path = xasprintf("%s/" MIGRATION_FILE, inst_dir);
-	_cleanup_free_ char *text = NULL;
-	struct json_object *st;
-	bool in;
-
-	if (file_read_all(path, 4096, &text, NULL) < 0)
-		return false;
-	st = json_tokener_parse(text);
-	in = st && !strcmp(json_get_str(st, "role", ""), "in");
-	json_object_put(st);
-	return in;
-}
-
 /* vm's migration.json, or NULL when it has none (a new reference). */
 static struct json_object *state_read(struct vm *vm)
 {
@@ -673,21 +658,26 @@ static void in_synced_cb(struct work *w)
 {
 	struct in_sync *s = (struct in_sync *)w;
 	struct vm *vm = s->vm;
-	struct inst_op *op = NULL;
+	struct inst_op *op = vm->vm_spec_sync.waiter;
 
+	vm->vm_spec_sync.waiter = NULL;
 	if (!vm->inst.removing) {
 		if (w->ret < 0)
 			log_warnx("vm %s: %s", vm->inst.name, w->err.msg);
 		vm->vm_spec_sync.state = w->ret < 0 ? -(w->err.code ? w->err.code : EIO) : 0;
 		vm->vm_spec_sync.ended_ms = now_ms();
-		op = vm->vm_spec_sync.waiter;
-		vm->vm_spec_sync.waiter = NULL;
 	}
 	free(s);
+	/* A waiting migrate-in is parked on this step alone: nothing else frees it. An
+	 * agent that stops ends it (instance_op_gone()); a VM removed under it fails it.
+	 * Both while this step still holds the VM. */
+	if (op && !instance_op_gone(op)) {
+		if (vm->inst.removing)
+			instance_op_fail(op, "the VM was removed while its spec.json was synced");
+		else
+			in_ready(op);
+	}
 	inst_unref(&vm->inst);
-	/* A waiting migrate-in is parked on this step alone: nothing else freed it. */
-	if (op && !instance_op_gone(op))
-		in_ready(op);
 }
 
 /*
@@ -787,14 +777,16 @@ static void in_spec_write(struct inst_op *op)
 	p = xcalloc(1, sizeof(*p));
 	p->op = op;
 	p->checked = migrate_disks_local(vm, NULL) == 0;
-	if (p->checked)
-		imagecheck_vm(vm, in_checked_cb, p);
 	/* The server credentials go on QEMU's command line (qemuargs.c), as the QEMU
-	 * starts: no object-add after it answers. Written while the check runs. */
+	 * starts: no object-add after it answers. Written before the check, which may
+	 * end (and spawn, and free p) before imagecheck_vm() returns: a VM without
+	 * disks has nothing to check. */
 	if (creds_write(vm, json_object_object_get(op->args, "tls"), "server", true,
 			vm->vm_incoming_tls, sizeof(vm->vm_incoming_tls), &err) < 0)
 		snprintf(p->creds_why, sizeof(p->creds_why), "%s", err.msg);
-	if (!p->checked)
+	if (p->checked)
+		imagecheck_vm(vm, in_checked_cb, p);
+	else
 		in_spawn(p, NULL);
 }
 

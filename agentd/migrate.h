@@ -103,9 +103,6 @@ void migrate_creds_id(const struct inst_op *op, char *out, size_t len);
 #define MIGRATE_CREDS_DIR "migrate-tls"
 /* Remove what an agent that died while a migration target started left there. */
 void migrate_creds_sweep(const char *inst_dir);
-/* Does the VM directory inst_dir record a part as a migration's target
- * (migration.json, role "in")? */
-bool migrate_in_recorded(const char *inst_dir);
 void migrate_in_fail(struct inst_op *op, const char *why);
 void migrate_incoming_send(struct inst_op *op);
 bool migrate_outgoing_gone(struct outgoing *o);

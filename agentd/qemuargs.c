@@ -267,7 +267,12 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 			 strcmp(model, "e1000") == 0 ? "e1000" : "virtio-net-pci", i,
 			 json_get_str(nic, "mac", ""), i, boot);
 	}
-	/* migrate.c: the guest's state comes from its source host (migrate-incoming). */
+	/* migrate.c: the guest's state comes from its source host (migrate-incoming),
+	 * over TLS only: a QEMU listening without credentials would take anyone's
+	 * stream as the guest's state. */
+	if (vm->vm_incoming && !vm->vm_incoming_tls[0])
+		return err_set(err, 0, "vm %s: a migration target's QEMU needs its TLS credentials",
+			       vm->inst.name);
 	if (vm->vm_incoming) {
 		argv_add(av, "-incoming");
 		argv_add(av, "defer");
@@ -278,7 +283,7 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 		argv_add(av, "migration.x-events=on");
 		/* The migration's credentials, read before QEMU drops root (-runas):
 		 * loaded at start, they cost no object-add round trip once QMP answers. */
-		if (vm->vm_incoming_tls[0]) {
+		{
 			argv_add(av, "-object");
 			argv_add(av, "tls-creds-x509,id=%s,dir=%s,endpoint=server,verify-peer=on",
 				 vm->vm_incoming_tls_id, vm->vm_incoming_tls);

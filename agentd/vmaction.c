@@ -540,8 +540,8 @@ void vmaction_pause(struct inst_op *op)
  * paused. So the cont would be lost and the guest never run again. The target's QEMU
  * says when its load ended: its MIGRATION event "completed" (capability "events",
  * from its command line: qemuargs.c) comes after its run state was set, and sets
- * vm_in_loaded (vmaction_migrated_event()). Hence: loaded -> cont at once; else one
- * query-status; still "inmigrate" -> wait for the event, asking again every
+ * vm_in_loaded and wakes a waiting resume (vm.c, vmaction_resume_wake()). Hence: loaded -> cont at
+ * once; else one query-status; still "inmigrate" -> wait for the event, asking again every
  * RESUME_LOAD_POLL_MS in case it was missed (a QMP reconnect in between), within
  * RESUME_LOAD_WAIT_MS (a stream that broke ends QEMU, which fails the op). A guest
  * whose QEMU started it itself at the load's end (its source ran it, no -S) runs
@@ -578,6 +578,13 @@ static void resume_mark(struct resume *w, const char *name)
 /* Is w's op no longer ours (instance_op_gone())? Then w goes. */
 static bool resume_gone(struct resume *w)
 {
+	/* The agent stops: its VMs may be freed already (inst_close_all()), so only
+	 * the op is looked at, which instance_op_gone() then frees. */
+	if (w->op->agent->stopping) {
+		instance_op_gone(w->op);
+		uv_close((uv_handle_t *)&w->timer, resume_close_cb);
+		return true;
+	}
 	/* Before the op may be freed: no event may find w any more. */
 	if (w->op->vm->vm_resume_wait == w)
 		w->op->vm->vm_resume_wait = NULL;

@@ -82,19 +82,6 @@ static bool pid_is_vm(pid_t pid, const char *name)
 	return false;
 }
 
-/* Does the QEMU of qemu.pid in dir run, as VM name's? */
-static bool qemu_runs(const char *dir, const char *name)
-{
-	_cleanup_free_ char *path = xasprintf("%s/qemu.pid", dir);
-	_cleanup_free_ char *text = NULL;
-	pid_t pid;
-
-	if (file_read_all(path, 64, &text, NULL) < 0)
-		return false;
-	pid = (pid_t)strtol(text, NULL, 10);
-	return pid > 0 && vm_pid_alive(pid) && pid_is_vm(pid, name);
-}
-
 /* When pid started, in ms since the epoch, from /proc (boot time + start ticks). */
 static int64_t pid_started_ms(pid_t pid)
 {
@@ -151,15 +138,8 @@ void vm_adopt_one(struct agent *a, const char *name)
 	 * QEMU read them. */
 	migrate_creds_sweep(dir);
 	spec = inst_spec_adopt(INST_VM, name, spec_path, ret, text, len);
-	if (spec == NULL) {
-		/* A migration's target puts spec.json in place before its QEMU starts and
-		 * syncs it beside that start (migrate.c): a power cut in between may leave
-		 * it empty. No QEMU outlived the cut, and the controller was never told
-		 * this host listens: what is left goes, as an unfinished create's. */
-		if (migrate_in_recorded(dir) && !qemu_runs(dir, name))
-			unfinished_remove(a, name, dir);
+	if (spec == NULL)
 		return;
-	}
 	/* A create the last agent had a cancel for but did not undo (job.c). */
 	undo = job_file_take(dir, &jf);
 	vm = vm_register(a, spec, &err);

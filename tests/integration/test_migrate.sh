@@ -15,8 +15,8 @@ NET=mgnet
 # an interrupted run left.
 cleanup() {
 	local n
-	for n in mg1 mg2 mgct; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
-	for n in mg1 mg2 mgct; do
+	for n in mg1 mg2 mgct mgnd; do api DELETE "/api/v1/instances/$n?force=1" >/dev/null 2>&1 || true; done
+	for n in mg1 mg2 mgct mgnd; do
 		for _ in $(seq 100); do
 			api GET "/api/v1/instances/$n" >/dev/null 2>&1 || true
 			[ "$STATUS" = 404 ] && break
@@ -319,6 +319,21 @@ api GET /api/v1/instances/mg1
 	fail "after the failed preparation mg1 is $(jqb .state) on $(jqb .host), not running on $src"
 wait_until 10 "no migration credentials left in mg1's QEMU on $src" no_migration_client_creds "$src" mg1
 pass "a target that could not prepare failed the migration; mg1 runs on $src, its QEMU without the prepared credentials"
+
+# ---- a VM without disks: its target listens with TLS all the same ----------------------
+# (Nothing to check before its QEMU starts: the check ends at once, and the credentials
+# must already be on the QEMU's command line then - a target listening without them
+# would take anyone's stream as the guest's state.)
+vm_create '{"name":"mgnd","type":"vm","vcpus":1,"memory":{"mb":64},"host":"h1","disks":[]}'
+api POST /api/v1/instances/mgnd/actions/migrate '{"host":"h2"}'
+expect_status 202 "migrate mgnd"
+op=$(jqb .id)
+wait_op "$op" 120
+op_ok
+[ "$(host_of mgnd)" = h2 ] || fail "mgnd is on $(host_of mgnd) after its migration"
+qmp_monitor h2 mgnd query-migrate-parameters | jq -r '.return["tls-creds"]' | grep -q '^kumo-tls-' ||
+	fail "mgnd's target took its stream without TLS credentials: $(qmp_monitor h2 mgnd query-migrate-parameters)"
+pass "a VM without disks moved h1 -> h2, its target listening with TLS"
 
 trap - EXIT
 cleanup

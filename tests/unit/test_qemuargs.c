@@ -119,9 +119,8 @@ static void test_balloon_loadvm_root(void **state)
 	vm_teardown(&f);
 }
 
-/* A migration's target: -incoming defer with MIGRATION events, its TLS credentials when given; held
- * paused
- * (-S) only with local disks. */
+/* A migration's target: -incoming defer with MIGRATION events and its TLS credentials
+ * (never without them); held paused (-S) only with local disks. */
 static void test_incoming(void **state)
 {
 	struct fixture f;
@@ -133,32 +132,39 @@ static void test_incoming(void **state)
 		 "\"accel\":\"tcg\",\"disks\":[]}",
 		 "root");
 	f.vm.vm_incoming = true;
-	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
-	assert_string_equal(after(&f.av, "-incoming"), "defer");
-	/* Its MIGRATION events: the resume knows when the load ended. */
-	assert_string_equal(after(&f.av, "-global"), "migration.x-events=on");
-	assert_int_equal(arg_find(&f.av, "-S"), -1);
-	assert_int_equal(arg_find(&f.av, "-object"), -1);
-	assert_int_equal(arg_find(&f.av, "-global"), -1);
+	/* No credentials, no QEMU: it would listen in the clear. */
+	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), -1);
+	assert_non_null(strstr(err.msg, "TLS credentials"));
 	argv_free(&f.av);
 	memset(&f.av, 0, sizeof(f.av));
 	/* The migration's server credentials are loaded as QEMU starts, peers verified. */
 	snprintf(f.vm.vm_incoming_tls, sizeof(f.vm.vm_incoming_tls), "/tmp/kumo-migtls-abc");
 	snprintf(f.vm.vm_incoming_tls_id, sizeof(f.vm.vm_incoming_tls_id), "kumo-tls-op1");
 	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
+	assert_string_equal(after(&f.av, "-incoming"), "defer");
+	assert_int_equal(arg_find(&f.av, "-S"), -1);
 	assert_string_equal(
 		after(&f.av, "-object"),
 		"tls-creds-x509,id=kumo-tls-op1,dir=/tmp/kumo-migtls-abc,endpoint=server,"
 		"verify-peer=on");
-	/* ... and named as the migration's tls-creds from the start: migrate-incoming is
-	 * its only QMP step, and it never listens without TLS. */
-	assert_string_equal(after(&f.av, "-global"), "migration.tls-creds=kumo-tls-op1");
+	/* ... named as the migration's tls-creds from the start: migrate-incoming is its
+	 * only QMP step, and it never listens without TLS; and its MIGRATION events: the
+	 * resume knows when the load ended. */
+	assert_true(arg_find(&f.av, "migration.tls-creds=kumo-tls-op1") > 0);
+	assert_true(arg_find(&f.av, "migration.x-events=on") > 0);
 	argv_free(&f.av);
 	memset(&f.av, 0, sizeof(f.av));
 	f.vm.vm_incoming_held = true;
 	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
 	assert_string_equal(after(&f.av, "-incoming"), "defer");
 	assert_true(arg_find(&f.av, "-S") > 0);
+	argv_free(&f.av);
+	memset(&f.av, 0, sizeof(f.av));
+	/* An ordinary start has none of it. */
+	f.vm.vm_incoming = f.vm.vm_incoming_held = false;
+	assert_int_equal(qemu_args_build(&f.vm, NULL, &f.av, &err), 0);
+	assert_int_equal(arg_find(&f.av, "-incoming"), -1);
+	assert_int_equal(arg_find(&f.av, "-global"), -1);
 	vm_teardown(&f);
 }
 
