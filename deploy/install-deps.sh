@@ -35,8 +35,7 @@ libmicrohttpd-dev libjson-c-dev libsqlite3-dev libuv1-dev libnanomsg-dev libssl-
 libxml2-dev libzstd-dev libnbd-dev
 "
 # test: cmocka and clang-format; the lab and the integration tests (curl, jq, sqlite3,
-# openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins;
-# ethtool: the lab turns GRO on for its hosts' underlay veths, as real NICs have it);
+# openssl, ping, psmisc, strace: a test watches every byte an agent sends when it joins);
 # the test guest and container images (busybox-static is their busybox: it conflicts with
 # Debian's dynamic busybox, which is not listed; the Debian kernel, cpio, extlinux, an
 # MBR, e2fsprogs and fdisk), skopeo to push them; prometheus for promtool, which checks
@@ -52,7 +51,7 @@ TEST="
 debootstrap
 qemu-guest-agent
 libcmocka-dev clang-format
-iputils-ping psmisc curl jq openssl sqlite3 strace ethtool
+iputils-ping psmisc curl jq openssl sqlite3 strace
 busybox-static linux-image-amd64 cpio extlinux syslinux-common e2fsprogs fdisk
 skopeo
 prometheus
