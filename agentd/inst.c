@@ -10,18 +10,21 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "json.h"
 #include "log.h"
+#include "proc.h"
 #include "util.h"
 
 /* A child process an instance runs (QEMU, a container's shim), watched for its exit. */
 struct inst_child {
-	uv_process_t handle;
-	struct inst *inst; /* NULL once the instance is removed */
+	struct proc_watch watch; /* first: the watch's callbacks get it */
+	struct inst *inst;	 /* NULL once the instance is removed */
 	inst_exit_fn exit_fn;
 };
 
@@ -89,17 +92,17 @@ void inst_register(struct inst *inst, struct agent *a, const struct driver *drv,
 	a->insts = inst;
 }
 
-static void child_close_cb(uv_handle_t *handle)
+static void child_close_cb(struct proc_watch *w)
 {
-	free(handle->data);
+	free(w);
 }
 
-static void child_exit_cb(uv_process_t *handle, int64_t status, int term_signal)
+static void child_exit_cb(struct proc_watch *w, int64_t status, int term_signal)
 {
-	struct inst_child *child = handle->data;
+	struct inst_child *child = (struct inst_child *)w;
 	struct inst *inst = child->inst;
 
-	uv_close((uv_handle_t *)handle, child_close_cb);
+	proc_watch_close(w, child_close_cb);
 	if (inst == NULL)
 		return;
 	inst->child = NULL;
@@ -108,26 +111,32 @@ static void child_exit_cb(uv_process_t *handle, int64_t status, int term_signal)
 
 /*
  * Spawn the instance's child with opts (file, args, stdio, cwd, flags: the caller's;
- * exit_cb is set here) and watch it: exit_fn(inst, status, term_signal) once it ends,
- * unless the instance was removed first (the child then runs on, unwatched). Returns
- * its pid, or a negative libuv error (nothing runs then).
+ * proc_spawn() takes them, without fork) and watch it: exit_fn(inst, status,
+ * term_signal) once it ends, unless the instance was removed first (the child then
+ * runs on, unwatched). Returns its pid, or a negative errno (nothing runs then).
  */
 int inst_child_spawn(struct inst *inst, uv_process_options_t *opts, inst_exit_fn exit_fn)
 {
-	struct inst_child *child = xcalloc(1, sizeof(*child));
+	struct inst_child *child;
+	pid_t pid;
 	int ret;
 
+	pid = proc_spawn(opts);
+	if (pid < 0)
+		return pid;
+	child = xcalloc(1, sizeof(*child));
 	child->inst = inst;
 	child->exit_fn = exit_fn;
-	child->handle.data = child;
-	opts->exit_cb = child_exit_cb;
-	ret = uv_spawn(inst->agent->loop, &child->handle, opts);
+	ret = proc_watch_start(inst->agent->loop, &child->watch, pid, child_exit_cb);
 	if (ret < 0) {
-		uv_close((uv_handle_t *)&child->handle, child_close_cb);
+		/* Unwatched, it would outlive every check: it goes now. */
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		free(child);
 		return ret;
 	}
 	inst->child = child;
-	return child->handle.pid;
+	return pid;
 }
 
 /* Stop watching the child; closing the handle does not kill it. */
@@ -136,7 +145,7 @@ static void child_forget(struct inst *inst)
 	if (inst->child == NULL)
 		return;
 	inst->child->inst = NULL;
-	uv_close((uv_handle_t *)&inst->child->handle, child_close_cb);
+	proc_watch_close(&inst->child->watch, child_close_cb);
 	inst->child = NULL;
 }
 

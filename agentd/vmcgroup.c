@@ -11,7 +11,7 @@
  *           each) and a quota of vCPUs + 1 CPUs (the +1 is QEMU's main loop and I/O
  *           threads);
  *   pids    VMCGROUP_PIDS: QEMU's threads (vCPUs, I/O workers) and no fork bomb.
- * QEMU enters right after it was spawned (uv_spawn runs no code in the child); its
+ * QEMU enters right after it was spawned (posix_spawn runs no code of ours in the child); its
  * memory charged before that stays with the agent's cgroup (v1 moves it where the
  * kernel still can, move_charge_at_immigrate). Needs root: writing cgroupfs.
  */
