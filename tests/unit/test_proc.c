@@ -1,0 +1,199 @@
+/*
+ * test_proc.c - common/proc.c: a child started with posix_spawn and heard through its
+ * pidfd on a real loop, running real programs (sh, sleep): exit status and signal,
+ * signals back at their defaults, its own session, directory and output file, a
+ * program that does not exist, and a watch closed while the child runs on.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "proc.h"
+#include "util.h"
+
+struct heard {
+	int calls;
+	int64_t status;
+	int signal;
+	bool closed;
+};
+
+static void exit_cb(struct proc_watch *w, int64_t status, int term_signal)
+{
+	struct heard *h = w->data;
+
+	h->calls++;
+	h->status = status;
+	h->signal = term_signal;
+}
+
+static void closed_cb(struct proc_watch *w)
+{
+	((struct heard *)w->data)->closed = true;
+}
+
+/* Spawn argv (stdout to out_fd, or ignored when -1) in cwd, detached. Returns the pid. */
+static pid_t spawn(char **argv, const char *cwd, int out_fd)
+{
+	uv_stdio_container_t stdio[3] = {
+		{.flags = UV_IGNORE}, {.flags = UV_IGNORE}, {.flags = UV_IGNORE}};
+	uv_process_options_t opts = {0};
+
+	if (out_fd >= 0) {
+		stdio[1].flags = UV_INHERIT_FD;
+		stdio[1].data.fd = out_fd;
+	}
+	opts.file = argv[0];
+	opts.args = argv;
+	opts.cwd = cwd;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	opts.flags = UV_PROCESS_DETACHED;
+	return proc_spawn(&opts);
+}
+
+/* Watch pid until it ended; what was heard in h. */
+static void watch_to_end(pid_t pid, struct heard *h)
+{
+	uv_loop_t loop;
+	struct proc_watch w = {.data = h};
+
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(proc_watch_start(&loop, &w, pid, exit_cb), 0);
+	while (h->calls == 0)
+		uv_run(&loop, UV_RUN_ONCE);
+	proc_watch_close(&w, closed_cb);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_true(h->closed);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	/* Reaped: no zombie is left. */
+	assert_int_equal(waitpid(pid, NULL, WNOHANG), -1);
+	assert_int_equal(errno, ECHILD);
+}
+
+static void test_exit_status(void **state)
+{
+	char *argv[] = {"sh", "-c", "exit 7", NULL};
+	struct heard h = {0};
+	pid_t pid = spawn(argv, NULL, -1);
+
+	(void)state;
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.calls, 1);
+	assert_int_equal(h.status, 7);
+	assert_int_equal(h.signal, 0);
+}
+
+/* SIGPIPE ignored here (as the daemons do) is at its default in the child: it dies. */
+static void test_signal_defaults(void **state)
+{
+	char *argv[] = {"sh", "-c", "kill -PIPE $$; exit 3", NULL};
+	struct heard h = {0};
+	pid_t pid;
+
+	(void)state;
+	signal(SIGPIPE, SIG_IGN);
+	pid = spawn(argv, NULL, -1);
+	signal(SIGPIPE, SIG_DFL);
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.signal, SIGPIPE);
+}
+
+/* Detached: a session of its own, so it leads it (its sid is its pid). */
+static void test_session_and_kill(void **state)
+{
+	char *argv[] = {"sleep", "30", NULL};
+	struct heard h = {0};
+	pid_t pid = spawn(argv, NULL, -1);
+
+	(void)state;
+	assert_true(pid > 0);
+	assert_int_equal(getsid(pid), pid);
+	assert_int_equal(kill(pid, SIGKILL), 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.signal, SIGKILL);
+}
+
+static void test_cwd_and_output(void **state)
+{
+	char dir[] = "/tmp/kumo-test-proc-XXXXXX", path[64], buf[128] = "";
+	char *argv[] = {"sh", "-c", "pwd", NULL};
+	struct heard h = {0};
+	int fd;
+	pid_t pid;
+	ssize_t n;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/out", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	pid = spawn(argv, dir, fd);
+	close(fd);
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.status, 0);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	assert_true(n > 0);
+	buf[strcspn(buf, "\n")] = '\0';
+	assert_string_equal(buf, dir);
+	unlink(path);
+	rmdir(dir);
+}
+
+static void test_missing_program(void **state)
+{
+	char *argv[] = {"kumo-no-such-program", NULL};
+
+	(void)state;
+	assert_int_equal(spawn(argv, NULL, -1), -ENOENT);
+}
+
+/* A watch closed before the end leaves the child running, unwatched. */
+static void test_close_early(void **state)
+{
+	char *argv[] = {"sleep", "30", NULL};
+	struct heard h = {0};
+	struct proc_watch w = {.data = &h};
+	uv_loop_t loop;
+	pid_t pid = spawn(argv, NULL, -1);
+
+	(void)state;
+	assert_true(pid > 0);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(proc_watch_start(&loop, &w, pid, exit_cb), 0);
+	proc_watch_close(&w, closed_cb);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_true(h.closed);
+	assert_int_equal(h.calls, 0);
+	assert_int_equal(kill(pid, 0), 0);
+	kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, NULL, 0), pid);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_exit_status),	 cmocka_unit_test(test_signal_defaults),
+		cmocka_unit_test(test_session_and_kill), cmocka_unit_test(test_cwd_and_output),
+		cmocka_unit_test(test_missing_program),	 cmocka_unit_test(test_close_early),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
