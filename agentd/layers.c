@@ -794,7 +794,7 @@ static int parent_open(int root, const char *rel, bool create, const char **base
 {
 	char comp[NAME_MAX + 1];
 	const char *p = rel, *slash;
-	int fd = dup(root);
+	int fd = fcntl(root, F_DUPFD_CLOEXEC, 0);
 
 	if (fd < 0)
 		return err_set(err, errno, "dup");

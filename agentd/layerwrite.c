@@ -397,7 +397,7 @@ out:
 /* Every entry of the directory dirfd, in name order, with paths under prefix. */
 static int dir_put(struct tar_out *t, int dirfd, const char *prefix)
 {
-	int fd = dup(dirfd);
+	int fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	char **names = NULL;
 	size_t n = 0, cap = 0;

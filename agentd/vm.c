@@ -22,8 +22,8 @@
  * caused is pushed to the controller as an instance-state message; changes during a
  * command travel in its op-done instead.
  *
- * Exit detection: for a QEMU this agent started, libuv reports the exit with its
- * status. For one adopted at start-up (vmadopt.c; not our child), QMP's end of file
+ * Exit detection: for a QEMU this agent started, its pidfd reports the exit with its
+ * status (common/proc.c). For one adopted at start-up (vmadopt.c; not our child), QMP's end of file
  * is the hint and kill(pid, 0) plus /proc/PID/stat (not a zombie) the proof.
  */
 #include "agentd.h"

@@ -2,9 +2,12 @@
  * proc.c - a child started with posix_spawn(3) and watched through its pidfd
  * (proc.h says why not uv_spawn()).
  *
- * The pidfd (pidfd_open(2), Linux 5.3) is a handle to this child alone: libuv's own
- * SIGCHLD handler reaps only the children of its uv_process_t handles, so nothing
- * else reaps this one and its pid cannot be reused while the pidfd is watched.
+ * The pidfd (pidfd_open(2): Linux 5.3 or later, which Kumo needs) is a handle to this
+ * child alone. libuv's own SIGCHLD handler reaps only the children of its uv_process_t
+ * handles and nothing else here waits for any child, so this one is reaped by
+ * watch_cb() alone (its pid cannot be reused before that). A child whose watch was
+ * closed early is never reaped by us: it stays a zombie once it ends, until the
+ * daemon exits, as a closed uv_process_t's did.
  */
 #include "proc.h"
 
@@ -19,6 +22,9 @@
 
 #include "log.h"
 
+/* How long a child that ended but cannot be waited for yet (traced) waits to be seen. */
+#define PROC_RETRY_MS 100
+
 extern char **environ;
 
 pid_t proc_spawn(const uv_process_options_t *opts)
@@ -27,6 +33,7 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	posix_spawnattr_t attr;
 	sigset_t none, all;
 	short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+	int fds[3] = {-1, -1, -1}; /* copies above 2 of inherited fds 0-2 */
 	pid_t pid = -1;
 	int ret;
 
@@ -44,13 +51,24 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	posix_spawnattr_setsigmask(&attr, &none);
 	posix_spawnattr_setsigdefault(&attr, &all);
 	posix_spawnattr_setflags(&attr, flags);
+	/* An fd to inherit that is itself 0-2 (a daemon started with stdin closed) would
+	 * be overwritten by an earlier action: the child gets a copy above 2 instead. */
 	ret = 0;
+	for (int i = 0; i < 3 && i < opts->stdio_count && ret == 0; i++) {
+		fds[i] = -1;
+		if (opts->stdio[i].flags == UV_INHERIT_FD && opts->stdio[i].data.fd < 3) {
+			fds[i] = fcntl(opts->stdio[i].data.fd, F_DUPFD_CLOEXEC, 3);
+			if (fds[i] < 0)
+				ret = errno;
+		}
+	}
 	for (int i = 0; i < 3 && ret == 0; i++) {
 		if (i >= opts->stdio_count || opts->stdio[i].flags == UV_IGNORE)
 			ret = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
 							       i ? O_WRONLY : O_RDONLY, 0);
 		else
-			ret = posix_spawn_file_actions_adddup2(&fa, opts->stdio[i].data.fd, i);
+			ret = posix_spawn_file_actions_adddup2(
+				&fa, fds[i] >= 0 ? fds[i] : opts->stdio[i].data.fd, i);
 	}
 	if (ret == 0 && opts->cwd)
 		ret = posix_spawn_file_actions_addchdir_np(&fa, opts->cwd);
@@ -59,7 +77,21 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 				   opts->env ? opts->env : environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
 	return ret ? -ret : pid;
+}
+
+static void watch_cb(uv_poll_t *poll, int status, int events);
+
+/* Ended, but not yet waitable: poll the pidfd again. */
+static void retry_cb(uv_timer_t *timer)
+{
+	struct proc_watch *w = timer->data;
+
+	if (uv_poll_start(&w->poll, UV_READABLE, watch_cb) < 0)
+		fatalx("proc: cannot watch the pidfd of child %d", (int)w->pid);
 }
 
 static void watch_cb(uv_poll_t *poll, int status, int events)
@@ -72,8 +104,14 @@ static void watch_cb(uv_poll_t *poll, int status, int events)
 	(void)status;
 	(void)events;
 	if (waitid(P_PID, w->pid, &info, WEXITED | WNOHANG) == 0) {
-		if (info.si_pid == 0)
-			return; /* not ended: a wake-up without news */
+		if (info.si_pid == 0) {
+			/* The pidfd says it ended, yet it cannot be waited for: a tracer
+			 * (strace, gdb) holds it until it reaps it first. The poll is level-
+			 * triggered: looked at again later, not in a spin. */
+			uv_poll_stop(poll);
+			uv_timer_start(&w->retry, retry_cb, PROC_RETRY_MS, 0);
+			return;
+		}
 		if (info.si_code == CLD_EXITED)
 			code = info.si_status;
 		else
@@ -81,7 +119,9 @@ static void watch_cb(uv_poll_t *poll, int status, int events)
 	} else if (errno == EINTR) {
 		return; /* the pidfd is still readable: polled again */
 	} else {
-		code = -1; /* reaped by someone else (ECHILD): it ended, how is unknown */
+		/* Reaped by someone else (ECHILD): it ended, how is unknown; the caller
+		 * hears status -1. */
+		code = -1;
 	}
 	uv_poll_stop(poll);
 	w->exit_cb(w, code, sig);
@@ -94,6 +134,7 @@ int proc_watch_start(uv_loop_t *loop, struct proc_watch *w, pid_t pid, proc_exit
 	w->pid = pid;
 	w->exit_cb = exit_cb;
 	w->close_cb = NULL;
+	w->open = 0;
 	w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (w->pidfd < 0)
 		return -errno;
@@ -102,7 +143,9 @@ int proc_watch_start(uv_loop_t *loop, struct proc_watch *w, pid_t pid, proc_exit
 		close(w->pidfd);
 		return ret;
 	}
-	w->poll.data = w;
+	uv_timer_init(loop, &w->retry);
+	w->poll.data = w->retry.data = w;
+	w->open = 2;
 	/* On Linux it only fails for a handle already closing. */
 	if (uv_poll_start(&w->poll, UV_READABLE, watch_cb) < 0)
 		fatalx("proc: cannot watch the pidfd of child %d", (int)pid);
@@ -113,6 +156,8 @@ static void watch_closed_cb(uv_handle_t *handle)
 {
 	struct proc_watch *w = handle->data;
 
+	if (--w->open > 0)
+		return;
 	close(w->pidfd);
 	if (w->close_cb)
 		w->close_cb(w);
@@ -122,4 +167,5 @@ void proc_watch_close(struct proc_watch *w, void (*close_cb)(struct proc_watch *
 {
 	w->close_cb = close_cb;
 	uv_close((uv_handle_t *)&w->poll, watch_closed_cb);
+	uv_close((uv_handle_t *)&w->retry, watch_closed_cb);
 }

@@ -31,7 +31,9 @@ typedef void (*proc_exit_cb)(struct proc_watch *w, int64_t status, int term_sign
 
 /* A child of ours, watched on the loop: exit_cb once it ended (it is reaped then). */
 struct proc_watch {
-	uv_poll_t poll; /* its pidfd: readable once the child ended */
+	uv_poll_t poll;	  /* its pidfd: readable once the child ended */
+	uv_timer_t retry; /* ended but not yet waitable (traced): look again */
+	int open;	  /* handles not yet closed */
 	pid_t pid;
 	int pidfd;
 	proc_exit_cb exit_cb;

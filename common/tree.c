@@ -47,7 +47,7 @@ static int open_dir_at(int parent, const char *name, const struct stat *want)
  */
 static int level_clear(int dir, dev_t dev, char **sub, struct stat *sub_st)
 {
-	int fd = dup(dir), ret = 0;
+	int fd = fcntl(dir, F_DUPFD_CLOEXEC, 0), ret = 0;
 	struct dirent *e;
 	DIR *d;
 

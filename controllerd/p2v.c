@@ -572,7 +572,7 @@ static void sync_maybe_start(struct p2v_session *s, int64_t now)
 	for (int i = 0; i < s->ndisks; i++) {
 		if (s->disks[i].fd < 0)
 			continue;
-		y->fds[y->nfds] = dup(s->disks[i].fd);
+		y->fds[y->nfds] = fcntl(s->disks[i].fd, F_DUPFD_CLOEXEC, 0);
 		if (y->fds[y->nfds] < 0) {
 			log_warn("p2v %s: cannot fsync its received disks", s->id);
 			while (y->nfds > 0)

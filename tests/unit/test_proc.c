@@ -156,6 +156,76 @@ static void test_cwd_and_output(void **state)
 	rmdir(dir);
 }
 
+/* A signal blocked here is not blocked in the child: it dies of it. */
+static void test_signal_mask_empty(void **state)
+{
+	char *argv[] = {"sh", "-c", "kill -TERM $$; exit 3", NULL};
+	struct heard h = {0};
+	sigset_t term, old;
+	pid_t pid;
+
+	(void)state;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_BLOCK, &term, &old);
+	pid = spawn(argv, NULL, -1);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.signal, SIGTERM);
+}
+
+/* stdin is /dev/null, not ours: here a pipe with a line in it (read would succeed). */
+static void test_stdin_null(void **state)
+{
+	char *argv[] = {"sh", "-c", "read x", NULL};
+	struct heard h = {0};
+	int p[2], saved;
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(write(p[1], "line\n", 5), 5);
+	close(p[1]);
+	saved = dup(0);
+	dup2(p[0], 0);
+	close(p[0]);
+	pid = spawn(argv, NULL, -1);
+	dup2(saved, 0);
+	close(saved);
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.status, 1); /* read hit the end of /dev/null */
+}
+
+/* An output fd that is itself 0 (a daemon started with stdin closed) still gets it. */
+static void test_output_fd_zero(void **state)
+{
+	char path[] = "/tmp/kumo-test-proc-out-XXXXXX", buf[16] = "";
+	char *argv[] = {"sh", "-c", "echo hi", NULL};
+	struct heard h = {0};
+	int fd, saved;
+	pid_t pid;
+
+	(void)state;
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	saved = dup(0);
+	dup2(fd, 0);
+	close(fd);
+	pid = spawn(argv, NULL, 0);
+	dup2(saved, 0);
+	close(saved);
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.status, 0);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(read(fd, buf, sizeof(buf) - 1) > 0);
+	close(fd);
+	unlink(path);
+	assert_string_equal(buf, "hi\n");
+}
+
 static void test_missing_program(void **state)
 {
 	char *argv[] = {"kumo-no-such-program", NULL};
@@ -192,7 +262,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_exit_status),	 cmocka_unit_test(test_signal_defaults),
 		cmocka_unit_test(test_session_and_kill), cmocka_unit_test(test_cwd_and_output),
-		cmocka_unit_test(test_missing_program),	 cmocka_unit_test(test_close_early),
+		cmocka_unit_test(test_missing_program),	 cmocka_unit_test(test_signal_mask_empty),
+		cmocka_unit_test(test_stdin_null),	 cmocka_unit_test(test_output_fd_zero),
+		cmocka_unit_test(test_close_early),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
