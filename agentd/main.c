@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -37,6 +38,20 @@ static void inherited_fds_cloexec(void)
 		if (flags >= 0)
 			fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 	}
+}
+
+/*
+ * QEMU and the shims are watched through pidfds (common/proc.c): a kernel without
+ * pidfd_open(2) (before 5.3) could start none of them, so the agent does not start.
+ */
+static void pidfd_check(void)
+{
+	int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+
+	if (fd < 0 && errno == ENOSYS)
+		fatalx("this kernel has no pidfd_open(2): kumo-agentd needs Linux 5.3 or later");
+	if (fd >= 0)
+		close(fd);
 }
 
 static void agent_stop(struct agent *a)
@@ -181,6 +196,7 @@ int main(int argc, char **argv)
 	if (argc >= 2 && argc <= 3 && strcmp(argv[1], "--userns") == 0)
 		return uid_userns_child_main(argc == 3 && strcmp(argv[2], "net") == 0);
 	inherited_fds_cloexec();
+	pidfd_check();
 
 	ret = config_parse(argc, argv, &cfg, &err);
 	if (ret == 0)
