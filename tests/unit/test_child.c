@@ -291,9 +291,9 @@ static void test_stdio_by_name(void **state)
 	struct heard h;
 
 	run_sh("cat /dev/stdin > /dev/stdout; echo err > /dev/stderr", &o, &h, NULL);
-	assert_true(child_result_ok(&h.r));
-	assert_string_equal(h.out, "in\n");
 	assert_string_equal(h.err, "err\n");
+	assert_string_equal(h.out, "in\n");
+	assert_true(child_result_ok(&h.r));
 	heard_free(&h);
 
 	o.err_mode = CHILD_ERR_MERGE;
