@@ -1,8 +1,15 @@
 /*
- * child.c - the one child-process runner (child.h): uv_spawn with pipes for stdin,
- * stdout and stderr, output caps, a deadline, cancel, and the kill of a whole process
- * tree. Every handle lives in struct child and the struct goes when the last one
- * closed, right after done() was called.
+ * child.c - the one child-process runner (child.h): posix_spawn (common/proc.c) with
+ * pipes for stdin, stdout and stderr, the exit heard through a pidfd, output caps, a
+ * deadline, cancel, and the kill of a whole process tree. Every handle lives in
+ * struct child and the struct goes when the last one closed, right after done() was
+ * called.
+ *
+ * Why not uv_spawn(): libuv 1.44's forks the daemon (proc.h: 3-10 ms per spawn in an
+ * agent with its threads and heap, against well under 1 ms for posix_spawn), and the
+ * daemons run a helper per ip, nft, qemu-img or runc step. Only a child to run as
+ * another user (set_ids) still goes through uv_spawn(): posix_spawn cannot setgroups,
+ * setgid and setuid in the child, and that case is rare enough to pay the fork.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -11,16 +18,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "child.h"
+#include "proc.h"
 #include "util.h"
 
 #define CHILD_ERR_DEFAULT 1024
 #define CHILD_DRAIN_MS	  200 /* output read after the exit, at most */
 
 struct child {
-	uv_process_t proc;
+	struct proc_watch watch; /* posix_spawn's child: its pidfd */
+	uv_process_t proc;	 /* set_ids only: uv_spawn's child */
+	bool forked;		 /* proc is used (and initialised), not watch */
+	bool watched;		 /* watch was started (and must close) */
+	pid_t pid;
 	uv_pipe_t in, out, err;
 	uv_timer_t timer; /* the deadline, then the drain grace */
 	uv_write_t write;
@@ -152,10 +165,8 @@ int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), 
 	return killed;
 }
 
-static void close_cb(uv_handle_t *handle)
+static void handle_closed(struct child *c)
 {
-	struct child *c = handle->data;
-
 	if (--c->open_handles > 0)
 		return;
 	if (c->spawned) {
@@ -176,15 +187,34 @@ static void close_cb(uv_handle_t *handle)
 	free(c);
 }
 
+static void close_cb(uv_handle_t *handle)
+{
+	handle_closed(handle->data);
+}
+
+static void watch_closed_cb(struct proc_watch *w)
+{
+	handle_closed(w->data);
+}
+
 static void close_one(struct child *c, void *handle)
 {
 	if (!uv_is_closing(handle))
 		uv_close(handle, close_cb);
 }
 
+/* The process handle: uv_spawn's, or the pidfd's watch once it started. */
+static void close_process(struct child *c)
+{
+	if (c->forked)
+		close_one(c, &c->proc);
+	else if (c->watched && !uv_is_closing((uv_handle_t *)&c->watch.poll))
+		proc_watch_close(&c->watch, watch_closed_cb);
+}
+
 static void close_all(struct child *c)
 {
-	close_one(c, &c->proc);
+	close_process(c);
 	close_one(c, &c->in);
 	close_one(c, &c->out);
 	close_one(c, &c->err);
@@ -198,7 +228,7 @@ static void kill_all(struct child *c)
 		return;
 	if (c->pid_file)
 		child_tree_kill(pid_file_read(c->pid_file));
-	child_tree_kill(c->proc.pid);
+	child_tree_kill(c->pid);
 }
 
 /* Once it exited and both pipes reached their end, the result is complete. */
@@ -222,16 +252,24 @@ static void timer_cb(uv_timer_t *timer)
 	kill_all(c);
 }
 
-static void exit_cb(uv_process_t *proc, int64_t status, int term_signal)
+static void exited(struct child *c, int64_t status, int term_signal)
 {
-	struct child *c = proc->data;
-
 	c->exited = true;
 	c->r.status = status;
 	c->r.signal = term_signal;
-	uv_close((uv_handle_t *)proc, close_cb);
+	close_process(c);
 	uv_timer_start(&c->timer, timer_cb, CHILD_DRAIN_MS, 0);
 	finish_maybe(c);
+}
+
+static void watch_exit_cb(struct proc_watch *w, int64_t status, int term_signal)
+{
+	exited(w->data, status, term_signal);
+}
+
+static void forked_exit_cb(uv_process_t *proc, int64_t status, int term_signal)
+{
+	exited(proc->data, status, term_signal);
 }
 
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
@@ -300,17 +338,112 @@ static void write_cb(uv_write_t *req, int status)
 	close_one(c, &c->in);
 }
 
+/*
+ * A pipe for one of the child's stdio: both ends close-on-exec (the child's end is
+ * dup2'd onto its stdio, which clears the flag there) and neither among 0-2, where the
+ * dup2 of another of its stdio would overwrite it (a daemon started with one closed).
+ * Returns 0, or a negative errno (nothing open then).
+ */
+static int pipe_make(int fds[2])
+{
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	for (int i = 0; i < 2; i++) {
+		int fd;
+
+		if (fds[i] >= 3)
+			continue;
+		fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+		if (fd < 0) {
+			int ret = -errno;
+
+			close(fds[0]);
+			close(fds[1]);
+			fds[0] = fds[1] = -1;
+			return ret;
+		}
+		close(fds[i]);
+		fds[i] = fd;
+	}
+	return 0;
+}
+
+static void fd_close(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* Our end fd of a pipe into pipe (non-blocking from here), or pipe closed unused. */
+static bool pipe_take(struct child *c, uv_pipe_t *pipe, int fd)
+{
+	if (fd >= 0 && uv_pipe_open(pipe, fd) == 0)
+		return true;
+	if (fd >= 0)
+		close(fd);
+	close_one(c, pipe);
+	return false;
+}
+
+/* Start the child opts describes (set_ids: by uv_spawn, or else by posix_spawn, its
+ * pidfd watched) and set c->pid. Returns 0 or a negative errno (nothing runs then). */
+static int spawn(uv_loop_t *loop, struct child *c, const struct child_opts *o,
+		 uv_process_options_t *opts)
+{
+	int ret;
+
+	if (o->set_ids) {
+		/* Dropping to another user needs root (CAP_SETUID, CAP_SETGID), and a
+		 * fork: posix_spawn cannot change ids, libuv's child does. */
+		opts->flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
+		opts->uid = o->uid;
+		opts->gid = o->gid;
+		opts->exit_cb = forked_exit_cb;
+		/* The handle is initialised even when the spawn fails: it must close. */
+		c->forked = true;
+		c->open_handles++;
+		ret = uv_spawn(loop, &c->proc, opts);
+		c->pid = ret < 0 ? 0 : c->proc.pid;
+		return ret;
+	}
+	c->pid = proc_spawn(opts);
+	if (c->pid < 0) {
+		ret = c->pid;
+		c->pid = 0;
+		return ret;
+	}
+	c->watch.data = c;
+	ret = proc_watch_start(loop, &c->watch, c->pid, watch_exit_cb);
+	if (ret < 0) {
+		/* Unwatched, nothing would reap it or hear its end: it goes now. */
+		child_tree_kill(c->pid);
+		waitpid(c->pid, NULL, 0);
+		c->pid = 0;
+		return ret;
+	}
+	c->watched = true;
+	c->open_handles++;
+	return 0;
+}
+
 struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_cb done, void *data,
 			struct kerr *err)
 {
 	struct child *c = xcalloc(1, sizeof(*c));
 	uv_process_options_t opts = {0};
 	uv_stdio_container_t stdio[3];
-	int fds[2] = {-1, -1}, ret;
+	/* Each pipe's [0] reads and [1] writes: the child's end goes to its stdio, ours
+	 * to a uv_pipe_t. One pipe for stdout and stderr merged keeps their order. */
+	int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1};
+	bool merge = o->err_mode == CHILD_ERR_MERGE;
+	int ret = 0;
 
 	c->done = done;
 	c->data = data;
 	c->out_max = o->out_max;
+	if (merge && !o->out_max && !o->on_output)
+		c->out_max = 65536;
 	c->err_max = o->err_max ? o->err_max : CHILD_ERR_DEFAULT;
 	c->errbuf = xmalloc(c->err_max + 1);
 	c->prog = xstrdup(o->argv[0]);
@@ -322,68 +455,55 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 	uv_timer_init(loop, &c->timer);
 	c->proc.data = c->in.data = c->out.data = c->err.data = c->timer.data = c;
 	c->write.data = c;
-	c->open_handles = 5;
+	c->open_handles = 4; /* and the process's, once spawn() made it */
 
-	stdio[0].flags = UV_IGNORE;
-	if (o->in) {
-		stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
-		stdio[0].data.stream = (uv_stream_t *)&c->in;
+	if (o->in)
+		ret = pipe_make(in);
+	if (ret == 0 && (o->out_max || o->on_output || merge))
+		ret = pipe_make(out);
+	if (ret == 0 && o->err_mode == CHILD_ERR_CAPTURE)
+		ret = pipe_make(errp);
+	for (int i = 0; i < 3; i++)
+		stdio[i].flags = UV_IGNORE; /* /dev/null */
+	if (in[0] >= 0) {
+		stdio[0].flags = UV_INHERIT_FD;
+		stdio[0].data.fd = in[0];
 	}
-	stdio[1].flags = UV_IGNORE;
-	if (o->out_max || o->on_output) {
-		stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-		stdio[1].data.stream = (uv_stream_t *)&c->out;
+	if (out[1] >= 0) {
+		stdio[1].flags = UV_INHERIT_FD;
+		stdio[1].data.fd = out[1];
 	}
-	stdio[2].flags = UV_IGNORE;
-	if (o->err_mode == CHILD_ERR_CAPTURE) {
-		stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-		stdio[2].data.stream = (uv_stream_t *)&c->err;
-	} else if (o->err_mode == CHILD_ERR_INHERIT) {
+	if (errp[1] >= 0 || o->err_mode == CHILD_ERR_INHERIT || (merge && out[1] >= 0)) {
 		stdio[2].flags = UV_INHERIT_FD;
-		stdio[2].data.fd = 2;
-	} else if (o->err_mode == CHILD_ERR_MERGE && pipe2(fds, O_CLOEXEC) == 0) {
-		/* One pipe for stdout and stderr, so the output keeps its order. */
-		c->out_max = c->out_max || o->on_output ? c->out_max : 65536;
-		stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
-		stdio[1].data.fd = stdio[2].data.fd = fds[1];
+		stdio[2].data.fd = errp[1] >= 0 ? errp[1] : merge ? out[1] : 2;
 	}
 	opts.file = o->file ? o->file : o->argv[0];
 	opts.args = (char **)o->argv;
 	opts.env = (char **)o->env;
 	opts.cwd = o->cwd;
-	if (o->set_ids) {
-		/* Dropping to another user needs root (CAP_SETUID, CAP_SETGID). */
-		opts.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
-		opts.uid = o->uid;
-		opts.gid = o->gid;
-	}
-	opts.exit_cb = exit_cb;
 	opts.stdio = stdio;
 	opts.stdio_count = 3;
-	ret = uv_spawn(loop, &c->proc, &opts);
-	if (fds[1] >= 0)
-		close(fds[1]);
+	if (ret == 0)
+		ret = spawn(loop, c, o, &opts);
+	/* The child's ends are its own now. */
+	fd_close(&in[0]);
+	fd_close(&out[1]);
+	fd_close(&errp[1]);
 	if (ret < 0) {
-		/* Every handle is initialised (the process one too) and must close; spawned
-		 * is false, so done() is not called. */
-		if (fds[0] >= 0)
-			close(fds[0]);
+		/* spawned is false: done() is not called. */
+		fd_close(&in[1]);
+		fd_close(&out[0]);
+		fd_close(&errp[0]);
 		close_all(c);
 		err_set(err, -ret, "cannot run %s: %s", o->argv[0], uv_strerror(ret));
 		return NULL;
 	}
 	c->spawned = true;
-	if (fds[0] >= 0)
-		uv_pipe_open(&c->out, fds[0]);
-	if (stdio[1].flags & UV_CREATE_PIPE || fds[0] >= 0)
+	if (pipe_take(c, &c->out, out[0]))
 		uv_read_start((uv_stream_t *)&c->out, alloc_cb, read_cb);
-	else
-		close_one(c, &c->out);
-	if (stdio[2].flags & UV_CREATE_PIPE)
+	if (pipe_take(c, &c->err, errp[0]))
 		uv_read_start((uv_stream_t *)&c->err, alloc_cb, read_cb);
-	else
-		close_one(c, &c->err);
-	if (o->in) {
+	if (pipe_take(c, &c->in, in[1])) {
 		uv_buf_t buf;
 
 		c->inbuf = xmalloc(o->in_len ? o->in_len : 1);
@@ -391,8 +511,6 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 		buf = uv_buf_init(c->inbuf, (unsigned)o->in_len);
 		if (uv_write(&c->write, (uv_stream_t *)&c->in, &buf, 1, write_cb) < 0)
 			close_one(c, &c->in);
-	} else {
-		close_one(c, &c->in);
 	}
 	if (o->timeout_ms)
 		uv_timer_start(&c->timer, timer_cb, o->timeout_ms, 0);
@@ -401,7 +519,7 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 
 pid_t child_pid(const struct child *c)
 {
-	return c->exited ? 0 : c->proc.pid;
+	return c->exited ? 0 : c->pid;
 }
 
 void child_cancel(struct child *c)
@@ -527,8 +645,9 @@ int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data
 	struct child *c;
 	uv_loop_t loop;
 
-	/* A loop of this thread's own: libuv reaps each loop's children by their pids,
-	 * so the daemon's loop and this one do not take each other's. */
+	/* A loop of this thread's own: each child is reaped through its own pidfd (or,
+	 * set_ids, by libuv by its pid), so the daemon's loop and this one do not take
+	 * each other's. */
 	if (uv_loop_init(&loop) < 0)
 		return err_set(err, 0, "cannot make a loop to run %s", opts->argv[0]);
 	if (o.on_output)
@@ -542,8 +661,8 @@ int child_run_sync(const struct child_opts *opts, child_done_cb done, void *data
 		s.poll.data = &s;
 		uv_timer_start(&s.poll, sync_poll_cb, CHILD_CANCEL_POLL_MS, CHILD_CANCEL_POLL_MS);
 	}
-	if (c)
-		uv_run(&loop, UV_RUN_DEFAULT);
+	/* Also when it could not start: the runner's handles close on this loop. */
+	uv_run(&loop, UV_RUN_DEFAULT);
 	uv_loop_close(&loop);
 	return c ? 0 : -1;
 }

@@ -2,8 +2,10 @@
  * child.h - the one child-process runner: run a helper program (qemu-img, runc, the
  * kvm probe, skopeo) from a daemon's loop and hear how it ended, without blocking.
  *
- * child_run() spawns opts->argv (argv[0] looked up in PATH unless opts->file is set)
- * with the environment, working directory, user and group asked for, feeds it
+ * child_run() spawns opts->argv (argv[0] looked up in PATH, opts->env's when given,
+ * unless opts->file is set) with the environment, working directory, user and group
+ * asked for (by posix_spawn, without a fork of the daemon: child.c says why; only a
+ * change of user or group forks), its stdio pipes or /dev/null, feeds it
  * opts->in (or /dev/null), keeps the first out_max bytes of its stdout (the rest is
  * dropped and r->truncated set) and the last err_max bytes of its stderr (the reason
  * for a failure is printed last), and kills it and every descendant after timeout_ms.
@@ -57,7 +59,7 @@ struct child_opts {
 	char *const *argv; /* NULL-terminated */
 	char *const *env;  /* NULL: ours */
 	const char *cwd;   /* NULL: ours */
-	bool set_ids;	   /* run as uid:gid (needs root) */
+	bool set_ids;	   /* run as uid:gid (needs root; forks, by uv_spawn) */
 	uid_t uid;
 	gid_t gid;
 	const char *in; /* written to its stdin, which is then closed; NULL: /dev/null */

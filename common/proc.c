@@ -16,21 +16,61 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 /* How long a child that ended but cannot be waited for yet (traced) waits to be seen. */
 #define PROC_RETRY_MS 100
 
 extern char **environ;
 
+/*
+ * The program file names, looked up as uv_spawn() did when given an environment:
+ * libuv 1.44 sets environ to it in the child before execvp(), so the child's PATH
+ * (or, without one, execvp's "/bin:/usr/bin") is searched, not ours as posix_spawnp()
+ * would. Sets *found (the caller's to free) to the first regular executable file, or
+ * to NULL when file is to be run as it is (a path, or no environment given). Returns
+ * 0, or -ENOENT when no directory holds it.
+ */
+static int env_path_find(const char *file, char *const *env, char **found)
+{
+	const char *path = "/bin:/usr/bin";
+
+	*found = NULL;
+	if (env == NULL || strchr(file, '/'))
+		return 0;
+	for (char *const *e = env; *e; e++)
+		if (!strncmp(*e, "PATH=", 5))
+			path = *e + 5;
+	for (const char *dir = path;; dir++) {
+		size_t len = strcspn(dir, ":");
+		char *candidate = xasprintf("%.*s%s%s", (int)len, dir, len ? "/" : "", file);
+		struct stat st;
+
+		/* An empty element is the current directory, as for execvp(). */
+		if (stat(candidate, &st) == 0 && S_ISREG(st.st_mode) &&
+		    access(candidate, X_OK) == 0) {
+			*found = candidate;
+			return 0;
+		}
+		free(candidate);
+		dir += len;
+		if (*dir == '\0')
+			return -ENOENT;
+	}
+}
+
 pid_t proc_spawn(const uv_process_options_t *opts)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
+	_cleanup_free_ char *found = NULL;
 	sigset_t none, all;
 	short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
 	int fds[3] = {-1, -1, -1}; /* copies above 2 of inherited fds 0-2 */
@@ -42,6 +82,9 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	for (int i = 0; i < opts->stdio_count; i++)
 		if (opts->stdio[i].flags != UV_IGNORE && opts->stdio[i].flags != UV_INHERIT_FD)
 			return -EINVAL;
+	ret = env_path_find(opts->file, opts->env, &found);
+	if (ret < 0)
+		return ret;
 	if (opts->flags & UV_PROCESS_DETACHED)
 		flags |= POSIX_SPAWN_SETSID;
 	posix_spawn_file_actions_init(&fa);
@@ -73,7 +116,7 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	if (ret == 0 && opts->cwd)
 		ret = posix_spawn_file_actions_addchdir_np(&fa, opts->cwd);
 	if (ret == 0)
-		ret = posix_spawnp(&pid, opts->file, &fa, &attr, opts->args,
+		ret = posix_spawnp(&pid, found ? found : opts->file, &fa, &attr, opts->args,
 				   opts->env ? opts->env : environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);

@@ -10,10 +10,12 @@
  * migration's target, waits for that.
  *
  * proc_spawn() takes a libuv option set so a caller can move from uv_spawn() as it
- * is: file (looked up in PATH), args, env (NULL: ours), cwd, stdio (UV_IGNORE or
- * UV_INHERIT_FD only), flags (UV_PROCESS_DETACHED only: a session of its own). The
- * child starts with no signal blocked and every signal at its default. exit_cb is
- * not used: proc_watch_start() watches the child.
+ * is: file (looked up in PATH: env's when env is given, as uv_spawn() did), args, env
+ * (NULL: ours), cwd, stdio (UV_IGNORE or UV_INHERIT_FD only: a pipe end the caller
+ * made is passed as UV_INHERIT_FD, each fd either its own slot or 3 and up), flags
+ * (UV_PROCESS_DETACHED only: a session of its own). The child starts with no signal
+ * blocked and every signal at its default. exit_cb is not used: proc_watch_start()
+ * watches the child.
  */
 #ifndef KUMO_PROC_H
 #define KUMO_PROC_H
