@@ -473,7 +473,9 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 		stdio[1].flags = UV_INHERIT_FD;
 		stdio[1].data.fd = out[1];
 	}
-	if (errp[1] >= 0 || o->err_mode == CHILD_ERR_INHERIT || (merge && out[1] >= 0)) {
+	/* Inherited only when ours is open (a daemon may run with fd 2 closed). */
+	if (errp[1] >= 0 || (o->err_mode == CHILD_ERR_INHERIT && fcntl(2, F_GETFD) >= 0) ||
+	    (merge && out[1] >= 0)) {
 		stdio[2].flags = UV_INHERIT_FD;
 		stdio[2].data.fd = errp[1] >= 0 ? errp[1] : merge ? out[1] : 2;
 	}
@@ -495,7 +497,7 @@ struct child *child_run(uv_loop_t *loop, const struct child_opts *o, child_done_
 		fd_close(&out[0]);
 		fd_close(&errp[0]);
 		close_all(c);
-		err_set(err, -ret, "cannot run %s: %s", o->argv[0], uv_strerror(ret));
+		err_set(err, -ret, "cannot run %s", o->argv[0]);
 		return NULL;
 	}
 	c->spawned = true;

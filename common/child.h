@@ -13,6 +13,8 @@
  * (or a short grace after the exit passed: a process it left in the background may
  * hold the pipes open for ever). child_cancel() kills it early (r->cancelled);
  * child_abandon() stops watching it (the daemon is stopping: r->abandoned).
+ * The program is a binary or a script with a #! line: posix_spawn does not retry
+ * one without it through /bin/sh as execvp() did.
  *
  * The struct child belongs to the runner: it is valid from child_run() until done()
  * returns, and freed right after.

@@ -38,7 +38,7 @@ extern char **environ;
  * to NULL when file is to be run as it is (a path, or no environment given). Returns
  * 0, or -ENOENT when no directory holds it.
  */
-static int env_path_find(const char *file, char *const *env, char **found)
+static int env_path_find(const char *file, char *const *env, const char *cwd, char **found)
 {
 	const char *path = "/bin:/usr/bin";
 
@@ -46,14 +46,22 @@ static int env_path_find(const char *file, char *const *env, char **found)
 	if (env == NULL || strchr(file, '/'))
 		return 0;
 	for (char *const *e = env; *e; e++)
-		if (!strncmp(*e, "PATH=", 5))
-			path = *e + 5;
+		if (!strncmp(*e, "PATH=", 5)) {
+			path = *e + 5; /* the first, as getenv() */
+			break;
+		}
 	for (const char *dir = path;; dir++) {
 		size_t len = strcspn(dir, ":");
-		char *candidate = xasprintf("%.*s%s%s", (int)len, dir, len ? "/" : "", file);
+		char *candidate;
 		struct stat st;
 
-		/* An empty element is the current directory, as for execvp(). */
+		/* As execvp() after uv_spawn's chdir: an empty element is the child's
+		 * directory, a relative one is under it. */
+		if (len && dir[0] == '/')
+			candidate = xasprintf("%.*s/%s", (int)len, dir, file);
+		else
+			candidate = xasprintf("%s/%.*s%s%s", cwd ? cwd : ".", (int)len, dir,
+					      len ? "/" : "", file);
 		if (stat(candidate, &st) == 0 && S_ISREG(st.st_mode) &&
 		    access(candidate, X_OK) == 0) {
 			*found = candidate;
@@ -82,7 +90,7 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	for (int i = 0; i < opts->stdio_count; i++)
 		if (opts->stdio[i].flags != UV_IGNORE && opts->stdio[i].flags != UV_INHERIT_FD)
 			return -EINVAL;
-	ret = env_path_find(opts->file, opts->env, &found);
+	ret = env_path_find(opts->file, opts->env, opts->cwd, &found);
 	if (ret < 0)
 		return ret;
 	if (opts->flags & UV_PROCESS_DETACHED)

@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -308,7 +307,7 @@ static void test_stdio_by_name(void **state)
 static void test_env_path(void **state)
 {
 	char dir[] = "/tmp/kumo-child-XXXXXX", path[64];
-	char *env[] = {path, NULL};
+	char *env[] = {path, NULL, NULL};
 	char *argv[] = {"kumo-child-only-here", NULL};
 	struct child_opts o = {.argv = argv, .out_max = 100, .env = env};
 	struct kerr err;
@@ -328,6 +327,18 @@ static void test_env_path(void **state)
 		assert_int_equal(child_run_wait(&o, &out, &err), 0);
 		assert_string_equal(out, "found\n");
 		free(out);
+		/* The first PATH counts, as for getenv(). */
+		env[1] = "PATH=/nonexistent";
+		assert_int_equal(child_run_wait(&o, &out, &err), 0);
+		free(out);
+		env[1] = NULL;
+		/* An empty element is the child's directory (cwd), not ours. */
+		snprintf(path, sizeof(path), "PATH=/nonexistent:");
+		o.cwd = dir;
+		assert_int_equal(child_run_wait(&o, &out, &err), 0);
+		assert_string_equal(out, "found\n");
+		free(out);
+		o.cwd = NULL;
 		/* Not in that PATH: it does not start (ours is not searched). */
 		snprintf(path, sizeof(path), "PATH=/nonexistent");
 		assert_int_equal(child_run_wait(&o, NULL, &err), -1);
@@ -355,61 +366,6 @@ static void test_set_ids(void **state)
 	assert_int_equal(child_run_wait(&o, &out, &err), 0);
 	assert_string_equal(out, "65534\n65533\n65533\n");
 	free(out);
-}
-
-static void *idle_thread(void *arg)
-{
-	char c;
-
-	/* Blocks until the pipe closes: a daemon's idle pool thread. */
-	(void)read(*(int *)arg, &c, 1);
-	return NULL;
-}
-
-static int cmp_int64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/*
- * How long child_run_sync of /bin/true takes from a process shaped like an agent
- * (4 more threads, 64 MiB of heap written): printed, not asserted (the machine is
- * shared). A fork copies the page tables of all that; posix_spawn does not.
- */
-static void test_spawn_timing(void **state)
-{
-	char *argv[] = {"/bin/true", NULL};
-	struct child_opts o = {.argv = argv, .err_mode = CHILD_ERR_IGNORE};
-	size_t heap_len = 64 << 20;
-	char *heap = xmalloc(heap_len);
-	pthread_t threads[4];
-	int64_t us[41];
-	int block[2];
-	struct kerr err;
-
-	memset(heap, 1, heap_len);
-	assert_int_equal(pipe(block), 0);
-	for (int i = 0; i < 4; i++)
-		assert_int_equal(pthread_create(&threads[i], NULL, idle_thread, &block[0]), 0);
-	for (int i = 0; i < 41; i++) {
-		struct timespec t0, t1;
-
-		clock_gettime(CLOCK_MONOTONIC, &t0);
-		assert_int_equal(child_run_wait(&o, NULL, &err), 0);
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		us[i] = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
-	}
-	qsort(us, 41, sizeof(us[0]), cmp_int64);
-	printf("child_run_wait(/bin/true), 4 threads, 64 MiB heap: median %lld us, "
-	       "min %lld, max %lld (41 runs)\n",
-	       (long long)us[20], (long long)us[0], (long long)us[40]);
-	close(block[1]);
-	for (int i = 0; i < 4; i++)
-		pthread_join(threads[i], NULL);
-	close(block[0]);
-	free(heap);
 }
 
 static void test_merge_keeps_order(void **state)
@@ -499,7 +455,6 @@ int main(void)
 		cmocka_unit_test(test_stdio_by_name),
 		cmocka_unit_test(test_env_path),
 		cmocka_unit_test(test_set_ids),
-		cmocka_unit_test(test_spawn_timing),
 		cmocka_unit_test(test_cannot_start),
 		cmocka_unit_test(test_marked_kill),
 	};
