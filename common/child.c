@@ -134,11 +134,15 @@ static bool env_marked(pid_t pid, const char *marker)
 
 int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), void *data)
 {
+	pid_t *seen = NULL; /* the ones killed: counted once, though a busy host may show one
+			     * again before it is a zombie */
+	size_t nseen = 0;
 	int killed = 0;
 
 	/* A marked process may fork between the scan and its kill (a child that is not
-	 * listed yet): scan again until a scan finds none. Each is stopped before it is
-	 * killed so it starts nothing more; a killed one reads empty once it is a zombie. */
+	 * listed yet): scan again until a scan finds none not seen before. Each is stopped
+	 * before it is killed so it starts nothing more; a killed one reads empty once it
+	 * is a zombie. */
 	for (int round = 0; round < 10; round++) {
 		int nfound = 0;
 		struct dirent *e;
@@ -146,13 +150,20 @@ int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), 
 
 		while (d && (e = readdir(d))) {
 			pid_t pid = (pid_t)atoi(e->d_name);
+			bool again = false;
 
 			if (pid <= 0 || pid == getpid() || !env_marked(pid, marker))
 				continue;
+			for (size_t i = 0; i < nseen && !again; i++)
+				again = seen[i] == pid;
 			kill(pid, SIGSTOP);
+			kill(pid, SIGKILL);
+			if (again)
+				continue;
 			if (found)
 				found(pid, data);
-			kill(pid, SIGKILL);
+			seen = xrealloc(seen, (nseen + 1) * sizeof(*seen));
+			seen[nseen++] = pid;
 			nfound++;
 		}
 		if (d)
@@ -162,6 +173,7 @@ int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), 
 			break;
 		usleep(10 * 1000); /* the killed ones become zombies */
 	}
+	free(seen);
 	return killed;
 }
 
