@@ -39,10 +39,19 @@ STATUS=0
 BODY=""
 HEADERS=""
 
+# A test may set FAIL_DIAG to a function that prints what explains a failure (the
+# hosts' state, log tails): fail() runs it once, after the reason.
+FAIL_DIAG=""
 fail() {
+	local diag=$FAIL_DIAG
 	echo "FAIL [$TESTNAME]: $*" >&2
 	echo "  last status: $STATUS" >&2
 	echo "  last body: ${BODY:0:2000}" >&2
+	if [ -n "$diag" ]; then
+		FAIL_DIAG=""
+		echo "  -- $diag:" >&2
+		"$diag" 2>&1 | sed 's/^/  | /' >&2 || true
+	fi
 	exit 1
 }
 

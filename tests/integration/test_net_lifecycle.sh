@@ -143,6 +143,25 @@ wait_until 90 "h4 online" host_is h4 online
 H1=$(host_underlay h1)
 H2=$(host_underlay h2)
 H4=$(host_underlay h4)
+# What explains a failure from here on: each host's segment, FDB and network version,
+# the containers' neighbours, and the logs' ends.
+join_diag() {
+	local h
+	for h in h1 h2 h4; do
+		echo "$h: links $(kumo_links $h "$NID" | tr '\n' ' '); FDB of kx$NID-10: $(fdb_dsts $h "kx$NID-10" | tr '\n' ' ')"
+		api GET "/api/v1/hosts/$h"
+		echo "$h: state $(jqb .state), network $(jqb -c .network)"
+	done
+	for n in $C1 $C4; do
+		api POST "/api/v1/instances/$n/exec" '{"command":["sh","-c","ip addr; ip neigh"],"timeout_s":10}'
+		echo "$n: $(jqb -r .output | tr '\n' ' ')"
+	done
+	for f in controller h1 h4; do
+		echo "-- the end of $f.log:"
+		tail -n 30 "$KUMO_LAB_DIR/logs/$f.log"
+	done
+}
+FAIL_DIAG=join_diag
 ct_create "$(net_ct_json $C4 h4 "[{\"network\":\"$NET\",\"vlan\":10}]")"
 wait_until 60 "$C4 running" instance_is $C4 running
 C4_ADDR=$(nic_field $C4 0 .address)
@@ -156,6 +175,7 @@ if ! fdb_has h4 "kx$NID-10" "$H1" || ! fdb_has h4 "kx$NID-10" "$H2"; then
 	fail "h4's FDB of kx$NID-10 lacks h1/h2: $(fdb_dsts h4 "kx$NID-10")"
 fi
 pass "h4 joined; $C4 there ($C4_ADDR) and $C1 on h1 ping each other; the FDBs of h1 and h4 list each other"
+FAIL_DIAG=""
 
 # ---- delete: nothing of the network left on any host --------------------------------------------
 [ -n "$(dnsmasq_pids h1 "kb$NID-10")" ] || fail "no dnsmasq serves kb$NID-10 on h1 (dhcp is on by default)"
