@@ -48,6 +48,7 @@
 #define AGENT_ADDR_MAX		   JOIN_ADDR_MAX
 #define AGENT_CLUSTER_ID_MAX	   JOIN_CLUSTER_ID_MAX
 #define AGENT_QEMU_BINARY	   "qemu-system-x86_64"
+#define AGENT_QMP_FD		   3 /* QEMU's fd of the QMP socket the agent bound (qmp.sock) */
 #define AGENT_VM_START_TIMEOUT_MS  30000	  /* a QEMU without QMP by then is stuck */
 #define AGENT_VM_KILL_AFTER_MS	   5000		  /* from QMP quit to SIGKILL */
 #define AGENT_VM_DISKS_MAX	   SPEC_DISKS_MAX /* the SPEC schema's limits (common/spec.h) */

@@ -4,12 +4,11 @@
  *   -machine q35, accel tcg (-cpu max) or kvm (-cpu host, +vmx/+svm when nested)
  *   -nodefaults -no-user-config -display none, -sandbox with every option denied
  *   a VGA whose VNC server is a unix socket (vnc.sock) for the dashboard's console
- *   QMP for the agent (qmp.sock) and a second QMP monitor (monitor.sock), serial
- *   console to console.log, -pidfile qemu.pid, a virtio balloon always, a
- *   virtio-serial port org.qemu.guest_agent.0 on qga.sock for qemu-guest-agent
- *   disks as -blockdev JSON (qcow2 over a file) plus a device per bus; the
- *   cloud-init seed as a read-only raw virtio disk; NICs on isolated user networking
- *   bootindex from the spec's boot order
+ *   QMP for the agent (qmp.sock, which the agent binds: fd 3) and a second QMP
+ *   monitor (monitor.sock), serial console to console.log, -pidfile qemu.pid, a virtio balloon
+ * always, a virtio-serial port org.qemu.guest_agent.0 on qga.sock for qemu-guest-agent disks as
+ * -blockdev JSON (qcow2 over a file) plus a device per bus; the cloud-init seed as a read-only raw
+ * virtio disk; NICs on isolated user networking bootindex from the spec's boot order
  *
  * Nothing here touches the system: the result depends only on the vm and its spec,
  * which instance.c has checked (names [a-z0-9-], MACs, paths of a plain shape).
@@ -213,7 +212,9 @@ int qemu_args_build(const struct vm *vm, const char *loadvm, struct argv *av, st
 	argv_add(av, "-pidfile");
 	argv_add(av, "%s/qemu.pid", vm->inst.dir);
 	argv_add(av, "-chardev");
-	argv_add(av, "socket,id=qmp,path=%s/qmp.sock,server=on,wait=off", dir);
+	/* Bound and listening before QEMU runs (vm.c): the agent connects at once, and
+	 * QEMU greets as soon as its main loop turns. */
+	argv_add(av, "socket,id=qmp,fd=%d,server=on,wait=off", AGENT_QMP_FD);
 	argv_add(av, "-mon");
 	argv_add(av, "chardev=qmp,mode=control");
 	argv_add(av, "-chardev");

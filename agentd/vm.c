@@ -709,16 +709,43 @@ static void console_trim(struct vm *vm, const char *path)
 		log_warn("vm %s: cannot trim %s", vm->inst.name, path);
 }
 
+/*
+ * vm's QMP socket, bound and listening at {run dir}/qmp.sock, for QEMU to serve as fd
+ * AGENT_QMP_FD. The agent's connection, started right after the spawn, waits in the
+ * backlog until QEMU greets: no polling for the socket while QEMU starts. Returns the
+ * fd, or -1 with err.
+ */
+static int qmp_listen(struct vm *vm, struct kerr *err)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	int fd, len;
+
+	len = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/qmp.sock", vm->inst.dir);
+	if (len < 0 || (size_t)len >= sizeof(sun.sun_path))
+		return err_set(err, 0, "vm %s: the path of its QMP socket is too long",
+			       vm->inst.name);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return err_set(err, errno, "vm %s: socket", vm->inst.name);
+	if ((unlink(sun.sun_path) < 0 && errno != ENOENT) ||
+	    bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 4) < 0) {
+		err_set(err, errno, "vm %s: cannot listen at %s", vm->inst.name, sun.sun_path);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 /* Spawn QEMU for vm, its disks checked (vm_start()). */
 static int vm_spawn(struct vm *vm, const char *loadvm, inst_done_cb cb, void *data,
 		    struct kerr *err)
 {
 	_cleanup_free_ char *console = xasprintf("%s/console.log", vm->inst.dir);
 	_cleanup_free_ char *pidfile = xasprintf("%s/qemu.pid", vm->inst.dir);
-	uv_stdio_container_t stdio[3];
+	uv_stdio_container_t stdio[AGENT_QMP_FD + 1];
 	uv_process_options_t opts = {0};
 	struct argv av = {0};
-	int fd, ret;
+	int fd, qmp_fd, ret;
 
 	if (vm_alive(vm))
 		return err_set(err, 0, "vm %s: QEMU runs already (pid %d)", vm->inst.name,
@@ -737,18 +764,25 @@ static int vm_spawn(struct vm *vm, const char *loadvm, inst_done_cb cb, void *da
 		argv_free(&av);
 		return -1;
 	}
+	qmp_fd = qmp_listen(vm, err);
+	if (qmp_fd < 0) {
+		close(fd);
+		argv_free(&av);
+		return -1;
+	}
 	console_trim(vm, console);
 	unlink(pidfile);
 	vm_balloon_target_set(vm, -1); /* left by a QEMU that ended while the agent was away */
 
 	stdio[0].flags = UV_IGNORE;
-	stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
+	stdio[1].flags = stdio[2].flags = stdio[AGENT_QMP_FD].flags = UV_INHERIT_FD;
 	stdio[1].data.fd = stdio[2].data.fd = fd;
+	stdio[AGENT_QMP_FD].data.fd = qmp_fd;
 	opts.file = AGENT_QEMU_BINARY;
 	opts.args = av.v;
 	opts.cwd = vm->inst.dir;
 	opts.stdio = stdio;
-	opts.stdio_count = 3;
+	opts.stdio_count = AGENT_QMP_FD + 1;
 	/*
 	 * Detached: its own session, so the guest outlives the agent and a signal to the
 	 * agent's process group never reaches it. QEMU runs as the agent's user, root in
@@ -757,6 +791,7 @@ static int vm_spawn(struct vm *vm, const char *loadvm, inst_done_cb cb, void *da
 	opts.flags = UV_PROCESS_DETACHED;
 	ret = inst_child_spawn(&vm->inst, &opts, qemu_exit_fn);
 	close(fd);
+	close(qmp_fd); /* QEMU's now: a QEMU that ends closes the agent's connection */
 	argv_free(&av);
 	if (ret < 0)
 		return err_set(err, -ret, "vm %s: cannot run %s", vm->inst.name, AGENT_QEMU_BINARY);
@@ -779,7 +814,7 @@ static int vm_spawn(struct vm *vm, const char *loadvm, inst_done_cb cb, void *da
 		 loadvm ? ", resuming snapshot " : "", loadvm ? loadvm : "");
 	vm_state_set(vm, INST_STARTING);
 	uv_timer_start(&vm->inst.timer, start_deadline_cb, AGENT_VM_START_TIMEOUT_MS, 0);
-	uv_timer_start(&vm->inst.poll_timer, poll_cb, QMP_RETRY_START_MS, 0);
+	vm_qmp_connect(vm); /* waits in the socket's backlog until QEMU greets */
 	return 0;
 }
 

@@ -81,13 +81,14 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	_cleanup_free_ char *found = NULL;
 	sigset_t none, all;
 	short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-	int fds[3] = {-1, -1, -1}; /* copies above 2 of inherited fds 0-2 */
+	int fds[PROC_STDIO_MAX]; /* copies above the slots of inherited fds inside them */
+	int n = opts->stdio_count;
 	pid_t pid = -1;
 	int ret;
 
-	if ((opts->flags & ~(unsigned)UV_PROCESS_DETACHED) || opts->stdio_count > 3)
+	if ((opts->flags & ~(unsigned)UV_PROCESS_DETACHED) || n < 0 || n > PROC_STDIO_MAX)
 		return -EINVAL;
-	for (int i = 0; i < opts->stdio_count; i++)
+	for (int i = 0; i < n; i++)
 		if (opts->stdio[i].flags != UV_IGNORE && opts->stdio[i].flags != UV_INHERIT_FD)
 			return -EINVAL;
 	ret = env_path_find(opts->file, opts->env, opts->cwd, &found);
@@ -102,24 +103,29 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 	posix_spawnattr_setsigmask(&attr, &none);
 	posix_spawnattr_setsigdefault(&attr, &all);
 	posix_spawnattr_setflags(&attr, flags);
-	/* An fd to inherit that is itself 0-2 (a daemon started with stdin closed) would
-	 * be overwritten by an earlier action: the child gets a copy above 2 instead. */
+	/* An fd to inherit that is itself one of the slots (a daemon started with stdin
+	 * closed has its log at 0) would be overwritten by an earlier action: the child
+	 * gets a copy above the slots instead. */
 	ret = 0;
-	for (int i = 0; i < 3 && i < opts->stdio_count && ret == 0; i++) {
+	for (int i = 0; i < PROC_STDIO_MAX; i++)
 		fds[i] = -1;
-		if (opts->stdio[i].flags == UV_INHERIT_FD && opts->stdio[i].data.fd < 3) {
-			fds[i] = fcntl(opts->stdio[i].data.fd, F_DUPFD_CLOEXEC, 3);
+	for (int i = 0; i < n && ret == 0; i++) {
+		if (opts->stdio[i].flags == UV_INHERIT_FD && opts->stdio[i].data.fd < n) {
+			fds[i] = fcntl(opts->stdio[i].data.fd, F_DUPFD_CLOEXEC, n);
 			if (fds[i] < 0)
 				ret = errno;
 		}
 	}
-	for (int i = 0; i < 3 && ret == 0; i++) {
-		if (i >= opts->stdio_count || opts->stdio[i].flags == UV_IGNORE)
-			ret = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
-							       i ? O_WRONLY : O_RDONLY, 0);
-		else
+	/* 0-2 not given are /dev/null; a slot above 2 not given is left closed. */
+	for (int i = 0; i < (n > 3 ? n : 3) && ret == 0; i++) {
+		if (i >= n || opts->stdio[i].flags == UV_IGNORE) {
+			if (i < 3)
+				ret = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
+								       i ? O_WRONLY : O_RDONLY, 0);
+		} else {
 			ret = posix_spawn_file_actions_adddup2(
 				&fa, fds[i] >= 0 ? fds[i] : opts->stdio[i].data.fd, i);
+		}
 	}
 	if (ret == 0 && opts->cwd)
 		ret = posix_spawn_file_actions_addchdir_np(&fa, opts->cwd);
@@ -128,7 +134,7 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 				   opts->env ? opts->env : environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < PROC_STDIO_MAX; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	return ret ? -ret : pid;

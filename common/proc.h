@@ -11,8 +11,9 @@
  *
  * proc_spawn() takes a libuv option set so a caller can move from uv_spawn() as it
  * is: file (looked up in PATH: env's when env is given, as uv_spawn() did), args, env
- * (NULL: ours), cwd, stdio (UV_IGNORE or UV_INHERIT_FD only: a pipe end the caller
- * made is passed as UV_INHERIT_FD, each fd either its own slot or 3 and up), flags
+ * (NULL: ours), cwd, stdio (UV_IGNORE or UV_INHERIT_FD only, at most PROC_STDIO_MAX:
+ * slot i of the child gets the fd given for it; 0-2 not given are /dev/null, a slot
+ * above 2 not given stays closed), flags
  * (UV_PROCESS_DETACHED only: a session of its own). The child starts with no signal
  * blocked and every signal at its default. exit_cb is not used: proc_watch_start()
  * watches the child.
@@ -23,6 +24,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
+
+#define PROC_STDIO_MAX 8
 
 /* Start the program opts describes. Returns its pid, or a negative errno (nothing
  * runs then; -EINVAL for an option it does not take). */

@@ -1,8 +1,8 @@
 /*
  * test_proc.c - common/proc.c: a child started with posix_spawn and heard through its
  * pidfd on a real loop, running real programs (sh, sleep): exit status and signal,
- * signals back at their defaults, its own session, directory and output file, a
- * program that does not exist, and a watch closed while the child runs on.
+ * signals back at their defaults, its own session, directory and output file, an fd
+ * above 2, a program that does not exist, and a watch closed while the child runs on.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -226,6 +226,61 @@ static void test_output_fd_zero(void **state)
 	assert_string_equal(buf, "hi\n");
 }
 
+/*
+ * Slots above 2, as QEMU gets its QMP socket at 3: the child writes to fd 3 and finds
+ * 4 closed. The fd given for 1 and 3 is our 0, a slot the /dev/null of the child's
+ * stdin overwrites first, and our 3 is another file (it must not pass through).
+ */
+static void test_fd_above_stdio(void **state)
+{
+	char path[] = "/tmp/kumo-test-proc-fd3-XXXXXX", buf[32] = "";
+	char *argv[] = {"sh", "-c",
+			"echo three >&3; if (true >&4) 2>/dev/null; then echo open; else echo "
+			"closed; fi",
+			NULL};
+	uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
+					 {.flags = UV_INHERIT_FD},
+					 {.flags = UV_IGNORE},
+					 {.flags = UV_INHERIT_FD}};
+	uv_process_options_t opts = {0};
+	struct heard h = {0};
+	int fd, saved0, saved3, other;
+	pid_t pid;
+
+	(void)state;
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	saved0 = fcntl(0, F_DUPFD_CLOEXEC, 10);
+	saved3 = fcntl(3, F_DUPFD_CLOEXEC, 10); /* -1 if 3 was not open */
+	dup2(fd, 0);
+	close(fd);
+	other = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	dup2(other, 3);
+	close(other);
+	stdio[1].data.fd = stdio[3].data.fd = 0;
+	opts.file = argv[0];
+	opts.args = argv;
+	opts.stdio = stdio;
+	opts.stdio_count = 4;
+	pid = proc_spawn(&opts);
+	dup2(saved0, 0);
+	close(saved0);
+	if (saved3 >= 0) {
+		dup2(saved3, 3);
+		close(saved3);
+	} else {
+		close(3);
+	}
+	assert_true(pid > 0);
+	watch_to_end(pid, &h);
+	assert_int_equal(h.status, 0);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	assert_true(read(fd, buf, sizeof(buf) - 1) > 0);
+	close(fd);
+	unlink(path);
+	assert_string_equal(buf, "three\nclosed\n");
+}
+
 static void test_missing_program(void **state)
 {
 	char *argv[] = {"kumo-no-such-program", NULL};
@@ -264,7 +319,7 @@ int main(void)
 		cmocka_unit_test(test_session_and_kill), cmocka_unit_test(test_cwd_and_output),
 		cmocka_unit_test(test_missing_program),	 cmocka_unit_test(test_signal_mask_empty),
 		cmocka_unit_test(test_stdin_null),	 cmocka_unit_test(test_output_fd_zero),
-		cmocka_unit_test(test_close_early),
+		cmocka_unit_test(test_close_early),	 cmocka_unit_test(test_fd_above_stdio),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
