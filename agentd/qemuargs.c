@@ -4,11 +4,13 @@
  *   -machine q35, accel tcg (-cpu max) or kvm (-cpu host, +vmx/+svm when nested)
  *   -nodefaults -no-user-config -display none, -sandbox with every option denied
  *   a VGA whose VNC server is a unix socket (vnc.sock) for the dashboard's console
- *   QMP for the agent (qmp.sock, which the agent binds: fd 3) and a second QMP
- *   monitor (monitor.sock), serial console to console.log, -pidfile qemu.pid, a virtio balloon
- * always, a virtio-serial port org.qemu.guest_agent.0 on qga.sock for qemu-guest-agent disks as
- * -blockdev JSON (qcow2 over a file) plus a device per bus; the cloud-init seed as a read-only raw
- * virtio disk; NICs on isolated user networking bootindex from the spec's boot order
+ *   QMP for the agent (qmp.sock, bound by the agent and handed over as fd 3) and a
+ *   second QMP monitor (monitor.sock), serial console to console.log, -pidfile
+ *   qemu.pid, a virtio balloon always, a virtio-serial port org.qemu.guest_agent.0
+ *   on qga.sock for qemu-guest-agent
+ *   disks as -blockdev JSON (qcow2 over a file) plus a device per bus; the
+ *   cloud-init seed as a read-only raw virtio disk; NICs on isolated user networking
+ *   bootindex from the spec's boot order
  *
  * Nothing here touches the system: the result depends only on the vm and its spec,
  * which instance.c has checked (names [a-z0-9-], MACs, paths of a plain shape).

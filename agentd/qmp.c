@@ -21,9 +21,11 @@
 #include "json.h"
 #include "util.h"
 
-#define QMP_DEPTH_MAX	 64
-#define QMP_MSG_MAX	 (16 * 1024 * 1024) /* a reply larger than this is not QEMU's */
-#define QMP_HANDSHAKE_MS 10000 /* QEMU serves one client; a second one waits unanswered */
+#define QMP_DEPTH_MAX 64
+#define QMP_MSG_MAX   (16 * 1024 * 1024) /* a reply larger than this is not QEMU's */
+/* QEMU serves one client; a second one waits unanswered. A VM's start connects at the
+ * spawn (vm.c binds the socket), so this also covers QEMU's start up to its chardevs. */
+#define QMP_HANDSHAKE_MS 10000
 #define QMP_TICK_MS	 500
 #define QMP_ERROR_MAX	 256
 

@@ -39,8 +39,8 @@
 #include "json.h"
 #include "util.h"
 
-/* QEMU creates its socket tens of ms after exec (its libraries, then the chardev):
- * a start waits on average half of this after that, so it is short. */
+/* A start's connect is made at the spawn and waits in the bound socket's backlog; this
+ * retry is for one that failed meanwhile (QEMU held past the handshake deadline). */
 #define QMP_RETRY_START_MS 10
 #define QMP_RETRY_MS	   1000 /* an adopted QEMU whose QMP is busy or gone */
 #define EXIT_POLL_MS	   100	/* after QMP's EOF, until the adopted process is gone */

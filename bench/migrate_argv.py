@@ -128,6 +128,8 @@ class Guest:
                 j = json.loads(v); j["file"]["filename"] = self.disk; v = json.dumps(j)
             if v is not None:
                 v = v.replace(KDIR, d).replace("@DIR@", d).replace("@DISK@", self.disk)
+                # The agent hands QEMU its QMP socket as fd 3; here QEMU makes it.
+                v = v.replace("id=qmp,fd=3,", f"id=qmp,path={d}/qmp.sock,")
                 if o == "-drive" and "file=" in v and "@" not in v:
                     v = f"file={self.disk},if=virtio,cache=none"
             av.append(o)

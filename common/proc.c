@@ -116,12 +116,15 @@ pid_t proc_spawn(const uv_process_options_t *opts)
 				ret = errno;
 		}
 	}
-	/* 0-2 not given are /dev/null; a slot above 2 not given is left closed. */
+	/* 0-2 not given are /dev/null; a slot above 2 not given is closed (glibc takes
+	 * a close of an fd that is not open as done). */
 	for (int i = 0; i < (n > 3 ? n : 3) && ret == 0; i++) {
 		if (i >= n || opts->stdio[i].flags == UV_IGNORE) {
 			if (i < 3)
 				ret = posix_spawn_file_actions_addopen(&fa, i, "/dev/null",
 								       i ? O_WRONLY : O_RDONLY, 0);
+			else
+				ret = posix_spawn_file_actions_addclose(&fa, i);
 		} else {
 			ret = posix_spawn_file_actions_adddup2(
 				&fa, fds[i] >= 0 ? fds[i] : opts->stdio[i].data.fd, i);

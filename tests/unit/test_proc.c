@@ -226,59 +226,95 @@ static void test_output_fd_zero(void **state)
 	assert_string_equal(buf, "hi\n");
 }
 
+/* Our fd at at (kept in *saved, -1 if it was not open), now a copy of fd. */
+static void fd_put(int fd, int at, int *saved)
+{
+	*saved = fcntl(at, F_DUPFD_CLOEXEC, 20);
+	assert_int_equal(dup2(fd, at), at);
+}
+
+/* fd moved to 30 or above (CLOEXEC or not), out of the way of the slots. */
+static int fd_high(int fd, bool cloexec)
+{
+	int high = fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, 30);
+
+	assert_true(fd >= 0 && high >= 0);
+	close(fd);
+	return high;
+}
+
+static void fd_restore(int at, int saved)
+{
+	if (saved >= 0) {
+		dup2(saved, at);
+		close(saved);
+	} else {
+		close(at);
+	}
+}
+
+static void file_read(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t got;
+
+	assert_true(fd >= 0);
+	got = read(fd, buf, len - 1);
+	close(fd);
+	unlink(path);
+	buf[got > 0 ? got : 0] = '\0';
+}
+
 /*
- * Slots above 2, as QEMU gets its QMP socket at 3: the child writes to fd 3 and finds
- * 4 closed. The fd given for 1 and 3 is our 0, a slot the /dev/null of the child's
- * stdin overwrites first, and our 3 is another file (it must not pass through).
+ * Slots above 2, as QEMU gets its QMP socket at 3. Our 3 is file a, our 4 file b, our
+ * 5 an fd without CLOEXEC. Slot 1 and 4 get our 3, slot 3 our 4: the action that fills
+ * 3 must not be taken before our 3 was copied for 4. Slot 5 is not given: the child
+ * finds it closed, though ours is open and inheritable.
  */
 static void test_fd_above_stdio(void **state)
 {
-	char path[] = "/tmp/kumo-test-proc-fd3-XXXXXX", buf[32] = "";
+	char a_path[] = "/tmp/kumo-test-proc-a-XXXXXX", b_path[] = "/tmp/kumo-test-proc-b-XXXXXX";
+	char a[64], b[64];
 	char *argv[] = {"sh", "-c",
-			"echo three >&3; if (true >&4) 2>/dev/null; then echo open; else echo "
-			"closed; fi",
+			"echo three >&3; echo four >&4; if (true >&5) 2>/dev/null; then echo "
+			"open; else echo closed; fi",
 			NULL};
-	uv_stdio_container_t stdio[4] = {{.flags = UV_IGNORE},
-					 {.flags = UV_INHERIT_FD},
-					 {.flags = UV_IGNORE},
-					 {.flags = UV_INHERIT_FD}};
+	uv_stdio_container_t stdio[6] = {{.flags = UV_IGNORE},	   {.flags = UV_INHERIT_FD},
+					 {.flags = UV_IGNORE},	   {.flags = UV_INHERIT_FD},
+					 {.flags = UV_INHERIT_FD}, {.flags = UV_IGNORE}};
 	uv_process_options_t opts = {0};
 	struct heard h = {0};
-	int fd, saved0, saved3, other;
+	int fa, fb, fn, saved3, saved4, saved5;
 	pid_t pid;
 
 	(void)state;
-	fd = mkstemp(path);
-	assert_true(fd >= 0);
-	saved0 = fcntl(0, F_DUPFD_CLOEXEC, 10);
-	saved3 = fcntl(3, F_DUPFD_CLOEXEC, 10); /* -1 if 3 was not open */
-	dup2(fd, 0);
-	close(fd);
-	other = open("/dev/null", O_WRONLY | O_CLOEXEC);
-	dup2(other, 3);
-	close(other);
-	stdio[1].data.fd = stdio[3].data.fd = 0;
+	/* Out of 3-5 first: the copies below must not land on one of them. */
+	fa = fd_high(mkostemp(a_path, O_CLOEXEC), true);
+	fb = fd_high(mkostemp(b_path, O_CLOEXEC), true);
+	fn = fd_high(open("/dev/null", O_WRONLY | O_CLOEXEC), false); /* inheritable */
+	fd_put(fa, 3, &saved3);
+	fd_put(fb, 4, &saved4);
+	fd_put(fn, 5, &saved5);
+	stdio[1].data.fd = stdio[4].data.fd = 3;
+	stdio[3].data.fd = 4;
 	opts.file = argv[0];
 	opts.args = argv;
 	opts.stdio = stdio;
-	opts.stdio_count = 4;
+	opts.stdio_count = 6;
 	pid = proc_spawn(&opts);
-	dup2(saved0, 0);
-	close(saved0);
-	if (saved3 >= 0) {
-		dup2(saved3, 3);
-		close(saved3);
-	} else {
-		close(3);
-	}
+	fd_restore(3, saved3);
+	fd_restore(4, saved4);
+	fd_restore(5, saved5);
+	close(fa);
+	close(fb);
+	close(fn);
 	assert_true(pid > 0);
 	watch_to_end(pid, &h);
 	assert_int_equal(h.status, 0);
-	fd = open(path, O_RDWR | O_CLOEXEC);
-	assert_true(read(fd, buf, sizeof(buf) - 1) > 0);
-	close(fd);
-	unlink(path);
-	assert_string_equal(buf, "three\nclosed\n");
+	file_read(a_path, a, sizeof(a));
+	file_read(b_path, b, sizeof(b));
+	assert_string_equal(b, "three\n");
+	assert_string_equal(a, "four\nclosed\n");
 }
 
 static void test_missing_program(void **state)

@@ -92,6 +92,8 @@ static void test_minimal_tcg(void **state)
 	assert_true(arg_find(&f.av, "virtio-blk-pci,drive=d0,id=disk0,serial=root,bootindex=1") >
 		    0);
 	assert_int_equal(arg_find(&f.av, "-loadvm"), -1);
+	/* The agent's QMP socket is the fd vm.c hands over, bound at qmp.sock. */
+	assert_true(arg_find(&f.av, "socket,id=qmp,fd=3,server=on,wait=off") > 0);
 	/* The guest agent's port, on a socket in the VM's run directory (backup freeze). */
 	assert_true(arg_find(&f.av, "socket,id=qga,path=/pool/instances/web1/qga.sock,server=on,"
 				    "wait=off") > 0);
