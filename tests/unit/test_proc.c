@@ -2,7 +2,8 @@
  * test_proc.c - common/proc.c: a child started with posix_spawn and heard through its
  * pidfd on a real loop, running real programs (sh, sleep): exit status and signal,
  * signals back at their defaults, its own session, directory and output file, an fd
- * above 2, a program that does not exist, and a watch closed while the child runs on.
+ * above 2, a program that does not exist, a watch closed while the child runs on, and
+ * a child reaped by someone else (status -1).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -317,6 +318,33 @@ static void test_fd_above_stdio(void **state)
 	assert_string_equal(a, "four\nclosed\n");
 }
 
+/* Reaped by someone else before the loop looked (ECHILD): it ended, status -1, once. */
+static void test_reaped_elsewhere(void **state)
+{
+	char *argv[] = {"sh", "-c", "exit 3", NULL};
+	struct heard h = {0};
+	struct proc_watch w = {.data = &h};
+	uv_loop_t loop;
+	int status = 0;
+	pid_t pid = spawn(argv, NULL, -1);
+
+	(void)state;
+	assert_true(pid > 0);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(proc_watch_start(&loop, &w, pid, exit_cb), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_int_equal(WEXITSTATUS(status), 3);
+	while (h.calls == 0)
+		uv_run(&loop, UV_RUN_ONCE);
+	proc_watch_close(&w, closed_cb);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	assert_int_equal(h.calls, 1);
+	assert_int_equal(h.status, -1);
+	assert_int_equal(h.signal, 0);
+	assert_true(h.closed);
+}
+
 static void test_missing_program(void **state)
 {
 	char *argv[] = {"kumo-no-such-program", NULL};
@@ -356,6 +384,7 @@ int main(void)
 		cmocka_unit_test(test_missing_program),	 cmocka_unit_test(test_signal_mask_empty),
 		cmocka_unit_test(test_stdin_null),	 cmocka_unit_test(test_output_fd_zero),
 		cmocka_unit_test(test_close_early),	 cmocka_unit_test(test_fd_above_stdio),
+		cmocka_unit_test(test_reaped_elsewhere),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
