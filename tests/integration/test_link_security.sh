@@ -12,7 +12,31 @@ rejected() { metric "kumo_link_rejected_total{reason=\"$1\"}"; }
 rejected_more() { [ "$(rejected "$1")" -gt "$2" ]; }
 send() { "$tool" "$1" "$link" --agent "$agent" >/dev/null; }
 
-for mode in replay:replay tamper:tampered unknown-host:unknown-host stale:replay wrong-dir:malformed; do
+# Replays are judged by the tool's own seq in the log: h1's agent shares its seq space
+# and its heartbeats go on meanwhile. One the agent sealed after the tool's seal but
+# that came first refuses the tool's first copy too ("seq S, last L", L the agent's;
+# seen on a loaded machine), and one sealed before the tool's that comes after its
+# accepted first copy is itself refused as reordered. "seq S, last S" can only mean
+# the first copy was taken and the second refused; a try that lost the race to a
+# heartbeat is made again.
+replay_logged() { grep -q "rejected message: host h1: replayed or reordered message (seq $1, last $2)" "$log"; }
+replay_seen() { grep -q "rejected message: host h1: replayed or reordered message (seq $1, last" "$log"; }
+for try in 1 2 3 4 5; do
+	before=$(rejected replay)
+	seq=$("$tool" replay "$link" --agent "$agent" | sed -n 's/^seq //p')
+	[ -n "$seq" ] || fail "linktool replay printed no seq"
+	wait_until 20 "replay counted as replay" rejected_more replay "$before"
+	wait_until 20 "the controller logged the refusal of seq $seq" replay_seen "$seq"
+	replay_logged "$seq" "$seq" && break
+	echo "test_link_security: a heartbeat of h1 came between the tool's seal and its first copy (try $try); again"
+	[ "$try" = 5 ] && fail "replay: the first copy was refused in 5 tries: $(grep "seq $seq," "$log")"
+done
+before=$(rejected replay)
+seq=$("$tool" stale "$link" --agent "$agent" | sed -n 's/^seq //p')
+[ -n "$seq" ] || fail "linktool stale printed no seq"
+wait_until 20 "stale counted as replay" rejected_more replay "$before"
+wait_until 20 "the controller logged the refusal of stale seq $seq" replay_seen "$seq"
+for mode in tamper:tampered unknown-host:unknown-host wrong-dir:malformed; do
 	m=${mode%%:*} reason=${mode#*:}
 	before=$(rejected "$reason")
 	send "$m"

@@ -6,7 +6,8 @@
  *   kumo-linktool MODE LINK_JSON [--agent tcp://addr:port] [--file PATH]
  *
  * LINK_JSON is an agent's link.json (host, key, events). Modes sending a heartbeat
- * whose facts are {"linktool": MODE} to the controller's event socket:
+ * whose facts are {"linktool": MODE} to the controller's event socket (each prints
+ * "seq N", the seq it sealed):
  *   valid         correctly sealed, fresh seq             (accepted)
  *   replay        the same sealed bytes twice             (second refused: replay)
  *   tamper        one ciphertext byte flipped             (refused: tampered)
@@ -241,6 +242,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	ret = send_bytes(events, NN_PUSH, buf, len, strcmp(mode, "replay") == 0 ? 2 : 1);
+	if (ret == 0)
+		printf("seq %lld\n", (long long)m.seq); /* the controller's log names it */
 out:
 	free(buf);
 	json_object_put(m.body);
