@@ -136,6 +136,8 @@ wait_until 60 "h1 shows its networks applied" host_net_in_sync h1
 pass "after kill -9 of h1's agent, a deleted kb$NID-10 and a stale kb999-0/kumo_n999: the agent rebuilt the segment (port $port back in it), removed the stale ones, traffic flows"
 
 # ---- a host joining later -------------------------------------------------------------------------
+log_at=$(wc -l <"$KUMO_LAB_DIR/logs/controller.log")
+h1_log_at=$(wc -l <"$KUMO_LAB_DIR/logs/h1.log")
 if ! host_is h4 online; then
 	lab up --hosts 4 >/dev/null
 fi
@@ -150,12 +152,20 @@ join_diag() {
 	for h in h1 h2 h4; do
 		echo "$h: links $(kumo_links $h "$NID" | tr '\n' ' '); FDB of kx$NID-10: $(fdb_dsts $h "kx$NID-10" | tr '\n' ' ')"
 		api GET "/api/v1/hosts/$h"
-		echo "$h: state $(jqb .state), network $(jqb -c .network)"
+		echo "$h: state $(jqb .state), heartbeat age $(jqb .heartbeat_age_ms) ms, network $(jqb -c .network)"
 	done
+	# Does h1's filter know C4 yet (its security group members come with h1's document)?
+	local a=${C4_ADDR:-none}
+	echo "h1: kumo_n$NID names $C4 ($a) $(in_host h1 nft list table inet "kumo_n$NID" 2>/dev/null | grep -cF "$a" || true) time(s)"
 	for n in $C1 $C4; do
 		api POST "/api/v1/instances/$n/exec" '{"command":["sh","-c","ip addr; ip neigh"],"timeout_s":10}'
 		echo "$n: $(jqb -r .output | tr '\n' ' ')"
 	done
+	# Since the join: when h1 went offline or back (not waited for while offline), what
+	# its agent took and applied, and whether its lease held its heartbeats back.
+	echo "-- since h4 joined: h1 and h4 in controller.log; net and lease in h1.log:"
+	tail -n "+$log_at" "$KUMO_LAB_DIR/logs/controller.log" | grep -E "host h[14]|instance $C4" | tail -n 30
+	tail -n "+$h1_log_at" "$KUMO_LAB_DIR/logs/h1.log" | grep -E "net:|lease:|link:" | tail -n 30
 	for f in controller h1 h4; do
 		echo "-- the end of $f.log:"
 		tail -n 30 "$KUMO_LAB_DIR/logs/$f.log"
