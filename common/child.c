@@ -157,11 +157,12 @@ int child_marked_kill(const char *marker, void (*found)(pid_t pid, void *data), 
 			for (size_t i = 0; i < nseen && !again; i++)
 				again = seen[i] == pid;
 			kill(pid, SIGSTOP);
+			/* Stopped, not yet killed: its /proc entries are whole for found(). */
+			if (!again && found)
+				found(pid, data);
 			kill(pid, SIGKILL);
 			if (again)
 				continue;
-			if (found)
-				found(pid, data);
 			seen = xrealloc(seen, (nseen + 1) * sizeof(*seen));
 			seen[nseen++] = pid;
 			nfound++;

@@ -394,12 +394,30 @@ static void test_cannot_start(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* found(): each process before its kill, its command line still readable (p2v reads
+ * the libguestfs appliance's socket directory from it). */
+struct marked_seen {
+	int n, whole;
+};
+
+static void marked_found(pid_t pid, void *data)
+{
+	struct marked_seen *ms = data;
+	_cleanup_free_ char *path = xasprintf("/proc/%d/cmdline", (int)pid), *cmd = NULL;
+	size_t len = 0;
+
+	ms->n++;
+	if (file_read_all(path, 4096, &cmd, &len) == 0 && len > 0)
+		ms->whole++;
+}
+
 /*
  * A tree whose parent is gone (as a daemon's children after its kill -9) is found by
  * the entry it inherited and killed whole; a process without the entry is left.
  */
 static void test_marked_kill(void **state)
 {
+	struct marked_seen ms = {0};
 	char marker[64];
 	pid_t tree, other;
 	int status;
@@ -430,7 +448,9 @@ static void test_marked_kill(void **state)
 			break;
 		usleep(10000);
 	}
-	assert_int_equal(child_marked_kill(marker, NULL, NULL), 3);
+	assert_int_equal(child_marked_kill(marker, marked_found, &ms), 3);
+	assert_int_equal(ms.n, 3);
+	assert_int_equal(ms.whole, 3); /* each command line read before its kill */
 	assert_int_equal(waitpid(tree, &status, 0), tree);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 	assert_int_equal(child_marked_kill(marker, NULL, NULL), 0);
