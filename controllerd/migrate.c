@@ -86,10 +86,25 @@ struct evacuation;
 static void evac_note(struct migration *m);
 static void settles_check(void);
 
+/* Whether m's instance is in any host's network document: it has a NIC (each has an
+ * address row, which the documents are built from). */
+static bool instance_wired(const struct migration *m)
+{
+	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM addresses WHERE instance_id = ?");
+	bool wired;
+
+	sqlite3_bind_int64(st, 1, m->iid);
+	wired = sqlite3_step(st) != SQLITE_DONE; /* an error counts as wired: rebuild */
+	sqlite3_finalize(st);
+	return wired;
+}
+
 /*
  * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
  * temp.migrating is per connection and never in the schema, as migrations live in
- * memory. Every host's network document follows.
+ * memory. Every host's network document follows - unless the instance has no NIC,
+ * which no document names: then no host re-applies its own for nothing (every agent
+ * runs ip, bridge and nft to compare, beside the target's QEMU starting).
  */
 void migrate_wired_set(struct migration *m, bool on)
 {
@@ -104,7 +119,8 @@ void migrate_wired_set(struct migration *m, bool on)
 	if (sqlite3_step(st) != SQLITE_DONE)
 		log_warnx("migration %s: temp.migrating: %s", m->id, sqlite3_errmsg(ctl.db));
 	sqlite3_finalize(st);
-	netsync_all();
+	if (instance_wired(m))
+		netsync_all();
 }
 
 /* Start-up: the table migrate_wired_set() keeps. Returns 0, or -1 with err. */
