@@ -86,8 +86,9 @@ struct evacuation;
 static void evac_note(struct migration *m);
 static void settles_check(void);
 
-/* Whether m's instance is in any host's network document: it has a NIC (each has an
- * address row, which the documents are built from). */
+/* Whether m's instance is in any host's network document: it has a NIC on a network
+ * (each has an address row, which the documents are built from; a NIC on no network,
+ * user-mode, is in none). */
 static bool instance_wired(const struct migration *m)
 {
 	sqlite3_stmt *st = db_prepare(ctl.db, "SELECT 1 FROM addresses WHERE instance_id = ?");
@@ -102,16 +103,22 @@ static bool instance_wired(const struct migration *m)
 /*
  * While m runs, its target wires the instance's NICs too (MIGRATE_WIRED_INSTANCES):
  * temp.migrating is per connection and never in the schema, as migrations live in
- * memory. Every host's network document follows - unless the instance has no NIC,
- * which no document names: then no host re-applies its own for nothing (every agent
- * runs ip, bridge and nft to compare, beside the target's QEMU starting).
+ * memory. Every host's network document is rebuilt - unless no document names the
+ * instance (no NIC on a network): then no host gets its own again for nothing (an agent
+ * that has not taken it for a while applies it, running ip, bridge and nft to compare,
+ * beside the target's QEMU starting). Unwiring twice (at the switchover, then as m
+ * ends) rebuilds once.
  */
 void migrate_wired_set(struct migration *m, bool on)
 {
-	sqlite3_stmt *st =
-		db_prepare(ctl.db, on ? "INSERT OR REPLACE INTO temp.migrating "
-					"(instance_id, host_id) VALUES (?, ?)"
-				      : "DELETE FROM temp.migrating WHERE instance_id = ?");
+	sqlite3_stmt *st;
+
+	if (!on && !m->wired)
+		return;
+	m->wired = on;
+	st = db_prepare(ctl.db, on ? "INSERT OR REPLACE INTO temp.migrating "
+				     "(instance_id, host_id) VALUES (?, ?)"
+				   : "DELETE FROM temp.migrating WHERE instance_id = ?");
 
 	sqlite3_bind_int64(st, 1, m->iid);
 	if (on)

@@ -31,6 +31,7 @@ struct migration {
 	struct json_object *result;
 	enum migrate_phase phase;
 	bool cancel;			       /* asked to cancel */
+	bool wired;			       /* in temp.migrating (migrate_wired_set()) */
 	bool net_wait;			       /* the target is ready; its networks are not yet */
 	int64_t net_deadline;		       /* ms: then the copy starts anyway */
 	int64_t net_lagging;		       /* host id the copy waits for, 0 unknown */
