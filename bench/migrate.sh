@@ -470,8 +470,9 @@ raw_total=() raw_down=() tls_total=() tls_down=() hosts_total=() hosts_down=() a
 kumo_total=() kumo_down=() kumo_pause=() kumo_op=() to=h2
 # Each run's QEMU copy (migrate to completed, QEMU's own total-time) and the rest of
 # its total: what Kumo (or the raw driver) adds around the copy, apart from the copy's
-# own spread (see docs/benchmarks.md: on this machine a copy across the lab's underlay
-# takes ~400 or ~800-1000 ms, for raw and Kumo alike, with no pattern found).
+# own spread (docs/benchmarks.md: a copy across the lab's underlay took ~500 or
+# ~1,000 ms at random, raw and Kumo alike, until the lab's hosts used cubic instead of
+# this machine's bbr; a lab brought up before that still has it: down, then up).
 hosts_rest=() hosts_copy=() kumo_rest=() kumo_copy=()
 for i in $(seq "$runs"); do
 	for mode in "${modes[@]}"; do
